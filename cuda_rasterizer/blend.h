@@ -1,0 +1,121 @@
+// Per-pixel math (SPEC 4-6): evaluate one splat at a pixel, blend it front to back, and the
+// reverse step walking back to front. Colour, depth and weight share one recurrence.
+#pragma once
+
+#include "math.h"
+#include "types.h"
+
+namespace dgrd {
+
+// Opacity of a splat at pixel (px, py). Returns false when the splat is skipped there
+// (power > 0, alpha < 1/255, or anything non-finite). `d` = mean2d - pixel.
+template <typename T>
+DGRD_HD bool splat_alpha(Vec2<T> mean2d, Vec4<T> conic_opacity, T px, T py, T& alpha, T& G,
+                         Vec2<T>& d) {
+  d = {mean2d.x - px, mean2d.y - py};
+  const Vec4<T> co = conic_opacity;
+  const T power = T(-0.5) * (co.x * d.x * d.x + co.z * d.y * d.y) - co.y * d.x * d.y;
+  if (!(power <= T(0))) return false;
+  G = exp_(power);
+  alpha = min2(T(kAlphaMax), co.w * G);
+  return alpha >= T(kAlphaMin);
+}
+
+// Running front-to-back state of one pixel.
+template <typename T>
+struct PixelAccum {
+  T color[kColorChannels];
+  T depth_sum;      // sum w_i z_i
+  T weight;         // sum w_i
+  T transmittance;  // T
+
+  DGRD_HD void reset() {
+    for (int c = 0; c < kColorChannels; ++c) color[c] = T(0);
+    depth_sum = T(0);
+    weight = T(0);
+    transmittance = T(1);
+  }
+
+  // Blends one splat of opacity `alpha`. Returns false, blending nothing, when the pixel is
+  // saturated: then this splat and every one behind it are not blended.
+  DGRD_HD bool blend(T alpha, Vec4<T> feature) {
+    const T next = transmittance * (T(1) - alpha);
+    if (next < T(kTransmittanceMin)) return false;
+    color[0] += feature.x * alpha * transmittance;
+    color[1] += feature.y * alpha * transmittance;
+    color[2] += feature.z * alpha * transmittance;
+    depth_sum += feature.w * alpha * transmittance;
+    weight += alpha * transmittance;
+    transmittance = next;
+    return true;
+  }
+
+  // The outputs of SPEC 5.
+  DGRD_HD void finish(const T* background, T out_color[kColorChannels], T& depth,
+                      T& out_weight) const {
+    for (int c = 0; c < kColorChannels; ++c) out_color[c] = color[c] + transmittance * background[c];
+    out_weight = weight;
+    depth = weight > T(0) ? depth_sum / weight : T(0);
+  }
+};
+
+// Reverse walk of one pixel, back to front from its last blended splat. The five blended
+// features are (r, g, b, z, 1); their upstream gradients are the colour gradient, g_S and
+// g_Wtot of SPEC 6, and the background enters the colour alone.
+template <typename T>
+struct PixelBackward {
+  T upstream[kFeatures];
+  T background_dot;     // <background, dL/dcolor>
+  T final_transmittance;
+  T transmittance;      // T_i, recovered by dividing back
+  T behind[kFeatures];  // normalized features accumulated behind the current splat
+  T last_alpha;
+  T last_feature[kFeatures];
+
+  // weight and depth are this pixel's forward outputs; any gradient pointer may be null.
+  DGRD_HD void init(const T* background, T final_T, T weight, T depth, const T* dcolor,
+                    T ddepth, T dweight) {
+    background_dot = T(0);
+    for (int c = 0; c < kColorChannels; ++c) {
+      upstream[c] = dcolor ? dcolor[c] : T(0);
+      background_dot += background[c] * upstream[c];
+    }
+    // depth = S / weight: g_S = g_D / weight, g_Wtot = g_W - g_D depth / weight.
+    const T g_s = weight > T(0) ? ddepth / weight : T(0);
+    upstream[kDepthFeature] = g_s;
+    upstream[kWeightFeature] = dweight - g_s * depth;
+    final_transmittance = final_T;
+    transmittance = final_T;
+    last_alpha = T(0);
+    for (int f = 0; f < kFeatures; ++f) {
+      behind[f] = T(0);
+      last_feature[f] = T(0);
+    }
+  }
+
+  // Un-blends the splat in front of those already visited, accumulating its gradients.
+  DGRD_HD void step(T alpha, T G, Vec2<T> d, Vec4<T> conic_opacity, Vec4<T> feature,
+                    SplatGrad<T>& grad) {
+    transmittance = transmittance / (T(1) - alpha);
+    const T w = alpha * transmittance;
+    const T f[kFeatures] = {feature.x, feature.y, feature.z, feature.w, T(1)};
+    T dalpha = T(0);
+    for (int k = 0; k < kFeatures; ++k) {
+      behind[k] = last_alpha * last_feature[k] + (T(1) - last_alpha) * behind[k];
+      last_feature[k] = f[k];
+      dalpha += (f[k] - behind[k]) * upstream[k];
+    }
+    last_alpha = alpha;
+    dalpha = dalpha * transmittance - final_transmittance / (T(1) - alpha) * background_dot;
+
+    grad.feature = {w * upstream[0], w * upstream[1], w * upstream[2], w * upstream[kDepthFeature]};
+    // alpha = min(0.99, o G) with a straight-through clamp: d alpha / d(o G) = 1.
+    const Vec4<T> co = conic_opacity;
+    grad.opacity = G * dalpha;
+    const T dpower = G * co.w * dalpha;
+    grad.mean2d = {dpower * (-co.x * d.x - co.y * d.y), dpower * (-co.z * d.y - co.y * d.x)};
+    grad.conic = {T(-0.5) * d.x * d.x * dpower, -d.x * d.y * dpower, T(-0.5) * d.y * d.y * dpower};
+  }
+};
+
+}  // namespace dgrd

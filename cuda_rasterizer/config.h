@@ -1,0 +1,34 @@
+// Constants of the rasterizer: tile size and the thresholds of the forward (SPEC 4), in one place.
+#pragma once
+
+#if defined(__CUDACC__)
+#define DGRD_HD __host__ __device__ __forceinline__
+#else
+#define DGRD_HD inline
+#endif
+
+namespace dgrd {
+
+constexpr int kTileSize = 16;          // tiles are kTileSize x kTileSize pixels
+constexpr int kTilePixels = kTileSize * kTileSize;
+constexpr int kColorChannels = 3;
+constexpr int kMaxShCoeffs = 16;       // SH degree 3
+
+// Blended per-pixel features: colour (3), view-space depth, and the constant 1 whose blend is
+// the weight map. One recurrence serves all five (SPEC 6).
+constexpr int kFeatures = 5;
+constexpr int kDepthFeature = 3;
+constexpr int kWeightFeature = 4;
+
+constexpr double kNearPlane = 0.2;           // culled if view z <= this
+constexpr double kHomEps = 1e-7;             // ndc = hom.xyz / (hom.w + kHomEps)
+constexpr double kFrustumClamp = 1.3;        // t.x/t.z clamped to +-1.3 tanfovx in the Jacobian
+constexpr double kCovDilation = 0.3;         // added to the 2D covariance diagonal
+constexpr double kAntialiasMinRatio = 2.5e-5;
+constexpr double kMinEigenSlack = 0.1;       // lambda = mid + sqrt(max(0.1, mid^2 - det))
+constexpr double kSigmaExtent = 3.0;         // radius = ceil(3 sqrt(lambda))
+constexpr double kAlphaMax = 0.99;
+constexpr double kAlphaMin = 1.0 / 255.0;
+constexpr double kTransmittanceMin = 1e-4;
+
+}  // namespace dgrd

@@ -1,0 +1,216 @@
+// The CPU backend: loops over Gaussians, tiles and pixels calling the shared math headers.
+#include "cpu_backend.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "blend.h"
+#include "preprocess.h"
+
+namespace dgrd {
+namespace cpu {
+
+namespace {
+
+int thread_count() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// Pixel rectangle of tile `tile`, clipped to the image.
+struct TilePixels {
+  int x0, y0, x1, y1;
+};
+
+template <typename T>
+TilePixels tile_pixels(const Camera<T>& cam, int tile) {
+  const int tx = tile % cam.tiles_x, ty = tile / cam.tiles_x;
+  return {tx * kTileSize, ty * kTileSize, std::min(cam.width, (tx + 1) * kTileSize),
+          std::min(cam.height, (ty + 1) * kTileSize)};
+}
+
+template <typename T>
+void add(SplatGrad<T>& acc, const SplatGrad<T>& g) {
+  acc.mean2d.x += g.mean2d.x;
+  acc.mean2d.y += g.mean2d.y;
+  acc.conic.a += g.conic.a;
+  acc.conic.b += g.conic.b;
+  acc.conic.c += g.conic.c;
+  acc.opacity += g.opacity;
+  acc.feature.x += g.feature.x;
+  acc.feature.y += g.feature.y;
+  acc.feature.z += g.feature.z;
+  acc.feature.w += g.feature.w;
+}
+
+}  // namespace
+
+template <typename T>
+void preprocess(const Camera<T>& cam, const GaussianInputs<T>& in, const GaussianState<T>& state) {
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < in.count; ++i) state.store(i, preprocess_gaussian(cam, in, i));
+}
+
+template <typename T>
+void bin_gaussians(const Camera<T>& cam, int count, const GaussianState<T>& state, int* point_list,
+                   int* tile_ranges) {
+  const int tiles = cam.tiles_x * cam.tiles_y;
+  std::vector<int64_t> cursor(tiles + 1, 0);
+  auto rect_of = [&](int i) {
+    return tile_rect(state.means2d[i], T(state.radii[i]), cam.tiles_x, cam.tiles_y);
+  };
+  for (int i = 0; i < count; ++i) {
+    if (state.radii[i] == 0) continue;
+    const TileRect r = rect_of(i);
+    for (int y = r.y0; y < r.y1; ++y)
+      for (int x = r.x0; x < r.x1; ++x) ++cursor[y * cam.tiles_x + x + 1];
+  }
+  for (int t = 0; t < tiles; ++t) {
+    cursor[t + 1] += cursor[t];
+    tile_ranges[2 * t] = int(cursor[t]);
+    tile_ranges[2 * t + 1] = int(cursor[t + 1]);
+  }
+  // Appending in index order makes a stable sort by depth break ties by index.
+  for (int i = 0; i < count; ++i) {
+    if (state.radii[i] == 0) continue;
+    const TileRect r = rect_of(i);
+    for (int y = r.y0; y < r.y1; ++y)
+      for (int x = r.x0; x < r.x1; ++x) point_list[cursor[y * cam.tiles_x + x]++] = i;
+  }
+  const Vec4<T>* features = state.features;
+#pragma omp parallel for schedule(dynamic, 4)
+  for (int t = 0; t < tiles; ++t) {
+    std::stable_sort(point_list + tile_ranges[2 * t], point_list + tile_ranges[2 * t + 1],
+                     [features](int a, int b) { return features[a].w < features[b].w; });
+  }
+}
+
+template <typename T>
+void render(const Camera<T>& cam, const GaussianState<T>& state, TileLists lists,
+            const PixelBuffers<T>& px) {
+  const int tiles = cam.tiles_x * cam.tiles_y;
+  const int plane = cam.width * cam.height;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int tile = 0; tile < tiles; ++tile) {
+    const TilePixels tp = tile_pixels(cam, tile);
+    const int begin = lists.tile_ranges[2 * tile], end = lists.tile_ranges[2 * tile + 1];
+    for (int y = tp.y0; y < tp.y1; ++y) {
+      for (int x = tp.x0; x < tp.x1; ++x) {
+        PixelAccum<T> acc;
+        acc.reset();
+        int n_contrib = 0;
+        for (int k = begin; k < end; ++k) {
+          const int id = lists.point_list[k];
+          T alpha, G;
+          Vec2<T> d;
+          if (!splat_alpha(state.means2d[id], state.conic_opacity[id], T(x), T(y), alpha, G, d))
+            continue;
+          if (!acc.blend(alpha, state.features[id])) break;
+          n_contrib = k - begin + 1;
+        }
+        const int p = y * cam.width + x;
+        T color[kColorChannels], depth, weight;
+        acc.finish(cam.background, color, depth, weight);
+        for (int c = 0; c < kColorChannels; ++c) px.color[c * plane + p] = color[c];
+        px.depth[p] = depth;
+        px.weight[p] = weight;
+        px.pixel_state[PixelBuffers<T>::kFinalT * plane + p] = acc.transmittance;
+        px.pixel_state[PixelBuffers<T>::kWeight * plane + p] = weight;
+        px.pixel_state[PixelBuffers<T>::kDepth * plane + p] = depth;
+        px.n_contrib[p] = n_contrib;
+      }
+    }
+  }
+}
+
+template <typename T>
+void render_backward(const Camera<T>& cam, const GaussianState<T>& state, TileLists lists,
+                     const PixelBuffers<T>& px, PixelGrads<T> grads, int count,
+                     SplatGrad<T>* splat_grads) {
+  const int tiles = cam.tiles_x * cam.tiles_y;
+  const int plane = cam.width * cam.height;
+  const int threads = thread_count();
+  // One private accumulator per extra thread; thread 0 adds into the output directly.
+  std::vector<SplatGrad<T>> scratch(size_t(threads - 1) * count);
+  std::memset(static_cast<void*>(scratch.data()), 0, scratch.size() * sizeof(SplatGrad<T>));
+  // A static schedule keeps the summation order, and so the result, the same on every call.
+#pragma omp parallel for schedule(static, 1)
+  for (int tile = 0; tile < tiles; ++tile) {
+    const int tid = thread_id();
+    SplatGrad<T>* acc = tid == 0 ? splat_grads : scratch.data() + size_t(tid - 1) * count;
+    const TilePixels tp = tile_pixels(cam, tile);
+    const int begin = lists.tile_ranges[2 * tile];
+    for (int y = tp.y0; y < tp.y1; ++y) {
+      for (int x = tp.x0; x < tp.x1; ++x) {
+        const int p = y * cam.width + x;
+        const int last = px.n_contrib[p];
+        if (last == 0) continue;
+        T dcolor[kColorChannels];
+        for (int c = 0; c < kColorChannels; ++c)
+          dcolor[c] = grads.color ? grads.color[c * plane + p] : T(0);
+        PixelBackward<T> pb;
+        pb.init(cam.background, px.pixel_state[PixelBuffers<T>::kFinalT * plane + p],
+                px.pixel_state[PixelBuffers<T>::kWeight * plane + p],
+                px.pixel_state[PixelBuffers<T>::kDepth * plane + p], dcolor,
+                grads.depth ? grads.depth[p] : T(0), grads.weight ? grads.weight[p] : T(0));
+        for (int k = begin + last - 1; k >= begin; --k) {
+          const int id = lists.point_list[k];
+          T alpha, G;
+          Vec2<T> d;
+          if (!splat_alpha(state.means2d[id], state.conic_opacity[id], T(x), T(y), alpha, G, d))
+            continue;
+          SplatGrad<T> g;
+          pb.step(alpha, G, d, state.conic_opacity[id], state.features[id], g);
+          add(acc[id], g);
+        }
+      }
+    }
+  }
+  for (int t = 1; t < threads; ++t) {
+    const SplatGrad<T>* src = scratch.data() + size_t(t - 1) * count;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < count; ++i) add(splat_grads[i], src[i]);
+  }
+}
+
+template <typename T>
+void preprocess_backward(const Camera<T>& cam, const GaussianInputs<T>& in, const int* radii,
+                         const SplatGrad<T>* splat_grads, const GaussianGrads<T>& out) {
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < in.count; ++i) {
+    if (radii[i] > 0) preprocess_gaussian_backward(cam, in, i, splat_grads[i], out);
+  }
+}
+
+#define DGRD_INSTANTIATE(T)                                                                     \
+  template void preprocess<T>(const Camera<T>&, const GaussianInputs<T>&,                        \
+                              const GaussianState<T>&);                                          \
+  template void bin_gaussians<T>(const Camera<T>&, int, const GaussianState<T>&, int*, int*);    \
+  template void render<T>(const Camera<T>&, const GaussianState<T>&, TileLists,                  \
+                          const PixelBuffers<T>&);                                               \
+  template void render_backward<T>(const Camera<T>&, const GaussianState<T>&, TileLists,         \
+                                   const PixelBuffers<T>&, PixelGrads<T>, int, SplatGrad<T>*);   \
+  template void preprocess_backward<T>(const Camera<T>&, const GaussianInputs<T>&, const int*,   \
+                                       const SplatGrad<T>*, const GaussianGrads<T>&);
+DGRD_INSTANTIATE(float)
+DGRD_INSTANTIATE(double)
+#undef DGRD_INSTANTIATE
+
+}  // namespace cpu
+}  // namespace dgrd

@@ -1,0 +1,402 @@
+// Per-Gaussian math (SPEC 4): projection, 3D and 2D covariance, conic, radius, tiles, colour,
+// and the exact backward of each. One thread (CUDA) or loop iteration (CPU) per Gaussian.
+#pragma once
+
+#include "math.h"
+#include "sh.h"
+#include "types.h"
+
+namespace dgrd {
+
+// ---------------------------------------------------------------- projection of the mean
+
+template <typename T>
+DGRD_HD Vec3<T> load3(const T* p, int i) { return {p[3 * i], p[3 * i + 1], p[3 * i + 2]}; }
+
+// Column `col` of [p, 1] @ M for a 4x4 M stored row-major (the transposed layout of SPEC 4).
+template <typename T>
+DGRD_HD T affine_column(const T* M, Vec3<T> p, int col) {
+  return p.x * M[col] + p.y * M[4 + col] + p.z * M[8 + col] + M[12 + col];
+}
+
+template <typename T>
+DGRD_HD Vec3<T> to_view(const T* viewmatrix, Vec3<T> p) {
+  return {affine_column(viewmatrix, p, 0), affine_column(viewmatrix, p, 1),
+          affine_column(viewmatrix, p, 2)};
+}
+
+// The world-to-view rotation acting on column vectors: Wr[j][i] = viewmatrix[4 i + j].
+template <typename T>
+DGRD_HD Mat3<T> view_rotation(const T* V) {
+  return {{{V[0], V[4], V[8]}, {V[1], V[5], V[9]}, {V[2], V[6], V[10]}}};
+}
+
+// Computed in double as the original does, so pixel positions match it bit for bit.
+template <typename T>
+DGRD_HD T ndc_to_pixel(T v, int size) {
+  return T(((double(v) + 1.0) * size - 1.0) * 0.5);
+}
+
+// Screen position in pixels; also returns 1 / (hom.w + eps) and hom for the backward.
+template <typename T>
+DGRD_HD Vec2<T> project_mean(const Camera<T>& cam, Vec3<T> mean, T& inv_w, Vec3<T>& hom) {
+  const T* M = cam.projmatrix;
+  hom = {affine_column(M, mean, 0), affine_column(M, mean, 1), affine_column(M, mean, 2)};
+  inv_w = T(1) / (affine_column(M, mean, 3) + T(kHomEps));
+  return {ndc_to_pixel(hom.x * inv_w, cam.width), ndc_to_pixel(hom.y * inv_w, cam.height)};
+}
+
+// d(ndc.x, ndc.y)/d(mean) applied to dndc.
+template <typename T>
+DGRD_HD Vec3<T> project_mean_backward(const Camera<T>& cam, Vec3<T> mean, Vec2<T> dndc) {
+  T inv_w;
+  Vec3<T> hom;
+  project_mean(cam, mean, inv_w, hom);
+  const T* M = cam.projmatrix;
+  const T ndc_x = hom.x * inv_w, ndc_y = hom.y * inv_w;
+  // ndc.x = hom.x / (hom.w + eps): d/dp_i = (M[i][0] - ndc.x M[i][3]) / (hom.w + eps)
+  Vec3<T> d;
+  T* out[3] = {&d.x, &d.y, &d.z};
+  for (int i = 0; i < 3; ++i) {
+    const T* row = M + 4 * i;
+    *out[i] = inv_w * (dndc.x * (row[0] - ndc_x * row[3]) + dndc.y * (row[1] - ndc_y * row[3]));
+  }
+  return d;
+}
+
+// ---------------------------------------------------------------- 3D covariance
+
+// The standard rotation matrix of the quaternion (w, x, y, z), used as given (not normalized).
+template <typename T>
+DGRD_HD Mat3<T> quaternion_to_rotation(const T* q) {
+  const T w = q[0], x = q[1], y = q[2], z = q[3];
+  return {{{T(1) - T(2) * (y * y + z * z), T(2) * (x * y - w * z), T(2) * (x * z + w * y)},
+           {T(2) * (x * y + w * z), T(1) - T(2) * (x * x + z * z), T(2) * (y * z - w * x)},
+           {T(2) * (x * z - w * y), T(2) * (y * z + w * x), T(1) - T(2) * (x * x + y * y)}}};
+}
+
+// Sigma = R S S^T R^T with S = diag(modifier * scale).
+template <typename T>
+DGRD_HD Sym3<T> covariance_3d(Vec3<T> scale, T modifier, const T* q) {
+  const Mat3<T> R = quaternion_to_rotation(q);
+  const T s[3] = {modifier * scale.x, modifier * scale.y, modifier * scale.z};
+  Mat3<T> M;  // R S
+  for (int i = 0; i < 3; ++i)
+    for (int k = 0; k < 3; ++k) M.m[i][k] = R.m[i][k] * s[k];
+  const Mat3<T> S = matmul(M, transpose(M));
+  return {S.m[0][0], S.m[0][1], S.m[0][2], S.m[1][1], S.m[1][2], S.m[2][2]};
+}
+
+// Symmetric matrix of d/d(Sigma_ij), entries treated as independent, from parameter gradients.
+template <typename T>
+DGRD_HD Mat3<T> symmetric_gradient(const Sym3<T>& g) {
+  const T h = T(0.5);
+  return {{{g.xx, h * g.xy, h * g.xz}, {h * g.xy, g.yy, h * g.yz}, {h * g.xz, h * g.yz, g.zz}}};
+}
+
+template <typename T>
+DGRD_HD void covariance_3d_backward(Vec3<T> scale, T modifier, const T* q, const Sym3<T>& dsigma,
+                                    Vec3<T>& dscale, T dq[4]) {
+  const Mat3<T> R = quaternion_to_rotation(q);
+  const T s[3] = {modifier * scale.x, modifier * scale.y, modifier * scale.z};
+  Mat3<T> M;
+  for (int i = 0; i < 3; ++i)
+    for (int k = 0; k < 3; ++k) M.m[i][k] = R.m[i][k] * s[k];
+  const Mat3<T> dM = matmul(symmetric_gradient(dsigma), M);  // half of d/dM = 2 G M
+  T ds[3] = {T(0), T(0), T(0)};
+  Mat3<T> dR;
+  for (int i = 0; i < 3; ++i)
+    for (int k = 0; k < 3; ++k) {
+      ds[k] += T(2) * dM.m[i][k] * R.m[i][k];
+      dR.m[i][k] = T(2) * dM.m[i][k] * s[k];
+    }
+  dscale = {modifier * ds[0], modifier * ds[1], modifier * ds[2]};
+  const T w = q[0], x = q[1], y = q[2], z = q[3];
+  const T(&g)[3][3] = dR.m;
+  dq[0] = T(2) * (-z * g[0][1] + y * g[0][2] + z * g[1][0] - x * g[1][2] - y * g[2][0] +
+                  x * g[2][1]);
+  dq[1] = T(2) * (y * g[0][1] + z * g[0][2] + y * g[1][0] - T(2) * x * g[1][1] - w * g[1][2] +
+                  z * g[2][0] + w * g[2][1] - T(2) * x * g[2][2]);
+  dq[2] = T(2) * (-T(2) * y * g[0][0] + x * g[0][1] + w * g[0][2] + x * g[1][0] + z * g[1][2] -
+                  w * g[2][0] + z * g[2][1] - T(2) * y * g[2][2]);
+  dq[3] = T(2) * (-T(2) * z * g[0][0] - w * g[0][1] + x * g[0][2] + w * g[1][0] -
+                  T(2) * z * g[1][1] + y * g[1][2] + x * g[2][0] + y * g[2][1]);
+}
+
+template <typename T>
+DGRD_HD Sym3<T> gaussian_covariance_3d(const Camera<T>& cam, const GaussianInputs<T>& in, int i) {
+  if (in.cov3D_precomp) {
+    const T* c = in.cov3D_precomp + 6 * i;
+    return {c[0], c[1], c[2], c[3], c[4], c[5]};
+  }
+  return covariance_3d(load3(in.scales, i), cam.scale_modifier, in.rotations + 4 * i);
+}
+
+// ---------------------------------------------------------------- 2D covariance (EWA)
+
+// J Wr, the linearized projection at the (frustum-clamped) view-space mean.
+template <typename T>
+struct ScreenJacobian {
+  T m[2][3];       // J Wr
+  T J00, J02, J11, J12;
+  T u, v;          // clamped t.x / t.z and t.y / t.z
+  bool u_free, v_free;  // the clamp did not bite
+};
+
+template <typename T>
+DGRD_HD ScreenJacobian<T> screen_jacobian(const Camera<T>& cam, Vec3<T> t, const Mat3<T>& Wr) {
+  ScreenJacobian<T> s;
+  const T limx = T(kFrustumClamp) * cam.tanfovx, limy = T(kFrustumClamp) * cam.tanfovy;
+  const T txtz = t.x / t.z, tytz = t.y / t.z;
+  s.u_free = !(txtz < -limx || txtz > limx);
+  s.v_free = !(tytz < -limy || tytz > limy);
+  const T tx = clamp(txtz, -limx, limx) * t.z;
+  const T ty = clamp(tytz, -limy, limy) * t.z;
+  s.u = tx / t.z;
+  s.v = ty / t.z;
+  s.J00 = cam.focal_x / t.z;
+  s.J11 = cam.focal_y / t.z;
+  s.J02 = -(cam.focal_x * tx) / (t.z * t.z);
+  s.J12 = -(cam.focal_y * ty) / (t.z * t.z);
+  for (int c = 0; c < 3; ++c) {
+    s.m[0][c] = s.J00 * Wr.m[0][c] + s.J02 * Wr.m[2][c];
+    s.m[1][c] = s.J11 * Wr.m[1][c] + s.J12 * Wr.m[2][c];
+  }
+  return s;
+}
+
+// J Wr Sigma Wr^T J^T, before the dilation.
+template <typename T>
+DGRD_HD Sym2<T> covariance_2d(const ScreenJacobian<T>& J, const Sym3<T>& sigma) {
+  const Mat3<T> S = to_dense(sigma);
+  T JS[2][3];
+  for (int r = 0; r < 2; ++r)
+    for (int c = 0; c < 3; ++c)
+      JS[r][c] = J.m[r][0] * S.m[0][c] + J.m[r][1] * S.m[1][c] + J.m[r][2] * S.m[2][c];
+  const T a = JS[0][0] * J.m[0][0] + JS[0][1] * J.m[0][1] + JS[0][2] * J.m[0][2];
+  const T b = JS[0][0] * J.m[1][0] + JS[0][1] * J.m[1][1] + JS[0][2] * J.m[1][2];
+  const T c = JS[1][0] * J.m[1][0] + JS[1][1] * J.m[1][1] + JS[1][2] * J.m[1][2];
+  return {a, b, c};
+}
+
+// From d/d(cov2d a, b, c): d/d(Sigma) as parameter gradients and d/d(t).
+template <typename T>
+DGRD_HD void covariance_2d_backward(const Camera<T>& cam, Vec3<T> t, const Mat3<T>& Wr,
+                                    const ScreenJacobian<T>& J, const Sym3<T>& sigma,
+                                    const Sym2<T>& dcov, Sym3<T>& dsigma, Vec3<T>& dt) {
+  // cov = A Sigma A^T with A = J Wr; G = symmetric d/dcov.
+  const T G[2][2] = {{dcov.a, T(0.5) * dcov.b}, {T(0.5) * dcov.b, dcov.c}};
+  T GA[2][3];  // G A
+  for (int r = 0; r < 2; ++r)
+    for (int c = 0; c < 3; ++c) GA[r][c] = G[r][0] * J.m[0][c] + G[r][1] * J.m[1][c];
+  // d/dSigma = A^T G A (independent entries); parameter gradients double the off-diagonal.
+  T D[3][3];
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) D[i][j] = J.m[0][i] * GA[0][j] + J.m[1][i] * GA[1][j];
+  dsigma = {D[0][0], D[0][1] + D[1][0], D[0][2] + D[2][0], D[1][1], D[1][2] + D[2][1], D[2][2]};
+  // d/dA = 2 G A Sigma, then d/dJ = d/dA Wr^T.
+  const Mat3<T> S = to_dense(sigma);
+  T dA[2][3];
+  for (int r = 0; r < 2; ++r)
+    for (int c = 0; c < 3; ++c)
+      dA[r][c] = T(2) * (GA[r][0] * S.m[0][c] + GA[r][1] * S.m[1][c] + GA[r][2] * S.m[2][c]);
+  T dJ[2][3];
+  for (int r = 0; r < 2; ++r)
+    for (int k = 0; k < 3; ++k)
+      dJ[r][k] = dA[r][0] * Wr.m[k][0] + dA[r][1] * Wr.m[k][1] + dA[r][2] * Wr.m[k][2];
+  // J00 = fx / tz, J02 = -fx u / tz with u = clamp(tx / tz) (and likewise for y).
+  const T iz = T(1) / t.z, iz2 = iz * iz;
+  const T du_dtz = J.u_free ? -t.x * iz2 : T(0), dv_dtz = J.v_free ? -t.y * iz2 : T(0);
+  const T du_dtx = J.u_free ? iz : T(0), dv_dty = J.v_free ? iz : T(0);
+  dt.x = dJ[0][2] * (-cam.focal_x * iz) * du_dtx;
+  dt.y = dJ[1][2] * (-cam.focal_y * iz) * dv_dty;
+  dt.z = -cam.focal_x * iz2 * dJ[0][0] - cam.focal_y * iz2 * dJ[1][1] +
+         dJ[0][2] * cam.focal_x * (J.u * iz2 - iz * du_dtz) +
+         dJ[1][2] * cam.focal_y * (J.v * iz2 - iz * dv_dtz);
+}
+
+// ---------------------------------------------------------------- conic, opacity, extent
+
+template <typename T>
+struct Footprint {
+  Sym2<T> cov;    // dilated 2D covariance
+  Sym2<T> conic;  // its inverse
+  T aa_factor;    // antialiasing opacity factor h (1 when off)
+  T det;          // of the dilated covariance
+};
+
+// Dilates the covariance by 0.3 px, inverts it and computes the antialiasing factor.
+// Returns false when the determinant is 0 (the Gaussian is culled).
+template <typename T>
+DGRD_HD bool footprint(const Sym2<T>& cov, bool antialiasing, Footprint<T>& f) {
+  const T det0 = cov.a * cov.c - cov.b * cov.b;
+  const T a = cov.a + T(kCovDilation), c = cov.c + T(kCovDilation);
+  f.cov = {a, cov.b, c};
+  f.det = a * c - cov.b * cov.b;
+  f.aa_factor = antialiasing ? sqrt_(max2(T(kAntialiasMinRatio), det0 / f.det)) : T(1);
+  if (f.det == T(0)) return false;
+  const T inv = T(1) / f.det;
+  f.conic = {c * inv, -cov.b * inv, a * inv};
+  return true;
+}
+
+// From d/d(conic) and d/d(h): d/d(cov2d) (dilation does not change derivatives).
+template <typename T>
+DGRD_HD Sym2<T> footprint_backward(const Sym2<T>& cov, bool antialiasing, const Sym2<T>& dconic,
+                                   T daa) {
+  const T a = cov.a + T(kCovDilation), b = cov.b, c = cov.c + T(kCovDilation);
+  const T det = a * c - b * b;
+  const T i2 = T(1) / (det * det);
+  Sym2<T> d;
+  // conic = (c, -b, a) / det
+  d.a = i2 * (-c * c * dconic.a + b * c * dconic.b - b * b * dconic.c);
+  d.b = i2 * (T(2) * b * c * dconic.a - (det + T(2) * b * b) * dconic.b + T(2) * a * b * dconic.c);
+  d.c = i2 * (-b * b * dconic.a + a * b * dconic.b - a * a * dconic.c);
+  if (antialiasing) {
+    const T det0 = cov.a * cov.c - b * b;
+    const T ratio = det0 / det;
+    if (ratio > T(kAntialiasMinRatio)) {
+      // h = sqrt(det0 / det): dh/dx = (ddet0/dx - ratio ddet/dx) / (2 h det)
+      const T k = daa / (T(2) * sqrt_(ratio) * det);
+      d.a += k * (cov.c - ratio * c);
+      d.b += k * (T(-2) * b + ratio * T(2) * b);
+      d.c += k * (cov.a - ratio * a);
+    }
+  }
+  return d;
+}
+
+// 3-sigma radius in pixels of the dilated covariance (a float holding an integer).
+template <typename T>
+DGRD_HD T footprint_radius(const Footprint<T>& f) {
+  const T mid = T(0.5) * (f.cov.a + f.cov.c);
+  const T lambda = mid + sqrt_(max2(T(kMinEigenSlack), mid * mid - f.det));
+  return ceil_(T(kSigmaExtent) * sqrt_(lambda));
+}
+
+template <typename T>
+DGRD_HD int tile_index_clamped(T v, int limit) {
+  return int(clamp(floor_(v / T(kTileSize)), T(0), T(limit)));
+}
+
+// Tiles covered by the square of half-size `radius` around `mean`, clipped to the grid.
+template <typename T>
+DGRD_HD TileRect tile_rect(Vec2<T> mean, T radius, int tiles_x, int tiles_y) {
+  const T extra = T(kTileSize - 1);
+  return {tile_index_clamped(mean.x - radius, tiles_x), tile_index_clamped(mean.y - radius, tiles_y),
+          tile_index_clamped(mean.x + radius + extra, tiles_x),
+          tile_index_clamped(mean.y + radius + extra, tiles_y)};
+}
+
+// ---------------------------------------------------------------- the whole preprocess
+
+template <typename T>
+DGRD_HD Vec3<T> gaussian_color(const Camera<T>& cam, const GaussianInputs<T>& in, int i,
+                               Vec3<T> mean) {
+  if (in.colors_precomp) return load3(in.colors_precomp, i);
+  return sh_to_color(cam.sh_degree, mean, cam.campos, in.shs + 3 * in.sh_coeffs * i);
+}
+
+// Projects Gaussian i. Returns the result with radius 0 when it is culled: behind the near
+// plane, degenerate, off screen, or with any non-finite input or derived value.
+template <typename T>
+DGRD_HD ProjectedGaussian<T> preprocess_gaussian(const Camera<T>& cam, const GaussianInputs<T>& in,
+                                                 int i) {
+  ProjectedGaussian<T> g;
+  g.radius = 0;
+  g.rect = {0, 0, 0, 0};
+  const Vec3<T> mean = load3(in.means3D, i);
+  const Vec3<T> t = to_view(cam.viewmatrix, mean);
+  if (!(t.z > T(kNearPlane)) || !is_finite(mean)) return g;
+
+  T inv_w;
+  Vec3<T> hom;
+  g.mean2d = project_mean(cam, mean, inv_w, hom);
+
+  const Mat3<T> Wr = view_rotation(cam.viewmatrix);
+  const ScreenJacobian<T> J = screen_jacobian(cam, t, Wr);
+  const Sym2<T> cov = covariance_2d(J, gaussian_covariance_3d(cam, in, i));
+  Footprint<T> f;
+  if (!footprint(cov, cam.antialiasing, f)) return g;
+  const T radius = footprint_radius(f);
+  const T opacity = f.aa_factor * in.opacities[i];
+  const Vec3<T> rgb = gaussian_color(cam, in, i, mean);
+  if (!(is_finite(g.mean2d) && is_finite(radius) && is_finite(f.conic.a) && is_finite(f.conic.b) &&
+        is_finite(f.conic.c) && is_finite(opacity) && is_finite(rgb) && is_finite(t.z)))
+    return g;
+
+  const TileRect rect = tile_rect(g.mean2d, radius, cam.tiles_x, cam.tiles_y);
+  if (rect.area() == 0) return g;
+  g.rect = rect;
+  g.radius = int(min2(radius, T(1 << 30)));
+  g.conic_opacity = {f.conic.a, f.conic.b, f.conic.c, opacity};
+  g.feature = {rgb.x, rgb.y, rgb.z, t.z};
+  return g;
+}
+
+// Backward of preprocess_gaussian for a Gaussian that was not culled: from the gradient of its
+// screen-space quantities to every input. Recomputes the forward's intermediates (cheap, and
+// bit-identical) instead of storing them.
+template <typename T>
+DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianInputs<T>& in, int i,
+                                          const SplatGrad<T>& g, const GaussianGrads<T>& out) {
+  const Vec3<T> mean = load3(in.means3D, i);
+  const Vec3<T> t = to_view(cam.viewmatrix, mean);
+  const Mat3<T> Wr = view_rotation(cam.viewmatrix);
+
+  // Screen position: the user-visible means2D gradient is in NDC units.
+  const Vec2<T> dndc = {g.mean2d.x * T(0.5) * T(cam.width), g.mean2d.y * T(0.5) * T(cam.height)};
+  out.means2D[3 * i + 0] = dndc.x;
+  out.means2D[3 * i + 1] = dndc.y;
+  Vec3<T> dmean = project_mean_backward(cam, mean, dndc);
+
+  // Conic and opacity -> 2D covariance -> view-space mean and 3D covariance.
+  const ScreenJacobian<T> J = screen_jacobian(cam, t, Wr);
+  const Sym3<T> sigma = gaussian_covariance_3d(cam, in, i);
+  const Sym2<T> cov = covariance_2d(J, sigma);
+  Footprint<T> f;
+  footprint(cov, cam.antialiasing, f);
+  const T opacity = in.opacities[i];
+  out.opacities[i] = f.aa_factor * g.opacity;
+  const Sym2<T> dcov = footprint_backward(cov, cam.antialiasing, g.conic, opacity * g.opacity);
+  Sym3<T> dsigma;
+  Vec3<T> dt;
+  covariance_2d_backward(cam, t, Wr, J, sigma, dcov, dsigma, dt);
+  dt.z += g.feature.w;  // the blended depth is t.z
+  dmean = dmean + matvec_transposed(Wr, dt);
+
+  if (in.cov3D_precomp) {
+    T* d = out.cov3D_precomp + 6 * i;
+    d[0] = dsigma.xx; d[1] = dsigma.xy; d[2] = dsigma.xz;
+    d[3] = dsigma.yy; d[4] = dsigma.yz; d[5] = dsigma.zz;
+  } else {
+    Vec3<T> dscale;
+    covariance_3d_backward(load3(in.scales, i), cam.scale_modifier, in.rotations + 4 * i, dsigma,
+                           dscale, out.rotations + 4 * i);
+    out.scales[3 * i + 0] = dscale.x;
+    out.scales[3 * i + 1] = dscale.y;
+    out.scales[3 * i + 2] = dscale.z;
+  }
+
+  const Vec3<T> drgb = {g.feature.x, g.feature.y, g.feature.z};
+  if (in.colors_precomp) {
+    out.colors_precomp[3 * i + 0] = drgb.x;
+    out.colors_precomp[3 * i + 1] = drgb.y;
+    out.colors_precomp[3 * i + 2] = drgb.z;
+  } else {
+    const int stride = 3 * in.sh_coeffs;
+    dmean = dmean + sh_to_color_backward(cam.sh_degree, mean, cam.campos, in.shs + stride * i, drgb,
+                                         out.shs + stride * i);
+  }
+  out.means3D[3 * i + 0] = dmean.x;
+  out.means3D[3 * i + 1] = dmean.y;
+  out.means3D[3 * i + 2] = dmean.z;
+}
+
+// The near-plane test of markVisible.
+template <typename T>
+DGRD_HD bool in_front_of_camera(const T* viewmatrix, Vec3<T> p) {
+  return to_view(viewmatrix, p).z > T(kNearPlane);
+}
+
+}  // namespace dgrd

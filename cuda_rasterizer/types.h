@@ -1,0 +1,125 @@
+// Plain structs passed between the glue, the backends and the shared math (no PyTorch types).
+#pragma once
+
+#include "math.h"
+
+namespace dgrd {
+
+// Everything the per-Gaussian math needs to know about the view. Pointers address memory of
+// the backend's device (host memory for the CPU backend), so no matrix is read back to the host.
+template <typename T>
+struct Camera {
+  const T* viewmatrix;  // 16, world -> view as [p, 1] @ M (the original's transposed layout)
+  const T* projmatrix;  // 16, world -> clip, same layout
+  const T* campos;      // 3
+  const T* background;  // 3
+  int width, height;
+  int tiles_x, tiles_y;
+  T tanfovx, tanfovy;
+  T focal_x, focal_y;
+  T scale_modifier;
+  int sh_degree;
+  bool antialiasing;
+};
+
+// The per-Gaussian inputs, contiguous; an absent input is a null pointer.
+template <typename T>
+struct GaussianInputs {
+  int count;
+  const T* means3D;         // P x 3
+  const T* opacities;       // P
+  const T* shs;             // P x sh_coeffs x 3, or null
+  int sh_coeffs;
+  const T* colors_precomp;  // P x 3, or null
+  const T* scales;          // P x 3, or null (then cov3D_precomp is given)
+  const T* rotations;       // P x 4 quaternions (w, x, y, z)
+  const T* cov3D_precomp;   // P x 6 upper triangle, or null
+};
+
+// Half-open rectangle of tiles [x0, x1) x [y0, y1).
+struct TileRect {
+  int x0, y0, x1, y1;
+  DGRD_HD int area() const { return (x1 - x0) * (y1 - y0); }
+};
+
+// What the preprocess computes for one Gaussian and the render reads. A Gaussian is culled
+// when radius == 0.
+template <typename T>
+struct ProjectedGaussian {
+  Vec2<T> mean2d;        // pixel coordinates
+  Vec4<T> conic_opacity; // inverse 2D covariance (a, b, c) and the opacity actually blended
+  Vec4<T> feature;       // colour (r, g, b) and view-space depth z: what a pixel blends
+  int radius;
+  TileRect rect;
+};
+
+// Per-Gaussian output arrays of the preprocess (structure of arrays).
+template <typename T>
+struct GaussianState {
+  int* radii;
+  Vec2<T>* means2d;
+  Vec4<T>* conic_opacity;
+  Vec4<T>* features;
+  int* tiles_touched;
+
+  DGRD_HD void store(int i, const ProjectedGaussian<T>& g) const {
+    radii[i] = g.radius;
+    means2d[i] = g.mean2d;
+    conic_opacity[i] = g.conic_opacity;
+    features[i] = g.feature;
+    tiles_touched[i] = g.radius > 0 ? g.rect.area() : 0;
+  }
+};
+
+// Gradient of the loss with respect to one Gaussian's screen-space quantities: what the render
+// backward produces (summed over pixels) and the preprocess backward consumes.
+template <typename T>
+struct SplatGrad {
+  Vec2<T> mean2d;   // pixel units
+  Sym2<T> conic;    // d/d(conic a, b, c); b is the single off-diagonal parameter
+  T opacity;        // d/d(blended opacity)
+  Vec4<T> feature;  // d/d(r, g, b, z)
+};
+constexpr int kSplatGradValues = 10;
+
+// Output gradient arrays of the preprocess backward; null where the input is absent.
+template <typename T>
+struct GaussianGrads {
+  T* means3D;         // P x 3
+  T* means2D;         // P x 3, d/d(ndc x, ndc y), third component 0
+  T* opacities;       // P
+  T* shs;             // P x sh_coeffs x 3
+  T* colors_precomp;  // P x 3
+  T* scales;          // P x 3
+  T* rotations;       // P x 4
+  T* cov3D_precomp;   // P x 6
+};
+
+// Sorted tile lists: tile t holds point_list[tile_ranges[2t] .. tile_ranges[2t + 1]).
+struct TileLists {
+  const int* point_list;
+  const int* tile_ranges;
+};
+
+// Per-pixel outputs and what the backward reads of the forward (all planes H x W, row-major).
+// The saved weight and depth are private copies, so users may edit the returned maps.
+template <typename T>
+struct PixelBuffers {
+  T* color;        // 3 x H x W
+  T* depth;        // H x W
+  T* weight;       // H x W
+  T* pixel_state;  // 3 x H x W: final transmittance, weight, depth
+  int* n_contrib;  // H x W: 1 + position in the tile's list of the last blended splat
+
+  enum : int { kFinalT = 0, kWeight = 1, kDepth = 2 };
+};
+
+// Per-pixel upstream gradients; a null pointer means zero.
+template <typename T>
+struct PixelGrads {
+  const T* color;   // 3 x H x W
+  const T* depth;   // H x W
+  const T* weight;  // H x W
+};
+
+}  // namespace dgrd

@@ -1,0 +1,120 @@
+"""Differentiable Gaussian rasterizer with depth and weight maps.
+
+A drop-in replacement for `diff_gaussian_rasterization`: the same settings and call, plus an
+expected-depth map and an accumulated-alpha (weight) map, all with exact gradients.
+
+    color, radii, depth, weight = GaussianRasterizer(settings)(means3D, means2D, opacities, ...)
+"""
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+from ._validation import check_gaussians, CheckedSettings
+from . import _backend
+
+__all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians",
+           "has_cuda_backend"]
+
+__version__ = "0.1.0"
+
+
+class GaussianRasterizationSettings(NamedTuple):
+    image_height: int
+    image_width: int
+    tanfovx: float
+    tanfovy: float
+    bg: torch.Tensor
+    scale_modifier: float
+    viewmatrix: torch.Tensor
+    projmatrix: torch.Tensor
+    sh_degree: int
+    campos: torch.Tensor
+    prefiltered: bool = False
+    debug: bool = False
+    antialiasing: bool = False
+
+
+def has_cuda_backend() -> bool:
+    """True when the compiled extension includes the CUDA kernels."""
+    return _backend.has_cuda()
+
+
+def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
+                        cov3Ds_precomp, raster_settings, dc=None):
+    """Functional form, argument order as in the original package.
+
+    Returns (color (3,H,W), radii (P,) int32, depth (H,W), weight (H,W)).
+    """
+    (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp,
+     checked) = check_gaussians(means3D, means2D, opacities, sh, colors_precomp, scales,
+                                rotations, cov3Ds_precomp, dc, raster_settings)
+    if means2D is None:
+        # Nobody wants the screen-space gradient: a throwaway carrier keeps the Function simple.
+        means2D = torch.zeros((means3D.shape[0], 3), dtype=means3D.dtype, device=means3D.device)
+    return _RasterizeGaussians.apply(means3D, means2D, sh, colors_precomp, opacities, scales,
+                                     rotations, cov3Ds_precomp, checked)
+
+
+def _absent_to_empty(t, like):
+    return t if t is not None else like.new_empty((0,))
+
+
+class _RasterizeGaussians(torch.autograd.Function):
+    """Autograd glue: the compiled backend does both passes; nothing here does math."""
+
+    @staticmethod
+    def forward(ctx, means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
+                cov3Ds_precomp, settings: CheckedSettings):
+        config = _backend.make_config(settings)
+        gaussians = _backend.make_gaussians(means3D, opacities, sh, colors_precomp, scales,
+                                            rotations, cov3Ds_precomp)
+        color, depth, weight, radii, state = _backend.forward(config, gaussians)
+        ctx.config = config
+        # Internal per-Gaussian and per-pixel state of the forward: never handed to the user,
+        # so in-place edits of the returned maps cannot corrupt the backward.
+        ctx.state = state
+        ctx.absent = (sh is None, colors_precomp is None, scales is None, cov3Ds_precomp is None)
+        ctx.save_for_backward(means3D, opacities, _absent_to_empty(sh, means3D),
+                              _absent_to_empty(colors_precomp, means3D),
+                              _absent_to_empty(scales, means3D),
+                              _absent_to_empty(rotations, means3D),
+                              _absent_to_empty(cov3Ds_precomp, means3D))
+        ctx.mark_non_differentiable(radii)
+        return color, radii, depth, weight
+
+    @staticmethod
+    def backward(ctx, grad_color, _grad_radii, grad_depth, grad_weight):
+        means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds = ctx.saved_tensors
+        gaussians = _backend.make_gaussians(means3D, opacities, sh, colors_precomp, scales,
+                                            rotations, cov3Ds)
+        grads = _backend.backward(ctx.config, gaussians, ctx.state,
+                                  grad_color, grad_depth, grad_weight)
+        (d_means3D, d_means2D, d_opacities, d_sh, d_colors, d_scales, d_rotations,
+         d_cov3D) = grads
+        no_sh, no_colors, no_scales, no_cov = ctx.absent
+        return (d_means3D, d_means2D, None if no_sh else d_sh, None if no_colors else d_colors,
+                d_opacities, None if no_scales else d_scales,
+                None if no_scales else d_rotations, None if no_cov else d_cov3D, None)
+
+
+class GaussianRasterizer(nn.Module):
+    def __init__(self, raster_settings: GaussianRasterizationSettings):
+        super().__init__()
+        self.raster_settings = raster_settings
+
+    def markVisible(self, positions: torch.Tensor) -> torch.Tensor:
+        """Bool mask (P,) of the points in front of the near plane; no gradient."""
+        from ._validation import _require_tensor, _require_shape
+        positions = _require_tensor("positions", positions)
+        _require_shape("positions", positions, [(None, 3)], "(P, 3)")
+        if not positions.is_floating_point():
+            raise TypeError(f"positions: expected a floating-point tensor, got {positions.dtype}")
+        with torch.no_grad():
+            checked = CheckedSettings(self.raster_settings, positions.device, positions.dtype)
+            return _backend.mark_visible(positions.detach().contiguous(), checked)
+
+    def forward(self, means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
+                rotations=None, cov3D_precomp=None, dc=None):
+        return rasterize_gaussians(means3D, means2D, shs, colors_precomp, opacities, scales,
+                                   rotations, cov3D_precomp, self.raster_settings, dc=dc)

@@ -1,0 +1,88 @@
+"""Thin bridge to the compiled extension `_C`: packs settings and tensors, dispatches by device."""
+import torch
+
+try:
+    from . import _C
+    _IMPORT_ERROR = None
+except ImportError as e:  # a source checkout that was never built
+    _C = None
+    _IMPORT_ERROR = e
+
+
+def _ext():
+    if _C is None:
+        raise RuntimeError(
+            "diff_gaussian_rasterization_depth: the compiled extension is missing "
+            f"({_IMPORT_ERROR}). Install the package with "
+            "`pip install --no-build-isolation .` from its source directory.")
+    return _C
+
+
+def has_cuda() -> bool:
+    return _C is not None and _C.has_cuda()
+
+
+def _check_device(device: torch.device):
+    if device.type == "cuda" and not _ext().has_cuda():
+        raise RuntimeError(
+            "diff_gaussian_rasterization_depth was built without CUDA, but the inputs are CUDA "
+            "tensors. Rebuild with a CUDA-enabled PyTorch and nvcc on PATH: "
+            "`pip install --no-build-isolation --force-reinstall .` (set TORCH_CUDA_ARCH_LIST "
+            "to choose GPU architectures).")
+
+
+def make_config(settings):
+    """settings: a CheckedSettings; its tensors are private copies on the right device."""
+    c = _ext().RasterConfig()
+    c.image_height = settings.image_height
+    c.image_width = settings.image_width
+    c.tanfovx = settings.tanfovx
+    c.tanfovy = settings.tanfovy
+    c.scale_modifier = settings.scale_modifier
+    c.sh_degree = settings.sh_degree
+    c.prefiltered = settings.prefiltered
+    c.antialiasing = settings.antialiasing
+    c.debug = settings.debug
+    c.bg = settings.bg
+    c.viewmatrix = settings.viewmatrix
+    c.projmatrix = settings.projmatrix
+    c.campos = settings.campos
+    return c
+
+
+def make_gaussians(means3D, opacities, sh, colors_precomp, scales, rotations, cov3D_precomp):
+    """Absent inputs become empty tensors; every present one is made contiguous."""
+    _check_device(means3D.device)
+    g = _ext().GaussianInputs()
+    empty = means3D.new_empty((0,))
+
+    def put(t):
+        return empty if t is None or t.numel() == 0 and means3D.shape[0] > 0 else t.contiguous()
+
+    g.means3D = means3D.contiguous()
+    g.opacities = put(opacities)
+    g.shs = put(sh)
+    g.colors_precomp = put(colors_precomp)
+    g.scales = put(scales)
+    g.rotations = put(rotations)
+    g.cov3D_precomp = put(cov3D_precomp)
+    return g
+
+
+def forward(config, gaussians):
+    return _ext().forward(config, gaussians)
+
+
+def backward(config, gaussians, state, grad_color, grad_depth, grad_weight):
+    empty = gaussians.means3D.new_empty((0,))
+
+    def put(g):
+        return empty if g is None else g.contiguous()
+
+    return _ext().backward(config, gaussians, state, put(grad_color), put(grad_depth),
+                           put(grad_weight))
+
+
+def mark_visible(positions, settings):
+    _check_device(positions.device)
+    return _ext().mark_visible(positions, settings.viewmatrix)

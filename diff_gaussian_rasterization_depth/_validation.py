@@ -1,0 +1,174 @@
+"""Input checking for the rasterizer: every violated contract raises before any kernel runs.
+
+ValueError for shapes, combinations and values; TypeError for dtypes and non-tensors;
+RuntimeError for CUDA tensors on a build without CUDA (raised by the dispatcher).
+"""
+import math
+import operator
+from typing import Optional
+
+import torch
+
+SUPPORTED_DTYPES = {
+    "cpu": (torch.float32, torch.float64),
+    "cuda": (torch.float32,),
+}
+
+
+def _describe(t) -> str:
+    if isinstance(t, torch.Tensor):
+        return f"tensor of shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
+    return f"{type(t).__name__} {t!r}"
+
+
+def _require_tensor(name: str, t) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {_describe(t)}")
+    return t
+
+
+def _require_shape(name: str, t: torch.Tensor, allowed, expected_text: str):
+    """allowed: list of shape tuples where None matches any size."""
+    for shape in allowed:
+        if t.dim() == len(shape) and all(s is None or s == d for s, d in zip(shape, t.shape)):
+            return
+    raise ValueError(f"{name}: expected shape {expected_text}, got {tuple(t.shape)}")
+
+
+def _require_int(name: str, v, lo: int, hi: Optional[int] = None) -> int:
+    if isinstance(v, bool) or not hasattr(type(v), "__index__"):
+        raise TypeError(f"{name}: expected an int, got {_describe(v)}")
+    v = operator.index(v)
+    if v < lo or (hi is not None and v > hi):
+        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        raise ValueError(f"{name}: expected an integer {rng}, got {v}")
+    return v
+
+
+def _require_float(name: str, v, positive: bool = False) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a real number, got {_describe(v)}") from None
+    if not math.isfinite(f) or (positive and f <= 0):
+        what = "a finite positive number" if positive else "a finite number"
+        raise ValueError(f"{name}: expected {what}, got {f}")
+    return f
+
+
+def _small_tensor(name: str, t, numel: int, device, dtype) -> torch.Tensor:
+    """Matrices, bg, campos: any layout with the right element count, moved to `device`."""
+    t = _require_tensor(f"raster_settings.{name}", t)
+    if not t.is_floating_point():
+        raise TypeError(f"raster_settings.{name}: expected a floating-point tensor, got {t.dtype}")
+    if t.numel() != numel:
+        raise ValueError(f"raster_settings.{name}: expected {numel} elements, got "
+                         f"{t.numel()} (shape {tuple(t.shape)})")
+    return t.detach().to(device=device, dtype=dtype).reshape(-1).contiguous()
+
+
+class CheckedSettings:
+    """The settings after validation, with tensors on the Gaussians' device and dtype."""
+
+    def __init__(self, s, device, dtype):
+        self.image_height = _require_int("raster_settings.image_height", s.image_height, 1, 1 << 15)
+        self.image_width = _require_int("raster_settings.image_width", s.image_width, 1, 1 << 15)
+        self.tanfovx = _require_float("raster_settings.tanfovx", s.tanfovx, positive=True)
+        self.tanfovy = _require_float("raster_settings.tanfovy", s.tanfovy, positive=True)
+        self.scale_modifier = _require_float("raster_settings.scale_modifier", s.scale_modifier)
+        self.sh_degree = _require_int("raster_settings.sh_degree", s.sh_degree, 0, 3)
+        self.bg = _small_tensor("bg", s.bg, 3, device, dtype)
+        self.viewmatrix = _small_tensor("viewmatrix", s.viewmatrix, 16, device, dtype)
+        self.projmatrix = _small_tensor("projmatrix", s.projmatrix, 16, device, dtype)
+        self.campos = _small_tensor("campos", s.campos, 3, device, dtype)
+        self.prefiltered = bool(s.prefiltered)
+        self.debug = bool(s.debug)
+        self.antialiasing = bool(s.antialiasing)
+
+
+def check_gaussians(means3D, means2D, opacities, shs, colors_precomp, scales, rotations,
+                    cov3D_precomp, dc, settings):
+    """Validate the per-Gaussian inputs and the settings; return normalized tensors.
+
+    Returns (means3D, opacities (P,1), shs (P,M,3) or None, colors_precomp or None, scales,
+    rotations, cov3D_precomp, CheckedSettings). `dc` is already concatenated into shs.
+    """
+    means3D = _require_tensor("means3D", means3D)
+    _require_shape("means3D", means3D, [(None, 3)], "(P, 3)")
+    P = means3D.shape[0]
+    device, dtype = means3D.device, means3D.dtype
+    if device.type not in SUPPORTED_DTYPES:
+        raise ValueError(f"means3D: expected a CPU or CUDA tensor, got device {device}")
+    if dtype not in SUPPORTED_DTYPES[device.type]:
+        allowed = ", ".join(str(d) for d in SUPPORTED_DTYPES[device.type])
+        raise TypeError(f"means3D: expected dtype {allowed} on {device.type}, got {dtype}")
+
+    def same(name, t):
+        t = _require_tensor(name, t)
+        if t.device != device:
+            raise ValueError(f"{name}: expected a tensor on {device} (the device of means3D), "
+                             f"got one on {t.device}")
+        if t.dtype != dtype:
+            raise TypeError(f"{name}: expected dtype {dtype} (the dtype of means3D), got {t.dtype}")
+        return t
+
+    if means2D is not None:
+        same("means2D", means2D)
+        _require_shape("means2D", means2D, [(P, 3), (P, 2)], f"({P}, 3) or ({P}, 2)")
+
+    if opacities is None:
+        raise ValueError("opacities: expected a tensor of shape (P, 1) or (P,), got None")
+    same("opacities", opacities)
+    _require_shape("opacities", opacities, [(P, 1), (P,)], f"({P}, 1) or ({P},)")
+    opacities = opacities.reshape(P, 1)
+
+    if dc is not None:
+        same("dc", dc)
+        _require_shape("dc", dc, [(P, 1, 3)], f"({P}, 1, 3)")
+        if colors_precomp is not None:
+            raise ValueError("dc: given together with colors_precomp; dc belongs to the SH "
+                             "coefficients, pass either (dc, shs) or colors_precomp")
+        if shs is not None:
+            same("shs", shs)
+            _require_shape("shs", shs, [(P, None, 3)], f"({P}, M, 3)")
+            shs = torch.cat([dc, shs], dim=1)
+        else:
+            shs = dc
+    if (shs is None) == (colors_precomp is None):
+        given = "both" if shs is not None else "neither"
+        raise ValueError(f"shs / colors_precomp: expected exactly one of them, got {given}")
+
+    checked = CheckedSettings(settings, device, dtype)
+    if shs is not None:
+        name = "cat([dc, shs], dim=1)" if dc is not None else "shs"
+        same(name, shs)
+        _require_shape(name, shs, [(P, None, 3)], f"({P}, M, 3)")
+        need = (checked.sh_degree + 1) ** 2
+        if shs.shape[1] < need:
+            raise ValueError(f"{name}: sh_degree {checked.sh_degree} needs M >= {need} "
+                             f"coefficients per Gaussian, got M = {shs.shape[1]}")
+    else:
+        same("colors_precomp", colors_precomp)
+        _require_shape("colors_precomp", colors_precomp, [(P, 3)], f"({P}, 3)")
+
+    have_sr = scales is not None or rotations is not None
+    if have_sr and cov3D_precomp is not None:
+        raise ValueError("scales/rotations and cov3D_precomp: expected exactly one of "
+                         "(scales and rotations) or cov3D_precomp, got both")
+    if not have_sr and cov3D_precomp is None:
+        raise ValueError("scales/rotations and cov3D_precomp: expected exactly one of "
+                         "(scales and rotations) or cov3D_precomp, got neither")
+    if have_sr:
+        if scales is None or rotations is None:
+            missing = "scales" if scales is None else "rotations"
+            raise ValueError(f"{missing}: expected a tensor (scales and rotations go together), "
+                             f"got None")
+        same("scales", scales)
+        _require_shape("scales", scales, [(P, 3)], f"({P}, 3)")
+        same("rotations", rotations)
+        _require_shape("rotations", rotations, [(P, 4)], f"({P}, 4)")
+    else:
+        same("cov3D_precomp", cov3D_precomp)
+        _require_shape("cov3D_precomp", cov3D_precomp, [(P, 6)], f"({P}, 6)")
+
+    return means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp, checked

@@ -1,0 +1,36 @@
+// Python bindings of the _C module.
+#include <torch/extension.h>
+
+#include "rasterize_points.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using namespace dgrd;
+  py::class_<RasterConfig>(m, "RasterConfig")
+      .def(py::init<>())
+      .def_readwrite("image_height", &RasterConfig::image_height)
+      .def_readwrite("image_width", &RasterConfig::image_width)
+      .def_readwrite("tanfovx", &RasterConfig::tanfovx)
+      .def_readwrite("tanfovy", &RasterConfig::tanfovy)
+      .def_readwrite("scale_modifier", &RasterConfig::scale_modifier)
+      .def_readwrite("sh_degree", &RasterConfig::sh_degree)
+      .def_readwrite("prefiltered", &RasterConfig::prefiltered)
+      .def_readwrite("antialiasing", &RasterConfig::antialiasing)
+      .def_readwrite("debug", &RasterConfig::debug)
+      .def_readwrite("bg", &RasterConfig::bg)
+      .def_readwrite("viewmatrix", &RasterConfig::viewmatrix)
+      .def_readwrite("projmatrix", &RasterConfig::projmatrix)
+      .def_readwrite("campos", &RasterConfig::campos);
+  py::class_<GaussianTensors>(m, "GaussianInputs")
+      .def(py::init<>())
+      .def_readwrite("means3D", &GaussianTensors::means3D)
+      .def_readwrite("opacities", &GaussianTensors::opacities)
+      .def_readwrite("shs", &GaussianTensors::shs)
+      .def_readwrite("colors_precomp", &GaussianTensors::colors_precomp)
+      .def_readwrite("scales", &GaussianTensors::scales)
+      .def_readwrite("rotations", &GaussianTensors::rotations)
+      .def_readwrite("cov3D_precomp", &GaussianTensors::cov3D_precomp);
+  m.def("forward", &dgrd::forward, "Render colour, depth and weight; returns the backward state");
+  m.def("backward", &dgrd::backward, "Gradients of every input from those of the three maps");
+  m.def("mark_visible", &dgrd::mark_visible, "Points in front of the near plane");
+  m.def("has_cuda", &dgrd::has_cuda, "Whether the CUDA kernels were compiled in");
+}

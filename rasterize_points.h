@@ -1,0 +1,164 @@
+// PyTorch glue: the settings and tensors that cross from Python, the forward state kept for the
+// backward (one layout, named), and the per-device entry points.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "cuda_rasterizer/types.h"
+
+namespace dgrd {
+
+struct RasterConfig {
+  int64_t image_height = 0, image_width = 0;
+  double tanfovx = 1, tanfovy = 1, scale_modifier = 1;
+  int64_t sh_degree = 0;
+  bool prefiltered = false, antialiasing = false, debug = false;
+  torch::Tensor bg, viewmatrix, projmatrix, campos;  // flat, on the Gaussians' device and dtype
+
+  int tiles_x() const { return int((image_width + kTileSize - 1) / kTileSize); }
+  int tiles_y() const { return int((image_height + kTileSize - 1) / kTileSize); }
+};
+
+// Per-Gaussian inputs; an absent one is an empty tensor.
+struct GaussianTensors {
+  torch::Tensor means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp;
+  int64_t count() const { return means3D.size(0); }
+};
+
+// What the forward keeps for the backward. Never handed to the user.
+struct ForwardState {
+  torch::Tensor radii;          // (P) int32
+  torch::Tensor means2d;        // (P, 2)
+  torch::Tensor conic_opacity;  // (P, 4)
+  torch::Tensor features;       // (P, 4): r, g, b, view depth
+  torch::Tensor point_list;     // (N) int32: Gaussian ids by tile, then depth
+  torch::Tensor tile_ranges;    // (tiles, 2) int32
+  torch::Tensor pixel_state;    // (3, H, W): final transmittance, weight, depth
+  torch::Tensor n_contrib;      // (H, W) int32
+
+  std::vector<torch::Tensor> to_list() const {
+    return {radii, means2d, conic_opacity, features, point_list, tile_ranges, pixel_state,
+            n_contrib};
+  }
+  static ForwardState from_list(const std::vector<torch::Tensor>& v) {
+    TORCH_CHECK(v.size() == 8, "diff_gaussian_rasterization_depth: corrupt forward state");
+    return {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]};
+  }
+};
+
+// color (3,H,W), depth (H,W), weight (H,W), radii (P), state
+using ForwardResult =
+    std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, std::vector<torch::Tensor>>;
+// d means3D, d means2D (P,3), d opacities (P,1), d shs, d colors_precomp, d scales, d rotations,
+// d cov3D_precomp
+using BackwardResult = std::vector<torch::Tensor>;
+
+// ----------------------------------------------------------------- helpers shared by devices
+
+template <typename T>
+const T* data_or_null(const torch::Tensor& t) {
+  return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+Camera<T> make_camera(const RasterConfig& c) {
+  Camera<T> cam;
+  cam.viewmatrix = c.viewmatrix.data_ptr<T>();
+  cam.projmatrix = c.projmatrix.data_ptr<T>();
+  cam.campos = c.campos.data_ptr<T>();
+  cam.background = c.bg.data_ptr<T>();
+  cam.width = int(c.image_width);
+  cam.height = int(c.image_height);
+  cam.tiles_x = c.tiles_x();
+  cam.tiles_y = c.tiles_y();
+  cam.tanfovx = T(c.tanfovx);
+  cam.tanfovy = T(c.tanfovy);
+  cam.focal_x = T(c.image_width / (2.0 * c.tanfovx));
+  cam.focal_y = T(c.image_height / (2.0 * c.tanfovy));
+  cam.scale_modifier = T(c.scale_modifier);
+  cam.sh_degree = int(c.sh_degree);
+  cam.antialiasing = c.antialiasing;
+  return cam;
+}
+
+template <typename T>
+GaussianInputs<T> make_inputs(const GaussianTensors& g) {
+  GaussianInputs<T> in;
+  in.count = int(g.count());
+  in.means3D = data_or_null<T>(g.means3D);
+  in.opacities = data_or_null<T>(g.opacities);
+  in.shs = data_or_null<T>(g.shs);
+  in.sh_coeffs = in.shs ? int(g.shs.size(1)) : 0;
+  in.colors_precomp = data_or_null<T>(g.colors_precomp);
+  in.scales = data_or_null<T>(g.scales);
+  in.rotations = data_or_null<T>(g.rotations);
+  in.cov3D_precomp = data_or_null<T>(g.cov3D_precomp);
+  return in;
+}
+
+template <typename T>
+GaussianState<T> make_state(const ForwardState& s, int* tiles_touched) {
+  return {s.radii.data_ptr<int>(), reinterpret_cast<Vec2<T>*>(s.means2d.data_ptr<T>()),
+          reinterpret_cast<Vec4<T>*>(s.conic_opacity.data_ptr<T>()),
+          reinterpret_cast<Vec4<T>*>(s.features.data_ptr<T>()), tiles_touched};
+}
+
+template <typename T>
+PixelBuffers<T> make_pixel_buffers(const ForwardState& s, torch::Tensor color, torch::Tensor depth,
+                                   torch::Tensor weight) {
+  return {color.defined() ? color.data_ptr<T>() : nullptr,
+          depth.defined() ? depth.data_ptr<T>() : nullptr,
+          weight.defined() ? weight.data_ptr<T>() : nullptr, s.pixel_state.data_ptr<T>(),
+          s.n_contrib.data_ptr<int>()};
+}
+
+// Allocates the P-sized part of the state and the per-pixel buffers on `opts`' device.
+ForwardState allocate_state(const RasterConfig& c, int64_t count, const torch::TensorOptions& opts);
+
+// Gradient tensors shaped like the inputs (zeros), and their pointers.
+struct GradientTensors {
+  torch::Tensor means3D, means2D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp;
+  static GradientTensors zeros_like_inputs(const GaussianTensors& g);
+  BackwardResult to_list() const {
+    return {means3D, means2D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp};
+  }
+  template <typename T>
+  GaussianGrads<T> pointers() const {
+    auto p = [](const torch::Tensor& t) { return t.numel() > 0 ? t.data_ptr<T>() : nullptr; };
+    return {p(means3D), p(means2D), p(opacities), p(shs), p(colors_precomp), p(scales),
+            p(rotations), p(cov3D_precomp)};
+  }
+};
+
+// Largest number of (tile, Gaussian) pairs a render may hold: indices are 32-bit.
+constexpr int64_t kMaxTilePairs = (int64_t(1) << 31) - 1;
+void check_tile_pairs(int64_t pairs, int64_t bytes_per_pair);
+
+// Per-device entry points.
+ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g);
+BackwardResult backward_cpu(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
+                            const torch::Tensor& dcolor, const torch::Tensor& ddepth,
+                            const torch::Tensor& dweight);
+#ifdef DGRD_WITH_CUDA
+ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g);
+BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
+                             const torch::Tensor& dcolor, const torch::Tensor& ddepth,
+                             const torch::Tensor& dweight);
+torch::Tensor mark_visible_cuda(const torch::Tensor& positions, const torch::Tensor& viewmatrix);
+#endif
+
+}  // namespace dgrd
+
+namespace dgrd {
+// Device dispatch, called from Python.
+ForwardResult forward(const RasterConfig& c, const GaussianTensors& g);
+BackwardResult backward(const RasterConfig& c, const GaussianTensors& g,
+                        const std::vector<torch::Tensor>& state, const torch::Tensor& dcolor,
+                        const torch::Tensor& ddepth, const torch::Tensor& dweight);
+torch::Tensor mark_visible(const torch::Tensor& positions, const torch::Tensor& viewmatrix);
+bool has_cuda();
+}  // namespace dgrd
