@@ -1,25 +1,52 @@
 // PyTorch glue for the CPU backend, and the dispatch by device.
 #include "rasterize_points.h"
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <iomanip>
 #include <numeric>
 #include <sstream>
+#include <string>
 
 #include "cuda_rasterizer/cpu_backend.h"
 #include "cuda_rasterizer/preprocess.h"
+#include "resource_limits.h"
 
 namespace dgrd {
 
-ForwardState allocate_state(const RasterConfig& c, int64_t count, const torch::TensorOptions& opts) {
-  const auto ints = opts.dtype(torch::kInt32);
-  const int64_t H = c.image_height, W = c.image_width;
+namespace {
+
+// The P-sized part of the forward state: all a forward needs before it knows the pair count.
+ForwardState allocate_gaussian_state(int64_t count, const torch::TensorOptions& opts) {
   ForwardState s;
-  s.radii = torch::empty({count}, ints);
+  s.radii = torch::empty({count}, opts.dtype(torch::kInt32));
   s.means2d = torch::empty({count, 2}, opts);
   s.conic_opacity = torch::empty({count, 4}, opts);
   s.features = torch::empty({count, 4}, opts);
+  return s;
+}
+
+// The per-tile and per-pixel part, allocated once the scene is known to fit.
+void allocate_pixel_state(const RasterConfig& c, ForwardState& s,
+                          const torch::TensorOptions& opts) {
+  const auto ints = opts.dtype(torch::kInt32);
+  const int64_t H = c.image_height, W = c.image_width;
   s.tile_ranges = torch::empty({int64_t(c.tiles_x()) * c.tiles_y(), 2}, ints);
   s.pixel_state = torch::empty({3, H, W}, opts);
   s.n_contrib = torch::empty({H, W}, ints);
+}
+
+}  // namespace
+
+ForwardState allocate_state(const RasterConfig& c, int64_t count, const torch::TensorOptions& opts) {
+  ForwardState s = allocate_gaussian_state(count, opts);
+  allocate_pixel_state(c, s, opts);
   return s;
 }
 
@@ -38,14 +65,103 @@ GradientTensors GradientTensors::zeros_like_inputs(const GaussianTensors& g) {
   return d;
 }
 
-void check_tile_pairs(int64_t pairs, int64_t bytes_per_pair) {
-  if (pairs <= kMaxTilePairs) return;
+namespace {
+
+constexpr double kGiB = double(int64_t(1) << 30);
+
+std::string gib(double bytes) {
+  std::ostringstream out;
+  out << std::setprecision(3) << bytes / kGiB << " GiB";
+  return out.str();
+}
+
+// The first integer after `key` on a line of a /proc-style file, or -1.
+int64_t read_keyed_number(const char* path, const std::string& key) {
+  std::ifstream file(path);
+  std::string line;
+  while (std::getline(file, line)) {
+    if (line.compare(0, key.size(), key) != 0) continue;
+    std::istringstream rest(line.substr(key.size()));
+    int64_t value = -1;
+    rest >> value;
+    return rest.fail() ? -1 : value;
+  }
+  return -1;
+}
+
+// A file holding one integer (a cgroup limit), or -1 ("max", missing, unreadable).
+int64_t read_number(const char* path) {
+  std::ifstream file(path);
+  int64_t value = -1;
+  file >> value;
+  return file.fail() ? -1 : value;
+}
+
+// Limits of 2^60 bytes and more are cgroup v1's way of saying "none".
+bool is_limit(int64_t bytes) { return bytes > 0 && bytes < (int64_t(1) << 60); }
+
+}  // namespace
+
+int64_t host_bytes_available() {
+  int64_t available = -1;
+  const int64_t kib = read_keyed_number("/proc/meminfo", "MemAvailable:");
+  if (kib >= 0) {
+    available = kib * 1024;
+  } else {
+    const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    available = pages > 0 && page > 0 ? int64_t(pages) * page : INT64_MAX;
+  }
+  // A container's memory limit: compared whole (not minus its usage, which counts reclaimable
+  // page cache) so that only requests that cannot possibly fit are refused.
+  for (const char* path :
+       {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+    const int64_t limit = read_number(path);
+    if (is_limit(limit)) available = std::min(available, limit);
+  }
+  if (const char* env = std::getenv("DGRD_HOST_MEMORY_LIMIT")) {
+    char* end = nullptr;
+    errno = 0;
+    const long long limit = std::strtoll(env, &end, 10);
+    if (end == env || *end != '\0' || errno != 0 || limit < 0)
+      throw std::invalid_argument(
+          std::string("DGRD_HOST_MEMORY_LIMIT: expected a number of bytes, got '") + env + "'");
+    available = std::min<int64_t>(available, limit);
+  }
+  return available;
+}
+
+void check_tile_pairs(int64_t pairs, int64_t bytes_per_pair, int64_t bytes_available) {
+  const double bytes = double(pairs) * double(bytes_per_pair);
+  const bool too_many = pairs > kMaxTilePairs;
+  if (!too_many && bytes <= double(bytes_available)) return;
   std::ostringstream msg;
   msg << "diff_gaussian_rasterization_depth: the scene needs " << pairs
-      << " (tile, Gaussian) pairs (" << double(pairs) * bytes_per_pair / double(1 << 30)
-      << " GiB of sort buffers), more than the 2^31 - 1 a render can index. Reduce the number or "
-         "the screen size of the Gaussians, or the image size.";
+      << " (tile, Gaussian) pairs, " << gib(bytes) << " of sort buffers at " << bytes_per_pair
+      << " bytes per pair, ";
+  if (too_many)
+    msg << "more than the 2^31 - 1 pairs a render can index";
+  else
+    msg << "more than the " << gib(double(bytes_available)) << " of memory the device has free";
+  msg << ". Reduce the number or the screen size of the Gaussians (large ones close to the "
+         "camera touch many 16x16 tiles), or the image size.";
   throw std::runtime_error(msg.str());
+}
+
+void check_image_buffers(int64_t height, int64_t width, int64_t bytes_per_pixel,
+                         int64_t bytes_available) {
+  const double bytes = double(height) * double(width) * double(bytes_per_pixel);
+  if (bytes <= double(bytes_available)) return;
+  std::ostringstream msg;
+  msg << "diff_gaussian_rasterization_depth: a " << height << " x " << width << " render needs "
+      << gib(bytes) << " of per-pixel buffers (" << bytes_per_pixel << " bytes per pixel), more "
+      << "than the " << gib(double(bytes_available)) << " of memory the device has free. "
+      << "Render a smaller image (or tiles of it).";
+  throw std::runtime_error(msg.str());
+}
+
+// The declaration of rasterize_points.h without a budget; kept until every caller passes one.
+void check_tile_pairs(int64_t pairs, int64_t bytes_per_pair) {
+  check_tile_pairs(pairs, bytes_per_pair, INT64_MAX);
 }
 
 namespace {
@@ -65,18 +181,31 @@ void check_pixel_grad(const char* name, const torch::Tensor& t, std::vector<int6
 ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g) {
   const int64_t P = g.count(), H = c.image_height, W = c.image_width;
   const auto opts = g.means3D.options();
-  torch::Tensor color = torch::empty({3, H, W}, opts);
-  torch::Tensor depth = torch::empty({H, W}, opts);
-  torch::Tensor weight = torch::empty({H, W}, opts);
-  ForwardState s = allocate_state(c, P, opts);
+  const int64_t value_bytes = int64_t(g.means3D.element_size());
+  // Only P-sized memory is allocated until the pair count and the image are known to fit, so an
+  // impossible scene is refused before it can start a giant allocation.
+  ForwardState s = allocate_gaussian_state(P, opts);
+  torch::Tensor color, depth, weight;
   AT_DISPATCH_FLOATING_TYPES(g.means3D.scalar_type(), "dgrd_forward_cpu", [&] {
     using T = scalar_t;
     const Camera<T> cam = make_camera<T>(c);
-    std::vector<int> tiles_touched(size_t(P), 0);
+    std::vector<int64_t> tiles_touched(size_t(P), 0);
     const GaussianState<T> st = make_state<T>(s, tiles_touched.data());
     cpu::preprocess(cam, make_inputs<T>(g), st);
     const int64_t pairs = std::accumulate(tiles_touched.begin(), tiles_touched.end(), int64_t(0));
-    check_tile_pairs(pairs, sizeof(int));
+    const int64_t pair_bytes = int64_t(sizeof(int32_t));  // point_list
+    const int64_t available = host_bytes_available();
+    check_tile_pairs(pairs, pair_bytes, available);
+    // The CPU loops index the 3 x H x W planes with 32-bit ints.
+    TORCH_CHECK(3 * H * W <= int64_t(INT_MAX), "diff_gaussian_rasterization_depth: a ", H, " x ",
+                W, " image is too large for the CPU backend (3 H W must stay below 2^31)");
+    // colour (3), depth, weight and the saved pixel state (3) in T, n_contrib in int32.
+    const int64_t pixel_bytes = 8 * value_bytes + int64_t(sizeof(int32_t));
+    check_image_buffers(H, W, pixel_bytes, available - pairs * pair_bytes);
+    color = torch::empty({3, H, W}, opts);
+    depth = torch::empty({H, W}, opts);
+    weight = torch::empty({H, W}, opts);
+    allocate_pixel_state(c, s, opts);
     s.point_list = torch::empty({pairs}, opts.dtype(torch::kInt32));
     cpu::bin_gaussians(cam, int(P), st, s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>());
     const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};

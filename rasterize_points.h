@@ -101,7 +101,7 @@ GaussianInputs<T> make_inputs(const GaussianTensors& g) {
 }
 
 template <typename T>
-GaussianState<T> make_state(const ForwardState& s, int* tiles_touched) {
+GaussianState<T> make_state(const ForwardState& s, int64_t* tiles_touched) {
   return {s.radii.data_ptr<int>(), reinterpret_cast<Vec2<T>*>(s.means2d.data_ptr<T>()),
           reinterpret_cast<Vec4<T>*>(s.conic_opacity.data_ptr<T>()),
           reinterpret_cast<Vec4<T>*>(s.features.data_ptr<T>()), tiles_touched};

@@ -35,7 +35,7 @@ cpu_sources = ["ext.cpp", "rasterize_points.cpp", "cuda_rasterizer/cpu_backend.c
 cuda_sources = sorted(rel(p) for p in glob.glob(os.path.join(ROOT, "*.cu")) +
                       glob.glob(os.path.join(ROOT, "cuda_rasterizer", "*.cu")))
 
-cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-gnu-unique"]
+cxx_flags = ["-O3", "-fopenmp", "-fno-gnu-unique"]  # the C++ standard is PyTorch's choice
 use_cuda, why_not = want_cuda()
 if use_cuda:
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
@@ -47,7 +47,7 @@ if use_cuda:
         define_macros=[("DGRD_WITH_CUDA", "1")],
         extra_compile_args={
             "cxx": cxx_flags,
-            "nvcc": ["-O3", "-std=c++17", "-Xcompiler", "-fno-gnu-unique", "-lineinfo"],
+            "nvcc": ["-O3", "-Xcompiler", "-fno-gnu-unique", "-lineinfo"],
         },
         extra_link_args=["-fopenmp"],
     )

@@ -7,8 +7,9 @@
 
 namespace dgrd {
 
+// Vec2 and Vec4 are aligned to their size so that they load as one vector instruction.
 template <typename T>
-struct Vec2 {
+struct alignas(2 * sizeof(T)) Vec2 {
   T x, y;
 };
 
@@ -18,7 +19,7 @@ struct Vec3 {
 };
 
 template <typename T>
-struct Vec4 {
+struct alignas(4 * sizeof(T)) Vec4 {
   T x, y, z, w;
 };
 

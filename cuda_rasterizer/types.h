@@ -1,6 +1,8 @@
 // Plain structs passed between the glue, the backends and the shared math (no PyTorch types).
 #pragma once
 
+#include <cstdint>
+
 #include "math.h"
 
 namespace dgrd {
@@ -60,7 +62,7 @@ struct GaussianState {
   Vec2<T>* means2d;
   Vec4<T>* conic_opacity;
   Vec4<T>* features;
-  int* tiles_touched;
+  int64_t* tiles_touched;
 
   DGRD_HD void store(int i, const ProjectedGaussian<T>& g) const {
     radii[i] = g.radius;

@@ -1,0 +1,57 @@
+// The CUDA backend's stages, as host functions launching kernels on a stream (float32 only).
+// Memory is the caller's: the glue allocates every buffer through PyTorch's caching allocator.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "types.h"
+
+namespace dgrd {
+namespace gpu {
+
+// One thread per Gaussian: fills the state, including tiles_touched.
+void preprocess(const Camera<float>& cam, const GaussianInputs<float>& in,
+                const GaussianState<float>& state, cudaStream_t stream);
+
+// Inclusive prefix sum of tiles_touched into offsets. With temp == nullptr, only sets
+// temp_bytes to the scratch size needed.
+void inclusive_scan(void* temp, size_t& temp_bytes, const int64_t* tiles_touched,
+                    int64_t* offsets, int count, cudaStream_t stream);
+
+// One (tile | depth) key and Gaussian id per tile a Gaussian touches, in index order.
+void duplicate_keys(const Camera<float>& cam, int count, const GaussianState<float>& state,
+                    const int64_t* offsets, uint64_t* keys, int* ids, cudaStream_t stream);
+
+// Number of key bits to sort: 32 depth bits and as many tile bits as the grid needs.
+int sort_end_bit(int tiles);
+
+// Stable radix sort of (key, id) pairs over bits [0, end_bit). temp as for inclusive_scan.
+void sort_pairs(void* temp, size_t& temp_bytes, const uint64_t* keys_in, uint64_t* keys_out,
+                const int* ids_in, int* ids_out, int pairs, int end_bit, cudaStream_t stream);
+
+// tile_ranges (tiles x 2, zeroed by the caller) from the sorted keys.
+void identify_tile_ranges(const uint64_t* sorted_keys, int pairs, int* tile_ranges,
+                          cudaStream_t stream);
+
+// One 16x16 block per tile, front to back.
+void render(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
+            const PixelBuffers<float>& px, cudaStream_t stream);
+
+// One 16x16 block per tile, back to front; adds each Gaussian's gradient into splat_grads
+// (zeroed by the caller) once per warp.
+void render_backward(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
+                     const PixelBuffers<float>& px, PixelGrads<float> grads,
+                     SplatGrad<float>* splat_grads, cudaStream_t stream);
+
+void preprocess_backward(const Camera<float>& cam, const GaussianInputs<float>& in,
+                         const int* radii, const SplatGrad<float>* splat_grads,
+                         const GaussianGrads<float>& out, cudaStream_t stream);
+
+void mark_visible(const float* viewmatrix, const float* positions, int count, bool* visible,
+                  cudaStream_t stream);
+
+}  // namespace gpu
+}  // namespace dgrd

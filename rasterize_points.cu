@@ -1,0 +1,141 @@
+// PyTorch glue for the CUDA backend: allocation through the caching allocator, stage order, one
+// host read per forward (the number of tile pairs), launch checks, and debug synchronization.
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "cuda_rasterizer/cuda_backend.h"
+#include "rasterize_points.h"
+
+namespace dgrd {
+
+namespace {
+
+// Checks a launch; in debug mode also waits for it, so an error names the stage that failed.
+void check_stage(const RasterConfig& c, const char* stage) {
+  const cudaError_t launch = cudaGetLastError();
+  TORCH_CHECK(launch == cudaSuccess, "diff_gaussian_rasterization_depth: CUDA stage '", stage,
+              "' failed to launch: ", cudaGetErrorString(launch));
+  if (c.debug) {
+    const cudaError_t run = cudaDeviceSynchronize();
+    TORCH_CHECK(run == cudaSuccess, "diff_gaussian_rasterization_depth: CUDA stage '", stage,
+                "' failed: ", cudaGetErrorString(run));
+  }
+}
+
+torch::Tensor scratch(size_t bytes, const torch::Tensor& like) {
+  return torch::empty({int64_t(bytes)}, like.options().dtype(torch::kUInt8));
+}
+
+void require_float32(const GaussianTensors& g) {
+  TORCH_CHECK_TYPE(g.means3D.scalar_type() == torch::kFloat32,
+                   "diff_gaussian_rasterization_depth: the CUDA backend takes float32, got ",
+                   g.means3D.scalar_type());
+}
+
+}  // namespace
+
+ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
+  require_float32(g);
+  const c10::cuda::CUDAGuard guard(g.means3D.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t P = g.count(), H = c.image_height, W = c.image_width;
+  const auto opts = g.means3D.options();
+  const auto longs = opts.dtype(torch::kInt64);
+
+  ForwardState s = allocate_state(c, P, opts);
+  const Camera<float> cam = make_camera<float>(c);
+  const GaussianInputs<float> in = make_inputs<float>(g);
+  torch::Tensor tiles_touched = torch::empty({P}, longs);
+  const GaussianState<float> st = make_state<float>(s, tiles_touched.data_ptr<int64_t>());
+
+  gpu::preprocess(cam, in, st, stream);
+  check_stage(c, "preprocess");
+
+  int64_t pairs = 0;
+  torch::Tensor offsets = torch::empty({P}, longs);
+  if (P > 0) {
+    size_t bytes = 0;
+    gpu::inclusive_scan(nullptr, bytes, st.tiles_touched, nullptr, int(P), stream);
+    torch::Tensor temp = scratch(bytes, g.means3D);
+    gpu::inclusive_scan(temp.data_ptr(), bytes, st.tiles_touched, offsets.data_ptr<int64_t>(),
+                         int(P), stream);
+    check_stage(c, "scan");
+    pairs = offsets[P - 1].item<int64_t>();  // the one host read of the forward
+  }
+  // keys twice, ids twice, sort scratch of about the same size
+  check_tile_pairs(pairs, 2 * (sizeof(uint64_t) + sizeof(int)));
+
+  const int tiles = c.tiles_x() * c.tiles_y();
+  s.tile_ranges.zero_();
+  torch::Tensor keys = torch::empty({pairs}, longs);
+  torch::Tensor sorted_keys = torch::empty({pairs}, longs);
+  torch::Tensor ids = torch::empty({pairs}, opts.dtype(torch::kInt32));
+  s.point_list = torch::empty({pairs}, opts.dtype(torch::kInt32));
+  if (pairs > 0) {
+    auto* k_in = reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>());
+    auto* k_out = reinterpret_cast<uint64_t*>(sorted_keys.data_ptr<int64_t>());
+    gpu::duplicate_keys(cam, int(P), st, offsets.data_ptr<int64_t>(), k_in, ids.data_ptr<int>(),
+                         stream);
+    check_stage(c, "duplicate_keys");
+    const int end_bit = gpu::sort_end_bit(tiles);
+    size_t bytes = 0;
+    gpu::sort_pairs(nullptr, bytes, k_in, k_out, ids.data_ptr<int>(), s.point_list.data_ptr<int>(),
+                     int(pairs), end_bit, stream);
+    torch::Tensor temp = scratch(bytes, g.means3D);
+    gpu::sort_pairs(temp.data_ptr(), bytes, k_in, k_out, ids.data_ptr<int>(),
+                     s.point_list.data_ptr<int>(), int(pairs), end_bit, stream);
+    check_stage(c, "sort");
+    gpu::identify_tile_ranges(k_out, int(pairs), s.tile_ranges.data_ptr<int>(), stream);
+    check_stage(c, "tile_ranges");
+  }
+
+  torch::Tensor color = torch::empty({3, H, W}, opts);
+  torch::Tensor depth = torch::empty({H, W}, opts);
+  torch::Tensor weight = torch::empty({H, W}, opts);
+  const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
+  gpu::render(cam, st, lists, make_pixel_buffers<float>(s, color, depth, weight), stream);
+  check_stage(c, "render");
+  return {color, depth, weight, s.radii.clone(), s.to_list()};
+}
+
+BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
+                             const torch::Tensor& dcolor, const torch::Tensor& ddepth,
+                             const torch::Tensor& dweight) {
+  require_float32(g);
+  const c10::cuda::CUDAGuard guard(g.means3D.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t P = g.count();
+  GradientTensors grads = GradientTensors::zeros_like_inputs(g);
+  const Camera<float> cam = make_camera<float>(c);
+  const GaussianState<float> st = make_state<float>(s, nullptr);
+  const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
+  const PixelGrads<float> pg = {data_or_null<float>(dcolor), data_or_null<float>(ddepth),
+                                data_or_null<float>(dweight)};
+  static_assert(sizeof(SplatGrad<float>) % sizeof(float) == 0, "SplatGrad must be floats");
+  const int64_t splat_floats = int64_t(sizeof(SplatGrad<float>) / sizeof(float));
+  torch::Tensor splat = torch::zeros({P, splat_floats}, g.means3D.options());
+  auto* splat_grads = reinterpret_cast<SplatGrad<float>*>(splat.data_ptr<float>());
+
+  gpu::render_backward(cam, st, lists, make_pixel_buffers<float>(s, {}, {}, {}), pg, splat_grads,
+                        stream);
+  check_stage(c, "render_backward");
+  gpu::preprocess_backward(cam, make_inputs<float>(g), st.radii, splat_grads,
+                            grads.pointers<float>(), stream);
+  check_stage(c, "preprocess_backward");
+  return grads.to_list();
+}
+
+torch::Tensor mark_visible_cuda(const torch::Tensor& positions, const torch::Tensor& viewmatrix) {
+  TORCH_CHECK_TYPE(positions.scalar_type() == torch::kFloat32,
+                   "positions: the CUDA backend takes float32, got ", positions.scalar_type());
+  const c10::cuda::CUDAGuard guard(positions.device());
+  const int64_t P = positions.size(0);
+  torch::Tensor visible = torch::empty({P}, positions.options().dtype(torch::kBool));
+  gpu::mark_visible(viewmatrix.data_ptr<float>(), positions.data_ptr<float>(), int(P),
+                     visible.data_ptr<bool>(), c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return visible;
+}
+
+}  // namespace dgrd
