@@ -1,0 +1,220 @@
+"""The CUDA backend against the CPU backend (run with `pytest -m cuda` on a machine with a GPU).
+
+Both backends run the same shared math, so on the same float32 inputs they agree up to float
+rounding: the GPU contracts a*b+c into fused multiply-adds and sums gradients in another order.
+Pixels and Gaussians within rounding of a threshold (scenes.ambiguous) are left out, as in the
+CPU-vs-reference tests. Tolerances: forward 1e-5 abs; gradients rtol 1e-4, atol 1e-4 max|cpu|.
+"""
+import os
+
+import pytest
+import torch
+
+import scenes
+from diff_gaussian_rasterization_depth import (GaussianRasterizationSettings, GaussianRasterizer,
+                                               has_cuda_backend)
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not (torch.cuda.is_available() and has_cuda_backend()),
+                       reason="needs a CUDA GPU and the package built with CUDA"),
+]
+
+DEV = "cuda"
+MODES = ("color", "depth", "weight", "all")
+
+# (height, width, P, make_scene options)
+CONFIGS = {
+    "1x1": (1, 1, 16, dict(sh_degree=1)),
+    "17x33": (17, 33, 64, dict(sh_degree=2)),
+    "37x29-sh0": (29, 37, 48, dict(sh_degree=0)),
+    "37x29-sh3-dc": (29, 37, 48, dict(sh_degree=3, dc=True)),
+    "64x40-aa": (40, 64, 120, dict(sh_degree=2, antialiasing=True)),
+    "64x40-colors-cov": (40, 64, 120, dict(precomp_colors=True, precomp_cov=True)),
+    "48x32-modifier": (32, 48, 80, dict(sh_degree=1, scale_modifier=1.5)),
+    "P0": (29, 37, 0, dict(sh_degree=1)),
+    "all-culled": (29, 37, 30, dict(sh_degree=1, all_culled=True)),
+}
+SEEDS = range(4)
+# Image sizes too large for the dense reference that finds ambiguous pixels: compared in bulk.
+LARGE_CONFIGS = {
+    "640x480": (480, 640, 3000, dict(sh_degree=3)),
+    "1920x1080-aa": (1080, 1920, 6000, dict(sh_degree=1, antialiasing=True)),
+    "4000x200-cov": (200, 4000, 3000, dict(sh_degree=2, precomp_cov=True)),
+}
+
+
+def to_device(value, device):
+    return None if value is None else value.to(device)
+
+
+def settings_on(settings, device):
+    return settings._replace(bg=settings.bg.to(device), viewmatrix=settings.viewmatrix.to(device),
+                             projmatrix=settings.projmatrix.to(device),
+                             campos=settings.campos.to(device))
+
+
+def run(scene, device, upstream):
+    """Outputs and gradients of every input (on the CPU) for one device."""
+    leaves = {k: (None if v is None else v.detach().to(device).requires_grad_())
+              for k, v in scene.inputs.items()}
+    out = GaussianRasterizer(settings_on(scene.settings, device))(**leaves)
+    color, radii, depth, weight = out
+    names = [n for n, v in leaves.items() if v is not None]
+    maps = {"color": color, "depth": depth, "weight": weight}
+    grads = {}
+    for mode in MODES:
+        used = list(maps) if mode == "all" else [mode]
+        g = torch.autograd.grad([maps[k] for k in used], [leaves[n] for n in names],
+                                [upstream[k].to(device) for k in used], retain_graph=True,
+                                allow_unused=True)
+        grads[mode] = {n: (torch.zeros_like(leaves[n]) if x is None else x).cpu()
+                       for n, x in zip(names, g)}
+    return [t.detach().cpu() for t in out], grads
+
+
+def upstream_for(scene, pixels, seed):
+    H, W = scene.settings.image_height, scene.settings.image_width
+    gen = torch.Generator().manual_seed(seed)
+    keep = (~pixels).float()
+    return {"color": torch.randn(3, H, W, generator=gen) * keep,
+            "depth": torch.randn(H, W, generator=gen) * keep,
+            "weight": torch.randn(H, W, generator=gen) * keep}
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_cuda_matches_cpu(config):
+    H, W, P, opts = CONFIGS[config]
+    failures = []
+    for seed in SEEDS:
+        scene = scenes.make_scene(5000 + 100 * list(CONFIGS).index(config) + seed, P=P, height=H,
+                                  width=W, **opts)
+        pixels, gaussians = scenes.ambiguous(scene)
+        up = upstream_for(scene, pixels, seed)
+        (c0, r0, d0, w0), g0 = run(scene, "cpu", up)
+        (c1, r1, d1, w1), g1 = run(scene, DEV, up)
+        keep = ~pixels
+        for name, a, b in (("color", c1[:, keep], c0[:, keep]), ("weight", w1[keep], w0[keep]),
+                           ("depth*weight", (d1 * w1)[keep] / d0[keep].abs().clamp_min(1),
+                            (d0 * w0)[keep] / d0[keep].abs().clamp_min(1))):
+            err = (a - b).abs().max().item() if a.numel() else 0.0
+            if not err <= 1e-5:
+                failures.append(f"seed {seed} {name}: max error {err:.3g}")
+        if ((r1 != r0) & ~gaussians).any():
+            failures.append(f"seed {seed}: radii differ")
+        for mode in MODES:
+            for n, ref in g0[mode].items():
+                got = g1[mode][n]
+                scale = ref.abs().max().item() if ref.numel() else 0.0
+                try:
+                    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * scale)
+                except AssertionError as e:
+                    failures.append(f"seed {seed} {mode} {n}: {str(e).splitlines()[1]}")
+    assert not failures, "\n".join(failures)
+
+
+def garden(scene_name="112k", scale=1.0, device=DEV):
+    """The benchmark's garden scene (benchmarks/scenes.py, loaded by path: the name `scenes`
+    is taken by tests/scenes.py)."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "scenes.py")
+    spec = importlib.util.spec_from_file_location("dgrd_bench_scenes", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.garden_scene(scene_name, camera=0, scale=scale, seed=0, device=device)
+
+
+def random_upstream(H, W, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return {"color": torch.randn(3, H, W, generator=gen), "depth": torch.randn(H, W, generator=gen),
+            "weight": torch.randn(H, W, generator=gen)}
+
+
+def assert_agree_in_bulk(scene, seed):
+    """For scenes with many pixels near a threshold somewhere: outputs agree almost everywhere
+    and every gradient agrees in norm."""
+    H, W = scene.settings.image_height, scene.settings.image_width
+    up = random_upstream(H, W, seed)
+    (c0, r0, d0, w0), g0 = run(scene, "cpu", up)
+    (c1, r1, d1, w1), g1 = run(scene, DEV, up)
+    assert ((c1 - c0).abs() > 1e-5).float().mean() < 1e-3
+    assert ((w1 - w0).abs() > 1e-5).float().mean() < 1e-3
+    assert ((d1 * w1 - d0 * w0).abs() > 1e-5 * d0.abs().clamp_min(1)).float().mean() < 1e-3
+    assert (r1 != r0).float().mean() < 1e-3
+    for mode in MODES:
+        for n, ref in g0[mode].items():
+            rel = (g1[mode][n] - ref).norm() / ref.norm().clamp_min(1e-12)
+            assert rel < 1e-3, (mode, n, rel.item())
+
+
+@pytest.mark.parametrize("config", list(LARGE_CONFIGS))
+def test_cuda_matches_cpu_large_images(config):
+    H, W, P, opts = LARGE_CONFIGS[config]
+    for seed in range(2):
+        scene = scenes.make_scene(7000 + 100 * list(LARGE_CONFIGS).index(config) + seed, P=P,
+                                  height=H, width=W, **opts)
+        assert_agree_in_bulk(scene, seed)
+
+
+def test_garden_112k_matches_cpu():
+    """100k+ real Gaussians at 648x420: forward and gradients from each of the three maps."""
+    try:
+        scene = garden(device="cpu")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    assert scene.gaussians.means.shape[0] > 100_000
+    inputs = {k: v for k, v in scene.rasterizer_inputs().items()}
+    assert_agree_in_bulk(scenes.Scene(inputs, scene.raster_settings()), 0)
+
+
+def test_no_memory_growth_and_repeatable():
+    scene = scenes.make_scene(42, P=3000, height=480, width=640, sh_degree=3)
+    inputs = {k: to_device(v, DEV) for k, v in scene.inputs.items()}
+    settings = settings_on(scene.settings, DEV)
+    leaves = {k: (None if v is None else v.requires_grad_()) for k, v in inputs.items()}
+    up = {k: v.to(DEV) for k, v in upstream_for(scene, torch.zeros(480, 640, dtype=torch.bool),
+                                                 0).items()}
+
+    def step():
+        for v in leaves.values():
+            if v is not None:
+                v.grad = None
+        color, radii, depth, weight = GaussianRasterizer(settings)(**leaves)
+        loss = (color * up["color"]).sum() + (depth * up["depth"]).sum() + (
+            weight * up["weight"]).sum()
+        loss.backward()
+        return color.detach(), depth.detach(), weight.detach(), radii
+
+    first = step()
+    first_grads = {k: v.grad.clone() for k, v in leaves.items() if v is not None}
+    torch.cuda.synchronize()
+    baseline = torch.cuda.memory_allocated()
+    for _ in range(200):
+        out = step()
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() <= baseline + (1 << 20)
+    for a, b in zip(first, out):
+        assert torch.equal(a, b)   # the forward has no atomics: bitwise repeatable
+    for k, g in first_grads.items():
+        torch.testing.assert_close(leaves[k].grad, g, rtol=1e-5, atol=1e-6 * g.abs().max())
+
+
+def test_cpu_tensors_in_settings_and_mark_visible():
+    scene = scenes.make_scene(3, P=50, sh_degree=1)
+    inputs = {k: to_device(v, DEV) for k, v in scene.inputs.items()}
+    out = GaussianRasterizer(scene.settings)(**inputs)     # settings tensors left on the CPU
+    assert all(t.device.type == "cuda" for t in out)
+    vis_gpu = GaussianRasterizer(scene.settings).markVisible(inputs["means3D"]).cpu()
+    vis_cpu = GaussianRasterizer(scene.settings).markVisible(scene.inputs["means3D"])
+    assert torch.equal(vis_gpu, vis_cpu)
+
+
+def test_float64_on_cuda_is_a_clear_error():
+    scene = scenes.make_scene(4, P=10, sh_degree=0, dtype=torch.float64)
+    inputs = {k: to_device(v, DEV) for k, v in scene.inputs.items()}
+    with pytest.raises(TypeError, match="means3D"):
+        GaussianRasterizer(scene.settings)(**inputs)
+
+
+def test_settings_type():
+    assert GaussianRasterizationSettings._fields[-1] == "antialiasing"
