@@ -20,9 +20,6 @@
 
 namespace dgrd {
 
-namespace {
-
-// The P-sized part of the forward state: all a forward needs before it knows the pair count.
 ForwardState allocate_gaussian_state(int64_t count, const torch::TensorOptions& opts) {
   ForwardState s;
   s.radii = torch::empty({count}, opts.dtype(torch::kInt32));
@@ -32,7 +29,6 @@ ForwardState allocate_gaussian_state(int64_t count, const torch::TensorOptions& 
   return s;
 }
 
-// The per-tile and per-pixel part, allocated once the scene is known to fit.
 void allocate_pixel_state(const RasterConfig& c, ForwardState& s,
                           const torch::TensorOptions& opts) {
   const auto ints = opts.dtype(torch::kInt32);
@@ -41,8 +37,6 @@ void allocate_pixel_state(const RasterConfig& c, ForwardState& s,
   s.pixel_state = torch::empty({3, H, W}, opts);
   s.n_contrib = torch::empty({H, W}, ints);
 }
-
-}  // namespace
 
 ForwardState allocate_state(const RasterConfig& c, int64_t count, const torch::TensorOptions& opts) {
   ForwardState s = allocate_gaussian_state(count, opts);
@@ -103,13 +97,16 @@ bool is_limit(int64_t bytes) { return bytes > 0 && bytes < (int64_t(1) << 60); }
 }  // namespace
 
 int64_t host_bytes_available() {
-  int64_t available = -1;
-  const int64_t kib = read_keyed_number("/proc/meminfo", "MemAvailable:");
-  if (kib >= 0) {
-    available = kib * 1024;
+  int64_t available = INT64_MAX;
+  const int64_t available_kib = read_keyed_number("/proc/meminfo", "MemAvailable:");
+  const int64_t total_kib = read_keyed_number("/proc/meminfo", "MemTotal:");
+  if (available_kib >= 0 && total_kib >= 0) {
+    // Half the machine is always granted: other processes' passing peaks must not turn a
+    // modest render into an error. Absurd requests (more than the machine) are still refused.
+    available = std::max(available_kib, total_kib / 2) * 1024;
   } else {
-    const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    available = pages > 0 && page > 0 ? int64_t(pages) * page : INT64_MAX;
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0) available = int64_t(pages) * page;
   }
   // A container's memory limit: compared whole (not minus its usage, which counts reclaimable
   // page cache) so that only requests that cannot possibly fit are refused.
@@ -141,7 +138,7 @@ void check_tile_pairs(int64_t pairs, int64_t bytes_per_pair, int64_t bytes_avail
   if (too_many)
     msg << "more than the 2^31 - 1 pairs a render can index";
   else
-    msg << "more than the " << gib(double(bytes_available)) << " of memory the device has free";
+    msg << "more than the " << gib(double(bytes_available)) << " of memory available";
   msg << ". Reduce the number or the screen size of the Gaussians (large ones close to the "
          "camera touch many 16x16 tiles), or the image size.";
   throw std::runtime_error(msg.str());
@@ -154,7 +151,7 @@ void check_image_buffers(int64_t height, int64_t width, int64_t bytes_per_pixel,
   std::ostringstream msg;
   msg << "diff_gaussian_rasterization_depth: a " << height << " x " << width << " render needs "
       << gib(bytes) << " of per-pixel buffers (" << bytes_per_pixel << " bytes per pixel), more "
-      << "than the " << gib(double(bytes_available)) << " of memory the device has free. "
+      << "than the " << gib(double(bytes_available)) << " of memory available. "
       << "Render a smaller image (or tiles of it).";
   throw std::runtime_error(msg.str());
 }

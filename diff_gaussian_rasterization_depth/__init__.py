@@ -11,10 +11,11 @@ import torch
 import torch.nn as nn
 
 from ._validation import check_gaussians, CheckedSettings
-from . import _backend
+from . import _backend, _debug
+from ._debug import replay_snapshot
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians",
-           "has_cuda_backend"]
+           "has_cuda_backend", "replay_snapshot"]
 
 __version__ = "0.1.0"
 
@@ -45,15 +46,27 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     """Functional form, argument order as in the original package.
 
     Returns (color (3,H,W), radii (P,) int32, depth (H,W), weight (H,W)).
+    With raster_settings.debug, non-finite inputs raise a ValueError naming them, and an error
+    of the backend writes a snapshot of the call (see `replay_snapshot`).
     """
+    given = [("means3D", means3D), ("opacities", opacities), ("shs", sh), ("dc", dc),
+             ("colors_precomp", colors_precomp), ("scales", scales), ("rotations", rotations),
+             ("cov3D_precomp", cov3Ds_precomp)]
     (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp,
      checked) = check_gaussians(means3D, means2D, opacities, sh, colors_precomp, scales,
                                 rotations, cov3Ds_precomp, dc, raster_settings)
+    if checked.debug:
+        _debug.raise_if_nonfinite(given, raster_settings)
     if means2D is None:
         # Nobody wants the screen-space gradient: a throwaway carrier keeps the Function simple.
         means2D = torch.zeros((means3D.shape[0], 3), dtype=means3D.dtype, device=means3D.device)
     return _RasterizeGaussians.apply(means3D, means2D, sh, colors_precomp, opacities, scales,
                                      rotations, cov3Ds_precomp, checked)
+
+
+def _named_inputs(means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp):
+    return dict(zip(_debug.INPUT_NAMES, (means3D, opacities, sh, colors_precomp, scales,
+                                         rotations, cov3Ds_precomp)))
 
 
 def _absent_to_empty(t, like):
@@ -69,8 +82,18 @@ class _RasterizeGaussians(torch.autograd.Function):
         config = _backend.make_config(settings)
         gaussians = _backend.make_gaussians(means3D, opacities, sh, colors_precomp, scales,
                                             rotations, cov3Ds_precomp)
-        color, depth, weight, radii, state = _backend.forward(config, gaussians)
+        if settings.debug:
+            capture = _debug.Capture("forward", _named_inputs(
+                means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp),
+                settings)
+            try:
+                color, depth, weight, radii, state = _backend.forward(config, gaussians)
+            except Exception as error:
+                capture.reraise(error)
+        else:
+            color, depth, weight, radii, state = _backend.forward(config, gaussians)
         ctx.config = config
+        ctx.checked = settings
         # Internal per-Gaussian and per-pixel state of the forward: never handed to the user,
         # so in-place edits of the returned maps cannot corrupt the backward.
         ctx.state = state
@@ -88,8 +111,23 @@ class _RasterizeGaussians(torch.autograd.Function):
         means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds = ctx.saved_tensors
         gaussians = _backend.make_gaussians(means3D, opacities, sh, colors_precomp, scales,
                                             rotations, cov3Ds)
-        grads = _backend.backward(ctx.config, gaussians, ctx.state,
-                                  grad_color, grad_depth, grad_weight)
+        if ctx.config.debug:
+            no_sh, no_colors, no_scales, no_cov = ctx.absent
+            capture = _debug.Capture(
+                "backward", _named_inputs(means3D, opacities, None if no_sh else sh,
+                                          None if no_colors else colors_precomp,
+                                          None if no_scales else scales,
+                                          None if no_scales else rotations,
+                                          None if no_cov else cov3Ds),
+                ctx.checked, grads=dict(color=grad_color, depth=grad_depth, weight=grad_weight))
+            try:
+                grads = _backend.backward(ctx.config, gaussians, ctx.state,
+                                          grad_color, grad_depth, grad_weight)
+            except Exception as error:
+                capture.reraise(error)
+        else:
+            grads = _backend.backward(ctx.config, gaussians, ctx.state,
+                                      grad_color, grad_depth, grad_weight)
         (d_means3D, d_means2D, d_opacities, d_sh, d_colors, d_scales, d_rotations,
          d_cov3D) = grads
         no_sh, no_colors, no_scales, no_cov = ctx.absent

@@ -57,14 +57,18 @@ def _require_float(name: str, v, positive: bool = False) -> float:
 
 
 def _small_tensor(name: str, t, numel: int, device, dtype) -> torch.Tensor:
-    """Matrices, bg, campos: any layout with the right element count, moved to `device`."""
+    """Matrices, bg, campos: any layout with the right element count, moved to `device`.
+
+    Always a private copy: the backward reads it, and the caller may reuse or edit the
+    settings' tensors in place between the forward and the backward.
+    """
     t = _require_tensor(f"raster_settings.{name}", t)
     if not t.is_floating_point():
         raise TypeError(f"raster_settings.{name}: expected a floating-point tensor, got {t.dtype}")
     if t.numel() != numel:
         raise ValueError(f"raster_settings.{name}: expected {numel} elements, got "
                          f"{t.numel()} (shape {tuple(t.shape)})")
-    return t.detach().to(device=device, dtype=dtype).reshape(-1).contiguous()
+    return t.detach().to(device=device, dtype=dtype, copy=True).reshape(-1).contiguous()
 
 
 class CheckedSettings:

@@ -1,0 +1,608 @@
+#!/usr/bin/env python3
+"""Time this rasterizer, and gsplat and the original rasterizer where present, on the garden scenes.
+
+    python benchmarks/bench.py                                  # CUDA: all scenes x resolutions
+    python benchmarks/bench.py --scenes 112k --scales 1 --reps 20 --json out.json
+    python benchmarks/bench.py --quick --device cpu             # a tiny scene, for the harness
+
+For each scene x resolution and each implementation it measures
+- fwd:      forward without autograd (torch.no_grad);
+- fwd_grad: forward with autograd recording, plus building the loss;
+- bwd:      loss.backward() alone;
+- fwd_bwd:  the two together, one training step of the rasterizer;
+with the loss `(color * gc).sum() + (depth * gd).sum() + (weight * gw).sum()` on random upstream
+gradients gc, gd, gw (gsplat: its expected depth and alpha maps). On CUDA each repetition is timed
+with CUDA events after a synchronize (so it is the call's latency, host work included), after a
+warm-up; the median over the repetitions is reported. Repetitions rotate among a few input sets
+(camera i with attribute draw i) so that no cache sees the same scene twice in a row. Peak memory
+is `torch.cuda.max_memory_allocated()` during one call minus the memory allocated before it.
+
+Ratios are "time of the implementation / time of ours" from the same run (> 1: ours is faster).
+The original `diff_gaussian_rasterization` has no weight map (and, depending on its version, no
+depth): it is timed with a loss on what it returns, which the JSON notes.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+# Appended, not prepended: with a non-editable install, the installed (built) package must win
+# over the source tree's copy, which has no compiled extension.
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
+
+import torch  # noqa: E402
+
+from benchmarks.scenes import Scene, garden_scene, load_garden  # noqa: E402
+
+MIB = 1024.0 * 1024.0
+DEFAULT_SCENES = "112k,1m,2.8m"
+DEFAULT_SCALES = "1,2,3"
+QUICK_SCENE = "20k"
+QUICK_SCALE = "0.25"          # 162 x 105
+N_SETS = 3                    # input sets rotated among (the file has three cameras)
+
+
+# ----------------------------------------------------------------------------------------------
+# Implementations: each turns a Scene into "forward" and "loss" callables
+# ----------------------------------------------------------------------------------------------
+
+class Impl:
+    """One rasterizer under test. `prepare(scene)` returns a per-scene state object with
+    `forward()` -> outputs and `loss(outputs)` -> scalar (the upstream gradients are drawn
+    once per scene, in `prepare`)."""
+    name = "?"
+    note = ""
+
+    def available(self, device: torch.device) -> Optional[str]:
+        """None when usable on `device`, else why not."""
+        return None
+
+    def version(self) -> Optional[str]:
+        return None
+
+    def prepare(self, scene: Scene, upstream: Dict[str, torch.Tensor]):
+        raise NotImplementedError
+
+
+class _Prepared:
+    def __init__(self, forward: Callable, loss: Callable, visible: Callable = None):
+        self.forward, self.loss, self.visible = forward, loss, visible
+
+
+def _upstream(scene: Scene, seed: int) -> Dict[str, torch.Tensor]:
+    """Random upstream gradients for colour (3,H,W), depth (H,W) and weight (H,W)."""
+    H, W = scene.camera.height, scene.camera.width
+    gen = torch.Generator().manual_seed(1_000_003 + seed)
+    out = {"color": torch.randn(3, H, W, generator=gen), "depth": torch.randn(H, W, generator=gen),
+           "weight": torch.randn(H, W, generator=gen)}
+    return {k: v.to(scene.device) for k, v in out.items()}
+
+
+class Ours(Impl):
+    name = "ours"
+    note = "loss on colour + depth + weight"
+
+    def available(self, device):
+        try:
+            import diff_gaussian_rasterization_depth as dgrd
+        except Exception as e:  # pragma: no cover - the package is a requirement
+            return f"import failed: {e!r}"
+        if device.type == "cuda" and not dgrd.has_cuda_backend():
+            return "built without the CUDA backend"
+        return None
+
+    def version(self):
+        import diff_gaussian_rasterization_depth as dgrd
+        return getattr(dgrd, "__version__", None)
+
+    def prepare(self, scene, upstream):
+        from diff_gaussian_rasterization_depth import GaussianRasterizer
+        rasterizer = GaussianRasterizer(scene.raster_settings())
+        gc, gd, gw = upstream["color"], upstream["depth"], upstream["weight"]
+
+        def forward():
+            color, radii, depth, weight = rasterizer(**scene.rasterizer_inputs())
+            return color, radii, depth, weight
+
+        def loss(out):
+            color, _, depth, weight = out
+            return (color * gc).sum() + (depth * gd).sum() + (weight * gw).sum()
+
+        return _Prepared(forward, loss, visible=lambda out: int((out[1] > 0).sum()))
+
+
+class Gsplat(Impl):
+    name = "gsplat"
+    note = ('gsplat.rasterization(render_mode="RGB+ED", packed=False, near_plane=0.2); loss on '
+            "colour + expected depth + alpha")
+
+    def available(self, device):
+        if device.type != "cuda":
+            return "gsplat runs on CUDA only"
+        try:
+            import gsplat  # noqa: F401
+        except Exception as e:
+            return f"import gsplat failed: {e!r}"
+        return None
+
+    def version(self):
+        import gsplat
+        return getattr(gsplat, "__version__", None)
+
+    def prepare(self, scene, upstream):
+        import gsplat
+        kwargs = scene.gsplat_inputs()
+        # gsplat's images are (1, H, W, C): lay the same upstream gradients out that way once.
+        gc = upstream["color"].permute(1, 2, 0).contiguous()[None]
+        gd = upstream["depth"][None, :, :, None]
+        gw = upstream["weight"][None, :, :, None]
+
+        def forward():
+            # near_plane 0.2: the near culling of the 3DGS rasterizers (gsplat's default is 0.01).
+            colors, alphas, meta = gsplat.rasterization(
+                **kwargs, render_mode="RGB+ED", packed=False, near_plane=0.2)
+            return colors, alphas, meta
+
+        def loss(out):
+            colors, alphas, _ = out
+            return ((colors[..., :3] * gc).sum() + (colors[..., 3:4] * gd).sum()
+                    + (alphas * gw).sum())
+
+        def visible(out):
+            radii = out[2].get("radii")
+            if radii is None:
+                return None
+            return int((radii.reshape(radii.shape[0], radii.shape[1], -1) > 0).any(-1).sum())
+
+        return _Prepared(forward, loss, visible)
+
+
+class Original(Impl):
+    name = "original"
+    note = "diff_gaussian_rasterization: loss on colour only (it returns no weight map)"
+
+    def available(self, device):
+        if device.type != "cuda":
+            return "the original rasterizer runs on CUDA only"
+        try:
+            import diff_gaussian_rasterization  # noqa: F401
+        except Exception as e:
+            return f"import diff_gaussian_rasterization failed: {e!r}"
+        return None
+
+    def version(self):
+        try:
+            from importlib.metadata import version
+            return version("diff_gaussian_rasterization")
+        except Exception:
+            return None
+
+    def prepare(self, scene, upstream):
+        import diff_gaussian_rasterization as dgr
+        settings = scene.raster_settings(settings_class=dgr.GaussianRasterizationSettings)
+        rasterizer = dgr.GaussianRasterizer(raster_settings=settings)
+        gc = upstream["color"]
+
+        def forward():
+            return rasterizer(**scene.rasterizer_inputs())
+
+        def loss(out):
+            return (out[0] * gc).sum()
+
+        return _Prepared(forward, loss, visible=lambda out: int((out[1] > 0).sum()))
+
+
+IMPLS = {"ours": Ours, "gsplat": Gsplat, "original": Original}
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------------
+
+class Clock:
+    """Per-repetition timer: CUDA events on a GPU, perf_counter on the CPU. `mark()` records a
+    point in time; `elapsed(a, b)` gives milliseconds between two marks once `finish()` ran."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def mark(self):
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def finish(self):
+        self.sync()
+
+    def elapsed(self, a, b) -> float:
+        if self.cuda:
+            return a.elapsed_time(b)
+        return (b - a) * 1000.0
+
+
+def _stats(samples: List[float]) -> dict:
+    s = sorted(samples)
+    return {"median": statistics.median(s), "mean": statistics.fmean(s), "min": s[0],
+            "max": s[-1], "p10": s[int(0.1 * (len(s) - 1))], "p90": s[int(0.9 * (len(s) - 1))],
+            "n": len(s)}
+
+
+def _zero_grads(scene: Scene):
+    scene.gaussians.zero_grad()
+
+
+def measure(prepared: List[_Prepared], scenes: List[Scene], reps: int, warmup: int,
+            device: torch.device) -> dict:
+    """Time one implementation, rotating over the prepared input sets."""
+    clock = Clock(device)
+    n = len(prepared)
+
+    def step(r: int, timed: bool, with_grad: bool):
+        p, s = prepared[r % n], scenes[r % n]
+        _zero_grads(s)
+        clock.sync()
+        if not with_grad:
+            t0 = clock.mark()
+            with torch.no_grad():
+                out = p.forward()
+            t1 = clock.mark()
+            return (t0, t1), out
+        t0 = clock.mark()
+        out = p.forward()
+        loss = p.loss(out)
+        t1 = clock.mark()
+        loss.backward()
+        t2 = clock.mark()
+        return (t0, t1, t2), None
+
+    for r in range(warmup):
+        step(r, False, False)
+        step(r, False, True)
+
+    fwd_marks = []
+    for r in range(reps):
+        marks, out = step(r, True, False)
+        fwd_marks.append(marks)
+        del out
+    step_marks = []
+    for r in range(reps):
+        step_marks.append(step(r, True, True)[0])
+    clock.finish()
+    for s in scenes:
+        _zero_grads(s)
+
+    fwd = [clock.elapsed(a, b) for a, b in fwd_marks]
+    fwd_grad = [clock.elapsed(a, b) for a, b, _ in step_marks]
+    bwd = [clock.elapsed(b, c) for _, b, c in step_marks]
+    fwd_bwd = [clock.elapsed(a, c) for a, _, c in step_marks]
+    return {"fwd_ms": _stats(fwd), "fwd_grad_ms": _stats(fwd_grad), "bwd_ms": _stats(bwd),
+            "fwd_bwd_ms": _stats(fwd_bwd)}
+
+
+def peak_memory(p: _Prepared, scene: Scene, device: torch.device) -> dict:
+    """Peak extra CUDA memory (MiB) of one forward, and of one forward + backward."""
+    if device.type != "cuda":
+        return {"peak_fwd_mib": None, "peak_fwd_bwd_mib": None}
+    out = {}
+    for key, with_grad in (("peak_fwd_mib", False), ("peak_fwd_bwd_mib", True)):
+        _zero_grads(scene)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        if with_grad:
+            p.loss(p.forward()).backward()
+        else:
+            with torch.no_grad():
+                p.forward()
+        torch.cuda.synchronize()
+        out[key] = (torch.cuda.max_memory_allocated() - base) / MIB
+    _zero_grads(scene)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Agreement between implementations (a sanity check that they render the same scene)
+# ----------------------------------------------------------------------------------------------
+
+def _images(name: str, out) -> Optional[Dict[str, torch.Tensor]]:
+    """(color (3,H,W), depth, weight) of an implementation's outputs; None where absent."""
+    if name == "ours":
+        return {"color": out[0], "depth": out[2], "weight": out[3]}
+    if name == "gsplat":
+        colors, alphas, _ = out
+        return {"color": colors[0, ..., :3].permute(2, 0, 1), "depth": colors[0, ..., 3],
+                "weight": alphas[0, ..., 0]}
+    if name == "original":
+        return {"color": out[0]}
+    return None
+
+
+def agreement(ours: Dict[str, torch.Tensor], other: Dict[str, torch.Tensor]) -> dict:
+    res = {}
+    for k in ("color", "weight"):
+        if k in other:
+            d = (ours[k].float() - other[k].float()).abs()
+            res[f"{k}_mean_abs_diff"] = float(d.mean())
+            res[f"{k}_max_abs_diff"] = float(d.max())
+    if "depth" in other:
+        both = (ours["weight"] > 0.5) & (other.get("weight", ours["weight"]) > 0.5)
+        if bool(both.any()):
+            rel = ((ours["depth"] - other["depth"]).abs() / ours["depth"].abs().clamp_min(1e-6))
+            res["depth_mean_rel_diff_where_weight_gt_0.5"] = float(rel[both].mean())
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# Environment
+# ----------------------------------------------------------------------------------------------
+
+def _run(cmd: List[str]) -> Optional[str]:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=REPO)
+        return r.stdout.strip() if r.returncode == 0 else None
+    except Exception:
+        return None
+
+
+def _cpu_model() -> Optional[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def environment(device: torch.device, impls: Dict[str, Impl]) -> dict:
+    env = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "git_commit": _run(["git", "rev-parse", "HEAD"]),
+        "git_dirty": bool(_run(["git", "status", "--porcelain", "--untracked-files=no"])),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(idx)
+        env.update({
+            "gpu": props.name,
+            "gpu_capability": f"{props.major}.{props.minor}",
+            "gpu_memory_mib": props.total_memory / MIB,
+            "gpu_multiprocessors": props.multi_processor_count,
+        })
+        smi = _run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.sm,"
+                    "clocks.max.mem", "--format=csv,noheader", f"--id={idx}"])
+        env["nvidia_smi"] = smi
+        if smi:
+            env["driver"] = smi.split(",")[1].strip()
+        env["nvcc"] = _run(["nvcc", "--version"])
+        if env["nvcc"]:
+            env["nvcc"] = env["nvcc"].splitlines()[-1]
+    for name, impl in impls.items():
+        why = impl.available(device)
+        env[f"{name}_available"] = why is None
+        if why is None:
+            env[f"{name}_version"] = impl.version()
+        else:
+            env[f"{name}_unavailable_because"] = why
+    return env
+
+
+def gpu_slug(device: torch.device) -> str:
+    """File-name form of the GPU's (or CPU's) name: "NVIDIA H100 80GB HBM3" -> nvidia-h100-80gb-hbm3."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (_cpu_model() or "cpu")
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------------------------
+
+def _parse_list(text: str) -> List[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                    help="default: cuda when available, else cpu")
+    ap.add_argument("--scenes", default=None,
+                    help=f"comma-separated: 112k, 1m, 2.8m or a point count such as 20k "
+                         f"(default {DEFAULT_SCENES}; --quick: {QUICK_SCENE})")
+    ap.add_argument("--scales", default=None,
+                    help=f"resolution factors of 648x420 (default {DEFAULT_SCALES}; --quick: "
+                         f"{QUICK_SCALE})")
+    ap.add_argument("--reps", type=int, default=None,
+                    help="timed repetitions (default: 50 on CUDA, 3 on the CPU)")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="untimed repetitions first (default: 5 on CUDA, 1 on the CPU)")
+    ap.add_argument("--sets", type=int, default=N_SETS,
+                    help="input sets rotated among (camera i, attribute draw i); at most 3")
+    ap.add_argument("--impls", default="ours,gsplat,original",
+                    help="which implementations to time, where available")
+    ap.add_argument("--sh", action="store_true",
+                    help="SH degree 3 (random coefficients) instead of precomputed colours")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", default=None, help="garden_points.npz (default: see scenes.py)")
+    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--json-dir", default=None,
+                    help="write the results to DIR/<gpu-name>[-sh].json (e.g. benchmarks/results)")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"one tiny scene ({QUICK_SCENE} Gaussians at 162x105) to test the harness")
+    args = ap.parse_args(argv)
+
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: this PyTorch sees no CUDA device")
+    cpu = args.device == "cpu"
+    if args.scenes is None:
+        args.scenes = QUICK_SCENE if args.quick else DEFAULT_SCENES
+    if args.scales is None:
+        args.scales = QUICK_SCALE if args.quick else DEFAULT_SCALES
+    if args.reps is None:
+        args.reps = 3 if (cpu or args.quick) else 50
+    if args.warmup is None:
+        args.warmup = 1 if (cpu or args.quick) else 5
+    if args.reps < 1 or args.warmup < 0:
+        ap.error("--reps must be >= 1 and --warmup >= 0")
+    if not 1 <= args.sets <= 3:
+        ap.error("--sets: expected 1..3 (the data file has three cameras)")
+    args.scene_list = _parse_list(args.scenes)
+    args.scale_list = [float(s) for s in _parse_list(args.scales)]
+    args.impl_list = _parse_list(args.impls)
+    unknown = [i for i in args.impl_list if i not in IMPLS]
+    if unknown:
+        ap.error(f"--impls: unknown {unknown}; expected some of {', '.join(IMPLS)}")
+    return args
+
+
+def _fmt(v, spec=".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(rows: List[dict]):
+    head = ("scene", "N", "resolution", "impl", "fwd ms", "fwd+bwd ms", "bwd ms", "peak MiB",
+            "x fwd", "x fwd+bwd")
+    lines = []
+    for r in rows:
+        if r.get("error"):
+            lines.append((r["scene"], str(r["n_gaussians"]), r["resolution"], r["impl"],
+                          "error: " + r["error"].splitlines()[-1][:60], "", "", "", "", ""))
+            continue
+        lines.append((r["scene"], str(r["n_gaussians"]), r["resolution"], r["impl"],
+                      _fmt(r["fwd_ms"]["median"]), _fmt(r["fwd_bwd_ms"]["median"]),
+                      _fmt(r["bwd_ms"]["median"]), _fmt(r.get("peak_fwd_bwd_mib"), ".0f"),
+                      _fmt(r.get("ratio_fwd")), _fmt(r.get("ratio_fwd_bwd"))))
+    widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h)
+              for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:>{w}}}" if i >= 4 else f"{{:<{w}}}" for i, w in enumerate(widths))
+    print(fmt.format(*head))
+    print(fmt.format(*("-" * w for w in widths)))
+    for l in lines:
+        print(fmt.format(*l))
+    print("times are medians; peak = extra memory of one fwd+bwd; x = time / ours' time "
+          "(> 1: ours is faster)")
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    load_garden(args.data)      # fail early and clearly when the data file is missing
+    impls = {name: IMPLS[name]() for name in args.impl_list}
+    env = environment(device, impls)
+    usable = {n: i for n, i in impls.items() if i.available(device) is None}
+    config = {k: getattr(args, k) for k in ("device", "reps", "warmup", "sets", "sh", "seed",
+                                            "quick")}
+    config.update(scenes=args.scene_list, scales=args.scale_list, impls=list(impls),
+                  loss="sum(color*gc) + sum(depth*gd) + sum(weight*gw), gc, gd, gw ~ N(0,1)",
+                  notes={n: i.note for n, i in impls.items()})
+    rows = []
+    print(f"device {device} ({env.get('gpu') or env.get('cpu')}); torch {env['torch']}; "
+          f"implementations: {', '.join(usable) or 'none'}"
+          + "".join(f"; {n}: {env[f'{n}_unavailable_because']}" for n in impls
+                    if n not in usable), flush=True)
+
+    for scene_name in args.scene_list:
+        for scale in args.scale_list:
+            t_build = time.perf_counter()
+            scenes = [garden_scene(scene_name, camera=i, scale=scale, seed=args.seed + i,
+                                   sh=args.sh, device=device, requires_grad=True,
+                                   data=args.data) for i in range(args.sets)]
+            upstream = [_upstream(s, args.seed + i) for i, s in enumerate(scenes)]
+            cam = scenes[0].camera
+            base = {"scene": scene_name, "n_gaussians": len(scenes[0].gaussians),
+                    "width": cam.width, "height": cam.height, "scale": scale,
+                    "resolution": f"{cam.width}x{cam.height}"}
+            print(f"\n{scene_name}: {base['n_gaussians']} Gaussians at {base['resolution']} "
+                  f"(built in {time.perf_counter() - t_build:.1f} s)", flush=True)
+            images = {}
+            group = []
+            for name, impl in usable.items():
+                row = dict(base, impl=name, note=impl.note)
+                try:
+                    prepared = [impl.prepare(s, u) for s, u in zip(scenes, upstream)]
+                    with torch.no_grad():
+                        out = prepared[0].forward()
+                    row["visible_gaussians"] = (prepared[0].visible(out)
+                                                if prepared[0].visible else None)
+                    images[name] = {k: v.detach().clone() for k, v in
+                                    (_images(name, out) or {}).items()}
+                    del out
+                    t0 = time.perf_counter()
+                    row.update(measure(prepared, scenes, args.reps, args.warmup, device))
+                    row.update(peak_memory(prepared[0], scenes[0], device))
+                    row["wall_s"] = time.perf_counter() - t0
+                    print(f"  {name:8s} fwd {row['fwd_ms']['median']:9.2f} ms   fwd+bwd "
+                          f"{row['fwd_bwd_ms']['median']:9.2f} ms   bwd "
+                          f"{row['bwd_ms']['median']:9.2f} ms", flush=True)
+                except Exception as e:
+                    row["error"] = "".join(traceback.format_exception_only(type(e), e)).strip()
+                    row["traceback"] = traceback.format_exc()
+                    print(f"  {name:8s} failed: {row['error']}", flush=True)
+                    for s in scenes:
+                        _zero_grads(s)
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                group.append(row)
+            ours = next((r for r in group if r["impl"] == "ours" and not r.get("error")), None)
+            for r in group:
+                if ours is not None and not r.get("error"):
+                    r["ratio_fwd"] = r["fwd_ms"]["median"] / ours["fwd_ms"]["median"]
+                    r["ratio_fwd_bwd"] = r["fwd_bwd_ms"]["median"] / ours["fwd_bwd_ms"]["median"]
+                    r["ratio_bwd"] = r["bwd_ms"]["median"] / ours["bwd_ms"]["median"]
+                if r["impl"] != "ours" and "ours" in images and r["impl"] in images:
+                    r["agreement_with_ours"] = agreement(images["ours"], images[r["impl"]])
+            rows.extend(group)
+            del scenes, upstream, images
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    print()
+    print_table(rows)
+    return {"environment": env, "config": config, "results": rows}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    paths = [Path(args.json)] if args.json else []
+    if args.json_dir:
+        suffix = "-sh" if args.sh else ""
+        paths.append(Path(args.json_dir) / f"{gpu_slug(torch.device(args.device))}{suffix}.json")
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        print(f"wrote {path}")
+    failed = [r for r in result["results"] if r["impl"] == "ours" and r.get("error")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,390 @@
+"""Command line: `python -m diff_gaussian_rasterization_depth demo|render ...`.
+
+demo    renders a built-in procedural scene (no download) and writes colour, depth and weight
+        PNGs plus one side-by-side figure, with timings.
+render  renders a trained 3DGS point_cloud.ply from an orbit of cameras around the scene.
+
+The pictures need matplotlib and the PLY reader needs plyfile (the package's [demo] extra).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from typing import List, Sequence
+
+import numpy as np
+import torch
+
+from . import cameras as cams_mod
+from . import scenes
+from .cameras import Camera
+from .ply import PlyFormatError
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+# --------------------------------------------------------------------------------------------
+# Shared pieces
+# --------------------------------------------------------------------------------------------
+
+def _device(name: str) -> torch.device:
+    try:
+        return cams_mod.choose_device(name)
+    except (RuntimeError, ValueError) as e:
+        raise CliError(str(e)) from None
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_text(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def render_views(gaussians: scenes.Gaussians, views: Sequence[Camera], bg, device):
+    """Render every view without gradients; returns (renders on the CPU, seconds per view)."""
+    out, seconds = [], []
+    with torch.no_grad():
+        for cam in views:
+            _sync(device)
+            t0 = time.perf_counter()
+            r = scenes.render(gaussians, cam, bg=bg)
+            _sync(device)
+            seconds.append(time.perf_counter() - t0)
+            out.append(scenes.Render(r.color.cpu(), r.depth.cpu(), r.weight.cpu(),
+                                     r.radii.cpu(), r.means2D.detach().cpu()))
+    return out, seconds
+
+
+def time_forward_backward(gaussians: scenes.Gaussians, cam: Camera, bg, device) -> float:
+    """Seconds for one forward + backward with a loss on colour, depth and weight."""
+    g = scenes.Gaussians(*(t.detach().clone().requires_grad_(True) for t in
+                           (gaussians.means, gaussians.sh, gaussians.opacities,
+                            gaussians.scales, gaussians.rotations)))
+    _sync(device)
+    t0 = time.perf_counter()
+    r = scenes.render(g, cam, bg=bg)
+    loss = r.color.mean() + 0.1 * (r.depth * r.weight).mean() + r.weight.mean()
+    loss.backward()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def shared_depth_range(renders) -> tuple:
+    from .viz import depth_range
+    d = torch.cat([r.depth.reshape(-1) for r in renders])
+    w = torch.cat([r.weight.reshape(-1) for r in renders])
+    return depth_range(d, w)
+
+
+def write_view_images(out_dir: str, stem: str, r: scenes.Render, vmin, vmax,
+                      write_npy: bool = False) -> List[str]:
+    from . import viz
+    paths = [os.path.join(out_dir, f"{stem}_color.png"),
+             os.path.join(out_dir, f"{stem}_depth.png"),
+             os.path.join(out_dir, f"{stem}_weight.png")]
+    viz.save_color(paths[0], r.color)
+    viz.save_depth(paths[1], r.depth, r.weight, vmin, vmax,
+                   title=f"{stem}: depth, colour range {vmin:.3g}..{vmax:.3g} scene units")
+    viz.save_weight(paths[2], r.weight)
+    if write_npy:
+        for name, t in (("depth", r.depth), ("weight", r.weight)):
+            p = os.path.join(out_dir, f"{stem}_{name}.npy")
+            np.save(p, t.numpy())
+            paths.append(p)
+    return paths
+
+
+def write_views_json(path: str, views: Sequence[Camera]):
+    data = [{"index": i, "width": c.width, "height": c.height, "fx": c.fx, "fy": c.fy,
+             "world_to_camera": c.world_to_camera.tolist(), "campos": c.center.tolist()}
+            for i, c in enumerate(views)]
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+
+
+def read_views_json(path: str) -> List[Camera]:
+    """Cameras as written by `write_views_json` (the `render` and `demo` commands' views.json)."""
+    with open(path) as f:
+        data = json.load(f)
+    return [Camera(np.array(e["world_to_camera"]), e["width"], e["height"], e["fx"], e["fy"])
+            for e in data]
+
+
+def _parse_bg(text: str):
+    named = {"black": (0.0, 0.0, 0.0), "white": (1.0, 1.0, 1.0)}
+    if text in named:
+        return named[text]
+    try:
+        v = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        v = ()
+    if len(v) != 3:
+        raise argparse.ArgumentTypeError(f"expected black, white or R,G,B in [0,1], got {text!r}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+# --------------------------------------------------------------------------------------------
+# demo
+# --------------------------------------------------------------------------------------------
+
+def cmd_demo(args) -> int:
+    from . import viz
+    device = _device(args.device)
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    t0 = time.perf_counter()
+    scene = scenes.demo_scene(args.gaussians, seed=args.seed).to(device)
+    build_s = time.perf_counter() - t0
+    views = scenes.demo_cameras(args.views, args.width, args.height)
+    bg = (0.0, 0.0, 0.0)
+    print(f"demo scene: {len(scene)} Gaussians (SH degree {scene.sh_degree}), built in "
+          f"{build_s:.2f} s; rendering {len(views)} views at {args.width}x{args.height} on "
+          f"{_device_text(device)}")
+
+    scenes.render(scene, views[0], bg=bg)            # warm-up: first-call allocations
+    renders, seconds = render_views(scene, views, bg, device)
+    fb = time_forward_backward(scene, views[0], bg, device)
+
+    written = []
+    vmin, vmax = shared_depth_range(renders)
+    for k, r in enumerate(renders):
+        written += write_view_images(out, f"view_{k}", r, vmin, vmax)
+    figure = os.path.join(out, "demo.png")
+    rows = []
+    for k, r in enumerate(renders):
+        rows.append([viz.Panel("rgb", r.color, f"view {k}: colour"),
+                     viz.Panel("depth", r.depth, f"view {k}: depth", weight=r.weight,
+                               vmin=vmin, vmax=vmax),
+                     viz.Panel("weight", r.weight, f"view {k}: weight")])
+    viz.save_figure(figure, rows, suptitle=f"{len(scene)} Gaussians, "
+                                            f"{args.width}x{args.height}")
+    written.append(figure)
+    views_json = os.path.join(out, "views.json")
+    write_views_json(views_json, views)
+    written.append(views_json)
+    if args.save_ply:
+        from .ply import save_ply
+        ply_path = os.path.join(out, "scene.ply")
+        save_ply(ply_path, scene)
+        written.append(ply_path)
+
+    print("wrote:")
+    for p in written:
+        print(f"  {p}")
+    ms = [1000 * s for s in seconds]
+    covered = np.mean([float((r.weight > 0.5).float().mean()) for r in renders])
+    print(f"depth range {vmin:.3f} .. {vmax:.3f} scene units; {100 * covered:.0f}% of pixels "
+          f"have weight > 0.5")
+    print(f"render (forward, colour + depth + weight): {np.mean(ms):.1f} ms per view "
+          f"(min {np.min(ms):.1f}, {len(ms)} views); forward + backward: {1000 * fb:.1f} ms")
+    if args.save_ply:
+        print(f"try: python -m diff_gaussian_rasterization_depth render {written[-1]} "
+              f"--out {os.path.join(out, 'orbit')}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# render
+# --------------------------------------------------------------------------------------------
+
+_AXES = {"+x": (1, 0, 0), "-x": (-1, 0, 0), "+y": (0, 1, 0), "-y": (0, -1, 0),
+         "+z": (0, 0, 1), "-z": (0, 0, -1)}
+
+
+def _find_training_cameras(ply_path: str):
+    """The official layout is MODEL/point_cloud/iteration_N/point_cloud.ply + MODEL/cameras.json."""
+    d = os.path.dirname(os.path.abspath(ply_path))
+    for _ in range(4):
+        candidate = os.path.join(d, "cameras.json")
+        if os.path.isfile(candidate):
+            return candidate
+        d = os.path.dirname(d)
+    return None
+
+
+def orbit_for_scene(gaussians: scenes.Gaussians, ply_path: str, n_views: int, width: int,
+                    height: int, up: str, fov: float, elevation: float, radius_scale: float):
+    """Choose the orbit; returns (cameras, a sentence saying how)."""
+    if up == "auto":
+        cam_json = _find_training_cameras(ply_path)
+        if cam_json is not None:
+            try:
+                with open(cam_json) as f:
+                    training = cams_mod.training_cameras_from_json(json.load(f))
+            except (ValueError, OSError) as e:
+                raise CliError(f"{cam_json}: could not read the training cameras ({e}); pass "
+                               "--up to orbit without them") from None
+            if training:
+                views = cams_mod.orbit_like(training, n_views, width, height, fov)
+                if radius_scale != 1.0:
+                    views = _rescale_orbit(views, cams_mod.focus_point(
+                        [c.center for c in training], [c.rotation[2] for c in training]),
+                        radius_scale)
+                return views, (f"orbit through the {len(training)} training cameras of "
+                               f"{cam_json}")
+    points = gaussians.means.detach().cpu().numpy()
+    center = scenes.robust_center(gaussians.means)
+    if up == "auto":
+        up_vec = cams_mod.estimate_up_from_points(points, center)
+        up_text = (f"up ({', '.join(f'{c:.2f}' for c in up_vec)}) estimated from the point "
+                   "layout (no cameras.json found; pass --up to choose)")
+    else:
+        up_vec = np.array(_AXES[up], dtype=np.float64)
+        up_text = f"up {up}"
+    radius = radius_scale * cams_mod.fit_orbit_radius(points, center, fov, width, height)
+    views = cams_mod.orbit_cameras(center, radius, n_views, width, height,
+                                   elevation_deg=elevation, fov_x_deg=fov, up=up_vec)
+    how = (f"orbit of radius {radius:.3g} around the median position "
+           f"({', '.join(f'{c:.3g}' for c in center)}), {up_text}")
+    return views, how
+
+
+def _rescale_orbit(views, center, factor):
+    out = []
+    for c in views:
+        eye = center + factor * (c.center - center)
+        w2c = c.world_to_camera.copy()
+        w2c[:3, 3] = -c.rotation @ eye
+        out.append(Camera(w2c, c.width, c.height, c.fx, c.fy))
+    return out
+
+
+def cmd_render(args) -> int:
+    from .ply import load_ply
+    device = _device(args.device)
+    if not 1.0 <= args.fov <= 170.0:
+        raise CliError(f"--fov: expected degrees in [1, 170], got {args.fov}")
+    if not args.radius_scale > 0:
+        raise CliError(f"--radius-scale: expected a positive number, got {args.radius_scale}")
+    width, height = args.width, args.height
+    if height is None:
+        height = max(1, int(round(width * 3 / 4)))
+    t0 = time.perf_counter()
+    gaussians = load_ply(args.scene)
+    load_s = time.perf_counter() - t0
+    if args.sh_degree is not None:
+        try:
+            gaussians = gaussians.with_sh_degree(args.sh_degree)
+        except ValueError as e:
+            raise CliError(str(e)) from None
+    gaussians = gaussians.to(device)
+    views, how = orbit_for_scene(gaussians, args.scene, args.views, width, height, args.up,
+                                 args.fov, args.elevation, args.radius_scale)
+    print(f"{args.scene}: {len(gaussians)} Gaussians, SH degree {gaussians.sh_degree}, loaded "
+          f"in {load_s:.2f} s")
+    print(f"cameras: {how}")
+    print(f"rendering {len(views)} views at {width}x{height} on {_device_text(device)}")
+    renders, seconds = render_views(gaussians, views, args.bg, device)
+    os.makedirs(args.out, exist_ok=True)
+    vmin, vmax = shared_depth_range(renders)
+    written = []
+    for k, r in enumerate(renders):
+        written += write_view_images(args.out, f"view_{k:03d}", r, vmin, vmax, args.npy)
+    views_json = os.path.join(args.out, "views.json")
+    write_views_json(views_json, views)
+    written.append(views_json)
+    per_view = 3 + (2 if args.npy else 0)
+    print(f"wrote {len(written)} files to {args.out}: view_NNN_color.png, view_NNN_depth.png, "
+          f"view_NNN_weight.png{', view_NNN_depth.npy, view_NNN_weight.npy' if args.npy else ''}"
+          f" for NNN = 000..{len(views) - 1:03d} ({per_view} per view), views.json")
+    ms = [1000 * s for s in seconds]
+    print(f"depth range {vmin:.3g} .. {vmax:.3g} scene units; render {np.mean(ms):.1f} ms per "
+          f"view (first {ms[0]:.1f} ms)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m diff_gaussian_rasterization_depth",
+        description="Gaussian splatting rasterizer with depth and weight maps: demo and tools.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    demo = sub.add_parser(
+        "demo", help="render a built-in scene; write colour, depth and weight PNGs",
+        description="Render a procedural scene (no download) from a few views and write "
+                    "colour, depth (with a colour bar in scene units) and weight PNGs and one "
+                    "side-by-side figure. Prints the files and the rendering time.")
+    demo.add_argument("--out", default=os.path.join("out", "demo"),
+                      help="output directory (default: %(default)s)")
+    demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                      help="auto = CUDA when available (default: %(default)s)")
+    demo.add_argument("--views", type=_positive_int, default=3, help="default: %(default)s")
+    demo.add_argument("--width", type=_positive_int, default=480, help="default: %(default)s")
+    demo.add_argument("--height", type=_positive_int, default=360, help="default: %(default)s")
+    demo.add_argument("--gaussians", type=_positive_int, default=40000,
+                      help="number of Gaussians (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    demo.add_argument("--save-ply", action="store_true",
+                      help="also write the scene as a 3DGS point_cloud.ply (scene.ply)")
+    demo.set_defaults(func=cmd_demo)
+
+    render = sub.add_parser(
+        "render", help="render a trained 3DGS point_cloud.ply from an orbit",
+        description="Load a 3DGS point_cloud.ply as the official training code writes it, "
+                    "orbit a camera around the scene and write colour, depth and weight PNGs "
+                    "per view. With --up auto the orbit follows the training cameras when a "
+                    "cameras.json sits in the model directory (the official layout), and "
+                    "otherwise circles the median position with up estimated from the point "
+                    "layout (the direction of least spread, e.g. the ground's normal).")
+    render.add_argument("scene", help="path to point_cloud.ply")
+    render.add_argument("--out", required=True, help="output directory")
+    render.add_argument("--views", type=_positive_int, default=8, help="default: %(default)s")
+    render.add_argument("--width", type=_positive_int, default=640, help="default: %(default)s")
+    render.add_argument("--height", type=_positive_int, default=None,
+                        help="default: 3/4 of the width")
+    render.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto = CUDA when available (default: %(default)s)")
+    render.add_argument("--up", default="auto", choices=["auto"] + sorted(_AXES),
+                        help="world up axis of the orbit (default: %(default)s)")
+    render.add_argument("--fov", type=float, default=60.0,
+                        help="horizontal field of view in degrees (default: %(default)s)")
+    render.add_argument("--elevation", type=float, default=20.0,
+                        help="orbit elevation in degrees without cameras.json "
+                             "(default: %(default)s)")
+    render.add_argument("--radius-scale", type=float, default=1.0,
+                        help="move the orbit closer (<1) or farther (>1) (default: 1)")
+    render.add_argument("--bg", type=_parse_bg, default=(0.0, 0.0, 0.0),
+                        help="background: black, white or R,G,B (default: black)")
+    render.add_argument("--sh-degree", type=int, default=None,
+                        help="use fewer SH degrees than the file has")
+    render.add_argument("--npy", action="store_true",
+                        help="also write the raw depth and weight maps as .npy")
+    render.set_defaults(func=cmd_render)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (PlyFormatError, FileNotFoundError, ImportError) as e:
+        # A bad input file or a missing optional dependency is the user's to fix, not a crash.
+        print(f"error: {e}", file=sys.stderr)
+        return 2

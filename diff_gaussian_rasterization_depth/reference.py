@@ -1,0 +1,366 @@
+"""Pure-PyTorch reference rasterizer: the SPEC's forward written densely, differentiated by autograd.
+
+It is the test oracle of the compiled backends, so it favours being obviously right over being
+fast: every Gaussian is tested against every pixel (P x H x W tensors), with no tiles, no sorting
+per tile and no hand-written backward. Each float expression is evaluated in the order SPEC.md
+writes it, and rounded where the original rasterizer rounds (ndc2pix in double, one reciprocal
+for the perspective divide and for the conic), so that float32 results agree with the compiled
+backends to a few float32 roundings.
+
+    color, radii, depth, weight = rasterize_reference(means3D, means2D, opacities, shs=...,
+                                                      scales=..., rotations=...,
+                                                      raster_settings=settings)
+
+Gradient conventions (SPEC 6) come out of autograd once the forward is set up right:
+- `means2D` is a carrier: its values are ignored, its gradient is dL/d(ndc.x, ndc.y);
+- the 0.99 clamp of alpha is straight-through;
+- culled and non-finite Gaussians get exactly zero gradient and never put NaN into anyone else's.
+
+Non-finite safety: the preprocess runs twice. A first pass without autograd over all Gaussians
+decides which ones survive culling; the second pass, with autograd, sees only the survivors
+(selected by indexing, whose backward scatters zeros to the others). The preprocess uses only
++, -, *, /, sqrt, floor and ceil, which IEEE arithmetic rounds the same way in both passes, so the
+two passes agree bit for bit on the survivors.
+"""
+from typing import Dict
+
+import torch
+
+from ._validation import check_gaussians
+
+__all__ = ["rasterize_reference"]
+
+TILE_SIZE = 16
+NEAR_PLANE = 0.2
+HOM_EPS = 1e-7
+FRUSTUM_CLAMP = 1.3
+COV_DILATION = 0.3
+ANTIALIAS_MIN_RATIO = 2.5e-5
+MIN_EIGEN_SLACK = 0.1
+SIGMA_EXTENT = 3.0
+ALPHA_MAX = 0.99
+ALPHA_MIN = 1.0 / 255.0
+TRANSMITTANCE_MIN = 1e-4
+
+# Real spherical-harmonics constants of the original 3DGS rasterizer.
+SH_C0 = 0.28209479177387814
+SH_C1 = 0.4886025119029199
+SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792,
+         0.5462742152960396)
+SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
+         -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
+
+
+# ----------------------------------------------------------------------------------------------
+# Small helpers
+# ----------------------------------------------------------------------------------------------
+
+def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batched a @ b with each entry summed left to right (k = 0, 1, 2, ...).
+
+    torch.matmul may reorder or fuse the sums; writing them out keeps the rounding the same as
+    a plain C++ loop.
+    """
+    out = a[..., :, 0, None] * b[..., None, 0, :]
+    for k in range(1, a.shape[-1]):
+        out = out + a[..., :, k, None] * b[..., None, k, :]
+    return out
+
+
+def _transform_point(p: torch.Tensor, m: torch.Tensor, column: int) -> torch.Tensor:
+    """Component `column` of [p, 1] @ M, with M the flat 16-element matrix (row-major 4x4)."""
+    return (p[:, 0] * m[column] + p[:, 1] * m[4 + column] + p[:, 2] * m[8 + column]
+            + m[12 + column])
+
+
+def _ndc2pix(v: torch.Tensor, size: int) -> torch.Tensor:
+    # In double, then rounded once, as the original rasterizer (and our backends) round it.
+    return (((v.double() + 1.0) * size - 1.0) / 2.0).to(v.dtype)
+
+
+def _all_finite(t: torch.Tensor) -> torch.Tensor:
+    """(P,) bool: every value in the Gaussian's row of t (P, ...) is finite."""
+    finite = torch.isfinite(t)
+    return finite.flatten(1).all(dim=1) if finite.dim() > 1 else finite
+
+
+def _rotation_matrix(q: torch.Tensor) -> torch.Tensor:
+    """(P,3,3) rotation polynomial of the quaternion (w, x, y, z), used as given."""
+    w, x, y, z = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
+    rows = [
+        [1.0 - 2.0 * (y * y + z * z), 2.0 * (x * y - w * z), 2.0 * (x * z + w * y)],
+        [2.0 * (x * y + w * z), 1.0 - 2.0 * (x * x + z * z), 2.0 * (y * z - w * x)],
+        [2.0 * (x * z - w * y), 2.0 * (y * z + w * x), 1.0 - 2.0 * (x * x + y * y)],
+    ]
+    return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
+
+
+def _covariance_3d(scales, rotations, cov3D_precomp, scale_modifier) -> torch.Tensor:
+    """(P,3,3) world-space covariance: R S S^T R^T, or the given upper triangle mirrored."""
+    if cov3D_precomp is not None:
+        xx, xy, xz, yy, yz, zz = cov3D_precomp.unbind(dim=1)
+        rows = [[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]]
+        return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
+    s = scale_modifier * scales                       # diagonal of S
+    rs = _rotation_matrix(rotations) * s[:, None, :]  # R S: column j of R times s_j
+    return _matmul(rs, rs.transpose(-1, -2))
+
+
+def _sh_to_color(sh: torch.Tensor, degree: int, means3D: torch.Tensor,
+                 campos: torch.Tensor) -> torch.Tensor:
+    """(P,3) colour of SH coefficients sh (P,M,3) seen from campos, +0.5, before the clamp."""
+    d = means3D - campos
+    d = d / torch.sqrt(d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2])[:, None]
+    x, y, z = d[:, 0, None], d[:, 1, None], d[:, 2, None]
+    result = SH_C0 * sh[:, 0]
+    if degree > 0:
+        result = result - SH_C1 * y * sh[:, 1] + SH_C1 * z * sh[:, 2] - SH_C1 * x * sh[:, 3]
+    if degree > 1:
+        xx, yy, zz = x * x, y * y, z * z
+        xy, yz, xz = x * y, y * z, x * z
+        result = (result
+                  + SH_C2[0] * xy * sh[:, 4]
+                  + SH_C2[1] * yz * sh[:, 5]
+                  + SH_C2[2] * (2.0 * zz - xx - yy) * sh[:, 6]
+                  + SH_C2[3] * xz * sh[:, 7]
+                  + SH_C2[4] * (xx - yy) * sh[:, 8])
+        if degree > 2:
+            result = (result
+                      + SH_C3[0] * y * (3.0 * xx - yy) * sh[:, 9]
+                      + SH_C3[1] * xy * z * sh[:, 10]
+                      + SH_C3[2] * y * (4.0 * zz - xx - yy) * sh[:, 11]
+                      + SH_C3[3] * z * (2.0 * zz - 3.0 * xx - 3.0 * yy) * sh[:, 12]
+                      + SH_C3[4] * x * (4.0 * zz - xx - yy) * sh[:, 13]
+                      + SH_C3[5] * z * (xx - yy) * sh[:, 14]
+                      + SH_C3[6] * x * (xx - 3.0 * yy) * sh[:, 15])
+    return result + 0.5
+
+
+# ----------------------------------------------------------------------------------------------
+# Per Gaussian: SPEC 4, steps 1-8
+# ----------------------------------------------------------------------------------------------
+
+def _preprocess(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp,
+                settings, ndc_offset=None) -> Dict[str, torch.Tensor]:
+    """Project every Gaussian; returns per-Gaussian tensors and the (P,) bool `visible`.
+
+    Values of Gaussians that are not visible are meaningless (possibly NaN).
+    """
+    H, W = settings.image_height, settings.image_width
+    view, proj = settings.viewmatrix, settings.projmatrix
+    tanfovx, tanfovy = settings.tanfovx, settings.tanfovy
+    focal_x = W / (2.0 * tanfovx)
+    focal_y = H / (2.0 * tanfovy)
+
+    # 1. View space; the depth of the Gaussian is t.z.
+    tx, ty, tz = (_transform_point(means3D, view, c) for c in range(3))
+    visible = tz > NEAR_PLANE
+
+    # 2. Clip space, NDC, pixels.
+    hx, hy, hw = (_transform_point(means3D, proj, c) for c in (0, 1, 3))
+    inv_w = 1.0 / (hw + HOM_EPS)      # hom.xyz / (hom.w + eps), via one reciprocal
+    ndc_x = hx * inv_w
+    ndc_y = hy * inv_w
+    if ndc_offset is not None:
+        # The means2D carrier: adds zero, collects dL/d(ndc.x, ndc.y) (SPEC 6).
+        ndc_x = ndc_x + ndc_offset[:, 0]
+        ndc_y = ndc_y + ndc_offset[:, 1]
+    mean2d = torch.stack([_ndc2pix(ndc_x, W), _ndc2pix(ndc_y, H)], dim=1)
+
+    # 3. World-space covariance.
+    cov3d = _covariance_3d(scales, rotations, cov3D_precomp, settings.scale_modifier)
+
+    # 4. EWA splatting: Jacobian of the perspective projection at the clamped mean.
+    lim_x = FRUSTUM_CLAMP * tanfovx
+    lim_y = FRUSTUM_CLAMP * tanfovy
+    tx = torch.clamp(tx / tz, -lim_x, lim_x) * tz
+    ty = torch.clamp(ty / tz, -lim_y, lim_y) * tz
+    zero = torch.zeros_like(tz)
+    jac = torch.stack([
+        torch.stack([focal_x / tz, zero, -(focal_x * tx) / (tz * tz)], dim=-1),
+        torch.stack([zero, focal_y / tz, -(focal_y * ty) / (tz * tz)], dim=-1),
+    ], dim=-2)                                                # (P,2,3)
+    world_to_view = view.reshape(4, 4)[:3, :3].transpose(0, 1)  # Wr[j][i] = view[i*4+j]
+    t_mat = _matmul(jac, world_to_view.expand(jac.shape[0], 3, 3))
+    cov2d = _matmul(_matmul(t_mat, cov3d), t_mat.transpose(-1, -2))
+    a = cov2d[:, 0, 0]
+    b = cov2d[:, 0, 1]
+    c = cov2d[:, 1, 1]
+
+    # 5. Low-pass dilation, and the antialiasing opacity compensation.
+    det_before = a * c - b * b
+    a = a + COV_DILATION
+    c = c + COV_DILATION
+    det = a * c - b * b
+    opacity = opacities[:, 0]
+    if settings.antialiasing:
+        h = torch.sqrt(torch.clamp_min(det_before / det, ANTIALIAS_MIN_RATIO))
+        opacity = h * opacity
+
+    # 6. Conic (inverse 2D covariance).
+    visible = visible & (det != 0)
+    inv_det = 1.0 / det                # (c, -b, a) / det, via one reciprocal
+    conic = torch.stack([c * inv_det, -b * inv_det, a * inv_det], dim=1)
+
+    # 7. Screen radius and the rectangle of 16x16 tiles it touches.
+    mid = (a + c) / 2.0
+    lam = mid + torch.sqrt(torch.clamp_min(mid * mid - det, MIN_EIGEN_SLACK))
+    radius = torch.ceil(SIGMA_EXTENT * torch.sqrt(lam))
+    tiles = torch.tensor([(W + TILE_SIZE - 1) // TILE_SIZE, (H + TILE_SIZE - 1) // TILE_SIZE],
+                         dtype=mean2d.dtype, device=mean2d.device)
+    rect_min = torch.minimum(torch.floor((mean2d - radius[:, None]) / TILE_SIZE).clamp_min(0),
+                             tiles)
+    rect_max = torch.minimum(
+        torch.floor((mean2d + radius[:, None] + (TILE_SIZE - 1)) / TILE_SIZE).clamp_min(0), tiles)
+    rect_nonempty = (rect_max - rect_min).prod(dim=1) != 0
+
+    # 8. Colour.
+    if colors_precomp is not None:
+        color = colors_precomp
+    else:
+        color = torch.clamp_min(
+            _sh_to_color(shs, settings.sh_degree, means3D, settings.campos), 0.0)
+
+    # Non-finite inputs or derived values: culled (SPEC 4).
+    derived = [means3D, opacities, color, cov3d, mean2d, conic, radius, opacity,
+               torch.stack([tx, ty, tz], dim=1)]
+    for t in derived:
+        visible = visible & _all_finite(t)
+
+    # `projectable`: everything but the empty-rectangle test (the tests use it to find
+    # Gaussians at the edge of being culled).
+    return dict(depth=tz, mean2d=mean2d, conic=conic, opacity=opacity, radius=radius,
+                rect_min=rect_min, rect_max=rect_max, color=color, lam=lam,
+                projectable=visible, visible=visible & rect_nonempty)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per pixel: the front-to-back blend of SPEC 4, and the outputs of SPEC 5
+# ----------------------------------------------------------------------------------------------
+
+def _straight_through_clamp_max(x: torch.Tensor, bound: float) -> torch.Tensor:
+    """min(x, bound) in the forward, identity in the backward."""
+    return x.detach().clamp_max(bound) + (x - x.detach())
+
+
+def _blend(g: Dict[str, torch.Tensor], settings) -> Dict[str, torch.Tensor]:
+    """Blend the (already visible-only) Gaussians of g into every pixel."""
+    H, W = settings.image_height, settings.image_width
+    dtype, device = g["mean2d"].dtype, g["mean2d"].device
+
+    # Front to back; a stable sort keeps ties in index order.
+    order = torch.sort(g["depth"].detach(), stable=True).indices
+    g = {k: v[order] for k, v in g.items()}
+
+    xs = torch.arange(W, dtype=dtype, device=device)
+    ys = torch.arange(H, dtype=dtype, device=device)
+    tile_x = torch.div(torch.arange(W, device=device), TILE_SIZE, rounding_mode="floor")
+    tile_y = torch.div(torch.arange(H, device=device), TILE_SIZE, rounding_mode="floor")
+    rmin = g["rect_min"].to(torch.int64)
+    rmax = g["rect_max"].to(torch.int64)
+    in_rect_x = (rmin[:, 0, None] <= tile_x) & (tile_x < rmax[:, 0, None])   # (P,W)
+    in_rect_y = (rmin[:, 1, None] <= tile_y) & (tile_y < rmax[:, 1, None])   # (P,H)
+    in_rect = in_rect_y[:, :, None] & in_rect_x[:, None, :]                  # (P,H,W)
+
+    dx = g["mean2d"][:, 0, None, None] - xs[None, None, :]                    # (P,1,W)
+    dy = g["mean2d"][:, 1, None, None] - ys[None, :, None]                    # (P,H,1)
+    con_a = g["conic"][:, 0, None, None]
+    con_b = g["conic"][:, 1, None, None]
+    con_c = g["conic"][:, 2, None, None]
+    power = -0.5 * (con_a * dx * dx + con_c * dy * dy) - con_b * dx * dy    # (P,H,W)
+    unmasked_power = power.detach()
+
+    considered = in_rect & (power <= 0)
+    # exp of a skipped (possibly large positive) power would overflow, and its zero gradient
+    # times inf is NaN: evaluate exp only where the pixel is considered.
+    power = torch.where(considered, power, torch.zeros_like(power))
+    raw_alpha = g["opacity"][:, None, None] * torch.exp(power)
+    alpha = _straight_through_clamp_max(raw_alpha, ALPHA_MAX)
+    blendable = considered & ~(alpha < ALPHA_MIN)
+    alpha = torch.where(blendable, alpha, torch.zeros_like(alpha))
+
+    # Early stop: the transmittance after blending Gaussian i, in blending order. It only
+    # decreases, so "T (1 - alpha_i) < 1e-4" marks the stopping Gaussian and all behind it.
+    ones = torch.ones((1, H, W), dtype=dtype, device=device)
+    with torch.no_grad():
+        test_T = torch.cumprod(torch.cat([ones, 1.0 - alpha]), dim=0)[1:]
+        stopped = test_T < TRANSMITTANCE_MIN
+    blended = blendable & ~stopped
+    alpha = torch.where(blended, alpha, torch.zeros_like(alpha))
+
+    transmittance = torch.cumprod(torch.cat([ones, 1.0 - alpha]), dim=0)  # (P+1,H,W)
+    T_before = transmittance[:-1]
+    T_final = transmittance[-1]
+    w = alpha * T_before                                                    # (P,H,W)
+
+    color = (w[:, None] * g["color"][:, :, None, None]).sum(dim=0)          # (3,H,W)
+    color = color + T_final[None] * settings.bg[:, None, None]
+    weight = w.sum(dim=0)
+    depth_sum = (w * g["depth"][:, None, None]).sum(dim=0)
+    has_weight = weight > 0
+    safe_weight = torch.where(has_weight, weight, torch.ones_like(weight))
+    depth = torch.where(has_weight, depth_sum / safe_weight, torch.zeros_like(weight))
+
+    return dict(color=color, depth=depth, weight=weight, T_final=T_final, order=order,
+                power=unmasked_power, raw_alpha=raw_alpha.detach(), considered=considered,
+                blendable=blendable, blended=blended, test_T=test_T, in_rect=in_rect)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry point
+# ----------------------------------------------------------------------------------------------
+
+def _forward(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp, settings,
+             ndc_offset=None):
+    """The whole forward on checked inputs.
+
+    Returns (outputs, everyone, survivors, blend, idx): the outputs dict (color, radii, depth,
+    weight); the preprocess of all Gaussians (no autograd); that of the visible ones, whose
+    indices are idx (with autograd); and the per-pixel tensors of the blend, in its order.
+    """
+    P = means3D.shape[0]
+    with torch.no_grad():
+        everyone = _preprocess(means3D, opacities, shs, colors_precomp, scales, rotations,
+                               cov3D_precomp, settings)
+    idx = torch.nonzero(everyone["visible"]).reshape(-1)
+
+    def pick(t):
+        return None if t is None else t[idx]
+
+    survivors = _preprocess(pick(means3D), pick(opacities), pick(shs), pick(colors_precomp),
+                            pick(scales), pick(rotations), pick(cov3D_precomp), settings,
+                            ndc_offset=pick(ndc_offset))
+    survivors.pop("visible")
+    survivors.pop("projectable")
+    blend = _blend({k: survivors[k] for k in ("depth", "mean2d", "conic", "opacity",
+                                                "rect_min", "rect_max", "color")}, settings)
+
+    radii = torch.zeros(P, dtype=torch.int32, device=means3D.device)
+    # Beyond int32 a radius only says "everything": saturate as the compiled backends do.
+    radii[idx] = everyone["radius"][idx].clamp_max(2 ** 30).to(torch.int32)
+    return dict(color=blend["color"], radii=radii, depth=blend["depth"],
+                weight=blend["weight"]), everyone, survivors, blend, idx
+
+
+def rasterize_reference(means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
+                        rotations=None, cov3D_precomp=None, raster_settings=None, dc=None):
+    """The SPEC's rasterizer in plain PyTorch.
+
+    Same inputs as `GaussianRasterizer.forward` (plus the settings), float32 or float64,
+    computed in the input dtype. Returns (color (3,H,W), radii int32 (P,), depth (H,W),
+    weight (H,W)); gradients by autograd, with the conventions of SPEC 6.
+    """
+    if raster_settings is None:
+        raise ValueError("raster_settings: expected a GaussianRasterizationSettings, got None")
+    (means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp,
+     settings) = check_gaussians(means3D, means2D, opacities, shs, colors_precomp, scales,
+                                 rotations, cov3D_precomp, dc, raster_settings)
+    ndc_offset = None
+    if means2D is not None:
+        carrier = means2D[:, :2]
+        # Value exactly zero (a non-finite carrier value is ignored too), gradient identity.
+        ndc_offset = torch.where(torch.isfinite(carrier.detach()), carrier - carrier.detach(),
+                                 torch.zeros_like(carrier))
+    out = _forward(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp,
+                   settings, ndc_offset)[0]
+    return out["color"], out["radii"], out["depth"], out["weight"]

@@ -1,0 +1,600 @@
+"""Sparse-view 3DGS with a monocular-like depth prior: does supervising the depth map help?
+
+An analytic scene (textured planes and spheres, ray-cast exactly in PyTorch) is seen by 24
+cameras; every 8th camera is held out for testing and 3 of the rest are the training views.
+Each training view gets a "monocular" depth prior like a depth network's: the true inverse depth
+under an unknown per-view scale and shift plus smooth noise. Gaussians start from a random
+initialization and are fitted twice, with the same seed, views and iteration count:
+
+  photometric   0.8 L1 + 0.2 (1 - SSIM)
+  + depth       the same plus  lambda * (1 - Pearson(1 / rendered depth, prior))  over the
+                pixels whose rendered weight exceeds 0.5
+
+and both are scored on the held-out views: PSNR of the colour and AbsRel of the rendered depth
+against the true view-space z (where weight > 0.5). Run:
+
+    python examples/sparse_view_depth.py                       # one seed, a minute or two on a CPU
+    python examples/sparse_view_depth.py --seeds 0 1 2         # the table of doc/sparse_view.md
+
+Writes OUT/comparison_seed{S}.png, OUT/results.md and OUT/results.json (default OUT:
+out/sparse_view). Needs the package's [demo] extra (matplotlib, tqdm).
+
+The reusable parts (scene, cameras, prior, losses, metrics, model, fitting) are plain functions,
+imported by tests/test_sparse_view_example.py.
+"""
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from diff_gaussian_rasterization_depth import scenes
+from diff_gaussian_rasterization_depth.cameras import Camera, choose_device
+
+# =============================================================================================
+# The analytic scene: planes and spheres with procedural textures, exact ray casting
+# =============================================================================================
+
+LIGHT = torch.tensor([0.35, -0.55, 0.76], dtype=torch.float64)
+LIGHT = LIGHT / LIGHT.norm()
+
+
+@dataclass
+class Plane:
+    point: Sequence[float]
+    normal: Sequence[float]
+    texture: str            # "floor" or "wall"
+
+
+@dataclass
+class Sphere:
+    center: Sequence[float]
+    radius: float
+    texture: str            # "segments", "bands" or "dots"
+
+
+@dataclass
+class AnalyticScene:
+    planes: List[Plane]
+    spheres: List[Sphere]
+
+
+def default_scene() -> AnalyticScene:
+    """A checkered floor (z = 0), a patterned back wall (y = 3) and three textured spheres."""
+    return AnalyticScene(
+        planes=[Plane((0, 0, 0), (0, 0, 1), "floor"), Plane((0, 3, 0), (0, -1, 0), "wall")],
+        spheres=[Sphere((-0.95, 0.55, 0.6), 0.6, "segments"),
+                 Sphere((0.85, -0.25, 0.45), 0.45, "bands"),
+                 Sphere((0.35, 1.55, 0.95), 0.75, "dots")])
+
+
+def _as64(v) -> torch.Tensor:
+    return torch.as_tensor(v, dtype=torch.float64)
+
+
+def intersect_plane(origin, dirs, plane: Plane) -> torch.Tensor:
+    """Ray parameter t of the hit with `plane` (inf where missed or behind)."""
+    n, p0 = _as64(plane.normal), _as64(plane.point)
+    denom = dirs @ n
+    t = ((p0 - origin) @ n) / torch.where(denom.abs() > 1e-12, denom, torch.ones_like(denom))
+    return torch.where((denom.abs() > 1e-12) & (t > 1e-9), t, torch.full_like(t, math.inf))
+
+
+def intersect_sphere(origin, dirs, sphere: Sphere) -> torch.Tensor:
+    """Ray parameter t of the first hit with `sphere` from outside (inf where missed)."""
+    c = _as64(sphere.center)
+    oc = origin - c
+    a = (dirs * dirs).sum(-1)
+    b = dirs @ oc
+    k = oc @ oc - sphere.radius ** 2
+    disc = b * b - a * k
+    root = torch.sqrt(torch.clamp(disc, min=0.0))
+    t = (-b - root) / a
+    return torch.where((disc >= 0) & (t > 1e-9), t, torch.full_like(t, math.inf))
+
+
+def _checker(u, v, size):
+    return torch.remainder(torch.floor(u / size) + torch.floor(v / size), 2.0)
+
+
+def _mix(a, b, t):
+    return _as64(a) * (1 - t)[..., None] + _as64(b) * t[..., None]
+
+
+def _texture(kind: str, p: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+    """Albedo (N,3) at world points p; `local` is p minus the object's centre (spheres)."""
+    x, y, z = p.unbind(-1)
+    if kind == "floor":
+        base = _mix((0.85, 0.78, 0.62), (0.20, 0.42, 0.48), _checker(x, y, 0.45))
+        return base * (0.85 + 0.15 * torch.cos(1.7 * x + 0.6 * y))[..., None]
+    if kind == "wall":
+        r = 0.55 + 0.30 * torch.sin(2.1 * x + 0.4 * z)
+        g = 0.50 + 0.30 * torch.sin(1.3 * z - 0.9 * x + 1.0)
+        b = 0.55 + 0.25 * torch.cos(2.7 * x * 0.5 + 1.9 * z)
+        tiles = 0.75 + 0.25 * _checker(x, z, 0.3)
+        return torch.stack([r, g, b], -1) * tiles[..., None]
+    n = local / local.norm(dim=-1, keepdim=True)
+    lon = torch.atan2(n[..., 1], n[..., 0])
+    lat = torch.asin(torch.clamp(n[..., 2], -1.0, 1.0))
+    if kind == "segments":
+        seg = torch.remainder(torch.floor(lon / (math.pi / 4)), 2.0)
+        return _mix((0.90, 0.30, 0.25), (0.95, 0.90, 0.80), seg)
+    if kind == "bands":
+        band = torch.remainder(torch.floor(lat / (math.pi / 10)), 2.0)
+        return _mix((0.25, 0.35, 0.85), (0.95, 0.80, 0.30), band)
+    if kind == "dots":
+        dots = _checker(lon, lat, math.pi / 8)
+        return _mix((0.30, 0.70, 0.35), (0.90, 0.95, 0.85), dots)
+    raise ValueError(f"unknown texture {kind!r}")
+
+
+def raycast(scene: AnalyticScene, camera: Camera, supersample: int = 1
+            ) -> Dict[str, torch.Tensor]:
+    """Exact ray casting of `scene` from `camera` (float64, CPU), one ray per pixel centre.
+
+    Returns depth (H,W): view-space z of the first hit (the ray parameter, since the camera-space
+    ray directions have z = 1); distance (H,W): the Euclidean ray length; color (3,H,W) in [0,1];
+    object (H,W): index of the hit object (planes first, then spheres; -1 = nothing).
+    With supersample = k > 1 the colour is the mean of k x k rays per pixel (antialiased, so
+    that all views see the same blurred texture); depth and object stay the centre ray's.
+    """
+    if supersample > 1:
+        k = supersample
+        fine = raycast(scene, camera.scaled(camera.width * k, camera.height * k))
+        centre = raycast(scene, camera)
+        centre["color"] = F.avg_pool2d(fine["color"][None], k)[0]
+        return centre
+    origin_np, dirs_np = camera.world_rays()
+    origin, dirs = _as64(origin_np), _as64(dirs_np)
+    objects = list(scene.planes) + list(scene.spheres)
+    ts = torch.stack([intersect_plane(origin, dirs, o) if isinstance(o, Plane)
+                      else intersect_sphere(origin, dirs, o) for o in objects])
+    t, which = ts.min(dim=0)
+    hit = torch.isfinite(t)
+    which = torch.where(hit, which, torch.full_like(which, -1))
+    p = origin + dirs * torch.where(hit, t, torch.zeros_like(t))[..., None]
+    color = torch.zeros(p.shape, dtype=torch.float64)
+    for i, o in enumerate(objects):
+        sel = which == i
+        if not sel.any():
+            continue
+        if isinstance(o, Plane):
+            normal = _as64(o.normal).expand(int(sel.sum()), 3)
+            local = p[sel]
+        else:
+            local = p[sel] - _as64(o.center)
+            normal = local / local.norm(dim=-1, keepdim=True)
+        shade = 0.55 + 0.45 * torch.clamp(normal @ LIGHT, min=0.0)
+        color[sel] = _texture(o.texture, p[sel], local) * shade[:, None]
+    depth = torch.where(hit, t, torch.zeros_like(t))
+    return dict(depth=depth, distance=depth * dirs.norm(dim=-1),
+                color=color.clamp(0.0, 1.0).permute(2, 0, 1).contiguous(), object=which)
+
+
+# =============================================================================================
+# Cameras: 24 facing the scene, every 8th held out, 3 of the rest for training
+# =============================================================================================
+
+SCENE_TARGET = (0.0, 0.7, 0.55)
+
+
+def make_cameras(width: int, height: int, n: int = 24, fov_x_deg: float = 60.0,
+                 radius: float = 5.0, arc_deg: float = 80.0) -> List[Camera]:
+    """`n` cameras on an arc in front of the scene, all looking at its middle."""
+    cams = []
+    for k in range(n):
+        s = k / (n - 1)
+        az = math.radians(-arc_deg / 2 + arc_deg * s)
+        elev = math.radians(18.0 + 6.0 * math.sin(2 * math.pi * s))
+        eye = (SCENE_TARGET[0] + radius * math.cos(elev) * math.sin(az),
+               SCENE_TARGET[1] - radius * math.cos(elev) * math.cos(az),
+               SCENE_TARGET[2] + radius * math.sin(elev))
+        cams.append(Camera.looking_at(eye, SCENE_TARGET, width, height, fov_x_deg,
+                                      up=(0.0, 0.0, 1.0)))
+    return cams
+
+
+def split_views(n: int = 24, n_train: int = 3, test_every: int = 8):
+    """(train ids, test ids): every `test_every`-th view is a test view; the training views are
+    `n_train` evenly spaced among the others (the usual LLFF sparse-view protocol)."""
+    test = list(range(0, n, test_every))
+    rest = [i for i in range(n) if i not in test]
+    pick = np.linspace(0, len(rest) - 1, n_train).round().astype(int)
+    return [rest[i] for i in pick], test
+
+
+# =============================================================================================
+# The monocular-like depth prior
+# =============================================================================================
+
+def smooth_noise(height: int, width: int, generator: torch.Generator, waves: int = 4,
+                 max_cycles: float = 2.0) -> torch.Tensor:
+    """Smooth random field in [-1, 1]: the mean of `waves` random plane waves of at most
+    `max_cycles` cycles across the image (so its slope is at most 2 pi max_cycles / size)."""
+    ys = torch.arange(height, dtype=torch.float64)[:, None] / max(height, 1)
+    xs = torch.arange(width, dtype=torch.float64)[None, :] / max(width, 1)
+    out = torch.zeros(height, width, dtype=torch.float64)
+    for _ in range(waves):
+        fx, fy = (torch.rand(2, generator=generator, dtype=torch.float64) * 2 - 1) * max_cycles
+        phase = torch.rand((), generator=generator, dtype=torch.float64) * 2 * math.pi
+        out += torch.cos(2 * math.pi * (fx * xs + fy * ys) + phase)
+    return out / waves
+
+
+def monocular_prior(depth: torch.Tensor, generator: torch.Generator, noise: float = 0.05):
+    """A depth network's kind of output: affine in the true inverse depth, plus smooth noise.
+
+    prior = s / depth + b + noise * s * (range of 1/depth) * n(x, y), with an unknown scale
+    s in [0.5, 2], shift b in [-1, 1] * s * mean(1/depth) and n a smooth field in [-1, 1].
+    Returns (prior (H,W), dict(scale, shift, noise_field)).
+    """
+    inv = 1.0 / depth
+    s = 0.5 + 1.5 * torch.rand((), generator=generator, dtype=torch.float64)
+    b = (torch.rand((), generator=generator, dtype=torch.float64) * 2 - 1) * s * inv.mean()
+    field = smooth_noise(depth.shape[0], depth.shape[1], generator)
+    amplitude = noise * s * (inv.max() - inv.min())
+    prior = s * inv + b + amplitude * field
+    return prior, dict(scale=float(s), shift=float(b), amplitude=float(amplitude), field=field)
+
+
+# =============================================================================================
+# Losses and metrics
+# =============================================================================================
+
+def l1_loss(a, b):
+    return (a - b).abs().mean()
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, like: torch.Tensor):
+    x = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2
+    g = torch.exp(-x * x / (2 * sigma * sigma))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+
+
+def ssim_map(a: torch.Tensor, b: torch.Tensor, window: int = 11,
+             sigma: float = 1.5) -> torch.Tensor:
+    """Per-pixel structural similarity (C,H,W) of two (C,H,W) images in [0,1]: Gaussian
+    11x11 window with sigma 1.5, zero padding, the constants of Wang et al. (2004)."""
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    C = a.shape[0]
+    w = _gaussian_window(window, sigma, C, a)
+    blur = lambda x: F.conv2d(x[None], w, padding=window // 2, groups=C)[0]  # noqa: E731
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a * mu_a
+    var_b = blur(b * b) - mu_b * mu_b
+    cov = blur(a * b) - mu_a * mu_b
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1)
+                                                       * (var_a + var_b + c2))
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of two (C,H,W) images; 1 for identical images."""
+    return ssim_map(a, b).mean()
+
+
+def photometric_loss(render, target, lambda_ssim: float = 0.2):
+    return (1 - lambda_ssim) * l1_loss(render, target) + lambda_ssim * (1 - ssim(render, target))
+
+
+def pearson_loss(x: torch.Tensor, y: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                 eps: float = 1e-12) -> torch.Tensor:
+    """1 - Pearson correlation of x and y over `mask`: invariant to a positive scale and any
+    shift of either argument. Returns 0 (with zero gradient) when fewer than 2 pixels count."""
+    if mask is not None:
+        x, y = x[mask], y[mask]
+    x, y = x.reshape(-1), y.reshape(-1)
+    if x.numel() < 2:
+        return x.sum() * 0.0
+    xc, yc = x - x.mean(), y - y.mean()
+    corr = (xc * yc).sum() / torch.sqrt((xc * xc).sum() * (yc * yc).sum() + eps)
+    return 1.0 - corr
+
+
+def depth_prior_loss(depth: torch.Tensor, weight: torch.Tensor, prior: torch.Tensor,
+                     min_weight: float = 0.5) -> torch.Tensor:
+    """Pearson loss between the rendered inverse depth and the (inverse-depth-like) prior over
+    pixels with rendered weight > min_weight. The prior is affine in inverse depth, so at the
+    true geometry the correlation is 1 whatever the prior's unknown scale and shift."""
+    mask = weight.detach() > min_weight
+    inv = 1.0 / torch.where(mask, depth, torch.ones_like(depth))
+    return pearson_loss(inv, prior, mask)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a.clamp(0, 1) - b) ** 2).mean())
+    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def abs_rel(depth: torch.Tensor, true_depth: torch.Tensor, weight: torch.Tensor,
+            min_weight: float = 0.5) -> float:
+    """mean |d - d*| / d* over pixels with weight > min_weight and a true hit (d* > 0)."""
+    m = (weight > min_weight) & (true_depth > 0)
+    if not m.any():
+        return float("nan")
+    return float(((depth[m] - true_depth[m]).abs() / true_depth[m]).mean())
+
+
+# =============================================================================================
+# The Gaussian model: 3DGS's parameterisation (SH degree 0), random initialization
+# =============================================================================================
+
+class GaussianModel(torch.nn.Module):
+    """Positions, log scales, raw quaternions, opacity logits and degree-0 SH coefficients."""
+
+    def __init__(self, means, log_scales, quats, opacity_logits, sh_dc):
+        super().__init__()
+        self.means = torch.nn.Parameter(means)
+        self.log_scales = torch.nn.Parameter(log_scales)
+        self.quats = torch.nn.Parameter(quats)
+        self.opacity_logits = torch.nn.Parameter(opacity_logits)
+        self.sh_dc = torch.nn.Parameter(sh_dc)
+
+    def activated(self) -> scenes.Gaussians:
+        return scenes.Gaussians(
+            means=self.means, sh=self.sh_dc, opacities=torch.sigmoid(self.opacity_logits),
+            scales=torch.exp(self.log_scales), rotations=F.normalize(self.quats, dim=-1))
+
+
+def random_init(cameras: Sequence[Camera], n: int, generator: torch.Generator,
+                depth_range=(2.0, 10.0), opacity: float = 0.1,
+                footprint_px: float = 2.0) -> GaussianModel:
+    """Gaussians at random points of the training cameras' frusta (a random camera, pixel and
+    depth each), grey with a little colour noise, isotropic with a standard deviation of
+    `footprint_px` pixels in the camera they were drawn for, all with the same low opacity."""
+    g = generator
+    cam_ids = torch.randint(len(cameras), (n,), generator=g)
+    pts = torch.empty(n, 3, dtype=torch.float64)
+    sigma = torch.empty(n, dtype=torch.float64)
+    for k, cam in enumerate(cameras):
+        sel = cam_ids == k
+        m = int(sel.sum())
+        u = torch.rand(m, generator=g, dtype=torch.float64) * cam.width - 0.5
+        v = torch.rand(m, generator=g, dtype=torch.float64) * cam.height - 0.5
+        z = depth_range[0] + (depth_range[1] - depth_range[0]) * torch.rand(
+            m, generator=g, dtype=torch.float64)
+        d_cam = torch.stack([(u - (cam.width - 1) / 2) / cam.fx,
+                             (v - (cam.height - 1) / 2) / cam.fy,
+                             torch.ones(m, dtype=torch.float64)], dim=1)
+        pts[sel] = _as64(cam.center) + (d_cam * z[:, None]) @ _as64(cam.rotation)
+        sigma[sel] = footprint_px * z / cam.fx
+    log_scales = torch.log(sigma)[:, None].repeat(1, 3)
+    quats = torch.zeros(n, 4, dtype=torch.float64)
+    quats[:, 0] = 1.0
+    logits = torch.full((n, 1), math.log(opacity / (1 - opacity)), dtype=torch.float64)
+    rgb = 0.5 + 0.1 * (torch.rand(n, 3, generator=g, dtype=torch.float64) * 2 - 1)
+    sh_dc = scenes.rgb_to_sh_dc(rgb)[:, None, :]
+    f32 = lambda t: t.to(torch.float32)  # noqa: E731
+    return GaussianModel(f32(pts), f32(log_scales), f32(quats), f32(logits), f32(sh_dc))
+
+
+# =============================================================================================
+# Fitting and evaluation
+# =============================================================================================
+
+@dataclass
+class View:
+    camera: Camera
+    color: torch.Tensor          # (3,H,W) float32
+    depth: torch.Tensor          # (H,W) true view-space z
+    prior: Optional[torch.Tensor] = None
+
+
+@dataclass
+class FitConfig:
+    iterations: int = 400
+    lr_means: float = 2e-3       # decays exponentially to lr_means * lr_means_final_ratio
+    lr_means_final_ratio: float = 0.01
+    lr_scales: float = 1e-2
+    lr_quats: float = 2e-3
+    lr_opacity: float = 5e-2
+    lr_sh: float = 1e-2
+    lambda_ssim: float = 0.2
+    depth_weight: float = 0.0    # 0: photometric only
+    min_weight: float = 0.5
+
+
+def make_views(scene: AnalyticScene, cameras: Sequence[Camera], ids: Sequence[int],
+               device, prior_generator: Optional[torch.Generator] = None,
+               prior_noise: float = 0.05, supersample: int = 3) -> List[View]:
+    views = []
+    for i in ids:
+        rc = raycast(scene, cameras[i], supersample=supersample)
+        prior = None
+        if prior_generator is not None:
+            prior = monocular_prior(rc["depth"], prior_generator, prior_noise)[0]
+            prior = prior.to(device=device, dtype=torch.float32)
+        views.append(View(cameras[i], rc["color"].to(device, torch.float32),
+                          rc["depth"].to(device, torch.float32), prior))
+    return views
+
+
+def fit(model: GaussianModel, train: Sequence[View], cfg: FitConfig, seed: int,
+        progress: Optional[str] = None) -> GaussianModel:
+    """Adam on all parameters; the views are visited in a seeded random order."""
+    model = copy.deepcopy(model)
+    opt = torch.optim.Adam([
+        {"params": [model.means], "lr": cfg.lr_means},
+        {"params": [model.log_scales], "lr": cfg.lr_scales},
+        {"params": [model.quats], "lr": cfg.lr_quats},
+        {"params": [model.opacity_logits], "lr": cfg.lr_opacity},
+        {"params": [model.sh_dc], "lr": cfg.lr_sh},
+    ], eps=1e-15)
+    order = np.random.default_rng(seed).integers(0, len(train), size=cfg.iterations)
+    steps = range(cfg.iterations)
+    bar = None
+    if progress is not None:
+        from tqdm import tqdm
+        bar = tqdm(steps, desc=progress, leave=False, dynamic_ncols=True)
+        steps = bar
+    for it in steps:
+        frac = it / max(cfg.iterations - 1, 1)
+        opt.param_groups[0]["lr"] = cfg.lr_means * cfg.lr_means_final_ratio ** frac
+        view = train[order[it]]
+        r = scenes.render(model.activated(), view.camera)
+        loss = photometric_loss(r.color, view.color, cfg.lambda_ssim)
+        if cfg.depth_weight > 0:
+            depth_term = depth_prior_loss(r.depth, r.weight, view.prior, cfg.min_weight)
+            loss = loss + cfg.depth_weight * depth_term
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if bar is not None and it % 20 == 0:
+            bar.set_postfix(loss=f"{loss.detach().item():.4f}")
+    if bar is not None:
+        bar.close()
+    return model
+
+
+@torch.no_grad()
+def evaluate(model: GaussianModel, views: Sequence[View], min_weight: float = 0.5):
+    """Mean held-out PSNR, AbsRel and coverage (fraction of pixels with weight > min_weight),
+    plus the renders."""
+    g = model.activated()
+    rows, renders = [], []
+    for v in views:
+        r = scenes.render(g, v.camera)
+        rows.append((psnr(r.color, v.color), abs_rel(r.depth, v.depth, r.weight, min_weight),
+                     float((r.weight > min_weight).float().mean())))
+        renders.append(r)
+    a = np.array(rows)
+    return dict(psnr=float(a[:, 0].mean()), abs_rel=float(np.nanmean(a[:, 1])),
+                coverage=float(a[:, 2].mean())), renders
+
+
+@dataclass
+class ExperimentConfig:
+    width: int = 96
+    height: int = 72
+    gaussians: int = 3000
+    iterations: int = 400
+    depth_weight: float = 0.5
+    prior_noise: float = 0.05
+    n_cameras: int = 24
+    n_train: int = 3
+    test_every: int = 8
+
+
+def run_seed(seed: int, cfg: ExperimentConfig, device, out_dir: Optional[str] = None,
+             progress: bool = True):
+    """Both fits for one seed; returns {variant: metrics} (and writes a figure to out_dir)."""
+    scene = default_scene()
+    cams = make_cameras(cfg.width, cfg.height, cfg.n_cameras)
+    train_ids, test_ids = split_views(cfg.n_cameras, cfg.n_train, cfg.test_every)
+    gen = torch.Generator().manual_seed(seed)
+    train = make_views(scene, cams, train_ids, device, prior_generator=gen,
+                       prior_noise=cfg.prior_noise)
+    test = make_views(scene, cams, test_ids, device)
+    init = random_init([v.camera for v in train], cfg.gaussians, gen).to(device)
+    results, models = {}, {}
+    for name, weight in (("photometric", 0.0), ("+ depth", cfg.depth_weight)):
+        fc = FitConfig(iterations=cfg.iterations, depth_weight=weight)
+        t0 = time.perf_counter()
+        model = fit(init, train, fc, seed, progress=f"seed {seed} {name}" if progress else None)
+        seconds = time.perf_counter() - t0
+        metrics, renders = evaluate(model, test)
+        metrics["seconds"] = seconds
+        results[name] = metrics
+        models[name] = renders
+    if out_dir is not None:
+        write_comparison(os.path.join(out_dir, f"comparison_seed{seed}.png"), train[0], test,
+                         models, results, seed)
+    return results
+
+
+def write_comparison(path, train_view: View, test: Sequence[View], renders, results, seed):
+    """A figure: a training view and its prior, then for one held-out view the truth and both
+    fits (colour, depth, weight)."""
+    from diff_gaussian_rasterization_depth import viz
+    k = len(test) // 2
+    v = test[k]
+    ones = torch.ones_like(v.depth)
+    vmin, vmax = viz.depth_range(v.depth, ones)
+    rows = [[viz.Panel("rgb", train_view.color, "training view"),
+             viz.Panel("scalar", train_view.prior, "its depth prior",
+                       label="inverse depth, unknown scale/shift"),
+             viz.Panel("depth", train_view.depth, "its true depth", weight=ones)],
+            [viz.Panel("rgb", v.color, "held-out view: truth"),
+             viz.Panel("depth", v.depth, "true depth", weight=ones, vmin=vmin, vmax=vmax),
+             None]]
+    for name, rs in renders.items():
+        r = rs[k]
+        m = results[name]
+        rows.append([viz.Panel("rgb", r.color, f"{name}: PSNR {m['psnr']:.2f} dB"),
+                     viz.Panel("depth", r.depth, f"{name}: AbsRel {m['abs_rel']:.3f}",
+                               weight=r.weight, vmin=vmin, vmax=vmax),
+                     viz.Panel("weight", r.weight, f"{name}: weight")])
+    viz.save_figure(path, rows, suptitle=f"sparse-view fit, seed {seed} (metrics: mean over "
+                                         f"the held-out views)", panel_width_in=2.6)
+
+
+def format_table(per_seed: Dict[int, Dict[str, dict]]) -> str:
+    lines = ["| seed | variant | held-out PSNR (dB) | held-out AbsRel | coverage (w > 0.5) "
+             "| fit time (s) |",
+             "|---|---|---|---|---|---|"]
+    for seed, res in per_seed.items():
+        for name, m in res.items():
+            lines.append(f"| {seed} | {name} | {m['psnr']:.2f} | {m['abs_rel']:.4f} | "
+                         f"{100 * m['coverage']:.1f}% | {m['seconds']:.0f} |")
+    names = list(next(iter(per_seed.values())).keys())
+    for name in names:
+        ps = [per_seed[s][name]["psnr"] for s in per_seed]
+        ar = [per_seed[s][name]["abs_rel"] for s in per_seed]
+        cv = [per_seed[s][name]["coverage"] for s in per_seed]
+        lines.append(f"| mean | {name} | {np.mean(ps):.2f} | {np.mean(ar):.4f} | "
+                     f"{100 * np.mean(cv):.1f}% | |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--iterations", type=int, default=ExperimentConfig.iterations)
+    p.add_argument("--gaussians", type=int, default=ExperimentConfig.gaussians)
+    p.add_argument("--width", type=int, default=ExperimentConfig.width)
+    p.add_argument("--height", type=int, default=ExperimentConfig.height)
+    p.add_argument("--depth-weight", type=float, default=ExperimentConfig.depth_weight)
+    p.add_argument("--prior-noise", type=float, default=ExperimentConfig.prior_noise)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", default=os.path.join("out", "sparse_view"))
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    device = choose_device(args.device)
+    cfg = ExperimentConfig(width=args.width, height=args.height, gaussians=args.gaussians,
+                           iterations=args.iterations, depth_weight=args.depth_weight,
+                           prior_noise=args.prior_noise)
+    os.makedirs(args.out, exist_ok=True)
+    train_ids, test_ids = split_views(cfg.n_cameras, cfg.n_train, cfg.test_every)
+    print(f"{cfg.n_cameras} cameras; training views {train_ids}, held-out views {test_ids}; "
+          f"{cfg.gaussians} Gaussians, {cfg.iterations} iterations, {cfg.width}x{cfg.height}, "
+          f"depth weight {cfg.depth_weight}, device {device}")
+    t0 = time.perf_counter()
+    per_seed = {}
+    for seed in args.seeds:
+        per_seed[seed] = run_seed(seed, cfg, device, args.out, progress=not args.no_progress)
+        for name, m in per_seed[seed].items():
+            print(f"seed {seed} {name:12s} PSNR {m['psnr']:6.2f} dB  AbsRel {m['abs_rel']:.4f}  "
+                  f"coverage {100 * m['coverage']:5.1f}%  ({m['seconds']:.1f} s)")
+    table = format_table(per_seed)
+    print()
+    print(table)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"config": cfg.__dict__, "results": per_seed}, f, indent=1)
+    print(f"\nwrote {args.out}/results.md, results.json and comparison_seed*.png "
+          f"in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The benchmark harness (benchmarks/) runs and its scenes follow shared/data/README.md.
+
+Runs on the CPU backend only: `bench.py --quick --device cpu` with one repetition, and the scene
+builder's point counts (no rendering of the large scenes). Skipped where the garden data file is
+not found (see benchmarks/scenes.py for where it is looked for).
+"""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    """Import a benchmarks/ file by path, under a private name (tests/ has a scenes.py too)."""
+    spec = importlib.util.spec_from_file_location(f"_dgrd_bench_{name}",
+                                                  REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_scenes = _load("scenes")
+
+try:
+    bench_scenes.find_data()
+    _MISSING = None
+except FileNotFoundError as e:  # pragma: no cover - depends on the checkout
+    _MISSING = str(e)
+
+needs_data = pytest.mark.skipif(_MISSING is not None, reason=str(_MISSING))
+
+CROP_COUNT = 111_785
+
+
+@needs_data
+def test_crop_and_tiling_counts():
+    means, colors = bench_scenes.scene_points(tiles=1)
+    assert means.shape == (CROP_COUNT, 3) and colors.shape == (CROP_COUNT, 3)
+    assert float(means.abs().max()) <= 2.0
+    assert 0.0 <= float(colors.min()) and float(colors.max()) <= 1.0
+
+    tiled, tiled_colors = bench_scenes.scene_points(tiles=3)
+    assert tiled.shape == (9 * CROP_COUNT, 3) and tiled_colors.shape == (9 * CROP_COUNT, 3)
+    # The centre copy is the crop itself; the others are shifted by multiples of 4 in x and y.
+    centre = tiled[4 * CROP_COUNT:5 * CROP_COUNT]
+    assert torch.equal(centre, means)
+    corner = tiled[:CROP_COUNT]
+    torch.testing.assert_close(corner - means,
+                               torch.tensor([-4.0, -4.0, 0.0]).expand(CROP_COUNT, 3))
+
+    assert bench_scenes.scene_size("112k") == CROP_COUNT
+    assert bench_scenes.scene_size("1m") == 9 * CROP_COUNT
+    assert bench_scenes.scene_size("2.8m") == 25 * CROP_COUNT
+    assert bench_scenes.scene_size("20k") == 20_000
+
+
+@needs_data
+def test_scene_attributes_and_camera():
+    s = bench_scenes.garden_scene("2k", camera=1, scale=0.5, seed=3)
+    g = s.gaussians
+    assert len(g) == 2000
+    assert float(g.scales.min()) >= 1e-4 and float(g.scales.max()) <= 0.02
+    torch.testing.assert_close(g.rotations.norm(dim=1), torch.ones(2000))
+    assert g.opacities.shape == (2000, 1)
+    assert 0.0 <= float(g.opacities.min()) and float(g.opacities.max()) <= 1.0
+    assert g.colors is not None and g.sh is None
+
+    # Same seed, same scene; the camera follows the README.
+    again = bench_scenes.garden_scene("2k", camera=1, scale=0.5, seed=3)
+    assert torch.equal(again.gaussians.scales, g.scales)
+    cam = s.camera
+    assert (cam.width, cam.height) == (324, 210)
+    st = s.raster_settings()
+    assert (st.image_width, st.image_height) == (324, 210)
+    w2c = cam.w2c
+    torch.testing.assert_close(st.viewmatrix.double(), w2c.T, rtol=0, atol=1e-6)
+    # campos is the camera centre: the world point that maps to the camera origin.
+    centre = torch.cat([st.campos.double(), torch.ones(1, dtype=torch.float64)])
+    torch.testing.assert_close(w2c @ centre, torch.tensor([0.0, 0.0, 0.0, 1.0],
+                                                         dtype=torch.float64), atol=1e-5, rtol=0)
+    # projmatrix = viewmatrix @ P.T: a point on the optical axis projects to ndc (0, 0).
+    p = torch.linalg.inv(w2c) @ torch.tensor([0.0, 0.0, 3.0, 1.0], dtype=torch.float64)
+    hom = p @ st.projmatrix.double()
+    torch.testing.assert_close(hom[:2] / hom[3], torch.zeros(2, dtype=torch.float64),
+                               atol=1e-5, rtol=0)
+    assert abs(cam.tanfovx - cam.width / (2 * cam.fx)) < 1e-12
+
+    gs = s.gsplat_inputs()
+    assert gs["viewmats"].shape == (1, 4, 4) and gs["Ks"].shape == (1, 3, 3)
+    assert gs["opacities"].shape == (2000,) and gs["colors"].shape == (2000, 3)
+    assert (gs["width"], gs["height"]) == (324, 210)
+
+    sh = bench_scenes.garden_scene("2k", sh=True, seed=3)
+    assert sh.gaussians.sh.shape == (2000, 16, 3) and sh.gaussians.sh_degree == 3
+    assert sh.gsplat_inputs()["sh_degree"] == 3
+
+
+@needs_data
+def test_quick_cpu_run_writes_json(tmp_path):
+    out = tmp_path / "quick.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--device", "cpu",
+         "--reps", "1", "--warmup", "0", "--sets", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "fwd+bwd ms" in proc.stdout
+    result = json.loads(out.read_text())
+
+    env = result["environment"]
+    for key in ("date_utc", "python", "torch", "git_commit", "device", "cpu",
+                "ours_available", "gsplat_available", "original_available"):
+        assert key in env, key
+    assert env["device"] == "cpu" and env["ours_available"] is True
+    assert result["config"]["quick"] is True and result["config"]["reps"] == 1
+
+    rows = result["results"]
+    assert [r["impl"] for r in rows] == ["ours"]
+    row = rows[0]
+    assert row["scene"] == "20k" and row["n_gaussians"] == 20_000
+    assert (row["width"], row["height"]) == (162, 105)
+    assert "error" not in row
+    for key in ("fwd_ms", "fwd_grad_ms", "bwd_ms", "fwd_bwd_ms"):
+        assert row[key]["n"] == 1 and row[key]["median"] > 0, key
+    assert row["ratio_fwd_bwd"] == pytest.approx(1.0)
+    assert row["visible_gaussians"] > 0

@@ -1,0 +1,377 @@
+"""The compiled CPU backend, through the public API, against the pure-PyTorch reference.
+
+Forward: colour, depth and weight within 1e-5 (float32; depth relative to its size and its
+conditioning, see depth_scale) on 20 seeded scenes per configuration, radii equal. Gradients:
+every input, from colour, depth and weight separately and together, within rtol 1e-4 and
+atol 1e-4 * max|ref| (float32; 1e-8 in float64). Finite differences (gradcheck, float64) on
+smooth scenes.
+
+Pixels and Gaussians where a correct float32 implementation may round to the other side of a
+threshold (scenes.ambiguous) are left out of the comparison: their upstream gradient is zero and
+their values are not compared. Each test checks that they are rare.
+"""
+import zlib
+
+import pytest
+import torch
+
+import scenes
+from diff_gaussian_rasterization_depth import GaussianRasterizer, rasterize_gaussians, _backend
+from diff_gaussian_rasterization_depth.reference import rasterize_reference
+
+if _backend._C is None:
+    pytest.skip(f"the compiled extension is not importable ({_backend._IMPORT_ERROR}); build it "
+                "with `pip install --no-build-isolation .`", allow_module_level=True)
+
+F32, F64 = torch.float32, torch.float64
+
+# name -> make_scene options (on top of P=48, 37x29, float32, with outliers).
+CONFIGS = {
+    "sh0": dict(sh_degree=0),
+    "sh1": dict(sh_degree=1),
+    "sh2": dict(sh_degree=2),
+    "sh3": dict(sh_degree=3),
+    "sh0-dc": dict(sh_degree=0, dc=True),
+    "sh3-dc": dict(sh_degree=3, dc=True),
+    "colors": dict(precomp_colors=True, sh_degree=2),
+    "cov": dict(sh_degree=1, precomp_cov=True),
+    "colors-cov": dict(precomp_colors=True, precomp_cov=True),
+    "modifier": dict(sh_degree=1, scale_modifier=1.7),
+    "modifier-cov": dict(sh_degree=0, scale_modifier=0.6, precomp_cov=True),
+    "aa": dict(sh_degree=2, antialiasing=True),
+    "aa-colors-cov": dict(precomp_colors=True, precomp_cov=True, antialiasing=True),
+    "unnormalized-quats": dict(sh_degree=1, normalize_rotations=False),
+    "noncontiguous": dict(sh_degree=1, noncontiguous=True),
+    "means2d-P2": dict(sh_degree=1, means2d_cols=2),
+    "size-1x1": dict(sh_degree=1, height=1, width=1, P=16),
+    "size-16x16": dict(sh_degree=1, height=16, width=16),
+    "size-48x32": dict(sh_degree=2, height=32, width=48, P=80),
+    "size-64x40": dict(sh_degree=3, height=40, width=64, P=120, antialiasing=True),
+    "size-17x33": dict(precomp_colors=True, height=33, width=17),
+    "P0": dict(P=0, sh_degree=1),
+    "all-culled": dict(all_culled=True, sh_degree=1),
+    "float64": dict(sh_degree=3, dtype=F64),
+    "float64-colors-cov-aa": dict(precomp_colors=True, precomp_cov=True, antialiasing=True,
+                                  dtype=F64),
+}
+
+FORWARD_SEEDS = range(20)
+GRADIENT_SEEDS = range(4)
+MODES = ("color", "depth", "weight", "all")
+
+
+def scene_for(config, seed):
+    """Scene `seed` of a configuration; seeds differ between configurations and stay put when
+    configurations are added."""
+    return scenes.make_scene(zlib.crc32(config.encode()) % 100000 * 100 + seed, **CONFIGS[config])
+
+
+def run_backend(inputs, settings):
+    return GaussianRasterizer(settings)(**inputs)
+
+
+def run_reference(inputs, settings):
+    return rasterize_reference(**inputs, raster_settings=settings)
+
+
+def forward_tolerance(dtype):
+    return 1e-5 if dtype == F32 else 1e-10
+
+
+def grad_tolerance(dtype):
+    return 1e-4 if dtype == F32 else 1e-8
+
+
+def depth_scale(ref):
+    """What a depth error is measured against.
+
+    Depth is of order 1..10, so relative to max(1, depth); and depth = S / weight turns the
+    absolute rounding errors of S and weight into errors of depth times 1 / weight, so where the
+    weight is below 0.1 the allowance grows like 0.1 / weight (at most 25.5 times, at 1/255).
+    """
+    thin = (0.1 / ref["weight"].clamp_min(1 / 255)).clamp_min(1)
+    return ref["depth"].abs().clamp_min(1) * thin
+
+
+def check_ambiguity_rare(pixels, gaussians, scene):
+    """Left-out pixels and radii stay few (a radius on a knife's edge can leave out a whole
+    row of 16 pixels of a tile), so that the comparisons are not vacuous."""
+    assert pixels.sum() <= max(2, 0.1 * pixels.numel()), f"{int(pixels.sum())} ambiguous pixels"
+    assert gaussians.sum() <= max(2, 0.2 * scene.P), f"{int(gaussians.sum())} ambiguous radii"
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_forward_matches_reference(config):
+    failures = []
+    compared_pixels = visible = 0
+    for seed in FORWARD_SEEDS:
+        scene = scene_for(config, seed)
+        dtype = scene.inputs["means3D"].dtype
+        with torch.no_grad():
+            color, radii, depth, weight = run_backend(scene.inputs, scene.settings)
+            internals = scenes.reference_internals(scene)
+        ref = internals[0]
+        pixels, gaussians = scenes.ambiguous(scene, internals=internals)
+        check_ambiguity_rare(pixels, gaussians, scene)
+        H, W = scene.settings.image_height, scene.settings.image_width
+        assert color.shape == (3, H, W) and depth.shape == (H, W) and weight.shape == (H, W)
+        assert color.dtype == depth.dtype == weight.dtype == dtype
+        assert radii.dtype == torch.int32 and radii.shape == (scene.P,)
+
+        keep = ~pixels
+        tol = forward_tolerance(dtype)
+        errors = {
+            "color": (color - ref["color"]).abs()[:, keep],
+            "weight": (weight - ref["weight"]).abs()[keep],
+            "unnormalized depth": ((depth * weight - ref["depth"] * ref["weight"]).abs()
+                                   / ref["depth"].abs().clamp_min(1))[keep],
+            "depth": ((depth - ref["depth"]).abs() / depth_scale(ref))[keep],
+        }
+        for name, err in errors.items():
+            err = err.max().item() if err.numel() else 0.0
+            if not err <= tol:
+                failures.append(f"seed {seed}: {name} max error {err:.3g} > {tol:g}")
+        empty = keep & (ref["weight"] == 0)
+        if not ((weight[empty] == 0).all() and (depth[empty] == 0).all()):
+            failures.append(f"seed {seed}: depth or weight not 0 where nothing is blended")
+        radii_bad = (radii != ref["radii"]) & ~gaussians
+        if radii_bad.any():
+            i = torch.nonzero(radii_bad)[:5, 0].tolist()
+            failures.append(f"seed {seed}: radii differ at {i}: backend "
+                            f"{radii[i].tolist()} reference {ref['radii'][i].tolist()}")
+        compared_pixels += int(keep.sum())
+        visible += int((ref["radii"] > 0).sum())
+    assert not failures, "\n".join(failures)
+    total = len(FORWARD_SEEDS) * scene.settings.image_height * scene.settings.image_width
+    assert compared_pixels >= 0.97 * total
+    if config not in ("P0", "all-culled"):
+        assert visible > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradients
+# ----------------------------------------------------------------------------------------------
+
+def upstream_gradients(scene, pixels, seed):
+    """Random upstream gradients for color, depth and weight, zero on ambiguous pixels."""
+    H, W = scene.settings.image_height, scene.settings.image_width
+    dtype = scene.inputs["means3D"].dtype
+    gen = torch.Generator().manual_seed(seed)
+    keep = (~pixels).to(dtype)
+    return {"color": torch.randn(3, H, W, generator=gen, dtype=F64).to(dtype) * keep,
+            "depth": torch.randn(H, W, generator=gen, dtype=F64).to(dtype) * keep,
+            "weight": torch.randn(H, W, generator=gen, dtype=F64).to(dtype) * keep}
+
+
+def gradients(run, scene, upstream, modes=MODES):
+    """{mode: {input name: gradient}} of run's outputs contracted with upstream."""
+    leaves = scene.with_grad()
+    color, radii, depth, weight = run(leaves, scene.settings)
+    outputs = {"color": color, "depth": depth, "weight": weight}
+    names = [n for n, v in leaves.items() if v is not None]
+    result = {}
+    for mode in modes:
+        used = list(outputs) if mode == "all" else [mode]
+        grads = torch.autograd.grad([outputs[k] for k in used], [leaves[n] for n in names],
+                                    [upstream[k] for k in used], retain_graph=True,
+                                    allow_unused=True)
+        result[mode] = {n: (torch.zeros_like(leaves[n]) if g is None else g)
+                        for n, g in zip(names, grads)}
+    return result
+
+
+def reference_gradients(scene, upstream, modes=MODES):
+    """The reference's gradients: [in the scene's dtype] or, for float32, [float32, float64].
+
+    For float32 the backend must match either the float32 reference or the float64 one (from
+    the same float32 values) within the tolerance. Both are right to float32 rounding, but
+    they fail in different places: where a gradient is a small difference of large terms (the
+    weight gradient of a saturated pixel, 1 - A_i with A_i near 1), the float32 reference's own
+    rounding uses up the tolerance; where forward intermediates are ill-conditioned (det of a
+    thin 2D covariance), the exact gradient differs from that of any float32 forward.
+    """
+    same = gradients(run_reference, scene, upstream, modes)
+    dtype = scene.inputs["means3D"].dtype
+    if dtype == F64:
+        return [same]
+    wide = {k: (None if v is None else v.to(F64)) for k, v in scene.inputs.items()}
+    wide_scene = scenes.Scene(wide, scene.settings)   # validation moves the settings to float64
+    exact = gradients(run_reference, wide_scene, {k: v.to(F64) for k, v in upstream.items()},
+                      modes)
+    exact = {m: {n: g.to(dtype) for n, g in grads.items()} for m, grads in exact.items()}
+    return [same, exact]
+
+
+def compare_gradients(got, wants, dtype, label):
+    """Failures (strings) of got against the first of `wants` that each gradient matches."""
+    failures = []
+    tol = grad_tolerance(dtype)
+    for mode in wants[0]:
+        for name in wants[0][mode]:
+            g = got[mode][name]
+            if not torch.isfinite(g).all():
+                failures.append(f"{label} {mode} {name}: non-finite backend gradient")
+                continue
+            errors = []
+            for want in wants:
+                ref = want[mode][name]
+                scale = ref.abs().max().item() if ref.numel() else 0.0
+                try:
+                    torch.testing.assert_close(g, ref, rtol=tol, atol=tol * scale)
+                    break
+                except AssertionError as e:
+                    worst = (g - ref).abs().max().item()
+                    errors.append(f"max |diff| {worst:.3g}, max |ref| {scale:.3g}; "
+                                  + str(e).splitlines()[1].strip())
+            else:
+                failures.append(f"{label} {mode} {name}: " + " | ".join(errors))
+    return failures
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_gradients_match_reference(config):
+    failures = []
+    for seed in GRADIENT_SEEDS:
+        scene = scene_for(config, seed)
+        pixels, gaussians = scenes.ambiguous(scene)
+        check_ambiguity_rare(pixels, gaussians, scene)
+        upstream = upstream_gradients(scene, pixels, seed)
+        want = reference_gradients(scene, upstream)
+        got = gradients(run_backend, scene, upstream)
+        failures += compare_gradients(got, want, scene.inputs["means3D"].dtype, f"seed {seed}")
+        if config not in ("P0", "all-culled") and scene.P:
+            assert any(g.abs().max() > 0 for g in want[0]["all"].values())
+    assert not failures, "\n".join(failures)
+
+
+def test_gradients_each_output_reaches_geometry():
+    """Depth-only and weight-only losses move opacities, scales, rotations and means (SPEC 7)."""
+    scene = scene_for("sh1", 0)
+    pixels, _ = scenes.ambiguous(scene)
+    got = gradients(run_backend, scene, upstream_gradients(scene, pixels, 0), ("depth", "weight"))
+    for mode in ("depth", "weight"):
+        for name in ("means3D", "means2D", "opacities", "scales", "rotations"):
+            assert got[mode][name].abs().max() > 0, (mode, name)
+        assert (got[mode]["shs"] == 0).all(), mode      # neither reaches colours
+
+
+def test_functional_form_and_module_agree():
+    scene = scene_for("sh2", 0)
+    i = scene.inputs
+    a = run_backend(i, scene.settings)
+    b = rasterize_gaussians(i["means3D"], i["means2D"], i["shs"], None, i["opacities"],
+                            i["scales"], i["rotations"], None, scene.settings)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+def test_means2d_none_and_values_ignored():
+    scene = scene_for("sh1", 1)
+    base = run_backend(scene.inputs, scene.settings)
+    for means2D in (None, torch.zeros(scene.P, 3), torch.full((scene.P, 2), 7.0)):
+        out = run_backend(dict(scene.inputs, means2D=means2D), scene.settings)
+        for x, y in zip(base, out):
+            assert torch.equal(x, y)
+
+
+def test_deterministic_and_outputs_safe_to_edit_in_place():
+    """Two runs agree; editing the returned maps in place does not change the gradients."""
+    scene = scene_for("aa", 2)
+    pixels, _ = scenes.ambiguous(scene)
+    up = upstream_gradients(scene, pixels, 3)
+    first = gradients(run_backend, scene, up, ("all",))
+
+    leaves = scene.with_grad()
+    color, radii, depth, weight = run_backend(leaves, scene.settings)
+    again = run_backend(scene.inputs, scene.settings)
+    for x, y in zip((color, radii, depth, weight), again):
+        assert torch.equal(x.detach(), y)
+    loss = (color * up["color"]).sum() + (depth * up["depth"]).sum() + (weight * up["weight"]).sum()
+    with torch.no_grad():
+        color.mul_(0).add_(5)
+        depth.fill_(-1)
+        weight.copy_(torch.rand_like(weight))
+    loss.backward()
+    for name, g in first["all"].items():
+        torch.testing.assert_close(leaves[name].grad, g, rtol=1e-6, atol=1e-6 * g.abs().max())
+
+
+def test_noncontiguous_upstream_gradient():
+    scene = scene_for("sh1", 4)
+    pixels, _ = scenes.ambiguous(scene)
+    up = upstream_gradients(scene, pixels, 5)
+    want = reference_gradients(scene, up, ("all",))
+    leaves = scene.with_grad()
+    color, radii, depth, weight = run_backend(leaves, scene.settings)
+    # Gradients arriving through transposes are not contiguous.
+    loss = ((color.transpose(1, 2) * up["color"].transpose(1, 2)).sum()
+            + (depth.T * up["depth"].T).sum() + (weight.T * up["weight"].T).sum())
+    loss.backward()
+    got = {"all": {n: leaves[n].grad for n in want[0]["all"]}}
+    failures = compare_gradients(got, want, F32, "transposed")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_nonfinite_gaussians(dtype):
+    scene = scenes.make_scene(77, P=40, dtype=dtype, outliers=False, sh_degree=2)
+    bad = {k: (None if v is None else v.clone()) for k, v in scene.inputs.items()}
+    bad["means3D"][0, 0] = float("nan")
+    bad["means3D"][1, 2] = float("inf")
+    bad["opacities"][2] = float("nan")
+    bad["shs"][3, 0, 0] = float("nan")
+    bad["scales"][4, 1] = float("inf")
+    bad["rotations"][5, 2] = float("nan")
+    bad["means3D"][6] = scene.settings.campos        # SH direction 0/0
+    k = 7
+    bad_scene = scenes.Scene(bad, scene.settings)
+    with torch.no_grad():
+        color, radii, depth, weight = run_backend(bad, scene.settings)
+    for t in (color, depth, weight):
+        assert torch.isfinite(t).all()
+    assert (radii[:k] == 0).all()
+    pixels, _ = scenes.ambiguous(bad_scene)
+    up = upstream_gradients(scene, pixels, 1)
+    got = gradients(run_backend, bad_scene, up, ("all",))
+    want = reference_gradients(bad_scene, up, ("all",))
+    for name, g in got["all"].items():
+        assert torch.isfinite(g).all(), name
+        assert (g[:k] == 0).all(), name
+    failures = compare_gradients(got, want, dtype, "non-finite")
+    assert not failures, "\n".join(failures)
+
+
+def test_mark_visible():
+    for seed in range(5):
+        scene = scene_for("sh0", seed)
+        visible = GaussianRasterizer(scene.settings).markVisible(scene.inputs["means3D"])
+        view = scene.settings.viewmatrix.reshape(4, 4)
+        z = scene.inputs["means3D"] @ view[:3, 2] + view[3, 2]
+        assert visible.dtype == torch.bool and visible.shape == (scene.P,)
+        assert torch.equal(visible, z > 0.2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Finite differences
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("config", list(scenes.GRADCHECK_CONFIGS))
+def test_gradcheck_cpu_backend(config, seed):
+    # fast_mode: random projections u^T J v of the whole Jacobian, one backward each.
+    scene = scenes.make_smooth_scene(600 + seed, P=5, height=13, width=18,
+                                     **scenes.GRADCHECK_CONFIGS[config])
+    fn, leaves = scenes.make_gradcheck_fn(scene, lambda kw: run_backend(kw, scene.settings))
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
+
+
+def test_gradcheck_cpu_backend_full_jacobian():
+    # Entry by entry, on a smooth scene over 2x2 tiles.
+    scene = scenes.make_smooth_scene(650, P=3, height=18, width=17, sh_degree=2,
+                                     antialiasing=True, scale_modifier=1.2)
+    fn, leaves = scenes.make_gradcheck_fn(scene, lambda kw: run_backend(kw, scene.settings))
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)

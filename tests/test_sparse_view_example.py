@@ -1,0 +1,362 @@
+"""The parts of examples/sparse_view_depth.py: exact ray caster, camera split, monocular-like
+prior, losses and metrics, the Gaussian parameterisation, and (with the compiled backend) that
+the rasterizer's depth is the ray caster's view-space z and that a short fit runs.
+"""
+import importlib.util
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from diff_gaussian_rasterization_depth import _backend, scenes
+from diff_gaussian_rasterization_depth.cameras import Camera, look_at
+
+needs_backend = pytest.mark.skipif(
+    _backend._C is None,
+    reason="the compiled extension diff_gaussian_rasterization_depth._C is not built "
+           "(pip install --no-build-isolation -e .); rendering tests need it")
+
+_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
+                     "sparse_view_depth.py")
+_spec = importlib.util.spec_from_file_location("sparse_view_depth", _PATH)
+sv = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sv)
+
+
+def _camera(eye, target, W=31, H=23, fov=60.0, up=(0.0, 0.0, 1.0)):
+    return Camera.looking_at(eye, target, W, H, fov, up)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray caster
+# ---------------------------------------------------------------------------------------------
+
+def test_raycast_plane_depth_is_exact_view_z():
+    """Camera at distance D facing a wall: every pixel's view-space depth is D; the ray length
+    grows towards the corners."""
+    D = 3.7
+    scene = sv.AnalyticScene([sv.Plane((0, 2.0, 0), (0, -1, 0), "wall")], [])
+    cam = _camera((0.3, 2.0 - D, 0.8), (0.3, 2.0, 0.8))
+    rc = sv.raycast(scene, cam)
+    assert rc["depth"].dtype == torch.float64
+    torch.testing.assert_close(rc["depth"], torch.full((23, 31), D, dtype=torch.float64),
+                               rtol=0, atol=1e-12)
+    d = torch.as_tensor(cam.pixel_directions()).norm(dim=-1)
+    torch.testing.assert_close(rc["distance"], D * d, rtol=1e-12, atol=0)
+    assert rc["distance"][0, 0] > 1.1 * D                 # z-depth is not the ray length
+    assert (rc["object"] == 0).all()
+
+
+def test_raycast_sphere_matches_the_closed_form():
+    """A sphere of radius r at distance L on the optical axis: pixel (u, v) with camera ray
+    (u, v, 1) hits at z = (L - sqrt(L^2 - q (L^2 - r^2))) / q, q = u^2 + v^2 + 1."""
+    L, r = 5.0, 1.3
+    scene = sv.AnalyticScene([], [sv.Sphere((1.0, L - 1.0, 0.5), r, "bands")])
+    cam = _camera((1.0, -1.0, 0.5), (1.0, L - 1.0, 0.5))
+    rc = sv.raycast(scene, cam)
+    dirs = torch.as_tensor(cam.pixel_directions())
+    q = (dirs ** 2).sum(-1)
+    disc = L ** 2 - q * (L ** 2 - r ** 2)
+    hit = disc >= 0
+    z = (L - torch.sqrt(disc.clamp(min=0))) / q
+    assert torch.equal(rc["object"] == 0, hit) and (~hit).any() and hit.any()
+    torch.testing.assert_close(rc["depth"][hit], z[hit], rtol=1e-12, atol=1e-12)
+    assert rc["depth"][11, 15].item() == pytest.approx(L - r, abs=1e-12)   # centre pixel
+    assert (rc["depth"][~hit] == 0).all()
+
+
+def test_raycast_hits_lie_on_their_pixels_and_the_nearest_object_wins():
+    scene = sv.default_scene()
+    cam = _camera((1.5, -4.0, 2.0), sv.SCENE_TARGET, W=40, H=30)
+    rc = sv.raycast(scene, cam)
+    origin, dirs = cam.world_rays()
+    pts = origin + dirs * rc["depth"].numpy()[..., None]
+    proj = cam.project(pts.reshape(-1, 3))
+    rows, cols = np.meshgrid(np.arange(30), np.arange(40), indexing="ij")
+    np.testing.assert_allclose(proj[:, 0], cols.reshape(-1), atol=1e-8)
+    np.testing.assert_allclose(proj[:, 1], rows.reshape(-1), atol=1e-8)
+    np.testing.assert_allclose(proj[:, 2], rc["depth"].reshape(-1).numpy(), rtol=1e-12)
+    # The hit point lies on the reported object, and no object is hit earlier.
+    flat = pts.reshape(-1, 3)
+    objs = list(scene.planes) + list(scene.spheres)
+    for i, o in enumerate(objs):
+        sel = (rc["object"].reshape(-1) == i).numpy()
+        if isinstance(o, sv.Plane):
+            resid = (flat[sel] - np.array(o.point)) @ np.array(o.normal, dtype=float)
+        else:
+            resid = np.linalg.norm(flat[sel] - np.array(o.center), axis=1) - o.radius
+        np.testing.assert_allclose(resid, 0.0, atol=1e-9)
+    o64, d64 = torch.as_tensor(origin), torch.as_tensor(dirs)
+    for o in objs:
+        t = (sv.intersect_plane(o64, d64, o) if isinstance(o, sv.Plane)
+             else sv.intersect_sphere(o64, d64, o))
+        assert (t >= rc["depth"] - 1e-9).all()
+    assert (rc["object"] >= 0).all()                   # the scene fills every view
+    assert rc["color"].shape == (3, 30, 40)
+    assert 0 <= rc["color"].min() and rc["color"].max() <= 1
+
+
+def test_supersampling_changes_colour_only():
+    scene = sv.default_scene()
+    cam = _camera((0.5, -4.5, 1.5), sv.SCENE_TARGET, W=24, H=18)
+    a, b = sv.raycast(scene, cam), sv.raycast(scene, cam, supersample=3)
+    assert torch.equal(a["depth"], b["depth"]) and torch.equal(a["object"], b["object"])
+    assert not torch.equal(a["color"], b["color"])
+    assert (a["color"] - b["color"]).abs().mean() < 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# Cameras and split
+# ---------------------------------------------------------------------------------------------
+
+def test_cameras_and_split_follow_the_protocol():
+    cams = sv.make_cameras(64, 48)
+    assert len(cams) == 24
+    train, test = sv.split_views(24, 3, 8)
+    assert test == [0, 8, 16]
+    assert len(train) == 3 and not set(train) & set(test)
+    assert train[0] < train[1] < train[2] and train[-1] - train[0] >= 20   # spread out
+    target = np.array(sv.SCENE_TARGET)
+    for c in cams:
+        np.testing.assert_allclose(c.project(target[None])[0, :2], [31.5, 23.5], atol=1e-9)
+    eyes = np.stack([c.center for c in cams])
+    assert np.min(np.linalg.norm(eyes[1:] - eyes[:-1], axis=1)) > 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# The monocular-like prior
+# ---------------------------------------------------------------------------------------------
+
+def _true_depth(W=48, H=36):
+    cam = sv.make_cameras(W, H)[5]
+    return sv.raycast(sv.default_scene(), cam)["depth"]
+
+
+def _affine_fit(x, y):
+    A = torch.stack([x.reshape(-1), torch.ones_like(x.reshape(-1))], dim=1)
+    coef = torch.linalg.lstsq(A, y.reshape(-1, 1)).solution[:, 0]
+    return coef, (y.reshape(-1) - A @ coef).reshape(y.shape)
+
+
+def test_noise_free_prior_is_affine_in_inverse_depth():
+    depth = _true_depth()
+    g = torch.Generator().manual_seed(3)
+    prior, info = sv.monocular_prior(depth, g, noise=0.0)
+    coef, resid = _affine_fit(1.0 / depth, prior)
+    assert resid.abs().max() < 1e-10
+    assert coef[0].item() == pytest.approx(info["scale"], rel=1e-9)
+    assert coef[1].item() == pytest.approx(info["shift"], rel=1e-9, abs=1e-12)
+    assert 0.5 <= info["scale"] <= 2.0
+    # Another draw: another scale and shift, as for another view of a depth network.
+    _, info2 = sv.monocular_prior(depth, g, noise=0.0)
+    assert (info2["scale"], info2["shift"]) != (info["scale"], info["shift"])
+
+
+def test_prior_noise_is_bounded_and_smooth():
+    depth = _true_depth()
+    H, W = depth.shape
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        prior, info = sv.monocular_prior(depth, g, noise=0.05)
+        noise = prior - (info["scale"] / depth + info["shift"])
+        inv_range = (1.0 / depth).max() - (1.0 / depth).min()
+        assert noise.abs().max() <= 0.05 * info["scale"] * inv_range + 1e-12
+        torch.testing.assert_close(noise, info["amplitude"] * info["field"])
+        field = info["field"]
+        assert field.abs().max() <= 1.0
+        # Smooth: a plane wave of at most 2 cycles per image changes by at most 2 pi 2 / size
+        # per pixel.
+        assert (field[:, 1:] - field[:, :-1]).abs().max() <= 2 * math.pi * 2 / W + 1e-12
+        assert (field[1:] - field[:-1]).abs().max() <= 2 * math.pi * 2 / H + 1e-12
+        # Still a good prior: it correlates strongly with the true inverse depth.
+        assert 1.0 - sv.pearson_loss(1.0 / depth, prior).item() > 0.95
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses and metrics
+# ---------------------------------------------------------------------------------------------
+
+def test_pearson_loss_is_scale_and_shift_invariant():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(500, generator=g, dtype=torch.float64)
+    y = 0.7 * x + 0.3 * torch.rand(500, generator=g, dtype=torch.float64)
+    base = sv.pearson_loss(x, y)
+    assert 0 < base.item() < 1
+    for a, b, c, d in ((3.0, -2.0, 1.0, 0.0), (0.01, 5.0, 40.0, -7.0)):
+        torch.testing.assert_close(sv.pearson_loss(a * x + b, c * y + d), base,
+                                   rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(sv.pearson_loss(-x, y), 2.0 - base, rtol=1e-9, atol=1e-12)
+    assert sv.pearson_loss(x, 2 * x + 1).abs().item() < 1e-12
+    assert sv.pearson_loss(x, -x).item() == pytest.approx(2.0)
+
+
+def test_pearson_loss_gradient_is_right():
+    """Closed form: d corr / d x_i = yc_i / sqrt(Sxx Syy) - corr xc_i / Sxx (centred x, y)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(64, generator=g, dtype=torch.float64).requires_grad_(True)
+    y = torch.rand(64, generator=g, dtype=torch.float64) + 0.5 * x.detach()
+    loss = sv.pearson_loss(x, y, eps=0.0)
+    (grad,) = torch.autograd.grad(loss, x)
+    xc, yc = x.detach() - x.detach().mean(), y - y.mean()
+    sxx, syy = (xc * xc).sum(), (yc * yc).sum()
+    corr = (xc * yc).sum() / torch.sqrt(sxx * syy)
+    expected = -(yc / torch.sqrt(sxx * syy) - corr * xc / sxx)
+    torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-14)
+    assert grad.sum().abs().item() < 1e-12          # shift invariance: gradient sums to zero
+    torch.autograd.gradcheck(lambda t: sv.pearson_loss(t, y), (x,))
+
+
+def test_pearson_loss_masks_pixels_out():
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(8, 9, generator=g, dtype=torch.float64).requires_grad_(True)
+    y = torch.rand(8, 9, generator=g, dtype=torch.float64)
+    mask = torch.rand(8, 9, generator=g) > 0.4
+    loss = sv.pearson_loss(x, y, mask)
+    loss.backward()
+    assert (x.grad[~mask] == 0).all() and (x.grad[mask] != 0).all()
+    torch.testing.assert_close(loss, sv.pearson_loss(x.detach()[mask], y[mask]))
+    few = torch.zeros_like(mask)
+    few[0, 0] = True
+    assert sv.pearson_loss(x, y, few).item() == 0.0
+
+
+def test_depth_prior_loss_vanishes_at_the_true_geometry():
+    depth = _true_depth()
+    prior, _ = sv.monocular_prior(depth, torch.Generator().manual_seed(4), noise=0.0)
+    weight = torch.ones_like(depth)
+    assert sv.depth_prior_loss(depth, weight, prior).item() < 1e-12
+    # ... and is positive for a wrong geometry, e.g. a tilted version of the depth.
+    tilt = torch.linspace(0.5, 1.5, depth.shape[1], dtype=torch.float64)[None, :]
+    assert sv.depth_prior_loss(depth * tilt, weight, prior).item() > 1e-3
+    # Pixels with weight <= 0.5 neither count nor receive gradient.
+    d = (depth * tilt).clone().requires_grad_(True)
+    weight = weight.clone()
+    weight[:, :10] = 0.3
+    sv.depth_prior_loss(d, weight, prior).backward()
+    assert (d.grad[:, :10] == 0).all() and (d.grad[:, 10:] != 0).any()
+
+
+def test_ssim_of_identical_images_is_one_and_matches_a_direct_sum():
+    g = torch.Generator().manual_seed(5)
+    a = torch.rand(3, 20, 24, generator=g, dtype=torch.float64)
+    assert sv.ssim(a, a).item() == pytest.approx(1.0, abs=1e-12)
+    b = (a + 0.1 * torch.randn(3, 20, 24, generator=g, dtype=torch.float64)).clamp(0, 1)
+    s = sv.ssim(a, b).item()
+    assert 0 < s < 0.99
+    assert sv.ssim(b, a).item() == pytest.approx(s, abs=1e-12)
+    # One interior pixel computed by hand: Gaussian-weighted means, variances, covariance.
+    x = torch.arange(11, dtype=torch.float64) - 5
+    w1 = torch.exp(-x * x / (2 * 1.5 ** 2))
+    w = (w1[:, None] * w1[None, :]) / w1.sum() ** 2
+    pa, pb = a[1, 5:16, 6:17], b[1, 5:16, 6:17]         # window centred on pixel (10, 11)
+    mu_a, mu_b = (w * pa).sum(), (w * pb).sum()
+    va, vb = (w * pa * pa).sum() - mu_a ** 2, (w * pb * pb).sum() - mu_b ** 2
+    cov = (w * pa * pb).sum() - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    want = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1)
+                                                       * (va + vb + c2))
+    assert sv.ssim_map(a, b)[1, 10, 11].item() == pytest.approx(want.item(), rel=1e-10)
+
+
+def test_psnr_and_abs_rel():
+    gt = torch.full((3, 4, 5), 0.5)
+    assert sv.psnr(gt + 0.1, gt) == pytest.approx(20.0, abs=1e-4)
+    true = torch.full((4, 5), 2.0)
+    pred = true * 1.1
+    weight = torch.ones(4, 5)
+    assert sv.abs_rel(pred, true, weight) == pytest.approx(0.1, rel=1e-6)
+    pred[0] = 100.0                # pixels with low weight do not count
+    weight[0] = 0.2
+    assert sv.abs_rel(pred, true, weight) == pytest.approx(0.1, rel=1e-6)
+    assert math.isnan(sv.abs_rel(pred, true, torch.zeros(4, 5)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The Gaussian model
+# ---------------------------------------------------------------------------------------------
+
+def test_random_init_and_activations():
+    cams = [sv.make_cameras(40, 30)[i] for i in (1, 12, 23)]
+    g = torch.Generator().manual_seed(0)
+    model = sv.random_init(cams, 500, g, depth_range=(2.0, 10.0), opacity=0.1)
+    act = model.activated()
+    assert isinstance(act, scenes.Gaussians) and act.sh_degree == 0
+    assert act.sh.shape == (500, 1, 3) and act.means.dtype == torch.float32
+    torch.testing.assert_close(act.opacities, torch.full((500, 1), 0.1))
+    assert (act.scales > 0).all()
+    torch.testing.assert_close(act.rotations.norm(dim=1), torch.ones(500))
+    rgb = scenes.SH_C0 * act.sh[:, 0] + 0.5
+    assert ((rgb > 0.39) & (rgb < 0.61)).all()
+    # Every Gaussian lies in front of, and inside the image of, at least one training camera.
+    pts = act.means.detach().double().numpy()
+    inside = np.zeros(500, bool)
+    for c in cams:
+        p = c.project(pts)
+        inside |= ((p[:, 2] >= 2.0 - 1e-4) & (p[:, 2] <= 10.0 + 1e-4) & (p[:, 0] > -1)
+                   & (p[:, 0] < c.width) & (p[:, 1] > -1) & (p[:, 1] < c.height))
+    assert inside.all()
+    # The same seed gives the same model.
+    again = sv.random_init(cams, 500, torch.Generator().manual_seed(0))
+    assert torch.equal(again.means, model.means)
+
+
+@needs_backend
+def test_rendered_depth_is_the_ray_casters_view_z():
+    """Gaussians spread over a wall that faces the camera all have the same view-space z, so
+    the rendered depth must equal the ray caster's depth exactly, although the ray length
+    varies over the image: the example's depth errors compare like with like."""
+    D = 4.0
+    scene = sv.AnalyticScene([sv.Plane((0, 3, 0), (0, -1, 0), "wall")], [])
+    cam = Camera(look_at((0.4, 3 - D, 0.9), (0.4, 3.0, 0.9)), 48, 36, 40.0, 40.0)
+    rc = sv.raycast(scene, cam)
+    fine = cam.scaled(48 * 3, 36 * 3)                  # one Gaussian per fine ray's hit
+    rf = sv.raycast(scene, fine)
+    o, d = fine.world_rays()
+    pts = torch.as_tensor(o + d * rf["depth"].numpy()[..., None]).reshape(-1, 3).float()
+    P = pts.shape[0]
+    sigma = torch.full((P,), 1.0 * D / fine.fx)
+    quats = torch.as_tensor(scenes._quaternion_z_to(np.tile([0.0, -1.0, 0.0], (P, 1)))).float()
+    g = scenes.Gaussians(pts, torch.zeros(P, 1, 3), torch.full((P, 1), 0.9),
+                         torch.stack([sigma, sigma, 0.05 * sigma], 1), quats)
+    with torch.no_grad():
+        r = scenes.render(g, cam)
+    m = r.weight > 0.5
+    assert m.float().mean() > 0.95
+    torch.testing.assert_close(r.depth[m], rc["depth"].float()[m], rtol=2e-6, atol=0)
+    corner_gap = (rc["distance"][0, 0] - rc["depth"][0, 0]) / rc["depth"][0, 0]
+    assert corner_gap > 0.2                            # the ray length is something else
+
+
+@needs_backend
+def test_short_fit_runs_and_the_depth_loss_reaches_the_gaussians():
+    cfg = sv.ExperimentConfig(width=32, height=24, gaussians=300, iterations=12)
+    cams = sv.make_cameras(cfg.width, cfg.height)
+    train_ids, test_ids = sv.split_views()
+    g = torch.Generator().manual_seed(0)
+    scene = sv.default_scene()
+    train = sv.make_views(scene, cams, train_ids, "cpu", prior_generator=g)
+    test = sv.make_views(scene, cams, test_ids[:1], "cpu")
+    assert all(v.prior is not None for v in train) and test[0].prior is None
+    init = sv.random_init([v.camera for v in train], cfg.gaussians, g)
+
+    # The depth loss has a gradient for positions, opacities and scales (through z and the
+    # projection), none for colour.
+    r = scenes.render(init.activated(), train[0].camera)
+    loss = sv.depth_prior_loss(r.depth, r.weight, train[0].prior)
+    loss.backward()
+    assert init.means.grad.abs().sum() > 0 and init.opacity_logits.grad.abs().sum() > 0
+    assert init.log_scales.grad.abs().sum() > 0
+    assert init.sh_dc.grad is None or init.sh_dc.grad.abs().sum() == 0
+    init.zero_grad(set_to_none=True)
+
+    photo = sv.fit(init, train, sv.FitConfig(iterations=cfg.iterations), seed=0)
+    depth = sv.fit(init, train, sv.FitConfig(iterations=cfg.iterations, depth_weight=0.5),
+                   seed=0)
+    assert not torch.equal(photo.means, init.means)          # fit works on a copy
+    assert not torch.equal(photo.means, depth.means)
+    for model in (photo, depth):
+        metrics, renders = sv.evaluate(model, test)
+        assert math.isfinite(metrics["psnr"]) and 0 <= metrics["coverage"] <= 1
+        assert renders[0].color.shape == (3, 24, 32)
