@@ -12,7 +12,8 @@
 # benchmarks/results. The log goes to <results>/run_gpu.log too.
 #
 # The garden data is looked up by benchmarks/scenes.py: $DGRD_DATA, ../shared/data/ or
-# shared/data/ inside the repository (the copy a GPU machine gets has no ../shared).
+# shared/data/ inside the repository (the copy a GPU machine gets has no ../shared); this script
+# also takes .whl/garden_points.npz when there is one (.whl/ is ignored by git and carried).
 #
 # A compiled gsplat extension can be reused by a later run: after the JIT build, the script puts
 # gsplat_cuda.so (split into parts under 15 MiB) into <results>; copy those files into .whl/ and
@@ -46,6 +47,11 @@ if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
 fi
 echo "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
 export MAX_JOBS=${MAX_JOBS:-8}
+if [ -z "${DGRD_DATA:-}" ] && [ -f .whl/garden_points.npz ]; then
+    export DGRD_DATA="$PWD/.whl/garden_points.npz"
+fi
+$PY -c "import sys; sys.path.append('.'); from benchmarks.scenes import find_data; \
+print('data:', find_data())" || echo "WARNING: the benchmark will fail without the data file"
 
 # --- gsplat -------------------------------------------------------------------------------------
 gsplat_pid=""

@@ -45,8 +45,8 @@ TilePixels tile_pixels(const Camera<T>& cam, int tile) {
           std::min(cam.height, (ty + 1) * kTileSize)};
 }
 
-template <typename T>
-void add(SplatGrad<T>& acc, const SplatGrad<T>& g) {
+template <typename A, typename T>
+void add(SplatGrad<A>& acc, const SplatGrad<T>& g) {
   acc.mean2d.x += g.mean2d.x;
   acc.mean2d.y += g.mean2d.y;
   acc.conic.a += g.conic.a;
@@ -59,11 +59,14 @@ void add(SplatGrad<T>& acc, const SplatGrad<T>& g) {
   acc.feature.w += g.feature.w;
 }
 
+// Loops smaller than this run on one thread: waking the pool costs more than they do.
+constexpr int kMinParallelItems = 4096;
+
 }  // namespace
 
 template <typename T>
 void preprocess(const Camera<T>& cam, const GaussianInputs<T>& in, const GaussianState<T>& state) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (in.count >= kMinParallelItems)
   for (int i = 0; i < in.count; ++i) state.store(i, preprocess_gaussian(cam, in, i));
 }
 
@@ -94,7 +97,7 @@ void bin_gaussians(const Camera<T>& cam, int count, const GaussianState<T>& stat
       for (int x = r.x0; x < r.x1; ++x) point_list[cursor[y * cam.tiles_x + x]++] = i;
   }
   const Vec4<T>* features = state.features;
-#pragma omp parallel for schedule(dynamic, 4)
+#pragma omp parallel for schedule(dynamic, 4) if (cursor[tiles] >= kMinParallelItems)
   for (int t = 0; t < tiles; ++t) {
     std::stable_sort(point_list + tile_ranges[2 * t], point_list + tile_ranges[2 * t + 1],
                      [features](int a, int b) { return features[a].w < features[b].w; });
@@ -106,7 +109,7 @@ void render(const Camera<T>& cam, const GaussianState<T>& state, TileLists lists
             const PixelBuffers<T>& px) {
   const int tiles = cam.tiles_x * cam.tiles_y;
   const int plane = cam.width * cam.height;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (plane >= kMinParallelItems)
   for (int tile = 0; tile < tiles; ++tile) {
     const TilePixels tp = tile_pixels(cam, tile);
     const int begin = lists.tile_ranges[2 * tile], end = lists.tile_ranges[2 * tile + 1];
@@ -145,15 +148,16 @@ void render_backward(const Camera<T>& cam, const GaussianState<T>& state, TileLi
                      SplatGrad<T>* splat_grads) {
   const int tiles = cam.tiles_x * cam.tiles_y;
   const int plane = cam.width * cam.height;
-  const int threads = thread_count();
-  // One private accumulator per extra thread; thread 0 adds into the output directly.
-  std::vector<SplatGrad<T>> scratch(size_t(threads - 1) * count);
-  std::memset(static_cast<void*>(scratch.data()), 0, scratch.size() * sizeof(SplatGrad<T>));
+  const bool parallel = plane >= kMinParallelItems;
+  const int threads = parallel ? thread_count() : 1;
+  // Per-thread accumulators in double: a Gaussian's gradient sums thousands of pixel terms, and
+  // float32 running sums would lose digits the CUDA backend's tests compare against.
+  std::vector<SplatGrad<double>> sums(size_t(threads) * count);
+  std::memset(static_cast<void*>(sums.data()), 0, sums.size() * sizeof(SplatGrad<double>));
   // A static schedule keeps the summation order, and so the result, the same on every call.
-#pragma omp parallel for schedule(static, 1)
+#pragma omp parallel for schedule(static, 1) if (parallel)
   for (int tile = 0; tile < tiles; ++tile) {
-    const int tid = thread_id();
-    SplatGrad<T>* acc = tid == 0 ? splat_grads : scratch.data() + size_t(tid - 1) * count;
+    SplatGrad<double>* acc = sums.data() + size_t(thread_id()) * count;
     const TilePixels tp = tile_pixels(cam, tile);
     const int begin = lists.tile_ranges[2 * tile];
     for (int y = tp.y0; y < tp.y1; ++y) {
@@ -182,17 +186,22 @@ void render_backward(const Camera<T>& cam, const GaussianState<T>& state, TileLi
       }
     }
   }
-  for (int t = 1; t < threads; ++t) {
-    const SplatGrad<T>* src = scratch.data() + size_t(t - 1) * count;
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < count; ++i) add(splat_grads[i], src[i]);
+#pragma omp parallel for schedule(static) if (count >= kMinParallelItems)
+  for (int i = 0; i < count; ++i) {
+    SplatGrad<double> total = sums[i];
+    for (int t = 1; t < threads; ++t) add(total, sums[size_t(t) * count + i]);
+    splat_grads[i] = {{T(total.mean2d.x), T(total.mean2d.y)},
+                      {T(total.conic.a), T(total.conic.b), T(total.conic.c)},
+                      T(total.opacity),
+                      {T(total.feature.x), T(total.feature.y), T(total.feature.z),
+                       T(total.feature.w)}};
   }
 }
 
 template <typename T>
 void preprocess_backward(const Camera<T>& cam, const GaussianInputs<T>& in, const int* radii,
                          const SplatGrad<T>* splat_grads, const GaussianGrads<T>& out) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (in.count >= kMinParallelItems)
   for (int i = 0; i < in.count; ++i) {
     if (radii[i] > 0) preprocess_gaussian_backward(cam, in, i, splat_grads[i], out);
   }

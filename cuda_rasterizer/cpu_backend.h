@@ -23,7 +23,7 @@ void render(const Camera<T>& cam, const GaussianState<T>& state, TileLists lists
             const PixelBuffers<T>& px);
 
 // Sums each Gaussian's SplatGrad over the pixels it was blended into (splat_grads: P entries,
-// zeroed by the caller).
+// all written).
 template <typename T>
 void render_backward(const Camera<T>& cam, const GaussianState<T>& state, TileLists lists,
                      const PixelBuffers<T>& px, PixelGrads<T> grads, int count,

@@ -98,6 +98,7 @@ class _RasterizeGaussians(torch.autograd.Function):
         # so in-place edits of the returned maps cannot corrupt the backward.
         ctx.state = state
         ctx.absent = (sh is None, colors_precomp is None, scales is None, cov3Ds_precomp is None)
+        ctx.means2D_columns = means2D.shape[1]   # (P, 3) or (P, 2)
         ctx.save_for_backward(means3D, opacities, _absent_to_empty(sh, means3D),
                               _absent_to_empty(colors_precomp, means3D),
                               _absent_to_empty(scales, means3D),
@@ -131,6 +132,7 @@ class _RasterizeGaussians(torch.autograd.Function):
         (d_means3D, d_means2D, d_opacities, d_sh, d_colors, d_scales, d_rotations,
          d_cov3D) = grads
         no_sh, no_colors, no_scales, no_cov = ctx.absent
+        d_means2D = d_means2D[:, :ctx.means2D_columns]
         return (d_means3D, d_means2D, None if no_sh else d_sh, None if no_colors else d_colors,
                 d_opacities, None if no_scales else d_scales,
                 None if no_scales else d_rotations, None if no_cov else d_cov3D, None)
