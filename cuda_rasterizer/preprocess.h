@@ -302,9 +302,7 @@ DGRD_HD Vec3<T> gaussian_color(const Camera<T>& cam, const GaussianInputs<T>& in
 template <typename T>
 DGRD_HD ProjectedGaussian<T> preprocess_gaussian(const Camera<T>& cam, const GaussianInputs<T>& in,
                                                  int i) {
-  ProjectedGaussian<T> g;
-  g.radius = 0;
-  g.rect = {0, 0, 0, 0};
+  ProjectedGaussian<T> g = {};  // a culled Gaussian stores zeros
   const Vec3<T> mean = load3(in.means3D, i);
   const Vec3<T> t = to_view(cam.viewmatrix, mean);
   if (!(t.z > T(kNearPlane)) || !is_finite(mean)) return g;
