@@ -50,12 +50,18 @@ struct PixelAccum {
     return true;
   }
 
-  // The outputs of SPEC 5.
-  DGRD_HD void finish(const T* background, T out_color[kColorChannels], T& depth,
-                      T& out_weight) const {
-    for (int c = 0; c < kColorChannels; ++c) out_color[c] = color[c] + transmittance * background[c];
-    out_weight = weight;
-    depth = weight > T(0) ? depth_sum / weight : T(0);
+  // Writes the outputs of SPEC 5 for pixel p, and what the backward needs of it.
+  DGRD_HD void store(const PixelBuffers<T>& px, int p, int plane, const T* background,
+                     int n_contrib) const {
+    for (int c = 0; c < kColorChannels; ++c)
+      px.color[c * plane + p] = color[c] + transmittance * background[c];
+    const T depth = weight > T(0) ? depth_sum / weight : T(0);
+    px.depth[p] = depth;
+    px.weight[p] = weight;
+    px.pixel_state[PixelBuffers<T>::kFinalT * plane + p] = transmittance;
+    px.pixel_state[PixelBuffers<T>::kWeight * plane + p] = weight;
+    px.pixel_state[PixelBuffers<T>::kDepth * plane + p] = depth;
+    px.n_contrib[p] = n_contrib;
   }
 };
 
@@ -72,12 +78,18 @@ struct PixelBackward {
   T last_alpha;
   T last_feature[kFeatures];
 
-  // weight and depth are this pixel's forward outputs; any gradient pointer may be null.
-  DGRD_HD void init(const T* background, T final_T, T weight, T depth, const T* dcolor,
-                    T ddepth, T dweight) {
+  // Starts the walk of pixel p from what the forward saved and the upstream gradients (any
+  // of which may be absent).
+  DGRD_HD void init(const PixelBuffers<T>& px, const PixelGrads<T>& grads, int p, int plane,
+                    const T* background) {
+    const T final_T = px.pixel_state[PixelBuffers<T>::kFinalT * plane + p];
+    const T weight = px.pixel_state[PixelBuffers<T>::kWeight * plane + p];
+    const T depth = px.pixel_state[PixelBuffers<T>::kDepth * plane + p];
+    const T ddepth = grads.depth ? grads.depth[p] : T(0);
+    const T dweight = grads.weight ? grads.weight[p] : T(0);
     background_dot = T(0);
     for (int c = 0; c < kColorChannels; ++c) {
-      upstream[c] = dcolor ? dcolor[c] : T(0);
+      upstream[c] = grads.color ? grads.color[c * plane + p] : T(0);
       background_dot += background[c] * upstream[c];
     }
     // depth = S / weight: g_S = g_D / weight, g_Wtot = g_W - g_D depth / weight.

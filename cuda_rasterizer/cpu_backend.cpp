@@ -127,16 +127,7 @@ void render(const Camera<T>& cam, const GaussianState<T>& state, TileLists lists
           if (!acc.blend(alpha, state.features[id])) break;
           n_contrib = k - begin + 1;
         }
-        const int p = y * cam.width + x;
-        T color[kColorChannels], depth, weight;
-        acc.finish(cam.background, color, depth, weight);
-        for (int c = 0; c < kColorChannels; ++c) px.color[c * plane + p] = color[c];
-        px.depth[p] = depth;
-        px.weight[p] = weight;
-        px.pixel_state[PixelBuffers<T>::kFinalT * plane + p] = acc.transmittance;
-        px.pixel_state[PixelBuffers<T>::kWeight * plane + p] = weight;
-        px.pixel_state[PixelBuffers<T>::kDepth * plane + p] = depth;
-        px.n_contrib[p] = n_contrib;
+        acc.store(px, y * cam.width + x, plane, cam.background, n_contrib);
       }
     }
   }
@@ -165,14 +156,8 @@ void render_backward(const Camera<T>& cam, const GaussianState<T>& state, TileLi
         const int p = y * cam.width + x;
         const int last = px.n_contrib[p];
         if (last == 0) continue;
-        T dcolor[kColorChannels];
-        for (int c = 0; c < kColorChannels; ++c)
-          dcolor[c] = grads.color ? grads.color[c * plane + p] : T(0);
         PixelBackward<T> pb;
-        pb.init(cam.background, px.pixel_state[PixelBuffers<T>::kFinalT * plane + p],
-                px.pixel_state[PixelBuffers<T>::kWeight * plane + p],
-                px.pixel_state[PixelBuffers<T>::kDepth * plane + p], dcolor,
-                grads.depth ? grads.depth[p] : T(0), grads.weight ? grads.weight[p] : T(0));
+        pb.init(px, grads, p, plane, cam.background);
         for (int k = begin + last - 1; k >= begin; --k) {
           const int id = lists.point_list[k];
           T alpha, G;

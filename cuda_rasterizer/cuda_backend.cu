@@ -113,18 +113,8 @@ __global__ void __launch_bounds__(kTilePixels)
       n_contrib = visited;
     }
   }
-  if (!me.inside) return;
-  const int plane = cam.width * cam.height;
-  const int p = me.y * cam.width + me.x;
-  float color[kColorChannels], depth, weight;
-  acc.finish(cam.background, color, depth, weight);
-  for (int c = 0; c < kColorChannels; ++c) px.color[c * plane + p] = color[c];
-  px.depth[p] = depth;
-  px.weight[p] = weight;
-  px.pixel_state[PixelBuffers<float>::kFinalT * plane + p] = acc.transmittance;
-  px.pixel_state[PixelBuffers<float>::kWeight * plane + p] = weight;
-  px.pixel_state[PixelBuffers<float>::kDepth * plane + p] = depth;
-  px.n_contrib[p] = n_contrib;
+  if (me.inside)
+    acc.store(px, me.y * cam.width + me.x, cam.width * cam.height, cam.background, n_contrib);
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -166,15 +156,7 @@ __global__ void __launch_bounds__(kTilePixels)
   const int last = me.inside ? px.n_contrib[p] : 0;
 
   PixelBackward<float> pb;
-  if (me.inside) {
-    float dcolor[kColorChannels];
-    for (int c = 0; c < kColorChannels; ++c)
-      dcolor[c] = grads.color ? grads.color[c * plane + p] : 0.f;
-    pb.init(cam.background, px.pixel_state[PixelBuffers<float>::kFinalT * plane + p],
-            px.pixel_state[PixelBuffers<float>::kWeight * plane + p],
-            px.pixel_state[PixelBuffers<float>::kDepth * plane + p], dcolor,
-            grads.depth ? grads.depth[p] : 0.f, grads.weight ? grads.weight[p] : 0.f);
-  }
+  if (me.inside) pb.init(px, grads, p, plane, cam.background);
   // Splats behind every pixel's last contributor are never visited.
   if (threadIdx.x == 0) block_last = 0;
   __syncthreads();
