@@ -16,7 +16,6 @@
 
 #include "cuda_rasterizer/cpu_backend.h"
 #include "cuda_rasterizer/preprocess.h"
-#include "resource_limits.h"
 
 namespace dgrd {
 
@@ -36,12 +35,6 @@ void allocate_pixel_state(const RasterConfig& c, ForwardState& s,
   s.tile_ranges = torch::empty({int64_t(c.tiles_x()) * c.tiles_y(), 2}, ints);
   s.pixel_state = torch::empty({3, H, W}, opts);
   s.n_contrib = torch::empty({H, W}, ints);
-}
-
-ForwardState allocate_state(const RasterConfig& c, int64_t count, const torch::TensorOptions& opts) {
-  ForwardState s = allocate_gaussian_state(count, opts);
-  allocate_pixel_state(c, s, opts);
-  return s;
 }
 
 GradientTensors GradientTensors::zeros_like_inputs(const GaussianTensors& g) {
@@ -156,11 +149,6 @@ void check_image_buffers(int64_t height, int64_t width, int64_t bytes_per_pixel,
   throw std::runtime_error(msg.str());
 }
 
-// The declaration of rasterize_points.h without a budget; kept until every caller passes one.
-void check_tile_pairs(int64_t pairs, int64_t bytes_per_pair) {
-  check_tile_pairs(pairs, bytes_per_pair, INT64_MAX);
-}
-
 namespace {
 
 void check_pixel_grad(const char* name, const torch::Tensor& t, std::vector<int64_t> shape,
@@ -193,9 +181,6 @@ ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g) {
     const int64_t pair_bytes = int64_t(sizeof(int32_t));  // point_list
     const int64_t available = host_bytes_available();
     check_tile_pairs(pairs, pair_bytes, available);
-    // The CPU loops index the 3 x H x W planes with 32-bit ints.
-    TORCH_CHECK(3 * H * W <= int64_t(INT_MAX), "diff_gaussian_rasterization_depth: a ", H, " x ",
-                W, " image is too large for the CPU backend (3 H W must stay below 2^31)");
     // colour (3), depth, weight and the saved pixel state (3) in T, n_contrib in int32.
     const int64_t pixel_bytes = 8 * value_bytes + int64_t(sizeof(int32_t));
     check_image_buffers(H, W, pixel_bytes, available - pairs * pair_bytes);

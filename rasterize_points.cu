@@ -2,7 +2,10 @@
 // host read per forward (the number of tile pairs), launch checks, and debug synchronization.
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
+
+#include <algorithm>
 
 #include "cuda_rasterizer/cuda_backend.h"
 #include "rasterize_points.h"
@@ -21,6 +24,18 @@ void check_stage(const RasterConfig& c, const char* stage) {
     TORCH_CHECK(run == cudaSuccess, "diff_gaussian_rasterization_depth: CUDA stage '", stage,
                 "' failed: ", cudaGetErrorString(run));
   }
+}
+
+// Free device memory plus what PyTorch's caching allocator holds but does not use.
+int64_t device_bytes_available() {
+  size_t free_bytes = 0, total_bytes = 0;
+  C10_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  const auto stats =
+      c10::cuda::CUDACachingAllocator::getDeviceStats(c10::cuda::current_device());
+  const size_t aggregate = 0;  // StatType::AGGREGATE, whose namespace varies across versions
+  const int64_t cached = stats.reserved_bytes[aggregate].current -
+                         stats.allocated_bytes[aggregate].current;
+  return int64_t(free_bytes) + std::max<int64_t>(cached, 0);
 }
 
 torch::Tensor scratch(size_t bytes, const torch::Tensor& like) {
@@ -43,7 +58,8 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   const auto opts = g.means3D.options();
   const auto longs = opts.dtype(torch::kInt64);
 
-  ForwardState s = allocate_state(c, P, opts);
+  // Only P-sized memory until the pair count and the image are known to fit.
+  ForwardState s = allocate_gaussian_state(P, opts);
   const Camera<float> cam = make_camera<float>(c);
   const GaussianInputs<float> in = make_inputs<float>(g);
   torch::Tensor tiles_touched = torch::empty({P}, longs);
@@ -63,9 +79,14 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
     check_stage(c, "scan");
     pairs = offsets[P - 1].item<int64_t>();  // the one host read of the forward
   }
-  // keys twice, ids twice, sort scratch of about the same size
-  check_tile_pairs(pairs, 2 * (sizeof(uint64_t) + sizeof(int)));
+  // keys and ids twice (unsorted, sorted) and the sort's scratch, about as large again
+  const int64_t pair_bytes = 4 * int64_t(sizeof(uint64_t) + sizeof(int));
+  const int64_t available = device_bytes_available();
+  check_tile_pairs(pairs, pair_bytes, available);
+  // colour (3), depth, weight, the saved pixel state (3) and n_contrib
+  check_image_buffers(H, W, 9 * int64_t(sizeof(float)), available - pairs * pair_bytes);
 
+  allocate_pixel_state(c, s, opts);
   const int tiles = c.tiles_x() * c.tiles_y();
   s.tile_ranges.zero_();
   torch::Tensor keys = torch::empty({pairs}, longs);

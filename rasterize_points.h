@@ -116,8 +116,12 @@ PixelBuffers<T> make_pixel_buffers(const ForwardState& s, torch::Tensor color, t
           s.n_contrib.data_ptr<int>()};
 }
 
-// Allocates the P-sized part of the state and the per-pixel buffers on `opts`' device.
-ForwardState allocate_state(const RasterConfig& c, int64_t count, const torch::TensorOptions& opts);
+// The forward's state is allocated in two steps, so that the size checks below run in between:
+// the P-sized part (radii, means2d, conic_opacity, features), all the preprocess needs, ...
+ForwardState allocate_gaussian_state(int64_t count, const torch::TensorOptions& opts);
+// ... and, once the scene is known to fit, the per-tile and per-pixel part (tile_ranges,
+// pixel_state, n_contrib). point_list is the caller's, sized by the pair count.
+void allocate_pixel_state(const RasterConfig& c, ForwardState& s, const torch::TensorOptions& opts);
 
 // Gradient tensors shaped like the inputs (zeros), and their pointers.
 struct GradientTensors {
@@ -136,7 +140,19 @@ struct GradientTensors {
 
 // Largest number of (tile, Gaussian) pairs a render may hold: indices are 32-bit.
 constexpr int64_t kMaxTilePairs = (int64_t(1) << 31) - 1;
-void check_tile_pairs(int64_t pairs, int64_t bytes_per_pair);
+
+// Throw std::runtime_error (a RuntimeError in Python) naming the number of pairs, or the image
+// size, and the GiB needed, when the pairs exceed what 32-bit indices address or the buffers
+// exceed `bytes_available` (host memory for the CPU backend, free device memory for CUDA).
+void check_tile_pairs(int64_t pairs, int64_t bytes_per_pair, int64_t bytes_available);
+void check_image_buffers(int64_t height, int64_t width, int64_t bytes_per_pixel,
+                         int64_t bytes_available);
+
+// The CPU backend's budget: MemAvailable of /proc/meminfo, but at least half of MemTotal (so
+// that other processes' passing peaks never refuse a modest render; requests larger than the
+// machine are still refused before the OOM killer acts), lowered to a cgroup memory limit and
+// to the environment variable DGRD_HOST_MEMORY_LIMIT (a byte count) when set.
+int64_t host_bytes_available();
 
 // Per-device entry points.
 ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g);

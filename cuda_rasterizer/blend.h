@@ -50,8 +50,9 @@ struct PixelAccum {
     return true;
   }
 
-  // Writes the outputs of SPEC 5 for pixel p, and what the backward needs of it.
-  DGRD_HD void store(const PixelBuffers<T>& px, int p, int plane, const T* background,
+  // Writes the outputs of SPEC 5 for pixel p, and what the backward needs of it. (Planes are
+  // H x W; 3 H W may pass 2^31, hence the 64-bit plane size.)
+  DGRD_HD void store(const PixelBuffers<T>& px, int p, int64_t plane, const T* background,
                      int n_contrib) const {
     for (int c = 0; c < kColorChannels; ++c)
       px.color[c * plane + p] = color[c] + transmittance * background[c];
@@ -80,7 +81,7 @@ struct PixelBackward {
 
   // Starts the walk of pixel p from what the forward saved and the upstream gradients (any
   // of which may be absent).
-  DGRD_HD void init(const PixelBuffers<T>& px, const PixelGrads<T>& grads, int p, int plane,
+  DGRD_HD void init(const PixelBuffers<T>& px, const PixelGrads<T>& grads, int p, int64_t plane,
                     const T* background) {
     const T final_T = px.pixel_state[PixelBuffers<T>::kFinalT * plane + p];
     const T weight = px.pixel_state[PixelBuffers<T>::kWeight * plane + p];

@@ -27,6 +27,7 @@ constexpr double kCovDilation = 0.3;         // added to the 2D covariance diago
 constexpr double kAntialiasMinRatio = 2.5e-5;
 constexpr double kMinEigenSlack = 0.1;       // lambda = mid + sqrt(max(0.1, mid^2 - det))
 constexpr double kSigmaExtent = 3.0;         // radius = ceil(3 sqrt(lambda))
+constexpr double kMaxRadius = 2147483520.0;  // radii are int32: capped at the last float < 2^31
 constexpr double kAlphaMax = 0.99;
 constexpr double kAlphaMin = 1.0 / 255.0;
 constexpr double kTransmittanceMin = 1e-4;

@@ -244,20 +244,22 @@ DGRD_HD bool footprint(const Sym2<T>& cov, bool antialiasing, Footprint<T>& f) {
 template <typename T>
 DGRD_HD Sym2<T> footprint_backward(const Sym2<T>& cov, bool antialiasing, const Sym2<T>& dconic,
                                    T daa) {
-  const T a = cov.a + T(kCovDilation), b = cov.b, c = cov.c + T(kCovDilation);
-  const T det = a * c - b * b;
-  const T i2 = T(1) / (det * det);
+  Footprint<T> f;
+  footprint(cov, antialiasing, f);
+  // conic (A, B, C) = (c, -b, a) / det. Written with the conic's entries instead of 1 / det^2,
+  // which overflows float for very large footprints: dA/da = -A^2, dB/da = -A B, dC/da = -B^2,
+  // dA/db = -2 A B, dB/db = -(A C + B^2), dC/db = -2 B C, dA/dc = -B^2, dB/dc = -B C, dC/dc = -C^2.
+  const T A = f.conic.a, B = f.conic.b, C = f.conic.c;
   Sym2<T> d;
-  // conic = (c, -b, a) / det
-  d.a = i2 * (-c * c * dconic.a + b * c * dconic.b - b * b * dconic.c);
-  d.b = i2 * (T(2) * b * c * dconic.a - (det + T(2) * b * b) * dconic.b + T(2) * a * b * dconic.c);
-  d.c = i2 * (-b * b * dconic.a + a * b * dconic.b - a * a * dconic.c);
+  d.a = -(A * (A * dconic.a) + A * (B * dconic.b) + B * (B * dconic.c));
+  d.b = -(T(2) * A * (B * dconic.a) + (A * C + B * B) * dconic.b + T(2) * B * (C * dconic.c));
+  d.c = -(B * (B * dconic.a) + B * (C * dconic.b) + C * (C * dconic.c));
   if (antialiasing) {
-    const T det0 = cov.a * cov.c - b * b;
-    const T ratio = det0 / det;
+    const T a = f.cov.a, b = f.cov.b, c = f.cov.c;
+    const T ratio = (cov.a * cov.c - b * b) / f.det;
     if (ratio > T(kAntialiasMinRatio)) {
       // h = sqrt(det0 / det): dh/dx = (ddet0/dx - ratio ddet/dx) / (2 h det)
-      const T k = daa / (T(2) * sqrt_(ratio) * det);
+      const T k = daa / (T(2) * sqrt_(ratio) * f.det);
       d.a += k * (cov.c - ratio * c);
       d.b += k * (T(-2) * b + ratio * T(2) * b);
       d.c += k * (cov.a - ratio * a);
@@ -316,17 +318,20 @@ DGRD_HD ProjectedGaussian<T> preprocess_gaussian(const Camera<T>& cam, const Gau
   const Sym2<T> cov = covariance_2d(J, gaussian_covariance_3d(cam, in, i));
   Footprint<T> f;
   if (!footprint(cov, cam.antialiasing, f)) return g;
-  const T radius = footprint_radius(f);
+  const T extent = footprint_radius(f);
   const T opacity = f.aa_factor * in.opacities[i];
   const Vec3<T> rgb = gaussian_color(cam, in, i, mean);
-  if (!(is_finite(g.mean2d) && is_finite(radius) && is_finite(f.conic.a) && is_finite(f.conic.b) &&
+  if (!(is_finite(g.mean2d) && is_finite(extent) && is_finite(f.conic.a) && is_finite(f.conic.b) &&
         is_finite(f.conic.c) && is_finite(opacity) && is_finite(rgb) && is_finite(t.z)))
     return g;
 
+  // The tile rectangle comes from the radius as stored, so that binning, which recomputes it
+  // from the stored radius, touches exactly the tiles counted here.
+  const T radius = min2(extent, T(kMaxRadius));
   const TileRect rect = tile_rect(g.mean2d, radius, cam.tiles_x, cam.tiles_y);
   if (rect.area() == 0) return g;
   g.rect = rect;
-  g.radius = int(min2(radius, T(1 << 30)));
+  g.radius = int(radius);
   g.conic_opacity = {f.conic.a, f.conic.b, f.conic.c, opacity};
   g.feature = {rgb.x, rgb.y, rgb.z, t.z};
   return g;

@@ -96,7 +96,7 @@ DGRD_HD Vec3<T> sh_to_color(int degree, Vec3<T> mean, const T* campos, const T* 
   T basis[kMaxShCoeffs];
   const int n = sh_basis<T>(degree, dir, basis, nullptr);
   const Vec3<T> rgb = sh_raw_color(n, basis, sh);
-  // Written so that a NaN passes through (and gets the Gaussian culled).
+  if (!is_finite(rgb)) return rgb;  // NaN or -inf must reach the cull, not vanish in the clamp
   return {rgb.x < T(0) ? T(0) : rgb.x, rgb.y < T(0) ? T(0) : rgb.y, rgb.z < T(0) ? T(0) : rgb.z};
 }
 

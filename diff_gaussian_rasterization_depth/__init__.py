@@ -82,18 +82,14 @@ class _RasterizeGaussians(torch.autograd.Function):
         config = _backend.make_config(settings)
         gaussians = _backend.make_gaussians(means3D, opacities, sh, colors_precomp, scales,
                                             rotations, cov3Ds_precomp)
-        if settings.debug:
-            capture = _debug.Capture("forward", _named_inputs(
+        color, depth, weight, radii, state = _debug.guarded(
+            settings.debug,
+            lambda: _debug.Capture("forward", _named_inputs(
                 means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp),
-                settings)
-            try:
-                color, depth, weight, radii, state = _backend.forward(config, gaussians)
-            except Exception as error:
-                capture.reraise(error)
-        else:
-            color, depth, weight, radii, state = _backend.forward(config, gaussians)
+                settings),
+            lambda: _backend.forward(config, gaussians))
         ctx.config = config
-        ctx.checked = settings
+        ctx.checked = settings   # for a snapshot of a failing backward (debug)
         # Internal per-Gaussian and per-pixel state of the forward: never handed to the user,
         # so in-place edits of the returned maps cannot corrupt the backward.
         ctx.state = state
@@ -112,26 +108,20 @@ class _RasterizeGaussians(torch.autograd.Function):
         means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds = ctx.saved_tensors
         gaussians = _backend.make_gaussians(means3D, opacities, sh, colors_precomp, scales,
                                             rotations, cov3Ds)
-        if ctx.config.debug:
-            no_sh, no_colors, no_scales, no_cov = ctx.absent
-            capture = _debug.Capture(
+        no_sh, no_colors, no_scales, no_cov = ctx.absent
+        grads = _debug.guarded(
+            ctx.config.debug,
+            lambda: _debug.Capture(
                 "backward", _named_inputs(means3D, opacities, None if no_sh else sh,
                                           None if no_colors else colors_precomp,
                                           None if no_scales else scales,
                                           None if no_scales else rotations,
                                           None if no_cov else cov3Ds),
-                ctx.checked, grads=dict(color=grad_color, depth=grad_depth, weight=grad_weight))
-            try:
-                grads = _backend.backward(ctx.config, gaussians, ctx.state,
-                                          grad_color, grad_depth, grad_weight)
-            except Exception as error:
-                capture.reraise(error)
-        else:
-            grads = _backend.backward(ctx.config, gaussians, ctx.state,
-                                      grad_color, grad_depth, grad_weight)
+                ctx.checked, grads=dict(color=grad_color, depth=grad_depth, weight=grad_weight)),
+            lambda: _backend.backward(ctx.config, gaussians, ctx.state,
+                                      grad_color, grad_depth, grad_weight))
         (d_means3D, d_means2D, d_opacities, d_sh, d_colors, d_scales, d_rotations,
          d_cov3D) = grads
-        no_sh, no_colors, no_scales, no_cov = ctx.absent
         d_means2D = d_means2D[:, :ctx.means2D_columns]
         return (d_means3D, d_means2D, None if no_sh else d_sh, None if no_colors else d_colors,
                 d_opacities, None if no_scales else d_scales,

@@ -15,7 +15,7 @@ import itertools
 import os
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -99,7 +99,7 @@ class Capture:
                     settings={f: _host_copy(v) if isinstance(v, torch.Tensor) else v
                               for f, v in self.settings.items()},
                     grads=host(self.grads),
-                    versions=dict(package=__version__, torch=torch.__version__))
+                    versions=dict(package=str(__version__), torch=str(torch.__version__)))
 
     def reraise(self, error: BaseException):
         """Writes the snapshot and raises `error` again (same type) with the path appended."""
@@ -117,6 +117,17 @@ class Capture:
         except Exception:
             annotated = RuntimeError(message)
         raise annotated from error
+
+
+def guarded(enabled: bool, capture: Callable[[], Capture], call: Callable):
+    """call(); with `enabled`, the inputs are captured first and a failure writes a snapshot."""
+    if not enabled:
+        return call()
+    held = capture()
+    try:
+        return call()
+    except Exception as error:
+        held.reraise(error)
 
 
 def _snapshot_dir() -> str:
@@ -153,7 +164,7 @@ def replay_snapshot(path: str, device=None, debug: Optional[bool] = None) -> dic
     global _replaying
     from . import GaussianRasterizationSettings, rasterize_gaussians
 
-    snap = torch.load(path, map_location="cpu", weights_only=False)
+    snap = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data
     if snap.get("format") != SNAPSHOT_FORMAT:
         raise ValueError(f"{path}: not a diff_gaussian_rasterization_depth snapshot "
                          f"(format {snap.get('format')!r}, expected {SNAPSHOT_FORMAT})")

@@ -38,6 +38,7 @@ COV_DILATION = 0.3
 ANTIALIAS_MIN_RATIO = 2.5e-5
 MIN_EIGEN_SLACK = 0.1
 SIGMA_EXTENT = 3.0
+MAX_RADIUS = 2147483520.0   # the last float below 2^31: radii are int32
 ALPHA_MAX = 0.99
 ALPHA_MIN = 1.0 / 255.0
 TRANSMITTANCE_MIN = 1e-4
@@ -205,7 +206,9 @@ def _preprocess(means3D, opacities, shs, colors_precomp, scales, rotations, cov3
     # 7. Screen radius and the rectangle of 16x16 tiles it touches.
     mid = (a + c) / 2.0
     lam = mid + torch.sqrt(torch.clamp_min(mid * mid - det, MIN_EIGEN_SLACK))
-    radius = torch.ceil(SIGMA_EXTENT * torch.sqrt(lam))
+    extent = torch.ceil(SIGMA_EXTENT * torch.sqrt(lam))
+    # radii are int32: capped at the last float below 2^31, and the rectangle uses the cap.
+    radius = torch.clamp_max(extent, MAX_RADIUS)
     tiles = torch.tensor([(W + TILE_SIZE - 1) // TILE_SIZE, (H + TILE_SIZE - 1) // TILE_SIZE],
                          dtype=mean2d.dtype, device=mean2d.device)
     rect_min = torch.minimum(torch.floor((mean2d - radius[:, None]) / TILE_SIZE).clamp_min(0),
@@ -218,11 +221,12 @@ def _preprocess(means3D, opacities, shs, colors_precomp, scales, rotations, cov3
     if colors_precomp is not None:
         color = colors_precomp
     else:
-        color = torch.clamp_min(
-            _sh_to_color(shs, settings.sh_degree, means3D, settings.campos), 0.0)
+        raw = _sh_to_color(shs, settings.sh_degree, means3D, settings.campos)
+        # A non-finite colour (-inf included) culls the Gaussian rather than vanishing at 0.
+        color = torch.where(torch.isfinite(raw), torch.clamp_min(raw, 0.0), raw)
 
     # Non-finite inputs or derived values: culled (SPEC 4).
-    derived = [means3D, opacities, color, cov3d, mean2d, conic, radius, opacity,
+    derived = [means3D, opacities, color, cov3d, mean2d, conic, extent, opacity,
                torch.stack([tx, ty, tz], dim=1)]
     for t in derived:
         visible = visible & _all_finite(t)
@@ -336,8 +340,7 @@ def _forward(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_p
                                                 "rect_min", "rect_max", "color")}, settings)
 
     radii = torch.zeros(P, dtype=torch.int32, device=means3D.device)
-    # Beyond int32 a radius only says "everything": saturate as the compiled backends do.
-    radii[idx] = everyone["radius"][idx].clamp_max(2 ** 30).to(torch.int32)
+    radii[idx] = everyone["radius"][idx].to(torch.int32)
     return dict(color=blend["color"], radii=radii, depth=blend["depth"],
                 weight=blend["weight"]), everyone, survivors, blend, idx
 

@@ -106,7 +106,7 @@ def without(inputs, drop: Sequence[int]):
     return {k: None if v is None else v[keep] for k, v in inputs.items()}, keep
 
 
-def assert_same(actual, expected, device, what="", scale=None):
+def assert_same(actual, expected, device, what=""):
     """Bitwise on the CPU backend (deterministic); on CUDA within 1e-6 of the magnitude, since
     gradient sums there are atomics whose order varies."""
     assert actual.shape == expected.shape, what

@@ -320,9 +320,8 @@ def reference_internals(scene: Scene):
     i = scene.inputs
     with torch.no_grad():
         (means3D, opacities, shs, colors_precomp, scales, rotations, cov3D,
-         settings) = check_gaussians(i["means3D"], i["means2D"], i["opacities"], i["shs"],
-                                     i["colors_precomp"], i["scales"], i["rotations"],
-                                     i["cov3D_precomp"], i["dc"], scene.settings)
+         settings) = check_gaussians(*(i.get(k) for k in INPUT_NAMES[:8]), i.get("dc"),
+                                     scene.settings)
         out, everyone, _, blend, idx = reference._forward(
             means3D, opacities, shs, colors_precomp, scales, rotations, cov3D, settings)
     return out, everyone, blend, idx, settings

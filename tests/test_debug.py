@@ -9,7 +9,7 @@ import torch
 import scenes
 import diff_gaussian_rasterization_depth as dgrd
 from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend, replay_snapshot
-from robust_helpers import DEVICES, assert_same, render, upstream
+from robust_helpers import DEVICES, assert_same, render
 
 NAN, INF = float("nan"), float("inf")
 

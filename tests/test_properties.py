@@ -9,7 +9,6 @@ precomputed covariances, and non-finite values (the Gaussian is then culled).
 """
 import math
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 

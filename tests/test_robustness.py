@@ -16,19 +16,13 @@ import pytest
 import torch
 
 import scenes
-from diff_gaussian_rasterization_depth import GaussianRasterizer
+from diff_gaussian_rasterization_depth import GaussianRasterizer, reference
 from diff_gaussian_rasterization_depth.reference import rasterize_reference
 from robust_helpers import (DEVICES, assert_as_if_removed, assert_same, axis_camera,
                             gaussians_in_view, render, upstream)
 
 NAN, INF = float("nan"), float("inf")
 BAD_VALUES = {"nan": NAN, "+inf": INF, "-inf": -INF}
-
-# Finding reported to the maintainers: a Gaussian whose SH colour sums to -Inf has that channel
-# clamped to 0, so it is not culled, and the backward of the direction then computes -Inf * 0 =
-# NaN for its means3D gradient (SPEC 4: non-finite inputs are culled).
-NEG_INF_SH = pytest.mark.xfail(strict=True, reason="SH that evaluates to -Inf is clamped to 0 "
-                               "instead of culled; its means3D gradient is NaN")
 
 # Which scene variant carries each input, and where in a Gaussian's row the bad value goes.
 VARIANTS = {
@@ -73,8 +67,7 @@ def poison(inputs, name, gaussian, value, column=None, gen=None):
 def nonfinite_cases():
     for name in VARIANTS:
         for label in BAD_VALUES:
-            marks = [NEG_INF_SH] if name in ("shs", "dc") and label == "-inf" else []
-            yield pytest.param(name, label, marks=marks, id=f"{name}-{label}")
+            yield pytest.param(name, label, id=f"{name}-{label}")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -98,10 +91,8 @@ def test_nonfinite_higher_order_sh_culls(device, label):
         bad = dict(scene.inputs)
         bad["shs"] = scene.inputs["shs"].clone()
         bad["shs"][k, coefficient, coefficient % 3] = BAD_VALUES[label]
-        if label == "+inf":
-            raw = _sh_basis_sign(scene, k, coefficient)
-            if raw <= 0:
-                continue
+        if label == "+inf" and _sh_basis_sign(scene, k, coefficient) <= 0:
+            continue
         assert_as_if_removed(bad, scene.inputs, scene.settings, [k], device)
 
 
@@ -109,7 +100,6 @@ def _sh_basis_sign(scene, k, coefficient):
     """Sign of SH basis function `coefficient` in the direction Gaussian k is seen from."""
     onehot = torch.zeros(1, 16, 3, dtype=torch.float64)
     onehot[0, coefficient] = 1.0
-    from diff_gaussian_rasterization_depth import reference
     value = reference._sh_to_color(onehot, 3, scene.inputs["means3D"][k:k + 1].double(),
                                    scene.settings.campos.double())[0, 0] - 0.5
     return float(value)
@@ -168,8 +158,7 @@ def test_many_nonfinite_gaussians_at_once(device, seed):
     poisoned = sorted(torch.randperm(scene.P, generator=gen)[:scene.P // 3].tolist())
     for k in poisoned:
         name = names[int(torch.randint(len(names), (1,), generator=gen))]
-        # NaN only for SH (an Inf can evaluate to -Inf, see NEG_INF_SH); any value elsewhere.
-        labels = ["nan"] if name in ("shs", "dc") else list(BAD_VALUES)
+        labels = list(BAD_VALUES)
         label = labels[int(torch.randint(len(labels), (1,), generator=gen))]
         bad = poison(bad, name, k, BAD_VALUES[label], gen=gen)
     assert_as_if_removed(bad, scene.inputs, scene.settings, poisoned, device)
@@ -275,17 +264,10 @@ def test_all_degenerate_at_once(device, dtype):
     _compare_to_reference(g, settings, device)
 
 
-# Finding reported to the maintainers: the preprocess counts the tiles of a Gaussian with its
-# true radius, but the binning (CPU) and the key duplication (CUDA) recompute the rectangle from
-# radii clamped to 2^30. A Gaussian more than 2^30 px off screen whose footprint still reaches
-# the image is then dropped (CPU), or leaves sort keys unwritten (CUDA: garbage tile ids).
-RADIUS_CLAMP = "tile rectangle recomputed from the radius clamped to 2^30"
-
-
-@pytest.mark.parametrize("device", [
-    pytest.param("cpu", marks=pytest.mark.xfail(strict=True, reason=RADIUS_CLAMP)),
-    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.xfail(
-        run=False, reason=RADIUS_CLAMP + "; unwritten sort keys may corrupt memory")])])
+# A radius beyond int32 is capped (at the last float below 2^31) before the tile rectangle is
+# computed, so that binning, which recomputes the rectangle from the stored radius, agrees with
+# the count of the preprocess, and the reference does the same.
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_radius_beyond_2_30_from_far_off_screen(device, dtype):
     """A Gaussian 1.5e9 px right of a 64 x 64 image with a 3-sigma radius of 3e9 px: the
