@@ -64,68 +64,46 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
                                      rotations, cov3Ds_precomp, checked)
 
 
-def _named_inputs(means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp):
-    return dict(zip(_debug.INPUT_NAMES, (means3D, opacities, sh, colors_precomp, scales,
-                                         rotations, cov3Ds_precomp)))
-
-
-def _absent_to_empty(t, like):
-    return t if t is not None else like.new_empty((0,))
-
-
 class _RasterizeGaussians(torch.autograd.Function):
     """Autograd glue: the compiled backend does both passes; nothing here does math."""
 
     @staticmethod
     def forward(ctx, means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
                 cov3Ds_precomp, settings: CheckedSettings):
+        inputs = (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp)
         config = _backend.make_config(settings)
-        gaussians = _backend.make_gaussians(means3D, opacities, sh, colors_precomp, scales,
-                                            rotations, cov3Ds_precomp)
         color, depth, weight, radii, state = _debug.guarded(
-            settings.debug,
-            lambda: _debug.Capture("forward", _named_inputs(
-                means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp),
-                settings),
-            lambda: _backend.forward(config, gaussians))
+            settings.debug, lambda: _debug.Capture("forward", dict(zip(_debug.INPUT_NAMES, inputs)),
+                                                   settings),
+            lambda: _backend.forward(config, _backend.make_gaussians(*inputs)))
         ctx.config = config
-        ctx.checked = settings   # for a snapshot of a failing backward (debug)
+        ctx.checked = settings
         # Internal per-Gaussian and per-pixel state of the forward: never handed to the user,
         # so in-place edits of the returned maps cannot corrupt the backward.
         ctx.state = state
-        ctx.absent = (sh is None, colors_precomp is None, scales is None, cov3Ds_precomp is None)
+        ctx.present = tuple(t is not None for t in inputs)
         ctx.means2D_columns = means2D.shape[1]   # (P, 3) or (P, 2)
-        ctx.save_for_backward(means3D, opacities, _absent_to_empty(sh, means3D),
-                              _absent_to_empty(colors_precomp, means3D),
-                              _absent_to_empty(scales, means3D),
-                              _absent_to_empty(rotations, means3D),
-                              _absent_to_empty(cov3Ds_precomp, means3D))
+        ctx.save_for_backward(*(t if t is not None else means3D.new_empty((0,)) for t in inputs))
         ctx.mark_non_differentiable(radii)
         return color, radii, depth, weight
 
     @staticmethod
     def backward(ctx, grad_color, _grad_radii, grad_depth, grad_weight):
-        means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds = ctx.saved_tensors
-        gaussians = _backend.make_gaussians(means3D, opacities, sh, colors_precomp, scales,
-                                            rotations, cov3Ds)
-        no_sh, no_colors, no_scales, no_cov = ctx.absent
-        grads = _debug.guarded(
-            ctx.config.debug,
-            lambda: _debug.Capture(
-                "backward", _named_inputs(means3D, opacities, None if no_sh else sh,
-                                          None if no_colors else colors_precomp,
-                                          None if no_scales else scales,
-                                          None if no_scales else rotations,
-                                          None if no_cov else cov3Ds),
-                ctx.checked, grads=dict(color=grad_color, depth=grad_depth, weight=grad_weight)),
-            lambda: _backend.backward(ctx.config, gaussians, ctx.state,
-                                      grad_color, grad_depth, grad_weight))
+        inputs = tuple(t if present else None
+                       for t, present in zip(ctx.saved_tensors, ctx.present))
+        upstream = dict(color=grad_color, depth=grad_depth, weight=grad_weight)
         (d_means3D, d_means2D, d_opacities, d_sh, d_colors, d_scales, d_rotations,
-         d_cov3D) = grads
-        d_means2D = d_means2D[:, :ctx.means2D_columns]
-        return (d_means3D, d_means2D, None if no_sh else d_sh, None if no_colors else d_colors,
-                d_opacities, None if no_scales else d_scales,
-                None if no_scales else d_rotations, None if no_cov else d_cov3D, None)
+         d_cov3D) = _debug.guarded(
+            ctx.config.debug,
+            lambda: _debug.Capture("backward", dict(zip(_debug.INPUT_NAMES, inputs)),
+                                   ctx.checked, grads=upstream),
+            lambda: _backend.backward(ctx.config, _backend.make_gaussians(*inputs), ctx.state,
+                                      grad_color, grad_depth, grad_weight))
+        _, _, has_sh, has_colors, has_scales, has_rotations, has_cov = ctx.present
+        return (d_means3D, d_means2D[:, :ctx.means2D_columns], d_sh if has_sh else None,
+                d_colors if has_colors else None, d_opacities,
+                d_scales if has_scales else None, d_rotations if has_rotations else None,
+                d_cov3D if has_cov else None, None)
 
 
 class GaussianRasterizer(nn.Module):

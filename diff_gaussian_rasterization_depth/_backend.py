@@ -57,7 +57,7 @@ def make_gaussians(means3D, opacities, sh, colors_precomp, scales, rotations, co
     empty = means3D.new_empty((0,))
 
     def put(t):
-        return empty if t is None or t.numel() == 0 and means3D.shape[0] > 0 else t.contiguous()
+        return empty if t is None else t.contiguous()
 
     g.means3D = means3D.contiguous()
     g.opacities = put(opacities)
