@@ -22,7 +22,8 @@ The protocol, step by step:
 The data file is found by `find_data`: an explicit path, else $DGRD_DATA, else
 `<repo>/../shared/data/garden_points.npz`, else `<repo>/shared/data/garden_points.npz`.
 
-Only numpy and torch are needed; the rasterizer package is imported only by `raster_settings`.
+Cameras are the package's `diff_gaussian_rasterization_depth.cameras.Camera` (pure Python, no
+compiled extension needed) with gsplat's K and a tensor world-to-camera matrix added.
 """
 import math
 import os
@@ -34,6 +35,8 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from diff_gaussian_rasterization_depth import cameras
+
 REPO = Path(__file__).resolve().parents[1]
 DATA_NAME = "garden_points.npz"
 DATA_ENV = "DGRD_DATA"
@@ -41,8 +44,6 @@ DATA_ENV = "DGRD_DATA"
 CROP_HALF_EXTENT = 2.0          # the crop box is [-2, 2]^3 ...
 TILE_SPACING = 2 * CROP_HALF_EXTENT   # ... and tiled copies sit one box edge apart
 SCALE_RANGE = (1e-4, 0.02)
-ZNEAR = 0.01
-ZFAR = 100.0
 SH_DEGREE = 3
 SH_C0 = 0.28209479177387814     # degree-0 real SH constant: colour = SH_C0 * dc + 0.5
 SH_REST_STD = 0.1               # spread of the random higher SH bands
@@ -243,48 +244,20 @@ def make_gaussians(scene: str = "112k", seed: int = 0, sh: bool = False,
 # Cameras
 # ----------------------------------------------------------------------------------------------
 
-def perspective(tanfovx: float, tanfovy: float, znear: float = ZNEAR,
-                zfar: float = ZFAR) -> torch.Tensor:
-    """OpenGL-style projection (column vectors, z forward, z mapped to [0, 1] * w), float64."""
-    p = torch.zeros(4, 4, dtype=torch.float64)
-    p[0, 0] = 1.0 / tanfovx
-    p[1, 1] = 1.0 / tanfovy
-    p[3, 2] = 1.0
-    p[2, 2] = zfar / (zfar - znear)
-    p[2, 3] = -zfar * znear / (zfar - znear)
-    return p
-
-
-@dataclass
-class Camera:
-    """Pinhole camera with its principal point at the image centre; float64 world-to-camera."""
-    w2c: torch.Tensor     # (4,4) OpenCV world-to-camera acting on column vectors
-    width: int
-    height: int
-    fx: float
-    fy: float
+class Camera(cameras.Camera):
+    """The package's pinhole camera (`cameras.Camera`: float64 `world_to_camera`, `tanfovx`,
+    `tanfovy`, `center` = campos, `viewmatrix()`, `projmatrix()`), plus what gsplat takes."""
 
     @property
-    def tanfovx(self) -> float:
-        return self.width / (2.0 * self.fx)
+    def w2c(self) -> torch.Tensor:
+        """A float64 tensor copy of the world-to-camera matrix (gsplat's `viewmats` entry)."""
+        return torch.tensor(self.world_to_camera, dtype=torch.float64)
 
     @property
-    def tanfovy(self) -> float:
-        return self.height / (2.0 * self.fy)
-
-    @property
-    def viewmatrix(self) -> torch.Tensor:
-        """The rasterizer's transposed layout, float64."""
-        return self.w2c.T.contiguous()
-
-    @property
-    def projmatrix(self) -> torch.Tensor:
-        return self.viewmatrix @ perspective(self.tanfovx, self.tanfovy).T
-
-    @property
-    def campos(self) -> torch.Tensor:
-        """Camera centre in world space: the translation of the camera-to-world matrix."""
-        return torch.linalg.inv(self.w2c)[:3, 3]
+    def center(self) -> np.ndarray:
+        """Camera centre (campos) as the translation of the inverted matrix: the file's rotations
+        are orthonormal only to ~1e-8, so the base class's -R^T t would be off by about that."""
+        return torch.linalg.inv(self.w2c)[:3, 3].numpy()
 
     @property
     def K(self) -> torch.Tensor:
@@ -305,7 +278,7 @@ def make_camera(index: int = 0, scale: float = 1.0, data=None) -> Camera:
     if width < 1 or height < 1:
         raise ValueError(f"scale: {scale} gives an empty {width}x{height} image")
     K = d.Ks[index]
-    return Camera(w2c=torch.from_numpy(d.viewmats[index].copy()), width=width, height=height,
+    return Camera(d.viewmats[index].copy(), width=width, height=height,
                   fx=float(K[0, 0]) * width / d.width, fy=float(K[1, 1]) * height / d.height)
 
 
@@ -326,16 +299,20 @@ class Scene:
     def settings_fields(self, bg=None) -> dict:
         """The settings as a dict of the fields common to every version of the original
         `GaussianRasterizationSettings` (the 2024 one adds `antialiasing`)."""
-        dev, f32 = self.device, torch.float32
+        cam, dev = self.camera, self.device
+
+        def f32(a) -> torch.Tensor:
+            return torch.as_tensor(a).to(dev, torch.float32)
+
         return dict(
-            image_height=self.camera.height, image_width=self.camera.width,
-            tanfovx=self.camera.tanfovx, tanfovy=self.camera.tanfovy,
-            bg=(torch.zeros(3) if bg is None else torch.as_tensor(bg)).to(dev, f32),
+            image_height=cam.height, image_width=cam.width,
+            tanfovx=cam.tanfovx, tanfovy=cam.tanfovy,
+            bg=f32(torch.zeros(3) if bg is None else bg),
             scale_modifier=1.0,
-            viewmatrix=self.camera.viewmatrix.to(dev, f32),
-            projmatrix=self.camera.projmatrix.to(dev, f32),
+            viewmatrix=f32(cam.viewmatrix()),
+            projmatrix=f32(cam.projmatrix()),
             sh_degree=self.gaussians.sh_degree,
-            campos=self.camera.campos.to(dev, f32),
+            campos=f32(cam.center),
             prefiltered=False, debug=False)
 
     def raster_settings(self, bg=None, settings_class=None):

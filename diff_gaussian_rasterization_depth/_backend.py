@@ -31,22 +31,17 @@ def _check_device(device: torch.device):
             "to choose GPU architectures).")
 
 
+# Fields of the C++ RasterConfig, each copied from the CheckedSettings of the same name.
+CONFIG_FIELDS = ("image_height", "image_width", "tanfovx", "tanfovy", "scale_modifier",
+                 "sh_degree", "prefiltered", "antialiasing", "debug", "bg", "viewmatrix",
+                 "projmatrix", "campos")
+
+
 def make_config(settings):
     """settings: a CheckedSettings; its tensors are private copies on the right device."""
     c = _ext().RasterConfig()
-    c.image_height = settings.image_height
-    c.image_width = settings.image_width
-    c.tanfovx = settings.tanfovx
-    c.tanfovy = settings.tanfovy
-    c.scale_modifier = settings.scale_modifier
-    c.sh_degree = settings.sh_degree
-    c.prefiltered = settings.prefiltered
-    c.antialiasing = settings.antialiasing
-    c.debug = settings.debug
-    c.bg = settings.bg
-    c.viewmatrix = settings.viewmatrix
-    c.projmatrix = settings.projmatrix
-    c.campos = settings.campos
+    for name in CONFIG_FIELDS:
+        setattr(c, name, getattr(settings, name))
     return c
 
 

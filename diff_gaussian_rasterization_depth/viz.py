@@ -83,16 +83,23 @@ def depth_range(depth, weight, min_weight: float = 0.5, lo_pct: float = 1.0,
     return 0.0, 1.0
 
 
-def colorize_depth(depth, weight=None, vmin=None, vmax=None, min_weight: float = 0.5,
-                   cmap: str = DEPTH_CMAP) -> np.ndarray:
-    """(H,W) depth -> (H,W,3) RGB; pixels with weight <= min_weight become light grey."""
-    matplotlib, _, _ = _matplotlib()
+def _depth_and_range(depth, weight=None, vmin=None, vmax=None, min_weight: float = 0.5):
+    """(depth, weight, vmin, vmax) as numpy: weight defaults to all ones, and a missing vmin or
+    vmax comes from `depth_range`."""
     d = as_numpy(depth)
     w = np.ones_like(d) if weight is None else as_numpy(weight)
     if vmin is None or vmax is None:
         lo, hi = depth_range(d, w, min_weight)
         vmin = lo if vmin is None else vmin
         vmax = hi if vmax is None else vmax
+    return d, w, vmin, vmax
+
+
+def colorize_depth(depth, weight=None, vmin=None, vmax=None, min_weight: float = 0.5,
+                   cmap: str = DEPTH_CMAP) -> np.ndarray:
+    """(H,W) depth -> (H,W,3) RGB; pixels with weight <= min_weight become light grey."""
+    matplotlib, _, _ = _matplotlib()
+    d, w, vmin, vmax = _depth_and_range(depth, weight, vmin, vmax, min_weight)
     t = np.clip((d - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
     rgb = matplotlib.colormaps[cmap](t)[..., :3]
     rgb[~((w > min_weight) & np.isfinite(d))] = EMPTY_RGB
@@ -114,11 +121,8 @@ class Panel:
         else:
             self.image = as_numpy(image)
         self.weight = None if weight is None else as_numpy(weight)
-        if kind == "depth" and (vmin is None or vmax is None):
-            w = self.weight if self.weight is not None else np.ones_like(self.image)
-            lo, hi = depth_range(self.image, w, min_weight)
-            vmin = lo if vmin is None else vmin
-            vmax = hi if vmax is None else vmax
+        if kind == "depth":
+            _, _, vmin, vmax = _depth_and_range(self.image, self.weight, vmin, vmax, min_weight)
         if kind == "weight":
             vmin, vmax = 0.0, 1.0
         if kind == "scalar" and (vmin is None or vmax is None):
@@ -189,12 +193,7 @@ def save_depth(path, depth, weight=None, vmin=None, vmax=None, min_weight: float
     matplotlib, Figure, _ = _matplotlib()
     from matplotlib.colors import Normalize
     from matplotlib.cm import ScalarMappable
-    d = as_numpy(depth)
-    w = np.ones_like(d) if weight is None else as_numpy(weight)
-    if vmin is None or vmax is None:
-        lo, hi = depth_range(d, w, min_weight)
-        vmin = lo if vmin is None else vmin
-        vmax = hi if vmax is None else vmax
+    d, w, vmin, vmax = _depth_and_range(depth, weight, vmin, vmax, min_weight)
     rgb = colorize_depth(d, w, vmin, vmax, min_weight)
     H, W = d.shape
     k = max(1, -(-min_height_px // H))
