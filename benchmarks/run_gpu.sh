@@ -6,7 +6,8 @@
 # 1. installs carried wheels from .whl/ (gsplat) into /tmp/site, when there are any;
 # 2. starts gsplat's one-time JIT compilation of its CUDA code in the background;
 # 3. builds this package: pip install --no-build-isolation .
-# 4. runs the CUDA tests: pytest -m cuda
+# 4. runs the CUDA tests: pytest -m cuda, and compute-sanitizer memcheck and racecheck on
+#    tools/sanitize_cuda.py when compute-sanitizer is on PATH;
 # 5. runs benchmarks/bench.py, writing <results>/<gpu-name>.json,
 # where <results> is $OUT when set (the device tool's folder that comes back), else
 # benchmarks/results. The log goes to <results>/run_gpu.log too.
@@ -21,7 +22,7 @@
 # (same torch, CUDA and GPU architecture).
 #
 # Environment: PYTHON (default python3), TORCH_CUDA_ARCH_LIST (default: the visible GPU's),
-# SKIP_BUILD=1, SKIP_TESTS=1, SKIP_BENCH=1, SKIP_GSPLAT=1, BENCH_SH=1 (also a run with SH deg. 3).
+# SKIP_BUILD=1, SKIP_TESTS=1, SKIP_SANITIZE=1, SKIP_BENCH=1, SKIP_GSPLAT=1, BENCH_SH=1 (also a run with SH deg. 3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -115,6 +116,18 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
     t0=$SECONDS
     $PYP -m pytest -m cuda -q -p no:cacheprovider tests || status=1
     echo "tests took $((SECONDS - t0)) s"
+fi
+if [ "${SKIP_SANITIZE:-0}" != 1 ]; then
+    sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+    if [ -n "$sanitizer" ]; then
+        for tool in memcheck racecheck; do
+            step "compute-sanitizer --tool $tool"
+            "$sanitizer" --tool "$tool" --error-exitcode 1 $PYP tools/sanitize_cuda.py \
+                || status=1
+        done
+    else
+        echo "compute-sanitizer not found: sanitizer runs skipped"
+    fi
 fi
 
 # --- benchmark ------------------------------------------------------------------------------

@@ -168,11 +168,11 @@ def test_garden_112k_matches_cpu():
 
 
 def test_no_memory_growth_and_repeatable():
-    scene = scenes.make_scene(42, P=3000, height=480, width=640, sh_degree=3)
+    scene = scenes.make_scene(42, P=3000, height=479, width=641, sh_degree=3)  # not multiples of 16
     inputs = {k: to_device(v, DEV) for k, v in scene.inputs.items()}
     settings = settings_on(scene.settings, DEV)
     leaves = {k: (None if v is None else v.requires_grad_()) for k, v in inputs.items()}
-    up = {k: v.to(DEV) for k, v in upstream_for(scene, torch.zeros(480, 640, dtype=torch.bool),
+    up = {k: v.to(DEV) for k, v in upstream_for(scene, torch.zeros(479, 641, dtype=torch.bool),
                                                  0).items()}
 
     def step():
@@ -189,7 +189,7 @@ def test_no_memory_growth_and_repeatable():
     first_grads = {k: v.grad.clone() for k, v in leaves.items() if v is not None}
     torch.cuda.synchronize()
     baseline = torch.cuda.memory_allocated()
-    for _ in range(200):
+    for _ in range(1000):   # issue 3 asks 200, the robustness issue 1000
         out = step()
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() <= baseline + (1 << 20)
