@@ -14,7 +14,12 @@ import torch
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCHS = "7.0;7.5;8.0;8.6;8.9;9.0+PTX"
+
+
+def default_archs():
+    """Volta (CUDA < 13 only: CUDA 13 dropped it) or Turing to Hopper, with PTX for newer GPUs."""
+    major = int((torch.version.cuda or "0").split(".")[0])
+    return ("7.0;" if major < 13 else "") + "7.5;8.0;8.6;8.9;9.0+PTX"
 
 
 def rel(path):
@@ -39,7 +44,7 @@ cxx_flags = ["-O3", "-fopenmp", "-fno-gnu-unique"]  # the C++ standard is PyTorc
 use_cuda, why_not = want_cuda()
 if use_cuda:
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
+        os.environ["TORCH_CUDA_ARCH_LIST"] = default_archs()
     ext = cpp_extension.CUDAExtension(
         name="diff_gaussian_rasterization_depth._C",
         sources=cpu_sources + cuda_sources,
