@@ -240,12 +240,11 @@ DGRD_HD bool footprint(const Sym2<T>& cov, bool antialiasing, Footprint<T>& f) {
   return true;
 }
 
-// From d/d(conic) and d/d(h): d/d(cov2d) (dilation does not change derivatives).
+// From d/d(conic) and d/d(h): d/d(cov2d) (dilation does not change derivatives). `cov` is the
+// covariance before the dilation and `f` its footprint.
 template <typename T>
-DGRD_HD Sym2<T> footprint_backward(const Sym2<T>& cov, bool antialiasing, const Sym2<T>& dconic,
-                                   T daa) {
-  Footprint<T> f;
-  footprint(cov, antialiasing, f);
+DGRD_HD Sym2<T> footprint_backward(const Sym2<T>& cov, const Footprint<T>& f, bool antialiasing,
+                                   const Sym2<T>& dconic, T daa) {
   // conic (A, B, C) = (c, -b, a) / det. Written with the conic's entries instead of 1 / det^2,
   // which overflows float for very large footprints: dA/da = -A^2, dB/da = -A B, dC/da = -B^2,
   // dA/db = -2 A B, dB/db = -(A C + B^2), dC/db = -2 B C, dA/dc = -B^2, dB/dc = -B C, dC/dc = -C^2.
@@ -361,7 +360,7 @@ DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianIn
   footprint(cov, cam.antialiasing, f);
   const T opacity = in.opacities[i];
   out.opacities[i] = f.aa_factor * g.opacity;
-  const Sym2<T> dcov = footprint_backward(cov, cam.antialiasing, g.conic, opacity * g.opacity);
+  const Sym2<T> dcov = footprint_backward(cov, f, cam.antialiasing, g.conic, opacity * g.opacity);
   Sym3<T> dsigma;
   Vec3<T> dt;
   covariance_2d_backward(cam, t, Wr, J, sigma, dcov, dsigma, dt);
