@@ -56,19 +56,15 @@ def _require_float(name: str, v, positive: bool = False) -> float:
     return f
 
 
-def _small_tensor(name: str, t, numel: int, device, dtype) -> torch.Tensor:
-    """Matrices, bg, campos: any layout with the right element count, moved to `device`.
-
-    Always a private copy: the backward reads it, and the caller may reuse or edit the
-    settings' tensors in place between the forward and the backward.
-    """
+def _small_tensor(name: str, t, numel: int) -> torch.Tensor:
+    """Matrices, bg, campos: any layout with the right element count, flattened (row-major)."""
     t = _require_tensor(f"raster_settings.{name}", t)
     if not t.is_floating_point():
         raise TypeError(f"raster_settings.{name}: expected a floating-point tensor, got {t.dtype}")
     if t.numel() != numel:
         raise ValueError(f"raster_settings.{name}: expected {numel} elements, got "
                          f"{t.numel()} (shape {tuple(t.shape)})")
-    return t.detach().to(device=device, dtype=dtype, copy=True).reshape(-1).contiguous()
+    return t.detach().reshape(-1)
 
 
 class CheckedSettings:
@@ -81,10 +77,12 @@ class CheckedSettings:
         self.tanfovy = _require_float("raster_settings.tanfovy", s.tanfovy, positive=True)
         self.scale_modifier = _require_float("raster_settings.scale_modifier", s.scale_modifier)
         self.sh_degree = _require_int("raster_settings.sh_degree", s.sh_degree, 0, 3)
-        self.bg = _small_tensor("bg", s.bg, 3, device, dtype)
-        self.viewmatrix = _small_tensor("viewmatrix", s.viewmatrix, 16, device, dtype)
-        self.projmatrix = _small_tensor("projmatrix", s.projmatrix, 16, device, dtype)
-        self.campos = _small_tensor("campos", s.campos, 3, device, dtype)
+        parts = [_small_tensor("bg", s.bg, 3), _small_tensor("viewmatrix", s.viewmatrix, 16),
+                 _small_tensor("projmatrix", s.projmatrix, 16), _small_tensor("campos", s.campos, 3)]
+        # One private copy on the Gaussians' device (torch.cat always allocates): the backward
+        # reads it, and the caller may edit the settings' tensors in place meanwhile.
+        packed = torch.cat([p.to(device=device, dtype=dtype) for p in parts])
+        self.bg, self.viewmatrix, self.projmatrix, self.campos = packed.split([3, 16, 16, 3])
         self.prefiltered = bool(s.prefiltered)
         self.debug = bool(s.debug)
         self.antialiasing = bool(s.antialiasing)
