@@ -175,7 +175,8 @@ ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g) {
     using T = scalar_t;
     const Camera<T> cam = make_camera<T>(c);
     std::vector<int64_t> tiles_touched(size_t(P), 0);
-    const GaussianState<T> st = make_state<T>(s, tiles_touched.data());
+    std::vector<TileRect> rects(static_cast<size_t>(P));
+    const GaussianState<T> st = make_state<T>(s, tiles_touched.data(), rects.data());
     cpu::preprocess(cam, make_inputs<T>(g), st);
     const int64_t pairs = std::accumulate(tiles_touched.begin(), tiles_touched.end(), int64_t(0));
     const int64_t pair_bytes = int64_t(sizeof(int32_t));  // point_list
@@ -204,7 +205,7 @@ BackwardResult backward_cpu(const RasterConfig& c, const GaussianTensors& g, con
   AT_DISPATCH_FLOATING_TYPES(g.means3D.scalar_type(), "dgrd_backward_cpu", [&] {
     using T = scalar_t;
     const Camera<T> cam = make_camera<T>(c);
-    const GaussianState<T> st = make_state<T>(s, nullptr);
+    const GaussianState<T> st = make_state<T>(s, nullptr, nullptr);
     const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
     const PixelGrads<T> pg = {data_or_null<T>(dcolor), data_or_null<T>(ddepth),
                               data_or_null<T>(dweight)};

@@ -63,7 +63,10 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   const Camera<float> cam = make_camera<float>(c);
   const GaussianInputs<float> in = make_inputs<float>(g);
   torch::Tensor tiles_touched = torch::empty({P}, longs);
-  const GaussianState<float> st = make_state<float>(s, tiles_touched.data_ptr<int64_t>());
+  static_assert(sizeof(TileRect) == 4 * sizeof(int), "TileRect must be 4 ints");
+  torch::Tensor rects = torch::empty({P, 4}, opts.dtype(torch::kInt32));
+  const GaussianState<float> st = make_state<float>(
+      s, tiles_touched.data_ptr<int64_t>(), reinterpret_cast<TileRect*>(rects.data_ptr<int>()));
 
   gpu::preprocess(cam, in, st, stream);
   check_stage(c, "preprocess");
@@ -129,7 +132,7 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, co
   const int64_t P = g.count();
   GradientTensors grads = GradientTensors::zeros_like_inputs(g);
   const Camera<float> cam = make_camera<float>(c);
-  const GaussianState<float> st = make_state<float>(s, nullptr);
+  const GaussianState<float> st = make_state<float>(s, nullptr, nullptr);
   const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
   const PixelGrads<float> pg = {data_or_null<float>(dcolor), data_or_null<float>(ddepth),
                                 data_or_null<float>(dweight)};

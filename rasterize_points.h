@@ -100,11 +100,12 @@ GaussianInputs<T> make_inputs(const GaussianTensors& g) {
   return in;
 }
 
+// tiles_touched and rects: the forward's scratch (null in the backward).
 template <typename T>
-GaussianState<T> make_state(const ForwardState& s, int64_t* tiles_touched) {
+GaussianState<T> make_state(const ForwardState& s, int64_t* tiles_touched, TileRect* rects) {
   return {s.radii.data_ptr<int>(), reinterpret_cast<Vec2<T>*>(s.means2d.data_ptr<T>()),
           reinterpret_cast<Vec4<T>*>(s.conic_opacity.data_ptr<T>()),
-          reinterpret_cast<Vec4<T>*>(s.features.data_ptr<T>()), tiles_touched};
+          reinterpret_cast<Vec4<T>*>(s.features.data_ptr<T>()), tiles_touched, rects};
 }
 
 template <typename T>

@@ -75,12 +75,9 @@ void bin_gaussians(const Camera<T>& cam, int count, const GaussianState<T>& stat
                    int* tile_ranges) {
   const int tiles = cam.tiles_x * cam.tiles_y;
   std::vector<int64_t> cursor(tiles + 1, 0);
-  auto rect_of = [&](int i) {
-    return tile_rect(state.means2d[i], T(state.radii[i]), cam.tiles_x, cam.tiles_y);
-  };
   for (int i = 0; i < count; ++i) {
     if (state.radii[i] == 0) continue;
-    const TileRect r = rect_of(i);
+    const TileRect r = state.rects[i];
     for (int y = r.y0; y < r.y1; ++y)
       for (int x = r.x0; x < r.x1; ++x) ++cursor[y * cam.tiles_x + x + 1];
   }
@@ -92,7 +89,7 @@ void bin_gaussians(const Camera<T>& cam, int count, const GaussianState<T>& stat
   // Appending in index order makes a stable sort by depth break ties by index.
   for (int i = 0; i < count; ++i) {
     if (state.radii[i] == 0) continue;
-    const TileRect r = rect_of(i);
+    const TileRect r = state.rects[i];
     for (int y = r.y0; y < r.y1; ++y)
       for (int x = r.x0; x < r.x1; ++x) point_list[cursor[y * cam.tiles_x + x]++] = i;
   }

@@ -28,7 +28,7 @@ __global__ void duplicate_keys_kernel(Camera<float> cam, int count, GaussianStat
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= count || state.radii[i] == 0) return;
   int64_t out = i == 0 ? 0 : offsets[i - 1];
-  const TileRect r = tile_rect(state.means2d[i], float(state.radii[i]), cam.tiles_x, cam.tiles_y);
+  const TileRect r = state.rects[i];
   // View depth is > 0.2, so its float bits order like the depths themselves.
   const uint64_t depth_bits = __float_as_uint(state.features[i].w);
   for (int y = r.y0; y < r.y1; ++y)

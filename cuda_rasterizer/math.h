@@ -60,6 +60,7 @@ DGRD_SCALAR_FN(exp_, exp)
 DGRD_SCALAR_FN(sqrt_, sqrt)
 DGRD_SCALAR_FN(ceil_, ceil)
 DGRD_SCALAR_FN(floor_, floor)
+DGRD_SCALAR_FN(log_, log)
 #undef DGRD_SCALAR_FN
 
 template <typename T> DGRD_HD bool is_finite(T v) {
@@ -71,6 +72,11 @@ template <typename T> DGRD_HD bool is_finite(T v) {
 }
 template <typename T> DGRD_HD bool is_finite(Vec2<T> v) { return is_finite(v.x) && is_finite(v.y); }
 template <typename T> DGRD_HD bool is_finite(Vec3<T> v) { return is_finite(v.x) && is_finite(v.y) && is_finite(v.z); }
+
+// Unit roundoff of T (half the machine epsilon).
+template <typename T> DGRD_HD T unit_roundoff() {
+  return T(sizeof(T) == sizeof(float) ? 5.9604644775390625e-8 : 1.1102230246251565e-16);
+}
 
 template <typename T> DGRD_HD T clamp(T v, T lo, T hi) { return v < lo ? lo : (v > hi ? hi : v); }
 template <typename T> DGRD_HD T min2(T a, T b) { return a < b ? a : b; }

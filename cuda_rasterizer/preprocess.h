@@ -289,6 +289,35 @@ DGRD_HD TileRect tile_rect(Vec2<T> mean, T radius, int tiles_x, int tiles_y) {
           tile_index_clamped(mean.y + radius + extra, tiles_y)};
 }
 
+// Tiles where the splat can reach alpha >= 1/255: the 3-sigma square of SPEC 4 intersected with
+// the disc outside which o G < 1/255 (G = exp(-q / 2) and q >= |d|^2 / lambda_max). Leaving the
+// other tiles out changes no pixel, as the splat is skipped there anyway; it only shortens the
+// tile lists. The disc is widened by a margin that covers the rounding of the power, which grows
+// with the condition number of the covariance; for needles too thin to bound safely, the
+// square is kept.
+template <typename T>
+DGRD_HD TileRect visible_tiles(Vec2<T> mean, T radius, const Footprint<T>& f, T opacity,
+                               int tiles_x, int tiles_y) {
+  const TileRect square = tile_rect(mean, radius, tiles_x, tiles_y);
+  const T level = opacity / T(kAlphaMin);  // 255 o: o G >= 1/255 needs G >= 1 / level
+  if (!(level >= T(0.999))) return {0, 0, 0, 0};
+  const T mid = T(0.5) * (f.cov.a + f.cov.c);
+  const T lambda_max = mid + sqrt_(max2(mid * mid - f.det, T(0)));
+  if (!(f.det > T(0)) || !(lambda_max > T(0))) return square;
+  const T kappa = lambda_max * lambda_max / f.det;  // lambda_max / lambda_min
+  const T margin = T(64) * unit_roundoff<T>() * kappa + T(1e-3);
+  if (!(margin < T(0.25))) return square;
+  const T tau = max2(log_(level), T(0)) + T(1e-3);  // o G >= 1/255 needs q <= 2 tau
+  const T extent = sqrt_(T(2) * tau * (T(1) + margin) * lambda_max + T(1));
+  const TileRect disc = {tile_index_clamped(mean.x - extent, tiles_x),
+                         tile_index_clamped(mean.y - extent, tiles_y),
+                         min2(tile_index_clamped(mean.x + extent, tiles_x) + 1, tiles_x),
+                         min2(tile_index_clamped(mean.y + extent, tiles_y) + 1, tiles_y)};
+  const TileRect r = {max2(square.x0, disc.x0), max2(square.y0, disc.y0),
+                      min2(square.x1, disc.x1), min2(square.y1, disc.y1)};
+  return (r.x0 < r.x1 && r.y0 < r.y1) ? r : TileRect{0, 0, 0, 0};
+}
+
 // ---------------------------------------------------------------- the whole preprocess
 
 template <typename T>
@@ -324,12 +353,10 @@ DGRD_HD ProjectedGaussian<T> preprocess_gaussian(const Camera<T>& cam, const Gau
         is_finite(f.conic.c) && is_finite(opacity) && is_finite(rgb) && is_finite(t.z)))
     return g;
 
-  // The tile rectangle comes from the radius as stored, so that binning, which recomputes it
-  // from the stored radius, touches exactly the tiles counted here.
+  // The tile rectangle comes from the radius as stored (an int32).
   const T radius = min2(extent, T(kMaxRadius));
-  const TileRect rect = tile_rect(g.mean2d, radius, cam.tiles_x, cam.tiles_y);
-  if (rect.area() == 0) return g;
-  g.rect = rect;
+  if (tile_rect(g.mean2d, radius, cam.tiles_x, cam.tiles_y).area() == 0) return g;
+  g.rect = visible_tiles(g.mean2d, radius, f, opacity, cam.tiles_x, cam.tiles_y);
   g.radius = int(radius);
   g.conic_opacity = {f.conic.a, f.conic.b, f.conic.c, opacity};
   g.feature = {rgb.x, rgb.y, rgb.z, t.z};

@@ -52,7 +52,7 @@ struct ProjectedGaussian {
   Vec4<T> conic_opacity; // inverse 2D covariance (a, b, c) and the opacity actually blended
   Vec4<T> feature;       // colour (r, g, b) and view-space depth z: what a pixel blends
   int radius;
-  TileRect rect;
+  TileRect rect;          // the tiles it is binned into (visible_tiles)
 };
 
 // Per-Gaussian output arrays of the preprocess (structure of arrays).
@@ -62,13 +62,15 @@ struct GaussianState {
   Vec2<T>* means2d;
   Vec4<T>* conic_opacity;
   Vec4<T>* features;
-  int64_t* tiles_touched;
+  int64_t* tiles_touched;  // forward only: the number of tiles in rects[i]
+  TileRect* rects;         // forward only: read back by the binning
 
   DGRD_HD void store(int i, const ProjectedGaussian<T>& g) const {
     radii[i] = g.radius;
     means2d[i] = g.mean2d;
     conic_opacity[i] = g.conic_opacity;
     features[i] = g.feature;
+    rects[i] = g.rect;
     tiles_touched[i] = g.radius > 0 ? g.rect.area() : 0;
   }
 };

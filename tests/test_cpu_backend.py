@@ -375,3 +375,30 @@ def test_gradcheck_cpu_backend_full_jacobian():
                                      antialiasing=True, scale_modifier=1.2)
     fn, leaves = scenes.make_gradcheck_fn(scene, lambda kw: run_backend(kw, scene.settings))
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_opacity_aware_tiles_change_nothing(seed):
+    """Faint wide Gaussians are binned only into the tiles where o G can reach 1/255, a subset of
+    their 3-sigma square; the render must still equal the reference (which uses the square)
+    to float64 rounding, and the radii stay the 3-sigma ones."""
+    scene = scenes.make_scene(4200 + seed, P=60, height=64, width=80, sh_degree=1,
+                              outliers=False, dtype=F64)
+    gen = torch.Generator().manual_seed(seed)
+    inputs = dict(scene.inputs)
+    # Large footprints (20..40 px sigma) with opacities from just above 1/255 to 0.3.
+    inputs["scales"] = inputs["scales"] * (5 + 5 * torch.rand(scene.P, 1, generator=gen,
+                                                               dtype=F64))
+    inputs["opacities"] = (1 / 255 + 0.3 * torch.rand(scene.P, 1, generator=gen, dtype=F64) ** 3)
+    faint = scenes.Scene(inputs, scene.settings)
+    up = upstream_gradients(faint, torch.zeros(64, 80, dtype=torch.bool), seed)
+    with torch.no_grad():
+        color, radii, depth, weight = run_backend(inputs, scene.settings)
+        ref = run_reference(inputs, scene.settings)
+    assert torch.equal(radii, ref[1])
+    for got, want in ((color, ref[0]), (depth, ref[2]), (weight, ref[3])):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    want = reference_gradients(faint, up, ("all",))
+    got = gradients(run_backend, faint, up, ("all",))
+    failures = compare_gradients(got, want, F64, f"seed {seed}")
+    assert not failures, "\n".join(failures)
