@@ -196,7 +196,8 @@ def test_no_memory_growth_and_repeatable():
     for a, b in zip(first, out):
         assert torch.equal(a, b)   # the forward has no atomics: bitwise repeatable
     for k, g in first_grads.items():
-        torch.testing.assert_close(leaves[k].grad, g, rtol=1e-5, atol=1e-6 * g.abs().max())
+        # atomics add in another order each run: equal up to float rounding of the sums
+        torch.testing.assert_close(leaves[k].grad, g, rtol=1e-4, atol=1e-5 * g.abs().max())
 
 
 def test_cpu_tensors_in_settings_and_mark_visible():
