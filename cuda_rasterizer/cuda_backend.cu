@@ -40,7 +40,8 @@ __global__ void duplicate_keys_kernel(Camera<float> cam, int count, GaussianStat
 }
 
 __global__ void tile_ranges_kernel(const uint64_t* keys, int pairs, int* ranges) {
-  const int k = blockIdx.x * blockDim.x + threadIdx.x;
+  // 64-bit: with pairs near 2^31 the last block's indices pass INT_MAX.
+  const int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (k >= pairs) return;
   const int tile = int(keys[k] >> 32);
   if (k == 0) {
@@ -48,8 +49,8 @@ __global__ void tile_ranges_kernel(const uint64_t* keys, int pairs, int* ranges)
   } else {
     const int prev = int(keys[k - 1] >> 32);
     if (tile != prev) {
-      ranges[2 * prev + 1] = k;
-      ranges[2 * tile] = k;
+      ranges[2 * prev + 1] = int(k);
+      ranges[2 * tile] = int(k);
     }
   }
   if (k == pairs - 1) ranges[2 * tile + 1] = pairs;

@@ -324,7 +324,7 @@ template <typename T>
 DGRD_HD Vec3<T> gaussian_color(const Camera<T>& cam, const GaussianInputs<T>& in, int i,
                                Vec3<T> mean) {
   if (in.colors_precomp) return load3(in.colors_precomp, i);
-  return sh_to_color(cam.sh_degree, mean, cam.campos, in.shs + 3 * in.sh_coeffs * i);
+  return sh_to_color(cam.sh_degree, mean, cam.campos, in.shs + int64_t(3) * in.sh_coeffs * i);
 }
 
 // Projects Gaussian i. Returns the result with radius 0 when it is culled: behind the near
@@ -413,7 +413,7 @@ DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianIn
     out.colors_precomp[3 * i + 1] = drgb.y;
     out.colors_precomp[3 * i + 2] = drgb.z;
   } else {
-    const int stride = 3 * in.sh_coeffs;
+    const int64_t stride = int64_t(3) * in.sh_coeffs;  // 48 values a Gaussian: past 2^31 soon
     dmean = dmean + sh_to_color_backward(cam.sh_degree, mean, cam.campos, in.shs + stride * i, drgb,
                                          out.shs + stride * i);
   }
