@@ -23,6 +23,7 @@ depth): it is timed with a loss on what it returns, which the JSON notes.
 """
 import argparse
 import datetime
+import importlib
 import json
 import os
 import platform
@@ -63,8 +64,18 @@ class Impl:
     name = "?"
     note = ""
 
+    cuda_module: Optional[str] = None  # set for peers that exist only as a CUDA extension
+
     def available(self, device: torch.device) -> Optional[str]:
         """None when usable on `device`, else why not."""
+        if self.cuda_module is None:
+            return None
+        if device.type != "cuda":
+            return f"{self.cuda_module} runs on CUDA only"
+        try:
+            importlib.import_module(self.cuda_module)
+        except Exception as e:
+            return f"import {self.cuda_module} failed: {e!r}"
         return None
 
     def version(self) -> Optional[str]:
@@ -126,14 +137,7 @@ class Gsplat(Impl):
     note = ('gsplat.rasterization(render_mode="RGB+ED", packed=False, near_plane=0.2); loss on '
             "colour + expected depth + alpha")
 
-    def available(self, device):
-        if device.type != "cuda":
-            return "gsplat runs on CUDA only"
-        try:
-            import gsplat  # noqa: F401
-        except Exception as e:
-            return f"import gsplat failed: {e!r}"
-        return None
+    cuda_module = "gsplat"
 
     def version(self):
         import gsplat
@@ -171,14 +175,7 @@ class Original(Impl):
     name = "original"
     note = "diff_gaussian_rasterization: loss on colour only (it returns no weight map)"
 
-    def available(self, device):
-        if device.type != "cuda":
-            return "the original rasterizer runs on CUDA only"
-        try:
-            import diff_gaussian_rasterization  # noqa: F401
-        except Exception as e:
-            return f"import diff_gaussian_rasterization failed: {e!r}"
-        return None
+    cuda_module = "diff_gaussian_rasterization"
 
     def version(self):
         try:

@@ -119,6 +119,20 @@ def assert_same(actual, expected, device, what=""):
                                msg=lambda m: f"{what}: {m}")
 
 
+def assert_same_renders(inputs_a, settings_a, inputs_b, settings_b, device):
+    """Two calls give the same outputs and the same (finite) gradient for every input.
+    Returns the first call's gradients."""
+    out_a, g_a = render(inputs_a, settings_a, device)
+    out_b, g_b = render(inputs_b, settings_b, device)
+    for name, a, b in zip(("color", "radii", "depth", "weight"), out_a, out_b):
+        assert_same(a, b, device, name)
+    for k, gb in g_b.items():
+        if gb is not None:
+            assert torch.isfinite(g_a[k]).all(), f"non-finite gradient of {k}"
+            assert_same(g_a[k], gb, device, f"gradient of {k}")
+    return g_a
+
+
 def assert_as_if_removed(bad_inputs, clean_inputs, settings, bad: Sequence[int], device,
                          seed: int = 0):
     """Rendering with the Gaussians `bad` equals rendering without them: outputs, the radii and

@@ -18,8 +18,8 @@ import torch
 import scenes
 from diff_gaussian_rasterization_depth import GaussianRasterizer, reference
 from diff_gaussian_rasterization_depth.reference import rasterize_reference
-from robust_helpers import (DEVICES, assert_as_if_removed, assert_same, axis_camera,
-                            gaussians_in_view, render, upstream)
+from robust_helpers import (DEVICES, assert_as_if_removed, assert_same, assert_same_renders,
+                            axis_camera, gaussians_in_view, render, upstream)
 
 NAN, INF = float("nan"), float("inf")
 BAD_VALUES = {"nan": NAN, "+inf": INF, "-inf": -INF}
@@ -117,14 +117,7 @@ def test_nonfinite_unused_sh_coefficient_is_ignored(device):
     bad["shs"] = shs.clone()
     ids = visible_ids(scene.inputs, scene.settings, 4)
     bad["shs"][ids, 4:] = NAN
-    out_b, g_b = render(bad, scene.settings, device)
-    out_c, g_c = render(scene.inputs, scene.settings, device)
-    for a, e, what in zip(out_b, out_c, ("color", "radii", "depth", "weight")):
-        assert_same(a, e, device, what)
-    for k in g_c:
-        if g_c[k] is not None:
-            assert torch.isfinite(g_b[k]).all(), k
-            assert_same(g_b[k], g_c[k], device, k)
+    g_b = assert_same_renders(bad, scene.settings, scene.inputs, scene.settings, device)
     assert (g_b["shs"][:, 4:] == 0).all()
 
 
@@ -136,13 +129,7 @@ def test_nonfinite_means2D_is_ignored(device):
     bad["means2D"] = scene.inputs["means2D"].clone()
     bad["means2D"][::3] = NAN
     bad["means2D"][1::3] = -INF
-    out_b, g_b = render(bad, scene.settings, device)
-    out_c, g_c = render(scene.inputs, scene.settings, device)
-    for a, e in zip(out_b, out_c):
-        assert_same(a, e, device)
-    for k in g_c:
-        if g_c[k] is not None:
-            assert_same(g_b[k], g_c[k], device, k)
+    assert_same_renders(bad, scene.settings, scene.inputs, scene.settings, device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -336,13 +323,8 @@ def test_prefiltered_culls_gaussians_behind_the_camera(device):
     scene = scenes.make_scene(41, P=50)   # outliers: some behind, some on the near plane
     behind = render(scene.inputs, scene.settings, grad=False)[0][1] == 0
     assert behind.any()
-    out_p, g_p = render(scene.inputs, scene.settings._replace(prefiltered=True), device)
-    out_n, g_n = render(scene.inputs, scene.settings, device)
-    for a, e in zip(out_p, out_n):
-        assert_same(a, e, device)
-    for k in g_n:
-        if g_n[k] is not None:
-            assert_same(g_p[k], g_n[k], device, k)
+    assert_same_renders(scene.inputs, scene.settings._replace(prefiltered=True), scene.inputs,
+                        scene.settings, device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
