@@ -212,9 +212,9 @@ void preprocess(const Camera<float>& cam, const GaussianInputs<float>& in,
   preprocess_kernel<<<blocks_for(in.count), kThreads, 0, stream>>>(cam, in, state);
 }
 
-void inclusive_scan(void* temp, size_t& temp_bytes, const int64_t* tiles_touched,
-                    int64_t* offsets, int count, cudaStream_t stream) {
-  cub::DeviceScan::InclusiveSum(temp, temp_bytes, tiles_touched, offsets, count, stream);
+cudaError_t inclusive_scan(void* temp, size_t& temp_bytes, const int64_t* tiles_touched,
+                           int64_t* offsets, int count, cudaStream_t stream) {
+  return cub::DeviceScan::InclusiveSum(temp, temp_bytes, tiles_touched, offsets, count, stream);
 }
 
 void duplicate_keys(const Camera<float>& cam, int count, const GaussianState<float>& state,
@@ -230,10 +230,11 @@ int sort_end_bit(int tiles) {
   return 32 + bits;
 }
 
-void sort_pairs(void* temp, size_t& temp_bytes, const uint64_t* keys_in, uint64_t* keys_out,
-                const int* ids_in, int* ids_out, int pairs, int end_bit, cudaStream_t stream) {
-  cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, ids_in, ids_out, pairs, 0,
-                                  end_bit, stream);
+cudaError_t sort_pairs(void* temp, size_t& temp_bytes, const uint64_t* keys_in,
+                       uint64_t* keys_out, const int* ids_in, int* ids_out, int pairs,
+                       int end_bit, cudaStream_t stream) {
+  return cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, ids_in, ids_out,
+                                         pairs, 0, end_bit, stream);
 }
 
 void identify_tile_ranges(const uint64_t* sorted_keys, int pairs, int* tile_ranges,
