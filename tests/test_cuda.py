@@ -158,10 +158,7 @@ def test_cuda_matches_cpu_large_images(config):
 
 def test_garden_112k_matches_cpu():
     """100k+ real Gaussians at 648x420: forward and gradients from each of the three maps."""
-    try:
-        scene = garden(device="cpu")
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+    scene = garden(device="cpu")
     assert scene.gaussians.means.shape[0] > 100_000
     inputs = {k: v for k, v in scene.rasterizer_inputs().items()}
     assert_agree_in_bulk(scenes.Scene(inputs, scene.raster_settings()), 0)
