@@ -380,7 +380,8 @@ def environment(device: torch.device, impls: Dict[str, Impl]) -> dict:
         "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "git_commit": _run(["git", "rev-parse", "HEAD"]),
+        # a copy without .git (a GPU machine's) gets the commit from run_gpu.sh
+        "git_commit": _run(["git", "rev-parse", "HEAD"]) or os.environ.get("DGRD_COMMIT"),
         "git_dirty": bool(_run(["git", "status", "--porcelain", "--untracked-files=no"])),
         "device": str(device),
     }
