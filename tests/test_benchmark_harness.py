@@ -130,3 +130,24 @@ def test_quick_cpu_run_writes_json(tmp_path):
         assert row[key]["n"] == 1 and row[key]["median"] > 0, key
     assert row["ratio_fwd_bwd"] == pytest.approx(1.0)
     assert row["visible_gaussians"] > 0
+
+
+def test_results_are_written_after_each_configuration(tmp_path):
+    """A run cut short (a GPU machine's time limit) keeps every configuration it finished."""
+    bench = _load("bench")
+    args = bench.parse_args(["--device", "cpu", "--impls", "ours", "--scenes", "300",
+                             "--scales", "0.1,0.15", "--reps", "1", "--warmup", "0",
+                             "--sets", "1", "--json", str(tmp_path / "r.json")])
+    paths = bench.json_paths(args)
+    seen = []
+
+    def checkpoint(partial):
+        bench.write_json(paths, partial)
+        seen.append(json.loads(paths[0].read_text()))
+
+    result = bench.run(args, checkpoint=checkpoint)
+    assert [len(p["results"]) for p in seen] == [1, 2]
+    assert not any(p["complete"] for p in seen) and result["complete"]
+    assert [r["width"] for r in seen[-1]["results"]] == [65, 97]
+    assert seen[0]["results"][0] == seen[-1]["results"][0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]   # no temporary left
