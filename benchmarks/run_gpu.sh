@@ -159,7 +159,7 @@ export DGRD_COMMIT=$commit
 gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null \
       | head -n 1)
 note "run_gpu.sh$([ "$DRY" = 1 ] && echo ' --dry-run') | $(date -u +%Y-%m-%dT%H:%M:%SZ) | commit $commit | budget $BUDGET_S s"
-note "gpu: ${gpu:-none} | $(nvcc --version 2>/dev/null | tail -n 1 || echo 'nvcc: none')"
+note "gpu: ${gpu:-none} | nvcc: $(nvcc --version 2>/dev/null | grep -o 'release [^,]*' || echo none) | cpus $(nproc)"
 # One Python start for the facts (torch takes seconds to import): versions, the GPU's
 # architecture, and the tag that names a gsplat build (valid for one torch, CUDA and GPU).
 facts=$($PY - 2>/dev/null <<'PYEOF'
