@@ -27,10 +27,9 @@ void check_stage(const RasterConfig& c, const char* stage) {
 }
 
 // A CUB call reports its own errors (sizing, scratch, launch) through its return value.
-void check_cub(const RasterConfig& c, cudaError_t status, const char* stage) {
+void check_cub(cudaError_t status, const char* stage) {
   TORCH_CHECK(status == cudaSuccess, "diff_gaussian_rasterization_depth: CUDA stage '", stage,
               "' (CUB) failed: ", cudaGetErrorString(status));
-  check_stage(c, stage);
 }
 
 // Free device memory plus what PyTorch's caching allocator holds but does not use.
@@ -82,12 +81,13 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   torch::Tensor offsets = torch::empty({P}, longs);
   if (P > 0) {
     size_t bytes = 0;
-    check_cub(c, gpu::inclusive_scan(nullptr, bytes, st.tiles_touched, nullptr, int(P), stream),
+    check_cub(gpu::inclusive_scan(nullptr, bytes, st.tiles_touched, nullptr, int(P), stream),
               "scan (sizing)");
     torch::Tensor temp = scratch(bytes, g.means3D);
-    check_cub(c, gpu::inclusive_scan(temp.data_ptr(), bytes, st.tiles_touched,
-                                     offsets.data_ptr<int64_t>(), int(P), stream),
+    check_cub(gpu::inclusive_scan(temp.data_ptr(), bytes, st.tiles_touched,
+                                  offsets.data_ptr<int64_t>(), int(P), stream),
               "scan");
+    check_stage(c, "scan");
     pairs = offsets[P - 1].item<int64_t>();  // the one host read of the forward
   }
   // keys and ids twice (unsorted, sorted) and the sort's scratch, about as large again
@@ -112,13 +112,14 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
     check_stage(c, "duplicate_keys");
     const int end_bit = gpu::sort_end_bit(tiles);
     size_t bytes = 0;
-    check_cub(c, gpu::sort_pairs(nullptr, bytes, k_in, k_out, ids.data_ptr<int>(),
-                                 s.point_list.data_ptr<int>(), int(pairs), end_bit, stream),
+    check_cub(gpu::sort_pairs(nullptr, bytes, k_in, k_out, ids.data_ptr<int>(),
+                              s.point_list.data_ptr<int>(), int(pairs), end_bit, stream),
               "sort (sizing)");
     torch::Tensor temp = scratch(bytes, g.means3D);
-    check_cub(c, gpu::sort_pairs(temp.data_ptr(), bytes, k_in, k_out, ids.data_ptr<int>(),
-                                 s.point_list.data_ptr<int>(), int(pairs), end_bit, stream),
+    check_cub(gpu::sort_pairs(temp.data_ptr(), bytes, k_in, k_out, ids.data_ptr<int>(),
+                              s.point_list.data_ptr<int>(), int(pairs), end_bit, stream),
               "sort");
+    check_stage(c, "sort");
     gpu::identify_tile_ranges(k_out, int(pairs), s.tile_ranges.data_ptr<int>(), stream);
     check_stage(c, "tile_ranges");
   }
