@@ -191,7 +191,7 @@ ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g) {
     s.point_list = torch::empty({pairs}, opts.dtype(torch::kInt32));
     cpu::bin_gaussians(cam, int(P), st, s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>());
     const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
-    cpu::render(cam, st, lists, make_pixel_buffers<T>(s, color, depth, weight));
+    cpu::render(cam, st, int(P), lists, make_pixel_buffers<T>(s, color, depth, weight));
   });
   return {color, depth, weight, s.radii.clone(), s.to_list()};
 }

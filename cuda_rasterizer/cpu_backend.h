@@ -17,8 +17,9 @@ template <typename T>
 void bin_gaussians(const Camera<T>& cam, int count, const GaussianState<T>& state, int* point_list,
                    int* tile_ranges);
 
+// count: the number of Gaussians (state arrays' length).
 template <typename T>
-void render(const Camera<T>& cam, const GaussianState<T>& state, TileLists lists,
+void render(const Camera<T>& cam, const GaussianState<T>& state, int count, TileLists lists,
             const PixelBuffers<T>& px);
 
 // Sums each Gaussian's SplatGrad over the pixels it was blended into (splat_grads: P entries,
