@@ -194,11 +194,24 @@ DGRD_LANE_CLONES void render_group(const Camera<float>& cam, const StagedSplats&
   }
 }
 
-// Sums the gradients of one tile's splats over the tile's pixels, walking each group of lanes
-// back to front. sums[j] is splat j of the tile (list order).
+// The lanes of a per-lane gradient sum added up, in double.
+SplatGrad<double> lane_total(const SplatGrad<Lanes>& g) {
+  auto sum = [](Lanes v) {
+    double s = 0;
+    for (int k = 0; k < kLanes; ++k) s += double(v[k]);
+    return s;
+  };
+  return {{sum(g.mean2d.x), sum(g.mean2d.y)},
+          {sum(g.conic.a), sum(g.conic.b), sum(g.conic.c)},
+          sum(g.opacity),
+          {sum(g.feature.x), sum(g.feature.y), sum(g.feature.z), sum(g.feature.w)}};
+}
+
+// Adds the gradients of one tile's splats at one group of pixels, walking the lanes back to
+// front. sums[j] is splat j of the tile (list order), per lane.
 DGRD_LANE_CLONES void render_backward_group(const Camera<float>& cam, const StagedSplats& sp, const LaneGroup& g,
                            const PixelBuffers<float>& px, const PixelGrads<float>& grads,
-                           SplatGrad<double>* sums) {
+                           SplatGrad<Lanes>* sums) {
   const int64_t plane = int64_t(cam.width) * cam.height;
   PixelBackward<Lanes> pb;
   LaneInts last = {};
@@ -235,17 +248,7 @@ DGRD_LANE_CLONES void render_backward_group(const Camera<float>& cam, const Stag
     SplatGrad<Lanes> lane_grad;
     pb.step(zero_unless(pass, alpha), zero_unless(pass, G), d,
             Vec4<Lanes>{co.x, co.y, co.z, co.w}, Vec4<Lanes>{f.x, f.y, f.z, f.w}, lane_grad);
-    SplatGrad<double>& s = sums[j];
-    s.mean2d.x += lane_sum(lane_grad.mean2d.x);
-    s.mean2d.y += lane_sum(lane_grad.mean2d.y);
-    s.conic.a += lane_sum(lane_grad.conic.a);
-    s.conic.b += lane_sum(lane_grad.conic.b);
-    s.conic.c += lane_sum(lane_grad.conic.c);
-    s.opacity += lane_sum(lane_grad.opacity);
-    s.feature.x += lane_sum(lane_grad.feature.x);
-    s.feature.y += lane_sum(lane_grad.feature.y);
-    s.feature.z += lane_sum(lane_grad.feature.z);
-    s.feature.w += lane_sum(lane_grad.feature.w);
+    add(sums[j], lane_grad);
   }
 }
 
@@ -253,6 +256,29 @@ template <typename T>
 void preprocess(const Camera<T>& cam, const GaussianInputs<T>& in, const GaussianState<T>& state) {
 #pragma omp parallel for schedule(static) if (in.count >= kMinParallelItems)
   for (int i = 0; i < in.count; ++i) state.store(i, preprocess_gaussian(cam, in, i));
+}
+
+// The Gaussians that survived the preprocess, in ascending depth with ties by index: appending
+// them in this order to their tiles' lists leaves every list sorted, with no per-tile sort.
+template <typename T>
+std::vector<int> depth_order(int count, const GaussianState<T>& state) {
+  std::vector<int> ids;
+  ids.reserve(static_cast<size_t>(count));
+  for (int i = 0; i < count; ++i)
+    if (state.radii[i] != 0) ids.push_back(i);
+  const Vec4<T>* f = state.features;
+  if constexpr (std::is_same<T, float>::value) {
+    // Depths are > 0.2, so their bits order like them: one 64-bit key sorts by (depth, index).
+    std::vector<uint64_t> keys(ids.size());
+    for (size_t k = 0; k < ids.size(); ++k)
+      keys[k] = (uint64_t(uint32_t(float_bits(f[ids[k]].w))) << 32) | uint32_t(ids[k]);
+    std::sort(keys.begin(), keys.end());
+    for (size_t k = 0; k < ids.size(); ++k) ids[k] = int(keys[k] & 0xffffffffu);
+  } else {
+    std::sort(ids.begin(), ids.end(),
+              [f](int a, int b) { return f[a].w < f[b].w || (f[a].w == f[b].w && a < b); });
+  }
+  return ids;
 }
 
 template <typename T>
@@ -271,18 +297,10 @@ void bin_gaussians(const Camera<T>& cam, int count, const GaussianState<T>& stat
     tile_ranges[2 * t] = int(cursor[t]);
     tile_ranges[2 * t + 1] = int(cursor[t + 1]);
   }
-  // Appending in index order makes a stable sort by depth break ties by index.
-  for (int i = 0; i < count; ++i) {
-    if (state.radii[i] == 0) continue;
+  for (const int i : depth_order(count, state)) {
     const TileRect r = state.rects[i];
     for (int y = r.y0; y < r.y1; ++y)
       for (int x = r.x0; x < r.x1; ++x) point_list[cursor[y * cam.tiles_x + x]++] = i;
-  }
-  const Vec4<T>* features = state.features;
-#pragma omp parallel for schedule(dynamic, 4) if (cursor[tiles] >= kMinParallelItems)
-  for (int t = 0; t < tiles; ++t) {
-    std::stable_sort(point_list + tile_ranges[2 * t], point_list + tile_ranges[2 * t + 1],
-                     [features](int a, int b) { return features[a].w < features[b].w; });
   }
 }
 
@@ -419,6 +437,7 @@ void render_backward_lanes(const Camera<float>& cam, const GaussianState<float>&
 #pragma omp parallel if (plane >= kMinParallelItems)
   {
     StagedSplats sp;
+    std::vector<SplatGrad<Lanes>> lane_sums;  // the tile's splats, summed per lane
 #pragma omp for schedule(dynamic, 1)
     for (int i = 0; i < tiles; ++i) {
       const int tile = order[i];
@@ -430,11 +449,12 @@ void render_backward_lanes(const Camera<float>& cam, const GaussianState<float>&
       visited[tile] = n;
       if (n == 0) continue;
       sp.stage(state, floors.data(), lists.point_list + begin, n);
-      SplatGrad<double>* sums = pair_sums.get() + begin;
-      std::memset(static_cast<void*>(sums), 0, size_t(n) * sizeof(SplatGrad<double>));
+      lane_sums.assign(size_t(n), SplatGrad<Lanes>{});
       for (int y = tp.y0; y < tp.y1; ++y)
         for (int x = tp.x0; x < tp.x1; x += kLanes)
-          render_backward_group(cam, sp, {x, y, std::min(kLanes, tp.x1 - x)}, px, grads, sums);
+          render_backward_group(cam, sp, {x, y, std::min(kLanes, tp.x1 - x)}, px, grads,
+                                lane_sums.data());
+      for (int j = 0; j < n; ++j) pair_sums[begin + j] = lane_total(lane_sums[j]);
     }
   }
   // Pairs are added into their Gaussians in tile order: a fixed order, so a fixed result.

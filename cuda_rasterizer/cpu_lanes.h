@@ -65,12 +65,6 @@ DGRD_LANE_FN LaneInts select(LaneMask m, LaneInts a, LaneInts b) { return m.m ? 
 DGRD_LANE_FN Lanes min2(Lanes a, Lanes b) { return select(a < b, a, b); }
 DGRD_LANE_FN Lanes max2(Lanes a, Lanes b) { return select(a > b, a, b); }
 
-DGRD_LANE_FN float lane_sum(Lanes a) {
-  float s = 0.f;
-  for (int k = 0; k < kLanes; ++k) s += a.v[k];
-  return s;
-}
-
 // Bit access for exp_poly's scaling step (a struct, so the shared template finds these by ADL).
 struct LaneBits {
   LaneInts v;
