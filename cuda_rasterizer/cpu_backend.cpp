@@ -467,6 +467,44 @@ void render_backward_lanes(const Camera<float>& cam, const GaussianState<float>&
   to_splat_grads(totals.data(), count, splat_grads);
 }
 
+RenderWork count_render_work(const Camera<float>& cam, const GaussianState<float>& state,
+                             int count, TileLists lists) {
+  const std::vector<float> floors = power_floors(state, count);
+  const int tiles = cam.tiles_x * cam.tiles_y;
+  int64_t evaluations = 0, exps = 0, blends = 0, lane_steps = 0;
+#pragma omp parallel for schedule(dynamic, 1) reduction(+ : evaluations, exps, blends, lane_steps)
+  for (int tile = 0; tile < tiles; ++tile) {
+    const TilePixels tp = tile_pixels(cam, tile);
+    const int begin = lists.tile_ranges[2 * tile], end = lists.tile_ranges[2 * tile + 1];
+    for (int y = tp.y0; y < tp.y1; ++y)
+      for (int x0 = tp.x0; x0 < tp.x1; x0 += kLanes) {
+        int group_steps = 0;  // a group of lanes runs until its last pixel stops
+        for (int x = x0; x < std::min(x0 + kLanes, tp.x1); ++x) {
+          PixelAccum<float> acc;
+          acc.reset();
+          int k = begin;
+          for (; k < end; ++k) {
+            const int id = lists.point_list[k];
+            ++evaluations;
+            const Vec2<float> d = {state.means2d[id].x - float(x), state.means2d[id].y - float(y)};
+            const float power = splat_power(state.conic_opacity[id], d);
+            if (power <= 0.f && power >= floors[id]) ++exps;
+            float alpha, G;
+            Vec2<float> d2;
+            if (!splat_alpha(state.means2d[id], state.conic_opacity[id], float(x), float(y), alpha,
+                             G, d2))
+              continue;
+            if (!acc.blend(alpha, state.features[id])) break;
+            ++blends;
+          }
+          group_steps = std::max(group_steps, std::min(k + 1, end) - begin);
+        }
+        lane_steps += group_steps;
+      }
+  }
+  return {lists.tile_ranges[2 * tiles - 1], evaluations, exps, blends, lane_steps * kLanes};
+}
+
 template <typename T>
 void render(const Camera<T>& cam, const GaussianState<T>& state, int count, TileLists lists,
             const PixelBuffers<T>& px) {

@@ -29,6 +29,15 @@ void render_backward(const Camera<T>& cam, const GaussianState<T>& state, TileLi
                      const PixelBuffers<T>& px, PixelGrads<T> grads, int count,
                      SplatGrad<T>* splat_grads);
 
+// What a float render does, counted (for the benchmark's work model): tile pairs, splat tests
+// at pixels up to where each pixel stops, those that pass the power bound (an exp each), blends,
+// and the splat tests the eight-lane groups run (a group runs until its last pixel stops).
+struct RenderWork {
+  int64_t pairs, evaluations, exps, blends, lane_evaluations;
+};
+RenderWork count_render_work(const Camera<float>& cam, const GaussianState<float>& state,
+                             int count, TileLists lists);
+
 template <typename T>
 void preprocess_backward(const Camera<T>& cam, const GaussianInputs<T>& in, const int* radii,
                          const SplatGrad<T>* splat_grads, const GaussianGrads<T>& out);
