@@ -186,6 +186,10 @@ struct StageClock {
 
 std::map<std::string, double> cpu_stage_seconds() { return stage_times(); }
 
+void set_cpu_tuning(bool lanes, bool power_bound, bool longest_first) {
+  cpu::cpu_tuning() = {lanes, power_bound, longest_first};
+}
+
 ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g) {
   const int64_t P = g.count(), H = c.image_height, W = c.image_width;
   const auto opts = g.means3D.options();

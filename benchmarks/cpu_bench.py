@@ -180,6 +180,34 @@ def gsplat_side_by_side(points: int, reps: int) -> dict:
     return out
 
 
+ABLATIONS = {  # name -> set_cpu_tuning arguments: each technique off alone
+    "all on": dict(lanes=True, power_bound=True, longest_first=True),
+    "no lanes (per-pixel loop)": dict(lanes=False, power_bound=True, longest_first=True),
+    "no power bound": dict(lanes=True, power_bound=False, longest_first=True),
+    "tiles in index order": dict(lanes=True, power_bound=True, longest_first=False),
+}
+
+
+def ablation(scene, threads, up, reps) -> dict:
+    """Forward and forward + backward with each technique off alone, interleaved."""
+    ext = _backend._ext()
+    runs = {name: [] for name in ABLATIONS}
+    try:
+        for _ in range(reps):
+            for name, tuning in ABLATIONS.items():
+                ext.set_cpu_tuning(**tuning)
+                runs[name].append(time_ours(scene, threads, up))
+    finally:
+        ext.set_cpu_tuning(**ABLATIONS["all on"])
+    table = {name: median_table(r) for name, r in runs.items()}
+    print(f"ablation ({threads} threads, medians of {reps}; ratio = time / all on):")
+    base = table["all on"]
+    for name, m in table.items():
+        print(f"  {name:<28} forward {1e3 * m['forward']:7.1f} ms ({m['forward'] / base['forward']:4.2f}x)"
+              f"  both {1e3 * m['both']:7.1f} ms ({m['both'] / base['both']:4.2f}x)")
+    return table
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scene", default="112k")
@@ -189,6 +217,8 @@ def main(argv=None):
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--gsplat-points", type=int, default=2000)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--ablation", action="store_true",
+                    help="also time each technique of the float path switched off alone")
     ap.add_argument("--quick", action="store_true",
                     help="a small frame and one repetition (a smoke test of the harness)")
     args = ap.parse_args(argv)
@@ -236,6 +266,8 @@ def main(argv=None):
     print(f"work model: render {1e3 * work['model_render_seconds']:.1f} ms at 30 GFLOP/s; "
           f"measured {1e3 * best['render']:.1f} ms with {max(threads)} threads "
           f"({best['render'] / work['model_render_seconds']:.2f}x the model)")
+    if args.ablation:
+        result["ablation"] = ablation(scene, max(threads), up, args.reps)
     result["gsplat"] = gsplat_side_by_side(args.gsplat_points, max(1, args.reps // 2))
     if result["gsplat"]:
         g = result["gsplat"]

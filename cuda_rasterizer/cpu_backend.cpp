@@ -380,12 +380,18 @@ void render_backward_scalar(const Camera<T>& cam, const GaussianState<T>& state,
 }
 
 
+CpuTuning& cpu_tuning() {
+  static CpuTuning tuning;
+  return tuning;
+}
+
 // Tiles in descending order of list length: with dynamic scheduling the long ones start first,
 // so no thread is left finishing one alone.
 std::vector<int> tiles_longest_first(const Camera<float>& cam, const int* tile_ranges) {
   const int tiles = cam.tiles_x * cam.tiles_y;
   std::vector<int> order(static_cast<size_t>(tiles));
   for (int t = 0; t < tiles; ++t) order[t] = t;
+  if (!cpu_tuning().longest_first) return order;
   std::stable_sort(order.begin(), order.end(), [tile_ranges](int a, int b) {
     return tile_ranges[2 * a + 1] - tile_ranges[2 * a] > tile_ranges[2 * b + 1] - tile_ranges[2 * b];
   });
@@ -393,7 +399,8 @@ std::vector<int> tiles_longest_first(const Camera<float>& cam, const int* tile_r
 }
 
 std::vector<float> power_floors(const GaussianState<float>& state, int count) {
-  std::vector<float> floors(static_cast<size_t>(count));
+  std::vector<float> floors(static_cast<size_t>(count), -INFINITY);
+  if (!cpu_tuning().power_bound) return floors;
 #pragma omp parallel for schedule(static) if (count >= kMinParallelItems)
   for (int i = 0; i < count; ++i) floors[i] = power_floor(state.conic_opacity[i].w);
   return floors;
@@ -508,20 +515,21 @@ RenderWork count_render_work(const Camera<float>& cam, const GaussianState<float
 template <typename T>
 void render(const Camera<T>& cam, const GaussianState<T>& state, int count, TileLists lists,
             const PixelBuffers<T>& px) {
-  if constexpr (std::is_same<T, float>::value)
-    render_lanes(cam, state, count, lists, px);
-  else
-    render_scalar(cam, state, lists, px);
+  if constexpr (std::is_same<T, float>::value) {
+    if (cpu_tuning().lanes) return render_lanes(cam, state, count, lists, px);
+  }
+  render_scalar(cam, state, lists, px);
 }
 
 template <typename T>
 void render_backward(const Camera<T>& cam, const GaussianState<T>& state, TileLists lists,
                      const PixelBuffers<T>& px, PixelGrads<T> grads, int count,
                      SplatGrad<T>* splat_grads) {
-  if constexpr (std::is_same<T, float>::value)
-    render_backward_lanes(cam, state, lists, px, grads, count, splat_grads);
-  else
-    render_backward_scalar(cam, state, lists, px, grads, count, splat_grads);
+  if constexpr (std::is_same<T, float>::value) {
+    if (cpu_tuning().lanes)
+      return render_backward_lanes(cam, state, lists, px, grads, count, splat_grads);
+  }
+  render_backward_scalar(cam, state, lists, px, grads, count, splat_grads);
 }
 
 template <typename T>

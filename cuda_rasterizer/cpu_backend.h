@@ -29,6 +29,15 @@ void render_backward(const Camera<T>& cam, const GaussianState<T>& state, TileLi
                      const PixelBuffers<T>& px, PixelGrads<T> grads, int count,
                      SplatGrad<T>* splat_grads);
 
+// Switches for the float path's techniques, all on by default; the benchmark turns each off
+// alone to measure what it is worth (benchmarks/cpu_bench.py --ablation).
+struct CpuTuning {
+  bool lanes = true;          // eight pixels at once (else the scalar per-pixel loop)
+  bool power_bound = true;    // reject splats by their power before the exponential
+  bool longest_first = true;  // schedule tiles by descending list length
+};
+CpuTuning& cpu_tuning();
+
 // What a float render does, counted (for the benchmark's work model): tile pairs, splat tests
 // at pixels up to where each pixel stops, those that pass the power bound (an exp each), blends,
 // and the splat tests the eight-lane groups run (a group runs until its last pixel stops).
