@@ -32,5 +32,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &dgrd::forward, "Render colour, depth and weight; returns the backward state");
   m.def("backward", &dgrd::backward, "Gradients of every input from those of the three maps");
   m.def("mark_visible", &dgrd::mark_visible, "Points in front of the near plane");
+  m.def("cpu_render_work", &dgrd::cpu_render_work,
+        "Work counts of a float32 CPU forward (benchmarks): pairs, evaluations, exps, blends, "
+        "lane evaluations");
+  m.def("cpu_stage_seconds", &dgrd::cpu_stage_seconds,
+        "Seconds each CPU stage took in this thread's last forward and backward (benchmarks)");
+  m.def("set_cpu_tuning", &dgrd::set_cpu_tuning, py::arg("lanes"), py::arg("power_bound"),
+        py::arg("longest_first"),
+        "Switch the float CPU path's techniques on or off (benchmarks; all on by default)");
   m.def("has_cuda", &dgrd::has_cuda, "Whether the CUDA kernels were compiled in");
 }

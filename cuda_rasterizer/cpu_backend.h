@@ -17,8 +17,9 @@ template <typename T>
 void bin_gaussians(const Camera<T>& cam, int count, const GaussianState<T>& state, int* point_list,
                    int* tile_ranges);
 
+// count: the number of Gaussians (state arrays' length).
 template <typename T>
-void render(const Camera<T>& cam, const GaussianState<T>& state, TileLists lists,
+void render(const Camera<T>& cam, const GaussianState<T>& state, int count, TileLists lists,
             const PixelBuffers<T>& px);
 
 // Sums each Gaussian's SplatGrad over the pixels it was blended into (splat_grads: P entries,
@@ -27,6 +28,24 @@ template <typename T>
 void render_backward(const Camera<T>& cam, const GaussianState<T>& state, TileLists lists,
                      const PixelBuffers<T>& px, PixelGrads<T> grads, int count,
                      SplatGrad<T>* splat_grads);
+
+// Switches for the float path's techniques, all on by default; the benchmark turns each off
+// alone to measure what it is worth (benchmarks/cpu_bench.py --ablation).
+struct CpuTuning {
+  bool lanes = true;          // eight pixels at once (else the scalar per-pixel loop)
+  bool power_bound = true;    // reject splats by their power before the exponential
+  bool longest_first = true;  // schedule tiles by descending list length
+};
+CpuTuning& cpu_tuning();
+
+// What a float render does, counted (for the benchmark's work model): tile pairs, splat tests
+// at pixels up to where each pixel stops, those that pass the power bound (an exp each), blends,
+// and the splat tests the eight-lane groups run (a group runs until its last pixel stops).
+struct RenderWork {
+  int64_t pairs, evaluations, exps, blends, lane_evaluations;
+};
+RenderWork count_render_work(const Camera<float>& cam, const GaussianState<float>& state,
+                             int count, TileLists lists);
 
 template <typename T>
 void preprocess_backward(const Camera<T>& cam, const GaussianInputs<T>& in, const int* radii,
