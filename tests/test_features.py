@@ -393,3 +393,11 @@ def test_debug_snapshot_replays_features_and_median(tmp_path, monkeypatch):
                                                 "median"}
     assert torch.equal(result["grads"]["means3D"], d_means)
     assert torch.equal(result["grads"]["features"], d_features)
+
+
+def test_debug_names_nonfinite_features():
+    scene = scenes.make_scene(13500, P=12, sh_degree=0)
+    F = random_features(scene.P, 4, 0)
+    F[7, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"features\[7\]"):
+        GaussianRasterizer(scene.settings._replace(debug=True))(**scene.inputs, features=F)
