@@ -108,7 +108,7 @@ def work_counts(scene) -> dict:
     means3D, opacities, sh, colors, scales, rotations, cov, checked = out
     config = _backend.make_config(checked)
     gaussians = _backend.make_gaussians(means3D, opacities, sh, colors, scales, rotations, cov)
-    state = _backend.forward(config, gaussians)[4]
+    state = _backend.forward(config, gaussians)[-1]
     pairs, evaluations, exps, blends, lane_evaluations = _backend._ext().cpu_render_work(
         config, state)
     flops = evaluations * FLOPS_PER_EVALUATION + blends * FLOPS_PER_BLEND

@@ -119,7 +119,7 @@ def test_work_counts_are_consistent():
         i["rotations"], i["cov3D_precomp"], i.get("dc"), scene.settings)
     config = _backend.make_config(checked)
     gaussians = _backend.make_gaussians(means3D, opacities, sh, colors, scales, rotations, cov)
-    color, depth, weight, radii, state = _backend.forward(config, gaussians)
+    color, depth, weight, radii, *_, state = _backend.forward(config, gaussians)
     pairs, evaluations, exps, blends, lane_evaluations = _backend._ext().cpu_render_work(
         config, state)
     point_list, tile_ranges, n_contrib = state[4], state[5], state[7]
