@@ -36,7 +36,7 @@ void allocate_pixel_state(const RasterConfig& c, ForwardState& s,
   s.n_contrib = torch::empty({H, W}, ints);
 }
 
-GradientTensors GradientTensors::zeros_like_inputs(const GaussianTensors& g) {
+GradientTensors GradientTensors::zeros_like_inputs(const GaussianTensors& g, bool camera_grad) {
   const int64_t P = g.count();
   const auto opts = g.means3D.options();
   GradientTensors d;
@@ -48,6 +48,7 @@ GradientTensors GradientTensors::zeros_like_inputs(const GaussianTensors& g) {
   d.scales = torch::zeros_like(g.scales);
   d.rotations = torch::zeros_like(g.rotations);
   d.cov3D_precomp = torch::zeros_like(g.cov3D_precomp);
+  d.camera = torch::zeros({camera_grad ? kCameraGradValues : 0}, opts);
   return d;
 }
 
@@ -200,7 +201,7 @@ BackwardResult backward_cpu(const RasterConfig& c, const GaussianTensors& g, con
                             const torch::Tensor& dcolor, const torch::Tensor& ddepth,
                             const torch::Tensor& dweight) {
   const int64_t P = g.count();
-  GradientTensors grads = GradientTensors::zeros_like_inputs(g);
+  GradientTensors grads = GradientTensors::zeros_like_inputs(g, c.camera_grad);
   AT_DISPATCH_FLOATING_TYPES(g.means3D.scalar_type(), "dgrd_backward_cpu", [&] {
     using T = scalar_t;
     const Camera<T> cam = make_camera<T>(c);
@@ -211,8 +212,8 @@ BackwardResult backward_cpu(const RasterConfig& c, const GaussianTensors& g, con
     std::vector<SplatGrad<T>> splat(size_t(P), SplatGrad<T>{});
     cpu::render_backward(cam, st, lists, make_pixel_buffers<T>(s, {}, {}, {}), pg, int(P),
                          splat.data());
-    cpu::preprocess_backward(cam, make_inputs<T>(g), st.radii, splat.data(),
-                             grads.pointers<T>());
+    cpu::preprocess_backward(cam, make_inputs<T>(g), st.radii, splat.data(), grads.pointers<T>(),
+                             grads.camera_pointer<T>());
   });
   return grads.to_list();
 }

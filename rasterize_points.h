@@ -17,6 +17,7 @@ struct RasterConfig {
   double tanfovx = 1, tanfovy = 1, scale_modifier = 1;
   int64_t sh_degree = 0;
   bool prefiltered = false, antialiasing = false, debug = false;
+  bool camera_grad = false;  // the backward also returns d viewmatrix, d projmatrix, d campos
   torch::Tensor bg, viewmatrix, projmatrix, campos;  // flat, on the Gaussians' device and dtype
 
   int tiles_x() const { return int((image_width + kTileSize - 1) / kTileSize); }
@@ -54,7 +55,8 @@ struct ForwardState {
 using ForwardResult =
     std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, std::vector<torch::Tensor>>;
 // d means3D, d means2D (P,3), d opacities (P,1), d shs, d colors_precomp, d scales, d rotations,
-// d cov3D_precomp
+// d cov3D_precomp, d viewmatrix (16), d projmatrix (16), d campos (3) (the last three empty
+// unless RasterConfig::camera_grad)
 using BackwardResult = std::vector<torch::Tensor>;
 
 // ----------------------------------------------------------------- helpers shared by devices
@@ -127,9 +129,19 @@ void allocate_pixel_state(const RasterConfig& c, ForwardState& s, const torch::T
 // Gradient tensors shaped like the inputs (zeros), and their pointers.
 struct GradientTensors {
   torch::Tensor means3D, means2D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp;
-  static GradientTensors zeros_like_inputs(const GaussianTensors& g);
+  torch::Tensor camera;  // (35): a CameraGrad, or empty when the camera takes no gradient
+  static GradientTensors zeros_like_inputs(const GaussianTensors& g, bool camera_grad);
   BackwardResult to_list() const {
-    return {means3D, means2D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp};
+    const auto part = [this](int64_t start, int64_t size) {
+      return camera.numel() > 0 ? camera.narrow(0, start, size) : camera;
+    };
+    return {means3D, means2D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp,
+            part(0, 16), part(16, 16), part(32, 3)};
+  }
+  template <typename T>
+  CameraGrad<T>* camera_pointer() const {
+    static_assert(sizeof(CameraGrad<T>) == kCameraGradValues * sizeof(T), "CameraGrad layout");
+    return camera.numel() > 0 ? reinterpret_cast<CameraGrad<T>*>(camera.data_ptr<T>()) : nullptr;
   }
   template <typename T>
   GaussianGrads<T> pointers() const {

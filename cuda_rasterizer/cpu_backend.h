@@ -28,9 +28,11 @@ void render_backward(const Camera<T>& cam, const GaussianState<T>& state, TileLi
                      const PixelBuffers<T>& px, PixelGrads<T> grads, int count,
                      SplatGrad<T>* splat_grads);
 
+// camera: null, or where the camera gradient summed over all Gaussians is written.
 template <typename T>
 void preprocess_backward(const Camera<T>& cam, const GaussianInputs<T>& in, const int* radii,
-                         const SplatGrad<T>* splat_grads, const GaussianGrads<T>& out);
+                         const SplatGrad<T>* splat_grads, const GaussianGrads<T>& out,
+                         CameraGrad<T>* camera);
 
 }  // namespace cpu
 }  // namespace dgrd

@@ -60,8 +60,11 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     if means2D is None:
         # Nobody wants the screen-space gradient: a throwaway carrier keeps the Function simple.
         means2D = torch.zeros((means3D.shape[0], 3), dtype=means3D.dtype, device=means3D.device)
+    # The camera's flat tensors become inputs of the Function only when they take a gradient.
+    camera = ((checked.viewmatrix, checked.projmatrix, checked.campos) if checked.camera_grad
+              else ())
     return _RasterizeGaussians.apply(means3D, means2D, sh, colors_precomp, opacities, scales,
-                                     rotations, cov3Ds_precomp, checked)
+                                     rotations, cov3Ds_precomp, checked, *camera)
 
 
 class _RasterizeGaussians(torch.autograd.Function):
@@ -69,7 +72,9 @@ class _RasterizeGaussians(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
-                cov3Ds_precomp, settings: CheckedSettings):
+                cov3Ds_precomp, settings: CheckedSettings, *camera):
+        # camera: (viewmatrix, projmatrix, campos), the flat tensors the settings hold, when
+        # settings.camera_grad; the backend reads them through the config.
         inputs = (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp)
         config = _backend.make_config(settings)
         color, depth, weight, radii, state = _debug.guarded(
@@ -93,7 +98,7 @@ class _RasterizeGaussians(torch.autograd.Function):
                        for t, present in zip(ctx.saved_tensors, ctx.present))
         upstream = dict(color=grad_color, depth=grad_depth, weight=grad_weight)
         (d_means3D, d_means2D, d_opacities, d_sh, d_colors, d_scales, d_rotations,
-         d_cov3D) = _debug.guarded(
+         d_cov3D, *d_camera) = _debug.guarded(
             ctx.config.debug,
             lambda: _debug.Capture("backward", dict(zip(_debug.INPUT_NAMES, inputs)),
                                    ctx.checked, grads=upstream),
@@ -103,7 +108,8 @@ class _RasterizeGaussians(torch.autograd.Function):
         return (d_means3D, d_means2D[:, :ctx.means2D_columns], d_sh if has_sh else None,
                 d_colors if has_colors else None, d_opacities,
                 d_scales if has_scales else None, d_rotations if has_rotations else None,
-                d_cov3D if has_cov else None, None)
+                d_cov3D if has_cov else None, None,
+                *(d_camera if ctx.config.camera_grad else ()))
 
 
 class GaussianRasterizer(nn.Module):
