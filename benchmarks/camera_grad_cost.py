@@ -26,17 +26,17 @@ from benchmarks.scenes import garden_scene  # noqa: E402
 from diff_gaussian_rasterization_depth import GaussianRasterizer  # noqa: E402
 
 
-def backward_seconds(scene, settings, upstream, device) -> float:
+def backward_seconds(scene, settings, upstream, device, clock=time.perf_counter) -> float:
     color, _, depth, weight = GaussianRasterizer(settings)(**scene.rasterizer_inputs())
     loss = ((color * upstream[0]).sum() + (depth * upstream[1]).sum()
             + (weight * upstream[2]).sum())
     if device.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start = clock()
     loss.backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def main():
@@ -45,8 +45,12 @@ def main():
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--sh", action="store_true", help="degree-3 SH instead of colours")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time the process's CPU time instead of wall time: on a loaded "
+                             "machine, with OMP_NUM_THREADS=1, the steadier measure of work")
     args = parser.parse_args()
     device = torch.device(args.device)
+    clock = time.process_time if args.cpu_time else time.perf_counter
     scene = garden_scene("112k", scale=args.scale, sh=args.sh, device=device,
                          requires_grad=True)
     plain = scene.raster_settings()
@@ -67,11 +71,12 @@ def main():
         order = ("without", "with") if r % 2 == 0 else ("with", "without")
         for mode in order:
             settings = plain if mode == "without" else with_camera()
-            times[mode].append(backward_seconds(scene, settings, upstream, device))
+            times[mode].append(backward_seconds(scene, settings, upstream, device, clock))
     load_after = os.getloadavg()
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"garden 112k, {W}x{H}, {device.type}, {'SH degree 3' if args.sh else 'colours'}, "
-          f"{args.reps} interleaved repetitions; load average before {load_before[0]:.2f}, "
+          f"{args.reps} interleaved repetitions, {'CPU' if args.cpu_time else 'wall'} time, "
+          f"{torch.get_num_threads()} threads; load average before {load_before[0]:.2f}, "
           f"after {load_after[0]:.2f}")
     for k in ("without", "with"):
         print(f"  backward {k:7s} camera gradients: median {1000 * med[k]:8.2f} ms "
