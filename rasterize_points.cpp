@@ -40,7 +40,7 @@ void allocate_pixel_state(const RasterConfig& c, ForwardState& s,
                                   ints);
 }
 
-GradientTensors GradientTensors::zeros_like_inputs(const GaussianTensors& g) {
+GradientTensors GradientTensors::zeros_like_inputs(const GaussianTensors& g, bool camera_grad) {
   const int64_t P = g.count();
   const auto opts = g.means3D.options();
   GradientTensors d;
@@ -53,6 +53,7 @@ GradientTensors GradientTensors::zeros_like_inputs(const GaussianTensors& g) {
   d.rotations = torch::zeros_like(g.rotations);
   d.cov3D_precomp = torch::zeros_like(g.cov3D_precomp);
   d.features = g.features.defined() ? torch::zeros_like(g.features) : torch::Tensor();
+  d.camera = torch::zeros({camera_grad ? kCameraGradValues : 0}, opts);
   return d;
 }
 
@@ -238,7 +239,7 @@ ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g) {
 BackwardResult backward_cpu(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
                             const MapGrads& up) {
   const int64_t P = g.count();
-  GradientTensors grads = GradientTensors::zeros_like_inputs(g);
+  GradientTensors grads = GradientTensors::zeros_like_inputs(g, c.camera_grad);
   AT_DISPATCH_FLOATING_TYPES(g.means3D.scalar_type(), "dgrd_backward_cpu", [&] {
     using T = scalar_t;
     const Camera<T> cam = make_camera<T>(c);
@@ -251,8 +252,8 @@ BackwardResult backward_cpu(const RasterConfig& c, const GaussianTensors& g, con
     cpu::render_backward(cam, st, lists, make_pixel_buffers<T>(s, {}, {}, {}), pg,
                          make_optional_grads<T>(g, s, up, grads), int(P), splat.data());
     clock.lap("render_backward");
-    cpu::preprocess_backward(cam, make_inputs<T>(g), st.radii, splat.data(),
-                             grads.pointers<T>());
+    cpu::preprocess_backward(cam, make_inputs<T>(g), st.radii, splat.data(), grads.pointers<T>(),
+                             grads.camera_pointer<T>());
     clock.lap("preprocess_backward");
   });
   return grads.to_list();

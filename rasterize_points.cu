@@ -143,7 +143,7 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, co
   const c10::cuda::CUDAGuard guard(g.means3D.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t P = g.count();
-  GradientTensors grads = GradientTensors::zeros_like_inputs(g);
+  GradientTensors grads = GradientTensors::zeros_like_inputs(g, c.camera_grad);
   const Camera<float> cam = make_camera<float>(c);
   const GaussianState<float> st = make_state<float>(s, nullptr, nullptr);
   const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
@@ -157,8 +157,16 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, co
   gpu::render_backward(cam, st, lists, make_pixel_buffers<float>(s, {}, {}, {}), pg,
                        make_optional_grads<float>(g, s, up, grads), splat_grads, stream);
   check_stage(c, "render_backward");
+  CameraGrad<float>* camera = grads.camera_pointer<float>();
+  torch::Tensor partials;  // the camera gradient's per-block sums
+  if (camera)
+    partials = torch::empty({int64_t(gpu::camera_grad_partials(int(P))), kCameraGradValues},
+                            g.means3D.options());
   gpu::preprocess_backward(cam, make_inputs<float>(g), st.radii, splat_grads,
-                            grads.pointers<float>(), stream);
+                            grads.pointers<float>(), camera,
+                            camera ? reinterpret_cast<CameraGrad<float>*>(partials.data_ptr<float>())
+                                   : nullptr,
+                            stream);
   check_stage(c, "preprocess_backward");
   return grads.to_list();
 }

@@ -63,6 +63,13 @@ void add(SplatGrad<A>& acc, const SplatGrad<T>& g) {
   acc.feature.w += g.feature.w;
 }
 
+template <typename A, typename T>
+void add(CameraGrad<A>& acc, const CameraGrad<T>& g) {
+  for (int k = 0; k < 16; ++k) acc.viewmatrix[k] += g.viewmatrix[k];
+  for (int k = 0; k < 16; ++k) acc.projmatrix[k] += g.projmatrix[k];
+  for (int k = 0; k < 3; ++k) acc.campos[k] += g.campos[k];
+}
+
 // Loops smaller than this run on one thread: waking the pool costs more than they do.
 constexpr int kMinParallelItems = 4096;
 
@@ -604,11 +611,33 @@ void render_backward(const Camera<T>& cam, const GaussianState<T>& state, TileLi
 
 template <typename T>
 void preprocess_backward(const Camera<T>& cam, const GaussianInputs<T>& in, const int* radii,
-                         const SplatGrad<T>* splat_grads, const GaussianGrads<T>& out) {
+                         const SplatGrad<T>* splat_grads, const GaussianGrads<T>& out,
+                         CameraGrad<T>* camera) {
+  if (!camera) {
 #pragma omp parallel for schedule(static) if (in.count >= kMinParallelItems)
-  for (int i = 0; i < in.count; ++i) {
-    if (radii[i] > 0) preprocess_gaussian_backward(cam, in, i, splat_grads[i], out);
+    for (int i = 0; i < in.count; ++i) {
+      if (radii[i] > 0) preprocess_gaussian_backward(cam, in, i, splat_grads[i], out);
+    }
+    return;
   }
+  // The camera gradient sums every Gaussian's share: per-thread partial sums in double over the
+  // contiguous blocks of a static schedule, combined in thread order, so the result is the same
+  // on every call.
+  const bool parallel = in.count >= kMinParallelItems;
+  const int threads = parallel ? thread_count() : 1;
+  std::vector<CameraGrad<double>> partial(size_t(threads), CameraGrad<double>{});
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int i = 0; i < in.count; ++i) {
+    if (radii[i] == 0) continue;
+    CameraGrad<T> share;
+    preprocess_gaussian_backward(cam, in, i, splat_grads[i], out, &share);
+    add(partial[size_t(thread_id())], share);
+  }
+  CameraGrad<double> total = {};
+  for (const CameraGrad<double>& p : partial) add(total, p);
+  for (int k = 0; k < 16; ++k) camera->viewmatrix[k] = T(total.viewmatrix[k]);
+  for (int k = 0; k < 16; ++k) camera->projmatrix[k] = T(total.projmatrix[k]);
+  for (int k = 0; k < 3; ++k) camera->campos[k] = T(total.campos[k]);
 }
 
 #define DGRD_INSTANTIATE(T)                                                                     \
@@ -621,7 +650,8 @@ void preprocess_backward(const Camera<T>& cam, const GaussianInputs<T>& in, cons
                                    const PixelBuffers<T>&, PixelGrads<T>,                        \
                                    const OptionalGrads<T>&, int, SplatGrad<T>*);                 \
   template void preprocess_backward<T>(const Camera<T>&, const GaussianInputs<T>&, const int*,   \
-                                       const SplatGrad<T>*, const GaussianGrads<T>&);
+                                       const SplatGrad<T>*, const GaussianGrads<T>&,           \
+                                       CameraGrad<T>*);
 DGRD_INSTANTIATE(float)
 DGRD_INSTANTIATE(double)
 #undef DGRD_INSTANTIATE

@@ -49,9 +49,11 @@ struct RenderWork {
 RenderWork count_render_work(const Camera<float>& cam, const GaussianState<float>& state,
                              int count, TileLists lists);
 
+// camera: null, or where the camera gradient summed over all Gaussians is written.
 template <typename T>
 void preprocess_backward(const Camera<T>& cam, const GaussianInputs<T>& in, const int* radii,
-                         const SplatGrad<T>* splat_grads, const GaussianGrads<T>& out);
+                         const SplatGrad<T>* splat_grads, const GaussianGrads<T>& out,
+                         CameraGrad<T>* camera);
 
 }  // namespace cpu
 }  // namespace dgrd

@@ -52,9 +52,15 @@ void render_backward(const Camera<float>& cam, const GaussianState<float>& state
                      const OptionalGrads<float>& extra, SplatGrad<float>* splat_grads,
                      cudaStream_t stream);
 
+// Number of CameraGrad partial sums preprocess_backward needs for `count` Gaussians.
+int camera_grad_partials(int count);
+
+// camera: null, or where the camera gradient summed over all Gaussians is written (then
+// partials holds camera_grad_partials(count) scratch entries).
 void preprocess_backward(const Camera<float>& cam, const GaussianInputs<float>& in,
                          const int* radii, const SplatGrad<float>* splat_grads,
-                         const GaussianGrads<float>& out, cudaStream_t stream);
+                         const GaussianGrads<float>& out, CameraGrad<float>* camera,
+                         CameraGrad<float>* partials, cudaStream_t stream);
 
 void mark_visible(const float* viewmatrix, const float* positions, int count, bool* visible,
                   cudaStream_t stream);
