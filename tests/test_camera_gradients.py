@@ -303,3 +303,34 @@ def test_nonfinite_matrix_that_requires_grad(field):
     settings = scene.settings._replace(debug=True, **leaves)
     with pytest.raises(ValueError, match=rf"raster_settings\.{field}\["):
         run_backend(scene.inputs, settings)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_camera_gradients_from_feature_map_and_median(seed):
+    """The feature channels and the median depth reach the camera through the same splat
+    gradients as colour does (float64, against the reference's autograd)."""
+    scene = scenes.make_scene(8800 + seed, P=40, sh_degree=1, dtype=F64, outliers=False)
+    gen = torch.Generator().manual_seed(seed)
+    features = torch.randn(scene.P, 5, generator=gen, dtype=F64)
+    H, W = scene.settings.image_height, scene.settings.image_width
+    up_features = torch.randn(5, H, W, generator=gen, dtype=F64)
+    up_median = torch.randn(H, W, generator=gen, dtype=F64)
+
+    def camera_grads(run):
+        leaves = camera_leaves(scene.settings)
+        out = run(scene.with_grad(), scene.settings._replace(**leaves))
+        feature_map, median = out[4], out[5]
+        loss = (feature_map * up_features).sum() + (median * up_median).sum()
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        return {n: (torch.zeros_like(leaves[n]) if g is None else g)
+                for n, g in zip(CAMERA, grads)}
+
+    got = camera_grads(lambda i, s: GaussianRasterizer(s)(**i, features=features,
+                                                          median_depth=True))
+    want = camera_grads(lambda i, s: rasterize_reference(**i, raster_settings=s,
+                                                         features=features, median_depth=True))
+    assert float(got["viewmatrix"].abs().max()) > 0
+    for name in CAMERA:
+        scale = float(want[name].abs().max())
+        torch.testing.assert_close(got[name], want[name], rtol=1e-8, atol=1e-8 * max(scale, 1e-12),
+                                   msg=lambda m: f"{name}: {m}")
