@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iomanip>
 #include <map>
@@ -40,20 +41,37 @@ void allocate_pixel_state(const RasterConfig& c, ForwardState& s,
                                   ints);
 }
 
+namespace {
+
+// Zeros of a shape. On the CPU one memset on the calling thread: a parallel fill would wake the
+// thread pool for a few megabytes, and on a busy machine wait for a descheduled thread.
+torch::Tensor fresh_zeros(c10::IntArrayRef sizes, const torch::TensorOptions& opts) {
+  if (!opts.device().is_cpu()) return torch::zeros(sizes, opts);
+  torch::Tensor t = torch::empty(sizes, opts);
+  std::memset(t.data_ptr(), 0, t.nbytes());
+  return t;
+}
+
+torch::Tensor fresh_zeros_like(const torch::Tensor& t) {
+  return t.defined() ? fresh_zeros(t.sizes(), t.options()) : torch::Tensor();
+}
+
+}  // namespace
+
 GradientTensors GradientTensors::zeros_like_inputs(const GaussianTensors& g, bool camera_grad) {
   const int64_t P = g.count();
   const auto opts = g.means3D.options();
   GradientTensors d;
-  d.means3D = torch::zeros({P, 3}, opts);
-  d.means2D = torch::zeros({P, 3}, opts);
-  d.opacities = torch::zeros({P, 1}, opts);
-  d.shs = torch::zeros_like(g.shs);
-  d.colors_precomp = torch::zeros_like(g.colors_precomp);
-  d.scales = torch::zeros_like(g.scales);
-  d.rotations = torch::zeros_like(g.rotations);
-  d.cov3D_precomp = torch::zeros_like(g.cov3D_precomp);
-  d.features = g.features.defined() ? torch::zeros_like(g.features) : torch::Tensor();
-  d.camera = torch::zeros({camera_grad ? kCameraGradValues : 0}, opts);
+  d.means3D = fresh_zeros({P, 3}, opts);
+  d.means2D = fresh_zeros({P, 3}, opts);
+  d.opacities = fresh_zeros({P, 1}, opts);
+  d.shs = fresh_zeros_like(g.shs);
+  d.colors_precomp = fresh_zeros_like(g.colors_precomp);
+  d.scales = fresh_zeros_like(g.scales);
+  d.rotations = fresh_zeros_like(g.rotations);
+  d.cov3D_precomp = fresh_zeros_like(g.cov3D_precomp);
+  d.features = fresh_zeros_like(g.features);
+  d.camera = fresh_zeros({camera_grad ? kCameraGradValues : 0}, opts);
   return d;
 }
 

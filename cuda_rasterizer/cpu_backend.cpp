@@ -2,11 +2,21 @@
 #include "cpu_backend.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <memory>
+#include <mutex>
+#include <string>
 #include <type_traits>
 #include <vector>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/resource.h>
+#include <unistd.h>
+#define DGRD_HAS_PROC_LOAD 1
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -35,6 +45,72 @@ int thread_id() {
 #else
   return 0;
 #endif
+}
+
+// Cores that other processes kept busy, measured between calls from /proc/stat's busy time less
+// this process's own CPU time (0 where /proc is missing).
+class OtherLoad {
+ public:
+  double cores_busy() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    const Sample now = sample();
+    if (!now.valid) return 0;
+    if (!last_.valid) {
+      last_ = now;
+    } else if (now.wall - last_.wall >= 0.05) {  // /proc/stat counts in 10 ms ticks
+      const double others = (now.busy - last_.busy) - (now.own - last_.own);
+      busy_ = std::max(0.0, others / (now.wall - last_.wall));
+      last_ = now;
+    }
+    return busy_;
+  }
+
+ private:
+  struct Sample {
+    bool valid = false;
+    double wall = 0, busy = 0, own = 0;  // seconds
+  };
+  static Sample sample() {
+    Sample s;
+#ifdef DGRD_HAS_PROC_LOAD
+    std::ifstream stat("/proc/stat");
+    std::string cpu;
+    double ticks[8] = {};
+    if (!(stat >> cpu) || cpu != "cpu") return s;
+    for (double& t : ticks)
+      if (!(stat >> t)) return s;
+    const double hz = double(sysconf(_SC_CLK_TCK));
+    s.busy = (ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7]) / hz;
+    rusage self;
+    getrusage(RUSAGE_SELF, &self);
+    s.own = double(self.ru_utime.tv_sec + self.ru_stime.tv_sec) +
+            1e-6 * double(self.ru_utime.tv_usec + self.ru_stime.tv_usec);
+    s.wall = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+                 .count();
+    s.valid = hz > 0;
+#endif
+    return s;
+  }
+  std::mutex mutex_;
+  Sample last_;
+  double busy_ = 0;
+};
+
+// Threads for the loops whose results do not depend on their number: OpenMP's count, less the
+// cores other processes keep busy. A loop ends when its last thread does, and a thread that
+// shares a core with another process is set aside for whole time slices: with one core taken,
+// two threads finish later than one.
+int loop_threads() {
+  const int wanted = thread_count();
+  if (wanted <= 1) return 1;
+  static OtherLoad load;
+#ifdef _OPENMP
+  const int cores = omp_get_num_procs();
+#else
+  const int cores = 1;
+#endif
+  const int free_cores = int(std::lround(double(cores) - load.cores_busy()));
+  return std::max(1, std::min(wanted, free_cores));
 }
 
 // Pixel rectangle of tile `tile`, clipped to the image.
@@ -76,7 +152,8 @@ constexpr int kMinParallelItems = 4096;
 // Per-Gaussian sums, accumulated in double, handed over in the backend's type.
 template <typename T>
 void to_splat_grads(const SplatGrad<double>* totals, int count, SplatGrad<T>* splat_grads) {
-#pragma omp parallel for schedule(static) if (count >= kMinParallelItems)
+#pragma omp parallel for schedule(static) if (count >= kMinParallelItems) \
+    num_threads(loop_threads())
   for (int i = 0; i < count; ++i) {
     const SplatGrad<double>& t = totals[i];
     splat_grads[i] = {{T(t.mean2d.x), T(t.mean2d.y)},
@@ -261,7 +338,8 @@ DGRD_LANE_CLONES void render_backward_group(const Camera<float>& cam, const Stag
 
 template <typename T>
 void preprocess(const Camera<T>& cam, const GaussianInputs<T>& in, const GaussianState<T>& state) {
-#pragma omp parallel for schedule(static) if (in.count >= kMinParallelItems)
+#pragma omp parallel for schedule(static) if (in.count >= kMinParallelItems) \
+    num_threads(loop_threads())
   for (int i = 0; i < in.count; ++i) state.store(i, preprocess_gaussian(cam, in, i));
 }
 
@@ -457,7 +535,8 @@ std::vector<int> tiles_longest_first(const Camera<float>& cam, const int* tile_r
 std::vector<float> power_floors(const GaussianState<float>& state, int count) {
   std::vector<float> floors(static_cast<size_t>(count), -INFINITY);
   if (!cpu_tuning().power_bound) return floors;
-#pragma omp parallel for schedule(static) if (count >= kMinParallelItems)
+#pragma omp parallel for schedule(static) if (count >= kMinParallelItems) \
+    num_threads(loop_threads())
   for (int i = 0; i < count; ++i) floors[i] = power_floor(state.conic_opacity[i].w);
   return floors;
 }
@@ -468,7 +547,7 @@ void render_lanes(const Camera<float>& cam, const GaussianState<float>& state, i
   const std::vector<int> order = tiles_longest_first(cam, lists.tile_ranges);
   const int tiles = int(order.size());
   const int plane = cam.width * cam.height;
-#pragma omp parallel if (plane >= kMinParallelItems)
+#pragma omp parallel if (plane >= kMinParallelItems) num_threads(loop_threads())
   {
     StagedSplats sp;
 #pragma omp for schedule(dynamic, 1)
@@ -497,7 +576,7 @@ void render_backward_lanes(const Camera<float>& cam, const GaussianState<float>&
   // thread ran it: scheduling is free to be dynamic and the gradients still repeat exactly.
   std::unique_ptr<SplatGrad<double>[]> pair_sums(new SplatGrad<double>[size_t(pairs)]);
   std::vector<int> visited(size_t(tiles), 0);  // splats of each tile a pixel reached
-#pragma omp parallel if (plane >= kMinParallelItems)
+#pragma omp parallel if (plane >= kMinParallelItems) num_threads(loop_threads())
   {
     StagedSplats sp;
     std::vector<SplatGrad<Lanes>> lane_sums;  // the tile's splats, summed per lane
@@ -614,7 +693,8 @@ void preprocess_backward(const Camera<T>& cam, const GaussianInputs<T>& in, cons
                          const SplatGrad<T>* splat_grads, const GaussianGrads<T>& out,
                          CameraGrad<T>* camera) {
   if (!camera) {
-#pragma omp parallel for schedule(static) if (in.count >= kMinParallelItems)
+#pragma omp parallel for schedule(static) if (in.count >= kMinParallelItems) \
+    num_threads(loop_threads())
     for (int i = 0; i < in.count; ++i) {
       if (radii[i] > 0) preprocess_gaussian_backward(cam, in, i, splat_grads[i], out);
     }
