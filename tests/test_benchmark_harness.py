@@ -151,3 +151,27 @@ def test_results_are_written_after_each_configuration(tmp_path):
     assert [r["width"] for r in seen[-1]["results"]] == [65, 97]
     assert seen[0]["results"][0] == seen[-1]["results"][0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]   # no temporary left
+
+
+def test_cpu_bench_quick_reports_load_work_and_ablation(tmp_path):
+    """benchmarks/cpu_bench.py on a small frame: every figure it prints is there and coherent."""
+    out = tmp_path / "cpu.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "cpu_bench.py"), "--quick", "--ablation",
+         "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "other processes used" in proc.stdout and "work model" in proc.stdout
+    r = json.loads(out.read_text())
+    assert r["points"] == 3000 and (r["width"], r["height"]) == (162, 105)
+    assert set(r["threads"]) == {"1", "2"}
+    for m in r["threads"].values():
+        for key in ("forward", "backward", "both", "render", "render_backward"):
+            assert m[key] > 0, key
+        assert m["both"] >= m["render"]
+    w = r["work"]
+    assert w["evaluations"] >= w["exps"] >= w["blends"] > 0
+    assert w["lane_evaluations"] >= w["evaluations"] and w["pairs"] > 0
+    assert 0 < w["model_render_seconds"] < 1
+    assert set(r["ablation"]) == {"all on", "no lanes (per-pixel loop)", "no power bound",
+                                  "tiles in index order"}
+    assert r["load"]["cores"] >= 1 and r["load"]["others_cores_used"] >= 0
