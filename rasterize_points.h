@@ -160,7 +160,7 @@ ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g);
 BackwardResult backward_cpu(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
                             const torch::Tensor& dcolor, const torch::Tensor& ddepth,
                             const torch::Tensor& dweight);
-#ifdef DGRD_WITH_CUDA
+#if defined(DGRD_WITH_CUDA) || defined(DGRD_EMULATE_CUDA)
 ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g);
 BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
                              const torch::Tensor& dcolor, const torch::Tensor& ddepth,

@@ -2,9 +2,12 @@
 // backward, preprocess backward. All math comes from the shared headers.
 #include "cuda_backend.h"
 
+#ifndef DGRD_EMULATE_CUDA
 #include <cub/cub.cuh>
+#endif
 
 #include "blend.h"
+#include "cuda_emulation.h"
 #include "preprocess.h"
 
 namespace dgrd {
@@ -86,7 +89,7 @@ struct SplatBatch {
 __global__ void __launch_bounds__(kTilePixels)
     render_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
                   PixelBuffers<float> px) {
-  __shared__ SplatBatch batch;
+  DGRD_SHARED(SplatBatch, batch);
   const TileThread me(cam);
   const int begin = lists.tile_ranges[2 * me.tile], end = lists.tile_ranges[2 * me.tile + 1];
   bool done = !me.inside;
@@ -148,8 +151,8 @@ __global__ void __launch_bounds__(kTilePixels)
     render_backward_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
                            PixelBuffers<float> px, PixelGrads<float> grads,
                            SplatGrad<float>* splat_grads) {
-  __shared__ SplatBatch batch;
-  __shared__ int block_last;
+  DGRD_SHARED(SplatBatch, batch);
+  DGRD_SHARED(int, block_last);
   const TileThread me(cam);
   const int begin = lists.tile_ranges[2 * me.tile];
   const int plane = cam.width * cam.height;
@@ -209,7 +212,7 @@ __global__ void mark_visible_kernel(const float* viewmatrix, const float* positi
 void preprocess(const Camera<float>& cam, const GaussianInputs<float>& in,
                 const GaussianState<float>& state, cudaStream_t stream) {
   if (in.count == 0) return;
-  preprocess_kernel<<<blocks_for(in.count), kThreads, 0, stream>>>(cam, in, state);
+  DGRD_LAUNCH(preprocess_kernel, blocks_for(in.count), kThreads, stream)(cam, in, state);
 }
 
 void inclusive_scan(void* temp, size_t& temp_bytes, const int64_t* tiles_touched,
@@ -220,7 +223,7 @@ void inclusive_scan(void* temp, size_t& temp_bytes, const int64_t* tiles_touched
 void duplicate_keys(const Camera<float>& cam, int count, const GaussianState<float>& state,
                     const int64_t* offsets, uint64_t* keys, int* ids, cudaStream_t stream) {
   if (count == 0) return;
-  duplicate_keys_kernel<<<blocks_for(count), kThreads, 0, stream>>>(cam, count, state, offsets,
+  DGRD_LAUNCH(duplicate_keys_kernel, blocks_for(count), kThreads, stream)(cam, count, state, offsets,
                                                                     keys, ids);
 }
 
@@ -239,18 +242,18 @@ void sort_pairs(void* temp, size_t& temp_bytes, const uint64_t* keys_in, uint64_
 void identify_tile_ranges(const uint64_t* sorted_keys, int pairs, int* tile_ranges,
                           cudaStream_t stream) {
   if (pairs == 0) return;
-  tile_ranges_kernel<<<blocks_for(pairs), kThreads, 0, stream>>>(sorted_keys, pairs, tile_ranges);
+  DGRD_LAUNCH(tile_ranges_kernel, blocks_for(pairs), kThreads, stream)(sorted_keys, pairs, tile_ranges);
 }
 
 void render(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
             const PixelBuffers<float>& px, cudaStream_t stream) {
-  render_kernel<<<cam.tiles_x * cam.tiles_y, kTilePixels, 0, stream>>>(cam, state, lists, px);
+  DGRD_LAUNCH(render_kernel, cam.tiles_x * cam.tiles_y, kTilePixels, stream)(cam, state, lists, px);
 }
 
 void render_backward(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
                      const PixelBuffers<float>& px, PixelGrads<float> grads,
                      SplatGrad<float>* splat_grads, cudaStream_t stream) {
-  render_backward_kernel<<<cam.tiles_x * cam.tiles_y, kTilePixels, 0, stream>>>(
+  DGRD_LAUNCH(render_backward_kernel, cam.tiles_x * cam.tiles_y, kTilePixels, stream)(
       cam, state, lists, px, grads, splat_grads);
 }
 
@@ -258,14 +261,14 @@ void preprocess_backward(const Camera<float>& cam, const GaussianInputs<float>& 
                          const int* radii, const SplatGrad<float>* splat_grads,
                          const GaussianGrads<float>& out, cudaStream_t stream) {
   if (in.count == 0) return;
-  preprocess_backward_kernel<<<blocks_for(in.count), kThreads, 0, stream>>>(cam, in, radii,
+  DGRD_LAUNCH(preprocess_backward_kernel, blocks_for(in.count), kThreads, stream)(cam, in, radii,
                                                                             splat_grads, out);
 }
 
 void mark_visible(const float* viewmatrix, const float* positions, int count, bool* visible,
                   cudaStream_t stream) {
   if (count == 0) return;
-  mark_visible_kernel<<<blocks_for(count), kThreads, 0, stream>>>(viewmatrix, positions, count,
+  DGRD_LAUNCH(mark_visible_kernel, blocks_for(count), kThreads, stream)(viewmatrix, positions, count,
                                                                   visible);
 }
 

@@ -17,3 +17,14 @@ def pytest_sessionstart(session):
         raise pytest.UsageError(
             f"CI: the compiled extension is not importable ({_backend._IMPORT_ERROR}); build it "
             "with `pip install --no-build-isolation -e .` before running the tests")
+
+
+@pytest.fixture(autouse=True)
+def _cuda_target(request):
+    """Tests parametrized by `device` run their renders on that device's backend: for the
+    emulated CUDA target, the emulation is active for the whole test."""
+    import cuda_target
+    callspec = getattr(request.node, "callspec", None)
+    device = callspec.params.get("device") if callspec else None
+    with cuda_target.active(device):
+        yield
