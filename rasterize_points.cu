@@ -87,8 +87,8 @@ torch::Tensor scratch(size_t bytes, const torch::Tensor& like) {
 
 void require_float32(const GaussianTensors& g) {
   TORCH_CHECK_TYPE(g.means3D.scalar_type() == torch::kFloat32,
-                   "diff_gaussian_rasterization_depth: the CUDA backend takes float32, got ",
-                   g.means3D.scalar_type());
+                   "diff_gaussian_rasterization_depth: means3D: the CUDA backend takes float32, "
+                   "got ", g.means3D.scalar_type());
 }
 
 }  // namespace
