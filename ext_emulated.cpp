@@ -1,4 +1,4 @@
-// Python bindings of the test-only _emulated_cuda module: the CUDA backend's glue and kernels, run on CPU tensors by the CUDA emulation, plus small kernels that check the emulation itself.
+// Bindings of the test-only _emulated_cuda module: the emulated CUDA backend and self-checks.
 #include <torch/extension.h>
 
 #include "cuda_rasterizer/cuda_emulation.h"
@@ -53,6 +53,9 @@ __global__ void divergent_shuffle_kernel(float* out) {
   __syncthreads();
   out[threadIdx.x] = v;
 }
+__global__ void null_read_kernel(const float* data, float* out) {
+  out[threadIdx.x] = data[threadIdx.x];  // data is null
+}
 __global__ void out_of_bounds_kernel(float* data, int n) {
   const int i = int(blockIdx.x * blockDim.x + threadIdx.x);
   if (i <= n) data[i] = 1.0f;  // one past the end
@@ -82,6 +85,11 @@ void mismatched_barrier() { DGRD_LAUNCH(mismatched_barrier_kernel, 1, 64, nullpt
 void divergent_shuffle() {
   torch::Tensor out = torch::zeros({64});
   DGRD_LAUNCH(divergent_shuffle_kernel, 1, 64, nullptr)(out.data_ptr<float>());
+}
+
+void null_read() {
+  torch::Tensor out = torch::zeros({32});
+  DGRD_LAUNCH(null_read_kernel, 1, 32, nullptr)(nullptr, out.data_ptr<float>());
 }
 
 void out_of_bounds(int n) {
@@ -114,5 +122,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   checks.def("unwritten_shared", &emulation_checks::unwritten_shared);
   checks.def("mismatched_barrier", &emulation_checks::mismatched_barrier);
   checks.def("divergent_shuffle", &emulation_checks::divergent_shuffle);
+  checks.def("null_read", &emulation_checks::null_read);
   checks.def("out_of_bounds", &emulation_checks::out_of_bounds);
 }

@@ -223,8 +223,8 @@ void inclusive_scan(void* temp, size_t& temp_bytes, const int64_t* tiles_touched
 void duplicate_keys(const Camera<float>& cam, int count, const GaussianState<float>& state,
                     const int64_t* offsets, uint64_t* keys, int* ids, cudaStream_t stream) {
   if (count == 0) return;
-  DGRD_LAUNCH(duplicate_keys_kernel, blocks_for(count), kThreads, stream)(cam, count, state, offsets,
-                                                                    keys, ids);
+  DGRD_LAUNCH(duplicate_keys_kernel, blocks_for(count), kThreads, stream)(cam, count, state,
+                                                                        offsets, keys, ids);
 }
 
 int sort_end_bit(int tiles) {
@@ -242,7 +242,8 @@ void sort_pairs(void* temp, size_t& temp_bytes, const uint64_t* keys_in, uint64_
 void identify_tile_ranges(const uint64_t* sorted_keys, int pairs, int* tile_ranges,
                           cudaStream_t stream) {
   if (pairs == 0) return;
-  DGRD_LAUNCH(tile_ranges_kernel, blocks_for(pairs), kThreads, stream)(sorted_keys, pairs, tile_ranges);
+  DGRD_LAUNCH(tile_ranges_kernel, blocks_for(pairs), kThreads, stream)(sorted_keys, pairs,
+                                                                     tile_ranges);
 }
 
 void render(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
@@ -261,15 +262,15 @@ void preprocess_backward(const Camera<float>& cam, const GaussianInputs<float>& 
                          const int* radii, const SplatGrad<float>* splat_grads,
                          const GaussianGrads<float>& out, cudaStream_t stream) {
   if (in.count == 0) return;
-  DGRD_LAUNCH(preprocess_backward_kernel, blocks_for(in.count), kThreads, stream)(cam, in, radii,
-                                                                            splat_grads, out);
+  DGRD_LAUNCH(preprocess_backward_kernel, blocks_for(in.count), kThreads, stream)(
+      cam, in, radii, splat_grads, out);
 }
 
 void mark_visible(const float* viewmatrix, const float* positions, int count, bool* visible,
                   cudaStream_t stream) {
   if (count == 0) return;
-  DGRD_LAUNCH(mark_visible_kernel, blocks_for(count), kThreads, stream)(viewmatrix, positions, count,
-                                                                  visible);
+  DGRD_LAUNCH(mark_visible_kernel, blocks_for(count), kThreads, stream)(viewmatrix, positions,
+                                                                      count, visible);
 }
 
 }  // namespace gpu

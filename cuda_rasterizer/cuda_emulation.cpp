@@ -1,4 +1,4 @@
-// Runtime of the CUDA emulation (cuda_emulation.h): fiber stacks and switches, the block scheduler, barriers, warp collectives, shared memory, poison, fault capture.
+// Runtime of the CUDA emulation: fibers, the block scheduler, collectives, shared memory, poison.
 #include "cuda_emulation.h"
 
 #include <setjmp.h>
@@ -541,6 +541,7 @@ void run_block(uint3 block) {
 thread_local sigjmp_buf* fault_jump = nullptr;
 thread_local int fault_signal = 0;
 thread_local void* fault_address = nullptr;
+struct sigaction previous_segv, previous_bus;  // restored after the launch
 
 void on_fault(int sig, siginfo_t* info, void*) {
   if (fault_jump) {
@@ -548,12 +549,12 @@ void on_fault(int sig, siginfo_t* info, void*) {
     fault_address = info->si_addr;
     siglongjmp(*fault_jump, 1);
   }
-  signal(sig, SIG_DFL);  // not ours: crash as before
-  raise(sig);
+  // Another thread's fault: hand it to the handler from before the launch, which runs when the
+  // faulting instruction is retried.
+  sigaction(sig, sig == SIGBUS ? &previous_bus : &previous_segv, nullptr);
 }
 
 struct FaultCapture {
-  struct sigaction old_segv, old_bus;
   stack_t old_stack;
   FaultCapture() {
     static thread_local std::unique_ptr<char[]> alt(new char[1 << 16]);
@@ -565,13 +566,13 @@ struct FaultCapture {
     action.sa_sigaction = on_fault;
     action.sa_flags = SA_SIGINFO | SA_ONSTACK;
     sigemptyset(&action.sa_mask);
-    sigaction(SIGSEGV, &action, &old_segv);
-    sigaction(SIGBUS, &action, &old_bus);
+    sigaction(SIGSEGV, &action, &previous_segv);
+    sigaction(SIGBUS, &action, &previous_bus);
   }
   ~FaultCapture() {
     fault_jump = nullptr;
-    sigaction(SIGSEGV, &old_segv, nullptr);
-    sigaction(SIGBUS, &old_bus, nullptr);
+    sigaction(SIGSEGV, &previous_segv, nullptr);
+    sigaction(SIGBUS, &previous_bus, nullptr);
     sigaltstack(&old_stack, nullptr);
   }
 };

@@ -1,4 +1,4 @@
-// The CUDA execution model on the CPU, for tests: kernels run unchanged with each block's threads as fibers; DGRD_SHARED / DGRD_LAUNCH are plain CUDA under nvcc.
+// CUDA on the CPU for tests (DGRD_EMULATE_CUDA): kernels run unchanged, threads as fibers.
 #pragma once
 
 #ifndef DGRD_EMULATE_CUDA
@@ -226,10 +226,14 @@ T atomicCAS(T* address, T compare, T value) {
   return old;
 }
 
-inline unsigned __float_as_uint(float v) { return ::dgrd::emu::from_bits<unsigned>(::dgrd::emu::to_bits(v)); }
-inline int __float_as_int(float v) { return ::dgrd::emu::from_bits<int>(::dgrd::emu::to_bits(v)); }
-inline float __uint_as_float(unsigned v) { return ::dgrd::emu::from_bits<float>(::dgrd::emu::to_bits(v)); }
-inline float __int_as_float(int v) { return ::dgrd::emu::from_bits<float>(::dgrd::emu::to_bits(v)); }
+template <typename To, typename From>
+To dgrd_emu_bit_cast(From v) {
+  return ::dgrd::emu::from_bits<To>(::dgrd::emu::to_bits(v));
+}
+inline unsigned __float_as_uint(float v) { return dgrd_emu_bit_cast<unsigned>(v); }
+inline int __float_as_int(float v) { return dgrd_emu_bit_cast<int>(v); }
+inline float __uint_as_float(unsigned v) { return dgrd_emu_bit_cast<float>(v); }
+inline float __int_as_float(int v) { return dgrd_emu_bit_cast<float>(v); }
 
 // CUDA's integer and float min/max overloads.
 inline int min(int a, int b) { return a < b ? a : b; }

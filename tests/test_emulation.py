@@ -13,8 +13,8 @@ import torch
 
 from cuda_target import EMULATED_CUDA
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not EMULATED_CUDA, reason="the emulated CUDA backend was not built")]
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(
+    not EMULATED_CUDA, reason="the emulated CUDA backend was not built")]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,6 +99,12 @@ def test_divergent_shuffle_is_an_error(emu):
     assert "divergent_shuffle_kernel" in message and "deadlock" in message
     assert "__shfl_down_sync(mask 0xffffffff) at ext_emulated.cpp" in message
     assert "__syncthreads at ext_emulated.cpp" in message
+
+
+def test_invalid_memory_access_is_an_error(emu):
+    with pytest.raises(RuntimeError, match=r"null_read_kernel.*invalid memory access"):
+        emu.checks.null_read()
+    assert emu.checks.turns(32)[:32].tolist() == list(range(32))
 
 
 ASAN_SCRIPT = textwrap.dedent("""
