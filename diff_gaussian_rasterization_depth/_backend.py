@@ -114,7 +114,7 @@ def backward(config, gaussians, state, grad_color, grad_depth, grad_weight):
         return empty if g is None else g.contiguous()
 
     return _renderer().backward(config, gaussians, state, put(grad_color), put(grad_depth),
-                           put(grad_weight))
+                                put(grad_weight))
 
 
 def mark_visible(positions, settings):

@@ -3,14 +3,12 @@ gradients, and the comparisons "as if that Gaussian were not there"."""
 import math
 from typing import Dict, Optional, Sequence
 
-import pytest
 import torch
 
 from diff_gaussian_rasterization_depth import GaussianRasterizationSettings, rasterize_gaussians
 
-from scenes import INPUT_NAMES, perspective_matrix
-
 from cuda_target import cuda_targets
+from scenes import INPUT_NAMES, perspective_matrix
 
 # 'cpu' always; the CUDA targets (a GPU, the emulation) with the `cuda` marker.
 DEVICES = ["cpu"] + cuda_targets(orders=("random:1",))
