@@ -1,9 +1,14 @@
 // PyTorch glue for the CUDA backend: allocation through the caching allocator, stage order, one
 // host read per forward (the number of tile pairs), launch checks, and debug synchronization.
+// Compiled by nvcc for GPUs and, under DGRD_EMULATE_CUDA, by the host compiler for the emulated
+// backend (CPU tensors, the kernels run by cuda_emulation.h): the few device-specific lines are
+// in DeviceContext, device_bytes_available and uninitialized.
+#ifndef DGRD_EMULATE_CUDA
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
+#endif
 
 #include <algorithm>
 
@@ -14,17 +19,33 @@ namespace dgrd {
 
 namespace {
 
-// Checks a launch; in debug mode also waits for it, so an error names the stage that failed.
-void check_stage(const RasterConfig& c, const char* stage) {
+// Checks a launch; with `wait` (debug mode) also waits for it, so an error names the stage that
+// failed.
+void check_launch(const char* stage, bool wait = false) {
   const cudaError_t launch = cudaGetLastError();
   TORCH_CHECK(launch == cudaSuccess, "diff_gaussian_rasterization_depth: CUDA stage '", stage,
               "' failed to launch: ", cudaGetErrorString(launch));
-  if (c.debug) {
+  if (wait) {
     const cudaError_t run = cudaDeviceSynchronize();
     TORCH_CHECK(run == cudaSuccess, "diff_gaussian_rasterization_depth: CUDA stage '", stage,
                 "' failed: ", cudaGetErrorString(run));
   }
 }
+
+void check_stage(const RasterConfig& c, const char* stage) { check_launch(stage, c.debug); }
+
+// The device the stages run on: the tensors' GPU and its current stream.
+struct DeviceContext {
+#ifdef DGRD_EMULATE_CUDA
+  explicit DeviceContext(const torch::Tensor&) {}
+  cudaStream_t stream = nullptr;
+#else
+  explicit DeviceContext(const torch::Tensor& t)
+      : guard(t.device()), stream(c10::cuda::getCurrentCUDAStream()) {}
+  const c10::cuda::CUDAGuard guard;
+  const cudaStream_t stream;
+#endif
+};
 
 // A CUB call reports its own errors (sizing, scratch, launch) through its return value.
 void check_cub(cudaError_t status, const char* stage) {
@@ -34,6 +55,9 @@ void check_cub(cudaError_t status, const char* stage) {
 
 // Free device memory plus what PyTorch's caching allocator holds but does not use.
 int64_t device_bytes_available() {
+#ifdef DGRD_EMULATE_CUDA
+  return host_bytes_available();
+#else
   size_t free_bytes = 0, total_bytes = 0;
   C10_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
   const auto stats =
@@ -42,35 +66,55 @@ int64_t device_bytes_available() {
   const int64_t cached = stats.reserved_bytes[aggregate].current -
                          stats.allocated_bytes[aggregate].current;
   return int64_t(free_bytes) + std::max<int64_t>(cached, 0);
+#endif
+}
+
+// A buffer the kernels must write before reading. Under emulation it is poisoned, so that
+// reading an unwritten element shows (NaN, or an index far out of range).
+torch::Tensor uninitialized(torch::Tensor t) {
+#ifdef DGRD_EMULATE_CUDA
+  using emu::PoisonKind;
+  const auto type = t.scalar_type();
+  const PoisonKind kind = type == torch::kInt32   ? PoisonKind::Int32
+                          : type == torch::kInt64 ? PoisonKind::Int64
+                                                  : PoisonKind::Bytes;
+  emu::poison(t.data_ptr(), t.nbytes(), kind);
+#endif
+  return t;
+}
+
+torch::Tensor device_empty(c10::IntArrayRef sizes, const torch::TensorOptions& opts) {
+  return uninitialized(torch::empty(sizes, opts));
 }
 
 torch::Tensor scratch(size_t bytes, const torch::Tensor& like) {
-  return torch::empty({int64_t(bytes)}, like.options().dtype(torch::kUInt8));
+  return device_empty({int64_t(bytes)}, like.options().dtype(torch::kUInt8));
 }
 
 void require_float32(const GaussianTensors& g) {
   TORCH_CHECK_TYPE(g.means3D.scalar_type() == torch::kFloat32,
-                   "diff_gaussian_rasterization_depth: the CUDA backend takes float32, got ",
-                   g.means3D.scalar_type());
+                   "diff_gaussian_rasterization_depth: means3D: the CUDA backend takes float32, "
+                   "got ", g.means3D.scalar_type());
 }
 
 }  // namespace
 
 ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   require_float32(g);
-  const c10::cuda::CUDAGuard guard(g.means3D.device());
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const DeviceContext device(g.means3D);
+  const cudaStream_t stream = device.stream;
   const int64_t P = g.count(), H = c.image_height, W = c.image_width;
   const auto opts = g.means3D.options();
   const auto longs = opts.dtype(torch::kInt64);
 
   // Only P-sized memory until the pair count and the image are known to fit.
   ForwardState s = allocate_gaussian_state(P, opts);
+  for (torch::Tensor* t : {&s.radii, &s.means2d, &s.conic_opacity, &s.features}) uninitialized(*t);
   const Camera<float> cam = make_camera<float>(c);
   const GaussianInputs<float> in = make_inputs<float>(g);
-  torch::Tensor tiles_touched = torch::empty({P}, longs);
+  torch::Tensor tiles_touched = device_empty({P}, longs);
   static_assert(sizeof(TileRect) == 4 * sizeof(int), "TileRect must be 4 ints");
-  torch::Tensor rects = torch::empty({P, 4}, opts.dtype(torch::kInt32));
+  torch::Tensor rects = device_empty({P, 4}, opts.dtype(torch::kInt32));
   const GaussianState<float> st = make_state<float>(
       s, tiles_touched.data_ptr<int64_t>(), reinterpret_cast<TileRect*>(rects.data_ptr<int>()));
 
@@ -78,7 +122,7 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   check_stage(c, "preprocess");
 
   int64_t pairs = 0;
-  torch::Tensor offsets = torch::empty({P}, longs);
+  torch::Tensor offsets = device_empty({P}, longs);
   if (P > 0) {
     size_t bytes = 0;
     check_cub(gpu::inclusive_scan(nullptr, bytes, st.tiles_touched, nullptr, int(P), stream),
@@ -99,12 +143,13 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
                       available - pairs * pair_bytes);
 
   allocate_pixel_state(c, s, opts);
+  for (torch::Tensor* t : {&s.tile_ranges, &s.pixel_state, &s.n_contrib}) uninitialized(*t);
   const int tiles = c.tiles_x() * c.tiles_y();
   s.tile_ranges.zero_();
-  torch::Tensor keys = torch::empty({pairs}, longs);
-  torch::Tensor sorted_keys = torch::empty({pairs}, longs);
-  torch::Tensor ids = torch::empty({pairs}, opts.dtype(torch::kInt32));
-  s.point_list = torch::empty({pairs}, opts.dtype(torch::kInt32));
+  torch::Tensor keys = device_empty({pairs}, longs);
+  torch::Tensor sorted_keys = device_empty({pairs}, longs);
+  torch::Tensor ids = device_empty({pairs}, opts.dtype(torch::kInt32));
+  s.point_list = device_empty({pairs}, opts.dtype(torch::kInt32));
   if (pairs > 0) {
     auto* k_in = reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>());
     auto* k_out = reinterpret_cast<uint64_t*>(sorted_keys.data_ptr<int64_t>());
@@ -125,11 +170,11 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
     check_stage(c, "tile_ranges");
   }
 
-  torch::Tensor color = torch::empty({3, H, W}, opts);
-  torch::Tensor depth = torch::empty({H, W}, opts);
-  torch::Tensor weight = torch::empty({H, W}, opts);
-  torch::Tensor feature_map = torch::empty({g.channels(), H, W}, opts);
-  torch::Tensor median = torch::empty({c.median_depth ? H : 0, W}, opts);
+  torch::Tensor color = device_empty({3, H, W}, opts);
+  torch::Tensor depth = device_empty({H, W}, opts);
+  torch::Tensor weight = device_empty({H, W}, opts);
+  torch::Tensor feature_map = device_empty({g.channels(), H, W}, opts);
+  torch::Tensor median = device_empty({c.median_depth ? H : 0, W}, opts);
   const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
   gpu::render(cam, st, lists, make_pixel_buffers<float>(s, color, depth, weight),
               make_optional_outputs<float>(g, s, feature_map, median), stream);
@@ -140,8 +185,8 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
 BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
                              const MapGrads& up) {
   require_float32(g);
-  const c10::cuda::CUDAGuard guard(g.means3D.device());
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const DeviceContext device(g.means3D);
+  const cudaStream_t stream = device.stream;
   const int64_t P = g.count();
   GradientTensors grads = GradientTensors::zeros_like_inputs(g, c.camera_grad);
   const Camera<float> cam = make_camera<float>(c);
@@ -160,7 +205,7 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, co
   CameraGrad<float>* camera = grads.camera_pointer<float>();
   torch::Tensor partials;  // the camera gradient's per-block sums
   if (camera)
-    partials = torch::empty({int64_t(gpu::camera_grad_partials(int(P))), kCameraGradValues},
+    partials = device_empty({int64_t(gpu::camera_grad_partials(int(P))), kCameraGradValues},
                             g.means3D.options());
   gpu::preprocess_backward(cam, make_inputs<float>(g), st.radii, splat_grads,
                             grads.pointers<float>(), camera,
@@ -174,12 +219,12 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, co
 torch::Tensor mark_visible_cuda(const torch::Tensor& positions, const torch::Tensor& viewmatrix) {
   TORCH_CHECK_TYPE(positions.scalar_type() == torch::kFloat32,
                    "positions: the CUDA backend takes float32, got ", positions.scalar_type());
-  const c10::cuda::CUDAGuard guard(positions.device());
+  const DeviceContext device(positions);
   const int64_t P = positions.size(0);
-  torch::Tensor visible = torch::empty({P}, positions.options().dtype(torch::kBool));
+  torch::Tensor visible = device_empty({P}, positions.options().dtype(torch::kBool));
   gpu::mark_visible(viewmatrix.data_ptr<float>(), positions.data_ptr<float>(), int(P),
-                     visible.data_ptr<bool>(), c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+                     visible.data_ptr<bool>(), device.stream);
+  check_launch("mark_visible");
   return visible;
 }
 

@@ -220,7 +220,7 @@ int64_t host_bytes_available();
 ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g);
 BackwardResult backward_cpu(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
                             const MapGrads& up);
-#ifdef DGRD_WITH_CUDA
+#if defined(DGRD_WITH_CUDA) || defined(DGRD_EMULATE_CUDA)
 ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g);
 BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
                              const MapGrads& up);

@@ -7,6 +7,7 @@
 """
 import glob
 import os
+import sys
 
 from setuptools import setup
 
@@ -96,7 +97,19 @@ else:
         extra_link_args=omp,
     )
 
+# The emulated CUDA backend: the CUDA kernels and glue built by the host compiler, run on the
+# CPU by cuda_rasterizer/cuda_emulation.h. A test-only module, built everywhere (CI has no GPU).
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import emulated_build  # noqa: E402
+
+emulated = cpp_extension.CppExtension(
+    name="diff_gaussian_rasterization_depth._emulated_cuda",
+    sources=emulated_build.sources(os.path.join(ROOT, "build", "emulated_sources")),
+    include_dirs=[ROOT],
+    extra_compile_args={"cxx": emulated_build.CXX_FLAGS},
+)
+
 setup(
-    ext_modules=[ext],
+    ext_modules=[ext, emulated],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
 )

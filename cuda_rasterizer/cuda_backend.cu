@@ -2,9 +2,12 @@
 // backward, preprocess backward. All math comes from the shared headers.
 #include "cuda_backend.h"
 
+#ifndef DGRD_EMULATE_CUDA
 #include <cub/cub.cuh>
+#endif
 
 #include "blend.h"
+#include "cuda_emulation.h"
 #include "preprocess.h"
 
 namespace dgrd {
@@ -88,7 +91,7 @@ template <bool kMedian>
 __global__ void __launch_bounds__(kTilePixels)
     render_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
                   PixelBuffers<float> px, OptionalOutputs<float> extra) {
-  __shared__ SplatBatch batch;
+  DGRD_SHARED(SplatBatch, batch);
   const TileThread me(cam);
   const int begin = lists.tile_ranges[2 * me.tile], end = lists.tile_ranges[2 * me.tile + 1];
   bool done = !me.inside;
@@ -133,7 +136,7 @@ __global__ void __launch_bounds__(kTilePixels)
 // The largest n_contrib of the block's pixels (`last`: the thread's own, 0 outside the image):
 // no splat behind it is visited.
 __device__ __forceinline__ int block_max(int last) {
-  __shared__ int block_last;
+  DGRD_SHARED(int, block_last);
   if (threadIdx.x == 0) block_last = 0;
   __syncthreads();
   atomicMax(&block_last, last);
@@ -191,7 +194,7 @@ template <int kChunk>
 __global__ void __launch_bounds__(kTilePixels)
     render_features_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
                            PixelBuffers<float> px, OptionalOutputs<float> extra) {
-  __shared__ FeatureBatch<kChunk> batch;
+  DGRD_SHARED(FeatureBatch<kChunk>, batch);
   const FeatureThread<kChunk> me(cam, lists, px, extra.channels);
   float sum[kChunk];
 #pragma unroll
@@ -258,8 +261,8 @@ __global__ void __launch_bounds__(kTilePixels)
     render_backward_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
                            PixelBuffers<float> px, PixelGrads<float> grads,
                            OptionalGrads<float> extra, SplatGrad<float>* splat_grads) {
-  __shared__ SplatBatch batch;
-  __shared__ int block_last;
+  DGRD_SHARED(SplatBatch, batch);
+  DGRD_SHARED(int, block_last);
   const TileThread me(cam);
   const int begin = lists.tile_ranges[2 * me.tile];
   const int plane = cam.width * cam.height;
@@ -315,7 +318,7 @@ __global__ void __launch_bounds__(kTilePixels)
     render_features_backward_kernel(Camera<float> cam, GaussianState<float> state,
                                     TileLists lists, PixelBuffers<float> px,
                                     OptionalGrads<float> extra, SplatGrad<float>* splat_grads) {
-  __shared__ FeatureBatch<kChunk> batch;
+  DGRD_SHARED(FeatureBatch<kChunk>, batch);
   const FeatureThread<kChunk> me(cam, lists, px, extra.channels);
   float upstream[kChunk];
 #pragma unroll
@@ -391,7 +394,8 @@ __global__ void __launch_bounds__(kThreads)
                                       const int* radii, const SplatGrad<float>* splat_grads,
                                       GaussianGrads<float> out, CameraGrad<float>* partials) {
   constexpr int kWarps = kThreads / 32;
-  __shared__ float warp_sums[kWarps][kCameraGradValues];
+  using WarpSums = float[kWarps][kCameraGradValues];
+  DGRD_SHARED(WarpSums, warp_sums);
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   CameraGrad<float> share = {};
   if (i < in.count && radii[i] > 0)
@@ -415,7 +419,7 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void __launch_bounds__(kThreads)
     camera_grad_total_kernel(const CameraGrad<float>* partials, int blocks,
                              CameraGrad<float>* total) {
-  __shared__ double sums[kThreads];
+  DGRD_SHARED_ARRAY(double, sums, kThreads);
   const int k = blockIdx.x;
   const float* values = reinterpret_cast<const float*>(partials);
   double sum = 0.0;
@@ -441,7 +445,7 @@ __global__ void mark_visible_kernel(const float* viewmatrix, const float* positi
 void preprocess(const Camera<float>& cam, const GaussianInputs<float>& in,
                 const GaussianState<float>& state, cudaStream_t stream) {
   if (in.count == 0) return;
-  preprocess_kernel<<<blocks_for(in.count), kThreads, 0, stream>>>(cam, in, state);
+  DGRD_LAUNCH(preprocess_kernel, blocks_for(in.count), kThreads, stream)(cam, in, state);
 }
 
 cudaError_t inclusive_scan(void* temp, size_t& temp_bytes, const int64_t* tiles_touched,
@@ -452,8 +456,8 @@ cudaError_t inclusive_scan(void* temp, size_t& temp_bytes, const int64_t* tiles_
 void duplicate_keys(const Camera<float>& cam, int count, const GaussianState<float>& state,
                     const int64_t* offsets, uint64_t* keys, int* ids, cudaStream_t stream) {
   if (count == 0) return;
-  duplicate_keys_kernel<<<blocks_for(count), kThreads, 0, stream>>>(cam, count, state, offsets,
-                                                                    keys, ids);
+  DGRD_LAUNCH(duplicate_keys_kernel, blocks_for(count), kThreads, stream)(cam, count, state,
+                                                                        offsets, keys, ids);
 }
 
 int sort_end_bit(int tiles) {
@@ -472,7 +476,8 @@ cudaError_t sort_pairs(void* temp, size_t& temp_bytes, const uint64_t* keys_in,
 void identify_tile_ranges(const uint64_t* sorted_keys, int pairs, int* tile_ranges,
                           cudaStream_t stream) {
   if (pairs == 0) return;
-  tile_ranges_kernel<<<blocks_for(pairs), kThreads, 0, stream>>>(sorted_keys, pairs, tile_ranges);
+  DGRD_LAUNCH(tile_ranges_kernel, blocks_for(pairs), kThreads, stream)(sorted_keys, pairs,
+                                                                     tile_ranges);
 }
 
 // Channels per block of the feature kernels: small counts get small chunks (fewer registers
@@ -484,7 +489,8 @@ void launch_features(const Camera<float>& cam, const GaussianState<float>& state
                      const PixelBuffers<float>& px, const OptionalOutputs<float>& extra,
                      cudaStream_t stream) {
   const dim3 grid(cam.tiles_x * cam.tiles_y, (extra.channels + kChunk - 1) / kChunk);
-  render_features_kernel<kChunk><<<grid, kTilePixels, 0, stream>>>(cam, state, lists, px, extra);
+  DGRD_LAUNCH(render_features_kernel<kChunk>, grid, kTilePixels, stream)(cam, state, lists, px,
+                                                                         extra);
 }
 
 template <int kChunk>
@@ -493,7 +499,7 @@ void launch_features_backward(const Camera<float>& cam, const GaussianState<floa
                               const OptionalGrads<float>& extra, SplatGrad<float>* splat_grads,
                               cudaStream_t stream) {
   const dim3 grid(cam.tiles_x * cam.tiles_y, (extra.channels + kChunk - 1) / kChunk);
-  render_features_backward_kernel<kChunk><<<grid, kTilePixels, 0, stream>>>(
+  DGRD_LAUNCH(render_features_backward_kernel<kChunk>, grid, kTilePixels, stream)(
       cam, state, lists, px, extra, splat_grads);
 }
 
@@ -502,9 +508,9 @@ void render(const Camera<float>& cam, const GaussianState<float>& state, TileLis
             cudaStream_t stream) {
   const int tiles = cam.tiles_x * cam.tiles_y;
   if (extra.has_median())
-    render_kernel<true><<<tiles, kTilePixels, 0, stream>>>(cam, state, lists, px, extra);
+    DGRD_LAUNCH(render_kernel<true>, tiles, kTilePixels, stream)(cam, state, lists, px, extra);
   else
-    render_kernel<false><<<tiles, kTilePixels, 0, stream>>>(cam, state, lists, px, extra);
+    DGRD_LAUNCH(render_kernel<false>, tiles, kTilePixels, stream)(cam, state, lists, px, extra);
   if (!extra.has_features()) return;
   switch (feature_chunk(extra.channels)) {
     case 4: launch_features<4>(cam, state, lists, px, extra, stream); break;
@@ -519,11 +525,11 @@ void render_backward(const Camera<float>& cam, const GaussianState<float>& state
                      cudaStream_t stream) {
   const int tiles = cam.tiles_x * cam.tiles_y;
   if (extra.has_median())
-    render_backward_kernel<true><<<tiles, kTilePixels, 0, stream>>>(cam, state, lists, px, grads,
-                                                                    extra, splat_grads);
+    DGRD_LAUNCH(render_backward_kernel<true>, tiles, kTilePixels, stream)(
+        cam, state, lists, px, grads, extra, splat_grads);
   else
-    render_backward_kernel<false><<<tiles, kTilePixels, 0, stream>>>(cam, state, lists, px, grads,
-                                                                     extra, splat_grads);
+    DGRD_LAUNCH(render_backward_kernel<false>, tiles, kTilePixels, stream)(
+        cam, state, lists, px, grads, extra, splat_grads);
   if (!extra.has_features()) return;
   switch (feature_chunk(extra.channels)) {
     case 4: launch_features_backward<4>(cam, state, lists, px, extra, splat_grads, stream); break;
@@ -543,19 +549,21 @@ void preprocess_backward(const Camera<float>& cam, const GaussianInputs<float>& 
   if (in.count == 0) return;
   const int blocks = blocks_for(in.count);
   if (!camera) {
-    preprocess_backward_kernel<<<blocks, kThreads, 0, stream>>>(cam, in, radii, splat_grads, out);
+    DGRD_LAUNCH(preprocess_backward_kernel, blocks, kThreads, stream)(cam, in, radii, splat_grads,
+                                                                      out);
     return;
   }
-  preprocess_backward_camera_kernel<<<blocks, kThreads, 0, stream>>>(cam, in, radii, splat_grads,
-                                                                     out, partials);
-  camera_grad_total_kernel<<<kCameraGradValues, kThreads, 0, stream>>>(partials, blocks, camera);
+  DGRD_LAUNCH(preprocess_backward_camera_kernel, blocks, kThreads, stream)(
+      cam, in, radii, splat_grads, out, partials);
+  DGRD_LAUNCH(camera_grad_total_kernel, kCameraGradValues, kThreads, stream)(partials, blocks,
+                                                                             camera);
 }
 
 void mark_visible(const float* viewmatrix, const float* positions, int count, bool* visible,
                   cudaStream_t stream) {
   if (count == 0) return;
-  mark_visible_kernel<<<blocks_for(count), kThreads, 0, stream>>>(viewmatrix, positions, count,
-                                                                  visible);
+  DGRD_LAUNCH(mark_visible_kernel, blocks_for(count), kThreads, stream)(viewmatrix, positions,
+                                                                      count, visible);
 }
 
 }  // namespace gpu

@@ -2,7 +2,11 @@
 // Memory is the caller's: the glue allocates every buffer through PyTorch's caching allocator.
 #pragma once
 
+#ifdef DGRD_EMULATE_CUDA
+#include "cuda_emulation.h"
+#else
 #include <cuda_runtime.h>
+#endif
 
 #include <cstddef>
 #include <cstdint>

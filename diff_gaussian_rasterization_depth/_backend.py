@@ -1,4 +1,6 @@
 """Thin bridge to the compiled extension `_C`: packs settings and tensors, dispatches by device."""
+import contextlib
+
 import torch
 
 try:
@@ -9,6 +11,11 @@ except ImportError as e:  # a source checkout that was never built
     _IMPORT_ERROR = e
 
 
+# Tests only: while set (by `emulated_cuda`), every call goes to the CUDA backend's kernels run
+# on CPU tensors by the emulation of the CUDA execution model (module `_emulated_cuda`).
+_emulated = None
+
+
 def _ext():
     if _C is None:
         raise RuntimeError(
@@ -16,6 +23,38 @@ def _ext():
             f"({_IMPORT_ERROR}). Install the package with "
             "`pip install --no-build-isolation .` from its source directory.")
     return _C
+
+
+def _renderer():
+    """The module that renders: `_C`, or the emulated CUDA backend inside `emulated_cuda`."""
+    return _ext() if _emulated is None else _emulated
+
+
+@contextlib.contextmanager
+def emulated_cuda(order=None):
+    """Tests only: run every render inside the block on the emulated CUDA backend (CPU tensors,
+    float32), with threads between sync points in `order` ('asc', 'desc', 'random:SEED'; None
+    keeps the current one, DGRD_EMU_ORDER or 'asc')."""
+    global _emulated
+    from . import _emulated_cuda
+    previous_module, previous_order = _emulated, _emulated_cuda.thread_order()
+    if order is not None:
+        _emulated_cuda.set_thread_order(order)
+    _emulated = _emulated_cuda
+    try:
+        yield _emulated_cuda
+    finally:
+        _emulated = previous_module
+        _emulated_cuda.set_thread_order(previous_order)
+
+
+def has_emulated_cuda() -> bool:
+    """Whether the emulated CUDA backend (a test-only module) was built."""
+    try:
+        from . import _emulated_cuda  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def has_cuda() -> bool:
@@ -68,7 +107,7 @@ def make_gaussians(means3D, opacities, sh, colors_precomp, scales, rotations, co
 
 
 def forward(config, gaussians):
-    return _ext().forward(config, gaussians)
+    return _renderer().forward(config, gaussians)
 
 
 def backward(config, gaussians, state, grad_color, grad_depth, grad_weight,
@@ -78,10 +117,10 @@ def backward(config, gaussians, state, grad_color, grad_depth, grad_weight,
     def put(g):
         return empty if g is None else g.contiguous()
 
-    return _ext().backward(config, gaussians, state, put(grad_color), put(grad_depth),
-                           put(grad_weight), put(grad_feature_map), put(grad_median))
+    return _renderer().backward(config, gaussians, state, put(grad_color), put(grad_depth),
+                                put(grad_weight), put(grad_feature_map), put(grad_median))
 
 
 def mark_visible(positions, settings):
     _check_device(positions.device)
-    return _ext().mark_visible(positions, settings.viewmatrix)
+    return _renderer().mark_visible(positions, settings.viewmatrix)

@@ -70,3 +70,14 @@ def pytest_runtest_call(item):
         signal.setitimer(signal.ITIMER_REAL, 0)
         faulthandler.cancel_dump_traceback_later()
         signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(autouse=True)
+def _cuda_target(request):
+    """Tests parametrized by `device` run their renders on that device's backend: for the
+    emulated CUDA target, the emulation is active for the whole test."""
+    import cuda_target
+    callspec = getattr(request.node, "callspec", None)
+    device = callspec.params.get("device") if callspec else None
+    with cuda_target.active(device):
+        yield

@@ -3,20 +3,15 @@ gradients, and the comparisons "as if that Gaussian were not there"."""
 import math
 from typing import Dict, Optional, Sequence
 
-import pytest
 import torch
 
-import diff_gaussian_rasterization_depth as dgrd
 from diff_gaussian_rasterization_depth import GaussianRasterizationSettings, rasterize_gaussians
 
+from cuda_target import cuda_targets
 from scenes import INPUT_NAMES, perspective_matrix
 
-CUDA_OK = torch.cuda.is_available() and dgrd.has_cuda_backend()
-
-# 'cpu' always; 'cuda' with the `cuda` marker, skipped without a GPU and the CUDA backend.
-DEVICES = ["cpu", pytest.param("cuda", marks=[
-    pytest.mark.cuda,
-    pytest.mark.skipif(not CUDA_OK, reason="needs a CUDA GPU and the CUDA backend")])]
+# 'cpu' always; the CUDA targets (a GPU, the emulation) with the `cuda` marker.
+DEVICES = ["cpu"] + cuda_targets(orders=("random:1",))
 
 
 def axis_camera(height: int, width: int, tanfovx: float = 0.5, tanfovy: Optional[float] = None,

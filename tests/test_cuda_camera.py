@@ -5,20 +5,18 @@ them per block (warp shuffles, then the warps in order) and the blocks in a seco
 backend per thread in double. The splat gradients they start from are summed with atomics on the
 GPU, so the two agree to float rounding: rtol 1e-4, atol 1e-4 max|cpu|, as in test_cuda.py.
 """
+import dataclasses
+
 import pytest
 import torch
 
 import scenes
-from diff_gaussian_rasterization_depth import GaussianRasterizer, has_cuda_backend
-from test_cuda import garden, random_upstream, settings_on, to_device, upstream_for
+from cuda_target import active, is_emulated
+from diff_gaussian_rasterization_depth import GaussianRasterizer
+from test_cuda import (EMULATED_GARDEN_CROP, TARGETS, garden, random_upstream, settings_on,
+                       to_device, upstream_for)
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not (torch.cuda.is_available() and has_cuda_backend()),
-                       reason="needs a CUDA GPU and the package built with CUDA"),
-]
-
-DEV = "cuda"
+pytestmark = pytest.mark.cuda
 CAMERA = ("viewmatrix", "projmatrix", "campos")
 MODES = ("color", "depth", "weight", "all")
 
@@ -39,7 +37,12 @@ SEEDS = range(3)
 
 def camera_grads(scene, device, upstream, camera_device):
     """{mode: {name: gradient}} of the camera leaves, which live on `camera_device` while the
-    Gaussians live on `device`."""
+    Gaussians live on `device` (the CPU backend or a CUDA target)."""
+    with active(device):
+        return _camera_grads(scene, device, upstream, camera_device)
+
+
+def _camera_grads(scene, device, upstream, camera_device):
     inputs = {k: (None if v is None else v.detach().to(device).requires_grad_())
               for k, v in scene.inputs.items()}
     settings = settings_on(scene.settings, camera_device)
@@ -70,9 +73,10 @@ def compare(got, want, label):
     return failures
 
 
-@pytest.mark.parametrize("camera_device", ["cpu", DEV])
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("camera_on_target", [False, True], ids=["camera-cpu", "camera-target"])
 @pytest.mark.parametrize("config", list(CONFIGS))
-def test_cuda_camera_gradients_match_cpu(config, camera_device):
+def test_cuda_camera_gradients_match_cpu(config, camera_on_target, target):
     H, W, P, opts = CONFIGS[config]
     failures = []
     for seed in SEEDS:
@@ -81,12 +85,14 @@ def test_cuda_camera_gradients_match_cpu(config, camera_device):
         pixels, _ = scenes.ambiguous(scene)
         up = upstream_for(scene, pixels, seed)
         want = camera_grads(scene, "cpu", up, "cpu")
-        got = camera_grads(scene, DEV, up, camera_device)
+        got = camera_grads(scene, target, up, target if camera_on_target else "cpu")
         failures += compare(got, want, f"seed {seed}")
     assert not failures, "\n".join(failures)
 
 
-def test_cuda_default_path_unchanged_by_camera_gradients():
+@pytest.mark.parametrize("device", TARGETS)  # `device`: conftest runs the whole test on it
+def test_cuda_default_path_unchanged_by_camera_gradients(device):
+    DEV = device
     """Gaussian gradients with and without camera gradients agree (atomics order aside), and
     the outputs are bitwise equal."""
     scene = scenes.make_scene(9901, P=300, height=61, width=83, sh_degree=3)
@@ -110,7 +116,8 @@ def test_cuda_default_path_unchanged_by_camera_gradients():
         torch.testing.assert_close(g1[k], g0[k], rtol=1e-4, atol=1e-5 * g0[k].abs().max())
 
 
-def test_cuda_splatam_layout():
+@pytest.mark.parametrize("target", TARGETS)
+def test_cuda_splatam_layout(target):
     """w2c (4,4) on the GPU requiring grad, viewmatrix its non-contiguous (1,4,4) transpose,
     projmatrix through bmm, campos through the inverse: the gradient reaches w2c as on the CPU."""
     scene = scenes.make_scene(9902, P=200, height=48, width=64, sh_degree=2)
@@ -119,6 +126,10 @@ def test_cuda_splatam_layout():
     proj_t = torch.linalg.solve(view.double(), scene.settings.projmatrix.reshape(4, 4).double())
 
     def grad_of_w2c(device):
+        with active(device):
+            return _grad_of_w2c(device)
+
+    def _grad_of_w2c(device):
         w2c = view.T.contiguous().to(device).requires_grad_()
         view_b = w2c.unsqueeze(0).transpose(1, 2)
         settings = settings_on(scene.settings, device)._replace(
@@ -131,21 +142,24 @@ def test_cuda_splatam_layout():
         loss.backward()
         return w2c.grad.cpu()
 
-    want, got = grad_of_w2c("cpu"), grad_of_w2c(DEV)
+    want, got = grad_of_w2c("cpu"), grad_of_w2c(target)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
 
 
-def test_cuda_garden_112k_camera_gradients():
-    """100k+ real Gaussians at 648x420: the camera gradient agrees with the CPU's in norm."""
-    try:
-        scene = garden(device="cpu")
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+@pytest.mark.parametrize("target", TARGETS)
+def test_cuda_garden_112k_camera_gradients(target):
+    """100k+ real Gaussians at 648x420 (emulated: its central crop): the camera gradient agrees
+    with the CPU's in norm."""
+    scene = garden(device="cpu")
+    if is_emulated(target):
+        width, height = EMULATED_GARDEN_CROP
+        scene = dataclasses.replace(scene, camera=dataclasses.replace(
+            scene.camera, width=width, height=height))
     inputs = scene.rasterizer_inputs()
     s = scenes.Scene(inputs, scene.raster_settings())
     up = random_upstream(s.settings.image_height, s.settings.image_width, 0)
     want = camera_grads(s, "cpu", up, "cpu")["all"]
-    got = camera_grads(s, DEV, up, DEV)["all"]
+    got = camera_grads(s, target, up, target)["all"]
     for name in CAMERA:
         rel = (got[name] - want[name]).norm() / want[name].norm().clamp_min(1e-12)
         assert rel < 1e-3, (name, rel.item())

@@ -6,27 +6,30 @@ counts around and across the chunk sizes. Pixels and Gaussians within rounding o
 (scenes.ambiguous, and T near 0.5 for the median) are left out, as in tests/test_cuda.py.
 Tolerances: forward 1e-5 abs; gradients rtol 1e-4, atol 1e-4 max|cpu|.
 """
+import dataclasses
+
 import pytest
 import torch
 
 import scenes
-from diff_gaussian_rasterization_depth import GaussianRasterizer, has_cuda_backend
-from test_cuda import garden, settings_on
+from cuda_target import active, is_emulated
+from diff_gaussian_rasterization_depth import GaussianRasterizer
+from test_cuda import EMULATED_GARDEN_CROP, TARGETS, garden, settings_on
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not (torch.cuda.is_available() and has_cuda_backend()),
-                       reason="needs a CUDA GPU and the package built with CUDA"),
-]
+pytestmark = pytest.mark.cuda
 
-DEV = "cuda"
 CHANNELS = (1, 3, 4, 5, 8, 9, 16, 33, 64)
 OUTPUTS = ("color", "depth", "weight", "feature_map", "median")
 
 
 def run(scene, F, device, upstream):
     """Outputs and every input's gradient (features included), for one loss per output and
-    for all outputs together."""
+    for all outputs together, on the CPU backend or a CUDA target."""
+    with active(device):
+        return _run(scene, F, device, upstream)
+
+
+def _run(scene, F, device, upstream):
     leaves = {k: (None if v is None else v.detach().to(device).requires_grad_())
               for k, v in scene.inputs.items()}
     Fd = F.detach().to(device).requires_grad_()
@@ -52,8 +55,9 @@ def median_ambiguous(scene, internals):
     return (blend["blended"] & ((blend["T_after"] - 0.5).abs() <= 1e-4)).any(dim=0)
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("C", CHANNELS)
-def test_features_and_median_match_cpu(C):
+def test_features_and_median_match_cpu(C, target):
     failures = []
     for seed in range(3):
         scene = scenes.make_scene(14000 + 10 * C + seed, P=120, height=40 + seed, width=64 - seed,
@@ -71,7 +75,7 @@ def test_features_and_median_match_cpu(C):
               "feature_map": torch.randn(C, H, W, generator=gen) * keep,
               "median": torch.randn(H, W, generator=gen) * keep}
         out0, r0, g0 = run(scene, F, "cpu", up)
-        out1, r1, g1 = run(scene, F, DEV, up)
+        out1, r1, g1 = run(scene, F, target, up)
         for name in ("color", "weight", "feature_map", "median"):
             a, b = out1[name][..., ~pixels], out0[name][..., ~pixels]
             err = (a - b).abs().max().item() if a.numel() else 0.0
@@ -89,13 +93,16 @@ def test_features_and_median_match_cpu(C):
     assert not failures, "\n".join(failures)
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("C", (3, 32))
-def test_garden_features_match_cpu(C):
-    """The 112k garden frame at 648x420: feature maps and their gradients agree in bulk."""
-    try:
-        scene = garden(device="cpu")
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+def test_garden_features_match_cpu(C, target):
+    """The 112k garden frame at 648x420 (emulated: its central crop): feature maps and their
+    gradients agree in bulk."""
+    scene = garden(device="cpu")
+    if is_emulated(target):
+        width, height = EMULATED_GARDEN_CROP
+        scene = dataclasses.replace(scene, camera=dataclasses.replace(
+            scene.camera, width=width, height=height))
     inputs = scene.rasterizer_inputs()
     s = scenes.Scene(inputs, scene.raster_settings())
     H, W = s.settings.image_height, s.settings.image_width
@@ -106,7 +113,7 @@ def test_garden_features_match_cpu(C):
           "feature_map": torch.randn(C, H, W, generator=gen),
           "median": torch.randn(H, W, generator=gen)}
     out0, _, g0 = run(s, F, "cpu", up)
-    out1, _, g1 = run(s, F, DEV, up)
+    out1, _, g1 = run(s, F, target, up)
     assert ((out1["feature_map"] - out0["feature_map"]).abs() > 1e-5).float().mean() < 1e-3
     assert ((out1["median"] - out0["median"]).abs() > 1e-4).float().mean() < 1e-3
     for mode, grads in g0.items():
@@ -115,28 +122,41 @@ def test_garden_features_match_cpu(C):
             assert rel < 1e-3, (mode, n, rel.item())
 
 
-def test_features_repeatable_and_no_memory_growth():
-    scene = scenes.make_scene(14500, P=3000, height=479, width=641, sh_degree=3)
+@pytest.mark.parametrize("device", TARGETS)  # `device`: conftest runs the whole test on it
+def test_features_repeatable_and_no_memory_growth(device):
+    DEV, emulated = device, is_emulated(device)
+    # Emulated: repeatability only, smaller (the host has no device memory to watch).
+    H, W, P, steps = (47, 71, 200, 2) if emulated else (479, 641, 3000, 50)
+    scene = scenes.make_scene(14500, P=P, height=H, width=W, sh_degree=3)
     settings = settings_on(scene.settings, DEV)
     leaves = {k: (None if v is None else v.to(DEV).requires_grad_())
               for k, v in scene.inputs.items()}
     F = torch.rand(scene.P, 40, generator=torch.Generator().manual_seed(0)).to(DEV)
     F.requires_grad_()
 
-    def step():
+    def drop_grads():
         for v in list(leaves.values()) + [F]:
             if v is not None:
                 v.grad = None
+
+    def step():
+        drop_grads()
         out = GaussianRasterizer(settings)(**leaves, features=F, median_depth=True)
         (out[4].square().sum() + out[5].sum() + out[0].sum()).backward()
         return out[4].detach(), out[5].detach(), F.grad.clone()
 
-    first = step()
-    torch.cuda.synchronize()
-    baseline = torch.cuda.memory_allocated()
-    for _ in range(50):
-        again = step()
-    torch.cuda.synchronize()
-    assert torch.cuda.memory_allocated() <= baseline + (1 << 20)
+    # Host copies only, and no gradients alive, at both readings (as in test_cuda).
+    first = [t.cpu() for t in step()]
+    drop_grads()
+    if not emulated:
+        torch.cuda.synchronize()
+        baseline = torch.cuda.memory_allocated()
+    for _ in range(steps - 1):
+        step()
+    again = [t.cpu() for t in step()]
+    drop_grads()
+    if not emulated:
+        torch.cuda.synchronize()
+        assert torch.cuda.memory_allocated() <= baseline + (1 << 20)
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     torch.testing.assert_close(again[2], first[2], rtol=1e-4, atol=1e-5 * first[2].abs().max())

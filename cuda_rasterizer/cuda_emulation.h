@@ -1,0 +1,315 @@
+// CUDA on the CPU for tests (DGRD_EMULATE_CUDA): kernels run unchanged, threads as fibers.
+#pragma once
+
+#ifndef DGRD_EMULATE_CUDA
+
+// nvcc: the two macros expand to exactly what the kernels would write by hand.
+#define DGRD_SHARED(Type, name) __shared__ Type name
+#define DGRD_SHARED_ARRAY(Type, name, count) __shared__ Type name[count]
+#define DGRD_LAUNCH(kernel, grid, block, stream) kernel<<<(grid), (block), 0, (stream)>>>
+
+#else  // DGRD_EMULATE_CUDA: host compiler, no CUDA headers
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+
+struct uint3 {
+  unsigned x, y, z;
+};
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+using cudaStream_t = struct CUstream_st*;
+enum cudaError_t { cudaSuccess = 0 };
+// Emulated launches report errors by throwing, so there is never an error left to fetch.
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline const char* cudaGetErrorString(cudaError_t) { return "no error"; }
+
+constexpr int warpSize = 32;
+
+// The running fiber's coordinates; the scheduler sets them at every switch (one launch runs at a
+// time, see run_grid).
+inline uint3 threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
+
+namespace dgrd {
+namespace emu {
+
+// Every operation a thread waits in: block barriers, then warp collectives.
+enum class Op : uint8_t {
+  SyncThreads, SyncCount, SyncAnd, SyncOr,  // block
+  SyncWarp, ShflIdx, ShflUp, ShflDown, ShflXor, Any, All, Ballot  // warp
+};
+
+// Suspends the calling thread until the collective completes; returns its result (the value
+// read by a shuffle, the vote, the count). `value` holds the caller's operand bits.
+uint64_t collective(Op op, unsigned mask, uint64_t value, int arg, int width, const char* file,
+                    int line);
+
+// Storage of one __shared__ variable of the running block, the same for all its threads,
+// filled with the poison bytes when the block first asks for it. `key` identifies the variable.
+void* shared_storage(const void* key, size_t bytes, size_t align, const char* name);
+
+// Runs body(ctx) once per thread of every block of the grid; throws std::runtime_error naming
+// the kernel on a deadlock, a mismatched barrier, a bad collective or an invalid memory access.
+void run_grid(const char* kernel, dim3 grid, dim3 block, void (*body)(void*), void* ctx);
+
+// Thread order between sync points: "asc", "desc" or "random:SEED" (also read once from the
+// environment variable DGRD_EMU_ORDER). Throws std::invalid_argument on anything else.
+void set_thread_order(const std::string& order);
+std::string thread_order();
+
+// Fills uninitialized "device" memory so that reading it shows: 0xFF bytes (a NaN for floats,
+// true-ish garbage for bytes) for floating point and byte buffers, and for 32/64-bit integers
+// the pattern MIN + (index & 1), a huge negative index whose consecutive pairs form a
+// non-empty range, so an unwritten (begin, end) pair reads far outside any buffer.
+enum class PoisonKind { Bytes, Int32, Int64 };
+void poison(void* data, size_t bytes, PoisonKind kind);
+
+template <typename T>
+uint64_t to_bits(T v) {
+  static_assert(sizeof(T) <= sizeof(uint64_t) && std::is_trivially_copyable<T>::value,
+                "emulated warp collectives take values of at most 8 bytes");
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  return bits;
+}
+template <typename T>
+T from_bits(uint64_t bits) {
+  T v;
+  std::memcpy(&v, &bits, sizeof(T));
+  return v;
+}
+
+// DGRD_LAUNCH(kernel, grid, block, stream)(args...): copies the arguments once, as CUDA does,
+// and calls the kernel with them in every thread.
+template <typename Kernel>
+struct Launch {
+  const char* name;
+  Kernel* kernel;
+  dim3 grid, block;
+
+  template <typename... Args>
+  void operator()(Args&&... args) const {
+    using Params = std::tuple<std::decay_t<Args>...>;
+    struct Call {
+      Kernel* kernel;
+      Params* params;
+    };
+    Params params(std::forward<Args>(args)...);
+    Call call{kernel, &params};
+    run_grid(name, grid, block,
+             [](void* c) {
+               auto* call = static_cast<Call*>(c);
+               std::apply(*call->kernel, *call->params);
+             },
+             &call);
+  }
+};
+
+}  // namespace emu
+}  // namespace dgrd
+
+#define DGRD_SHARED(Type, name)                                                          \
+  static const char name##_dgrd_shared_key = 0;                                          \
+  Type& name = *static_cast<Type*>(::dgrd::emu::shared_storage(                          \
+      &name##_dgrd_shared_key, sizeof(Type), alignof(Type), #name))
+#define DGRD_SHARED_ARRAY(Type, name, count)                                             \
+  static const char name##_dgrd_shared_key = 0;                                          \
+  Type(&name)[count] = *static_cast<Type(*)[count]>(::dgrd::emu::shared_storage(         \
+      &name##_dgrd_shared_key, sizeof(Type[count]), alignof(Type), #name))
+#define DGRD_LAUNCH(kernel, grid, block, stream) \
+  ::dgrd::emu::Launch<decltype(kernel)>{#kernel, kernel, dim3(grid), dim3(block)}
+
+// ------------------------------------------------------------------ intrinsics the kernels use
+// The call site (file, line) of every barrier and collective is recorded for error messages.
+#define DGRD_EMU_SITE const char *file = __builtin_FILE(), int line = __builtin_LINE()
+
+inline void __syncthreads(DGRD_EMU_SITE) {
+  ::dgrd::emu::collective(::dgrd::emu::Op::SyncThreads, 0, 0, 0, 0, file, line);
+}
+inline int __syncthreads_count(int predicate, DGRD_EMU_SITE) {
+  return int(::dgrd::emu::collective(::dgrd::emu::Op::SyncCount, 0, predicate != 0, 0, 0, file,
+                                     line));
+}
+inline int __syncthreads_and(int predicate, DGRD_EMU_SITE) {
+  return int(::dgrd::emu::collective(::dgrd::emu::Op::SyncAnd, 0, predicate != 0, 0, 0, file,
+                                     line));
+}
+inline int __syncthreads_or(int predicate, DGRD_EMU_SITE) {
+  return int(::dgrd::emu::collective(::dgrd::emu::Op::SyncOr, 0, predicate != 0, 0, 0, file,
+                                     line));
+}
+inline void __syncwarp(unsigned mask = 0xffffffffu, DGRD_EMU_SITE) {
+  ::dgrd::emu::collective(::dgrd::emu::Op::SyncWarp, mask, 0, 0, 32, file, line);
+}
+inline int __any_sync(unsigned mask, int predicate, DGRD_EMU_SITE) {
+  return int(::dgrd::emu::collective(::dgrd::emu::Op::Any, mask, predicate != 0, 0, 32, file,
+                                     line));
+}
+inline int __all_sync(unsigned mask, int predicate, DGRD_EMU_SITE) {
+  return int(::dgrd::emu::collective(::dgrd::emu::Op::All, mask, predicate != 0, 0, 32, file,
+                                     line));
+}
+inline unsigned __ballot_sync(unsigned mask, int predicate, DGRD_EMU_SITE) {
+  return unsigned(::dgrd::emu::collective(::dgrd::emu::Op::Ballot, mask, predicate != 0, 0, 32,
+                                          file, line));
+}
+template <typename T>
+T __shfl_sync(unsigned mask, T var, int src_lane, int width = warpSize, DGRD_EMU_SITE) {
+  return ::dgrd::emu::from_bits<T>(::dgrd::emu::collective(
+      ::dgrd::emu::Op::ShflIdx, mask, ::dgrd::emu::to_bits(var), src_lane, width, file, line));
+}
+template <typename T>
+T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize, DGRD_EMU_SITE) {
+  return ::dgrd::emu::from_bits<T>(::dgrd::emu::collective(
+      ::dgrd::emu::Op::ShflUp, mask, ::dgrd::emu::to_bits(var), int(delta), width, file, line));
+}
+template <typename T>
+T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize, DGRD_EMU_SITE) {
+  return ::dgrd::emu::from_bits<T>(::dgrd::emu::collective(
+      ::dgrd::emu::Op::ShflDown, mask, ::dgrd::emu::to_bits(var), int(delta), width, file, line));
+}
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = warpSize, DGRD_EMU_SITE) {
+  return ::dgrd::emu::from_bits<T>(::dgrd::emu::collective(
+      ::dgrd::emu::Op::ShflXor, mask, ::dgrd::emu::to_bits(var), lane_mask, width, file, line));
+}
+#undef DGRD_EMU_SITE
+
+// Atomics: the threads of all blocks run on one OS thread and switch only at sync points, so a
+// plain read-modify-write is atomic.
+template <typename T>
+T atomicAdd(T* address, T value) {
+  const T old = *address;
+  *address = old + value;
+  return old;
+}
+template <typename T>
+T atomicMax(T* address, T value) {
+  const T old = *address;
+  if (value > old) *address = value;
+  return old;
+}
+template <typename T>
+T atomicMin(T* address, T value) {
+  const T old = *address;
+  if (value < old) *address = value;
+  return old;
+}
+template <typename T>
+T atomicExch(T* address, T value) {
+  const T old = *address;
+  *address = value;
+  return old;
+}
+template <typename T>
+T atomicCAS(T* address, T compare, T value) {
+  const T old = *address;
+  if (old == compare) *address = value;
+  return old;
+}
+
+template <typename To, typename From>
+To dgrd_emu_bit_cast(From v) {
+  return ::dgrd::emu::from_bits<To>(::dgrd::emu::to_bits(v));
+}
+inline unsigned __float_as_uint(float v) { return dgrd_emu_bit_cast<unsigned>(v); }
+inline int __float_as_int(float v) { return dgrd_emu_bit_cast<int>(v); }
+inline float __uint_as_float(unsigned v) { return dgrd_emu_bit_cast<float>(v); }
+inline float __int_as_float(int v) { return dgrd_emu_bit_cast<float>(v); }
+
+// CUDA's integer and float min/max overloads.
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
+inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
+inline long long min(long long a, long long b) { return a < b ? a : b; }
+inline long long max(long long a, long long b) { return a > b ? a : b; }
+inline float min(float a, float b) { return a < b ? a : b; }
+inline float max(float a, float b) { return a > b ? a : b; }
+
+// ---------------------------------------------------------------- host versions of the CUB calls
+// Same contracts as CUB: with temp == nullptr only temp_bytes is set; the sort is a stable LSD
+// radix sort over key bits [begin_bit, end_bit) that uses the caller's temp memory.
+namespace cub {
+
+struct DeviceScan {
+  template <typename In, typename Out>
+  static cudaError_t InclusiveSum(void* temp, size_t& temp_bytes, In in, Out out, int count,
+                                  cudaStream_t = nullptr) {
+    using Value = std::decay_t<decltype(*out)>;
+    if (temp == nullptr) {
+      temp_bytes = sizeof(Value);
+      return cudaSuccess;
+    }
+    Value* running = static_cast<Value*>(temp);  // the scratch is really used
+    *running = Value(0);
+    for (int i = 0; i < count; ++i) {
+      *running = *running + Value(in[i]);
+      out[i] = *running;
+    }
+    return cudaSuccess;
+  }
+};
+
+struct DeviceRadixSort {
+  template <typename Key, typename Value>
+  static cudaError_t SortPairs(void* temp, size_t& temp_bytes, const Key* keys_in, Key* keys_out,
+                               const Value* values_in, Value* values_out, int count,
+                               int begin_bit = 0, int end_bit = int(sizeof(Key) * 8),
+                               cudaStream_t = nullptr) {
+    static_assert(std::is_unsigned<Key>::value, "emulated SortPairs takes unsigned keys");
+    const size_t n = size_t(count > 0 ? count : 0);
+    if (temp == nullptr) {
+      temp_bytes = n * (sizeof(Key) + sizeof(Value)) + alignof(Key) + 1;
+      return cudaSuccess;
+    }
+    // Ping-pong between the output and the caller's scratch, 8 bits per pass.
+    auto* scratch_keys = static_cast<Key*>(temp);
+    auto* scratch_values = reinterpret_cast<Value*>(scratch_keys + n);
+    std::copy(keys_in, keys_in + n, keys_out);
+    std::copy(values_in, values_in + n, values_out);
+    Key *src_k = keys_out, *dst_k = scratch_keys;
+    Value *src_v = values_out, *dst_v = scratch_values;
+    for (int bit = begin_bit; bit < end_bit; bit += 8) {
+      const int bits = end_bit - bit < 8 ? end_bit - bit : 8;
+      const Key digit_mask = Key((1u << bits) - 1);
+      size_t start[257] = {};
+      for (size_t i = 0; i < n; ++i) ++start[((src_k[i] >> bit) & digit_mask) + 1];
+      for (int d = 0; d < 256; ++d) start[d + 1] += start[d];
+      for (size_t i = 0; i < n; ++i) {
+        const size_t to = start[(src_k[i] >> bit) & digit_mask]++;
+        dst_k[to] = src_k[i];
+        dst_v[to] = src_v[i];
+      }
+      std::swap(src_k, dst_k);
+      std::swap(src_v, dst_v);
+    }
+    if (src_k != keys_out) {
+      std::copy(src_k, src_k + n, keys_out);
+      std::copy(src_v, src_v + n, values_out);
+    }
+    return cudaSuccess;
+  }
+};
+
+}  // namespace cub
+
+#endif  // DGRD_EMULATE_CUDA

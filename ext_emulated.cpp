@@ -1,0 +1,129 @@
+// Bindings of the test-only _emulated_cuda module: the emulated CUDA backend and self-checks.
+#include <torch/extension.h>
+
+#include "cuda_rasterizer/cuda_emulation.h"
+#include "rasterize_points.h"
+
+namespace dgrd {
+namespace emulation_checks {
+
+// Each thread records when it ran (its turn) before and after a barrier.
+__global__ void turns_kernel(int* counter, int* turns) {
+  const int t = int(threadIdx.x);
+  turns[t] = atomicAdd(counter, 1);
+  __syncthreads();
+  turns[blockDim.x + t] = atomicAdd(counter, 1);
+}
+
+// Warp collectives of one block; out holds, per thread: shfl_down, shfl_xor, shfl_idx, shfl_up
+// (of the value 100 * thread + 1), ballot, any, all (of `odd`), and the block count of `odd`.
+__global__ void collectives_kernel(int width, float* out) {
+  const int t = int(threadIdx.x), lane = t % 32;
+  const float v = 100.0f * t + 1.0f;
+  const int odd = t % 2;
+  float* o = out + 8 * t;
+  o[0] = __shfl_down_sync(0xffffffffu, v, 3, width);
+  o[1] = __shfl_xor_sync(0xffffffffu, v, 5, width);
+  o[2] = __shfl_sync(0xffffffffu, v, (lane + 7) % 32, width);
+  o[3] = __shfl_up_sync(0xffffffffu, v, 2, width);
+  o[4] = float(__ballot_sync(0xffffffffu, odd) & 0xffffu);  // exact in a float
+  o[5] = float(__any_sync(0xffffffffu, lane == 31 && odd));
+  o[6] = float(__all_sync(0xffffffffu, odd));
+  o[7] = float(__syncthreads_count(odd));
+}
+
+// Reads a shared variable nobody wrote: the poison.
+__global__ void unwritten_shared_kernel(float* out) {
+  DGRD_SHARED(float, never_written);
+  DGRD_SHARED_ARRAY(int, never_written_ints, 4);
+  out[0] = never_written;
+  out[1] = float(never_written_ints[3]);
+}
+
+// Planted bugs: the emulation must refuse each.
+__global__ void mismatched_barrier_kernel() {
+  if (threadIdx.x < 32)
+    __syncthreads();
+  else
+    __syncthreads();
+}
+__global__ void divergent_shuffle_kernel(float* out) {
+  float v = float(threadIdx.x);
+  if (threadIdx.x % 2) v = __shfl_down_sync(0xffffffffu, v, 1);
+  __syncthreads();
+  out[threadIdx.x] = v;
+}
+__global__ void null_read_kernel(const float* data, float* out) {
+  out[threadIdx.x] = data[threadIdx.x];  // data is null
+}
+__global__ void out_of_bounds_kernel(float* data, int n) {
+  const int i = int(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i <= n) data[i] = 1.0f;  // one past the end
+}
+
+torch::Tensor turns(int threads) {
+  torch::Tensor counter = torch::zeros({1}, torch::kInt32);
+  torch::Tensor out = torch::full({2 * threads}, -1, torch::kInt32);
+  DGRD_LAUNCH(turns_kernel, 1, threads, nullptr)(counter.data_ptr<int>(), out.data_ptr<int>());
+  return out;
+}
+
+torch::Tensor collectives(int threads, int width) {
+  torch::Tensor out = torch::empty({threads, 8});
+  DGRD_LAUNCH(collectives_kernel, 1, threads, nullptr)(width, out.data_ptr<float>());
+  return out;
+}
+
+torch::Tensor unwritten_shared() {
+  torch::Tensor out = torch::zeros({2});
+  DGRD_LAUNCH(unwritten_shared_kernel, 1, 32, nullptr)(out.data_ptr<float>());
+  return out;
+}
+
+void mismatched_barrier() { DGRD_LAUNCH(mismatched_barrier_kernel, 1, 64, nullptr)(); }
+
+void divergent_shuffle() {
+  torch::Tensor out = torch::zeros({64});
+  DGRD_LAUNCH(divergent_shuffle_kernel, 1, 64, nullptr)(out.data_ptr<float>());
+}
+
+void null_read() {
+  torch::Tensor out = torch::zeros({32});
+  DGRD_LAUNCH(null_read_kernel, 1, 32, nullptr)(nullptr, out.data_ptr<float>());
+}
+
+void out_of_bounds(int n) {
+  torch::Tensor data = torch::zeros({n});
+  DGRD_LAUNCH(out_of_bounds_kernel, (n + 64) / 64, 64, nullptr)(data.data_ptr<float>(), n);
+}
+
+}  // namespace emulation_checks
+}  // namespace dgrd
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using namespace dgrd;
+  // RasterConfig and GaussianInputs are the classes that _C registers (pybind11 shares them).
+  m.def("forward", &forward_cuda, "The CUDA forward, emulated");
+  m.def(
+      "backward",
+      [](const RasterConfig& c, const GaussianTensors& g, const std::vector<torch::Tensor>& state,
+         const torch::Tensor& dcolor, const torch::Tensor& ddepth, const torch::Tensor& dweight,
+         const torch::Tensor& dfeature_map, const torch::Tensor& dmedian) {
+        return backward_cuda(c, g, ForwardState::from_list(state),
+                             {dcolor, ddepth, dweight, dfeature_map, dmedian});
+      },
+      "The CUDA backward, emulated");
+  m.def("mark_visible", &mark_visible_cuda, "The CUDA mark_visible, emulated");
+  m.def("set_thread_order", &emu::set_thread_order,
+        "Order of a block's threads between sync points: 'asc', 'desc' or 'random:SEED'");
+  m.def("thread_order", &emu::thread_order, "The current thread order");
+
+  auto checks = m.def_submodule("checks", "Kernels that check the emulation itself");
+  checks.def("turns", &emulation_checks::turns);
+  checks.def("collectives", &emulation_checks::collectives);
+  checks.def("unwritten_shared", &emulation_checks::unwritten_shared);
+  checks.def("mismatched_barrier", &emulation_checks::mismatched_barrier);
+  checks.def("divergent_shuffle", &emulation_checks::divergent_shuffle);
+  checks.def("null_read", &emulation_checks::null_read);
+  checks.def("out_of_bounds", &emulation_checks::out_of_bounds);
+}

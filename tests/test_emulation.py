@@ -1,0 +1,173 @@
+"""The emulation of the CUDA execution model itself (cuda_rasterizer/cuda_emulation.h): thread
+orders, the results of warp collectives, poisoned shared memory, planted bugs refused with the
+kernel named, and an AddressSanitizer build that runs scenes and catches an out-of-bounds write.
+The CUDA backend's own tests run on it through tests/cuda_target.py."""
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from cuda_target import EMULATED_CUDA
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(
+    not EMULATED_CUDA, reason="the emulated CUDA backend was not built")]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def emu():
+    from diff_gaussian_rasterization_depth import _backend
+    with _backend.emulated_cuda() as module:
+        yield module
+
+
+def turns(emu, order, threads=64):
+    emu.set_thread_order(order)
+    out = emu.checks.turns(threads)
+    return out[:threads].tolist(), out[threads:].tolist()
+
+
+def test_thread_orders(emu):
+    n = 64
+    before, after = turns(emu, "asc", n)
+    assert before == list(range(n))
+    assert sorted(after) == list(range(n, 2 * n))  # nobody passes the barrier early
+    before, after = turns(emu, "desc", n)
+    assert before == list(range(n - 1, -1, -1))
+    assert sorted(after) == list(range(n, 2 * n))
+    first, _ = turns(emu, "random:1", n)
+    again, _ = turns(emu, "random:1", n)
+    other, _ = turns(emu, "random:2", n)
+    assert sorted(first) == list(range(n)) and first == again and first != other
+    with pytest.raises(ValueError, match="random:SEED"):
+        emu.set_thread_order("sideways")
+
+
+def expected_collectives(threads, width):
+    """What a GPU returns, for the kernel collectives_kernel of ext_emulated.cpp; NaN where the
+    source lane does not exist (undefined on a GPU, poisoned by the emulation)."""
+    rows = []
+    for t in range(threads):
+        lane, base = t % 32, t - t % 32
+        segment, offset = lane - lane % width, lane % width
+
+        def value(src):
+            return 100.0 * (base + src) + 1 if base + src < threads else math.nan
+        down = lane + 3 if offset + 3 < width else lane
+        xor = lane ^ 5
+        if xor >= segment + width:
+            xor = lane
+        idx = segment + (lane + 7) % 32 % width
+        up = lane - 2 if offset >= 2 else lane
+        lanes = [s for s in range(32) if base + s < threads]
+        ballot = sum(1 << s for s in lanes if (base + s) % 2 == 1) & 0xFFFF
+        rows.append([value(down), value(xor), value(idx), value(up), float(ballot),
+                     float(31 in lanes), 0.0, float(threads // 2)])
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("order", ["asc", "desc", "random:5"])
+@pytest.mark.parametrize("threads,width", [(64, 32), (64, 8), (64, 4), (48, 32), (96, 16)])
+def test_warp_collectives(emu, order, threads, width):
+    emu.set_thread_order(order)
+    got = emu.checks.collectives(threads, width)
+    torch.testing.assert_close(got, expected_collectives(threads, width), equal_nan=True,
+                               rtol=0, atol=0)
+
+
+def test_shared_memory_starts_poisoned(emu):
+    value, integer = emu.checks.unwritten_shared().tolist()
+    assert math.isnan(value) and integer == -1
+
+
+def test_mismatched_barriers_are_an_error(emu):
+    with pytest.raises(RuntimeError, match=r"mismatched_barrier_kernel.*mismatched barriers"):
+        emu.checks.mismatched_barrier()
+    # The emulation is usable after the failed launch.
+    assert emu.checks.turns(32)[:32].tolist() == list(range(32))
+
+
+def test_divergent_shuffle_is_an_error(emu):
+    with pytest.raises(RuntimeError) as info:
+        emu.checks.divergent_shuffle()
+    message = str(info.value)
+    assert "divergent_shuffle_kernel" in message and "deadlock" in message
+    assert "__shfl_down_sync(mask 0xffffffff) at ext_emulated.cpp" in message
+    assert "__syncthreads at ext_emulated.cpp" in message
+
+
+def test_invalid_memory_access_is_an_error(emu):
+    with pytest.raises(RuntimeError, match=r"null_read_kernel.*invalid memory access"):
+        emu.checks.null_read()
+    assert emu.checks.turns(32)[:32].tolist() == list(range(32))
+
+
+ASAN_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from torch.utils import cpp_extension
+    sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests", sys.argv[1] + "/tools"]
+    import emulated_build, scenes
+    from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend
+    build = sys.argv[2]
+    # -O0 after the usual flags: the sanitized build is for checking, and compiles faster.
+    flags = ["-fsanitize=address", "-fno-omit-frame-pointer"] + emulated_build.CXX_FLAGS + ["-O0"]
+    mod = cpp_extension.load("dgrd_emulated_asan", emulated_build.sources(build, "."),
+                             extra_cflags=flags, extra_ldflags=["-fsanitize=address"],
+                             extra_include_paths=[sys.argv[1]], build_directory=build)
+    if sys.argv[3] == "compile":
+        sys.exit(0)
+    def render(scene):
+        leaves = {k: None if v is None else v.detach().clone().requires_grad_()
+                  for k, v in scene.inputs.items()}
+        color, radii, depth, weight = GaussianRasterizer(scene.settings)(**leaves)
+        (color.sum() + depth.sum() + weight.sum()).backward()
+        return color.detach(), leaves["means3D"].grad
+    for seed, (H, W, P) in enumerate([(17, 33, 64), (40, 29, 100), (1, 1, 8)]):
+        scene = scenes.make_scene(seed, P=P, height=H, width=W, sh_degree=2)
+        expected = render(scene)
+        _backend._emulated = mod
+        got = render(scene)
+        _backend._emulated = None
+        assert (got[0] - expected[0]).abs().max() < 1e-5, seed
+        torch.testing.assert_close(got[1], expected[1], rtol=1e-4, atol=1e-4)
+    print("scenes ok", flush=True)
+    if sys.argv[3] == "plant":
+        mod.checks.out_of_bounds(64)
+        print("out of bounds write not caught", flush=True)
+""")
+
+
+def test_address_sanitizer_build(tmp_path):
+    """The emulated backend built with -fsanitize=address renders scenes cleanly, and a kernel
+    writing one element past a buffer aborts with ASan's report."""
+    libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True,
+                             text=True).stdout.strip()
+    if not os.path.isabs(libasan):
+        pytest.skip("gcc has no libasan")
+    script = tmp_path / "asan_run.py"
+    script.write_text(ASAN_SCRIPT)
+    build = tmp_path / "build"
+    build.mkdir()
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0", PYTHONPATH=ROOT)
+    # Compile without ASan's runtime preloaded (the compiler's processes would carry it); the
+    # import that ends the build is let through without it.
+    compile_only = subprocess.run(
+        [sys.executable, str(script), ROOT, str(build), "compile"], capture_output=True,
+        text=True, cwd=str(build), env=dict(env, ASAN_OPTIONS="verify_asan_link_order=0"))
+    assert compile_only.returncode == 0, compile_only.stdout[-3000:] + compile_only.stderr[-3000:]
+    env["LD_PRELOAD"] = libasan
+    for mode in ("none", "plant"):
+        run = subprocess.run([sys.executable, str(script), ROOT, str(build), mode], env=env,
+                             capture_output=True, text=True, cwd=str(build))
+        assert "scenes ok" in run.stdout, run.stdout[-2000:] + run.stderr[-5000:]
+        if mode == "none":
+            assert run.returncode == 0, run.stderr[-5000:]
+        else:
+            assert run.returncode != 0 and "not caught" not in run.stdout
+            assert "heap-buffer-overflow" in run.stderr and "WRITE of size 4" in run.stderr
+            assert "out_of_bounds_kernel" in run.stderr, run.stderr[-5000:]
