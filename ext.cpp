@@ -2,6 +2,7 @@
 #include <torch/extension.h>
 
 #include "rasterize_points.h"
+#include "sparse_adam.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace dgrd;
@@ -32,5 +33,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &dgrd::forward, "Render colour, depth and weight; returns the backward state");
   m.def("backward", &dgrd::backward, "Gradients of every input from those of the three maps");
   m.def("mark_visible", &dgrd::mark_visible, "Points in front of the near plane");
+  m.def("sparse_adam_step", &dgrd::sparse_adam_step,
+        "One Adam step, in place, on the visible rows of a parameter and its moments");
   m.def("has_cuda", &dgrd::has_cuda, "Whether the CUDA kernels were compiled in");
 }
