@@ -40,7 +40,9 @@ cpu_sources = ["ext.cpp", "rasterize_points.cpp", "sparse_adam.cpp", "cuda_raste
 cuda_sources = sorted(rel(p) for p in glob.glob(os.path.join(ROOT, "*.cu")) +
                       glob.glob(os.path.join(ROOT, "cuda_rasterizer", "*.cu")))
 
-cxx_flags = ["-O3", "-fopenmp", "-fno-gnu-unique"]  # the C++ standard is PyTorch's choice
+cxx_flags = ["-O3", "-fopenmp", "-fno-gnu-unique",
+             # sqrt need not set errno: lets loops with sqrt vectorize (values are unchanged)
+             "-fno-math-errno"]  # the C++ standard is PyTorch's choice
 use_cuda, why_not = want_cuda()
 if use_cuda:
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
