@@ -17,6 +17,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("prefiltered", &RasterConfig::prefiltered)
       .def_readwrite("antialiasing", &RasterConfig::antialiasing)
       .def_readwrite("debug", &RasterConfig::debug)
+      .def_readwrite("median_depth", &RasterConfig::median_depth)
       .def_readwrite("bg", &RasterConfig::bg)
       .def_readwrite("viewmatrix", &RasterConfig::viewmatrix)
       .def_readwrite("projmatrix", &RasterConfig::projmatrix)
@@ -29,9 +30,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("colors_precomp", &GaussianTensors::colors_precomp)
       .def_readwrite("scales", &GaussianTensors::scales)
       .def_readwrite("rotations", &GaussianTensors::rotations)
-      .def_readwrite("cov3D_precomp", &GaussianTensors::cov3D_precomp);
-  m.def("forward", &dgrd::forward, "Render colour, depth and weight; returns the backward state");
-  m.def("backward", &dgrd::backward, "Gradients of every input from those of the three maps");
+      .def_readwrite("cov3D_precomp", &GaussianTensors::cov3D_precomp)
+      .def_readwrite("features", &GaussianTensors::features);
+  m.def("forward", &dgrd::forward,
+        "Render colour, depth, weight and the optional maps; returns the backward state");
+  m.def("backward", &dgrd::backward, "Gradients of every input from those of the rendered maps");
   m.def("mark_visible", &dgrd::mark_visible, "Points in front of the near plane");
   m.def("sparse_adam_step", &dgrd::sparse_adam_step,
         "One Adam step, in place, on the visible rows of a parameter and its moments");

@@ -34,6 +34,8 @@ void allocate_pixel_state(const RasterConfig& c, ForwardState& s,
   s.tile_ranges = torch::empty({int64_t(c.tiles_x()) * c.tiles_y(), 2}, ints);
   s.pixel_state = torch::empty({3, H, W}, opts);
   s.n_contrib = torch::empty({H, W}, ints);
+  s.median_contrib = torch::empty(c.median_depth ? std::vector<int64_t>{H, W} : std::vector<int64_t>{0},
+                                  ints);
 }
 
 GradientTensors GradientTensors::zeros_like_inputs(const GaussianTensors& g) {
@@ -48,6 +50,7 @@ GradientTensors GradientTensors::zeros_like_inputs(const GaussianTensors& g) {
   d.scales = torch::zeros_like(g.scales);
   d.rotations = torch::zeros_like(g.rotations);
   d.cov3D_precomp = torch::zeros_like(g.cov3D_precomp);
+  d.features = g.features.defined() ? torch::zeros_like(g.features) : torch::Tensor();
   return d;
 }
 
@@ -169,7 +172,7 @@ ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g) {
   // Only P-sized memory is allocated until the pair count and the image are known to fit, so an
   // impossible scene is refused before it can start a giant allocation.
   ForwardState s = allocate_gaussian_state(P, opts);
-  torch::Tensor color, depth, weight;
+  torch::Tensor color, depth, weight, feature_map, median;
   AT_DISPATCH_FLOATING_TYPES(g.means3D.scalar_type(), "dgrd_forward_cpu", [&] {
     using T = scalar_t;
     const Camera<T> cam = make_camera<T>(c);
@@ -182,23 +185,26 @@ ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g) {
     const int64_t available = host_bytes_available();
     check_tile_pairs(pairs, pair_bytes, available);
     // colour (3), depth, weight and the saved pixel state (3) in T, n_contrib in int32.
-    const int64_t pixel_bytes = 8 * value_bytes + int64_t(sizeof(int32_t));
+    const int64_t pixel_bytes =
+        8 * value_bytes + int64_t(sizeof(int32_t)) + optional_pixel_bytes(c, g, value_bytes);
     check_image_buffers(H, W, pixel_bytes, available - pairs * pair_bytes);
     color = torch::empty({3, H, W}, opts);
     depth = torch::empty({H, W}, opts);
     weight = torch::empty({H, W}, opts);
+    feature_map = torch::empty({g.channels(), H, W}, opts);
+    median = torch::empty({c.median_depth ? H : 0, W}, opts);
     allocate_pixel_state(c, s, opts);
     s.point_list = torch::empty({pairs}, opts.dtype(torch::kInt32));
     cpu::bin_gaussians(cam, int(P), st, s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>());
     const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
-    cpu::render(cam, st, lists, make_pixel_buffers<T>(s, color, depth, weight));
+    cpu::render(cam, st, lists, make_pixel_buffers<T>(s, color, depth, weight),
+                make_optional_outputs<T>(g, s, feature_map, median));
   });
-  return {color, depth, weight, s.radii.clone(), s.to_list()};
+  return {color, depth, weight, s.radii.clone(), feature_map, median, s.to_list()};
 }
 
 BackwardResult backward_cpu(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
-                            const torch::Tensor& dcolor, const torch::Tensor& ddepth,
-                            const torch::Tensor& dweight) {
+                            const MapGrads& up) {
   const int64_t P = g.count();
   GradientTensors grads = GradientTensors::zeros_like_inputs(g);
   AT_DISPATCH_FLOATING_TYPES(g.means3D.scalar_type(), "dgrd_backward_cpu", [&] {
@@ -206,11 +212,11 @@ BackwardResult backward_cpu(const RasterConfig& c, const GaussianTensors& g, con
     const Camera<T> cam = make_camera<T>(c);
     const GaussianState<T> st = make_state<T>(s, nullptr, nullptr);
     const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
-    const PixelGrads<T> pg = {data_or_null<T>(dcolor), data_or_null<T>(ddepth),
-                              data_or_null<T>(dweight)};
+    const PixelGrads<T> pg = {data_or_null<T>(up.color), data_or_null<T>(up.depth),
+                              data_or_null<T>(up.weight)};
     std::vector<SplatGrad<T>> splat(size_t(P), SplatGrad<T>{});
-    cpu::render_backward(cam, st, lists, make_pixel_buffers<T>(s, {}, {}, {}), pg, int(P),
-                         splat.data());
+    cpu::render_backward(cam, st, lists, make_pixel_buffers<T>(s, {}, {}, {}), pg,
+                         make_optional_grads<T>(g, s, up, grads), int(P), splat.data());
     cpu::preprocess_backward(cam, make_inputs<T>(g), st.radii, splat.data(),
                              grads.pointers<T>());
   });
@@ -230,20 +236,26 @@ ForwardResult forward(const RasterConfig& c, const GaussianTensors& g) {
 
 BackwardResult backward(const RasterConfig& c, const GaussianTensors& g,
                         const std::vector<torch::Tensor>& state, const torch::Tensor& dcolor,
-                        const torch::Tensor& ddepth, const torch::Tensor& dweight) {
+                        const torch::Tensor& ddepth, const torch::Tensor& dweight,
+                        const torch::Tensor& dfeature_map, const torch::Tensor& dmedian) {
   const ForwardState s = ForwardState::from_list(state);
   const int64_t H = c.image_height, W = c.image_width;
   check_pixel_grad("color", dcolor, {3, H, W}, g.means3D);
   check_pixel_grad("depth", ddepth, {H, W}, g.means3D);
   check_pixel_grad("weight", dweight, {H, W}, g.means3D);
+  check_pixel_grad("feature_map", dfeature_map, {g.channels(), H, W}, g.means3D);
+  check_pixel_grad("median", dmedian, {H, W}, g.means3D);
+  TORCH_CHECK_VALUE(dmedian.numel() == 0 || s.has_median(),
+                    "gradient of median: the forward did not render the median depth");
+  const MapGrads up = {dcolor, ddepth, dweight, dfeature_map, dmedian};
   if (g.means3D.is_cuda()) {
 #ifdef DGRD_WITH_CUDA
-    return backward_cuda(c, g, s, dcolor, ddepth, dweight);
+    return backward_cuda(c, g, s, up);
 #else
     TORCH_CHECK(false, "diff_gaussian_rasterization_depth was built without CUDA");
 #endif
   }
-  return backward_cpu(c, g, s, dcolor, ddepth, dweight);
+  return backward_cpu(c, g, s, up);
 }
 
 torch::Tensor mark_visible(const torch::Tensor& positions, const torch::Tensor& viewmatrix) {

@@ -86,8 +86,9 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   const int64_t pair_bytes = 4 * int64_t(sizeof(uint64_t) + sizeof(int));
   const int64_t available = device_bytes_available();
   check_tile_pairs(pairs, pair_bytes, available);
-  // colour (3), depth, weight, the saved pixel state (3) and n_contrib
-  check_image_buffers(H, W, 9 * int64_t(sizeof(float)), available - pairs * pair_bytes);
+  // colour (3), depth, weight, the saved pixel state (3) and n_contrib, and the optional maps
+  check_image_buffers(H, W, 9 * int64_t(sizeof(float)) + optional_pixel_bytes(c, g, sizeof(float)),
+                      available - pairs * pair_bytes);
 
   allocate_pixel_state(c, s, opts);
   const int tiles = c.tiles_x() * c.tiles_y();
@@ -117,15 +118,17 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   torch::Tensor color = torch::empty({3, H, W}, opts);
   torch::Tensor depth = torch::empty({H, W}, opts);
   torch::Tensor weight = torch::empty({H, W}, opts);
+  torch::Tensor feature_map = torch::empty({g.channels(), H, W}, opts);
+  torch::Tensor median = torch::empty({c.median_depth ? H : 0, W}, opts);
   const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
-  gpu::render(cam, st, lists, make_pixel_buffers<float>(s, color, depth, weight), stream);
+  gpu::render(cam, st, lists, make_pixel_buffers<float>(s, color, depth, weight),
+              make_optional_outputs<float>(g, s, feature_map, median), stream);
   check_stage(c, "render");
-  return {color, depth, weight, s.radii.clone(), s.to_list()};
+  return {color, depth, weight, s.radii.clone(), feature_map, median, s.to_list()};
 }
 
 BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
-                             const torch::Tensor& dcolor, const torch::Tensor& ddepth,
-                             const torch::Tensor& dweight) {
+                             const MapGrads& up) {
   require_float32(g);
   const c10::cuda::CUDAGuard guard(g.means3D.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -134,15 +137,15 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, co
   const Camera<float> cam = make_camera<float>(c);
   const GaussianState<float> st = make_state<float>(s, nullptr, nullptr);
   const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
-  const PixelGrads<float> pg = {data_or_null<float>(dcolor), data_or_null<float>(ddepth),
-                                data_or_null<float>(dweight)};
+  const PixelGrads<float> pg = {data_or_null<float>(up.color), data_or_null<float>(up.depth),
+                                data_or_null<float>(up.weight)};
   static_assert(sizeof(SplatGrad<float>) % sizeof(float) == 0, "SplatGrad must be floats");
   const int64_t splat_floats = int64_t(sizeof(SplatGrad<float>) / sizeof(float));
   torch::Tensor splat = torch::zeros({P, splat_floats}, g.means3D.options());
   auto* splat_grads = reinterpret_cast<SplatGrad<float>*>(splat.data_ptr<float>());
 
-  gpu::render_backward(cam, st, lists, make_pixel_buffers<float>(s, {}, {}, {}), pg, splat_grads,
-                        stream);
+  gpu::render_backward(cam, st, lists, make_pixel_buffers<float>(s, {}, {}, {}), pg,
+                       make_optional_grads<float>(g, s, up, grads), splat_grads, stream);
   check_stage(c, "render_backward");
   gpu::preprocess_backward(cam, make_inputs<float>(g), st.radii, splat_grads,
                             grads.pointers<float>(), stream);

@@ -17,16 +17,20 @@ struct RasterConfig {
   double tanfovx = 1, tanfovy = 1, scale_modifier = 1;
   int64_t sh_degree = 0;
   bool prefiltered = false, antialiasing = false, debug = false;
+  bool median_depth = false;  // render the median depth map too (issue 12)
   torch::Tensor bg, viewmatrix, projmatrix, campos;  // flat, on the Gaussians' device and dtype
 
   int tiles_x() const { return int((image_width + kTileSize - 1) / kTileSize); }
   int tiles_y() const { return int((image_height + kTileSize - 1) / kTileSize); }
 };
 
-// Per-Gaussian inputs; an absent one is an empty tensor.
+// Per-Gaussian inputs; an absent one is an empty tensor. `features` (P, C): the optional
+// channels rendered into the feature map.
 struct GaussianTensors {
   torch::Tensor means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp;
+  torch::Tensor features;
   int64_t count() const { return means3D.size(0); }
+  int64_t channels() const { return features.defined() && features.dim() == 2 ? features.size(1) : 0; }
 };
 
 // What the forward keeps for the backward. Never handed to the user.
@@ -39,28 +43,43 @@ struct ForwardState {
   torch::Tensor tile_ranges;    // (tiles, 2) int32
   torch::Tensor pixel_state;    // (3, H, W): final transmittance, weight, depth
   torch::Tensor n_contrib;      // (H, W) int32
+  torch::Tensor median_contrib; // (H, W) int32 with median_depth, else empty: 1 + list
+                                // position of the median's splat, 0 where T stays above 0.5
 
   std::vector<torch::Tensor> to_list() const {
     return {radii, means2d, conic_opacity, features, point_list, tile_ranges, pixel_state,
-            n_contrib};
+            n_contrib, median_contrib};
   }
   static ForwardState from_list(const std::vector<torch::Tensor>& v) {
-    TORCH_CHECK(v.size() == 8, "diff_gaussian_rasterization_depth: corrupt forward state");
-    return {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]};
+    TORCH_CHECK(v.size() == 9, "diff_gaussian_rasterization_depth: corrupt forward state");
+    return {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]};
   }
+  bool has_median() const { return median_contrib.numel() > 0; }
 };
 
-// color (3,H,W), depth (H,W), weight (H,W), radii (P), state
-using ForwardResult =
-    std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, std::vector<torch::Tensor>>;
+// color (3,H,W), depth (H,W), weight (H,W), radii (P), feature_map (C,H,W) or empty,
+// median (H,W) or empty, state
+using ForwardResult = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
+                                 torch::Tensor, torch::Tensor, std::vector<torch::Tensor>>;
 // d means3D, d means2D (P,3), d opacities (P,1), d shs, d colors_precomp, d scales, d rotations,
-// d cov3D_precomp
+// d cov3D_precomp, d features (empty without features)
 using BackwardResult = std::vector<torch::Tensor>;
+
+// Upstream gradients of the rendered maps; an absent one is an empty tensor.
+struct MapGrads {
+  torch::Tensor color, depth, weight, feature_map, median;
+};
 
 // ----------------------------------------------------------------- helpers shared by devices
 
 template <typename T>
 const T* data_or_null(const torch::Tensor& t) {
+  return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
+}
+
+// The same for a tensor the backend writes.
+template <typename T>
+T* output_or_null(const torch::Tensor& t) {
   return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
 }
 
@@ -117,19 +136,32 @@ PixelBuffers<T> make_pixel_buffers(const ForwardState& s, torch::Tensor color, t
           s.n_contrib.data_ptr<int>()};
 }
 
+// The optional outputs' pointers: the features of g, the maps given (empty: not rendered), and
+// the median's list positions in s.
+template <typename T>
+OptionalOutputs<T> make_optional_outputs(const GaussianTensors& g, const ForwardState& s,
+                                         const torch::Tensor& feature_map,
+                                         const torch::Tensor& median) {
+  return {int(g.channels()), data_or_null<T>(g.features), output_or_null<T>(feature_map),
+          output_or_null<T>(median), output_or_null<int>(s.median_contrib)};
+}
+
 // The forward's state is allocated in two steps, so that the size checks below run in between:
 // the P-sized part (radii, means2d, conic_opacity, features), all the preprocess needs, ...
 ForwardState allocate_gaussian_state(int64_t count, const torch::TensorOptions& opts);
 // ... and, once the scene is known to fit, the per-tile and per-pixel part (tile_ranges,
-// pixel_state, n_contrib). point_list is the caller's, sized by the pair count.
+// pixel_state, n_contrib, and median_contrib with c.median_depth). point_list is the caller's,
+// sized by the pair count.
 void allocate_pixel_state(const RasterConfig& c, ForwardState& s, const torch::TensorOptions& opts);
 
 // Gradient tensors shaped like the inputs (zeros), and their pointers.
 struct GradientTensors {
   torch::Tensor means3D, means2D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp;
+  torch::Tensor features;
   static GradientTensors zeros_like_inputs(const GaussianTensors& g);
   BackwardResult to_list() const {
-    return {means3D, means2D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp};
+    return {means3D, means2D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp,
+            features};
   }
   template <typename T>
   GaussianGrads<T> pointers() const {
@@ -138,6 +170,23 @@ struct GradientTensors {
             p(rotations), p(cov3D_precomp)};
   }
 };
+
+// Per-pixel bytes of the outputs beyond colour, depth and weight: C feature channels, and the
+// median with its list positions.
+inline int64_t optional_pixel_bytes(const RasterConfig& c, const GaussianTensors& g,
+                                    int64_t value_bytes) {
+  return g.channels() * value_bytes + (c.median_depth ? value_bytes + int64_t(sizeof(int32_t)) : 0);
+}
+
+// The optional outputs' backward: their upstream gradients (absent: empty) and the features'
+// gradient tensor.
+template <typename T>
+OptionalGrads<T> make_optional_grads(const GaussianTensors& g, const ForwardState& s,
+                                     const MapGrads& up, const GradientTensors& d) {
+  return {int(g.channels()), data_or_null<T>(g.features), data_or_null<int>(s.median_contrib),
+          data_or_null<T>(up.feature_map), data_or_null<T>(up.median),
+          output_or_null<T>(d.features)};
+}
 
 // Largest number of (tile, Gaussian) pairs a render may hold: indices are 32-bit.
 constexpr int64_t kMaxTilePairs = (int64_t(1) << 31) - 1;
@@ -158,13 +207,11 @@ int64_t host_bytes_available();
 // Per-device entry points.
 ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g);
 BackwardResult backward_cpu(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
-                            const torch::Tensor& dcolor, const torch::Tensor& ddepth,
-                            const torch::Tensor& dweight);
+                            const MapGrads& up);
 #ifdef DGRD_WITH_CUDA
 ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g);
 BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
-                             const torch::Tensor& dcolor, const torch::Tensor& ddepth,
-                             const torch::Tensor& dweight);
+                             const MapGrads& up);
 torch::Tensor mark_visible_cuda(const torch::Tensor& positions, const torch::Tensor& viewmatrix);
 #endif
 
@@ -175,7 +222,8 @@ namespace dgrd {
 ForwardResult forward(const RasterConfig& c, const GaussianTensors& g);
 BackwardResult backward(const RasterConfig& c, const GaussianTensors& g,
                         const std::vector<torch::Tensor>& state, const torch::Tensor& dcolor,
-                        const torch::Tensor& ddepth, const torch::Tensor& dweight);
+                        const torch::Tensor& ddepth, const torch::Tensor& dweight,
+                        const torch::Tensor& dfeature_map, const torch::Tensor& dmedian);
 torch::Tensor mark_visible(const torch::Tensor& positions, const torch::Tensor& viewmatrix);
 bool has_cuda();
 }  // namespace dgrd

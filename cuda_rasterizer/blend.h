@@ -1,5 +1,6 @@
-// Per-pixel math (SPEC 4-6): evaluate one splat at a pixel, blend it front to back, and the
-// reverse step walking back to front. Colour, depth and weight share one recurrence.
+// Per-pixel math (SPEC 4-6, 8): evaluate one splat at a pixel, blend it front to back, and the
+// reverse step walking back to front. Colour, depth and weight share one recurrence; feature
+// channels and the median depth (optional outputs) have their own steps at the end.
 #pragma once
 
 #include "math.h"
@@ -66,6 +67,19 @@ struct PixelAccum {
   }
 };
 
+// dL/dalpha of a splat at a pixel, carried to its screen-space parameters (mean2d, conic,
+// opacity); sets those fields of `grad`, leaves grad.feature alone.
+template <typename T>
+DGRD_HD void alpha_grad_to_splat(T dalpha, T G, Vec2<T> d, Vec4<T> conic_opacity,
+                                 SplatGrad<T>& grad) {
+  // alpha = min(0.99, o G) with a straight-through clamp: d alpha / d(o G) = 1.
+  const Vec4<T> co = conic_opacity;
+  grad.opacity = G * dalpha;
+  const T dpower = G * co.w * dalpha;
+  grad.mean2d = {dpower * (-co.x * d.x - co.y * d.y), dpower * (-co.z * d.y - co.y * d.x)};
+  grad.conic = {T(-0.5) * d.x * d.x * dpower, -d.x * d.y * dpower, T(-0.5) * d.y * d.y * dpower};
+}
+
 // Reverse walk of one pixel, back to front from its last blended splat. The five blended
 // features are (r, g, b, z, 1); their upstream gradients are the colour gradient, g_S and
 // g_Wtot of SPEC 6, and the background enters the colour alone.
@@ -109,6 +123,13 @@ struct PixelBackward {
   // Un-blends the splat in front of those already visited, accumulating its gradients.
   DGRD_HD void step(T alpha, T G, Vec2<T> d, Vec4<T> conic_opacity, Vec4<T> feature,
                     SplatGrad<T>& grad) {
+    alpha_grad_to_splat(unblend(alpha, feature, grad), G, d, conic_opacity, grad);
+  }
+
+  // The first half of `step`: recovers T_i (left in `transmittance`), sets grad.feature and
+  // returns dL/dalpha_i of the colour, depth and weight, so that other blended quantities
+  // (feature channels) can add theirs before `alpha_grad_to_splat`.
+  DGRD_HD T unblend(T alpha, Vec4<T> feature, SplatGrad<T>& grad) {
     transmittance = transmittance / (T(1) - alpha);
     const T w = alpha * transmittance;
     const T f[kFeatures] = {feature.x, feature.y, feature.z, feature.w, T(1)};
@@ -122,12 +143,66 @@ struct PixelBackward {
     dalpha = dalpha * transmittance - final_transmittance / (T(1) - alpha) * background_dot;
 
     grad.feature = {w * upstream[0], w * upstream[1], w * upstream[2], w * upstream[kDepthFeature]};
-    // alpha = min(0.99, o G) with a straight-through clamp: d alpha / d(o G) = 1.
-    const Vec4<T> co = conic_opacity;
-    grad.opacity = G * dalpha;
-    const T dpower = G * co.w * dalpha;
-    grad.mean2d = {dpower * (-co.x * d.x - co.y * d.y), dpower * (-co.z * d.y - co.y * d.x)};
-    grad.conic = {T(-0.5) * d.x * d.x * dpower, -d.x * d.y * dpower, T(-0.5) * d.y * d.y * dpower};
+    return dalpha;
+  }
+};
+
+// ------------------------------------------------------------------ feature channels, median
+// Both are optional outputs (issue 12): the render specializes on them at compile time, so the
+// plain colour/depth/weight path is unchanged.
+
+// Feature channels: any number of per-Gaussian values blended with the colour's weights,
+// sum_i w_i F_i, with no background and no normalization. `channels` may be a chunk of them.
+template <typename T>
+DGRD_HD void blend_features(T* sum, const T* feature, int channels, T w) {
+  for (int c = 0; c < channels; ++c) sum[c] += w * feature[c];
+}
+
+// Reverse walk of the feature channels of one pixel with upstream gradient g. Since
+// w_j = alpha_j T_j and every T_j behind splat i holds the factor (1 - alpha_i),
+//   dL/dalpha_i = T_i (F_i . g) - (sum_{j behind i} w_j F_j . g) / (1 - alpha_i),
+// so one scalar sum carries all channels; dL/dF_i = w_i g. Channels split into chunks simply
+// add their parts of dL/dalpha_i (the sum is linear in g).
+template <typename T>
+struct FeatureBackward {
+  T behind;  // sum over the splats behind the current one of w_j (F_j . g)
+
+  DGRD_HD void reset() { behind = T(0); }
+
+  // Splat i, with T_i = `transmittance` and w_i = alpha T_i, taken off the front of those
+  // already visited; returns its part of dL/dalpha_i.
+  DGRD_HD T step(T alpha, T transmittance, const T* feature, const T* upstream, int channels) {
+    T feature_dot = T(0);
+    for (int c = 0; c < channels; ++c) feature_dot += feature[c] * upstream[c];
+    const T dalpha = transmittance * feature_dot - behind / (T(1) - alpha);
+    behind += alpha * transmittance * feature_dot;
+    return dalpha;
+  }
+};
+
+// Median depth: the z of the splat whose blend takes T from above 0.5 to 0.5 or below (T only
+// decreases, so at most one splat of a pixel crosses). Its gradient goes to that z alone.
+template <typename T>
+DGRD_HD bool crosses_median(T transmittance_before, T transmittance_after) {
+  return transmittance_before > T(0.5) && transmittance_after <= T(0.5);
+}
+
+// The median of one pixel during the forward walk: its depth and 1 + the list position of
+// its splat (0 while T > 0.5, and in the end where T never reaches 0.5).
+template <typename T>
+struct MedianDepth {
+  T depth;
+  int position;
+
+  DGRD_HD void reset() {
+    depth = T(0);
+    position = 0;
+  }
+  DGRD_HD void update(T transmittance_before, T transmittance_after, T z, int position_) {
+    if (crosses_median(transmittance_before, transmittance_after)) {
+      depth = z;
+      position = position_;
+    }
   }
 };
 

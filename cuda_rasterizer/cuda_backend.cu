@@ -83,15 +83,19 @@ struct SplatBatch {
   }
 };
 
+// kMedian: also the median depth (issue 12); the plain instantiation is the plain render.
+template <bool kMedian>
 __global__ void __launch_bounds__(kTilePixels)
     render_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
-                  PixelBuffers<float> px) {
+                  PixelBuffers<float> px, OptionalOutputs<float> extra) {
   __shared__ SplatBatch batch;
   const TileThread me(cam);
   const int begin = lists.tile_ranges[2 * me.tile], end = lists.tile_ranges[2 * me.tile + 1];
   bool done = !me.inside;
   PixelAccum<float> acc;
   acc.reset();
+  MedianDepth<float> median;
+  if (kMedian) median.reset();
   int visited = 0, n_contrib = 0;
   for (int start = begin; start < end; start += kTilePixels) {
     // The whole block stops once every pixel is saturated.
@@ -107,15 +111,99 @@ __global__ void __launch_bounds__(kTilePixels)
       if (!splat_alpha(batch.mean2d[j], batch.conic_opacity[j], float(me.x), float(me.y), alpha,
                        G, d))
         continue;
+      const float before = acc.transmittance;
       if (!acc.blend(alpha, batch.feature[j])) {
         done = true;
         break;
       }
       n_contrib = visited;
+      if (kMedian) median.update(before, acc.transmittance, batch.feature[j].w, n_contrib);
+    }
+  }
+  if (me.inside) {
+    const int p = me.y * cam.width + me.x;
+    acc.store(px, p, cam.width * cam.height, cam.background, n_contrib);
+    if (kMedian) {
+      extra.median[p] = median.depth;
+      extra.median_contrib[p] = median.position;
+    }
+  }
+}
+
+// The largest n_contrib of the block's pixels (`last`: the thread's own, 0 outside the image):
+// no splat behind it is visited.
+__device__ __forceinline__ int block_max(int last) {
+  __shared__ int block_last;
+  if (threadIdx.x == 0) block_last = 0;
+  __syncthreads();
+  atomicMax(&block_last, last);
+  __syncthreads();
+  const int result = block_last;
+  __syncthreads();  // before anyone may reset block_last again
+  return result;
+}
+
+// Splats and a chunk of kChunk of their feature channels, staged in shared memory. Rows are
+// padded by one so that each thread's staging writes fall in distinct banks; reads of one
+// splat's row by the whole block are broadcasts. Channels past the count are staged as 0.
+template <int kChunk>
+struct FeatureBatch {
+  int id[kTilePixels];
+  Vec2<float> mean2d[kTilePixels];
+  Vec4<float> conic_opacity[kTilePixels];
+  float feature[kTilePixels][kChunk + 1];
+
+  __device__ void load(int slot, int id_, const GaussianState<float>& s, const float* features,
+                       int channels, int first, int count) {
+    id[slot] = id_;
+    mean2d[slot] = s.means2d[id_];
+    conic_opacity[slot] = s.conic_opacity[id_];
+    const float* row = features + int64_t(id_) * channels + first;
+#pragma unroll
+    for (int c = 0; c < kChunk; ++c) feature[slot][c] = c < count ? row[c] : 0.f;
+  }
+};
+
+// The feature map, kChunk channels per block (blockIdx.y picks the chunk): the block walks its
+// tile's list again up to each pixel's last blended splat (n_contrib of the render), so the
+// weights, and which splats are blended, are the render's; registers hold one chunk of sums.
+template <int kChunk>
+__global__ void __launch_bounds__(kTilePixels)
+    render_features_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
+                           PixelBuffers<float> px, OptionalOutputs<float> extra) {
+  __shared__ FeatureBatch<kChunk> batch;
+  const TileThread me(cam);
+  const int first = int(blockIdx.y) * kChunk;
+  const int count = min(kChunk, extra.channels - first);
+  const int begin = lists.tile_ranges[2 * me.tile];
+  const int64_t plane = int64_t(cam.width) * cam.height;
+  const int p = me.y * cam.width + me.x;
+  const int last = me.inside ? px.n_contrib[p] : 0;
+  const int block_end = block_max(last);
+  float sum[kChunk];
+#pragma unroll
+  for (int c = 0; c < kChunk; ++c) sum[c] = 0.f;
+  float transmittance = 1.f;
+  for (int start = 0; start < block_end; start += kTilePixels) {
+    __syncthreads();  // the previous batch is no longer read
+    const int k = start + int(threadIdx.x);
+    if (k < block_end)
+      batch.load(threadIdx.x, lists.point_list[begin + k], state, extra.features, extra.channels,
+                 first, count);
+    __syncthreads();
+    const int n = min(kTilePixels, last - start);
+    for (int j = 0; j < n; ++j) {
+      float alpha, G;
+      Vec2<float> d;
+      if (!splat_alpha(batch.mean2d[j], batch.conic_opacity[j], float(me.x), float(me.y), alpha,
+                       G, d))
+        continue;
+      blend_features(sum, batch.feature[j], kChunk, alpha * transmittance);
+      transmittance = transmittance * (1.f - alpha);
     }
   }
   if (me.inside)
-    acc.store(px, me.y * cam.width + me.x, cam.width * cam.height, cam.background, n_contrib);
+    for (int c = 0; c < count; ++c) extra.feature_map[(first + c) * plane + p] = sum[c];
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -144,10 +232,18 @@ __device__ __forceinline__ void warp_accumulate(const SplatGrad<float>& g, Splat
   }
 }
 
+// Lane 0 adds the warp's sum of v to *out.
+__device__ __forceinline__ void warp_add(float v, float* out) {
+  v = warp_sum(v);
+  if ((threadIdx.x & 31) == 0) atomicAdd(out, v);
+}
+
+// kMedian: the median's upstream gradient goes to its splat's depth.
+template <bool kMedian>
 __global__ void __launch_bounds__(kTilePixels)
     render_backward_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
                            PixelBuffers<float> px, PixelGrads<float> grads,
-                           SplatGrad<float>* splat_grads) {
+                           OptionalGrads<float> extra, SplatGrad<float>* splat_grads) {
   __shared__ SplatBatch batch;
   __shared__ int block_last;
   const TileThread me(cam);
@@ -155,6 +251,8 @@ __global__ void __launch_bounds__(kTilePixels)
   const int plane = cam.width * cam.height;
   const int p = me.y * cam.width + me.x;
   const int last = me.inside ? px.n_contrib[p] : 0;
+  const int median_position = kMedian && me.inside ? extra.median_contrib[p] : 0;
+  const float median_grad = kMedian && me.inside ? extra.median[p] : 0.f;
 
   PixelBackward<float> pb;
   if (me.inside) pb.init(px, grads, p, plane, cam.background);
@@ -186,7 +284,80 @@ __global__ void __launch_bounds__(kTilePixels)
           contributes = true;
         }
       }
+      if (kMedian && pos + 1 == median_position) {
+        g.feature.w += median_grad;
+        contributes = true;
+      }
       if (__any_sync(kFullWarp, contributes)) warp_accumulate(g, splat_grads + batch.id[j]);
+    }
+  }
+}
+
+// The feature map's part of the backward, kChunk channels per block as in the forward: each
+// chunk adds its part of dL/dalpha (FeatureBackward), carried to mean2d, conic and opacity,
+// and the chunk's dL/dF = w g.
+template <int kChunk>
+__global__ void __launch_bounds__(kTilePixels)
+    render_features_backward_kernel(Camera<float> cam, GaussianState<float> state,
+                                    TileLists lists, PixelBuffers<float> px,
+                                    OptionalGrads<float> extra, SplatGrad<float>* splat_grads) {
+  __shared__ FeatureBatch<kChunk> batch;
+  const TileThread me(cam);
+  const int first = int(blockIdx.y) * kChunk;
+  const int count = min(kChunk, extra.channels - first);
+  const int begin = lists.tile_ranges[2 * me.tile];
+  const int64_t plane = int64_t(cam.width) * cam.height;
+  const int p = me.y * cam.width + me.x;
+  const int last = me.inside ? px.n_contrib[p] : 0;
+  const int block_end = block_max(last);
+
+  float upstream[kChunk];
+#pragma unroll
+  for (int c = 0; c < kChunk; ++c)
+    upstream[c] = me.inside && c < count ? extra.feature_map[(first + c) * plane + p] : 0.f;
+  float transmittance =
+      me.inside ? px.pixel_state[PixelBuffers<float>::kFinalT * plane + p] : 1.f;
+  FeatureBackward<float> fb;
+  fb.reset();
+
+  for (int stop = block_end; stop > 0; stop -= kTilePixels) {
+    const int start = max(0, stop - kTilePixels);
+    __syncthreads();  // the previous batch is no longer read
+    const int k = stop - 1 - int(threadIdx.x);
+    if (k >= start)
+      batch.load(threadIdx.x, lists.point_list[begin + k], state, extra.features, extra.channels,
+                 first, count);
+    __syncthreads();
+    const int n = stop - start;
+    for (int j = 0; j < n; ++j) {
+      const int pos = stop - 1 - j;
+      SplatGrad<float> g = {};
+      float w = 0.f;
+      bool contributes = false;
+      if (pos < last) {
+        float alpha, G;
+        Vec2<float> d;
+        if (splat_alpha(batch.mean2d[j], batch.conic_opacity[j], float(me.x), float(me.y), alpha,
+                        G, d)) {
+          transmittance = transmittance / (1.f - alpha);
+          const float dalpha = fb.step(alpha, transmittance, batch.feature[j], upstream, kChunk);
+          alpha_grad_to_splat(dalpha, G, d, batch.conic_opacity[j], g);
+          w = alpha * transmittance;
+          contributes = true;
+        }
+      }
+      if (!__any_sync(kFullWarp, contributes)) continue;
+      SplatGrad<float>* out = splat_grads + batch.id[j];
+      warp_add(g.mean2d.x, &out->mean2d.x);
+      warp_add(g.mean2d.y, &out->mean2d.y);
+      warp_add(g.conic.a, &out->conic.a);
+      warp_add(g.conic.b, &out->conic.b);
+      warp_add(g.conic.c, &out->conic.c);
+      warp_add(g.opacity, &out->opacity);
+      float* features_grad = extra.features_grad + int64_t(batch.id[j]) * extra.channels + first;
+#pragma unroll
+      for (int c = 0; c < kChunk; ++c)
+        if (c < count) warp_add(w * upstream[c], features_grad + c);
     }
   }
 }
@@ -242,16 +413,63 @@ void identify_tile_ranges(const uint64_t* sorted_keys, int pairs, int* tile_rang
   tile_ranges_kernel<<<blocks_for(pairs), kThreads, 0, stream>>>(sorted_keys, pairs, tile_ranges);
 }
 
+// Channels per block of the feature kernels: small counts get small chunks (fewer registers
+// and less shared memory), larger ones 16 per block, blocks over chunks running in parallel.
+int feature_chunk(int channels) { return channels <= 4 ? 4 : channels <= 8 ? 8 : 16; }
+
+template <int kChunk>
+void launch_features(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
+                     const PixelBuffers<float>& px, const OptionalOutputs<float>& extra,
+                     cudaStream_t stream) {
+  const dim3 grid(cam.tiles_x * cam.tiles_y, (extra.channels + kChunk - 1) / kChunk);
+  render_features_kernel<kChunk><<<grid, kTilePixels, 0, stream>>>(cam, state, lists, px, extra);
+}
+
+template <int kChunk>
+void launch_features_backward(const Camera<float>& cam, const GaussianState<float>& state,
+                              TileLists lists, const PixelBuffers<float>& px,
+                              const OptionalGrads<float>& extra, SplatGrad<float>* splat_grads,
+                              cudaStream_t stream) {
+  const dim3 grid(cam.tiles_x * cam.tiles_y, (extra.channels + kChunk - 1) / kChunk);
+  render_features_backward_kernel<kChunk><<<grid, kTilePixels, 0, stream>>>(
+      cam, state, lists, px, extra, splat_grads);
+}
+
 void render(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
-            const PixelBuffers<float>& px, cudaStream_t stream) {
-  render_kernel<<<cam.tiles_x * cam.tiles_y, kTilePixels, 0, stream>>>(cam, state, lists, px);
+            const PixelBuffers<float>& px, const OptionalOutputs<float>& extra,
+            cudaStream_t stream) {
+  const int tiles = cam.tiles_x * cam.tiles_y;
+  if (extra.has_median())
+    render_kernel<true><<<tiles, kTilePixels, 0, stream>>>(cam, state, lists, px, extra);
+  else
+    render_kernel<false><<<tiles, kTilePixels, 0, stream>>>(cam, state, lists, px, extra);
+  if (!extra.has_features()) return;
+  switch (feature_chunk(extra.channels)) {
+    case 4: launch_features<4>(cam, state, lists, px, extra, stream); break;
+    case 8: launch_features<8>(cam, state, lists, px, extra, stream); break;
+    default: launch_features<16>(cam, state, lists, px, extra, stream); break;
+  }
 }
 
 void render_backward(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
                      const PixelBuffers<float>& px, PixelGrads<float> grads,
-                     SplatGrad<float>* splat_grads, cudaStream_t stream) {
-  render_backward_kernel<<<cam.tiles_x * cam.tiles_y, kTilePixels, 0, stream>>>(
-      cam, state, lists, px, grads, splat_grads);
+                     const OptionalGrads<float>& extra, SplatGrad<float>* splat_grads,
+                     cudaStream_t stream) {
+  const int tiles = cam.tiles_x * cam.tiles_y;
+  if (extra.has_median())
+    render_backward_kernel<true><<<tiles, kTilePixels, 0, stream>>>(cam, state, lists, px, grads,
+                                                                    extra, splat_grads);
+  else
+    render_backward_kernel<false><<<tiles, kTilePixels, 0, stream>>>(cam, state, lists, px, grads,
+                                                                     extra, splat_grads);
+  if (!extra.has_features()) return;
+  switch (feature_chunk(extra.channels)) {
+    case 4: launch_features_backward<4>(cam, state, lists, px, extra, splat_grads, stream); break;
+    case 8: launch_features_backward<8>(cam, state, lists, px, extra, splat_grads, stream); break;
+    default:
+      launch_features_backward<16>(cam, state, lists, px, extra, splat_grads, stream);
+      break;
+  }
 }
 
 void preprocess_backward(const Camera<float>& cam, const GaussianInputs<float>& in,

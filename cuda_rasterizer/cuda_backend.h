@@ -36,15 +36,19 @@ void sort_pairs(void* temp, size_t& temp_bytes, const uint64_t* keys_in, uint64_
 void identify_tile_ranges(const uint64_t* sorted_keys, int pairs, int* tile_ranges,
                           cudaStream_t stream);
 
-// One 16x16 block per tile, front to back.
+// One 16x16 block per tile, front to back; the median with it when asked for, and the feature
+// map (when asked for) by a second kernel, one block per tile and chunk of channels.
 void render(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
-            const PixelBuffers<float>& px, cudaStream_t stream);
+            const PixelBuffers<float>& px, const OptionalOutputs<float>& extra,
+            cudaStream_t stream);
 
 // One 16x16 block per tile, back to front; adds each Gaussian's gradient into splat_grads
-// (zeroed by the caller) once per warp.
+// (zeroed by the caller) once per warp, and the features' into extra.features_grad (zeroed
+// by the caller) when the feature map has an upstream gradient.
 void render_backward(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
                      const PixelBuffers<float>& px, PixelGrads<float> grads,
-                     SplatGrad<float>* splat_grads, cudaStream_t stream);
+                     const OptionalGrads<float>& extra, SplatGrad<float>* splat_grads,
+                     cudaStream_t stream);
 
 void preprocess_backward(const Camera<float>& cam, const GaussianInputs<float>& in,
                          const int* radii, const SplatGrad<float>* splat_grads,

@@ -126,4 +126,33 @@ struct PixelGrads {
   const T* weight;  // H x W
 };
 
+// The optional outputs of issue 12 (SPEC 8): feature channels blended like the colour, and the
+// median depth. channels == 0 and null pointers where they are not asked for.
+template <typename T>
+struct OptionalOutputs {
+  int channels;         // C
+  const T* features;    // P x C, the per-Gaussian values
+  T* feature_map;       // C x H x W
+  T* median;            // H x W
+  int* median_contrib;  // H x W: 1 + position in the tile's list of the median's splat, 0: none
+
+  DGRD_HD bool has_features() const { return channels > 0; }
+  DGRD_HD bool has_median() const { return median_contrib != nullptr; }
+};
+
+// What the backward of the optional outputs reads and writes; an absent upstream gradient is
+// null (then that output costs nothing in the backward).
+template <typename T>
+struct OptionalGrads {
+  int channels;                // C
+  const T* features;           // P x C
+  const int* median_contrib;   // H x W, from the forward
+  const T* feature_map;        // C x H x W upstream, or null
+  const T* median;             // H x W upstream, or null
+  T* features_grad;            // P x C, all written when feature_map is given
+
+  DGRD_HD bool has_features() const { return channels > 0 && feature_map != nullptr; }
+  DGRD_HD bool has_median() const { return median_contrib != nullptr && median != nullptr; }
+};
+
 }  // namespace dgrd

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from ._validation import check_gaussians, CheckedSettings
+from ._validation import check_gaussians, check_optional_outputs, CheckedSettings
 from . import _backend, _debug
 from ._debug import replay_snapshot
 from .sparse_adam import SparseGaussianAdam
@@ -43,26 +43,30 @@ def has_cuda_backend() -> bool:
 
 
 def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
-                        cov3Ds_precomp, raster_settings, dc=None):
+                        cov3Ds_precomp, raster_settings, dc=None, features=None,
+                        median_depth=False):
     """Functional form, argument order as in the original package.
 
-    Returns (color (3,H,W), radii (P,) int32, depth (H,W), weight (H,W)).
+    Returns (color (3,H,W), radii (P,) int32, depth (H,W), weight (H,W)), followed by
+    feature_map (C,H,W) = sum_i w_i features_i when `features` (P,C) is given, and by
+    median (H,W), the depth where the transmittance crosses 0.5, when `median_depth` is True.
     With raster_settings.debug, non-finite inputs raise a ValueError naming them, and an error
     of the backend writes a snapshot of the call (see `replay_snapshot`).
     """
     given = [("means3D", means3D), ("opacities", opacities), ("shs", sh), ("dc", dc),
              ("colors_precomp", colors_precomp), ("scales", scales), ("rotations", rotations),
-             ("cov3D_precomp", cov3Ds_precomp)]
+             ("cov3D_precomp", cov3Ds_precomp), ("features", features)]
     (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp,
      checked) = check_gaussians(means3D, means2D, opacities, sh, colors_precomp, scales,
                                 rotations, cov3Ds_precomp, dc, raster_settings)
+    features, median_depth = check_optional_outputs(features, median_depth, means3D)
     if checked.debug:
         _debug.raise_if_nonfinite(given, raster_settings)
     if means2D is None:
         # Nobody wants the screen-space gradient: a throwaway carrier keeps the Function simple.
         means2D = torch.zeros((means3D.shape[0], 3), dtype=means3D.dtype, device=means3D.device)
     return _RasterizeGaussians.apply(means3D, means2D, sh, colors_precomp, opacities, scales,
-                                     rotations, cov3Ds_precomp, checked)
+                                     rotations, cov3Ds_precomp, features, checked, median_depth)
 
 
 class _RasterizeGaussians(torch.autograd.Function):
@@ -70,13 +74,13 @@ class _RasterizeGaussians(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
-                cov3Ds_precomp, settings: CheckedSettings):
+                cov3Ds_precomp, features, settings: CheckedSettings, median_depth: bool):
         inputs = (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp)
-        config = _backend.make_config(settings)
-        color, depth, weight, radii, state = _debug.guarded(
+        config = _backend.make_config(settings, median_depth)
+        color, depth, weight, radii, feature_map, median, state = _debug.guarded(
             settings.debug, lambda: _debug.Capture("forward", dict(zip(_debug.INPUT_NAMES, inputs)),
                                                    settings),
-            lambda: _backend.forward(config, _backend.make_gaussians(*inputs)))
+            lambda: _backend.forward(config, _backend.make_gaussians(*inputs, features=features)))
         ctx.config = config
         ctx.checked = settings
         # Internal per-Gaussian and per-pixel state of the forward: never handed to the user,
@@ -84,27 +88,46 @@ class _RasterizeGaussians(torch.autograd.Function):
         ctx.state = state
         ctx.present = tuple(t is not None for t in inputs)
         ctx.means2D_columns = means2D.shape[1]   # (P, 3) or (P, 2)
-        ctx.save_for_backward(*(t if t is not None else means3D.new_empty((0,)) for t in inputs))
+        ctx.has_features = features is not None
+        ctx.median_depth = median_depth
+        saved = [t if t is not None else means3D.new_empty((0,)) for t in inputs]
+        if ctx.has_features:
+            saved.append(features)
+            # An unused map's gradient stays None rather than a zero tensor, so that a loss on
+            # the colour alone does not pay for a backward through C feature channels.
+            ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*saved)
         ctx.mark_non_differentiable(radii)
-        return color, radii, depth, weight
+        outputs = (color, radii, depth, weight)
+        if ctx.has_features:
+            outputs += (feature_map,)
+        if median_depth:
+            outputs += (median,)
+        return outputs
 
     @staticmethod
-    def backward(ctx, grad_color, _grad_radii, grad_depth, grad_weight):
-        inputs = tuple(t if present else None
-                       for t, present in zip(ctx.saved_tensors, ctx.present))
+    def backward(ctx, grad_color, _grad_radii, grad_depth, grad_weight, *grad_optional):
+        saved = ctx.saved_tensors
+        inputs = tuple(t if present else None for t, present in zip(saved, ctx.present))
+        features = saved[len(inputs)] if ctx.has_features else None
+        grad_features = grad_optional[0] if ctx.has_features else None
+        grad_median = grad_optional[-1] if ctx.median_depth else None
         upstream = dict(color=grad_color, depth=grad_depth, weight=grad_weight)
         (d_means3D, d_means2D, d_opacities, d_sh, d_colors, d_scales, d_rotations,
-         d_cov3D) = _debug.guarded(
+         d_cov3D, d_features) = _debug.guarded(
             ctx.config.debug,
             lambda: _debug.Capture("backward", dict(zip(_debug.INPUT_NAMES, inputs)),
                                    ctx.checked, grads=upstream),
-            lambda: _backend.backward(ctx.config, _backend.make_gaussians(*inputs), ctx.state,
-                                      grad_color, grad_depth, grad_weight))
+            lambda: _backend.backward(ctx.config,
+                                      _backend.make_gaussians(*inputs, features=features),
+                                      ctx.state, grad_color, grad_depth, grad_weight,
+                                      grad_features, grad_median))
         _, _, has_sh, has_colors, has_scales, has_rotations, has_cov = ctx.present
         return (d_means3D, d_means2D[:, :ctx.means2D_columns], d_sh if has_sh else None,
                 d_colors if has_colors else None, d_opacities,
                 d_scales if has_scales else None, d_rotations if has_rotations else None,
-                d_cov3D if has_cov else None, None)
+                d_cov3D if has_cov else None, d_features if ctx.has_features else None,
+                None, None)
 
 
 class GaussianRasterizer(nn.Module):
@@ -124,6 +147,9 @@ class GaussianRasterizer(nn.Module):
             return _backend.mark_visible(positions.detach().contiguous(), checked)
 
     def forward(self, means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
-                rotations=None, cov3D_precomp=None, dc=None):
+                rotations=None, cov3D_precomp=None, dc=None, features=None, median_depth=False):
+        """(color, radii, depth, weight), then feature_map (C,H,W) when `features` (P,C) is
+        given, then median (H,W) when `median_depth` is True."""
         return rasterize_gaussians(means3D, means2D, shs, colors_precomp, opacities, scales,
-                                   rotations, cov3D_precomp, self.raster_settings, dc=dc)
+                                   rotations, cov3D_precomp, self.raster_settings, dc=dc,
+                                   features=features, median_depth=median_depth)

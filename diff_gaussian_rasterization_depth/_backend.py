@@ -37,15 +37,17 @@ CONFIG_FIELDS = ("image_height", "image_width", "tanfovx", "tanfovy", "scale_mod
                  "projmatrix", "campos")
 
 
-def make_config(settings):
+def make_config(settings, median_depth=False):
     """settings: a CheckedSettings; its tensors are private copies on the right device."""
     c = _ext().RasterConfig()
     for name in CONFIG_FIELDS:
         setattr(c, name, getattr(settings, name))
+    c.median_depth = bool(median_depth)
     return c
 
 
-def make_gaussians(means3D, opacities, sh, colors_precomp, scales, rotations, cov3D_precomp):
+def make_gaussians(means3D, opacities, sh, colors_precomp, scales, rotations, cov3D_precomp,
+                   features=None):
     """Absent inputs become empty tensors; every present one is made contiguous."""
     _check_device(means3D.device)
     g = _ext().GaussianInputs()
@@ -61,6 +63,7 @@ def make_gaussians(means3D, opacities, sh, colors_precomp, scales, rotations, co
     g.scales = put(scales)
     g.rotations = put(rotations)
     g.cov3D_precomp = put(cov3D_precomp)
+    g.features = put(features)
     return g
 
 
@@ -68,14 +71,15 @@ def forward(config, gaussians):
     return _ext().forward(config, gaussians)
 
 
-def backward(config, gaussians, state, grad_color, grad_depth, grad_weight):
+def backward(config, gaussians, state, grad_color, grad_depth, grad_weight,
+             grad_feature_map=None, grad_median=None):
     empty = gaussians.means3D.new_empty((0,))
 
     def put(g):
         return empty if g is None else g.contiguous()
 
     return _ext().backward(config, gaussians, state, put(grad_color), put(grad_depth),
-                           put(grad_weight))
+                           put(grad_weight), put(grad_feature_map), put(grad_median))
 
 
 def mark_visible(positions, settings):

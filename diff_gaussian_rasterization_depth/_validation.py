@@ -56,6 +56,17 @@ def _require_float(name: str, v, positive: bool = False) -> float:
     return f
 
 
+def _require_like(name: str, t, device, dtype) -> torch.Tensor:
+    """t must be a tensor on `device` with `dtype` (those of means3D)."""
+    t = _require_tensor(name, t)
+    if t.device != device:
+        raise ValueError(f"{name}: expected a tensor on {device} (the device of means3D), "
+                         f"got one on {t.device}")
+    if t.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} (the dtype of means3D), got {t.dtype}")
+    return t
+
+
 def _small_tensor(name: str, t, numel: int) -> torch.Tensor:
     """Matrices, bg, campos: any layout with the right element count, flattened (row-major)."""
     t = _require_tensor(f"raster_settings.{name}", t)
@@ -106,13 +117,7 @@ def check_gaussians(means3D, means2D, opacities, shs, colors_precomp, scales, ro
         raise TypeError(f"means3D: expected dtype {allowed} on {device.type}, got {dtype}")
 
     def same(name, t):
-        t = _require_tensor(name, t)
-        if t.device != device:
-            raise ValueError(f"{name}: expected a tensor on {device} (the device of means3D), "
-                             f"got one on {t.device}")
-        if t.dtype != dtype:
-            raise TypeError(f"{name}: expected dtype {dtype} (the dtype of means3D), got {t.dtype}")
-        return t
+        return _require_like(name, t, device, dtype)
 
     if means2D is not None:
         same("means2D", means2D)
@@ -174,3 +179,20 @@ def check_gaussians(means3D, means2D, opacities, shs, colors_precomp, scales, ro
         _require_shape("cov3D_precomp", cov3D_precomp, [(P, 6)], f"({P}, 6)")
 
     return means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp, checked
+
+
+def check_optional_outputs(features, median_depth, means3D):
+    """The arguments of the optional outputs (issue 12), after check_gaussians.
+
+    features: None or a (P, C) tensor, C >= 1, of the dtype and device of means3D (any strides).
+    median_depth: a bool. Returns (features, median_depth).
+    """
+    if not isinstance(median_depth, bool):
+        raise TypeError(f"median_depth: expected a bool, got {_describe(median_depth)}")
+    if features is not None:
+        features = _require_like("features", features, means3D.device, means3D.dtype)
+        P = means3D.shape[0]
+        if features.dim() != 2 or features.shape[0] != P or features.shape[1] < 1:
+            raise ValueError(f"features: expected shape ({P}, C) with C >= 1 channels, got "
+                             f"{tuple(features.shape)}")
+    return features, median_depth

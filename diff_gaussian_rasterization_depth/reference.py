@@ -26,7 +26,7 @@ from typing import Dict
 
 import torch
 
-from ._validation import check_gaussians
+from ._validation import check_gaussians, check_optional_outputs
 
 __all__ = ["rasterize_reference", "sparse_adam_step_reference"]
 
@@ -248,7 +248,8 @@ def _straight_through_clamp_max(x: torch.Tensor, bound: float) -> torch.Tensor:
 
 
 def _blend(g: Dict[str, torch.Tensor], settings) -> Dict[str, torch.Tensor]:
-    """Blend the (already visible-only) Gaussians of g into every pixel."""
+    """Blend the (already visible-only) Gaussians of g into every pixel (and their `features`
+    (P,C), when g has them, into a feature map)."""
     H, W = settings.image_height, settings.image_width
     dtype, device = g["mean2d"].dtype, g["mean2d"].device
 
@@ -305,7 +306,18 @@ def _blend(g: Dict[str, torch.Tensor], settings) -> Dict[str, torch.Tensor]:
     safe_weight = torch.where(has_weight, weight, torch.ones_like(weight))
     depth = torch.where(has_weight, depth_sum / safe_weight, torch.zeros_like(weight))
 
+    # SPEC 8: feature channels with the colour's weights, no background; the median depth is
+    # the depth of the blended Gaussian after which T is first <= 0.5 (T_before > 0.5 there).
+    feature_map = None
+    if "features" in g:
+        feature_map = (w[:, None] * g["features"][:, :, None, None]).sum(dim=0)   # (C,H,W)
+    T_after = transmittance[1:]
+    crossing = (blended & (T_before > 0.5) & (T_after <= 0.5)).detach()
+    median = torch.where(crossing, g["depth"][:, None, None], torch.zeros_like(w)).sum(dim=0)
+
     return dict(color=color, depth=depth, weight=weight, T_final=T_final, order=order,
+                feature_map=feature_map, median=median, median_crossing=crossing,
+                T_after=T_after.detach(),
                 power=unmasked_power, raw_alpha=raw_alpha.detach(), considered=considered,
                 blendable=blendable, blended=blended, test_T=test_T, in_rect=in_rect)
 
@@ -315,12 +327,13 @@ def _blend(g: Dict[str, torch.Tensor], settings) -> Dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------
 
 def _forward(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp, settings,
-             ndc_offset=None):
+             ndc_offset=None, features=None):
     """The whole forward on checked inputs.
 
     Returns (outputs, everyone, survivors, blend, idx): the outputs dict (color, radii, depth,
-    weight); the preprocess of all Gaussians (no autograd); that of the visible ones, whose
-    indices are idx (with autograd); and the per-pixel tensors of the blend, in its order.
+    weight, feature_map (None without features), median); the preprocess of all Gaussians (no
+    autograd); that of the visible ones, whose indices are idx (with autograd); and the
+    per-pixel tensors of the blend, in its order.
     """
     P = means3D.shape[0]
     with torch.no_grad():
@@ -336,28 +349,35 @@ def _forward(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_p
                             ndc_offset=pick(ndc_offset))
     survivors.pop("visible")
     survivors.pop("projectable")
-    blend = _blend({k: survivors[k] for k in ("depth", "mean2d", "conic", "opacity",
-                                                "rect_min", "rect_max", "color")}, settings)
+    blended = {k: survivors[k] for k in ("depth", "mean2d", "conic", "opacity", "rect_min",
+                                         "rect_max", "color")}
+    if features is not None:
+        blended["features"] = features[idx]
+    blend = _blend(blended, settings)
 
     radii = torch.zeros(P, dtype=torch.int32, device=means3D.device)
     radii[idx] = everyone["radius"][idx].to(torch.int32)
-    return dict(color=blend["color"], radii=radii, depth=blend["depth"],
-                weight=blend["weight"]), everyone, survivors, blend, idx
+    return dict(color=blend["color"], radii=radii, depth=blend["depth"], weight=blend["weight"],
+                feature_map=blend["feature_map"], median=blend["median"]), \
+        everyone, survivors, blend, idx
 
 
 def rasterize_reference(means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
-                        rotations=None, cov3D_precomp=None, raster_settings=None, dc=None):
+                        rotations=None, cov3D_precomp=None, raster_settings=None, dc=None,
+                        features=None, median_depth=False):
     """The SPEC's rasterizer in plain PyTorch.
 
     Same inputs as `GaussianRasterizer.forward` (plus the settings), float32 or float64,
     computed in the input dtype. Returns (color (3,H,W), radii int32 (P,), depth (H,W),
-    weight (H,W)); gradients by autograd, with the conventions of SPEC 6.
+    weight (H,W)), then feature_map (C,H,W) when `features` (P,C) is given and median (H,W)
+    when `median_depth` is True (SPEC 8); gradients by autograd, with the conventions of SPEC 6.
     """
     if raster_settings is None:
         raise ValueError("raster_settings: expected a GaussianRasterizationSettings, got None")
     (means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp,
      settings) = check_gaussians(means3D, means2D, opacities, shs, colors_precomp, scales,
                                  rotations, cov3D_precomp, dc, raster_settings)
+    features, median_depth = check_optional_outputs(features, median_depth, means3D)
     ndc_offset = None
     if means2D is not None:
         carrier = means2D[:, :2]
@@ -365,8 +385,13 @@ def rasterize_reference(means3D, means2D, opacities, shs=None, colors_precomp=No
         ndc_offset = torch.where(torch.isfinite(carrier.detach()), carrier - carrier.detach(),
                                  torch.zeros_like(carrier))
     out = _forward(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp,
-                   settings, ndc_offset)[0]
-    return out["color"], out["radii"], out["depth"], out["weight"]
+                   settings, ndc_offset, features)[0]
+    result = (out["color"], out["radii"], out["depth"], out["weight"])
+    if features is not None:
+        result += (out["feature_map"],)
+    if median_depth:
+        result += (out["median"],)
+    return result
 
 
 def sparse_adam_step_reference(param, grad, exp_avg, exp_avg_sq, visibility, lr, eps,
