@@ -14,9 +14,13 @@ from diff_gaussian_rasterization_depth.reference import (rasterize_reference,
                                                          sparse_adam_step_reference)
 
 F32, F64 = torch.float32, torch.float64
-needs_cuda = [pytest.mark.cuda,
-              pytest.mark.skipif(not (torch.cuda.is_available() and has_cuda_backend()),
-                                 reason="needs a CUDA GPU and the package built with CUDA")]
+
+
+def cuda_test(fn):
+    """CUDA against the CPU: marked `cuda`, skipped without a GPU and a CUDA build."""
+    skip = pytest.mark.skipif(not (torch.cuda.is_available() and has_cuda_backend()),
+                              reason="needs a CUDA GPU and the package built with CUDA")
+    return pytest.mark.cuda(skip(fn))
 
 # 3DGS's parameter shapes per Gaussian: M = 1 (opacity), 3 (xyz, scaling, dc), 4 (rotation),
 # 45 (the rest of degree-3 SH).
@@ -183,8 +187,7 @@ def test_sparse_adam_named_errors(case):
 
 
 @pytest.mark.parametrize("seed", range(3))
-@needs_cuda[0]
-@needs_cuda[1]
+@cuda_test
 def test_sparse_adam_cuda_matches_cpu(seed):
     gen = torch.Generator().manual_seed(200 + seed)
     N = 5000 + 777 * seed
@@ -436,8 +439,7 @@ def test_upstream_errors_are_named():
 
 
 @pytest.mark.parametrize("seed", range(3))
-@needs_cuda[0]
-@needs_cuda[1]
+@cuda_test
 def test_upstream_cuda_matches_cpu(seed):
     scene = scene_for("size-64x40-dc", seed)
     cpu = scene.with_grad()
