@@ -164,6 +164,26 @@ struct FeatureBatch {
   }
 };
 
+// A thread of a feature kernel: its pixel, the block's chunk of channels [first, first + count)
+// (blockIdx.y picks the chunk), and how far the pixel's and the block's walks go.
+template <int kChunk>
+struct FeatureThread : TileThread {
+  int first, count, begin, p, last, block_end;
+  int64_t plane;
+
+  __device__ FeatureThread(const Camera<float>& cam, TileLists lists, const PixelBuffers<float>& px,
+                           int channels)
+      : TileThread(cam) {
+    first = int(blockIdx.y) * kChunk;
+    count = min(kChunk, channels - first);
+    begin = lists.tile_ranges[2 * tile];
+    plane = int64_t(cam.width) * cam.height;
+    p = y * cam.width + x;
+    last = inside ? px.n_contrib[p] : 0;
+    block_end = block_max(last);
+  }
+};
+
 // The feature map, kChunk channels per block (blockIdx.y picks the chunk): the block walks its
 // tile's list again up to each pixel's last blended splat (n_contrib of the render), so the
 // weights, and which splats are blended, are the render's; registers hold one chunk of sums.
@@ -172,26 +192,19 @@ __global__ void __launch_bounds__(kTilePixels)
     render_features_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
                            PixelBuffers<float> px, OptionalOutputs<float> extra) {
   __shared__ FeatureBatch<kChunk> batch;
-  const TileThread me(cam);
-  const int first = int(blockIdx.y) * kChunk;
-  const int count = min(kChunk, extra.channels - first);
-  const int begin = lists.tile_ranges[2 * me.tile];
-  const int64_t plane = int64_t(cam.width) * cam.height;
-  const int p = me.y * cam.width + me.x;
-  const int last = me.inside ? px.n_contrib[p] : 0;
-  const int block_end = block_max(last);
+  const FeatureThread<kChunk> me(cam, lists, px, extra.channels);
   float sum[kChunk];
 #pragma unroll
   for (int c = 0; c < kChunk; ++c) sum[c] = 0.f;
   float transmittance = 1.f;
-  for (int start = 0; start < block_end; start += kTilePixels) {
+  for (int start = 0; start < me.block_end; start += kTilePixels) {
     __syncthreads();  // the previous batch is no longer read
     const int k = start + int(threadIdx.x);
-    if (k < block_end)
-      batch.load(threadIdx.x, lists.point_list[begin + k], state, extra.features, extra.channels,
-                 first, count);
+    if (k < me.block_end)
+      batch.load(threadIdx.x, lists.point_list[me.begin + k], state, extra.features,
+                 extra.channels, me.first, me.count);
     __syncthreads();
-    const int n = min(kTilePixels, last - start);
+    const int n = min(kTilePixels, me.last - start);
     for (int j = 0; j < n; ++j) {
       float alpha, G;
       Vec2<float> d;
@@ -203,7 +216,8 @@ __global__ void __launch_bounds__(kTilePixels)
     }
   }
   if (me.inside)
-    for (int c = 0; c < count; ++c) extra.feature_map[(first + c) * plane + p] = sum[c];
+    for (int c = 0; c < me.count; ++c)
+      extra.feature_map[(me.first + c) * me.plane + me.p] = sum[c];
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -302,31 +316,24 @@ __global__ void __launch_bounds__(kTilePixels)
                                     TileLists lists, PixelBuffers<float> px,
                                     OptionalGrads<float> extra, SplatGrad<float>* splat_grads) {
   __shared__ FeatureBatch<kChunk> batch;
-  const TileThread me(cam);
-  const int first = int(blockIdx.y) * kChunk;
-  const int count = min(kChunk, extra.channels - first);
-  const int begin = lists.tile_ranges[2 * me.tile];
-  const int64_t plane = int64_t(cam.width) * cam.height;
-  const int p = me.y * cam.width + me.x;
-  const int last = me.inside ? px.n_contrib[p] : 0;
-  const int block_end = block_max(last);
-
+  const FeatureThread<kChunk> me(cam, lists, px, extra.channels);
   float upstream[kChunk];
 #pragma unroll
   for (int c = 0; c < kChunk; ++c)
-    upstream[c] = me.inside && c < count ? extra.feature_map[(first + c) * plane + p] : 0.f;
+    upstream[c] = me.inside && c < me.count
+                      ? extra.feature_map[(me.first + c) * me.plane + me.p] : 0.f;
   float transmittance =
-      me.inside ? px.pixel_state[PixelBuffers<float>::kFinalT * plane + p] : 1.f;
+      me.inside ? px.pixel_state[PixelBuffers<float>::kFinalT * me.plane + me.p] : 1.f;
   FeatureBackward<float> fb;
   fb.reset();
 
-  for (int stop = block_end; stop > 0; stop -= kTilePixels) {
+  for (int stop = me.block_end; stop > 0; stop -= kTilePixels) {
     const int start = max(0, stop - kTilePixels);
     __syncthreads();  // the previous batch is no longer read
     const int k = stop - 1 - int(threadIdx.x);
     if (k >= start)
-      batch.load(threadIdx.x, lists.point_list[begin + k], state, extra.features, extra.channels,
-                 first, count);
+      batch.load(threadIdx.x, lists.point_list[me.begin + k], state, extra.features,
+                 extra.channels, me.first, me.count);
     __syncthreads();
     const int n = stop - start;
     for (int j = 0; j < n; ++j) {
@@ -334,7 +341,7 @@ __global__ void __launch_bounds__(kTilePixels)
       SplatGrad<float> g = {};
       float w = 0.f;
       bool contributes = false;
-      if (pos < last) {
+      if (pos < me.last) {
         float alpha, G;
         Vec2<float> d;
         if (splat_alpha(batch.mean2d[j], batch.conic_opacity[j], float(me.x), float(me.y), alpha,
@@ -354,10 +361,11 @@ __global__ void __launch_bounds__(kTilePixels)
       warp_add(g.conic.b, &out->conic.b);
       warp_add(g.conic.c, &out->conic.c);
       warp_add(g.opacity, &out->opacity);
-      float* features_grad = extra.features_grad + int64_t(batch.id[j]) * extra.channels + first;
+      float* features_grad =
+          extra.features_grad + int64_t(batch.id[j]) * extra.channels + me.first;
 #pragma unroll
       for (int c = 0; c < kChunk; ++c)
-        if (c < count) warp_add(w * upstream[c], features_grad + c);
+        if (c < me.count) warp_add(w * upstream[c], features_grad + c);
     }
   }
 }

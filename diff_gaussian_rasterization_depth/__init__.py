@@ -69,6 +69,14 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
                                      rotations, cov3Ds_precomp, features, checked, median_depth)
 
 
+def _named_inputs(inputs, features):
+    """The Function's Gaussian inputs by name, for debug snapshots."""
+    named = dict(zip(_debug.INPUT_NAMES, inputs))
+    if features is not None:
+        named["features"] = features
+    return named
+
+
 class _RasterizeGaussians(torch.autograd.Function):
     """Autograd glue: the compiled backend does both passes; nothing here does math."""
 
@@ -78,8 +86,8 @@ class _RasterizeGaussians(torch.autograd.Function):
         inputs = (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp)
         config = _backend.make_config(settings, median_depth)
         color, depth, weight, radii, feature_map, median, state = _debug.guarded(
-            settings.debug, lambda: _debug.Capture("forward", dict(zip(_debug.INPUT_NAMES, inputs)),
-                                                   settings),
+            settings.debug, lambda: _debug.Capture("forward", _named_inputs(inputs, features),
+                                                   settings, median_depth=median_depth),
             lambda: _backend.forward(config, _backend.make_gaussians(*inputs, features=features)))
         ctx.config = config
         ctx.checked = settings
@@ -113,11 +121,15 @@ class _RasterizeGaussians(torch.autograd.Function):
         grad_features = grad_optional[0] if ctx.has_features else None
         grad_median = grad_optional[-1] if ctx.median_depth else None
         upstream = dict(color=grad_color, depth=grad_depth, weight=grad_weight)
+        if ctx.has_features:
+            upstream["feature_map"] = grad_features
+        if ctx.median_depth:
+            upstream["median"] = grad_median
         (d_means3D, d_means2D, d_opacities, d_sh, d_colors, d_scales, d_rotations,
          d_cov3D, d_features) = _debug.guarded(
             ctx.config.debug,
-            lambda: _debug.Capture("backward", dict(zip(_debug.INPUT_NAMES, inputs)),
-                                   ctx.checked, grads=upstream),
+            lambda: _debug.Capture("backward", _named_inputs(inputs, features), ctx.checked,
+                                   grads=upstream, median_depth=ctx.median_depth),
             lambda: _backend.backward(ctx.config,
                                       _backend.make_gaussians(*inputs, features=features),
                                       ctx.state, grad_color, grad_depth, grad_weight,

@@ -78,8 +78,10 @@ class Capture:
     """
 
     def __init__(self, stage: str, inputs: Dict[str, Optional[torch.Tensor]], checked,
-                 grads: Optional[Dict[str, Optional[torch.Tensor]]] = None):
+                 grads: Optional[Dict[str, Optional[torch.Tensor]]] = None,
+                 median_depth: bool = False):
         self.stage = stage
+        self.median_depth = median_depth
         self.device = str(inputs["means3D"].device)
         on_gpu = inputs["means3D"].device.type != "cpu"
         keep = _host_copy if on_gpu else (lambda t: t)
@@ -98,7 +100,7 @@ class Capture:
                     error=f"{type(error).__name__}: {error}", inputs=host(self.inputs),
                     settings={f: _host_copy(v) if isinstance(v, torch.Tensor) else v
                               for f, v in self.settings.items()},
-                    grads=host(self.grads),
+                    grads=host(self.grads), median_depth=self.median_depth,
                     versions=dict(package=str(__version__), torch=str(torch.__version__)))
 
     def reraise(self, error: BaseException):
@@ -158,8 +160,9 @@ def replay_snapshot(path: str, device=None, debug: Optional[bool] = None) -> dic
     device: where to run (default: where the call ran, or the CPU when that device is missing).
     debug: override the snapshot's debug setting. A forward snapshot runs the forward; a
     backward snapshot runs the forward and then the backward with the saved upstream gradients.
-    Raises whatever the call raises. Returns dict(outputs=(color, radii, depth, weight),
-    grads={input name: gradient} (backward snapshots only), snapshot=the loaded file).
+    Raises whatever the call raises. Returns dict(outputs=(color, radii, depth, weight[,
+    feature_map][, median]), grads={input name: gradient} (backward snapshots only),
+    snapshot=the loaded file).
     """
     global _replaying
     from . import GaussianRasterizationSettings, rasterize_gaussians
@@ -189,16 +192,21 @@ def replay_snapshot(path: str, device=None, debug: Optional[bool] = None) -> dic
     means3D = inputs["means3D"]
     means2D = torch.zeros((means3D.shape[0], 3), dtype=means3D.dtype, device=means3D.device,
                           requires_grad=backward)
+    features = inputs.get("features")
+    median_depth = bool(snap.get("median_depth", False))
     _replaying += 1
     try:
         outputs = rasterize_gaussians(means3D, means2D, inputs["shs"], inputs["colors_precomp"],
                                       inputs["opacities"], inputs["scales"], inputs["rotations"],
-                                      inputs["cov3D_precomp"], settings)
+                                      inputs["cov3D_precomp"], settings, features=features,
+                                      median_depth=median_depth)
         grads = None
         if backward:
-            color, _, depth, weight = outputs
-            pairs = [(o, move(snap["grads"].get(k))) for o, k in
-                     ((color, "color"), (depth, "depth"), (weight, "weight"))]
+            names = (["color", None, "depth", "weight"]
+                     + (["feature_map"] if features is not None else [])
+                     + (["median"] if median_depth else []))
+            pairs = [(o, move(snap["grads"].get(k))) for o, k in zip(outputs, names)
+                     if k is not None]
             pairs = [(o, g) for o, g in pairs if g is not None]
             if pairs:
                 torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])

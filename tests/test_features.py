@@ -358,3 +358,46 @@ def test_output_order_and_empty_scenes():
         assert (out[4] == 0).all() and (out[5] == 0).all()
         out = GaussianRasterizer(scene.settings)(**scene.inputs, median_depth=True)
         assert len(out) == 5 and out[4].shape == (H, W)
+
+
+def test_debug_snapshot_replays_features_and_median(tmp_path, monkeypatch):
+    """A failing backward with features and the median writes a snapshot that replays them."""
+    from diff_gaussian_rasterization_depth import replay_snapshot
+    monkeypatch.chdir(tmp_path)
+    scene = scenes.make_scene(13400, P=30, sh_degree=1)
+    settings = scene.settings._replace(debug=True)
+    F = random_features(scene.P, 5, 0)
+
+    def loss_and_grads(rasterize_settings):
+        leaves = scene.with_grad(("means3D",))
+        Fg = F.clone().requires_grad_()
+        out = GaussianRasterizer(rasterize_settings)(**leaves, features=Fg, median_depth=True)
+        (out[0].sum() + out[4].square().sum() + out[5].sum()).backward()
+        return out, leaves["means3D"].grad, Fg.grad
+
+    real = _backend.backward
+
+    def broken(*args):
+        raise RuntimeError("injected backward fault")
+    monkeypatch.setattr(_backend, "backward", broken)
+    with pytest.raises(RuntimeError, match="injected backward fault") as info:
+        loss_and_grads(settings)
+    monkeypatch.setattr(_backend, "backward", real)
+    path = str(info.value).split("written to ")[1].split(";")[0]
+    result = replay_snapshot(path)
+    out, d_means, d_features = loss_and_grads(scene.settings)
+    assert len(result["outputs"]) == 6
+    for a, b in zip(result["outputs"], out):
+        assert torch.equal(a.detach(), b.detach())
+    assert set(result["snapshot"]["grads"]) == {"color", "depth", "weight", "feature_map",
+                                                "median"}
+    assert torch.equal(result["grads"]["means3D"], d_means)
+    assert torch.equal(result["grads"]["features"], d_features)
+
+
+def test_debug_names_nonfinite_features():
+    scene = scenes.make_scene(13500, P=12, sh_degree=0)
+    F = random_features(scene.P, 4, 0)
+    F[7, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"features\[7\]"):
+        GaussianRasterizer(scene.settings._replace(debug=True))(**scene.inputs, features=F)
