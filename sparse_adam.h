@@ -12,9 +12,8 @@ template <typename T>
 SparseAdamRows<T> rows_of(torch::Tensor& param, const torch::Tensor& grad, torch::Tensor& exp_avg,
                           torch::Tensor& exp_avg_sq, const torch::Tensor& visible) {
   const int64_t rows = visible.numel();
-  return {param.data_ptr<T>(), grad.data_ptr<T>(),      exp_avg.data_ptr<T>(),
-          exp_avg_sq.data_ptr<T>(), visible.data_ptr<bool>(), rows,
-          param.numel() / rows};
+  return {param.data_ptr<T>(), grad.data_ptr<T>(), exp_avg.data_ptr<T>(),
+          exp_avg_sq.data_ptr<T>(), visible.data_ptr<bool>(), rows, param.numel() / rows};
 }
 
 // In place on param, exp_avg and exp_avg_sq (contiguous, same shape, dtype and device as grad):
