@@ -36,7 +36,8 @@ def want_cuda():
     return True, ""
 
 
-cpu_sources = ["ext.cpp", "rasterize_points.cpp", "sparse_adam.cpp", "cuda_rasterizer/cpu_backend.cpp"]
+cpu_sources = ["ext.cpp", "rasterize_points.cpp", "sparse_adam.cpp",
+               "cuda_rasterizer/cpu_backend.cpp"]
 cuda_sources = sorted(rel(p) for p in glob.glob(os.path.join(ROOT, "*.cu")) +
                       glob.glob(os.path.join(ROOT, "cuda_rasterizer", "*.cu")))
 

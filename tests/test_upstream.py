@@ -87,7 +87,7 @@ def test_sparse_adam_matches_twin_over_many_steps(seed, dtype):
             if m0 is not None:
                 assert torch.equal(state["exp_avg"][hidden], m0[hidden])
                 assert torch.equal(state["exp_avg_sq"][hidden], v0[hidden])
-            # Visible rows follow the twin (the same expressions; PyTorch may round a last bit apart).
+            # Visible rows follow the twin (same expressions; PyTorch may round a last bit apart).
             torch.testing.assert_close(state["exp_avg"], tm, rtol=rtol, atol=0)
             torch.testing.assert_close(state["exp_avg_sq"], tv, rtol=rtol, atol=0)
             torch.testing.assert_close(p.detach(), tp, rtol=rtol, atol=rtol * tp.abs().max())
@@ -262,8 +262,8 @@ def run_reference_upstream(inputs, settings):
     geometry = {k: inputs[k] for k in ("means3D", "means2D", "opacities", "scales", "rotations",
                                        "cov3D_precomp")}
     black = settings._replace(bg=torch.zeros_like(settings.bg))
-    inv_color, _, _, _ = rasterize_reference(**geometry, colors_precomp=inverse[:, None].expand(-1, 3),
-                                             raster_settings=black)
+    inv_color, _, _, _ = rasterize_reference(
+        **geometry, colors_precomp=inverse[:, None].expand(-1, 3), raster_settings=black)
     return color, radii, inv_color[:1]
 
 
