@@ -18,6 +18,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("antialiasing", &RasterConfig::antialiasing)
       .def_readwrite("debug", &RasterConfig::debug)
       .def_readwrite("median_depth", &RasterConfig::median_depth)
+      .def_readwrite("camera_grad", &RasterConfig::camera_grad)
       .def_readwrite("bg", &RasterConfig::bg)
       .def_readwrite("viewmatrix", &RasterConfig::viewmatrix)
       .def_readwrite("projmatrix", &RasterConfig::projmatrix)
@@ -38,5 +39,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mark_visible", &dgrd::mark_visible, "Points in front of the near plane");
   m.def("sparse_adam_step", &dgrd::sparse_adam_step,
         "One Adam step, in place, on the visible rows of a parameter and its moments");
+  m.def("cpu_render_work", &dgrd::cpu_render_work,
+        "Work counts of a float32 CPU forward (benchmarks): pairs, evaluations, exps, blends, "
+        "lane evaluations");
+  m.def("cpu_stage_seconds", &dgrd::cpu_stage_seconds,
+        "Seconds each CPU stage took in this thread's last forward and backward (benchmarks)");
+  m.def("set_cpu_tuning", &dgrd::set_cpu_tuning, py::arg("lanes"), py::arg("power_bound"),
+        py::arg("longest_first"),
+        "Switch the float CPU path's techniques on or off (benchmarks; all on by default)");
   m.def("has_cuda", &dgrd::has_cuda, "Whether the CUDA kernels were compiled in");
 }

@@ -5,10 +5,12 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
 #include <iomanip>
+#include <map>
 #include <numeric>
 #include <sstream>
 #include <string>
@@ -38,7 +40,7 @@ void allocate_pixel_state(const RasterConfig& c, ForwardState& s,
                                   ints);
 }
 
-GradientTensors GradientTensors::zeros_like_inputs(const GaussianTensors& g) {
+GradientTensors GradientTensors::zeros_like_inputs(const GaussianTensors& g, bool camera_grad) {
   const int64_t P = g.count();
   const auto opts = g.means3D.options();
   GradientTensors d;
@@ -51,6 +53,7 @@ GradientTensors GradientTensors::zeros_like_inputs(const GaussianTensors& g) {
   d.rotations = torch::zeros_like(g.rotations);
   d.cov3D_precomp = torch::zeros_like(g.cov3D_precomp);
   d.features = g.features.defined() ? torch::zeros_like(g.features) : torch::Tensor();
+  d.camera = torch::zeros({camera_grad ? kCameraGradValues : 0}, opts);
   return d;
 }
 
@@ -165,6 +168,32 @@ void check_pixel_grad(const char* name, const torch::Tensor& t, std::vector<int6
 
 }  // namespace
 
+namespace {
+
+// Wall time of the CPU backend's stages in the calling thread's last forward and backward, for
+// the benchmarks (a few clock reads a call).
+std::map<std::string, double>& stage_times() {
+  static thread_local std::map<std::string, double> times;
+  return times;
+}
+
+struct StageClock {
+  std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
+  void lap(const char* stage) {
+    const auto now = std::chrono::steady_clock::now();
+    stage_times()[stage] = std::chrono::duration<double>(now - last).count();
+    last = now;
+  }
+};
+
+}  // namespace
+
+std::map<std::string, double> cpu_stage_seconds() { return stage_times(); }
+
+void set_cpu_tuning(bool lanes, bool power_bound, bool longest_first) {
+  cpu::cpu_tuning() = {lanes, power_bound, longest_first};
+}
+
 ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g) {
   const int64_t P = g.count(), H = c.image_height, W = c.image_width;
   const auto opts = g.means3D.options();
@@ -179,7 +208,9 @@ ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g) {
     std::vector<int64_t> tiles_touched(size_t(P), 0);
     std::vector<TileRect> rects(static_cast<size_t>(P));
     const GaussianState<T> st = make_state<T>(s, tiles_touched.data(), rects.data());
+    StageClock clock;
     cpu::preprocess(cam, make_inputs<T>(g), st);
+    clock.lap("preprocess");
     const int64_t pairs = std::accumulate(tiles_touched.begin(), tiles_touched.end(), int64_t(0));
     const int64_t pair_bytes = int64_t(sizeof(int32_t));  // point_list
     const int64_t available = host_bytes_available();
@@ -196,9 +227,11 @@ ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g) {
     allocate_pixel_state(c, s, opts);
     s.point_list = torch::empty({pairs}, opts.dtype(torch::kInt32));
     cpu::bin_gaussians(cam, int(P), st, s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>());
+    clock.lap("bin");
     const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
-    cpu::render(cam, st, lists, make_pixel_buffers<T>(s, color, depth, weight),
+    cpu::render(cam, st, int(P), lists, make_pixel_buffers<T>(s, color, depth, weight),
                 make_optional_outputs<T>(g, s, feature_map, median));
+    clock.lap("render");
   });
   return {color, depth, weight, s.radii.clone(), feature_map, median, s.to_list()};
 }
@@ -206,7 +239,7 @@ ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g) {
 BackwardResult backward_cpu(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
                             const MapGrads& up) {
   const int64_t P = g.count();
-  GradientTensors grads = GradientTensors::zeros_like_inputs(g);
+  GradientTensors grads = GradientTensors::zeros_like_inputs(g, c.camera_grad);
   AT_DISPATCH_FLOATING_TYPES(g.means3D.scalar_type(), "dgrd_backward_cpu", [&] {
     using T = scalar_t;
     const Camera<T> cam = make_camera<T>(c);
@@ -214,13 +247,26 @@ BackwardResult backward_cpu(const RasterConfig& c, const GaussianTensors& g, con
     const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
     const PixelGrads<T> pg = {data_or_null<T>(up.color), data_or_null<T>(up.depth),
                               data_or_null<T>(up.weight)};
+    StageClock clock;
     std::vector<SplatGrad<T>> splat(size_t(P), SplatGrad<T>{});
     cpu::render_backward(cam, st, lists, make_pixel_buffers<T>(s, {}, {}, {}), pg,
                          make_optional_grads<T>(g, s, up, grads), int(P), splat.data());
-    cpu::preprocess_backward(cam, make_inputs<T>(g), st.radii, splat.data(),
-                             grads.pointers<T>());
+    clock.lap("render_backward");
+    cpu::preprocess_backward(cam, make_inputs<T>(g), st.radii, splat.data(), grads.pointers<T>(),
+                             grads.camera_pointer<T>());
+    clock.lap("preprocess_backward");
   });
   return grads.to_list();
+}
+
+std::vector<int64_t> cpu_render_work(const RasterConfig& c, const std::vector<torch::Tensor>& state) {
+  const ForwardState s = ForwardState::from_list(state);
+  TORCH_CHECK(s.means2d.device().is_cpu() && s.means2d.scalar_type() == torch::kFloat32,
+              "cpu_render_work: the state of a float32 CPU forward");
+  const cpu::RenderWork w = cpu::count_render_work(
+      make_camera<float>(c), make_state<float>(s, nullptr, nullptr), int(s.radii.size(0)),
+      {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()});
+  return {w.pairs, w.evaluations, w.exps, w.blends, w.lane_evaluations};
 }
 
 ForwardResult forward(const RasterConfig& c, const GaussianTensors& g) {

@@ -26,6 +26,12 @@ void check_stage(const RasterConfig& c, const char* stage) {
   }
 }
 
+// A CUB call reports its own errors (sizing, scratch, launch) through its return value.
+void check_cub(cudaError_t status, const char* stage) {
+  TORCH_CHECK(status == cudaSuccess, "diff_gaussian_rasterization_depth: CUDA stage '", stage,
+              "' (CUB) failed: ", cudaGetErrorString(status));
+}
+
 // Free device memory plus what PyTorch's caching allocator holds but does not use.
 int64_t device_bytes_available() {
   size_t free_bytes = 0, total_bytes = 0;
@@ -75,10 +81,12 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   torch::Tensor offsets = torch::empty({P}, longs);
   if (P > 0) {
     size_t bytes = 0;
-    gpu::inclusive_scan(nullptr, bytes, st.tiles_touched, nullptr, int(P), stream);
+    check_cub(gpu::inclusive_scan(nullptr, bytes, st.tiles_touched, nullptr, int(P), stream),
+              "scan (sizing)");
     torch::Tensor temp = scratch(bytes, g.means3D);
-    gpu::inclusive_scan(temp.data_ptr(), bytes, st.tiles_touched, offsets.data_ptr<int64_t>(),
-                         int(P), stream);
+    check_cub(gpu::inclusive_scan(temp.data_ptr(), bytes, st.tiles_touched,
+                                  offsets.data_ptr<int64_t>(), int(P), stream),
+              "scan");
     check_stage(c, "scan");
     pairs = offsets[P - 1].item<int64_t>();  // the one host read of the forward
   }
@@ -105,11 +113,13 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
     check_stage(c, "duplicate_keys");
     const int end_bit = gpu::sort_end_bit(tiles);
     size_t bytes = 0;
-    gpu::sort_pairs(nullptr, bytes, k_in, k_out, ids.data_ptr<int>(), s.point_list.data_ptr<int>(),
-                     int(pairs), end_bit, stream);
+    check_cub(gpu::sort_pairs(nullptr, bytes, k_in, k_out, ids.data_ptr<int>(),
+                              s.point_list.data_ptr<int>(), int(pairs), end_bit, stream),
+              "sort (sizing)");
     torch::Tensor temp = scratch(bytes, g.means3D);
-    gpu::sort_pairs(temp.data_ptr(), bytes, k_in, k_out, ids.data_ptr<int>(),
-                     s.point_list.data_ptr<int>(), int(pairs), end_bit, stream);
+    check_cub(gpu::sort_pairs(temp.data_ptr(), bytes, k_in, k_out, ids.data_ptr<int>(),
+                              s.point_list.data_ptr<int>(), int(pairs), end_bit, stream),
+              "sort");
     check_stage(c, "sort");
     gpu::identify_tile_ranges(k_out, int(pairs), s.tile_ranges.data_ptr<int>(), stream);
     check_stage(c, "tile_ranges");
@@ -133,7 +143,7 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, co
   const c10::cuda::CUDAGuard guard(g.means3D.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t P = g.count();
-  GradientTensors grads = GradientTensors::zeros_like_inputs(g);
+  GradientTensors grads = GradientTensors::zeros_like_inputs(g, c.camera_grad);
   const Camera<float> cam = make_camera<float>(c);
   const GaussianState<float> st = make_state<float>(s, nullptr, nullptr);
   const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
@@ -147,8 +157,16 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, co
   gpu::render_backward(cam, st, lists, make_pixel_buffers<float>(s, {}, {}, {}), pg,
                        make_optional_grads<float>(g, s, up, grads), splat_grads, stream);
   check_stage(c, "render_backward");
+  CameraGrad<float>* camera = grads.camera_pointer<float>();
+  torch::Tensor partials;  // the camera gradient's per-block sums
+  if (camera)
+    partials = torch::empty({int64_t(gpu::camera_grad_partials(int(P))), kCameraGradValues},
+                            g.means3D.options());
   gpu::preprocess_backward(cam, make_inputs<float>(g), st.radii, splat_grads,
-                            grads.pointers<float>(), stream);
+                            grads.pointers<float>(), camera,
+                            camera ? reinterpret_cast<CameraGrad<float>*>(partials.data_ptr<float>())
+                                   : nullptr,
+                            stream);
   check_stage(c, "preprocess_backward");
   return grads.to_list();
 }

@@ -4,6 +4,7 @@
 
 #include <torch/extension.h>
 
+#include <map>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -18,6 +19,7 @@ struct RasterConfig {
   int64_t sh_degree = 0;
   bool prefiltered = false, antialiasing = false, debug = false;
   bool median_depth = false;  // render the median depth map too (issue 12)
+  bool camera_grad = false;  // the backward also returns d viewmatrix, d projmatrix, d campos
   torch::Tensor bg, viewmatrix, projmatrix, campos;  // flat, on the Gaussians' device and dtype
 
   int tiles_x() const { return int((image_width + kTileSize - 1) / kTileSize); }
@@ -62,7 +64,8 @@ struct ForwardState {
 using ForwardResult = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
                                  torch::Tensor, torch::Tensor, std::vector<torch::Tensor>>;
 // d means3D, d means2D (P,3), d opacities (P,1), d shs, d colors_precomp, d scales, d rotations,
-// d cov3D_precomp, d features (empty without features)
+// d cov3D_precomp, d features (empty without features), d viewmatrix (16), d projmatrix (16),
+// d campos (3) (the last three empty unless RasterConfig::camera_grad)
 using BackwardResult = std::vector<torch::Tensor>;
 
 // Upstream gradients of the rendered maps; an absent one is an empty tensor.
@@ -158,10 +161,19 @@ void allocate_pixel_state(const RasterConfig& c, ForwardState& s, const torch::T
 struct GradientTensors {
   torch::Tensor means3D, means2D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp;
   torch::Tensor features;
-  static GradientTensors zeros_like_inputs(const GaussianTensors& g);
+  torch::Tensor camera;  // (35): a CameraGrad, or empty when the camera takes no gradient
+  static GradientTensors zeros_like_inputs(const GaussianTensors& g, bool camera_grad);
   BackwardResult to_list() const {
-    return {means3D, means2D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp,
-            features};
+    const auto part = [this](int64_t start, int64_t size) {
+      return camera.numel() > 0 ? camera.narrow(0, start, size) : camera;
+    };
+    return {means3D,   means2D,       opacities, shs,         colors_precomp, scales,
+            rotations, cov3D_precomp, features,  part(0, 16), part(16, 16),   part(32, 3)};
+  }
+  template <typename T>
+  CameraGrad<T>* camera_pointer() const {
+    static_assert(sizeof(CameraGrad<T>) == kCameraGradValues * sizeof(T), "CameraGrad layout");
+    return camera.numel() > 0 ? reinterpret_cast<CameraGrad<T>*>(camera.data_ptr<T>()) : nullptr;
   }
   template <typename T>
   GaussianGrads<T> pointers() const {
@@ -226,4 +238,11 @@ BackwardResult backward(const RasterConfig& c, const GaussianTensors& g,
                         const torch::Tensor& dfeature_map, const torch::Tensor& dmedian);
 torch::Tensor mark_visible(const torch::Tensor& positions, const torch::Tensor& viewmatrix);
 bool has_cuda();
+// The benchmark's work counts of a float32 CPU forward, from its state: pairs, evaluations,
+// exps, blends, lane evaluations (cpu::RenderWork).
+std::vector<int64_t> cpu_render_work(const RasterConfig& c, const std::vector<torch::Tensor>& state);
+// The float CPU path's technique switches (benchmarks): lanes, power bound, longest first.
+void set_cpu_tuning(bool lanes, bool power_bound, bool longest_first);
+// Seconds each CPU stage took in this thread's last forward and backward (benchmarks).
+std::map<std::string, double> cpu_stage_seconds();
 }  // namespace dgrd

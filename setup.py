@@ -41,9 +41,39 @@ cpu_sources = ["ext.cpp", "rasterize_points.cpp", "sparse_adam.cpp",
 cuda_sources = sorted(rel(p) for p in glob.glob(os.path.join(ROOT, "*.cu")) +
                       glob.glob(os.path.join(ROOT, "cuda_rasterizer", "*.cu")))
 
-cxx_flags = ["-O3", "-fopenmp", "-fno-gnu-unique",
-             # sqrt need not set errno: lets loops with sqrt vectorize (values are unchanged)
-             "-fno-math-errno"]  # the C++ standard is PyTorch's choice
+def openmp_flags():
+    """-fopenmp where the C++ compiler has OpenMP (GCC, LLVM clang); otherwise none, and the CPU
+    backend runs its loops on one thread (Apple clang ships without OpenMP). DGRD_NO_OPENMP=1
+    builds without it on purpose."""
+    if os.environ.get("DGRD_NO_OPENMP", "0") not in ("", "0"):
+        print("diff_gaussian_rasterization_depth: building without OpenMP (DGRD_NO_OPENMP is set); "
+              "the CPU backend will use one thread")
+        return []
+    import subprocess
+    import tempfile
+    compiler = os.environ.get("CXX", "c++")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "omp.cpp")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+        try:
+            ok = subprocess.run([compiler, "-fopenmp", src, "-o", os.path.join(tmp, "omp")],
+                                capture_output=True).returncode == 0
+        except OSError:
+            ok = False
+    if not ok:
+        print(f"diff_gaussian_rasterization_depth: {compiler} has no OpenMP; the CPU backend will "
+              "use one thread (install libomp, or GCC, for all cores)")
+        return []
+    return ["-fopenmp"]
+
+
+# -ffp-contract=off: no fused multiply-adds behind the code's back, so the eight-lane CPU code
+# gives the same bits as the scalar code, whichever instruction set the loader picks.
+omp = openmp_flags()
+# -fno-math-errno: sqrt need not set errno, so loops with sqrt vectorize (values are unchanged).
+cxx_flags = ["-O3", "-fno-gnu-unique", "-ffp-contract=off", "-Wno-psabi",
+             "-fno-math-errno"] + omp  # C++ std: PyTorch's
 use_cuda, why_not = want_cuda()
 if use_cuda:
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
@@ -57,7 +87,7 @@ if use_cuda:
             "cxx": cxx_flags,
             "nvcc": ["-O3", "-Xcompiler", "-fno-gnu-unique", "-lineinfo"],
         },
-        extra_link_args=["-fopenmp"],
+        extra_link_args=omp,
     )
 else:
     print(f"diff_gaussian_rasterization_depth: building the CPU backend only ({why_not})")
@@ -66,7 +96,7 @@ else:
         sources=cpu_sources,
         include_dirs=[ROOT],
         extra_compile_args={"cxx": cxx_flags},
-        extra_link_args=["-fopenmp"],
+        extra_link_args=omp,
     )
 
 setup(

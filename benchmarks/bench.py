@@ -380,7 +380,8 @@ def environment(device: torch.device, impls: Dict[str, Impl]) -> dict:
         "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "git_commit": _run(["git", "rev-parse", "HEAD"]),
+        # a copy without .git (a GPU machine's) gets the commit from run_gpu.sh
+        "git_commit": _run(["git", "rev-parse", "HEAD"]) or os.environ.get("DGRD_COMMIT"),
         "git_dirty": bool(_run(["git", "status", "--porcelain", "--untracked-files=no"])),
         "device": str(device),
     }
@@ -509,7 +510,9 @@ def print_table(rows: List[dict]):
           "(> 1: ours is faster)")
 
 
-def run(args) -> dict:
+def run(args, checkpoint: Optional[Callable[[dict], None]] = None) -> dict:
+    """Time every configuration; `checkpoint(result so far)` after each one, so that a run cut
+    short (a time limit on a GPU machine) keeps what it measured."""
     device = torch.device(args.device)
     load_garden(args.data)      # fail early and clearly when the data file is missing
     impls = {name: IMPLS[name]() for name in args.impl_list}
@@ -580,22 +583,38 @@ def run(args) -> dict:
             del scenes, upstream, images
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+            if checkpoint is not None:
+                checkpoint({"environment": env, "config": config, "results": rows,
+                            "complete": False})
 
     print()
     print_table(rows)
-    return {"environment": env, "config": config, "results": rows}
+    return {"environment": env, "config": config, "results": rows, "complete": True}
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    result = run(args)
+def json_paths(args) -> List[Path]:
     paths = [Path(args.json)] if args.json else []
     if args.json_dir:
         suffix = "-sh" if args.sh else ""
         paths.append(Path(args.json_dir) / f"{gpu_slug(torch.device(args.device))}{suffix}.json")
+    return paths
+
+
+def write_json(paths: List[Path], result: dict):
+    """Write through a temporary file, so that a kill mid-write leaves the previous version."""
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    paths = json_paths(args)
+    result = run(args, checkpoint=lambda partial: write_json(paths, partial))
+    write_json(paths, result)
+    for path in paths:
         print(f"wrote {path}")
     failed = [r for r in result["results"] if r["impl"] == "ours" and r.get("error")]
     return 1 if failed else 0

@@ -1,4 +1,4 @@
-"""Benchmark scenes from the Mip-NeRF 360 "garden" points, by the protocol of shared/data/README.md.
+"""Benchmark scenes from the garden points of data/garden_points.npz (see data/README.md).
 
     from benchmarks.scenes import garden_scene
     scene = garden_scene("112k", camera=0, scale=1, seed=0, device="cuda")
@@ -19,8 +19,8 @@ The protocol, step by step:
   projmatrix = viewmatrix @ P.T (OpenGL-style P, znear 0.01, zfar 100, z forward), campos = the
   camera centre; a resolution scale k renders W = 648 k by H = 420 k with fx, fy scaled by k.
 
-The data file is found by `find_data`: an explicit path, else $DGRD_DATA, else
-`<repo>/../shared/data/garden_points.npz`, else `<repo>/shared/data/garden_points.npz`.
+The data file is found by `find_data`: an explicit path, else $DGRD_DATA, else the copy in the
+repository, `<repo>/data/garden_points.npz`.
 
 Cameras are the package's `diff_gaussian_rasterization_depth.cameras.Camera` (pure Python, no
 compiled extension needed) with gsplat's K and a tensor world-to-camera matrix added.
@@ -67,8 +67,7 @@ def data_candidates(path: Optional[Union[str, Path]] = None) -> List[Path]:
     out = []
     if os.environ.get(DATA_ENV):
         out.append(Path(os.environ[DATA_ENV]))
-    out.append(REPO.parent / "shared" / "data" / DATA_NAME)
-    out.append(REPO / "shared" / "data" / DATA_NAME)
+    out.append(REPO / "data" / DATA_NAME)
     return out
 
 

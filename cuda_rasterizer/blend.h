@@ -3,10 +3,30 @@
 // channels and the median depth (optional outputs) have their own steps at the end.
 #pragma once
 
+#include "fast_exp.h"
 #include "math.h"
 #include "types.h"
 
 namespace dgrd {
+
+// The Gaussian's exponent at offset d = mean2d - pixel. Written for any scalar-like T, so the CPU
+// backend evaluates it on eight pixels at once with the very same arithmetic.
+template <typename T>
+DGRD_HD T splat_power(Vec4<T> conic_opacity, Vec2<T> d) {
+  const Vec4<T> co = conic_opacity;
+  return T(-0.5) * (co.x * d.x * d.x + co.z * d.y * d.y) - co.y * d.x * d.y;
+}
+
+// exp of a splat's power. On the host, float uses exp_poly (fast_exp.h), which the CPU backend
+// also evaluates eight lanes at a time: every CPU path then makes the same skip decisions.
+template <typename T>
+DGRD_HD T splat_exp(T power) {
+#if defined(__CUDA_ARCH__)
+  return exp_(power);
+#else
+  return host_splat_exp(power);
+#endif
+}
 
 // Opacity of a splat at pixel (px, py). Returns false when the splat is skipped there
 // (power > 0, alpha < 1/255, or anything non-finite). `d` = mean2d - pixel.
@@ -14,11 +34,10 @@ template <typename T>
 DGRD_HD bool splat_alpha(Vec2<T> mean2d, Vec4<T> conic_opacity, T px, T py, T& alpha, T& G,
                          Vec2<T>& d) {
   d = {mean2d.x - px, mean2d.y - py};
-  const Vec4<T> co = conic_opacity;
-  const T power = T(-0.5) * (co.x * d.x * d.x + co.z * d.y * d.y) - co.y * d.x * d.y;
+  const T power = splat_power(conic_opacity, d);
   if (!(power <= T(0))) return false;
-  G = exp_(power);
-  alpha = min2(T(kAlphaMax), co.w * G);
+  G = splat_exp(power);
+  alpha = min2(T(kAlphaMax), conic_opacity.w * G);
   return alpha >= T(kAlphaMin);
 }
 
@@ -42,13 +61,20 @@ struct PixelAccum {
   DGRD_HD bool blend(T alpha, Vec4<T> feature) {
     const T next = transmittance * (T(1) - alpha);
     if (next < T(kTransmittanceMin)) return false;
+    accumulate(alpha, feature);
+    return true;
+  }
+
+  // The blend itself, for a splat known not to saturate the pixel. alpha = 0 changes nothing,
+  // bit for bit, which is how lanes that do not blend a splat pass it.
+  template <typename S>
+  DGRD_HD void accumulate(T alpha, Vec4<S> feature) {
     color[0] += feature.x * alpha * transmittance;
     color[1] += feature.y * alpha * transmittance;
     color[2] += feature.z * alpha * transmittance;
     depth_sum += feature.w * alpha * transmittance;
     weight += alpha * transmittance;
-    transmittance = next;
-    return true;
+    transmittance = transmittance * (T(1) - alpha);
   }
 
   // Writes the outputs of SPEC 5 for pixel p, and what the backward needs of it. (Planes are

@@ -17,9 +17,10 @@ template <typename T>
 void bin_gaussians(const Camera<T>& cam, int count, const GaussianState<T>& state, int* point_list,
                    int* tile_ranges);
 
-// Also renders the optional outputs that `extra` asks for (none: the plain render).
+// Also renders the optional outputs that `extra` asks for (none: the plain render). count: the
+// number of Gaussians (the state arrays' length).
 template <typename T>
-void render(const Camera<T>& cam, const GaussianState<T>& state, TileLists lists,
+void render(const Camera<T>& cam, const GaussianState<T>& state, int count, TileLists lists,
             const PixelBuffers<T>& px, const OptionalOutputs<T>& extra);
 
 // Sums each Gaussian's SplatGrad over the pixels it was blended into (splat_grads: P entries,
@@ -30,9 +31,29 @@ void render_backward(const Camera<T>& cam, const GaussianState<T>& state, TileLi
                      const PixelBuffers<T>& px, PixelGrads<T> grads,
                      const OptionalGrads<T>& extra, int count, SplatGrad<T>* splat_grads);
 
+// Switches for the float path's techniques, all on by default; the benchmark turns each off
+// alone to measure what it is worth (benchmarks/cpu_bench.py --ablation).
+struct CpuTuning {
+  bool lanes = true;          // eight pixels at once (else the scalar per-pixel loop)
+  bool power_bound = true;    // reject splats by their power before the exponential
+  bool longest_first = true;  // schedule tiles by descending list length
+};
+CpuTuning& cpu_tuning();
+
+// What a float render does, counted (for the benchmark's work model): tile pairs, splat tests
+// at pixels up to where each pixel stops, those that pass the power bound (an exp each), blends,
+// and the splat tests the eight-lane groups run (a group runs until its last pixel stops).
+struct RenderWork {
+  int64_t pairs, evaluations, exps, blends, lane_evaluations;
+};
+RenderWork count_render_work(const Camera<float>& cam, const GaussianState<float>& state,
+                             int count, TileLists lists);
+
+// camera: null, or where the camera gradient summed over all Gaussians is written.
 template <typename T>
 void preprocess_backward(const Camera<T>& cam, const GaussianInputs<T>& in, const int* radii,
-                         const SplatGrad<T>* splat_grads, const GaussianGrads<T>& out);
+                         const SplatGrad<T>* splat_grads, const GaussianGrads<T>& out,
+                         CameraGrad<T>* camera);
 
 }  // namespace cpu
 }  // namespace dgrd

@@ -377,6 +377,59 @@ __global__ void preprocess_backward_kernel(Camera<float> cam, GaussianInputs<flo
   if (i < in.count && radii[i] > 0) preprocess_gaussian_backward(cam, in, i, splat_grads[i], out);
 }
 
+// The k-th of a CameraGrad's values; with k known at compile time (unrolled loops) the struct
+// stays in registers.
+__device__ __forceinline__ float camera_value(const CameraGrad<float>& g, int k) {
+  return k < 16 ? g.viewmatrix[k] : (k < 32 ? g.projmatrix[k - 16] : g.campos[k - 32]);
+}
+
+// As preprocess_backward_kernel, and the block's sum of the Gaussians' camera gradient shares
+// into partials[blockIdx.x]: shuffles within each warp, then one thread per value over the
+// warps, in a fixed order. Launched with kThreads threads per block.
+__global__ void __launch_bounds__(kThreads)
+    preprocess_backward_camera_kernel(Camera<float> cam, GaussianInputs<float> in,
+                                      const int* radii, const SplatGrad<float>* splat_grads,
+                                      GaussianGrads<float> out, CameraGrad<float>* partials) {
+  constexpr int kWarps = kThreads / 32;
+  __shared__ float warp_sums[kWarps][kCameraGradValues];
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  CameraGrad<float> share = {};
+  if (i < in.count && radii[i] > 0)
+    preprocess_gaussian_backward(cam, in, i, splat_grads[i], out, &share);
+  const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) / 32;
+#pragma unroll
+  for (int k = 0; k < kCameraGradValues; ++k) {
+    const float sum = warp_sum(camera_value(share, k));
+    if (lane == 0) warp_sums[warp][k] = sum;
+  }
+  __syncthreads();
+  if (threadIdx.x < kCameraGradValues) {
+    float total = 0.0f;
+    for (int w = 0; w < kWarps; ++w) total += warp_sums[w][threadIdx.x];
+    reinterpret_cast<float*>(partials + blockIdx.x)[threadIdx.x] = total;
+  }
+}
+
+// The second pass: one block per camera value sums the blocks' partials in a fixed order, in
+// double, so the camera gradient is the same on every call. Launched with kThreads threads.
+__global__ void __launch_bounds__(kThreads)
+    camera_grad_total_kernel(const CameraGrad<float>* partials, int blocks,
+                             CameraGrad<float>* total) {
+  __shared__ double sums[kThreads];
+  const int k = blockIdx.x;
+  const float* values = reinterpret_cast<const float*>(partials);
+  double sum = 0.0;
+  for (int b = threadIdx.x; b < blocks; b += blockDim.x)
+    sum += values[int64_t(b) * kCameraGradValues + k];
+  sums[threadIdx.x] = sum;
+  __syncthreads();
+  for (int half = kThreads / 2; half > 0; half /= 2) {
+    if (int(threadIdx.x) < half) sums[threadIdx.x] += sums[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) reinterpret_cast<float*>(total)[k] = float(sums[0]);
+}
+
 __global__ void mark_visible_kernel(const float* viewmatrix, const float* positions, int count,
                                     bool* visible) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -391,9 +444,9 @@ void preprocess(const Camera<float>& cam, const GaussianInputs<float>& in,
   preprocess_kernel<<<blocks_for(in.count), kThreads, 0, stream>>>(cam, in, state);
 }
 
-void inclusive_scan(void* temp, size_t& temp_bytes, const int64_t* tiles_touched,
-                    int64_t* offsets, int count, cudaStream_t stream) {
-  cub::DeviceScan::InclusiveSum(temp, temp_bytes, tiles_touched, offsets, count, stream);
+cudaError_t inclusive_scan(void* temp, size_t& temp_bytes, const int64_t* tiles_touched,
+                           int64_t* offsets, int count, cudaStream_t stream) {
+  return cub::DeviceScan::InclusiveSum(temp, temp_bytes, tiles_touched, offsets, count, stream);
 }
 
 void duplicate_keys(const Camera<float>& cam, int count, const GaussianState<float>& state,
@@ -409,10 +462,11 @@ int sort_end_bit(int tiles) {
   return 32 + bits;
 }
 
-void sort_pairs(void* temp, size_t& temp_bytes, const uint64_t* keys_in, uint64_t* keys_out,
-                const int* ids_in, int* ids_out, int pairs, int end_bit, cudaStream_t stream) {
-  cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, ids_in, ids_out, pairs, 0,
-                                  end_bit, stream);
+cudaError_t sort_pairs(void* temp, size_t& temp_bytes, const uint64_t* keys_in,
+                       uint64_t* keys_out, const int* ids_in, int* ids_out, int pairs,
+                       int end_bit, cudaStream_t stream) {
+  return cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, ids_in, ids_out,
+                                         pairs, 0, end_bit, stream);
 }
 
 void identify_tile_ranges(const uint64_t* sorted_keys, int pairs, int* tile_ranges,
@@ -480,12 +534,21 @@ void render_backward(const Camera<float>& cam, const GaussianState<float>& state
   }
 }
 
+int camera_grad_partials(int count) { return blocks_for(count); }
+
 void preprocess_backward(const Camera<float>& cam, const GaussianInputs<float>& in,
                          const int* radii, const SplatGrad<float>* splat_grads,
-                         const GaussianGrads<float>& out, cudaStream_t stream) {
+                         const GaussianGrads<float>& out, CameraGrad<float>* camera,
+                         CameraGrad<float>* partials, cudaStream_t stream) {
   if (in.count == 0) return;
-  preprocess_backward_kernel<<<blocks_for(in.count), kThreads, 0, stream>>>(cam, in, radii,
-                                                                            splat_grads, out);
+  const int blocks = blocks_for(in.count);
+  if (!camera) {
+    preprocess_backward_kernel<<<blocks, kThreads, 0, stream>>>(cam, in, radii, splat_grads, out);
+    return;
+  }
+  preprocess_backward_camera_kernel<<<blocks, kThreads, 0, stream>>>(cam, in, radii, splat_grads,
+                                                                     out, partials);
+  camera_grad_total_kernel<<<kCameraGradValues, kThreads, 0, stream>>>(partials, blocks, camera);
 }
 
 void mark_visible(const float* viewmatrix, const float* positions, int count, bool* visible,

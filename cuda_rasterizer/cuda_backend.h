@@ -17,9 +17,9 @@ void preprocess(const Camera<float>& cam, const GaussianInputs<float>& in,
                 const GaussianState<float>& state, cudaStream_t stream);
 
 // Inclusive prefix sum of tiles_touched into offsets. With temp == nullptr, only sets
-// temp_bytes to the scratch size needed.
-void inclusive_scan(void* temp, size_t& temp_bytes, const int64_t* tiles_touched,
-                    int64_t* offsets, int count, cudaStream_t stream);
+// temp_bytes to the scratch size needed. Returns CUB's status (it launches kernels itself).
+cudaError_t inclusive_scan(void* temp, size_t& temp_bytes, const int64_t* tiles_touched,
+                           int64_t* offsets, int count, cudaStream_t stream);
 
 // One (tile | depth) key and Gaussian id per tile a Gaussian touches, in index order.
 void duplicate_keys(const Camera<float>& cam, int count, const GaussianState<float>& state,
@@ -28,9 +28,11 @@ void duplicate_keys(const Camera<float>& cam, int count, const GaussianState<flo
 // Number of key bits to sort: 32 depth bits and as many tile bits as the grid needs.
 int sort_end_bit(int tiles);
 
-// Stable radix sort of (key, id) pairs over bits [0, end_bit). temp as for inclusive_scan.
-void sort_pairs(void* temp, size_t& temp_bytes, const uint64_t* keys_in, uint64_t* keys_out,
-                const int* ids_in, int* ids_out, int pairs, int end_bit, cudaStream_t stream);
+// Stable radix sort of (key, id) pairs over bits [0, end_bit). temp and the returned status as
+// for inclusive_scan.
+cudaError_t sort_pairs(void* temp, size_t& temp_bytes, const uint64_t* keys_in,
+                       uint64_t* keys_out, const int* ids_in, int* ids_out, int pairs,
+                       int end_bit, cudaStream_t stream);
 
 // tile_ranges (tiles x 2, zeroed by the caller) from the sorted keys.
 void identify_tile_ranges(const uint64_t* sorted_keys, int pairs, int* tile_ranges,
@@ -50,9 +52,15 @@ void render_backward(const Camera<float>& cam, const GaussianState<float>& state
                      const OptionalGrads<float>& extra, SplatGrad<float>* splat_grads,
                      cudaStream_t stream);
 
+// Number of CameraGrad partial sums preprocess_backward needs for `count` Gaussians.
+int camera_grad_partials(int count);
+
+// camera: null, or where the camera gradient summed over all Gaussians is written (then
+// partials holds camera_grad_partials(count) scratch entries).
 void preprocess_backward(const Camera<float>& cam, const GaussianInputs<float>& in,
                          const int* radii, const SplatGrad<float>* splat_grads,
-                         const GaussianGrads<float>& out, cudaStream_t stream);
+                         const GaussianGrads<float>& out, CameraGrad<float>* camera,
+                         CameraGrad<float>* partials, cudaStream_t stream);
 
 void mark_visible(const float* viewmatrix, const float* positions, int count, bool* visible,
                   cudaStream_t stream);

@@ -64,6 +64,34 @@ DGRD_HD Vec3<T> project_mean_backward(const Camera<T>& cam, Vec3<T> mean, Vec2<T
   return d;
 }
 
+// d(ndc.x, ndc.y)/d(projmatrix) applied to dndc, written into dproj (16). Only columns 0, 1 and
+// 3 of [mean, 1] @ projmatrix reach the screen, so column 2 gets zero.
+template <typename T>
+DGRD_HD void projection_matrix_backward(const Camera<T>& cam, Vec3<T> mean, Vec2<T> dndc,
+                                        T dproj[16]) {
+  T inv_w;
+  Vec3<T> hom;
+  project_mean(cam, mean, inv_w, hom);
+  const T dhom[4] = {dndc.x * inv_w, dndc.y * inv_w, T(0),
+                     -(dndc.x * (hom.x * inv_w) + dndc.y * (hom.y * inv_w)) * inv_w};
+  const T point[4] = {mean.x, mean.y, mean.z, T(1)};
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < 4; ++c) dproj[4 * r + c] = point[r] * dhom[c];
+}
+
+// From d/d(t) and d/d(Wr), the gradient of the view rotation in J Wr Sigma Wr^T J^T, to
+// d/d(viewmatrix) (16): t = [mean, 1] @ V and Wr[j][i] = V[4 i + j]. Column 3 is never read.
+template <typename T>
+DGRD_HD void view_matrix_backward(Vec3<T> mean, Vec3<T> dt, const Mat3<T>& dWr, T dview[16]) {
+  const T point[4] = {mean.x, mean.y, mean.z, T(1)};
+  const T dtv[3] = {dt.x, dt.y, dt.z};
+  for (int r = 0; r < 4; ++r) {
+    for (int c = 0; c < 3; ++c)
+      dview[4 * r + c] = point[r] * dtv[c] + (r < 3 ? dWr.m[c][r] : T(0));
+    dview[4 * r + 3] = T(0);
+  }
+}
+
 // ---------------------------------------------------------------- 3D covariance
 
 // The standard rotation matrix of the quaternion (w, x, y, z), used as given (not normalized).
@@ -179,11 +207,13 @@ DGRD_HD Sym2<T> covariance_2d(const ScreenJacobian<T>& J, const Sym3<T>& sigma) 
   return {a, b, c};
 }
 
-// From d/d(cov2d a, b, c): d/d(Sigma) as parameter gradients and d/d(t).
+// From d/d(cov2d a, b, c): d/d(Sigma) as parameter gradients and d/d(t); and d/d(Wr) when
+// dWr is not null (camera gradients).
 template <typename T>
 DGRD_HD void covariance_2d_backward(const Camera<T>& cam, Vec3<T> t, const Mat3<T>& Wr,
                                     const ScreenJacobian<T>& J, const Sym3<T>& sigma,
-                                    const Sym2<T>& dcov, Sym3<T>& dsigma, Vec3<T>& dt) {
+                                    const Sym2<T>& dcov, Sym3<T>& dsigma, Vec3<T>& dt,
+                                    Mat3<T>* dWr = nullptr) {
   // cov = A Sigma A^T with A = J Wr; G = symmetric d/dcov.
   const T G[2][2] = {{dcov.a, T(0.5) * dcov.b}, {T(0.5) * dcov.b, dcov.c}};
   T GA[2][3];  // G A
@@ -204,6 +234,14 @@ DGRD_HD void covariance_2d_backward(const Camera<T>& cam, Vec3<T> t, const Mat3<
   for (int r = 0; r < 2; ++r)
     for (int k = 0; k < 3; ++k)
       dJ[r][k] = dA[r][0] * Wr.m[k][0] + dA[r][1] * Wr.m[k][1] + dA[r][2] * Wr.m[k][2];
+  if (dWr) {
+    // d/dWr = J^T d/dA, with J = [[J00, 0, J02], [0, J11, J12]].
+    for (int c = 0; c < 3; ++c) {
+      dWr->m[0][c] = J.J00 * dA[0][c];
+      dWr->m[1][c] = J.J11 * dA[1][c];
+      dWr->m[2][c] = J.J02 * dA[0][c] + J.J12 * dA[1][c];
+    }
+  }
   // J00 = fx / tz, J02 = -fx u / tz with u = clamp(tx / tz) (and likewise for y).
   const T iz = T(1) / t.z, iz2 = iz * iz;
   const T du_dtz = J.u_free ? -t.x * iz2 : T(0), dv_dtz = J.v_free ? -t.y * iz2 : T(0);
@@ -365,10 +403,12 @@ DGRD_HD ProjectedGaussian<T> preprocess_gaussian(const Camera<T>& cam, const Gau
 
 // Backward of preprocess_gaussian for a Gaussian that was not culled: from the gradient of its
 // screen-space quantities to every input. Recomputes the forward's intermediates (cheap, and
-// bit-identical) instead of storing them.
+// bit-identical) instead of storing them. With `camera` not null, also writes this Gaussian's
+// share of the camera gradient there (the default path skips that work).
 template <typename T>
 DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianInputs<T>& in, int i,
-                                          const SplatGrad<T>& g, const GaussianGrads<T>& out) {
+                                          const SplatGrad<T>& g, const GaussianGrads<T>& out,
+                                          CameraGrad<T>* camera = nullptr) {
   const Vec3<T> mean = load3(in.means3D, i);
   const Vec3<T> t = to_view(cam.viewmatrix, mean);
   const Mat3<T> Wr = view_rotation(cam.viewmatrix);
@@ -378,6 +418,7 @@ DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianIn
   out.means2D[3 * i + 0] = dndc.x;
   out.means2D[3 * i + 1] = dndc.y;
   Vec3<T> dmean = project_mean_backward(cam, mean, dndc);
+  if (camera) projection_matrix_backward(cam, mean, dndc, camera->projmatrix);
 
   // Conic and opacity -> 2D covariance -> view-space mean and 3D covariance.
   const ScreenJacobian<T> J = screen_jacobian(cam, t, Wr);
@@ -390,9 +431,11 @@ DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianIn
   const Sym2<T> dcov = footprint_backward(cov, f, cam.antialiasing, g.conic, opacity * g.opacity);
   Sym3<T> dsigma;
   Vec3<T> dt;
-  covariance_2d_backward(cam, t, Wr, J, sigma, dcov, dsigma, dt);
+  Mat3<T> dWr;
+  covariance_2d_backward(cam, t, Wr, J, sigma, dcov, dsigma, dt, camera ? &dWr : nullptr);
   dt.z += g.feature.w;  // the blended depth is t.z
   dmean = dmean + matvec_transposed(Wr, dt);
+  if (camera) view_matrix_backward(mean, dt, dWr, camera->viewmatrix);
 
   if (in.cov3D_precomp) {
     T* d = out.cov3D_precomp + 6 * i;
@@ -408,14 +451,21 @@ DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianIn
   }
 
   const Vec3<T> drgb = {g.feature.x, g.feature.y, g.feature.z};
+  Vec3<T> ddirection = {T(0), T(0), T(0)};  // d/d(mean - campos) through the SH
   if (in.colors_precomp) {
     out.colors_precomp[3 * i + 0] = drgb.x;
     out.colors_precomp[3 * i + 1] = drgb.y;
     out.colors_precomp[3 * i + 2] = drgb.z;
   } else {
     const int64_t stride = int64_t(3) * in.sh_coeffs;  // 48 values a Gaussian: past 2^31 soon
-    dmean = dmean + sh_to_color_backward(cam.sh_degree, mean, cam.campos, in.shs + stride * i, drgb,
-                                         out.shs + stride * i);
+    ddirection = sh_to_color_backward(cam.sh_degree, mean, cam.campos, in.shs + stride * i, drgb,
+                                      out.shs + stride * i);
+    dmean = dmean + ddirection;
+  }
+  if (camera) {
+    camera->campos[0] = -ddirection.x;
+    camera->campos[1] = -ddirection.y;
+    camera->campos[2] = -ddirection.z;
   }
   out.means3D[3 * i + 0] = dmean.x;
   out.means3D[3 * i + 1] = dmean.y;

@@ -99,6 +99,17 @@ struct GaussianGrads {
   T* cov3D_precomp;   // P x 6
 };
 
+// Gradient of the loss with respect to the camera, in the layout of the settings' flat tensors.
+// The preprocess backward writes one Gaussian's share into it when asked (a non-null pointer);
+// the backends sum the shares over Gaussians.
+template <typename T>
+struct CameraGrad {
+  T viewmatrix[16];
+  T projmatrix[16];
+  T campos[3];
+};
+constexpr int kCameraGradValues = 35;
+
 // Sorted tile lists: tile t holds point_list[tile_ranges[2t] .. tile_ranges[2t + 1]).
 struct TileLists {
   const int* point_list;

@@ -65,8 +65,12 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     if means2D is None:
         # Nobody wants the screen-space gradient: a throwaway carrier keeps the Function simple.
         means2D = torch.zeros((means3D.shape[0], 3), dtype=means3D.dtype, device=means3D.device)
+    # The camera's flat tensors become inputs of the Function only when they take a gradient.
+    camera = ((checked.viewmatrix, checked.projmatrix, checked.campos) if checked.camera_grad
+              else ())
     return _RasterizeGaussians.apply(means3D, means2D, sh, colors_precomp, opacities, scales,
-                                     rotations, cov3Ds_precomp, features, checked, median_depth)
+                                     rotations, cov3Ds_precomp, features, checked, median_depth,
+                                     *camera)
 
 
 def _named_inputs(inputs, features):
@@ -82,7 +86,10 @@ class _RasterizeGaussians(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
-                cov3Ds_precomp, features, settings: CheckedSettings, median_depth: bool):
+                cov3Ds_precomp, features, settings: CheckedSettings, median_depth: bool,
+                *camera):
+        # camera: (viewmatrix, projmatrix, campos), the flat tensors the settings hold, when
+        # settings.camera_grad; the backend reads them through the config.
         inputs = (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp)
         config = _backend.make_config(settings, median_depth)
         color, depth, weight, radii, feature_map, median, state = _debug.guarded(
@@ -126,7 +133,7 @@ class _RasterizeGaussians(torch.autograd.Function):
         if ctx.median_depth:
             upstream["median"] = grad_median
         (d_means3D, d_means2D, d_opacities, d_sh, d_colors, d_scales, d_rotations,
-         d_cov3D, d_features) = _debug.guarded(
+         d_cov3D, d_features, *d_camera) = _debug.guarded(
             ctx.config.debug,
             lambda: _debug.Capture("backward", _named_inputs(inputs, features), ctx.checked,
                                    grads=upstream, median_depth=ctx.median_depth),
@@ -139,7 +146,7 @@ class _RasterizeGaussians(torch.autograd.Function):
                 d_colors if has_colors else None, d_opacities,
                 d_scales if has_scales else None, d_rotations if has_rotations else None,
                 d_cov3D if has_cov else None, d_features if ctx.has_features else None,
-                None, None)
+                None, None, *(d_camera if ctx.config.camera_grad else ()))
 
 
 class GaussianRasterizer(nn.Module):

@@ -33,8 +33,8 @@ def _check_device(device: torch.device):
 
 # Fields of the C++ RasterConfig, each copied from the CheckedSettings of the same name.
 CONFIG_FIELDS = ("image_height", "image_width", "tanfovx", "tanfovy", "scale_modifier",
-                 "sh_degree", "prefiltered", "antialiasing", "debug", "bg", "viewmatrix",
-                 "projmatrix", "campos")
+                 "sh_degree", "prefiltered", "antialiasing", "debug", "camera_grad", "bg",
+                 "viewmatrix", "projmatrix", "campos")
 
 
 def make_config(settings, median_depth=False):

@@ -67,15 +67,19 @@ def _require_like(name: str, t, device, dtype) -> torch.Tensor:
     return t
 
 
-def _small_tensor(name: str, t, numel: int) -> torch.Tensor:
-    """Matrices, bg, campos: any layout with the right element count, flattened (row-major)."""
+def _small_tensor(name: str, t, numel: int, keep_grad: bool = False) -> torch.Tensor:
+    """Matrices, bg, campos: any layout with the right element count, flattened (row-major).
+    With keep_grad, a tensor that requires grad stays attached to the caller's graph."""
     t = _require_tensor(f"raster_settings.{name}", t)
     if not t.is_floating_point():
         raise TypeError(f"raster_settings.{name}: expected a floating-point tensor, got {t.dtype}")
     if t.numel() != numel:
         raise ValueError(f"raster_settings.{name}: expected {numel} elements, got "
                          f"{t.numel()} (shape {tuple(t.shape)})")
-    return t.detach().reshape(-1)
+    return (t if keep_grad else t.detach()).reshape(-1)
+
+
+CAMERA_FIELDS = ("viewmatrix", "projmatrix", "campos")
 
 
 class CheckedSettings:
@@ -88,8 +92,17 @@ class CheckedSettings:
         self.tanfovy = _require_float("raster_settings.tanfovy", s.tanfovy, positive=True)
         self.scale_modifier = _require_float("raster_settings.scale_modifier", s.scale_modifier)
         self.sh_degree = _require_int("raster_settings.sh_degree", s.sh_degree, 0, 3)
-        parts = [_small_tensor("bg", s.bg, 3), _small_tensor("viewmatrix", s.viewmatrix, 16),
-                 _small_tensor("projmatrix", s.projmatrix, 16), _small_tensor("campos", s.campos, 3)]
+        # Camera gradients are wanted when a camera tensor requires grad (outside no_grad). The
+        # flat copies are then built by differentiable ops (reshape, to, cat, split), so that a
+        # gradient given to them reaches the caller's tensors through any view.
+        self.camera_grad = torch.is_grad_enabled() and any(
+            isinstance(getattr(s, f), torch.Tensor) and getattr(s, f).requires_grad
+            for f in CAMERA_FIELDS)
+        keep = self.camera_grad
+        parts = [_small_tensor("bg", s.bg, 3),
+                 _small_tensor("viewmatrix", s.viewmatrix, 16, keep),
+                 _small_tensor("projmatrix", s.projmatrix, 16, keep),
+                 _small_tensor("campos", s.campos, 3, keep)]
         # One private copy on the Gaussians' device (torch.cat always allocates): the backward
         # reads it, and the caller may edit the settings' tensors in place meanwhile.
         packed = torch.cat([p.to(device=device, dtype=dtype) for p in parts])

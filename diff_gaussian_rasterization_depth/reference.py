@@ -14,7 +14,9 @@ backends to a few float32 roundings.
 Gradient conventions (SPEC 6) come out of autograd once the forward is set up right:
 - `means2D` is a carrier: its values are ignored, its gradient is dL/d(ndc.x, ndc.y);
 - the 0.99 clamp of alpha is straight-through;
-- culled and non-finite Gaussians get exactly zero gradient and never put NaN into anyone else's.
+- culled and non-finite Gaussians get exactly zero gradient and never put NaN into anyone else's;
+- `viewmatrix`, `projmatrix` and `campos` that require grad stay attached (the validation keeps
+  them in the graph), so autograd gives the camera gradients the backends are tested against.
 
 Non-finite safety: the preprocess runs twice. A first pass without autograd over all Gaussians
 decides which ones survive culling; the second pass, with autograd, sees only the survivors

@@ -1,8 +1,7 @@
-"""The benchmark harness (benchmarks/) runs and its scenes follow shared/data/README.md.
+"""The benchmark harness (benchmarks/) runs and its scenes follow benchmarks/scenes.py's protocol.
 
 Runs on the CPU backend only: `bench.py --quick --device cpu` with one repetition, and the scene
-builder's point counts (no rendering of the large scenes). Skipped where the garden data file is
-not found (see benchmarks/scenes.py for where it is looked for).
+builder's point counts (no rendering of the large scenes), on data/garden_points.npz.
 """
 import importlib.util
 import json
@@ -27,18 +26,22 @@ def _load(name: str):
 
 bench_scenes = _load("scenes")
 
-try:
-    bench_scenes.find_data()
-    _MISSING = None
-except FileNotFoundError as e:  # pragma: no cover - depends on the checkout
-    _MISSING = str(e)
-
-needs_data = pytest.mark.skipif(_MISSING is not None, reason=str(_MISSING))
-
 CROP_COUNT = 111_785
 
 
-@needs_data
+def test_data_file_is_the_repository_copy(monkeypatch):
+    """A plain clone has what the benchmark needs: nothing outside the repository is looked at."""
+    monkeypatch.delenv(bench_scenes.DATA_ENV, raising=False)
+    assert bench_scenes.data_candidates() == [REPO / "data" / "garden_points.npz"]
+    assert bench_scenes.find_data() == REPO / "data" / "garden_points.npz"
+    # $DGRD_DATA comes first; where it names no file, the repository copy is used.
+    monkeypatch.setenv(bench_scenes.DATA_ENV, "/nonexistent/garden.npz")
+    assert bench_scenes.data_candidates()[0] == Path("/nonexistent/garden.npz")
+    assert bench_scenes.find_data() == REPO / "data" / "garden_points.npz"
+    with pytest.raises(FileNotFoundError, match="nonexistent"):
+        bench_scenes.find_data("/nonexistent/garden.npz")
+
+
 def test_crop_and_tiling_counts():
     means, colors = bench_scenes.scene_points(tiles=1)
     assert means.shape == (CROP_COUNT, 3) and colors.shape == (CROP_COUNT, 3)
@@ -60,7 +63,6 @@ def test_crop_and_tiling_counts():
     assert bench_scenes.scene_size("20k") == 20_000
 
 
-@needs_data
 def test_scene_attributes_and_camera():
     s = bench_scenes.garden_scene("2k", camera=1, scale=0.5, seed=3)
     g = s.gaussians
@@ -101,7 +103,6 @@ def test_scene_attributes_and_camera():
     assert sh.gsplat_inputs()["sh_degree"] == 3
 
 
-@needs_data
 def test_quick_cpu_run_writes_json(tmp_path):
     out = tmp_path / "quick.json"
     proc = subprocess.run(
@@ -129,3 +130,24 @@ def test_quick_cpu_run_writes_json(tmp_path):
         assert row[key]["n"] == 1 and row[key]["median"] > 0, key
     assert row["ratio_fwd_bwd"] == pytest.approx(1.0)
     assert row["visible_gaussians"] > 0
+
+
+def test_results_are_written_after_each_configuration(tmp_path):
+    """A run cut short (a GPU machine's time limit) keeps every configuration it finished."""
+    bench = _load("bench")
+    args = bench.parse_args(["--device", "cpu", "--impls", "ours", "--scenes", "300",
+                             "--scales", "0.1,0.15", "--reps", "1", "--warmup", "0",
+                             "--sets", "1", "--json", str(tmp_path / "r.json")])
+    paths = bench.json_paths(args)
+    seen = []
+
+    def checkpoint(partial):
+        bench.write_json(paths, partial)
+        seen.append(json.loads(paths[0].read_text()))
+
+    result = bench.run(args, checkpoint=checkpoint)
+    assert [len(p["results"]) for p in seen] == [1, 2]
+    assert not any(p["complete"] for p in seen) and result["complete"]
+    assert [r["width"] for r in seen[-1]["results"]] == [65, 97]
+    assert seen[0]["results"][0] == seen[-1]["results"][0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]   # no temporary left

@@ -168,6 +168,7 @@ def test_device_mismatch_without_cuda():
     expect(ValueError, "means3D", inputs, settings)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_device_mismatch_cuda():
     inputs, settings = base()

@@ -259,6 +259,8 @@ def test_all_degenerate_at_once(device, dtype):
 def test_radius_beyond_2_30_from_far_off_screen(device, dtype):
     """A Gaussian 1.5e9 px right of a 64 x 64 image with a 3-sigma radius of 3e9 px: the
     reference blends it everywhere with alpha ~0.3."""
+    if device == "cuda" and dtype == torch.float64:
+        pytest.skip("the CUDA backend is float32")
     settings = axis_camera(64, 64, tanfovx=0.5, dtype=dtype)
     g = dict(means3D=torch.tensor([[2.3e7, 0.0, 1.0]]), means2D=torch.zeros(1, 3),
              opacities=torch.tensor([[0.9]]), colors_precomp=torch.tensor([[1.0, 0.2, 0.0]]),

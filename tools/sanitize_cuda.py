@@ -1,12 +1,16 @@
 """Forward + backward of a few small scenes on CUDA, for compute-sanitizer.
 
-    compute-sanitizer --tool memcheck --error-exitcode 1 python tools/sanitize_cuda.py
-    compute-sanitizer --tool racecheck --error-exitcode 1 python tools/sanitize_cuda.py
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 \
+        python tools/sanitize_cuda.py [--cases 0,1,2]
+    (the same with --tool racecheck)
 
 Image sizes that are not multiples of 16, an empty scene, a scene with Gaussians behind the
 camera and far outside, antialiasing, precomputed colours and covariances. Exits non-zero if an
-output is not finite.
+output is not finite. Without PYTORCH_NO_CUDA_MEMORY_CACHING=1, PyTorch's caching allocator
+hands out pieces of larger cached blocks, and memcheck cannot see an access past the end of a
+piece. --cases picks some (run_gpu.sh: the first three, all sizes not multiples of 16).
 """
+import argparse
 import os
 import sys
 
@@ -27,10 +31,22 @@ CASES = [
 ]
 
 
-def main():
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cases", default=None,
+                    help=f"comma-separated indices into the {len(CASES)} cases (default: all)")
+    args = ap.parse_args(argv)
+    chosen = (range(len(CASES)) if args.cases is None
+              else [int(t) for t in args.cases.split(",") if t.strip()])
+    if any(not 0 <= i < len(CASES) for i in chosen):
+        ap.error(f"--cases: expected indices in 0..{len(CASES) - 1}, got {args.cases}")
     if not torch.cuda.is_available():
         sys.exit("sanitize_cuda: no CUDA device")
-    for i, case in enumerate(CASES):
+    if os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") != "1":
+        print("sanitize_cuda: PYTORCH_NO_CUDA_MEMORY_CACHING is not 1: memcheck misses accesses "
+              "inside the allocator's cached blocks", file=sys.stderr)
+    for i in chosen:
+        case = CASES[i]
         scene = scenes.make_scene(100 + i, **case)
         leaves = {k: (None if v is None else v.cuda().requires_grad_())
                   for k, v in scene.inputs.items()}

@@ -1,0 +1,59 @@
+// The host's exp for splat opacities: a polynomial exp written once for float and for the CPU
+// backend's float lanes, so scalar and eight-lane code give the same bits.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "math.h"
+
+namespace dgrd {
+
+// Scalar versions of the lane helpers in cpu_lanes.h, so exp_poly reads the same for both.
+inline int32_t float_bits(float f) {
+  int32_t i;
+  std::memcpy(&i, &f, sizeof(i));
+  return i;
+}
+inline float bits_float(int32_t i) {
+  float f;
+  std::memcpy(&f, &i, sizeof(f));
+  return f;
+}
+inline float select(bool m, float a, float b) { return m ? a : b; }
+
+// exp(x) for x <= 0 (a splat's power), within 2 ulp of the exact value: x = n ln2 + r with
+// |r| <= ln2 / 2, exp(r) by its Taylor series to r^7 (truncation below 6e-9), and 2^n added to
+// the exponent bits. Below -87 the result is 0 (exp(-87) ~ 1.6e-38 is the last normal float
+// reached this way; no opacity makes so faint a splat visible). Plain arithmetic, no branches,
+// no libm call: no errno, and the same operations in every lane.
+template <typename V>
+inline V exp_poly(V x) {
+  const float kLowest = -87.0f;
+  const float kRound = 12582912.0f;           // 1.5 * 2^23: adding it rounds to an integer
+  const float kLog2e = 1.44269504088896341f;
+  const float kLn2Hi = 0.693145751953125f;    // ln2 split so that n * kLn2Hi is exact
+  const float kLn2Lo = 1.42860682030941723e-6f;
+  const V clamped = max2(x, V(kLowest));
+  const V shifted = clamped * V(kLog2e) + V(kRound);
+  const V n = shifted - V(kRound);
+  const V r = (clamped - n * V(kLn2Hi)) - n * V(kLn2Lo);
+  V p = V(1.0f / 5040.0f);
+  p = p * r + V(1.0f / 720.0f);
+  p = p * r + V(1.0f / 120.0f);
+  p = p * r + V(1.0f / 24.0f);
+  p = p * r + V(1.0f / 6.0f);
+  p = p * r + V(0.5f);
+  p = p * r + V(1.0f);
+  p = p * r + V(1.0f);
+  // n as an integer is the difference of the two floats' bits (both in [2^23, 2^24)).
+  const auto n_int = float_bits(shifted) - float_bits(V(kRound));
+  const V scaled = bits_float(float_bits(p) + n_int * (1 << 23));
+  return select(x < V(kLowest), V(0.0f), scaled);
+}
+
+inline float host_splat_exp(float power) { return exp_poly(power); }
+inline double host_splat_exp(double power) { return std::exp(power); }
+
+}  // namespace dgrd

@@ -1,0 +1,65 @@
+"""examples/camera_tracking.py: its SE(3) exponential and camera matrices, and a short tracking
+run whose pose error must drop substantially (the camera gradients drive it)."""
+import importlib.util
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from diff_gaussian_rasterization_depth import _backend
+from diff_gaussian_rasterization_depth.cameras import Camera
+
+_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
+                     "camera_tracking.py")
+_spec = importlib.util.spec_from_file_location("camera_tracking", _PATH)
+ct = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ct)
+
+
+def test_se3_exp_is_a_rigid_motion_with_the_right_derivative():
+    gen = torch.Generator().manual_seed(3)
+    for scale in (1e-5, 0.3, 2.0):     # the Taylor branch and the closed form
+        xi = torch.randn(6, generator=gen, dtype=torch.float64) * scale
+        T = ct.se3_exp(xi)
+        R = T[:3, :3]
+        torch.testing.assert_close(R @ R.T, torch.eye(3, dtype=torch.float64), atol=1e-12, rtol=0)
+        assert abs(float(torch.det(R)) - 1) < 1e-12
+        torch.testing.assert_close(T[3], torch.tensor([0, 0, 0, 1.0], dtype=torch.float64))
+        # exp(xi) exp(-xi) = I
+        torch.testing.assert_close(T @ ct.se3_exp(-xi), torch.eye(4, dtype=torch.float64),
+                                   atol=1e-12, rtol=0)
+    # At 0 the derivative is the generator: d/d(omega_z) of R is skew(e_z).
+    xi = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+    jac = torch.autograd.functional.jacobian(ct.se3_exp, xi)
+    assert torch.isfinite(jac).all()
+    torch.testing.assert_close(jac[:3, :3, 5], ct._skew(torch.tensor([0, 0, 1.0],
+                                                                     dtype=torch.float64)))
+    torch.testing.assert_close(jac[:3, 3, :3], torch.eye(3, dtype=torch.float64))
+    assert torch.autograd.gradcheck(lambda x: ct.se3_exp(x), (xi.detach().clone().add_(1e-3)
+                                                              .requires_grad_(),))
+
+
+def test_camera_matrices_match_the_package_camera():
+    cam = Camera.looking_at((3.0, -2.0, 1.5), (0.2, 0.1, 0.3), 40, 30, 55.0)
+    w2c = torch.as_tensor(cam.world_to_camera)
+    view, proj, campos = ct.camera_matrices(w2c, cam)
+    torch.testing.assert_close(view, torch.as_tensor(cam.viewmatrix()))
+    torch.testing.assert_close(proj, torch.as_tensor(cam.projmatrix()))
+    torch.testing.assert_close(campos, torch.as_tensor(cam.center))
+
+
+def test_pose_errors_of_a_known_offset():
+    w2c = np.eye(4)
+    moved = ct.perturbed(w2c, translation=0.07, degrees=4.0, seed=1)
+    t_err, r_err = ct.pose_errors(torch.as_tensor(moved), torch.as_tensor(w2c))
+    assert math.isclose(t_err, 0.07, rel_tol=1e-9) and math.isclose(r_err, 4.0, rel_tol=1e-9)
+
+
+@pytest.mark.skipif(_backend._C is None, reason="needs the compiled extension")
+def test_short_tracking_run_converges():
+    result = ct.track(iters=50, width=96, height=72, n_gaussians=5000, seed=0, log_every=None)
+    assert result["initial_translation"] > 0.04 and result["initial_rotation_deg"] > 2.5
+    assert result["final_translation"] < 0.3 * result["initial_translation"], result
+    assert result["final_rotation_deg"] < 0.2 * result["initial_rotation_deg"], result

@@ -1,0 +1,140 @@
+"""The float CPU path's techniques change no bit: eight-lane groups against the per-pixel loop,
+the power bound against none, tile order; the exponential shared by both; the work counts.
+
+The per-pixel loop is the shared math in its scalar form (the path float64 and gradcheck take),
+so equality with it ties the lanes to the same formulas, decisions and gradients.
+"""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend
+
+import scenes
+
+if _backend._C is None:
+    pytest.skip(f"the compiled extension is not importable ({_backend._IMPORT_ERROR})",
+                allow_module_level=True)
+
+REPO = Path(__file__).resolve().parents[1]
+ALL_ON = dict(lanes=True, power_bound=True, longest_first=True)
+
+
+@pytest.fixture
+def tuning():
+    """Sets the float path's switches for one test and restores the defaults after it."""
+    ext = _backend._ext()
+    yield lambda **kw: ext.set_cpu_tuning(**{**ALL_ON, **kw})
+    ext.set_cpu_tuning(**ALL_ON)
+
+
+def render_and_grads(scene, seed):
+    inputs = scene.with_grad()
+    color, radii, depth, weight = GaussianRasterizer(scene.settings)(**inputs)
+    gen = torch.Generator().manual_seed(seed)
+    loss = ((color * torch.randn(color.shape, generator=gen)).sum()
+            + (depth * torch.randn(depth.shape, generator=gen)).sum()
+            + (weight * torch.randn(weight.shape, generator=gen)).sum())
+    loss.backward()
+    grads = {k: v.grad for k, v in inputs.items() if v is not None and v.grad is not None}
+    return (color.detach(), radii, depth.detach(), weight.detach()), grads
+
+
+def dense_scene(seed, **kw):
+    """Many overlapping splats of all opacities on an image whose width is no multiple of 8 or
+    16, so that groups of lanes are cut at the tile and image edges and pixels saturate."""
+    scene = scenes.make_scene(seed, P=kw.pop("P", 400), height=kw.pop("height", 45),
+                              width=kw.pop("width", 53), sh_degree=1, **kw)
+    gen = torch.Generator().manual_seed(seed)
+    scene.inputs["opacities"] = torch.rand(scene.P, 1, generator=gen) ** 0.5
+    return scene
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("switch", ["lanes", "power_bound", "longest_first"])
+def test_each_technique_changes_no_bit(seed, switch, tuning):
+    scene = dense_scene(7100 + seed, antialiasing=bool(seed % 2))
+    tuning()
+    out_on, grads_on = render_and_grads(scene, seed)
+    tuning(**{switch: False})
+    out_off, grads_off = render_and_grads(scene, seed)
+    for a, b in zip(out_on, out_off):
+        assert torch.equal(a, b)
+    assert grads_on.keys() == grads_off.keys()
+    for k in grads_on:
+        # The lanes sum a splat's pixels in another order (per lane, then across lanes) than
+        # the per-pixel loop: equal to float rounding of the sums, not bit for bit.
+        if switch == "lanes":
+            torch.testing.assert_close(grads_on[k], grads_off[k], rtol=1e-5,
+                                       atol=1e-6 * float(grads_off[k].abs().max()))
+        else:
+            assert torch.equal(grads_on[k], grads_off[k]), k
+
+
+def test_lanes_repeat_bitwise():
+    """Dynamic scheduling of tiles, yet the same gradients every call (per-pair sums)."""
+    scene = dense_scene(7300, P=600, height=70, width=90)
+    torch.set_num_threads(2)
+    first = render_and_grads(scene, 1)
+    for _ in range(3):
+        again = render_and_grads(scene, 1)
+        for a, b in zip(first[0], again[0]):
+            assert torch.equal(a, b)
+        for k in first[1]:
+            assert torch.equal(first[1][k], again[1][k]), k
+
+
+@pytest.mark.parametrize("isa", [[], ["-mavx2"]], ids=["baseline", "avx2"])
+def test_exp_poly_accuracy_and_lanes(tmp_path, isa):
+    """fast_exp.h: within 2 ulp of exp on [-87, 0], 0 below, and the eight-lane version gives
+    the scalar's bits (compiled here without PyTorch: the header is plain C++)."""
+    compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler on PATH")
+    exe = tmp_path / "exp_check"
+    subprocess.run([compiler, "-O2", "-std=c++17", "-ffp-contract=off", "-Wno-psabi", *isa,
+                    "-I", str(REPO), str(REPO / "tests" / "cpp" / "exp_poly_check.cpp"), "-o",
+                    str(exe)], check=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
+    fields = dict(line.split(" ", 1) for line in out.strip().splitlines())
+    assert float(fields["max_ulp"]) <= 2.0, out
+    assert int(fields["lane_mismatches"]) == 0, out
+    assert int(fields["nonzero_below_range"]) == 0, out
+    assert int(fields["samples"]) > 1_000_000
+
+
+def test_work_counts_are_consistent():
+    """cpu_render_work's counts: every blend passed the power bound, every exp is an
+    evaluation, lanes test at least what the pixels need, and the evaluations agree with a
+    count by hand of the per-pixel walk on a tiny frame."""
+    scene = dense_scene(7400, P=300, height=20, width=27)
+    from diff_gaussian_rasterization_depth._validation import check_gaussians
+    i = scene.inputs
+    means3D, opacities, sh, colors, scales, rotations, cov, checked = check_gaussians(
+        i["means3D"], i["means2D"], i["opacities"], i["shs"], i["colors_precomp"], i["scales"],
+        i["rotations"], i["cov3D_precomp"], i.get("dc"), scene.settings)
+    config = _backend.make_config(checked)
+    gaussians = _backend.make_gaussians(means3D, opacities, sh, colors, scales, rotations, cov)
+    color, depth, weight, radii, *_, state = _backend.forward(config, gaussians)
+    pairs, evaluations, exps, blends, lane_evaluations = _backend._ext().cpu_render_work(
+        config, state)
+    point_list, tile_ranges, n_contrib = state[4], state[5], state[7]
+    assert pairs == point_list.numel() > 0
+    assert evaluations >= exps >= blends > 0
+    assert lane_evaluations >= evaluations
+    # Each pixel's walk reaches at least its last blended splat.
+    assert evaluations >= int(n_contrib.sum())
+    # A pixel that never saturates tests its whole tile list.
+    H, W = depth.shape
+    tiles_x = (W + 15) // 16
+    lengths = (tile_ranges[:, 1] - tile_ranges[:, 0]).tolist()
+    unsaturated = 0
+    for y in range(H):
+        for x in range(W):
+            if weight[y, x] < 1 - 1e-4 - 0.01:   # far from saturation: walked to the end
+                unsaturated += lengths[(y // 16) * tiles_x + x // 16]
+    assert evaluations >= unsaturated

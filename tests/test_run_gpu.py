@@ -1,0 +1,83 @@
+"""benchmarks/run_gpu.sh --dry-run: the GPU window's staging (order, summary, deadline, what
+comes back under $OUT) on the CPU, so that the script cannot rot between GPU windows."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "run_gpu.sh"
+# Stages in the foreground, in order; gsplat-build (in the background) is recorded when it is
+# waited for, which may come before or after timings-ours.
+STAGES = ["build", "tests-cuda-vs-cpu", "garden-compare", "tests-robust-debug", "memcheck",
+          "racecheck", "timings-ours", "timings-gsplat"]
+BACKGROUND = "gsplat-build"
+MAX_FILES_BACK = 8      # the device tool brings back at most 8 files, at most 2 folders down
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                                reason="needs bash and coreutils' timeout")
+
+
+def dry_run(out: Path, **env):
+    full_env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, **env)
+    t0 = time.monotonic()
+    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run"], env=full_env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    return proc, time.monotonic() - t0
+
+
+def stage_lines(out: Path):
+    """(name, status) of each stage line of summary.txt, in order."""
+    lines = (out / "summary.txt").read_text().splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("--- stage"))
+    rows = [l.split() for l in lines[start + 1:] if l and not l.startswith(("---", " "))]
+    return [(r[0], r[1]) for r in rows]
+
+
+def test_dry_run_runs_every_stage_in_order_and_writes_out(tmp_path):
+    proc, _ = dry_run(tmp_path)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log
+    stages = stage_lines(tmp_path)
+    assert [name for name, _ in stages if name != BACKGROUND] == STAGES, stages
+    status = dict(stages)
+    assert all(status[s] == "ok" for s in STAGES[:-1] + [BACKGROUND]), stages
+    assert status["timings-gsplat"] == "skipped"
+
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) <= MAX_FILES_BACK and all(p.parent == tmp_path for p in files), files
+    # The summary comes back last in the output too (the reply shows the output's end).
+    assert log.rstrip().endswith((tmp_path / "summary.txt").read_text().rstrip())
+    assert (tmp_path / "run_gpu.log").read_text().count("=== ") >= len(STAGES)
+
+    compare = json.loads((tmp_path / "compare_cuda_cpu.json").read_text())
+    assert set(compare["outputs"]) == {"color", "depth", "weight"}
+    assert compare["outputs"]["color"]["max_abs_diff"] == 0.0    # CPU against itself
+    assert compare["gradients"]["all"]["means3D"]["max_abs_ref"] > 0
+    bench = json.loads((tmp_path / "bench_ours.json").read_text())
+    assert bench["complete"] is True and len(bench["results"]) == 2    # two resolutions
+    assert bench["environment"]["git_commit"]
+    assert "test_no_memory_growth_and_repeatable" in log    # the CUDA tests were collected
+    assert "test_radius_beyond_2_30_from_far_off_screen" in log
+
+
+def test_dry_run_keeps_its_deadline(tmp_path):
+    """Every stage a 30 s sleep against a 12 s budget: the first stage that starts is stopped at
+    the deadline, the others are skipped, the run ends on time, and every foreground stage
+    still leaves its line in the summary."""
+    budget = 12
+    proc, elapsed = dry_run(tmp_path, RUN_GPU_BUDGET_S=str(budget), RUN_GPU_FAKE_STEP_S="30")
+    # the budget, plus the last timeout's --kill-after margin and the shell's own start
+    assert elapsed < budget + 8, elapsed
+    stages = stage_lines(tmp_path)
+    names = [name for name, _ in stages if name != BACKGROUND]
+    assert names[:7] == STAGES[:7], stages          # each foreground stage leaves a line
+    assert any(st == "skipped" for _, st in stages), stages
+    if any(st == "TIMEOUT" for name, st in stages if name != BACKGROUND):
+        assert proc.returncode != 0
+    assert "--- end" in (tmp_path / "summary.txt").read_text()
