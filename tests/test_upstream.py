@@ -351,6 +351,21 @@ def test_invdepth_gradcheck():
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
+def test_invdepth_camera_gradcheck():
+    """With camera matrices that require grad, invdepth's gradient reaches them through 1/z and
+    through the render: finite differences (float64, a smooth scene)."""
+    scene = scenes.make_smooth_scene(17, sh_degree=1, dc=True)
+
+    def fn(view, proj, campos):
+        settings = scene.settings._replace(viewmatrix=view, projmatrix=proj, campos=campos)
+        color, _, invdepth = run_upstream(scene.inputs, settings)
+        return color, invdepth
+
+    leaves = tuple(getattr(scene.settings, n).detach().clone().requires_grad_()
+                   for n in ("viewmatrix", "projmatrix", "campos"))
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
 def test_invdepth_is_inverse_depth_not_depth():
     """The third-output trap: invdepth relates to the package's depth and weight as an average
     of 1/z does to an average of z. With w the weight and D the expected depth, Jensen's
