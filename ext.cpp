@@ -2,6 +2,7 @@
 #include <torch/extension.h>
 
 #include "rasterize_points.h"
+#include "sparse_adam.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace dgrd;
@@ -36,6 +37,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Render colour, depth, weight and the optional maps; returns the backward state");
   m.def("backward", &dgrd::backward, "Gradients of every input from those of the rendered maps");
   m.def("mark_visible", &dgrd::mark_visible, "Points in front of the near plane");
+  m.def("sparse_adam_step", &dgrd::sparse_adam_step,
+        "One Adam step, in place, on the visible rows of a parameter and its moments");
   m.def("cpu_render_work", &dgrd::cpu_render_work,
         "Work counts of a float32 CPU forward (benchmarks): pairs, evaluations, exps, blends, "
         "lane evaluations");

@@ -3,6 +3,7 @@
 
 #include "cuda_rasterizer/cuda_emulation.h"
 #include "rasterize_points.h"
+#include "sparse_adam.h"
 
 namespace dgrd {
 namespace emulation_checks {
@@ -114,6 +115,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "The CUDA backward, emulated");
   m.def("mark_visible", &mark_visible_cuda, "The CUDA mark_visible, emulated");
+  m.def("sparse_adam_step", &sparse_adam_step_cuda, "The CUDA sparse Adam step, emulated");
   m.def("set_thread_order", &emu::set_thread_order,
         "Order of a block's threads between sync points: 'asc', 'desc' or 'random:SEED'");
   m.def("thread_order", &emu::thread_order, "The current thread order");

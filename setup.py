@@ -37,7 +37,8 @@ def want_cuda():
     return True, ""
 
 
-cpu_sources = ["ext.cpp", "rasterize_points.cpp", "cuda_rasterizer/cpu_backend.cpp"]
+cpu_sources = ["ext.cpp", "rasterize_points.cpp", "sparse_adam.cpp",
+               "cuda_rasterizer/cpu_backend.cpp"]
 cuda_sources = sorted(rel(p) for p in glob.glob(os.path.join(ROOT, "*.cu")) +
                       glob.glob(os.path.join(ROOT, "cuda_rasterizer", "*.cu")))
 
@@ -71,7 +72,9 @@ def openmp_flags():
 # -ffp-contract=off: no fused multiply-adds behind the code's back, so the eight-lane CPU code
 # gives the same bits as the scalar code, whichever instruction set the loader picks.
 omp = openmp_flags()
-cxx_flags = ["-O3", "-fno-gnu-unique", "-ffp-contract=off", "-Wno-psabi"] + omp  # C++ std: PyTorch's
+# -fno-math-errno: sqrt need not set errno, so loops with sqrt vectorize (values are unchanged).
+cxx_flags = ["-O3", "-fno-gnu-unique", "-ffp-contract=off", "-Wno-psabi",
+             "-fno-math-errno"] + omp  # C++ std: PyTorch's
 use_cuda, why_not = want_cuda()
 if use_cuda:
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():

@@ -13,9 +13,10 @@ import torch.nn as nn
 from ._validation import check_gaussians, check_optional_outputs, CheckedSettings
 from . import _backend, _debug
 from ._debug import replay_snapshot
+from .sparse_adam import SparseGaussianAdam
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians",
-           "has_cuda_backend", "replay_snapshot"]
+           "has_cuda_backend", "replay_snapshot", "SparseGaussianAdam"]
 
 __version__ = "0.1.0"
 

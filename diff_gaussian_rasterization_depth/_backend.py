@@ -124,3 +124,8 @@ def backward(config, gaussians, state, grad_color, grad_depth, grad_weight,
 def mark_visible(positions, settings):
     _check_device(positions.device)
     return _renderer().mark_visible(positions, settings.viewmatrix)
+
+
+def sparse_adam_step(param, grad, exp_avg, exp_avg_sq, visible, lr, beta1, beta2, eps):
+    _check_device(param.device)
+    _renderer().sparse_adam_step(param, grad, exp_avg, exp_avg_sq, visible, lr, beta1, beta2, eps)

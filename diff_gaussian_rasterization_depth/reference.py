@@ -30,7 +30,7 @@ import torch
 
 from ._validation import check_gaussians, check_optional_outputs
 
-__all__ = ["rasterize_reference"]
+__all__ = ["rasterize_reference", "sparse_adam_step_reference"]
 
 TILE_SIZE = 16
 NEAR_PLANE = 0.2
@@ -394,3 +394,22 @@ def rasterize_reference(means3D, means2D, opacities, shs=None, colors_precomp=No
     if median_depth:
         result += (out["median"],)
     return result
+
+
+def sparse_adam_step_reference(param, grad, exp_avg, exp_avg_sq, visibility, lr, eps,
+                               beta1=0.9, beta2=0.999):
+    """SparseGaussianAdam's update in plain PyTorch, in place: the visible rows (Gaussians) of
+    param, exp_avg and exp_avg_sq take one Adam step without bias correction; the others keep
+    their bits. Each expression in the order of the compiled kernel."""
+    rows = visibility.shape[0]
+    # Coefficients rounded once from double, as the kernel does (1 - beta is not 1 - T(beta)).
+    b1, c1, b2, c2 = (torch.tensor(v, dtype=param.dtype) for v in
+                      (beta1, 1.0 - beta1, beta2, 1.0 - beta2))
+    lr_t, eps_t = torch.tensor(lr, dtype=param.dtype), torch.tensor(eps, dtype=param.dtype)
+    p, g = param.view(rows, -1), grad.reshape(rows, -1)
+    m, v = exp_avg.view(rows, -1), exp_avg_sq.view(rows, -1)
+    new_m = b1 * m[visibility] + c1 * g[visibility]
+    new_v = b2 * v[visibility] + c2 * g[visibility] * g[visibility]
+    p[visibility] = p[visibility] - lr_t * new_m / (torch.sqrt(new_v) + eps_t)
+    m[visibility] = new_m
+    v[visibility] = new_v

@@ -1,0 +1,81 @@
+"""What the 2024 upstream's inverse depth costs, and the alternative not taken.
+
+Times, on the demo scene, forward and forward+backward of:
+- `plain`: the package's call (colour, radii, depth, weight), loss on colour;
+- `upstream`: `diff_gaussian_rasterization_depth.upstream` (colour, radii, invdepth), invdepth
+  blended as a one-channel feature of the same render; loss on colour and invdepth;
+- `two renders`: the alternative, the plain call plus a second render of colours (1/z, 1/z,
+  1/z) over black, whose first channel is the same invdepth; same loss.
+
+    python benchmarks/upstream_invdepth.py [--gaussians 20000] [--size 320 240] [--reps 5]
+"""
+import argparse
+import statistics
+import subprocess
+import time
+
+import torch
+
+from diff_gaussian_rasterization_depth import GaussianRasterizer, upstream
+from diff_gaussian_rasterization_depth.scenes import demo_cameras, demo_scene
+
+
+def inverse_z(means, settings):
+    view = settings.viewmatrix.reshape(4, 4)
+    z = means @ view[:3, 2] + view[3, 2]
+    return torch.where(z > 0.2, 1 / z.clamp_min(0.2), torch.zeros_like(z))
+
+
+def plain(g, settings, backward):
+    color, _, _, _ = GaussianRasterizer(settings)(**g)
+    return [color]
+
+
+def via_features(g, settings, backward):
+    color, _, invdepth = upstream.GaussianRasterizer(settings)(**g)
+    return [color, invdepth]
+
+
+def two_renders(g, settings, backward):
+    color, _, _, _ = GaussianRasterizer(settings)(**g)
+    inv = inverse_z(g["means3D"], settings)[:, None].expand(-1, 3)
+    black = settings._replace(bg=torch.zeros_like(settings.bg))
+    geometry = {k: g[k] for k in ("means3D", "means2D", "opacities", "scales", "rotations")}
+    inv_color, _, _, _ = GaussianRasterizer(black)(**geometry, colors_precomp=inv)
+    return [color, inv_color[:1]]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gaussians", type=int, default=20000)
+    ap.add_argument("--size", type=int, nargs=2, default=[320, 240])
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args()
+    scene = demo_scene(args.gaussians, sh_degree=1)
+    camera = demo_cameras(1, *args.size)[0]
+    settings = camera.raster_settings(sh_degree=1)
+    print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    print(f"{len(scene)} Gaussians, {args.size[0]}x{args.size[1]}, CPU, "
+          f"{torch.get_num_threads()} threads; median of {args.reps} (ms)")
+    for name, fn in (("plain", plain), ("upstream", via_features), ("two renders", two_renders)):
+        for backward in (False, True):
+            times = []
+            for _ in range(args.reps + 1):
+                leaves = dict(means3D=scene.means, means2D=torch.zeros_like(scene.means),
+                              opacities=scene.opacities, dc=scene.sh[:, :1],
+                              shs=scene.sh[:, 1:], scales=scene.scales,
+                              rotations=scene.rotations)
+                leaves = {k: v.clone().requires_grad_(backward) for k, v in leaves.items()}
+                start = time.perf_counter()
+                with torch.set_grad_enabled(backward):
+                    outs = fn(leaves, settings, backward)
+                    if backward:
+                        sum(o.sum() for o in outs).backward()
+                times.append(time.perf_counter() - start)
+            print(f"  {name:<12s} {'fwd+bwd' if backward else 'fwd':<8s} "
+                  f"{statistics.median(times[1:]) * 1e3:8.1f}")
+    print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+
+
+if __name__ == "__main__":
+    main()
