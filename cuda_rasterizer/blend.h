@@ -4,7 +4,7 @@
 #pragma once
 
 #include "fast_exp.h"
-#include "math.h"
+#include "vector_math.h"
 #include "types.h"
 
 namespace dgrd {

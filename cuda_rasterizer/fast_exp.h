@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "math.h"
+#include "vector_math.h"
 
 namespace dgrd {
 

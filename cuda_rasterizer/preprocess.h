@@ -2,7 +2,7 @@
 // and the exact backward of each. One thread (CUDA) or loop iteration (CPU) per Gaussian.
 #pragma once
 
-#include "math.h"
+#include "vector_math.h"
 #include "sh.h"
 #include "types.h"
 

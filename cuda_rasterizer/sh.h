@@ -1,7 +1,7 @@
 // Spherical-harmonics colour of a Gaussian seen from the camera (degrees 0..3) and its backward.
 #pragma once
 
-#include "math.h"
+#include "vector_math.h"
 
 namespace dgrd {
 

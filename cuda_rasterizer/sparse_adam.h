@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "math.h"
+#include "vector_math.h"
 
 namespace dgrd {
 

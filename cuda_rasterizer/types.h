@@ -3,7 +3,7 @@
 
 #include <cstdint>
 
-#include "math.h"
+#include "vector_math.h"
 
 namespace dgrd {
 
