@@ -101,18 +101,21 @@ else:
     )
 
 # The emulated CUDA backend: the CUDA kernels and glue built by the host compiler, run on the
-# CPU by cuda_rasterizer/cuda_emulation.h. A test-only module, built everywhere (CI has no GPU).
+# CPU by cuda_rasterizer/cuda_emulation.h. A test-only module, built everywhere (CI has no GPU)
+# unless DGRD_NO_EMULATED=1 (a GPU machine that only wants the real kernels tested).
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import emulated_build  # noqa: E402
 
-emulated = cpp_extension.CppExtension(
-    name="diff_gaussian_rasterization_depth._emulated_cuda",
-    sources=emulated_build.sources(os.path.join(ROOT, "build", "emulated_sources")),
-    include_dirs=[ROOT],
-    extra_compile_args={"cxx": emulated_build.CXX_FLAGS},
-)
+ext_modules = [ext]
+if os.environ.get("DGRD_NO_EMULATED", "0") in ("", "0"):
+    ext_modules.append(cpp_extension.CppExtension(
+        name="diff_gaussian_rasterization_depth._emulated_cuda",
+        sources=emulated_build.sources(os.path.join(ROOT, "build", "emulated_sources")),
+        include_dirs=[ROOT],
+        extra_compile_args={"cxx": emulated_build.CXX_FLAGS},
+    ))
 
 setup(
-    ext_modules=[ext, emulated],
+    ext_modules=ext_modules,
     cmdclass={"build_ext": cpp_extension.BuildExtension},
 )
