@@ -211,12 +211,6 @@ struct StagedSplats {
   Vec4<float> feature(int j) const { return {red[j], green[j], blue[j], depth[j]}; }
 };
 
-// Below this power a splat of opacity o cannot reach alpha 1/255: o exp(p) < 1/255 for
-// p < log(1 / (255 o)). The margin (1e-3 in the exponent) dwarfs the rounding of exp_poly and of
-// the product, so the bound skips only splats the exact test would skip too.
-float power_floor(float opacity) {
-  return float(std::log(kAlphaMin / double(opacity)) - 1e-3);
-}
 
 // One group of lanes: eight pixels of a row, and which of them lie inside the image.
 struct LaneGroup {
@@ -391,12 +385,39 @@ void bin_gaussians(const Camera<T>& cam, int count, const GaussianState<T>& stat
 
 namespace {
 
+// Below this power a splat of opacity o cannot reach alpha 1/255: o exp(p) < 1/255 for
+// p < log(1 / (255 o)). The margin (1e-3 in the exponent) dwarfs the rounding of exp_poly and of
+// the product, so the bound skips only splats the exact test would skip too.
+template <typename T>
+T power_floor(T opacity) {
+  return T(std::log(kAlphaMin / double(opacity)) - 1e-3);
+}
+
+// The power bound of every Gaussian (-inf, bounding nothing, with the bound switched off).
+template <typename T>
+std::vector<T> power_floors(const GaussianState<T>& state, int count) {
+  std::vector<T> floors(static_cast<size_t>(count), T(-INFINITY));
+  if (!cpu_tuning().power_bound) return floors;
+#pragma omp parallel for schedule(static) if (count >= kMinParallelItems) \
+    num_threads(loop_threads())
+  for (int i = 0; i < count; ++i) floors[i] = power_floor(state.conic_opacity[i].w);
+  return floors;
+}
+
+// Whether the power bound rejects splat `id` at pixel (x, y) before splat_alpha's exp.
+template <typename T>
+bool below_power_floor(const GaussianState<T>& state, const T* floors, int id, T x, T y) {
+  const Vec2<T> d = {state.means2d[id].x - x, state.means2d[id].y - y};
+  return splat_power(state.conic_opacity[id], d) < floors[id];
+}
+
 // The per-pixel render in the shared math's scalar form: float64 (gradcheck) and the optional
 // outputs, specialized at compile time on them so that the plain call runs the same code as
 // without them.
 template <bool kFeatures, bool kMedian, typename T>
-void render_pixels(const Camera<T>& cam, const GaussianState<T>& state, TileLists lists,
-                   const PixelBuffers<T>& px, const OptionalOutputs<T>& extra) {
+void render_pixels(const Camera<T>& cam, const GaussianState<T>& state, int count,
+                   TileLists lists, const PixelBuffers<T>& px, const OptionalOutputs<T>& extra) {
+  const std::vector<T> floors = power_floors(state, count);
   const int tiles = cam.tiles_x * cam.tiles_y;
   const int plane = cam.width * cam.height;
   const int channels = extra.channels;
@@ -417,6 +438,7 @@ void render_pixels(const Camera<T>& cam, const GaussianState<T>& state, TileList
           const int id = lists.point_list[k];
           T alpha, G;
           Vec2<T> d;
+          if (below_power_floor(state, floors.data(), id, T(x), T(y))) continue;
           if (!splat_alpha(state.means2d[id], state.conic_opacity[id], T(x), T(y), alpha, G, d))
             continue;
           const T before = acc.transmittance;
@@ -450,6 +472,7 @@ void render_pixels_backward(const Camera<T>& cam, const GaussianState<T>& state,
   const bool parallel = plane >= kMinParallelItems;
   const int threads = parallel ? thread_count() : 1;
   const int channels = kFeatures ? extra.channels : 0;
+  const std::vector<T> floors = power_floors(state, count);
   // Per-thread accumulators in double: a Gaussian's gradient sums thousands of pixel terms, and
   // float32 running sums would lose digits the CUDA backend's tests compare against.
   std::vector<SplatGrad<double>> sums(size_t(threads) * count);
@@ -480,6 +503,7 @@ void render_pixels_backward(const Camera<T>& cam, const GaussianState<T>& state,
           const int id = lists.point_list[k];
           T alpha, G;
           Vec2<T> d;
+          if (below_power_floor(state, floors.data(), id, T(x), T(y))) continue;
           if (!splat_alpha(state.means2d[id], state.conic_opacity[id], T(x), T(y), alpha, G, d))
             continue;
           SplatGrad<T> g;
@@ -532,14 +556,6 @@ std::vector<int> tiles_longest_first(const Camera<float>& cam, const int* tile_r
   return order;
 }
 
-std::vector<float> power_floors(const GaussianState<float>& state, int count) {
-  std::vector<float> floors(static_cast<size_t>(count), -INFINITY);
-  if (!cpu_tuning().power_bound) return floors;
-#pragma omp parallel for schedule(static) if (count >= kMinParallelItems) \
-    num_threads(loop_threads())
-  for (int i = 0; i < count; ++i) floors[i] = power_floor(state.conic_opacity[i].w);
-  return floors;
-}
 
 void render_lanes(const Camera<float>& cam, const GaussianState<float>& state, int count,
                   TileLists lists, const PixelBuffers<float>& px) {
@@ -654,16 +670,16 @@ void render(const Camera<T>& cam, const GaussianState<T>& state, int count, Tile
             const PixelBuffers<T>& px, const OptionalOutputs<T>& extra) {
   if (extra.has_features()) {
     if (extra.has_median())
-      render_pixels<true, true>(cam, state, lists, px, extra);
+      render_pixels<true, true>(cam, state, count, lists, px, extra);
     else
-      render_pixels<true, false>(cam, state, lists, px, extra);
+      render_pixels<true, false>(cam, state, count, lists, px, extra);
   } else if (extra.has_median()) {
-    render_pixels<false, true>(cam, state, lists, px, extra);
+    render_pixels<false, true>(cam, state, count, lists, px, extra);
   } else {
     if constexpr (std::is_same<T, float>::value) {
       if (cpu_tuning().lanes) return render_lanes(cam, state, count, lists, px);
     }
-    render_pixels<false, false>(cam, state, lists, px, extra);
+    render_pixels<false, false>(cam, state, count, lists, px, extra);
   }
 }
 
