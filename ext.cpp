@@ -45,7 +45,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_stage_seconds", &dgrd::cpu_stage_seconds,
         "Seconds each CPU stage took in this thread's last forward and backward (benchmarks)");
   m.def("set_cpu_tuning", &dgrd::set_cpu_tuning, py::arg("lanes"), py::arg("power_bound"),
-        py::arg("longest_first"),
         "Switch the float CPU path's techniques on or off (benchmarks; all on by default)");
   m.def("has_cuda", &dgrd::has_cuda, "Whether the CUDA kernels were compiled in");
 }

@@ -208,8 +208,8 @@ struct StageClock {
 
 std::map<std::string, double> cpu_stage_seconds() { return stage_times(); }
 
-void set_cpu_tuning(bool lanes, bool power_bound, bool longest_first) {
-  cpu::cpu_tuning() = {lanes, power_bound, longest_first};
+void set_cpu_tuning(bool lanes, bool power_bound) {
+  cpu::cpu_tuning() = {lanes, power_bound};
 }
 
 ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g) {

@@ -241,8 +241,8 @@ bool has_cuda();
 // The benchmark's work counts of a float32 CPU forward, from its state: pairs, evaluations,
 // exps, blends, lane evaluations (cpu::RenderWork).
 std::vector<int64_t> cpu_render_work(const RasterConfig& c, const std::vector<torch::Tensor>& state);
-// The float CPU path's technique switches (benchmarks): lanes, power bound, longest first.
-void set_cpu_tuning(bool lanes, bool power_bound, bool longest_first);
+// The float CPU path's technique switches (benchmarks): lanes, power bound.
+void set_cpu_tuning(bool lanes, bool power_bound);
 // Seconds each CPU stage took in this thread's last forward and backward (benchmarks).
 std::map<std::string, double> cpu_stage_seconds();
 }  // namespace dgrd

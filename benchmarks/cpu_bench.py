@@ -181,10 +181,9 @@ def gsplat_side_by_side(points: int, reps: int) -> dict:
 
 
 ABLATIONS = {  # name -> set_cpu_tuning arguments: each technique off alone
-    "all on": dict(lanes=True, power_bound=True, longest_first=True),
-    "no lanes (per-pixel loop)": dict(lanes=False, power_bound=True, longest_first=True),
-    "no power bound": dict(lanes=True, power_bound=False, longest_first=True),
-    "tiles in index order": dict(lanes=True, power_bound=True, longest_first=False),
+    "all on": dict(lanes=True, power_bound=True),
+    "no lanes (per-pixel loop)": dict(lanes=False, power_bound=True),
+    "no power bound": dict(lanes=True, power_bound=False),
 }
 
 

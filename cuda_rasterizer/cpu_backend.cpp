@@ -543,32 +543,16 @@ CpuTuning& cpu_tuning() {
   return tuning;
 }
 
-// Tiles in descending order of list length: with dynamic scheduling the long ones start first,
-// so no thread is left finishing one alone.
-std::vector<int> tiles_longest_first(const Camera<float>& cam, const int* tile_ranges) {
-  const int tiles = cam.tiles_x * cam.tiles_y;
-  std::vector<int> order(static_cast<size_t>(tiles));
-  for (int t = 0; t < tiles; ++t) order[t] = t;
-  if (!cpu_tuning().longest_first) return order;
-  std::stable_sort(order.begin(), order.end(), [tile_ranges](int a, int b) {
-    return tile_ranges[2 * a + 1] - tile_ranges[2 * a] > tile_ranges[2 * b + 1] - tile_ranges[2 * b];
-  });
-  return order;
-}
-
-
 void render_lanes(const Camera<float>& cam, const GaussianState<float>& state, int count,
                   TileLists lists, const PixelBuffers<float>& px) {
   const std::vector<float> floors = power_floors(state, count);
-  const std::vector<int> order = tiles_longest_first(cam, lists.tile_ranges);
-  const int tiles = int(order.size());
+  const int tiles = cam.tiles_x * cam.tiles_y;
   const int plane = cam.width * cam.height;
 #pragma omp parallel if (plane >= kMinParallelItems) num_threads(loop_threads())
   {
     StagedSplats sp;
 #pragma omp for schedule(dynamic, 1)
-    for (int i = 0; i < tiles; ++i) {
-      const int tile = order[i];
+    for (int tile = 0; tile < tiles; ++tile) {
       const TilePixels tp = tile_pixels(cam, tile);
       const int begin = lists.tile_ranges[2 * tile], n = lists.tile_ranges[2 * tile + 1] - begin;
       sp.stage(state, floors.data(), lists.point_list + begin, n);
@@ -584,8 +568,7 @@ void render_backward_lanes(const Camera<float>& cam, const GaussianState<float>&
                            const PixelGrads<float>& grads, int count,
                            SplatGrad<float>* splat_grads) {
   const std::vector<float> floors = power_floors(state, count);
-  const std::vector<int> order = tiles_longest_first(cam, lists.tile_ranges);
-  const int tiles = int(order.size());
+  const int tiles = cam.tiles_x * cam.tiles_y;
   const int plane = cam.width * cam.height;
   const int64_t pairs = tiles > 0 ? lists.tile_ranges[2 * tiles - 1] : 0;
   // Each (tile, splat) pair gets its own sum, so a tile's result does not depend on which
@@ -597,8 +580,7 @@ void render_backward_lanes(const Camera<float>& cam, const GaussianState<float>&
     StagedSplats sp;
     std::vector<SplatGrad<Lanes>> lane_sums;  // the tile's splats, summed per lane
 #pragma omp for schedule(dynamic, 1)
-    for (int i = 0; i < tiles; ++i) {
-      const int tile = order[i];
+    for (int tile = 0; tile < tiles; ++tile) {
       const TilePixels tp = tile_pixels(cam, tile);
       const int begin = lists.tile_ranges[2 * tile];
       int n = 0;

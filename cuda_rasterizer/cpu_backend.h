@@ -36,7 +36,6 @@ void render_backward(const Camera<T>& cam, const GaussianState<T>& state, TileLi
 struct CpuTuning {
   bool lanes = true;          // eight pixels at once (else the scalar per-pixel loop)
   bool power_bound = true;    // reject splats by their power before the exponential
-  bool longest_first = true;  // schedule tiles by descending list length
 };
 CpuTuning& cpu_tuning();
 

@@ -172,6 +172,5 @@ def test_cpu_bench_quick_reports_load_work_and_ablation(tmp_path):
     assert w["evaluations"] >= w["exps"] >= w["blends"] > 0
     assert w["lane_evaluations"] >= w["evaluations"] and w["pairs"] > 0
     assert 0 < w["model_render_seconds"] < 1
-    assert set(r["ablation"]) == {"all on", "no lanes (per-pixel loop)", "no power bound",
-                                  "tiles in index order"}
+    assert set(r["ablation"]) == {"all on", "no lanes (per-pixel loop)", "no power bound"}
     assert r["load"]["cores"] >= 1 and r["load"]["others_cores_used"] >= 0
