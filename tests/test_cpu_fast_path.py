@@ -169,3 +169,32 @@ def test_power_bound_changes_no_bit_on_the_per_pixel_path(seed, dtype, tuning):
         assert torch.equal(a, b)
     for k in grads_on:
         assert torch.equal(grads_on[k], grads_off[k]), k
+
+
+def test_binning_same_lists_for_any_thread_count():
+    """Binning by one global depth sort: every tile's list is in ascending (depth, index) order,
+    and the lists are the same on 1 and 2 threads."""
+    scene = scenes.make_scene(7600, P=6000, height=90, width=120, sh_degree=0)
+    from diff_gaussian_rasterization_depth._validation import check_gaussians
+    i = scene.inputs
+    means3D, opacities, sh, colors, scales, rotations, cov, checked = check_gaussians(
+        i["means3D"], i["means2D"], i["opacities"], i["shs"], i["colors_precomp"], i["scales"],
+        i["rotations"], i["cov3D_precomp"], i.get("dc"), scene.settings)
+    config = _backend.make_config(checked)
+    gaussians = _backend.make_gaussians(means3D, opacities, sh, colors, scales, rotations, cov)
+    states = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            states.append(_backend.forward(config, gaussians)[-1])
+    finally:
+        torch.set_num_threads(threads)
+    (one, two) = states
+    point_list, tile_ranges, depth = one[4], one[5], one[3][:, 3]
+    assert int((one[0] > 0).sum()) >= 4096   # enough visible Gaussians for one chunk a thread
+    assert torch.equal(point_list, two[4]) and torch.equal(tile_ranges, two[5])
+    for begin, end in tile_ranges.tolist():
+        ids = point_list[begin:end].long()
+        z = depth[ids]
+        assert bool(((z[1:] > z[:-1]) | ((z[1:] == z[:-1]) & (ids[1:] > ids[:-1]))).all())
