@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend
+from diff_gaussian_rasterization_depth._validation import check_gaussians
 
 import scenes
 
@@ -42,6 +43,16 @@ def render_and_grads(scene, seed):
     loss.backward()
     grads = {k: v.grad for k, v in inputs.items() if v is not None and v.grad is not None}
     return (color.detach(), radii, depth.detach(), weight.detach()), grads
+
+
+def backend_call(scene):
+    """The compiled backend's (config, gaussians) for a scene, as the package builds them."""
+    i = scene.inputs
+    means3D, opacities, sh, colors, scales, rotations, cov, checked = check_gaussians(
+        i["means3D"], i["means2D"], i["opacities"], i["shs"], i["colors_precomp"], i["scales"],
+        i["rotations"], i["cov3D_precomp"], i.get("dc"), scene.settings)
+    return (_backend.make_config(checked),
+            _backend.make_gaussians(means3D, opacities, sh, colors, scales, rotations, cov))
 
 
 def dense_scene(seed, **kw):
@@ -113,13 +124,7 @@ def test_work_counts_are_consistent():
     evaluation, lanes test at least what the pixels need, and the evaluations agree with a
     count by hand of the per-pixel walk on a tiny frame."""
     scene = dense_scene(7400, P=300, height=20, width=27)
-    from diff_gaussian_rasterization_depth._validation import check_gaussians
-    i = scene.inputs
-    means3D, opacities, sh, colors, scales, rotations, cov, checked = check_gaussians(
-        i["means3D"], i["means2D"], i["opacities"], i["shs"], i["colors_precomp"], i["scales"],
-        i["rotations"], i["cov3D_precomp"], i.get("dc"), scene.settings)
-    config = _backend.make_config(checked)
-    gaussians = _backend.make_gaussians(means3D, opacities, sh, colors, scales, rotations, cov)
+    config, gaussians = backend_call(scene)
     color, depth, weight, radii, *_, state = _backend.forward(config, gaussians)
     pairs, evaluations, exps, blends, lane_evaluations = _backend._ext().cpu_render_work(
         config, state)
@@ -175,13 +180,7 @@ def test_binning_same_lists_for_any_thread_count():
     """Binning by one global depth sort: every tile's list is in ascending (depth, index) order,
     and the lists are the same on 1 and 2 threads."""
     scene = scenes.make_scene(7600, P=6000, height=90, width=120, sh_degree=0)
-    from diff_gaussian_rasterization_depth._validation import check_gaussians
-    i = scene.inputs
-    means3D, opacities, sh, colors, scales, rotations, cov, checked = check_gaussians(
-        i["means3D"], i["means2D"], i["opacities"], i["shs"], i["colors_precomp"], i["scales"],
-        i["rotations"], i["cov3D_precomp"], i.get("dc"), scene.settings)
-    config = _backend.make_config(checked)
-    gaussians = _backend.make_gaussians(means3D, opacities, sh, colors, scales, rotations, cov)
+    config, gaussians = backend_call(scene)
     states = []
     threads = torch.get_num_threads()
     try:

@@ -167,6 +167,17 @@ EMULATED_SHRINK = 4
 EMULATED_GARDEN_CROP = (40, 24)
 
 
+def garden_for(target):
+    """The garden frame for a CUDA target: whole, or its central crop under the emulation (same
+    focal length, all the Gaussians)."""
+    scene = garden(device="cpu")
+    if is_emulated(target):
+        width, height = EMULATED_GARDEN_CROP
+        scene = dataclasses.replace(scene, camera=dataclasses.replace(
+            scene.camera, width=width, height=height))
+    return scene
+
+
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("config", list(LARGE_CONFIGS))
 def test_cuda_matches_cpu_large_images(config, target):
@@ -184,12 +195,8 @@ def test_cuda_matches_cpu_large_images(config, target):
 def test_garden_112k_matches_cpu(target):
     """100k+ real Gaussians at 648x420 (emulated: the central 40x24 pixels): forward and
     gradients from each of the three maps."""
-    scene = garden(device="cpu")
+    scene = garden_for(target)
     assert scene.gaussians.means.shape[0] > 100_000
-    if is_emulated(target):
-        width, height = EMULATED_GARDEN_CROP  # same focal length: a centred crop
-        scene = dataclasses.replace(scene, camera=dataclasses.replace(
-            scene.camera, width=width, height=height))
     inputs = {k: v for k, v in scene.rasterizer_inputs().items()}
     assert_agree_in_bulk(scenes.Scene(inputs, scene.raster_settings()), 0, target)
 

@@ -5,16 +5,14 @@ them per block (warp shuffles, then the warps in order) and the blocks in a seco
 backend per thread in double. The splat gradients they start from are summed with atomics on the
 GPU, so the two agree to float rounding: rtol 1e-4, atol 1e-4 max|cpu|, as in test_cuda.py.
 """
-import dataclasses
-
 import pytest
 import torch
 
 import scenes
-from cuda_target import active, is_emulated
+from cuda_target import active
 from diff_gaussian_rasterization_depth import GaussianRasterizer
-from test_cuda import (EMULATED_GARDEN_CROP, TARGETS, garden, random_upstream, settings_on,
-                       to_device, upstream_for)
+from test_cuda import (TARGETS, garden_for, random_upstream, settings_on, to_device,
+                       upstream_for)
 
 pytestmark = pytest.mark.cuda
 CAMERA = ("viewmatrix", "projmatrix", "campos")
@@ -150,11 +148,7 @@ def test_cuda_splatam_layout(target):
 def test_cuda_garden_112k_camera_gradients(target):
     """100k+ real Gaussians at 648x420 (emulated: its central crop): the camera gradient agrees
     with the CPU's in norm."""
-    scene = garden(device="cpu")
-    if is_emulated(target):
-        width, height = EMULATED_GARDEN_CROP
-        scene = dataclasses.replace(scene, camera=dataclasses.replace(
-            scene.camera, width=width, height=height))
+    scene = garden_for(target)
     inputs = scene.rasterizer_inputs()
     s = scenes.Scene(inputs, scene.raster_settings())
     up = random_upstream(s.settings.image_height, s.settings.image_width, 0)

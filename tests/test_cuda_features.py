@@ -6,15 +6,13 @@ counts around and across the chunk sizes. Pixels and Gaussians within rounding o
 (scenes.ambiguous, and T near 0.5 for the median) are left out, as in tests/test_cuda.py.
 Tolerances: forward 1e-5 abs; gradients rtol 1e-4, atol 1e-4 max|cpu|.
 """
-import dataclasses
-
 import pytest
 import torch
 
 import scenes
 from cuda_target import active, is_emulated
 from diff_gaussian_rasterization_depth import GaussianRasterizer
-from test_cuda import EMULATED_GARDEN_CROP, TARGETS, garden, settings_on
+from test_cuda import TARGETS, garden_for, settings_on
 
 pytestmark = pytest.mark.cuda
 
@@ -98,11 +96,7 @@ def test_features_and_median_match_cpu(C, target):
 def test_garden_features_match_cpu(C, target):
     """The 112k garden frame at 648x420 (emulated: its central crop): feature maps and their
     gradients agree in bulk."""
-    scene = garden(device="cpu")
-    if is_emulated(target):
-        width, height = EMULATED_GARDEN_CROP
-        scene = dataclasses.replace(scene, camera=dataclasses.replace(
-            scene.camera, width=width, height=height))
+    scene = garden_for(target)
     inputs = scene.rasterizer_inputs()
     s = scenes.Scene(inputs, scene.raster_settings())
     H, W = s.settings.image_height, s.settings.image_width
