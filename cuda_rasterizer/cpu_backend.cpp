@@ -53,11 +53,14 @@ class OtherLoad {
  public:
   double cores_busy() {
     const std::lock_guard<std::mutex> lock(mutex_);
+    // /proc/stat counts in 10 ms ticks: within 50 ms of the last sample, the last estimate
+    // stands, and no file is read (a call runs several loops).
+    if (last_.valid && wall_seconds() - last_.wall < 0.05) return busy_;
     const Sample now = sample();
     if (!now.valid) return 0;
     if (!last_.valid) {
       last_ = now;
-    } else if (now.wall - last_.wall >= 0.05) {  // /proc/stat counts in 10 ms ticks
+    } else {
       const double others = (now.busy - last_.busy) - (now.own - last_.own);
       busy_ = std::max(0.0, others / (now.wall - last_.wall));
       last_ = now;
@@ -70,6 +73,10 @@ class OtherLoad {
     bool valid = false;
     double wall = 0, busy = 0, own = 0;  // seconds
   };
+  static double wall_seconds() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
   static Sample sample() {
     Sample s;
 #ifdef DGRD_HAS_PROC_LOAD
@@ -85,8 +92,7 @@ class OtherLoad {
     getrusage(RUSAGE_SELF, &self);
     s.own = double(self.ru_utime.tv_sec + self.ru_stime.tv_sec) +
             1e-6 * double(self.ru_utime.tv_usec + self.ru_stime.tv_usec);
-    s.wall = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-                 .count();
+    s.wall = wall_seconds();
     s.valid = hz > 0;
 #endif
     return s;
