@@ -195,22 +195,32 @@ struct FeatureBackward {
 
   DGRD_HD void reset() { behind = T(0); }
 
-  // Splat i, with T_i = `transmittance` and w_i = alpha T_i, taken off the front of those
-  // already visited; returns its part of dL/dalpha_i.
-  DGRD_HD T step(T alpha, T transmittance, const T* feature, const T* upstream, int channels) {
+  // F_i . g. The features may be plain values while T is the CPU's eight lanes of g.
+  template <typename S>
+  DGRD_HD static T dot(const S* feature, const T* upstream, int channels) {
     T feature_dot = T(0);
     for (int c = 0; c < channels; ++c) feature_dot += feature[c] * upstream[c];
+    return feature_dot;
+  }
+
+  // Splat i, with T_i = `transmittance`, w_i = alpha T_i and F_i . g = `feature_dot`, taken off
+  // the front of those already visited; returns its part of dL/dalpha_i.
+  DGRD_HD T step(T alpha, T transmittance, T feature_dot) {
     const T dalpha = transmittance * feature_dot - behind / (T(1) - alpha);
     behind += alpha * transmittance * feature_dot;
     return dalpha;
+  }
+  DGRD_HD T step(T alpha, T transmittance, const T* feature, const T* upstream, int channels) {
+    return step(alpha, transmittance, dot(feature, upstream, channels));
   }
 };
 
 // Median depth: the z of the splat whose blend takes T from above 0.5 to 0.5 or below (T only
 // decreases, so at most one splat of a pixel crosses). Its gradient goes to that z alone.
+// (A bitwise & of the two tests, so that on the CPU's lanes it gives a lane mask.)
 template <typename T>
-DGRD_HD bool crosses_median(T transmittance_before, T transmittance_after) {
-  return transmittance_before > T(0.5) && transmittance_after <= T(0.5);
+DGRD_HD auto crosses_median(T transmittance_before, T transmittance_after) {
+  return (transmittance_before > T(0.5)) & (transmittance_after <= T(0.5));
 }
 
 // The median of one pixel during the forward walk: its depth and 1 + the list position of

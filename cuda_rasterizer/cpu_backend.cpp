@@ -217,6 +217,32 @@ struct StagedSplats {
   Vec4<float> feature(int j) const { return {red[j], green[j], blue[j], depth[j]}; }
 };
 
+// A tile's feature channels (issue 12) in list order, splat j at channels() * j.
+struct StagedFeatures {
+  std::vector<float> values;
+  int channels = 0;
+
+  void stage(const float* features, int channels_, const int* ids, int n) {
+    channels = channels_;
+    if (values.size() < size_t(n) * channels) values.resize(size_t(n) * channels);
+    for (int j = 0; j < n; ++j)
+      std::memcpy(values.data() + size_t(j) * channels, features + size_t(ids[j]) * channels,
+                  size_t(channels) * sizeof(float));
+  }
+  const float* of(int j) const { return values.data() + size_t(j) * channels; }
+};
+
+// Median depth on lanes: MedianDepth's state, updated where crosses_median holds.
+struct LaneMedian {
+  Lanes depth;
+  LaneInts position = {};
+  DGRD_LANE_FN void update(LaneMask blended, Lanes before, Lanes after, float z, int position_) {
+    const LaneMask crossing = blended & crosses_median(before, after);
+    depth = select(crossing, Lanes(z), depth);
+    position = select(crossing, LaneInts{} + position_, position);
+  }
+};
+
 
 // One group of lanes: eight pixels of a row, and which of them lie inside the image.
 struct LaneGroup {
@@ -246,14 +272,22 @@ DGRD_LANE_FN LaneMask lane_alpha(const StagedSplats& sp, int j, Lanes px, float 
   return pass & (alpha >= Lanes(float(kAlphaMin)));
 }
 
-DGRD_LANE_CLONES void render_group(const Camera<float>& cam, const StagedSplats& sp, int n, const LaneGroup& g,
-                  const PixelBuffers<float>& px) {
+// Renders one group of lanes, and the optional outputs asked for: feature channels into
+// feature_sum (C lanes of scratch) and the median depth.
+template <bool kWithFeatures, bool kWithMedian>
+DGRD_LANE_CLONES void render_group(const Camera<float>& cam, const StagedSplats& sp, int n,
+                                   const LaneGroup& g, const PixelBuffers<float>& px,
+                                   const StagedFeatures& features,
+                                   const OptionalOutputs<float>& extra, Lanes* feature_sum) {
   const Lanes x = g.px();
   const float y = float(g.y);
   LaneMask live = g.inside();
   PixelAccum<Lanes> acc;
   acc.reset();
   LaneInts n_contrib = {};
+  const int channels = kWithFeatures ? features.channels : 0;
+  for (int c = 0; c < channels; ++c) feature_sum[c] = Lanes(0.f);
+  LaneMedian median;
   for (int j = 0; j < n; ++j) {
     Lanes G, alpha;
     Vec2<Lanes> d;
@@ -262,8 +296,17 @@ DGRD_LANE_CLONES void render_group(const Camera<float>& cam, const StagedSplats&
     const Lanes next = acc.transmittance * (Lanes(1.f) - alpha);
     const LaneMask saturated = pass & (next < Lanes(float(kTransmittanceMin)));
     const LaneMask blended = pass & !saturated;
+    const Lanes before = acc.transmittance;
     acc.accumulate(zero_unless(blended, alpha), sp.feature(j));
     n_contrib = select(blended, LaneInts{} + (j + 1), n_contrib);
+    if (kWithFeatures) {
+      // blend_features per lane; a lane that does not blend the splat adds nothing, even for
+      // a non-finite feature (0 x inf would be NaN).
+      const Lanes w = alpha * before;
+      const float* f = features.of(j);
+      for (int c = 0; c < channels; ++c) feature_sum[c] += zero_unless(blended, w * f[c]);
+    }
+    if (kWithMedian) median.update(blended, before, acc.transmittance, sp.depth[j], j + 1);
     live = live & !saturated;
     if (!live.any()) break;
   }
@@ -274,43 +317,66 @@ DGRD_LANE_CLONES void render_group(const Camera<float>& cam, const StagedSplats&
     one.depth_sum = acc.depth_sum[k];
     one.weight = acc.weight[k];
     one.transmittance = acc.transmittance[k];
-    one.store(px, g.y * cam.width + g.x0 + k, plane, cam.background, n_contrib[k]);
+    const int p = g.y * cam.width + g.x0 + k;
+    one.store(px, p, plane, cam.background, n_contrib[k]);
+    for (int c = 0; c < channels; ++c) extra.feature_map[c * plane + p] = feature_sum[c][k];
+    if (kWithMedian) {
+      extra.median[p] = median.depth[k];
+      extra.median_contrib[p] = median.position[k];
+    }
   }
 }
 
-// The lanes of a per-lane gradient sum added up, in double.
+// The lanes of a per-lane sum added up, in double.
+double lane_sum(Lanes v) {
+  double s = 0;
+  for (int k = 0; k < kLanes; ++k) s += double(v[k]);
+  return s;
+}
+
 SplatGrad<double> lane_total(const SplatGrad<Lanes>& g) {
-  auto sum = [](Lanes v) {
-    double s = 0;
-    for (int k = 0; k < kLanes; ++k) s += double(v[k]);
-    return s;
-  };
+  const auto sum = lane_sum;
   return {{sum(g.mean2d.x), sum(g.mean2d.y)},
           {sum(g.conic.a), sum(g.conic.b), sum(g.conic.c)},
           sum(g.opacity),
           {sum(g.feature.x), sum(g.feature.y), sum(g.feature.z), sum(g.feature.w)}};
 }
 
+// What the optional outputs add to a tile's backward: their upstream gradients, the staged
+// feature channels, and per-lane sums of the feature gradients (splat j at channels * j).
+struct LaneFeatureGrads {
+  const StagedFeatures* features = nullptr;
+  std::vector<Lanes> sums;      // n x C
+  std::vector<Lanes> upstream;  // C: the group's dL/d(feature map)
+};
+
 // Adds the gradients of one tile's splats at one group of pixels, walking the lanes back to
 // front. sums[j] is splat j of the tile (list order), per lane.
-DGRD_LANE_CLONES void render_backward_group(const Camera<float>& cam, const StagedSplats& sp, const LaneGroup& g,
-                           const PixelBuffers<float>& px, const PixelGrads<float>& grads,
-                           SplatGrad<Lanes>* sums) {
+template <bool kWithFeatures, bool kWithMedian>
+DGRD_LANE_CLONES void render_backward_group(const Camera<float>& cam, const StagedSplats& sp,
+                                            const LaneGroup& g, const PixelBuffers<float>& px,
+                                            const PixelGrads<float>& grads,
+                                            const OptionalGrads<float>& extra,
+                                            SplatGrad<Lanes>* sums, LaneFeatureGrads& fg) {
   const int64_t plane = int64_t(cam.width) * cam.height;
+  const int channels = kWithFeatures ? fg.features->channels : 0;
   PixelBackward<Lanes> pb;
-  LaneInts last = {};
+  LaneInts last = {}, median_position = {};
+  Lanes median_grad;
+  Lanes* upstream = fg.upstream.data();
   int group_last = 0;
   for (int k = 0; k < kLanes; ++k) {
     PixelBackward<float> one;
     const int p = g.y * cam.width + g.x0 + k;
-    if (k < g.count) {
+    const bool inside = k < g.count;
+    if (inside) {
       one.init(px, grads, p, plane, cam.background);
       last[k] = px.n_contrib[p];
       group_last = std::max(group_last, int(last[k]));
     } else {
       one = PixelBackward<float>{};  // zeros: an outside lane takes no step
     }
-    for (int f = 0; f < kFeatures; ++f) {
+    for (int f = 0; f < dgrd::kFeatures; ++f) {
       pb.upstream[f].v[k] = one.upstream[f];
       pb.behind[f].v[k] = one.behind[f];
       pb.last_feature[f].v[k] = one.last_feature[f];
@@ -319,7 +385,15 @@ DGRD_LANE_CLONES void render_backward_group(const Camera<float>& cam, const Stag
     pb.final_transmittance.v[k] = one.final_transmittance;
     pb.transmittance.v[k] = one.transmittance;
     pb.last_alpha.v[k] = one.last_alpha;
+    for (int c = 0; c < channels; ++c)
+      upstream[c].v[k] = inside ? extra.feature_map[c * plane + p] : 0.f;
+    if (kWithMedian) {
+      median_position[k] = inside ? extra.median_contrib[p] : 0;
+      median_grad.v[k] = inside ? extra.median[p] : 0.f;
+    }
   }
+  FeatureBackward<Lanes> fb;
+  fb.reset();
   const Lanes x = g.px();
   const float y = float(g.y);
   for (int j = group_last - 1; j >= 0; --j) {
@@ -329,9 +403,29 @@ DGRD_LANE_CLONES void render_backward_group(const Camera<float>& cam, const Stag
     const LaneMask pass = lane_alpha(sp, j, x, y, active, G, alpha, d);
     if (!pass.any()) continue;
     const Vec4<float> co = sp.conic_opacity(j), f = sp.feature(j);
+    const Vec4<Lanes> conic_opacity = {co.x, co.y, co.z, co.w}, feature = {f.x, f.y, f.z, f.w};
+    const Lanes pass_alpha = zero_unless(pass, alpha), pass_G = zero_unless(pass, G);
     SplatGrad<Lanes> lane_grad;
-    pb.step(zero_unless(pass, alpha), zero_unless(pass, G), d,
-            Vec4<Lanes>{co.x, co.y, co.z, co.w}, Vec4<Lanes>{f.x, f.y, f.z, f.w}, lane_grad);
+    if (kWithFeatures) {
+      // PixelBackward::step with the feature channels' part of dL/dalpha added; lanes that do
+      // not pass take no part, even with a non-finite feature.
+      Lanes dalpha = pb.unblend(pass_alpha, feature, lane_grad);
+      const float* values = fg.features->of(j);
+      const Lanes feature_dot =
+          zero_unless(pass, FeatureBackward<Lanes>::dot(values, upstream, channels));
+      dalpha += fb.step(pass_alpha, pb.transmittance, feature_dot);
+      alpha_grad_to_splat(dalpha, pass_G, d, conic_opacity, lane_grad);
+      const Lanes w = pass_alpha * pb.transmittance;  // dL/dF_j = w_j g
+      Lanes* out = fg.sums.data() + size_t(j) * channels;
+      for (int c = 0; c < channels; ++c) out[c] += zero_unless(pass, w * upstream[c]);
+    } else {
+      pb.step(pass_alpha, pass_G, d, conic_opacity, feature, lane_grad);
+    }
+    if (kWithMedian) {
+      // The median's gradient goes to the z of its splat alone.
+      const LaneMask median_splat = pass & LaneMask{median_position == j + 1};
+      lane_grad.feature.w += zero_unless(median_splat, median_grad);
+    }
     add(sums[j], lane_grad);
   }
 }
@@ -417,10 +511,22 @@ bool below_power_floor(const GaussianState<T>& state, const T* floors, int id, T
   return splat_power(state.conic_opacity[id], d) < floors[id];
 }
 
+// Calls run(with_features, with_median) with both as compile-time constants
+// (std::integral_constant<bool, ...>), so each combination is its own specialization.
+template <typename Run>
+void dispatch_optional(bool with_features, bool with_median, Run&& run) {
+  using Yes = std::true_type;
+  using No = std::false_type;
+  if (with_features)
+    with_median ? run(Yes{}, Yes{}) : run(Yes{}, No{});
+  else
+    with_median ? run(No{}, Yes{}) : run(No{}, No{});
+}
+
 // The per-pixel render in the shared math's scalar form: float64 (gradcheck) and the optional
 // outputs, specialized at compile time on them so that the plain call runs the same code as
 // without them.
-template <bool kFeatures, bool kMedian, typename T>
+template <bool kWithFeatures, bool kWithMedian, typename T>
 void render_pixels(const Camera<T>& cam, const GaussianState<T>& state, int count,
                    TileLists lists, const PixelBuffers<T>& px, const OptionalOutputs<T>& extra) {
   const std::vector<T> floors = power_floors(state, count);
@@ -431,14 +537,14 @@ void render_pixels(const Camera<T>& cam, const GaussianState<T>& state, int coun
   for (int tile = 0; tile < tiles; ++tile) {
     const TilePixels tp = tile_pixels(cam, tile);
     const int begin = lists.tile_ranges[2 * tile], end = lists.tile_ranges[2 * tile + 1];
-    std::vector<T> feature_sum(kFeatures ? channels : 0);
+    std::vector<T> feature_sum(kWithFeatures ? channels : 0);
     for (int y = tp.y0; y < tp.y1; ++y) {
       for (int x = tp.x0; x < tp.x1; ++x) {
         PixelAccum<T> acc;
         acc.reset();
         MedianDepth<T> median;
-        if (kMedian) median.reset();
-        if (kFeatures) std::fill(feature_sum.begin(), feature_sum.end(), T(0));
+        if (kWithMedian) median.reset();
+        if (kWithFeatures) std::fill(feature_sum.begin(), feature_sum.end(), T(0));
         int n_contrib = 0;
         for (int k = begin; k < end; ++k) {
           const int id = lists.point_list[k];
@@ -450,16 +556,16 @@ void render_pixels(const Camera<T>& cam, const GaussianState<T>& state, int coun
           const T before = acc.transmittance;
           if (!acc.blend(alpha, state.features[id])) break;
           n_contrib = k - begin + 1;
-          if (kFeatures)
+          if (kWithFeatures)
             blend_features(feature_sum.data(), extra.features + size_t(id) * channels, channels,
                            alpha * before);
-          if (kMedian) median.update(before, acc.transmittance, state.features[id].w, n_contrib);
+          if (kWithMedian) median.update(before, acc.transmittance, state.features[id].w, n_contrib);
         }
         const int p = y * cam.width + x;
         acc.store(px, p, plane, cam.background, n_contrib);
-        if (kFeatures)
+        if (kWithFeatures)
           for (int c = 0; c < channels; ++c) extra.feature_map[size_t(c) * plane + p] = feature_sum[c];
-        if (kMedian) {
+        if (kWithMedian) {
           extra.median[p] = median.depth;
           extra.median_contrib[p] = median.position;
         }
@@ -468,7 +574,7 @@ void render_pixels(const Camera<T>& cam, const GaussianState<T>& state, int coun
   }
 }
 
-template <bool kFeatures, bool kMedian, typename T>
+template <bool kWithFeatures, bool kWithMedian, typename T>
 void render_pixels_backward(const Camera<T>& cam, const GaussianState<T>& state, TileLists lists,
                             const PixelBuffers<T>& px, PixelGrads<T> grads,
                             const OptionalGrads<T>& extra, int count,
@@ -477,7 +583,7 @@ void render_pixels_backward(const Camera<T>& cam, const GaussianState<T>& state,
   const int plane = cam.width * cam.height;
   const bool parallel = plane >= kMinParallelItems;
   const int threads = parallel ? thread_count() : 1;
-  const int channels = kFeatures ? extra.channels : 0;
+  const int channels = kWithFeatures ? extra.channels : 0;
   const std::vector<T> floors = power_floors(state, count);
   // Per-thread accumulators in double: a Gaussian's gradient sums thousands of pixel terms, and
   // float32 running sums would lose digits the CUDA backend's tests compare against.
@@ -500,11 +606,11 @@ void render_pixels_backward(const Camera<T>& cam, const GaussianState<T>& state,
         PixelBackward<T> pb;
         pb.init(px, grads, p, plane, cam.background);
         FeatureBackward<T> fb;
-        if (kFeatures) {
+        if (kWithFeatures) {
           fb.reset();
           for (int c = 0; c < channels; ++c) upstream[c] = extra.feature_map[size_t(c) * plane + p];
         }
-        const int median_position = kMedian ? extra.median_contrib[p] : 0;
+        const int median_position = kWithMedian ? extra.median_contrib[p] : 0;
         for (int k = begin + last - 1; k >= begin; --k) {
           const int id = lists.point_list[k];
           T alpha, G;
@@ -513,7 +619,7 @@ void render_pixels_backward(const Camera<T>& cam, const GaussianState<T>& state,
           if (!splat_alpha(state.means2d[id], state.conic_opacity[id], T(x), T(y), alpha, G, d))
             continue;
           SplatGrad<T> g;
-          if (kFeatures) {
+          if (kWithFeatures) {
             T dalpha = pb.unblend(alpha, state.features[id], g);
             const T* feature = extra.features + size_t(id) * channels;
             dalpha += fb.step(alpha, pb.transmittance, feature, upstream.data(), channels);
@@ -524,7 +630,7 @@ void render_pixels_backward(const Camera<T>& cam, const GaussianState<T>& state,
           } else {
             pb.step(alpha, G, d, state.conic_opacity[id], state.features[id], g);
           }
-          if (kMedian && k - begin + 1 == median_position) g.feature.w += extra.median[p];
+          if (kWithMedian && k - begin + 1 == median_position) g.feature.w += extra.median[p];
           add(acc[id], g);
         }
       }
@@ -549,69 +655,137 @@ CpuTuning& cpu_tuning() {
   return tuning;
 }
 
+namespace {
+
+// The float render on eight lanes, with the optional outputs asked for.
+template <bool kWithFeatures, bool kWithMedian>
 void render_lanes(const Camera<float>& cam, const GaussianState<float>& state, int count,
-                  TileLists lists, const PixelBuffers<float>& px) {
+                  TileLists lists, const PixelBuffers<float>& px,
+                  const OptionalOutputs<float>& extra) {
   const std::vector<float> floors = power_floors(state, count);
   const int tiles = cam.tiles_x * cam.tiles_y;
   const int plane = cam.width * cam.height;
 #pragma omp parallel if (plane >= kMinParallelItems) num_threads(loop_threads())
   {
     StagedSplats sp;
+    StagedFeatures features;
+    std::vector<Lanes> feature_sum(size_t(kWithFeatures ? extra.channels : 0));
 #pragma omp for schedule(dynamic, 1)
     for (int tile = 0; tile < tiles; ++tile) {
       const TilePixels tp = tile_pixels(cam, tile);
       const int begin = lists.tile_ranges[2 * tile], n = lists.tile_ranges[2 * tile + 1] - begin;
       sp.stage(state, floors.data(), lists.point_list + begin, n);
+      if (kWithFeatures) features.stage(extra.features, extra.channels, lists.point_list + begin, n);
       for (int y = tp.y0; y < tp.y1; ++y)
         for (int x = tp.x0; x < tp.x1; x += kLanes)
-          render_group(cam, sp, n, {x, y, std::min(kLanes, tp.x1 - x)}, px);
+          render_group<kWithFeatures, kWithMedian>(cam, sp, n, {x, y, std::min(kLanes, tp.x1 - x)},
+                                                   px, features, extra, feature_sum.data());
     }
   }
 }
 
+// At most this many feature-gradient values (pairs x C, in double) are held at once: the
+// backward with feature channels runs in waves of consecutive tiles under this budget.
+constexpr int64_t kWaveFeatureValues = int64_t(1) << 22;
+
+template <bool kWithFeatures, bool kWithMedian>
 void render_backward_lanes(const Camera<float>& cam, const GaussianState<float>& state,
                            TileLists lists, const PixelBuffers<float>& px,
-                           const PixelGrads<float>& grads, int count,
-                           SplatGrad<float>* splat_grads) {
+                           const PixelGrads<float>& grads, const OptionalGrads<float>& extra,
+                           int count, SplatGrad<float>* splat_grads) {
   const std::vector<float> floors = power_floors(state, count);
   const int tiles = cam.tiles_x * cam.tiles_y;
   const int plane = cam.width * cam.height;
-  const int64_t pairs = tiles > 0 ? lists.tile_ranges[2 * tiles - 1] : 0;
+  const int* ranges = lists.tile_ranges;
+  const int64_t pairs = tiles > 0 ? ranges[2 * tiles - 1] : 0;
+  const int channels = kWithFeatures ? extra.channels : 0;
   // Each (tile, splat) pair gets its own sum, so a tile's result does not depend on which
   // thread ran it: scheduling is free to be dynamic and the gradients still repeat exactly.
   std::unique_ptr<SplatGrad<double>[]> pair_sums(new SplatGrad<double>[size_t(pairs)]);
   std::vector<int> visited(size_t(tiles), 0);  // splats of each tile a pixel reached
-#pragma omp parallel if (plane >= kMinParallelItems) num_threads(loop_threads())
-  {
-    StagedSplats sp;
-    std::vector<SplatGrad<Lanes>> lane_sums;  // the tile's splats, summed per lane
-#pragma omp for schedule(dynamic, 1)
-    for (int tile = 0; tile < tiles; ++tile) {
-      const TilePixels tp = tile_pixels(cam, tile);
-      const int begin = lists.tile_ranges[2 * tile];
-      int n = 0;
-      for (int y = tp.y0; y < tp.y1; ++y)
-        for (int x = tp.x0; x < tp.x1; ++x) n = std::max(n, px.n_contrib[y * cam.width + x]);
-      visited[tile] = n;
-      if (n == 0) continue;
-      sp.stage(state, floors.data(), lists.point_list + begin, n);
-      lane_sums.assign(size_t(n), SplatGrad<Lanes>{});
-      for (int y = tp.y0; y < tp.y1; ++y)
-        for (int x = tp.x0; x < tp.x1; x += kLanes)
-          render_backward_group(cam, sp, {x, y, std::min(kLanes, tp.x1 - x)}, px, grads,
-                                lane_sums.data());
-      for (int j = 0; j < n; ++j) pair_sums[begin + j] = lane_total(lane_sums[j]);
+  // The feature channels' pair sums (C each) would not fit at once: consecutive tiles run in
+  // waves, each wave's pairs added into their Gaussians in tile order before the next.
+  std::vector<double> feature_totals(size_t(count) * channels, 0.0);
+  std::vector<double> wave_sums;
+  for (int wave_begin = 0; wave_begin < tiles;) {
+    int wave_end = tiles;
+    if (kWithFeatures) {
+      wave_end = wave_begin + 1;
+      while (wave_end < tiles &&
+             int64_t(ranges[2 * wave_end + 1] - ranges[2 * wave_begin]) * channels <=
+                 kWaveFeatureValues)
+        ++wave_end;
+      wave_sums.resize(size_t(ranges[2 * wave_end - 1] - ranges[2 * wave_begin]) * channels);
     }
+    const int first_pair = ranges[2 * wave_begin];
+#pragma omp parallel if (plane >= kMinParallelItems) num_threads(loop_threads())
+    {
+      StagedSplats sp;
+      StagedFeatures features;
+      LaneFeatureGrads fg;
+      fg.features = &features;
+      fg.upstream.resize(size_t(channels));
+      std::vector<SplatGrad<Lanes>> lane_sums;  // the tile's splats, summed per lane
+#pragma omp for schedule(dynamic, 1)
+      for (int tile = wave_begin; tile < wave_end; ++tile) {
+        const TilePixels tp = tile_pixels(cam, tile);
+        const int begin = ranges[2 * tile];
+        int n = 0;
+        for (int y = tp.y0; y < tp.y1; ++y)
+          for (int x = tp.x0; x < tp.x1; ++x) n = std::max(n, px.n_contrib[y * cam.width + x]);
+        visited[tile] = n;
+        if (n == 0) continue;
+        sp.stage(state, floors.data(), lists.point_list + begin, n);
+        lane_sums.assign(size_t(n), SplatGrad<Lanes>{});
+        if (kWithFeatures) {
+          features.stage(extra.features, channels, lists.point_list + begin, n);
+          fg.sums.assign(size_t(n) * channels, Lanes(0.f));
+        }
+        for (int y = tp.y0; y < tp.y1; ++y)
+          for (int x = tp.x0; x < tp.x1; x += kLanes)
+            render_backward_group<kWithFeatures, kWithMedian>(
+                cam, sp, {x, y, std::min(kLanes, tp.x1 - x)}, px, grads, extra,
+                lane_sums.data(), fg);
+        for (int j = 0; j < n; ++j) pair_sums[begin + j] = lane_total(lane_sums[j]);
+        double* wave_out = wave_sums.data() + size_t(begin - first_pair) * channels;
+        for (size_t v = 0; v < size_t(n) * channels; ++v) wave_out[v] = lane_sum(fg.sums[v]);
+      }
+      if (kWithFeatures) {
+        // The wave's feature sums into their Gaussians in tile order, each thread a share of
+        // the channels: the same order, and so the same result, on any number of threads.
+#pragma omp for schedule(static)
+        for (int c0 = 0; c0 < channels; c0 += 8) {
+          const int c1 = std::min(channels, c0 + 8);
+          for (int tile = wave_begin; tile < wave_end; ++tile) {
+            const int begin = ranges[2 * tile];
+            for (int j = 0; j < visited[tile]; ++j) {
+              double* total = feature_totals.data() + size_t(lists.point_list[begin + j]) * channels;
+              const double* sum = wave_sums.data() + size_t(begin + j - first_pair) * channels;
+              for (int c = c0; c < c1; ++c) total[c] += sum[c];
+            }
+          }
+        }
+      }
+    }
+    wave_begin = wave_end;
   }
   // Pairs are added into their Gaussians in tile order: a fixed order, so a fixed result.
   std::vector<SplatGrad<double>> totals(static_cast<size_t>(count));
   std::memset(static_cast<void*>(totals.data()), 0, totals.size() * sizeof(SplatGrad<double>));
   for (int tile = 0; tile < tiles; ++tile) {
-    const int begin = lists.tile_ranges[2 * tile];
+    const int begin = ranges[2 * tile];
     for (int j = 0; j < visited[tile]; ++j) add(totals[lists.point_list[begin + j]], pair_sums[begin + j]);
   }
   to_splat_grads(totals.data(), count, splat_grads);
+  if (kWithFeatures) {
+#pragma omp parallel for schedule(static) if (count >= kMinParallelItems) \
+    num_threads(loop_threads())
+    for (int64_t v = 0; v < int64_t(count) * channels; ++v)
+      extra.features_grad[v] = float(feature_totals[size_t(v)]);
+  }
 }
+
+}  // namespace
 
 RenderWork count_render_work(const Camera<float>& cam, const GaussianState<float>& state,
                              int count, TileLists lists) {
@@ -651,45 +825,35 @@ RenderWork count_render_work(const Camera<float>& cam, const GaussianState<float
   return {lists.tile_ranges[2 * tiles - 1], evaluations, exps, blends, lane_steps * kLanes};
 }
 
-// Float without optional outputs takes the eight-lane path; float64 and the optional outputs
-// take the per-pixel loop, specialized on what is asked for.
+// Float takes the eight-lane path, float64 (gradcheck) the per-pixel loop; both are specialized
+// at compile time on the optional outputs asked for.
 template <typename T>
 void render(const Camera<T>& cam, const GaussianState<T>& state, int count, TileLists lists,
             const PixelBuffers<T>& px, const OptionalOutputs<T>& extra) {
-  if (extra.has_features()) {
-    if (extra.has_median())
-      render_pixels<true, true>(cam, state, count, lists, px, extra);
-    else
-      render_pixels<true, false>(cam, state, count, lists, px, extra);
-  } else if (extra.has_median()) {
-    render_pixels<false, true>(cam, state, count, lists, px, extra);
-  } else {
+  auto run = [&](auto with_features, auto with_median) {
+    constexpr bool kF = decltype(with_features)::value, kM = decltype(with_median)::value;
     if constexpr (std::is_same<T, float>::value) {
-      if (cpu_tuning().lanes) return render_lanes(cam, state, count, lists, px);
+      if (cpu_tuning().lanes) return render_lanes<kF, kM>(cam, state, count, lists, px, extra);
     }
-    render_pixels<false, false>(cam, state, count, lists, px, extra);
-  }
+    render_pixels<kF, kM>(cam, state, count, lists, px, extra);
+  };
+  dispatch_optional(extra.has_features(), extra.has_median(), run);
 }
 
 template <typename T>
 void render_backward(const Camera<T>& cam, const GaussianState<T>& state, TileLists lists,
                      const PixelBuffers<T>& px, PixelGrads<T> grads,
                      const OptionalGrads<T>& extra, int count, SplatGrad<T>* splat_grads) {
-  if (extra.has_features()) {
-    if (extra.has_median())
-      render_pixels_backward<true, true>(cam, state, lists, px, grads, extra, count, splat_grads);
-    else
-      render_pixels_backward<true, false>(cam, state, lists, px, grads, extra, count, splat_grads);
-  } else if (extra.has_median()) {
-    render_pixels_backward<false, true>(cam, state, lists, px, grads, extra, count, splat_grads);
-  } else {
+  auto run = [&](auto with_features, auto with_median) {
+    constexpr bool kF = decltype(with_features)::value, kM = decltype(with_median)::value;
     if constexpr (std::is_same<T, float>::value) {
       if (cpu_tuning().lanes)
-        return render_backward_lanes(cam, state, lists, px, grads, count, splat_grads);
+        return render_backward_lanes<kF, kM>(cam, state, lists, px, grads, extra, count,
+                                             splat_grads);
     }
-    render_pixels_backward<false, false>(cam, state, lists, px, grads, extra, count,
-                                         splat_grads);
-  }
+    render_pixels_backward<kF, kM>(cam, state, lists, px, grads, extra, count, splat_grads);
+  };
+  dispatch_optional(extra.has_features(), extra.has_median(), run);
 }
 
 template <typename T>

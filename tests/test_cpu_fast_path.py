@@ -146,25 +146,114 @@ def test_work_counts_are_consistent():
     assert evaluations >= unsaturated
 
 
+def render_optional(scene, F, median_depth, seed):
+    """Every output of a call with feature channels F (or None) and the median, and the
+    gradients of a random loss on all of them (radii aside)."""
+    dtype = scene.inputs["means3D"].dtype
+    inputs = scene.with_grad()
+    Fg = None if F is None else F.clone().requires_grad_()
+    out = GaussianRasterizer(scene.settings)(**inputs, features=Fg, median_depth=median_depth)
+    g = torch.Generator().manual_seed(seed + 50)
+    loss = sum((torch.nan_to_num(o) * torch.randn(o.shape, generator=g, dtype=dtype)).sum()
+               for i, o in enumerate(out) if i != 1)
+    loss.backward()
+    grads = {k: v.grad for k, v in inputs.items() if v is not None and v.grad is not None}
+    if Fg is not None:
+        grads["features"] = Fg.grad
+    return [o.detach() for o in out], grads
+
+
+def assert_lane_grads_close(on, off):
+    """Gradients of the lanes against the per-pixel loop: the same terms summed in another
+    order. The preprocess backward turns those roundings (1e-7 of the largest value) into up
+    to 2e-6 of the largest rotation or scale gradient, where terms cancel; a missing term
+    would differ by orders of magnitude more."""
+    assert on.keys() == off.keys()
+    for k in on:
+        scale = float(off[k].abs().max()) if off[k].numel() else 0.0
+        torch.testing.assert_close(on[k], off[k], rtol=1e-5, atol=1e-5 * scale,
+                                   msg=lambda m, k=k: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("C,median", [(1, False), (3, True), (37, False), (0, True)])
+def test_lanes_carry_features_and_median(seed, C, median, tuning):
+    """Feature channels and the median depth on the eight lanes: every output bit for bit as
+    the per-pixel loop's, every gradient (features' too) equal to float rounding of the sums."""
+    scene = dense_scene(7700 + seed, antialiasing=bool(seed % 2))
+    gen = torch.Generator().manual_seed(seed)
+    F = torch.randn(scene.P, C, generator=gen) if C else None
+    tuning()
+    out_on, grads_on = render_optional(scene, F, median, seed)
+    tuning(lanes=False)
+    out_off, grads_off = render_optional(scene, F, median, seed)
+    assert len(out_on) == 4 + (C > 0) + median
+    for a, b in zip(out_on, out_off):
+        assert torch.equal(a, b)
+    if median:  # the median is a real, varied output here, not zeros
+        assert float(out_on[-1].std()) > 0
+    assert_lane_grads_close(grads_on, grads_off)
+
+
+def test_feature_gradient_waves_repeat_on_any_thread_count(tuning):
+    """With many channels the feature gradients are reduced in several waves of tiles (over
+    2^22 values of pair sums): the same as the per-pixel loop's, and bit for bit the same on
+    1 and 2 threads."""
+    scene = dense_scene(7800, P=500, height=60, width=70)
+    config, _ = backend_call(scene)
+    pairs = int(_backend.forward(config, backend_call(scene)[1])[-1][5][-1, 1])
+    C = (1 << 22) // pairs * 3  # about three waves
+    F = torch.randn(scene.P, C, generator=torch.Generator().manual_seed(1))
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            runs.append(render_optional(scene, F, True, 3))
+    finally:
+        torch.set_num_threads(threads)
+    (out1, grads1), (out2, grads2) = runs
+    for k in grads1:
+        assert torch.equal(grads1[k], grads2[k]), k
+    tuning(lanes=False)
+    _, grads_off = render_optional(scene, F, True, 3)
+    assert_lane_grads_close(grads1, grads_off)
+    assert float(grads1["features"].abs().sum(1).gt(0).float().mean()) > 0.5
+
+
+def test_nonfinite_feature_shows_only_where_blended(tuning):
+    """A NaN or infinite feature value shows in the feature map where its Gaussian is blended
+    and nowhere else, on the lanes as in the per-pixel loop, and leaves the other Gaussians'
+    gradients finite."""
+    scene = dense_scene(7900)
+    F = torch.randn(scene.P, 4, generator=torch.Generator().manual_seed(2))
+    F[::7, 1] = float("nan")
+    F[3::7, 2] = float("inf")
+    tuning()
+    out_on, grads_on = render_optional(scene, F, False, 4)
+    tuning(lanes=False)
+    out_off, grads_off = render_optional(scene, F, False, 4)
+    for a, b in zip(out_on, out_off):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    feature_map = out_on[4]
+    assert feature_map[0].isfinite().all() and feature_map[3].isfinite().all()
+    assert not feature_map[1].isfinite().all()
+    assert bool(feature_map[1].isfinite().any())  # not poisoned everywhere
+    for a, b in zip(out_on[:4], out_off[:4]):
+        assert a.isfinite().all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("seed", range(3))
-def test_power_bound_changes_no_bit_on_the_per_pixel_path(seed, dtype, tuning):
-    """The per-pixel loop (optional outputs, float64) rejects splats by the same power bound
-    before the exponential: outputs and every gradient bit for bit as without it."""
+def test_power_bound_changes_no_bit_with_optional_outputs(seed, dtype, tuning):
+    """With feature channels and the median (on the lanes in float32, the per-pixel loop in
+    float64) the power bound changes no output and no gradient, bit for bit."""
     scene = dense_scene(7500 + seed, P=250, height=37, width=45, dtype=dtype)
     gen = torch.Generator().manual_seed(seed)
     F = torch.randn(scene.P, 5, generator=gen, dtype=dtype)
 
     def run():
-        inputs = scene.with_grad()
-        Fg = F.clone().requires_grad_()
-        out = GaussianRasterizer(scene.settings)(**inputs, features=Fg, median_depth=True)
-        g = torch.Generator().manual_seed(seed + 50)
-        loss = sum((o * torch.randn(o.shape, generator=g, dtype=dtype)).sum()
-                   for i, o in enumerate(out) if i != 1)
-        loss.backward()
-        grads = {k: v.grad for k, v in inputs.items() if v is not None and v.grad is not None}
-        return [o.detach() for o in out], {**grads, "features": Fg.grad}
+        return render_optional(scene, F, True, seed)
 
     tuning()
     out_on, grads_on = run()
