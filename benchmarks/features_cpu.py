@@ -3,6 +3,7 @@
 
     python benchmarks/features_cpu.py [--reps 5] [--channels 3 32] [--json PATH]
     python benchmarks/features_cpu.py --plain-only --reps 3     # the plain call alone
+    python benchmarks/features_cpu.py --lanes-off                # also on the per-pixel loop
 
 Variants, timed round-robin (one repetition of each in turn, so that the machine's load hits
 them alike): the plain call; `features=F` with C channels for each --channels; and
@@ -10,7 +11,10 @@ them alike): the plain call; `features=F` with C channels for each --channels; a
 random upstream gradients on every map it returns. Reported: medians over --reps after one
 warm-up round, wall-clock and (in brackets) the process's CPU time, and each variant's ratio to
 the plain call from the same run. --plain-only times the plain call alone, for comparing two
-builds (run it alternately with each on PYTHONPATH).
+builds (run it alternately with each on PYTHONPATH). --lanes-off adds every variant run on the
+per-pixel loop (the float path's eight lanes switched off), in the same round-robin, to show
+what the lanes are worth for each. The load is printed: the load average, and the cores other
+processes used during the run.
 """
 import argparse
 import json
@@ -26,6 +30,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+from benchmarks.cpu_bench import LoadMeter  # noqa: E402
 from benchmarks.scenes import garden_scene  # noqa: E402
 
 
@@ -33,14 +38,18 @@ def _load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def make_variants(scene, channels, plain_only):
+def make_variants(scene, channels, plain_only, lanes_off):
+    """name -> (the call's extra arguments, whether the float path runs on the lanes)."""
     P = len(scene.gaussians)
     gen = torch.Generator().manual_seed(0)
-    variants = {"plain": {}}
+    calls = {"plain": {}}
     if not plain_only:
         for C in channels:
-            variants[f"C={C}"] = {"features": torch.rand(P, C, generator=gen).requires_grad_()}
-        variants["median"] = {"median_depth": True}
+            calls[f"C={C}"] = {"features": torch.rand(P, C, generator=gen).requires_grad_()}
+        calls["median"] = {"median_depth": True}
+    variants = {name: (extra, True) for name, extra in calls.items()}
+    if lanes_off:
+        variants.update({f"{name} per-pixel": (extra, False) for name, extra in calls.items()})
     return variants
 
 
@@ -60,6 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--data", default=None)
     ap.add_argument("--plain-only", action="store_true")
+    ap.add_argument("--lanes-off", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -70,7 +80,8 @@ def main(argv=None) -> int:
     settings = scene.raster_settings()
     rasterizer = GaussianRasterizer(settings)
     H, W = scene.camera.height, scene.camera.width
-    variants = make_variants(scene, args.channels, args.plain_only)
+    variants = make_variants(scene, args.channels, args.plain_only, args.lanes_off)
+    ext = package._backend._ext()
     gen = torch.Generator().manual_seed(1)
     up = [torch.randn(3, H, W, generator=gen), None, torch.randn(H, W, generator=gen),
           torch.randn(H, W, generator=gen)] + [torch.randn(max(args.channels), H, W,
@@ -91,28 +102,35 @@ def main(argv=None) -> int:
 
     times = {name: {"fwd": [], "fwd_bwd": [], "fwd_cpu": [], "fwd_bwd_cpu": []}
              for name in variants}
+    meter = LoadMeter().start()
     for rep in range(args.reps + 1):            # round 0 is the warm-up
-        for name, extra in variants.items():
-            with torch.no_grad():
-                wall, cpu = timed(lambda: forward(extra))
-            wall2, cpu2 = timed(lambda: step(extra))
+        for name, (extra, lanes) in variants.items():
+            ext.set_cpu_tuning(lanes=lanes, power_bound=True)
+            try:
+                with torch.no_grad():
+                    wall, cpu = timed(lambda: forward(extra))
+                wall2, cpu2 = timed(lambda: step(extra))
+            finally:
+                ext.set_cpu_tuning(lanes=True, power_bound=True)
             if rep > 0:
                 t = times[name]
                 t["fwd"].append(wall)
                 t["fwd_cpu"].append(cpu)
                 t["fwd_bwd"].append(wall2)
                 t["fwd_bwd_cpu"].append(cpu2)
+    load = meter.stop()
     med = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
     plain = med["plain"]
     print(f"garden {args.scene} ({len(scene.gaussians)} Gaussians) at {W}x{H}, colors_precomp; "
           f"median of {args.reps}")
     for name, m in med.items():
-        print(f"  {name:7s} forward {m['fwd']:.3f} s [{m['fwd_cpu']:.3f} CPU-s] x"
+        print(f"  {name:17s} forward {m['fwd']:.3f} s [{m['fwd_cpu']:.3f} CPU-s] x"
               f"{m['fwd'] / plain['fwd']:.2f}   forward+backward {m['fwd_bwd']:.3f} s "
               f"[{m['fwd_bwd_cpu']:.3f} CPU-s] x{m['fwd_bwd'] / plain['fwd_bwd']:.2f}")
-    print(f"load average afterwards {_load()}")
+    print(f"load average afterwards {_load()}; other processes used "
+          f"{load['others_cores_used']:.2f} of {load['cores']} cores during the run")
     if args.json:
-        Path(args.json).write_text(json.dumps({"medians": med, "all": times,
+        Path(args.json).write_text(json.dumps({"medians": med, "all": times, "load": load,
                                                "load_after": _load()}, indent=1) + "\n")
     return 0
 
