@@ -106,7 +106,7 @@ class OtherLoad {
 // cores other processes keep busy. A loop ends when its last thread does, and a thread that
 // shares a core with another process is set aside for whole time slices: with one core taken,
 // two threads finish later than one.
-int loop_threads() {
+[[maybe_unused]] int loop_threads() {
   const int wanted = thread_count();
   if (wanted <= 1) return 1;
   static OtherLoad load;
@@ -674,7 +674,7 @@ void render_lanes(const Camera<float>& cam, const GaussianState<float>& state, i
                   const OptionalOutputs<float>& extra) {
   const std::vector<float> floors = power_floors(state, count);
   const int tiles = cam.tiles_x * cam.tiles_y;
-  const int plane = cam.width * cam.height;
+  [[maybe_unused]] const int plane = cam.width * cam.height;
 #pragma omp parallel if (plane >= kMinParallelItems) num_threads(loop_threads())
   {
     StagedSplats sp;
@@ -705,7 +705,7 @@ void render_backward_lanes(const Camera<float>& cam, const GaussianState<float>&
                            int count, SplatGrad<float>* splat_grads) {
   const std::vector<float> floors = power_floors(state, count);
   const int tiles = cam.tiles_x * cam.tiles_y;
-  const int plane = cam.width * cam.height;
+  [[maybe_unused]] const int plane = cam.width * cam.height;
   const int* ranges = lists.tile_ranges;
   const int64_t pairs = tiles > 0 ? ranges[2 * tiles - 1] : 0;
   const int channels = kWithFeatures ? extra.channels : 0;

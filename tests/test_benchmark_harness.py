@@ -174,3 +174,76 @@ def test_cpu_bench_quick_reports_load_work_and_ablation(tmp_path):
     assert 0 < w["model_render_seconds"] < 1
     assert set(r["ablation"]) == {"all on", "no lanes (per-pixel loop)", "no power bound"}
     assert r["load"]["cores"] >= 1 and r["load"]["others_cores_used"] >= 0
+
+
+def test_features_cpu_lanes_off_reports_every_variant(tmp_path):
+    """benchmarks/features_cpu.py --lanes-off: each call timed on the lanes and on the
+    per-pixel loop, with the load."""
+    out = tmp_path / "features.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "features_cpu.py"), "--reps", "1",
+         "--scale", "0.25", "--channels", "3", "--lanes-off", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r = json.loads(out.read_text())
+    names = {"plain", "C=3", "median"}
+    assert set(r["medians"]) == names | {f"{n} per-pixel" for n in names}
+    for m in r["medians"].values():
+        assert m["fwd_bwd"] > m["fwd"] > 0
+    assert r["load"]["others_cores_used"] >= 0 and "other processes used" in proc.stdout
+
+
+def test_gsplat_stand_ins_match_their_definitions():
+    """gsplat_cpu_twins (what lets gsplat's PyTorch rasterizer run on a CPU for cpu_bench.py),
+    against a pixel-by-pixel walk: the blends it lists, and nerfacc's packed weights and sums."""
+    twins = _load("gsplat_cpu_twins")
+    gen = torch.Generator().manual_seed(5)
+    W, H, tile, N = 37, 21, 16, 40
+    tiles_x, tiles_y = 3, 2
+    means2d = torch.rand(1, N, 2, generator=gen) * torch.tensor([W, H])
+    conics = torch.stack([torch.rand(N, generator=gen) * 0.3 + 0.02,
+                          (torch.rand(N, generator=gen) - 0.5) * 0.02,
+                          torch.rand(N, generator=gen) * 0.3 + 0.02], -1)[None]
+    opacities = torch.rand(1, N, generator=gen)
+    # Every Gaussian in every tile, in index order (as depth order).
+    flatten_ids = torch.arange(N).repeat(tiles_x * tiles_y)
+    offsets = (torch.arange(tiles_x * tiles_y) * N).reshape(1, tiles_y, tiles_x)
+    start_T = 0.5 + 0.5 * torch.rand(1, H, W, generator=gen)
+    gauss, pixels, images = twins.rasterize_to_indices_in_range(
+        0, 100, start_T, means2d, conics, opacities, W, H, tile, offsets, flatten_ids)
+    expected = []
+    for y in range(H):
+        for x in range(W):
+            T = float(start_T[0, y, x])
+            for g in range(N):
+                dx, dy = x + 0.5 - float(means2d[0, g, 0]), y + 0.5 - float(means2d[0, g, 1])
+                a, b, c = conics[0, g].tolist()
+                sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+                alpha = min(0.999, float(opacities[0, g]) * torch.exp(torch.tensor(-sigma)).item())
+                if sigma < 0 or alpha < 1 / 255:
+                    continue
+                if T * (1 - alpha) <= 1e-4:
+                    break
+                expected.append((y * W + x, g))
+                T *= 1 - alpha
+    assert len(expected) > 50 and bool((images == 0).all())
+    assert list(zip(pixels.tolist(), gauss.tolist())) == expected
+
+    rays = torch.tensor([0, 0, 0, 2, 2, 5])
+    alphas = torch.rand(6, generator=gen) * 0.9
+    values = torch.rand(6, 3, generator=gen)
+    weights, trans = twins.render_weight_from_alpha(alphas, rays, 7)
+    sums = twins.accumulate_along_rays(weights, values, rays, 7)
+    want_T, want_sum = [], torch.zeros(7, 3)
+    for ray in range(7):
+        T = 1.0
+        for i in (rays == ray).nonzero().flatten().tolist():
+            want_T.append((i, T))
+            want_sum[ray] += alphas[i] * T * values[i]
+            T *= 1 - float(alphas[i])
+    for i, T in want_T:
+        assert abs(float(trans[i]) - T) < 1e-6
+    torch.testing.assert_close(weights, alphas * trans)
+    torch.testing.assert_close(sums, want_sum, rtol=1e-5, atol=1e-6)
+    assert torch.equal(twins.accumulate_along_rays(weights, None, rays, 7)[:, 0],
+                       torch.zeros(7).index_add(0, rays, weights))
