@@ -75,6 +75,12 @@ omp = openmp_flags()
 # -fno-math-errno: sqrt need not set errno, so loops with sqrt vectorize (values are unchanged).
 cxx_flags = ["-O3", "-fno-gnu-unique", "-ffp-contract=off", "-Wno-psabi",
              "-fno-math-errno"] + omp  # C++ std: PyTorch's
+# DGRD_BASELINE_LANES=1: the CPU's eight-lane loops for the baseline instruction set alone (no
+# AVX2 or AVX-512 clones), which is what ARM and older x86 machines run; CI tests it this way.
+if os.environ.get("DGRD_BASELINE_LANES", "0") not in ("", "0"):
+    print("diff_gaussian_rasterization_depth: lane loops for the baseline instruction set only "
+          "(DGRD_BASELINE_LANES is set)")
+    cxx_flags.append("-DDGRD_BASELINE_LANES")
 use_cuda, why_not = want_cuda()
 if use_cuda:
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():

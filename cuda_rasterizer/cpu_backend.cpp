@@ -183,8 +183,11 @@ void to_splat_grads(const SplatGrad<double>* totals, int count, SplatGrad<T>* sp
 // picks one for the machine at hand (GCC's function multi-versioning; elsewhere the baseline
 // alone). The lanes stay eight wide: AVX-512 pays through its 32 registers and masked moves on
 // them (backward 6% faster than the AVX2 clone), not through wider vectors. Contraction into
-// FMA is off in every clone, so all three give the same bits.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 11
+// FMA is off in every clone, so all three give the same bits. DGRD_BASELINE_LANES (setup.py)
+// builds the baseline alone, to test it on a machine that would pick a clone.
+#if defined(DGRD_BASELINE_LANES)
+#define DGRD_LANE_CLONES
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 11
 #define DGRD_LANE_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define DGRD_LANE_CLONES __attribute__((target_clones("avx2", "default")))
