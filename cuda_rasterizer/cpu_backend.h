@@ -31,8 +31,9 @@ void render_backward(const Camera<T>& cam, const GaussianState<T>& state, TileLi
                      const PixelBuffers<T>& px, PixelGrads<T> grads,
                      const OptionalGrads<T>& extra, int count, SplatGrad<T>* splat_grads);
 
-// Switches for the float path's techniques, all on by default; the benchmark turns each off
-// alone to measure what it is worth (benchmarks/cpu_bench.py --ablation).
+// Switches for the float path's techniques, on by default (the lanes where they pay: not on an
+// x86 CPU without AVX2); the benchmark turns each off alone to measure what it is worth
+// (benchmarks/cpu_bench.py --ablation).
 struct CpuTuning {
   bool lanes = true;          // eight pixels at once (else the scalar per-pixel loop)
   bool power_bound = true;    // reject splats by their power before the exponential

@@ -109,8 +109,10 @@ def cpu_flags():
     return set(line.split(":", 1)[-1].split())
 
 
-# The instruction sets the package's lane loops are compiled for (DGRD_LANE_CLONES).
-ISAS = {"baseline": ([], set()), "avx2": (["-mavx2"], {"avx2"}),
+# The instruction sets the package's lane loops are compiled for (DGRD_LANE_CLONES), and the
+# narrow form of the lane operations (16-byte vectors: ARM, DGRD_BASELINE_LANES builds).
+ISAS = {"baseline": ([], set()), "narrow": (["-DDGRD_BASELINE_LANES"], set()),
+        "avx2": (["-mavx2"], {"avx2"}),
         "x86-64-v4": (["-march=x86-64-v4"], {"avx512f", "avx512vl", "avx512bw", "avx512dq"})}
 
 
