@@ -394,7 +394,7 @@ DGRD_LANE_CLONES void render_backward_group(const Camera<float>& cam, const Stag
   const Lanes x = g.px();
   const float y = float(g.y);
   for (int j = group_last - 1; j >= 0; --j) {
-    const LaneMask active = {LaneInts{} + j < last};
+    const LaneMask active = lanes_less(LaneInts{} + j, last);
     Lanes G, alpha;
     Vec2<Lanes> d;
     const LaneMask pass = lane_alpha(sp, j, x, y, active, G, alpha, d);
@@ -420,7 +420,7 @@ DGRD_LANE_CLONES void render_backward_group(const Camera<float>& cam, const Stag
     }
     if (kWithMedian) {
       // The median's gradient goes to the z of its splat alone.
-      const LaneMask median_splat = pass & LaneMask{median_position == j + 1};
+      const LaneMask median_splat = pass & lanes_equal(median_position, LaneInts{} + (j + 1));
       lane_grad.feature.w += zero_unless(median_splat, median_grad);
     }
     add(sums[j], lane_grad);

@@ -102,6 +102,18 @@ DGRD_LANE_COMPARISON(<=)
 DGRD_LANE_COMPARISON(>=)
 DGRD_LANE_COMPARISON(>)
 #undef DGRD_LANE_COMPARISON
+DGRD_LANE_FN LaneMask lanes_less(LaneInts a, LaneInts b) {
+  using namespace lane_halves;
+  const Ints a0 = __builtin_shufflevector(a, a, 0, 1, 2, 3), a1 = __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  const Ints b0 = __builtin_shufflevector(b, b, 0, 1, 2, 3), b1 = __builtin_shufflevector(b, b, 4, 5, 6, 7);
+  return join(a0 < b0, a1 < b1);
+}
+DGRD_LANE_FN LaneMask lanes_equal(LaneInts a, LaneInts b) {
+  using namespace lane_halves;
+  const Ints a0 = __builtin_shufflevector(a, a, 0, 1, 2, 3), a1 = __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  const Ints b0 = __builtin_shufflevector(b, b, 0, 1, 2, 3), b1 = __builtin_shufflevector(b, b, 4, 5, 6, 7);
+  return join(a0 == b0, a1 == b1);
+}
 
 DGRD_LANE_FN LaneInts select(LaneMask m, LaneInts a, LaneInts b) { return (m.m & a) | (~m.m & b); }
 DGRD_LANE_FN Lanes select(LaneMask m, Lanes a, Lanes b) {
@@ -119,6 +131,9 @@ DGRD_LANE_FN LaneMask operator<(Lanes a, Lanes b) { return {a.v < b.v}; }
 DGRD_LANE_FN LaneMask operator<=(Lanes a, Lanes b) { return {a.v <= b.v}; }
 DGRD_LANE_FN LaneMask operator>=(Lanes a, Lanes b) { return {a.v >= b.v}; }
 DGRD_LANE_FN LaneMask operator>(Lanes a, Lanes b) { return {a.v > b.v}; }
+
+DGRD_LANE_FN LaneMask lanes_less(LaneInts a, LaneInts b) { return {a < b}; }
+DGRD_LANE_FN LaneMask lanes_equal(LaneInts a, LaneInts b) { return {a == b}; }
 
 DGRD_LANE_FN Lanes select(LaneMask m, Lanes a, Lanes b) { return Lanes(m.m ? a.v : b.v); }
 DGRD_LANE_FN LaneInts select(LaneMask m, LaneInts a, LaneInts b) { return m.m ? a : b; }
