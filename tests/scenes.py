@@ -11,12 +11,16 @@ image border and some far outside it. Their screen size is drawn in pixels, so a
 `smooth=True` makes scenes where the rasterizer is a smooth function of its inputs, for
 `torch.autograd.gradcheck` (see `make_scene`).
 
+`config_scene(family, configs, name, seed)` draws scene `seed` of a named configuration.
+
 `ambiguous(scene)` finds the pixels and Gaussians whose result two correct implementations may
 legitimately disagree on in float32, because a value lies within rounding of one of the SPEC's
 thresholds (alpha = 1/255, T = 1e-4, the integer radius, the tile rectangle, the near plane).
-The backend comparisons leave those out, so that they test the arithmetic, not luck.
+The backend comparisons leave those out, so that they test the arithmetic, not luck;
+`ambiguous_checked(scene)` also asserts that those are few (`check_ambiguity_rare`).
 """
 import math
+import zlib
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
@@ -430,4 +434,25 @@ def ambiguous(scene: Scene, rel: float = 1e-4, internals=None):
         alpha = g["opacity"][:, None, None] * torch.exp(power.clamp(max=0))
         visible_alpha = (power <= 0) & (alpha >= reference.ALPHA_MIN * (1 - rel))
         pixels |= (edge_pixels & visible_alpha).any(dim=0)
+    return pixels, gaussians
+
+
+def config_scene(family: str, configs: dict, name: str, seed: int) -> Scene:
+    """Scene `seed` of configuration `name` (make_scene's keywords in configs[name]): seeds
+    differ between test families and configurations, and stay put when configurations are
+    added."""
+    return make_scene(zlib.crc32((family + name).encode()) % 100000 * 100 + seed, **configs[name])
+
+
+def check_ambiguity_rare(pixels, gaussians, scene: Scene) -> None:
+    """Left-out pixels and radii stay few (a radius on a knife's edge can leave out a whole
+    row of 16 pixels of a tile), so that the comparisons are not vacuous."""
+    assert pixels.sum() <= max(2, 0.1 * pixels.numel()), f"{int(pixels.sum())} ambiguous pixels"
+    assert gaussians.sum() <= max(2, 0.2 * scene.P), f"{int(gaussians.sum())} ambiguous radii"
+
+
+def ambiguous_checked(scene: Scene, internals=None):
+    """ambiguous(scene), asserting that they are few."""
+    pixels, gaussians = ambiguous(scene, internals=internals)
+    check_ambiguity_rare(pixels, gaussians, scene)
     return pixels, gaussians
