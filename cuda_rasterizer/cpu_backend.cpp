@@ -332,11 +332,11 @@ DGRD_LANE_FN double lane_sum(Lanes v) {
 }
 
 SplatGrad<double> lane_total(const SplatGrad<Lanes>& g) {
-  const auto sum = [](Lanes v) { return lane_sum(v); };
-  return {{sum(g.mean2d.x), sum(g.mean2d.y)},
-          {sum(g.conic.a), sum(g.conic.b), sum(g.conic.c)},
-          sum(g.opacity),
-          {sum(g.feature.x), sum(g.feature.y), sum(g.feature.z), sum(g.feature.w)}};
+  return {{lane_sum(g.mean2d.x), lane_sum(g.mean2d.y)},
+          {lane_sum(g.conic.a), lane_sum(g.conic.b), lane_sum(g.conic.c)},
+          lane_sum(g.opacity),
+          {lane_sum(g.feature.x), lane_sum(g.feature.y), lane_sum(g.feature.z),
+           lane_sum(g.feature.w)}};
 }
 
 // What the optional outputs add to a tile's backward: their upstream gradients, the staged
@@ -759,8 +759,10 @@ void render_backward_lanes(const Camera<float>& cam, const GaussianState<float>&
                 cam, sp, {x, y, std::min(kLanes, tp.x1 - x)}, px, grads, extra,
                 lane_sums.data(), fg);
         for (int j = 0; j < n; ++j) pair_sums[begin + j] = lane_total(lane_sums[j]);
-        double* wave_out = wave_sums.data() + size_t(begin - first_pair) * channels;
-        for (size_t v = 0; v < size_t(n) * channels; ++v) wave_out[v] = lane_sum(fg.sums[v]);
+        if (kWithFeatures) {
+          double* wave_out = wave_sums.data() + size_t(begin - first_pair) * channels;
+          for (size_t v = 0; v < size_t(n) * channels; ++v) wave_out[v] = lane_sum(fg.sums[v]);
+        }
       }
       if (kWithFeatures) {
         // The wave's feature sums into their Gaussians in tile order, each thread a share of
