@@ -1,7 +1,9 @@
 // Bindings of the test-only _emulated_cuda module: the emulated CUDA backend and self-checks.
 #include <torch/extension.h>
 
+#include "cuda_rasterizer/blend.h"
 #include "cuda_rasterizer/cuda_emulation.h"
+#include "cuda_rasterizer/warp_sums.h"
 #include "rasterize_points.h"
 #include "sparse_adam.h"
 
@@ -98,6 +100,60 @@ void out_of_bounds(int n) {
   DGRD_LAUNCH(out_of_bounds_kernel, (n + 64) / 64, 64, nullptr)(data.data_ptr<float>(), n);
 }
 
+// The render kernels' helpers, run alone.
+
+// One warp: thread t holds values[t][0..N) and adds the warp's totals into out[0..size),
+// counting in writes[k] the atomics aimed at out[k].
+template <int N>
+__global__ void warp_scatter_add_kernel(const float* values, int size, float* out, int* writes) {
+  float v[N];
+  for (int k = 0; k < N; ++k) v[k] = values[threadIdx.x * N + k];
+  gpu::warp_scatter_add<N, 16>(v, 0, size, [out, writes](int k) {
+    atomicAdd(writes + k, 1);
+    return out + k;
+  });
+}
+
+// values: 32 x N, N one of the instantiated counts. Returns out (N entries: the sums, then
+// zeros past `size`) and how many atomics each entry received.
+std::vector<torch::Tensor> warp_scatter_add(const torch::Tensor& values, int size) {
+  TORCH_CHECK(values.dim() == 2 && values.size(0) == 32, "values: 32 x N");
+  const torch::Tensor v = values.to(torch::kFloat32).contiguous();
+  const int n = int(v.size(1));
+  TORCH_CHECK(0 <= size && size <= n, "size: 0 .. N");
+  torch::Tensor out = torch::zeros({n}, torch::kFloat32);
+  torch::Tensor writes = torch::zeros({n}, torch::kInt32);
+  const float* in = v.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  int* w = writes.data_ptr<int>();
+  switch (n) {
+    case 1: DGRD_LAUNCH(warp_scatter_add_kernel<1>, 1, 32, nullptr)(in, size, o, w); break;
+    case 6: DGRD_LAUNCH(warp_scatter_add_kernel<6>, 1, 32, nullptr)(in, size, o, w); break;
+    case 10: DGRD_LAUNCH(warp_scatter_add_kernel<10>, 1, 32, nullptr)(in, size, o, w); break;
+    case 22: DGRD_LAUNCH(warp_scatter_add_kernel<22>, 1, 32, nullptr)(in, size, o, w); break;
+    case 40: DGRD_LAUNCH(warp_scatter_add_kernel<40>, 1, 32, nullptr)(in, size, o, w); break;
+    default: TORCH_CHECK(false, "N must be 1, 6, 10, 22 or 40");
+  }
+  return {out, writes};
+}
+
+// band_reach_mask<2> (a warp's two rows) of each splat for the tile at (x0, y0).
+torch::Tensor band_reach_masks(const torch::Tensor& means2d, const torch::Tensor& conic_opacity,
+                               int x0, int y0) {
+  const torch::Tensor m = means2d.to(torch::kFloat32).contiguous();
+  const torch::Tensor c = conic_opacity.to(torch::kFloat32).contiguous();
+  TORCH_CHECK(m.dim() == 2 && m.size(1) == 2 && c.dim() == 2 && c.size(1) == 4 &&
+                  c.size(0) == m.size(0), "means2d: N x 2, conic_opacity: N x 4");
+  torch::Tensor out = torch::empty({m.size(0)}, torch::kInt64);
+  const float* mp = m.data_ptr<float>();
+  const float* cp = c.data_ptr<float>();
+  for (int64_t i = 0; i < m.size(0); ++i)
+    out[i] = int64_t(band_reach_mask<2>(x0, y0, Vec2<float>{mp[2 * i], mp[2 * i + 1]},
+                                        Vec4<float>{cp[4 * i], cp[4 * i + 1], cp[4 * i + 2],
+                                                    cp[4 * i + 3]}));
+  return out;
+}
+
 }  // namespace emulation_checks
 }  // namespace dgrd
 
@@ -115,12 +171,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "The CUDA backward, emulated");
   m.def("mark_visible", &mark_visible_cuda, "The CUDA mark_visible, emulated");
+  m.def("set_cuda_tuning", &set_cuda_tuning_cuda, py::arg("warp_skip"), py::arg("scatter_reduce"),
+        "Switch the CUDA render kernels' techniques on or off, emulated");
   m.def("sparse_adam_step", &sparse_adam_step_cuda, "The CUDA sparse Adam step, emulated");
   m.def("set_thread_order", &emu::set_thread_order,
         "Order of a block's threads between sync points: 'asc', 'desc' or 'random:SEED'");
   m.def("thread_order", &emu::thread_order, "The current thread order");
 
-  auto checks = m.def_submodule("checks", "Kernels that check the emulation itself");
+  auto checks = m.def_submodule(
+      "checks", "Kernels that check the emulation itself, and the render kernels' helpers alone");
   checks.def("turns", &emulation_checks::turns);
   checks.def("collectives", &emulation_checks::collectives);
   checks.def("unwritten_shared", &emulation_checks::unwritten_shared);
@@ -128,4 +187,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   checks.def("divergent_shuffle", &emulation_checks::divergent_shuffle);
   checks.def("null_read", &emulation_checks::null_read);
   checks.def("out_of_bounds", &emulation_checks::out_of_bounds);
+  checks.def("warp_scatter_add", &emulation_checks::warp_scatter_add);
+  checks.def("band_reach_masks", &emulation_checks::band_reach_masks);
 }

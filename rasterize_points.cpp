@@ -341,6 +341,16 @@ torch::Tensor mark_visible(const torch::Tensor& positions, const torch::Tensor& 
   return visible;
 }
 
+void set_cuda_tuning(bool warp_skip, bool scatter_reduce) {
+#ifdef DGRD_WITH_CUDA
+  set_cuda_tuning_cuda(warp_skip, scatter_reduce);
+#else
+  (void)warp_skip;
+  (void)scatter_reduce;
+  TORCH_CHECK(false, "diff_gaussian_rasterization_depth was built without CUDA");
+#endif
+}
+
 bool has_cuda() {
 #ifdef DGRD_WITH_CUDA
   return true;

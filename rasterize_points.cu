@@ -228,4 +228,8 @@ torch::Tensor mark_visible_cuda(const torch::Tensor& positions, const torch::Ten
   return visible;
 }
 
+void set_cuda_tuning_cuda(bool warp_skip, bool scatter_reduce) {
+  gpu::cuda_tuning() = {warp_skip, scatter_reduce};
+}
+
 }  // namespace dgrd

@@ -41,6 +41,61 @@ DGRD_HD bool splat_alpha(Vec2<T> mean2d, Vec4<T> conic_opacity, T px, T py, T& a
   return alpha >= T(kAlphaMin);
 }
 
+// The box around mean2d outside of which splat_alpha skips the splat at every pixel. With
+// q(d) = d^T C d (C the conic), alpha >= 1/255 needs q <= 2 tau, tau = log(255 o); that ellipse
+// lies within |d.x| <= sqrt(2 tau C^-1_xx), |d.y| <= sqrt(2 tau C^-1_yy), and C^-1 = (c, -b, a) /
+// det. As in visible_tiles, tau gets 1e-3 for the rounding of exp and of o G, and the box a
+// margin for the rounding of the power at a pixel (given the pixel's own float d), which grows
+// with the conic's condition number. Returns false, bounding nothing, for conics too thin or
+// degenerate to bound safely; a non-finite opacity gives an infinite (or NaN) box, which rejects
+// nothing either.
+template <typename T>
+DGRD_HD bool splat_reach(Vec4<T> conic_opacity, Vec2<T>& half_extent) {
+  const Vec4<T> co = conic_opacity;
+  const T det = co.x * co.z - co.y * co.y;
+  if (!(co.x > T(0)) || !(co.z > T(0)) || !(det > T(0))) return false;
+  const T mid = T(0.5) * (co.x + co.z);
+  const T lambda_max = mid + sqrt_(max2(mid * mid - det, T(0)));
+  const T kappa = lambda_max * lambda_max / det;  // lambda_max / lambda_min
+  const T margin = T(64) * unit_roundoff<T>() * kappa + T(1e-3);
+  if (!(margin < T(0.25))) return false;
+  const T tau = max2(log_(co.w / T(kAlphaMin)), T(0)) + T(1e-3);
+  const T scale = T(2) * tau * (T(1) + margin) / det;
+  half_extent = {sqrt_(scale * co.z), sqrt_(scale * co.x)};
+  return true;
+}
+
+template <typename T>
+DGRD_HD T distance(T a, T b) {
+  return max2(a - b, b - a);
+}
+
+// Which bands of kBandRows rows of the tile whose first pixel is (x0, y0) a splat may reach: bit
+// b is clear only when every pixel of rows y0 + kBandRows b .. y0 + kBandRows (b + 1) - 1 lies
+// outside its reach box, where splat_alpha skips it anyway (the CUDA render's warps are bands of
+// two rows). The gaps are the smallest |d| over the band's pixels, from the same float
+// subtraction as splat_alpha's d = mean2d - pixel; a NaN gap or box never clears a bit.
+template <int kBandRows, typename T>
+DGRD_HD unsigned band_reach_mask(int x0, int y0, Vec2<T> mean, Vec4<T> conic_opacity) {
+  constexpr int kBands = kTileSize / kBandRows;
+  static_assert(kBands * kBandRows == kTileSize && kBands <= 32, "bands split the tile");
+  constexpr unsigned kAllBands = kBands == 32 ? ~0u : (1u << kBands) - 1;
+  Vec2<T> half;
+  if (!splat_reach(conic_opacity, half)) return kAllBands;
+  const T first = T(x0), last = T(x0 + kTileSize - 1);
+  const T left = clamp(floor_(mean.x), first, last);
+  const T right = clamp(floor_(mean.x) + T(1), first, last);
+  if (min2(distance(mean.x, left), distance(mean.x, right)) > half.x) return 0;
+  unsigned mask = 0;
+  for (int b = 0; b < kBands; ++b) {
+    T gap_y = distance(mean.y, T(y0 + b * kBandRows));
+    for (int r = 1; r < kBandRows; ++r)
+      gap_y = min2(gap_y, distance(mean.y, T(y0 + b * kBandRows + r)));
+    if (!(gap_y > half.y)) mask |= 1u << b;
+  }
+  return mask;
+}
+
 // Running front-to-back state of one pixel.
 template <typename T>
 struct PixelAccum {

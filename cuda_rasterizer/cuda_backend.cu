@@ -6,9 +6,12 @@
 #include <cub/cub.cuh>
 #endif
 
+#include <type_traits>
+
 #include "blend.h"
 #include "cuda_emulation.h"
 #include "preprocess.h"
+#include "warp_sums.h"
 
 namespace dgrd {
 namespace gpu {
@@ -16,7 +19,6 @@ namespace gpu {
 namespace {
 
 constexpr int kThreads = 256;  // for one-thread-per-item kernels
-constexpr unsigned kFullWarp = 0xffffffffu;
 
 int blocks_for(int64_t n) { return int((n + kThreads - 1) / kThreads); }
 
@@ -59,35 +61,60 @@ __global__ void tile_ranges_kernel(const uint64_t* keys, int pairs, int* ranges)
   if (k == pairs - 1) ranges[2 * tile + 1] = pairs;
 }
 
-// The pixel a thread of a tile block owns.
+// The pixel a thread of a tile block owns; warp w holds rows kWarpRows w .. of the tile.
+constexpr int kWarps = kTilePixels / 32;
+constexpr int kWarpRows = 32 / kTileSize;
+constexpr unsigned kAllWarps = (1u << kWarps) - 1;
+static_assert(kTileSize * kWarpRows == 32, "a warp holds whole rows of its tile");
+
 struct TileThread {
-  int tile, x, y;
+  int tile, x0, y0, x, y, warp;  // (x0, y0): the tile's first pixel
   bool inside;
   __device__ TileThread(const Camera<float>& cam) {
     tile = blockIdx.x;
-    x = (tile % cam.tiles_x) * kTileSize + int(threadIdx.x) % kTileSize;
-    y = (tile / cam.tiles_x) * kTileSize + int(threadIdx.x) / kTileSize;
+    x0 = (tile % cam.tiles_x) * kTileSize;
+    y0 = (tile / cam.tiles_x) * kTileSize;
+    x = x0 + int(threadIdx.x) % kTileSize;
+    y = y0 + int(threadIdx.x) / kTileSize;
+    warp = int(threadIdx.x) / 32;
     inside = x < cam.width && y < cam.height;
   }
 };
 
-// Splats staged in shared memory, kTilePixels at a time.
+// Bit w set: the splat may be blended at some pixel of warp w (band_reach_mask). A clear bit
+// lets the warp pass the splat without evaluating it, and changes no pixel.
+__device__ __forceinline__ unsigned warp_reach_mask(const TileThread& me, Vec2<float> mean,
+                                                    Vec4<float> conic_opacity) {
+  return band_reach_mask<kWarpRows>(me.x0, me.y0, mean, conic_opacity);
+}
+
+// Splats staged in shared memory, kTilePixels at a time; `reach` (warp_reach_mask) is filled
+// only when the kernel skips by warps.
 struct SplatBatch {
   int id[kTilePixels];
   Vec2<float> mean2d[kTilePixels];
   Vec4<float> conic_opacity[kTilePixels];
   Vec4<float> feature[kTilePixels];
+  unsigned reach[kTilePixels];
 
-  __device__ void load(int slot, int id_, const GaussianState<float>& s) {
+  template <bool kWarpSkip>
+  __device__ void load(int slot, int id_, const GaussianState<float>& s, const TileThread& me) {
     id[slot] = id_;
     mean2d[slot] = s.means2d[id_];
     conic_opacity[slot] = s.conic_opacity[id_];
     feature[slot] = s.features[id_];
+    if (kWarpSkip) reach[slot] = warp_reach_mask(me, mean2d[slot], conic_opacity[slot]);
+  }
+  // Whether warp `warp` must evaluate splat `slot`.
+  template <bool kWarpSkip>
+  __device__ bool reaches(int slot, int warp) const {
+    return !kWarpSkip || (reach[slot] >> warp & 1u);
   }
 };
 
 // kMedian: also the median depth (issue 12); the plain instantiation is the plain render.
-template <bool kMedian>
+// kWarpSkip: warps pass the splats that cannot reach their pixels (CudaTuning).
+template <bool kMedian, bool kWarpSkip>
 __global__ void __launch_bounds__(kTilePixels)
     render_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
                   PixelBuffers<float> px, OptionalOutputs<float> extra) {
@@ -104,11 +131,12 @@ __global__ void __launch_bounds__(kTilePixels)
     // The whole block stops once every pixel is saturated.
     if (__syncthreads_count(done) == kTilePixels) break;
     const int k = start + int(threadIdx.x);
-    if (k < end) batch.load(threadIdx.x, lists.point_list[k], state);
+    if (k < end) batch.load<kWarpSkip>(threadIdx.x, lists.point_list[k], state, me);
     __syncthreads();
     const int n = min(kTilePixels, end - start);
     for (int j = 0; !done && j < n; ++j) {
       ++visited;
+      if (!batch.reaches<kWarpSkip>(j, me.warp)) continue;
       float alpha, G;
       Vec2<float> d;
       if (!splat_alpha(batch.mean2d[j], batch.conic_opacity[j], float(me.x), float(me.y), alpha,
@@ -155,23 +183,26 @@ struct FeatureBatch {
   Vec2<float> mean2d[kTilePixels];
   Vec4<float> conic_opacity[kTilePixels];
   float feature[kTilePixels][kChunk + 1];
+  unsigned reach[kTilePixels];  // warp_reach_mask, or every warp when not skipping
 
   __device__ void load(int slot, int id_, const GaussianState<float>& s, const float* features,
-                       int channels, int first, int count) {
+                       const TileThread& me, int channels, int first, int count,
+                       bool warp_skip) {
     id[slot] = id_;
     mean2d[slot] = s.means2d[id_];
     conic_opacity[slot] = s.conic_opacity[id_];
     const float* row = features + int64_t(id_) * channels + first;
 #pragma unroll
     for (int c = 0; c < kChunk; ++c) feature[slot][c] = c < count ? row[c] : 0.f;
+    reach[slot] = warp_skip ? warp_reach_mask(me, mean2d[slot], conic_opacity[slot]) : kAllWarps;
   }
 };
 
 // A thread of a feature kernel: its pixel, the block's chunk of channels [first, first + count)
-// (blockIdx.y picks the chunk), and how far the pixel's and the block's walks go.
+// (blockIdx.y picks the chunk), and how far the pixel's, the warp's and the block's walks go.
 template <int kChunk>
 struct FeatureThread : TileThread {
-  int first, count, begin, p, last, block_end;
+  int first, count, begin, p, last, warp_end, block_end;
   int64_t plane;
 
   __device__ FeatureThread(const Camera<float>& cam, TileLists lists, const PixelBuffers<float>& px,
@@ -184,16 +215,18 @@ struct FeatureThread : TileThread {
     p = y * cam.width + x;
     last = inside ? px.n_contrib[p] : 0;
     block_end = block_max(last);
+    warp_end = warp_max(last);
   }
 };
 
 // The feature map, kChunk channels per block (blockIdx.y picks the chunk): the block walks its
 // tile's list again up to each pixel's last blended splat (n_contrib of the render), so the
 // weights, and which splats are blended, are the render's; registers hold one chunk of sums.
+// warp_skip as kWarpSkip of render_kernel.
 template <int kChunk>
 __global__ void __launch_bounds__(kTilePixels)
     render_features_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
-                           PixelBuffers<float> px, OptionalOutputs<float> extra) {
+                           PixelBuffers<float> px, OptionalOutputs<float> extra, bool warp_skip) {
   DGRD_SHARED(FeatureBatch<kChunk>, batch);
   const FeatureThread<kChunk> me(cam, lists, px, extra.channels);
   float sum[kChunk];
@@ -204,11 +237,12 @@ __global__ void __launch_bounds__(kTilePixels)
     __syncthreads();  // the previous batch is no longer read
     const int k = start + int(threadIdx.x);
     if (k < me.block_end)
-      batch.load(threadIdx.x, lists.point_list[me.begin + k], state, extra.features,
-                 extra.channels, me.first, me.count);
+      batch.load(threadIdx.x, lists.point_list[me.begin + k], state, extra.features, me,
+                 extra.channels, me.first, me.count, warp_skip);
     __syncthreads();
     const int n = min(kTilePixels, me.last - start);
     for (int j = 0; j < n; ++j) {
+      if (!(batch.reach[j] >> me.warp & 1u)) continue;
       float alpha, G;
       Vec2<float> d;
       if (!splat_alpha(batch.mean2d[j], batch.conic_opacity[j], float(me.x), float(me.y), alpha,
@@ -223,29 +257,30 @@ __global__ void __launch_bounds__(kTilePixels)
       extra.feature_map[(me.first + c) * me.plane + me.p] = sum[c];
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(kFullWarp, v, offset);
-  return v;
+// The k-th value of a SplatGrad, in the order of warp_accumulate's values.
+__device__ __forceinline__ float* splat_grad_value(SplatGrad<float>* g, int k) {
+  return k < 2 ? &g->mean2d.x + k
+       : k < 5 ? &g->conic.a + (k - 2)
+       : k == 5 ? &g->opacity
+                : &g->feature.x + (k - 6);
 }
 
-// Sums a SplatGrad over the warp and lets lane 0 add it: one set of atomics per warp instead of
-// one per pixel.
+// Adds a SplatGrad summed over the warp: one set of atomics per warp instead of one per pixel.
+// kScatter: by warp_scatter_add; else by a shuffle tree per value, lane 0 adding all ten.
+template <bool kScatter>
 __device__ __forceinline__ void warp_accumulate(const SplatGrad<float>& g, SplatGrad<float>* out) {
   float v[kSplatGradValues] = {g.mean2d.x, g.mean2d.y, g.conic.a, g.conic.b, g.conic.c,
                                g.opacity, g.feature.x, g.feature.y, g.feature.z, g.feature.w};
+  if (kScatter) {
+    warp_scatter_add<kSplatGradValues, 16>(v, 0, kSplatGradValues,
+                                           [out](int k) { return splat_grad_value(out, k); });
+    return;
+  }
 #pragma unroll
   for (int k = 0; k < kSplatGradValues; ++k) v[k] = warp_sum(v[k]);
   if ((threadIdx.x & 31) == 0) {
-    atomicAdd(&out->mean2d.x, v[0]);
-    atomicAdd(&out->mean2d.y, v[1]);
-    atomicAdd(&out->conic.a, v[2]);
-    atomicAdd(&out->conic.b, v[3]);
-    atomicAdd(&out->conic.c, v[4]);
-    atomicAdd(&out->opacity, v[5]);
-    atomicAdd(&out->feature.x, v[6]);
-    atomicAdd(&out->feature.y, v[7]);
-    atomicAdd(&out->feature.z, v[8]);
-    atomicAdd(&out->feature.w, v[9]);
+#pragma unroll
+    for (int k = 0; k < kSplatGradValues; ++k) atomicAdd(splat_grad_value(out, k), v[k]);
   }
 }
 
@@ -255,14 +290,15 @@ __device__ __forceinline__ void warp_add(float v, float* out) {
   if ((threadIdx.x & 31) == 0) atomicAdd(out, v);
 }
 
-// kMedian: the median's upstream gradient goes to its splat's depth.
-template <bool kMedian>
+// kMedian: the median's upstream gradient goes to its splat's depth. kWarpSkip: each warp starts
+// at its own pixels' last contributor and passes the splats that cannot reach them; kScatter:
+// the warp sums go by warp_scatter_add (CudaTuning).
+template <bool kMedian, bool kWarpSkip, bool kScatter>
 __global__ void __launch_bounds__(kTilePixels)
     render_backward_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
                            PixelBuffers<float> px, PixelGrads<float> grads,
                            OptionalGrads<float> extra, SplatGrad<float>* splat_grads) {
   DGRD_SHARED(SplatBatch, batch);
-  DGRD_SHARED(int, block_last);
   const TileThread me(cam);
   const int begin = lists.tile_ranges[2 * me.tile];
   const int plane = cam.width * cam.height;
@@ -273,22 +309,22 @@ __global__ void __launch_bounds__(kTilePixels)
 
   PixelBackward<float> pb;
   if (me.inside) pb.init(px, grads, p, plane, cam.background);
-  // Splats behind every pixel's last contributor are never visited.
-  if (threadIdx.x == 0) block_last = 0;
-  __syncthreads();
-  atomicMax(&block_last, last);
-  __syncthreads();
-  const int block_end = block_last;
+  // Splats behind every pixel's last contributor are never visited; with kWarpSkip, a warp
+  // starts at its own last one (the median's splat is never behind it).
+  const int block_end = block_max(last);
+  const int warp_end = kWarpSkip ? warp_max(last) : block_end;
 
   // Positions are relative to `begin`; batches walk from the back.
   for (int stop = block_end; stop > 0; stop -= kTilePixels) {
     const int start = max(0, stop - kTilePixels);
     __syncthreads();  // the previous batch is no longer read
     const int k = stop - 1 - int(threadIdx.x);
-    if (k >= start) batch.load(threadIdx.x, lists.point_list[begin + k], state);
+    if (k >= start) batch.load<kWarpSkip>(threadIdx.x, lists.point_list[begin + k], state, me);
     __syncthreads();
     const int n = stop - start;
-    for (int j = 0; j < n; ++j) {
+    // pos = stop - 1 - j < warp_end from j = stop - warp_end on.
+    for (int j = max(0, stop - warp_end); j < n; ++j) {
+      if (!batch.reaches<kWarpSkip>(j, me.warp)) continue;
       const int pos = stop - 1 - j;
       SplatGrad<float> g = {};
       bool contributes = false;
@@ -305,7 +341,8 @@ __global__ void __launch_bounds__(kTilePixels)
         g.feature.w += median_grad;
         contributes = true;
       }
-      if (__any_sync(kFullWarp, contributes)) warp_accumulate(g, splat_grads + batch.id[j]);
+      if (__any_sync(kFullWarp, contributes))
+        warp_accumulate<kScatter>(g, splat_grads + batch.id[j]);
     }
   }
 }
@@ -317,7 +354,8 @@ template <int kChunk>
 __global__ void __launch_bounds__(kTilePixels)
     render_features_backward_kernel(Camera<float> cam, GaussianState<float> state,
                                     TileLists lists, PixelBuffers<float> px,
-                                    OptionalGrads<float> extra, SplatGrad<float>* splat_grads) {
+                                    OptionalGrads<float> extra, SplatGrad<float>* splat_grads,
+                                    bool warp_skip, bool scatter) {
   DGRD_SHARED(FeatureBatch<kChunk>, batch);
   const FeatureThread<kChunk> me(cam, lists, px, extra.channels);
   float upstream[kChunk];
@@ -330,16 +368,18 @@ __global__ void __launch_bounds__(kTilePixels)
   FeatureBackward<float> fb;
   fb.reset();
 
+  const int warp_end = warp_skip ? me.warp_end : me.block_end;
   for (int stop = me.block_end; stop > 0; stop -= kTilePixels) {
     const int start = max(0, stop - kTilePixels);
     __syncthreads();  // the previous batch is no longer read
     const int k = stop - 1 - int(threadIdx.x);
     if (k >= start)
-      batch.load(threadIdx.x, lists.point_list[me.begin + k], state, extra.features,
-                 extra.channels, me.first, me.count);
+      batch.load(threadIdx.x, lists.point_list[me.begin + k], state, extra.features, me,
+                 extra.channels, me.first, me.count, warp_skip);
     __syncthreads();
     const int n = stop - start;
-    for (int j = 0; j < n; ++j) {
+    for (int j = max(0, stop - warp_end); j < n; ++j) {
+      if (!(batch.reach[j] >> me.warp & 1u)) continue;
       const int pos = stop - 1 - j;
       SplatGrad<float> g = {};
       float w = 0.f;
@@ -358,14 +398,25 @@ __global__ void __launch_bounds__(kTilePixels)
       }
       if (!__any_sync(kFullWarp, contributes)) continue;
       SplatGrad<float>* out = splat_grads + batch.id[j];
+      float* features_grad =
+          extra.features_grad + int64_t(batch.id[j]) * extra.channels + me.first;
+      if (scatter) {
+        // The six splat values (mean2d, conic, opacity), then the chunk's feature gradients.
+        float v[6 + kChunk] = {g.mean2d.x, g.mean2d.y, g.conic.a, g.conic.b, g.conic.c,
+                               g.opacity};
+#pragma unroll
+        for (int c = 0; c < kChunk; ++c) v[6 + c] = w * upstream[c];
+        warp_scatter_add<6 + kChunk, 16>(v, 0, 6 + me.count, [=](int i) {
+          return i < 6 ? splat_grad_value(out, i) : features_grad + (i - 6);
+        });
+        continue;
+      }
       warp_add(g.mean2d.x, &out->mean2d.x);
       warp_add(g.mean2d.y, &out->mean2d.y);
       warp_add(g.conic.a, &out->conic.a);
       warp_add(g.conic.b, &out->conic.b);
       warp_add(g.conic.c, &out->conic.c);
       warp_add(g.opacity, &out->opacity);
-      float* features_grad =
-          extra.features_grad + int64_t(batch.id[j]) * extra.channels + me.first;
 #pragma unroll
       for (int c = 0; c < kChunk; ++c)
         if (c < me.count) warp_add(w * upstream[c], features_grad + c);
@@ -484,38 +535,65 @@ void identify_tile_ranges(const uint64_t* sorted_keys, int pairs, int* tile_rang
 // and less shared memory), larger ones 16 per block, blocks over chunks running in parallel.
 int feature_chunk(int channels) { return channels <= 4 ? 4 : channels <= 8 ? 8 : 16; }
 
+CudaTuning& cuda_tuning() {
+  static CudaTuning tuning;
+  return tuning;
+}
+
+namespace {
+
+// Calls run() with each runtime flag as a compile-time constant (std::true_type or
+// std::false_type), in order, so that each combination is its own kernel.
+template <typename Run>
+void dispatch_flags(Run&& run) {
+  run();
+}
+template <typename Run, typename... Flags>
+void dispatch_flags(Run&& run, bool flag, Flags... flags) {
+  if (flag)
+    dispatch_flags([&](auto... constants) { run(std::true_type{}, constants...); }, flags...);
+  else
+    dispatch_flags([&](auto... constants) { run(std::false_type{}, constants...); }, flags...);
+}
+
 template <int kChunk>
 void launch_features(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
                      const PixelBuffers<float>& px, const OptionalOutputs<float>& extra,
-                     cudaStream_t stream) {
+                     const CudaTuning& tuning, cudaStream_t stream) {
   const dim3 grid(cam.tiles_x * cam.tiles_y, (extra.channels + kChunk - 1) / kChunk);
   DGRD_LAUNCH(render_features_kernel<kChunk>, grid, kTilePixels, stream)(cam, state, lists, px,
-                                                                         extra);
+                                                                         extra, tuning.warp_skip);
 }
 
 template <int kChunk>
 void launch_features_backward(const Camera<float>& cam, const GaussianState<float>& state,
                               TileLists lists, const PixelBuffers<float>& px,
                               const OptionalGrads<float>& extra, SplatGrad<float>* splat_grads,
-                              cudaStream_t stream) {
+                              const CudaTuning& tuning, cudaStream_t stream) {
   const dim3 grid(cam.tiles_x * cam.tiles_y, (extra.channels + kChunk - 1) / kChunk);
   DGRD_LAUNCH(render_features_backward_kernel<kChunk>, grid, kTilePixels, stream)(
-      cam, state, lists, px, extra, splat_grads);
+      cam, state, lists, px, extra, splat_grads, tuning.warp_skip, tuning.scatter_reduce);
 }
+
+}  // namespace
 
 void render(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
             const PixelBuffers<float>& px, const OptionalOutputs<float>& extra,
             cudaStream_t stream) {
   const int tiles = cam.tiles_x * cam.tiles_y;
-  if (extra.has_median())
-    DGRD_LAUNCH(render_kernel<true>, tiles, kTilePixels, stream)(cam, state, lists, px, extra);
-  else
-    DGRD_LAUNCH(render_kernel<false>, tiles, kTilePixels, stream)(cam, state, lists, px, extra);
+  const CudaTuning tuning = cuda_tuning();
+  dispatch_flags(
+      [&](auto median, auto warp_skip) {
+        const auto render_variant =
+            render_kernel<decltype(median)::value, decltype(warp_skip)::value>;
+        DGRD_LAUNCH(render_variant, tiles, kTilePixels, stream)(cam, state, lists, px, extra);
+      },
+      extra.has_median(), tuning.warp_skip);
   if (!extra.has_features()) return;
   switch (feature_chunk(extra.channels)) {
-    case 4: launch_features<4>(cam, state, lists, px, extra, stream); break;
-    case 8: launch_features<8>(cam, state, lists, px, extra, stream); break;
-    default: launch_features<16>(cam, state, lists, px, extra, stream); break;
+    case 4: launch_features<4>(cam, state, lists, px, extra, tuning, stream); break;
+    case 8: launch_features<8>(cam, state, lists, px, extra, tuning, stream); break;
+    default: launch_features<16>(cam, state, lists, px, extra, tuning, stream); break;
   }
 }
 
@@ -524,18 +602,26 @@ void render_backward(const Camera<float>& cam, const GaussianState<float>& state
                      const OptionalGrads<float>& extra, SplatGrad<float>* splat_grads,
                      cudaStream_t stream) {
   const int tiles = cam.tiles_x * cam.tiles_y;
-  if (extra.has_median())
-    DGRD_LAUNCH(render_backward_kernel<true>, tiles, kTilePixels, stream)(
-        cam, state, lists, px, grads, extra, splat_grads);
-  else
-    DGRD_LAUNCH(render_backward_kernel<false>, tiles, kTilePixels, stream)(
-        cam, state, lists, px, grads, extra, splat_grads);
+  const CudaTuning tuning = cuda_tuning();
+  dispatch_flags(
+      [&](auto median, auto warp_skip, auto scatter) {
+        const auto render_backward_variant =
+            render_backward_kernel<decltype(median)::value, decltype(warp_skip)::value,
+                                   decltype(scatter)::value>;
+        DGRD_LAUNCH(render_backward_variant, tiles, kTilePixels, stream)(
+            cam, state, lists, px, grads, extra, splat_grads);
+      },
+      extra.has_median(), tuning.warp_skip, tuning.scatter_reduce);
   if (!extra.has_features()) return;
   switch (feature_chunk(extra.channels)) {
-    case 4: launch_features_backward<4>(cam, state, lists, px, extra, splat_grads, stream); break;
-    case 8: launch_features_backward<8>(cam, state, lists, px, extra, splat_grads, stream); break;
+    case 4:
+      launch_features_backward<4>(cam, state, lists, px, extra, splat_grads, tuning, stream);
+      break;
+    case 8:
+      launch_features_backward<8>(cam, state, lists, px, extra, splat_grads, tuning, stream);
+      break;
     default:
-      launch_features_backward<16>(cam, state, lists, px, extra, splat_grads, stream);
+      launch_features_backward<16>(cam, state, lists, px, extra, splat_grads, tuning, stream);
       break;
   }
 }

@@ -42,6 +42,15 @@ cudaError_t sort_pairs(void* temp, size_t& temp_bytes, const uint64_t* keys_in,
 void identify_tile_ranges(const uint64_t* sorted_keys, int pairs, int* tile_ranges,
                           cudaStream_t stream);
 
+// Techniques of the render kernels that the benchmarks switch off one at a time (all on by
+// default). Neither changes an output: warp skipping passes only splats that are skipped anyway,
+// and the scatter sum adds the same gradients in another order.
+struct CudaTuning {
+  bool warp_skip = true;       // a warp passes the splats that cannot reach its pixels
+  bool scatter_reduce = true;  // warp sums of gradients by warp_scatter_add, not one tree each
+};
+CudaTuning& cuda_tuning();
+
 // One 16x16 block per tile, front to back; the median with it when asked for, and the feature
 // map (when asked for) by a second kernel, one block per tile and chunk of channels.
 void render(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,

@@ -134,8 +134,10 @@ struct Launch {
   static const char name##_dgrd_shared_key = 0;                                          \
   Type(&name)[count] = *static_cast<Type(*)[count]>(::dgrd::emu::shared_storage(         \
       &name##_dgrd_shared_key, sizeof(Type[count]), alignof(Type), #name))
-#define DGRD_LAUNCH(kernel, grid, block, stream) \
-  ::dgrd::emu::Launch<decltype(kernel)>{#kernel, kernel, dim3(grid), dim3(block)}
+// (`kernel` may also name a pointer to a kernel.)
+#define DGRD_LAUNCH(kernel, grid, block, stream)                                           \
+  ::dgrd::emu::Launch<std::remove_pointer_t<std::decay_t<decltype(kernel)>>>{              \
+      #kernel, kernel, dim3(grid), dim3(block)}
 
 // ------------------------------------------------------------------ intrinsics the kernels use
 // The call site (file, line) of every barrier and collective is recorded for error messages.

@@ -1,0 +1,198 @@
+"""The CUDA render kernels' switchable techniques (gpu::CudaTuning, `pytest -m cuda`): warp
+skipping (a warp passes the splats that cannot reach its pixels, and starts its backward walk at
+its own last contributor) and the scatter sum of a warp's gradients (warp_scatter_add).
+
+Neither may change a result: with any combination switched on, the forward is bit-identical to
+the kernels with both off, and the gradients agree up to the order of their sums. The helpers
+are also checked alone on the emulated backend: band_reach_mask (blend.h) never clears the band
+of a pixel that blends the splat, yet clears most of the bands a small splat misses;
+warp_scatter_add sums like torch, with one atomic per value and none past the values it was given.
+"""
+import itertools
+import math
+
+import pytest
+import torch
+
+import scenes
+from cuda_target import EMULATED_CUDA, REAL_CUDA, active, cuda_targets
+from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend
+from test_cuda import settings_on
+
+pytestmark = pytest.mark.cuda
+
+COMBINATIONS = list(itertools.product((False, True), repeat=2))  # (warp_skip, scatter_reduce)
+
+needs_emulation = pytest.mark.skipif(not EMULATED_CUDA,
+                                     reason="the emulated CUDA backend was not built")
+
+
+def emulated_checks():
+    from diff_gaussian_rasterization_depth import _emulated_cuda
+    return _emulated_cuda.checks
+
+
+# ------------------------------------------------------------------------------ helpers alone
+
+@needs_emulation
+@pytest.mark.parametrize("n", (1, 6, 10, 22, 40))
+def test_warp_scatter_add_sums_like_torch(n):
+    gen = torch.Generator().manual_seed(n)
+    for size in sorted({n, max(n - 3, 0), 1}):
+        values = torch.randn(32, n, generator=gen) * torch.logspace(-3, 3, n)
+        out, writes = emulated_checks().warp_scatter_add(values, size)
+        expected = values.double().sum(dim=0)[:size].float()
+        torch.testing.assert_close(out[:size], expected, rtol=1e-5,
+                                   atol=1e-6 * values.abs().max().item())
+        # One atomic per value, none past the values it was given.
+        assert writes.tolist() == [1] * size + [0] * (n - size)
+
+
+def random_splats(gen, count, x0, y0, sigma=(0.3, 20.0), spread=12.0):
+    """Means around the tile at (x0, y0), covariances of any orientation with sigmas
+    log-uniform in `sigma` (needles included), dilated by 0.3 as the preprocess does; opacities
+    log-uniform in [1e-3, 1]. Returns float32 means (N x 2) and conic_opacity (N x 4)."""
+    u = lambda *shape: torch.rand(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
+    mean = torch.stack([x0 - spread + (16 + 2 * spread) * u(count),
+                        y0 - spread + (16 + 2 * spread) * u(count)], dim=1)
+    log_lo, log_hi = math.log(sigma[0]), math.log(sigma[1])
+    s = torch.exp(log_lo + (log_hi - log_lo) * u(count, 2))
+    theta = math.pi * u(count)
+    c, sn = torch.cos(theta), torch.sin(theta)
+    R = torch.stack([torch.stack([c, -sn], -1), torch.stack([sn, c], -1)], -2)
+    cov = R @ torch.diag_embed(s * s) @ R.transpose(-1, -2) + 0.3 * torch.eye(2, dtype=torch.float64)
+    conic = torch.linalg.inv(cov)
+    opacity = torch.exp(math.log(1e-3) * u(count))
+    co = torch.stack([conic[:, 0, 0], conic[:, 0, 1], conic[:, 1, 1], opacity], dim=1)
+    return mean.float(), co.float()
+
+
+def blended_pixels(mean, co, x0, y0):
+    """N x 16 x 16: where splat_alpha accepts each splat at the tile's pixels, in float32 with
+    the kernels' operation order (d = mean - pixel, power of blend.h's splat_power)."""
+    px = (x0 + torch.arange(16, dtype=torch.float32)).view(1, 1, 16)
+    py = (y0 + torch.arange(16, dtype=torch.float32)).view(1, 16, 1)
+    dx = mean[:, 0].view(-1, 1, 1) - px
+    dy = mean[:, 1].view(-1, 1, 1) - py
+    a, b, c, o = (co[:, k].view(-1, 1, 1) for k in range(4))
+    power = -0.5 * (a * dx * dx + c * dy * dy) - b * dx * dy
+    alpha = torch.clamp(o * torch.exp(power), max=0.99)
+    return (power <= 0) & (alpha >= torch.tensor(1 / 255, dtype=torch.float32))
+
+
+def band_bits(masks):
+    return (masks.view(-1, 1) >> torch.arange(8).view(1, 8)) & 1 == 1
+
+
+@needs_emulation
+def test_band_reach_mask_never_clears_a_band_that_blends():
+    gen = torch.Generator().manual_seed(7)
+    x0, y0 = 32, 48
+    for sigma in ((0.3, 20.0), (0.05, 3.0), (2.0, 400.0)):
+        mean, co = random_splats(gen, 20000, x0, y0, sigma=sigma)
+        masks = emulated_checks().band_reach_masks(mean, co, x0, y0)
+        blended_bands = blended_pixels(mean, co, x0, y0).view(-1, 8, 32).any(dim=2)
+        missed = blended_bands & ~band_bits(masks)
+        assert not missed.any(), (f"sigma {sigma}: {int(missed.sum())} bands cleared that blend, "
+                                  f"e.g. splat {int(missed.any(dim=1).nonzero()[0])}")
+
+
+@needs_emulation
+def test_band_reach_mask_clears_most_bands_a_small_splat_misses():
+    gen = torch.Generator().manual_seed(8)
+    x0, y0 = 16, 16
+    mean, co = random_splats(gen, 20000, x0, y0, sigma=(0.5, 3.0), spread=4.0)
+    masks = emulated_checks().band_reach_masks(mean, co, x0, y0)
+    blended_bands = blended_pixels(mean, co, x0, y0).view(-1, 8, 32).any(dim=2)
+    bits = band_bits(masks)
+    missed_bands = (~blended_bands).sum().item()
+    kept_needlessly = (bits & ~blended_bands).sum().item()
+    # The box is the ellipse's bounding box, so a band it overlaps may still hold no pixel
+    # that blends; most of the missed bands must be cleared all the same.
+    assert missed_bands > 0.4 * blended_bands.numel()
+    assert kept_needlessly < 0.08 * missed_bands, (kept_needlessly, missed_bands)
+
+
+@needs_emulation
+def test_band_reach_mask_bounds_nothing_it_cannot_bound_safely():
+    x0, y0 = 0, 0
+    plain = [1.0, 0.0, 1.0, 0.5]
+    mean = torch.tensor([[8.0, 8.0]] * 5 + [[8.0, float("nan")], [float("nan"), 8.0],
+                                            [8.0, float("inf")]])
+    co = torch.tensor([plain,
+                       [1.0, 2.0, 1.0, 0.5],      # indefinite
+                       [0.0, 0.0, 1.0, 0.5],      # singular
+                       [1e4, 0.0, 1e-4, 0.5],     # condition 1e8: too thin to bound
+                       [1.0, 0.0, 1.0, float("inf")],
+                       plain, plain, plain])
+    masks = emulated_checks().band_reach_masks(mean, co, x0, y0).tolist()
+    assert 0 < masks[0] < 0xFF
+    assert masks[1:5] == [0xFF] * 4
+    # A NaN offset never proves a band out of reach; the other axis still may (the splat is
+    # skipped at every pixel then anyway: its power is NaN).
+    assert masks[5] == 0xFF and masks[6] == masks[0]
+    assert masks[7] == 0  # a splat at infinity reaches nothing
+
+
+# ------------------------------------------------------------------------- the kernels whole
+
+@pytest.fixture
+def tuning():
+    """set(warp_skip, scatter_reduce) on the backend that renders; both on again afterwards."""
+    yield lambda warp_skip, scatter_reduce: _backend.set_cuda_tuning(warp_skip, scatter_reduce)
+    if EMULATED_CUDA:
+        with _backend.emulated_cuda():
+            _backend.set_cuda_tuning(True, True)
+    if REAL_CUDA:
+        _backend.set_cuda_tuning(True, True)
+
+
+def render_all(scene, F, device):
+    """Every output and every gradient (features included) of one call with the optional outputs
+    (F not None) or of the plain 4-output call, for a fixed random loss."""
+    leaves = {k: (None if v is None else v.detach().to(device).requires_grad_())
+              for k, v in scene.inputs.items()}
+    extra = {}
+    if F is not None:
+        extra = dict(features=F.detach().to(device).requires_grad_(), median_depth=True)
+    out = GaussianRasterizer(settings_on(scene.settings, device))(**leaves, **extra)
+    gen = torch.Generator().manual_seed(1)
+    maps = [out[0], out[2], out[3]] + list(out[4:])
+    loss = sum((m * torch.randn(m.shape, generator=gen).to(device)).sum() for m in maps)
+    tensors = [v for v in leaves.values() if v is not None] + list(extra.values())[:1]
+    grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+    return ([t.detach().cpu() for t in out],
+            [torch.zeros(()) if g is None else g.cpu() for g in grads])
+
+
+SCENES = {
+    # (height, width, P, opacity factor): sizes not multiples of 16; the faint one keeps its
+    # tile's pixels unsaturated past 256 splats (several batches, warps ending apart).
+    "37x45": (37, 45, 150, 1.0),
+    "16x16-faint": (16, 16, 400, 0.1),
+}
+
+
+@pytest.mark.parametrize("target", cuda_targets())
+@pytest.mark.parametrize("channels", (None, 5, 20))
+@pytest.mark.parametrize("scene_name", list(SCENES))
+def test_tuning_changes_no_output(scene_name, channels, target, tuning):
+    H, W, P, factor = SCENES[scene_name]
+    scene = scenes.make_scene(21000 + H, P=P, height=H, width=W, sh_degree=1,
+                              smooth=factor < 1)
+    scene.inputs["opacities"] = scene.inputs["opacities"] * factor
+    F = None if channels is None else torch.rand(P, channels,
+                                                 generator=torch.Generator().manual_seed(2))
+    results = {}
+    with active(target):
+        for combo in COMBINATIONS:
+            tuning(*combo)
+            results[combo] = render_all(scene, F, target)
+    base_out, base_grads = results[(False, False)]
+    for combo, (out, grads) in results.items():
+        for k, (a, b) in enumerate(zip(out, base_out)):
+            assert torch.equal(a, b), f"{combo}: output {k} differs by {(a - b).abs().max()}"
+        for k, (g, g0) in enumerate(zip(grads, base_grads)):
+            scale = g0.abs().max().item() if g0.numel() else 0.0
+            torch.testing.assert_close(g, g0, rtol=1e-4, atol=1e-5 * scale,
+                                       msg=lambda m: f"{combo}: gradient {k}: {m}")
