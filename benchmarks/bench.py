@@ -18,6 +18,9 @@ warm-up; the median over the repetitions is reported. Repetitions rotate among a
 is `torch.cuda.max_memory_allocated()` during one call minus the memory allocated before it.
 
 Ratios are "time of the implementation / time of ours" from the same run (> 1: ours is faster).
+`--impls ablation` times ours against itself with the CUDA render techniques switched off
+(gpu::CudaTuning: warp skipping, the scatter sum of gradients), one and both at a time: a ratio
+above 1 is what the technique gains.
 The original `diff_gaussian_rasterization` has no weight map (and, depending on its version, no
 depth): it is timed with a loss on what it returns, which the JSON notes.
 """
@@ -102,6 +105,9 @@ def _upstream(scene: Scene, seed: int) -> Dict[str, torch.Tensor]:
 class Ours(Impl):
     name = "ours"
     note = "loss on colour + depth + weight"
+    # The CUDA render kernels' techniques (warp_skip, scatter_reduce): all on here; the
+    # ablation variants below switch one or both off.
+    cuda_tuning = (True, True)
 
     def available(self, device):
         try:
@@ -117,7 +123,11 @@ class Ours(Impl):
         return getattr(dgrd, "__version__", None)
 
     def prepare(self, scene, upstream):
-        from diff_gaussian_rasterization_depth import GaussianRasterizer
+        from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend
+        if scene.device.type == "cuda":
+            # Global to the backend; each implementation is prepared, checked and timed before
+            # the next is prepared, so setting it here holds for all of its calls.
+            _backend.set_cuda_tuning(*self.cuda_tuning)
         rasterizer = GaussianRasterizer(scene.raster_settings())
         gc, gd, gw = upstream["color"], upstream["depth"], upstream["weight"]
 
@@ -199,7 +209,38 @@ class Original(Impl):
         return _Prepared(forward, loss, visible=lambda out: int((out[1] > 0).sum()))
 
 
-IMPLS = {"ours": Ours, "gsplat": Gsplat, "original": Original}
+class _OursAblated(Ours):
+    """Ours with CUDA render techniques switched off: its ratio to ours (> 1) is what they
+    gain."""
+
+    def available(self, device):
+        if device.type != "cuda":
+            return "an ablation of the CUDA kernels"
+        return super().available(device)
+
+
+class OursNoWarpSkip(_OursAblated):
+    name = "ours-no-warp-skip"
+    note = Ours.note + "; warps evaluate every splat of the tile"
+    cuda_tuning = (False, True)
+
+
+class OursNoScatter(_OursAblated):
+    name = "ours-no-scatter"
+    note = Ours.note + "; warp gradient sums by one shuffle tree per value"
+    cuda_tuning = (True, False)
+
+
+class OursNeither(_OursAblated):
+    name = "ours-neither"
+    note = Ours.note + "; neither warp skipping nor the scatter sum"
+    cuda_tuning = (False, False)
+
+
+IMPLS = {"ours": Ours, "gsplat": Gsplat, "original": Original,
+         OursNoWarpSkip.name: OursNoWarpSkip, OursNoScatter.name: OursNoScatter,
+         OursNeither.name: OursNeither}
+ABLATION = "ours," + ",".join((OursNoWarpSkip.name, OursNoScatter.name, OursNeither.name))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -444,7 +485,8 @@ def parse_args(argv=None):
     ap.add_argument("--sets", type=int, default=N_SETS,
                     help="input sets rotated among (camera i, attribute draw i); at most 3")
     ap.add_argument("--impls", default="ours,gsplat,original",
-                    help="which implementations to time, where available")
+                    help="which implementations to time, where available; 'ablation' stands "
+                         f"for {ABLATION} (the CUDA kernels with techniques switched off)")
     ap.add_argument("--sh", action="store_true",
                     help="SH degree 3 (random coefficients) instead of precomputed colours")
     ap.add_argument("--seed", type=int, default=0)
@@ -475,7 +517,7 @@ def parse_args(argv=None):
         ap.error("--sets: expected 1..3 (the data file has three cameras)")
     args.scene_list = _parse_list(args.scenes)
     args.scale_list = [float(s) for s in _parse_list(args.scales)]
-    args.impl_list = _parse_list(args.impls)
+    args.impl_list = _parse_list(args.impls.replace("ablation", ABLATION))
     unknown = [i for i in args.impl_list if i not in IMPLS]
     if unknown:
         ap.error(f"--impls: unknown {unknown}; expected some of {', '.join(IMPLS)}")

@@ -20,16 +20,21 @@
 #   6. side by side with gsplat 1.5.3 (bench_gsplat.json)
 #   7. side by side with the original diff_gaussian_rasterization, when its source is in
 #      .whl/orig/ (built in the background after stage 1; bench_original.json)
+#   8. the ablation of this package's CUDA render techniques (bench.py --impls ablation: warp
+#      skipping, the scatter sum of gradients, each off and both; bench_ablation.json when the
+#      8 files leave room for it, its table in run_gpu.log in any case)
 # Every test has a per-test limit ($DGRD_TEST_TIMEOUT, tests/conftest.py).
 #
 # What comes back ($OUT, else benchmarks/results; at most 8 files, none in sub-folders):
 # summary.txt (one line per stage, as it ends: the first thing to read), run_gpu.log (everything),
-# compare_cuda_cpu.json, bench_ours.json, bench_gsplat.json, bench_original.json and at most two
-# parts of the compiled gsplat library, gsplat_cuda-<torch>-<cuda>-sm<NN>.so.gz.partNN: copy them
+# compare_cuda_cpu.json, bench_ours.json, bench_gsplat.json, bench_original.json,
+# bench_ablation.json and at most two parts of the compiled gsplat library, gsplat_cuda-<torch>-<cuda>-sm<NN>.so.gz.partNN: copy them
 # into .whl/ and a later run on the same image loads them instead of compiling (minutes saved).
 #
 # Environment: PYTHON (python3), RUN_GPU_BUDGET_S (560), BENCH_REPS (20), BENCH_SCENES
-# (112k,1m,2.8m), BENCH_SCALES (1,2,3), DGRD_COMMIT (recorded when the copy has no .git),
+# (112k,1m,2.8m), BENCH_SCALES (1,2,3), ABLATION_SCENES (112k,1m), ABLATION_SCALES (1,2),
+# RUN_GPU_SKIP (stage names, comma-separated: a later window skips what an earlier one
+# settled, e.g. memcheck,racecheck,timings-original), DGRD_COMMIT (recorded when the copy has no .git),
 # TORCH_CUDA_ARCH_LIST (default: the visible GPU's). RUN_GPU_FAKE_STEP_S (dry run only): every
 # stage is `sleep` that long, to exercise the deadline.
 set -uo pipefail
@@ -70,10 +75,19 @@ record() {
     printf '=== %s: %s in %s s %s [%s]\n' "$1" "$2" "$3" "${4:-}" "$(now)"
 }
 
+# skipped_by_request NAME: true (and records it) when RUN_GPU_SKIP names the stage.
+skipped_by_request() {
+    case ",${RUN_GPU_SKIP:-}," in
+        *",$1,"*) record "$1" skipped 0 "RUN_GPU_SKIP"; return 0 ;;
+    esac
+    return 1
+}
+
 # stage NAME CAP_S COMMAND...: runs COMMAND under timeout, at most CAP_S and the time left.
-# Returns COMMAND's status; 125 when skipped for the deadline.
+# Returns COMMAND's status; 125 when skipped for the deadline or by RUN_GPU_SKIP.
 stage() {
     local name=$1 cap=$2; shift 2
+    skipped_by_request "$name" && return 125
     local budget; budget=$(left)
     if [ "$budget" -lt "$MIN_STAGE_S" ]; then
         record "$name" skipped 0 "deadline"
@@ -100,8 +114,9 @@ stage() {
 # output to LOG; sets BG_PID (empty when skipped for the deadline).
 background() {
     local name=$1 cap=$2 log=$3; shift 3
-    local budget; budget=$(left)
     BG_PID=""
+    skipped_by_request "$name" && return 125
+    local budget; budget=$(left)
     if [ "$budget" -lt "$MIN_STAGE_S" ]; then
         record "$name" skipped 0 "deadline"
         return 125
@@ -352,6 +367,21 @@ if [ -n "$orig_pid" ] && await orig-build "$orig_pid" "$orig_log"; then
     export PYTHONPATH=$PYTHONPATH:$REPO/.whl/orig
     stage timings-original 200 "${BENCH[@]}" --impls ours,original \
         --json "$RESULTS/bench_original.json"
+fi
+
+# ----------------------------------------------------------------------------- 8. ablation
+ablation_json=()
+if [ "$(ls "$RESULTS" | grep -vc '\.tmp$')" -lt 8 ]; then
+    ablation_json=(--json "$RESULTS/bench_ablation.json")
+else
+    echo "ablation: no room for its JSON among the 8 files that come back; see its table here"
+fi
+if [ "$DRY" = 1 ]; then
+    stage ablation 60 "${BENCH[@]}" --impls ablation ${ablation_json[@]+"${ablation_json[@]}"}
+else
+    stage ablation 150 "$PY" benchmarks/bench.py --device cuda \
+        --scenes "${ABLATION_SCENES:-112k,1m}" --scales "${ABLATION_SCALES:-1,2}" \
+        --reps "${BENCH_REPS:-20}" --impls ablation ${ablation_json[@]+"${ablation_json[@]}"}
 fi
 
 finish

@@ -153,6 +153,21 @@ def test_results_are_written_after_each_configuration(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]   # no temporary left
 
 
+def test_cuda_ablation_expands_and_is_left_out_on_the_cpu():
+    """`--impls ablation`: ours and the CUDA kernels with each technique off, named so; on the
+    CPU only ours runs and the JSON says why the others did not."""
+    bench = _load("bench")
+    args = bench.parse_args(["--device", "cpu", "--impls", "ablation", "--scenes", "300",
+                             "--scales", "0.1", "--reps", "1", "--warmup", "0", "--sets", "1"])
+    assert args.impl_list == ["ours", "ours-no-warp-skip", "ours-no-scatter", "ours-neither"]
+    tunings = [bench.IMPLS[n].cuda_tuning for n in args.impl_list]
+    assert tunings == [(True, True), (False, True), (True, False), (False, False)]
+    result = bench.run(args)
+    assert [r["impl"] for r in result["results"]] == ["ours"]
+    for name in args.impl_list[1:]:
+        assert "CUDA" in result["environment"][f"{name}_unavailable_because"]
+
+
 def test_cpu_bench_quick_reports_load_work_and_ablation(tmp_path):
     """benchmarks/cpu_bench.py on a small frame: every figure it prints is there and coherent."""
     out = tmp_path / "cpu.json"

@@ -15,7 +15,7 @@ SCRIPT = REPO / "benchmarks" / "run_gpu.sh"
 # Stages in the foreground, in order; gsplat-build (in the background) is recorded when it is
 # waited for, which may come before or after timings-ours.
 STAGES = ["build", "tests-cuda-vs-cpu", "garden-compare", "tests-robust-debug", "memcheck",
-          "racecheck", "timings-ours", "timings-gsplat"]
+          "racecheck", "timings-ours", "timings-gsplat", "ablation"]
 BACKGROUND = "gsplat-build"
 MAX_FILES_BACK = 8      # the device tool brings back at most 8 files, at most 2 folders down
 
@@ -46,8 +46,8 @@ def test_dry_run_runs_every_stage_in_order_and_writes_out(tmp_path):
     stages = stage_lines(tmp_path)
     assert [name for name, _ in stages if name != BACKGROUND] == STAGES, stages
     status = dict(stages)
-    assert all(status[s] == "ok" for s in STAGES[:-1] + [BACKGROUND]), stages
-    assert status["timings-gsplat"] == "skipped"
+    assert status.pop("timings-gsplat") == "skipped"
+    assert all(s == "ok" for s in status.values()), stages
 
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(files) <= MAX_FILES_BACK and all(p.parent == tmp_path for p in files), files
@@ -62,6 +62,10 @@ def test_dry_run_runs_every_stage_in_order_and_writes_out(tmp_path):
     bench = json.loads((tmp_path / "bench_ours.json").read_text())
     assert bench["complete"] is True and len(bench["results"]) == 2    # two resolutions
     assert bench["environment"]["git_commit"]
+    # The ablation of the CUDA kernels: on the CPU, ours alone, saying why not the others.
+    ablation = json.loads((tmp_path / "bench_ablation.json").read_text())
+    assert [r["impl"] for r in ablation["results"]] == ["ours", "ours"]
+    assert "CUDA" in ablation["environment"]["ours-neither_unavailable_because"]
     assert "test_no_memory_growth_and_repeatable" in log    # the CUDA tests were collected
     assert "test_radius_beyond_2_30_from_far_off_screen" in log
 
@@ -81,3 +85,17 @@ def test_dry_run_keeps_its_deadline(tmp_path):
     if any(st == "TIMEOUT" for name, st in stages if name != BACKGROUND):
         assert proc.returncode != 0
     assert "--- end" in (tmp_path / "summary.txt").read_text()
+
+
+def test_dry_run_skips_the_stages_asked_to(tmp_path):
+    """RUN_GPU_SKIP: a later GPU window leaves out what an earlier one settled."""
+    proc, _ = dry_run(tmp_path, RUN_GPU_SKIP="memcheck,racecheck,ablation")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    stages = stage_lines(tmp_path)
+    assert [name for name, _ in stages if name != BACKGROUND] == STAGES, stages
+    status = dict(stages)
+    assert [status[s] for s in ("memcheck", "racecheck", "ablation")] == ["skipped"] * 3
+    assert status["tests-robust-debug"] == status["timings-ours"] == "ok"
+    summary = (tmp_path / "summary.txt").read_text()
+    assert summary.count("RUN_GPU_SKIP") == 3
+    assert not (tmp_path / "bench_ablation.json").exists()
