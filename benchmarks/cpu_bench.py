@@ -99,8 +99,10 @@ def time_ours(scene, threads, up):
     return {"forward": forward, "backward": t2 - t1, "both": t2 - t0, **stages}
 
 
-def work_counts(scene) -> dict:
-    """The backend's work counts for this frame (float32 CPU forward)."""
+def forward_state(scene):
+    """The backend's config and forward state (_C's list: radii, means2d, conic_opacity,
+    features, point_list, tile_ranges, pixel_state, n_contrib, median_contrib) for this frame,
+    from a float32 CPU forward."""
     settings = scene.raster_settings()
     inputs = {k: (v.detach() if torch.is_tensor(v) else v)
               for k, v in scene.rasterizer_inputs().items()}
@@ -110,7 +112,12 @@ def work_counts(scene) -> dict:
     means3D, opacities, sh, colors, scales, rotations, cov, checked = out
     config = _backend.make_config(checked)
     gaussians = _backend.make_gaussians(means3D, opacities, sh, colors, scales, rotations, cov)
-    state = _backend.forward(config, gaussians)[-1]
+    return config, _backend.forward(config, gaussians)[-1]
+
+
+def work_counts(scene) -> dict:
+    """The backend's work counts for this frame (float32 CPU forward)."""
+    config, state = forward_state(scene)
     pairs, evaluations, exps, blends, lane_evaluations = _backend._ext().cpu_render_work(
         config, state)
     flops = evaluations * FLOPS_PER_EVALUATION + blends * FLOPS_PER_BLEND

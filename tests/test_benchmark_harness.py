@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from diff_gaussian_rasterization_depth import _backend
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -166,6 +168,19 @@ def test_cuda_ablation_expands_and_is_left_out_on_the_cpu():
     assert [r["impl"] for r in result["results"]] == ["ours"]
     for name in args.impl_list[1:]:
         assert "CUDA" in result["environment"][f"{name}_unavailable_because"]
+
+
+@pytest.mark.skipif(not _backend.has_emulated_cuda(), reason="needs the emulated CUDA module")
+def test_warp_skip_model_counts_are_consistent():
+    """Skipping never evaluates more than each warp's own walk, which never exceeds the
+    block-wide one; on small splats it evaluates far fewer."""
+    model = _load("warp_skip_model")
+    scene = bench_scenes.garden_scene("20k", camera=1, scale=0.25)
+    _, state = model.forward_state(scene)
+    c = model.warp_counts(state, scene.camera.width, scene.camera.height)
+    assert 0 < c["warp_skip"] < c["warp"] <= c["block"]
+    assert c["warp_skip"] < 0.8 * c["warp"]
+    assert c["block"] <= 8 * c["pairs"]
 
 
 def test_cpu_bench_quick_reports_load_work_and_ablation(tmp_path):

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""The work model of the CUDA render's warp skipping, from a CPU forward's tile lists.
+
+    python benchmarks/warp_skip_model.py [--scenes 112k,1m] [--scales 1,2]
+
+On CUDA a tile is a block of 8 warps, each two rows of 16 pixels. Without warp skipping, a warp
+evaluates every splat of its tile's list up to where its pixels stop (the backward: up to the
+block's last contributor, evaluating where any of its pixels still blends); with it, a warp
+passes the splats whose reach box (`band_reach_mask`, blend.h) misses its two rows, and the
+backward starts each warp at its own last contributor. This counts, on the garden frames, the
+(warp, splat) evaluations of each: their ratio is the predicted gain of the render loops, before
+the GPU measures it (`bench.py --impls ablation`). The masks are computed by the same compiled
+function as the kernels', through the emulated CUDA module (built by default).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from benchmarks.cpu_bench import forward_state  # noqa: E402
+from benchmarks.scenes import garden_scene  # noqa: E402
+
+TILE, WARPS = 16, 8
+
+
+def warp_counts(state, width, height) -> dict:
+    from diff_gaussian_rasterization_depth import _emulated_cuda
+    _, means2d, conic_opacity, _, point_list, tile_ranges, _, n_contrib, _ = state
+    tiles_x = (width + TILE - 1) // TILE
+    # n_contrib padded to whole tiles, then one row of 256 pixels (8 warps x 32) per tile.
+    padded = torch.zeros(tile_ranges.shape[0] // tiles_x * TILE, tiles_x * TILE, dtype=torch.int64)
+    padded[:height, :width] = n_contrib.long()
+    per_tile = padded.view(-1, TILE, tiles_x, TILE).permute(0, 2, 1, 3).reshape(-1, WARPS, 32)
+    warp_end = per_tile.max(dim=2).values                       # tiles x 8
+    block_end = warp_end.max(dim=1).values                      # tiles
+    bits = torch.arange(WARPS)
+    skipping = 0
+    for t in torch.nonzero(block_end).flatten().tolist():
+        begin = int(tile_ranges[t, 0])
+        ids = point_list[begin:begin + int(block_end[t])].long()
+        masks = _emulated_cuda.checks.band_reach_masks(
+            means2d[ids], conic_opacity[ids], (t % tiles_x) * TILE, (t // tiles_x) * TILE)
+        reaches = (masks.view(-1, 1) >> bits) & 1 == 1           # positions x 8
+        before_end = torch.arange(len(ids)).view(-1, 1) < warp_end[t].view(1, -1)
+        skipping += int((reaches & before_end).sum())
+    return {"pairs": int(point_list.numel()), "block": int(block_end.sum()) * WARPS,
+            "warp": int(warp_end.sum()), "warp_skip": skipping}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scenes", default="112k,1m")
+    ap.add_argument("--scales", default="1,2")
+    args = ap.parse_args(argv)
+    print(f"{'scene':6s} {'resolution':>10s} {'pairs':>10s} {'block-wide':>12s} "
+          f"{'own end':>12s} {'skipping':>12s} {'gain':>6s}")
+    for name in args.scenes.split(","):
+        for scale in (float(s) for s in args.scales.split(",")):
+            scene = garden_scene(name, camera=0, scale=scale)
+            cam = scene.camera
+            _, state = forward_state(scene)
+            c = warp_counts(state, cam.width, cam.height)
+            print(f"{name:6s} {cam.width:>4d}x{cam.height:<5d} {c['pairs']:>10d} {c['block']:>12d} "
+                  f"{c['warp']:>12d} {c['warp_skip']:>12d} {c['block'] / c['warp_skip']:>5.2f}x",
+                  flush=True)
+    print("(warp, splat) evaluations of the render loops: every warp to the block's last "
+          "contributor; each to its own; with warp skipping. gain = block-wide / skipping")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
