@@ -7,14 +7,19 @@ On the CPU unless --device cuda. Prints the median time per step and `uptime` (l
     python benchmarks/sparse_adam.py [--gaussians 1000000] [--visible 1.0 0.5 0.1] [--reps 5]
 """
 import argparse
-import os
 import statistics
 import subprocess
+import sys
 import time
+from pathlib import Path
 
-import torch
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # a source checkout built in place; an install wins when present
+    sys.path.append(str(REPO))
 
-from diff_gaussian_rasterization_depth import SparseGaussianAdam
+import torch  # noqa: E402
+
+from diff_gaussian_rasterization_depth import SparseGaussianAdam  # noqa: E402
 
 SHAPES = {"xyz": (3,), "f_dc": (1, 3), "f_rest": (15, 3), "opacity": (1,), "scaling": (3,),
           "rotation": (4,)}
