@@ -73,27 +73,32 @@ DGRD_HD T distance(T a, T b) {
 // Which bands of kBandRows rows of the tile whose first pixel is (x0, y0) a splat may reach: bit
 // b is clear only when every pixel of rows y0 + kBandRows b .. y0 + kBandRows (b + 1) - 1 lies
 // outside its reach box, where splat_alpha skips it anyway (the CUDA render's warps are bands of
-// two rows). The gaps are the smallest |d| over the band's pixels, from the same float
-// subtraction as splat_alpha's d = mean2d - pixel; a NaN gap or box never clears a bit.
+// two rows). Offsets are judged as splat_alpha computes them, d = mean2d - pixel in float; a NaN
+// offset or box never clears a bit. Few registers: the CUDA kernels run it while staging.
 template <int kBandRows, typename T>
 DGRD_HD unsigned band_reach_mask(int x0, int y0, Vec2<T> mean, Vec4<T> conic_opacity) {
   constexpr int kBands = kTileSize / kBandRows;
-  static_assert(kBands * kBandRows == kTileSize && kBands <= 32, "bands split the tile");
-  constexpr unsigned kAllBands = kBands == 32 ? ~0u : (1u << kBands) - 1;
+  static_assert(kBands * kBandRows == kTileSize && kBands < 32, "bands split the tile");
+  constexpr unsigned kAllBands = (1u << kBands) - 1;
   Vec2<T> half;
   if (!splat_reach(conic_opacity, half)) return kAllBands;
+  // Columns: the smallest |d.x| is at one of the two columns around mean.x.
   const T first = T(x0), last = T(x0 + kTileSize - 1);
   const T left = clamp(floor_(mean.x), first, last);
   const T right = clamp(floor_(mean.x) + T(1), first, last);
   if (min2(distance(mean.x, left), distance(mean.x, right)) > half.x) return 0;
-  unsigned mask = 0;
-  for (int b = 0; b < kBands; ++b) {
-    T gap_y = distance(mean.y, T(y0 + b * kBandRows));
-    for (int r = 1; r < kBandRows; ++r)
-      gap_y = min2(gap_y, distance(mean.y, T(y0 + b * kBandRows + r)));
-    if (!(gap_y > half.y)) mask |= 1u << b;
-  }
-  return mask;
+  // Rows: every row with |d.y| <= half.y lies in [floor(mean.y - half.y), ceil(mean.y +
+  // half.y)] (one beyond is more than half.y + 1 away); an end whose own |d.y| is beyond the box
+  // moves in by one.
+  T low = floor_(mean.y - half.y), high = ceil_(mean.y + half.y);
+  if (!(low <= high)) return kAllBands;  // NaN
+  if (distance(mean.y, low) > half.y) low += T(1);
+  if (distance(mean.y, high) > half.y) high -= T(1);
+  low = max2(low, T(y0));
+  high = min2(high, T(y0 + kTileSize - 1));
+  if (!(low <= high)) return 0;
+  const int band_low = (int(low) - y0) / kBandRows, band_high = (int(high) - y0) / kBandRows;
+  return ((2u << band_high) - 1) & ~((1u << band_low) - 1);
 }
 
 // Running front-to-back state of one pixel.
