@@ -226,7 +226,8 @@ def main(argv=None):
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--gsplat-points", type=int, default=2000)
+    ap.add_argument("--gsplat-points", type=int, default=2000,
+                    help="Gaussians of the gsplat side-by-side scene (0: leave it out)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--ablation", action="store_true",
                     help="also time each technique of the float path switched off alone")
@@ -279,7 +280,8 @@ def main(argv=None):
           f"({best['render'] / work['model_render_seconds']:.2f}x the model)")
     if args.ablation:
         result["ablation"] = ablation(scene, max(threads), up, args.reps)
-    result["gsplat"] = gsplat_side_by_side(args.gsplat_points, max(1, args.reps // 2))
+    result["gsplat"] = (gsplat_side_by_side(args.gsplat_points, max(1, args.reps // 2))
+                        if args.gsplat_points > 0 else None)
     if result["gsplat"]:
         g = result["gsplat"]
         print(f"gsplat PyTorch reference (RGB+ED) on {g['points']} Gaussians at "
