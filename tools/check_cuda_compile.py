@@ -2,13 +2,18 @@
 
 CI has nvcc but a CPU-only PyTorch and no GPU, so the CUDA backend cannot be built into the
 extension there; this proves it compiles. Usage:
-    python tools/check_cuda_compile.py [--arch 70 --arch 90] [--jobs 2]
-Exits non-zero on the first compile error, printing nvcc's output.
+    python tools/check_cuda_compile.py [--arch 75 --arch 90] [--jobs 2] [--registers]
+Exits non-zero on the first compile error, printing nvcc's output. --registers also prints each
+render kernel's registers and spills per architecture (ptxas -v), and fails when one spills more
+than RENDER_SPILL_LIMIT bytes: the render kernels are compiled for a number of blocks per SM
+(their __launch_bounds__), and a spill that grows past a few bytes of staging is a slowdown no
+CPU test can see.
 """
 import argparse
 import concurrent.futures
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +21,7 @@ import sysconfig
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RENDER_SPILL_LIMIT = 32  # bytes of spill stores a render kernel may have
 
 
 def find_nvcc():
@@ -48,7 +54,7 @@ def cxx_standard():
     return "c++20" if "-std=c++20" in inspect.getsource(cpp_extension) else "c++17"
 
 
-def compile_one(nvcc, source, archs, includes, outdir):
+def compile_one(nvcc, source, archs, includes, outdir, extra=()):
     import torch
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     gencode = []
@@ -57,17 +63,44 @@ def compile_one(nvcc, source, archs, includes, outdir):
     cmd = [nvcc, "-c", source, "-o", os.path.join(outdir, os.path.basename(source) + ".o"),
            f"-std={cxx_standard()}", "-O3", "-DDGRD_WITH_CUDA=1", "-DTORCH_EXTENSION_NAME=_C",
            f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-Xcompiler", "-fPIC", "-Xcompiler",
-           "-fno-gnu-unique", *gencode]
+           "-fno-gnu-unique", *gencode, *extra]
     for inc in [ROOT] + includes:
         cmd += ["-I", inc]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     return source, proc.returncode, proc.stdout + proc.stderr
 
 
+def kernel_resources(log):
+    """(arch, kernel, registers, spill store bytes) of each kernel in ptxas -v output; kernel
+    names demangled when c++filt is present."""
+    rows, arch, name, spill = [], None, None, 0
+    for line in log.splitlines():
+        m = re.search(r"Compiling entry function '(\S+)' for '(sm_\d+)'", line)
+        if m:
+            name, arch, spill = m.group(1), m.group(2), 0
+        m = re.search(r"(\d+) bytes spill stores", line)
+        if m and name:
+            spill = int(m.group(1))
+        m = re.search(r"Used (\d+) registers", line)
+        if m and name:
+            rows.append((arch, name, int(m.group(1)), spill))
+            name = None
+    if shutil.which("c++filt") and rows:
+        names = subprocess.run(["c++filt"], input="\n".join(r[1] for r in rows),
+                               capture_output=True, text=True).stdout.splitlines()
+        if len(names) == len(rows):
+            short = [re.sub(r"\(.*", "", n.replace("(anonymous namespace)::", ""))
+                     .replace("void ", "").replace("dgrd::gpu::", "") for n in names]
+            rows = [(a, s, r, sp) for (a, _, r, sp), s in zip(rows, short)]
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", action="append", help="compute capability digits, e.g. 90")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--registers", action="store_true",
+                    help="print the render kernels' registers and spills; fail on large spills")
     args = ap.parse_args()
     archs = args.arch or ["75", "90"]  # Turing (the oldest CUDA 13 builds for) and Hopper
     sources = sorted(glob.glob(os.path.join(ROOT, "*.cu")) +
@@ -79,17 +112,28 @@ def main():
     with tempfile.TemporaryDirectory() as outdir, \
             concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         includes = torch_includes(os.path.join(outdir, "shim"))
-        jobs = [pool.submit(compile_one, nvcc, s, archs, includes, outdir) for s in sources]
+        extra = ["-Xptxas", "-v"] if args.registers else []
+        jobs = [pool.submit(compile_one, nvcc, s, archs, includes, outdir, extra)
+                for s in sources]
         for job in jobs:
             source, rc, log = job.result()
             name = os.path.relpath(source, ROOT)
-            if rc == 0:
-                print(f"ok    {name} (sm_{', sm_'.join(archs)})")
-            else:
+            if rc != 0:
                 failed += 1
                 print(f"FAIL  {name}\n{log}")
+                continue
+            print(f"ok    {name} (sm_{', sm_'.join(archs)})")
+            for arch, kernel, registers, spill in kernel_resources(log) if args.registers else []:
+                if "render" not in kernel:
+                    continue
+                print(f"      {arch}  {registers:3d} registers  {spill:3d} B spilled  {kernel}")
+                if spill > RENDER_SPILL_LIMIT:
+                    failed += 1
+                    print(f"FAIL  {kernel} ({arch}) spills {spill} bytes, more than "
+                          f"{RENDER_SPILL_LIMIT}")
     if failed:
-        sys.exit(f"check_cuda_compile: {failed} of {len(sources)} CUDA sources failed to compile")
+        sys.exit(f"check_cuda_compile: {failed} failures (compile errors or spilling render "
+                 "kernels)")
     print(f"check_cuda_compile: all {len(sources)} CUDA sources compile")
 
 
