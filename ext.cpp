@@ -47,7 +47,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_cpu_tuning", &dgrd::set_cpu_tuning, py::arg("lanes"), py::arg("power_bound"),
         "Switch the float CPU path's techniques on or off (benchmarks; all on by default)");
   m.def("set_cuda_tuning", &dgrd::set_cuda_tuning, py::arg("warp_skip"),
-        py::arg("scatter_reduce"),
-        "Switch the CUDA render kernels' techniques on or off (benchmarks; all on by default)");
+        py::arg("scatter_reduce"), py::arg("depth_first_sort"),
+        "Switch the CUDA backend's techniques on or off (benchmarks; all on by default)");
   m.def("has_cuda", &dgrd::has_cuda, "Whether the CUDA kernels were compiled in");
 }

@@ -172,7 +172,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "The CUDA backward, emulated");
   m.def("mark_visible", &mark_visible_cuda, "The CUDA mark_visible, emulated");
   m.def("set_cuda_tuning", &set_cuda_tuning_cuda, py::arg("warp_skip"), py::arg("scatter_reduce"),
-        "Switch the CUDA render kernels' techniques on or off, emulated");
+        py::arg("depth_first_sort"), "Switch the CUDA backend's techniques on or off, emulated");
   m.def("sparse_adam_step", &sparse_adam_step_cuda, "The CUDA sparse Adam step, emulated");
   m.def("set_thread_order", &emu::set_thread_order,
         "Order of a block's threads between sync points: 'asc', 'desc' or 'random:SEED'");

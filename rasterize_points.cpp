@@ -341,12 +341,13 @@ torch::Tensor mark_visible(const torch::Tensor& positions, const torch::Tensor& 
   return visible;
 }
 
-void set_cuda_tuning(bool warp_skip, bool scatter_reduce) {
+void set_cuda_tuning(bool warp_skip, bool scatter_reduce, bool depth_first_sort) {
 #ifdef DGRD_WITH_CUDA
-  set_cuda_tuning_cuda(warp_skip, scatter_reduce);
+  set_cuda_tuning_cuda(warp_skip, scatter_reduce, depth_first_sort);
 #else
   (void)warp_skip;
   (void)scatter_reduce;
+  (void)depth_first_sort;
   TORCH_CHECK(false, "diff_gaussian_rasterization_depth was built without CUDA");
 #endif
 }

@@ -97,6 +97,117 @@ void require_float32(const GaussianTensors& g) {
                    "got ", g.means3D.scalar_type());
 }
 
+// The tile lists: every (tile, Gaussian) pair, sorted by tile and then by depth (ties in index
+// order), by one of two equivalent ways (gpu::CudaTuning::depth_first_sort): a sort of 64-bit
+// (tile, depth) keys, or a sort by depth of the Gaussians and then a stable one of 32-bit tile
+// keys. count_pairs() makes the forward's one host read; sort() writes the lists.
+class Binning {
+ public:
+  Binning(const RasterConfig& c, const torch::Tensor& like, const GaussianState<float>& state,
+          cudaStream_t stream)
+      : c_(c), like_(like), state_(state), stream_(stream), cam_(make_camera<float>(c)),
+        count_(int(like.size(0))), depth_first_(gpu::cuda_tuning().depth_first_sort) {}
+
+  // Pair-sized memory the sort needs: keys and ids twice (unsorted, sorted), and the sort's
+  // scratch, about as large again.
+  int64_t bytes_per_pair() const {
+    return 4 * int64_t((depth_first_ ? sizeof(uint32_t) : sizeof(uint64_t)) + sizeof(int));
+  }
+
+  int64_t count_pairs() {
+    const auto longs = like_.options().dtype(torch::kInt64);
+    offsets_ = device_empty({count_}, longs);
+    if (count_ == 0) return pairs_ = 0;
+    const int64_t* touched = state_.tiles_touched;
+    torch::Tensor touched_by_depth;
+    if (depth_first_) {
+      const auto ints = like_.options().dtype(torch::kInt32);
+      torch::Tensor keys = device_empty({count_}, ints), sorted = device_empty({count_}, ints);
+      torch::Tensor order = device_empty({count_}, ints);
+      order_ = device_empty({count_}, ints);
+      gpu::depth_keys(count_, state_, as_u32(keys), order.data_ptr<int>(), stream_);
+      check_stage(c_, "depth_keys");
+      run_cub("sort by depth", [&](void* temp, size_t& bytes) {
+        return gpu::sort_depths(temp, bytes, as_u32(keys), as_u32(sorted), order.data_ptr<int>(),
+                                order_.data_ptr<int>(), count_, stream_);
+      });
+      touched_by_depth = device_empty({count_}, longs);
+      gpu::gather_tiles_touched(count_, order_.data_ptr<int>(), touched,
+                                touched_by_depth.data_ptr<int64_t>(), stream_);
+      check_stage(c_, "gather_tiles_touched");
+      touched = touched_by_depth.data_ptr<int64_t>();
+    }
+    run_cub("scan", [&](void* temp, size_t& bytes) {
+      return gpu::inclusive_scan(temp, bytes, touched, offsets_.data_ptr<int64_t>(), count_,
+                                 stream_);
+    });
+    return pairs_ = offsets_[count_ - 1].item<int64_t>();  // the one host read of the forward
+  }
+
+  void sort(int* point_list, int* tile_ranges) {
+    if (pairs_ == 0) return;
+    const int tiles = c_.tiles_x() * c_.tiles_y();
+    const int n = int(pairs_);
+    const auto opts = like_.options();
+    torch::Tensor ids = device_empty({pairs_}, opts.dtype(torch::kInt32));
+    const int64_t* offsets = offsets_.data_ptr<int64_t>();
+    if (depth_first_) {
+      torch::Tensor keys = device_empty({pairs_}, opts.dtype(torch::kInt32));
+      torch::Tensor sorted = device_empty({pairs_}, opts.dtype(torch::kInt32));
+      gpu::duplicate_tile_keys(cam_, count_, state_, order_.data_ptr<int>(), offsets,
+                               as_u32(keys), ids.data_ptr<int>(), stream_);
+      check_stage(c_, "duplicate_keys");
+      run_cub("sort", [&](void* temp, size_t& bytes) {
+        return gpu::sort_tile_keys(temp, bytes, as_u32(keys), as_u32(sorted), ids.data_ptr<int>(),
+                                   point_list, n, tiles, stream_);
+      });
+      gpu::identify_tile_ranges(as_u32(sorted), n, tile_ranges, stream_);
+    } else {
+      torch::Tensor keys = device_empty({pairs_}, opts.dtype(torch::kInt64));
+      torch::Tensor sorted = device_empty({pairs_}, opts.dtype(torch::kInt64));
+      gpu::duplicate_keys(cam_, count_, state_, offsets, as_u64(keys), ids.data_ptr<int>(),
+                          stream_);
+      check_stage(c_, "duplicate_keys");
+      const int end_bit = gpu::sort_end_bit(tiles);
+      run_cub("sort", [&](void* temp, size_t& bytes) {
+        return gpu::sort_pairs(temp, bytes, as_u64(keys), as_u64(sorted), ids.data_ptr<int>(),
+                               point_list, n, end_bit, stream_);
+      });
+      gpu::identify_tile_ranges(as_u64(sorted), n, tile_ranges, stream_);
+    }
+    check_stage(c_, "tile_ranges");
+  }
+
+ private:
+  // A CUB call made twice, as CUB asks: with no scratch, to size it, then with it.
+  template <typename Call>
+  void run_cub(const char* stage, Call call) {
+    size_t bytes = 0;
+    check_cub(call(nullptr, bytes), stage);
+    torch::Tensor temp = scratch(bytes, like_);
+    check_cub(call(temp.data_ptr(), bytes), stage);
+    check_stage(c_, stage);
+  }
+
+  static uint32_t* as_u32(torch::Tensor& t) {
+    return reinterpret_cast<uint32_t*>(t.data_ptr<int>());
+  }
+  static uint64_t* as_u64(torch::Tensor& t) {
+    return reinterpret_cast<uint64_t*>(t.data_ptr<int64_t>());
+  }
+
+  const RasterConfig& c_;
+  const torch::Tensor& like_;
+  const GaussianState<float> state_;
+  const cudaStream_t stream_;
+  const Camera<float> cam_;
+  const int count_;
+  const bool depth_first_;
+  torch::Tensor order_;    // depth-first: the Gaussians by depth
+  torch::Tensor offsets_;  // inclusive scan of tiles touched (by depth when depth-first)
+  int64_t pairs_ = 0;
+};
+
 }  // namespace
 
 ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
@@ -121,54 +232,19 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   gpu::preprocess(cam, in, st, stream);
   check_stage(c, "preprocess");
 
-  int64_t pairs = 0;
-  torch::Tensor offsets = device_empty({P}, longs);
-  if (P > 0) {
-    size_t bytes = 0;
-    check_cub(gpu::inclusive_scan(nullptr, bytes, st.tiles_touched, nullptr, int(P), stream),
-              "scan (sizing)");
-    torch::Tensor temp = scratch(bytes, g.means3D);
-    check_cub(gpu::inclusive_scan(temp.data_ptr(), bytes, st.tiles_touched,
-                                  offsets.data_ptr<int64_t>(), int(P), stream),
-              "scan");
-    check_stage(c, "scan");
-    pairs = offsets[P - 1].item<int64_t>();  // the one host read of the forward
-  }
-  // keys and ids twice (unsorted, sorted) and the sort's scratch, about as large again
-  const int64_t pair_bytes = 4 * int64_t(sizeof(uint64_t) + sizeof(int));
+  Binning bins(c, g.means3D, st, stream);
+  const int64_t pairs = bins.count_pairs();
   const int64_t available = device_bytes_available();
-  check_tile_pairs(pairs, pair_bytes, available);
+  check_tile_pairs(pairs, bins.bytes_per_pair(), available);
   // colour (3), depth, weight, the saved pixel state (3) and n_contrib, and the optional maps
   check_image_buffers(H, W, 9 * int64_t(sizeof(float)) + optional_pixel_bytes(c, g, sizeof(float)),
-                      available - pairs * pair_bytes);
+                      available - pairs * bins.bytes_per_pair());
 
   allocate_pixel_state(c, s, opts);
   for (torch::Tensor* t : {&s.tile_ranges, &s.pixel_state, &s.n_contrib}) uninitialized(*t);
-  const int tiles = c.tiles_x() * c.tiles_y();
   s.tile_ranges.zero_();
-  torch::Tensor keys = device_empty({pairs}, longs);
-  torch::Tensor sorted_keys = device_empty({pairs}, longs);
-  torch::Tensor ids = device_empty({pairs}, opts.dtype(torch::kInt32));
   s.point_list = device_empty({pairs}, opts.dtype(torch::kInt32));
-  if (pairs > 0) {
-    auto* k_in = reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>());
-    auto* k_out = reinterpret_cast<uint64_t*>(sorted_keys.data_ptr<int64_t>());
-    gpu::duplicate_keys(cam, int(P), st, offsets.data_ptr<int64_t>(), k_in, ids.data_ptr<int>(),
-                         stream);
-    check_stage(c, "duplicate_keys");
-    const int end_bit = gpu::sort_end_bit(tiles);
-    size_t bytes = 0;
-    check_cub(gpu::sort_pairs(nullptr, bytes, k_in, k_out, ids.data_ptr<int>(),
-                              s.point_list.data_ptr<int>(), int(pairs), end_bit, stream),
-              "sort (sizing)");
-    torch::Tensor temp = scratch(bytes, g.means3D);
-    check_cub(gpu::sort_pairs(temp.data_ptr(), bytes, k_in, k_out, ids.data_ptr<int>(),
-                              s.point_list.data_ptr<int>(), int(pairs), end_bit, stream),
-              "sort");
-    check_stage(c, "sort");
-    gpu::identify_tile_ranges(k_out, int(pairs), s.tile_ranges.data_ptr<int>(), stream);
-    check_stage(c, "tile_ranges");
-  }
+  bins.sort(s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>());
 
   torch::Tensor color = device_empty({3, H, W}, opts);
   torch::Tensor depth = device_empty({H, W}, opts);
@@ -228,8 +304,8 @@ torch::Tensor mark_visible_cuda(const torch::Tensor& positions, const torch::Ten
   return visible;
 }
 
-void set_cuda_tuning_cuda(bool warp_skip, bool scatter_reduce) {
-  gpu::cuda_tuning() = {warp_skip, scatter_reduce};
+void set_cuda_tuning_cuda(bool warp_skip, bool scatter_reduce, bool depth_first_sort) {
+  gpu::cuda_tuning() = {warp_skip, scatter_reduce, depth_first_sort};
 }
 
 }  // namespace dgrd

@@ -225,7 +225,7 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g);
 BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
                              const MapGrads& up);
 torch::Tensor mark_visible_cuda(const torch::Tensor& positions, const torch::Tensor& viewmatrix);
-void set_cuda_tuning_cuda(bool warp_skip, bool scatter_reduce);
+void set_cuda_tuning_cuda(bool warp_skip, bool scatter_reduce, bool depth_first_sort);
 #endif
 
 }  // namespace dgrd
@@ -244,9 +244,9 @@ bool has_cuda();
 std::vector<int64_t> cpu_render_work(const RasterConfig& c, const std::vector<torch::Tensor>& state);
 // The float CPU path's technique switches (benchmarks): lanes, power bound.
 void set_cpu_tuning(bool lanes, bool power_bound);
-// The CUDA render kernels' technique switches (benchmarks): warp skip, scatter reduce
-// (gpu::CudaTuning).
-void set_cuda_tuning(bool warp_skip, bool scatter_reduce);
+// The CUDA backend's technique switches (benchmarks): warp skip, scatter reduce, depth-first
+// sort (gpu::CudaTuning).
+void set_cuda_tuning(bool warp_skip, bool scatter_reduce, bool depth_first_sort);
 // Seconds each CPU stage took in this thread's last forward and backward (benchmarks).
 std::map<std::string, double> cpu_stage_seconds();
 }  // namespace dgrd

@@ -18,9 +18,9 @@ warm-up; the median over the repetitions is reported. Repetitions rotate among a
 is `torch.cuda.max_memory_allocated()` during one call minus the memory allocated before it.
 
 Ratios are "time of the implementation / time of ours" from the same run (> 1: ours is faster).
-`--impls ablation` times ours against itself with the CUDA render techniques switched off
-(gpu::CudaTuning: warp skipping, the scatter sum of gradients), one and both at a time: a ratio
-above 1 is what the technique gains.
+`--impls ablation` times ours against itself with the CUDA techniques switched off
+(gpu::CudaTuning: warp skipping, the scatter sum of gradients, the depth-first sort), one at a
+time and all together: a ratio above 1 is what the technique gains.
 The original `diff_gaussian_rasterization` has no weight map (and, depending on its version, no
 depth): it is timed with a loss on what it returns, which the JSON notes.
 """
@@ -105,9 +105,9 @@ def _upstream(scene: Scene, seed: int) -> Dict[str, torch.Tensor]:
 class Ours(Impl):
     name = "ours"
     note = "loss on colour + depth + weight"
-    # The CUDA render kernels' techniques (warp_skip, scatter_reduce): all on here; the
-    # ablation variants below switch one or both off.
-    cuda_tuning = (True, True)
+    # The CUDA backend's techniques (warp_skip, scatter_reduce, depth_first_sort): all on here;
+    # the ablation variants below switch one or all off.
+    cuda_tuning = (True, True, True)
 
     def available(self, device):
         try:
@@ -210,8 +210,7 @@ class Original(Impl):
 
 
 class _OursAblated(Ours):
-    """Ours with CUDA render techniques switched off: its ratio to ours (> 1) is what they
-    gain."""
+    """Ours with CUDA techniques switched off: its ratio to ours (> 1) is what they gain."""
 
     def available(self, device):
         if device.type != "cuda":
@@ -219,28 +218,22 @@ class _OursAblated(Ours):
         return super().available(device)
 
 
-class OursNoWarpSkip(_OursAblated):
-    name = "ours-no-warp-skip"
-    note = Ours.note + "; warps evaluate every splat of the tile"
-    cuda_tuning = (False, True)
+def _ablated(name: str, what: str, cuda_tuning: tuple) -> type:
+    return type(name, (_OursAblated,), {"name": name, "note": f"{Ours.note}; {what}",
+                                        "cuda_tuning": cuda_tuning})
 
 
-class OursNoScatter(_OursAblated):
-    name = "ours-no-scatter"
-    note = Ours.note + "; warp gradient sums by one shuffle tree per value"
-    cuda_tuning = (True, False)
-
-
-class OursNeither(_OursAblated):
-    name = "ours-neither"
-    note = Ours.note + "; neither warp skipping nor the scatter sum"
-    cuda_tuning = (False, False)
-
-
+# (warp_skip, scatter_reduce, depth_first_sort) off one at a time, then all off.
+ABLATED = (
+    _ablated("ours-no-warp-skip", "warps evaluate every splat of the tile", (False, True, True)),
+    _ablated("ours-no-scatter", "warp gradient sums by one shuffle tree per value",
+             (True, False, True)),
+    _ablated("ours-no-depth-sort", "one sort of 64-bit (tile, depth) keys", (True, True, False)),
+    _ablated("ours-none", "none of the switchable techniques", (False, False, False)),
+)
 IMPLS = {"ours": Ours, "gsplat": Gsplat, "original": Original,
-         OursNoWarpSkip.name: OursNoWarpSkip, OursNoScatter.name: OursNoScatter,
-         OursNeither.name: OursNeither}
-ABLATION = "ours," + ",".join((OursNoWarpSkip.name, OursNoScatter.name, OursNeither.name))
+         **{impl.name: impl for impl in ABLATED}}
+ABLATION = "ours," + ",".join(impl.name for impl in ABLATED)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -44,15 +44,57 @@ __global__ void duplicate_keys_kernel(Camera<float> cam, int count, GaussianStat
     }
 }
 
-__global__ void tile_ranges_kernel(const uint64_t* keys, int pairs, int* ranges) {
+// ---- depth-first binning (CudaTuning::depth_first_sort): the Gaussians sorted by depth once,
+// then their pairs, written in that order with the tile alone as key, sorted stably by tile.
+
+// A Gaussian's depth key (its view depth's float bits, as in duplicate_keys_kernel; a culled
+// Gaussian, which has no pairs, stores depth 0) and its index.
+__global__ void depth_keys_kernel(int count, GaussianState<float> state, uint32_t* keys,
+                                  int* order) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  keys[i] = __float_as_uint(state.features[i].w);
+  order[i] = i;
+}
+
+__global__ void gather_touched_kernel(int count, const int* order, const int64_t* tiles_touched,
+                                      int64_t* out) {
+  const int k = blockIdx.x * blockDim.x + threadIdx.x;
+  if (k < count) out[k] = tiles_touched[order[k]];
+}
+
+// The k-th Gaussian by depth writes its tiles from offsets[k - 1] on.
+__global__ void duplicate_tile_keys_kernel(Camera<float> cam, int count,
+                                           GaussianState<float> state, const int* order,
+                                           const int64_t* offsets, uint32_t* keys, int* ids) {
+  const int k = blockIdx.x * blockDim.x + threadIdx.x;
+  if (k >= count) return;
+  const int i = order[k];
+  if (state.radii[i] == 0) return;
+  int64_t out = k == 0 ? 0 : offsets[k - 1];
+  const TileRect r = state.rects[i];
+  for (int y = r.y0; y < r.y1; ++y)
+    for (int x = r.x0; x < r.x1; ++x) {
+      keys[out] = uint32_t(y * cam.tiles_x + x);
+      ids[out] = i;
+      ++out;
+    }
+}
+
+// The tile of a sorted key: the high half of a (tile, depth) key, or the whole tile key.
+__device__ __forceinline__ int key_tile(uint64_t key) { return int(key >> 32); }
+__device__ __forceinline__ int key_tile(uint32_t key) { return int(key); }
+
+template <typename Key>
+__global__ void tile_ranges_kernel(const Key* keys, int pairs, int* ranges) {
   // 64-bit: with pairs near 2^31 the last block's indices pass INT_MAX.
   const int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (k >= pairs) return;
-  const int tile = int(keys[k] >> 32);
+  const int tile = key_tile(keys[k]);
   if (k == 0) {
     ranges[2 * tile] = 0;
   } else {
-    const int prev = int(keys[k - 1] >> 32);
+    const int prev = key_tile(keys[k - 1]);
     if (tile != prev) {
       ranges[2 * prev + 1] = int(k);
       ranges[2 * tile] = int(k);
@@ -532,8 +574,52 @@ cudaError_t sort_pairs(void* temp, size_t& temp_bytes, const uint64_t* keys_in,
 void identify_tile_ranges(const uint64_t* sorted_keys, int pairs, int* tile_ranges,
                           cudaStream_t stream) {
   if (pairs == 0) return;
-  DGRD_LAUNCH(tile_ranges_kernel, blocks_for(pairs), kThreads, stream)(sorted_keys, pairs,
-                                                                     tile_ranges);
+  DGRD_LAUNCH(tile_ranges_kernel<uint64_t>, blocks_for(pairs), kThreads, stream)(
+      sorted_keys, pairs, tile_ranges);
+}
+
+void depth_keys(int count, const GaussianState<float>& state, uint32_t* keys, int* order,
+                cudaStream_t stream) {
+  if (count == 0) return;
+  DGRD_LAUNCH(depth_keys_kernel, blocks_for(count), kThreads, stream)(count, state, keys, order);
+}
+
+cudaError_t sort_depths(void* temp, size_t& temp_bytes, const uint32_t* keys_in,
+                        uint32_t* keys_out, const int* order_in, int* order_out, int count,
+                        cudaStream_t stream) {
+  // Depths are positive floats: the sign bit is clear.
+  return cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, order_in,
+                                         order_out, count, 0, 31, stream);
+}
+
+void gather_tiles_touched(int count, const int* order, const int64_t* tiles_touched,
+                          int64_t* touched_by_depth, cudaStream_t stream) {
+  if (count == 0) return;
+  DGRD_LAUNCH(gather_touched_kernel, blocks_for(count), kThreads, stream)(
+      count, order, tiles_touched, touched_by_depth);
+}
+
+void duplicate_tile_keys(const Camera<float>& cam, int count, const GaussianState<float>& state,
+                         const int* order, const int64_t* offsets, uint32_t* keys, int* ids,
+                         cudaStream_t stream) {
+  if (count == 0) return;
+  DGRD_LAUNCH(duplicate_tile_keys_kernel, blocks_for(count), kThreads, stream)(
+      cam, count, state, order, offsets, keys, ids);
+}
+
+cudaError_t sort_tile_keys(void* temp, size_t& temp_bytes, const uint32_t* keys_in,
+                           uint32_t* keys_out, const int* ids_in, int* ids_out, int pairs,
+                           int tiles, cudaStream_t stream) {
+  // Stable: pairs of one tile keep their depth order.
+  return cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, ids_in, ids_out,
+                                         pairs, 0, max(1, sort_end_bit(tiles) - 32), stream);
+}
+
+void identify_tile_ranges(const uint32_t* sorted_keys, int pairs, int* tile_ranges,
+                          cudaStream_t stream) {
+  if (pairs == 0) return;
+  DGRD_LAUNCH(tile_ranges_kernel<uint32_t>, blocks_for(pairs), kThreads, stream)(
+      sorted_keys, pairs, tile_ranges);
 }
 
 // Channels per block of the feature kernels: small counts get small chunks (fewer registers

@@ -42,12 +42,38 @@ cudaError_t sort_pairs(void* temp, size_t& temp_bytes, const uint64_t* keys_in,
 void identify_tile_ranges(const uint64_t* sorted_keys, int pairs, int* tile_ranges,
                           cudaStream_t stream);
 
-// Techniques of the render kernels that the benchmarks switch off one at a time (all on by
-// default). Neither changes an output: warp skipping passes only splats that are skipped anyway,
-// and the scatter sum adds the same gradients in another order.
+// Depth-first binning (CudaTuning::depth_first_sort), the same lists as the above: the
+// Gaussians sorted by depth once (P keys of 31 bits), then their pairs written in that order
+// with 32-bit tile keys and sorted stably over the tile bits alone (a few passes over 8 bytes a
+// pair instead of 32 + tile bits over 12). Ties in depth keep index order in both ways.
+// depth_keys: keys[i] = the depth's bits, order[i] = i; sort_depths sorts them (temp and the
+// returned status as for inclusive_scan).
+void depth_keys(int count, const GaussianState<float>& state, uint32_t* keys, int* order,
+                cudaStream_t stream);
+cudaError_t sort_depths(void* temp, size_t& temp_bytes, const uint32_t* keys_in,
+                        uint32_t* keys_out, const int* order_in, int* order_out, int count,
+                        cudaStream_t stream);
+// touched_by_depth[k] = tiles_touched[order[k]], to be scanned into the offsets of the pairs.
+void gather_tiles_touched(int count, const int* order, const int64_t* tiles_touched,
+                          int64_t* touched_by_depth, cudaStream_t stream);
+// One (tile, Gaussian) pair per tile of each Gaussian, by depth (order), from the scanned offsets.
+void duplicate_tile_keys(const Camera<float>& cam, int count, const GaussianState<float>& state,
+                         const int* order, const int64_t* offsets, uint32_t* keys, int* ids,
+                         cudaStream_t stream);
+cudaError_t sort_tile_keys(void* temp, size_t& temp_bytes, const uint32_t* keys_in,
+                           uint32_t* keys_out, const int* ids_in, int* ids_out, int pairs,
+                           int tiles, cudaStream_t stream);
+void identify_tile_ranges(const uint32_t* sorted_keys, int pairs, int* tile_ranges,
+                          cudaStream_t stream);
+
+// Techniques of the render and binning that the benchmarks switch off one at a time (all on by
+// default). None changes an output: warp skipping passes only splats that are skipped anyway,
+// the scatter sum adds the same gradients in another order, and the depth-first sort makes the
+// same tile lists.
 struct CudaTuning {
-  bool warp_skip = true;       // a warp passes the splats that cannot reach its pixels
-  bool scatter_reduce = true;  // warp sums of gradients by warp_scatter_add, not one tree each
+  bool warp_skip = true;         // a warp passes the splats that cannot reach its pixels
+  bool scatter_reduce = true;    // warp sums of gradients by warp_scatter_add, not one tree each
+  bool depth_first_sort = true;  // the binning sorts by depth once, then pairs by tile alone
 };
 CudaTuning& cuda_tuning();
 

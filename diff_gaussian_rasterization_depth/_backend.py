@@ -48,11 +48,12 @@ def emulated_cuda(order=None):
         _emulated_cuda.set_thread_order(previous_order)
 
 
-def set_cuda_tuning(warp_skip=True, scatter_reduce=True):
-    """Benchmarks and tests: switch the CUDA render kernels' techniques (all on by default) of
-    the backend that renders now (the emulated one inside `emulated_cuda`); see
-    gpu::CudaTuning in cuda_rasterizer/cuda_backend.h."""
-    _renderer().set_cuda_tuning(warp_skip=warp_skip, scatter_reduce=scatter_reduce)
+def set_cuda_tuning(warp_skip=True, scatter_reduce=True, depth_first_sort=True):
+    """Benchmarks and tests: switch the CUDA backend's techniques (all on by default) of the
+    backend that renders now (the emulated one inside `emulated_cuda`); see gpu::CudaTuning in
+    cuda_rasterizer/cuda_backend.h."""
+    _renderer().set_cuda_tuning(warp_skip=warp_skip, scatter_reduce=scatter_reduce,
+                                depth_first_sort=depth_first_sort)
 
 
 def has_emulated_cuda() -> bool:

@@ -161,9 +161,11 @@ def test_cuda_ablation_expands_and_is_left_out_on_the_cpu():
     bench = _load("bench")
     args = bench.parse_args(["--device", "cpu", "--impls", "ablation", "--scenes", "300",
                              "--scales", "0.1", "--reps", "1", "--warmup", "0", "--sets", "1"])
-    assert args.impl_list == ["ours", "ours-no-warp-skip", "ours-no-scatter", "ours-neither"]
+    assert args.impl_list == ["ours", "ours-no-warp-skip", "ours-no-scatter",
+                              "ours-no-depth-sort", "ours-none"]
     tunings = [bench.IMPLS[n].cuda_tuning for n in args.impl_list]
-    assert tunings == [(True, True), (False, True), (True, False), (False, False)]
+    assert tunings == [(True, True, True), (False, True, True), (True, False, True),
+                       (True, True, False), (False, False, False)]
     result = bench.run(args)
     assert [r["impl"] for r in result["results"]] == ["ours"]
     for name in args.impl_list[1:]:

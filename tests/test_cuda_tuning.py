@@ -1,9 +1,11 @@
-"""The CUDA render kernels' switchable techniques (gpu::CudaTuning, `pytest -m cuda`): warp
-skipping (a warp passes the splats that cannot reach its pixels, and starts its backward walk at
-its own last contributor) and the scatter sum of a warp's gradients (warp_scatter_add).
+"""The CUDA backend's switchable techniques (gpu::CudaTuning, `pytest -m cuda`): warp skipping
+(a warp passes the splats that cannot reach its pixels, and starts its backward walk at its own
+last contributor), the scatter sum of a warp's gradients (warp_scatter_add), and the depth-first
+sort (the Gaussians by depth once, then their pairs by tile alone).
 
-Neither may change a result: with any combination switched on, the forward is bit-identical to
-the kernels with both off, and the gradients agree up to the order of their sums. The helpers
+None may change a result: with any combination switched on, the forward is bit-identical to the
+backend with all off, and the gradients agree up to the order of their sums; both binnings make
+the CPU backend's tile lists, depth ties included. The helpers
 are also checked alone on the emulated backend: band_reach_mask (blend.h) never clears the band
 of a pixel that blends the splat, yet clears most of the bands a small splat misses;
 warp_scatter_add sums like torch, with one atomic per value and none past the values it was given.
@@ -17,11 +19,13 @@ import torch
 import scenes
 from cuda_target import EMULATED_CUDA, REAL_CUDA, active, cuda_targets
 from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend
+from diff_gaussian_rasterization_depth._validation import check_gaussians
 from test_cuda import settings_on
 
 pytestmark = pytest.mark.cuda
 
-COMBINATIONS = list(itertools.product((False, True), repeat=2))  # (warp_skip, scatter_reduce)
+# (warp_skip, scatter_reduce, depth_first_sort)
+COMBINATIONS = list(itertools.product((False, True), repeat=3))
 
 needs_emulation = pytest.mark.skipif(not EMULATED_CUDA,
                                      reason="the emulated CUDA backend was not built")
@@ -138,13 +142,14 @@ def test_band_reach_mask_bounds_nothing_it_cannot_bound_safely():
 
 @pytest.fixture
 def tuning():
-    """set(warp_skip, scatter_reduce) on the backend that renders; both on again afterwards."""
-    yield lambda warp_skip, scatter_reduce: _backend.set_cuda_tuning(warp_skip, scatter_reduce)
+    """set(warp_skip, scatter_reduce, depth_first_sort) on the backend that renders; all on
+    again afterwards."""
+    yield _backend.set_cuda_tuning
     if EMULATED_CUDA:
         with _backend.emulated_cuda():
-            _backend.set_cuda_tuning(True, True)
+            _backend.set_cuda_tuning()
     if REAL_CUDA:
-        _backend.set_cuda_tuning(True, True)
+        _backend.set_cuda_tuning()
 
 
 def render_all(scene, F, device):
@@ -188,7 +193,7 @@ def test_tuning_changes_no_output(scene_name, channels, target, tuning):
         for combo in COMBINATIONS:
             tuning(*combo)
             results[combo] = render_all(scene, F, target)
-    base_out, base_grads = results[(False, False)]
+    base_out, base_grads = results[(False, False, False)]
     for combo, (out, grads) in results.items():
         for k, (a, b) in enumerate(zip(out, base_out)):
             assert torch.equal(a, b), f"{combo}: output {k} differs by {(a - b).abs().max()}"
@@ -196,3 +201,40 @@ def test_tuning_changes_no_output(scene_name, channels, target, tuning):
             scale = g0.abs().max().item() if g0.numel() else 0.0
             torch.testing.assert_close(g, g0, rtol=1e-4, atol=1e-5 * scale,
                                        msg=lambda m: f"{combo}: gradient {k}: {m}")
+
+
+def tile_lists(scene, device):
+    """(point_list, tile_ranges) of a forward on `device` (float32)."""
+    inputs = {k: (None if v is None else v.detach().to(device)) for k, v in scene.inputs.items()}
+    settings = settings_on(scene.settings, device)
+    out = check_gaussians(inputs["means3D"], inputs["means2D"], inputs["opacities"],
+                          inputs.get("shs"), inputs.get("colors_precomp"), inputs["scales"],
+                          inputs["rotations"], inputs.get("cov3D_precomp"), None, settings)
+    means3D, opacities, sh, colors, scales, rotations, cov, checked = out
+    state = _backend.forward(_backend.make_config(checked),
+                             _backend.make_gaussians(means3D, opacities, sh, colors, scales,
+                                                     rotations, cov))[-1]
+    return state[4].cpu(), state[5].cpu()
+
+
+@pytest.mark.parametrize("target", cuda_targets())
+@pytest.mark.parametrize("ties", (False, True))
+def test_depth_first_sort_makes_the_same_lists(ties, target, tuning):
+    """The tile lists (Gaussian ids by tile, then by depth, ties in index order) of both ways of
+    binning, and of the CPU backend's, are the same; `ties`: depths rounded to a few values, so
+    that many Gaussians of a tile share one."""
+    scene = scenes.make_scene(22000 + ties, P=300, height=45, width=70, sh_degree=0)
+    if ties:
+        view = scene.settings.viewmatrix  # world -> view is x_view = [x, 1] @ view (row vectors)
+        hom = torch.cat([scene.inputs["means3D"], torch.ones(scene.P, 1)], dim=1)
+        in_view = hom @ view
+        in_view[:, 2] = in_view[:, 2].round()
+        scene.inputs["means3D"] = (in_view @ torch.linalg.inv(view))[:, :3].contiguous()
+    expected = tile_lists(scene, "cpu")
+    assert expected[0].numel() > 4 * scene.P // 2
+    with active(target):
+        for depth_first in (False, True):
+            tuning(True, True, depth_first)
+            got = tile_lists(scene, target)
+            assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]), \
+                f"depth_first_sort={depth_first}"
