@@ -70,34 +70,60 @@ DGRD_HD T distance(T a, T b) {
   return max2(a - b, b - a);
 }
 
-// Which bands of kBandRows rows of the tile whose first pixel is (x0, y0) a splat may reach: bit
-// b is clear only when every pixel of rows y0 + kBandRows b .. y0 + kBandRows (b + 1) - 1 lies
-// outside its reach box, where splat_alpha skips it anyway (the CUDA render's warps are bands of
-// two rows). Offsets are judged as splat_alpha computes them, d = mean2d - pixel in float; a NaN
-// offset or box never clears a bit. Few registers: the CUDA kernels run it while staging.
+// The pixels first .. last along one axis whose offset |mean - p| (the float subtraction
+// splat_alpha makes) is at most `half`, as the interval [lo, hi] (lo > hi: none). Every such
+// pixel lies in [floor(mean - half), ceil(mean + half)], since one beyond is more than half + 1
+// away; an end whose own offset is beyond half moves in by one. A NaN keeps every pixel.
+template <typename T>
+DGRD_HD void reach_interval(T mean, T half, int first, int last, int& lo, int& hi) {
+  T low = floor_(mean - half), high = ceil_(mean + half);
+  if (!(low <= high)) {  // NaN
+    lo = first;
+    hi = last;
+    return;
+  }
+  if (distance(mean, low) > half) low += T(1);
+  if (distance(mean, high) > half) high -= T(1);
+  low = max2(low, T(first));
+  high = min2(high, T(last));
+  if (!(low <= high)) {
+    lo = 1;
+    hi = 0;
+    return;
+  }
+  lo = int(low);
+  hi = int(high);
+}
+
+// Pixels x0 .. x1, y0 .. y1 (inclusive; empty when x0 > x1 or y0 > y1).
+struct PixelRect {
+  int x0, x1, y0, y1;
+  DGRD_HD bool empty() const { return x0 > x1 || y0 > y1; }
+};
+
+// The part of the pixel rectangle `area` where a splat may be blended: outside it every pixel
+// is outside the splat's reach box (splat_reach), where splat_alpha skips it anyway. The whole
+// area when the splat cannot be bounded safely.
+template <typename T>
+DGRD_HD PixelRect reach_rect(Vec2<T> mean, Vec4<T> conic_opacity, PixelRect area) {
+  Vec2<T> half;
+  if (!splat_reach(conic_opacity, half)) return area;
+  PixelRect r;
+  reach_interval(mean.x, half.x, area.x0, area.x1, r.x0, r.x1);
+  reach_interval(mean.y, half.y, area.y0, area.y1, r.y0, r.y1);
+  return r;
+}
+
+// Which bands of kBandRows rows of the tile whose first pixel is (x0, y0) a splat may reach (the
+// CUDA render's warps are bands of two rows): bit b is clear only when rows y0 + kBandRows b ..
+// y0 + kBandRows (b + 1) - 1 lie outside its reach_rect.
 template <int kBandRows, typename T>
 DGRD_HD unsigned band_reach_mask(int x0, int y0, Vec2<T> mean, Vec4<T> conic_opacity) {
-  constexpr int kBands = kTileSize / kBandRows;
-  static_assert(kBands * kBandRows == kTileSize && kBands < 32, "bands split the tile");
-  constexpr unsigned kAllBands = (1u << kBands) - 1;
-  Vec2<T> half;
-  if (!splat_reach(conic_opacity, half)) return kAllBands;
-  // Columns: the smallest |d.x| is at one of the two columns around mean.x.
-  const T first = T(x0), last = T(x0 + kTileSize - 1);
-  const T left = clamp(floor_(mean.x), first, last);
-  const T right = clamp(floor_(mean.x) + T(1), first, last);
-  if (min2(distance(mean.x, left), distance(mean.x, right)) > half.x) return 0;
-  // Rows: every row with |d.y| <= half.y lies in [floor(mean.y - half.y), ceil(mean.y +
-  // half.y)] (one beyond is more than half.y + 1 away); an end whose own |d.y| is beyond the box
-  // moves in by one.
-  T low = floor_(mean.y - half.y), high = ceil_(mean.y + half.y);
-  if (!(low <= high)) return kAllBands;  // NaN
-  if (distance(mean.y, low) > half.y) low += T(1);
-  if (distance(mean.y, high) > half.y) high -= T(1);
-  low = max2(low, T(y0));
-  high = min2(high, T(y0 + kTileSize - 1));
-  if (!(low <= high)) return 0;
-  const int band_low = (int(low) - y0) / kBandRows, band_high = (int(high) - y0) / kBandRows;
+  static_assert(kTileSize % kBandRows == 0 && kTileSize / kBandRows < 32, "bands split the tile");
+  const PixelRect r = reach_rect(mean, conic_opacity,
+                                 {x0, x0 + kTileSize - 1, y0, y0 + kTileSize - 1});
+  if (r.empty()) return 0;
+  const int band_low = (r.y0 - y0) / kBandRows, band_high = (r.y1 - y0) / kBandRows;
   return ((2u << band_high) - 1) & ~((1u << band_low) - 1);
 }
 
