@@ -49,5 +49,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_cuda_tuning", &dgrd::set_cuda_tuning, py::arg("warp_skip"),
         py::arg("scatter_reduce"), py::arg("depth_first_sort"),
         "Switch the CUDA backend's techniques on or off (benchmarks; all on by default)");
+  m.def("set_cuda_stage_timing", &dgrd::set_cuda_stage_timing, py::arg("on"),
+        "Time each CUDA stage of the following calls (benchmarks; off by default)");
+  m.def("cuda_stage_ms", &dgrd::cuda_stage_ms,
+        "Device milliseconds of each CUDA stage of the last timed forward and backward");
   m.def("has_cuda", &dgrd::has_cuda, "Whether the CUDA kernels were compiled in");
 }

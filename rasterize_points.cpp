@@ -352,6 +352,23 @@ void set_cuda_tuning(bool warp_skip, bool scatter_reduce, bool depth_first_sort)
 #endif
 }
 
+void set_cuda_stage_timing(bool on) {
+#ifdef DGRD_WITH_CUDA
+  set_cuda_stage_timing_cuda(on);
+#else
+  (void)on;
+  TORCH_CHECK(false, "diff_gaussian_rasterization_depth was built without CUDA");
+#endif
+}
+
+std::vector<std::pair<std::string, double>> cuda_stage_ms() {
+#ifdef DGRD_WITH_CUDA
+  return cuda_stage_ms_cuda();
+#else
+  TORCH_CHECK(false, "diff_gaussian_rasterization_depth was built without CUDA");
+#endif
+}
+
 bool has_cuda() {
 #ifdef DGRD_WITH_CUDA
   return true;

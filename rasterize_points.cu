@@ -11,6 +11,10 @@
 #endif
 
 #include <algorithm>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "cuda_rasterizer/cuda_backend.h"
 #include "rasterize_points.h"
@@ -32,7 +36,77 @@ void check_launch(const char* stage, bool wait = false) {
   }
 }
 
-void check_stage(const RasterConfig& c, const char* stage) { check_launch(stage, c.debug); }
+void check_event(cudaError_t status) {
+  TORCH_CHECK(status == cudaSuccess, "diff_gaussian_rasterization_depth: stage timing: ",
+              cudaGetErrorString(status));
+}
+
+// Device time of each stage of the last forward and the last backward (benchmarks; off unless
+// set_cuda_stage_timing switched it on): an event at the start of the call and one after each
+// stage, on the call's stream; read() waits for the last and gives ("forward/<stage>", ms) and
+// ("backward/<stage>", ms) in the order the stages ran (a stage met twice adds up).
+class StageTimer {
+ public:
+  bool enabled = false;
+
+  void start(const char* call, cudaStream_t stream) {
+    if (!enabled) return;
+    auto& events = calls_[call];
+    release(events);
+    current_ = &events;
+    stream_ = stream;
+    record("start");
+  }
+  void record(const char* stage) {
+    if (!enabled || current_ == nullptr) return;
+    cudaEvent_t event;
+    check_event(cudaEventCreate(&event));
+    check_event(cudaEventRecord(event, stream_));
+    current_->emplace_back(stage, event);
+  }
+  std::vector<std::pair<std::string, double>> read() {
+    std::vector<std::pair<std::string, double>> ms;
+    std::map<std::string, size_t> index;
+    for (const char* call : {"forward", "backward"}) {
+      const auto found = calls_.find(call);
+      if (found == calls_.end() || found->second.empty()) continue;
+      const Events& events = found->second;
+      check_event(cudaEventSynchronize(events.back().second));
+      for (size_t k = 1; k < events.size(); ++k) {
+        float elapsed = 0.f;
+        check_event(cudaEventElapsedTime(&elapsed, events[k - 1].second, events[k].second));
+        const std::string name = std::string(call) + "/" + events[k].first;
+        if (index.emplace(name, ms.size()).second) ms.emplace_back(name, 0.0);
+        ms[index[name]].second += elapsed;
+      }
+    }
+    return ms;
+  }
+  void clear() {
+    for (auto& [call, events] : calls_) release(events);
+    current_ = nullptr;
+  }
+
+ private:
+  using Events = std::vector<std::pair<std::string, cudaEvent_t>>;
+  static void release(Events& events) {
+    for (auto& e : events) check_event(cudaEventDestroy(e.second));
+    events.clear();
+  }
+  std::map<std::string, Events> calls_;
+  Events* current_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+};
+
+StageTimer& stage_timer() {
+  static StageTimer timer;
+  return timer;
+}
+
+void check_stage(const RasterConfig& c, const char* stage) {
+  check_launch(stage, c.debug);
+  stage_timer().record(stage);
+}
 
 // The device the stages run on: the tensors' GPU and its current stream.
 struct DeviceContext {
@@ -229,6 +303,7 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   const GaussianState<float> st = make_state<float>(
       s, tiles_touched.data_ptr<int64_t>(), reinterpret_cast<TileRect*>(rects.data_ptr<int>()));
 
+  stage_timer().start("forward", stream);
   gpu::preprocess(cam, in, st, stream);
   check_stage(c, "preprocess");
 
@@ -264,6 +339,7 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, co
   const DeviceContext device(g.means3D);
   const cudaStream_t stream = device.stream;
   const int64_t P = g.count();
+  stage_timer().start("backward", stream);
   GradientTensors grads = GradientTensors::zeros_like_inputs(g, c.camera_grad);
   const Camera<float> cam = make_camera<float>(c);
   const GaussianState<float> st = make_state<float>(s, nullptr, nullptr);
@@ -274,6 +350,7 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, co
   const int64_t splat_floats = int64_t(sizeof(SplatGrad<float>) / sizeof(float));
   torch::Tensor splat = torch::zeros({P, splat_floats}, g.means3D.options());
   auto* splat_grads = reinterpret_cast<SplatGrad<float>*>(splat.data_ptr<float>());
+  check_stage(c, "zero gradients");
 
   gpu::render_backward(cam, st, lists, make_pixel_buffers<float>(s, {}, {}, {}), pg,
                        make_optional_grads<float>(g, s, up, grads), splat_grads, stream);
@@ -307,5 +384,12 @@ torch::Tensor mark_visible_cuda(const torch::Tensor& positions, const torch::Ten
 void set_cuda_tuning_cuda(bool warp_skip, bool scatter_reduce, bool depth_first_sort) {
   gpu::cuda_tuning() = {warp_skip, scatter_reduce, depth_first_sort};
 }
+
+void set_cuda_stage_timing_cuda(bool on) {
+  stage_timer().clear();
+  stage_timer().enabled = on;
+}
+
+std::vector<std::pair<std::string, double>> cuda_stage_ms_cuda() { return stage_timer().read(); }
 
 }  // namespace dgrd

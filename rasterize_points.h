@@ -7,6 +7,7 @@
 #include <map>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "cuda_rasterizer/types.h"
@@ -226,6 +227,8 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, co
                              const MapGrads& up);
 torch::Tensor mark_visible_cuda(const torch::Tensor& positions, const torch::Tensor& viewmatrix);
 void set_cuda_tuning_cuda(bool warp_skip, bool scatter_reduce, bool depth_first_sort);
+void set_cuda_stage_timing_cuda(bool on);
+std::vector<std::pair<std::string, double>> cuda_stage_ms_cuda();
 #endif
 
 }  // namespace dgrd
@@ -247,6 +250,10 @@ void set_cpu_tuning(bool lanes, bool power_bound);
 // The CUDA backend's technique switches (benchmarks): warp skip, scatter reduce, depth-first
 // sort (gpu::CudaTuning).
 void set_cuda_tuning(bool warp_skip, bool scatter_reduce, bool depth_first_sort);
+// Device milliseconds of each CUDA stage of the last forward and backward, timed while
+// set_cuda_stage_timing(true) (benchmarks; off by default).
+void set_cuda_stage_timing(bool on);
+std::vector<std::pair<std::string, double>> cuda_stage_ms();
 // Seconds each CPU stage took in this thread's last forward and backward (benchmarks).
 std::map<std::string, double> cpu_stage_seconds();
 }  // namespace dgrd

@@ -15,7 +15,9 @@ gradients gc, gd, gw (gsplat: its expected depth and alpha maps). On CUDA each r
 with CUDA events after a synchronize (so it is the call's latency, host work included), after a
 warm-up; the median over the repetitions is reported. Repetitions rotate among a few input sets
 (camera i with attribute draw i) so that no cache sees the same scene twice in a row. Peak memory
-is `torch.cuda.max_memory_allocated()` during one call minus the memory allocated before it.
+is `torch.cuda.max_memory_allocated()` during one call minus the memory allocated before it. For
+this package on CUDA, `stage_ms` splits one forward and backward by stage (CUDA events after each
+stage: preprocess, binning and sort, render; render backward, preprocess backward).
 
 Ratios are "time of the implementation / time of ours" from the same run (> 1: ours is faster).
 `--impls ablation` times ours against itself with the CUDA techniques switched off
@@ -326,6 +328,31 @@ def measure(prepared: List[_Prepared], scenes: List[Scene], reps: int, warmup: i
             "fwd_bwd_ms": _stats(fwd_bwd)}
 
 
+def stage_times(p: _Prepared, scene: Scene) -> dict:
+    """Device milliseconds of each CUDA stage of this package's forward and backward
+    (`cuda_stage_ms`: an event after every stage), from the second of two timed steps. The events
+    cost a little, so the stages add up to slightly more than measure()'s times."""
+    from diff_gaussian_rasterization_depth import _backend
+    _backend.set_cuda_stage_timing(True)
+    try:
+        for _ in range(2):
+            _zero_grads(scene)
+            p.loss(p.forward()).backward()
+        return _backend.cuda_stage_ms()
+    finally:
+        _backend.set_cuda_stage_timing(False)
+        _zero_grads(scene)
+
+
+def format_stages(stage_ms: dict) -> str:
+    """'forward: preprocess 0.05, ... | backward: ...' in milliseconds."""
+    parts = []
+    for call in ("forward", "backward"):
+        stages = [(k.split("/", 1)[1], v) for k, v in stage_ms.items() if k.startswith(call + "/")]
+        parts.append(f"{call}: " + ", ".join(f"{name} {ms:.3f}" for name, ms in stages))
+    return " | ".join(parts)
+
+
 def peak_memory(p: _Prepared, scene: Scene, device: torch.device) -> dict:
     """Peak extra CUDA memory (MiB) of one forward, and of one forward + backward."""
     if device.type != "cuda":
@@ -593,10 +620,15 @@ def run(args, checkpoint: Optional[Callable[[dict], None]] = None) -> dict:
                     t0 = time.perf_counter()
                     row.update(measure(prepared, scenes, args.reps, args.warmup, device))
                     row.update(peak_memory(prepared[0], scenes[0], device))
+                    if device.type == "cuda" and isinstance(impl, Ours):
+                        row["stage_ms"] = stage_times(prepared[0], scenes[0])
                     row["wall_s"] = time.perf_counter() - t0
                     print(f"  {name:8s} fwd {row['fwd_ms']['median']:9.2f} ms   fwd+bwd "
                           f"{row['fwd_bwd_ms']['median']:9.2f} ms   bwd "
                           f"{row['bwd_ms']['median']:9.2f} ms", flush=True)
+                    if row.get("stage_ms"):
+                        print(f"           stages (ms) {format_stages(row['stage_ms'])}",
+                              flush=True)
                 except Exception as e:
                     row["error"] = "".join(traceback.format_exception_only(type(e), e)).strip()
                     row["traceback"] = traceback.format_exc()

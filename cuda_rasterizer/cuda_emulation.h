@@ -11,6 +11,7 @@
 #else  // DGRD_EMULATE_CUDA: host compiler, no CUDA headers
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -38,6 +39,30 @@ using cudaStream_t = struct CUstream_st*;
 enum cudaError_t { cudaSuccess = 0 };
 // Emulated launches report errors by throwing, so there is never an error left to fetch.
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+
+// Events: an emulated launch runs to completion before it returns, so an event is the host's
+// clock when it is recorded.
+struct CUevent_st {
+  std::chrono::steady_clock::time_point at;
+};
+using cudaEvent_t = CUevent_st*;
+inline cudaError_t cudaEventCreate(cudaEvent_t* event) {
+  *event = new CUevent_st{};
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  delete event;
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t = nullptr) {
+  event->at = std::chrono::steady_clock::now();
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  *ms = std::chrono::duration<float, std::milli>(end->at - start->at).count();
+  return cudaSuccess;
+}
 inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 inline const char* cudaGetErrorString(cudaError_t) { return "no error"; }
 

@@ -56,6 +56,18 @@ def set_cuda_tuning(warp_skip=True, scatter_reduce=True, depth_first_sort=True):
                                 depth_first_sort=depth_first_sort)
 
 
+def set_cuda_stage_timing(on: bool):
+    """Benchmarks: time each CUDA stage of the following forwards and backwards (off by
+    default), on the backend that renders now; `cuda_stage_ms` reads the last of each."""
+    _renderer().set_cuda_stage_timing(on)
+
+
+def cuda_stage_ms() -> dict:
+    """{"forward/<stage>": ms, "backward/<stage>": ms} of the last timed forward and backward, in
+    the order the stages ran; waits for them to finish."""
+    return dict(_renderer().cuda_stage_ms())
+
+
 def has_emulated_cuda() -> bool:
     """Whether the emulated CUDA backend (a test-only module) was built."""
     try:

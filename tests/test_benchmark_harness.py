@@ -185,6 +185,23 @@ def test_warp_skip_model_counts_are_consistent():
     assert c["block"] <= 8 * c["pairs"]
 
 
+@pytest.mark.skipif(not _backend.has_emulated_cuda(), reason="needs the emulated CUDA module")
+def test_stage_times_split_a_step_by_stage():
+    """bench.stage_times on the emulated CUDA backend (a GPU's run reads the same events): every
+    stage of one forward and backward, and timing is off again afterwards."""
+    bench = _load("bench")
+    scene = bench_scenes.garden_scene("2k", camera=0, scale=0.1, requires_grad=True)
+    prepared = bench.Ours().prepare(scene, bench._upstream(scene, 0))
+    with _backend.emulated_cuda():
+        ms = bench.stage_times(prepared, scene)
+        assert _backend.cuda_stage_ms() == {}
+    assert {"forward/preprocess", "forward/sort", "forward/render", "backward/render_backward",
+            "backward/preprocess_backward"} <= set(ms)
+    assert all(v >= 0 for v in ms.values())
+    line = bench.format_stages(ms)
+    assert line.startswith("forward: preprocess ") and "| backward: " in line
+
+
 def test_cpu_bench_quick_reports_load_work_and_ablation(tmp_path):
     """benchmarks/cpu_bench.py on a small frame: every figure it prints is there and coherent."""
     out = tmp_path / "cpu.json"

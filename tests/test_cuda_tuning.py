@@ -238,3 +238,31 @@ def test_depth_first_sort_makes_the_same_lists(ties, target, tuning):
             got = tile_lists(scene, target)
             assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]), \
                 f"depth_first_sort={depth_first}"
+
+
+@pytest.mark.parametrize("target", cuda_targets(orders=("asc",)))
+@pytest.mark.parametrize("depth_first", (False, True))
+def test_stage_timing_names_every_stage_and_changes_nothing(depth_first, target, tuning):
+    """cuda_stage_ms (benchmarks): every stage of the last forward and backward, with a time of
+    its own; timing changes no output; switched off, nothing is recorded."""
+    scene = scenes.make_scene(23000, P=150, height=37, width=45, sh_degree=1)
+    F = torch.rand(scene.P, 3, generator=torch.Generator().manual_seed(3))
+    with active(target):
+        tuning(True, True, depth_first)
+        plain = render_all(scene, F, target)
+        _backend.set_cuda_stage_timing(True)
+        try:
+            timed = render_all(scene, F, target)
+            ms = _backend.cuda_stage_ms()
+        finally:
+            _backend.set_cuda_stage_timing(False)
+        assert _backend.cuda_stage_ms() == {}
+    for a, b in zip(plain[0], timed[0]):
+        assert torch.equal(a, b)
+    binning = (["depth_keys", "sort by depth", "gather_tiles_touched"] if depth_first else [])
+    expected = (["forward/" + s for s in ["preprocess", *binning, "scan", "duplicate_keys", "sort",
+                                         "tile_ranges", "render"]]
+                + ["backward/" + s for s in ["zero gradients", "render_backward",
+                                             "preprocess_backward"]])
+    assert sorted(ms) == sorted(expected)
+    assert all(v >= 0 for v in ms.values()) and ms["backward/render_backward"] > 0
