@@ -193,13 +193,14 @@ def test_tuning_changes_no_output(scene_name, channels, target, tuning):
         for combo in COMBINATIONS:
             tuning(*combo)
             results[combo] = render_all(scene, F, target)
+    # Gradients: atomics add in any order on a GPU, so the tolerance is test_cuda.py's.
     base_out, base_grads = results[(False, False, False)]
     for combo, (out, grads) in results.items():
         for k, (a, b) in enumerate(zip(out, base_out)):
             assert torch.equal(a, b), f"{combo}: output {k} differs by {(a - b).abs().max()}"
         for k, (g, g0) in enumerate(zip(grads, base_grads)):
             scale = g0.abs().max().item() if g0.numel() else 0.0
-            torch.testing.assert_close(g, g0, rtol=1e-4, atol=1e-5 * scale,
+            torch.testing.assert_close(g, g0, rtol=1e-4, atol=1e-4 * scale,
                                        msg=lambda m: f"{combo}: gradient {k}: {m}")
 
 
