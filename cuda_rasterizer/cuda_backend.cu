@@ -103,7 +103,7 @@ __global__ void tile_ranges_kernel(const Key* keys, int pairs, int* ranges) {
   if (k == pairs - 1) ranges[2 * tile + 1] = pairs;
 }
 
-// The pixel a thread of a tile block owns; warp w holds rows kWarpRows w .. of the tile.
+// A tile's block: 8 warps, warp w holding rows kWarpRows w .. kWarpRows (w + 1) - 1.
 constexpr int kWarps = kTilePixels / 32;
 constexpr int kWarpRows = 32 / kTileSize;
 constexpr unsigned kAllWarps = (1u << kWarps) - 1;
@@ -114,6 +114,7 @@ constexpr unsigned kAllWarps = (1u << kWarps) - 1;
 constexpr int kRenderBlocks = 8, kRenderBackwardBlocks = 4;
 static_assert(kTileSize * kWarpRows == 32, "a warp holds whole rows of its tile");
 
+// The pixel a thread of a tile block owns, and its warp.
 struct TileThread {
   int tile, x0, y0, x, y, warp;  // (x0, y0): the tile's first pixel
   bool inside;
