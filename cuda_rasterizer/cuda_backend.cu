@@ -108,9 +108,9 @@ constexpr int kWarps = kTilePixels / 32;
 constexpr int kWarpRows = 32 / kTileSize;
 constexpr unsigned kAllWarps = (1u << kWarps) - 1;
 // Blocks per SM the render kernels are compiled for (their register budget): warp skipping's
-// staging would otherwise cost the forward 25% of its occupancy (ptxas, sm_90: 40 registers
-// instead of 32, with a 16-byte spill at 8 blocks) and the backward a block (67-70 instead of
-// 52-64 registers).
+// staging would otherwise cost the forward 25% of its occupancy (ptxas, sm_90: 41 registers
+// instead of 32; at 8 blocks, 32 and a spill of at most 4 bytes) and the backward a block (67-70
+// registers instead of 52-64). `check_cuda_compile.py --registers` prints them.
 constexpr int kRenderBlocks = 8, kRenderBackwardBlocks = 4;
 static_assert(kTileSize * kWarpRows == 32, "a warp holds whole rows of its tile");
 
