@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The work model of the CUDA render's warp skipping, from a CPU forward's tile lists.
+"""The work model of the CUDA render's warp skipping and of its balance over blocks, from a CPU
+forward's tile lists.
 
     python benchmarks/warp_skip_model.py [--scenes 112k,1m] [--scales 1,2]
 
@@ -11,6 +12,10 @@ backward starts each warp at its own last contributor. This counts, on the garde
 (warp, splat) evaluations of each: their ratio is the predicted gain of the render loops, before
 the GPU measures it (`bench.py --impls ablation`). The masks are computed by the same compiled
 function as the kernels', through the emulated CUDA module (built by default).
+
+A second table puts the longest tile's walk against an even share of all walks over the blocks
+a GPU runs at once: where it is larger, one tile bounds the render kernels, and only splitting
+long lists (not reordering the blocks) can help.
 """
 import argparse
 import sys
@@ -52,6 +57,20 @@ def warp_counts(state, width, height) -> dict:
             "warp": int(warp_end.sum()), "warp_skip": skipping}
 
 
+def tile_balance(state, width, height, slots=132 * 4) -> dict:
+    """How evenly the render's blocks share the work: each tile's walk (its block's last
+    contributor, as the backward walks) against the ideal share of `slots` blocks running at once
+    (an H200: 132 SMs x 4 blocks of the backward). When the longest walk exceeds the ideal share,
+    that one tile bounds the kernel, whatever the order the blocks start in."""
+    n_contrib = state[7]
+    tiles_x, tiles_y = (width + TILE - 1) // TILE, (height + TILE - 1) // TILE
+    padded = torch.zeros(tiles_y * TILE, tiles_x * TILE, dtype=torch.int64)
+    padded[:height, :width] = n_contrib.long()
+    walk = padded.view(tiles_y, TILE, tiles_x, TILE).amax(dim=(1, 3)).flatten()
+    return {"tiles": int(walk.numel()), "mean_walk": float(walk.float().mean()),
+            "longest_walk": int(walk.max()), "ideal_share": float(walk.sum()) / slots}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenes", default="112k,1m")
@@ -59,17 +78,28 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     print(f"{'scene':6s} {'resolution':>10s} {'pairs':>10s} {'block-wide':>12s} "
           f"{'own end':>12s} {'skipping':>12s} {'gain':>6s}")
+    states = {}
     for name in args.scenes.split(","):
         for scale in (float(s) for s in args.scales.split(",")):
             scene = garden_scene(name, camera=0, scale=scale)
             cam = scene.camera
             _, state = forward_state(scene)
+            states[(name, scale)] = (cam, state)
             c = warp_counts(state, cam.width, cam.height)
             print(f"{name:6s} {cam.width:>4d}x{cam.height:<5d} {c['pairs']:>10d} {c['block']:>12d} "
                   f"{c['warp']:>12d} {c['warp_skip']:>12d} {c['block'] / c['warp_skip']:>5.2f}x",
                   flush=True)
     print("(warp, splat) evaluations of the render loops: every warp to the block's last "
           "contributor; each to its own; with warp skipping. gain = block-wide / skipping")
+    print(f"\n{'scene':6s} {'resolution':>10s} {'tiles':>6s} {'mean walk':>10s} "
+          f"{'longest':>8s} {'ideal share':>12s} {'bound':>6s}")
+    for (name, scale), (cam, state) in states.items():
+        b = tile_balance(state, cam.width, cam.height)
+        print(f"{name:6s} {cam.width:>4d}x{cam.height:<5d} {b['tiles']:>6d} {b['mean_walk']:>10.0f} "
+              f"{b['longest_walk']:>8d} {b['ideal_share']:>12.0f} "
+              f"{b['longest_walk'] / b['ideal_share']:>5.1f}x")
+    print("splats walked per tile; ideal share = all walks / 528 blocks at once (132 SMs x 4); "
+          "bound = longest / ideal share: above 1, one tile's walk bounds the render kernels")
     return 0
 
 

@@ -183,6 +183,10 @@ def test_warp_skip_model_counts_are_consistent():
     assert 0 < c["warp_skip"] < c["warp"] <= c["block"]
     assert c["warp_skip"] < 0.8 * c["warp"]
     assert c["block"] <= 8 * c["pairs"]
+    b = model.tile_balance(state, scene.camera.width, scene.camera.height, slots=4)
+    assert b["tiles"] == state[5].shape[0]
+    assert b["longest_walk"] >= b["mean_walk"] > 0
+    assert b["ideal_share"] == pytest.approx(b["mean_walk"] * b["tiles"] / 4)
 
 
 @pytest.mark.skipif(not _backend.has_emulated_cuda(), reason="needs the emulated CUDA module")
