@@ -287,12 +287,22 @@ std::vector<int64_t> cpu_render_work(const RasterConfig& c, const std::vector<to
   return {w.pairs, w.evaluations, w.exps, w.blends, w.lane_evaluations};
 }
 
+#ifndef DGRD_WITH_CUDA
+namespace {
+// What a CUDA call answers in a build without the CUDA backend.
+[[noreturn]] void refuse_without_cuda() {
+  TORCH_CHECK(false, "diff_gaussian_rasterization_depth was built without CUDA");
+  std::abort();  // not reached: TORCH_CHECK throws
+}
+}  // namespace
+#endif
+
 ForwardResult forward(const RasterConfig& c, const GaussianTensors& g) {
   if (g.means3D.is_cuda()) {
 #ifdef DGRD_WITH_CUDA
     return forward_cuda(c, g);
 #else
-    TORCH_CHECK(false, "diff_gaussian_rasterization_depth was built without CUDA");
+    refuse_without_cuda();
 #endif
   }
   return forward_cpu(c, g);
@@ -316,7 +326,7 @@ BackwardResult backward(const RasterConfig& c, const GaussianTensors& g,
 #ifdef DGRD_WITH_CUDA
     return backward_cuda(c, g, s, up);
 #else
-    TORCH_CHECK(false, "diff_gaussian_rasterization_depth was built without CUDA");
+    refuse_without_cuda();
 #endif
   }
   return backward_cpu(c, g, s, up);
@@ -327,7 +337,7 @@ torch::Tensor mark_visible(const torch::Tensor& positions, const torch::Tensor& 
 #ifdef DGRD_WITH_CUDA
     return mark_visible_cuda(positions, viewmatrix);
 #else
-    TORCH_CHECK(false, "diff_gaussian_rasterization_depth was built without CUDA");
+    refuse_without_cuda();
 #endif
   }
   const int64_t P = positions.size(0);
@@ -348,7 +358,7 @@ void set_cuda_tuning(bool warp_skip, bool scatter_reduce, bool depth_first_sort)
   (void)warp_skip;
   (void)scatter_reduce;
   (void)depth_first_sort;
-  TORCH_CHECK(false, "diff_gaussian_rasterization_depth was built without CUDA");
+  refuse_without_cuda();
 #endif
 }
 
@@ -357,7 +367,7 @@ void set_cuda_stage_timing(bool on) {
   set_cuda_stage_timing_cuda(on);
 #else
   (void)on;
-  TORCH_CHECK(false, "diff_gaussian_rasterization_depth was built without CUDA");
+  refuse_without_cuda();
 #endif
 }
 
@@ -365,7 +375,7 @@ std::vector<std::pair<std::string, double>> cuda_stage_ms() {
 #ifdef DGRD_WITH_CUDA
   return cuda_stage_ms_cuda();
 #else
-  TORCH_CHECK(false, "diff_gaussian_rasterization_depth was built without CUDA");
+  refuse_without_cuda();
 #endif
 }
 

@@ -33,15 +33,21 @@ from benchmarks.scenes import garden_scene  # noqa: E402
 TILE, WARPS = 16, 8
 
 
+def warp_ends(n_contrib, width, height):
+    """Tiles x 8: each warp's last contributor (n_contrib padded with 0 to whole tiles; warp w
+    holds the tile's rows 2w and 2w + 1)."""
+    tiles_x, tiles_y = (width + TILE - 1) // TILE, (height + TILE - 1) // TILE
+    padded = torch.zeros(tiles_y * TILE, tiles_x * TILE, dtype=torch.int64)
+    padded[:height, :width] = n_contrib.long()
+    per_tile = padded.view(tiles_y, TILE, tiles_x, TILE).permute(0, 2, 1, 3)
+    return per_tile.reshape(-1, WARPS, 32).max(dim=2).values
+
+
 def warp_counts(state, width, height) -> dict:
     from diff_gaussian_rasterization_depth import _emulated_cuda
     _, means2d, conic_opacity, _, point_list, tile_ranges, _, n_contrib, _ = state
     tiles_x = (width + TILE - 1) // TILE
-    # n_contrib padded to whole tiles, then one row of 256 pixels (8 warps x 32) per tile.
-    padded = torch.zeros(tile_ranges.shape[0] // tiles_x * TILE, tiles_x * TILE, dtype=torch.int64)
-    padded[:height, :width] = n_contrib.long()
-    per_tile = padded.view(-1, TILE, tiles_x, TILE).permute(0, 2, 1, 3).reshape(-1, WARPS, 32)
-    warp_end = per_tile.max(dim=2).values                       # tiles x 8
+    warp_end = warp_ends(n_contrib, width, height)              # tiles x 8
     block_end = warp_end.max(dim=1).values                      # tiles
     bits = torch.arange(WARPS)
     skipping = 0
@@ -62,11 +68,7 @@ def tile_balance(state, width, height, slots=132 * 4) -> dict:
     contributor, as the backward walks) against the ideal share of `slots` blocks running at once
     (an H200: 132 SMs x 4 blocks of the backward). When the longest walk exceeds the ideal share,
     that one tile bounds the kernel, whatever the order the blocks start in."""
-    n_contrib = state[7]
-    tiles_x, tiles_y = (width + TILE - 1) // TILE, (height + TILE - 1) // TILE
-    padded = torch.zeros(tiles_y * TILE, tiles_x * TILE, dtype=torch.int64)
-    padded[:height, :width] = n_contrib.long()
-    walk = padded.view(tiles_y, TILE, tiles_x, TILE).amax(dim=(1, 3)).flatten()
+    walk = warp_ends(state[7], width, height).max(dim=1).values
     return {"tiles": int(walk.numel()), "mean_walk": float(walk.float().mean()),
             "longest_walk": int(walk.max()), "ideal_share": float(walk.sum()) / slots}
 

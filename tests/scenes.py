@@ -27,7 +27,7 @@ from typing import Dict, Optional
 import torch
 
 from diff_gaussian_rasterization_depth import GaussianRasterizationSettings
-from diff_gaussian_rasterization_depth import reference
+from diff_gaussian_rasterization_depth import _backend, reference
 from diff_gaussian_rasterization_depth._validation import check_gaussians
 
 ZNEAR = 0.01
@@ -456,3 +456,14 @@ def ambiguous_checked(scene: Scene, internals=None):
     pixels, gaussians = ambiguous(scene, internals=internals)
     check_ambiguity_rare(pixels, gaussians, scene)
     return pixels, gaussians
+
+
+def backend_call(scene: Scene):
+    """The compiled backend's (config, gaussians) for a scene, as the package builds them (on
+    the device of the scene's tensors)."""
+    i = scene.inputs
+    means3D, opacities, sh, colors, scales, rotations, cov, checked = check_gaussians(
+        i["means3D"], i["means2D"], i["opacities"], i.get("shs"), i.get("colors_precomp"),
+        i["scales"], i["rotations"], i.get("cov3D_precomp"), i.get("dc"), scene.settings)
+    return (_backend.make_config(checked),
+            _backend.make_gaussians(means3D, opacities, sh, colors, scales, rotations, cov))

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend
-from diff_gaussian_rasterization_depth._validation import check_gaussians
 
 import scenes
 
@@ -43,16 +42,6 @@ def render_and_grads(scene, seed):
     loss.backward()
     grads = {k: v.grad for k, v in inputs.items() if v is not None and v.grad is not None}
     return (color.detach(), radii, depth.detach(), weight.detach()), grads
-
-
-def backend_call(scene):
-    """The compiled backend's (config, gaussians) for a scene, as the package builds them."""
-    i = scene.inputs
-    means3D, opacities, sh, colors, scales, rotations, cov, checked = check_gaussians(
-        i["means3D"], i["means2D"], i["opacities"], i["shs"], i["colors_precomp"], i["scales"],
-        i["rotations"], i["cov3D_precomp"], i.get("dc"), scene.settings)
-    return (_backend.make_config(checked),
-            _backend.make_gaussians(means3D, opacities, sh, colors, scales, rotations, cov))
 
 
 def dense_scene(seed, **kw):
@@ -145,7 +134,7 @@ def test_work_counts_are_consistent():
     evaluation, lanes test at least what the pixels need, and the evaluations agree with a
     count by hand of the per-pixel walk on a tiny frame."""
     scene = dense_scene(7400, P=300, height=20, width=27)
-    config, gaussians = backend_call(scene)
+    config, gaussians = scenes.backend_call(scene)
     color, depth, weight, radii, *_, state = _backend.forward(config, gaussians)
     pairs, evaluations, exps, blends, lane_evaluations = _backend._ext().cpu_render_work(
         config, state)
@@ -221,8 +210,8 @@ def test_feature_gradient_waves_repeat_on_any_thread_count(tuning):
     2^22 values of pair sums): the same as the per-pixel loop's, and bit for bit the same on
     1 and 2 threads."""
     scene = dense_scene(7800, P=500, height=60, width=70)
-    config, _ = backend_call(scene)
-    pairs = int(_backend.forward(config, backend_call(scene)[1])[-1][5][-1, 1])
+    config, _ = scenes.backend_call(scene)
+    pairs = int(_backend.forward(config, scenes.backend_call(scene)[1])[-1][5][-1, 1])
     C = (1 << 22) // pairs * 3  # about three waves
     F = torch.randn(scene.P, C, generator=torch.Generator().manual_seed(1))
     threads = torch.get_num_threads()
@@ -290,7 +279,7 @@ def test_binning_same_lists_for_any_thread_count():
     """Binning by one global depth sort: every tile's list is in ascending (depth, index) order,
     and the lists are the same on 1 and 2 threads."""
     scene = scenes.make_scene(7600, P=6000, height=90, width=120, sh_degree=0)
-    config, gaussians = backend_call(scene)
+    config, gaussians = scenes.backend_call(scene)
     states = []
     threads = torch.get_num_threads()
     try:

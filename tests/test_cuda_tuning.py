@@ -19,7 +19,6 @@ import torch
 import scenes
 from cuda_target import EMULATED_CUDA, REAL_CUDA, active, cuda_targets, is_emulated
 from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend
-from diff_gaussian_rasterization_depth._validation import check_gaussians
 from test_cuda import settings_on
 
 pytestmark = pytest.mark.cuda
@@ -207,14 +206,8 @@ def test_tuning_changes_no_output(scene_name, channels, target, tuning):
 def tile_lists(scene, device):
     """(point_list, tile_ranges) of a forward on `device` (float32)."""
     inputs = {k: (None if v is None else v.detach().to(device)) for k, v in scene.inputs.items()}
-    settings = settings_on(scene.settings, device)
-    out = check_gaussians(inputs["means3D"], inputs["means2D"], inputs["opacities"],
-                          inputs.get("shs"), inputs.get("colors_precomp"), inputs["scales"],
-                          inputs["rotations"], inputs.get("cov3D_precomp"), None, settings)
-    means3D, opacities, sh, colors, scales, rotations, cov, checked = out
-    state = _backend.forward(_backend.make_config(checked),
-                             _backend.make_gaussians(means3D, opacities, sh, colors, scales,
-                                                     rotations, cov))[-1]
+    on_device = scenes.Scene(inputs, settings_on(scene.settings, device))
+    state = _backend.forward(*scenes.backend_call(on_device))[-1]
     return state[4].cpu(), state[5].cpu()
 
 
