@@ -83,17 +83,24 @@ skipped_by_request() {
     return 1
 }
 
+# limit_for NAME CAP_S: sets LIMIT to CAP_S clipped to the time left; false (the summary says
+# why) when the stage is skipped, by RUN_GPU_SKIP or for the deadline.
+limit_for() {
+    skipped_by_request "$1" && return 1
+    local budget; budget=$(left)
+    if [ "$budget" -lt "$MIN_STAGE_S" ]; then
+        record "$1" skipped 0 "deadline"
+        return 1
+    fi
+    LIMIT=$(($2 < budget ? $2 : budget))
+}
+
 # stage NAME CAP_S COMMAND...: runs COMMAND under timeout, at most CAP_S and the time left.
 # Returns COMMAND's status; 125 when skipped for the deadline or by RUN_GPU_SKIP.
 stage() {
     local name=$1 cap=$2; shift 2
-    skipped_by_request "$name" && return 125
-    local budget; budget=$(left)
-    if [ "$budget" -lt "$MIN_STAGE_S" ]; then
-        record "$name" skipped 0 "deadline"
-        return 125
-    fi
-    local limit=$((cap < budget ? cap : budget))
+    limit_for "$name" "$cap" || return 125
+    local limit=$LIMIT
     echo
     echo "=== $name (limit $limit s) [$(now)]: $*"
     if [ "$DRY" = 1 ] && [ -n "${RUN_GPU_FAKE_STEP_S:-}" ]; then
@@ -115,13 +122,8 @@ stage() {
 background() {
     local name=$1 cap=$2 log=$3; shift 3
     BG_PID=""
-    skipped_by_request "$name" && return 125
-    local budget; budget=$(left)
-    if [ "$budget" -lt "$MIN_STAGE_S" ]; then
-        record "$name" skipped 0 "deadline"
-        return 125
-    fi
-    local limit=$((cap < budget ? cap : budget))
+    limit_for "$name" "$cap" || return 125
+    local limit=$LIMIT
     echo "=== $name: started in the background (limit $limit s, log $log) [$(now)]"
     if [ "$DRY" = 1 ] && [ -n "${RUN_GPU_FAKE_STEP_S:-}" ]; then
         set -- sleep "$RUN_GPU_FAKE_STEP_S"
