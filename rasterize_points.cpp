@@ -39,6 +39,8 @@ void allocate_pixel_state(const RasterConfig& c, ForwardState& s,
   s.n_contrib = torch::empty({H, W}, ints);
   s.median_contrib = torch::empty(c.median_depth ? std::vector<int64_t>{H, W} : std::vector<int64_t>{0},
                                   ints);
+  s.tile_splits = torch::empty({0}, ints);
+  s.split_state = torch::empty({0}, opts);
 }
 
 namespace {
@@ -351,13 +353,16 @@ torch::Tensor mark_visible(const torch::Tensor& positions, const torch::Tensor& 
   return visible;
 }
 
-void set_cuda_tuning(bool warp_skip, bool scatter_reduce, bool depth_first_sort) {
+void set_cuda_tuning(bool warp_skip, bool scatter_reduce, bool depth_first_sort,
+                     bool split_tiles, int split_length) {
 #ifdef DGRD_WITH_CUDA
-  set_cuda_tuning_cuda(warp_skip, scatter_reduce, depth_first_sort);
+  set_cuda_tuning_cuda(warp_skip, scatter_reduce, depth_first_sort, split_tiles, split_length);
 #else
   (void)warp_skip;
   (void)scatter_reduce;
   (void)depth_first_sort;
+  (void)split_tiles;
+  (void)split_length;
   refuse_without_cuda();
 #endif
 }

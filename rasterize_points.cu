@@ -121,6 +121,19 @@ struct DeviceContext {
 #endif
 };
 
+// The SMs of the current device. The emulation runs one block
+// at a time and calls itself one SM, so that the tests' small scenes split their lists too.
+int multiprocessors() {
+#ifdef DGRD_EMULATE_CUDA
+  return 1;
+#else
+  int count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount,
+                                        c10::cuda::current_device()));
+  return count;
+#endif
+}
+
 // A CUB call reports its own errors (sizing, scratch, launch) through its return value.
 void check_cub(cudaError_t status, const char* stage) {
   TORCH_CHECK(status == cudaSuccess, "diff_gaussian_rasterization_depth: CUDA stage '", stage,
@@ -163,6 +176,28 @@ torch::Tensor device_empty(c10::IntArrayRef sizes, const torch::TensorOptions& o
 
 torch::Tensor scratch(size_t bytes, const torch::Tensor& like) {
   return device_empty({int64_t(bytes)}, like.options().dtype(torch::kUInt8));
+}
+
+// The tile splits saved in s: the buffers, and `length` where the caller knows it (the
+// backward reads it on the device). No capacity: lists are not split.
+TileSplits splits_of(const ForwardState& s, int length = 0) {
+  if (s.split_state.numel() == 0) return {0, 0, nullptr, nullptr, nullptr};
+  int* header = s.tile_splits.data_ptr<int>();
+  return {length, int(s.split_state.size(0)), header, header + 2, s.split_state.data_ptr<float>()};
+}
+
+// The forward's tile splits: parts of gpu::split_length for `pairs` pairs on this GPU, and
+// buffers for as many parts as that length allows.
+TileSplits allocate_splits(int64_t pairs, ForwardState& s, const torch::TensorOptions& opts,
+                           cudaStream_t stream) {
+  const int length = gpu::split_length(pairs, multiprocessors());
+  const int64_t capacity = length > 0 ? pairs / length : 0;
+  if (capacity == 0) return splits_of(s);
+  s.tile_splits = device_empty({2 + 2 * capacity}, opts.dtype(torch::kInt32));
+  s.split_state = device_empty({capacity, TileSplits::kSplitValues, kTilePixels}, opts);
+  const TileSplits splits = splits_of(s, length);
+  gpu::start_splits(splits, stream);
+  return splits;
 }
 
 void require_float32(const GaussianTensors& g) {
@@ -327,8 +362,10 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   torch::Tensor feature_map = device_empty({g.channels(), H, W}, opts);
   torch::Tensor median = device_empty({c.median_depth ? H : 0, W}, opts);
   const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
+  const TileSplits splits = allocate_splits(pairs, s, opts, stream);
+  check_stage(c, "start_splits");
   gpu::render(cam, st, lists, make_pixel_buffers<float>(s, color, depth, weight),
-              make_optional_outputs<float>(g, s, feature_map, median), stream);
+              make_optional_outputs<float>(g, s, feature_map, median), splits, stream);
   check_stage(c, "render");
   return {color, depth, weight, s.radii.clone(), feature_map, median, s.to_list()};
 }
@@ -353,7 +390,8 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, co
   check_stage(c, "zero gradients");
 
   gpu::render_backward(cam, st, lists, make_pixel_buffers<float>(s, {}, {}, {}), pg,
-                       make_optional_grads<float>(g, s, up, grads), splat_grads, stream);
+                       make_optional_grads<float>(g, s, up, grads), splat_grads, splits_of(s),
+                       stream);
   check_stage(c, "render_backward");
   CameraGrad<float>* camera = grads.camera_pointer<float>();
   torch::Tensor partials;  // the camera gradient's per-block sums
@@ -381,8 +419,12 @@ torch::Tensor mark_visible_cuda(const torch::Tensor& positions, const torch::Ten
   return visible;
 }
 
-void set_cuda_tuning_cuda(bool warp_skip, bool scatter_reduce, bool depth_first_sort) {
-  gpu::cuda_tuning() = {warp_skip, scatter_reduce, depth_first_sort};
+void set_cuda_tuning_cuda(bool warp_skip, bool scatter_reduce, bool depth_first_sort,
+                          bool split_tiles, int split_length) {
+  TORCH_CHECK_VALUE(split_length >= 0 && split_length % kTilePixels == 0,
+                    "split_length: a multiple of ", kTilePixels, " (0: chosen), got ",
+                    split_length);
+  gpu::cuda_tuning() = {warp_skip, scatter_reduce, depth_first_sort, split_tiles, split_length};
 }
 
 void set_cuda_stage_timing_cuda(bool on) {

@@ -48,14 +48,17 @@ struct ForwardState {
   torch::Tensor n_contrib;      // (H, W) int32
   torch::Tensor median_contrib; // (H, W) int32 with median_depth, else empty: 1 + list
                                 // position of the median's splat, 0 where T stays above 0.5
+  torch::Tensor tile_splits;    // CUDA (TileSplits): int32 [used, length, capacity x 2 parts];
+                                // empty where lists are not split
+  torch::Tensor split_state;    // CUDA: (capacity, kSplitValues, kTilePixels); else empty
 
   std::vector<torch::Tensor> to_list() const {
-    return {radii, means2d, conic_opacity, features, point_list, tile_ranges, pixel_state,
-            n_contrib, median_contrib};
+    return {radii,       means2d,   conic_opacity,  features,    point_list, tile_ranges,
+            pixel_state, n_contrib, median_contrib, tile_splits, split_state};
   }
   static ForwardState from_list(const std::vector<torch::Tensor>& v) {
-    TORCH_CHECK(v.size() == 9, "diff_gaussian_rasterization_depth: corrupt forward state");
-    return {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]};
+    TORCH_CHECK(v.size() == 11, "diff_gaussian_rasterization_depth: corrupt forward state");
+    return {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10]};
   }
   bool has_median() const { return median_contrib.numel() > 0; }
 };
@@ -154,8 +157,8 @@ OptionalOutputs<T> make_optional_outputs(const GaussianTensors& g, const Forward
 // the P-sized part (radii, means2d, conic_opacity, features), all the preprocess needs, ...
 ForwardState allocate_gaussian_state(int64_t count, const torch::TensorOptions& opts);
 // ... and, once the scene is known to fit, the per-tile and per-pixel part (tile_ranges,
-// pixel_state, n_contrib, and median_contrib with c.median_depth). point_list is the caller's,
-// sized by the pair count.
+// pixel_state, n_contrib, and median_contrib with c.median_depth; tile splits empty). point_list
+// is the caller's, sized by the pair count.
 void allocate_pixel_state(const RasterConfig& c, ForwardState& s, const torch::TensorOptions& opts);
 
 // Gradient tensors shaped like the inputs (zeros), and their pointers.
@@ -226,7 +229,8 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g);
 BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
                              const MapGrads& up);
 torch::Tensor mark_visible_cuda(const torch::Tensor& positions, const torch::Tensor& viewmatrix);
-void set_cuda_tuning_cuda(bool warp_skip, bool scatter_reduce, bool depth_first_sort);
+void set_cuda_tuning_cuda(bool warp_skip, bool scatter_reduce, bool depth_first_sort,
+                          bool split_tiles, int split_length);
 void set_cuda_stage_timing_cuda(bool on);
 std::vector<std::pair<std::string, double>> cuda_stage_ms_cuda();
 #endif
@@ -249,7 +253,8 @@ std::vector<int64_t> cpu_render_work(const RasterConfig& c, const std::vector<to
 void set_cpu_tuning(bool lanes, bool power_bound);
 // The CUDA backend's technique switches (benchmarks): warp skip, scatter reduce, depth-first
 // sort (gpu::CudaTuning).
-void set_cuda_tuning(bool warp_skip, bool scatter_reduce, bool depth_first_sort);
+void set_cuda_tuning(bool warp_skip, bool scatter_reduce, bool depth_first_sort,
+                     bool split_tiles, int split_length);
 // Device milliseconds of each CUDA stage of the last forward and backward, timed while
 // set_cuda_stage_timing(true) (benchmarks; off by default).
 void set_cuda_stage_timing(bool on);

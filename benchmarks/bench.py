@@ -107,9 +107,9 @@ def _upstream(scene: Scene, seed: int) -> Dict[str, torch.Tensor]:
 class Ours(Impl):
     name = "ours"
     note = "loss on colour + depth + weight"
-    # The CUDA backend's techniques (warp_skip, scatter_reduce, depth_first_sort): all on here;
-    # the ablation variants below switch one or all off.
-    cuda_tuning = (True, True, True)
+    # The CUDA backend's techniques (warp_skip, scatter_reduce, depth_first_sort, split_tiles):
+    # all on here; the ablation variants below switch one or all off.
+    cuda_tuning = (True, True, True, True)
 
     def available(self, device):
         try:
@@ -225,13 +225,17 @@ def _ablated(name: str, what: str, cuda_tuning: tuple) -> type:
                                         "cuda_tuning": cuda_tuning})
 
 
-# (warp_skip, scatter_reduce, depth_first_sort) off one at a time, then all off.
+# (warp_skip, scatter_reduce, depth_first_sort, split_tiles) off one at a time, then all off.
 ABLATED = (
-    _ablated("ours-no-warp-skip", "warps evaluate every splat of the tile", (False, True, True)),
+    _ablated("ours-no-warp-skip", "warps evaluate every splat of the tile",
+             (False, True, True, True)),
     _ablated("ours-no-scatter", "warp gradient sums by one shuffle tree per value",
-             (True, False, True)),
-    _ablated("ours-no-depth-sort", "one sort of 64-bit (tile, depth) keys", (True, True, False)),
-    _ablated("ours-none", "none of the switchable techniques", (False, False, False)),
+             (True, False, True, True)),
+    _ablated("ours-no-depth-sort", "one sort of 64-bit (tile, depth) keys",
+             (True, True, False, True)),
+    _ablated("ours-no-split", "one backward block per tile, however long its list",
+             (True, True, True, False)),
+    _ablated("ours-none", "none of the switchable techniques", (False, False, False, False)),
 )
 IMPLS = {"ours": Ours, "gsplat": Gsplat, "original": Original,
          **{impl.name: impl for impl in ABLATED}}

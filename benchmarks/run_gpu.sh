@@ -13,7 +13,7 @@
 #   2. CUDA-vs-CPU tests (tests/test_cuda.py), then the garden 112k frame's largest CUDA-vs-CPU
 #      differences (benchmarks/compare_cuda_cpu.py -> compare_cuda_cpu.json)
 #   3. the other CUDA tests (robustness, debug, inputs)
-#   4. compute-sanitizer memcheck and racecheck on three tiny scenes (tools/sanitize_cuda.py),
+#   4. compute-sanitizer memcheck and racecheck on four tiny scenes (tools/sanitize_cuda.py),
 #      with PyTorch's caching allocator off
 #   5. this package's timings (bench_ours.json, rewritten after each configuration); skipped
 #      when gsplat is ready by then, since stage 6 times this package in the same run
@@ -21,8 +21,9 @@
 #   7. side by side with the original diff_gaussian_rasterization, when its source is in
 #      .whl/orig/ (built in the background after stage 1; bench_original.json)
 #   8. the ablation of this package's CUDA techniques (bench.py --impls ablation: warp skipping,
-#      the scatter sum of gradients, the depth-first sort, each off and all; bench_ablation.json
-#      when the 8 files leave room for it, its table in run_gpu.log in any case)
+#      the scatter sum of gradients, the depth-first sort, split tile lists, each off and all;
+#      bench_ablation.json when the 8 files leave room for it, its table in run_gpu.log in any
+#      case)
 # Every test has a per-test limit ($DGRD_TEST_TIMEOUT, tests/conftest.py).
 #
 # What comes back ($OUT, else benchmarks/results; at most 8 files, none in sub-folders):
@@ -300,10 +301,10 @@ sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanit
 for tool in memcheck racecheck; do
     if [ "$DRY" = 1 ]; then
         stage "$tool" 30 echo "dry run: PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer" \
-            "--tool $tool --error-exitcode 1 $PY tools/sanitize_cuda.py --cases 0,1,2"
+            "--tool $tool --error-exitcode 1 $PY tools/sanitize_cuda.py --cases 0,1,2,7"
     elif [ -n "$sanitizer" ]; then
         stage "$tool" 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool "$tool" \
-            --error-exitcode 1 "$PY" tools/sanitize_cuda.py --cases 0,1,2
+            --error-exitcode 1 "$PY" tools/sanitize_cuda.py --cases 0,1,2,7
     else
         record "$tool" skipped 0 "compute-sanitizer not found"
     fi

@@ -15,7 +15,9 @@ function as the kernels', through the emulated CUDA module (built by default).
 
 A second table puts the longest tile's walk against an even share of all walks over the blocks
 a GPU runs at once: where it is larger, one tile bounds the render kernels, and only splitting
-long lists (not reordering the blocks) can help.
+long lists (not reordering the blocks) can help. Its last columns split the lists as the CUDA
+backward does (TileSplits, parts of `length` positions chosen by gpu::split_length) and give the
+longest part's walk against the same share.
 """
 import argparse
 import sys
@@ -45,7 +47,7 @@ def warp_ends(n_contrib, width, height):
 
 def warp_counts(state, width, height) -> dict:
     from diff_gaussian_rasterization_depth import _emulated_cuda
-    _, means2d, conic_opacity, _, point_list, tile_ranges, _, n_contrib, _ = state
+    means2d, conic_opacity, point_list, tile_ranges, n_contrib = (state[k] for k in (1, 2, 4, 5, 7))
     tiles_x = (width + TILE - 1) // TILE
     warp_end = warp_ends(n_contrib, width, height)              # tiles x 8
     block_end = warp_end.max(dim=1).values                      # tiles
@@ -63,14 +65,34 @@ def warp_counts(state, width, height) -> dict:
             "warp": int(warp_end.sum()), "warp_skip": skipping}
 
 
+def split_length(pairs, slots):
+    """gpu::split_length's choice: parts of at most half the even share of the pairs over the
+    `slots` backward blocks running at once, rounded up to whole batches of 256."""
+    share = -(-pairs // (2 * slots))
+    return max(256, -(-share // 256) * 256)
+
+
 def tile_balance(state, width, height, slots=132 * 4) -> dict:
     """How evenly the render's blocks share the work: each tile's walk (its block's last
     contributor, as the backward walks) against the ideal share of `slots` blocks running at once
     (an H200: 132 SMs x 4 blocks of the backward). When the longest walk exceeds the ideal share,
-    that one tile bounds the kernel, whatever the order the blocks start in."""
+    that one tile bounds the kernel, whatever the order the blocks start in. With the lists split
+    into parts of `length` positions, a block walks the part of its tile's walk in its part."""
     walk = warp_ends(state[7], width, height).max(dim=1).values
+    ranges = state[5].long()
+    lengths = ranges[:, 1] - ranges[:, 0]
+    length = split_length(int(state[4].numel()), slots)
+    longest_part = 0
+    for t in torch.nonzero(lengths > length).flatten().tolist():
+        n, w = int(lengths[t]), int(walk[t])
+        for c in range(-(-n // length)):
+            longest_part = max(longest_part, max(0, min(w, (c + 1) * length) - c * length))
+    unsplit = walk[lengths <= length]
+    if unsplit.numel():
+        longest_part = max(longest_part, int(unsplit.max()))
     return {"tiles": int(walk.numel()), "mean_walk": float(walk.float().mean()),
-            "longest_walk": int(walk.max()), "ideal_share": float(walk.sum()) / slots}
+            "longest_walk": int(walk.max()), "ideal_share": float(walk.sum()) / slots,
+            "split_length": length, "longest_part": longest_part}
 
 
 def main(argv=None) -> int:
@@ -94,14 +116,17 @@ def main(argv=None) -> int:
     print("(warp, splat) evaluations of the render loops: every warp to the block's last "
           "contributor; each to its own; with warp skipping. gain = block-wide / skipping")
     print(f"\n{'scene':6s} {'resolution':>10s} {'tiles':>6s} {'mean walk':>10s} "
-          f"{'longest':>8s} {'ideal share':>12s} {'bound':>6s}")
+          f"{'longest':>8s} {'ideal share':>12s} {'bound':>6s} {'split':>6s} {'longest part':>13s} "
+          f"{'bound':>6s}")
     for (name, scale), (cam, state) in states.items():
         b = tile_balance(state, cam.width, cam.height)
         print(f"{name:6s} {cam.width:>4d}x{cam.height:<5d} {b['tiles']:>6d} {b['mean_walk']:>10.0f} "
               f"{b['longest_walk']:>8d} {b['ideal_share']:>12.0f} "
-              f"{b['longest_walk'] / b['ideal_share']:>5.1f}x")
+              f"{b['longest_walk'] / b['ideal_share']:>5.1f}x {b['split_length']:>6d} "
+              f"{b['longest_part']:>13d} {b['longest_part'] / b['ideal_share']:>5.1f}x")
     print("splats walked per tile; ideal share = all walks / 528 blocks at once (132 SMs x 4); "
-          "bound = longest / ideal share: above 1, one tile's walk bounds the render kernels")
+          "bound = longest / ideal share: above 1, one tile's walk bounds the render kernels; "
+          "split = the backward's part length; longest part = the longest walk of one block then")
     return 0
 
 

@@ -163,6 +163,29 @@ struct PixelAccum {
     transmittance = transmittance * (T(1) - alpha);
   }
 
+  // The sum of blended feature k (r, g, b, z, 1).
+  DGRD_HD T sum(int k) const {
+    return k < kColorChannels ? color[k] : k == kDepthFeature ? depth_sum : weight;
+  }
+
+  // Where a tile list is split for the backward (TileSplits), the walk behind the split starts
+  // from T_b, the transmittance there, and from what the splats after it add, normalized as
+  // PixelBackward::behind is: (F - F_b) / T_b, F the final sums and F_b those at the split
+  // (T >= kTransmittanceMin > 0 always). The forward saves T_b and F_b as it passes the split
+  // (save_split, before the splat at the split), and once F is known makes F_b the normalized
+  // sums (finish_split).
+  DGRD_HD void save_split(const TileSplits& s, int part, int thread) const {
+    s.value(part, 0, thread) = transmittance;
+    for (int k = 0; k < kFeatures; ++k) s.value(part, 1 + k, thread) = sum(k);
+  }
+  DGRD_HD void finish_split(const TileSplits& s, int part, int thread) const {
+    const T split_transmittance = s.value(part, 0, thread);
+    for (int k = 0; k < kFeatures; ++k) {
+      T& saved = s.value(part, 1 + k, thread);
+      saved = (sum(k) - saved) / split_transmittance;
+    }
+  }
+
   // Writes the outputs of SPEC 5 for pixel p, and what the backward needs of it. (Planes are
   // H x W; 3 H W may pass 2^31, hence the 64-bit plane size.)
   DGRD_HD void store(const PixelBuffers<T>& px, int p, int64_t plane, const T* background,
@@ -230,6 +253,13 @@ struct PixelBackward {
       behind[f] = T(0);
       last_feature[f] = T(0);
     }
+  }
+
+  // Moves the start of the walk to a split of the pixel's tile list (after init): the splat in
+  // front of the split is the next one un-blended (PixelAccum::save_split).
+  DGRD_HD void resume(const TileSplits& s, int part, int thread) {
+    transmittance = s.value(part, 0, thread);
+    for (int k = 0; k < kFeatures; ++k) behind[k] = s.value(part, 1 + k, thread);
   }
 
   // Un-blends the splat in front of those already visited, accumulating its gradients.

@@ -6,6 +6,7 @@
 #include <cub/cub.cuh>
 #endif
 
+#include <algorithm>
 #include <type_traits>
 
 #include "blend.h"
@@ -118,8 +119,9 @@ static_assert(kTileSize * kWarpRows == 32, "a warp holds whole rows of its tile"
 struct TileThread {
   int tile, x0, y0, x, y, warp;  // (x0, y0): the tile's first pixel
   bool inside;
-  __device__ TileThread(const Camera<float>& cam) {
-    tile = blockIdx.x;
+  __device__ explicit TileThread(const Camera<float>& cam) : TileThread(cam, int(blockIdx.x)) {}
+  __device__ TileThread(const Camera<float>& cam, int tile_) {
+    tile = tile_;
     x0 = (tile % cam.tiles_x) * kTileSize;
     y0 = (tile / cam.tiles_x) * kTileSize;
     x = x0 + int(threadIdx.x) % kTileSize;
@@ -160,15 +162,40 @@ struct SplatBatch {
   }
 };
 
+__global__ void start_splits_kernel(TileSplits splits) {
+  splits.header[0] = 0;
+  splits.header[1] = splits.length;
+}
+
 // kMedian: also the median depth (issue 12); the plain instantiation is the plain render.
-// kWarpSkip: warps pass the splats that cannot reach their pixels (CudaTuning).
+// kWarpSkip: warps pass the splats that cannot reach their pixels (CudaTuning). A list longer
+// than splits.length takes parts for the backward and saves each pixel's state at their ends.
 template <bool kMedian, bool kWarpSkip>
 __global__ void __launch_bounds__(kTilePixels, kRenderBlocks)
     render_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
-                  PixelBuffers<float> px, OptionalOutputs<float> extra) {
+                  PixelBuffers<float> px, OptionalOutputs<float> extra, TileSplits splits) {
   DGRD_SHARED(SplatBatch, batch);
+  // The tile's parts (when split): the first allocated, and the next split to pass, in shared
+  // memory rather than in registers, of which the loop has none to spare (sm_90: 32).
+  struct NextSplit {
+    int parts, first_part, part, position;
+  };
+  DGRD_SHARED(NextSplit, split);
   const TileThread me(cam);
   const int begin = lists.tile_ranges[2 * me.tile], end = lists.tile_ranges[2 * me.tile + 1];
+  if (threadIdx.x == 0) {
+    const int parts = splits.parts_of(end - begin);
+    split.parts = parts;
+    split.position = end;  // never a batch's start
+    if (parts > 1) {
+      split.first_part = split.part = atomicAdd(&splits.header[0], parts - 1);
+      split.position = begin + splits.length;
+      for (int c = 0; c < parts - 1; ++c) {
+        splits.parts[2 * (split.first_part + c)] = me.tile;
+        splits.parts[2 * (split.first_part + c) + 1] = c;
+      }
+    }
+  }
   bool done = !me.inside;
   PixelAccum<float> acc;
   acc.reset();
@@ -176,11 +203,17 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBlocks)
   if (kMedian) median.reset();
   int visited = 0, n_contrib = 0;
   for (int start = begin; start < end; start += kTilePixels) {
-    // The whole block stops once every pixel is saturated.
+    // The whole block stops once every pixel is saturated (also a barrier after `split`'s
+    // writes).
     if (__syncthreads_count(done) == kTilePixels) break;
+    if (start == split.position) acc.save_split(splits, split.part, threadIdx.x);
     const int k = start + int(threadIdx.x);
     if (k < end) batch.load<kWarpSkip>(threadIdx.x, lists.point_list[k], state, me);
     __syncthreads();
+    if (threadIdx.x == 0 && start == split.position) {  // everyone has read `split` by now
+      split.position += splits.length;
+      ++split.part;
+    }
     const int n = min(kTilePixels, end - start);
     for (int j = 0; !done && j < n; ++j) {
       ++visited;
@@ -199,6 +232,11 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBlocks)
       if (kMedian) median.update(before, acc.transmittance, batch.feature[j].w, n_contrib);
     }
   }
+  // The splits passed (a split the block stopped before is never read: every pixel ends in
+  // front of it).
+  __syncthreads();  // after the last update of `split`
+  if (split.parts > 1)
+    for (int e = split.first_part; e < split.part; ++e) acc.finish_split(splits, e, threadIdx.x);
   if (me.inside) {
     const int p = me.y * cam.width + me.x;
     acc.store(px, p, cam.width * cam.height, cam.background, n_contrib);
@@ -340,33 +378,71 @@ __device__ __forceinline__ void warp_add(float v, float* out) {
   if ((threadIdx.x & 31) == 0) atomicAdd(out, v);
 }
 
+// The positions of a tile's list that one block of the render backward walks (TileSplits):
+// block b < tiles walks the last part of tile b, from the pixels' final state; block
+// tiles + e the split part e, from the state the forward left at its end (`resume_part`, -1
+// for none). `valid` is false for the blocks past the parts the forward allocated.
+struct BackwardPart {
+  int tile, lo, hi, resume_part;
+  bool valid;
+  __device__ BackwardPart(const Camera<float>& cam, const TileLists& lists,
+                          const TileSplits& splits) {
+    const int tiles = cam.tiles_x * cam.tiles_y;
+    const int b = int(blockIdx.x);
+    valid = true;
+    if (b < tiles) {
+      tile = b;
+      const int n = lists.tile_ranges[2 * b + 1] - lists.tile_ranges[2 * b];
+      lo = (splits.parts_of(n) - 1) * splits.length;
+      hi = n;
+      resume_part = -1;
+      return;
+    }
+    resume_part = b - tiles;
+    valid = resume_part < splits.header[0];
+    if (!valid) return;
+    tile = splits.parts[2 * resume_part];
+    lo = splits.parts[2 * resume_part + 1] * splits.length;
+    hi = lo + splits.length;
+  }
+};
+
 // kMedian: the median's upstream gradient goes to its splat's depth. kWarpSkip: each warp starts
 // at its own pixels' last contributor and passes the splats that cannot reach them; kScatter:
-// the warp sums go by warp_scatter_add (CudaTuning).
+// the warp sums go by warp_scatter_add (CudaTuning). Each block walks one part of a tile's
+// list (BackwardPart); a pixel whose walk ends in front of the part takes no part in it.
 template <bool kMedian, bool kWarpSkip, bool kScatter>
 __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
     render_backward_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
                            PixelBuffers<float> px, PixelGrads<float> grads,
-                           OptionalGrads<float> extra, SplatGrad<float>* splat_grads) {
+                           OptionalGrads<float> extra, SplatGrad<float>* splat_grads,
+                           TileSplits splits) {
   DGRD_SHARED(SplatBatch, batch);
-  const TileThread me(cam);
+  if (splits.header) splits.length = splits.header[1];  // the host knows only the capacity
+  const BackwardPart part(cam, lists, splits);
+  if (!part.valid) return;  // the whole block
+  const TileThread me(cam, part.tile);
   const int begin = lists.tile_ranges[2 * me.tile];
   const int plane = cam.width * cam.height;
   const int p = me.y * cam.width + me.x;
   const int last = me.inside ? px.n_contrib[p] : 0;
+  const bool walks = last > part.lo;
   const int median_position = kMedian && me.inside ? extra.median_contrib[p] : 0;
   const float median_grad = kMedian && me.inside ? extra.median[p] : 0.f;
 
   PixelBackward<float> pb;
-  if (me.inside) pb.init(px, grads, p, plane, cam.background);
+  if (walks) {
+    pb.init(px, grads, p, plane, cam.background);
+    if (last > part.hi) pb.resume(splits, part.resume_part, threadIdx.x);
+  }
   // Splats behind every pixel's last contributor are never visited; with kWarpSkip, a warp
   // starts at its own last one (the median's splat is never behind it).
-  const int block_end = block_max(last);
-  const int warp_end = kWarpSkip ? warp_max(last) : block_end;
+  const int block_end = min(part.hi, block_max(last));
+  const int warp_end = min(part.hi, kWarpSkip ? warp_max(last) : block_end);
 
   // Positions are relative to `begin`; batches walk from the back.
-  for (int stop = block_end; stop > 0; stop -= kTilePixels) {
-    const int start = max(0, stop - kTilePixels);
+  for (int stop = block_end; stop > part.lo; stop -= kTilePixels) {
+    const int start = max(part.lo, stop - kTilePixels);
     __syncthreads();  // the previous batch is no longer read
     const int k = stop - 1 - int(threadIdx.x);
     if (k >= start) batch.load<kWarpSkip>(threadIdx.x, lists.point_list[begin + k], state, me);
@@ -636,6 +712,23 @@ CudaTuning& cuda_tuning() {
   return tuning;
 }
 
+void start_splits(const TileSplits& splits, cudaStream_t stream) {
+  if (splits.capacity > 0) DGRD_LAUNCH(start_splits_kernel, 1, 1, stream)(splits);
+}
+
+int split_length(int64_t pairs, int multiprocessors) {
+  const CudaTuning& tuning = cuda_tuning();
+  if (!tuning.split_tiles || pairs == 0) return 0;
+  if (tuning.split_length > 0) return tuning.split_length;
+  // Parts of at most half the even share of the pairs over the backward blocks that run at
+  // once: then no part is much longer than the kernel's average block, at most two parts per
+  // such block (pairs / L <= 2 x blocks) to save state for.
+  const int64_t blocks = int64_t(std::max(multiprocessors, 1)) * kRenderBackwardBlocks;
+  const int64_t share = (pairs + 2 * blocks - 1) / (2 * blocks);
+  const int64_t length = (share + kTilePixels - 1) / kTilePixels * kTilePixels;
+  return int(std::min<int64_t>(std::max<int64_t>(length, kTilePixels), 1 << 30));
+}
+
 namespace {
 
 // Calls run() with each runtime flag as a compile-time constant (std::true_type or
@@ -675,14 +768,15 @@ void launch_features_backward(const Camera<float>& cam, const GaussianState<floa
 
 void render(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
             const PixelBuffers<float>& px, const OptionalOutputs<float>& extra,
-            cudaStream_t stream) {
+            const TileSplits& splits, cudaStream_t stream) {
   const int tiles = cam.tiles_x * cam.tiles_y;
   const CudaTuning tuning = cuda_tuning();
   dispatch_flags(
       [&](auto median, auto warp_skip) {
         const auto render_variant =
             render_kernel<decltype(median)::value, decltype(warp_skip)::value>;
-        DGRD_LAUNCH(render_variant, tiles, kTilePixels, stream)(cam, state, lists, px, extra);
+        DGRD_LAUNCH(render_variant, tiles, kTilePixels, stream)(cam, state, lists, px, extra,
+                                                                splits);
       },
       extra.has_median(), tuning.warp_skip);
   if (!extra.has_features()) return;
@@ -696,16 +790,17 @@ void render(const Camera<float>& cam, const GaussianState<float>& state, TileLis
 void render_backward(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
                      const PixelBuffers<float>& px, PixelGrads<float> grads,
                      const OptionalGrads<float>& extra, SplatGrad<float>* splat_grads,
-                     cudaStream_t stream) {
+                     const TileSplits& splits, cudaStream_t stream) {
   const int tiles = cam.tiles_x * cam.tiles_y;
+  const int blocks = tiles + splits.capacity;  // a block per tile, and per part it may add
   const CudaTuning tuning = cuda_tuning();
   dispatch_flags(
       [&](auto median, auto warp_skip, auto scatter) {
         const auto render_backward_variant =
             render_backward_kernel<decltype(median)::value, decltype(warp_skip)::value,
                                    decltype(scatter)::value>;
-        DGRD_LAUNCH(render_backward_variant, tiles, kTilePixels, stream)(
-            cam, state, lists, px, grads, extra, splat_grads);
+        DGRD_LAUNCH(render_backward_variant, blocks, kTilePixels, stream)(
+            cam, state, lists, px, grads, extra, splat_grads, splits);
       },
       extra.has_median(), tuning.warp_skip, tuning.scatter_reduce);
   if (!extra.has_features()) return;

@@ -74,22 +74,34 @@ struct CudaTuning {
   bool warp_skip = true;         // a warp passes the splats that cannot reach its pixels
   bool scatter_reduce = true;    // warp sums of gradients by warp_scatter_add, not one tree each
   bool depth_first_sort = true;  // the binning sorts by depth once, then pairs by tile alone
+  bool split_tiles = true;       // long tile lists walked in parts by the backward (TileSplits)
+  int split_length = 0;          // tests: positions per part (a multiple of 256); 0: chosen
 };
 CudaTuning& cuda_tuning();
 
+// TileSplits::length for a forward of `pairs` tile pairs on a GPU of `multiprocessors` SMs (0:
+// no split): the parts' state costs 24 bytes a pixel of a part, and pairs / length parts at most.
+int split_length(int64_t pairs, int multiprocessors);
+// Zeroes the count of parts used and stores the length on the device, where the backward reads
+// it (nothing without capacity).
+void start_splits(const TileSplits& splits, cudaStream_t stream);
+
 // One 16x16 block per tile, front to back; the median with it when asked for, and the feature
-// map (when asked for) by a second kernel, one block per tile and chunk of channels.
+// map (when asked for) by a second kernel, one block per tile and chunk of channels. Tiles with
+// lists longer than splits.length (start_splits called before) save the state of their parts
+// for the backward.
 void render(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
             const PixelBuffers<float>& px, const OptionalOutputs<float>& extra,
-            cudaStream_t stream);
+            const TileSplits& splits, cudaStream_t stream);
 
-// One 16x16 block per tile, back to front; adds each Gaussian's gradient into splat_grads
-// (zeroed by the caller) once per warp, and the features' into extra.features_grad (zeroed
-// by the caller) when the feature map has an upstream gradient.
+// One 16x16 block per tile and part of a split list (the forward's splits), back to front;
+// adds each Gaussian's gradient into splat_grads (zeroed by the caller) once per warp, and the
+// features' into extra.features_grad (zeroed by the caller), one block per tile, when the
+// feature map has an upstream gradient.
 void render_backward(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
                      const PixelBuffers<float>& px, PixelGrads<float> grads,
                      const OptionalGrads<float>& extra, SplatGrad<float>* splat_grads,
-                     cudaStream_t stream);
+                     const TileSplits& splits, cudaStream_t stream);
 
 // Number of CameraGrad partial sums preprocess_backward needs for `count` Gaussians.
 int camera_grad_partials(int count);

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 
+#include "config.h"
 #include "vector_math.h"
 
 namespace dgrd {
@@ -114,6 +115,31 @@ constexpr int kCameraGradValues = 35;
 struct TileLists {
   const int* point_list;
   const int* tile_ranges;
+};
+
+// Long tile lists cut into parts for the backward (CUDA): one block per part instead of one per
+// tile, so that a tile far longer than the rest no longer bounds the kernel. A list of n splats
+// has parts_of(n) parts of `length` positions (the last one shorter). The last part of each tile
+// is walked by the tile's own block, from the pixels' final state as an unsplit tile is; the
+// others are numbered as the forward allocates them: part e holds positions c L .. (c + 1) L - 1
+// of tile t, (t, c) = parts[2 e], parts[2 e + 1], and the forward leaves in `state` each
+// pixel's transmittance and normalized sums behind position (c + 1) L (PixelAccum::save_split).
+struct TileSplits {
+  int length;    // L: positions per part, a multiple of kTilePixels; 0: lists are not split
+  int capacity;  // parts the buffers hold: sum over tiles of parts_of(n) - 1 <= pairs / L
+  int* header;   // on the device: [parts allocated so far, L] (gpu::start_splits)
+  int* parts;    // capacity x 2: (tile, index of the part in its tile)
+  float* state;  // capacity x kSplitValues x kTilePixels
+
+  static constexpr int kSplitValues = 1 + kFeatures;  // transmittance, then behind
+
+  DGRD_HD int parts_of(int n) const {
+    return length > 0 && n > length ? (n + length - 1) / length : 1;
+  }
+  // Value v of part e at the tile's pixel `thread`.
+  DGRD_HD float& value(int e, int v, int thread) const {
+    return state[(int64_t(e) * kSplitValues + v) * kTilePixels + thread];
+  }
 };
 
 // Per-pixel outputs and what the backward reads of the forward (all planes H x W, row-major).

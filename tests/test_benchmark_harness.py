@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import scenes as test_scenes
 from diff_gaussian_rasterization_depth import _backend
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,10 +163,11 @@ def test_cuda_ablation_expands_and_is_left_out_on_the_cpu():
     args = bench.parse_args(["--device", "cpu", "--impls", "ablation", "--scenes", "300",
                              "--scales", "0.1", "--reps", "1", "--warmup", "0", "--sets", "1"])
     assert args.impl_list == ["ours", "ours-no-warp-skip", "ours-no-scatter",
-                              "ours-no-depth-sort", "ours-none"]
+                              "ours-no-depth-sort", "ours-no-split", "ours-none"]
     tunings = [bench.IMPLS[n].cuda_tuning for n in args.impl_list]
-    assert tunings == [(True, True, True), (False, True, True), (True, False, True),
-                       (True, True, False), (False, False, False)]
+    assert tunings == [(True, True, True, True), (False, True, True, True),
+                       (True, False, True, True), (True, True, False, True),
+                       (True, True, True, False), (False, False, False, False)]
     result = bench.run(args)
     assert [r["impl"] for r in result["results"]] == ["ours"]
     for name in args.impl_list[1:]:
@@ -187,6 +189,14 @@ def test_warp_skip_model_counts_are_consistent():
     assert b["tiles"] == state[5].shape[0]
     assert b["longest_walk"] >= b["mean_walk"] > 0
     assert b["ideal_share"] == pytest.approx(b["mean_walk"] * b["tiles"] / 4)
+    # The parts: at most `split_length` long, and of the length the emulated CUDA backend (one
+    # SM of 4 backward blocks) chooses for the same pairs.
+    assert b["longest_part"] <= min(b["split_length"], b["longest_walk"])
+    call = test_scenes.backend_call(test_scenes.Scene(scene.rasterizer_inputs(),
+                                                      scene.raster_settings()))
+    with _backend.emulated_cuda():
+        splits = _backend.forward(*call)[-1][9]
+    assert splits[1].item() == b["split_length"]
 
 
 @pytest.mark.skipif(not _backend.has_emulated_cuda(), reason="needs the emulated CUDA module")

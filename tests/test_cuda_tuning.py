@@ -1,7 +1,8 @@
 """The CUDA backend's switchable techniques (gpu::CudaTuning, `pytest -m cuda`): warp skipping
 (a warp passes the splats that cannot reach its pixels, and starts its backward walk at its own
-last contributor), the scatter sum of a warp's gradients (warp_scatter_add), and the depth-first
-sort (the Gaussians by depth once, then their pairs by tile alone).
+last contributor), the scatter sum of a warp's gradients (warp_scatter_add), the depth-first
+sort (the Gaussians by depth once, then their pairs by tile alone), and long tile lists walked
+in parts by the backward (TileSplits).
 
 None may change a result: with any combination switched on, the forward is bit-identical to the
 backend with all off, and the gradients agree up to the order of their sums; both binnings make
@@ -192,15 +193,21 @@ def test_tuning_changes_no_output(scene_name, channels, target, tuning):
         for combo in COMBINATIONS:
             tuning(*combo)
             results[combo] = render_all(scene, F, target)
-    # Gradients: atomics add in any order on a GPU, so the tolerance is test_cuda.py's.
-    base_out, base_grads = results[(False, False, False)]
-    for combo, (out, grads) in results.items():
+    assert_same_results(results, (False, False, False))
+
+
+def assert_same_results(results, base):
+    """Each of results ({variant: render_all(...)}) has the outputs of results[base] bit for bit
+    and its gradients up to the order of their sums (atomics add in any order on a GPU: the
+    tolerance is test_cuda.py's)."""
+    base_out, base_grads = results[base]
+    for variant, (out, grads) in results.items():
         for k, (a, b) in enumerate(zip(out, base_out)):
-            assert torch.equal(a, b), f"{combo}: output {k} differs by {(a - b).abs().max()}"
+            assert torch.equal(a, b), f"{variant}: output {k} differs by {(a - b).abs().max()}"
         for k, (g, g0) in enumerate(zip(grads, base_grads)):
             scale = g0.abs().max().item() if g0.numel() else 0.0
             torch.testing.assert_close(g, g0, rtol=1e-4, atol=1e-4 * scale,
-                                       msg=lambda m: f"{combo}: gradient {k}: {m}")
+                                       msg=lambda m: f"{variant}: gradient {k}: {m}")
 
 
 def tile_lists(scene, device):
@@ -261,8 +268,90 @@ def test_stage_timing_names_every_stage_and_changes_nothing(depth_first, target,
         assert torch.equal(a, b)
     binning = (["depth_keys", "sort by depth", "gather_tiles_touched"] if depth_first else [])
     expected = (["forward/" + s for s in ["preprocess", *binning, "scan", "duplicate_keys", "sort",
-                                         "tile_ranges", "render"]]
+                                         "tile_ranges", "start_splits", "render"]]
                 + ["backward/" + s for s in ["zero gradients", "render_backward",
                                              "preprocess_backward"]])
     assert sorted(ms) == sorted(expected)
     assert all(v >= 0 for v in ms.values()) and ms["backward/render_backward"] > 0
+
+
+# ------------------------------------------------------------------ long tile lists in parts
+
+def forward_state(scene, device):
+    """The state list of a forward on `device` (float32), on the CPU."""
+    inputs = {k: (None if v is None else v.detach().to(device)) for k, v in scene.inputs.items()}
+    on_device = scenes.Scene(inputs, settings_on(scene.settings, device))
+    return [t.cpu() for t in _backend.forward(*scenes.backend_call(on_device))[-1]]
+
+
+def expected_parts(state, length):
+    """Per tile, (parts of its list, the list's last contributor over its pixels) for a split
+    length, from the forward's tile ranges and n_contrib."""
+    ranges, n_contrib = state[5], state[7]
+    H, W = n_contrib.shape
+    tiles_x = (W + 15) // 16
+    out = []
+    for t, (begin, end) in enumerate(ranges.tolist()):
+        n = end - begin
+        parts = -(-n // length) if n > length else 1
+        ty, tx = divmod(t, tiles_x)
+        last = int(n_contrib[16 * ty:16 * ty + 16, 16 * tx:16 * tx + 16].max()) if n else 0
+        out.append((parts, last))
+    return out
+
+
+SPLIT_SCENES = {
+    # (height, width, P, opacity factor): a faint scene whose pixels blend past 1000 splats (up
+    # to five parts of 256), and an opaque one where blocks stop early, so that some parts are
+    # allocated but never reached (their state left unwritten: poison under emulation).
+    "16x16-faint": (16, 16, 1200, 0.05),
+    "40x50-opaque": (40, 50, 1500, 1.0),
+}
+
+
+@pytest.mark.parametrize("target", cuda_targets())
+@pytest.mark.parametrize("optional", (False, True))
+@pytest.mark.parametrize("scene_name", list(SPLIT_SCENES))
+def test_split_tile_lists_change_no_output(scene_name, optional, target, tuning):
+    """The backward walks long tile lists in parts (TileSplits): the forward saves each pixel's
+    state where a part ends and the backward resumes from it. Whatever the part length, the
+    outputs are those without splitting, bit for bit, and the gradients agree up to the order
+    of their sums; the parts the forward allocates are those the lengths give, and each tile's
+    blocks cover its list."""
+    H, W, P, factor = SPLIT_SCENES[scene_name]
+    scene = scenes.make_scene(24000 + P, P=P, height=H, width=W, sh_degree=1, outliers=False)
+    scene.inputs["opacities"] = scene.inputs["opacities"] * factor
+    F = torch.rand(P, 4, generator=torch.Generator().manual_seed(4)) if optional else None
+    results, states = {}, {}
+    with active(target):
+        for length in (None, 256, 512, 0):  # None: no split; 0: the backend chooses
+            tuning(split_tiles=length is not None, split_length=length or 0)
+            results[length] = render_all(scene, F, target)
+            states[length] = forward_state(scene, target)
+    assert states[None][9].numel() == 0 and states[None][10].numel() == 0
+    pairs = states[None][4].numel()
+    unreached = more_than_two = 0
+    for length in (256, 512):
+        splits = states[length][9]
+        parts = expected_parts(states[length], length)
+        allocated = sum(n - 1 for n, _ in parts)
+        assert splits[:2].tolist() == [allocated, length]
+        assert states[length][10].shape == (pairs // length, 6, 256)
+        # (tile, index) of every part the forward allocated: each tile's first parts, once.
+        listed = sorted(tuple(p) for p in splits[2:2 + 2 * allocated].view(-1, 2).tolist())
+        assert listed == sorted((t, c) for t, (n, _) in enumerate(parts) for c in range(n - 1))
+        more_than_two += sum(n > 2 for n, _ in parts)
+        unreached += sum(last <= c * length for n, last in parts for c in range(1, n))
+    assert more_than_two > 0
+    if factor == 1.0:
+        assert unreached > 0
+    chosen = states[0][9][1].item()
+    assert chosen % 256 == 0 and states[0][10].shape[0] == pairs // chosen
+    assert_same_results(results, None)
+
+
+@pytest.mark.parametrize("target", cuda_targets(orders=("asc",)))
+def test_split_length_must_be_a_multiple_of_the_batch(target, tuning):
+    with active(target):
+        with pytest.raises(ValueError, match="multiple of 256"):
+            tuning(split_length=100)

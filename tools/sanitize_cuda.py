@@ -5,10 +5,13 @@
     (the same with --tool racecheck)
 
 Image sizes that are not multiples of 16, an empty scene, a scene with Gaussians behind the
-camera and far outside, antialiasing, precomputed colours and covariances. Exits non-zero if an
+camera and far outside, antialiasing, precomputed colours and covariances, and long tile lists
+walked by the backward in parts of 256 (split_length: TileSplits; faint, so that pixels blend
+past the parts' ends). Exits non-zero if an
 output is not finite. Without PYTORCH_NO_CUDA_MEMORY_CACHING=1, PyTorch's caching allocator
 hands out pieces of larger cached blocks, and memcheck cannot see an access past the end of a
-piece. --cases picks some (run_gpu.sh: the first three, all sizes not multiples of 16).
+piece. --cases picks some (run_gpu.sh: the first three, all sizes not multiples of 16, and the
+split lists).
 """
 import argparse
 import os
@@ -18,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 import scenes  # noqa: E402  (tests/scenes.py)
-from diff_gaussian_rasterization_depth import GaussianRasterizer  # noqa: E402
+from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend  # noqa: E402
 
 CASES = [
     dict(P=48, height=29, width=37, sh_degree=3),
@@ -28,6 +31,7 @@ CASES = [
     dict(P=0, height=20, width=20, sh_degree=0),
     dict(P=30, height=16, width=48, sh_degree=1, all_culled=True),
     dict(P=16, height=1, width=1, sh_degree=0),
+    dict(P=900, height=21, width=35, sh_degree=1, split_length=256, opacity_scale=0.05),
 ]
 
 
@@ -46,8 +50,11 @@ def main(argv=None):
         print("sanitize_cuda: PYTORCH_NO_CUDA_MEMORY_CACHING is not 1: memcheck misses accesses "
               "inside the allocator's cached blocks", file=sys.stderr)
     for i in chosen:
-        case = CASES[i]
+        case = dict(CASES[i])
+        _backend.set_cuda_tuning(split_length=case.pop("split_length", 0))
+        opacity_scale = case.pop("opacity_scale", 1.0)
         scene = scenes.make_scene(100 + i, **case)
+        scene.inputs["opacities"] = scene.inputs["opacities"] * opacity_scale
         leaves = {k: (None if v is None else v.cuda().requires_grad_())
                   for k, v in scene.inputs.items()}
         s = scene.settings
@@ -60,7 +67,8 @@ def main(argv=None):
         for name, t in (("color", color), ("depth", depth), ("weight", weight)):
             if not torch.isfinite(t).all():
                 sys.exit(f"sanitize_cuda: case {i}: non-finite {name}")
-        print(f"case {i} ok: {case}")
+        print(f"case {i} ok: {CASES[i]}")
+    _backend.set_cuda_tuning()
 
 
 if __name__ == "__main__":
