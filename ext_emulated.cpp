@@ -172,7 +172,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "The CUDA backward, emulated");
   m.def("mark_visible", &mark_visible_cuda, "The CUDA mark_visible, emulated");
   m.def("set_cuda_tuning", &set_cuda_tuning_cuda, py::arg("warp_skip"), py::arg("scatter_reduce"),
-        py::arg("depth_first_sort"), py::arg("split_tiles"), py::arg("split_length"), "Switch the CUDA backend's techniques on or off, emulated");
+        py::arg("depth_first_sort"), py::arg("split_tiles"),
+        py::arg("split_length"),
+        "Switch the CUDA backend's techniques on or off, emulated");
   m.def("set_cuda_stage_timing", &set_cuda_stage_timing_cuda, py::arg("on"),
         "Time each CUDA stage of the following calls, emulated (host clock)");
   m.def("cuda_stage_ms", &cuda_stage_ms_cuda, "Milliseconds of each stage, emulated");

@@ -183,20 +183,20 @@ torch::Tensor scratch(size_t bytes, const torch::Tensor& like) {
 TileSplits splits_of(const ForwardState& s, int length = 0) {
   if (s.split_state.numel() == 0) return {0, 0, nullptr, nullptr, nullptr};
   int* header = s.tile_splits.data_ptr<int>();
-  return {length, int(s.split_state.size(0)), header, header + 2, s.split_state.data_ptr<float>()};
+  return {length, int(s.split_state.size(0)), header, header + 1, s.split_state.data_ptr<float>()};
 }
 
-// The forward's tile splits: parts of gpu::split_length for `pairs` pairs on this GPU, and
-// buffers for as many parts as that length allows.
-TileSplits allocate_splits(int64_t pairs, ForwardState& s, const torch::TensorOptions& opts,
-                           cudaStream_t stream) {
+// The forward's tile splits, planned from the tile ranges: parts of gpu::split_length for
+// `pairs` pairs on this GPU, and a slot for every window of that length the pairs span.
+TileSplits plan_splits(int64_t pairs, const RasterConfig& c, ForwardState& s,
+                       const torch::TensorOptions& opts, cudaStream_t stream) {
   const int length = gpu::split_length(pairs, multiprocessors());
-  const int64_t capacity = length > 0 ? pairs / length : 0;
+  const int64_t capacity = length > 0 ? (pairs - 1) / length : 0;
   if (capacity == 0) return splits_of(s);
-  s.tile_splits = device_empty({2 + 2 * capacity}, opts.dtype(torch::kInt32));
+  s.tile_splits = device_empty({1 + 2 * capacity}, opts.dtype(torch::kInt32));
   s.split_state = device_empty({capacity, TileSplits::kSplitValues, kTilePixels}, opts);
   const TileSplits splits = splits_of(s, length);
-  gpu::start_splits(splits, stream);
+  gpu::plan_splits(splits, c.tiles_x() * c.tiles_y(), s.tile_ranges.data_ptr<int>(), stream);
   return splits;
 }
 
@@ -362,8 +362,8 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   torch::Tensor feature_map = device_empty({g.channels(), H, W}, opts);
   torch::Tensor median = device_empty({c.median_depth ? H : 0, W}, opts);
   const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
-  const TileSplits splits = allocate_splits(pairs, s, opts, stream);
-  check_stage(c, "start_splits");
+  const TileSplits splits = plan_splits(pairs, c, s, opts, stream);
+  check_stage(c, "plan_splits");
   gpu::render(cam, st, lists, make_pixel_buffers<float>(s, color, depth, weight),
               make_optional_outputs<float>(g, s, feature_map, median), splits, stream);
   check_stage(c, "render");

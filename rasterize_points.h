@@ -48,7 +48,7 @@ struct ForwardState {
   torch::Tensor n_contrib;      // (H, W) int32
   torch::Tensor median_contrib; // (H, W) int32 with median_depth, else empty: 1 + list
                                 // position of the median's splat, 0 where T stays above 0.5
-  torch::Tensor tile_splits;    // CUDA (TileSplits): int32 [used, length, capacity x 2 parts];
+  torch::Tensor tile_splits;    // CUDA (TileSplits): int32 [length, capacity x 2 parts];
                                 // empty where lists are not split
   torch::Tensor split_state;    // CUDA: (capacity, kSplitValues, kTilePixels); else empty
 

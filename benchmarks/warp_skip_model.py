@@ -17,7 +17,7 @@ A second table puts the longest tile's walk against an even share of all walks o
 a GPU runs at once: where it is larger, one tile bounds the render kernels, and only splitting
 long lists (not reordering the blocks) can help. Its last columns split the lists as the CUDA
 backward does (TileSplits, parts of `length` positions chosen by gpu::split_length) and give the
-longest part's walk against the same share.
+longest part's walk against the same share. A third does the same for the forward.
 """
 import argparse
 import sys
@@ -92,7 +92,39 @@ def tile_balance(state, width, height, slots=132 * 4) -> dict:
         longest_part = max(longest_part, int(unsplit.max()))
     return {"tiles": int(walk.numel()), "mean_walk": float(walk.float().mean()),
             "longest_walk": int(walk.max()), "ideal_share": float(walk.sum()) / slots,
-            "split_length": length, "longest_part": longest_part}
+            "split_length": length, "longest_part": longest_part,
+            **forward_balance(state, width, height, walk, lengths, length, 2 * slots)}
+
+
+def forward_balance(state, width, height, walk, lengths, length, slots) -> dict:
+    """The same for the forward (8 blocks per SM: twice the backward's slots), and what a split
+    forward would make of it (tried, not kept; doc/performance.md): each part after a split
+    composited alone by a block of its own (from T = 1; a kernel of its own, at most a part's
+    walk), then appended at once by the pixels it cannot saturate, the tile's block walking its
+    first part and only the later parts where some pixel may stop. A pixel is counted as
+    stopping (saturating) where its final transmittance is below 1e-2 (past its last splat, an
+    alpha of at most 0.99 takes it under 1e-4): the walked parts are over-counted, not under."""
+    n_contrib, final_t = state[7], state[6][0]
+    tiles_x, tiles_y = (width + TILE - 1) // TILE, (height + TILE - 1) // TILE
+    pad = lambda m, fill: torch.nn.functional.pad(  # noqa: E731
+        m, (0, tiles_x * TILE - width, 0, tiles_y * TILE - height), value=fill)
+    per_tile = lambda m: m.view(tiles_y, TILE, tiles_x, TILE).permute(0, 2, 1, 3).reshape(  # noqa
+        -1, TILE * TILE)
+    stops = per_tile(pad(n_contrib.long(), 0))
+    stopping = per_tile(pad(final_t, 1.0)) < 1e-2
+    longest_path = 0
+    for t in range(walk.numel()):
+        n, w = int(lengths[t]), int(walk[t])
+        if n <= length:
+            longest_path = max(longest_path, w)
+            continue
+        path = min(w, length)
+        for c in range(1, -(-n // length)):
+            lo, hi = c * length, (c + 1) * length
+            if bool((stopping[t] & (stops[t] > lo) & (stops[t] <= hi)).any()):
+                path += max(0, min(w, hi) - lo)
+        longest_path = max(longest_path, path + (length if n > length else 0))
+    return {"forward_share": float(walk.sum()) / slots, "forward_longest_path": longest_path}
 
 
 def main(argv=None) -> int:
@@ -127,6 +159,17 @@ def main(argv=None) -> int:
     print("splats walked per tile; ideal share = all walks / 528 blocks at once (132 SMs x 4); "
           "bound = longest / ideal share: above 1, one tile's walk bounds the render kernels; "
           "split = the backward's part length; longest part = the longest walk of one block then")
+    print(f"\n{'scene':6s} {'resolution':>10s} {'forward share':>14s} {'bound':>6s} "
+          f"{'split path':>11s} {'bound':>6s}")
+    for (name, scale), (cam, state) in states.items():
+        b = tile_balance(state, cam.width, cam.height)
+        share = b["forward_share"]
+        print(f"{name:6s} {cam.width:>4d}x{cam.height:<5d} {share:>14.0f} "
+              f"{b['longest_walk'] / share:>5.1f}x {b['forward_longest_path']:>11d} "
+              f"{b['forward_longest_path'] / share:>5.1f}x")
+    print("the forward: share = all walks / 1056 blocks at once (132 SMs x 8); split path = the "
+          "longest tile's walk with a split forward (its first part, the parts where a pixel "
+          "may stop, plus one part for the composites' kernel; not built: see its docstring)")
     return 0
 
 

@@ -162,40 +162,52 @@ struct SplatBatch {
   }
 };
 
-__global__ void start_splits_kernel(TileSplits splits) {
-  splits.header[0] = 0;
-  splits.header[1] = splits.length;
+// One thread per tile: fills the `parts` of the slots whose windows [(e + 1) L, (e + 2) L) start
+// in the tile's range (they partition the slots): the part that ends at the tile's split in
+// the window, or none. Thread 0 also stores L for the backward.
+__global__ void plan_splits_kernel(int tiles, const int* tile_ranges, TileSplits splits) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t == 0) splits.header[0] = splits.length;
+  if (t >= tiles) return;
+  const int64_t L = splits.length;
+  const int64_t begin = tile_ranges[2 * t], end = tile_ranges[2 * t + 1];
+  // Windows starting in [begin, end); slot -1 (the window at 0) does not exist.
+  for (int64_t e = (begin + L - 1) / L - 1; e < splits.capacity && (e + 1) * L < end; ++e) {
+    if (e < 0) continue;
+    // The tile's first split at or after the window's start: begin + m L, m >= 1.
+    const int64_t past = (e + 1) * L - begin;  // >= 0
+    const int64_t m = past <= L ? 1 : (past + L - 1) / L;
+    const int64_t split = begin + m * L;
+    const bool here = split < end && split < (e + 2) * L;
+    splits.parts[2 * e] = here ? t : -1;
+    splits.parts[2 * e + 1] = here ? int(m - 1) : 0;
+  }
 }
+
+// The cursor of a tile block over its list's splits (TileSplits), in shared memory rather than
+// in registers, of which the forward's loop has none to spare (sm_90: 32). `next` is advanced
+// by thread 0 once every thread has read it.
+struct SplitCursor {
+  int first, next;  // positions: the first split, the next one to pass (`end` when none)
+
+  __device__ void start(const TileSplits& splits, int begin, int end) {
+    if (threadIdx.x != 0) return;
+    first = next = splits.parts_of(end - begin) > 1 ? begin + splits.length : end;
+  }
+};
 
 // kMedian: also the median depth (issue 12); the plain instantiation is the plain render.
 // kWarpSkip: warps pass the splats that cannot reach their pixels (CudaTuning). A list longer
-// than splits.length takes parts for the backward and saves each pixel's state at their ends.
+// than splits.length saves each pixel's state at its splits for the backward.
 template <bool kMedian, bool kWarpSkip>
 __global__ void __launch_bounds__(kTilePixels, kRenderBlocks)
     render_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
                   PixelBuffers<float> px, OptionalOutputs<float> extra, TileSplits splits) {
   DGRD_SHARED(SplatBatch, batch);
-  // The tile's parts (when split): the first allocated, and the next split to pass, in shared
-  // memory rather than in registers, of which the loop has none to spare (sm_90: 32).
-  struct NextSplit {
-    int parts, first_part, part, position;
-  };
-  DGRD_SHARED(NextSplit, split);
+  DGRD_SHARED(SplitCursor, split);
   const TileThread me(cam);
   const int begin = lists.tile_ranges[2 * me.tile], end = lists.tile_ranges[2 * me.tile + 1];
-  if (threadIdx.x == 0) {
-    const int parts = splits.parts_of(end - begin);
-    split.parts = parts;
-    split.position = end;  // never a batch's start
-    if (parts > 1) {
-      split.first_part = split.part = atomicAdd(&splits.header[0], parts - 1);
-      split.position = begin + splits.length;
-      for (int c = 0; c < parts - 1; ++c) {
-        splits.parts[2 * (split.first_part + c)] = me.tile;
-        splits.parts[2 * (split.first_part + c) + 1] = c;
-      }
-    }
-  }
+  split.start(splits, begin, end);
   bool done = !me.inside;
   PixelAccum<float> acc;
   acc.reset();
@@ -203,17 +215,14 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBlocks)
   if (kMedian) median.reset();
   int visited = 0, n_contrib = 0;
   for (int start = begin; start < end; start += kTilePixels) {
-    // The whole block stops once every pixel is saturated (also a barrier after `split`'s
+    // The whole block stops once every pixel is saturated (also a barrier after the cursor's
     // writes).
     if (__syncthreads_count(done) == kTilePixels) break;
-    if (start == split.position) acc.save_split(splits, split.part, threadIdx.x);
+    if (start == split.next) acc.save_split(splits, splits.slot_of(start), threadIdx.x);
     const int k = start + int(threadIdx.x);
     if (k < end) batch.load<kWarpSkip>(threadIdx.x, lists.point_list[k], state, me);
     __syncthreads();
-    if (threadIdx.x == 0 && start == split.position) {  // everyone has read `split` by now
-      split.position += splits.length;
-      ++split.part;
-    }
+    if (threadIdx.x == 0 && start == split.next) split.next += splits.length;  // all have read it
     const int n = min(kTilePixels, end - start);
     for (int j = 0; !done && j < n; ++j) {
       ++visited;
@@ -232,11 +241,11 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBlocks)
       if (kMedian) median.update(before, acc.transmittance, batch.feature[j].w, n_contrib);
     }
   }
-  // The splits passed (a split the block stopped before is never read: every pixel ends in
-  // front of it).
-  __syncthreads();  // after the last update of `split`
-  if (split.parts > 1)
-    for (int e = split.first_part; e < split.part; ++e) acc.finish_split(splits, e, threadIdx.x);
+  // The splits passed (one the block stopped before is never read: every pixel ends in front
+  // of it).
+  __syncthreads();  // after the cursor's last advance
+  for (int at = split.first; at < split.next; at += splits.length)
+    acc.finish_split(splits, splits.slot_of(at), threadIdx.x);
   if (me.inside) {
     const int p = me.y * cam.width + me.x;
     acc.store(px, p, cam.width * cam.height, cam.background, n_contrib);
@@ -380,8 +389,8 @@ __device__ __forceinline__ void warp_add(float v, float* out) {
 
 // The positions of a tile's list that one block of the render backward walks (TileSplits):
 // block b < tiles walks the last part of tile b, from the pixels' final state; block
-// tiles + e the split part e, from the state the forward left at its end (`resume_part`, -1
-// for none). `valid` is false for the blocks past the parts the forward allocated.
+// tiles + e the part that ends at the split of slot e, from the state the forward left there
+// (`resume_part`, -1 for none). `valid` is false for a slot whose window holds no split.
 struct BackwardPart {
   int tile, lo, hi, resume_part;
   bool valid;
@@ -399,9 +408,9 @@ struct BackwardPart {
       return;
     }
     resume_part = b - tiles;
-    valid = resume_part < splits.header[0];
-    if (!valid) return;
     tile = splits.parts[2 * resume_part];
+    valid = tile >= 0;
+    if (!valid) return;
     lo = splits.parts[2 * resume_part + 1] * splits.length;
     hi = lo + splits.length;
   }
@@ -418,7 +427,7 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
                            OptionalGrads<float> extra, SplatGrad<float>* splat_grads,
                            TileSplits splits) {
   DGRD_SHARED(SplatBatch, batch);
-  if (splits.header) splits.length = splits.header[1];  // the host knows only the capacity
+  if (splits.header) splits.length = splits.header[0];  // the host knows only the capacity
   const BackwardPart part(cam, lists, splits);
   if (!part.valid) return;  // the whole block
   const TileThread me(cam, part.tile);
@@ -712,8 +721,11 @@ CudaTuning& cuda_tuning() {
   return tuning;
 }
 
-void start_splits(const TileSplits& splits, cudaStream_t stream) {
-  if (splits.capacity > 0) DGRD_LAUNCH(start_splits_kernel, 1, 1, stream)(splits);
+void plan_splits(const TileSplits& splits, int tiles, const int* tile_ranges,
+                 cudaStream_t stream) {
+  if (splits.capacity > 0)
+    DGRD_LAUNCH(plan_splits_kernel, blocks_for(tiles), kThreads, stream)(tiles, tile_ranges,
+                                                                        splits);
 }
 
 int split_length(int64_t pairs, int multiprocessors) {
@@ -726,7 +738,8 @@ int split_length(int64_t pairs, int multiprocessors) {
   const int64_t blocks = int64_t(std::max(multiprocessors, 1)) * kRenderBackwardBlocks;
   const int64_t share = (pairs + 2 * blocks - 1) / (2 * blocks);
   const int64_t length = (share + kTilePixels - 1) / kTilePixels * kTilePixels;
-  return int(std::min<int64_t>(std::max<int64_t>(length, kTilePixels), 1 << 30));
+  // At most 2^24: a position within a part is exact in a float (PartComposite::last).
+  return int(std::min<int64_t>(std::max<int64_t>(length, kTilePixels), 1 << 24));
 }
 
 namespace {

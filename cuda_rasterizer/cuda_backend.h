@@ -80,15 +80,16 @@ struct CudaTuning {
 CudaTuning& cuda_tuning();
 
 // TileSplits::length for a forward of `pairs` tile pairs on a GPU of `multiprocessors` SMs (0:
-// no split): the parts' state costs 24 bytes a pixel of a part, and pairs / length parts at most.
+// no split): the splits' state costs 24 bytes a pixel of a split, (pairs - 1) / length at most.
 int split_length(int64_t pairs, int multiprocessors);
-// Zeroes the count of parts used and stores the length on the device, where the backward reads
-// it (nothing without capacity).
-void start_splits(const TileSplits& splits, cudaStream_t stream);
+// Fills splits.parts from the tile ranges, and stores the length on the device, where the
+// backward reads it (nothing without capacity).
+void plan_splits(const TileSplits& splits, int tiles, const int* tile_ranges,
+                 cudaStream_t stream);
 
 // One 16x16 block per tile, front to back; the median with it when asked for, and the feature
 // map (when asked for) by a second kernel, one block per tile and chunk of channels. Tiles with
-// lists longer than splits.length (start_splits called before) save the state of their parts
+// lists longer than splits.length (plan_splits called before) save the state at their splits
 // for the backward.
 void render(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
             const PixelBuffers<float>& px, const OptionalOutputs<float>& extra,

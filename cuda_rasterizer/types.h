@@ -117,26 +117,30 @@ struct TileLists {
   const int* tile_ranges;
 };
 
-// Long tile lists cut into parts for the backward (CUDA): one block per part instead of one per
-// tile, so that a tile far longer than the rest no longer bounds the kernel. A list of n splats
-// has parts_of(n) parts of `length` positions (the last one shorter). The last part of each tile
-// is walked by the tile's own block, from the pixels' final state as an unsplit tile is; the
-// others are numbered as the forward allocates them: part e holds positions c L .. (c + 1) L - 1
-// of tile t, (t, c) = parts[2 e], parts[2 e + 1], and the forward leaves in `state` each
-// pixel's transmittance and normalized sums behind position (c + 1) L (PixelAccum::save_split).
+// Long tile lists cut into parts (CUDA): a list of n > L splats has parts_of(n) parts of L
+// positions (the last one shorter), split at begin + L, begin + 2 L, ... Splits lie at least L
+// apart in the sorted pair array, so the one at global position g has slot g / L - 1 of its own
+// (slot_of), under (pairs - 1) / L slots. gpu::plan_splits fills `parts` for every slot: the
+// tile and index c of the part that ends at the slot's split, or tile -1 where the slot's window
+// of L positions holds none. The backward walks each such part with a block of its own (the
+// tile's block takes the last part), from the state the forward saved in `state` at the split
+// (PixelAccum::save_split).
 struct TileSplits {
   int length;    // L: positions per part, a multiple of kTilePixels; 0: lists are not split
-  int capacity;  // parts the buffers hold: sum over tiles of parts_of(n) - 1 <= pairs / L
-  int* header;   // on the device: [parts allocated so far, L] (gpu::start_splits)
-  int* parts;    // capacity x 2: (tile, index of the part in its tile)
+  int capacity;  // slots: (pairs - 1) / L
+  int* header;   // on the device: [L] (the backward's host side knows only the capacity)
+  int* parts;    // capacity x 2: (tile, index of the part ending at the slot's split) or (-1, 0)
   float* state;  // capacity x kSplitValues x kTilePixels
 
-  static constexpr int kSplitValues = 1 + kFeatures;  // transmittance, then behind
+  // Per pixel: transmittance, then the five blended sums (save_split: front sums; finish_split:
+  // normalized sums behind).
+  static constexpr int kSplitValues = 1 + kFeatures;
 
   DGRD_HD int parts_of(int n) const {
     return length > 0 && n > length ? (n + length - 1) / length : 1;
   }
-  // Value v of part e at the tile's pixel `thread`.
+  DGRD_HD int slot_of(int64_t position) const { return int(position / length) - 1; }
+  // Value v of slot e at the tile's pixel `thread`.
   DGRD_HD float& value(int e, int v, int thread) const {
     return state[(int64_t(e) * kSplitValues + v) * kTilePixels + thread];
   }

@@ -196,7 +196,7 @@ def test_warp_skip_model_counts_are_consistent():
                                                       scene.raster_settings()))
     with _backend.emulated_cuda():
         splits = _backend.forward(*call)[-1][9]
-    assert splits[1].item() == b["split_length"]
+    assert splits[0].item() == b["split_length"]
 
 
 @pytest.mark.skipif(not _backend.has_emulated_cuda(), reason="needs the emulated CUDA module")

@@ -268,7 +268,7 @@ def test_stage_timing_names_every_stage_and_changes_nothing(depth_first, target,
         assert torch.equal(a, b)
     binning = (["depth_keys", "sort by depth", "gather_tiles_touched"] if depth_first else [])
     expected = (["forward/" + s for s in ["preprocess", *binning, "scan", "duplicate_keys", "sort",
-                                         "tile_ranges", "start_splits", "render"]]
+                                         "tile_ranges", "plan_splits", "render"]]
                 + ["backward/" + s for s in ["zero gradients", "render_backward",
                                              "preprocess_backward"]])
     assert sorted(ms) == sorted(expected)
@@ -284,26 +284,25 @@ def forward_state(scene, device):
     return [t.cpu() for t in _backend.forward(*scenes.backend_call(on_device))[-1]]
 
 
-def expected_parts(state, length):
-    """Per tile, (parts of its list, the list's last contributor over its pixels) for a split
-    length, from the forward's tile ranges and n_contrib."""
+def expected_splits(state, length):
+    """Per tile: its begin, its number of parts for a split length, and the largest last
+    contributor of its pixels (from the forward's tile ranges and n_contrib)."""
     ranges, n_contrib = state[5], state[7]
-    H, W = n_contrib.shape
-    tiles_x = (W + 15) // 16
+    tiles_x = (n_contrib.shape[1] + 15) // 16
     out = []
     for t, (begin, end) in enumerate(ranges.tolist()):
         n = end - begin
-        parts = -(-n // length) if n > length else 1
         ty, tx = divmod(t, tiles_x)
         last = int(n_contrib[16 * ty:16 * ty + 16, 16 * tx:16 * tx + 16].max()) if n else 0
-        out.append((parts, last))
+        out.append((begin, -(-n // length) if n > length else 1, last))
     return out
 
 
 SPLIT_SCENES = {
     # (height, width, P, opacity factor): a faint scene whose pixels blend past 1000 splats (up
-    # to five parts of 256), and an opaque one where blocks stop early, so that some parts are
-    # allocated but never reached (their state left unwritten: poison under emulation).
+    # to five parts of 256), and an opaque one where pixels stop early, so that some parts lie
+    # behind every pixel's last splat (the forward never writes their state: poison under
+    # emulation, never read).
     "16x16-faint": (16, 16, 1200, 0.05),
     "40x50-opaque": (40, 50, 1500, 1.0),
 }
@@ -313,11 +312,10 @@ SPLIT_SCENES = {
 @pytest.mark.parametrize("optional", (False, True))
 @pytest.mark.parametrize("scene_name", list(SPLIT_SCENES))
 def test_split_tile_lists_change_no_output(scene_name, optional, target, tuning):
-    """The backward walks long tile lists in parts (TileSplits): the forward saves each pixel's
-    state where a part ends and the backward resumes from it. Whatever the part length, the
-    outputs are those without splitting, bit for bit, and the gradients agree up to the order
-    of their sums; the parts the forward allocates are those the lengths give, and each tile's
-    blocks cover its list."""
+    """Long tile lists in parts (TileSplits): the backward walks each part with a block of its
+    own, resuming from the state the forward saved at the part's end. Whatever the part length,
+    the outputs are those without splitting, bit for bit, and the gradients agree up to the
+    order of their sums; every slot names the part the lengths give it, or none."""
     H, W, P, factor = SPLIT_SCENES[scene_name]
     scene = scenes.make_scene(24000 + P, P=P, height=H, width=W, sh_degree=1, outliers=False)
     scene.inputs["opacities"] = scene.inputs["opacities"] * factor
@@ -330,23 +328,22 @@ def test_split_tile_lists_change_no_output(scene_name, optional, target, tuning)
             states[length] = forward_state(scene, target)
     assert states[None][9].numel() == 0 and states[None][10].numel() == 0
     pairs = states[None][4].numel()
-    unreached = more_than_two = 0
+    unreached = longer = 0
     for length in (256, 512):
-        splits = states[length][9]
-        parts = expected_parts(states[length], length)
-        allocated = sum(n - 1 for n, _ in parts)
-        assert splits[:2].tolist() == [allocated, length]
-        assert states[length][10].shape == (pairs // length, 6, 256)
-        # (tile, index) of every part the forward allocated: each tile's first parts, once.
-        listed = sorted(tuple(p) for p in splits[2:2 + 2 * allocated].view(-1, 2).tolist())
-        assert listed == sorted((t, c) for t, (n, _) in enumerate(parts) for c in range(n - 1))
-        more_than_two += sum(n > 2 for n, _ in parts)
-        unreached += sum(last <= c * length for n, last in parts for c in range(1, n))
-    assert more_than_two > 0
-    if factor == 1.0:
-        assert unreached > 0
-    chosen = states[0][9][1].item()
-    assert chosen % 256 == 0 and states[0][10].shape[0] == pairs // chosen
+        table, slots = states[length][9], states[length][10]
+        assert table[0].item() == length and slots.shape == ((pairs - 1) // length, 6, 256)
+        parts = table[1:].view(-1, 2)
+        expected = torch.zeros_like(parts)
+        expected[:, 0] = -1
+        for t, (begin, n, last) in enumerate(expected_splits(states[length], length)):
+            for c in range(n - 1):  # the part c of tile t ends at its split c + 1
+                expected[(begin + (c + 1) * length) // length - 1] = torch.tensor([t, c])
+            longer += n > 2
+            unreached += sum(last <= c * length for c in range(1, n))
+        assert torch.equal(parts, expected)
+    assert longer > 0 and (unreached > 0 or factor < 1)
+    chosen = states[0][9][0].item()
+    assert chosen % 256 == 0 and states[0][10].shape[0] == (pairs - 1) // chosen
     assert_same_results(results, None)
 
 
