@@ -48,7 +48,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Switch the float CPU path's techniques on or off (benchmarks; all on by default)");
   m.def("set_cuda_tuning", &dgrd::set_cuda_tuning, py::arg("warp_skip"),
         py::arg("scatter_reduce"), py::arg("depth_first_sort"), py::arg("split_tiles"),
-        py::arg("split_length"),
+        py::arg("split_forward"), py::arg("split_length"),
         "Switch the CUDA backend's techniques on or off (benchmarks; all on by default)");
   m.def("set_cuda_stage_timing", &dgrd::set_cuda_stage_timing, py::arg("on"),
         "Time each CUDA stage of the following calls (benchmarks; off by default)");

@@ -173,7 +173,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mark_visible", &mark_visible_cuda, "The CUDA mark_visible, emulated");
   m.def("set_cuda_tuning", &set_cuda_tuning_cuda, py::arg("warp_skip"), py::arg("scatter_reduce"),
         py::arg("depth_first_sort"), py::arg("split_tiles"),
-        py::arg("split_length"),
+        py::arg("split_forward"), py::arg("split_length"),
         "Switch the CUDA backend's techniques on or off, emulated");
   m.def("set_cuda_stage_timing", &set_cuda_stage_timing_cuda, py::arg("on"),
         "Time each CUDA stage of the following calls, emulated (host clock)");

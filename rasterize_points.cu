@@ -181,21 +181,28 @@ torch::Tensor scratch(size_t bytes, const torch::Tensor& like) {
 // The tile splits saved in s: the buffers, and `length` where the caller knows it (the
 // backward reads it on the device). No capacity: lists are not split.
 TileSplits splits_of(const ForwardState& s, int length = 0) {
-  if (s.split_state.numel() == 0) return {0, 0, nullptr, nullptr, nullptr};
+  if (s.split_state.numel() == 0) return {0, 0, nullptr, nullptr, nullptr, nullptr};
   int* header = s.tile_splits.data_ptr<int>();
-  return {length, int(s.split_state.size(0)), header, header + 1, s.split_state.data_ptr<float>()};
+  return {length, int(s.split_state.size(0)), header, header + 1, s.split_state.data_ptr<float>(),
+          nullptr};
 }
 
 // The forward's tile splits, planned from the tile ranges: parts of gpu::split_length for
-// `pairs` pairs on this GPU, and a slot for every window of that length the pairs span.
+// `pairs` pairs on this GPU, and a slot for every window of that length the pairs span; with
+// the split forward, `composites` holds the parts' composites (forward only).
 TileSplits plan_splits(int64_t pairs, const RasterConfig& c, ForwardState& s,
-                       const torch::TensorOptions& opts, cudaStream_t stream) {
+                       torch::Tensor& composites, const torch::TensorOptions& opts,
+                       cudaStream_t stream) {
   const int length = gpu::split_length(pairs, multiprocessors());
   const int64_t capacity = length > 0 ? (pairs - 1) / length : 0;
   if (capacity == 0) return splits_of(s);
   s.tile_splits = device_empty({1 + 2 * capacity}, opts.dtype(torch::kInt32));
   s.split_state = device_empty({capacity, TileSplits::kSplitValues, kTilePixels}, opts);
-  const TileSplits splits = splits_of(s, length);
+  TileSplits splits = splits_of(s, length);
+  if (gpu::cuda_tuning().split_forward && !c.median_depth) {
+    composites = device_empty({capacity, TileSplits::kCompositeValues, kTilePixels}, opts);
+    splits.composite = composites.data_ptr<float>();
+  }
   gpu::plan_splits(splits, c.tiles_x() * c.tiles_y(), s.tile_ranges.data_ptr<int>(), stream);
   return splits;
 }
@@ -362,7 +369,8 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   torch::Tensor feature_map = device_empty({g.channels(), H, W}, opts);
   torch::Tensor median = device_empty({c.median_depth ? H : 0, W}, opts);
   const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
-  const TileSplits splits = plan_splits(pairs, c, s, opts, stream);
+  torch::Tensor composites;
+  const TileSplits splits = plan_splits(pairs, c, s, composites, opts, stream);
   check_stage(c, "plan_splits");
   gpu::render(cam, st, lists, make_pixel_buffers<float>(s, color, depth, weight),
               make_optional_outputs<float>(g, s, feature_map, median), splits, stream);
@@ -420,11 +428,12 @@ torch::Tensor mark_visible_cuda(const torch::Tensor& positions, const torch::Ten
 }
 
 void set_cuda_tuning_cuda(bool warp_skip, bool scatter_reduce, bool depth_first_sort,
-                          bool split_tiles, int split_length) {
+                          bool split_tiles, bool split_forward, int split_length) {
   TORCH_CHECK_VALUE(split_length >= 0 && split_length % kTilePixels == 0,
                     "split_length: a multiple of ", kTilePixels, " (0: chosen), got ",
                     split_length);
-  gpu::cuda_tuning() = {warp_skip, scatter_reduce, depth_first_sort, split_tiles, split_length};
+  gpu::cuda_tuning() = {warp_skip,   scatter_reduce, depth_first_sort,
+                        split_tiles, split_forward,  split_length};
 }
 
 void set_cuda_stage_timing_cuda(bool on) {

@@ -230,7 +230,7 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, co
                              const MapGrads& up);
 torch::Tensor mark_visible_cuda(const torch::Tensor& positions, const torch::Tensor& viewmatrix);
 void set_cuda_tuning_cuda(bool warp_skip, bool scatter_reduce, bool depth_first_sort,
-                          bool split_tiles, int split_length);
+                          bool split_tiles, bool split_forward, int split_length);
 void set_cuda_stage_timing_cuda(bool on);
 std::vector<std::pair<std::string, double>> cuda_stage_ms_cuda();
 #endif
@@ -254,7 +254,7 @@ void set_cpu_tuning(bool lanes, bool power_bound);
 // The CUDA backend's technique switches (benchmarks): warp skip, scatter reduce, depth-first
 // sort (gpu::CudaTuning).
 void set_cuda_tuning(bool warp_skip, bool scatter_reduce, bool depth_first_sort,
-                     bool split_tiles, int split_length);
+                     bool split_tiles, bool split_forward, int split_length);
 // Device milliseconds of each CUDA stage of the last forward and backward, timed while
 // set_cuda_stage_timing(true) (benchmarks; off by default).
 void set_cuda_stage_timing(bool on);

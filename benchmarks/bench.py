@@ -107,9 +107,9 @@ def _upstream(scene: Scene, seed: int) -> Dict[str, torch.Tensor]:
 class Ours(Impl):
     name = "ours"
     note = "loss on colour + depth + weight"
-    # The CUDA backend's techniques (warp_skip, scatter_reduce, depth_first_sort, split_tiles):
-    # all on here; the ablation variants below switch one or all off.
-    cuda_tuning = (True, True, True, True)
+    # The CUDA backend's techniques (warp_skip, scatter_reduce, depth_first_sort, split_tiles,
+    # split_forward): all on here; the ablation variants below switch one or all off.
+    cuda_tuning = (True, True, True, True, True)
 
     def available(self, device):
         try:
@@ -222,21 +222,18 @@ class _OursAblated(Ours):
 
 def _ablated(name: str, what: str, cuda_tuning: tuple) -> type:
     return type(name, (_OursAblated,), {"name": name, "note": f"{Ours.note}; {what}",
-                                        "cuda_tuning": cuda_tuning})
+                                        "cuda_tuning": tuple(bool(f) for f in cuda_tuning)})
 
 
-# (warp_skip, scatter_reduce, depth_first_sort, split_tiles) off one at a time, then all off.
-ABLATED = (
-    _ablated("ours-no-warp-skip", "warps evaluate every splat of the tile",
-             (False, True, True, True)),
-    _ablated("ours-no-scatter", "warp gradient sums by one shuffle tree per value",
-             (True, False, True, True)),
-    _ablated("ours-no-depth-sort", "one sort of 64-bit (tile, depth) keys",
-             (True, True, False, True)),
-    _ablated("ours-no-split", "one backward block per tile, however long its list",
-             (True, True, True, False)),
-    _ablated("ours-none", "none of the switchable techniques", (False, False, False, False)),
-)
+# (warp_skip, scatter_reduce, depth_first_sort, split_tiles, split_forward) off one at a time
+# (split_forward acts only with split_tiles), then all off.
+ABLATED = tuple(_ablated(name, what, tuning) for name, what, tuning in (
+    ("ours-no-warp-skip", "warps evaluate every splat of the tile", (0, 1, 1, 1, 1)),
+    ("ours-no-scatter", "warp gradient sums by one shuffle tree per value", (1, 0, 1, 1, 1)),
+    ("ours-no-depth-sort", "one sort of 64-bit (tile, depth) keys", (1, 1, 0, 1, 1)),
+    ("ours-no-split-forward", "the forward walks each tile's list whole", (1, 1, 1, 1, 0)),
+    ("ours-no-split", "one block per tile, however long its list", (1, 1, 1, 0, 0)),
+    ("ours-none", "none of the switchable techniques", (0, 0, 0, 0, 0))))
 IMPLS = {"ours": Ours, "gsplat": Gsplat, "original": Original,
          **{impl.name: impl for impl in ABLATED}}
 ABLATION = "ours," + ",".join(impl.name for impl in ABLATED)

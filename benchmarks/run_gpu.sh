@@ -21,9 +21,9 @@
 #   7. side by side with the original diff_gaussian_rasterization, when its source is in
 #      .whl/orig/ (built in the background after stage 1; bench_original.json)
 #   8. the ablation of this package's CUDA techniques (bench.py --impls ablation: warp skipping,
-#      the scatter sum of gradients, the depth-first sort, split tile lists, each off and all;
-#      bench_ablation.json when the 8 files leave room for it, its table in run_gpu.log in any
-#      case)
+#      the scatter sum of gradients, the depth-first sort, split tile lists, the split forward,
+#      each off and all; bench_ablation.json when the 8 files leave room for it, its table in
+#      run_gpu.log in any case)
 # Every test has a per-test limit ($DGRD_TEST_TIMEOUT, tests/conftest.py).
 #
 # What comes back ($OUT, else benchmarks/results; at most 8 files, none in sub-folders):

@@ -97,13 +97,14 @@ def tile_balance(state, width, height, slots=132 * 4) -> dict:
 
 
 def forward_balance(state, width, height, walk, lengths, length, slots) -> dict:
-    """The same for the forward (8 blocks per SM: twice the backward's slots), and what a split
-    forward would make of it (tried, not kept; doc/performance.md): each part after a split
-    composited alone by a block of its own (from T = 1; a kernel of its own, at most a part's
-    walk), then appended at once by the pixels it cannot saturate, the tile's block walking its
-    first part and only the later parts where some pixel may stop. A pixel is counted as
-    stopping (saturating) where its final transmittance is below 1e-2 (past its last splat, an
-    alpha of at most 0.99 takes it under 1e-4): the walked parts are over-counted, not under."""
+    """The same for the forward (8 blocks per SM: twice the backward's slots), and what the split
+    forward makes of it (CudaTuning::split_forward): a first kernel walks each split list's first
+    part and composites each other part at once, one block each (at most a part each); then
+    render_resolve_kernel walks, for each part, the pixels that stop within it (the last part:
+    all that go on), again one block each, so the longest path is the first kernel's longest
+    block and then the second's. Where a pixel stops is taken from its last splat and whether it
+    saturates, counted where its final transmittance is below 1e-2 (past its last splat, an
+    alpha of at most 0.99 takes it under 1e-4): the walks are over-counted, not under."""
     n_contrib, final_t = state[7], state[6][0]
     tiles_x, tiles_y = (width + TILE - 1) // TILE, (height + TILE - 1) // TILE
     pad = lambda m, fill: torch.nn.functional.pad(  # noqa: E731
@@ -112,19 +113,23 @@ def forward_balance(state, width, height, walk, lengths, length, slots) -> dict:
         -1, TILE * TILE)
     stops = per_tile(pad(n_contrib.long(), 0))
     stopping = per_tile(pad(final_t, 1.0)) < 1e-2
-    longest_path = 0
+    first = second = 0
     for t in range(walk.numel()):
         n, w = int(lengths[t]), int(walk[t])
         if n <= length:
-            longest_path = max(longest_path, w)
+            first = max(first, w)
             continue
-        path = min(w, length)
-        for c in range(1, -(-n // length)):
-            lo, hi = c * length, (c + 1) * length
-            if bool((stopping[t] & (stops[t] > lo) & (stops[t] <= hi)).any()):
-                path += max(0, min(w, hi) - lo)
-        longest_path = max(longest_path, path + (length if n > length else 0))
-    return {"forward_share": float(walk.sum()) / slots, "forward_longest_path": longest_path}
+        parts = -(-n // length)
+        first = max(first, length)  # the composites (and the first part) take at most a part
+        for c in range(1, parts):
+            lo = c * length
+            here = (stops[t] > lo) & (stops[t] <= lo + length)
+            if c < parts - 1:
+                here &= stopping[t]
+            if bool(here.any()):
+                second = max(second, int(stops[t][here].max()) - lo)
+    return {"forward_share": float(walk.sum()) / slots,
+            "forward_longest_path": first + second}
 
 
 def main(argv=None) -> int:
@@ -168,8 +173,8 @@ def main(argv=None) -> int:
               f"{b['longest_walk'] / share:>5.1f}x {b['forward_longest_path']:>11d} "
               f"{b['forward_longest_path'] / share:>5.1f}x")
     print("the forward: share = all walks / 1056 blocks at once (132 SMs x 8); split path = the "
-          "longest tile's walk with a split forward (its first part, the parts where a pixel "
-          "may stop, plus one part for the composites' kernel; not built: see its docstring)")
+          "longest path with the split forward: the longest block of its first kernel (a tile, "
+          "a first part or a composite), then of render_resolve_kernel (forward_balance)")
     return 0
 
 

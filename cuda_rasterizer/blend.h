@@ -186,6 +186,22 @@ struct PixelAccum {
     }
   }
 
+  // The split forward (TileSplits): a part of the list composited apart from T = 1 (P, the
+  // product of its 1 - alpha, and S, its sums) is appended in one step, F += T S and T *= P,
+  // where none of its splats can saturate the pixel: T only decreases along the part, so none
+  // does when T P >= kTransmittanceMin. Returns false, changing nothing, where one may: then
+  // the pixel stops within the part and walks it splat by splat.
+  template <typename Part>
+  DGRD_HD bool append(const Part& part) {
+    const T next = transmittance * part.transmittance;
+    if (next < T(kTransmittanceMin)) return false;
+    for (int c = 0; c < kColorChannels; ++c) color[c] += transmittance * part.sums[c];
+    depth_sum += transmittance * part.sums[kDepthFeature];
+    weight += transmittance * part.sums[kWeightFeature];
+    transmittance = next;
+    return true;
+  }
+
   // Writes the outputs of SPEC 5 for pixel p, and what the backward needs of it. (Planes are
   // H x W; 3 H W may pass 2^31, hence the 64-bit plane size.)
   DGRD_HD void store(const PixelBuffers<T>& px, int p, int64_t plane, const T* background,
@@ -199,6 +215,31 @@ struct PixelAccum {
     px.pixel_state[PixelBuffers<T>::kWeight * plane + p] = weight;
     px.pixel_state[PixelBuffers<T>::kDepth * plane + p] = depth;
     px.n_contrib[p] = n_contrib;
+  }
+};
+
+// A part of a split tile list at one pixel, as the split forward leaves it in the slot of the
+// split that ends it (TileSplits::composite): the product P of its 1 - alpha, its sums S of the
+// five blended features from T = 1, and the position within the part of its last blend (-1:
+// none; positions < 2^24 are exact in a float). The first part of a list is walked exactly,
+// from the pixel's true start; a pixel that stops within it is marked by P = -1.
+template <typename T>
+struct PartComposite {
+  T transmittance;
+  T sums[kFeatures];
+  int last;
+
+  DGRD_HD bool stopped() const { return transmittance < T(0); }
+  DGRD_HD void load(const TileSplits& s, int slot, int thread) {
+    transmittance = s.composite_value(slot, 0, thread);
+    for (int k = 0; k < kFeatures; ++k) sums[k] = s.composite_value(slot, 1 + k, thread);
+    last = int(s.composite_value(slot, 1 + kFeatures, thread));
+  }
+  DGRD_HD static void store(const TileSplits& s, int slot, int thread, const PixelAccum<T>& acc,
+                            int last, bool stopped = false) {
+    s.composite_value(slot, 0, thread) = stopped ? T(-1) : acc.transmittance;
+    for (int k = 0; k < kFeatures; ++k) s.composite_value(slot, 1 + k, thread) = acc.sum(k);
+    s.composite_value(slot, 1 + kFeatures, thread) = T(last);
   }
 };
 

@@ -113,6 +113,9 @@ constexpr unsigned kAllWarps = (1u << kWarps) - 1;
 // instead of 32; at 8 blocks, 32 and a spill of at most 4 bytes) and the backward a block (67-70
 // registers instead of 52-64). `check_cuda_compile.py --registers` prints them.
 constexpr int kRenderBlocks = 8, kRenderBackwardBlocks = 4;
+// The split forward's second kernel: few of its blocks walk (one per part where pixels stop), and
+// at 8 blocks its chains of composites spill 52 bytes (sm_90).
+constexpr int kResolveBlocks = 4;
 static_assert(kTileSize * kWarpRows == 32, "a warp holds whole rows of its tile");
 
 // The pixel a thread of a tile block owns, and its warp.
@@ -160,6 +163,14 @@ struct SplatBatch {
   __device__ bool reaches(int slot, int warp) const {
     return !kWarpSkip || (reach[slot] >> warp & 1u);
   }
+  // Whether splat `slot` blends at the thread's pixel, with its alpha (splat_alpha).
+  template <bool kWarpSkip>
+  __device__ __forceinline__ bool alpha_at(int slot, const TileThread& me, float& alpha) const {
+    float G;
+    Vec2<float> d;
+    return reaches<kWarpSkip>(slot, me.warp) &&
+           splat_alpha(mean2d[slot], conic_opacity[slot], float(me.x), float(me.y), alpha, G, d);
+  }
 };
 
 // One thread per tile: fills the `parts` of the slots whose windows [(e + 1) L, (e + 2) L) start
@@ -196,42 +207,33 @@ struct SplitCursor {
   }
 };
 
-// kMedian: also the median depth (issue 12); the plain instantiation is the plain render.
-// kWarpSkip: warps pass the splats that cannot reach their pixels (CudaTuning). A list longer
-// than splits.length saves each pixel's state at its splits for the backward.
-template <bool kMedian, bool kWarpSkip>
-__global__ void __launch_bounds__(kTilePixels, kRenderBlocks)
-    render_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
-                  PixelBuffers<float> px, OptionalOutputs<float> extra, TileSplits splits) {
-  DGRD_SHARED(SplatBatch, batch);
-  DGRD_SHARED(SplitCursor, split);
-  const TileThread me(cam);
-  const int begin = lists.tile_ranges[2 * me.tile], end = lists.tile_ranges[2 * me.tile + 1];
-  split.start(splits, begin, end);
-  bool done = !me.inside;
+// A pixel's forward walk over its tile's list (the render, and the split forward's second kernel):
+// its running state, whether it stopped (saturated, or outside the image), and 1 + the list
+// position of its last blend; with kMedian, its median depth.
+template <bool kMedian>
+struct PixelWalk {
   PixelAccum<float> acc;
-  acc.reset();
   MedianDepth<float> median;
-  if (kMedian) median.reset();
-  int visited = 0, n_contrib = 0;
-  for (int start = begin; start < end; start += kTilePixels) {
-    // The whole block stops once every pixel is saturated (also a barrier after the cursor's
-    // writes).
-    if (__syncthreads_count(done) == kTilePixels) break;
-    if (start == split.next) acc.save_split(splits, splits.slot_of(start), threadIdx.x);
-    const int k = start + int(threadIdx.x);
-    if (k < end) batch.load<kWarpSkip>(threadIdx.x, lists.point_list[k], state, me);
-    __syncthreads();
-    if (threadIdx.x == 0 && start == split.next) split.next += splits.length;  // all have read it
-    const int n = min(kTilePixels, end - start);
+  bool done;
+  int visited, n_contrib;  // positions walked (from the list's start), 1 + the last blended
+
+  // From the start of the list, or of a later part at `position` (then n_contrib is the
+  // caller's).
+  __device__ void start(bool inside, int position) {
+    acc.reset();
+    if (kMedian) median.reset();
+    done = !inside;
+    visited = position;
+    n_contrib = 0;
+  }
+
+  // Splats 0 .. n - 1 of the staged batch, front to back, until the pixel saturates.
+  template <bool kWarpSkip>
+  __device__ __forceinline__ void blend(const SplatBatch& batch, int n, const TileThread& me) {
     for (int j = 0; !done && j < n; ++j) {
       ++visited;
-      if (!batch.reaches<kWarpSkip>(j, me.warp)) continue;
-      float alpha, G;
-      Vec2<float> d;
-      if (!splat_alpha(batch.mean2d[j], batch.conic_opacity[j], float(me.x), float(me.y), alpha,
-                       G, d))
-        continue;
+      float alpha;
+      if (!batch.template alpha_at<kWarpSkip>(j, me, alpha)) continue;
       const float before = acc.transmittance;
       if (!acc.blend(alpha, batch.feature[j])) {
         done = true;
@@ -241,18 +243,160 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBlocks)
       if (kMedian) median.update(before, acc.transmittance, batch.feature[j].w, n_contrib);
     }
   }
+};
+
+// The split forward (CudaTuning::split_forward), first kernel, the blocks past the tiles': the
+// block of slot e composites the part that ends at the slot's split alone, from T = 1, into
+// the slot (PartComposite), unless it is its tile's first part (the tile's block walks that).
+// No pixel stops; the block does once every pixel's own T is below kTransmittanceMin, since a
+// pixel that reaches such a part stops within it and walks it anyway.
+template <bool kWarpSkip>
+__device__ void composite_part(const Camera<float>& cam, const GaussianState<float>& state,
+                               const TileLists& lists, const TileSplits& splits,
+                               SplatBatch& batch) {
+  const int e = int(blockIdx.x) - cam.tiles_x * cam.tiles_y;
+  const int tile = splits.parts[2 * e], part = splits.parts[2 * e + 1];
+  if (tile < 0 || part == 0) return;  // the whole block
+  const TileThread me(cam, tile);
+  const int lo = lists.tile_ranges[2 * tile] + part * splits.length, hi = lo + splits.length;
+  PixelAccum<float> acc;
+  acc.reset();
+  int last = -1;
+  for (int start = lo; start < hi; start += kTilePixels) {
+    const bool saturated = !me.inside || acc.transmittance < float(kTransmittanceMin);
+    if (__syncthreads_count(saturated) == kTilePixels) break;
+    batch.load<kWarpSkip>(threadIdx.x, lists.point_list[start + int(threadIdx.x)], state, me);
+    __syncthreads();
+    for (int j = 0; j < kTilePixels; ++j) {
+      float alpha;
+      if (!batch.alpha_at<kWarpSkip>(j, me, alpha)) continue;
+      acc.accumulate(alpha, batch.feature[j]);
+      last = start - lo + j;
+    }
+  }
+  PartComposite<float>::store(splits, e, threadIdx.x, acc, last);
+}
+
+// kMedian: also the median depth (issue 12); the plain instantiation is the plain render.
+// kWarpSkip: warps pass the splats that cannot reach their pixels (CudaTuning). A list longer
+// than splits.length saves each pixel's state at its splits for the backward. kSplitForward
+// (never with the median): the blocks of a split list's tile walk its first part only, leaving
+// it as the part's composite where a pixel goes on past it (render_resolve_kernel finishes
+// those pixels), and the blocks past the tiles' composite the other parts (composite_part).
+template <bool kMedian, bool kWarpSkip, bool kSplitForward>
+__global__ void __launch_bounds__(kTilePixels, kRenderBlocks)
+    render_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
+                  PixelBuffers<float> px, OptionalOutputs<float> extra, TileSplits splits) {
+  static_assert(!(kMedian && kSplitForward), "the median needs every splat of its pixel");
+  DGRD_SHARED(SplatBatch, batch);
+  DGRD_SHARED(SplitCursor, split);
+  if (kSplitForward && int(blockIdx.x) >= cam.tiles_x * cam.tiles_y) {
+    composite_part<kWarpSkip>(cam, state, lists, splits, batch);
+    return;
+  }
+  const TileThread me(cam);
+  const int begin = lists.tile_ranges[2 * me.tile];
+  int end = lists.tile_ranges[2 * me.tile + 1];
+  const bool first_part_only = kSplitForward && splits.parts_of(end - begin) > 1;
+  if (first_part_only) end = begin + splits.length;
+  split.start(splits, begin, end);
+  PixelWalk<kMedian> walk;
+  walk.start(me.inside, 0);
+  for (int start = begin; start < end; start += kTilePixels) {
+    // The whole block stops once every pixel is saturated (also a barrier after the cursor's
+    // writes).
+    if (__syncthreads_count(walk.done) == kTilePixels) break;
+    if (start == split.next) walk.acc.save_split(splits, splits.slot_of(start), threadIdx.x);
+    const int k = start + int(threadIdx.x);
+    if (k < end) batch.load<kWarpSkip>(threadIdx.x, lists.point_list[k], state, me);
+    __syncthreads();
+    if (threadIdx.x == 0 && start == split.next) split.next += splits.length;  // all have read it
+    walk.template blend<kWarpSkip>(batch, min(kTilePixels, end - start), me);
+  }
   // The splits passed (one the block stopped before is never read: every pixel ends in front
   // of it).
   __syncthreads();  // after the cursor's last advance
   for (int at = split.first; at < split.next; at += splits.length)
-    acc.finish_split(splits, splits.slot_of(at), threadIdx.x);
+    walk.acc.finish_split(splits, splits.slot_of(at), threadIdx.x);
+  if (first_part_only) {
+    PartComposite<float>::store(splits, splits.slot_of(end), threadIdx.x, walk.acc,
+                                walk.n_contrib - 1, walk.done);
+    if (!walk.done) return;  // the pixel goes on: render_resolve_kernel finishes it
+  }
   if (me.inside) {
     const int p = me.y * cam.width + me.x;
-    acc.store(px, p, cam.width * cam.height, cam.background, n_contrib);
+    walk.acc.store(px, p, cam.width * cam.height, cam.background, walk.n_contrib);
     if (kMedian) {
-      extra.median[p] = median.depth;
-      extra.median_contrib[p] = median.position;
+      extra.median[p] = walk.median.depth;
+      extra.median_contrib[p] = walk.median.position;
     }
+  }
+}
+
+// The split forward's second kernel: one block per part after the first of each split list
+// (block b < tiles: tile b's last part; block tiles + e: the part that ends at slot e's split).
+// Each pixel chains the composites of the parts in front of the block's (PixelAccum::append)
+// until one may stop it. The block whose part that is walks the part for the pixel, splat by
+// splat from its true state there, as the render does, and writes its outputs and, for the
+// backward, its state at every split in front (save_split, finish_split); the last part's
+// block does so for the pixels that no part stops.
+template <bool kWarpSkip>
+__global__ void __launch_bounds__(kTilePixels, kResolveBlocks)
+    render_resolve_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
+                         PixelBuffers<float> px, TileSplits splits) {
+  DGRD_SHARED(SplatBatch, batch);
+  const int tiles = cam.tiles_x * cam.tiles_y;
+  const int b = int(blockIdx.x);
+  const int tile = b < tiles ? b : splits.parts[2 * (b - tiles)];
+  if (tile < 0) return;  // the whole block, here and below
+  const int begin = lists.tile_ranges[2 * tile], end = lists.tile_ranges[2 * tile + 1];
+  const int parts = splits.parts_of(end - begin);
+  const int part = b < tiles ? parts - 1 : splits.parts[2 * (b - tiles) + 1];
+  if (parts == 1 || part == 0) return;
+  const TileThread me(cam, tile);
+  const int L = splits.length;
+  const auto slot_after = [&](int q) { return splits.slot_of(begin + (q + 1) * L); };
+
+  // The pixel's state in front of `part`, if no part before stops it. The first part's
+  // composite is its true state at the first split (T >= kTransmittanceMin there: appended
+  // onto T = 1, it is that state exactly).
+  PartComposite<float> composite;
+  composite.load(splits, slot_after(0), threadIdx.x);
+  bool mine = me.inside && !composite.stopped();
+  PixelWalk<false> walk;
+  walk.start(mine, part * L);
+  for (int q = 0; mine && q < part; ++q) {
+    if (q > 0) composite.load(splits, slot_after(q), threadIdx.x);
+    mine = walk.acc.append(composite);
+    if (mine && composite.last >= 0) walk.n_contrib = q * L + composite.last + 1;
+  }
+  if (mine && part < parts - 1) {
+    composite.load(splits, slot_after(part), threadIdx.x);
+    mine = walk.acc.transmittance * composite.transmittance < float(kTransmittanceMin);
+  }
+
+  // The part, walked for the pixels it is to finish.
+  const int lo = begin + part * L, hi = min(end, lo + L);
+  walk.done = !mine;
+  for (int start = lo; start < hi; start += kTilePixels) {
+    if (__syncthreads_count(walk.done) == kTilePixels) break;
+    const int k = start + int(threadIdx.x);
+    if (k < hi) batch.load<kWarpSkip>(threadIdx.x, lists.point_list[k], state, me);
+    __syncthreads();
+    walk.template blend<kWarpSkip>(batch, min(kTilePixels, hi - start), me);
+  }
+  if (!mine) return;
+  PixelAccum<float>& acc = walk.acc;
+  const int p = me.y * cam.width + me.x;
+  acc.store(px, p, cam.width * cam.height, cam.background, walk.n_contrib);
+  // The state at each split in front of the part, by the same chain.
+  PixelAccum<float> front;
+  front.reset();
+  for (int q = 0; q < part; ++q) {
+    composite.load(splits, slot_after(q), threadIdx.x);
+    front.append(composite);
+    front.save_split(splits, slot_after(q), threadIdx.x);
+    acc.finish_split(splits, slot_after(q), threadIdx.x);
   }
 }
 
@@ -784,14 +928,26 @@ void render(const Camera<float>& cam, const GaussianState<float>& state, TileLis
             const TileSplits& splits, cudaStream_t stream) {
   const int tiles = cam.tiles_x * cam.tiles_y;
   const CudaTuning tuning = cuda_tuning();
+  // The caller gives the composites' buffer for the split forward (never with the median).
+  const bool split_forward = splits.composite != nullptr && !extra.has_median();
+  const int blocks = tiles + (split_forward ? splits.capacity : 0);
   dispatch_flags(
-      [&](auto median, auto warp_skip) {
-        const auto render_variant =
-            render_kernel<decltype(median)::value, decltype(warp_skip)::value>;
-        DGRD_LAUNCH(render_variant, tiles, kTilePixels, stream)(cam, state, lists, px, extra,
-                                                                splits);
+      [&](auto median, auto warp_skip, auto split_parts) {
+        if constexpr (!(decltype(median)::value && decltype(split_parts)::value)) {
+          const auto render_variant =
+              render_kernel<decltype(median)::value, decltype(warp_skip)::value,
+                            decltype(split_parts)::value>;
+          DGRD_LAUNCH(render_variant, blocks, kTilePixels, stream)(cam, state, lists, px, extra,
+                                                                   splits);
+        }
       },
-      extra.has_median(), tuning.warp_skip);
+      extra.has_median(), tuning.warp_skip, split_forward);
+  if (split_forward) {
+    const auto resolve_variant =
+        tuning.warp_skip ? render_resolve_kernel<true> : render_resolve_kernel<false>;
+    DGRD_LAUNCH(resolve_variant, tiles + splits.capacity, kTilePixels, stream)(cam, state, lists,
+                                                                              px, splits);
+  }
   if (!extra.has_features()) return;
   switch (feature_chunk(extra.channels)) {
     case 4: launch_features<4>(cam, state, lists, px, extra, tuning, stream); break;

@@ -75,6 +75,7 @@ struct CudaTuning {
   bool scatter_reduce = true;    // warp sums of gradients by warp_scatter_add, not one tree each
   bool depth_first_sort = true;  // the binning sorts by depth once, then pairs by tile alone
   bool split_tiles = true;       // long tile lists walked in parts by the backward (TileSplits)
+  bool split_forward = true;     // ... and by the forward (with split_tiles; not with the median)
   int split_length = 0;          // tests: positions per part (a multiple of 256); 0: chosen
 };
 CudaTuning& cuda_tuning();
@@ -90,7 +91,9 @@ void plan_splits(const TileSplits& splits, int tiles, const int* tile_ranges,
 // One 16x16 block per tile, front to back; the median with it when asked for, and the feature
 // map (when asked for) by a second kernel, one block per tile and chunk of channels. Tiles with
 // lists longer than splits.length (plan_splits called before) save the state at their splits
-// for the backward.
+// for the backward. Given splits.composite (CudaTuning::split_forward), the parts of those lists
+// are walked at once, one block each, and a second kernel finishes each pixel in the part
+// where it stops (render_resolve_kernel).
 void render(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
             const PixelBuffers<float>& px, const OptionalOutputs<float>& extra,
             const TileSplits& splits, cudaStream_t stream);

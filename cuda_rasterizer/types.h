@@ -124,17 +124,22 @@ struct TileLists {
 // tile and index c of the part that ends at the slot's split, or tile -1 where the slot's window
 // of L positions holds none. The backward walks each such part with a block of its own (the
 // tile's block takes the last part), from the state the forward saved in `state` at the split
-// (PixelAccum::save_split).
+// (PixelAccum::save_split). The split forward (gpu::CudaTuning::split_forward) also walks the
+// parts of a list at once, one block each, leaving each part's composite in the slot of the
+// split that ends it (`composite`, PartComposite); a second kernel chains them per pixel, and
+// the block of the part where a pixel stops walks that part for it, from its true state there.
 struct TileSplits {
   int length;    // L: positions per part, a multiple of kTilePixels; 0: lists are not split
   int capacity;  // slots: (pairs - 1) / L
   int* header;   // on the device: [L] (the backward's host side knows only the capacity)
   int* parts;    // capacity x 2: (tile, index of the part ending at the slot's split) or (-1, 0)
   float* state;  // capacity x kSplitValues x kTilePixels
+  float* composite;  // split forward: capacity x kCompositeValues x kTilePixels; else null
 
   // Per pixel: transmittance, then the five blended sums (save_split: front sums; finish_split:
   // normalized sums behind).
   static constexpr int kSplitValues = 1 + kFeatures;
+  static constexpr int kCompositeValues = 2 + kFeatures;  // P, S, the last blend
 
   DGRD_HD int parts_of(int n) const {
     return length > 0 && n > length ? (n + length - 1) / length : 1;
@@ -143,6 +148,9 @@ struct TileSplits {
   // Value v of slot e at the tile's pixel `thread`.
   DGRD_HD float& value(int e, int v, int thread) const {
     return state[(int64_t(e) * kSplitValues + v) * kTilePixels + thread];
+  }
+  DGRD_HD float& composite_value(int e, int v, int thread) const {
+    return composite[(int64_t(e) * kCompositeValues + v) * kTilePixels + thread];
   }
 };
 

@@ -49,14 +49,14 @@ def emulated_cuda(order=None):
 
 
 def set_cuda_tuning(warp_skip=True, scatter_reduce=True, depth_first_sort=True, split_tiles=True,
-                    split_length=0):
+                    split_forward=True, split_length=0):
     """Benchmarks and tests: switch the CUDA backend's techniques (all on by default) of the
     backend that renders now (the emulated one inside `emulated_cuda`); see gpu::CudaTuning in
-    cuda_rasterizer/cuda_backend.h. `split_length` (tests): the positions per part of a split
-    tile list, a multiple of 256; 0 lets the backend choose."""
+    cuda_rasterizer/cuda_backend.h. `split_forward` acts with `split_tiles` only; `split_length`
+    (tests): the positions per part of a split tile list, a multiple of 256; 0: chosen."""
     _renderer().set_cuda_tuning(warp_skip=warp_skip, scatter_reduce=scatter_reduce,
                                 depth_first_sort=depth_first_sort, split_tiles=split_tiles,
-                                split_length=split_length)
+                                split_forward=split_forward, split_length=split_length)
 
 
 def set_cuda_stage_timing(on: bool):

@@ -163,11 +163,12 @@ def test_cuda_ablation_expands_and_is_left_out_on_the_cpu():
     args = bench.parse_args(["--device", "cpu", "--impls", "ablation", "--scenes", "300",
                              "--scales", "0.1", "--reps", "1", "--warmup", "0", "--sets", "1"])
     assert args.impl_list == ["ours", "ours-no-warp-skip", "ours-no-scatter",
-                              "ours-no-depth-sort", "ours-no-split", "ours-none"]
+                              "ours-no-depth-sort", "ours-no-split-forward", "ours-no-split",
+                              "ours-none"]
     tunings = [bench.IMPLS[n].cuda_tuning for n in args.impl_list]
-    assert tunings == [(True, True, True, True), (False, True, True, True),
-                       (True, False, True, True), (True, True, False, True),
-                       (True, True, True, False), (False, False, False, False)]
+    on = (True,) * 5
+    assert tunings == [on, (False, *on[1:]), (True, False, *on[2:]), (True, True, False, *on[3:]),
+                       (*on[:4], False), (*on[:3], False, False), (False,) * 5]
     result = bench.run(args)
     assert [r["impl"] for r in result["results"]] == ["ours"]
     for name in args.impl_list[1:]:

@@ -298,53 +298,92 @@ def expected_splits(state, length):
     return out
 
 
+def render_split(scene, F, median, device, keep):
+    """Outputs and gradients of one call (features F when given, the median when asked), for a
+    fixed random loss on the pixels `keep`."""
+    leaves = {k: (None if v is None else v.detach().to(device).requires_grad_())
+              for k, v in scene.inputs.items()}
+    extra = {} if F is None else dict(features=F.detach().to(device).requires_grad_())
+    out = GaussianRasterizer(settings_on(scene.settings, device))(**leaves, **extra,
+                                                                  median_depth=median)
+    gen = torch.Generator().manual_seed(1)
+    maps = [out[0], out[2], out[3]] + list(out[4:])
+    loss = sum((m * (torch.randn(m.shape, generator=gen) * keep).to(device)).sum() for m in maps)
+    tensors = [v for v in leaves.values() if v is not None] + list(extra.values())
+    grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+    return ([t.detach().cpu() for t in out],
+            [torch.zeros(()) if g is None else g.cpu() for g in grads])
+
+
 SPLIT_SCENES = {
     # (height, width, P, opacity factor): a faint scene whose pixels blend past 1000 splats (up
-    # to five parts of 256), and an opaque one where pixels stop early, so that some parts lie
-    # behind every pixel's last splat (the forward never writes their state: poison under
-    # emulation, never read).
+    # to five parts of 256, none of which stops a pixel), and an opaque one where pixels stop
+    # early, in several parts, so that some parts lie behind every pixel's last splat (their
+    # state never written: poison under emulation, never read).
     "16x16-faint": (16, 16, 1200, 0.05),
     "40x50-opaque": (40, 50, 1500, 1.0),
 }
+# name: (split_tiles, split_forward, split_length)
+SPLITS = {"none": (False, False, 0), "256": (True, False, 256), "512": (True, False, 512),
+          "256-forward": (True, True, 256), "512-forward": (True, True, 512),
+          "chosen": (True, True, 0)}
 
 
 @pytest.mark.parametrize("target", cuda_targets())
-@pytest.mark.parametrize("optional", (False, True))
+@pytest.mark.parametrize("optional", ("plain", "features", "features+median"))
 @pytest.mark.parametrize("scene_name", list(SPLIT_SCENES))
-def test_split_tile_lists_change_no_output(scene_name, optional, target, tuning):
-    """Long tile lists in parts (TileSplits): the backward walks each part with a block of its
-    own, resuming from the state the forward saved at the part's end. Whatever the part length,
-    the outputs are those without splitting, bit for bit, and the gradients agree up to the
-    order of their sums; every slot names the part the lengths give it, or none."""
+def test_split_tile_lists(scene_name, optional, target, tuning):
+    """Long tile lists in parts (TileSplits). The backward walks each part with a block of its
+    own, resuming from the state saved at the part's end: alone, it changes no output, bit for
+    bit. The split forward walks the parts at once and finishes each pixel in the part where it
+    stops: its outputs differ by roundings only (pixels within rounding of a threshold set apart,
+    as against the CPU); with the median it does not split. The gradients agree with those
+    without splitting, and every slot names the part the length gives it, or none."""
     H, W, P, factor = SPLIT_SCENES[scene_name]
     scene = scenes.make_scene(24000 + P, P=P, height=H, width=W, sh_degree=1, outliers=False)
     scene.inputs["opacities"] = scene.inputs["opacities"] * factor
-    F = torch.rand(P, 4, generator=torch.Generator().manual_seed(4)) if optional else None
+    F = (torch.rand(P, 4, generator=torch.Generator().manual_seed(4))
+         if optional != "plain" else None)
+    median = optional == "features+median"
+    keep = ~scenes.ambiguous(scene)[0]
     results, states = {}, {}
     with active(target):
-        for length in (None, 256, 512, 0):  # None: no split; 0: the backend chooses
-            tuning(split_tiles=length is not None, split_length=length or 0)
-            results[length] = render_all(scene, F, target)
-            states[length] = forward_state(scene, target)
-    assert states[None][9].numel() == 0 and states[None][10].numel() == 0
-    pairs = states[None][4].numel()
+        for name, (split_tiles, split_forward, length) in SPLITS.items():
+            tuning(split_tiles=split_tiles, split_forward=split_forward, split_length=length)
+            results[name] = render_split(scene, F, median, target, keep)
+            states[name] = forward_state(scene, target)
+    assert states["none"][9].numel() == 0 and states["none"][10].numel() == 0
+    pairs = states["none"][4].numel()
     unreached = longer = 0
     for length in (256, 512):
-        table, slots = states[length][9], states[length][10]
+        table, slots = states[str(length)][9], states[str(length)][10]
         assert table[0].item() == length and slots.shape == ((pairs - 1) // length, 6, 256)
         parts = table[1:].view(-1, 2)
         expected = torch.zeros_like(parts)
         expected[:, 0] = -1
-        for t, (begin, n, last) in enumerate(expected_splits(states[length], length)):
+        for t, (begin, n, last) in enumerate(expected_splits(states[str(length)], length)):
             for c in range(n - 1):  # the part c of tile t ends at its split c + 1
                 expected[(begin + (c + 1) * length) // length - 1] = torch.tensor([t, c])
             longer += n > 2
             unreached += sum(last <= c * length for c in range(1, n))
         assert torch.equal(parts, expected)
     assert longer > 0 and (unreached > 0 or factor < 1)
-    chosen = states[0][9][0].item()
-    assert chosen % 256 == 0 and states[0][10].shape[0] == (pairs - 1) // chosen
-    assert_same_results(results, None)
+    chosen = states["chosen"][9][0].item()
+    assert chosen % 256 == 0 and states["chosen"][10].shape[0] == (pairs - 1) // chosen
+
+    base_out, base_grads = results["none"]
+    for name, (out, grads) in results.items():
+        bitwise = not SPLITS[name][1] or median
+        for k, (a, b) in enumerate(zip(out, base_out)):
+            if bitwise or k == 1:  # radii
+                assert torch.equal(a, b), f"{name}: output {k} differs by {(a - b).abs().max()}"
+            else:
+                torch.testing.assert_close(a[..., keep], b[..., keep], rtol=1e-5, atol=1e-5,
+                                           msg=lambda m: f"{name}: output {k}: {m}")
+        for k, (g, g0) in enumerate(zip(grads, base_grads)):
+            scale = g0.abs().max().item() if g0.numel() else 0.0
+            torch.testing.assert_close(g, g0, rtol=1e-4, atol=1e-4 * scale,
+                                       msg=lambda m: f"{name}: gradient {k}: {m}")
 
 
 @pytest.mark.parametrize("target", cuda_targets(orders=("asc",)))
