@@ -54,25 +54,29 @@ torch::Tensor fresh_zeros(c10::IntArrayRef sizes, const torch::TensorOptions& op
   return t;
 }
 
-torch::Tensor fresh_zeros_like(const torch::Tensor& t) {
-  return t.defined() ? fresh_zeros(t.sizes(), t.options()) : torch::Tensor();
-}
-
 }  // namespace
 
 GradientTensors GradientTensors::zeros_like_inputs(const GaussianTensors& g, bool camera_grad) {
+  return like_inputs(g, camera_grad, fresh_zeros);
+}
+
+GradientTensors GradientTensors::like_inputs(const GaussianTensors& g, bool camera_grad,
+                                             Allocate allocate) {
   const int64_t P = g.count();
   const auto opts = g.means3D.options();
+  const auto like = [](const torch::Tensor& t, Allocate make) {
+    return t.defined() ? make(t.sizes(), t.options()) : torch::Tensor();
+  };
   GradientTensors d;
-  d.means3D = fresh_zeros({P, 3}, opts);
-  d.means2D = fresh_zeros({P, 3}, opts);
-  d.opacities = fresh_zeros({P, 1}, opts);
-  d.shs = fresh_zeros_like(g.shs);
-  d.colors_precomp = fresh_zeros_like(g.colors_precomp);
-  d.scales = fresh_zeros_like(g.scales);
-  d.rotations = fresh_zeros_like(g.rotations);
-  d.cov3D_precomp = fresh_zeros_like(g.cov3D_precomp);
-  d.features = fresh_zeros_like(g.features);
+  d.means3D = allocate({P, 3}, opts);
+  d.means2D = allocate({P, 3}, opts);
+  d.opacities = allocate({P, 1}, opts);
+  d.shs = like(g.shs, allocate);
+  d.colors_precomp = like(g.colors_precomp, allocate);
+  d.scales = like(g.scales, allocate);
+  d.rotations = like(g.rotations, allocate);
+  d.cov3D_precomp = like(g.cov3D_precomp, allocate);
+  d.features = like(g.features, fresh_zeros);
   d.camera = fresh_zeros({camera_grad ? kCameraGradValues : 0}, opts);
   return d;
 }

@@ -385,7 +385,8 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, co
   const cudaStream_t stream = device.stream;
   const int64_t P = g.count();
   stage_timer().start("backward", stream);
-  GradientTensors grads = GradientTensors::zeros_like_inputs(g, c.camera_grad);
+  // The preprocess backward writes every value of the per-Gaussian gradients: no zero fill.
+  GradientTensors grads = GradientTensors::like_inputs(g, c.camera_grad, device_empty);
   const Camera<float> cam = make_camera<float>(c);
   const GaussianState<float> st = make_state<float>(s, nullptr, nullptr);
   const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};

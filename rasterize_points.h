@@ -161,12 +161,19 @@ ForwardState allocate_gaussian_state(int64_t count, const torch::TensorOptions& 
 // is the caller's, sized by the pair count.
 void allocate_pixel_state(const RasterConfig& c, ForwardState& s, const torch::TensorOptions& opts);
 
-// Gradient tensors shaped like the inputs (zeros), and their pointers.
+// Gradient tensors shaped like the inputs, and their pointers.
 struct GradientTensors {
   torch::Tensor means3D, means2D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp;
   torch::Tensor features;
   torch::Tensor camera;  // (35): a CameraGrad, or empty when the camera takes no gradient
+  using Allocate = torch::Tensor (*)(c10::IntArrayRef, const torch::TensorOptions&);
+  // All zeros.
   static GradientTensors zeros_like_inputs(const GaussianTensors& g, bool camera_grad);
+  // The preprocess backward's outputs (means3D .. cov3D_precomp) from `allocate`, for a backend
+  // that writes every value of them (zero_unwritten_grads); the features' and the camera's
+  // gradients, sums, zeros.
+  static GradientTensors like_inputs(const GaussianTensors& g, bool camera_grad,
+                                     Allocate allocate);
   BackwardResult to_list() const {
     const auto part = [this](int64_t start, int64_t size) {
       return camera.numel() > 0 ? camera.narrow(0, start, size) : camera;

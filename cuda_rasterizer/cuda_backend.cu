@@ -705,11 +705,15 @@ __global__ void __launch_bounds__(kTilePixels)
   }
 }
 
+// Every value of the gradients `out` is written (the glue allocates them uninitialized).
 __global__ void preprocess_backward_kernel(Camera<float> cam, GaussianInputs<float> in,
                                            const int* radii, const SplatGrad<float>* splat_grads,
                                            GaussianGrads<float> out) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < in.count && radii[i] > 0) preprocess_gaussian_backward(cam, in, i, splat_grads[i], out);
+  if (i >= in.count) return;
+  const bool culled = radii[i] == 0;
+  if (!culled) preprocess_gaussian_backward(cam, in, i, splat_grads[i], out);
+  zero_unwritten_grads(cam, in, i, culled, out);
 }
 
 // The k-th of a CameraGrad's values; with k known at compile time (unrolled loops) the struct
@@ -730,8 +734,11 @@ __global__ void __launch_bounds__(kThreads)
   DGRD_SHARED(WarpSums, warp_sums);
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   CameraGrad<float> share = {};
-  if (i < in.count && radii[i] > 0)
-    preprocess_gaussian_backward(cam, in, i, splat_grads[i], out, &share);
+  if (i < in.count) {
+    const bool culled = radii[i] == 0;
+    if (!culled) preprocess_gaussian_backward(cam, in, i, splat_grads[i], out, &share);
+    zero_unwritten_grads(cam, in, i, culled, out);
+  }
   const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) / 32;
 #pragma unroll
   for (int k = 0; k < kCameraGradValues; ++k) {

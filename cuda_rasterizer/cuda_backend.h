@@ -110,8 +110,9 @@ void render_backward(const Camera<float>& cam, const GaussianState<float>& state
 // Number of CameraGrad partial sums preprocess_backward needs for `count` Gaussians.
 int camera_grad_partials(int count);
 
-// camera: null, or where the camera gradient summed over all Gaussians is written (then
-// partials holds camera_grad_partials(count) scratch entries).
+// Writes every value of `out`, zeros where no gradient flows (zero_unwritten_grads), so the
+// caller need not fill it. camera: null, or where the camera gradient summed over all Gaussians
+// is written (then partials holds camera_grad_partials(count) scratch entries).
 void preprocess_backward(const Camera<float>& cam, const GaussianInputs<float>& in,
                          const int* radii, const SplatGrad<float>* splat_grads,
                          const GaussianGrads<float>& out, CameraGrad<float>* camera,

@@ -472,6 +472,34 @@ DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianIn
   out.means3D[3 * i + 2] = dmean.z;
 }
 
+// The values of Gaussian i's input gradients that preprocess_gaussian_backward does not write:
+// all of them for a culled Gaussian (it never sees those); else the third column of means2D, the
+// SH coefficients above the active degree (all of them when colours are precomputed), and the
+// scales and rotations when the covariance is precomputed. A backend that allocates its
+// gradients uninitialized, rather than filling them with zeros first, calls this for every
+// Gaussian (the CUDA backend).
+template <typename T>
+DGRD_HD void zero_unwritten_grads(const Camera<T>& cam, const GaussianInputs<T>& in, int i,
+                                  bool culled, const GaussianGrads<T>& out) {
+  const auto zero = [](T* values, int64_t first, int64_t count) {
+    if (values)
+      for (int64_t k = 0; k < count; ++k) values[first + k] = T(0);
+  };
+  const int64_t g = i;
+  zero(out.means2D, 3 * g + (culled ? 0 : 2), culled ? 3 : 1);
+  const int active = culled || in.colors_precomp ? 0 : (cam.sh_degree + 1) * (cam.sh_degree + 1);
+  zero(out.shs, 3 * (in.sh_coeffs * g + active), 3 * int64_t(in.sh_coeffs - active));
+  if (culled || in.cov3D_precomp) {
+    zero(out.scales, 3 * g, 3);
+    zero(out.rotations, 4 * g, 4);
+  }
+  if (!culled) return;
+  zero(out.means3D, 3 * g, 3);
+  zero(out.opacities, g, 1);
+  zero(out.colors_precomp, 3 * g, 3);
+  zero(out.cov3D_precomp, 6 * g, 6);
+}
+
 // The near-plane test of markVisible.
 template <typename T>
 DGRD_HD bool in_front_of_camera(const T* viewmatrix, Vec3<T> p) {
