@@ -193,6 +193,10 @@ def test_warp_skip_model_counts_are_consistent():
     # The parts: at most `split_length` long, and of the length the emulated CUDA backend (one
     # SM of 4 backward blocks) chooses for the same pairs.
     assert b["longest_part"] <= min(b["split_length"], b["longest_walk"])
+    # The forward runs twice the blocks at once: half the share; split, its longest path is two
+    # kernels' longest blocks, each at most a part (or an unsplit tile's walk).
+    assert b["forward_share"] == pytest.approx(b["ideal_share"] / 2)
+    assert 0 < b["forward_longest_path"] <= 2 * max(b["split_length"], b["longest_walk"])
     call = test_scenes.backend_call(test_scenes.Scene(scene.rasterizer_inputs(),
                                                       scene.raster_settings()))
     with _backend.emulated_cuda():
