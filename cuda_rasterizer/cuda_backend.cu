@@ -872,6 +872,8 @@ CudaTuning& cuda_tuning() {
   return tuning;
 }
 
+bool split_forward(bool median) { return cuda_tuning().split_forward && !median; }
+
 void plan_splits(const TileSplits& splits, int tiles, const int* tile_ranges,
                  cudaStream_t stream) {
   if (splits.capacity > 0)
@@ -935,9 +937,8 @@ void render(const Camera<float>& cam, const GaussianState<float>& state, TileLis
             const TileSplits& splits, cudaStream_t stream) {
   const int tiles = cam.tiles_x * cam.tiles_y;
   const CudaTuning tuning = cuda_tuning();
-  // The caller gives the composites' buffer for the split forward (never with the median).
-  const bool split_forward = splits.composite != nullptr && !extra.has_median();
-  const int blocks = tiles + (split_forward ? splits.capacity : 0);
+  const bool in_parts = split_forward(extra.has_median()) && splits.composite;
+  const int blocks = tiles + (in_parts ? splits.capacity : 0);
   dispatch_flags(
       [&](auto median, auto warp_skip, auto split_parts) {
         if constexpr (!(decltype(median)::value && decltype(split_parts)::value)) {
@@ -948,8 +949,8 @@ void render(const Camera<float>& cam, const GaussianState<float>& state, TileLis
                                                                    splits);
         }
       },
-      extra.has_median(), tuning.warp_skip, split_forward);
-  if (split_forward) {
+      extra.has_median(), tuning.warp_skip, in_parts);
+  if (in_parts) {
     const auto resolve_variant =
         tuning.warp_skip ? render_resolve_kernel<true> : render_resolve_kernel<false>;
     DGRD_LAUNCH(resolve_variant, tiles + splits.capacity, kTilePixels, stream)(cam, state, lists,

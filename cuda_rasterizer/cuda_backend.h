@@ -83,6 +83,10 @@ CudaTuning& cuda_tuning();
 // TileSplits::length for a forward of `pairs` tile pairs on a GPU of `multiprocessors` SMs (0:
 // no split): the splits' state costs 24 bytes a pixel of a split, (pairs - 1) / length at most.
 int split_length(int64_t pairs, int multiprocessors);
+// Whether the forward walks split lists in parts (CudaTuning::split_forward; never with the
+// median, which needs every splat of its pixel): then the caller gives splits.composite.
+bool split_forward(bool median);
+
 // Fills splits.parts from the tile ranges, and stores the length on the device, where the
 // backward reads it (nothing without capacity).
 void plan_splits(const TileSplits& splits, int tiles, const int* tile_ranges,
