@@ -24,6 +24,8 @@
 #      the scatter sum of gradients, the depth-first sort, split tile lists, the split forward,
 #      each off and all; bench_ablation.json when the 8 files leave room for it, its table in
 #      run_gpu.log in any case)
+#   9. Nsight Compute's sections for the kernels of one training step per configuration
+#      (benchmarks/profile_step.py under ncu: ours, and gsplat when it is ready), in run_gpu.log
 # Every test has a per-test limit ($DGRD_TEST_TIMEOUT, tests/conftest.py).
 #
 # What comes back ($OUT, else benchmarks/results; at most 8 files, none in sub-folders):
@@ -34,6 +36,7 @@
 #
 # Environment: PYTHON (python3), RUN_GPU_BUDGET_S (560), BENCH_REPS (20), BENCH_SCENES
 # (112k,1m,2.8m), BENCH_SCALES (1,2,3), ABLATION_SCENES (112k,1m), ABLATION_SCALES (1,2),
+# PROFILE_SCENES (112k,1m), PROFILE_SCALES (1,2),
 # RUN_GPU_SKIP (stage names, comma-separated: a later window skips what an earlier one
 # settled, e.g. memcheck,racecheck,timings-original), DGRD_COMMIT (recorded when the copy has no .git),
 # TORCH_CUDA_ARCH_LIST (default: the visible GPU's). RUN_GPU_FAKE_STEP_S (dry run only): every
@@ -385,6 +388,28 @@ else
     stage ablation 150 "$PY" benchmarks/bench.py --device cuda \
         --scenes "${ABLATION_SCENES:-112k,1m}" --scales "${ABLATION_SCALES:-1,2}" \
         --reps "${BENCH_REPS:-20}" --impls ablation ${ablation_json[@]+"${ablation_json[@]}"}
+fi
+
+# ------------------------------------------------------------------ 9. hardware counters (ncu)
+# One marked training step per configuration (benchmarks/profile_step.py), each kernel's
+# throughput, occupancy, launch and stall sections printed into run_gpu.log: what bounds each
+# kernel, ours and gsplat's side by side. Last: a window that has the timings runs it with
+# RUN_GPU_SKIP naming the stages before it. The clocks are left alone (device README).
+ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null \
+      | head -n 1)
+profile_impls=ours
+[ "$gsplat_ok" = 1 ] && profile_impls=ours,gsplat
+if [ "$DRY" = 1 ]; then
+    stage profile 60 "$PY" benchmarks/profile_step.py --device cpu --scenes 300 --scales 0.1 \
+        --warmup 0 --impls "$profile_impls"
+elif [ -n "$ncu" ]; then
+    stage profile 180 "$ncu" --clock-control none --profile-from-start off --nvtx \
+        --target-processes all --section SpeedOfLight --section Occupancy --section LaunchStats \
+        --section SchedulerStats --section WarpStateStats \
+        "$PY" benchmarks/profile_step.py --device cuda --scenes "${PROFILE_SCENES:-112k,1m}" \
+        --scales "${PROFILE_SCALES:-1,2}" --impls "$profile_impls"
+else
+    record profile skipped 0 "ncu not found"
 fi
 
 finish

@@ -15,7 +15,7 @@ SCRIPT = REPO / "benchmarks" / "run_gpu.sh"
 # Stages in the foreground, in order; gsplat-build (in the background) is recorded when it is
 # waited for, which may come before or after timings-ours.
 STAGES = ["build", "tests-cuda-vs-cpu", "garden-compare", "tests-robust-debug", "memcheck",
-          "racecheck", "timings-ours", "timings-gsplat", "ablation"]
+          "racecheck", "timings-ours", "timings-gsplat", "ablation", "profile"]
 BACKGROUND = "gsplat-build"
 MAX_FILES_BACK = 8      # the device tool brings back at most 8 files, at most 2 folders down
 
@@ -68,6 +68,8 @@ def test_dry_run_runs_every_stage_in_order_and_writes_out(tmp_path):
     assert "CUDA" in ablation["environment"]["ours-none_unavailable_because"]
     assert "test_no_memory_growth_and_repeatable" in log    # the CUDA tests were collected
     assert "test_radius_beyond_2_30_from_far_off_screen" in log
+    # The step that ncu profiles on a GPU ran (without the profiler).
+    assert "ours 300 " in log and "marked step" in log
 
 
 def test_dry_run_keeps_its_deadline(tmp_path):
