@@ -241,7 +241,7 @@ class Binning {
       torch::Tensor keys = device_empty({count_}, ints), sorted = device_empty({count_}, ints);
       torch::Tensor order = device_empty({count_}, ints);
       order_ = device_empty({count_}, ints);
-      gpu::depth_keys(count_, state_, as_u32(keys), order.data_ptr<int>(), stream_);
+      gpu::depth_keys(cam_, count_, state_, as_u32(keys), order.data_ptr<int>(), stream_);
       check_stage(c_, "depth_keys");
       run_cub("sort by depth", [&](void* temp, size_t& bytes) {
         return gpu::sort_depths(temp, bytes, as_u32(keys), as_u32(sorted), order.data_ptr<int>(),

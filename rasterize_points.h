@@ -20,6 +20,7 @@ struct RasterConfig {
   int64_t sh_degree = 0;
   bool prefiltered = false, antialiasing = false, debug = false;
   bool median_depth = false;  // render the median depth map too (issue 12)
+  bool inverse_depth = false;  // depth (and median) maps of 1/z: Camera::inverse_depth
   bool camera_grad = false;  // the backward also returns d viewmatrix, d projmatrix, d campos
   torch::Tensor bg, viewmatrix, projmatrix, campos;  // flat, on the Gaussians' device and dtype
 
@@ -108,6 +109,7 @@ Camera<T> make_camera(const RasterConfig& c) {
   cam.scale_modifier = T(c.scale_modifier);
   cam.sh_degree = int(c.sh_degree);
   cam.antialiasing = c.antialiasing;
+  cam.inverse_depth = c.inverse_depth;
   return cam;
 }
 

@@ -2,10 +2,13 @@
 
 Times, on the demo scene, forward and forward+backward of:
 - `plain`: the package's call (colour, radii, depth, weight), loss on colour;
-- `upstream`: `diff_gaussian_rasterization_depth.upstream` (colour, radii, invdepth), invdepth
-  blended as a one-channel feature of the same render; loss on colour and invdepth;
-- `two renders`: the alternative, the plain call plus a second render of colours (1/z, 1/z,
-  1/z) over black, whose first channel is the same invdepth; same loss.
+- `upstream`: `diff_gaussian_rasterization_depth.upstream` (colour, radii, invdepth), the
+  render's depth channel blending 1/z (`inverse_depth=True`), invdepth = depth * weight; loss
+  on colour and invdepth;
+- `feature`: the way before it, 1/z blended as a one-channel feature of the same render
+  (`features=`); same loss;
+- `two renders`: the plain call plus a second render of colours (1/z, 1/z, 1/z) over black,
+  whose first channel is the same invdepth; same loss.
 
     python benchmarks/upstream_invdepth.py [--gaussians 20000] [--size 320 240] [--reps 5]
 """
@@ -31,8 +34,14 @@ def plain(g, settings, backward):
     return [color]
 
 
-def via_features(g, settings, backward):
+def upstream_call(g, settings, backward):
     color, _, invdepth = upstream.GaussianRasterizer(settings)(**g)
+    return [color, invdepth]
+
+
+def feature_channel(g, settings, backward):
+    color, _, _, _, invdepth = GaussianRasterizer(settings)(
+        **g, features=inverse_z(g["means3D"], settings)[:, None])
     return [color, invdepth]
 
 
@@ -57,7 +66,8 @@ def main():
     print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     print(f"{len(scene)} Gaussians, {args.size[0]}x{args.size[1]}, CPU, "
           f"{torch.get_num_threads()} threads; median of {args.reps} (ms)")
-    for name, fn in (("plain", plain), ("upstream", via_features), ("two renders", two_renders)):
+    for name, fn in (("plain", plain), ("upstream", upstream_call), ("feature", feature_channel),
+                     ("two renders", two_renders)):
         for backward in (False, True):
             times = []
             for _ in range(args.reps + 1):

@@ -437,22 +437,26 @@ void preprocess(const Camera<T>& cam, const GaussianInputs<T>& in, const Gaussia
 // The Gaussians that survived the preprocess, in ascending depth with ties by index: appending
 // them in this order to their tiles' lists leaves every list sorted, with no per-tile sort.
 template <typename T>
-std::vector<int> depth_order(int count, const GaussianState<T>& state) {
+std::vector<int> depth_order(const Camera<T>& cam, int count, const GaussianState<T>& state) {
   std::vector<int> ids;
   ids.reserve(static_cast<size_t>(count));
   for (int i = 0; i < count; ++i)
     if (state.radii[i] != 0) ids.push_back(i);
   const Vec4<T>* f = state.features;
   if constexpr (std::is_same<T, float>::value) {
-    // Depths are > 0.2, so their bits order like them: one 64-bit key sorts by (depth, index).
+    // One 64-bit key sorts by (depth, index).
     std::vector<uint64_t> keys(ids.size());
     for (size_t k = 0; k < ids.size(); ++k)
-      keys[k] = (uint64_t(uint32_t(float_bits(f[ids[k]].w))) << 32) | uint32_t(ids[k]);
+      keys[k] = (uint64_t(depth_sort_key(f[ids[k]].w, cam.inverse_depth)) << 32) |
+                uint32_t(ids[k]);
     std::sort(keys.begin(), keys.end());
     for (size_t k = 0; k < ids.size(); ++k) ids[k] = int(keys[k] & 0xffffffffu);
   } else {
-    std::sort(ids.begin(), ids.end(),
-              [f](int a, int b) { return f[a].w < f[b].w || (f[a].w == f[b].w && a < b); });
+    // Larger 1/z is nearer (inverse_depth).
+    const T sign = cam.inverse_depth ? T(-1) : T(1);
+    std::sort(ids.begin(), ids.end(), [f, sign](int a, int b) {
+      return sign * f[a].w < sign * f[b].w || (f[a].w == f[b].w && a < b);
+    });
   }
   return ids;
 }
@@ -473,7 +477,7 @@ void bin_gaussians(const Camera<T>& cam, int count, const GaussianState<T>& stat
     tile_ranges[2 * t] = int(cursor[t]);
     tile_ranges[2 * t + 1] = int(cursor[t + 1]);
   }
-  for (const int i : depth_order(count, state)) {
+  for (const int i : depth_order(cam, count, state)) {
     const TileRect r = state.rects[i];
     for (int y = r.y0; y < r.y1; ++y)
       for (int x = r.x0; x < r.x1; ++x) point_list[cursor[y * cam.tiles_x + x]++] = i;

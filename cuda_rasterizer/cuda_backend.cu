@@ -35,8 +35,7 @@ __global__ void duplicate_keys_kernel(Camera<float> cam, int count, GaussianStat
   if (i >= count || state.radii[i] == 0) return;
   int64_t out = i == 0 ? 0 : offsets[i - 1];
   const TileRect r = state.rects[i];
-  // View depth is > 0.2, so its float bits order like the depths themselves.
-  const uint64_t depth_bits = __float_as_uint(state.features[i].w);
+  const uint64_t depth_bits = depth_sort_key(state.features[i].w, cam.inverse_depth);
   for (int y = r.y0; y < r.y1; ++y)
     for (int x = r.x0; x < r.x1; ++x) {
       keys[out] = (uint64_t(y * cam.tiles_x + x) << 32) | depth_bits;
@@ -48,13 +47,12 @@ __global__ void duplicate_keys_kernel(Camera<float> cam, int count, GaussianStat
 // ---- depth-first binning (CudaTuning::depth_first_sort): the Gaussians sorted by depth once,
 // then their pairs, written in that order with the tile alone as key, sorted stably by tile.
 
-// A Gaussian's depth key (its view depth's float bits, as in duplicate_keys_kernel; a culled
-// Gaussian, which has no pairs, stores depth 0) and its index.
-__global__ void depth_keys_kernel(int count, GaussianState<float> state, uint32_t* keys,
-                                  int* order) {
+// A Gaussian's depth key (depth_sort_key, as in duplicate_keys_kernel) and its index.
+__global__ void depth_keys_kernel(Camera<float> cam, int count, GaussianState<float> state,
+                                  uint32_t* keys, int* order) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= count) return;
-  keys[i] = __float_as_uint(state.features[i].w);
+  keys[i] = depth_sort_key(state.features[i].w, cam.inverse_depth);
   order[i] = i;
 }
 
@@ -819,16 +817,17 @@ void identify_tile_ranges(const uint64_t* sorted_keys, int pairs, int* tile_rang
       sorted_keys, pairs, tile_ranges);
 }
 
-void depth_keys(int count, const GaussianState<float>& state, uint32_t* keys, int* order,
-                cudaStream_t stream) {
+void depth_keys(const Camera<float>& cam, int count, const GaussianState<float>& state,
+                uint32_t* keys, int* order, cudaStream_t stream) {
   if (count == 0) return;
-  DGRD_LAUNCH(depth_keys_kernel, blocks_for(count), kThreads, stream)(count, state, keys, order);
+  DGRD_LAUNCH(depth_keys_kernel, blocks_for(count), kThreads, stream)(cam, count, state, keys,
+                                                                    order);
 }
 
 cudaError_t sort_depths(void* temp, size_t& temp_bytes, const uint32_t* keys_in,
                         uint32_t* keys_out, const int* order_in, int* order_out, int count,
                         cudaStream_t stream) {
-  // Depths are positive floats: the sign bit is clear.
+  // Depth keys have 31 bits (depth_sort_key).
   return cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, order_in,
                                          order_out, count, 0, 31, stream);
 }

@@ -46,10 +46,10 @@ void identify_tile_ranges(const uint64_t* sorted_keys, int pairs, int* tile_rang
 // Gaussians sorted by depth once (P keys of 31 bits), then their pairs written in that order
 // with 32-bit tile keys and sorted stably over the tile bits alone (a few passes over 8 bytes a
 // pair instead of 32 + tile bits over 12). Ties in depth keep index order in both ways.
-// depth_keys: keys[i] = the depth's bits, order[i] = i; sort_depths sorts them (temp and the
-// returned status as for inclusive_scan).
-void depth_keys(int count, const GaussianState<float>& state, uint32_t* keys, int* order,
-                cudaStream_t stream);
+// depth_keys: keys[i] = depth_sort_key of its depth, order[i] = i; sort_depths sorts them (temp
+// and the returned status as for inclusive_scan).
+void depth_keys(const Camera<float>& cam, int count, const GaussianState<float>& state,
+                uint32_t* keys, int* order, cudaStream_t stream);
 cudaError_t sort_depths(void* temp, size_t& temp_bytes, const uint32_t* keys_in,
                         uint32_t* keys_out, const int* order_in, int* order_out, int count,
                         cudaStream_t stream);

@@ -2,6 +2,9 @@
 // and the exact backward of each. One thread (CUDA) or loop iteration (CPU) per Gaussian.
 #pragma once
 
+#include <cstdint>
+#include <cstring>
+
 #include "vector_math.h"
 #include "sh.h"
 #include "types.h"
@@ -397,8 +400,24 @@ DGRD_HD ProjectedGaussian<T> preprocess_gaussian(const Camera<T>& cam, const Gau
   g.rect = visible_tiles(g.mean2d, radius, f, opacity, cam.tiles_x, cam.tiles_y);
   g.radius = int(radius);
   g.conic_opacity = {f.conic.a, f.conic.b, f.conic.c, opacity};
-  g.feature = {rgb.x, rgb.y, rgb.z, t.z};
+  // The depth channel blends z, or 1/z for an inverse-depth map (z > 0.2 here).
+  g.feature = {rgb.x, rgb.y, rgb.z, cam.inverse_depth ? T(1) / t.z : t.z};
   return g;
+}
+
+// The key that orders Gaussians front to back from their blended depth value v (feature.w),
+// within 31 bits: v = z > 0.2 orders like its float bits (sign bit clear); v = 1/z
+// (inverse_depth) the other way round, so its bits are subtracted from 2^31 - 1. A culled
+// Gaussian (v = 0) has no pairs; where its key lands does not matter. Every sort keeps ties in
+// index order.
+DGRD_HD uint32_t depth_sort_key(float v, bool inverse_depth) {
+#if defined(__CUDA_ARCH__)
+  const uint32_t bits = __float_as_uint(v);
+#else
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+#endif
+  return inverse_depth ? 0x7fffffffu - bits : bits;
 }
 
 // Backward of preprocess_gaussian for a Gaussian that was not culled: from the gradient of its
@@ -433,7 +452,13 @@ DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianIn
   Vec3<T> dt;
   Mat3<T> dWr;
   covariance_2d_backward(cam, t, Wr, J, sigma, dcov, dsigma, dt, camera ? &dWr : nullptr);
-  dt.z += g.feature.w;  // the blended depth is t.z
+  // The blended depth value is t.z, or 1/t.z: d(1/z)/dz = -1/z^2.
+  if (cam.inverse_depth) {
+    const T iz = T(1) / t.z;
+    dt.z -= g.feature.w * iz * iz;
+  } else {
+    dt.z += g.feature.w;
+  }
   dmean = dmean + matvec_transposed(Wr, dt);
   if (camera) view_matrix_backward(mean, dt, dWr, camera->viewmatrix);
 

@@ -23,6 +23,7 @@ struct Camera {
   T scale_modifier;
   int sh_degree;
   bool antialiasing;
+  bool inverse_depth;  // the depth channel blends 1/z instead of z (the 2024 upstream's invdepth)
 };
 
 // The per-Gaussian inputs, contiguous; an absent input is a null pointer.
@@ -51,7 +52,7 @@ template <typename T>
 struct ProjectedGaussian {
   Vec2<T> mean2d;        // pixel coordinates
   Vec4<T> conic_opacity; // inverse 2D covariance (a, b, c) and the opacity actually blended
-  Vec4<T> feature;       // colour (r, g, b) and view-space depth z: what a pixel blends
+  Vec4<T> feature;       // colour (r, g, b) and view depth z (1/z under inverse_depth): blended
   int radius;
   TileRect rect;          // the tiles it is binned into (visible_tiles)
 };
@@ -83,7 +84,7 @@ struct SplatGrad {
   Vec2<T> mean2d;   // pixel units
   Sym2<T> conic;    // d/d(conic a, b, c); b is the single off-diagonal parameter
   T opacity;        // d/d(blended opacity)
-  Vec4<T> feature;  // d/d(r, g, b, z)
+  Vec4<T> feature;  // d/d(r, g, b, blended depth value)
 };
 constexpr int kSplatGradValues = 10;
 

@@ -44,12 +44,15 @@ def has_cuda_backend() -> bool:
 
 def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
                         cov3Ds_precomp, raster_settings, dc=None, features=None,
-                        median_depth=False):
+                        median_depth=False, inverse_depth=False):
     """Functional form, argument order as in the original package.
 
     Returns (color (3,H,W), radii (P,) int32, depth (H,W), weight (H,W)), followed by
     feature_map (C,H,W) = sum_i w_i features_i when `features` (P,C) is given, and by
     median (H,W), the depth where the transmittance crosses 0.5, when `median_depth` is True.
+    With `inverse_depth`, the depth channel blends 1/z instead of z: depth is
+    (sum_i w_i / z_i) / weight, so depth * weight is the 2024 upstream's invdepth, and median
+    is 1/z of the median's Gaussian; the render costs the same.
     With raster_settings.debug, non-finite inputs raise a ValueError naming them, and an error
     of the backend writes a snapshot of the call (see `replay_snapshot`).
     """
@@ -59,7 +62,8 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp,
      checked) = check_gaussians(means3D, means2D, opacities, sh, colors_precomp, scales,
                                 rotations, cov3Ds_precomp, dc, raster_settings)
-    features, median_depth = check_optional_outputs(features, median_depth, means3D)
+    features, median_depth, inverse_depth = check_optional_outputs(features, median_depth,
+                                                                   means3D, inverse_depth)
     if checked.debug:
         _debug.raise_if_nonfinite(given, raster_settings)
     if means2D is None:
@@ -70,7 +74,7 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
               else ())
     return _RasterizeGaussians.apply(means3D, means2D, sh, colors_precomp, opacities, scales,
                                      rotations, cov3Ds_precomp, features, checked, median_depth,
-                                     *camera)
+                                     inverse_depth, *camera)
 
 
 def _named_inputs(inputs, features):
@@ -87,14 +91,15 @@ class _RasterizeGaussians(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
                 cov3Ds_precomp, features, settings: CheckedSettings, median_depth: bool,
-                *camera):
+                inverse_depth: bool, *camera):
         # camera: (viewmatrix, projmatrix, campos), the flat tensors the settings hold, when
         # settings.camera_grad; the backend reads them through the config.
         inputs = (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp)
-        config = _backend.make_config(settings, median_depth)
+        config = _backend.make_config(settings, median_depth, inverse_depth)
         color, depth, weight, radii, feature_map, median, state = _debug.guarded(
             settings.debug, lambda: _debug.Capture("forward", _named_inputs(inputs, features),
-                                                   settings, median_depth=median_depth),
+                                                   settings, median_depth=median_depth,
+                                                   inverse_depth=inverse_depth),
             lambda: _backend.forward(config, _backend.make_gaussians(*inputs, features=features)))
         ctx.config = config
         ctx.checked = settings
@@ -136,7 +141,8 @@ class _RasterizeGaussians(torch.autograd.Function):
          d_cov3D, d_features, *d_camera) = _debug.guarded(
             ctx.config.debug,
             lambda: _debug.Capture("backward", _named_inputs(inputs, features), ctx.checked,
-                                   grads=upstream, median_depth=ctx.median_depth),
+                                   grads=upstream, median_depth=ctx.median_depth,
+                                   inverse_depth=ctx.config.inverse_depth),
             lambda: _backend.backward(ctx.config,
                                       _backend.make_gaussians(*inputs, features=features),
                                       ctx.state, grad_color, grad_depth, grad_weight,
@@ -146,7 +152,7 @@ class _RasterizeGaussians(torch.autograd.Function):
                 d_colors if has_colors else None, d_opacities,
                 d_scales if has_scales else None, d_rotations if has_rotations else None,
                 d_cov3D if has_cov else None, d_features if ctx.has_features else None,
-                None, None, *(d_camera if ctx.config.camera_grad else ()))
+                None, None, None, *(d_camera if ctx.config.camera_grad else ()))
 
 
 class GaussianRasterizer(nn.Module):
@@ -166,9 +172,12 @@ class GaussianRasterizer(nn.Module):
             return _backend.mark_visible(positions.detach().contiguous(), checked)
 
     def forward(self, means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
-                rotations=None, cov3D_precomp=None, dc=None, features=None, median_depth=False):
+                rotations=None, cov3D_precomp=None, dc=None, features=None, median_depth=False,
+                inverse_depth=False):
         """(color, radii, depth, weight), then feature_map (C,H,W) when `features` (P,C) is
-        given, then median (H,W) when `median_depth` is True."""
+        given, then median (H,W) when `median_depth` is True; depth (and median) of 1/z with
+        `inverse_depth` (see rasterize_gaussians)."""
         return rasterize_gaussians(means3D, means2D, shs, colors_precomp, opacities, scales,
                                    rotations, cov3D_precomp, self.raster_settings, dc=dc,
-                                   features=features, median_depth=median_depth)
+                                   features=features, median_depth=median_depth,
+                                   inverse_depth=inverse_depth)

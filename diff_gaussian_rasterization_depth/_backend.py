@@ -99,12 +99,13 @@ CONFIG_FIELDS = ("image_height", "image_width", "tanfovx", "tanfovy", "scale_mod
                  "viewmatrix", "projmatrix", "campos")
 
 
-def make_config(settings, median_depth=False):
+def make_config(settings, median_depth=False, inverse_depth=False):
     """settings: a CheckedSettings; its tensors are private copies on the right device."""
     c = _ext().RasterConfig()
     for name in CONFIG_FIELDS:
         setattr(c, name, getattr(settings, name))
     c.median_depth = bool(median_depth)
+    c.inverse_depth = bool(inverse_depth)
     return c
 
 

@@ -79,9 +79,10 @@ class Capture:
 
     def __init__(self, stage: str, inputs: Dict[str, Optional[torch.Tensor]], checked,
                  grads: Optional[Dict[str, Optional[torch.Tensor]]] = None,
-                 median_depth: bool = False):
+                 median_depth: bool = False, inverse_depth: bool = False):
         self.stage = stage
         self.median_depth = median_depth
+        self.inverse_depth = inverse_depth
         self.device = str(inputs["means3D"].device)
         on_gpu = inputs["means3D"].device.type != "cpu"
         keep = _host_copy if on_gpu else (lambda t: t)
@@ -101,6 +102,7 @@ class Capture:
                     settings={f: _host_copy(v) if isinstance(v, torch.Tensor) else v
                               for f, v in self.settings.items()},
                     grads=host(self.grads), median_depth=self.median_depth,
+                    inverse_depth=self.inverse_depth,
                     versions=dict(package=str(__version__), torch=str(torch.__version__)))
 
     def reraise(self, error: BaseException):
@@ -194,12 +196,13 @@ def replay_snapshot(path: str, device=None, debug: Optional[bool] = None) -> dic
                           requires_grad=backward)
     features = inputs.get("features")
     median_depth = bool(snap.get("median_depth", False))
+    inverse_depth = bool(snap.get("inverse_depth", False))
     _replaying += 1
     try:
         outputs = rasterize_gaussians(means3D, means2D, inputs["shs"], inputs["colors_precomp"],
                                       inputs["opacities"], inputs["scales"], inputs["rotations"],
                                       inputs["cov3D_precomp"], settings, features=features,
-                                      median_depth=median_depth)
+                                      median_depth=median_depth, inverse_depth=inverse_depth)
         grads = None
         if backward:
             names = (["color", None, "depth", "weight"]

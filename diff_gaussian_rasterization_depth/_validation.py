@@ -194,18 +194,20 @@ def check_gaussians(means3D, means2D, opacities, shs, colors_precomp, scales, ro
     return means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp, checked
 
 
-def check_optional_outputs(features, median_depth, means3D):
-    """The arguments of the optional outputs (issue 12), after check_gaussians.
+def check_optional_outputs(features, median_depth, means3D, inverse_depth=False):
+    """The arguments of the optional outputs (issue 12) and of the depth channel, after
+    check_gaussians.
 
     features: None or a (P, C) tensor, C >= 1, of the dtype and device of means3D (any strides).
-    median_depth: a bool. Returns (features, median_depth).
+    median_depth, inverse_depth: bools. Returns (features, median_depth, inverse_depth).
     """
-    if not isinstance(median_depth, bool):
-        raise TypeError(f"median_depth: expected a bool, got {_describe(median_depth)}")
+    for name, flag in (("median_depth", median_depth), ("inverse_depth", inverse_depth)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name}: expected a bool, got {_describe(flag)}")
     if features is not None:
         features = _require_like("features", features, means3D.device, means3D.dtype)
         P = means3D.shape[0]
         if features.dim() != 2 or features.shape[0] != P or features.shape[1] < 1:
             raise ValueError(f"features: expected shape ({P}, C) with C >= 1 channels, got "
                              f"{tuple(features.shape)}")
-    return features, median_depth
+    return features, median_depth, inverse_depth

@@ -249,9 +249,10 @@ def _straight_through_clamp_max(x: torch.Tensor, bound: float) -> torch.Tensor:
     return x.detach().clamp_max(bound) + (x - x.detach())
 
 
-def _blend(g: Dict[str, torch.Tensor], settings) -> Dict[str, torch.Tensor]:
+def _blend(g: Dict[str, torch.Tensor], settings, inverse_depth=False) -> Dict[str, torch.Tensor]:
     """Blend the (already visible-only) Gaussians of g into every pixel (and their `features`
-    (P,C), when g has them, into a feature map)."""
+    (P,C), when g has them, into a feature map). The depth channel blends z, or 1/z with
+    `inverse_depth`; the order is by z either way."""
     H, W = settings.image_height, settings.image_width
     dtype, device = g["mean2d"].dtype, g["mean2d"].device
 
@@ -303,7 +304,8 @@ def _blend(g: Dict[str, torch.Tensor], settings) -> Dict[str, torch.Tensor]:
     color = (w[:, None] * g["color"][:, :, None, None]).sum(dim=0)          # (3,H,W)
     color = color + T_final[None] * settings.bg[:, None, None]
     weight = w.sum(dim=0)
-    depth_sum = (w * g["depth"][:, None, None]).sum(dim=0)
+    depth_value = 1.0 / g["depth"] if inverse_depth else g["depth"]
+    depth_sum = (w * depth_value[:, None, None]).sum(dim=0)
     has_weight = weight > 0
     safe_weight = torch.where(has_weight, weight, torch.ones_like(weight))
     depth = torch.where(has_weight, depth_sum / safe_weight, torch.zeros_like(weight))
@@ -315,7 +317,7 @@ def _blend(g: Dict[str, torch.Tensor], settings) -> Dict[str, torch.Tensor]:
         feature_map = (w[:, None] * g["features"][:, :, None, None]).sum(dim=0)   # (C,H,W)
     T_after = transmittance[1:]
     crossing = (blended & (T_before > 0.5) & (T_after <= 0.5)).detach()
-    median = torch.where(crossing, g["depth"][:, None, None], torch.zeros_like(w)).sum(dim=0)
+    median = torch.where(crossing, depth_value[:, None, None], torch.zeros_like(w)).sum(dim=0)
 
     return dict(color=color, depth=depth, weight=weight, T_final=T_final, order=order,
                 feature_map=feature_map, median=median, median_crossing=crossing,
@@ -329,7 +331,7 @@ def _blend(g: Dict[str, torch.Tensor], settings) -> Dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------
 
 def _forward(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp, settings,
-             ndc_offset=None, features=None):
+             ndc_offset=None, features=None, inverse_depth=False):
     """The whole forward on checked inputs.
 
     Returns (outputs, everyone, survivors, blend, idx): the outputs dict (color, radii, depth,
@@ -355,7 +357,7 @@ def _forward(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_p
                                          "rect_max", "color")}
     if features is not None:
         blended["features"] = features[idx]
-    blend = _blend(blended, settings)
+    blend = _blend(blended, settings, inverse_depth)
 
     radii = torch.zeros(P, dtype=torch.int32, device=means3D.device)
     radii[idx] = everyone["radius"][idx].to(torch.int32)
@@ -366,20 +368,22 @@ def _forward(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_p
 
 def rasterize_reference(means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
                         rotations=None, cov3D_precomp=None, raster_settings=None, dc=None,
-                        features=None, median_depth=False):
+                        features=None, median_depth=False, inverse_depth=False):
     """The SPEC's rasterizer in plain PyTorch.
 
     Same inputs as `GaussianRasterizer.forward` (plus the settings), float32 or float64,
     computed in the input dtype. Returns (color (3,H,W), radii int32 (P,), depth (H,W),
     weight (H,W)), then feature_map (C,H,W) when `features` (P,C) is given and median (H,W)
     when `median_depth` is True (SPEC 8); gradients by autograd, with the conventions of SPEC 6.
+    `inverse_depth`: the depth channel blends 1/z (see `rasterize_gaussians`).
     """
     if raster_settings is None:
         raise ValueError("raster_settings: expected a GaussianRasterizationSettings, got None")
     (means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp,
      settings) = check_gaussians(means3D, means2D, opacities, shs, colors_precomp, scales,
                                  rotations, cov3D_precomp, dc, raster_settings)
-    features, median_depth = check_optional_outputs(features, median_depth, means3D)
+    features, median_depth, inverse_depth = check_optional_outputs(features, median_depth,
+                                                                   means3D, inverse_depth)
     ndc_offset = None
     if means2D is not None:
         carrier = means2D[:, :2]
@@ -387,7 +391,7 @@ def rasterize_reference(means3D, means2D, opacities, shs=None, colors_precomp=No
         ndc_offset = torch.where(torch.isfinite(carrier.detach()), carrier - carrier.detach(),
                                  torch.zeros_like(carrier))
     out = _forward(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp,
-                   settings, ndc_offset, features)[0]
+                   settings, ndc_offset, features, inverse_depth)[0]
     result = (out["color"], out["radii"], out["depth"], out["weight"])
     if features is not None:
         result += (out["feature_map"],)

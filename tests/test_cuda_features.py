@@ -12,6 +12,7 @@ import torch
 import scenes
 from cuda_target import active, is_emulated
 from diff_gaussian_rasterization_depth import GaussianRasterizer
+from test_cpu_backend import compare_gradients
 from test_cuda import TARGETS, garden_for, settings_on
 
 pytestmark = pytest.mark.cuda
@@ -20,25 +21,25 @@ CHANNELS = (1, 3, 4, 5, 8, 9, 16, 33, 64)
 OUTPUTS = ("color", "depth", "weight", "feature_map", "median")
 
 
-def run(scene, F, device, upstream):
+def run(scene, F, device, upstream, inverse_depth=False):
     """Outputs and every input's gradient (features included), for one loss per output and
     for all outputs together, on the CPU backend or a CUDA target."""
     with active(device):
-        return _run(scene, F, device, upstream)
+        return _run(scene, F, device, upstream, inverse_depth)
 
 
-def _run(scene, F, device, upstream):
+def _run(scene, F, device, upstream, inverse_depth):
     leaves = {k: (None if v is None else v.detach().to(device).requires_grad_())
               for k, v in scene.inputs.items()}
     Fd = F.detach().to(device).requires_grad_()
-    out = GaussianRasterizer(settings_on(scene.settings, device))(**leaves, features=Fd,
-                                                                   median_depth=True)
+    out = GaussianRasterizer(settings_on(scene.settings, device))(
+        **leaves, features=Fd, median_depth=True, inverse_depth=inverse_depth)
     color, radii, depth, weight, feature_map, median = out
     maps = dict(zip(OUTPUTS, (color, depth, weight, feature_map, median)))
     names = [n for n, v in leaves.items() if v is not None]
     tensors = [leaves[n] for n in names] + [Fd]
     grads = {}
-    for mode in ("feature_map", "median", "all"):
+    for mode in ("depth", "feature_map", "median", "all"):
         used = list(maps) if mode == "all" else [mode]
         g = torch.autograd.grad([maps[k] for k in used], tensors,
                                 [upstream[k].to(device) for k in used], retain_graph=True,
@@ -53,41 +54,48 @@ def median_ambiguous(scene, internals):
     return (blend["blended"] & ((blend["T_after"] - 0.5).abs() <= 1e-4)).any(dim=0)
 
 
+def mismatches_with_cpu(scene, C, seed, target, inverse_depth=False):
+    """What differs between the CPU backend and `target` on `scene` with C random feature
+    channels and the median (and the depth channel of 1/z with `inverse_depth`): outputs
+    (1e-5 abs; the median and z-valued depth 1e-4), radii, and every gradient of a loss on each
+    map and on all of them."""
+    internals = scenes.reference_internals(scene)
+    pixels, gaussians = scenes.ambiguous(scene, internals=internals)
+    pixels = pixels | median_ambiguous(scene, internals)
+    H, W = pixels.shape
+    gen = torch.Generator().manual_seed(seed)
+    keep = (~pixels).float()
+    F = 2 * torch.rand(scene.P, C, generator=gen) - 1
+    up = {"color": torch.randn(3, H, W, generator=gen) * keep,
+          "depth": torch.randn(H, W, generator=gen) * keep,
+          "weight": torch.randn(H, W, generator=gen) * keep,
+          "feature_map": torch.randn(C, H, W, generator=gen) * keep,
+          "median": torch.randn(H, W, generator=gen) * keep}
+    out0, r0, g0 = run(scene, F, "cpu", up, inverse_depth)
+    out1, r1, g1 = run(scene, F, target, up, inverse_depth)
+    failures = []
+    for name in ("color", "depth", "weight", "feature_map", "median"):
+        a, b = out1[name][..., ~pixels], out0[name][..., ~pixels]
+        err = (a - b).abs().max().item() if a.numel() else 0.0
+        z_valued = name == "median" or (name == "depth" and not inverse_depth)
+        if not err <= (1e-4 if z_valued else 1e-5):
+            failures.append(f"seed {seed} {name}: max error {err:.3g}")
+    if ((r1 != r0) & ~gaussians).any():
+        failures.append(f"seed {seed}: radii differ")
+    return failures + compare_gradients(g1, [g0], torch.float32, f"seed {seed}")
+
+
+def features_scene(C, seed):
+    return scenes.make_scene(14000 + 10 * C + seed, P=120, height=40 + seed, width=64 - seed,
+                             sh_degree=seed, antialiasing=seed == 2)
+
+
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("C", CHANNELS)
 def test_features_and_median_match_cpu(C, target):
     failures = []
     for seed in range(3):
-        scene = scenes.make_scene(14000 + 10 * C + seed, P=120, height=40 + seed, width=64 - seed,
-                                  sh_degree=seed, antialiasing=seed == 2)
-        internals = scenes.reference_internals(scene)
-        pixels, gaussians = scenes.ambiguous(scene, internals=internals)
-        pixels = pixels | median_ambiguous(scene, internals)
-        H, W = pixels.shape
-        gen = torch.Generator().manual_seed(seed)
-        keep = (~pixels).float()
-        F = 2 * torch.rand(scene.P, C, generator=gen) - 1
-        up = {"color": torch.randn(3, H, W, generator=gen) * keep,
-              "depth": torch.randn(H, W, generator=gen) * keep,
-              "weight": torch.randn(H, W, generator=gen) * keep,
-              "feature_map": torch.randn(C, H, W, generator=gen) * keep,
-              "median": torch.randn(H, W, generator=gen) * keep}
-        out0, r0, g0 = run(scene, F, "cpu", up)
-        out1, r1, g1 = run(scene, F, target, up)
-        for name in ("color", "weight", "feature_map", "median"):
-            a, b = out1[name][..., ~pixels], out0[name][..., ~pixels]
-            err = (a - b).abs().max().item() if a.numel() else 0.0
-            if not err <= 1e-5 * (1 if name != "median" else 10):
-                failures.append(f"seed {seed} {name}: max error {err:.3g}")
-        if ((r1 != r0) & ~gaussians).any():
-            failures.append(f"seed {seed}: radii differ")
-        for mode, grads in g0.items():
-            for n, ref in grads.items():
-                scale = ref.abs().max().item() if ref.numel() else 0.0
-                try:
-                    torch.testing.assert_close(g1[mode][n], ref, rtol=1e-4, atol=1e-4 * scale)
-                except AssertionError as e:
-                    failures.append(f"seed {seed} {mode} {n}: {str(e).splitlines()[1]}")
+        failures += mismatches_with_cpu(features_scene(C, seed), C, seed, target)
     assert not failures, "\n".join(failures)
 
 

@@ -46,13 +46,13 @@ def median_ambiguous(scene, internals=None):
     return near.any(dim=0)
 
 
-def render(run, inputs, settings, features, median_depth):
+def render(run, inputs, settings, features, median_depth, inverse_depth=False):
     """{output name: tensor} of one call of the backend or the reference."""
+    flags = dict(features=features, median_depth=median_depth, inverse_depth=inverse_depth)
     if run == "backend":
-        out = GaussianRasterizer(settings)(**inputs, features=features, median_depth=median_depth)
+        out = GaussianRasterizer(settings)(**inputs, **flags)
     else:
-        out = rasterize_reference(**inputs, raster_settings=settings, features=features,
-                                  median_depth=median_depth)
+        out = rasterize_reference(**inputs, raster_settings=settings, **flags)
     names = ["color", "radii", "depth", "weight"]
     names += ["feature_map"] if features is not None else []
     names += ["median"] if median_depth else []
@@ -60,12 +60,12 @@ def render(run, inputs, settings, features, median_depth):
     return dict(zip(names, out))
 
 
-def gradients(run, scene, features, median_depth, upstream, modes):
+def gradients(run, scene, features, median_depth, upstream, modes, inverse_depth=False):
     """{mode: {input: gradient}}: mode names the outputs whose loss is differentiated ("all" is
     every output in upstream)."""
     leaves = scene.with_grad()
     F = features.detach().clone().requires_grad_()
-    out = render(run, leaves, scene.settings, F, median_depth)
+    out = render(run, leaves, scene.settings, F, median_depth, inverse_depth)
     names = [n for n, v in leaves.items() if v is not None]
     result = {}
     for mode in modes:
@@ -79,16 +79,16 @@ def gradients(run, scene, features, median_depth, upstream, modes):
     return result
 
 
-def reference_gradients(scene, features, median_depth, upstream, modes):
+def reference_gradients(scene, features, median_depth, upstream, modes, inverse_depth=False):
     """As test_cpu_backend.reference_gradients: float32 scenes may match the float32 or the
     float64 reference."""
-    same = gradients("reference", scene, features, median_depth, upstream, modes)
+    same = gradients("reference", scene, features, median_depth, upstream, modes, inverse_depth)
     if scene.inputs["means3D"].dtype == F64:
         return [same]
     wide = scenes.Scene({k: (None if v is None else v.to(F64)) for k, v in scene.inputs.items()},
                         scene.settings)
     exact = gradients("reference", wide, features.to(F64), median_depth,
-                      {k: v.to(F64) for k, v in upstream.items()}, modes)
+                      {k: v.to(F64) for k, v in upstream.items()}, modes, inverse_depth)
     return [same, {m: {n: g.to(F32) for n, g in gs.items()} for m, gs in exact.items()}]
 
 
@@ -360,7 +360,8 @@ def test_output_order_and_empty_scenes():
 
 
 def test_debug_snapshot_replays_features_and_median(tmp_path, monkeypatch):
-    """A failing backward with features and the median writes a snapshot that replays them."""
+    """A failing backward with features, the median and inverse depth writes a snapshot that
+    replays them."""
     from diff_gaussian_rasterization_depth import replay_snapshot
     monkeypatch.chdir(tmp_path)
     scene = scenes.make_scene(13400, P=30, sh_degree=1)
@@ -370,8 +371,9 @@ def test_debug_snapshot_replays_features_and_median(tmp_path, monkeypatch):
     def loss_and_grads(rasterize_settings):
         leaves = scene.with_grad(("means3D",))
         Fg = F.clone().requires_grad_()
-        out = GaussianRasterizer(rasterize_settings)(**leaves, features=Fg, median_depth=True)
-        (out[0].sum() + out[4].square().sum() + out[5].sum()).backward()
+        out = GaussianRasterizer(rasterize_settings)(**leaves, features=Fg, median_depth=True,
+                                                      inverse_depth=True)
+        (out[0].sum() + out[2].sum() + out[4].square().sum() + out[5].sum()).backward()
         return out, leaves["means3D"].grad, Fg.grad
 
     real = _backend.backward
