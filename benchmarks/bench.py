@@ -22,7 +22,8 @@ stage: preprocess, binning and sort, render; render backward, preprocess backwar
 Ratios are "time of the implementation / time of ours" from the same run (> 1: ours is faster).
 `--impls ablation` times ours against itself with the CUDA techniques switched off
 (gpu::CudaTuning: warp skipping, the scatter sum of gradients, the depth-first sort), one at a
-time and all together: a ratio above 1 is what the technique gains.
+time and all together: a ratio above 1 is what the technique gains; it also times the 2024
+API's call (`ours-2024`: colour, radii, invdepth), whose ratio should be about 1.
 The original `diff_gaussian_rasterization` has no weight map (and, depending on its version, no
 depth): it is timed with a loss on what it returns, which the JSON notes.
 """
@@ -234,9 +235,35 @@ ABLATED = tuple(_ablated(name, what, tuning) for name, what, tuning in (
     ("ours-no-split-forward", "the forward walks each tile's list whole", (1, 1, 1, 1, 0)),
     ("ours-no-split", "one block per tile, however long its list", (1, 1, 1, 0, 0)),
     ("ours-none", "none of the switchable techniques", (0, 0, 0, 0, 0))))
-IMPLS = {"ours": Ours, "gsplat": Gsplat, "original": Original,
+
+
+class Ours2024(Ours):
+    """The 2024 upstream's API of this package (`upstream.GaussianRasterizer`: colour, radii,
+    invdepth through the depth channel of 1/z): its ratio to ours should be about 1."""
+    name = "ours-2024"
+    note = "the 2024 API (colour, radii, invdepth); loss on colour + invdepth"
+
+    def prepare(self, scene, upstream):
+        from diff_gaussian_rasterization_depth import _backend
+        from diff_gaussian_rasterization_depth import upstream as api2024
+        if scene.device.type == "cuda":
+            _backend.set_cuda_tuning(*self.cuda_tuning)
+        rasterizer = api2024.GaussianRasterizer(scene.raster_settings())
+        gc, gd = upstream["color"], upstream["depth"][None]
+
+        def forward():
+            return rasterizer(**scene.rasterizer_inputs())
+
+        def loss(out):
+            color, _, invdepth = out
+            return (color * gc).sum() + (invdepth * gd).sum()
+
+        return _Prepared(forward, loss, visible=lambda out: int((out[1] > 0).sum()))
+
+
+IMPLS = {"ours": Ours, "gsplat": Gsplat, "original": Original, "ours-2024": Ours2024,
          **{impl.name: impl for impl in ABLATED}}
-ABLATION = "ours," + ",".join(impl.name for impl in ABLATED)
+ABLATION = "ours," + ",".join(impl.name for impl in ABLATED) + ",ours-2024"
 
 
 # ----------------------------------------------------------------------------------------------

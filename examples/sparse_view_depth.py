@@ -11,10 +11,13 @@ initialization and are fitted twice, with the same seed, views and iteration cou
                 pixels whose rendered weight exceeds 0.5
 
 and both are scored on the held-out views: PSNR of the colour and AbsRel of the rendered depth
-against the true view-space z (where weight > 0.5). Run:
+against the true view-space z (where weight > 0.5). With --inverse-depth a third fit correlates
+the prior with the mean inverse depth sum(w / z) / weight instead (`inverse_depth=True`, the
+2024 upstream's quantity) and is scored the same way. Run:
 
     python examples/sparse_view_depth.py                       # one seed, a minute or two on a CPU
     python examples/sparse_view_depth.py --seeds 0 1 2         # the table of doc/sparse_view.md
+    python examples/sparse_view_depth.py --seeds 0 1 2 --inverse-depth
 
 Writes OUT/comparison_seed{S}.png, OUT/results.md and OUT/results.json (default OUT:
 out/sparse_view). Needs the package's [demo] extra (matplotlib, tqdm).
@@ -300,12 +303,13 @@ def pearson_loss(x: torch.Tensor, y: torch.Tensor, mask: Optional[torch.Tensor] 
 
 
 def depth_prior_loss(depth: torch.Tensor, weight: torch.Tensor, prior: torch.Tensor,
-                     min_weight: float = 0.5) -> torch.Tensor:
+                     min_weight: float = 0.5, inverse: bool = False) -> torch.Tensor:
     """Pearson loss between the rendered inverse depth and the (inverse-depth-like) prior over
     pixels with rendered weight > min_weight. The prior is affine in inverse depth, so at the
-    true geometry the correlation is 1 whatever the prior's unknown scale and shift."""
+    true geometry the correlation is 1 whatever the prior's unknown scale and shift. `inverse`:
+    `depth` is already an inverse depth (a render with inverse_depth=True), used as it is."""
     mask = weight.detach() > min_weight
-    inv = 1.0 / torch.where(mask, depth, torch.ones_like(depth))
+    inv = depth if inverse else 1.0 / torch.where(mask, depth, torch.ones_like(depth))
     return pearson_loss(inv, prior, mask)
 
 
@@ -400,6 +404,7 @@ class FitConfig:
     lambda_ssim: float = 0.2
     depth_weight: float = 0.0    # 0: photometric only
     min_weight: float = 0.5
+    inverse_depth: bool = False  # the depth loss on the mean inverse depth (inverse_depth=True)
 
 
 def make_views(scene: AnalyticScene, cameras: Sequence[Camera], ids: Sequence[int],
@@ -439,10 +444,11 @@ def fit(model: GaussianModel, train: Sequence[View], cfg: FitConfig, seed: int,
         frac = it / max(cfg.iterations - 1, 1)
         opt.param_groups[0]["lr"] = cfg.lr_means * cfg.lr_means_final_ratio ** frac
         view = train[order[it]]
-        r = scenes.render(model.activated(), view.camera)
+        r = scenes.render(model.activated(), view.camera, inverse_depth=cfg.inverse_depth)
         loss = photometric_loss(r.color, view.color, cfg.lambda_ssim)
         if cfg.depth_weight > 0:
-            depth_term = depth_prior_loss(r.depth, r.weight, view.prior, cfg.min_weight)
+            depth_term = depth_prior_loss(r.depth, r.weight, view.prior, cfg.min_weight,
+                                          cfg.inverse_depth)
             loss = loss + cfg.depth_weight * depth_term
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -481,11 +487,12 @@ class ExperimentConfig:
     n_cameras: int = 24
     n_train: int = 3
     test_every: int = 8
+    inverse_depth_variant: bool = False  # also fit "+ inverse depth"
 
 
 def run_seed(seed: int, cfg: ExperimentConfig, device, out_dir: Optional[str] = None,
              progress: bool = True):
-    """Both fits for one seed; returns {variant: metrics} (and writes a figure to out_dir)."""
+    """The fits for one seed; returns {variant: metrics} (and writes a figure to out_dir)."""
     scene = default_scene()
     cams = make_cameras(cfg.width, cfg.height, cfg.n_cameras)
     train_ids, test_ids = split_views(cfg.n_cameras, cfg.n_train, cfg.test_every)
@@ -495,8 +502,11 @@ def run_seed(seed: int, cfg: ExperimentConfig, device, out_dir: Optional[str] = 
     test = make_views(scene, cams, test_ids, device)
     init = random_init([v.camera for v in train], cfg.gaussians, gen).to(device)
     results, models = {}, {}
-    for name, weight in (("photometric", 0.0), ("+ depth", cfg.depth_weight)):
-        fc = FitConfig(iterations=cfg.iterations, depth_weight=weight)
+    variants = [("photometric", 0.0, False), ("+ depth", cfg.depth_weight, False)]
+    if cfg.inverse_depth_variant:
+        variants.append(("+ inverse depth", cfg.depth_weight, True))
+    for name, weight, inverse in variants:
+        fc = FitConfig(iterations=cfg.iterations, depth_weight=weight, inverse_depth=inverse)
         t0 = time.perf_counter()
         model = fit(init, train, fc, seed, progress=f"seed {seed} {name}" if progress else None)
         seconds = time.perf_counter() - t0
@@ -567,11 +577,14 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", default=os.path.join("out", "sparse_view"))
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--inverse-depth", action="store_true",
+                   help="also fit with the loss on the mean inverse depth (inverse_depth=True)")
     args = p.parse_args(argv)
     device = choose_device(args.device)
     cfg = ExperimentConfig(width=args.width, height=args.height, gaussians=args.gaussians,
                            iterations=args.iterations, depth_weight=args.depth_weight,
-                           prior_noise=args.prior_noise)
+                           prior_noise=args.prior_noise,
+                           inverse_depth_variant=args.inverse_depth)
     os.makedirs(args.out, exist_ok=True)
     train_ids, test_ids = split_views(cfg.n_cameras, cfg.n_train, cfg.test_every)
     print(f"{cfg.n_cameras} cameras; training views {train_ids}, held-out views {test_ids}; "
@@ -582,7 +595,7 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         per_seed[seed] = run_seed(seed, cfg, device, args.out, progress=not args.no_progress)
         for name, m in per_seed[seed].items():
-            print(f"seed {seed} {name:12s} PSNR {m['psnr']:6.2f} dB  AbsRel {m['abs_rel']:.4f}  "
+            print(f"seed {seed} {name:15s} PSNR {m['psnr']:6.2f} dB  AbsRel {m['abs_rel']:.4f}  "
                   f"coverage {100 * m['coverage']:5.1f}%  ({m['seconds']:.1f} s)")
     table = format_table(per_seed)
     print()

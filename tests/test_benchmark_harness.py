@@ -157,21 +157,23 @@ def test_results_are_written_after_each_configuration(tmp_path):
 
 
 def test_cuda_ablation_expands_and_is_left_out_on_the_cpu():
-    """`--impls ablation`: ours and the CUDA kernels with each technique off, named so; on the
-    CPU only ours runs and the JSON says why the others did not."""
+    """`--impls ablation`: ours, the CUDA kernels with each technique off, named so, and the 2024
+    API's call; on the CPU only ours and the 2024 call run, and the JSON says why the others
+    did not."""
     bench = _load("bench")
     args = bench.parse_args(["--device", "cpu", "--impls", "ablation", "--scenes", "300",
                              "--scales", "0.1", "--reps", "1", "--warmup", "0", "--sets", "1"])
     assert args.impl_list == ["ours", "ours-no-warp-skip", "ours-no-scatter",
                               "ours-no-depth-sort", "ours-no-split-forward", "ours-no-split",
-                              "ours-none"]
-    tunings = [bench.IMPLS[n].cuda_tuning for n in args.impl_list]
+                              "ours-none", "ours-2024"]
+    tunings = [bench.IMPLS[n].cuda_tuning for n in args.impl_list[:-1]]
     on = (True,) * 5
     assert tunings == [on, (False, *on[1:]), (True, False, *on[2:]), (True, True, False, *on[3:]),
                        (*on[:4], False), (*on[:3], False, False), (False,) * 5]
     result = bench.run(args)
-    assert [r["impl"] for r in result["results"]] == ["ours"]
-    for name in args.impl_list[1:]:
+    assert [r["impl"] for r in result["results"]] == ["ours", "ours-2024"]
+    assert all(r["fwd_bwd_ms"]["median"] > 0 for r in result["results"])
+    for name in args.impl_list[1:-1]:
         assert "CUDA" in result["environment"][f"{name}_unavailable_because"]
 
 

@@ -236,6 +236,10 @@ def test_depth_prior_loss_vanishes_at_the_true_geometry():
     weight[:, :10] = 0.3
     sv.depth_prior_loss(d, weight, prior).backward()
     assert (d.grad[:, :10] == 0).all() and (d.grad[:, 10:] != 0).any()
+    # An inverse-depth map (inverse=True) is correlated as it is: 1 / depth gives the same loss.
+    inv = 1 / (depth * tilt)
+    assert sv.depth_prior_loss(inv, weight, prior, inverse=True).item() == pytest.approx(
+        sv.depth_prior_loss(depth * tilt, weight, prior).item(), rel=1e-12)
 
 
 def test_ssim_of_identical_images_is_one_and_matches_a_direct_sum():
@@ -354,9 +358,13 @@ def test_short_fit_runs_and_the_depth_loss_reaches_the_gaussians():
     photo = sv.fit(init, train, sv.FitConfig(iterations=cfg.iterations), seed=0)
     depth = sv.fit(init, train, sv.FitConfig(iterations=cfg.iterations, depth_weight=0.5),
                    seed=0)
+    inverse = sv.fit(init, train, sv.FitConfig(iterations=cfg.iterations, depth_weight=0.5,
+                                               inverse_depth=True), seed=0)
     assert not torch.equal(photo.means, init.means)          # fit works on a copy
     assert not torch.equal(photo.means, depth.means)
-    for model in (photo, depth):
+    assert not torch.equal(inverse.means, depth.means) and not torch.equal(inverse.means,
+                                                                            photo.means)
+    for model in (photo, depth, inverse):
         metrics, renders = sv.evaluate(model, test)
         assert math.isfinite(metrics["psnr"]) and 0 <= metrics["coverage"] <= 1
         assert renders[0].color.shape == (3, 24, 32)
