@@ -199,7 +199,7 @@ TileSplits plan_splits(int64_t pairs, const RasterConfig& c, ForwardState& s,
   s.tile_splits = device_empty({1 + 2 * capacity}, opts.dtype(torch::kInt32));
   s.split_state = device_empty({capacity, TileSplits::kSplitValues, kTilePixels}, opts);
   TileSplits splits = splits_of(s, length);
-  if (gpu::split_forward(c.median_depth)) {
+  if (gpu::split_forward()) {
     composites = device_empty({capacity, TileSplits::kCompositeValues, kTilePixels}, opts);
     splits.composite = composites.data_ptr<float>();
   }

@@ -241,6 +241,11 @@ struct PixelWalk {
       if (kMedian) median.update(before, acc.transmittance, batch.feature[j].w, n_contrib);
     }
   }
+
+  __device__ void store_median(const OptionalOutputs<float>& extra, int p) const {
+    extra.median[p] = median.depth;
+    extra.median_contrib[p] = median.position;
+  }
 };
 
 // The split forward (CudaTuning::split_forward), first kernel, the blocks past the tiles': the
@@ -277,15 +282,15 @@ __device__ void composite_part(const Camera<float>& cam, const GaussianState<flo
 
 // kMedian: also the median depth (issue 12); the plain instantiation is the plain render.
 // kWarpSkip: warps pass the splats that cannot reach their pixels (CudaTuning). A list longer
-// than splits.length saves each pixel's state at its splits for the backward. kSplitForward
-// (never with the median): the blocks of a split list's tile walk its first part only, leaving
-// it as the part's composite where a pixel goes on past it (render_resolve_kernel finishes
-// those pixels), and the blocks past the tiles' composite the other parts (composite_part).
+// than splits.length saves each pixel's state at its splits for the backward. kSplitForward:
+// the blocks of a split list's tile walk its first part only, leaving it as the part's
+// composite where a pixel goes on past it (render_resolve_kernel finishes those pixels, and
+// finds the medians not found here), and the blocks past the tiles' composite the other parts
+// (composite_part).
 template <bool kMedian, bool kWarpSkip, bool kSplitForward>
 __global__ void __launch_bounds__(kTilePixels, kRenderBlocks)
     render_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
                   PixelBuffers<float> px, OptionalOutputs<float> extra, TileSplits splits) {
-  static_assert(!(kMedian && kSplitForward), "the median needs every splat of its pixel");
   DGRD_SHARED(SplatBatch, batch);
   DGRD_SHARED(SplitCursor, split);
   if (kSplitForward && int(blockIdx.x) >= cam.tiles_x * cam.tiles_y) {
@@ -316,18 +321,20 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBlocks)
   __syncthreads();  // after the cursor's last advance
   for (int at = split.first; at < split.next; at += splits.length)
     walk.acc.finish_split(splits, splits.slot_of(at), threadIdx.x);
+  const int p = me.y * cam.width + me.x;
   if (first_part_only) {
     PartComposite<float>::store(splits, splits.slot_of(end), threadIdx.x, walk.acc,
                                 walk.n_contrib - 1, walk.done);
-    if (!walk.done) return;  // the pixel goes on: render_resolve_kernel finishes it
+    if (!walk.done) {
+      // The pixel goes on: render_resolve_kernel finishes it. A median found here is final (T
+      // only decreases); one still to come is the resolve's to find.
+      if (kMedian && me.inside && walk.median.position > 0) walk.store_median(extra, p);
+      return;
+    }
   }
   if (me.inside) {
-    const int p = me.y * cam.width + me.x;
     walk.acc.store(px, p, cam.width * cam.height, cam.background, walk.n_contrib);
-    if (kMedian) {
-      extra.median[p] = walk.median.depth;
-      extra.median_contrib[p] = walk.median.position;
-    }
+    if (kMedian) walk.store_median(extra, p);
   }
 }
 
@@ -337,11 +344,16 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBlocks)
 // until one may stop it. The block whose part that is walks the part for the pixel, splat by
 // splat from its true state there, as the render does, and writes its outputs and, for the
 // backward, its state at every split in front (save_split, finish_split); the last part's
-// block does so for the pixels that no part stops.
-template <bool kWarpSkip>
+// block does so for the pixels that no part stops. kMedian: likewise the block of the part
+// where the chain takes T from above 0.5 to 0.5 or below (or that stops the pixel, or the
+// last) walks it for the median, on past its end in the rare pixel where rounding puts the
+// crossing later, and writes the median (0 where there is none); every block decides by the
+// same chain, so exactly one writes it (the first kernel, where the first part crosses).
+template <bool kMedian, bool kWarpSkip>
 __global__ void __launch_bounds__(kTilePixels, kResolveBlocks)
     render_resolve_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
-                         PixelBuffers<float> px, TileSplits splits) {
+                         PixelBuffers<float> px, OptionalOutputs<float> extra,
+                         TileSplits splits) {
   DGRD_SHARED(SplatBatch, batch);
   const int tiles = cam.tiles_x * cam.tiles_y;
   const int b = int(blockIdx.x);
@@ -360,32 +372,43 @@ __global__ void __launch_bounds__(kTilePixels, kResolveBlocks)
   // onto T = 1, it is that state exactly).
   PartComposite<float> composite;
   composite.load(splits, slot_after(0), threadIdx.x);
-  bool mine = me.inside && !composite.stopped();
-  PixelWalk<false> walk;
-  walk.start(mine, part * L);
-  for (int q = 0; mine && q < part; ++q) {
+  bool reached = me.inside && !composite.stopped();
+  PixelWalk<kMedian> walk;
+  walk.start(reached, part * L);
+  for (int q = 0; reached && q < part; ++q) {
     if (q > 0) composite.load(splits, slot_after(q), threadIdx.x);
-    mine = walk.acc.append(composite);
-    if (mine && composite.last >= 0) walk.n_contrib = q * L + composite.last + 1;
+    reached = walk.acc.append(composite);
+    if (reached && composite.last >= 0) walk.n_contrib = q * L + composite.last + 1;
   }
-  if (mine && part < parts - 1) {
+  // By the chain, whether the part may stop the pixel (`mine`: the block finishes it) and
+  // whether T may reach 0.5 in it; the last part takes every pixel that reaches it.
+  bool mine = reached, crosses = reached;
+  if (reached && part < parts - 1) {
     composite.load(splits, slot_after(part), threadIdx.x);
-    mine = walk.acc.transmittance * composite.transmittance < float(kTransmittanceMin);
+    const float after = walk.acc.transmittance * composite.transmittance;
+    mine = after < float(kTransmittanceMin);
+    crosses = after <= 0.5f;
   }
+  const bool seeks_median = kMedian && crosses && walk.acc.transmittance > 0.5f;
+  const bool seeks_only = seeks_median && !mine;  // walks on until it finds the median
 
-  // The part, walked for the pixels it is to finish.
+  // The part, walked for the pixels it is to finish or find the median of.
   const int lo = begin + part * L, hi = min(end, lo + L);
-  walk.done = !mine;
-  for (int start = lo; start < hi; start += kTilePixels) {
+  walk.done = !(mine || seeks_median);
+  for (int start = lo; start < (kMedian ? end : hi); start += kTilePixels) {
     if (__syncthreads_count(walk.done) == kTilePixels) break;
     const int k = start + int(threadIdx.x);
-    if (k < hi) batch.load<kWarpSkip>(threadIdx.x, lists.point_list[k], state, me);
+    if (k < end) batch.load<kWarpSkip>(threadIdx.x, lists.point_list[k], state, me);
     __syncthreads();
-    walk.template blend<kWarpSkip>(batch, min(kTilePixels, hi - start), me);
+    const int stop = seeks_only ? end : hi;
+    if (start < stop) walk.template blend<kWarpSkip>(batch, min(kTilePixels, stop - start), me);
+    if (start + kTilePixels >= stop || (seeks_only && walk.median.position > 0))
+      walk.done = true;
   }
+  const int p = me.y * cam.width + me.x;
+  if (seeks_median) walk.store_median(extra, p);
   if (!mine) return;
   PixelAccum<float>& acc = walk.acc;
-  const int p = me.y * cam.width + me.x;
   acc.store(px, p, cam.width * cam.height, cam.background, walk.n_contrib);
   // The state at each split in front of the part, by the same chain.
   PixelAccum<float> front;
@@ -871,7 +894,7 @@ CudaTuning& cuda_tuning() {
   return tuning;
 }
 
-bool split_forward(bool median) { return cuda_tuning().split_forward && !median; }
+bool split_forward() { return cuda_tuning().split_forward; }
 
 void plan_splits(const TileSplits& splits, int tiles, const int* tile_ranges,
                  cudaStream_t stream) {
@@ -936,24 +959,26 @@ void render(const Camera<float>& cam, const GaussianState<float>& state, TileLis
             const TileSplits& splits, cudaStream_t stream) {
   const int tiles = cam.tiles_x * cam.tiles_y;
   const CudaTuning tuning = cuda_tuning();
-  const bool in_parts = split_forward(extra.has_median()) && splits.composite;
+  const bool in_parts = split_forward() && splits.composite;
   const int blocks = tiles + (in_parts ? splits.capacity : 0);
   dispatch_flags(
       [&](auto median, auto warp_skip, auto split_parts) {
-        if constexpr (!(decltype(median)::value && decltype(split_parts)::value)) {
-          const auto render_variant =
-              render_kernel<decltype(median)::value, decltype(warp_skip)::value,
-                            decltype(split_parts)::value>;
-          DGRD_LAUNCH(render_variant, blocks, kTilePixels, stream)(cam, state, lists, px, extra,
-                                                                   splits);
-        }
+        const auto render_variant =
+            render_kernel<decltype(median)::value, decltype(warp_skip)::value,
+                          decltype(split_parts)::value>;
+        DGRD_LAUNCH(render_variant, blocks, kTilePixels, stream)(cam, state, lists, px, extra,
+                                                                 splits);
       },
       extra.has_median(), tuning.warp_skip, in_parts);
   if (in_parts) {
-    const auto resolve_variant =
-        tuning.warp_skip ? render_resolve_kernel<true> : render_resolve_kernel<false>;
-    DGRD_LAUNCH(resolve_variant, tiles + splits.capacity, kTilePixels, stream)(cam, state, lists,
-                                                                              px, splits);
+    dispatch_flags(
+        [&](auto median, auto warp_skip) {
+          const auto resolve_variant =
+              render_resolve_kernel<decltype(median)::value, decltype(warp_skip)::value>;
+          DGRD_LAUNCH(resolve_variant, tiles + splits.capacity, kTilePixels, stream)(
+              cam, state, lists, px, extra, splits);
+        },
+        extra.has_median(), tuning.warp_skip);
   }
   if (!extra.has_features()) return;
   switch (feature_chunk(extra.channels)) {

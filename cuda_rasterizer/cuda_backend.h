@@ -75,7 +75,7 @@ struct CudaTuning {
   bool scatter_reduce = true;    // warp sums of gradients by warp_scatter_add, not one tree each
   bool depth_first_sort = true;  // the binning sorts by depth once, then pairs by tile alone
   bool split_tiles = true;       // long tile lists walked in parts by the backward (TileSplits)
-  bool split_forward = true;     // ... and by the forward (with split_tiles; not with the median)
+  bool split_forward = true;     // ... and by the forward (with split_tiles)
   int split_length = 0;          // tests: positions per part (a multiple of 256); 0: chosen
 };
 CudaTuning& cuda_tuning();
@@ -83,9 +83,9 @@ CudaTuning& cuda_tuning();
 // TileSplits::length for a forward of `pairs` tile pairs on a GPU of `multiprocessors` SMs (0:
 // no split): the splits' state costs 24 bytes a pixel of a split, (pairs - 1) / length at most.
 int split_length(int64_t pairs, int multiprocessors);
-// Whether the forward walks split lists in parts (CudaTuning::split_forward; never with the
-// median, which needs every splat of its pixel): then the caller gives splits.composite.
-bool split_forward(bool median);
+// Whether the forward walks split lists in parts (CudaTuning::split_forward): then the caller
+// gives splits.composite.
+bool split_forward();
 
 // Fills splits.parts from the tile ranges, and stores the length on the device, where the
 // backward reads it (nothing without capacity).

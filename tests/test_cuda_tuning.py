@@ -21,6 +21,7 @@ import scenes
 from cuda_target import EMULATED_CUDA, REAL_CUDA, active, cuda_targets, is_emulated
 from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend
 from test_cuda import settings_on
+from test_cuda_features import median_ambiguous
 
 pytestmark = pytest.mark.cuda
 
@@ -307,11 +308,14 @@ def expected_splits(state, length):
 
 SPLIT_SCENES = {
     # (height, width, P, opacity factor): a faint scene whose pixels blend past 1000 splats (up
-    # to five parts of 256, none of which stops a pixel), and an opaque one where pixels stop
+    # to five parts of 256, none of which stops a pixel), an opaque one where pixels stop
     # early, in several parts, so that some parts lie behind every pixel's last splat (their
-    # state never written: poison under emulation, never read).
+    # state never written: poison under emulation, never read), and a dim one whose medians
+    # fall in the first, second and third parts of 256 of pixels that go on past them, and
+    # some pixels whose T never reaches 0.5 (median 0).
     "16x16-faint": (16, 16, 1200, 0.05),
     "40x50-opaque": (40, 50, 1500, 1.0),
+    "32x32-dim": (32, 32, 1600, 0.02),
 }
 # name: (split_tiles, split_forward, split_length)
 SPLITS = {"none": (False, False, 0), "256": (True, False, 256), "512": (True, False, 512),
@@ -326,16 +330,20 @@ def test_split_tile_lists(scene_name, optional, target, tuning):
     """Long tile lists in parts (TileSplits). The backward walks each part with a block of its
     own, resuming from the state saved at the part's end: alone, it changes no output, bit for
     bit. The split forward walks the parts at once and finishes each pixel in the part where it
-    stops: its outputs differ by roundings only (pixels within rounding of a threshold set apart,
-    as against the CPU); with the median it does not split. The gradients agree with those
-    without splitting, and every slot names the part the length gives it, or none."""
+    stops, and finds the median in the part where T crosses 0.5: its outputs differ by roundings
+    only (pixels within rounding of a threshold set apart, as against the CPU, and for the
+    median those where T passes within rounding of 0.5). The gradients agree with those without
+    splitting, and every slot names the part the length gives it, or none."""
     H, W, P, factor = SPLIT_SCENES[scene_name]
     scene = scenes.make_scene(24000 + P, P=P, height=H, width=W, sh_degree=1, outliers=False)
     scene.inputs["opacities"] = scene.inputs["opacities"] * factor
     F = (torch.rand(P, 4, generator=torch.Generator().manual_seed(4))
          if optional != "plain" else None)
     median = optional == "features+median"
-    keep = ~scenes.ambiguous(scene)[0]
+    internals = scenes.reference_internals(scene)
+    keep = ~scenes.ambiguous(scene, internals=internals)[0]
+    if median:
+        keep &= ~median_ambiguous(scene, internals)
     results, states = {}, {}
     with active(target):
         for name, (split_tiles, split_forward, length) in SPLITS.items():
@@ -361,9 +369,22 @@ def test_split_tile_lists(scene_name, optional, target, tuning):
     chosen = states["chosen"][9][0].item()
     assert chosen % 256 == 0 and states["chosen"][10].shape[0] == (pairs - 1) // chosen
 
-    # The median needs every splat: with it the forward does not split.
-    rounded = () if median else [name for name, variant in SPLITS.items() if variant[1]]
+    rounded = [name for name, variant in SPLITS.items() if variant[1]]
     assert_same_results(results, "none", rounded, keep)
+    if median and scene_name == "32x32-dim":
+        # Medians in several parts, in parts after the first of pixels that go on, and none.
+        positions, n_contrib = median_positions(scene)
+        median_part, last_part = (positions - 1) // 256, (n_contrib - 1) // 256
+        assert ((median_part >= 1) & (last_part > median_part)).sum() >= 10
+        assert (median_part == 2).any() and ((positions == 0) & (n_contrib > 0)).any()
+
+
+def median_positions(scene):
+    """(median_contrib, n_contrib) of the CPU backend's forward with the median."""
+    config, gaussians = scenes.backend_call(scene)
+    config.median_depth = True
+    state = _backend.forward(config, gaussians)[-1]
+    return state[8], state[7]
 
 
 @pytest.mark.parametrize("target", cuda_targets(orders=("asc",)))
