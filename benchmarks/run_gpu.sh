@@ -13,7 +13,7 @@
 #   2. CUDA-vs-CPU tests (tests/test_cuda.py), then the garden 112k frame's largest CUDA-vs-CPU
 #      differences (benchmarks/compare_cuda_cpu.py -> compare_cuda_cpu.json)
 #   3. the other CUDA tests (robustness, debug, inputs)
-#   4. compute-sanitizer memcheck and racecheck on four tiny scenes (tools/sanitize_cuda.py),
+#   4. compute-sanitizer memcheck and racecheck on five small scenes (tools/sanitize_cuda.py),
 #      with PyTorch's caching allocator off
 #   5. this package's timings (bench_ours.json, rewritten after each configuration); skipped
 #      when gsplat is ready by then, since stage 6 times this package in the same run
@@ -22,8 +22,8 @@
 #      .whl/orig/ (built in the background after stage 1; bench_original.json)
 #   8. the ablation of this package's CUDA techniques (bench.py --impls ablation: warp skipping,
 #      the scatter sum of gradients, the depth-first sort, split tile lists, the split forward,
-#      each off and all; and the 2024 API's call, ours-2024; bench_ablation.json when the 8 files leave room for it, its table in
-#      run_gpu.log in any case)
+#      each off and all; and the 2024 API's call, ours-2024; bench_ablation.json when the 8
+#      files leave room for it, its table in run_gpu.log in any case)
 #   9. Nsight Compute's sections for the kernels of one training step per configuration
 #      (benchmarks/profile_step.py under ncu: ours, and gsplat when it is ready), in run_gpu.log
 # Every test has a per-test limit ($DGRD_TEST_TIMEOUT, tests/conftest.py).
@@ -304,10 +304,10 @@ sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanit
 for tool in memcheck racecheck; do
     if [ "$DRY" = 1 ]; then
         stage "$tool" 30 echo "dry run: PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer" \
-            "--tool $tool --error-exitcode 1 $PY tools/sanitize_cuda.py --cases 0,1,2,7"
+            "--tool $tool --error-exitcode 1 $PY tools/sanitize_cuda.py --cases 0,1,2,7,8"
     elif [ -n "$sanitizer" ]; then
         stage "$tool" 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool "$tool" \
-            --error-exitcode 1 "$PY" tools/sanitize_cuda.py --cases 0,1,2,7
+            --error-exitcode 1 "$PY" tools/sanitize_cuda.py --cases 0,1,2,7,8
     else
         record "$tool" skipped 0 "compute-sanitizer not found"
     fi

@@ -2,6 +2,7 @@
 orders, the results of warp collectives, poisoned shared memory, planted bugs refused with the
 kernel named, and an AddressSanitizer build that runs scenes and catches an out-of-bounds write.
 The CUDA backend's own tests run on it through tests/cuda_target.py."""
+import importlib.util
 import math
 import os
 import subprocess
@@ -107,6 +108,21 @@ def test_invalid_memory_access_is_an_error(emu):
     assert emu.checks.turns(32)[:32].tolist() == list(range(32))
 
 
+def test_sanitizer_cases_run_emulated():
+    """tools/sanitize_cuda.py --emulated: every case, forward and backward, finite."""
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "sanitize_cuda.py"),
+                          "--emulated"], capture_output=True, text=True, cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=ROOT))
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    spec = importlib.util.spec_from_file_location(
+        "sanitize_cuda", os.path.join(ROOT, "tools", "sanitize_cuda.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert len(tool.CASES) >= 9
+    missing = [i for i in range(len(tool.CASES)) if f"case {i} ok" not in run.stdout]
+    assert not missing, run.stdout
+
+
 ASAN_SCRIPT = textwrap.dedent("""
     import sys, torch
     from torch.utils import cpp_extension
@@ -136,6 +152,16 @@ ASAN_SCRIPT = textwrap.dedent("""
         assert (got[0] - expected[0]).abs().max() < 1e-5, seed
         torch.testing.assert_close(got[1], expected[1], rtol=1e-4, atol=1e-4)
     print("scenes ok", flush=True)
+    if sys.argv[3] == "none":
+        # compute-sanitizer's cases (tools/sanitize_cuda.py): split lists, the split forward's
+        # medians, feature channels, inverse depth, empty and culled scenes.
+        import sanitize_cuda
+        _backend._emulated = mod
+        for case in range(len(sanitize_cuda.CASES)):
+            sanitize_cuda.run_case(case, "cpu")
+        _backend.set_cuda_tuning()
+        _backend._emulated = None
+        print("sanitizer cases ok", flush=True)
     if sys.argv[3] == "plant":
         mod.checks.out_of_bounds(64)
         print("out of bounds write not caught", flush=True)
@@ -143,8 +169,8 @@ ASAN_SCRIPT = textwrap.dedent("""
 
 
 def test_address_sanitizer_build(tmp_path):
-    """The emulated backend built with -fsanitize=address renders scenes cleanly, and a kernel
-    writing one element past a buffer aborts with ASan's report."""
+    """The emulated backend built with -fsanitize=address renders scenes and compute-sanitizer's
+    cases cleanly, and a kernel writing one element past a buffer aborts with ASan's report."""
     libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True,
                              text=True).stdout.strip()
     if not os.path.isabs(libasan):
@@ -167,6 +193,7 @@ def test_address_sanitizer_build(tmp_path):
         assert "scenes ok" in run.stdout, run.stdout[-2000:] + run.stderr[-5000:]
         if mode == "none":
             assert run.returncode == 0, run.stderr[-5000:]
+            assert "sanitizer cases ok" in run.stdout, run.stdout[-2000:]
         else:
             assert run.returncode != 0 and "not caught" not in run.stdout
             assert "heap-buffer-overflow" in run.stderr and "WRITE of size 4" in run.stderr

@@ -7,12 +7,15 @@
 Image sizes that are not multiples of 16, an empty scene, a scene with Gaussians behind the
 camera and far outside, antialiasing, precomputed colours and covariances, and long tile lists
 walked by the backward in parts of 256 (split_length: TileSplits; faint, so that pixels blend
-past the parts' ends). Exits non-zero if an
+past the parts' ends), and a dim scene split likewise with the median, feature channels and
+inverse depth (the split forward's medians found in later parts). Exits non-zero if an
 output is not finite. Without PYTORCH_NO_CUDA_MEMORY_CACHING=1, PyTorch's caching allocator
 hands out pieces of larger cached blocks, and memcheck cannot see an access past the end of a
 piece. --cases picks some (run_gpu.sh: the first three, all sizes not multiples of 16, and the
-split lists).
+split lists). --emulated runs the cases on the emulated CUDA backend instead (no GPU; what
+tests/test_emulation.py does, so that this script cannot rot).
 """
+import contextlib
 import argparse
 import os
 import sys
@@ -32,6 +35,8 @@ CASES = [
     dict(P=30, height=16, width=48, sh_degree=1, all_culled=True),
     dict(P=16, height=1, width=1, sh_degree=0),
     dict(P=900, height=21, width=35, sh_degree=1, split_length=256, opacity_scale=0.05),
+    dict(P=1600, height=32, width=32, sh_degree=1, split_length=256, opacity_scale=0.02,
+         outliers=False, channels=3, median_depth=True, inverse_depth=True),
 ]
 
 
@@ -39,36 +44,58 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", default=None,
                     help=f"comma-separated indices into the {len(CASES)} cases (default: all)")
+    ap.add_argument("--emulated", action="store_true",
+                    help="run on the emulated CUDA backend (CPU tensors), not a GPU")
     args = ap.parse_args(argv)
     chosen = (range(len(CASES)) if args.cases is None
               else [int(t) for t in args.cases.split(",") if t.strip()])
     if any(not 0 <= i < len(CASES) for i in chosen):
         ap.error(f"--cases: expected indices in 0..{len(CASES) - 1}, got {args.cases}")
-    if not torch.cuda.is_available():
+    if args.emulated:
+        device, backend = "cpu", _backend.emulated_cuda()
+    elif not torch.cuda.is_available():
         sys.exit("sanitize_cuda: no CUDA device")
-    if os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") != "1":
+    else:
+        device, backend = "cuda", contextlib.nullcontext()
+    if not args.emulated and os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") != "1":
         print("sanitize_cuda: PYTORCH_NO_CUDA_MEMORY_CACHING is not 1: memcheck misses accesses "
               "inside the allocator's cached blocks", file=sys.stderr)
-    for i in chosen:
-        case = dict(CASES[i])
-        _backend.set_cuda_tuning(split_length=case.pop("split_length", 0))
-        opacity_scale = case.pop("opacity_scale", 1.0)
-        scene = scenes.make_scene(100 + i, **case)
-        scene.inputs["opacities"] = scene.inputs["opacities"] * opacity_scale
-        leaves = {k: (None if v is None else v.cuda().requires_grad_())
-                  for k, v in scene.inputs.items()}
-        s = scene.settings
-        settings = s._replace(bg=s.bg.cuda(), viewmatrix=s.viewmatrix.cuda(),
-                              projmatrix=s.projmatrix.cuda(), campos=s.campos.cuda())
-        color, radii, depth, weight = GaussianRasterizer(settings)(**leaves)
-        loss = color.square().sum() + depth.sum() + (weight * torch.rand_like(weight)).sum()
-        loss.backward()
+    with backend:
+        for i in chosen:
+            run_case(i, device)
+        _backend.set_cuda_tuning()
+
+
+def run_case(i, device):
+    """Forward and backward of case i on `device`, a loss on every output."""
+    case = dict(CASES[i])
+    _backend.set_cuda_tuning(split_length=case.pop("split_length", 0))
+    opacity_scale = case.pop("opacity_scale", 1.0)
+    channels = case.pop("channels", 0)
+    options = {k: case.pop(k) for k in ("median_depth", "inverse_depth") if k in case}
+    scene = scenes.make_scene(100 + i, **case)
+    scene.inputs["opacities"] = scene.inputs["opacities"] * opacity_scale
+    leaves = {k: (None if v is None else v.to(device).requires_grad_())
+              for k, v in scene.inputs.items()}
+    if channels:
+        options["features"] = torch.rand(scene.P, channels, device=device, requires_grad=True)
+    s = scene.settings
+    settings = s._replace(bg=s.bg.to(device), viewmatrix=s.viewmatrix.to(device),
+                          projmatrix=s.projmatrix.to(device), campos=s.campos.to(device))
+    color, radii, *maps = GaussianRasterizer(settings)(**leaves, **options)
+    loss = color.square().sum() + sum((m * torch.rand_like(m)).sum() for m in maps)
+    loss.backward()
+    if device == "cuda":
         torch.cuda.synchronize()
-        for name, t in (("color", color), ("depth", depth), ("weight", weight)):
-            if not torch.isfinite(t).all():
-                sys.exit(f"sanitize_cuda: case {i}: non-finite {name}")
-        print(f"case {i} ok: {CASES[i]}")
-    _backend.set_cuda_tuning()
+    names = ["depth", "weight"] + (["feature_map"] if channels else []) + (
+        ["median"] if options.get("median_depth") else [])
+    for name, t in [("color", color)] + list(zip(names, maps)):
+        if not torch.isfinite(t).all():
+            sys.exit(f"sanitize_cuda: case {i}: non-finite {name}")
+    for name, leaf in leaves.items():
+        if leaf is not None and not torch.isfinite(leaf.grad).all():
+            sys.exit(f"sanitize_cuda: case {i}: non-finite gradient of {name}")
+    print(f"case {i} ok: {CASES[i]}")
 
 
 if __name__ == "__main__":
