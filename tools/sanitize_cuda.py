@@ -35,7 +35,7 @@ CASES = [
     dict(P=30, height=16, width=48, sh_degree=1, all_culled=True),
     dict(P=16, height=1, width=1, sh_degree=0),
     dict(P=900, height=21, width=35, sh_degree=1, split_length=256, opacity_scale=0.05),
-    dict(P=1600, height=32, width=32, sh_degree=1, split_length=256, opacity_scale=0.02,
+    dict(P=1200, height=16, width=16, sh_degree=1, split_length=256, opacity_scale=0.03,
          outliers=False, channels=3, median_depth=True, inverse_depth=True),
 ]
 
