@@ -526,6 +526,9 @@ def parse_args(argv=None):
     ap.add_argument("--scales", default=None,
                     help=f"resolution factors of 648x420 (default {DEFAULT_SCALES}; --quick: "
                          f"{QUICK_SCALE})")
+    ap.add_argument("--configs", default=None,
+                    help="comma-separated scene:scale pairs, timed in this order (instead of "
+                         "every --scenes x --scales), e.g. 112k:1,1m:2,2.8m:3")
     ap.add_argument("--reps", type=int, default=None,
                     help="timed repetitions (default: 50 on CUDA, 3 on the CPU)")
     ap.add_argument("--warmup", type=int, default=None,
@@ -565,6 +568,16 @@ def parse_args(argv=None):
         ap.error("--sets: expected 1..3 (the data file has three cameras)")
     args.scene_list = _parse_list(args.scenes)
     args.scale_list = [float(s) for s in _parse_list(args.scales)]
+    if args.configs is None:
+        args.config_list = [(s, k) for s in args.scene_list for k in args.scale_list]
+    else:
+        try:
+            args.config_list = [(s, float(k)) for s, k in
+                                (pair.split(":") for pair in _parse_list(args.configs))]
+        except ValueError:
+            ap.error(f"--configs: expected scene:scale pairs, got {args.configs!r}")
+        args.scene_list = list(dict.fromkeys(s for s, _ in args.config_list))
+        args.scale_list = list(dict.fromkeys(k for _, k in args.config_list))
     args.impl_list = _parse_list(args.impls.replace("ablation", ABLATION))
     unknown = [i for i in args.impl_list if i not in IMPLS]
     if unknown:
@@ -610,7 +623,8 @@ def run(args, checkpoint: Optional[Callable[[dict], None]] = None) -> dict:
     usable = {n: i for n, i in impls.items() if i.available(device) is None}
     config = {k: getattr(args, k) for k in ("device", "reps", "warmup", "sets", "sh", "seed",
                                             "quick")}
-    config.update(scenes=args.scene_list, scales=args.scale_list, impls=list(impls),
+    config.update(scenes=args.scene_list, scales=args.scale_list,
+                  configs=[f"{s}:{k:g}" for s, k in args.config_list], impls=list(impls),
                   loss="sum(color*gc) + sum(depth*gd) + sum(weight*gw), gc, gd, gw ~ N(0,1)",
                   notes={n: i.note for n, i in impls.items()})
     rows = []
@@ -619,68 +633,67 @@ def run(args, checkpoint: Optional[Callable[[dict], None]] = None) -> dict:
           + "".join(f"; {n}: {env[f'{n}_unavailable_because']}" for n in impls
                     if n not in usable), flush=True)
 
-    for scene_name in args.scene_list:
-        for scale in args.scale_list:
-            t_build = time.perf_counter()
-            scenes = [garden_scene(scene_name, camera=i, scale=scale, seed=args.seed + i,
-                                   sh=args.sh, device=device, requires_grad=True,
-                                   data=args.data) for i in range(args.sets)]
-            upstream = [_upstream(s, args.seed + i) for i, s in enumerate(scenes)]
-            cam = scenes[0].camera
-            base = {"scene": scene_name, "n_gaussians": len(scenes[0].gaussians),
-                    "width": cam.width, "height": cam.height, "scale": scale,
-                    "resolution": f"{cam.width}x{cam.height}"}
-            print(f"\n{scene_name}: {base['n_gaussians']} Gaussians at {base['resolution']} "
-                  f"(built in {time.perf_counter() - t_build:.1f} s)", flush=True)
-            images = {}
-            group = []
-            for name, impl in usable.items():
-                row = dict(base, impl=name, note=impl.note)
-                try:
-                    prepared = [impl.prepare(s, u) for s, u in zip(scenes, upstream)]
-                    with torch.no_grad():
-                        out = prepared[0].forward()
-                    row["visible_gaussians"] = (prepared[0].visible(out)
-                                                if prepared[0].visible else None)
-                    images[name] = {k: v.detach().clone() for k, v in
-                                    (_images(name, out) or {}).items()}
-                    del out
-                    t0 = time.perf_counter()
-                    row.update(measure(prepared, scenes, args.reps, args.warmup, device))
-                    row.update(peak_memory(prepared[0], scenes[0], device))
-                    if device.type == "cuda" and isinstance(impl, Ours):
-                        row["stage_ms"] = stage_times(prepared[0], scenes[0])
-                    row["wall_s"] = time.perf_counter() - t0
-                    print(f"  {name:8s} fwd {row['fwd_ms']['median']:9.2f} ms   fwd+bwd "
-                          f"{row['fwd_bwd_ms']['median']:9.2f} ms   bwd "
-                          f"{row['bwd_ms']['median']:9.2f} ms", flush=True)
-                    if row.get("stage_ms"):
-                        print(f"           stages (ms) {format_stages(row['stage_ms'])}",
-                              flush=True)
-                except Exception as e:
-                    row["error"] = "".join(traceback.format_exception_only(type(e), e)).strip()
-                    row["traceback"] = traceback.format_exc()
-                    print(f"  {name:8s} failed: {row['error']}", flush=True)
-                    for s in scenes:
-                        _zero_grads(s)
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-                group.append(row)
-            ours = next((r for r in group if r["impl"] == "ours" and not r.get("error")), None)
-            for r in group:
-                if ours is not None and not r.get("error"):
-                    r["ratio_fwd"] = r["fwd_ms"]["median"] / ours["fwd_ms"]["median"]
-                    r["ratio_fwd_bwd"] = r["fwd_bwd_ms"]["median"] / ours["fwd_bwd_ms"]["median"]
-                    r["ratio_bwd"] = r["bwd_ms"]["median"] / ours["bwd_ms"]["median"]
-                if r["impl"] != "ours" and "ours" in images and r["impl"] in images:
-                    r["agreement_with_ours"] = agreement(images["ours"], images[r["impl"]])
-            rows.extend(group)
-            del scenes, upstream, images
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            if checkpoint is not None:
-                checkpoint({"environment": env, "config": config, "results": rows,
-                            "complete": False})
+    for scene_name, scale in args.config_list:
+        t_build = time.perf_counter()
+        scenes = [garden_scene(scene_name, camera=i, scale=scale, seed=args.seed + i,
+                               sh=args.sh, device=device, requires_grad=True,
+                               data=args.data) for i in range(args.sets)]
+        upstream = [_upstream(s, args.seed + i) for i, s in enumerate(scenes)]
+        cam = scenes[0].camera
+        base = {"scene": scene_name, "n_gaussians": len(scenes[0].gaussians),
+                "width": cam.width, "height": cam.height, "scale": scale,
+                "resolution": f"{cam.width}x{cam.height}"}
+        print(f"\n{scene_name}: {base['n_gaussians']} Gaussians at {base['resolution']} "
+              f"(built in {time.perf_counter() - t_build:.1f} s)", flush=True)
+        images = {}
+        group = []
+        for name, impl in usable.items():
+            row = dict(base, impl=name, note=impl.note)
+            try:
+                prepared = [impl.prepare(s, u) for s, u in zip(scenes, upstream)]
+                with torch.no_grad():
+                    out = prepared[0].forward()
+                row["visible_gaussians"] = (prepared[0].visible(out)
+                                            if prepared[0].visible else None)
+                images[name] = {k: v.detach().clone() for k, v in
+                                (_images(name, out) or {}).items()}
+                del out
+                t0 = time.perf_counter()
+                row.update(measure(prepared, scenes, args.reps, args.warmup, device))
+                row.update(peak_memory(prepared[0], scenes[0], device))
+                if device.type == "cuda" and isinstance(impl, Ours):
+                    row["stage_ms"] = stage_times(prepared[0], scenes[0])
+                row["wall_s"] = time.perf_counter() - t0
+                print(f"  {name:8s} fwd {row['fwd_ms']['median']:9.2f} ms   fwd+bwd "
+                      f"{row['fwd_bwd_ms']['median']:9.2f} ms   bwd "
+                      f"{row['bwd_ms']['median']:9.2f} ms", flush=True)
+                if row.get("stage_ms"):
+                    print(f"           stages (ms) {format_stages(row['stage_ms'])}",
+                          flush=True)
+            except Exception as e:
+                row["error"] = "".join(traceback.format_exception_only(type(e), e)).strip()
+                row["traceback"] = traceback.format_exc()
+                print(f"  {name:8s} failed: {row['error']}", flush=True)
+                for s in scenes:
+                    _zero_grads(s)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            group.append(row)
+        ours = next((r for r in group if r["impl"] == "ours" and not r.get("error")), None)
+        for r in group:
+            if ours is not None and not r.get("error"):
+                r["ratio_fwd"] = r["fwd_ms"]["median"] / ours["fwd_ms"]["median"]
+                r["ratio_fwd_bwd"] = r["fwd_bwd_ms"]["median"] / ours["fwd_bwd_ms"]["median"]
+                r["ratio_bwd"] = r["bwd_ms"]["median"] / ours["bwd_ms"]["median"]
+            if r["impl"] != "ours" and "ours" in images and r["impl"] in images:
+                r["agreement_with_ours"] = agreement(images["ours"], images[r["impl"]])
+        rows.extend(group)
+        del scenes, upstream, images
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if checkpoint is not None:
+            checkpoint({"environment": env, "config": config, "results": rows,
+                        "complete": False})
 
     print()
     print_table(rows)

@@ -156,6 +156,23 @@ def test_results_are_written_after_each_configuration(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]   # no temporary left
 
 
+def test_configs_are_timed_in_the_order_given(tmp_path):
+    """--configs scene:scale pairs replace the --scenes x --scales grid, in their order (the GPU
+    window times the issue's targets first); a malformed pair is an error."""
+    bench = _load("bench")
+    args = bench.parse_args(["--device", "cpu", "--configs", "300:0.15,200:0.1,300:0.1",
+                             "--reps", "1", "--warmup", "0", "--sets", "1", "--impls", "ours"])
+    assert args.config_list == [("300", 0.15), ("200", 0.1), ("300", 0.1)]
+    result = bench.run(args)
+    assert [(r["scene"], r["scale"]) for r in result["results"]] == args.config_list
+    assert [r["n_gaussians"] for r in result["results"]] == [300, 200, 300]
+    assert result["config"]["configs"] == ["300:0.15", "200:0.1", "300:0.1"]
+    grid = bench.parse_args(["--device", "cpu", "--scenes", "300,200", "--scales", "0.1,0.2"])
+    assert grid.config_list == [("300", 0.1), ("300", 0.2), ("200", 0.1), ("200", 0.2)]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--device", "cpu", "--configs", "300"])
+
+
 def test_cuda_ablation_expands_and_is_left_out_on_the_cpu():
     """`--impls ablation`: ours, the CUDA kernels with each technique off, named so, and the 2024
     API's call; on the CPU only ours and the 2024 call run, and the JSON says why the others
