@@ -207,6 +207,20 @@ TileSplits plan_splits(int64_t pairs, const RasterConfig& c, ForwardState& s,
   return splits;
 }
 
+// The feature kernels walk split lists in parts too when their buffer (`rows` x `values` x a
+// tile's pixels) stays under kFeatureSplitBytes, else whole lists: the forward's sums of each
+// part that ends at a split (C values a pixel), the backward's sums of w (F . g) per part and
+// chunk of channels.
+constexpr int64_t kFeatureSplitBytes = int64_t(64) << 20;
+torch::Tensor feature_split_buffer(int64_t rows, int64_t values,
+                                   const torch::TensorOptions& opts) {
+  if (rows == 0 || rows * values * kTilePixels * int64_t(sizeof(float)) > kFeatureSplitBytes)
+    return {};
+  return device_empty({rows, values, kTilePixels}, opts);
+}
+
+float* data_if_defined(torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+
 void require_float32(const GaussianTensors& g) {
   TORCH_CHECK_TYPE(g.means3D.scalar_type() == torch::kFloat32,
                    "diff_gaussian_rasterization_depth: means3D: the CUDA backend takes float32, "
@@ -372,8 +386,13 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   torch::Tensor composites;
   const TileSplits splits = plan_splits(pairs, c, s, composites, opts, stream);
   check_stage(c, "plan_splits");
-  gpu::render(cam, st, lists, make_pixel_buffers<float>(s, color, depth, weight),
-              make_optional_outputs<float>(g, s, feature_map, median), splits, stream);
+  OptionalOutputs<float> extra = make_optional_outputs<float>(g, s, feature_map, median);
+  torch::Tensor feature_parts;  // with the split forward
+  if (extra.has_features() && splits.composite)
+    feature_parts = feature_split_buffer(splits.capacity, g.channels(), opts);
+  extra.feature_parts = data_if_defined(feature_parts);
+  gpu::render(cam, st, lists, make_pixel_buffers<float>(s, color, depth, weight), extra, splits,
+              stream);
   check_stage(c, "render");
   return {color, depth, weight, s.radii.clone(), feature_map, median, s.to_list()};
 }
@@ -398,9 +417,17 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, co
   auto* splat_grads = reinterpret_cast<SplatGrad<float>*>(splat.data_ptr<float>());
   check_stage(c, "zero gradients");
 
-  gpu::render_backward(cam, st, lists, make_pixel_buffers<float>(s, {}, {}, {}), pg,
-                       make_optional_grads<float>(g, s, up, grads), splat_grads, splits_of(s),
-                       stream);
+  const TileSplits splits = splits_of(s);
+  OptionalGrads<float> extra = make_optional_grads<float>(g, s, up, grads);
+  torch::Tensor feature_dots;
+  if (extra.has_features() && splits.capacity > 0) {
+    const int chunk = gpu::feature_chunk(extra.channels);
+    feature_dots = feature_split_buffer(c.tiles_x() * c.tiles_y() + splits.capacity,
+                                        (extra.channels + chunk - 1) / chunk, g.means3D.options());
+  }
+  extra.feature_dots = data_if_defined(feature_dots);
+  gpu::render_backward(cam, st, lists, make_pixel_buffers<float>(s, {}, {}, {}), pg, extra,
+                       splat_grads, splits, stream);
   check_stage(c, "render_backward");
   CameraGrad<float>* camera = grads.camera_pointer<float>();
   torch::Tensor partials;  // the camera gradient's per-block sums

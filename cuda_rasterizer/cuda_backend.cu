@@ -460,49 +460,80 @@ struct FeatureBatch {
   __device__ bool reaches(int slot, int warp) const { return reach[slot] >> warp & 1u; }
 };
 
-// A thread of a feature kernel: its pixel, the block's chunk of channels [first, first + count)
-// (blockIdx.y picks the chunk), and how far the pixel's, the warp's and the block's walks go.
-template <int kChunk>
-struct FeatureThread : TileThread {
-  int first, count, begin, p, last, warp_end, block_end;
-  int64_t plane;
-
-  __device__ FeatureThread(const Camera<float>& cam, TileLists lists, const PixelBuffers<float>& px,
-                           int channels)
-      : TileThread(cam) {
-    first = int(blockIdx.y) * kChunk;
-    count = min(kChunk, channels - first);
+// The positions [lo, hi) of a tile's list that one block walks (TileSplits): block b < tiles
+// walks the last part of tile b (its whole list when it is not split); block tiles + e the part
+// that ends at the split of slot e (`resume_part` = e; -1 for a tile's block). `valid` is false
+// for a slot whose window holds no split. The render backward and the feature kernels use it;
+// T at the part's ends comes from the state the forward saved at the splits.
+struct ListPart {
+  int tile, begin, parts, part, lo, hi, resume_part;  // part: its index, 0 for the first
+  bool valid;
+  __device__ ListPart(const Camera<float>& cam, const TileLists& lists,
+                      const TileSplits& splits) {
+    const int tiles = cam.tiles_x * cam.tiles_y;
+    const int b = int(blockIdx.x);
+    resume_part = b < tiles ? -1 : b - tiles;
+    tile = b < tiles ? b : splits.parts[2 * resume_part];
+    valid = tile >= 0;
+    if (!valid) return;
     begin = lists.tile_ranges[2 * tile];
-    plane = int64_t(cam.width) * cam.height;
-    p = y * cam.width + x;
-    last = inside ? px.n_contrib[p] : 0;
-    block_end = block_max(last);
-    warp_end = warp_max(last);
+    const int n = lists.tile_ranges[2 * tile + 1] - begin;
+    parts = splits.parts_of(n);
+    part = b < tiles ? parts - 1 : splits.parts[2 * resume_part + 1];
+    lo = part * splits.length;
+    hi = b < tiles ? n : lo + splits.length;
   }
 };
 
-// The feature map, kChunk channels per block (blockIdx.y picks the chunk): the block walks its
-// tile's list again up to each pixel's last blended splat (n_contrib of the render), so the
-// weights, and which splats are blended, are the render's; registers hold one chunk of sums.
-// warp_skip as kWarpSkip of render_kernel.
+// A thread of a feature kernel: its pixel, the block's chunk of channels [first, first + count)
+// (blockIdx.y picks the chunk), and how far, within the block's part of the list, the pixel's,
+// the warp's and the block's walks go.
 template <int kChunk>
-__global__ void __launch_bounds__(kTilePixels)
-    render_features_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
-                           PixelBuffers<float> px, OptionalOutputs<float> extra, bool warp_skip) {
-  DGRD_SHARED(FeatureBatch<kChunk>, batch);
-  const FeatureThread<kChunk> me(cam, lists, px, extra.channels);
-  float sum[kChunk];
-#pragma unroll
-  for (int c = 0; c < kChunk; ++c) sum[c] = 0.f;
-  float transmittance = 1.f;
-  for (int start = 0; start < me.block_end; start += kTilePixels) {
+struct FeatureThread : TileThread {
+  int first, count, p, last, warp_end, block_end;
+  int64_t plane;
+
+  __device__ FeatureThread(const Camera<float>& cam, const ListPart& part,
+                           const PixelBuffers<float>& px, int channels)
+      : TileThread(cam, part.tile) {
+    first = int(blockIdx.y) * kChunk;
+    count = min(kChunk, channels - first);
+    plane = int64_t(cam.width) * cam.height;
+    p = y * cam.width + x;
+    last = inside ? px.n_contrib[p] : 0;
+    block_end = min(part.hi, block_max(last));
+    warp_end = min(part.hi, warp_max(last));
+  }
+  // Whether the pixel blends splats in the part.
+  __device__ bool walks(const ListPart& part) const { return last > part.lo; }
+};
+
+// T of the pixel at the start of its part: 1 at the list's start, else what the forward saved
+// at the part's split (read only where the pixel walks the part: elsewhere it may be unset).
+template <int kChunk>
+__device__ float part_start_transmittance(const FeatureThread<kChunk>& me, const ListPart& part,
+                                          const TileSplits& splits) {
+  if (part.lo == 0 || !me.walks(part)) return 1.f;
+  return splits.value(splits.slot_of(part.begin + part.lo), 0, threadIdx.x);
+}
+
+// The front-to-back walk of a feature kernel over its part of the list, up to each pixel's last
+// blended splat: on_splat(j, alpha, T) for every splat the pixel blends, T before it.
+template <int kChunk, typename OnSplat>
+__device__ __forceinline__ void walk_feature_part(const FeatureThread<kChunk>& me,
+                                                  const ListPart& part, float transmittance,
+                                                  FeatureBatch<kChunk>& batch,
+                                                  const GaussianState<float>& state,
+                                                  const TileLists& lists, const float* features,
+                                                  int channels, bool warp_skip, OnSplat on_splat) {
+  for (int start = part.lo; start < me.block_end; start += kTilePixels) {
     __syncthreads();  // the previous batch is no longer read
     const int k = start + int(threadIdx.x);
     if (k < me.block_end)
-      batch.load(threadIdx.x, lists.point_list[me.begin + k], state, extra.features, me,
-                 extra.channels, me.first, me.count, warp_skip);
+      batch.load(threadIdx.x, lists.point_list[part.begin + k], state, features, me, channels,
+                 me.first, me.count, warp_skip);
     __syncthreads();
-    const int n = min(kTilePixels, me.last - start);
+    const int n = min(kTilePixels, min(me.last, part.hi) - start);
     for (int j = 0; j < n; ++j) {
       if (!batch.reaches(j, me.warp)) continue;
       float alpha, G;
@@ -510,13 +541,70 @@ __global__ void __launch_bounds__(kTilePixels)
       if (!splat_alpha(batch.mean2d[j], batch.conic_opacity[j], float(me.x), float(me.y), alpha,
                        G, d))
         continue;
-      blend_features(sum, batch.feature[j], kChunk, alpha * transmittance);
+      on_splat(j, alpha, transmittance);
       transmittance = transmittance * (1.f - alpha);
     }
   }
-  if (me.inside)
-    for (int c = 0; c < me.count; ++c)
+}
+
+// The feature map, kChunk channels per block (blockIdx.y picks the chunk): the block walks its
+// part of its tile's list (ListPart: the whole list unless the forward splits the feature map)
+// again up to each pixel's last blended splat (n_contrib of the render), so the weights, and
+// which splats are blended, are the render's; registers hold one chunk of sums. A tile's block
+// writes its sums to the feature map; the block of a part that ends at split e, to slot e of
+// extra.feature_parts, which combine_feature_parts_kernel then adds in front of the last part's,
+// in list order. warp_skip as kWarpSkip of render_kernel.
+template <int kChunk>
+__global__ void __launch_bounds__(kTilePixels)
+    render_features_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
+                           PixelBuffers<float> px, OptionalOutputs<float> extra,
+                           TileSplits splits, bool warp_skip) {
+  DGRD_SHARED(FeatureBatch<kChunk>, batch);
+  const ListPart part(cam, lists, splits);
+  if (!part.valid) return;  // the whole block
+  const FeatureThread<kChunk> me(cam, part, px, extra.channels);
+  float sum[kChunk];
+#pragma unroll
+  for (int c = 0; c < kChunk; ++c) sum[c] = 0.f;
+  walk_feature_part(me, part, part_start_transmittance(me, part, splits), batch, state, lists,
+                    extra.features, extra.channels, warp_skip,
+                    [&](int j, float alpha, float transmittance) {
+                      blend_features(sum, batch.feature[j], kChunk, alpha * transmittance);
+                    });
+  if (!me.inside) return;
+  for (int c = 0; c < me.count; ++c) {
+    if (part.resume_part < 0)
       extra.feature_map[(me.first + c) * me.plane + me.p] = sum[c];
+    else
+      extra.feature_parts[(int64_t(part.resume_part) * extra.channels + me.first + c) *
+                              kTilePixels + threadIdx.x] = sum[c];
+  }
+}
+
+// The feature map of a split list: the sums of the parts in front of its last (in the slots of
+// the splits that end them, extra.feature_parts) added in list order, then the last part's,
+// which the tile's block wrote into the map.
+template <int kChunk>
+__global__ void __launch_bounds__(kTilePixels)
+    combine_feature_parts_kernel(Camera<float> cam, TileLists lists,
+                                 OptionalOutputs<float> extra, TileSplits splits) {
+  const TileThread me(cam);
+  const int begin = lists.tile_ranges[2 * me.tile];
+  const int parts = splits.parts_of(lists.tile_ranges[2 * me.tile + 1] - begin);
+  if (parts == 1 || !me.inside) return;
+  const int first = int(blockIdx.y) * kChunk, count = min(kChunk, extra.channels - first);
+  const int64_t plane = int64_t(cam.width) * cam.height;
+  const int p = me.y * cam.width + me.x;
+  for (int c = 0; c < count; ++c) {
+    float total = 0.f;
+    for (int q = 0; q + 1 < parts; ++q) {
+      const int slot = splits.slot_of(begin + (q + 1) * splits.length);
+      total += extra.feature_parts[(int64_t(slot) * extra.channels + first + c) * kTilePixels +
+                                   threadIdx.x];
+    }
+    float& map = extra.feature_map[(first + c) * plane + p];
+    map = total + map;
+  }
 }
 
 // The k-th value of a SplatGrad, in the order of warp_accumulate's values.
@@ -552,39 +640,10 @@ __device__ __forceinline__ void warp_add(float v, float* out) {
   if ((threadIdx.x & 31) == 0) atomicAdd(out, v);
 }
 
-// The positions of a tile's list that one block of the render backward walks (TileSplits):
-// block b < tiles walks the last part of tile b, from the pixels' final state; block
-// tiles + e the part that ends at the split of slot e, from the state the forward left there
-// (`resume_part`, -1 for none). `valid` is false for a slot whose window holds no split.
-struct BackwardPart {
-  int tile, lo, hi, resume_part;
-  bool valid;
-  __device__ BackwardPart(const Camera<float>& cam, const TileLists& lists,
-                          const TileSplits& splits) {
-    const int tiles = cam.tiles_x * cam.tiles_y;
-    const int b = int(blockIdx.x);
-    valid = true;
-    if (b < tiles) {
-      tile = b;
-      const int n = lists.tile_ranges[2 * b + 1] - lists.tile_ranges[2 * b];
-      lo = (splits.parts_of(n) - 1) * splits.length;
-      hi = n;
-      resume_part = -1;
-      return;
-    }
-    resume_part = b - tiles;
-    tile = splits.parts[2 * resume_part];
-    valid = tile >= 0;
-    if (!valid) return;
-    lo = splits.parts[2 * resume_part + 1] * splits.length;
-    hi = lo + splits.length;
-  }
-};
-
 // kMedian: the median's upstream gradient goes to its splat's depth. kWarpSkip: each warp starts
 // at its own pixels' last contributor and passes the splats that cannot reach them; kScatter:
 // the warp sums go by warp_scatter_add (CudaTuning). Each block walks one part of a tile's
-// list (BackwardPart); a pixel whose walk ends in front of the part takes no part in it.
+// list (ListPart); a pixel whose walk ends in front of the part takes no part in it.
 template <bool kMedian, bool kWarpSkip, bool kScatter>
 __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
     render_backward_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
@@ -593,7 +652,7 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
                            TileSplits splits) {
   DGRD_SHARED(SplatBatch, batch);
   if (splits.header) splits.length = splits.header[0];  // the host knows only the capacity
-  const BackwardPart part(cam, lists, splits);
+  const ListPart part(cam, lists, splits);
   if (!part.valid) return;  // the whole block
   const TileThread me(cam, part.tile);
   const int begin = lists.tile_ranges[2 * me.tile];
@@ -647,34 +706,88 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
   }
 }
 
+// The chunk's upstream gradient of the feature map at the thread's pixel (0 past the channels).
+template <int kChunk>
+__device__ void load_feature_upstream(const FeatureThread<kChunk>& me,
+                                      const OptionalGrads<float>& extra, float* upstream) {
+#pragma unroll
+  for (int c = 0; c < kChunk; ++c)
+    upstream[c] = me.inside && c < me.count
+                      ? extra.feature_map[(me.first + c) * me.plane + me.p] : 0.f;
+}
+
+// Slot of a part's value in extra.feature_dots: a tile's last part at `tile`, the part that
+// ends at split e at tiles + e (the chunk's row of kTilePixels within it).
+__device__ __forceinline__ int64_t feature_dot_index(const Camera<float>& cam, int tile,
+                                                     int resume_part) {
+  const int slot = resume_part < 0 ? tile : cam.tiles_x * cam.tiles_y + resume_part;
+  return (int64_t(slot) * gridDim.y + blockIdx.y) * kTilePixels + threadIdx.x;
+}
+
+// The split backward of the feature map, first kernel (lists split by the forward: TileSplits):
+// each part's sum of w_i (F_i . g) over the chunk's channels, walked front to back from T saved
+// at its split, into extra.feature_dots: what FeatureBackward::behind is behind the parts in
+// front of it.
+template <int kChunk>
+__global__ void __launch_bounds__(kTilePixels)
+    feature_dots_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
+                        PixelBuffers<float> px, OptionalGrads<float> extra, TileSplits splits,
+                        bool warp_skip) {
+  DGRD_SHARED(FeatureBatch<kChunk>, batch);
+  if (splits.header) splits.length = splits.header[0];  // the host knows only the capacity
+  const ListPart part(cam, lists, splits);
+  if (!part.valid || part.parts == 1) return;  // the whole block
+  const FeatureThread<kChunk> me(cam, part, px, extra.channels);
+  float upstream[kChunk];
+  load_feature_upstream(me, extra, upstream);
+  float dots = 0.f;
+  walk_feature_part(me, part, part_start_transmittance(me, part, splits), batch, state, lists,
+                    extra.features, extra.channels, warp_skip,
+                    [&](int j, float alpha, float transmittance) {
+                      dots += alpha * transmittance *
+                              FeatureBackward<float>::dot(batch.feature[j], upstream, kChunk);
+                    });
+  extra.feature_dots[feature_dot_index(cam, part.tile, part.resume_part)] = dots;
+}
+
 // The feature map's part of the backward, kChunk channels per block as in the forward: each
 // chunk adds its part of dL/dalpha (FeatureBackward), carried to mean2d, conic and opacity,
-// and the chunk's dL/dF = w g.
+// and the chunk's dL/dF = w g. A block walks its part of the list (ListPart) back to front,
+// from T at the part's end (saved at its split, or the pixel's final T) and, behind it, the
+// sums of the parts after it (feature_dots_kernel).
 template <int kChunk>
 __global__ void __launch_bounds__(kTilePixels)
     render_features_backward_kernel(Camera<float> cam, GaussianState<float> state,
                                     TileLists lists, PixelBuffers<float> px,
                                     OptionalGrads<float> extra, SplatGrad<float>* splat_grads,
-                                    bool warp_skip, bool scatter) {
+                                    TileSplits splits, bool warp_skip, bool scatter) {
   DGRD_SHARED(FeatureBatch<kChunk>, batch);
-  const FeatureThread<kChunk> me(cam, lists, px, extra.channels);
+  if (splits.header) splits.length = splits.header[0];
+  const ListPart part(cam, lists, splits);
+  if (!part.valid) return;  // the whole block
+  const FeatureThread<kChunk> me(cam, part, px, extra.channels);
   float upstream[kChunk];
-#pragma unroll
-  for (int c = 0; c < kChunk; ++c)
-    upstream[c] = me.inside && c < me.count
-                      ? extra.feature_map[(me.first + c) * me.plane + me.p] : 0.f;
+  load_feature_upstream(me, extra, upstream);
   float transmittance =
-      me.inside ? px.pixel_state[PixelBuffers<float>::kFinalT * me.plane + me.p] : 1.f;
+      !me.inside ? 1.f
+      : me.last > part.hi
+          ? splits.value(splits.slot_of(part.begin + part.hi), 0, threadIdx.x)
+          : px.pixel_state[PixelBuffers<float>::kFinalT * me.plane + me.p];
   FeatureBackward<float> fb;
   fb.reset();
+  for (int q = part.part + 1; me.last > part.hi && q < part.parts; ++q) {
+    const int e = q + 1 < part.parts
+                      ? splits.slot_of(part.begin + (q + 1) * splits.length) : -1;
+    fb.behind += extra.feature_dots[feature_dot_index(cam, part.tile, e)];
+  }
 
   const int warp_end = warp_skip ? me.warp_end : me.block_end;
-  for (int stop = me.block_end; stop > 0; stop -= kTilePixels) {
-    const int start = max(0, stop - kTilePixels);
+  for (int stop = me.block_end; stop > part.lo; stop -= kTilePixels) {
+    const int start = max(part.lo, stop - kTilePixels);
     __syncthreads();  // the previous batch is no longer read
     const int k = stop - 1 - int(threadIdx.x);
     if (k >= start)
-      batch.load(threadIdx.x, lists.point_list[me.begin + k], state, extra.features, me,
+      batch.load(threadIdx.x, lists.point_list[part.begin + k], state, extra.features, me,
                  extra.channels, me.first, me.count, warp_skip);
     __syncthreads();
     const int n = stop - start;
@@ -933,23 +1046,36 @@ void dispatch_flags(Run&& run, bool flag, Flags... flags) {
     dispatch_flags([&](auto... constants) { run(std::false_type{}, constants...); }, flags...);
 }
 
+// The feature map: split lists in parts where the glue gave extra.feature_parts (one block per
+// tile and per part ending at a split, then the parts' sums added per tile), else whole lists.
 template <int kChunk>
 void launch_features(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
                      const PixelBuffers<float>& px, const OptionalOutputs<float>& extra,
-                     const CudaTuning& tuning, cudaStream_t stream) {
-  const dim3 grid(cam.tiles_x * cam.tiles_y, (extra.channels + kChunk - 1) / kChunk);
-  DGRD_LAUNCH(render_features_kernel<kChunk>, grid, kTilePixels, stream)(cam, state, lists, px,
-                                                                         extra, tuning.warp_skip);
+                     const TileSplits& splits, const CudaTuning& tuning, cudaStream_t stream) {
+  const TileSplits parts = extra.feature_parts ? splits : TileSplits{};
+  const int tiles = cam.tiles_x * cam.tiles_y, chunks = (extra.channels + kChunk - 1) / kChunk;
+  DGRD_LAUNCH(render_features_kernel<kChunk>, dim3(tiles + parts.capacity, chunks), kTilePixels,
+              stream)(cam, state, lists, px, extra, parts, tuning.warp_skip);
+  if (parts.capacity > 0)
+    DGRD_LAUNCH(combine_feature_parts_kernel<kChunk>, dim3(tiles, chunks), kTilePixels, stream)(
+        cam, lists, extra, parts);
 }
 
+// Likewise the backward, in parts where the glue gave extra.feature_dots.
 template <int kChunk>
 void launch_features_backward(const Camera<float>& cam, const GaussianState<float>& state,
                               TileLists lists, const PixelBuffers<float>& px,
                               const OptionalGrads<float>& extra, SplatGrad<float>* splat_grads,
-                              const CudaTuning& tuning, cudaStream_t stream) {
-  const dim3 grid(cam.tiles_x * cam.tiles_y, (extra.channels + kChunk - 1) / kChunk);
+                              const TileSplits& splits, const CudaTuning& tuning,
+                              cudaStream_t stream) {
+  const TileSplits parts = extra.feature_dots ? splits : TileSplits{};
+  const dim3 grid(cam.tiles_x * cam.tiles_y + parts.capacity,
+                  (extra.channels + kChunk - 1) / kChunk);
+  if (parts.capacity > 0)
+    DGRD_LAUNCH(feature_dots_kernel<kChunk>, grid, kTilePixels, stream)(
+        cam, state, lists, px, extra, parts, tuning.warp_skip);
   DGRD_LAUNCH(render_features_backward_kernel<kChunk>, grid, kTilePixels, stream)(
-      cam, state, lists, px, extra, splat_grads, tuning.warp_skip, tuning.scatter_reduce);
+      cam, state, lists, px, extra, splat_grads, parts, tuning.warp_skip, tuning.scatter_reduce);
 }
 
 }  // namespace
@@ -982,9 +1108,9 @@ void render(const Camera<float>& cam, const GaussianState<float>& state, TileLis
   }
   if (!extra.has_features()) return;
   switch (feature_chunk(extra.channels)) {
-    case 4: launch_features<4>(cam, state, lists, px, extra, tuning, stream); break;
-    case 8: launch_features<8>(cam, state, lists, px, extra, tuning, stream); break;
-    default: launch_features<16>(cam, state, lists, px, extra, tuning, stream); break;
+    case 4: launch_features<4>(cam, state, lists, px, extra, splits, tuning, stream); break;
+    case 8: launch_features<8>(cam, state, lists, px, extra, splits, tuning, stream); break;
+    default: launch_features<16>(cam, state, lists, px, extra, splits, tuning, stream); break;
   }
 }
 
@@ -1007,13 +1133,16 @@ void render_backward(const Camera<float>& cam, const GaussianState<float>& state
   if (!extra.has_features()) return;
   switch (feature_chunk(extra.channels)) {
     case 4:
-      launch_features_backward<4>(cam, state, lists, px, extra, splat_grads, tuning, stream);
+      launch_features_backward<4>(cam, state, lists, px, extra, splat_grads, splits, tuning,
+                                    stream);
       break;
     case 8:
-      launch_features_backward<8>(cam, state, lists, px, extra, splat_grads, tuning, stream);
+      launch_features_backward<8>(cam, state, lists, px, extra, splat_grads, splits, tuning,
+                                    stream);
       break;
     default:
-      launch_features_backward<16>(cam, state, lists, px, extra, splat_grads, tuning, stream);
+      launch_features_backward<16>(cam, state, lists, px, extra, splat_grads, splits, tuning,
+                                    stream);
       break;
   }
 }

@@ -87,13 +87,17 @@ int split_length(int64_t pairs, int multiprocessors);
 // gives splits.composite.
 bool split_forward();
 
+// Channels per block of the feature kernels (4, 8 or 16).
+int feature_chunk(int channels);
+
 // Fills splits.parts from the tile ranges, and stores the length on the device, where the
 // backward reads it (nothing without capacity).
 void plan_splits(const TileSplits& splits, int tiles, const int* tile_ranges,
                  cudaStream_t stream);
 
 // One 16x16 block per tile, front to back; the median with it when asked for, and the feature
-// map (when asked for) by a second kernel, one block per tile and chunk of channels. Tiles with
+// map (when asked for) by a second kernel, one block per tile (and per part of a split list,
+// given extra.feature_parts) and chunk of channels. Tiles with
 // lists longer than splits.length (plan_splits called before) save the state at their splits
 // for the backward. Given splits.composite (CudaTuning::split_forward), the parts of those lists
 // are walked at once, one block each, and a second kernel finishes each pixel in the part
@@ -104,8 +108,8 @@ void render(const Camera<float>& cam, const GaussianState<float>& state, TileLis
 
 // One 16x16 block per tile and part of a split list (the forward's splits), back to front;
 // adds each Gaussian's gradient into splat_grads (zeroed by the caller) once per warp, and the
-// features' into extra.features_grad (zeroed by the caller), one block per tile, when the
-// feature map has an upstream gradient.
+// features' into extra.features_grad (zeroed by the caller), one block per tile (and per part,
+// given extra.feature_dots), when the feature map has an upstream gradient.
 void render_backward(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
                      const PixelBuffers<float>& px, PixelGrads<float> grads,
                      const OptionalGrads<float>& extra, SplatGrad<float>* splat_grads,

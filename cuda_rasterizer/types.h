@@ -185,6 +185,9 @@ struct OptionalOutputs {
   T* feature_map;       // C x H x W
   T* median;            // H x W
   int* median_contrib;  // H x W: 1 + position in the tile's list of the median's splat, 0: none
+  // CUDA, split lists (TileSplits): each part's sums ending at split e, capacity x C x 256; null:
+  // the feature kernels walk whole lists.
+  T* feature_parts = nullptr;
 
   DGRD_HD bool has_features() const { return channels > 0; }
   DGRD_HD bool has_median() const { return median_contrib != nullptr; }
@@ -200,6 +203,9 @@ struct OptionalGrads {
   const T* feature_map;        // C x H x W upstream, or null
   const T* median;             // H x W upstream, or null
   T* features_grad;            // P x C, all written when feature_map is given
+  // CUDA, split lists: each part's sum of w (F . g) per chunk of channels, (tiles + capacity) x
+  // chunks x 256 (feature_dots_kernel); null: the feature backward walks whole lists.
+  T* feature_dots = nullptr;
 
   DGRD_HD bool has_features() const { return channels > 0 && feature_map != nullptr; }
   DGRD_HD bool has_median() const { return median_contrib != nullptr && median != nullptr; }
