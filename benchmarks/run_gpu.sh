@@ -162,11 +162,21 @@ await() {
 
 running() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 
+# The card as found (its clocks, power and temperature are left alone: device notes), at the
+# start and at the end, so that timings can be read against them.
+card_state() {
+    local state
+    state=$(nvidia-smi --query-gpu=clocks.sm,clocks.max.sm,clocks.mem,power.draw,power.limit,temperature.gpu,utilization.gpu \
+            --format=csv,noheader 2>/dev/null | head -n 1)
+    note "--- card $1: ${state:-no nvidia-smi} (sm clock, max sm clock, memory clock, power, power limit, temperature, load)"
+}
+
 finish() {
     for pid in "${background_pids[@]}"; do
         running "$pid" && kill -TERM -- "-$pid" 2>/dev/null
     done
     rm -f "$RESULTS"/*.tmp
+    card_state "at the end"
     note "--- end: status $status after $((SECONDS + BUDGET_S - DEADLINE)) s of $BUDGET_S s [$(now)]"
     echo
     echo "=== summary.txt"
@@ -183,6 +193,7 @@ gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,nohea
       | head -n 1)
 note "run_gpu.sh$([ "$DRY" = 1 ] && echo ' --dry-run') | $(date -u +%Y-%m-%dT%H:%M:%SZ) | commit $commit | budget $BUDGET_S s"
 note "gpu: ${gpu:-none} | nvcc: $(nvcc --version 2>/dev/null | grep -o 'release [^,]*' || echo none) | cpus $(nproc)"
+card_state "at the start"
 # One Python start for the facts (torch takes seconds to import): versions, the GPU's
 # architecture, and the tag that names a gsplat build (valid for one torch, CUDA and GPU).
 facts=$($PY - 2>/dev/null <<'PYEOF'
