@@ -38,7 +38,7 @@
 # (scene:scale pairs in the order timed, the issue's targets first:
 # 112k:1,1m:2,2.8m:3,1m:3,2.8m:2,1m:1,2.8m:1,112k:2,112k:3), ABLATION_SCENES (112k,1m),
 # ABLATION_SCALES (1,2),
-# PROFILE_SCENES (112k,1m), PROFILE_SCALES (1,2),
+# PROFILE_CONFIGS (scene:scale pairs profiled, in order: 112k:1,1m:2,1m:1,112k:2),
 # RUN_GPU_SKIP (stage names, comma-separated: a later window skips what an earlier one
 # settled, e.g. memcheck,racecheck,timings-original), DGRD_COMMIT (recorded when the copy has no .git),
 # TORCH_CUDA_ARCH_LIST (default: the visible GPU's). RUN_GPU_FAKE_STEP_S (dry run only): every
@@ -414,15 +414,24 @@ ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/
       | head -n 1)
 profile_impls=ours
 [ "$gsplat_ok" = 1 ] && profile_impls=ours,gsplat
+# One ncu process per configuration: ncu reports when its process ends, so a stage stopped at
+# its limit keeps the configurations already done. (The dry run: the same loop, no profiler.)
+profile_configs() {
+    stage profile "$1" env PROFILER="$2" PY="$PY" IMPLS="$profile_impls" DEVICE="$3" \
+        CONFIGS="$4" bash -c '
+        for config in ${CONFIGS//,/ }; do
+            echo "--- profile: ${config} (${IMPLS})"
+            $PROFILER "$PY" benchmarks/profile_step.py --device "$DEVICE" \
+                --scenes "${config%%:*}" --scales "${config##*:}" --impls "$IMPLS" || exit 1
+        done'
+}
 if [ "$DRY" = 1 ]; then
-    stage profile 60 "$PY" benchmarks/profile_step.py --device cpu --scenes 300 --scales 0.1 \
-        --warmup 0 --impls "$profile_impls"
+    profile_configs 60 "" cpu "300:0.1,200:0.1"
 elif [ -n "$ncu" ]; then
-    stage profile 180 "$ncu" --clock-control none --profile-from-start off --nvtx \
-        --target-processes all --section SpeedOfLight --section Occupancy --section LaunchStats \
-        --section SchedulerStats --section WarpStateStats \
-        "$PY" benchmarks/profile_step.py --device cuda --scenes "${PROFILE_SCENES:-112k,1m}" \
-        --scales "${PROFILE_SCALES:-1,2}" --impls "$profile_impls"
+    profile_configs 180 "$ncu --clock-control none --profile-from-start off --nvtx \
+--target-processes all --section SpeedOfLight --section Occupancy --section LaunchStats \
+--section SchedulerStats --section WarpStateStats" cuda \
+        "${PROFILE_CONFIGS:-112k:1,1m:2,1m:1,112k:2}"
 else
     record profile skipped 0 "ncu not found"
 fi

@@ -69,8 +69,10 @@ def test_dry_run_runs_every_stage_in_order_and_writes_out(tmp_path):
     assert "CUDA" in ablation["environment"]["ours-none_unavailable_because"]
     assert "test_no_memory_growth_and_repeatable" in log    # the CUDA tests were collected
     assert "test_radius_beyond_2_30_from_far_off_screen" in log
-    # The step that ncu profiles on a GPU ran (without the profiler).
-    assert "ours 300 " in log and "marked step" in log
+    # The steps that ncu profiles on a GPU ran, one process per configuration in order
+    # (without the profiler).
+    assert log.index("--- profile: 300:0.1") < log.index("--- profile: 200:0.1")
+    assert "ours 300 " in log and "ours 200 " in log and "marked step" in log
 
 
 def test_dry_run_keeps_its_deadline(tmp_path):
