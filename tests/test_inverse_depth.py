@@ -2,7 +2,7 @@
 at the plain call's cost). The reference against its own feature channel of 1/z; the CPU
 backend against the reference (outputs and gradients, the median included); colour, weight and
 radii the plain call's; finite differences; and the CUDA targets against the CPU backend with
-both of CUDA's depth sorts (each complements the key of 1/z to keep the order by z)."""
+both of CUDA's depth sorts (each reverses the key of 1/z to keep the order by z)."""
 import pytest
 import torch
 
