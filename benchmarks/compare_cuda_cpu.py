@@ -9,8 +9,10 @@ random upstream gradients on colour, depth and weight, one map at a time and all
 For each output: the largest absolute difference, the largest |value| of the CPU result, the mean
 difference and the fraction of elements that differ by more than 1e-5; for radii, how many
 differ; for each gradient: the largest absolute difference, the largest |CPU value| and
-|cuda - cpu| / |cpu| in the 2-norm. The tests (tests/test_cuda.py) decide pass or fail; this
-records the figures for doc/performance.md.
+|cuda - cpu| / |cpu| in the 2-norm. `optional`: the same for one call with 4 feature channels,
+the median and inverse depth (the depth channel of 1/z), gradients of a loss on every map.
+The tests (tests/test_cuda.py) decide pass or fail; this records the figures for
+doc/performance.md.
 """
 import argparse
 import datetime
@@ -28,23 +30,33 @@ from benchmarks.scenes import garden_scene  # noqa: E402
 
 MAPS = ("color", "depth", "weight")
 MODES = MAPS + ("all",)
+OPTIONAL_MAPS = MAPS + ("feature_map", "median")
+CHANNELS = 4
 NOTICEABLE = 1e-5      # the forward tolerance of DESIGN.md
 
 
-def render_with_grads(scene, device: str, upstream: dict):
-    """Outputs (on the CPU) and, per loss mode, gradients of every input (on the CPU)."""
+def render_with_grads(scene, device: str, upstream: dict, features=None, modes=MODES):
+    """Outputs (on the CPU) and, per loss mode, gradients of every input (on the CPU). With
+    `features`, the call also renders them, the median and the depth channel of 1/z."""
     from diff_gaussian_rasterization_depth import GaussianRasterizer
     settings = scene.raster_settings()
     settings = settings._replace(**{f: getattr(settings, f).to(device)
                                     for f in ("bg", "viewmatrix", "projmatrix", "campos")})
+    inputs = dict(scene.rasterizer_inputs())
+    options = {}
+    if features is not None:
+        inputs["features"] = features
+        options = dict(median_depth=True, inverse_depth=True)
     leaves = {k: v.detach().to(device).requires_grad_(v.is_floating_point())
-              for k, v in scene.rasterizer_inputs().items()}
-    color, radii, depth, weight = GaussianRasterizer(settings)(**leaves)
-    maps = {"color": color, "depth": depth, "weight": weight}
+              for k, v in inputs.items()}
+    out = GaussianRasterizer(settings)(**leaves, **options)
+    radii = out[1]
+    names_out = OPTIONAL_MAPS if features is not None else MAPS
+    maps = dict(zip(names_out, (out[0],) + tuple(out[2:])))
     names = [n for n, v in leaves.items() if v.requires_grad]
     grads = {}
-    for mode in MODES:
-        used = list(MAPS) if mode == "all" else [mode]
+    for mode in modes:
+        used = list(maps) if mode == "all" else [mode]
         g = torch.autograd.grad([maps[k] for k in used], [leaves[n] for n in names],
                                 [upstream[k].to(device) for k in used], retain_graph=True,
                                 allow_unused=True)
@@ -74,6 +86,11 @@ def compare(scene_name="112k", scale=1.0, sh=False, device="cuda", against="cpu"
                 "weight": torch.randn(H, W, generator=gen)}
     out_ref, radii_ref, grads_ref = render_with_grads(scene, against, upstream)
     out, radii, grads = render_with_grads(scene, device, upstream)
+    features = torch.rand(len(scene.gaussians), CHANNELS, generator=gen)
+    upstream.update(feature_map=torch.randn(CHANNELS, H, W, generator=gen),
+                    median=torch.randn(H, W, generator=gen))
+    opt_ref, _, opt_grads_ref = render_with_grads(scene, against, upstream, features, ("all",))
+    opt, _, opt_grads = render_with_grads(scene, device, upstream, features, ("all",))
     return {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "scene": scene_name, "n_gaussians": len(scene.gaussians), "width": W, "height": H,
@@ -84,6 +101,11 @@ def compare(scene_name="112k", scale=1.0, sh=False, device="cuda", against="cpu"
         "radii_mismatches": int((radii != radii_ref).sum()),
         "gradients": {mode: {n: differences(grads[mode][n], grads_ref[mode][n])
                              for n in grads_ref[mode]} for mode in MODES},
+        "optional": {
+            "call": f"features (P, {CHANNELS}), median_depth=True, inverse_depth=True",
+            "outputs": {k: differences(opt[k], opt_ref[k]) for k in OPTIONAL_MAPS},
+            "gradients": {"all": {n: differences(opt_grads["all"][n], opt_grads_ref["all"][n])
+                                  for n in opt_grads_ref["all"]}}},
     }
 
 
@@ -95,10 +117,19 @@ def print_summary(result: dict):
         print(f"  {k:8s} max |diff| {d['max_abs_diff']:.3g} (max |ref| {d['max_abs_ref']:.3g}), "
               f"{100 * d['frac_over_1e-5']:.4f}% over 1e-5")
     for mode, per_input in result["gradients"].items():
-        worst = max(per_input.items(), key=lambda kv: kv[1]["rel_norm_diff"])
-        print(f"  grad[{mode}] worst {worst[0]}: rel 2-norm diff {worst[1]['rel_norm_diff']:.3g}, "
-              f"max |diff| {worst[1]['max_abs_diff']:.3g} (max |ref| "
-              f"{worst[1]['max_abs_ref']:.3g})")
+        print_worst(f"grad[{mode}]", per_input)
+    optional = result["optional"]
+    print(f"  {optional['call']}:")
+    for k, d in optional["outputs"].items():
+        print(f"    {k:11s} max |diff| {d['max_abs_diff']:.3g} (max |ref| "
+              f"{d['max_abs_ref']:.3g}), {100 * d['frac_over_1e-5']:.4f}% over 1e-5")
+    print_worst("  grad[all]", optional["gradients"]["all"])
+
+
+def print_worst(label: str, per_input: dict):
+    worst = max(per_input.items(), key=lambda kv: kv[1]["rel_norm_diff"])
+    print(f"  {label} worst {worst[0]}: rel 2-norm diff {worst[1]['rel_norm_diff']:.3g}, "
+          f"max |diff| {worst[1]['max_abs_diff']:.3g} (max |ref| {worst[1]['max_abs_ref']:.3g})")
 
 
 def main(argv=None) -> int:

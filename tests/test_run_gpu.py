@@ -59,6 +59,11 @@ def test_dry_run_runs_every_stage_in_order_and_writes_out(tmp_path):
     assert set(compare["outputs"]) == {"color", "depth", "weight"}
     assert compare["outputs"]["color"]["max_abs_diff"] == 0.0    # CPU against itself
     assert compare["gradients"]["all"]["means3D"]["max_abs_ref"] > 0
+    # ... and the call with features, the median and inverse depth.
+    assert set(compare["optional"]["outputs"]) == {"color", "depth", "weight", "feature_map",
+                                                   "median"}
+    assert compare["optional"]["outputs"]["median"]["max_abs_ref"] > 0
+    assert compare["optional"]["gradients"]["all"]["features"]["max_abs_ref"] > 0
     bench = json.loads((tmp_path / "bench_ours.json").read_text())
     assert bench["complete"] is True and len(bench["results"]) == 2    # two resolutions
     assert bench["environment"]["git_commit"]
