@@ -125,12 +125,17 @@ class Ours(Impl):
         import diff_gaussian_rasterization_depth as dgrd
         return getattr(dgrd, "__version__", None)
 
-    def prepare(self, scene, upstream):
-        from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend
+    def apply_tuning(self, scene):
+        """The CUDA techniques of this variant. Global to the backend; each implementation is
+        prepared, checked and timed before the next is prepared, so setting it in prepare()
+        holds for all of its calls."""
         if scene.device.type == "cuda":
-            # Global to the backend; each implementation is prepared, checked and timed before
-            # the next is prepared, so setting it here holds for all of its calls.
+            from diff_gaussian_rasterization_depth import _backend
             _backend.set_cuda_tuning(*self.cuda_tuning)
+
+    def prepare(self, scene, upstream):
+        from diff_gaussian_rasterization_depth import GaussianRasterizer
+        self.apply_tuning(scene)
         rasterizer = GaussianRasterizer(scene.raster_settings())
         gc, gd, gw = upstream["color"], upstream["depth"], upstream["weight"]
 
@@ -244,10 +249,8 @@ class Ours2024(Ours):
     note = "the 2024 API (colour, radii, invdepth); loss on colour + invdepth"
 
     def prepare(self, scene, upstream):
-        from diff_gaussian_rasterization_depth import _backend
         from diff_gaussian_rasterization_depth import upstream as api2024
-        if scene.device.type == "cuda":
-            _backend.set_cuda_tuning(*self.cuda_tuning)
+        self.apply_tuning(scene)
         rasterizer = api2024.GaussianRasterizer(scene.raster_settings())
         gc, gd = upstream["color"], upstream["depth"][None]
 

@@ -205,6 +205,32 @@ struct SplitCursor {
   }
 };
 
+// The positions [lo, hi) of a tile's list that one block walks (TileSplits): block b < tiles
+// walks the last part of tile b (its whole list when it is not split); block tiles + e the part
+// that ends at the split of slot e (`resume_part` = e; -1 for a tile's block). `valid` is false
+// for a slot whose window holds no split. The split forward's parts, the render backward and
+// the feature kernels use it; T at the part's ends comes from the state the forward saved at
+// the splits.
+struct ListPart {
+  int tile, begin, parts, part, lo, hi, resume_part;  // part: its index, 0 for the first
+  bool valid;
+  __device__ ListPart(const Camera<float>& cam, const TileLists& lists,
+                      const TileSplits& splits) {
+    const int tiles = cam.tiles_x * cam.tiles_y;
+    const int b = int(blockIdx.x);
+    resume_part = b < tiles ? -1 : b - tiles;
+    tile = b < tiles ? b : splits.parts[2 * resume_part];
+    valid = tile >= 0;
+    if (!valid) return;
+    begin = lists.tile_ranges[2 * tile];
+    const int n = lists.tile_ranges[2 * tile + 1] - begin;
+    parts = splits.parts_of(n);
+    part = b < tiles ? parts - 1 : splits.parts[2 * resume_part + 1];
+    lo = part * splits.length;
+    hi = b < tiles ? n : lo + splits.length;
+  }
+};
+
 // A pixel's forward walk over its tile's list (the render, and the split forward's second kernel):
 // its running state, whether it stopped (saturated, or outside the image), and 1 + the list
 // position of its last blend; with kMedian, its median depth.
@@ -257,11 +283,11 @@ template <bool kWarpSkip>
 __device__ void composite_part(const Camera<float>& cam, const GaussianState<float>& state,
                                const TileLists& lists, const TileSplits& splits,
                                SplatBatch& batch) {
-  const int e = int(blockIdx.x) - cam.tiles_x * cam.tiles_y;
-  const int tile = splits.parts[2 * e], part = splits.parts[2 * e + 1];
-  if (tile < 0 || part == 0) return;  // the whole block
-  const TileThread me(cam, tile);
-  const int lo = lists.tile_ranges[2 * tile] + part * splits.length, hi = lo + splits.length;
+  const ListPart part(cam, lists, splits);
+  if (!part.valid || part.part == 0) return;  // the whole block
+  const int e = part.resume_part;
+  const TileThread me(cam, part.tile);
+  const int lo = part.begin + part.lo, hi = part.begin + part.hi;
   PixelAccum<float> acc;
   acc.reset();
   int last = -1;
@@ -355,28 +381,24 @@ __global__ void __launch_bounds__(kTilePixels, kResolveBlocks)
                          PixelBuffers<float> px, OptionalOutputs<float> extra,
                          TileSplits splits) {
   DGRD_SHARED(SplatBatch, batch);
-  const int tiles = cam.tiles_x * cam.tiles_y;
-  const int b = int(blockIdx.x);
-  const int tile = b < tiles ? b : splits.parts[2 * (b - tiles)];
-  if (tile < 0) return;  // the whole block, here and below
-  const int begin = lists.tile_ranges[2 * tile], end = lists.tile_ranges[2 * tile + 1];
-  const int parts = splits.parts_of(end - begin);
-  const int part = b < tiles ? parts - 1 : splits.parts[2 * (b - tiles) + 1];
-  if (parts == 1 || part == 0) return;
-  const TileThread me(cam, tile);
+  const ListPart list_part(cam, lists, splits);
+  // The whole block, here and below: the first kernel walked first parts and whole lists.
+  if (!list_part.valid || list_part.part == 0) return;
+  const int begin = list_part.begin, end = lists.tile_ranges[2 * list_part.tile + 1];
+  const int parts = list_part.parts, part = list_part.part;
+  const TileThread me(cam, list_part.tile);
   const int L = splits.length;
-  const auto slot_after = [&](int q) { return splits.slot_of(begin + (q + 1) * L); };
 
   // The pixel's state in front of `part`, if no part before stops it. The first part's
   // composite is its true state at the first split (T >= kTransmittanceMin there: appended
   // onto T = 1, it is that state exactly).
   PartComposite<float> composite;
-  composite.load(splits, slot_after(0), threadIdx.x);
+  composite.load(splits, splits.slot_after(begin, 0), threadIdx.x);
   bool reached = me.inside && !composite.stopped();
   PixelWalk<kMedian> walk;
   walk.start(reached, part * L);
   for (int q = 0; reached && q < part; ++q) {
-    if (q > 0) composite.load(splits, slot_after(q), threadIdx.x);
+    if (q > 0) composite.load(splits, splits.slot_after(begin, q), threadIdx.x);
     reached = walk.acc.append(composite);
     if (reached && composite.last >= 0) walk.n_contrib = q * L + composite.last + 1;
   }
@@ -384,7 +406,7 @@ __global__ void __launch_bounds__(kTilePixels, kResolveBlocks)
   // whether T may reach 0.5 in it; the last part takes every pixel that reaches it.
   bool mine = reached, crosses = reached;
   if (reached && part < parts - 1) {
-    composite.load(splits, slot_after(part), threadIdx.x);
+    composite.load(splits, splits.slot_after(begin, part), threadIdx.x);
     const float after = walk.acc.transmittance * composite.transmittance;
     mine = after < float(kTransmittanceMin);
     crosses = after <= 0.5f;
@@ -393,7 +415,7 @@ __global__ void __launch_bounds__(kTilePixels, kResolveBlocks)
   const bool seeks_only = seeks_median && !mine;  // walks on until it finds the median
 
   // The part, walked for the pixels it is to finish or find the median of.
-  const int lo = begin + part * L, hi = min(end, lo + L);
+  const int lo = begin + list_part.lo, hi = begin + list_part.hi;
   walk.done = !(mine || seeks_median);
   for (int start = lo; start < (kMedian ? end : hi); start += kTilePixels) {
     if (__syncthreads_count(walk.done) == kTilePixels) break;
@@ -414,10 +436,10 @@ __global__ void __launch_bounds__(kTilePixels, kResolveBlocks)
   PixelAccum<float> front;
   front.reset();
   for (int q = 0; q < part; ++q) {
-    composite.load(splits, slot_after(q), threadIdx.x);
+    composite.load(splits, splits.slot_after(begin, q), threadIdx.x);
     front.append(composite);
-    front.save_split(splits, slot_after(q), threadIdx.x);
-    acc.finish_split(splits, slot_after(q), threadIdx.x);
+    front.save_split(splits, splits.slot_after(begin, q), threadIdx.x);
+    acc.finish_split(splits, splits.slot_after(begin, q), threadIdx.x);
   }
 }
 
@@ -458,31 +480,6 @@ struct FeatureBatch {
   }
   // Whether warp `warp` must evaluate splat `slot`.
   __device__ bool reaches(int slot, int warp) const { return reach[slot] >> warp & 1u; }
-};
-
-// The positions [lo, hi) of a tile's list that one block walks (TileSplits): block b < tiles
-// walks the last part of tile b (its whole list when it is not split); block tiles + e the part
-// that ends at the split of slot e (`resume_part` = e; -1 for a tile's block). `valid` is false
-// for a slot whose window holds no split. The render backward and the feature kernels use it;
-// T at the part's ends comes from the state the forward saved at the splits.
-struct ListPart {
-  int tile, begin, parts, part, lo, hi, resume_part;  // part: its index, 0 for the first
-  bool valid;
-  __device__ ListPart(const Camera<float>& cam, const TileLists& lists,
-                      const TileSplits& splits) {
-    const int tiles = cam.tiles_x * cam.tiles_y;
-    const int b = int(blockIdx.x);
-    resume_part = b < tiles ? -1 : b - tiles;
-    tile = b < tiles ? b : splits.parts[2 * resume_part];
-    valid = tile >= 0;
-    if (!valid) return;
-    begin = lists.tile_ranges[2 * tile];
-    const int n = lists.tile_ranges[2 * tile + 1] - begin;
-    parts = splits.parts_of(n);
-    part = b < tiles ? parts - 1 : splits.parts[2 * resume_part + 1];
-    lo = part * splits.length;
-    hi = b < tiles ? n : lo + splits.length;
-  }
 };
 
 // A thread of a feature kernel: its pixel, the block's chunk of channels [first, first + count)
@@ -598,7 +595,7 @@ __global__ void __launch_bounds__(kTilePixels)
   for (int c = 0; c < count; ++c) {
     float total = 0.f;
     for (int q = 0; q + 1 < parts; ++q) {
-      const int slot = splits.slot_of(begin + (q + 1) * splits.length);
+      const int slot = splits.slot_after(begin, q);
       total += extra.feature_parts[(int64_t(slot) * extra.channels + first + c) * kTilePixels +
                                    threadIdx.x];
     }
@@ -655,7 +652,7 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
   const ListPart part(cam, lists, splits);
   if (!part.valid) return;  // the whole block
   const TileThread me(cam, part.tile);
-  const int begin = lists.tile_ranges[2 * me.tile];
+  const int begin = part.begin;
   const int plane = cam.width * cam.height;
   const int p = me.y * cam.width + me.x;
   const int last = me.inside ? px.n_contrib[p] : 0;
@@ -776,8 +773,7 @@ __global__ void __launch_bounds__(kTilePixels)
   FeatureBackward<float> fb;
   fb.reset();
   for (int q = part.part + 1; me.last > part.hi && q < part.parts; ++q) {
-    const int e = q + 1 < part.parts
-                      ? splits.slot_of(part.begin + (q + 1) * splits.length) : -1;
+    const int e = q + 1 < part.parts ? splits.slot_after(part.begin, q) : -1;
     fb.behind += extra.feature_dots[feature_dot_index(cam, part.tile, e)];
   }
 

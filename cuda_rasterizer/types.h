@@ -146,6 +146,10 @@ struct TileSplits {
     return length > 0 && n > length ? (n + length - 1) / length : 1;
   }
   DGRD_HD int slot_of(int64_t position) const { return int(position / length) - 1; }
+  // The slot of the split that ends part q of the list that starts at `begin`.
+  DGRD_HD int slot_after(int begin, int q) const {
+    return slot_of(begin + int64_t(q + 1) * length);
+  }
   // Value v of slot e at the tile's pixel `thread`.
   DGRD_HD float& value(int e, int v, int thread) const {
     return state[(int64_t(e) * kSplitValues + v) * kTilePixels + thread];
