@@ -47,9 +47,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Seconds each CPU stage took in this thread's last forward and backward (benchmarks)");
   m.def("set_cpu_tuning", &dgrd::set_cpu_tuning, py::arg("lanes"), py::arg("power_bound"),
         "Switch the float CPU path's techniques on or off (benchmarks; all on by default)");
-  m.def("set_cuda_tuning", &dgrd::set_cuda_tuning, py::arg("warp_skip"),
-        py::arg("scatter_reduce"), py::arg("depth_first_sort"), py::arg("split_tiles"),
-        py::arg("split_forward"), py::arg("split_length"),
+  m.def("set_cuda_tuning", &dgrd::set_cuda_tuning, py::arg("switches"),
         "Switch the CUDA backend's techniques on or off (benchmarks; all on by default)");
   m.def("set_cuda_stage_timing", &dgrd::set_cuda_stage_timing, py::arg("on"),
         "Time each CUDA stage of the following calls (benchmarks; off by default)");

@@ -171,9 +171,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "The CUDA backward, emulated");
   m.def("mark_visible", &mark_visible_cuda, "The CUDA mark_visible, emulated");
-  m.def("set_cuda_tuning", &set_cuda_tuning_cuda, py::arg("warp_skip"), py::arg("scatter_reduce"),
-        py::arg("depth_first_sort"), py::arg("split_tiles"),
-        py::arg("split_forward"), py::arg("split_length"),
+  m.def("set_cuda_tuning", &set_cuda_tuning_cuda, py::arg("switches"),
         "Switch the CUDA backend's techniques on or off, emulated");
   m.def("set_cuda_stage_timing", &set_cuda_stage_timing_cuda, py::arg("on"),
         "Time each CUDA stage of the following calls, emulated (host clock)");
@@ -182,6 +180,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_thread_order", &emu::set_thread_order,
         "Order of a block's threads between sync points: 'asc', 'desc' or 'random:SEED'");
   m.def("thread_order", &emu::thread_order, "The current thread order");
+  m.def("record_launches", &emu::record_launches, py::arg("on"),
+        "Tests: record every kernel launch from now on (or stop), the record emptied");
+  m.def(
+      "take_launches",
+      [] {
+        std::vector<std::tuple<std::string, unsigned, unsigned>> out;
+        for (const emu::LaunchRecord& r : emu::take_launches())
+          out.emplace_back(r.kernel, r.grid_x, r.grid_y);
+        return out;
+      },
+      "Tests: the launches recorded since the last call, as (kernel, grid x, grid y)");
 
   auto checks = m.def_submodule(
       "checks", "Kernels that check the emulation itself, and the render kernels' helpers alone");

@@ -357,18 +357,11 @@ torch::Tensor mark_visible(const torch::Tensor& positions, const torch::Tensor& 
   return visible;
 }
 
-void set_cuda_tuning(bool warp_skip, bool scatter_reduce, bool depth_first_sort,
-                     bool split_tiles, bool split_forward, int split_length) {
+void set_cuda_tuning(const std::map<std::string, int64_t>& switches) {
 #ifdef DGRD_WITH_CUDA
-  set_cuda_tuning_cuda(warp_skip, scatter_reduce, depth_first_sort, split_tiles, split_forward,
-                       split_length);
+  set_cuda_tuning_cuda(switches);
 #else
-  (void)warp_skip;
-  (void)scatter_reduce;
-  (void)depth_first_sort;
-  (void)split_tiles;
-  (void)split_forward;
-  (void)split_length;
+  (void)switches;
   refuse_without_cuda();
 #endif
 }

@@ -208,14 +208,13 @@ TileSplits plan_splits(int64_t pairs, const RasterConfig& c, ForwardState& s,
 }
 
 // The feature kernels walk split lists in parts too when their buffer (`rows` x `values` x a
-// tile's pixels) stays under kFeatureSplitBytes, else whole lists: the forward's sums of each
-// part that ends at a split (C values a pixel), the backward's sums of w (F . g) per part and
-// chunk of channels.
-constexpr int64_t kFeatureSplitBytes = int64_t(64) << 20;
+// tile's pixels) stays under CudaTuning::feature_split_bytes, else whole lists: the forward's
+// sums of each part that ends at a split (C values a pixel), the backward's sums of w (F . g)
+// per part and chunk of channels.
 torch::Tensor feature_split_buffer(int64_t rows, int64_t values,
                                    const torch::TensorOptions& opts) {
-  if (rows == 0 || rows * values * kTilePixels * int64_t(sizeof(float)) > kFeatureSplitBytes)
-    return {};
+  const int64_t bytes = rows * values * kTilePixels * int64_t(sizeof(float));
+  if (rows == 0 || bytes > gpu::cuda_tuning().feature_split_bytes) return {};
   return device_empty({rows, values, kTilePixels}, opts);
 }
 
@@ -455,13 +454,24 @@ torch::Tensor mark_visible_cuda(const torch::Tensor& positions, const torch::Ten
   return visible;
 }
 
-void set_cuda_tuning_cuda(bool warp_skip, bool scatter_reduce, bool depth_first_sort,
-                          bool split_tiles, bool split_forward, int split_length) {
-  TORCH_CHECK_VALUE(split_length >= 0 && split_length % kTilePixels == 0,
+void set_cuda_tuning_cuda(const std::map<std::string, int64_t>& switches) {
+  gpu::CudaTuning t;  // the defaults, for every switch not named
+  for (const auto& [name, value] : switches) {
+    if (name == "warp_skip") t.warp_skip = value != 0;
+    else if (name == "scatter_reduce") t.scatter_reduce = value != 0;
+    else if (name == "depth_first_sort") t.depth_first_sort = value != 0;
+    else if (name == "split_tiles") t.split_tiles = value != 0;
+    else if (name == "split_forward") t.split_forward = value != 0;
+    else if (name == "split_length") t.split_length = int(value);
+    else if (name == "feature_split_bytes") t.feature_split_bytes = value;
+    else TORCH_CHECK_VALUE(false, "set_cuda_tuning: no switch named ", name);
+  }
+  TORCH_CHECK_VALUE(t.split_length >= 0 && t.split_length % kTilePixels == 0,
                     "split_length: a multiple of ", kTilePixels, " (0: chosen), got ",
-                    split_length);
-  gpu::cuda_tuning() = {warp_skip,   scatter_reduce, depth_first_sort,
-                        split_tiles, split_forward,  split_length};
+                    t.split_length);
+  TORCH_CHECK_VALUE(t.feature_split_bytes >= 0, "feature_split_bytes: at least 0, got ",
+                    t.feature_split_bytes);
+  gpu::cuda_tuning() = t;
 }
 
 void set_cuda_stage_timing_cuda(bool on) {

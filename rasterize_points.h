@@ -238,8 +238,7 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g);
 BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
                              const MapGrads& up);
 torch::Tensor mark_visible_cuda(const torch::Tensor& positions, const torch::Tensor& viewmatrix);
-void set_cuda_tuning_cuda(bool warp_skip, bool scatter_reduce, bool depth_first_sort,
-                          bool split_tiles, bool split_forward, int split_length);
+void set_cuda_tuning_cuda(const std::map<std::string, int64_t>& switches);
 void set_cuda_stage_timing_cuda(bool on);
 std::vector<std::pair<std::string, double>> cuda_stage_ms_cuda();
 #endif
@@ -260,10 +259,9 @@ bool has_cuda();
 std::vector<int64_t> cpu_render_work(const RasterConfig& c, const std::vector<torch::Tensor>& state);
 // The float CPU path's technique switches (benchmarks): lanes, power bound.
 void set_cpu_tuning(bool lanes, bool power_bound);
-// The CUDA backend's technique switches (benchmarks): warp skip, scatter reduce, depth-first
-// sort (gpu::CudaTuning).
-void set_cuda_tuning(bool warp_skip, bool scatter_reduce, bool depth_first_sort,
-                     bool split_tiles, bool split_forward, int split_length);
+// The CUDA backend's technique switches (benchmarks and tests), by the names of gpu::CudaTuning's
+// fields; those not named take their defaults.
+void set_cuda_tuning(const std::map<std::string, int64_t>& switches);
 // Device milliseconds of each CUDA stage of the last forward and backward, timed while
 // set_cuda_stage_timing(true) (benchmarks; off by default).
 void set_cuda_stage_timing(bool on);

@@ -77,6 +77,9 @@ struct CudaTuning {
   bool split_tiles = true;       // long tile lists walked in parts by the backward (TileSplits)
   bool split_forward = true;     // ... and by the forward (with split_tiles)
   int split_length = 0;          // tests: positions per part (a multiple of 256); 0: chosen
+  // The feature kernels walk split lists in parts while their buffers (a row of channel sums
+  // per pixel and part) stay under this many bytes, else whole lists (tests lower it).
+  int64_t feature_split_bytes = int64_t(64) << 20;
 };
 CudaTuning& cuda_tuning();
 

@@ -235,6 +235,15 @@ struct Runtime {
 Runtime rt;
 std::mutex launch_mutex;
 
+struct LaunchLog {
+  bool on = false;
+  std::vector<LaunchRecord> launches;
+};
+LaunchLog& launch_record() {
+  static LaunchLog log;
+  return log;
+}
+
 [[noreturn]] void fiber_main();
 
 void ensure_stacks(int count) {
@@ -660,6 +669,7 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, void (*body)(void*), vo
                              std::to_string(block.y) + "x" + std::to_string(block.z) + ")");
   if (rt.current) throw std::runtime_error("CUDA emulation: a kernel launched another kernel");
   const std::lock_guard<std::mutex> one_launch_at_a_time(launch_mutex);
+  if (launch_record().on) launch_record().launches.push_back({kernel, grid.x, grid.y});
   ensure_stacks(int(threads));
   rt.kernel = kernel;
   rt.body = body;
@@ -689,6 +699,17 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, void (*body)(void*), vo
   fault_jump = &jump;
   run_blocks();
 #endif
+}
+
+void record_launches(bool on) {
+  const std::lock_guard<std::mutex> lock(launch_mutex);
+  launch_record().on = on;
+  launch_record().launches.clear();
+}
+
+std::vector<LaunchRecord> take_launches() {
+  const std::lock_guard<std::mutex> lock(launch_mutex);
+  return std::exchange(launch_record().launches, {});
 }
 
 void set_thread_order(const std::string& order) { settings() = parse_order(order); }

@@ -95,6 +95,16 @@ void* shared_storage(const void* key, size_t bytes, size_t align, const char* na
 // the kernel on a deadlock, a mismatched barrier, a bad collective or an invalid memory access.
 void run_grid(const char* kernel, dim3 grid, dim3 block, void (*body)(void*), void* ctx);
 
+// Tests: which kernels a call launches, and on how many blocks. While recording is on, every
+// launch appends (the kernel as written at its DGRD_LAUNCH, grid.x, grid.y); take_launches
+// returns them and empties the record.
+struct LaunchRecord {
+  std::string kernel;
+  unsigned grid_x, grid_y;
+};
+void record_launches(bool on);
+std::vector<LaunchRecord> take_launches();
+
 // Thread order between sync points: "asc", "desc" or "random:SEED" (also read once from the
 // environment variable DGRD_EMU_ORDER). Throws std::invalid_argument on anything else.
 void set_thread_order(const std::string& order);

@@ -11,9 +11,11 @@ are also checked alone on the emulated backend: band_reach_mask (blend.h) never 
 of a pixel that blends the splat, yet clears most of the bands a small splat misses;
 warp_scatter_add sums like torch, with one atomic per value and none past the values it was given.
 """
+import contextlib
 import itertools
 import math
 
+import numpy
 import pytest
 import torch
 
@@ -392,3 +394,148 @@ def test_split_length_must_be_a_multiple_of_the_batch(target, tuning):
     with active(target):
         with pytest.raises(ValueError, match="multiple of 256"):
             tuning(split_length=100)
+
+
+@pytest.mark.parametrize("target", cuda_targets())
+@pytest.mark.parametrize("channels", (1, 4))
+@pytest.mark.parametrize("scene_name", ("16x16-faint", "40x50-opaque"))
+def test_feature_kernels_walk_whole_lists_past_their_buffer_limit(scene_name, channels, target,
+                                                                  tuning):
+    """The feature kernels walk split lists in parts only while their buffers stay under
+    CudaTuning::feature_split_bytes (64 MiB), else whole lists, each of the forward and the
+    backward on its own. Under a limit of 0 both walk whole lists; under the smaller of their
+    two buffers the larger one does (with one channel, the backward's: a row per tile and part;
+    with four, the forward's: four channels a row per part): the feature map and every gradient
+    as with the lists unsplit."""
+    H, W, P, factor = SPLIT_SCENES[scene_name]
+    scene = scenes.make_scene(25000 + P, P=P, height=H, width=W, sh_degree=1, outliers=False)
+    scene.inputs["opacities"] = scene.inputs["opacities"] * factor
+    F = torch.rand(P, channels, generator=torch.Generator().manual_seed(5))
+    keep = ~scenes.ambiguous(scene)[0]
+    with active(target):
+        tuning(split_length=256)
+        state = forward_state(scene, target)
+        slots, tiles = state[10].shape[0], state[5].shape[0]
+        forward_bytes = slots * channels * 256 * 4  # a row of C sums per part ending at a split
+        backward_bytes = (tiles + slots) * 1 * 256 * 4  # one chunk of channels: one value
+        assert slots > 0 and (forward_bytes > backward_bytes) == (channels == 4)
+        variants = {"none": dict(split_tiles=False), "parts": {}, "whole": dict(
+            feature_split_bytes=0), "mixed": dict(feature_split_bytes=min(forward_bytes,
+                                                                          backward_bytes))}
+        results, launches = {}, {}
+        for name, switches in variants.items():
+            tuning(split_length=256, **switches)
+            with launch_record(target) as launches[name]:
+                results[name] = render_all(scene, F, target, median=False, keep=keep)
+    assert_same_results(results, "none", ["parts", "whole", "mixed"], keep)
+    if is_emulated(target):
+        # Which walk each kernel took: blocks for the parts (tiles + slots) or the tiles alone.
+        forward_parts = {"parts": True, "whole": False, "mixed": forward_bytes < backward_bytes}
+        for name, in_parts in forward_parts.items():
+            blocks = feature_blocks(launches[name])
+            backward_in_parts = name == "parts" or (name == "mixed" and not in_parts)
+            assert blocks["render_features_kernel"] == (tiles + slots if in_parts else tiles)
+            assert ("combine_feature_parts_kernel" in blocks) == in_parts
+            assert blocks["render_features_backward_kernel"] == (
+                tiles + slots if backward_in_parts else tiles)
+            assert ("feature_dots_kernel" in blocks) == backward_in_parts
+
+
+@contextlib.contextmanager
+def launch_record(target):
+    """The list of (kernel, grid x, grid y) the emulated backend launches inside the context
+    (stays empty on a real GPU)."""
+    launches = []
+    if not is_emulated(target):
+        yield launches
+        return
+    from diff_gaussian_rasterization_depth import _emulated_cuda
+    _emulated_cuda.record_launches(True)
+    try:
+        yield launches
+        launches.extend(_emulated_cuda.take_launches())
+    finally:
+        _emulated_cuda.record_launches(False)
+
+
+def feature_blocks(launches):
+    """{feature kernel: grid x} of a call's launches (the template argument dropped)."""
+    return {kernel.split("<")[0]: x for kernel, x, _ in launches if "feature" in kernel}
+
+
+@pytest.mark.parametrize("target", cuda_targets())
+@pytest.mark.parametrize("seed", (0, 1))
+def test_split_forward_median_crossing_later_than_the_chain_says(seed, target, tuning):
+    """The split forward chains each part's composite (T_start x P, P multiplied from 1) to find
+    the part where T crosses 0.5, while the walk multiplies T_start by each 1 - alpha in turn:
+    the two round apart. This scene makes the chain cross in the second part of 256 while the
+    walk is still above 0.5 at its end, at every pixel but a corner: one splat over the whole
+    tile in the first part (behind it 255 small ones in the corner), m in the second (drawn so
+    that chain <= 0.5 < walk, in float32 as the kernels compute it; every alpha = o exactly,
+    the splats being so wide that exp(power) rounds to 1), then 30 more. The median is the
+    first of those 30 (the CPU's walk: position 513) and the split forward must find it there,
+    past the part the chain named."""
+    gen = torch.Generator().manual_seed(seed)
+    first_alpha, second_part = alphas_crossing_late(gen)
+    m, tail = len(second_part), 30
+    scene = scenes.make_scene(26000 + seed, P=8, height=16, width=16, precomp_colors=True,
+                              outliers=False)
+    settings = scene.settings
+    wide = torch.zeros(1 + 255 + 256 + tail, dtype=torch.bool)
+    wide[0] = wide[-tail:] = True
+    wide[256 + torch.randperm(256, generator=gen)[:m]] = True
+    u = lambda n, lo, hi: lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64)  # noqa: E731
+    z = torch.cat([torch.ones(1), u(255, 1.1, 1.5), u(256, 2.0, 2.5).sort().values,
+                   u(tail, 3.0, 4.0)])
+    opacities = torch.full_like(z, 0.9)
+    opacities[0] = float(first_alpha)
+    opacities[256:512][wide[256:512]] = torch.tensor([float(a) for a in second_part],
+                                                     dtype=torch.float64)
+    opacities[-tail:] = 0.05
+    uv = torch.where(wide, 0.0, -0.85)  # small splats in the corner (0, 0), about 0.7 px in
+    cam = torch.stack([uv * z * settings.tanfovx, uv * z * settings.tanfovy, z], dim=1)
+    c2w = torch.linalg.inv(settings.viewmatrix.double().T)
+    focal = 16 / (2 * settings.tanfovx)
+    sigma_px = torch.where(wide, 2e6, 0.5)
+    scene.inputs.update(means3D=(cam @ c2w[:3, :3].T + c2w[:3, 3]).float(),
+                        scales=(sigma_px * z / focal)[:, None].repeat(1, 3).float(),
+                        rotations=torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(len(z), 1),
+                        opacities=opacities[:, None].float(),
+                        colors_precomp=torch.rand(len(z), 3, generator=gen),
+                        means2D=torch.zeros(len(z), 3))
+    positions, n_contrib = median_positions(scene)
+    clean = positions == 513
+    assert clean.sum() >= 200 and (n_contrib[clean] == 1 + 255 + 256 + tail).all()
+    expected, _ = render_all(scene, None, "cpu", median=True)
+    with active(target):
+        tuning(split_length=256)
+        out, _ = render_all(scene, None, target, median=True)
+    assert torch.equal(out[-1], expected[-1]), (out[-1] - expected[-1]).abs().max()
+    for k in (0, 2, 3):
+        torch.testing.assert_close(out[k], expected[k], rtol=1e-5, atol=1e-5)
+
+
+def alphas_crossing_late(gen):
+    """(a0, [a_1 .. a_m]) with T_start = 1 - a0 above 0.5 and, in float32, the chain
+    T_start * prod(1 - a_i) (the product from 1) <= 0.5 < the walk T_start (1 - a_1) .. (1 - a_m);
+    every alpha in [1/255, 0.5)."""
+    f32 = numpy.float32
+    for _ in range(500):
+        a0 = f32(0.02 + 0.3 * torch.rand((), generator=gen).item())
+        m = int(torch.randint(10, 60, (), generator=gen))
+        start = f32(1) - a0
+        level = 1 - (0.5 / float(start)) ** (1 / m)
+        alphas = [f32(level * (0.7 + 0.6 * torch.rand((), generator=gen).item()))
+                  for _ in range(m - 1)]
+        rest = 0.5 / float(start) / math.prod(1 - float(a) for a in alphas)
+        last = f32(1 - rest)
+        if not 1 / 255 < last < 0.5:
+            continue
+        for k in range(-300, 300):  # the last alpha, ulp by ulp around where T reaches 0.5
+            a = f32(last + f32(k) * numpy.spacing(last))
+            product, walk = f32(1), start
+            for alpha in alphas + [a]:
+                product, walk = product * (f32(1) - alpha), walk * (f32(1) - alpha)
+            if start * product <= f32(0.5) < walk:
+                return a0, alphas + [a]
+    raise AssertionError("no alphas found whose chain and walk straddle 0.5")
