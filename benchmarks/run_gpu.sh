@@ -29,7 +29,8 @@
 # Every test has a per-test limit ($DGRD_TEST_TIMEOUT, tests/conftest.py).
 #
 # What comes back ($OUT, else benchmarks/results; at most 8 files, none in sub-folders):
-# summary.txt (one line per stage, as it ends: the first thing to read), run_gpu.log (everything),
+# summary.txt (one line per stage, as it ends: the first thing to read; at the end the issue's
+# targets, met or missed, and the ablation's ratios, by benchmarks/report.py), run_gpu.log (everything),
 # compare_cuda_cpu.json, bench_ours.json, bench_gsplat.json, bench_original.json,
 # bench_ablation.json and at most two parts of the compiled gsplat library, gsplat_cuda-<torch>-<cuda>-sm<NN>.so.gz.partNN: copy them
 # into .whl/ and a later run on the same image loads them instead of compiling (minutes saved).
@@ -171,11 +172,22 @@ card_state() {
     note "--- card $1: ${state:-no nvidia-smi} (sm clock, max sm clock, memory clock, power, power limit, temperature, load)"
 }
 
+# The issue's targets, met or missed, and the ablation's ratios, from the timings written so far
+# (benchmarks/report.py), into summary.txt, indented under a heading of their own.
+report_targets() {
+    local files=("$RESULTS"/bench_*.json)
+    [ -e "${files[0]}" ] || return 0
+    note "--- targets (benchmarks/report.py --brief $(basename -a "${files[@]}" | tr '\n' ' '))"
+    timeout 20 "$PY" benchmarks/report.py --brief "${files[@]}" 2>&1 | sed 's/^/  /' \
+        | tee -a "$SUMMARY"
+}
+
 finish() {
     for pid in "${background_pids[@]}"; do
         running "$pid" && kill -TERM -- "-$pid" 2>/dev/null
     done
     rm -f "$RESULTS"/*.tmp
+    report_targets
     card_state "at the end"
     note "--- end: status $status after $((SECONDS + BUDGET_S - DEADLINE)) s of $BUDGET_S s [$(now)]"
     echo

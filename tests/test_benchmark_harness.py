@@ -334,3 +334,59 @@ def test_gsplat_stand_ins_match_their_definitions():
     torch.testing.assert_close(sums, want_sum, rtol=1e-5, atol=1e-6)
     assert torch.equal(twins.accumulate_along_rays(weights, None, rays, 7)[:, 0],
                        torch.zeros(7).index_add(0, rays, weights))
+
+
+def _bench_row(scene, scale, impl, fwd, bwd, peak=None):
+    return {"scene": scene, "scale": scale, "impl": impl, "n_gaussians": 1000,
+            "resolution": f"{int(648 * scale)}x{int(420 * scale)}",
+            "fwd_ms": {"median": fwd}, "bwd_ms": {"median": bwd},
+            "fwd_bwd_ms": {"median": fwd + bwd}, "peak_fwd_bwd_mib": peak}
+
+
+def test_report_judges_the_targets_from_one_run(tmp_path):
+    """benchmarks/report.py: each target of issue 9 met or missed by the figures, from ours and
+    gsplat timed in the same file (never a pair across files), and the ablation's ratios."""
+    report = _load("report")
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand((), generator=gen).item()  # noqa: E731
+    rows, expected = [], {}
+    for scene in ("1m", "2.8m"):
+        for scale in (2.0, 3.0):
+            fwd, bwd, peak = u(1, 20), u(1, 40), u(100, 5000)
+            speed_fb, speed_f, memory = u(0.8, 2.5), u(0.5, 1.8), u(0.5, 1.5)
+            g_fwd = fwd * speed_f
+            rows += [_bench_row(scene, scale, "ours", fwd, bwd, peak),
+                     _bench_row(scene, scale, "gsplat", g_fwd, (fwd + bwd) * speed_fb - g_fwd,
+                                peak * memory)]
+            name = f"{scene} x{scale:g}"
+            expected[f"{name}: fwd+bwd >= 1.5x gsplat"] = "met" if speed_fb >= 1.5 else "missed"
+            expected[f"{name}: fwd >= gsplat"] = "met" if speed_f >= 1.0 else "missed"
+            expected[f"{name}: peak <= gsplat"] = "met" if memory >= 1.0 else "missed"
+    small = u(0.2, 0.8)
+    rows.append(_bench_row("112k", 1.0, "ours", small * 0.4, small * 0.6))
+    expected["112k x1: fwd+bwd < 0.5 ms"] = "met" if small < 0.5 else "missed"
+    off = u(0.9, 2.0)
+    ablation = [_bench_row("112k", 2.0, "ours", 1.0, 2.0),
+                _bench_row("112k", 2.0, "ours-no-warp-skip", 1.0 * off, 2.0 * off)]
+    paths = [tmp_path / "bench_gsplat.json", tmp_path / "bench_ablation.json"]
+    paths[0].write_text(json.dumps({"environment": {"gpu": "Test GPU"}, "results": rows}))
+    paths[1].write_text(json.dumps({"results": ablation}))
+    found = {name: (status, figures) for name, status, figures in
+             report.targets(report.load(paths))}
+    assert {name: status for name, (status, _) in found.items()} == expected
+    speed = (rows[1]["fwd_bwd_ms"]["median"]) / rows[0]["fwd_bwd_ms"]["median"]
+    assert found["1m x2: fwd+bwd >= 1.5x gsplat"][1].startswith(f"{speed:.2f}x")
+
+    brief = subprocess.run([sys.executable, str(REPO / "benchmarks" / "report.py"), "--brief",
+                            *map(str, paths)], capture_output=True, text=True, check=True).stdout
+    assert "GPU Test GPU" in brief and f"ours-no-warp-skip {off:.2f}x" in brief
+    assert f"{sum(s == 'met' for s in expected.values())} met of the 13 measured" in brief
+    table = report.report(report.load(paths), brief=False)
+    assert table.count("| gsplat |") == 4 and "| ours-no-warp-skip |" in table
+
+    # Ours and gsplat from different files are never paired.
+    apart = [tmp_path / "ours.json", tmp_path / "theirs.json"]
+    apart[0].write_text(json.dumps({"results": [r for r in rows if r["impl"] == "ours"]}))
+    apart[1].write_text(json.dumps({"results": [r for r in rows if r["impl"] == "gsplat"]}))
+    statuses = [status for _, status, _ in report.targets(report.load(apart))]
+    assert statuses.count("not measured") == 4

@@ -55,6 +55,11 @@ def test_dry_run_runs_every_stage_in_order_and_writes_out(tmp_path):
     assert log.rstrip().endswith((tmp_path / "summary.txt").read_text().rstrip())
     assert (tmp_path / "run_gpu.log").read_text().count("=== ") >= len(STAGES)
 
+    # The targets, judged from the timings that came back (none against gsplat on the CPU).
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "--- targets (benchmarks/report.py --brief bench_ablation.json bench_ours.json" in summary
+    assert summary.count("    not measured ") == 5 and "  ablation, forward + backward" in summary
+
     compare = json.loads((tmp_path / "compare_cuda_cpu.json").read_text())
     assert set(compare["outputs"]) == {"color", "depth", "weight"}
     assert compare["outputs"]["color"]["max_abs_diff"] == 0.0    # CPU against itself
