@@ -700,9 +700,29 @@ void render_lanes(const Camera<float>& cam, const GaussianState<float>& state, i
   }
 }
 
-// At most this many feature-gradient values (pairs x C, in double) are held at once: the
-// backward with feature channels runs in waves of consecutive tiles under this budget.
-constexpr int64_t kWaveFeatureValues = int64_t(1) << 22;
+// The pair sums of a wave of consecutive tiles: at most this many doubles (4 MiB) at once. Held
+// for a whole call they were 96 B a pair (52 MB for garden 112k at 648x420), memory mapped
+// afresh each call, whose page faults and cache misses cost the plain render backward about
+// 10% of its time (doc/performance.md); waves of 16 MiB were slower again.
+constexpr int64_t kWaveValues = int64_t(1) << 19;
+
+// Half `part` (of 2) of a pair's splat gradient added into a Gaussian's total: the reduction
+// splits the values between threads.
+void add_half(SplatGrad<double>& total, const SplatGrad<double>& pair, int part) {
+  if (part == 0) {
+    total.mean2d.x += pair.mean2d.x;
+    total.mean2d.y += pair.mean2d.y;
+    total.conic.a += pair.conic.a;
+    total.conic.b += pair.conic.b;
+    total.conic.c += pair.conic.c;
+  } else {
+    total.opacity += pair.opacity;
+    total.feature.x += pair.feature.x;
+    total.feature.y += pair.feature.y;
+    total.feature.z += pair.feature.z;
+    total.feature.w += pair.feature.w;
+  }
+}
 
 template <bool kWithFeatures, bool kWithMedian>
 void render_backward_lanes(const Camera<float>& cam, const GaussianState<float>& state,
@@ -713,27 +733,33 @@ void render_backward_lanes(const Camera<float>& cam, const GaussianState<float>&
   const int tiles = cam.tiles_x * cam.tiles_y;
   [[maybe_unused]] const int plane = cam.width * cam.height;
   const int* ranges = lists.tile_ranges;
-  const int64_t pairs = tiles > 0 ? ranges[2 * tiles - 1] : 0;
   const int channels = kWithFeatures ? extra.channels : 0;
-  // Each (tile, splat) pair gets its own sum, so a tile's result does not depend on which
-  // thread ran it: scheduling is free to be dynamic and the gradients still repeat exactly.
-  std::unique_ptr<SplatGrad<double>[]> pair_sums(new SplatGrad<double>[size_t(pairs)]);
+  const int64_t pair_values = kSplatGradValues + channels;
   std::vector<int> visited(size_t(tiles), 0);  // splats of each tile a pixel reached
-  // The feature channels' pair sums (C each) would not fit at once: consecutive tiles run in
-  // waves, each wave's pairs added into their Gaussians in tile order before the next.
-  std::vector<double> feature_totals(size_t(count) * channels, 0.0);
-  std::vector<double> wave_sums;
+  // Each (tile, splat) pair gets its own sum, so a tile's result does not depend on which
+  // thread ran it: scheduling is free to be dynamic. The pairs are added into their Gaussians
+  // in list order, wave after wave (consecutive tiles under kWaveValues), each thread a share of
+  // the values: a fixed order, so the same result on any number of threads.
+  std::vector<SplatGrad<double>> totals(static_cast<size_t>(count));
+  std::memset(static_cast<void*>(totals.data()), 0, totals.size() * sizeof(SplatGrad<double>));
+  if (kWithFeatures) {  // feature gradients add up in the output (no P x C doubles to map)
+#pragma omp parallel for schedule(static) if (count >= kMinParallelItems) \
+    num_threads(loop_threads())
+    for (int i = 0; i < count; ++i)
+      std::fill_n(extra.features_grad + size_t(i) * channels, channels, 0.f);
+  }
+  const int reduction_parts = 2 + (channels + 7) / 8;  // splat halves, eights of channels
+  std::vector<SplatGrad<double>> pair_sums;           // the wave's
+  std::vector<double> feature_sums;                   // the wave's, C a pair
   for (int wave_begin = 0; wave_begin < tiles;) {
-    int wave_end = tiles;
-    if (kWithFeatures) {
-      wave_end = wave_begin + 1;
-      while (wave_end < tiles &&
-             int64_t(ranges[2 * wave_end + 1] - ranges[2 * wave_begin]) * channels <=
-                 kWaveFeatureValues)
-        ++wave_end;
-      wave_sums.resize(size_t(ranges[2 * wave_end - 1] - ranges[2 * wave_begin]) * channels);
-    }
+    int wave_end = wave_begin + 1;
+    while (wave_end < tiles &&
+           int64_t(ranges[2 * wave_end + 1] - ranges[2 * wave_begin]) * pair_values <= kWaveValues)
+      ++wave_end;
     const int first_pair = ranges[2 * wave_begin];
+    const size_t wave_pairs = size_t(ranges[2 * wave_end - 1] - first_pair);
+    pair_sums.resize(wave_pairs);
+    feature_sums.resize(wave_pairs * channels);
 #pragma omp parallel if (plane >= kMinParallelItems) num_threads(loop_threads())
     {
       StagedSplats sp;
@@ -762,45 +788,35 @@ void render_backward_lanes(const Camera<float>& cam, const GaussianState<float>&
             render_backward_group<kWithFeatures, kWithMedian>(
                 cam, sp, {x, y, std::min(kLanes, tp.x1 - x)}, px, grads, extra,
                 lane_sums.data(), fg);
-        for (int j = 0; j < n; ++j) pair_sums[begin + j] = lane_total(lane_sums[j]);
+        SplatGrad<double>* pair_out = pair_sums.data() + (begin - first_pair);
+        for (int j = 0; j < n; ++j) pair_out[j] = lane_total(lane_sums[j]);
         if (kWithFeatures) {
-          double* wave_out = wave_sums.data() + size_t(begin - first_pair) * channels;
-          for (size_t v = 0; v < size_t(n) * channels; ++v) wave_out[v] = lane_sum(fg.sums[v]);
+          double* feature_out = feature_sums.data() + size_t(begin - first_pair) * channels;
+          for (size_t v = 0; v < size_t(n) * channels; ++v) feature_out[v] = lane_sum(fg.sums[v]);
         }
       }
-      if (kWithFeatures) {
-        // The wave's feature sums into their Gaussians in tile order, each thread a share of
-        // the channels: the same order, and so the same result, on any number of threads.
 #pragma omp for schedule(static)
-        for (int c0 = 0; c0 < channels; c0 += 8) {
-          const int c1 = std::min(channels, c0 + 8);
-          for (int tile = wave_begin; tile < wave_end; ++tile) {
-            const int begin = ranges[2 * tile];
-            for (int j = 0; j < visited[tile]; ++j) {
-              double* total = feature_totals.data() + size_t(lists.point_list[begin + j]) * channels;
-              const double* sum = wave_sums.data() + size_t(begin + j - first_pair) * channels;
-              for (int c = c0; c < c1; ++c) total[c] += sum[c];
-            }
+      for (int part = 0; part < reduction_parts; ++part) {
+        for (int tile = wave_begin; tile < wave_end; ++tile) {
+          const int begin = ranges[2 * tile];
+          const int* ids = lists.point_list + begin;
+          const size_t at = size_t(begin - first_pair);
+          if (part < 2) {
+            for (int j = 0; j < visited[tile]; ++j) add_half(totals[ids[j]], pair_sums[at + j], part);
+            continue;
+          }
+          const int c0 = (part - 2) * 8, c1 = std::min(channels, c0 + 8);
+          for (int j = 0; j < visited[tile]; ++j) {
+            float* total = extra.features_grad + size_t(ids[j]) * channels;
+            const double* sum = feature_sums.data() + (at + j) * channels;
+            for (int c = c0; c < c1; ++c) total[c] = float(total[c] + sum[c]);
           }
         }
       }
     }
     wave_begin = wave_end;
   }
-  // Pairs are added into their Gaussians in tile order: a fixed order, so a fixed result.
-  std::vector<SplatGrad<double>> totals(static_cast<size_t>(count));
-  std::memset(static_cast<void*>(totals.data()), 0, totals.size() * sizeof(SplatGrad<double>));
-  for (int tile = 0; tile < tiles; ++tile) {
-    const int begin = ranges[2 * tile];
-    for (int j = 0; j < visited[tile]; ++j) add(totals[lists.point_list[begin + j]], pair_sums[begin + j]);
-  }
   to_splat_grads(totals.data(), count, splat_grads);
-  if (kWithFeatures) {
-#pragma omp parallel for schedule(static) if (count >= kMinParallelItems) \
-    num_threads(loop_threads())
-    for (int64_t v = 0; v < int64_t(count) * channels; ++v)
-      extra.features_grad[v] = float(feature_totals[size_t(v)]);
-  }
 }
 
 }  // namespace
