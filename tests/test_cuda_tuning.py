@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import scenes
-from cuda_target import EMULATED_CUDA, REAL_CUDA, active, cuda_targets, is_emulated
+from cuda_target import EMULATED_CUDA, REAL_CUDA, EmulatedCuda, active, cuda_targets, is_emulated
 from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend
 from test_cuda import settings_on
 from test_cuda_features import median_ambiguous
@@ -539,3 +539,36 @@ def alphas_crossing_late(gen):
             if start * product <= f32(0.5) < walk:
                 return a0, alphas + [a]
     raise AssertionError("no alphas found whose chain and walk straddle 0.5")
+
+
+PLAIN_KERNELS = {"preprocess_kernel", "depth_keys_kernel", "gather_touched_kernel",
+                 "duplicate_tile_keys_kernel", "tile_ranges_kernel", "plan_splits_kernel",
+                 "render_variant", "resolve_variant", "render_backward_variant",
+                 "preprocess_backward_kernel"}
+FEATURE_KERNELS = {"render_features_kernel", "combine_feature_parts_kernel",
+                   "feature_dots_kernel", "render_features_backward_kernel"}
+
+
+@needs_emulation
+def test_unused_outputs_launch_nothing(tuning):
+    """New outputs cost nothing when unused: a call and its backward launch the plain kernels
+    only (the emulation's record of launches), the median none more (it is a variant of the
+    render), and feature channels their four kernels; with lists split and whole."""
+    target = EmulatedCuda("asc")
+    scene = scenes.make_scene(27000, P=400, height=37, width=45, sh_degree=1, smooth=True)
+    scene.inputs["opacities"] = scene.inputs["opacities"] * 0.2  # long lists: split in parts
+    F = torch.rand(scene.P, 3, generator=torch.Generator().manual_seed(6))
+    calls = {"plain": (None, False), "median": (None, True), "features": (F, False)}
+    for split in (True, False):
+        launched = {}
+        with active(target):
+            tuning(split_tiles=split, split_length=256 if split else 0)
+            for name, (features, median) in calls.items():
+                with launch_record(target) as launches:
+                    render_all(scene, features, target, median=median)
+                launched[name] = {kernel.split("<")[0] for kernel, _, _ in launches}
+        plain = PLAIN_KERNELS - (set() if split else {"plan_splits_kernel", "resolve_variant"})
+        assert launched["plain"] == plain
+        assert launched["median"] == plain
+        assert launched["features"] == plain | (FEATURE_KERNELS if split else {
+            "render_features_kernel", "render_features_backward_kernel"})
