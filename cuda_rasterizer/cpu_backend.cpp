@@ -470,7 +470,8 @@ std::vector<int> depth_order(const Camera<T>& cam, int count, const GaussianStat
   if constexpr (std::is_same<T, float>::value) {
     // The ids are in index order: a stable sort by depth keeps it among equal depths.
     std::vector<uint32_t> keys(ids.size());
-    for (size_t k = 0; k < ids.size(); ++k) keys[k] = depth_sort_key(f[ids[k]].w, cam.inverse_depth);
+    for (size_t k = 0; k < ids.size(); ++k)
+      keys[k] = depth_sort_key(f[ids[k]].w, cam.inverse_depth);
     radix_sort_by_key(keys, ids);
   } else {
     // Larger 1/z is nearer (inverse_depth).
@@ -823,7 +824,8 @@ void render_backward_lanes(const Camera<float>& cam, const GaussianState<float>&
           const int* ids = lists.point_list + begin;
           const size_t at = size_t(begin - first_pair);
           if (part < 2) {
-            for (int j = 0; j < visited[tile]; ++j) add_half(totals[ids[j]], pair_sums[at + j], part);
+            for (int j = 0; j < visited[tile]; ++j)
+              add_half(totals[ids[j]], pair_sums[at + j], part);
             continue;
           }
           const int c0 = (part - 2) * 8, c1 = std::min(channels, c0 + 8);

@@ -484,7 +484,9 @@ def test_split_forward_median_crossing_later_than_the_chain_says(seed, target, t
     wide = torch.zeros(1 + 255 + 256 + tail, dtype=torch.bool)
     wide[0] = wide[-tail:] = True
     wide[256 + torch.randperm(256, generator=gen)[:m]] = True
-    u = lambda n, lo, hi: lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64)  # noqa: E731
+    def u(n, lo, hi):
+        return lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64)
+
     z = torch.cat([torch.ones(1), u(255, 1.1, 1.5), u(256, 2.0, 2.5).sort().values,
                    u(tail, 3.0, 4.0)])
     opacities = torch.full_like(z, 0.9)

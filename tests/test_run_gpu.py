@@ -57,7 +57,8 @@ def test_dry_run_runs_every_stage_in_order_and_writes_out(tmp_path):
 
     # The targets, judged from the timings that came back (none against gsplat on the CPU).
     summary = (tmp_path / "summary.txt").read_text()
-    assert "--- targets (benchmarks/report.py --brief bench_ablation.json bench_ours.json" in summary
+    assert ("--- targets (benchmarks/report.py --brief bench_ablation.json bench_ours.json"
+            in summary)
     assert summary.count("    not measured ") == 5 and "  ablation, forward + backward" in summary
 
     compare = json.loads((tmp_path / "compare_cuda_cpu.json").read_text())
