@@ -30,8 +30,9 @@ BASELINES = ("gsplat", "original")
 
 
 def load(paths: List[Path]) -> List[dict]:
-    """The files that parse, each as {"path", "environment", "config", "results"}; a file
-    cut short mid-run (complete: false) still counts for the configurations it holds."""
+    """The files that parse, each as {"path", "environment", "config", "results"}, the run
+    with gsplat first; a file cut short mid-run (complete: false) still counts for the
+    configurations it holds."""
     runs = []
     for path in paths:
         try:
@@ -40,7 +41,11 @@ def load(paths: List[Path]) -> List[dict]:
             print(f"report: skipping {path}: {e}", file=sys.stderr)
             continue
         runs.append(dict(data, path=str(path)))
-    return runs
+    # Ours from the run beside gsplat first (its ratios are the issue's), the ablation's last.
+    def rank(run):
+        impls = {row["impl"] for row in run.get("results", [])}
+        return (0 if "gsplat" in impls else 2 if impls - {"ours", *BASELINES} else 1)
+    return sorted(runs, key=rank)
 
 
 def key(row: dict) -> Tuple[str, float]:
