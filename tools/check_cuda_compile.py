@@ -7,7 +7,9 @@ Exits non-zero on the first compile error, printing nvcc's output. --registers a
 render kernel's registers and spills per architecture (ptxas -v), and fails when one spills more
 than RENDER_SPILL_LIMIT bytes: the render kernels are compiled for a number of blocks per SM
 (their __launch_bounds__), and a spill that grows past a few bytes of staging is a slowdown no
-CPU test can see.
+CPU test can see. With each kernel's static shared memory it prints the blocks of 256 threads an
+SM can hold by registers, shared memory and threads (the occupancy the design assumes, checked
+without a GPU).
 """
 import argparse
 import concurrent.futures
@@ -74,8 +76,8 @@ def compile_one(nvcc, source, archs, includes, outdir, extra=()):
 
 
 def kernel_resources(log):
-    """(arch, kernel, registers, spill store bytes) of each kernel in ptxas -v output; kernel
-    names demangled when c++filt is present."""
+    """(arch, kernel, registers, spill store bytes, static shared memory bytes) of each kernel
+    in ptxas -v output; kernel names demangled when c++filt is present."""
     rows, arch, name, spill = [], None, None, 0
     for line in log.splitlines():
         m = re.search(r"Compiling entry function '(\S+)' for '(sm_\d+)'", line)
@@ -86,7 +88,8 @@ def kernel_resources(log):
             spill = int(m.group(1))
         m = re.search(r"Used (\d+) registers", line)
         if m and name:
-            rows.append((arch, name, int(m.group(1)), spill))
+            smem = re.search(r"(\d+) bytes smem", line)
+            rows.append((arch, name, int(m.group(1)), spill, int(smem.group(1)) if smem else 0))
             name = None
     if shutil.which("c++filt") and rows:
         names = subprocess.run(["c++filt"], input="\n".join(r[1] for r in rows),
@@ -94,8 +97,29 @@ def kernel_resources(log):
         if len(names) == len(rows):
             short = [re.sub(r"\(.*", "", n.replace("(anonymous namespace)::", ""))
                      .replace("void ", "").replace("dgrd::gpu::", "") for n in names]
-            rows = [(a, s, r, sp) for (a, _, r, sp), s in zip(rows, short)]
+            rows = [(a, s, *rest) for (a, _, *rest), s in zip(rows, short)]
     return rows
+
+
+# Per SM: registers, shared memory, shared memory the runtime reserves per block, threads,
+# blocks (CUDA programming guide, compute capabilities 7.5 and 9.0).
+SM_LIMITS = {"sm_75": (65536, 64 << 10, 0, 1024, 16),
+             "sm_90": (65536, 228 << 10, 1 << 10, 2048, 32)}
+
+
+def blocks_per_sm(arch, registers, smem, threads=256):
+    """(blocks of `threads` an SM holds, what limits it) by the kernel's registers (allocated
+    per warp in units of 256) and static shared memory; None for an arch not in SM_LIMITS."""
+    if arch not in SM_LIMITS:
+        return None
+    sm_registers, sm_smem, reserved, sm_threads, sm_blocks = SM_LIMITS[arch]
+    warps = threads // 32
+    per_warp = -(-registers * 32 // 256) * 256
+    limits = {"threads": sm_threads // threads, "blocks": sm_blocks,  # full occupancy first
+              "registers": sm_registers // per_warp // warps if registers else sm_blocks,
+              "shared memory": sm_smem // (smem + reserved) if smem else sm_blocks}
+    which = min(limits, key=limits.get)
+    return limits[which], which
 
 
 def main():
@@ -126,10 +150,14 @@ def main():
                 print(f"FAIL  {name}\n{log}")
                 continue
             print(f"ok    {name} (sm_{', sm_'.join(archs)})")
-            for arch, kernel, registers, spill in kernel_resources(log) if args.registers else []:
+            for arch, kernel, registers, spill, smem in (kernel_resources(log)
+                                                         if args.registers else []):
                 if "render" not in kernel:
                     continue
-                print(f"      {arch}  {registers:3d} registers  {spill:3d} B spilled  {kernel}")
+                occupancy = blocks_per_sm(arch, registers, smem)
+                fits = "" if occupancy is None else f"{occupancy[0]} blocks/SM ({occupancy[1]})"
+                print(f"      {arch}  {registers:3d} registers  {spill:3d} B spilled  "
+                      f"{smem / 1024:5.1f} KiB smem  {fits:28s} {kernel}")
                 if spill > RENDER_SPILL_LIMIT:
                     failed += 1
                     print(f"FAIL  {kernel} ({arch}) spills {spill} bytes, more than "
