@@ -393,3 +393,32 @@ def test_report_judges_the_targets_from_one_run(tmp_path):
     apart[1].write_text(json.dumps({"results": [r for r in rows if r["impl"] == "gsplat"]}))
     statuses = [status for _, status, _ in report.targets(report.load(apart))]
     assert statuses.count("not measured") == 4
+
+
+def test_check_cuda_compile_reads_ptxas_and_counts_blocks_per_sm():
+    """tools/check_cuda_compile.py --registers: registers, spills and shared memory read from
+    ptxas -v output, and the blocks of 256 threads an SM holds, worked out by hand from the
+    programming guide's limits (sm_90: 64K registers, 228 KiB, 1 KiB reserved a block, 2048
+    threads; sm_75: 64 KiB, 1024 threads)."""
+    spec = importlib.util.spec_from_file_location("_dgrd_check_cuda_compile",
+                                                  REPO / "tools" / "check_cuda_compile.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    regs, spill, smem = (int(torch.randint(16, 255, (), generator=gen)),
+                         int(torch.randint(0, 99, (), generator=gen)),
+                         int(torch.randint(0, 99999, (), generator=gen)))
+    log = (f"ptxas info    : Compiling entry function '_Z6kernelv' for 'sm_90'\n"
+           f"ptxas info    : Function properties for _Z6kernelv\n"
+           f"    {spill} bytes stack frame, {spill} bytes spill stores, {spill} bytes spill loads\n"
+           f"ptxas info    : Used {regs} registers, used 1 barriers, {smem} bytes smem, "
+           f"400 bytes cmem[0]\n")
+    (arch, _, r, s, m), = tool.kernel_resources(log)
+    assert (arch, r, s, m) == ("sm_90", regs, spill, smem)
+    assert tool.blocks_per_sm("sm_90", 32, 12288) == (8, "threads")
+    assert tool.blocks_per_sm("sm_90", 56, 12288) == (4, "registers")   # 56 x 32 = 1792 a warp
+    assert tool.blocks_per_sm("sm_90", 33, 12288) == (6, "registers")   # 40 x 32: 51 warps
+    assert tool.blocks_per_sm("sm_90", 32, 100 << 10) == (2, "shared memory")
+    assert tool.blocks_per_sm("sm_75", 87, 25 << 10) == (2, "registers")  # 88 x 32: 23 warps
+    assert tool.blocks_per_sm("sm_75", 32, 0) == (4, "threads")
+    assert tool.blocks_per_sm("sm_80", 32, 0) is None
