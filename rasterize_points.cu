@@ -11,6 +11,8 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
+#include <limits>
 #include <map>
 #include <string>
 #include <utility>
@@ -140,15 +142,25 @@ void check_cub(cudaError_t status, const char* stage) {
               "' (CUB) failed: ", cudaGetErrorString(status));
 }
 
-// Free device memory plus what PyTorch's caching allocator holds but does not use.
-int64_t device_bytes_available() {
+// The memory a forward's `bytes` are checked against: free device memory plus what PyTorch's
+// caching allocator holds but does not use. Asked of the driver only for a request over an
+// eighth of the device's memory: cudaMemGetInfo takes 5-10 us (milliseconds on some drivers), a
+// cost on every call of a small render, and a request under that size cannot be absurd (one that
+// still fails gets the caching allocator's own out-of-memory error). Below it: no limit.
+int64_t device_bytes_available(int64_t bytes) {
 #ifdef DGRD_EMULATE_CUDA
+  (void)bytes;  // tests lower the host budget to reach the checks with any request
   return host_bytes_available();
 #else
+  constexpr int kDevices = 64;
+  static std::atomic<int64_t> total_of[kDevices] = {};  // 0 until the device is first asked
+  const int device = c10::cuda::current_device();
+  const int64_t total = device < kDevices ? total_of[device].load() : 0;
+  if (total > 0 && bytes <= total / 8) return std::numeric_limits<int64_t>::max();
   size_t free_bytes = 0, total_bytes = 0;
   C10_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-  const auto stats =
-      c10::cuda::CUDACachingAllocator::getDeviceStats(c10::cuda::current_device());
+  if (device < kDevices) total_of[device].store(int64_t(total_bytes));
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device);
   const size_t aggregate = 0;  // StatType::AGGREGATE, whose namespace varies across versions
   const int64_t cached = stats.reserved_bytes[aggregate].current -
                          stats.allocated_bytes[aggregate].current;
@@ -364,11 +376,13 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
 
   Binning bins(c, g.means3D, st, stream);
   const int64_t pairs = bins.count_pairs();
-  const int64_t available = device_bytes_available();
-  check_tile_pairs(pairs, bins.bytes_per_pair(), available);
   // colour (3), depth, weight, the saved pixel state (3) and n_contrib, and the optional maps
-  check_image_buffers(H, W, 9 * int64_t(sizeof(float)) + optional_pixel_bytes(c, g, sizeof(float)),
-                      available - pairs * bins.bytes_per_pair());
+  const int64_t pixel_bytes =
+      9 * int64_t(sizeof(float)) + optional_pixel_bytes(c, g, sizeof(float));
+  const int64_t pair_bytes = pairs * bins.bytes_per_pair();
+  const int64_t available = device_bytes_available(pair_bytes + int64_t(H) * W * pixel_bytes);
+  check_tile_pairs(pairs, bins.bytes_per_pair(), available);
+  check_image_buffers(H, W, pixel_bytes, available - pair_bytes);
 
   allocate_pixel_state(c, s, opts);
   for (torch::Tensor* t : {&s.tile_ranges, &s.pixel_state, &s.n_contrib}) uninitialized(*t);
