@@ -230,8 +230,6 @@ torch::Tensor feature_split_buffer(int64_t rows, int64_t values,
   return device_empty({rows, values, kTilePixels}, opts);
 }
 
-float* data_if_defined(torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
-
 void require_float32(const GaussianTensors& g) {
   TORCH_CHECK_TYPE(g.means3D.scalar_type() == torch::kFloat32,
                    "diff_gaussian_rasterization_depth: means3D: the CUDA backend takes float32, "
@@ -403,7 +401,7 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   torch::Tensor feature_parts;  // with the split forward
   if (extra.has_features() && splits.composite)
     feature_parts = feature_split_buffer(splits.capacity, g.channels(), opts);
-  extra.feature_parts = data_if_defined(feature_parts);
+  extra.feature_parts = output_or_null<float>(feature_parts);
   gpu::render(cam, st, lists, make_pixel_buffers<float>(s, color, depth, weight), extra, splits,
               stream);
   check_stage(c, "render");
@@ -438,7 +436,7 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, co
     feature_dots = feature_split_buffer(c.tiles_x() * c.tiles_y() + splits.capacity,
                                         (extra.channels + chunk - 1) / chunk, g.means3D.options());
   }
-  extra.feature_dots = data_if_defined(feature_dots);
+  extra.feature_dots = output_or_null<float>(feature_dots);
   gpu::render_backward(cam, st, lists, make_pixel_buffers<float>(s, {}, {}, {}), pg, extra,
                        splat_grads, splits, stream);
   check_stage(c, "render_backward");

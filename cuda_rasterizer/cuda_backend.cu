@@ -544,6 +544,14 @@ __device__ __forceinline__ void walk_feature_part(const FeatureThread<kChunk>& m
   }
 }
 
+// Channel `channel` of the sums of the part that ends at split `slot`, at the thread's pixel
+// (extra.feature_parts).
+__device__ __forceinline__ float& feature_part_sum(const OptionalOutputs<float>& extra, int slot,
+                                                   int channel) {
+  return extra.feature_parts[(int64_t(slot) * extra.channels + channel) * kTilePixels +
+                             threadIdx.x];
+}
+
 // The feature map, kChunk channels per block (blockIdx.y picks the chunk): the block walks its
 // part of its tile's list (ListPart: the whole list unless the forward splits the feature map)
 // again up to each pixel's last blended splat (n_contrib of the render), so the weights, and
@@ -573,8 +581,7 @@ __global__ void __launch_bounds__(kTilePixels)
     if (part.resume_part < 0)
       extra.feature_map[(me.first + c) * me.plane + me.p] = sum[c];
     else
-      extra.feature_parts[(int64_t(part.resume_part) * extra.channels + me.first + c) *
-                              kTilePixels + threadIdx.x] = sum[c];
+      feature_part_sum(extra, part.resume_part, me.first + c) = sum[c];
   }
 }
 
@@ -596,8 +603,7 @@ __global__ void __launch_bounds__(kTilePixels)
     float total = 0.f;
     for (int q = 0; q + 1 < parts; ++q) {
       const int slot = splits.slot_after(begin, q);
-      total += extra.feature_parts[(int64_t(slot) * extra.channels + first + c) * kTilePixels +
-                                   threadIdx.x];
+      total += feature_part_sum(extra, slot, first + c);
     }
     float& map = extra.feature_map[(first + c) * plane + p];
     map = total + map;
@@ -648,7 +654,7 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
                            OptionalGrads<float> extra, SplatGrad<float>* splat_grads,
                            TileSplits splits) {
   DGRD_SHARED(SplatBatch, batch);
-  if (splits.header) splits.length = splits.header[0];  // the host knows only the capacity
+  splits.load_length();
   const ListPart part(cam, lists, splits);
   if (!part.valid) return;  // the whole block
   const TileThread me(cam, part.tile);
@@ -731,7 +737,7 @@ __global__ void __launch_bounds__(kTilePixels)
                         PixelBuffers<float> px, OptionalGrads<float> extra, TileSplits splits,
                         bool warp_skip) {
   DGRD_SHARED(FeatureBatch<kChunk>, batch);
-  if (splits.header) splits.length = splits.header[0];  // the host knows only the capacity
+  splits.load_length();
   const ListPart part(cam, lists, splits);
   if (!part.valid || part.parts == 1) return;  // the whole block
   const FeatureThread<kChunk> me(cam, part, px, extra.channels);
@@ -759,7 +765,7 @@ __global__ void __launch_bounds__(kTilePixels)
                                     OptionalGrads<float> extra, SplatGrad<float>* splat_grads,
                                     TileSplits splits, bool warp_skip, bool scatter) {
   DGRD_SHARED(FeatureBatch<kChunk>, batch);
-  if (splits.header) splits.length = splits.header[0];
+  splits.load_length();
   const ListPart part(cam, lists, splits);
   if (!part.valid) return;  // the whole block
   const FeatureThread<kChunk> me(cam, part, px, extra.channels);

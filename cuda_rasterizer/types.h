@@ -146,6 +146,10 @@ struct TileSplits {
     return length > 0 && n > length ? (n + length - 1) / length : 1;
   }
   DGRD_HD int slot_of(int64_t position) const { return int(position / length) - 1; }
+  // The backward's kernels: L from the device header (the host side knows only the capacity).
+  DGRD_HD void load_length() {
+    if (header) length = header[0];
+  }
   // The slot of the split that ends part q of the list that starts at `begin`.
   DGRD_HD int slot_after(int begin, int q) const {
     return slot_of(begin + int64_t(q + 1) * length);

@@ -394,6 +394,8 @@ def test_split_length_must_be_a_multiple_of_the_batch(target, tuning):
     with active(target):
         with pytest.raises(ValueError, match="multiple of 256"):
             tuning(split_length=100)
+        with pytest.raises(ValueError, match="feature_split_bytes: at least 0, got -1"):
+            tuning(feature_split_bytes=-1)
 
 
 @pytest.mark.parametrize("target", cuda_targets())
