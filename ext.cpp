@@ -28,6 +28,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init<>())
       .def_readwrite("means3D", &GaussianTensors::means3D)
       .def_readwrite("opacities", &GaussianTensors::opacities)
+      .def_readwrite("dc", &GaussianTensors::dc)
       .def_readwrite("shs", &GaussianTensors::shs)
       .def_readwrite("colors_precomp", &GaussianTensors::colors_precomp)
       .def_readwrite("scales", &GaussianTensors::scales)

@@ -71,6 +71,7 @@ GradientTensors GradientTensors::like_inputs(const GaussianTensors& g, bool came
   d.means3D = allocate({P, 3}, opts);
   d.means2D = allocate({P, 3}, opts);
   d.opacities = allocate({P, 1}, opts);
+  d.dc = like(g.dc, allocate);
   d.shs = like(g.shs, allocate);
   d.colors_precomp = like(g.colors_precomp, allocate);
   d.scales = like(g.scales, allocate);
@@ -158,7 +159,7 @@ void check_tile_pairs(int64_t pairs, int64_t bytes_per_pair, int64_t bytes_avail
       << " (tile, Gaussian) pairs, " << gib(bytes) << " of sort buffers at " << bytes_per_pair
       << " bytes per pair, ";
   if (too_many)
-    msg << "more than the 2^31 - 1 pairs a render can index";
+    msg << "more than the " << kMaxTilePairs << " (2^31 - 513) pairs a render can index";
   else
     msg << "more than the " << gib(double(bytes_available)) << " of memory available";
   msg << ". Reduce the number or the screen size of the Gaussians (large ones close to the "

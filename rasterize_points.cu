@@ -383,7 +383,8 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   check_image_buffers(H, W, pixel_bytes, available - pair_bytes);
 
   allocate_pixel_state(c, s, opts);
-  for (torch::Tensor* t : {&s.tile_ranges, &s.pixel_state, &s.n_contrib}) uninitialized(*t);
+  for (torch::Tensor* t : {&s.tile_ranges, &s.pixel_state, &s.n_contrib, &s.median_contrib})
+    uninitialized(*t);
   s.tile_ranges.zero_();
   s.point_list = device_empty({pairs}, opts.dtype(torch::kInt32));
   bins.sort(s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>());

@@ -28,10 +28,11 @@ struct RasterConfig {
   int tiles_y() const { return int((image_height + kTileSize - 1) / kTileSize); }
 };
 
-// Per-Gaussian inputs; an absent one is an empty tensor. `features` (P, C): the optional
-// channels rendered into the feature map.
+// Per-Gaussian inputs; an absent one is an empty tensor. `dc` (P, 1, 3): SH coefficient 0 given
+// apart from the others in `shs` (the 2024 API). `features` (P, C): the optional channels
+// rendered into the feature map.
 struct GaussianTensors {
-  torch::Tensor means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp;
+  torch::Tensor means3D, opacities, dc, shs, colors_precomp, scales, rotations, cov3D_precomp;
   torch::Tensor features;
   int64_t count() const { return means3D.size(0); }
   int64_t channels() const { return features.defined() && features.dim() == 2 ? features.size(1) : 0; }
@@ -68,7 +69,7 @@ struct ForwardState {
 // median (H,W) or empty, state
 using ForwardResult = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
                                  torch::Tensor, torch::Tensor, std::vector<torch::Tensor>>;
-// d means3D, d means2D (P,3), d opacities (P,1), d shs, d colors_precomp, d scales, d rotations,
+// d means3D, d means2D (P,3), d opacities (P,1), d dc, d shs, d colors_precomp, d scales, d rotations,
 // d cov3D_precomp, d features (empty without features), d viewmatrix (16), d projmatrix (16),
 // d campos (3) (the last three empty unless RasterConfig::camera_grad)
 using BackwardResult = std::vector<torch::Tensor>;
@@ -119,8 +120,9 @@ GaussianInputs<T> make_inputs(const GaussianTensors& g) {
   in.count = int(g.count());
   in.means3D = data_or_null<T>(g.means3D);
   in.opacities = data_or_null<T>(g.opacities);
+  in.dc = data_or_null<T>(g.dc);
   in.shs = data_or_null<T>(g.shs);
-  in.sh_coeffs = in.shs ? int(g.shs.size(1)) : 0;
+  in.sh_coeffs = (in.dc ? 1 : 0) + (in.shs ? int(g.shs.size(1)) : 0);
   in.colors_precomp = data_or_null<T>(g.colors_precomp);
   in.scales = data_or_null<T>(g.scales);
   in.rotations = data_or_null<T>(g.rotations);
@@ -165,7 +167,8 @@ void allocate_pixel_state(const RasterConfig& c, ForwardState& s, const torch::T
 
 // Gradient tensors shaped like the inputs, and their pointers.
 struct GradientTensors {
-  torch::Tensor means3D, means2D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp;
+  torch::Tensor means3D, means2D, opacities, dc, shs, colors_precomp, scales, rotations,
+      cov3D_precomp;
   torch::Tensor features;
   torch::Tensor camera;  // (35): a CameraGrad, or empty when the camera takes no gradient
   using Allocate = torch::Tensor (*)(c10::IntArrayRef, const torch::TensorOptions&);
@@ -180,8 +183,9 @@ struct GradientTensors {
     const auto part = [this](int64_t start, int64_t size) {
       return camera.numel() > 0 ? camera.narrow(0, start, size) : camera;
     };
-    return {means3D,   means2D,       opacities, shs,         colors_precomp, scales,
-            rotations, cov3D_precomp, features,  part(0, 16), part(16, 16),   part(32, 3)};
+    return {means3D,     means2D,  opacities,   dc,           shs,        colors_precomp,
+            scales,      rotations, cov3D_precomp, features, part(0, 16), part(16, 16),
+            part(32, 3)};
   }
   template <typename T>
   CameraGrad<T>* camera_pointer() const {
@@ -191,8 +195,8 @@ struct GradientTensors {
   template <typename T>
   GaussianGrads<T> pointers() const {
     auto p = [](const torch::Tensor& t) { return t.numel() > 0 ? t.data_ptr<T>() : nullptr; };
-    return {p(means3D), p(means2D), p(opacities), p(shs), p(colors_precomp), p(scales),
-            p(rotations), p(cov3D_precomp)};
+    return {p(means3D), p(means2D),        p(opacities), p(dc),          p(shs),
+            p(colors_precomp), p(scales), p(rotations), p(cov3D_precomp)};
   }
 };
 
@@ -213,8 +217,10 @@ OptionalGrads<T> make_optional_grads(const GaussianTensors& g, const ForwardStat
           output_or_null<T>(d.features)};
 }
 
-// Largest number of (tile, Gaussian) pairs a render may hold: indices are 32-bit.
-constexpr int64_t kMaxTilePairs = (int64_t(1) << 31) - 1;
+// Largest number of (tile, Gaussian) pairs a render may hold: indices are 32-bit, and the CUDA
+// render kernels step a batch start past a list's end (start += 256 while start < end), which
+// must not wrap: a margin of two batches below 2^31 - 1.
+constexpr int64_t kMaxTilePairs = (int64_t(1) << 31) - 1 - 2 * kTilePixels;
 
 // Throw std::runtime_error (a RuntimeError in Python) naming the number of pairs, or the image
 // size, and the GiB needed, when the pairs exceed what 32-bit indices address or the buffers

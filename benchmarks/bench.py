@@ -253,9 +253,19 @@ class Ours2024(Ours):
         self.apply_tuning(scene)
         rasterizer = api2024.GaussianRasterizer(scene.raster_settings())
         gc, gd = upstream["color"], upstream["depth"][None]
+        sh = scene.gaussians.sh
+        # With SH (--sh): dc and the rest as two leaves, as the 2024 training code keeps them
+        # (features_dc, features_rest), so the call pays what it pays there.
+        split = None if sh is None else [t.detach().clone().requires_grad_(sh.requires_grad)
+                                         for t in (sh[:, :1], sh[:, 1:])]
 
         def forward():
-            return rasterizer(**scene.rasterizer_inputs())
+            inputs = scene.rasterizer_inputs()
+            if split is not None:
+                for leaf in split:
+                    leaf.grad = None  # what _zero_grads does for the scene's own leaves
+                inputs.update(dc=split[0], shs=split[1])
+            return rasterizer(**inputs)
 
         def loss(out):
             color, _, invdepth = out

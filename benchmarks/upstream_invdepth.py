@@ -8,9 +8,13 @@ Times, on the demo scene, forward and forward+backward of:
 - `feature`: the way before it, 1/z blended as a one-channel feature of the same render
   (`features=`); same loss;
 - `two renders`: the plain call plus a second render of colours (1/z, 1/z, 1/z) over black,
-  whose first channel is the same invdepth; same loss.
+  whose first channel is the same invdepth; same loss;
+- `joined SH`: `upstream` given one shs = cat([dc, shs]) instead of the two leaves, the copy
+  (and the split of its gradient) the package made on every call before it read dc and shs where
+  they lie.
 
     python benchmarks/upstream_invdepth.py [--gaussians 20000] [--size 320 240] [--reps 5]
+                                           [--sh-degree 1]
 """
 import argparse
 import statistics
@@ -39,6 +43,12 @@ def upstream_call(g, settings, backward):
     return [color, invdepth]
 
 
+def joined_sh(g, settings, backward):
+    g = dict(g)
+    g["shs"] = torch.cat([g.pop("dc"), g["shs"]], dim=1)
+    return upstream_call(g, settings, backward)
+
+
 def feature_channel(g, settings, backward):
     color, _, _, _, invdepth = GaussianRasterizer(settings)(
         **g, features=inverse_z(g["means3D"], settings)[:, None])
@@ -59,15 +69,16 @@ def main():
     ap.add_argument("--gaussians", type=int, default=20000)
     ap.add_argument("--size", type=int, nargs=2, default=[320, 240])
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--sh-degree", type=int, default=1, choices=range(1, 4))
     args = ap.parse_args()
-    scene = demo_scene(args.gaussians, sh_degree=1)
+    scene = demo_scene(args.gaussians, sh_degree=args.sh_degree)
     camera = demo_cameras(1, *args.size)[0]
-    settings = camera.raster_settings(sh_degree=1)
+    settings = camera.raster_settings(sh_degree=args.sh_degree)
     print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
-    print(f"{len(scene)} Gaussians, {args.size[0]}x{args.size[1]}, CPU, "
+    print(f"{len(scene)} Gaussians, SH degree {args.sh_degree}, {args.size[0]}x{args.size[1]}, CPU, "
           f"{torch.get_num_threads()} threads; median of {args.reps} (ms)")
     for name, fn in (("plain", plain), ("upstream", upstream_call), ("feature", feature_channel),
-                     ("two renders", two_renders)):
+                     ("two renders", two_renders), ("joined SH", joined_sh)):
         for backward in (False, True):
             times = []
             for _ in range(args.reps + 1):

@@ -110,7 +110,17 @@ constexpr unsigned kAllWarps = (1u << kWarps) - 1;
 // staging would otherwise cost the forward 25% of its occupancy (ptxas, sm_90: 41 registers
 // instead of 32; at 8 blocks, 32 and a spill of at most 4 bytes) and the backward a block (67-70
 // registers instead of 52-64). `check_cuda_compile.py --registers` prints them.
-constexpr int kRenderBlocks = 8, kRenderBackwardBlocks = 4;
+// No more than an SM holds, whose threads are 2048 (sm_80, sm_90, sm_100), 1536 (sm_86, sm_87,
+// sm_89, sm_120) or 1024 (sm_75): a bound past that is ignored, with a ptxas warning.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+constexpr int kSmThreads = 1024;
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ != 800 && __CUDA_ARCH__ != 900 && __CUDA_ARCH__ != 1000
+constexpr int kSmThreads = 1536;
+#else
+constexpr int kSmThreads = 2048;
+#endif
+constexpr int kRenderBlocks = kSmThreads / kTilePixels < 8 ? kSmThreads / kTilePixels : 8;
+constexpr int kRenderBackwardBlocks = 4;
 // The split forward's second kernel: few of its blocks walk (one per part where pixels stop), and
 // at 8 blocks its chains of composites spill 52 bytes (sm_90).
 constexpr int kResolveBlocks = 4;

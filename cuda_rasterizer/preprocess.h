@@ -365,7 +365,8 @@ template <typename T>
 DGRD_HD Vec3<T> gaussian_color(const Camera<T>& cam, const GaussianInputs<T>& in, int i,
                                Vec3<T> mean) {
   if (in.colors_precomp) return load3(in.colors_precomp, i);
-  return sh_to_color(cam.sh_degree, mean, cam.campos, in.shs + int64_t(3) * in.sh_coeffs * i);
+  return sh_to_color(cam.sh_degree, mean, cam.campos,
+                     sh_coeffs_of(in.dc, in.shs, in.sh_coeffs, i));
 }
 
 // Projects Gaussian i. Returns the result with radius 0 when it is culled: behind the near
@@ -482,9 +483,9 @@ DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianIn
     out.colors_precomp[3 * i + 1] = drgb.y;
     out.colors_precomp[3 * i + 2] = drgb.z;
   } else {
-    const int64_t stride = int64_t(3) * in.sh_coeffs;  // 48 values a Gaussian: past 2^31 soon
-    ddirection = sh_to_color_backward(cam.sh_degree, mean, cam.campos, in.shs + stride * i, drgb,
-                                      out.shs + stride * i);
+    ddirection = sh_to_color_backward(cam.sh_degree, mean, cam.campos,
+                                      sh_coeffs_of(in.dc, in.shs, in.sh_coeffs, i), drgb,
+                                      sh_coeffs_of(out.dc, out.shs, in.sh_coeffs, i));
     dmean = dmean + ddirection;
   }
   if (camera) {
@@ -513,7 +514,10 @@ DGRD_HD void zero_unwritten_grads(const Camera<T>& cam, const GaussianInputs<T>&
   const int64_t g = i;
   zero(out.means2D, 3 * g + (culled ? 0 : 2), culled ? 3 : 1);
   const int active = culled || in.colors_precomp ? 0 : (cam.sh_degree + 1) * (cam.sh_degree + 1);
-  zero(out.shs, 3 * (in.sh_coeffs * g + active), 3 * int64_t(in.sh_coeffs - active));
+  if (out.shs || out.dc) {
+    const ShCoeffs<T> dsh = sh_coeffs_of(out.dc, out.shs, in.sh_coeffs, g);
+    for (int k = active; k < in.sh_coeffs; ++k) zero(dsh.coeff(k), 0, 3);
+  }
   if (culled || in.cov3D_precomp) {
     zero(out.scales, 3 * g, 3);
     zero(out.rotations, 4 * g, 4);

@@ -68,6 +68,25 @@ DGRD_HD int sh_basis(int degree, Vec3<T> dir, T basis[kMaxShCoeffs], Vec3<T>* db
   return 16;
 }
 
+// One Gaussian's SH coefficients, 3 values each: coefficient 0 (the DC term) at `dc`, the others
+// from `rest` on. The package's call gives them as one tensor (rest = dc + 3); the 2024 API gives
+// dc and the rest as two, and reading them where they lie spares a copy of every coefficient.
+template <typename T>
+struct ShCoeffs {
+  T* dc;
+  T* rest;
+  DGRD_HD T* coeff(int k) const { return k == 0 ? dc : rest + 3 * (k - 1); }
+};
+
+// Gaussian i's coefficients among `count` a Gaussian: from `dc` (P x 3) and `rest`
+// (P x (count - 1) x 3) when dc is given apart, else all from `rest` (P x count x 3).
+template <typename T>
+DGRD_HD ShCoeffs<T> sh_coeffs_of(T* dc, T* rest, int count, int64_t i) {
+  if (dc) return {dc + 3 * i, rest ? rest + 3 * (count - 1) * i : nullptr};
+  T* first = rest + 3 * count * i;
+  return {first, first + 3};
+}
+
 // Unit view direction from the camera centre to the Gaussian, and the length it had.
 template <typename T>
 DGRD_HD Vec3<T> view_direction(Vec3<T> mean, const T* campos, T& length) {
@@ -78,19 +97,20 @@ DGRD_HD Vec3<T> view_direction(Vec3<T> mean, const T* campos, T& length) {
 
 // sum_k basis_k sh_k + 0.5, before the clamp at 0.
 template <typename T>
-DGRD_HD Vec3<T> sh_raw_color(int n, const T* basis, const T* sh) {
+DGRD_HD Vec3<T> sh_raw_color(int n, const T* basis, ShCoeffs<const T> sh) {
   Vec3<T> rgb = {T(0), T(0), T(0)};
   for (int k = 0; k < n; ++k) {
-    rgb.x += basis[k] * sh[3 * k + 0];
-    rgb.y += basis[k] * sh[3 * k + 1];
-    rgb.z += basis[k] * sh[3 * k + 2];
+    const T* c = sh.coeff(k);
+    rgb.x += basis[k] * c[0];
+    rgb.y += basis[k] * c[1];
+    rgb.z += basis[k] * c[2];
   }
   return rgb + Vec3<T>{T(0.5), T(0.5), T(0.5)};
 }
 
 // Colour = sum_k basis_k sh_k + 0.5, clamped below at 0 (a clamped channel passes no gradient).
 template <typename T>
-DGRD_HD Vec3<T> sh_to_color(int degree, Vec3<T> mean, const T* campos, const T* sh) {
+DGRD_HD Vec3<T> sh_to_color(int degree, Vec3<T> mean, const T* campos, ShCoeffs<const T> sh) {
   T length;
   const Vec3<T> dir = view_direction(mean, campos, length);
   T basis[kMaxShCoeffs];
@@ -100,10 +120,11 @@ DGRD_HD Vec3<T> sh_to_color(int degree, Vec3<T> mean, const T* campos, const T* 
   return {rgb.x < T(0) ? T(0) : rgb.x, rgb.y < T(0) ? T(0) : rgb.y, rgb.z < T(0) ? T(0) : rgb.z};
 }
 
-// Backward of sh_to_color: writes d/d(sh) (n x 3) and returns d/d(mean) through the direction.
+// Backward of sh_to_color: writes d/d(sh) of the n coefficients used and returns d/d(mean)
+// through the direction.
 template <typename T>
-DGRD_HD Vec3<T> sh_to_color_backward(int degree, Vec3<T> mean, const T* campos, const T* sh,
-                                     Vec3<T> drgb, T* dsh) {
+DGRD_HD Vec3<T> sh_to_color_backward(int degree, Vec3<T> mean, const T* campos,
+                                     ShCoeffs<const T> sh, Vec3<T> drgb, ShCoeffs<T> dsh) {
   T length;
   const Vec3<T> dir = view_direction(mean, campos, length);
   T basis[kMaxShCoeffs];
@@ -114,10 +135,12 @@ DGRD_HD Vec3<T> sh_to_color_backward(int degree, Vec3<T> mean, const T* campos, 
                      rgb.z < T(0) ? T(0) : drgb.z};
   Vec3<T> ddir = {T(0), T(0), T(0)};
   for (int k = 0; k < n; ++k) {
-    dsh[3 * k + 0] = basis[k] * g.x;
-    dsh[3 * k + 1] = basis[k] * g.y;
-    dsh[3 * k + 2] = basis[k] * g.z;
-    const Vec3<T> shk = {sh[3 * k + 0], sh[3 * k + 1], sh[3 * k + 2]};
+    T* dc = dsh.coeff(k);
+    dc[0] = basis[k] * g.x;
+    dc[1] = basis[k] * g.y;
+    dc[2] = basis[k] * g.z;
+    const T* c = sh.coeff(k);
+    const Vec3<T> shk = {c[0], c[1], c[2]};
     ddir = ddir + dot(shk, g) * dbasis[k];
   }
   // d(v / |v|)/dv = (I - dir dir^T) / |v|

@@ -32,8 +32,9 @@ struct GaussianInputs {
   int count;
   const T* means3D;         // P x 3
   const T* opacities;       // P
-  const T* shs;             // P x sh_coeffs x 3, or null
-  int sh_coeffs;
+  const T* dc;              // P x 3: SH coefficient 0 given apart (the 2024 API), or null
+  const T* shs;             // P x sh_coeffs x 3; with dc, P x (sh_coeffs - 1) x 3; or null
+  int sh_coeffs;            // SH coefficients a Gaussian has in all, dc included
   const T* colors_precomp;  // P x 3, or null
   const T* scales;          // P x 3, or null (then cov3D_precomp is given)
   const T* rotations;       // P x 4 quaternions (w, x, y, z)
@@ -94,7 +95,8 @@ struct GaussianGrads {
   T* means3D;         // P x 3
   T* means2D;         // P x 3, d/d(ndc x, ndc y), third component 0
   T* opacities;       // P
-  T* shs;             // P x sh_coeffs x 3
+  T* dc;              // P x 3, when the inputs give dc apart
+  T* shs;             // shaped as GaussianInputs::shs
   T* colors_precomp;  // P x 3
   T* scales;          // P x 3
   T* rotations;       // P x 4

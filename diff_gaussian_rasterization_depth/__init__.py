@@ -61,7 +61,7 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
              ("cov3D_precomp", cov3Ds_precomp), ("features", features)]
     (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp,
      checked) = check_gaussians(means3D, means2D, opacities, sh, colors_precomp, scales,
-                                rotations, cov3Ds_precomp, dc, raster_settings)
+                                rotations, cov3Ds_precomp, dc, raster_settings, join_dc=False)
     features, median_depth, inverse_depth = check_optional_outputs(features, median_depth,
                                                                    means3D, inverse_depth)
     if checked.debug:
@@ -73,8 +73,8 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     camera = ((checked.viewmatrix, checked.projmatrix, checked.campos) if checked.camera_grad
               else ())
     return _RasterizeGaussians.apply(means3D, means2D, sh, colors_precomp, opacities, scales,
-                                     rotations, cov3Ds_precomp, features, checked, median_depth,
-                                     inverse_depth, *camera)
+                                     rotations, cov3Ds_precomp, dc, features, checked,
+                                     median_depth, inverse_depth, *camera)
 
 
 def _named_inputs(inputs, features):
@@ -90,11 +90,12 @@ class _RasterizeGaussians(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
-                cov3Ds_precomp, features, settings: CheckedSettings, median_depth: bool,
+                cov3Ds_precomp, dc, features, settings: CheckedSettings, median_depth: bool,
                 inverse_depth: bool, *camera):
         # camera: (viewmatrix, projmatrix, campos), the flat tensors the settings hold, when
-        # settings.camera_grad; the backend reads them through the config.
-        inputs = (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp)
+        # settings.camera_grad; the backend reads them through the config. dc: SH coefficient 0
+        # apart from sh (the 2024 API), read where it lies rather than copied in front of sh.
+        inputs = (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp, dc)
         config = _backend.make_config(settings, median_depth, inverse_depth)
         color, depth, weight, radii, feature_map, median, state = _debug.guarded(
             settings.debug, lambda: _debug.Capture("forward", _named_inputs(inputs, features),
@@ -137,7 +138,7 @@ class _RasterizeGaussians(torch.autograd.Function):
             upstream["feature_map"] = grad_features
         if ctx.median_depth:
             upstream["median"] = grad_median
-        (d_means3D, d_means2D, d_opacities, d_sh, d_colors, d_scales, d_rotations,
+        (d_means3D, d_means2D, d_opacities, d_dc, d_sh, d_colors, d_scales, d_rotations,
          d_cov3D, d_features, *d_camera) = _debug.guarded(
             ctx.config.debug,
             lambda: _debug.Capture("backward", _named_inputs(inputs, features), ctx.checked,
@@ -147,11 +148,12 @@ class _RasterizeGaussians(torch.autograd.Function):
                                       _backend.make_gaussians(*inputs, features=features),
                                       ctx.state, grad_color, grad_depth, grad_weight,
                                       grad_features, grad_median))
-        _, _, has_sh, has_colors, has_scales, has_rotations, has_cov = ctx.present
+        _, _, has_sh, has_colors, has_scales, has_rotations, has_cov, has_dc = ctx.present
         return (d_means3D, d_means2D[:, :ctx.means2D_columns], d_sh if has_sh else None,
                 d_colors if has_colors else None, d_opacities,
                 d_scales if has_scales else None, d_rotations if has_rotations else None,
-                d_cov3D if has_cov else None, d_features if ctx.has_features else None,
+                d_cov3D if has_cov else None, d_dc if has_dc else None,
+                d_features if ctx.has_features else None,
                 None, None, None, *(d_camera if ctx.config.camera_grad else ()))
 
 

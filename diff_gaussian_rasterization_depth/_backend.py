@@ -115,7 +115,7 @@ def make_config(settings, median_depth=False, inverse_depth=False):
 
 
 def make_gaussians(means3D, opacities, sh, colors_precomp, scales, rotations, cov3D_precomp,
-                   features=None):
+                   dc=None, features=None):
     """Absent inputs become empty tensors; every present one is made contiguous."""
     _check_device(means3D.device)
     g = _ext().GaussianInputs()
@@ -126,6 +126,7 @@ def make_gaussians(means3D, opacities, sh, colors_precomp, scales, rotations, co
 
     g.means3D = means3D.contiguous()
     g.opacities = put(opacities)
+    g.dc = put(dc)
     g.shs = put(sh)
     g.colors_precomp = put(colors_precomp)
     g.scales = put(scales)

@@ -26,7 +26,7 @@ _replaying = 0                   # > 0 while replay_snapshot runs: no snapshots 
 
 # The Gaussian inputs in the order of the autograd Function, as the snapshot names them.
 INPUT_NAMES = ("means3D", "opacities", "shs", "colors_precomp", "scales", "rotations",
-               "cov3D_precomp")
+               "cov3D_precomp", "dc")
 SETTINGS_FIELDS = ("image_height", "image_width", "tanfovx", "tanfovy", "bg", "scale_modifier",
                    "viewmatrix", "projmatrix", "sh_degree", "campos", "prefiltered", "debug",
                    "antialiasing")
@@ -201,7 +201,8 @@ def replay_snapshot(path: str, device=None, debug: Optional[bool] = None) -> dic
     try:
         outputs = rasterize_gaussians(means3D, means2D, inputs["shs"], inputs["colors_precomp"],
                                       inputs["opacities"], inputs["scales"], inputs["rotations"],
-                                      inputs["cov3D_precomp"], settings, features=features,
+                                      inputs["cov3D_precomp"], settings,
+                                      dc=inputs.get("dc"), features=features,
                                       median_depth=median_depth, inverse_depth=inverse_depth)
         grads = None
         if backward:

@@ -113,11 +113,13 @@ class CheckedSettings:
 
 
 def check_gaussians(means3D, means2D, opacities, shs, colors_precomp, scales, rotations,
-                    cov3D_precomp, dc, settings):
+                    cov3D_precomp, dc, settings, join_dc=True):
     """Validate the per-Gaussian inputs and the settings; return normalized tensors.
 
     Returns (means3D, opacities (P,1), shs (P,M,3) or None, colors_precomp or None, scales,
-    rotations, cov3D_precomp, CheckedSettings). `dc` is already concatenated into shs.
+    rotations, cov3D_precomp, CheckedSettings). `dc` (P,1,3), SH coefficient 0 given apart (the
+    2024 API), is concatenated into shs with `join_dc`; without it shs is returned as given, and
+    the caller passes dc on itself (the compiled backends read both where they lie).
     """
     means3D = _require_tensor("means3D", means3D)
     _require_shape("means3D", means3D, [(None, 3)], "(P, 3)")
@@ -148,25 +150,24 @@ def check_gaussians(means3D, means2D, opacities, shs, colors_precomp, scales, ro
         if colors_precomp is not None:
             raise ValueError("dc: given together with colors_precomp; dc belongs to the SH "
                              "coefficients, pass either (dc, shs) or colors_precomp")
-        if shs is not None:
-            same("shs", shs)
-            _require_shape("shs", shs, [(P, None, 3)], f"({P}, M, 3)")
-            shs = torch.cat([dc, shs], dim=1)
-        else:
-            shs = dc
-    if (shs is None) == (colors_precomp is None):
-        given = "both" if shs is not None else "neither"
+    if (shs is None and dc is None) == (colors_precomp is None):
+        given = "both" if colors_precomp is not None else "neither"
         raise ValueError(f"shs / colors_precomp: expected exactly one of them, got {given}")
 
     checked = CheckedSettings(settings, device, dtype)
-    if shs is not None:
-        name = "cat([dc, shs], dim=1)" if dc is not None else "shs"
-        same(name, shs)
-        _require_shape(name, shs, [(P, None, 3)], f"({P}, M, 3)")
+    if colors_precomp is None:
+        coefficients = 1 if dc is not None else 0
+        if shs is not None:
+            same("shs", shs)
+            _require_shape("shs", shs, [(P, None, 3)], f"({P}, M, 3)")
+            coefficients += shs.shape[1]
+        name = "dc and shs" if dc is not None else "shs"
         need = (checked.sh_degree + 1) ** 2
-        if shs.shape[1] < need:
+        if coefficients < need:
             raise ValueError(f"{name}: sh_degree {checked.sh_degree} needs M >= {need} "
-                             f"coefficients per Gaussian, got M = {shs.shape[1]}")
+                             f"coefficients per Gaussian, got M = {coefficients}")
+        if dc is not None and join_dc:
+            shs = dc if shs is None else torch.cat([dc, shs], dim=1)
     else:
         same("colors_precomp", colors_precomp)
         _require_shape("colors_precomp", colors_precomp, [(P, 3)], f"({P}, 3)")

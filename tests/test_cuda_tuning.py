@@ -512,9 +512,15 @@ def test_split_forward_median_crossing_later_than_the_chain_says(seed, target, t
     assert clean.sum() >= 200 and (n_contrib[clean] == 1 + 255 + 256 + tail).all()
     expected, _ = render_all(scene, None, "cpu", median=True)
     with active(target):
+        tuning(split_tiles=False)
+        unsplit, _ = render_all(scene, None, target, median=True)
         tuning(split_length=256)
         out, _ = render_all(scene, None, target, median=True)
-    assert torch.equal(out[-1], expected[-1]), (out[-1] - expected[-1]).abs().max()
+    # The split forward's medians are the whole walk's, bit for bit, on the same device ...
+    assert torch.equal(out[-1], unsplit[-1]), (out[-1] - unsplit[-1]).abs().max()
+    # ... and the CPU's (the same splats' depths; a GPU's preprocess rounds them apart by fused
+    # multiply-adds, a few units in the last place).
+    torch.testing.assert_close(out[-1], expected[-1], rtol=1e-6, atol=0)
     for k in (0, 2, 3):
         torch.testing.assert_close(out[k], expected[k], rtol=1e-5, atol=1e-5)
 

@@ -401,30 +401,95 @@ def test_positional_order_dc_fourth():
                    i["scales"], i["rotations"], None)
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_dc_split_equals_concatenated_sh(seed):
-    scene = scene_for("sh3-dc", 10 + seed)
-    split = scene.with_grad()
-    joined = scene.with_grad()
-    joined["shs"] = torch.cat([joined.pop("dc"), joined["shs"]], dim=1).detach().requires_grad_()
-    joined["dc"] = None
-    out_split = run_upstream(split, scene.settings)
-    out_joined = run_upstream(joined, scene.settings)
-    for a, b in zip(out_split, out_joined):
-        assert torch.equal(a, b)
+# (sh_degree, SH coefficients M a Gaussian has, dc included): all used; the active ones fewer
+# than given (the others take zero gradients); dc alone (no shs at all).
+SPLIT_CASES = {"sh3-m16": (3, 16), "sh1-m16": (1, 16), "sh0-dc-only": (0, 1)}
+SPLIT_TARGETS = [pytest.param(("cpu", F32), id="cpu-f32"), pytest.param(("cpu", F64), id="cpu-f64")] \
+    + [pytest.param((t.values[0], F32), id=t.id, marks=t.marks) for t in TARGETS]
+
+
+def split_scene(case, seed, dtype):
+    """A scene (outliers: culled Gaussians too) with M coefficients a Gaussian, as (split,
+    joined): dc (P,1,3) and the rest (P,M-1,3) or None, against one shs (P,M,3)."""
+    degree, M = SPLIT_CASES[case]
+    scene = scenes.make_scene(7000 + seed, P=60, sh_degree=degree, dtype=dtype)
     gen = torch.Generator().manual_seed(seed)
-    loss_split = sum((o * torch.randn(o.shape, generator=gen)).sum()
-                     for o in (out_split[0], out_split[2]))
-    gen = torch.Generator().manual_seed(seed)
-    loss_joined = sum((o * torch.randn(o.shape, generator=gen)).sum()
-                      for o in (out_joined[0], out_joined[2]))
-    loss_split.backward()
-    loss_joined.backward()
-    assert split["dc"].grad.abs().max() > 0
-    assert torch.equal(split["dc"].grad, joined["shs"].grad[:, :1])
-    assert torch.equal(split["shs"].grad, joined["shs"].grad[:, 1:])
+    sh = (torch.randn(60, M, 3, generator=gen, dtype=F64) * 0.4).to(dtype)
+    joined = {**scene.inputs, "shs": sh, "dc": None}
+    split = {**scene.inputs, "dc": sh[:, :1].clone(), "shs": sh[:, 1:].clone() if M > 1 else None}
+    return scene.settings, split, joined
+
+
+@pytest.mark.parametrize("target", SPLIT_TARGETS)
+@pytest.mark.parametrize("case", list(SPLIT_CASES))
+@pytest.mark.parametrize("seed", range(2))
+def test_dc_split_equals_concatenated_sh(seed, case, target):
+    """dc and shs given apart (read where they lie) render and differentiate as one shs: the
+    same outputs, dc's gradient the first coefficient's, shs's the rest's (zero above the active
+    degree and for culled Gaussians), every other gradient the same."""
+    device, dtype = target
+    settings, split, joined = split_scene(case, seed, dtype)
+    on = {k: getattr(settings, k).to(device) for k in ("bg", "viewmatrix", "projmatrix", "campos")}
+    settings = settings._replace(**on)
+
+    def leaves(inputs):
+        return {k: None if v is None else v.detach().to(device).requires_grad_()
+                for k, v in inputs.items()}
+    split, joined = leaves(split), leaves(joined)
+    with active(device):
+        out_split = run_upstream(split, settings)
+        out_joined = run_upstream(joined, settings)
+        exact = not is_emulated(device) and device != "cuda"
+        for a, b in zip(out_split, out_joined):
+            assert torch.equal(a, b) if exact else torch.allclose(a, b, rtol=0, atol=1e-6)
+        gen = torch.Generator().manual_seed(seed)
+        upstream_grads = [torch.randn(o.shape, generator=gen, dtype=dtype).to(device)
+                          for o in (out_split[0], out_split[2])]
+        torch.autograd.backward([out_split[0], out_split[2]], upstream_grads)
+        torch.autograd.backward([out_joined[0], out_joined[2]], upstream_grads)
+
+    def same(a, b):
+        # CPU: bit for bit. CUDA: the per-Gaussian sums are atomics, their order free.
+        if exact:
+            assert torch.equal(a, b)
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * (1 + float(b.abs().max())))
+    whole = joined["shs"].grad
+    degree, M = SPLIT_CASES[case]
+    active_coeffs = (degree + 1) ** 2
+    assert split["dc"].grad.shape == (60, 1, 3) and split["dc"].grad.abs().max() > 0
+    same(split["dc"].grad, whole[:, :1])
+    if M > 1:
+        assert split["shs"].grad.shape == (60, M - 1, 3)
+        same(split["shs"].grad, whole[:, 1:])
+        assert not split["shs"].grad[:, active_coeffs - 1:].any()
+    culled = out_split[1] == 0
+    assert culled.any() and not split["dc"].grad[culled.to(device)].any()
     for name in ("means3D", "means2D", "opacities", "scales", "rotations"):
-        assert torch.equal(split[name].grad, joined[name].grad)
+        same(split[name].grad, joined[name].grad)
+
+
+@pytest.mark.parametrize("target", ["cpu"] + TARGETS)
+def test_dc_and_shs_reach_the_backend_uncopied(target, monkeypatch):
+    """The 2024 call hands dc and shs to the compiled backend as they are (no concatenation:
+    at 1M Gaussians of degree 3 that was a 192 MB copy a call, and its gradient's split)."""
+    device = target
+    settings, split, _ = split_scene("sh3-m16", 0, F32)
+    split = {k: None if v is None else v.to(device) for k, v in split.items()}
+    settings = settings._replace(**{k: getattr(settings, k).to(device)
+                                    for k in ("bg", "viewmatrix", "projmatrix", "campos")})
+    seen = {}
+    real_forward = dgrd._backend.forward
+
+    def spy(config, gaussians):
+        seen["dc"], seen["shs"] = gaussians.dc, gaussians.shs
+        return real_forward(config, gaussians)
+    monkeypatch.setattr(dgrd._backend, "forward", spy)
+    with active(device):
+        run_upstream(split, settings)
+    assert seen["dc"].data_ptr() == split["dc"].data_ptr()
+    assert seen["shs"].data_ptr() == split["shs"].data_ptr()
+    assert seen["shs"].shape == (60, 15, 3)
 
 
 def test_upstream_settings_and_mark_visible():
