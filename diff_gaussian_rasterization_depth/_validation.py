@@ -29,10 +29,17 @@ def _require_tensor(name: str, t) -> torch.Tensor:
 
 def _require_shape(name: str, t: torch.Tensor, allowed, expected_text: str):
     """allowed: list of shape tuples where None matches any size."""
-    for shape in allowed:
-        if t.dim() == len(shape) and all(s is None or s == d for s, d in zip(shape, t.shape)):
+    # Plain loops: this runs for every input of every call (generators cost more than the test).
+    shape = t.shape
+    for pattern in allowed:
+        if len(pattern) != len(shape):
+            continue
+        for want, got in zip(pattern, shape):
+            if want is not None and want != got:
+                break
+        else:
             return
-    raise ValueError(f"{name}: expected shape {expected_text}, got {tuple(t.shape)}")
+    raise ValueError(f"{name}: expected shape {expected_text}, got {tuple(shape)}")
 
 
 def _require_int(name: str, v, lo: int, hi: Optional[int] = None) -> int:
@@ -95,9 +102,11 @@ class CheckedSettings:
         # Camera gradients are wanted when a camera tensor requires grad (outside no_grad). The
         # flat copies are then built by differentiable ops (reshape, to, cat, split), so that a
         # gradient given to them reaches the caller's tensors through any view.
-        self.camera_grad = torch.is_grad_enabled() and any(
-            isinstance(getattr(s, f), torch.Tensor) and getattr(s, f).requires_grad
-            for f in CAMERA_FIELDS)
+        self.camera_grad = False
+        if torch.is_grad_enabled():
+            for t in (s.viewmatrix, s.projmatrix, s.campos):  # CAMERA_FIELDS
+                if isinstance(t, torch.Tensor) and t.requires_grad:
+                    self.camera_grad = True
         keep = self.camera_grad
         parts = [_small_tensor("bg", s.bg, 3),
                  _small_tensor("viewmatrix", s.viewmatrix, 16, keep),
@@ -106,7 +115,8 @@ class CheckedSettings:
         # One private copy on the Gaussians' device (torch.cat always allocates): the backward
         # reads it, and the caller may edit the settings' tensors in place meanwhile.
         packed = torch.cat([p.to(device=device, dtype=dtype) for p in parts])
-        self.bg, self.viewmatrix, self.projmatrix, self.campos = packed.split([3, 16, 16, 3])
+        self.bg, self.viewmatrix, self.projmatrix, self.campos = torch.split_with_sizes(
+            packed, [3, 16, 16, 3])
         self.prefiltered = bool(s.prefiltered)
         self.debug = bool(s.debug)
         self.antialiasing = bool(s.antialiasing)
