@@ -192,6 +192,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "Tests: the launches recorded since the last call, as (kernel, grid x, grid y)");
 
+  m.def(
+      "fused_multiply_add",
+      [] {
+#ifdef DGRD_EMULATE_FMA
+        return true;
+#else
+        return false;
+#endif
+      },
+      "Whether the kernels were built with fused multiply-adds (tools/emulated_build.py), so "
+      "that they round as a GPU's may rather than as the CPU backend does");
+
   auto checks = m.def_submodule(
       "checks", "Kernels that check the emulation itself, and the render kernels' helpers alone");
   checks.def("turns", &emulation_checks::turns);

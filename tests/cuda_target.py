@@ -72,3 +72,38 @@ EMULATED_ORDERS = ("asc", "desc")
 def cuda_targets(orders=EMULATED_ORDERS):
     """Parameters: the real GPU, then the emulation in each order."""
     return [real_cuda_param()] + [emulated_param(o) for o in orders]
+
+
+# CUDA against the CPU backend, forward. The two round apart: a GPU fuses multiply-adds (nvcc's
+# default) and takes expf where the CPU takes exp_poly, and a thin splat's power cancels in
+# float32, so a pixel moves by up to about 1e-5 of its map's scale. Measured on the emulation
+# built with fused multiply-adds (setup.py): at most 6e-6 on the strict scenes of test_cuda.py,
+# 7e-5 at a few pixels of the bulk ones. A map is compared at FORWARD_ATOL times its scale, the
+# largest magnitude its reference takes and at least 1 (a depth sums w z: a weight's rounding
+# counts with the z behind it), and times the image's extent over 512 where it is larger: a
+# splat's offset from a pixel is exact only to float32's rounding of pixel coordinates (at
+# x = 5000, 5e-4 px; a 1x5000 image moved 1.6e-4). The bulk comparisons allow a thousandth of
+# the pixels beyond BULK_ATOL on the same scales.
+FORWARD_ATOL = 3e-5
+BULK_ATOL = 1e-4
+
+
+def forward_atol(reference, atol=FORWARD_ATOL, extent=0):
+    """The tolerance of a CUDA map against the CPU's `reference` (see FORWARD_ATOL); `extent`:
+    the image's larger side."""
+    scale = float(reference.detach().abs().max()) if reference.numel() else 0.0
+    return atol * max(1.0, scale) * max(1.0, extent / 512)
+
+
+def bulk_gradient_rtol(height, width):
+    """The relative error (in norm) allowed a CUDA gradient against the CPU's on a whole image.
+    It grows with the extent as the forward's rounding does (see FORWARD_ATOL): each pixel's
+    term carries its offset's rounding."""
+    return 1e-3 * max(1.0, max(height, width) / 512)
+
+
+def agree_in_bulk(got, reference):
+    """Maps (..., H, W): at most a thousandth of the values beyond BULK_ATOL on the scales of
+    forward_atol."""
+    limit = forward_atol(reference, BULK_ATOL, max(reference.shape[-2:]))
+    return bool(((got - reference).abs() > limit).float().mean() < 1e-3)

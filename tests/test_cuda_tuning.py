@@ -221,21 +221,31 @@ def assert_same_results(results, base, rounded=(), keep=None):
 
 
 def tile_lists(scene, device):
-    """(point_list, tile_ranges) of a forward on `device` (float32)."""
+    """(point_list, tile_ranges, blended depth of each Gaussian) of a forward on `device`
+    (float32)."""
     inputs = {k: (None if v is None else v.detach().to(device)) for k, v in scene.inputs.items()}
     on_device = scenes.Scene(inputs, settings_on(scene.settings, device))
     state = _backend.forward(*scenes.backend_call(on_device))[-1]
-    return state[4].cpu(), state[5].cpu()
+    return state[4].cpu(), state[5].cpu(), state[3][:, 3].cpu()
+
+
+def assert_ordered_by_depth(point_list, tile_ranges, depth):
+    """Each tile's list in the order of the depths the device computed, ties by index."""
+    for lo, hi in tile_ranges.tolist():
+        ids = point_list[lo:hi].long()
+        z = depth[ids]
+        later = (z[1:] > z[:-1]) | ((z[1:] == z[:-1]) & (ids[1:] > ids[:-1]))
+        assert later.all(), (lo, hi)
 
 
 @pytest.mark.parametrize("target", cuda_targets())
 @pytest.mark.parametrize("ties", (False, True))
 def test_depth_first_sort_makes_the_same_lists(ties, target, tuning):
-    """The tile lists (Gaussian ids by tile, then by depth, ties in index order) of both ways of
-    binning are the same, and under emulation also the CPU backend's (a GPU's fused multiply-adds
-    move depths and rectangles by a rounding, so its lists may differ from the CPU's where a
-    rounding decides); `ties`: depths rounded to a few values, so that many Gaussians of a tile
-    share one."""
+    """The tile lists of both ways of binning are the same: Gaussian ids by tile, then by the
+    depth the device computed, ties in index order; and each tile holds the Gaussians the CPU
+    backend bins into it (the CPU's order may differ where depths are within a rounding: a GPU
+    fuses multiply-adds). `ties`: depths rounded to a few values, so that many Gaussians of a
+    tile share one (or nearly)."""
     scene = scenes.make_scene(22000 + ties, P=300, height=45, width=70, sh_degree=0)
     if ties:
         view = scene.settings.viewmatrix  # world -> view is x_view = [x, 1] @ view (row vectors)
@@ -248,13 +258,18 @@ def test_depth_first_sort_makes_the_same_lists(ties, target, tuning):
         for depth_first in (False, True):
             tuning(True, True, depth_first)
             lists[depth_first] = tile_lists(scene, target)
-    assert lists[False][0].numel() > 4 * scene.P // 2
-    for k in range(2):
-        assert torch.equal(lists[True][k], lists[False][k]), ("point_list", "tile_ranges")[k]
-    if is_emulated(target):
-        cpu = tile_lists(scene, "cpu")
-        for k in range(2):
-            assert torch.equal(lists[True][k], cpu[k]), ("point_list", "tile_ranges")[k]
+    point_list, tile_ranges, depth = lists[True]
+    assert point_list.numel() > 4 * scene.P // 2
+    for k, name in enumerate(("point_list", "tile_ranges", "depth")):
+        assert torch.equal(lists[True][k], lists[False][k]), name
+    assert_ordered_by_depth(point_list, tile_ranges, depth)
+    if ties:  # many exact ties on this device
+        ids = point_list.long()
+        assert (depth[ids][1:] == depth[ids][:-1]).sum() > 100
+    cpu_list, cpu_ranges, _ = tile_lists(scene, "cpu")
+    assert torch.equal(tile_ranges, cpu_ranges)
+    for lo, hi in tile_ranges.tolist():
+        assert torch.equal(point_list[lo:hi].sort().values, cpu_list[lo:hi].sort().values)
 
 
 @pytest.mark.parametrize("target", cuda_targets(orders=("asc",)))

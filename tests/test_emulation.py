@@ -198,3 +198,29 @@ def test_address_sanitizer_build(tmp_path):
             assert run.returncode != 0 and "not caught" not in run.stdout
             assert "heap-buffer-overflow" in run.stderr and "WRITE of size 4" in run.stderr
             assert "out_of_bounds_kernel" in run.stderr, run.stderr[-5000:]
+
+
+def test_emulated_kernels_round_as_a_gpu():
+    """Built with fused multiply-adds (tools/emulated_build.py, wherever the CPU has FMA), the
+    emulated kernels round apart from the CPU backend as a GPU's do: their render is not the
+    CPU's bit for bit, and stays within what the CUDA tests allow (cuda_target.forward_atol).
+    The twin built without them (DGRD_EMULATE_FMA=0) rounds as the CPU backend does."""
+    import scenes
+    from cuda_target import forward_atol
+    from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend
+    scene = scenes.make_scene(29000, P=200, height=40, width=64, sh_degree=3)
+    cpu = GaussianRasterizer(scene.settings)(**scene.inputs)
+    with _backend.emulated_cuda() as emu:
+        emulated = GaussianRasterizer(scene.settings)(**scene.inputs)
+        fused = emu.fused_multiply_add()
+    if not fused:
+        for a, b in zip(emulated, cpu):
+            assert torch.equal(a, b)
+        return
+    pixels, _ = scenes.ambiguous(scene)
+    keep = ~pixels
+    assert not torch.equal(emulated[0], cpu[0]) and not torch.equal(emulated[2], cpu[2])
+    assert torch.equal(emulated[1], cpu[1])  # radii: integers, equal away from knife edges
+    for k in (0, 2, 3):
+        a, b = emulated[k][..., keep], cpu[k][..., keep]
+        assert (a - b).abs().max() <= forward_atol(b)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import scenes
+from cuda_target import forward_atol
 from diff_gaussian_rasterization_depth import GaussianRasterizer, reference
 from diff_gaussian_rasterization_depth.reference import rasterize_reference
 from robust_helpers import (DEVICES, assert_as_if_removed, assert_same, assert_same_renders,
@@ -198,7 +199,9 @@ def _compare_to_reference(inputs, settings, device, ambiguous=None):
     if dtype == torch.float32:
         pixels, gauss = scenes.ambiguous(scenes.Scene(inputs=inputs, settings=settings))
     keep = ~pixels
-    atol = 1e-5 if dtype == torch.float32 else 1e-9
+    # float32 on CUDA: the GPU's own rounding besides the reference's (cuda_target.forward_atol).
+    cuda_atol = forward_atol(torch.zeros(0), extent=max(settings.image_height, settings.image_width))
+    atol = (cuda_atol if device == "cuda" else 1e-5) if dtype == torch.float32 else 1e-9
     color, radii, depth, weight = out
     torch.testing.assert_close(color[:, keep], ref[0].detach()[:, keep], rtol=0, atol=atol)
     torch.testing.assert_close(depth[keep], ref[2].detach()[keep], rtol=0,
@@ -213,6 +216,13 @@ def _compare_to_reference(inputs, settings, device, ambiguous=None):
             + (w * upstream(w.shape, 2, dtype, "cpu")).sum())
     loss.backward()
     rtol = 1e-4 if dtype == torch.float32 else 1e-8
+    if device == "cuda":
+        # A gradient sums over the pixels a splat covers, each term carrying the rounding of its
+        # offset from the pixel (cuda_target.FORWARD_ATOL), so the GPU's and the reference's
+        # float32 sums drift apart with the extent: on the emulation built with fused
+        # multiply-adds, 1.7e-4 of a gradient's scale at 1x640, 1.2e-3 at 1x5000 (the CPU's
+        # float32 is as far from float64 there).
+        rtol *= max(1.0, max(settings.image_height, settings.image_width) / 128)
     for k, v in ref_in.items():
         if v is None or not v.is_floating_point():
             continue
