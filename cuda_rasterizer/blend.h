@@ -3,6 +3,8 @@
 // channels and the median depth (optional outputs) have their own steps at the end.
 #pragma once
 
+#include <type_traits>
+
 #include "fast_exp.h"
 #include "vector_math.h"
 #include "types.h"
@@ -24,6 +26,12 @@ DGRD_HD T splat_exp(T power) {
 #if defined(__CUDA_ARCH__)
   return exp_(power);
 #else
+#if defined(DGRD_EMULATE_FMA)
+  // The emulated CUDA backend built to round as a GPU (tools/emulated_build.py) takes the
+  // library's expf, as the kernels do on a GPU. (Its module renders nothing on the CPU
+  // backend's lanes, which keep exp_poly.)
+  if constexpr (std::is_floating_point<T>::value) return exp_(power);
+#endif
   return host_splat_exp(power);
 #endif
 }
