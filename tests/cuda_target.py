@@ -102,6 +102,21 @@ def bulk_gradient_rtol(height, width):
     return 1e-3 * max(1.0, max(height, width) / 512)
 
 
+def gradients_agree_in_bulk(got, reference, height, width):
+    """A per-Gaussian gradient (P, ...) against the CPU's on a whole image: within
+    bulk_gradient_rtol in norm, once the thousandth of the Gaussians (at least one) that differ
+    most are set apart. The bulk comparisons keep the pixels and Gaussians within rounding of a
+    threshold, and one ill-conditioned Gaussian may differ by more than all the others together:
+    on 1920x1080 (the emulation built with fused multiply-adds, at full size), one Gaussian held
+    2.1e-2 of the norm of the scales' gradient, the CPU's float32 as far from float64 there."""
+    P = reference.shape[0]
+    if P == 0:
+        return True
+    error = (got - reference).reshape(P, -1).norm(dim=1)
+    kept = error.sort().values[:P - max(1, P // 1000)] if P > 1 else error[:0]
+    return bool(kept.norm() <= bulk_gradient_rtol(height, width) * reference.norm())
+
+
 def agree_in_bulk(got, reference):
     """Maps (..., H, W): at most a thousandth of the values beyond BULK_ATOL on the scales of
     forward_atol."""
