@@ -69,9 +69,9 @@ struct ForwardState {
 // median (H,W) or empty, state
 using ForwardResult = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
                                  torch::Tensor, torch::Tensor, std::vector<torch::Tensor>>;
-// d means3D, d means2D (P,3), d opacities (P,1), d dc, d shs, d colors_precomp, d scales, d rotations,
-// d cov3D_precomp, d features (empty without features), d viewmatrix (16), d projmatrix (16),
-// d campos (3) (the last three empty unless RasterConfig::camera_grad)
+// d means3D, d means2D (P,3), d opacities (P,1), d dc, d shs, d colors_precomp, d scales,
+// d rotations, d cov3D_precomp, d features (empty without features), d viewmatrix (16),
+// d projmatrix (16), d campos (3) (the last three empty unless RasterConfig::camera_grad)
 using BackwardResult = std::vector<torch::Tensor>;
 
 // Upstream gradients of the rendered maps; an absent one is an empty tensor.

@@ -75,7 +75,8 @@ def main():
     camera = demo_cameras(1, *args.size)[0]
     settings = camera.raster_settings(sh_degree=args.sh_degree)
     print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
-    print(f"{len(scene)} Gaussians, SH degree {args.sh_degree}, {args.size[0]}x{args.size[1]}, CPU, "
+    print(f"{len(scene)} Gaussians, SH degree {args.sh_degree}, "
+          f"{args.size[0]}x{args.size[1]}, CPU, "
           f"{torch.get_num_threads()} threads; median of {args.reps} (ms)")
     for name, fn in (("plain", plain), ("upstream", upstream_call), ("feature", feature_channel),
                      ("two renders", two_renders), ("joined SH", joined_sh)):

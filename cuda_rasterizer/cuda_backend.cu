@@ -114,7 +114,8 @@ constexpr unsigned kAllWarps = (1u << kWarps) - 1;
 // sm_89, sm_120) or 1024 (sm_75): a bound past that is ignored, with a ptxas warning.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
 constexpr int kSmThreads = 1024;
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ != 800 && __CUDA_ARCH__ != 900 && __CUDA_ARCH__ != 1000
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ != 800 && __CUDA_ARCH__ != 900 && \
+    __CUDA_ARCH__ != 1000
 constexpr int kSmThreads = 1536;
 #else
 constexpr int kSmThreads = 2048;

@@ -200,7 +200,8 @@ def _compare_to_reference(inputs, settings, device, ambiguous=None):
         pixels, gauss = scenes.ambiguous(scenes.Scene(inputs=inputs, settings=settings))
     keep = ~pixels
     # float32 on CUDA: the GPU's own rounding besides the reference's (cuda_target.forward_atol).
-    cuda_atol = forward_atol(torch.zeros(0), extent=max(settings.image_height, settings.image_width))
+    extent = max(settings.image_height, settings.image_width)
+    cuda_atol = forward_atol(torch.zeros(0), extent=extent)
     atol = (cuda_atol if device == "cuda" else 1e-5) if dtype == torch.float32 else 1e-9
     color, radii, depth, weight = out
     torch.testing.assert_close(color[:, keep], ref[0].detach()[:, keep], rtol=0, atol=atol)

@@ -404,8 +404,9 @@ def test_positional_order_dc_fourth():
 # (sh_degree, SH coefficients M a Gaussian has, dc included): all used; the active ones fewer
 # than given (the others take zero gradients); dc alone (no shs at all).
 SPLIT_CASES = {"sh3-m16": (3, 16), "sh1-m16": (1, 16), "sh0-dc-only": (0, 1)}
-SPLIT_TARGETS = [pytest.param(("cpu", F32), id="cpu-f32"), pytest.param(("cpu", F64), id="cpu-f64")] \
-    + [pytest.param((t.values[0], F32), id=t.id, marks=t.marks) for t in TARGETS]
+SPLIT_TARGETS = ([pytest.param(("cpu", dtype), id=f"cpu-{name}")
+                  for dtype, name in ((F32, "f32"), (F64, "f64"))]
+                 + [pytest.param((t.values[0], F32), id=t.id, marks=t.marks) for t in TARGETS])
 
 
 def split_scene(case, seed, dtype):
