@@ -135,10 +135,10 @@ DGRD_HD Vec3<T> sh_to_color_backward(int degree, Vec3<T> mean, const T* campos,
                      rgb.z < T(0) ? T(0) : drgb.z};
   Vec3<T> ddir = {T(0), T(0), T(0)};
   for (int k = 0; k < n; ++k) {
-    T* dc = dsh.coeff(k);
-    dc[0] = basis[k] * g.x;
-    dc[1] = basis[k] * g.y;
-    dc[2] = basis[k] * g.z;
+    T* dcoeff = dsh.coeff(k);
+    dcoeff[0] = basis[k] * g.x;
+    dcoeff[1] = basis[k] * g.y;
+    dcoeff[2] = basis[k] * g.z;
     const T* c = sh.coeff(k);
     const Vec3<T> shk = {c[0], c[1], c[2]};
     ddir = ddir + dot(shk, g) * dbasis[k];
