@@ -166,6 +166,9 @@ def test_device_mismatch_without_cuda():
     inputs, settings = base()
     inputs["means3D"] = torch.empty(P, 3, device="meta")
     expect(ValueError, "means3D", inputs, settings)
+    inputs, settings = base(dc=True)
+    inputs["dc"] = torch.empty(P, 1, 3, device="meta")
+    expect(ValueError, "dc", inputs, settings)
 
 
 @pytest.mark.cuda
