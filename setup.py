@@ -5,7 +5,6 @@
   respected; without it and without a visible GPU, a list from Volta to Hopper is used);
 - the CPU backend alone otherwise (or with DGRD_CPU_ONLY=1); CUDA tensors then raise a clear error.
 """
-import glob
 import os
 import sys
 
@@ -23,10 +22,6 @@ def default_archs():
     return ("7.0;" if major < 13 else "") + "7.5;8.0;8.6;8.9;9.0+PTX"
 
 
-def rel(path):
-    return os.path.relpath(path, ROOT)
-
-
 def want_cuda():
     if os.environ.get("DGRD_CPU_ONLY", "0") not in ("", "0"):
         return False, "DGRD_CPU_ONLY is set"
@@ -39,8 +34,12 @@ def want_cuda():
 
 cpu_sources = ["ext.cpp", "rasterize_points.cpp", "sparse_adam.cpp",
                "cuda_rasterizer/cpu_backend.cpp"]
-cuda_sources = sorted(rel(p) for p in glob.glob(os.path.join(ROOT, "*.cu")) +
-                      glob.glob(os.path.join(ROOT, "cuda_rasterizer", "*.cu")))
+# Every .cu file at the root and in cuda_rasterizer/; tests/test_build.py checks that no two
+# sources of _C share an object path (ninja names an object after its source, suffix dropped).
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import emulated_build  # noqa: E402
+cuda_sources = emulated_build.cuda_files()
+
 
 def openmp_flags():
     """-fopenmp where the C++ compiler has OpenMP (GCC, LLVM clang); otherwise none, and the CPU
@@ -109,8 +108,6 @@ else:
 # The emulated CUDA backend: the CUDA kernels and glue built by the host compiler, run on the
 # CPU by cuda_rasterizer/cuda_emulation.h. A test-only module, built everywhere (CI has no GPU)
 # unless DGRD_NO_EMULATED=1 (a GPU machine that only wants the real kernels tested).
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import emulated_build  # noqa: E402
 
 ext_modules = [ext]
 if os.environ.get("DGRD_NO_EMULATED", "0") in ("", "0"):
