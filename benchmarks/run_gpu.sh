@@ -9,7 +9,9 @@
 # deadline ($RUN_GPU_BUDGET_S, default 560 s, for a device command limited to 570-600 s):
 #   (at once, in the background, niced) install .whl/*.whl and compile gsplat's CUDA extension,
 #       or load a prebuilt one carried in .whl/ (see "gsplat" below)
-#   1. build this package in place for the visible GPU's architecture only
+#   1. build this package in place for the visible GPU's architecture only, unless .whl/prebuilt/
+#      holds its build for these sources, this Python, PyTorch and GPU (tools/prebuilt.py; made
+#      ahead, without a GPU, by tools/build_for_gpu_image.sh)
 #   2. CUDA-vs-CPU tests (tests/test_cuda.py), then the garden 112k frame's largest CUDA-vs-CPU
 #      differences (benchmarks/compare_cuda_cpu.py -> compare_cuda_cpu.json)
 #   3. the other CUDA tests (robustness, debug, inputs)
@@ -19,7 +21,7 @@
 #      when gsplat is ready by then, since stage 6 times this package in the same run
 #   6. side by side with gsplat 1.5.3 (bench_gsplat.json)
 #   7. side by side with the original diff_gaussian_rasterization, when its source is in
-#      .whl/orig/ (built in the background after stage 1; bench_original.json)
+#      .whl/orig/ (built there ahead, or in the background after stage 1; bench_original.json)
 #   8. the ablation of this package's CUDA techniques (bench.py --impls ablation: warp skipping,
 #      the scatter sum of gradients, the depth-first sort, split tile lists, the split forward,
 #      each off and all; and the 2024 API's call, ours-2024; bench_ablation.json when the 8
@@ -284,12 +286,32 @@ fi
 if [ "$DRY" = 1 ]; then
     stage build 60 "$PY" -c "import diff_gaussian_rasterization_depth as d; \
 print('dry run: imported', d.__file__, '| CUDA backend:', d.has_cuda_backend())"
+    [ -f .whl/prebuilt/prebuilt.json ] && note "  $(timeout 60 "$PY" tools/prebuilt.py check \
+        .whl/prebuilt --arch "${TORCH_CUDA_ARCH_LIST:-9.0}" 2>&1)"
 else
+    has_cuda_backend() {
+        "$PY" -c "import diff_gaussian_rasterization_depth as d, sys; \
+sys.exit(0 if d.has_cuda_backend() else 1)"
+    }
+    # A _C built ahead for this image (tools/build_for_gpu_image.sh) saves the build's minutes;
+    # used only when built from these sources for this Python, PyTorch and architecture.
+    prebuilt=0
+    if [ -f .whl/prebuilt/prebuilt.json ]; then
+        why=$(timeout 60 "$PY" tools/prebuilt.py install .whl/prebuilt \
+              --arch "$TORCH_CUDA_ARCH_LIST" 2>&1) && prebuilt=1
+        note "  $why"
+        if [ "$prebuilt" = 1 ] && ! has_cuda_backend; then
+            note "  the prebuilt _C does not load here: building it"
+            rm -f diff_gaussian_rasterization_depth/_C.*.so
+            prebuilt=0
+        fi
+        [ "$prebuilt" = 1 ] && record build prebuilt 0 "(.whl/prebuilt)"
+    fi
     # The emulated CUDA backend is for machines without a GPU: not built here, so that the
     # cuda-marked tests run on the real GPU only and the build stays short.
-    stage build 300 env MAX_JOBS="${MAX_JOBS:-8}" DGRD_NO_EMULATED=1 "$PY" setup.py build_ext --inplace
-    if ! $PY -c "import diff_gaussian_rasterization_depth as d, sys; \
-sys.exit(0 if d.has_cuda_backend() else 1)"; then
+    [ "$prebuilt" = 1 ] || stage build 300 env MAX_JOBS="${MAX_JOBS:-8}" DGRD_NO_EMULATED=1 \
+        "$PY" setup.py build_ext --inplace
+    if ! has_cuda_backend; then
         note "the build has no CUDA backend: nothing else can run"
         status=1
         finish
@@ -299,10 +321,15 @@ fi
 # The original rasterizer (non-commercial licence: source carried in .whl/orig, never committed),
 # built while the tests run. nvcc's pre-include: its headers use uint32_t without <cstdint>.
 orig_pid=""
+orig_ready=0
 orig_log=/tmp/dgrd_orig_build.log
 if [ -f .whl/orig/setup.py ]; then
     if [ "$DRY" = 1 ]; then
         echo "dry run: would build .whl/orig in the background"
+    elif timeout 60 "$PY" -c "import sys; sys.path.insert(0, '.whl/orig'); import torch; \
+import diff_gaussian_rasterization._C" 2>/dev/null; then
+        note "  original: built ahead in .whl/orig (tools/build_for_gpu_image.sh)"
+        orig_ready=1
     else
         background orig-build 400 "$orig_log" bash -c "cd .whl/orig && \
 NVCC_APPEND_FLAGS='-include cstdint' MAX_JOBS=5 '$PY' setup.py build_ext --inplace"
@@ -396,7 +423,8 @@ if [ "$gsplat_ok" = 1 ]; then
     fi
 fi
 
-if [ -n "$orig_pid" ] && await orig-build "$orig_pid" "$orig_log"; then
+[ -n "$orig_pid" ] && await orig-build "$orig_pid" "$orig_log" && orig_ready=1
+if [ "$orig_ready" = 1 ]; then
     export PYTHONPATH=$PYTHONPATH:$REPO/.whl/orig
     stage timings-original 200 "${BENCH[@]}" --impls ours,original \
         --json "$RESULTS/bench_original.json"

@@ -1,4 +1,5 @@
-"""The build's source lists: every source of an extension compiles to an object path of its own.
+"""The build: every source of an extension compiles to an object path of its own, and a `_C`
+built ahead for the GPU window (tools/prebuilt.py) is used only for the sources it was built from.
 
 torch's BuildExtension (ninja) names an object after its source with the suffix dropped, so
 `rasterize_points.cpp` and `rasterize_points.cu` in one extension are two rules for one object
@@ -6,13 +7,15 @@ and the CUDA build stops at once ("multiple rules generate rasterize_points.o").
 no CUDA, so only the CPU half of `_C` is ever built there: this checks the CUDA half's list.
 """
 import ast
-import glob
+import json
 import os
+import shutil
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import emulated_build  # noqa: E402
+import prebuilt  # noqa: E402
 
 
 def _setup_cpu_sources():
@@ -58,3 +61,53 @@ def test_a_clash_is_caught():
         assert "rasterize_points.cu" in str(e)
     else:
         raise AssertionError("a clash went unnoticed")
+
+
+# ------------------------------------------------------------ tools/prebuilt.py (the GPU window)
+def _copy_sources(dest):
+    for rel in prebuilt.source_files():
+        os.makedirs(os.path.join(dest, os.path.dirname(rel)), exist_ok=True)
+        shutil.copyfile(os.path.join(ROOT, rel), os.path.join(dest, rel))
+
+
+def test_source_hash_follows_the_sources_only(tmp_path):
+    _copy_sources(tmp_path)
+    assert prebuilt.source_hash(str(tmp_path)) == prebuilt.source_hash()
+    (tmp_path / "README.md").write_text("not a source")
+    assert prebuilt.source_hash(str(tmp_path)) == prebuilt.source_hash()
+    header = tmp_path / "cuda_rasterizer" / "blend.h"
+    header.write_text(header.read_text() + "\n")
+    assert prebuilt.source_hash(str(tmp_path)) != prebuilt.source_hash()
+    header.write_text(header.read_text()[:-1])
+    (tmp_path / "cuda_rasterizer" / "new_kernel.cu").write_text("")
+    assert prebuilt.source_hash(str(tmp_path)) != prebuilt.source_hash()
+
+
+def test_prebuilt_is_used_only_for_its_sources_and_target(tmp_path, monkeypatch):
+    so = tmp_path / "_C.fake.so"
+    so.write_bytes(os.urandom(64))
+    store = tmp_path / "store"
+    manifest = prebuilt.record(str(store), str(so), "9.0")
+    assert manifest["sources"] == prebuilt.source_hash() and manifest["file"] == so.name
+    assert prebuilt.why_not(str(store), "9.0") is None
+    assert "arch" in prebuilt.why_not(str(store), "8.6")
+
+    package = tmp_path / "package"
+    package.mkdir()
+    monkeypatch.setattr(prebuilt, "PACKAGE", str(package))
+    assert prebuilt.install(str(store), "9.0") is None
+    assert (package / so.name).read_bytes() == so.read_bytes()
+
+    path = store / prebuilt.MANIFEST
+    (package / so.name).unlink()
+    for key, value in [("torch", "2.0.0+cu118"), ("python", ".cpython-39-x86_64-linux-gnu.so"),
+                       ("sources", "0" * 64)]:
+        changed = dict(manifest, **{key: value})
+        path.write_text(json.dumps(changed))
+        reason = prebuilt.why_not(str(store), "9.0")
+        assert reason is not None and (key in reason or "sources" in reason), reason
+        assert prebuilt.install(str(store), "9.0") == reason
+        assert not (package / so.name).exists()
+    path.write_text(json.dumps(manifest))
+    (store / so.name).unlink()
+    assert "missing" in prebuilt.why_not(str(store), "9.0")
