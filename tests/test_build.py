@@ -101,7 +101,7 @@ def test_prebuilt_is_used_only_for_its_sources_and_target(tmp_path, monkeypatch)
     path = store / prebuilt.MANIFEST
     (package / so.name).unlink()
     for key, value in [("torch", "2.0.0+cu118"), ("python", ".cpython-39-x86_64-linux-gnu.so"),
-                       ("sources", "0" * 64)]:
+                       ("torch_commit", "f" * 40), ("sources", "0" * 64)]:
         changed = dict(manifest, **{key: value})
         path.write_text(json.dumps(changed))
         reason = prebuilt.why_not(str(store), "9.0")

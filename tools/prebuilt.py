@@ -49,10 +49,10 @@ def source_hash(root=ROOT):
 
 
 def target(arch):
-    """What a build is for: the interpreter, PyTorch (with its CUDA) and the GPU architecture."""
+    """What a build is for: the interpreter, PyTorch (version, commit, CUDA) and the GPU arch."""
     import torch
     return {"python": sysconfig.get_config_var("EXT_SUFFIX"), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "arch": arch}
+            "torch_commit": torch.version.git_version, "cuda": torch.version.cuda, "arch": arch}
 
 
 def record(directory, so_path, arch):
