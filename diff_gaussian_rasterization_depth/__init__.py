@@ -56,16 +56,17 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     With raster_settings.debug, non-finite inputs raise a ValueError naming them, and an error
     of the backend writes a snapshot of the call (see `replay_snapshot`).
     """
-    given = [("means3D", means3D), ("opacities", opacities), ("shs", sh), ("dc", dc),
-             ("colors_precomp", colors_precomp), ("scales", scales), ("rotations", rotations),
-             ("cov3D_precomp", cov3Ds_precomp), ("features", features)]
+    given = (means3D, opacities, sh, dc, colors_precomp, scales, rotations, cov3Ds_precomp,
+             features)
     (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp,
      checked) = check_gaussians(means3D, means2D, opacities, sh, colors_precomp, scales,
                                 rotations, cov3Ds_precomp, dc, raster_settings, join_dc=False)
     features, median_depth, inverse_depth = check_optional_outputs(features, median_depth,
                                                                    means3D, inverse_depth)
     if checked.debug:
-        _debug.raise_if_nonfinite(given, raster_settings)
+        names = ("means3D", "opacities", "shs", "dc", "colors_precomp", "scales", "rotations",
+                 "cov3D_precomp", "features")
+        _debug.raise_if_nonfinite(list(zip(names, given)), raster_settings)
     if means2D is None:
         # Nobody wants the screen-space gradient: a throwaway carrier keeps the Function simple.
         means2D = torch.zeros((means3D.shape[0], 3), dtype=means3D.dtype, device=means3D.device)
@@ -111,7 +112,8 @@ class _RasterizeGaussians(torch.autograd.Function):
         ctx.means2D_columns = means2D.shape[1]   # (P, 3) or (P, 2)
         ctx.has_features = features is not None
         ctx.median_depth = median_depth
-        saved = [t if t is not None else means3D.new_empty((0,)) for t in inputs]
+        absent = means3D.new_empty((0,))  # one stand-in for every absent input (saves per call)
+        saved = [absent if t is None else t for t in inputs]
         if ctx.has_features:
             saved.append(features)
             # An unused map's gradient stays None rather than a zero tensor, so that a loss on
@@ -133,16 +135,20 @@ class _RasterizeGaussians(torch.autograd.Function):
         features = saved[len(inputs)] if ctx.has_features else None
         grad_features = grad_optional[0] if ctx.has_features else None
         grad_median = grad_optional[-1] if ctx.median_depth else None
-        upstream = dict(color=grad_color, depth=grad_depth, weight=grad_weight)
-        if ctx.has_features:
-            upstream["feature_map"] = grad_features
-        if ctx.median_depth:
-            upstream["median"] = grad_median
+
+        def upstream():  # the map gradients by name, for a debug snapshot only
+            named = dict(color=grad_color, depth=grad_depth, weight=grad_weight)
+            if ctx.has_features:
+                named["feature_map"] = grad_features
+            if ctx.median_depth:
+                named["median"] = grad_median
+            return named
+
         (d_means3D, d_means2D, d_opacities, d_dc, d_sh, d_colors, d_scales, d_rotations,
          d_cov3D, d_features, *d_camera) = _debug.guarded(
             ctx.config.debug,
             lambda: _debug.Capture("backward", _named_inputs(inputs, features), ctx.checked,
-                                   grads=upstream, median_depth=ctx.median_depth,
+                                   grads=upstream(), median_depth=ctx.median_depth,
                                    inverse_depth=ctx.config.inverse_depth),
             lambda: _backend.backward(ctx.config,
                                       _backend.make_gaussians(*inputs, features=features),

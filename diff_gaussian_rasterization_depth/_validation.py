@@ -83,7 +83,8 @@ def _small_tensor(name: str, t, numel: int, keep_grad: bool = False) -> torch.Te
     if t.numel() != numel:
         raise ValueError(f"raster_settings.{name}: expected {numel} elements, got "
                          f"{t.numel()} (shape {tuple(t.shape)})")
-    return (t if keep_grad else t.detach()).reshape(-1)
+    t = t if keep_grad else t.detach()
+    return t if t.dim() == 1 else t.reshape(-1)
 
 
 CAMERA_FIELDS = ("viewmatrix", "projmatrix", "campos")
@@ -114,7 +115,8 @@ class CheckedSettings:
                  _small_tensor("campos", s.campos, 3, keep)]
         # One private copy on the Gaussians' device (torch.cat always allocates): the backward
         # reads it, and the caller may edit the settings' tensors in place meanwhile.
-        packed = torch.cat([p.to(device=device, dtype=dtype) for p in parts])
+        packed = torch.cat([p if p.device == device and p.dtype == dtype
+                            else p.to(device=device, dtype=dtype) for p in parts])
         self.bg, self.viewmatrix, self.projmatrix, self.campos = torch.split_with_sizes(
             packed, [3, 16, 16, 3])
         self.prefiltered = bool(s.prefiltered)
@@ -152,7 +154,8 @@ def check_gaussians(means3D, means2D, opacities, shs, colors_precomp, scales, ro
         raise ValueError("opacities: expected a tensor of shape (P, 1) or (P,), got None")
     same("opacities", opacities)
     _require_shape("opacities", opacities, [(P, 1), (P,)], f"({P}, 1) or ({P},)")
-    opacities = opacities.reshape(P, 1)
+    if opacities.dim() == 1:  # (P, 1) as given costs no view
+        opacities = opacities.reshape(P, 1)
 
     if dc is not None:
         same("dc", dc)

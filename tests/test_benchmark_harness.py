@@ -422,3 +422,20 @@ def test_check_cuda_compile_reads_ptxas_and_counts_blocks_per_sm():
     assert tool.blocks_per_sm("sm_75", 87, 25 << 10) == (2, "registers")  # 88 x 32: 23 warps
     assert tool.blocks_per_sm("sm_75", 32, 0) == (4, "threads")
     assert tool.blocks_per_sm("sm_80", 32, 0) is None
+
+
+def test_call_overhead_measures_the_python_around_a_call(tmp_path):
+    """benchmarks/call_overhead.py: the full call costs more than the raw backend, forward and
+    backward, and the figures it derives are the differences of those it measured."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "call_overhead.py"), "--calls", "40"],
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["device"] == "cpu" and r["cores"] >= 1 and r["load_average_1min"] >= 0
+    for key in ("forward", "forward_backward", "raw_forward", "raw_backward"):
+        assert r[key] > 0, key
+    assert r["forward_backward"] > r["forward"] > r["raw_forward"]
+    assert r["forward_overhead"] == pytest.approx(r["forward"] - r["raw_forward"], abs=0.11)
+    assert r["backward_and_loss_overhead"] == pytest.approx(
+        r["forward_backward"] - r["forward"] - r["raw_backward"], abs=0.16)

@@ -1,0 +1,106 @@
+"""The Python around one call: the rasterizer's forward and backward against the raw backend.
+
+On a frame so small (16 Gaussians, 16x16) that the render costs little, the difference between a
+call through `GaussianRasterizer` and the same work through `_backend.forward` / `.backward` is
+what the checks, the autograd Function and torch's dispatch add per call: a fixed cost of every
+training step, which on a GPU counts against the 112k target's 0.5 ms (doc/performance.md).
+
+    PYTHONPATH=. python benchmarks/call_overhead.py [--calls 3000] [--device cpu|cuda]
+
+Prints each figure in us as the best of five timings, and the machine's load; compare two
+checkouts by running it in each, in turn.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "tests"))
+import scenes  # noqa: E402
+
+import diff_gaussian_rasterization_depth as dgrd  # noqa: E402
+from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend  # noqa: E402
+
+
+def best_time_us(call, calls, sync):
+    for _ in range(calls // 10):
+        call()
+    best = float("inf")
+    for _ in range(5):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            call()
+        sync()
+        best = min(best, (time.perf_counter() - t0) / calls * 1e6)
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=3000)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    scene = scenes.make_scene(0, P=16, height=16, width=16, sh_degree=1)
+    settings = scene.settings._replace(**{k: getattr(scene.settings, k).to(device) for k in
+                                          ("bg", "viewmatrix", "projmatrix", "campos")})
+    leaves = {k: None if v is None else v.detach().to(device).requires_grad_()
+              for k, v in scene.inputs.items()}
+
+    def forward():
+        with torch.no_grad():
+            GaussianRasterizer(settings)(**leaves)
+
+    def forward_backward():
+        color, _, depth, weight = GaussianRasterizer(settings)(**leaves)
+        (color.sum() + depth.sum() + weight.sum()).backward()
+        for v in leaves.values():
+            if v is not None:
+                v.grad = None
+
+    # The same work through the backend alone, with the context the Function keeps.
+    captured = {}
+    original = dgrd._RasterizeGaussians.backward
+
+    def capture(ctx, *grads):
+        captured.update(ctx=ctx, saved=ctx.saved_tensors, grads=grads)
+        return original(ctx, *grads)
+
+    dgrd._RasterizeGaussians.backward = staticmethod(capture)
+    try:
+        forward_backward()
+    finally:
+        dgrd._RasterizeGaussians.backward = staticmethod(original)
+    ctx = captured["ctx"]
+    inputs = tuple(t if present else None for t, present in zip(captured["saved"], ctx.present))
+    gaussians = _backend.make_gaussians(*inputs)
+    grad_color, _, grad_depth, grad_weight = captured["grads"][:4]
+
+    def raw_forward():
+        _backend.forward(ctx.config, gaussians)
+
+    def raw_backward():
+        _backend.backward(ctx.config, gaussians, ctx.state, grad_color, grad_depth, grad_weight)
+
+    times = {name: best_time_us(call, args.calls, sync) for name, call in
+             [("forward", forward), ("forward_backward", forward_backward),
+              ("raw_forward", raw_forward), ("raw_backward", raw_backward)]}
+    times["forward_overhead"] = times["forward"] - times["raw_forward"]
+    times["backward_and_loss_overhead"] = (times["forward_backward"] - times["forward"]
+                                           - times["raw_backward"])
+    report = {k: round(v, 1) for k, v in times.items()}
+    report.update(device=str(device), torch=torch.__version__, cores=os.cpu_count(),
+                  load_average_1min=round(os.getloadavg()[0], 2))
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
