@@ -5,7 +5,7 @@ call through `GaussianRasterizer` and the same work through `_backend.forward` /
 what the checks, the autograd Function and torch's dispatch add per call: a fixed cost of every
 training step, which on a GPU counts against the 112k target's 0.5 ms (doc/performance.md).
 
-    PYTHONPATH=. python benchmarks/call_overhead.py [--calls 3000] [--device cpu|cuda]
+    PYTHONPATH=. python benchmarks/call_overhead.py [--calls 3000] [--device cpu|cuda] [--json F]
 
 Prints each figure in us as the best of five timings, and the machine's load; compare two
 checkouts by running it in each, in turn.
@@ -44,6 +44,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=3000)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", help="also write the figures to this file, on one line")
     args = ap.parse_args()
     torch.set_num_threads(1)
     device = torch.device(args.device)
@@ -100,6 +101,9 @@ def main():
     report.update(device=str(device), torch=torch.__version__, cores=os.cpu_count(),
                   load_average_1min=round(os.getloadavg()[0], 2))
     print(json.dumps(report, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(json.dumps(report) + "\n")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@
 #      differences (benchmarks/compare_cuda_cpu.py -> compare_cuda_cpu.json)
 #   3. the other CUDA tests (robustness, debug, inputs)
 #   4. compute-sanitizer memcheck and racecheck on five small scenes (tools/sanitize_cuda.py),
-#      with PyTorch's caching allocator off
+#      with PyTorch's caching allocator off; then the Python around one call against the raw
+#      backend (benchmarks/call_overhead.py: one line of summary.txt)
 #   5. this package's timings (bench_ours.json, rewritten after each configuration); skipped
 #      when gsplat is ready by then, since stage 6 times this package in the same run
 #   6. side by side with gsplat 1.5.3 (bench_gsplat.json)
@@ -364,6 +365,17 @@ for tool in memcheck racecheck; do
         record "$tool" skipped 0 "compute-sanitizer not found"
     fi
 done
+
+# ------------------------------------------------------------- the Python around one call
+# Host time per call over the raw backend (benchmarks/call_overhead.py): a fixed cost of every
+# step, part of the 112k target's 0.5 ms. One line of it in summary.txt.
+overhead_json=/tmp/dgrd_call_overhead.json
+rm -f "$overhead_json"
+if [ "$DRY" = 1 ]; then overhead_args=(--device cpu --calls 30); else
+    overhead_args=(--device cuda --calls 2000); fi
+stage call-overhead 60 "$PY" benchmarks/call_overhead.py "${overhead_args[@]}" \
+    --json "$overhead_json"
+[ -f "$overhead_json" ] && note "  call overhead, us: $(cat "$overhead_json")"
 
 # ----------------------------------------------------------------------------- 5.-7. timings
 if [ "$DRY" = 1 ]; then

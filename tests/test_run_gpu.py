@@ -15,7 +15,7 @@ SCRIPT = REPO / "benchmarks" / "run_gpu.sh"
 # Stages in the foreground, in order; gsplat-build (in the background) is recorded when it is
 # waited for, which may come before or after timings-ours.
 STAGES = ["build", "tests-cuda-vs-cpu", "garden-compare", "tests-robust-debug", "memcheck",
-          "racecheck", "timings-ours", "timings-gsplat", "ablation", "profile"]
+          "racecheck", "call-overhead", "timings-ours", "timings-gsplat", "ablation", "profile"]
 BACKGROUND = "gsplat-build"
 MAX_FILES_BACK = 8      # the device tool brings back at most 8 files, at most 2 folders down
 
@@ -60,6 +60,9 @@ def test_dry_run_runs_every_stage_in_order_and_writes_out(tmp_path):
     assert ("--- targets (benchmarks/report.py --brief bench_ablation.json bench_ours.json"
             in summary)
     assert summary.count("    not measured ") == 5 and "  ablation, forward + backward" in summary
+    # The Python around one call, on one line: the full call costs more than the raw backend.
+    overhead = json.loads(summary.split("  call overhead, us: ", 1)[1].splitlines()[0])
+    assert overhead["forward"] > overhead["raw_forward"] > 0 and overhead["device"] == "cpu"
 
     compare = json.loads((tmp_path / "compare_cuda_cpu.json").read_text())
     assert set(compare["outputs"]) == {"color", "depth", "weight"}
