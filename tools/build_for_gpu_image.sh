@@ -12,9 +12,10 @@
 #
 #   bash tools/build_for_gpu_image.sh [--only ours|gsplat|orig]
 #
-# Needs python$GPU_PYTHON_VERSION (3.12; or GPU_PYTHON=path) and nvcc; installs torch==$GPU_TORCH_VERSION (2.11.0,
-# which is 2.11.0+cu130 on PyPI, about 4.7 GB with its CUDA libraries) into a virtual environment
-# at $GPU_VENV (default ~/.cache/dgrd/gpu-venv-<torch>). GPU_ARCH: 9.0 (the H200), MAX_JOBS: 2.
+# Needs python$GPU_PYTHON_VERSION (3.12; or GPU_PYTHON=path) and nvcc. Installs
+# torch==$GPU_TORCH_VERSION (2.11.0, which is 2.11.0+cu130 on PyPI, about 4.7 GB with its CUDA
+# libraries) into a virtual environment at $GPU_VENV (default ~/.cache/dgrd/gpu-venv-<torch>).
+# GPU_ARCH: 9.0 (the H200); MAX_JOBS: 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -48,16 +49,20 @@ git check-ignore -q .whl || { echo ".whl is not ignored by git: stopping" >&2; e
 # python3.12 from $GPU_PYTHON, the PATH, or pyenv's versions (whose shim fails unless selected).
 find_python() {
     local c
+    local pyenv_root
+    pyenv_root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
     for c in "${GPU_PYTHON:-}" "$(command -v "python$PYV" || true)" \
-             $(ls -d "$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")"/versions/"$PYV"*/bin/python \
-               2>/dev/null | sort -rV); do
+             $(ls -d "$pyenv_root"/versions/"$PYV"*/bin/python 2>/dev/null | sort -rV); do
         [ -n "$c" ] && "$c" -c "import sys; assert sys.version.startswith('$PYV.')" 2>/dev/null \
             && { echo "$c"; return 0; }
     done
     return 1
 }
 if [ ! -x "$VENV/bin/python" ]; then
-    base=$(find_python) || { echo "python$PYV not found (the GPU image's Python): set GPU_PYTHON" >&2; exit 1; }
+    base=$(find_python) || {
+        echo "python$PYV not found (the GPU image's Python): set GPU_PYTHON" >&2
+        exit 1
+    }
     "$base" -m venv "$VENV"
 fi
 PY=$VENV/bin/python
@@ -69,7 +74,8 @@ tag=$("$PY" -c "
 import torch
 print(f\"{torch.__version__.split('+')[0]}-cu{(torch.version.cuda or 'none').replace('.', '')}\")
 ")-sm${ARCH//./}
-echo "building for $("$PY" --version), torch $("$PY" -c 'import torch; print(torch.__version__)'), sm ${ARCH} ($tag)"
+torch_version=$("$PY" -c 'import torch; print(torch.__version__)')
+echo "building for $("$PY" --version), torch $torch_version, sm $ARCH ($tag)"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
