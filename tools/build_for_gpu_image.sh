@@ -21,7 +21,8 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 
 only=${2:-}
-if [ "${1:-}" != "" ] && { [ "$1" != "--only" ] || [ -z "$only" ]; }; then
+if [ "${1:-}" != "" ] && { [ "$1" != "--only" ] || [ -z "$only" ]; } \
+        || ! [[ "$only" =~ ^(|ours|gsplat|orig)$ ]]; then
     echo "usage: bash tools/build_for_gpu_image.sh [--only ours|gsplat|orig]" >&2
     exit 2
 fi
