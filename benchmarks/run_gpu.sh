@@ -226,6 +226,9 @@ note "$(sed -n 1p <<< "$facts" | grep . || echo "$PY could not import torch")"
 [ -z "${TORCH_CUDA_ARCH_LIST:-}" ] && TORCH_CUDA_ARCH_LIST=$(sed -n 2p <<< "$facts")
 export TORCH_CUDA_ARCH_LIST
 gsplat_tag=$(sed -n 3p <<< "$facts")
+# The toolkit for every build here (ours, gsplat's JIT, the original): tools/cuda_home.sh.
+CUDA_HOME=$(bash tools/cuda_home.sh 2>/dev/null) && export CUDA_HOME
+note "CUDA_HOME=${CUDA_HOME:-unset}"
 note "TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-unset}"
 if [ "$DRY" = 0 ] && [ -z "$TORCH_CUDA_ARCH_LIST" ]; then
     note "no CUDA device visible: nothing to do (use --dry-run to check the staging)"

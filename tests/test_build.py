@@ -10,6 +10,7 @@ import ast
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,3 +112,18 @@ def test_prebuilt_is_used_only_for_its_sources_and_target(tmp_path, monkeypatch)
     path.write_text(json.dumps(manifest))
     (store / so.name).unlink()
     assert "missing" in prebuilt.why_not(str(store), "9.0")
+
+
+def test_cuda_home_is_the_toolkit_root():
+    """tools/cuda_home.sh: $CUDA_HOME as set; else a folder whose bin/ holds nvcc (PyTorch's own
+    guess, the folder above nvcc on the PATH, is /usr/local where nvcc there is a wrapper)."""
+    script = os.path.join(ROOT, "tools", "cuda_home.sh")
+    given = subprocess.run(["bash", script], env=dict(os.environ, CUDA_HOME="/opt/some/cuda"),
+                           capture_output=True, text=True)
+    assert given.returncode == 0 and given.stdout.strip() == "/opt/some/cuda"
+    if shutil.which("nvcc") is None:
+        return  # the rest needs a toolkit; CI's machines have one
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_HOME"}
+    found = subprocess.run(["bash", script], env=env, capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
+    assert os.access(os.path.join(found.stdout.strip(), "bin", "nvcc"), os.X_OK), found.stdout

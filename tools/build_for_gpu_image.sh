@@ -33,15 +33,7 @@ TORCH_V=${GPU_TORCH_VERSION:-2.11.0}
 ARCH=${GPU_ARCH:-9.0}
 VENV=${GPU_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/dgrd/gpu-venv-$TORCH_V}
 export MAX_JOBS=${MAX_JOBS:-2} TORCH_CUDA_ARCH_LIST=$ARCH
-# The toolkit's root, whose lib64 holds libcudart: nvcc on the PATH may be a link or a wrapper
-# script from elsewhere (torch would then take /usr/local, and the link would fail).
-if [ -z "${CUDA_HOME:-}" ]; then
-    if [ -x /usr/local/cuda/bin/nvcc ]; then
-        CUDA_HOME=/usr/local/cuda
-    else
-        CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
-    fi
-fi
+CUDA_HOME=$(bash tools/cuda_home.sh) || { echo "nvcc not found" >&2; exit 1; }
 export CUDA_HOME
 mkdir -p .whl
 git check-ignore -q .whl || { echo ".whl is not ignored by git: stopping" >&2; exit 1; }
