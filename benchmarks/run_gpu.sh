@@ -14,7 +14,7 @@
 #      ahead, without a GPU, by tools/build_for_gpu_image.sh)
 #   2. CUDA-vs-CPU tests (tests/test_cuda.py), then the garden 112k frame's largest CUDA-vs-CPU
 #      differences (benchmarks/compare_cuda_cpu.py -> compare_cuda_cpu.json)
-#   3. the other CUDA tests (robustness, debug, inputs)
+#   3. the other CUDA tests (robustness, debug, inputs), then the README's demo on the GPU
 #   4. compute-sanitizer memcheck and racecheck on five small scenes (tools/sanitize_cuda.py),
 #      with PyTorch's caching allocator off; then the Python around one call against the raw
 #      backend (benchmarks/call_overhead.py: one line of summary.txt)
@@ -354,6 +354,11 @@ else
         --json "$RESULTS/compare_cuda_cpu.json"
     stage tests-robust-debug 150 "${PYTEST[@]}" tests --ignore=tests/test_cuda.py
 fi
+# The README's main job, the demo, on the GPU (its files stay in /tmp; its timing is in the log).
+if [ "$DRY" = 1 ]; then demo_args=(--device cpu --views 1 --gaussians 2000 --width 96 --height 64)
+else demo_args=(--device cuda); fi
+stage demo 60 "$PY" -m diff_gaussian_rasterization_depth demo "${demo_args[@]}" \
+    --out /tmp/dgrd_demo
 
 # --------------------------------------------------------------------- 4. compute-sanitizer
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
