@@ -22,7 +22,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "tests"))
 import scenes  # noqa: E402
 
-import diff_gaussian_rasterization_depth as dgrd  # noqa: E402
 from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend  # noqa: E402
 
 
@@ -67,29 +66,17 @@ def main():
             if v is not None:
                 v.grad = None
 
-    # The same work through the backend alone, with the context the Function keeps.
-    captured = {}
-    original = dgrd._RasterizeGaussians.backward
-
-    def capture(ctx, *grads):
-        captured.update(ctx=ctx, saved=ctx.saved_tensors, grads=grads)
-        return original(ctx, *grads)
-
-    dgrd._RasterizeGaussians.backward = staticmethod(capture)
-    try:
-        forward_backward()
-    finally:
-        dgrd._RasterizeGaussians.backward = staticmethod(original)
-    ctx = captured["ctx"]
-    inputs = tuple(t if present else None for t, present in zip(captured["saved"], ctx.present))
-    gaussians = _backend.make_gaussians(*inputs)
-    grad_color, _, grad_depth, grad_weight = captured["grads"][:4]
+    # The same work through the backend alone, built as the package builds it
+    # (tests/scenes.backend_call), with unit gradients of the three maps.
+    config, gaussians = scenes.backend_call(scenes.Scene(leaves, settings))
+    color, depth, weight, *_, state = _backend.forward(config, gaussians)
+    grads = [torch.ones_like(m) for m in (color, depth, weight)]
 
     def raw_forward():
-        _backend.forward(ctx.config, gaussians)
+        _backend.forward(config, gaussians)
 
     def raw_backward():
-        _backend.backward(ctx.config, gaussians, ctx.state, grad_color, grad_depth, grad_weight)
+        _backend.backward(config, gaussians, state, *grads)
 
     times = {name: best_time_us(call, args.calls, sync) for name, call in
              [("forward", forward), ("forward_backward", forward_backward),

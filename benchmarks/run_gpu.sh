@@ -214,12 +214,13 @@ card_state "at the start"
 facts=$($PY - 2>/dev/null <<'PYEOF'
 import sys
 import torch
+sys.path.insert(0, "tools")
+from prebuilt import build_tag
 major, minor = torch.cuda.get_device_capability() if torch.cuda.is_available() else (0, 0)
 print(f"python {sys.version.split()[0]} | torch {torch.__version__} | cuda {torch.version.cuda}"
       f" | devices {torch.cuda.device_count()}")
 print(f"{major}.{minor}" if torch.cuda.is_available() else "")
-cuda = (torch.version.cuda or "none").replace(".", "")
-print(f"{torch.__version__.split('+')[0]}-cu{cuda}-sm{major}{minor}")
+print(build_tag(f"{major}.{minor}"))
 PYEOF
 )
 note "$(sed -n 1p <<< "$facts" | grep . || echo "$PY could not import torch")"

@@ -56,17 +56,16 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     With raster_settings.debug, non-finite inputs raise a ValueError naming them, and an error
     of the backend writes a snapshot of the call (see `replay_snapshot`).
     """
-    given = (means3D, opacities, sh, dc, colors_precomp, scales, rotations, cov3Ds_precomp,
-             features)
+    given = (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp, dc,
+             features)  # _debug.INPUT_NAMES, then features
     (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp,
      checked) = check_gaussians(means3D, means2D, opacities, sh, colors_precomp, scales,
                                 rotations, cov3Ds_precomp, dc, raster_settings, join_dc=False)
     features, median_depth, inverse_depth = check_optional_outputs(features, median_depth,
                                                                    means3D, inverse_depth)
     if checked.debug:
-        names = ("means3D", "opacities", "shs", "dc", "colors_precomp", "scales", "rotations",
-                 "cov3D_precomp", "features")
-        _debug.raise_if_nonfinite(list(zip(names, given)), raster_settings)
+        _debug.raise_if_nonfinite(list(zip(_debug.INPUT_NAMES + ("features",), given)),
+                                  raster_settings)
     if means2D is None:
         # Nobody wants the screen-space gradient: a throwaway carrier keeps the Function simple.
         means2D = torch.zeros((means3D.shape[0], 3), dtype=means3D.dtype, device=means3D.device)

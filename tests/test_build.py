@@ -127,3 +127,11 @@ def test_cuda_home_is_the_toolkit_root():
     found = subprocess.run(["bash", script], env=env, capture_output=True, text=True)
     assert found.returncode == 0, found.stderr
     assert os.access(os.path.join(found.stdout.strip(), "bin", "nvcc"), os.X_OK), found.stdout
+
+
+def test_build_tag_names_torch_cuda_and_arch():
+    """The one name of a carried build (run_gpu.sh's gsplat parts, build_for_gpu_image.sh)."""
+    import torch
+    cuda = (torch.version.cuda or "none").replace(".", "")
+    assert prebuilt.build_tag("9.0") == f"{torch.__version__.split('+')[0]}-cu{cuda}-sm90"
+    assert prebuilt.build_tag("12.0").endswith("-sm120")

@@ -63,10 +63,7 @@ if ! "$PY" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$
         2>/dev/null; then
     "$PY" -m pip install -q "torch==$TORCH_V" numpy ninja "setuptools<82" wheel jaxtyping rich
 fi
-tag=$("$PY" -c "
-import torch
-print(f\"{torch.__version__.split('+')[0]}-cu{(torch.version.cuda or 'none').replace('.', '')}\")
-")-sm${ARCH//./}
+tag=$("$PY" tools/prebuilt.py tag --arch "$ARCH")
 torch_version=$("$PY" -c 'import torch; print(torch.__version__)')
 echo "building for $("$PY" --version), torch $torch_version, sm $ARCH ($tag)"
 

@@ -7,6 +7,7 @@ image's Python and PyTorch; benchmarks/run_gpu.sh installs it only when it was b
 same sources, for the same Python, PyTorch and GPU architecture, and builds as before otherwise.
 
     python tools/prebuilt.py hash                         # the sources' hash
+    python tools/prebuilt.py tag --arch 9.0               # a carried build's name: 2.11.0-cu130-sm90
     python tools/prebuilt.py record DIR SO --arch 9.0     # DIR/<SO's name> and DIR/prebuilt.json
     python tools/prebuilt.py check DIR --arch 9.0         # exit 0: usable; 1: says why not
     python tools/prebuilt.py install DIR --arch 9.0       # the same, and copies it into the package
@@ -55,6 +56,14 @@ def target(arch):
             "torch_commit": torch.version.git_version, "cuda": torch.version.cuda, "arch": arch}
 
 
+def build_tag(arch):
+    """The name of a build for this PyTorch, its CUDA and a GPU architecture ("9.0"), as in
+    gsplat_cuda-<tag>.so.gz.partNN: "2.11.0-cu130-sm90"."""
+    import torch
+    cuda = (torch.version.cuda or "none").replace(".", "")
+    return f"{torch.__version__.split('+')[0]}-cu{cuda}-sm{arch.replace('.', '')}"
+
+
 def record(directory, so_path, arch):
     os.makedirs(directory, exist_ok=True)
     name = os.path.basename(so_path)
@@ -97,6 +106,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("hash")
+    tag = sub.add_parser("tag")
+    tag.add_argument("--arch", required=True)
     rec = sub.add_parser("record")
     rec.add_argument("directory")
     rec.add_argument("so")
@@ -108,6 +119,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.command == "hash":
         print(source_hash())
+        return 0
+    if args.command == "tag":
+        print(build_tag(args.arch))
         return 0
     if args.command == "record":
         print(json.dumps(record(args.directory, args.so, args.arch)))
