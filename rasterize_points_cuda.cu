@@ -186,8 +186,10 @@ torch::Tensor device_empty(c10::IntArrayRef sizes, const torch::TensorOptions& o
   return uninitialized(torch::empty(sizes, opts));
 }
 
+// At least one byte: an empty tensor's data pointer is null, and CUB takes a null scratch
+// pointer as a request for its size, so a call given one would do nothing and report success.
 torch::Tensor scratch(size_t bytes, const torch::Tensor& like) {
-  return device_empty({int64_t(bytes)}, like.options().dtype(torch::kUInt8));
+  return device_empty({int64_t(std::max<size_t>(bytes, 1))}, like.options().dtype(torch::kUInt8));
 }
 
 // The tile splits saved in s: the buffers, and `length` where the caller knows it (the

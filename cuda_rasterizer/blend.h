@@ -16,6 +16,18 @@ namespace dgrd {
 template <typename T>
 DGRD_HD T splat_power(Vec4<T> conic_opacity, Vec2<T> d) {
   const Vec4<T> co = conic_opacity;
+#if defined(__CUDA_ARCH__) || defined(DGRD_EMULATE_FMA)
+  // On a GPU (and in its emulation) the two fused multiply-adds are spelled out. Left to the
+  // compiler, which product fuses with which sum may differ from one kernel to another, so that
+  // two kernels (the render and its split or warp-skipping variants, the backward) could find
+  // alphas a unit apart at the same pixel; spelled out, no product is left to fuse, and every
+  // kernel and the emulation round alike. Not on the CPU backend, built without fused
+  // multiply-adds (std::fma there is a library call).
+  if constexpr (std::is_floating_point<T>::value) {
+    const T quadratic = fma_(co.x * d.x, d.x, co.z * d.y * d.y);
+    return fma_(T(-0.5), quadratic, -(co.y * d.x) * d.y);
+  }
+#endif
   return T(-0.5) * (co.x * d.x * d.x + co.z * d.y * d.y) - co.y * d.x * d.y;
 }
 

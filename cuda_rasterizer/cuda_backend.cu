@@ -108,14 +108,16 @@ constexpr int kWarpRows = 32 / kTileSize;
 constexpr unsigned kAllWarps = (1u << kWarps) - 1;
 // Blocks per SM the render kernels are compiled for (their register budget): warp skipping's
 // staging would otherwise cost the forward 25% of its occupancy (ptxas, sm_90: 41 registers
-// instead of 32; at 8 blocks, 32 and a spill of at most 4 bytes) and the backward a block (67-70
-// registers instead of 52-64). `check_cuda_compile.py --registers` prints them.
-// No more than an SM holds, whose threads are 2048 (sm_80, sm_90, sm_100), 1536 (sm_86, sm_87,
-// sm_89, sm_120) or 1024 (sm_75): a bound past that is ignored, with a ptxas warning.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+// instead of 32; at 8 blocks, 32, with 4-52 bytes spilled in the per-batch staging of every
+// variant but the plain render, none in their per-splat loops) and the backward a block
+// (67-70 registers instead of 52-64). `check_cuda_compile.py --registers` prints them and
+// bounds the spills.
+// No more than an SM holds, whose threads are 2048 (sm_70, sm_80, sm_90, sm_100), 1536 (sm_86,
+// sm_87, sm_89, sm_120) or 1024 (sm_75): a bound past that is ignored, with a ptxas warning.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 750
 constexpr int kSmThreads = 1024;
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ != 800 && __CUDA_ARCH__ != 900 && \
-    __CUDA_ARCH__ != 1000
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ != 700 && __CUDA_ARCH__ != 800 && \
+    __CUDA_ARCH__ != 900 && __CUDA_ARCH__ != 1000
 constexpr int kSmThreads = 1536;
 #else
 constexpr int kSmThreads = 2048;

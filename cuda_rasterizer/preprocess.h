@@ -267,7 +267,10 @@ struct Footprint {
 };
 
 // Dilates the covariance by 0.3 px, inverts it and computes the antialiasing factor.
-// Returns false when the determinant is 0 (the Gaussian is culled).
+// Returns false when the determinant is 0 (the Gaussian is culled), with a zero conic: the
+// preprocess backward recomputes the footprint of a Gaussian the forward kept, and on a GPU its
+// kernel may round the determinant apart from the forward's (fused multiply-adds), so it must
+// not read an unset conic where its determinant comes out 0.
 template <typename T>
 DGRD_HD bool footprint(const Sym2<T>& cov, bool antialiasing, Footprint<T>& f) {
   const T det0 = cov.a * cov.c - cov.b * cov.b;
@@ -275,7 +278,10 @@ DGRD_HD bool footprint(const Sym2<T>& cov, bool antialiasing, Footprint<T>& f) {
   f.cov = {a, cov.b, c};
   f.det = a * c - cov.b * cov.b;
   f.aa_factor = antialiasing ? sqrt_(max2(T(kAntialiasMinRatio), det0 / f.det)) : T(1);
-  if (f.det == T(0)) return false;
+  if (f.det == T(0)) {
+    f.conic = {T(0), T(0), T(0)};
+    return false;
+  }
   const T inv = T(1) / f.det;
   f.conic = {c * inv, -cov.b * inv, a * inv};
   return true;
@@ -445,7 +451,7 @@ DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianIn
   const Sym3<T> sigma = gaussian_covariance_3d(cam, in, i);
   const Sym2<T> cov = covariance_2d(J, sigma);
   Footprint<T> f;
-  footprint(cov, cam.antialiasing, f);
+  footprint(cov, cam.antialiasing, f);  // the forward kept it; if this rounding culls, conic 0
   const T opacity = in.opacities[i];
   out.opacities[i] = f.aa_factor * g.opacity;
   const Sym2<T> dcov = footprint_backward(cov, f, cam.antialiasing, g.conic, opacity * g.opacity);

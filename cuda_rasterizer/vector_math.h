@@ -63,6 +63,15 @@ DGRD_SCALAR_FN(floor_, floor)
 DGRD_SCALAR_FN(log_, log)
 #undef DGRD_SCALAR_FN
 
+// a * b + c rounded once.
+template <typename T> DGRD_HD T fma_(T a, T b, T c) {
+#if defined(__CUDA_ARCH__)
+  return ::fma(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+
 template <typename T> DGRD_HD bool is_finite(T v) {
 #if defined(__CUDA_ARCH__)
   return ::isfinite(v);

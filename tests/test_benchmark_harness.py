@@ -254,7 +254,10 @@ def test_cpu_bench_quick_reports_load_work_and_ablation(tmp_path):
     for m in r["threads"].values():
         for key in ("forward", "backward", "both", "render", "render_backward"):
             assert m[key] > 0, key
-        assert m["both"] >= m["render"]
+        # Parts of one call against the whole of it (figures of different calls may cross
+        # on a loaded machine with one repetition): the render is a stage of the no-grad
+        # forward, the backward the tail of `both`.
+        assert m["forward"] >= m["render"] and m["both"] >= m["backward"]
     w = r["work"]
     assert w["evaluations"] >= w["exps"] >= w["blends"] > 0
     assert w["lane_evaluations"] >= w["evaluations"] and w["pairs"] > 0

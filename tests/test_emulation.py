@@ -224,3 +224,36 @@ def test_emulated_kernels_round_as_a_gpu():
     for k in (0, 2, 3):
         a, b = emulated[k][..., keep], cpu[k][..., keep]
         assert (a - b).abs().max() <= forward_atol(b)
+
+
+def test_splat_power_rounds_alike_whatever_the_compiler_fuses(tmp_path):
+    """splat_power as a GPU and the emulation evaluate it (its fused multiply-adds spelled out,
+    blend.h) gives the same bits built with and without the compiler's own contraction, on fresh
+    random conics and offsets, where the plain expression does not: so every kernel, whatever
+    nvcc fuses in it, and the emulation find the same alphas. And footprint leaves a zero conic
+    where it culls (the preprocess backward reads it where its rounding culls a kept Gaussian)."""
+    import shutil
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    try:
+        import emulated_build
+    finally:
+        sys.path.pop(0)
+    compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    fma = [f for f in emulated_build.fused_multiply_add_flags() if f.startswith("-m")]
+    if compiler is None or not emulated_build.fused_multiply_add_flags():
+        pytest.skip("no C++ compiler, or a CPU without fused multiply-adds")
+    seed = str(int(torch.randint(0, 2**31 - 1, ()).item()))
+    results = {}
+    for contract in ("off", "fast"):
+        exe = tmp_path / f"rounding_{contract}"
+        subprocess.run([compiler, "-O2", "-std=c++17", f"-ffp-contract={contract}", *fma,
+                        "-DDGRD_EMULATE_FMA=1", "-Wno-psabi", "-I", ROOT,
+                        os.path.join(ROOT, "tests", "cpp", "rounding_check.cpp"), "-o", str(exe)],
+                       check=True)
+        out = subprocess.run([str(exe), seed], check=True, capture_output=True, text=True).stdout
+        results[contract] = dict(line.split(" ", 1) for line in out.strip().splitlines())
+    off, fast = results["off"], results["fast"]
+    assert off["pinned"] == fast["pinned"], (seed, results)
+    assert off["plain"] != fast["plain"], (seed, results)  # the compiler did contract
+    for r in (off, fast):
+        assert int(r["degenerate"]) >= 20 and r["kept"] == "0" and r["nonzero_conic"] == "0", r
