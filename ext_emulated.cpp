@@ -18,6 +18,11 @@ __global__ void turns_kernel(int* counter, int* turns) {
   turns[blockDim.x + t] = atomicAdd(counter, 1);
 }
 
+// Each block of a 2D grid records when it ran (its turn), at its linear index.
+__global__ void block_turns_kernel(int* counter, int* turns) {
+  if (threadIdx.x == 0) turns[blockIdx.y * gridDim.x + blockIdx.x] = atomicAdd(counter, 1);
+}
+
 // Warp collectives of one block; out holds, per thread: shfl_down, shfl_xor, shfl_idx, shfl_up
 // (of the value 100 * thread + 1), ballot, any, all (of `odd`), and the block count of `odd`.
 __global__ void collectives_kernel(int width, float* out) {
@@ -68,6 +73,14 @@ torch::Tensor turns(int threads) {
   torch::Tensor counter = torch::zeros({1}, torch::kInt32);
   torch::Tensor out = torch::full({2 * threads}, -1, torch::kInt32);
   DGRD_LAUNCH(turns_kernel, 1, threads, nullptr)(counter.data_ptr<int>(), out.data_ptr<int>());
+  return out;
+}
+
+torch::Tensor block_turns(int grid_x, int grid_y) {
+  torch::Tensor counter = torch::zeros({1}, torch::kInt32);
+  torch::Tensor out = torch::full({grid_x * grid_y}, -1, torch::kInt32);
+  DGRD_LAUNCH(block_turns_kernel, dim3(grid_x, grid_y), 64, nullptr)(counter.data_ptr<int>(),
+                                                                     out.data_ptr<int>());
   return out;
 }
 
@@ -178,7 +191,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cuda_stage_ms", &cuda_stage_ms_cuda, "Milliseconds of each stage, emulated");
   m.def("sparse_adam_step", &sparse_adam_step_cuda, "The CUDA sparse Adam step, emulated");
   m.def("set_thread_order", &emu::set_thread_order,
-        "Order of a block's threads between sync points: 'asc', 'desc' or 'random:SEED'");
+        "Order of a block's threads between sync points, and of a grid's blocks: 'asc', 'desc' "
+        "or 'random:SEED'");
   m.def("thread_order", &emu::thread_order, "The current thread order");
   m.def("record_launches", &emu::record_launches, py::arg("on"),
         "Tests: record every kernel launch from now on (or stop), the record emptied");
@@ -207,6 +221,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   auto checks = m.def_submodule(
       "checks", "Kernels that check the emulation itself, and the render kernels' helpers alone");
   checks.def("turns", &emulation_checks::turns);
+  checks.def("block_turns", &emulation_checks::block_turns);
   checks.def("collectives", &emulation_checks::collectives);
   checks.def("unwritten_shared", &emulation_checks::unwritten_shared);
   checks.def("mismatched_barrier", &emulation_checks::mismatched_barrier);

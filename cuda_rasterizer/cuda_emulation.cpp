@@ -587,10 +587,23 @@ struct FaultCapture {
 };
 #endif
 
+// The grid's blocks one after another, in the configured order too: a GPU runs them in any
+// order, at once, so a block that reads what another block of the same launch writes works in
+// one order and shows in another (the suite's `desc` runs every grid backwards).
 void run_blocks() {
-  for (unsigned z = 0; z < gridDim.z; ++z)
-    for (unsigned y = 0; y < gridDim.y; ++y)
-      for (unsigned x = 0; x < gridDim.x; ++x) run_block({x, y, z});
+  const uint64_t gx = gridDim.x, gy = gridDim.y, count = gx * gy * gridDim.z;
+  std::vector<uint64_t> order;
+  if (settings().order == Order::Random) {
+    order.resize(count);
+    for (uint64_t b = 0; b < count; ++b) order[b] = b;
+    std::shuffle(order.begin(), order.end(), order_rng());
+  }
+  for (uint64_t k = 0; k < count; ++k) {
+    const uint64_t b = settings().order == Order::Ascending    ? k
+                       : settings().order == Order::Descending ? count - 1 - k
+                                                               : order[k];
+    run_block({unsigned(b % gx), unsigned(b / gx % gy), unsigned(b / (gx * gy))});
+  }
 }
 
 }  // namespace

@@ -105,8 +105,9 @@ struct LaunchRecord {
 void record_launches(bool on);
 std::vector<LaunchRecord> take_launches();
 
-// Thread order between sync points: "asc", "desc" or "random:SEED" (also read once from the
-// environment variable DGRD_EMU_ORDER). Throws std::invalid_argument on anything else.
+// Thread order between sync points, and the order of a grid's blocks: "asc", "desc" or
+// "random:SEED" (also read once from the environment variable DGRD_EMU_ORDER). Throws
+// std::invalid_argument on anything else.
 void set_thread_order(const std::string& order);
 std::string thread_order();
 

@@ -49,6 +49,21 @@ def test_thread_orders(emu):
         emu.set_thread_order("sideways")
 
 
+def test_block_orders(emu):
+    """A grid's blocks run in the thread order too (a GPU runs them in any order): `desc`
+    backwards, `random:SEED` a permutation that replays, on a 2D grid of fresh size."""
+    gx, gy = (int(v) for v in torch.randint(3, 12, (2,)))
+    n = gx * gy
+    emu.set_thread_order("asc")
+    assert emu.checks.block_turns(gx, gy).tolist() == list(range(n))
+    emu.set_thread_order("desc")
+    assert emu.checks.block_turns(gx, gy).tolist() == list(range(n - 1, -1, -1))
+    emu.set_thread_order("random:3")
+    first = emu.checks.block_turns(gx, gy).tolist()
+    assert sorted(first) == list(range(n)) and first == emu.checks.block_turns(gx, gy).tolist()
+    assert first not in (list(range(n)), list(range(n - 1, -1, -1)))
+
+
 def expected_collectives(threads, width):
     """What a GPU returns, for the kernel collectives_kernel of ext_emulated.cpp; NaN where the
     source lane does not exist (undefined on a GPU, poisoned by the emulation)."""
