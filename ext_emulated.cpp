@@ -55,6 +55,11 @@ __global__ void mismatched_barrier_kernel() {
   else
     __syncthreads();
 }
+__global__ void barrier_after_exit_kernel(float* out) {
+  if (threadIdx.x >= 32) return;  // an early return for some threads of the block
+  __syncthreads();
+  out[threadIdx.x] = 1.0f;
+}
 __global__ void divergent_shuffle_kernel(float* out) {
   float v = float(threadIdx.x);
   if (threadIdx.x % 2) v = __shfl_down_sync(0xffffffffu, v, 1);
@@ -97,6 +102,11 @@ torch::Tensor unwritten_shared() {
 }
 
 void mismatched_barrier() { DGRD_LAUNCH(mismatched_barrier_kernel, 1, 64, nullptr)(); }
+
+void barrier_after_exit() {
+  torch::Tensor out = torch::zeros({64});
+  DGRD_LAUNCH(barrier_after_exit_kernel, 1, 64, nullptr)(out.data_ptr<float>());
+}
 
 void divergent_shuffle() {
   torch::Tensor out = torch::zeros({64});
@@ -225,6 +235,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   checks.def("collectives", &emulation_checks::collectives);
   checks.def("unwritten_shared", &emulation_checks::unwritten_shared);
   checks.def("mismatched_barrier", &emulation_checks::mismatched_barrier);
+  checks.def("barrier_after_exit", &emulation_checks::barrier_after_exit);
   checks.def("divergent_shuffle", &emulation_checks::divergent_shuffle);
   checks.def("null_read", &emulation_checks::null_read);
   checks.def("out_of_bounds", &emulation_checks::out_of_bounds);

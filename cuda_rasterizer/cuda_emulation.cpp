@@ -465,12 +465,18 @@ void try_complete_warp(Fiber& f) {
 }
 
 // Nothing can run: every live thread waits. Either all wait at the same block barrier, which
-// then completes, or the block can never go on.
+// then completes, or the block can never go on. A barrier that threads of the block exited
+// before is an error too: CUDA allows __syncthreads in conditional code only where the
+// condition is the same for the whole block, and an early return is such a condition.
 void complete_barrier_or_fail() {
   const Fiber* first = nullptr;
+  bool exited = false;
   for (int t = 0; t < rt.threads; ++t) {
     const Fiber& f = rt.fibers[t];
-    if (f.state == State::Exited) continue;
+    if (f.state == State::Exited) {
+      exited = true;
+      continue;
+    }
     if (f.state == State::AtWarp)
       fail("deadlock: a warp collective waits for lanes of its mask that are elsewhere "
            "(divergent lanes, or lanes waiting at a barrier or at another collective)");
@@ -478,6 +484,8 @@ void complete_barrier_or_fail() {
     else if (!f.same_call(*first))
       fail("mismatched barriers: the threads of the block wait at different barriers");
   }
+  if (exited && first)
+    fail("a barrier that some threads of the block never reach: they exited before it");
   uint64_t count = 0;
   int live = 0;
   for (int t = 0; t < rt.threads; ++t)

@@ -104,6 +104,13 @@ def test_shared_memory_starts_poisoned(emu):
 def test_mismatched_barriers_are_an_error(emu):
     with pytest.raises(RuntimeError, match=r"mismatched_barrier_kernel.*mismatched barriers"):
         emu.checks.mismatched_barrier()
+
+
+def test_barrier_after_an_early_return_is_an_error(emu):
+    """Threads 32-63 return before a __syncthreads that threads 0-31 wait at: undefined on a
+    GPU (a barrier in conditional code must see the same condition across the block)."""
+    with pytest.raises(RuntimeError, match=r"barrier_after_exit_kernel.*exited before it"):
+        emu.checks.barrier_after_exit()
     # The emulation is usable after the failed launch.
     assert emu.checks.turns(32)[:32].tolist() == list(range(32))
 
