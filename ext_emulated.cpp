@@ -66,6 +66,11 @@ __global__ void divergent_shuffle_kernel(float* out) {
   __syncthreads();
   out[threadIdx.x] = v;
 }
+__global__ void misaligned_load_kernel(const float* data, float* out) {
+  // A Vec4 read 4 bytes past a 16-byte boundary: a GPU faults ("misaligned address").
+  const Vec4<float>* quads = reinterpret_cast<const Vec4<float>*>(data + 1);
+  out[threadIdx.x] = quads[threadIdx.x].x;
+}
 __global__ void null_read_kernel(const float* data, float* out) {
   out[threadIdx.x] = data[threadIdx.x];  // data is null
 }
@@ -102,6 +107,12 @@ torch::Tensor unwritten_shared() {
 }
 
 void mismatched_barrier() { DGRD_LAUNCH(mismatched_barrier_kernel, 1, 64, nullptr)(); }
+
+void misaligned_load() {
+  torch::Tensor data = torch::zeros({4 * 32 + 4}), out = torch::zeros({32});
+  DGRD_LAUNCH(misaligned_load_kernel, 1, 32, nullptr)(data.data_ptr<float>(),
+                                                      out.data_ptr<float>());
+}
 
 void barrier_after_exit() {
   torch::Tensor out = torch::zeros({64});
@@ -236,6 +247,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   checks.def("unwritten_shared", &emulation_checks::unwritten_shared);
   checks.def("mismatched_barrier", &emulation_checks::mismatched_barrier);
   checks.def("barrier_after_exit", &emulation_checks::barrier_after_exit);
+  checks.def("misaligned_load", &emulation_checks::misaligned_load);
   checks.def("divergent_shuffle", &emulation_checks::divergent_shuffle);
   checks.def("null_read", &emulation_checks::null_read);
   checks.def("out_of_bounds", &emulation_checks::out_of_bounds);

@@ -1,6 +1,7 @@
 """The emulation of the CUDA execution model itself (cuda_rasterizer/cuda_emulation.h): thread
 orders, the results of warp collectives, poisoned shared memory, planted bugs refused with the
-kernel named, and an AddressSanitizer build that runs scenes and catches an out-of-bounds write.
+kernel named, and an AddressSanitizer build (with UBSan's alignment check) that runs scenes and
+catches an out-of-bounds write and a misaligned vector load.
 The CUDA backend's own tests run on it through tests/cuda_target.py."""
 import importlib.util
 import math
@@ -153,9 +154,12 @@ ASAN_SCRIPT = textwrap.dedent("""
     from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend
     build = sys.argv[2]
     # -O0 after the usual flags: the sanitized build is for checking, and compiles faster.
-    flags = ["-fsanitize=address", "-fno-omit-frame-pointer"] + emulated_build.CXX_FLAGS + ["-O0"]
+    # UBSan's alignment check with it: a vector load (Vec2, Vec4) from an address its type's
+    # alignment does not divide, which a GPU refuses ("misaligned address"), stops the run.
+    sanitize = ["-fsanitize=address,alignment", "-fno-sanitize-recover=alignment"]
+    flags = sanitize + ["-fno-omit-frame-pointer"] + emulated_build.CXX_FLAGS + ["-O0"]
     mod = cpp_extension.load("dgrd_emulated_asan", emulated_build.sources(build, "."),
-                             extra_cflags=flags, extra_ldflags=["-fsanitize=address"],
+                             extra_cflags=flags, extra_ldflags=sanitize,
                              extra_include_paths=[sys.argv[1]], build_directory=build)
     if sys.argv[3] == "compile":
         sys.exit(0)
@@ -187,12 +191,17 @@ ASAN_SCRIPT = textwrap.dedent("""
     if sys.argv[3] == "plant":
         mod.checks.out_of_bounds(64)
         print("out of bounds write not caught", flush=True)
+    if sys.argv[3] == "misalign":
+        mod.checks.misaligned_load()
+        print("misaligned load not caught", flush=True)
 """)
 
 
 def test_address_sanitizer_build(tmp_path):
-    """The emulated backend built with -fsanitize=address renders scenes and compute-sanitizer's
-    cases cleanly, and a kernel writing one element past a buffer aborts with ASan's report."""
+    """The emulated backend built with -fsanitize=address,alignment renders scenes and
+    compute-sanitizer's cases cleanly (no kernel loads a vector from a misaligned address, as a
+    GPU would refuse), a kernel writing one element past a buffer aborts with ASan's report, and
+    one reading a Vec4 four bytes off its alignment with UBSan's."""
     libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True,
                              text=True).stdout.strip()
     if not os.path.isabs(libasan):
@@ -209,17 +218,22 @@ def test_address_sanitizer_build(tmp_path):
         text=True, cwd=str(build), env=dict(env, ASAN_OPTIONS="verify_asan_link_order=0"))
     assert compile_only.returncode == 0, compile_only.stdout[-3000:] + compile_only.stderr[-3000:]
     env["LD_PRELOAD"] = libasan
-    for mode in ("none", "plant"):
+    for mode in ("none", "plant", "misalign"):
         run = subprocess.run([sys.executable, str(script), ROOT, str(build), mode], env=env,
                              capture_output=True, text=True, cwd=str(build))
         assert "scenes ok" in run.stdout, run.stdout[-2000:] + run.stderr[-5000:]
         if mode == "none":
             assert run.returncode == 0, run.stderr[-5000:]
             assert "sanitizer cases ok" in run.stdout, run.stdout[-2000:]
-        else:
+        elif mode == "plant":
             assert run.returncode != 0 and "not caught" not in run.stdout
             assert "heap-buffer-overflow" in run.stderr and "WRITE of size 4" in run.stderr
             assert "out_of_bounds_kernel" in run.stderr, run.stderr[-5000:]
+        else:
+            assert run.returncode != 0 and "not caught" not in run.stdout
+            assert "misaligned address" in run.stderr, run.stderr[:3000]
+            assert "requires 16 byte alignment" in run.stderr, run.stderr[:3000]
+            assert "ext_emulated.cpp" in run.stderr, run.stderr[:3000]
 
 
 def test_emulated_kernels_round_as_a_gpu():
