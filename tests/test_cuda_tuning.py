@@ -20,7 +20,8 @@ import pytest
 import torch
 
 import scenes
-from cuda_target import EMULATED_CUDA, REAL_CUDA, EmulatedCuda, active, cuda_targets, is_emulated
+from cuda_target import (EMULATED_CUDA, REAL_CUDA, EmulatedCuda, active, cuda_targets,
+                         forward_atol, is_emulated)
 from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend
 from test_cuda import settings_on
 from test_cuda_features import median_ambiguous
@@ -266,10 +267,16 @@ def test_depth_first_sort_makes_the_same_lists(ties, target, tuning):
     if ties:  # many exact ties on this device
         ids = point_list.long()
         assert (depth[ids][1:] == depth[ids][:-1]).sum() > 100
+    # Against the CPU, up to the Gaussians whose radius or culling is within rounding of a
+    # threshold (scenes.ambiguous): a GPU's fused multiply-adds may bin those apart.
     cpu_list, cpu_ranges, _ = tile_lists(scene, "cpu")
-    assert torch.equal(tile_ranges, cpu_ranges)
-    for lo, hi in tile_ranges.tolist():
-        assert torch.equal(point_list[lo:hi].sort().values, cpu_list[lo:hi].sort().values)
+    _, edge = scenes.ambiguous(scene)
+    assert tile_ranges.shape == cpu_ranges.shape
+    if not edge.any():
+        assert torch.equal(tile_ranges, cpu_ranges)
+    for (lo, hi), (cpu_lo, cpu_hi) in zip(tile_ranges.tolist(), cpu_ranges.tolist()):
+        mine, theirs = point_list[lo:hi].long(), cpu_list[cpu_lo:cpu_hi].long()
+        assert torch.equal(mine[~edge[mine]].sort().values, theirs[~edge[theirs]].sort().values)
 
 
 @pytest.mark.parametrize("target", cuda_targets(orders=("asc",)))
@@ -534,8 +541,9 @@ def test_split_forward_median_crossing_later_than_the_chain_says(seed, target, t
     # The split forward's medians are the whole walk's, bit for bit, on the same device ...
     assert torch.equal(out[-1], unsplit[-1]), (out[-1] - unsplit[-1]).abs().max()
     # ... and the CPU's (the same splats' depths; a GPU's preprocess rounds them apart by fused
-    # multiply-adds, a few units in the last place).
-    torch.testing.assert_close(out[-1], expected[-1], rtol=1e-6, atol=0)
+    # multiply-adds, a few units in the last place, more where the view transform cancels: the
+    # depth map's tolerance).
+    torch.testing.assert_close(out[-1], expected[-1], rtol=1e-6, atol=forward_atol(expected[-1]))
     for k in (0, 2, 3):
         torch.testing.assert_close(out[k], expected[k], rtol=1e-5, atol=1e-5)
 

@@ -189,14 +189,17 @@ def test_sparse_adam_cuda_matches_cpu(seed, target):
     gen = torch.Generator().manual_seed(200 + seed)
     N = (5000 if not is_emulated(target) else 300) + 777 * seed
     groups_cpu = make_groups(gen, N, torch.float32)
-    groups_gpu = [{**g, "params": [g["params"][0].detach().to(target).requires_grad_()]}
+    # Copies (clone: on the emulated target .to() returns the very tensor, and both optimizers
+    # would then step one parameter, the comparison of parameters below comparing it with
+    # itself).
+    groups_gpu = [{**g, "params": [g["params"][0].detach().clone().to(target).requires_grad_()]}
                   for g in groups_cpu]
     opt_cpu = SparseGaussianAdam(groups_cpu, lr=0.0, eps=1e-15)
     opt_gpu = SparseGaussianAdam(groups_gpu, lr=0.0, eps=1e-15)
     for _ in range(20):
         random_grads(gen, groups_cpu)
         for gc, gg in zip(groups_cpu, groups_gpu):
-            gg["params"][0].grad = gc["params"][0].grad.to(target)
+            gg["params"][0].grad = gc["params"][0].grad.clone().to(target)
         visibility = torch.rand(N, generator=gen) < 0.6
         before = [g["params"][0].detach().clone() for g in groups_gpu]
         opt_cpu.step(visibility, N)
@@ -204,6 +207,7 @@ def test_sparse_adam_cuda_matches_cpu(seed, target):
             opt_gpu.step(visibility.to(target), N)
         for gc, gg, b in zip(groups_cpu, groups_gpu, before):
             pc, pg = gc["params"][0].detach(), gg["params"][0].detach()
+            assert pg.data_ptr() != pc.data_ptr()
             hidden = ~visibility.to(target)
             assert torch.equal(pg[hidden], b[hidden])
             # The GPU contracts a*b+c into fused multiply-adds: equal up to a few roundings.
