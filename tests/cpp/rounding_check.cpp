@@ -48,7 +48,7 @@ int main(int argc, char** argv) {
               (unsigned long long)plain);
 
   // Covariances whose dilated determinant is exactly 0 under any contraction: dilated diagonals
-  // 2^i and 2^j (i + j even), off-diagonal 2^((i + j) / 2), so every product is exact.
+  // 2^i and 2^(i + j) (j even), off-diagonal 2^(i + j / 2), so every product is exact.
   int degenerate = 0, kept = 0, nonzero_conic = 0;
   for (int i = -6; i <= 6; ++i)
     for (int j = -6; j <= 6; j += 2) {
