@@ -239,21 +239,50 @@ def assert_ordered_by_depth(point_list, tile_ranges, depth):
         assert later.all(), (lo, hi)
 
 
+def with_tied_depths(scene):
+    """`scene` seen by a camera at (0, 0, -5) looking along world z, turned about that axis, its
+    Gaussians kept where they were in the view, their depths rounded to whole units. The view
+    matrix's depth column is then exactly (0, 0, 1, 5) and every depth an integer sum of exact
+    terms: equal depths come out equal bit for bit whatever order of fused multiply-adds a
+    device chooses, where a general rotation would leave them to rounding."""
+    settings = scene.settings
+    view = settings.viewmatrix.double()  # world -> view: [x, 1] @ view (row vectors)
+    hom = torch.cat([scene.inputs["means3D"].double(), torch.ones(scene.P, 1, dtype=torch.float64)],
+                    dim=1)
+    in_view = (hom @ view)[:, :3]
+    in_view[:, 2] = in_view[:, 2].round()
+    angle = torch.tensor(0.7, dtype=torch.float64)
+    c, s = torch.cos(angle), torch.sin(angle)
+    turn = torch.eye(4, dtype=torch.float64)  # world -> camera rotation, about the z axis
+    turn[0, :2] = torch.stack([c, -s])
+    turn[1, :2] = torch.stack([s, c])
+    campos = torch.tensor([0.0, 0.0, -5.0], dtype=torch.float64)
+    w2c = turn.clone()
+    w2c[:3, 3] = -turn[:3, :3] @ campos
+    means3D = in_view @ turn[:3, :3] + campos  # camera -> world: R^T x + campos (rows)
+    means3D[:, 2] = in_view[:, 2] - 5.0  # already so: the z row of R is (0, 0, 1)
+    persp = scenes.perspective_matrix(settings.tanfovx, settings.tanfovy)
+    dtype = settings.viewmatrix.dtype
+    tied = settings._replace(viewmatrix=w2c.T.to(dtype).contiguous(),
+                             projmatrix=(w2c.T @ persp.T).to(dtype).contiguous(),
+                             campos=campos.to(dtype))
+    assert torch.equal(tied.viewmatrix[:, 2].double(), torch.tensor([0.0, 0.0, 1.0, 5.0],
+                                                                     dtype=torch.float64))
+    inputs = dict(scene.inputs, means3D=means3D.to(dtype).contiguous())
+    return scenes.Scene(inputs, tied, dict(scene.options, ties=True))
+
+
 @pytest.mark.parametrize("target", cuda_targets())
 @pytest.mark.parametrize("ties", (False, True))
 def test_depth_first_sort_makes_the_same_lists(ties, target, tuning):
     """The tile lists of both ways of binning are the same: Gaussian ids by tile, then by the
     depth the device computed, ties in index order; and each tile holds the Gaussians the CPU
     backend bins into it (the CPU's order may differ where depths are within a rounding: a GPU
-    fuses multiply-adds). `ties`: depths rounded to a few values, so that many Gaussians of a
-    tile share one (or nearly)."""
+    fuses multiply-adds). `ties`: depths of whole units, exact on any device (`with_tied_depths`),
+    so that many Gaussians of a tile share one."""
     scene = scenes.make_scene(22000 + ties, P=300, height=45, width=70, sh_degree=0)
     if ties:
-        view = scene.settings.viewmatrix  # world -> view is x_view = [x, 1] @ view (row vectors)
-        hom = torch.cat([scene.inputs["means3D"], torch.ones(scene.P, 1)], dim=1)
-        in_view = hom @ view
-        in_view[:, 2] = in_view[:, 2].round()
-        scene.inputs["means3D"] = (in_view @ torch.linalg.inv(view))[:, :3].contiguous()
+        scene = with_tied_depths(scene)
     with active(target):
         lists = {}
         for depth_first in (False, True):
@@ -264,9 +293,10 @@ def test_depth_first_sort_makes_the_same_lists(ties, target, tuning):
     for k, name in enumerate(("point_list", "tile_ranges", "depth")):
         assert torch.equal(lists[True][k], lists[False][k]), name
     assert_ordered_by_depth(point_list, tile_ranges, depth)
-    if ties:  # many exact ties on this device
-        ids = point_list.long()
-        assert (depth[ids][1:] == depth[ids][:-1]).sum() > 100
+    if ties:  # whole depths, exact on any device, and many ties among neighbours in a list
+        listed = depth[point_list.long()]
+        assert torch.equal(listed, listed.round())
+        assert (listed[1:] == listed[:-1]).sum() > 100
     # Against the CPU, up to the Gaussians whose radius or culling is within rounding of a
     # threshold (scenes.ambiguous): a GPU's fused multiply-adds may bin those apart.
     cpu_list, cpu_ranges, _ = tile_lists(scene, "cpu")
