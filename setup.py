@@ -1,8 +1,9 @@
 """Build of diff_gaussian_rasterization_depth.
 
 `pip install --no-build-isolation .` builds against the PyTorch already installed:
-- CUDA + CPU backends when that PyTorch has CUDA and nvcc is found (TORCH_CUDA_ARCH_LIST is
-  respected; without it and without a visible GPU, a list from Volta to Hopper is used);
+- CUDA + CPU backends when that PyTorch has CUDA and nvcc (CUDA 11.0 or newer) is found
+  (TORCH_CUDA_ARCH_LIST is respected; without it and without a visible GPU, the architectures
+  from Volta to Hopper that the toolkit knows: tools/build_config.py);
 - the CPU backend alone otherwise (or with DGRD_CPU_ONLY=1); CUDA tensors then raise a clear error.
 """
 import os
@@ -14,30 +15,30 @@ import torch
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-
-
-def default_archs():
-    """Volta (CUDA < 13 only: CUDA 13 dropped it) or Turing to Hopper, with PTX for newer GPUs."""
-    major = int((torch.version.cuda or "0").split(".")[0])
-    return ("7.0;" if major < 13 else "") + "7.5;8.0;8.6;8.9;9.0+PTX"
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import build_config  # noqa: E402
+import emulated_build  # noqa: E402
 
 
 def want_cuda():
+    """(build the CUDA backend, why not, the toolkit's (major, minor))."""
     if os.environ.get("DGRD_CPU_ONLY", "0") not in ("", "0"):
-        return False, "DGRD_CPU_ONLY is set"
+        return False, "DGRD_CPU_ONLY is set", None
     if torch.version.cuda is None:
-        return False, "this PyTorch has no CUDA"
+        return False, "this PyTorch has no CUDA", None
     if cpp_extension.CUDA_HOME is None:
-        return False, "nvcc / CUDA_HOME not found"
-    return True, ""
+        return False, "nvcc / CUDA_HOME not found", None
+    cuda = build_config.cuda_toolkit_version(cpp_extension.CUDA_HOME, torch.version.cuda)
+    if cuda < build_config.MIN_CUDA:
+        return False, (f"CUDA {cuda[0]}.{cuda[1]} is older than 11.0, the first whose nvcc "
+                       "compiles C++17"), cuda
+    return True, "", cuda
 
 
 cpu_sources = ["ext.cpp", "rasterize_points.cpp", "sparse_adam.cpp",
                "cuda_rasterizer/cpu_backend.cpp"]
 # Every .cu file at the root and in cuda_rasterizer/; tests/test_build.py checks that no two
 # sources of _C share an object path (ninja names an object after its source, suffix dropped).
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import emulated_build  # noqa: E402
 cuda_sources = emulated_build.cuda_files()
 
 
@@ -73,17 +74,17 @@ def openmp_flags():
 omp = openmp_flags()
 # -fno-math-errno: sqrt need not set errno, so loops with sqrt vectorize (values are unchanged).
 cxx_flags = ["-O3", "-fno-gnu-unique", "-ffp-contract=off", "-Wno-psabi",
-             "-fno-math-errno"] + omp  # C++ std: PyTorch's
+             "-fno-math-errno"] + omp + build_config.cxx_standard_flags()  # C++17 at least
 # DGRD_BASELINE_LANES=1: the CPU's eight-lane loops for the baseline instruction set alone (no
 # AVX2 or AVX-512 clones), which is what ARM and older x86 machines run; CI tests it this way.
 if os.environ.get("DGRD_BASELINE_LANES", "0") not in ("", "0"):
     print("diff_gaussian_rasterization_depth: lane loops for the baseline instruction set only "
           "(DGRD_BASELINE_LANES is set)")
     cxx_flags.append("-DDGRD_BASELINE_LANES")
-use_cuda, why_not = want_cuda()
+use_cuda, why_not, cuda_version = want_cuda()
 if use_cuda:
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = default_archs()
+        os.environ["TORCH_CUDA_ARCH_LIST"] = build_config.default_archs(cuda_version)
     ext = cpp_extension.CUDAExtension(
         name="diff_gaussian_rasterization_depth._C",
         sources=cpu_sources + cuda_sources,
@@ -91,7 +92,8 @@ if use_cuda:
         define_macros=[("DGRD_WITH_CUDA", "1")],
         extra_compile_args={
             "cxx": cxx_flags,
-            "nvcc": ["-O3", "-Xcompiler", "-fno-gnu-unique", "-lineinfo"],
+            "nvcc": build_config.cxx_standard_flags() + [
+                "-O3", "-Xcompiler", "-fno-gnu-unique", "-lineinfo"],
         },
         extra_link_args=omp,
     )

@@ -312,7 +312,7 @@ class Clock:
 
 def _stats(samples: List[float]) -> dict:
     s = sorted(samples)
-    return {"median": statistics.median(s), "mean": statistics.fmean(s), "min": s[0],
+    return {"median": statistics.median(s), "mean": statistics.mean(s), "min": s[0],
             "max": s[-1], "p10": s[int(0.1 * (len(s) - 1))], "p90": s[int(0.9 * (len(s) - 1))],
             "n": len(s)}
 

@@ -12,7 +12,6 @@ else that runs is gsplat's own code.
     install() -> None      patches gsplat and puts the nerfacc stand-in in its place (for this
                            process); raises ImportError when gsplat is not installed.
 """
-import math
 import sys
 import types
 
@@ -30,7 +29,7 @@ def rasterize_to_indices_in_range(range_start, range_end, transmittances, means2
     range_end) of each tile's list (tile_size^2 Gaussians a batch) make, starting each pixel
     from its transmittance; sorted by (image, pixel), and front to back within a pixel."""
     image_dims = means2d.shape[:-2]
-    images = math.prod(image_dims)
+    images = image_dims.numel()
     N = means2d.shape[-2]
     tiles_y, tiles_x = isect_offsets.shape[-2:]
     means2d = means2d.reshape(images, N, 2)

@@ -11,6 +11,7 @@ Snapshots go to $DGRD_SNAPSHOT_DIR when set, else the current directory when it 
 else the system's temporary directory. Inputs on a GPU are copied to the host before the backend
 runs (debug mode only), so that an error that leaves the CUDA context unusable loses nothing.
 """
+import inspect
 import itertools
 import os
 import tempfile
@@ -156,6 +157,15 @@ def _write(payload: dict) -> str:
             continue
 
 
+def load_snapshot(path):
+    """A snapshot file's dict, on the CPU. Loaded with `weights_only` (tensors and plain data
+    only: unpickling runs no code from the file) by any torch that has it (1.13 on); torch 1.12,
+    3DGS's own environment, lacks it and unpickles in full: replay only snapshots you trust."""
+    if "weights_only" in inspect.signature(torch.load).parameters:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu")
+
+
 def replay_snapshot(path: str, device=None, debug: Optional[bool] = None) -> dict:
     """Re-run the call saved in a snapshot written by `debug=True`.
 
@@ -169,7 +179,7 @@ def replay_snapshot(path: str, device=None, debug: Optional[bool] = None) -> dic
     global _replaying
     from . import GaussianRasterizationSettings, rasterize_gaussians
 
-    snap = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data
+    snap = load_snapshot(path)
     if snap.get("format") != SNAPSHOT_FORMAT:
         raise ValueError(f"{path}: not a diff_gaussian_rasterization_depth snapshot "
                          f"(format {snap.get('format')!r}, expected {SNAPSHOT_FORMAT})")

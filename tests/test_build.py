@@ -1,5 +1,6 @@
-"""The build: every source of an extension compiles to an object path of its own, and a `_C`
-built ahead for the GPU window (tools/prebuilt.py) is used only for the sources it was built from.
+"""The build: every source of an extension compiles to an object path of its own, a `_C` built
+ahead for the GPU window (tools/prebuilt.py) is used only for the sources it was built from, and
+the flags fit the PyTorch and CUDA toolkit at hand, old ones too (tools/build_config.py).
 
 torch's BuildExtension (ninja) names an object after its source with the suffix dropped, so
 `rasterize_points.cpp` and `rasterize_points.cu` in one extension are two rules for one object
@@ -15,6 +16,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
+import build_config  # noqa: E402
 import emulated_build  # noqa: E402
 import prebuilt  # noqa: E402
 
@@ -135,3 +137,55 @@ def test_build_tag_names_torch_cuda_and_arch():
     cuda = (torch.version.cuda or "none").replace(".", "")
     assert prebuilt.build_tag("9.0") == f"{torch.__version__.split('+')[0]}-cu{cuda}-sm90"
     assert prebuilt.build_tag("12.0").endswith("-sm120")
+
+
+def test_cxx_standard_is_asked_for_only_where_torch_would_pass_cxx14():
+    """PyTorch before 2.1 passes -std=c++14 unless a standard is given (the sources are C++17);
+    later ones pass their own (C++20 from 2.10), which must not be overridden."""
+    for version, flags in [("1.12.1+cu116", ["-std=c++17"]), ("1.13.0", ["-std=c++17"]),
+                           ("2.0.1+cu118", ["-std=c++17"]), ("2.1.0a0+git3af0c", []),
+                           ("2.4.1", []), ("2.13.0+cpu", []), ("10.0.0", [])]:
+        assert build_config.cxx_standard_flags(version) == flags, version
+    assert build_config.torch_version("1.12.1+cu116") == (1, 12)
+    assert build_config.torch_version("2.1.0a0+git3af0c") == (2, 1)
+    # The emulated backend and the AddressSanitizer build take the same flag as _C.
+    assert set(build_config.cxx_standard_flags()) <= set(emulated_build.CXX_FLAGS)
+
+
+def test_default_architectures_follow_the_toolkit():
+    """Without TORCH_CUDA_ARCH_LIST and a visible GPU: Volta (Turing from CUDA 13) up to what the
+    toolkit knows (sm_86 from 11.1, sm_89 and sm_90 from 11.8), PTX of the newest."""
+    def archs(cuda):
+        listed = build_config.default_archs(cuda)
+        assert listed.endswith("+PTX")
+        return listed[:-len("+PTX")].split(";")
+    assert archs((11, 0)) == ["7.0", "7.5", "8.0"]
+    assert archs((11, 6)) == ["7.0", "7.5", "8.0", "8.6"]
+    assert archs((11, 8)) == archs((12, 4)) == ["7.0", "7.5", "8.0", "8.6", "8.9", "9.0"]
+    assert archs((13, 0)) == ["7.5", "8.0", "8.6", "8.9", "9.0"]
+
+
+def test_toolkit_version_is_read_from_nvcc(tmp_path):
+    """The toolkit's own version, which may differ from PyTorch's CUDA in its minor; PyTorch's
+    where nvcc cannot be run. With the toolkit here, every default architecture compiles."""
+    fake = tmp_path / "bin" / "nvcc"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'Cuda compilation tools, release 11.6, V11.6.124'\n")
+    fake.chmod(0o755)
+    assert build_config.cuda_toolkit_version(str(tmp_path), "11.7") == (11, 6)
+    assert build_config.cuda_toolkit_version(str(tmp_path / "none"), "11.7") == (11, 7)
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return  # the rest needs a toolkit; CI's machines have one
+    home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    cuda = build_config.cuda_toolkit_version(home, None)
+    assert cuda >= build_config.MIN_CUDA
+    source = tmp_path / "empty.cu"
+    source.write_text("__global__ void k(float* x) { x[threadIdx.x] = 1.f; }\n")
+    gencode = []
+    for arch in build_config.default_archs(cuda).replace("+PTX", "").split(";"):
+        digits = arch.replace(".", "")
+        gencode += ["-gencode", f"arch=compute_{digits},code=sm_{digits}"]
+    done = subprocess.run([nvcc, "-c", str(source), "-o", str(tmp_path / "empty.o"), *gencode],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

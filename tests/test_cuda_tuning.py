@@ -12,8 +12,10 @@ of a pixel that blends the splat, yet clears most of the bands a small splat mis
 warp_scatter_add sums like torch, with one atomic per value and none past the values it was given.
 """
 import contextlib
+import functools
 import itertools
 import math
+import operator
 
 import numpy
 import pytest
@@ -590,7 +592,7 @@ def alphas_crossing_late(gen):
         level = 1 - (0.5 / float(start)) ** (1 / m)
         alphas = [f32(level * (0.7 + 0.6 * torch.rand((), generator=gen).item()))
                   for _ in range(m - 1)]
-        rest = 0.5 / float(start) / math.prod(1 - float(a) for a in alphas)
+        rest = 0.5 / float(start) / functools.reduce(operator.mul, [1 - float(a) for a in alphas])
         last = f32(1 - rest)
         if not 1 / 255 < last < 0.5:
             continue

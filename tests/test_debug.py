@@ -8,7 +8,7 @@ import torch
 
 import scenes
 import diff_gaussian_rasterization_depth as dgrd
-from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend, replay_snapshot
+from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend, _debug, replay_snapshot
 from robust_helpers import DEVICES, assert_same, render
 
 NAN, INF = float("nan"), float("inf")
@@ -122,7 +122,7 @@ def test_forward_error_writes_a_snapshot_that_replays(tmp_path, monkeypatch):
     assert "pairs" in message and "GiB" in message
     files = glob.glob(str(tmp_path / "dgrd_snapshot_*.pt"))
     assert len(files) == 1 and files[0] in message and "replay_snapshot" in message
-    snap = torch.load(files[0], weights_only=False)
+    snap = _debug.load_snapshot(files[0])
     assert snap["stage"] == "forward" and "pairs" in snap["error"]
 
     # The replay reproduces the error (and writes no snapshot of its own) ...
@@ -173,7 +173,7 @@ def test_injected_forward_fault_is_snapshotted(tmp_path, monkeypatch, device):
     with pytest.raises(RuntimeError, match="injected fault") as info:
         call(scene.inputs, settings, device)
     path = str(info.value).split("written to ")[1].split(";")[0]
-    snap = torch.load(path, weights_only=False)
+    snap = _debug.load_snapshot(path)
     assert snap["device"].startswith(device)
     monkeypatch.setattr(_backend, "forward", real)
     replayed = replay_snapshot(path)["outputs"]
@@ -196,7 +196,7 @@ def test_backward_error_writes_a_snapshot_that_replays(tmp_path, monkeypatch, de
     message = str(info.value)
     assert "replay_snapshot" in message
     path = message.split("written to ")[1].split(";")[0]
-    snap = torch.load(path, weights_only=False)
+    snap = _debug.load_snapshot(path)
     assert snap["stage"] == "backward"
     assert set(snap["grads"]) == {"color", "depth", "weight"}
     monkeypatch.setattr(_backend, "backward", real)

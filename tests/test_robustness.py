@@ -10,8 +10,8 @@
 - Editing returned tensors or the settings in place never changes a later backward.
 Each test runs on the CPU backend and, where a GPU and the CUDA backend exist, on CUDA.
 """
-import math
 
+import numpy
 import pytest
 import torch
 
@@ -170,7 +170,7 @@ DEGENERATE = [
     _edit("camera-centre", lambda g, k: g["means3D"][k].zero_()),
     _edit("on-near-plane", lambda g, k: g["means3D"][k].copy_(torch.tensor([0.01, 0.0, 0.2]))),
     _edit("just-past-near-plane", lambda g, k: g["means3D"][k].copy_(
-        torch.tensor([0.0, 0.01, math.nextafter(0.2, 1.0)]))),
+        torch.tensor([0.0, 0.01, float(numpy.nextafter(0.2, 1.0))]))),
     _edit("z-zero", lambda g, k: g["means3D"][k].copy_(torch.tensor([0.3, -0.2, 0.0]))),
     _edit("behind", lambda g, k: g["means3D"][k, 2].mul_(-1.0)),
     _edit("far-outside", lambda g, k: g["means3D"][k, 0].mul_(1e6)),

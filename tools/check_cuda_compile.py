@@ -3,13 +3,15 @@
 CI has nvcc but a CPU-only PyTorch and no GPU, so the CUDA backend cannot be built into the
 extension there; this proves it compiles. Usage:
     python tools/check_cuda_compile.py [--arch 75 --arch 90] [--jobs 2] [--registers]
+                                       [--include DIR]
 Exits non-zero on the first compile error, printing nvcc's output. --registers also prints each
 render kernel's registers and spills per architecture (ptxas -v), and fails when one spills more
 than RENDER_SPILL_LIMIT bytes: the render kernels are compiled for a number of blocks per SM
 (their __launch_bounds__), and a spill that grows past a few bytes of staging is a slowdown no
 CPU test can see. With each kernel's static shared memory it prints the blocks of 256 threads an
 SM can hold by registers, shared memory and threads (the occupancy the design assumes, checked
-without a GPU).
+without a GPU). --include puts a folder of headers before the toolkit's own: an older CUB, as
+tools/check_legacy_env.sh does to compile against CUDA 11's.
 """
 import argparse
 import concurrent.futures
@@ -128,6 +130,8 @@ def main():
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--registers", action="store_true",
                     help="print the render kernels' registers and spills; fail on large spills")
+    ap.add_argument("--include", action="append", default=[],
+                    help="a folder of headers searched before PyTorch's and the toolkit's")
     args = ap.parse_args()
     archs = args.arch or ["75", "90"]  # Turing (the oldest CUDA 13 builds for) and Hopper
     sources = sorted(glob.glob(os.path.join(ROOT, "*.cu")) +
@@ -138,7 +142,7 @@ def main():
     failed = 0
     with tempfile.TemporaryDirectory() as outdir, \
             concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        includes = torch_includes(os.path.join(outdir, "shim"))
+        includes = args.include + torch_includes(os.path.join(outdir, "shim"))
         extra = ["-Xptxas", "-v"] if args.registers else []
         jobs = [pool.submit(compile_one, nvcc, s, archs, includes, outdir, extra)
                 for s in sources]

@@ -10,6 +10,8 @@ import glob
 import os
 import platform
 
+import build_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The glue's helpers (allocation, size checks) live in rasterize_points.cpp, which needs the CPU
@@ -41,12 +43,13 @@ def fused_multiply_add_flags():
     return []
 
 
+STD_FLAGS = build_config.cxx_standard_flags()
 DEFINES = ["-DDGRD_EMULATE_CUDA=1"]
 FMA_FLAGS = fused_multiply_add_flags()
 # -O1 (-O2 with fused multiply-adds, which GCC forms from -O2 on): compiles fast, and the kernels
 # run fast enough for scenes of the test suite's size.
 CXX_FLAGS = ((["-O2"] + FMA_FLAGS) if FMA_FLAGS else ["-O1", "-ffp-contract=off"]) + [
-    "-fno-gnu-unique", "-Wno-psabi"] + DEFINES
+    "-fno-gnu-unique", "-Wno-psabi"] + DEFINES + STD_FLAGS
 
 
 def cuda_files():

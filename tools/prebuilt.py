@@ -25,11 +25,12 @@ import sysconfig
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "diff_gaussian_rasterization_depth")
 MANIFEST = "prebuilt.json"
-# What setup.py compiles `_C` from: its sources and headers, and the two scripts that choose the
+# What setup.py compiles `_C` from: its sources and headers, and the scripts that choose the
 # sources and flags.
 SOURCE_DIRS = (".", "cuda_rasterizer")
 SOURCE_SUFFIXES = (".cpp", ".cu", ".h")
-BUILD_SCRIPTS = ("setup.py", os.path.join("tools", "emulated_build.py"))
+BUILD_SCRIPTS = ("setup.py", os.path.join("tools", "emulated_build.py"),
+                 os.path.join("tools", "build_config.py"))
 
 
 def source_files(root=ROOT):

@@ -1,0 +1,55 @@
+"""What the build needs to know about the PyTorch and CUDA toolkit it builds against: the C++
+standard to ask for, the CUDA toolkit's version, and the GPU architectures to build by default.
+Used by setup.py and tools/emulated_build.py; tested in tests/test_build.py."""
+import os
+import re
+import subprocess
+
+
+def torch_version(version=None):
+    """(major, minor) of PyTorch's version string ("1.12.1+cu116", "2.1.0a0+git...")."""
+    if version is None:
+        import torch
+        version = torch.__version__
+    major, minor = (int(re.match(r"\d+", part).group()) for part in version.split(".")[:2])
+    return major, minor
+
+
+def cxx_standard_flags(version=None):
+    """["-std=c++17"] where PyTorch's extension builder would pass C++14 (torch before 2.1, such
+    as the 1.12 of 3DGS's own environment): the sources are C++17. Newer torch passes C++17 or
+    C++20 itself, whichever its headers need, so nothing is added there. PyTorch adds its
+    standard only when none is given, so this one replaces it, for nvcc too (which refuses two)."""
+    return ["-std=c++17"] if torch_version(version) < (2, 1) else []
+
+
+def cuda_toolkit_version(cuda_home, fallback):
+    """(major, minor) of the nvcc in cuda_home ("Cuda compilation tools, release 11.6, ..."), or
+    of `fallback` (PyTorch's CUDA, "11.6") when nvcc cannot be asked."""
+    try:
+        out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"],
+                             capture_output=True, text=True, timeout=60).stdout
+        m = re.search(r"release (\d+)\.(\d+)", out)
+        if m:
+            return int(m.group(1)), int(m.group(2))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    major, minor = (fallback or "0.0").split(".")[:2]
+    return int(major), int(minor)
+
+
+# The oldest toolkit that builds the CUDA backend: nvcc takes -std=c++17 from CUDA 11.0 on.
+MIN_CUDA = (11, 0)
+
+
+def default_archs(cuda):
+    """TORCH_CUDA_ARCH_LIST when none is set and no GPU is visible: every architecture from Volta
+    (Turing from CUDA 13, which dropped Volta) to the newest this toolkit knows, up to Hopper,
+    with PTX of the last for newer GPUs. Ampere's sm_86 came with CUDA 11.1, Ada's sm_89 and
+    Hopper's sm_90 with 11.8: a toolkit asked for an architecture it lacks stops the build."""
+    archs = ["7.0", "7.5", "8.0"] if cuda < (13, 0) else ["7.5", "8.0"]
+    if cuda >= (11, 1):
+        archs.append("8.6")
+    if cuda >= (11, 8):
+        archs += ["8.9", "9.0"]
+    return ";".join(archs) + "+PTX"
