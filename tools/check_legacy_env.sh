@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The package in 3DGS's own environment: Python 3.7 and PyTorch 1.12.1 (the official repository's
-# environment.yml; also what sparse-view forks such as DNGaussian and FSGS pin), with numpy 1.21.
-#   bash tools/check_legacy_env.sh          # ~4 min after a first download of about 800 MB
+# environment.yml, which many forks keep), with numpy 1.21.
+#   bash tools/check_legacy_env.sh          # ~6 min here, the first time with a download of ~800 MB
 # 1. a virtual environment under ~/.cache/dgrd/ with that Python (PYTHON, default python3.7: pyenv
 #    provides one here) and PyTorch 1.12.1 from PyPI (its CUDA 10.2 build, whose nvcc predates
 #    C++17, so the package is built CPU-only there);
