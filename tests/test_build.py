@@ -140,10 +140,10 @@ def test_build_tag_names_torch_cuda_and_arch():
 
 
 def test_cxx_standard_is_asked_for_only_where_torch_would_pass_cxx14():
-    """PyTorch before 2.1 passes -std=c++14 unless a standard is given (the sources are C++17);
-    later ones pass their own (C++20 from 2.10), which must not be overridden."""
-    for version, flags in [("1.12.1+cu116", ["-std=c++17"]), ("1.13.0", ["-std=c++17"]),
-                           ("2.0.1+cu118", ["-std=c++17"]), ("2.1.0a0+git3af0c", []),
+    """PyTorch 1.x passes -std=c++14 unless a standard is given (the sources are C++17); 2.0 and
+    later pass their own (C++20 from 2.10), which must not be overridden."""
+    for version, flags in [("1.12.1+cu116", ["-std=c++17"]), ("1.13.1", ["-std=c++17"]),
+                           ("2.0.1+cu118", []), ("2.1.0a0+git3af0c", []),
                            ("2.4.1", []), ("2.13.0+cpu", []), ("10.0.0", [])]:
         assert build_config.cxx_standard_flags(version) == flags, version
     assert build_config.torch_version("1.12.1+cu116") == (1, 12)

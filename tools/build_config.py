@@ -16,11 +16,12 @@ def torch_version(version=None):
 
 
 def cxx_standard_flags(version=None):
-    """["-std=c++17"] where PyTorch's extension builder would pass C++14 (torch before 2.1, such
-    as the 1.12 of 3DGS's own environment): the sources are C++17. Newer torch passes C++17 or
-    C++20 itself, whichever its headers need, so nothing is added there. PyTorch adds its
+    """["-std=c++17"] where PyTorch's extension builder would pass C++14 (torch 1.x, such as the
+    1.12 of 3DGS's own environment): the sources are C++17. From 2.0 on torch passes C++17 or
+    C++20 itself (2.0.1's cpp_extension.py: C++17; 2.13's: C++20), whichever its headers need,
+    so nothing is added there. PyTorch adds its
     standard only when none is given, so this one replaces it, for nvcc too (which refuses two)."""
-    return ["-std=c++17"] if torch_version(version) < (2, 1) else []
+    return ["-std=c++17"] if torch_version(version) < (2, 0) else []
 
 
 def cuda_toolkit_version(cuda_home, fallback):
