@@ -19,6 +19,9 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import build_config  # noqa: E402
 import emulated_build  # noqa: E402
 
+if build_config.setuptools_problem():
+    sys.exit("diff_gaussian_rasterization_depth: " + build_config.setuptools_problem())
+
 
 def want_cuda():
     """(build the CUDA backend, why not, the toolkit's (major, minor))."""

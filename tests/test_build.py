@@ -146,8 +146,8 @@ def test_cxx_standard_is_asked_for_only_where_torch_would_pass_cxx14():
                            ("2.0.1+cu118", []), ("2.1.0a0+git3af0c", []),
                            ("2.4.1", []), ("2.13.0+cpu", []), ("10.0.0", [])]:
         assert build_config.cxx_standard_flags(version) == flags, version
-    assert build_config.torch_version("1.12.1+cu116") == (1, 12)
-    assert build_config.torch_version("2.1.0a0+git3af0c") == (2, 1)
+    assert build_config.major_minor("1.12.1+cu116") == (1, 12)
+    assert build_config.major_minor("2.1.0a0+git3af0c") == (2, 1)
     # The emulated backend and the AddressSanitizer build take the same flag as _C.
     assert set(build_config.cxx_standard_flags()) <= set(emulated_build.CXX_FLAGS)
 
@@ -189,3 +189,14 @@ def test_toolkit_version_is_read_from_nvcc(tmp_path):
     done = subprocess.run([nvcc, "-c", str(source), "-o", str(tmp_path / "empty.o"), *gencode],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_setuptools_too_old_for_pyproject_is_refused():
+    """An old setuptools (before 61 it ignores pyproject.toml's [project]) would install a
+    package named UNKNOWN without its Python files: setup.py stops with what to do instead."""
+    assert build_config.setuptools_problem("64.0.0") is None
+    assert build_config.setuptools_problem("80.9.0") is None
+    for old in ("47.1.0", "61.2.0", "63.4.3"):
+        problem = build_config.setuptools_problem(old)
+        assert problem and old in problem and "setuptools>=64" in problem
+    assert build_config.setuptools_problem() is None  # the one installed here builds it

@@ -1,16 +1,14 @@
-"""What the build needs to know about the PyTorch and CUDA toolkit it builds against: the C++
-standard to ask for, the CUDA toolkit's version, and the GPU architectures to build by default.
+"""What the build needs to know about the PyTorch, setuptools and CUDA toolkit it builds with:
+the C++ standard to ask for, whether setuptools can read pyproject.toml, the CUDA toolkit's
+version, and the GPU architectures to build by default.
 Used by setup.py and tools/emulated_build.py; tested in tests/test_build.py."""
 import os
 import re
 import subprocess
 
 
-def torch_version(version=None):
-    """(major, minor) of PyTorch's version string ("1.12.1+cu116", "2.1.0a0+git...")."""
-    if version is None:
-        import torch
-        version = torch.__version__
+def major_minor(version):
+    """(major, minor) of a version string ("1.12.1+cu116", "2.1.0a0+git...", "47.1.0")."""
     major, minor = (int(re.match(r"\d+", part).group()) for part in version.split(".")[:2])
     return major, minor
 
@@ -19,9 +17,12 @@ def cxx_standard_flags(version=None):
     """["-std=c++17"] where PyTorch's extension builder would pass C++14 (torch 1.x, such as the
     1.12 of 3DGS's own environment): the sources are C++17. From 2.0 on torch passes C++17 or
     C++20 itself (2.0.1's cpp_extension.py: C++17; 2.13's: C++20), whichever its headers need,
-    so nothing is added there. PyTorch adds its
-    standard only when none is given, so this one replaces it, for nvcc too (which refuses two)."""
-    return ["-std=c++17"] if torch_version(version) < (2, 0) else []
+    so nothing is added there. PyTorch adds its standard only when none is given, so this one
+    replaces it, for nvcc too (which refuses two)."""
+    if version is None:
+        import torch
+        version = torch.__version__
+    return ["-std=c++17"] if major_minor(version) < (2, 0) else []
 
 
 def cuda_toolkit_version(cuda_home, fallback):
@@ -37,6 +38,24 @@ def cuda_toolkit_version(cuda_home, fallback):
         pass
     major, minor = (fallback or "0.0").split(".")[:2]
     return int(major), int(minor)
+
+
+# setuptools reads the package's metadata (name, packages, extras) from pyproject.toml from 61 on,
+# and builds editable installs from 64 on. pip --no-build-isolation does not enforce the
+# build-system's own "setuptools>=64", and an older one (3DGS's environment has one) installs a
+# package named UNKNOWN without its Python files or extras.
+MIN_SETUPTOOLS = (64, 0)
+
+
+def setuptools_problem(version=None):
+    """Why the installed setuptools cannot build this package, or None."""
+    if version is None:
+        import setuptools
+        version = setuptools.__version__
+    if major_minor(version) >= MIN_SETUPTOOLS:
+        return None
+    return (f"setuptools {version} is too old to read pyproject.toml (64 or newer is needed); "
+            'upgrade it with `pip install -U "setuptools>=64"`, then install again')
 
 
 # The oldest toolkit that builds the CUDA backend: nvcc takes -std=c++17 from CUDA 11.0 on.

@@ -5,9 +5,10 @@
 # 1. a virtual environment under ~/.cache/dgrd/ with that Python (PYTHON, default python3.7: pyenv
 #    provides one here) and PyTorch 1.12.1 from PyPI (its CUDA 10.2 build, whose nvcc predates
 #    C++17, so the package is built CPU-only there);
-# 2. a copy of the tree built in place and the whole test suite run in it: the CPU backend, the
-#    emulated CUDA backend and its AddressSanitizer build, all compiled against PyTorch 1.12's
-#    headers with the -std=c++17 that tools/build_config.py adds for torch < 2.1;
+# 2. in a copy of the tree, the README's two commands: the install (its setuptools upgraded first,
+#    as the README says for old environments) with the demo, and the whole test suite: the CPU
+#    backend, the emulated CUDA backend and its AddressSanitizer build, all compiled against
+#    PyTorch 1.12's headers with the -std=c++17 that tools/build_config.py adds for torch 1.x;
 # 3. every .cu file compiled by this machine's nvcc against PyTorch 1.12's headers and the CUB of
 #    CUDA 11 (nvidia-cuda-cccl-cu11 from PyPI, placed before the toolkit's own headers).
 # Not part of CI (the download). What it cannot show: nvcc 11's own front end (PyPI has no
@@ -18,20 +19,20 @@ PYTHON=${PYTHON:-python3.7}
 VENV=${VENV:-$HOME/.cache/dgrd/legacy-venv-$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')}
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q "torch==1.12.1" "numpy<1.22" typing_extensions pytest \
-        hypothesis matplotlib plyfile tqdm setuptools wheel
+    "$VENV/bin/python" -m pip install -q "torch==1.12.1" "numpy<1.22" typing_extensions wheel
 fi
+"$VENV/bin/python" -m pip install -q -U "setuptools>=64"   # the README's step for old environments
 "$VENV/bin/python" -c 'import sys, torch, numpy; print("python", sys.version.split()[0], "| torch",
     torch.__version__, "| numpy", numpy.__version__)'
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 git ls-files -co --exclude-standard | tar -cf - -T - | tar -x -C "$work/"
-(cd "$work" && DGRD_CPU_ONLY=1 "$VENV/bin/python" setup.py -q build_ext --inplace > build.log 2>&1 \
-    || { cat build.log; exit 1; })
-grep -c "std=c++17" "$work/build.log" > /dev/null || { echo "no -std=c++17 in the build"; exit 1; }
-(cd "$work" && PYTHONPATH="$work" "$VENV/bin/python" -m pytest tests -q -p no:cacheprovider \
-    -W ignore::UserWarning)
+(cd "$work" && DGRD_CPU_ONLY=1 "$VENV/bin/python" -m pip install -v --no-build-isolation \
+    -e ".[demo,test]" > build.log 2>&1 || { cat build.log; exit 1; })
+grep -q "std=c++17" "$work/build.log" || { echo "no -std=c++17 in the build"; exit 1; }
+(cd "$work" && "$VENV/bin/python" -m diff_gaussian_rasterization_depth demo --out "$work/demo" \
+    && "$VENV/bin/python" -m pytest tests -q -p no:cacheprovider -W ignore::UserWarning)
 
 "$VENV/bin/python" -m pip download -q --no-deps --only-binary=:all: -d "$work/cccl" \
     --platform manylinux2014_x86_64 --python-version 3.8 "nvidia-cuda-cccl-cu11==11.8.89"
