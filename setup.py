@@ -21,8 +21,9 @@ import emulated_build  # noqa: E402
 
 # An install needs the metadata; `setup.py build_ext --inplace` (CI's copies, the GPU script)
 # builds the extension alone and does not.
-if build_config.setuptools_problem() and sys.argv[1:2] != ["build_ext"]:
-    sys.exit("diff_gaussian_rasterization_depth: " + build_config.setuptools_problem())
+setuptools_problem = build_config.setuptools_problem()
+if setuptools_problem and sys.argv[1:2] != ["build_ext"]:
+    sys.exit("diff_gaussian_rasterization_depth: " + setuptools_problem)
 
 
 def want_cuda():
@@ -35,7 +36,8 @@ def want_cuda():
         return False, "nvcc / CUDA_HOME not found", None
     cuda = build_config.cuda_toolkit_version(cpp_extension.CUDA_HOME, torch.version.cuda)
     if cuda < build_config.MIN_CUDA:
-        return False, (f"CUDA {cuda[0]}.{cuda[1]} is older than 11.0, the first whose nvcc "
+        oldest = ".".join(map(str, build_config.MIN_CUDA))
+        return False, (f"CUDA {cuda[0]}.{cuda[1]} is older than {oldest}, the first whose nvcc "
                        "compiles C++17"), cuda
     return True, "", cuda
 
@@ -77,9 +79,10 @@ def openmp_flags():
 # -ffp-contract=off: no fused multiply-adds behind the code's back, so the eight-lane CPU code
 # gives the same bits as the scalar code, whichever instruction set the loader picks.
 omp = openmp_flags()
+std = build_config.cxx_standard_flags()  # C++17 where torch would pass C++14 (torch 1.x)
 # -fno-math-errno: sqrt need not set errno, so loops with sqrt vectorize (values are unchanged).
 cxx_flags = ["-O3", "-fno-gnu-unique", "-ffp-contract=off", "-Wno-psabi",
-             "-fno-math-errno"] + omp + build_config.cxx_standard_flags()  # C++17 at least
+             "-fno-math-errno"] + omp + std
 # DGRD_BASELINE_LANES=1: the CPU's eight-lane loops for the baseline instruction set alone (no
 # AVX2 or AVX-512 clones), which is what ARM and older x86 machines run; CI tests it this way.
 if os.environ.get("DGRD_BASELINE_LANES", "0") not in ("", "0"):
@@ -97,8 +100,7 @@ if use_cuda:
         define_macros=[("DGRD_WITH_CUDA", "1")],
         extra_compile_args={
             "cxx": cxx_flags,
-            "nvcc": build_config.cxx_standard_flags() + [
-                "-O3", "-Xcompiler", "-fno-gnu-unique", "-lineinfo"],
+            "nvcc": std + ["-O3", "-Xcompiler", "-fno-gnu-unique", "-lineinfo"],
         },
         extra_link_args=omp,
     )

@@ -261,8 +261,8 @@ def with_tied_depths(scene):
     campos = torch.tensor([0.0, 0.0, -5.0], dtype=torch.float64)
     w2c = turn.clone()
     w2c[:3, 3] = -turn[:3, :3] @ campos
-    means3D = in_view @ turn[:3, :3] + campos  # camera -> world: R^T x + campos (rows)
-    means3D[:, 2] = in_view[:, 2] - 5.0  # already so: the z row of R is (0, 0, 1)
+    # camera -> world: R^T x + campos (rows); z is exactly the depth - 5, R's z row being (0, 0, 1)
+    means3D = in_view @ turn[:3, :3] + campos
     persp = scenes.perspective_matrix(settings.tanfovx, settings.tanfovy)
     dtype = settings.viewmatrix.dtype
     tied = settings._replace(viewmatrix=w2c.T.to(dtype).contiguous(),
