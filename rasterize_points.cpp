@@ -1,7 +1,11 @@
 // PyTorch glue for the CPU backend, and the dispatch by device.
 #include "rasterize_points.h"
 
+#ifdef _WIN32
+#include "cuda_rasterizer/windows_headers.h"  // GlobalMemoryStatusEx
+#else
 #include <unistd.h>
+#endif
 
 #include <algorithm>
 #include <cerrno>
@@ -121,6 +125,12 @@ bool is_limit(int64_t bytes) { return bytes > 0 && bytes < (int64_t(1) << 60); }
 
 int64_t host_bytes_available() {
   int64_t available = INT64_MAX;
+#ifdef _WIN32
+  MEMORYSTATUSEX memory;
+  memory.dwLength = sizeof(memory);
+  if (GlobalMemoryStatusEx(&memory))
+    available = std::max(int64_t(memory.ullAvailPhys), int64_t(memory.ullTotalPhys / 2));
+#else
   const int64_t available_kib = read_keyed_number("/proc/meminfo", "MemAvailable:");
   const int64_t total_kib = read_keyed_number("/proc/meminfo", "MemTotal:");
   if (available_kib >= 0 && total_kib >= 0) {
@@ -131,6 +141,7 @@ int64_t host_bytes_available() {
     const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     if (pages > 0 && page > 0) available = int64_t(pages) * page;
   }
+#endif
   // A container's memory limit: compared whole (not minus its usage, which counts reclaimable
   // page cache) so that only requests that cannot possibly fit are refused.
   for (const char* path :

@@ -42,21 +42,26 @@ def want_cuda():
     return True, "", cuda
 
 
-cpu_sources = ["ext.cpp", "rasterize_points.cpp", "sparse_adam.cpp",
-               "cuda_rasterizer/cpu_backend.cpp"]
+cpu_sources = build_config.CPU_SOURCES
 # Every .cu file at the root and in cuda_rasterizer/; tests/test_build.py checks that no two
 # sources of _C share an object path (ninja names an object after its source, suffix dropped).
 cuda_sources = emulated_build.cuda_files()
 
 
+MSVC = build_config.uses_msvc()
+
+
 def openmp_flags():
     """-fopenmp where the C++ compiler has OpenMP (GCC, LLVM clang); otherwise none, and the CPU
-    backend runs its loops on one thread (Apple clang ships without OpenMP). DGRD_NO_OPENMP=1
-    builds without it on purpose."""
+    backend runs its loops on one thread (Apple clang ships without OpenMP). MSVC: /openmp, its
+    OpenMP 2.0 (vcomp140.dll, part of the Visual C++ runtime that PyTorch needs anyway).
+    DGRD_NO_OPENMP=1 builds without it on purpose."""
     if os.environ.get("DGRD_NO_OPENMP", "0") not in ("", "0"):
         print("diff_gaussian_rasterization_depth: building without OpenMP (DGRD_NO_OPENMP is set); "
               "the CPU backend will use one thread")
         return []
+    if MSVC:
+        return ["/openmp"]
     import subprocess
     import tempfile
     compiler = os.environ.get("CXX", "c++")
@@ -76,19 +81,21 @@ def openmp_flags():
     return ["-fopenmp"]
 
 
-# -ffp-contract=off: no fused multiply-adds behind the code's back, so the eight-lane CPU code
-# gives the same bits as the scalar code, whichever instruction set the loader picks.
 omp = openmp_flags()
-std = build_config.cxx_standard_flags()  # C++17 where torch would pass C++14 (torch 1.x)
-# -fno-math-errno: sqrt need not set errno, so loops with sqrt vectorize (values are unchanged).
-cxx_flags = ["-O3", "-fno-gnu-unique", "-ffp-contract=off", "-Wno-psabi",
-             "-fno-math-errno"] + omp + std
+link_flags = [] if MSVC else omp  # MSVC's /openmp is a compile flag only
 # DGRD_BASELINE_LANES=1: the CPU's eight-lane loops for the baseline instruction set alone (no
-# AVX2 or AVX-512 clones), which is what ARM and older x86 machines run; CI tests it this way.
-if os.environ.get("DGRD_BASELINE_LANES", "0") not in ("", "0"):
-    print("diff_gaussian_rasterization_depth: lane loops for the baseline instruction set only "
-          "(DGRD_BASELINE_LANES is set)")
-    cxx_flags.append("-DDGRD_BASELINE_LANES")
+# AVX2 or AVX-512 clones), which is what ARM and older x86 machines run; DGRD_PORTABLE_LANES=1:
+# the portable form that MSVC compiles. CI tests both with GCC.
+lanes = ""
+for form, variable in (("baseline", "DGRD_BASELINE_LANES"), ("portable", "DGRD_PORTABLE_LANES")):
+    if os.environ.get(variable, "0") not in ("", "0"):
+        print(f"diff_gaussian_rasterization_depth: lane loops in the {form} form "
+              f"({variable} is set)")
+        lanes = form
+cxx_flags = build_config.host_compile_flags(MSVC, omp, lanes)
+# nvcc's own standard flag where torch 1.x would pass C++14; GCC's -fno-gnu-unique as for the C++.
+nvcc_flags = build_config.cxx_standard_flags() + ["-O3", "-lineinfo"] + (
+    [] if MSVC else ["-Xcompiler", "-fno-gnu-unique"])
 use_cuda, why_not, cuda_version = want_cuda()
 if use_cuda:
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
@@ -100,9 +107,9 @@ if use_cuda:
         define_macros=[("DGRD_WITH_CUDA", "1")],
         extra_compile_args={
             "cxx": cxx_flags,
-            "nvcc": std + ["-O3", "-Xcompiler", "-fno-gnu-unique", "-lineinfo"],
+            "nvcc": nvcc_flags,
         },
-        extra_link_args=omp,
+        extra_link_args=link_flags,
     )
 else:
     print(f"diff_gaussian_rasterization_depth: building the CPU backend only ({why_not})")
@@ -111,15 +118,18 @@ else:
         sources=cpu_sources,
         include_dirs=[ROOT],
         extra_compile_args={"cxx": cxx_flags},
-        extra_link_args=omp,
+        extra_link_args=link_flags,
     )
 
 # The emulated CUDA backend: the CUDA kernels and glue built by the host compiler, run on the
 # CPU by cuda_rasterizer/cuda_emulation.h. A test-only module, built everywhere (CI has no GPU)
-# unless DGRD_NO_EMULATED=1 (a GPU machine that only wants the real kernels tested).
+# unless DGRD_NO_EMULATED=1 (a GPU machine that only wants the real kernels tested). Not on
+# Windows: the emulation's threads and guard pages are POSIX (ucontext, mmap, signals).
 
 ext_modules = [ext]
-if os.environ.get("DGRD_NO_EMULATED", "0") in ("", "0"):
+if MSVC:
+    print("diff_gaussian_rasterization_depth: no emulated CUDA backend on Windows (its tests skip)")
+elif os.environ.get("DGRD_NO_EMULATED", "0") in ("", "0"):
     ext_modules.append(cpp_extension.CppExtension(
         name="diff_gaussian_rasterization_depth._emulated_cuda",
         sources=emulated_build.sources(os.path.join(ROOT, "build", "emulated_sources")),

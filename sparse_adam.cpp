@@ -19,10 +19,12 @@ void check_same_layout(const char* name, const torch::Tensor& t, const torch::Te
 // One contiguous run of visible entries. The four arrays are separate tensors (checked below),
 // so the pointers do not alias and the update vectorizes.
 template <typename T>
-void adam_update_run(const AdamCoefficients<T>& k, T* __restrict__ param,
-                     const T* __restrict__ grad, T* __restrict__ exp_avg,
-                     T* __restrict__ exp_avg_sq, int64_t count) {
+void adam_update_run(const AdamCoefficients<T>& k, T* __restrict param,
+                     const T* __restrict grad, T* __restrict exp_avg,
+                     T* __restrict exp_avg_sq, int64_t count) {
+#if defined(_OPENMP) && _OPENMP >= 201307  // OpenMP 4.0; MSVC's /openmp is 2.0 and refuses it
 #pragma omp simd
+#endif
   for (int64_t i = 0; i < count; ++i)
     adam_update_entry(k, param[i], grad[i], exp_avg[i], exp_avg_sq[i]);
 }

@@ -16,6 +16,9 @@
 #include <sys/resource.h>
 #include <unistd.h>
 #define DGRD_HAS_PROC_LOAD 1
+#elif defined(_WIN32)
+#include "windows_headers.h"  // GetSystemTimes, GetProcessTimes
+#define DGRD_HAS_WINDOWS_LOAD 1
 #endif
 
 #ifdef _OPENMP
@@ -48,7 +51,7 @@ int thread_id() {
 }
 
 // Cores that other processes kept busy, measured between calls from /proc/stat's busy time less
-// this process's own CPU time (0 where /proc is missing).
+// this process's own CPU time (GetSystemTimes and GetProcessTimes on Windows; 0 elsewhere).
 class OtherLoad {
  public:
   double cores_busy() {
@@ -94,6 +97,19 @@ class OtherLoad {
             1e-6 * double(self.ru_utime.tv_usec + self.ru_stime.tv_usec);
     s.wall = wall_seconds();
     s.valid = hz > 0;
+#elif defined(DGRD_HAS_WINDOWS_LOAD)
+    // Times in 100 ns units, summed over all cores; the system's kernel time includes its idle.
+    FILETIME idle, kernel, user, created, exited, own_kernel, own_user;
+    if (!GetSystemTimes(&idle, &kernel, &user) ||
+        !GetProcessTimes(GetCurrentProcess(), &created, &exited, &own_kernel, &own_user))
+      return s;
+    const auto seconds = [](FILETIME t) {
+      return 1e-7 * double((uint64_t(t.dwHighDateTime) << 32) | t.dwLowDateTime);
+    };
+    s.busy = seconds(kernel) + seconds(user) - seconds(idle);
+    s.own = seconds(own_kernel) + seconds(own_user);
+    s.wall = wall_seconds();
+    s.valid = true;
 #endif
     return s;
   }
@@ -329,11 +345,16 @@ DGRD_LANE_CLONES void render_group(const Camera<float>& cam, const StagedSplats&
 // a short tree (a serial chain of eight dependent adds was 4% of a 32-channel call's time).
 DGRD_LANE_FN double lane_sum(Lanes v) {
   static_assert(kLanes == 8, "lane_sum adds two halves of four");
+#ifdef DGRD_PORTABLE_LANES
+  double s[4];
+  for (int k = 0; k < 4; ++k) s[k] = double(v[k]) + double(v[k + 4]);
+#else
   using Floats4 = float __attribute__((vector_size(4 * sizeof(float))));
   using Doubles4 = double __attribute__((vector_size(4 * sizeof(double))));
   const Floats4 low = __builtin_shufflevector(v.v, v.v, 0, 1, 2, 3);
   const Floats4 high = __builtin_shufflevector(v.v, v.v, 4, 5, 6, 7);
   const Doubles4 s = __builtin_convertvector(low, Doubles4) + __builtin_convertvector(high, Doubles4);
+#endif
   return (s[0] + s[2]) + (s[1] + s[3]);
 }
 
@@ -345,17 +366,17 @@ DGRD_LANE_FN void lane_sums8(const Lanes* v, double* out) {
   LaneFloats pairs[4];
   for (int i = 0; i < 4; ++i) {
     const LaneFloats a = v[2 * i].v, b = v[2 * i + 1].v;
-    pairs[i] = __builtin_shufflevector(a, b, 0, 8, 2, 10, 4, 12, 6, 14) +
-               __builtin_shufflevector(a, b, 1, 9, 3, 11, 5, 13, 7, 15);
+    pairs[i] = lane_shuffle<0, 8, 2, 10, 4, 12, 6, 14>(a, b) +
+               lane_shuffle<1, 9, 3, 11, 5, 13, 7, 15>(a, b);
   }
   LaneFloats quads[2];
   for (int i = 0; i < 2; ++i) {
     const LaneFloats a = pairs[2 * i], b = pairs[2 * i + 1];
-    quads[i] = __builtin_shufflevector(a, b, 0, 1, 8, 9, 4, 5, 12, 13) +
-               __builtin_shufflevector(a, b, 2, 3, 10, 11, 6, 7, 14, 15);
+    quads[i] = lane_shuffle<0, 1, 8, 9, 4, 5, 12, 13>(a, b) +
+               lane_shuffle<2, 3, 10, 11, 6, 7, 14, 15>(a, b);
   }
-  const LaneFloats sums = __builtin_shufflevector(quads[0], quads[1], 0, 1, 2, 3, 8, 9, 10, 11) +
-                          __builtin_shufflevector(quads[0], quads[1], 4, 5, 6, 7, 12, 13, 14, 15);
+  const LaneFloats sums = lane_shuffle<0, 1, 2, 3, 8, 9, 10, 11>(quads[0], quads[1]) +
+                          lane_shuffle<4, 5, 6, 7, 12, 13, 14, 15>(quads[0], quads[1]);
   for (int i = 0; i < 8; ++i) out[i] = double(sums[i]);
 }
 

@@ -7,20 +7,32 @@
 
 #include "fast_exp.h"
 
-#define DGRD_LANE_FN inline __attribute__((always_inline))
-
-// Two ways to compile the lane loops (DGRD_LANE_CLONES marks them):
+// Three ways to compile the lane loops (DGRD_LANE_CLONES marks them):
 // - GCC on x86-64: clones for AVX-512 (x86-64-v4), AVX2 and the baseline, one picked by the
 //   loader (function multi-versioning). The lanes stay eight wide: AVX-512 pays through its 32
 //   registers and masked moves (backward 6% faster than AVX2), not through wider vectors.
 //   Contraction into FMA is off in every clone, so all give the same bits. The baseline clone
 //   (SSE2) is slower there than the per-pixel loop, so the backend does not use the lanes on
 //   an x86 CPU without AVX2 (lanes_pay in cpu_backend.cpp).
-// - Elsewhere (ARM, other compilers) or with DGRD_BASELINE_LANES (setup.py): one version for
-//   16-byte vectors (SSE2, NEON), with comparisons and selections written by halves of four
+// - Other GCC/Clang targets (ARM) or DGRD_BASELINE_LANES (setup.py): one version for 16-byte
+//   vectors (SSE2, NEON), with comparisons and selections written by halves of four
 //   (DGRD_NARROW_LANES): GCC lowers a 32-byte comparison or ?: that the target lacks lane by
 //   lane, with scalar compares and branches, while the halves and bit operations pair up.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+// - MSVC, which has no vector extensions, or DGRD_PORTABLE_LANES with any compiler (CI builds
+//   it with GCC, so the code MSVC compiles is tested bit for bit against the per-pixel loop):
+//   eight plain elements with the same operators (LaneArray), element by element.
+#if defined(_MSC_VER) && !defined(__clang__)
+#ifndef DGRD_PORTABLE_LANES
+#define DGRD_PORTABLE_LANES 1
+#endif
+#define DGRD_LANE_FN __forceinline
+#else
+#define DGRD_LANE_FN inline __attribute__((always_inline))
+#endif
+
+#if defined(DGRD_PORTABLE_LANES)
+#define DGRD_LANE_CLONES
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
     !defined(DGRD_BASELINE_LANES)
 #define DGRD_LANE_CLONED 1
 #if __GNUC__ >= 11
@@ -37,10 +49,78 @@ namespace dgrd {
 
 constexpr int kLanes = 8;
 
+#ifdef DGRD_PORTABLE_LANES
+// Eight elements with the operators of a GCC vector: element-wise arithmetic (with a scalar
+// too, which broadcasts), bit operations, and comparisons giving -1 (true) or 0 per lane.
+template <typename E>
+struct alignas(32) LaneArray {
+  using Element = E;
+  E x[kLanes];
+  DGRD_LANE_FN E operator[](int k) const { return x[k]; }
+  DGRD_LANE_FN E& operator[](int k) { return x[k]; }
+};
+using LaneFloats = LaneArray<float>;
+using LaneInts = LaneArray<int32_t>;
+#define DGRD_LANE_ARRAY_OP(op)                                                                  \
+  template <typename E>                                                                         \
+  DGRD_LANE_FN LaneArray<E> operator op(LaneArray<E> a, LaneArray<E> b) {                       \
+    for (int k = 0; k < kLanes; ++k) a.x[k] = a.x[k] op b.x[k];                                 \
+    return a;                                                                                   \
+  }                                                                                             \
+  template <typename E>                                                                         \
+  DGRD_LANE_FN LaneArray<E> operator op(LaneArray<E> a, typename LaneArray<E>::Element s) {     \
+    for (int k = 0; k < kLanes; ++k) a.x[k] = a.x[k] op s;                                      \
+    return a;                                                                                   \
+  }
+DGRD_LANE_ARRAY_OP(+)
+DGRD_LANE_ARRAY_OP(-)
+DGRD_LANE_ARRAY_OP(*)
+DGRD_LANE_ARRAY_OP(/)
+DGRD_LANE_ARRAY_OP(&)
+DGRD_LANE_ARRAY_OP(|)
+#undef DGRD_LANE_ARRAY_OP
+#define DGRD_LANE_ARRAY_COMPARISON(op)                                                          \
+  template <typename E>                                                                         \
+  DGRD_LANE_FN LaneInts operator op(LaneArray<E> a, LaneArray<E> b) {                           \
+    LaneInts r;                                                                                 \
+    for (int k = 0; k < kLanes; ++k) r.x[k] = a.x[k] op b.x[k] ? -1 : 0;                        \
+    return r;                                                                                   \
+  }
+DGRD_LANE_ARRAY_COMPARISON(<)
+DGRD_LANE_ARRAY_COMPARISON(<=)
+DGRD_LANE_ARRAY_COMPARISON(>=)
+DGRD_LANE_ARRAY_COMPARISON(>)
+DGRD_LANE_ARRAY_COMPARISON(==)
+#undef DGRD_LANE_ARRAY_COMPARISON
+template <typename E>
+DGRD_LANE_FN LaneArray<E> operator-(LaneArray<E> a) {
+  for (int k = 0; k < kLanes; ++k) a.x[k] = -a.x[k];
+  return a;
+}
+DGRD_LANE_FN LaneInts operator~(LaneInts a) {
+  for (int k = 0; k < kLanes; ++k) a.x[k] = ~a.x[k];
+  return a;
+}
+// The lanes of a and b numbered 0-7 and 8-15, picked by I (as __builtin_shufflevector).
+template <int... I>
+DGRD_LANE_FN LaneFloats lane_shuffle(LaneFloats a, LaneFloats b) {
+  static_assert(sizeof...(I) == kLanes, "one index a lane");
+  const int index[kLanes] = {I...};
+  LaneFloats r;
+  for (int k = 0; k < kLanes; ++k)
+    r.x[k] = index[k] < kLanes ? a.x[index[k]] : b.x[index[k] - kLanes];
+  return r;
+}
+#else
 // Aligned to their full size on every target: without AVX, GCC gives a 32-byte vector only
 // 16-byte alignment, while the AVX2 clone of a function stores it with aligned 32-byte moves.
 using LaneFloats = float __attribute__((vector_size(kLanes * sizeof(float)), aligned(32)));
 using LaneInts = int32_t __attribute__((vector_size(kLanes * sizeof(int32_t)), aligned(32)));
+template <int... I>
+DGRD_LANE_FN LaneFloats lane_shuffle(LaneFloats a, LaneFloats b) {
+  return __builtin_shufflevector(a, b, I...);
+}
+#endif
 
 // A lane mask: all bits set (-1) where true, 0 where false, as vector comparisons produce.
 struct LaneMask {
@@ -72,8 +152,8 @@ struct Lanes {
   }
   DGRD_LANE_FN void store(float* p) const { std::memcpy(p, &v, sizeof(v)); }
   DGRD_LANE_FN float operator[](int k) const { return v[k]; }
-  DGRD_LANE_FN Lanes& operator+=(Lanes b) { v += b.v; return *this; }
-  DGRD_LANE_FN Lanes& operator-=(Lanes b) { v -= b.v; return *this; }
+  DGRD_LANE_FN Lanes& operator+=(Lanes b) { v = v + b.v; return *this; }
+  DGRD_LANE_FN Lanes& operator-=(Lanes b) { v = v - b.v; return *this; }
 };
 DGRD_LANE_FN Lanes operator+(Lanes a, Lanes b) { return Lanes(a.v + b.v); }
 DGRD_LANE_FN Lanes operator-(Lanes a, Lanes b) { return Lanes(a.v - b.v); }
@@ -135,8 +215,17 @@ DGRD_LANE_FN LaneMask operator>(Lanes a, Lanes b) { return {a.v > b.v}; }
 DGRD_LANE_FN LaneMask lanes_less(LaneInts a, LaneInts b) { return {a < b}; }
 DGRD_LANE_FN LaneMask lanes_equal(LaneInts a, LaneInts b) { return {a == b}; }
 
+#ifdef DGRD_PORTABLE_LANES
+template <typename E>
+DGRD_LANE_FN LaneArray<E> select(LaneMask m, LaneArray<E> a, LaneArray<E> b) {
+  for (int k = 0; k < kLanes; ++k) a.x[k] = m.m.x[k] ? a.x[k] : b.x[k];
+  return a;
+}
+DGRD_LANE_FN Lanes select(LaneMask m, Lanes a, Lanes b) { return Lanes(select(m, a.v, b.v)); }
+#else
 DGRD_LANE_FN Lanes select(LaneMask m, Lanes a, Lanes b) { return Lanes(m.m ? a.v : b.v); }
 DGRD_LANE_FN LaneInts select(LaneMask m, LaneInts a, LaneInts b) { return m.m ? a : b; }
+#endif
 #endif
 // The shared math's min2/max2 (a < b ? a : b) per lane; non-templates, so chosen over them.
 DGRD_LANE_FN Lanes min2(Lanes a, Lanes b) { return select(a < b, a, b); }

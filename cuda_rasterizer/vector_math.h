@@ -2,14 +2,23 @@
 #pragma once
 
 #include <cmath>
+#include <cstddef>
+#include <type_traits>
 
 #include "config.h"
 
 namespace dgrd {
 
-// Vec2 and Vec4 are aligned to their size so that they load as one vector instruction.
+// Vec2 and Vec4 of a number are aligned to their size so that they load as one vector
+// instruction; of the CPU's lanes (cpu_lanes.h), to the lanes' own alignment, since MSVC refuses
+// a by-value parameter aligned to 128 bytes (a Vec4 of eight floats).
 template <typename T>
-struct alignas(2 * sizeof(T)) Vec2 {
+constexpr std::size_t vec_alignment(std::size_t count) {
+  return std::is_arithmetic<T>::value ? count * sizeof(T) : alignof(T);
+}
+
+template <typename T>
+struct alignas(vec_alignment<T>(2)) Vec2 {
   T x, y;
 };
 
@@ -19,7 +28,7 @@ struct Vec3 {
 };
 
 template <typename T>
-struct alignas(4 * sizeof(T)) Vec4 {
+struct alignas(vec_alignment<T>(4)) Vec4 {
   T x, y, z, w;
 };
 

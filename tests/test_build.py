@@ -22,13 +22,15 @@ import prebuilt  # noqa: E402
 
 
 def _setup_cpu_sources():
-    """setup.py's `cpu_sources` literal (setup.py runs setup() when imported, so it is parsed)."""
+    """setup.py's `cpu_sources`: build_config.CPU_SOURCES, which tools/check_msvc_build.py
+    compiles too (setup.py runs setup() when imported, so it is parsed)."""
     with open(os.path.join(ROOT, "setup.py")) as f:
         tree = ast.parse(f.read())
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "cpu_sources"
                                                 for t in node.targets):
-            return ast.literal_eval(node.value)
+            assert getattr(node.value, "attr", None) == "CPU_SOURCES", "not build_config's list"
+            return list(build_config.CPU_SOURCES)
     raise AssertionError("setup.py has no cpu_sources list")
 
 
@@ -150,6 +152,25 @@ def test_cxx_standard_is_asked_for_only_where_torch_would_pass_cxx14():
     assert build_config.major_minor("2.1.0a0+git3af0c") == (2, 1)
     # The emulated backend and the AddressSanitizer build take the same flag as _C.
     assert set(build_config.cxx_standard_flags()) <= set(emulated_build.CXX_FLAGS)
+
+
+def test_msvc_gets_its_own_flags():
+    """On Windows PyTorch builds with MSVC, which refuses GCC's flags: the package's flags then
+    are MSVC's, with no contraction into fused multiply-adds either way (the lanes' bits), the
+    standard flag in MSVC's spelling for torch 1.x, and OpenMP as given."""
+    assert build_config.uses_msvc("win32") and not build_config.uses_msvc("linux")
+    for version in ("1.12.1", "2.13.0"):
+        msvc = build_config.host_compile_flags(True, ["/openmp"], version=version)
+        gcc = build_config.host_compile_flags(False, ["-fopenmp"], version=version)
+        assert "/fp:precise" in msvc and "/openmp" in msvc and "/O2" in msvc
+        assert not any(f.startswith("-") for f in msvc), msvc
+        assert "-ffp-contract=off" in gcc and "-fopenmp" in gcc
+        assert not any(f.startswith("/") for f in gcc), gcc
+        std = build_config.cxx_standard_flags(version, msvc=True)
+        assert std == (["/std:c++17"] if version.startswith("1.") else [])
+        assert set(std) <= set(msvc)
+    assert build_config.host_compile_flags(False, [], "portable")[-1] == "-DDGRD_PORTABLE_LANES"
+    assert "-DDGRD_BASELINE_LANES" in build_config.host_compile_flags(False, [], "baseline")
 
 
 def test_default_architectures_follow_the_toolkit():

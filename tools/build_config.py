@@ -1,10 +1,13 @@
-"""What the build needs to know about the PyTorch, setuptools and CUDA toolkit it builds with:
-the C++ standard to ask for, whether setuptools can read pyproject.toml, the CUDA toolkit's
-version, and the GPU architectures to build by default.
-Used by setup.py and tools/emulated_build.py; tested in tests/test_build.py."""
+"""What the build needs to know about the PyTorch, setuptools, C++ compiler and CUDA toolkit it
+builds with: the C++ standard to ask for, the host compiler's flags (GCC/Clang or MSVC), whether
+setuptools can read pyproject.toml, the CUDA toolkit's version, and the GPU architectures to
+build by default.
+Used by setup.py, tools/emulated_build.py and tools/check_msvc_build.py; tested in
+tests/test_build.py."""
 import os
 import re
 import subprocess
+import sys
 
 
 def major_minor(version):
@@ -13,16 +16,43 @@ def major_minor(version):
     return major, minor
 
 
-def cxx_standard_flags(version=None):
-    """["-std=c++17"] where PyTorch's extension builder would pass C++14 (torch 1.x, such as the
-    1.12 of 3DGS's own environment): the sources are C++17. From 2.0 on torch passes C++17 or
-    C++20 itself (2.0.1's cpp_extension.py: C++17; 2.13's: C++20), whichever its headers need,
-    so nothing is added there. PyTorch adds its standard only when none is given, so this one
-    replaces it, for nvcc too (which refuses two)."""
+def cxx_standard_flags(version=None, msvc=False):
+    """["-std=c++17"] (MSVC: ["/std:c++17"]) where PyTorch's extension builder would pass C++14
+    (torch 1.x, such as the 1.12 of 3DGS's own environment): the sources are C++17. From 2.0 on
+    torch passes C++17 or C++20 itself (2.0.1's cpp_extension.py: C++17; 2.13's: C++20),
+    whichever its headers need, so nothing is added there. PyTorch adds its standard only when
+    none is given, so this one replaces it, for nvcc too (which refuses two)."""
     if version is None:
         import torch
         version = torch.__version__
-    return ["-std=c++17"] if major_minor(version) < (2, 0) else []
+    if major_minor(version) >= (2, 0):
+        return []
+    return ["/std:c++17"] if msvc else ["-std=c++17"]
+
+
+def uses_msvc(platform=None):
+    """Whether PyTorch builds the extension with MSVC: on Windows it always does (cl.exe, which
+    nvcc also hands the host code of the .cu files)."""
+    return (platform or sys.platform) == "win32"
+
+
+# The lane loops of the CPU backend (cuda_rasterizer/cpu_lanes.h): "" is the compiler's own
+# choice (GCC/Clang vector extensions; MSVC, which has none, the portable form), "baseline" the
+# GCC/Clang form for 16-byte vectors only, "portable" eight plain elements with any compiler.
+LANE_FORMS = {"": [], "baseline": ["-DDGRD_BASELINE_LANES"], "portable": ["-DDGRD_PORTABLE_LANES"]}
+
+
+def host_compile_flags(msvc, openmp, lanes="", version=None):
+    """The C++ sources' compile flags. openmp: the compiler's OpenMP flags (none: one thread).
+    Neither compiler may contract a*b+c into a fused multiply-add, so that the lane loops give
+    the bits of the per-pixel loop whichever instruction set runs them."""
+    std = cxx_standard_flags(version, msvc)
+    if msvc:
+        # /fp:precise contracts nothing (from Visual Studio 2022 on, only /fp:contract does).
+        return ["/O2", "/fp:precise"] + list(openmp) + std + LANE_FORMS[lanes]
+    # -fno-math-errno: sqrt need not set errno, so loops with sqrt vectorize (values unchanged).
+    return (["-O3", "-fno-gnu-unique", "-ffp-contract=off", "-Wno-psabi", "-fno-math-errno"] +
+            list(openmp) + std + LANE_FORMS[lanes])
 
 
 def cuda_toolkit_version(cuda_home, fallback):
@@ -56,6 +86,11 @@ def setuptools_problem(version=None):
         return None
     return (f"setuptools {version} is too old to read pyproject.toml (64 or newer is needed); "
             'upgrade it with `pip install -U "setuptools>=64"`, then install again')
+
+
+# The C++ sources of the package's module `_C` (with every .cu file when CUDA is built).
+CPU_SOURCES = ["ext.cpp", "rasterize_points.cpp", "sparse_adam.cpp",
+               "cuda_rasterizer/cpu_backend.cpp"]
 
 
 # The oldest toolkit that builds the CUDA backend: nvcc takes -std=c++17 from CUDA 11.0 on.
