@@ -297,12 +297,12 @@ def run_backend_check(msvc, out):
         *sources, "-o", native], check=True)
     ok = True
     dumps = {}
-    seed = str(random.randrange(2**31))  # a fresh scene each run; printed by the program
+    seed = str(random.randrange(10**9))  # a fresh scene each run; printed by the program
     for name, cmd in (("MSVC", ["wine", exe, Msvc.win(os.path.join(out, "msvc.bin"))]),
                       ("g++", [native, os.path.join(out, "gxx.bin")])):
         r = run(cmd + ["3000", "200", "150", "3", seed], env=msvc.env)
         say(f"cpu_backend_check built by {name}: exit {r.returncode}")
-        print("    " + "\n    ".join(l for l in r.stdout.splitlines() if l.strip()))
+        print("    " + "\n    ".join(l for l in (r.stdout + r.stderr).splitlines() if l.strip()))
         ok &= r.returncode == 0
         dumps[name] = os.path.join(out, "msvc.bin" if name == "MSVC" else "gxx.bin")
     if not ok:
