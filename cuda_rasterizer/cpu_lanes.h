@@ -1,5 +1,6 @@
-// Eight float lanes for the CPU backend (GCC/Clang vector extensions), so the shared blend math
-// runs on eight pixels of a tile row at once: SSE2/NEON pairs, or one AVX2 register.
+// Eight float lanes for the CPU backend (GCC/Clang vector extensions; under MSVC a portable
+// form), so the shared blend math runs on eight pixels of a tile row at once: SSE2/NEON pairs,
+// or one AVX2 register.
 #pragma once
 
 #include <cstdint>
