@@ -15,7 +15,16 @@
 # CUDA 11 nvcc), and the CUDA backend running under that PyTorch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3.7}
+# python3.7 on PATH, or pyenv's 3.7 when its shim is not switched on (pyenv says "command not
+# found" for a version installed but not selected).
+if [ -z "${PYTHON:-}" ]; then
+    PYTHON=python3.7
+    if ! "$PYTHON" -c pass 2>/dev/null; then
+        PYTHON=$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.7*/bin/python3.7 2>/dev/null \
+                 | tail -1)
+    fi
+    [ -n "$PYTHON" ] || { echo "no Python 3.7: set PYTHON" >&2; exit 1; }
+fi
 VENV=${VENV:-$HOME/.cache/dgrd/legacy-venv-$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')}
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
