@@ -350,6 +350,20 @@ BackwardResult backward(const RasterConfig& c, const GaussianTensors& g,
   return backward_cpu(c, g, s, up);
 }
 
+std::vector<torch::Tensor> pack_camera(const std::vector<torch::Tensor>& parts,
+                                       const torch::Tensor& like, bool keep_grad) {
+  std::vector<torch::Tensor> flat;
+  std::vector<int64_t> sizes;
+  flat.reserve(parts.size());
+  for (const torch::Tensor& t : parts) {
+    const torch::Tensor part = keep_grad || !t.requires_grad() ? t : t.detach();
+    flat.push_back(part.reshape({-1}).to(like.options()));
+    sizes.push_back(part.numel());
+  }
+  // torch::cat always allocates: the copy is private even where nothing needed converting.
+  return torch::split_with_sizes(torch::cat(flat), sizes);
+}
+
 torch::Tensor mark_visible(const torch::Tensor& positions, const torch::Tensor& viewmatrix) {
   if (positions.is_cuda()) {
 #ifdef DGRD_WITH_CUDA

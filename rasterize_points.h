@@ -258,6 +258,11 @@ BackwardResult backward(const RasterConfig& c, const GaussianTensors& g,
                         const std::vector<torch::Tensor>& state, const torch::Tensor& dcolor,
                         const torch::Tensor& ddepth, const torch::Tensor& dweight,
                         const torch::Tensor& dfeature_map, const torch::Tensor& dmedian);
+// The camera's tensors (bg, viewmatrix, projmatrix, campos, any layouts) as flat views of one
+// private copy with the device and dtype of `like`; detached unless keep_grad (then the copy
+// is differentiable, so that camera gradients reach the caller's tensors through any view).
+std::vector<torch::Tensor> pack_camera(const std::vector<torch::Tensor>& parts,
+                                       const torch::Tensor& like, bool keep_grad);
 torch::Tensor mark_visible(const torch::Tensor& positions, const torch::Tensor& viewmatrix);
 bool has_cuda();
 // The benchmark's work counts of a float32 CPU forward, from its state: pairs, evaluations,

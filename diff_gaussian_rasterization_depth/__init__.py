@@ -60,7 +60,8 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
              features)  # _debug.INPUT_NAMES, then features
     (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp,
      checked) = check_gaussians(means3D, means2D, opacities, sh, colors_precomp, scales,
-                                rotations, cov3Ds_precomp, dc, raster_settings, join_dc=False)
+                                rotations, cov3Ds_precomp, dc, raster_settings, join_dc=False,
+                                pack_camera=_backend.pack_camera)
     features, median_depth, inverse_depth = check_optional_outputs(features, median_depth,
                                                                    means3D, inverse_depth)
     if checked.debug:
@@ -97,11 +98,18 @@ class _RasterizeGaussians(torch.autograd.Function):
         # apart from sh (the 2024 API), read where it lies rather than copied in front of sh.
         inputs = (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp, dc)
         config = _backend.make_config(settings, median_depth, inverse_depth)
+
+        def render():
+            # The backward reads the inputs through the same GaussianInputs (contiguous copies
+            # made once); save_for_backward below still guards them against in-place edits.
+            ctx.gaussians = _backend.make_gaussians(*inputs, features=features)
+            return _backend.forward(config, ctx.gaussians)
+
         color, depth, weight, radii, feature_map, median, state = _debug.guarded(
             settings.debug, lambda: _debug.Capture("forward", _named_inputs(inputs, features),
                                                    settings, median_depth=median_depth,
                                                    inverse_depth=inverse_depth),
-            lambda: _backend.forward(config, _backend.make_gaussians(*inputs, features=features)))
+            render)
         ctx.config = config
         ctx.checked = settings
         # Internal per-Gaussian and per-pixel state of the forward: never handed to the user,
@@ -149,10 +157,8 @@ class _RasterizeGaussians(torch.autograd.Function):
             lambda: _debug.Capture("backward", _named_inputs(inputs, features), ctx.checked,
                                    grads=upstream(), median_depth=ctx.median_depth,
                                    inverse_depth=ctx.config.inverse_depth),
-            lambda: _backend.backward(ctx.config,
-                                      _backend.make_gaussians(*inputs, features=features),
-                                      ctx.state, grad_color, grad_depth, grad_weight,
-                                      grad_features, grad_median))
+            lambda: _backend.backward(ctx.config, ctx.gaussians, ctx.state, grad_color,
+                                      grad_depth, grad_weight, grad_features, grad_median))
         _, _, has_sh, has_colors, has_scales, has_rotations, has_cov, has_dc = ctx.present
         return (d_means3D, d_means2D[:, :ctx.means2D_columns], d_sh if has_sh else None,
                 d_colors if has_colors else None, d_opacities,

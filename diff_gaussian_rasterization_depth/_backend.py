@@ -98,42 +98,31 @@ def _check_device(device: torch.device):
             "to choose GPU architectures).")
 
 
-# Fields of the C++ RasterConfig, each copied from the CheckedSettings of the same name.
-CONFIG_FIELDS = ("image_height", "image_width", "tanfovx", "tanfovy", "scale_modifier",
-                 "sh_degree", "prefiltered", "antialiasing", "debug", "camera_grad", "bg",
-                 "viewmatrix", "projmatrix", "campos")
+def pack_camera(parts, device, dtype, keep_grad):
+    """`_validation.pack_camera` (its PyTorch twin and oracle) in one call into C++
+    (pack_camera in rasterize_points.cpp) instead of a dozen torch calls from Python."""
+    like = _like.get((device, dtype))
+    if like is None:
+        like = _like[(device, dtype)] = torch.empty((0,), device=device, dtype=dtype)
+    return _ext().pack_camera(parts, like, keep_grad)
+
+
+_like = {}  # (device, dtype): an empty tensor that carries them to C++
 
 
 def make_config(settings, median_depth=False, inverse_depth=False):
-    """settings: a CheckedSettings; its tensors are private copies on the right device."""
-    c = _ext().RasterConfig()
-    for name in CONFIG_FIELDS:
-        setattr(c, name, getattr(settings, name))
-    c.median_depth = bool(median_depth)
-    c.inverse_depth = bool(inverse_depth)
-    return c
+    """settings: a CheckedSettings; its tensors are private copies on the right device. The
+    C++ RasterConfig reads its fields (those of the same names) in one call."""
+    return _ext().RasterConfig(settings, bool(median_depth), bool(inverse_depth))
 
 
 def make_gaussians(means3D, opacities, sh, colors_precomp, scales, rotations, cov3D_precomp,
                    dc=None, features=None):
-    """Absent inputs become empty tensors; every present one is made contiguous."""
+    """Absent inputs (None) become empty tensors and every present one is made contiguous, in
+    C++ (GaussianInputs' constructor in ext.cpp)."""
     _check_device(means3D.device)
-    g = _ext().GaussianInputs()
-    empty = means3D.new_empty((0,))
-
-    def put(t):
-        return empty if t is None else t.contiguous()
-
-    g.means3D = means3D.contiguous()
-    g.opacities = put(opacities)
-    g.dc = put(dc)
-    g.shs = put(sh)
-    g.colors_precomp = put(colors_precomp)
-    g.scales = put(scales)
-    g.rotations = put(rotations)
-    g.cov3D_precomp = put(cov3D_precomp)
-    g.features = put(features)
-    return g
+    return _ext().GaussianInputs(means3D, opacities, sh, colors_precomp, scales, rotations,
+                                 cov3D_precomp, dc, features)
 
 
 def forward(config, gaussians):

@@ -74,26 +74,36 @@ def _require_like(name: str, t, device, dtype) -> torch.Tensor:
     return t
 
 
-def _small_tensor(name: str, t, numel: int, keep_grad: bool = False) -> torch.Tensor:
-    """Matrices, bg, campos: any layout with the right element count, flattened (row-major).
-    With keep_grad, a tensor that requires grad stays attached to the caller's graph."""
+def _small_tensor(name: str, t, numel: int) -> torch.Tensor:
+    """Matrices, bg, campos: any layout with the right element count (flattened, row-major,
+    by `_backend.pack_camera`)."""
     t = _require_tensor(f"raster_settings.{name}", t)
     if not t.is_floating_point():
         raise TypeError(f"raster_settings.{name}: expected a floating-point tensor, got {t.dtype}")
     if t.numel() != numel:
         raise ValueError(f"raster_settings.{name}: expected {numel} elements, got "
                          f"{t.numel()} (shape {tuple(t.shape)})")
-    t = t if keep_grad else t.detach()
-    return t if t.dim() == 1 else t.reshape(-1)
+    return t
 
 
 CAMERA_FIELDS = ("viewmatrix", "projmatrix", "campos")
 
 
+def pack_camera(parts, device, dtype, keep_grad):
+    """The camera's tensors [bg, viewmatrix, projmatrix, campos] as flat views of one private
+    copy on (device, dtype) (torch.cat always allocates), detached unless keep_grad: the
+    PyTorch twin of the compiled `_C.pack_camera`, which the rasterizer's own calls use
+    (`_backend.pack_camera`); the reference and `markVisible` use this one."""
+    flat = [(p if keep_grad else p.detach()).reshape(-1) for p in parts]
+    packed = torch.cat([f if f.device == device and f.dtype == dtype
+                        else f.to(device=device, dtype=dtype) for f in flat])
+    return torch.split_with_sizes(packed, [f.numel() for f in flat])
+
+
 class CheckedSettings:
     """The settings after validation, with tensors on the Gaussians' device and dtype."""
 
-    def __init__(self, s, device, dtype):
+    def __init__(self, s, device, dtype, pack=pack_camera):
         self.image_height = _require_int("raster_settings.image_height", s.image_height, 1, 1 << 15)
         self.image_width = _require_int("raster_settings.image_width", s.image_width, 1, 1 << 15)
         self.tanfovx = _require_float("raster_settings.tanfovx", s.tanfovx, positive=True)
@@ -108,24 +118,22 @@ class CheckedSettings:
             for t in (s.viewmatrix, s.projmatrix, s.campos):  # CAMERA_FIELDS
                 if isinstance(t, torch.Tensor) and t.requires_grad:
                     self.camera_grad = True
-        keep = self.camera_grad
-        parts = [_small_tensor("bg", s.bg, 3),
-                 _small_tensor("viewmatrix", s.viewmatrix, 16, keep),
-                 _small_tensor("projmatrix", s.projmatrix, 16, keep),
-                 _small_tensor("campos", s.campos, 3, keep)]
-        # One private copy on the Gaussians' device (torch.cat always allocates): the backward
-        # reads it, and the caller may edit the settings' tensors in place meanwhile.
-        packed = torch.cat([p if p.device == device and p.dtype == dtype
-                            else p.to(device=device, dtype=dtype) for p in parts])
-        self.bg, self.viewmatrix, self.projmatrix, self.campos = torch.split_with_sizes(
-            packed, [3, 16, 16, 3])
+        parts = [_small_tensor("bg", s.bg, 3), _small_tensor("viewmatrix", s.viewmatrix, 16),
+                 _small_tensor("projmatrix", s.projmatrix, 16),
+                 _small_tensor("campos", s.campos, 3)]
+        # One private copy on the Gaussians' device: the backward reads it, and the caller may
+        # edit the settings' tensors in place meanwhile. bg never takes a gradient.
+        if self.camera_grad and parts[0].requires_grad:
+            parts[0] = parts[0].detach()
+        self.bg, self.viewmatrix, self.projmatrix, self.campos = pack(parts, device, dtype,
+                                                                      self.camera_grad)
         self.prefiltered = bool(s.prefiltered)
         self.debug = bool(s.debug)
         self.antialiasing = bool(s.antialiasing)
 
 
 def check_gaussians(means3D, means2D, opacities, shs, colors_precomp, scales, rotations,
-                    cov3D_precomp, dc, settings, join_dc=True):
+                    cov3D_precomp, dc, settings, join_dc=True, pack_camera=pack_camera):
     """Validate the per-Gaussian inputs and the settings; return normalized tensors.
 
     Returns (means3D, opacities (P,1), shs (P,M,3) or None, colors_precomp or None, scales,
@@ -167,7 +175,7 @@ def check_gaussians(means3D, means2D, opacities, shs, colors_precomp, scales, ro
         given = "both" if colors_precomp is not None else "neither"
         raise ValueError(f"shs / colors_precomp: expected exactly one of them, got {given}")
 
-    checked = CheckedSettings(settings, device, dtype)
+    checked = CheckedSettings(settings, device, dtype, pack_camera)
     if colors_precomp is None:
         coefficients = 1 if dc is not None else 0
         if shs is not None:

@@ -331,3 +331,38 @@ def test_camera_gradients_from_feature_map_and_median(seed):
         scale = float(want[name].abs().max())
         torch.testing.assert_close(got[name], want[name], rtol=1e-8, atol=1e-8 * max(scale, 1e-12),
                                    msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("keep_grad", [False, True])
+@pytest.mark.parametrize("target", [F32, F64])
+def test_compiled_camera_packing_matches_its_twin(keep_grad, target):
+    """`_backend.pack_camera` (C++, what the rasterizer's calls use) against its PyTorch twin
+    `_validation.pack_camera` (the reference's): the same flat values in the target dtype, from
+    the layouts users pass (SplaTAM's non-contiguous (1,4,4) view, 4x4, float64 sources); a
+    private copy (editing a source afterwards changes nothing); detached unless keep_grad, and
+    then the same gradients reach the sources."""
+    from diff_gaussian_rasterization_depth import _backend, _validation
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    leaves = [torch.rand(3, generator=gen), torch.randn(4, 4, generator=gen, dtype=F64),
+              torch.randn(4, 4, generator=gen), torch.randn(1, 3, generator=gen, dtype=F64)]
+    runs = []
+    for pack in (_backend.pack_camera, _validation.pack_camera):
+        mine = [t.clone().requires_grad_(k > 0) for k, t in enumerate(leaves)]
+        parts = [mine[0], mine[1].unsqueeze(0).transpose(1, 2), mine[2], mine[3]]
+        runs.append((mine, pack(parts, torch.device("cpu"), target, keep_grad)))
+    (leaves_c, packed), (leaves_twin, twin) = runs
+    assert [tuple(t.shape) for t in packed] == [(3,), (16,), (16,), (3,)]
+    for a, b in zip(packed, twin):
+        assert a.dtype == target and torch.equal(a, b)
+        assert a.requires_grad == b.requires_grad == keep_grad  # views of one differentiable cat
+    before = [t.detach().clone() for t in packed]
+    with torch.no_grad():
+        for t in leaves_c:
+            t.add_(1.0)
+    assert all(torch.equal(a.detach(), b) for a, b in zip(packed, before))
+    if keep_grad:
+        weights = [torch.randn(t.shape, generator=gen, dtype=target) for t in packed[1:]]
+        for out in (packed, twin):
+            sum((w * t).sum() for w, t in zip(weights, out[1:])).backward()
+        for a, b in zip(leaves_c[1:], leaves_twin[1:]):
+            assert a.grad is not None and torch.equal(a.grad, b.grad)
