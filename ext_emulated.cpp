@@ -198,10 +198,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "backward",
       [](const RasterConfig& c, const GaussianTensors& g, const std::vector<torch::Tensor>& state,
-         const torch::Tensor& dcolor, const torch::Tensor& ddepth, const torch::Tensor& dweight,
-         const torch::Tensor& dfeature_map, const torch::Tensor& dmedian) {
+         const UpstreamGrad& dcolor, const UpstreamGrad& ddepth, const UpstreamGrad& dweight,
+         const UpstreamGrad& dfeature_map, const UpstreamGrad& dmedian) {
         return backward_cuda(c, g, ForwardState::from_list(state),
-                             {dcolor, ddepth, dweight, dfeature_map, dmedian});
+                             {upstream_grad(dcolor, g), upstream_grad(ddepth, g),
+                              upstream_grad(dweight, g), upstream_grad(dfeature_map, g),
+                              upstream_grad(dmedian, g)});
       },
       "The CUDA backward, emulated");
   m.def("mark_visible", &mark_visible_cuda, "The CUDA mark_visible, emulated");

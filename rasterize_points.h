@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include <map>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -254,10 +255,14 @@ std::vector<std::pair<std::string, double>> cuda_stage_ms_cuda();
 namespace dgrd {
 // Device dispatch, called from Python.
 ForwardResult forward(const RasterConfig& c, const GaussianTensors& g);
+// The maps' upstream gradients: None (from Python) where no loss reaches that map.
+using UpstreamGrad = std::optional<torch::Tensor>;
 BackwardResult backward(const RasterConfig& c, const GaussianTensors& g,
-                        const std::vector<torch::Tensor>& state, const torch::Tensor& dcolor,
-                        const torch::Tensor& ddepth, const torch::Tensor& dweight,
-                        const torch::Tensor& dfeature_map, const torch::Tensor& dmedian);
+                        const std::vector<torch::Tensor>& state, const UpstreamGrad& dcolor,
+                        const UpstreamGrad& ddepth, const UpstreamGrad& dweight,
+                        const UpstreamGrad& dfeature_map, const UpstreamGrad& dmedian);
+// One upstream gradient as the backends take it: contiguous, or an empty tensor for None.
+torch::Tensor upstream_grad(const UpstreamGrad& t, const GaussianTensors& g);
 // The camera's tensors (bg, viewmatrix, projmatrix, campos, any layouts) as flat views of one
 // private copy with the device and dtype of `like`; detached unless keep_grad (then the copy
 // is differentiable, so that camera gradients reach the caller's tensors through any view).

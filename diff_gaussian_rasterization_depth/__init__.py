@@ -119,7 +119,7 @@ class _RasterizeGaussians(torch.autograd.Function):
         ctx.means2D_columns = means2D.shape[1]   # (P, 3) or (P, 2)
         ctx.has_features = features is not None
         ctx.median_depth = median_depth
-        absent = means3D.new_empty((0,))  # one stand-in for every absent input (saves per call)
+        absent = _backend.empty(means3D.device, means3D.dtype)  # stands in for absent inputs
         saved = [absent if t is None else t for t in inputs]
         if ctx.has_features:
             saved.append(features)

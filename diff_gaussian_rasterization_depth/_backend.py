@@ -101,13 +101,19 @@ def _check_device(device: torch.device):
 def pack_camera(parts, device, dtype, keep_grad):
     """`_validation.pack_camera` (its PyTorch twin and oracle) in one call into C++
     (pack_camera in rasterize_points.cpp) instead of a dozen torch calls from Python."""
-    like = _like.get((device, dtype))
-    if like is None:
-        like = _like[(device, dtype)] = torch.empty((0,), device=device, dtype=dtype)
-    return _ext().pack_camera(parts, like, keep_grad)
+    return _ext().pack_camera(parts, empty(device, dtype), keep_grad)
 
 
-_like = {}  # (device, dtype): an empty tensor that carries them to C++
+def empty(device, dtype):
+    """An empty tensor of (device, dtype), made once: it carries them to C++, and stands in for
+    the absent inputs the Function saves."""
+    t = _empty.get((device, dtype))
+    if t is None:
+        t = _empty[(device, dtype)] = torch.empty((0,), device=device, dtype=dtype)
+    return t
+
+
+_empty = {}
 
 
 def make_config(settings, median_depth=False, inverse_depth=False):
@@ -131,13 +137,9 @@ def forward(config, gaussians):
 
 def backward(config, gaussians, state, grad_color, grad_depth, grad_weight,
              grad_feature_map=None, grad_median=None):
-    empty = gaussians.means3D.new_empty((0,))
-
-    def put(g):
-        return empty if g is None else g.contiguous()
-
-    return _renderer().backward(config, gaussians, state, put(grad_color), put(grad_depth),
-                                put(grad_weight), put(grad_feature_map), put(grad_median))
+    """None for a map no loss reaches; contiguity and the empty stand-ins are settled in C++."""
+    return _renderer().backward(config, gaussians, state, grad_color, grad_depth, grad_weight,
+                                grad_feature_map, grad_median)
 
 
 def mark_visible(positions, settings):
