@@ -45,6 +45,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("median_depth", &RasterConfig::median_depth)
       .def_readwrite("inverse_depth", &RasterConfig::inverse_depth)
       .def_readwrite("camera_grad", &RasterConfig::camera_grad)
+      .def_readwrite("absolute_grad", &RasterConfig::absolute_grad)
       .def_readwrite("bg", &RasterConfig::bg)
       .def_readwrite("viewmatrix", &RasterConfig::viewmatrix)
       .def_readwrite("projmatrix", &RasterConfig::projmatrix)

@@ -272,10 +272,25 @@ ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g) {
   return {color, depth, weight, s.radii.clone(), feature_map, median, s.to_list()};
 }
 
+torch::Tensor absolute_grad_sums(const RasterConfig& c, const GaussianTensors& g) {
+  return c.absolute_grad ? fresh_zeros({g.count(), 2}, g.means3D.options())
+                         : torch::empty({0}, g.means3D.options());
+}
+
+void append_absolute_grad(const RasterConfig& c, const torch::Tensor& sums, GradientTensors& d) {
+  if (!c.absolute_grad) return;
+  // g * 0.5 * size in the preprocess backward: 0.5 * size is exact, so one product rounds alike.
+  const torch::Tensor scale = torch::tensor({0.5 * double(c.image_width), 0.5 * double(c.image_height)},
+                                            torch::TensorOptions().dtype(torch::kFloat64))
+                                  .to(sums.options());
+  d.means2D = torch::cat({d.means2D.narrow(1, 0, 2), sums * scale}, 1);
+}
+
 BackwardResult backward_cpu(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
                             const MapGrads& up) {
   const int64_t P = g.count();
   GradientTensors grads = GradientTensors::zeros_like_inputs(g, c.camera_grad);
+  const torch::Tensor abs_sums = absolute_grad_sums(c, g);
   AT_DISPATCH_FLOATING_TYPES(g.means3D.scalar_type(), "dgrd_backward_cpu", [&] {
     using T = scalar_t;
     const Camera<T> cam = make_camera<T>(c);
@@ -285,13 +300,16 @@ BackwardResult backward_cpu(const RasterConfig& c, const GaussianTensors& g, con
                               data_or_null<T>(up.weight)};
     StageClock clock;
     std::vector<SplatGrad<T>> splat(size_t(P), SplatGrad<T>{});
-    cpu::render_backward(cam, st, lists, make_pixel_buffers<T>(s, {}, {}, {}), pg,
-                         make_optional_grads<T>(g, s, up, grads), int(P), splat.data());
+    OptionalGrads<T> extra = make_optional_grads<T>(g, s, up, grads);
+    extra.mean2d_abs = reinterpret_cast<Vec2<T>*>(output_or_null<T>(abs_sums));
+    cpu::render_backward(cam, st, lists, make_pixel_buffers<T>(s, {}, {}, {}), pg, extra, int(P),
+                         splat.data());
     clock.lap("render_backward");
     cpu::preprocess_backward(cam, make_inputs<T>(g), st.radii, splat.data(), grads.pointers<T>(),
                              grads.camera_pointer<T>());
     clock.lap("preprocess_backward");
   });
+  append_absolute_grad(c, abs_sums, grads);
   return grads.to_list();
 }
 

@@ -23,6 +23,9 @@ struct RasterConfig {
   bool median_depth = false;  // render the median depth map too (issue 12)
   bool inverse_depth = false;  // depth (and median) maps of 1/z: Camera::inverse_depth
   bool camera_grad = false;  // the backward also returns d viewmatrix, d projmatrix, d campos
+  // means2D given as (P, 4): the backward's d means2D is (P, 4), columns 2-3 AbsGS's absolute
+  // gradient (OptionalGrads::mean2d_abs in NDC units)
+  bool absolute_grad = false;
   torch::Tensor bg, viewmatrix, projmatrix, campos;  // flat, on the Gaussians' device and dtype
 
   int tiles_x() const { return int((image_width + kTileSize - 1) / kTileSize); }
@@ -217,6 +220,13 @@ OptionalGrads<T> make_optional_grads(const GaussianTensors& g, const ForwardStat
           data_or_null<T>(up.feature_map), data_or_null<T>(up.median),
           output_or_null<T>(d.features)};
 }
+
+// AbsGS's statistic (absolute_grad): its sums, P x 2 in pixel units, zeros, on the Gaussians'
+// device, or an empty tensor when not asked for ...
+torch::Tensor absolute_grad_sums(const RasterConfig& c, const GaussianTensors& g);
+// ... and, after the backward, d means2D (P, 3) made (P, 4): its first two columns, then the
+// sums in NDC units, scaled as the preprocess backward scales the signed gradient.
+void append_absolute_grad(const RasterConfig& c, const torch::Tensor& sums, GradientTensors& d);
 
 // Largest number of (tile, Gaussian) pairs a render may hold: indices are 32-bit, and the CUDA
 // render kernels step a batch start past a list's end (start += 256 while start < end), which

@@ -440,6 +440,8 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, co
                                         (extra.channels + chunk - 1) / chunk, g.means3D.options());
   }
   extra.feature_dots = output_or_null<float>(feature_dots);
+  const torch::Tensor abs_sums = absolute_grad_sums(c, g);
+  extra.mean2d_abs = reinterpret_cast<Vec2<float>*>(output_or_null<float>(abs_sums));
   gpu::render_backward(cam, st, lists, make_pixel_buffers<float>(s, {}, {}, {}), pg, extra,
                        splat_grads, splits, stream);
   check_stage(c, "render_backward");
@@ -454,6 +456,7 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, co
                                    : nullptr,
                             stream);
   check_stage(c, "preprocess_backward");
+  append_absolute_grad(c, abs_sums, grads);
   return grads.to_list();
 }
 

@@ -263,6 +263,25 @@ struct PartComposite {
   }
 };
 
+// d/d mean2d of a splat at a pixel from d/d(its power) (one half of alpha_grad_to_splat).
+template <typename T>
+DGRD_HD Vec2<T> mean2d_grad(T dpower, Vec2<T> d, Vec4<T> co) {
+  return {dpower * (-co.x * d.x - co.y * d.y), dpower * (-co.z * d.y - co.y * d.x)};
+}
+
+// |v| per component, on any scalar-like T (max2 of v and -v: the CPU's lanes have no fabs).
+template <typename T>
+DGRD_HD Vec2<T> abs_each(Vec2<T> v) {
+  return {max2(v.x, -v.x), max2(v.y, -v.y)};
+}
+
+// One pixel's part of AbsGS's statistic (OptionalGrads::mean2d_abs) from dL/dalpha of the
+// colour, depth and weight alone: |d/d mean2d| per component, as alpha_grad_to_splat makes it.
+template <typename T>
+DGRD_HD Vec2<T> maps_mean2d_abs(T maps_dalpha, T G, Vec2<T> d, Vec4<T> conic_opacity) {
+  return abs_each(mean2d_grad(G * conic_opacity.w * maps_dalpha, d, conic_opacity));
+}
+
 // dL/dalpha of a splat at a pixel, carried to its screen-space parameters (mean2d, conic,
 // opacity); sets those fields of `grad`, leaves grad.feature alone.
 template <typename T>
@@ -272,7 +291,7 @@ DGRD_HD void alpha_grad_to_splat(T dalpha, T G, Vec2<T> d, Vec4<T> conic_opacity
   const Vec4<T> co = conic_opacity;
   grad.opacity = G * dalpha;
   const T dpower = G * co.w * dalpha;
-  grad.mean2d = {dpower * (-co.x * d.x - co.y * d.y), dpower * (-co.z * d.y - co.y * d.x)};
+  grad.mean2d = mean2d_grad(dpower, d, co);
   grad.conic = {T(-0.5) * d.x * d.x * dpower, -d.x * d.y * dpower, T(-0.5) * d.y * d.y * dpower};
 }
 

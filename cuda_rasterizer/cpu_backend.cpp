@@ -162,6 +162,12 @@ void add(SplatGrad<A>& acc, const SplatGrad<T>& g) {
 }
 
 template <typename A, typename T>
+void add(Vec2<A>& acc, Vec2<T> v) {
+  acc.x += v.x;
+  acc.y += v.y;
+}
+
+template <typename A, typename T>
 void add(CameraGrad<A>& acc, const CameraGrad<T>& g) {
   for (int k = 0; k < 16; ++k) acc.viewmatrix[k] += g.viewmatrix[k];
   for (int k = 0; k < 16; ++k) acc.projmatrix[k] += g.projmatrix[k];
@@ -397,13 +403,15 @@ struct LaneFeatureGrads {
 };
 
 // Adds the gradients of one tile's splats at one group of pixels, walking the lanes back to
-// front. sums[j] is splat j of the tile (list order), per lane.
+// front. sums[j] is splat j of the tile (list order), per lane; abs_sums[j] its part of AbsGS's
+// statistic (OptionalGrads::mean2d_abs), or null when not asked for.
 template <bool kWithFeatures, bool kWithMedian>
 DGRD_LANE_CLONES void render_backward_group(const Camera<float>& cam, const StagedSplats& sp,
                                             const LaneGroup& g, const PixelBuffers<float>& px,
                                             const PixelGrads<float>& grads,
                                             const OptionalGrads<float>& extra,
-                                            SplatGrad<Lanes>* sums, LaneFeatureGrads& fg) {
+                                            SplatGrad<Lanes>* sums, Vec2<Lanes>* abs_sums,
+                                            LaneFeatureGrads& fg) {
   const int64_t plane = int64_t(cam.width) * cam.height;
   const int channels = kWithFeatures ? fg.features->channels : 0;
   PixelBackward<Lanes> pb;
@@ -455,17 +463,19 @@ DGRD_LANE_CLONES void render_backward_group(const Camera<float>& cam, const Stag
     if (kWithFeatures) {
       // PixelBackward::step with the feature channels' part of dL/dalpha added; lanes that do
       // not pass take no part, even with a non-finite feature.
-      Lanes dalpha = pb.unblend(pass_alpha, feature, lane_grad);
+      const Lanes maps_dalpha = pb.unblend(pass_alpha, feature, lane_grad);
       const float* values = fg.features->of(j);
       const Lanes feature_dot =
           zero_unless(pass, FeatureBackward<Lanes>::dot(values, upstream, channels));
-      dalpha += fb.step(pass_alpha, pb.transmittance, feature_dot);
+      const Lanes dalpha = maps_dalpha + fb.step(pass_alpha, pb.transmittance, feature_dot);
       alpha_grad_to_splat(dalpha, pass_G, d, conic_opacity, lane_grad);
       const Lanes w = pass_alpha * pb.transmittance;  // dL/dF_j = w_j g
       Lanes* out = fg.sums.data() + size_t(j) * channels;
       for (int c = 0; c < channels; ++c) out[c] += zero_unless(pass, w * upstream[c]);
+      if (abs_sums) add(abs_sums[j], maps_mean2d_abs(maps_dalpha, pass_G, d, conic_opacity));
     } else {
       pb.step(pass_alpha, pass_G, d, conic_opacity, feature, lane_grad);
+      if (abs_sums) add(abs_sums[j], abs_each(lane_grad.mean2d));
     }
     if (kWithMedian) {
       // The median's gradient goes to the z of its splat alone.
@@ -662,11 +672,14 @@ void render_pixels_backward(const Camera<T>& cam, const GaussianState<T>& state,
   std::vector<SplatGrad<double>> sums(size_t(threads) * count);
   std::memset(static_cast<void*>(sums.data()), 0, sums.size() * sizeof(SplatGrad<double>));
   std::vector<double> feature_sums(size_t(threads) * count * channels, 0.0);
+  std::vector<Vec2<double>> abs_sums(extra.mean2d_abs ? size_t(threads) * count : 0,
+                                     Vec2<double>{0.0, 0.0});
   // A static schedule keeps the summation order, and so the result, the same on every call.
 #pragma omp parallel for schedule(static, 1) if (parallel)
   for (int tile = 0; tile < tiles; ++tile) {
     SplatGrad<double>* acc = sums.data() + size_t(thread_id()) * count;
     double* feature_acc = feature_sums.data() + size_t(thread_id()) * count * channels;
+    Vec2<double>* abs_acc = abs_sums.empty() ? nullptr : abs_sums.data() + size_t(thread_id()) * count;
     std::vector<T> upstream(channels);
     const TilePixels tp = tile_pixels(cam, tile);
     const int begin = lists.tile_ranges[2 * tile];
@@ -692,15 +705,18 @@ void render_pixels_backward(const Camera<T>& cam, const GaussianState<T>& state,
             continue;
           SplatGrad<T> g;
           if (kWithFeatures) {
-            T dalpha = pb.unblend(alpha, state.features[id], g);
+            const T maps_dalpha = pb.unblend(alpha, state.features[id], g);
             const T* feature = extra.features + size_t(id) * channels;
-            dalpha += fb.step(alpha, pb.transmittance, feature, upstream.data(), channels);
+            const T dalpha =
+                maps_dalpha + fb.step(alpha, pb.transmittance, feature, upstream.data(), channels);
             alpha_grad_to_splat(dalpha, G, d, state.conic_opacity[id], g);
             const T w = alpha * pb.transmittance;
             double* out = feature_acc + size_t(id) * channels;
             for (int c = 0; c < channels; ++c) out[c] += w * upstream[c];
+            if (abs_acc) add(abs_acc[id], maps_mean2d_abs(maps_dalpha, G, d, state.conic_opacity[id]));
           } else {
             pb.step(alpha, G, d, state.conic_opacity[id], state.features[id], g);
+            if (abs_acc) add(abs_acc[id], abs_each(g.mean2d));
           }
           if (kWithMedian && k - begin + 1 == median_position) g.feature.w += extra.median[p];
           add(acc[id], g);
@@ -715,6 +731,11 @@ void render_pixels_backward(const Camera<T>& cam, const GaussianState<T>& state,
       double f = feature_sums[size_t(i) * channels + c];
       for (int t = 1; t < threads; ++t) f += feature_sums[(size_t(t) * count + i) * channels + c];
       extra.features_grad[size_t(i) * channels + c] = T(f);
+    }
+    if (extra.mean2d_abs) {
+      Vec2<double> total = abs_sums[i];
+      for (int t = 1; t < threads; ++t) add(total, abs_sums[size_t(t) * count + i]);
+      extra.mean2d_abs[i] = {T(total.x), T(total.y)};
     }
   }
   to_splat_grads(sums.data(), count, splat_grads);
@@ -822,6 +843,9 @@ void render_backward_lanes(const Camera<float>& cam, const GaussianState<float>&
   const int reduction_parts = 2 + (channels + 7) / 8;  // splat halves, eights of channels
   std::vector<SplatGrad<double>> pair_sums;           // the wave's
   std::vector<double> feature_sums;                   // the wave's, C a pair
+  const bool absolute = extra.mean2d_abs != nullptr;  // AbsGS's statistic, summed as the others
+  std::vector<Vec2<double>> abs_totals(absolute ? size_t(count) : 0, Vec2<double>{0.0, 0.0});
+  std::vector<Vec2<double>> abs_pair_sums;            // the wave's
   for (int wave_begin = 0; wave_begin < tiles;) {
     int wave_end = wave_begin + 1;
     while (wave_end < tiles &&
@@ -831,6 +855,7 @@ void render_backward_lanes(const Camera<float>& cam, const GaussianState<float>&
     const size_t wave_pairs = size_t(ranges[2 * wave_end - 1] - first_pair);
     pair_sums.resize(wave_pairs);
     feature_sums.resize(wave_pairs * channels);
+    abs_pair_sums.resize(absolute ? wave_pairs : 0);
 #pragma omp parallel if (plane >= kMinParallelItems) num_threads(loop_threads())
     {
       StagedSplats sp;
@@ -839,6 +864,7 @@ void render_backward_lanes(const Camera<float>& cam, const GaussianState<float>&
       fg.features = &features;
       fg.upstream.resize(size_t(channels));
       std::vector<SplatGrad<Lanes>> lane_sums;  // the tile's splats, summed per lane
+      std::vector<Vec2<Lanes>> lane_abs;         // with `absolute`
 #pragma omp for schedule(dynamic, 1)
       for (int tile = wave_begin; tile < wave_end; ++tile) {
         const TilePixels tp = tile_pixels(cam, tile);
@@ -850,6 +876,7 @@ void render_backward_lanes(const Camera<float>& cam, const GaussianState<float>&
         if (n == 0) continue;
         sp.stage(state, floors.data(), lists.point_list + begin, n);
         lane_sums.assign(size_t(n), SplatGrad<Lanes>{});
+        if (absolute) lane_abs.assign(size_t(n), Vec2<Lanes>{});
         if (kWithFeatures) {
           features.stage(extra.features, channels, lists.point_list + begin, n);
           fg.sums.assign(size_t(n) * channels, Lanes(0.f));
@@ -858,9 +885,12 @@ void render_backward_lanes(const Camera<float>& cam, const GaussianState<float>&
           for (int x = tp.x0; x < tp.x1; x += kLanes)
             render_backward_group<kWithFeatures, kWithMedian>(
                 cam, sp, {x, y, std::min(kLanes, tp.x1 - x)}, px, grads, extra,
-                lane_sums.data(), fg);
+                lane_sums.data(), absolute ? lane_abs.data() : nullptr, fg);
         SplatGrad<double>* pair_out = pair_sums.data() + (begin - first_pair);
         for (int j = 0; j < n; ++j) pair_out[j] = lane_total(lane_sums[j]);
+        for (int j = 0; absolute && j < n; ++j)
+          abs_pair_sums[size_t(begin - first_pair + j)] = {lane_sum(lane_abs[j].x),
+                                                           lane_sum(lane_abs[j].y)};
         if (kWithFeatures) {
           double* feature_out = feature_sums.data() + size_t(begin - first_pair) * channels;
           for (int j = 0; j < n; ++j) {
@@ -881,6 +911,8 @@ void render_backward_lanes(const Camera<float>& cam, const GaussianState<float>&
           if (part < 2) {
             for (int j = 0; j < visited[tile]; ++j)
               add_half(totals[ids[j]], pair_sums[at + j], part);
+            for (int j = 0; absolute && part == 1 && j < visited[tile]; ++j)
+              add(abs_totals[ids[j]], abs_pair_sums[at + j]);
             continue;
           }
           const int c0 = (part - 2) * 8, c1 = std::min(channels, c0 + 8);
@@ -895,6 +927,8 @@ void render_backward_lanes(const Camera<float>& cam, const GaussianState<float>&
     wave_begin = wave_end;
   }
   to_splat_grads(totals.data(), count, splat_grads);
+  for (int i = 0; absolute && i < count; ++i)
+    extra.mean2d_abs[i] = {float(abs_totals[i].x), float(abs_totals[i].y)};
 }
 
 }  // namespace

@@ -659,7 +659,9 @@ __device__ __forceinline__ void warp_add(float v, float* out) {
 // kMedian: the median's upstream gradient goes to its splat's depth. kWarpSkip: each warp starts
 // at its own pixels' last contributor and passes the splats that cannot reach them; kScatter:
 // the warp sums go by warp_scatter_add (CudaTuning). Each block walks one part of a tile's
-// list (ListPart); a pixel whose walk ends in front of the part takes no part in it.
+// list (ListPart); a pixel whose walk ends in front of the part takes no part in it. With
+// extra.mean2d_abs (AbsGS), a runtime test rather than a template flag: a uniform branch costs
+// the default call nothing measurable, and eight more instantiations would cost every build.
 template <bool kMedian, bool kWarpSkip, bool kScatter>
 __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
     render_backward_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
@@ -716,8 +718,14 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
         g.feature.w += median_grad;
         contributes = true;
       }
-      if (__any_sync(kFullWarp, contributes))
-        warp_accumulate<kScatter>(g, splat_grads + batch.id[j]);
+      if (!__any_sync(kFullWarp, contributes)) continue;
+      warp_accumulate<kScatter>(g, splat_grads + batch.id[j]);
+      if (extra.mean2d_abs) {  // the same for the whole grid: asked for or not
+        // g.mean2d is of the colour, depth and weight alone (the median adds to z only).
+        const Vec2<float> a = abs_each(g.mean2d);
+        warp_add(a.x, &extra.mean2d_abs[batch.id[j]].x);
+        warp_add(a.y, &extra.mean2d_abs[batch.id[j]].y);
+      }
     }
   }
 }

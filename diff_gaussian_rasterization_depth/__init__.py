@@ -98,6 +98,8 @@ class _RasterizeGaussians(torch.autograd.Function):
         # apart from sh (the 2024 API), read where it lies rather than copied in front of sh.
         inputs = (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp, dc)
         config = _backend.make_config(settings, median_depth, inverse_depth)
+        if means2D.shape[1] == 4:  # columns 2-3 take AbsGS's absolute gradient
+            config.absolute_grad = True
 
         def render():
             # The backward reads the inputs through the same GaussianInputs (contiguous copies
@@ -116,7 +118,7 @@ class _RasterizeGaussians(torch.autograd.Function):
         # so in-place edits of the returned maps cannot corrupt the backward.
         ctx.state = state
         ctx.present = tuple(t is not None for t in inputs)
-        ctx.means2D_columns = means2D.shape[1]   # (P, 3) or (P, 2)
+        ctx.means2D_columns = means2D.shape[1]   # (P, 3), (P, 2) or (P, 4)
         ctx.has_features = features is not None
         ctx.median_depth = median_depth
         absent = _backend.empty(means3D.device, means3D.dtype)  # stands in for absent inputs

@@ -156,7 +156,9 @@ def check_gaussians(means3D, means2D, opacities, shs, colors_precomp, scales, ro
 
     if means2D is not None:
         same("means2D", means2D)
-        _require_shape("means2D", means2D, [(P, 3), (P, 2)], f"({P}, 3) or ({P}, 2)")
+        # (P, 4): columns 2-3 take the absolute gradient (AbsGS; doc/api.md).
+        _require_shape("means2D", means2D, [(P, 3), (P, 2), (P, 4)],
+                       f"({P}, 3), ({P}, 2) or ({P}, 4)")
 
     if opacities is None:
         raise ValueError("opacities: expected a tensor of shape (P, 1) or (P,), got None")

@@ -12,7 +12,8 @@ backends to a few float32 roundings.
                                                       raster_settings=settings)
 
 Gradient conventions (SPEC 6) come out of autograd once the forward is set up right:
-- `means2D` is a carrier: its values are ignored, its gradient is dL/d(ndc.x, ndc.y);
+- `means2D` is a carrier: its values are ignored, its gradient is dL/d(ndc.x, ndc.y); a (P,4)
+  carrier's columns 2-3 take the sum over pixels of |each pixel's part| of it (AbsGS);
 - the 0.99 clamp of alpha is straight-through;
 - culled and non-finite Gaussians get exactly zero gradient and never put NaN into anyone else's;
 - `viewmatrix`, `projmatrix` and `campos` that require grad stay attached (the validation keeps
@@ -249,10 +250,54 @@ def _straight_through_clamp_max(x: torch.Tensor, bound: float) -> torch.Tensor:
     return x.detach().clamp_max(bound) + (x - x.detach())
 
 
+class _AbsoluteGradient(torch.autograd.Function):
+    """Identity forward; the backward hands on the absolute value of each element's gradient.
+    Applied to the per-pixel copies of a carrier, it makes autograd sum |each pixel's
+    gradient| (AbsGS's densification statistic) where it would sum the signed gradients."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.abs()
+
+
+def _weights(g, power, in_rect, ones):
+    """The blend's alphas, transmittances and weights w (P,H,W) from each Gaussian's power at
+    each pixel, with the masks of SPEC 4 (considered, blendable, stopped)."""
+    unmasked_power = power.detach()
+    considered = in_rect & (power <= 0)
+    # exp of a skipped (possibly large positive) power would overflow, and its zero gradient
+    # times inf is NaN: evaluate exp only where the pixel is considered.
+    power = torch.where(considered, power, torch.zeros_like(power))
+    raw_alpha = g["opacity"][:, None, None] * torch.exp(power)
+    alpha = _straight_through_clamp_max(raw_alpha, ALPHA_MAX)
+    blendable = considered & ~(alpha < ALPHA_MIN)
+    alpha = torch.where(blendable, alpha, torch.zeros_like(alpha))
+
+    # Early stop: the transmittance after blending Gaussian i, in blending order. It only
+    # decreases, so "T (1 - alpha_i) < 1e-4" marks the stopping Gaussian and all behind it.
+    with torch.no_grad():
+        test_T = torch.cumprod(torch.cat([ones, 1.0 - alpha]), dim=0)[1:]
+        stopped = test_T < TRANSMITTANCE_MIN
+    blended = blendable & ~stopped
+    alpha = torch.where(blended, alpha, torch.zeros_like(alpha))
+
+    transmittance = torch.cumprod(torch.cat([ones, 1.0 - alpha]), dim=0)  # (P+1,H,W)
+    return dict(w=alpha * transmittance[:-1], transmittance=transmittance, power=unmasked_power,
+                raw_alpha=raw_alpha.detach(), considered=considered, blendable=blendable,
+                blended=blended, test_T=test_T)
+
+
 def _blend(g: Dict[str, torch.Tensor], settings, inverse_depth=False) -> Dict[str, torch.Tensor]:
     """Blend the (already visible-only) Gaussians of g into every pixel (and their `features`
     (P,C), when g has them, into a feature map). The depth channel blends z, or 1/z with
-    `inverse_depth`; the order is by z either way."""
+    `inverse_depth`; the order is by z either way. With g["abs_offset"] (P,2), the absolute
+    gradient's carrier (zero in value), colour, depth and weight see each Gaussian's mean
+    through a copy per pixel, so that the carrier's gradient sums |each pixel's gradient| of
+    the losses on those maps (the feature map's loss is not counted: doc/api.md)."""
     H, W = settings.image_height, settings.image_width
     dtype, device = g["mean2d"].dtype, g["mean2d"].device
 
@@ -269,37 +314,27 @@ def _blend(g: Dict[str, torch.Tensor], settings, inverse_depth=False) -> Dict[st
     in_rect_x = (rmin[:, 0, None] <= tile_x) & (tile_x < rmax[:, 0, None])   # (P,W)
     in_rect_y = (rmin[:, 1, None] <= tile_y) & (tile_y < rmax[:, 1, None])   # (P,H)
     in_rect = in_rect_y[:, :, None] & in_rect_x[:, None, :]                  # (P,H,W)
+    ones = torch.ones((1, H, W), dtype=dtype, device=device)
+
+    def power_at(dx, dy):
+        con_a = g["conic"][:, 0, None, None]
+        con_b = g["conic"][:, 1, None, None]
+        con_c = g["conic"][:, 2, None, None]
+        return -0.5 * (con_a * dx * dx + con_c * dy * dy) - con_b * dx * dy    # (P,H,W)
 
     dx = g["mean2d"][:, 0, None, None] - xs[None, None, :]                    # (P,1,W)
     dy = g["mean2d"][:, 1, None, None] - ys[None, :, None]                    # (P,H,1)
-    con_a = g["conic"][:, 0, None, None]
-    con_b = g["conic"][:, 1, None, None]
-    con_c = g["conic"][:, 2, None, None]
-    power = -0.5 * (con_a * dx * dx + con_c * dy * dy) - con_b * dx * dy    # (P,H,W)
-    unmasked_power = power.detach()
-
-    considered = in_rect & (power <= 0)
-    # exp of a skipped (possibly large positive) power would overflow, and its zero gradient
-    # times inf is NaN: evaluate exp only where the pixel is considered.
-    power = torch.where(considered, power, torch.zeros_like(power))
-    raw_alpha = g["opacity"][:, None, None] * torch.exp(power)
-    alpha = _straight_through_clamp_max(raw_alpha, ALPHA_MAX)
-    blendable = considered & ~(alpha < ALPHA_MIN)
-    alpha = torch.where(blendable, alpha, torch.zeros_like(alpha))
-
-    # Early stop: the transmittance after blending Gaussian i, in blending order. It only
-    # decreases, so "T (1 - alpha_i) < 1e-4" marks the stopping Gaussian and all behind it.
-    ones = torch.ones((1, H, W), dtype=dtype, device=device)
-    with torch.no_grad():
-        test_T = torch.cumprod(torch.cat([ones, 1.0 - alpha]), dim=0)[1:]
-        stopped = test_T < TRANSMITTANCE_MIN
-    blended = blendable & ~stopped
-    alpha = torch.where(blended, alpha, torch.zeros_like(alpha))
-
-    transmittance = torch.cumprod(torch.cat([ones, 1.0 - alpha]), dim=0)  # (P+1,H,W)
-    T_before = transmittance[:-1]
+    chain = _weights(g, power_at(dx, dy), in_rect, ones)
+    maps_chain = chain
+    if "abs_offset" in g:
+        # d pixel / d ndc = size / 2 (_ndc2pix), so the carrier collects NDC units as means2D.
+        per_pixel = _AbsoluteGradient.apply(g["abs_offset"][:, :, None, None].expand(-1, -1, H, W))
+        maps_chain = _weights(g, power_at(dx + per_pixel[:, 0] * (0.5 * W),
+                                          dy + per_pixel[:, 1] * (0.5 * H)), in_rect, ones)
+    blended = chain["blended"]
+    transmittance = maps_chain["transmittance"]
     T_final = transmittance[-1]
-    w = alpha * T_before                                                    # (P,H,W)
+    w = maps_chain["w"]                                                     # (P,H,W)
 
     color = (w[:, None] * g["color"][:, :, None, None]).sum(dim=0)          # (3,H,W)
     color = color + T_final[None] * settings.bg[:, None, None]
@@ -314,16 +349,16 @@ def _blend(g: Dict[str, torch.Tensor], settings, inverse_depth=False) -> Dict[st
     # the depth of the blended Gaussian after which T is first <= 0.5 (T_before > 0.5 there).
     feature_map = None
     if "features" in g:
-        feature_map = (w[:, None] * g["features"][:, :, None, None]).sum(dim=0)   # (C,H,W)
-    T_after = transmittance[1:]
+        feature_map = (chain["w"][:, None] * g["features"][:, :, None, None]).sum(dim=0)  # (C,H,W)
+    T_before, T_after = chain["transmittance"][:-1], chain["transmittance"][1:]
     crossing = (blended & (T_before > 0.5) & (T_after <= 0.5)).detach()
     median = torch.where(crossing, depth_value[:, None, None], torch.zeros_like(w)).sum(dim=0)
 
     return dict(color=color, depth=depth, weight=weight, T_final=T_final, order=order,
                 feature_map=feature_map, median=median, median_crossing=crossing,
-                T_after=T_after.detach(),
-                power=unmasked_power, raw_alpha=raw_alpha.detach(), considered=considered,
-                blendable=blendable, blended=blended, test_T=test_T, in_rect=in_rect)
+                T_after=T_after.detach(), power=chain["power"], raw_alpha=chain["raw_alpha"],
+                considered=chain["considered"], blendable=chain["blendable"], blended=blended,
+                test_T=chain["test_T"], in_rect=in_rect)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,7 +366,7 @@ def _blend(g: Dict[str, torch.Tensor], settings, inverse_depth=False) -> Dict[st
 # ----------------------------------------------------------------------------------------------
 
 def _forward(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp, settings,
-             ndc_offset=None, features=None, inverse_depth=False):
+             ndc_offset=None, features=None, inverse_depth=False, abs_offset=None):
     """The whole forward on checked inputs.
 
     Returns (outputs, everyone, survivors, blend, idx): the outputs dict (color, radii, depth,
@@ -357,6 +392,8 @@ def _forward(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_p
                                          "rect_max", "color")}
     if features is not None:
         blended["features"] = features[idx]
+    if abs_offset is not None:
+        blended["abs_offset"] = abs_offset[idx]
     blend = _blend(blended, settings, inverse_depth)
 
     radii = torch.zeros(P, dtype=torch.int32, device=means3D.device)
@@ -384,14 +421,18 @@ def rasterize_reference(means3D, means2D, opacities, shs=None, colors_precomp=No
                                  rotations, cov3D_precomp, dc, raster_settings)
     features, median_depth, inverse_depth = check_optional_outputs(features, median_depth,
                                                                    means3D, inverse_depth)
-    ndc_offset = None
-    if means2D is not None:
-        carrier = means2D[:, :2]
+    def zero_valued(carrier):
         # Value exactly zero (a non-finite carrier value is ignored too), gradient identity.
-        ndc_offset = torch.where(torch.isfinite(carrier.detach()), carrier - carrier.detach(),
-                                 torch.zeros_like(carrier))
+        return torch.where(torch.isfinite(carrier.detach()), carrier - carrier.detach(),
+                           torch.zeros_like(carrier))
+
+    ndc_offset = abs_offset = None
+    if means2D is not None:
+        ndc_offset = zero_valued(means2D[:, :2])
+        if means2D.shape[1] == 4:  # columns 2-3: the absolute gradient (AbsGS)
+            abs_offset = zero_valued(means2D[:, 2:])
     out = _forward(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp,
-                   settings, ndc_offset, features, inverse_depth)[0]
+                   settings, ndc_offset, features, inverse_depth, abs_offset)[0]
     result = (out["color"], out["radii"], out["depth"], out["weight"])
     if features is not None:
         result += (out["feature_map"],)

@@ -80,7 +80,7 @@ P = 5
 
 BAD_SHAPES = [
     ("means3D", (P, 4)), ("means3D", (P,)), ("means3D", (1, P, 3)), ("means3D", (P, 3, 1)),
-    ("means2D", (P, 4)), ("means2D", (P + 1, 3)), ("means2D", (P,)), ("means2D", (P, 1)),
+    ("means2D", (P, 5)), ("means2D", (P + 1, 3)), ("means2D", (P,)), ("means2D", (P, 1)),
     ("opacities", (P, 2)), ("opacities", (P + 1, 1)), ("opacities", (1, 1)), ("opacities", ()),
     ("opacities", (P - 1,)),
     ("shs", (P, 4)), ("shs", (P, 4, 4)), ("shs", (P + 1, 4, 3)), ("shs", (4, 3)),

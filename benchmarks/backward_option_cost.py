@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""What camera gradients add to the backward: garden 112k at 648x420 (issue 11's cost figure).
+"""What an option of the backward adds to it: garden 112k at 648x420.
 
-    python benchmarks/camera_grad_cost.py [--device cpu|cuda] [--reps 15] [--sh]
+    python benchmarks/backward_option_cost.py [--option camera|absolute] [--device cpu|cuda]
+                                              [--reps 15] [--sh]
 
-Each repetition renders once with the camera tensors plain and once with them requiring grad
-(in alternating order, so that load changes hit both alike), and times loss.backward() alone;
+--option camera (issue 11's cost figure): the camera tensors requiring grad; --option absolute:
+means2D given as (P, 4), so that the backward also sums AbsGS's absolute gradient.
+Each repetition renders once without the option and once with it (in alternating order, so
+that load changes hit both alike), and times loss.backward() alone;
 the loss is the benchmark's (random upstream gradients on colour, depth and weight). Prints the
 median of each, their ratio, the median of the per-repetition ratios and the machine load
 (`os.getloadavg`).
@@ -26,8 +29,13 @@ from benchmarks.scenes import garden_scene  # noqa: E402
 from diff_gaussian_rasterization_depth import GaussianRasterizer  # noqa: E402
 
 
-def backward_seconds(scene, settings, upstream, device, clock=time.perf_counter) -> float:
-    color, _, depth, weight = GaussianRasterizer(settings)(**scene.rasterizer_inputs())
+def backward_seconds(scene, settings, upstream, device, clock=time.perf_counter,
+                     absolute=False) -> float:
+    inputs = scene.rasterizer_inputs()
+    if absolute:
+        inputs["means2D"] = torch.zeros((scene.gaussians.means.shape[0], 4), device=device,
+                                        requires_grad=True)
+    color, _, depth, weight = GaussianRasterizer(settings)(**inputs)
     loss = ((color * upstream[0]).sum() + (depth * upstream[1]).sum()
             + (weight * upstream[2]).sum())
     if device.type == "cuda":
@@ -41,6 +49,7 @@ def backward_seconds(scene, settings, upstream, device, clock=time.perf_counter)
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--option", choices=("camera", "absolute"), default="camera")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--scale", type=float, default=1.0)
@@ -58,28 +67,33 @@ def main():
     gen = torch.Generator().manual_seed(0)
     upstream = [torch.randn(s, generator=gen).to(device) for s in ((3, H, W), (H, W), (H, W))]
 
-    def with_camera():
-        return plain._replace(**{f: getattr(plain, f).detach().clone().requires_grad_()
-                                 for f in ("viewmatrix", "projmatrix", "campos")})
+    def run(mode, clock=time.perf_counter):
+        settings, absolute = plain, False
+        if mode == "with" and args.option == "camera":
+            settings = plain._replace(**{f: getattr(plain, f).detach().clone().requires_grad_()
+                                         for f in ("viewmatrix", "projmatrix", "campos")})
+        elif mode == "with":
+            absolute = True
+        return backward_seconds(scene, settings, upstream, device, clock, absolute)
 
     for _ in range(2):   # warm-up
-        backward_seconds(scene, plain, upstream, device)
-        backward_seconds(scene, with_camera(), upstream, device)
+        run("without")
+        run("with")
     times = {"without": [], "with": []}
     load_before = os.getloadavg()
     for r in range(args.reps):
         order = ("without", "with") if r % 2 == 0 else ("with", "without")
         for mode in order:
-            settings = plain if mode == "without" else with_camera()
-            times[mode].append(backward_seconds(scene, settings, upstream, device, clock))
+            times[mode].append(run(mode, clock))
     load_after = os.getloadavg()
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"garden 112k, {W}x{H}, {device.type}, {'SH degree 3' if args.sh else 'colours'}, "
           f"{args.reps} interleaved repetitions, {'CPU' if args.cpu_time else 'wall'} time, "
           f"{torch.get_num_threads()} threads; load average before {load_before[0]:.2f}, "
           f"after {load_after[0]:.2f}")
+    what = "camera gradients" if args.option == "camera" else "the absolute gradient"
     for k in ("without", "with"):
-        print(f"  backward {k:7s} camera gradients: median {1000 * med[k]:8.2f} ms "
+        print(f"  backward {k:7s} {what}: median {1000 * med[k]:8.2f} ms "
               f"(min {1000 * min(times[k]):.2f}, max {1000 * max(times[k]):.2f})")
     # The two runs of a repetition are adjacent in time: their ratio is the least disturbed by
     # other load on the machine.

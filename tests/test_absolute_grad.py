@@ -1,0 +1,204 @@
+"""AbsGS's absolute gradient: means2D given as (P, 4) takes, in columns 2-3 of its gradient, the
+sum over pixels of |each pixel's part| of dL/d(ndc.x, ndc.y) (doc/api.md), on every backend.
+
+The oracle is the reference, where autograd sums |.| over per-pixel copies of each mean
+(reference._AbsoluteGradient). What is counted: the losses on colour, depth and weight (and so
+the inverse depth); a loss on the feature map adds to columns 0-1 only, the median's to z only.
+Pixels and Gaussians within rounding of a threshold (scenes.ambiguous) take no upstream
+gradient, as in the other gradient tests. Tolerances: float32 rtol 1e-4 and atol 1e-4 times the
+largest reference value (tests/test_cpu_backend.py), float64 1e-8.
+"""
+import pytest
+import torch
+
+import scenes
+from cuda_target import active, cuda_targets, is_emulated
+from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend, upstream
+from diff_gaussian_rasterization_depth.reference import rasterize_reference
+from test_cpu_backend import grad_tolerance
+from test_cuda import settings_on
+
+CPU_TARGETS = [pytest.param(("cpu", torch.float32, True), id="cpu-f32-lanes"),
+               pytest.param(("cpu", torch.float32, False), id="cpu-f32-pixels"),
+               pytest.param(("cpu", torch.float64, False), id="cpu-f64")]
+CUDA_TARGETS = [pytest.param((p.values[0], torch.float32, True), id=p.id, marks=p.marks)
+                for p in cuda_targets()]
+TARGETS = CPU_TARGETS + CUDA_TARGETS
+GRAD_NAMES = ("means3D", "means2D", "opacities", "shs", "colors_precomp", "scales",
+              "rotations", "cov3D_precomp", "dc")
+
+
+@pytest.fixture
+def lanes():
+    """Switches the CPU's float path between its lanes and its per-pixel loop for one test."""
+    ext = _backend._ext()
+    yield lambda on: ext.set_cpu_tuning(lanes=on, power_bound=True)
+    ext.set_cpu_tuning(lanes=True, power_bound=True)
+
+
+def upstream_grads(scene, seed, channels=0):
+    """Random upstream gradients of every map, zero at the pixels within rounding of a
+    threshold."""
+    pixels, _ = scenes.ambiguous(scene)
+    keep = (~pixels).to(scene.inputs["means3D"].dtype)
+    H, W = pixels.shape
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(*shape):
+        return torch.randn(*shape, generator=gen, dtype=keep.dtype) * keep
+
+    return {"color": draw(3, H, W), "depth": draw(H, W), "weight": draw(H, W),
+            "feature_map": draw(channels, H, W), "median": draw(H, W)}
+
+
+def render(scene, device, up, columns=4, rasterize=None, features=None, median_depth=False,
+           inverse_depth=False):
+    """Every input's gradient (on the CPU) of sum(map * up) over the maps rendered, with means2D
+    (P, columns). `rasterize`: None for this package, else a function(settings, **inputs)."""
+    with active(device):
+        leaves = {k: None if v is None else v.detach().to(device).requires_grad_(k in GRAD_NAMES)
+                  for k, v in scene.inputs.items()}
+        leaves["means2D"] = torch.zeros(scene.P, columns, dtype=scene.inputs["means3D"].dtype,
+                                        device=device, requires_grad=True)
+        optional = dict(features=None if features is None else features.to(device),
+                        median_depth=median_depth, inverse_depth=inverse_depth)
+        if rasterize is None:
+            out = GaussianRasterizer(settings_on(scene.settings, device))(**leaves, **optional)
+        else:
+            out = rasterize(scene.settings, **leaves, **optional)
+        names = ["color", None, "depth", "weight"]
+        names += ["feature_map"] if features is not None else []
+        names += ["median"] if median_depth else []
+        loss = sum((m * up[n].to(device)).sum() for n, m in zip(names, out) if n is not None)
+        loss.backward()
+        return {k: v.grad.cpu() for k, v in leaves.items() if v is not None and v.grad is not None}
+
+
+def reference(settings, **inputs):
+    return rasterize_reference(**inputs, raster_settings=settings)
+
+
+def assert_close(got, want, dtype, what):
+    tol = grad_tolerance(dtype)
+    scale = want.abs().max().item() if want.numel() else 0.0
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * scale, msg=lambda m: f"{what}: {m}")
+
+
+def scene_for(seed, dtype, **kw):
+    options = dict(P=48, height=29, width=37, sh_degree=1)
+    options.update(kw)
+    return scenes.make_scene(seed, dtype=dtype, **options)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_absolute_columns_match_the_reference(target, seed, lanes):
+    device, dtype, on = target
+    lanes(on)
+    scene = scene_for(100 + seed, dtype, antialiasing=seed == 2, precomp_colors=seed == 1)
+    up = upstream_grads(scene, seed)
+    want = render(scene, "cpu", up, rasterize=reference)
+    got = render(scene, device, up)
+    assert got["means2D"].shape == (scene.P, 4)
+    assert_close(got["means2D"][:, 2:], want["means2D"][:, 2:], dtype, "absolute columns")
+    assert_close(got["means2D"][:, :2], want["means2D"][:, :2], dtype, "signed columns")
+    # Real sums of absolute values: never below the signed sums, and above them somewhere.
+    assert (want["means2D"][:, 2:] > 0).any()
+    slack = 1e-5 if dtype == torch.float32 else 1e-12
+    absolute, signed = got["means2D"][:, 2:], got["means2D"][:, :2].abs()
+    assert (absolute >= signed - slack * absolute.abs().max()).all()
+    assert (absolute > 1.01 * signed).any()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_four_columns_change_no_other_gradient(target, lanes):
+    """The (P, 4) call differentiates everything else as the (P, 3) one does, and its columns 0-1
+    are the (P, 3) call's columns 0-1; (P, 3) keeps a zero third column."""
+    device, dtype, on = target
+    lanes(on)
+    scene = scene_for(7, dtype)
+    up = upstream_grads(scene, 7)
+    three, four = render(scene, device, up, columns=3), render(scene, device, up, columns=4)
+    assert set(three) == set(four)
+    # The same sums in the same order on the CPU; CUDA's atomics may add in another order.
+    exact = not (device == "cuda" and not is_emulated(device))
+    for name in three:
+        a, b = three[name], four[name]
+        if name == "means2D":
+            assert (a[:, 2] == 0).all()
+            a, b = a[:, :2], b[:, :2]
+        if exact:
+            assert torch.equal(a, b), name
+        else:
+            assert_close(b, a, dtype, name)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_feature_and_median_losses_leave_the_absolute_columns(target, lanes):
+    """With feature channels, the median and the inverse depth in the call and a loss on every
+    map, the absolute columns are the reference's: those of the colour, depth (of 1/z) and
+    weight alone. A loss on the feature map or the median alone leaves them zero."""
+    device, dtype, on = target
+    lanes(on)
+    scene = scene_for(11, dtype)
+    C = 5
+    gen = torch.Generator().manual_seed(11)
+    F = torch.rand(scene.P, C, generator=gen, dtype=dtype) * 2 - 1
+    up = upstream_grads(scene, 11, channels=C)
+    # T within rounding of 0.5 would move a median between Gaussians: no gradient there.
+    blend = scenes.reference_internals(scene)[2]
+    up["median"] *= ~(blend["blended"] & ((blend["T_after"] - 0.5).abs() <= 1e-4)).any(dim=0)
+    optional = dict(features=F, median_depth=True, inverse_depth=True)
+    want = render(scene, "cpu", up, rasterize=reference, **optional)
+    got = render(scene, device, up, **optional)
+    assert_close(got["means2D"], want["means2D"], dtype, "means2D")
+    only_optional = {k: v if k in ("feature_map", "median") else torch.zeros_like(v)
+                     for k, v in up.items()}
+    got = render(scene, device, only_optional, **optional)
+    assert (got["means2D"][:, :2] != 0).any()
+    assert (got["means2D"][:, 2:] == 0).all()
+
+
+def test_absolute_columns_scale_with_the_loss_and_ignore_its_sign(lanes):
+    """|.| summed: the loss times -2 doubles the absolute columns and flips the signed ones."""
+    scene = scene_for(21, torch.float64)
+    up = upstream_grads(scene, 21)
+    once = render(scene, "cpu", up)["means2D"]
+    twice = render(scene, "cpu", {k: -2 * v for k, v in up.items()})["means2D"]
+    torch.testing.assert_close(twice[:, 2:], 2 * once[:, 2:], rtol=1e-12, atol=0)
+    torch.testing.assert_close(twice[:, :2], -2 * once[:, :2], rtol=1e-12, atol=0)
+
+
+def test_culled_gaussians_take_zero(lanes):
+    """Gaussians behind the camera or off screen take no absolute gradient either."""
+    scene = scene_for(31, torch.float32)
+    up = upstream_grads(scene, 31)
+    radii = GaussianRasterizer(scene.settings)(**scene.inputs)[1]
+    g = render(scene, "cpu", up)["means2D"]
+    assert (radii == 0).any() and (radii > 0).any()
+    assert (g[radii == 0] == 0).all()
+    assert (g[radii > 0, 2:] > 0).any()
+
+
+def test_the_2024_api_takes_four_columns_too():
+    """upstream.GaussianRasterizer (the 2024 API: dc apart, a map of inverse depth) with means2D
+    (P, 4): the absolute columns of the reference's call with the same loss."""
+    scene = scene_for(41, torch.float64, dc=True)
+    up = upstream_grads(scene, 41)
+    up["weight"] = torch.zeros_like(up["weight"])  # the 2024 call has no weight map
+
+    def api_2024(settings, means3D, means2D, opacities, dc, shs, scales, rotations, **_):
+        color, radii, invdepth = upstream.GaussianRasterizer(settings)(
+            means3D=means3D, means2D=means2D, opacities=opacities, dc=dc, shs=shs,
+            scales=scales, rotations=rotations)
+        return color, radii, invdepth, torch.zeros_like(invdepth)
+
+    def reference_2024(settings, **inputs):
+        inputs.pop("inverse_depth")
+        color, radii, depth, weight = rasterize_reference(**inputs, raster_settings=settings,
+                                                          inverse_depth=True)
+        return color, radii, depth * weight, torch.zeros_like(weight)  # sum of w / z
+
+    got = render(scene, "cpu", up, rasterize=api_2024)
+    want = render(scene, "cpu", up, rasterize=reference_2024)
+    assert_close(got["means2D"], want["means2D"], torch.float64, "means2D")
