@@ -280,10 +280,11 @@ torch::Tensor absolute_grad_sums(const RasterConfig& c, const GaussianTensors& g
 void append_absolute_grad(const RasterConfig& c, const torch::Tensor& sums, GradientTensors& d) {
   if (!c.absolute_grad) return;
   // g * 0.5 * size in the preprocess backward: 0.5 * size is exact, so one product rounds alike.
-  const torch::Tensor scale = torch::tensor({0.5 * double(c.image_width), 0.5 * double(c.image_height)},
-                                            torch::TensorOptions().dtype(torch::kFloat64))
-                                  .to(sums.options());
-  d.means2D = torch::cat({d.means2D.narrow(1, 0, 2), sums * scale}, 1);
+  // Scalars, not a tensor of the two scales: no copy to the device (and no wait for it).
+  d.means2D = torch::cat({d.means2D.narrow(1, 0, 2),
+                          sums.narrow(1, 0, 1) * (0.5 * double(c.image_width)),
+                          sums.narrow(1, 1, 1) * (0.5 * double(c.image_height))},
+                         1);
 }
 
 BackwardResult backward_cpu(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,

@@ -679,7 +679,8 @@ void render_pixels_backward(const Camera<T>& cam, const GaussianState<T>& state,
   for (int tile = 0; tile < tiles; ++tile) {
     SplatGrad<double>* acc = sums.data() + size_t(thread_id()) * count;
     double* feature_acc = feature_sums.data() + size_t(thread_id()) * count * channels;
-    Vec2<double>* abs_acc = abs_sums.empty() ? nullptr : abs_sums.data() + size_t(thread_id()) * count;
+    Vec2<double>* abs_acc =
+        abs_sums.empty() ? nullptr : abs_sums.data() + size_t(thread_id()) * count;
     std::vector<T> upstream(channels);
     const TilePixels tp = tile_pixels(cam, tile);
     const int begin = lists.tile_ranges[2 * tile];
@@ -713,7 +714,8 @@ void render_pixels_backward(const Camera<T>& cam, const GaussianState<T>& state,
             const T w = alpha * pb.transmittance;
             double* out = feature_acc + size_t(id) * channels;
             for (int c = 0; c < channels; ++c) out[c] += w * upstream[c];
-            if (abs_acc) add(abs_acc[id], maps_mean2d_abs(maps_dalpha, G, d, state.conic_opacity[id]));
+            if (abs_acc)
+              add(abs_acc[id], maps_mean2d_abs(maps_dalpha, G, d, state.conic_opacity[id]));
           } else {
             pb.step(alpha, G, d, state.conic_opacity[id], state.features[id], g);
             if (abs_acc) add(abs_acc[id], abs_each(g.mean2d));
