@@ -324,13 +324,17 @@ def _blend(g: Dict[str, torch.Tensor], settings, inverse_depth=False) -> Dict[st
 
     dx = g["mean2d"][:, 0, None, None] - xs[None, None, :]                    # (P,1,W)
     dy = g["mean2d"][:, 1, None, None] - ys[None, :, None]                    # (P,H,1)
-    chain = _weights(g, power_at(dx, dy), in_rect, ones)
-    maps_chain = chain
     if "abs_offset" in g:
         # d pixel / d ndc = size / 2 (_ndc2pix), so the carrier collects NDC units as means2D.
         per_pixel = _AbsoluteGradient.apply(g["abs_offset"][:, :, None, None].expand(-1, -1, H, W))
         maps_chain = _weights(g, power_at(dx + per_pixel[:, 0] * (0.5 * W),
                                           dy + per_pixel[:, 1] * (0.5 * H)), in_rect, ones)
+        # The same values; a chain without the carrier only where the feature map needs one
+        # (the median reads detached masks alone).
+        chain = (_weights(g, power_at(dx, dy), in_rect, ones) if "features" in g
+                 else maps_chain)
+    else:
+        chain = maps_chain = _weights(g, power_at(dx, dy), in_rect, ones)
     blended = chain["blended"]
     transmittance = maps_chain["transmittance"]
     T_final = transmittance[-1]
