@@ -59,9 +59,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                        std::optional<torch::Tensor> scales, std::optional<torch::Tensor> rotations,
                        std::optional<torch::Tensor> cov3D, std::optional<torch::Tensor> dc,
                        std::optional<torch::Tensor> features) {
-             const torch::Tensor empty = torch::empty({0}, means3D.options());
+             const torch::Tensor absent = torch::empty({0}, means3D.options());
              const auto put = [&](const std::optional<torch::Tensor>& t) {
-               return t ? t->contiguous() : empty;
+               return contiguous_or(t, absent);
              };
              GaussianTensors g;
              g.means3D = means3D.contiguous();

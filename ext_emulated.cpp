@@ -200,10 +200,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       [](const RasterConfig& c, const GaussianTensors& g, const std::vector<torch::Tensor>& state,
          const UpstreamGrad& dcolor, const UpstreamGrad& ddepth, const UpstreamGrad& dweight,
          const UpstreamGrad& dfeature_map, const UpstreamGrad& dmedian) {
+        const torch::Tensor absent = torch::empty({0}, g.means3D.options());
         return backward_cuda(c, g, ForwardState::from_list(state),
-                             {upstream_grad(dcolor, g), upstream_grad(ddepth, g),
-                              upstream_grad(dweight, g), upstream_grad(dfeature_map, g),
-                              upstream_grad(dmedian, g)});
+                             {contiguous_or(dcolor, absent), contiguous_or(ddepth, absent),
+                              contiguous_or(dweight, absent), contiguous_or(dfeature_map, absent),
+                              contiguous_or(dmedian, absent)});
       },
       "The CUDA backward, emulated");
   m.def("mark_visible", &mark_visible_cuda, "The CUDA mark_visible, emulated");

@@ -345,18 +345,16 @@ ForwardResult forward(const RasterConfig& c, const GaussianTensors& g) {
   return forward_cpu(c, g);
 }
 
-torch::Tensor upstream_grad(const UpstreamGrad& t, const GaussianTensors& g) {
-  return t ? t->contiguous() : torch::empty({0}, g.means3D.options());
-}
-
 BackwardResult backward(const RasterConfig& c, const GaussianTensors& g,
                         const std::vector<torch::Tensor>& state, const UpstreamGrad& dcolor_in,
                         const UpstreamGrad& ddepth_in, const UpstreamGrad& dweight_in,
                         const UpstreamGrad& dfeature_map_in, const UpstreamGrad& dmedian_in) {
-  const torch::Tensor dcolor = upstream_grad(dcolor_in, g), ddepth = upstream_grad(ddepth_in, g),
-                      dweight = upstream_grad(dweight_in, g),
-                      dfeature_map = upstream_grad(dfeature_map_in, g),
-                      dmedian = upstream_grad(dmedian_in, g);
+  const torch::Tensor absent = torch::empty({0}, g.means3D.options());
+  const torch::Tensor dcolor = contiguous_or(dcolor_in, absent),
+                      ddepth = contiguous_or(ddepth_in, absent),
+                      dweight = contiguous_or(dweight_in, absent),
+                      dfeature_map = contiguous_or(dfeature_map_in, absent),
+                      dmedian = contiguous_or(dmedian_in, absent);
   const ForwardState s = ForwardState::from_list(state);
   const int64_t H = c.image_height, W = c.image_width;
   check_pixel_grad("color", dcolor, {3, H, W}, g.means3D);

@@ -271,8 +271,12 @@ BackwardResult backward(const RasterConfig& c, const GaussianTensors& g,
                         const std::vector<torch::Tensor>& state, const UpstreamGrad& dcolor,
                         const UpstreamGrad& ddepth, const UpstreamGrad& dweight,
                         const UpstreamGrad& dfeature_map, const UpstreamGrad& dmedian);
-// One upstream gradient as the backends take it: contiguous, or an empty tensor for None.
-torch::Tensor upstream_grad(const UpstreamGrad& t, const GaussianTensors& g);
+// An optional tensor (an input, an upstream gradient) as the backends take it: contiguous, or
+// `absent`, an empty tensor, for None.
+inline torch::Tensor contiguous_or(const std::optional<torch::Tensor>& t,
+                                   const torch::Tensor& absent) {
+  return t ? t->contiguous() : absent;
+}
 // The camera's tensors (bg, viewmatrix, projmatrix, campos, any layouts) as flat views of one
 // private copy with the device and dtype of `like`; detached unless keep_grad (then the copy
 // is differentiable, so that camera gradients reach the caller's tensors through any view).

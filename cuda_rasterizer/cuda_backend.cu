@@ -723,8 +723,14 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
       if (extra.mean2d_abs) {  // the same for the whole grid: asked for or not
         // g.mean2d is of the colour, depth and weight alone (the median adds to z only).
         const Vec2<float> a = abs_each(g.mean2d);
-        warp_add(a.x, &extra.mean2d_abs[batch.id[j]].x);
-        warp_add(a.y, &extra.mean2d_abs[batch.id[j]].y);
+        Vec2<float>* out = extra.mean2d_abs + batch.id[j];
+        if constexpr (kScatter) {  // 5 shuffles, two lanes adding, instead of 10 and one
+          const float v[2] = {a.x, a.y};
+          warp_scatter_add<2, 16>(v, 0, 2, [out](int k) { return &out->x + k; });
+        } else {
+          warp_add(a.x, &out->x);
+          warp_add(a.y, &out->y);
+        }
       }
     }
   }

@@ -21,19 +21,36 @@ from test_cuda import settings_on
 CPU_TARGETS = [pytest.param(("cpu", torch.float32, True), id="cpu-f32-lanes"),
                pytest.param(("cpu", torch.float32, False), id="cpu-f32-pixels"),
                pytest.param(("cpu", torch.float64, False), id="cpu-f64")]
-CUDA_TARGETS = [pytest.param((p.values[0], torch.float32, True), id=p.id, marks=p.marks)
-                for p in cuda_targets()]
+# CUDA: the warp sums by the scatter butterfly (the default) and by a shuffle tree per value.
+CUDA_TARGETS = [pytest.param((p.values[0], torch.float32, scatter),
+                             id=p.id + ("" if scatter else "-tree"), marks=p.marks)
+                for p in cuda_targets() for scatter in (True, False)]
 TARGETS = CPU_TARGETS + CUDA_TARGETS
 GRAD_NAMES = ("means3D", "means2D", "opacities", "shs", "colors_precomp", "scales",
               "rotations", "cov3D_precomp", "dc")
 
 
 @pytest.fixture
-def lanes():
-    """Switches the CPU's float path between its lanes and its per-pixel loop for one test."""
+def variant():
+    """Sets a target's variant for one test: on the CPU its lanes or its per-pixel loop, on CUDA
+    the scatter sum of a warp's gradients or the shuffle tree; the defaults again afterwards."""
     ext = _backend._ext()
-    yield lambda on: ext.set_cpu_tuning(lanes=on, power_bound=True)
+    switched = []
+
+    def switch(target):
+        device, _, on = target
+        if device == "cpu":
+            ext.set_cpu_tuning(lanes=on, power_bound=True)
+        else:
+            with active(device):
+                _backend.set_cuda_tuning(scatter_reduce=on)
+            switched.append(device)
+
+    yield switch
     ext.set_cpu_tuning(lanes=True, power_bound=True)
+    for device in switched:
+        with active(device):
+            _backend.set_cuda_tuning()
 
 
 def upstream_grads(scene, seed, channels=0):
@@ -95,9 +112,9 @@ def scene_for(seed, dtype, **kw):
 
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_absolute_columns_match_the_reference(target, seed, lanes):
-    device, dtype, on = target
-    lanes(on)
+def test_absolute_columns_match_the_reference(target, seed, variant):
+    device, dtype, _ = target
+    variant(target)
     scene = scene_for(100 + seed, dtype, antialiasing=seed == 2, precomp_colors=seed == 1)
     up = upstream_grads(scene, seed)
     want = render(scene, "cpu", up, rasterize=reference)
@@ -114,11 +131,11 @@ def test_absolute_columns_match_the_reference(target, seed, lanes):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_four_columns_change_no_other_gradient(target, lanes):
+def test_four_columns_change_no_other_gradient(target, variant):
     """The (P, 4) call differentiates everything else as the (P, 3) one does, and its columns 0-1
     are the (P, 3) call's columns 0-1; (P, 3) keeps a zero third column."""
-    device, dtype, on = target
-    lanes(on)
+    device, dtype, _ = target
+    variant(target)
     scene = scene_for(7, dtype)
     up = upstream_grads(scene, 7)
     three, four = render(scene, device, up, columns=3), render(scene, device, up, columns=4)
@@ -137,12 +154,12 @@ def test_four_columns_change_no_other_gradient(target, lanes):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_feature_and_median_losses_leave_the_absolute_columns(target, lanes):
+def test_feature_and_median_losses_leave_the_absolute_columns(target, variant):
     """With feature channels, the median and the inverse depth in the call and a loss on every
     map, the absolute columns are the reference's: those of the colour, depth (of 1/z) and
     weight alone. A loss on the feature map or the median alone leaves them zero."""
-    device, dtype, on = target
-    lanes(on)
+    device, dtype, _ = target
+    variant(target)
     scene = scene_for(11, dtype)
     C = 5
     gen = torch.Generator().manual_seed(11)
@@ -162,7 +179,7 @@ def test_feature_and_median_losses_leave_the_absolute_columns(target, lanes):
     assert (got["means2D"][:, 2:] == 0).all()
 
 
-def test_absolute_columns_scale_with_the_loss_and_ignore_its_sign(lanes):
+def test_absolute_columns_scale_with_the_loss_and_ignore_its_sign():
     """|.| summed: the loss times -2 doubles the absolute columns and flips the signed ones."""
     scene = scene_for(21, torch.float64)
     up = upstream_grads(scene, 21)
@@ -172,7 +189,7 @@ def test_absolute_columns_scale_with_the_loss_and_ignore_its_sign(lanes):
     torch.testing.assert_close(twice[:, :2], -2 * once[:, :2], rtol=1e-12, atol=0)
 
 
-def test_culled_gaussians_take_zero(lanes):
+def test_culled_gaussians_take_zero():
     """Gaussians behind the camera or off screen take no absolute gradient either."""
     scene = scene_for(31, torch.float32)
     up = upstream_grads(scene, 31)
