@@ -632,22 +632,12 @@ __device__ __forceinline__ float* splat_grad_value(SplatGrad<float>* g, int k) {
 }
 
 // Adds a SplatGrad summed over the warp: one set of atomics per warp instead of one per pixel.
-// kScatter: by warp_scatter_add; else by a shuffle tree per value, lane 0 adding all ten.
 template <bool kScatter>
 __device__ __forceinline__ void warp_accumulate(const SplatGrad<float>& g, SplatGrad<float>* out) {
-  float v[kSplatGradValues] = {g.mean2d.x, g.mean2d.y, g.conic.a, g.conic.b, g.conic.c,
-                               g.opacity, g.feature.x, g.feature.y, g.feature.z, g.feature.w};
-  if constexpr (kScatter) {
-    warp_scatter_add<kSplatGradValues, 16>(v, 0, kSplatGradValues,
-                                           [out](int k) { return splat_grad_value(out, k); });
-  } else {
-#pragma unroll
-    for (int k = 0; k < kSplatGradValues; ++k) v[k] = warp_sum(v[k]);
-    if ((threadIdx.x & 31) == 0) {
-#pragma unroll
-      for (int k = 0; k < kSplatGradValues; ++k) atomicAdd(splat_grad_value(out, k), v[k]);
-    }
-  }
+  const float v[kSplatGradValues] = {g.mean2d.x, g.mean2d.y, g.conic.a, g.conic.b, g.conic.c,
+                                     g.opacity, g.feature.x, g.feature.y, g.feature.z,
+                                     g.feature.w};
+  warp_add_each<kScatter>(v, [out](int k) { return splat_grad_value(out, k); });
 }
 
 // Lane 0 adds the warp's sum of v to *out.
@@ -723,14 +713,9 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
       if (extra.mean2d_abs) {  // the same for the whole grid: asked for or not
         // g.mean2d is of the colour, depth and weight alone (the median adds to z only).
         const Vec2<float> a = abs_each(g.mean2d);
+        const float v[2] = {a.x, a.y};
         Vec2<float>* out = extra.mean2d_abs + batch.id[j];
-        if constexpr (kScatter) {  // 5 shuffles, two lanes adding, instead of 10 and one
-          const float v[2] = {a.x, a.y};
-          warp_scatter_add<2, 16>(v, 0, 2, [out](int k) { return &out->x + k; });
-        } else {
-          warp_add(a.x, &out->x);
-          warp_add(a.y, &out->y);
-        }
+        warp_add_each<kScatter>(v, [out](int k) { return &out->x + k; });
       }
     }
   }

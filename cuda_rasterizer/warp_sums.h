@@ -57,5 +57,23 @@ __device__ __forceinline__ void warp_scatter_add(const float (&v)[N], int first,
   }
 }
 
+// Sums each of the N values over the warp and adds total k to *address_of(k): by
+// warp_scatter_add with kScatter (CudaTuning::scatter_reduce), else by a shuffle tree per value,
+// lane 0 adding all N.
+template <bool kScatter, int N, typename Address>
+__device__ __forceinline__ void warp_add_each(const float (&v)[N], Address address_of) {
+  if constexpr (kScatter) {
+    warp_scatter_add<N, 16>(v, 0, N, address_of);
+  } else {
+    float total[N];
+#pragma unroll
+    for (int k = 0; k < N; ++k) total[k] = warp_sum(v[k]);
+    if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+      for (int k = 0; k < N; ++k) atomicAdd(address_of(k), total[k]);
+    }
+  }
+}
+
 }  // namespace gpu
 }  // namespace dgrd
