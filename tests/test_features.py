@@ -11,9 +11,11 @@ import pytest
 import torch
 
 import scenes
+from cuda_target import cuda_targets
 from diff_gaussian_rasterization_depth import GaussianRasterizer, rasterize_gaussians, _backend
 from diff_gaussian_rasterization_depth.reference import rasterize_reference
 from test_cpu_backend import compare_gradients
+from test_cuda import settings_on
 
 if _backend._C is None:
     pytest.skip(f"the compiled extension is not importable ({_backend._IMPORT_ERROR})",
@@ -212,6 +214,47 @@ def test_features_strides_and_unused_gradient():
     plain = scene.with_grad(("means3D",))
     GaussianRasterizer(scene.settings)(**plain)[0].sum().backward()
     assert torch.equal(leaves["means3D"].grad, plain["means3D"].grad)
+
+
+def weight_sums(settings, inputs):
+    """doc/depth_and_weight.md's recipe, as written there: each Gaussian's blending weight
+    summed over the image, the gradient of the feature map of a column of ones."""
+    P = inputs["means3D"].shape[0]
+    probe = torch.ones((P, 1), device=inputs["means3D"].device, requires_grad=True)
+    with torch.enable_grad():
+        *_, fmap = GaussianRasterizer(settings)(**{k: None if v is None else v.detach()
+                                                   for k, v in inputs.items()}, features=probe)
+        sums, = torch.autograd.grad(fmap.sum(), probe)
+    return sums[:, 0]
+
+
+@pytest.mark.parametrize("device", ["cpu"] + cuda_targets())
+@pytest.mark.parametrize("seed", range(2))
+def test_weight_sums_recipe(device, seed):
+    """The pruning score of doc/depth_and_weight.md (sum over pixels of w_i) against the
+    reference's own weights, w = T before - T after each blended splat; the scores add up to the
+    weight map's sum, and culled Gaussians score 0. With outliers (culled Gaussians) and a
+    debug-free call under no_grad around it, as a pruning step is."""
+    scene = scenes.make_scene(12800 + seed, P=90, height=36, width=52, sh_degree=1)
+    inputs = {k: None if v is None else v.to(device) for k, v in scene.inputs.items()}
+    settings = settings_on(scene.settings, device)
+    with torch.no_grad():
+        sums = weight_sums(settings, inputs).cpu()
+        _, radii, _, weight = GaussianRasterizer(settings)(**inputs)
+    _, _, blend, idx, _ = scenes.reference_internals(scene)
+    T_after = blend["T_after"]
+    T_before = torch.cat([torch.ones_like(T_after[:1]), T_after[:-1]])
+    w = torch.where(blend["blended"], T_before - T_after, torch.zeros_like(T_after))
+    want = torch.zeros(scene.P)
+    want[idx[blend["order"]]] = w.sum(dim=(1, 2))
+    # Rounding-ambiguous pixels may blend a splat more or less (scenes.ambiguous): their
+    # largest possible share bounds the difference.
+    pixels, _ = scenes.ambiguous(scene)
+    slack = (w * pixels).sum(dim=(1, 2)).max().item() if pixels.any() else 0.0
+    assert want.max() > 1 and (radii.cpu() == 0).any()
+    torch.testing.assert_close(sums, want, rtol=1e-4, atol=1e-4 * want.max().item() + slack)
+    torch.testing.assert_close(sums.sum(), weight.sum().cpu(), rtol=1e-4, atol=0)
+    assert torch.equal(sums[radii.cpu() == 0], torch.zeros(int((radii == 0).sum())))
 
 
 # ----------------------------------------------------------------------------------------------
