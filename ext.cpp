@@ -1,10 +1,175 @@
 // Python bindings of the _C module.
 #include <torch/extension.h>
 
+#include <cmath>
+#include <initializer_list>
 #include <optional>
 
 #include "rasterize_points.h"
 #include "sparse_adam.h"
+
+namespace {
+
+using dgrd::RasterConfig;
+
+// The common call's checks, in C++: `check_common` below. Each helper answers whether a Python
+// value is of the plain kind the Python checks (_validation.py) accept; anything else, however
+// valid, is left to them.
+
+// A Python int (not a bool) in lo..hi.
+bool int_in(PyObject* v, int64_t lo, int64_t hi, int64_t& out) {
+  if (!PyLong_CheckExact(v)) return false;
+  int overflow = 0;
+  const long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+  if (overflow != 0 || (x == -1 && PyErr_Occurred())) {
+    PyErr_Clear();
+    return false;
+  }
+  out = x;
+  return x >= lo && x <= hi;
+}
+
+// A finite Python float or int (as float() converts it), positive when asked.
+bool real(PyObject* v, bool positive, double& out) {
+  if (PyFloat_CheckExact(v)) {
+    out = PyFloat_AS_DOUBLE(v);
+  } else if (PyLong_CheckExact(v)) {
+    out = PyLong_AsDouble(v);
+    if (out == -1.0 && PyErr_Occurred()) {  // past a double's range
+      PyErr_Clear();
+      return false;
+    }
+  } else {
+    return false;
+  }
+  return std::isfinite(out) && (!positive || out > 0);
+}
+
+bool flag(PyObject* v, bool& out) {  // a Python bool
+  if (!PyBool_Check(v)) return false;
+  out = v == Py_True;
+  return true;
+}
+
+// v as a tensor, or nullptr where it is none (None included). The tensor lives as long as v.
+const torch::Tensor* tensor(PyObject* v) {
+  return THPVariable_Check(v) ? &THPVariable_Unpack(v) : nullptr;
+}
+
+// v as a tensor of like's device and dtype whose sizes are `sizes` (-1: any), or nullptr.
+const torch::Tensor* shaped_like(PyObject* v, const torch::Tensor& like,
+                                 std::initializer_list<int64_t> sizes) {
+  const torch::Tensor* t = tensor(v);
+  if (t == nullptr || t->device() != like.device() || t->scalar_type() != like.scalar_type() ||
+      t->dim() != int64_t(sizes.size()))
+    return nullptr;
+  int64_t d = 0;
+  for (int64_t want : sizes) {
+    if (want >= 0 && t->size(d) != want) return nullptr;
+    ++d;
+  }
+  return t;
+}
+
+// A settings attribute (new reference), or null where reading it fails.
+py::object field(py::handle settings, const char* name) {
+  PyObject* v = PyObject_GetAttrString(settings.ptr(), name);
+  if (v == nullptr) PyErr_Clear();
+  return py::reinterpret_steal<py::object>(v);
+}
+
+// The call of `rasterize_gaussians` checked in one C++ call where it is the common one: plain
+// Python numbers and bools in the settings, debug off, no camera gradient, every tensor of the
+// shapes, device and dtype the Python checks ask for. Returns (opacities as (P, 1), the
+// RasterConfig with the camera's private copy) as they would, or None: then they check the
+// call again and say what is wrong. Why in C++: the Python checks cost a small frame tens of
+// microseconds a call (doc/performance.md). Never accepts what they refuse (tests/test_inputs.py
+// asks it of every refused input), nor makes anything else than they do
+// (tests/test_common_check.py, every API variant through both).
+py::object check_common(py::handle means3D_in, py::handle means2D, py::handle opacities,
+                        py::handle shs, py::handle colors, py::handle scales,
+                        py::handle rotations, py::handle cov3D, py::handle dc,
+                        py::handle features, py::handle settings, py::handle median_depth,
+                        py::handle inverse_depth) {
+  const py::object none = py::none();
+  RasterConfig c;
+  // Gaussians: means3D sets P, the device and the dtype.
+  const torch::Tensor* means3D = tensor(means3D_in.ptr());
+  if (means3D == nullptr || means3D->dim() != 2 || means3D->size(1) != 3) return none;
+  const torch::Tensor& like = *means3D;
+  const int64_t P = like.size(0);
+  const bool cuda = like.is_cuda();
+  if (!(like.device().is_cpu() || (cuda && dgrd::has_cuda()))) return none;
+  if (!(like.scalar_type() == torch::kFloat ||
+        (!cuda && like.scalar_type() == torch::kDouble)))
+    return none;
+  const auto present = [](py::handle v) { return !v.is_none(); };
+  const auto is = [&](py::handle v, std::initializer_list<int64_t> sizes) {
+    return shaped_like(v.ptr(), like, sizes) != nullptr;
+  };
+  if (present(means2D) && !(is(means2D, {P, 3}) || is(means2D, {P, 2}) || is(means2D, {P, 4})))
+    return none;
+  const torch::Tensor* opacity = shaped_like(opacities.ptr(), like, {P, 1});
+  const torch::Tensor* opacity_flat = shaped_like(opacities.ptr(), like, {P});
+  if (opacity == nullptr && opacity_flat == nullptr) return none;
+  if (present(dc) && (!is(dc, {P, 1, 3}) || present(colors))) return none;
+  if (present(shs) == present(colors) && !present(dc)) return none;  // neither or both
+  if (present(colors) && !is(colors, {P, 3})) return none;
+  if (present(shs) && !is(shs, {P, -1, 3})) return none;
+  if (present(scales) || present(rotations)) {
+    if (present(cov3D) || !is(scales, {P, 3}) || !is(rotations, {P, 4})) return none;
+  } else if (!is(cov3D, {P, 6})) {
+    return none;
+  }
+  if (present(features) && (!is(features, {P, -1}) ||
+                            THPVariable_Unpack(features.ptr()).size(1) < 1))
+    return none;
+  if (!flag(median_depth.ptr(), c.median_depth) || !flag(inverse_depth.ptr(), c.inverse_depth))
+    return none;
+
+  // Settings (a missing field reads as null, which no helper accepts).
+  const auto get = [&](const char* name) { return field(settings, name); };
+  const auto ptr = [](const py::object& v) { return v ? v.ptr() : Py_None; };
+  if (!int_in(ptr(get("image_height")), 1, 1 << 15, c.image_height) ||
+      !int_in(ptr(get("image_width")), 1, 1 << 15, c.image_width) ||
+      !real(ptr(get("tanfovx")), true, c.tanfovx) ||
+      !real(ptr(get("tanfovy")), true, c.tanfovy) ||
+      !real(ptr(get("scale_modifier")), false, c.scale_modifier) ||
+      !int_in(ptr(get("sh_degree")), 0, 3, c.sh_degree) ||
+      !flag(ptr(get("prefiltered")), c.prefiltered) || !flag(ptr(get("debug")), c.debug) ||
+      c.debug || !flag(ptr(get("antialiasing")), c.antialiasing))
+    return none;
+  if (!present(colors)) {  // enough SH coefficients for the degree
+    const int64_t given = (present(dc) ? 1 : 0) +
+                          (present(shs) ? THPVariable_Unpack(shs.ptr()).size(1) : 0);
+    if (given < (c.sh_degree + 1) * (c.sh_degree + 1)) return none;
+  }
+  struct Part {
+    const char* name;
+    int64_t numel;
+    bool camera;  // may take a gradient (bg never does)
+  };
+  std::vector<torch::Tensor> camera;
+  for (const Part& part : {Part{"bg", 3, false}, Part{"viewmatrix", 16, true},
+                           Part{"projmatrix", 16, true}, Part{"campos", 3, true}}) {
+    const py::object v = field(settings, part.name);
+    const torch::Tensor* t = v ? tensor(v.ptr()) : nullptr;
+    if (t == nullptr || !t->is_floating_point() || t->numel() != part.numel) return none;
+    // A camera gradient (a camera tensor that requires grad, grad mode on): the Python path.
+    if (part.camera && t->requires_grad() && torch::GradMode::is_enabled()) return none;
+    camera.push_back(*t);
+  }
+  const std::vector<torch::Tensor> packed = dgrd::pack_camera(camera, like, false);
+  c.bg = packed[0];
+  c.viewmatrix = packed[1];
+  c.projmatrix = packed[2];
+  c.campos = packed[3];
+  const torch::Tensor opacities_out =
+      opacity != nullptr ? *opacity : opacity_flat->reshape({P, 1});
+  return py::make_tuple(opacities_out, c);
+}
+
+}  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace dgrd;
@@ -90,6 +255,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &dgrd::forward,
         "Render colour, depth, weight and the optional maps; returns the backward state");
   m.def("backward", &dgrd::backward, "Gradients of every input from those of the rendered maps");
+  m.def("check_common", &check_common, py::arg("means3D"), py::arg("means2D"),
+        py::arg("opacities"), py::arg("shs"), py::arg("colors_precomp"), py::arg("scales"),
+        py::arg("rotations"), py::arg("cov3D_precomp"), py::arg("dc"), py::arg("features"),
+        py::arg("settings"), py::arg("median_depth"), py::arg("inverse_depth"),
+        "The common call's checks: (opacities (P, 1), RasterConfig), or None for the Python "
+        "checks to take the call");
   m.def("pack_camera", &dgrd::pack_camera, py::arg("parts"), py::arg("like"),
         py::arg("keep_grad"),
         "The settings' camera tensors as flat views of one private copy on like's device");

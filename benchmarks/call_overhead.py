@@ -8,7 +8,9 @@ training step, which on a GPU counts against the 112k target's 0.5 ms (doc/perfo
     PYTHONPATH=. python benchmarks/call_overhead.py [--calls 3000] [--device cpu|cuda] [--json F]
 
 Prints each figure in us as the best of five timings, and the machine's load; compare two
-checkouts by running it in each, in turn.
+checkouts by running it in each, in turn. `*_python_checks`: the same calls checked by the
+Python checks alone, without the common call's C++ checks (`_C.check_common`), and
+`common_check_saves` the forward's difference.
 """
 import argparse
 import json
@@ -78,12 +80,26 @@ def main():
     def raw_backward():
         _backend.backward(config, gaussians, state, *grads)
 
+    def by_python_checks(call):
+        """The call with the common call's C++ checks off (_backend.common_check): what
+        `_C.check_common` saves against the Python checks it stands in for."""
+        def run():
+            _backend.common_check = False
+            try:
+                call()
+            finally:
+                _backend.common_check = True
+        return run
+
     times = {name: best_time_us(call, args.calls, sync) for name, call in
              [("forward", forward), ("forward_backward", forward_backward),
-              ("raw_forward", raw_forward), ("raw_backward", raw_backward)]}
+              ("raw_forward", raw_forward), ("raw_backward", raw_backward),
+              ("forward_python_checks", by_python_checks(forward)),
+              ("forward_backward_python_checks", by_python_checks(forward_backward))]}
     times["forward_overhead"] = times["forward"] - times["raw_forward"]
     times["backward_and_loss_overhead"] = (times["forward_backward"] - times["forward"]
                                            - times["raw_backward"])
+    times["common_check_saves"] = times["forward_python_checks"] - times["forward"]
     report = {k: round(v, 1) for k, v in times.items()}
     report.update(device=str(device), torch=torch.__version__, cores=os.cpu_count(),
                   load_average_1min=round(os.getloadavg()[0], 2))

@@ -5,7 +5,7 @@ expected-depth map and an accumulated-alpha (weight) map, all with exact gradien
 
     color, radii, depth, weight = GaussianRasterizer(settings)(means3D, means2D, opacities, ...)
 """
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -56,26 +56,35 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     With raster_settings.debug, non-finite inputs raise a ValueError naming them, and an error
     of the backend writes a snapshot of the call (see `replay_snapshot`).
     """
-    given = (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp, dc,
-             features)  # _debug.INPUT_NAMES, then features
-    (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp,
-     checked) = check_gaussians(means3D, means2D, opacities, sh, colors_precomp, scales,
-                                rotations, cov3Ds_precomp, dc, raster_settings, join_dc=False,
-                                pack_camera=_backend.pack_camera)
-    features, median_depth, inverse_depth = check_optional_outputs(features, median_depth,
-                                                                   means3D, inverse_depth)
-    if checked.debug:
-        _debug.raise_if_nonfinite(list(zip(_debug.INPUT_NAMES + ("features",), given)),
-                                  raster_settings)
+    common = _backend.check_common(means3D, means2D, opacities, sh, colors_precomp, scales,
+                                   rotations, cov3Ds_precomp, dc, features, raster_settings,
+                                   median_depth, inverse_depth)
+    if common is not None:  # checked in C++: no debug, no camera gradient
+        opacities, config = common
+        checked, camera = None, ()
+    else:
+        given = (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp, dc,
+                 features)  # _debug.INPUT_NAMES, then features
+        (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp,
+         checked) = check_gaussians(means3D, means2D, opacities, sh, colors_precomp, scales,
+                                    rotations, cov3Ds_precomp, dc, raster_settings,
+                                    join_dc=False, pack_camera=_backend.pack_camera)
+        features, median_depth, inverse_depth = check_optional_outputs(features, median_depth,
+                                                                       means3D, inverse_depth)
+        if checked.debug:
+            _debug.raise_if_nonfinite(list(zip(_debug.INPUT_NAMES + ("features",), given)),
+                                      raster_settings)
+        config = _backend.make_config(checked, median_depth, inverse_depth)
+        # The camera's flat tensors become inputs of the Function only when they take a
+        # gradient.
+        camera = ((checked.viewmatrix, checked.projmatrix, checked.campos)
+                  if checked.camera_grad else ())
     if means2D is None:
         # Nobody wants the screen-space gradient: a throwaway carrier keeps the Function simple.
         means2D = torch.zeros((means3D.shape[0], 3), dtype=means3D.dtype, device=means3D.device)
-    # The camera's flat tensors become inputs of the Function only when they take a gradient.
-    camera = ((checked.viewmatrix, checked.projmatrix, checked.campos) if checked.camera_grad
-              else ())
     return _RasterizeGaussians.apply(means3D, means2D, sh, colors_precomp, opacities, scales,
-                                     rotations, cov3Ds_precomp, dc, features, checked,
-                                     median_depth, inverse_depth, *camera)
+                                     rotations, cov3Ds_precomp, dc, features, config, checked,
+                                     *camera)
 
 
 def _named_inputs(inputs, features):
@@ -91,13 +100,15 @@ class _RasterizeGaussians(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
-                cov3Ds_precomp, dc, features, settings: CheckedSettings, median_depth: bool,
-                inverse_depth: bool, *camera):
-        # camera: (viewmatrix, projmatrix, campos), the flat tensors the settings hold, when
-        # settings.camera_grad; the backend reads them through the config. dc: SH coefficient 0
-        # apart from sh (the 2024 API), read where it lies rather than copied in front of sh.
+                cov3Ds_precomp, dc, features, config, settings: Optional[CheckedSettings],
+                *camera):
+        # config: the backend's RasterConfig of the call; settings: the checked settings, for
+        # debug snapshots (None where the call was checked in C++, never in debug mode).
+        # camera: (viewmatrix, projmatrix, campos), the flat tensors the config holds, when
+        # config.camera_grad. dc: SH coefficient 0 apart from sh (the 2024 API), read where it
+        # lies rather than copied in front of sh.
         inputs = (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp, dc)
-        config = _backend.make_config(settings, median_depth, inverse_depth)
+        median_depth, inverse_depth = config.median_depth, config.inverse_depth
         if means2D.shape[1] == 4:  # columns 2-3 take AbsGS's absolute gradient
             config.absolute_grad = True
 
@@ -108,7 +119,7 @@ class _RasterizeGaussians(torch.autograd.Function):
             return _backend.forward(config, ctx.gaussians)
 
         color, depth, weight, radii, feature_map, median, state = _debug.guarded(
-            settings.debug, lambda: _debug.Capture("forward", _named_inputs(inputs, features),
+            config.debug, lambda: _debug.Capture("forward", _named_inputs(inputs, features),
                                                    settings, median_depth=median_depth,
                                                    inverse_depth=inverse_depth),
             render)
@@ -167,7 +178,7 @@ class _RasterizeGaussians(torch.autograd.Function):
                 d_scales if has_scales else None, d_rotations if has_rotations else None,
                 d_cov3D if has_cov else None, d_dc if has_dc else None,
                 d_features if ctx.has_features else None,
-                None, None, None, *(d_camera if ctx.config.camera_grad else ()))
+                None, None, *(d_camera if ctx.config.camera_grad else ()))
 
 
 class GaussianRasterizer(nn.Module):

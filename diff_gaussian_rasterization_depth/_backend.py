@@ -116,6 +116,21 @@ def empty(device, dtype):
 _empty = {}
 
 
+# Tests: False sends every call through the Python checks alone.
+common_check = True
+
+
+def check_common(means3D, means2D, opacities, shs, colors_precomp, scales, rotations,
+                 cov3D_precomp, dc, features, settings, median_depth, inverse_depth):
+    """The common call checked in C++ (check_common in ext.cpp): (opacities (P, 1), the
+    RasterConfig), as the Python checks and `make_config` make them; None where the call is not
+    the common one (or has an error), for the Python checks to take it."""
+    if _C is None or not common_check:
+        return None
+    return _C.check_common(means3D, means2D, opacities, shs, colors_precomp, scales, rotations,
+                           cov3D_precomp, dc, features, settings, median_depth, inverse_depth)
+
+
 def make_config(settings, median_depth=False, inverse_depth=False):
     """settings: a CheckedSettings; its tensors are private copies on the right device. The
     C++ RasterConfig reads its fields (those of the same names) in one call."""

@@ -436,8 +436,11 @@ def test_call_overhead_measures_the_python_around_a_call(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     r = json.loads(proc.stdout)
     assert r["device"] == "cpu" and r["cores"] >= 1 and r["load_average_1min"] >= 0
-    for key in ("forward", "forward_backward", "raw_forward", "raw_backward"):
+    for key in ("forward", "forward_backward", "raw_forward", "raw_backward",
+                "forward_python_checks", "forward_backward_python_checks"):
         assert r[key] > 0, key
+    assert r["common_check_saves"] == pytest.approx(
+        r["forward_python_checks"] - r["forward"], abs=0.11)
     assert r["forward_backward"] > r["forward"] > r["raw_forward"]
     assert r["forward_overhead"] == pytest.approx(r["forward"] - r["raw_forward"], abs=0.11)
     assert r["backward_and_loss_overhead"] == pytest.approx(

@@ -56,6 +56,13 @@ def base(seed=0, P=5, **kwargs):
 
 
 def expect(error, pattern, inputs, settings):
+    # The C++ checks of the common call leave every refused call to the Python checks
+    # (tests/test_common_check.py).
+    if _backend._C is not None:
+        names = ("means3D", "means2D", "opacities", "shs", "colors_precomp", "scales",
+                 "rotations", "cov3D_precomp", "dc")
+        assert _backend.check_common(*(inputs.get(n) for n in names), None, settings, False,
+                                     False) is None
     for call in ENTRY_POINTS:
         with pytest.raises(error, match=pattern):
             call(dict(inputs), settings)

@@ -1,0 +1,203 @@
+"""The common call's checks in C++ (`_C.check_common`) against the Python checks they stand in for.
+
+`rasterize_gaussians` asks C++ first; where it answers None the Python checks (_validation.py)
+take the call and give the messages. So C++ must never accept what Python refuses (every refused
+input of tests/test_inputs.py asks it too, in `expect`), and what it accepts it must turn into
+exactly what Python makes: the same opacities, the same RasterConfig and so the same render and
+gradients. The variants below are the calls of 3DGS's 2023 and 2024 training codes and of the
+forks this package serves; the last tests are calls C++ leaves to Python on purpose.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import scenes
+from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend
+from diff_gaussian_rasterization_depth._validation import check_gaussians
+
+if _backend._C is None:
+    pytest.skip(f"the compiled extension is not importable ({_backend._IMPORT_ERROR})",
+                allow_module_level=True)
+
+NAMES = ("means3D", "means2D", "opacities", "shs", "colors_precomp", "scales", "rotations",
+         "cov3D_precomp", "dc")
+CONFIG_FIELDS = ("image_height", "image_width", "tanfovx", "tanfovy", "scale_modifier",
+                 "sh_degree", "prefiltered", "antialiasing", "debug", "median_depth",
+                 "inverse_depth", "camera_grad", "absolute_grad")
+CAMERA_FIELDS = ("bg", "viewmatrix", "projmatrix", "campos")
+
+
+def ask_cpp(inputs, settings, features=None, median_depth=False, inverse_depth=False):
+    return _backend._C.check_common(*(inputs.get(n) for n in NAMES), features, settings,
+                                    median_depth, inverse_depth)
+
+
+def ask_python(inputs, settings, features=None, median_depth=False, inverse_depth=False):
+    out = check_gaussians(*(inputs.get(n) for n in NAMES), settings, join_dc=False,
+                          pack_camera=_backend.pack_camera)
+    return out[1], _backend.make_config(out[-1], median_depth, inverse_depth)
+
+
+def variant(seed, **kwargs):
+    """(inputs, settings, call flags) of one random scene of a variant."""
+    flags = {k: kwargs.pop(k) for k in ("features", "median_depth", "inverse_depth")
+             if k in kwargs}
+    edit = kwargs.pop("edit", lambda inputs, settings: settings)
+    scene = scenes.make_scene(seed, P=40, height=21, width=30, **kwargs)
+    inputs = dict(scene.inputs)
+    settings = edit(inputs, scene.settings)
+    if flags.get("features") is True:
+        flags["features"] = torch.rand(scene.P, 5, dtype=inputs["means3D"].dtype)
+    return inputs, settings, flags
+
+
+def flat_opacities(inputs, settings):
+    inputs["opacities"] = inputs["opacities"].reshape(-1)
+    return settings
+
+
+def no_means2d(inputs, settings):
+    inputs["means2D"] = None
+    return settings
+
+
+def camera_layouts(inputs, settings):
+    """SplaTAM's transposed (1, 4, 4) views, a (1, 3) bg, float64 matrices for float32."""
+    return settings._replace(viewmatrix=settings.viewmatrix.reshape(4, 4).T[None].transpose(1, 2),
+                             projmatrix=settings.projmatrix.double().reshape(1, 4, 4),
+                             bg=settings.bg.reshape(1, 3))
+
+
+def plain_numbers(inputs, settings):
+    """An int scale modifier, the flags set, sizes as ints that are not tiny."""
+    return settings._replace(scale_modifier=1, prefiltered=True, antialiasing=True)
+
+
+COMMON = {
+    "2023": dict(sh_degree=1),
+    "2023-degree3": dict(sh_degree=3),
+    "2024-dc": dict(sh_degree=2, dc=True),
+    "2024-inverse-depth": dict(sh_degree=1, dc=True, inverse_depth=True),
+    "precomputed": dict(precomp_colors=True, precomp_cov=True),
+    "float64-noncontiguous": dict(dtype=torch.float64, noncontiguous=True),
+    "flat-opacities": dict(edit=flat_opacities),
+    "means2D-absent": dict(edit=no_means2d),
+    "means2D-P2": dict(means2d_cols=2),
+    "means2D-absgs": dict(means2d_cols=4),
+    "features-median": dict(features=True, median_depth=True),
+    "camera-layouts": dict(edit=camera_layouts),
+    "numbers-and-flags": dict(edit=plain_numbers, scale_modifier=0.7),
+}
+
+
+@pytest.mark.parametrize("name", COMMON)
+def test_common_calls_checked_in_cpp_as_in_python(name):
+    """C++ accepts each common variant and makes what Python makes: opacities and config."""
+    inputs, settings, flags = variant(13000 + list(COMMON).index(name), **COMMON[name])
+    answer = ask_cpp(inputs, settings, **flags)
+    assert answer is not None, "the common call was left to the Python checks"
+    opacities, config = answer
+    want_opacities, want = ask_python(inputs, settings, **flags)
+    assert opacities.shape == want_opacities.shape == (inputs["means3D"].shape[0], 1)
+    assert torch.equal(opacities, want_opacities)
+    for field in CONFIG_FIELDS:
+        assert getattr(config, field) == getattr(want, field), field
+    for field in CAMERA_FIELDS:
+        got, expected = getattr(config, field), getattr(want, field)
+        assert got.dtype == expected.dtype and got.device == expected.device, field
+        assert torch.equal(got, expected), field
+        assert not got.requires_grad
+    # The copy is private: editing the settings' tensors in place leaves it as it was.
+    before = config.viewmatrix.clone()
+    with torch.no_grad():
+        settings.viewmatrix.add_(1.0)
+    assert torch.equal(config.viewmatrix, before)
+
+
+def render_and_grads(inputs, settings, flags, common):
+    """Outputs and every input's gradient of a random loss on every map."""
+    _backend.common_check = common
+    try:
+        leaves = {k: None if v is None else v.detach().clone().requires_grad_(k != "means2D" or
+                                                                            v is not None)
+                  for k, v in inputs.items()}
+        out = GaussianRasterizer(settings)(**leaves, **flags)
+        gen = torch.Generator().manual_seed(5)
+        loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum()
+                   for o in out if o.is_floating_point())
+        present = [k for k, v in leaves.items() if v is not None]
+        grads = torch.autograd.grad(loss, [leaves[k] for k in present])
+        return list(out), dict(zip(present, grads))
+    finally:
+        _backend.common_check = True
+
+
+@pytest.mark.parametrize("name", ["2023", "2024-dc", "float64-noncontiguous", "flat-opacities",
+                                  "means2D-absgs", "features-median", "camera-layouts"])
+def test_render_and_gradients_bitwise_either_way(name):
+    inputs, settings, flags = variant(13100 + list(COMMON).index(name), **COMMON[name])
+    assert ask_cpp(inputs, settings, **flags) is not None
+    out_fast, grads_fast = render_and_grads(inputs, settings, flags, common=True)
+    out_slow, grads_slow = render_and_grads(inputs, settings, flags, common=False)
+    for a, b in zip(out_fast, out_slow):
+        assert torch.equal(a, b)
+    assert grads_fast.keys() == grads_slow.keys()
+    for k in grads_fast:
+        assert torch.equal(grads_fast[k], grads_slow[k]), k
+
+
+def camera_grad(inputs, settings):
+    return settings._replace(viewmatrix=settings.viewmatrix.clone().requires_grad_())
+
+
+LEFT_TO_PYTHON = {
+    "debug": lambda inputs, s: s._replace(debug=True),
+    "camera-gradient": camera_grad,
+    "numpy-float": lambda inputs, s: s._replace(tanfovx=np.float32(s.tanfovx)),
+    "numpy-int": lambda inputs, s: s._replace(image_width=np.int64(s.image_width)),
+    "tensor-degree": lambda inputs, s: s._replace(sh_degree=torch.tensor(1)),
+    "int-flag": lambda inputs, s: s._replace(prefiltered=0),
+}
+
+
+@pytest.mark.parametrize("name", LEFT_TO_PYTHON)
+def test_valid_calls_left_to_python_still_render(name):
+    """Valid calls of another kind go to the Python checks (C++ answers None) and render as the
+    common call does."""
+    inputs, plain, flags = variant(13200, sh_degree=1)
+    settings = LEFT_TO_PYTHON[name](inputs, plain)
+    assert ask_cpp(inputs, settings) is None
+    out_plain, grads_plain = render_and_grads(inputs, plain, flags, common=True)
+    out, grads = render_and_grads(inputs, settings, flags, common=True)
+    for a, b in zip(out, out_plain):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    for k in grads_plain:
+        torch.testing.assert_close(grads[k], grads_plain[k], rtol=1e-5, atol=1e-6)
+
+
+def test_camera_tensors_requiring_grad_under_no_grad_are_common():
+    """A viewmatrix that requires grad asks for no camera gradient under no_grad: C++ takes it,
+    and outside no_grad leaves it to Python (which returns the camera gradient)."""
+    inputs, settings, _ = variant(13300, sh_degree=1)
+    settings = camera_grad(inputs, settings)
+    with torch.no_grad():
+        assert ask_cpp(inputs, settings) is not None
+    assert ask_cpp(inputs, settings) is None
+    settings = settings._replace(bg=settings.bg.clone().requires_grad_(),
+                                 viewmatrix=settings.viewmatrix.detach())
+    assert ask_cpp(inputs, settings) is not None   # bg never takes a gradient
+
+
+def test_out_of_range_numbers_left_to_python():
+    """Numbers the Python checks refuse or convert with an error: C++ answers None."""
+    inputs, settings, _ = variant(13400, sh_degree=1)
+    for field, value in [("image_height", (1 << 15) + 1), ("image_width", 10 ** 30),
+                         ("tanfovx", 10 ** 400), ("scale_modifier", math.inf),
+                         ("sh_degree", 2 ** 70), ("debug", 1)]:
+        assert ask_cpp(inputs, settings._replace(**{field: value})) is None, field
+    # Degree 4 with the 25 coefficients it would need: refused for the degree itself.
+    inputs["shs"] = torch.zeros(inputs["means3D"].shape[0], 25, 3)
+    assert ask_cpp(inputs, settings._replace(sh_degree=3)) is not None
+    assert ask_cpp(inputs, settings._replace(sh_degree=4)) is None
