@@ -51,9 +51,13 @@ bool flag(PyObject* v, bool& out) {  // a Python bool
   return true;
 }
 
-// v as a tensor, or nullptr where it is none (None included). The tensor lives as long as v.
+// v as a strided tensor, exactly torch.Tensor or nn.Parameter, or nullptr (None included): a
+// subclass may answer the Python checks' questions otherwise (__torch_function__), and an
+// object may claim to be a tensor through __class__ alone. It lives as long as v.
 const torch::Tensor* tensor(PyObject* v) {
-  return THPVariable_Check(v) ? &THPVariable_Unpack(v) : nullptr;
+  if (!THPVariable_CheckExact(v)) return nullptr;
+  const torch::Tensor& t = THPVariable_Unpack(v);
+  return t.layout() == torch::kStrided ? &t : nullptr;
 }
 
 // v as a tensor of like's device and dtype whose sizes are `sizes` (-1: any), or nullptr.
@@ -71,10 +75,14 @@ const torch::Tensor* shaped_like(PyObject* v, const torch::Tensor& like,
   return t;
 }
 
-// A settings attribute (new reference), or null where reading it fails.
+// A settings attribute (new reference), or null where reading it raises an Exception (the
+// Python checks will say what); KeyboardInterrupt and the like go on.
 py::object field(py::handle settings, const char* name) {
   PyObject* v = PyObject_GetAttrString(settings.ptr(), name);
-  if (v == nullptr) PyErr_Clear();
+  if (v == nullptr) {
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) throw py::error_already_set();
+    PyErr_Clear();
+  }
   return py::reinterpret_steal<py::object>(v);
 }
 
@@ -154,7 +162,9 @@ py::object check_common(py::handle means3D_in, py::handle means2D, py::handle op
                            Part{"projmatrix", 16, true}, Part{"campos", 3, true}}) {
     const py::object v = field(settings, part.name);
     const torch::Tensor* t = v ? tensor(v.ptr()) : nullptr;
-    if (t == nullptr || !t->is_floating_point() || t->numel() != part.numel) return none;
+    if (t == nullptr || !(t->device().is_cpu() || t->device().is_cuda()) ||
+        !t->is_floating_point() || t->numel() != part.numel)
+      return none;
     // A camera gradient (a camera tensor that requires grad, grad mode on): the Python path.
     if (part.camera && t->requires_grad() && torch::GradMode::is_enabled()) return none;
     camera.push_back(*t);

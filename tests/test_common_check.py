@@ -201,3 +201,57 @@ def test_out_of_range_numbers_left_to_python():
     inputs["shs"] = torch.zeros(inputs["means3D"].shape[0], 25, 3)
     assert ask_cpp(inputs, settings._replace(sh_degree=3)) is not None
     assert ask_cpp(inputs, settings._replace(sh_degree=4)) is None
+
+
+class LoggedTensor(torch.Tensor):
+    """A tensor subclass that sees every torch call on it (as tracing and logging tools do)."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_objects_that_are_not_plain_tensors_left_to_python():
+    """Subclasses (whose __torch_function__ may answer otherwise), objects that only claim to be
+    tensors, sparse and meta tensors: C++ answers None, never a crash or an exception."""
+    from unittest import mock
+    inputs, settings, _ = variant(13500, sh_degree=1)
+    P = inputs["means3D"].shape[0]
+    cases = {
+        "means2D": mock.MagicMock(spec=torch.Tensor),
+        "scales": inputs["scales"].as_subclass(LoggedTensor),
+        "opacities": inputs["opacities"].reshape(P).as_subclass(LoggedTensor),
+        "means3D": inputs["means3D"].to_sparse(),
+    }
+    for name, value in cases.items():
+        assert ask_cpp(dict(inputs, **{name: value}), settings) is None, name
+    claimed = mock.MagicMock(spec=torch.Tensor)
+    for field in CAMERA_FIELDS:
+        assert ask_cpp(inputs, settings._replace(**{field: claimed})) is None, field
+        meta = torch.empty(getattr(settings, field).shape, device="meta")
+        assert ask_cpp(inputs, settings._replace(**{field: meta})) is None, field
+    empty = {k: None if v is None else v[:0] for k, v in inputs.items()}
+    empty["opacities"] = torch.nn.UninitializedParameter()
+    assert ask_cpp(empty, settings) is None
+    # A parameter is a plain tensor to both.
+    params = {k: None if v is None else torch.nn.Parameter(v) for k, v in inputs.items()}
+    assert ask_cpp(params, settings) is not None
+
+
+def test_interrupt_while_reading_settings_goes_on():
+    """An attribute getter that raises an Exception leaves the call to Python; one that raises
+    KeyboardInterrupt is not swallowed."""
+    inputs, settings, _ = variant(13600, sh_degree=1)
+
+    class Raising:
+        def __init__(self, error):
+            self.error = error
+
+        def __getattr__(self, name):
+            if name == "tanfovy":
+                raise self.error
+            return getattr(settings, name)
+
+    assert ask_cpp(inputs, Raising(KeyError("tanfovy"))) is None
+    with pytest.raises(KeyboardInterrupt):
+        ask_cpp(inputs, Raising(KeyboardInterrupt()))
