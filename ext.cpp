@@ -123,15 +123,15 @@ py::object check_common(py::handle means3D_in, py::handle means2D, py::handle op
   if (present(dc) && (!is(dc, {P, 1, 3}) || present(colors))) return none;
   if (present(shs) == present(colors) && !present(dc)) return none;  // neither or both
   if (present(colors) && !is(colors, {P, 3})) return none;
-  if (present(shs) && !is(shs, {P, -1, 3})) return none;
+  const torch::Tensor* sh = shaped_like(shs.ptr(), like, {P, -1, 3});
+  if (present(shs) && sh == nullptr) return none;
   if (present(scales) || present(rotations)) {
     if (present(cov3D) || !is(scales, {P, 3}) || !is(rotations, {P, 4})) return none;
   } else if (!is(cov3D, {P, 6})) {
     return none;
   }
-  if (present(features) && (!is(features, {P, -1}) ||
-                            THPVariable_Unpack(features.ptr()).size(1) < 1))
-    return none;
+  const torch::Tensor* feature = shaped_like(features.ptr(), like, {P, -1});
+  if (present(features) && (feature == nullptr || feature->size(1) < 1)) return none;
   if (!flag(median_depth.ptr(), c.median_depth) || !flag(inverse_depth.ptr(), c.inverse_depth))
     return none;
 
@@ -148,8 +148,7 @@ py::object check_common(py::handle means3D_in, py::handle means2D, py::handle op
       c.debug || !flag(ptr(get("antialiasing")), c.antialiasing))
     return none;
   if (!present(colors)) {  // enough SH coefficients for the degree
-    const int64_t given = (present(dc) ? 1 : 0) +
-                          (present(shs) ? THPVariable_Unpack(shs.ptr()).size(1) : 0);
+    const int64_t given = (present(dc) ? 1 : 0) + (sh != nullptr ? sh->size(1) : 0);
     if (given < (c.sh_degree + 1) * (c.sh_degree + 1)) return none;
   }
   struct Part {

@@ -108,7 +108,6 @@ class _RasterizeGaussians(torch.autograd.Function):
         # config.camera_grad. dc: SH coefficient 0 apart from sh (the 2024 API), read where it
         # lies rather than copied in front of sh.
         inputs = (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp, dc)
-        median_depth, inverse_depth = config.median_depth, config.inverse_depth
         if means2D.shape[1] == 4:  # columns 2-3 take AbsGS's absolute gradient
             config.absolute_grad = True
 
@@ -120,8 +119,8 @@ class _RasterizeGaussians(torch.autograd.Function):
 
         color, depth, weight, radii, feature_map, median, state = _debug.guarded(
             config.debug, lambda: _debug.Capture("forward", _named_inputs(inputs, features),
-                                                   settings, median_depth=median_depth,
-                                                   inverse_depth=inverse_depth),
+                                                   settings, median_depth=config.median_depth,
+                                                   inverse_depth=config.inverse_depth),
             render)
         ctx.config = config
         ctx.checked = settings
@@ -131,7 +130,6 @@ class _RasterizeGaussians(torch.autograd.Function):
         ctx.present = tuple(t is not None for t in inputs)
         ctx.means2D_columns = means2D.shape[1]   # (P, 3), (P, 2) or (P, 4)
         ctx.has_features = features is not None
-        ctx.median_depth = median_depth
         absent = _backend.empty(means3D.device, means3D.dtype)  # stands in for absent inputs
         saved = [absent if t is None else t for t in inputs]
         if ctx.has_features:
@@ -144,7 +142,7 @@ class _RasterizeGaussians(torch.autograd.Function):
         outputs = (color, radii, depth, weight)
         if ctx.has_features:
             outputs += (feature_map,)
-        if median_depth:
+        if config.median_depth:
             outputs += (median,)
         return outputs
 
@@ -154,13 +152,13 @@ class _RasterizeGaussians(torch.autograd.Function):
         inputs = tuple(t if present else None for t, present in zip(saved, ctx.present))
         features = saved[len(inputs)] if ctx.has_features else None
         grad_features = grad_optional[0] if ctx.has_features else None
-        grad_median = grad_optional[-1] if ctx.median_depth else None
+        grad_median = grad_optional[-1] if ctx.config.median_depth else None
 
         def upstream():  # the map gradients by name, for a debug snapshot only
             named = dict(color=grad_color, depth=grad_depth, weight=grad_weight)
             if ctx.has_features:
                 named["feature_map"] = grad_features
-            if ctx.median_depth:
+            if ctx.config.median_depth:
                 named["median"] = grad_median
             return named
 
@@ -168,7 +166,7 @@ class _RasterizeGaussians(torch.autograd.Function):
          d_cov3D, d_features, *d_camera) = _debug.guarded(
             ctx.config.debug,
             lambda: _debug.Capture("backward", _named_inputs(inputs, features), ctx.checked,
-                                   grads=upstream(), median_depth=ctx.median_depth,
+                                   grads=upstream(), median_depth=ctx.config.median_depth,
                                    inverse_depth=ctx.config.inverse_depth),
             lambda: _backend.backward(ctx.config, ctx.gaussians, ctx.state, grad_color,
                                       grad_depth, grad_weight, grad_features, grad_median))

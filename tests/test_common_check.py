@@ -120,8 +120,7 @@ def render_and_grads(inputs, settings, flags, common):
     """Outputs and every input's gradient of a random loss on every map."""
     _backend.common_check = common
     try:
-        leaves = {k: None if v is None else v.detach().clone().requires_grad_(k != "means2D" or
-                                                                            v is not None)
+        leaves = {k: None if v is None else v.detach().clone().requires_grad_()
                   for k, v in inputs.items()}
         out = GaussianRasterizer(settings)(**leaves, **flags)
         gen = torch.Generator().manual_seed(5)
