@@ -134,9 +134,11 @@ class _RasterizeGaussians(torch.autograd.Function):
         saved = [absent if t is None else t for t in inputs]
         if ctx.has_features:
             saved.append(features)
-            # An unused map's gradient stays None rather than a zero tensor, so that a loss on
-            # the colour alone does not pay for a backward through C feature channels.
-            ctx.set_materialize_grads(False)
+        # An unused map's gradient stays None rather than a zero tensor that autograd would
+        # allocate and fill (one for radii on every call, one per map no loss reaches): the
+        # backend takes None as zero, and a loss on the colour alone does not pay for a
+        # backward through C feature channels.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(*saved)
         ctx.mark_non_differentiable(radii)
         outputs = (color, radii, depth, weight)
@@ -171,7 +173,9 @@ class _RasterizeGaussians(torch.autograd.Function):
             lambda: _backend.backward(ctx.config, ctx.gaussians, ctx.state, grad_color,
                                       grad_depth, grad_weight, grad_features, grad_median))
         _, _, has_sh, has_colors, has_scales, has_rotations, has_cov, has_dc = ctx.present
-        return (d_means3D, d_means2D[:, :ctx.means2D_columns], d_sh if has_sh else None,
+        if ctx.means2D_columns == 2:  # the backend's gradient has 3 columns (4 with AbsGS)
+            d_means2D = d_means2D[:, :2]
+        return (d_means3D, d_means2D, d_sh if has_sh else None,
                 d_colors if has_colors else None, d_opacities,
                 d_scales if has_scales else None, d_rotations if has_rotations else None,
                 d_cov3D if has_cov else None, d_dc if has_dc else None,
