@@ -241,13 +241,26 @@ void require_float32(const GaussianTensors& g) {
 // The tile lists: every (tile, Gaussian) pair, sorted by tile and then by depth (ties in index
 // order), by one of two equivalent ways (gpu::CudaTuning::depth_first_sort): a sort of 64-bit
 // (tile, depth) keys, or a sort by depth of the Gaussians and then a stable one of 32-bit tile
-// keys. count_pairs() makes the forward's one host read; sort() writes the lists.
+// keys. depth_keys() is for the preprocess to fill (depth-first); then count_pairs() makes the
+// forward's one host read, and sort() writes the lists.
 class Binning {
  public:
   Binning(const RasterConfig& c, const torch::Tensor& like, const GaussianState<float>& state,
           cudaStream_t stream)
       : c_(c), like_(like), state_(state), stream_(stream), cam_(make_camera<float>(c)),
-        count_(int(like.size(0))), depth_first_(gpu::cuda_tuning().depth_first_sort) {}
+        count_(int(like.size(0))), depth_first_(gpu::cuda_tuning().depth_first_sort) {
+    if (depth_first_) {
+      const auto ints = like_.options().dtype(torch::kInt32);
+      depth_keys_ = device_empty({count_}, ints);
+      unsorted_order_ = device_empty({count_}, ints);
+    }
+  }
+
+  // Where the preprocess writes the Gaussians' depth keys; none for the 64-bit sort.
+  gpu::DepthKeys depth_keys() {
+    if (!depth_first_) return {};
+    return {as_u32(depth_keys_), unsorted_order_.data_ptr<int>()};
+  }
 
   // Pair-sized memory the sort needs: keys and ids twice (unsorted, sorted), and the sort's
   // scratch, about as large again.
@@ -260,28 +273,24 @@ class Binning {
     offsets_ = device_empty({count_}, longs);
     if (count_ == 0) return pairs_ = 0;
     const int64_t* touched = state_.tiles_touched;
-    torch::Tensor touched_by_depth;
+    int64_t* offsets = offsets_.data_ptr<int64_t>();
     if (depth_first_) {
-      const auto ints = like_.options().dtype(torch::kInt32);
-      torch::Tensor keys = device_empty({count_}, ints), sorted = device_empty({count_}, ints);
-      torch::Tensor order = device_empty({count_}, ints);
-      order_ = device_empty({count_}, ints);
-      gpu::depth_keys(cam_, count_, state_, as_u32(keys), order.data_ptr<int>(), stream_);
-      check_stage(c_, "depth_keys");
+      torch::Tensor sorted = device_empty({count_}, like_.options().dtype(torch::kInt32));
+      order_ = device_empty({count_}, like_.options().dtype(torch::kInt32));
       run_cub("sort by depth", [&](void* temp, size_t& bytes) {
-        return gpu::sort_depths(temp, bytes, as_u32(keys), as_u32(sorted), order.data_ptr<int>(),
-                                order_.data_ptr<int>(), count_, stream_);
+        return gpu::sort_depths(temp, bytes, as_u32(depth_keys_), as_u32(sorted),
+                                unsorted_order_.data_ptr<int>(), order_.data_ptr<int>(), count_,
+                                stream_);
       });
-      touched_by_depth = device_empty({count_}, longs);
-      gpu::gather_tiles_touched(count_, order_.data_ptr<int>(), touched,
-                                touched_by_depth.data_ptr<int64_t>(), stream_);
-      check_stage(c_, "gather_tiles_touched");
-      touched = touched_by_depth.data_ptr<int64_t>();
+      run_cub("scan", [&](void* temp, size_t& bytes) {
+        return gpu::inclusive_scan_by_depth(temp, bytes, touched, order_.data_ptr<int>(), offsets,
+                                            count_, stream_);
+      });
+    } else {
+      run_cub("scan", [&](void* temp, size_t& bytes) {
+        return gpu::inclusive_scan(temp, bytes, touched, offsets, count_, stream_);
+      });
     }
-    run_cub("scan", [&](void* temp, size_t& bytes) {
-      return gpu::inclusive_scan(temp, bytes, touched, offsets_.data_ptr<int64_t>(), count_,
-                                 stream_);
-    });
     return pairs_ = offsets_[count_ - 1].item<int64_t>();  // the one host read of the forward
   }
 
@@ -344,6 +353,7 @@ class Binning {
   const Camera<float> cam_;
   const int count_;
   const bool depth_first_;
+  torch::Tensor depth_keys_, unsorted_order_;  // depth-first: written by the preprocess
   torch::Tensor order_;    // depth-first: the Gaussians by depth
   torch::Tensor offsets_;  // inclusive scan of tiles touched (by depth when depth-first)
   int64_t pairs_ = 0;
@@ -371,10 +381,9 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
       s, tiles_touched.data_ptr<int64_t>(), reinterpret_cast<TileRect*>(rects.data_ptr<int>()));
 
   stage_timer().start("forward", stream);
-  gpu::preprocess(cam, in, st, stream);
-  check_stage(c, "preprocess");
-
   Binning bins(c, g.means3D, st, stream);
+  gpu::preprocess(cam, in, st, bins.depth_keys(), stream);
+  check_stage(c, "preprocess");
   const int64_t pairs = bins.count_pairs();
   // colour (3), depth, weight, the saved pixel state (3) and n_contrib, and the optional maps
   const int64_t pixel_bytes =

@@ -4,6 +4,7 @@
 
 #ifndef DGRD_EMULATE_CUDA
 #include <cub/cub.cuh>
+#include <thrust/iterator/permutation_iterator.h>
 #endif
 
 #include <algorithm>
@@ -24,9 +25,15 @@ constexpr int kThreads = 256;  // for one-thread-per-item kernels
 int blocks_for(int64_t n) { return int((n + kThreads - 1) / kThreads); }
 
 __global__ void preprocess_kernel(Camera<float> cam, GaussianInputs<float> in,
-                                  GaussianState<float> state) {
+                                  GaussianState<float> state, DepthKeys depth) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < in.count) state.store(i, preprocess_gaussian(cam, in, i));
+  if (i >= in.count) return;
+  const ProjectedGaussian<float> g = preprocess_gaussian(cam, in, i);
+  state.store(i, g);
+  if (depth.keys != nullptr) {  // uniform over the grid
+    depth.keys[i] = depth_sort_key(g.feature.w, cam.inverse_depth);
+    depth.order[i] = i;
+  }
 }
 
 __global__ void duplicate_keys_kernel(Camera<float> cam, int count, GaussianState<float> state,
@@ -46,21 +53,7 @@ __global__ void duplicate_keys_kernel(Camera<float> cam, int count, GaussianStat
 
 // ---- depth-first binning (CudaTuning::depth_first_sort): the Gaussians sorted by depth once,
 // then their pairs, written in that order with the tile alone as key, sorted stably by tile.
-
-// A Gaussian's depth key (depth_sort_key, as in duplicate_keys_kernel) and its index.
-__global__ void depth_keys_kernel(Camera<float> cam, int count, GaussianState<float> state,
-                                  uint32_t* keys, int* order) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= count) return;
-  keys[i] = depth_sort_key(state.features[i].w, cam.inverse_depth);
-  order[i] = i;
-}
-
-__global__ void gather_touched_kernel(int count, const int* order, const int64_t* tiles_touched,
-                                      int64_t* out) {
-  const int k = blockIdx.x * blockDim.x + threadIdx.x;
-  if (k < count) out[k] = tiles_touched[order[k]];
-}
+// The depth keys come from preprocess_kernel (DepthKeys).
 
 // The k-th Gaussian by depth writes its tiles from offsets[k - 1] on.
 __global__ void duplicate_tile_keys_kernel(Camera<float> cam, int count,
@@ -930,9 +923,9 @@ __global__ void mark_visible_kernel(const float* viewmatrix, const float* positi
 }  // namespace
 
 void preprocess(const Camera<float>& cam, const GaussianInputs<float>& in,
-                const GaussianState<float>& state, cudaStream_t stream) {
+                const GaussianState<float>& state, DepthKeys depth, cudaStream_t stream) {
   if (in.count == 0) return;
-  DGRD_LAUNCH(preprocess_kernel, blocks_for(in.count), kThreads, stream)(cam, in, state);
+  DGRD_LAUNCH(preprocess_kernel, blocks_for(in.count), kThreads, stream)(cam, in, state, depth);
 }
 
 cudaError_t inclusive_scan(void* temp, size_t& temp_bytes, const int64_t* tiles_touched,
@@ -967,13 +960,6 @@ void identify_tile_ranges(const uint64_t* sorted_keys, int pairs, int* tile_rang
       sorted_keys, pairs, tile_ranges);
 }
 
-void depth_keys(const Camera<float>& cam, int count, const GaussianState<float>& state,
-                uint32_t* keys, int* order, cudaStream_t stream) {
-  if (count == 0) return;
-  DGRD_LAUNCH(depth_keys_kernel, blocks_for(count), kThreads, stream)(cam, count, state, keys,
-                                                                    order);
-}
-
 cudaError_t sort_depths(void* temp, size_t& temp_bytes, const uint32_t* keys_in,
                         uint32_t* keys_out, const int* order_in, int* order_out, int count,
                         cudaStream_t stream) {
@@ -982,11 +968,12 @@ cudaError_t sort_depths(void* temp, size_t& temp_bytes, const uint32_t* keys_in,
                                          order_out, count, 0, 31, stream);
 }
 
-void gather_tiles_touched(int count, const int* order, const int64_t* tiles_touched,
-                          int64_t* touched_by_depth, cudaStream_t stream) {
-  if (count == 0) return;
-  DGRD_LAUNCH(gather_touched_kernel, blocks_for(count), kThreads, stream)(
-      count, order, tiles_touched, touched_by_depth);
+cudaError_t inclusive_scan_by_depth(void* temp, size_t& temp_bytes, const int64_t* tiles_touched,
+                                    const int* order, int64_t* offsets, int count,
+                                    cudaStream_t stream) {
+  return cub::DeviceScan::InclusiveSum(temp, temp_bytes,
+                                       thrust::make_permutation_iterator(tiles_touched, order),
+                                       offsets, count, stream);
 }
 
 void duplicate_tile_keys(const Camera<float>& cam, int count, const GaussianState<float>& state,

@@ -16,9 +16,17 @@
 namespace dgrd {
 namespace gpu {
 
-// One thread per Gaussian: fills the state, including tiles_touched.
+// Depth-first binning's input, written by the preprocess (CudaTuning::depth_first_sort): each
+// Gaussian's depth key (depth_sort_key) and its index, for sort_depths. Null for the 64-bit sort.
+struct DepthKeys {
+  uint32_t* keys = nullptr;
+  int* order = nullptr;
+};
+
+// One thread per Gaussian: fills the state, including tiles_touched, and the depth keys when
+// asked for (in the same launch: the binning's first pass over the Gaussians is this one).
 void preprocess(const Camera<float>& cam, const GaussianInputs<float>& in,
-                const GaussianState<float>& state, cudaStream_t stream);
+                const GaussianState<float>& state, DepthKeys depth, cudaStream_t stream);
 
 // Inclusive prefix sum of tiles_touched into offsets. With temp == nullptr, only sets
 // temp_bytes to the scratch size needed. Returns CUB's status (it launches kernels itself).
@@ -46,16 +54,16 @@ void identify_tile_ranges(const uint64_t* sorted_keys, int pairs, int* tile_rang
 // Gaussians sorted by depth once (P keys of 31 bits), then their pairs written in that order
 // with 32-bit tile keys and sorted stably over the tile bits alone (a few passes over 8 bytes a
 // pair instead of 32 + tile bits over 12). Ties in depth keep index order in both ways.
-// depth_keys: keys[i] = depth_sort_key of its depth, order[i] = i; sort_depths sorts them (temp
-// and the returned status as for inclusive_scan).
-void depth_keys(const Camera<float>& cam, int count, const GaussianState<float>& state,
-                uint32_t* keys, int* order, cudaStream_t stream);
+// The preprocess writes the depth keys (DepthKeys); sort_depths sorts them (temp and the
+// returned status as for inclusive_scan).
 cudaError_t sort_depths(void* temp, size_t& temp_bytes, const uint32_t* keys_in,
                         uint32_t* keys_out, const int* order_in, int* order_out, int count,
                         cudaStream_t stream);
-// touched_by_depth[k] = tiles_touched[order[k]], to be scanned into the offsets of the pairs.
-void gather_tiles_touched(int count, const int* order, const int64_t* tiles_touched,
-                          int64_t* touched_by_depth, cudaStream_t stream);
+// Inclusive prefix sum of tiles_touched[order[k]] over k into offsets: the pairs' offsets in
+// depth order, tiles_touched read where it lies (no gathered copy, no launch for one).
+cudaError_t inclusive_scan_by_depth(void* temp, size_t& temp_bytes, const int64_t* tiles_touched,
+                                    const int* order, int64_t* offsets, int count,
+                                    cudaStream_t stream);
 // One (tile, Gaussian) pair per tile of each Gaussian, by depth (order), from the scanned offsets.
 void duplicate_tile_keys(const Camera<float>& cam, int count, const GaussianState<float>& state,
                          const int* order, const int64_t* offsets, uint32_t* keys, int* ids,

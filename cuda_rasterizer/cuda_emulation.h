@@ -350,4 +350,22 @@ struct DeviceRadixSort {
 
 }  // namespace cub
 
+// Thrust's permutation iterator, as far as the emulated scan reads it: element k is
+// values[order[k]].
+namespace thrust {
+
+template <typename Values, typename Order>
+struct permutation_iterator {
+  Values values;
+  Order order;
+  decltype(auto) operator[](std::ptrdiff_t k) const { return values[order[k]]; }
+};
+
+template <typename Values, typename Order>
+permutation_iterator<Values, Order> make_permutation_iterator(Values values, Order order) {
+  return {values, order};
+}
+
+}  // namespace thrust
+
 #endif  // DGRD_EMULATE_CUDA

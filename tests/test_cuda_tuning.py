@@ -330,7 +330,7 @@ def test_stage_timing_names_every_stage_and_changes_nothing(depth_first, target,
         assert _backend.cuda_stage_ms() == {}
     for a, b in zip(plain[0], timed[0]):
         assert torch.equal(a, b)
-    binning = (["depth_keys", "sort by depth", "gather_tiles_touched"] if depth_first else [])
+    binning = ["sort by depth"] if depth_first else []
     expected = (["forward/" + s for s in ["preprocess", *binning, "scan", "duplicate_keys", "sort",
                                          "tile_ranges", "plan_splits", "render"]]
                 + ["backward/" + s for s in ["zero gradients", "render_backward",
@@ -606,8 +606,7 @@ def alphas_crossing_late(gen):
     raise AssertionError("no alphas found whose chain and walk straddle 0.5")
 
 
-PLAIN_KERNELS = {"preprocess_kernel", "depth_keys_kernel", "gather_touched_kernel",
-                 "duplicate_tile_keys_kernel", "tile_ranges_kernel", "plan_splits_kernel",
+PLAIN_KERNELS = {"preprocess_kernel", "duplicate_tile_keys_kernel", "tile_ranges_kernel", "plan_splits_kernel",
                  "render_variant", "resolve_variant", "render_backward_variant",
                  "preprocess_backward_kernel"}
 FEATURE_KERNELS = {"render_features_kernel", "combine_feature_parts_kernel",
