@@ -382,7 +382,8 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
 
   stage_timer().start("forward", stream);
   Binning bins(c, g.means3D, st, stream);
-  gpu::preprocess(cam, in, st, bins.depth_keys(), stream);
+  torch::Tensor radii = device_empty({P}, opts.dtype(torch::kInt32));  // the caller's copy
+  gpu::preprocess(cam, in, st, bins.depth_keys(), radii.data_ptr<int>(), stream);
   check_stage(c, "preprocess");
   const int64_t pairs = bins.count_pairs();
   // colour (3), depth, weight, the saved pixel state (3) and n_contrib, and the optional maps
@@ -417,7 +418,7 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   gpu::render(cam, st, lists, make_pixel_buffers<float>(s, color, depth, weight), extra, splits,
               stream);
   check_stage(c, "render");
-  return {color, depth, weight, s.radii.clone(), feature_map, median, s.to_list()};
+  return {color, depth, weight, radii, feature_map, median, s.to_list()};
 }
 
 BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,

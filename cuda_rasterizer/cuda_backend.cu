@@ -25,11 +25,13 @@ constexpr int kThreads = 256;  // for one-thread-per-item kernels
 int blocks_for(int64_t n) { return int((n + kThreads - 1) / kThreads); }
 
 __global__ void preprocess_kernel(Camera<float> cam, GaussianInputs<float> in,
-                                  GaussianState<float> state, DepthKeys depth) {
+                                  GaussianState<float> state, DepthKeys depth,
+                                  int* radii_out) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= in.count) return;
   const ProjectedGaussian<float> g = preprocess_gaussian(cam, in, i);
   state.store(i, g);
+  radii_out[i] = g.radius;
   if (depth.keys != nullptr) {  // uniform over the grid
     depth.keys[i] = depth_sort_key(g.feature.w, cam.inverse_depth);
     depth.order[i] = i;
@@ -923,9 +925,11 @@ __global__ void mark_visible_kernel(const float* viewmatrix, const float* positi
 }  // namespace
 
 void preprocess(const Camera<float>& cam, const GaussianInputs<float>& in,
-                const GaussianState<float>& state, DepthKeys depth, cudaStream_t stream) {
+                const GaussianState<float>& state, DepthKeys depth, int* radii_out,
+                cudaStream_t stream) {
   if (in.count == 0) return;
-  DGRD_LAUNCH(preprocess_kernel, blocks_for(in.count), kThreads, stream)(cam, in, state, depth);
+  DGRD_LAUNCH(preprocess_kernel, blocks_for(in.count), kThreads, stream)(cam, in, state, depth,
+                                                                       radii_out);
 }
 
 cudaError_t inclusive_scan(void* temp, size_t& temp_bytes, const int64_t* tiles_touched,

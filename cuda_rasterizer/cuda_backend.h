@@ -23,10 +23,13 @@ struct DepthKeys {
   int* order = nullptr;
 };
 
-// One thread per Gaussian: fills the state, including tiles_touched, and the depth keys when
-// asked for (in the same launch: the binning's first pass over the Gaussians is this one).
+// One thread per Gaussian: fills the state, including tiles_touched; in the same launch, the
+// depth keys when asked for (the binning's first pass over the Gaussians is this one) and the
+// radii handed to the caller (radii_out: a copy of the state's, which the backward reads, so
+// that the caller's edits cannot reach them; no copy launched after).
 void preprocess(const Camera<float>& cam, const GaussianInputs<float>& in,
-                const GaussianState<float>& state, DepthKeys depth, cudaStream_t stream);
+                const GaussianState<float>& state, DepthKeys depth, int* radii_out,
+                cudaStream_t stream);
 
 // Inclusive prefix sum of tiles_touched into offsets. With temp == nullptr, only sets
 // temp_bytes to the scratch size needed. Returns CUB's status (it launches kernels itself).
