@@ -219,7 +219,7 @@ def test_features_strides_and_unused_gradient():
 MAP_NAMES = ("color", "depth", "weight")
 
 
-def map_gradients(settings, inputs, upstream):
+def map_gradients(settings, inputs, upstream, monkeypatch):
     """({input: gradient}, the upstream maps the backend was handed) for a loss
     sum(map * upstream[map]) on the maps named in `upstream`."""
     handed = []
@@ -231,13 +231,11 @@ def map_gradients(settings, inputs, upstream):
 
     leaves = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in
               inputs.items()}
-    _backend.backward = spy
-    try:
-        color, _, depth, weight = GaussianRasterizer(settings)(**leaves)
-        maps = dict(color=color, depth=depth, weight=weight)
-        sum((maps[m] * g).sum() for m, g in upstream.items()).backward()
-    finally:
-        _backend.backward = real
+    monkeypatch.setattr(_backend, "backward", spy)
+    color, _, depth, weight = GaussianRasterizer(settings)(**leaves)
+    maps = dict(color=color, depth=depth, weight=weight)
+    sum((maps[m] * g).sum() for m, g in upstream.items()).backward()
+    monkeypatch.setattr(_backend, "backward", real)
     assert len(handed) == 1
     return {k: v.grad for k, v in leaves.items() if v is not None}, handed[0]
 
@@ -245,19 +243,20 @@ def map_gradients(settings, inputs, upstream):
 @pytest.mark.parametrize("device", ["cpu"] + cuda_targets())
 @pytest.mark.parametrize("used", [("color",), ("depth",), ("weight",), ("depth", "weight"),
                                   MAP_NAMES], ids="+".join)
-def test_maps_no_loss_reaches_cost_nothing(device, used):
+def test_maps_no_loss_reaches_cost_nothing(device, used, monkeypatch):
     """A loss on some of the maps: the backend is handed None for the others (autograd makes no
     zero map for them), and every gradient equals that of the same loss with the other maps in
     it times zero, which hands the backend zero maps."""
-    scene = scenes.make_scene(12750 + len(used), P=40, height=24, width=40, sh_degree=1)
+    H, W = 24, 40
+    scene = scenes.make_scene(12750 + len(used), P=40, height=H, width=W, sh_degree=1)
     inputs = {k: None if v is None else v.to(device) for k, v in scene.inputs.items()}
     settings = settings_on(scene.settings, device)
     gen = torch.Generator().manual_seed(len(used))
-    shapes = dict(color=(3, 24, 40), depth=(24, 40), weight=(24, 40))
+    shapes = dict(color=(3, H, W), depth=(H, W), weight=(H, W))
     upstream = {m: torch.rand(shapes[m], generator=gen).to(device) for m in used}
     zeros = {m: torch.zeros(shapes[m], device=device) for m in MAP_NAMES if m not in used}
-    got, handed = map_gradients(settings, inputs, upstream)
-    want, handed_zeros = map_gradients(settings, inputs, {**upstream, **zeros})
+    got, handed = map_gradients(settings, inputs, upstream, monkeypatch)
+    want, handed_zeros = map_gradients(settings, inputs, {**upstream, **zeros}, monkeypatch)
     assert [g is None for g in handed] == [m not in used for m in MAP_NAMES]
     assert all(g is not None for g in handed_zeros)
     assert any(g.abs().max() > 0 for g in got.values())
