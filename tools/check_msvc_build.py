@@ -14,11 +14,8 @@ What it does (each step says what it found; any failure exits non-zero):
 3. builds tests/cpp/cpu_backend_check.cpp with the CPU backend by MSVC and by the host's g++,
    runs both on a fresh random scene (the MSVC one under wine): each checks that its lane loops
    and its per-pixel loop agree; then the two builds' outputs and gradients are compared.
-What it cannot do: run the Python module (no Windows Python here), or nvcc for Windows (CUDA
-13.5's nvcc.exe, from PyPI's nvidia-cuda-nvcc and nvidia-nvvm, starts under wine but stops at
-its probe of the host compiler: "Host compiler targets unsupported OS"; wine's cmd does not pass
-on the redirection it asks for). So the .cu files' host half is checked as C++ through the
-emulation (step 1), not as cudafe++ hands it to cl.exe.
+What it cannot do: run the Python module (no Windows Python here). The .cu files as nvcc for
+Windows compiles them (cudafe++'s output through cl.exe) are tools/check_windows_nvcc.py's.
 
 Needs, and fetches once into ~/.cache/dgrd/msvc-check (about 2.5 GB unpacked): wine (Debian's
 wine64, installed with apt-get when missing), MSVC 14.44 and the Windows SDK from PyPI's
