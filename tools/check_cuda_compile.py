@@ -45,13 +45,20 @@ def torch_includes(shim_dir):
     build stands in for it."""
     from torch.utils import cpp_extension
     paths = cpp_extension.include_paths()
-    generated = os.path.join("c10", "cuda", "impl", "cuda_cmake_macros.h")
-    if not any(os.path.exists(os.path.join(p, generated)) for p in paths):
-        os.makedirs(os.path.join(shim_dir, os.path.dirname(generated)))
-        with open(os.path.join(shim_dir, generated), "w") as f:
-            f.write("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
-        paths.append(shim_dir)
+    if not any(os.path.exists(os.path.join(p, CMAKE_MACROS)) for p in paths):
+        paths.append(cmake_macros_shim(shim_dir))
     return paths + [sysconfig.get_paths()["include"]]
+
+
+CMAKE_MACROS = os.path.join("c10", "cuda", "impl", "cuda_cmake_macros.h")
+
+
+def cmake_macros_shim(shim_dir):
+    """A folder holding CMAKE_MACROS as CMake writes it for a shared-library build; returns it."""
+    os.makedirs(os.path.join(shim_dir, os.path.dirname(CMAKE_MACROS)), exist_ok=True)
+    with open(os.path.join(shim_dir, CMAKE_MACROS), "w") as f:
+        f.write("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+    return shim_dir
 
 
 def cxx_standard():

@@ -137,13 +137,19 @@ def torch_for_windows():
     return version, os.path.join(dest, "torch")
 
 
+def cpp_extension_list(torch_dir, name):
+    """The list `name` (COMMON_MSVC_FLAGS, ...) of the wheel's cpp_extension.py."""
+    text = open(os.path.join(torch_dir, "utils", "cpp_extension.py")).read()
+    return ast.literal_eval(re.search(rf"^{name} = (\[.*?\])", text, re.M | re.S).group(1))
+
+
 def torch_windows_flags(torch_dir):
     """What PyTorch's BuildExtension passes cl.exe on Windows before the extension's own flags:
     COMMON_MSVC_FLAGS and the default standard, read from the wheel's cpp_extension.py."""
     text = open(os.path.join(torch_dir, "utils", "cpp_extension.py")).read()
-    common = ast.literal_eval(re.search(r"^COMMON_MSVC_FLAGS = (\[.*?\])", text, re.M).group(1))
     std = re.search(r"cpp_flag = cpp_flag_prefix \+ '(c\+\+\d+)'", text)
-    return common, f"/std:{std.group(1) if std else 'c++17'}"
+    return (cpp_extension_list(torch_dir, "COMMON_MSVC_FLAGS"),
+            f"/std:{std.group(1) if std else 'c++17'}")
 
 
 def python_headers():

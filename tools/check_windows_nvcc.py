@@ -24,11 +24,9 @@ CPython's headers) and, once, into the same cache, CUDA 13.0's win_amd64 wheels 
     python tools/check_windows_nvcc.py [--arch 75] [--out DIR] [FILE.cu ...]
 """
 import argparse
-import ast
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +34,7 @@ import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
+import check_cuda_compile  # noqa: E402
 import check_msvc_build as msvc_check  # noqa: E402
 import emulated_build  # noqa: E402
 
@@ -64,16 +63,6 @@ def cuda_for_windows():
     return os.path.join(dest, "nvidia", "cu13")
 
 
-def torch_nvcc_flags(torch_dir):
-    """COMMON_NVCC_FLAGS and MSVC_IGNORE_CUDAFE_WARNINGS of the wheel's cpp_extension.py."""
-    text = open(os.path.join(torch_dir, "utils", "cpp_extension.py")).read()
-    found = {}
-    for name in ("COMMON_NVCC_FLAGS", "MSVC_IGNORE_CUDAFE_WARNINGS"):
-        found[name] = ast.literal_eval(re.search(rf"^{name} = (\[.*?\])", text, re.M | re.S)
-                                       .group(1))
-    return found["COMMON_NVCC_FLAGS"], found["MSVC_IGNORE_CUDAFE_WARNINGS"]
-
-
 class Toolchain:
     """wine, cl.exe and the CUDA programs, with the flags every file gets."""
 
@@ -85,15 +74,13 @@ class Toolchain:
         self.arch = arch
         self.out = out
         msvc_flags, std = msvc_check.torch_windows_flags(self.torch_dir)
-        nvcc_flags, cudafe_quiet = torch_nvcc_flags(self.torch_dir)
+        nvcc_flags = msvc_check.cpp_extension_list(self.torch_dir, "COMMON_NVCC_FLAGS")
+        cudafe_quiet = msvc_check.cpp_extension_list(self.torch_dir, "MSVC_IGNORE_CUDAFE_WARNINGS")
         self.std = std[len("/std:"):]  # "c++20"
         self.msc_ver = self.ask_msc_ver()
         major, minor, build = self.nvcc_version()
-        # A CPU-only wheel lacks the header PyTorch's CMake generates (tools/check_cuda_compile.py).
-        shim = os.path.join(out, "shim")
-        os.makedirs(os.path.join(shim, "c10", "cuda", "impl"), exist_ok=True)
-        with open(os.path.join(shim, "c10", "cuda", "impl", "cuda_cmake_macros.h"), "w") as f:
-            f.write("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+        # A CPU-only wheel lacks the header PyTorch's CMake generates.
+        shim = check_cuda_compile.cmake_macros_shim(os.path.join(out, "shim"))
         includes = [ROOT, os.path.join(self.torch_dir, "include"),
                     os.path.join(self.torch_dir, "include", "torch", "csrc", "api", "include")]
         includes += msvc_check.python_headers() + [shim, os.path.join(self.cuda, "include"),
@@ -179,7 +166,7 @@ class Toolchain:
             foreign += sum(1 for l in diagnostics if l not in ours and "warning" in l)
             if not ok or ours:
                 say(f"  {src}: {step}: {'FAILED' if not ok else 'warnings in our files'}")
-                errors = [l for l in diagnostics if re.search(r"\b(error|errors)\b", l)]
+                errors = [l for l in diagnostics if re.search(r"\berrors?\b", l)]
                 print("\n".join((ours + errors)[:40] or text.splitlines()[-40:]))
                 return False
             return True
