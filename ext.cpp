@@ -1,5 +1,9 @@
 // Python bindings of the _C module.
-#include <torch/extension.h>
+// pybind11 and PyTorch's tensor conversions alone, not torch/extension.h: see rasterize_points.h.
+#include <torch/csrc/autograd/python_variable.h>  // THPVariable_Unpack
+#include <torch/csrc/utils/pybind.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/empty.h>
 
 #include <cmath>
 #include <initializer_list>
@@ -54,16 +58,16 @@ bool flag(PyObject* v, bool& out) {  // a Python bool
 // v as a strided tensor, exactly torch.Tensor or nn.Parameter, or nullptr (None included): a
 // subclass may answer the Python checks' questions otherwise (__torch_function__), and an
 // object may claim to be a tensor through __class__ alone. It lives as long as v.
-const torch::Tensor* tensor(PyObject* v) {
+const at::Tensor* tensor(PyObject* v) {
   if (!THPVariable_CheckExact(v)) return nullptr;
-  const torch::Tensor& t = THPVariable_Unpack(v);
-  return t.layout() == torch::kStrided ? &t : nullptr;
+  const at::Tensor& t = THPVariable_Unpack(v);
+  return t.layout() == at::kStrided ? &t : nullptr;
 }
 
 // v as a tensor of like's device and dtype whose sizes are `sizes` (-1: any), or nullptr.
-const torch::Tensor* shaped_like(PyObject* v, const torch::Tensor& like,
-                                 std::initializer_list<int64_t> sizes) {
-  const torch::Tensor* t = tensor(v);
+const at::Tensor* shaped_like(PyObject* v, const at::Tensor& like,
+                              std::initializer_list<int64_t> sizes) {
+  const at::Tensor* t = tensor(v);
   if (t == nullptr || t->device() != like.device() || t->scalar_type() != like.scalar_type() ||
       t->dim() != int64_t(sizes.size()))
     return nullptr;
@@ -102,14 +106,14 @@ py::object check_common(py::handle means3D_in, py::handle means2D, py::handle op
   const py::object none = py::none();
   RasterConfig c;
   // Gaussians: means3D sets P, the device and the dtype.
-  const torch::Tensor* means3D = tensor(means3D_in.ptr());
+  const at::Tensor* means3D = tensor(means3D_in.ptr());
   if (means3D == nullptr || means3D->dim() != 2 || means3D->size(1) != 3) return none;
-  const torch::Tensor& like = *means3D;
+  const at::Tensor& like = *means3D;
   const int64_t P = like.size(0);
   const bool cuda = like.is_cuda();
   if (!(like.device().is_cpu() || (cuda && dgrd::has_cuda()))) return none;
-  if (!(like.scalar_type() == torch::kFloat ||
-        (!cuda && like.scalar_type() == torch::kDouble)))
+  if (!(like.scalar_type() == at::kFloat ||
+        (!cuda && like.scalar_type() == at::kDouble)))
     return none;
   const auto present = [](py::handle v) { return !v.is_none(); };
   const auto is = [&](py::handle v, std::initializer_list<int64_t> sizes) {
@@ -117,20 +121,20 @@ py::object check_common(py::handle means3D_in, py::handle means2D, py::handle op
   };
   if (present(means2D) && !(is(means2D, {P, 3}) || is(means2D, {P, 2}) || is(means2D, {P, 4})))
     return none;
-  const torch::Tensor* opacity = shaped_like(opacities.ptr(), like, {P, 1});
-  const torch::Tensor* opacity_flat = shaped_like(opacities.ptr(), like, {P});
+  const at::Tensor* opacity = shaped_like(opacities.ptr(), like, {P, 1});
+  const at::Tensor* opacity_flat = shaped_like(opacities.ptr(), like, {P});
   if (opacity == nullptr && opacity_flat == nullptr) return none;
   if (present(dc) && (!is(dc, {P, 1, 3}) || present(colors))) return none;
   if (present(shs) == present(colors) && !present(dc)) return none;  // neither or both
   if (present(colors) && !is(colors, {P, 3})) return none;
-  const torch::Tensor* sh = shaped_like(shs.ptr(), like, {P, -1, 3});
+  const at::Tensor* sh = shaped_like(shs.ptr(), like, {P, -1, 3});
   if (present(shs) && sh == nullptr) return none;
   if (present(scales) || present(rotations)) {
     if (present(cov3D) || !is(scales, {P, 3}) || !is(rotations, {P, 4})) return none;
   } else if (!is(cov3D, {P, 6})) {
     return none;
   }
-  const torch::Tensor* feature = shaped_like(features.ptr(), like, {P, -1});
+  const at::Tensor* feature = shaped_like(features.ptr(), like, {P, -1});
   if (present(features) && (feature == nullptr || feature->size(1) < 1)) return none;
   if (!flag(median_depth.ptr(), c.median_depth) || !flag(inverse_depth.ptr(), c.inverse_depth))
     return none;
@@ -156,24 +160,24 @@ py::object check_common(py::handle means3D_in, py::handle means2D, py::handle op
     int64_t numel;
     bool camera;  // may take a gradient (bg never does)
   };
-  std::vector<torch::Tensor> camera;
+  std::vector<at::Tensor> camera;
   for (const Part& part : {Part{"bg", 3, false}, Part{"viewmatrix", 16, true},
                            Part{"projmatrix", 16, true}, Part{"campos", 3, true}}) {
     const py::object v = field(settings, part.name);
-    const torch::Tensor* t = v ? tensor(v.ptr()) : nullptr;
+    const at::Tensor* t = v ? tensor(v.ptr()) : nullptr;
     if (t == nullptr || !(t->device().is_cpu() || t->device().is_cuda()) ||
         !t->is_floating_point() || t->numel() != part.numel)
       return none;
     // A camera gradient (a camera tensor that requires grad, grad mode on): the Python path.
-    if (part.camera && t->requires_grad() && torch::GradMode::is_enabled()) return none;
+    if (part.camera && t->requires_grad() && at::GradMode::is_enabled()) return none;
     camera.push_back(*t);
   }
-  const std::vector<torch::Tensor> packed = dgrd::pack_camera(camera, like, false);
+  const std::vector<at::Tensor> packed = dgrd::pack_camera(camera, like, false);
   c.bg = packed[0];
   c.viewmatrix = packed[1];
   c.projmatrix = packed[2];
   c.campos = packed[3];
-  const torch::Tensor opacities_out =
+  const at::Tensor opacities_out =
       opacity != nullptr ? *opacity : opacity_flat->reshape({P, 1});
   return py::make_tuple(opacities_out, c);
 }
@@ -198,10 +202,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              c.antialiasing = settings.attr("antialiasing").cast<bool>();
              c.debug = settings.attr("debug").cast<bool>();
              c.camera_grad = settings.attr("camera_grad").cast<bool>();
-             c.bg = settings.attr("bg").cast<torch::Tensor>();
-             c.viewmatrix = settings.attr("viewmatrix").cast<torch::Tensor>();
-             c.projmatrix = settings.attr("projmatrix").cast<torch::Tensor>();
-             c.campos = settings.attr("campos").cast<torch::Tensor>();
+             c.bg = settings.attr("bg").cast<at::Tensor>();
+             c.viewmatrix = settings.attr("viewmatrix").cast<at::Tensor>();
+             c.projmatrix = settings.attr("projmatrix").cast<at::Tensor>();
+             c.campos = settings.attr("campos").cast<at::Tensor>();
              c.median_depth = median_depth;
              c.inverse_depth = inverse_depth;
              return c;
@@ -228,13 +232,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init<>())
       // All inputs in one call, None for an absent one: contiguity and the empty stand-ins are
       // settled here, without a Python call per tensor.
-      .def(py::init([](const torch::Tensor& means3D, std::optional<torch::Tensor> opacities,
-                       std::optional<torch::Tensor> shs, std::optional<torch::Tensor> colors,
-                       std::optional<torch::Tensor> scales, std::optional<torch::Tensor> rotations,
-                       std::optional<torch::Tensor> cov3D, std::optional<torch::Tensor> dc,
-                       std::optional<torch::Tensor> features) {
-             const torch::Tensor absent = torch::empty({0}, means3D.options());
-             const auto put = [&](const std::optional<torch::Tensor>& t) {
+      .def(py::init([](const at::Tensor& means3D, std::optional<at::Tensor> opacities,
+                       std::optional<at::Tensor> shs, std::optional<at::Tensor> colors,
+                       std::optional<at::Tensor> scales, std::optional<at::Tensor> rotations,
+                       std::optional<at::Tensor> cov3D, std::optional<at::Tensor> dc,
+                       std::optional<at::Tensor> features) {
+             const at::Tensor absent = at::empty({0}, means3D.options());
+             const auto put = [&](const std::optional<at::Tensor>& t) {
                return contiguous_or(t, absent);
              };
              GaussianTensors g;

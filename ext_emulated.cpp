@@ -1,5 +1,8 @@
 // Bindings of the test-only _emulated_cuda module: the emulated CUDA backend and self-checks.
-#include <torch/extension.h>
+#include <torch/csrc/utils/pybind.h>  // not all of torch/extension.h: see ext.cpp
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
 
 #include "cuda_rasterizer/blend.h"
 #include "cuda_rasterizer/cuda_emulation.h"
@@ -79,29 +82,29 @@ __global__ void out_of_bounds_kernel(float* data, int n) {
   if (i <= n) data[i] = 1.0f;  // one past the end
 }
 
-torch::Tensor turns(int threads) {
-  torch::Tensor counter = torch::zeros({1}, torch::kInt32);
-  torch::Tensor out = torch::full({2 * threads}, -1, torch::kInt32);
+at::Tensor turns(int threads) {
+  at::Tensor counter = at::zeros({1}, at::kInt);
+  at::Tensor out = at::full({2 * threads}, -1, at::kInt);
   DGRD_LAUNCH(turns_kernel, 1, threads, nullptr)(counter.data_ptr<int>(), out.data_ptr<int>());
   return out;
 }
 
-torch::Tensor block_turns(int grid_x, int grid_y) {
-  torch::Tensor counter = torch::zeros({1}, torch::kInt32);
-  torch::Tensor out = torch::full({grid_x * grid_y}, -1, torch::kInt32);
+at::Tensor block_turns(int grid_x, int grid_y) {
+  at::Tensor counter = at::zeros({1}, at::kInt);
+  at::Tensor out = at::full({grid_x * grid_y}, -1, at::kInt);
   DGRD_LAUNCH(block_turns_kernel, dim3(grid_x, grid_y), 64, nullptr)(counter.data_ptr<int>(),
                                                                      out.data_ptr<int>());
   return out;
 }
 
-torch::Tensor collectives(int threads, int width) {
-  torch::Tensor out = torch::empty({threads, 8});
+at::Tensor collectives(int threads, int width) {
+  at::Tensor out = at::empty({threads, 8});
   DGRD_LAUNCH(collectives_kernel, 1, threads, nullptr)(width, out.data_ptr<float>());
   return out;
 }
 
-torch::Tensor unwritten_shared() {
-  torch::Tensor out = torch::zeros({2});
+at::Tensor unwritten_shared() {
+  at::Tensor out = at::zeros({2});
   DGRD_LAUNCH(unwritten_shared_kernel, 1, 32, nullptr)(out.data_ptr<float>());
   return out;
 }
@@ -109,28 +112,28 @@ torch::Tensor unwritten_shared() {
 void mismatched_barrier() { DGRD_LAUNCH(mismatched_barrier_kernel, 1, 64, nullptr)(); }
 
 void misaligned_load() {
-  torch::Tensor data = torch::zeros({4 * 32 + 4}), out = torch::zeros({32});
+  at::Tensor data = at::zeros({4 * 32 + 4}), out = at::zeros({32});
   DGRD_LAUNCH(misaligned_load_kernel, 1, 32, nullptr)(data.data_ptr<float>(),
                                                       out.data_ptr<float>());
 }
 
 void barrier_after_exit() {
-  torch::Tensor out = torch::zeros({64});
+  at::Tensor out = at::zeros({64});
   DGRD_LAUNCH(barrier_after_exit_kernel, 1, 64, nullptr)(out.data_ptr<float>());
 }
 
 void divergent_shuffle() {
-  torch::Tensor out = torch::zeros({64});
+  at::Tensor out = at::zeros({64});
   DGRD_LAUNCH(divergent_shuffle_kernel, 1, 64, nullptr)(out.data_ptr<float>());
 }
 
 void null_read() {
-  torch::Tensor out = torch::zeros({32});
+  at::Tensor out = at::zeros({32});
   DGRD_LAUNCH(null_read_kernel, 1, 32, nullptr)(nullptr, out.data_ptr<float>());
 }
 
 void out_of_bounds(int n) {
-  torch::Tensor data = torch::zeros({n});
+  at::Tensor data = at::zeros({n});
   DGRD_LAUNCH(out_of_bounds_kernel, (n + 64) / 64, 64, nullptr)(data.data_ptr<float>(), n);
 }
 
@@ -150,13 +153,13 @@ __global__ void warp_scatter_add_kernel(const float* values, int size, float* ou
 
 // values: 32 x N, N one of the instantiated counts. Returns out (N entries: the sums, then
 // zeros past `size`) and how many atomics each entry received.
-std::vector<torch::Tensor> warp_scatter_add(const torch::Tensor& values, int size) {
+std::vector<at::Tensor> warp_scatter_add(const at::Tensor& values, int size) {
   TORCH_CHECK(values.dim() == 2 && values.size(0) == 32, "values: 32 x N");
-  const torch::Tensor v = values.to(torch::kFloat32).contiguous();
+  const at::Tensor v = values.to(at::kFloat).contiguous();
   const int n = int(v.size(1));
   TORCH_CHECK(0 <= size && size <= n, "size: 0 .. N");
-  torch::Tensor out = torch::zeros({n}, torch::kFloat32);
-  torch::Tensor writes = torch::zeros({n}, torch::kInt32);
+  at::Tensor out = at::zeros({n}, at::kFloat);
+  at::Tensor writes = at::zeros({n}, at::kInt);
   const float* in = v.data_ptr<float>();
   float* o = out.data_ptr<float>();
   int* w = writes.data_ptr<int>();
@@ -172,13 +175,13 @@ std::vector<torch::Tensor> warp_scatter_add(const torch::Tensor& values, int siz
 }
 
 // band_reach_mask<2> (a warp's two rows) of each splat for the tile at (x0, y0).
-torch::Tensor band_reach_masks(const torch::Tensor& means2d, const torch::Tensor& conic_opacity,
-                               int x0, int y0) {
-  const torch::Tensor m = means2d.to(torch::kFloat32).contiguous();
-  const torch::Tensor c = conic_opacity.to(torch::kFloat32).contiguous();
+at::Tensor band_reach_masks(const at::Tensor& means2d, const at::Tensor& conic_opacity,
+                            int x0, int y0) {
+  const at::Tensor m = means2d.to(at::kFloat).contiguous();
+  const at::Tensor c = conic_opacity.to(at::kFloat).contiguous();
   TORCH_CHECK(m.dim() == 2 && m.size(1) == 2 && c.dim() == 2 && c.size(1) == 4 &&
                   c.size(0) == m.size(0), "means2d: N x 2, conic_opacity: N x 4");
-  torch::Tensor out = torch::empty({m.size(0)}, torch::kInt64);
+  at::Tensor out = at::empty({m.size(0)}, at::kLong);
   const float* mp = m.data_ptr<float>();
   const float* cp = c.data_ptr<float>();
   for (int64_t i = 0; i < m.size(0); ++i)
@@ -197,10 +200,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward_cuda, "The CUDA forward, emulated");
   m.def(
       "backward",
-      [](const RasterConfig& c, const GaussianTensors& g, const std::vector<torch::Tensor>& state,
+      [](const RasterConfig& c, const GaussianTensors& g, const std::vector<at::Tensor>& state,
          const UpstreamGrad& dcolor, const UpstreamGrad& ddepth, const UpstreamGrad& dweight,
          const UpstreamGrad& dfeature_map, const UpstreamGrad& dmedian) {
-        const torch::Tensor absent = torch::empty({0}, g.means3D.options());
+        const at::Tensor absent = at::empty({0}, g.means3D.options());
         return backward_cuda(c, g, ForwardState::from_list(state),
                              {contiguous_or(dcolor, absent), contiguous_or(ddepth, absent),
                               contiguous_or(dweight, absent), contiguous_or(dfeature_map, absent),

@@ -1,6 +1,12 @@
 // PyTorch glue for the CPU backend, and the dispatch by device.
 #include "rasterize_points.h"
 
+#include <ATen/Dispatch.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/split_with_sizes.h>
+#include <ATen/ops/zeros.h>
+
 #ifdef _WIN32
 #include "cuda_rasterizer/windows_headers.h"  // GlobalMemoryStatusEx
 #else
@@ -25,35 +31,35 @@
 
 namespace dgrd {
 
-ForwardState allocate_gaussian_state(int64_t count, const torch::TensorOptions& opts) {
+ForwardState allocate_gaussian_state(int64_t count, const at::TensorOptions& opts) {
   ForwardState s;
-  s.radii = torch::empty({count}, opts.dtype(torch::kInt32));
-  s.means2d = torch::empty({count, 2}, opts);
-  s.conic_opacity = torch::empty({count, 4}, opts);
-  s.features = torch::empty({count, 4}, opts);
+  s.radii = at::empty({count}, opts.dtype(at::kInt));
+  s.means2d = at::empty({count, 2}, opts);
+  s.conic_opacity = at::empty({count, 4}, opts);
+  s.features = at::empty({count, 4}, opts);
   return s;
 }
 
 void allocate_pixel_state(const RasterConfig& c, ForwardState& s,
-                          const torch::TensorOptions& opts) {
-  const auto ints = opts.dtype(torch::kInt32);
+                          const at::TensorOptions& opts) {
+  const auto ints = opts.dtype(at::kInt);
   const int64_t H = c.image_height, W = c.image_width;
-  s.tile_ranges = torch::empty({int64_t(c.tiles_x()) * c.tiles_y(), 2}, ints);
-  s.pixel_state = torch::empty({3, H, W}, opts);
-  s.n_contrib = torch::empty({H, W}, ints);
-  s.median_contrib = torch::empty(c.median_depth ? std::vector<int64_t>{H, W} : std::vector<int64_t>{0},
-                                  ints);
-  s.tile_splits = torch::empty({0}, ints);
-  s.split_state = torch::empty({0}, opts);
+  s.tile_ranges = at::empty({int64_t(c.tiles_x()) * c.tiles_y(), 2}, ints);
+  s.pixel_state = at::empty({3, H, W}, opts);
+  s.n_contrib = at::empty({H, W}, ints);
+  s.median_contrib = at::empty(c.median_depth ? std::vector<int64_t>{H, W} : std::vector<int64_t>{0},
+                               ints);
+  s.tile_splits = at::empty({0}, ints);
+  s.split_state = at::empty({0}, opts);
 }
 
 namespace {
 
 // Zeros of a shape. On the CPU one memset on the calling thread: a parallel fill would wake the
 // thread pool for a few megabytes, and on a busy machine wait for a descheduled thread.
-torch::Tensor fresh_zeros(c10::IntArrayRef sizes, const torch::TensorOptions& opts) {
-  if (!opts.device().is_cpu()) return torch::zeros(sizes, opts);
-  torch::Tensor t = torch::empty(sizes, opts);
+at::Tensor fresh_zeros(c10::IntArrayRef sizes, const at::TensorOptions& opts) {
+  if (!opts.device().is_cpu()) return at::zeros(sizes, opts);
+  at::Tensor t = at::empty(sizes, opts);
   std::memset(t.data_ptr(), 0, t.nbytes());
   return t;
 }
@@ -68,8 +74,8 @@ GradientTensors GradientTensors::like_inputs(const GaussianTensors& g, bool came
                                              Allocate allocate) {
   const int64_t P = g.count();
   const auto opts = g.means3D.options();
-  const auto like = [](const torch::Tensor& t, Allocate make) {
-    return t.defined() ? make(t.sizes(), t.options()) : torch::Tensor();
+  const auto like = [](const at::Tensor& t, Allocate make) {
+    return t.defined() ? make(t.sizes(), t.options()) : at::Tensor();
   };
   GradientTensors d;
   d.means3D = allocate({P, 3}, opts);
@@ -192,8 +198,8 @@ void check_image_buffers(int64_t height, int64_t width, int64_t bytes_per_pixel,
 
 namespace {
 
-void check_pixel_grad(const char* name, const torch::Tensor& t, std::vector<int64_t> shape,
-                      const torch::Tensor& like) {
+void check_pixel_grad(const char* name, const at::Tensor& t, std::vector<int64_t> shape,
+                      const at::Tensor& like) {
   if (!t.defined() || t.numel() == 0) return;
   TORCH_CHECK_VALUE(t.sizes() == c10::IntArrayRef(shape), "gradient of ", name, ": expected shape ",
                     c10::IntArrayRef(shape), ", got ", t.sizes());
@@ -237,7 +243,7 @@ ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g) {
   // Only P-sized memory is allocated until the pair count and the image are known to fit, so an
   // impossible scene is refused before it can start a giant allocation.
   ForwardState s = allocate_gaussian_state(P, opts);
-  torch::Tensor color, depth, weight, feature_map, median;
+  at::Tensor color, depth, weight, feature_map, median;
   AT_DISPATCH_FLOATING_TYPES(g.means3D.scalar_type(), "dgrd_forward_cpu", [&] {
     using T = scalar_t;
     const Camera<T> cam = make_camera<T>(c);
@@ -255,13 +261,13 @@ ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g) {
     const int64_t pixel_bytes =
         8 * value_bytes + int64_t(sizeof(int32_t)) + optional_pixel_bytes(c, g, value_bytes);
     check_image_buffers(H, W, pixel_bytes, available - pairs * pair_bytes);
-    color = torch::empty({3, H, W}, opts);
-    depth = torch::empty({H, W}, opts);
-    weight = torch::empty({H, W}, opts);
-    feature_map = torch::empty({g.channels(), H, W}, opts);
-    median = torch::empty({c.median_depth ? H : 0, W}, opts);
+    color = at::empty({3, H, W}, opts);
+    depth = at::empty({H, W}, opts);
+    weight = at::empty({H, W}, opts);
+    feature_map = at::empty({g.channels(), H, W}, opts);
+    median = at::empty({c.median_depth ? H : 0, W}, opts);
     allocate_pixel_state(c, s, opts);
-    s.point_list = torch::empty({pairs}, opts.dtype(torch::kInt32));
+    s.point_list = at::empty({pairs}, opts.dtype(at::kInt));
     cpu::bin_gaussians(cam, int(P), st, s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>());
     clock.lap("bin");
     const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
@@ -272,26 +278,26 @@ ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g) {
   return {color, depth, weight, s.radii.clone(), feature_map, median, s.to_list()};
 }
 
-torch::Tensor absolute_grad_sums(const RasterConfig& c, const GaussianTensors& g) {
+at::Tensor absolute_grad_sums(const RasterConfig& c, const GaussianTensors& g) {
   return c.absolute_grad ? fresh_zeros({g.count(), 2}, g.means3D.options())
-                         : torch::empty({0}, g.means3D.options());
+                         : at::empty({0}, g.means3D.options());
 }
 
-void append_absolute_grad(const RasterConfig& c, const torch::Tensor& sums, GradientTensors& d) {
+void append_absolute_grad(const RasterConfig& c, const at::Tensor& sums, GradientTensors& d) {
   if (!c.absolute_grad) return;
   // g * 0.5 * size in the preprocess backward: 0.5 * size is exact, so one product rounds alike.
   // Scalars, not a tensor of the two scales: no copy to the device (and no wait for it).
-  d.means2D = torch::cat({d.means2D.narrow(1, 0, 2),
-                          sums.narrow(1, 0, 1) * (0.5 * double(c.image_width)),
-                          sums.narrow(1, 1, 1) * (0.5 * double(c.image_height))},
-                         1);
+  d.means2D = at::cat({d.means2D.narrow(1, 0, 2),
+                       sums.narrow(1, 0, 1).mul(0.5 * double(c.image_width)),
+                       sums.narrow(1, 1, 1).mul(0.5 * double(c.image_height))},
+                      1);
 }
 
 BackwardResult backward_cpu(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
                             const MapGrads& up) {
   const int64_t P = g.count();
   GradientTensors grads = GradientTensors::zeros_like_inputs(g, c.camera_grad);
-  const torch::Tensor abs_sums = absolute_grad_sums(c, g);
+  const at::Tensor abs_sums = absolute_grad_sums(c, g);
   AT_DISPATCH_FLOATING_TYPES(g.means3D.scalar_type(), "dgrd_backward_cpu", [&] {
     using T = scalar_t;
     const Camera<T> cam = make_camera<T>(c);
@@ -314,9 +320,9 @@ BackwardResult backward_cpu(const RasterConfig& c, const GaussianTensors& g, con
   return grads.to_list();
 }
 
-std::vector<int64_t> cpu_render_work(const RasterConfig& c, const std::vector<torch::Tensor>& state) {
+std::vector<int64_t> cpu_render_work(const RasterConfig& c, const std::vector<at::Tensor>& state) {
   const ForwardState s = ForwardState::from_list(state);
-  TORCH_CHECK(s.means2d.device().is_cpu() && s.means2d.scalar_type() == torch::kFloat32,
+  TORCH_CHECK(s.means2d.device().is_cpu() && s.means2d.scalar_type() == at::kFloat,
               "cpu_render_work: the state of a float32 CPU forward");
   const cpu::RenderWork w = cpu::count_render_work(
       make_camera<float>(c), make_state<float>(s, nullptr, nullptr), int(s.radii.size(0)),
@@ -346,11 +352,11 @@ ForwardResult forward(const RasterConfig& c, const GaussianTensors& g) {
 }
 
 BackwardResult backward(const RasterConfig& c, const GaussianTensors& g,
-                        const std::vector<torch::Tensor>& state, const UpstreamGrad& dcolor_in,
+                        const std::vector<at::Tensor>& state, const UpstreamGrad& dcolor_in,
                         const UpstreamGrad& ddepth_in, const UpstreamGrad& dweight_in,
                         const UpstreamGrad& dfeature_map_in, const UpstreamGrad& dmedian_in) {
-  const torch::Tensor absent = torch::empty({0}, g.means3D.options());
-  const torch::Tensor dcolor = contiguous_or(dcolor_in, absent),
+  const at::Tensor absent = at::empty({0}, g.means3D.options());
+  const at::Tensor dcolor = contiguous_or(dcolor_in, absent),
                       ddepth = contiguous_or(ddepth_in, absent),
                       dweight = contiguous_or(dweight_in, absent),
                       dfeature_map = contiguous_or(dfeature_map_in, absent),
@@ -375,21 +381,21 @@ BackwardResult backward(const RasterConfig& c, const GaussianTensors& g,
   return backward_cpu(c, g, s, up);
 }
 
-std::vector<torch::Tensor> pack_camera(const std::vector<torch::Tensor>& parts,
-                                       const torch::Tensor& like, bool keep_grad) {
-  std::vector<torch::Tensor> flat;
+std::vector<at::Tensor> pack_camera(const std::vector<at::Tensor>& parts,
+                                    const at::Tensor& like, bool keep_grad) {
+  std::vector<at::Tensor> flat;
   std::vector<int64_t> sizes;
   flat.reserve(parts.size());
-  for (const torch::Tensor& t : parts) {
-    const torch::Tensor part = keep_grad || !t.requires_grad() ? t : t.detach();
+  for (const at::Tensor& t : parts) {
+    const at::Tensor part = keep_grad || !t.requires_grad() ? t : t.detach();
     flat.push_back(part.reshape({-1}).to(like.options()));
     sizes.push_back(part.numel());
   }
-  // torch::cat always allocates: the copy is private even where nothing needed converting.
-  return torch::split_with_sizes(torch::cat(flat), sizes);
+  // at::cat always allocates: the copy is private even where nothing needed converting.
+  return at::split_with_sizes(at::cat(flat), sizes);
 }
 
-torch::Tensor mark_visible(const torch::Tensor& positions, const torch::Tensor& viewmatrix) {
+at::Tensor mark_visible(const at::Tensor& positions, const at::Tensor& viewmatrix) {
   if (positions.is_cuda()) {
 #ifdef DGRD_WITH_CUDA
     return mark_visible_cuda(positions, viewmatrix);
@@ -398,7 +404,7 @@ torch::Tensor mark_visible(const torch::Tensor& positions, const torch::Tensor& 
 #endif
   }
   const int64_t P = positions.size(0);
-  torch::Tensor visible = torch::empty({P}, positions.options().dtype(torch::kBool));
+  at::Tensor visible = at::empty({P}, positions.options().dtype(at::kBool));
   AT_DISPATCH_FLOATING_TYPES(positions.scalar_type(), "dgrd_mark_visible_cpu", [&] {
     const scalar_t* p = positions.data_ptr<scalar_t>();
     const scalar_t* view = viewmatrix.data_ptr<scalar_t>();

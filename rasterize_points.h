@@ -2,7 +2,9 @@
 // backward (one layout, named), and the per-device entry points.
 #pragma once
 
-#include <torch/extension.h>
+// ATen's tensor alone, not torch/extension.h: that adds the Python bindings and the C++ nn API,
+// which the glue does not use and which take most of each build's time (doc/design.md, Build).
+#include <ATen/core/Tensor.h>
 
 #include <map>
 #include <optional>
@@ -26,7 +28,7 @@ struct RasterConfig {
   // means2D given as (P, 4): the backward's d means2D is (P, 4), columns 2-3 AbsGS's absolute
   // gradient (OptionalGrads::mean2d_abs in NDC units)
   bool absolute_grad = false;
-  torch::Tensor bg, viewmatrix, projmatrix, campos;  // flat, on the Gaussians' device and dtype
+  at::Tensor bg, viewmatrix, projmatrix, campos;  // flat, on the Gaussians' device and dtype
 
   int tiles_x() const { return int((image_width + kTileSize - 1) / kTileSize); }
   int tiles_y() const { return int((image_height + kTileSize - 1) / kTileSize); }
@@ -36,33 +38,33 @@ struct RasterConfig {
 // apart from the others in `shs` (the 2024 API). `features` (P, C): the optional channels
 // rendered into the feature map.
 struct GaussianTensors {
-  torch::Tensor means3D, opacities, dc, shs, colors_precomp, scales, rotations, cov3D_precomp;
-  torch::Tensor features;
+  at::Tensor means3D, opacities, dc, shs, colors_precomp, scales, rotations, cov3D_precomp;
+  at::Tensor features;
   int64_t count() const { return means3D.size(0); }
   int64_t channels() const { return features.defined() && features.dim() == 2 ? features.size(1) : 0; }
 };
 
 // What the forward keeps for the backward. Never handed to the user.
 struct ForwardState {
-  torch::Tensor radii;          // (P) int32
-  torch::Tensor means2d;        // (P, 2)
-  torch::Tensor conic_opacity;  // (P, 4)
-  torch::Tensor features;       // (P, 4): r, g, b, view depth
-  torch::Tensor point_list;     // (N) int32: Gaussian ids by tile, then depth
-  torch::Tensor tile_ranges;    // (tiles, 2) int32
-  torch::Tensor pixel_state;    // (3, H, W): final transmittance, weight, depth
-  torch::Tensor n_contrib;      // (H, W) int32
-  torch::Tensor median_contrib; // (H, W) int32 with median_depth, else empty: 1 + list
-                                // position of the median's splat, 0 where T stays above 0.5
-  torch::Tensor tile_splits;    // CUDA (TileSplits): int32 [length, capacity x 2 parts];
-                                // empty where lists are not split
-  torch::Tensor split_state;    // CUDA: (capacity, kSplitValues, kTilePixels); else empty
+  at::Tensor radii;           // (P) int32
+  at::Tensor means2d;         // (P, 2)
+  at::Tensor conic_opacity;   // (P, 4)
+  at::Tensor features;        // (P, 4): r, g, b, view depth
+  at::Tensor point_list;      // (N) int32: Gaussian ids by tile, then depth
+  at::Tensor tile_ranges;     // (tiles, 2) int32
+  at::Tensor pixel_state;     // (3, H, W): final transmittance, weight, depth
+  at::Tensor n_contrib;       // (H, W) int32
+  at::Tensor median_contrib;  // (H, W) int32 with median_depth, else empty: 1 + list
+                              // position of the median's splat, 0 where T stays above 0.5
+  at::Tensor tile_splits;     // CUDA (TileSplits): int32 [length, capacity x 2 parts];
+                              // empty where lists are not split
+  at::Tensor split_state;     // CUDA: (capacity, kSplitValues, kTilePixels); else empty
 
-  std::vector<torch::Tensor> to_list() const {
+  std::vector<at::Tensor> to_list() const {
     return {radii,       means2d,   conic_opacity,  features,    point_list, tile_ranges,
             pixel_state, n_contrib, median_contrib, tile_splits, split_state};
   }
-  static ForwardState from_list(const std::vector<torch::Tensor>& v) {
+  static ForwardState from_list(const std::vector<at::Tensor>& v) {
     TORCH_CHECK(v.size() == 11, "diff_gaussian_rasterization_depth: corrupt forward state");
     return {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10]};
   }
@@ -71,28 +73,28 @@ struct ForwardState {
 
 // color (3,H,W), depth (H,W), weight (H,W), radii (P), feature_map (C,H,W) or empty,
 // median (H,W) or empty, state
-using ForwardResult = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
-                                 torch::Tensor, torch::Tensor, std::vector<torch::Tensor>>;
+using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                 at::Tensor, at::Tensor, std::vector<at::Tensor>>;
 // d means3D, d means2D (P,3), d opacities (P,1), d dc, d shs, d colors_precomp, d scales,
 // d rotations, d cov3D_precomp, d features (empty without features), d viewmatrix (16),
 // d projmatrix (16), d campos (3) (the last three empty unless RasterConfig::camera_grad)
-using BackwardResult = std::vector<torch::Tensor>;
+using BackwardResult = std::vector<at::Tensor>;
 
 // Upstream gradients of the rendered maps; an absent one is an empty tensor.
 struct MapGrads {
-  torch::Tensor color, depth, weight, feature_map, median;
+  at::Tensor color, depth, weight, feature_map, median;
 };
 
 // ----------------------------------------------------------------- helpers shared by devices
 
 template <typename T>
-const T* data_or_null(const torch::Tensor& t) {
+const T* data_or_null(const at::Tensor& t) {
   return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
 }
 
 // The same for a tensor the backend writes.
 template <typename T>
-T* output_or_null(const torch::Tensor& t) {
+T* output_or_null(const at::Tensor& t) {
   return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
 }
 
@@ -143,8 +145,8 @@ GaussianState<T> make_state(const ForwardState& s, int64_t* tiles_touched, TileR
 }
 
 template <typename T>
-PixelBuffers<T> make_pixel_buffers(const ForwardState& s, torch::Tensor color, torch::Tensor depth,
-                                   torch::Tensor weight) {
+PixelBuffers<T> make_pixel_buffers(const ForwardState& s, at::Tensor color, at::Tensor depth,
+                                   at::Tensor weight) {
   return {color.defined() ? color.data_ptr<T>() : nullptr,
           depth.defined() ? depth.data_ptr<T>() : nullptr,
           weight.defined() ? weight.data_ptr<T>() : nullptr, s.pixel_state.data_ptr<T>(),
@@ -155,27 +157,27 @@ PixelBuffers<T> make_pixel_buffers(const ForwardState& s, torch::Tensor color, t
 // the median's list positions in s.
 template <typename T>
 OptionalOutputs<T> make_optional_outputs(const GaussianTensors& g, const ForwardState& s,
-                                         const torch::Tensor& feature_map,
-                                         const torch::Tensor& median) {
+                                         const at::Tensor& feature_map,
+                                         const at::Tensor& median) {
   return {int(g.channels()), data_or_null<T>(g.features), output_or_null<T>(feature_map),
           output_or_null<T>(median), output_or_null<int>(s.median_contrib)};
 }
 
 // The forward's state is allocated in two steps, so that the size checks below run in between:
 // the P-sized part (radii, means2d, conic_opacity, features), all the preprocess needs, ...
-ForwardState allocate_gaussian_state(int64_t count, const torch::TensorOptions& opts);
+ForwardState allocate_gaussian_state(int64_t count, const at::TensorOptions& opts);
 // ... and, once the scene is known to fit, the per-tile and per-pixel part (tile_ranges,
 // pixel_state, n_contrib, and median_contrib with c.median_depth; tile splits empty). point_list
 // is the caller's, sized by the pair count.
-void allocate_pixel_state(const RasterConfig& c, ForwardState& s, const torch::TensorOptions& opts);
+void allocate_pixel_state(const RasterConfig& c, ForwardState& s, const at::TensorOptions& opts);
 
 // Gradient tensors shaped like the inputs, and their pointers.
 struct GradientTensors {
-  torch::Tensor means3D, means2D, opacities, dc, shs, colors_precomp, scales, rotations,
+  at::Tensor means3D, means2D, opacities, dc, shs, colors_precomp, scales, rotations,
       cov3D_precomp;
-  torch::Tensor features;
-  torch::Tensor camera;  // (35): a CameraGrad, or empty when the camera takes no gradient
-  using Allocate = torch::Tensor (*)(c10::IntArrayRef, const torch::TensorOptions&);
+  at::Tensor features;
+  at::Tensor camera;  // (35): a CameraGrad, or empty when the camera takes no gradient
+  using Allocate = at::Tensor (*)(c10::IntArrayRef, const at::TensorOptions&);
   // All zeros.
   static GradientTensors zeros_like_inputs(const GaussianTensors& g, bool camera_grad);
   // The preprocess backward's outputs (means3D .. cov3D_precomp) from `allocate`, for a backend
@@ -198,7 +200,7 @@ struct GradientTensors {
   }
   template <typename T>
   GaussianGrads<T> pointers() const {
-    auto p = [](const torch::Tensor& t) { return t.numel() > 0 ? t.data_ptr<T>() : nullptr; };
+    auto p = [](const at::Tensor& t) { return t.numel() > 0 ? t.data_ptr<T>() : nullptr; };
     return {p(means3D), p(means2D),        p(opacities), p(dc),          p(shs),
             p(colors_precomp), p(scales), p(rotations), p(cov3D_precomp)};
   }
@@ -223,10 +225,10 @@ OptionalGrads<T> make_optional_grads(const GaussianTensors& g, const ForwardStat
 
 // AbsGS's statistic (absolute_grad): its sums, P x 2 in pixel units, zeros, on the Gaussians'
 // device, or an empty tensor when not asked for ...
-torch::Tensor absolute_grad_sums(const RasterConfig& c, const GaussianTensors& g);
+at::Tensor absolute_grad_sums(const RasterConfig& c, const GaussianTensors& g);
 // ... and, after the backward, d means2D (P, 3) made (P, 4): its first two columns, then the
 // sums in NDC units, scaled as the preprocess backward scales the signed gradient.
-void append_absolute_grad(const RasterConfig& c, const torch::Tensor& sums, GradientTensors& d);
+void append_absolute_grad(const RasterConfig& c, const at::Tensor& sums, GradientTensors& d);
 
 // Largest number of (tile, Gaussian) pairs a render may hold: indices are 32-bit, and the CUDA
 // render kernels step a batch start past a list's end (start += 256 while start < end), which
@@ -254,7 +256,7 @@ BackwardResult backward_cpu(const RasterConfig& c, const GaussianTensors& g, con
 ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g);
 BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
                              const MapGrads& up);
-torch::Tensor mark_visible_cuda(const torch::Tensor& positions, const torch::Tensor& viewmatrix);
+at::Tensor mark_visible_cuda(const at::Tensor& positions, const at::Tensor& viewmatrix);
 void set_cuda_tuning_cuda(const std::map<std::string, int64_t>& switches);
 void set_cuda_stage_timing_cuda(bool on);
 std::vector<std::pair<std::string, double>> cuda_stage_ms_cuda();
@@ -266,27 +268,27 @@ namespace dgrd {
 // Device dispatch, called from Python.
 ForwardResult forward(const RasterConfig& c, const GaussianTensors& g);
 // The maps' upstream gradients: None (from Python) where no loss reaches that map.
-using UpstreamGrad = std::optional<torch::Tensor>;
+using UpstreamGrad = std::optional<at::Tensor>;
 BackwardResult backward(const RasterConfig& c, const GaussianTensors& g,
-                        const std::vector<torch::Tensor>& state, const UpstreamGrad& dcolor,
+                        const std::vector<at::Tensor>& state, const UpstreamGrad& dcolor,
                         const UpstreamGrad& ddepth, const UpstreamGrad& dweight,
                         const UpstreamGrad& dfeature_map, const UpstreamGrad& dmedian);
 // An optional tensor (an input, an upstream gradient) as the backends take it: contiguous, or
 // `absent`, an empty tensor, for None.
-inline torch::Tensor contiguous_or(const std::optional<torch::Tensor>& t,
-                                   const torch::Tensor& absent) {
+inline at::Tensor contiguous_or(const std::optional<at::Tensor>& t,
+                                const at::Tensor& absent) {
   return t ? t->contiguous() : absent;
 }
 // The camera's tensors (bg, viewmatrix, projmatrix, campos, any layouts) as flat views of one
 // private copy with the device and dtype of `like`; detached unless keep_grad (then the copy
 // is differentiable, so that camera gradients reach the caller's tensors through any view).
-std::vector<torch::Tensor> pack_camera(const std::vector<torch::Tensor>& parts,
-                                       const torch::Tensor& like, bool keep_grad);
-torch::Tensor mark_visible(const torch::Tensor& positions, const torch::Tensor& viewmatrix);
+std::vector<at::Tensor> pack_camera(const std::vector<at::Tensor>& parts,
+                                    const at::Tensor& like, bool keep_grad);
+at::Tensor mark_visible(const at::Tensor& positions, const at::Tensor& viewmatrix);
 bool has_cuda();
 // The benchmark's work counts of a float32 CPU forward, from its state: pairs, evaluations,
 // exps, blends, lane evaluations (cpu::RenderWork).
-std::vector<int64_t> cpu_render_work(const RasterConfig& c, const std::vector<torch::Tensor>& state);
+std::vector<int64_t> cpu_render_work(const RasterConfig& c, const std::vector<at::Tensor>& state);
 // The float CPU path's technique switches (benchmarks): lanes, power bound.
 void set_cpu_tuning(bool lanes, bool power_bound);
 // The CUDA backend's technique switches (benchmarks and tests), by the names of gpu::CudaTuning's

@@ -9,6 +9,8 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #endif
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <atomic>
@@ -113,10 +115,10 @@ void check_stage(const RasterConfig& c, const char* stage) {
 // The device the stages run on: the tensors' GPU and its current stream.
 struct DeviceContext {
 #ifdef DGRD_EMULATE_CUDA
-  explicit DeviceContext(const torch::Tensor&) {}
+  explicit DeviceContext(const at::Tensor&) {}
   cudaStream_t stream = nullptr;
 #else
-  explicit DeviceContext(const torch::Tensor& t)
+  explicit DeviceContext(const at::Tensor& t)
       : guard(t.device()), stream(c10::cuda::getCurrentCUDAStream()) {}
   const c10::cuda::CUDAGuard guard;
   const cudaStream_t stream;
@@ -170,26 +172,26 @@ int64_t device_bytes_available(int64_t bytes) {
 
 // A buffer the kernels must write before reading. Under emulation it is poisoned, so that
 // reading an unwritten element shows (NaN, or an index far out of range).
-torch::Tensor uninitialized(torch::Tensor t) {
+at::Tensor uninitialized(at::Tensor t) {
 #ifdef DGRD_EMULATE_CUDA
   using emu::PoisonKind;
   const auto type = t.scalar_type();
-  const PoisonKind kind = type == torch::kInt32   ? PoisonKind::Int32
-                          : type == torch::kInt64 ? PoisonKind::Int64
-                                                  : PoisonKind::Bytes;
+  const PoisonKind kind = type == at::kInt    ? PoisonKind::Int32
+                          : type == at::kLong ? PoisonKind::Int64
+                                              : PoisonKind::Bytes;
   emu::poison(t.data_ptr(), t.nbytes(), kind);
 #endif
   return t;
 }
 
-torch::Tensor device_empty(c10::IntArrayRef sizes, const torch::TensorOptions& opts) {
-  return uninitialized(torch::empty(sizes, opts));
+at::Tensor device_empty(c10::IntArrayRef sizes, const at::TensorOptions& opts) {
+  return uninitialized(at::empty(sizes, opts));
 }
 
 // At least one byte: an empty tensor's data pointer is null, and CUB takes a null scratch
 // pointer as a request for its size, so a call given one would do nothing and report success.
-torch::Tensor scratch(size_t bytes, const torch::Tensor& like) {
-  return device_empty({int64_t(std::max<size_t>(bytes, 1))}, like.options().dtype(torch::kUInt8));
+at::Tensor scratch(size_t bytes, const at::Tensor& like) {
+  return device_empty({int64_t(std::max<size_t>(bytes, 1))}, like.options().dtype(at::kByte));
 }
 
 // The tile splits saved in s: the buffers, and `length` where the caller knows it (the
@@ -205,12 +207,12 @@ TileSplits splits_of(const ForwardState& s, int length = 0) {
 // `pairs` pairs on this GPU, and a slot for every window of that length the pairs span; with
 // the split forward, `composites` holds the parts' composites (forward only).
 TileSplits plan_splits(int64_t pairs, const RasterConfig& c, ForwardState& s,
-                       torch::Tensor& composites, const torch::TensorOptions& opts,
+                       at::Tensor& composites, const at::TensorOptions& opts,
                        cudaStream_t stream) {
   const int length = gpu::split_length(pairs, multiprocessors());
   const int64_t capacity = length > 0 ? (pairs - 1) / length : 0;
   if (capacity == 0) return splits_of(s);
-  s.tile_splits = device_empty({1 + 2 * capacity}, opts.dtype(torch::kInt32));
+  s.tile_splits = device_empty({1 + 2 * capacity}, opts.dtype(at::kInt));
   s.split_state = device_empty({capacity, TileSplits::kSplitValues, kTilePixels}, opts);
   TileSplits splits = splits_of(s, length);
   if (gpu::split_forward()) {
@@ -225,15 +227,15 @@ TileSplits plan_splits(int64_t pairs, const RasterConfig& c, ForwardState& s,
 // tile's pixels) stays under CudaTuning::feature_split_bytes, else whole lists: the forward's
 // sums of each part that ends at a split (C values a pixel), the backward's sums of w (F . g)
 // per part and chunk of channels.
-torch::Tensor feature_split_buffer(int64_t rows, int64_t values,
-                                   const torch::TensorOptions& opts) {
+at::Tensor feature_split_buffer(int64_t rows, int64_t values,
+                                const at::TensorOptions& opts) {
   const int64_t bytes = rows * values * kTilePixels * int64_t(sizeof(float));
   if (rows == 0 || bytes > gpu::cuda_tuning().feature_split_bytes) return {};
   return device_empty({rows, values, kTilePixels}, opts);
 }
 
 void require_float32(const GaussianTensors& g) {
-  TORCH_CHECK_TYPE(g.means3D.scalar_type() == torch::kFloat32,
+  TORCH_CHECK_TYPE(g.means3D.scalar_type() == at::kFloat,
                    "diff_gaussian_rasterization_depth: means3D: the CUDA backend takes float32, "
                    "got ", g.means3D.scalar_type());
 }
@@ -245,12 +247,12 @@ void require_float32(const GaussianTensors& g) {
 // forward's one host read, and sort() writes the lists.
 class Binning {
  public:
-  Binning(const RasterConfig& c, const torch::Tensor& like, const GaussianState<float>& state,
+  Binning(const RasterConfig& c, const at::Tensor& like, const GaussianState<float>& state,
           cudaStream_t stream)
       : c_(c), like_(like), state_(state), stream_(stream), cam_(make_camera<float>(c)),
         count_(int(like.size(0))), depth_first_(gpu::cuda_tuning().depth_first_sort) {
     if (depth_first_) {
-      const auto ints = like_.options().dtype(torch::kInt32);
+      const auto ints = like_.options().dtype(at::kInt);
       depth_keys_ = device_empty({count_}, ints);
       unsorted_order_ = device_empty({count_}, ints);
     }
@@ -269,14 +271,14 @@ class Binning {
   }
 
   int64_t count_pairs() {
-    const auto longs = like_.options().dtype(torch::kInt64);
+    const auto longs = like_.options().dtype(at::kLong);
     offsets_ = device_empty({count_}, longs);
     if (count_ == 0) return pairs_ = 0;
     const int64_t* touched = state_.tiles_touched;
     int64_t* offsets = offsets_.data_ptr<int64_t>();
     if (depth_first_) {
-      torch::Tensor sorted = device_empty({count_}, like_.options().dtype(torch::kInt32));
-      order_ = device_empty({count_}, like_.options().dtype(torch::kInt32));
+      at::Tensor sorted = device_empty({count_}, like_.options().dtype(at::kInt));
+      order_ = device_empty({count_}, like_.options().dtype(at::kInt));
       run_cub("sort by depth", [&](void* temp, size_t& bytes) {
         return gpu::sort_depths(temp, bytes, as_u32(depth_keys_), as_u32(sorted),
                                 unsorted_order_.data_ptr<int>(), order_.data_ptr<int>(), count_,
@@ -299,11 +301,11 @@ class Binning {
     const int tiles = c_.tiles_x() * c_.tiles_y();
     const int n = int(pairs_);
     const auto opts = like_.options();
-    torch::Tensor ids = device_empty({pairs_}, opts.dtype(torch::kInt32));
+    at::Tensor ids = device_empty({pairs_}, opts.dtype(at::kInt));
     const int64_t* offsets = offsets_.data_ptr<int64_t>();
     if (depth_first_) {
-      torch::Tensor keys = device_empty({pairs_}, opts.dtype(torch::kInt32));
-      torch::Tensor sorted = device_empty({pairs_}, opts.dtype(torch::kInt32));
+      at::Tensor keys = device_empty({pairs_}, opts.dtype(at::kInt));
+      at::Tensor sorted = device_empty({pairs_}, opts.dtype(at::kInt));
       gpu::duplicate_tile_keys(cam_, count_, state_, order_.data_ptr<int>(), offsets,
                                as_u32(keys), ids.data_ptr<int>(), stream_);
       check_stage(c_, "duplicate_keys");
@@ -313,8 +315,8 @@ class Binning {
       });
       gpu::identify_tile_ranges(as_u32(sorted), n, tile_ranges, stream_);
     } else {
-      torch::Tensor keys = device_empty({pairs_}, opts.dtype(torch::kInt64));
-      torch::Tensor sorted = device_empty({pairs_}, opts.dtype(torch::kInt64));
+      at::Tensor keys = device_empty({pairs_}, opts.dtype(at::kLong));
+      at::Tensor sorted = device_empty({pairs_}, opts.dtype(at::kLong));
       gpu::duplicate_keys(cam_, count_, state_, offsets, as_u64(keys), ids.data_ptr<int>(),
                           stream_);
       check_stage(c_, "duplicate_keys");
@@ -334,28 +336,28 @@ class Binning {
   void run_cub(const char* stage, Call call) {
     size_t bytes = 0;
     check_cub(call(nullptr, bytes), stage);
-    torch::Tensor temp = scratch(bytes, like_);
+    at::Tensor temp = scratch(bytes, like_);
     check_cub(call(temp.data_ptr(), bytes), stage);
     check_stage(c_, stage);
   }
 
-  static uint32_t* as_u32(torch::Tensor& t) {
+  static uint32_t* as_u32(at::Tensor& t) {
     return reinterpret_cast<uint32_t*>(t.data_ptr<int>());
   }
-  static uint64_t* as_u64(torch::Tensor& t) {
+  static uint64_t* as_u64(at::Tensor& t) {
     return reinterpret_cast<uint64_t*>(t.data_ptr<int64_t>());
   }
 
   const RasterConfig& c_;
-  const torch::Tensor& like_;
+  const at::Tensor& like_;
   const GaussianState<float> state_;
   const cudaStream_t stream_;
   const Camera<float> cam_;
   const int count_;
   const bool depth_first_;
-  torch::Tensor depth_keys_, unsorted_order_;  // depth-first: written by the preprocess
-  torch::Tensor order_;    // depth-first: the Gaussians by depth
-  torch::Tensor offsets_;  // inclusive scan of tiles touched (by depth when depth-first)
+  at::Tensor depth_keys_, unsorted_order_;  // depth-first: written by the preprocess
+  at::Tensor order_;    // depth-first: the Gaussians by depth
+  at::Tensor offsets_;  // inclusive scan of tiles touched (by depth when depth-first)
   int64_t pairs_ = 0;
 };
 
@@ -367,22 +369,22 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   const cudaStream_t stream = device.stream;
   const int64_t P = g.count(), H = c.image_height, W = c.image_width;
   const auto opts = g.means3D.options();
-  const auto longs = opts.dtype(torch::kInt64);
+  const auto longs = opts.dtype(at::kLong);
 
   // Only P-sized memory until the pair count and the image are known to fit.
   ForwardState s = allocate_gaussian_state(P, opts);
-  for (torch::Tensor* t : {&s.radii, &s.means2d, &s.conic_opacity, &s.features}) uninitialized(*t);
+  for (at::Tensor* t : {&s.radii, &s.means2d, &s.conic_opacity, &s.features}) uninitialized(*t);
   const Camera<float> cam = make_camera<float>(c);
   const GaussianInputs<float> in = make_inputs<float>(g);
-  torch::Tensor tiles_touched = device_empty({P}, longs);
+  at::Tensor tiles_touched = device_empty({P}, longs);
   static_assert(sizeof(TileRect) == 4 * sizeof(int), "TileRect must be 4 ints");
-  torch::Tensor rects = device_empty({P, 4}, opts.dtype(torch::kInt32));
+  at::Tensor rects = device_empty({P, 4}, opts.dtype(at::kInt));
   const GaussianState<float> st = make_state<float>(
       s, tiles_touched.data_ptr<int64_t>(), reinterpret_cast<TileRect*>(rects.data_ptr<int>()));
 
   stage_timer().start("forward", stream);
   Binning bins(c, g.means3D, st, stream);
-  torch::Tensor radii = device_empty({P}, opts.dtype(torch::kInt32));  // the caller's copy
+  at::Tensor radii = device_empty({P}, opts.dtype(at::kInt));  // the caller's copy
   gpu::preprocess(cam, in, st, bins.depth_keys(), radii.data_ptr<int>(), stream);
   check_stage(c, "preprocess");
   const int64_t pairs = bins.count_pairs();
@@ -395,23 +397,23 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   check_image_buffers(H, W, pixel_bytes, available - pair_bytes);
 
   allocate_pixel_state(c, s, opts);
-  for (torch::Tensor* t : {&s.tile_ranges, &s.pixel_state, &s.n_contrib, &s.median_contrib})
+  for (at::Tensor* t : {&s.tile_ranges, &s.pixel_state, &s.n_contrib, &s.median_contrib})
     uninitialized(*t);
   s.tile_ranges.zero_();
-  s.point_list = device_empty({pairs}, opts.dtype(torch::kInt32));
+  s.point_list = device_empty({pairs}, opts.dtype(at::kInt));
   bins.sort(s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>());
 
-  torch::Tensor color = device_empty({3, H, W}, opts);
-  torch::Tensor depth = device_empty({H, W}, opts);
-  torch::Tensor weight = device_empty({H, W}, opts);
-  torch::Tensor feature_map = device_empty({g.channels(), H, W}, opts);
-  torch::Tensor median = device_empty({c.median_depth ? H : 0, W}, opts);
+  at::Tensor color = device_empty({3, H, W}, opts);
+  at::Tensor depth = device_empty({H, W}, opts);
+  at::Tensor weight = device_empty({H, W}, opts);
+  at::Tensor feature_map = device_empty({g.channels(), H, W}, opts);
+  at::Tensor median = device_empty({c.median_depth ? H : 0, W}, opts);
   const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
-  torch::Tensor composites;
+  at::Tensor composites;
   const TileSplits splits = plan_splits(pairs, c, s, composites, opts, stream);
   check_stage(c, "plan_splits");
   OptionalOutputs<float> extra = make_optional_outputs<float>(g, s, feature_map, median);
-  torch::Tensor feature_parts;  // with the split forward
+  at::Tensor feature_parts;  // with the split forward
   if (extra.has_features() && splits.composite)
     feature_parts = feature_split_buffer(splits.capacity, g.channels(), opts);
   extra.feature_parts = output_or_null<float>(feature_parts);
@@ -437,26 +439,26 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, co
                                 data_or_null<float>(up.weight)};
   static_assert(sizeof(SplatGrad<float>) % sizeof(float) == 0, "SplatGrad must be floats");
   const int64_t splat_floats = int64_t(sizeof(SplatGrad<float>) / sizeof(float));
-  torch::Tensor splat = torch::zeros({P, splat_floats}, g.means3D.options());
+  at::Tensor splat = at::zeros({P, splat_floats}, g.means3D.options());
   auto* splat_grads = reinterpret_cast<SplatGrad<float>*>(splat.data_ptr<float>());
   check_stage(c, "zero gradients");
 
   const TileSplits splits = splits_of(s);
   OptionalGrads<float> extra = make_optional_grads<float>(g, s, up, grads);
-  torch::Tensor feature_dots;
+  at::Tensor feature_dots;
   if (extra.has_features() && splits.capacity > 0) {
     const int chunk = gpu::feature_chunk(extra.channels);
     feature_dots = feature_split_buffer(c.tiles_x() * c.tiles_y() + splits.capacity,
                                         (extra.channels + chunk - 1) / chunk, g.means3D.options());
   }
   extra.feature_dots = output_or_null<float>(feature_dots);
-  const torch::Tensor abs_sums = absolute_grad_sums(c, g);
+  const at::Tensor abs_sums = absolute_grad_sums(c, g);
   extra.mean2d_abs = reinterpret_cast<Vec2<float>*>(output_or_null<float>(abs_sums));
   gpu::render_backward(cam, st, lists, make_pixel_buffers<float>(s, {}, {}, {}), pg, extra,
                        splat_grads, splits, stream);
   check_stage(c, "render_backward");
   CameraGrad<float>* camera = grads.camera_pointer<float>();
-  torch::Tensor partials;  // the camera gradient's per-block sums
+  at::Tensor partials;  // the camera gradient's per-block sums
   if (camera)
     partials = device_empty({int64_t(gpu::camera_grad_partials(int(P))), kCameraGradValues},
                             g.means3D.options());
@@ -470,12 +472,12 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, co
   return grads.to_list();
 }
 
-torch::Tensor mark_visible_cuda(const torch::Tensor& positions, const torch::Tensor& viewmatrix) {
-  TORCH_CHECK_TYPE(positions.scalar_type() == torch::kFloat32,
+at::Tensor mark_visible_cuda(const at::Tensor& positions, const at::Tensor& viewmatrix) {
+  TORCH_CHECK_TYPE(positions.scalar_type() == at::kFloat,
                    "positions: the CUDA backend takes float32, got ", positions.scalar_type());
   const DeviceContext device(positions);
   const int64_t P = positions.size(0);
-  torch::Tensor visible = device_empty({P}, positions.options().dtype(torch::kBool));
+  at::Tensor visible = device_empty({P}, positions.options().dtype(at::kBool));
   gpu::mark_visible(viewmatrix.data_ptr<float>(), positions.data_ptr<float>(), int(P),
                      visible.data_ptr<bool>(), device.stream);
   check_launch("mark_visible");

@@ -1,6 +1,8 @@
 // Sparse Adam on the CPU (an OpenMP loop over the visible rows) and the dispatch by device.
 #include "sparse_adam.h"
 
+#include <ATen/Dispatch.h>
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -9,7 +11,7 @@ namespace dgrd {
 
 namespace {
 
-void check_same_layout(const char* name, const torch::Tensor& t, const torch::Tensor& param) {
+void check_same_layout(const char* name, const at::Tensor& t, const at::Tensor& param) {
   TORCH_CHECK(t.sizes() == param.sizes() && t.scalar_type() == param.scalar_type() &&
                   t.device() == param.device() && t.is_contiguous(),
               "sparse_adam_step: ", name, " must be contiguous and match param in shape, dtype "
@@ -58,8 +60,8 @@ void sparse_adam_cpu(const SparseAdamRows<T>& t, const AdamCoefficients<T>& k) {
 
 }  // namespace
 
-void sparse_adam_step(torch::Tensor param, const torch::Tensor& grad, torch::Tensor exp_avg,
-                      torch::Tensor exp_avg_sq, const torch::Tensor& visible, double lr,
+void sparse_adam_step(at::Tensor param, const at::Tensor& grad, at::Tensor exp_avg,
+                      at::Tensor exp_avg_sq, const at::Tensor& visible, double lr,
                       double beta1, double beta2, double eps) {
   check_same_layout("param", param, grad);
   check_same_layout("grad", grad, param);
@@ -68,7 +70,7 @@ void sparse_adam_step(torch::Tensor param, const torch::Tensor& grad, torch::Ten
   TORCH_CHECK(!param.is_same(grad) && !param.is_same(exp_avg) && !param.is_same(exp_avg_sq) &&
                   !exp_avg.is_same(exp_avg_sq),
               "sparse_adam_step: param, grad, exp_avg and exp_avg_sq must be distinct tensors");
-  TORCH_CHECK(visible.scalar_type() == torch::kBool && visible.dim() == 1 &&
+  TORCH_CHECK(visible.scalar_type() == at::kBool && visible.dim() == 1 &&
                   visible.is_contiguous() && visible.device() == param.device(),
               "sparse_adam_step: visible must be a contiguous 1-D bool tensor on param's device");
   TORCH_CHECK(visible.numel() > 0 ? param.numel() % visible.numel() == 0 : param.numel() == 0,

@@ -24,10 +24,10 @@ __global__ void sparse_adam_kernel(SparseAdamRows<float> t, AdamCoefficients<flo
 
 }  // namespace
 
-void sparse_adam_step_cuda(torch::Tensor param, const torch::Tensor& grad, torch::Tensor exp_avg,
-                           torch::Tensor exp_avg_sq, const torch::Tensor& visible, double lr,
+void sparse_adam_step_cuda(at::Tensor param, const at::Tensor& grad, at::Tensor exp_avg,
+                           at::Tensor exp_avg_sq, const at::Tensor& visible, double lr,
                            double beta1, double beta2, double eps) {
-  TORCH_CHECK_TYPE(param.scalar_type() == torch::kFloat32,
+  TORCH_CHECK_TYPE(param.scalar_type() == at::kFloat,
                    "SparseGaussianAdam: the CUDA kernel takes float32, got ", param.scalar_type());
 #ifdef DGRD_EMULATE_CUDA
   const cudaStream_t stream = nullptr;

@@ -221,3 +221,30 @@ def test_setuptools_too_old_for_pyproject_is_refused():
         problem = build_config.setuptools_problem(old)
         assert problem and old in problem and "setuptools>=64" in problem
     assert build_config.setuptools_problem() is None  # the one installed here builds it
+
+
+# PyTorch's umbrella headers: each pulls in most of ATen, and extension.h also the Python
+# bindings and the C++ nn API (a g++ parse of extension.h alone takes about 30 s on this
+# machine). nvcc parses a .cu file's headers several times, once per GPU architecture.
+UMBRELLA_HEADERS = ("torch/extension.h", "torch/torch.h", "torch/all.h", "torch/python.h",
+                    "ATen/ATen.h", "ATen/Functions.h")
+
+
+def _included_headers(path):
+    with open(path) as f:
+        return [line.split("<", 1)[1].split(">", 1)[0] for line in f
+                if line.lstrip().startswith("#include <")]
+
+
+def test_sources_include_no_umbrella_header():
+    """Every C++ and CUDA file of the package includes the PyTorch headers it uses, not an
+    umbrella that parses all of PyTorch: that kept each glue file's compile near a minute."""
+    paths = [os.path.join(folder, name)
+             for folder in (ROOT, os.path.join(ROOT, "cuda_rasterizer"))
+             for name in sorted(os.listdir(folder)) if name.endswith((".h", ".cpp", ".cu"))]
+    names = [os.path.relpath(p, ROOT) for p in paths]
+    assert "rasterize_points.h" in names and "ext.cpp" in names
+    assert os.path.join("cuda_rasterizer", "cuda_backend.cu") in names
+    offenders = [f"{name}: {header}" for name, path in zip(names, paths)
+                 for header in _included_headers(path) if header in UMBRELLA_HEADERS]
+    assert not offenders, offenders
