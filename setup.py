@@ -93,9 +93,10 @@ for form, variable in (("baseline", "DGRD_BASELINE_LANES"), ("portable", "DGRD_P
               f"({variable} is set)")
         lanes = form
 cxx_flags = build_config.host_compile_flags(MSVC, omp, lanes)
-# nvcc's own standard flag where torch 1.x would pass C++14; GCC's -fno-gnu-unique as for the C++.
+# nvcc's own standard flag where torch 1.x would pass C++14; the host compiler's symbol flags as
+# for the C++ (build_config.UNSHARED_SYMBOLS).
 nvcc_flags = build_config.cxx_standard_flags() + ["-O3", "-lineinfo"] + (
-    [] if MSVC else ["-Xcompiler", "-fno-gnu-unique"])
+    [] if MSVC else ["-Xcompiler", ",".join(build_config.UNSHARED_SYMBOLS)])
 use_cuda, why_not, cuda_version = want_cuda()
 if use_cuda:
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():

@@ -191,9 +191,6 @@ void to_splat_grads(const SplatGrad<double>* totals, int count, SplatGrad<T>* sp
   }
 }
 
-
-}  // namespace
-
 // ---------------------------------------------------------------- float: eight pixels at once
 //
 // The float render walks each tile row in groups of kLanes pixels: every splat is tested on the
@@ -485,6 +482,8 @@ DGRD_LANE_CLONES void render_backward_group(const Camera<float>& cam, const Stag
     add(sums[j], lane_grad);
   }
 }
+
+}  // namespace
 
 template <typename T>
 void preprocess(const Camera<T>& cam, const GaussianInputs<T>& in, const GaussianState<T>& state) {

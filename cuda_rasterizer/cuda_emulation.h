@@ -171,9 +171,11 @@ struct Launch {
   Type(&name)[count] = *static_cast<Type(*)[count]>(::dgrd::emu::shared_storage(         \
       &name##_dgrd_shared_key, sizeof(Type[count]), alignof(Type), #name))
 // (`kernel` may also name a pointer to a kernel.)
+// The stream is not used (a launch runs before it returns, so launches keep their order) but is
+// named, as under nvcc, so that a variable holding it is used in both builds.
 #define DGRD_LAUNCH(kernel, grid, block, stream)                                           \
-  ::dgrd::emu::Launch<std::remove_pointer_t<std::decay_t<decltype(kernel)>>>{              \
-      #kernel, kernel, dim3(grid), dim3(block)}
+  ((void)(stream), ::dgrd::emu::Launch<std::remove_pointer_t<std::decay_t<decltype(kernel)>>>{ \
+                       #kernel, kernel, dim3(grid), dim3(block)})
 
 // ------------------------------------------------------------------ intrinsics the kernels use
 // The call site (file, line) of every barrier and collective is recorded for error messages.

@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import build_config  # noqa: E402
@@ -248,3 +250,18 @@ def test_sources_include_no_umbrella_header():
     offenders = [f"{name}: {header}" for name, path in zip(names, paths)
                  for header in _included_headers(path) if header in UMBRELLA_HEADERS]
     assert not offenders, offenders
+
+
+def test_module_exports_its_init_function_alone():
+    """_C is compiled with hidden visibility (build_config.UNSHARED_SYMBOLS): none of the
+    package's own functions is in its dynamic symbol table, so a library loaded beside it (the
+    original rasterizer has functions of the same names) cannot bind to ours, nor ours to its."""
+    import diff_gaussian_rasterization_depth._C as C
+    nm = shutil.which("nm")
+    if nm is None or not C.__file__.endswith(".so"):
+        pytest.skip("needs binutils' nm and an ELF or Mach-O module")
+    exported = subprocess.run([nm, "-D", "--defined-only", "-C", C.__file__], check=True,
+                              capture_output=True, text=True).stdout.splitlines()
+    assert any(line.endswith(" PyInit__C") for line in exported)
+    ours = [line for line in exported if "dgrd::" in line]
+    assert not ours, ours[:10]

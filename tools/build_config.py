@@ -51,8 +51,16 @@ def host_compile_flags(msvc, openmp, lanes="", version=None):
         # /fp:precise contracts nothing (from Visual Studio 2022 on, only /fp:contract does).
         return ["/O2", "/fp:precise"] + list(openmp) + std + LANE_FORMS[lanes]
     # -fno-math-errno: sqrt need not set errno, so loops with sqrt vectorize (values unchanged).
-    return (["-O3", "-fno-gnu-unique", "-ffp-contract=off", "-Wno-psabi", "-fno-math-errno"] +
+    return (["-O3", "-ffp-contract=off", "-Wno-psabi", "-fno-math-errno"] + UNSHARED_SYMBOLS +
             list(openmp) + std + LANE_FORMS[lanes])
+
+
+# GCC and Clang: nothing of the module's own is shared with other libraries in the process (the
+# original rasterizer defines some of the same names): no GNU-unique symbols, and hidden
+# visibility, so that the module exports its init function alone (PYBIND11_MODULE marks it),
+# as pybind11 asks; without it GCC warns that the bound classes are more visible than
+# pybind11's own.
+UNSHARED_SYMBOLS = ["-fno-gnu-unique", "-fvisibility=hidden"]
 
 
 def cuda_toolkit_version(cuda_home, fallback):

@@ -25,6 +25,9 @@ import sysconfig
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import build_config  # noqa: E402
+
 # Bytes of spill stores a render kernel may have. The largest, 52 B (sm_90), is the median's
 # render with warp skipping and the split forward: all of it in the per-batch staging (SASS: no
 # local-memory access in its per-splat loops), a few instructions per 256 splats.
@@ -77,7 +80,7 @@ def compile_one(nvcc, source, archs, includes, outdir, extra=()):
     cmd = [nvcc, "-c", source, "-o", os.path.join(outdir, os.path.basename(source) + ".o"),
            f"-std={cxx_standard()}", "-O3", "-DDGRD_WITH_CUDA=1", "-DTORCH_EXTENSION_NAME=_C",
            f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-Xcompiler", "-fPIC", "-Xcompiler",
-           "-fno-gnu-unique", *gencode, *extra]
+           ",".join(build_config.UNSHARED_SYMBOLS), *gencode, *extra]
     for inc in [ROOT] + includes:
         cmd += ["-I", inc]
     proc = subprocess.run(cmd, capture_output=True, text=True)

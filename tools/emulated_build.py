@@ -48,8 +48,10 @@ DEFINES = ["-DDGRD_EMULATE_CUDA=1"]
 FMA_FLAGS = fused_multiply_add_flags()
 # -O1 (-O2 with fused multiply-adds, which GCC forms from -O2 on): compiles fast, and the kernels
 # run fast enough for scenes of the test suite's size.
+# -Wno-unknown-pragmas: the module is built without OpenMP and its kernels' `#pragma unroll` is
+# nvcc's, so GCC ignores both on purpose.
 CXX_FLAGS = ((["-O2"] + FMA_FLAGS) if FMA_FLAGS else ["-O1", "-ffp-contract=off"]) + [
-    "-fno-gnu-unique", "-Wno-psabi"] + DEFINES + STD_FLAGS
+    "-fno-gnu-unique", "-Wno-psabi", "-Wno-unknown-pragmas"] + DEFINES + STD_FLAGS
 
 
 def cuda_files():
