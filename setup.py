@@ -138,7 +138,11 @@ elif os.environ.get("DGRD_NO_EMULATED", "0") in ("", "0"):
         extra_compile_args={"cxx": emulated_build.CXX_FLAGS},
     ))
 
+# The licence here, not in pyproject.toml: setuptools 77 and newer deprecate its table form there
+# (builds stop being supported from 2027-02-18), and before 77 they reject the SPDX string that
+# replaces it (Python 3.7, 3DGS's own environment, has setuptools 68 at most).
 setup(
+    license="Apache-2.0",
     ext_modules=ext_modules,
     cmdclass={"build_ext": cpp_extension.BuildExtension},
 )
