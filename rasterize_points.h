@@ -3,7 +3,7 @@
 #pragma once
 
 // ATen's tensor alone, not torch/extension.h: that adds the Python bindings and the C++ nn API,
-// which the glue does not use and which take most of each build's time (doc/design.md, Build).
+// which the glue does not use and which take most of each build's time (doc/design.md, "Glue").
 #include <ATen/core/Tensor.h>
 
 #include <map>
