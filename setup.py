@@ -85,9 +85,11 @@ omp = openmp_flags()
 link_flags = [] if MSVC else omp  # MSVC's /openmp is a compile flag only
 # DGRD_BASELINE_LANES=1: the CPU's eight-lane loops for the baseline instruction set alone (no
 # AVX2 or AVX-512 clones), which is what ARM and older x86 machines run; DGRD_PORTABLE_LANES=1:
-# the portable form that MSVC compiles. CI tests both with GCC.
+# the portable form that MSVC compiles for ARM64; DGRD_AVX2_LANES=1: the AVX2 intrinsics that
+# MSVC compiles for x64 (with GCC the whole module then needs AVX2). CI tests all three with GCC.
 lanes = ""
-for form, variable in (("baseline", "DGRD_BASELINE_LANES"), ("portable", "DGRD_PORTABLE_LANES")):
+for form, variable in (("baseline", "DGRD_BASELINE_LANES"), ("portable", "DGRD_PORTABLE_LANES"),
+                       ("avx2", "DGRD_AVX2_LANES")):
     if os.environ.get(variable, "0") not in ("", "0"):
         print(f"diff_gaussian_rasterization_depth: lane loops in the {form} form "
               f"({variable} is set)")

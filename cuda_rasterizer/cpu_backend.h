@@ -40,6 +40,10 @@ struct CpuTuning {
 };
 CpuTuning& cpu_tuning();
 
+// Whether this build's lanes can run on this CPU: not where MSVC built them (AVX2 alone) and
+// the CPU lacks AVX2. Where they cannot, `lanes` set on gives the per-pixel loop.
+bool lanes_run_here();
+
 // What a float render does, counted (for the benchmark's work model): tile pairs, splat tests
 // at pixels up to where each pixel stops, those that pass the power bound (an exp each), blends,
 // and the splat tests the eight-lane groups run (a group runs until its last pixel stops).

@@ -1,6 +1,6 @@
-// Eight float lanes for the CPU backend (GCC/Clang vector extensions; under MSVC a portable
-// form), so the shared blend math runs on eight pixels of a tile row at once: SSE2/NEON pairs,
-// or one AVX2 register.
+// Eight float lanes for the CPU backend (GCC/Clang vector extensions; under MSVC, AVX2
+// intrinsics on x64 and a portable form elsewhere), so the shared blend math runs on eight
+// pixels of a tile row at once: SSE2/NEON pairs, or one AVX2 register.
 #pragma once
 
 #include <cstdint>
@@ -8,7 +8,7 @@
 
 #include "fast_exp.h"
 
-// Three ways to compile the lane loops (DGRD_LANE_CLONES marks them):
+// Four ways to compile the lane loops (DGRD_LANE_CLONES marks them):
 // - GCC on x86-64: clones for AVX-512 (x86-64-v4), AVX2 and the baseline, one picked by the
 //   loader (function multi-versioning). The lanes stay eight wide: AVX-512 pays through its 32
 //   registers and masked moves (backward 6% faster than AVX2), not through wider vectors.
@@ -19,19 +19,36 @@
 //   vectors (SSE2, NEON), with comparisons and selections written by halves of four
 //   (DGRD_NARROW_LANES): GCC lowers a 32-byte comparison or ?: that the target lacks lane by
 //   lane, with scalar compares and branches, while the halves and bit operations pair up.
-// - MSVC, which has no vector extensions, or DGRD_PORTABLE_LANES with any compiler (CI builds
-//   it with GCC, so the code MSVC compiles is tested bit for bit against the per-pixel loop):
-//   eight plain elements with the same operators (LaneArray), element by element.
+// - MSVC on x64, which has no vector extensions and no target_clones, or DGRD_AVX2_LANES with
+//   GCC/Clang and -mavx2 (CI builds it so, to test the code MSVC compiles): AVX2 intrinsics
+//   (DGRD_AVX2_LANES). MSVC emits them without /arch:AVX2, so the rest of the module stays
+//   SSE2, and the backend takes the lanes only where the CPU and the OS have AVX2 (lanes_pay).
+// - MSVC on other targets (ARM64), or DGRD_PORTABLE_LANES with any compiler (CI builds it with
+//   GCC): eight plain elements with the same operators (LaneArray), element by element.
 #if defined(_MSC_VER) && !defined(__clang__)
-#ifndef DGRD_PORTABLE_LANES
+#if !defined(DGRD_PORTABLE_LANES) && !defined(DGRD_AVX2_LANES)
+#if defined(_M_X64) && !defined(_M_ARM64EC)
+#define DGRD_AVX2_LANES 1
+#else
 #define DGRD_PORTABLE_LANES 1
+#endif
 #endif
 #define DGRD_LANE_FN __forceinline
 #else
 #define DGRD_LANE_FN inline __attribute__((always_inline))
 #endif
 
+#if defined(DGRD_AVX2_LANES)
 #if defined(DGRD_PORTABLE_LANES)
+#error "DGRD_AVX2_LANES and DGRD_PORTABLE_LANES are two forms of the lanes: pick one"
+#endif
+#if defined(__GNUC__) && !defined(__AVX2__)
+#error "DGRD_AVX2_LANES with GCC or Clang needs -mavx2"
+#endif
+#include <immintrin.h>
+#endif
+
+#if defined(DGRD_PORTABLE_LANES) || defined(DGRD_AVX2_LANES)
 #define DGRD_LANE_CLONES
 #elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
     !defined(DGRD_BASELINE_LANES)
@@ -112,6 +129,94 @@ DGRD_LANE_FN LaneFloats lane_shuffle(LaneFloats a, LaneFloats b) {
     r.x[k] = index[k] < kLanes ? a.x[index[k]] : b.x[index[k] - kLanes];
   return r;
 }
+#elif defined(DGRD_AVX2_LANES)
+// One AVX2 register each, with the operators of a GCC vector spelled as intrinsics. Elements
+// are reached through a pointer to the register's storage, for the per-group set-up and stores
+// outside the splat loop; under GCC a may_alias one (an __m256i holds long longs, not ints).
+#if defined(__GNUC__)
+typedef float __attribute__((may_alias)) LaneFloatElement;
+typedef int32_t __attribute__((may_alias)) LaneIntElement;
+#else
+typedef float LaneFloatElement;
+typedef int32_t LaneIntElement;
+#endif
+// Copies are written out so that they move one register: without /arch:AVX, MSVC copies a
+// 32-byte struct as two 16-byte halves, which a 32-byte load cannot then forward from. (A macro,
+// not a template: GCC drops may_alias from a template argument.)
+#define DGRD_LANE_REGISTER(Name, Register, Element)                                            \
+  struct alignas(32) Name {                                                                   \
+    Register x;                                                                               \
+    DGRD_LANE_FN Name() : x() {}                          /* zeros */                         \
+    DGRD_LANE_FN Name(Register v) : x(v) {}               /* NOLINT: as the register */       \
+    DGRD_LANE_FN Name(const Name& o) : x(o.x) {}                                              \
+    DGRD_LANE_FN Name& operator=(const Name& o) {                                             \
+      x = o.x;                                                                                \
+      return *this;                                                                           \
+    }                                                                                         \
+    DGRD_LANE_FN Element operator[](int k) const {                                            \
+      return reinterpret_cast<const Element*>(&x)[k];                                         \
+    }                                                                                         \
+    DGRD_LANE_FN Element& operator[](int k) { return reinterpret_cast<Element*>(&x)[k]; }     \
+  };
+DGRD_LANE_REGISTER(LaneFloats, __m256, LaneFloatElement)
+DGRD_LANE_REGISTER(LaneInts, __m256i, LaneIntElement)
+#undef DGRD_LANE_REGISTER
+DGRD_LANE_FN LaneFloats operator+(LaneFloats a, LaneFloats b) { return {_mm256_add_ps(a.x, b.x)}; }
+DGRD_LANE_FN LaneFloats operator-(LaneFloats a, LaneFloats b) { return {_mm256_sub_ps(a.x, b.x)}; }
+DGRD_LANE_FN LaneFloats operator*(LaneFloats a, LaneFloats b) { return {_mm256_mul_ps(a.x, b.x)}; }
+DGRD_LANE_FN LaneFloats operator/(LaneFloats a, LaneFloats b) { return {_mm256_div_ps(a.x, b.x)}; }
+// Negation flips the sign bit, as GCC's vector negation does (NaN and zero included).
+DGRD_LANE_FN LaneFloats operator-(LaneFloats a) {
+  return {_mm256_xor_ps(a.x, _mm256_set1_ps(-0.0f))};
+}
+// Ordered, quiet comparisons: false where either side is NaN, as C's < and GCC's vectors.
+#define DGRD_AVX_COMPARISON(op, predicate)                                     \
+  DGRD_LANE_FN LaneInts operator op(LaneFloats a, LaneFloats b) {              \
+    return {_mm256_castps_si256(_mm256_cmp_ps(a.x, b.x, predicate))};          \
+  }
+DGRD_AVX_COMPARISON(<, _CMP_LT_OQ)
+DGRD_AVX_COMPARISON(<=, _CMP_LE_OQ)
+DGRD_AVX_COMPARISON(>=, _CMP_GE_OQ)
+DGRD_AVX_COMPARISON(>, _CMP_GT_OQ)
+#undef DGRD_AVX_COMPARISON
+DGRD_LANE_FN LaneInts operator+(LaneInts a, LaneInts b) { return {_mm256_add_epi32(a.x, b.x)}; }
+DGRD_LANE_FN LaneInts operator-(LaneInts a, LaneInts b) { return {_mm256_sub_epi32(a.x, b.x)}; }
+DGRD_LANE_FN LaneInts operator+(LaneInts a, int32_t s) {
+  return {_mm256_add_epi32(a.x, _mm256_set1_epi32(s))};
+}
+DGRD_LANE_FN LaneInts operator*(LaneInts a, int32_t s) {
+  return {_mm256_mullo_epi32(a.x, _mm256_set1_epi32(s))};
+}
+DGRD_LANE_FN LaneInts operator&(LaneInts a, LaneInts b) { return {_mm256_and_si256(a.x, b.x)}; }
+DGRD_LANE_FN LaneInts operator|(LaneInts a, LaneInts b) { return {_mm256_or_si256(a.x, b.x)}; }
+DGRD_LANE_FN LaneInts operator~(LaneInts a) {
+  return {_mm256_xor_si256(a.x, _mm256_set1_epi32(-1))};
+}
+DGRD_LANE_FN LaneInts operator<(LaneInts a, LaneInts b) { return {_mm256_cmpgt_epi32(b.x, a.x)}; }
+DGRD_LANE_FN LaneInts operator==(LaneInts a, LaneInts b) { return {_mm256_cmpeq_epi32(a.x, b.x)}; }
+// Zero plus s, rounded in scalar as GCC's {} + s is in each lane: -0 becomes +0 in every form.
+DGRD_LANE_FN LaneFloats lane_broadcast(float s) { return {_mm256_set1_ps(0.0f + s)}; }
+DGRD_LANE_FN LaneFloats lane_load(const float* p) { return {_mm256_loadu_ps(p)}; }
+DGRD_LANE_FN void lane_store(float* p, LaneFloats v) { _mm256_storeu_ps(p, v.x); }
+DGRD_LANE_FN bool lanes_any(LaneInts m) { return !_mm256_testz_si256(m.x, m.x); }
+DGRD_LANE_FN LaneInts lane_float_bits(LaneFloats v) { return {_mm256_castps_si256(v.x)}; }
+DGRD_LANE_FN LaneFloats lane_bits_float(LaneInts v) { return {_mm256_castsi256_ps(v.x)}; }
+DGRD_LANE_FN LaneFloats lane_select(LaneInts m, LaneFloats a, LaneFloats b) {
+  return {_mm256_blendv_ps(b.x, a.x, _mm256_castsi256_ps(m.x))};
+}
+DGRD_LANE_FN LaneInts lane_select(LaneInts m, LaneInts a, LaneInts b) {
+  return {_mm256_blendv_epi8(b.x, a.x, m.x)};
+}
+// The lanes of a and b numbered 0-7 and 8-15, picked by I: each source permuted across the
+// register, then blended by which source each lane names.
+template <int... I>
+DGRD_LANE_FN LaneFloats lane_shuffle(LaneFloats a, LaneFloats b) {
+  static_assert(sizeof...(I) == kLanes, "one index a lane");
+  const __m256i index = _mm256_setr_epi32((I & (kLanes - 1))...);
+  const __m256i from_b = _mm256_setr_epi32((I >= kLanes ? -1 : 0)...);
+  return {_mm256_blendv_ps(_mm256_permutevar8x32_ps(a.x, index),
+                           _mm256_permutevar8x32_ps(b.x, index), _mm256_castsi256_ps(from_b))};
+}
 #else
 // Aligned to their full size on every target: without AVX, GCC gives a 32-byte vector only
 // 16-byte alignment, while the AVX2 clone of a function stores it with aligned 32-byte moves.
@@ -123,16 +228,30 @@ DGRD_LANE_FN LaneFloats lane_shuffle(LaneFloats a, LaneFloats b) {
 }
 #endif
 
+#if !defined(DGRD_AVX2_LANES)
+// What the AVX2 form spells as intrinsics, in terms of the operators and bytes.
+DGRD_LANE_FN LaneFloats lane_broadcast(float s) { return LaneFloats{} + s; }
+DGRD_LANE_FN LaneFloats lane_load(const float* p) {
+  LaneFloats x;
+  std::memcpy(&x, p, sizeof(x));
+  return x;
+}
+DGRD_LANE_FN void lane_store(float* p, LaneFloats v) { std::memcpy(p, &v, sizeof(v)); }
+DGRD_LANE_FN bool lanes_any(LaneInts m) {
+  int32_t lanes[kLanes];
+  std::memcpy(lanes, &m, sizeof(m));
+  int32_t acc = 0;
+  for (int k = 0; k < kLanes; ++k) acc |= lanes[k];
+  return acc != 0;
+}
+DGRD_LANE_FN LaneInts lane_float_bits(LaneFloats v) { return bits_as<LaneInts>(v); }
+DGRD_LANE_FN LaneFloats lane_bits_float(LaneInts b) { return bits_as<LaneFloats>(b); }
+#endif
+
 // A lane mask: all bits set (-1) where true, 0 where false, as vector comparisons produce.
 struct LaneMask {
   LaneInts m;
-  DGRD_LANE_FN bool any() const {
-    int32_t lanes[kLanes];
-    std::memcpy(lanes, &m, sizeof(m));
-    int32_t acc = 0;
-    for (int k = 0; k < kLanes; ++k) acc |= lanes[k];
-    return acc != 0;
-  }
+  DGRD_LANE_FN bool any() const { return lanes_any(m); }
   DGRD_LANE_FN bool lane(int k) const { return m[k] != 0; }
 };
 DGRD_LANE_FN LaneMask operator&(LaneMask a, LaneMask b) { return {a.m & b.m}; }
@@ -144,14 +263,10 @@ DGRD_LANE_FN LaneMask operator!(LaneMask a) { return {~a.m}; }
 struct Lanes {
   LaneFloats v;
   DGRD_LANE_FN Lanes() : v(LaneFloats{} ) {}
-  DGRD_LANE_FN Lanes(float s) : v(LaneFloats{} + s) {}  // NOLINT: broadcasts like a float
+  DGRD_LANE_FN Lanes(float s) : v(lane_broadcast(s)) {}  // NOLINT: broadcasts like a float
   DGRD_LANE_FN explicit Lanes(LaneFloats x) : v(x) {}
-  DGRD_LANE_FN static Lanes load(const float* p) {
-    LaneFloats x;
-    std::memcpy(&x, p, sizeof(x));
-    return Lanes(x);
-  }
-  DGRD_LANE_FN void store(float* p) const { std::memcpy(p, &v, sizeof(v)); }
+  DGRD_LANE_FN static Lanes load(const float* p) { return Lanes(lane_load(p)); }
+  DGRD_LANE_FN void store(float* p) const { lane_store(p, v); }
   DGRD_LANE_FN float operator[](int k) const { return v[k]; }
   DGRD_LANE_FN Lanes& operator+=(Lanes b) { v = v + b.v; return *this; }
   DGRD_LANE_FN Lanes& operator-=(Lanes b) { v = v - b.v; return *this; }
@@ -198,13 +313,7 @@ DGRD_LANE_FN LaneMask lanes_equal(LaneInts a, LaneInts b) {
 
 DGRD_LANE_FN LaneInts select(LaneMask m, LaneInts a, LaneInts b) { return (m.m & a) | (~m.m & b); }
 DGRD_LANE_FN Lanes select(LaneMask m, Lanes a, Lanes b) {
-  LaneInts ai, bi;
-  std::memcpy(&ai, &a.v, sizeof(ai));
-  std::memcpy(&bi, &b.v, sizeof(bi));
-  const LaneInts r = select(m, ai, bi);
-  LaneFloats f;
-  std::memcpy(&f, &r, sizeof(f));
-  return Lanes(f);
+  return Lanes(lane_bits_float(select(m, lane_float_bits(a.v), lane_float_bits(b.v))));
 }
 #else
 // One instruction each in the AVX2 and AVX-512 clones (the forms above cost them 10-30%).
@@ -223,6 +332,11 @@ DGRD_LANE_FN LaneArray<E> select(LaneMask m, LaneArray<E> a, LaneArray<E> b) {
   return a;
 }
 DGRD_LANE_FN Lanes select(LaneMask m, Lanes a, Lanes b) { return Lanes(select(m, a.v, b.v)); }
+#elif defined(DGRD_AVX2_LANES)
+DGRD_LANE_FN Lanes select(LaneMask m, Lanes a, Lanes b) {
+  return Lanes(lane_select(m.m, a.v, b.v));
+}
+DGRD_LANE_FN LaneInts select(LaneMask m, LaneInts a, LaneInts b) { return lane_select(m.m, a, b); }
 #else
 DGRD_LANE_FN Lanes select(LaneMask m, Lanes a, Lanes b) { return Lanes(m.m ? a.v : b.v); }
 DGRD_LANE_FN LaneInts select(LaneMask m, LaneInts a, LaneInts b) { return m.m ? a : b; }
@@ -239,16 +353,8 @@ struct LaneBits {
 DGRD_LANE_FN LaneBits operator+(LaneBits a, LaneBits b) { return {a.v + b.v}; }
 DGRD_LANE_FN LaneBits operator-(LaneBits a, LaneBits b) { return {a.v - b.v}; }
 DGRD_LANE_FN LaneBits operator*(LaneBits a, int32_t s) { return {a.v * s}; }
-DGRD_LANE_FN LaneBits float_bits(Lanes a) {
-  LaneBits b;
-  std::memcpy(&b.v, &a.v, sizeof(b.v));
-  return b;
-}
-DGRD_LANE_FN Lanes bits_float(LaneBits b) {
-  LaneFloats f;
-  std::memcpy(&f, &b.v, sizeof(f));
-  return Lanes(f);
-}
+DGRD_LANE_FN LaneBits float_bits(Lanes a) { return {lane_float_bits(a.v)}; }
+DGRD_LANE_FN Lanes bits_float(LaneBits b) { return Lanes(lane_bits_float(b.v)); }
 DGRD_LANE_FN Lanes zero_unless(LaneMask m, Lanes a) { return select(m, a, Lanes(0.f)); }
 
 // The splat exponential on lanes: the same polynomial as for one float (fast_exp.h).

@@ -10,17 +10,18 @@
 
 namespace dgrd {
 
+// The bytes of `from` read as a To of the same size (C++20's std::bit_cast).
+template <typename To, typename From>
+inline To bits_as(const From& from) {
+  static_assert(sizeof(To) == sizeof(From), "a bit cast keeps the size");
+  To to;
+  std::memcpy(&to, &from, sizeof(to));
+  return to;
+}
+
 // Scalar versions of the lane helpers in cpu_lanes.h, so exp_poly reads the same for both.
-inline int32_t float_bits(float f) {
-  int32_t i;
-  std::memcpy(&i, &f, sizeof(i));
-  return i;
-}
-inline float bits_float(int32_t i) {
-  float f;
-  std::memcpy(&f, &i, sizeof(f));
-  return f;
-}
+inline int32_t float_bits(float f) { return bits_as<int32_t>(f); }
+inline float bits_float(int32_t i) { return bits_as<float>(i); }
 inline float select(bool m, float a, float b) { return m ? a : b; }
 
 // exp(x) for x <= 0 (a splat's power), within 2 ulp of the exact value: x = n ln2 + r with

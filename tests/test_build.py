@@ -173,6 +173,8 @@ def test_msvc_gets_its_own_flags():
         assert set(std) <= set(msvc)
     assert build_config.host_compile_flags(False, [], "portable")[-1] == "-DDGRD_PORTABLE_LANES"
     assert "-DDGRD_BASELINE_LANES" in build_config.host_compile_flags(False, [], "baseline")
+    assert build_config.host_compile_flags(False, [], "avx2")[-2:] == ["-DDGRD_AVX2_LANES",
+                                                                      "-mavx2"]
 
 
 def test_default_architectures_follow_the_toolkit():

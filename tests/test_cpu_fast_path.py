@@ -103,9 +103,10 @@ def cpu_flags():
 
 # The instruction sets the package's lane loops are compiled for (DGRD_LANE_CLONES), the
 # narrow form of the lane operations (16-byte vectors: ARM, DGRD_BASELINE_LANES builds) and the
-# portable form (eight plain elements: what MSVC compiles).
+# two forms MSVC compiles: eight plain elements (ARM64) and AVX2 intrinsics (x64).
 ISAS = {"baseline": ([], set()), "narrow": (["-DDGRD_BASELINE_LANES"], set()),
         "portable": (["-DDGRD_PORTABLE_LANES"], set()),
+        "avx2-intrinsics": (["-DDGRD_AVX2_LANES", "-mavx2"], {"avx2"}),
         "avx2": (["-mavx2"], {"avx2"}),
         "x86-64-v4": (["-march=x86-64-v4"], {"avx512f", "avx512vl", "avx512bw", "avx512dq"})}
 
@@ -134,17 +135,21 @@ def test_exp_poly_accuracy_and_lanes(tmp_path, isa):
     assert int(fields["samples"]) > 1_000_000
 
 
-def test_portable_lanes_give_the_vector_lanes_bits(tmp_path):
-    """The portable form of the lanes (eight plain elements, what MSVC compiles) renders and
-    differentiates a random SH-coloured scene to the very bits of the vector-extension lanes,
-    and each build's lanes agree with its per-pixel loop: tests/cpp/cpu_backend_check.cpp, the
-    CPU backend without PyTorch, which tools/check_msvc_build.py also builds with MSVC."""
+@pytest.mark.parametrize("msvc_form", ["portable", "avx2"])
+def test_msvc_lanes_give_the_vector_lanes_bits(tmp_path, msvc_form):
+    """The forms of the lanes that MSVC compiles, eight plain elements (ARM64) and AVX2
+    intrinsics (x64), render and differentiate a random SH-coloured scene to the very bits of the
+    vector-extension lanes, and each build's lanes agree with its per-pixel loop:
+    tests/cpp/cpu_backend_check.cpp, the CPU backend without PyTorch, which
+    tools/check_msvc_build.py also builds with MSVC."""
     compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
     if compiler is None:
         pytest.skip("no C++ compiler on PATH")
+    if msvc_form == "avx2" and "avx2" not in cpu_flags():
+        pytest.skip("this CPU cannot run AVX2 code")
     seed = int(torch.randint(0, 10**9, ()).item())  # the program takes up to 1e9
     dumps = {}
-    for form in ("", "portable"):
+    for form in ("", msvc_form):
         exe, dump = tmp_path / f"check_{form or 'vector'}", tmp_path / f"{form or 'vector'}.bin"
         flags = [f for f in build_config.host_compile_flags(False, [], form)
                  if f != "-fno-gnu-unique"]
@@ -158,7 +163,7 @@ def test_portable_lanes_give_the_vector_lanes_bits(tmp_path):
             form, seed, run.stdout, run.stderr)
         dumps[form] = dump.read_bytes()
     assert len(dumps[""]) > 100_000
-    assert dumps[""] == dumps["portable"], f"seed {seed}"
+    assert dumps[""] == dumps[msvc_form], f"seed {seed}"
 
 
 def test_work_counts_are_consistent():

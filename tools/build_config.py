@@ -37,9 +37,12 @@ def uses_msvc(platform=None):
 
 
 # The lane loops of the CPU backend (cuda_rasterizer/cpu_lanes.h): "" is the compiler's own
-# choice (GCC/Clang vector extensions; MSVC, which has none, the portable form), "baseline" the
-# GCC/Clang form for 16-byte vectors only, "portable" eight plain elements with any compiler.
-LANE_FORMS = {"": [], "baseline": ["-DDGRD_BASELINE_LANES"], "portable": ["-DDGRD_PORTABLE_LANES"]}
+# choice (GCC/Clang vector extensions; MSVC, which has none, AVX2 intrinsics on x64 and the
+# portable form elsewhere), "baseline" the GCC/Clang form for 16-byte vectors only, "portable"
+# eight plain elements with any compiler, "avx2" MSVC's intrinsics with GCC/Clang (the whole
+# module then needs AVX2: a test build, not one to ship).
+LANE_FORMS = {"": [], "baseline": ["-DDGRD_BASELINE_LANES"], "portable": ["-DDGRD_PORTABLE_LANES"],
+              "avx2": ["-DDGRD_AVX2_LANES", "-mavx2"]}
 
 
 def host_compile_flags(msvc, openmp, lanes="", version=None):

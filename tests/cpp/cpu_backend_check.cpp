@@ -523,6 +523,8 @@ int main(int argc, char** argv) {
   cpu::CpuTuning& tuning = cpu::cpu_tuning();
   tuning.power_bound = true;
 
+  if (!cpu::lanes_run_here())
+    std::printf("this CPU cannot run this build's lanes (AVX2): both runs are the per-pixel loop\n");
   tuning.lanes = true;
   Forward f_lanes = run_forward(cam, scene);
   const Backward b_lanes = run_backward(cam, scene, f_lanes, up);
