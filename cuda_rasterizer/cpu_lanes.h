@@ -244,8 +244,18 @@ DGRD_LANE_FN bool lanes_any(LaneInts m) {
   for (int k = 0; k < kLanes; ++k) acc |= lanes[k];
   return acc != 0;
 }
-DGRD_LANE_FN LaneInts lane_float_bits(LaneFloats v) { return bits_as<LaneInts>(v); }
-DGRD_LANE_FN LaneFloats lane_bits_float(LaneInts b) { return bits_as<LaneFloats>(b); }
+// (memcpy here, not bits_as: a vector returned by a function that is not always inlined would
+// change the ABI between the clones.)
+DGRD_LANE_FN LaneInts lane_float_bits(LaneFloats v) {
+  LaneInts b;
+  std::memcpy(&b, &v, sizeof(b));
+  return b;
+}
+DGRD_LANE_FN LaneFloats lane_bits_float(LaneInts b) {
+  LaneFloats v;
+  std::memcpy(&v, &b, sizeof(v));
+  return v;
+}
 #endif
 
 // A lane mask: all bits set (-1) where true, 0 where false, as vector comparisons produce.
