@@ -155,7 +155,15 @@ int64_t host_bytes_available() {
     const int64_t limit = read_number(path);
     if (is_limit(limit)) available = std::min(available, limit);
   }
-  if (const char* env = std::getenv("DGRD_HOST_MEMORY_LIMIT")) {
+#ifdef _MSC_VER
+#pragma warning(push)
+#pragma warning(disable : 4996)  // getenv "unsafe": its string is read here, at once
+#endif
+  const char* env = std::getenv("DGRD_HOST_MEMORY_LIMIT");
+#ifdef _MSC_VER
+#pragma warning(pop)
+#endif
+  if (env) {
     char* end = nullptr;
     errno = 0;
     const long long limit = std::strtoll(env, &end, 10);

@@ -7,7 +7,8 @@ What it does (each step says what it found; any failure exits non-zero):
    cpp_extension.py) plus the package's (build_config.host_compile_flags(msvc=True)), against
    the Windows wheel's headers and Windows CPython headers: once as the CPU-only build does,
    once as the CUDA build does (DGRD_WITH_CUDA, against the CUDA toolkit's headers), and every
-   .cu file as host C++ under the CUDA emulation, as the emulated backend compiles them;
+   .cu file as host C++ under the CUDA emulation, as the emulated backend compiles them; an
+   error, or a warning in the package's own files (/W3), fails the step;
 2. links the CPU-only `_C.pyd` against the wheel's import libraries (c10, torch_cpu, torch,
    torch_python): every symbol must resolve, Python's own (from an import library made from the
    names asked for) aside;
@@ -222,10 +223,14 @@ def compile_sources(msvc, torch_dir, py_includes, out, sources, defines, with_cu
         r = msvc.tool("cl.exe", args, cwd=out)
         lines = [l for l in r.stdout.splitlines() if re.search(r"\b(error|warning) [A-Z]+\d+", l)]
         errors = [l for l in lines if re.search(r"\berror [A-Z]+\d+", l)]
-        if r.returncode != 0 or not os.path.exists(obj):
+        # A warning in the package's own files fails too (it compiles clean at /W3); one in
+        # PyTorch's or MSVC's headers is only counted.
+        ours_warned = [l for l in lines if l.lower().startswith(Msvc.win(ROOT).lower() + "\\")
+                       and l not in errors]
+        if r.returncode != 0 or not os.path.exists(obj) or ours_warned:
             failed.append(src)
-            say(f"  {src}: FAILED ({len(errors)} errors)")
-            print("\n".join((errors or r.stdout.splitlines())[:40]))
+            say(f"  {src}: FAILED ({len(errors)} errors, {len(ours_warned)} warnings in our files)")
+            print("\n".join((errors + ours_warned or r.stdout.splitlines())[:40]))
         else:
             say(f"  {src}: compiled ({len(lines)} warnings)")
             for line in lines[:10]:
