@@ -13,8 +13,9 @@ What it does (each step says what it found; any failure exits non-zero):
    torch_python): every symbol must resolve, Python's own (from an import library made from the
    names asked for) aside;
 3. builds tests/cpp/cpu_backend_check.cpp with the CPU backend by MSVC and by the host's g++,
-   runs both on a fresh random scene (the MSVC one under wine): each checks that its lane loops
-   and its per-pixel loop agree; then the two builds' outputs and gradients are compared.
+   runs both on a fresh random scene (the MSVC one under wine), plain and with every optional
+   output: each checks that its lane loops and its per-pixel loop agree; then the two builds'
+   outputs and gradients are compared.
 What it cannot do: run the Python module (no Windows Python here). The .cu files as nvcc for
 Windows compiles them (cudafe++'s output through cl.exe) are tools/check_windows_nvcc.py's.
 

@@ -1,6 +1,7 @@
 // Drives the CPU backend without PyTorch: a random SH-coloured scene rendered forward and backward
 // on the eight lanes and on the per-pixel loop (forward bit for bit, gradients to float rounding),
-// the lanes' results dumped for comparing two builds (GCC, MSVC).
+// plain and with every optional output (feature channels, median depth, AbsGS's statistic), the
+// lanes' results dumped for comparing two builds (GCC, MSVC).
 // Usage: cpu_backend_check OUT_FILE [N=3000] [W=200] [H=150] [REPS=0] [SEED=20240611].
 #include <algorithm>
 #include <chrono>
@@ -203,6 +204,25 @@ Upstream make_upstream(int plane, Rng& rng) {
   return u;
 }
 
+// The optional outputs' inputs (feature channels, median depth, AbsGS's statistic): C values a
+// Gaussian, and the upstream gradients of the feature map and the median. C = 11 takes the
+// lanes' feature sums through a full group of eight channels and a tail.
+struct Extras {
+  int channels = 11;
+  std::vector<float> features, feature_up, median_up;
+};
+
+Extras make_extras(int count, int plane, Rng& rng) {
+  Extras e;
+  e.features.resize(size_t(count) * e.channels);
+  e.feature_up.resize(size_t(plane) * e.channels);
+  e.median_up.resize(size_t(plane));
+  for (float& v : e.features) v = float(rng.range(-1.0, 1.0));
+  for (float& v : e.feature_up) v = float(rng.range(-1.0, 1.0));
+  for (float& v : e.median_up) v = float(rng.range(-0.1, 0.1));
+  return e;
+}
+
 // What the forward leaves: the Gaussians' state, the tile lists, the maps and the saved pixel
 // state, allocated as rasterize_points.cpp's forward_cpu does.
 struct Forward {
@@ -214,6 +234,8 @@ struct Forward {
   std::vector<int> point_list, tile_ranges;
   std::vector<float> color, depth, weight, pixel_state;
   std::vector<int> n_contrib;
+  std::vector<float> feature_map, median;  // with Extras
+  std::vector<int> median_contrib;
 
   GaussianState<float> state(bool with_scratch) {
     return {radii.data(),
@@ -226,7 +248,8 @@ struct Forward {
   TileLists lists() const { return {point_list.data(), tile_ranges.data()}; }
 };
 
-Forward run_forward(const Camera<float>& cam, const Scene& scene) {
+// extras: null for the plain call, else the optional outputs are rendered too.
+Forward run_forward(const Camera<float>& cam, const Scene& scene, const Extras* extras) {
   const int P = scene.count;
   const int plane = cam.width * cam.height;
   Forward f;
@@ -253,8 +276,15 @@ Forward run_forward(const Camera<float>& cam, const Scene& scene) {
   f.n_contrib.assign(size_t(plane), -1);
   const PixelBuffers<float> px = {f.color.data(), f.depth.data(), f.weight.data(),
                                   f.pixel_state.data(), f.n_contrib.data()};
-  const OptionalOutputs<float> none = {0, nullptr, nullptr, nullptr, nullptr};
-  cpu::render(cam, st, P, f.lists(), px, none);
+  OptionalOutputs<float> optional = {0, nullptr, nullptr, nullptr, nullptr};
+  if (extras) {
+    f.feature_map.assign(size_t(plane) * extras->channels, unwritten);
+    f.median.assign(size_t(plane), unwritten);
+    f.median_contrib.assign(size_t(plane), -1);
+    optional = {extras->channels, extras->features.data(), f.feature_map.data(), f.median.data(),
+                f.median_contrib.data()};
+  }
+  cpu::render(cam, st, P, f.lists(), px, optional);
   return f;
 }
 
@@ -264,10 +294,12 @@ struct Backward {
   std::vector<SplatGrad<float>> splat;
   std::vector<float> means3D, means2D, opacities, shs, scales, rotations;
   CameraGrad<float> camera;
+  std::vector<float> features;             // with Extras
+  std::vector<Vec2<float>> mean2d_abs;
 };
 
 Backward run_backward(const Camera<float>& cam, const Scene& scene, Forward& f,
-                      const Upstream& up) {
+                      const Upstream& up, const Extras* extras) {
   const int P = scene.count;
   Backward b;
   // The render backward writes all P entries: NaN shows any it left.
@@ -289,8 +321,15 @@ Backward run_backward(const Camera<float>& cam, const Scene& scene, Forward& f,
   const PixelBuffers<float> px = {nullptr, nullptr, nullptr, f.pixel_state.data(),
                                   f.n_contrib.data()};
   const PixelGrads<float> pg = {up.color.data(), up.depth.data(), up.weight.data()};
-  const OptionalGrads<float> none = {0, nullptr, nullptr, nullptr, nullptr, nullptr};
-  cpu::render_backward(cam, st, f.lists(), px, pg, none, P, b.splat.data());
+  OptionalGrads<float> optional = {0, nullptr, nullptr, nullptr, nullptr, nullptr};
+  if (extras) {
+    b.features.assign(size_t(P) * extras->channels, unwritten);  // all written
+    b.mean2d_abs.assign(size_t(P), Vec2<float>{0.f, 0.f});       // summed into
+    optional = {extras->channels, extras->features.data(), f.median_contrib.data(),
+                extras->feature_up.data(), extras->median_up.data(), b.features.data()};
+    optional.mean2d_abs = b.mean2d_abs.data();
+  }
+  cpu::render_backward(cam, st, f.lists(), px, pg, optional, P, b.splat.data());
   const GaussianGrads<float> out = {b.means3D.data(), b.means2D.data(), b.opacities.data(),
                                     nullptr,          b.shs.data(),     nullptr,
                                     b.scales.data(),  b.rotations.data(), nullptr};
@@ -342,6 +381,18 @@ std::vector<Array> collect(const Forward& f, const Backward& b, size_t& dumped) 
       splat.push_back(v);
   r.push_back(as_floats("splat_grads", splat.data(), splat.size()));
   return r;
+}
+
+// The optional outputs of a run with Extras, and their gradients.
+std::vector<Array> collect_extras(const Forward& f, const Backward& b) {
+  std::vector<float> abs_sums;
+  for (const Vec2<float>& v : b.mean2d_abs)
+    for (const float x : {v.x, v.y}) abs_sums.push_back(x);
+  return {as_floats("feature_map", f.feature_map.data(), f.feature_map.size()),
+          as_floats("median_depth", f.median.data(), f.median.size()),
+          as_floats("median_contrib", f.median_contrib.data(), f.median_contrib.size()),
+          as_floats("grad_features", b.features.data(), b.features.size()),
+          as_floats("grad_means2D_abs", abs_sums.data(), abs_sums.size())};
 }
 
 // How the lanes' array compares with the per-pixel loop's.
@@ -440,8 +491,9 @@ bool sane(const std::vector<Array>& arrays, const char* path) {
                   bad);
       ok = false;
     }
-    if (a.name == "n_contrib" && *std::min_element(a.values.begin(), a.values.end()) < 0.f) {
-      std::printf("FAIL n_contrib (%s): pixels the render did not write\n", path);
+    if ((a.name == "n_contrib" || a.name == "median_contrib") &&
+        *std::min_element(a.values.begin(), a.values.end()) < 0.f) {
+      std::printf("FAIL %s (%s): pixels the render did not write\n", a.name.c_str(), path);
       ok = false;
     }
     if (a.name.compare(0, 5, "grad_") == 0 && nonzero == 0) {
@@ -525,12 +577,19 @@ int main(int argc, char** argv) {
 
   if (!cpu::lanes_run_here())
     std::printf("this CPU cannot run this build's lanes (AVX2): both runs are the per-pixel loop\n");
+  // The plain call, then one with every optional output (their random inputs drawn after the
+  // plain call's, which stay those of earlier versions of this program).
+  const Extras extras = make_extras(N, W * H, rng);
   tuning.lanes = true;
-  Forward f_lanes = run_forward(cam, scene);
-  const Backward b_lanes = run_backward(cam, scene, f_lanes, up);
+  Forward f_lanes = run_forward(cam, scene, nullptr);
+  const Backward b_lanes = run_backward(cam, scene, f_lanes, up, nullptr);
+  Forward fx_lanes = run_forward(cam, scene, &extras);
+  const Backward bx_lanes = run_backward(cam, scene, fx_lanes, up, &extras);
   tuning.lanes = false;
-  Forward f_pixels = run_forward(cam, scene);
-  const Backward b_pixels = run_backward(cam, scene, f_pixels, up);
+  Forward f_pixels = run_forward(cam, scene, nullptr);
+  const Backward b_pixels = run_backward(cam, scene, f_pixels, up, nullptr);
+  Forward fx_pixels = run_forward(cam, scene, &extras);
+  const Backward bx_pixels = run_backward(cam, scene, fx_pixels, up, &extras);
   tuning.lanes = true;
 
   int visible = 0;
@@ -539,8 +598,15 @@ int main(int argc, char** argv) {
               f_lanes.point_list.size(), cam.tiles_x, cam.tiles_y);
 
   size_t dumped = 0;
-  const std::vector<Array> lanes = collect(f_lanes, b_lanes, dumped);
-  const std::vector<Array> pixels = collect(f_pixels, b_pixels, dumped);
+  std::vector<Array> lanes = collect(f_lanes, b_lanes, dumped);
+  std::vector<Array> pixels = collect(f_pixels, b_pixels, dumped);
+  // The dump: the plain call's results, then the optional outputs and their gradients.
+  std::vector<Array> dump(lanes.begin(), lanes.begin() + std::ptrdiff_t(dumped));
+  for (const Array& a : collect_extras(fx_lanes, bx_lanes)) {
+    lanes.push_back(a);
+    dump.push_back(a);
+  }
+  for (const Array& a : collect_extras(fx_pixels, bx_pixels)) pixels.push_back(a);
   // Gradients: the inputs' (grad_*) and the render backward's (splat_grads); the rest is forward.
   const auto is_gradient = [](const Array& a) {
     return a.name.compare(0, 5, "grad_") == 0 || a.name == "splat_grads";
@@ -570,7 +636,7 @@ int main(int argc, char** argv) {
     std::printf("cpu_backend_check: sanity checks failed\n");
     return 1;
   }
-  if (!write_dump(out_path, lanes, dumped)) {
+  if (!write_dump(out_path, dump, dump.size())) {
     std::printf("cpu_backend_check: cannot write %s\n", out_path);
     return 1;
   }
@@ -581,13 +647,13 @@ int main(int argc, char** argv) {
       std::vector<double> forward_ms, both_ms;
       for (int r = 0; r < reps; ++r) {
         const auto start = std::chrono::steady_clock::now();
-        run_forward(cam, scene);
+        run_forward(cam, scene, nullptr);
         forward_ms.push_back(elapsed_ms(start));
       }
       for (int r = 0; r < reps; ++r) {
         const auto start = std::chrono::steady_clock::now();
-        Forward f = run_forward(cam, scene);
-        run_backward(cam, scene, f, up);
+        Forward f = run_forward(cam, scene, nullptr);
+        run_backward(cam, scene, f, up, nullptr);
         both_ms.push_back(elapsed_ms(start));
       }
       std::printf("forward lanes=%d %.3f ms\n", int(on), median(forward_ms));
