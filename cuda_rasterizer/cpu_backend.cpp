@@ -749,10 +749,6 @@ void render_pixels_backward(const Camera<T>& cam, const GaussianState<T>& state,
   to_splat_grads(sums.data(), count, splat_grads);
 }
 
-}  // namespace
-
-namespace {
-
 #if defined(DGRD_AVX2_LANES) && defined(_MSC_VER)
 // AVX2 in the CPU, and the upper halves of its registers saved by the OS (XCR0's SSE and AVX
 // bits): what MSVC's lanes, AVX2 alone, need to run.

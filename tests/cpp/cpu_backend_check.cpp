@@ -458,11 +458,10 @@ void put_bytes(std::ofstream& out, uint64_t v, int bytes) {
 }
 
 // Records: uint32 name length, the name, uint64 count, count float32 values; nothing else.
-bool write_dump(const char* path, const std::vector<Array>& arrays, size_t count) {
+bool write_dump(const char* path, const std::vector<Array>& arrays) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) return false;
-  for (size_t i = 0; i < count; ++i) {
-    const Array& a = arrays[i];
+  for (const Array& a : arrays) {
     put_bytes(out, uint64_t(a.name.size()), 4);
     out.write(a.name.data(), std::streamsize(a.name.size()));
     put_bytes(out, uint64_t(a.values.size()), 8);
@@ -636,7 +635,7 @@ int main(int argc, char** argv) {
     std::printf("cpu_backend_check: sanity checks failed\n");
     return 1;
   }
-  if (!write_dump(out_path, dump, dump.size())) {
+  if (!write_dump(out_path, dump)) {
     std::printf("cpu_backend_check: cannot write %s\n", out_path);
     return 1;
   }
