@@ -120,12 +120,18 @@ _empty = {}
 common_check = True
 
 
+# Whether a TorchFunctionMode is active (PyTorch 2.0 and later; None before).
+_function_mode_active = getattr(torch._C, "_is_torch_function_mode_enabled", None)
+
+
 def check_common(means3D, means2D, opacities, shs, colors_precomp, scales, rotations,
                  cov3D_precomp, dc, features, settings, median_depth, inverse_depth):
     """The common call checked in C++ (check_common in ext.cpp): (opacities (P, 1), the
     RasterConfig), as the Python checks and `make_config` make them; None where the call is not
-    the common one (or has an error), for the Python checks to take it."""
-    if _C is None or not common_check:
+    the common one (or has an error), for the Python checks to take it. Also None under a
+    TorchFunctionMode (tracing, logging): the Python checks' torch calls (a flat opacity's
+    reshape) go through the mode, the C++ ones would not."""
+    if _C is None or not common_check or (_function_mode_active and _function_mode_active()):
         return None
     return _C.check_common(means3D, means2D, opacities, shs, colors_precomp, scales, rotations,
                            cov3D_precomp, dc, features, settings, median_depth, inverse_depth)

@@ -237,6 +237,34 @@ def test_objects_that_are_not_plain_tensors_left_to_python():
     assert ask_cpp(params, settings) is not None
 
 
+def test_torch_function_mode_sees_the_python_checks():
+    """Under a TorchFunctionMode (what tracing and logging tools install) the call goes to the
+    Python checks, whose torch calls the mode sees (a flat opacity's reshape to (P, 1)), where
+    C++'s would pass it by; it renders as the common call does."""
+    mode_type = getattr(torch.overrides, "TorchFunctionMode", None)
+    if mode_type is None:
+        pytest.skip(f"PyTorch {torch.__version__} has no TorchFunctionMode")
+    inputs, settings, flags = variant(13700, **COMMON["flat-opacities"])
+    opacities = inputs["opacities"]
+    assert opacities.dim() == 1 and ask_cpp(inputs, settings) is not None
+    seen = []
+
+    class Log(mode_type):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if any(a is opacities for a in args):
+                seen.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    with Log():
+        assert _backend.check_common(*(inputs.get(n) for n in NAMES), None, settings, False,
+                                     False) is None
+        out = GaussianRasterizer(settings)(**inputs, **flags)
+    assert seen, "the mode saw no torch call on the flat opacities"
+    want = GaussianRasterizer(settings)(**inputs, **flags)
+    for a, b in zip(out, want):
+        assert torch.equal(a, b)
+
+
 def test_interrupt_while_reading_settings_goes_on():
     """An attribute getter that raises an Exception leaves the call to Python; one that raises
     KeyboardInterrupt is not swallowed."""
