@@ -12,7 +12,8 @@
 // - GCC on x86-64: clones for AVX-512 (x86-64-v4), AVX2 and the baseline, one picked by the
 //   loader (function multi-versioning). The lanes stay eight wide: AVX-512 pays through its 32
 //   registers and masked moves (backward 6% faster than AVX2), not through wider vectors.
-//   Contraction into FMA is off in every clone, so all give the same bits. The baseline clone
+//   Contraction into FMA is off in every clone, so all give the same bits (tested: each clone
+//   run under a qemu CPU model that makes the loader pick it). The baseline clone
 //   (SSE2) is slower there than the per-pixel loop, so the backend does not use the lanes on
 //   an x86 CPU without AVX2 (lanes_pay in cpu_backend.cpp).
 // - Other GCC/Clang targets (ARM) or DGRD_BASELINE_LANES (setup.py): one version for 16-byte

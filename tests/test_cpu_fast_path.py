@@ -150,13 +150,8 @@ def test_msvc_lanes_give_the_vector_lanes_bits(tmp_path, msvc_form):
     seed = int(torch.randint(0, 10**9, ()).item())  # the program takes up to 1e9
     dumps = {}
     for form in ("", msvc_form):
-        exe, dump = tmp_path / f"check_{form or 'vector'}", tmp_path / f"{form or 'vector'}.bin"
-        flags = [f for f in build_config.host_compile_flags(False, [], form)
-                 if f != "-fno-gnu-unique"]
-        subprocess.run([compiler, "-std=c++17", *flags, "-I", str(REPO),
-                        str(REPO / "tests" / "cpp" / "cpu_backend_check.cpp"),
-                        str(REPO / "cuda_rasterizer" / "cpu_backend.cpp"), "-o", str(exe)],
-                       check=True)
+        exe = build_backend_check(tmp_path, compiler, form)
+        dump = tmp_path / f"{form or 'vector'}.bin"
         run = subprocess.run([str(exe), str(dump), "2000", "131", "97", "0", str(seed)],
                              capture_output=True, text=True)
         assert run.returncode == 0 and "agree bit for bit on the forward" in run.stdout, (
@@ -164,6 +159,63 @@ def test_msvc_lanes_give_the_vector_lanes_bits(tmp_path, msvc_form):
         dumps[form] = dump.read_bytes()
     assert len(dumps[""]) > 100_000
     assert dumps[""] == dumps[msvc_form], f"seed {seed}"
+
+
+def build_backend_check(tmp_path, compiler, form=""):
+    """tests/cpp/cpu_backend_check.cpp with the CPU backend, built as setup.py builds `form`."""
+    exe = tmp_path / f"check_{form or 'vector'}"
+    flags = [f for f in build_config.host_compile_flags(False, [], form) if f != "-fno-gnu-unique"]
+    subprocess.run([compiler, "-std=c++17", *flags, "-I", str(REPO),
+                    str(REPO / "tests" / "cpp" / "cpu_backend_check.cpp"),
+                    str(REPO / "cuda_rasterizer" / "cpu_backend.cpp"), "-o", str(exe)],
+                   check=True)
+    return exe
+
+
+# CPU models of qemu's user-mode emulator, each making GCC's resolvers pick one clone of the
+# lane loops: (model, what its cpuid says: "avx2 A avx512f B").
+QEMU_CLONES = {"default": ("Westmere", "avx2 0 avx512f 0"), "avx2": ("Haswell", "avx2 1 avx512f 0")}
+
+
+@pytest.fixture(scope="module")
+def clone_check_build(tmp_path_factory):
+    """The default build of cpu_backend_check, once for every clone's test, and its compiler."""
+    compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if compiler is None or os.uname().machine != "x86_64":
+        pytest.skip("needs a C++ compiler for x86-64")
+    macros = subprocess.run([compiler, "-dM", "-E", "-x", "c++", "/dev/null"],
+                            capture_output=True, text=True).stdout
+    if "__clang__" in macros or "__GNUC__" not in macros:
+        pytest.skip("the lane loops are cloned by GCC only")
+    return build_backend_check(tmp_path_factory.mktemp("clones"), compiler)
+
+
+@pytest.mark.parametrize("clone", list(QEMU_CLONES))
+def test_every_lane_clone_gives_the_same_bits(tmp_path, clone_check_build, clone):
+    """GCC's clones of the lane loops (x86-64-v4, AVX2, the SSE2 baseline; the loader picks one
+    by the CPU) render and differentiate to the same bits: cpu_backend_check.cpp built once, run
+    on this CPU and under qemu-x86_64 with a CPU model that makes the loader pick `clone`, the
+    dumps compared. (The program runs the lanes whatever the CPU; the package itself uses the
+    per-pixel loop on an x86 CPU without AVX2.) .ci/run installs qemu-user."""
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None:
+        assert os.environ.get("CI") != "true", "CI installs qemu-user (.ci/run)"
+        pytest.skip("qemu-x86_64 (Debian's qemu-user) is not installed")
+    model, cpuid = QEMU_CLONES[clone]
+    exe = clone_check_build
+    seed = str(int(torch.randint(0, 10**9, ()).item()))
+    dumps = {}
+    for name, prefix in (("native", []), (clone, [qemu, "-cpu", model])):
+        dump = tmp_path / f"{name}.bin"
+        run = subprocess.run(prefix + [str(exe), str(dump), "1500", "97", "75", "0", seed],
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0 and "agree bit for bit on the forward" in run.stdout, (
+            name, seed, run.stdout, run.stderr)
+        if prefix:
+            assert f"cpu: {cpuid}\n" in run.stdout, (model, run.stdout)
+        dumps[name] = dump.read_bytes()
+    assert len(dumps["native"]) > 50_000
+    assert dumps["native"] == dumps[clone], f"seed {seed}"
 
 
 def test_work_counts_are_consistent():

@@ -576,6 +576,11 @@ int main(int argc, char** argv) {
 
   if (!cpu::lanes_run_here())
     std::printf("this CPU cannot run this build's lanes (AVX2): both runs are the per-pixel loop\n");
+#if defined(__GNUC__) && defined(__x86_64__)
+  // What GCC's clone resolvers read (tests/test_cpu_fast_path.py runs this under CPU models).
+  std::printf("cpu: avx2 %d avx512f %d\n", __builtin_cpu_supports("avx2") ? 1 : 0,
+              __builtin_cpu_supports("avx512f") ? 1 : 0);
+#endif
   // The plain call, then one with every optional output (their random inputs drawn after the
   // plain call's, which stay those of earlier versions of this program).
   const Extras extras = make_extras(N, W * H, rng);
