@@ -101,6 +101,14 @@ def cpu_flags():
     return set(line.split(":", 1)[-1].split())
 
 
+def host_compiler():
+    """The C++ compiler the tests build their small programs with ($CXX, c++ or g++), or a skip."""
+    compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler on PATH")
+    return compiler
+
+
 # The instruction sets the package's lane loops are compiled for (DGRD_LANE_CLONES), the
 # narrow form of the lane operations (16-byte vectors: ARM, DGRD_BASELINE_LANES builds) and the
 # two forms MSVC compiles: eight plain elements (ARM64) and AVX2 intrinsics (x64).
@@ -116,9 +124,7 @@ def test_exp_poly_accuracy_and_lanes(tmp_path, isa):
     """fast_exp.h: within 2 ulp of exp on [-87, 0], 0 below, and the eight-lane version gives
     the scalar's bits (compiled here without PyTorch: the header is plain C++), for each
     instruction set the lane loops are cloned for that this machine can run."""
-    compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
-    if compiler is None:
-        pytest.skip("no C++ compiler on PATH")
+    compiler = host_compiler()
     flags, needed = ISAS[isa]
     if needed and not needed <= cpu_flags():
         pytest.skip(f"this CPU cannot run {isa} code")
@@ -142,9 +148,7 @@ def test_msvc_lanes_give_the_vector_lanes_bits(tmp_path, msvc_form):
     vector-extension lanes, and each build's lanes agree with its per-pixel loop:
     tests/cpp/cpu_backend_check.cpp, the CPU backend without PyTorch, which
     tools/check_msvc_build.py also builds with MSVC."""
-    compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
-    if compiler is None:
-        pytest.skip("no C++ compiler on PATH")
+    compiler = host_compiler()
     if msvc_form == "avx2" and "avx2" not in cpu_flags():
         pytest.skip("this CPU cannot run AVX2 code")
     seed = int(torch.randint(0, 10**9, ()).item())  # the program takes up to 1e9
@@ -179,10 +183,10 @@ QEMU_CLONES = {"default": ("Westmere", "avx2 0 avx512f 0"), "avx2": ("Haswell", 
 
 @pytest.fixture(scope="module")
 def clone_check_build(tmp_path_factory):
-    """The default build of cpu_backend_check, once for every clone's test, and its compiler."""
-    compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
-    if compiler is None or os.uname().machine != "x86_64":
-        pytest.skip("needs a C++ compiler for x86-64")
+    """The default build of cpu_backend_check, once for every clone's test."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("the clones are x86-64's")
+    compiler = host_compiler()
     macros = subprocess.run([compiler, "-dM", "-E", "-x", "c++", "/dev/null"],
                             capture_output=True, text=True).stdout
     if "__clang__" in macros or "__GNUC__" not in macros:
