@@ -184,7 +184,7 @@ void check_tile_pairs(int64_t pairs, int64_t bytes_per_pair, int64_t bytes_avail
       << " (tile, Gaussian) pairs, " << gib(bytes) << " of sort buffers at " << bytes_per_pair
       << " bytes per pair, ";
   if (too_many)
-    msg << "more than the " << kMaxTilePairs << " (2^31 - 513) pairs a render can index";
+    msg << "more than the " << kMaxTilePairs << " (2^31 - 2^24 - 513) pairs a render can index";
   else
     msg << "more than the " << gib(double(bytes_available)) << " of memory available";
   msg << ". Reduce the number or the screen size of the Gaussians (large ones close to the "

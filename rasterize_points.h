@@ -231,9 +231,11 @@ at::Tensor absolute_grad_sums(const RasterConfig& c, const GaussianTensors& g);
 void append_absolute_grad(const RasterConfig& c, const at::Tensor& sums, GradientTensors& d);
 
 // Largest number of (tile, Gaussian) pairs a render may hold: indices are 32-bit, and the CUDA
-// render kernels step a batch start past a list's end (start += 256 while start < end), which
-// must not wrap: a margin of two batches below 2^31 - 1.
-constexpr int64_t kMaxTilePairs = (int64_t(1) << 31) - 1 - 2 * kTilePixels;
+// render kernels step positions past a list's end, which must not wrap: a batch start by 256
+// (start += 256 while start < end: two batches of margin) and a split cursor by a part (the next
+// split after the last is up to one part length past the end, as is (n + L - 1) in
+// TileSplits::parts_of): 2^31 - 2^24 - 513 pairs, 0.8% fewer than 32 bits alone would index.
+constexpr int64_t kMaxTilePairs = (int64_t(1) << 31) - 1 - 2 * kTilePixels - kMaxSplitLength;
 
 // Throw std::runtime_error (a RuntimeError in Python) naming the number of pairs, or the image
 // size, and the GiB needed, when the pairs exceed what 32-bit indices address or the buffers

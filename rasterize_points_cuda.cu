@@ -484,6 +484,15 @@ at::Tensor mark_visible_cuda(const at::Tensor& positions, const at::Tensor& view
   return visible;
 }
 
+// The split_length switch checked: whole batches, and no longer than kMaxSplitLength, which the
+// pair limit (kMaxTilePairs) leaves room for past a list's end.
+static int split_length_of(int64_t value) {
+  TORCH_CHECK_VALUE(value >= 0 && value % kTilePixels == 0 && value <= kMaxSplitLength,
+                    "split_length: a multiple of ", kTilePixels, " up to ", kMaxSplitLength,
+                    " (0: chosen), got ", value);
+  return int(value);
+}
+
 void set_cuda_tuning_cuda(const std::map<std::string, int64_t>& switches) {
   gpu::CudaTuning t;  // the defaults, for every switch not named
   for (const auto& [name, value] : switches) {
@@ -492,13 +501,10 @@ void set_cuda_tuning_cuda(const std::map<std::string, int64_t>& switches) {
     else if (name == "depth_first_sort") t.depth_first_sort = value != 0;
     else if (name == "split_tiles") t.split_tiles = value != 0;
     else if (name == "split_forward") t.split_forward = value != 0;
-    else if (name == "split_length") t.split_length = int(value);
+    else if (name == "split_length") t.split_length = split_length_of(value);
     else if (name == "feature_split_bytes") t.feature_split_bytes = value;
     else TORCH_CHECK_VALUE(false, "set_cuda_tuning: no switch named ", name);
   }
-  TORCH_CHECK_VALUE(t.split_length >= 0 && t.split_length % kTilePixels == 0,
-                    "split_length: a multiple of ", kTilePixels, " (0: chosen), got ",
-                    t.split_length);
   TORCH_CHECK_VALUE(t.feature_split_bytes >= 0, "feature_split_bytes: at least 0, got ",
                     t.feature_split_bytes);
   gpu::cuda_tuning() = t;

@@ -15,6 +15,9 @@ namespace dgrd {
 
 constexpr int kTileSize = 16;          // tiles are kTileSize x kTileSize pixels
 constexpr int kTilePixels = kTileSize * kTileSize;
+// CUDA's split tile lists (TileSplits): a part holds at most 2^24 positions, which a float holds
+// exactly (PartComposite stores the last blended one among floats).
+constexpr int kMaxSplitLength = 1 << 24;
 constexpr int kColorChannels = 3;
 constexpr int kMaxShCoeffs = 16;       // SH degree 3
 

@@ -205,7 +205,9 @@ __global__ void plan_splits_kernel(int tiles, const int* tile_ranges, TileSplits
 // in registers, of which the forward's loop has none to spare (sm_90: 32). `next` is advanced
 // by thread 0 once every thread has read it.
 struct SplitCursor {
-  int first, next;  // positions: the first split, the next one to pass (`end` when none)
+  // Positions: the first split, the next one to pass (`end` when none). `next` ends at most one
+  // part past the list's end, which kMaxTilePairs keeps below 2^31.
+  int first, next;
 
   __device__ void start(const TileSplits& splits, int begin, int end) {
     if (threadIdx.x != 0) return;
@@ -1032,7 +1034,7 @@ int split_length(int64_t pairs, int multiprocessors) {
   const int64_t share = (pairs + 2 * blocks - 1) / (2 * blocks);
   const int64_t length = (share + kTilePixels - 1) / kTilePixels * kTilePixels;
   // At most 2^24: a position within a part is exact in a float (PartComposite::last).
-  return int(std::min<int64_t>(std::max<int64_t>(length, kTilePixels), 1 << 24));
+  return int(std::min<int64_t>(std::max<int64_t>(length, kTilePixels), kMaxSplitLength));
 }
 
 namespace {

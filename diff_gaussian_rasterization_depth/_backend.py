@@ -53,7 +53,7 @@ def set_cuda_tuning(warp_skip=True, scatter_reduce=True, depth_first_sort=True, 
     """Benchmarks and tests: switch the CUDA backend's techniques (all on by default) of the
     backend that renders now (the emulated one inside `emulated_cuda`); see gpu::CudaTuning in
     cuda_rasterizer/cuda_backend.h. `split_forward` acts with `split_tiles` only; `split_length`
-    (tests): the positions per part of a split tile list, a multiple of 256; 0: chosen;
+    (tests): the positions per part of a split tile list, a multiple of 256 up to 2^24; 0: chosen;
     `feature_split_bytes` (tests): the feature kernels walk whole lists where their buffers for
     parts would exceed it; None: the backend's default (64 MiB)."""
     switches = dict(warp_skip=warp_skip, scatter_reduce=scatter_reduce,

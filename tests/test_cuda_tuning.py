@@ -448,6 +448,11 @@ def test_split_length_must_be_a_multiple_of_the_batch(target, tuning):
     with active(target):
         with pytest.raises(ValueError, match="multiple of 256"):
             tuning(split_length=100)
+        # Parts no longer than 2^24 (the pair limit leaves room for one past a list's end), and
+        # checked before any narrowing to 32 bits (2^32 + 256 would pass as 256).
+        for too_long in (2**24 + 256, 2**32 + 256):
+            with pytest.raises(ValueError, match=f"up to 16777216 .0: chosen., got {too_long}"):
+                tuning(split_length=too_long)
         with pytest.raises(ValueError, match="feature_split_bytes: at least 0, got -1"):
             tuning(feature_split_bytes=-1)
 
