@@ -23,6 +23,7 @@
 #   6. side by side with gsplat 1.5.3 (bench_gsplat.json)
 #   7. side by side with the original diff_gaussian_rasterization, when its source is in
 #      .whl/orig/ (built there ahead, or in the background after stage 1; bench_original.json)
+#   then compute-sanitizer's synccheck and initcheck on three of the small scenes
 #   8. the ablation of this package's CUDA techniques (bench.py --impls ablation: warp skipping,
 #      the scatter sum of gradients, the depth-first sort, split tile lists, the split forward,
 #      each off and all; and the 2024 API's call, ours-2024; bench_ablation.json when the 8
@@ -363,17 +364,20 @@ stage demo 60 "$PY" -m diff_gaussian_rasterization_depth demo "${demo_args[@]}" 
 
 # --------------------------------------------------------------------- 4. compute-sanitizer
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
-for tool in memcheck racecheck; do
+# sanitize TOOL CAP_S CASES: one compute-sanitizer tool on tools/sanitize_cuda.py's CASES.
+sanitize() {
     if [ "$DRY" = 1 ]; then
-        stage "$tool" 30 echo "dry run: PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer" \
-            "--tool $tool --error-exitcode 1 $PY tools/sanitize_cuda.py --cases 0,1,2,7,8"
+        stage "$1" 30 echo "dry run: PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer" \
+            "--tool $1 --error-exitcode 1 $PY tools/sanitize_cuda.py --cases $3"
     elif [ -n "$sanitizer" ]; then
-        stage "$tool" 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool "$tool" \
-            --error-exitcode 1 "$PY" tools/sanitize_cuda.py --cases 0,1,2,7,8
+        stage "$1" "$2" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool "$1" \
+            --error-exitcode 1 "$PY" tools/sanitize_cuda.py --cases "$3"
     else
-        record "$tool" skipped 0 "compute-sanitizer not found"
+        record "$1" skipped 0 "compute-sanitizer not found"
     fi
-done
+}
+sanitize memcheck 120 0,1,2,7,8
+sanitize racecheck 120 0,1,2,7,8
 
 # ------------------------------------------------------------- the Python around one call
 # Host time per call over the raw backend (benchmarks/call_overhead.py): a fixed cost of every
@@ -450,6 +454,15 @@ if [ "$orig_ready" = 1 ]; then
     stage timings-original 200 "${BENCH[@]}" --impls ours,original \
         --json "$RESULTS/bench_original.json"
 fi
+
+# ------------------------------------------------------- compute-sanitizer's two other tools
+# What the emulation models least: synccheck (a barrier or warp collective some threads of its
+# mask do not reach) and initcheck (a read of device memory nothing wrote: the emulation poisons
+# such buffers with NaN, which a blend can pass by unseen), on the split-list scenes and the
+# first. After the timings: less likely to find something than memcheck and racecheck. An
+# initcheck report inside CUB or PyTorch's own kernels is theirs to read before ours.
+sanitize synccheck 60 0,7,8
+sanitize initcheck 90 0,7,8
 
 # ----------------------------------------------------------------------------- 8. ablation
 ablation_json=()
