@@ -51,6 +51,13 @@ __global__ void unwritten_shared_kernel(float* out) {
   out[1] = float(never_written_ints[3]);
 }
 
+// A branch on a shared variable nobody wrote: the NaN poison fails the test, so nothing shows
+// but under valgrind (tools/sanitize_cuda.py --valgrind), which reports the branch.
+__global__ void unwritten_branch_kernel(float* out) {
+  DGRD_SHARED(float, never_written);
+  if (never_written < 1.0f) out[threadIdx.x] = 1.0f;
+}
+
 // Planted bugs: the emulation must refuse each.
 __global__ void mismatched_barrier_kernel() {
   if (threadIdx.x < 32)
@@ -106,6 +113,12 @@ at::Tensor collectives(int threads, int width) {
 at::Tensor unwritten_shared() {
   at::Tensor out = at::zeros({2});
   DGRD_LAUNCH(unwritten_shared_kernel, 1, 32, nullptr)(out.data_ptr<float>());
+  return out;
+}
+
+at::Tensor unwritten_branch() {
+  at::Tensor out = at::zeros({32});
+  DGRD_LAUNCH(unwritten_branch_kernel, 1, 32, nullptr)(out.data_ptr<float>());
   return out;
 }
 
@@ -221,6 +234,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Order of a block's threads between sync points, and of a grid's blocks: 'asc', 'desc' "
         "or 'random:SEED'");
   m.def("thread_order", &emu::thread_order, "The current thread order");
+  m.def(
+      "first_unwritten_byte",
+      [](const at::Tensor& t) { return emu::first_unwritten_byte(t.data_ptr(), t.nbytes()); },
+      py::arg("tensor"),
+      "Under valgrind: the byte offset of the tensor's first byte that nothing wrote since the "
+      "emulation poisoned it, else -1");
+  m.def("tells_valgrind", &emu::tells_valgrind,
+        "Whether the emulation was built with valgrind's headers, to tell it what is unwritten");
+  m.def("under_valgrind", &emu::under_valgrind,
+        "Whether valgrind runs this process (and the emulation tells it what is unwritten)");
   m.def("record_launches", &emu::record_launches, py::arg("on"),
         "Tests: record every kernel launch from now on (or stop), the record emptied");
   m.def(
@@ -251,6 +274,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   checks.def("block_turns", &emulation_checks::block_turns);
   checks.def("collectives", &emulation_checks::collectives);
   checks.def("unwritten_shared", &emulation_checks::unwritten_shared);
+  checks.def("unwritten_branch", &emulation_checks::unwritten_branch);
   checks.def("mismatched_barrier", &emulation_checks::mismatched_barrier);
   checks.def("barrier_after_exit", &emulation_checks::barrier_after_exit);
   checks.def("misaligned_load", &emulation_checks::misaligned_load);

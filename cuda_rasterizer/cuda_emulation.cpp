@@ -27,6 +27,18 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
+// Under valgrind's memcheck (tools/sanitize_cuda.py --valgrind), poisoned memory is marked
+// unwritten as well, so that a kernel that branches on, or indexes by, a value nothing wrote is
+// reported where it does so: compute-sanitizer's initcheck, and more (shared memory, shuffles),
+// for the emulation. The NaN poison alone can pass unseen through a comparison (a splat whose
+// alpha test fails). Not under valgrind the requests are a few instructions that do nothing.
+#if defined(__has_include) && !defined(DGRD_EMU_ASAN)
+#if __has_include(<valgrind/memcheck.h>)
+#include <valgrind/memcheck.h>
+#define DGRD_EMU_VALGRIND 1
+#endif
+#endif
+
 // glibc's swapcontext makes a system call (the signal mask) per switch; the kernels switch at
 // every shuffle, so on x86-64 a six-register switch is used instead.
 #if defined(__x86_64__) && !defined(DGRD_EMU_UCONTEXT)
@@ -110,6 +122,16 @@ const char* op_name(Op op) {
   return "?";
 }
 
+// [data, data + bytes) counts as unwritten for valgrind's memcheck (its bytes keep the poison).
+void mark_unwritten(const void* data, size_t bytes) {
+#ifdef DGRD_EMU_VALGRIND
+  VALGRIND_MAKE_MEM_UNDEFINED(data, bytes);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
 const char* base_name(const char* path) {
   const char* slash = std::strrchr(path, '/');
   return slash ? slash + 1 : path;
@@ -122,6 +144,7 @@ struct Fiber {
   ucontext_t context;
 #endif
   char* stack = nullptr;  // [stack, stack + kStackBytes), a guard page below
+  unsigned valgrind_stack = 0;  // its id for valgrind, which must know a fiber's stack
   uint3 idx{};
   int linear = 0;
   State state = State::Exited;
@@ -225,8 +248,12 @@ struct Runtime {
   std::vector<SharedVariable> shared_vars;
 
   ~Runtime() {
-    for (int i = 0; i < stacks_mapped; ++i)
+    for (int i = 0; i < stacks_mapped; ++i) {
+#ifdef DGRD_EMU_VALGRIND
+      VALGRIND_STACK_DEREGISTER(fibers[i].valgrind_stack);
+#endif
       munmap(fibers[i].stack - page_size(), kStackBytes + page_size());
+    }
     std::free(shared_arena);
   }
   static size_t page_size() { return size_t(sysconf(_SC_PAGESIZE)); }
@@ -253,7 +280,11 @@ void ensure_stacks(int count) {
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) throw std::runtime_error("CUDA emulation: cannot map a fiber stack");
     mprotect(p, page, PROT_NONE);  // an overflow faults instead of corrupting a neighbour
-    rt.fibers[rt.stacks_mapped].stack = static_cast<char*>(p) + page;
+    Fiber& f = rt.fibers[rt.stacks_mapped];
+    f.stack = static_cast<char*>(p) + page;
+#ifdef DGRD_EMU_VALGRIND
+    f.valgrind_stack = VALGRIND_STACK_REGISTER(f.stack, f.stack + kStackBytes);
+#endif
   }
 }
 
@@ -456,8 +487,12 @@ void try_complete_warp(Fiber& f) {
     }
     if (me.op >= Op::ShflIdx && me.op <= Op::ShflXor) {
       // A lane outside the mask or exited gives an undefined value on a GPU: poison here.
-      me.result = (src == lane || ((present >> src) & 1u)) ? rt.fibers[base + src].value
-                                                           : ~uint64_t(0);
+      if (src == lane || ((present >> src) & 1u)) {
+        me.result = rt.fibers[base + src].value;
+      } else {
+        me.result = ~uint64_t(0);
+        mark_unwritten(&me.result, sizeof(me.result));
+      }
     }
   }
   for (int lane = 0; lane < 32; ++lane)
@@ -674,6 +709,7 @@ void* shared_storage(const void* key, size_t bytes, size_t align, const char* na
   ASAN_UNPOISON_MEMORY_REGION(rt.shared_arena + offset, bytes);
 #endif
   std::memset(rt.shared_arena + offset, 0xFF, bytes);
+  mark_unwritten(rt.shared_arena + offset, bytes);
   rt.shared_vars.push_back({key, offset, bytes});
   rt.shared_used = offset + bytes + kSharedRedzone;
   return rt.shared_arena + offset;
@@ -737,6 +773,35 @@ void set_thread_order(const std::string& order) { settings() = parse_order(order
 
 std::string thread_order() { return settings().text; }
 
+int64_t first_unwritten_byte(const void* data, size_t bytes) {
+#ifdef DGRD_EMU_VALGRIND
+  // Nonzero: the address of the first byte memcheck counts as unwritten (also reported by
+  // valgrind as an error, with the caller's stack).
+  const uintptr_t at = VALGRIND_CHECK_MEM_IS_DEFINED(data, bytes);
+  if (at != 0) return int64_t(at - reinterpret_cast<uintptr_t>(data));
+#else
+  (void)data;
+  (void)bytes;
+#endif
+  return -1;
+}
+
+bool tells_valgrind() {
+#ifdef DGRD_EMU_VALGRIND
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool under_valgrind() {
+#ifdef DGRD_EMU_VALGRIND
+  return RUNNING_ON_VALGRIND != 0;
+#else
+  return false;
+#endif
+}
+
 void poison(void* data, size_t bytes, PoisonKind kind) {
   switch (kind) {
     case PoisonKind::Bytes:
@@ -753,6 +818,7 @@ void poison(void* data, size_t bytes, PoisonKind kind) {
       break;
     }
   }
+  mark_unwritten(data, bytes);
 }
 
 }  // namespace emu

@@ -115,8 +115,17 @@ std::string thread_order();
 // true-ish garbage for bytes) for floating point and byte buffers, and for 32/64-bit integers
 // the pattern MIN + (index & 1), a huge negative index whose consecutive pairs form a
 // non-empty range, so an unwritten (begin, end) pair reads far outside any buffer.
+// Under valgrind's memcheck the poisoned bytes also count as unwritten until written, as does
+// every __shared__ variable when its block starts and a shuffle's value from a lane outside the
+// mask, so that memcheck reports a kernel that branches on, or indexes by, such a value.
 enum class PoisonKind { Bytes, Int32, Int64 };
 void poison(void* data, size_t bytes, PoisonKind kind);
+
+// Under valgrind's memcheck: the offset of the first byte of [data, data + bytes) that nothing
+// wrote since it was poisoned, else (and when not under valgrind) -1.
+int64_t first_unwritten_byte(const void* data, size_t bytes);
+bool tells_valgrind();  // built with valgrind's headers (valgrind/memcheck.h)
+bool under_valgrind();  // ... and running under it
 
 template <typename T>
 uint64_t to_bits(T v) {
