@@ -15,7 +15,7 @@
 #   2. CUDA-vs-CPU tests (tests/test_cuda.py), then the garden 112k frame's largest CUDA-vs-CPU
 #      differences (benchmarks/compare_cuda_cpu.py -> compare_cuda_cpu.json)
 #   3. the other CUDA tests (robustness, debug, inputs), then the README's demo on the GPU
-#   4. compute-sanitizer memcheck and racecheck on five small scenes (tools/sanitize_cuda.py),
+#   4. compute-sanitizer memcheck and racecheck on six small scenes (tools/sanitize_cuda.py),
 #      with PyTorch's caching allocator off; then the Python around one call against the raw
 #      backend (benchmarks/call_overhead.py: one line of summary.txt)
 #   5. this package's timings (bench_ours.json, rewritten after each configuration); skipped
@@ -23,7 +23,7 @@
 #   6. side by side with gsplat 1.5.3 (bench_gsplat.json)
 #   7. side by side with the original diff_gaussian_rasterization, when its source is in
 #      .whl/orig/ (built there ahead, or in the background after stage 1; bench_original.json)
-#   then compute-sanitizer's synccheck and initcheck on three of the small scenes
+#   then compute-sanitizer's synccheck and initcheck on four of the small scenes
 #   8. the ablation of this package's CUDA techniques (bench.py --impls ablation: warp skipping,
 #      the scatter sum of gradients, the depth-first sort, split tile lists, the split forward,
 #      each off and all; and the 2024 API's call, ours-2024; bench_ablation.json when the 8
@@ -376,8 +376,8 @@ sanitize() {
         record "$1" skipped 0 "compute-sanitizer not found"
     fi
 }
-sanitize memcheck 120 0,1,2,7,8
-sanitize racecheck 120 0,1,2,7,8
+sanitize memcheck 120 0,1,2,7,8,9
+sanitize racecheck 120 0,1,2,7,8,9
 
 # ------------------------------------------------------------- the Python around one call
 # Host time per call over the raw backend (benchmarks/call_overhead.py): a fixed cost of every
@@ -461,8 +461,8 @@ fi
 # such buffers with NaN, which a blend can pass by unseen), on the split-list scenes and the
 # first. After the timings: less likely to find something than memcheck and racecheck. An
 # initcheck report inside CUB or PyTorch's own kernels is theirs to read before ours.
-sanitize synccheck 60 0,7,8
-sanitize initcheck 90 0,7,8
+sanitize synccheck 60 0,7,8,9
+sanitize initcheck 90 0,7,8,9
 
 # ----------------------------------------------------------------------------- 8. ablation
 ablation_json=()

@@ -51,6 +51,16 @@ CASES = [
     dict(P=900, height=21, width=35, sh_degree=1, split_length=256, opacity_scale=0.05),
     dict(P=1200, height=16, width=16, sh_degree=1, split_length=256, opacity_scale=0.03,
          outliers=False, channels=3, median_depth=True, inverse_depth=True),
+    # The kernels the cases above leave out: the camera's gradient and AbsGS's absolute one,
+    # 20 feature channels (a chunk of 16 and one of 4), split lists; then the techniques that
+    # can be switched off, off (warp skipping, the scatter sum, the depth-first sort, the
+    # split forward), with the median.
+    dict(P=700, height=23, width=41, sh_degree=2, split_length=256, opacity_scale=0.1,
+         channels=20, camera_grad=True, means2d_cols=4),
+    dict(P=500, height=19, width=30, sh_degree=1, split_length=256, opacity_scale=0.1,
+         channels=5, median_depth=True,
+         tuning=dict(warp_skip=False, scatter_reduce=False, depth_first_sort=False,
+                     split_forward=False)),
 ]
 
 
@@ -158,9 +168,10 @@ def under_valgrind(cases, plant):
 def run_case(i, device):
     """Forward and backward of case i on `device`, a loss on every output."""
     case = dict(CASES[i])
-    _backend.set_cuda_tuning(split_length=case.pop("split_length", 0))
+    _backend.set_cuda_tuning(split_length=case.pop("split_length", 0), **case.pop("tuning", {}))
     opacity_scale = case.pop("opacity_scale", 1.0)
     channels = case.pop("channels", 0)
+    camera_grad = case.pop("camera_grad", False)
     options = {k: case.pop(k) for k in ("median_depth", "inverse_depth") if k in case}
     scene = scenes.make_scene(100 + i, **case)
     scene.inputs["opacities"] = scene.inputs["opacities"] * opacity_scale
@@ -169,8 +180,9 @@ def run_case(i, device):
     if channels:
         options["features"] = torch.rand(scene.P, channels, device=device, requires_grad=True)
     s = scene.settings
-    settings = s._replace(bg=s.bg.to(device), viewmatrix=s.viewmatrix.to(device),
-                          projmatrix=s.projmatrix.to(device), campos=s.campos.to(device))
+    camera = {k: getattr(s, k).to(device).requires_grad_(camera_grad)
+              for k in ("viewmatrix", "projmatrix", "campos")}
+    settings = s._replace(bg=s.bg.to(device), **camera)
     color, radii, *maps = GaussianRasterizer(settings)(**leaves, **options)
     loss = color.square().sum() + sum((m * torch.rand_like(m)).sum() for m in maps)
     loss.backward()
@@ -180,6 +192,8 @@ def run_case(i, device):
         ["median"] if options.get("median_depth") else [])
     for name, t in [("color", color)] + list(zip(names, maps)):
         require_written(f"case {i}: {name}", t)
+    if camera_grad:
+        leaves.update(camera)
     for name, leaf in list(leaves.items()) + [("features", options.get("features"))]:
         if leaf is not None:
             require_written(f"case {i}: gradient of {name}", leaf.grad)
