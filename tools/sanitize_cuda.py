@@ -39,6 +39,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 import scenes  # noqa: E402  (tests/scenes.py)
 from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend  # noqa: E402
+from diff_gaussian_rasterization_depth.sparse_adam import SparseGaussianAdam  # noqa: E402
 
 CASES = [
     dict(P=48, height=29, width=37, sh_degree=3),
@@ -52,11 +53,11 @@ CASES = [
     dict(P=1200, height=16, width=16, sh_degree=1, split_length=256, opacity_scale=0.03,
          outliers=False, channels=3, median_depth=True, inverse_depth=True),
     # The kernels the cases above leave out: the camera's gradient and AbsGS's absolute one,
-    # 20 feature channels (a chunk of 16 and one of 4), split lists; then the techniques that
-    # can be switched off, off (warp skipping, the scatter sum, the depth-first sort, the
-    # split forward), with the median.
+    # 20 feature channels (a chunk of 16 and one of 4), split lists, and a step of the 2024
+    # API's SparseGaussianAdam; then the techniques that can be switched off, off (warp
+    # skipping, the scatter sum, the depth-first sort, the split forward), with the median.
     dict(P=700, height=23, width=41, sh_degree=2, split_length=256, opacity_scale=0.1,
-         channels=20, camera_grad=True, means2d_cols=4),
+         channels=20, camera_grad=True, means2d_cols=4, sparse_adam=True),
     dict(P=500, height=19, width=30, sh_degree=1, split_length=256, opacity_scale=0.1,
          channels=5, median_depth=True,
          tuning=dict(warp_skip=False, scatter_reduce=False, depth_first_sort=False,
@@ -172,6 +173,7 @@ def run_case(i, device):
     opacity_scale = case.pop("opacity_scale", 1.0)
     channels = case.pop("channels", 0)
     camera_grad = case.pop("camera_grad", False)
+    sparse_adam = case.pop("sparse_adam", False)
     options = {k: case.pop(k) for k in ("median_depth", "inverse_depth") if k in case}
     scene = scenes.make_scene(100 + i, **case)
     scene.inputs["opacities"] = scene.inputs["opacities"] * opacity_scale
@@ -197,6 +199,18 @@ def run_case(i, device):
     for name, leaf in list(leaves.items()) + [("features", options.get("features"))]:
         if leaf is not None:
             require_written(f"case {i}: gradient of {name}", leaf.grad)
+    if sparse_adam:
+        # One step of the visible Gaussians' rows (the CUDA kernel of sparse_adam_cuda.cu):
+        # every parameter and moment stays written.
+        params = [v for k, v in leaves.items()
+                  if v is not None and k not in ("means2D", *camera)]
+        optimizer = SparseGaussianAdam(params, lr=0.01, eps=1e-15)
+        optimizer.step(radii > 0, scene.P)
+        for k, p in enumerate(params):
+            for t in [p] + [optimizer.state[p][m] for m in ("exp_avg", "exp_avg_sq")]:
+                require_written(f"case {i}: sparse Adam step of parameter {k}", t)
+                if not torch.isfinite(t).all():
+                    sys.exit(f"sanitize_cuda: case {i}: sparse Adam step: non-finite values")
     for name, t in [("color", color)] + list(zip(names, maps)):
         if not torch.isfinite(t).all():
             sys.exit(f"sanitize_cuda: case {i}: non-finite {name}")
