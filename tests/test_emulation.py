@@ -153,9 +153,9 @@ def test_sanitizer_cases_run_emulated():
 def test_valgrind_sees_reads_of_what_nothing_wrote():
     """tools/sanitize_cuda.py --valgrind (initcheck for the emulation): the compute-sanitizer
     cases (camera and AbsGS gradients, 20 feature channels, split lists and a sparse Adam step
-    among them) under
-    valgrind's memcheck, with the emulation marking what it poisons as unwritten,
-    report nothing in this package's code, and every output and gradient is written; then the
+    among them) under valgrind's memcheck, with the emulation marking what it poisons as
+    unwritten, report nothing in this package's code, and every output and gradient is
+    written; then the
     two planted kernels that read a shared variable nobody wrote are each reported: the branch
     on it (which the NaN poison alone lets pass: the comparison is false, the output stays
     written) and the copy into an output. .ci/run installs valgrind."""
