@@ -27,6 +27,7 @@ import, about 80 s, 50 times slower than natively).
 """
 import contextlib
 import argparse
+import glob
 import os
 import re
 import shutil
@@ -140,30 +141,36 @@ def our_reports(log_text):
 
 
 def under_valgrind(cases, plant):
-    """Runs this script's emulated cases under valgrind's memcheck; 0 when no report of it
-    names this package's code and the run passed, else a message (the exit status 1)."""
+    """This script's emulated cases under valgrind's memcheck (see memcheck)."""
+    args = [os.path.abspath(__file__), "--emulated"]
+    if cases is not None:
+        args += ["--cases", cases]
+    if plant:
+        args.append("--plant")
+    return memcheck(args)
+
+
+def memcheck(python_args):
+    """Runs Python with `python_args` under valgrind's memcheck, one log per process (some tests
+    start Python processes of their own), and prints the reports that name this package's code;
+    0 when there are none and the run passed, else 1 (or a message)."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
-        return "sanitize_cuda: --valgrind needs valgrind on PATH"
+        return "memcheck: needs valgrind on PATH"
     with tempfile.TemporaryDirectory() as tmp:
-        log = os.path.join(tmp, "memcheck.log")
         command = [valgrind, "--tool=memcheck", "--error-limit=no", "--num-callers=40",
-                   f"--log-file={log}", sys.executable, os.path.abspath(__file__), "--emulated"]
-        if cases is not None:
-            command += ["--cases", cases]
-        if plant:
-            command.append("--plant")
+                   f"--log-file={tmp}/memcheck.%p.log", sys.executable, *python_args]
         # Python's own allocator hands out pieces of its arenas, which memcheck cannot follow.
         run = subprocess.run(command, env=dict(os.environ, PYTHONMALLOC="malloc"))
-        with open(log) as f:
-            reports = our_reports(f.read())
+        reports = []
+        for log in sorted(glob.glob(os.path.join(tmp, "memcheck.*.log"))):
+            with open(log) as f:
+                reports += our_reports(f.read())
     for report in reports:  # their first frames: PyTorch's below them are long
         print("\n".join(line[:240] for line in report[:12]) + "\n")
-    print(f"sanitize_cuda --valgrind: {len(reports)} report(s) in this package's code, "
-          f"run exit status {run.returncode}")
-    if reports or run.returncode != 0:
-        return 1
-    return 0
+    print(f"memcheck: {len(reports)} report(s) in this package's code, run exit status "
+          f"{run.returncode}")
+    return 1 if reports or run.returncode != 0 else 0
 
 
 def run_case(i, device):
@@ -192,31 +199,28 @@ def run_case(i, device):
         torch.cuda.synchronize()
     names = ["depth", "weight"] + (["feature_map"] if channels else []) + (
         ["median"] if options.get("median_depth") else [])
+
+    def check(what, t):  # finite, and written (under valgrind)
+        require_written(f"case {i}: {what}", t)
+        if not torch.isfinite(t).all():
+            sys.exit(f"sanitize_cuda: case {i}: non-finite {what}")
+
     for name, t in [("color", color)] + list(zip(names, maps)):
-        require_written(f"case {i}: {name}", t)
-    if camera_grad:
-        leaves.update(camera)
-    for name, leaf in list(leaves.items()) + [("features", options.get("features"))]:
+        check(name, t)
+    gradients = dict(leaves, **(camera if camera_grad else {}),
+                     features=options.get("features"))
+    for name, leaf in gradients.items():
         if leaf is not None:
-            require_written(f"case {i}: gradient of {name}", leaf.grad)
+            check(f"gradient of {name}", leaf.grad)
     if sparse_adam:
         # One step of the visible Gaussians' rows (the CUDA kernel of sparse_adam_cuda.cu):
         # every parameter and moment stays written.
-        params = [v for k, v in leaves.items()
-                  if v is not None and k not in ("means2D", *camera)]
+        params = [v for k, v in leaves.items() if v is not None and k != "means2D"]
         optimizer = SparseGaussianAdam(params, lr=0.01, eps=1e-15)
         optimizer.step(radii > 0, scene.P)
         for k, p in enumerate(params):
             for t in [p] + [optimizer.state[p][m] for m in ("exp_avg", "exp_avg_sq")]:
-                require_written(f"case {i}: sparse Adam step of parameter {k}", t)
-                if not torch.isfinite(t).all():
-                    sys.exit(f"sanitize_cuda: case {i}: sparse Adam step: non-finite values")
-    for name, t in [("color", color)] + list(zip(names, maps)):
-        if not torch.isfinite(t).all():
-            sys.exit(f"sanitize_cuda: case {i}: non-finite {name}")
-    for name, leaf in leaves.items():
-        if leaf is not None and not torch.isfinite(leaf.grad).all():
-            sys.exit(f"sanitize_cuda: case {i}: non-finite gradient of {name}")
+                check(f"sparse Adam step of parameter {k}", t)
     print(f"case {i} ok: {CASES[i]}")
 
 
