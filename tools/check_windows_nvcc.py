@@ -30,12 +30,12 @@ import shutil
 import sys
 import tempfile
 import time
-import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import check_cuda_compile  # noqa: E402
 import check_msvc_build as msvc_check  # noqa: E402
+import downloads  # noqa: E402
 import emulated_build  # noqa: E402
 
 # CUDA 13.0's Windows wheels: the toolkit whose Linux nvcc CI runs, so the steps are the same.
@@ -52,14 +52,10 @@ def cuda_for_windows():
     """The unpacked toolkit (bin/, nvvm/, include/), fetched once into the check's cache."""
     dest = os.path.join(msvc_check.CACHE, "cuda-13.0-win")
     for spec in CUDA_WHEELS:
-        wheel = msvc_check.pip_download(spec, os.path.join(msvc_check.CACHE, "wheels"),
-                                        "--only-binary=:all:", "--platform", "win_amd64",
-                                        "--python-version", msvc_check.PY)
-        stamp = os.path.join(dest, ".unpacked-" + os.path.basename(wheel))
-        if not os.path.exists(stamp):  # each wheel once (unpack's stamp names prefixes alone)
-            with zipfile.ZipFile(wheel) as z:
-                z.extractall(dest, [n for n in z.namelist() if n.startswith("nvidia/cu13/")])
-            open(stamp, "w").close()
+        wheel = downloads.pip_download(spec, os.path.join(msvc_check.CACHE, "wheels"),
+                                       "--only-binary=:all:", "--platform", "win_amd64",
+                                       "--python-version", msvc_check.PY)
+        downloads.unpack(wheel, dest, ["nvidia/cu13/"])
     return os.path.join(dest, "nvidia", "cu13")
 
 
