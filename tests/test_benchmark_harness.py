@@ -410,7 +410,7 @@ def test_check_cuda_compile_reads_ptxas_and_counts_blocks_per_sm():
     """tools/check_cuda_compile.py --registers: registers, spills and shared memory read from
     ptxas -v output, and the blocks of 256 threads an SM holds, worked out by hand from the
     programming guide's limits (sm_90: 64K registers, 228 KiB, 1 KiB reserved a block, 2048
-    threads; sm_75: 64 KiB, 1024 threads)."""
+    threads; sm_75: 64 KiB, 1024 threads; sm_86 and sm_89: 100 KiB, 1536 threads)."""
     tool = _check_cuda_compile()
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
     regs, spill, smem = (int(torch.randint(16, 255, (), generator=gen)),
@@ -429,7 +429,10 @@ def test_check_cuda_compile_reads_ptxas_and_counts_blocks_per_sm():
     assert tool.blocks_per_sm("sm_90", 32, 100 << 10) == (2, "shared memory")
     assert tool.blocks_per_sm("sm_75", 87, 25 << 10) == (2, "registers")  # 88 x 32: 23 warps
     assert tool.blocks_per_sm("sm_75", 32, 0) == (4, "threads")
-    assert tool.blocks_per_sm("sm_80", 32, 0) is None
+    assert tool.blocks_per_sm("sm_86", 40, 12288) == (6, "threads")    # 1536 threads
+    assert tool.blocks_per_sm("sm_89", 64, 12288) == (4, "registers")   # 2048 x 4 = 8192 each
+    assert tool.blocks_per_sm("sm_86", 32, 60 << 10) == (1, "shared memory")  # 100 KiB
+    assert tool.blocks_per_sm("sm_120", 32, 0) is None
 
 
 def _sass_listing(functions):
