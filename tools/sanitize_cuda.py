@@ -125,12 +125,12 @@ def our_reports(log_text):
     reports, current = [], None
     for line in log_text.splitlines():
         body = re.sub(r"^==\d+== ?", "", line)
-        if not body.strip():
+        if not body.strip() or not body.startswith(" "):
+            # A blank line ends a report; so does a line that is not indented: valgrind's
+            # warnings ("set address range perms: large range") come with no blank line after.
             if current:
                 reports.append(current)
-            current = None
-        elif current is None and not body.startswith(" "):
-            current = [body]
+            current = [body] if body.strip() else None
         elif current is not None:
             current.append(body)
     if current:
