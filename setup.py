@@ -102,7 +102,8 @@ nvcc_flags = build_config.cxx_standard_flags() + ["-O3", "-lineinfo"] + (
 use_cuda, why_not, cuda_version = want_cuda()
 if use_cuda:
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = build_config.default_archs(cuda_version)
+        os.environ["TORCH_CUDA_ARCH_LIST"] = build_config.default_archs(
+            cuda_version, build_config.torch_knows_arch)
     ext = cpp_extension.CUDAExtension(
         name="diff_gaussian_rasterization_depth._C",
         sources=cpu_sources + cuda_sources,

@@ -179,15 +179,43 @@ def test_msvc_gets_its_own_flags():
 
 def test_default_architectures_follow_the_toolkit():
     """Without TORCH_CUDA_ARCH_LIST and a visible GPU: Volta (Turing from CUDA 13) up to what the
-    toolkit knows (sm_86 from 11.1, sm_89 and sm_90 from 11.8), PTX of the newest."""
-    def archs(cuda):
-        listed = build_config.default_archs(cuda)
-        assert listed.endswith("+PTX")
-        return listed[:-len("+PTX")].split(";")
-    assert archs((11, 0)) == ["7.0", "7.5", "8.0"]
-    assert archs((11, 6)) == ["7.0", "7.5", "8.0", "8.6"]
-    assert archs((11, 8)) == archs((12, 4)) == ["7.0", "7.5", "8.0", "8.6", "8.9", "9.0"]
-    assert archs((13, 0)) == ["7.5", "8.0", "8.6", "8.9", "9.0"]
+    toolkit knows (sm_86 from 11.1, sm_89 and sm_90 from 11.8, sm_100 and sm_120 from 12.8) and
+    PyTorch knows too (1.12 stops at sm_86), PTX of the newest up to Hopper."""
+    def archs(cuda, knows=lambda arch: True):
+        listed = build_config.default_archs(cuda, knows).split(";")
+        assert sum(arch.endswith("+PTX") for arch in listed) == 1
+        return listed
+    assert archs((11, 0)) == ["7.0", "7.5", "8.0+PTX"]
+    assert archs((11, 6)) == ["7.0", "7.5", "8.0", "8.6+PTX"]
+    assert archs((11, 8)) == archs((12, 4)) == ["7.0", "7.5", "8.0", "8.6", "8.9", "9.0+PTX"]
+    assert archs((12, 8)) == archs((12, 4)) + ["10.0", "12.0"]
+    assert archs((12, 8), lambda arch: arch != "12.0") == archs((12, 4)) + ["10.0"]
+    assert archs((13, 0)) == ["7.5", "8.0", "8.6", "8.9", "9.0+PTX", "10.0", "12.0"]
+    assert archs((13, 0), lambda arch: float(arch) < 10) == ["7.5", "8.0", "8.6", "8.9", "9.0+PTX"]
+    assert archs((11, 8), lambda arch: float(arch) < 8.7) == ["7.0", "7.5", "8.0", "8.6+PTX"]
+
+
+def test_default_architectures_are_asked_of_pytorch():
+    """PyTorch refuses an architecture it does not list in TORCH_CUDA_ARCH_LIST (1.12 8.9 and 9.0,
+    before 2.7 10.0 and 12.0): the default list asks the installed PyTorch's extension builder,
+    and leaves the caller's setting as it was."""
+    saved = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    os.environ["TORCH_CUDA_ARCH_LIST"] = "8.6"
+    try:
+        assert build_config.torch_knows_arch("8.6")
+        assert not build_config.torch_knows_arch("99.0")
+        assert not build_config.torch_knows_arch("9.7")
+        assert os.environ["TORCH_CUDA_ARCH_LIST"] == "8.6"
+    finally:
+        if saved is None:
+            del os.environ["TORCH_CUDA_ARCH_LIST"]
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = saved
+    for cuda in ((11, 8), (13, 0)):
+        listed = build_config.default_archs(cuda, build_config.torch_knows_arch)
+        toolkit_knows = build_config.default_archs(cuda).replace("+PTX", "").split(";")
+        assert listed.replace("+PTX", "").split(";") == [
+            arch for arch in toolkit_knows if build_config.torch_knows_arch(arch)]
 
 
 def test_toolkit_version_is_read_from_nvcc(tmp_path):

@@ -108,14 +108,37 @@ CPU_SOURCES = ["ext.cpp", "rasterize_points.cpp", "sparse_adam.cpp",
 MIN_CUDA = (11, 0)
 
 
-def default_archs(cuda):
-    """TORCH_CUDA_ARCH_LIST when none is set and no GPU is visible: every architecture from Volta
-    (Turing from CUDA 13, which dropped Volta) to the newest this toolkit knows, up to Hopper,
-    with PTX of the last for newer GPUs. Ampere's sm_86 came with CUDA 11.1, Ada's sm_89 and
-    Hopper's sm_90 with 11.8: a toolkit asked for an architecture it lacks stops the build."""
-    archs = ["7.0", "7.5", "8.0"] if cuda < (13, 0) else ["7.5", "8.0"]
-    if cuda >= (11, 1):
-        archs.append("8.6")
-    if cuda >= (11, 8):
-        archs += ["8.9", "9.0"]
-    return ";".join(archs) + "+PTX"
+def torch_knows_arch(arch):
+    """Whether this PyTorch's extension builder takes `arch` in TORCH_CUDA_ARCH_LIST: it refuses
+    one it does not list (Blackwell's 10.0 and 12.0 came with PyTorch 2.7), so ask it."""
+    from torch.utils import cpp_extension
+    saved = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    os.environ["TORCH_CUDA_ARCH_LIST"] = arch
+    try:
+        return bool(cpp_extension._get_cuda_arch_flags())
+    except (ValueError, AttributeError, TypeError):
+        return False
+    finally:
+        if saved is None:
+            del os.environ["TORCH_CUDA_ARCH_LIST"]
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = saved
+
+
+# The architectures a default build covers, each with the first toolkit that knows it (CUDA 13
+# dropped Volta): Volta, Turing, A100, the RTX 30 series, the RTX 40 series, Hopper, the B200
+# and the RTX 50 series.
+DEFAULT_ARCHS = [("7.0", (11, 0)), ("7.5", (11, 0)), ("8.0", (11, 0)), ("8.6", (11, 1)),
+                 ("8.9", (11, 8)), ("9.0", (11, 8)), ("10.0", (12, 8)), ("12.0", (12, 8))]
+
+
+def default_archs(cuda, torch_knows=lambda arch: True):
+    """TORCH_CUDA_ARCH_LIST when none is set and no GPU is visible: every architecture of
+    DEFAULT_ARCHS that both this toolkit and this PyTorch know (a toolkit or a PyTorch asked for
+    one it lacks stops the build: PyTorch 1.12, 3DGS's own, refuses 8.9 and 9.0, and PyTorch
+    before 2.7 Blackwell's), with PTX of the newest up to Hopper for GPUs none of them runs
+    (PTX of 12.0 would not run on a 10.x or 11.0)."""
+    archs = [arch for arch, first in DEFAULT_ARCHS
+             if cuda >= first and not (arch == "7.0" and cuda >= (13, 0)) and torch_knows(arch)]
+    ptx = max((a for a in archs if float(a) <= 9.0), key=float)
+    return ";".join(a + "+PTX" if a == ptx else a for a in archs)

@@ -114,13 +114,16 @@ def kernel_resources(log):
 
 
 # Per SM: registers, shared memory, shared memory the runtime reserves per block, threads,
-# blocks (CUDA programming guide, compute capabilities 7.5, 8.0, 8.6, 8.9 and 9.0: Turing, A100,
-# the RTX 30 and 40 series most 3DGS users train on, Hopper).
+# blocks (CUDA programming guide, compute capabilities 7.5, 8.0, 8.6, 8.9, 9.0, 10.0 and 12.0:
+# Turing, A100, the RTX 30 and 40 series most 3DGS users train on, Hopper, the B200 and the RTX
+# 50 series; 12.0's 1536 threads and 100 KiB as an RTX 50's deviceQuery prints them).
 SM_LIMITS = {"sm_75": (65536, 64 << 10, 0, 1024, 16),
              "sm_80": (65536, 164 << 10, 1 << 10, 2048, 32),
              "sm_86": (65536, 100 << 10, 1 << 10, 1536, 16),
              "sm_89": (65536, 100 << 10, 1 << 10, 1536, 24),
-             "sm_90": (65536, 228 << 10, 1 << 10, 2048, 32)}
+             "sm_90": (65536, 228 << 10, 1 << 10, 2048, 32),
+             "sm_100": (65536, 228 << 10, 1 << 10, 2048, 32),
+             "sm_120": (65536, 100 << 10, 1 << 10, 1536, 32)}
 
 
 def blocks_per_sm(arch, registers, smem, threads=256):
