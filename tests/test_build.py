@@ -180,7 +180,7 @@ def test_msvc_gets_its_own_flags():
 def test_default_architectures_follow_the_toolkit():
     """Without TORCH_CUDA_ARCH_LIST and a visible GPU: Volta (Turing from CUDA 13) up to what the
     toolkit knows (sm_86 from 11.1, sm_89 and sm_90 from 11.8, sm_100 and sm_120 from 12.8) and
-    PyTorch knows too (1.12 stops at sm_86), PTX of the newest up to Hopper."""
+    PyTorch knows too (1.x stops at sm_86), PTX of the newest up to Hopper."""
     def archs(cuda, knows=lambda arch: True):
         listed = build_config.default_archs(cuda, knows).split(";")
         assert sum(arch.endswith("+PTX") for arch in listed) == 1
@@ -196,8 +196,8 @@ def test_default_architectures_follow_the_toolkit():
 
 
 def test_default_architectures_are_asked_of_pytorch():
-    """PyTorch refuses an architecture it does not list in TORCH_CUDA_ARCH_LIST (1.12 8.9 and 9.0,
-    before 2.7 10.0 and 12.0): the default list asks the installed PyTorch's extension builder,
+    """PyTorch refuses an architecture it does not list in TORCH_CUDA_ARCH_LIST (1.x 8.9 and 9.0,
+    before 2.6 10.0, before 2.7 12.0): the default list asks the installed PyTorch's extension builder,
     and leaves the caller's setting as it was."""
     saved = os.environ.get("TORCH_CUDA_ARCH_LIST")
     os.environ["TORCH_CUDA_ARCH_LIST"] = "8.6"

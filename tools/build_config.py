@@ -110,7 +110,8 @@ MIN_CUDA = (11, 0)
 
 def torch_knows_arch(arch):
     """Whether this PyTorch's extension builder takes `arch` in TORCH_CUDA_ARCH_LIST: it refuses
-    one it does not list (Blackwell's 10.0 and 12.0 came with PyTorch 2.7), so ask it."""
+    one it does not list (8.9 and 9.0 came with PyTorch 2.0, 10.0 with 2.6, 12.0 with 2.7: the
+    lists in their cpp_extension.py), so ask it."""
     from torch.utils import cpp_extension
     saved = os.environ.get("TORCH_CUDA_ARCH_LIST")
     os.environ["TORCH_CUDA_ARCH_LIST"] = arch
@@ -135,9 +136,9 @@ DEFAULT_ARCHS = [("7.0", (11, 0)), ("7.5", (11, 0)), ("8.0", (11, 0)), ("8.6", (
 def default_archs(cuda, torch_knows=lambda arch: True):
     """TORCH_CUDA_ARCH_LIST when none is set and no GPU is visible: every architecture of
     DEFAULT_ARCHS that both this toolkit and this PyTorch know (a toolkit or a PyTorch asked for
-    one it lacks stops the build: PyTorch 1.12, 3DGS's own, refuses 8.9 and 9.0, and PyTorch
-    before 2.7 Blackwell's), with PTX of the newest up to Hopper for GPUs none of them runs
-    (PTX of 12.0 would not run on a 10.x or 11.0)."""
+    one it lacks stops the build: PyTorch 1.x, 3DGS's own 1.12 included, refuses 8.9 and 9.0,
+    PyTorch before 2.6 10.0, before 2.7 12.0), with PTX of the newest up to Hopper for GPUs
+    none of them runs (PTX of 12.0 would not run on a 10.x or 11.0)."""
     archs = [arch for arch, first in DEFAULT_ARCHS
              if cuda >= first and not (arch == "7.0" and cuda >= (13, 0)) and torch_knows(arch)]
     ptx = max((a for a in archs if float(a) <= 9.0), key=float)
