@@ -12,7 +12,8 @@ touches local memory (a spill) inside a per-splat loop, where every splat of eve
 pay for it, or spills more than RENDER_SPILL_LIMIT bytes in all. The render kernels are compiled
 for a number of blocks per SM (their __launch_bounds__), and a spill in their hot loops is a
 slowdown no CPU test can see. --include puts a folder of headers before the toolkit's own: an
-older CUB. tools/check_older_nvcc.py runs this check with CUDA 12.4's and 11.8's own nvcc.
+older CUB. tools/check_nvcc_versions.py runs this check with CUDA 12.4's, 13.5's and 11.8's own
+nvcc.
 """
 import argparse
 import concurrent.futures

@@ -10,7 +10,7 @@
 #    backend, the emulated CUDA backend and its AddressSanitizer build, all compiled against
 #    PyTorch 1.12's headers with the -std=c++17 that tools/build_config.py adds for torch 1.x;
 # 3. every .cu file compiled against PyTorch 1.12's headers by CUDA 11.8's own nvcc, with its CUB
-#    and ptxas and GCC 11 (tools/check_older_nvcc.py: registers, and no spill in a per-splat loop).
+#    and ptxas and GCC 11 (tools/check_nvcc_versions.py: registers, and no spill in a per-splat loop).
 # Not part of CI (the download). What it cannot show: the CUDA backend running under that
 # PyTorch, and CUDA 11.6, 3DGS's own, which Debian does not package (11.8 is the closest).
 set -euo pipefail
@@ -44,5 +44,5 @@ grep -q "std=c++17" "$work/build.log" || { echo "no -std=c++17 in the build"; ex
     && "$VENV/bin/python" -m pytest tests -q -p no:cacheprovider -W ignore::UserWarning)
 
 # CUDA 11.8's own nvcc, CUB and g++-11 (Debian's non-free toolkit, headers from PyPI).
-python3 tools/check_older_nvcc.py --cuda 11.8 --python "$VENV/bin/python"
+python3 tools/check_nvcc_versions.py --cuda 11.8 --python "$VENV/bin/python"
 echo "check_legacy_env: all passed"

@@ -1,8 +1,8 @@
 """What the build checks fetch, once, into ~/.cache/dgrd: wheels from PyPI, and Debian packages,
 installed (a compiler, wine) or only downloaded and unpacked (a CUDA toolkit from non-free).
 
-Shared by tools/check_msvc_build.py, check_windows_nvcc.py, check_older_nvcc.py and
-check_cuda_compile.py (its disassembler); none of it is needed to build or use the package.
+Shared by tools/check_msvc_build.py, check_windows_nvcc.py, check_nvcc_versions.py
+and check_cuda_compile.py (its disassembler); none of it is needed to build or use the package.
 """
 import glob
 import os

@@ -1,20 +1,24 @@
-"""Compiles every .cu file with the nvcc of CUDA 12.4 or 11.8, the toolkits most 3DGS users build
-with (CI's own nvcc is 13.0): tools/check_cuda_compile.py --registers run by that toolkit, with
-its own CUB and Thrust, its own ptxas (registers, spills, and no spill in a per-splat loop) and
-its own host compiler's range.
+"""Compiles every .cu file with the nvcc of other CUDA toolkits than CI's 13.0: 12.4 and 11.8, the
+toolkits most 3DGS users build with, and 13.5, the newest on PyPI (with CCCL 3.5, where CUB and
+Thrust change first): tools/check_cuda_compile.py --registers run by that toolkit, with its own
+CUB and Thrust, its own ptxas (registers, spills, and no spill in a per-splat loop) and its own
+host compiler's range.
 
-The toolkit is NVIDIA's, as Debian packages it in non-free (nvidia-cuda-toolkit: nvcc, cicc,
-ptxas, cuobjdump; trixie has 12.4, bookworm 11.8), downloaded and unpacked under
-~/.cache/dgrd/toolkits, not installed; its headers come from PyPI's wheels of the same release
+12.4 and 11.8 are NVIDIA's, as Debian packages them in non-free (nvidia-cuda-toolkit: nvcc,
+cicc, ptxas, cuobjdump; trixie has 12.4, bookworm 11.8), downloaded and unpacked under
+~/.cache/dgrd/toolkits, not installed; their headers come from PyPI's wheels of the same release
 (nvidia-cuda-runtime, -nvcc, -cccl; Debian's header package is 774 MB). PyPI's own CUDA 12 and
-11 nvcc wheels hold ptxas alone. About 110 MB downloaded for one toolkit.
+11 nvcc wheels hold ptxas alone. CUDA 13's wheels on PyPI hold the whole toolkit (nvcc, cicc in
+nvidia-nvvm, headers), which pip lays out as one tree: 13.5 comes from PyPI alone. About 110 MB
+downloaded for one of Debian's toolkits, 170 MB for 13.5.
 
-    python tools/check_older_nvcc.py [--cuda 12.4] [--cuda 11.8 --python PY] [--arch 75 ...]
+    python tools/check_nvcc_versions.py [--cuda 12.4] [--cuda 13.5] [--cuda 11.8 --python PY]
+                                        [--arch 75 ...]
 
 CUDA 11.8's nvcc knows no C++20, which the headers of PyTorch 2.10 and newer need: for 11.8,
 --python names the Python of an environment with an older PyTorch (tools/check_legacy_env.sh
 passes its PyTorch 1.12.1, 3DGS's own). 11.8 takes GCC 11 at the most: g++-11 is installed from
-Debian when missing. In CI: 12.4 with this machine's PyTorch.
+Debian when missing. In CI: 12.4 and 13.5 with this machine's PyTorch.
 """
 import argparse
 import collections
@@ -27,22 +31,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import downloads  # noqa: E402
 
-Toolkit = collections.namedtuple("Toolkit", "suite wheels host_compiler")
+# suite: Debian's release that packages the toolkit's programs, or None where PyPI's wheels hold
+# the whole toolkit; archs: what the check compiles for by default (sm_120 from CUDA 12.8).
+Toolkit = collections.namedtuple("Toolkit", "suite wheels host_compiler archs")
 TOOLKITS = {
     # CUDA 12.4 takes GCC up to 13; this machine's (Debian 12's g++ 12) will do.
     "12.4": Toolkit("trixie", ("nvidia-cuda-nvcc-cu12==12.4.131",
                                "nvidia-cuda-runtime-cu12==12.4.127",
-                               "nvidia-cuda-cccl-cu12==12.4.127.post1"), "g++"),
+                               "nvidia-cuda-cccl-cu12==12.4.127.post1"), "g++", ("75", "90")),
     "11.8": Toolkit("bookworm", ("nvidia-cuda-nvcc-cu11==11.8.89",
                                  "nvidia-cuda-runtime-cu11==11.8.89",
-                                 "nvidia-cuda-cccl-cu11==11.8.89.post1"), "g++-11"),
+                                 "nvidia-cuda-cccl-cu11==11.8.89.post1"), "g++-11", ("75", "90")),
+    # The newest on PyPI when this was written; CCCL's wheels have their own numbering since
+    # 13.3 (13.3.5.0.6 is CCCL 3.5.0, the newest).
+    "13.5": Toolkit(None, ("nvidia-cuda-nvcc==13.5.37", "nvidia-nvvm==13.5.37",
+                           "nvidia-cuda-crt==13.5.37", "nvidia-cuda-runtime==13.5.37",
+                           "nvidia-cuda-cccl==13.3.5.0.6", "nvidia-cuda-cuobjdump==13.5.37",
+                           "nvidia-cuda-nvdisasm==13.5.37"), "g++", ("75", "90", "120")),
 }
 # The programs nvcc runs, and cuobjdump with the nvdisasm it runs (the SASS check).
 PROGRAMS = ("nvcc", "ptxas", "cudafe++", "fatbinary", "nvlink", "bin2c", "cuobjdump", "nvdisasm")
 
 
 def say(*words):
-    print("check_older_nvcc:", *words, flush=True)
+    print("check_nvcc_versions:", *words, flush=True)
 
 
 def toolkit_home(version):
@@ -53,10 +65,12 @@ def toolkit_home(version):
     home = os.path.join(cache, f"cuda-{version}")
     if os.path.exists(os.path.join(home, "bin", "nvcc.profile")):
         return home
+    if toolkit.suite is None:
+        return pypi_toolkit_home(toolkit, home)
     root, deb_version = downloads.debian_package("nvidia-cuda-toolkit", toolkit.suite, "non-free",
                                                  os.path.join(cache, f"debian-{toolkit.suite}"))
     if not deb_version.startswith(version + "."):
-        sys.exit(f"check_older_nvcc: Debian {toolkit.suite} now has CUDA {deb_version}, not "
+        sys.exit(f"check_nvcc_versions: Debian {toolkit.suite} now has CUDA {deb_version}, not "
                  f"{version}: update TOOLKITS")
     wheels = os.path.join(cache, f"wheels-{version}")
     for spec in toolkit.wheels:
@@ -89,6 +103,26 @@ def toolkit_home(version):
     return home
 
 
+def pypi_toolkit_home(toolkit, home):
+    """A CUDA 13 toolkit from PyPI's wheels: they unpack into one tree, nvidia/cu13/, with the
+    nvcc.profile nvcc reads (CCCL under include/cccl, as the toolkit's installer puts it); the
+    programs lose their modes in the wheels' zip."""
+    building = home + ".partial"
+    shutil.rmtree(building, ignore_errors=True)
+    for spec in toolkit.wheels:
+        downloads.unpack(downloads.pip_download(spec, home + "-wheels", "--only-binary=:all:"),
+                         building, ["nvidia/cu13/"])
+    tree = os.path.join(building, "nvidia", "cu13")
+    for folder in ("bin", os.path.join("nvvm", "bin")):
+        for program in os.listdir(os.path.join(tree, folder)):
+            path = os.path.join(tree, folder, program)
+            if os.path.isfile(path) and "." not in program:
+                os.chmod(path, 0o755)
+    os.rename(tree, home)
+    shutil.rmtree(building)
+    return home
+
+
 def torch_cxx_standard(python):
     """The C++ standard the PyTorch of `python` compiles extensions with."""
     probe = ("import sys; sys.path.insert(0, sys.argv[1]); import check_cuda_compile; "
@@ -109,7 +143,7 @@ def check(version, python, archs):
     say(f"CUDA {version} ({release.strip().splitlines()[-1]}), host compiler "
         f"{toolkit.host_compiler}, PyTorch headers of {python} ({std})")
     if std == "c++20" and version.startswith("11."):
-        sys.exit(f"check_older_nvcc: CUDA {version}'s nvcc has no C++20, which this PyTorch's "
+        sys.exit(f"check_nvcc_versions: CUDA {version}'s nvcc has no C++20, which this PyTorch's "
                  "headers need; give --python of an environment with PyTorch < 2.10")
     env = dict(os.environ, NVCC=nvcc, CUDA_HOME=home,
                NVCC_PREPEND_FLAGS=f"-ccbin {toolkit.host_compiler}")
@@ -122,15 +156,16 @@ def check(version, python, archs):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cuda", action="append", choices=sorted(TOOLKITS),
-                    help="the toolkit's version (default 12.4); may be repeated")
+                    help="the toolkit's version (default 12.4 and 13.5); may be repeated")
     ap.add_argument("--python", default=sys.executable,
                     help="the Python whose PyTorch's headers to compile against")
-    ap.add_argument("--arch", action="append", help="compute capability digits (default 75, 90)")
+    ap.add_argument("--arch", action="append",
+                    help="compute capability digits (default: the toolkit's archs in TOOLKITS)")
     args = ap.parse_args()
-    failed = [v for v in args.cuda or ["12.4"]
-              if check(v, args.python, args.arch or ["75", "90"]) != 0]
+    failed = [v for v in args.cuda or ["12.4", "13.5"]
+              if check(v, args.python, args.arch or TOOLKITS[v].archs) != 0]
     if failed:
-        sys.exit(f"check_older_nvcc: failed with CUDA {', '.join(failed)}")
+        sys.exit(f"check_nvcc_versions: failed with CUDA {', '.join(failed)}")
     say("all passed")
 
 
