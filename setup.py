@@ -3,7 +3,7 @@
 `pip install --no-build-isolation .` builds against the PyTorch already installed:
 - CUDA + CPU backends when that PyTorch has CUDA and nvcc (CUDA 11.0 or newer) is found
   (TORCH_CUDA_ARCH_LIST is respected; without it and without a visible GPU, the architectures
-  from Volta to Hopper that the toolkit knows: tools/build_config.py);
+  from Volta to Blackwell that the toolkit and PyTorch know: tools/build_config.py);
 - the CPU backend alone otherwise (or with DGRD_CPU_ONLY=1); CUDA tensors then raise a clear error.
 """
 import os
@@ -101,6 +101,7 @@ nvcc_flags = build_config.cxx_standard_flags() + ["-O3", "-lineinfo"] + (
     [] if MSVC else ["-Xcompiler", ",".join(build_config.UNSHARED_SYMBOLS)])
 use_cuda, why_not, cuda_version = want_cuda()
 if use_cuda:
+    nvcc_flags += build_config.nvcc_thread_flags(cuda_version, os.environ.get("MAX_JOBS"))
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = build_config.default_archs(
             cuda_version, build_config.torch_knows_arch)

@@ -218,6 +218,19 @@ def test_default_architectures_are_asked_of_pytorch():
             arch for arch in toolkit_knows if build_config.torch_knows_arch(arch)]
 
 
+def test_nvcc_compiles_architectures_side_by_side():
+    """--threads from CUDA 11.2 on: the CPUs up to 4, no more than MAX_JOBS where it is set."""
+    flags = build_config.nvcc_thread_flags
+    assert flags((11, 1), cpus=16) == [] and flags(None) == []
+    assert flags((11, 2), cpus=16) == ["--threads", "4"]
+    assert flags((13, 0), cpus=2) == ["--threads", "2"]
+    assert flags((12, 4), "1", cpus=16) == ["--threads", "1"]
+    assert flags((12, 4), "3", cpus=16) == ["--threads", "3"]
+    assert flags((12, 4), "0", cpus=16) == ["--threads", "1"]
+    assert flags((12, 4), "many", cpus=8) == ["--threads", "4"]
+    assert flags((12, 4), cpus=None)[1] == str(min(4, os.cpu_count() or 1))
+
+
 def test_toolkit_version_is_read_from_nvcc(tmp_path):
     """The toolkit's own version, which may differ from PyTorch's CUDA in its minor; PyTorch's
     where nvcc cannot be run. With the toolkit here, every default architecture compiles."""
@@ -239,8 +252,8 @@ def test_toolkit_version_is_read_from_nvcc(tmp_path):
     for arch in build_config.default_archs(cuda).replace("+PTX", "").split(";"):
         digits = arch.replace(".", "")
         gencode += ["-gencode", f"arch=compute_{digits},code=sm_{digits}"]
-    done = subprocess.run([nvcc, "-c", str(source), "-o", str(tmp_path / "empty.o"), *gencode],
-                          capture_output=True, text=True)
+    done = subprocess.run([nvcc, "-c", str(source), "-o", str(tmp_path / "empty.o"), *gencode,
+                           *build_config.nvcc_thread_flags(cuda)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
 

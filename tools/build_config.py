@@ -126,6 +126,21 @@ def torch_knows_arch(arch):
             os.environ["TORCH_CUDA_ARCH_LIST"] = saved
 
 
+def nvcc_thread_flags(cuda, max_jobs=None, cpus=None):
+    """nvcc's --threads, so that it compiles the architectures of one file side by side (CUDA
+    11.2 on): a build for several (the default list without a visible GPU has up to seven) waits
+    on cuda_backend.cu, whose architectures nvcc otherwise compiles one after another. As many
+    threads as the CPUs, at most 4 (each takes up to about 0.7 GB there), and no more than
+    MAX_JOBS where the user limits the build's jobs (PyTorch's setting, read by its ninja
+    build), for a machine short of memory."""
+    if cuda is None or cuda < (11, 2):
+        return []
+    threads = min(4, cpus or os.cpu_count() or 1)
+    if max_jobs is not None and str(max_jobs).strip().isdigit():
+        threads = max(1, min(threads, int(max_jobs)))
+    return ["--threads", str(threads)]
+
+
 # The architectures a default build covers, each with the first toolkit that knows it (CUDA 13
 # dropped Volta): Volta, Turing, A100, the RTX 30 series, the RTX 40 series, Hopper, the B200
 # and the RTX 50 series.
