@@ -1,9 +1,11 @@
 """Build of diff_gaussian_rasterization_depth.
 
 `pip install --no-build-isolation .` builds against the PyTorch already installed:
-- CUDA + CPU backends when that PyTorch has CUDA and nvcc (CUDA 11.0 or newer) is found
-  (TORCH_CUDA_ARCH_LIST is respected; without it and without a visible GPU, the architectures
-  from Volta to Blackwell that the toolkit and PyTorch know: tools/build_config.py);
+- CUDA + CPU backends when that PyTorch has CUDA and nvcc (CUDA 11.0 or newer) is found: in
+  CUDA_HOME, on the PATH, in /usr/local/cuda, or the toolkit pip installs beside a CUDA 13
+  PyTorch (site-packages/nvidia/cu13). TORCH_CUDA_ARCH_LIST is respected; without it and
+  without a visible GPU, the architectures from Volta to Blackwell that the toolkit and
+  PyTorch know (tools/build_config.py);
 - the CPU backend alone otherwise (or with DGRD_CPU_ONLY=1); CUDA tensors then raise a clear error.
 """
 import os
@@ -32,8 +34,17 @@ def want_cuda():
         return False, "DGRD_CPU_ONLY is set", None
     if torch.version.cuda is None:
         return False, "this PyTorch has no CUDA", None
-    if cpp_extension.CUDA_HOME is None:
-        return False, "nvcc / CUDA_HOME not found", None
+    home = cpp_extension.CUDA_HOME
+    nvcc = "nvcc.exe" if MSVC else "nvcc"
+    if home is None or not os.path.isfile(os.path.join(home, "bin", nvcc)):
+        # PyTorch looks for nvcc on the PATH, then takes /usr/local/cuda (a runtime-only image
+        # has one without nvcc); pip's toolkit is in neither.
+        pip_home = build_config.pip_cuda_home(torch.version.cuda)
+        if pip_home is None:
+            missing = "nvcc / CUDA_HOME not found" if home is None else f"no nvcc in {home}"
+            return False, f"{missing}; {build_config.pip_toolkit_hint(torch.version.cuda)}", None
+        print(f"diff_gaussian_rasterization_depth: the CUDA toolkit pip installed, {pip_home}")
+        cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"] = pip_home
     cuda = build_config.cuda_toolkit_version(cpp_extension.CUDA_HOME, torch.version.cuda)
     if cuda < build_config.MIN_CUDA:
         oldest = ".".join(map(str, build_config.MIN_CUDA))
@@ -116,6 +127,9 @@ if use_cuda:
         },
         extra_link_args=link_flags,
     )
+    if not MSVC:
+        cudart = build_config.cudart_link_name(cpp_extension.CUDA_HOME)
+        ext.libraries = [cudart if lib == "cudart" else lib for lib in ext.libraries]
 else:
     print(f"diff_gaussian_rasterization_depth: building the CPU backend only ({why_not})")
     ext = cpp_extension.CppExtension(

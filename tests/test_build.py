@@ -231,6 +231,44 @@ def test_nvcc_compiles_architectures_side_by_side():
     assert flags((12, 4), cpus=None)[1] == str(min(4, os.cpu_count() or 1))
 
 
+def test_cuda_toolkit_installed_by_pip_is_found(tmp_path):
+    """Where neither the PATH nor CUDA_HOME has nvcc, setup.py takes the toolkit pip installed
+    beside a CUDA 13 PyTorch (site-packages/nvidia/cu13), for PyTorch's own CUDA major only, and
+    links its runtime by the versioned file, the only one pip's nvidia-cuda-runtime has."""
+    site, other = tmp_path / "site", tmp_path / "other"
+    home = site / "nvidia" / "cu13"
+    (home / "bin").mkdir(parents=True)
+    (home / "lib").mkdir()
+    other.mkdir()
+    paths = [str(tmp_path / "missing"), str(other), str(site)]
+    assert build_config.pip_cuda_home("13.0", paths) is None  # no nvcc yet
+    (home / "bin" / ("nvcc.exe" if os.name == "nt" else "nvcc")).write_text("")
+    assert build_config.pip_cuda_home("13.0", paths) == str(home)
+    assert build_config.pip_cuda_home("13.2", paths[1:]) == str(home)
+    assert build_config.pip_cuda_home("12.8", paths) is None
+    assert build_config.pip_cuda_home(None, paths) is None
+    assert build_config.pip_cuda_home("13.0", paths[:2]) is None
+
+    link = build_config.cudart_link_name
+    assert link(str(home)) == "cudart"  # no runtime there: PyTorch's -lcudart, as before
+    for name in ("libcudart.so.12", "libcudart.so.13", "libcudart_static.a"):
+        (home / "lib" / name).write_text("")
+    assert link(str(home)) == ":libcudart.so.13"
+    (home / "lib" / "libcudart.so").write_text("")
+    assert link(str(home)) == "cudart"
+    (home / "lib64").mkdir()  # PyTorch takes lib64 where there is one
+    (home / "lib64" / "libcudart.so.13").write_text("")
+    assert link(str(home)) == ":libcudart.so.13"
+    assert link(str(tmp_path / "none")) == "cudart"
+
+    assert 'pip install "cuda-toolkit[nvcc,nvvm,crt,cccl]==13.0.*"' in (
+        build_config.pip_toolkit_hint("13.0"))
+    assert "==13.1.*" in build_config.pip_toolkit_hint("13.1")
+    for older in ("12.8", "11.8", None):
+        hint = build_config.pip_toolkit_hint(older)
+        assert "cuda-toolkit[" not in hint and "CUDA_HOME" in hint
+
+
 def test_toolkit_version_is_read_from_nvcc(tmp_path):
     """The toolkit's own version, which may differ from PyTorch's CUDA in its minor; PyTorch's
     where nvcc cannot be run. With the toolkit here, every default architecture compiles."""

@@ -81,6 +81,49 @@ def cuda_toolkit_version(cuda_home, fallback):
     return int(major), int(minor)
 
 
+def pip_cuda_home(torch_cuda, paths=None):
+    """The CUDA toolkit pip installed beside PyTorch, for a machine with no other: NVIDIA's CUDA
+    13 wheels (`pip install "cuda-toolkit[nvcc,nvvm,crt,cccl]==13.0.*"`) lay it out as one tree,
+    site-packages/nvidia/cu13, nvcc in its bin/ (CUDA 12's wheels hold no nvcc). None where
+    `paths` (sys.path) holds none for PyTorch's CUDA major."""
+    if not torch_cuda:
+        return None
+    tree = os.path.join("nvidia", "cu" + torch_cuda.split(".")[0])
+    nvcc = "nvcc.exe" if os.name == "nt" else "nvcc"
+    for base in sys.path if paths is None else paths:
+        if os.path.isfile(os.path.join(base or ".", tree, "bin", nvcc)):
+            return os.path.abspath(os.path.join(base or ".", tree))
+    return None
+
+
+def pip_toolkit_hint(torch_cuda):
+    """What to install where no nvcc is found: pip's toolkit of PyTorch's own CUDA (13 on), or
+    NVIDIA's installer or conda's (CUDA 12 and older, whose wheels hold no nvcc)."""
+    major_minor_cuda = ".".join((torch_cuda or "0.0").split(".")[:2])
+    if major_minor(major_minor_cuda) >= (13, 0):
+        return (f'pip install "cuda-toolkit[nvcc,nvvm,crt,cccl]=={major_minor_cuda}.*" gives '
+                "this PyTorch's nvcc")
+    return (f"install CUDA {major_minor_cuda}'s toolkit (NVIDIA's installer, or conda's "
+            f"cuda-nvcc) and set CUDA_HOME")
+
+
+def cudart_link_name(cuda_home):
+    """The CUDA runtime as the linker is to take it: "cudart" (-lcudart), or, where the
+    toolkit's library folder (lib64, else lib, as PyTorch picks it) holds only the versioned
+    library, as pip's nvidia-cuda-runtime does (libcudart.so.13, no libcudart.so), that file by
+    name (":libcudart.so.13": -l:, GNU ld and LLVM's lld)."""
+    for lib in ("lib64", "lib"):
+        folder = os.path.join(cuda_home, lib)
+        if os.path.isdir(folder):
+            names = os.listdir(folder)
+            versioned = sorted((n for n in names if re.fullmatch(r"libcudart\.so\.\d+", n)),
+                               key=lambda n: int(n.rsplit(".", 1)[1]))
+            if "libcudart.so" in names or not versioned:
+                return "cudart"
+            return ":" + versioned[-1]
+    return "cudart"
+
+
 # setuptools reads the package's metadata (name, packages, extras) from pyproject.toml from 61 on,
 # and builds editable installs from 64 on. pip --no-build-isolation does not enforce the
 # build-system's own "setuptools>=64", and an older one (3DGS's environment has one) installs a

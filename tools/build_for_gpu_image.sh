@@ -10,7 +10,13 @@
 # It is also the one place where `setup.py build_ext` runs with a CUDA PyTorch off the GPU
 # machine: CI's PyTorch has no CUDA, so there only the CPU half of _C is built and linked.
 #
-#   bash tools/build_for_gpu_image.sh [--only ours|gsplat|orig]
+#   bash tools/build_for_gpu_image.sh [--only ours|gsplat|orig|pip-toolkit]
+#
+# --only pip-toolkit (not part of the default, and writes nothing to .whl/) checks the build of
+# a user who has no CUDA toolkit but the one pip installs beside a CUDA 13 PyTorch (NVIDIA's
+# cuda-toolkit[nvcc,nvvm,crt,cccl] wheels, of PyTorch's own CUDA): it installs them into the
+# virtual environment, hides this machine's toolkit and the nvcc on the PATH in a mount
+# namespace (unshare -m: root), builds, and loads the module with its CUDA half.
 #
 # Needs python$GPU_PYTHON_VERSION (3.12; or GPU_PYTHON=path) and nvcc. Installs
 # torch==$GPU_TORCH_VERSION (2.11.0, which is 2.11.0+cu130 on PyPI, about 4.7 GB with its CUDA
@@ -22,8 +28,8 @@ REPO=$PWD
 
 only=${2:-}
 if [ "${1:-}" != "" ] && { [ "$1" != "--only" ] || [ -z "$only" ]; } \
-        || ! [[ "$only" =~ ^(|ours|gsplat|orig)$ ]]; then
-    echo "usage: bash tools/build_for_gpu_image.sh [--only ours|gsplat|orig]" >&2
+        || ! [[ "$only" =~ ^(|ours|gsplat|orig|pip-toolkit)$ ]]; then
+    echo "usage: bash tools/build_for_gpu_image.sh [--only ours|gsplat|orig|pip-toolkit]" >&2
     exit 2
 fi
 want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
@@ -82,6 +88,29 @@ if want ours; then
     rm -rf .whl/prebuilt
     (cd "$work" && "$PY" tools/prebuilt.py record "$REPO/.whl/prebuilt" "$so" --arch "$ARCH")
     ls -l .whl/prebuilt
+fi
+
+# ------------------------------------------------- this package with the toolkit pip installs
+if [ "$only" = pip-toolkit ]; then
+    cuda=$("$PY" -c 'import torch; print(".".join(torch.version.cuda.split(".")[:2]))')
+    "$PY" -m pip install -q "cuda-toolkit[nvcc,nvvm,crt,cccl]==$cuda.*"
+    git ls-files -z --cached --others --exclude-standard | tar -c --null -T - | tar -x -C "$work"
+    mkdir "$work/hidden"
+    : > "$work/hidden-nvcc"
+    hide="mount --bind '$work/hidden' '$(readlink -f "$CUDA_HOME")'"
+    for nvcc in $(which -a nvcc || true); do
+        hide="$hide && mount --bind '$work/hidden-nvcc' '$nvcc'"
+    done
+    unshare -m bash -c "$hide && cd '$work' && ! which nvcc && env -u CUDA_HOME \
+        -u CUDA_PATH DGRD_NO_EMULATED=1 '$PY' setup.py build_ext --inplace" > "$work/build.log" 2>&1 \
+        || { tail -n 40 "$work/build.log"; exit 1; }
+    grep "the CUDA toolkit pip installed" "$work/build.log"
+    grep -q -- "-l:libcudart.so" "$work/build.log"
+    (cd "$work" && "$PY" -c "
+from diff_gaussian_rasterization_depth import _C
+assert _C.has_cuda(), 'built without its CUDA half'
+print('pip-toolkit: the module loads, with its CUDA half')")
+    exit 0
 fi
 
 # ---------------------------------------------------------------------------------- gsplat
