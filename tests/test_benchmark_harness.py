@@ -432,7 +432,10 @@ def test_check_cuda_compile_reads_ptxas_and_counts_blocks_per_sm():
     assert tool.blocks_per_sm("sm_86", 40, 12288) == (6, "threads")    # 1536 threads
     assert tool.blocks_per_sm("sm_89", 64, 12288) == (4, "registers")   # 2048 x 4 = 8192 each
     assert tool.blocks_per_sm("sm_86", 32, 60 << 10) == (1, "shared memory")  # 100 KiB
-    assert tool.blocks_per_sm("sm_120", 32, 0) is None
+    assert tool.blocks_per_sm("sm_120", 40, 12288) == (6, "threads")   # RTX 50: 1536 threads
+    assert tool.blocks_per_sm("sm_120", 32, 30 << 10) == (3, "shared memory")  # 100 KiB
+    assert tool.blocks_per_sm("sm_100", 32, 12288) == (8, "threads")   # B200, as Hopper
+    assert tool.blocks_per_sm("sm_121", 32, 0) is None
 
 
 def _sass_listing(functions):
