@@ -153,36 +153,57 @@ void out_of_bounds(int n) {
 // The render kernels' helpers, run alone.
 
 // One warp: thread t holds values[t][0..N) and adds the warp's totals into out[0..size),
-// counting in writes[k] the atomics aimed at out[k].
+// counting in writes[k] the atomics aimed at out[k]. by_slot: as the render backward does it
+// (each lane's scatter_slot taken first, then warp_scatter_total), else warp_scatter_add.
 template <int N>
-__global__ void warp_scatter_add_kernel(const float* values, int size, float* out, int* writes) {
+__global__ void warp_scatter_add_kernel(const float* values, int size, bool by_slot, float* out,
+                                        int* writes) {
   float v[N];
   for (int k = 0; k < N; ++k) v[k] = values[threadIdx.x * N + k];
-  gpu::warp_scatter_add<N, 16>(v, 0, size, [out, writes](int k) {
+  if constexpr (gpu::scatter_held<N, 16>() == 1) {
+    if (by_slot) {
+      const int slot = gpu::scatter_slot<N>(size);
+      const float total = gpu::warp_scatter_total(v);
+      if (slot >= 0) {
+        atomicAdd(writes + slot, 1);
+        atomicAdd(out + slot, total);
+      }
+      return;
+    }
+  }
+  gpu::warp_scatter_add(v, size, [out, writes](int k) {
     atomicAdd(writes + k, 1);
     return out + k;
   });
 }
 
-// values: 32 x N, N one of the instantiated counts. Returns out (N entries: the sums, then
-// zeros past `size`) and how many atomics each entry received.
-std::vector<at::Tensor> warp_scatter_add(const at::Tensor& values, int size) {
+template <int N>
+void launch_warp_scatter_add(const float* in, int size, bool by_slot, float* out, int* writes) {
+  DGRD_LAUNCH(warp_scatter_add_kernel<N>, 1, 32, nullptr)(in, size, by_slot, out, writes);
+}
+
+// values: 32 x N, N one of the instantiated counts (by_slot: up to 32). Returns out (N entries:
+// the sums, then zeros past `size`) and how many atomics each entry received.
+std::vector<at::Tensor> warp_scatter_add(const at::Tensor& values, int size, bool by_slot) {
   TORCH_CHECK(values.dim() == 2 && values.size(0) == 32, "values: 32 x N");
   const at::Tensor v = values.to(at::kFloat).contiguous();
   const int n = int(v.size(1));
   TORCH_CHECK(0 <= size && size <= n, "size: 0 .. N");
+  TORCH_CHECK(!by_slot || n <= 32, "by_slot: N up to 32");
   at::Tensor out = at::zeros({n}, at::kFloat);
   at::Tensor writes = at::zeros({n}, at::kInt);
   const float* in = v.data_ptr<float>();
   float* o = out.data_ptr<float>();
   int* w = writes.data_ptr<int>();
   switch (n) {
-    case 1: DGRD_LAUNCH(warp_scatter_add_kernel<1>, 1, 32, nullptr)(in, size, o, w); break;
-    case 6: DGRD_LAUNCH(warp_scatter_add_kernel<6>, 1, 32, nullptr)(in, size, o, w); break;
-    case 10: DGRD_LAUNCH(warp_scatter_add_kernel<10>, 1, 32, nullptr)(in, size, o, w); break;
-    case 22: DGRD_LAUNCH(warp_scatter_add_kernel<22>, 1, 32, nullptr)(in, size, o, w); break;
-    case 40: DGRD_LAUNCH(warp_scatter_add_kernel<40>, 1, 32, nullptr)(in, size, o, w); break;
-    default: TORCH_CHECK(false, "N must be 1, 6, 10, 22 or 40");
+    case 1: launch_warp_scatter_add<1>(in, size, by_slot, o, w); break;
+    case 2: launch_warp_scatter_add<2>(in, size, by_slot, o, w); break;
+    case 6: launch_warp_scatter_add<6>(in, size, by_slot, o, w); break;
+    case 10: launch_warp_scatter_add<10>(in, size, by_slot, o, w); break;
+    case 14: launch_warp_scatter_add<14>(in, size, by_slot, o, w); break;
+    case 22: launch_warp_scatter_add<22>(in, size, by_slot, o, w); break;
+    case 40: launch_warp_scatter_add<40>(in, size, by_slot, o, w); break;
+    default: TORCH_CHECK(false, "N must be 1, 2, 6, 10, 14, 22 or 40");
   }
   return {out, writes};
 }
@@ -281,6 +302,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   checks.def("divergent_shuffle", &emulation_checks::divergent_shuffle);
   checks.def("null_read", &emulation_checks::null_read);
   checks.def("out_of_bounds", &emulation_checks::out_of_bounds);
-  checks.def("warp_scatter_add", &emulation_checks::warp_scatter_add);
+  checks.def("warp_scatter_add", &emulation_checks::warp_scatter_add, py::arg("values"),
+             py::arg("size"), py::arg("by_slot") = false);
   checks.def("band_reach_masks", &emulation_checks::band_reach_masks);
 }

@@ -620,21 +620,49 @@ __global__ void __launch_bounds__(kTilePixels)
   }
 }
 
-// The k-th value of a SplatGrad, in the order of warp_accumulate's values.
+// Where the k-th value of a SplatGrad lies, in floats from its start (the order of
+// warp_accumulate's values; `feature` is 16-byte aligned, so there is a gap before it).
+__host__ __device__ constexpr int splat_grad_offset(int k) {
+  using G = SplatGrad<float>;
+  return int((k < 2   ? offsetof(G, mean2d) + k * sizeof(float)
+              : k < 5 ? offsetof(G, conic) + (k - 2) * sizeof(float)
+              : k == 5 ? offsetof(G, opacity)
+                       : offsetof(G, feature) + (k - 6) * sizeof(float)) /
+             sizeof(float));
+}
+static_assert(splat_grad_offset(0) == 0 && splat_grad_offset(1) == 1 &&
+                  splat_grad_offset(2) == 2 && splat_grad_offset(3) == 3 &&
+                  splat_grad_offset(4) == 4 && splat_grad_offset(5) == 5 &&
+                  offsetof(SplatGrad<float>, conic) == 2 * sizeof(float) &&
+                  sizeof(Sym2<float>) == 3 * sizeof(float) &&
+                  sizeof(Vec4<float>) == 4 * sizeof(float),
+              "SplatGrad's values are not laid out as splat_grad_offset says");
+
 __device__ __forceinline__ float* splat_grad_value(SplatGrad<float>* g, int k) {
-  return k < 2 ? &g->mean2d.x + k
-       : k < 5 ? &g->conic.a + (k - 2)
-       : k == 5 ? &g->opacity
-                : &g->feature.x + (k - 6);
+  return reinterpret_cast<float*>(g) + splat_grad_offset(k);
 }
 
 // Adds a SplatGrad summed over the warp: one set of atomics per warp instead of one per pixel.
+// With kScatter, `offset` is the lane's splat_grad_offset of its scatter_slot (-1: none), taken
+// before the kernel's loops.
 template <bool kScatter>
-__device__ __forceinline__ void warp_accumulate(const SplatGrad<float>& g, SplatGrad<float>* out) {
+__device__ __forceinline__ void warp_accumulate(const SplatGrad<float>& g, SplatGrad<float>* out,
+                                                int offset) {
   const float v[kSplatGradValues] = {g.mean2d.x, g.mean2d.y, g.conic.a, g.conic.b, g.conic.c,
                                      g.opacity, g.feature.x, g.feature.y, g.feature.z,
                                      g.feature.w};
-  warp_add_each<kScatter>(v, [out](int k) { return splat_grad_value(out, k); });
+  if constexpr (kScatter) {
+    const float total = warp_scatter_total(v);
+    if (offset >= 0) atomicAdd(reinterpret_cast<float*>(out) + offset, total);
+  } else {
+    warp_add_each<false>(v, [out](int k) { return splat_grad_value(out, k); });
+  }
+}
+
+// The lane's offset for warp_accumulate<true>.
+__device__ __forceinline__ int splat_grad_lane_offset() {
+  const int slot = scatter_slot<kSplatGradValues>(kSplatGradValues);
+  return slot >= 0 ? splat_grad_offset(slot) : -1;
 }
 
 // Lane 0 adds the warp's sum of v to *out.
@@ -677,6 +705,7 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
   // starts at its own last one (the median's splat is never behind it).
   const int block_end = min(part.hi, block_max(last));
   const int warp_end = min(part.hi, kWarpSkip ? warp_max(last) : block_end);
+  const int grad_offset = kScatter ? splat_grad_lane_offset() : -1;
 
   // Positions are relative to `begin`; batches walk from the back.
   for (int stop = block_end; stop > part.lo; stop -= kTilePixels) {
@@ -706,7 +735,7 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
         contributes = true;
       }
       if (!__any_sync(kFullWarp, contributes)) continue;
-      warp_accumulate<kScatter>(g, splat_grads + batch.id[j]);
+      warp_accumulate<kScatter>(g, splat_grads + batch.id[j], grad_offset);
       if (extra.mean2d_abs) {  // the same for the whole grid: asked for or not
         // g.mean2d is of the colour, depth and weight alone (the median adds to z only).
         const Vec2<float> a = abs_each(g.mean2d);
@@ -766,9 +795,10 @@ __global__ void __launch_bounds__(kTilePixels)
 // chunk adds its part of dL/dalpha (FeatureBackward), carried to mean2d, conic and opacity,
 // and the chunk's dL/dF = w g. A block walks its part of the list (ListPart) back to front,
 // from T at the part's end (saved at its split, or the pixel's final T) and, behind it, the
-// sums of the parts after it (feature_dots_kernel).
+// sums of the parts after it (feature_dots_kernel). Bounded at the render backward's 4 blocks
+// per SM: without a bound each ptxas picked its own registers, 2 to 4 blocks (doc/performance.md).
 template <int kChunk>
-__global__ void __launch_bounds__(kTilePixels)
+__global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
     render_features_backward_kernel(Camera<float> cam, GaussianState<float> state,
                                     TileLists lists, PixelBuffers<float> px,
                                     OptionalGrads<float> extra, SplatGrad<float>* splat_grads,
@@ -793,6 +823,9 @@ __global__ void __launch_bounds__(kTilePixels)
   }
 
   const int warp_end = warp_skip ? me.warp_end : me.block_end;
+  // The lane's value in the scatter (the six splat values, then the chunk's channels), taken
+  // once; the first six lie at their own index in a SplatGrad.
+  const int slot = scatter ? scatter_slot<6 + kChunk>(6 + me.count) : -1;
   for (int stop = me.block_end; stop > part.lo; stop -= kTilePixels) {
     const int start = max(part.lo, stop - kTilePixels);
     __syncthreads();  // the previous batch is no longer read
@@ -830,9 +863,10 @@ __global__ void __launch_bounds__(kTilePixels)
                                g.opacity};
 #pragma unroll
         for (int c = 0; c < kChunk; ++c) v[6 + c] = w * upstream[c];
-        warp_scatter_add<6 + kChunk, 16>(v, 0, 6 + me.count, [=](int i) {
-          return i < 6 ? splat_grad_value(out, i) : features_grad + (i - 6);
-        });
+        const float total = warp_scatter_total(v);
+        if (slot >= 0)
+          atomicAdd(slot < 6 ? reinterpret_cast<float*>(out) + slot : features_grad + (slot - 6),
+                    total);
         continue;
       }
       // One value at a time, each made where it is added (an array of all of them would hold

@@ -497,6 +497,52 @@ def test_check_cuda_compile_finds_spills_in_per_splat_loops():
         assert tool.per_splat_loops(functions[1][2]) == []
 
 
+def test_sass_loops_counts_each_kind_in_the_per_splat_loop_alone():
+    """tools/sass_loops.py: of a kernel's per-splat loop (found as check_cuda_compile finds it),
+    the instructions in all and the shuffles, atomics, exponentials, branches and division
+    slow-path calls among them, predicated or not; the same kinds outside the loop are not
+    counted. Random loops, random counts of each kind, inside and out."""
+    spec = importlib.util.spec_from_file_location("_dgrd_sass_loops",
+                                                  REPO / "tools" / "sass_loops.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+
+    def pick(n):
+        return int(torch.randint(0, n, (), generator=gen))
+
+    kinds = {"shuffles": ("SHFL.BFLY PT, R6, R6, 0x10, 0x1f",
+                          "@!P2 SHFL.DOWN PT, R4, R4, 0x1, 0x1f"),
+             "atomics": ("REDG.E.ADD.F32.FTZ.RN.STRONG.GPU desc[UR6][R4.64], R6",
+                         "@P1 ATOMG.E.ADD.F32.FTZ.RN.STRONG.GPU PT, R3, desc[UR6][R4.64], R6"),
+             "exps": ("MUFU.EX2 R9, R8",),
+             "branches": ("@!P0 BRA 0x0",),
+             "slow calls": ("CALL.REL.NOINC 0x0",)}
+    plain = ("FFMA R2, R3, R4, R2", "LDS.128 R8, [R5]", "MUFU.RCP R15, R4",
+             "FSEL R6, R14, R53, !P1")
+    for _ in range(20):
+        counts = {kind: pick(5) for kind in kinds}
+        counts["exps"] += 1  # a per-splat loop has its exponential
+        body = [kinds[k][pick(len(kinds[k]))] for k, n in counts.items() for _ in range(n)]
+        body += [plain[pick(len(plain))] for _ in range(pick(12))]
+        body = [body[i] for i in torch.randperm(len(body), generator=gen).tolist()]
+        # Branches inside the body go forward (to the back edge), so the loop stays innermost.
+        prologue = [plain[pick(4)] for _ in range(1 + pick(4))]
+        prologue += ["SHFL.IDX PT, R1, R1, RZ, 0x1f", "MUFU.EX2 R2, R2"]
+        start = len(prologue)
+        end = start + len(body)
+        body = [i.replace("BRA 0x0", f"BRA 0x{16 * end:x}") for i in body]
+        code = prologue + body + [f"@P0 BRA 0x{16 * start:x}", "REDG.E.ADD.F32 [R2.64], R3",
+                                  "CALL.REL.NOINC 0x0", "EXIT", "BRA 0x0"]
+        listing = _sass_listing({"_Z13render_kernelv": code})
+        (_, _, parsed), = tool.check_cuda_compile.sass_functions(listing)
+        loop, = tool.check_cuda_compile.per_splat_loops(parsed)
+        summary = tool.loop_summary(parsed, loop)
+        assert summary["instructions"] == len(body) + 1
+        expected = dict(counts, branches=counts["branches"] + 1)  # and the back edge
+        assert {k: summary[k] for k in expected} == expected
+
+
 def test_call_overhead_measures_the_python_around_a_call(tmp_path):
     """benchmarks/call_overhead.py: the full call costs more than the raw backend, forward and
     backward, and the figures it derives are the differences of those it measured."""

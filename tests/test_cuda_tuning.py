@@ -45,12 +45,16 @@ def emulated_checks():
 # ------------------------------------------------------------------------------ helpers alone
 
 @needs_emulation
-@pytest.mark.parametrize("n", (1, 6, 10, 22, 40))
-def test_warp_scatter_add_sums_like_torch(n):
+@pytest.mark.parametrize("n,by_slot", [(1, False), (6, False), (10, False), (22, False),
+                                       (40, False), (1, True), (2, True), (6, True),
+                                       (10, True), (14, True), (22, True)])
+def test_warp_scatter_add_sums_like_torch(n, by_slot):
+    """by_slot: the form of the render backward and the feature backward (each lane's slot taken
+    before the loop, then the warp's totals), for the value counts they use."""
     gen = torch.Generator().manual_seed(n)
     for size in sorted({n, max(n - 3, 0), 1}):
         values = torch.randn(32, n, generator=gen) * torch.logspace(-3, 3, n)
-        out, writes = emulated_checks().warp_scatter_add(values, size)
+        out, writes = emulated_checks().warp_scatter_add(values, size, by_slot=by_slot)
         expected = values.double().sum(dim=0)[:size].float()
         torch.testing.assert_close(out[:size], expected, rtol=1e-5,
                                    atol=1e-6 * values.abs().max().item())
