@@ -35,14 +35,36 @@ from benchmarks.scenes import garden_scene  # noqa: E402
 TILE, WARPS = 16, 8
 
 
+def tile_pixels(values, width, height):
+    """Tiles x 256: a per-pixel map (padded with 0 to whole tiles) in each tile's thread order
+    (row-major, so warp w holds the tile's rows 2w and 2w + 1: entries 32 w .. 32 w + 31)."""
+    tiles_x, tiles_y = (width + TILE - 1) // TILE, (height + TILE - 1) // TILE
+    padded = torch.zeros(tiles_y * TILE, tiles_x * TILE, dtype=values.dtype)
+    padded[:height, :width] = values
+    return padded.view(tiles_y, TILE, tiles_x, TILE).permute(0, 2, 1, 3).reshape(-1, TILE * TILE)
+
+
 def warp_ends(n_contrib, width, height):
     """Tiles x 8: each warp's last contributor (n_contrib padded with 0 to whole tiles; warp w
     holds the tile's rows 2w and 2w + 1)."""
-    tiles_x, tiles_y = (width + TILE - 1) // TILE, (height + TILE - 1) // TILE
-    padded = torch.zeros(tiles_y * TILE, tiles_x * TILE, dtype=torch.int64)
-    padded[:height, :width] = n_contrib.long()
-    per_tile = padded.view(tiles_y, TILE, tiles_x, TILE).permute(0, 2, 1, 3)
-    return per_tile.reshape(-1, WARPS, 32).max(dim=2).values
+    per_tile = tile_pixels(n_contrib.long(), width, height)
+    return per_tile.view(-1, WARPS, 32).max(dim=2).values
+
+
+def blending_warps(means2d, conic_opacity, stops, x0, y0):
+    """Positions x 8: whether splat k of a tile's list blends at some pixel of warp w, i.e. has
+    alpha >= 1/255 at a pixel that has not stopped before it (position < the pixel's n_contrib,
+    `stops`, in the tile's thread order). Alpha as splat_alpha takes it, in float32."""
+    pixels = torch.arange(TILE * TILE)
+    px, py = (x0 + pixels % TILE).float(), (y0 + pixels // TILE).float()
+    dx = means2d[:, 0:1] - px.view(1, -1)
+    dy = means2d[:, 1:2] - py.view(1, -1)
+    a, b, c, o = (conic_opacity[:, k:k + 1] for k in range(4))
+    power = -0.5 * (a * dx * dx + c * dy * dy) - b * dx * dy
+    alpha = torch.clamp(o * torch.exp(power), max=0.99)
+    positions = torch.arange(means2d.shape[0]).view(-1, 1)
+    blends = (power <= 0) & (alpha >= 1 / 255) & (positions < stops.view(1, -1))
+    return blends.view(-1, WARPS, 32).any(dim=2)
 
 
 def warp_counts(state, width, height) -> dict:
@@ -51,18 +73,20 @@ def warp_counts(state, width, height) -> dict:
     tiles_x = (width + TILE - 1) // TILE
     warp_end = warp_ends(n_contrib, width, height)              # tiles x 8
     block_end = warp_end.max(dim=1).values                      # tiles
+    stops = tile_pixels(n_contrib.long(), width, height)       # tiles x 256
     bits = torch.arange(WARPS)
-    skipping = 0
+    skipping = blending = 0
     for t in torch.nonzero(block_end).flatten().tolist():
         begin = int(tile_ranges[t, 0])
         ids = point_list[begin:begin + int(block_end[t])].long()
-        masks = _emulated_cuda.checks.band_reach_masks(
-            means2d[ids], conic_opacity[ids], (t % tiles_x) * TILE, (t // tiles_x) * TILE)
+        x0, y0 = (t % tiles_x) * TILE, (t // tiles_x) * TILE
+        masks = _emulated_cuda.checks.band_reach_masks(means2d[ids], conic_opacity[ids], x0, y0)
         reaches = (masks.view(-1, 1) >> bits) & 1 == 1           # positions x 8
         before_end = torch.arange(len(ids)).view(-1, 1) < warp_end[t].view(1, -1)
         skipping += int((reaches & before_end).sum())
+        blending += int(blending_warps(means2d[ids], conic_opacity[ids], stops[t], x0, y0).sum())
     return {"pairs": int(point_list.numel()), "block": int(block_end.sum()) * WARPS,
-            "warp": int(warp_end.sum()), "warp_skip": skipping}
+            "warp": int(warp_end.sum()), "warp_skip": skipping, "blending": blending}
 
 
 def split_length(pairs, slots):
@@ -138,7 +162,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scales", default="1,2")
     args = ap.parse_args(argv)
     print(f"{'scene':6s} {'resolution':>10s} {'pairs':>10s} {'block-wide':>12s} "
-          f"{'own end':>12s} {'skipping':>12s} {'gain':>6s}")
+          f"{'own end':>12s} {'skipping':>12s} {'gain':>6s} {'blending':>12s}")
     states = {}
     for name in args.scenes.split(","):
         for scale in (float(s) for s in args.scales.split(",")):
@@ -148,10 +172,12 @@ def main(argv=None) -> int:
             states[(name, scale)] = (cam, state)
             c = warp_counts(state, cam.width, cam.height)
             print(f"{name:6s} {cam.width:>4d}x{cam.height:<5d} {c['pairs']:>10d} {c['block']:>12d} "
-                  f"{c['warp']:>12d} {c['warp_skip']:>12d} {c['block'] / c['warp_skip']:>5.2f}x",
-                  flush=True)
+                  f"{c['warp']:>12d} {c['warp_skip']:>12d} {c['block'] / c['warp_skip']:>5.2f}x "
+                  f"{c['blending']:>12d}", flush=True)
     print("(warp, splat) evaluations of the render loops: every warp to the block's last "
-          "contributor; each to its own; with warp skipping. gain = block-wide / skipping")
+          "contributor; each to its own; with warp skipping. gain = block-wide / skipping; "
+          "blending = those where the splat blends at some pixel of the warp (the forward's "
+          "longer path, the same with and without skipping)")
     print(f"\n{'scene':6s} {'resolution':>10s} {'tiles':>6s} {'mean walk':>10s} "
           f"{'longest':>8s} {'ideal share':>12s} {'bound':>6s} {'split':>6s} {'longest part':>13s} "
           f"{'bound':>6s}")

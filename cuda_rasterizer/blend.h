@@ -3,6 +3,7 @@
 // channels and the median depth (optional outputs) have their own steps at the end.
 #pragma once
 
+#include <limits>
 #include <type_traits>
 
 #include "fast_exp.h"
@@ -33,17 +34,34 @@ DGRD_HD T splat_power(Vec4<T> conic_opacity, Vec2<T> d) {
 
 // exp of a splat's power. On the host, float uses exp_poly (fast_exp.h), which the CPU backend
 // also evaluates eight lanes at a time: every CPU path then makes the same skip decisions.
+// The CUDA kernels take 2^(power log2(e)) from the special-function unit (`ex2.approx.ftz`,
+// what fast math makes of expf): 2 instructions at every splat a pixel evaluates, where the
+// accurate expf takes 8 (doc/performance.md, "CUDA"). Its error, under 1e-6 relative for the
+// powers that matter (above -5.6: below, alpha < 1/255 at any opacity), is far inside the 1e-3
+// that the reach boxes and the opacity-aware tiles allow for the exponential's rounding; a
+// result below 2^-126 is flushed to zero, which no visible splat is.
 template <typename T>
 DGRD_HD T splat_exp(T power) {
+  constexpr float kLog2e = 1.44269504088896341f;
 #if defined(__CUDA_ARCH__)
+  if constexpr (std::is_same<T, float>::value) {
+    float g;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(g) : "f"(power * kLog2e));
+    return g;
+  }
   return exp_(power);
 #else
 #if defined(DGRD_EMULATE_FMA)
   // The emulated CUDA backend built to round as a GPU (tools/emulated_build.py) takes the
-  // library's expf, as the kernels do on a GPU. (Its module renders nothing on the CPU
-  // backend's lanes, which keep exp_poly.)
-  if constexpr (std::is_floating_point<T>::value) return exp_(power);
+  // same product and the library's exp2f (within 2 units in the last place of the GPU's
+  // ex2.approx), flushing as the GPU does. (Its module renders nothing on the CPU backend's
+  // lanes, which keep exp_poly.)
+  if constexpr (std::is_same<T, float>::value) {
+    const float g = std::exp2(power * kLog2e);
+    return g < std::numeric_limits<float>::min() ? 0.f : g;
+  }
 #endif
+  (void)kLog2e;
   return host_splat_exp(power);
 #endif
 }

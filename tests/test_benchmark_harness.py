@@ -205,6 +205,22 @@ def test_warp_skip_model_counts_are_consistent():
     assert 0 < c["warp_skip"] < c["warp"] <= c["block"]
     assert c["warp_skip"] < 0.8 * c["warp"]
     assert c["block"] <= 8 * c["pairs"]
+    # A splat that blends at a warp's pixel reaches the warp, before its end: the blending
+    # evaluations are among the skipping walk's, and each warp that blends anything counts.
+    warp_end = model.warp_ends(state[7], scene.camera.width, scene.camera.height)
+    assert int((warp_end > 0).sum()) <= c["blending"] <= c["warp_skip"]
+    # blending_warps alone: a small opaque splat centred on a random pixel of the tile at (x0,
+    # y0) blends in that pixel's warp (rows 2w, 2w + 1) and no other; none where stopped.
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    x, y = (int(v) for v in torch.randint(0, 16, (2,), generator=gen))
+    x0, y0 = 32, 48
+    mean = torch.tensor([[x0 + x, y0 + y]], dtype=torch.float32)
+    conic = torch.tensor([[4.0, 0.0, 4.0, 0.9]])  # sigma 0.5 px: gone a pixel away
+    open_pixels = torch.full((256,), 5)
+    hit = model.blending_warps(mean, conic, open_pixels, x0, y0)
+    assert hit.tolist() == [[w == y // 2 for w in range(8)]]
+    assert not model.blending_warps(mean, conic, torch.zeros(256, dtype=torch.long), x0,
+                                    y0).any()
     b = model.tile_balance(state, scene.camera.width, scene.camera.height, slots=4)
     assert b["tiles"] == state[5].shape[0]
     assert b["longest_walk"] >= b["mean_walk"] > 0
