@@ -169,6 +169,28 @@ struct SplatBatch {
   __device__ bool reaches(int slot, int warp) const {
     return !kWarpSkip || (reach[slot] >> warp & 1u);
   }
+  // visit(j) for the splats j in [from, n) that reach warp `warp`, in order; `from` and `n`
+  // the same across the warp. With kWarpSkip the warp gathers a bit for each splat that reaches
+  // it by a ballot, 32 splats at a time (lane l reading splat base + l's mask), and visits the
+  // set bits alone: a splat the warp passes costs it nothing, where testing each splat's mask
+  // in the loop cost about 16 instructions a splat (doc/performance.md, "CUDA").
+  template <bool kWarpSkip, typename Visit>
+  __device__ __forceinline__ void for_each_reaching(int from, int n, int warp,
+                                                    Visit visit) const {
+    if constexpr (kWarpSkip) {
+      for (int base = from; base < n; base += 32) {
+        const int mine = base + int(threadIdx.x & 31);
+        unsigned reaching = __ballot_sync(kFullWarp, mine < n && reaches<true>(mine, warp));
+        while (reaching != 0) {
+          const int j = base + __ffs(int(reaching)) - 1;
+          reaching &= reaching - 1;
+          visit(j);
+        }
+      }
+    } else {
+      for (int j = from; j < n; ++j) visit(j);
+    }
+  }
   // Whether splat `slot` blends at the thread's pixel, with its alpha (splat_alpha).
   template <bool kWarpSkip>
   __device__ __forceinline__ bool alpha_at(int slot, const TileThread& me, float& alpha) const {
@@ -261,21 +283,47 @@ struct PixelWalk {
     n_contrib = 0;
   }
 
-  // Splats 0 .. n - 1 of the staged batch, front to back, until the pixel saturates.
+  // Splats 0 .. n - 1 of the staged batch, front to back, until the pixel saturates (n may
+  // differ between pixels: render_resolve_kernel's). With kWarpSkip the warp first gathers, 32
+  // splats at a time, a bit for each splat that reaches it (lane l reads splat base + l's mask:
+  // one ballot), then visits the set bits alone: a splat the warp passes costs nothing, where
+  // testing each splat's mask in the loop cost 16 instructions a splat (doc/performance.md,
+  // "CUDA"). Every lane takes part in each ballot, the pixels that stopped included.
   template <bool kWarpSkip>
   __device__ __forceinline__ void blend(const SplatBatch& batch, int n, const TileThread& me) {
-    for (int j = 0; !done && j < n; ++j) {
-      ++visited;
-      float alpha;
-      if (!batch.template alpha_at<kWarpSkip>(j, me, alpha)) continue;
-      const float before = acc.transmittance;
-      if (!acc.blend(alpha, batch.feature[j])) {
-        done = true;
-        break;
+    if constexpr (kWarpSkip) {
+      const int first = visited;
+      const int warp_n = warp_max(n);
+      for (int base = 0; base < warp_n; base += 32) {
+        const int mine = base + int(threadIdx.x & 31);
+        unsigned reaching = __ballot_sync(
+            kFullWarp, mine < warp_n && batch.template reaches<true>(mine, me.warp));
+        const int left = n - base;  // this pixel's splats from base on
+        if (left < 32) reaching &= left > 0 ? (1u << left) - 1u : 0u;
+        while (!done && reaching != 0) {
+          const int j = base + __ffs(int(reaching)) - 1;
+          reaching &= reaching - 1;
+          visit(batch, j, first + j + 1, me);
+        }
       }
-      n_contrib = visited;
-      if (kMedian) median.update(before, acc.transmittance, batch.feature[j].w, n_contrib);
+      if (!done) visited = first + n;
+    } else {
+      for (int j = 0; !done && j < n; ++j) visit(batch, j, ++visited, me);
     }
+  }
+
+  // Splat j of the batch, at list position position - 1 (counted from the list's start).
+  __device__ __forceinline__ void visit(const SplatBatch& batch, int j, int position,
+                                        const TileThread& me) {
+    float alpha;
+    if (!batch.template alpha_at<false>(j, me, alpha)) return;
+    const float before = acc.transmittance;
+    if (!acc.blend(alpha, batch.feature[j])) {
+      done = true;
+      return;
+    }
+    n_contrib = position;
+    if (kMedian) median.update(before, acc.transmittance, batch.feature[j].w, n_contrib);
   }
 
   __device__ void store_median(const OptionalOutputs<float>& extra, int p) const {
@@ -306,12 +354,12 @@ __device__ void composite_part(const Camera<float>& cam, const GaussianState<flo
     if (__syncthreads_count(saturated) == kTilePixels) break;
     batch.load<kWarpSkip>(threadIdx.x, lists.point_list[start + int(threadIdx.x)], state, me);
     __syncthreads();
-    for (int j = 0; j < kTilePixels; ++j) {
+    batch.for_each_reaching<kWarpSkip>(0, kTilePixels, me.warp, [&](int j) {
       float alpha;
-      if (!batch.alpha_at<kWarpSkip>(j, me, alpha)) continue;
+      if (!batch.alpha_at<false>(j, me, alpha)) return;
       acc.accumulate(alpha, batch.feature[j]);
       last = start - lo + j;
-    }
+    });
   }
   PartComposite<float>::store(splits, e, threadIdx.x, acc, last);
 }
@@ -433,7 +481,8 @@ __global__ void __launch_bounds__(kTilePixels, kResolveBlocks)
     if (k < end) batch.load<kWarpSkip>(threadIdx.x, lists.point_list[k], state, me);
     __syncthreads();
     const int stop = seeks_only ? end : hi;
-    if (start < stop) walk.template blend<kWarpSkip>(batch, min(kTilePixels, stop - start), me);
+    // Every lane calls it (with no splats past its stop): its ballots are the whole warp's.
+    walk.template blend<kWarpSkip>(batch, max(0, min(kTilePixels, stop - start)), me);
     if (start + kTilePixels >= stop || (seeks_only && walk.median.position > 0))
       walk.done = true;
   }
@@ -716,8 +765,7 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
     __syncthreads();
     const int n = stop - start;
     // pos = stop - 1 - j < warp_end from j = stop - warp_end on.
-    for (int j = max(0, stop - warp_end); j < n; ++j) {
-      if (!batch.reaches<kWarpSkip>(j, me.warp)) continue;
+    batch.for_each_reaching<kWarpSkip>(max(0, stop - warp_end), n, me.warp, [&](int j) {
       const int pos = stop - 1 - j;
       SplatGrad<float> g = {};
       bool contributes = false;
@@ -734,7 +782,7 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
         g.feature.w += median_grad;
         contributes = true;
       }
-      if (!__any_sync(kFullWarp, contributes)) continue;
+      if (!__any_sync(kFullWarp, contributes)) return;
       warp_accumulate<kScatter>(g, splat_grads + batch.id[j], grad_offset);
       if (extra.mean2d_abs) {  // the same for the whole grid: asked for or not
         // g.mean2d is of the colour, depth and weight alone (the median adds to z only).
@@ -743,7 +791,7 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
         Vec2<float>* out = extra.mean2d_abs + batch.id[j];
         warp_add_each<kScatter>(v, [out](int k) { return &out->x + k; });
       }
-    }
+    });
   }
 }
 

@@ -279,6 +279,8 @@ template <typename To, typename From>
 To dgrd_emu_bit_cast(From v) {
   return ::dgrd::emu::from_bits<To>(::dgrd::emu::to_bits(v));
 }
+// 1 + the index of the lowest set bit, 0 for none (CUDA's __ffs).
+inline int __ffs(int x) { return __builtin_ffs(x); }
 inline unsigned __float_as_uint(float v) { return dgrd_emu_bit_cast<unsigned>(v); }
 inline int __float_as_int(float v) { return dgrd_emu_bit_cast<int>(v); }
 inline float __uint_as_float(unsigned v) { return dgrd_emu_bit_cast<float>(v); }

@@ -75,15 +75,15 @@ def cuda_targets(orders=EMULATED_ORDERS):
 
 
 # CUDA against the CPU backend, forward. The two round apart: a GPU fuses multiply-adds (nvcc's
-# default) and takes expf where the CPU takes exp_poly, and a thin splat's power cancels in
-# float32, so a pixel moves by up to about 1e-5 of its map's scale. Measured on the emulation
-# built with fused multiply-adds (setup.py): at most 6e-6 on the strict scenes of test_cuda.py,
-# 7e-5 at a few pixels of the bulk ones. A map is compared at FORWARD_ATOL times its scale, the
-# largest magnitude its reference takes and at least 1 (a depth sums w z: a weight's rounding
-# counts with the z behind it), and times the image's extent over 512 where it is larger: a
-# splat's offset from a pixel is exact only to float32's rounding of pixel coordinates (at
-# x = 5000, 5e-4 px; a 1x5000 image moved 1.6e-4). The bulk comparisons allow a thousandth of
-# the pixels beyond BULK_ATOL on the same scales.
+# default) and takes 2^x by ex2.approx where the CPU takes exp_poly, and a thin splat's power
+# cancels in float32, so a pixel moves by up to about 1e-5 of its map's scale. Measured on the
+# emulation built with fused multiply-adds (setup.py): at most 6e-6 on the strict scenes of
+# test_cuda.py, 7e-5 at a few pixels of the bulk ones. A map is compared at FORWARD_ATOL times its
+# scale, the largest magnitude its reference takes and at least 1 (a depth sums w z: a weight's
+# rounding counts with the z behind it), and times the image's extent over 512 where it is larger:
+# a splat's offset from a pixel is exact only to float32's rounding of pixel coordinates (at x =
+# 5000, 5e-4 px; a 1x5000 image moved 1.6e-4). The bulk comparisons allow a thousandth of the
+# pixels beyond BULK_ATOL on the same scales.
 FORWARD_ATOL = 3e-5
 BULK_ATOL = 1e-4
 
