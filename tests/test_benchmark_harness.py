@@ -209,18 +209,20 @@ def test_warp_skip_model_counts_are_consistent():
     # evaluations are among the skipping walk's, and each warp that blends anything counts.
     warp_end = model.warp_ends(state[7], scene.camera.width, scene.camera.height)
     assert int((warp_end > 0).sum()) <= c["blending"] <= c["warp_skip"]
-    # blending_warps alone: a small opaque splat centred on a random pixel of the tile at (x0,
-    # y0) blends in that pixel's warp (rows 2w, 2w + 1) and no other; none where stopped.
+    # blending_warps alone: a small opaque splat centred on a pixel of each row of the tile at
+    # (x0, y0), in a random column, blends in that row's warp (rows 2w, 2w + 1) and no other;
+    # nowhere once the pixels have stopped.
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
-    x, y = (int(v) for v in torch.randint(0, 16, (2,), generator=gen))
     x0, y0 = 32, 48
-    mean = torch.tensor([[x0 + x, y0 + y]], dtype=torch.float32)
-    conic = torch.tensor([[4.0, 0.0, 4.0, 0.9]])  # sigma 0.5 px: gone a pixel away
+    conic = torch.tensor([[40.0, 0.0, 40.0, 0.9]])  # sigma 0.16 px: below 1/255 a pixel away
     open_pixels = torch.full((256,), 5)
-    hit = model.blending_warps(mean, conic, open_pixels, x0, y0)
-    assert hit.tolist() == [[w == y // 2 for w in range(8)]]
-    assert not model.blending_warps(mean, conic, torch.zeros(256, dtype=torch.long), x0,
-                                    y0).any()
+    for y in range(16):
+        x = int(torch.randint(0, 16, (), generator=gen))
+        mean = torch.tensor([[x0 + x, y0 + y]], dtype=torch.float32)
+        hit = model.blending_warps(mean, conic, open_pixels, x0, y0)
+        assert hit.tolist() == [[w == y // 2 for w in range(8)]]
+        assert not model.blending_warps(mean, conic, torch.zeros(256, dtype=torch.long), x0,
+                                        y0).any()
     b = model.tile_balance(state, scene.camera.width, scene.camera.height, slots=4)
     assert b["tiles"] == state[5].shape[0]
     assert b["longest_walk"] >= b["mean_walk"] > 0
