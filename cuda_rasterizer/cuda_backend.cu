@@ -173,7 +173,9 @@ struct SplatBatch {
   // the same across the warp. With kWarpSkip the warp gathers a bit for each splat that reaches
   // it by a ballot, 32 splats at a time (lane l reading splat base + l's mask), and visits the
   // set bits alone: a splat the warp passes costs it nothing, where testing each splat's mask
-  // in the loop cost about 16 instructions a splat (doc/performance.md, "CUDA").
+  // in the loop cost about 16 instructions a splat (doc/performance.md, "CUDA"). All 32 lanes
+  // must call it: a ballot counts only the lanes that have not exited, so an exited lane's
+  // splats would be left out.
   template <bool kWarpSkip, typename Visit>
   __device__ __forceinline__ void for_each_reaching(int from, int n, int warp,
                                                     Visit visit) const {
@@ -481,7 +483,8 @@ __global__ void __launch_bounds__(kTilePixels, kResolveBlocks)
     if (k < end) batch.load<kWarpSkip>(threadIdx.x, lists.point_list[k], state, me);
     __syncthreads();
     const int stop = seeks_only ? end : hi;
-    // Every lane calls it (with no splats past its stop): its ballots are the whole warp's.
+    // Every lane calls it (with no splats past its stop): a lane that skipped it would run on
+    // to the kernel's end and exit, and the warp's ballots would lack its bits.
     walk.template blend<kWarpSkip>(batch, max(0, min(kTilePixels, stop - start)), me);
     if (start + kTilePixels >= stop || (seeks_only && walk.median.position > 0))
       walk.done = true;
