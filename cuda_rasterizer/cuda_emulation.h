@@ -279,8 +279,15 @@ template <typename To, typename From>
 To dgrd_emu_bit_cast(From v) {
   return ::dgrd::emu::from_bits<To>(::dgrd::emu::to_bits(v));
 }
-// 1 + the index of the lowest set bit, 0 for none (CUDA's __ffs).
-inline int __ffs(int x) { return __builtin_ffs(x); }
+// 1 + the index of the lowest set bit, 0 for none (CUDA's __ffs). A plain loop: MSVC, which
+// also compiles the kernels as C++ (tools/check_msvc_build.py), has no __builtin_ffs.
+inline int __ffs(int x) {
+  unsigned v = unsigned(x);
+  if (v == 0) return 0;
+  int index = 1;
+  for (; (v & 1u) == 0; v >>= 1) ++index;
+  return index;
+}
 inline unsigned __float_as_uint(float v) { return dgrd_emu_bit_cast<unsigned>(v); }
 inline int __float_as_int(float v) { return dgrd_emu_bit_cast<int>(v); }
 inline float __uint_as_float(unsigned v) { return dgrd_emu_bit_cast<float>(v); }
