@@ -467,11 +467,13 @@ DGRD_LANE_CLONES void render_backward_group(const Camera<float>& cam, const Stag
     if (kWithFeatures) {
       // PixelBackward::step with the feature channels' part of dL/dalpha added; lanes that do
       // not pass take no part, even with a non-finite feature.
-      const Lanes maps_dalpha = pb.unblend(pass_alpha, feature, lane_grad);
+      const Lanes factor = unblend_factor(pass_alpha);
+      const Lanes maps_dalpha = pb.unblend(pass_alpha, factor, feature, lane_grad);
       const float* values = fg.features->of(j);
       const Lanes feature_dot =
           zero_unless(pass, FeatureBackward<Lanes>::dot(values, upstream, channels));
-      const Lanes dalpha = maps_dalpha + fb.step(pass_alpha, pb.transmittance, feature_dot);
+      const Lanes dalpha =
+          maps_dalpha + fb.step(pass_alpha, factor, pb.transmittance, feature_dot);
       alpha_grad_to_splat(dalpha, pass_G, d, conic_opacity, lane_grad);
       const Lanes w = pass_alpha * pb.transmittance;  // dL/dF_j = w_j g
       Lanes* out = fg.sums.data() + size_t(j) * channels;
@@ -712,10 +714,11 @@ void render_pixels_backward(const Camera<T>& cam, const GaussianState<T>& state,
             continue;
           SplatGrad<T> g;
           if (kWithFeatures) {
-            const T maps_dalpha = pb.unblend(alpha, state.features[id], g);
+            const T factor = unblend_factor(alpha);
+            const T maps_dalpha = pb.unblend(alpha, factor, state.features[id], g);
             const T* feature = extra.features + size_t(id) * channels;
-            const T dalpha =
-                maps_dalpha + fb.step(alpha, pb.transmittance, feature, upstream.data(), channels);
+            const T dalpha = maps_dalpha + fb.step(alpha, factor, pb.transmittance, feature,
+                                                   upstream.data(), channels);
             alpha_grad_to_splat(dalpha, G, d, state.conic_opacity[id], g);
             const T w = alpha * pb.transmittance;
             double* out = feature_acc + size_t(id) * channels;

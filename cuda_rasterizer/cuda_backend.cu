@@ -897,8 +897,10 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
         Vec2<float> d;
         if (splat_alpha(batch.mean2d[j], batch.conic_opacity[j], float(me.x), float(me.y), alpha,
                         G, d)) {
-          transmittance = transmittance / (1.f - alpha);
-          const float dalpha = fb.step(alpha, transmittance, batch.feature[j], upstream, kChunk);
+          const float factor = unblend_factor(alpha);
+          transmittance = transmittance * factor;
+          const float dalpha =
+              fb.step(alpha, factor, transmittance, batch.feature[j], upstream, kChunk);
           alpha_grad_to_splat(dalpha, G, d, batch.conic_opacity[j], g);
           w = alpha * transmittance;
           contributes = true;
