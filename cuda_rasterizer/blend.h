@@ -72,7 +72,7 @@ DGRD_HD T splat_exp(T power) {
 // CUDA kernels take it from the special-function unit (`rcp.approx.ftz`, within 1 unit in the
 // last place: 2 instructions, where each IEEE division took about 8 and a branch to its slow
 // path); 1 - alpha lies in [0.01, 1), far from the ranges where it flushes or overflows. The
-// emulation and the CPU divide.
+// CPU divides.
 template <typename T>
 DGRD_HD T unblend_factor(T alpha) {
 #if defined(__CUDA_ARCH__)
@@ -81,6 +81,13 @@ DGRD_HD T unblend_factor(T alpha) {
     asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.f - alpha));
     return r;
   }
+#elif defined(DGRD_EMULATE_FMA)
+  // The emulation built to round as a GPU takes the worst the GPU may give: the quotient moved
+  // up by a unit in the last place at every step, an error that accumulates along a pixel's
+  // walk back (where the GPU's errors may cancel), so that every CUDA test's tolerance is
+  // checked against it.
+  if constexpr (std::is_same<T, float>::value)
+    return std::nextafter(1.f / (1.f - alpha), std::numeric_limits<float>::infinity());
 #endif
   return T(1) / (T(1) - alpha);
 }
@@ -92,10 +99,13 @@ DGRD_HD bool splat_alpha(Vec2<T> mean2d, Vec4<T> conic_opacity, T px, T py, T& a
                          Vec2<T>& d) {
   d = {mean2d.x - px, mean2d.y - py};
   const T power = splat_power(conic_opacity, d);
-  if (!(power <= T(0))) return false;
+  // One test of both conditions rather than a return after the first: the GPU then keeps the
+  // result as a predicate; with two exits its compilers merged them into a byte, 3-4
+  // instructions at every evaluation. The exponential of a power above 0 (or NaN) is taken for
+  // nothing, and is harmless (exp_poly takes such a power as 0).
   G = splat_exp(power);
   alpha = min2(T(kAlphaMax), conic_opacity.w * G);
-  return alpha >= T(kAlphaMin);
+  return (power <= T(0)) & (alpha >= T(kAlphaMin));
 }
 
 // The box around mean2d outside of which splat_alpha skips the splat at every pixel. With

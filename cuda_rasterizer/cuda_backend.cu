@@ -147,6 +147,33 @@ __device__ __forceinline__ unsigned warp_reach_mask(const TileThread& me, Vec2<f
   return band_reach_mask<kWarpRows>(me.x0, me.y0, mean, conic_opacity);
 }
 
+// visit(j), in order, for the splats j in [from, n) of a staged batch whose reach mask
+// (`reach`, one a splat: band_reach_mask) has warp `warp`'s bit, until visit returns false. The
+// warp gathers a bit for each splat that reaches it by a ballot, 32 splats at a time (lane l
+// reading splat base + l's mask), and visits the set bits alone: a splat the warp passes costs
+// it nothing, where testing each splat's mask in the loop cost about 16 instructions a splat
+// (doc/performance.md, "CUDA"). `from` and `warp_n` are the same across the warp; `n` <= warp_n
+// is the lane's own (pixels stop at different splats), so visit may hold warp-wide operations
+// only where every lane has the same n and visit never returns false. All 32 lanes must call
+// it, the pixels that stopped included: a ballot counts only the lanes that have not exited, so
+// an exited lane's splats would be left out.
+template <typename Visit>
+__device__ __forceinline__ void visit_reaching(const unsigned* reach, int from, int n,
+                                               int warp_n, int warp, Visit visit) {
+  bool going = true;
+  for (int base = from; base < warp_n; base += 32) {
+    const int mine = base + int(threadIdx.x & 31);
+    unsigned reaching = __ballot_sync(kFullWarp, mine < warp_n && (reach[mine] >> warp & 1u));
+    const int left = n - base;  // the lane's splats from base on
+    if (left < 32) reaching &= left > 0 ? (1u << left) - 1u : 0u;
+    while (going && reaching != 0) {
+      const int j = base + __ffs(int(reaching)) - 1;
+      reaching &= reaching - 1;
+      going = visit(j);
+    }
+  }
+}
+
 // Splats staged in shared memory, kTilePixels at a time; `reach` (warp_reach_mask) is filled
 // only when the kernel skips by warps.
 struct SplatBatch {
@@ -170,25 +197,16 @@ struct SplatBatch {
     return !kWarpSkip || (reach[slot] >> warp & 1u);
   }
   // visit(j) for the splats j in [from, n) that reach warp `warp`, in order; `from` and `n`
-  // the same across the warp. With kWarpSkip the warp gathers a bit for each splat that reaches
-  // it by a ballot, 32 splats at a time (lane l reading splat base + l's mask), and visits the
-  // set bits alone: a splat the warp passes costs it nothing, where testing each splat's mask
-  // in the loop cost about 16 instructions a splat (doc/performance.md, "CUDA"). All 32 lanes
-  // must call it: a ballot counts only the lanes that have not exited, so an exited lane's
-  // splats would be left out.
+  // the same across the warp. With kWarpSkip by ballots (visit_reaching), so all 32 lanes must
+  // call it.
   template <bool kWarpSkip, typename Visit>
   __device__ __forceinline__ void for_each_reaching(int from, int n, int warp,
                                                     Visit visit) const {
     if constexpr (kWarpSkip) {
-      for (int base = from; base < n; base += 32) {
-        const int mine = base + int(threadIdx.x & 31);
-        unsigned reaching = __ballot_sync(kFullWarp, mine < n && reaches<true>(mine, warp));
-        while (reaching != 0) {
-          const int j = base + __ffs(int(reaching)) - 1;
-          reaching &= reaching - 1;
-          visit(j);
-        }
-      }
+      visit_reaching(reach, from, n, n, warp, [&](int j) {
+        visit(j);
+        return true;
+      });
     } else {
       for (int j = from; j < n; ++j) visit(j);
     }
@@ -286,28 +304,16 @@ struct PixelWalk {
   }
 
   // Splats 0 .. n - 1 of the staged batch, front to back, until the pixel saturates (n may
-  // differ between pixels: render_resolve_kernel's). With kWarpSkip the warp first gathers, 32
-  // splats at a time, a bit for each splat that reaches it (lane l reads splat base + l's mask:
-  // one ballot), then visits the set bits alone: a splat the warp passes costs nothing, where
-  // testing each splat's mask in the loop cost 16 instructions a splat (doc/performance.md,
-  // "CUDA"). Every lane takes part in each ballot, the pixels that stopped included.
+  // differ between pixels: render_resolve_kernel's). With kWarpSkip by ballots
+  // (visit_reaching): every lane takes part, the pixels that stopped included.
   template <bool kWarpSkip>
   __device__ __forceinline__ void blend(const SplatBatch& batch, int n, const TileThread& me) {
     if constexpr (kWarpSkip) {
-      const int first = visited;
-      const int warp_n = warp_max(n);
-      for (int base = 0; base < warp_n; base += 32) {
-        const int mine = base + int(threadIdx.x & 31);
-        unsigned reaching = __ballot_sync(
-            kFullWarp, mine < warp_n && batch.template reaches<true>(mine, me.warp));
-        const int left = n - base;  // this pixel's splats from base on
-        if (left < 32) reaching &= left > 0 ? (1u << left) - 1u : 0u;
-        while (!done && reaching != 0) {
-          const int j = base + __ffs(int(reaching)) - 1;
-          reaching &= reaching - 1;
-          visit(batch, j, first + j + 1, me);
-        }
-      }
+      const int first = visited, mine = done ? 0 : n;
+      visit_reaching(batch.reach, 0, mine, warp_max(n), me.warp, [&](int j) {
+        visit(batch, j, first + j + 1, me);
+        return !done;
+      });
       if (!done) visited = first + n;
     } else {
       for (int j = 0; !done && j < n; ++j) visit(batch, j, ++visited, me);
@@ -540,8 +546,6 @@ struct FeatureBatch {
     for (int c = 0; c < kChunk; ++c) feature[slot][c] = c < count ? row[c] : 0.f;
     reach[slot] = warp_skip ? warp_reach_mask(me, mean2d[slot], conic_opacity[slot]) : kAllWarps;
   }
-  // Whether warp `warp` must evaluate splat `slot`.
-  __device__ bool reaches(int slot, int warp) const { return reach[slot] >> warp & 1u; }
 };
 
 // A thread of a feature kernel: its pixel, the block's chunk of channels [first, first + count)
@@ -592,17 +596,19 @@ __device__ __forceinline__ void walk_feature_part(const FeatureThread<kChunk>& m
       batch.load(threadIdx.x, lists.point_list[part.begin + k], state, features, me, channels,
                  me.first, me.count, warp_skip);
     __syncthreads();
+    // The pixel's splats of the batch, and the warp's (its pixels' largest count).
     const int n = min(kTilePixels, min(me.last, part.hi) - start);
-    for (int j = 0; j < n; ++j) {
-      if (!batch.reaches(j, me.warp)) continue;
+    const int warp_n = min(kTilePixels, me.warp_end - start);
+    visit_reaching(batch.reach, 0, n, warp_n, me.warp, [&](int j) {
       float alpha, G;
       Vec2<float> d;
-      if (!splat_alpha(batch.mean2d[j], batch.conic_opacity[j], float(me.x), float(me.y), alpha,
-                       G, d))
-        continue;
-      on_splat(j, alpha, transmittance);
-      transmittance = transmittance * (1.f - alpha);
-    }
+      if (splat_alpha(batch.mean2d[j], batch.conic_opacity[j], float(me.x), float(me.y), alpha,
+                      G, d)) {
+        on_splat(j, alpha, transmittance);
+        transmittance = transmittance * (1.f - alpha);
+      }
+      return true;
+    });
   }
 }
 
@@ -886,8 +892,8 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
                  extra.channels, me.first, me.count, warp_skip);
     __syncthreads();
     const int n = stop - start;
-    for (int j = max(0, stop - warp_end); j < n; ++j) {
-      if (!batch.reaches(j, me.warp)) continue;
+    // Ballots: every lane calls it, with the warp's own n (the visit holds warp-wide sums).
+    visit_reaching(batch.reach, max(0, stop - warp_end), n, n, me.warp, [&](int j) {
       const int pos = stop - 1 - j;
       SplatGrad<float> g = {};
       float w = 0.f;
@@ -906,7 +912,7 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
           contributes = true;
         }
       }
-      if (!__any_sync(kFullWarp, contributes)) continue;
+      if (!__any_sync(kFullWarp, contributes)) return true;
       SplatGrad<float>* out = splat_grads + batch.id[j];
       float* features_grad =
           extra.features_grad + int64_t(batch.id[j]) * extra.channels + me.first;
@@ -920,7 +926,7 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
         if (slot >= 0)
           atomicAdd(slot < 6 ? reinterpret_cast<float*>(out) + slot : features_grad + (slot - 6),
                     total);
-        continue;
+        return true;
       }
       // One value at a time, each made where it is added (an array of all of them would hold
       // kChunk more registers: 80 instead of 64 at kChunk = 16, sm_90).
@@ -933,7 +939,8 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
 #pragma unroll
       for (int c = 0; c < kChunk; ++c)
         if (c < me.count) warp_add(w * upstream[c], features_grad + c);
-    }
+      return true;
+    });
   }
 }
 

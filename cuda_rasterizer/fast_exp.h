@@ -27,8 +27,10 @@ inline float select(bool m, float a, float b) { return m ? a : b; }
 // exp(x) for x <= 0 (a splat's power), within 2 ulp of the exact value: x = n ln2 + r with
 // |r| <= ln2 / 2, exp(r) by its Taylor series to r^7 (truncation below 6e-9), and 2^n added to
 // the exponent bits. Below -87 the result is 0 (exp(-87) ~ 1.6e-38 is the last normal float
-// reached this way; no opacity makes so faint a splat visible). Plain arithmetic, no branches,
-// no libm call: no errno, and the same operations in every lane.
+// reached this way; no opacity makes so faint a splat visible). An x above 0 is taken as 0 (so
+// that 2^n stays within the exponent's bits: splat_alpha takes the exp of every power before it
+// tests the sign). Plain arithmetic, no branches, no libm call: no errno, and the same
+// operations in every lane.
 template <typename V>
 inline V exp_poly(V x) {
   const float kLowest = -87.0f;
@@ -36,7 +38,7 @@ inline V exp_poly(V x) {
   const float kLog2e = 1.44269504088896341f;
   const float kLn2Hi = 0.693145751953125f;    // ln2 split so that n * kLn2Hi is exact
   const float kLn2Lo = 1.42860682030941723e-6f;
-  const V clamped = max2(x, V(kLowest));
+  const V clamped = min2(max2(x, V(kLowest)), V(0.0f));
   const V shifted = clamped * V(kLog2e) + V(kRound);
   const V n = shifted - V(kRound);
   const V r = (clamped - n * V(kLn2Hi)) - n * V(kLn2Lo);
