@@ -437,12 +437,10 @@ DGRD_LANE_CLONES void render_backward_group(const Camera<float>& cam, const Stag
     for (int f = 0; f < dgrd::kFeatures; ++f) {
       pb.upstream[f].v[k] = one.upstream[f];
       pb.behind[f].v[k] = one.behind[f];
-      pb.last_feature[f].v[k] = one.last_feature[f];
     }
     pb.background_dot.v[k] = one.background_dot;
     pb.final_transmittance.v[k] = one.final_transmittance;
     pb.transmittance.v[k] = one.transmittance;
-    pb.last_alpha.v[k] = one.last_alpha;
     for (int c = 0; c < channels; ++c)
       upstream[c].v[k] = inside ? extra.feature_map[c * plane + p] : 0.f;
     if (kWithMedian) {
