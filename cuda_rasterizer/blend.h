@@ -42,7 +42,6 @@ DGRD_HD T splat_power(Vec4<T> conic_opacity, Vec2<T> d) {
 // result below 2^-126 is flushed to zero, which no visible splat is.
 template <typename T>
 DGRD_HD T splat_exp(T power) {
-  constexpr float kLog2e = 1.44269504088896341f;
 #if defined(__CUDA_ARCH__)
   if constexpr (std::is_same<T, float>::value) {
     float g;
@@ -61,7 +60,6 @@ DGRD_HD T splat_exp(T power) {
     return g < std::numeric_limits<float>::min() ? 0.f : g;
   }
 #endif
-  (void)kLog2e;
   return host_splat_exp(power);
 #endif
 }

@@ -19,6 +19,10 @@ inline To bits_as(const From& from) {
   return to;
 }
 
+// log2(e), by which a base-2 exponential takes exp: exp_poly's range reduction and the GPU's
+// ex2.approx (splat_exp in blend.h).
+constexpr float kLog2e = 1.44269504088896341f;
+
 // Scalar versions of the lane helpers in cpu_lanes.h, so exp_poly reads the same for both.
 inline int32_t float_bits(float f) { return bits_as<int32_t>(f); }
 inline float bits_float(int32_t i) { return bits_as<float>(i); }
@@ -35,7 +39,6 @@ template <typename V>
 inline V exp_poly(V x) {
   const float kLowest = -87.0f;
   const float kRound = 12582912.0f;           // 1.5 * 2^23: adding it rounds to an integer
-  const float kLog2e = 1.44269504088896341f;
   const float kLn2Hi = 0.693145751953125f;    // ln2 split so that n * kLn2Hi is exact
   const float kLn2Lo = 1.42860682030941723e-6f;
   const V clamped = min2(max2(x, V(kLowest)), V(0.0f));
