@@ -13,6 +13,10 @@ backward starts each warp at its own last contributor. This counts, on the garde
 the GPU measures it (`bench.py --impls ablation`). The masks are computed by the same compiled
 function as the kernels', through the emulated CUDA module (built by default).
 
+With the counts, and the instructions of each path through the render loops as read in
+sm_90's machine code (PATHS), it predicts the warp instructions the loops issue, ours against
+gsplat 1.5.3's `RGB+ED` kernels (doc/performance.md, "CUDA"): instruction issue only, not time.
+
 A second table puts the longest tile's walk against an even share of all walks over the blocks
 a GPU runs at once: where it is larger, one tile bounds the render kernels, and only splitting
 long lists (not reordering the blocks) can help. Its last columns split the lists as the CUDA
@@ -89,6 +93,39 @@ def warp_counts(state, width, height) -> dict:
             "warp": int(warp_end.sum()), "warp_skip": skipping, "blending": blending}
 
 
+# Warp instructions of each path through the render loops, read by hand in sm_90's machine code
+# (CUDA 13.0: ours from check_cuda_compile.py's object at stop 39, gsplat 1.5.3's
+# `rasterize_to_pixels_3dgs_{fwd,bwd}_kernel<4>` as tools/build_for_gpu_image.sh builds it;
+# `tools/sass_loops.py` finds the loops): "ballot" per 32 positions a warp walks (ours gathers
+# the splats that reach it 32 at a time), "evaluated" per splat evaluated where no pixel of the
+# warp blends it, "blended" where one does (the backward's gradients, sums and atomics).
+PATHS = {
+    "forward": {"ours": {"ballot": 36, "evaluated": 32, "blended": 54},
+                "gsplat": {"ballot": 0, "evaluated": 31, "blended": 54}},
+    "backward": {"ours": {"ballot": 32, "evaluated": 47, "blended": 161},
+                 "gsplat": {"ballot": 0, "evaluated": 39, "blended": 259}},
+}
+
+
+def predicted_instructions(counts, paths=PATHS) -> dict:
+    """{(loop, impl): warp instructions} of the render loops from warp_counts' counts. Ours
+    evaluates only the splats that reach a warp (warp_skip), its forward ballots over the
+    block's walk (a warp stops only with its block), its backward from each warp's own last
+    contributor; gsplat evaluates every splat of each warp's walk (both loops start or stop
+    each warp at its own end). The blending evaluations are the same for both."""
+    blending = counts["blending"]
+    walked = {("forward", "ours"): counts["block"], ("backward", "ours"): counts["warp"]}
+    evaluated = {"ours": counts["warp_skip"], "gsplat": counts["warp"]}
+    out = {}
+    for loop, impls in paths.items():
+        for impl, p in impls.items():
+            positions = walked.get((loop, impl), counts["warp"])
+            out[(loop, impl)] = (p["ballot"] * positions / 32 +
+                                 p["evaluated"] * (evaluated[impl] - blending) +
+                                 p["blended"] * blending)
+    return out
+
+
 def split_length(pairs, slots):
     """gpu::split_length's choice: parts of at most half the even share of the pairs over the
     `slots` backward blocks running at once, rounded up to whole batches of 256."""
@@ -163,14 +200,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     print(f"{'scene':6s} {'resolution':>10s} {'pairs':>10s} {'block-wide':>12s} "
           f"{'own end':>12s} {'skipping':>12s} {'gain':>6s} {'blending':>12s}")
-    states = {}
+    states, counts = {}, {}
     for name in args.scenes.split(","):
         for scale in (float(s) for s in args.scales.split(",")):
             scene = garden_scene(name, camera=0, scale=scale)
             cam = scene.camera
             _, state = forward_state(scene)
             states[(name, scale)] = (cam, state)
-            c = warp_counts(state, cam.width, cam.height)
+            c = counts[(name, scale)] = warp_counts(state, cam.width, cam.height)
             print(f"{name:6s} {cam.width:>4d}x{cam.height:<5d} {c['pairs']:>10d} {c['block']:>12d} "
                   f"{c['warp']:>12d} {c['warp_skip']:>12d} {c['block'] / c['warp_skip']:>5.2f}x "
                   f"{c['blending']:>12d}", flush=True)
@@ -178,6 +215,18 @@ def main(argv=None) -> int:
           "contributor; each to its own; with warp skipping. gain = block-wide / skipping; "
           "blending = those where the splat blends at some pixel of the warp (the forward's "
           "longer path, the same with and without skipping)")
+    print(f"\n{'scene':6s} {'resolution':>10s} {'forward ours':>13s} {'gsplat':>9s} "
+          f"{'ratio':>6s} {'backward ours':>14s} {'gsplat':>9s} {'ratio':>6s}")
+    for (name, scale), c in counts.items():
+        cam = states[(name, scale)][0]
+        p = predicted_instructions(c)
+        cells = []
+        for loop in ("forward", "backward"):
+            ours, gsplat = p[(loop, "ours")], p[(loop, "gsplat")]
+            cells.append(f"{ours / 1e6:>12.1f}M {gsplat / 1e6:>8.1f}M {gsplat / ours:>5.2f}x")
+        print(f"{name:6s} {cam.width:>4d}x{cam.height:<5d} {cells[0]} {' ' + cells[1]}")
+    print("predicted warp instructions of the render loops (PATHS: each path's instructions in "
+          "sm_90's machine code); ratio = gsplat / ours. Instruction issue only, not time")
     print(f"\n{'scene':6s} {'resolution':>10s} {'tiles':>6s} {'mean walk':>10s} "
           f"{'longest':>8s} {'ideal share':>12s} {'bound':>6s} {'split':>6s} {'longest part':>13s} "
           f"{'bound':>6s}")

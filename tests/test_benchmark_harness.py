@@ -209,6 +209,11 @@ def test_warp_skip_model_counts_are_consistent():
     # evaluations are among the skipping walk's, and each warp that blends anything counts.
     warp_end = model.warp_ends(state[7], scene.camera.width, scene.camera.height)
     assert int((warp_end > 0).sum()) <= c["blending"] <= c["warp_skip"]
+    # With the paths read in the machine code, both loops are predicted to issue fewer warp
+    # instructions than gsplat's on this frame.
+    predicted = model.predicted_instructions(c)
+    for loop in ("forward", "backward"):
+        assert 0 < predicted[(loop, "ours")] < predicted[(loop, "gsplat")]
     # blending_warps alone: a small opaque splat centred on a pixel of each row of the tile at
     # (x0, y0), in a random column, blends in that row's warp (rows 2w, 2w + 1) and no other;
     # nowhere once the pixels have stopped.
@@ -239,6 +244,31 @@ def test_warp_skip_model_counts_are_consistent():
     with _backend.emulated_cuda():
         splits = _backend.forward(*call)[-1][9]
     assert splits[0].item() == b["split_length"]
+
+
+def test_warp_skip_model_predicts_from_the_right_counts():
+    """predicted_instructions on random counts, one path cost at a time: each path is charged
+    to the walk it belongs to (ours evaluates the splats that reach the warp, gsplat every splat
+    of each warp's walk; ours ballots over the block's walk forward, the warp's own backward)."""
+    model = _load("warp_skip_model")
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    for _ in range(10):
+        blending, skip, warp, block = sorted(
+            int(v) for v in torch.randint(1, 10**6, (4,), generator=gen))
+        c = {"blending": blending, "warp_skip": skip, "warp": warp, "block": block}
+
+        def only(**cost):
+            path = dict({"ballot": 0, "evaluated": 0, "blended": 0}, **cost)
+            return model.predicted_instructions(
+                c, {loop: {"ours": path, "gsplat": path} for loop in ("forward", "backward")})
+
+        p = only(evaluated=1)
+        assert p[("forward", "ours")] == p[("backward", "ours")] == skip - blending
+        assert p[("forward", "gsplat")] == p[("backward", "gsplat")] == warp - blending
+        p = only(blended=1)
+        assert set(p.values()) == {blending}
+        p = only(ballot=32)
+        assert p[("forward", "ours")] == block and p[("backward", "ours")] == warp
 
 
 @pytest.mark.skipif(not _backend.has_emulated_cuda(), reason="needs the emulated CUDA module")
