@@ -191,11 +191,6 @@ struct SplatBatch {
     feature[slot] = s.features[id_];
     if (kWarpSkip) reach[slot] = warp_reach_mask(me, mean2d[slot], conic_opacity[slot]);
   }
-  // Whether warp `warp` must evaluate splat `slot`.
-  template <bool kWarpSkip>
-  __device__ bool reaches(int slot, int warp) const {
-    return !kWarpSkip || (reach[slot] >> warp & 1u);
-  }
   // visit(j) for the splats j in [from, n) that reach warp `warp`, in order; `from` and `n`
   // the same across the warp. With kWarpSkip by ballots (visit_reaching), so all 32 lanes must
   // call it.
@@ -211,13 +206,12 @@ struct SplatBatch {
       for (int j = from; j < n; ++j) visit(j);
     }
   }
-  // Whether splat `slot` blends at the thread's pixel, with its alpha (splat_alpha).
-  template <bool kWarpSkip>
+  // Whether splat `slot` blends at the thread's pixel, with its alpha (splat_alpha); the warp's
+  // reach is for_each_reaching's to test.
   __device__ __forceinline__ bool alpha_at(int slot, const TileThread& me, float& alpha) const {
     float G;
     Vec2<float> d;
-    return reaches<kWarpSkip>(slot, me.warp) &&
-           splat_alpha(mean2d[slot], conic_opacity[slot], float(me.x), float(me.y), alpha, G, d);
+    return splat_alpha(mean2d[slot], conic_opacity[slot], float(me.x), float(me.y), alpha, G, d);
   }
 };
 
@@ -324,7 +318,7 @@ struct PixelWalk {
   __device__ __forceinline__ void visit(const SplatBatch& batch, int j, int position,
                                         const TileThread& me) {
     float alpha;
-    if (!batch.template alpha_at<false>(j, me, alpha)) return;
+    if (!batch.alpha_at(j, me, alpha)) return;
     const float before = acc.transmittance;
     if (!acc.blend(alpha, batch.feature[j])) {
       done = true;
@@ -364,7 +358,7 @@ __device__ void composite_part(const Camera<float>& cam, const GaussianState<flo
     __syncthreads();
     batch.for_each_reaching<kWarpSkip>(0, kTilePixels, me.warp, [&](int j) {
       float alpha;
-      if (!batch.alpha_at<false>(j, me, alpha)) return;
+      if (!batch.alpha_at(j, me, alpha)) return;
       acc.accumulate(alpha, batch.feature[j]);
       last = start - lo + j;
     });

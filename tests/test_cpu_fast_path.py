@@ -121,7 +121,8 @@ ISAS = {"baseline": ([], set()), "narrow": (["-DDGRD_BASELINE_LANES"], set()),
 
 @pytest.mark.parametrize("isa", list(ISAS))
 def test_exp_poly_accuracy_and_lanes(tmp_path, isa):
-    """fast_exp.h: within 2 ulp of exp on [-87, 0], 0 below, and the eight-lane version gives
+    """fast_exp.h: within 2 ulp of exp on [-87, 0], 0 below, exactly 1 above 0 (a power above 0
+    is taken as 0), and the eight-lane version gives
     the scalar's bits (compiled here without PyTorch: the header is plain C++), for each
     instruction set the lane loops are cloned for that this machine can run."""
     compiler = host_compiler()
@@ -138,6 +139,7 @@ def test_exp_poly_accuracy_and_lanes(tmp_path, isa):
     assert float(fields["max_ulp"]) <= 2.0, out
     assert int(fields["lane_mismatches"]) == 0, out
     assert int(fields["nonzero_below_range"]) == 0, out
+    assert int(fields["not_one_above_zero"]) == 0, out
     assert int(fields["samples"]) > 1_000_000
 
 
