@@ -388,6 +388,21 @@ struct PixelBackward {
                         conic_opacity, grad);
   }
 
+  // `step` for a pixel that may not blend the splat, without a branch: where `blends` is false,
+  // alpha taken as 0 and the reciprocal as 1 leave the walk as it was, and dL/dalpha, G and
+  // grad.feature taken as 0 make every gradient 0, even where the walk holds a NaN (a NaN
+  // upstream gradient at the pixel, which 0 x NaN would carry to every splat its warp visits),
+  // as the CPU's lanes do with their masks. The CUDA backward steps every lane of a warp in
+  // which one pixel blends the splat, so that no lane's ten values are zeroed at every splat
+  // (the reciprocal is selected, not taken of 1: the GPU's approximate one need not be exact).
+  DGRD_HD void step_if(bool blends, T alpha, T G, Vec2<T> d, Vec4<T> conic_opacity,
+                       Vec4<T> feature, SplatGrad<T>& grad) {
+    const T factor = blends ? unblend_factor(alpha) : T(1);
+    const T dalpha = unblend(blends ? alpha : T(0), factor, feature, grad);
+    if (!blends) grad.feature = {T(0), T(0), T(0), T(0)};
+    alpha_grad_to_splat(blends ? dalpha : T(0), blends ? G : T(0), d, conic_opacity, grad);
+  }
+
   // The first half of `step`: recovers T_i (left in `transmittance`), sets grad.feature and
   // returns dL/dalpha_i of the colour, depth and weight, so that other blended quantities
   // (feature channels) can add theirs before `alpha_grad_to_splat`. `factor` is

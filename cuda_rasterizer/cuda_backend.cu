@@ -748,7 +748,7 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
   const int median_position = kMedian && me.inside ? extra.median_contrib[p] : 0;
   const float median_grad = kMedian && me.inside ? extra.median[p] : 0.f;
 
-  PixelBackward<float> pb;
+  PixelBackward<float> pb = {};  // zeros where the pixel does not walk: its steps change nothing
   if (walks) {
     pb.init(px, grads, p, plane, cam.background);
     if (last > part.hi) pb.resume(splits, part.resume_part, threadIdx.x);
@@ -770,22 +770,16 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
     // pos = stop - 1 - j < warp_end from j = stop - warp_end on.
     batch.for_each_reaching<kWarpSkip>(max(0, stop - warp_end), n, me.warp, [&](int j) {
       const int pos = stop - 1 - j;
-      SplatGrad<float> g = {};
-      bool contributes = false;
-      if (pos < last) {
-        float alpha, G;
-        Vec2<float> d;
-        if (splat_alpha(batch.mean2d[j], batch.conic_opacity[j], float(me.x), float(me.y), alpha,
-                        G, d)) {
-          pb.step(alpha, G, d, batch.conic_opacity[j], batch.feature[j], g);
-          contributes = true;
-        }
-      }
-      if (kMedian && pos + 1 == median_position) {
-        g.feature.w += median_grad;
-        contributes = true;
-      }
-      if (!__any_sync(kFullWarp, contributes)) return;
+      float alpha, G;
+      Vec2<float> d;
+      const bool blends = splat_alpha(batch.mean2d[j], batch.conic_opacity[j], float(me.x),
+                                      float(me.y), alpha, G, d) & (pos < last);
+      const bool median_splat = kMedian && pos + 1 == median_position;
+      if (!__any_sync(kFullWarp, blends | median_splat)) return;
+      // Every lane steps, one whose pixel does not blend the splat with nothing (step_if).
+      SplatGrad<float> g;
+      pb.step_if(blends, alpha, G, d, batch.conic_opacity[j], batch.feature[j], g);
+      if (median_splat) g.feature.w += median_grad;
       warp_accumulate<kScatter>(g, splat_grads + batch.id[j], grad_offset);
       if (extra.mean2d_abs) {  // the same for the whole grid: asked for or not
         // g.mean2d is of the colour, depth and weight alone (the median adds to z only).

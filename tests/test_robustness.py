@@ -567,3 +567,73 @@ def test_editing_inputs_before_backward_is_detected():
         means.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         color.sum().backward()
+
+
+def touched_pixels(scene):
+    """(P, H, W) bool: the pixels where each Gaussian's alpha reaches 1/255 (less a margin for
+    rounding), by the reference: a superset of those where a backend blends it."""
+    _, everyone, blend, idx, _ = scenes.reference_internals(scene)
+    reach = blend["considered"] & (blend["raw_alpha"] >= reference.ALPHA_MIN * (1 - 1e-3))
+    touched = torch.zeros(scene.P, *reach.shape[1:], dtype=torch.bool)
+    touched[idx[blend["order"]]] = reach
+    return touched
+
+
+def render_with_features(scene, features, ups, device):
+    """Outputs (colour, depth, weight, feature map; on the CPU) and the gradients of every input
+    of sum(map x upstream) over the four maps."""
+    leaves = {k: None if v is None else v.detach().to(device).requires_grad_()
+              for k, v in scene.inputs.items()}
+    F = features.to(device).requires_grad_()
+    s = scene.settings
+    settings = s._replace(bg=s.bg.to(device), viewmatrix=s.viewmatrix.to(device),
+                          projmatrix=s.projmatrix.to(device), campos=s.campos.to(device))
+    color, _, depth, weight, feature_map = GaussianRasterizer(settings)(**leaves, features=F)
+    maps = (color, depth, weight, feature_map)
+    sum((m * u.to(device)).sum() for m, u in zip(maps, ups)).backward()
+    grads = {k: v.grad.cpu() for k, v in leaves.items() if v is not None}
+    grads["features"] = F.grad.cpu()
+    return [m.detach().cpu() for m in maps], grads
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("nan_in", ["feature", "upstream"])
+def test_a_nan_spoils_only_the_gaussians_that_share_its_pixels(nan_in, device):
+    """A NaN feature value of one Gaussian (features take no part in culling: doc/api.md), or a
+    NaN upstream gradient at one pixel: the maps are as without it outside that Gaussian's (that
+    pixel's) pixels, and every Gaussian that shares none of them gets the gradients it gets
+    without the NaN. Both backends step every lane of a group where one pixel blends the splat
+    (the CPU's 8 pixels, a CUDA warp's 32): a lane whose pixel does not blend it must add 0 even
+    where its walk holds the NaN."""
+    for seed in range(2):
+        scene = scenes.make_scene(15100 + seed, P=300, height=48, width=64, scale_modifier=0.4,
+                                  outliers=False)
+        touched = touched_pixels(scene)
+        H, W = touched.shape[1:]
+        gen = torch.Generator().manual_seed(seed)
+        F = 2 * torch.rand(scene.P, 4, generator=gen) - 1
+        ups = [torch.randn(3, H, W, generator=gen), torch.randn(H, W, generator=gen),
+               torch.randn(H, W, generator=gen), torch.randn(4, H, W, generator=gen)]
+        spoiled_F, spoiled_ups = F.clone(), [u.clone() for u in ups]
+        if nan_in == "feature":
+            # A Gaussian over a few hundred pixels, so that many groups hold pixels it misses.
+            count = touched.flatten(1).sum(1)
+            g = int(torch.argmax(torch.where(count < H * W // 10, count, 0)))
+            spoiled = touched[g]
+            spoiled_F[g, 1] = float("nan")
+        else:
+            # The pixel most Gaussians reach.
+            y, x = divmod(int(torch.argmax(touched.sum(0))), W)
+            spoiled = torch.zeros(H, W, dtype=torch.bool)
+            spoiled[y, x] = True
+            spoiled_ups[0][1, y, x] = float("nan")
+        apart = ~(touched & spoiled).flatten(1).any(1)
+        assert 50 < int(apart.sum()) < scene.P and int(spoiled.sum()) > 0
+        maps, grads = render_with_features(scene, spoiled_F, spoiled_ups, device)
+        clean_maps, clean_grads = render_with_features(scene, F, ups, device)
+        assert torch.isnan(maps[3] if nan_in == "feature" else grads["means3D"]).any()
+        for name, m, c in zip(("color", "depth", "weight", "feature map"), maps, clean_maps):
+            assert_same(m[..., ~spoiled], c[..., ~spoiled], device, f"seed {seed} {name}")
+        for name, g in grads.items():
+            assert torch.isfinite(g[apart]).all(), f"seed {seed}: NaN in {name} of the others"
+            assert_same(g[apart], clean_grads[name][apart], device, f"seed {seed} {name}")
