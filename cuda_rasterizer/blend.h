@@ -220,11 +220,12 @@ struct PixelAccum {
   // bit for bit, which is how lanes that do not blend a splat pass it.
   template <typename S>
   DGRD_HD void accumulate(T alpha, Vec4<S> feature) {
-    color[0] += feature.x * alpha * transmittance;
-    color[1] += feature.y * alpha * transmittance;
-    color[2] += feature.z * alpha * transmittance;
-    depth_sum += feature.w * alpha * transmittance;
-    weight += alpha * transmittance;
+    const T w = alpha * transmittance;  // the splat's weight, one product for all five sums
+    color[0] += feature.x * w;
+    color[1] += feature.y * w;
+    color[2] += feature.z * w;
+    depth_sum += feature.w * w;
+    weight += w;
     transmittance = transmittance * (T(1) - alpha);
   }
 
