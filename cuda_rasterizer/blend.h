@@ -32,37 +32,89 @@ DGRD_HD T splat_power(Vec4<T> conic_opacity, Vec2<T> d) {
   return T(-0.5) * (co.x * d.x * d.x + co.z * d.y * d.y) - co.y * d.x * d.y;
 }
 
+// The CUDA kernels' form of a splat's shape, made once where a splat is staged for a tile: the
+// exponent in base 2, power log2(e) = a' dx^2 + b' dx dy + c' dy^2, with (a', b', c') the
+// conic's (a, b, c) times -log2(e) (1/2, 1, 1/2). Evaluated as (a' dx + b' dy) dx + c' dy dy,
+// it takes three products and two fused adds where the natural power takes seven operations
+// and its conversion to base 2 for the special-function unit's exponential one more (three
+// fewer at every splat a pixel evaluates). The CPU backend keeps the conic (`Vec4` conic and
+// opacity), whose power its own exponential takes; each shape has its splat_power, shape_exp,
+// opacity_of and power_grad, and everything else is written once for both.
+template <typename T>
+struct Base2Exponent {
+  Vec4<T> coefficients;  // (a', b', c', opacity)
+
+  DGRD_HD static Base2Exponent of(Vec4<T> conic_opacity) {
+    const T half = T(-0.5f * kLog2e);
+    return {{conic_opacity.x * half, conic_opacity.y * T(-kLog2e), conic_opacity.z * half,
+             conic_opacity.w}};
+  }
+};
+
+// The exponent in base 2 at offset d (spelled out in fused multiply-adds, as splat_power is on
+// the GPU, so that every kernel and the emulation round alike).
+template <typename T>
+DGRD_HD T splat_power(const Base2Exponent<T>& e, Vec2<T> d) {
+  const Vec4<T> c = e.coefficients;
+  return fma_(fma_(c.y, d.y, c.x * d.x), d.x, c.z * d.y * d.y);
+}
+
 // exp of a splat's power. On the host, float uses exp_poly (fast_exp.h), which the CPU backend
 // also evaluates eight lanes at a time: every CPU path then makes the same skip decisions.
-// The CUDA kernels take 2^(power log2(e)) from the special-function unit (`ex2.approx.ftz`,
-// what fast math makes of expf): 2 instructions at every splat a pixel evaluates, where the
-// accurate expf takes 8 (doc/performance.md, "CUDA"). Its error, under 1e-6 relative for the
-// powers that matter (above -5.6: below, alpha < 1/255 at any opacity), is far inside the 1e-3
-// that the reach boxes and the opacity-aware tiles allow for the exponential's rounding; a
-// result below 2^-126 is flushed to zero, which no visible splat is.
+// The GPU takes 2^(power log2(e)) from the special-function unit (`ex2.approx.ftz`, what fast
+// math makes of expf; splat_exp2): 2 instructions, where the accurate expf takes 8
+// (doc/performance.md, "CUDA"); the CUDA kernels' Base2Exponent hands it the power in base 2
+// directly. Its error, under 1e-6 relative for the powers that matter (above -5.6: below,
+// alpha < 1/255 at any opacity), is far inside the 1e-3 that the reach boxes and the
+// opacity-aware tiles allow for the exponential's rounding; a result below 2^-126 is flushed
+// to zero, which no visible splat is.
+template <typename T>
+DGRD_HD T splat_exp2(T power2);
+
 template <typename T>
 DGRD_HD T splat_exp(T power) {
+#if defined(__CUDA_ARCH__) || defined(DGRD_EMULATE_FMA)
+  if constexpr (std::is_same<T, float>::value) return splat_exp2(power * kLog2e);
+#endif
 #if defined(__CUDA_ARCH__)
-  if constexpr (std::is_same<T, float>::value) {
-    float g;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(g) : "f"(power * kLog2e));
-    return g;
-  }
   return exp_(power);
 #else
-#if defined(DGRD_EMULATE_FMA)
-  // The emulated CUDA backend built to round as a GPU (tools/emulated_build.py) takes the
-  // same product and the library's exp2f (within 2 units in the last place of the GPU's
-  // ex2.approx), flushing as the GPU does. (Its module renders nothing on the CPU backend's
-  // lanes, which keep exp_poly.)
-  if constexpr (std::is_same<T, float>::value) {
-    const float g = std::exp2(power * kLog2e);
-    return g < std::numeric_limits<float>::min() ? 0.f : g;
-  }
-#endif
   return host_splat_exp(power);
 #endif
 }
+
+// 2^power2, the exponential of a Base2Exponent's power: on the GPU the special-function unit's
+// `ex2.approx.ftz`; the emulated CUDA backend built to round as a GPU (tools/emulated_build.py)
+// takes the library's exp2f (within 2 units in the last place of ex2.approx) and flushes as the
+// GPU does. (The emulation's module renders nothing on the CPU backend's lanes, which keep
+// exp_poly.)
+template <typename T>
+DGRD_HD T splat_exp2(T power2) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (std::is_same<T, float>::value) {
+    float g;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(g) : "f"(power2));
+    return g;
+  }
+  return exp2_(power2);
+#else
+  if constexpr (std::is_same<T, float>::value) {
+    const float g = std::exp2(power2);
+    return g < std::numeric_limits<float>::min() ? 0.f : g;
+  }
+  return std::exp2(power2);
+#endif
+}
+
+// Each shape's exponential of its own power, and its opacity.
+template <typename T>
+DGRD_HD T shape_exp(const Vec4<T>&, T power) { return splat_exp(power); }
+template <typename T>
+DGRD_HD T shape_exp(const Base2Exponent<T>&, T power2) { return splat_exp2(power2); }
+template <typename T>
+DGRD_HD T opacity_of(const Vec4<T>& conic_opacity) { return conic_opacity.w; }
+template <typename T>
+DGRD_HD T opacity_of(const Base2Exponent<T>& e) { return e.coefficients.w; }
 
 // 1 / (1 - alpha): the reverse walk takes a splat's blend back out of the transmittance,
 // T_i = T_{i+1} / (1 - alpha_i), and divides two more sums by the same 1 - alpha (the
@@ -92,17 +144,17 @@ DGRD_HD T unblend_factor(T alpha) {
 
 // Opacity of a splat at pixel (px, py). Returns false when the splat is skipped there
 // (power > 0, alpha < 1/255, or anything non-finite). `d` = mean2d - pixel.
-template <typename T>
-DGRD_HD bool splat_alpha(Vec2<T> mean2d, Vec4<T> conic_opacity, T px, T py, T& alpha, T& G,
+template <typename T, typename Shape>
+DGRD_HD bool splat_alpha(Vec2<T> mean2d, const Shape& shape, T px, T py, T& alpha, T& G,
                          Vec2<T>& d) {
   d = {mean2d.x - px, mean2d.y - py};
-  const T power = splat_power(conic_opacity, d);
+  const T power = splat_power(shape, d);
   // One test of both conditions rather than a return after the first: the GPU then keeps the
   // result as a predicate; with two exits its compilers merged them into a byte, 3-4
   // instructions at every evaluation. The exponential of a power above 0 (or NaN) is taken for
   // nothing, and is harmless (exp_poly takes such a power as 0).
-  G = splat_exp(power);
-  alpha = min2(T(kAlphaMax), conic_opacity.w * G);
+  G = shape_exp(shape, power);
+  alpha = min2(T(kAlphaMax), opacity_of(shape) * G);
   return (power <= T(0)) & (alpha >= T(kAlphaMin));
 }
 
@@ -309,10 +361,21 @@ struct PartComposite {
   }
 };
 
-// d/d mean2d of a splat at a pixel from d/d(its power) (one half of alpha_grad_to_splat).
+// d/d mean2d of a splat at a pixel from d/d(its power) (one half of alpha_grad_to_splat): d
+// power / d d = -(a dx + b dy, b dx + c dy); from a Base2Exponent's coefficients, the same
+// as (2 a' dx + b' dy, b' dx + 2 c' dy) / log2(e).
 template <typename T>
-DGRD_HD Vec2<T> mean2d_grad(T dpower, Vec2<T> d, Vec4<T> co) {
+DGRD_HD Vec2<T> mean2d_grad(T dpower, Vec2<T> d, const Vec4<T>& co) {
   return {dpower * (-co.x * d.x - co.y * d.y), dpower * (-co.z * d.y - co.y * d.x)};
+}
+template <typename T>
+DGRD_HD Vec2<T> mean2d_grad(T dpower, Vec2<T> d, const Base2Exponent<T>& e) {
+  // Built from the products and the sum splat_power made (a' dx, c' dy, a' dx + b' dy), which
+  // the compiler then takes as they are: three operations where the conic's form takes four.
+  const Vec4<T> c = e.coefficients;
+  const T ax = c.x * d.x, cy = c.z * d.y;
+  const T dpower2 = dpower * T(kLn2);
+  return {dpower2 * (fma_(c.y, d.y, ax) + ax), dpower2 * fma_(c.y, d.x, cy + cy)};
 }
 
 // |v| per component, on any scalar-like T (max2 of v and -v: the CPU's lanes have no fabs).
@@ -323,21 +386,21 @@ DGRD_HD Vec2<T> abs_each(Vec2<T> v) {
 
 // One pixel's part of AbsGS's statistic (OptionalGrads::mean2d_abs) from dL/dalpha of the
 // colour, depth and weight alone: |d/d mean2d| per component, as alpha_grad_to_splat makes it.
-template <typename T>
-DGRD_HD Vec2<T> maps_mean2d_abs(T maps_dalpha, T G, Vec2<T> d, Vec4<T> conic_opacity) {
-  return abs_each(mean2d_grad(G * conic_opacity.w * maps_dalpha, d, conic_opacity));
+template <typename T, typename Shape>
+DGRD_HD Vec2<T> maps_mean2d_abs(T maps_dalpha, T G, Vec2<T> d, const Shape& shape) {
+  return abs_each(mean2d_grad(G * opacity_of(shape) * maps_dalpha, d, shape));
 }
 
 // dL/dalpha of a splat at a pixel, carried to its screen-space parameters (mean2d, conic,
-// opacity); sets those fields of `grad`, leaves grad.feature alone.
-template <typename T>
-DGRD_HD void alpha_grad_to_splat(T dalpha, T G, Vec2<T> d, Vec4<T> conic_opacity,
+// opacity); sets those fields of `grad`, leaves grad.feature alone. The conic's gradient is of
+// (a, b, c) whatever the shape staged.
+template <typename T, typename Shape>
+DGRD_HD void alpha_grad_to_splat(T dalpha, T G, Vec2<T> d, const Shape& shape,
                                  SplatGrad<T>& grad) {
   // alpha = min(0.99, o G) with a straight-through clamp: d alpha / d(o G) = 1.
-  const Vec4<T> co = conic_opacity;
   grad.opacity = G * dalpha;
-  const T dpower = G * co.w * dalpha;
-  grad.mean2d = mean2d_grad(dpower, d, co);
+  const T dpower = G * opacity_of(shape) * dalpha;
+  grad.mean2d = mean2d_grad(dpower, d, shape);
   grad.conic = {T(-0.5) * d.x * d.x * dpower, -d.x * d.y * dpower, T(-0.5) * d.y * d.y * dpower};
 }
 
@@ -383,10 +446,10 @@ struct PixelBackward {
   }
 
   // Un-blends the splat in front of those already visited, accumulating its gradients.
-  DGRD_HD void step(T alpha, T G, Vec2<T> d, Vec4<T> conic_opacity, Vec4<T> feature,
+  template <typename Shape>
+  DGRD_HD void step(T alpha, T G, Vec2<T> d, const Shape& shape, Vec4<T> feature,
                     SplatGrad<T>& grad) {
-    alpha_grad_to_splat(unblend(alpha, unblend_factor(alpha), feature, grad), G, d,
-                        conic_opacity, grad);
+    alpha_grad_to_splat(unblend(alpha, unblend_factor(alpha), feature, grad), G, d, shape, grad);
   }
 
   // `step` for a pixel that may not blend the splat, without a branch: where `blends` is false,
@@ -396,12 +459,13 @@ struct PixelBackward {
   // as the CPU's lanes do with their masks. The CUDA backward steps every lane of a warp in
   // which one pixel blends the splat, so that no lane's ten values are zeroed at every splat
   // (the reciprocal is selected, not taken of 1: the GPU's approximate one need not be exact).
-  DGRD_HD void step_if(bool blends, T alpha, T G, Vec2<T> d, Vec4<T> conic_opacity,
-                       Vec4<T> feature, SplatGrad<T>& grad) {
+  template <typename Shape>
+  DGRD_HD void step_if(bool blends, T alpha, T G, Vec2<T> d, const Shape& shape, Vec4<T> feature,
+                       SplatGrad<T>& grad) {
     const T factor = blends ? unblend_factor(alpha) : T(1);
     const T dalpha = unblend(blends ? alpha : T(0), factor, feature, grad);
     if (!blends) grad.feature = {T(0), T(0), T(0), T(0)};
-    alpha_grad_to_splat(blends ? dalpha : T(0), blends ? G : T(0), d, conic_opacity, grad);
+    alpha_grad_to_splat(blends ? dalpha : T(0), blends ? G : T(0), d, shape, grad);
   }
 
   // The first half of `step`: recovers T_i (left in `transmittance`), sets grad.feature and

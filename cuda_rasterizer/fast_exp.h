@@ -22,6 +22,7 @@ inline To bits_as(const From& from) {
 // log2(e), by which a base-2 exponential takes exp: exp_poly's range reduction and the GPU's
 // ex2.approx (splat_exp in blend.h).
 constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2 = 0.693147180559945309f;  // 1 / log2(e)
 
 // Scalar versions of the lane helpers in cpu_lanes.h, so exp_poly reads the same for both.
 inline int32_t float_bits(float f) { return bits_as<int32_t>(f); }

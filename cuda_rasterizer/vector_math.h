@@ -66,6 +66,7 @@ template <typename T> DGRD_HD T dot(Vec3<T> a, Vec3<T> b) { return a.x * b.x + a
   template <typename T> DGRD_HD T name(T v) { return std::fn(v); }
 #endif
 DGRD_SCALAR_FN(exp_, exp)
+DGRD_SCALAR_FN(exp2_, exp2)
 DGRD_SCALAR_FN(sqrt_, sqrt)
 DGRD_SCALAR_FN(ceil_, ceil)
 DGRD_SCALAR_FN(floor_, floor)
