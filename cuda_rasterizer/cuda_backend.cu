@@ -522,9 +522,9 @@ __device__ __forceinline__ int block_max(int last) {
 }
 
 // Splats (their shapes as in SplatBatch) and a chunk of kChunk of their feature channels,
-// staged in shared memory. Rows are
-// padded by one so that each thread's staging writes fall in distinct banks; reads of one
-// splat's row by the whole block are broadcasts. Channels past the count are staged as 0.
+// staged in shared memory. Rows are padded by one so that each thread's staging writes fall in
+// distinct banks; reads of one splat's row by the whole block are broadcasts. Channels past the
+// count are staged as 0.
 template <int kChunk>
 struct FeatureBatch {
   int id[kTilePixels];
@@ -782,7 +782,8 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
                                       float(me.y), alpha, G, d) & (pos < last);
       const bool median_splat = kMedian && pos + 1 == median_position;
       if (!__any_sync(kFullWarp, blends | median_splat)) return;
-      // Every lane steps, one whose pixel does not blend the splat with nothing (step_if).
+      // Every lane steps; one whose pixel does not blend the splat changes nothing and adds 0
+      // (step_if), where a zeroed SplatGrad and a branch cost 10 instructions a splat.
       SplatGrad<float> g;
       pb.step_if(blends, alpha, G, d, batch.exponent[j], batch.feature[j], g);
       if (median_splat) g.feature.w += median_grad;
