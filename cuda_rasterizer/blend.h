@@ -452,20 +452,35 @@ struct PixelBackward {
     alpha_grad_to_splat(unblend(alpha, unblend_factor(alpha), feature, grad), G, d, shape, grad);
   }
 
-  // `step` for a pixel that may not blend the splat, without a branch: where `blends` is false,
-  // alpha taken as 0 and the reciprocal as 1 leave the walk as it was, and dL/dalpha, G and
-  // grad.feature taken as 0 make every gradient 0, even where the walk holds a NaN (a NaN
-  // upstream gradient at the pixel, which 0 x NaN would carry to every splat its warp visits),
-  // as the CPU's lanes do with their masks. The CUDA backward steps every lane of a warp in
-  // which one pixel blends the splat, so that no lane's ten values are zeroed at every splat
-  // (the reciprocal is selected, not taken of 1: the GPU's approximate one need not be exact).
-  template <typename Shape>
-  DGRD_HD void step_if(bool blends, T alpha, T G, Vec2<T> d, const Shape& shape, Vec4<T> feature,
+  // `step` for a pixel that may not blend the splat, without a branch: where `blends` (a bool,
+  // or the CPU's lane mask) is false, the walk is left as it was (alpha taken as 0, the
+  // reciprocal as 1) and every gradient is 0, even where the walk holds a NaN (a NaN upstream
+  // gradient at the pixel, which 0 x NaN would carry to every splat its warp, or its lanes,
+  // visit). The CUDA backward steps every lane of a warp in which one pixel blends the splat,
+  // so that no lane's ten values are zeroed at every splat.
+  template <typename Mask, typename Shape>
+  DGRD_HD void step_if(Mask blends, T alpha, T G, Vec2<T> d, const Shape& shape, Vec4<T> feature,
                        SplatGrad<T>& grad) {
-    const T factor = blends ? unblend_factor(alpha) : T(1);
-    const T dalpha = unblend(blends ? alpha : T(0), factor, feature, grad);
-    if (!blends) grad.feature = {T(0), T(0), T(0), T(0)};
-    alpha_grad_to_splat(blends ? dalpha : T(0), blends ? G : T(0), d, shape, grad);
+    const T dalpha = unblend_if(blends, alpha, unblend_factor_if(blends, alpha), feature, grad);
+    alpha_grad_to_splat(dalpha, zero_unless(blends, G), d, shape, grad);
+  }
+
+  // unblend_factor(alpha) where the pixel blends, else 1 (selected, not taken of 1: the GPU's
+  // approximate reciprocal of 1 need not be exact).
+  template <typename Mask>
+  DGRD_HD static T unblend_factor_if(Mask blends, T alpha) {
+    return select(blends, unblend_factor(alpha), T(1));
+  }
+
+  // `unblend` under a mask, as step_if: the walk unchanged and dL/dalpha and grad.feature 0
+  // where `blends` is false. `factor` is unblend_factor_if(blends, alpha).
+  template <typename Mask>
+  DGRD_HD T unblend_if(Mask blends, T alpha, T factor, Vec4<T> feature, SplatGrad<T>& grad) {
+    const T dalpha = unblend(zero_unless(blends, alpha), factor, feature, grad);
+    Vec4<T>& df = grad.feature;
+    df = {zero_unless(blends, df.x), zero_unless(blends, df.y), zero_unless(blends, df.z),
+          zero_unless(blends, df.w)};
+    return zero_unless(blends, dalpha);
   }
 
   // The first half of `step`: recovers T_i (left in `transmittance`), sets grad.feature and

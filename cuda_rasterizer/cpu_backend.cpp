@@ -460,13 +460,15 @@ DGRD_LANE_CLONES void render_backward_group(const Camera<float>& cam, const Stag
     if (!pass.any()) continue;
     const Vec4<float> co = sp.conic_opacity(j), f = sp.feature(j);
     const Vec4<Lanes> conic_opacity = {co.x, co.y, co.z, co.w}, feature = {f.x, f.y, f.z, f.w};
-    const Lanes pass_alpha = zero_unless(pass, alpha), pass_G = zero_unless(pass, G);
     SplatGrad<Lanes> lane_grad;
+    // Masked as PixelBackward::step_if: a lane that does not pass adds 0 even where its walk
+    // holds a NaN (a NaN upstream gradient, or a non-finite feature behind), which 0 x NaN would
+    // carry to the splats of the lanes that pass.
     if (kWithFeatures) {
-      // PixelBackward::step with the feature channels' part of dL/dalpha added; lanes that do
-      // not pass take no part, even with a non-finite feature.
-      const Lanes factor = unblend_factor(pass_alpha);
-      const Lanes maps_dalpha = pb.unblend(pass_alpha, factor, feature, lane_grad);
+      // step_if with the feature channels' part of dL/dalpha added.
+      const Lanes factor = pb.unblend_factor_if(pass, alpha);
+      const Lanes maps_dalpha = pb.unblend_if(pass, alpha, factor, feature, lane_grad);
+      const Lanes pass_alpha = zero_unless(pass, alpha), pass_G = zero_unless(pass, G);
       const float* values = fg.features->of(j);
       const Lanes feature_dot =
           zero_unless(pass, FeatureBackward<Lanes>::dot(values, upstream, channels));
@@ -476,19 +478,11 @@ DGRD_LANE_CLONES void render_backward_group(const Camera<float>& cam, const Stag
       const Lanes w = pass_alpha * pb.transmittance;  // dL/dF_j = w_j g
       Lanes* out = fg.sums.data() + size_t(j) * channels;
       for (int c = 0; c < channels; ++c) out[c] += zero_unless(pass, w * upstream[c]);
-      if (abs_sums)
-        add(abs_sums[j], maps_mean2d_abs(zero_unless(pass, maps_dalpha), pass_G, d, conic_opacity));
+      if (abs_sums) add(abs_sums[j], maps_mean2d_abs(maps_dalpha, pass_G, d, conic_opacity));
     } else {
-      const Lanes dalpha = pb.unblend(pass_alpha, unblend_factor(pass_alpha), feature, lane_grad);
-      alpha_grad_to_splat(zero_unless(pass, dalpha), pass_G, d, conic_opacity, lane_grad);
+      pb.step_if(pass, alpha, G, d, conic_opacity, feature, lane_grad);
       if (abs_sums) add(abs_sums[j], abs_each(lane_grad.mean2d));
     }
-    // (Both as PixelBackward::step_if: a lane that does not pass adds 0 even where its walk holds
-    // a NaN, from a NaN upstream gradient or a non-finite feature behind, which 0 x NaN would
-    // carry to the splats of the lanes that pass; so dL/dalpha above, and the colour and depth.)
-    Vec4<Lanes>& df = lane_grad.feature;
-    df = {zero_unless(pass, df.x), zero_unless(pass, df.y), zero_unless(pass, df.z),
-          zero_unless(pass, df.w)};
     if (kWithMedian) {
       // The median's gradient goes to the z of its splat alone.
       const LaneMask median_splat = pass & lanes_equal(median_position, LaneInts{} + (j + 1));

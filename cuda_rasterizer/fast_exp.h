@@ -24,10 +24,10 @@ inline To bits_as(const From& from) {
 constexpr float kLog2e = 1.44269504088896341f;
 constexpr float kLn2 = 0.693147180559945309f;  // 1 / log2(e)
 
-// Scalar versions of the lane helpers in cpu_lanes.h, so exp_poly reads the same for both.
+// Scalar versions of the lane helpers in cpu_lanes.h, so exp_poly reads the same for both (and
+// select, vector_math.h's).
 inline int32_t float_bits(float f) { return bits_as<int32_t>(f); }
 inline float bits_float(int32_t i) { return bits_as<float>(i); }
-inline float select(bool m, float a, float b) { return m ? a : b; }
 
 // exp(x) for x <= 0 (a splat's power), within 2 ulp of the exact value: x = n ln2 + r with
 // |r| <= ln2 / 2, exp(r) by its Taylor series to r^7 (truncation below 6e-9), and 2^n added to

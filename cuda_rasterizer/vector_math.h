@@ -100,6 +100,10 @@ template <typename T> DGRD_HD T unit_roundoff() {
 template <typename T> DGRD_HD T clamp(T v, T lo, T hi) { return v < lo ? lo : (v > hi ? hi : v); }
 template <typename T> DGRD_HD T min2(T a, T b) { return a < b ? a : b; }
 template <typename T> DGRD_HD T max2(T a, T b) { return a > b ? a : b; }
+// a where m holds, else b (else 0): masked math written once for a single pixel, where m is a
+// bool, and for the CPU's lanes, whose overloads take a lane mask (cpu_lanes.h).
+template <typename T> DGRD_HD T select(bool m, T a, T b) { return m ? a : b; }
+template <typename T> DGRD_HD T zero_unless(bool m, T a) { return m ? a : T(0); }
 
 template <typename T>
 DGRD_HD Mat3<T> transpose(const Mat3<T>& a) {
