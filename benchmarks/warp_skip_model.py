@@ -94,13 +94,13 @@ def warp_counts(state, width, height) -> dict:
 
 
 # Warp instructions of each path through the render loops, read by hand in sm_90's machine code
-# (CUDA 13.0: ours from check_cuda_compile.py's object at stop 40; gsplat 1.5.3's
+# (CUDA 13.0: ours from check_cuda_compile.py's object at stop 41; gsplat 1.5.3's
 # `rasterize_to_pixels_3dgs_{fwd,bwd}_kernel<4>` as tools/build_for_gpu_image.sh builds it;
 # `tools/sass_loops.py` finds the loops): "ballot" per 32 positions a warp walks (ours gathers
 # the splats that reach it 32 at a time), "evaluated" per splat evaluated where no pixel of the
 # warp blends it, "blended" where one does (the backward's gradients, sums and atomics).
 PATHS = {
-    "forward": {"ours": {"ballot": 36, "evaluated": 29, "blended": 48},
+    "forward": {"ours": {"ballot": 29, "evaluated": 26, "blended": 45},
                 "gsplat": {"ballot": 0, "evaluated": 31, "blended": 54}},
     "backward": {"ours": {"ballot": 36, "evaluated": 28, "blended": 150},
                  "gsplat": {"ballot": 0, "evaluated": 39, "blended": 259}},

@@ -156,22 +156,27 @@ __device__ __forceinline__ unsigned warp_reach_mask(const TileThread& me, Vec2<f
 // is the lane's own (pixels stop at different splats), so visit may hold warp-wide operations
 // only where every lane has the same n and visit never returns false. All 32 lanes must call
 // it, the pixels that stopped included: a ballot counts only the lanes that have not exited, so
-// an exited lane's splats would be left out.
+// an exited lane's splats would be left out. Returns false where visit did.
 template <typename Visit>
-__device__ __forceinline__ void visit_reaching(const unsigned* reach, int from, int n,
+__device__ __forceinline__ bool visit_reaching(const unsigned* reach, int from, int n,
                                                int warp_n, int warp, Visit visit) {
-  bool going = true;
   for (int base = from; base < warp_n; base += 32) {
     const int mine = base + int(threadIdx.x & 31);
     unsigned reaching = __ballot_sync(kFullWarp, mine < warp_n && (reach[mine] >> warp & 1u));
     const int left = n - base;  // the lane's splats from base on
     if (left < 32) reaching &= left > 0 ? (1u << left) - 1u : 0u;
-    while (going && reaching != 0) {
+    while (reaching != 0) {
       const int j = base + __ffs(int(reaching)) - 1;
       reaching &= reaching - 1;
-      going = visit(j);
+      // A lane that stops takes part in the ballots left, with no splats: n = -1 (a flag the
+      // loop would test at every splat cost 3 to 4 instructions a splat at 32 registers).
+      if (!visit(j)) {
+        n = -1;
+        break;
+      }
     }
   }
+  return n >= 0;
 }
 
 // Splats staged in shared memory, kTilePixels at a time, each splat's shape as its exponent in
@@ -307,28 +312,27 @@ struct PixelWalk {
   __device__ __forceinline__ void blend(const SplatBatch& batch, int n, const TileThread& me) {
     if constexpr (kWarpSkip) {
       const int first = visited, mine = done ? 0 : n;
-      visit_reaching(batch.reach, 0, mine, warp_max(n), me.warp, [&](int j) {
-        visit(batch, j, first + j + 1, me);
-        return !done;
-      });
+      // `done` is set after the batch's walk, not in it (visit_reaching says why).
+      const bool going = visit_reaching(batch.reach, 0, mine, warp_max(n), me.warp,
+                                        [&](int j) { return visit(batch, j, first + j + 1, me); });
+      if (!going) done = true;
       if (!done) visited = first + n;
     } else {
-      for (int j = 0; !done && j < n; ++j) visit(batch, j, ++visited, me);
+      for (int j = 0; !done && j < n; ++j) done = !visit(batch, j, ++visited, me);
     }
   }
 
-  // Splat j of the batch, at list position position - 1 (counted from the list's start).
-  __device__ __forceinline__ void visit(const SplatBatch& batch, int j, int position,
+  // Splat j of the batch, at list position position - 1 (counted from the list's start);
+  // false where it saturates the pixel, which then stops.
+  __device__ __forceinline__ bool visit(const SplatBatch& batch, int j, int position,
                                         const TileThread& me) {
     float alpha;
-    if (!batch.alpha_at(j, me, alpha)) return;
+    if (!batch.alpha_at(j, me, alpha)) return true;
     const float before = acc.transmittance;
-    if (!acc.blend(alpha, batch.feature[j])) {
-      done = true;
-      return;
-    }
+    if (!acc.blend(alpha, batch.feature[j])) return false;
     n_contrib = position;
     if (kMedian) median.update(before, acc.transmittance, batch.feature[j].w, n_contrib);
+    return true;
   }
 
   __device__ void store_median(const OptionalOutputs<float>& extra, int p) const {
