@@ -183,7 +183,10 @@ __device__ __forceinline__ bool visit_reaching(const unsigned* reach, int from, 
 // base 2 (Base2Exponent: three operations fewer at every evaluation than the conic); `reach`
 // (warp_reach_mask) is filled only when the kernel skips by warps.
 struct SplatBatch {
-  int id[kTilePixels];
+  // Gaussian indices, unsigned (all are below 2^31): a pointer plus one is then a wide
+  // multiply-add without the sign's high word (sm_90: the backward's atomic address 1
+  // instruction shorter, the AbsGS one 1, the feature backward's 2-4).
+  unsigned id[kTilePixels];
   Vec2<float> mean2d[kTilePixels];
   Base2Exponent<float> exponent[kTilePixels];
   Vec4<float> feature[kTilePixels];
@@ -531,7 +534,7 @@ __device__ __forceinline__ int block_max(int last) {
 // count are staged as 0.
 template <int kChunk>
 struct FeatureBatch {
-  int id[kTilePixels];
+  unsigned id[kTilePixels];  // unsigned as SplatBatch's
   Vec2<float> mean2d[kTilePixels];
   Base2Exponent<float> exponent[kTilePixels];
   float feature[kTilePixels][kChunk + 1];
@@ -914,7 +917,7 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
       if (!__any_sync(kFullWarp, contributes)) return true;
       SplatGrad<float>* out = splat_grads + batch.id[j];
       float* features_grad =
-          extra.features_grad + int64_t(batch.id[j]) * extra.channels + me.first;
+          extra.features_grad + uint64_t(batch.id[j]) * extra.channels + me.first;
       if (scatter) {
         // The six splat values (mean2d, conic, opacity), then the chunk's feature gradients.
         float v[6 + kChunk] = {g.mean2d.x, g.mean2d.y, g.conic.a, g.conic.b, g.conic.c,
