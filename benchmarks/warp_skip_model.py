@@ -100,9 +100,9 @@ def warp_counts(state, width, height) -> dict:
 # the splats that reach it 32 at a time), "evaluated" per splat evaluated where no pixel of the
 # warp blends it, "blended" where one does (the backward's gradients, sums and atomics).
 PATHS = {
-    "forward": {"ours": {"ballot": 29, "evaluated": 26, "blended": 45},
+    "forward": {"ours": {"ballot": 29, "evaluated": 25, "blended": 44},
                 "gsplat": {"ballot": 0, "evaluated": 31, "blended": 54}},
-    "backward": {"ours": {"ballot": 36, "evaluated": 28, "blended": 149},
+    "backward": {"ours": {"ballot": 36, "evaluated": 27, "blended": 146},
                  "gsplat": {"ballot": 0, "evaluated": 39, "blended": 259}},
 }
 
