@@ -264,10 +264,10 @@ class Binning {
     return {as_u32(depth_keys_), unsorted_order_.data_ptr<int>()};
   }
 
-  // Pair-sized memory the sort needs: keys and ids twice (unsorted, sorted), and the sort's
-  // scratch, about as large again.
+  // Pair-sized memory the sort needs: keys and ids twice (the sort moves them between two
+  // buffers; its own scratch is a few digit counts).
   int64_t bytes_per_pair() const {
-    return 4 * int64_t((depth_first_ ? sizeof(uint32_t) : sizeof(uint64_t)) + sizeof(int));
+    return 2 * int64_t((depth_first_ ? sizeof(uint32_t) : sizeof(uint64_t)) + sizeof(int));
   }
 
   int64_t count_pairs() {
@@ -277,13 +277,15 @@ class Binning {
     const int64_t* touched = state_.tiles_touched;
     int64_t* offsets = offsets_.data_ptr<int64_t>();
     if (depth_first_) {
-      at::Tensor sorted = device_empty({count_}, like_.options().dtype(at::kInt));
-      order_ = device_empty({count_}, like_.options().dtype(at::kInt));
+      const auto ints = like_.options().dtype(at::kInt);
+      at::Tensor keys[2] = {depth_keys_, device_empty({count_}, ints)};
+      at::Tensor order[2] = {unsorted_order_, device_empty({count_}, ints)};
+      gpu::SortBuffers<uint32_t> key_buffers = {{as_u32(keys[0]), as_u32(keys[1])}};
+      gpu::SortBuffers<int> order_buffers = {{order[0].data_ptr<int>(), order[1].data_ptr<int>()}};
       run_cub("sort by depth", [&](void* temp, size_t& bytes) {
-        return gpu::sort_depths(temp, bytes, as_u32(depth_keys_), as_u32(sorted),
-                                unsorted_order_.data_ptr<int>(), order_.data_ptr<int>(), count_,
-                                stream_);
+        return gpu::sort_depths(temp, bytes, key_buffers, order_buffers, count_, stream_);
       });
+      order_ = order[order_buffers.current];
       run_cub("scan", [&](void* temp, size_t& bytes) {
         return gpu::inclusive_scan_by_depth(temp, bytes, touched, order_.data_ptr<int>(), offsets,
                                             count_, stream_);
@@ -296,38 +298,41 @@ class Binning {
     return pairs_ = offsets_[count_ - 1].item<int64_t>();  // the one host read of the forward
   }
 
-  void sort(int* point_list, int* tile_ranges) {
-    if (pairs_ == 0) return;
+  // The point list (Gaussian ids by tile, then depth), and the tile ranges written.
+  at::Tensor sort(int* tile_ranges) {
+    const auto opts = like_.options();
+    if (pairs_ == 0) return device_empty({0}, opts.dtype(at::kInt));
+    at::Tensor ids[2] = {device_empty({pairs_}, opts.dtype(at::kInt)),
+                         device_empty({pairs_}, opts.dtype(at::kInt))};
     const int tiles = c_.tiles_x() * c_.tiles_y();
     const int n = int(pairs_);
-    const auto opts = like_.options();
-    at::Tensor ids = device_empty({pairs_}, opts.dtype(at::kInt));
+    gpu::SortBuffers<int> id_buffers = {{ids[0].data_ptr<int>(), ids[1].data_ptr<int>()}};
     const int64_t* offsets = offsets_.data_ptr<int64_t>();
+    const auto key_type = depth_first_ ? at::kInt : at::kLong;
+    at::Tensor keys[2] = {device_empty({pairs_}, opts.dtype(key_type)),
+                          device_empty({pairs_}, opts.dtype(key_type))};
     if (depth_first_) {
-      at::Tensor keys = device_empty({pairs_}, opts.dtype(at::kInt));
-      at::Tensor sorted = device_empty({pairs_}, opts.dtype(at::kInt));
+      gpu::SortBuffers<uint32_t> key_buffers = {{as_u32(keys[0]), as_u32(keys[1])}};
       gpu::duplicate_tile_keys(cam_, count_, state_, order_.data_ptr<int>(), offsets,
-                               as_u32(keys), ids.data_ptr<int>(), stream_);
+                               key_buffers.sorted(), id_buffers.sorted(), stream_);
       check_stage(c_, "duplicate_keys");
       run_cub("sort", [&](void* temp, size_t& bytes) {
-        return gpu::sort_tile_keys(temp, bytes, as_u32(keys), as_u32(sorted), ids.data_ptr<int>(),
-                                   point_list, n, tiles, stream_);
+        return gpu::sort_tile_keys(temp, bytes, key_buffers, id_buffers, n, tiles, stream_);
       });
-      gpu::identify_tile_ranges(as_u32(sorted), n, tile_ranges, stream_);
+      gpu::identify_tile_ranges(key_buffers.sorted(), n, tile_ranges, stream_);
     } else {
-      at::Tensor keys = device_empty({pairs_}, opts.dtype(at::kLong));
-      at::Tensor sorted = device_empty({pairs_}, opts.dtype(at::kLong));
-      gpu::duplicate_keys(cam_, count_, state_, offsets, as_u64(keys), ids.data_ptr<int>(),
-                          stream_);
+      gpu::SortBuffers<uint64_t> key_buffers = {{as_u64(keys[0]), as_u64(keys[1])}};
+      gpu::duplicate_keys(cam_, count_, state_, offsets, key_buffers.sorted(),
+                          id_buffers.sorted(), stream_);
       check_stage(c_, "duplicate_keys");
       const int end_bit = gpu::sort_end_bit(tiles);
       run_cub("sort", [&](void* temp, size_t& bytes) {
-        return gpu::sort_pairs(temp, bytes, as_u64(keys), as_u64(sorted), ids.data_ptr<int>(),
-                               point_list, n, end_bit, stream_);
+        return gpu::sort_pairs(temp, bytes, key_buffers, id_buffers, n, end_bit, stream_);
       });
-      gpu::identify_tile_ranges(as_u64(sorted), n, tile_ranges, stream_);
+      gpu::identify_tile_ranges(key_buffers.sorted(), n, tile_ranges, stream_);
     }
     check_stage(c_, "tile_ranges");
+    return ids[id_buffers.current];
   }
 
  private:
@@ -400,8 +405,7 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   for (at::Tensor* t : {&s.tile_ranges, &s.pixel_state, &s.n_contrib, &s.median_contrib})
     uninitialized(*t);
   s.tile_ranges.zero_();
-  s.point_list = device_empty({pairs}, opts.dtype(at::kInt));
-  bins.sort(s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>());
+  s.point_list = bins.sort(s.tile_ranges.data_ptr<int>());
 
   at::Tensor color = device_empty({3, H, W}, opts);
   at::Tensor depth = device_empty({H, W}, opts);

@@ -1052,11 +1052,26 @@ int sort_end_bit(int tiles) {
   return 32 + bits;
 }
 
-cudaError_t sort_pairs(void* temp, size_t& temp_bytes, const uint64_t* keys_in,
-                       uint64_t* keys_out, const int* ids_in, int* ids_out, int pairs,
-                       int end_bit, cudaStream_t stream) {
-  return cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, ids_in, ids_out,
-                                         pairs, 0, end_bit, stream);
+// CUB's radix sort in its DoubleBuffer form, which overwrites both buffers instead of taking
+// scratch for a copy of the data; the buffers that hold the result noted once it has run (the
+// call that only sizes the scratch moves nothing).
+template <typename Key>
+cudaError_t radix_sort(void* temp, size_t& temp_bytes, SortBuffers<Key>& keys,
+                       SortBuffers<int>& values, int count, int end_bit, cudaStream_t stream) {
+  cub::DoubleBuffer<Key> k(keys.sorted(), keys.buffers[keys.current ^ 1]);
+  cub::DoubleBuffer<int> v(values.sorted(), values.buffers[values.current ^ 1]);
+  const cudaError_t status =
+      cub::DeviceRadixSort::SortPairs(temp, temp_bytes, k, v, count, 0, end_bit, stream);
+  if (temp != nullptr) {
+    keys.current ^= k.selector;
+    values.current ^= v.selector;
+  }
+  return status;
+}
+
+cudaError_t sort_pairs(void* temp, size_t& temp_bytes, SortBuffers<uint64_t>& keys,
+                       SortBuffers<int>& ids, int pairs, int end_bit, cudaStream_t stream) {
+  return radix_sort(temp, temp_bytes, keys, ids, pairs, end_bit, stream);
 }
 
 void identify_tile_ranges(const uint64_t* sorted_keys, int pairs, int* tile_ranges,
@@ -1066,12 +1081,10 @@ void identify_tile_ranges(const uint64_t* sorted_keys, int pairs, int* tile_rang
       sorted_keys, pairs, tile_ranges);
 }
 
-cudaError_t sort_depths(void* temp, size_t& temp_bytes, const uint32_t* keys_in,
-                        uint32_t* keys_out, const int* order_in, int* order_out, int count,
-                        cudaStream_t stream) {
+cudaError_t sort_depths(void* temp, size_t& temp_bytes, SortBuffers<uint32_t>& keys,
+                        SortBuffers<int>& order, int count, cudaStream_t stream) {
   // Depth keys have 31 bits (depth_sort_key).
-  return cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, order_in,
-                                         order_out, count, 0, 31, stream);
+  return radix_sort(temp, temp_bytes, keys, order, count, 31, stream);
 }
 
 cudaError_t inclusive_scan_by_depth(void* temp, size_t& temp_bytes, const int64_t* tiles_touched,
@@ -1090,12 +1103,10 @@ void duplicate_tile_keys(const Camera<float>& cam, int count, const GaussianStat
       cam, count, state, order, offsets, keys, ids);
 }
 
-cudaError_t sort_tile_keys(void* temp, size_t& temp_bytes, const uint32_t* keys_in,
-                           uint32_t* keys_out, const int* ids_in, int* ids_out, int pairs,
-                           int tiles, cudaStream_t stream) {
+cudaError_t sort_tile_keys(void* temp, size_t& temp_bytes, SortBuffers<uint32_t>& keys,
+                           SortBuffers<int>& ids, int pairs, int tiles, cudaStream_t stream) {
   // Stable: pairs of one tile keep their depth order.
-  return cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, ids_in, ids_out,
-                                         pairs, 0, max(1, sort_end_bit(tiles) - 32), stream);
+  return radix_sort(temp, temp_bytes, keys, ids, pairs, max(1, sort_end_bit(tiles) - 32), stream);
 }
 
 void identify_tile_ranges(const uint32_t* sorted_keys, int pairs, int* tile_ranges,

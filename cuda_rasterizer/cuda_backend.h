@@ -31,6 +31,16 @@ void preprocess(const Camera<float>& cam, const GaussianInputs<float>& in,
                 const GaussianState<float>& state, DepthKeys depth, int* radii_out,
                 cudaStream_t stream);
 
+// A sort's keys (or values) and a second array of their size. The radix sort moves the data
+// from one to the other at each pass and leaves it in either (`current`; CUB's DoubleBuffer):
+// sorting so takes no scratch copy of the data.
+template <typename T>
+struct SortBuffers {
+  T* buffers[2];
+  int current = 0;
+  T* sorted() const { return buffers[current]; }
+};
+
 // Inclusive prefix sum of tiles_touched into offsets. With temp == nullptr, only sets
 // temp_bytes to the scratch size needed. Returns CUB's status (it launches kernels itself).
 cudaError_t inclusive_scan(void* temp, size_t& temp_bytes, const int64_t* tiles_touched,
@@ -44,10 +54,9 @@ void duplicate_keys(const Camera<float>& cam, int count, const GaussianState<flo
 int sort_end_bit(int tiles);
 
 // Stable radix sort of (key, id) pairs over bits [0, end_bit). temp and the returned status as
-// for inclusive_scan.
-cudaError_t sort_pairs(void* temp, size_t& temp_bytes, const uint64_t* keys_in,
-                       uint64_t* keys_out, const int* ids_in, int* ids_out, int pairs,
-                       int end_bit, cudaStream_t stream);
+// for inclusive_scan; the sorted pairs are where keys and ids say once it has run.
+cudaError_t sort_pairs(void* temp, size_t& temp_bytes, SortBuffers<uint64_t>& keys,
+                       SortBuffers<int>& ids, int pairs, int end_bit, cudaStream_t stream);
 
 // tile_ranges (tiles x 2, zeroed by the caller) from the sorted keys.
 void identify_tile_ranges(const uint64_t* sorted_keys, int pairs, int* tile_ranges,
@@ -57,11 +66,10 @@ void identify_tile_ranges(const uint64_t* sorted_keys, int pairs, int* tile_rang
 // Gaussians sorted by depth once (P keys of 31 bits), then their pairs written in that order
 // with 32-bit tile keys and sorted stably over the tile bits alone (a few passes over 8 bytes a
 // pair instead of 32 + tile bits over 12). Ties in depth keep index order in both ways.
-// The preprocess writes the depth keys (DepthKeys); sort_depths sorts them (temp and the
-// returned status as for inclusive_scan).
-cudaError_t sort_depths(void* temp, size_t& temp_bytes, const uint32_t* keys_in,
-                        uint32_t* keys_out, const int* order_in, int* order_out, int count,
-                        cudaStream_t stream);
+// The preprocess writes the depth keys (DepthKeys); sort_depths sorts them (temp, the returned
+// status and the sorted data as for sort_pairs).
+cudaError_t sort_depths(void* temp, size_t& temp_bytes, SortBuffers<uint32_t>& keys,
+                        SortBuffers<int>& order, int count, cudaStream_t stream);
 // Inclusive prefix sum of tiles_touched[order[k]] over k into offsets: the pairs' offsets in
 // depth order, tiles_touched read where it lies (no gathered copy, no launch for one).
 cudaError_t inclusive_scan_by_depth(void* temp, size_t& temp_bytes, const int64_t* tiles_touched,
@@ -71,9 +79,8 @@ cudaError_t inclusive_scan_by_depth(void* temp, size_t& temp_bytes, const int64_
 void duplicate_tile_keys(const Camera<float>& cam, int count, const GaussianState<float>& state,
                          const int* order, const int64_t* offsets, uint32_t* keys, int* ids,
                          cudaStream_t stream);
-cudaError_t sort_tile_keys(void* temp, size_t& temp_bytes, const uint32_t* keys_in,
-                           uint32_t* keys_out, const int* ids_in, int* ids_out, int pairs,
-                           int tiles, cudaStream_t stream);
+cudaError_t sort_tile_keys(void* temp, size_t& temp_bytes, SortBuffers<uint32_t>& keys,
+                           SortBuffers<int>& ids, int pairs, int tiles, cudaStream_t stream);
 void identify_tile_ranges(const uint32_t* sorted_keys, int pairs, int* tile_ranges,
                           cudaStream_t stream);
 

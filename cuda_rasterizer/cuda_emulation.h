@@ -327,42 +327,59 @@ struct DeviceScan {
   }
 };
 
+// Two arrays of one sort's keys (or values); `selector` names the one that holds them.
+template <typename T>
+struct DoubleBuffer {
+  T* d_buffers[2] = {nullptr, nullptr};
+  int selector = 0;
+  DoubleBuffer() = default;
+  DoubleBuffer(T* current, T* alternate) : d_buffers{current, alternate} {}
+  T* Current() const { return d_buffers[selector]; }
+  T* Alternate() const { return d_buffers[selector ^ 1]; }
+};
+
+// CUB sorts up to this many items in one block (its single-tile path, SM 9.0's policy: 256
+// threads x 19 items), which leaves a DoubleBuffer's data in the other buffer whatever the bits.
+constexpr int kSingleTileItems = 256 * 19;
+
 struct DeviceRadixSort {
+  // In place (CUB's DoubleBuffer form): no scratch copy of the data, each pass moving keys and
+  // values to the other buffer, as CUB's passes do; the single-tile path moves them once. So the
+  // sorted data ends in either buffer, as on a GPU, and callers must read `selector`.
   template <typename Key, typename Value>
-  static cudaError_t SortPairs(void* temp, size_t& temp_bytes, const Key* keys_in, Key* keys_out,
-                               const Value* values_in, Value* values_out, int count,
-                               int begin_bit = 0, int end_bit = int(sizeof(Key) * 8),
-                               cudaStream_t = nullptr) {
+  static cudaError_t SortPairs(void* temp, size_t& temp_bytes, DoubleBuffer<Key>& keys,
+                               DoubleBuffer<Value>& values, int count, int begin_bit = 0,
+                               int end_bit = int(sizeof(Key) * 8), cudaStream_t = nullptr) {
     static_assert(std::is_unsigned<Key>::value, "emulated SortPairs takes unsigned keys");
     const size_t n = size_t(count > 0 ? count : 0);
+    const int passes = (end_bit - begin_bit + 7) / 8;
     if (temp == nullptr) {
-      temp_bytes = n * (sizeof(Key) + sizeof(Value)) + alignof(Key) + 1;
+      temp_bytes = size_t(passes) * 257 * sizeof(size_t);  // digit counts, as CUB's bins
       return cudaSuccess;
     }
-    // Ping-pong between the output and the caller's scratch, 8 bits per pass.
-    auto* scratch_keys = static_cast<Key*>(temp);
-    auto* scratch_values = reinterpret_cast<Value*>(scratch_keys + n);
-    std::copy(keys_in, keys_in + n, keys_out);
-    std::copy(values_in, values_in + n, values_out);
-    Key *src_k = keys_out, *dst_k = scratch_keys;
-    Value *src_v = values_out, *dst_v = scratch_values;
-    for (int bit = begin_bit; bit < end_bit; bit += 8) {
+    if (n == 0) return cudaSuccess;
+    auto* start = static_cast<size_t*>(temp);  // the scratch is really used
+    for (int bit = begin_bit; bit < end_bit; bit += 8, start += 257) {
       const int bits = end_bit - bit < 8 ? end_bit - bit : 8;
       const Key digit_mask = Key((1u << bits) - 1);
-      size_t start[257] = {};
+      std::fill(start, start + 257, size_t(0));
+      const Key* src_k = keys.Current();
+      const Value* src_v = values.Current();
       for (size_t i = 0; i < n; ++i) ++start[((src_k[i] >> bit) & digit_mask) + 1];
       for (int d = 0; d < 256; ++d) start[d + 1] += start[d];
       for (size_t i = 0; i < n; ++i) {
         const size_t to = start[(src_k[i] >> bit) & digit_mask]++;
-        dst_k[to] = src_k[i];
-        dst_v[to] = src_v[i];
+        keys.Alternate()[to] = src_k[i];
+        values.Alternate()[to] = src_v[i];
       }
-      std::swap(src_k, dst_k);
-      std::swap(src_v, dst_v);
+      keys.selector ^= 1;
+      values.selector ^= 1;
     }
-    if (src_k != keys_out) {
-      std::copy(src_k, src_k + n, keys_out);
-      std::copy(src_v, src_v + n, values_out);
+    if (count <= kSingleTileItems && passes % 2 == 0) {  // one move in all, not `passes`
+      std::copy(keys.Current(), keys.Current() + n, keys.Alternate());
+      std::copy(values.Current(), values.Current() + n, values.Alternate());
+      keys.selector ^= 1;
+      values.selector ^= 1;
     }
     return cudaSuccess;
   }
