@@ -314,6 +314,23 @@ def test_cpu_bench_quick_reports_load_work_and_ablation(tmp_path):
     assert r["load"]["cores"] >= 1 and r["load"]["others_cores_used"] >= 0
 
 
+@pytest.mark.skipif(not _backend.has_emulated_cuda(), reason="the emulated CUDA backend was not built")
+def test_peak_memory_reports_a_row_per_frame(tmp_path):
+    """benchmarks/peak_memory.py on the emulated backend: a row per frame, the pairs as the CPU
+    forward counts them, and a forward + backward that holds more than the forward alone."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "peak_memory.py"), "--scales", "0.25,0.5"],
+        capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("112k")]
+    assert [float(r[1]) for r in rows] == [0.25, 0.5]
+    for _, scale, gaussians, pairs, pixels, fwd, both in rows:
+        assert int(gaussians) == 111785 and int(pixels) == 648 * 420 * float(scale) ** 2
+        # the sort's buffers (16 bytes a pair) and the state (44 a Gaussian) at least
+        assert float(fwd) * 2 ** 20 >= 16 * int(pairs) + 44 * int(gaussians)
+        assert float(both) > float(fwd)
+
+
 def test_features_cpu_lanes_off_reports_every_variant(tmp_path):
     """benchmarks/features_cpu.py --lanes-off: each call timed on the lanes and on the
     per-pixel loop, with the load."""
