@@ -44,7 +44,8 @@ void allocate_pixel_state(const RasterConfig& c, ForwardState& s,
                           const at::TensorOptions& opts) {
   const auto ints = opts.dtype(at::kInt);
   const int64_t H = c.image_height, W = c.image_width;
-  s.tile_ranges = at::empty({int64_t(c.tiles_x()) * c.tiles_y(), 2}, ints);
+  if (!s.tile_ranges.defined())  // the CUDA forward makes its own before the sort
+    s.tile_ranges = at::empty({int64_t(c.tiles_x()) * c.tiles_y(), 2}, ints);
   s.pixel_state = at::empty({3, H, W}, opts);
   s.n_contrib = at::empty({H, W}, ints);
   s.median_contrib = at::empty(c.median_depth ? std::vector<int64_t>{H, W} : std::vector<int64_t>{0},

@@ -167,8 +167,8 @@ OptionalOutputs<T> make_optional_outputs(const GaussianTensors& g, const Forward
 // the P-sized part (radii, means2d, conic_opacity, features), all the preprocess needs, ...
 ForwardState allocate_gaussian_state(int64_t count, const at::TensorOptions& opts);
 // ... and, once the scene is known to fit, the per-tile and per-pixel part (tile_ranges,
-// pixel_state, n_contrib, and median_contrib with c.median_depth; tile splits empty). point_list
-// is the caller's, sized by the pair count.
+// unless the caller made it, pixel_state, n_contrib, and median_contrib with c.median_depth;
+// tile splits empty). point_list is the caller's, sized by the pair count.
 void allocate_pixel_state(const RasterConfig& c, ForwardState& s, const at::TensorOptions& opts);
 
 // Gradient tensors shaped like the inputs, and their pointers.

@@ -243,25 +243,36 @@ void require_float32(const GaussianTensors& g) {
 // The tile lists: every (tile, Gaussian) pair, sorted by tile and then by depth (ties in index
 // order), by one of two equivalent ways (gpu::CudaTuning::depth_first_sort): a sort of 64-bit
 // (tile, depth) keys, or a sort by depth of the Gaussians and then a stable one of 32-bit tile
-// keys. depth_keys() is for the preprocess to fill (depth-first); then count_pairs() makes the
-// forward's one host read, and sort() writes the lists.
+// keys. The binning owns what the preprocess writes for it (tiles touched, tile rectangles, the
+// depth keys: binning_state() and depth_keys()); then count_pairs() makes the forward's one host
+// read, and sort() writes the lists. Each buffer is freed once its last reader is queued (the
+// caching allocator reuses it in stream order), so that no stage holds the earlier stages'
+// buffers: the pairs sort beside the Gaussians' state alone, and the render holds none of it.
 class Binning {
  public:
-  Binning(const RasterConfig& c, const at::Tensor& like, const GaussianState<float>& state,
-          cudaStream_t stream)
-      : c_(c), like_(like), state_(state), stream_(stream), cam_(make_camera<float>(c)),
+  Binning(const RasterConfig& c, const at::Tensor& like, cudaStream_t stream)
+      : c_(c), like_(like), stream_(stream), cam_(make_camera<float>(c)),
         count_(int(like.size(0))), depth_first_(gpu::cuda_tuning().depth_first_sort) {
+    const auto ints = like_.options().dtype(at::kInt);
+    tiles_touched_ = device_empty({count_}, like_.options().dtype(at::kLong));
+    static_assert(sizeof(TileRect) == 4 * sizeof(int), "TileRect must be 4 ints");
+    rects_ = device_empty({count_, 4}, ints);
     if (depth_first_) {
-      const auto ints = like_.options().dtype(at::kInt);
       depth_keys_ = device_empty({count_}, ints);
-      unsorted_order_ = device_empty({count_}, ints);
+      order_ = device_empty({count_}, ints);
     }
+  }
+
+  // The Gaussians' state with the binning's fields, for the preprocess and sort().
+  GaussianState<float> binning_state(const ForwardState& s) {
+    return make_state<float>(s, tiles_touched_.data_ptr<int64_t>(),
+                             reinterpret_cast<TileRect*>(rects_.data_ptr<int>()));
   }
 
   // Where the preprocess writes the Gaussians' depth keys; none for the 64-bit sort.
   gpu::DepthKeys depth_keys() {
     if (!depth_first_) return {};
-    return {as_u32(depth_keys_), unsorted_order_.data_ptr<int>()};
+    return {as_u32(depth_keys_), order_.data_ptr<int>()};
   }
 
   // Pair-sized memory the sort needs: keys and ids twice (the sort moves them between two
@@ -272,59 +283,75 @@ class Binning {
 
   int64_t count_pairs() {
     const auto longs = like_.options().dtype(at::kLong);
-    offsets_ = device_empty({count_}, longs);
-    if (count_ == 0) return pairs_ = 0;
-    const int64_t* touched = state_.tiles_touched;
-    int64_t* offsets = offsets_.data_ptr<int64_t>();
+    if (count_ == 0) {
+      offsets_ = device_empty({0}, longs);
+      return pairs_ = 0;
+    }
+    const int64_t* touched = tiles_touched_.data_ptr<int64_t>();
     if (depth_first_) {
       const auto ints = like_.options().dtype(at::kInt);
-      at::Tensor keys[2] = {depth_keys_, device_empty({count_}, ints)};
-      at::Tensor order[2] = {unsorted_order_, device_empty({count_}, ints)};
-      gpu::SortBuffers<uint32_t> key_buffers = {{as_u32(keys[0]), as_u32(keys[1])}};
-      gpu::SortBuffers<int> order_buffers = {{order[0].data_ptr<int>(), order[1].data_ptr<int>()}};
-      run_cub("sort by depth", [&](void* temp, size_t& bytes) {
-        return gpu::sort_depths(temp, bytes, key_buffers, order_buffers, count_, stream_);
-      });
-      order_ = order[order_buffers.current];
+      {
+        at::Tensor keys[2] = {depth_keys_, device_empty({count_}, ints)};
+        at::Tensor order[2] = {order_, device_empty({count_}, ints)};
+        gpu::SortBuffers<uint32_t> key_buffers = {{as_u32(keys[0]), as_u32(keys[1])}};
+        gpu::SortBuffers<int> order_buffers = {
+            {order[0].data_ptr<int>(), order[1].data_ptr<int>()}};
+        run_cub("sort by depth", [&](void* temp, size_t& bytes) {
+          return gpu::sort_depths(temp, bytes, key_buffers, order_buffers, count_, stream_);
+        });
+        order_ = order[order_buffers.current];
+        depth_keys_.reset();  // the keys, and the order's other buffer, go at the scope's end
+      }
+      offsets_ = device_empty({count_}, longs);
       run_cub("scan", [&](void* temp, size_t& bytes) {
-        return gpu::inclusive_scan_by_depth(temp, bytes, touched, order_.data_ptr<int>(), offsets,
-                                            count_, stream_);
+        return gpu::inclusive_scan_by_depth(temp, bytes, touched, order_.data_ptr<int>(),
+                                            offsets_.data_ptr<int64_t>(), count_, stream_);
       });
     } else {
+      offsets_ = device_empty({count_}, longs);
       run_cub("scan", [&](void* temp, size_t& bytes) {
-        return gpu::inclusive_scan(temp, bytes, touched, offsets, count_, stream_);
+        return gpu::inclusive_scan(temp, bytes, touched, offsets_.data_ptr<int64_t>(), count_,
+                                   stream_);
       });
     }
+    tiles_touched_.reset();  // read by the scan alone
     return pairs_ = offsets_[count_ - 1].item<int64_t>();  // the one host read of the forward
   }
 
-  // The point list (Gaussian ids by tile, then depth), and the tile ranges written.
-  at::Tensor sort(int* tile_ranges) {
+  // The point list (Gaussian ids by tile, then depth), and the tile ranges written. The pairs
+  // are written into one buffer of keys and one of ids; the order, offsets and rectangles go
+  // before the second buffers are taken for the sort.
+  at::Tensor sort(const GaussianState<float>& state, int* tile_ranges) {
     const auto opts = like_.options();
-    if (pairs_ == 0) return device_empty({0}, opts.dtype(at::kInt));
-    at::Tensor ids[2] = {device_empty({pairs_}, opts.dtype(at::kInt)),
-                         device_empty({pairs_}, opts.dtype(at::kInt))};
+    if (pairs_ == 0) {
+      release();
+      return device_empty({0}, opts.dtype(at::kInt));
+    }
     const int tiles = c_.tiles_x() * c_.tiles_y();
     const int n = int(pairs_);
-    gpu::SortBuffers<int> id_buffers = {{ids[0].data_ptr<int>(), ids[1].data_ptr<int>()}};
-    const int64_t* offsets = offsets_.data_ptr<int64_t>();
     const auto key_type = depth_first_ ? at::kInt : at::kLong;
-    at::Tensor keys[2] = {device_empty({pairs_}, opts.dtype(key_type)),
-                          device_empty({pairs_}, opts.dtype(key_type))};
+    at::Tensor ids[2] = {device_empty({pairs_}, opts.dtype(at::kInt)), {}};
+    at::Tensor keys[2] = {device_empty({pairs_}, opts.dtype(key_type)), {}};
+    const int64_t* offsets = offsets_.data_ptr<int64_t>();
+    if (depth_first_)
+      gpu::duplicate_tile_keys(cam_, count_, state, order_.data_ptr<int>(), offsets,
+                               as_u32(keys[0]), ids[0].data_ptr<int>(), stream_);
+    else
+      gpu::duplicate_keys(cam_, count_, state, offsets, as_u64(keys[0]), ids[0].data_ptr<int>(),
+                          stream_);
+    check_stage(c_, "duplicate_keys");
+    release();
+    ids[1] = device_empty({pairs_}, opts.dtype(at::kInt));
+    keys[1] = device_empty({pairs_}, opts.dtype(key_type));
+    gpu::SortBuffers<int> id_buffers = {{ids[0].data_ptr<int>(), ids[1].data_ptr<int>()}};
     if (depth_first_) {
       gpu::SortBuffers<uint32_t> key_buffers = {{as_u32(keys[0]), as_u32(keys[1])}};
-      gpu::duplicate_tile_keys(cam_, count_, state_, order_.data_ptr<int>(), offsets,
-                               key_buffers.sorted(), id_buffers.sorted(), stream_);
-      check_stage(c_, "duplicate_keys");
       run_cub("sort", [&](void* temp, size_t& bytes) {
         return gpu::sort_tile_keys(temp, bytes, key_buffers, id_buffers, n, tiles, stream_);
       });
       gpu::identify_tile_ranges(key_buffers.sorted(), n, tile_ranges, stream_);
     } else {
       gpu::SortBuffers<uint64_t> key_buffers = {{as_u64(keys[0]), as_u64(keys[1])}};
-      gpu::duplicate_keys(cam_, count_, state_, offsets, key_buffers.sorted(),
-                          id_buffers.sorted(), stream_);
-      check_stage(c_, "duplicate_keys");
       const int end_bit = gpu::sort_end_bit(tiles);
       run_cub("sort", [&](void* temp, size_t& bytes) {
         return gpu::sort_pairs(temp, bytes, key_buffers, id_buffers, n, end_bit, stream_);
@@ -346,6 +373,11 @@ class Binning {
     check_stage(c_, stage);
   }
 
+  // Every per-Gaussian buffer of the binning, once the pairs are written.
+  void release() {
+    for (at::Tensor* t : {&tiles_touched_, &rects_, &depth_keys_, &order_, &offsets_}) t->reset();
+  }
+
   static uint32_t* as_u32(at::Tensor& t) {
     return reinterpret_cast<uint32_t*>(t.data_ptr<int>());
   }
@@ -355,14 +387,15 @@ class Binning {
 
   const RasterConfig& c_;
   const at::Tensor& like_;
-  const GaussianState<float> state_;
   const cudaStream_t stream_;
   const Camera<float> cam_;
   const int count_;
   const bool depth_first_;
-  at::Tensor depth_keys_, unsorted_order_;  // depth-first: written by the preprocess
-  at::Tensor order_;    // depth-first: the Gaussians by depth
-  at::Tensor offsets_;  // inclusive scan of tiles touched (by depth when depth-first)
+  at::Tensor tiles_touched_;  // written by the preprocess, read by the scan
+  at::Tensor rects_;          // written by the preprocess, read when the pairs are written
+  at::Tensor depth_keys_;     // depth-first: written by the preprocess, sorted with order_
+  at::Tensor order_;          // depth-first: the Gaussians' ids, then by depth
+  at::Tensor offsets_;        // inclusive scan of tiles touched (by depth when depth-first)
   int64_t pairs_ = 0;
 };
 
@@ -374,23 +407,18 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   const cudaStream_t stream = device.stream;
   const int64_t P = g.count(), H = c.image_height, W = c.image_width;
   const auto opts = g.means3D.options();
-  const auto longs = opts.dtype(at::kLong);
 
   // Only P-sized memory until the pair count and the image are known to fit.
   ForwardState s = allocate_gaussian_state(P, opts);
   for (at::Tensor* t : {&s.radii, &s.means2d, &s.conic_opacity, &s.features}) uninitialized(*t);
   const Camera<float> cam = make_camera<float>(c);
   const GaussianInputs<float> in = make_inputs<float>(g);
-  at::Tensor tiles_touched = device_empty({P}, longs);
-  static_assert(sizeof(TileRect) == 4 * sizeof(int), "TileRect must be 4 ints");
-  at::Tensor rects = device_empty({P, 4}, opts.dtype(at::kInt));
-  const GaussianState<float> st = make_state<float>(
-      s, tiles_touched.data_ptr<int64_t>(), reinterpret_cast<TileRect*>(rects.data_ptr<int>()));
 
   stage_timer().start("forward", stream);
-  Binning bins(c, g.means3D, st, stream);
+  Binning bins(c, g.means3D, stream);
+  const GaussianState<float> binning_state = bins.binning_state(s);
   at::Tensor radii = device_empty({P}, opts.dtype(at::kInt));  // the caller's copy
-  gpu::preprocess(cam, in, st, bins.depth_keys(), radii.data_ptr<int>(), stream);
+  gpu::preprocess(cam, in, binning_state, bins.depth_keys(), radii.data_ptr<int>(), stream);
   check_stage(c, "preprocess");
   const int64_t pairs = bins.count_pairs();
   // colour (3), depth, weight, the saved pixel state (3) and n_contrib, and the optional maps
@@ -401,11 +429,13 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   check_tile_pairs(pairs, bins.bytes_per_pair(), available);
   check_image_buffers(H, W, pixel_bytes, available - pair_bytes);
 
-  allocate_pixel_state(c, s, opts);
-  for (at::Tensor* t : {&s.tile_ranges, &s.pixel_state, &s.n_contrib, &s.median_contrib})
-    uninitialized(*t);
+  s.tile_ranges = device_empty({int64_t(c.tiles_x()) * c.tiles_y(), 2}, opts.dtype(at::kInt));
   s.tile_ranges.zero_();
-  s.point_list = bins.sort(s.tile_ranges.data_ptr<int>());
+  s.point_list = bins.sort(binning_state, s.tile_ranges.data_ptr<int>());
+  // The pixels' state after the sort, so that the sort does not hold it.
+  allocate_pixel_state(c, s, opts);
+  for (at::Tensor* t : {&s.pixel_state, &s.n_contrib, &s.median_contrib}) uninitialized(*t);
+  const GaussianState<float> st = make_state<float>(s, nullptr, nullptr);  // binning's freed
 
   at::Tensor color = device_empty({3, H, W}, opts);
   at::Tensor depth = device_empty({H, W}, opts);
