@@ -281,12 +281,11 @@ class Binning {
     return 2 * int64_t((depth_first_ ? sizeof(uint32_t) : sizeof(uint64_t)) + sizeof(int));
   }
 
+  // The number of pairs, by a scan of the tiles touched (in depth order when depth-first, the
+  // Gaussians sorted by depth first): the forward's one host read.
   int64_t count_pairs() {
+    if (count_ == 0) return pairs_ = 0;
     const auto longs = like_.options().dtype(at::kLong);
-    if (count_ == 0) {
-      offsets_ = device_empty({0}, longs);
-      return pairs_ = 0;
-    }
     const int64_t* touched = tiles_touched_.data_ptr<int64_t>();
     if (depth_first_) {
       const auto ints = like_.options().dtype(at::kInt);

@@ -49,6 +49,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+from benchmarks.peak_memory import peak_extra_bytes  # noqa: E402
 from benchmarks.scenes import Scene, garden_scene, load_garden  # noqa: E402
 
 MIB = 1024.0 * 1024.0
@@ -398,19 +399,18 @@ def peak_memory(p: _Prepared, scene: Scene, device: torch.device) -> dict:
     """Peak extra CUDA memory (MiB) of one forward, and of one forward + backward."""
     if device.type != "cuda":
         return {"peak_fwd_mib": None, "peak_fwd_bwd_mib": None}
+
+    def forward():
+        with torch.no_grad():
+            p.forward()
+
+    def forward_backward():
+        p.loss(p.forward()).backward()
+
     out = {}
-    for key, with_grad in (("peak_fwd_mib", False), ("peak_fwd_bwd_mib", True)):
+    for key, call in (("peak_fwd_mib", forward), ("peak_fwd_bwd_mib", forward_backward)):
         _zero_grads(scene)
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        if with_grad:
-            p.loss(p.forward()).backward()
-        else:
-            with torch.no_grad():
-                p.forward()
-        torch.cuda.synchronize()
-        out[key] = (torch.cuda.max_memory_allocated() - base) / MIB
+        out[key] = peak_extra_bytes(call, device) / MIB
     _zero_grads(scene)
     return out
 
