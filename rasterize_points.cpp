@@ -40,12 +40,15 @@ ForwardState allocate_gaussian_state(int64_t count, const at::TensorOptions& opt
   return s;
 }
 
+void allocate_tile_ranges(const RasterConfig& c, ForwardState& s,
+                          const at::TensorOptions& opts) {
+  s.tile_ranges = at::empty({int64_t(c.tiles_x()) * c.tiles_y(), 2}, opts.dtype(at::kInt));
+}
+
 void allocate_pixel_state(const RasterConfig& c, ForwardState& s,
                           const at::TensorOptions& opts) {
   const auto ints = opts.dtype(at::kInt);
   const int64_t H = c.image_height, W = c.image_width;
-  if (!s.tile_ranges.defined())  // the CUDA forward makes its own before the sort
-    s.tile_ranges = at::empty({int64_t(c.tiles_x()) * c.tiles_y(), 2}, ints);
   s.pixel_state = at::empty({3, H, W}, opts);
   s.n_contrib = at::empty({H, W}, ints);
   s.median_contrib = at::empty(c.median_depth ? std::vector<int64_t>{H, W} : std::vector<int64_t>{0},
@@ -275,6 +278,7 @@ ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g) {
     weight = at::empty({H, W}, opts);
     feature_map = at::empty({g.channels(), H, W}, opts);
     median = at::empty({c.median_depth ? H : 0, W}, opts);
+    allocate_tile_ranges(c, s, opts);
     allocate_pixel_state(c, s, opts);
     s.point_list = at::empty({pairs}, opts.dtype(at::kInt));
     cpu::bin_gaussians(cam, int(P), st, s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>());

@@ -166,9 +166,11 @@ OptionalOutputs<T> make_optional_outputs(const GaussianTensors& g, const Forward
 // The forward's state is allocated in two steps, so that the size checks below run in between:
 // the P-sized part (radii, means2d, conic_opacity, features), all the preprocess needs, ...
 ForwardState allocate_gaussian_state(int64_t count, const at::TensorOptions& opts);
-// ... and, once the scene is known to fit, the per-tile and per-pixel part (tile_ranges,
-// unless the caller made it, pixel_state, n_contrib, and median_contrib with c.median_depth;
-// tile splits empty). point_list is the caller's, sized by the pair count.
+// ... and, once the scene is known to fit, the per-tile part (tile_ranges: the binning writes
+// it) and the per-pixel part (pixel_state, n_contrib, and median_contrib with c.median_depth;
+// tile splits empty), which the CUDA forward takes after its sort. point_list is the caller's,
+// sized by the pair count.
+void allocate_tile_ranges(const RasterConfig& c, ForwardState& s, const at::TensorOptions& opts);
 void allocate_pixel_state(const RasterConfig& c, ForwardState& s, const at::TensorOptions& opts);
 
 // Gradient tensors shaped like the inputs, and their pointers.

@@ -428,7 +428,7 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   check_tile_pairs(pairs, bins.bytes_per_pair(), available);
   check_image_buffers(H, W, pixel_bytes, available - pair_bytes);
 
-  s.tile_ranges = device_empty({int64_t(c.tiles_x()) * c.tiles_y(), 2}, opts.dtype(at::kInt));
+  allocate_tile_ranges(c, s, opts);
   s.tile_ranges.zero_();
   s.point_list = bins.sort(binning_state, s.tile_ranges.data_ptr<int>());
   // The pixels' state after the sort, so that the sort does not hold it.
