@@ -56,6 +56,10 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     With raster_settings.debug, non-finite inputs raise a ValueError naming them, and an error
     of the backend writes a snapshot of the call (see `replay_snapshot`).
     """
+    if _backend.compiling():  # torch.compile: one graph break here, the call run eagerly
+        return _backend.untraced(rasterize_gaussians)(
+            means3D, means2D, sh, colors_precomp, opacities, scales, rotations, cov3Ds_precomp,
+            raster_settings, dc, features, median_depth, inverse_depth)
     common = _backend.check_common(means3D, means2D, opacities, sh, colors_precomp, scales,
                                    rotations, cov3Ds_precomp, dc, features, raster_settings,
                                    median_depth, inverse_depth)
@@ -188,6 +192,7 @@ class GaussianRasterizer(nn.Module):
         super().__init__()
         self.raster_settings = raster_settings
 
+    @_backend.run_eagerly_under_compile
     def markVisible(self, positions: torch.Tensor) -> torch.Tensor:
         """Bool mask (P,) of the points in front of the near plane; no gradient."""
         from ._validation import _require_tensor, _require_shape

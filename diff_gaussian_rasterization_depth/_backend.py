@@ -1,5 +1,7 @@
 """Thin bridge to the compiled extension `_C`: packs settings and tensors, dispatches by device."""
 import contextlib
+import functools
+import sys
 
 import torch
 
@@ -23,6 +25,44 @@ def _ext():
             f"({_IMPORT_ERROR}). Install the package with "
             "`pip install --no-build-isolation .` from its source directory.")
     return _C
+
+
+def _compile_api(name):
+    """torch.compiler's `name` (PyTorch 2.1+; torch._dynamo's before), or None before 2.0."""
+    for module in ("compiler", "_dynamo"):
+        found = getattr(getattr(torch, module, None), name, None)
+        if found is not None:
+            return found
+    return None
+
+
+_is_compiling = _compile_api("is_compiling") or (lambda: False)
+_untraced = {}
+
+
+def compiling() -> bool:
+    """True while torch.compile traces the caller. PyTorch imports TorchDynamo for
+    torch.compile alone, so a program that never compiles pays one dictionary lookup."""
+    return "torch._dynamo" in sys.modules and _is_compiling()
+
+
+def untraced(fn):
+    """`fn` as torch.compile should meet a function that calls into `_C`: one graph break, the
+    call run by the interpreter as without torch.compile (autograd included). TorchDynamo
+    cannot trace into a compiled extension; left to try, it broke the graph at each call into
+    `_C` and warned of each. Made at the first compiled call (making it imports TorchDynamo, a
+    second on every import of the package), then kept."""
+    if fn not in _untraced:
+        _untraced[fn] = _compile_api("disable")(fn)
+    return _untraced[fn]
+
+
+def run_eagerly_under_compile(fn):
+    """Decorator: `fn` called through `untraced` under torch.compile, itself otherwise."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return untraced(fn)(*args, **kwargs) if compiling() else fn(*args, **kwargs)
+    return call
 
 
 def _renderer():

@@ -56,6 +56,7 @@ class SparseGaussianAdam(torch.optim.Adam):
     def __init__(self, params, lr, eps):
         super().__init__(params=params, lr=lr, eps=eps)
 
+    @_backend.run_eagerly_under_compile
     @torch.no_grad()
     def step(self, visibility, N):
         N = int(N)

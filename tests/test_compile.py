@@ -1,0 +1,118 @@
+"""torch.compile around the rasterizer: a compiled 3DGS training step (activations, SH colours,
+a loss on colour, depth and weight) gives eager mode's loss and gradients, meets the rasterizer
+as one graph break and warns of nothing; markVisible and SparseGaussianAdam.step likewise."""
+import warnings
+
+import pytest
+import torch
+
+import scenes
+from diff_gaussian_rasterization_depth import (GaussianRasterizer, SparseGaussianAdam,
+                                               rasterize_gaussians)
+
+torch_dynamo = pytest.importorskip("torch._dynamo", reason="torch.compile came with PyTorch 2.0")
+
+PARAMETERS = ("means3D", "opacity_logits", "log_scales", "rotations", "shs")
+
+
+def raw_parameters(seed):
+    """A random scene's Gaussians as a 3DGS model stores them (before activations), with SH of
+    degree 1, and its settings."""
+    scene = scenes.make_scene(seed, P=80, height=38, width=45, sh_degree=1, outliers=False)
+    i = scene.inputs
+    raw = {"means3D": i["means3D"], "opacity_logits": torch.logit(i["opacities"]),
+           "log_scales": i["scales"].log(), "rotations": i["rotations"] * 1.7, "shs": i["shs"]}
+    return {k: v.detach().clone().requires_grad_() for k, v in raw.items()}, scene.settings
+
+
+def training_loss(settings, target, means3D, opacity_logits, log_scales, rotations, shs):
+    """3DGS's render and loss: activations, the rasterizer, L1 colour, a depth and a weight
+    term."""
+    means2D = torch.zeros_like(means3D)
+    color, radii, depth, weight = rasterize_gaussians(
+        means3D, means2D, shs, None, torch.sigmoid(opacity_logits), torch.exp(log_scales),
+        torch.nn.functional.normalize(rotations, dim=-1), None, settings)
+    loss = (color - target).abs().mean() + 0.1 * (depth * weight).mean() + (1 - weight).mean()
+    return loss, radii
+
+
+def loss_and_grads(step, settings, target, params):
+    loss, radii = step(settings, target, *(params[k] for k in PARAMETERS))
+    grads = torch.autograd.grad(loss, [params[k] for k in PARAMETERS])
+    return loss.detach(), radii, grads
+
+
+def dynamo_warnings(caught):
+    return [str(w.message) for w in caught if "ynamo" in str(w.message)
+            or "diff_gaussian_rasterization_depth._C" in str(w.message)]
+
+
+@pytest.mark.parametrize("seed", [0])
+def test_compiled_training_step_matches_eager(seed):
+    """Inductor, torch.compile's default: the loss, the radii and every parameter's gradient as
+    in eager mode, on two scenes of the same shapes (the second through the code compiled for
+    the first, or a recompile), with no warning from TorchDynamo."""
+    torch_dynamo.reset()
+    compiled = torch.compile(training_loss)
+    gen = torch.Generator().manual_seed(1000 + seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for scene_seed in (seed, seed + 1):
+            params, settings = raw_parameters(scene_seed)
+            target = torch.rand((3, settings.image_height, settings.image_width), generator=gen)
+            loss, radii, grads = loss_and_grads(training_loss, settings, target, params)
+            c_loss, c_radii, c_grads = loss_and_grads(compiled, settings, target, params)
+            assert (radii > 0).sum() > 20  # a scene that draws
+            assert torch.equal(c_radii, radii)
+            torch.testing.assert_close(c_loss, loss, rtol=1e-5, atol=1e-6)
+            for name, g, c in zip(PARAMETERS, grads, c_grads):
+                assert g.abs().max() > 0, name
+                torch.testing.assert_close(c, g, rtol=1e-4, atol=1e-6 * float(g.abs().max()),
+                                           msg=lambda m: f"{name}: {m}")
+    assert dynamo_warnings(caught) == []
+
+
+def test_compiled_step_breaks_the_graph_once_at_the_rasterizer():
+    """Once warm, TorchDynamo stops its graph at the rasterizer's call alone: it does not trace
+    into the package (where each call into the extension was a graph break of its own)."""
+    torch_dynamo.reset()
+    params, settings = raw_parameters(5)
+    target = torch.rand((3, settings.image_height, settings.image_width))
+    args = (settings, target) + tuple(params[k] for k in PARAMETERS)
+    torch.compile(training_loss, backend="eager")(*args)  # the first call makes the untraced form
+    explained = torch_dynamo.explain(training_loss)(*args)
+    assert explained.graph_break_count == 1
+    assert "disable" in str(explained.break_reasons[0].reason)
+    assert explained.graph_count == 2  # the activations before, the loss after
+
+
+def test_compiled_mark_visible_and_sparse_adam_match_eager():
+    """markVisible and SparseGaussianAdam.step called inside a compiled function: what eager
+    mode gives, bit for bit (both run eagerly), without warnings."""
+    torch_dynamo.reset()
+    params, settings = raw_parameters(7)
+    rasterizer = GaussianRasterizer(settings)
+    gen = torch.Generator().manual_seed(7)
+    N = params["means3D"].shape[0]
+    visible = torch.rand(N, generator=gen) < 0.6
+    grads = {k: torch.randn(p.shape, generator=gen) for k, p in params.items()}
+
+    def make_optimizer():
+        copies = [{"params": [p.detach().clone()], "lr": 0.01, "name": k} for k, p in params.items()]
+        for group in copies:
+            group["params"][0].grad = grads[group["name"]].clone()
+        return SparseGaussianAdam(copies, lr=0.0, eps=1e-15)
+
+    eager, compiled = make_optimizer(), make_optimizer()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        seen = torch.compile(rasterizer.markVisible, backend="eager")(params["means3D"].detach())
+        for _ in range(2):
+            eager.step(visible, N)
+            torch.compile(lambda: compiled.step(visible, N), backend="eager")()
+    assert torch.equal(seen, rasterizer.markVisible(params["means3D"].detach()))
+    assert seen.any()
+    for a, b in zip(eager.param_groups, compiled.param_groups):
+        assert torch.equal(a["params"][0], b["params"][0]), a["name"]
+        assert not torch.equal(a["params"][0], params[a["name"]].detach()), a["name"]
+    assert dynamo_warnings(caught) == []
