@@ -294,11 +294,11 @@ struct PixelAccum {
   // sums (finish_split).
   DGRD_HD void save_split(const TileSplits& s, int part, int thread) const {
     s.value(part, 0, thread) = transmittance;
-    for (int k = 0; k < kFeatures; ++k) s.value(part, 1 + k, thread) = sum(k);
+    for (int k = 0; k < kWalkedFeatures; ++k) s.value(part, 1 + k, thread) = sum(k);
   }
   DGRD_HD void finish_split(const TileSplits& s, int part, int thread) const {
     const T split_transmittance = s.value(part, 0, thread);
-    for (int k = 0; k < kFeatures; ++k) {
+    for (int k = 0; k < kWalkedFeatures; ++k) {
       T& saved = s.value(part, 1 + k, thread);
       saved = (sum(k) - saved) / split_transmittance;
     }
@@ -406,14 +406,18 @@ DGRD_HD void alpha_grad_to_splat(T dalpha, T G, Vec2<T> d, const Shape& shape,
 
 // Reverse walk of one pixel, back to front from its last blended splat. The five blended
 // features are (r, g, b, z, 1); their upstream gradients are the colour gradient, g_S and
-// g_Wtot of SPEC 6, and the background enters the colour alone.
+// g_Wtot of SPEC 6, and the background enters the colour alone. The walk carries sums of the
+// first four only: the weight, sum w = 1 - T_final, and the background's part of the colour,
+// T_final bg, depend on splat i through T_final alone, and d T_final / d alpha_i = -T_final /
+// (1 - alpha_i), so their part of dL/dalpha_i is T_final (g_Wtot - <bg, g_colour>) / (1 -
+// alpha_i). Where the walk took it as T_i (1 - sum behind), a saturated pixel lost digits: 1
+// minus a sum near 1, for what is T_final / T_{i+1}.
 template <typename T>
 struct PixelBackward {
-  T upstream[kFeatures];
-  T background_dot;     // <background, dL/dcolor>
-  T final_transmittance;
+  T upstream[kWalkedFeatures];
+  T final_grad;         // T_final (g_Wtot - <background, g_colour>)
   T transmittance;      // T_i, recovered by dividing back
-  T behind[kFeatures];  // normalized features accumulated behind the current splat
+  T behind[kWalkedFeatures];  // normalized features accumulated behind the current splat
 
   // Starts the walk of pixel p from what the forward saved and the upstream gradients (any
   // of which may be absent).
@@ -424,7 +428,7 @@ struct PixelBackward {
     const T depth = px.pixel_state[PixelBuffers<T>::kDepth * plane + p];
     const T ddepth = grads.depth ? grads.depth[p] : T(0);
     const T dweight = grads.weight ? grads.weight[p] : T(0);
-    background_dot = T(0);
+    T background_dot = T(0);  // <background, g_colour>
     for (int c = 0; c < kColorChannels; ++c) {
       upstream[c] = grads.color ? grads.color[c * plane + p] : T(0);
       background_dot += background[c] * upstream[c];
@@ -432,17 +436,16 @@ struct PixelBackward {
     // depth = S / weight: g_S = g_D / weight, g_Wtot = g_W - g_D depth / weight.
     const T g_s = weight > T(0) ? ddepth / weight : T(0);
     upstream[kDepthFeature] = g_s;
-    upstream[kWeightFeature] = dweight - g_s * depth;
-    final_transmittance = final_T;
+    final_grad = final_T * (dweight - g_s * depth - background_dot);
     transmittance = final_T;
-    for (int f = 0; f < kFeatures; ++f) behind[f] = T(0);
+    for (int f = 0; f < kWalkedFeatures; ++f) behind[f] = T(0);
   }
 
   // Moves the start of the walk to a split of the pixel's tile list (after init): the splat in
   // front of the split is the next one un-blended (PixelAccum::save_split).
   DGRD_HD void resume(const TileSplits& s, int part, int thread) {
     transmittance = s.value(part, 0, thread);
-    for (int k = 0; k < kFeatures; ++k) behind[k] = s.value(part, 1 + k, thread);
+    for (int k = 0; k < kWalkedFeatures; ++k) behind[k] = s.value(part, 1 + k, thread);
   }
 
   // Un-blends the splat in front of those already visited, accumulating its gradients.
@@ -490,16 +493,16 @@ struct PixelBackward {
   DGRD_HD T unblend(T alpha, T factor, Vec4<T> feature, SplatGrad<T>& grad) {
     transmittance = transmittance * factor;
     const T w = alpha * transmittance;
-    const T f[kFeatures] = {feature.x, feature.y, feature.z, feature.w, T(1)};
+    const T f[kWalkedFeatures] = {feature.x, feature.y, feature.z, feature.w};
     T dalpha = T(0);
-    for (int k = 0; k < kFeatures; ++k) {
+    for (int k = 0; k < kWalkedFeatures; ++k) {
       dalpha += (f[k] - behind[k]) * upstream[k];
       // This splat joins those behind the next one in front. (Taken here rather than at the
       // next step, where it once was, so that no alpha and features are carried across steps:
       // on the GPU, six fewer registers moved at every step.)
       behind[k] = alpha * f[k] + (T(1) - alpha) * behind[k];
     }
-    dalpha = dalpha * transmittance - final_transmittance * factor * background_dot;
+    dalpha = dalpha * transmittance + final_grad * factor;
 
     grad.feature = {w * upstream[0], w * upstream[1], w * upstream[2], w * upstream[kDepthFeature]};
     return dalpha;

@@ -26,6 +26,9 @@ constexpr int kMaxShCoeffs = 16;       // SH degree 3
 constexpr int kFeatures = 5;
 constexpr int kDepthFeature = 3;
 constexpr int kWeightFeature = 4;
+// The features the backward's walk carries sums of: all but the weight, whose gradient has a
+// closed form (PixelBackward).
+constexpr int kWalkedFeatures = kWeightFeature;
 
 constexpr double kNearPlane = 0.2;           // culled if view z <= this
 constexpr double kHomEps = 1e-7;             // ndc = hom.xyz / (hom.w + kHomEps)

@@ -434,12 +434,11 @@ DGRD_LANE_CLONES void render_backward_group(const Camera<float>& cam, const Stag
     } else {
       one = PixelBackward<float>{};  // zeros: an outside lane takes no step
     }
-    for (int f = 0; f < dgrd::kFeatures; ++f) {
+    for (int f = 0; f < dgrd::kWalkedFeatures; ++f) {
       pb.upstream[f].v[k] = one.upstream[f];
       pb.behind[f].v[k] = one.behind[f];
     }
-    pb.background_dot.v[k] = one.background_dot;
-    pb.final_transmittance.v[k] = one.final_transmittance;
+    pb.final_grad.v[k] = one.final_grad;
     pb.transmittance.v[k] = one.transmittance;
     for (int c = 0; c < channels; ++c)
       upstream[c].v[k] = inside ? extra.feature_map[c * plane + p] : 0.f;

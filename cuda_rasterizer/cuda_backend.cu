@@ -919,6 +919,9 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
         }
       }
       if (!__any_sync(kFullWarp, contributes)) return true;
+      // dL/dF = w g, 0 where the pixel does not blend the splat: w = 0 there, but 0 x g is
+      // NaN at a pixel whose upstream gradient is, which would reach every splat its warp visits.
+      const auto dfeature = [&](int c) { return zero_unless(contributes, w * upstream[c]); };
       SplatGrad<float>* out = splat_grads + batch.mean_id[j].id;
       float* features_grad =
           extra.features_grad + uint64_t(batch.mean_id[j].id) * extra.channels + me.first;
@@ -927,7 +930,7 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
         float v[6 + kChunk] = {g.mean2d.x, g.mean2d.y, g.conic.a, g.conic.b, g.conic.c,
                                g.opacity};
 #pragma unroll
-        for (int c = 0; c < kChunk; ++c) v[6 + c] = w * upstream[c];
+        for (int c = 0; c < kChunk; ++c) v[6 + c] = dfeature(c);
         const float total = warp_scatter_total(v);
         if (slot >= 0)
           atomicAdd(slot < 6 ? reinterpret_cast<float*>(out) + slot : features_grad + (slot - 6),
@@ -944,7 +947,7 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
       warp_add(g.opacity, &out->opacity);
 #pragma unroll
       for (int c = 0; c < kChunk; ++c)
-        if (c < me.count) warp_add(w * upstream[c], features_grad + c);
+        if (c < me.count) warp_add(dfeature(c), features_grad + c);
       return true;
     });
   }

@@ -102,7 +102,7 @@ struct CudaTuning {
 CudaTuning& cuda_tuning();
 
 // TileSplits::length for a forward of `pairs` tile pairs on a GPU of `multiprocessors` SMs (0:
-// no split): the splits' state costs 24 bytes a pixel of a split, (pairs - 1) / length at most.
+// no split): the splits' state costs 20 bytes a pixel of a split, (pairs - 1) / length at most.
 int split_length(int64_t pairs, int multiprocessors);
 // Whether the forward walks split lists in parts (CudaTuning::split_forward): then the caller
 // gives splits.composite.

@@ -139,9 +139,9 @@ struct TileSplits {
   float* state;  // capacity x kSplitValues x kTilePixels
   float* composite;  // split forward: capacity x kCompositeValues x kTilePixels; else null
 
-  // Per pixel: transmittance, then the five blended sums (save_split: front sums; finish_split:
-  // normalized sums behind).
-  static constexpr int kSplitValues = 1 + kFeatures;
+  // Per pixel: transmittance, then the sums of the four features the backward walks
+  // (save_split: front sums; finish_split: normalized sums behind).
+  static constexpr int kSplitValues = 1 + kWalkedFeatures;
   static constexpr int kCompositeValues = 2 + kFeatures;  // P, S, the last blend
 
   DGRD_HD int parts_of(int n) const {

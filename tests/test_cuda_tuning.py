@@ -415,7 +415,7 @@ def test_split_tile_lists(scene_name, optional, target, tuning):
     unreached = longer = 0
     for length in (256, 512):
         table, slots = states[str(length)][9], states[str(length)][10]
-        assert table[0].item() == length and slots.shape == ((pairs - 1) // length, 6, 256)
+        assert table[0].item() == length and slots.shape == ((pairs - 1) // length, 5, 256)
         parts = table[1:].view(-1, 2)
         expected = torch.zeros_like(parts)
         expected[:, 0] = -1

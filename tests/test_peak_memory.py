@@ -37,8 +37,8 @@ WRITTEN_BYTES_A_PAIR, SORTING_BYTES_A_PAIR, KEPT_BYTES_A_PAIR = 8, 16, 4
 # A pixel, taken after the sort: the saved pixel state (final T, weight and depth: 12) and
 # n_contrib (4); the colour (12), depth (4) and weight (4). A tile: its range (8).
 STATE_BYTES_A_PIXEL, OUTPUT_BYTES_A_PIXEL, BYTES_A_TILE = 16, 20, 8
-# A split slot (TileSplits): its saved state (6 values) and its composite (7), a tile's pixels.
-SLOT_BYTES = (6 + 7) * 256 * 4
+# A split slot (TileSplits): its saved state (5 values) and its composite (7), a tile's pixels.
+SLOT_BYTES = (5 + 7) * 256 * 4
 # CUB's own scratch (digit counts, look-back tiles; a few tens of KiB at these sizes), the
 # caching allocator's rounding of each buffer to 512 bytes, the small tensors.
 SLACK = 256 << 10

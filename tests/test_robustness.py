@@ -597,14 +597,15 @@ def render_with_features(scene, features, ups, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("nan_in", ["feature", "upstream"])
+@pytest.mark.parametrize("nan_in", ["feature", "upstream", "feature-map-upstream"])
 def test_a_nan_spoils_only_the_gaussians_that_share_its_pixels(nan_in, device):
     """A NaN feature value of one Gaussian (features take no part in culling: doc/api.md), or a
-    NaN upstream gradient at one pixel: the maps are as without it outside that Gaussian's (that
-    pixel's) pixels, and every Gaussian that shares none of them gets the gradients it gets
-    without the NaN. Both backends step every lane of a group where one pixel blends the splat
-    (the CPU's 8 pixels, a CUDA warp's 32): a lane whose pixel does not blend it must add 0 even
-    where its walk holds the NaN."""
+    NaN upstream gradient at one pixel, of the colour or of the feature map: the maps are as
+    without it outside that Gaussian's (that pixel's) pixels, and every Gaussian that shares
+    none of them gets the gradients it gets without the NaN. Both backends step every lane of a
+    group where one pixel blends the splat (the CPU's 8 pixels, a CUDA warp's 32): a lane whose
+    pixel does not blend it must add 0 even where its walk holds the NaN (the CUDA feature
+    backward added w g = 0 x NaN to dL/dF until stop 44)."""
     for seed in range(2):
         scene = scenes.make_scene(15100 + seed, P=300, height=48, width=64, scale_modifier=0.4,
                                   outliers=False)
@@ -626,12 +627,17 @@ def test_a_nan_spoils_only_the_gaussians_that_share_its_pixels(nan_in, device):
             y, x = divmod(int(torch.argmax(touched.sum(0))), W)
             spoiled = torch.zeros(H, W, dtype=torch.bool)
             spoiled[y, x] = True
-            spoiled_ups[0][1, y, x] = float("nan")
+            if nan_in == "upstream":
+                spoiled_ups[0][1, y, x] = float("nan")
+            else:
+                spoiled_ups[3][2, y, x] = float("nan")
         apart = ~(touched & spoiled).flatten(1).any(1)
         assert 50 < int(apart.sum()) < scene.P and int(spoiled.sum()) > 0
         maps, grads = render_with_features(scene, spoiled_F, spoiled_ups, device)
         clean_maps, clean_grads = render_with_features(scene, F, ups, device)
         assert torch.isnan(maps[3] if nan_in == "feature" else grads["means3D"]).any()
+        if nan_in == "feature-map-upstream":
+            assert torch.isnan(grads["features"][~apart, 2]).any()
         for name, m, c in zip(("color", "depth", "weight", "feature map"), maps, clean_maps):
             assert_same(m[..., ~spoiled], c[..., ~spoiled], device, f"seed {seed} {name}")
         for name, g in grads.items():
