@@ -12,6 +12,9 @@
 #   1. build this package in place for the visible GPU's architecture only, unless .whl/prebuilt/
 #      holds its build for these sources, this Python, PyTorch and GPU (tools/prebuilt.py; made
 #      ahead, without a GPU, by tools/build_for_gpu_image.sh)
+#   1b. the CPU backend against the reference on three small scenes (tools/cpu_probe.py): the
+#      CUDA-vs-CPU tests' oracle; where it dies, cuda-gdb's backtrace and the probe without a
+#      CUDA context, without the lanes, on one thread (the tests then run so if that works)
 #   2. CUDA-vs-CPU tests (tests/test_cuda.py), then the garden 112k frame's largest CUDA-vs-CPU
 #      differences (benchmarks/compare_cuda_cpu.py -> compare_cuda_cpu.json)
 #   3. the other CUDA tests (robustness, debug, inputs), then the README's demo on the GPU
@@ -225,14 +228,18 @@ print(build_tag(f"{major}.{minor}"))
 PYEOF
 )
 note "$(sed -n 1p <<< "$facts" | grep . || echo "$PY could not import torch")"
-[ -z "${TORCH_CUDA_ARCH_LIST:-}" ] && TORCH_CUDA_ARCH_LIST=$(sed -n 2p <<< "$facts")
+# The GPU's compute capability ("9.0"): what a build carried in .whl/prebuilt must be for. The
+# image may preset TORCH_CUDA_ARCH_LIST (the H200's did, to "9.0a", 2026-12-04), which only
+# changes what a build here compiles for.
+gpu_arch=$(sed -n 2p <<< "$facts")
+[ -z "${TORCH_CUDA_ARCH_LIST:-}" ] && TORCH_CUDA_ARCH_LIST=$gpu_arch
 export TORCH_CUDA_ARCH_LIST
 gsplat_tag=$(sed -n 3p <<< "$facts")
 # The toolkit for every build here (ours, gsplat's JIT, the original): tools/cuda_home.sh.
 CUDA_HOME=$(bash tools/cuda_home.sh 2>/dev/null) && export CUDA_HOME
 note "CUDA_HOME=${CUDA_HOME:-unset}"
 note "TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-unset}"
-if [ "$DRY" = 0 ] && [ -z "$TORCH_CUDA_ARCH_LIST" ]; then
+if [ "$DRY" = 0 ] && [ -z "$gpu_arch" ]; then
     note "no CUDA device visible: nothing to do (use --dry-run to check the staging)"
     status=1
     finish
@@ -293,7 +300,7 @@ if [ "$DRY" = 1 ]; then
     stage build 60 "$PY" -c "import diff_gaussian_rasterization_depth as d; \
 print('dry run: imported', d.__file__, '| CUDA backend:', d.has_cuda_backend())"
     [ -f .whl/prebuilt/prebuilt.json ] && note "  $(timeout 60 "$PY" tools/prebuilt.py check \
-        .whl/prebuilt --arch "${TORCH_CUDA_ARCH_LIST:-9.0}" 2>&1)"
+        .whl/prebuilt --arch "${gpu_arch:-9.0}" 2>&1)"
 else
     has_cuda_backend() {
         "$PY" -c "import diff_gaussian_rasterization_depth as d, sys; \
@@ -304,7 +311,7 @@ sys.exit(0 if d.has_cuda_backend() else 1)"
     prebuilt=0
     if [ -f .whl/prebuilt/prebuilt.json ]; then
         why=$(timeout 60 "$PY" tools/prebuilt.py install .whl/prebuilt \
-              --arch "$TORCH_CUDA_ARCH_LIST" 2>&1) && prebuilt=1
+              --arch "$gpu_arch" 2>&1) && prebuilt=1
         note "  $why"
         if [ "$prebuilt" = 1 ] && ! has_cuda_backend; then
             note "  the prebuilt _C does not load here: building it"
@@ -340,6 +347,34 @@ import diff_gaussian_rasterization._C" 2>/dev/null; then
         background orig-build 400 "$orig_log" bash -c "cd .whl/orig && \
 NVCC_APPEND_FLAGS='-include cstdint' MAX_JOBS=5 '$PY' setup.py build_ext --inplace"
         orig_pid=$BG_PID
+    fi
+fi
+
+# ------------------------------------------------------------ the CPU backend, first
+# Every CUDA-vs-CPU test and compare_cuda_cpu.py need it (tools/cpu_probe.py: seconds). On the
+# H200 (2026-12-04) each of them died of a segmentation fault in its first CPU forward, which no
+# machine without a GPU reproduced. Where the probe dies, cuda-gdb (the image has no gdb) prints
+# where, and the probe runs again without a CUDA context, without the lanes and on one thread;
+# the tests then run on one thread if that works.
+if [ "$DRY" = 1 ]; then
+    stage cpu-probe 60 "$PY" tools/cpu_probe.py
+else
+    stage cpu-probe 60 "$PY" -X faulthandler tools/cpu_probe.py
+    probe_rc=$?
+    if [ "$probe_rc" != 0 ] && [ "$probe_rc" != 125 ]; then
+        cuda_gdb=$(command -v cuda-gdb || ls /usr/local/cuda/bin/cuda-gdb 2>/dev/null)
+        if [ -n "$cuda_gdb" ]; then
+            stage cpu-probe-backtrace 90 "$cuda_gdb" -q -batch -ex "set pagination off" \
+                -ex run -ex bt -ex "info registers rip rsp" -ex 'x/8i $pc' \
+                -ex "info sharedlibrary" --args "$PY" tools/cpu_probe.py
+        fi
+        stage cpu-probe-no-cuda 60 "$PY" -X faulthandler tools/cpu_probe.py --no-cuda
+        stage cpu-probe-no-lanes 60 "$PY" -X faulthandler tools/cpu_probe.py --no-lanes
+        if stage cpu-probe-1-thread 60 env OMP_NUM_THREADS=1 "$PY" -X faulthandler \
+                tools/cpu_probe.py; then
+            export OMP_NUM_THREADS=1
+            note "  the CPU backend runs on one thread: the tests run with OMP_NUM_THREADS=1"
+        fi
     fi
 fi
 
