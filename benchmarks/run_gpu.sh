@@ -363,10 +363,12 @@ else
     probe_rc=$?
     if [ "$probe_rc" != 0 ] && [ "$probe_rc" != 125 ]; then
         cuda_gdb=$(command -v cuda-gdb || ls /usr/local/cuda/bin/cuda-gdb 2>/dev/null)
-        if [ -n "$cuda_gdb" ]; then
+        # The interpreter itself, not a wrapper or shim that runs it (gdb runs executables).
+        py_exe=$("$PY" -c 'import sys; print(sys.executable)' 2>/dev/null)
+        if [ -n "$cuda_gdb" ] && [ -n "$py_exe" ]; then
             stage cpu-probe-backtrace 90 "$cuda_gdb" -q -batch -ex "set pagination off" \
-                -ex run -ex bt -ex "info registers rip rsp" -ex 'x/8i $pc' \
-                -ex "info sharedlibrary" --args "$PY" tools/cpu_probe.py
+                -ex run -ex "bt 30" -ex "info registers rip rsp" -ex 'x/8i $pc' \
+                -ex "info sharedlibrary" --args "$py_exe" tools/cpu_probe.py
         fi
         stage cpu-probe-no-cuda 60 "$PY" -X faulthandler tools/cpu_probe.py --no-cuda
         stage cpu-probe-no-lanes 60 "$PY" -X faulthandler tools/cpu_probe.py --no-lanes
