@@ -356,27 +356,23 @@ fi
 # machine without a GPU reproduced. Where the probe dies, cuda-gdb (the image has no gdb) prints
 # where, and the probe runs again without a CUDA context, without the lanes and on one thread;
 # the tests then run on one thread if that works.
-if [ "$DRY" = 1 ]; then
-    stage cpu-probe 60 "$PY" tools/cpu_probe.py
-else
-    stage cpu-probe 60 "$PY" -X faulthandler tools/cpu_probe.py
-    probe_rc=$?
-    if [ "$probe_rc" != 0 ] && [ "$probe_rc" != 125 ]; then
-        cuda_gdb=$(command -v cuda-gdb || ls /usr/local/cuda/bin/cuda-gdb 2>/dev/null)
-        # The interpreter itself, not a wrapper or shim that runs it (gdb runs executables).
-        py_exe=$("$PY" -c 'import sys; print(sys.executable)' 2>/dev/null)
-        if [ -n "$cuda_gdb" ] && [ -n "$py_exe" ]; then
-            stage cpu-probe-backtrace 90 "$cuda_gdb" -q -batch -ex "set pagination off" \
-                -ex run -ex "bt 30" -ex "info registers rip rsp" -ex 'x/8i $pc' \
-                -ex "info sharedlibrary" --args "$py_exe" tools/cpu_probe.py
-        fi
-        stage cpu-probe-no-cuda 60 "$PY" -X faulthandler tools/cpu_probe.py --no-cuda
-        stage cpu-probe-no-lanes 60 "$PY" -X faulthandler tools/cpu_probe.py --no-lanes
-        if stage cpu-probe-1-thread 60 env OMP_NUM_THREADS=1 "$PY" -X faulthandler \
-                tools/cpu_probe.py; then
-            export OMP_NUM_THREADS=1
-            note "  the CPU backend runs on one thread: the tests run with OMP_NUM_THREADS=1"
-        fi
+stage cpu-probe 60 "$PY" -X faulthandler tools/cpu_probe.py
+probe_rc=$?
+if [ "$DRY" = 0 ] && [ "$probe_rc" != 0 ] && [ "$probe_rc" != 125 ]; then
+    cuda_gdb=$(command -v cuda-gdb || ls /usr/local/cuda/bin/cuda-gdb 2>/dev/null)
+    # The interpreter itself, not a wrapper or shim that runs it (gdb runs executables).
+    py_exe=$("$PY" -c 'import sys; print(sys.executable)' 2>/dev/null)
+    if [ -n "$cuda_gdb" ] && [ -n "$py_exe" ]; then
+        stage cpu-probe-backtrace 90 "$cuda_gdb" -q -batch -ex "set pagination off" \
+            -ex run -ex "bt 30" -ex "info registers rip rsp" -ex 'x/8i $pc' \
+            -ex "info sharedlibrary" --args "$py_exe" tools/cpu_probe.py
+    fi
+    stage cpu-probe-no-cuda 60 "$PY" -X faulthandler tools/cpu_probe.py --no-cuda
+    stage cpu-probe-no-lanes 60 "$PY" -X faulthandler tools/cpu_probe.py --no-lanes
+    if stage cpu-probe-1-thread 60 env OMP_NUM_THREADS=1 "$PY" -X faulthandler \
+            tools/cpu_probe.py; then
+        export OMP_NUM_THREADS=1
+        note "  the CPU backend runs on one thread: the tests run with OMP_NUM_THREADS=1"
     fi
 fi
 

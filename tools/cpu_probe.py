@@ -5,7 +5,7 @@ forward, where the CUDA-only stages ran).
 
     python tools/cpu_probe.py               # exit 0: every output and gradient agrees
     python tools/cpu_probe.py --no-lanes    # the per-pixel loops instead of the eight lanes
-    python tools/cpu_probe.py --no-cuda     # without a CUDA context first (the tests make one)
+    python tools/cpu_probe.py --no-cuda     # without making a CUDA context first
 
 Prints one line a scene and step as it goes (flushed), so that a crash shows where it happened.
 """
@@ -45,7 +45,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     cuda = not args.no_cuda and torch.cuda.is_available()
     if cuda:
-        torch.zeros(1, device="cuda").sum().item()  # as the CUDA-vs-CPU tests do before the CPU
+        torch.zeros(1, device="cuda").sum().item()  # as in a process that also renders on CUDA
     _backend._ext().set_cpu_tuning(lanes=not args.no_lanes, power_bound=True)
     worst = 0.0
     for seed, (P, H, W) in enumerate(CASES):
@@ -70,7 +70,7 @@ def main(argv=None):
     # hold the backend to 1e-5 and 1e-4).
     ok = worst < 1e-3
     print(f"cpu_probe: {'ok' if ok else 'FAILED'} (lanes {'off' if args.no_lanes else 'on'}, "
-          f"{torch.get_num_threads()} threads, CUDA context {'made' if cuda else 'none'}, "
+          f"{torch.get_num_threads()} torch threads, CUDA context {'made' if cuda else 'none'}, "
           f"largest error {worst:.2e})")
     return 0 if ok else 1
 
