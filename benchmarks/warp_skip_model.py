@@ -21,7 +21,8 @@ A second table puts the longest tile's walk against an even share of all walks o
 a GPU runs at once: where it is larger, one tile bounds the render kernels, and only splitting
 long lists (not reordering the blocks) can help. Its last columns split the lists as the CUDA
 backward does (TileSplits, parts of `length` positions chosen by gpu::split_length) and give the
-longest part's walk against the same share. A third does the same for the forward.
+longest part's walk against the same share. A third does the same for the forward, and a
+fourth counts what compositing the lists' last parts too would spare its second kernel.
 """
 import argparse
 import sys
@@ -193,6 +194,54 @@ def forward_balance(state, width, height, walk, lengths, length, slots) -> dict:
             "forward_longest_path": first + second}
 
 
+def last_part_walks(state, width, height, length) -> dict:
+    """What compositing each split list's last part in the split forward's first kernel (as it
+    composites the parts between) would spare the second kernel: there the last part's block
+    walks the part for every pixel that reaches it, to where the pixel stops or to the list's
+    end; with the composite, only for the pixels the part stops (the others append it). Exact,
+    not the 1e-2 rule of forward_balance: each pixel of a split list walked in float64 (alpha
+    as splat_alpha takes it), stopping at the first splat that would take T below 1e-4.
+    `reach` counts the pixels that reach their list's last part, `stop` those it stops; `walk`
+    and `longest` the second kernel's last-part blocks' walks (each block's longest pixel walk),
+    summed and at most, without (`_walked`) and with (`_composited`) the composites."""
+    means2d, conic_opacity = state[1].double(), state[2].double()
+    point_list, tile_ranges = state[4].long(), state[5].long()
+    tiles_x = (width + TILE - 1) // TILE
+    pixels = torch.arange(TILE * TILE)
+    out = dict(lists=0, reach=0, stop=0, walk_walked=0, walk_composited=0, longest_walked=0,
+               longest_composited=0)
+    for t in range(tile_ranges.shape[0]):
+        begin, end = int(tile_ranges[t, 0]), int(tile_ranges[t, 1])
+        n = end - begin
+        if length == 0 or n <= length:
+            continue
+        last = (-(-n // length) - 1) * length  # the last part's first position
+        x = (t % tiles_x) * TILE + pixels % TILE
+        y = (t // tiles_x) * TILE + pixels // TILE
+        ids = point_list[begin:end]
+        dx = means2d[ids, 0:1] - x.double().view(1, -1)
+        dy = means2d[ids, 1:2] - y.double().view(1, -1)
+        a, b, c, o = (conic_opacity[ids, k:k + 1] for k in range(4))
+        power = -0.5 * (a * dx * dx + c * dy * dy) - b * dx * dy
+        alpha = torch.clamp(o * torch.exp(power), max=0.99)
+        alpha = torch.where((power <= 0) & (alpha >= 1 / 255), alpha, torch.zeros_like(alpha))
+        saturated = torch.cumprod(1 - alpha, dim=0) < 1e-4  # positions x pixels
+        stops = torch.where(saturated.any(dim=0), saturated.int().argmax(dim=0),
+                            torch.full_like(pixels, n))
+        reach = (x < width) & (y < height) & (stops >= last)
+        stop = reach & (stops < n)
+        out["lists"] += 1
+        out["reach"] += int(reach.sum())
+        out["stop"] += int(stop.sum())
+        walked = int((stops[reach] - last + (stops[reach] < n).long()).max()) if reach.any() else 0
+        composited = int((stops[stop] - last + 1).max()) if stop.any() else 0
+        out["walk_walked"] += walked
+        out["walk_composited"] += composited
+        out["longest_walked"] = max(out["longest_walked"], walked)
+        out["longest_composited"] = max(out["longest_composited"], composited)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenes", default="112k,1m")
@@ -250,6 +299,19 @@ def main(argv=None) -> int:
     print("the forward: share = all walks / 1056 blocks at once (132 SMs x 8); split path = the "
           "longest path with the split forward: the longest block of its first kernel (a tile, "
           "a first part or a composite), then of render_resolve_kernel (forward_balance)")
+    print(f"\n{'scene':6s} {'resolution':>10s} {'split lists':>12s} {'reach last':>11s} "
+          f"{'stop in it':>11s} {'last-part walks':>16s} {'composited':>11s} {'longest':>8s} "
+          f"{'composited':>11s}")
+    for (name, scale), (cam, state) in states.items():
+        length = tile_balance(state, cam.width, cam.height)["split_length"]
+        w = last_part_walks(state, cam.width, cam.height, length)
+        print(f"{name:6s} {cam.width:>4d}x{cam.height:<5d} {w['lists']:>12d} {w['reach']:>11d} "
+              f"{w['stop']:>11d} {w['walk_walked']:>16d} {w['walk_composited']:>11d} "
+              f"{w['longest_walked']:>8d} {w['longest_composited']:>11d}")
+    print("render_resolve_kernel's walks of split lists' last parts (last_part_walks): pixels "
+          "that reach their list's last part and those it stops; the blocks' walks summed and "
+          "the longest, as built (every pixel that reaches the part walks it) and were the last "
+          "parts composited too (only the pixels it stops)")
     return 0
 
 

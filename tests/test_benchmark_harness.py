@@ -239,6 +239,22 @@ def test_warp_skip_model_counts_are_consistent():
     # kernels' longest blocks, each at most a part (or an unsplit tile's walk).
     assert b["forward_share"] == pytest.approx(b["ideal_share"] / 2)
     assert 0 < b["forward_longest_path"] <= 2 * max(b["split_length"], b["longest_walk"])
+    # Compositing last parts (not built; the count that says why): the pixels a last part stops
+    # are among those that reach it, which include every pixel the CPU's walk blends in it
+    # (n_contrib past the part's start), and their walks are shorter.
+    width, height = scene.camera.width, scene.camera.height
+    w = model.last_part_walks(state, width, height, 256)
+    ends = model.tile_pixels(state[7].long(), width, height)  # n_contrib, tiles x 256
+    lengths = state[5][:, 1] - state[5][:, 0]
+    last_start = (torch.div(lengths + 255, 256, rounding_mode="floor") - 1) * 256
+    split = lengths > 256
+    blending_in_last = int((ends[split] > last_start[split].view(-1, 1)).sum())
+    assert w["lists"] == int(split.sum()) > 0
+    assert 0 < blending_in_last <= w["reach"] and w["stop"] <= w["reach"]
+    assert w["walk_composited"] <= w["walk_walked"] and w["longest_walked"] <= 256
+    assert w["longest_composited"] <= w["longest_walked"]
+    assert model.last_part_walks(state, width, height, 256 * int(lengths.max() // 256 + 1))[
+        "lists"] == 0
     call = test_scenes.backend_call(test_scenes.Scene(scene.rasterizer_inputs(),
                                                       scene.raster_settings()))
     with _backend.emulated_cuda():
