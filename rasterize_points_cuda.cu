@@ -203,23 +203,41 @@ TileSplits splits_of(const ForwardState& s, int length = 0) {
           nullptr};
 }
 
+// The split forward's own splits (gpu::forward_split_length) and their buffers, for the
+// forward alone: the backward's state lies at every state_every-th of them.
+struct ForwardSplits {
+  TileSplits splits = {0, 0, nullptr, nullptr, nullptr, nullptr};
+  at::Tensor parts, composites;
+};
+
 // The forward's tile splits, planned from the tile ranges: parts of gpu::split_length for
-// `pairs` pairs on this GPU, and a slot for every window of that length the pairs span; with
-// the split forward, `composites` holds the parts' composites (forward only).
+// `pairs` pairs on this GPU, and a slot for every window of that length the pairs span, saved
+// for the backward; with the split forward, `forward` gets its own (no length on the device,
+// the backward's state) and the parts' composites.
 TileSplits plan_splits(int64_t pairs, const RasterConfig& c, ForwardState& s,
-                       at::Tensor& composites, const at::TensorOptions& opts,
+                       ForwardSplits& forward, const at::TensorOptions& opts,
                        cudaStream_t stream) {
   const int length = gpu::split_length(pairs, multiprocessors());
   const int64_t capacity = length > 0 ? (pairs - 1) / length : 0;
   if (capacity == 0) return splits_of(s);
   s.tile_splits = device_empty({1 + 2 * capacity}, opts.dtype(at::kInt));
   s.split_state = device_empty({capacity, TileSplits::kSplitValues, kTilePixels}, opts);
-  TileSplits splits = splits_of(s, length);
-  if (gpu::split_forward()) {
-    composites = device_empty({capacity, TileSplits::kCompositeValues, kTilePixels}, opts);
-    splits.composite = composites.data_ptr<float>();
-  }
-  gpu::plan_splits(splits, c.tiles_x() * c.tiles_y(), s.tile_ranges.data_ptr<int>(), stream);
+  const TileSplits splits = splits_of(s, length);
+  const int tiles = c.tiles_x() * c.tiles_y();
+  gpu::plan_splits(splits, tiles, s.tile_ranges.data_ptr<int>(), stream);
+  if (!gpu::split_forward()) return splits;
+  const int forward_length = gpu::forward_split_length(length);
+  const int64_t forward_capacity = (pairs - 1) / forward_length;
+  forward.composites =
+      device_empty({forward_capacity, TileSplits::kCompositeValues, kTilePixels}, opts);
+  forward.splits = splits;  // the same splits where the length does not halve
+  forward.splits.composite = forward.composites.data_ptr<float>();
+  if (forward_length == length) return splits;
+  forward.parts = device_empty({2 * forward_capacity}, opts.dtype(at::kInt));
+  forward.splits = {forward_length, int(forward_capacity), nullptr, forward.parts.data_ptr<int>(),
+                    splits.state, forward.composites.data_ptr<float>()};
+  forward.splits.state_every = length / forward_length;
+  gpu::plan_splits(forward.splits, tiles, s.tile_ranges.data_ptr<int>(), stream);
   return splits;
 }
 
@@ -442,16 +460,16 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   at::Tensor feature_map = device_empty({g.channels(), H, W}, opts);
   at::Tensor median = device_empty({c.median_depth ? H : 0, W}, opts);
   const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
-  at::Tensor composites;
-  const TileSplits splits = plan_splits(pairs, c, s, composites, opts, stream);
+  ForwardSplits forward;
+  const TileSplits splits = plan_splits(pairs, c, s, forward, opts, stream);
   check_stage(c, "plan_splits");
   OptionalOutputs<float> extra = make_optional_outputs<float>(g, s, feature_map, median);
   at::Tensor feature_parts;  // with the split forward
-  if (extra.has_features() && splits.composite)
+  if (extra.has_features() && forward.splits.composite)
     feature_parts = feature_split_buffer(splits.capacity, g.channels(), opts);
   extra.feature_parts = output_or_null<float>(feature_parts);
   gpu::render(cam, st, lists, make_pixel_buffers<float>(s, color, depth, weight), extra, splits,
-              stream);
+              forward.splits, stream);
   check_stage(c, "render");
   return {color, depth, weight, radii, feature_map, median, s.to_list()};
 }
@@ -534,6 +552,7 @@ void set_cuda_tuning_cuda(const std::map<std::string, int64_t>& switches) {
     else if (name == "depth_first_sort") t.depth_first_sort = value != 0;
     else if (name == "split_tiles") t.split_tiles = value != 0;
     else if (name == "split_forward") t.split_forward = value != 0;
+    else if (name == "short_forward_parts") t.short_forward_parts = value != 0;
     else if (name == "split_length") t.split_length = split_length_of(value);
     else if (name == "feature_split_bytes") t.feature_split_bytes = value;
     else TORCH_CHECK_VALUE(false, "set_cuda_tuning: no switch named ", name);

@@ -129,9 +129,10 @@ def predicted_instructions(counts, paths=PATHS) -> dict:
 
 def split_length(pairs, slots):
     """gpu::split_length's choice: parts of at most half the even share of the pairs over the
-    `slots` backward blocks running at once, rounded up to whole batches of 256."""
+    `slots` backward blocks running at once, rounded up to whole pairs of batches of 256 (the
+    split forward's parts are half as long: CudaTuning::short_forward_parts)."""
     share = -(-pairs // (2 * slots))
-    return max(256, -(-share // 256) * 256)
+    return max(256, -(-share // 512) * 512)
 
 
 def tile_balance(state, width, height, slots=132 * 4) -> dict:
@@ -155,7 +156,10 @@ def tile_balance(state, width, height, slots=132 * 4) -> dict:
     return {"tiles": int(walk.numel()), "mean_walk": float(walk.float().mean()),
             "longest_walk": int(walk.max()), "ideal_share": float(walk.sum()) / slots,
             "split_length": length, "longest_part": longest_part,
-            **forward_balance(state, width, height, walk, lengths, length, 2 * slots)}
+            **forward_balance(state, width, height, walk, lengths, length, 2 * slots),
+            "forward_longest_path_short_parts": forward_balance(
+                state, width, height, walk, lengths, max(256, length // 2),
+                2 * slots)["forward_longest_path"]}
 
 
 def forward_balance(state, width, height, walk, lengths, length, slots) -> dict:
@@ -289,16 +293,19 @@ def main(argv=None) -> int:
           "bound = longest / ideal share: above 1, one tile's walk bounds the render kernels; "
           "split = the backward's part length; longest part = the longest walk of one block then")
     print(f"\n{'scene':6s} {'resolution':>10s} {'forward share':>14s} {'bound':>6s} "
-          f"{'split path':>11s} {'bound':>6s}")
+          f"{'split path':>11s} {'bound':>6s} {'half parts':>11s} {'bound':>6s}")
     for (name, scale), (cam, state) in states.items():
         b = tile_balance(state, cam.width, cam.height)
         share = b["forward_share"]
+        short = b["forward_longest_path_short_parts"]
         print(f"{name:6s} {cam.width:>4d}x{cam.height:<5d} {share:>14.0f} "
               f"{b['longest_walk'] / share:>5.1f}x {b['forward_longest_path']:>11d} "
-              f"{b['forward_longest_path'] / share:>5.1f}x")
+              f"{b['forward_longest_path'] / share:>5.1f}x {short:>11d} {short / share:>5.1f}x")
     print("the forward: share = all walks / 1056 blocks at once (132 SMs x 8); split path = the "
           "longest path with the split forward: the longest block of its first kernel (a tile, "
-          "a first part or a composite), then of render_resolve_kernel (forward_balance)")
+          "a first part or a composite), then of render_resolve_kernel (forward_balance), in "
+          "parts of the backward's length; half parts: in parts half as long, as the split "
+          "forward walks them (CudaTuning::short_forward_parts)")
     print(f"\n{'scene':6s} {'resolution':>10s} {'split lists':>12s} {'reach last':>11s} "
           f"{'stop in it':>11s} {'last-part walks':>16s} {'composited':>11s} {'longest':>8s} "
           f"{'composited':>11s}")

@@ -234,10 +234,11 @@ struct SplatBatch {
 
 // One thread per tile: fills the `parts` of the slots whose windows [(e + 1) L, (e + 2) L) start
 // in the tile's range (they partition the slots): the part that ends at the tile's split in
-// the window, or none. Thread 0 also stores L for the backward.
+// the window, or none. Thread 0 also stores L for the backward (the backward's splits: the
+// split forward's own have no header).
 __global__ void plan_splits_kernel(int tiles, const int* tile_ranges, TileSplits splits) {
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
-  if (t == 0) splits.header[0] = splits.length;
+  if (t == 0 && splits.header) splits.header[0] = splits.length;
   if (t >= tiles) return;
   const int64_t L = splits.length;
   const int64_t begin = tile_ranges[2 * t], end = tile_ranges[2 * t + 1];
@@ -383,8 +384,9 @@ __device__ void composite_part(const Camera<float>& cam, const GaussianState<flo
 }
 
 // kMedian: also the median depth (issue 12); the plain instantiation is the plain render.
-// kWarpSkip: warps pass the splats that cannot reach their pixels (CudaTuning). A list longer
-// than splits.length saves each pixel's state at its splits for the backward. kSplitForward:
+// kWarpSkip: warps pass the splats that cannot reach their pixels (CudaTuning). Without
+// kSplitForward (splits: the backward's), a list longer than splits.length saves each pixel's
+// state at its splits for the backward. kSplitForward (splits: the forward's own):
 // the blocks of a split list's tile walk its first part only, leaving it as the part's
 // composite where a pixel goes on past it (render_resolve_kernel finishes those pixels, and
 // finds the medians not found here), and the blocks past the tiles' composite the other parts
@@ -510,14 +512,17 @@ __global__ void __launch_bounds__(kTilePixels, kResolveBlocks)
   if (!mine) return;
   PixelAccum<float>& acc = walk.acc;
   acc.store(px, p, cam.width * cam.height, cam.background, walk.n_contrib);
-  // The state at each split in front of the part, by the same chain.
+  // The state at each of the backward's splits in front of the part (every state_every-th of
+  // the forward's), by the same chain.
   PixelAccum<float> front;
   front.reset();
   for (int q = 0; q < part; ++q) {
     composite.load(splits, splits.slot_after(begin, q), threadIdx.x);
     front.append(composite);
-    front.save_split(splits, splits.slot_after(begin, q), threadIdx.x);
-    acc.finish_split(splits, splits.slot_after(begin, q), threadIdx.x);
+    if ((q + 1) % splits.state_every != 0) continue;
+    const int e = splits.state_slot(begin + int64_t(q + 1) * L);
+    front.save_split(splits, e, threadIdx.x);
+    acc.finish_split(splits, e, threadIdx.x);
   }
 }
 
@@ -1130,6 +1135,17 @@ CudaTuning& cuda_tuning() {
 
 bool split_forward() { return cuda_tuning().split_forward; }
 
+namespace {
+bool halves_forward_parts() {
+  const CudaTuning& tuning = cuda_tuning();
+  return tuning.split_tiles && tuning.split_forward && tuning.short_forward_parts;
+}
+}  // namespace
+
+int forward_split_length(int length) {
+  return halves_forward_parts() && length % (2 * kTilePixels) == 0 ? length / 2 : length;
+}
+
 void plan_splits(const TileSplits& splits, int tiles, const int* tile_ranges,
                  cudaStream_t stream) {
   if (splits.capacity > 0)
@@ -1143,10 +1159,12 @@ int split_length(int64_t pairs, int multiprocessors) {
   if (tuning.split_length > 0) return tuning.split_length;
   // Parts of at most half the even share of the pairs over the backward blocks that run at
   // once: then no part is much longer than the kernel's average block, at most two parts per
-  // such block (pairs / L <= 2 x blocks) to save state for.
+  // such block (pairs / L <= 2 x blocks) to save state for. In whole pairs of batches where
+  // the forward halves them (forward_split_length).
   const int64_t blocks = int64_t(std::max(multiprocessors, 1)) * kRenderBackwardBlocks;
   const int64_t share = (pairs + 2 * blocks - 1) / (2 * blocks);
-  const int64_t length = (share + kTilePixels - 1) / kTilePixels * kTilePixels;
+  const int64_t unit = halves_forward_parts() ? 2 * kTilePixels : kTilePixels;
+  const int64_t length = (share + unit - 1) / unit * unit;
   // At most 2^24: a position within a part is exact in a float (PartComposite::last).
   return int(std::min<int64_t>(std::max<int64_t>(length, kTilePixels), kMaxSplitLength));
 }
@@ -1203,18 +1221,19 @@ void launch_features_backward(const Camera<float>& cam, const GaussianState<floa
 
 void render(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
             const PixelBuffers<float>& px, const OptionalOutputs<float>& extra,
-            const TileSplits& splits, cudaStream_t stream) {
+            const TileSplits& splits, const TileSplits& forward_splits, cudaStream_t stream) {
   const int tiles = cam.tiles_x * cam.tiles_y;
   const CudaTuning tuning = cuda_tuning();
-  const bool in_parts = split_forward() && splits.composite;
-  const int blocks = tiles + (in_parts ? splits.capacity : 0);
+  const bool in_parts = split_forward() && forward_splits.composite;
+  const TileSplits& walked = in_parts ? forward_splits : splits;
+  const int blocks = tiles + (in_parts ? walked.capacity : 0);
   dispatch_flags(
       [&](auto median, auto warp_skip, auto split_parts) {
         const auto render_variant =
             render_kernel<decltype(median)::value, decltype(warp_skip)::value,
                           decltype(split_parts)::value>;
         DGRD_LAUNCH(render_variant, blocks, kTilePixels, stream)(cam, state, lists, px, extra,
-                                                                 splits);
+                                                                 walked);
       },
       extra.has_median(), tuning.warp_skip, in_parts);
   if (in_parts) {
@@ -1222,8 +1241,8 @@ void render(const Camera<float>& cam, const GaussianState<float>& state, TileLis
         [&](auto median, auto warp_skip) {
           const auto resolve_variant =
               render_resolve_kernel<decltype(median)::value, decltype(warp_skip)::value>;
-          DGRD_LAUNCH(resolve_variant, tiles + splits.capacity, kTilePixels, stream)(
-              cam, state, lists, px, extra, splits);
+          DGRD_LAUNCH(resolve_variant, tiles + walked.capacity, kTilePixels, stream)(
+              cam, state, lists, px, extra, walked);
         },
         extra.has_median(), tuning.warp_skip);
   }

@@ -94,6 +94,7 @@ struct CudaTuning {
   bool depth_first_sort = true;  // the binning sorts by depth once, then pairs by tile alone
   bool split_tiles = true;       // long tile lists walked in parts by the backward (TileSplits)
   bool split_forward = true;     // ... and by the forward (with split_tiles)
+  bool short_forward_parts = true;  // ... in parts half the backward's (with split_forward)
   int split_length = 0;          // tests: positions per part (a multiple of 256); 0: chosen
   // The feature kernels walk split lists in parts while their buffers (a row of channel sums
   // per pixel and part) stay under this many bytes, else whole lists (tests lower it).
@@ -105,8 +106,14 @@ CudaTuning& cuda_tuning();
 // no split): the splits' state costs 20 bytes a pixel of a split, (pairs - 1) / length at most.
 int split_length(int64_t pairs, int multiprocessors);
 // Whether the forward walks split lists in parts (CudaTuning::split_forward): then the caller
-// gives splits.composite.
+// gives forward_splits to render(), with their composites.
 bool split_forward();
+// The split forward's part length for the backward's `length`: half of it with
+// CudaTuning::short_forward_parts (split_length then chooses whole pairs of batches), so that
+// the forward's two kernels in series (a part walked in the first, a part in the second for
+// the pixels it stops) take about one backward part, where the forward runs twice the blocks
+// at once (doc/performance.md); else `length`.
+int forward_split_length(int length);
 
 // Channels per block of the feature kernels (4, 8 or 16).
 int feature_chunk(int channels);
@@ -120,12 +127,14 @@ void plan_splits(const TileSplits& splits, int tiles, const int* tile_ranges,
 // map (when asked for) by a second kernel, one block per tile (and per part of a split list,
 // given extra.feature_parts) and chunk of channels. Tiles with
 // lists longer than splits.length (plan_splits called before) save the state at their splits
-// for the backward. Given splits.composite (CudaTuning::split_forward), the parts of those lists
-// are walked at once, one block each, and a second kernel finishes each pixel in the part
-// where it stops (render_resolve_kernel).
+// for the backward. Given forward_splits.composite (CudaTuning::split_forward; its own parts,
+// of forward_split_length, planned too, with `state` and state_every for the backward's), the
+// parts of lists longer than its length are walked at once, one block each, and a second
+// kernel finishes each pixel in the part where it stops (render_resolve_kernel); the feature
+// map's parts are the backward's (`splits`).
 void render(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
             const PixelBuffers<float>& px, const OptionalOutputs<float>& extra,
-            const TileSplits& splits, cudaStream_t stream);
+            const TileSplits& splits, const TileSplits& forward_splits, cudaStream_t stream);
 
 // One 16x16 block per tile and part of a split list (the forward's splits), back to front;
 // adds each Gaussian's gradient into splat_grads (zeroed by the caller) once per warp, and the

@@ -130,7 +130,9 @@ struct TileLists {
 // (PixelAccum::save_split). The split forward (gpu::CudaTuning::split_forward) also walks the
 // parts of a list at once, one block each, leaving each part's composite in the slot of the
 // split that ends it (`composite`, PartComposite); a second kernel chains them per pixel, and
-// the block of the part where a pixel stops walks that part for it, from its true state there.
+// the block of the part where a pixel stops walks that part for it, from its true state there;
+// its parts may be shorter than the backward's (state_every), so that its two kernels' longest
+// path is about one backward part.
 struct TileSplits {
   int length;    // L: positions per part, a multiple of kTilePixels; 0: lists are not split
   int capacity;  // slots: (pairs - 1) / L
@@ -138,6 +140,10 @@ struct TileSplits {
   int* parts;    // capacity x 2: (tile, index of the part ending at the slot's split) or (-1, 0)
   float* state;  // capacity x kSplitValues x kTilePixels
   float* composite;  // split forward: capacity x kCompositeValues x kTilePixels; else null
+  // The split forward's own splits (gpu::forward_split_length) may be shorter than the
+  // backward's, whose state (`state`, kept for the backward) then lies at every state_every-th
+  // of them: state_slot. The backward's own splits: 1.
+  int state_every = 1;
 
   // Per pixel: transmittance, then the sums of the four features the backward walks
   // (save_split: front sums; finish_split: normalized sums behind).
@@ -148,6 +154,10 @@ struct TileSplits {
     return length > 0 && n > length ? (n + length - 1) / length : 1;
   }
   DGRD_HD int slot_of(int64_t position) const { return int(position / length) - 1; }
+  // The slot of `state` of the backward's split at `position`.
+  DGRD_HD int state_slot(int64_t position) const {
+    return int(position / (int64_t(length) * state_every)) - 1;
+  }
   // The backward's kernels: L from the device header (the host side knows only the capacity).
   DGRD_HD void load_length() {
     if (header) length = header[0];

@@ -181,12 +181,13 @@ def test_cuda_ablation_expands_and_is_left_out_on_the_cpu():
     args = bench.parse_args(["--device", "cpu", "--impls", "ablation", "--scenes", "300",
                              "--scales", "0.1", "--reps", "1", "--warmup", "0", "--sets", "1"])
     assert args.impl_list == ["ours", "ours-no-warp-skip", "ours-no-scatter",
-                              "ours-no-depth-sort", "ours-no-split-forward", "ours-no-split",
-                              "ours-none", "ours-2024"]
+                              "ours-no-depth-sort", "ours-no-short-forward-parts",
+                              "ours-no-split-forward", "ours-no-split", "ours-none", "ours-2024"]
     tunings = [bench.IMPLS[n].cuda_tuning for n in args.impl_list[:-1]]
-    on = (True,) * 5
+    on = (True,) * 6
     assert tunings == [on, (False, *on[1:]), (True, False, *on[2:]), (True, True, False, *on[3:]),
-                       (*on[:4], False), (*on[:3], False, False), (False,) * 5]
+                       (*on[:5], False), (*on[:4], False, False), (*on[:3], False, False, False),
+                       (False,) * 6]
     result = bench.run(args)
     assert [r["impl"] for r in result["results"]] == ["ours", "ours-2024"]
     assert all(r["fwd_bwd_ms"]["median"] > 0 for r in result["results"])
@@ -239,6 +240,9 @@ def test_warp_skip_model_counts_are_consistent():
     # kernels' longest blocks, each at most a part (or an unsplit tile's walk).
     assert b["forward_share"] == pytest.approx(b["ideal_share"] / 2)
     assert 0 < b["forward_longest_path"] <= 2 * max(b["split_length"], b["longest_walk"])
+    # In the split forward's own parts, half as long: its two kernels' longest path is at most
+    # one backward part (each at most half a part, or an unsplit list of at most that).
+    assert 0 < b["forward_longest_path_short_parts"] <= b["split_length"]
     # Compositing last parts (not built; the count that says why): the pixels a last part stops
     # are among those that reach it, which include every pixel the CPU's walk blends in it
     # (n_contrib past the part's start), and their walks are shorter.

@@ -23,7 +23,7 @@ import torch
 
 import scenes
 from cuda_target import (EMULATED_CUDA, REAL_CUDA, EmulatedCuda, active, cuda_targets,
-                         forward_atol, is_emulated)
+                         emulated_param, forward_atol, is_emulated)
 from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend
 from test_cuda import settings_on
 from test_cuda_features import median_ambiguous
@@ -445,6 +445,37 @@ def median_positions(scene):
     config.median_depth = True
     state = _backend.forward(config, gaussians)[-1]
     return state[8], state[7]
+
+
+@pytest.mark.parametrize("target", [emulated_param("asc")])  # the launch record: emulated only
+@pytest.mark.parametrize("length", (512, 1024, 768))
+def test_split_forward_walks_parts_half_the_backwards(length, target, tuning):
+    """The split forward plans its own splits half as far apart as the backward's (where the
+    length halves into whole batches: 768 does not), one block of each of its two kernels per
+    tile and per slot of its own, while the backward keeps its slots and table; switched off,
+    the forward walks the backward's parts. The grids are read from the emulation's launch
+    record; test_split_tile_lists checks the outputs."""
+    H, W, P, factor = SPLIT_SCENES["40x50-opaque"]
+    scene = scenes.make_scene(27000 + length, P=P, height=H, width=W, sh_degree=1,
+                              outliers=False)
+    scene.inputs["opacities"] = scene.inputs["opacities"] * factor
+    grids = {}
+    with active(target):
+        for short in (True, False):
+            tuning(split_length=length, short_forward_parts=short)
+            with launch_record(target) as launches:
+                state = forward_state(scene, target)
+            grids[short] = {kernel: x for kernel, x, _ in launches}
+            # A table of its own where the forward's parts are shorter.
+            tables = [k for k, _, _ in launches].count("plan_splits_kernel")
+            assert tables == (2 if short and length % 512 == 0 else 1)
+            pairs, tiles = state[4].numel(), state[5].shape[0]
+            assert state[9][0].item() == length
+            assert state[10].shape[0] == (pairs - 1) // length > 0
+    forward_length = length // 2 if length % 512 == 0 else length
+    for short, expected in ((True, forward_length), (False, length)):
+        for kernel in ("render_variant", "resolve_variant"):  # as render() launches them
+            assert grids[short][kernel] == tiles + (pairs - 1) // expected, (short, kernel)
 
 
 @pytest.mark.parametrize("target", cuda_targets(orders=("asc",)))

@@ -37,24 +37,32 @@ WRITTEN_BYTES_A_PAIR, SORTING_BYTES_A_PAIR, KEPT_BYTES_A_PAIR = 8, 16, 4
 # A pixel, taken after the sort: the saved pixel state (final T, weight and depth: 12) and
 # n_contrib (4); the colour (12), depth (4) and weight (4). A tile: its range (8).
 STATE_BYTES_A_PIXEL, OUTPUT_BYTES_A_PIXEL, BYTES_A_TILE = 16, 20, 8
-# A split slot (TileSplits): its saved state (5 values) and its composite (7), a tile's pixels.
-SLOT_BYTES = (5 + 7) * 256 * 4
+# A split slot (TileSplits): its saved state (5 values), a tile's pixels, and its row of the
+# parts table (8); the split forward's own slots (half as long, so up to twice as many: the
+# state's length over forward_length) a composite each (7 values) and a row (8).
+STATE_SLOT_BYTES, COMPOSITE_SLOT_BYTES = 5 * 256 * 4 + 8, 7 * 256 * 4 + 8
+
+
+def forward_length(length):
+    """The split forward's part length for the backward's (gpu::forward_split_length, with
+    every technique on)."""
+    return length // 2 if length % 512 == 0 else length
 # CUB's own scratch (digit counts, look-back tiles; a few tens of KiB at these sizes), the
 # caching allocator's rounding of each buffer to 512 bytes, the small tensors.
 SLACK = 256 << 10
 
 
-def forward_budget(P, pairs, pixels, tiles, slots):
+def forward_budget(P, pairs, pixels, tiles, slots, forward_slots):
     """The most the forward may hold at once: at its sort by depth, as it writes the pairs, at
     its sort of the pairs, or at its render (the pairs' sort buffers freed, the maps and the
-    split slots allocated)."""
+    split slots, the backward's and the forward's, allocated)."""
     depth_sort = DEPTH_SORT_BYTES_A_GAUSSIAN * P
     writing = (WRITING_PAIRS_BYTES_A_GAUSSIAN * P + WRITTEN_BYTES_A_PAIR * pairs
                + BYTES_A_TILE * tiles)
     tile_sort = STATE_BYTES_A_GAUSSIAN * P + SORTING_BYTES_A_PAIR * pairs + BYTES_A_TILE * tiles
     render = (STATE_BYTES_A_GAUSSIAN * P + KEPT_BYTES_A_PAIR * pairs + BYTES_A_TILE * tiles
               + (STATE_BYTES_A_PIXEL + OUTPUT_BYTES_A_PIXEL) * pixels
-              + SLOT_BYTES * slots + 8 * slots)
+              + STATE_SLOT_BYTES * slots + COMPOSITE_SLOT_BYTES * forward_slots)
     return max(depth_sort, writing, tile_sort, render)
 
 
@@ -80,7 +88,9 @@ def test_forward_peak_memory_within_its_buffers(target):
     pairs, tiles, slots = state[4].numel(), state[5].shape[0], state[10].shape[0]
     pixels = scene.settings.image_height * scene.settings.image_width
     assert tiles > 256 and pairs > 200_000
-    budget = forward_budget(P, pairs, pixels, tiles, slots)
+    length = int(state[9][0]) if slots else 0
+    forward_slots = (pairs - 1) // forward_length(length) if slots else 0
+    budget = forward_budget(P, pairs, pixels, tiles, slots, forward_slots)
     # The sort's buffers and the state alone, so that a measurement that saw nothing fails too.
     assert SORTING_BYTES_A_PAIR * pairs + STATE_BYTES_A_GAUSSIAN * P <= peak <= budget + SLACK, (
         f"peak {peak} bytes against a budget of {budget} (+{SLACK}): {P} Gaussians, "
