@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "vector_math.h"
+#include "blend.h"  // reach_rect: the binning takes the tiles of the render's own reach box
 #include "sh.h"
 #include "types.h"
 
@@ -337,14 +338,18 @@ DGRD_HD TileRect tile_rect(Vec2<T> mean, T radius, int tiles_x, int tiles_y) {
 }
 
 // Tiles where the splat can reach alpha >= 1/255: the 3-sigma square of SPEC 4 intersected with
-// the disc outside which o G < 1/255 (G = exp(-q / 2) and q >= |d|^2 / lambda_max). Leaving the
-// other tiles out changes no pixel, as the splat is skipped there anyway; it only shortens the
-// tile lists. The disc is widened by a margin that covers the rounding of the power, which grows
-// with the condition number of the covariance; for needles too thin to bound safely, the
-// square is kept.
+// the disc outside which o G < 1/255 (G = exp(-q / 2) and q >= |d|^2 / lambda_max), and with the
+// tiles that hold a pixel of the splat's reach box (reach_rect in blend.h: the bounding box of
+// the ellipse where o G can reach 1/255, outside which splat_alpha skips the splat at every
+// pixel and the CUDA warps pass it; for an elongated splat about 3/4 of the disc's tiles on
+// garden). Leaving the other tiles out changes no pixel, as the splat is skipped there anyway;
+// it only shortens the tile lists. Disc and box are widened by a margin that covers the
+// rounding of the power, which grows with the condition number of the covariance; for needles
+// too thin to bound safely, the square is kept.
 template <typename T>
 DGRD_HD TileRect visible_tiles(Vec2<T> mean, T radius, const Footprint<T>& f, T opacity,
-                               int tiles_x, int tiles_y) {
+                               const Camera<T>& cam) {
+  const int tiles_x = cam.tiles_x, tiles_y = cam.tiles_y;
   const TileRect square = tile_rect(mean, radius, tiles_x, tiles_y);
   const T level = opacity / T(kAlphaMin);  // 255 o: o G >= 1/255 needs G >= 1 / level
   if (!(level >= T(0.999))) return {0, 0, 0, 0};
@@ -360,8 +365,13 @@ DGRD_HD TileRect visible_tiles(Vec2<T> mean, T radius, const Footprint<T>& f, T 
                          tile_index_clamped(mean.y - extent, tiles_y),
                          min2(tile_index_clamped(mean.x + extent, tiles_x) + 1, tiles_x),
                          min2(tile_index_clamped(mean.y + extent, tiles_y) + 1, tiles_y)};
-  const TileRect r = {max2(square.x0, disc.x0), max2(square.y0, disc.y0),
-                      min2(square.x1, disc.x1), min2(square.y1, disc.y1)};
+  const PixelRect box = reach_rect(mean, Vec4<T>{f.conic.a, f.conic.b, f.conic.c, opacity},
+                                   {0, cam.width - 1, 0, cam.height - 1});
+  if (box.empty()) return {0, 0, 0, 0};
+  const TileRect r = {max2(max2(square.x0, disc.x0), box.x0 / kTileSize),
+                      max2(max2(square.y0, disc.y0), box.y0 / kTileSize),
+                      min2(min2(square.x1, disc.x1), box.x1 / kTileSize + 1),
+                      min2(min2(square.y1, disc.y1), box.y1 / kTileSize + 1)};
   return (r.x0 < r.x1 && r.y0 < r.y1) ? r : TileRect{0, 0, 0, 0};
 }
 
@@ -404,7 +414,7 @@ DGRD_HD ProjectedGaussian<T> preprocess_gaussian(const Camera<T>& cam, const Gau
   // The tile rectangle comes from the radius as stored (an int32).
   const T radius = min2(extent, T(kMaxRadius));
   if (tile_rect(g.mean2d, radius, cam.tiles_x, cam.tiles_y).area() == 0) return g;
-  g.rect = visible_tiles(g.mean2d, radius, f, opacity, cam.tiles_x, cam.tiles_y);
+  g.rect = visible_tiles(g.mean2d, radius, f, opacity, cam);
   g.radius = int(radius);
   g.conic_opacity = {f.conic.a, f.conic.b, f.conic.c, opacity};
   // The depth channel blends z, or 1/z for an inverse-depth map (z > 0.2 here).

@@ -11,6 +11,8 @@ threshold (scenes.ambiguous) are left out of the comparison: their upstream grad
 their values are not compared. Each test checks that they are rare.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -391,6 +393,74 @@ def test_opacity_aware_tiles_change_nothing(seed):
     got = gradients(run_backend, faint, up, ("all",))
     failures = compare_gradients(got, want, F64, f"seed {seed}")
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("dtype", (F64, F32))
+@pytest.mark.parametrize("seed", range(3))
+def test_elongated_splats_binned_by_their_reach_box(seed, dtype):
+    """Elongated splats at every angle are binned into the tiles of the bounding box of their
+    ellipse where o G can reach 1/255 (reach_rect), not of the disc around it: the tile pairs
+    lie between the tiles where a splat does reach 1/255 (counted pixel by pixel; leaving one
+    out would change a pixel) and those of the box from the float64 conic with a 1% margin
+    (binning by the disc exceeds it), and the render and every gradient equal the reference's,
+    which evaluates each splat on its whole 3-sigma square."""
+    scene = scenes.make_scene(4300 + seed, P=40, height=64, width=80, sh_degree=1,
+                              outliers=False, dtype=dtype)
+    gen = torch.Generator().manual_seed(seed)
+    inputs = dict(scene.inputs)
+    # Needles 3 to 12 times longer than wide, 4 to 16 px sigma along, random rotations (the
+    # scene's); opacities from just above 1/255 to 0.95.
+    stretch = torch.ones(scene.P, 3, dtype=dtype)
+    stretch[:, 0] = 3 + 9 * torch.rand(scene.P, generator=gen, dtype=dtype)
+    inputs["scales"] = inputs["scales"] * 2 * stretch
+    inputs["opacities"] = 1 / 255 + 0.95 * torch.rand(scene.P, 1, generator=gen, dtype=dtype)
+    needles = scenes.Scene(inputs, scene.settings)
+    H, W = scene.settings.image_height, scene.settings.image_width
+    config, gaussians = scenes.backend_call(needles)
+    pairs = _backend.forward(config, gaussians)[-1][4].numel()
+
+    _, everyone, _, _, _ = scenes.reference_internals(needles)
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=F64), torch.arange(W, dtype=F64),
+                            indexing="ij")
+    tiles_x, tiles_y = (W + 15) // 16, (H + 15) // 16
+    reached = box = 0
+    for g in torch.nonzero(everyone["visible"]).flatten().tolist():
+        (mx, my), r = everyone["mean2d"][g].tolist(), float(everyone["radius"][g])
+        a, b, c = everyone["conic"][g].tolist()
+        o = float(everyone["opacity"][g])
+        det, tau = a * c - b * b, math.log(max(255 * o, 1.0))
+        half = (1.01 * math.sqrt(2 * tau * c / det) + 1, 1.01 * math.sqrt(2 * tau * a / det) + 1)
+        squares, spans = [], []
+        for m, h, n in ((mx, half[0], tiles_x), (my, half[1], tiles_y)):
+            square = (max(0, math.floor((m - r) / 16)), min(n, math.floor((m + r + 15) / 16)))
+            lo = max(square[0], math.floor(max(m - h, 0) / 16))
+            hi = min(square[1], math.floor(min(m + h, 16 * n - 1) / 16) + 1)
+            squares.append(square)
+            spans.append(max(0, hi - lo))
+        box += spans[0] * spans[1]
+        # The tiles of its 3-sigma square (where the reference evaluates it) that hold a pixel
+        # with o G >= 1/255.
+        power = -0.5 * (a * (mx - xs) ** 2 + c * (my - ys) ** 2) - b * (mx - xs) * (my - ys)
+        hit = (o * torch.exp(power)).clamp(max=0.99) >= 1 / 255
+        hit = torch.nn.functional.pad(hit, (0, tiles_x * 16 - W, 0, tiles_y * 16 - H))
+        per_tile = hit.view(tiles_y, 16, tiles_x, 16).any(dim=3).any(dim=1)
+        (x0, x1), (y0, y1) = squares
+        reached += int(per_tile[y0:y1, x0:x1].sum())
+    assert 0 < reached <= pairs <= box, (reached, pairs, box)
+
+    up = upstream_gradients(needles, torch.zeros(H, W, dtype=torch.bool), seed)
+    with torch.no_grad():
+        color, radii, depth, weight = run_backend(inputs, scene.settings)
+        ref = run_reference(inputs, scene.settings)
+    assert torch.equal(radii, ref[1])
+    tol = 1e-10 if dtype == F64 else 2e-5
+    for got, want in ((color, ref[0]), (depth, ref[2]), (weight, ref[3])):
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    if dtype == F64:
+        want = reference_gradients(needles, up, ("all",))
+        got = gradients(run_backend, needles, up, ("all",))
+        failures = compare_gradients(got, want, F64, f"seed {seed}")
+        assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("device", DEVICES)
