@@ -20,7 +20,8 @@
 #   3. the other CUDA tests (robustness, debug, inputs), then the README's demo on the GPU
 #   4. compute-sanitizer memcheck and racecheck on six small scenes (tools/sanitize_cuda.py),
 #      with PyTorch's caching allocator off; then the Python around one call against the raw
-#      backend (benchmarks/call_overhead.py: one line of summary.txt)
+#      backend (benchmarks/call_overhead.py: one line of summary.txt), and a garden 112k step
+#      under torch's profiler (benchmarks/host_profile.py: one line)
 #   5. this package's timings (bench_ours.json, rewritten after each configuration); skipped
 #      when gsplat is ready by then, since stage 6 times this package in the same run
 #   6. side by side with gsplat 1.5.3 (bench_gsplat.json)
@@ -422,6 +423,15 @@ if [ "$DRY" = 1 ]; then overhead_args=(--device cpu --calls 30); else
 stage call-overhead 60 "$PY" benchmarks/call_overhead.py "${overhead_args[@]}" \
     --json "$overhead_json"
 [ -f "$overhead_json" ] && note "  call overhead, us: $(cat "$overhead_json")"
+
+# Where a garden 112k 648x420 training step's time goes besides the kernels, under torch's
+# profiler (benchmarks/host_profile.py): wall, device busy, launches, host blocked; one line.
+host_json=/tmp/dgrd_host_profile.json
+rm -f "$host_json"
+if [ "$DRY" = 1 ]; then host_args=(--device cpu --scene 300 --scale 0.1 --steps 3); else
+    host_args=(--device cuda --steps 20); fi
+stage host-profile 45 "$PY" benchmarks/host_profile.py "${host_args[@]}" --json "$host_json"
+[ -f "$host_json" ] && note "  host profile of a step: $(cat "$host_json")"
 
 # ----------------------------------------------------------------------------- 5.-7. timings
 if [ "$DRY" = 1 ]; then

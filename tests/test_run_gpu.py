@@ -15,8 +15,8 @@ SCRIPT = REPO / "benchmarks" / "run_gpu.sh"
 # Stages in the foreground, in order; gsplat-build (in the background) is recorded when it is
 # waited for, which may come before or after timings-ours.
 STAGES = ["build", "cpu-probe", "tests-cuda-vs-cpu", "garden-compare", "tests-robust-debug",
-          "demo", "memcheck", "racecheck", "call-overhead", "timings-ours", "timings-gsplat",
-          "synccheck", "initcheck", "ablation", "profile"]
+          "demo", "memcheck", "racecheck", "call-overhead", "host-profile", "timings-ours",
+          "timings-gsplat", "synccheck", "initcheck", "ablation", "profile"]
 BACKGROUND = "gsplat-build"
 MAX_FILES_BACK = 8      # the device tool brings back at most 8 files, at most 2 folders down
 
@@ -64,6 +64,10 @@ def test_dry_run_runs_every_stage_in_order_and_writes_out(tmp_path):
     # The Python around one call, on one line: the full call costs more than the raw backend.
     overhead = json.loads(summary.split("  call overhead, us: ", 1)[1].splitlines()[0])
     assert overhead["forward"] > overhead["raw_forward"] > 0 and overhead["device"] == "cpu"
+    # A step under the profiler, on one line: on the CPU no device time, no launches.
+    host = json.loads(summary.split("  host profile of a step: ", 1)[1].splitlines()[0])
+    assert host["step_ms"] > 0 and host["device_busy_ms"] == 0 == host["kernel_launches"]
+    assert host["top_host_ops_us"] and host["device"] == "cpu"
 
     compare = json.loads((tmp_path / "compare_cuda_cpu.json").read_text())
     assert set(compare["outputs"]) == {"color", "depth", "weight"}
