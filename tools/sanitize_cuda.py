@@ -51,7 +51,8 @@ CASES = [
     dict(P=30, height=16, width=48, sh_degree=1, all_culled=True),
     dict(P=16, height=1, width=1, sh_degree=0),
     dict(P=900, height=21, width=35, sh_degree=1, split_length=256, opacity_scale=0.05),
-    dict(P=1200, height=16, width=16, sh_degree=1, split_length=256, opacity_scale=0.03,
+    # Parts of 512: the split forward's own of 256, the backward's state at every other split.
+    dict(P=1200, height=16, width=16, sh_degree=1, split_length=512, opacity_scale=0.03,
          outliers=False, channels=3, median_depth=True, inverse_depth=True),
     # The kernels the cases above leave out: the camera's gradient and AbsGS's absolute one,
     # 20 feature channels (a chunk of 16 and one of 4), split lists, and a step of the 2024
