@@ -206,7 +206,7 @@ TileSplits splits_of(const ForwardState& s, int length = 0) {
 // The split forward's own splits (gpu::forward_split_length) and their buffers, for the
 // forward alone: the backward's state lies at every state_every-th of them.
 struct ForwardSplits {
-  TileSplits splits = {0, 0, nullptr, nullptr, nullptr, nullptr};
+  TileSplits splits{};  // none: the forward walks whole lists
   at::Tensor parts, composites;
 };
 
@@ -228,16 +228,19 @@ TileSplits plan_splits(int64_t pairs, const RasterConfig& c, ForwardState& s,
   if (!gpu::split_forward()) return splits;
   const int forward_length = gpu::forward_split_length(length);
   const int64_t forward_capacity = (pairs - 1) / forward_length;
+  forward.splits = splits;  // the backward's own, where the length does not halve
+  if (forward_length != length) {
+    forward.parts = device_empty({2 * forward_capacity}, opts.dtype(at::kInt));
+    forward.splits.length = forward_length;
+    forward.splits.capacity = int(forward_capacity);
+    forward.splits.header = nullptr;  // the backward reads its own length
+    forward.splits.parts = forward.parts.data_ptr<int>();
+    forward.splits.state_every = length / forward_length;
+    gpu::plan_splits(forward.splits, tiles, s.tile_ranges.data_ptr<int>(), stream);
+  }
   forward.composites =
       device_empty({forward_capacity, TileSplits::kCompositeValues, kTilePixels}, opts);
-  forward.splits = splits;  // the same splits where the length does not halve
   forward.splits.composite = forward.composites.data_ptr<float>();
-  if (forward_length == length) return splits;
-  forward.parts = device_empty({2 * forward_capacity}, opts.dtype(at::kInt));
-  forward.splits = {forward_length, int(forward_capacity), nullptr, forward.parts.data_ptr<int>(),
-                    splits.state, forward.composites.data_ptr<float>()};
-  forward.splits.state_every = length / forward_length;
-  gpu::plan_splits(forward.splits, tiles, s.tile_ranges.data_ptr<int>(), stream);
   return splits;
 }
 

@@ -41,15 +41,15 @@ STATE_BYTES_A_PIXEL, OUTPUT_BYTES_A_PIXEL, BYTES_A_TILE = 16, 20, 8
 # parts table (8); the split forward's own slots (half as long, so up to twice as many: the
 # state's length over forward_length) a composite each (7 values) and a row (8).
 STATE_SLOT_BYTES, COMPOSITE_SLOT_BYTES = 5 * 256 * 4 + 8, 7 * 256 * 4 + 8
+# CUB's own scratch (digit counts, look-back tiles; a few tens of KiB at these sizes), the
+# caching allocator's rounding of each buffer to 512 bytes, the small tensors.
+SLACK = 256 << 10
 
 
 def forward_length(length):
     """The split forward's part length for the backward's (gpu::forward_split_length, with
     every technique on)."""
     return length // 2 if length % 512 == 0 else length
-# CUB's own scratch (digit counts, look-back tiles; a few tens of KiB at these sizes), the
-# caching allocator's rounding of each buffer to 512 bytes, the small tensors.
-SLACK = 256 << 10
 
 
 def forward_budget(P, pairs, pixels, tiles, slots, forward_slots):
