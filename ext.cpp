@@ -9,6 +9,7 @@
 #include <initializer_list>
 #include <optional>
 
+#include "bindings.h"
 #include "rasterize_points.h"
 #include "sparse_adam.h"
 
@@ -267,7 +268,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("features", &GaussianTensors::features);
   m.def("forward", &dgrd::forward,
         "Render colour, depth, weight and the optional maps; returns the backward state");
-  m.def("backward", &dgrd::backward, "Gradients of every input from those of the rendered maps");
+  m.def(
+      "backward",
+      [](const RasterConfig& c, const GaussianTensors& g, py::list state,
+         const dgrd::UpstreamGrad& dcolor, const dgrd::UpstreamGrad& ddepth,
+         const dgrd::UpstreamGrad& dweight, const dgrd::UpstreamGrad& dfeature_map,
+         const dgrd::UpstreamGrad& dmedian, bool release_state) {
+        return dgrd::backward(c, g, dgrd::take_state(state, release_state), release_state,
+                              dcolor, ddepth, dweight, dfeature_map, dmedian);
+      },
+      "Gradients of every input from those of the rendered maps; release_state: the state's "
+      "list is emptied and its buffers freed as the backward is done with them");
   m.def("check_common", &check_common, py::arg("means3D"), py::arg("means2D"),
         py::arg("opacities"), py::arg("shs"), py::arg("colors_precomp"), py::arg("scales"),
         py::arg("rotations"), py::arg("cov3D_precomp"), py::arg("dc"), py::arg("features"),

@@ -7,6 +7,7 @@
 #include "cuda_rasterizer/blend.h"
 #include "cuda_rasterizer/cuda_emulation.h"
 #include "cuda_rasterizer/warp_sums.h"
+#include "bindings.h"
 #include "rasterize_points.h"
 #include "sparse_adam.h"
 
@@ -234,14 +235,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward_cuda, "The CUDA forward, emulated");
   m.def(
       "backward",
-      [](const RasterConfig& c, const GaussianTensors& g, const std::vector<at::Tensor>& state,
+      [](const RasterConfig& c, const GaussianTensors& g, py::list state,
          const UpstreamGrad& dcolor, const UpstreamGrad& ddepth, const UpstreamGrad& dweight,
-         const UpstreamGrad& dfeature_map, const UpstreamGrad& dmedian) {
+         const UpstreamGrad& dfeature_map, const UpstreamGrad& dmedian, bool release_state) {
         const at::Tensor absent = at::empty({0}, g.means3D.options());
-        return backward_cuda(c, g, ForwardState::from_list(state),
+        return backward_cuda(c, g, take_state(state, release_state),
                              {contiguous_or(dcolor, absent), contiguous_or(ddepth, absent),
                               contiguous_or(dweight, absent), contiguous_or(dfeature_map, absent),
-                              contiguous_or(dmedian, absent)});
+                              contiguous_or(dmedian, absent)},
+                             release_state);
       },
       "The CUDA backward, emulated");
   m.def("mark_visible", &mark_visible_cuda, "The CUDA mark_visible, emulated");

@@ -31,12 +31,13 @@
 
 namespace dgrd {
 
-ForwardState allocate_gaussian_state(int64_t count, const at::TensorOptions& opts) {
+ForwardState allocate_gaussian_state(int64_t count, const at::TensorOptions& opts,
+                                     bool depth_only) {
   ForwardState s;
   s.radii = at::empty({count}, opts.dtype(at::kInt));
   s.means2d = at::empty({count, 2}, opts);
   s.conic_opacity = at::empty({count, 4}, opts);
-  s.features = at::empty({count, 4}, opts);
+  s.features = at::empty({count, depth_only ? 1 : 4}, opts);
   return s;
 }
 
@@ -76,24 +77,37 @@ GradientTensors GradientTensors::zeros_like_inputs(const GaussianTensors& g, boo
 
 GradientTensors GradientTensors::like_inputs(const GaussianTensors& g, bool camera_grad,
                                              Allocate allocate) {
+  GradientTensors d = sums_only(g, camera_grad);
+  d.allocate_missing(g, allocate);
+  return d;
+}
+
+GradientTensors GradientTensors::sums_only(const GaussianTensors& g, bool camera_grad) {
+  GradientTensors d;
+  d.features = g.features.defined() ? fresh_zeros(g.features.sizes(), g.features.options())
+                                    : at::Tensor();
+  d.camera = fresh_zeros({camera_grad ? kCameraGradValues : 0}, g.means3D.options());
+  return d;
+}
+
+void GradientTensors::allocate_missing(const GaussianTensors& g, Allocate allocate) {
   const int64_t P = g.count();
   const auto opts = g.means3D.options();
-  const auto like = [](const at::Tensor& t, Allocate make) {
-    return t.defined() ? make(t.sizes(), t.options()) : at::Tensor();
+  const auto take = [&](at::Tensor& d, c10::IntArrayRef sizes) {
+    if (!d.defined()) d = allocate(sizes, opts);
   };
-  GradientTensors d;
-  d.means3D = allocate({P, 3}, opts);
-  d.means2D = allocate({P, 3}, opts);
-  d.opacities = allocate({P, 1}, opts);
-  d.dc = like(g.dc, allocate);
-  d.shs = like(g.shs, allocate);
-  d.colors_precomp = like(g.colors_precomp, allocate);
-  d.scales = like(g.scales, allocate);
-  d.rotations = like(g.rotations, allocate);
-  d.cov3D_precomp = like(g.cov3D_precomp, allocate);
-  d.features = like(g.features, fresh_zeros);
-  d.camera = fresh_zeros({camera_grad ? kCameraGradValues : 0}, opts);
-  return d;
+  const auto take_like = [&](at::Tensor& d, const at::Tensor& input) {
+    if (input.defined() && !d.defined()) d = allocate(input.sizes(), input.options());
+  };
+  take(means3D, {P, 3});
+  take(means2D, {P, 3});
+  take(opacities, {P, 1});
+  take_like(dc, g.dc);
+  take_like(shs, g.shs);
+  take_like(colors_precomp, g.colors_precomp);
+  take_like(scales, g.scales);
+  take_like(rotations, g.rotations);
+  take_like(cov3D_precomp, g.cov3D_precomp);
 }
 
 namespace {
@@ -364,8 +378,8 @@ ForwardResult forward(const RasterConfig& c, const GaussianTensors& g) {
   return forward_cpu(c, g);
 }
 
-BackwardResult backward(const RasterConfig& c, const GaussianTensors& g,
-                        const std::vector<at::Tensor>& state, const UpstreamGrad& dcolor_in,
+BackwardResult backward(const RasterConfig& c, const GaussianTensors& g, ForwardState s,
+                        bool release_state, const UpstreamGrad& dcolor_in,
                         const UpstreamGrad& ddepth_in, const UpstreamGrad& dweight_in,
                         const UpstreamGrad& dfeature_map_in, const UpstreamGrad& dmedian_in) {
   const at::Tensor absent = at::empty({0}, g.means3D.options());
@@ -374,7 +388,6 @@ BackwardResult backward(const RasterConfig& c, const GaussianTensors& g,
                       dweight = contiguous_or(dweight_in, absent),
                       dfeature_map = contiguous_or(dfeature_map_in, absent),
                       dmedian = contiguous_or(dmedian_in, absent);
-  const ForwardState s = ForwardState::from_list(state);
   const int64_t H = c.image_height, W = c.image_width;
   check_pixel_grad("color", dcolor, {3, H, W}, g.means3D);
   check_pixel_grad("depth", ddepth, {H, W}, g.means3D);
@@ -386,7 +399,7 @@ BackwardResult backward(const RasterConfig& c, const GaussianTensors& g,
   const MapGrads up = {dcolor, ddepth, dweight, dfeature_map, dmedian};
   if (g.means3D.is_cuda()) {
 #ifdef DGRD_WITH_CUDA
-    return backward_cuda(c, g, s, up);
+    return backward_cuda(c, g, std::move(s), up, release_state);
 #else
     refuse_without_cuda();
 #endif

@@ -49,7 +49,9 @@ struct ForwardState {
   at::Tensor radii;           // (P) int32
   at::Tensor means2d;         // (P, 2)
   at::Tensor conic_opacity;   // (P, 4)
-  at::Tensor features;        // (P, 4): r, g, b, view depth
+  at::Tensor features;        // (P, 4): r, g, b, view depth; the CUDA backend's (P, 1) where
+                              // the caller gives the colours: the depth alone
+                              // (GaussianState::colors)
   at::Tensor point_list;      // (N) int32: Gaussian ids by tile, then depth
   at::Tensor tile_ranges;     // (tiles, 2) int32
   at::Tensor pixel_state;     // (3, H, W): final transmittance, weight, depth
@@ -136,12 +138,22 @@ GaussianInputs<T> make_inputs(const GaussianTensors& g) {
   return in;
 }
 
-// tiles_touched and rects: the forward's scratch (null in the backward).
+// tiles_touched and rects: the forward's scratch (null in the backward). colors: the caller's
+// colours, read where s keeps the depth alone (features of (P, 1)).
 template <typename T>
-GaussianState<T> make_state(const ForwardState& s, int64_t* tiles_touched, TileRect* rects) {
-  return {s.radii.data_ptr<int>(), reinterpret_cast<Vec2<T>*>(s.means2d.data_ptr<T>()),
-          reinterpret_cast<Vec4<T>*>(s.conic_opacity.data_ptr<T>()),
-          reinterpret_cast<Vec4<T>*>(s.features.data_ptr<T>()), tiles_touched, rects};
+GaussianState<T> make_state(const ForwardState& s, int64_t* tiles_touched, TileRect* rects,
+                            const at::Tensor& colors = {}) {
+  const bool depth_only = s.features.dim() == 2 && s.features.size(1) == 1;
+  GaussianState<T> st = {s.radii.data_ptr<int>(),
+                         reinterpret_cast<Vec2<T>*>(s.means2d.data_ptr<T>()),
+                         reinterpret_cast<Vec4<T>*>(s.conic_opacity.data_ptr<T>()),
+                         depth_only ? nullptr : reinterpret_cast<Vec4<T>*>(s.features.data_ptr<T>()),
+                         tiles_touched, rects};
+  if (depth_only) {
+    st.colors = colors.numel() > 0 ? colors.data_ptr<T>() : nullptr;
+    st.depths = s.features.data_ptr<T>();
+  }
+  return st;
 }
 
 template <typename T>
@@ -164,8 +176,10 @@ OptionalOutputs<T> make_optional_outputs(const GaussianTensors& g, const Forward
 }
 
 // The forward's state is allocated in two steps, so that the size checks below run in between:
-// the P-sized part (radii, means2d, conic_opacity, features), all the preprocess needs, ...
-ForwardState allocate_gaussian_state(int64_t count, const at::TensorOptions& opts);
+// the P-sized part (radii, means2d, conic_opacity, features: the depth alone with depth_only),
+// all the preprocess needs, ...
+ForwardState allocate_gaussian_state(int64_t count, const at::TensorOptions& opts,
+                                     bool depth_only = false);
 // ... and, once the scene is known to fit, the per-tile part (tile_ranges: the binning writes
 // it) and the per-pixel part (pixel_state, n_contrib, and median_contrib with c.median_depth;
 // tile splits empty), which the CUDA forward takes after its sort. point_list is the caller's,
@@ -187,6 +201,11 @@ struct GradientTensors {
   // gradients, sums, zeros.
   static GradientTensors like_inputs(const GaussianTensors& g, bool camera_grad,
                                      Allocate allocate);
+  // The same in two steps: the features' and the camera's gradients alone, ...
+  static GradientTensors sums_only(const GaussianTensors& g, bool camera_grad);
+  // ... then each of the preprocess backward's outputs whose input is present and which is not
+  // allocated yet (the CUDA glue takes some before its render backward, the rest after).
+  void allocate_missing(const GaussianTensors& g, Allocate allocate);
   BackwardResult to_list() const {
     const auto part = [this](int64_t start, int64_t size) {
       return camera.numel() > 0 ? camera.narrow(0, start, size) : camera;
@@ -258,8 +277,10 @@ BackwardResult backward_cpu(const RasterConfig& c, const GaussianTensors& g, con
                             const MapGrads& up);
 #if defined(DGRD_WITH_CUDA) || defined(DGRD_EMULATE_CUDA)
 ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g);
-BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
-                             const MapGrads& up);
+// release_state: s holds the state's only references; the buffers the render backward alone
+// reads are freed after it, before the rest of the input gradients are taken.
+BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, ForwardState s,
+                             const MapGrads& up, bool release_state = false);
 at::Tensor mark_visible_cuda(const at::Tensor& positions, const at::Tensor& viewmatrix);
 void set_cuda_tuning_cuda(const std::map<std::string, int64_t>& switches);
 void set_cuda_stage_timing_cuda(bool on);
@@ -273,8 +294,10 @@ namespace dgrd {
 ForwardResult forward(const RasterConfig& c, const GaussianTensors& g);
 // The maps' upstream gradients: None (from Python) where no loss reaches that map.
 using UpstreamGrad = std::optional<at::Tensor>;
-BackwardResult backward(const RasterConfig& c, const GaussianTensors& g,
-                        const std::vector<at::Tensor>& state, const UpstreamGrad& dcolor,
+// release_state: the caller holds no other reference to the state (take_state in bindings.h),
+// which the CUDA backward then frees in part once its render backward has read it.
+BackwardResult backward(const RasterConfig& c, const GaussianTensors& g, ForwardState state,
+                        bool release_state, const UpstreamGrad& dcolor,
                         const UpstreamGrad& ddepth, const UpstreamGrad& dweight,
                         const UpstreamGrad& dfeature_map, const UpstreamGrad& dmedian);
 // An optional tensor (an input, an upstream gradient) as the backends take it: contiguous, or

@@ -285,9 +285,9 @@ class Binning {
   }
 
   // The Gaussians' state with the binning's fields, for the preprocess and sort().
-  GaussianState<float> binning_state(const ForwardState& s) {
+  GaussianState<float> binning_state(const ForwardState& s, const at::Tensor& colors) {
     return make_state<float>(s, tiles_touched_.data_ptr<int64_t>(),
-                             reinterpret_cast<TileRect*>(rects_.data_ptr<int>()));
+                             reinterpret_cast<TileRect*>(rects_.data_ptr<int>()), colors);
   }
 
   // Where the preprocess writes the Gaussians' depth keys; none for the 64-bit sort.
@@ -419,6 +419,49 @@ class Binning {
   int64_t pairs_ = 0;
 };
 
+// The render backward's sums (gpu::SplatSums) laid over rows of input gradients, which this
+// allocates: means3D, scales and rotations (3 + 3 + 4 values: the usual call), or means3D,
+// cov3D_precomp and opacities (3 + 6 + 1) where the covariance is given. The preprocess backward
+// reads each Gaussian's ten before it writes the rows.
+gpu::SplatSums lay_splat_sums(const GaussianTensors& g, GradientTensors& d) {
+  const int64_t P = g.count();
+  if (P == 0) return {};  // nothing to sum; allocate_missing takes every gradient
+  const auto opts = g.means3D.options();
+  d.means3D = device_empty({P, 3}, opts);
+  std::vector<at::Tensor*> rows = {&d.means3D};
+  if (g.cov3D_precomp.numel() > 0) {  // absent inputs are empty tensors
+    d.cov3D_precomp = device_empty(g.cov3D_precomp.sizes(), opts);
+    d.opacities = device_empty({P, 1}, opts);
+    rows.insert(rows.end(), {&d.cov3D_precomp, &d.opacities});
+  } else {
+    TORCH_CHECK(g.scales.numel() > 0 && g.rotations.numel() > 0,
+                "diff_gaussian_rasterization_depth: scales and rotations, or cov3D_precomp");
+    d.scales = device_empty(g.scales.sizes(), opts);
+    d.rotations = device_empty(g.rotations.sizes(), opts);
+    rows.insert(rows.end(), {&d.scales, &d.rotations});
+  }
+  gpu::SplatSums sums{};
+  int k = 0;
+  for (at::Tensor* row : rows) {
+    const int columns = int(row->size(1));
+    for (int column = 0; column < columns && k < kSplatGradValues; ++column, ++k) {
+      sums.value[k] = row->data_ptr<float>() + column;
+      sums.row_bytes[k] = uint32_t(columns * sizeof(float));
+    }
+  }
+  TORCH_INTERNAL_ASSERT(k == kSplatGradValues, "the sums need ", kSplatGradValues,
+                        " values a Gaussian, the rows hold ", k);
+  return sums;
+}
+
+// The buffers only the render backward reads, freed once it is queued (the caching allocator
+// hands them on in stream order): all of the state but the radii.
+void release_render_state(ForwardState& s) {
+  const at::Tensor radii = s.radii;
+  s = ForwardState{};
+  s.radii = radii;
+}
+
 }  // namespace
 
 ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
@@ -429,14 +472,18 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   const auto opts = g.means3D.options();
 
   // Only P-sized memory until the pair count and the image are known to fit.
-  ForwardState s = allocate_gaussian_state(P, opts);
+  // Where the caller gives the colours, the state keeps the depth alone and the kernels read
+  // the colours where they lie (GaussianState::colors): 12 bytes a Gaussian less, held to the
+  // backward (doc/performance.md, "Peak memory").
+  const at::Tensor& colors = g.colors_precomp;
+  ForwardState s = allocate_gaussian_state(P, opts, /*depth_only=*/colors.numel() > 0);
   for (at::Tensor* t : {&s.radii, &s.means2d, &s.conic_opacity, &s.features}) uninitialized(*t);
   const Camera<float> cam = make_camera<float>(c);
   const GaussianInputs<float> in = make_inputs<float>(g);
 
   stage_timer().start("forward", stream);
   Binning bins(c, g.means3D, stream);
-  const GaussianState<float> binning_state = bins.binning_state(s);
+  const GaussianState<float> binning_state = bins.binning_state(s, colors);
   at::Tensor radii = device_empty({P}, opts.dtype(at::kInt));  // the caller's copy
   gpu::preprocess(cam, in, binning_state, bins.depth_keys(), radii.data_ptr<int>(), stream);
   check_stage(c, "preprocess");
@@ -455,7 +502,8 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   // The pixels' state after the sort, so that the sort does not hold it.
   allocate_pixel_state(c, s, opts);
   for (at::Tensor* t : {&s.pixel_state, &s.n_contrib, &s.median_contrib}) uninitialized(*t);
-  const GaussianState<float> st = make_state<float>(s, nullptr, nullptr);  // binning's freed
+  // The binning's fields freed:
+  const GaussianState<float> st = make_state<float>(s, nullptr, nullptr, colors);
 
   at::Tensor color = device_empty({3, H, W}, opts);
   at::Tensor depth = device_empty({H, W}, opts);
@@ -477,50 +525,53 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   return {color, depth, weight, radii, feature_map, median, s.to_list()};
 }
 
-BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
-                             const MapGrads& up) {
+BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, ForwardState s,
+                             const MapGrads& up, bool release_state) {
   require_float32(g);
   const DeviceContext device(g.means3D);
   const cudaStream_t stream = device.stream;
   const int64_t P = g.count();
   stage_timer().start("backward", stream);
-  // The preprocess backward writes every value of the per-Gaussian gradients: no zero fill.
-  GradientTensors grads = GradientTensors::like_inputs(g, c.camera_grad, device_empty);
+  // The gradients that hold the render backward's sums first; the rest after it, so that with
+  // release_state they take the memory of the state it read. The preprocess backward writes
+  // every value of them: no zero fill but the sums'.
+  GradientTensors grads = GradientTensors::sums_only(g, c.camera_grad);
+  const gpu::SplatSums sums = lay_splat_sums(g, grads);
+  gpu::clear_splat_sums(sums, int(P), stream);
+  check_stage(c, "zero gradients");
   const Camera<float> cam = make_camera<float>(c);
-  const GaussianState<float> st = make_state<float>(s, nullptr, nullptr);
+  const int* radii = s.radii.data_ptr<int>();  // kept by release_render_state
+  const GaussianState<float> st = make_state<float>(s, nullptr, nullptr, g.colors_precomp);
   const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
   const PixelGrads<float> pg = {data_or_null<float>(up.color), data_or_null<float>(up.depth),
                                 data_or_null<float>(up.weight)};
-  static_assert(sizeof(SplatGrad<float>) % sizeof(float) == 0, "SplatGrad must be floats");
-  const int64_t splat_floats = int64_t(sizeof(SplatGrad<float>) / sizeof(float));
-  at::Tensor splat = at::zeros({P, splat_floats}, g.means3D.options());
-  auto* splat_grads = reinterpret_cast<SplatGrad<float>*>(splat.data_ptr<float>());
-  check_stage(c, "zero gradients");
-
   const TileSplits splits = splits_of(s);
   OptionalGrads<float> extra = make_optional_grads<float>(g, s, up, grads);
   at::Tensor feature_dots;
   if (extra.has_features() && splits.capacity > 0) {
     const int chunk = gpu::feature_chunk(extra.channels);
-    feature_dots = feature_split_buffer(c.tiles_x() * c.tiles_y() + splits.capacity,
-                                        (extra.channels + chunk - 1) / chunk, g.means3D.options());
+    feature_dots =
+        feature_split_buffer(c.tiles_x() * c.tiles_y() + splits.capacity,
+                             (extra.channels + chunk - 1) / chunk, g.means3D.options());
   }
   extra.feature_dots = output_or_null<float>(feature_dots);
   const at::Tensor abs_sums = absolute_grad_sums(c, g);
   extra.mean2d_abs = reinterpret_cast<Vec2<float>*>(output_or_null<float>(abs_sums));
   gpu::render_backward(cam, st, lists, make_pixel_buffers<float>(s, {}, {}, {}), pg, extra,
-                       splat_grads, splits, stream);
+                       sums, splits, stream);
   check_stage(c, "render_backward");
+  feature_dots.reset();
+  if (release_state) release_render_state(s);
+  grads.allocate_missing(g, device_empty);
   CameraGrad<float>* camera = grads.camera_pointer<float>();
   at::Tensor partials;  // the camera gradient's per-block sums
   if (camera)
     partials = device_empty({int64_t(gpu::camera_grad_partials(int(P))), kCameraGradValues},
                             g.means3D.options());
-  gpu::preprocess_backward(cam, make_inputs<float>(g), st.radii, splat_grads,
-                            grads.pointers<float>(), camera,
-                            camera ? reinterpret_cast<CameraGrad<float>*>(partials.data_ptr<float>())
-                                   : nullptr,
-                            stream);
+  gpu::preprocess_backward(
+      cam, make_inputs<float>(g), radii, sums, grads.pointers<float>(), camera,
+      camera ? reinterpret_cast<CameraGrad<float>*>(partials.data_ptr<float>()) : nullptr,
+      stream);
   check_stage(c, "preprocess_backward");
   append_absolute_grad(c, abs_sums, grads);
   return grads.to_list();

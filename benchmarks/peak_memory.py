@@ -4,13 +4,13 @@
     python benchmarks/peak_memory.py [--scenes 112k,1m] [--scales 1,2] [--sh] [--device cuda]
 
 The extra memory at the peak of one forward (no autograd) and of one forward + backward (a loss
-on colour, depth and weight) on the garden frames, over what was allocated before the call, as
-bench.py's peak columns. Without a GPU (the default, `--device cpu`) the emulated CUDA backend
-runs the call: its glue allocates through PyTorch the very buffers the CUDA glue does (CUB's
-scratch sized as CUB sizes it, but for the split lists' slots, which follow the emulation's one
-multiprocessor), and torch's profiler records each allocation and free. With `--device cuda`:
-`torch.cuda.max_memory_allocated`. `peak_extra_bytes` is what tests/test_peak_memory.py
-measures with.
+on colour, depth and weight, the outputs dropped before the backward) on the garden frames,
+over what was allocated before the call, as bench.py's peak columns. Without a GPU (the
+default, `--device cpu`) the emulated CUDA backend runs the call: its glue allocates through
+PyTorch the very buffers the CUDA glue does (CUB's scratch sized as CUB sizes it, but for the
+split lists' slots, which follow the emulation's one multiprocessor), and torch's profiler
+records each allocation and free. With `--device cuda`: `torch.cuda.max_memory_allocated`.
+`peak_extra_bytes` is what tests/test_peak_memory.py measures with.
 """
 import argparse
 import sys
@@ -101,9 +101,12 @@ def main():
                     GaussianRasterizer(settings)(**scene.rasterizer_inputs())
 
             def forward_backward():
-                color, _, depth, weight = GaussianRasterizer(settings)(
+                # The outputs go before the backward, as in bench.py.
+                color, radii, depth, weight = GaussianRasterizer(settings)(
                     **scene.rasterizer_inputs())
-                (color.sum() + depth.sum() + weight.sum()).backward()
+                loss = color.sum() + depth.sum() + weight.sum()
+                del color, radii, depth, weight
+                loss.backward()
 
             with backend():
                 fwd = peak_extra_bytes(forward, device) / MIB

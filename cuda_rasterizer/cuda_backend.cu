@@ -44,7 +44,7 @@ __global__ void duplicate_keys_kernel(Camera<float> cam, int count, GaussianStat
   if (i >= count || state.radii[i] == 0) return;
   int64_t out = i == 0 ? 0 : offsets[i - 1];
   const TileRect r = state.rects[i];
-  const uint64_t depth_bits = depth_sort_key(state.features[i].w, cam.inverse_depth);
+  const uint64_t depth_bits = depth_sort_key(state.depth(i), cam.inverse_depth);
   for (int y = r.y0; y < r.y1; ++y)
     for (int x = r.x0; x < r.x1; ++x) {
       keys[out] = (uint64_t(y * cam.tiles_x + x) << 32) | depth_bits;
@@ -205,7 +205,7 @@ struct SplatBatch {
     const Vec4<float> conic_opacity = s.conic_opacity[id_];
     mean_id[slot] = {mean, unsigned(id_), 0u};
     exponent[slot] = Base2Exponent<float>::of(conic_opacity);
-    feature[slot] = s.features[id_];
+    feature[slot] = s.feature(id_);
     if (kWarpSkip) reach[slot] = warp_reach_mask(me, mean, conic_opacity);
   }
   // visit(j) for the splats j in [from, n) that reach warp `warp`, in order; `from` and `n`
@@ -694,49 +694,55 @@ __global__ void __launch_bounds__(kTilePixels)
   }
 }
 
-// Where the k-th value of a SplatGrad lies, in floats from its start (the order of
-// warp_accumulate's values; `feature` is 16-byte aligned, so there is a gap before it).
-__host__ __device__ constexpr int splat_grad_offset(int k) {
-  using G = SplatGrad<float>;
-  return int((k < 2   ? offsetof(G, mean2d) + k * sizeof(float)
-              : k < 5 ? offsetof(G, conic) + (k - 2) * sizeof(float)
-              : k == 5 ? offsetof(G, opacity)
-                       : offsetof(G, feature) + (k - 6) * sizeof(float)) /
-             sizeof(float));
-}
-static_assert(splat_grad_offset(0) == 0 && splat_grad_offset(1) == 1 &&
-                  splat_grad_offset(2) == 2 && splat_grad_offset(3) == 3 &&
-                  splat_grad_offset(4) == 4 && splat_grad_offset(5) == 5 &&
-                  offsetof(SplatGrad<float>, conic) == 2 * sizeof(float) &&
-                  sizeof(Sym2<float>) == 3 * sizeof(float) &&
-                  sizeof(Vec4<float>) == 4 * sizeof(float),
-              "SplatGrad's values are not laid out as splat_grad_offset says");
+// A lane's own total of the scatter (warp_scatter_total) and where it adds it, taken once
+// before a kernel's loops: value `slot` of SplatSums (null for a slot past them, or none).
+struct SumLane {
+  float* value = nullptr;
+  uint32_t row_bytes = 0;  // 0: the lane holds none
 
-__device__ __forceinline__ float* splat_grad_value(SplatGrad<float>* g, int k) {
-  return reinterpret_cast<float*>(g) + splat_grad_offset(k);
+  __device__ __forceinline__ bool holds() const { return row_bytes != 0; }
+  __device__ __forceinline__ float* at(int i) const { return SplatSums::row(value, row_bytes, i); }
+};
+
+__device__ __forceinline__ SumLane sum_lane(const SplatSums& sums, int slot) {
+  SumLane lane;
+#pragma unroll
+  for (int k = 0; k < kSplatGradValues; ++k)  // selects: the parameters stay in their bank
+    if (slot == k) lane = {sums.value[k], sums.row_bytes[k]};
+  return lane;
 }
 
-// Adds a SplatGrad summed over the warp: one set of atomics per warp instead of one per pixel.
-// With kScatter, `offset` is the lane's splat_grad_offset of its scatter_slot (-1: none), taken
-// before the kernel's loops.
+// Adds a SplatGrad summed over the warp to Gaussian id's sums: one set of atomics per warp
+// instead of one per pixel. With kScatter, `lane` is the lane's sum_lane of its scatter_slot.
 template <bool kScatter>
-__device__ __forceinline__ void warp_accumulate(const SplatGrad<float>& g, SplatGrad<float>* out,
-                                                int offset) {
+__device__ __forceinline__ void warp_accumulate(const SplatGrad<float>& g, const SplatSums& sums,
+                                                int id, SumLane lane) {
   const float v[kSplatGradValues] = {g.mean2d.x, g.mean2d.y, g.conic.a, g.conic.b, g.conic.c,
                                      g.opacity, g.feature.x, g.feature.y, g.feature.z,
                                      g.feature.w};
   if constexpr (kScatter) {
     const float total = warp_scatter_total(v);
-    if (offset >= 0) atomicAdd(reinterpret_cast<float*>(out) + offset, total);
+    if (lane.holds()) atomicAdd(lane.at(id), total);
   } else {
-    warp_add_each<false>(v, [out](int k) { return splat_grad_value(out, k); });
+    warp_add_each<false>(v, [&](int k) { return sums.at(k, id); });
   }
 }
 
-// The lane's offset for warp_accumulate<true>.
-__device__ __forceinline__ int splat_grad_lane_offset() {
-  const int slot = scatter_slot<kSplatGradValues>(kSplatGradValues);
-  return slot >= 0 ? splat_grad_offset(slot) : -1;
+// Gaussian i's sums, read whole before any of the rows they lie in is written.
+__device__ __forceinline__ SplatGrad<float> read_splat_sums(const SplatSums& sums, int i) {
+  SplatGrad<float> g;
+  g.mean2d = {*sums.at(0, i), *sums.at(1, i)};
+  g.conic = {*sums.at(2, i), *sums.at(3, i), *sums.at(4, i)};
+  g.opacity = *sums.at(5, i);
+  g.feature = {*sums.at(6, i), *sums.at(7, i), *sums.at(8, i), *sums.at(9, i)};
+  return g;
+}
+
+__global__ void clear_splat_sums_kernel(SplatSums sums, int count) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+#pragma unroll
+  for (int k = 0; k < kSplatGradValues; ++k) *sums.at(k, i) = 0.f;
 }
 
 // Lane 0 adds the warp's sum of v to *out.
@@ -755,8 +761,7 @@ template <bool kMedian, bool kWarpSkip, bool kScatter>
 __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
     render_backward_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
                            PixelBuffers<float> px, PixelGrads<float> grads,
-                           OptionalGrads<float> extra, SplatGrad<float>* splat_grads,
-                           TileSplits splits) {
+                           OptionalGrads<float> extra, SplatSums sums, TileSplits splits) {
   DGRD_SHARED(SplatBatch, batch);
   splits.load_length();
   const ListPart part(cam, lists, splits);
@@ -779,7 +784,8 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
   // starts at its own last one (the median's splat is never behind it).
   const int block_end = min(part.hi, block_max(last));
   const int warp_end = min(part.hi, kWarpSkip ? warp_max(last) : block_end);
-  const int grad_offset = kScatter ? splat_grad_lane_offset() : -1;
+  const SumLane lane =
+      kScatter ? sum_lane(sums, scatter_slot<kSplatGradValues>(kSplatGradValues)) : SumLane{};
 
   // Positions are relative to `begin`; batches walk from the back.
   for (int stop = block_end; stop > part.lo; stop -= kTilePixels) {
@@ -803,7 +809,7 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
       SplatGrad<float> g;
       pb.step_if(blends, alpha, G, d, batch.exponent[j], batch.feature[j], g);
       if (median_splat) g.feature.w += median_grad;
-      warp_accumulate<kScatter>(g, splat_grads + batch.mean_id[j].id, grad_offset);
+      warp_accumulate<kScatter>(g, sums, batch.mean_id[j].id, lane);
       if (extra.mean2d_abs) {  // the same for the whole grid: asked for or not
         // g.mean2d is of the colour, depth and weight alone (the median adds to z only).
         const Vec2<float> a = abs_each(g.mean2d);
@@ -869,7 +875,7 @@ template <int kChunk>
 __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
     render_features_backward_kernel(Camera<float> cam, GaussianState<float> state,
                                     TileLists lists, PixelBuffers<float> px,
-                                    OptionalGrads<float> extra, SplatGrad<float>* splat_grads,
+                                    OptionalGrads<float> extra, SplatSums sums,
                                     TileSplits splits, bool warp_skip, bool scatter) {
   DGRD_SHARED(FeatureBatch<kChunk>, batch);
   splits.load_length();
@@ -891,9 +897,13 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
   }
 
   const int warp_end = warp_skip ? me.warp_end : me.block_end;
-  // The lane's value in the scatter (the six splat values, then the chunk's channels), taken
-  // once; the first six lie at their own index in a SplatGrad.
+  // The lane's total in the scatter (the six splat values, then the chunk's channels) and
+  // where it goes, taken once: a channel's gradient row by row of features_grad, as the sums.
   const int slot = scatter ? scatter_slot<6 + kChunk>(6 + me.count) : -1;
+  const SumLane lane =
+      slot < 6 ? sum_lane(sums, slot)
+               : SumLane{extra.features_grad + me.first + (slot - 6),
+                         uint32_t(sizeof(float) * extra.channels)};
   for (int stop = me.block_end; stop > part.lo; stop -= kTilePixels) {
     const int start = max(part.lo, stop - kTilePixels);
     __syncthreads();  // the previous batch is no longer read
@@ -927,9 +937,7 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
       // dL/dF = w g, 0 where the pixel does not blend the splat: w = 0 there, but 0 x g is
       // NaN at a pixel whose upstream gradient is, which would reach every splat its warp visits.
       const auto dfeature = [&](int c) { return zero_unless(contributes, w * upstream[c]); };
-      SplatGrad<float>* out = splat_grads + batch.mean_id[j].id;
-      float* features_grad =
-          extra.features_grad + uint64_t(batch.mean_id[j].id) * extra.channels + me.first;
+      const int id = batch.mean_id[j].id;
       if (scatter) {
         // The six splat values (mean2d, conic, opacity), then the chunk's feature gradients.
         float v[6 + kChunk] = {g.mean2d.x, g.mean2d.y, g.conic.a, g.conic.b, g.conic.c,
@@ -937,19 +945,18 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
 #pragma unroll
         for (int c = 0; c < kChunk; ++c) v[6 + c] = dfeature(c);
         const float total = warp_scatter_total(v);
-        if (slot >= 0)
-          atomicAdd(slot < 6 ? reinterpret_cast<float*>(out) + slot : features_grad + (slot - 6),
-                    total);
+        if (lane.holds()) atomicAdd(lane.at(id), total);
         return true;
       }
       // One value at a time, each made where it is added (an array of all of them would hold
       // kChunk more registers: 80 instead of 64 at kChunk = 16, sm_90).
-      warp_add(g.mean2d.x, &out->mean2d.x);
-      warp_add(g.mean2d.y, &out->mean2d.y);
-      warp_add(g.conic.a, &out->conic.a);
-      warp_add(g.conic.b, &out->conic.b);
-      warp_add(g.conic.c, &out->conic.c);
-      warp_add(g.opacity, &out->opacity);
+      warp_add(g.mean2d.x, sums.at(0, id));
+      warp_add(g.mean2d.y, sums.at(1, id));
+      warp_add(g.conic.a, sums.at(2, id));
+      warp_add(g.conic.b, sums.at(3, id));
+      warp_add(g.conic.c, sums.at(4, id));
+      warp_add(g.opacity, sums.at(5, id));
+      float* features_grad = extra.features_grad + uint64_t(id) * extra.channels + me.first;
 #pragma unroll
       for (int c = 0; c < kChunk; ++c)
         if (c < me.count) warp_add(dfeature(c), features_grad + c);
@@ -960,12 +967,12 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
 
 // Every value of the gradients `out` is written (the glue allocates them uninitialized).
 __global__ void preprocess_backward_kernel(Camera<float> cam, GaussianInputs<float> in,
-                                           const int* radii, const SplatGrad<float>* splat_grads,
+                                           const int* radii, SplatSums sums,
                                            GaussianGrads<float> out) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= in.count) return;
   const bool culled = radii[i] == 0;
-  if (!culled) preprocess_gaussian_backward(cam, in, i, splat_grads[i], out);
+  if (!culled) preprocess_gaussian_backward(cam, in, i, read_splat_sums(sums, i), out);
   zero_unwritten_grads(cam, in, i, culled, out);
 }
 
@@ -980,7 +987,7 @@ __device__ __forceinline__ float camera_value(const CameraGrad<float>& g, int k)
 // warps, in a fixed order. Launched with kThreads threads per block.
 __global__ void __launch_bounds__(kThreads)
     preprocess_backward_camera_kernel(Camera<float> cam, GaussianInputs<float> in,
-                                      const int* radii, const SplatGrad<float>* splat_grads,
+                                      const int* radii, SplatSums sums,
                                       GaussianGrads<float> out, CameraGrad<float>* partials) {
   constexpr int kWarps = kThreads / 32;
   using WarpSums = float[kWarps][kCameraGradValues];
@@ -989,7 +996,7 @@ __global__ void __launch_bounds__(kThreads)
   CameraGrad<float> share = {};
   if (i < in.count) {
     const bool culled = radii[i] == 0;
-    if (!culled) preprocess_gaussian_backward(cam, in, i, splat_grads[i], out, &share);
+    if (!culled) preprocess_gaussian_backward(cam, in, i, read_splat_sums(sums, i), out, &share);
     zero_unwritten_grads(cam, in, i, culled, out);
   }
   const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) / 32;
@@ -1204,7 +1211,7 @@ void launch_features(const Camera<float>& cam, const GaussianState<float>& state
 template <int kChunk>
 void launch_features_backward(const Camera<float>& cam, const GaussianState<float>& state,
                               TileLists lists, const PixelBuffers<float>& px,
-                              const OptionalGrads<float>& extra, SplatGrad<float>* splat_grads,
+                              const OptionalGrads<float>& extra, const SplatSums& sums,
                               const TileSplits& splits, const CudaTuning& tuning,
                               cudaStream_t stream) {
   const TileSplits parts = extra.feature_dots ? splits : TileSplits{};
@@ -1214,7 +1221,7 @@ void launch_features_backward(const Camera<float>& cam, const GaussianState<floa
     DGRD_LAUNCH(feature_dots_kernel<kChunk>, grid, kTilePixels, stream)(
         cam, state, lists, px, extra, parts, tuning.warp_skip);
   DGRD_LAUNCH(render_features_backward_kernel<kChunk>, grid, kTilePixels, stream)(
-      cam, state, lists, px, extra, splat_grads, parts, tuning.warp_skip, tuning.scatter_reduce);
+      cam, state, lists, px, extra, sums, parts, tuning.warp_skip, tuning.scatter_reduce);
 }
 
 }  // namespace
@@ -1256,7 +1263,7 @@ void render(const Camera<float>& cam, const GaussianState<float>& state, TileLis
 
 void render_backward(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
                      const PixelBuffers<float>& px, PixelGrads<float> grads,
-                     const OptionalGrads<float>& extra, SplatGrad<float>* splat_grads,
+                     const OptionalGrads<float>& extra, const SplatSums& sums,
                      const TileSplits& splits, cudaStream_t stream) {
   const int tiles = cam.tiles_x * cam.tiles_y;
   const int blocks = tiles + splits.capacity;  // a block per tile, and per part it may add
@@ -1267,41 +1274,45 @@ void render_backward(const Camera<float>& cam, const GaussianState<float>& state
             render_backward_kernel<decltype(median)::value, decltype(warp_skip)::value,
                                    decltype(scatter)::value>;
         DGRD_LAUNCH(render_backward_variant, blocks, kTilePixels, stream)(
-            cam, state, lists, px, grads, extra, splat_grads, splits);
+            cam, state, lists, px, grads, extra, sums, splits);
       },
       extra.has_median(), tuning.warp_skip, tuning.scatter_reduce);
   if (!extra.has_features()) return;
   switch (feature_chunk(extra.channels)) {
     case 4:
-      launch_features_backward<4>(cam, state, lists, px, extra, splat_grads, splits, tuning,
+      launch_features_backward<4>(cam, state, lists, px, extra, sums, splits, tuning,
                                     stream);
       break;
     case 8:
-      launch_features_backward<8>(cam, state, lists, px, extra, splat_grads, splits, tuning,
+      launch_features_backward<8>(cam, state, lists, px, extra, sums, splits, tuning,
                                     stream);
       break;
     default:
-      launch_features_backward<16>(cam, state, lists, px, extra, splat_grads, splits, tuning,
+      launch_features_backward<16>(cam, state, lists, px, extra, sums, splits, tuning,
                                     stream);
       break;
   }
 }
 
+void clear_splat_sums(const SplatSums& sums, int count, cudaStream_t stream) {
+  if (count == 0) return;
+  DGRD_LAUNCH(clear_splat_sums_kernel, blocks_for(count), kThreads, stream)(sums, count);
+}
+
 int camera_grad_partials(int count) { return blocks_for(count); }
 
 void preprocess_backward(const Camera<float>& cam, const GaussianInputs<float>& in,
-                         const int* radii, const SplatGrad<float>* splat_grads,
+                         const int* radii, const SplatSums& sums,
                          const GaussianGrads<float>& out, CameraGrad<float>* camera,
                          CameraGrad<float>* partials, cudaStream_t stream) {
   if (in.count == 0) return;
   const int blocks = blocks_for(in.count);
   if (!camera) {
-    DGRD_LAUNCH(preprocess_backward_kernel, blocks, kThreads, stream)(cam, in, radii, splat_grads,
-                                                                      out);
+    DGRD_LAUNCH(preprocess_backward_kernel, blocks, kThreads, stream)(cam, in, radii, sums, out);
     return;
   }
   DGRD_LAUNCH(preprocess_backward_camera_kernel, blocks, kThreads, stream)(
-      cam, in, radii, splat_grads, out, partials);
+      cam, in, radii, sums, out, partials);
   DGRD_LAUNCH(camera_grad_total_kernel, kCameraGradValues, kThreads, stream)(partials, blocks,
                                                                              camera);
 }

@@ -136,23 +136,44 @@ void render(const Camera<float>& cam, const GaussianState<float>& state, TileLis
             const PixelBuffers<float>& px, const OptionalOutputs<float>& extra,
             const TileSplits& splits, const TileSplits& forward_splits, cudaStream_t stream);
 
+// Where the render backward sums each Gaussian's SplatGrad: value k (in the order mean2d x, y,
+// conic a, b, c, opacity, feature r, g, b, depth) of Gaussian i at value[k], i row strides on.
+// The glue lays the ten over rows of the input gradients that preprocess_backward writes only
+// after reading them, row i by Gaussian i's thread, so the sums take no memory of their own.
+struct SplatSums {
+  float* value[kSplatGradValues];
+  uint32_t row_bytes[kSplatGradValues];
+
+  DGRD_HD float* at(int k, int i) const { return row(value[k], row_bytes[k], i); }
+  // In bytes and unsigned 32 x 32 -> 64 bits: one wide multiply-add, where a float stride or
+  // int64_t would take a shift or a 64-bit multiply too.
+  static DGRD_HD float* row(float* first, uint32_t row_bytes, int i) {
+    return reinterpret_cast<float*>(reinterpret_cast<char*>(first) +
+                                    uint64_t(uint32_t(i)) * row_bytes);
+  }
+};
+
+// Sets every Gaussian's sums to zero (before render_backward).
+void clear_splat_sums(const SplatSums& sums, int count, cudaStream_t stream);
+
 // One 16x16 block per tile and part of a split list (the forward's splits), back to front;
-// adds each Gaussian's gradient into splat_grads (zeroed by the caller) once per warp, and the
+// adds each Gaussian's gradient into its sums (cleared by the caller) once per warp, and the
 // features' into extra.features_grad (zeroed by the caller), one block per tile (and per part,
 // given extra.feature_dots), when the feature map has an upstream gradient.
 void render_backward(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
                      const PixelBuffers<float>& px, PixelGrads<float> grads,
-                     const OptionalGrads<float>& extra, SplatGrad<float>* splat_grads,
+                     const OptionalGrads<float>& extra, const SplatSums& sums,
                      const TileSplits& splits, cudaStream_t stream);
 
 // Number of CameraGrad partial sums preprocess_backward needs for `count` Gaussians.
 int camera_grad_partials(int count);
 
 // Writes every value of `out`, zeros where no gradient flows (zero_unwritten_grads), so the
-// caller need not fill it. camera: null, or where the camera gradient summed over all Gaussians
-// is written (then partials holds camera_grad_partials(count) scratch entries).
+// caller need not fill it; each Gaussian's sums are read before any of its rows of `out` is
+// written. camera: null, or where the camera gradient summed over all Gaussians is written
+// (then partials holds camera_grad_partials(count) scratch entries).
 void preprocess_backward(const Camera<float>& cam, const GaussianInputs<float>& in,
-                         const int* radii, const SplatGrad<float>* splat_grads,
+                         const int* radii, const SplatSums& sums,
                          const GaussianGrads<float>& out, CameraGrad<float>* camera,
                          CameraGrad<float>* partials, cudaStream_t stream);
 

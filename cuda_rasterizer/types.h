@@ -64,15 +64,29 @@ struct GaussianState {
   int* radii;
   Vec2<T>* means2d;
   Vec4<T>* conic_opacity;
-  Vec4<T>* features;
+  Vec4<T>* features;       // null where colors and depths stand in for it (below)
   int64_t* tiles_touched;  // forward only: the number of tiles in rects[i]
   TileRect* rects;         // forward only: read back by the binning
+  // The CUDA backend's, where the caller gives the colours: each Gaussian's colour read where
+  // the caller's (P, 3) tensor holds it and its depth stored alone, so that the forward keeps
+  // 12 bytes a Gaussian less for the backward than a copy of both in features.
+  const T* colors = nullptr;
+  T* depths = nullptr;
+
+  DGRD_HD Vec4<T> feature(int i) const {
+    if (features) return features[i];
+    return {colors[3 * i], colors[3 * i + 1], colors[3 * i + 2], depths[i]};
+  }
+  DGRD_HD T depth(int i) const { return features ? features[i].w : depths[i]; }
 
   DGRD_HD void store(int i, const ProjectedGaussian<T>& g) const {
     radii[i] = g.radius;
     means2d[i] = g.mean2d;
     conic_opacity[i] = g.conic_opacity;
-    features[i] = g.feature;
+    if (features)
+      features[i] = g.feature;
+    else
+      depths[i] = g.feature.w;  // the colour is colors[i], as gaussian_color reads it
     rects[i] = g.rect;
     tiles_touched[i] = g.radius > 0 ? g.rect.area() : 0;
   }

@@ -175,7 +175,8 @@ class _RasterizeGaussians(torch.autograd.Function):
                                    grads=upstream(), median_depth=ctx.config.median_depth,
                                    inverse_depth=ctx.config.inverse_depth),
             lambda: _backend.backward(ctx.config, ctx.gaussians, ctx.state, grad_color,
-                                      grad_depth, grad_weight, grad_features, grad_median))
+                                      grad_depth, grad_weight, grad_features, grad_median,
+                                      release_state=_backend.graph_is_freed()))
         _, _, has_sh, has_colors, has_scales, has_rotations, has_cov, has_dc = ctx.present
         if ctx.means2D_columns == 2:  # the backend's gradient has 3 columns (4 with AbsGS)
             d_means2D = d_means2D[:, :2]

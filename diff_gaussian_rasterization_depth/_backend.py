@@ -201,10 +201,25 @@ def forward(config, gaussians):
 
 
 def backward(config, gaussians, state, grad_color, grad_depth, grad_weight,
-             grad_feature_map=None, grad_median=None):
-    """None for a map no loss reaches; contiguity and the empty stand-ins are settled in C++."""
+             grad_feature_map=None, grad_median=None, release_state=False):
+    """None for a map no loss reaches; contiguity and the empty stand-ins are settled in C++.
+    release_state: `state` (the forward's list) is emptied, and the backward frees its buffers
+    as it is done with them: for a graph that is not kept (`graph_is_freed`)."""
     return _renderer().backward(config, gaussians, state, grad_color, grad_depth, grad_weight,
-                                grad_feature_map, grad_median)
+                                grad_feature_map, grad_median, release_state)
+
+
+def graph_is_freed():
+    """Whether the running backward frees the graph after it (no retain_graph or
+    create_graph), so that a Function may free its state as it goes. False where this torch
+    cannot tell (the query is private; torch 2.1 and later have it)."""
+    keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    if keep_graph is None:
+        return False
+    try:
+        return not keep_graph()
+    except RuntimeError:  # not inside a graph task
+        return False
 
 
 def mark_visible(positions, settings):

@@ -233,7 +233,8 @@ def tile_lists(scene, device):
     inputs = {k: (None if v is None else v.detach().to(device)) for k, v in scene.inputs.items()}
     on_device = scenes.Scene(inputs, settings_on(scene.settings, device))
     state = _backend.forward(*scenes.backend_call(on_device))[-1]
-    return state[4].cpu(), state[5].cpu(), state[3][:, 3].cpu()
+    # The depth is the features' last column: (P, 4), or (P, 1) where colours are given.
+    return state[4].cpu(), state[5].cpu(), state[3][:, -1].cpu()
 
 
 def assert_ordered_by_depth(point_list, tile_ranges, depth):
@@ -647,8 +648,8 @@ def alphas_crossing_late(gen):
 
 
 PLAIN_KERNELS = {"preprocess_kernel", "duplicate_tile_keys_kernel", "tile_ranges_kernel", "plan_splits_kernel",
-                 "render_variant", "resolve_variant", "render_backward_variant",
-                 "preprocess_backward_kernel"}
+                 "render_variant", "resolve_variant", "clear_splat_sums_kernel",
+                 "render_backward_variant", "preprocess_backward_kernel"}
 FEATURE_KERNELS = {"render_features_kernel", "combine_feature_parts_kernel",
                    "feature_dots_kernel", "render_features_backward_kernel"}
 

@@ -187,7 +187,7 @@ def test_backward_error_writes_a_snapshot_that_replays(tmp_path, monkeypatch, de
     monkeypatch.chdir(tmp_path)
     scene, settings = debug_scene(8, sh_degree=1, dc=True, antialiasing=True)
 
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise RuntimeError("injected backward fault")
     real = _backend.backward
     monkeypatch.setattr(_backend, "backward", broken)

@@ -225,9 +225,9 @@ def map_gradients(settings, inputs, upstream, monkeypatch):
     handed = []
     real = _backend.backward
 
-    def spy(config, gaussians, state, *maps):
+    def spy(config, gaussians, state, *maps, **options):
         handed.append(maps[:3])
-        return real(config, gaussians, state, *maps)
+        return real(config, gaussians, state, *maps, **options)
 
     leaves = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in
               inputs.items()}
@@ -470,7 +470,7 @@ def test_debug_snapshot_replays_features_and_median(tmp_path, monkeypatch):
 
     real = _backend.backward
 
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise RuntimeError("injected backward fault")
     monkeypatch.setattr(_backend, "backward", broken)
     with pytest.raises(RuntimeError, match="injected backward fault") as info:

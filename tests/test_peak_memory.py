@@ -9,7 +9,7 @@ import pytest
 
 import scenes
 from cuda_target import active, cuda_targets, is_emulated
-from diff_gaussian_rasterization_depth import _backend
+from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,12 +23,14 @@ def bench_module(name):
 
 
 # What the forward holds a Gaussian from its sort by depth to its render (Binning in
-# rasterize_points_cuda.cu frees each buffer once its last reader is queued): throughout, the
-# state (radii, mean2d, conic and opacity, colour and depth: 44) and the caller's radii (4);
+# rasterize_points_cuda.cu frees each buffer once its last reader is queued), the garden's
+# colours given: throughout, the state (radii, mean2d, conic and opacity, and the depth alone:
+# 32; the colours are read where the caller's tensor holds them) and the caller's radii (4);
 # while the Gaussians sort by depth, tiles touched (8), tile rectangles (16), the depth keys and
 # the Gaussians' ids in two buffers each (16); while the pairs are written, the rectangles, the
 # ids by depth (4) and the scanned offsets (8).
-STATE_BYTES_A_GAUSSIAN = 48
+RENDER_STATE_BYTES_A_GAUSSIAN = 32
+STATE_BYTES_A_GAUSSIAN = RENDER_STATE_BYTES_A_GAUSSIAN + 4
 DEPTH_SORT_BYTES_A_GAUSSIAN = STATE_BYTES_A_GAUSSIAN + 8 + 16 + 16
 WRITING_PAIRS_BYTES_A_GAUSSIAN = STATE_BYTES_A_GAUSSIAN + 16 + 4 + 8
 # A pair while it is written: a key and an id (8); while the pairs sort: in two buffers each
@@ -44,6 +46,16 @@ STATE_SLOT_BYTES, COMPOSITE_SLOT_BYTES = 5 * 256 * 4 + 8, 7 * 256 * 4 + 8
 # CUB's own scratch (digit counts, look-back tiles; a few tens of KiB at these sizes), the
 # caching allocator's rounding of each buffer to 512 bytes, the small tensors.
 SLACK = 256 << 10
+
+
+# The backward (backward_cuda): the state the render backward reads (the 32 bytes a Gaussian
+# above, the pairs, the tile ranges, a pixel's saved state, the split slots) beside the
+# gradients that hold its sums (means3D 12, scales 12, rotations 16); then, the state freed but
+# its radii, every input's gradient (those and means2D 12, opacities 4, colours 12).
+# Throughout, the maps' upstream gradients (colour, depth, weight: 20 a pixel).
+SUM_ROW_BYTES_A_GAUSSIAN = 40
+RADII_BYTES_A_GAUSSIAN, INPUT_GRAD_BYTES_A_GAUSSIAN = 4, 40 + 12 + 4 + 12
+UPSTREAM_BYTES_A_PIXEL = 20
 
 
 def forward_length(length):
@@ -93,5 +105,56 @@ def test_forward_peak_memory_within_its_buffers(target):
     budget = forward_budget(P, pairs, pixels, tiles, slots, forward_slots)
     # The sort's buffers and the state alone, so that a measurement that saw nothing fails too.
     assert SORTING_BYTES_A_PAIR * pairs + STATE_BYTES_A_GAUSSIAN * P <= peak <= budget + SLACK, (
+        f"peak {peak} bytes against a budget of {budget} (+{SLACK}): {P} Gaussians, "
+        f"{pairs} pairs, {pixels} pixels, {tiles} tiles, {slots} split slots")
+
+
+def backward_budget(P, pairs, pixels, tiles, slots):
+    """The most the backward may hold at once, the maps dropped: at its render backward, or at
+    its preprocess backward, once the state the render read is freed."""
+    render = ((RENDER_STATE_BYTES_A_GAUSSIAN + SUM_ROW_BYTES_A_GAUSSIAN) * P
+              + KEPT_BYTES_A_PAIR * pairs + BYTES_A_TILE * tiles
+              + (STATE_BYTES_A_PIXEL + UPSTREAM_BYTES_A_PIXEL) * pixels
+              + STATE_SLOT_BYTES * slots)
+    preprocess = ((RADII_BYTES_A_GAUSSIAN + INPUT_GRAD_BYTES_A_GAUSSIAN) * P
+                  + UPSTREAM_BYTES_A_PIXEL * pixels)
+    return max(render, preprocess)
+
+
+@pytest.mark.parametrize("target", cuda_targets(("asc",)))
+def test_backward_peak_memory_within_its_buffers(target):
+    """A training step's forward + backward on the frame above, through autograd, the maps
+    dropped before the backward (as a training step and bench.py do): its peak is the
+    forward's or the backward's budget. Sums of their own (48 bytes a Gaussian), or the state
+    held through the preprocess backward (40), would pass it."""
+    device = "cpu" if is_emulated(target) else "cuda"
+    garden = bench_module("scenes").garden_scene("112k", camera=0, scale=0.5, seed=0,
+                                                 device=device, requires_grad=True)
+    settings = garden.raster_settings()
+    inputs = garden.rasterizer_inputs()  # means2D made here, outside the measured call
+    scene = scenes.Scene({k: v.detach() for k, v in inputs.items()}, settings)
+
+    def step():
+        color, radii, depth, weight = GaussianRasterizer(settings)(**inputs)
+        loss = color.sum() + depth.sum() + weight.sum()
+        del color, radii, depth, weight
+        loss.backward()
+        for v in inputs.values():
+            v.grad = None  # each call's gradients are its own (and are counted in its peak)
+
+    with active(target):
+        config, gaussians = scenes.backend_call(scene)
+        state = _backend.forward(config, gaussians)[-1]
+        measure = bench_module("peak_memory").peak_extra_bytes
+        peak = min(measure(step, device) for _ in range(3))
+    P = scene.inputs["means3D"].shape[0]
+    pairs, tiles, slots = state[4].numel(), state[5].shape[0], state[10].shape[0]
+    pixels = settings.image_height * settings.image_width
+    length = int(state[9][0]) if slots else 0
+    forward_slots = (pairs - 1) // forward_length(length) if slots else 0
+    budget = max(forward_budget(P, pairs, pixels, tiles, slots, forward_slots),
+                 backward_budget(P, pairs, pixels, tiles, slots))
+    floor = (RENDER_STATE_BYTES_A_GAUSSIAN + SUM_ROW_BYTES_A_GAUSSIAN) * P
+    assert floor <= peak <= budget + SLACK, (
         f"peak {peak} bytes against a budget of {budget} (+{SLACK}): {P} Gaussians, "
         f"{pairs} pairs, {pixels} pixels, {tiles} tiles, {slots} split slots")

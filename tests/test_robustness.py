@@ -546,7 +546,10 @@ def test_backward_twice_with_retain_graph(device):
     color, _, depth, weight = GaussianRasterizer(settings)(
         **{k: v for k, v in leaves.items() if v is not None})
     loss = color.sum() + depth.sum() + weight.sum()
+    saved = color.grad_fn.state  # the forward's state, which a kept graph keeps whole
+    count = len(saved)
     loss.backward(retain_graph=True)
+    assert len(saved) == count and all(t is not None for t in saved)
     first = {k: v.grad.clone() for k, v in leaves.items() if v is not None}
     for v in leaves.values():
         if v is not None:
@@ -554,6 +557,10 @@ def test_backward_twice_with_retain_graph(device):
     loss.backward()
     for k, v in first.items():
         assert_same(leaves[k].grad.cpu(), v.cpu(), device, k)
+    # The graph's last backward hands the state to the backend, which frees it as it goes.
+    assert saved == []
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        loss.backward()
 
 
 def test_editing_inputs_before_backward_is_detected():
