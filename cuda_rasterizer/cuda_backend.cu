@@ -1280,16 +1280,13 @@ void render_backward(const Camera<float>& cam, const GaussianState<float>& state
   if (!extra.has_features()) return;
   switch (feature_chunk(extra.channels)) {
     case 4:
-      launch_features_backward<4>(cam, state, lists, px, extra, sums, splits, tuning,
-                                    stream);
+      launch_features_backward<4>(cam, state, lists, px, extra, sums, splits, tuning, stream);
       break;
     case 8:
-      launch_features_backward<8>(cam, state, lists, px, extra, sums, splits, tuning,
-                                    stream);
+      launch_features_backward<8>(cam, state, lists, px, extra, sums, splits, tuning, stream);
       break;
     default:
-      launch_features_backward<16>(cam, state, lists, px, extra, sums, splits, tuning,
-                                    stream);
+      launch_features_backward<16>(cam, state, lists, px, extra, sums, splits, tuning, stream);
       break;
   }
 }
