@@ -563,15 +563,48 @@ def test_backward_twice_with_retain_graph(device):
         loss.backward()
 
 
-def test_editing_inputs_before_backward_is_detected():
+def test_a_torch_that_cannot_tell_keeps_the_state(monkeypatch):
+    """Where torch has no query of whether the graph is kept (its private
+    `_get_current_graph_task_keep_graph`, torch 2.1 on), the backward keeps the state whole, as
+    for retain_graph, and the gradients are the same."""
+    scene = scenes.make_scene(57, P=30)
+    leaves = {k: None if v is None else v.detach().clone().requires_grad_(True)
+              for k, v in scene.inputs.items()}
+
+    def step():
+        color, _, depth, weight = GaussianRasterizer(scene.settings)(
+            **{k: v for k, v in leaves.items() if v is not None})
+        saved = color.grad_fn.state
+        (color.sum() + depth.sum() + weight.sum()).backward()
+        grads = {k: v.grad for k, v in leaves.items() if v is not None}
+        for v in leaves.values():
+            if v is not None:
+                v.grad = None
+        return saved, grads
+
+    released, expected = step()
+    assert released == []
+    monkeypatch.delattr(torch._C._autograd, "_get_current_graph_task_keep_graph")
+    kept, grads = step()
+    assert len(kept) > 0 and all(t is not None for t in kept)
+    for k, g in expected.items():
+        assert torch.equal(grads[k], g), k
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["means3D", "colors_precomp"])
+def test_editing_inputs_before_backward_is_detected(device, name):
     """An optimizer step between forward and backward: autograd's version check raises, rather
-    than a backward that silently mixes old and new values."""
-    scene = scenes.make_scene(56, P=20)
-    means = scene.inputs["means3D"].clone().requires_grad_(True)
-    args = {k: v for k, v in scene.inputs.items() if v is not None and k != "means3D"}
-    color = GaussianRasterizer(scene.settings)(means3D=means, **args)[0]
+    than a backward that silently mixes old and new values. The colours too: the CUDA backward
+    reads them where the caller's tensor holds them (GaussianState::colors), not a copy."""
+    scene = scenes.make_scene(56, P=20, precomp_colors=True)
+    edited = scene.inputs[name].to(device).clone().requires_grad_(True)
+    args = {k: v.to(device) for k, v in scene.inputs.items() if v is not None and k != name}
+    settings = scene.settings._replace(**{f: getattr(scene.settings, f).to(device)
+                                          for f in ("bg", "viewmatrix", "projmatrix", "campos")})
+    color = GaussianRasterizer(settings)(**{name: edited}, **args)[0]
     with torch.no_grad():
-        means.add_(1.0)
+        edited.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         color.sum().backward()
 
