@@ -90,24 +90,27 @@ GradientTensors GradientTensors::sums_only(const GaussianTensors& g, bool camera
   return d;
 }
 
-void GradientTensors::allocate_missing(const GaussianTensors& g, Allocate allocate) {
+void GradientTensors::allocate_missing(const GaussianTensors& g, Allocate allocate,
+                                       const std::vector<Field>& only) {
   const int64_t P = g.count();
+  const auto take = [&](Field field, c10::IntArrayRef sizes, const at::TensorOptions& opts) {
+    at::Tensor& d = this->*field;
+    const bool wanted = only.empty() || std::find(only.begin(), only.end(), field) != only.end();
+    if (wanted && !d.defined()) d = allocate(sizes, opts);
+  };
+  const auto take_like = [&](Field field, const at::Tensor& input) {
+    if (input.defined()) take(field, input.sizes(), input.options());
+  };
   const auto opts = g.means3D.options();
-  const auto take = [&](at::Tensor& d, c10::IntArrayRef sizes) {
-    if (!d.defined()) d = allocate(sizes, opts);
-  };
-  const auto take_like = [&](at::Tensor& d, const at::Tensor& input) {
-    if (input.defined() && !d.defined()) d = allocate(input.sizes(), input.options());
-  };
-  take(means3D, {P, 3});
-  take(means2D, {P, 3});
-  take(opacities, {P, 1});
-  take_like(dc, g.dc);
-  take_like(shs, g.shs);
-  take_like(colors_precomp, g.colors_precomp);
-  take_like(scales, g.scales);
-  take_like(rotations, g.rotations);
-  take_like(cov3D_precomp, g.cov3D_precomp);
+  take(&GradientTensors::means3D, {P, 3}, opts);
+  take(&GradientTensors::means2D, {P, 3}, opts);
+  take(&GradientTensors::opacities, {P, 1}, opts);
+  take_like(&GradientTensors::dc, g.dc);
+  take_like(&GradientTensors::shs, g.shs);
+  take_like(&GradientTensors::colors_precomp, g.colors_precomp);
+  take_like(&GradientTensors::scales, g.scales);
+  take_like(&GradientTensors::rotations, g.rotations);
+  take_like(&GradientTensors::cov3D_precomp, g.cov3D_precomp);
 }
 
 namespace {

@@ -204,8 +204,11 @@ struct GradientTensors {
   // The same in two steps: the features' and the camera's gradients alone, ...
   static GradientTensors sums_only(const GaussianTensors& g, bool camera_grad);
   // ... then each of the preprocess backward's outputs whose input is present and which is not
-  // allocated yet (the CUDA glue takes some before its render backward, the rest after).
-  void allocate_missing(const GaussianTensors& g, Allocate allocate);
+  // allocated yet, of those in `only` if it names any (the CUDA glue takes some before its
+  // render backward, the rest after).
+  using Field = at::Tensor GradientTensors::*;
+  void allocate_missing(const GaussianTensors& g, Allocate allocate,
+                        const std::vector<Field>& only = {});
   BackwardResult to_list() const {
     const auto part = [this](int64_t start, int64_t size) {
       return camera.numel() > 0 ? camera.narrow(0, start, size) : camera;

@@ -424,28 +424,22 @@ class Binning {
 // cov3D_precomp and opacities (3 + 6 + 1) where the covariance is given. The preprocess backward
 // reads each Gaussian's ten before it writes the rows.
 gpu::SplatSums lay_splat_sums(const GaussianTensors& g, GradientTensors& d) {
-  const int64_t P = g.count();
-  if (P == 0) return {};  // nothing to sum; allocate_missing takes every gradient
-  const auto opts = g.means3D.options();
-  d.means3D = device_empty({P, 3}, opts);
-  std::vector<at::Tensor*> rows = {&d.means3D};
-  if (g.cov3D_precomp.numel() > 0) {  // absent inputs are empty tensors
-    d.cov3D_precomp = device_empty(g.cov3D_precomp.sizes(), opts);
-    d.opacities = device_empty({P, 1}, opts);
-    rows.insert(rows.end(), {&d.cov3D_precomp, &d.opacities});
-  } else {
+  if (g.count() == 0) return {};  // nothing to sum; allocate_missing takes every gradient
+  using G = GradientTensors;
+  std::vector<G::Field> rows = {&G::means3D, &G::scales, &G::rotations};
+  if (g.cov3D_precomp.numel() > 0)  // absent inputs are empty tensors
+    rows = {&G::means3D, &G::cov3D_precomp, &G::opacities};
+  else
     TORCH_CHECK(g.scales.numel() > 0 && g.rotations.numel() > 0,
                 "diff_gaussian_rasterization_depth: scales and rotations, or cov3D_precomp");
-    d.scales = device_empty(g.scales.sizes(), opts);
-    d.rotations = device_empty(g.rotations.sizes(), opts);
-    rows.insert(rows.end(), {&d.scales, &d.rotations});
-  }
+  d.allocate_missing(g, device_empty, rows);
   gpu::SplatSums sums{};
   int k = 0;
-  for (at::Tensor* row : rows) {
-    const int columns = int(row->size(1));
+  for (G::Field field : rows) {
+    at::Tensor& row = d.*field;
+    const int columns = int(row.size(1));
     for (int column = 0; column < columns && k < kSplatGradValues; ++column, ++k) {
-      sums.value[k] = row->data_ptr<float>() + column;
+      sums.value[k] = row.data_ptr<float>() + column;
       sums.row_bytes[k] = uint32_t(columns * sizeof(float));
     }
   }
