@@ -212,7 +212,8 @@ def backward(config, gaussians, state, grad_color, grad_depth, grad_weight,
 def graph_is_freed():
     """Whether the running backward frees the graph after it (no retain_graph or
     create_graph), so that a Function may free its state as it goes. False where this torch
-    cannot tell (the query is private; torch 2.1 and later have it)."""
+    cannot tell (the query, `_get_current_graph_task_keep_graph`, is private and absent from
+    older versions)."""
     keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
     if keep_graph is None:
         return False

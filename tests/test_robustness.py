@@ -565,8 +565,8 @@ def test_backward_twice_with_retain_graph(device):
 
 def test_a_torch_that_cannot_tell_keeps_the_state(monkeypatch):
     """Where torch has no query of whether the graph is kept (its private
-    `_get_current_graph_task_keep_graph`, torch 2.1 on), the backward keeps the state whole, as
-    for retain_graph, and the gradients are the same."""
+    `_get_current_graph_task_keep_graph`, absent from older versions), the backward keeps the
+    state whole, as for retain_graph, and the gradients are the same."""
     scene = scenes.make_scene(57, P=30)
     leaves = {k: None if v is None else v.detach().clone().requires_grad_(True)
               for k, v in scene.inputs.items()}
