@@ -226,6 +226,22 @@ at::Tensor band_reach_masks(const at::Tensor& means2d, const at::Tensor& conic_o
   return out;
 }
 
+// (slot, tile) of each block of a grid of `tiles` + `capacity` blocks in TileSplits' order
+// (is_tile_block, block_tile, block_slot): slot -1 for a tile's block, tile -1 for a slot's (ListPart reads
+// the slot's tile from the table).
+at::Tensor block_order(int tiles, int capacity, bool parts_first) {
+  TileSplits splits{};
+  splits.capacity = capacity;
+  splits.parts_first = parts_first;
+  at::Tensor out = at::empty({tiles + capacity, 2}, at::kLong);
+  for (int b = 0; b < tiles + capacity; ++b) {
+    const bool tile_block = splits.is_tile_block(b, tiles);
+    out[b][0] = tile_block ? -1 : splits.block_slot(b, tiles);
+    out[b][1] = tile_block ? splits.block_tile(b) : -1;
+  }
+  return out;
+}
+
 }  // namespace emulation_checks
 }  // namespace dgrd
 
@@ -307,4 +323,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   checks.def("warp_scatter_add", &emulation_checks::warp_scatter_add, py::arg("values"),
              py::arg("size"), py::arg("by_slot") = false);
   checks.def("band_reach_masks", &emulation_checks::band_reach_masks);
+  checks.def("block_order", &emulation_checks::block_order, py::arg("tiles"),
+             py::arg("capacity"), py::arg("parts_first"));
 }

@@ -601,6 +601,7 @@ void set_cuda_tuning_cuda(const std::map<std::string, int64_t>& switches) {
     else if (name == "split_tiles") t.split_tiles = value != 0;
     else if (name == "split_forward") t.split_forward = value != 0;
     else if (name == "short_forward_parts") t.short_forward_parts = value != 0;
+    else if (name == "parts_first") t.parts_first = value != 0;
     else if (name == "split_length") t.split_length = split_length_of(value);
     else if (name == "feature_split_bytes") t.feature_split_bytes = value;
     else TORCH_CHECK_VALUE(false, "set_cuda_tuning: no switch named ", name);

@@ -269,10 +269,11 @@ struct SplitCursor {
   }
 };
 
-// The positions [lo, hi) of a tile's list that one block walks (TileSplits): block b < tiles
-// walks the last part of tile b (its whole list when it is not split); block tiles + e the part
-// that ends at the split of slot e (`resume_part` = e; -1 for a tile's block). `valid` is false
-// for a slot whose window holds no split. The split forward's parts, the render backward and
+// The positions [lo, hi) of a tile's list that one block of a grid of tiles + capacity walks
+// (TileSplits, in the order of TileSplits::block_slot): a tile's block walks its last part (its
+// whole list when it is not split); the block of slot e the part that ends at that split
+// (`resume_part` = e; -1 for a tile's block). `valid` is false for a slot whose window holds no
+// split. The split forward's parts, the render backward and
 // the feature kernels use it; T at the part's ends comes from the state the forward saved at
 // the splits.
 struct ListPart {
@@ -282,16 +283,17 @@ struct ListPart {
                       const TileSplits& splits) {
     const int tiles = cam.tiles_x * cam.tiles_y;
     const int b = int(blockIdx.x);
-    resume_part = b < tiles ? -1 : b - tiles;
-    tile = b < tiles ? b : splits.parts[2 * resume_part];
+    const bool tile_block = splits.is_tile_block(b, tiles);
+    resume_part = tile_block ? -1 : splits.block_slot(b, tiles);
+    tile = tile_block ? splits.block_tile(b) : splits.parts[2 * resume_part];
     valid = tile >= 0;
     if (!valid) return;
     begin = lists.tile_ranges[2 * tile];
     const int n = lists.tile_ranges[2 * tile + 1] - begin;
     parts = splits.parts_of(n);
-    part = b < tiles ? parts - 1 : splits.parts[2 * resume_part + 1];
+    part = tile_block ? parts - 1 : splits.parts[2 * resume_part + 1];
     lo = part * splits.length;
-    hi = b < tiles ? n : lo + splits.length;
+    hi = tile_block ? n : lo + splits.length;
   }
 };
 
@@ -397,6 +399,9 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBlocks)
                   PixelBuffers<float> px, OptionalOutputs<float> extra, TileSplits splits) {
   DGRD_SHARED(SplatBatch, batch);
   DGRD_SHARED(SplitCursor, split);
+  // The forward's grids start with the tiles' blocks (parts_first is the backward's; a
+  // constant here, so that ListPart's order costs the forward nothing).
+  splits.parts_first = false;
   if (kSplitForward && int(blockIdx.x) >= cam.tiles_x * cam.tiles_y) {
     composite_part<kWarpSkip>(cam, state, lists, splits, batch);
     return;
@@ -459,6 +464,7 @@ __global__ void __launch_bounds__(kTilePixels, kResolveBlocks)
                          PixelBuffers<float> px, OptionalOutputs<float> extra,
                          TileSplits splits) {
   DGRD_SHARED(SplatBatch, batch);
+  splits.parts_first = false;  // as render_kernel's
   const ListPart list_part(cam, lists, splits);
   // The whole block, here and below: the first kernel walked first parts and whole lists.
   if (!list_part.valid || list_part.part == 0) return;
@@ -1264,10 +1270,12 @@ void render(const Camera<float>& cam, const GaussianState<float>& state, TileLis
 void render_backward(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
                      const PixelBuffers<float>& px, PixelGrads<float> grads,
                      const OptionalGrads<float>& extra, const SplatSums& sums,
-                     const TileSplits& splits, cudaStream_t stream) {
+                     const TileSplits& splits_in, cudaStream_t stream) {
   const int tiles = cam.tiles_x * cam.tiles_y;
-  const int blocks = tiles + splits.capacity;  // a block per tile, and per part it may add
+  const int blocks = tiles + splits_in.capacity;  // a block per tile, and per part it may add
   const CudaTuning tuning = cuda_tuning();
+  TileSplits splits = splits_in;
+  splits.parts_first = tuning.parts_first;
   dispatch_flags(
       [&](auto median, auto warp_skip, auto scatter) {
         const auto render_backward_variant =

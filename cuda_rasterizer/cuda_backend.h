@@ -95,6 +95,7 @@ struct CudaTuning {
   bool split_tiles = true;       // long tile lists walked in parts by the backward (TileSplits)
   bool split_forward = true;     // ... and by the forward (with split_tiles)
   bool short_forward_parts = true;  // ... in parts half the backward's (with split_forward)
+  bool parts_first = true;       // the backward's blocks of split parts start before the tiles'
   int split_length = 0;          // tests: positions per part (a multiple of 256); 0: chosen
   // The feature kernels walk split lists in parts while their buffers (a row of channel sums
   // per pixel and part) stay under this many bytes, else whole lists (tests lower it).

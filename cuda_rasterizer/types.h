@@ -158,6 +158,11 @@ struct TileSplits {
   // backward's, whose state (`state`, kept for the backward) then lies at every state_every-th
   // of them: state_slot. The backward's own splits: 1.
   int state_every = 1;
+  // The order of a grid of a block per tile and per slot (ListPart): the slots' blocks first
+  // (gpu::CudaTuning::parts_first, the backward's kernels), each a whole part of L positions,
+  // the longest blocks of the grid, so that they start in its first wave rather than after
+  // every tile's block, in its last (doc/performance.md, "Block order"); else the tiles' first.
+  bool parts_first = false;
 
   // Per pixel: transmittance, then the sums of the four features the backward walks
   // (save_split: front sums; finish_split: normalized sums behind).
@@ -172,6 +177,13 @@ struct TileSplits {
   DGRD_HD int state_slot(int64_t position) const {
     return int(position / (int64_t(length) * state_every)) - 1;
   }
+  // Whether block b of such a grid is a tile's (block_tile), else the slot whose part it walks
+  // (block_slot).
+  DGRD_HD bool is_tile_block(int b, int tiles) const {
+    return parts_first ? b >= capacity : b < tiles;
+  }
+  DGRD_HD int block_tile(int b) const { return parts_first ? b - capacity : b; }
+  DGRD_HD int block_slot(int b, int tiles) const { return parts_first ? b : b - tiles; }
   // The backward's kernels: L from the device header (the host side knows only the capacity).
   DGRD_HD void load_length() {
     if (header) length = header[0];

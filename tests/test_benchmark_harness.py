@@ -182,12 +182,13 @@ def test_cuda_ablation_expands_and_is_left_out_on_the_cpu():
                              "--scales", "0.1", "--reps", "1", "--warmup", "0", "--sets", "1"])
     assert args.impl_list == ["ours", "ours-no-warp-skip", "ours-no-scatter",
                               "ours-no-depth-sort", "ours-no-short-forward-parts",
-                              "ours-no-split-forward", "ours-no-split", "ours-none", "ours-2024"]
+                              "ours-tiles-first", "ours-no-split-forward", "ours-no-split",
+                              "ours-none", "ours-2024"]
     tunings = [bench.IMPLS[n].cuda_tuning for n in args.impl_list[:-1]]
-    on = (True,) * 6
+    on = (True,) * 7
     assert tunings == [on, (False, *on[1:]), (True, False, *on[2:]), (True, True, False, *on[3:]),
-                       (*on[:5], False), (*on[:4], False, False), (*on[:3], False, False, False),
-                       (False,) * 6]
+                       (*on[:5], False, True), (*on[:6], False), (*on[:4], False, False, True),
+                       (*on[:3], False, False, False, False), (False,) * 7]
     result = bench.run(args)
     assert [r["impl"] for r in result["results"]] == ["ours", "ours-2024"]
     assert all(r["fwd_bwd_ms"]["median"] > 0 for r in result["results"])
@@ -646,3 +647,36 @@ def test_call_overhead_measures_the_python_around_a_call(tmp_path):
     assert r["forward_overhead"] == pytest.approx(r["forward"] - r["raw_forward"], abs=0.11)
     assert r["backward_and_loss_overhead"] == pytest.approx(
         r["forward_backward"] - r["forward"] - r["raw_backward"], abs=0.16)
+
+
+def test_block_order_model_schedules_every_walk():
+    """benchmarks/block_order_model.py: the split backward's blocks walk, between them, exactly
+    what each tile's block walks unsplit, in either order, with a block per slot (None for an
+    unused one); the span is list scheduling's (checked on a hand-worked case); launching a few
+    long parts after many short tiles ends later than launching them first."""
+    model = _load("block_order_model")
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    lengths = torch.randint(0, 300, (60,), generator=gen)
+    lengths[torch.randint(0, 60, (5,), generator=gen)] += 2000  # a few long lists
+    walks = (lengths.float() * torch.rand(60, generator=gen)).long()
+    lengths, walks = lengths.tolist(), walks.tolist()
+    length = 512
+    capacity = (sum(lengths) - 1) // length
+    for parts_first in (False, True):
+        blocks = model.backward_blocks(lengths, walks, length, parts_first)
+        assert len(blocks) == 60 + capacity
+        assert sum(w for w in blocks if w is not None) == sum(walks)
+        slots = blocks[:capacity] if parts_first else blocks[60:]
+        assert all(w is None or w <= length for w in slots)
+        assert sum(w is not None for w in slots) == sum(
+            -(-n // length) - 1 for n in lengths if n > length)
+    # Two slots, walks of 3, 1, 2, 2 at 1 a block more: slot A takes 4 (ends at 4), slot B 2
+    # (at 2) then 3 (at 5), A then 3 (at 7).
+    assert model.span([3, 1, None, 2, 2], 2, 1.0) == 7.0
+    # One SM whose two blocks share its rate (1 alone, 1 together): 2 and 4 units run side by
+    # side at 0.5 until the first ends (t = 4), the other alone at 1 (t = 6).
+    assert model.span([2, 4], 2, 0.0, sms=1, throughput=[1.0, 1.0]) == pytest.approx(6.0)
+    # Many short tiles and two long parts on four slots: first, the parts run beside the tiles;
+    # last, after them.
+    works = [10] * 40
+    assert (model.span([100, 100] + works, 4, 0.0) < model.span(works + [100, 100], 4, 0.0))

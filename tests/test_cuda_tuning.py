@@ -378,10 +378,12 @@ SPLIT_SCENES = {
     "40x50-opaque": (40, 50, 1500, 1.0),
     "32x32-dim": (32, 32, 1600, 0.02),
 }
-# name: (split_tiles, split_forward, split_length)
-SPLITS = {"none": (False, False, 0), "256": (True, False, 256), "512": (True, False, 512),
-          "256-forward": (True, True, 256), "512-forward": (True, True, 512),
-          "chosen": (True, True, 0)}
+# name: (split_tiles, split_forward, split_length, parts_first)
+SPLITS = {"none": (False, False, 0, True), "256": (True, False, 256, True),
+          "512": (True, False, 512, True), "256-forward": (True, True, 256, True),
+          "512-forward": (True, True, 512, True), "chosen": (True, True, 0, True),
+          "256-tiles-first": (True, False, 256, False),
+          "chosen-tiles-first": (True, True, 0, False)}
 
 
 @pytest.mark.parametrize("target", cuda_targets())
@@ -407,8 +409,9 @@ def test_split_tile_lists(scene_name, optional, target, tuning):
         keep &= ~median_ambiguous(scene, internals)
     results, states = {}, {}
     with active(target):
-        for name, (split_tiles, split_forward, length) in SPLITS.items():
-            tuning(split_tiles=split_tiles, split_forward=split_forward, split_length=length)
+        for name, (split_tiles, split_forward, length, parts_first) in SPLITS.items():
+            tuning(split_tiles=split_tiles, split_forward=split_forward, split_length=length,
+                   parts_first=parts_first)
             results[name] = render_all(scene, F, target, median=median, keep=keep)
             states[name] = forward_state(scene, target)
     assert states["none"][9].numel() == 0 and states["none"][10].numel() == 0
@@ -438,6 +441,25 @@ def test_split_tile_lists(scene_name, optional, target, tuning):
         median_part, last_part = (positions - 1) // 256, (n_contrib - 1) // 256
         assert ((median_part >= 1) & (last_part > median_part)).sum() >= 10
         assert (median_part == 2).any() and ((positions == 0) & (n_contrib > 0)).any()
+
+
+@needs_emulation
+@pytest.mark.parametrize("tiles,capacity", [(1, 0), (7, 3), (40, 1), (5, 12)])
+def test_block_order_walks_every_tile_and_slot_once(tiles, capacity):
+    """TileSplits::block_slot and block_tile, which ListPart reads: a grid of tiles + capacity
+    blocks gives each tile and each slot one block; with parts_first (the backward's order) the
+    slots' blocks come first, in slot order, then the tiles' in tile order; without it the
+    reverse."""
+    for parts_first in (True, False):
+        order = emulated_checks().block_order(tiles, capacity, parts_first)
+        slots, tile_ids = order[:, 0], order[:, 1]
+        expected_slots = torch.cat([torch.arange(capacity), torch.full((tiles,), -1)])
+        expected_tiles = torch.cat([torch.full((capacity,), -1), torch.arange(tiles)])
+        if not parts_first:
+            expected_slots = expected_slots.roll(-capacity)
+            expected_tiles = expected_tiles.roll(-capacity)
+        assert torch.equal(slots, expected_slots), parts_first
+        assert torch.equal(tile_ids, expected_tiles), parts_first
 
 
 def median_positions(scene):
