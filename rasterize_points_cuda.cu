@@ -225,7 +225,7 @@ TileSplits plan_splits(int64_t pairs, const RasterConfig& c, ForwardState& s,
   const TileSplits splits = splits_of(s, length);
   const int tiles = c.tiles_x() * c.tiles_y();
   gpu::plan_splits(splits, tiles, s.tile_ranges.data_ptr<int>(), stream);
-  if (!gpu::split_forward()) return splits;
+  if (!gpu::split_forward(tiles, multiprocessors())) return splits;
   const int forward_length = gpu::forward_split_length(length);
   const int64_t forward_capacity = (pairs - 1) / forward_length;
   forward.splits = splits;  // the backward's own, where the length does not halve
@@ -592,6 +592,13 @@ static int split_length_of(int64_t value) {
   return int(value);
 }
 
+// The split_forward switch checked: 1 always, 0 never, -1 by the image (gpu::split_forward).
+static int split_forward_of(int64_t value) {
+  TORCH_CHECK_VALUE(value >= -1 && value <= 1,
+                    "split_forward: 1 (always), 0 (never) or -1 (by the image), got ", value);
+  return int(value);
+}
+
 void set_cuda_tuning_cuda(const std::map<std::string, int64_t>& switches) {
   gpu::CudaTuning t;  // the defaults, for every switch not named
   for (const auto& [name, value] : switches) {
@@ -599,7 +606,7 @@ void set_cuda_tuning_cuda(const std::map<std::string, int64_t>& switches) {
     else if (name == "scatter_reduce") t.scatter_reduce = value != 0;
     else if (name == "depth_first_sort") t.depth_first_sort = value != 0;
     else if (name == "split_tiles") t.split_tiles = value != 0;
-    else if (name == "split_forward") t.split_forward = value != 0;
+    else if (name == "split_forward") t.split_forward = split_forward_of(value);
     else if (name == "short_forward_parts") t.short_forward_parts = value != 0;
     else if (name == "parts_first") t.parts_first = value != 0;
     else if (name == "split_length") t.split_length = split_length_of(value);

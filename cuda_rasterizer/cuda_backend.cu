@@ -1146,12 +1146,18 @@ CudaTuning& cuda_tuning() {
   return tuning;
 }
 
-bool split_forward() { return cuda_tuning().split_forward; }
+bool split_forward(int tiles, int multiprocessors) {
+  const CudaTuning& tuning = cuda_tuning();
+  if (!tuning.split_tiles || tuning.split_forward == 0) return false;
+  return tuning.split_forward > 0 ||
+         int64_t(tiles) <= int64_t(kSplitForwardTilesPerSm) * std::max(multiprocessors, 1);
+}
 
 namespace {
 bool halves_forward_parts() {
   const CudaTuning& tuning = cuda_tuning();
-  return tuning.split_tiles && tuning.split_forward && tuning.short_forward_parts;
+  // Whatever the image (split_forward decides per call): L then is the same for every image.
+  return tuning.split_tiles && tuning.split_forward != 0 && tuning.short_forward_parts;
 }
 }  // namespace
 
@@ -1237,7 +1243,7 @@ void render(const Camera<float>& cam, const GaussianState<float>& state, TileLis
             const TileSplits& splits, const TileSplits& forward_splits, cudaStream_t stream) {
   const int tiles = cam.tiles_x * cam.tiles_y;
   const CudaTuning tuning = cuda_tuning();
-  const bool in_parts = split_forward() && forward_splits.composite;
+  const bool in_parts = forward_splits.composite != nullptr;  // the glue's split_forward()
   const TileSplits& walked = in_parts ? forward_splits : splits;
   const int blocks = tiles + (in_parts ? walked.capacity : 0);
   dispatch_flags(

@@ -93,7 +93,9 @@ struct CudaTuning {
   bool scatter_reduce = true;    // warp sums of gradients by warp_scatter_add, not one tree each
   bool depth_first_sort = true;  // the binning sorts by depth once, then pairs by tile alone
   bool split_tiles = true;       // long tile lists walked in parts by the backward (TileSplits)
-  bool split_forward = true;     // ... and by the forward (with split_tiles)
+  // ... and by the forward (with split_tiles): 1 always, 0 never, -1 (the default) where the
+  // image's tiles fill at most two waves of the forward's blocks (split_forward below).
+  int split_forward = -1;
   bool short_forward_parts = true;  // ... in parts half the backward's (with split_forward)
   bool parts_first = true;       // the backward's blocks of split parts start before the tiles'
   int split_length = 0;          // tests: positions per part (a multiple of 256); 0: chosen
@@ -106,9 +108,16 @@ CudaTuning& cuda_tuning();
 // TileSplits::length for a forward of `pairs` tile pairs on a GPU of `multiprocessors` SMs (0:
 // no split): the splits' state costs 20 bytes a pixel of a split, (pairs - 1) / length at most.
 int split_length(int64_t pairs, int multiprocessors);
-// Whether the forward walks split lists in parts (CudaTuning::split_forward): then the caller
-// gives forward_splits to render(), with their composites.
-bool split_forward();
+// Whether the forward of an image of `tiles` tiles on a GPU of `multiprocessors` SMs walks split
+// lists in parts (CudaTuning::split_forward): then the caller gives forward_splits to render(),
+// with their composites. By default where the tiles number at most kSplitForwardTilesPerSm an
+// SM (two waves of the forward's 8 blocks an SM on sm_90): there a block per tile leaves the
+// kernel waiting on its longest lists, while with more waves the blocks balance themselves and
+// the split's second kernel only adds to the walk (the H200's ablation: the split forward 1.02x
+// and 2.74x faster at 648x420, 1,107 tiles; 0.97x and 0.65x at 1296x840, 4,293 tiles;
+// doc/performance.md, "The split forward by waves").
+constexpr int kSplitForwardTilesPerSm = 16;
+bool split_forward(int tiles, int multiprocessors);
 // The split forward's part length for the backward's `length`: half of it with
 // CudaTuning::short_forward_parts (split_length then chooses whole pairs of batches), so that
 // the forward's two kernels in series (a part walked in the first, a part in the second for

@@ -89,21 +89,24 @@ def emulated_cuda(order=None):
 
 
 def set_cuda_tuning(warp_skip=True, scatter_reduce=True, depth_first_sort=True, split_tiles=True,
-                    split_forward=True, short_forward_parts=True, parts_first=True,
+                    split_forward=None, short_forward_parts=True, parts_first=True,
                     split_length=0, feature_split_bytes=None):
     """Benchmarks and tests: switch the CUDA backend's techniques (all on by default) of the
     backend that renders now (the emulated one inside `emulated_cuda`); see gpu::CudaTuning in
-    cuda_rasterizer/cuda_backend.h. `split_forward` acts with `split_tiles` only,
-    `short_forward_parts` with `split_forward`; `parts_first`: the backward launches the blocks
-    of split lists' parts before the tiles' (TileSplits::parts_first); `split_length` (tests): the positions per part
-    of a split tile list, a multiple of 256 up to 2^24 (the forward's half of it where it is a
-    multiple of 512, with `short_forward_parts`); 0: chosen; `feature_split_bytes` (tests): the
-    feature kernels walk whole lists where their buffers for parts would exceed it; None: the
-    backend's default (64 MiB)."""
+    cuda_rasterizer/cuda_backend.h. `split_forward` acts with `split_tiles` only: True always,
+    False never, None (the default) where the image's tiles fill at most two waves of the
+    forward's blocks (gpu::split_forward); `short_forward_parts` acts with `split_forward`;
+    `parts_first`: the backward launches the blocks of split lists' parts before the tiles'
+    (TileSplits::parts_first); `split_length` (tests): the positions per part of a split tile
+    list, a multiple of 256 up to 2^24 (the forward's half of it where it is a multiple of 512,
+    with `short_forward_parts`); 0: chosen; `feature_split_bytes` (tests): the feature kernels
+    walk whole lists where their buffers for parts would exceed it; None: the backend's default
+    (64 MiB)."""
     switches = dict(warp_skip=warp_skip, scatter_reduce=scatter_reduce,
                     depth_first_sort=depth_first_sort, split_tiles=split_tiles,
-                    split_forward=split_forward, short_forward_parts=short_forward_parts,
-                    parts_first=parts_first, split_length=split_length)
+                    split_forward=-1 if split_forward is None else split_forward,
+                    short_forward_parts=short_forward_parts, parts_first=parts_first,
+                    split_length=split_length)
     if feature_split_bytes is not None:
         switches["feature_split_bytes"] = feature_split_bytes
     _renderer().set_cuda_tuning({name: int(value) for name, value in switches.items()})

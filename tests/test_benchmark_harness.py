@@ -182,13 +182,16 @@ def test_cuda_ablation_expands_and_is_left_out_on_the_cpu():
                              "--scales", "0.1", "--reps", "1", "--warmup", "0", "--sets", "1"])
     assert args.impl_list == ["ours", "ours-no-warp-skip", "ours-no-scatter",
                               "ours-no-depth-sort", "ours-no-short-forward-parts",
-                              "ours-tiles-first", "ours-no-split-forward", "ours-no-split",
-                              "ours-none", "ours-2024"]
+                              "ours-split-forward", "ours-tiles-first", "ours-no-split-forward",
+                              "ours-no-split", "ours-none", "ours-2024"]
     tunings = [bench.IMPLS[n].cuda_tuning for n in args.impl_list[:-1]]
-    on = (True,) * 7
+    # The defaults: every technique on, the split forward by the image's waves (None).
+    on = (True, True, True, True, None, True, True)
+    forced = (*on[:4], True, *on[5:])  # the split forward whatever the image
     assert tunings == [on, (False, *on[1:]), (True, False, *on[2:]), (True, True, False, *on[3:]),
-                       (*on[:5], False, True), (*on[:6], False), (*on[:4], False, False, True),
-                       (*on[:3], False, False, False, False), (False,) * 7]
+                       (*forced[:5], False, True), forced, (*on[:6], False),
+                       (*on[:4], False, False, True), (*on[:3], False, False, False, False),
+                       (False,) * 7]
     result = bench.run(args)
     assert [r["impl"] for r in result["results"]] == ["ours", "ours-2024"]
     assert all(r["fwd_bwd_ms"]["median"] > 0 for r in result["results"])

@@ -501,6 +501,34 @@ def test_split_forward_walks_parts_half_the_backwards(length, target, tuning):
             assert grids[short][kernel] == tiles + (pairs - 1) // expected, (short, kernel)
 
 
+@pytest.mark.parametrize("target", [emulated_param("asc")])  # the launch record: emulated only
+@pytest.mark.parametrize("width", (64, 80))
+def test_split_forward_by_the_images_waves(width, target, tuning):
+    """By default (split_forward None) the forward walks split lists in parts only where the
+    image's tiles number at most gpu::kSplitForwardTilesPerSm (16) an SM, which the emulation
+    counts as one: 64x64 (16 tiles) in parts, 64x80 (20) whole, with the backward's splits
+    either way; True: in parts whatever the image; False: never. Read from the launch record
+    (the resolve kernel, and the render's grid: the tiles and the forward's slots, or the tiles
+    alone); test_split_tile_lists checks the outputs of both walks."""
+    scene = scenes.make_scene(28000 + width, P=3000, height=64, width=width, sh_degree=1,
+                              outliers=False)
+    tiles = 4 * width // 16
+    walked = {}
+    with active(target):
+        for split_forward in (None, True, False):
+            tuning(split_length=512, split_forward=split_forward)
+            with launch_record(target) as launches:
+                state = forward_state(scene, target)
+            pairs, slots = state[4].numel(), state[10].shape[0]
+            assert state[5].shape[0] == tiles and slots == (pairs - 1) // 512 > 0
+            grids = {kernel: x for kernel, x, _ in launches}
+            in_parts = "resolve_variant" in grids
+            # The forward's own parts are half the backward's (short_forward_parts).
+            assert grids["render_variant"] == (tiles + (pairs - 1) // 256 if in_parts else tiles)
+            walked[split_forward] = in_parts
+    assert walked == {None: tiles <= 16, True: True, False: False}
+
+
 @pytest.mark.parametrize("target", cuda_targets(orders=("asc",)))
 def test_split_length_must_be_a_multiple_of_the_batch(target, tuning):
     with active(target):
@@ -513,6 +541,8 @@ def test_split_length_must_be_a_multiple_of_the_batch(target, tuning):
                 tuning(split_length=too_long)
         with pytest.raises(ValueError, match="feature_split_bytes: at least 0, got -1"):
             tuning(feature_split_bytes=-1)
+        with pytest.raises(ValueError, match=r"split_forward: 1 \(always\), 0 \(never\) or -1"):
+            tuning(split_forward=2)
 
 
 @pytest.mark.parametrize("target", cuda_targets())
