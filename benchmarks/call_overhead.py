@@ -8,7 +8,10 @@ training step, which on a GPU counts against the 112k target's 0.5 ms (doc/perfo
     PYTHONPATH=. python benchmarks/call_overhead.py [--calls 3000] [--device cpu|cuda] [--json F]
 
 Prints each figure in us as the best of five timings, and the machine's load; compare two
-checkouts by running it in each, in turn. `*_python_checks`: the same calls checked by the
+checkouts by running it in each, in turn. `autograd_one_op` and `autograd_python_node`: a
+one-op graph's forward, sum and backward() without the rasterizer, through torch's op alone and
+through a Python Function: autograd's own cost on the device, which any Function pays (on a GPU
+the engine runs a CUDA graph's backward on a thread of its own). `*_python_checks`: the same calls checked by the
 Python checks alone, without the common call's C++ checks (`_C.check_common`), and
 `common_check_saves` the forward's difference.
 """
@@ -80,6 +83,27 @@ def main():
     def raw_backward():
         _backend.backward(config, gaussians, state, *grads)
 
+    # Autograd's own cost on this device, without the rasterizer: a one-op graph and its sum
+    # through backward(), and the same through a Python Function, as ours is (on a GPU the
+    # engine hands a CUDA graph to its device thread, and a Python node takes the GIL there):
+    # what of `backward_and_loss_overhead` any Function would pay.
+    x = torch.randn(16, 3, device=device, requires_grad=True)
+
+    class PythonNode(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t * 2
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * 2
+
+    def graph_backward(node):
+        def run():
+            node(x).sum().backward()
+            x.grad = None
+        return run
+
     def by_python_checks(call):
         """The call with the common call's C++ checks off (_backend.common_check): what
         `_C.check_common` saves against the Python checks it stands in for."""
@@ -95,7 +119,9 @@ def main():
              [("forward", forward), ("forward_backward", forward_backward),
               ("raw_forward", raw_forward), ("raw_backward", raw_backward),
               ("forward_python_checks", by_python_checks(forward)),
-              ("forward_backward_python_checks", by_python_checks(forward_backward))]}
+              ("forward_backward_python_checks", by_python_checks(forward_backward)),
+              ("autograd_one_op", graph_backward(lambda t: t * 2)),
+              ("autograd_python_node", graph_backward(PythonNode.apply))]}
     times["forward_overhead"] = times["forward"] - times["raw_forward"]
     times["backward_and_loss_overhead"] = (times["forward_backward"] - times["forward"]
                                            - times["raw_backward"])

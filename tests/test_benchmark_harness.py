@@ -642,8 +642,11 @@ def test_call_overhead_measures_the_python_around_a_call(tmp_path):
     r = json.loads(proc.stdout)
     assert r["device"] == "cpu" and r["cores"] >= 1 and r["load_average_1min"] >= 0
     for key in ("forward", "forward_backward", "raw_forward", "raw_backward",
-                "forward_python_checks", "forward_backward_python_checks"):
+                "forward_python_checks", "forward_backward_python_checks", "autograd_one_op",
+                "autograd_python_node"):
         assert r[key] > 0, key
+    # A one-op graph through autograd costs less than the rasterizer's call through it.
+    assert r["autograd_one_op"] < r["forward_backward"]
     assert r["common_check_saves"] == pytest.approx(
         r["forward_python_checks"] - r["forward"], abs=0.11)
     assert r["forward_backward"] > r["forward"] > r["raw_forward"]
