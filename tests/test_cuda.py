@@ -8,6 +8,12 @@ has FMA) and sums gradients in another order.
 Pixels and Gaussians within rounding of a threshold (scenes.ambiguous) are left out, as in the
 CPU-vs-reference tests. Tolerances: forward 3e-5 times a map's scale (cuda_target.FORWARD_ATOL);
 gradients rtol 1e-4, atol 1e-4 max|cpu|.
+
+With DGRD_CUDA_ORACLE=reference the oracle is the float64 PyTorch reference instead of the CPU
+backend, at twice the tolerances (the CPU backend itself holds to the reference within them):
+for a machine where the CPU backend cannot run beside the GPU (it died there on the H200,
+2026-12-04; benchmarks/run_gpu.sh sets it where tools/cpu_probe.py fails). The dense reference
+covers the small scenes only; the large images and the garden frame are skipped then.
 """
 import dataclasses
 import os
@@ -19,6 +25,7 @@ import scenes
 from cuda_target import (active, agree_in_bulk, cuda_targets, forward_atol,
                          gradients_agree_in_bulk, is_emulated)
 from diff_gaussian_rasterization_depth import GaussianRasterizationSettings, GaussianRasterizer
+from diff_gaussian_rasterization_depth.reference import rasterize_reference
 
 pytestmark = pytest.mark.cuda
 TARGETS = cuda_targets()
@@ -59,16 +66,36 @@ def settings_on(settings, device):
                              campos=settings.campos.to(device))
 
 
+# The oracle of the "cpu" runs: the CPU backend, or the float64 reference (module docstring).
+REFERENCE_ORACLE = os.environ.get("DGRD_CUDA_ORACLE") == "reference"
+ORACLE_SLACK = 2.0 if REFERENCE_ORACLE else 1.0  # the tolerances' factor
+
+
+def needs_cpu_backend():
+    if REFERENCE_ORACLE:
+        pytest.skip("DGRD_CUDA_ORACLE=reference: the dense reference is too large for this image")
+
+
 def run(scene, device, upstream):
-    """Outputs and gradients of every input (on the CPU) for one device or CUDA target."""
+    """Outputs and gradients of every input (on the CPU) for one device or CUDA target; "cpu":
+    the oracle (the CPU backend, or the float64 reference: REFERENCE_ORACLE)."""
+    if device == "cpu" and REFERENCE_ORACLE:
+        return _run(scene, "cpu", upstream, reference=True)
     with active(device):
         return _run(scene, device, upstream)
 
 
-def _run(scene, device, upstream):
-    leaves = {k: (None if v is None else v.detach().to(device).requires_grad_())
+def _run(scene, device, upstream, reference=False):
+    dtype = torch.float64 if reference else None
+    leaves = {k: (None if v is None else v.detach().to(device, dtype).requires_grad_())
               for k, v in scene.inputs.items()}
-    out = GaussianRasterizer(settings_on(scene.settings, device))(**leaves)
+    settings = settings_on(scene.settings, device)
+    if reference:
+        settings = settings._replace(**{k: getattr(settings, k).double() for k in
+                                        ("bg", "viewmatrix", "projmatrix", "campos")})
+        out = rasterize_reference(**leaves, raster_settings=settings)
+    else:
+        out = GaussianRasterizer(settings)(**leaves)
     color, radii, depth, weight = out
     names = [n for n, v in leaves.items() if v is not None]
     maps = {"color": color, "depth": depth, "weight": weight}
@@ -76,11 +103,15 @@ def _run(scene, device, upstream):
     for mode in MODES:
         used = list(maps) if mode == "all" else [mode]
         g = torch.autograd.grad([maps[k] for k in used], [leaves[n] for n in names],
-                                [upstream[k].to(device) for k in used], retain_graph=True,
-                                allow_unused=True)
-        grads[mode] = {n: (torch.zeros_like(leaves[n]) if x is None else x).cpu()
+                                [upstream[k].to(device, dtype) for k in used],
+                                retain_graph=True, allow_unused=True)
+        grads[mode] = {n: as_float32((torch.zeros_like(leaves[n]) if x is None else x).cpu())
                        for n, x in zip(names, g)}
-    return [t.detach().cpu() for t in out], grads
+    return [as_float32(t.detach().cpu()) for t in out], grads
+
+
+def as_float32(t):
+    return t.float() if t.dtype == torch.float64 else t
 
 
 def upstream_for(scene, pixels, seed):
@@ -113,7 +144,7 @@ def test_cuda_matches_cpu(config, target):
                                   ("weight", w1[keep], w0[keep], w0[keep]),
                                   ("depth*weight", (d1 * w1)[keep], (d0 * w0)[keep], d0[keep])):
             err = (a - b).abs().max().item() if a.numel() else 0.0
-            if not err <= forward_atol(scale):
+            if not err <= ORACLE_SLACK * forward_atol(scale):
                 failures.append(f"seed {seed} {name}: max error {err:.3g}")
         if ((r1 != r0) & ~gaussians).any():
             failures.append(f"seed {seed}: radii differ")
@@ -121,8 +152,9 @@ def test_cuda_matches_cpu(config, target):
             for n, ref in g0[mode].items():
                 got = g1[mode][n]
                 scale = ref.abs().max().item() if ref.numel() else 0.0
+                tolerance = ORACLE_SLACK * 1e-4
                 try:
-                    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * scale)
+                    torch.testing.assert_close(got, ref, rtol=tolerance, atol=tolerance * scale)
                 except AssertionError as e:
                     detail = [line for line in str(e).splitlines() if "Greatest" in line]
                     failures.append(f"seed {seed} {mode} {n}: {'; '.join(detail)}")
@@ -183,6 +215,7 @@ def garden_for(target):
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("config", list(LARGE_CONFIGS))
 def test_cuda_matches_cpu_large_images(config, target):
+    needs_cpu_backend()
     H, W, P, opts = LARGE_CONFIGS[config]
     if is_emulated(target):
         k = EMULATED_SHRINK
@@ -197,6 +230,7 @@ def test_cuda_matches_cpu_large_images(config, target):
 def test_garden_112k_matches_cpu(target):
     """100k+ real Gaussians at 648x420 (emulated: the central 40x24 pixels): forward and
     gradients from each of the three maps."""
+    needs_cpu_backend()
     scene = garden_for(target)
     assert scene.gaussians.means.shape[0] > 100_000
     inputs = {k: v for k, v in scene.rasterizer_inputs().items()}
