@@ -300,7 +300,7 @@ struct SplitCursor {
 };
 
 // The positions [lo, hi) of a tile's list that one block of a grid of tiles + capacity walks
-// (TileSplits, in the order of TileSplits::block_slot): a tile's block walks its last part (its
+// (TileSplits, in its order: is_tile_block): a tile's block walks its last part (its
 // whole list when it is not split); the block of slot e the part that ends at that split
 // (`resume_part` = e; -1 for a tile's block). `valid` is false for a slot whose window holds no
 // split. The split forward's parts, the render backward and
