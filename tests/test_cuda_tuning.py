@@ -501,6 +501,27 @@ def test_split_forward_walks_parts_half_the_backwards(length, target, tuning):
             assert grids[short][kernel] == tiles + (pairs - 1) // expected, (short, kernel)
 
 
+@pytest.mark.parametrize("target", [emulated_param("asc")])  # blocks run in launch order
+def test_parts_first_reaches_the_backward(target, tuning):
+    """The emulation runs a grid's blocks one after another in launch order, so the backward's
+    two orders (CudaTuning::parts_first) add a splat's gradient from its tiles' blocks and its
+    parts' blocks in different orders: the gradients differ in their last bits somewhere,
+    which says the switch reaches the kernels, and agree within rounding (test_split_tile_lists
+    holds both to the unsplit ones). The outputs are the forward's and do not move."""
+    H, W, P, factor = SPLIT_SCENES["40x50-opaque"]
+    scene = scenes.make_scene(29000, P=P, height=H, width=W, sh_degree=1, outliers=False)
+    scene.inputs["opacities"] = scene.inputs["opacities"] * factor
+    results = {}
+    with active(target):
+        for parts_first in (True, False):
+            tuning(split_length=256, parts_first=parts_first)
+            results[parts_first] = render_all(scene, None, target)
+    (out_a, grads_a), (out_b, grads_b) = results[True], results[False]
+    assert all(torch.equal(a, b) for a, b in zip(out_a, out_b))
+    assert not all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    assert_same_results(results, True)
+
+
 @pytest.mark.parametrize("target", [emulated_param("asc")])  # the launch record: emulated only
 @pytest.mark.parametrize("width", (64, 80))
 def test_split_forward_by_the_images_waves(width, target, tuning):
