@@ -19,7 +19,6 @@ next to the one a GPU run measured (its render_backward stage, --measured), whic
 model is checked by. Spans are in splats walked, comparable between orders, not times.
 """
 import argparse
-import heapq
 import sys
 from pathlib import Path
 
@@ -27,34 +26,20 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-
 from benchmarks.cpu_bench import forward_state  # noqa: E402
 from benchmarks.scenes import garden_scene  # noqa: E402
-from benchmarks.warp_skip_model import TILE, split_length, tile_pixels, warp_ends  # noqa: E402
+from benchmarks.warp_skip_model import split_length, warp_ends  # noqa: E402
 
 SMS = 132  # an H100 / H200
 BACKWARD_SLOTS = SMS * 4  # kRenderBackwardBlocks; the resolve kernel's too (kResolveBlocks)
 FORWARD_SLOTS = SMS * 8   # kRenderBlocks on sm_90
 
 
-def span(works, slots, block_cost, sms=None, throughput=None):
+def span(works, slots, block_cost, sms, throughput):
     """The last finish of list scheduling: works (None: a block that exits at once) in launch
-    order, each to the earliest-free of `slots`. With `sms` and `throughput` (an SM's rate with
-    k blocks on it, k = 1 .. slots / sms, relative to one slot's: throughput[k - 1]), the slots
-    are grouped into SMs whose blocks share its rate, so that a block left alone runs faster;
-    each block goes to the SM with the fewest (the first of them)."""
-    if sms is None:
-        free = [0.0] * slots
-        end = 0.0
-        for w in works:
-            if w is None:
-                continue
-            start = heapq.heappop(free)
-            finish = start + w + block_cost
-            end = max(end, finish)
-            heapq.heappush(free, finish)
-        return end
+    order on `slots` block slots grouped into `sms` SMs, each block to the SM with the fewest
+    (the first of them); an SM's blocks share its rate, throughput[k - 1] with k of them (one
+    slot an SM and throughput [1]: independent slots), so that a block left alone runs faster."""
     per_sm = slots // sms
     queue = [w + block_cost for w in works if w is not None][::-1]
     running = [[] for _ in range(sms)]  # remaining work of each block on each SM

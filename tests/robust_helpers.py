@@ -14,6 +14,12 @@ from scenes import INPUT_NAMES, perspective_matrix
 DEVICES = ["cpu"] + cuda_targets(orders=("random:1",))
 
 
+def settings_on(settings, device):
+    """`settings` with its tensors (bg and the camera's) on `device`."""
+    return settings._replace(**{f: getattr(settings, f).to(device)
+                                for f in ("bg", "viewmatrix", "projmatrix", "campos")})
+
+
 def axis_camera(height: int, width: int, tanfovx: float = 0.5, tanfovy: Optional[float] = None,
                 dtype=torch.float32, **overrides) -> GaussianRasterizationSettings:
     """Camera at the origin looking down +z (OpenCV axes), so view space = world space and

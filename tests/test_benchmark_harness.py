@@ -678,11 +678,13 @@ def test_block_order_model_schedules_every_walk():
             -(-n // length) - 1 for n in lengths if n > length)
     # Two slots, walks of 3, 1, 2, 2 at 1 a block more: slot A takes 4 (ends at 4), slot B 2
     # (at 2) then 3 (at 5), A then 3 (at 7).
-    assert model.span([3, 1, None, 2, 2], 2, 1.0) == 7.0
+    assert model.span([3, 1, None, 2, 2], 2, 1.0, sms=2, throughput=[1.0]) == pytest.approx(7.0)
     # One SM whose two blocks share its rate (1 alone, 1 together): 2 and 4 units run side by
     # side at 0.5 until the first ends (t = 4), the other alone at 1 (t = 6).
     assert model.span([2, 4], 2, 0.0, sms=1, throughput=[1.0, 1.0]) == pytest.approx(6.0)
     # Many short tiles and two long parts on four slots: first, the parts run beside the tiles;
     # last, after them.
     works = [10] * 40
-    assert (model.span([100, 100] + works, 4, 0.0) < model.span(works + [100, 100], 4, 0.0))
+    independent = dict(sms=4, throughput=[1.0])
+    assert (model.span([100, 100] + works, 4, 0.0, **independent)
+            < model.span(works + [100, 100], 4, 0.0, **independent))

@@ -26,6 +26,7 @@ from cuda_target import (active, agree_in_bulk, cuda_targets, forward_atol,
                          gradients_agree_in_bulk, is_emulated)
 from diff_gaussian_rasterization_depth import GaussianRasterizationSettings, GaussianRasterizer
 from diff_gaussian_rasterization_depth.reference import rasterize_reference
+from robust_helpers import settings_on
 
 pytestmark = pytest.mark.cuda
 TARGETS = cuda_targets()
@@ -58,12 +59,6 @@ LARGE_CONFIGS = {
 
 def to_device(value, device):
     return None if value is None else value.to(device)
-
-
-def settings_on(settings, device):
-    return settings._replace(bg=settings.bg.to(device), viewmatrix=settings.viewmatrix.to(device),
-                             projmatrix=settings.projmatrix.to(device),
-                             campos=settings.campos.to(device))
 
 
 # The oracle of the "cpu" runs: the CPU backend, or the float64 reference (module docstring).

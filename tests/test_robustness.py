@@ -20,7 +20,7 @@ from cuda_target import FORWARD_ATOL, extent_factor
 from diff_gaussian_rasterization_depth import GaussianRasterizer, reference
 from diff_gaussian_rasterization_depth.reference import rasterize_reference
 from robust_helpers import (DEVICES, assert_as_if_removed, assert_same, assert_same_renders,
-                            axis_camera, gaussians_in_view, render, upstream)
+                            axis_camera, gaussians_in_view, render, settings_on, upstream)
 
 NAN, INF = float("nan"), float("inf")
 BAD_VALUES = {"nan": NAN, "+inf": INF, "-inf": -INF}
@@ -373,9 +373,7 @@ def _whole_screen_gaussians(P, settings, z=2.0):
 
 def _rasterize(g, settings, device):
     g = {k: v.to(device) for k, v in g.items()}
-    settings = settings._replace(**{f: getattr(settings, f).to(device)
-                                    for f in ("bg", "viewmatrix", "projmatrix", "campos")})
-    return GaussianRasterizer(settings)(**g)
+    return GaussianRasterizer(settings_on(settings, device))(**g)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -491,9 +489,7 @@ def test_tracked_in_place_ops_on_outputs(device):
     for in_place in (True, False):
         leaves = {k: None if v is None else v.detach().to(device).clone().requires_grad_(True)
                   for k, v in scene.inputs.items()}
-        settings = scene.settings._replace(**{f: getattr(scene.settings, f).to(device)
-                                              for f in ("bg", "viewmatrix", "projmatrix",
-                                                        "campos")})
+        settings = settings_on(scene.settings, device)
         color, _, depth, weight = GaussianRasterizer(settings)(
             **{k: v for k, v in leaves.items() if v is not None})
         if in_place:
@@ -541,8 +537,7 @@ def test_backward_twice_with_retain_graph(device):
     scene = scenes.make_scene(55, P=30)
     leaves = {k: None if v is None else v.detach().to(device).clone().requires_grad_(True)
               for k, v in scene.inputs.items()}
-    settings = scene.settings._replace(**{f: getattr(scene.settings, f).to(device)
-                                          for f in ("bg", "viewmatrix", "projmatrix", "campos")})
+    settings = settings_on(scene.settings, device)
     color, _, depth, weight = GaussianRasterizer(settings)(
         **{k: v for k, v in leaves.items() if v is not None})
     loss = color.sum() + depth.sum() + weight.sum()
@@ -600,8 +595,7 @@ def test_editing_inputs_before_backward_is_detected(device, name):
     scene = scenes.make_scene(56, P=20, precomp_colors=True)
     edited = scene.inputs[name].to(device).clone().requires_grad_(True)
     args = {k: v.to(device) for k, v in scene.inputs.items() if v is not None and k != name}
-    settings = scene.settings._replace(**{f: getattr(scene.settings, f).to(device)
-                                          for f in ("bg", "viewmatrix", "projmatrix", "campos")})
+    settings = settings_on(scene.settings, device)
     color = GaussianRasterizer(settings)(**{name: edited}, **args)[0]
     with torch.no_grad():
         edited.add_(1.0)
