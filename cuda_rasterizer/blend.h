@@ -161,11 +161,11 @@ DGRD_HD bool splat_alpha(Vec2<T> mean2d, const Shape& shape, T px, T py, T& alph
 // The box around mean2d outside of which splat_alpha skips the splat at every pixel. With
 // q(d) = d^T C d (C the conic), alpha >= 1/255 needs q <= 2 tau, tau = log(255 o); that ellipse
 // lies within |d.x| <= sqrt(2 tau C^-1_xx), |d.y| <= sqrt(2 tau C^-1_yy), and C^-1 = (c, -b, a) /
-// det. As in visible_tiles, tau gets 1e-3 for the rounding of exp and of o G, and the box a
-// margin for the rounding of the power at a pixel (given the pixel's own float d), which grows
-// with the conic's condition number. Returns false, bounding nothing, for conics too thin or
-// degenerate to bound safely; a non-finite opacity gives an infinite (or NaN) box, which rejects
-// nothing either.
+// det. tau gets 1e-3 for the rounding of exp and of o G, and the box a margin for the rounding
+// of the power at a pixel (given the pixel's own float d), which grows with the conic's
+// condition number. The binning takes its tiles from this box too (visible_tiles). Returns
+// false, bounding nothing, for conics too thin or degenerate to bound safely; a non-finite
+// opacity gives an infinite (or NaN) box, which rejects nothing either.
 template <typename T>
 DGRD_HD bool splat_reach(Vec4<T> conic_opacity, Vec2<T>& half_extent) {
   const Vec4<T> co = conic_opacity;

@@ -337,41 +337,26 @@ DGRD_HD TileRect tile_rect(Vec2<T> mean, T radius, int tiles_x, int tiles_y) {
           tile_index_clamped(mean.y + radius + extra, tiles_y)};
 }
 
-// Tiles where the splat can reach alpha >= 1/255: the 3-sigma square of SPEC 4 intersected with
-// the disc outside which o G < 1/255 (G = exp(-q / 2) and q >= |d|^2 / lambda_max), and with the
-// tiles that hold a pixel of the splat's reach box (reach_rect in blend.h: the bounding box of
-// the ellipse where o G can reach 1/255, outside which splat_alpha skips the splat at every
-// pixel and the CUDA warps pass it; for an elongated splat about 3/4 of the disc's tiles on
-// garden). Leaving the other tiles out changes no pixel, as the splat is skipped there anyway;
-// it only shortens the tile lists. Disc and box are widened by a margin that covers the
-// rounding of the power, which grows with the condition number of the covariance; for needles
-// too thin to bound safely, the square is kept.
+// Tiles where the splat can reach alpha >= 1/255: the 3-sigma square of SPEC 4 cut to the tiles
+// that hold a pixel of the splat's reach box (reach_rect in blend.h: the bounding box of the
+// ellipse where o G can reach 1/255, widened by a margin for the rounding of the power, outside
+// which splat_alpha skips the splat at every pixel and the CUDA warps pass it; for an elongated
+// splat about 3/4 of the tiles of a disc around it on garden). Leaving the other tiles out
+// changes no pixel, as the splat is skipped there anyway; it only shortens the tile lists.
+// Needles too thin to bound safely keep the square; a splat too faint to reach 1/255 anywhere
+// gets no tile.
 template <typename T>
 DGRD_HD TileRect visible_tiles(Vec2<T> mean, T radius, const Footprint<T>& f, T opacity,
                                const Camera<T>& cam) {
-  const int tiles_x = cam.tiles_x, tiles_y = cam.tiles_y;
-  const TileRect square = tile_rect(mean, radius, tiles_x, tiles_y);
-  const T level = opacity / T(kAlphaMin);  // 255 o: o G >= 1/255 needs G >= 1 / level
-  if (!(level >= T(0.999))) return {0, 0, 0, 0};
-  const T mid = T(0.5) * (f.cov.a + f.cov.c);
-  const T lambda_max = mid + sqrt_(max2(mid * mid - f.det, T(0)));
-  if (!(f.det > T(0)) || !(lambda_max > T(0))) return square;
-  const T kappa = lambda_max * lambda_max / f.det;  // lambda_max / lambda_min
-  const T margin = T(64) * unit_roundoff<T>() * kappa + T(1e-3);
-  if (!(margin < T(0.25))) return square;
-  const T tau = max2(log_(level), T(0)) + T(1e-3);  // o G >= 1/255 needs q <= 2 tau
-  const T extent = sqrt_(T(2) * tau * (T(1) + margin) * lambda_max + T(1));
-  const TileRect disc = {tile_index_clamped(mean.x - extent, tiles_x),
-                         tile_index_clamped(mean.y - extent, tiles_y),
-                         min2(tile_index_clamped(mean.x + extent, tiles_x) + 1, tiles_x),
-                         min2(tile_index_clamped(mean.y + extent, tiles_y) + 1, tiles_y)};
+  // o G >= 1/255 somewhere needs 255 o >= 1 (G <= 1), give or take rounding
+  if (!(opacity / T(kAlphaMin) >= T(0.999))) return {0, 0, 0, 0};
+  const TileRect square = tile_rect(mean, radius, cam.tiles_x, cam.tiles_y);
   const PixelRect box = reach_rect(mean, Vec4<T>{f.conic.a, f.conic.b, f.conic.c, opacity},
                                    {0, cam.width - 1, 0, cam.height - 1});
   if (box.empty()) return {0, 0, 0, 0};
-  const TileRect r = {max2(max2(square.x0, disc.x0), box.x0 / kTileSize),
-                      max2(max2(square.y0, disc.y0), box.y0 / kTileSize),
-                      min2(min2(square.x1, disc.x1), box.x1 / kTileSize + 1),
-                      min2(min2(square.y1, disc.y1), box.y1 / kTileSize + 1)};
+  const TileRect r = {max2(square.x0, box.x0 / kTileSize), max2(square.y0, box.y0 / kTileSize),
+                      min2(square.x1, box.x1 / kTileSize + 1),
+                      min2(square.y1, box.y1 / kTileSize + 1)};
   return (r.x0 < r.x1 && r.y0 < r.y1) ? r : TileRect{0, 0, 0, 0};
 }
 
