@@ -38,6 +38,7 @@ ForwardState allocate_gaussian_state(int64_t count, const at::TensorOptions& opt
   s.means2d = at::empty({count, 2}, opts);
   s.conic_opacity = at::empty({count, 4}, opts);
   s.features = at::empty({count, depth_only ? 1 : 4}, opts);
+  s.gaussian_ids = at::empty({0}, opts.dtype(at::kInt));
   return s;
 }
 
@@ -300,7 +301,7 @@ ForwardResult forward_cpu(const RasterConfig& c, const GaussianTensors& g) {
     s.point_list = at::empty({pairs}, opts.dtype(at::kInt));
     cpu::bin_gaussians(cam, int(P), st, s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>());
     clock.lap("bin");
-    const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
+    const TileLists lists = s.lists();
     cpu::render(cam, st, int(P), lists, make_pixel_buffers<T>(s, color, depth, weight),
                 make_optional_outputs<T>(g, s, feature_map, median));
     clock.lap("render");
@@ -332,7 +333,7 @@ BackwardResult backward_cpu(const RasterConfig& c, const GaussianTensors& g, con
     using T = scalar_t;
     const Camera<T> cam = make_camera<T>(c);
     const GaussianState<T> st = make_state<T>(s, nullptr, nullptr);
-    const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
+    const TileLists lists = s.lists();
     const PixelGrads<T> pg = {data_or_null<T>(up.color), data_or_null<T>(up.depth),
                               data_or_null<T>(up.weight)};
     StageClock clock;
@@ -356,7 +357,7 @@ std::vector<int64_t> cpu_render_work(const RasterConfig& c, const std::vector<at
               "cpu_render_work: the state of a float32 CPU forward");
   const cpu::RenderWork w = cpu::count_render_work(
       make_camera<float>(c), make_state<float>(s, nullptr, nullptr), int(s.radii.size(0)),
-      {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()});
+      s.lists());
   return {w.pairs, w.evaluations, w.exps, w.blends, w.lane_evaluations};
 }
 

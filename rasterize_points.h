@@ -47,12 +47,13 @@ struct GaussianTensors {
 // What the forward keeps for the backward. Never handed to the user.
 struct ForwardState {
   at::Tensor radii;           // (P) int32
-  at::Tensor means2d;         // (P, 2)
-  at::Tensor conic_opacity;   // (P, 4)
+  at::Tensor means2d;         // (P, 2), or (V, 2) with gaussian_ids
+  at::Tensor conic_opacity;   // (P, 4), or (V, 4)
   at::Tensor features;        // (P, 4): r, g, b, view depth; the CUDA backend's (P, 1) where
                               // the caller gives the colours: the depth alone
-                              // (GaussianState::colors)
-  at::Tensor point_list;      // (N) int32: Gaussian ids by tile, then depth
+                              // (GaussianState::colors); (V, 4) with gaussian_ids
+  at::Tensor point_list;      // (N) int32: state rows (Gaussian ids but with gaussian_ids) by
+                              // tile, then depth
   at::Tensor tile_ranges;     // (tiles, 2) int32
   at::Tensor pixel_state;     // (3, H, W): final transmittance, weight, depth
   at::Tensor n_contrib;       // (H, W) int32
@@ -61,14 +62,23 @@ struct ForwardState {
   at::Tensor tile_splits;     // CUDA (TileSplits): int32 [length, capacity x 2 parts];
                               // empty where lists are not split
   at::Tensor split_state;     // CUDA: (capacity, kSplitValues, kTilePixels); else empty
+  at::Tensor gaussian_ids;    // CUDA's compact state (gpu::CudaTuning::compact_state): (V)
+                              // int32, the Gaussian of each row of means2d, conic_opacity and
+                              // features: the V with tiles, by depth (TileLists::gaussians);
+                              // else empty, row i being Gaussian i
 
   std::vector<at::Tensor> to_list() const {
-    return {radii,       means2d,   conic_opacity,  features,    point_list, tile_ranges,
-            pixel_state, n_contrib, median_contrib, tile_splits, split_state};
+    return {radii,       means2d,   conic_opacity,  features,    point_list,  tile_ranges,
+            pixel_state, n_contrib, median_contrib, tile_splits, split_state, gaussian_ids};
   }
   static ForwardState from_list(const std::vector<at::Tensor>& v) {
-    TORCH_CHECK(v.size() == 11, "diff_gaussian_rasterization_depth: corrupt forward state");
-    return {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10]};
+    TORCH_CHECK(v.size() == 12, "diff_gaussian_rasterization_depth: corrupt forward state");
+    return {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11]};
+  }
+  // The tile lists, their rows named by gaussian_ids where the state is compact.
+  TileLists lists() const {
+    return {point_list.data_ptr<int>(), tile_ranges.data_ptr<int>(),
+            gaussian_ids.numel() > 0 ? gaussian_ids.data_ptr<int>() : nullptr};
   }
   bool has_median() const { return median_contrib.numel() > 0; }
 };

@@ -266,16 +266,21 @@ void require_float32(const GaussianTensors& g) {
 // (tile, depth) keys, or a sort by depth of the Gaussians and then a stable one of 32-bit tile
 // keys. The binning owns what the preprocess writes for it (tiles touched, tile rectangles, the
 // depth keys: binning_state() and depth_keys()); then count_pairs() makes the forward's one host
-// read, and sort() writes the lists. Each buffer is freed once its last reader is queued (the
-// caching allocator reuses it in stream order), so that no stage holds the earlier stages'
-// buffers: the pairs sort beside the Gaussians' state alone, and the render holds none of it.
+// read, compact() moves the state to the Gaussians with tiles, and sort() writes the lists.
+// Each buffer is freed once its last reader is queued (the caching allocator reuses it in stream
+// order), so that no stage holds the earlier stages' buffers: the pairs sort beside the
+// Gaussians' state alone, and the render holds none of it.
 class Binning {
  public:
   Binning(const RasterConfig& c, const at::Tensor& like, cudaStream_t stream)
       : c_(c), like_(like), stream_(stream), cam_(make_camera<float>(c)),
-        count_(int(like.size(0))), depth_first_(gpu::cuda_tuning().depth_first_sort) {
+        count_(int(like.size(0))), depth_first_(gpu::cuda_tuning().depth_first_sort),
+        compact_(depth_first_ && gpu::cuda_tuning().compact_state && count_ > 0) {
     const auto ints = like_.options().dtype(at::kInt);
-    tiles_touched_ = device_empty({count_}, like_.options().dtype(at::kLong));
+    const auto longs = like_.options().dtype(at::kLong);
+    // With the compact state, the preprocess counts the Gaussians with tiles past the end.
+    tiles_touched_ = device_empty({count_ + (compact_ ? 1 : 0)}, longs);
+    if (compact_) tiles_touched_.narrow(0, count_, 1).zero_();
     static_assert(sizeof(TileRect) == 4 * sizeof(int), "TileRect must be 4 ints");
     rects_ = device_empty({count_, 4}, ints);
     if (depth_first_) {
@@ -290,10 +295,12 @@ class Binning {
                              reinterpret_cast<TileRect*>(rects_.data_ptr<int>()), colors);
   }
 
-  // Where the preprocess writes the Gaussians' depth keys; none for the 64-bit sort.
+  // Where the preprocess writes the Gaussians' depth keys (and counts those with tiles, for
+  // compact()); none for the 64-bit sort.
   gpu::DepthKeys depth_keys() {
     if (!depth_first_) return {};
-    return {as_u32(depth_keys_), order_.data_ptr<int>()};
+    return {as_u32(depth_keys_), order_.data_ptr<int>(),
+            compact_ ? tiles_touched_.data_ptr<int64_t>() + count_ : nullptr};
   }
 
   // Pair-sized memory the sort needs: keys and ids twice (the sort moves them between two
@@ -322,11 +329,13 @@ class Binning {
         order_ = order[order_buffers.current];
         depth_keys_.reset();  // the keys, and the order's other buffer, go at the scope's end
       }
-      offsets_ = device_empty({count_}, longs);
+      offsets_ = device_empty({count_ + (compact_ ? 1 : 0)}, longs);
       run_cub("scan", [&](void* temp, size_t& bytes) {
         return gpu::inclusive_scan_by_depth(temp, bytes, touched, order_.data_ptr<int>(),
                                             offsets_.data_ptr<int64_t>(), count_, stream_);
       });
+      // The count of Gaussians with tiles beside the pair count, so that one read takes both.
+      if (compact_) offsets_.narrow(0, count_, 1).copy_(tiles_touched_.narrow(0, count_, 1));
     } else {
       offsets_ = device_empty({count_}, longs);
       run_cub("scan", [&](void* temp, size_t& bytes) {
@@ -335,7 +344,30 @@ class Binning {
       });
     }
     tiles_touched_.reset();  // read by the scan alone
-    return pairs_ = offsets_[count_ - 1].item<int64_t>();  // the one host read of the forward
+    if (!compact_) return pairs_ = offsets_[count_ - 1].item<int64_t>();  // the one host read
+    const at::Tensor read = offsets_.narrow(0, count_ - 1, 2).cpu();  // the same, and the count
+    binned_ = read.data_ptr<int64_t>()[1];
+    return pairs_ = read.data_ptr<int64_t>()[0];
+  }
+
+  // With the compact state (gpu::CudaTuning::compact_state): s's means2d, conic_opacity and
+  // features (colour and depth, read where `full` keeps them) for the Gaussians with tiles alone,
+  // in depth order, and their ids (s.gaussian_ids); the full ones freed. The pairs then name
+  // these rows (sort()). The render and the backward hold 40 bytes a Gaussian without tiles less
+  // (most of a large scene's in one view: 71% of garden 1.0M's in its first camera).
+  void compact(ForwardState& s, const GaussianState<float>& full) {
+    if (!compact_) return;
+    const auto opts = like_.options();
+    const int64_t rows = binned_;
+    const ForwardState held = s;  // `full`'s buffers, until the kernel reading them is queued
+    s.means2d = device_empty({rows, 2}, opts);
+    s.conic_opacity = device_empty({rows, 4}, opts);
+    s.features = device_empty({rows, 4}, opts);
+    s.gaussian_ids = device_empty({rows}, opts.dtype(at::kInt));
+    gpu::compact_state(full, order_.data_ptr<int>(), int(rows),
+                       make_state<float>(s, nullptr, nullptr), s.gaussian_ids.data_ptr<int>(),
+                       stream_);
+    check_stage(c_, "compact_state");
   }
 
   // The point list (Gaussian ids by tile, then depth), and the tile ranges written. The pairs
@@ -353,9 +385,10 @@ class Binning {
     at::Tensor ids[2] = {device_empty({pairs_}, opts.dtype(at::kInt)), {}};
     at::Tensor keys[2] = {device_empty({pairs_}, opts.dtype(key_type)), {}};
     const int64_t* offsets = offsets_.data_ptr<int64_t>();
-    if (depth_first_)
-      gpu::duplicate_tile_keys(cam_, count_, state, order_.data_ptr<int>(), offsets,
-                               as_u32(keys[0]), ids[0].data_ptr<int>(), stream_);
+    if (depth_first_)  // with the compact state, the pairs name rows: ranks by depth
+      gpu::duplicate_tile_keys(cam_, compact_ ? int(binned_) : count_, state,
+                               order_.data_ptr<int>(), offsets, as_u32(keys[0]),
+                               ids[0].data_ptr<int>(), compact_, stream_);
     else
       gpu::duplicate_keys(cam_, count_, state, offsets, as_u64(keys[0]), ids[0].data_ptr<int>(),
                           stream_);
@@ -411,12 +444,16 @@ class Binning {
   const Camera<float> cam_;
   const int count_;
   const bool depth_first_;
-  at::Tensor tiles_touched_;  // written by the preprocess, read by the scan
+  const bool compact_;        // depth-first, with gpu::CudaTuning::compact_state
   at::Tensor rects_;          // written by the preprocess, read when the pairs are written
   at::Tensor depth_keys_;     // depth-first: written by the preprocess, sorted with order_
   at::Tensor order_;          // depth-first: the Gaussians' ids, then by depth
-  at::Tensor offsets_;        // inclusive scan of tiles touched (by depth when depth-first)
+  at::Tensor tiles_touched_;  // written by the preprocess, read by the scan; compact: then the
+                              // number of Gaussians with tiles
+  at::Tensor offsets_;        // inclusive scan of tiles touched (by depth when depth-first);
+                              // compact: then the number of Gaussians with tiles
   int64_t pairs_ = 0;
+  int64_t binned_ = 0;        // compact: the Gaussians with tiles
 };
 
 // The render backward's sums (gpu::SplatSums) laid over rows of input gradients, which this
@@ -490,6 +527,9 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   check_tile_pairs(pairs, bins.bytes_per_pair(), available);
   check_image_buffers(H, W, pixel_bytes, available - pair_bytes);
 
+  // Before the pairs take their memory: the state of the Gaussians with tiles alone (the pairs
+  // written next read the binning's own fields only).
+  bins.compact(s, binning_state);
   allocate_tile_ranges(c, s, opts);
   s.tile_ranges.zero_();
   s.point_list = bins.sort(binning_state, s.tile_ranges.data_ptr<int>());
@@ -504,7 +544,7 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   at::Tensor weight = device_empty({H, W}, opts);
   at::Tensor feature_map = device_empty({g.channels(), H, W}, opts);
   at::Tensor median = device_empty({c.median_depth ? H : 0, W}, opts);
-  const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
+  const TileLists lists = s.lists();
   ForwardSplits forward;
   const TileSplits splits = plan_splits(pairs, c, s, forward, opts, stream);
   check_stage(c, "plan_splits");
@@ -536,7 +576,7 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, Fo
   const Camera<float> cam = make_camera<float>(c);
   const int* radii = s.radii.data_ptr<int>();  // kept by release_render_state
   const GaussianState<float> st = make_state<float>(s, nullptr, nullptr, g.colors_precomp);
-  const TileLists lists = {s.point_list.data_ptr<int>(), s.tile_ranges.data_ptr<int>()};
+  const TileLists lists = s.lists();
   const PixelGrads<float> pg = {data_or_null<float>(up.color), data_or_null<float>(up.depth),
                                 data_or_null<float>(up.weight)};
   const TileSplits splits = splits_of(s);
@@ -605,6 +645,7 @@ void set_cuda_tuning_cuda(const std::map<std::string, int64_t>& switches) {
     if (name == "warp_skip") t.warp_skip = value != 0;
     else if (name == "scatter_reduce") t.scatter_reduce = value != 0;
     else if (name == "depth_first_sort") t.depth_first_sort = value != 0;
+    else if (name == "compact_state") t.compact_state = value != 0;
     else if (name == "split_tiles") t.split_tiles = value != 0;
     else if (name == "split_forward") t.split_forward = split_forward_of(value);
     else if (name == "short_forward_parts") t.short_forward_parts = value != 0;

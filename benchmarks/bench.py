@@ -110,9 +110,10 @@ class Ours(Impl):
     name = "ours"
     note = "loss on colour + depth + weight"
     # The CUDA backend's techniques (warp_skip, scatter_reduce, depth_first_sort, split_tiles,
-    # split_forward, short_forward_parts, parts_first): the defaults here (split_forward None:
-    # by the image's waves); the ablation variants below switch one or all off.
-    cuda_tuning = (True, True, True, True, None, True, True)
+    # split_forward, short_forward_parts, parts_first, compact_state): the defaults here
+    # (split_forward None: by the image's waves); the ablation variants below switch one or all
+    # off.
+    cuda_tuning = (True, True, True, True, None, True, True, True)
 
     def available(self, device):
         try:
@@ -133,7 +134,8 @@ class Ours(Impl):
         holds for all of its calls."""
         if scene.device.type == "cuda":
             from diff_gaussian_rasterization_depth import _backend
-            _backend.set_cuda_tuning(*self.cuda_tuning)
+            *positional, compact_state = self.cuda_tuning
+            _backend.set_cuda_tuning(*positional, compact_state=compact_state)
 
     def prepare(self, scene, upstream):
         from diff_gaussian_rasterization_depth import GaussianRasterizer
@@ -235,24 +237,29 @@ def _ablated(name: str, what: str, cuda_tuning: tuple) -> type:
 
 
 # (warp_skip, scatter_reduce, depth_first_sort, split_tiles, split_forward,
-# short_forward_parts, parts_first) off one at a time (split_forward and parts_first act only
-# with split_tiles, short_forward_parts only with split_forward; split_forward None: by the
-# image, as ours, 1: always, as before stop 48), then all off.
+# short_forward_parts, parts_first, compact_state) off one at a time (split_forward and
+# parts_first act only with split_tiles, short_forward_parts only with split_forward,
+# compact_state only with depth_first_sort; split_forward None: by the image, as ours, 1:
+# always, as before stop 48), then all off.
 ABLATED = tuple(_ablated(name, what, tuning) for name, what, tuning in (
     ("ours-no-warp-skip", "warps evaluate every splat of the tile",
-     (0, 1, 1, 1, None, 1, 1)),
+     (0, 1, 1, 1, None, 1, 1, 1)),
     ("ours-no-scatter", "warp gradient sums by one shuffle tree per value",
-     (1, 0, 1, 1, None, 1, 1)),
-    ("ours-no-depth-sort", "one sort of 64-bit (tile, depth) keys", (1, 1, 0, 1, None, 1, 1)),
+     (1, 0, 1, 1, None, 1, 1, 1)),
+    ("ours-no-depth-sort", "one sort of 64-bit (tile, depth) keys",
+     (1, 1, 0, 1, None, 1, 1, 0)),
+    ("ours-no-compact-state", "the render's state of every Gaussian, not only those with tiles",
+     (1, 1, 1, 1, None, 1, 1, 0)),
     ("ours-no-short-forward-parts", "the split forward, always, in the backward's parts",
-     (1, 1, 1, 1, 1, 0, 1)),
+     (1, 1, 1, 1, 1, 0, 1, 1)),
     ("ours-split-forward", "the split forward whatever the image's waves",
-     (1, 1, 1, 1, 1, 1, 1)),
+     (1, 1, 1, 1, 1, 1, 1, 1)),
     ("ours-tiles-first", "the backward launches split lists' parts after the tiles",
-     (1, 1, 1, 1, None, 1, 0)),
-    ("ours-no-split-forward", "the forward walks each tile's list whole", (1, 1, 1, 1, 0, 0, 1)),
-    ("ours-no-split", "one block per tile, however long its list", (1, 1, 1, 0, 0, 0, 0)),
-    ("ours-none", "none of the switchable techniques", (0, 0, 0, 0, 0, 0, 0))))
+     (1, 1, 1, 1, None, 1, 0, 1)),
+    ("ours-no-split-forward", "the forward walks each tile's list whole",
+     (1, 1, 1, 1, 0, 0, 1, 1)),
+    ("ours-no-split", "one block per tile, however long its list", (1, 1, 1, 0, 0, 0, 0, 1)),
+    ("ours-none", "none of the switchable techniques", (0, 0, 0, 0, 0, 0, 0, 0))))
 
 
 class Ours2024(Ours):

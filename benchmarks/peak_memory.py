@@ -2,6 +2,7 @@
 """Peak memory of one call of the CUDA backend, on a GPU or without one.
 
     python benchmarks/peak_memory.py [--scenes 112k,1m] [--scales 1,2] [--sh] [--device cuda]
+                                     [--tuning compact_state=0,...]
 
 The extra memory at the peak of one forward (no autograd) and of one forward + backward (a loss
 on colour, depth and weight, the outputs dropped before the backward) on the garden frames,
@@ -69,7 +70,12 @@ def main():
     ap.add_argument("--scales", default="1")
     ap.add_argument("--sh", action="store_true", help="SH of degree 3 instead of colours")
     ap.add_argument("--device", default="cpu", help="cpu (the emulated CUDA backend) or cuda")
+    ap.add_argument("--tuning", default="",
+                    help="CUDA switches off the defaults, as name=0/1 pairs separated by commas "
+                         "(_backend.set_cuda_tuning's names), e.g. compact_state=0")
     args = ap.parse_args()
+    switches = {name: bool(int(value)) for name, value in
+                (item.split("=") for item in args.tuning.split(",") if item)}
 
     import contextlib
 
@@ -109,8 +115,12 @@ def main():
                 loss.backward()
 
             with backend():
-                fwd = peak_extra_bytes(forward, device) / MIB
-                both = peak_extra_bytes(forward_backward, device) / MIB
+                _backend.set_cuda_tuning(**switches)
+                try:
+                    fwd = peak_extra_bytes(forward, device) / MIB
+                    both = peak_extra_bytes(forward_backward, device) / MIB
+                finally:
+                    _backend.set_cuda_tuning()
             print(f"{name:6s} {scale:5g} {len(scene.gaussians):10d} {pairs:10d} {pixels:9d} "
                   f"{fwd:8.2f} {both:11.2f}", flush=True)
 

@@ -28,13 +28,22 @@ __global__ void preprocess_kernel(Camera<float> cam, GaussianInputs<float> in,
                                   GaussianState<float> state, DepthKeys depth,
                                   int* radii_out) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= in.count) return;
-  const ProjectedGaussian<float> g = preprocess_gaussian(cam, in, i);
-  state.store(i, g);
-  radii_out[i] = g.radius;
-  if (depth.keys != nullptr) {  // uniform over the grid
-    depth.keys[i] = depth_sort_key(g.feature.w, cam.inverse_depth);
-    depth.order[i] = i;
+  bool binned = false;  // the Gaussian has tiles (state.store's tiles_touched > 0)
+  if (i < in.count) {
+    const ProjectedGaussian<float> g = preprocess_gaussian(cam, in, i);
+    state.store(i, g);
+    radii_out[i] = g.radius;
+    binned = g.radius > 0 && g.rect.area() > 0;
+    if (depth.keys != nullptr) {  // uniform over the grid
+      depth.keys[i] = binned ? depth_sort_key(g.feature.w, cam.inverse_depth) : kUnbinnedDepthKey;
+      depth.order[i] = i;
+    }
+  }
+  if (depth.binned != nullptr) {  // uniform; one atomic a warp (every lane reaches the ballot)
+    const unsigned voted = __ballot_sync(kFullWarp, binned);
+    if ((threadIdx.x & 31) == 0 && voted != 0)
+      atomicAdd(reinterpret_cast<unsigned long long*>(depth.binned),
+                static_cast<unsigned long long>(__popc(voted)));
   }
 }
 
@@ -45,8 +54,8 @@ __global__ void preprocess_kernel(Camera<float> cam, GaussianInputs<float> in,
 // does not keep its lane busy while the warp's others idle, where one thread a Gaussian wrote
 // its pairs alone (on the H200, 1.0M Gaussians at 1296x840: 102 us at 3% of the SMs'
 // throughput, its stores each a sector of their own). Each lane finds the Gaussian of its pair
-// by a binary search over the warp's starts (five shuffles). Every lane of the warp must call
-// it: no lane returns early.
+// by a binary search over the warp's starts (five shuffles); `rank` is that Gaussian's k. Every
+// lane of the warp must call it: no lane returns early.
 template <typename Write>
 __device__ __forceinline__ void write_warp_pairs(int count, const int* order,
                                                  const int64_t* offsets,
@@ -76,15 +85,16 @@ __device__ __forceinline__ void write_warp_pairs(int count, const int* order,
     const int x0 = __shfl_sync(kFullWarp, rect.x0, owner);
     const int y0 = __shfl_sync(kFullWarp, rect.y0, owner);
     const int width = __shfl_sync(kFullWarp, rect.x1 - rect.x0, owner);
+    const int rank = k - lane + owner;
     if (q < warp_pairs)
-      write(warp_begin + q, gaussian, (y0 + local / width) * tiles_x + x0 + local % width);
+      write(warp_begin + q, gaussian, rank, (y0 + local / width) * tiles_x + x0 + local % width);
   }
 }
 
 __global__ void duplicate_keys_kernel(Camera<float> cam, int count, GaussianState<float> state,
                                       const int64_t* offsets, uint64_t* keys, int* ids) {
   write_warp_pairs(count, nullptr, offsets, state, cam.tiles_x,
-                   [&](int64_t p, int i, int tile) {
+                   [&](int64_t p, int i, int, int tile) {
                      keys[p] = (uint64_t(tile) << 32) |
                                depth_sort_key(state.depth(i), cam.inverse_depth);
                      ids[p] = i;
@@ -95,14 +105,29 @@ __global__ void duplicate_keys_kernel(Camera<float> cam, int count, GaussianStat
 // then their pairs, written in that order with the tile alone as key, sorted stably by tile.
 // The depth keys come from preprocess_kernel (DepthKeys).
 
-// The k-th Gaussian by depth writes its tiles from offsets[k - 1] on.
+// The k-th Gaussian by depth writes its tiles from offsets[k - 1] on, naming itself by k (its
+// row of the compact state) with `by_rank`, else by its index.
 __global__ void duplicate_tile_keys_kernel(Camera<float> cam, int count,
                                            GaussianState<float> state, const int* order,
-                                           const int64_t* offsets, uint32_t* keys, int* ids) {
-  write_warp_pairs(count, order, offsets, state, cam.tiles_x, [&](int64_t p, int i, int tile) {
-    keys[p] = uint32_t(tile);
-    ids[p] = i;
-  });
+                                           const int64_t* offsets, uint32_t* keys, int* ids,
+                                           bool by_rank) {
+  write_warp_pairs(count, order, offsets, state, cam.tiles_x,
+                   [&](int64_t p, int i, int rank, int tile) {
+                     keys[p] = uint32_t(tile);
+                     ids[p] = by_rank ? rank : i;
+                   });
+}
+
+// Row k of the compact state from Gaussian order[k]'s (gpu::compact_state).
+__global__ void compact_state_kernel(GaussianState<float> full, const int* order, int rows,
+                                     GaussianState<float> compact, int* gaussians) {
+  const int k = blockIdx.x * blockDim.x + threadIdx.x;
+  if (k >= rows) return;
+  const int i = order[k];
+  gaussians[k] = i;
+  compact.means2d[k] = full.means2d[i];
+  compact.conic_opacity[k] = full.conic_opacity[i];
+  compact.features[k] = full.feature(i);
 }
 
 // The tile of a sorted key: the high half of a (tile, depth) key, or the whole tile key.
@@ -229,13 +254,15 @@ struct SplatBatch {
   Vec4<float> feature[kTilePixels];
   unsigned reach[kTilePixels];
 
+  // The splat of state row `row`; `gaussian` is its id where gradients go (the backward's).
   template <bool kWarpSkip>
-  __device__ void load(int slot, int id_, const GaussianState<float>& s, const TileThread& me) {
-    const Vec2<float> mean = s.means2d[id_];
-    const Vec4<float> conic_opacity = s.conic_opacity[id_];
-    mean_id[slot] = {mean, unsigned(id_), 0u};
+  __device__ void load(int slot, int row, const GaussianState<float>& s, const TileThread& me,
+                       int gaussian = 0) {
+    const Vec2<float> mean = s.means2d[row];
+    const Vec4<float> conic_opacity = s.conic_opacity[row];
+    mean_id[slot] = {mean, unsigned(gaussian), 0u};
     exponent[slot] = Base2Exponent<float>::of(conic_opacity);
-    feature[slot] = s.feature(id_);
+    feature[slot] = s.feature(row);
     if (kWarpSkip) reach[slot] = warp_reach_mask(me, mean, conic_opacity);
   }
   // visit(j) for the splats j in [from, n) that reach warp `warp`, in order; `from` and `n`
@@ -586,16 +613,17 @@ struct FeatureBatch {
   float feature[kTilePixels][kChunk + 1];
   unsigned reach[kTilePixels];  // warp_reach_mask, or every warp when not skipping
 
-  __device__ void load(int slot, int id_, const GaussianState<float>& s, const float* features,
-                       const TileThread& me, int channels, int first, int count,
-                       bool warp_skip) {
-    const Vec2<float> mean = s.means2d[id_];
-    const Vec4<float> conic_opacity = s.conic_opacity[id_];
-    mean_id[slot] = {mean, unsigned(id_), 0u};
+  // The splat of state row `row`, Gaussian `gaussian` (its features and gradients).
+  __device__ void load(int slot, int row, int gaussian, const GaussianState<float>& s,
+                       const float* features, const TileThread& me, int channels, int first,
+                       int count, bool warp_skip) {
+    const Vec2<float> mean = s.means2d[row];
+    const Vec4<float> conic_opacity = s.conic_opacity[row];
+    mean_id[slot] = {mean, unsigned(gaussian), 0u};
     exponent[slot] = Base2Exponent<float>::of(conic_opacity);
-    const float* row = features + int64_t(id_) * channels + first;
+    const float* values = features + int64_t(gaussian) * channels + first;
 #pragma unroll
-    for (int c = 0; c < kChunk; ++c) feature[slot][c] = c < count ? row[c] : 0.f;
+    for (int c = 0; c < kChunk; ++c) feature[slot][c] = c < count ? values[c] : 0.f;
     reach[slot] = warp_skip ? warp_reach_mask(me, mean, conic_opacity) : kAllWarps;
   }
 };
@@ -644,9 +672,11 @@ __device__ __forceinline__ void walk_feature_part(const FeatureThread<kChunk>& m
   for (int start = part.lo; start < me.block_end; start += kTilePixels) {
     __syncthreads();  // the previous batch is no longer read
     const int k = start + int(threadIdx.x);
-    if (k < me.block_end)
-      batch.load(threadIdx.x, lists.point_list[part.begin + k], state, features, me, channels,
-                 me.first, me.count, warp_skip);
+    if (k < me.block_end) {
+      const int row = lists.point_list[part.begin + k];
+      batch.load(threadIdx.x, row, lists.gaussian(row), state, features, me, channels, me.first,
+                 me.count, warp_skip);
+    }
     __syncthreads();
     // The pixel's splats of the batch, and the warp's (its pixels' largest count).
     const int n = min(kTilePixels, min(me.last, part.hi) - start);
@@ -828,7 +858,10 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
     const int start = max(part.lo, stop - kTilePixels);
     __syncthreads();  // the previous batch is no longer read
     const int k = stop - 1 - int(threadIdx.x);
-    if (k >= start) batch.load<kWarpSkip>(threadIdx.x, lists.point_list[begin + k], state, me);
+    if (k >= start) {
+      const int row = lists.point_list[begin + k];
+      batch.load<kWarpSkip>(threadIdx.x, row, state, me, lists.gaussian(row));
+    }
     __syncthreads();
     const int n = stop - start;
     // pos = stop - 1 - j < warp_end from j = stop - warp_end on.
@@ -944,9 +977,11 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
     const int start = max(part.lo, stop - kTilePixels);
     __syncthreads();  // the previous batch is no longer read
     const int k = stop - 1 - int(threadIdx.x);
-    if (k >= start)
-      batch.load(threadIdx.x, lists.point_list[part.begin + k], state, extra.features, me,
+    if (k >= start) {
+      const int row = lists.point_list[part.begin + k];
+      batch.load(threadIdx.x, row, lists.gaussian(row), state, extra.features, me,
                  extra.channels, me.first, me.count, warp_skip);
+    }
     __syncthreads();
     const int n = stop - start;
     // Ballots: every lane calls it, with the warp's own n (the visit holds warp-wide sums).
@@ -1148,10 +1183,17 @@ cudaError_t inclusive_scan_by_depth(void* temp, size_t& temp_bytes, const int64_
 
 void duplicate_tile_keys(const Camera<float>& cam, int count, const GaussianState<float>& state,
                          const int* order, const int64_t* offsets, uint32_t* keys, int* ids,
-                         cudaStream_t stream) {
+                         bool by_rank, cudaStream_t stream) {
   if (count == 0) return;
   DGRD_LAUNCH(duplicate_tile_keys_kernel, blocks_for(count), kThreads, stream)(
-      cam, count, state, order, offsets, keys, ids);
+      cam, count, state, order, offsets, keys, ids, by_rank);
+}
+
+void compact_state(const GaussianState<float>& full, const int* order, int rows,
+                   const GaussianState<float>& compact, int* gaussians, cudaStream_t stream) {
+  if (rows == 0) return;
+  DGRD_LAUNCH(compact_state_kernel, blocks_for(rows), kThreads, stream)(full, order, rows,
+                                                                         compact, gaussians);
 }
 
 cudaError_t sort_tile_keys(void* temp, size_t& temp_bytes, SortBuffers<uint32_t>& keys,

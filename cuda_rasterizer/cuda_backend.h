@@ -18,10 +18,17 @@ namespace gpu {
 
 // Depth-first binning's input, written by the preprocess (CudaTuning::depth_first_sort): each
 // Gaussian's depth key (depth_sort_key) and its index, for sort_depths. Null for the 64-bit sort.
+// A Gaussian without tiles gets the largest key (kUnbinnedDepthKey), so that the sort puts
+// those last and the first `binned` of the order are the Gaussians with tiles; `binned`, when
+// not null (the compact state), counts them (the caller zeroes it).
 struct DepthKeys {
   uint32_t* keys = nullptr;
   int* order = nullptr;
+  int64_t* binned = nullptr;
 };
+// Above every key of a Gaussian with tiles (a finite depth above the near plane; by inverse depth
+// 1/z > 0), within the sort's 31 bits.
+constexpr uint32_t kUnbinnedDepthKey = 0x7fffffffu;
 
 // One thread per Gaussian: fills the state, including tiles_touched; in the same launch, the
 // depth keys when asked for (the binning's first pass over the Gaussians is this one) and the
@@ -75,10 +82,17 @@ cudaError_t sort_depths(void* temp, size_t& temp_bytes, SortBuffers<uint32_t>& k
 cudaError_t inclusive_scan_by_depth(void* temp, size_t& temp_bytes, const int64_t* tiles_touched,
                                     const int* order, int64_t* offsets, int count,
                                     cudaStream_t stream);
-// One (tile, Gaussian) pair per tile of each Gaussian, by depth (order), from the scanned offsets.
+// One (tile, Gaussian) pair per tile of each Gaussian, by depth (order), from the scanned offsets;
+// with `by_rank` the pair names the Gaussian's rank in depth order (its row of the compact
+// state), else its index.
 void duplicate_tile_keys(const Camera<float>& cam, int count, const GaussianState<float>& state,
                          const int* order, const int64_t* offsets, uint32_t* keys, int* ids,
-                         cudaStream_t stream);
+                         bool by_rank, cudaStream_t stream);
+// The compact state (CudaTuning::compact_state): row k of `compact` (means2d, conic_opacity and
+// features: the colour and depth, read where `full` keeps them) from Gaussian order[k] of `full`,
+// for the first `rows` Gaussians by depth (those with tiles); gaussians[k] = order[k].
+void compact_state(const GaussianState<float>& full, const int* order, int rows,
+                   const GaussianState<float>& compact, int* gaussians, cudaStream_t stream);
 cudaError_t sort_tile_keys(void* temp, size_t& temp_bytes, SortBuffers<uint32_t>& keys,
                            SortBuffers<int>& ids, int pairs, int tiles, cudaStream_t stream);
 void identify_tile_ranges(const uint32_t* sorted_keys, int pairs, int* tile_ranges,
@@ -92,6 +106,9 @@ struct CudaTuning {
   bool warp_skip = true;         // a warp passes the splats that cannot reach its pixels
   bool scatter_reduce = true;    // warp sums of gradients by warp_scatter_add, not one tree each
   bool depth_first_sort = true;  // the binning sorts by depth once, then pairs by tile alone
+  // ... and the render's state keeps the Gaussians with tiles alone, in depth order
+  // (TileLists::gaussians); with depth_first_sort
+  bool compact_state = true;
   bool split_tiles = true;       // long tile lists walked in parts by the backward (TileSplits)
   // ... and by the forward (with split_tiles): 1 always, 0 never, -1 (the default) where the
   // image's tiles fill at most two waves of the forward's blocks (split_forward below).

@@ -288,6 +288,12 @@ inline int __ffs(int x) {
   for (; (v & 1u) == 0; v >>= 1) ++index;
   return index;
 }
+// The number of set bits (CUDA's __popc), a plain loop for the same reason.
+inline int __popc(unsigned x) {
+  int count = 0;
+  for (; x != 0; x &= x - 1) ++count;
+  return count;
+}
 inline unsigned __float_as_uint(float v) { return dgrd_emu_bit_cast<unsigned>(v); }
 inline int __float_as_int(float v) { return dgrd_emu_bit_cast<int>(v); }
 inline float __uint_as_float(unsigned v) { return dgrd_emu_bit_cast<float>(v); }

@@ -128,10 +128,15 @@ struct CameraGrad {
 };
 constexpr int kCameraGradValues = 35;
 
-// Sorted tile lists: tile t holds point_list[tile_ranges[2t] .. tile_ranges[2t + 1]).
+// Sorted tile lists: tile t holds point_list[tile_ranges[2t] .. tile_ranges[2t + 1]), rows of
+// the Gaussians' state. The CUDA backend's compact state (gpu::CudaTuning::compact_state) keeps
+// a row for each Gaussian with a tile, in depth order, and `gaussians` names each row's Gaussian
+// (where the inputs, features and gradients lie); null: row i is Gaussian i.
 struct TileLists {
   const int* point_list;
   const int* tile_ranges;
+  const int* gaussians = nullptr;
+  DGRD_HD int gaussian(int row) const { return gaussians ? gaussians[row] : row; }
 };
 
 // Long tile lists cut into parts (CUDA): a list of n > L splats has parts_of(n) parts of L

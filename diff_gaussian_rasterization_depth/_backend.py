@@ -90,7 +90,7 @@ def emulated_cuda(order=None):
 
 def set_cuda_tuning(warp_skip=True, scatter_reduce=True, depth_first_sort=True, split_tiles=True,
                     split_forward=None, short_forward_parts=True, parts_first=True,
-                    split_length=0, feature_split_bytes=None):
+                    split_length=0, feature_split_bytes=None, compact_state=True):
     """Benchmarks and tests: switch the CUDA backend's techniques (all on by default) of the
     backend that renders now (the emulated one inside `emulated_cuda`); see gpu::CudaTuning in
     cuda_rasterizer/cuda_backend.h. `split_forward` acts with `split_tiles` only: True always,
@@ -101,12 +101,13 @@ def set_cuda_tuning(warp_skip=True, scatter_reduce=True, depth_first_sort=True, 
     list, a multiple of 256 up to 2^24 (the forward's half of it where it is a multiple of 512,
     with `short_forward_parts`); 0: chosen; `feature_split_bytes` (tests): the feature kernels
     walk whole lists where their buffers for parts would exceed it; None: the backend's default
-    (64 MiB)."""
+    (64 MiB); `compact_state` (with `depth_first_sort`): the render's state holds the Gaussians
+    with tiles alone."""
     switches = dict(warp_skip=warp_skip, scatter_reduce=scatter_reduce,
                     depth_first_sort=depth_first_sort, split_tiles=split_tiles,
                     split_forward=-1 if split_forward is None else split_forward,
                     short_forward_parts=short_forward_parts, parts_first=parts_first,
-                    split_length=split_length)
+                    split_length=split_length, compact_state=compact_state)
     if feature_split_bytes is not None:
         switches["feature_split_bytes"] = feature_split_bytes
     _renderer().set_cuda_tuning({name: int(value) for name, value in switches.items()})

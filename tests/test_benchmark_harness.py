@@ -181,17 +181,19 @@ def test_cuda_ablation_expands_and_is_left_out_on_the_cpu():
     args = bench.parse_args(["--device", "cpu", "--impls", "ablation", "--scenes", "300",
                              "--scales", "0.1", "--reps", "1", "--warmup", "0", "--sets", "1"])
     assert args.impl_list == ["ours", "ours-no-warp-skip", "ours-no-scatter",
-                              "ours-no-depth-sort", "ours-no-short-forward-parts",
-                              "ours-split-forward", "ours-tiles-first", "ours-no-split-forward",
-                              "ours-no-split", "ours-none", "ours-2024"]
+                              "ours-no-depth-sort", "ours-no-compact-state",
+                              "ours-no-short-forward-parts", "ours-split-forward",
+                              "ours-tiles-first", "ours-no-split-forward", "ours-no-split",
+                              "ours-none", "ours-2024"]
     tunings = [bench.IMPLS[n].cuda_tuning for n in args.impl_list[:-1]]
     # The defaults: every technique on, the split forward by the image's waves (None).
-    on = (True, True, True, True, None, True, True)
+    on = (True, True, True, True, None, True, True, True)
     forced = (*on[:4], True, *on[5:])  # the split forward whatever the image
-    assert tunings == [on, (False, *on[1:]), (True, False, *on[2:]), (True, True, False, *on[3:]),
-                       (*forced[:5], False, True), forced, (*on[:6], False),
-                       (*on[:4], False, False, True), (*on[:3], False, False, False, False),
-                       (False,) * 7]
+    assert tunings == [on, (False, *on[1:]), (True, False, *on[2:]),
+                       (True, True, False, *on[3:7], False), (*on[:7], False),
+                       (*forced[:5], False, True, True), forced, (*on[:6], False, True),
+                       (*on[:4], False, False, True, True),
+                       (*on[:3], False, False, False, False, True), (False,) * 8]
     result = bench.run(args)
     assert [r["impl"] for r in result["results"]] == ["ours", "ours-2024"]
     assert all(r["fwd_bwd_ms"]["median"] > 0 for r in result["results"])
@@ -350,8 +352,9 @@ def test_peak_memory_reports_a_row_per_frame(tmp_path):
     assert [float(r[1]) for r in rows] == [0.25, 0.5]
     for _, scale, gaussians, pairs, pixels, fwd, both in rows:
         assert int(gaussians) == 111785 and int(pixels) == 648 * 420 * float(scale) ** 2
-        # the sort's buffers (16 bytes a pair) and the state (44 a Gaussian) at least
-        assert float(fwd) * 2 ** 20 >= 16 * int(pairs) + 44 * int(gaussians)
+        # the sort's buffers (16 bytes a pair) and the radii, the state's and the caller's (8 a
+        # Gaussian; the state's other rows are the Gaussians' with tiles alone) at least
+        assert float(fwd) * 2 ** 20 >= 16 * int(pairs) + 8 * int(gaussians)
         assert float(both) > float(fwd)
 
 

@@ -229,12 +229,18 @@ def assert_same_results(results, base, rounded=(), keep=None):
 
 def tile_lists(scene, device):
     """(point_list, tile_ranges, blended depth of each Gaussian) of a forward on `device`
-    (float32)."""
+    (float32), the lists naming Gaussians (and the depth by Gaussian, NaN for one without tiles)
+    where the state is compact (its rows named by state[11])."""
     inputs = {k: (None if v is None else v.detach().to(device)) for k, v in scene.inputs.items()}
     on_device = scenes.Scene(inputs, settings_on(scene.settings, device))
-    state = _backend.forward(*scenes.backend_call(on_device))[-1]
+    state = [t.cpu() for t in _backend.forward(*scenes.backend_call(on_device))[-1]]
     # The depth is the features' last column: (P, 4), or (P, 1) where colours are given.
-    return state[4].cpu(), state[5].cpu(), state[3][:, -1].cpu()
+    point_list, ranges, depth, rows = state[4], state[5], state[3][:, -1], state[11]
+    if rows.numel() == 0:
+        return point_list, ranges, depth
+    by_gaussian = torch.full((scene.P,), float("nan"))
+    by_gaussian[rows.long()] = depth
+    return rows[point_list.long()], ranges, by_gaussian
 
 
 def assert_ordered_by_depth(point_list, tile_ranges, depth):
@@ -297,8 +303,13 @@ def test_depth_first_sort_makes_the_same_lists(ties, target, tuning):
             lists[depth_first] = tile_lists(scene, target)
     point_list, tile_ranges, depth = lists[True]
     assert point_list.numel() > 4 * scene.P // 2
-    for k, name in enumerate(("point_list", "tile_ranges", "depth")):
+    for k, name in enumerate(("point_list", "tile_ranges")):
         assert torch.equal(lists[True][k], lists[False][k]), name
+    # The compact state keeps the depths of the Gaussians with tiles alone (NaN for the others).
+    listed = torch.zeros(scene.P, dtype=torch.bool)
+    listed[point_list.long()] = True
+    assert torch.equal(~depth.isnan(), listed)
+    assert torch.equal(depth[listed], lists[False][2][listed])
     assert_ordered_by_depth(point_list, tile_ranges, depth)
     if ties:  # whole depths, exact on any device, and many ties among neighbours in a list
         listed = depth[point_list.long()]
@@ -335,22 +346,66 @@ def test_stage_timing_names_every_stage_and_changes_nothing(depth_first, target,
         assert _backend.cuda_stage_ms() == {}
     for a, b in zip(plain[0], timed[0]):
         assert torch.equal(a, b)
-    binning = ["sort by depth"] if depth_first else []
-    expected = (["forward/" + s for s in ["preprocess", *binning, "scan", "duplicate_keys", "sort",
-                                         "tile_ranges", "plan_splits", "render"]]
+    by_depth, compact = (["sort by depth"], ["compact_state"]) if depth_first else ([], [])
+    expected = (["forward/" + s for s in ["preprocess", *by_depth, "scan", *compact,
+                                         "duplicate_keys", "sort", "tile_ranges", "plan_splits",
+                                         "render"]]
                 + ["backward/" + s for s in ["zero gradients", "render_backward",
                                              "preprocess_backward"]])
     assert sorted(ms) == sorted(expected)
     assert all(v >= 0 for v in ms.values()) and ms["backward/render_backward"] > 0
 
 
-# ------------------------------------------------------------------ long tile lists in parts
-
 def forward_state(scene, device):
     """The state list of a forward on `device` (float32), on the CPU."""
     inputs = {k: (None if v is None else v.detach().to(device)) for k, v in scene.inputs.items()}
     on_device = scenes.Scene(inputs, settings_on(scene.settings, device))
     return [t.cpu() for t in _backend.forward(*scenes.backend_call(on_device))[-1]]
+
+
+@pytest.mark.parametrize("target", cuda_targets())
+@pytest.mark.parametrize("channels", (None, 4))
+def test_compact_state_keeps_the_gaussians_with_tiles(channels, target, tuning):
+    """The compact state (CudaTuning::compact_state, the default with the depth-first sort): a
+    row for each Gaussian with tiles, in depth order (ties by index), named by state[11], the
+    pairs naming rows. Against the state of all P (compact_state off): the same rows and lists,
+    every output bit for bit, the gradients within rounding, and none reaching a Gaussian
+    without tiles. The scene has Gaussians culled (behind the camera, off screen) and some too
+    faint to reach 1/255 anywhere (a radius, but no tile)."""
+    scene = scenes.make_scene(28000, P=300, height=37, width=45, sh_degree=1)
+    faint = (torch.arange(scene.P) % 7 == 0)[:, None]
+    scene.inputs["opacities"] = torch.where(faint, torch.tensor(1e-3), scene.inputs["opacities"])
+    F = None if channels is None else torch.rand(scene.P, channels,
+                                                 generator=torch.Generator().manual_seed(8))
+    results, states = {}, {}
+    with active(target):
+        for compact in (False, True):
+            tuning(compact_state=compact)
+            results[compact] = render_all(scene, F, target)
+            states[compact] = forward_state(scene, target)
+    full, compact = states[False], states[True]
+    assert full[11].numel() == 0
+    rows = compact[11].long()
+    listed = torch.zeros(scene.P, dtype=torch.bool)
+    listed[full[4].long()] = True
+    with_radius = full[0] > 0
+    assert (~with_radius).any() and 0 < listed.sum() < with_radius.sum()  # culled; faint
+    assert (with_radius & faint[:, 0]).any() and not listed[faint[:, 0]].any()
+    assert rows.numel() == listed.sum() and rows.unique().numel() == rows.numel()
+    assert listed[rows].all()
+    z = full[3][rows, -1]
+    assert ((z[1:] > z[:-1]) | ((z[1:] == z[:-1]) & (rows[1:] > rows[:-1]))).all()
+    for k in (1, 2, 3):  # mean2d, conic and opacity, colour and depth: the Gaussians' rows
+        assert torch.equal(compact[k], full[k][rows]), k
+    assert torch.equal(rows[compact[4].long()], full[4].long())
+    assert torch.equal(compact[5], full[5])
+    assert_same_results(results, False)
+    for g in results[True][1]:
+        if g.dim() > 0 and g.shape[0] == scene.P:
+            assert not g[~listed].any()
+
+
+# ------------------------------------------------------------------ long tile lists in parts
 
 
 def expected_splits(state, length):
@@ -720,8 +775,8 @@ def alphas_crossing_late(gen):
     raise AssertionError("no alphas found whose chain and walk straddle 0.5")
 
 
-PLAIN_KERNELS = {"preprocess_kernel", "duplicate_tile_keys_kernel", "tile_ranges_kernel", "plan_splits_kernel",
-                 "render_variant", "resolve_variant", "clear_splat_sums_kernel",
+PLAIN_KERNELS = {"preprocess_kernel", "compact_state_kernel", "duplicate_tile_keys_kernel",
+                 "tile_ranges_kernel", "plan_splits_kernel", "render_variant", "resolve_variant", "clear_splat_sums_kernel",
                  "render_backward_variant", "preprocess_backward_kernel"}
 FEATURE_KERNELS = {"render_features_kernel", "combine_feature_parts_kernel",
                    "feature_dots_kernel", "render_features_backward_kernel"}

@@ -24,15 +24,22 @@ def bench_module(name):
 
 # What the forward holds a Gaussian from its sort by depth to its render (Binning in
 # rasterize_points_cuda.cu frees each buffer once its last reader is queued), the garden's
-# colours given: throughout, the state (radii, mean2d, conic and opacity, and the depth alone:
-# 32; the colours are read where the caller's tensor holds them) and the caller's radii (4);
-# while the Gaussians sort by depth, tiles touched (8), tile rectangles (16), the depth keys and
-# the Gaussians' ids in two buffers each (16); while the pairs are written, the rectangles, the
-# ids by depth (4) and the scanned offsets (8).
-RENDER_STATE_BYTES_A_GAUSSIAN = 32
-STATE_BYTES_A_GAUSSIAN = RENDER_STATE_BYTES_A_GAUSSIAN + 4
-DEPTH_SORT_BYTES_A_GAUSSIAN = STATE_BYTES_A_GAUSSIAN + 8 + 16 + 16
-WRITING_PAIRS_BYTES_A_GAUSSIAN = STATE_BYTES_A_GAUSSIAN + 16 + 4 + 8
+# colours given: throughout, the state's radii (4) and the caller's (4); until the state is
+# compacted, its P rows (mean2d, conic and opacity, and the depth alone: 28; the colours are
+# read where the caller's tensor holds them); while the Gaussians sort by depth, tiles touched
+# (8), tile rectangles (16), the depth keys and the Gaussians' ids in two buffers each (16); as
+# the state is compacted, the
+# rectangles, the ids by depth (4) and the offsets; then the compact state (CudaTuning::
+# compact_state), a row for each of the V Gaussians with tiles (mean2d 8, conic and opacity 16,
+# colour and depth 16, the Gaussian's id 4), which the render and the backward read; while the
+# pairs are written, the rectangles, the ids by depth and the offsets. Without the compact
+# state the P rows stay.
+RADII_BYTES_A_GAUSSIAN = 4
+HELD_BYTES_A_GAUSSIAN = 2 * RADII_BYTES_A_GAUSSIAN
+FULL_ROW_BYTES, COMPACT_ROW_BYTES = 28, 44
+DEPTH_SORT_BYTES_A_GAUSSIAN = HELD_BYTES_A_GAUSSIAN + FULL_ROW_BYTES + 8 + 16 + 16
+COMPACTING_BYTES_A_GAUSSIAN = HELD_BYTES_A_GAUSSIAN + FULL_ROW_BYTES + 16 + 4 + 8
+WRITING_PAIRS_BYTES_A_GAUSSIAN = HELD_BYTES_A_GAUSSIAN + 16 + 4 + 8
 # A pair while it is written: a key and an id (8); while the pairs sort: in two buffers each
 # (16); after: the point list (4).
 WRITTEN_BYTES_A_PAIR, SORTING_BYTES_A_PAIR, KEPT_BYTES_A_PAIR = 8, 16, 4
@@ -48,14 +55,21 @@ STATE_SLOT_BYTES, COMPOSITE_SLOT_BYTES = 5 * 256 * 4 + 8, 7 * 256 * 4 + 8
 SLACK = 256 << 10
 
 
-# The backward (backward_cuda): the state the render backward reads (the 32 bytes a Gaussian
-# above, the pairs, the tile ranges, a pixel's saved state, the split slots) beside the
-# gradients that hold its sums (means3D 12, scales 12, rotations 16); then, the state freed but
-# its radii, every input's gradient (those and means2D 12, opacities 4, colours 12).
-# Throughout, the maps' upstream gradients (colour, depth, weight: 20 a pixel).
+# The backward (backward_cuda): the state the render backward reads (radii and rows as above,
+# the pairs, the tile ranges, a pixel's saved state, the split slots) beside the gradients that
+# hold its sums (means3D 12, scales 12, rotations 16); then, the state freed but its radii,
+# every input's gradient (those and means2D 12, opacities 4, colours 12). Throughout, the maps'
+# upstream gradients (colour, depth, weight: 20 a pixel).
 SUM_ROW_BYTES_A_GAUSSIAN = 40
-RADII_BYTES_A_GAUSSIAN, INPUT_GRAD_BYTES_A_GAUSSIAN = 4, 40 + 12 + 4 + 12
+INPUT_GRAD_BYTES_A_GAUSSIAN = 40 + 12 + 4 + 12
 UPSTREAM_BYTES_A_PIXEL = 20
+
+
+def state_rows(P, state):
+    """(bytes of the state's rows the render reads, whether they are the compact state's):
+    the V Gaussians with tiles (state[11] names them), or all P."""
+    rows = state[11].numel()
+    return (COMPACT_ROW_BYTES * rows, True) if rows else (FULL_ROW_BYTES * P, False)
 
 
 def forward_length(length):
@@ -64,18 +78,22 @@ def forward_length(length):
     return length // 2 if length % 512 == 0 else length
 
 
-def forward_budget(P, pairs, pixels, tiles, slots, forward_slots):
-    """The most the forward may hold at once: at its sort by depth, as it writes the pairs, at
-    its sort of the pairs, or at its render (the pairs' sort buffers freed, the maps and the
-    split slots, the backward's and the forward's, allocated)."""
+def forward_budget(P, rows, pairs, pixels, tiles, slots, forward_slots):
+    """The most the forward may hold at once: at its sort by depth, as it compacts the state,
+    as it writes the pairs, at its sort of the pairs, or at its render (the pairs' sort buffers
+    freed, the maps and the split slots, the backward's and the forward's, allocated). `rows`:
+    state_rows."""
+    row_bytes, compact = rows
     depth_sort = DEPTH_SORT_BYTES_A_GAUSSIAN * P
-    writing = (WRITING_PAIRS_BYTES_A_GAUSSIAN * P + WRITTEN_BYTES_A_PAIR * pairs
+    compacting = COMPACTING_BYTES_A_GAUSSIAN * P + row_bytes if compact else 0
+    held = HELD_BYTES_A_GAUSSIAN * P + row_bytes
+    writing = (WRITING_PAIRS_BYTES_A_GAUSSIAN * P + row_bytes + WRITTEN_BYTES_A_PAIR * pairs
                + BYTES_A_TILE * tiles)
-    tile_sort = STATE_BYTES_A_GAUSSIAN * P + SORTING_BYTES_A_PAIR * pairs + BYTES_A_TILE * tiles
-    render = (STATE_BYTES_A_GAUSSIAN * P + KEPT_BYTES_A_PAIR * pairs + BYTES_A_TILE * tiles
+    tile_sort = held + SORTING_BYTES_A_PAIR * pairs + BYTES_A_TILE * tiles
+    render = (held + KEPT_BYTES_A_PAIR * pairs + BYTES_A_TILE * tiles
               + (STATE_BYTES_A_PIXEL + OUTPUT_BYTES_A_PIXEL) * pixels
               + STATE_SLOT_BYTES * slots + COMPOSITE_SLOT_BYTES * forward_slots)
-    return max(depth_sort, writing, tile_sort, render)
+    return max(depth_sort, compacting, writing, tile_sort, render)
 
 
 @pytest.mark.parametrize("target", cuda_targets(("asc",)))
@@ -102,17 +120,20 @@ def test_forward_peak_memory_within_its_buffers(target):
     assert tiles > 256 and pairs > 150_000
     length = int(state[9][0]) if slots else 0
     forward_slots = (pairs - 1) // forward_length(length) if slots else 0
-    budget = forward_budget(P, pairs, pixels, tiles, slots, forward_slots)
+    rows = state_rows(P, state)
+    assert rows[1], "the compact state is the default"
+    budget = forward_budget(P, rows, pairs, pixels, tiles, slots, forward_slots)
     # The sort's buffers and the state alone, so that a measurement that saw nothing fails too.
-    assert SORTING_BYTES_A_PAIR * pairs + STATE_BYTES_A_GAUSSIAN * P <= peak <= budget + SLACK, (
+    floor = SORTING_BYTES_A_PAIR * pairs + HELD_BYTES_A_GAUSSIAN * P + rows[0]
+    assert floor <= peak <= budget + SLACK, (
         f"peak {peak} bytes against a budget of {budget} (+{SLACK}): {P} Gaussians, "
         f"{pairs} pairs, {pixels} pixels, {tiles} tiles, {slots} split slots")
 
 
-def backward_budget(P, pairs, pixels, tiles, slots):
+def backward_budget(P, rows, pairs, pixels, tiles, slots):
     """The most the backward may hold at once, the maps dropped: at its render backward, or at
     its preprocess backward, once the state the render read is freed."""
-    render = ((RENDER_STATE_BYTES_A_GAUSSIAN + SUM_ROW_BYTES_A_GAUSSIAN) * P
+    render = ((RADII_BYTES_A_GAUSSIAN + SUM_ROW_BYTES_A_GAUSSIAN) * P + rows[0]
               + KEPT_BYTES_A_PAIR * pairs + BYTES_A_TILE * tiles
               + (STATE_BYTES_A_PIXEL + UPSTREAM_BYTES_A_PIXEL) * pixels
               + STATE_SLOT_BYTES * slots)
@@ -152,9 +173,10 @@ def test_backward_peak_memory_within_its_buffers(target):
     pixels = settings.image_height * settings.image_width
     length = int(state[9][0]) if slots else 0
     forward_slots = (pairs - 1) // forward_length(length) if slots else 0
-    budget = max(forward_budget(P, pairs, pixels, tiles, slots, forward_slots),
-                 backward_budget(P, pairs, pixels, tiles, slots))
-    floor = (RENDER_STATE_BYTES_A_GAUSSIAN + SUM_ROW_BYTES_A_GAUSSIAN) * P
+    rows = state_rows(P, state)
+    budget = max(forward_budget(P, rows, pairs, pixels, tiles, slots, forward_slots),
+                 backward_budget(P, rows, pairs, pixels, tiles, slots))
+    floor = (RADII_BYTES_A_GAUSSIAN + SUM_ROW_BYTES_A_GAUSSIAN) * P + rows[0]
     assert floor <= peak <= budget + SLACK, (
         f"peak {peak} bytes against a budget of {budget} (+{SLACK}): {P} Gaussians, "
         f"{pairs} pairs, {pixels} pixels, {tiles} tiles, {slots} split slots")
