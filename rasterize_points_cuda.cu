@@ -2,7 +2,7 @@
 // host read per forward (the number of tile pairs), launch checks, and debug synchronization.
 // Compiled by nvcc for GPUs and, under DGRD_EMULATE_CUDA, by the host compiler for the emulated
 // backend (CPU tensors, the kernels run by cuda_emulation.h): the few device-specific lines are
-// in DeviceContext, device_bytes_available and uninitialized.
+// in DeviceContext, device_bytes_available, uninitialized, zero_async and copy_async.
 #ifndef DGRD_EMULATE_CUDA
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <string>
@@ -188,6 +189,28 @@ at::Tensor device_empty(c10::IntArrayRef sizes, const at::TensorOptions& opts) {
   return uninitialized(at::empty(sizes, opts));
 }
 
+// Zeroes t, or copies src's bytes into t, on the stream by the runtime's own memset and copy:
+// ATen's fill_ and copy_ cost several times the host time (dispatch, a TensorIterator, a kernel
+// launch for the fill), where the forward before the render is bound by the host.
+void zero_async(const at::Tensor& t, cudaStream_t stream) {
+#ifdef DGRD_EMULATE_CUDA
+  (void)stream;
+  std::memset(t.data_ptr(), 0, t.nbytes());
+#else
+  C10_CUDA_CHECK(cudaMemsetAsync(t.data_ptr(), 0, t.nbytes(), stream));
+#endif
+}
+void copy_async(const at::Tensor& t, const at::Tensor& src, cudaStream_t stream) {
+  TORCH_INTERNAL_ASSERT(t.nbytes() == src.nbytes() && t.is_contiguous() && src.is_contiguous());
+#ifdef DGRD_EMULATE_CUDA
+  (void)stream;
+  std::memcpy(t.data_ptr(), src.data_ptr(), t.nbytes());
+#else
+  C10_CUDA_CHECK(cudaMemcpyAsync(t.data_ptr(), src.data_ptr(), t.nbytes(),
+                                 cudaMemcpyDeviceToDevice, stream));
+#endif
+}
+
 // At least one byte: an empty tensor's data pointer is null, and CUB takes a null scratch
 // pointer as a request for its size, so a call given one would do nothing and report success.
 at::Tensor scratch(size_t bytes, const at::Tensor& like) {
@@ -280,7 +303,7 @@ class Binning {
     const auto longs = like_.options().dtype(at::kLong);
     // With the compact state, the preprocess counts the Gaussians with tiles past the end.
     tiles_touched_ = device_empty({count_ + (compact_ ? 1 : 0)}, longs);
-    if (compact_) tiles_touched_.narrow(0, count_, 1).zero_();
+    if (compact_) zero_async(tiles_touched_.narrow(0, count_, 1), stream_);
     static_assert(sizeof(TileRect) == 4 * sizeof(int), "TileRect must be 4 ints");
     rects_ = device_empty({count_, 4}, ints);
     if (depth_first_) {
@@ -335,7 +358,8 @@ class Binning {
                                             offsets_.data_ptr<int64_t>(), count_, stream_);
       });
       // The count of Gaussians with tiles beside the pair count, so that one read takes both.
-      if (compact_) offsets_.narrow(0, count_, 1).copy_(tiles_touched_.narrow(0, count_, 1));
+      if (compact_)
+        copy_async(offsets_.narrow(0, count_, 1), tiles_touched_.narrow(0, count_, 1), stream_);
     } else {
       offsets_ = device_empty({count_}, longs);
       run_cub("scan", [&](void* temp, size_t& bytes) {
@@ -353,8 +377,9 @@ class Binning {
   // With the compact state (gpu::CudaTuning::compact_state): s's means2d, conic_opacity and
   // features (colour and depth, read where `full` keeps them) for the Gaussians with tiles alone,
   // in depth order, and their ids (s.gaussian_ids); the full ones freed. The pairs then name
-  // these rows (sort()). The render and the backward hold 40 bytes a Gaussian without tiles less
-  // (most of a large scene's in one view: 71% of garden 1.0M's in its first camera).
+  // these rows (sort()). The render and the backward hold 28-40 bytes a Gaussian without tiles
+  // less, 4 a Gaussian with tiles more (its id); most of a large scene's Gaussians have no tile
+  // in one view (71% of garden 1.0M's in its first camera).
   void compact(ForwardState& s, const GaussianState<float>& full) {
     if (!compact_) return;
     const auto opts = like_.options();
@@ -370,9 +395,9 @@ class Binning {
     check_stage(c_, "compact_state");
   }
 
-  // The point list (Gaussian ids by tile, then depth), and the tile ranges written. The pairs
-  // are written into one buffer of keys and one of ids; the order, offsets and rectangles go
-  // before the second buffers are taken for the sort.
+  // The point list (Gaussian ids, or compact rows, by tile, then depth), and the tile ranges
+  // written. The pairs are written into one buffer of keys and one of ids; the order, offsets
+  // and rectangles go before the second buffers are taken for the sort.
   at::Tensor sort(const GaussianState<float>& state, int* tile_ranges) {
     const auto opts = like_.options();
     if (pairs_ == 0) {
@@ -531,7 +556,7 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   // written next read the binning's own fields only).
   bins.compact(s, binning_state);
   allocate_tile_ranges(c, s, opts);
-  s.tile_ranges.zero_();
+  zero_async(s.tile_ranges, stream);
   s.point_list = bins.sort(binning_state, s.tile_ranges.data_ptr<int>());
   // The pixels' state after the sort, so that the sort does not hold it.
   allocate_pixel_state(c, s, opts);

