@@ -162,25 +162,36 @@ def ablation_rows(runs: List[dict]) -> List[Tuple[dict, dict]]:
     return out
 
 
+def peak_ratio(base: dict, r: dict) -> Optional[float]:
+    """The variant's forward + backward peak memory over all-on's, where both were measured."""
+    peak, base_peak = r.get("peak_fwd_bwd_mib"), base.get("peak_fwd_bwd_mib")
+    return peak / base_peak if peak and base_peak else None
+
+
 def ablation_table(runs: List[dict]) -> List[str]:
-    """Markdown: each variant's times over all-on's of the same run (> 1: slower than all on,
-    so what the variant switches off pays)."""
+    """Markdown: each variant's times and peak memory over all-on's of the same run (> 1:
+    slower, or more memory, than all on, so what the variant switches off pays)."""
     rows = ablation_rows(runs)
     if not rows:
         return []
-    return ["| scene | resolution | variant | forward | backward | forward + backward |",
-            "|---|---|---|---|---|---|"] + [
+    return ["| scene | resolution | variant | forward | backward | forward + backward | peak |",
+            "|---|---|---|---|---|---|---|"] + [
         f"| {r['scene']} | {r['resolution']} | {r['impl']} | "
         + " | ".join(f"{median(r, w) / median(base, w):.2f}x" for w in ("fwd", "bwd", "fwd_bwd"))
+        + (" | -" if peak_ratio(base, r) is None else f" | {peak_ratio(base, r):.2f}x")
         + " |" for base, r in rows]
 
 
 def ablation_lines(runs: List[dict]) -> List[str]:
-    """One line per configuration: each variant's forward + backward over all-on's."""
+    """One line per configuration: each variant's forward + backward over all-on's, and its
+    peak memory's where that differs (the compact state's variant is about memory)."""
     by_config: Dict[Tuple[str, float], List[str]] = {}
     for base, r in ablation_rows(runs):
-        by_config.setdefault(key(r), []).append(
-            f"{r['impl']} {median(r, 'fwd_bwd') / median(base, 'fwd_bwd'):.2f}x")
+        item = f"{r['impl']} {median(r, 'fwd_bwd') / median(base, 'fwd_bwd'):.2f}x"
+        memory = peak_ratio(base, r)
+        if memory is not None and abs(memory - 1) >= 0.005:
+            item += f" (peak {memory:.2f}x)"
+        by_config.setdefault(key(r), []).append(item)
     return [f"  {scene} x{scale:g}: " + ", ".join(items)
             for (scene, scale), items in by_config.items()]
 

@@ -462,10 +462,11 @@ def test_report_judges_the_targets_from_one_run(tmp_path):
     small = u(0.2, 0.8)
     rows.append(_bench_row("112k", 1.0, "ours", small * 0.4, small * 0.6))
     expected["112k x1: fwd+bwd < 0.5 ms"] = "met" if small < 0.5 else "missed"
-    off = u(0.9, 2.0)
+    off, memory_off = u(0.9, 2.0), u(1.05, 1.5)
     # The ablation's own "ours" (another run) never stands in for the run beside gsplat's.
-    ablation = [_bench_row("112k", 2.0, "ours", 1.0, 2.0),
-                _bench_row("112k", 2.0, "ours-no-warp-skip", 1.0 * off, 2.0 * off),
+    ablation = [_bench_row("112k", 2.0, "ours", 1.0, 2.0, 64.0),
+                _bench_row("112k", 2.0, "ours-no-warp-skip", 1.0 * off, 2.0 * off, 64.0),
+                _bench_row("112k", 2.0, "ours-no-compact-state", 1.0, 2.0, 64.0 * memory_off),
                 _bench_row("112k", 1.0, "ours", 0.4 if small < 0.5 else 0.1, 0.5 if small < 0.5
                            else 0.2)]  # the opposite verdict
     paths = [tmp_path / "bench_ablation.json", tmp_path / "bench_gsplat.json"]
@@ -479,10 +480,12 @@ def test_report_judges_the_targets_from_one_run(tmp_path):
 
     brief = subprocess.run([sys.executable, str(REPO / "benchmarks" / "report.py"), "--brief",
                             *map(str, paths)], capture_output=True, text=True, check=True).stdout
-    assert "GPU Test GPU" in brief and f"ours-no-warp-skip {off:.2f}x" in brief
+    assert "GPU Test GPU" in brief and f"ours-no-warp-skip {off:.2f}x," in brief
+    assert f"ours-no-compact-state 1.00x (peak {memory_off:.2f}x)" in brief
     assert f"{sum(s == 'met' for s in expected.values())} met of the 13 measured" in brief
     table = report.report(report.load(paths), brief=False)
     assert table.count("| gsplat |") == 4 and "| ours-no-warp-skip |" in table
+    assert f"| ours-no-compact-state | 1.00x | 1.00x | 1.00x | {memory_off:.2f}x |" in table
 
     # Ours and gsplat from different files are never paired.
     apart = [tmp_path / "ours.json", tmp_path / "theirs.json"]
