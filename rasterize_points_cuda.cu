@@ -384,7 +384,8 @@ class Binning {
     if (!compact_) return;
     const auto opts = like_.options();
     const int64_t rows = binned_;
-    const ForwardState held = s;  // `full`'s buffers, until the kernel reading them is queued
+    // `full`'s rows, held until the kernel reading them is queued
+    const at::Tensor full_rows[] = {s.means2d, s.conic_opacity, s.features};
     s.means2d = device_empty({rows, 2}, opts);
     s.conic_opacity = device_empty({rows, 4}, opts);
     s.features = device_empty({rows, 4}, opts);

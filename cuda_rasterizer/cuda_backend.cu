@@ -28,12 +28,12 @@ __global__ void preprocess_kernel(Camera<float> cam, GaussianInputs<float> in,
                                   GaussianState<float> state, DepthKeys depth,
                                   int* radii_out) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  bool binned = false;  // the Gaussian has tiles (state.store's tiles_touched > 0)
+  bool binned = false;  // the Gaussian has tiles
   if (i < in.count) {
     const ProjectedGaussian<float> g = preprocess_gaussian(cam, in, i);
     state.store(i, g);
     radii_out[i] = g.radius;
-    binned = g.radius > 0 && g.rect.area() > 0;
+    binned = g.tile_count() > 0;
     if (depth.keys != nullptr) {  // uniform over the grid
       depth.keys[i] = binned ? depth_sort_key(g.feature.w, cam.inverse_depth) : kUnbinnedDepthKey;
       depth.order[i] = i;

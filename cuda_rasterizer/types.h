@@ -56,6 +56,8 @@ struct ProjectedGaussian {
   Vec4<T> feature;       // colour (r, g, b) and view depth z (1/z under inverse_depth): blended
   int radius;
   TileRect rect;          // the tiles it is binned into (visible_tiles)
+  // The number of tiles it is binned into: none where it is culled (radius 0).
+  DGRD_HD int tile_count() const { return radius > 0 ? rect.area() : 0; }
 };
 
 // Per-Gaussian output arrays of the preprocess (structure of arrays).
@@ -88,7 +90,7 @@ struct GaussianState {
     else
       depths[i] = g.feature.w;  // the colour is colors[i], as gaussian_color reads it
     rects[i] = g.rect;
-    tiles_touched[i] = g.radius > 0 ? g.rect.area() : 0;
+    tiles_touched[i] = g.tile_count();
   }
 };
 
