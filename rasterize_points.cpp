@@ -32,12 +32,13 @@
 namespace dgrd {
 
 ForwardState allocate_gaussian_state(int64_t count, const at::TensorOptions& opts,
-                                     bool depth_only) {
+                                     bool depth_only, bool rows) {
   ForwardState s;
   s.radii = at::empty({count}, opts.dtype(at::kInt));
-  s.means2d = at::empty({count, 2}, opts);
-  s.conic_opacity = at::empty({count, 4}, opts);
-  s.features = at::empty({count, depth_only ? 1 : 4}, opts);
+  const int64_t row_count = rows ? count : 0;
+  s.means2d = at::empty({row_count, 2}, opts);
+  s.conic_opacity = at::empty({row_count, 4}, opts);
+  s.features = at::empty({row_count, depth_only ? 1 : 4}, opts);
   s.gaussian_ids = at::empty({0}, opts.dtype(at::kInt));
   return s;
 }

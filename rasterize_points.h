@@ -187,9 +187,10 @@ OptionalOutputs<T> make_optional_outputs(const GaussianTensors& g, const Forward
 
 // The forward's state is allocated in two steps, so that the size checks below run in between:
 // the P-sized part (radii, means2d, conic_opacity, features: the depth alone with depth_only),
-// all the preprocess needs, ...
+// all the preprocess needs (the radii alone without `rows`: the CUDA compact state's rows come
+// after the sort by depth), ...
 ForwardState allocate_gaussian_state(int64_t count, const at::TensorOptions& opts,
-                                     bool depth_only = false);
+                                     bool depth_only = false, bool rows = true);
 // ... and, once the scene is known to fit, the per-tile part (tile_ranges: the binning writes
 // it) and the per-pixel part (pixel_state, n_contrib, and median_contrib with c.median_depth;
 // tile splits empty), which the CUDA forward takes after its sort. point_list is the caller's,

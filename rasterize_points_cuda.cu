@@ -312,10 +312,19 @@ class Binning {
     }
   }
 
-  // The Gaussians' state with the binning's fields, for the preprocess and sort().
+  // With the compact state the preprocess stores no rows (compact() projects the Gaussians with
+  // tiles again, into their rows by depth): only P-sized binning is held until the pairs.
+  bool compact_state() const { return compact_; }
+
+  // The Gaussians' state with the binning's fields, for the preprocess and sort(); without rows
+  // with the compact state.
   GaussianState<float> binning_state(const ForwardState& s, const at::Tensor& colors) {
-    return make_state<float>(s, tiles_touched_.data_ptr<int64_t>(),
-                             reinterpret_cast<TileRect*>(rects_.data_ptr<int>()), colors);
+    GaussianState<float> st = make_state<float>(
+        s, tiles_touched_.data_ptr<int64_t>(), reinterpret_cast<TileRect*>(rects_.data_ptr<int>()),
+        colors);
+    if (compact_) st.means2d = nullptr, st.conic_opacity = nullptr, st.features = nullptr,
+                  st.depths = nullptr;
+    return st;
   }
 
   // Where the preprocess writes the Gaussians' depth keys (and counts those with tiles, for
@@ -375,22 +384,20 @@ class Binning {
   }
 
   // With the compact state (gpu::CudaTuning::compact_state): s's means2d, conic_opacity and
-  // features (colour and depth, read where `full` keeps them) for the Gaussians with tiles alone,
-  // in depth order, and their ids (s.gaussian_ids); the full ones freed. The pairs then name
-  // these rows (sort()). The render and the backward hold 28-40 bytes a Gaussian without tiles
-  // less, 4 a Gaussian with tiles more (its id); most of a large scene's Gaussians have no tile
-  // in one view (71% of garden 1.0M's in its first camera).
-  void compact(ForwardState& s, const GaussianState<float>& full) {
+  // features (colour and depth) for the Gaussians with tiles alone, in depth order, projected
+  // again from the inputs, and their ids (s.gaussian_ids). The pairs then name these rows
+  // (sort()). The forward never holds a row for a Gaussian without tiles (most of a large
+  // scene's in one view: 71% of garden 1.0M's in its first camera), the render and the backward
+  // hold 4 bytes a Gaussian with tiles more (its id).
+  void compact(ForwardState& s, const Camera<float>& cam, const GaussianInputs<float>& in) {
     if (!compact_) return;
     const auto opts = like_.options();
     const int64_t rows = binned_;
-    // `full`'s rows, held until the kernel reading them is queued
-    const at::Tensor full_rows[] = {s.means2d, s.conic_opacity, s.features};
     s.means2d = device_empty({rows, 2}, opts);
     s.conic_opacity = device_empty({rows, 4}, opts);
     s.features = device_empty({rows, 4}, opts);
     s.gaussian_ids = device_empty({rows}, opts.dtype(at::kInt));
-    gpu::compact_state(full, order_.data_ptr<int>(), int(rows),
+    gpu::compact_state(cam, in, order_.data_ptr<int>(), int(rows),
                        make_state<float>(s, nullptr, nullptr), s.gaussian_ids.data_ptr<int>(),
                        stream_);
     check_stage(c_, "compact_state");
@@ -528,18 +535,19 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   const int64_t P = g.count(), H = c.image_height, W = c.image_width;
   const auto opts = g.means3D.options();
 
-  // Only P-sized memory until the pair count and the image are known to fit.
-  // Where the caller gives the colours, the state keeps the depth alone and the kernels read
-  // the colours where they lie (GaussianState::colors): 12 bytes a Gaussian less, held to the
-  // backward (doc/performance.md, "Peak memory").
+  // Only P-sized memory until the pair count and the image are known to fit: with the compact
+  // state (the default), the radii and the binning alone; else also the rows the render reads,
+  // where the caller gives the colours the depth alone (the kernels read the colours where
+  // they lie, GaussianState::colors: 12 bytes a Gaussian less, held to the backward;
+  // doc/performance.md, "Peak memory").
   const at::Tensor& colors = g.colors_precomp;
-  ForwardState s = allocate_gaussian_state(P, opts, /*depth_only=*/colors.numel() > 0);
+  stage_timer().start("forward", stream);
+  Binning bins(c, g.means3D, stream);
+  ForwardState s = allocate_gaussian_state(P, opts, /*depth_only=*/colors.numel() > 0,
+                                           /*rows=*/!bins.compact_state());
   for (at::Tensor* t : {&s.radii, &s.means2d, &s.conic_opacity, &s.features}) uninitialized(*t);
   const Camera<float> cam = make_camera<float>(c);
   const GaussianInputs<float> in = make_inputs<float>(g);
-
-  stage_timer().start("forward", stream);
-  Binning bins(c, g.means3D, stream);
   const GaussianState<float> binning_state = bins.binning_state(s, colors);
   at::Tensor radii = device_empty({P}, opts.dtype(at::kInt));  // the caller's copy
   gpu::preprocess(cam, in, binning_state, bins.depth_keys(), radii.data_ptr<int>(), stream);
@@ -555,7 +563,7 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
 
   // Before the pairs take their memory: the state of the Gaussians with tiles alone (the pairs
   // written next read the binning's own fields only).
-  bins.compact(s, binning_state);
+  bins.compact(s, cam, in);
   allocate_tile_ranges(c, s, opts);
   zero_async(s.tile_ranges, stream);
   s.point_list = bins.sort(binning_state, s.tile_ranges.data_ptr<int>());

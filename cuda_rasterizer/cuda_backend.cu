@@ -31,7 +31,8 @@ __global__ void preprocess_kernel(Camera<float> cam, GaussianInputs<float> in,
   bool binned = false;  // the Gaussian has tiles
   if (i < in.count) {
     const ProjectedGaussian<float> g = preprocess_gaussian(cam, in, i);
-    state.store(i, g);
+    state.store_binning(i, g);
+    if (state.has_rows()) state.store_row(i, g);  // uniform; else compact_state_kernel's
     radii_out[i] = g.radius;
     binned = g.tile_count() > 0;
     if (depth.keys != nullptr) {  // uniform over the grid
@@ -118,16 +119,16 @@ __global__ void duplicate_tile_keys_kernel(Camera<float> cam, int count,
                    });
 }
 
-// Row k of the compact state from Gaussian order[k]'s (gpu::compact_state).
-__global__ void compact_state_kernel(GaussianState<float> full, const int* order, int rows,
-                                     GaussianState<float> compact, int* gaussians) {
+// Row k of the compact state: Gaussian order[k] projected again (gpu::compact_state). The
+// preprocess kept its binning alone, so that no row is ever held for the Gaussians without tiles;
+// the same function on the same inputs gives the same values.
+__global__ void compact_state_kernel(Camera<float> cam, GaussianInputs<float> in, const int* order,
+                                     int rows, GaussianState<float> compact, int* gaussians) {
   const int k = blockIdx.x * blockDim.x + threadIdx.x;
   if (k >= rows) return;
   const int i = order[k];
   gaussians[k] = i;
-  compact.means2d[k] = full.means2d[i];
-  compact.conic_opacity[k] = full.conic_opacity[i];
-  compact.features[k] = full.feature(i);
+  compact.store_row(k, preprocess_gaussian(cam, in, i));
 }
 
 // The tile of a sorted key: the high half of a (tile, depth) key, or the whole tile key.
@@ -1189,10 +1190,11 @@ void duplicate_tile_keys(const Camera<float>& cam, int count, const GaussianStat
       cam, count, state, order, offsets, keys, ids, by_rank);
 }
 
-void compact_state(const GaussianState<float>& full, const int* order, int rows,
-                   const GaussianState<float>& compact, int* gaussians, cudaStream_t stream) {
+void compact_state(const Camera<float>& cam, const GaussianInputs<float>& in, const int* order,
+                   int rows, const GaussianState<float>& compact, int* gaussians,
+                   cudaStream_t stream) {
   if (rows == 0) return;
-  DGRD_LAUNCH(compact_state_kernel, blocks_for(rows), kThreads, stream)(full, order, rows,
+  DGRD_LAUNCH(compact_state_kernel, blocks_for(rows), kThreads, stream)(cam, in, order, rows,
                                                                          compact, gaussians);
 }
 

@@ -30,7 +30,8 @@ struct DepthKeys {
 // 1/z > 0), within the sort's 31 bits.
 constexpr uint32_t kUnbinnedDepthKey = 0x7fffffffu;
 
-// One thread per Gaussian: fills the state, including tiles_touched; in the same launch, the
+// One thread per Gaussian: fills the state, including tiles_touched (its rows only where `state`
+// has them: without, compact_state gives them later); in the same launch, the
 // depth keys when asked for (the binning's first pass over the Gaussians is this one) and the
 // radii handed to the caller (radii_out: a copy of the state's, which the backward reads, so
 // that the caller's edits cannot reach them; no copy launched after).
@@ -89,10 +90,12 @@ void duplicate_tile_keys(const Camera<float>& cam, int count, const GaussianStat
                          const int* order, const int64_t* offsets, uint32_t* keys, int* ids,
                          bool by_rank, cudaStream_t stream);
 // The compact state (CudaTuning::compact_state): row k of `compact` (means2d, conic_opacity and
-// features: the colour and depth, read where `full` keeps them) from Gaussian order[k] of `full`,
-// for the first `rows` Gaussians by depth (those with tiles); gaussians[k] = order[k].
-void compact_state(const GaussianState<float>& full, const int* order, int rows,
-                   const GaussianState<float>& compact, int* gaussians, cudaStream_t stream);
+// features: colour and depth) for Gaussian order[k], projected again from the inputs, for the
+// first `rows` Gaussians by depth (those with tiles); gaussians[k] = order[k]. The preprocess
+// then stores the binning alone (a GaussianState without rows).
+void compact_state(const Camera<float>& cam, const GaussianInputs<float>& in, const int* order,
+                   int rows, const GaussianState<float>& compact, int* gaussians,
+                   cudaStream_t stream);
 cudaError_t sort_tile_keys(void* temp, size_t& temp_bytes, SortBuffers<uint32_t>& keys,
                            SortBuffers<int>& ids, int pairs, int tiles, cudaStream_t stream);
 void identify_tile_ranges(const uint32_t* sorted_keys, int pairs, int* tile_ranges,

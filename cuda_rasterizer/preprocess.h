@@ -391,14 +391,18 @@ DGRD_HD ProjectedGaussian<T> preprocess_gaussian(const Camera<T>& cam, const Gau
   if (!footprint(cov, cam.antialiasing, f)) return g;
   const T extent = footprint_radius(f);
   const T opacity = f.aa_factor * in.opacities[i];
-  const Vec3<T> rgb = gaussian_color(cam, in, i, mean);
   if (!(is_finite(g.mean2d) && is_finite(extent) && is_finite(f.conic.a) && is_finite(f.conic.b) &&
-        is_finite(f.conic.c) && is_finite(opacity) && is_finite(rgb) && is_finite(t.z)))
+        is_finite(f.conic.c) && is_finite(opacity) && is_finite(t.z)))
     return g;
 
   // The tile rectangle comes from the radius as stored (an int32).
   const T radius = min2(extent, T(kMaxRadius));
   if (tile_rect(g.mean2d, radius, cam.tiles_x, cam.tiles_y).area() == 0) return g;
+  // The colour last, once the Gaussian is known to be on screen: most of a large scene's are
+  // not in a given view, and their SH (up to 48 values each) is then never read. Culled where
+  // any of these checks fails, in whatever order.
+  const Vec3<T> rgb = gaussian_color(cam, in, i, mean);
+  if (!is_finite(rgb)) return g;
   g.rect = visible_tiles(g.mean2d, radius, f, opacity, cam);
   g.radius = int(radius);
   g.conic_opacity = {f.conic.a, f.conic.b, f.conic.c, opacity};

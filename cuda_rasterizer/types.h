@@ -82,16 +82,26 @@ struct GaussianState {
   DGRD_HD T depth(int i) const { return features ? features[i].w : depths[i]; }
 
   DGRD_HD void store(int i, const ProjectedGaussian<T>& g) const {
+    store_binning(i, g);
+    store_row(i, g);
+  }
+  // What the binning reads, and the radius: Gaussian i's.
+  DGRD_HD void store_binning(int i, const ProjectedGaussian<T>& g) const {
     radii[i] = g.radius;
-    means2d[i] = g.mean2d;
-    conic_opacity[i] = g.conic_opacity;
-    if (features)
-      features[i] = g.feature;
-    else
-      depths[i] = g.feature.w;  // the colour is colors[i], as gaussian_color reads it
     rects[i] = g.rect;
     tiles_touched[i] = g.tile_count();
   }
+  // What the render reads, in row `row`: Gaussian i's own, or the CUDA compact state's row
+  // (the Gaussian's rank by depth).
+  DGRD_HD void store_row(int row, const ProjectedGaussian<T>& g) const {
+    means2d[row] = g.mean2d;
+    conic_opacity[row] = g.conic_opacity;
+    if (features)
+      features[row] = g.feature;
+    else
+      depths[row] = g.feature.w;  // the colour is colors[i], as gaussian_color reads it
+  }
+  DGRD_HD bool has_rows() const { return means2d != nullptr; }
 };
 
 // Gradient of the loss with respect to one Gaussian's screen-space quantities: what the render

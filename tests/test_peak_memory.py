@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 import scenes
 from cuda_target import active, cuda_targets, is_emulated
@@ -24,21 +25,19 @@ def bench_module(name):
 
 # What the forward holds a Gaussian from its sort by depth to its render (Binning in
 # rasterize_points_cuda.cu frees each buffer once its last reader is queued), the garden's
-# colours given: throughout, the state's radii (4) and the caller's (4); until the state is
-# compacted, its P rows (mean2d, conic and opacity, and the depth alone: 28; the colours are
-# read where the caller's tensor holds them); while the Gaussians sort by depth, tiles touched
-# (8), tile rectangles (16), the depth keys and the Gaussians' ids in two buffers each (16); as
-# the state is compacted, the
-# rectangles, the ids by depth (4) and the offsets; then the compact state (CudaTuning::
-# compact_state), a row for each of the V Gaussians with tiles (mean2d 8, conic and opacity 16,
-# colour and depth 16, the Gaussian's id 4), which the render and the backward read; while the
-# pairs are written, the rectangles, the ids by depth and the offsets. Without the compact
-# state the P rows stay.
+# colours given: throughout, the state's radii (4) and the caller's (4); while the Gaussians sort
+# by depth, tiles touched (8), tile rectangles (16), the depth keys and the Gaussians' ids in two
+# buffers each (16); then the compact state (CudaTuning::compact_state), a row for each of the V
+# Gaussians with tiles (mean2d 8, conic and opacity 16, colour and depth 16, the Gaussian's id
+# 4), projected again after the sort by depth, which the render and the backward read; while
+# the rows and then the pairs are written, the rectangles, the ids by depth (4) and the
+# offsets (8). Without the compact state the preprocess stores P rows (mean2d, conic and
+# opacity, and the depth alone: 28; the colours are read where the caller's tensor holds them),
+# held from the preprocess on.
 RADII_BYTES_A_GAUSSIAN = 4
 HELD_BYTES_A_GAUSSIAN = 2 * RADII_BYTES_A_GAUSSIAN
 FULL_ROW_BYTES, COMPACT_ROW_BYTES = 28, 44
-DEPTH_SORT_BYTES_A_GAUSSIAN = HELD_BYTES_A_GAUSSIAN + FULL_ROW_BYTES + 8 + 16 + 16
-COMPACTING_BYTES_A_GAUSSIAN = HELD_BYTES_A_GAUSSIAN + FULL_ROW_BYTES + 16 + 4 + 8
+DEPTH_SORT_BYTES_A_GAUSSIAN = HELD_BYTES_A_GAUSSIAN + 8 + 16 + 16
 WRITING_PAIRS_BYTES_A_GAUSSIAN = HELD_BYTES_A_GAUSSIAN + 16 + 4 + 8
 # A pair while it is written: a key and an id (8); while the pairs sort: in two buffers each
 # (16); after: the point list (4).
@@ -79,13 +78,12 @@ def forward_length(length):
 
 
 def forward_budget(P, rows, pairs, pixels, tiles, slots, forward_slots):
-    """The most the forward may hold at once: at its sort by depth, as it compacts the state,
-    as it writes the pairs, at its sort of the pairs, or at its render (the pairs' sort buffers
-    freed, the maps and the split slots, the backward's and the forward's, allocated). `rows`:
-    state_rows."""
+    """The most the forward may hold at once: at its sort by depth, as it writes the pairs
+    (the compact rows written before them), at its sort of the pairs, or at its render (the
+    pairs' sort buffers freed, the maps and the split slots, the backward's and the forward's,
+    allocated). `rows`: state_rows."""
     row_bytes, compact = rows
-    depth_sort = DEPTH_SORT_BYTES_A_GAUSSIAN * P
-    compacting = COMPACTING_BYTES_A_GAUSSIAN * P + row_bytes if compact else 0
+    depth_sort = DEPTH_SORT_BYTES_A_GAUSSIAN * P + (0 if compact else row_bytes)
     held = HELD_BYTES_A_GAUSSIAN * P + row_bytes
     writing = (WRITING_PAIRS_BYTES_A_GAUSSIAN * P + row_bytes + WRITTEN_BYTES_A_PAIR * pairs
                + BYTES_A_TILE * tiles)
@@ -93,7 +91,30 @@ def forward_budget(P, rows, pairs, pixels, tiles, slots, forward_slots):
     render = (held + KEPT_BYTES_A_PAIR * pairs + BYTES_A_TILE * tiles
               + (STATE_BYTES_A_PIXEL + OUTPUT_BYTES_A_PIXEL) * pixels
               + STATE_SLOT_BYTES * slots + COMPOSITE_SLOT_BYTES * forward_slots)
-    return max(depth_sort, compacting, writing, tile_sort, render)
+    return max(depth_sort, writing, tile_sort, render)
+
+
+def forward_peak_and_budget(scene, target):
+    """The CUDA forward on `scene`: its peak (the least of three measurements: the caching
+    allocator may hand a request a cached block up to 1 MiB larger than asked, whose whole size
+    its statistic counts), its forward_budget, and the counts that budget was made of."""
+    device = "cpu" if is_emulated(target) else "cuda"
+    with active(target):
+        config, gaussians = scenes.backend_call(scene)
+        state = _backend.forward(config, gaussians)[-1]
+        measure = bench_module("peak_memory").peak_extra_bytes
+        peak = min(measure(lambda: _backend.forward(config, gaussians), device)
+                   for _ in range(3))
+    P = scene.inputs["means3D"].shape[0]
+    pairs, tiles, slots = state[4].numel(), state[5].shape[0], state[10].shape[0]
+    pixels = scene.settings.image_height * scene.settings.image_width
+    length = int(state[9][0]) if slots else 0
+    forward_slots = (pairs - 1) // forward_length(length) if slots else 0
+    rows = state_rows(P, state)
+    budget = forward_budget(P, rows, pairs, pixels, tiles, slots, forward_slots)
+    counts = dict(P=P, rows=rows, binned=state[11].numel(), pairs=pairs, tiles=tiles,
+                  pixels=pixels, slots=slots)
+    return peak, budget, counts
 
 
 @pytest.mark.parametrize("target", cuda_targets(("asc",)))
@@ -106,28 +127,36 @@ def test_forward_peak_memory_within_its_buffers(target):
     garden = bench_module("scenes").garden_scene("112k", camera=0, scale=0.5, seed=0,
                                                  device=device)
     scene = scenes.Scene(garden.rasterizer_inputs(), garden.raster_settings())
-    with active(target):
-        config, gaussians = scenes.backend_call(scene)
-        state = _backend.forward(config, gaussians)[-1]
-        # The least of three: the caching allocator may hand a request a cached block up to
-        # 1 MiB larger than asked, whose whole size its statistic counts.
-        measure = bench_module("peak_memory").peak_extra_bytes
-        peak = min(measure(lambda: _backend.forward(config, gaussians), device)
-                   for _ in range(3))
-    P = scene.inputs["means3D"].shape[0]
-    pairs, tiles, slots = state[4].numel(), state[5].shape[0], state[10].shape[0]
-    pixels = scene.settings.image_height * scene.settings.image_width
-    assert tiles > 256 and pairs > 150_000
-    length = int(state[9][0]) if slots else 0
-    forward_slots = (pairs - 1) // forward_length(length) if slots else 0
-    rows = state_rows(P, state)
-    assert rows[1], "the compact state is the default"
-    budget = forward_budget(P, rows, pairs, pixels, tiles, slots, forward_slots)
+    peak, budget, n = forward_peak_and_budget(scene, target)
+    assert n["tiles"] > 256 and n["pairs"] > 150_000
+    assert n["rows"][1], "the compact state is the default"
     # The sort's buffers and the state alone, so that a measurement that saw nothing fails too.
-    floor = SORTING_BYTES_A_PAIR * pairs + HELD_BYTES_A_GAUSSIAN * P + rows[0]
+    floor = SORTING_BYTES_A_PAIR * n["pairs"] + HELD_BYTES_A_GAUSSIAN * n["P"] + n["rows"][0]
     assert floor <= peak <= budget + SLACK, (
-        f"peak {peak} bytes against a budget of {budget} (+{SLACK}): {P} Gaussians, "
-        f"{pairs} pairs, {pixels} pixels, {tiles} tiles, {slots} split slots")
+        f"peak {peak} bytes against a budget of {budget} (+{SLACK}): {n}")
+
+
+@pytest.mark.parametrize("target", cuda_targets(("asc",)))
+def test_forward_holds_no_row_for_a_gaussian_without_tiles(target):
+    """Garden 112k at 324x210 beside the mirror image of each of its Gaussians through the
+    camera's centre (behind the camera: no tiles), so that most Gaussians have no tile and the
+    sort by depth, not the pairs, would set the forward's peak if the preprocess stored every
+    Gaussian's row (28 bytes a Gaussian more through that sort): the compact state's rows are
+    projected after it, for the Gaussians with tiles alone."""
+    device = "cpu" if is_emulated(target) else "cuda"
+    garden = bench_module("scenes").garden_scene("112k", camera=0, scale=0.5, seed=0,
+                                                 device=device)
+    settings = garden.raster_settings()
+    inputs = garden.rasterizer_inputs()
+    centre = settings.campos.to(device)
+    mirrored = dict(inputs, means3D=2 * centre - inputs["means3D"])
+    scene = scenes.Scene({k: torch.cat([v, mirrored[k]]) for k, v in inputs.items()}, settings)
+    peak, budget, n = forward_peak_and_budget(scene, target)
+    assert n["rows"][1] and n["binned"] < n["P"] // 2, "the mirrored half has no tiles"
+    rows_at_depth_sort = (DEPTH_SORT_BYTES_A_GAUSSIAN + FULL_ROW_BYTES) * n["P"]
+    assert rows_at_depth_sort > budget + SLACK, "the scene tells the two designs apart"
+    assert DEPTH_SORT_BYTES_A_GAUSSIAN * n["P"] <= peak <= budget + SLACK, (
+        f"peak {peak} bytes against a budget of {budget} (+{SLACK}): {n}")
 
 
 def backward_budget(P, rows, pairs, pixels, tiles, slots):
