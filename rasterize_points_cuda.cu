@@ -322,8 +322,12 @@ class Binning {
     GaussianState<float> st = make_state<float>(
         s, tiles_touched_.data_ptr<int64_t>(), reinterpret_cast<TileRect*>(rects_.data_ptr<int>()),
         colors);
-    if (compact_) st.means2d = nullptr, st.conic_opacity = nullptr, st.features = nullptr,
-                  st.depths = nullptr;
+    if (compact_) {
+      st.means2d = nullptr;
+      st.conic_opacity = nullptr;
+      st.features = nullptr;
+      st.depths = nullptr;
+    }
     return st;
   }
 

@@ -31,10 +31,10 @@ struct DepthKeys {
 constexpr uint32_t kUnbinnedDepthKey = 0x7fffffffu;
 
 // One thread per Gaussian: fills the state, including tiles_touched (its rows only where `state`
-// has them: without, compact_state gives them later); in the same launch, the
-// depth keys when asked for (the binning's first pass over the Gaussians is this one) and the
-// radii handed to the caller (radii_out: a copy of the state's, which the backward reads, so
-// that the caller's edits cannot reach them; no copy launched after).
+// has them: without, compact_state gives them later); in the same launch, the depth keys when
+// asked for (the binning's first pass over the Gaussians is this one) and the radii handed to
+// the caller (radii_out: a copy of the state's, which the backward reads, so that the caller's
+// edits cannot reach them; no copy launched after).
 void preprocess(const Camera<float>& cam, const GaussianInputs<float>& in,
                 const GaussianState<float>& state, DepthKeys depth, int* radii_out,
                 cudaStream_t stream);

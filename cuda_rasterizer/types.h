@@ -99,7 +99,8 @@ struct GaussianState {
     if (features)
       features[row] = g.feature;
     else
-      depths[row] = g.feature.w;  // the colour is colors[i], as gaussian_color reads it
+      depths[row] = g.feature.w;  // row i (never compact): the colour is colors[i], as
+                                  // gaussian_color reads it
   }
   DGRD_HD bool has_rows() const { return means2d != nullptr; }
 };
