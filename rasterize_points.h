@@ -153,15 +153,17 @@ GaussianInputs<T> make_inputs(const GaussianTensors& g) {
 template <typename T>
 GaussianState<T> make_state(const ForwardState& s, int64_t* tiles_touched, TileRect* rects,
                             const at::Tensor& colors = {}) {
+  // Rows without an entry are null: GaussianState::has_rows is false before the CUDA compact
+  // state's rows are made (allocate_gaussian_state without rows).
   const bool depth_only = s.features.dim() == 2 && s.features.size(1) == 1;
+  Vec4<T>* features = reinterpret_cast<Vec4<T>*>(output_or_null<T>(s.features));
   GaussianState<T> st = {s.radii.data_ptr<int>(),
-                         reinterpret_cast<Vec2<T>*>(s.means2d.data_ptr<T>()),
-                         reinterpret_cast<Vec4<T>*>(s.conic_opacity.data_ptr<T>()),
-                         depth_only ? nullptr : reinterpret_cast<Vec4<T>*>(s.features.data_ptr<T>()),
-                         tiles_touched, rects};
+                         reinterpret_cast<Vec2<T>*>(output_or_null<T>(s.means2d)),
+                         reinterpret_cast<Vec4<T>*>(output_or_null<T>(s.conic_opacity)),
+                         depth_only ? nullptr : features, tiles_touched, rects};
   if (depth_only) {
     st.colors = colors.numel() > 0 ? colors.data_ptr<T>() : nullptr;
-    st.depths = s.features.data_ptr<T>();
+    st.depths = output_or_null<T>(s.features);
   }
   return st;
 }

@@ -317,18 +317,10 @@ class Binning {
   bool compact_state() const { return compact_; }
 
   // The Gaussians' state with the binning's fields, for the preprocess and sort(); without rows
-  // with the compact state.
+  // (null) with the compact state, whose ForwardState has none yet.
   GaussianState<float> binning_state(const ForwardState& s, const at::Tensor& colors) {
-    GaussianState<float> st = make_state<float>(
-        s, tiles_touched_.data_ptr<int64_t>(), reinterpret_cast<TileRect*>(rects_.data_ptr<int>()),
-        colors);
-    if (compact_) {
-      st.means2d = nullptr;
-      st.conic_opacity = nullptr;
-      st.features = nullptr;
-      st.depths = nullptr;
-    }
-    return st;
+    return make_state<float>(s, tiles_touched_.data_ptr<int64_t>(),
+                             reinterpret_cast<TileRect*>(rects_.data_ptr<int>()), colors);
   }
 
   // Where the preprocess writes the Gaussians' depth keys (and counts those with tiles, for
