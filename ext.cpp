@@ -279,6 +279,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "Gradients of every input from those of the rendered maps; release_state: the state's "
       "list is emptied and its buffers freed as the backward is done with them");
+  m.def(
+      "count_touches",
+      [](const RasterConfig& c, py::list state) {
+        return dgrd::count_touches(c, dgrd::take_state(state, /*release=*/false));
+      },
+      "The touch count of every Gaussian (MonoGS's n_touched) from a forward's state");
   m.def("check_common", &check_common, py::arg("means3D"), py::arg("means2D"),
         py::arg("opacities"), py::arg("shs"), py::arg("colors_precomp"), py::arg("scales"),
         py::arg("rotations"), py::arg("cov3D_precomp"), py::arg("dc"), py::arg("features"),

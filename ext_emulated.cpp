@@ -262,6 +262,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                              release_state);
       },
       "The CUDA backward, emulated");
+  m.def(
+      "count_touches",
+      [](const RasterConfig& c, py::list state) {
+        return count_touches_cuda(c, take_state(state, /*release=*/false));
+      },
+      "The CUDA touch count, emulated");
   m.def("mark_visible", &mark_visible_cuda, "The CUDA mark_visible, emulated");
   m.def("set_cuda_tuning", &set_cuda_tuning_cuda, py::arg("switches"),
         "Switch the CUDA backend's techniques on or off, emulated");

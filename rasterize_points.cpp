@@ -412,6 +412,22 @@ BackwardResult backward(const RasterConfig& c, const GaussianTensors& g, Forward
   return backward_cpu(c, g, s, up);
 }
 
+at::Tensor count_touches(const RasterConfig& c, const ForwardState& s) {
+  if (s.radii.is_cuda()) {
+#ifdef DGRD_WITH_CUDA
+    return count_touches_cuda(c, s);
+#else
+    refuse_without_cuda();
+#endif
+  }
+  at::Tensor touch_count = at::zeros({s.radii.size(0)}, s.radii.options());
+  AT_DISPATCH_FLOATING_TYPES(s.means2d.scalar_type(), "dgrd_count_touches_cpu", [&] {
+    cpu::count_touches(make_camera<scalar_t>(c), make_state<scalar_t>(s, nullptr, nullptr),
+                       s.lists(), touch_count.data_ptr<int>());
+  });
+  return touch_count;
+}
+
 std::vector<at::Tensor> pack_camera(const std::vector<at::Tensor>& parts,
                                     const at::Tensor& like, bool keep_grad) {
   std::vector<at::Tensor> flat;

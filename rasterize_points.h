@@ -297,6 +297,7 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g);
 // reads are freed after it, before the rest of the input gradients are taken.
 BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, ForwardState s,
                              const MapGrads& up, bool release_state = false);
+at::Tensor count_touches_cuda(const RasterConfig& c, const ForwardState& s);
 at::Tensor mark_visible_cuda(const at::Tensor& positions, const at::Tensor& viewmatrix);
 void set_cuda_tuning_cuda(const std::map<std::string, int64_t>& switches);
 void set_cuda_stage_timing_cuda(bool on);
@@ -310,6 +311,10 @@ namespace dgrd {
 ForwardResult forward(const RasterConfig& c, const GaussianTensors& g);
 // The maps' upstream gradients: None (from Python) where no loss reaches that map.
 using UpstreamGrad = std::optional<at::Tensor>;
+// The touch count of every Gaussian ((P) int32, `touches` in blend.h: MonoGS's n_touched) from
+// a forward's state, on the state's device; a walk of the tile lists of its own, so the forward
+// pays nothing for it unless asked.
+at::Tensor count_touches(const RasterConfig& c, const ForwardState& s);
 // release_state: the caller holds no other reference to the state (take_state in bindings.h),
 // which the CUDA backward then frees in part once its render backward has read it.
 BackwardResult backward(const RasterConfig& c, const GaussianTensors& g, ForwardState state,

@@ -589,6 +589,15 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g) {
   return {color, depth, weight, radii, feature_map, median, s.to_list()};
 }
 
+at::Tensor count_touches_cuda(const RasterConfig& c, const ForwardState& s) {
+  const DeviceContext device(s.radii);
+  at::Tensor touch_count = device_empty({s.radii.size(0)}, s.radii.options());
+  zero_async(touch_count, device.stream);
+  gpu::count_touches(make_camera<float>(c), make_state<float>(s, nullptr, nullptr), s.lists(),
+                     touch_count.data_ptr<int>(), device.stream);
+  return touch_count;
+}
+
 BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, ForwardState s,
                              const MapGrads& up, bool release_state) {
   require_float32(g);

@@ -1071,9 +1071,40 @@ void preprocess_backward(const Camera<T>& cam, const GaussianInputs<T>& in, cons
   for (int k = 0; k < 3; ++k) camera->campos[k] = T(total.campos[k]);
 }
 
+// Each pixel walks its tile's list as the render does, up to its first blended splat that does
+// not touch it; the counts are integers, so their sum is the same in any order of the threads.
+template <typename T>
+void count_touches(const Camera<T>& cam, const GaussianState<T>& state, TileLists lists,
+                   int* touch_count) {
+  const int tiles = cam.tiles_x * cam.tiles_y;
+#pragma omp parallel for schedule(dynamic, 1) if (cam.width * cam.height >= kMinParallelItems)
+  for (int tile = 0; tile < tiles; ++tile) {
+    const TilePixels tp = tile_pixels(cam, tile);
+    const int begin = lists.tile_ranges[2 * tile], end = lists.tile_ranges[2 * tile + 1];
+    for (int y = tp.y0; y < tp.y1; ++y)
+      for (int x = tp.x0; x < tp.x1; ++x) {
+        T transmittance = T(1);
+        for (int k = begin; k < end; ++k) {
+          const int row = lists.point_list[k];
+          T alpha, G;
+          Vec2<T> d;
+          if (!splat_alpha(state.means2d[row], state.conic_opacity[row], T(x), T(y), alpha, G, d))
+            continue;
+          const T after = transmittance * (T(1) - alpha);
+          if (!touches(after)) break;
+          transmittance = after;
+          int& count = touch_count[lists.gaussian(row)];
+#pragma omp atomic
+          ++count;
+        }
+      }
+  }
+}
+
 #define DGRD_INSTANTIATE(T)                                                                     \
   template void preprocess<T>(const Camera<T>&, const GaussianInputs<T>&,                        \
                               const GaussianState<T>&);                                          \
+  template void count_touches<T>(const Camera<T>&, const GaussianState<T>&, TileLists, int*);   \
   template void bin_gaussians<T>(const Camera<T>&, int, const GaussianState<T>&, int*, int*);    \
   template void render<T>(const Camera<T>&, const GaussianState<T>&, int, TileLists,             \
                           const PixelBuffers<T>&, const OptionalOutputs<T>&);                    \

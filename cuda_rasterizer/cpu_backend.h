@@ -23,6 +23,12 @@ template <typename T>
 void render(const Camera<T>& cam, const GaussianState<T>& state, int count, TileLists lists,
             const PixelBuffers<T>& px, const OptionalOutputs<T>& extra);
 
+// Adds to touch_count (zeroed by the caller, one entry a Gaussian) the pixels each Gaussian
+// touches (`touches`, blend.h: MonoGS's n_touched), from the forward's state and tile lists.
+template <typename T>
+void count_touches(const Camera<T>& cam, const GaussianState<T>& state, TileLists lists,
+                   int* touch_count);
+
 // Sums each Gaussian's SplatGrad over the pixels it was blended into (splat_grads: P entries,
 // all written), including the parts from the optional outputs' upstream gradients, and the
 // features' gradient when the feature map has one.

@@ -761,6 +761,55 @@ __global__ void __launch_bounds__(kTilePixels)
   }
 }
 
+// The touch count (`touches`, blend.h: MonoGS's n_touched), one block per tile: each pixel walks
+// the tile's whole list from T = 1, as the render's whole-list walk does, up to its first
+// blended splat that does not touch it, and the block stops once none of its pixels walks.
+// A batch's touches are counted per splat in shared memory, then added to the Gaussian's
+// count by one atomic per splat and tile. Only where the caller asks for the count.
+struct TouchBatch {
+  MeanAndId mean_id[kTilePixels];
+  Base2Exponent<float> exponent[kTilePixels];
+  int touches[kTilePixels];
+};
+
+__global__ void __launch_bounds__(kTilePixels)
+    touch_count_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
+                       int* touch_count) {
+  DGRD_SHARED(TouchBatch, batch);
+  const TileThread me(cam);
+  const int begin = lists.tile_ranges[2 * me.tile], end = lists.tile_ranges[2 * me.tile + 1];
+  float transmittance = 1.f;
+  bool walking = me.inside;
+  for (int start = begin; start < end; start += kTilePixels) {
+    // Also the barrier after the previous batch's counts were read.
+    if (__syncthreads_count(walking) == 0) break;
+    const int k = start + int(threadIdx.x);
+    if (k < end) {
+      const int row = lists.point_list[k];
+      batch.mean_id[threadIdx.x] = {state.means2d[row], unsigned(lists.gaussian(row)), 0u};
+      batch.exponent[threadIdx.x] = Base2Exponent<float>::of(state.conic_opacity[row]);
+    }
+    batch.touches[threadIdx.x] = 0;
+    __syncthreads();
+    const int n = min(kTilePixels, end - start);
+    for (int j = 0; walking && j < n; ++j) {
+      float alpha, G;
+      Vec2<float> d;
+      if (!splat_alpha(batch.mean_id[j].mean2d, batch.exponent[j], float(me.x), float(me.y),
+                       alpha, G, d))
+        continue;
+      const float after = transmittance * (1.f - alpha);
+      walking = touches(after);
+      if (!walking) break;
+      transmittance = after;
+      atomicAdd(&batch.touches[j], 1);
+    }
+    __syncthreads();
+    if (k < end && batch.touches[threadIdx.x] > 0)
+      atomicAdd(&touch_count[batch.mean_id[threadIdx.x].id], batch.touches[threadIdx.x]);
+  }
+}
+
 // A lane's own total of the scatter (warp_scatter_total) and where it adds it, taken once
 // before a kernel's loops: value `slot` of SplatSums (null for a slot past them, or none).
 struct SumLane {
@@ -1382,6 +1431,13 @@ void render_backward(const Camera<float>& cam, const GaussianState<float>& state
 void clear_splat_sums(const SplatSums& sums, int count, cudaStream_t stream) {
   if (count == 0) return;
   DGRD_LAUNCH(clear_splat_sums_kernel, blocks_for(count), kThreads, stream)(sums, count);
+}
+
+void count_touches(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
+                   int* touch_count, cudaStream_t stream) {
+  const int tiles = cam.tiles_x * cam.tiles_y;
+  if (tiles == 0) return;
+  DGRD_LAUNCH(touch_count_kernel, tiles, kTilePixels, stream)(cam, state, lists, touch_count);
 }
 
 int camera_grad_partials(int count) { return blocks_for(count); }

@@ -166,6 +166,12 @@ void render(const Camera<float>& cam, const GaussianState<float>& state, TileLis
             const PixelBuffers<float>& px, const OptionalOutputs<float>& extra,
             const TileSplits& splits, const TileSplits& forward_splits, cudaStream_t stream);
 
+// Adds to touch_count (zeroed by the caller, one entry a Gaussian) the pixels each Gaussian
+// touches (`touches`, blend.h: MonoGS's n_touched), one block per tile, from the forward's
+// state and tile lists.
+void count_touches(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
+                   int* touch_count, cudaStream_t stream);
+
 // Where the render backward sums each Gaussian's SplatGrad: value k (in the order mean2d x, y,
 // conic a, b, c, opacity, feature r, g, b, depth) of Gaussian i at value[k], i row strides on.
 // The glue lays the ten over rows of the input gradients that preprocess_backward writes only

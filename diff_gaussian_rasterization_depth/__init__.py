@@ -44,7 +44,7 @@ def has_cuda_backend() -> bool:
 
 def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
                         cov3Ds_precomp, raster_settings, dc=None, features=None,
-                        median_depth=False, inverse_depth=False):
+                        median_depth=False, inverse_depth=False, touch_count=False):
     """Functional form, argument order as in the original package.
 
     Returns (color (3,H,W), radii (P,) int32, depth (H,W), weight (H,W)), followed by
@@ -53,13 +53,18 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     With `inverse_depth`, the depth channel blends 1/z instead of z: depth is
     (sum_i w_i / z_i) / weight, so depth * weight is the 2024 upstream's invdepth, and median
     is 1/z of the median's Gaussian; the render costs the same.
+    With `touch_count`, the last output is touch_count (P,) int32: the pixels where each
+    Gaussian is blended with the transmittance behind it still above 0.5 (MonoGS's n_touched;
+    no gradient), counted by a walk of the tile lists of its own.
     With raster_settings.debug, non-finite inputs raise a ValueError naming them, and an error
     of the backend writes a snapshot of the call (see `replay_snapshot`).
     """
     if _backend.compiling():  # torch.compile: one graph break here, the call run eagerly
         return _backend.untraced(rasterize_gaussians)(
             means3D, means2D, sh, colors_precomp, opacities, scales, rotations, cov3Ds_precomp,
-            raster_settings, dc, features, median_depth, inverse_depth)
+            raster_settings, dc, features, median_depth, inverse_depth, touch_count)
+    if not isinstance(touch_count, bool):
+        raise TypeError(f"touch_count: expected a bool, got {type(touch_count).__name__}")
     common = _backend.check_common(means3D, means2D, opacities, sh, colors_precomp, scales,
                                    rotations, cov3Ds_precomp, dc, features, raster_settings,
                                    median_depth, inverse_depth)
@@ -87,8 +92,8 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
         # Nobody wants the screen-space gradient: a throwaway carrier keeps the Function simple.
         means2D = torch.zeros((means3D.shape[0], 3), dtype=means3D.dtype, device=means3D.device)
     return _RasterizeGaussians.apply(means3D, means2D, sh, colors_precomp, opacities, scales,
-                                     rotations, cov3Ds_precomp, dc, features, config, checked,
-                                     *camera)
+                                     rotations, cov3Ds_precomp, dc, features, touch_count,
+                                     config, checked, *camera)
 
 
 def _named_inputs(inputs, features):
@@ -104,8 +109,8 @@ class _RasterizeGaussians(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
-                cov3Ds_precomp, dc, features, config, settings: Optional[CheckedSettings],
-                *camera):
+                cov3Ds_precomp, dc, features, touch_count: bool, config,
+                settings: Optional[CheckedSettings], *camera):
         # config: the backend's RasterConfig of the call; settings: the checked settings, for
         # debug snapshots (None where the call was checked in C++, never in debug mode).
         # camera: (viewmatrix, projmatrix, campos), the flat tensors the config holds, when
@@ -144,13 +149,14 @@ class _RasterizeGaussians(torch.autograd.Function):
         # backward through C feature channels.
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*saved)
-        ctx.mark_non_differentiable(radii)
         outputs = (color, radii, depth, weight)
         if ctx.has_features:
             outputs += (feature_map,)
         if config.median_depth:
             outputs += (median,)
-        return outputs
+        counts = (_backend.count_touches(config, state),) if touch_count else ()
+        ctx.mark_non_differentiable(radii, *counts)
+        return outputs + counts
 
     @staticmethod
     def backward(ctx, grad_color, _grad_radii, grad_depth, grad_weight, *grad_optional):
@@ -158,7 +164,7 @@ class _RasterizeGaussians(torch.autograd.Function):
         inputs = tuple(t if present else None for t, present in zip(saved, ctx.present))
         features = saved[len(inputs)] if ctx.has_features else None
         grad_features = grad_optional[0] if ctx.has_features else None
-        grad_median = grad_optional[-1] if ctx.config.median_depth else None
+        grad_median = grad_optional[int(ctx.has_features)] if ctx.config.median_depth else None
 
         def upstream():  # the map gradients by name, for a debug snapshot only
             named = dict(color=grad_color, depth=grad_depth, weight=grad_weight)
@@ -185,7 +191,7 @@ class _RasterizeGaussians(torch.autograd.Function):
                 d_scales if has_scales else None, d_rotations if has_rotations else None,
                 d_cov3D if has_cov else None, d_dc if has_dc else None,
                 d_features if ctx.has_features else None,
-                None, None, *(d_camera if ctx.config.camera_grad else ()))
+                None, None, None, *(d_camera if ctx.config.camera_grad else ()))
 
 
 class GaussianRasterizer(nn.Module):
@@ -207,11 +213,12 @@ class GaussianRasterizer(nn.Module):
 
     def forward(self, means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
                 rotations=None, cov3D_precomp=None, dc=None, features=None, median_depth=False,
-                inverse_depth=False):
+                inverse_depth=False, touch_count=False):
         """(color, radii, depth, weight), then feature_map (C,H,W) when `features` (P,C) is
-        given, then median (H,W) when `median_depth` is True; depth (and median) of 1/z with
-        `inverse_depth` (see rasterize_gaussians)."""
+        given, then median (H,W) when `median_depth` is True, then touch_count (P,) int32 when
+        `touch_count` is True; depth (and median) of 1/z with `inverse_depth` (see
+        rasterize_gaussians)."""
         return rasterize_gaussians(means3D, means2D, shs, colors_precomp, opacities, scales,
                                    rotations, cov3D_precomp, self.raster_settings, dc=dc,
                                    features=features, median_depth=median_depth,
-                                   inverse_depth=inverse_depth)
+                                   inverse_depth=inverse_depth, touch_count=touch_count)

@@ -205,6 +205,11 @@ def forward(config, gaussians):
     return _renderer().forward(config, gaussians)
 
 
+def count_touches(config, state):
+    """The touch count (P,) int32 of the forward whose state this is (a walk of its own)."""
+    return _renderer().count_touches(config, state)
+
+
 def backward(config, gaussians, state, grad_color, grad_depth, grad_weight,
              grad_feature_map=None, grad_median=None, release_state=False):
     """None for a map no loss reaches; contiguity and the empty stand-ins are settled in C++.
