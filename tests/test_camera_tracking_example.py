@@ -63,3 +63,56 @@ def test_short_tracking_run_converges():
     assert result["initial_translation"] > 0.04 and result["initial_rotation_deg"] > 2.5
     assert result["final_translation"] < 0.3 * result["initial_translation"], result
     assert result["final_rotation_deg"] < 0.2 * result["initial_rotation_deg"], result
+
+
+@pytest.mark.skipif(_backend._C is None, reason="needs the compiled extension")
+def test_monogs_tracking_loop_converges():
+    """MonoGS's tracking loop through `diff_gaussian_rasterization_depth.monogs`: theta and rho
+    are zero Parameters, each step renders with them, steps Adam, folds them into the pose
+    (world-to-camera <- exp([rho, theta]) @ world-to-camera, as MonoGS's update_pose) and
+    zeroes them; the matrices in the settings take no gradient themselves."""
+    from diff_gaussian_rasterization_depth import monogs
+    gaussians = ct.scenes.demo_scene(5000, seed=0, sh_degree=1)  # the frame of the run above
+    camera = ct.scenes.demo_cameras(8, 96, 72)[0]
+    raw = torch.as_tensor(ct.perspective_matrix(camera.tanfovx, camera.tanfovy).T,
+                          dtype=torch.float32)
+
+    def render(w2c, theta=None, rho=None):
+        view = w2c.T
+        settings = monogs.GaussianRasterizationSettings(
+            image_height=camera.height, image_width=camera.width, tanfovx=camera.tanfovx,
+            tanfovy=camera.tanfovy, bg=torch.zeros(3), scale_modifier=1.0, viewmatrix=view,
+            projmatrix=view @ raw, projmatrix_raw=raw, sh_degree=gaussians.sh_degree,
+            campos=-w2c[:3, :3].T @ w2c[:3, 3], prefiltered=False, debug=False)
+        color, radii, depth, opacity, n_touched = monogs.GaussianRasterizer(settings)(
+            means3D=gaussians.means, means2D=None, opacities=gaussians.opacities,
+            shs=gaussians.sh, scales=gaussians.scales, rotations=gaussians.rotations,
+            theta=theta, rho=rho)
+        return color, depth, opacity, n_touched
+
+    w2c_true = torch.as_tensor(camera.world_to_camera, dtype=torch.float32)
+    with torch.no_grad():
+        target_color, target_depth, target_opacity, touched = render(w2c_true)
+    assert (touched > 0).sum() > 100  # MonoGS's covisibility: the Gaussians the view touches
+    mask = target_opacity > 0.5
+    w2c = torch.as_tensor(ct.perturbed(camera.world_to_camera, 0.05, 3.0, seed=0),
+                          dtype=torch.float32)
+    theta = torch.nn.Parameter(torch.zeros(3))
+    rho = torch.nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.Adam([{"params": [theta], "lr": 3e-3},
+                                  {"params": [rho], "lr": 3e-3}])
+    before = ct.pose_errors(w2c, w2c_true)
+    for _ in range(80):
+        color, depth, opacity, _ = render(w2c, theta, rho)
+        loss = ((color - target_color).abs().mean()
+                + 0.2 * (depth - target_depth).abs()[mask].mean())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():  # MonoGS's update_pose
+            w2c = ct.se3_exp(torch.cat([rho, theta]).double()).float() @ w2c
+            theta.zero_()
+            rho.zero_()
+    after = ct.pose_errors(w2c, w2c_true)
+    assert before[0] > 0.04 and before[1] > 2.5
+    assert after[0] < 0.3 * before[0] and after[1] < 0.2 * before[1], (before, after)
