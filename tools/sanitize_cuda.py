@@ -8,7 +8,8 @@ Image sizes that are not multiples of 16, an empty scene, a scene with Gaussians
 camera and far outside, antialiasing, precomputed colours and covariances, and long tile lists
 walked by the backward in parts of 256 (split_length: TileSplits; faint, so that pixels blend
 past the parts' ends), and a dim scene split likewise with the median, feature channels and
-inverse depth (the split forward's medians found in later parts). Exits non-zero if an
+inverse depth (the split forward's medians found in later parts), and the touch count's kernel
+on three of them (the empty scene and split lists included). Exits non-zero if an
 output is not finite. Without PYTORCH_NO_CUDA_MEMORY_CACHING=1, PyTorch's caching allocator
 hands out pieces of larger cached blocks, and memcheck cannot see an access past the end of a
 piece. --cases picks some (run_gpu.sh: the first three, all sizes not multiples of 16, and the
@@ -44,13 +45,14 @@ from diff_gaussian_rasterization_depth.sparse_adam import SparseGaussianAdam  # 
 
 CASES = [
     dict(P=48, height=29, width=37, sh_degree=3),
-    dict(P=64, height=33, width=17, sh_degree=1, antialiasing=True),
+    dict(P=64, height=33, width=17, sh_degree=1, antialiasing=True, touch_count=True),
     dict(P=200, height=40, width=100, precomp_colors=True, precomp_cov=True),
     dict(P=300, height=64, width=64, sh_degree=2, dc=True),
-    dict(P=0, height=20, width=20, sh_degree=0),
+    dict(P=0, height=20, width=20, sh_degree=0, touch_count=True),
     dict(P=30, height=16, width=48, sh_degree=1, all_culled=True),
     dict(P=16, height=1, width=1, sh_degree=0),
-    dict(P=900, height=21, width=35, sh_degree=1, split_length=256, opacity_scale=0.05),
+    dict(P=900, height=21, width=35, sh_degree=1, split_length=256, opacity_scale=0.05,
+         touch_count=True),
     # Parts of 512: the split forward's own of 256, the backward's state at every other split.
     dict(P=1200, height=16, width=16, sh_degree=1, split_length=512, opacity_scale=0.03,
          outliers=False, channels=3, median_depth=True, inverse_depth=True),
@@ -182,7 +184,8 @@ def run_case(i, device):
     channels = case.pop("channels", 0)
     camera_grad = case.pop("camera_grad", False)
     sparse_adam = case.pop("sparse_adam", False)
-    options = {k: case.pop(k) for k in ("median_depth", "inverse_depth") if k in case}
+    options = {k: case.pop(k) for k in ("median_depth", "inverse_depth", "touch_count")
+               if k in case}
     scene = scenes.make_scene(100 + i, **case)
     scene.inputs["opacities"] = scene.inputs["opacities"] * opacity_scale
     leaves = {k: (None if v is None else v.to(device).requires_grad_())
@@ -194,6 +197,7 @@ def run_case(i, device):
               for k in ("viewmatrix", "projmatrix", "campos")}
     settings = s._replace(bg=s.bg.to(device), **camera)
     color, radii, *maps = GaussianRasterizer(settings)(**leaves, **options)
+    touched = maps.pop() if options.get("touch_count") else None
     loss = color.square().sum() + sum((m * torch.rand_like(m)).sum() for m in maps)
     loss.backward()
     if device == "cuda":
@@ -208,6 +212,10 @@ def run_case(i, device):
 
     for name, t in [("color", color)] + list(zip(names, maps)):
         check(name, t)
+    if touched is not None:  # the touch count's own kernel (after the forward)
+        check("touch count", touched)
+        if bool((touched < 0).any()) or bool((touched[radii == 0] != 0).any()):
+            sys.exit(f"sanitize_cuda: case {i}: a touch count below 0, or of a culled Gaussian")
     gradients = dict(leaves, **(camera if camera_grad else {}),
                      features=options.get("features"))
     for name, leaf in gradients.items():
