@@ -423,7 +423,7 @@ at::Tensor count_touches(const RasterConfig& c, const ForwardState& s) {
   at::Tensor touch_count = at::zeros({s.radii.size(0)}, s.radii.options());
   AT_DISPATCH_FLOATING_TYPES(s.means2d.scalar_type(), "dgrd_count_touches_cpu", [&] {
     cpu::count_touches(make_camera<scalar_t>(c), make_state<scalar_t>(s, nullptr, nullptr),
-                       s.lists(), touch_count.data_ptr<int>());
+                       int(s.radii.size(0)), s.lists(), touch_count.data_ptr<int>());
   });
   return touch_count;
 }

@@ -584,8 +584,9 @@ struct MedianDepth {
 // blended and the transmittance behind it stays above 0.5, so the splats in front of the
 // median's. T only decreases, so a pixel's walk for the count ends at its first blended splat
 // that fails the test (it saturates no pixel first: kTransmittanceMin is far below 0.5).
+// (On the CPU's lanes it gives a lane mask.)
 template <typename T>
-DGRD_HD bool touches(T transmittance_after) {
+DGRD_HD auto touches(T transmittance_after) {
   return transmittance_after > T(0.5);
 }
 

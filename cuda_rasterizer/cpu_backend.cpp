@@ -347,6 +347,28 @@ DGRD_LANE_CLONES void render_group(const Camera<float>& cam, const StagedSplats&
       feature_sum[c].store(extra.feature_map + c * plane + g.y * cam.width + g.x0);
 }
 
+// The touch count's walk (count_touches) of one group of lanes: each lane walks up to its first
+// blended splat that does not touch it; by_position[j] gains the lanes that splat j touches.
+DGRD_LANE_CLONES void count_group_touches(const StagedSplats& sp, int n, const LaneGroup& g,
+                                          int* by_position) {
+  const Lanes x = g.px();
+  const float y = float(g.y);
+  LaneMask live = g.inside();
+  Lanes transmittance(1.f);
+  for (int j = 0; j < n; ++j) {
+    Lanes G, alpha;
+    Vec2<Lanes> d;
+    const LaneMask pass = lane_alpha(sp, j, x, y, live, G, alpha, d);
+    if (!pass.any()) continue;
+    const Lanes after = transmittance * (Lanes(1.f) - alpha);
+    const LaneMask touching = pass & touches(after);
+    for (int k = 0; k < kLanes; ++k) by_position[j] += touching.lane(k);
+    transmittance = select(touching, after, transmittance);
+    live = live & !(pass & !touching);
+    if (!live.any()) break;
+  }
+}
+
 // The lanes of a per-lane sum added up, in double: the two halves as four-wide vectors, then
 // a short tree (a serial chain of eight dependent adds was 4% of a 32-channel call's time).
 DGRD_LANE_FN double lane_sum(Lanes v) {
@@ -1071,40 +1093,66 @@ void preprocess_backward(const Camera<T>& cam, const GaussianInputs<T>& in, cons
   for (int k = 0; k < 3; ++k) camera->campos[k] = T(total.campos[k]);
 }
 
-// Each pixel walks its tile's list as the render does, up to its first blended splat that does
-// not touch it; the counts are integers, so their sum is the same in any order of the threads.
+// Each pixel walks its tile's list as the render does (the power bound first; float on the
+// render's eight lanes where they run), up to its first blended splat that does not touch it. A
+// tile counts its splats' touches by list position, then adds them to their Gaussians, one
+// atomic per splat and tile (integers: the same sums in any order of the threads).
 template <typename T>
-void count_touches(const Camera<T>& cam, const GaussianState<T>& state, TileLists lists,
-                   int* touch_count) {
+void count_touches(const Camera<T>& cam, const GaussianState<T>& state, int count,
+                   TileLists lists, int* touch_count) {
+  const std::vector<T> floors = power_floors(state, count);
   const int tiles = cam.tiles_x * cam.tiles_y;
-#pragma omp parallel for schedule(dynamic, 1) if (cam.width * cam.height >= kMinParallelItems)
-  for (int tile = 0; tile < tiles; ++tile) {
-    const TilePixels tp = tile_pixels(cam, tile);
-    const int begin = lists.tile_ranges[2 * tile], end = lists.tile_ranges[2 * tile + 1];
-    for (int y = tp.y0; y < tp.y1; ++y)
-      for (int x = tp.x0; x < tp.x1; ++x) {
-        T transmittance = T(1);
-        for (int k = begin; k < end; ++k) {
-          const int row = lists.point_list[k];
-          T alpha, G;
-          Vec2<T> d;
-          if (!splat_alpha(state.means2d[row], state.conic_opacity[row], T(x), T(y), alpha, G, d))
-            continue;
-          const T after = transmittance * (T(1) - alpha);
-          if (!touches(after)) break;
-          transmittance = after;
-          int& count = touch_count[lists.gaussian(row)];
-#pragma omp atomic
-          ++count;
+  bool lanes = false;
+  if constexpr (std::is_same<T, float>::value) lanes = cpu_tuning().lanes && lanes_run_here();
+#pragma omp parallel if (cam.width * cam.height >= kMinParallelItems) num_threads(loop_threads())
+  {
+    StagedSplats sp;
+    std::vector<int> by_position;
+#pragma omp for schedule(dynamic, 1)
+    for (int tile = 0; tile < tiles; ++tile) {
+      const TilePixels tp = tile_pixels(cam, tile);
+      const int begin = lists.tile_ranges[2 * tile], n = lists.tile_ranges[2 * tile + 1] - begin;
+      by_position.assign(size_t(n), 0);
+      if constexpr (std::is_same<T, float>::value) {
+        if (lanes) {
+          sp.stage(state, floors.data(), lists.point_list + begin, n);
+          for (int y = tp.y0; y < tp.y1; ++y)
+            for (int x = tp.x0; x < tp.x1; x += kLanes)
+              count_group_touches(sp, n, {x, y, std::min(kLanes, tp.x1 - x)}, by_position.data());
         }
       }
+      for (int y = tp.y0; !lanes && y < tp.y1; ++y)
+        for (int x = tp.x0; x < tp.x1; ++x) {
+          T transmittance = T(1);
+          for (int j = 0; j < n; ++j) {
+            const int row = lists.point_list[begin + j];
+            T alpha, G;
+            Vec2<T> d;
+            if (below_power_floor(state, floors.data(), row, T(x), T(y))) continue;
+            if (!splat_alpha(state.means2d[row], state.conic_opacity[row], T(x), T(y), alpha, G,
+                             d))
+              continue;
+            const T after = transmittance * (T(1) - alpha);
+            if (!touches(after)) break;
+            transmittance = after;
+            ++by_position[size_t(j)];
+          }
+        }
+      for (int j = 0; j < n; ++j) {
+        if (by_position[size_t(j)] == 0) continue;
+        int& total = touch_count[lists.gaussian(lists.point_list[begin + j])];
+#pragma omp atomic
+        total += by_position[size_t(j)];
+      }
+    }
   }
 }
 
 #define DGRD_INSTANTIATE(T)                                                                     \
   template void preprocess<T>(const Camera<T>&, const GaussianInputs<T>&,                        \
                               const GaussianState<T>&);                                          \
-  template void count_touches<T>(const Camera<T>&, const GaussianState<T>&, TileLists, int*);   \
+  template void count_touches<T>(const Camera<T>&, const GaussianState<T>&, int, TileLists,     \
+                                 int*);                                                          \
   template void bin_gaussians<T>(const Camera<T>&, int, const GaussianState<T>&, int*, int*);    \
   template void render<T>(const Camera<T>&, const GaussianState<T>&, int, TileLists,             \
                           const PixelBuffers<T>&, const OptionalOutputs<T>&);                    \

@@ -25,9 +25,10 @@ void render(const Camera<T>& cam, const GaussianState<T>& state, int count, Tile
 
 // Adds to touch_count (zeroed by the caller, one entry a Gaussian) the pixels each Gaussian
 // touches (`touches`, blend.h: MonoGS's n_touched), from the forward's state and tile lists.
+// count: the number of Gaussians (the state arrays' length).
 template <typename T>
-void count_touches(const Camera<T>& cam, const GaussianState<T>& state, TileLists lists,
-                   int* touch_count);
+void count_touches(const Camera<T>& cam, const GaussianState<T>& state, int count,
+                   TileLists lists, int* touch_count);
 
 // Sums each Gaussian's SplatGrad over the pixels it was blended into (splat_grads: P entries,
 // all written), including the parts from the optional outputs' upstream gradients, and the

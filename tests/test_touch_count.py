@@ -77,6 +77,25 @@ def test_touch_count_cuda_matches_reference(seed, target):
     check_counts(out[-1], want, slack)
 
 
+@pytest.mark.parametrize("power_bound", [True, False])
+def test_touch_count_lanes_and_per_pixel_loop_agree(power_bound):
+    """The float CPU path counts on the render's eight lanes; the per-pixel loop (float64's, and
+    float's where the lanes do not run) gives the same counts, bit for bit, with the power bound
+    before the exponential or without it."""
+    scene = scenes.make_scene(9250, P=600, height=45, width=70, sh_degree=1)
+    ext = _backend._ext()
+    counts = []
+    try:
+        for lanes in (True, False):
+            ext.set_cpu_tuning(lanes=lanes, power_bound=power_bound)
+            with torch.no_grad():
+                counts.append(GaussianRasterizer(scene.settings)(**scene.inputs,
+                                                                 touch_count=True)[-1])
+    finally:
+        ext.set_cpu_tuning(lanes=True, power_bound=True)
+    assert counts[0].sum() > 1000 and torch.equal(counts[0], counts[1])
+
+
 def lone_gaussian(opacity, dtype=F32):
     """One Gaussian in front of an axis camera, wider than a tile."""
     settings = axis_camera(40, 48, dtype=dtype)
