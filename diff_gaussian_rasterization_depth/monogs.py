@@ -41,7 +41,7 @@ class GaussianRasterizationSettings(NamedTuple):
     scale_modifier: float
     viewmatrix: torch.Tensor
     projmatrix: torch.Tensor
-    projmatrix_raw: torch.Tensor
+    projmatrix_raw: torch.Tensor  # None: solved from viewmatrix and projmatrix
     sh_degree: int
     campos: torch.Tensor
     prefiltered: bool = False
@@ -83,9 +83,11 @@ def _package_settings(settings: GaussianRasterizationSettings, theta, rho):
         w2c = viewmatrix.reshape(4, 4).T
         moved = w2c + _pose_tangent(theta, rho, w2c) @ w2c  # the same values as w2c
         viewmatrix = moved.T
+        raw = settings.projmatrix_raw
+        if raw is None:  # the projection alone, from the two matrices given
+            raw = torch.linalg.solve(w2c.detach().T, projmatrix.detach().reshape(4, 4).to(w2c))
         projmatrix = projmatrix + _zero_valued(
-            viewmatrix @ settings.projmatrix_raw.reshape(4, 4).to(viewmatrix)).reshape(
-                projmatrix.shape).to(projmatrix)
+            viewmatrix @ raw.reshape(4, 4).to(viewmatrix)).reshape(projmatrix.shape).to(projmatrix)
         campos = campos + _zero_valued(_camera_center(moved)).reshape(campos.shape).to(campos)
     from . import GaussianRasterizationSettings as Settings
     return Settings(settings.image_height, settings.image_width, settings.tanfovx,

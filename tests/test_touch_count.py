@@ -268,6 +268,16 @@ def test_monogs_pose_gradient_matches_reference(seed, dtype):
     assert_pose_close(got, want, 1e-6 if dtype == F64 else 2e-4)
 
 
+def test_monogs_without_projmatrix_raw():
+    """projmatrix_raw None: the projection is solved from the two matrices, same gradients."""
+    scene = scenes.make_scene(9550, P=120, height=29, width=37, sh_degree=1, smooth=True)
+    settings, upstream = monogs_settings(scene), random_upstream(scene, 3)
+    given = monogs_pose_grads(scene, settings, upstream, "cpu")
+    solved = monogs_pose_grads(scene, settings._replace(projmatrix_raw=None), upstream, "cpu")
+    for a, b in zip(given, solved):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
 def test_monogs_pose_values_are_not_read():
     """As in MonoGS, the render does not read theta and rho (its pose update folds them into
     the camera and zeroes them): values of 0.3 give the image and the gradients of 0."""
