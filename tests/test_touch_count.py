@@ -1,7 +1,8 @@
 """The touch count (`touch_count=True`, MonoGS's n_touched) and MonoGS's API
 (`diff_gaussian_rasterization_depth.monogs`): the CPU backend and the CUDA targets against the
 reference, identities, and the pose gradients (theta, rho) against autograd through the
-reference with the pose moved by the matrix exponential.
+reference with the pose moved by the matrix exponential; and SplaTAM's depth-and-silhouette
+render (the w-depth fork's second call) taken from the colour call's outputs.
 
 A Gaussian touches a pixel where it is blended and the transmittance behind it stays above 0.5.
 A correct float32 implementation may round an alpha or a transmittance to the other side of a
@@ -303,3 +304,45 @@ def test_monogs_pose_gradient_cuda(target):
     want = pose_oracle(scene, monogs_settings(scene), upstream)
     got = monogs_pose_grads(scene, monogs_settings(scene, F32, target), upstream, target)[:2]
     assert_pose_close(got, want, 5e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# The w-depth fork's two renders (SplaTAM, Dynamic 3D Gaussians) in one call
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(2))
+def test_depth_silhouette_render_in_one_call(seed):
+    """SplaTAM renders its depth, silhouette and depth^2 as the colours [z, 1, z^2] of a second
+    call with a black background; the colour call alone gives them: depth * weight, weight and
+    the feature map of z^2 (doc/migration.md). Values and every gradient, float64, CPU."""
+    scene = scenes.make_scene(9800 + seed, P=80, height=29, width=37, sh_degree=1, dtype=F64)
+    H, W = scene.settings.image_height, scene.settings.image_width
+    gen = torch.Generator().manual_seed(seed)
+    up = torch.randn(3, H, W, generator=gen, dtype=F64)
+    names = ("means3D", "opacities", "scales", "rotations")
+
+    def view_z(means3D):
+        view = scene.settings.viewmatrix.reshape(4, 4).to(F64)
+        return torch.cat([means3D, torch.ones_like(means3D[:, :1])], dim=1) @ view[:, 2]
+
+    a = scene.with_grad(names)
+    z = view_z(a["means3D"])
+    _, _, depth, weight, z2_map = GaussianRasterizer(scene.settings)(
+        **a, features=(z * z)[:, None])
+    one = torch.stack([depth * weight, weight, z2_map[0]])
+    (one * up).sum().backward()
+
+    b = scene.with_grad(names)
+    z = view_z(b["means3D"])
+    geometry = {k: v for k, v in b.items() if k not in ("shs", "dc", "colors_precomp")}
+    black = scene.settings._replace(bg=torch.zeros(3, dtype=F64))
+    two = GaussianRasterizer(black)(**geometry, colors_precomp=torch.stack(
+        [z, torch.ones_like(z), z * z], dim=1))[0]
+    (two * up).sum().backward()
+
+    assert weight.max() > 0.5
+    torch.testing.assert_close(one, two.detach(), rtol=1e-10, atol=1e-12)
+    for name in names:
+        assert a[name].grad.abs().max() > 0, name
+        torch.testing.assert_close(a[name].grad, b[name].grad, rtol=1e-9,
+                                   atol=1e-9 * a[name].grad.abs().max().item())
