@@ -124,9 +124,11 @@ class _RasterizeGaussians(torch.autograd.Function):
             # The backward reads the inputs through the same GaussianInputs (contiguous copies
             # made once); save_for_backward below still guards them against in-place edits.
             ctx.gaussians = _backend.make_gaussians(*inputs, features=features)
-            return _backend.forward(config, ctx.gaussians)
+            maps = _backend.forward(config, ctx.gaussians)
+            counts = (_backend.count_touches(config, maps[-1]),) if touch_count else ()
+            return maps, counts
 
-        color, depth, weight, radii, feature_map, median, state = _debug.guarded(
+        (color, depth, weight, radii, feature_map, median, state), counts = _debug.guarded(
             config.debug, lambda: _debug.Capture("forward", _named_inputs(inputs, features),
                                                    settings, median_depth=config.median_depth,
                                                    inverse_depth=config.inverse_depth),
@@ -154,7 +156,6 @@ class _RasterizeGaussians(torch.autograd.Function):
             outputs += (feature_map,)
         if config.median_depth:
             outputs += (median,)
-        counts = (_backend.count_touches(config, state),) if touch_count else ()
         ctx.mark_non_differentiable(radii, *counts)
         return outputs + counts
 
