@@ -97,6 +97,36 @@ def test_touch_count_lanes_and_per_pixel_loop_agree(power_bound):
     assert counts[0].sum() > 1000 and torch.equal(counts[0], counts[1])
 
 
+@pytest.mark.parametrize("target", ["cpu"] + cuda_targets())
+def test_touch_count_of_culled_and_non_finite_gaussians(target):
+    """Gaussians culled or with non-finite values (behind the camera, NaN and inf in means,
+    opacities, scales and rotations) touch nothing and leave the others' counts as they are;
+    an empty scene gives an empty count."""
+    scene = scenes.make_scene(9900, P=120, height=29, width=37, sh_degree=1, outliers=False)
+    nan, inf = float("nan"), float("inf")
+    bad = {k: (None if v is None else v[:6].clone()) for k, v in scene.inputs.items()}
+    bad["means3D"][0, 1] = nan
+    bad["means3D"][1, 2] = inf
+    bad["opacities"][2, 0] = nan
+    bad["scales"][3, 1] = inf
+    bad["rotations"][4, 0] = nan
+    forward = scene.settings.viewmatrix.reshape(4, 4)[:3, 2]  # the camera's z axis, in world
+    bad["means3D"][5] = scene.settings.campos - 5 * forward   # behind the camera
+    joined = {k: None if v is None else torch.cat([scene.inputs[k], bad[k]])
+              for k, v in scene.inputs.items()}
+    empty = {k: None if v is None else v[:0] for k, v in scene.inputs.items()}
+    settings = settings_on(scene.settings, target)
+    with active(target), torch.no_grad():
+        def count(inputs):
+            on = {k: None if v is None else v.to(target) for k, v in inputs.items()}
+            return GaussianRasterizer(settings)(**on, touch_count=True)[-1].cpu()
+        alone, together, nothing = count(scene.inputs), count(joined), count(empty)
+    assert alone.sum() > 100
+    assert torch.equal(together[:120], alone)
+    assert torch.equal(together[120:], torch.zeros(6, dtype=torch.int32))
+    assert nothing.shape == (0,) and nothing.dtype == torch.int32
+
+
 def lone_gaussian(opacity, dtype=F32):
     """One Gaussian in front of an axis camera, wider than a tile."""
     settings = axis_camera(40, 48, dtype=dtype)
