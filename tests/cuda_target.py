@@ -8,6 +8,7 @@ that compares equal to "cuda" and not to "cpu", so the tests treat it as the CUD
 `active()` context is entered (conftest.py enters it for tests parametrized by `device`).
 """
 import contextlib
+import os
 
 import pytest
 import torch
@@ -52,6 +53,15 @@ def is_emulated(device):
     return isinstance(device, EmulatedCuda)
 
 
+def adds_in_fixed_order(device):
+    """Whether two identical calls on `device` add their atomics in the same order: the CPU,
+    and the emulation in a fixed thread order (not a GPU, nor the emulation's random orders,
+    which draw a new order at each launch)."""
+    if is_emulated(device):
+        return not device.order.startswith("random")
+    return device != "cuda"
+
+
 def real_cuda_param():
     return pytest.param("cuda", id="cuda", marks=[
         pytest.mark.cuda,
@@ -66,7 +76,8 @@ def emulated_param(order):
 
 # The suite runs the emulated kernels under two thread orders, so that a missing barrier (a
 # result that depends on which threads run first) shows as a failure in one of them.
-EMULATED_ORDERS = ("asc", "desc")
+# DGRD_EMU_ORDERS (comma-separated, e.g. "random:7,random:8") runs it under others instead.
+EMULATED_ORDERS = tuple(os.environ.get("DGRD_EMU_ORDERS", "asc,desc").split(","))
 
 
 def cuda_targets(orders=EMULATED_ORDERS):
