@@ -26,6 +26,16 @@ import torch  # noqa: E402
 MIB = 2.0 ** 20
 
 
+def measures_on_cpu() -> bool:
+    """Whether this PyTorch's profiler reports each CPU allocation with its size, which the
+    measurement without a GPU reads (PyTorch 2.x; 1.12's profiler has no such events)."""
+    try:
+        from torch._C import _profiler
+    except ImportError:
+        return False
+    return hasattr(_profiler, "_ExtraFields_Allocation")
+
+
 def _profiled_peak(call) -> int:
     """Bytes allocated at the peak of call() on the CPU, over those at its start, from the
     allocation events of torch's profiler (each with its size, negative when freed)."""
@@ -91,6 +101,9 @@ def main():
             return _backend.emulated_cuda("asc")
     else:
         sys.exit("the emulated CUDA backend is not built: see the README's test set-up")
+    if device.type != "cuda" and not measures_on_cpu():
+        sys.exit(f"PyTorch {torch.__version__}'s profiler does not report allocations: measure "
+                 "with --device cuda, or without a GPU under PyTorch 2.x")
     print(f"{'scene':6s} {'scale':>5s} {'Gaussians':>10s} {'pairs':>10s} {'pixels':>9s} "
           f"{'fwd MiB':>8s} {'fwd+bwd MiB':>11s}")
     for name in args.scenes.split(","):

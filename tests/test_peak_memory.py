@@ -23,6 +23,13 @@ def bench_module(name):
     return module
 
 
+def skip_unless_measurable(target):
+    """The emulated targets are measured by torch's profiler, whose allocation events PyTorch
+    1.12 (3DGS's own environment) lacks; a GPU is measured by its allocator."""
+    if is_emulated(target) and not bench_module("peak_memory").measures_on_cpu():
+        pytest.skip(f"PyTorch {torch.__version__}'s profiler reports no allocations")
+
+
 # What the forward holds a Gaussian from its sort by depth to its render (Binning in
 # rasterize_points_cuda.cu frees each buffer once its last reader is queued), the garden's
 # colours given: throughout, the state's radii (4) and the caller's (4); while the Gaussians sort
@@ -123,6 +130,7 @@ def test_forward_peak_memory_within_its_buffers(target):
     sort not in place would take a scratch copy of keys and ids, 8 bytes a pair more), where
     the Gaussians and their 197k pairs, not the image, set the forward's peak: a buffer held
     past its last reader, or a sort's scratch copy, would pass the budget."""
+    skip_unless_measurable(target)
     device = "cpu" if is_emulated(target) else "cuda"
     garden = bench_module("scenes").garden_scene("112k", camera=0, scale=0.5, seed=0,
                                                  device=device)
@@ -143,6 +151,7 @@ def test_forward_holds_no_row_for_a_gaussian_without_tiles(target):
     sort by depth, not the pairs, would set the forward's peak if the preprocess stored every
     Gaussian's row (28 bytes a Gaussian more through that sort): the compact state's rows are
     projected after it, for the Gaussians with tiles alone."""
+    skip_unless_measurable(target)
     device = "cpu" if is_emulated(target) else "cuda"
     garden = bench_module("scenes").garden_scene("112k", camera=0, scale=0.5, seed=0,
                                                  device=device)
@@ -177,6 +186,7 @@ def test_backward_peak_memory_within_its_buffers(target):
     dropped before the backward (as a training step and bench.py do): its peak is the
     forward's or the backward's budget. Sums of their own (48 bytes a Gaussian), or the state
     held through the preprocess backward (40), would pass it."""
+    skip_unless_measurable(target)
     device = "cpu" if is_emulated(target) else "cuda"
     garden = bench_module("scenes").garden_scene("112k", camera=0, scale=0.5, seed=0,
                                                  device=device, requires_grad=True)
