@@ -765,7 +765,9 @@ __global__ void __launch_bounds__(kTilePixels)
 // the tile's whole list from T = 1, as the render's whole-list walk does, up to its first
 // blended splat that does not touch it, and the block stops once none of its pixels walks.
 // A batch's touches are counted per splat in shared memory, then added to the Gaussian's
-// count by one atomic per splat and tile. Only where the caller asks for the count.
+// count by one atomic per splat and tile. Only where the caller asks for the count. Its own batch
+// rather than SplatBatch: the count reads no colours (the state it is handed holds none where the
+// caller gave them).
 struct TouchBatch {
   MeanAndId mean_id[kTilePixels];
   Base2Exponent<float> exponent[kTilePixels];

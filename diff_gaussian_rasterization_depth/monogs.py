@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import torch
 
+from . import GaussianRasterizationSettings as _PackageSettings
 from . import GaussianRasterizer as _DepthRasterizer
 from . import rasterize_gaussians as _rasterize
 
@@ -71,10 +72,25 @@ def _camera_center(w2c: torch.Tensor) -> torch.Tensor:
     return -w2c[:3, :3].T @ w2c[:3, 3]
 
 
+def _check_pose(name, t, size):
+    """theta, rho (3 values) and projmatrix_raw (16), named in the error where they are wrong."""
+    if t is None:
+        return
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
+    if t.numel() != size:
+        raise ValueError(f"{name}: expected {size} values, got shape {tuple(t.shape)}")
+
+
 def _package_settings(settings: GaussianRasterizationSettings, theta, rho):
     """The package's settings of a MonoGS call. Where theta or rho requires grad, the view
     matrix, the full projection and the camera centre carry the first-order pose update of
     value 0: the render sees the given matrices, and theta and rho get the gradient at 0."""
+    _check_pose("theta", theta, 3)
+    _check_pose("rho", rho, 3)
+    _check_pose("projmatrix_raw", settings.projmatrix_raw, 16)
     viewmatrix, projmatrix, campos = settings.viewmatrix, settings.projmatrix, settings.campos
     wants_pose = any(t is not None and t.requires_grad for t in (theta, rho))
     if wants_pose and torch.is_grad_enabled():
@@ -89,8 +105,7 @@ def _package_settings(settings: GaussianRasterizationSettings, theta, rho):
         projmatrix = projmatrix + _zero_valued(
             viewmatrix @ raw.reshape(4, 4).to(viewmatrix)).reshape(projmatrix.shape).to(projmatrix)
         campos = campos + _zero_valued(_camera_center(moved)).reshape(campos.shape).to(campos)
-    from . import GaussianRasterizationSettings as Settings
-    return Settings(settings.image_height, settings.image_width, settings.tanfovx,
+    return _PackageSettings(settings.image_height, settings.image_width, settings.tanfovx,
                     settings.tanfovy, settings.bg, settings.scale_modifier, viewmatrix,
                     projmatrix, settings.sh_degree, campos, settings.prefiltered, settings.debug)
 

@@ -309,6 +309,21 @@ def test_monogs_without_projmatrix_raw():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
+def test_monogs_bad_pose_inputs_are_named():
+    scene = scenes.make_scene(9560, P=20, height=17, width=19, sh_degree=1)
+    settings = monogs_settings(scene, F32)
+    zero = torch.zeros(3, requires_grad=True)
+    for kwargs, error, name in [
+            (dict(theta=torch.zeros(4, requires_grad=True), rho=zero), ValueError, "theta"),
+            (dict(theta=zero, rho=torch.zeros(2, 3)), ValueError, "rho"),
+            (dict(theta=torch.zeros(3, dtype=torch.int64), rho=zero), TypeError, "theta"),
+            (dict(theta=[0.0, 0.0, 0.0], rho=zero), TypeError, "theta")]:
+        with pytest.raises(error, match=name):
+            monogs_call(settings, scene.inputs, **kwargs)
+    with pytest.raises(ValueError, match="projmatrix_raw"):
+        monogs_call(settings._replace(projmatrix_raw=torch.eye(3)), scene.inputs, zero, zero)
+
+
 def test_monogs_pose_values_are_not_read():
     """As in MonoGS, the render does not read theta and rho (its pose update folds them into
     the camera and zeroes them): values of 0.3 give the image and the gradients of 0."""
