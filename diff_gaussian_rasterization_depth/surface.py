@@ -1,0 +1,145 @@
+"""Surface-reconstruction terms for 3D Gaussians, in plain PyTorch on the rasterizer's outputs.
+
+Methods that pull 3D Gaussians onto surfaces (2DGS's and Gaussian Opacity Fields' depth
+distortion, the normal-consistency and depth-normal losses of 2DGS, PGSR, DN-Splatter) need
+three things besides the colour: a normal per Gaussian, blended into a normal map; the spread of
+the blended depths along each ray; and normals of the rendered depth map. All three come from the
+rasterizer's feature channels and depth map with exact gradients, so they live here as small
+differentiable functions rather than as more kernels:
+
+    view_t = view_points(means3D, settings)                       # (P, 3), view space
+    n = gaussian_normals(scales, rotations, view_t, settings)     # (P, 3), facing the camera
+    F = torch.cat([n, distortion_features(view_t[:, 2])], 1)      # (P, 5)
+    color, radii, depth, weight, fmap = rasterizer(..., features=F)
+    normal_map = torch.nn.functional.normalize(fmap[:3], dim=0)   # (3, H, W)
+    distortion = depth_distortion(weight, fmap[3:])               # (H, W), 2DGS's map
+    depth_normals = depth_to_normal(depth, settings)              # (3, H, W)
+    loss_normal = (weight * (1 - (normal_map * depth_normals).sum(0))).mean()
+    loss_distortion = distortion.mean()
+
+Frames: everything is in view space (x right, y down, z forward; SPEC 4), where the rendered
+normals and the depth map's normals can be compared directly.
+"""
+import torch
+
+from .reference import _rotation_matrix
+
+__all__ = ["view_points", "gaussian_normals", "distortion_features", "ndc_depth",
+           "depth_distortion", "depth_to_points", "depth_to_normal"]
+
+# 2DGS's and GOF's planes for the distortion's depth mapping (their NEAR_PLANE and FAR_PLANE).
+DISTORTION_NEAR = 0.2
+DISTORTION_FAR = 100.0
+
+
+def _matrix(m, like: torch.Tensor) -> torch.Tensor:
+    """A settings matrix (any 16-element layout, transposed as the rasterizer takes it) as 4x4."""
+    return torch.as_tensor(m).reshape(4, 4).to(like)
+
+
+def view_points(means3D: torch.Tensor, settings) -> torch.Tensor:
+    """(P, 3) view-space positions `[p, 1] @ viewmatrix`; column 2 is the depth z the depth map
+    blends."""
+    view = _matrix(settings.viewmatrix, means3D)
+    return means3D @ view[:3, :3] + view[3, :3]
+
+
+def gaussian_normals(scales: torch.Tensor, rotations: torch.Tensor, view_t: torch.Tensor,
+                     settings) -> torch.Tensor:
+    """(P, 3) unit normals in view space: each Gaussian's shortest axis (the rotation's column of
+    the smallest scale), turned to face the camera (n . t <= 0 for its view position t).
+
+    `rotations` are quaternions (w, x, y, z), normalized here (3DGS hands the rasterizer
+    normalized ones; it uses them as given). A flat Gaussian's normal is its surface's; a round
+    one's is arbitrary, which is why the losses that use it also flatten the Gaussians (a loss
+    on the smallest scale). The gradient reaches the
+    rotations (and the view matrix where it requires grad); the choice of axis is discrete.
+    """
+    rotation = _rotation_matrix(torch.nn.functional.normalize(rotations, dim=1))
+    shortest = scales.argmin(dim=1)
+    rows = torch.arange(len(rotation), device=rotation.device)
+    axis = rotation[rows, :, shortest]                         # column: a world direction
+    n = axis @ _matrix(settings.viewmatrix, axis)[:3, :3]      # into view space
+    away = (n * view_t).sum(1, keepdim=True) > 0
+    return torch.where(away, -n, n)
+
+
+def ndc_depth(z: torch.Tensor, near: float = DISTORTION_NEAR,
+              far: float = DISTORTION_FAR) -> torch.Tensor:
+    """2DGS's mapping of view depth for the distortion, `far / (far - near) * (1 - near / z)`:
+    0 at `near`, 1 at `far`, so distances between depths count less far away."""
+    return far / (far - near) * (1 - near / z)
+
+
+def distortion_features(z: torch.Tensor, near: float = DISTORTION_NEAR,
+                        far: float = DISTORTION_FAR) -> torch.Tensor:
+    """(P, 2) feature channels `[m, m^2]` with `m = ndc_depth(z)`, for `depth_distortion`.
+
+    z <= 0 (Gaussians behind the camera, which are culled and never blended) is clamped to
+    `near` first so that no infinity enters the backward's products.
+    """
+    m = ndc_depth(z.clamp_min(near), near, far)
+    return torch.stack([m, m * m], 1)
+
+
+def depth_distortion(weight: torch.Tensor, moments: torch.Tensor) -> torch.Tensor:
+    """(H, W) depth distortion `sum_i sum_{j<i} w_i w_j (m_i - m_j)^2` from the weight map and
+    the feature map of `distortion_features` (2, H, W).
+
+    Summed over ordered pairs the spread is symmetric, so with W = sum w, M1 = sum w m and
+    M2 = sum w m^2 it is W M2 - M1^2 exactly: the map 2DGS and GOF accumulate front to back
+    (`m^2 A + M2 - 2 m M1` times w, with A = 1 - T = the weight in front), without a kernel of
+    its own. Rounding can make the difference slightly negative; it is clamped at 0.
+    """
+    return (weight * moments[1] - moments[0] * moments[0]).clamp_min(0)
+
+
+def _pixel_to_view(ndc_x, ndc_y, z, projection):
+    """View points on the rays of NDC positions (ndc_x, ndc_y) at view depths z: solves
+    `[X, Y, z, 1] @ projection` = w (ndc_x, ndc_y, ., 1) for X and Y (two linear equations in
+    them, a 2x2 system per pixel), so any projective camera works (shifted principal points,
+    skew), not only the symmetric frustum."""
+    K = projection
+    a = K[0, 0] - ndc_x * K[0, 3]
+    b = K[1, 0] - ndc_x * K[1, 3]
+    c = K[0, 1] - ndc_y * K[0, 3]
+    d = K[1, 1] - ndc_y * K[1, 3]
+    e = ndc_x * (z * K[2, 3] + K[3, 3]) - z * K[2, 0] - K[3, 0]
+    f = ndc_y * (z * K[2, 3] + K[3, 3]) - z * K[2, 1] - K[3, 1]
+    det = a * d - b * c
+    return (e * d - b * f) / det, (a * f - e * c) / det
+
+
+def depth_to_points(depth: torch.Tensor, settings) -> torch.Tensor:
+    """(3, H, W) view-space points of a depth map (H, W) of view depths z, each on its pixel's
+    ray: pixel (col, row) at NDC ((2 col + 1) / W - 1, (2 row + 1) / H - 1), the inverse of the
+    rasterizer's pixel mapping, through the projection the settings imply
+    (`viewmatrix^-1 @ projmatrix`). Differentiable in depth (and in the matrices)."""
+    H, W = depth.shape[-2:]
+    view = _matrix(settings.viewmatrix, depth)
+    projection = torch.linalg.solve(view, _matrix(settings.projmatrix, depth))
+    cols = torch.arange(W, device=depth.device, dtype=depth.dtype)
+    rows = torch.arange(H, device=depth.device, dtype=depth.dtype)
+    ndc_x = ((2 * cols + 1) / W - 1)[None, :].expand(H, W)
+    ndc_y = ((2 * rows + 1) / H - 1)[:, None].expand(H, W)
+    x, y = _pixel_to_view(ndc_x, ndc_y, depth, projection)
+    return torch.stack([x, y, depth], 0)
+
+
+def depth_to_normal(depth: torch.Tensor, settings) -> torch.Tensor:
+    """(3, H, W) unit normals of a depth map in view space, facing the camera, from the cross
+    product of central differences of `depth_to_points` (as 2DGS's depth-normal term). Zero on
+    the image border and wherever the pixel or one of its four neighbours has depth <= 0 (no
+    Gaussian blended there: the depth map is 0), so a loss weighted by the normal map sees no
+    normal across the edge of the scene."""
+    points = depth_to_points(depth, settings)
+    along_x = points[:, 1:-1, 2:] - points[:, 1:-1, :-2]
+    along_y = points[:, 2:, 1:-1] - points[:, :-2, 1:-1]
+    # x right, y down: x cross y points away from the camera (+z); y cross x faces it.
+    n = torch.nn.functional.normalize(torch.cross(along_y, along_x, dim=0), dim=0)
+    solid = depth > 0
+    valid = (solid[1:-1, 1:-1] & solid[1:-1, 2:] & solid[1:-1, :-2]
+             & solid[2:, 1:-1] & solid[:-2, 1:-1])
+    out = torch.zeros_like(points)
+    out[:, 1:-1, 1:-1] = torch.where(valid, n, torch.zeros_like(n))
+    return out

@@ -1,0 +1,295 @@
+"""Surface terms (diff_gaussian_rasterization_depth.surface): the depth distortion against 2DGS's
+own front-to-back accumulation, normals against the covariance's eigenvectors, points of a depth
+map against the rasterizer's projection, a rendered plane's normals, and the gradients of the
+surface losses through each backend against autograd through the reference."""
+import math
+
+import pytest
+import torch
+
+import scenes
+from cuda_target import active, cuda_targets
+from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend, reference
+from diff_gaussian_rasterization_depth.reference import rasterize_reference
+from diff_gaussian_rasterization_depth.surface import (
+    depth_distortion, depth_to_normal, depth_to_points, distortion_features, gaussian_normals,
+    ndc_depth, view_points)
+from robust_helpers import axis_camera, settings_on
+
+if _backend._C is None:
+    pytest.skip(f"the compiled extension is not importable ({_backend._IMPORT_ERROR})",
+                allow_module_level=True)
+
+F32, F64 = torch.float32, torch.float64
+
+
+def render(run, inputs, settings, features):
+    """(color, radii, depth, weight, feature_map) of the backend or the reference."""
+    if run == "backend":
+        return GaussianRasterizer(settings)(**inputs, features=features)
+    return rasterize_reference(**inputs, raster_settings=settings, features=features)
+
+
+# ----------------------------------------------------------------------------------------------
+# Depth distortion
+# ----------------------------------------------------------------------------------------------
+
+def distortion_2dgs(scene):
+    """2DGS's distortion map as its kernel accumulates it, front to back over the reference's
+    blended splats: w (m^2 A + M2 - 2 m M1), A = 1 - T before the splat, then M1 += w m,
+    M2 += w m^2; in float64."""
+    wide = scenes.Scene({k: None if v is None else v.to(F64) for k, v in scene.inputs.items()},
+                        scene.settings)
+    _, _, blend, idx, settings = scenes.reference_internals(wide)
+    m = ndc_depth(view_points(wide.inputs["means3D"], settings)[:, 2])[idx][blend["order"]]
+    T_after = blend["T_after"]
+    T_before = torch.cat([torch.ones_like(T_after[:1]), T_after[:-1]])
+    w = torch.where(blend["blended"], T_before - T_after, torch.zeros_like(T_after))
+    distortion = M1 = M2 = torch.zeros_like(T_after[0])
+    for i in range(len(m)):
+        distortion = distortion + w[i] * (m[i] ** 2 * (1 - T_before[i]) + M2 - 2 * m[i] * M1)
+        M1 = M1 + w[i] * m[i]
+        M2 = M2 + w[i] * m[i] ** 2
+    return distortion
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+@pytest.mark.parametrize("seed", range(3))
+def test_distortion_equals_2dgs_accumulation(seed, dtype):
+    """W M2 - M1^2 from two feature channels is 2DGS's front-to-back distortion."""
+    scene = scenes.make_scene(14000 + seed, P=160, height=33, width=47, sh_degree=1,
+                              dtype=dtype)
+    want = distortion_2dgs(scene)
+    z = view_points(scene.inputs["means3D"], scene.settings)[:, 2]
+    with torch.no_grad():
+        _, _, _, weight, moments = render("backend", scene.inputs, scene.settings,
+                                          distortion_features(z))
+        got = depth_distortion(weight, moments)
+    assert got.shape == want.shape and got.dtype == dtype
+    # Not vacuous: most pixels spread over several depths.
+    assert (want > 1e-4).float().mean() > 0.5
+    if dtype == F64:
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    else:
+        pixels, _ = scenes.ambiguous_checked(scene)
+        keep = ~pixels
+        # float32: W M2 - M1^2 loses the digits of M1^2 (m < 1 here, so about 1e-7).
+        torch.testing.assert_close(got[keep], want[keep].float(), rtol=1e-4, atol=1e-6)
+
+
+def test_distortion_of_one_depth_is_zero():
+    """Splats all at one depth have no spread, whatever their weights; the clamp keeps the
+    rounding of W M2 - M1^2 from going negative."""
+    scene = scenes.make_scene(14100, P=120, height=29, width=37, sh_degree=0)
+    means = scene.inputs["means3D"]
+    view = scene.settings.viewmatrix.reshape(4, 4)
+    t = view_points(means, scene.settings)
+    flat = torch.cat([t[:, :2] / t[:, 2:] * 5.0, torch.full_like(t[:, :1], 5.0)], 1)
+    inputs = dict(scene.inputs, means3D=(flat - view[3, :3]) @ torch.linalg.inv(view[:3, :3]))
+    z = view_points(inputs["means3D"], scene.settings)[:, 2]
+    torch.testing.assert_close(z, torch.full_like(z, 5.0))
+    with torch.no_grad():
+        _, _, _, weight, moments = render("backend", inputs, scene.settings,
+                                          distortion_features(z))
+    d = depth_distortion(weight, moments)
+    assert (weight > 0.5).any() and (d >= 0).all() and d.max() < 1e-6
+
+
+# ----------------------------------------------------------------------------------------------
+# Normals of the Gaussians
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gaussian_normals_are_the_shortest_axes(seed):
+    scene = scenes.make_scene(14200 + seed, P=200, dtype=F64, normalize_rotations=False)
+    scales, rotations = scene.inputs["scales"], scene.inputs["rotations"]
+    t = view_points(scene.inputs["means3D"], scene.settings)
+    n = gaussian_normals(scales, rotations, t, scene.settings)
+    # The eigenvector of the covariance's smallest eigenvalue, rotated into view space.
+    q = torch.nn.functional.normalize(rotations, dim=1)
+    R = scenes.rotation_matrices(q)
+    cov = R @ torch.diag_embed(scales ** 2) @ R.transpose(1, 2)
+    axis = torch.linalg.eigh(cov).eigenvectors[:, :, 0]
+    want = axis @ scene.settings.viewmatrix.reshape(4, 4)[:3, :3]
+    torch.testing.assert_close(n.norm(dim=1), torch.ones(len(n), dtype=F64))
+    torch.testing.assert_close((n * want).sum(1).abs(), torch.ones(len(n), dtype=F64),
+                               rtol=0, atol=1e-9)
+    assert ((n * t).sum(1) <= 0).all()  # facing the camera
+    # The gradient reaches the rotations (the axis chosen is fixed nearby).
+    rot = rotations.clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda r: gaussian_normals(scales, r, t, scene.settings), (rot,))
+
+
+# ----------------------------------------------------------------------------------------------
+# Points and normals of a depth map
+# ----------------------------------------------------------------------------------------------
+
+def shifted_camera(H, W, shift):
+    """axis_camera's settings with the principal point moved by `shift` (NDC units) and a
+    skew: a projection the symmetric frustum formulas would get wrong."""
+    P = scenes.perspective_matrix(0.6, 0.6 * H / W)
+    P[0, 2] += shift[0]
+    P[1, 2] += shift[1]
+    P[0, 1] += 0.05
+    return axis_camera(H, W, tanfovx=0.6, dtype=F64, projmatrix=P.T.contiguous())
+
+
+@pytest.mark.parametrize("camera", ["look-at", "shifted"])
+def test_depth_to_points_inverts_the_projection(camera):
+    """Each pixel's point, taken back to the world and projected as the rasterizer projects a
+    mean (reference._transform_point, _ndc2pix), lands on that pixel's centre at that depth."""
+    H, W = 23, 31
+    if camera == "look-at":
+        settings = scenes.make_scene(14300, P=1, height=H, width=W, dtype=F64).settings
+    else:
+        settings = shifted_camera(H, W, (0.13, -0.21))
+    gen = torch.Generator().manual_seed(3)
+    depth = 0.5 + 9 * torch.rand(H, W, generator=gen, dtype=F64)
+    q = depth_to_points(depth, settings).reshape(3, -1).T
+    view = settings.viewmatrix.reshape(4, 4)
+    world = (q - view[3, :3]) @ torch.linalg.inv(view[:3, :3])
+    proj = settings.projmatrix.reshape(-1)
+    hx, hy, hw = (reference._transform_point(world, proj, c) for c in (0, 1, 3))
+    x = reference._ndc2pix(hx / hw, W).reshape(H, W)
+    y = reference._ndc2pix(hy / hw, H).reshape(H, W)
+    z = reference._transform_point(world, settings.viewmatrix.reshape(-1), 2).reshape(H, W)
+    cols = torch.arange(W, dtype=F64).expand(H, W)
+    rows = torch.arange(H, dtype=F64)[:, None].expand(H, W)
+    torch.testing.assert_close(x, cols, rtol=0, atol=1e-9)
+    torch.testing.assert_close(y, rows, rtol=0, atol=1e-9)
+    torch.testing.assert_close(z, depth, rtol=1e-12, atol=0)
+    # Differentiable in the depth.
+    small = depth[:4, :5].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda d: depth_to_points(d, settings), (small,))
+
+
+@pytest.mark.parametrize("camera", ["axis", "shifted"])
+def test_depth_to_normal_of_a_plane(camera):
+    """The exact depth map of a plane (each pixel's ray cut with it, the rays written here from
+    the camera's own model) gives the plane's normal, facing the camera, inside the image, and
+    zeros on the border and next to pixels of no depth."""
+    H, W = 40, 52
+    shift = (0.0, 0.0) if camera == "axis" else (0.13, -0.21)
+    settings = shifted_camera(H, W, shift)
+    P = settings.projmatrix.reshape(4, 4).T
+    ndc_x = (2 * torch.arange(W, dtype=F64) + 1) / W - 1
+    ndc_y = (2 * torch.arange(H, dtype=F64) + 1) / H - 1
+    # ndc_x = (P00 x + P01 y + P02) and ndc_y = (P11 y + P12), with x, y = X/Z, Y/Z.
+    ray_y = ((ndc_y - P[1, 2]) / P[1, 1])[:, None].expand(H, W)
+    ray_x = (ndc_x[None, :] - P[0, 2] - P[0, 1] * ray_y) / P[0, 0]
+    rays = torch.stack([ray_x, ray_y, torch.ones(H, W, dtype=F64)])
+    n = torch.nn.functional.normalize(torch.tensor([0.3, -0.4, -1.0], dtype=F64), dim=0)
+    depth = (n @ torch.tensor([0.0, 0.0, 4.0], dtype=F64)) / (n[:, None, None] * rays).sum(0)
+    depth[5:9, 20:30] = 0                                   # a hole: nothing blended there
+    normals = depth_to_normal(depth, settings)
+    hole = torch.zeros(H, W, dtype=torch.bool)   # the hole and its four neighbours' pixels
+    hole[4:10, 20:30] = True
+    hole[5:9, 19:31] = True
+    inner = torch.zeros(H, W, dtype=torch.bool)
+    inner[1:-1, 1:-1] = True
+    good = inner & ~hole
+    torch.testing.assert_close(normals[:, good], n[:, None].expand(3, int(good.sum())),
+                               rtol=0, atol=1e-9)
+    assert (normals[:, ~good] == 0).all()
+
+
+@pytest.mark.parametrize("target", ["cpu"] + cuda_targets())
+def test_rendered_plane_normals(target):
+    """Small flat Gaussians on a tilted plane: the blended normal map is the plane's normal
+    (every Gaussian has it) and the rendered depth map's normals agree with it on average
+    (each pixel's depth blends the splats' centre depths, a few degrees of noise and bias)."""
+    H, W = 48, 64
+    settings = settings_on(axis_camera(H, W, tanfovx=0.6), target)
+    gen = torch.Generator().manual_seed(7)
+    n = torch.nn.functional.normalize(torch.tensor([0.3, -0.4, -1.0], dtype=F64), dim=0)
+    basis = torch.linalg.svd(torch.eye(3, dtype=F64) - n[:, None] * n[None]).U[:, :2]
+    P = 6000
+    uv = (2 * torch.rand(P, 2, generator=gen, dtype=F64) - 1) * 4
+    means = torch.tensor([0.0, 0.0, 4.0], dtype=F64) + uv @ basis.T
+    z_axis = torch.tensor([0.0, 0.0, 1.0], dtype=F64)
+    angle = torch.acos(z_axis @ n)
+    axis = torch.nn.functional.normalize(torch.linalg.cross(z_axis, n), dim=0)
+    q = torch.cat([torch.cos(angle / 2)[None], torch.sin(angle / 2) * axis])  # z -> n
+    inputs = dict(means3D=means, means2D=None, opacities=torch.full((P, 1), 0.8, dtype=F64),
+                  colors_precomp=torch.rand(P, 3, generator=gen, dtype=F64),
+                  scales=torch.tensor([0.06, 0.06, 0.001], dtype=F64).expand(P, 3),
+                  rotations=q.expand(P, 4))
+    inputs = {k: None if v is None else v.float().to(target) for k, v in inputs.items()}
+    normals = gaussian_normals(inputs["scales"], inputs["rotations"],
+                               view_points(inputs["means3D"], settings), settings)
+    with torch.no_grad(), active(target):
+        _, _, depth, weight, fmap = GaussianRasterizer(settings)(**inputs, features=normals)
+    normal_map = torch.nn.functional.normalize(fmap, dim=0).cpu()
+    from_depth = depth_to_normal(depth, settings).cpu()
+    solid = (weight.cpu() > 0.99) & (from_depth.norm(dim=0) > 0.5)
+    assert solid.sum() > 500
+    nf = n.float()[:, None]
+    assert ((normal_map[:, solid] * nf).sum(0) > math.cos(1e-3)).all()
+    mean = torch.nn.functional.normalize(from_depth[:, solid].sum(1), dim=0)
+    assert math.degrees(math.acos(min(1.0, float(mean @ nf[:, 0])))) < 8.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradients of the surface losses
+# ----------------------------------------------------------------------------------------------
+
+NAMES = ("means3D", "opacities", "shs", "colors_precomp", "scales", "rotations")
+
+
+def surface_loss(run, inputs, settings, upstream):
+    """The module docstring's recipe: normals and distortion as features, the normal-consistency
+    loss against the depth map's normals, the distortion's mean, plus a colour term."""
+    t = view_points(inputs["means3D"], settings)
+    n = gaussian_normals(inputs["scales"], inputs["rotations"], t, settings)
+    F = torch.cat([n, distortion_features(t[:, 2])], 1)
+    color, _, depth, weight, fmap = render(run, inputs, settings, F)
+    normal_map = torch.nn.functional.normalize(fmap[:3], dim=0)
+    consistency = weight * (1 - (normal_map * depth_to_normal(depth, settings)).sum(0))
+    distortion = depth_distortion(weight, fmap[3:])
+    return ((color * upstream).sum() + consistency.mean()
+            + 100 * distortion.mean())
+
+
+def surface_gradients(run, scene, inputs, settings, upstream):
+    leaves = {k: None if v is None else v.detach().clone().requires_grad_(k in NAMES)
+              for k, v in inputs.items()}
+    loss = surface_loss(run, leaves, settings, upstream)
+    names = [k for k in NAMES if leaves.get(k) is not None]
+    grads = torch.autograd.grad(loss, [leaves[k] for k in names])
+    return dict(zip(names, grads))
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+@pytest.mark.parametrize("seed", range(2))
+def test_surface_loss_gradients_match_reference(seed, dtype):
+    check_surface_gradients(seed, "cpu", dtype)
+
+
+@pytest.mark.parametrize("target", cuda_targets())
+@pytest.mark.parametrize("seed", range(2))
+def test_surface_loss_gradients_cuda(seed, target):
+    check_surface_gradients(seed, target, F32)
+
+
+def check_surface_gradients(seed, target, dtype):
+    scene = scenes.make_smooth_scene(14400 + seed, P=40, height=26, width=34, sh_degree=1)
+    want = surface_gradients("reference", scene, scene.inputs, scene.settings,
+                             torch.randn(3, 26, 34, generator=torch.Generator().manual_seed(seed),
+                                         dtype=F64))
+    upstream = torch.randn(3, 26, 34, generator=torch.Generator().manual_seed(seed),
+                           dtype=F64).to(dtype).to(target)
+    inputs = {k: None if v is None else v.to(dtype).to(target) for k, v in scene.inputs.items()}
+    settings = settings_on(scene.settings._replace(
+        viewmatrix=scene.settings.viewmatrix.to(dtype),
+        projmatrix=scene.settings.projmatrix.to(dtype), bg=scene.settings.bg.to(dtype),
+        campos=scene.settings.campos.to(dtype)), target)
+    with active(target):
+        got = surface_gradients("backend", scene, inputs, settings, upstream)
+    tol = 1e-8 if dtype == F64 else 2e-4
+    assert set(got) == set(want) and "scales" in got and "rotations" in got
+    for name, ref in want.items():
+        scale = ref.abs().max().item()
+        assert scale > 1e-3, name  # not vacuous
+        torch.testing.assert_close(got[name].cpu().to(F64), ref, rtol=tol, atol=tol * scale,
+                                   msg=lambda m: f"{name}: {m}")
