@@ -145,7 +145,8 @@ def raycast(scene: AnalyticScene, camera: Camera, supersample: int = 1
 
     Returns depth (H,W): view-space z of the first hit (the ray parameter, since the camera-space
     ray directions have z = 1); distance (H,W): the Euclidean ray length; color (3,H,W) in [0,1];
-    object (H,W): index of the hit object (planes first, then spheres; -1 = nothing).
+    object (H,W): index of the hit object (planes first, then spheres; -1 = nothing);
+    normal (3,H,W): the surface's unit normal at the hit in world space (0 where nothing).
     With supersample = k > 1 the colour is the mean of k x k rays per pixel (antialiased, so
     that all views see the same blurred texture); depth and object stay the centre ray's.
     """
@@ -165,6 +166,7 @@ def raycast(scene: AnalyticScene, camera: Camera, supersample: int = 1
     which = torch.where(hit, which, torch.full_like(which, -1))
     p = origin + dirs * torch.where(hit, t, torch.zeros_like(t))[..., None]
     color = torch.zeros(p.shape, dtype=torch.float64)
+    normals = torch.zeros(p.shape, dtype=torch.float64)
     for i, o in enumerate(objects):
         sel = which == i
         if not sel.any():
@@ -177,9 +179,11 @@ def raycast(scene: AnalyticScene, camera: Camera, supersample: int = 1
             normal = local / local.norm(dim=-1, keepdim=True)
         shade = 0.55 + 0.45 * torch.clamp(normal @ LIGHT, min=0.0)
         color[sel] = _texture(o.texture, p[sel], local) * shade[:, None]
+        normals[sel] = normal
     depth = torch.where(hit, t, torch.zeros_like(t))
     return dict(depth=depth, distance=depth * dirs.norm(dim=-1),
-                color=color.clamp(0.0, 1.0).permute(2, 0, 1).contiguous(), object=which)
+                color=color.clamp(0.0, 1.0).permute(2, 0, 1).contiguous(), object=which,
+                normal=normals.permute(2, 0, 1).contiguous())
 
 
 # =============================================================================================
@@ -422,17 +426,22 @@ def make_views(scene: AnalyticScene, cameras: Sequence[Camera], ids: Sequence[in
     return views
 
 
-def fit(model: GaussianModel, train: Sequence[View], cfg: FitConfig, seed: int,
-        progress: Optional[str] = None) -> GaussianModel:
-    """Adam on all parameters; the views are visited in a seeded random order."""
-    model = copy.deepcopy(model)
-    opt = torch.optim.Adam([
+def make_optimizer(model: GaussianModel, cfg: FitConfig) -> torch.optim.Adam:
+    """Adam with a learning rate per parameter group (the means' group first: `fit` decays it)."""
+    return torch.optim.Adam([
         {"params": [model.means], "lr": cfg.lr_means},
         {"params": [model.log_scales], "lr": cfg.lr_scales},
         {"params": [model.quats], "lr": cfg.lr_quats},
         {"params": [model.opacity_logits], "lr": cfg.lr_opacity},
         {"params": [model.sh_dc], "lr": cfg.lr_sh},
     ], eps=1e-15)
+
+
+def fit(model: GaussianModel, train: Sequence[View], cfg: FitConfig, seed: int,
+        progress: Optional[str] = None) -> GaussianModel:
+    """Adam on all parameters; the views are visited in a seeded random order."""
+    model = copy.deepcopy(model)
+    opt = make_optimizer(model, cfg)
     order = np.random.default_rng(seed).integers(0, len(train), size=cfg.iterations)
     steps = range(cfg.iterations)
     bar = None
@@ -564,19 +573,40 @@ def format_table(per_seed: Dict[int, Dict[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def common_arguments(p: argparse.ArgumentParser, iterations: int, gaussians: int, width: int,
+                     height: int, out: str) -> None:
+    """The options both examples take (this one's and surface_regularization.py's)."""
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--iterations", type=int, default=iterations)
+    p.add_argument("--gaussians", type=int, default=gaussians)
+    p.add_argument("--width", type=int, default=width)
+    p.add_argument("--height", type=int, default=height)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", default=out)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def write_results(out: str, table: str, config: dict, per_seed: dict, figures: str,
+                  t0: float) -> None:
+    """Prints the table and writes OUT/results.md and OUT/results.json."""
+    print()
+    print(table)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"config": config, "results": per_seed}, f, indent=1)
+    print(f"\nwrote {out}/results.md, results.json and {figures} "
+          f"in {time.perf_counter() - t0:.0f} s")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--iterations", type=int, default=ExperimentConfig.iterations)
-    p.add_argument("--gaussians", type=int, default=ExperimentConfig.gaussians)
-    p.add_argument("--width", type=int, default=ExperimentConfig.width)
-    p.add_argument("--height", type=int, default=ExperimentConfig.height)
+    common_arguments(p, ExperimentConfig.iterations, ExperimentConfig.gaussians,
+                     ExperimentConfig.width, ExperimentConfig.height,
+                     os.path.join("out", "sparse_view"))
     p.add_argument("--depth-weight", type=float, default=ExperimentConfig.depth_weight)
     p.add_argument("--prior-noise", type=float, default=ExperimentConfig.prior_noise)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--out", default=os.path.join("out", "sparse_view"))
-    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--inverse-depth", action="store_true",
                    help="also fit with the loss on the mean inverse depth (inverse_depth=True)")
     args = p.parse_args(argv)
@@ -597,15 +627,8 @@ def main(argv=None) -> int:
         for name, m in per_seed[seed].items():
             print(f"seed {seed} {name:15s} PSNR {m['psnr']:6.2f} dB  AbsRel {m['abs_rel']:.4f}  "
                   f"coverage {100 * m['coverage']:5.1f}%  ({m['seconds']:.1f} s)")
-    table = format_table(per_seed)
-    print()
-    print(table)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"config": cfg.__dict__, "results": per_seed}, f, indent=1)
-    print(f"\nwrote {args.out}/results.md, results.json and comparison_seed*.png "
-          f"in {time.perf_counter() - t0:.0f} s")
+    write_results(args.out, format_table(per_seed), cfg.__dict__, per_seed,
+                  "comparison_seed*.png", t0)
     return 0
 
 

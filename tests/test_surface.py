@@ -77,6 +77,32 @@ def test_distortion_equals_2dgs_accumulation(seed, dtype):
         torch.testing.assert_close(got[keep], want[keep].float(), rtol=1e-4, atol=1e-6)
 
 
+def test_depth_variance_recipe():
+    """doc/depth_and_weight.md's depth variance, E[z^2] - E[z]^2 over a pixel's weights, from
+    the feature channels [z, z^2]: the weighted variance of the reference's blended splats, and
+    the distortion of those channels divided by weight^2."""
+    scene = scenes.make_scene(14050, P=160, height=33, width=47, sh_degree=1, dtype=F64)
+    view_z = view_points(scene.inputs["means3D"], scene.settings)[:, 2]
+    with torch.no_grad():
+        *_, weight, moments = render("backend", scene.inputs, scene.settings,
+                                     torch.stack([view_z, view_z ** 2], 1))
+    W = weight.clamp_min(1e-6)
+    variance = (moments[1] / W - (moments[0] / W) ** 2).clamp_min(0) * (weight > 0)
+    _, _, blend, idx, _ = scenes.reference_internals(scene)
+    T_after = blend["T_after"]
+    T_before = torch.cat([torch.ones_like(T_after[:1]), T_after[:-1]])
+    w = torch.where(blend["blended"], T_before - T_after, torch.zeros_like(T_after))
+    z = view_z[idx][blend["order"]][:, None, None]
+    total = w.sum(0)
+    mean = (w * z).sum(0) / total.clamp_min(1e-300)
+    want = torch.where(total > 0, (w * (z - mean) ** 2).sum(0) / total.clamp_min(1e-300), 0)
+    solid = weight > 1e-3
+    assert solid.float().mean() > 0.5 and want[solid].max() > 0.1
+    torch.testing.assert_close(variance[solid], want[solid], rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(depth_distortion(weight, moments)[solid] / weight[solid] ** 2,
+                               want[solid], rtol=1e-7, atol=1e-9)
+
+
 def test_distortion_of_one_depth_is_zero():
     """Splats all at one depth have no spread, whatever their weights; the clamp keeps the
     rounding of W M2 - M1^2 from going negative."""

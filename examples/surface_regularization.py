@@ -1,0 +1,285 @@
+"""Surface regularization of 3D Gaussians: do the surface terms give better geometry?
+
+The analytic scene of examples/sparse_view_depth.py (a floor, a wall and three spheres, ray-cast
+exactly, with true depths and normals) is seen by 24 cameras; every 8th is held out and the
+other 21 are the training views. Gaussians start from a random initialization and are fitted
+twice, with the same seed, views and iteration count:
+
+  photometric   0.8 L1 + 0.2 (1 - SSIM)
+  + surface     the same plus, after the first third of the iterations, the terms of
+                diff_gaussian_rasterization_depth.surface (as 2DGS / PGSR use them):
+                  lambda_normal  mean of weight * (1 - <normal map, normal of the depth map>)
+                  lambda_dist    mean of the depth distortion (2DGS's, NDC-mapped depth)
+                  lambda_flat    mean of each Gaussian's smallest scale (flat Gaussians, so
+                                 that their shortest axis is a normal)
+
+Both are scored on the held-out views: PSNR, depth AbsRel, and the angle between the true
+surface normal and (a) the normal of the rendered depth map, (b) the rendered normal map, in
+degrees, over pixels with weight > 0.5 away from object edges. Run:
+
+    python examples/surface_regularization.py                 # one seed, about a minute on a CPU
+    python examples/surface_regularization.py --seeds 0 1 2   # the table of doc/surface.md
+
+Writes OUT/normals_seed{S}.png, OUT/results.md and OUT/results.json (default OUT:
+out/surface). Needs the package's [demo] extra (matplotlib, tqdm).
+"""
+import argparse
+import copy
+import importlib.util
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from diff_gaussian_rasterization_depth import GaussianRasterizer, scenes
+from diff_gaussian_rasterization_depth.cameras import Camera, choose_device
+from diff_gaussian_rasterization_depth.surface import (
+    depth_distortion, depth_to_normal, distortion_features, gaussian_normals, view_points)
+
+# The scene, cameras, model, photometric loss and metrics are the sparse-view example's.
+_spec = importlib.util.spec_from_file_location(
+    "sparse_view_depth", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                      "sparse_view_depth.py"))
+sv = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sv)
+
+
+# =============================================================================================
+# Rendering with the surface outputs
+# =============================================================================================
+
+@dataclass
+class SurfaceRender:
+    color: torch.Tensor          # (3,H,W)
+    depth: torch.Tensor          # (H,W)
+    weight: torch.Tensor         # (H,W)
+    normal_map: torch.Tensor     # (3,H,W) view space, unit where weight > 0
+    depth_normals: torch.Tensor  # (3,H,W) normals of the depth map, view space
+    distortion: torch.Tensor     # (H,W)
+
+
+def render_surface(gaussians: scenes.Gaussians, camera: Camera) -> SurfaceRender:
+    """One call: colour, depth, weight and 5 feature channels (the Gaussians' normals and the
+    distortion's two moments)."""
+    settings = camera.raster_settings(device=gaussians.means.device)
+    t = view_points(gaussians.means, settings)
+    normals = gaussian_normals(gaussians.scales, gaussians.rotations, t, settings)
+    features = torch.cat([normals, distortion_features(t[:, 2])], 1)
+    color, _, depth, weight, fmap = GaussianRasterizer(settings)(
+        means3D=gaussians.means, means2D=None, opacities=gaussians.opacities,
+        shs=gaussians.sh, scales=gaussians.scales, rotations=gaussians.rotations,
+        features=features)
+    return SurfaceRender(color, depth, weight, F.normalize(fmap[:3], dim=0),
+                         depth_to_normal(depth, settings), depth_distortion(weight, fmap[3:]))
+
+
+def surface_terms(r: SurfaceRender, gaussians: scenes.Gaussians) -> Dict[str, torch.Tensor]:
+    consistency = r.weight * (1 - (r.normal_map * r.depth_normals).sum(0))
+    return dict(normal=consistency.mean(), dist=r.distortion.mean(),
+                flat=gaussians.scales.min(dim=1).values.mean())
+
+
+# =============================================================================================
+# Fitting and evaluation
+# =============================================================================================
+
+@dataclass
+class SurfaceConfig:
+    iterations: int = 1000
+    lambda_normal: float = 0.1
+    lambda_dist: float = 100.0
+    lambda_flat: float = 10.0
+    start: float = 1 / 3         # the surface terms from this fraction of the iterations on
+
+
+def fit(model: sv.GaussianModel, train: Sequence[sv.View], cfg: SurfaceConfig, seed: int,
+        surface: bool, progress: Optional[str] = None) -> sv.GaussianModel:
+    """sparse_view_depth.fit's Adam and schedule, with the surface terms where asked."""
+    fc = sv.FitConfig(iterations=cfg.iterations)
+    model = copy.deepcopy(model)
+    opt = sv.make_optimizer(model, fc)
+    order = np.random.default_rng(seed).integers(0, len(train), size=cfg.iterations)
+    steps = range(cfg.iterations)
+    if progress is not None:
+        from tqdm import tqdm
+        steps = tqdm(steps, desc=progress, leave=False, dynamic_ncols=True)
+    for it in steps:
+        frac = it / max(cfg.iterations - 1, 1)
+        opt.param_groups[0]["lr"] = fc.lr_means * fc.lr_means_final_ratio ** frac
+        view = train[order[it]]
+        g = model.activated()
+        r = render_surface(g, view.camera)
+        loss = sv.photometric_loss(r.color, view.color, fc.lambda_ssim)
+        if surface and frac >= cfg.start:
+            terms = surface_terms(r, g)
+            loss = (loss + cfg.lambda_normal * terms["normal"] + cfg.lambda_dist * terms["dist"]
+                    + cfg.lambda_flat * terms["flat"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model
+
+
+def true_view_normals(view_normal_world: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """(3,H,W) world normals of the ray caster in view space (they face the camera already:
+    the rays hit the planes' and spheres' outer sides)."""
+    R = torch.as_tensor(camera.rotation, dtype=view_normal_world.dtype,
+                        device=view_normal_world.device)
+    return torch.einsum("ij,jhw->ihw", R, view_normal_world)
+
+
+def angle_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.rad2deg(torch.acos((a * b).sum(0).clamp(-1, 1)))
+
+
+def interior(objects: torch.Tensor) -> torch.Tensor:
+    """(H,W) pixels whose object is that of their four neighbours (no edge, no border)."""
+    same = torch.zeros_like(objects, dtype=torch.bool)
+    o = objects
+    same[1:-1, 1:-1] = ((o[1:-1, 1:-1] == o[1:-1, 2:]) & (o[1:-1, 1:-1] == o[1:-1, :-2])
+                        & (o[1:-1, 1:-1] == o[2:, 1:-1]) & (o[1:-1, 1:-1] == o[:-2, 1:-1])
+                        & (o[1:-1, 1:-1] >= 0))
+    return same
+
+
+@torch.no_grad()
+def evaluate(model: sv.GaussianModel, views: Sequence[sv.View], truth: Sequence[dict],
+             min_weight: float = 0.5):
+    """Held-out means: PSNR, AbsRel, the normal angles (depth map's, normal map's) in degrees,
+    the distortion; and the renders."""
+    g = model.activated()
+    rows, renders = [], []
+    for v, rc in zip(views, truth):
+        r = render_surface(g, v.camera)
+        n_true = true_view_normals(rc["normal"].to(r.depth), v.camera)
+        mask = (r.weight > min_weight) & interior(rc["object"].to(r.depth.device))
+        mask &= r.depth_normals.norm(dim=0) > 0.5
+        rows.append((sv.psnr(r.color, v.color), sv.abs_rel(r.depth, v.depth, r.weight),
+                     float(angle_deg(r.depth_normals, n_true)[mask].mean()),
+                     float(angle_deg(r.normal_map, n_true)[mask].mean()),
+                     float(r.distortion.mean())))
+        renders.append((r, n_true))
+    a = np.array(rows)
+    keys = ("psnr", "abs_rel", "depth_normal_deg", "normal_map_deg", "distortion")
+    return {k: float(np.nanmean(a[:, i])) for i, k in enumerate(keys)}, renders
+
+
+@dataclass
+class ExperimentConfig:
+    width: int = 96
+    height: int = 72
+    gaussians: int = 3000
+    n_cameras: int = 24
+    test_every: int = 8
+    surface: SurfaceConfig = None
+
+    def __post_init__(self):
+        if self.surface is None:
+            self.surface = SurfaceConfig()
+
+
+def run_seed(seed: int, cfg: ExperimentConfig, device, out_dir: Optional[str] = None,
+             progress: bool = True):
+    """Both fits for one seed; returns {variant: metrics} (and writes a figure to out_dir)."""
+    scene = sv.default_scene()
+    cams = sv.make_cameras(cfg.width, cfg.height, cfg.n_cameras)
+    test_ids = list(range(0, cfg.n_cameras, cfg.test_every))
+    train_ids = [i for i in range(cfg.n_cameras) if i not in test_ids]
+    gen = torch.Generator().manual_seed(seed)
+    train = sv.make_views(scene, cams, train_ids, device)
+    test = sv.make_views(scene, cams, test_ids, device)
+    truth = [sv.raycast(scene, cams[i]) for i in test_ids]
+    init = sv.random_init([v.camera for v in train], cfg.gaussians, gen).to(device)
+    results, renders = {}, {}
+    for name, surface in (("photometric", False), ("+ surface", True)):
+        t0 = time.perf_counter()
+        model = fit(init, train, cfg.surface, seed, surface,
+                    progress=f"seed {seed} {name}" if progress else None)
+        seconds = time.perf_counter() - t0
+        results[name], renders[name] = evaluate(model, test, truth)
+        results[name]["seconds"] = seconds
+    if out_dir is not None:
+        write_figure(os.path.join(out_dir, f"normals_seed{seed}.png"), test, renders, results,
+                     seed)
+    return results
+
+
+def write_figure(path, test: Sequence[sv.View], renders, results, seed):
+    """For one held-out view: the truth's colour and normals, then per fit the colour, the
+    depth map's normals and the normal map (view-space normals shown as RGB = (n + 1) / 2)."""
+    from diff_gaussian_rasterization_depth import viz
+    k = len(test) // 2
+    as_rgb = lambda n: ((n + 1) / 2).clamp(0, 1)  # noqa: E731
+    first = renders["photometric"][k]
+    panels = [[viz.Panel("rgb", test[k].color, "held-out view"),
+               viz.Panel("rgb", as_rgb(first[1]), "true normals"), None]]
+    for name, rs in renders.items():
+        r, _ = rs[k]
+        m = results[name]
+        panels.append([viz.Panel("rgb", r.color, f"{name}: PSNR {m['psnr']:.2f}"),
+                       viz.Panel("rgb", as_rgb(r.depth_normals),
+                                 f"depth normals {m['depth_normal_deg']:.1f} deg"),
+                       viz.Panel("rgb", as_rgb(r.normal_map),
+                                 f"normal map {m['normal_map_deg']:.1f} deg")])
+    viz.save_figure(path, panels, suptitle=f"surface terms, seed {seed}")
+
+
+def format_table(per_seed: Dict[int, Dict[str, dict]]) -> str:
+    cols = ("psnr", "abs_rel", "depth_normal_deg", "normal_map_deg", "distortion")
+    lines = ["| seed | fit | PSNR dB | AbsRel | depth-normal error deg | normal-map error deg "
+             "| distortion |", "|---|---|---|---|---|---|---|"]
+    fmt = ("{:.2f}", "{:.4f}", "{:.1f}", "{:.1f}", "{:.2e}")
+    names = list(next(iter(per_seed.values())))
+    for s, res in per_seed.items():
+        for name in names:
+            lines.append(f"| {s} | {name} | " + " | ".join(
+                f.format(res[name][c]) for f, c in zip(fmt, cols)) + " |")
+    if len(per_seed) > 1:
+        for name in names:
+            lines.append(f"| mean | {name} | " + " | ".join(
+                f.format(np.mean([per_seed[s][name][c] for s in per_seed]))
+                for f, c in zip(fmt, cols)) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sv.common_arguments(p, SurfaceConfig.iterations, ExperimentConfig.gaussians,
+                        ExperimentConfig.width, ExperimentConfig.height,
+                        os.path.join("out", "surface"))
+    p.add_argument("--lambda-normal", type=float, default=SurfaceConfig.lambda_normal)
+    p.add_argument("--lambda-dist", type=float, default=SurfaceConfig.lambda_dist)
+    p.add_argument("--lambda-flat", type=float, default=SurfaceConfig.lambda_flat)
+    args = p.parse_args(argv)
+    device = choose_device(args.device)
+    cfg = ExperimentConfig(width=args.width, height=args.height, gaussians=args.gaussians,
+                           surface=SurfaceConfig(iterations=args.iterations,
+                                                 lambda_normal=args.lambda_normal,
+                                                 lambda_dist=args.lambda_dist,
+                                                 lambda_flat=args.lambda_flat))
+    os.makedirs(args.out, exist_ok=True)
+    print(f"{cfg.n_cameras} cameras, every {cfg.test_every}th held out; {cfg.gaussians} "
+          f"Gaussians, {args.iterations} iterations, {cfg.width}x{cfg.height}, device {device}; "
+          f"surface terms {cfg.surface}")
+    t0 = time.perf_counter()
+    per_seed = {}
+    for seed in args.seeds:
+        per_seed[seed] = run_seed(seed, cfg, device, args.out, progress=not args.no_progress)
+        for name, m in per_seed[seed].items():
+            print(f"seed {seed} {name:12s} PSNR {m['psnr']:6.2f} dB  AbsRel {m['abs_rel']:.4f}  "
+                  f"normals: depth {m['depth_normal_deg']:5.1f} deg, map "
+                  f"{m['normal_map_deg']:5.1f} deg  ({m['seconds']:.1f} s)")
+    sv.write_results(args.out, format_table(per_seed),
+                     {**cfg.__dict__, "surface": cfg.surface.__dict__}, per_seed,
+                     "normals_seed*.png", t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
