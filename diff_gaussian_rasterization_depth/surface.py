@@ -1,19 +1,20 @@
 """Surface-reconstruction terms for 3D Gaussians, in plain PyTorch on the rasterizer's outputs.
 
 Methods that pull 3D Gaussians onto surfaces (2DGS's and Gaussian Opacity Fields' depth
-distortion, the normal-consistency and depth-normal losses of 2DGS, PGSR, DN-Splatter) need
-three things besides the colour: a normal per Gaussian, blended into a normal map; the spread of
-the blended depths along each ray; and normals of the rendered depth map. All three come from the
-rasterizer's feature channels and depth map with exact gradients, so they live here as small
-differentiable functions rather than as more kernels:
+distortion, the normal-consistency and depth-normal losses of 2DGS, PGSR, DN-Splatter) need,
+besides the colour: a normal per Gaussian, blended into a normal map; the spread of the blended
+depths along each ray; a depth map and its normals. All of them come from the rasterizer's
+feature channels and depth map with exact gradients, so they live here as small differentiable
+functions rather than as more kernels:
 
     view_t = view_points(means3D, settings)                       # (P, 3), view space
     n = gaussian_normals(scales, rotations, view_t, settings)     # (P, 3), facing the camera
-    F = torch.cat([n, distortion_features(view_t[:, 2])], 1)      # (P, 5)
-    color, radii, depth, weight, fmap = rasterizer(..., features=F)
+    F = torch.cat([n, plane_distances(n, view_t), distortion_features(view_t[:, 2])], 1)
+    color, radii, depth, weight, fmap = rasterizer(..., features=F)          # fmap (6, H, W)
     normal_map = torch.nn.functional.normalize(fmap[:3], dim=0)   # (3, H, W)
-    distortion = depth_distortion(weight, fmap[3:])               # (H, W), 2DGS's map
-    depth_normals = depth_to_normal(depth, settings)              # (3, H, W)
+    surface_depth = plane_depth(fmap[:3], fmap[3], settings)      # (H, W), PGSR's
+    distortion = depth_distortion(weight, fmap[4:])               # (H, W), 2DGS's
+    depth_normals = depth_to_normal(surface_depth, settings)      # (3, H, W) (or of `depth`)
     loss_normal = (weight * (1 - (normal_map * depth_normals).sum(0))).mean()
     loss_distortion = distortion.mean()
 
@@ -25,7 +26,8 @@ import torch
 from .reference import _rotation_matrix
 
 __all__ = ["view_points", "gaussian_normals", "distortion_features", "ndc_depth",
-           "depth_distortion", "depth_to_points", "depth_to_normal"]
+           "depth_distortion", "depth_to_points", "depth_to_normal", "plane_distances",
+           "plane_depth"]
 
 # 2DGS's and GOF's planes for the distortion's depth mapping (their NEAR_PLANE and FAR_PLANE).
 DISTORTION_NEAR = 0.2
@@ -124,6 +126,30 @@ def depth_to_points(depth: torch.Tensor, settings) -> torch.Tensor:
     ndc_y = ((2 * rows + 1) / H - 1)[:, None].expand(H, W)
     x, y = _pixel_to_view(ndc_x, ndc_y, depth, projection)
     return torch.stack([x, y, depth], 0)
+
+
+def plane_distances(normals: torch.Tensor, view_t: torch.Tensor) -> torch.Tensor:
+    """(P, 1) the feature channel for `plane_depth`: each Gaussian's tangent plane (through its
+    centre t, normal n from `gaussian_normals`) as its offset n . t (<= 0 where n faces the
+    camera)."""
+    return (normals * view_t).sum(1, keepdim=True)
+
+
+def plane_depth(normal_sum: torch.Tensor, distance_sum: torch.Tensor, settings) -> torch.Tensor:
+    """(H, W) PGSR's unbiased depth: where each pixel's ray meets the blended plane,
+    `z = D / (N . r)`, with N (3, H, W) the feature map of the normals (not normalized), D
+    (H, W) that of `plane_distances` and r = (x, y, 1) the pixel's ray (`depth_to_points` at
+    z = 1; rays through the camera centre, as any pinhole projection has).
+
+    Where the splats of a pixel lie on one plane the depth is that plane's, exactly, whatever
+    the weights: no bias towards the splats' centres, which is what the expected depth has on a
+    slanted surface. The ratio is invariant to the weights' scale, so the maps are used as
+    rendered. 0 where nothing is blended or the plane is seen edge-on (N . r >= 0)."""
+    ray = depth_to_points(torch.ones_like(distance_sum), settings)
+    facing = (normal_sum * ray).sum(0)
+    seen = facing < -1e-12
+    z = distance_sum / torch.where(seen, facing, -torch.ones_like(facing))
+    return torch.where(seen, z, torch.zeros_like(z))
 
 
 def depth_to_normal(depth: torch.Tensor, settings) -> torch.Tensor:

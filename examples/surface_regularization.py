@@ -3,19 +3,21 @@
 The analytic scene of examples/sparse_view_depth.py (a floor, a wall and three spheres, ray-cast
 exactly, with true depths and normals) is seen by 24 cameras; every 8th is held out and the
 other 21 are the training views. Gaussians start from a random initialization and are fitted
-twice, with the same seed, views and iteration count:
+three times, with the same seed, views and iteration count:
 
   photometric   0.8 L1 + 0.2 (1 - SSIM)
   + surface     the same plus, after the first third of the iterations, the terms of
                 diff_gaussian_rasterization_depth.surface (as 2DGS / PGSR use them):
-                  lambda_normal  mean of weight * (1 - <normal map, normal of the depth map>)
+                  lambda_normal  mean of weight * (1 - <normal map, normals of the depth>)
                   lambda_dist    mean of the depth distortion (2DGS's, NDC-mapped depth)
                   lambda_flat    mean of each Gaussian's smallest scale (flat Gaussians, so
                                  that their shortest axis is a normal)
+  + surface, plane depth   the same with the normals of the plane depth (PGSR's: where each
+                ray meets the blended tangent plane) in the normal term
 
-Both are scored on the held-out views: PSNR, depth AbsRel, and the angle between the true
-surface normal and (a) the normal of the rendered depth map, (b) the rendered normal map, in
-degrees, over pixels with weight > 0.5 away from object edges. Run:
+All are scored on the held-out views: PSNR, AbsRel of the expected depth and of the plane
+depth, and the angle between the true surface normal and the normals of either depth and of the
+normal map, in degrees, over pixels with weight > 0.5 away from object edges. Run:
 
     python examples/surface_regularization.py                 # one seed, about a minute on a CPU
     python examples/surface_regularization.py --seeds 0 1 2   # the table of doc/surface.md
@@ -39,7 +41,8 @@ import torch.nn.functional as F
 from diff_gaussian_rasterization_depth import GaussianRasterizer, scenes
 from diff_gaussian_rasterization_depth.cameras import Camera, choose_device
 from diff_gaussian_rasterization_depth.surface import (
-    depth_distortion, depth_to_normal, distortion_features, gaussian_normals, view_points)
+    depth_distortion, depth_to_normal, distortion_features, gaussian_normals, plane_depth,
+    plane_distances, view_points)
 
 # The scene, cameras, model, photometric loss and metrics are the sparse-view example's.
 _spec = importlib.util.spec_from_file_location(
@@ -60,26 +63,35 @@ class SurfaceRender:
     weight: torch.Tensor         # (H,W)
     normal_map: torch.Tensor     # (3,H,W) view space, unit where weight > 0
     depth_normals: torch.Tensor  # (3,H,W) normals of the depth map, view space
+    plane_depth: torch.Tensor    # (H,W) PGSR's depth: where the ray meets the blended plane
+    plane_normals: torch.Tensor  # (3,H,W) normals of the plane depth
     distortion: torch.Tensor     # (H,W)
 
 
 def render_surface(gaussians: scenes.Gaussians, camera: Camera) -> SurfaceRender:
-    """One call: colour, depth, weight and 5 feature channels (the Gaussians' normals and the
-    distortion's two moments)."""
+    """One call: colour, depth, weight and 6 feature channels (the Gaussians' normals, their
+    planes' offsets and the distortion's two moments)."""
     settings = camera.raster_settings(device=gaussians.means.device)
     t = view_points(gaussians.means, settings)
     normals = gaussian_normals(gaussians.scales, gaussians.rotations, t, settings)
-    features = torch.cat([normals, distortion_features(t[:, 2])], 1)
+    features = torch.cat([normals, plane_distances(normals, t),
+                          distortion_features(t[:, 2])], 1)
     color, _, depth, weight, fmap = GaussianRasterizer(settings)(
         means3D=gaussians.means, means2D=None, opacities=gaussians.opacities,
         shs=gaussians.sh, scales=gaussians.scales, rotations=gaussians.rotations,
         features=features)
+    surface = plane_depth(fmap[:3], fmap[3], settings)
     return SurfaceRender(color, depth, weight, F.normalize(fmap[:3], dim=0),
-                         depth_to_normal(depth, settings), depth_distortion(weight, fmap[3:]))
+                         depth_to_normal(depth, settings), surface,
+                         depth_to_normal(surface, settings), depth_distortion(weight, fmap[4:]))
 
 
-def surface_terms(r: SurfaceRender, gaussians: scenes.Gaussians) -> Dict[str, torch.Tensor]:
-    consistency = r.weight * (1 - (r.normal_map * r.depth_normals).sum(0))
+def surface_terms(r: SurfaceRender, gaussians: scenes.Gaussians,
+                  depth: str = "expected") -> Dict[str, torch.Tensor]:
+    """The three terms; the normal consistency against the normals of the expected depth or
+    (depth="plane") of the plane depth, as PGSR."""
+    of_depth = r.plane_normals if depth == "plane" else r.depth_normals
+    consistency = r.weight * (1 - (r.normal_map * of_depth).sum(0))
     return dict(normal=consistency.mean(), dist=r.distortion.mean(),
                 flat=gaussians.scales.min(dim=1).values.mean())
 
@@ -98,8 +110,9 @@ class SurfaceConfig:
 
 
 def fit(model: sv.GaussianModel, train: Sequence[sv.View], cfg: SurfaceConfig, seed: int,
-        surface: bool, progress: Optional[str] = None) -> sv.GaussianModel:
-    """sparse_view_depth.fit's Adam and schedule, with the surface terms where asked."""
+        surface: Optional[str], progress: Optional[str] = None) -> sv.GaussianModel:
+    """sparse_view_depth.fit's Adam and schedule, with the surface terms where asked (surface
+    "expected" or "plane": the depth whose normals the normal map is held to; None: none)."""
     fc = sv.FitConfig(iterations=cfg.iterations)
     model = copy.deepcopy(model)
     opt = sv.make_optimizer(model, fc)
@@ -116,7 +129,7 @@ def fit(model: sv.GaussianModel, train: Sequence[sv.View], cfg: SurfaceConfig, s
         r = render_surface(g, view.camera)
         loss = sv.photometric_loss(r.color, view.color, fc.lambda_ssim)
         if surface and frac >= cfg.start:
-            terms = surface_terms(r, g)
+            terms = surface_terms(r, g, surface)
             loss = (loss + cfg.lambda_normal * terms["normal"] + cfg.lambda_dist * terms["dist"]
                     + cfg.lambda_flat * terms["flat"])
         opt.zero_grad(set_to_none=True)
@@ -147,25 +160,31 @@ def interior(objects: torch.Tensor) -> torch.Tensor:
     return same
 
 
+METRICS = ("psnr", "abs_rel", "plane_abs_rel", "depth_normal_deg", "plane_normal_deg",
+           "normal_map_deg", "distortion")
+
+
 @torch.no_grad()
 def evaluate(model: sv.GaussianModel, views: Sequence[sv.View], truth: Sequence[dict],
              min_weight: float = 0.5):
-    """Held-out means: PSNR, AbsRel, the normal angles (depth map's, normal map's) in degrees,
-    the distortion; and the renders."""
+    """Held-out means: PSNR, AbsRel of both depths, the normal angles (of both depths, of the
+    normal map) in degrees, the distortion; and the renders."""
     g = model.activated()
     rows, renders = [], []
     for v, rc in zip(views, truth):
         r = render_surface(g, v.camera)
         n_true = true_view_normals(rc["normal"].to(r.depth), v.camera)
         mask = (r.weight > min_weight) & interior(rc["object"].to(r.depth.device))
-        mask &= r.depth_normals.norm(dim=0) > 0.5
+        mask &= (r.depth_normals.norm(dim=0) > 0.5) & (r.plane_normals.norm(dim=0) > 0.5)
         rows.append((sv.psnr(r.color, v.color), sv.abs_rel(r.depth, v.depth, r.weight),
+                     sv.abs_rel(r.plane_depth, v.depth, r.weight),
                      float(angle_deg(r.depth_normals, n_true)[mask].mean()),
+                     float(angle_deg(r.plane_normals, n_true)[mask].mean()),
                      float(angle_deg(r.normal_map, n_true)[mask].mean()),
                      float(r.distortion.mean())))
         renders.append((r, n_true))
     a = np.array(rows)
-    keys = ("psnr", "abs_rel", "depth_normal_deg", "normal_map_deg", "distortion")
+    keys = METRICS
     return {k: float(np.nanmean(a[:, i])) for i, k in enumerate(keys)}, renders
 
 
@@ -183,9 +202,13 @@ class ExperimentConfig:
             self.surface = SurfaceConfig()
 
 
+VARIANTS = (("photometric", None), ("+ surface", "expected"),
+            ("+ surface, plane depth", "plane"))
+
+
 def run_seed(seed: int, cfg: ExperimentConfig, device, out_dir: Optional[str] = None,
              progress: bool = True):
-    """Both fits for one seed; returns {variant: metrics} (and writes a figure to out_dir)."""
+    """The three fits for one seed; returns {variant: metrics} (and writes a figure)."""
     scene = sv.default_scene()
     cams = sv.make_cameras(cfg.width, cfg.height, cfg.n_cameras)
     test_ids = list(range(0, cfg.n_cameras, cfg.test_every))
@@ -196,7 +219,7 @@ def run_seed(seed: int, cfg: ExperimentConfig, device, out_dir: Optional[str] = 
     truth = [sv.raycast(scene, cams[i]) for i in test_ids]
     init = sv.random_init([v.camera for v in train], cfg.gaussians, gen).to(device)
     results, renders = {}, {}
-    for name, surface in (("photometric", False), ("+ surface", True)):
+    for name, surface in VARIANTS:
         t0 = time.perf_counter()
         model = fit(init, train, cfg.surface, seed, surface,
                     progress=f"seed {seed} {name}" if progress else None)
@@ -211,39 +234,39 @@ def run_seed(seed: int, cfg: ExperimentConfig, device, out_dir: Optional[str] = 
 
 def write_figure(path, test: Sequence[sv.View], renders, results, seed):
     """For one held-out view: the truth's colour and normals, then per fit the colour, the
-    depth map's normals and the normal map (view-space normals shown as RGB = (n + 1) / 2)."""
+    normals of both depths and the normal map (view-space normals as RGB = (n + 1) / 2)."""
     from diff_gaussian_rasterization_depth import viz
     k = len(test) // 2
     as_rgb = lambda n: ((n + 1) / 2).clamp(0, 1)  # noqa: E731
     first = renders["photometric"][k]
     panels = [[viz.Panel("rgb", test[k].color, "held-out view"),
-               viz.Panel("rgb", as_rgb(first[1]), "true normals"), None]]
+               viz.Panel("rgb", as_rgb(first[1]), "true normals"), None, None]]
     for name, rs in renders.items():
         r, _ = rs[k]
         m = results[name]
         panels.append([viz.Panel("rgb", r.color, f"{name}: PSNR {m['psnr']:.2f}"),
                        viz.Panel("rgb", as_rgb(r.depth_normals),
-                                 f"depth normals {m['depth_normal_deg']:.1f} deg"),
+                                 f"depth's normals {m['depth_normal_deg']:.1f} deg"),
+                       viz.Panel("rgb", as_rgb(r.plane_normals),
+                                 f"plane depth's {m['plane_normal_deg']:.1f} deg"),
                        viz.Panel("rgb", as_rgb(r.normal_map),
                                  f"normal map {m['normal_map_deg']:.1f} deg")])
     viz.save_figure(path, panels, suptitle=f"surface terms, seed {seed}")
 
 
 def format_table(per_seed: Dict[int, Dict[str, dict]]) -> str:
-    cols = ("psnr", "abs_rel", "depth_normal_deg", "normal_map_deg", "distortion")
-    lines = ["| seed | fit | PSNR dB | AbsRel | depth-normal error deg | normal-map error deg "
-             "| distortion |", "|---|---|---|---|---|---|---|"]
-    fmt = ("{:.2f}", "{:.4f}", "{:.1f}", "{:.1f}", "{:.2e}")
+    lines = ["| seed | fit | PSNR dB | AbsRel | AbsRel, plane depth | normal error of the depth, "
+             "deg | of the plane depth | of the normal map | distortion |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    fmt = ("{:.2f}", "{:.4f}", "{:.4f}", "{:.1f}", "{:.1f}", "{:.1f}", "{:.2e}")
     names = list(next(iter(per_seed.values())))
-    for s, res in per_seed.items():
-        for name in names:
-            lines.append(f"| {s} | {name} | " + " | ".join(
-                f.format(res[name][c]) for f, c in zip(fmt, cols)) + " |")
+    rows = [(str(s), name, res[name]) for s, res in per_seed.items() for name in names]
     if len(per_seed) > 1:
-        for name in names:
-            lines.append(f"| mean | {name} | " + " | ".join(
-                f.format(np.mean([per_seed[s][name][c] for s in per_seed]))
-                for f, c in zip(fmt, cols)) + " |")
+        rows += [("mean", name, {c: np.mean([per_seed[s][name][c] for s in per_seed])
+                                 for c in METRICS}) for name in names]
+    for s, name, m in rows:
+        lines.append(f"| {s} | {name} | " + " | ".join(
+            f.format(m[c]) for f, c in zip(fmt, METRICS)) + " |")
     return "\n".join(lines)
 
 
@@ -272,8 +295,9 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         per_seed[seed] = run_seed(seed, cfg, device, args.out, progress=not args.no_progress)
         for name, m in per_seed[seed].items():
-            print(f"seed {seed} {name:12s} PSNR {m['psnr']:6.2f} dB  AbsRel {m['abs_rel']:.4f}  "
-                  f"normals: depth {m['depth_normal_deg']:5.1f} deg, map "
+            print(f"seed {seed} {name:22s} PSNR {m['psnr']:6.2f} dB  AbsRel {m['abs_rel']:.4f}"
+                  f" (plane depth {m['plane_abs_rel']:.4f})  normal errors: depth "
+                  f"{m['depth_normal_deg']:5.1f}, plane depth {m['plane_normal_deg']:5.1f}, map "
                   f"{m['normal_map_deg']:5.1f} deg  ({m['seconds']:.1f} s)")
     sv.write_results(args.out, format_table(per_seed),
                      {**cfg.__dict__, "surface": cfg.surface.__dict__}, per_seed,

@@ -13,7 +13,7 @@ from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend, refe
 from diff_gaussian_rasterization_depth.reference import rasterize_reference
 from diff_gaussian_rasterization_depth.surface import (
     depth_distortion, depth_to_normal, depth_to_points, distortion_features, gaussian_normals,
-    ndc_depth, view_points)
+    ndc_depth, plane_depth, plane_distances, view_points)
 from robust_helpers import axis_camera, settings_on
 
 if _backend._C is None:
@@ -221,10 +221,11 @@ def test_depth_to_normal_of_a_plane(camera):
 
 
 @pytest.mark.parametrize("target", ["cpu"] + cuda_targets())
-def test_rendered_plane_normals(target):
-    """Small flat Gaussians on a tilted plane: the blended normal map is the plane's normal
-    (every Gaussian has it) and the rendered depth map's normals agree with it on average
-    (each pixel's depth blends the splats' centre depths, a few degrees of noise and bias)."""
+def test_rendered_plane(target):
+    """Small flat Gaussians on a tilted plane. The blended normal map is the plane's normal
+    (every Gaussian has it); the plane depth is the plane's exact depth at every pixel, and its
+    normals the plane's; the expected depth blends the splats' centre depths, so its normals
+    scatter by degrees around the plane's and lean a few degrees off it on average."""
     H, W = 48, 64
     settings = settings_on(axis_camera(H, W, tanfovx=0.6), target)
     gen = torch.Generator().manual_seed(7)
@@ -232,7 +233,8 @@ def test_rendered_plane_normals(target):
     basis = torch.linalg.svd(torch.eye(3, dtype=F64) - n[:, None] * n[None]).U[:, :2]
     P = 6000
     uv = (2 * torch.rand(P, 2, generator=gen, dtype=F64) - 1) * 4
-    means = torch.tensor([0.0, 0.0, 4.0], dtype=F64) + uv @ basis.T
+    centre = torch.tensor([0.0, 0.0, 4.0], dtype=F64)
+    means = centre + uv @ basis.T
     z_axis = torch.tensor([0.0, 0.0, 1.0], dtype=F64)
     angle = torch.acos(z_axis @ n)
     axis = torch.nn.functional.normalize(torch.linalg.cross(z_axis, n), dim=0)
@@ -242,18 +244,58 @@ def test_rendered_plane_normals(target):
                   scales=torch.tensor([0.06, 0.06, 0.001], dtype=F64).expand(P, 3),
                   rotations=q.expand(P, 4))
     inputs = {k: None if v is None else v.float().to(target) for k, v in inputs.items()}
-    normals = gaussian_normals(inputs["scales"], inputs["rotations"],
-                               view_points(inputs["means3D"], settings), settings)
+    t = view_points(inputs["means3D"], settings)
+    normals = gaussian_normals(inputs["scales"], inputs["rotations"], t, settings)
     with torch.no_grad(), active(target):
-        _, _, depth, weight, fmap = GaussianRasterizer(settings)(**inputs, features=normals)
-    normal_map = torch.nn.functional.normalize(fmap, dim=0).cpu()
-    from_depth = depth_to_normal(depth, settings).cpu()
-    solid = (weight.cpu() > 0.99) & (from_depth.norm(dim=0) > 0.5)
-    assert solid.sum() > 500
+        _, _, depth, weight, fmap = GaussianRasterizer(settings)(
+            **inputs, features=torch.cat([normals, plane_distances(normals, t)], 1))
+    weight = weight.cpu()
+    normal_map = torch.nn.functional.normalize(fmap[:3], dim=0).cpu()
+    surface = plane_depth(fmap[:3], fmap[3], settings).cpu()
+    rays = depth_to_points(torch.ones(H, W, dtype=F64), settings_on(
+        axis_camera(H, W, tanfovx=0.6, dtype=F64), "cpu"))
+    exact = (n @ centre) / (n[:, None, None] * rays).sum(0)
+    solid = weight > 0.5
+    assert solid.float().mean() > 0.9
     nf = n.float()[:, None]
     assert ((normal_map[:, solid] * nf).sum(0) > math.cos(1e-3)).all()
-    mean = torch.nn.functional.normalize(from_depth[:, solid].sum(1), dim=0)
-    assert math.degrees(math.acos(min(1.0, float(mean @ nf[:, 0])))) < 8.0
+    torch.testing.assert_close(surface[solid].double(), exact[solid], rtol=2e-6, atol=0)
+    assert (surface[weight == 0] == 0).all()
+    angles = {}
+    for name, d in (("expected", depth.cpu()), ("plane", surface)):
+        normals_of_depth = depth_to_normal(d, settings_on(settings, "cpu"))
+        inner = (weight > 0.99) & (normals_of_depth.norm(dim=0) > 0.5)
+        assert inner.sum() > 500
+        cos = (normals_of_depth[:, inner] * nf).sum(0).clamp(-1, 1)
+        mean = torch.nn.functional.normalize(normals_of_depth[:, inner].sum(1), dim=0)
+        angles[name] = (torch.rad2deg(torch.acos(cos)).median().item(),
+                        math.degrees(math.acos(min(1.0, float(mean @ nf[:, 0])))))
+    assert angles["plane"][0] < 0.05 and angles["plane"][1] < 0.05, angles
+    assert 1 < angles["expected"][0] < 10 and angles["expected"][1] < 8, angles
+
+
+def test_plane_depth_where_no_plane_is_seen():
+    """0, with finite gradients, where nothing is blended (N = 0, D = 0) or the blended plane is
+    seen edge-on or from behind (N . r >= 0); the plane's depth elsewhere."""
+    H, W = 9, 11
+    settings = axis_camera(H, W, tanfovx=0.6, dtype=F64)
+    rays = depth_to_points(torch.ones(H, W, dtype=F64), settings)
+    n = torch.nn.functional.normalize(torch.tensor([0.2, 0.1, -1.0], dtype=F64), dim=0)
+    normal_sum = (0.7 * n[:, None, None]).expand(3, H, W).clone()
+    distance_sum = torch.full((H, W), 0.7 * float(n @ torch.tensor([0.0, 0.0, 3.0],
+                                                                     dtype=F64)), dtype=F64)
+    normal_sum[:, 0, :] = 0
+    distance_sum[0, :] = 0                            # row 0: nothing blended
+    normal_sum[:, 1, :] = -normal_sum[:, 1, :]        # row 1: the plane's back
+    normal_sum.requires_grad_()
+    distance_sum.requires_grad_()
+    z = plane_depth(normal_sum, distance_sum, settings)
+    assert (z[:2] == 0).all()
+    want = (n @ torch.tensor([0.0, 0.0, 3.0], dtype=F64)) / (n[:, None, None] * rays).sum(0)
+    torch.testing.assert_close(z[2:], want[2:], rtol=1e-12, atol=0)
+    z.sum().backward()
+    assert torch.isfinite(normal_sum.grad).all() and torch.isfinite(distance_sum.grad).all()
+    assert (normal_sum.grad[:, :2] == 0).all() and (distance_sum.grad[:2] == 0).all()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,17 +306,20 @@ NAMES = ("means3D", "opacities", "shs", "colors_precomp", "scales", "rotations")
 
 
 def surface_loss(run, inputs, settings, upstream):
-    """The module docstring's recipe: normals and distortion as features, the normal-consistency
-    loss against the depth map's normals, the distortion's mean, plus a colour term."""
+    """The module docstring's recipe: normals, plane offsets and distortion as features, the
+    normal-consistency loss against the normals of the depth map and of the plane depth, the
+    distortion's mean, the plane depth's, plus a colour term."""
     t = view_points(inputs["means3D"], settings)
     n = gaussian_normals(inputs["scales"], inputs["rotations"], t, settings)
-    F = torch.cat([n, distortion_features(t[:, 2])], 1)
+    F = torch.cat([n, plane_distances(n, t), distortion_features(t[:, 2])], 1)
     color, _, depth, weight, fmap = render(run, inputs, settings, F)
     normal_map = torch.nn.functional.normalize(fmap[:3], dim=0)
+    surface = plane_depth(fmap[:3], fmap[3], settings)
     consistency = weight * (1 - (normal_map * depth_to_normal(depth, settings)).sum(0))
-    distortion = depth_distortion(weight, fmap[3:])
-    return ((color * upstream).sum() + consistency.mean()
-            + 100 * distortion.mean())
+    plane_consistency = weight * (1 - (normal_map * depth_to_normal(surface, settings)).sum(0))
+    distortion = depth_distortion(weight, fmap[4:])
+    return ((color * upstream).sum() + consistency.mean() + plane_consistency.mean()
+            + 100 * distortion.mean() + 0.1 * surface.mean())
 
 
 def surface_gradients(run, scene, inputs, settings, upstream):
