@@ -24,6 +24,9 @@ Ratios are "time of the implementation / time of ours" from the same run (> 1: o
 (gpu::CudaTuning: warp skipping, the scatter sum of gradients, the depth-first sort), one at a
 time and all together: a ratio above 1 is what the technique gains; it also times the 2024
 API's call (`ours-2024`: colour, radii, invdepth), whose ratio should be about 1.
+`--impls ours,ours-surface` times doc/surface.md's recipe (6 feature channels, the plane depth,
+its normals, the distortion; `surface_recipe`) beside the plain call: its ratio is what the
+surface terms cost a step.
 The original `diff_gaussian_rasterization` has no weight map (and, depending on its version, no
 depth): it is timed with a loss on what it returns, which the JSON notes.
 """
@@ -294,7 +297,51 @@ class Ours2024(Ours):
         return _Prepared(forward, loss, visible=lambda out: int((out[1] > 0).sum()))
 
 
+def surface_recipe(rasterizer, settings, inputs):
+    """doc/surface.md's recipe in one call: the normals, plane offsets and distortion moments as
+    6 feature channels, the plane depth, its normals, the distortion and the flatness term.
+    Returns (color, radii, depth, weight, the surface terms' loss)."""
+    from diff_gaussian_rasterization_depth.surface import (
+        depth_distortion, depth_to_normal, distortion_features, gaussian_normals, plane_depth,
+        plane_distances, view_points)
+    t = view_points(inputs["means3D"], settings)
+    n = gaussian_normals(inputs["scales"], inputs["rotations"], t, settings)
+    F = torch.cat([n, plane_distances(n, t), distortion_features(t[:, 2])], 1)
+    color, radii, depth, weight, fmap = rasterizer(**inputs, features=F)
+    normal_map = torch.nn.functional.normalize(fmap[:3], dim=0)
+    normals_of_depth = depth_to_normal(plane_depth(fmap[:3], fmap[3], settings), settings)
+    consistency = weight * (1 - (normal_map * normals_of_depth).sum(0))
+    loss = (0.1 * consistency.mean() + 100 * depth_distortion(weight, fmap[4:]).mean()
+            + 10 * inputs["scales"].min(dim=1).values.mean())
+    return color, radii, depth, weight, loss
+
+
+class OursSurface(Ours):
+    """The surface recipe (doc/surface.md) around this package's call: its ratio to ours is what
+    the surface terms cost a training step."""
+    name = "ours-surface"
+    note = ("loss on colour + depth + weight + doc/surface.md's terms (6 feature channels, "
+            "plane depth, depth normals, distortion)")
+
+    def prepare(self, scene, upstream):
+        from diff_gaussian_rasterization_depth import GaussianRasterizer
+        self.apply_tuning(scene)
+        settings = scene.raster_settings()
+        rasterizer = GaussianRasterizer(settings)
+        gc, gd, gw = upstream["color"], upstream["depth"], upstream["weight"]
+
+        def forward():
+            return surface_recipe(rasterizer, settings, scene.rasterizer_inputs())
+
+        def loss(out):
+            color, _, depth, weight, surface = out
+            return (color * gc).sum() + (depth * gd).sum() + (weight * gw).sum() + surface
+
+        return _Prepared(forward, loss, visible=lambda out: int((out[1] > 0).sum()))
+
+
 IMPLS = {"ours": Ours, "gsplat": Gsplat, "original": Original, "ours-2024": Ours2024,
+         "ours-surface": OursSurface,
          **{impl.name: impl for impl in ABLATED}}
 ABLATION = "ours," + ",".join(impl.name for impl in ABLATED) + ",ours-2024"
 

@@ -4,10 +4,13 @@
     python benchmarks/features_cpu.py [--reps 5] [--channels 3 32] [--json PATH]
     python benchmarks/features_cpu.py --plain-only --reps 3     # the plain call alone
     python benchmarks/features_cpu.py --lanes-off                # also on the per-pixel loop
+    python benchmarks/features_cpu.py --channels --surface       # the surface recipe's cost
 
 Variants, timed round-robin (one repetition of each in turn, so that the machine's load hits
 them alike): the plain call; `features=F` with C channels for each --channels; and
-`median_depth=True`. Each is timed as forward without autograd and as forward + backward with
+`median_depth=True`; with --surface, doc/surface.md's recipe (the normals, plane offsets and
+distortion moments as 6 channels, the plane depth, its normals, the distortion and their
+losses, all of it). Each is timed as forward without autograd and as forward + backward with
 random upstream gradients on every map it returns. Reported: medians over --reps after one
 warm-up round, wall-clock and (in brackets) the process's CPU time, and each variant's ratio to
 the plain call from the same run. --plain-only times the plain call alone, for comparing two
@@ -30,6 +33,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+from benchmarks.bench import surface_recipe  # noqa: E402
 from benchmarks.cpu_bench import LoadMeter  # noqa: E402
 from benchmarks.scenes import garden_scene  # noqa: E402
 
@@ -38,7 +42,7 @@ def _load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def make_variants(scene, channels, plain_only, lanes_off):
+def make_variants(scene, channels, plain_only, lanes_off, surface=False):
     """name -> (the call's extra arguments, whether the float path runs on the lanes)."""
     P = len(scene.gaussians)
     gen = torch.Generator().manual_seed(0)
@@ -47,6 +51,8 @@ def make_variants(scene, channels, plain_only, lanes_off):
         for C in channels:
             calls[f"C={C}"] = {"features": torch.rand(P, C, generator=gen).requires_grad_()}
         calls["median"] = {"median_depth": True}
+        if surface:
+            calls["surface"] = {"surface": True}
     variants = {name: (extra, True) for name, extra in calls.items()}
     if lanes_off:
         variants.update({f"{name} per-pixel": (extra, False) for name, extra in calls.items()})
@@ -70,6 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=None)
     ap.add_argument("--plain-only", action="store_true")
     ap.add_argument("--lanes-off", action="store_true")
+    ap.add_argument("--surface", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -80,20 +87,25 @@ def main(argv=None) -> int:
     settings = scene.raster_settings()
     rasterizer = GaussianRasterizer(settings)
     H, W = scene.camera.height, scene.camera.width
-    variants = make_variants(scene, args.channels, args.plain_only, args.lanes_off)
+    variants = make_variants(scene, args.channels, args.plain_only, args.lanes_off,
+                             args.surface)
     ext = package._backend._ext()
     gen = torch.Generator().manual_seed(1)
     up = [torch.randn(3, H, W, generator=gen), None, torch.randn(H, W, generator=gen),
-          torch.randn(H, W, generator=gen)] + [torch.randn(max(args.channels), H, W,
+          torch.randn(H, W, generator=gen)] + [torch.randn(max(args.channels + [1]), H, W,
                                                            generator=gen)]
 
     def forward(extra):
+        if extra.get("surface"):
+            return surface_recipe(rasterizer, settings, scene.rasterizer_inputs())
         return rasterizer(**scene.rasterizer_inputs(), **extra)
 
     def step(extra):
         scene.gaussians.zero_grad()
         out = forward(extra)
         loss = sum((out[k] * up[k]).sum() for k in (0, 2, 3))
+        if extra.get("surface"):
+            loss = loss + out[4]
         if "features" in extra:
             loss = loss + (out[4] * up[4][:out[4].shape[0]]).sum()
         if extra.get("median_depth"):
