@@ -11,7 +11,7 @@ functions rather than as more kernels:
     n = gaussian_normals(scales, rotations, view_t, settings)     # (P, 3), facing the camera
     F = torch.cat([n, plane_distances(n, view_t), distortion_features(view_t[:, 2])], 1)
     color, radii, depth, weight, fmap = rasterizer(..., features=F)          # fmap (6, H, W)
-    normal_map = torch.nn.functional.normalize(fmap[:3], dim=0)   # (3, H, W)
+    normal_map = normalized(fmap[:3])                             # (3, H, W)
     surface_depth = plane_depth(fmap[:3], fmap[3], settings)      # (H, W), PGSR's
     distortion = depth_distortion(weight, fmap[4:])               # (H, W), 2DGS's
     depth_normals = depth_to_normal(surface_depth, settings)      # (3, H, W) (or of `depth`)
@@ -27,7 +27,7 @@ from .reference import _rotation_matrix
 
 __all__ = ["view_points", "gaussian_normals", "distortion_features", "ndc_depth",
            "depth_distortion", "depth_to_points", "depth_to_normal", "plane_distances",
-           "plane_depth"]
+           "plane_depth", "normalized"]
 
 # 2DGS's and GOF's planes for the distortion's depth mapping (their NEAR_PLANE and FAR_PLANE).
 DISTORTION_NEAR = 0.2
@@ -152,6 +152,18 @@ def plane_depth(normal_sum: torch.Tensor, distance_sum: torch.Tensor, settings) 
     return torch.where(seen, z, torch.zeros_like(z))
 
 
+def normalized(vectors: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """A map of vectors (3, H, W) as unit vectors, and 0 where |v| <= eps (nothing blended),
+    with a zero gradient there where `torch.nn.functional.normalize(v, dim=0)` has one of 1/eps.
+    Elsewhere the same values, from three planes rather than a reduction across them (about 30x
+    faster on a CPU at 648x420)."""
+    x, y, z = vectors.unbind(0)
+    length_sq = x * x + y * y + z * z
+    seen = length_sq > eps * eps
+    length = torch.where(seen, length_sq, torch.ones_like(length_sq)).sqrt()
+    return torch.where(seen, vectors / length, torch.zeros_like(vectors))
+
+
 def depth_to_normal(depth: torch.Tensor, settings) -> torch.Tensor:
     """(3, H, W) unit normals of a depth map in view space, facing the camera, from the cross
     product of central differences of `depth_to_points` (as 2DGS's depth-normal term). Zero on
@@ -159,10 +171,10 @@ def depth_to_normal(depth: torch.Tensor, settings) -> torch.Tensor:
     Gaussian blended there: the depth map is 0), so a loss weighted by the normal map sees no
     normal across the edge of the scene."""
     points = depth_to_points(depth, settings)
-    along_x = points[:, 1:-1, 2:] - points[:, 1:-1, :-2]
-    along_y = points[:, 2:, 1:-1] - points[:, :-2, 1:-1]
+    ax, ay, az = (points[:, 1:-1, 2:] - points[:, 1:-1, :-2]).unbind(0)    # along x
+    bx, by, bz = (points[:, 2:, 1:-1] - points[:, :-2, 1:-1]).unbind(0)    # along y
     # x right, y down: x cross y points away from the camera (+z); y cross x faces it.
-    n = torch.nn.functional.normalize(torch.cross(along_y, along_x, dim=0), dim=0)
+    n = normalized(torch.stack([by * az - bz * ay, bz * ax - bx * az, bx * ay - by * ax]))
     solid = depth > 0
     valid = (solid[1:-1, 1:-1] & solid[1:-1, 2:] & solid[1:-1, :-2]
              & solid[2:, 1:-1] & solid[:-2, 1:-1])

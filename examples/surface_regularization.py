@@ -36,13 +36,12 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from diff_gaussian_rasterization_depth import GaussianRasterizer, scenes
 from diff_gaussian_rasterization_depth.cameras import Camera, choose_device
 from diff_gaussian_rasterization_depth.surface import (
-    depth_distortion, depth_to_normal, distortion_features, gaussian_normals, plane_depth,
-    plane_distances, view_points)
+    depth_distortion, depth_to_normal, distortion_features, gaussian_normals, normalized,
+    plane_depth, plane_distances, view_points)
 
 # The scene, cameras, model, photometric loss and metrics are the sparse-view example's.
 _spec = importlib.util.spec_from_file_location(
@@ -81,7 +80,7 @@ def render_surface(gaussians: scenes.Gaussians, camera: Camera) -> SurfaceRender
         shs=gaussians.sh, scales=gaussians.scales, rotations=gaussians.rotations,
         features=features)
     surface = plane_depth(fmap[:3], fmap[3], settings)
-    return SurfaceRender(color, depth, weight, F.normalize(fmap[:3], dim=0),
+    return SurfaceRender(color, depth, weight, normalized(fmap[:3]),
                          depth_to_normal(depth, settings), surface,
                          depth_to_normal(surface, settings), depth_distortion(weight, fmap[4:]))
 

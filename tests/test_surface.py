@@ -13,7 +13,7 @@ from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend, refe
 from diff_gaussian_rasterization_depth.reference import rasterize_reference
 from diff_gaussian_rasterization_depth.surface import (
     depth_distortion, depth_to_normal, depth_to_points, distortion_features, gaussian_normals,
-    ndc_depth, plane_depth, plane_distances, view_points)
+    ndc_depth, normalized, plane_depth, plane_distances, view_points)
 from robust_helpers import axis_camera, settings_on
 
 if _backend._C is None:
@@ -190,6 +190,27 @@ def test_depth_to_points_inverts_the_projection(camera):
     assert torch.autograd.gradcheck(lambda d: depth_to_points(d, settings), (small,))
 
 
+def test_normalized_is_functional_normalize():
+    """`normalized` gives F.normalize(dim=0)'s values where |v| > eps, and 0 with a zero
+    gradient where it is not (F.normalize's gradient there is 1/eps); its gradient elsewhere
+    passes gradcheck."""
+    gen = torch.Generator().manual_seed(5)
+    v = torch.randn(3, 7, 9, generator=gen, dtype=F64)
+    v[:, 2, 3] = 0
+    v[:, 4, 4] = 1e-14
+    small = torch.zeros(7, 9, dtype=torch.bool)
+    small[2, 3] = small[4, 4] = True
+    got = normalized(v)
+    torch.testing.assert_close(got[:, ~small], torch.nn.functional.normalize(v, dim=0)[:, ~small],
+                               rtol=1e-15, atol=1e-15)
+    assert (got[:, small] == 0).all()
+    leaf = v.clone().requires_grad_()
+    normalized(leaf).sum().backward()
+    assert torch.isfinite(leaf.grad).all() and (leaf.grad[:, small] == 0).all()
+    assert (leaf.grad[:, ~small] != 0).any()
+    assert torch.autograd.gradcheck(normalized, (v[:, :2, :2].clone().requires_grad_(),))
+
+
 @pytest.mark.parametrize("camera", ["axis", "shifted"])
 def test_depth_to_normal_of_a_plane(camera):
     """The exact depth map of a plane (each pixel's ray cut with it, the rays written here from
@@ -313,7 +334,7 @@ def surface_loss(run, inputs, settings, upstream):
     n = gaussian_normals(inputs["scales"], inputs["rotations"], t, settings)
     F = torch.cat([n, plane_distances(n, t), distortion_features(t[:, 2])], 1)
     color, _, depth, weight, fmap = render(run, inputs, settings, F)
-    normal_map = torch.nn.functional.normalize(fmap[:3], dim=0)
+    normal_map = normalized(fmap[:3])
     surface = plane_depth(fmap[:3], fmap[3], settings)
     consistency = weight * (1 - (normal_map * depth_to_normal(depth, settings)).sum(0))
     plane_consistency = weight * (1 - (normal_map * depth_to_normal(surface, settings)).sum(0))
