@@ -24,9 +24,9 @@ Ratios are "time of the implementation / time of ours" from the same run (> 1: o
 (gpu::CudaTuning: warp skipping, the scatter sum of gradients, the depth-first sort), one at a
 time and all together: a ratio above 1 is what the technique gains; it also times the 2024
 API's call (`ours-2024`: colour, radii, invdepth), whose ratio should be about 1.
-`--impls ours,ours-surface` times doc/surface.md's recipe (6 feature channels, the plane depth,
-its normals, the distortion; `surface_recipe`) beside the plain call: its ratio is what the
-surface terms cost a step.
+`ours-surface` (also in the ablation) times doc/surface.md's recipe (6 feature channels, the
+plane depth, its normals, the distortion; `surface_recipe`) beside the plain call: its ratio is
+what the surface terms cost a step.
 The original `diff_gaussian_rasterization` has no weight map (and, depending on its version, no
 depth): it is timed with a loss on what it returns, which the JSON notes.
 """
@@ -343,7 +343,7 @@ class OursSurface(Ours):
 IMPLS = {"ours": Ours, "gsplat": Gsplat, "original": Original, "ours-2024": Ours2024,
          "ours-surface": OursSurface,
          **{impl.name: impl for impl in ABLATED}}
-ABLATION = "ours," + ",".join(impl.name for impl in ABLATED) + ",ours-2024"
+ABLATION = ("ours," + ",".join(impl.name for impl in ABLATED) + ",ours-2024,ours-surface")
 
 
 # ----------------------------------------------------------------------------------------------
