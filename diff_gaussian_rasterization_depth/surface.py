@@ -54,8 +54,8 @@ def gaussian_normals(scales: torch.Tensor, rotations: torch.Tensor, view_t: torc
     `rotations` are quaternions (w, x, y, z), normalized here (3DGS hands the rasterizer
     normalized ones; it uses them as given). A flat Gaussian's normal is its surface's; a round
     one's is arbitrary, which is why the losses that use it also flatten the Gaussians (a loss
-    on the smallest scale). The gradient reaches the
-    rotations (and the view matrix where it requires grad); the choice of axis is discrete.
+    on the smallest scale). The gradient reaches the rotations (and the view matrix where it
+    requires grad); the choice of axis is discrete, so the scales get none from here.
     """
     rotation = _rotation_matrix(torch.nn.functional.normalize(rotations, dim=1))
     shortest = scales.argmin(dim=1)

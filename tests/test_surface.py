@@ -95,7 +95,8 @@ def test_depth_variance_recipe():
     z = view_z[idx][blend["order"]][:, None, None]
     total = w.sum(0)
     mean = (w * z).sum(0) / total.clamp_min(1e-300)
-    want = torch.where(total > 0, (w * (z - mean) ** 2).sum(0) / total.clamp_min(1e-300), 0)
+    want = torch.where(total > 0, (w * (z - mean) ** 2).sum(0) / total.clamp_min(1e-300),
+                       torch.zeros_like(total))
     solid = weight > 1e-3
     assert solid.float().mean() > 0.5 and want[solid].max() > 0.1
     torch.testing.assert_close(variance[solid], want[solid], rtol=1e-7, atol=1e-9)
