@@ -34,6 +34,16 @@ DISTORTION_NEAR = 0.2
 DISTORTION_FAR = 100.0
 
 
+def _check_shape(name: str, t: torch.Tensor, shape) -> None:
+    """A ValueError naming the argument where `t` is not of `shape` (None: any size there); a
+    map passed with the wrong channels would otherwise broadcast into a wrong answer."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor, got {type(t).__name__}")
+    if t.dim() != len(shape) or any(n is not None and n != m for n, m in zip(shape, t.shape)):
+        want = "(" + ", ".join("*" if n is None else str(n) for n in shape) + ")"
+        raise ValueError(f"{name}: expected shape {want}, got {tuple(t.shape)}")
+
+
 def _matrix(m, like: torch.Tensor) -> torch.Tensor:
     """A settings matrix (any 16-element layout, transposed as the rasterizer takes it) as 4x4."""
     return torch.as_tensor(m).reshape(4, 4).to(like)
@@ -42,6 +52,7 @@ def _matrix(m, like: torch.Tensor) -> torch.Tensor:
 def view_points(means3D: torch.Tensor, settings) -> torch.Tensor:
     """(P, 3) view-space positions `[p, 1] @ viewmatrix`; column 2 is the depth z the depth map
     blends."""
+    _check_shape("means3D", means3D, (None, 3))
     view = _matrix(settings.viewmatrix, means3D)
     return means3D @ view[:3, :3] + view[3, :3]
 
@@ -57,6 +68,9 @@ def gaussian_normals(scales: torch.Tensor, rotations: torch.Tensor, view_t: torc
     on the smallest scale). The gradient reaches the rotations (and the view matrix where it
     requires grad); the choice of axis is discrete, so the scales get none from here.
     """
+    _check_shape("scales", scales, (None, 3))
+    _check_shape("rotations", rotations, (len(scales), 4))
+    _check_shape("view_t", view_t, (len(scales), 3))
     rotation = _rotation_matrix(torch.nn.functional.normalize(rotations, dim=1))
     shortest = scales.argmin(dim=1)
     rows = torch.arange(len(rotation), device=rotation.device)
@@ -80,6 +94,7 @@ def distortion_features(z: torch.Tensor, near: float = DISTORTION_NEAR,
     z <= 0 (Gaussians behind the camera, which are culled and never blended) is clamped to
     `near` first so that no infinity enters the backward's products.
     """
+    _check_shape("z", z, (None,))
     m = ndc_depth(z.clamp_min(near), near, far)
     return torch.stack([m, m * m], 1)
 
@@ -93,6 +108,8 @@ def depth_distortion(weight: torch.Tensor, moments: torch.Tensor) -> torch.Tenso
     (`m^2 A + M2 - 2 m M1` times w, with A = 1 - T = the weight in front), without a kernel of
     its own. Rounding can make the difference slightly negative; it is clamped at 0.
     """
+    _check_shape("weight", weight, (None, None))
+    _check_shape("moments", moments, (2, *weight.shape))
     return (weight * moments[1] - moments[0] * moments[0]).clamp_min(0)
 
 
@@ -117,7 +134,8 @@ def depth_to_points(depth: torch.Tensor, settings) -> torch.Tensor:
     ray: pixel (col, row) at NDC ((2 col + 1) / W - 1, (2 row + 1) / H - 1), the inverse of the
     rasterizer's pixel mapping, through the projection the settings imply
     (`viewmatrix^-1 @ projmatrix`). Differentiable in depth (and in the matrices)."""
-    H, W = depth.shape[-2:]
+    _check_shape("depth", depth, (None, None))
+    H, W = depth.shape
     view = _matrix(settings.viewmatrix, depth)
     projection = torch.linalg.solve(view, _matrix(settings.projmatrix, depth))
     cols = torch.arange(W, device=depth.device, dtype=depth.dtype)
@@ -132,6 +150,8 @@ def plane_distances(normals: torch.Tensor, view_t: torch.Tensor) -> torch.Tensor
     """(P, 1) the feature channel for `plane_depth`: each Gaussian's tangent plane (through its
     centre t, normal n from `gaussian_normals`) as its offset n . t (<= 0 where n faces the
     camera)."""
+    _check_shape("normals", normals, (None, 3))
+    _check_shape("view_t", view_t, (len(normals), 3))
     return (normals * view_t).sum(1, keepdim=True)
 
 
@@ -145,6 +165,8 @@ def plane_depth(normal_sum: torch.Tensor, distance_sum: torch.Tensor, settings) 
     the weights: no bias towards the splats' centres, which is what the expected depth has on a
     slanted surface. The ratio is invariant to the weights' scale, so the maps are used as
     rendered. 0 where nothing is blended or the plane is seen edge-on (N . r >= 0)."""
+    _check_shape("distance_sum", distance_sum, (None, None))
+    _check_shape("normal_sum", normal_sum, (3, *distance_sum.shape))
     ray = depth_to_points(torch.ones_like(distance_sum), settings)
     facing = (normal_sum * ray).sum(0)
     seen = facing < -1e-12
@@ -157,6 +179,7 @@ def normalized(vectors: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     with a zero gradient there where `torch.nn.functional.normalize(v, dim=0)` has one of 1/eps.
     Elsewhere the same values, from three planes rather than a reduction across them (about 30x
     faster on a CPU at 648x420)."""
+    _check_shape("vectors", vectors, (3, None, None))
     x, y, z = vectors.unbind(0)
     length_sq = x * x + y * y + z * z
     seen = length_sq > eps * eps

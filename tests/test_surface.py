@@ -320,6 +320,39 @@ def test_plane_depth_where_no_plane_is_seen():
     assert (normal_sum.grad[:, :2] == 0).all() and (distance_sum.grad[:2] == 0).all()
 
 
+def test_surface_inputs_are_checked():
+    """A map or a per-Gaussian tensor of the wrong shape (the whole feature map where two of its
+    channels are meant, the view points where their z is) raises a ValueError naming the
+    argument, instead of broadcasting into a wrong answer; a non-tensor a TypeError."""
+    settings = axis_camera(9, 11, dtype=F64)
+    P = 5
+    gen = torch.Generator().manual_seed(2)
+    t = torch.rand(P, 3, generator=gen, dtype=F64) + 1
+    scales, rotations = torch.rand(P, 3, dtype=F64), torch.rand(P, 4, dtype=F64)
+    fmap, weight = torch.rand(6, 9, 11, dtype=F64), torch.rand(9, 11, dtype=F64)
+    for call, name in [
+            (lambda: view_points(t[:, :2], settings), "means3D"),
+            (lambda: gaussian_normals(scales[:, :2], rotations, t, settings), "scales"),
+            (lambda: gaussian_normals(scales, rotations[:4], t, settings), "rotations"),
+            (lambda: gaussian_normals(scales, rotations, t[:4], settings), "view_t"),
+            (lambda: distortion_features(t), "z"),
+            (lambda: depth_distortion(weight, fmap), "moments"),
+            (lambda: depth_distortion(weight[None], fmap[4:]), "weight"),
+            (lambda: plane_distances(t[:, :2], t), "normals"),
+            (lambda: plane_depth(fmap[:3], fmap[3:4], settings), "distance_sum"),
+            (lambda: plane_depth(fmap[:4], fmap[3], settings), "normal_sum"),
+            (lambda: depth_to_points(weight[None], settings), "depth"),
+            (lambda: depth_to_normal(fmap[:2], settings), "depth"),
+            (lambda: normalized(fmap), "vectors")]:
+        with pytest.raises(ValueError, match=f"^{name}: expected shape"):
+            call()
+    with pytest.raises(TypeError, match="^depth: expected a tensor"):
+        depth_to_points([[1.0]], settings)
+    # The right shapes pass.
+    depth_distortion(weight, fmap[4:])
+    plane_depth(fmap[:3], fmap[3], settings)
+
+
 # ----------------------------------------------------------------------------------------------
 # Gradients of the surface losses
 # ----------------------------------------------------------------------------------------------
