@@ -298,22 +298,16 @@ class Ours2024(Ours):
 
 
 def surface_recipe(rasterizer, settings, inputs):
-    """doc/surface.md's recipe in one call: the normals, plane offsets and distortion moments as
-    6 feature channels, the plane depth, its normals, the distortion and the flatness term.
-    Returns (color, radii, depth, weight, the surface terms' loss)."""
-    from diff_gaussian_rasterization_depth.surface import (
-        depth_distortion, depth_to_normal, distortion_features, gaussian_normals, normalized,
-        plane_depth, plane_distances, view_points)
-    t = view_points(inputs["means3D"], settings)
-    n = gaussian_normals(inputs["scales"], inputs["rotations"], t, settings)
-    F = torch.cat([n, plane_distances(n, t), distortion_features(t[:, 2])], 1)
-    color, radii, depth, weight, fmap = rasterizer(**inputs, features=F)
-    normal_map = normalized(fmap[:3])
-    normals_of_depth = depth_to_normal(plane_depth(fmap[:3], fmap[3], settings), settings)
-    consistency = weight * (1 - (normal_map * normals_of_depth).sum(0))
-    loss = (0.1 * consistency.mean() + 100 * depth_distortion(weight, fmap[4:]).mean()
+    """doc/surface.md's recipe in one call: the surface maps (`surface.render_surface`: 6
+    feature channels), the plane depth's normals, and the normal-consistency, distortion and
+    flatness terms. Returns (color, radii, depth, weight, the surface terms' loss)."""
+    from diff_gaussian_rasterization_depth.surface import depth_to_normal, render_surface
+    maps = render_surface(rasterizer, settings, **inputs)
+    normals_of_depth = depth_to_normal(maps.plane_depth, settings)
+    consistency = maps.weight * (1 - (maps.normal_map * normals_of_depth).sum(0))
+    loss = (0.1 * consistency.mean() + 100 * maps.distortion.mean()
             + 10 * inputs["scales"].min(dim=1).values.mean())
-    return color, radii, depth, weight, loss
+    return maps.color, maps.radii, maps.depth, maps.weight, loss
 
 
 class OursSurface(Ours):

@@ -7,27 +7,28 @@ depths along each ray; a depth map and its normals. All of them come from the ra
 feature channels and depth map with exact gradients, so they live here as small differentiable
 functions rather than as more kernels:
 
-    view_t = view_points(means3D, settings)                       # (P, 3), view space
-    n = gaussian_normals(scales, rotations, view_t, settings)     # (P, 3), facing the camera
-    F = torch.cat([n, plane_distances(n, view_t), distortion_features(view_t[:, 2])], 1)
-    color, radii, depth, weight, fmap = rasterizer(..., features=F)          # fmap (6, H, W)
-    normal_map = normalized(fmap[:3])                             # (3, H, W)
-    surface_depth = plane_depth(fmap[:3], fmap[3], settings)      # (H, W), PGSR's
-    distortion = depth_distortion(weight, fmap[4:])               # (H, W), 2DGS's
-    depth_normals = depth_to_normal(surface_depth, settings)      # (3, H, W) (or of `depth`)
-    loss_normal = (weight * (1 - (normal_map * depth_normals).sum(0))).mean()
-    loss_distortion = distortion.mean()
+    maps = render_surface(rasterizer, settings, means3D=means3D, means2D=means2D, ...)
+    depth_normals = depth_to_normal(maps.plane_depth, settings)   # (3, H, W) (or of maps.depth)
+    loss_normal = (maps.weight * (1 - (maps.normal_map * depth_normals).sum(0))).mean()
+    loss_distortion = maps.distortion.mean()
+
+where `render_surface` is one call with 6 feature channels: the Gaussians' normals
+(`gaussian_normals`), their planes' offsets (`plane_distances`) and the distortion's moments
+(`distortion_features`), turned into the normal map (`normalized`), PGSR's plane depth
+(`plane_depth`) and 2DGS's distortion (`depth_distortion`).
 
 Frames: everything is in view space (x right, y down, z forward; SPEC 4), where the rendered
 normals and the depth map's normals can be compared directly.
 """
+from typing import NamedTuple
+
 import torch
 
 from .reference import _rotation_matrix
 
 __all__ = ["view_points", "gaussian_normals", "distortion_features", "ndc_depth",
            "depth_distortion", "depth_to_points", "depth_to_normal", "plane_distances",
-           "plane_depth", "normalized"]
+           "plane_depth", "normalized", "render_surface", "SurfaceMaps"]
 
 # 2DGS's and GOF's planes for the distortion's depth mapping (their NEAR_PLANE and FAR_PLANE).
 DISTORTION_NEAR = 0.2
@@ -204,3 +205,27 @@ def depth_to_normal(depth: torch.Tensor, settings) -> torch.Tensor:
     out = torch.zeros_like(points)
     out[:, 1:-1, 1:-1] = torch.where(valid, n, torch.zeros_like(n))
     return out
+
+
+class SurfaceMaps(NamedTuple):
+    color: torch.Tensor          # (3, H, W), the rasterizer's
+    radii: torch.Tensor          # (P,)
+    depth: torch.Tensor          # (H, W), the expected depth
+    weight: torch.Tensor         # (H, W)
+    normal_map: torch.Tensor     # (3, H, W), view space, unit where weight > 0
+    plane_depth: torch.Tensor    # (H, W), PGSR's
+    distortion: torch.Tensor     # (H, W), 2DGS's
+
+
+def render_surface(rasterize, settings, **inputs) -> SurfaceMaps:
+    """The surface maps in one call of `rasterize` (a `GaussianRasterizer` with `settings`, or
+    any callable taking its keyword inputs and `features=`): the Gaussians' normals, their
+    planes' offsets and the distortion's two moments as 6 feature channels. `inputs` are the
+    rasterizer's keyword arguments, with `scales` and `rotations` (the normals need them)."""
+    t = view_points(inputs["means3D"], settings)
+    normals = gaussian_normals(inputs["scales"], inputs["rotations"], t, settings)
+    features = torch.cat([normals, plane_distances(normals, t), distortion_features(t[:, 2])], 1)
+    color, radii, depth, weight, fmap = rasterize(**inputs, features=features)
+    return SurfaceMaps(color, radii, depth, weight, normalized(fmap[:3]),
+                       plane_depth(fmap[:3], fmap[3], settings),
+                       depth_distortion(weight, fmap[4:]))

@@ -37,11 +37,8 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from diff_gaussian_rasterization_depth import GaussianRasterizer, scenes
+from diff_gaussian_rasterization_depth import GaussianRasterizer, scenes, surface
 from diff_gaussian_rasterization_depth.cameras import Camera, choose_device
-from diff_gaussian_rasterization_depth.surface import (
-    depth_distortion, depth_to_normal, distortion_features, gaussian_normals, normalized,
-    plane_depth, plane_distances, view_points)
 
 # The scene, cameras, model, photometric loss and metrics are the sparse-view example's.
 _spec = importlib.util.spec_from_file_location(
@@ -68,21 +65,16 @@ class SurfaceRender:
 
 
 def render_surface(gaussians: scenes.Gaussians, camera: Camera) -> SurfaceRender:
-    """One call: colour, depth, weight and 6 feature channels (the Gaussians' normals, their
-    planes' offsets and the distortion's two moments)."""
+    """One call (`surface.render_surface`: colour, depth, weight and 6 feature channels), and
+    the normals of both depths."""
     settings = camera.raster_settings(device=gaussians.means.device)
-    t = view_points(gaussians.means, settings)
-    normals = gaussian_normals(gaussians.scales, gaussians.rotations, t, settings)
-    features = torch.cat([normals, plane_distances(normals, t),
-                          distortion_features(t[:, 2])], 1)
-    color, _, depth, weight, fmap = GaussianRasterizer(settings)(
-        means3D=gaussians.means, means2D=None, opacities=gaussians.opacities,
-        shs=gaussians.sh, scales=gaussians.scales, rotations=gaussians.rotations,
-        features=features)
-    surface = plane_depth(fmap[:3], fmap[3], settings)
-    return SurfaceRender(color, depth, weight, normalized(fmap[:3]),
-                         depth_to_normal(depth, settings), surface,
-                         depth_to_normal(surface, settings), depth_distortion(weight, fmap[4:]))
+    maps = surface.render_surface(
+        GaussianRasterizer(settings), settings, means3D=gaussians.means, means2D=None,
+        opacities=gaussians.opacities, shs=gaussians.sh, scales=gaussians.scales,
+        rotations=gaussians.rotations)
+    return SurfaceRender(maps.color, maps.depth, maps.weight, maps.normal_map,
+                         surface.depth_to_normal(maps.depth, settings), maps.plane_depth,
+                         surface.depth_to_normal(maps.plane_depth, settings), maps.distortion)
 
 
 def surface_terms(r: SurfaceRender, gaussians: scenes.Gaussians,

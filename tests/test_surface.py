@@ -13,7 +13,7 @@ from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend, refe
 from diff_gaussian_rasterization_depth.reference import rasterize_reference
 from diff_gaussian_rasterization_depth.surface import (
     depth_distortion, depth_to_normal, depth_to_points, distortion_features, gaussian_normals,
-    ndc_depth, normalized, plane_depth, plane_distances, view_points)
+    ndc_depth, normalized, plane_depth, plane_distances, render_surface, view_points)
 from robust_helpers import axis_camera, settings_on
 
 if _backend._C is None:
@@ -361,20 +361,18 @@ NAMES = ("means3D", "opacities", "shs", "colors_precomp", "scales", "rotations")
 
 
 def surface_loss(run, inputs, settings, upstream):
-    """The module docstring's recipe: normals, plane offsets and distortion as features, the
-    normal-consistency loss against the normals of the depth map and of the plane depth, the
-    distortion's mean, the plane depth's, plus a colour term."""
-    t = view_points(inputs["means3D"], settings)
-    n = gaussian_normals(inputs["scales"], inputs["rotations"], t, settings)
-    F = torch.cat([n, plane_distances(n, t), distortion_features(t[:, 2])], 1)
-    color, _, depth, weight, fmap = render(run, inputs, settings, F)
-    normal_map = normalized(fmap[:3])
-    surface = plane_depth(fmap[:3], fmap[3], settings)
-    consistency = weight * (1 - (normal_map * depth_to_normal(depth, settings)).sum(0))
-    plane_consistency = weight * (1 - (normal_map * depth_to_normal(surface, settings)).sum(0))
-    distortion = depth_distortion(weight, fmap[4:])
-    return ((color * upstream).sum() + consistency.mean() + plane_consistency.mean()
-            + 100 * distortion.mean() + 0.1 * surface.mean())
+    """The module docstring's recipe (`render_surface`: normals, plane offsets and distortion as
+    features), the normal-consistency loss against the normals of the depth map and of the
+    plane depth, the distortion's mean, the plane depth's, plus a colour term."""
+    def rasterize(features, **given):
+        return render(run, given, settings, features)
+
+    m = render_surface(rasterize, settings, **inputs)
+    consistency = m.weight * (1 - (m.normal_map * depth_to_normal(m.depth, settings)).sum(0))
+    plane_consistency = m.weight * (1 - (m.normal_map
+                                         * depth_to_normal(m.plane_depth, settings)).sum(0))
+    return ((m.color * upstream).sum() + consistency.mean() + plane_consistency.mean()
+            + 100 * m.distortion.mean() + 0.1 * m.plane_depth.mean())
 
 
 def surface_gradients(run, scene, inputs, settings, upstream):
@@ -390,6 +388,21 @@ def surface_gradients(run, scene, inputs, settings, upstream):
 @pytest.mark.parametrize("seed", range(2))
 def test_surface_loss_gradients_match_reference(seed, dtype):
     check_surface_gradients(seed, "cpu", dtype)
+
+
+def test_surface_loss_gradcheck():
+    """gradcheck of the whole surface loss through the CPU backend in float64, with respect to
+    the means, scales, rotations and opacities, on a smooth scene (no threshold nearby)."""
+    scene = scenes.make_smooth_scene(14500, P=4, height=12, width=10, sh_degree=0)
+    upstream = torch.randn(3, 12, 10, generator=torch.Generator().manual_seed(3), dtype=F64)
+    names = ("means3D", "scales", "rotations", "opacities")
+    leaves = [scene.inputs[k].detach().clone().requires_grad_() for k in names]
+
+    def loss(*values):
+        inputs = dict(scene.inputs, **dict(zip(names, values)))
+        return surface_loss("backend", inputs, scene.settings, upstream)
+
+    assert torch.autograd.gradcheck(loss, leaves, eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("target", cuda_targets())
