@@ -152,6 +152,9 @@ py::object check_common(py::handle means3D_in, py::handle means2D, py::handle op
       !flag(ptr(get("prefiltered")), c.prefiltered) || !flag(ptr(get("debug")), c.debug) ||
       c.debug || !flag(ptr(get("antialiasing")), c.antialiasing))
     return none;
+  // kernel_size: absent from settings made for the original (its default then), else >= 0.
+  if (const py::object kernel = get("kernel_size"))
+    if (!real(kernel.ptr(), false, c.kernel_size) || c.kernel_size < 0) return none;
   if (!present(colors)) {  // enough SH coefficients for the degree
     const int64_t given = (present(dc) ? 1 : 0) + (sh != nullptr ? sh->size(1) : 0);
     if (given < (c.sh_degree + 1) * (c.sh_degree + 1)) return none;
@@ -200,6 +203,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              c.scale_modifier = settings.attr("scale_modifier").cast<double>();
              c.sh_degree = settings.attr("sh_degree").cast<int64_t>();
              c.prefiltered = settings.attr("prefiltered").cast<bool>();
+             c.kernel_size = settings.attr("kernel_size").cast<double>();
              c.antialiasing = settings.attr("antialiasing").cast<bool>();
              c.debug = settings.attr("debug").cast<bool>();
              c.camera_grad = settings.attr("camera_grad").cast<bool>();
@@ -219,6 +223,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("scale_modifier", &RasterConfig::scale_modifier)
       .def_readwrite("sh_degree", &RasterConfig::sh_degree)
       .def_readwrite("prefiltered", &RasterConfig::prefiltered)
+      .def_readwrite("kernel_size", &RasterConfig::kernel_size)
       .def_readwrite("antialiasing", &RasterConfig::antialiasing)
       .def_readwrite("debug", &RasterConfig::debug)
       .def_readwrite("median_depth", &RasterConfig::median_depth)

@@ -21,6 +21,7 @@ struct RasterConfig {
   int64_t image_height = 0, image_width = 0;
   double tanfovx = 1, tanfovy = 1, scale_modifier = 1;
   int64_t sh_degree = 0;
+  double kernel_size = kDefaultKernelSize;  // Camera::kernel_size
   bool prefiltered = false, antialiasing = false, debug = false;
   bool median_depth = false;  // render the median depth map too (issue 12)
   bool inverse_depth = false;  // depth (and median) maps of 1/z: Camera::inverse_depth
@@ -127,6 +128,7 @@ Camera<T> make_camera(const RasterConfig& c) {
   cam.focal_y = T(c.image_height / (2.0 * c.tanfovy));
   cam.scale_modifier = T(c.scale_modifier);
   cam.sh_degree = int(c.sh_degree);
+  cam.kernel_size = T(c.kernel_size);
   cam.antialiasing = c.antialiasing;
   cam.inverse_depth = c.inverse_depth;
   return cam;

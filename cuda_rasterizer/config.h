@@ -33,7 +33,9 @@ constexpr int kWalkedFeatures = kWeightFeature;
 constexpr double kNearPlane = 0.2;           // culled if view z <= this
 constexpr double kHomEps = 1e-7;             // ndc = hom.xyz / (hom.w + kHomEps)
 constexpr double kFrustumClamp = 1.3;        // t.x/t.z clamped to +-1.3 tanfovx in the Jacobian
-constexpr double kCovDilation = 0.3;         // added to the 2D covariance diagonal
+// The 2D low-pass filter: a variance in px^2 added to the 2D covariance's diagonal. The original's
+// 0.3 is the default of the settings' kernel_size (Mip-Splatting trains with 0.1).
+constexpr double kDefaultKernelSize = 0.3;
 constexpr double kAntialiasMinRatio = 2.5e-5;
 constexpr double kMinEigenSlack = 0.1;       // lambda = mid + sqrt(max(0.1, mid^2 - det))
 constexpr double kSigmaExtent = 3.0;         // radius = ceil(3 sqrt(lambda))

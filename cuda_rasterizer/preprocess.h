@@ -267,15 +267,16 @@ struct Footprint {
   T det;          // of the dilated covariance
 };
 
-// Dilates the covariance by 0.3 px, inverts it and computes the antialiasing factor.
+// Dilates the covariance by the low-pass filter (kernel_size px^2 on the diagonal), inverts it and
+// computes the antialiasing factor.
 // Returns false when the determinant is 0 (the Gaussian is culled), with a zero conic: the
 // preprocess backward recomputes the footprint of a Gaussian the forward kept, and on a GPU its
 // kernel may round the determinant apart from the forward's (fused multiply-adds), so it must
 // not read an unset conic where its determinant comes out 0.
 template <typename T>
-DGRD_HD bool footprint(const Sym2<T>& cov, bool antialiasing, Footprint<T>& f) {
+DGRD_HD bool footprint(const Sym2<T>& cov, T kernel_size, bool antialiasing, Footprint<T>& f) {
   const T det0 = cov.a * cov.c - cov.b * cov.b;
-  const T a = cov.a + T(kCovDilation), c = cov.c + T(kCovDilation);
+  const T a = cov.a + kernel_size, c = cov.c + kernel_size;
   f.cov = {a, cov.b, c};
   f.det = a * c - cov.b * cov.b;
   f.aa_factor = antialiasing ? sqrt_(max2(T(kAntialiasMinRatio), det0 / f.det)) : T(1);
@@ -388,7 +389,7 @@ DGRD_HD ProjectedGaussian<T> preprocess_gaussian(const Camera<T>& cam, const Gau
   const ScreenJacobian<T> J = screen_jacobian(cam, t, Wr);
   const Sym2<T> cov = covariance_2d(J, gaussian_covariance_3d(cam, in, i));
   Footprint<T> f;
-  if (!footprint(cov, cam.antialiasing, f)) return g;
+  if (!footprint(cov, cam.kernel_size, cam.antialiasing, f)) return g;
   const T extent = footprint_radius(f);
   const T opacity = f.aa_factor * in.opacities[i];
   if (!(is_finite(g.mean2d) && is_finite(extent) && is_finite(f.conic.a) && is_finite(f.conic.b) &&
@@ -450,7 +451,8 @@ DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianIn
   const Sym3<T> sigma = gaussian_covariance_3d(cam, in, i);
   const Sym2<T> cov = covariance_2d(J, sigma);
   Footprint<T> f;
-  footprint(cov, cam.antialiasing, f);  // the forward kept it; if this rounding culls, conic 0
+  // The forward kept it; if this rounding culls, conic 0.
+  footprint(cov, cam.kernel_size, cam.antialiasing, f);
   const T opacity = in.opacities[i];
   out.opacities[i] = f.aa_factor * g.opacity;
   const Sym2<T> dcov = footprint_backward(cov, f, cam.antialiasing, g.conic, opacity * g.opacity);

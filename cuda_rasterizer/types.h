@@ -22,6 +22,7 @@ struct Camera {
   T focal_x, focal_y;
   T scale_modifier;
   int sh_degree;
+  T kernel_size;       // the 2D low-pass filter's variance (px^2), added to the 2D covariance
   bool antialiasing;
   bool inverse_depth;  // the depth channel blends 1/z instead of z (the 2024 upstream's invdepth)
 };

@@ -35,6 +35,9 @@ class GaussianRasterizationSettings(NamedTuple):
     prefiltered: bool = False
     debug: bool = False
     antialiasing: bool = False
+    # The 2D low-pass filter's variance in px^2, added to each projected covariance's diagonal:
+    # the original's 0.3; Mip-Splatting's `kernel_size` (0.1 there, with antialiasing=True).
+    kernel_size: float = 0.3
 
 
 def has_cuda_backend() -> bool:

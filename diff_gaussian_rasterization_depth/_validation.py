@@ -87,6 +87,7 @@ def _small_tensor(name: str, t, numel: int) -> torch.Tensor:
 
 
 CAMERA_FIELDS = ("viewmatrix", "projmatrix", "campos")
+KERNEL_SIZE_DEFAULT = 0.3  # the original's dilation (config.h kDefaultKernelSize)
 
 
 def pack_camera(parts, device, dtype, keep_grad):
@@ -130,6 +131,12 @@ class CheckedSettings:
         self.prefiltered = bool(s.prefiltered)
         self.debug = bool(s.debug)
         self.antialiasing = bool(s.antialiasing)
+        # Settings classes made for the original have no kernel_size: its 0.3.
+        self.kernel_size = _require_float("raster_settings.kernel_size",
+                                          getattr(s, "kernel_size", KERNEL_SIZE_DEFAULT))
+        if self.kernel_size < 0:
+            raise ValueError(f"raster_settings.kernel_size: expected a number >= 0 (the "
+                             f"low-pass filter's variance in px^2), got {self.kernel_size}")
 
 
 def check_gaussians(means3D, means2D, opacities, shs, colors_precomp, scales, rotations,

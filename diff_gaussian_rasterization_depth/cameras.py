@@ -125,7 +125,7 @@ class Camera:
 
     def raster_settings(self, bg=(0.0, 0.0, 0.0), sh_degree: int = 0,
                         scale_modifier: float = 1.0, device="cpu", dtype=torch.float32,
-                        antialiasing: bool = False):
+                        antialiasing: bool = False, kernel_size: float = 0.3):
         """`GaussianRasterizationSettings` for this camera, tensors on `device`."""
         from . import GaussianRasterizationSettings
 
@@ -138,7 +138,7 @@ class Camera:
             bg=t(bg).reshape(3), scale_modifier=float(scale_modifier),
             viewmatrix=t(self.viewmatrix()), projmatrix=t(self.projmatrix()),
             sh_degree=int(sh_degree), campos=t(self.center), prefiltered=False, debug=False,
-            antialiasing=antialiasing)
+            antialiasing=antialiasing, kernel_size=kernel_size)
 
     # --- geometry helpers for ray casting and checks --------------------------------------
     def pixel_directions(self) -> np.ndarray:

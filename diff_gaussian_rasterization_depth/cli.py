@@ -8,6 +8,7 @@ The pictures need matplotlib and the PLY reader needs plyfile (the package's [de
 """
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -48,14 +49,16 @@ def _device_text(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def render_views(gaussians: scenes.Gaussians, views: Sequence[Camera], bg, device):
+def render_views(gaussians: scenes.Gaussians, views: Sequence[Camera], bg, device,
+                 antialiasing: bool = False, kernel_size: float = 0.3):
     """Render every view without gradients; returns (renders on the CPU, seconds per view)."""
     out, seconds = [], []
     with torch.no_grad():
         for cam in views:
             _sync(device)
             t0 = time.perf_counter()
-            r = scenes.render(gaussians, cam, bg=bg)
+            r = scenes.render(gaussians, cam, bg=bg, antialiasing=antialiasing,
+                              kernel_size=kernel_size)
             _sync(device)
             seconds.append(time.perf_counter() - t0)
             out.append(scenes.Render(r.color.cpu(), r.depth.cpu(), r.weight.cpu(),
@@ -274,6 +277,8 @@ def cmd_render(args) -> int:
         raise CliError(f"--fov: expected degrees in [1, 170], got {args.fov}")
     if not args.radius_scale > 0:
         raise CliError(f"--radius-scale: expected a positive number, got {args.radius_scale}")
+    if not (math.isfinite(args.kernel_size) and args.kernel_size >= 0):
+        raise CliError(f"--kernel-size: expected a number >= 0, got {args.kernel_size}")
     width, height = args.width, args.height
     if height is None:
         height = max(1, int(round(width * 3 / 4)))
@@ -292,7 +297,8 @@ def cmd_render(args) -> int:
           f"in {load_s:.2f} s")
     print(f"cameras: {how}")
     print(f"rendering {len(views)} views at {width}x{height} on {_device_text(device)}")
-    renders, seconds = render_views(gaussians, views, args.bg, device)
+    renders, seconds = render_views(gaussians, views, args.bg, device, args.antialiasing,
+                                    args.kernel_size)
     os.makedirs(args.out, exist_ok=True)
     vmin, vmax = shared_depth_range(renders)
     written = []
@@ -370,6 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="background: black, white or R,G,B (default: black)")
     render.add_argument("--sh-degree", type=int, default=None,
                         help="use fewer SH degrees than the file has")
+    render.add_argument("--antialiasing", action="store_true",
+                        help="the opacity compensation of the 2D filter, for models trained "
+                             "with it (the 2024 code's --antialiasing, Mip-Splatting)")
+    render.add_argument("--kernel-size", type=float, default=0.3,
+                        help="the 2D filter's variance in px^2 (default: 0.3; Mip-Splatting: "
+                             "0.1 with --antialiasing, on its fused PLY)")
     render.add_argument("--npy", action="store_true",
                         help="also write the raw depth and weight maps as .npy")
     render.set_defaults(func=cmd_render)

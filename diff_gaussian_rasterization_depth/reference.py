@@ -37,7 +37,6 @@ TILE_SIZE = 16
 NEAR_PLANE = 0.2
 HOM_EPS = 1e-7
 FRUSTUM_CLAMP = 1.3
-COV_DILATION = 0.3
 ANTIALIAS_MIN_RATIO = 2.5e-5
 MIN_EIGEN_SLACK = 0.1
 SIGMA_EXTENT = 3.0
@@ -191,10 +190,11 @@ def _preprocess(means3D, opacities, shs, colors_precomp, scales, rotations, cov3
     b = cov2d[:, 0, 1]
     c = cov2d[:, 1, 1]
 
-    # 5. Low-pass dilation, and the antialiasing opacity compensation.
+    # 5. Low-pass dilation (kernel_size px^2, 0.3 by default), and the antialiasing opacity
+    # compensation.
     det_before = a * c - b * b
-    a = a + COV_DILATION
-    c = c + COV_DILATION
+    a = a + settings.kernel_size
+    c = c + settings.kernel_size
     det = a * c - b * b
     opacity = opacities[:, 0]
     if settings.antialiasing:

@@ -71,14 +71,15 @@ def rasterize(settings, **inputs):
 
 def render(gaussians: Gaussians, camera: Camera, bg=(0.0, 0.0, 0.0),
            sh_degree: Optional[int] = None, scale_modifier: float = 1.0,
-           antialiasing: bool = False, inverse_depth: bool = False) -> Render:
+           antialiasing: bool = False, inverse_depth: bool = False,
+           kernel_size: float = 0.3) -> Render:
     """Render `gaussians` (any device; differentiable) from `camera`; with `inverse_depth`,
     Render.depth is the mean inverse depth sum(w / z) / weight."""
     means = gaussians.means
     settings = camera.raster_settings(
         bg=bg, sh_degree=gaussians.sh_degree if sh_degree is None else sh_degree,
         scale_modifier=scale_modifier, device=means.device, dtype=means.dtype,
-        antialiasing=antialiasing)
+        antialiasing=antialiasing, kernel_size=kernel_size)
     means2D = torch.zeros_like(means, requires_grad=torch.is_grad_enabled())
     color, radii, depth, weight = rasterize(
         settings, means3D=means, means2D=means2D, opacities=gaussians.opacities,

@@ -136,7 +136,8 @@ def make_scene(seed: int, P: int = 48, height: int = 29, width: int = 37,
                antialiasing: bool = False, dc: bool = False, outliers: bool = True,
                dtype: torch.dtype = torch.float32, noncontiguous: bool = False,
                smooth: bool = False, normalize_rotations: bool = True,
-               all_culled: bool = False, means2d_cols: int = 3) -> Scene:
+               all_culled: bool = False, means2d_cols: int = 3,
+               kernel_size: float = 0.3) -> Scene:
     """A random scene, reproducible from `seed` and the options.
 
     sh_degree: active SH degree of the settings; with precomp_colors the Gaussians carry
@@ -250,14 +251,15 @@ def make_scene(seed: int, P: int = 48, height: int = 29, width: int = 37,
         image_height=height, image_width=width, tanfovx=tanfovx, tanfovy=tanfovy,
         bg=cast(bg), scale_modifier=scale_modifier, viewmatrix=view_t, projmatrix=proj_t,
         sh_degree=degree, campos=cast(campos), prefiltered=False, debug=False,
-        antialiasing=antialiasing)
+        antialiasing=antialiasing, kernel_size=kernel_size)
     inputs = dict(means3D=cast(means3D), means2D=cast(means2D), opacities=cast(opacities),
                   shs=cast(shs), colors_precomp=cast(colors_precomp), scales=cast(scales),
                   rotations=cast(rotations), cov3D_precomp=cast(cov3D), dc=cast(dc_t))
     options = dict(seed=seed, P=P, height=height, width=width, sh_degree=sh_degree,
                    precomp_colors=precomp_colors, precomp_cov=precomp_cov,
                    scale_modifier=scale_modifier, antialiasing=antialiasing, dc=dc,
-                   outliers=outliers, dtype=dtype, noncontiguous=noncontiguous, smooth=smooth)
+                   outliers=outliers, dtype=dtype, noncontiguous=noncontiguous, smooth=smooth,
+                   kernel_size=kernel_size)
     return Scene(inputs=inputs, settings=settings, options=options)
 
 
@@ -274,6 +276,7 @@ GRADCHECK_CONFIGS = {
     "colors-cov": dict(precomp_colors=True, precomp_cov=True),
     "colors-aa-unnormalized": dict(precomp_colors=True, antialiasing=True,
                                    normalize_rotations=False),
+    "sh1-mip-kernel0.1": dict(sh_degree=1, antialiasing=True, kernel_size=0.1),
 }
 
 

@@ -26,6 +26,7 @@ CONFIGS = {
     "sh2-dc": dict(sh_degree=2, dc=True),
     "sh3": dict(sh_degree=3),
     "aa": dict(sh_degree=1, antialiasing=True),
+    "mip-kernel0.1": dict(sh_degree=2, antialiasing=True, kernel_size=0.1),
     "cov": dict(sh_degree=2, precomp_cov=True),
     "colors-cov-aa": dict(precomp_colors=True, precomp_cov=True, antialiasing=True),
     "modifier": dict(sh_degree=1, scale_modifier=1.4),

@@ -286,6 +286,11 @@ def test_render_command_reports_a_bad_ply_without_a_traceback(tmp_path, capsys):
     assert "Traceback" not in err
     assert main(["render", str(tmp_path / "absent.ply"), "--out", str(tmp_path / "o")]) == 2
     assert "no such file" in capsys.readouterr().err
+    for value in ("-0.1", "nan"):
+        assert main(["render", str(bad), "--out", str(tmp_path / "o"),
+                     "--kernel-size", value]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --kernel-size") and "Traceback" not in err
 
 
 def test_ascii_ply_is_read_too(tmp_path):
@@ -354,9 +359,12 @@ def test_demo_writes_its_pictures(tmp_path, capsys):
 
 
 @needs_backend
-def test_render_command_round_trips_a_ply(tmp_path, capsys):
+@pytest.mark.parametrize("filter_args", [[], ["--antialiasing", "--kernel-size", "0.1"]],
+                         ids=["plain", "mip-filter"])
+def test_render_command_round_trips_a_ply(tmp_path, capsys, filter_args):
     """A PLY written here in the official layout renders, through the command, to exactly what
-    the rasterizer gives for the activated values computed here independently."""
+    the rasterizer gives for the activated values computed here independently (with the 2D
+    filter asked for: the opacity compensation and Mip-Splatting's kernel)."""
     demo = scenes.demo_scene(1200, sh_degree=1)
     rng = np.random.default_rng(11)
     P = len(demo)
@@ -372,7 +380,7 @@ def test_render_command_round_trips_a_ply(tmp_path, capsys):
     _write_official_ply(ply, raw)
     out = tmp_path / "render"
     rc = main(["render", str(ply), "--out", str(out), "--views", "2", "--width", "48",
-               "--height", "36", "--device", "cpu", "--npy"])
+               "--height", "36", "--device", "cpu", "--npy"] + filter_args)
     assert rc == 0
     printed = capsys.readouterr().out
     assert "SH degree 1" in printed and "estimated from the point layout" in printed
@@ -381,7 +389,9 @@ def test_render_command_round_trips_a_ply(tmp_path, capsys):
     want = _activate(raw)
     for k, cam in enumerate(views):
         with torch.no_grad():
-            color, _, depth, weight = dgrd.GaussianRasterizer(cam.raster_settings(sh_degree=1))(
+            settings = cam.raster_settings(sh_degree=1, antialiasing=bool(filter_args),
+                                           kernel_size=0.1 if filter_args else 0.3)
+            color, _, depth, weight = dgrd.GaussianRasterizer(settings)(
                 want.means, None, want.opacities, shs=want.sh, scales=want.scales,
                 rotations=want.rotations)
         png = _read_png(out / f"view_{k:03d}_color.png")

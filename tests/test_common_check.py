@@ -7,6 +7,7 @@ exactly what Python makes: the same opacities, the same RasterConfig and so the 
 gradients. The variants below are the calls of 3DGS's 2023 and 2024 training codes and of the
 forks this package serves; the last tests are calls C++ leaves to Python on purpose.
 """
+import collections
 import math
 
 import numpy as np
@@ -14,7 +15,8 @@ import pytest
 import torch
 
 import scenes
-from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend
+from diff_gaussian_rasterization_depth import (GaussianRasterizationSettings, GaussianRasterizer,
+                                               _backend)
 from diff_gaussian_rasterization_depth._validation import check_gaussians
 
 if _backend._C is None:
@@ -24,7 +26,7 @@ if _backend._C is None:
 NAMES = ("means3D", "means2D", "opacities", "shs", "colors_precomp", "scales", "rotations",
          "cov3D_precomp", "dc")
 CONFIG_FIELDS = ("image_height", "image_width", "tanfovx", "tanfovy", "scale_modifier",
-                 "sh_degree", "prefiltered", "antialiasing", "debug", "median_depth",
+                 "sh_degree", "prefiltered", "antialiasing", "kernel_size", "debug", "median_depth",
                  "inverse_depth", "camera_grad", "absolute_grad")
 CAMERA_FIELDS = ("bg", "viewmatrix", "projmatrix", "campos")
 
@@ -75,6 +77,24 @@ def plain_numbers(inputs, settings):
     return settings._replace(scale_modifier=1, prefiltered=True, antialiasing=True)
 
 
+def mip_filter(inputs, settings):
+    """Mip-Splatting's 2D filter; an int kernel_size of 0 as a second variant would be."""
+    return settings._replace(antialiasing=True, kernel_size=0.1)
+
+
+# A settings class of the 2024 upstream's 13 fields: no kernel_size (0.3 then).
+OriginalSettings = collections.namedtuple("OriginalSettings",
+                                          GaussianRasterizationSettings._fields[:13])
+
+
+def original_settings(inputs, settings):
+    return OriginalSettings(*settings[:13])
+
+
+def int_kernel(inputs, settings):
+    return settings._replace(kernel_size=0)
+
+
 COMMON = {
     "2023": dict(sh_degree=1),
     "2023-degree3": dict(sh_degree=3),
@@ -88,6 +108,9 @@ COMMON = {
     "means2D-absgs": dict(means2d_cols=4),
     "features-median": dict(features=True, median_depth=True),
     "camera-layouts": dict(edit=camera_layouts),
+    "mip-filter": dict(edit=mip_filter),
+    "original-settings-class": dict(edit=original_settings),
+    "int-kernel-size": dict(edit=int_kernel),
     "numbers-and-flags": dict(edit=plain_numbers, scale_modifier=0.7),
 }
 
@@ -194,7 +217,8 @@ def test_out_of_range_numbers_left_to_python():
     inputs, settings, _ = variant(13400, sh_degree=1)
     for field, value in [("image_height", (1 << 15) + 1), ("image_width", 10 ** 30),
                          ("tanfovx", 10 ** 400), ("scale_modifier", math.inf),
-                         ("sh_degree", 2 ** 70), ("debug", 1)]:
+                         ("sh_degree", 2 ** 70), ("debug", 1), ("kernel_size", -0.1),
+                         ("kernel_size", math.nan), ("kernel_size", "0.1")]:
         assert ask_cpp(inputs, settings._replace(**{field: value})) is None, field
     # Degree 4 with the 25 coefficients it would need: refused for the degree itself.
     inputs["shs"] = torch.zeros(inputs["means3D"].shape[0], 25, 3)

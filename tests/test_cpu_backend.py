@@ -42,6 +42,9 @@ CONFIGS = {
     "modifier-cov": dict(sh_degree=0, scale_modifier=0.6, precomp_cov=True),
     "aa": dict(sh_degree=2, antialiasing=True),
     "aa-colors-cov": dict(precomp_colors=True, precomp_cov=True, antialiasing=True),
+    # Mip-Splatting's 2D filter (kernel_size 0.1 with the compensation); a wider filter alone.
+    "mip-kernel0.1": dict(sh_degree=2, antialiasing=True, kernel_size=0.1),
+    "kernel1.2": dict(sh_degree=1, kernel_size=1.2),
     "unnormalized-quats": dict(sh_degree=1, normalize_rotations=False),
     "noncontiguous": dict(sh_degree=1, noncontiguous=True),
     "means2d-P2": dict(sh_degree=1, means2d_cols=2),
@@ -55,6 +58,7 @@ CONFIGS = {
     "float64": dict(sh_degree=3, dtype=F64),
     "float64-colors-cov-aa": dict(precomp_colors=True, precomp_cov=True, antialiasing=True,
                                   dtype=F64),
+    "float64-mip-kernel0": dict(sh_degree=1, antialiasing=True, kernel_size=0.0, dtype=F64),
 }
 
 FORWARD_SEEDS = range(20)

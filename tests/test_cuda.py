@@ -40,6 +40,7 @@ CONFIGS = {
     "37x29-sh0": (29, 37, 48, dict(sh_degree=0)),
     "37x29-sh3-dc": (29, 37, 48, dict(sh_degree=3, dc=True)),
     "64x40-aa": (40, 64, 120, dict(sh_degree=2, antialiasing=True)),
+    "64x40-mip-kernel0.1": (40, 64, 120, dict(sh_degree=1, antialiasing=True, kernel_size=0.1)),
     "64x40-colors-cov": (40, 64, 120, dict(precomp_colors=True, precomp_cov=True)),
     "48x32-modifier": (32, 48, 80, dict(sh_degree=1, scale_modifier=1.5)),
     "P0": (29, 37, 0, dict(sh_degree=1)),
@@ -303,4 +304,4 @@ def test_float64_on_cuda_is_a_clear_error(target):
 
 
 def test_settings_type():
-    assert GaussianRasterizationSettings._fields[-1] == "antialiasing"
+    assert GaussianRasterizationSettings._fields[-2:] == ("antialiasing", "kernel_size")

@@ -266,6 +266,9 @@ BAD_SETTINGS = [
     ("tanfovx", 0.0, ValueError), ("tanfovy", -0.5, ValueError), ("tanfovx", math.nan, ValueError),
     ("tanfovy", math.inf, ValueError), ("tanfovx", "wide", TypeError),
     ("scale_modifier", math.inf, ValueError), ("scale_modifier", math.nan, ValueError),
+    ("kernel_size", -0.1, ValueError), ("kernel_size", math.nan, ValueError),
+    ("kernel_size", math.inf, ValueError), ("kernel_size", "narrow", TypeError),
+    ("kernel_size", None, TypeError),
 ]
 
 

@@ -53,14 +53,14 @@ int main(int argc, char** argv) {
   for (int i = -6; i <= 6; ++i)
     for (int j = -6; j <= 6; j += 2) {
       const float da = std::ldexp(1.0f, i), dc = std::ldexp(1.0f, i + j);
-      const Sym2<float> cov = {da - float(kCovDilation), std::ldexp(1.0f, i + j / 2),
-                               dc - float(kCovDilation)};
-      if (cov.a + float(kCovDilation) != da || cov.c + float(kCovDilation) != dc) continue;
+      const float kernel = float(kDefaultKernelSize);
+      const Sym2<float> cov = {da - kernel, std::ldexp(1.0f, i + j / 2), dc - kernel};
+      if (cov.a + kernel != da || cov.c + kernel != dc) continue;
       Footprint<float> f;
       const float nan = std::numeric_limits<float>::quiet_NaN();
       f.conic = {nan, nan, nan};
       ++degenerate;
-      if (footprint(cov, false, f)) ++kept;
+      if (footprint(cov, kernel, false, f)) ++kept;
       if (!(f.conic.a == 0.0f && f.conic.b == 0.0f && f.conic.c == 0.0f)) ++nonzero_conic;
     }
   std::printf("degenerate %d\nkept %d\nnonzero_conic %d\n", degenerate, kept, nonzero_conic);

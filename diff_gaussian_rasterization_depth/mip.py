@@ -1,0 +1,110 @@
+"""Mip-Splatting's rasterizer API (the `diff-gaussian-rasterization` submodule of
+autonomousvision/mip-splatting, Yu et al., CVPR 2024, which Gaussian Opacity Fields and other
+forks carry too): change
+
+    from diff_gaussian_rasterization import GaussianRasterizationSettings, GaussianRasterizer
+
+into `from diff_gaussian_rasterization_depth.mip import ...` and nothing else.
+
+    settings = GaussianRasterizationSettings(..., tanfovy=..., kernel_size=0.1,
+                                             subpixel_offset=None or zeros (H, W, 2), bg=..., ...)
+    color, radii = GaussianRasterizer(settings)(means3D, means2D, opacities, shs=..., ...)
+
+Mip-Splatting's 2D filter: each projected covariance is dilated by `kernel_size` px^2 (in
+place of the original's 0.3) and the opacity scaled by sqrt(det / det_dilated), which keeps a
+Gaussian's integral as the filter widens it: the package's `kernel_size` and `antialiasing=True`.
+Its 3D filter lives in the training code (the model's scales and opacities), untouched here.
+
+For the depth and weight maps (and everything else the package renders) with the same filter,
+give the package's rasterizer `package_settings(settings)`:
+
+    color, radii, depth, weight = diff_gaussian_rasterization_depth.GaussianRasterizer(
+        package_settings(settings))(means3D, means2D, opacities, ...)
+
+`subpixel_offset` moves each pixel's sample point; Mip-Splatting's training passes zeros unless
+`--ray_jitter` is set. Zeros (or None) are accepted; a non-zero offset raises
+NotImplementedError instead of rendering something else than asked (reading the offsets is a
+reduction and, on a GPU, one host sync per call; pass None to skip it).
+"""
+from typing import NamedTuple, Optional
+
+import torch
+
+from . import GaussianRasterizationSettings as _PackageSettings
+from . import GaussianRasterizer as _DepthRasterizer
+from . import rasterize_gaussians as _rasterize
+
+__all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians",
+           "package_settings"]
+
+
+class GaussianRasterizationSettings(NamedTuple):
+    image_height: int
+    image_width: int
+    tanfovx: float
+    tanfovy: float
+    kernel_size: float
+    subpixel_offset: Optional[torch.Tensor]  # (H, W, 2) zeros, or None
+    bg: torch.Tensor
+    scale_modifier: float
+    viewmatrix: torch.Tensor
+    projmatrix: torch.Tensor
+    sh_degree: int
+    campos: torch.Tensor
+    prefiltered: bool = False
+    debug: bool = False
+
+
+def _check_subpixel_offset(settings: GaussianRasterizationSettings) -> None:
+    offset = settings.subpixel_offset
+    if offset is None:
+        return
+    if not isinstance(offset, torch.Tensor):
+        raise TypeError(f"raster_settings.subpixel_offset: expected a tensor or None, got "
+                        f"{type(offset).__name__}")
+    pixels = int(settings.image_height) * int(settings.image_width)
+    if offset.numel() != 2 * pixels:
+        raise ValueError(f"raster_settings.subpixel_offset: expected ({settings.image_height}, "
+                         f"{settings.image_width}, 2) values, got shape {tuple(offset.shape)}")
+    if offset.numel() and bool(offset.detach().any()):
+        raise NotImplementedError(
+            "raster_settings.subpixel_offset: non-zero offsets (Mip-Splatting's --ray_jitter) "
+            "are not supported; pass None or zeros")
+
+
+def package_settings(settings: GaussianRasterizationSettings) -> _PackageSettings:
+    """The package's settings of a Mip-Splatting call: its filter is `kernel_size` with the
+    opacity compensation (`antialiasing=True`). Checks `subpixel_offset` (module docstring)."""
+    _check_subpixel_offset(settings)
+    return _unchecked_package_settings(settings)
+
+
+def _unchecked_package_settings(settings: GaussianRasterizationSettings) -> _PackageSettings:
+    return _PackageSettings(settings.image_height, settings.image_width, settings.tanfovx,
+                            settings.tanfovy, settings.bg, settings.scale_modifier,
+                            settings.viewmatrix, settings.projmatrix, settings.sh_degree,
+                            settings.campos, settings.prefiltered, settings.debug,
+                            antialiasing=True, kernel_size=settings.kernel_size)
+
+
+def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
+                        cov3Ds_precomp, raster_settings):
+    """Mip-Splatting's functional form and argument order; returns (color, radii)."""
+    color, radii, _, _ = _rasterize(means3D, means2D, sh, colors_precomp, opacities, scales,
+                                    rotations, cov3Ds_precomp, package_settings(raster_settings))
+    return color, radii
+
+
+class GaussianRasterizer(_DepthRasterizer):
+    """Mip-Splatting's module: `markVisible` as the package's, `forward` returning
+    (color, radii)."""
+
+    def markVisible(self, positions):
+        # No pixel is sampled: the offsets play no part.
+        settings = _unchecked_package_settings(self.raster_settings)
+        return _DepthRasterizer(settings).markVisible(positions)
+
+    def forward(self, means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
+                rotations=None, cov3D_precomp=None):
+        return rasterize_gaussians(means3D, means2D, shs, colors_precomp, opacities, scales,
+                                   rotations, cov3D_precomp, self.raster_settings)
