@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from typing import List, Sequence
@@ -212,15 +213,36 @@ _AXES = {"+x": (1, 0, 0), "-x": (-1, 0, 0), "+y": (0, 1, 0), "-y": (0, -1, 0),
          "+z": (0, 0, 1), "-z": (0, 0, -1)}
 
 
-def _find_training_cameras(ply_path: str):
-    """The official layout is MODEL/point_cloud/iteration_N/point_cloud.ply + MODEL/cameras.json."""
+def _find_model_file(ply_path: str, name: str):
+    """The official layout is MODEL/point_cloud/iteration_N/point_cloud.ply + MODEL/`name`
+    (cameras.json, cfg_args)."""
     d = os.path.dirname(os.path.abspath(ply_path))
     for _ in range(4):
-        candidate = os.path.join(d, "cameras.json")
+        candidate = os.path.join(d, name)
         if os.path.isfile(candidate):
             return candidate
         d = os.path.dirname(d)
     return None
+
+
+def _find_training_cameras(ply_path: str):
+    return _find_model_file(ply_path, "cameras.json")
+
+
+def _mip_filter(ply_path: str):
+    """(kernel_size, where it came from) of a Mip-Splatting model's 2D filter: the training's
+    `--kernel_size` as its cfg_args records it (a printed argparse Namespace), else 0.1, its
+    default."""
+    cfg = _find_model_file(ply_path, "cfg_args")
+    if cfg is not None:
+        with open(cfg, encoding="utf-8", errors="replace") as f:
+            found = re.search(r"\bkernel_size=([-+0-9.eE]+)", f.read())
+        if found:
+            try:
+                return float(found.group(1)), f"kernel_size from {cfg}"
+            except ValueError:
+                pass
+    return 0.1, "Mip-Splatting's default kernel_size"
 
 
 def orbit_for_scene(gaussians: scenes.Gaussians, ply_path: str, n_views: int, width: int,
@@ -271,13 +293,14 @@ def _rescale_orbit(views, center, factor):
 
 
 def cmd_render(args) -> int:
-    from .ply import load_ply
+    from .ply import FILTER_3D, load_ply, vertex_properties
     device = _device(args.device)
     if not 1.0 <= args.fov <= 170.0:
         raise CliError(f"--fov: expected degrees in [1, 170], got {args.fov}")
     if not args.radius_scale > 0:
         raise CliError(f"--radius-scale: expected a positive number, got {args.radius_scale}")
-    if not (math.isfinite(args.kernel_size) and args.kernel_size >= 0):
+    if args.kernel_size is not None and not (math.isfinite(args.kernel_size)
+                                             and args.kernel_size >= 0):
         raise CliError(f"--kernel-size: expected a number >= 0, got {args.kernel_size}")
     width, height = args.width, args.height
     if height is None:
@@ -285,6 +308,14 @@ def cmd_render(args) -> int:
     t0 = time.perf_counter()
     gaussians = load_ply(args.scene)
     load_s = time.perf_counter() - t0
+    antialiasing, kernel_size, filter_note = args.antialiasing, args.kernel_size, None
+    if FILTER_3D in vertex_properties(args.scene) and not antialiasing and kernel_size is None:
+        # A Mip-Splatting model (load_ply applied its 3D filter): its 2D filter too.
+        kernel_size, source = _mip_filter(args.scene)
+        antialiasing = True
+        filter_note = (f"Mip-Splatting's filters: the PLY's 3D filter, the compensated 2D "
+                       f"filter of {kernel_size:g} px^2 ({source})")
+    kernel_size = 0.3 if kernel_size is None else kernel_size
     if args.sh_degree is not None:
         try:
             gaussians = gaussians.with_sh_degree(args.sh_degree)
@@ -296,9 +327,11 @@ def cmd_render(args) -> int:
     print(f"{args.scene}: {len(gaussians)} Gaussians, SH degree {gaussians.sh_degree}, loaded "
           f"in {load_s:.2f} s")
     print(f"cameras: {how}")
+    if filter_note:
+        print(filter_note)
     print(f"rendering {len(views)} views at {width}x{height} on {_device_text(device)}")
-    renders, seconds = render_views(gaussians, views, args.bg, device, args.antialiasing,
-                                    args.kernel_size)
+    renders, seconds = render_views(gaussians, views, args.bg, device, antialiasing,
+                                    kernel_size)
     os.makedirs(args.out, exist_ok=True)
     vmin, vmax = shared_depth_range(renders)
     written = []
@@ -379,9 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--antialiasing", action="store_true",
                         help="the opacity compensation of the 2D filter, for models trained "
                              "with it (the 2024 code's --antialiasing, Mip-Splatting)")
-    render.add_argument("--kernel-size", type=float, default=0.3,
-                        help="the 2D filter's variance in px^2 (default: 0.3; Mip-Splatting: "
-                             "0.1 with --antialiasing, on its fused PLY)")
+    render.add_argument("--kernel-size", type=float, default=None,
+                        help="the 2D filter's variance in px^2 (default: 0.3; for a "
+                             "Mip-Splatting PLY, which holds filter_3D, its training's, with "
+                             "--antialiasing, unless either option is given)")
     render.add_argument("--npy", action="store_true",
                         help="also write the raw depth and weight maps as .npy")
     render.set_defaults(func=cmd_render)

@@ -4,7 +4,10 @@ Per vertex: x, y, z; nx, ny, nz (unused, written as 0); f_dc_0..2; f_rest_0..K-1
 K = 3 * (M - 1) stored channel-major (all of red's higher-order coefficients, then green's, then
 blue's), i.e. (3, M-1) per point; opacity as a logit; scale_0..2 as log scales; rot_0..3 an
 unnormalised quaternion (w, x, y, z). Loading activates them as the training code does (sigmoid,
-exp, normalize) and returns a `Gaussians`; saving inverts that.
+exp, normalize) and returns a `Gaussians`; saving inverts that. A Mip-Splatting model's
+`filter_3D` (each Gaussian's 3D filter, a standard deviation) is applied on loading as its
+renderer applies it: scales sqrt(s^2 + f^2), opacities scaled by sqrt(prod s^2 / prod
+(s^2 + f^2)).
 
 Needs the `plyfile` package (extra `demo`), imported only when a function here is called.
 """
@@ -18,6 +21,7 @@ from .scenes import Gaussians
 
 REQUIRED = (["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity"]
             + [f"scale_{i}" for i in range(3)] + [f"rot_{i}" for i in range(4)])
+FILTER_3D = "filter_3D"  # Mip-Splatting's per-Gaussian 3D filter
 
 
 class PlyFormatError(ValueError):
@@ -97,11 +101,30 @@ def load_ply(path, device="cpu") -> Gaussians:
     quat = cols([f"rot_{i}" for i in range(4)])
 
     t = lambda a: torch.tensor(a, dtype=torch.float32, device=device)  # noqa: E731
+    opacities, scales = torch.sigmoid(t(logit)), torch.exp(t(log_scales))
+    if FILTER_3D in props:
+        squared = scales.square()
+        filtered = squared + t(cols([FILTER_3D])).square()
+        scales = filtered.sqrt()
+        opacities = opacities * (squared.prod(dim=1) / filtered.prod(dim=1)).sqrt()[:, None]
     return Gaussians(
-        means=t(means), sh=t(sh),
-        opacities=torch.sigmoid(t(logit)),
-        scales=torch.exp(t(log_scales)),
+        means=t(means), sh=t(sh), opacities=opacities, scales=scales,
         rotations=torch.nn.functional.normalize(t(quat), dim=1))
+
+
+def vertex_properties(path) -> list:
+    """The names of the vertex element's properties, read from the PLY header alone."""
+    names, in_vertex = [], False
+    with open(os.fspath(path), "rb") as f:
+        for line in f:
+            words = line.decode("ascii", "replace").split()
+            if words[:1] == ["end_header"]:
+                break
+            if words[:1] == ["element"]:
+                in_vertex = words[1:2] == ["vertex"]
+            elif words[:1] == ["property"] and in_vertex:
+                names.append(words[-1])
+    return names
 
 
 def save_ply(path, gaussians: Gaussians):

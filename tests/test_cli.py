@@ -16,7 +16,8 @@ import torch
 import diff_gaussian_rasterization_depth as dgrd
 from diff_gaussian_rasterization_depth import _backend, cameras, scenes
 from diff_gaussian_rasterization_depth.cli import main, read_views_json
-from diff_gaussian_rasterization_depth.ply import PlyFormatError, load_ply, save_ply
+from diff_gaussian_rasterization_depth.ply import (PlyFormatError, load_ply, save_ply,
+                                                   vertex_properties)
 
 needs_backend = pytest.mark.skipif(
     _backend._C is None,
@@ -178,7 +179,8 @@ def _raw_3dgs_arrays(P, degree, seed):
 
 
 def _write_official_ply(path, raw, drop=(), extra_rest=0, text=False):
-    """Writes the official layout with plyfile directly (independent of save_ply)."""
+    """Writes the official layout with plyfile directly (independent of save_ply); with
+    raw["filter_3D"] (P, 1), Mip-Splatting's 3D filter last."""
     from plyfile import PlyData, PlyElement
     P = raw["xyz"].shape[0]
     rest = raw["f_rest"].reshape(P, -1)        # channel-major: (3, M-1) flattened per point
@@ -189,6 +191,9 @@ def _write_official_ply(path, raw, drop=(), extra_rest=0, text=False):
              + [f"scale_{i}" for i in range(3)] + [f"rot_{i}" for i in range(4)])
     values = np.concatenate([raw["xyz"], np.zeros((P, 3)), raw["f_dc"], rest, raw["opacity"],
                              raw["scale"], raw["rot"]], axis=1)
+    if "filter_3D" in raw:
+        names.append("filter_3D")
+        values = np.concatenate([values, raw["filter_3D"]], axis=1)
     keep = [i for i, n in enumerate(names) if n not in drop]
     rec = np.empty(P, dtype=[(names[i], "f4") for i in keep])
     for i in keep:
@@ -197,14 +202,20 @@ def _write_official_ply(path, raw, drop=(), extra_rest=0, text=False):
 
 
 def _activate(raw):
-    """What the training code does to the stored values (written here independently)."""
+    """What the training code does to the stored values (written here independently); with a
+    3D filter, what Mip-Splatting's get_scaling_with_3D_filter / get_opacity_with_3D_filter do."""
     P = raw["xyz"].shape[0]
     sh = np.concatenate([raw["f_dc"][:, None, :], raw["f_rest"].transpose(0, 2, 1)], axis=1)
     rot = raw["rot"] / np.linalg.norm(raw["rot"], axis=1, keepdims=True)
+    opacity = 1 / (1 + np.exp(-raw["opacity"]))
+    scale = np.exp(raw["scale"])
+    if "filter_3D" in raw:
+        filtered = np.sqrt(scale ** 2 + raw["filter_3D"] ** 2)
+        opacity = opacity * np.prod(scale / filtered, axis=1, keepdims=True)
+        scale = filtered
     f32 = lambda a: torch.tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
-    return scenes.Gaussians(f32(raw["xyz"]), f32(sh),
-                            f32(1 / (1 + np.exp(-raw["opacity"]))).reshape(P, 1),
-                            f32(np.exp(raw["scale"])), f32(rot))
+    return scenes.Gaussians(f32(raw["xyz"]), f32(sh), f32(opacity).reshape(P, 1), f32(scale),
+                            f32(rot))
 
 
 @pytest.mark.parametrize("degree", [0, 1, 3])
@@ -293,6 +304,25 @@ def test_render_command_reports_a_bad_ply_without_a_traceback(tmp_path, capsys):
         assert err.startswith("error: --kernel-size") and "Traceback" not in err
 
 
+@pytest.mark.parametrize("text", [False, True])
+def test_mip_splatting_ply_gets_its_3d_filter(tmp_path, text):
+    """A PLY with Mip-Splatting's filter_3D loads with the filter applied (scales and opacities
+    as its model's *_with_3D_filter give them); its header names the property."""
+    raw = _raw_3dgs_arrays(40, 1, seed=9)
+    raw["filter_3D"] = np.random.default_rng(9).uniform(0.01, 0.1, size=(40, 1))
+    path = tmp_path / "point_cloud.ply"
+    _write_official_ply(path, raw, text=text)
+    assert vertex_properties(path)[-2:] == ["rot_3", "filter_3D"]
+    g, want = load_ply(path), _activate(raw)
+    for name in ("means", "sh", "opacities", "scales", "rotations"):
+        torch.testing.assert_close(getattr(g, name), getattr(want, name), rtol=1e-6, atol=1e-7)
+    plain = dict(raw)
+    del plain["filter_3D"]
+    _write_official_ply(path, plain, text=text)
+    assert "filter_3D" not in vertex_properties(path)
+    assert (load_ply(path).scales < g.scales).all()
+
+
 def test_ascii_ply_is_read_too(tmp_path):
     raw = _raw_3dgs_arrays(6, 1, seed=5)
     path = tmp_path / "ascii.ply"
@@ -358,13 +388,23 @@ def test_demo_writes_its_pictures(tmp_path, capsys):
     assert len(read_views_json(out / "views.json")) == 2
 
 
+# (options, a Mip-Splatting model (filter_3D, cfg_args with kernel_size=0.2), the 2D filter
+# expected: antialiasing, kernel_size)
+FILTER_CASES = {
+    "plain": ([], False, False, 0.3),
+    "filter-asked": (["--antialiasing", "--kernel-size", "0.1"], False, True, 0.1),
+    "mip-model": ([], True, True, 0.2),
+    "mip-model-kernel-given": (["--kernel-size", "0.3"], True, False, 0.3),
+}
+
+
 @needs_backend
-@pytest.mark.parametrize("filter_args", [[], ["--antialiasing", "--kernel-size", "0.1"]],
-                         ids=["plain", "mip-filter"])
-def test_render_command_round_trips_a_ply(tmp_path, capsys, filter_args):
+@pytest.mark.parametrize("case", FILTER_CASES)
+def test_render_command_round_trips_a_ply(tmp_path, capsys, case):
     """A PLY written here in the official layout renders, through the command, to exactly what
-    the rasterizer gives for the activated values computed here independently (with the 2D
-    filter asked for: the opacity compensation and Mip-Splatting's kernel)."""
+    the rasterizer gives for the activated values computed here independently; the 2D filter as
+    asked for, or for a Mip-Splatting model (its 3D filter in the PLY) as it was trained."""
+    filter_args, mip_model, antialiasing, kernel_size = FILTER_CASES[case]
     demo = scenes.demo_scene(1200, sh_degree=1)
     rng = np.random.default_rng(11)
     P = len(demo)
@@ -377,6 +417,11 @@ def test_render_command_round_trips_a_ply(tmp_path, capsys, filter_args):
     model_dir = tmp_path / "model"
     ply = model_dir / "point_cloud" / "iteration_7000" / "point_cloud.ply"
     ply.parent.mkdir(parents=True)
+    if mip_model:
+        raw["filter_3D"] = rng.uniform(0.005, 0.02, size=(P, 1))
+        (model_dir / "cfg_args").write_text(
+            "Namespace(sh_degree=1, source_path='/data/x', eval=True, kernel_size=0.2, "
+            "ray_jitter=False)")
     _write_official_ply(ply, raw)
     out = tmp_path / "render"
     rc = main(["render", str(ply), "--out", str(out), "--views", "2", "--width", "48",
@@ -384,13 +429,14 @@ def test_render_command_round_trips_a_ply(tmp_path, capsys, filter_args):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "SH degree 1" in printed and "estimated from the point layout" in printed
+    assert ("Mip-Splatting's filters" in printed) == (mip_model and not filter_args)
     views = read_views_json(out / "views.json")
     assert len(views) == 2
     want = _activate(raw)
     for k, cam in enumerate(views):
         with torch.no_grad():
-            settings = cam.raster_settings(sh_degree=1, antialiasing=bool(filter_args),
-                                           kernel_size=0.1 if filter_args else 0.3)
+            settings = cam.raster_settings(sh_degree=1, antialiasing=antialiasing,
+                                           kernel_size=kernel_size)
             color, _, depth, weight = dgrd.GaussianRasterizer(settings)(
                 want.means, None, want.opacities, shs=want.sh, scales=want.scales,
                 rotations=want.rotations)
