@@ -185,7 +185,8 @@ def test_injected_forward_fault_is_snapshotted(tmp_path, monkeypatch, device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_backward_error_writes_a_snapshot_that_replays(tmp_path, monkeypatch, device):
     monkeypatch.chdir(tmp_path)
-    scene, settings = debug_scene(8, sh_degree=1, dc=True, antialiasing=True)
+    # Mip-Splatting's filter: the snapshot keeps the kernel size, or the replay would differ.
+    scene, settings = debug_scene(8, sh_degree=1, dc=True, antialiasing=True, kernel_size=0.1)
 
     def broken(*args, **kwargs):
         raise RuntimeError("injected backward fault")
@@ -199,6 +200,7 @@ def test_backward_error_writes_a_snapshot_that_replays(tmp_path, monkeypatch, de
     snap = _debug.load_snapshot(path)
     assert snap["stage"] == "backward"
     assert set(snap["grads"]) == {"color", "depth", "weight"}
+    assert snap["settings"]["kernel_size"] == 0.1
     monkeypatch.setattr(_backend, "backward", real)
 
     result = replay_snapshot(path)
