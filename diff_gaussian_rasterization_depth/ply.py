@@ -157,3 +157,25 @@ def save_ply(path, gaussians: Gaussians):
         records[name] = values
     os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
     plyfile.PlyData([plyfile.PlyElement.describe(records, "vertex")]).write(os.fspath(path))
+
+
+def save_mesh_ply(path, mesh) -> None:
+    """Write a `mesh.Mesh` as a binary PLY: vertex x, y, z (float32) and, where the mesh has
+    colours, red, green, blue (uchar); face vertex_indices (int32 triples)."""
+    plyfile = _plyfile()
+    vertices = mesh.vertices.detach().to("cpu", torch.float64).numpy()
+    fields = [("x", "f4"), ("y", "f4"), ("z", "f4")]
+    if mesh.colors is not None:
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    records = np.empty(len(vertices), dtype=fields)
+    for i, name in enumerate("xyz"):
+        records[name] = vertices[:, i]
+    if mesh.colors is not None:
+        rgb = np.clip(mesh.colors.detach().to("cpu", torch.float64).numpy() * 255 + 0.5, 0, 255)
+        for i, name in enumerate(("red", "green", "blue")):
+            records[name] = rgb[:, i].astype(np.uint8)
+    faces = np.empty(mesh.faces.shape[0], dtype=[("vertex_indices", "i4", (3,))])
+    faces["vertex_indices"] = mesh.faces.detach().cpu().numpy().astype(np.int32)
+    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
+    plyfile.PlyData([plyfile.PlyElement.describe(records, "vertex"),
+                     plyfile.PlyElement.describe(faces, "face")]).write(os.fspath(path))

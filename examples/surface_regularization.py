@@ -17,17 +17,23 @@ three times, with the same seed, views and iteration count:
 
 All are scored on the held-out views: PSNR, AbsRel of the expected depth and of the plane
 depth, and the angle between the true surface normal and the normals of either depth and of the
-normal map, in degrees, over pixels with weight > 0.5 away from object edges. Run:
+normal map, in degrees, over pixels with weight > 0.5 away from object edges. Then each fit's
+training views are rendered and fused into a mesh (diff_gaussian_rasterization_depth.mesh: TSDF
+of either depth, marching tetrahedra), scored by its Chamfer distance to the true scene: the
+mean of its accuracy (each vertex's distance to the nearest true surface) and completeness
+(each held-out view's true surface point's distance to the nearest vertex), in a box around the
+spheres. Run:
 
     python examples/surface_regularization.py                 # one seed, about a minute on a CPU
     python examples/surface_regularization.py --seeds 0 1 2   # the table of doc/surface.md
 
-Writes OUT/normals_seed{S}.png, OUT/results.md and OUT/results.json (default OUT:
-out/surface). Needs the package's [demo] extra (matplotlib, tqdm).
+Writes OUT/normals_seed{S}.png, OUT/results.md and OUT/results.json (default OUT: out/surface),
+with --save-meshes the meshes too (OUT/mesh_seed{S}_{fit}_{depth}.ply). Needs the package's [demo] extra (matplotlib, tqdm).
 """
 import argparse
 import copy
 import importlib.util
+import math
 import os
 import sys
 import time
@@ -38,6 +44,7 @@ import numpy as np
 import torch
 
 from diff_gaussian_rasterization_depth import GaussianRasterizer, scenes, surface
+from diff_gaussian_rasterization_depth.mesh import Mesh, TSDFVolume
 from diff_gaussian_rasterization_depth.cameras import Camera, choose_device
 
 # The scene, cameras, model, photometric loss and metrics are the sparse-view example's.
@@ -152,7 +159,85 @@ def interior(objects: torch.Tensor) -> torch.Tensor:
 
 
 METRICS = ("psnr", "abs_rel", "plane_abs_rel", "depth_normal_deg", "plane_normal_deg",
-           "normal_map_deg", "distortion")
+           "normal_map_deg", "distortion", "chamfer", "plane_chamfer")
+MESH_VOXEL = 0.04     # scene units: about a pixel's footprint at the cameras' distance
+# The region the meshes are scored in: the spheres and the floor and wall around them (the
+# floor runs on past what the training views see).
+SCORED_BOX = ((-3.0, -2.0, -0.1), (3.0, 3.1, 2.5))
+
+
+def world_points(depth: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """(H*W, 3) world points of a depth map of view z (its rays have view z = 1)."""
+    origin, dirs = camera.world_rays()
+    dirs = torch.as_tensor(dirs, dtype=depth.dtype, device=depth.device)
+    return (torch.as_tensor(origin, dtype=depth.dtype, device=depth.device)
+            + dirs * depth[..., None]).reshape(-1, 3)
+
+
+def fuse_depths(depths: Sequence[torch.Tensor], cameras: Sequence[Camera],
+                masks: Sequence[torch.Tensor],
+                colors: Optional[Sequence[torch.Tensor]] = None) -> Mesh:
+    """Depth maps (H,W) of view z fused into a TSDF (the pixels of `masks`), over the box their
+    points span (2nd to 98th percentile, plus 4 voxels), and its mesh."""
+    points = torch.cat([world_points(d, c)[m.reshape(-1)]
+                        for d, c, m in zip(depths, cameras, masks)]).double().cpu()
+    lower = torch.quantile(points[::7], 0.02, dim=0) - 4 * MESH_VOXEL
+    upper = torch.quantile(points[::7], 0.98, dim=0) + 4 * MESH_VOXEL
+    volume = TSDFVolume(lower.tolist(), upper.tolist(), MESH_VOXEL, device=depths[0].device)
+    for k, (depth, camera, mask) in enumerate(zip(depths, cameras, masks)):
+        volume.integrate(depth, camera.raster_settings(device=depth.device), mask=mask,
+                         color=None if colors is None else colors[k])
+    return volume.extract_mesh()
+
+
+@torch.no_grad()
+def fuse_meshes(model: sv.GaussianModel, views: Sequence[sv.View],
+                min_weight: float = 0.5) -> Dict[str, Mesh]:
+    """Each training view's expected and plane depths fused apart (the pixels with weight >
+    min_weight): {"expected": mesh, "plane": mesh}."""
+    g = model.activated()
+    renders = [render_surface(g, v.camera) for v in views]
+    cameras = [v.camera for v in views]
+    masks = [r.weight > min_weight for r in renders]
+    colors = [r.color for r in renders]
+    return {"expected": fuse_depths([r.depth for r in renders], cameras, masks, colors),
+            "plane": fuse_depths([r.plane_depth for r in renders], cameras, masks, colors)}
+
+
+def scene_distance(points: torch.Tensor, scene: sv.AnalyticScene) -> torch.Tensor:
+    """Each point's distance to the nearest of the scene's surfaces (planes and spheres)."""
+    d = [((points - sv._as64(p.point)) @ sv._as64(p.normal)).abs() for p in scene.planes]
+    d += [((points - sv._as64(s.center)).norm(dim=1) - s.radius).abs() for s in scene.spheres]
+    return torch.stack(d).min(0).values
+
+
+def nearest_distance(points: torch.Tensor, targets: torch.Tensor, chunk: int = 512):
+    """Each point's distance to the nearest of `targets` (inf when there are none)."""
+    if targets.shape[0] == 0:
+        return torch.full((points.shape[0],), float("inf"), dtype=points.dtype)
+    return torch.cat([torch.cdist(points[i:i + chunk], targets).min(1).values
+                      for i in range(0, points.shape[0], chunk)])
+
+
+def in_scored_box(points: torch.Tensor) -> torch.Tensor:
+    lower, upper = (torch.tensor(b, dtype=points.dtype) for b in SCORED_BOX)
+    return ((points >= lower) & (points <= upper)).all(1)
+
+
+def mesh_scores(mesh: Mesh, scene: sv.AnalyticScene, truth_points: torch.Tensor) -> dict:
+    """In SCORED_BOX: accuracy, the mean distance of the mesh's vertices to the scene's
+    surfaces; completeness, of the true points to the mesh's vertices; chamfer, their mean."""
+    vertices = mesh.vertices.double().cpu()
+    vertices = vertices[in_scored_box(vertices)]
+    truth_points = truth_points[in_scored_box(truth_points)]
+    accuracy = float(scene_distance(vertices, scene).mean()) if vertices.shape[0] else math.inf
+    completeness = float(nearest_distance(truth_points, vertices).mean())
+    return dict(accuracy=accuracy, completeness=completeness,
+                chamfer=(accuracy + completeness) / 2)
+
+
+def chamfer(mesh: Mesh, scene: sv.AnalyticScene, truth_points: torch.Tensor) -> float:
+    return mesh_scores(mesh, scene, truth_points)["chamfer"]
 
 
 @torch.no_grad()
@@ -175,7 +260,7 @@ def evaluate(model: sv.GaussianModel, views: Sequence[sv.View], truth: Sequence[
                      float(r.distortion.mean())))
         renders.append((r, n_true))
     a = np.array(rows)
-    keys = METRICS
+    keys = METRICS[:len(rows[0])]
     return {k: float(np.nanmean(a[:, i])) for i, k in enumerate(keys)}, renders
 
 
@@ -198,7 +283,7 @@ VARIANTS = (("photometric", None), ("+ surface", "expected"),
 
 
 def run_seed(seed: int, cfg: ExperimentConfig, device, out_dir: Optional[str] = None,
-             progress: bool = True):
+             progress: bool = True, save_meshes: bool = False):
     """The three fits for one seed; returns {variant: metrics} (and writes a figure)."""
     scene = sv.default_scene()
     cams = sv.make_cameras(cfg.width, cfg.height, cfg.n_cameras)
@@ -209,6 +294,11 @@ def run_seed(seed: int, cfg: ExperimentConfig, device, out_dir: Optional[str] = 
     test = sv.make_views(scene, cams, test_ids, device)
     truth = [sv.raycast(scene, cams[i]) for i in test_ids]
     init = sv.random_init([v.camera for v in train], cfg.gaussians, gen).to(device)
+    # The true surface the meshes are scored against: 1,500 of the held-out views' hits.
+    truth_points = torch.cat([world_points(rc["depth"], cams[i])[
+        (rc["object"] >= 0).reshape(-1)] for rc, i in zip(truth, test_ids)])
+    truth_points = truth_points[in_scored_box(truth_points)]
+    truth_points = truth_points[torch.linspace(0, truth_points.shape[0] - 1, 1500).long()]
     results, renders = {}, {}
     for name, surface in VARIANTS:
         t0 = time.perf_counter()
@@ -217,6 +307,16 @@ def run_seed(seed: int, cfg: ExperimentConfig, device, out_dir: Optional[str] = 
         seconds = time.perf_counter() - t0
         results[name], renders[name] = evaluate(model, test, truth)
         results[name]["seconds"] = seconds
+        meshes = fuse_meshes(model, train)
+        for depth, prefix in (("expected", ""), ("plane", "plane_")):
+            scores = mesh_scores(meshes[depth], scene, truth_points)
+            for k, v in scores.items():
+                results[name][prefix + k] = v
+        if out_dir is not None and save_meshes:
+            from diff_gaussian_rasterization_depth.ply import save_mesh_ply
+            for depth, mesh in meshes.items():
+                tag = name.replace("+ ", "").replace(", ", "-").replace(" ", "-")
+                save_mesh_ply(os.path.join(out_dir, f"mesh_seed{seed}_{tag}_{depth}.ply"), mesh)
     if out_dir is not None:
         write_figure(os.path.join(out_dir, f"normals_seed{seed}.png"), test, renders, results,
                      seed)
@@ -247,9 +347,11 @@ def write_figure(path, test: Sequence[sv.View], renders, results, seed):
 
 def format_table(per_seed: Dict[int, Dict[str, dict]]) -> str:
     lines = ["| seed | fit | PSNR dB | AbsRel | AbsRel, plane depth | normal error of the depth, "
-             "deg | of the plane depth | of the normal map | distortion |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    fmt = ("{:.2f}", "{:.4f}", "{:.4f}", "{:.1f}", "{:.1f}", "{:.1f}", "{:.2e}")
+             "deg | of the plane depth | of the normal map | distortion | mesh Chamfer | of "
+             "the plane depth's mesh |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    fmt = ("{:.2f}", "{:.4f}", "{:.4f}", "{:.1f}", "{:.1f}", "{:.1f}", "{:.2e}", "{:.4f}",
+           "{:.4f}")
     names = list(next(iter(per_seed.values())))
     rows = [(str(s), name, res[name]) for s, res in per_seed.items() for name in names]
     if len(per_seed) > 1:
@@ -270,6 +372,8 @@ def main(argv=None) -> int:
     p.add_argument("--lambda-normal", type=float, default=SurfaceConfig.lambda_normal)
     p.add_argument("--lambda-dist", type=float, default=SurfaceConfig.lambda_dist)
     p.add_argument("--lambda-flat", type=float, default=SurfaceConfig.lambda_flat)
+    p.add_argument("--save-meshes", action="store_true",
+                   help="write each fit's two meshes as OUT/mesh_seed{S}_{fit}_{depth}.ply")
     args = p.parse_args(argv)
     device = choose_device(args.device)
     cfg = ExperimentConfig(width=args.width, height=args.height, gaussians=args.gaussians,
@@ -284,12 +388,16 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     per_seed = {}
     for seed in args.seeds:
-        per_seed[seed] = run_seed(seed, cfg, device, args.out, progress=not args.no_progress)
+        per_seed[seed] = run_seed(seed, cfg, device, args.out, progress=not args.no_progress,
+                                  save_meshes=args.save_meshes)
         for name, m in per_seed[seed].items():
             print(f"seed {seed} {name:22s} PSNR {m['psnr']:6.2f} dB  AbsRel {m['abs_rel']:.4f}"
                   f" (plane depth {m['plane_abs_rel']:.4f})  normal errors: depth "
                   f"{m['depth_normal_deg']:5.1f}, plane depth {m['plane_normal_deg']:5.1f}, map "
-                  f"{m['normal_map_deg']:5.1f} deg  ({m['seconds']:.1f} s)")
+                  f"{m['normal_map_deg']:5.1f} deg  mesh Chamfer {m['chamfer']:.4f} = (accuracy "
+                  f"{m['accuracy']:.4f} + completeness {m['completeness']:.4f}) / 2, of the "
+                  f"plane depth {m['plane_chamfer']:.4f} = ({m['plane_accuracy']:.4f} + "
+                  f"{m['plane_completeness']:.4f}) / 2  ({m['seconds']:.1f} s)")
     sv.write_results(args.out, format_table(per_seed),
                      {**cfg.__dict__, "surface": cfg.surface.__dict__}, per_seed,
                      "normals_seed*.png", t0)
