@@ -9,7 +9,7 @@ They call Open3D for it; here it takes no dependency beyond PyTorch:
         color, radii, depth, weight = GaussianRasterizer(settings)(...)
         volume.integrate(depth, settings, color=color, mask=weight > 0.5)
     mesh = volume.extract_mesh()                              # Mesh(vertices, faces, colors)
-    save_mesh_ply("mesh.ply", mesh)                           # (diff_gaussian_rasterization_depth.ply)
+    save_mesh_ply("mesh.ply", mesh)                           # from .ply
 
 The field is projective, as Open3D's: a grid point's value is the depth map's z at its pixel
 minus its own view z, divided by the truncation and clamped to [-1, 1], averaged over the views
@@ -78,14 +78,15 @@ def marching_tetrahedra(values: torch.Tensor, valid: torch.Tensor, origin: Seque
     # One triangle where one corner is alone on its side: the three edges from it.
     single = (count == 1) | (count == 3)
     alone = torch.where((count == 1)[:, None], tet_inside, ~tet_inside)[single]
-    order = torch.argsort((~alone).to(torch.int8), dim=1, stable=True)   # the lone corner first
+    # The lone corner first (torch.sort's stable order: PyTorch 1.12 has no argsort(stable=)).
+    order = torch.sort((~alone).to(torch.int8), dim=1, stable=True).indices
     lone, rest = order[:, :1], order[:, 1:]
     single_edges = torch.stack([lone.expand(-1, 3), rest], dim=2)       # (S, 3, 2)
     single_ids = ids[single]
     # Two where the sides split two and two (inside a, b; outside c, d): the quad
     # (a,c) (a,d) (b,d) (b,c) in two triangles.
     double = count == 2
-    order2 = torch.argsort((~tet_inside[double]).to(torch.int8), dim=1, stable=True)
+    order2 = torch.sort((~tet_inside[double]).to(torch.int8), dim=1, stable=True).indices
     a, b, c, d = order2.unbind(1)
     quad = [torch.stack(e, 1) for e in ((a, c), (a, d), (b, d), (b, c))]
     double_edges = torch.cat([torch.stack([quad[0], quad[1], quad[2]], 1),

@@ -28,7 +28,8 @@ spheres. Run:
     python examples/surface_regularization.py --seeds 0 1 2   # the table of doc/surface.md
 
 Writes OUT/normals_seed{S}.png, OUT/results.md and OUT/results.json (default OUT: out/surface),
-with --save-meshes the meshes too (OUT/mesh_seed{S}_{fit}_{depth}.ply). Needs the package's [demo] extra (matplotlib, tqdm).
+with --save-meshes the meshes too (OUT/mesh_seed{S}_{fit}_{depth}.ply). Needs the package's
+[demo] extra (matplotlib, tqdm).
 """
 import argparse
 import copy
