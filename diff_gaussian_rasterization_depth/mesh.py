@@ -57,14 +57,18 @@ def marching_tetrahedra(values: torch.Tensor, valid: torch.Tensor, origin: Seque
     if min(cubes) < 1:
         return _empty_mesh(values, colors)
     corner = torch.tensor(_CORNERS, device=device)
-    # The corners of every cube, as views of the grid: (8, cx, cy, cz).
-    corner_values = torch.stack([values[x:x + cubes[0], y:y + cubes[1], z:z + cubes[2]]
-                                 for x, y, z in _CORNERS])
-    corner_valid = torch.stack([valid[x:x + cubes[0], y:y + cubes[1], z:z + cubes[2]]
-                                for x, y, z in _CORNERS])
-    inside = corner_values < 0
-    active = corner_valid.all(0) & inside.any(0) & ~inside.all(0)
-    cube = active.nonzero()                                        # (C, 3)
+    # The cubes the surface crosses: all corners valid, some inside and some not. Each corner
+    # is a view of the grid, reduced into three (cx, cy, cz) masks in place.
+    all_valid = torch.ones(cubes, dtype=torch.bool, device=device)
+    any_inside = torch.zeros_like(all_valid)
+    all_inside = torch.ones_like(all_valid)
+    for x, y, z in _CORNERS:
+        window = (slice(x, x + cubes[0]), slice(y, y + cubes[1]), slice(z, z + cubes[2]))
+        inside = values[window] < 0
+        all_valid &= valid[window]
+        any_inside |= inside
+        all_inside &= inside
+    cube = (all_valid & any_inside & ~all_inside).nonzero()       # (C, 3)
     if cube.shape[0] == 0:
         return _empty_mesh(values, colors)
     grid = cube[:, None, :] + corner[None]                         # (C, 8, 3)
@@ -141,7 +145,10 @@ def marching_tetrahedra(values: torch.Tensor, valid: torch.Tensor, origin: Seque
     faces = torch.where(flip[:, None], faces[:, [0, 2, 1]], faces)
     collapsed = ((faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2])
                  | (faces[:, 2] == faces[:, 0]))
-    return Mesh(vertices, faces[~collapsed], vertex_colors)
+    # Vertices of collapsed triangles alone go too.
+    used, faces = torch.unique(faces[~collapsed], return_inverse=True)
+    return Mesh(vertices[used], faces.reshape(-1, 3),
+                None if vertex_colors is None else vertex_colors[used])
 
 
 def _empty_mesh(values, colors) -> Mesh:
