@@ -237,11 +237,12 @@ def _mip_filter(ply_path: str):
     if cfg is not None:
         with open(cfg, encoding="utf-8", errors="replace") as f:
             found = re.search(r"\bkernel_size=([-+0-9.eE]+)", f.read())
-        if found:
-            try:
-                return float(found.group(1)), f"kernel_size from {cfg}"
-            except ValueError:
-                pass
+        try:
+            kernel = float(found.group(1)) if found else math.nan
+        except ValueError:
+            kernel = math.nan
+        if math.isfinite(kernel) and kernel >= 0:
+            return kernel, f"kernel_size from {cfg}"
     return 0.1, "Mip-Splatting's default kernel_size"
 
 

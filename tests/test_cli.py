@@ -15,7 +15,7 @@ import torch
 
 import diff_gaussian_rasterization_depth as dgrd
 from diff_gaussian_rasterization_depth import _backend, cameras, scenes
-from diff_gaussian_rasterization_depth.cli import main, read_views_json
+from diff_gaussian_rasterization_depth.cli import _mip_filter, main, read_views_json
 from diff_gaussian_rasterization_depth.ply import (PlyFormatError, load_ply, save_ply,
                                                    vertex_properties)
 
@@ -302,6 +302,21 @@ def test_render_command_reports_a_bad_ply_without_a_traceback(tmp_path, capsys):
                      "--kernel-size", value]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: --kernel-size") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("written,want", [("kernel_size=0.25,", 0.25), ("kernel_size=-1,", 0.1),
+                                          ("kernel_size=1e400,", 0.1), ("sh_degree=3", 0.1),
+                                          (None, 0.1)])
+def test_mip_kernel_size_read_from_cfg_args(tmp_path, written, want):
+    """A Mip-Splatting model's 2D filter: its cfg_args' kernel_size where it is a usable one,
+    else Mip-Splatting's default 0.1."""
+    ply = tmp_path / "model" / "point_cloud" / "iteration_10" / "point_cloud.ply"
+    ply.parent.mkdir(parents=True)
+    if written is not None:
+        (tmp_path / "model" / "cfg_args").write_text(f"Namespace(eval=True, {written})")
+    kernel, source = _mip_filter(str(ply))
+    assert kernel == want
+    assert ("cfg_args" in source) == (want == 0.25)
 
 
 @pytest.mark.parametrize("text", [False, True])
