@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import torch
 
 from .reference import NEAR_PLANE, _ndc2pix, _transform_point
+from .surface import _check_shape
 
 __all__ = ["TSDFVolume", "Mesh", "marching_tetrahedra"]
 
@@ -51,6 +52,12 @@ def marching_tetrahedra(values: torch.Tensor, valid: torch.Tensor, origin: Seque
     every triangle cutting that edge; `colors` (nx, ny, nz, 3), interpolated alike, gives the
     vertices' colours. Faces are oriented so that their normal (counter-clockwise) points to
     the positive side."""
+    _check_shape("values", values, (None, None, None))
+    if not values.is_floating_point():
+        raise TypeError(f"values: expected a floating-point tensor, got {values.dtype}")
+    _check_mask("valid", valid, tuple(values.shape))
+    if colors is not None:
+        _check_shape("colors", colors, tuple(values.shape) + (None,))
     device = values.device
     n = values.shape
     cubes = [s - 1 for s in n]
@@ -151,6 +158,12 @@ def marching_tetrahedra(values: torch.Tensor, valid: torch.Tensor, origin: Seque
                 None if vertex_colors is None else vertex_colors[used])
 
 
+def _check_mask(name: str, mask: torch.Tensor, shape) -> None:
+    _check_shape(name, mask, shape)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name}: expected a bool tensor, got {mask.dtype}")
+
+
 def _empty_mesh(values, colors) -> Mesh:
     return Mesh(values.new_zeros((0, 3)), torch.zeros((0, 3), dtype=torch.long,
                                                       device=values.device),
@@ -194,14 +207,12 @@ class TSDFVolume:
         nothing was blended), `settings` the rasterizer settings it was rendered with,
         `color` (3, H, W) to fuse too, `mask` (H, W) bool the pixels to use. Each grid point
         reads the pixel its projection falls in (no interpolation across depth edges)."""
-        H, W = int(settings.image_height), int(settings.image_width)
-        if depth.shape != (H, W):
-            raise ValueError(f"depth: expected shape ({H}, {W}) (the settings' image), got "
-                             f"{tuple(depth.shape)}")
-        if color is not None and color.shape != (3, H, W):
-            raise ValueError(f"color: expected shape (3, {H}, {W}), got {tuple(color.shape)}")
-        if mask is not None and mask.shape != (H, W):
-            raise ValueError(f"mask: expected shape ({H}, {W}), got {tuple(mask.shape)}")
+        H, W = int(settings.image_height), int(settings.image_width)   # the settings' image
+        _check_shape("depth", depth, (H, W))
+        if color is not None:
+            _check_shape("color", color, (3, H, W))
+        if mask is not None:
+            _check_mask("mask", mask, (H, W))
         dtype, device = self.tsdf.dtype, self.tsdf.device
         depth = depth.detach().to(device, dtype)
         view = torch.as_tensor(settings.viewmatrix).reshape(-1).to(device, dtype)

@@ -198,6 +198,19 @@ def test_tsdf_checks():
         volume.integrate(torch.zeros(12, 10), settings, color=torch.zeros(12, 10, 3))
     with pytest.raises(ValueError, match="mask"):
         volume.integrate(torch.zeros(12, 10), settings, mask=torch.zeros(12, 11, dtype=torch.bool))
+    with pytest.raises(TypeError, match="mask: expected a bool"):
+        volume.integrate(torch.zeros(12, 10), settings, mask=torch.ones(12, 10))
+    with pytest.raises(TypeError, match="depth: expected a tensor"):
+        volume.integrate(np.zeros((12, 10)), settings)
+    values, valid = torch.zeros(4, 5, 6), torch.ones(4, 5, 6, dtype=torch.bool)
+    cases = [((values[0], valid), ValueError, "values"),
+             ((values.long(), valid), TypeError, "values: expected a floating"),
+             ((values, valid[:, :4]), ValueError, "valid"),
+             ((values, valid.float()), TypeError, "valid: expected a bool"),
+             ((values, valid, torch.zeros(4, 5, 3)), ValueError, "colors")]
+    for (field, ok, *colors), error, pattern in cases:
+        with pytest.raises(error, match=pattern):
+            marching_tetrahedra(field, ok, (0, 0, 0), 0.1, *colors)
 
 
 @pytest.mark.parametrize("with_colors", [False, True])
