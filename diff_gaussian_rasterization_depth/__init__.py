@@ -10,7 +10,8 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn as nn
 
-from ._validation import check_gaussians, check_optional_outputs, CheckedSettings
+from ._validation import (check_gaussians, check_optional_outputs, CheckedSettings,
+                          KERNEL_SIZE_DEFAULT)
 from . import _backend, _debug
 from ._debug import replay_snapshot
 from .sparse_adam import SparseGaussianAdam
@@ -37,7 +38,7 @@ class GaussianRasterizationSettings(NamedTuple):
     antialiasing: bool = False
     # The 2D low-pass filter's variance in px^2, added to each projected covariance's diagonal:
     # the original's 0.3; Mip-Splatting's `kernel_size` (0.1 there, with antialiasing=True).
-    kernel_size: float = 0.3
+    kernel_size: float = KERNEL_SIZE_DEFAULT
 
 
 def has_cuda_backend() -> bool:

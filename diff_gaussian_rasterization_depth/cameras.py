@@ -19,6 +19,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from ._validation import KERNEL_SIZE_DEFAULT
+
 ZNEAR = 0.01
 ZFAR = 100.0
 
@@ -125,7 +127,8 @@ class Camera:
 
     def raster_settings(self, bg=(0.0, 0.0, 0.0), sh_degree: int = 0,
                         scale_modifier: float = 1.0, device="cpu", dtype=torch.float32,
-                        antialiasing: bool = False, kernel_size: float = 0.3):
+                        antialiasing: bool = False,
+                        kernel_size: float = KERNEL_SIZE_DEFAULT):
         """`GaussianRasterizationSettings` for this camera, tensors on `device`."""
         from . import GaussianRasterizationSettings
 

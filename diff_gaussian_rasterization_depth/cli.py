@@ -21,6 +21,7 @@ import torch
 from . import cameras as cams_mod
 from . import scenes
 from .cameras import Camera
+from ._validation import KERNEL_SIZE_DEFAULT
 from .ply import PlyFormatError
 
 
@@ -51,7 +52,8 @@ def _device_text(device: torch.device) -> str:
 
 
 def render_views(gaussians: scenes.Gaussians, views: Sequence[Camera], bg, device,
-                 antialiasing: bool = False, kernel_size: float = 0.3):
+                 antialiasing: bool = False,
+                 kernel_size: float = KERNEL_SIZE_DEFAULT):
     """Render every view without gradients; returns (renders on the CPU, seconds per view)."""
     out, seconds = [], []
     with torch.no_grad():
@@ -316,7 +318,7 @@ def cmd_render(args) -> int:
         antialiasing = True
         filter_note = (f"Mip-Splatting's filters: the PLY's 3D filter, the compensated 2D "
                        f"filter of {kernel_size:g} px^2 ({source})")
-    kernel_size = 0.3 if kernel_size is None else kernel_size
+    kernel_size = KERNEL_SIZE_DEFAULT if kernel_size is None else kernel_size
     if args.sh_degree is not None:
         try:
             gaussians = gaussians.with_sh_degree(args.sh_degree)

@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ._validation import KERNEL_SIZE_DEFAULT
 from .cameras import Camera
 
 SH_C0 = 0.28209479177387814   # the degree-0 real SH constant: colour = SH_C0 * dc + 0.5
@@ -72,7 +73,7 @@ def rasterize(settings, **inputs):
 def render(gaussians: Gaussians, camera: Camera, bg=(0.0, 0.0, 0.0),
            sh_degree: Optional[int] = None, scale_modifier: float = 1.0,
            antialiasing: bool = False, inverse_depth: bool = False,
-           kernel_size: float = 0.3) -> Render:
+           kernel_size: float = KERNEL_SIZE_DEFAULT) -> Render:
     """Render `gaussians` (any device; differentiable) from `camera`; with `inverse_depth`,
     Render.depth is the mean inverse depth sum(w / z) / weight."""
     means = gaussians.means
