@@ -1,8 +1,9 @@
-"""Command line: `python -m diff_gaussian_rasterization_depth demo|render ...`.
+"""Command line: `python -m diff_gaussian_rasterization_depth demo|render|mesh ...`.
 
 demo    renders a built-in procedural scene (no download) and writes colour, depth and weight
         PNGs plus one side-by-side figure, with timings.
 render  renders a trained 3DGS point_cloud.ply from an orbit of cameras around the scene.
+mesh    meshes a trained model: its training views' depth fused into a sparse TSDF.
 
 The pictures need matplotlib and the PLY reader needs plyfile (the package's [demo] extra).
 """
@@ -295,25 +296,22 @@ def _rescale_orbit(views, center, factor):
     return out
 
 
-def cmd_render(args) -> int:
-    from .ply import FILTER_3D, load_ply, vertex_properties
-    device = _device(args.device)
-    if not 1.0 <= args.fov <= 170.0:
-        raise CliError(f"--fov: expected degrees in [1, 170], got {args.fov}")
-    if not args.radius_scale > 0:
-        raise CliError(f"--radius-scale: expected a positive number, got {args.radius_scale}")
+def _check_filter_options(args):
     if args.kernel_size is not None and not (math.isfinite(args.kernel_size)
                                              and args.kernel_size >= 0):
         raise CliError(f"--kernel-size: expected a number >= 0, got {args.kernel_size}")
-    width, height = args.width, args.height
-    if height is None:
-        height = max(1, int(round(width * 3 / 4)))
+
+
+def _load_model(args):
+    """(Gaussians on the device, antialiasing, kernel_size, a note on the filter or None,
+    seconds to load) for the commands that read a trained PLY: the 2D filter as the options
+    say, or, for a Mip-Splatting model (load_ply applied its 3D filter), as it was trained."""
+    from .ply import FILTER_3D, load_ply, vertex_properties
     t0 = time.perf_counter()
     gaussians = load_ply(args.scene)
     load_s = time.perf_counter() - t0
     antialiasing, kernel_size, filter_note = args.antialiasing, args.kernel_size, None
     if FILTER_3D in vertex_properties(args.scene) and not antialiasing and kernel_size is None:
-        # A Mip-Splatting model (load_ply applied its 3D filter): its 2D filter too.
         kernel_size, source = _mip_filter(args.scene)
         antialiasing = True
         filter_note = (f"Mip-Splatting's filters: the PLY's 3D filter, the compensated 2D "
@@ -324,7 +322,20 @@ def cmd_render(args) -> int:
             gaussians = gaussians.with_sh_degree(args.sh_degree)
         except ValueError as e:
             raise CliError(str(e)) from None
-    gaussians = gaussians.to(device)
+    return gaussians.to(_device(args.device)), antialiasing, kernel_size, filter_note, load_s
+
+
+def cmd_render(args) -> int:
+    device = _device(args.device)
+    if not 1.0 <= args.fov <= 170.0:
+        raise CliError(f"--fov: expected degrees in [1, 170], got {args.fov}")
+    if not args.radius_scale > 0:
+        raise CliError(f"--radius-scale: expected a positive number, got {args.radius_scale}")
+    _check_filter_options(args)
+    width, height = args.width, args.height
+    if height is None:
+        height = max(1, int(round(width * 3 / 4)))
+    gaussians, antialiasing, kernel_size, filter_note, load_s = _load_model(args)
     views, how = orbit_for_scene(gaussians, args.scene, args.views, width, height, args.up,
                                  args.fov, args.elevation, args.radius_scale)
     print(f"{args.scene}: {len(gaussians)} Gaussians, SH degree {gaussians.sh_degree}, loaded "
@@ -350,6 +361,94 @@ def cmd_render(args) -> int:
     ms = [1000 * s for s in seconds]
     print(f"depth range {vmin:.3g} .. {vmax:.3g} scene units; render {np.mean(ms):.1f} ms per "
           f"view (first {ms[0]:.1f} ms)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# mesh
+# --------------------------------------------------------------------------------------------
+
+def scene_radius(cameras: Sequence[Camera]) -> float:
+    """3DGS's scene extent: 1.1 times the largest distance of a camera centre from their mean
+    (its `nerf_normalization` radius)."""
+    centres = np.stack([c.center for c in cameras])
+    return 1.1 * float(np.linalg.norm(centres - centres.mean(0), axis=1).max())
+
+
+def scaled_camera(camera: Camera, scale: float) -> Camera:
+    """The camera at `scale` times its resolution (the field of view kept)."""
+    width = max(1, int(round(camera.width * scale)))
+    height = max(1, int(round(camera.height * scale)))
+    return Camera(camera.world_to_camera, width, height, camera.fx * width / camera.width,
+                  camera.fy * height / camera.height)
+
+
+def cmd_mesh(args) -> int:
+    from .mesh import SparseTSDFVolume
+    from .ply import save_mesh_ply
+    device = _device(args.device)
+    _check_filter_options(args)
+    for name in ("scale", "voxel_size", "max_depth", "truncation"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise CliError(f"--{name.replace('_', '-')}: expected a positive number, got {value}")
+    if not 0 <= args.min_weight < 1:
+        raise CliError(f"--min-weight: expected a number in [0, 1), got {args.min_weight}")
+    cam_json = args.cameras or _find_training_cameras(args.scene)
+    if cam_json is None:
+        raise CliError(f"{args.scene}: no cameras.json found beside the model (the official "
+                       "layout); pass --cameras")
+    try:
+        with open(cam_json) as f:
+            training = cams_mod.training_cameras_from_json(json.load(f))
+    except (ValueError, OSError) as e:
+        raise CliError(f"{cam_json}: could not read the training cameras ({e})") from None
+    if not training:
+        raise CliError(f"{cam_json}: no cameras")
+    views = [scaled_camera(c, args.scale) for c in training[::args.every]]
+    gaussians, antialiasing, kernel_size, filter_note, load_s = _load_model(args)
+    # 2DGS's defaults for an unbounded scene: depths up to twice the scene's extent, the
+    # voxel a `resolution`-th of that, the truncation 4 voxels (this package's).
+    max_depth = args.max_depth or 2.0 * scene_radius(training)
+    voxel = args.voxel_size or max_depth / args.resolution
+    volume = SparseTSDFVolume(voxel, args.truncation, device=device)
+    print(f"{args.scene}: {len(gaussians)} Gaussians, SH degree {gaussians.sh_degree}, loaded "
+          f"in {load_s:.2f} s")
+    if filter_note:
+        print(filter_note)
+    print(f"fusing the {args.depth} depth of {len(views)} of the {len(training)} training views "
+          f"of {cam_json} ({views[0].width}x{views[0].height}) on {_device_text(device)}: "
+          f"voxel {voxel:.4g}, truncation {volume.truncation:.4g}, depths up to "
+          f"{max_depth:.4g} scene units, pixels of weight > {args.min_weight:g}")
+    t0 = time.perf_counter()
+    render_s = 0.0
+    with torch.no_grad():
+        for camera in views:
+            settings = camera.raster_settings(
+                bg=(0.0, 0.0, 0.0), sh_degree=gaussians.sh_degree, device=device,
+                antialiasing=antialiasing, kernel_size=kernel_size)
+            t_render = time.perf_counter()
+            color, _, depth, weight, median = scenes.rasterize(
+                settings, means3D=gaussians.means, means2D=None,
+                opacities=gaussians.opacities, shs=gaussians.sh, scales=gaussians.scales,
+                rotations=gaussians.rotations, median_depth=True)
+            _sync(device)
+            render_s += time.perf_counter() - t_render
+            surface = median if args.depth == "median" else depth
+            mask = (weight > args.min_weight) & (surface > 0) & (surface < max_depth)
+            # The colour of a pixel as the model shows it (over black), where it is opaque.
+            shown = (color / weight.clamp_min(1e-6)).clamp(0, 1)
+            volume.integrate(surface, settings, color=shown, mask=mask)
+    fuse_s = time.perf_counter() - t0 - render_s
+    t1 = time.perf_counter()
+    mesh = volume.extract_mesh(min_weight=args.min_views)
+    extract_s = time.perf_counter() - t1
+    out = args.out
+    save_mesh_ply(out, mesh)
+    voxels = volume.num_blocks * volume.block_size ** 3
+    print(f"{volume.num_blocks} blocks of {volume.block_size}^3 ({voxels / 1e6:.1f}M grid "
+          f"points); rendering {render_s:.1f} s, fusion {fuse_s:.1f} s, meshing {extract_s:.1f} s")
+    print(f"wrote {out}: {mesh.vertices.shape[0]} vertices, {mesh.faces.shape[0]} faces")
     return 0
 
 
@@ -391,14 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "cameras.json sits in the model directory (the official layout), and "
                     "otherwise circles the median position with up estimated from the point "
                     "layout (the direction of least spread, e.g. the ground's normal).")
-    render.add_argument("scene", help="path to point_cloud.ply")
+    _add_model_options(render)
     render.add_argument("--out", required=True, help="output directory")
     render.add_argument("--views", type=_positive_int, default=8, help="default: %(default)s")
     render.add_argument("--width", type=_positive_int, default=640, help="default: %(default)s")
     render.add_argument("--height", type=_positive_int, default=None,
                         help="default: 3/4 of the width")
-    render.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="auto = CUDA when available (default: %(default)s)")
     render.add_argument("--up", default="auto", choices=["auto"] + sorted(_AXES),
                         help="world up axis of the orbit (default: %(default)s)")
     render.add_argument("--fov", type=float, default=60.0,
@@ -410,19 +507,64 @@ def build_parser() -> argparse.ArgumentParser:
                         help="move the orbit closer (<1) or farther (>1) (default: 1)")
     render.add_argument("--bg", type=_parse_bg, default=(0.0, 0.0, 0.0),
                         help="background: black, white or R,G,B (default: black)")
-    render.add_argument("--sh-degree", type=int, default=None,
-                        help="use fewer SH degrees than the file has")
-    render.add_argument("--antialiasing", action="store_true",
-                        help="the opacity compensation of the 2D filter, for models trained "
-                             "with it (the 2024 code's --antialiasing, Mip-Splatting)")
-    render.add_argument("--kernel-size", type=float, default=None,
-                        help="the 2D filter's variance in px^2 (default: 0.3; for a "
-                             "Mip-Splatting PLY, which holds filter_3D, its training's, with "
-                             "--antialiasing, unless either option is given)")
     render.add_argument("--npy", action="store_true",
                         help="also write the raw depth and weight maps as .npy")
     render.set_defaults(func=cmd_render)
+
+    mesh = sub.add_parser(
+        "mesh", help="mesh a trained 3DGS point_cloud.ply from its training views",
+        description="Render the depth of each training view (cameras.json beside the model, "
+                    "the official layout), fuse the maps into a sparse truncated signed "
+                    "distance field and write its zero level set as a coloured PLY mesh "
+                    "(marching tetrahedra), as 2DGS and PGSR mesh their models. The defaults "
+                    "are 2DGS's for unbounded scenes: depths up to twice the cameras' extent, "
+                    "the voxel a --resolution-th of that.")
+    _add_model_options(mesh)
+    mesh.add_argument("--out", required=True, help="the mesh's .ply path")
+    mesh.add_argument("--cameras", default=None,
+                      help="cameras.json (default: the one in the model directory)")
+    mesh.add_argument("--depth", default="median", choices=["median", "mean"],
+                      help="the depth map fused: the median (the first Gaussian past half "
+                           "opacity: sharp edges) or the mean (default: %(default)s)")
+    mesh.add_argument("--every", type=_positive_int, default=1,
+                      help="fuse every N-th training view (default: %(default)s)")
+    mesh.add_argument("--scale", type=float, default=1.0,
+                      help="render at this fraction of the training resolution "
+                           "(default: %(default)s)")
+    mesh.add_argument("--resolution", type=_positive_int, default=512,
+                      help="voxels across the depth range when --voxel-size is not given "
+                           "(2DGS: 1024; default: %(default)s)")
+    mesh.add_argument("--voxel-size", type=float, default=None,
+                      help="grid spacing in scene units (default: max depth / resolution)")
+    mesh.add_argument("--max-depth", type=float, default=None,
+                      help="ignore pixels deeper than this (default: twice the extent of the "
+                           "camera centres, 2DGS's depth_trunc)")
+    mesh.add_argument("--truncation", type=float, default=None,
+                      help="the TSDF's truncation in scene units (default: 4 voxels)")
+    mesh.add_argument("--min-weight", type=float, default=0.5,
+                      help="fuse the pixels whose accumulated opacity is above this "
+                           "(default: %(default)s)")
+    mesh.add_argument("--min-views", type=_positive_int, default=1,
+                      help="mesh where at least this many views saw the grid point "
+                           "(default: %(default)s)")
+    mesh.set_defaults(func=cmd_mesh)
     return parser
+
+
+def _add_model_options(parser):
+    """The arguments of the commands that read a trained model."""
+    parser.add_argument("scene", help="path to point_cloud.ply")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto = CUDA when available (default: %(default)s)")
+    parser.add_argument("--sh-degree", type=int, default=None,
+                        help="use fewer SH degrees than the file has")
+    parser.add_argument("--antialiasing", action="store_true",
+                        help="the opacity compensation of the 2D filter, for models trained "
+                             "with it (the 2024 code's --antialiasing, Mip-Splatting)")
+    parser.add_argument("--kernel-size", type=float, default=None,
+                        help="the 2D filter's variance in px^2 (default: 0.3; for a "
+                             "Mip-Splatting PLY, which holds filter_3D, its training's, with "
+                             "--antialiasing, unless either option is given)")
 
 
 def main(argv=None) -> int:

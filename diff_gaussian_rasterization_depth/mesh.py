@@ -27,7 +27,7 @@ import torch
 from .reference import NEAR_PLANE, _ndc2pix, _transform_point
 from .surface import _check_shape
 
-__all__ = ["TSDFVolume", "Mesh", "marching_tetrahedra"]
+__all__ = ["TSDFVolume", "SparseTSDFVolume", "Mesh", "marching_tetrahedra"]
 
 # The cube's corners, numbered by bits (x = 1, y = 2, z = 4), and the six tetrahedra around its
 # diagonal 0-7: every cube cuts its faces along the same diagonals, so the cuts of two
@@ -80,9 +80,35 @@ def marching_tetrahedra(values: torch.Tensor, valid: torch.Tensor, origin: Seque
         return _empty_mesh(values, colors)
     grid = cube[:, None, :] + corner[None]                         # (C, 8, 3)
     flat = (grid[..., 0] * n[1] + grid[..., 1]) * n[2] + grid[..., 2]
+    origin_t = torch.as_tensor(origin, dtype=values.dtype, device=device)
+
+    def position(point_ids):
+        z = point_ids % n[2]
+        y = (point_ids // n[2]) % n[1]
+        x = point_ids // (n[1] * n[2])
+        return _grid_positions(torch.stack([x, y, z], 1), origin_t, voxel_size)
+
+    return _mesh_cubes(flat, values.reshape(-1), position, None,
+                       None if colors is None else colors.reshape(-1, colors.shape[-1]))
+
+
+def _grid_positions(coords: torch.Tensor, origin: torch.Tensor, voxel_size: float):
+    """World positions of integer grid coordinates (N, 3): one expression for the dense and the
+    sparse volume, so that both give a grid point the same bits."""
+    return coords.to(origin.dtype) * voxel_size + origin
+
+
+def _mesh_cubes(cube_ids: torch.Tensor, flat_values: torch.Tensor, position, rank,
+                flat_colors: Optional[torch.Tensor]) -> Mesh:
+    """Marching tetrahedra over the cubes `cube_ids` (C, 8): each cube's corners (numbered as
+    _CORNERS) as ids into `flat_values` (N,); `position(ids)` gives their world positions;
+    `rank` (N,) int64, or None for the ids themselves, orders the two ends of an edge (the
+    vertex is interpolated from the lower), so that a vertex does not depend on where a grid
+    point is stored."""
+    device, dtype = flat_values.device, flat_values.dtype
     tet = torch.tensor(_TETRAHEDRA, device=device)
-    ids = flat[:, tet].reshape(-1, 4)                              # (T, 4) grid point ids
-    tet_values = values.reshape(-1)[ids]
+    ids = cube_ids[:, tet].reshape(-1, 4)                          # (T, 4) grid point ids
+    tet_values = flat_values[ids]
     tet_inside = tet_values < 0
     count = tet_inside.sum(1)
 
@@ -107,9 +133,13 @@ def marching_tetrahedra(values: torch.Tensor, valid: torch.Tensor, origin: Seque
     tri_ids = torch.cat([single_ids, double_ids])                      # (F, 4) their tetrahedra
     tri_edges = torch.cat([single_edges, double_edges])                # (F, 3, 2) corner slots
     ends = torch.gather(tri_ids[:, None, :].expand(-1, 3, -1), 2, tri_edges)   # grid ids
-    lo, hi = ends.min(2).values, ends.max(2).values
-    total = values.numel()
-    flat_values = values.reshape(-1)
+    if rank is None:
+        lo, hi = ends.min(2).values, ends.max(2).values
+    else:
+        first = rank[ends[..., 0]] < rank[ends[..., 1]]
+        lo = torch.where(first, ends[..., 0], ends[..., 1])
+        hi = torch.where(first, ends[..., 1], ends[..., 0])
+    total = flat_values.numel()
     # An edge whose outside end is exactly 0 crosses there: its vertex is that grid point, one
     # vertex for every edge ending in it (keys past total^2), and the triangles it collapses
     # are dropped below.
@@ -123,26 +153,17 @@ def marching_tetrahedra(values: torch.Tensor, valid: torch.Tensor, origin: Seque
     v_lo, v_hi = flat_values[edge_lo], flat_values[edge_hi]
     # in [0, 1] (the ends' signs differ); 0 at a grid point.
     t = torch.where(at_point, torch.zeros_like(v_lo), v_lo / (v_lo - v_hi))[:, None]
-    origin_t = torch.as_tensor(origin, dtype=values.dtype, device=device)
-
-    def position(point_ids):
-        z = point_ids % n[2]
-        y = (point_ids // n[2]) % n[1]
-        x = point_ids // (n[1] * n[2])
-        return origin_t + voxel_size * torch.stack([x, y, z], 1).to(values.dtype)
-
     p_lo, p_hi = position(edge_lo), position(edge_hi)
     vertices = p_lo + t * (p_hi - p_lo)
     vertex_colors = None
-    if colors is not None:
-        flat_colors = colors.reshape(-1, colors.shape[-1])
+    if flat_colors is not None:
         vertex_colors = flat_colors[edge_lo] + t * (flat_colors[edge_hi] - flat_colors[edge_lo])
 
     # Orientation: the normal towards the tetrahedron's outside corners. Read from the triangle
     # through its edges' midpoints, which winds as the triangle does but is never degenerate
     # (a vertex at t near 0 or 1 can make the triangle itself a sliver of rounding).
     tri_corners = position(tri_ids.reshape(-1)).reshape(-1, 4, 3)
-    outside = (flat_values[tri_ids] >= 0).to(values.dtype)[..., None]
+    outside = (flat_values[tri_ids] >= 0).to(dtype)[..., None]
     outward = ((tri_corners * outside).sum(1) / outside.sum(1)
                - (tri_corners * (1 - outside)).sum(1) / (1 - outside).sum(1))
     slot = tri_edges.reshape(-1, 6, 1).expand(-1, -1, 3)
@@ -170,24 +191,74 @@ def _empty_mesh(values, colors) -> Mesh:
                 None if colors is None else values.new_zeros((0, 3)))
 
 
+class _ViewMaps:
+    """One view's maps as integrate() takes them, checked, on the volume's device and dtype:
+    what the fusion of any grid point reads."""
+
+    def __init__(self, depth, settings, color, mask, dtype, device):
+        self.H, self.W = int(settings.image_height), int(settings.image_width)
+        _check_shape("depth", depth, (self.H, self.W))
+        if color is not None:
+            _check_shape("color", color, (3, self.H, self.W))
+        if mask is not None:
+            _check_mask("mask", mask, (self.H, self.W))
+        self.depth = depth.detach().to(device, dtype).reshape(-1)
+        self.color = None if color is None else color.detach().to(device, dtype).reshape(3, -1)
+        self.mask = None if mask is None else mask.to(device).reshape(-1)
+        self.view = torch.as_tensor(settings.viewmatrix).reshape(-1).to(device, dtype)
+        self.proj = torch.as_tensor(settings.projmatrix).reshape(-1).to(device, dtype)
+        self.settings = settings
+
+    def read(self, points: torch.Tensor, truncation: float):
+        """(seen, value, pixel) of grid points (N, 3): whether this view updates each (in front
+        of the near plane, inside the image, on a pixel with depth and in the mask, not farther
+        than the truncation behind the surface), its truncated distance (surface z - own z) /
+        truncation clamped to at most 1, and the pixel it reads (the one its projection falls
+        in: no interpolation across depth edges)."""
+        H, W = self.H, self.W
+        z = _transform_point(points, self.view, 2)
+        inv_w = 1.0 / (_transform_point(points, self.proj, 3) + 1e-7)
+        col = torch.round(_ndc2pix(_transform_point(points, self.proj, 0) * inv_w, W))
+        row = torch.round(_ndc2pix(_transform_point(points, self.proj, 1) * inv_w, H))
+        seen = (z > NEAR_PLANE) & (col >= 0) & (col < W) & (row >= 0) & (row < H)
+        pixel = (row.clamp(0, H - 1) * W + col.clamp(0, W - 1)).long()
+        surface = self.depth[pixel]
+        seen &= surface > 0
+        if self.mask is not None:
+            seen &= self.mask[pixel]
+        sdf = surface - z
+        seen &= sdf > -truncation
+        return seen, torch.clamp(sdf / truncation, max=1.0), pixel
+
+    def fuse(self, points, truncation, tsdf, weight, color):
+        """Fuse this view into the grid points' running averages `tsdf`, `weight` (N,) and
+        `color` (N, 3) or None, in place."""
+        seen, value, pixel = self.read(points, truncation)
+        new_weight = weight + seen.to(weight.dtype)
+        divisor = new_weight.clamp_min(1)
+        if color is not None and self.color is not None:
+            rgb = self.color[:, pixel].T
+            color.copy_(torch.where(seen[:, None], (color * weight[:, None] + rgb)
+                                    / divisor[:, None], color))
+        tsdf.copy_(torch.where(seen, (tsdf * weight + value) / divisor, tsdf))
+        weight.copy_(new_weight)
+
+
 class TSDFVolume:
     """A truncated signed distance field on a regular grid over the box [lower, upper] (world
     units), fused from depth maps. `truncation` (default 4 voxels) is the band behind a surface
-    within which a view updates a grid point."""
+    within which a view updates a grid point. Memory: 8 bytes a grid point in float32 (20 with
+    colours), and the fusion's temporaries, about 15 times that; for a scene larger than an
+    object, SparseTSDFVolume keeps the blocks near the surface alone."""
 
     def __init__(self, lower: Sequence[float], upper: Sequence[float], voxel_size: float,
                  truncation: Optional[float] = None, device="cpu",
                  dtype: torch.dtype = torch.float32):
-        if not voxel_size > 0:
-            raise ValueError(f"voxel_size: expected a positive number, got {voxel_size}")
+        self.voxel_size, self.truncation = _check_voxel(voxel_size, truncation)
         lower_t = torch.as_tensor(lower, dtype=torch.float64).reshape(3)
         upper_t = torch.as_tensor(upper, dtype=torch.float64).reshape(3)
         if not (upper_t > lower_t).all():
             raise ValueError(f"upper: expected above lower in x, y and z, got {lower} .. {upper}")
-        self.voxel_size = float(voxel_size)
-        self.truncation = float(truncation) if truncation is not None else 4 * self.voxel_size
-        if not self.truncation > 0:
-            raise ValueError(f"truncation: expected a positive number, got {truncation}")
         self.origin = lower_t.tolist()
         self.shape = tuple(int(math.ceil(float(s) / self.voxel_size - 1e-9)) + 1
                            for s in (upper_t - lower_t))
@@ -197,9 +268,11 @@ class TSDFVolume:
 
     def points(self) -> torch.Tensor:
         """(N, 3) world positions of the grid points, in the field's memory order."""
-        axes = [torch.arange(s, dtype=self.tsdf.dtype, device=self.tsdf.device) * self.voxel_size
-                + o for s, o in zip(self.shape, self.origin)]
-        return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+        device = self.tsdf.device
+        axes = [torch.arange(s, device=device) for s in self.shape]
+        coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+        origin = torch.tensor(self.origin, dtype=self.tsdf.dtype, device=device)
+        return _grid_positions(coords, origin, self.voxel_size)
 
     def integrate(self, depth: torch.Tensor, settings, color: Optional[torch.Tensor] = None,
                   mask: Optional[torch.Tensor] = None) -> None:
@@ -207,45 +280,271 @@ class TSDFVolume:
         nothing was blended), `settings` the rasterizer settings it was rendered with,
         `color` (3, H, W) to fuse too, `mask` (H, W) bool the pixels to use. Each grid point
         reads the pixel its projection falls in (no interpolation across depth edges)."""
-        H, W = int(settings.image_height), int(settings.image_width)   # the settings' image
-        _check_shape("depth", depth, (H, W))
-        if color is not None:
-            _check_shape("color", color, (3, H, W))
-        if mask is not None:
-            _check_mask("mask", mask, (H, W))
-        dtype, device = self.tsdf.dtype, self.tsdf.device
-        depth = depth.detach().to(device, dtype)
-        view = torch.as_tensor(settings.viewmatrix).reshape(-1).to(device, dtype)
-        proj = torch.as_tensor(settings.projmatrix).reshape(-1).to(device, dtype)
-        p = self.points()
-        z = _transform_point(p, view, 2)
-        inv_w = 1.0 / (_transform_point(p, proj, 3) + 1e-7)
-        col = torch.round(_ndc2pix(_transform_point(p, proj, 0) * inv_w, W))
-        row = torch.round(_ndc2pix(_transform_point(p, proj, 1) * inv_w, H))
-        seen = (z > NEAR_PLANE) & (col >= 0) & (col < W) & (row >= 0) & (row < H)
-        pixel = (row.clamp(0, H - 1) * W + col.clamp(0, W - 1)).long()
-        surface = depth.reshape(-1)[pixel]
-        seen &= surface > 0
-        if mask is not None:
-            seen &= mask.to(device).reshape(-1)[pixel]
-        sdf = surface - z
-        seen &= sdf > -self.truncation
-        value = torch.clamp(sdf / self.truncation, max=1.0)
-        tsdf, weight = self.tsdf.reshape(-1), self.weight.reshape(-1)
-        new_weight = weight + seen.to(dtype)
-        update = torch.where(seen, (tsdf * weight + value) / new_weight.clamp_min(1), tsdf)
-        if color is not None:
-            if self.color is None:
-                self.color = torch.zeros(self.shape + (3,), dtype=dtype, device=device)
-            rgb = color.detach().to(device, dtype).reshape(3, -1)[:, pixel].T
-            old = self.color.reshape(-1, 3)
-            fused = (old * weight[:, None] + rgb) / new_weight.clamp_min(1)[:, None]
-            self.color = torch.where(seen[:, None], fused, old).reshape(self.color.shape)
-        self.tsdf = update.reshape(self.shape)
-        self.weight = new_weight.reshape(self.shape)
+        maps = _ViewMaps(depth, settings, color, mask, self.tsdf.dtype, self.tsdf.device)
+        if color is not None and self.color is None:
+            self.color = torch.zeros(self.shape + (3,), dtype=self.tsdf.dtype,
+                                     device=self.tsdf.device)
+        maps.fuse(self.points(), self.truncation, self.tsdf.view(-1), self.weight.view(-1),
+                  None if self.color is None else self.color.view(-1, 3))
 
     def extract_mesh(self, min_weight: float = 1.0) -> Mesh:
         """The field's zero level set over the grid points seen by at least `min_weight`
         views (marching_tetrahedra), with fused colours where any were given."""
         return marching_tetrahedra(self.tsdf, self.weight >= min_weight, self.origin,
                                    self.voxel_size, self.color)
+
+
+def _check_voxel(voxel_size, truncation):
+    """(voxel_size, truncation) as floats; truncation defaults to 4 voxels."""
+    if not (isinstance(voxel_size, (int, float)) and voxel_size > 0 and math.isfinite(voxel_size)):
+        raise ValueError(f"voxel_size: expected a positive number, got {voxel_size}")
+    voxel_size = float(voxel_size)
+    truncation = float(truncation) if truncation is not None else 4 * voxel_size
+    if not (truncation > 0 and math.isfinite(truncation)):
+        raise ValueError(f"truncation: expected a positive number, got {truncation}")
+    return voxel_size, truncation
+
+
+# Block coordinates packed into one int64 key, 21 bits an axis (x, y, z in that order, so keys
+# sort as the coordinates do lexicographically): |coordinate| < 2^20 blocks.
+_KEY_BITS = 21
+_KEY_OFFSET = 1 << (_KEY_BITS - 1)
+
+
+def _block_keys(coords: torch.Tensor) -> torch.Tensor:
+    c = coords + _KEY_OFFSET
+    return (c[..., 0] << (2 * _KEY_BITS)) | (c[..., 1] << _KEY_BITS) | c[..., 2]
+
+
+class SparseTSDFVolume:
+    """A truncated signed distance field in blocks of `block_size`^3 grid points, allocated
+    where a depth map puts a surface (within the truncation of a back-projected pixel): no box
+    to choose, memory in proportion to the surface's area rather than the scene's volume (as
+    Open3D's ScalableTSDFVolume, which 2DGS and PGSR mesh unbounded scenes with). Grid points
+    lie at origin + voxel_size * (i, j, k) for any integers; each view updates every allocated
+    point it sees, as TSDFVolume does its grid, so on the points both hold the two fields agree
+    bit for bit. A view fuses after it allocates its own blocks; `allocate` all views first to
+    let each view carve the free space in blocks that later views allocate."""
+
+    def __init__(self, voxel_size: float, truncation: Optional[float] = None,
+                 block_size: int = 8, origin: Sequence[float] = (0.0, 0.0, 0.0), device="cpu",
+                 dtype: torch.dtype = torch.float32, chunk_points: int = 1 << 21):
+        self.voxel_size, self.truncation = _check_voxel(voxel_size, truncation)
+        if not (isinstance(block_size, int) and block_size >= 1):
+            raise ValueError(f"block_size: expected a positive integer, got {block_size}")
+        self.block_size = block_size
+        self.origin = torch.as_tensor(origin, dtype=torch.float64).reshape(3).tolist()
+        self.dtype, self.device = dtype, torch.device(device)
+        self.chunk_blocks = max(1, chunk_points // block_size ** 3)
+        self._origin_t = torch.tensor(self.origin, dtype=dtype, device=self.device)
+        b3 = block_size ** 3
+        self._local = torch.stack(torch.meshgrid(*[torch.arange(block_size, device=self.device)]
+                                                 * 3, indexing="ij"), -1).reshape(b3, 3)
+        self.block_coords = torch.zeros((0, 3), dtype=torch.long, device=self.device)
+        self.tsdf = torch.ones((0, b3), dtype=dtype, device=self.device)
+        self.weight = torch.zeros((0, b3), dtype=dtype, device=self.device)
+        self.color: Optional[torch.Tensor] = None          # (blocks, b3, 3) once fused
+        # The blocks' keys sorted, and their rows (blocks are stored in allocation order).
+        self._sorted_keys = torch.zeros(0, dtype=torch.long, device=self.device)
+        self._sorted_rows = torch.zeros(0, dtype=torch.long, device=self.device)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.block_coords.shape[0]
+
+    def _rows_of(self, coords: torch.Tensor) -> torch.Tensor:
+        """The rows of blocks at integer coordinates (..., 3); -1 where none is allocated."""
+        keys = _block_keys(coords)
+        if self.num_blocks == 0:
+            return torch.full_like(keys, -1)
+        at = torch.searchsorted(self._sorted_keys, keys).clamp_max(self.num_blocks - 1)
+        return torch.where(self._sorted_keys[at] == keys, self._sorted_rows[at],
+                           torch.full_like(keys, -1))
+
+    def allocate(self, depth: torch.Tensor, settings, mask: Optional[torch.Tensor] = None) -> int:
+        """Allocate the blocks within the truncation of every pixel of `depth` with a depth
+        (and in `mask`), its centre back-projected; returns how many were new."""
+        maps = _ViewMaps(depth, settings, None, mask, torch.float64, self.device)
+        keep = maps.depth > 0
+        if maps.mask is not None:
+            keep &= maps.mask
+        pixel = keep.nonzero()[:, 0]
+        points = _back_project(maps, pixel)
+        extent = self.voxel_size * self.block_size
+        origin = torch.tensor(self.origin, dtype=torch.float64, device=self.device)
+        lo = torch.floor((points - self.truncation - origin) / extent).long()
+        hi = torch.floor((points + self.truncation - origin) / extent).long()
+        limit = _KEY_OFFSET - 1
+        if lo.numel() and (lo.min() < -limit or hi.max() > limit):
+            raise ValueError(f"depth: a surface point lies over {limit} blocks "
+                             f"({limit * extent:g} units) from the origin; mask such pixels out "
+                             "or take a larger voxel_size")
+        span = int((hi - lo).max()) + 1 if lo.numel() else 1
+        steps = torch.arange(span, device=self.device)
+        offsets = torch.stack(torch.meshgrid(steps, steps, steps, indexing="ij"), -1).reshape(-1, 3)
+        keys = []
+        step = max(1, (1 << 22) // offsets.shape[0])     # candidate blocks per pass: 4M
+        for start in range(0, lo.shape[0], step):
+            candidates = lo[start:start + step, None, :] + offsets[None]
+            inside = (candidates <= hi[start:start + step, None, :]).all(-1)
+            keys.append(torch.unique(_block_keys(candidates[inside])))
+        if not keys:
+            return 0
+        keys = torch.unique(torch.cat(keys))
+        if self.num_blocks:
+            at = torch.searchsorted(self._sorted_keys, keys).clamp_max(self.num_blocks - 1)
+            keys = keys[self._sorted_keys[at] != keys]
+        if keys.numel() == 0:
+            return 0
+        c = torch.stack([(keys >> (2 * _KEY_BITS)) & ((1 << _KEY_BITS) - 1),
+                         (keys >> _KEY_BITS) & ((1 << _KEY_BITS) - 1),
+                         keys & ((1 << _KEY_BITS) - 1)], 1) - _KEY_OFFSET
+        first = self.num_blocks
+        rows = torch.arange(first, first + keys.numel(), device=self.device)
+        self.block_coords = torch.cat([self.block_coords, c])
+        b3 = self.block_size ** 3
+        self.tsdf = torch.cat([self.tsdf, self.tsdf.new_ones((keys.numel(), b3))])
+        self.weight = torch.cat([self.weight, self.weight.new_zeros((keys.numel(), b3))])
+        if self.color is not None:
+            self.color = torch.cat([self.color, self.color.new_zeros((keys.numel(), b3, 3))])
+        all_keys = torch.cat([self._sorted_keys, keys])
+        all_rows = torch.cat([self._sorted_rows, rows])
+        order = torch.argsort(all_keys)
+        self._sorted_keys, self._sorted_rows = all_keys[order], all_rows[order]
+        return int(keys.numel())
+
+    def _block_points(self, rows: torch.Tensor) -> torch.Tensor:
+        """(len(rows) * block_size^3, 3) world positions of the blocks' grid points."""
+        coords = (self.block_coords[rows][:, None, :] * self.block_size + self._local[None])
+        return _grid_positions(coords.reshape(-1, 3), self._origin_t, self.voxel_size)
+
+    def _visible_rows(self, maps: "_ViewMaps") -> torch.Tensor:
+        """The blocks that may hold a grid point the view sees: a conservative test of each
+        block's bounding sphere against the near plane and the image (with a pixel to spare)."""
+        extent = self.voxel_size * (self.block_size - 1)
+        centre = _grid_positions(self.block_coords * self.block_size, self._origin_t.double(),
+                                 self.voxel_size) + extent / 2
+        # Half the diagonal, and room for the rounding of positions far from the origin.
+        radius = extent * math.sqrt(3) / 2 + 1e-6 * (1 + centre.abs().amax(1, keepdim=True)
+                                                     .squeeze(1))
+        view = maps.view.double()
+        x, y, z = (_transform_point(centre, view, k) for k in range(3))
+        near = z - radius
+        visible = z + radius > NEAR_PLANE
+        ahead = near > 1e-3 * radius          # wholly in front of the camera's plane
+        s = maps.settings
+        W, H = maps.W, maps.H
+        for size, tan_half, along, column in ((W, float(s.tanfovx), x, 0),
+                                              (H, float(s.tanfovy), y, 1)):
+            focal = size / (2 * tan_half)
+            proj = maps.proj.double()
+            w = _transform_point(centre, proj, 3)
+            pix = _ndc2pix(_transform_point(centre, proj, column) / (w + 1e-7), size)
+            # A point q of the sphere projects within r f (1 + |c_x / c_z|) / (c_z - r) of c.
+            reach = radius * focal * (1 + (along / z).abs()) / near.clamp_min(1e-12) + 1.0
+            inside = (pix + reach >= -0.5) & (pix - reach <= size - 0.5)
+            visible &= ~ahead | inside
+        return visible.nonzero()[:, 0]
+
+    def integrate(self, depth: torch.Tensor, settings, color: Optional[torch.Tensor] = None,
+                  mask: Optional[torch.Tensor] = None) -> None:
+        """Allocate this view's blocks, then fuse it into every allocated block it sees, as
+        TSDFVolume.integrate (same arguments)."""
+        self.allocate(depth, settings, mask)
+        maps = _ViewMaps(depth, settings, color, mask, self.dtype, self.device)
+        if color is not None and self.color is None:
+            self.color = self.tsdf.new_zeros(self.tsdf.shape + (3,))
+        rows = self._visible_rows(maps) if self.num_blocks else self.block_coords[:0, 0]
+        b3 = self.block_size ** 3
+        for start in range(0, rows.numel(), self.chunk_blocks):
+            chunk = rows[start:start + self.chunk_blocks]
+            tsdf, weight = self.tsdf[chunk].reshape(-1), self.weight[chunk].reshape(-1)
+            color_chunk = None if self.color is None else self.color[chunk].reshape(-1, 3)
+            maps.fuse(self._block_points(chunk), self.truncation, tsdf, weight, color_chunk)
+            self.tsdf[chunk] = tsdf.reshape(-1, b3)
+            self.weight[chunk] = weight.reshape(-1, b3)
+            if color_chunk is not None:
+                self.color[chunk] = color_chunk.reshape(-1, b3, 3)
+
+    def extract_mesh(self, min_weight: float = 1.0) -> Mesh:
+        """The field's zero level set over the grid points seen by at least `min_weight` views,
+        cubes across block borders included (marching tetrahedra, as TSDFVolume's)."""
+        b = self.block_size
+        b3 = b ** 3
+        flat_values = self.tsdf.reshape(-1)
+        flat_colors = None if self.color is None else self.color.reshape(-1, 3)
+        empty = Mesh(flat_values.new_zeros((0, 3)),
+                     torch.zeros((0, 3), dtype=torch.long, device=self.device),
+                     None if flat_colors is None else flat_values.new_zeros((0, 3)))
+        if self.num_blocks == 0:
+            return empty
+        valid_flat = self.weight.reshape(-1) >= min_weight
+        # A block padded by one grid point up in x, y and z with its neighbours' points: the
+        # padded point (i, j, k) lies in neighbour (i == b, j == b, k == b) at (i, j, k) mod b.
+        pad = torch.arange(b + 1, device=self.device)
+        padded = torch.stack(torch.meshgrid(pad, pad, pad, indexing="ij"), -1).reshape(-1, 3)
+        over = (padded == b).long()
+        neighbour = over[:, 0] + 2 * over[:, 1] + 4 * over[:, 2]
+        local = padded % b
+        local_id = (local[:, 0] * b + local[:, 1]) * b + local[:, 2]
+        corner = torch.tensor(_CORNERS, device=self.device)
+        cube_ids = []
+        for start in range(0, self.num_blocks, self.chunk_blocks):
+            rows = torch.arange(start, min(start + self.chunk_blocks, self.num_blocks),
+                                device=self.device)
+            around = self._rows_of(self.block_coords[rows][:, None, :] + corner[None])  # (B, 8)
+            row = around[:, neighbour]                                   # (B, (b+1)^3)
+            ids = row * b3 + local_id[None]
+            ok = row >= 0
+            ids = torch.where(ok, ids, torch.zeros_like(ids))
+            valid = (ok & valid_flat[ids]).reshape(-1, b + 1, b + 1, b + 1)
+            inside = (flat_values[ids] < 0).reshape(valid.shape)
+            ids = ids.reshape(valid.shape)
+            all_valid = torch.ones((rows.numel(), b, b, b), dtype=torch.bool, device=self.device)
+            any_inside = torch.zeros_like(all_valid)
+            all_inside = torch.ones_like(all_valid)
+            for x, y, z in _CORNERS:
+                window = (slice(None), slice(x, x + b), slice(y, y + b), slice(z, z + b))
+                all_valid &= valid[window]
+                any_inside |= inside[window]
+                all_inside &= inside[window]
+            cube = (all_valid & any_inside & ~all_inside).nonzero()     # (C, 4): block, i, j, k
+            if cube.shape[0]:
+                at = cube[:, None, 1:] + corner[None]                    # (C, 8, 3)
+                cube_ids.append(ids[cube[:, :1].expand(-1, 8), at[..., 0], at[..., 1],
+                                    at[..., 2]])
+        if not cube_ids:
+            return empty
+        coords = (self.block_coords[:, None, :] * b + self._local[None]).reshape(-1, 3)
+        # Edge ends ordered by position (x, then y, then z, as the dense grid's ids are), so
+        # that the vertices are those of a dense grid over the same points, bit for bit.
+        span = coords.max(0).values - coords.min(0).values + 1
+        shifted = coords - coords.min(0).values
+        rank = (shifted[:, 0] * span[1] + shifted[:, 1]) * span[2] + shifted[:, 2]
+
+        def position(point_ids):
+            return _grid_positions(coords[point_ids], self._origin_t, self.voxel_size)
+
+        return _mesh_cubes(torch.cat(cube_ids), flat_values, position, rank, flat_colors)
+
+
+def _back_project(maps: "_ViewMaps", pixel: torch.Tensor) -> torch.Tensor:
+    """(N, 3) world points (float64) at the centres of the pixels `pixel` (flat indices) at their
+    depth: the point whose view z is the depth and whose projection is the pixel's centre,
+    solved from the settings' own matrices (any principal point they encode)."""
+    H, W = maps.H, maps.W
+    view, proj = maps.view.double(), maps.proj.double()
+    ndc_x = (2.0 * (pixel % W).double() + 1.0) / W - 1.0
+    ndc_y = (2.0 * torch.div(pixel, W, rounding_mode="floor").double() + 1.0) / H - 1.0
+    # [p, 1] @ M: column c is p . M[0:12:4 + c] + M[12 + c]. Rows of the 3x3 system:
+    # view z = depth; proj x - ndc_x proj w = 0; proj y - ndc_y proj w = 0.
+    col = lambda m, c: m[[c, 4 + c, 8 + c]]
+    n = pixel.numel()
+    A = torch.stack([col(view, 2).expand(n, 3),
+                     col(proj, 0)[None] - ndc_x[:, None] * col(proj, 3)[None],
+                     col(proj, 1)[None] - ndc_y[:, None] * col(proj, 3)[None]], 1)
+    b = torch.stack([maps.depth.double()[pixel] - view[14],
+                     ndc_x * proj[15] - proj[12], ndc_y * proj[15] - proj[13]], 1)
+    if n == 0:
+        return b
+    return torch.linalg.solve(A, b[..., None])[..., 0]

@@ -1,15 +1,21 @@
 """Meshes from depth maps (`diff_gaussian_rasterization_depth.mesh`): marching tetrahedra on
 exact fields (closed, consistently oriented, outward, on the surface), TSDF fusion of exact and
 of rendered depth maps, and the mesh PLY."""
+import json
+
 import numpy as np
 import pytest
 import torch
 
-import scenes
+import scenes as test_scenes
 from diff_gaussian_rasterization_depth import GaussianRasterizer
-from diff_gaussian_rasterization_depth.cameras import orbit_cameras
-from diff_gaussian_rasterization_depth.mesh import Mesh, TSDFVolume, marching_tetrahedra
-from diff_gaussian_rasterization_depth.ply import save_mesh_ply
+from diff_gaussian_rasterization_depth.cameras import Camera, look_at, orbit_cameras
+from diff_gaussian_rasterization_depth.mesh import (Mesh, SparseTSDFVolume, TSDFVolume,
+                                                    _back_project, _ViewMaps,
+                                                    marching_tetrahedra)
+from diff_gaussian_rasterization_depth import scenes
+from diff_gaussian_rasterization_depth.cli import main
+from diff_gaussian_rasterization_depth.ply import load_ply, save_mesh_ply, save_ply
 from diff_gaussian_rasterization_depth.surface import render_surface
 
 F32, F64 = torch.float32, torch.float64
@@ -146,22 +152,28 @@ def test_tsdf_of_exact_depth_maps():
     assert (outward > 0).float().mean() > 0.99
 
 
+def tangent_sphere_gaussians(P, centre, radius, seed):
+    """(means, rotations, scales) of P small flat Gaussians tangent to a sphere at random
+    points: a surface the rasterizer draws."""
+    gen = torch.Generator().manual_seed(seed)
+    n = torch.nn.functional.normalize(torch.randn(P, 3, generator=gen), dim=1)
+    # The rotation taking z to the sphere's normal n: (1 + z.n, z x n), normalized.
+    tangent = torch.nn.functional.normalize(
+        torch.stack([1 + n[:, 2], -n[:, 1], n[:, 0], torch.zeros(P)], 1), dim=1)
+    return centre + radius * n, tangent, torch.tensor([0.03, 0.03, 0.002]).expand(P, 3)
+
+
 def test_tsdf_of_rendered_depth():
     """The package's own depth maps: 10,000 small flat Gaussians tangent to a sphere, rendered
     from 18 views and fused. From PGSR's plane depth (surface.render_surface) the mesh lies on
     the sphere to a third of a voxel on average, near what exact depths give; from the expected
     depth, which blends the splats' centre depths, it stands out by over half a voxel (on a
     convex surface the splats around a pixel's hit lie nearer the camera)."""
-    gen = torch.Generator().manual_seed(4)
     centre, radius, voxel = torch.tensor([0.2, -0.1, 0.3]), 0.8, 0.04
-    P = 10000
-    n = torch.nn.functional.normalize(torch.randn(P, 3, generator=gen), dim=1)
-    # The rotation taking z to the sphere's normal n: (1 + z.n, z x n), normalized.
-    tangent = torch.nn.functional.normalize(
-        torch.stack([1 + n[:, 2], -n[:, 1], n[:, 0], torch.zeros(P)], 1), dim=1)
-    inputs = dict(means3D=centre + radius * n, means2D=None, opacities=torch.full((P, 1), 0.9),
-                  colors_precomp=torch.ones(P, 3),
-                  scales=torch.tensor([0.03, 0.03, 0.002]).expand(P, 3), rotations=tangent)
+    means, rotations, scales = tangent_sphere_gaussians(10000, centre, radius, seed=4)
+    P = means.shape[0]
+    inputs = dict(means3D=means, means2D=None, opacities=torch.full((P, 1), 0.9),
+                  colors_precomp=torch.ones(P, 3), scales=scales, rotations=rotations)
     volumes = {k: TSDFVolume([-1.0, -1.2, -0.8], [1.4, 1.0, 1.4], voxel)
                for k in ("plane", "expected")}
     for camera in sphere_views(centre.tolist()):
@@ -191,7 +203,7 @@ def test_tsdf_checks():
     with pytest.raises(ValueError, match="truncation"):
         TSDFVolume([0, 0, 0], [1, 1, 1], 0.1, truncation=-1)
     volume = TSDFVolume([0, 0, 0], [1, 1, 1], 0.1)
-    settings = scenes.make_scene(0, P=4, height=12, width=10).settings
+    settings = test_scenes.make_scene(0, P=4, height=12, width=10).settings
     with pytest.raises(ValueError, match=r"depth: expected shape \(12, 10\)"):
         volume.integrate(torch.zeros(10, 12), settings)
     with pytest.raises(ValueError, match="color"):
@@ -232,3 +244,214 @@ def test_mesh_ply_round_trip(tmp_path, with_colors):
     if with_colors:
         rgb = np.stack([vertex[k] for k in ("red", "green", "blue")], 1).astype(int)
         assert np.abs(rgb - mesh.colors.numpy() * 255).max() <= 0.5 + 1e-6
+
+
+def face_set(mesh):
+    """The faces as rows of their vertices' nine coordinates, sorted: a mesh independent of how
+    its vertices are numbered."""
+    return torch.unique(mesh.vertices[mesh.faces].reshape(-1, 9), dim=0)
+
+
+@pytest.mark.parametrize("seed,block_size", [(0, 8), (1, 5), (2, 8)])
+def test_sparse_tsdf_equals_the_dense_grid_on_its_blocks(seed, block_size):
+    """A sphere (centre and radius drawn) seen by 18 views with random colour maps, fused into
+    the dense grid and into the sparse volume on the same grid points (its origin the box's
+    corner; every view allocated first, so each view fuses into every block): on every
+    allocated point the two fields, weights and colours agree bit for bit, and the sparse mesh
+    is exactly the dense grid's over the allocated points (cubes across block borders
+    included), faces and winding. The blocks hold a small part of the box, all near the
+    surface."""
+    gen = torch.Generator().manual_seed(seed)
+    centre = (torch.rand(3, generator=gen, dtype=F64) - 0.5) * 0.4
+    radius = 0.6 + 0.3 * float(torch.rand((), generator=gen))
+    # The box holds every block: the sphere, the truncation and a block on each side.
+    voxel, lower, upper = 0.04, [-1.92] * 3, [1.92] * 3
+    dense = TSDFVolume(lower, upper, voxel)
+    sparse = SparseTSDFVolume(voxel, block_size=block_size, origin=lower)
+    views = []
+    for camera in sphere_views(centre.tolist()):
+        depth = sphere_depth(camera, centre.tolist(), radius).float()
+        views.append((depth, camera.raster_settings(), torch.rand(3, 48, 64, generator=gen)))
+    for depth, settings, _ in views:
+        sparse.allocate(depth, settings, mask=depth > 0)
+    blocks = sparse.num_blocks
+    for depth, settings, color in views:
+        dense.integrate(depth, settings, color=color, mask=depth > 0)
+        sparse.integrate(depth, settings, color=color, mask=depth > 0)
+    assert sparse.num_blocks == blocks                    # nothing new after allocation
+    b = block_size
+    coords = (sparse.block_coords[:, None, :] * b + sparse._local[None]).reshape(-1, 3)
+    inside = ((coords >= 0) & (coords < torch.tensor(dense.shape))).all(1)
+    assert inside.all()
+    x, y, z = coords.unbind(1)
+    assert torch.equal(sparse.tsdf.reshape(-1), dense.tsdf[x, y, z])
+    assert torch.equal(sparse.weight.reshape(-1), dense.weight[x, y, z])
+    assert torch.equal(sparse.color.reshape(-1, 3), dense.color[x, y, z])
+    assert coords.shape[0] < 0.5 * dense.tsdf.numel()
+    # Every block near the sphere: its cell meets the box of half-width the truncation around a
+    # back-projected pixel centre (on the sphere), so its centre lies within sqrt(3) (truncation
+    # + half a cell) of the surface.
+    cell = voxel * b
+    block_centre = torch.tensor(lower, dtype=F64) + cell * (sparse.block_coords + 0.5)
+    gap = ((block_centre - centre).norm(dim=1) - radius).abs()
+    assert gap.max() < 3 ** 0.5 * (sparse.truncation + cell / 2) + 1e-9
+    allocated = torch.zeros(dense.shape, dtype=torch.bool)
+    allocated[x, y, z] = True
+    # Points the views put near the surface lie in blocks (a point is allocated through the
+    # pixel centres around it: a few at the silhouette may be missed).
+    near = (dense.weight > 0) & (dense.tsdf.abs() < 0.5)
+    assert allocated[near].float().mean() > 0.99
+    want = marching_tetrahedra(dense.tsdf, (dense.weight >= 1) & allocated, dense.origin, voxel,
+                               dense.color)
+    mesh = sparse.extract_mesh()
+    assert mesh.faces.shape[0] > 10000
+    assert torch.equal(face_set(mesh), face_set(want))
+    assert torch.equal(torch.unique(mesh.colors, dim=0), torch.unique(want.colors, dim=0))
+    undirected, directed = edge_counts(mesh.faces)
+    assert (directed == 1).all()
+
+
+def test_sparse_tsdf_meshes_an_unbounded_plane():
+    """A sloping ground plane out to 30 units seen from 4 cameras (each integrate allocating its
+    own blocks): the sparse volume holds the blocks along the plane alone, a small part of the
+    grid over their bounding box, and its mesh lies on the plane to within a pixel's footprint
+    (a point reads the depth at its pixel's centre), facing the cameras."""
+    voxel, height, far, focal = 0.1, 1.5, 30.0, 40.0
+    normal = torch.tensor([-0.15, 1.0, -0.1], dtype=F64)         # the plane normal . x = 0
+    normal = normal / normal.norm()
+    cameras_ = [Camera(look_at((3.0 * k, height, -2.0 * k), (3.0 * k + 4.0, 0.0, 6.0 + k),
+                               up=(0.0, 1.0, 0.0)), 64, 48, focal, focal) for k in range(4)]
+    volume = SparseTSDFVolume(voxel)
+    for camera in cameras_:
+        origin, dirs = camera.world_rays()
+        t = -(torch.tensor(origin) @ normal) / (torch.tensor(dirs) @ normal)   # view z
+        depth = torch.where((t > 0) & (t < far), t, torch.zeros_like(t)).float()
+        volume.integrate(depth, camera.raster_settings(), mask=depth > 0)
+    box = volume.block_coords.max(0).values - volume.block_coords.min(0).values + 1
+    assert volume.num_blocks < 0.1 * float(box.prod())
+    mesh = volume.extract_mesh()
+    assert mesh.faces.shape[0] > 5000
+    assert mesh.vertices.norm(dim=1).max() > 20.0
+    distance = (mesh.vertices.double() @ normal).abs()
+    centres = torch.tensor(np.stack([c.center for c in cameras_]))
+    footprint = torch.cdist(mesh.vertices.double(), centres).max(1).values / focal
+    assert (distance < footprint + voxel).all()
+    face_normal, _ = face_normals(mesh)
+    # Towards the cameras, on the whole: far away the depth read at pixel centres makes
+    # terraces, whose risers face every way.
+    mean_normal = face_normal.sum(0)
+    assert mean_normal @ normal > 0.9 * mean_normal.norm()
+
+
+def test_back_projection_inverts_the_projection():
+    """Pixels back-projected at random depths (through a projection matrix with an off-centre
+    principal point) are read by the fusion at the same pixel, on the surface."""
+    gen = torch.Generator().manual_seed(3)
+    camera = Camera(look_at((0.3, 0.2, -3.0), (0.0, 0.0, 0.0)), 40, 30, 35.0, 33.0)
+    settings = camera.raster_settings(dtype=torch.float64)
+    proj = settings.projmatrix.clone()
+    proj[:, 0] += 0.13 * proj[:, 3]                   # ndc x shifted by 0.13 (clip x += 0.13 w)
+    proj[:, 1] -= 0.07 * proj[:, 3]
+    settings = settings._replace(projmatrix=proj)
+    depth = (1.0 + 4.0 * torch.rand(30, 40, generator=gen, dtype=F64))
+    maps = _ViewMaps(depth, settings, None, None, F64, torch.device("cpu"))
+    pixel = torch.arange(30 * 40)
+    points = _back_project(maps, pixel)
+    seen, value, read = maps.read(points, truncation=0.1)
+    assert seen.all() and torch.equal(read, pixel)
+    assert value.abs().max() < 1e-9
+
+
+def test_sparse_tsdf_checks():
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="voxel_size"):
+            SparseTSDFVolume(bad)
+    with pytest.raises(ValueError, match="truncation"):
+        SparseTSDFVolume(0.1, truncation=0.0)
+    with pytest.raises(ValueError, match="block_size"):
+        SparseTSDFVolume(0.1, block_size=0)
+    volume = SparseTSDFVolume(1e-6)
+    settings = test_scenes.make_scene(0, P=4, height=12, width=10).settings
+    with pytest.raises(ValueError, match=r"depth: expected shape \(12, 10\)"):
+        volume.integrate(torch.zeros(10, 12), settings)
+    with pytest.raises(TypeError, match="mask: expected a bool"):
+        volume.integrate(torch.zeros(12, 10), settings, mask=torch.ones(12, 10))
+    # A surface farther than the block keys reach (2^20 blocks of 8 micro-units: 8.4 units).
+    with pytest.raises(ValueError, match="mask such pixels out"):
+        volume.integrate(torch.full((12, 10), 50.0), settings)
+    empty = SparseTSDFVolume(0.1)
+    assert empty.extract_mesh().faces.shape == (0, 3)
+    empty.integrate(torch.zeros(12, 10), settings)          # no depth: nothing allocated
+    assert empty.num_blocks == 0 and empty.extract_mesh().vertices.shape == (0, 3)
+
+
+def write_model(tmp_path, gaussians, views):
+    """A model in the official layout: point_cloud/iteration_N/point_cloud.ply and
+    cameras.json (camera-to-world rotations and centres) beside it."""
+    model = tmp_path / "model"
+    ply = model / "point_cloud" / "iteration_30000" / "point_cloud.ply"
+    save_ply(ply, gaussians)
+    (model / "cameras.json").write_text(json.dumps(
+        [{"id": i, "img_name": str(i), "width": c.width, "height": c.height,
+          "position": c.center.tolist(), "rotation": c.rotation.T.tolist(), "fx": c.fx,
+          "fy": c.fy} for i, c in enumerate(views)]))
+    return ply
+
+
+@pytest.mark.parametrize("depth_kind", ["median", "mean"])
+def test_mesh_command_meshes_a_trained_model(tmp_path, capsys, depth_kind):
+    """A model of flat Gaussians tangent to a sphere, of one colour, in the official layout:
+    the command's mesh is the sparse volume's of the training views' depth (median or mean)
+    over the pixels of weight > 0.5, it lies on the sphere (a voxel out at most on average:
+    the splats' centre depths stand out on a convex surface) and has the model's colour."""
+    plyfile = pytest.importorskip("plyfile")
+    centre, radius, voxel = torch.tensor([0.2, -0.1, 0.3]), 0.8, 0.05
+    means, rotations, scales = tangent_sphere_gaussians(8000, centre, radius, seed=5)
+    P = means.shape[0]
+    rgb = torch.tensor([0.8, 0.3, 0.2])
+    gaussians = scenes.Gaussians(means, scenes.rgb_to_sh_dc(rgb).expand(P, 1, 3).clone(),
+                                 torch.full((P, 1), 0.9), scales.clone(), rotations)
+    views = sphere_views(centre.tolist())
+    ply = write_model(tmp_path, gaussians, views)
+    out = tmp_path / "meshes" / "mesh.ply"
+    assert main(["mesh", str(ply), "--out", str(out), "--device", "cpu", "--voxel-size",
+                 str(voxel), "--depth", depth_kind, "--every", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert f"fusing the {depth_kind} depth of 9 of the 18 training views" in printed
+    data = plyfile.PlyData.read(str(out))
+    vertices = torch.tensor(np.stack([data["vertex"][k] for k in "xyz"], 1))
+    faces = torch.tensor(np.stack(data["face"]["vertex_indices"])).long()
+    colors = np.stack([data["vertex"][k] for k in ("red", "green", "blue")], 1)
+
+    loaded = load_ply(ply)
+    volume = SparseTSDFVolume(voxel)
+    for camera in views[::2]:
+        settings = camera.raster_settings()
+        with torch.no_grad():
+            color, _, depth, weight, median = GaussianRasterizer(settings)(
+                loaded.means, None, loaded.opacities, shs=loaded.sh, scales=loaded.scales,
+                rotations=loaded.rotations, median_depth=True)
+        surface = median if depth_kind == "median" else depth
+        volume.integrate(surface, settings, color=color / weight.clamp_min(1e-6),
+                         mask=(weight > 0.5) & (surface > 0))
+    want = volume.extract_mesh()
+    assert faces.shape[0] > 5000
+    assert torch.equal(face_set(Mesh(vertices, faces)),
+                       face_set(Mesh(want.vertices.float(), want.faces)))
+    error = (vertices.double() - centre.double()).norm(dim=1) - radius
+    assert error.abs().mean() < voxel, error.abs().mean()
+    assert np.abs(colors.astype(int) - (rgb.numpy() * 255)).max() <= 1
+
+
+def test_mesh_command_errors(tmp_path, capsys):
+    g = scenes.demo_scene(200)
+    ply = tmp_path / "alone" / "point_cloud.ply"
+    save_ply(ply, g)
+    assert main(["mesh", str(ply), "--out", str(tmp_path / "m.ply"), "--device", "cpu"]) == 2
+    assert "no cameras.json" in capsys.readouterr().err
+    ply = write_model(tmp_path, g, scenes.demo_cameras(2, 32, 24))
+    for option, value in (("--voxel-size", "0"), ("--scale", "-1"), ("--max-depth", "nan"),
+                          ("--min-weight", "1.5")):
+        assert main(["mesh", str(ply), "--out", str(tmp_path / "m.ply"), "--device", "cpu",
+                     option, value]) == 2
+        assert option in capsys.readouterr().err
