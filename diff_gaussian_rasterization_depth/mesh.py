@@ -295,14 +295,19 @@ class TSDFVolume:
 
 
 def _check_voxel(voxel_size, truncation):
-    """(voxel_size, truncation) as floats; truncation defaults to 4 voxels."""
-    if not (isinstance(voxel_size, (int, float)) and voxel_size > 0 and math.isfinite(voxel_size)):
-        raise ValueError(f"voxel_size: expected a positive number, got {voxel_size}")
-    voxel_size = float(voxel_size)
-    truncation = float(truncation) if truncation is not None else 4 * voxel_size
-    if not (truncation > 0 and math.isfinite(truncation)):
-        raise ValueError(f"truncation: expected a positive number, got {truncation}")
-    return voxel_size, truncation
+    """(voxel_size, truncation) as floats (any real number type: NumPy's, a 0-d tensor);
+    truncation defaults to 4 voxels."""
+    def positive(name, value):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not (number > 0 and math.isfinite(number)):
+            raise ValueError(f"{name}: expected a positive number, got {value}")
+        return number
+    voxel_size = positive("voxel_size", voxel_size)
+    return voxel_size, (positive("truncation", truncation) if truncation is not None
+                        else 4 * voxel_size)
 
 
 # Block coordinates packed into one int64 key, 21 bits an axis (x, y, z in that order, so keys

@@ -402,6 +402,25 @@ def test_features_cpu_lanes_off_reports_every_variant(tmp_path):
     assert r["load"]["others_cores_used"] >= 0 and "other processes used" in proc.stdout
 
 
+def test_mesh_bench_reports_sparse_against_dense_memory(tmp_path):
+    """benchmarks/mesh_bench.py on a small garden frame: a row per resolution, the sparse
+    volume's points its blocks' (512 each), fewer than a dense grid over their bounding box, and
+    more blocks and faces at the finer voxel."""
+    out = tmp_path / "mesh.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "mesh_bench.py"), "--scale", "0.25",
+         "--resolutions", "64", "128", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["resolution"] for r in rows] == [64, 128] and "load average" in proc.stdout
+    for r in rows:
+        assert r["points"] == 512 * r["blocks"] and r["dense_over_sparse"] > 1
+        assert r["sparse_mib"] == pytest.approx(r["points"] * 20 / 2 ** 20)
+        assert r["faces"] > 0 and r["render_s"] > 0 and r["fuse_s"] > 0
+    assert rows[1]["blocks"] > rows[0]["blocks"] and rows[1]["faces"] > rows[0]["faces"]
+
+
 def test_gsplat_stand_ins_match_their_definitions():
     """gsplat_cpu_twins (what lets gsplat's PyTorch rasterizer run on a CPU for cpu_bench.py),
     against a pixel-by-pixel walk: the blends it lists, and nerfacc's packed weights and sums."""

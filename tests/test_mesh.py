@@ -363,7 +363,7 @@ def test_back_projection_inverts_the_projection():
 
 
 def test_sparse_tsdf_checks():
-    for bad in (0.0, -1.0, float("nan"), float("inf")):
+    for bad in (0.0, -1.0, float("nan"), float("inf"), "a", None):
         with pytest.raises(ValueError, match="voxel_size"):
             SparseTSDFVolume(bad)
     with pytest.raises(ValueError, match="truncation"):
