@@ -384,7 +384,7 @@ def scaled_camera(camera: Camera, scale: float) -> Camera:
 
 
 def cmd_mesh(args) -> int:
-    from .mesh import SparseTSDFVolume
+    from .mesh import SparseTSDFVolume, keep_largest_components
     from .ply import save_mesh_ply
     device = _device(args.device)
     _check_filter_options(args)
@@ -392,6 +392,8 @@ def cmd_mesh(args) -> int:
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise CliError(f"--{name.replace('_', '-')}: expected a positive number, got {value}")
+    if args.components < 0:
+        raise CliError(f"--components: expected a number >= 0, got {args.components}")
     if not 0 <= args.min_weight < 1:
         raise CliError(f"--min-weight: expected a number in [0, 1), got {args.min_weight}")
     cam_json = args.cameras or _find_training_cameras(args.scene)
@@ -443,6 +445,11 @@ def cmd_mesh(args) -> int:
     t1 = time.perf_counter()
     mesh = volume.extract_mesh(min_weight=args.min_views)
     extract_s = time.perf_counter() - t1
+    if args.components:
+        faces_before = mesh.faces.shape[0]
+        mesh = keep_largest_components(mesh, args.components)
+        print(f"kept the {args.components} largest connected components of 50 faces or more: "
+              f"{mesh.faces.shape[0]} of {faces_before} faces")
     out = args.out
     save_mesh_ply(out, mesh)
     voxels = volume.num_blocks * volume.block_size ** 3
@@ -547,6 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
     mesh.add_argument("--min-views", type=_positive_int, default=1,
                       help="mesh where at least this many views saw the grid point "
                            "(default: %(default)s)")
+    mesh.add_argument("--components", type=int, default=0,
+                      help="keep the N largest connected components of 50 faces or more, "
+                           "dropping floaters (2DGS's post-processing: 50; default: keep all)")
     mesh.set_defaults(func=cmd_mesh)
     return parser
 

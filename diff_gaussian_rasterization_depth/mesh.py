@@ -27,7 +27,8 @@ import torch
 from .reference import NEAR_PLANE, _ndc2pix, _transform_point
 from .surface import _check_shape
 
-__all__ = ["TSDFVolume", "SparseTSDFVolume", "Mesh", "marching_tetrahedra"]
+__all__ = ["TSDFVolume", "SparseTSDFVolume", "Mesh", "marching_tetrahedra", "face_components",
+           "keep_largest_components"]
 
 # The cube's corners, numbered by bits (x = 1, y = 2, z = 4), and the six tetrahedra around its
 # diagonal 0-7: every cube cuts its faces along the same diagonals, so the cuts of two
@@ -177,6 +178,58 @@ def _mesh_cubes(cube_ids: torch.Tensor, flat_values: torch.Tensor, position, ran
     used, faces = torch.unique(faces[~collapsed], return_inverse=True)
     return Mesh(vertices[used], faces.reshape(-1, 3),
                 None if vertex_colors is None else vertex_colors[used])
+
+
+def face_components(faces: torch.Tensor) -> torch.Tensor:
+    """(F,) int64: the connected component of each face, faces joined where they share an edge
+    (Open3D's `cluster_connected_triangles`), numbered by the lowest face index in each. Min-label
+    hooking with pointer jumping on the faces' edge graph: rounds grow with the logarithm of a
+    component's size rather than its diameter."""
+    _check_shape("faces", faces, (None, 3))
+    device = faces.device
+    F = faces.shape[0]
+    label = torch.arange(F, device=device)
+    if F == 0:
+        return label
+    edges = torch.sort(torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]),
+                       dim=1).values
+    owner = torch.arange(F, device=device).repeat(3)
+    # Faces sharing an edge are neighbours in the sorted edge list: join each to the next.
+    key = edges[:, 0] * (int(faces.max()) + 1) + edges[:, 1]
+    key, order = torch.sort(key)
+    owner = owner[order]
+    same = key[1:] == key[:-1]
+    a, b = owner[:-1][same], owner[1:][same]
+    while True:
+        la, lb = label[a], label[b]
+        low, high = torch.minimum(la, lb), torch.maximum(la, lb)
+        hooked = label.scatter_reduce(0, high, low, reduce="amin")     # roots to smaller roots
+        while True:                                                  # every face to its root
+            jumped = hooked[hooked]
+            if torch.equal(jumped, hooked):
+                break
+            hooked = jumped
+        if torch.equal(hooked, label):
+            return label
+        label = hooked
+
+
+def keep_largest_components(mesh: Mesh, count: int = 50, min_faces: int = 50) -> Mesh:
+    """The mesh's `count` largest connected components (faces joined by edges) of at least
+    `min_faces` faces each (ties at the last size kept), and only the vertices they use: 2DGS's
+    `post_process_mesh`, which drops the floaters that fusion meshes from stray Gaussians."""
+    if not (isinstance(count, int) and count >= 1):
+        raise ValueError(f"count: expected a positive integer, got {count}")
+    label = face_components(mesh.faces)
+    if label.numel() == 0:
+        return mesh
+    sizes = torch.bincount(label, minlength=label.numel())
+    ranked = torch.sort(sizes[sizes > 0], descending=True).values
+    threshold = max(int(ranked[min(count, ranked.numel()) - 1]), int(min_faces))
+    faces = mesh.faces[sizes[label] >= threshold]
+    used, faces = torch.unique(faces, return_inverse=True)
+    return Mesh(mesh.vertices[used], faces.reshape(-1, 3),
+                None if mesh.colors is None else mesh.colors[used])
 
 
 def _check_mask(name: str, mask: torch.Tensor, shape) -> None:

@@ -11,7 +11,8 @@ import scenes as test_scenes
 from diff_gaussian_rasterization_depth import GaussianRasterizer
 from diff_gaussian_rasterization_depth.cameras import Camera, look_at, orbit_cameras
 from diff_gaussian_rasterization_depth.mesh import (Mesh, SparseTSDFVolume, TSDFVolume,
-                                                    _back_project, _ViewMaps,
+                                                    _back_project, _ViewMaps, face_components,
+                                                    keep_largest_components,
                                                     marching_tetrahedra)
 from diff_gaussian_rasterization_depth import scenes
 from diff_gaussian_rasterization_depth.cli import main
@@ -441,6 +442,16 @@ def test_mesh_command_meshes_a_trained_model(tmp_path, capsys, depth_kind):
     error = (vertices.double() - centre.double()).norm(dim=1) - radius
     assert error.abs().mean() < voxel, error.abs().mean()
     assert np.abs(colors.astype(int) - (rgb.numpy() * 255)).max() <= 1
+    # --components: the mesh above post-processed (here the sphere alone: no floaters).
+    assert main(["mesh", str(ply), "--out", str(out), "--device", "cpu", "--voxel-size",
+                 str(voxel), "--depth", depth_kind, "--every", "2", "--components", "1"]) == 0
+    assert "largest connected components" in capsys.readouterr().out
+    data = plyfile.PlyData.read(str(out))
+    vertices = torch.tensor(np.stack([data["vertex"][k] for k in "xyz"], 1))
+    faces = torch.tensor(np.stack(data["face"]["vertex_indices"])).long()
+    kept = keep_largest_components(want, 1)
+    assert torch.equal(face_set(Mesh(vertices, faces)),
+                       face_set(Mesh(kept.vertices.float(), kept.faces)))
 
 
 def test_mesh_command_errors(tmp_path, capsys):
@@ -451,7 +462,76 @@ def test_mesh_command_errors(tmp_path, capsys):
     assert "no cameras.json" in capsys.readouterr().err
     ply = write_model(tmp_path, g, scenes.demo_cameras(2, 32, 24))
     for option, value in (("--voxel-size", "0"), ("--scale", "-1"), ("--max-depth", "nan"),
-                          ("--min-weight", "1.5")):
+                          ("--min-weight", "1.5"), ("--components", "-1")):
         assert main(["mesh", str(ply), "--out", str(tmp_path / "m.ply"), "--device", "cpu",
                      option, value]) == 2
         assert option in capsys.readouterr().err
+
+
+def union_find_components(faces, V):
+    """The oracle: faces joined where they share an edge, by a plain union-find; each face's
+    component as the lowest face index in it."""
+    parent = list(range(len(faces)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+    first = {}
+    for f, tri in enumerate(faces.tolist()):
+        for u, v in ((tri[0], tri[1]), (tri[1], tri[2]), (tri[2], tri[0])):
+            edge = (min(u, v), max(u, v))
+            if edge in first:
+                a, b = root(first[edge]), root(f)
+                parent[max(a, b)] = min(a, b)
+            else:
+                first[edge] = f
+    return torch.tensor([root(f) for f in range(len(faces))])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_face_components_match_a_union_find(seed):
+    """Random triangle soups (few vertices: many shared edges; or many: many components), and a
+    strip of 20,000 triangles (one component of large diameter)."""
+    gen = torch.Generator().manual_seed(seed)
+    V = [12, 40, 300, 2000][seed]
+    faces = torch.stack([torch.randperm(V, generator=gen)[:3] for _ in range(600)])
+    torch.testing.assert_close(face_components(faces), union_find_components(faces, V),
+                               rtol=0, atol=0)
+    strip = torch.arange(20000)[:, None] + torch.tensor([0, 1, 2])
+    assert (face_components(strip) == 0).all()
+    assert face_components(torch.zeros((0, 3), dtype=torch.long)).shape == (0,)
+
+
+def test_keep_largest_components_drops_the_small_ones():
+    """Four separate spheres of decreasing size from one exact field: four components; the two
+    largest kept are the two big spheres whole (their faces, vertices and colours, nothing
+    else); a face threshold drops the ones under it."""
+    voxel, n, origin = 0.05, 61, (-1.5, -1.5, -1.5)
+    X, Y, Z = grid(n, voxel, origin)
+    spheres = [((-0.7, -0.6, 0.0), 0.6), ((0.75, 0.6, 0.2), 0.45), ((0.8, -0.8, -0.6), 0.25),
+               ((-0.8, 0.9, 0.8), 0.15)]
+    fields = [((X - c[0]) ** 2 + (Y - c[1]) ** 2 + (Z - c[2]) ** 2).sqrt() - r
+              for c, r in spheres]
+    sdf = torch.stack(fields).min(0).values
+    colors = torch.stack([X, Y, Z], -1).abs()
+    mesh = marching_tetrahedra(sdf, torch.ones(sdf.shape, dtype=torch.bool), origin, voxel,
+                               colors)
+    label = face_components(mesh.faces)
+    sizes = torch.bincount(label)
+    sizes = torch.sort(sizes[sizes > 0], descending=True).values
+    assert sizes.numel() == 4
+    which = torch.stack([((mesh.vertices - torch.tensor(c, dtype=F64)).norm(dim=1) - r).abs()
+                         for c, r in spheres]).argmin(0)          # each vertex's sphere
+    kept = keep_largest_components(mesh, count=2, min_faces=1)
+    assert kept.faces.shape[0] == int(sizes[:2].sum())
+    on_big = (which < 2)
+    assert kept.vertices.shape[0] == int(on_big.sum())
+    assert torch.equal(face_set(kept), face_set(Mesh(mesh.vertices, mesh.faces[
+        on_big[mesh.faces].all(1)])))
+    assert torch.equal(torch.unique(kept.colors, dim=0), torch.unique(mesh.colors[on_big], dim=0))
+    three = keep_largest_components(mesh, count=10, min_faces=int(sizes[2]))
+    assert three.faces.shape[0] == int(sizes[:3].sum())
+    with pytest.raises(ValueError, match="count"):
+        keep_largest_components(mesh, count=0)
