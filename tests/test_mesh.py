@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import scenes as test_scenes
+from cuda_target import real_cuda_param
 from diff_gaussian_rasterization_depth import GaussianRasterizer
 from diff_gaussian_rasterization_depth.cameras import Camera, look_at, orbit_cameras
 from diff_gaussian_rasterization_depth.mesh import (Mesh, SparseTSDFVolume, TSDFVolume,
@@ -535,3 +536,46 @@ def test_keep_largest_components_drops_the_small_ones():
     assert three.faces.shape[0] == int(sizes[:3].sum())
     with pytest.raises(ValueError, match="count"):
         keep_largest_components(mesh, count=0)
+
+
+@pytest.mark.parametrize("device", [real_cuda_param()])
+def test_mesh_command_and_sparse_volume_on_cuda(tmp_path, capsys, device):
+    """On a GPU (torch's CUDA kernels, not the CPU's): the sparse volume fused from the same
+    maps holds the CPU's blocks and, but for the grid points whose pixel rounds the other way,
+    its field; the mesh command runs on CUDA (the CUDA rasterizer's maps) and its mesh lies on
+    the sphere as the CPU's does."""
+    plyfile = pytest.importorskip("plyfile")
+    centre, radius, voxel = (0.2, -0.1, 0.3), 0.8, 0.04
+    volumes = {d: SparseTSDFVolume(voxel, device=d) for d in ("cpu", "cuda")}
+    color = torch.rand(3, 48, 64, generator=torch.Generator().manual_seed(0))
+    for camera in sphere_views(centre):
+        depth = sphere_depth(camera, centre, radius).float()
+        for d, volume in volumes.items():
+            volume.integrate(depth.to(d), camera.raster_settings(device=d), color=color.to(d),
+                             mask=(depth > 0).to(d))
+    cpu, gpu = volumes["cpu"], volumes["cuda"]
+    assert torch.equal(cpu._sorted_keys, gpu._sorted_keys.cpu())
+    rows = gpu._sorted_rows.cpu()
+    same = (cpu.tsdf[cpu._sorted_rows] - gpu.tsdf.cpu()[rows]).abs() < 1e-5
+    assert same.float().mean() > 0.999
+    meshes = {d: v.extract_mesh() for d, v in volumes.items()}
+    assert meshes["cuda"].vertices.is_cuda
+    assert abs(meshes["cuda"].faces.shape[0] - meshes["cpu"].faces.shape[0]) \
+        < 0.01 * meshes["cpu"].faces.shape[0]
+
+    means, rotations, scales = tangent_sphere_gaussians(8000, torch.tensor(centre), radius,
+                                                        seed=5)
+    P = means.shape[0]
+    gaussians = scenes.Gaussians(means, scenes.rgb_to_sh_dc(torch.rand(P, 1, 3)),
+                                 torch.full((P, 1), 0.9), scales.clone(), rotations)
+    ply = write_model(tmp_path, gaussians, sphere_views(centre))
+    errors = {}
+    for d in ("cpu", "cuda"):
+        out = tmp_path / f"{d}.ply"
+        assert main(["mesh", str(ply), "--out", str(out), "--device", d, "--voxel-size",
+                     str(voxel)]) == 0
+        data = plyfile.PlyData.read(str(out))
+        v = torch.tensor(np.stack([data["vertex"][k] for k in "xyz"], 1)).double()
+        errors[d] = ((v - torch.tensor(centre, dtype=F64)).norm(dim=1) - radius).abs().mean()
+    assert "on cuda" in capsys.readouterr().out
+    assert abs(errors["cuda"] - errors["cpu"]) < 0.05 * voxel and errors["cuda"] < voxel
