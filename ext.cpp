@@ -290,6 +290,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         return dgrd::count_touches(c, dgrd::take_state(state, /*release=*/false));
       },
       "The touch count of every Gaussian (MonoGS's n_touched) from a forward's state");
+  m.def(
+      "gaussian_contributions",
+      [](const RasterConfig& c, py::list state) {
+        return dgrd::gaussian_contributions(c, dgrd::take_state(state, /*release=*/false));
+      },
+      "Each Gaussian's weight sum, weight max, pixels and dominated pixels from a forward's "
+      "state");
   m.def("check_common", &check_common, py::arg("means3D"), py::arg("means2D"),
         py::arg("opacities"), py::arg("shs"), py::arg("colors_precomp"), py::arg("scales"),
         py::arg("rotations"), py::arg("cov3D_precomp"), py::arg("dc"), py::arg("features"),

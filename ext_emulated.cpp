@@ -268,6 +268,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         return count_touches_cuda(c, take_state(state, /*release=*/false));
       },
       "The CUDA touch count, emulated");
+  m.def(
+      "gaussian_contributions",
+      [](const RasterConfig& c, py::list state) {
+        return gaussian_contributions_cuda(c, take_state(state, /*release=*/false));
+      },
+      "The CUDA contribution statistics, emulated");
   m.def("mark_visible", &mark_visible_cuda, "The CUDA mark_visible, emulated");
   m.def("set_cuda_tuning", &set_cuda_tuning_cuda, py::arg("switches"),
         "Switch the CUDA backend's techniques on or off, emulated");

@@ -428,6 +428,25 @@ at::Tensor count_touches(const RasterConfig& c, const ForwardState& s) {
   return touch_count;
 }
 
+at::Tensor gaussian_contributions(const RasterConfig& c, const ForwardState& s) {
+  if (s.radii.is_cuda()) {
+#ifdef DGRD_WITH_CUDA
+    return gaussian_contributions_cuda(c, s);
+#else
+    refuse_without_cuda();
+#endif
+  }
+  at::Tensor contribution =
+      at::empty({s.radii.size(0), kContributionValues}, s.means2d.options());
+  AT_DISPATCH_FLOATING_TYPES(s.means2d.scalar_type(), "dgrd_gaussian_contributions_cpu", [&] {
+    cpu::gaussian_contributions(make_camera<scalar_t>(c),
+                                make_state<scalar_t>(s, nullptr, nullptr), int(s.radii.size(0)),
+                                s.lists(), s.point_list.size(0),
+                                contribution.data_ptr<scalar_t>());
+  });
+  return contribution;
+}
+
 std::vector<at::Tensor> pack_camera(const std::vector<at::Tensor>& parts,
                                     const at::Tensor& like, bool keep_grad) {
   std::vector<at::Tensor> flat;

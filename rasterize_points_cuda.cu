@@ -598,6 +598,16 @@ at::Tensor count_touches_cuda(const RasterConfig& c, const ForwardState& s) {
   return touch_count;
 }
 
+at::Tensor gaussian_contributions_cuda(const RasterConfig& c, const ForwardState& s) {
+  const DeviceContext device(s.radii);
+  at::Tensor contribution =
+      device_empty({s.radii.size(0), kContributionValues}, s.means2d.options());
+  zero_async(contribution, device.stream);
+  gpu::gaussian_contributions(make_camera<float>(c), make_state<float>(s, nullptr, nullptr),
+                              s.lists(), contribution.data_ptr<float>(), device.stream);
+  return contribution;
+}
+
 BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, ForwardState s,
                              const MapGrads& up, bool release_state) {
   require_float32(g);

@@ -590,4 +590,29 @@ DGRD_HD auto touches(T transmittance_after) {
   return transmittance_after > T(0.5);
 }
 
+// The contribution statistics (an optional output), what pruning and densification by
+// contribution read (LightGaussian's and Mini-Splatting's importance, RadSplat's pruning,
+// Mini-Splatting's blur split): over the pixels where a Gaussian is blended, the sum and the
+// largest of its weights w = alpha T, the number of those pixels, and the number where its
+// weight is the pixel's largest (the first in depth order among equal ones). A pixel walks as the
+// render does, blending up to its first splat that would saturate it. kContributionValues
+// (config.h) values a Gaussian: weight sum, weight max, pixels, dominated pixels.
+
+// One pixel's largest weight so far and what names its splat (a list position, a Gaussian);
+// `found` once any splat is blended (a blended splat weighs more than 0).
+template <typename T, typename Id>
+struct DominantSplat {
+  T weight = T(0);
+  Id id{};
+  bool found = false;
+
+  DGRD_HD void update(T w, Id id_) {
+    if (w > weight) {
+      weight = w;
+      id = id_;
+      found = true;
+    }
+  }
+};
+
 }  // namespace dgrd

@@ -29,6 +29,9 @@ constexpr int kWeightFeature = 4;
 // The features the backward's walk carries sums of: all but the weight, whose gradient has a
 // closed form (PixelBackward).
 constexpr int kWalkedFeatures = kWeightFeature;
+// The contribution statistics a Gaussian (blend.h, DominantSplat): weight sum, weight max,
+// pixels, dominated pixels.
+constexpr int kContributionValues = 4;
 
 constexpr double kNearPlane = 0.2;           // culled if view z <= this
 constexpr double kHomEps = 1e-7;             // ndc = hom.xyz / (hom.w + kHomEps)

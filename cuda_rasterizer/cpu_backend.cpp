@@ -369,6 +369,51 @@ DGRD_LANE_CLONES void count_group_touches(const StagedSplats& sp, int n, const L
   }
 }
 
+// One (tile, splat) pair's part of the contribution statistics (gaussian_contributions).
+struct PairContribution {
+  double weight_sum;
+  double weight_max;
+  int pixels;
+  int dominated;
+
+  void add(double w) {
+    weight_sum += w;
+    weight_max = std::max(weight_max, w);
+    ++pixels;
+  }
+};
+
+// The contribution statistics' walk of one group of lanes: each lane blends as the render does,
+// up to its first splat that would saturate it; by_position[j] tallies splat j's weights, in
+// lane order (the per-pixel loop's order within a row), and each lane's dominant splat.
+DGRD_LANE_CLONES void tally_group_contributions(const StagedSplats& sp, int n, const LaneGroup& g,
+                                                PairContribution* by_position) {
+  const Lanes x = g.px();
+  const float y = float(g.y);
+  LaneMask live = g.inside();
+  Lanes transmittance(1.f), best(0.f), best_at(-1.f);  // positions below 2^24: exact floats
+  for (int j = 0; j < n; ++j) {
+    Lanes G, alpha;
+    Vec2<Lanes> d;
+    const LaneMask pass = lane_alpha(sp, j, x, y, live, G, alpha, d);
+    if (!pass.any()) continue;
+    const Lanes after = transmittance * (Lanes(1.f) - alpha);
+    const LaneMask saturated = pass & (after < Lanes(float(kTransmittanceMin)));
+    const LaneMask blended = pass & !saturated;
+    const Lanes w = alpha * transmittance;
+    for (int k = 0; k < kLanes; ++k)
+      if (blended.lane(k)) by_position[j].add(double(w[k]));
+    const LaneMask better = blended & (w > best);
+    best = select(better, w, best);
+    best_at = select(better, Lanes(float(j)), best_at);
+    transmittance = select(blended, after, transmittance);
+    live = live & !saturated;
+    if (!live.any()) break;
+  }
+  for (int k = 0; k < g.count; ++k)
+    if (best_at[k] >= 0.f) ++by_position[int(best_at[k])].dominated;
+}
+
 // The lanes of a per-lane sum added up, in double: the two halves as four-wide vectors, then
 // a short tree (a serial chain of eight dependent adds was 4% of a 32-channel call's time).
 DGRD_LANE_FN double lane_sum(Lanes v) {
@@ -622,6 +667,15 @@ bool below_power_floor(const GaussianState<T>& state, const T* floors, int id, T
   return splat_power(state.conic_opacity[id], d) < floors[id];
 }
 
+// splat_alpha of splat `id` at pixel (x, y) on the per-pixel loops, the power bound first:
+// false where the splat is not blended there.
+template <typename T>
+bool pixel_alpha(const GaussianState<T>& state, const T* floors, int id, T x, T y, T& alpha,
+                 T& G, Vec2<T>& d) {
+  if (below_power_floor(state, floors, id, x, y)) return false;
+  return splat_alpha(state.means2d[id], state.conic_opacity[id], x, y, alpha, G, d);
+}
+
 // Calls run(with_features, with_median) with both as compile-time constants
 // (std::integral_constant<bool, ...>), so each combination is its own specialization.
 template <typename Run>
@@ -661,9 +715,7 @@ void render_pixels(const Camera<T>& cam, const GaussianState<T>& state, int coun
           const int id = lists.point_list[k];
           T alpha, G;
           Vec2<T> d;
-          if (below_power_floor(state, floors.data(), id, T(x), T(y))) continue;
-          if (!splat_alpha(state.means2d[id], state.conic_opacity[id], T(x), T(y), alpha, G, d))
-            continue;
+          if (!pixel_alpha(state, floors.data(), id, T(x), T(y), alpha, G, d)) continue;
           const T before = acc.transmittance;
           if (!acc.blend(alpha, state.features[id])) break;
           n_contrib = k - begin + 1;
@@ -730,9 +782,7 @@ void render_pixels_backward(const Camera<T>& cam, const GaussianState<T>& state,
           const int id = lists.point_list[k];
           T alpha, G;
           Vec2<T> d;
-          if (below_power_floor(state, floors.data(), id, T(x), T(y))) continue;
-          if (!splat_alpha(state.means2d[id], state.conic_opacity[id], T(x), T(y), alpha, G, d))
-            continue;
+          if (!pixel_alpha(state, floors.data(), id, T(x), T(y), alpha, G, d)) continue;
           SplatGrad<T> g;
           if (kWithFeatures) {
             const T factor = unblend_factor(alpha);
@@ -1128,10 +1178,7 @@ void count_touches(const Camera<T>& cam, const GaussianState<T>& state, int coun
             const int row = lists.point_list[begin + j];
             T alpha, G;
             Vec2<T> d;
-            if (below_power_floor(state, floors.data(), row, T(x), T(y))) continue;
-            if (!splat_alpha(state.means2d[row], state.conic_opacity[row], T(x), T(y), alpha, G,
-                             d))
-              continue;
+            if (!pixel_alpha(state, floors.data(), row, T(x), T(y), alpha, G, d)) continue;
             const T after = transmittance * (T(1) - alpha);
             if (!touches(after)) break;
             transmittance = after;
@@ -1148,11 +1195,81 @@ void count_touches(const Camera<T>& cam, const GaussianState<T>& state, int coun
   }
 }
 
+// Each pixel walks its tile's list as the render does (the power bound first; float on the
+// render's eight lanes where they run), blending up to its first splat that would saturate it;
+// a tile tallies its splats by list position, and the tallies are added into their Gaussians in
+// list order once every tile is done.
+template <typename T>
+void gaussian_contributions(const Camera<T>& cam, const GaussianState<T>& state, int count,
+                            TileLists lists, int64_t pairs, T* contribution) {
+  const std::vector<T> floors = power_floors(state, count);
+  const int tiles = cam.tiles_x * cam.tiles_y;
+  bool lanes = false;
+  if constexpr (std::is_same<T, float>::value) lanes = cpu_tuning().lanes && lanes_run_here();
+  std::vector<PairContribution> tally(static_cast<size_t>(pairs), PairContribution{0, 0, 0, 0});
+#pragma omp parallel if (cam.width * cam.height >= kMinParallelItems) num_threads(loop_threads())
+  {
+    StagedSplats sp;
+#pragma omp for schedule(dynamic, 1)
+    for (int tile = 0; tile < tiles; ++tile) {
+      const TilePixels tp = tile_pixels(cam, tile);
+      const int begin = lists.tile_ranges[2 * tile], n = lists.tile_ranges[2 * tile + 1] - begin;
+      PairContribution* by_position = tally.data() + begin;
+      if constexpr (std::is_same<T, float>::value) {
+        if (lanes) {
+          sp.stage(state, floors.data(), lists.point_list + begin, n);
+          for (int y = tp.y0; y < tp.y1; ++y)
+            for (int x = tp.x0; x < tp.x1; x += kLanes)
+              tally_group_contributions(sp, n, {x, y, std::min(kLanes, tp.x1 - x)}, by_position);
+        }
+      }
+      for (int y = tp.y0; !lanes && y < tp.y1; ++y)
+        for (int x = tp.x0; x < tp.x1; ++x) {
+          T transmittance = T(1);
+          DominantSplat<T, int> dominant;  // its list position
+          for (int j = 0; j < n; ++j) {
+            const int row = lists.point_list[begin + j];
+            T alpha, G;
+            Vec2<T> d;
+            if (!pixel_alpha(state, floors.data(), row, T(x), T(y), alpha, G, d)) continue;
+            const T after = transmittance * (T(1) - alpha);
+            if (after < T(kTransmittanceMin)) break;  // saturated: PixelAccum::blend's test
+            const T w = alpha * transmittance;         // as PixelAccum::accumulate weighs it
+            by_position[j].add(double(w));
+            dominant.update(w, j);
+            transmittance = after;
+          }
+          if (dominant.found) ++by_position[dominant.id].dominated;
+        }
+    }
+  }
+  std::vector<PairContribution> totals(static_cast<size_t>(count), PairContribution{0, 0, 0, 0});
+  for (int64_t k = 0; k < pairs; ++k) {
+    const PairContribution& pair = tally[size_t(k)];
+    if (pair.pixels == 0) continue;
+    PairContribution& total = totals[size_t(lists.gaussian(lists.point_list[k]))];
+    total.weight_sum += pair.weight_sum;
+    total.weight_max = std::max(total.weight_max, pair.weight_max);
+    total.pixels += pair.pixels;
+    total.dominated += pair.dominated;
+  }
+  for (int i = 0; i < count; ++i) {
+    const PairContribution& total = totals[size_t(i)];
+    T* out = contribution + int64_t(i) * kContributionValues;
+    out[0] = T(total.weight_sum);
+    out[1] = T(total.weight_max);
+    out[2] = T(total.pixels);
+    out[3] = T(total.dominated);
+  }
+}
+
 #define DGRD_INSTANTIATE(T)                                                                     \
   template void preprocess<T>(const Camera<T>&, const GaussianInputs<T>&,                        \
                               const GaussianState<T>&);                                          \
   template void count_touches<T>(const Camera<T>&, const GaussianState<T>&, int, TileLists,     \
                                  int*);                                                          \
+  template void gaussian_contributions<T>(const Camera<T>&, const GaussianState<T>&, int,       \
+                                          TileLists, int64_t, T*);                               \
   template void bin_gaussians<T>(const Camera<T>&, int, const GaussianState<T>&, int*, int*);    \
   template void render<T>(const Camera<T>&, const GaussianState<T>&, int, TileLists,             \
                           const PixelBuffers<T>&, const OptionalOutputs<T>&);                    \

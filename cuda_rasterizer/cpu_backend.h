@@ -30,6 +30,14 @@ template <typename T>
 void count_touches(const Camera<T>& cam, const GaussianState<T>& state, int count,
                    TileLists lists, int* touch_count);
 
+// Writes each Gaussian's contribution statistics (kContributionValues a Gaussian, blend.h:
+// weight sum, weight max, pixels, dominated pixels; contribution: count x 4, all written) from
+// the forward's state and tile lists (pairs: their length). The same values on any number of
+// threads: each (tile, splat) pair's tally is added into its Gaussian in list order.
+template <typename T>
+void gaussian_contributions(const Camera<T>& cam, const GaussianState<T>& state, int count,
+                            TileLists lists, int64_t pairs, T* contribution);
+
 // Sums each Gaussian's SplatGrad over the pixels it was blended into (splat_grads: P entries,
 // all written), including the parts from the optional outputs' upstream gradients, and the
 // features' gradient when the feature map has one.

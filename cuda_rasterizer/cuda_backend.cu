@@ -765,12 +765,30 @@ __global__ void __launch_bounds__(kTilePixels)
 // the tile's whole list from T = 1, as the render's whole-list walk does, up to its first
 // blended splat that does not touch it, and the block stops once none of its pixels walks.
 // A batch's touches are counted per splat in shared memory, then added to the Gaussian's
-// count by one atomic per splat and tile. Only where the caller asks for the count. Its own batch
-// rather than SplatBatch: the count reads no colours (the state it is handed holds none where the
-// caller gave them).
-struct TouchBatch {
+// count by one atomic per splat and tile. Only where the caller asks for the count.
+
+// The splats of a batch as the walks after the render read them (the touch count, the
+// contribution statistics): each one's mean, Gaussian and exponent. Not SplatBatch: they read no
+// colours (the state they are handed holds none where the caller gave them).
+struct WalkSplats {
   MeanAndId mean_id[kTilePixels];
   Base2Exponent<float> exponent[kTilePixels];
+
+  // This thread's splat of the batch: list entry k.
+  __device__ void stage(const GaussianState<float>& state, const TileLists& lists, int k) {
+    const int row = lists.point_list[k];
+    mean_id[threadIdx.x] = {state.means2d[row], unsigned(lists.gaussian(row)), 0u};
+    exponent[threadIdx.x] = Base2Exponent<float>::of(state.conic_opacity[row]);
+  }
+  __device__ bool alpha(int j, const TileThread& me, float& alpha) const {
+    float G;
+    Vec2<float> d;
+    return splat_alpha(mean_id[j].mean2d, exponent[j], float(me.x), float(me.y), alpha, G, d);
+  }
+};
+
+struct TouchBatch {
+  WalkSplats splats;
   int touches[kTilePixels];
 };
 
@@ -786,20 +804,13 @@ __global__ void __launch_bounds__(kTilePixels)
     // Also the barrier after the previous batch's counts were read.
     if (__syncthreads_count(walking) == 0) break;
     const int k = start + int(threadIdx.x);
-    if (k < end) {
-      const int row = lists.point_list[k];
-      batch.mean_id[threadIdx.x] = {state.means2d[row], unsigned(lists.gaussian(row)), 0u};
-      batch.exponent[threadIdx.x] = Base2Exponent<float>::of(state.conic_opacity[row]);
-    }
+    if (k < end) batch.splats.stage(state, lists, k);
     batch.touches[threadIdx.x] = 0;
     __syncthreads();
     const int n = min(kTilePixels, end - start);
     for (int j = 0; walking && j < n; ++j) {
-      float alpha, G;
-      Vec2<float> d;
-      if (!splat_alpha(batch.mean_id[j].mean2d, batch.exponent[j], float(me.x), float(me.y),
-                       alpha, G, d))
-        continue;
+      float alpha;
+      if (!batch.splats.alpha(j, me, alpha)) continue;
       const float after = transmittance * (1.f - alpha);
       walking = touches(after);
       if (!walking) break;
@@ -808,8 +819,65 @@ __global__ void __launch_bounds__(kTilePixels)
     }
     __syncthreads();
     if (k < end && batch.touches[threadIdx.x] > 0)
-      atomicAdd(&touch_count[batch.mean_id[threadIdx.x].id], batch.touches[threadIdx.x]);
+      atomicAdd(&touch_count[batch.splats.mean_id[threadIdx.x].id], batch.touches[threadIdx.x]);
   }
+}
+
+// The contribution statistics (blend.h: kContributionValues a Gaussian), one block per tile:
+// each pixel walks the tile's whole list from T = 1 as the render does, blending up to its first
+// splat that would saturate it, and the block stops once none of its pixels walks. A batch's
+// weights are tallied per splat in shared memory (the largest as its bits: weights are >= 0, so
+// they order as integers), then added to the Gaussian's by one atomic a value per splat and tile;
+// each pixel adds its dominant splat's one at the end. Only where the caller asks for them.
+struct ContributionBatch {
+  WalkSplats splats;
+  float weight_sum[kTilePixels];
+  int weight_max[kTilePixels];  // the bits of a float >= 0
+  int pixels[kTilePixels];
+};
+
+__global__ void __launch_bounds__(kTilePixels)
+    contribution_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
+                        float* contribution) {
+  DGRD_SHARED(ContributionBatch, batch);
+  const TileThread me(cam);
+  const int begin = lists.tile_ranges[2 * me.tile], end = lists.tile_ranges[2 * me.tile + 1];
+  float transmittance = 1.f;
+  bool walking = me.inside;
+  DominantSplat<float, unsigned> dominant;  // its Gaussian
+  for (int start = begin; start < end; start += kTilePixels) {
+    // Also the barrier after the previous batch's tallies were read.
+    if (__syncthreads_count(walking) == 0) break;
+    const int k = start + int(threadIdx.x);
+    if (k < end) batch.splats.stage(state, lists, k);
+    batch.weight_sum[threadIdx.x] = 0.f;
+    batch.weight_max[threadIdx.x] = 0;
+    batch.pixels[threadIdx.x] = 0;
+    __syncthreads();
+    const int n = min(kTilePixels, end - start);
+    for (int j = 0; walking && j < n; ++j) {
+      float alpha;
+      if (!batch.splats.alpha(j, me, alpha)) continue;
+      const float after = transmittance * (1.f - alpha);
+      walking = !(after < float(kTransmittanceMin));  // PixelAccum::blend's test
+      if (!walking) break;
+      const float w = alpha * transmittance;         // as PixelAccum::accumulate weighs it
+      atomicAdd(&batch.weight_sum[j], w);
+      atomicMax(&batch.weight_max[j], __float_as_int(w));
+      atomicAdd(&batch.pixels[j], 1);
+      dominant.update(w, batch.splats.mean_id[j].id);
+      transmittance = after;
+    }
+    __syncthreads();
+    if (k < end && batch.pixels[threadIdx.x] > 0) {
+      float* out =
+          contribution + size_t(batch.splats.mean_id[threadIdx.x].id) * kContributionValues;
+      atomicAdd(out, batch.weight_sum[threadIdx.x]);
+      atomicMax(reinterpret_cast<int*>(out + 1), batch.weight_max[threadIdx.x]);
+      atomicAdd(out + 2, float(batch.pixels[threadIdx.x]));
+    }
+  }
+  if (dominant.found) atomicAdd(contribution + size_t(dominant.id) * kContributionValues + 3, 1.f);
 }
 
 // A lane's own total of the scatter (warp_scatter_total) and where it adds it, taken once
@@ -1440,6 +1508,13 @@ void count_touches(const Camera<float>& cam, const GaussianState<float>& state, 
   const int tiles = cam.tiles_x * cam.tiles_y;
   if (tiles == 0) return;
   DGRD_LAUNCH(touch_count_kernel, tiles, kTilePixels, stream)(cam, state, lists, touch_count);
+}
+
+void gaussian_contributions(const Camera<float>& cam, const GaussianState<float>& state,
+                            TileLists lists, float* contribution, cudaStream_t stream) {
+  const int tiles = cam.tiles_x * cam.tiles_y;
+  if (tiles == 0) return;
+  DGRD_LAUNCH(contribution_kernel, tiles, kTilePixels, stream)(cam, state, lists, contribution);
 }
 
 int camera_grad_partials(int count) { return blocks_for(count); }

@@ -172,6 +172,12 @@ void render(const Camera<float>& cam, const GaussianState<float>& state, TileLis
 void count_touches(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
                    int* touch_count, cudaStream_t stream);
 
+// Adds to contribution (zeroed by the caller, kContributionValues a Gaussian, blend.h: weight
+// sum, weight max, pixels, dominated pixels) each Gaussian's contribution statistics, one block
+// per tile, from the forward's state and tile lists.
+void gaussian_contributions(const Camera<float>& cam, const GaussianState<float>& state,
+                            TileLists lists, float* contribution, cudaStream_t stream);
+
 // Where the render backward sums each Gaussian's SplatGrad: value k (in the order mean2d x, y,
 // conic a, b, c, opacity, feature r, g, b, depth) of Gaussian i at value[k], i row strides on.
 // The glue lays the ten over rows of the input gradients that preprocess_backward writes only

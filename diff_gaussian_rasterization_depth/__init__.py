@@ -48,7 +48,8 @@ def has_cuda_backend() -> bool:
 
 def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
                         cov3Ds_precomp, raster_settings, dc=None, features=None,
-                        median_depth=False, inverse_depth=False, touch_count=False):
+                        median_depth=False, inverse_depth=False, touch_count=False,
+                        contributions=False):
     """Functional form, argument order as in the original package.
 
     Returns (color (3,H,W), radii (P,) int32, depth (H,W), weight (H,W)), followed by
@@ -60,15 +61,21 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     With `touch_count`, the last output is touch_count (P,) int32: the pixels where each
     Gaussian is blended with the transmittance behind it still above 0.5 (MonoGS's n_touched;
     no gradient), counted by a walk of the tile lists of its own.
+    With `contributions`, the last output is contribution (P, 4) of the input dtype: over the
+    pixels where each Gaussian is blended, the sum and the largest of its weights w = alpha T,
+    the number of those pixels, and the number where its weight is the pixel's largest (no
+    gradient; a walk of its own, as the touch count's).
     With raster_settings.debug, non-finite inputs raise a ValueError naming them, and an error
     of the backend writes a snapshot of the call (see `replay_snapshot`).
     """
     if _backend.compiling():  # torch.compile: one graph break here, the call run eagerly
         return _backend.untraced(rasterize_gaussians)(
             means3D, means2D, sh, colors_precomp, opacities, scales, rotations, cov3Ds_precomp,
-            raster_settings, dc, features, median_depth, inverse_depth, touch_count)
-    if not isinstance(touch_count, bool):
-        raise TypeError(f"touch_count: expected a bool, got {type(touch_count).__name__}")
+            raster_settings, dc, features, median_depth, inverse_depth, touch_count,
+            contributions)
+    for name, flag in (("touch_count", touch_count), ("contributions", contributions)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name}: expected a bool, got {type(flag).__name__}")
     common = _backend.check_common(means3D, means2D, opacities, sh, colors_precomp, scales,
                                    rotations, cov3Ds_precomp, dc, features, raster_settings,
                                    median_depth, inverse_depth)
@@ -96,8 +103,8 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
         # Nobody wants the screen-space gradient: a throwaway carrier keeps the Function simple.
         means2D = torch.zeros((means3D.shape[0], 3), dtype=means3D.dtype, device=means3D.device)
     return _RasterizeGaussians.apply(means3D, means2D, sh, colors_precomp, opacities, scales,
-                                     rotations, cov3Ds_precomp, dc, features, touch_count,
-                                     config, checked, *camera)
+                                     rotations, cov3Ds_precomp, dc, features,
+                                     (touch_count, contributions), config, checked, *camera)
 
 
 def _named_inputs(inputs, features):
@@ -113,13 +120,14 @@ class _RasterizeGaussians(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
-                cov3Ds_precomp, dc, features, touch_count: bool, config,
+                cov3Ds_precomp, dc, features, walks, config,
                 settings: Optional[CheckedSettings], *camera):
         # config: the backend's RasterConfig of the call; settings: the checked settings, for
         # debug snapshots (None where the call was checked in C++, never in debug mode).
         # camera: (viewmatrix, projmatrix, campos), the flat tensors the config holds, when
         # config.camera_grad. dc: SH coefficient 0 apart from sh (the 2024 API), read where it
-        # lies rather than copied in front of sh.
+        # lies rather than copied in front of sh. walks: (touch_count, contributions), the
+        # outputs made by walks of the tile lists of their own after the render.
         inputs = (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp, dc)
         if means2D.shape[1] == 4:  # columns 2-3 take AbsGS's absolute gradient
             config.absolute_grad = True
@@ -129,7 +137,10 @@ class _RasterizeGaussians(torch.autograd.Function):
             # made once); save_for_backward below still guards them against in-place edits.
             ctx.gaussians = _backend.make_gaussians(*inputs, features=features)
             maps = _backend.forward(config, ctx.gaussians)
+            touch_count, contributions = walks
             counts = (_backend.count_touches(config, maps[-1]),) if touch_count else ()
+            if contributions:
+                counts += (_backend.gaussian_contributions(config, maps[-1]),)
             return maps, counts
 
         (color, depth, weight, radii, feature_map, median, state), counts = _debug.guarded(
@@ -218,12 +229,13 @@ class GaussianRasterizer(nn.Module):
 
     def forward(self, means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
                 rotations=None, cov3D_precomp=None, dc=None, features=None, median_depth=False,
-                inverse_depth=False, touch_count=False):
+                inverse_depth=False, touch_count=False, contributions=False):
         """(color, radii, depth, weight), then feature_map (C,H,W) when `features` (P,C) is
         given, then median (H,W) when `median_depth` is True, then touch_count (P,) int32 when
-        `touch_count` is True; depth (and median) of 1/z with `inverse_depth` (see
-        rasterize_gaussians)."""
+        `touch_count` is True, then contribution (P,4) when `contributions` is True; depth (and
+        median) of 1/z with `inverse_depth` (see rasterize_gaussians)."""
         return rasterize_gaussians(means3D, means2D, shs, colors_precomp, opacities, scales,
                                    rotations, cov3D_precomp, self.raster_settings, dc=dc,
                                    features=features, median_depth=median_depth,
-                                   inverse_depth=inverse_depth, touch_count=touch_count)
+                                   inverse_depth=inverse_depth, touch_count=touch_count,
+                                   contributions=contributions)

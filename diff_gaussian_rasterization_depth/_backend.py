@@ -210,6 +210,12 @@ def count_touches(config, state):
     return _renderer().count_touches(config, state)
 
 
+def gaussian_contributions(config, state):
+    """(P, 4): each Gaussian's weight sum, weight max, pixels and dominated pixels, from the
+    forward whose state this is (a walk of its own)."""
+    return _renderer().gaussian_contributions(config, state)
+
+
 def backward(config, gaussians, state, grad_color, grad_depth, grad_weight,
              grad_feature_map=None, grad_median=None, release_state=False):
     """None for a map no loss reaches; contiguity and the empty stand-ins are settled in C++.

@@ -359,10 +359,22 @@ def _blend(g: Dict[str, torch.Tensor], settings, inverse_depth=False) -> Dict[st
     median = torch.where(crossing, depth_value[:, None, None], torch.zeros_like(w)).sum(dim=0)
     # The touch count: the pixels where a Gaussian is blended with T behind it above 0.5.
     touch_count = (blended & (T_after > 0.5)).detach().flatten(1).sum(dim=1)
+    # The contribution statistics: each Gaussian's weight sum and largest weight over the pixels,
+    # the pixels where it is blended, and those where its weight is the largest (the first, in
+    # depth order, of equal ones: argmax's pick).
+    w_flat = w.detach().flatten(1)                                          # (P, H W)
+    any_blended = blended.flatten(1).any(dim=0)
+    dominant = torch.zeros_like(w_flat)
+    if w_flat.shape[0] > 0:
+        dominant[w_flat.argmax(dim=0), torch.arange(H * W, device=device)] = 1.0
+    contribution = torch.stack([w_flat.sum(dim=1),
+                                w_flat.amax(dim=1) if w_flat.shape[1] else w_flat.sum(dim=1),
+                                blended.flatten(1).to(dtype).sum(dim=1),
+                                (dominant * any_blended.to(dtype)).sum(dim=1)], dim=1)
 
     return dict(color=color, depth=depth, weight=weight, T_final=T_final, order=order,
                 feature_map=feature_map, median=median, median_crossing=crossing,
-                touch_count=touch_count,
+                touch_count=touch_count, contribution=contribution,
                 T_after=T_after.detach(), power=chain["power"], raw_alpha=chain["raw_alpha"],
                 considered=chain["considered"], blendable=chain["blendable"], blended=blended,
                 test_T=chain["test_T"], in_rect=in_rect)
@@ -407,23 +419,27 @@ def _forward(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_p
     radii[idx] = everyone["radius"][idx].to(torch.int32)
     touch_count = torch.zeros(P, dtype=torch.int32, device=means3D.device)
     touch_count[idx[blend["order"]]] = blend["touch_count"].to(torch.int32)
+    contribution = torch.zeros((P, 4), dtype=means3D.dtype, device=means3D.device)
+    contribution[idx[blend["order"]]] = blend["contribution"]
     return dict(color=blend["color"], radii=radii, depth=blend["depth"], weight=blend["weight"],
                 feature_map=blend["feature_map"], median=blend["median"],
-                touch_count=touch_count), \
+                touch_count=touch_count, contribution=contribution), \
         everyone, survivors, blend, idx
 
 
 def rasterize_reference(means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
                         rotations=None, cov3D_precomp=None, raster_settings=None, dc=None,
                         features=None, median_depth=False, inverse_depth=False,
-                        touch_count=False):
+                        touch_count=False, contributions=False):
     """The SPEC's rasterizer in plain PyTorch.
 
     Same inputs as `GaussianRasterizer.forward` (plus the settings), float32 or float64,
     computed in the input dtype. Returns (color (3,H,W), radii int32 (P,), depth (H,W),
     weight (H,W)), then feature_map (C,H,W) when `features` (P,C) is given and median (H,W)
     when `median_depth` is True (SPEC 8), then touch_count (P,) int32 when `touch_count` is
-    True; gradients by autograd, with the conventions of SPEC 6.
+    True, then contribution (P, 4) when `contributions` is True (weight sum, weight max,
+    pixels, dominated pixels: `rasterize_gaussians`); gradients by autograd, with the
+    conventions of SPEC 6.
     `inverse_depth`: the depth channel blends 1/z (see `rasterize_gaussians`).
     """
     if raster_settings is None:
@@ -452,6 +468,8 @@ def rasterize_reference(means3D, means2D, opacities, shs=None, colors_precomp=No
         result += (out["median"],)
     if touch_count:
         result += (out["touch_count"],)
+    if contributions:
+        result += (out["contribution"],)
     return result
 
 

@@ -97,11 +97,10 @@ def test_touch_count_lanes_and_per_pixel_loop_agree(power_bound):
     assert counts[0].sum() > 1000 and torch.equal(counts[0], counts[1])
 
 
-@pytest.mark.parametrize("target", ["cpu"] + cuda_targets())
-def test_touch_count_of_culled_and_non_finite_gaussians(target):
-    """Gaussians culled or with non-finite values (behind the camera, NaN and inf in means,
-    opacities, scales and rotations) touch nothing and leave the others' counts as they are;
-    an empty scene gives an empty count."""
+def with_bad_gaussians(target, **options):
+    """The last output of a call (with `options`) on a scene of 120 Gaussians, on the same with 6
+    bad ones appended (NaN and inf in means, opacities, scales and rotations; one behind the
+    camera), and on none: (alone, together, nothing), on the CPU."""
     scene = scenes.make_scene(9900, P=120, height=29, width=37, sh_degree=1, outliers=False)
     nan, inf = float("nan"), float("inf")
     bad = {k: (None if v is None else v[:6].clone()) for k, v in scene.inputs.items()}
@@ -117,10 +116,18 @@ def test_touch_count_of_culled_and_non_finite_gaussians(target):
     empty = {k: None if v is None else v[:0] for k, v in scene.inputs.items()}
     settings = settings_on(scene.settings, target)
     with active(target), torch.no_grad():
-        def count(inputs):
+        def last(inputs):
             on = {k: None if v is None else v.to(target) for k, v in inputs.items()}
-            return GaussianRasterizer(settings)(**on, touch_count=True)[-1].cpu()
-        alone, together, nothing = count(scene.inputs), count(joined), count(empty)
+            return GaussianRasterizer(settings)(**on, **options)[-1].cpu()
+        return last(scene.inputs), last(joined), last(empty)
+
+
+@pytest.mark.parametrize("target", ["cpu"] + cuda_targets())
+def test_touch_count_of_culled_and_non_finite_gaussians(target):
+    """Gaussians culled or with non-finite values (behind the camera, NaN and inf in means,
+    opacities, scales and rotations) touch nothing and leave the others' counts as they are;
+    an empty scene gives an empty count."""
+    alone, together, nothing = with_bad_gaussians(target, touch_count=True)
     assert alone.sum() > 100
     assert torch.equal(together[:120], alone)
     assert torch.equal(together[120:], torch.zeros(6, dtype=torch.int32))
