@@ -26,7 +26,8 @@ time and all together: a ratio above 1 is what the technique gains; it also time
 API's call (`ours-2024`: colour, radii, invdepth), whose ratio should be about 1.
 `ours-surface` (also in the ablation) times doc/surface.md's recipe (6 feature channels, the
 plane depth, its normals, the distortion; `surface_recipe`) beside the plain call: its ratio is
-what the surface terms cost a step.
+what the surface terms cost a step; `ours-contributions` (in the ablation too) the plain call
+with `contributions=True`, whose ratio is what the contribution statistics cost.
 The original `diff_gaussian_rasterization` has no weight map (and, depending on its version, no
 depth): it is timed with a loss on what it returns, which the JSON notes.
 """
@@ -334,10 +335,34 @@ class OursSurface(Ours):
         return _Prepared(forward, loss, visible=lambda out: int((out[1] > 0).sum()))
 
 
+class OursContributions(Ours):
+    """This package's call with `contributions=True` (each Gaussian's weight sum, largest weight,
+    pixels and dominated pixels, a walk of the tile lists of its own): its ratio to ours is what
+    the statistics cost."""
+    name = "ours-contributions"
+    note = "loss on colour + depth + weight; with contributions=True (forward only)"
+
+    def prepare(self, scene, upstream):
+        from diff_gaussian_rasterization_depth import GaussianRasterizer
+        self.apply_tuning(scene)
+        rasterizer = GaussianRasterizer(scene.raster_settings())
+        gc, gd, gw = upstream["color"], upstream["depth"], upstream["weight"]
+
+        def forward():
+            return rasterizer(**scene.rasterizer_inputs(), contributions=True)
+
+        def loss(out):
+            color, _, depth, weight, _ = out
+            return (color * gc).sum() + (depth * gd).sum() + (weight * gw).sum()
+
+        return _Prepared(forward, loss, visible=lambda out: int((out[1] > 0).sum()))
+
+
 IMPLS = {"ours": Ours, "gsplat": Gsplat, "original": Original, "ours-2024": Ours2024,
-         "ours-surface": OursSurface,
+         "ours-surface": OursSurface, "ours-contributions": OursContributions,
          **{impl.name: impl for impl in ABLATED}}
-ABLATION = ("ours," + ",".join(impl.name for impl in ABLATED) + ",ours-2024,ours-surface")
+ABLATION = ("ours," + ",".join(impl.name for impl in ABLATED)
+            + ",ours-2024,ours-surface,ours-contributions")
 
 
 # ----------------------------------------------------------------------------------------------

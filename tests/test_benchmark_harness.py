@@ -198,8 +198,8 @@ def test_configs_are_timed_in_the_order_given(tmp_path):
 
 def test_cuda_ablation_expands_and_is_left_out_on_the_cpu():
     """`--impls ablation`: ours, the CUDA kernels with each technique off, named so, the 2024
-    API's call and the surface recipe; on the CPU only ours and those two run, and the JSON
-    says why the others did not."""
+    API's call, the surface recipe and the call with the contribution statistics; on the CPU
+    only ours and those three run, and the JSON says why the others did not."""
     bench = _load("bench")
     args = bench.parse_args(["--device", "cpu", "--impls", "ablation", "--scenes", "300",
                              "--scales", "0.1", "--reps", "1", "--warmup", "0", "--sets", "1"])
@@ -207,8 +207,8 @@ def test_cuda_ablation_expands_and_is_left_out_on_the_cpu():
                               "ours-no-depth-sort", "ours-no-compact-state",
                               "ours-no-short-forward-parts", "ours-split-forward",
                               "ours-tiles-first", "ours-no-split-forward", "ours-no-split",
-                              "ours-none", "ours-2024", "ours-surface"]
-    tunings = [bench.IMPLS[n].cuda_tuning for n in args.impl_list[:-2]]
+                              "ours-none", "ours-2024", "ours-surface", "ours-contributions"]
+    tunings = [bench.IMPLS[n].cuda_tuning for n in args.impl_list[:-3]]
     # The defaults: every technique on, the split forward by the image's waves (None).
     on = (True, True, True, True, None, True, True, True)
     forced = (*on[:4], True, *on[5:])  # the split forward whatever the image
@@ -218,9 +218,10 @@ def test_cuda_ablation_expands_and_is_left_out_on_the_cpu():
                        (*on[:4], False, False, True, True),
                        (*on[:3], False, False, False, False, True), (False,) * 8]
     result = bench.run(args)
-    assert [r["impl"] for r in result["results"]] == ["ours", "ours-2024", "ours-surface"]
+    assert [r["impl"] for r in result["results"]] == ["ours", "ours-2024", "ours-surface",
+                                                      "ours-contributions"]
     assert all(r["fwd_bwd_ms"]["median"] > 0 for r in result["results"])
-    for name in args.impl_list[1:-2]:
+    for name in args.impl_list[1:-3]:
         assert "CUDA" in result["environment"][f"{name}_unavailable_because"]
 
 
