@@ -398,17 +398,54 @@ class SparseTSDFVolume:
         b3 = block_size ** 3
         self._local = torch.stack(torch.meshgrid(*[torch.arange(block_size, device=self.device)]
                                                  * 3, indexing="ij"), -1).reshape(b3, 3)
-        self.block_coords = torch.zeros((0, 3), dtype=torch.long, device=self.device)
-        self.tsdf = torch.ones((0, b3), dtype=dtype, device=self.device)
-        self.weight = torch.zeros((0, b3), dtype=dtype, device=self.device)
-        self.color: Optional[torch.Tensor] = None          # (blocks, b3, 3) once fused
-        # The blocks' keys sorted, and their rows (blocks are stored in allocation order).
+        # The blocks' rows in allocation order, in buffers that grow by half again when full
+        # (a view's new blocks then cost no copy of the others, amortized); the rows past
+        # num_blocks hold a new block's values already.
+        self._count = 0
+        self._store = {"block_coords": torch.zeros((0, 3), dtype=torch.long, device=self.device),
+                       "tsdf": torch.ones((0, b3), dtype=dtype, device=self.device),
+                       "weight": torch.zeros((0, b3), dtype=dtype, device=self.device)}
+        # The blocks' keys sorted, and their rows.
         self._sorted_keys = torch.zeros(0, dtype=torch.long, device=self.device)
         self._sorted_rows = torch.zeros(0, dtype=torch.long, device=self.device)
 
     @property
     def num_blocks(self) -> int:
-        return self.block_coords.shape[0]
+        return self._count
+
+    @property
+    def block_coords(self) -> torch.Tensor:
+        """(B, 3) int64: each block's coordinates (its first grid point is block_size times)."""
+        return self._store["block_coords"][:self._count]
+
+    @property
+    def tsdf(self) -> torch.Tensor:
+        """(B, block_size^3): the field at each block's points, (i, j, k) at (i b + j) b + k."""
+        return self._store["tsdf"][:self._count]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """(B, block_size^3): the views fused at each point."""
+        return self._store["weight"][:self._count]
+
+    @property
+    def color(self) -> Optional[torch.Tensor]:
+        """(B, block_size^3, 3) once a view was fused with colours, else None."""
+        store = self._store.get("color")
+        return None if store is None else store[:self._count]
+
+    def _grow(self, blocks: int) -> None:
+        """Room for `blocks` more blocks (the new rows: tsdf 1, weight and colour 0)."""
+        needed = self._count + blocks
+        capacity = self._store["tsdf"].shape[0]
+        if needed <= capacity:
+            return
+        capacity = max(needed, capacity + capacity // 2)
+        for name, store in list(self._store.items()):
+            grown = store.new_full((capacity,) + tuple(store.shape[1:]),
+                                   1 if name == "tsdf" else 0)
+            grown[:self._count] = store[:self._count]
+            self._store[name] = grown
 
     def _rows_of(self, coords: torch.Tensor) -> torch.Tensor:
         """The rows of blocks at integer coordinates (..., 3); -1 where none is allocated."""
@@ -459,12 +496,9 @@ class SparseTSDFVolume:
                          keys & ((1 << _KEY_BITS) - 1)], 1) - _KEY_OFFSET
         first = self.num_blocks
         rows = torch.arange(first, first + keys.numel(), device=self.device)
-        self.block_coords = torch.cat([self.block_coords, c])
-        b3 = self.block_size ** 3
-        self.tsdf = torch.cat([self.tsdf, self.tsdf.new_ones((keys.numel(), b3))])
-        self.weight = torch.cat([self.weight, self.weight.new_zeros((keys.numel(), b3))])
-        if self.color is not None:
-            self.color = torch.cat([self.color, self.color.new_zeros((keys.numel(), b3, 3))])
+        self._grow(keys.numel())
+        self._store["block_coords"][first:first + keys.numel()] = c
+        self._count += keys.numel()
         all_keys = torch.cat([self._sorted_keys, keys])
         all_rows = torch.cat([self._sorted_rows, rows])
         order = torch.argsort(all_keys)
@@ -511,7 +545,8 @@ class SparseTSDFVolume:
         self.allocate(depth, settings, mask)
         maps = _ViewMaps(depth, settings, color, mask, self.dtype, self.device)
         if color is not None and self.color is None:
-            self.color = self.tsdf.new_zeros(self.tsdf.shape + (3,))
+            self._store["color"] = self._store["tsdf"].new_zeros(self._store["tsdf"].shape
+                                                                 + (3,))
         rows = self._visible_rows(maps) if self.num_blocks else self.block_coords[:0, 0]
         b3 = self.block_size ** 3
         for start in range(0, rows.numel(), self.chunk_blocks):

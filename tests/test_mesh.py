@@ -12,7 +12,8 @@ from cuda_target import real_cuda_param
 from diff_gaussian_rasterization_depth import GaussianRasterizer
 from diff_gaussian_rasterization_depth.cameras import Camera, look_at, orbit_cameras
 from diff_gaussian_rasterization_depth.mesh import (Mesh, SparseTSDFVolume, TSDFVolume,
-                                                    _back_project, _ViewMaps, face_components,
+                                                    _back_project, _block_keys, _ViewMaps,
+                                                    face_components,
                                                     keep_largest_components,
                                                     marching_tetrahedra)
 from diff_gaussian_rasterization_depth import scenes
@@ -311,6 +312,38 @@ def test_sparse_tsdf_equals_the_dense_grid_on_its_blocks(seed, block_size):
     assert torch.equal(torch.unique(mesh.colors, dim=0), torch.unique(want.colors, dim=0))
     undirected, directed = edge_counts(mesh.faces)
     assert (directed == 1).all()
+
+
+def test_sparse_tsdf_growth_keeps_the_blocks_it_has():
+    """Blocks allocated view by view (the buffers growing by half again when full): after each
+    allocation every earlier block holds what it held (by its key), and every new one the
+    field's start (tsdf 1, weight and colour 0)."""
+    centre, radius = (0.2, -0.1, 0.3), 0.8
+    volume = SparseTSDFVolume(0.03)
+    gen = torch.Generator().manual_seed(1)
+    grew = 0
+    for camera in sphere_views(centre)[:8]:
+        depth = sphere_depth(camera, centre, radius).float()
+        before = {k: v.clone() for k, v in (("keys", volume._sorted_keys),
+                                            ("rows", volume._sorted_rows))}
+        held = [t.clone() for t in (volume.tsdf, volume.weight)] + (
+            [volume.color.clone()] if volume.color is not None else [])
+        capacity = volume._store["tsdf"].shape[0]
+        new = volume.allocate(depth, camera.raster_settings(), mask=depth > 0)
+        assert volume.num_blocks == before["keys"].numel() + new
+        grew += volume._store["tsdf"].shape[0] > capacity
+        for old, now in zip(held, (volume.tsdf, volume.weight, volume.color)):
+            assert torch.equal(now[:old.shape[0]], old)       # rows never move
+        fresh = slice(volume.num_blocks - new, volume.num_blocks)
+        assert (volume.tsdf[fresh] == 1).all() and (volume.weight[fresh] == 0).all()
+        if volume.color is not None:
+            assert (volume.color[fresh] == 0).all()
+        assert torch.equal(torch.sort(volume._sorted_keys).values, volume._sorted_keys)
+        keys = _block_keys(volume.block_coords)
+        assert torch.equal(keys[volume._sorted_rows], volume._sorted_keys)
+        volume.integrate(depth, camera.raster_settings(), mask=depth > 0,
+                         color=torch.rand(3, 48, 64, generator=gen))
+    assert grew >= 3 and (volume.weight > 0).any()
 
 
 def test_sparse_tsdf_meshes_an_unbounded_plane():
