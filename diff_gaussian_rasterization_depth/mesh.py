@@ -175,9 +175,17 @@ def _mesh_cubes(cube_ids: torch.Tensor, flat_values: torch.Tensor, position, ran
     collapsed = ((faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2])
                  | (faces[:, 2] == faces[:, 0]))
     # Vertices of collapsed triangles alone go too.
-    used, faces = torch.unique(faces[~collapsed], return_inverse=True)
-    return Mesh(vertices[used], faces.reshape(-1, 3),
-                None if vertex_colors is None else vertex_colors[used])
+    return _used_part(Mesh(vertices, faces[~collapsed], vertex_colors))
+
+
+def _used_part(mesh: Mesh) -> Mesh:
+    """The mesh without the vertices no face uses; the others keep their order (a running count
+    renumbers them: no sort)."""
+    used = torch.zeros(mesh.vertices.shape[0], dtype=torch.bool, device=mesh.vertices.device)
+    used[mesh.faces.reshape(-1)] = True
+    renumber = torch.cumsum(used.long(), 0) - 1
+    return Mesh(mesh.vertices[used], renumber[mesh.faces],
+                None if mesh.colors is None else mesh.colors[used])
 
 
 def face_components(faces: torch.Tensor) -> torch.Tensor:
@@ -226,10 +234,7 @@ def keep_largest_components(mesh: Mesh, count: int = 50, min_faces: int = 50) ->
     sizes = torch.bincount(label, minlength=label.numel())
     ranked = torch.sort(sizes[sizes > 0], descending=True).values
     threshold = max(int(ranked[min(count, ranked.numel()) - 1]), int(min_faces))
-    faces = mesh.faces[sizes[label] >= threshold]
-    used, faces = torch.unique(faces, return_inverse=True)
-    return Mesh(mesh.vertices[used], faces.reshape(-1, 3),
-                None if mesh.colors is None else mesh.colors[used])
+    return _used_part(Mesh(mesh.vertices, mesh.faces[sizes[label] >= threshold], mesh.colors))
 
 
 def _check_mask(name: str, mask: torch.Tensor, shape) -> None:
