@@ -99,16 +99,17 @@ def _grid_positions(coords: torch.Tensor, origin: torch.Tensor, voxel_size: floa
     return coords.to(origin.dtype) * voxel_size + origin
 
 
-def _mesh_cubes(cube_ids: torch.Tensor, flat_values: torch.Tensor, position, rank,
+def _mesh_cubes(cube_ids: torch.Tensor, flat_values: torch.Tensor, position, before,
                 flat_colors: Optional[torch.Tensor]) -> Mesh:
     """Marching tetrahedra over the cubes `cube_ids` (C, 8): each cube's corners (numbered as
     _CORNERS) as ids into `flat_values` (N,); `position(ids)` gives their world positions;
-    `rank` (N,) int64, or None for the ids themselves, orders the two ends of an edge (the
-    vertex is interpolated from the lower), so that a vertex does not depend on where a grid
-    point is stored."""
+    `before(a, b)` (bool), or None for a < b, orders the two ends of an edge (the vertex is
+    interpolated from the first), so that a vertex does not depend on where a grid point is
+    stored."""
     device, dtype = flat_values.device, flat_values.dtype
     tet = torch.tensor(_TETRAHEDRA, device=device)
     ids = cube_ids[:, tet].reshape(-1, 4)                          # (T, 4) grid point ids
+    tet_type = torch.arange(len(_TETRAHEDRA), device=device).repeat(cube_ids.shape[0])
     tet_values = flat_values[ids]
     tet_inside = tet_values < 0
     count = tet_inside.sum(1)
@@ -132,12 +133,13 @@ def _mesh_cubes(cube_ids: torch.Tensor, flat_values: torch.Tensor, position, ran
     double_ids = ids[double].repeat(2, 1)
 
     tri_ids = torch.cat([single_ids, double_ids])                      # (F, 4) their tetrahedra
+    tri_type = torch.cat([tet_type[single], tet_type[double].repeat(2)])
     tri_edges = torch.cat([single_edges, double_edges])                # (F, 3, 2) corner slots
     ends = torch.gather(tri_ids[:, None, :].expand(-1, 3, -1), 2, tri_edges)   # grid ids
-    if rank is None:
+    if before is None:
         lo, hi = ends.min(2).values, ends.max(2).values
     else:
-        first = rank[ends[..., 0]] < rank[ends[..., 1]]
+        first = before(ends[..., 0], ends[..., 1])
         lo = torch.where(first, ends[..., 0], ends[..., 1])
         hi = torch.where(first, ends[..., 1], ends[..., 0])
     total = flat_values.numel()
@@ -162,8 +164,11 @@ def _mesh_cubes(cube_ids: torch.Tensor, flat_values: torch.Tensor, position, ran
 
     # Orientation: the normal towards the tetrahedron's outside corners. Read from the triangle
     # through its edges' midpoints, which winds as the triangle does but is never degenerate
-    # (a vertex at t near 0 or 1 can make the triangle itself a sliver of rounding).
-    tri_corners = position(tri_ids.reshape(-1)).reshape(-1, 4, 3)
+    # (a vertex at t near 0 or 1 can make the triangle itself a sliver of rounding), in the
+    # corners' integer offsets within their cube (exact; a grid's positions are a translation
+    # and a positive scale of them, which keep every sign).
+    offsets = torch.tensor(_CORNERS, dtype=dtype, device=device)[tet]          # (6, 4, 3)
+    tri_corners = offsets[tri_type]
     outside = (flat_values[tri_ids] >= 0).to(dtype)[..., None]
     outward = ((tri_corners * outside).sum(1) / outside.sum(1)
                - (tri_corners * (1 - outside)).sum(1) / (1 - outside).sum(1))
@@ -613,17 +618,23 @@ class SparseTSDFVolume:
                                     at[..., 2]])
         if not cube_ids:
             return empty
-        coords = (self.block_coords[:, None, :] * b + self._local[None]).reshape(-1, 3)
+        block_coords = self.block_coords
+
+        def coords(point_ids):  # integer grid coordinates of stored points, from their ids
+            local = self._local[point_ids % b3]
+            return block_coords[torch.div(point_ids, b3, rounding_mode="floor")] * b + local
+
         # Edge ends ordered by position (x, then y, then z, as the dense grid's ids are), so
         # that the vertices are those of a dense grid over the same points, bit for bit.
-        span = coords.max(0).values - coords.min(0).values + 1
-        shifted = coords - coords.min(0).values
-        rank = (shifted[:, 0] * span[1] + shifted[:, 1]) * span[2] + shifted[:, 2]
+        def before(first, second):
+            a, c = coords(first), coords(second)
+            x, y, z = (a[..., k] - c[..., k] for k in range(3))
+            return (x < 0) | ((x == 0) & ((y < 0) | ((y == 0) & (z < 0))))
 
         def position(point_ids):
-            return _grid_positions(coords[point_ids], self._origin_t, self.voxel_size)
+            return _grid_positions(coords(point_ids), self._origin_t, self.voxel_size)
 
-        return _mesh_cubes(torch.cat(cube_ids), flat_values, position, rank, flat_colors)
+        return _mesh_cubes(torch.cat(cube_ids), flat_values, position, before, flat_colors)
 
 
 def _back_project(maps: "_ViewMaps", pixel: torch.Tensor) -> torch.Tensor:
