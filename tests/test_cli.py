@@ -356,7 +356,7 @@ def test_core_and_helpers_do_not_import_the_optional_libraries():
         "import diff_gaussian_rasterization_depth as d\n"
         "import diff_gaussian_rasterization_depth.cameras, diff_gaussian_rasterization_depth."
         "scenes, diff_gaussian_rasterization_depth.ply, diff_gaussian_rasterization_depth.viz, "
-        "diff_gaussian_rasterization_depth.cli\n"
+        "diff_gaussian_rasterization_depth.cli, diff_gaussian_rasterization_depth.mesh\n"
         "new = {m.split('.')[0] for m in set(sys.modules) - before}\n"
         "print(sorted(new & {'matplotlib', 'plyfile', 'tqdm', 'PIL'}))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
@@ -364,7 +364,8 @@ def test_core_and_helpers_do_not_import_the_optional_libraries():
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["demo", "--help"], ["render", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["demo", "--help"], ["render", "--help"],
+                                  ["mesh", "--help"]])
 def test_module_entry_point_help(args):
     r = subprocess.run([sys.executable, "-m", "diff_gaussian_rasterization_depth", *args],
                        cwd=REPO, capture_output=True, text=True)
