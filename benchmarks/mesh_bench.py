@@ -25,7 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.scenes import garden_scene  # noqa: E402
@@ -41,10 +40,9 @@ def _sync(device):
 def mesh_scene(frames, resolution, device):
     """One run of render, fuse, extract; returns its figures."""
     from diff_gaussian_rasterization_depth import GaussianRasterizer
+    from diff_gaussian_rasterization_depth.cli import fuse_render, scene_radius
     from diff_gaussian_rasterization_depth.mesh import SparseTSDFVolume
-    centres = np.stack([f.raster_settings().campos.cpu().numpy() for f in frames])
-    radius = 1.1 * float(np.linalg.norm(centres - centres.mean(0), axis=1).max())
-    max_depth = 2 * radius
+    max_depth = 2 * scene_radius([f.camera for f in frames])
     volume = SparseTSDFVolume(max_depth / resolution, device=device)
     render_s = fuse_s = 0.0
     for frame in frames:
@@ -56,8 +54,7 @@ def mesh_scene(frames, resolution, device):
                                                                        median_depth=True)
         _sync(device)
         t1 = time.perf_counter()
-        volume.integrate(median, settings, color=color / weight.clamp_min(1e-6),
-                         mask=(weight > 0.5) & (median > 0) & (median < max_depth))
+        fuse_render(volume, settings, color, weight, median, max_depth=max_depth)
         _sync(device)
         render_s, fuse_s = render_s + t1 - t0, fuse_s + time.perf_counter() - t1
     t0 = time.perf_counter()

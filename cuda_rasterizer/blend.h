@@ -598,21 +598,21 @@ DGRD_HD auto touches(T transmittance_after) {
 // render does, blending up to its first splat that would saturate it. kContributionValues
 // (config.h) values a Gaussian: weight sum, weight max, pixels, dominated pixels.
 
-// One pixel's largest weight so far and what names its splat (a list position, a Gaussian);
-// `found` once any splat is blended (a blended splat weighs more than 0).
+// One pixel's largest weight so far and what names its splat (a list position, a Gaussian).
 template <typename T, typename Id>
 struct DominantSplat {
   T weight = T(0);
   Id id{};
-  bool found = false;
 
   DGRD_HD void update(T w, Id id_) {
     if (w > weight) {
       weight = w;
       id = id_;
-      found = true;
     }
   }
+  // Whether any splat was blended: a blended splat weighs more than 0 (alpha >= 1/255, T >=
+  // kTransmittanceMin).
+  DGRD_HD bool found() const { return weight > T(0); }
 };
 
 }  // namespace dgrd

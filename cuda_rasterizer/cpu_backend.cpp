@@ -1239,7 +1239,7 @@ void gaussian_contributions(const Camera<T>& cam, const GaussianState<T>& state,
             dominant.update(w, j);
             transmittance = after;
           }
-          if (dominant.found) ++by_position[dominant.id].dominated;
+          if (dominant.found()) ++by_position[dominant.id].dominated;
         }
     }
   }

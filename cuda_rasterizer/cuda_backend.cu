@@ -877,7 +877,7 @@ __global__ void __launch_bounds__(kTilePixels)
       atomicAdd(out + 2, float(batch.pixels[threadIdx.x]));
     }
   }
-  if (dominant.found) atomicAdd(contribution + size_t(dominant.id) * kContributionValues + 3, 1.f);
+  if (dominant.found()) atomicAdd(contribution + size_t(dominant.id) * kContributionValues + 3, 1.f);
 }
 
 // A lane's own total of the scatter (warp_scatter_total) and where it adds it, taken once

@@ -383,6 +383,16 @@ def scaled_camera(camera: Camera, scale: float) -> Camera:
                   camera.fy * height / camera.height)
 
 
+def fuse_render(volume, settings, color, weight, surface, min_weight: float = 0.5,
+                 max_depth: float = math.inf) -> None:
+    """Fuse one rendered view into a TSDF volume as the mesh command does: `surface` (the median
+    or mean depth) and the colour as the model shows it over black (un-premultiplied by the
+    weight), over the pixels of weight above `min_weight` with a depth below `max_depth`."""
+    mask = (weight > min_weight) & (surface > 0) & (surface < max_depth)
+    volume.integrate(surface, settings, color=(color / weight.clamp_min(1e-6)).clamp(0, 1),
+                     mask=mask)
+
+
 def cmd_mesh(args) -> int:
     from .mesh import SparseTSDFVolume, keep_largest_components
     from .ply import save_mesh_ply
@@ -436,11 +446,8 @@ def cmd_mesh(args) -> int:
                 rotations=gaussians.rotations, median_depth=True)
             _sync(device)
             render_s += time.perf_counter() - t_render
-            surface = median if args.depth == "median" else depth
-            mask = (weight > args.min_weight) & (surface > 0) & (surface < max_depth)
-            # The colour of a pixel as the model shows it (over black), where it is opaque.
-            shown = (color / weight.clamp_min(1e-6)).clamp(0, 1)
-            volume.integrate(surface, settings, color=shown, mask=mask)
+            fuse_render(volume, settings, color, weight,
+                        median if args.depth == "median" else depth, args.min_weight, max_depth)
     fuse_s = time.perf_counter() - t0 - render_s
     t1 = time.perf_counter()
     mesh = volume.extract_mesh(min_weight=args.min_views)

@@ -199,6 +199,8 @@ def face_components(faces: torch.Tensor) -> torch.Tensor:
     hooking with pointer jumping on the faces' edge graph: rounds grow with the logarithm of a
     component's size rather than its diameter."""
     _check_shape("faces", faces, (None, 3))
+    if faces.is_floating_point() or faces.is_complex() or faces.dtype == torch.bool:
+        raise TypeError(f"faces: expected an integer tensor, got {faces.dtype}")
     device = faces.device
     F = faces.shape[0]
     label = torch.arange(F, device=device)
@@ -318,8 +320,8 @@ class TSDFVolume:
                  truncation: Optional[float] = None, device="cpu",
                  dtype: torch.dtype = torch.float32):
         self.voxel_size, self.truncation = _check_voxel(voxel_size, truncation)
-        lower_t = torch.as_tensor(lower, dtype=torch.float64).reshape(3)
-        upper_t = torch.as_tensor(upper, dtype=torch.float64).reshape(3)
+        lower_t = torch.tensor(_point3("lower", lower), dtype=torch.float64)
+        upper_t = torch.tensor(_point3("upper", upper), dtype=torch.float64)
         if not (upper_t > lower_t).all():
             raise ValueError(f"upper: expected above lower in x, y and z, got {lower} .. {upper}")
         self.origin = lower_t.tolist()
@@ -355,6 +357,17 @@ class TSDFVolume:
         views (marching_tetrahedra), with fused colours where any were given."""
         return marching_tetrahedra(self.tsdf, self.weight >= min_weight, self.origin,
                                    self.voxel_size, self.color)
+
+
+def _point3(name: str, value) -> list:
+    """Three finite numbers (a sequence, an array, a tensor) as a list of floats."""
+    try:
+        point = torch.as_tensor(value, dtype=torch.float64).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        point = None
+    if point is None or point.numel() != 3 or not torch.isfinite(point).all():
+        raise ValueError(f"{name}: expected three finite numbers (x, y, z), got {value}")
+    return point.tolist()
 
 
 def _check_voxel(voxel_size, truncation):
@@ -401,7 +414,7 @@ class SparseTSDFVolume:
         if not (isinstance(block_size, int) and block_size >= 1):
             raise ValueError(f"block_size: expected a positive integer, got {block_size}")
         self.block_size = block_size
-        self.origin = torch.as_tensor(origin, dtype=torch.float64).reshape(3).tolist()
+        self.origin = _point3("origin", origin)
         self.dtype, self.device = dtype, torch.device(device)
         self.chunk_blocks = max(1, chunk_points // block_size ** 3)
         self._origin_t = torch.tensor(self.origin, dtype=dtype, device=self.device)
@@ -469,7 +482,9 @@ class SparseTSDFVolume:
     def allocate(self, depth: torch.Tensor, settings, mask: Optional[torch.Tensor] = None) -> int:
         """Allocate the blocks within the truncation of every pixel of `depth` with a depth
         (and in `mask`), its centre back-projected; returns how many were new."""
-        maps = _ViewMaps(depth, settings, None, mask, torch.float64, self.device)
+        return self._allocate(_ViewMaps(depth, settings, None, mask, self.dtype, self.device))
+
+    def _allocate(self, maps: "_ViewMaps") -> int:
         keep = maps.depth > 0
         if maps.mask is not None:
             keep &= maps.mask
@@ -536,11 +551,11 @@ class SparseTSDFVolume:
         ahead = near > 1e-3 * radius          # wholly in front of the camera's plane
         s = maps.settings
         W, H = maps.W, maps.H
+        proj = maps.proj.double()
+        w = _transform_point(centre, proj, 3)
         for size, tan_half, along, column in ((W, float(s.tanfovx), x, 0),
                                               (H, float(s.tanfovy), y, 1)):
             focal = size / (2 * tan_half)
-            proj = maps.proj.double()
-            w = _transform_point(centre, proj, 3)
             pix = _ndc2pix(_transform_point(centre, proj, column) / (w + 1e-7), size)
             # A point q of the sphere projects within r f (1 + |c_x / c_z|) / (c_z - r) of c.
             reach = radius * focal * (1 + (along / z).abs()) / near.clamp_min(1e-12) + 1.0
@@ -552,8 +567,8 @@ class SparseTSDFVolume:
                   mask: Optional[torch.Tensor] = None) -> None:
         """Allocate this view's blocks, then fuse it into every allocated block it sees, as
         TSDFVolume.integrate (same arguments)."""
-        self.allocate(depth, settings, mask)
         maps = _ViewMaps(depth, settings, color, mask, self.dtype, self.device)
+        self._allocate(maps)
         if color is not None and self.color is None:
             self._store["color"] = self._store["tsdf"].new_zeros(self._store["tsdf"].shape
                                                                  + (3,))

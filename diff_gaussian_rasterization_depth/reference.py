@@ -368,7 +368,7 @@ def _blend(g: Dict[str, torch.Tensor], settings, inverse_depth=False) -> Dict[st
     if w_flat.shape[0] > 0:
         dominant[w_flat.argmax(dim=0), torch.arange(H * W, device=device)] = 1.0
     contribution = torch.stack([w_flat.sum(dim=1),
-                                w_flat.amax(dim=1) if w_flat.shape[1] else w_flat.sum(dim=1),
+                                w_flat.amax(dim=1),
                                 blended.flatten(1).to(dtype).sum(dim=1),
                                 (dominant * any_blended.to(dtype)).sum(dim=1)], dim=1)
 

@@ -405,6 +405,11 @@ def test_sparse_tsdf_checks():
         SparseTSDFVolume(0.1, truncation=0.0)
     with pytest.raises(ValueError, match="block_size"):
         SparseTSDFVolume(0.1, block_size=0)
+    for bad in ((0.0, 1.0), (0.0, float("nan"), 1.0), "abc"):
+        with pytest.raises(ValueError, match="origin: expected three finite numbers"):
+            SparseTSDFVolume(0.1, origin=bad)
+    with pytest.raises(ValueError, match="lower: expected three"):
+        TSDFVolume([0, 0], [1, 1, 1], 0.1)
     volume = SparseTSDFVolume(1e-6)
     settings = test_scenes.make_scene(0, P=4, height=12, width=10).settings
     with pytest.raises(ValueError, match=r"depth: expected shape \(12, 10\)"):
@@ -569,6 +574,10 @@ def test_keep_largest_components_drops_the_small_ones():
     assert three.faces.shape[0] == int(sizes[:3].sum())
     with pytest.raises(ValueError, match="count"):
         keep_largest_components(mesh, count=0)
+    with pytest.raises(TypeError, match="faces: expected an integer tensor"):
+        face_components(mesh.faces.double())
+    with pytest.raises(ValueError, match="faces: expected shape"):
+        face_components(mesh.faces[:, :2])
 
 
 @pytest.mark.parametrize("device", [real_cuda_param()])
