@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "bindings.h"
+#include "mcmc.h"
 #include "rasterize_points.h"
 #include "sparse_adam.h"
 
@@ -309,6 +310,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mark_visible", &dgrd::mark_visible, "Points in front of the near plane");
   m.def("sparse_adam_step", &dgrd::sparse_adam_step,
         "One Adam step, in place, on the visible rows of a parameter and its moments");
+  m.def("compute_relocation", &dgrd::compute_relocation, py::arg("opacity"), py::arg("scale"),
+        py::arg("copies"),
+        "3DGS-MCMC's relocation: each of N copies' opacity and scales (eq. 9)");
   m.def("cpu_render_work", &dgrd::cpu_render_work,
         "Work counts of a float32 CPU forward (benchmarks): pairs, evaluations, exps, blends, "
         "lane evaluations");

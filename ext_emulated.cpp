@@ -9,6 +9,7 @@
 #include "cuda_rasterizer/warp_sums.h"
 #include "bindings.h"
 #include "rasterize_points.h"
+#include "mcmc.h"
 #include "sparse_adam.h"
 
 namespace dgrd {
@@ -281,6 +282,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Time each CUDA stage of the following calls, emulated (host clock)");
   m.def("cuda_stage_ms", &cuda_stage_ms_cuda, "Milliseconds of each stage, emulated");
   m.def("sparse_adam_step", &sparse_adam_step_cuda, "The CUDA sparse Adam step, emulated");
+  m.def("compute_relocation", &compute_relocation_cuda, py::arg("opacity"), py::arg("scale"),
+        py::arg("copies"), "3DGS-MCMC's relocation kernel, emulated");
   m.def("set_thread_order", &emu::set_thread_order,
         "Order of a block's threads between sync points, and of a grid's blocks: 'asc', 'desc' "
         "or 'random:SEED'");

@@ -71,6 +71,8 @@ DGRD_SCALAR_FN(sqrt_, sqrt)
 DGRD_SCALAR_FN(ceil_, ceil)
 DGRD_SCALAR_FN(floor_, floor)
 DGRD_SCALAR_FN(log_, log)
+DGRD_SCALAR_FN(expm1_, expm1)
+DGRD_SCALAR_FN(log1p_, log1p)
 #undef DGRD_SCALAR_FN
 
 // a * b + c rounded once.

@@ -14,10 +14,11 @@ from ._validation import (check_gaussians, check_optional_outputs, CheckedSettin
                           KERNEL_SIZE_DEFAULT)
 from . import _backend, _debug
 from ._debug import replay_snapshot
+from .relocation import compute_relocation
 from .sparse_adam import SparseGaussianAdam
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians",
-           "has_cuda_backend", "replay_snapshot", "SparseGaussianAdam"]
+           "has_cuda_backend", "replay_snapshot", "SparseGaussianAdam", "compute_relocation"]
 
 __version__ = "0.1.0"
 

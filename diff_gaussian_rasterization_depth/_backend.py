@@ -247,3 +247,8 @@ def mark_visible(positions, settings):
 def sparse_adam_step(param, grad, exp_avg, exp_avg_sq, visible, lr, beta1, beta2, eps):
     _check_device(param.device)
     _renderer().sparse_adam_step(param, grad, exp_avg, exp_avg_sq, visible, lr, beta1, beta2, eps)
+
+
+def compute_relocation(opacity, scale, copies):
+    _check_device(opacity.device)
+    return _renderer().compute_relocation(opacity, scale, copies)

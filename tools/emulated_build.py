@@ -15,9 +15,9 @@ import build_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The glue's helpers (allocation, size checks) live in rasterize_points.cpp, which needs the CPU
-# backend to link.
+# backend to link, and in mcmc.cpp (the relocation's checks and outputs).
 OWN_SOURCES = ["ext_emulated.cpp", "cuda_rasterizer/cuda_emulation.cpp"]
-SHARED_SOURCES = ["rasterize_points.cpp", "cuda_rasterizer/cpu_backend.cpp"]
+SHARED_SOURCES = ["rasterize_points.cpp", "cuda_rasterizer/cpu_backend.cpp", "mcmc.cpp"]
 
 
 def fused_multiply_add_flags():
