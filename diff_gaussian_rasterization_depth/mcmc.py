@@ -17,9 +17,9 @@ lists of its own after the render. 3DGS-MCMC's training never reads it:
 Not reproduced: the fork's preprocess cuts each Gaussian's tile rectangle at a radius of
 sqrt(min(2 ln(255 o), 3.3)) standard deviations (1.8 for any opacity above 0.02), so its
 renders lose the part of a splat beyond that radius and outside the tiles it still covers;
-the package renders every pixel where alpha reaches 1/255, as the original does, and culls
-tiles by opacity exactly (doc/design.md). A model trained with the fork renders a little
-differently here; training here is the original's rendering with MCMC's densification.
+the package keeps the original's 3-sigma square, cut to the tiles where alpha can reach 1/255
+(StopThePop's bound, exactly: no pixel changes). A model trained with the fork renders a little
+differently here; training here is the original's rendering with MCMC's relocation.
 """
 import torch
 
