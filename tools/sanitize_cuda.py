@@ -42,23 +42,25 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import scenes  # noqa: E402  (tests/scenes.py)
 from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend  # noqa: E402
 from diff_gaussian_rasterization_depth.sparse_adam import SparseGaussianAdam  # noqa: E402
+from diff_gaussian_rasterization_depth.relocation import compute_relocation  # noqa: E402
 
 CASES = [
     dict(P=48, height=29, width=37, sh_degree=3),
-    dict(P=64, height=33, width=17, sh_degree=1, antialiasing=True, touch_count=True),
+    dict(P=64, height=33, width=17, sh_degree=1, antialiasing=True, touch_count=True,
+         contributions=True),
     dict(P=200, height=40, width=100, precomp_colors=True, precomp_cov=True),
     dict(P=300, height=64, width=64, sh_degree=2, dc=True),
-    dict(P=0, height=20, width=20, sh_degree=0, touch_count=True),
+    dict(P=0, height=20, width=20, sh_degree=0, touch_count=True, contributions=True),
     dict(P=30, height=16, width=48, sh_degree=1, all_culled=True),
     dict(P=16, height=1, width=1, sh_degree=0),
     dict(P=900, height=21, width=35, sh_degree=1, split_length=256, opacity_scale=0.05,
-         touch_count=True),
+         touch_count=True, contributions=True),
     # Parts of 512: the split forward's own of 256, the backward's state at every other split.
     dict(P=1200, height=16, width=16, sh_degree=1, split_length=512, opacity_scale=0.03,
          outliers=False, channels=3, median_depth=True, inverse_depth=True),
     # The kernels the cases above leave out: the camera's gradient and AbsGS's absolute one,
-    # 20 feature channels (a chunk of 16 and one of 4), split lists, and a step of the 2024
-    # API's SparseGaussianAdam; then the techniques that can be switched off, off (warp
+    # 20 feature channels (a chunk of 16 and one of 4), split lists, a step of the 2024
+    # API's SparseGaussianAdam and 3DGS-MCMC's relocation; then the techniques that can be switched off, off (warp
     # skipping, the scatter sum, the depth-first sort, the split forward), with the median.
     dict(P=700, height=23, width=41, sh_degree=2, split_length=256, opacity_scale=0.1,
          channels=20, camera_grad=True, means2d_cols=4, sparse_adam=True),
@@ -184,8 +186,8 @@ def run_case(i, device):
     channels = case.pop("channels", 0)
     camera_grad = case.pop("camera_grad", False)
     sparse_adam = case.pop("sparse_adam", False)
-    options = {k: case.pop(k) for k in ("median_depth", "inverse_depth", "touch_count")
-               if k in case}
+    options = {k: case.pop(k) for k in ("median_depth", "inverse_depth", "touch_count",
+                                         "contributions") if k in case}
     scene = scenes.make_scene(100 + i, **case)
     scene.inputs["opacities"] = scene.inputs["opacities"] * opacity_scale
     leaves = {k: (None if v is None else v.to(device).requires_grad_())
@@ -197,6 +199,7 @@ def run_case(i, device):
               for k in ("viewmatrix", "projmatrix", "campos")}
     settings = s._replace(bg=s.bg.to(device), **camera)
     color, radii, *maps = GaussianRasterizer(settings)(**leaves, **options)
+    contribution = maps.pop() if options.get("contributions") else None
     touched = maps.pop() if options.get("touch_count") else None
     loss = color.square().sum() + sum((m * torch.rand_like(m)).sum() for m in maps)
     loss.backward()
@@ -216,6 +219,10 @@ def run_case(i, device):
         check("touch count", touched)
         if bool((touched < 0).any()) or bool((touched[radii == 0] != 0).any()):
             sys.exit(f"sanitize_cuda: case {i}: a touch count below 0, or of a culled Gaussian")
+    if contribution is not None:  # the statistics' own kernel (after the forward)
+        check("contribution statistics", contribution)
+        if bool((contribution < 0).any()) or bool((contribution[radii == 0] != 0).any()):
+            sys.exit(f"sanitize_cuda: case {i}: a statistic below 0, or of a culled Gaussian")
     gradients = dict(leaves, **(camera if camera_grad else {}),
                      features=options.get("features"))
     for name, leaf in gradients.items():
@@ -230,6 +237,11 @@ def run_case(i, device):
         for k, p in enumerate(params):
             for t in [p] + [optimizer.state[p][m] for m in ("exp_avg", "exp_avg_sq")]:
                 check(f"sparse Adam step of parameter {k}", t)
+        # 3DGS-MCMC's relocation kernel (mcmc_cuda.cu), counts from 1 to past the sum's range.
+        counts = torch.randint(1, 60, (scene.P,), device=device)
+        for t in compute_relocation(leaves["opacities"].detach().clamp(0, 1),
+                                    leaves["scales"].detach(), counts):
+            check("relocation", t)
     print(f"case {i} ok: {CASES[i]}")
 
 
