@@ -5,12 +5,14 @@
     python benchmarks/features_cpu.py --plain-only --reps 3     # the plain call alone
     python benchmarks/features_cpu.py --lanes-off                # also on the per-pixel loop
     python benchmarks/features_cpu.py --channels --surface       # the surface recipe's cost
+    python benchmarks/features_cpu.py --channels --walks         # touch count, statistics
 
 Variants, timed round-robin (one repetition of each in turn, so that the machine's load hits
 them alike): the plain call; `features=F` with C channels for each --channels; and
 `median_depth=True`; with --surface, doc/surface.md's recipe (the normals, plane offsets and
 distortion moments as 6 channels, the plane depth, its normals, the distortion and their
-losses, all of it). Each is timed as forward without autograd and as forward + backward with
+losses, all of it); with --walks, the outputs made by walks of the tile lists of their own
+after the render: `touch_count=True` and `contributions=True` (the statistics). Each is timed as forward without autograd and as forward + backward with
 random upstream gradients on every map it returns. Reported: medians over --reps after one
 warm-up round, wall-clock and (in brackets) the process's CPU time, and each variant's ratio to
 the plain call from the same run. --plain-only times the plain call alone, for comparing two
@@ -42,7 +44,7 @@ def _load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def make_variants(scene, channels, plain_only, lanes_off, surface=False):
+def make_variants(scene, channels, plain_only, lanes_off, surface=False, walks=False):
     """name -> (the call's extra arguments, whether the float path runs on the lanes)."""
     P = len(scene.gaussians)
     gen = torch.Generator().manual_seed(0)
@@ -53,6 +55,9 @@ def make_variants(scene, channels, plain_only, lanes_off, surface=False):
         calls["median"] = {"median_depth": True}
         if surface:
             calls["surface"] = {"surface": True}
+        if walks:
+            calls["touch count"] = {"touch_count": True}
+            calls["contributions"] = {"contributions": True}
     variants = {name: (extra, True) for name, extra in calls.items()}
     if lanes_off:
         variants.update({f"{name} per-pixel": (extra, False) for name, extra in calls.items()})
@@ -77,6 +82,7 @@ def main(argv=None) -> int:
     ap.add_argument("--plain-only", action="store_true")
     ap.add_argument("--lanes-off", action="store_true")
     ap.add_argument("--surface", action="store_true")
+    ap.add_argument("--walks", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -88,7 +94,7 @@ def main(argv=None) -> int:
     rasterizer = GaussianRasterizer(settings)
     H, W = scene.camera.height, scene.camera.width
     variants = make_variants(scene, args.channels, args.plain_only, args.lanes_off,
-                             args.surface)
+                             args.surface, args.walks)
     ext = package._backend._ext()
     gen = torch.Generator().manual_seed(1)
     up = [torch.randn(3, H, W, generator=gen), None, torch.randn(H, W, generator=gen),

@@ -593,10 +593,12 @@ DGRD_HD auto touches(T transmittance_after) {
 // The contribution statistics (an optional output), what pruning and densification by
 // contribution read (LightGaussian's and Mini-Splatting's importance, RadSplat's pruning,
 // Mini-Splatting's blur split): over the pixels where a Gaussian is blended, the sum and the
-// largest of its weights w = alpha T, the number of those pixels, and the number where its
-// weight is the pixel's largest (the first in depth order among equal ones). A pixel walks as the
-// render does, blending up to its first splat that would saturate it. kContributionValues
-// (config.h) values a Gaussian: weight sum, weight max, pixels, dominated pixels.
+// largest of its weights w = alpha T, the number of those pixels, the number where its weight
+// is the pixel's largest (the first in depth order among equal ones), and the sum of its
+// opacity times the transmittance in front of it, o T (LightGaussian's global significance, its
+// rasterizer's `important_score`; o as the render uses it, compensated where antialiasing is
+// on). A pixel walks as the render does, blending up to its first splat that would saturate it.
+// kContributionValues (config.h) values a Gaussian, in that order.
 
 // One pixel's largest weight so far and what names its splat (a list position, a Gaussian).
 template <typename T, typename Id>

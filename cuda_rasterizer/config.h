@@ -30,8 +30,8 @@ constexpr int kWeightFeature = 4;
 // closed form (PixelBackward).
 constexpr int kWalkedFeatures = kWeightFeature;
 // The contribution statistics a Gaussian (blend.h, DominantSplat): weight sum, weight max,
-// pixels, dominated pixels.
-constexpr int kContributionValues = 4;
+// pixels, dominated pixels, opacity-transmittance sum.
+constexpr int kContributionValues = 5;
 
 constexpr double kNearPlane = 0.2;           // culled if view z <= this
 constexpr double kHomEps = 1e-7;             // ndc = hom.xyz / (hom.w + kHomEps)

@@ -375,11 +375,15 @@ struct PairContribution {
   double weight_max;
   int pixels;
   int dominated;
+  double opacity_transmittance;
 
-  void add(double w) {
+  // w = alpha T, and o T (the product of two floats is exact in double: the lanes and the
+  // per-pixel loop add the same bits).
+  void add(double w, double opacity_times_transmittance) {
     weight_sum += w;
     weight_max = std::max(weight_max, w);
     ++pixels;
+    opacity_transmittance += opacity_times_transmittance;
   }
 };
 
@@ -401,8 +405,9 @@ DGRD_LANE_CLONES void tally_group_contributions(const StagedSplats& sp, int n, c
     const LaneMask saturated = pass & (after < Lanes(float(kTransmittanceMin)));
     const LaneMask blended = pass & !saturated;
     const Lanes w = alpha * transmittance;
+    const double opacity = sp.opacity[j];
     for (int k = 0; k < kLanes; ++k)
-      if (blended.lane(k)) by_position[j].add(double(w[k]));
+      if (blended.lane(k)) by_position[j].add(double(w[k]), opacity * double(transmittance[k]));
     const LaneMask better = blended & (w > best);
     best = select(better, w, best);
     best_at = select(better, Lanes(float(j)), best_at);
@@ -1206,7 +1211,8 @@ void gaussian_contributions(const Camera<T>& cam, const GaussianState<T>& state,
   const int tiles = cam.tiles_x * cam.tiles_y;
   bool lanes = false;
   if constexpr (std::is_same<T, float>::value) lanes = cpu_tuning().lanes && lanes_run_here();
-  std::vector<PairContribution> tally(static_cast<size_t>(pairs), PairContribution{0, 0, 0, 0});
+  std::vector<PairContribution> tally(static_cast<size_t>(pairs),
+                                      PairContribution{0, 0, 0, 0, 0});
 #pragma omp parallel if (cam.width * cam.height >= kMinParallelItems) num_threads(loop_threads())
   {
     StagedSplats sp;
@@ -1235,7 +1241,8 @@ void gaussian_contributions(const Camera<T>& cam, const GaussianState<T>& state,
             const T after = transmittance * (T(1) - alpha);
             if (after < T(kTransmittanceMin)) break;  // saturated: PixelAccum::blend's test
             const T w = alpha * transmittance;         // as PixelAccum::accumulate weighs it
-            by_position[j].add(double(w));
+            by_position[j].add(double(w), double(state.conic_opacity[row].w) *
+                                              double(transmittance));
             dominant.update(w, j);
             transmittance = after;
           }
@@ -1243,7 +1250,8 @@ void gaussian_contributions(const Camera<T>& cam, const GaussianState<T>& state,
         }
     }
   }
-  std::vector<PairContribution> totals(static_cast<size_t>(count), PairContribution{0, 0, 0, 0});
+  std::vector<PairContribution> totals(static_cast<size_t>(count),
+                                       PairContribution{0, 0, 0, 0, 0});
   for (int64_t k = 0; k < pairs; ++k) {
     const PairContribution& pair = tally[size_t(k)];
     if (pair.pixels == 0) continue;
@@ -1252,6 +1260,7 @@ void gaussian_contributions(const Camera<T>& cam, const GaussianState<T>& state,
     total.weight_max = std::max(total.weight_max, pair.weight_max);
     total.pixels += pair.pixels;
     total.dominated += pair.dominated;
+    total.opacity_transmittance += pair.opacity_transmittance;
   }
   for (int i = 0; i < count; ++i) {
     const PairContribution& total = totals[size_t(i)];
@@ -1260,6 +1269,7 @@ void gaussian_contributions(const Camera<T>& cam, const GaussianState<T>& state,
     out[1] = T(total.weight_max);
     out[2] = T(total.pixels);
     out[3] = T(total.dominated);
+    out[4] = T(total.opacity_transmittance);
   }
 }
 

@@ -31,7 +31,8 @@ void count_touches(const Camera<T>& cam, const GaussianState<T>& state, int coun
                    TileLists lists, int* touch_count);
 
 // Writes each Gaussian's contribution statistics (kContributionValues a Gaussian, blend.h:
-// weight sum, weight max, pixels, dominated pixels; contribution: count x 4, all written) from
+// weight sum, weight max, pixels, dominated pixels, opacity-transmittance sum; contribution:
+// count x 5, all written) from
 // the forward's state and tile lists (pairs: their length). The same values on any number of
 // threads: each (tile, splat) pair's tally is added into its Gaussian in list order.
 template <typename T>

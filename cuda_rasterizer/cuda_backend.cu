@@ -834,6 +834,7 @@ struct ContributionBatch {
   float weight_sum[kTilePixels];
   int weight_max[kTilePixels];  // the bits of a float >= 0
   int pixels[kTilePixels];
+  float opacity_transmittance[kTilePixels];
 };
 
 __global__ void __launch_bounds__(kTilePixels)
@@ -853,6 +854,7 @@ __global__ void __launch_bounds__(kTilePixels)
     batch.weight_sum[threadIdx.x] = 0.f;
     batch.weight_max[threadIdx.x] = 0;
     batch.pixels[threadIdx.x] = 0;
+    batch.opacity_transmittance[threadIdx.x] = 0.f;
     __syncthreads();
     const int n = min(kTilePixels, end - start);
     for (int j = 0; walking && j < n; ++j) {
@@ -865,6 +867,9 @@ __global__ void __launch_bounds__(kTilePixels)
       atomicAdd(&batch.weight_sum[j], w);
       atomicMax(&batch.weight_max[j], __float_as_int(w));
       atomicAdd(&batch.pixels[j], 1);
+      // The opacity as the render multiplies it (Base2Exponent keeps it as it is).
+      atomicAdd(&batch.opacity_transmittance[j],
+                batch.splats.exponent[j].coefficients.w * transmittance);
       dominant.update(w, batch.splats.mean_id[j].id);
       transmittance = after;
     }
@@ -875,6 +880,7 @@ __global__ void __launch_bounds__(kTilePixels)
       atomicAdd(out, batch.weight_sum[threadIdx.x]);
       atomicMax(reinterpret_cast<int*>(out + 1), batch.weight_max[threadIdx.x]);
       atomicAdd(out + 2, float(batch.pixels[threadIdx.x]));
+      atomicAdd(out + 4, batch.opacity_transmittance[threadIdx.x]);
     }
   }
   if (dominant.found()) atomicAdd(contribution + size_t(dominant.id) * kContributionValues + 3, 1.f);

@@ -173,7 +173,8 @@ void count_touches(const Camera<float>& cam, const GaussianState<float>& state, 
                    int* touch_count, cudaStream_t stream);
 
 // Adds to contribution (zeroed by the caller, kContributionValues a Gaussian, blend.h: weight
-// sum, weight max, pixels, dominated pixels) each Gaussian's contribution statistics, one block
+// sum, weight max, pixels, dominated pixels, opacity-transmittance sum) each Gaussian's
+// contribution statistics, one block
 // per tile, from the forward's state and tile lists.
 void gaussian_contributions(const Camera<float>& cam, const GaussianState<float>& state,
                             TileLists lists, float* contribution, cudaStream_t stream);

@@ -62,10 +62,11 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     With `touch_count`, the last output is touch_count (P,) int32: the pixels where each
     Gaussian is blended with the transmittance behind it still above 0.5 (MonoGS's n_touched;
     no gradient), counted by a walk of the tile lists of its own.
-    With `contributions`, the last output is contribution (P, 4) of the input dtype: over the
+    With `contributions`, the last output is contribution (P, 5) of the input dtype: over the
     pixels where each Gaussian is blended, the sum and the largest of its weights w = alpha T,
-    the number of those pixels, and the number where its weight is the pixel's largest (no
-    gradient; a walk of its own, as the touch count's).
+    the number of those pixels, the number where its weight is the pixel's largest, and the sum
+    of its opacity times the transmittance in front, o T (LightGaussian's score) (no gradient;
+    a walk of its own, as the touch count's).
     With raster_settings.debug, non-finite inputs raise a ValueError naming them, and an error
     of the backend writes a snapshot of the call (see `replay_snapshot`).
     """
@@ -233,7 +234,7 @@ class GaussianRasterizer(nn.Module):
                 inverse_depth=False, touch_count=False, contributions=False):
         """(color, radii, depth, weight), then feature_map (C,H,W) when `features` (P,C) is
         given, then median (H,W) when `median_depth` is True, then touch_count (P,) int32 when
-        `touch_count` is True, then contribution (P,4) when `contributions` is True; depth (and
+        `touch_count` is True, then contribution (P,5) when `contributions` is True; depth (and
         median) of 1/z with `inverse_depth` (see rasterize_gaussians)."""
         return rasterize_gaussians(means3D, means2D, shs, colors_precomp, opacities, scales,
                                    rotations, cov3D_precomp, self.raster_settings, dc=dc,

@@ -367,10 +367,15 @@ def _blend(g: Dict[str, torch.Tensor], settings, inverse_depth=False) -> Dict[st
     dominant = torch.zeros_like(w_flat)
     if w_flat.shape[0] > 0:
         dominant[w_flat.argmax(dim=0), torch.arange(H * W, device=device)] = 1.0
+    # LightGaussian's global significance: the opacity (as the render uses it) times the
+    # transmittance in front, summed over the pixels where the Gaussian is blended.
+    opacity_transmittance = torch.where(blended, g["opacity"][:, None, None] * T_before,
+                                        torch.zeros_like(T_before)).detach().flatten(1)
     contribution = torch.stack([w_flat.sum(dim=1),
                                 w_flat.amax(dim=1),
                                 blended.flatten(1).to(dtype).sum(dim=1),
-                                (dominant * any_blended.to(dtype)).sum(dim=1)], dim=1)
+                                (dominant * any_blended.to(dtype)).sum(dim=1),
+                                opacity_transmittance.sum(dim=1)], dim=1)
 
     return dict(color=color, depth=depth, weight=weight, T_final=T_final, order=order,
                 feature_map=feature_map, median=median, median_crossing=crossing,
@@ -419,7 +424,7 @@ def _forward(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_p
     radii[idx] = everyone["radius"][idx].to(torch.int32)
     touch_count = torch.zeros(P, dtype=torch.int32, device=means3D.device)
     touch_count[idx[blend["order"]]] = blend["touch_count"].to(torch.int32)
-    contribution = torch.zeros((P, 4), dtype=means3D.dtype, device=means3D.device)
+    contribution = torch.zeros((P, 5), dtype=means3D.dtype, device=means3D.device)
     contribution[idx[blend["order"]]] = blend["contribution"]
     return dict(color=blend["color"], radii=radii, depth=blend["depth"], weight=blend["weight"],
                 feature_map=blend["feature_map"], median=blend["median"],
@@ -437,8 +442,9 @@ def rasterize_reference(means3D, means2D, opacities, shs=None, colors_precomp=No
     computed in the input dtype. Returns (color (3,H,W), radii int32 (P,), depth (H,W),
     weight (H,W)), then feature_map (C,H,W) when `features` (P,C) is given and median (H,W)
     when `median_depth` is True (SPEC 8), then touch_count (P,) int32 when `touch_count` is
-    True, then contribution (P, 4) when `contributions` is True (weight sum, weight max,
-    pixels, dominated pixels: `rasterize_gaussians`); gradients by autograd, with the
+    True, then contribution (P, 5) when `contributions` is True (weight sum, weight max,
+    pixels, dominated pixels, opacity-transmittance sum: `rasterize_gaussians`); gradients by
+    autograd, with the
     conventions of SPEC 6.
     `inverse_depth`: the depth channel blends 1/z (see `rasterize_gaussians`).
     """

@@ -387,16 +387,16 @@ def test_peak_memory_reports_a_row_per_frame(tmp_path):
 
 
 def test_features_cpu_lanes_off_reports_every_variant(tmp_path):
-    """benchmarks/features_cpu.py --lanes-off: each call timed on the lanes and on the
-    per-pixel loop, with the load."""
+    """benchmarks/features_cpu.py --lanes-off --walks: each call (the touch count and the
+    statistics among them) timed on the lanes and on the per-pixel loop, with the load."""
     out = tmp_path / "features.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "features_cpu.py"), "--reps", "1",
-         "--scale", "0.25", "--channels", "3", "--lanes-off", "--json", str(out)],
+         "--scale", "0.25", "--channels", "3", "--lanes-off", "--walks", "--json", str(out)],
         capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     r = json.loads(out.read_text())
-    names = {"plain", "C=3", "median"}
+    names = {"plain", "C=3", "median", "touch count", "contributions"}
     assert set(r["medians"]) == names | {f"{n} per-pixel" for n in names}
     for m in r["medians"].values():
         assert m["fwd_bwd"] > m["fwd"] > 0

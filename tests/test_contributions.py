@@ -1,6 +1,7 @@
 """The contribution statistics (`contributions=True`): over the pixels where each Gaussian is
-blended, the sum and the largest of its weights w = alpha T, the number of those pixels, and the
-number where its weight is the pixel's largest. The CPU backend and the CUDA targets against the
+blended, the sum and the largest of its weights w = alpha T, the number of those pixels, the
+number where its weight is the pixel's largest, and the sum of its opacity times the
+transmittance in front, o T (LightGaussian's score). The CPU backend and the CUDA targets against the
 reference, identities with the maps, a lone Gaussian, thread and tuning independence, culled and
 non-finite Gaussians, and that asking for them changes nothing else.
 
@@ -29,7 +30,7 @@ F32, F64 = torch.float32, torch.float64
 
 
 def contribution_slack(scene):
-    """(the reference's statistics (P, 4), each Gaussian's ambiguous pixels (P,))."""
+    """(the reference's statistics (P, 5), each Gaussian's ambiguous pixels (P,))."""
     internals = scenes.reference_internals(scene)
     out, everyone, blend, idx, settings = internals
     pixels, gaussians = scenes.ambiguous(scene, internals=internals)
@@ -50,16 +51,21 @@ def contribution_slack(scene):
 
 def check_contributions(got, want, slack, rtol):
     got = got.cpu().to(want.dtype)
-    assert got.shape == want.shape == (want.shape[0], 4)
+    assert got.shape == want.shape == (want.shape[0], 5)
     exact = slack == 0
     assert exact.float().mean() > 0.6
     # Counts: within the ambiguous pixels, equal elsewhere.
-    assert ((got[:, 2:] - want[:, 2:]).abs() <= slack[:, None]).all()
-    assert torch.equal(got[exact, 2:], want[exact, 2:])
+    assert ((got[:, 2:4] - want[:, 2:4]).abs() <= slack[:, None]).all()
+    assert torch.equal(got[exact, 2:4], want[exact, 2:4])
     # Weights: the sums within rounding (and the ambiguous pixels' weights), the largest within
     # rounding where no pixel is ambiguous.
     allowed = rtol * want[:, 0] + 1e-6 + 0.01 * slack.to(want.dtype)
     assert ((got[:, 0] - want[:, 0]).abs() <= allowed).all(), (got - want)[:, 0].abs().max()
+    # o T: within rounding, and an ambiguous pixel may add or take a whole o T (<= 1) where the
+    # Gaussian's own alpha is the one near 1/255.
+    allowed = rtol * want[:, 4] + 1e-6 + slack.to(want.dtype)
+    assert ((got[:, 4] - want[:, 4]).abs() <= allowed).all(), (got - want)[:, 4].abs().max()
+    torch.testing.assert_close(got[exact, 4], want[exact, 4], rtol=rtol, atol=1e-6)
     torch.testing.assert_close(got[exact, 1], want[exact, 1], rtol=rtol, atol=1e-6)
     # Not vacuous: Gaussians blended at many pixels, dominating some, and some never blended.
     assert want[:, 2].max() >= 10 and want[:, 3].max() >= 3 and (want[:, 2] == 0).any()
@@ -76,7 +82,7 @@ def test_contributions_match_reference(seed, dtype):
     assert len(out) == 5 and out[-1].dtype == dtype
     check_contributions(out[-1], want, slack, rtol=1e-5 if dtype == F32 else 1e-12)
     if dtype == F64:  # no threshold within float64's rounding on these scenes
-        assert torch.equal(out[-1][:, 2:], want[:, 2:])
+        assert torch.equal(out[-1][:, 2:4], want[:, 2:4])
 
 
 @pytest.mark.parametrize("target", cuda_targets())
@@ -101,20 +107,24 @@ def test_contributions_cuda_match_reference(seed, target):
 def test_contributions_agree_with_the_maps(target):
     """The weights summed over Gaussians are the weight map's sum; every pixel with weight has
     one dominant splat; a Gaussian's largest weight lies between its mean weight and the
-    largest alpha (0.99), and its dominated pixels among its blended ones; a Gaussian blended
-    nowhere has all four at 0, as the culled (radius 0) ones."""
+    largest alpha (0.99), and its dominated pixels among its blended ones; o T lies between the
+    weight sum (alpha <= o) and the pixels (o, T <= 1); a Gaussian blended nowhere has all five
+    at 0, as the culled (radius 0) ones."""
     scene = scenes.make_scene(9800, P=400, height=45, width=61, sh_degree=1)
     with active(target), torch.no_grad():
         inputs = {k: None if v is None else v.to(target) for k, v in scene.inputs.items()}
         _, radii, _, weight, stats = GaussianRasterizer(settings_on(scene.settings, target))(
             **inputs, contributions=True)
     stats, radii, weight = stats.cpu().double(), radii.cpu(), weight.cpu().double()
-    weight_sum, weight_max, pixels, dominated = stats.unbind(1)
+    weight_sum, weight_max, pixels, dominated, opacity_transmittance = stats.unbind(1)
     assert weight_sum.sum() == pytest.approx(float(weight.sum()), rel=1e-5)
     assert dominated.sum() == int((weight > 0).sum()) > 1000
     blended = pixels > 0
     assert (weight_max[blended] * pixels[blended] >= weight_sum[blended] * (1 - 1e-6)).all()
     assert (weight_max <= 0.99 + 1e-6).all() and (dominated <= pixels).all()
+    assert (opacity_transmittance >= weight_sum * (1 - 1e-6)).all()
+    assert (opacity_transmittance <= pixels * (1 + 1e-6)).all()
+    assert (opacity_transmittance > weight_sum * 1.01).any()  # not the weight sum again
     assert torch.equal(blended, weight_sum > 0) and torch.equal(blended, weight_max > 0)
     assert (stats[~blended] == 0).all() and (stats[radii == 0] == 0).all()
 
@@ -122,7 +132,8 @@ def test_contributions_agree_with_the_maps(target):
 @pytest.mark.parametrize("opacity", [0.3, 0.8, 0.99])
 def test_contributions_of_a_lone_gaussian(opacity):
     """Alone, a Gaussian's weight at a pixel is the weight map there: its statistics are the
-    map's sum, its largest value, its pixels with weight, and all of them again."""
+    map's sum, its largest value, its pixels with weight, and all of them again; in front of
+    it the transmittance is 1, so o T adds up to its opacity at each of those pixels."""
     settings, inputs = lone_gaussian(opacity)
     _, radii, _, weight, stats = GaussianRasterizer(settings)(**inputs, contributions=True)
     blended = weight > 0
@@ -130,6 +141,8 @@ def test_contributions_of_a_lone_gaussian(opacity):
     torch.testing.assert_close(stats[0, 0], weight.sum(), rtol=1e-6, atol=0)
     assert stats[0, 1] == weight.max() and stats[0, 1] <= opacity
     assert stats[0, 2] == blended.sum() and stats[0, 3] == blended.sum()
+    torch.testing.assert_close(stats[0, 4], inputs["opacities"].reshape(-1)[0] * blended.sum(),
+                               rtol=1e-7, atol=0)
 
 
 def test_contributions_do_not_depend_on_threads_lanes_or_the_power_bound():
@@ -161,7 +174,7 @@ def test_contributions_do_not_depend_on_threads_lanes_or_the_power_bound():
 def test_contributions_of_culled_and_non_finite_gaussians(target):
     """Gaussians culled or with non-finite values contribute nothing and leave the others'
     statistics as they are (bit for bit on the CPU, within the order of the atomics on CUDA);
-    an empty scene gives an empty (0, 4)."""
+    an empty scene gives an empty (0, 5)."""
     alone, together, nothing = with_bad_gaussians(target, contributions=True)
     assert alone[:, 2].sum() > 100
     if target == "cpu":
@@ -169,7 +182,7 @@ def test_contributions_of_culled_and_non_finite_gaussians(target):
     else:
         torch.testing.assert_close(together[:120], alone, rtol=1e-5, atol=1e-6)
     assert (together[120:] == 0).all()
-    assert nothing.shape == (0, 4)
+    assert nothing.shape == (0, 5)
 
 
 def test_contributions_cost_the_render_nothing():
@@ -187,7 +200,7 @@ def test_contributions_cost_the_render_nothing():
         return out, grads
 
     (plain, plain_grads), (more, more_grads) = run(), run(contributions=True, touch_count=True)
-    assert len(more) == 6 and more[4].dtype == torch.int32 and more[5].shape == (scene.P, 4)
+    assert len(more) == 6 and more[4].dtype == torch.int32 and more[5].shape == (scene.P, 5)
     for a, b in zip(plain, more[:4]):
         assert torch.equal(a, b)
     for a, b in zip(plain_grads, more_grads):
@@ -195,7 +208,7 @@ def test_contributions_cost_the_render_nothing():
     assert not more[5].requires_grad
     ref = rasterize_reference(**scene.inputs, raster_settings=scene.settings,
                               touch_count=True, contributions=True)
-    assert len(ref) == 6 and ref[5].shape == (scene.P, 4)
+    assert len(ref) == 6 and ref[5].shape == (scene.P, 5)
     with pytest.raises(TypeError, match="contributions"):
         GaussianRasterizer(scene.settings)(**scene.inputs, contributions=1)
 
