@@ -296,7 +296,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       [](const RasterConfig& c, py::list state) {
         return dgrd::gaussian_contributions(c, dgrd::take_state(state, /*release=*/false));
       },
-      "Each Gaussian's weight sum, weight max, pixels and dominated pixels from a forward's "
+      "Each Gaussian's contribution statistics (weight sum, weight max, pixels, dominated "
+      "pixels, opacity-transmittance sum) and each pixel's dominant Gaussian from a forward's "
       "state");
   m.def("check_common", &check_common, py::arg("means3D"), py::arg("means2D"),
         py::arg("opacities"), py::arg("shs"), py::arg("colors_precomp"), py::arg("scales"),

@@ -274,7 +274,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       [](const RasterConfig& c, py::list state) {
         return gaussian_contributions_cuda(c, take_state(state, /*release=*/false));
       },
-      "The CUDA contribution statistics, emulated");
+      "The CUDA contribution statistics and dominant Gaussians, emulated");
   m.def("mark_visible", &mark_visible_cuda, "The CUDA mark_visible, emulated");
   m.def("set_cuda_tuning", &set_cuda_tuning_cuda, py::arg("switches"),
         "Switch the CUDA backend's techniques on or off, emulated");

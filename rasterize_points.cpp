@@ -428,7 +428,8 @@ at::Tensor count_touches(const RasterConfig& c, const ForwardState& s) {
   return touch_count;
 }
 
-at::Tensor gaussian_contributions(const RasterConfig& c, const ForwardState& s) {
+std::tuple<at::Tensor, at::Tensor> gaussian_contributions(const RasterConfig& c,
+                                                          const ForwardState& s) {
   if (s.radii.is_cuda()) {
 #ifdef DGRD_WITH_CUDA
     return gaussian_contributions_cuda(c, s);
@@ -438,13 +439,15 @@ at::Tensor gaussian_contributions(const RasterConfig& c, const ForwardState& s) 
   }
   at::Tensor contribution =
       at::empty({s.radii.size(0), kContributionValues}, s.means2d.options());
+  at::Tensor dominant =
+      at::empty({c.image_height, c.image_width}, s.radii.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(s.means2d.scalar_type(), "dgrd_gaussian_contributions_cpu", [&] {
     cpu::gaussian_contributions(make_camera<scalar_t>(c),
                                 make_state<scalar_t>(s, nullptr, nullptr), int(s.radii.size(0)),
                                 s.lists(), s.point_list.size(0),
-                                contribution.data_ptr<scalar_t>());
+                                contribution.data_ptr<scalar_t>(), dominant.data_ptr<int>());
   });
-  return contribution;
+  return {contribution, dominant};
 }
 
 std::vector<at::Tensor> pack_camera(const std::vector<at::Tensor>& parts,

@@ -300,7 +300,8 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g);
 BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, ForwardState s,
                              const MapGrads& up, bool release_state = false);
 at::Tensor count_touches_cuda(const RasterConfig& c, const ForwardState& s);
-at::Tensor gaussian_contributions_cuda(const RasterConfig& c, const ForwardState& s);
+std::tuple<at::Tensor, at::Tensor> gaussian_contributions_cuda(const RasterConfig& c,
+                                                               const ForwardState& s);
 at::Tensor mark_visible_cuda(const at::Tensor& positions, const at::Tensor& viewmatrix);
 void set_cuda_tuning_cuda(const std::map<std::string, int64_t>& switches);
 void set_cuda_stage_timing_cuda(bool on);
@@ -318,9 +319,12 @@ using UpstreamGrad = std::optional<at::Tensor>;
 // a forward's state, on the state's device; a walk of the tile lists of its own, so the forward
 // pays nothing for it unless asked.
 at::Tensor count_touches(const RasterConfig& c, const ForwardState& s);
-// Each Gaussian's contribution statistics ((P, 4) of the state's dtype, blend.h: weight sum,
-// weight max, pixels, dominated pixels) from a forward's state, on its device; a walk of its own.
-at::Tensor gaussian_contributions(const RasterConfig& c, const ForwardState& s);
+// Each Gaussian's contribution statistics ((P, 5) of the state's dtype, blend.h: weight sum,
+// weight max, pixels, dominated pixels, opacity-transmittance sum) and each pixel's dominant
+// Gaussian ((H, W) int32, -1 where nothing is blended) from a forward's state, on its device;
+// a walk of its own.
+std::tuple<at::Tensor, at::Tensor> gaussian_contributions(const RasterConfig& c,
+                                                          const ForwardState& s);
 // release_state: the caller holds no other reference to the state (take_state in bindings.h),
 // which the CUDA backward then frees in part once its render backward has read it.
 BackwardResult backward(const RasterConfig& c, const GaussianTensors& g, ForwardState state,

@@ -598,14 +598,19 @@ at::Tensor count_touches_cuda(const RasterConfig& c, const ForwardState& s) {
   return touch_count;
 }
 
-at::Tensor gaussian_contributions_cuda(const RasterConfig& c, const ForwardState& s) {
+std::tuple<at::Tensor, at::Tensor> gaussian_contributions_cuda(const RasterConfig& c,
+                                                               const ForwardState& s) {
   const DeviceContext device(s.radii);
   at::Tensor contribution =
       device_empty({s.radii.size(0), kContributionValues}, s.means2d.options());
   zero_async(contribution, device.stream);
+  // Every pixel written by the kernel (a block a tile).
+  at::Tensor dominant =
+      device_empty({c.image_height, c.image_width}, s.radii.options().dtype(at::kInt));
   gpu::gaussian_contributions(make_camera<float>(c), make_state<float>(s, nullptr, nullptr),
-                              s.lists(), contribution.data_ptr<float>(), device.stream);
-  return contribution;
+                              s.lists(), contribution.data_ptr<float>(),
+                              dominant.data_ptr<int>(), device.stream);
+  return {contribution, dominant};
 }
 
 BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, ForwardState s,

@@ -389,9 +389,11 @@ struct PairContribution {
 
 // The contribution statistics' walk of one group of lanes: each lane blends as the render does,
 // up to its first splat that would saturate it; by_position[j] tallies splat j's weights, in
-// lane order (the per-pixel loop's order within a row), and each lane's dominant splat.
+// lane order (the per-pixel loop's order within a row), and each lane's dominant splat, whose
+// list position (-1: none) it writes to dominant_position[lane].
 DGRD_LANE_CLONES void tally_group_contributions(const StagedSplats& sp, int n, const LaneGroup& g,
-                                                PairContribution* by_position) {
+                                                PairContribution* by_position,
+                                                int* dominant_position) {
   const Lanes x = g.px();
   const float y = float(g.y);
   LaneMask live = g.inside();
@@ -415,8 +417,10 @@ DGRD_LANE_CLONES void tally_group_contributions(const StagedSplats& sp, int n, c
     live = live & !saturated;
     if (!live.any()) break;
   }
-  for (int k = 0; k < g.count; ++k)
+  for (int k = 0; k < g.count; ++k) {
+    dominant_position[k] = best_at[k] >= 0.f ? int(best_at[k]) : -1;
     if (best_at[k] >= 0.f) ++by_position[int(best_at[k])].dominated;
+  }
 }
 
 // The lanes of a per-lane sum added up, in double: the two halves as four-wide vectors, then
@@ -1206,7 +1210,7 @@ void count_touches(const Camera<T>& cam, const GaussianState<T>& state, int coun
 // list order once every tile is done.
 template <typename T>
 void gaussian_contributions(const Camera<T>& cam, const GaussianState<T>& state, int count,
-                            TileLists lists, int64_t pairs, T* contribution) {
+                            TileLists lists, int64_t pairs, T* contribution, int* dominant_map) {
   const std::vector<T> floors = power_floors(state, count);
   const int tiles = cam.tiles_x * cam.tiles_y;
   bool lanes = false;
@@ -1226,7 +1230,8 @@ void gaussian_contributions(const Camera<T>& cam, const GaussianState<T>& state,
           sp.stage(state, floors.data(), lists.point_list + begin, n);
           for (int y = tp.y0; y < tp.y1; ++y)
             for (int x = tp.x0; x < tp.x1; x += kLanes)
-              tally_group_contributions(sp, n, {x, y, std::min(kLanes, tp.x1 - x)}, by_position);
+              tally_group_contributions(sp, n, {x, y, std::min(kLanes, tp.x1 - x)}, by_position,
+                                        dominant_map + int64_t(y) * cam.width + x);
         }
       }
       for (int y = tp.y0; !lanes && y < tp.y1; ++y)
@@ -1247,6 +1252,13 @@ void gaussian_contributions(const Camera<T>& cam, const GaussianState<T>& state,
             transmittance = after;
           }
           if (dominant.found()) ++by_position[dominant.id].dominated;
+          dominant_map[int64_t(y) * cam.width + x] = dominant.found() ? dominant.id : -1;
+        }
+      // The tile's pixels hold list positions so far: their Gaussians.
+      for (int y = tp.y0; y < tp.y1; ++y)
+        for (int x = tp.x0; x < tp.x1; ++x) {
+          int& d = dominant_map[int64_t(y) * cam.width + x];
+          if (d >= 0) d = lists.gaussian(lists.point_list[begin + d]);
         }
     }
   }
@@ -1279,7 +1291,7 @@ void gaussian_contributions(const Camera<T>& cam, const GaussianState<T>& state,
   template void count_touches<T>(const Camera<T>&, const GaussianState<T>&, int, TileLists,     \
                                  int*);                                                          \
   template void gaussian_contributions<T>(const Camera<T>&, const GaussianState<T>&, int,       \
-                                          TileLists, int64_t, T*);                               \
+                                          TileLists, int64_t, T*, int*);                         \
   template void bin_gaussians<T>(const Camera<T>&, int, const GaussianState<T>&, int*, int*);    \
   template void render<T>(const Camera<T>&, const GaussianState<T>&, int, TileLists,             \
                           const PixelBuffers<T>&, const OptionalOutputs<T>&);                    \

@@ -34,10 +34,13 @@ void count_touches(const Camera<T>& cam, const GaussianState<T>& state, int coun
 // weight sum, weight max, pixels, dominated pixels, opacity-transmittance sum; contribution:
 // count x 5, all written) from
 // the forward's state and tile lists (pairs: their length). The same values on any number of
-// threads: each (tile, splat) pair's tally is added into its Gaussian in list order.
+// threads: each (tile, splat) pair's tally is added into its Gaussian in list order. Also
+// writes every pixel's dominant Gaussian (dominant: height x width, the index of the Gaussian
+// whose weight is the pixel's largest, the first in depth order among equal ones; -1 where
+// nothing is blended).
 template <typename T>
 void gaussian_contributions(const Camera<T>& cam, const GaussianState<T>& state, int count,
-                            TileLists lists, int64_t pairs, T* contribution);
+                            TileLists lists, int64_t pairs, T* contribution, int* dominant);
 
 // Sums each Gaussian's SplatGrad over the pixels it was blended into (splat_grads: P entries,
 // all written), including the parts from the optional outputs' upstream gradients, and the

@@ -828,7 +828,8 @@ __global__ void __launch_bounds__(kTilePixels)
 // splat that would saturate it, and the block stops once none of its pixels walks. A batch's
 // weights are tallied per splat in shared memory (the largest as its bits: weights are >= 0, so
 // they order as integers), then added to the Gaussian's by one atomic a value per splat and tile;
-// each pixel adds its dominant splat's one at the end. Only where the caller asks for them.
+// each pixel adds its dominant splat's one at the end and writes that Gaussian's index to
+// dominant_map (-1: nothing blended). Only where the caller asks for them.
 struct ContributionBatch {
   WalkSplats splats;
   float weight_sum[kTilePixels];
@@ -839,7 +840,7 @@ struct ContributionBatch {
 
 __global__ void __launch_bounds__(kTilePixels)
     contribution_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
-                        float* contribution) {
+                        float* contribution, int* dominant_map) {
   DGRD_SHARED(ContributionBatch, batch);
   const TileThread me(cam);
   const int begin = lists.tile_ranges[2 * me.tile], end = lists.tile_ranges[2 * me.tile + 1];
@@ -884,6 +885,8 @@ __global__ void __launch_bounds__(kTilePixels)
     }
   }
   if (dominant.found()) atomicAdd(contribution + size_t(dominant.id) * kContributionValues + 3, 1.f);
+  if (me.inside)
+    dominant_map[size_t(me.y) * cam.width + me.x] = dominant.found() ? int(dominant.id) : -1;
 }
 
 // A lane's own total of the scatter (warp_scatter_total) and where it adds it, taken once
@@ -1517,10 +1520,12 @@ void count_touches(const Camera<float>& cam, const GaussianState<float>& state, 
 }
 
 void gaussian_contributions(const Camera<float>& cam, const GaussianState<float>& state,
-                            TileLists lists, float* contribution, cudaStream_t stream) {
+                            TileLists lists, float* contribution, int* dominant_map,
+                            cudaStream_t stream) {
   const int tiles = cam.tiles_x * cam.tiles_y;
   if (tiles == 0) return;
-  DGRD_LAUNCH(contribution_kernel, tiles, kTilePixels, stream)(cam, state, lists, contribution);
+  DGRD_LAUNCH(contribution_kernel, tiles, kTilePixels, stream)(cam, state, lists, contribution,
+                                                               dominant_map);
 }
 
 int camera_grad_partials(int count) { return blocks_for(count); }

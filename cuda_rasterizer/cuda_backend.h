@@ -174,10 +174,11 @@ void count_touches(const Camera<float>& cam, const GaussianState<float>& state, 
 
 // Adds to contribution (zeroed by the caller, kContributionValues a Gaussian, blend.h: weight
 // sum, weight max, pixels, dominated pixels, opacity-transmittance sum) each Gaussian's
-// contribution statistics, one block
-// per tile, from the forward's state and tile lists.
+// contribution statistics, one block per tile, from the forward's state and tile lists; writes
+// every pixel's dominant Gaussian to dominant_map (height x width; -1 where nothing is blended).
 void gaussian_contributions(const Camera<float>& cam, const GaussianState<float>& state,
-                            TileLists lists, float* contribution, cudaStream_t stream);
+                            TileLists lists, float* contribution, int* dominant_map,
+                            cudaStream_t stream);
 
 // Where the render backward sums each Gaussian's SplatGrad: value k (in the order mean2d x, y,
 // conic a, b, c, opacity, feature r, g, b, depth) of Gaussian i at value[k], i row strides on.

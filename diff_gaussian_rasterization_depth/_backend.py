@@ -211,8 +211,9 @@ def count_touches(config, state):
 
 
 def gaussian_contributions(config, state):
-    """(P, 4): each Gaussian's weight sum, weight max, pixels and dominated pixels, from the
-    forward whose state this is (a walk of its own)."""
+    """((P, 5): each Gaussian's weight sum, weight max, pixels, dominated pixels and
+    opacity-transmittance sum; (H, W) int32: each pixel's dominant Gaussian, -1 where none),
+    from the forward whose state this is (a walk of its own)."""
     return _renderer().gaussian_contributions(config, state)
 
 

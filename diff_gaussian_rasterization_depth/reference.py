@@ -371,6 +371,12 @@ def _blend(g: Dict[str, torch.Tensor], settings, inverse_depth=False) -> Dict[st
     # transmittance in front, summed over the pixels where the Gaussian is blended.
     opacity_transmittance = torch.where(blended, g["opacity"][:, None, None] * T_before,
                                         torch.zeros_like(T_before)).detach().flatten(1)
+    # Each pixel's dominant splat, as a position in this order (-1: nothing blended).
+    dominant_position = torch.full((H, W), -1, dtype=torch.int64, device=device)
+    if w_flat.shape[0] > 0:
+        dominant_position = torch.where(any_blended, w_flat.argmax(dim=0),
+                                        torch.full_like(any_blended, -1, dtype=torch.int64)
+                                        ).reshape(H, W)
     contribution = torch.stack([w_flat.sum(dim=1),
                                 w_flat.amax(dim=1),
                                 blended.flatten(1).to(dtype).sum(dim=1),
@@ -380,7 +386,7 @@ def _blend(g: Dict[str, torch.Tensor], settings, inverse_depth=False) -> Dict[st
     return dict(color=color, depth=depth, weight=weight, T_final=T_final, order=order,
                 feature_map=feature_map, median=median, median_crossing=crossing,
                 touch_count=touch_count, contribution=contribution,
-                T_after=T_after.detach(), power=chain["power"], raw_alpha=chain["raw_alpha"],
+                dominant_position=dominant_position, T_after=T_after.detach(), power=chain["power"], raw_alpha=chain["raw_alpha"],
                 considered=chain["considered"], blendable=chain["blendable"], blended=blended,
                 test_T=chain["test_T"], in_rect=in_rect)
 
@@ -426,16 +432,19 @@ def _forward(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_p
     touch_count[idx[blend["order"]]] = blend["touch_count"].to(torch.int32)
     contribution = torch.zeros((P, 5), dtype=means3D.dtype, device=means3D.device)
     contribution[idx[blend["order"]]] = blend["contribution"]
+    position = blend["dominant_position"]
+    dominant = torch.where(position >= 0, idx[blend["order"]][position.clamp(min=0)]
+                           if idx.numel() else position, position).to(torch.int32)
     return dict(color=blend["color"], radii=radii, depth=blend["depth"], weight=blend["weight"],
                 feature_map=blend["feature_map"], median=blend["median"],
-                touch_count=touch_count, contribution=contribution), \
+                touch_count=touch_count, contribution=contribution, dominant=dominant), \
         everyone, survivors, blend, idx
 
 
 def rasterize_reference(means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
                         rotations=None, cov3D_precomp=None, raster_settings=None, dc=None,
                         features=None, median_depth=False, inverse_depth=False,
-                        touch_count=False, contributions=False):
+                        touch_count=False, contributions=False, dominant=False):
     """The SPEC's rasterizer in plain PyTorch.
 
     Same inputs as `GaussianRasterizer.forward` (plus the settings), float32 or float64,
@@ -443,8 +452,8 @@ def rasterize_reference(means3D, means2D, opacities, shs=None, colors_precomp=No
     weight (H,W)), then feature_map (C,H,W) when `features` (P,C) is given and median (H,W)
     when `median_depth` is True (SPEC 8), then touch_count (P,) int32 when `touch_count` is
     True, then contribution (P, 5) when `contributions` is True (weight sum, weight max,
-    pixels, dominated pixels, opacity-transmittance sum: `rasterize_gaussians`); gradients by
-    autograd, with the
+    pixels, dominated pixels, opacity-transmittance sum: `rasterize_gaussians`), then dominant
+    (H, W) int32 when `dominant` is True; gradients by autograd, with the
     conventions of SPEC 6.
     `inverse_depth`: the depth channel blends 1/z (see `rasterize_gaussians`).
     """
@@ -476,6 +485,8 @@ def rasterize_reference(means3D, means2D, opacities, shs=None, colors_precomp=No
         result += (out["touch_count"],)
     if contributions:
         result += (out["contribution"],)
+    if dominant:
+        result += (out["dominant"],)
     return result
 
 

@@ -24,11 +24,11 @@ from typing import NamedTuple
 
 import torch
 
-from .reference import _rotation_matrix
+from .reference import _covariance_3d, _rotation_matrix
 
 __all__ = ["view_points", "gaussian_normals", "distortion_features", "ndc_depth",
            "depth_distortion", "depth_to_points", "depth_to_normal", "plane_distances",
-           "plane_depth", "normalized", "render_surface", "SurfaceMaps"]
+           "plane_depth", "normalized", "render_surface", "SurfaceMaps", "dominant_points"]
 
 # 2DGS's and GOF's planes for the distortion's depth mapping (their NEAR_PLANE and FAR_PLANE).
 DISTORTION_NEAR = 0.2
@@ -145,6 +145,44 @@ def depth_to_points(depth: torch.Tensor, settings) -> torch.Tensor:
     ndc_y = ((2 * rows + 1) / H - 1)[:, None].expand(H, W)
     x, y = _pixel_to_view(ndc_x, ndc_y, depth, projection)
     return torch.stack([x, y, depth], 0)
+
+
+def dominant_points(dominant: torch.Tensor, means3D: torch.Tensor, settings, scales=None,
+                    rotations=None, cov3D_precomp=None):
+    """((3, H, W) world points, (H, W) bool): on each pixel's ray, the point where its dominant
+    Gaussian (the rasterizer's `dominant=True` map) is densest, as Mini-Splatting's depth
+    reinitialization places new points. Along the ray o + s d the density
+    exp(-(x - mu)^T Sigma^-1 (x - mu) / 2) peaks at s = -d^T Sigma^-1 (o - mu) / d^T Sigma^-1 d,
+    with Sigma the Gaussian's covariance as the rasterizer builds it (scales and rotations, or
+    cov3D_precomp, times settings.scale_modifier). Valid where a Gaussian dominates and the
+    point lies in front of the camera (s > 0); elsewhere the point is the camera centre. The
+    rays are the rasterizer's: pixel centres through the camera centre (`depth_to_points`)."""
+    _check_shape("dominant", dominant, (None, None))
+    _check_shape("means3D", means3D, (None, 3))
+    if dominant.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"dominant: expected the rasterizer's int32 map, got {dominant.dtype}")
+    H, W = dominant.shape
+    dtype = means3D.dtype
+    view = _matrix(settings.viewmatrix, means3D)
+    rotation_inverse = torch.linalg.inv(view[:3, :3])
+    origin = -view[3, :3] @ rotation_inverse                            # the camera centre
+    ray_view = depth_to_points(torch.ones(H, W, dtype=dtype, device=means3D.device), settings)
+    direction = ray_view.reshape(3, -1).T @ rotation_inverse            # (H W, 3), world
+    ids = dominant.reshape(-1).long()
+    valid = ids >= 0
+    picked = ids.clamp(min=0)[valid]
+    pick = (lambda t: None if t is None else t[picked])  # noqa: E731
+    covariance = _covariance_3d(pick(scales), pick(rotations), pick(cov3D_precomp),
+                                float(settings.scale_modifier))
+    d = direction[valid]
+    to_origin = origin - means3D[picked]
+    precision_d = torch.linalg.solve(covariance, d[:, :, None])[:, :, 0]  # Sigma^-1 d
+    s = -(precision_d * to_origin).sum(1) / (precision_d * d).sum(1)
+    points = origin.expand(H * W, 3).clone()
+    points[valid] = origin + s[:, None] * d
+    in_front = torch.zeros(H * W, dtype=torch.bool, device=means3D.device)
+    in_front[valid] = s > 0
+    return points.T.reshape(3, H, W), in_front.reshape(H, W)
 
 
 def plane_distances(normals: torch.Tensor, view_t: torch.Tensor) -> torch.Tensor:

@@ -149,7 +149,7 @@ def test_contributions_do_not_depend_on_threads_lanes_or_the_power_bound():
     """The CPU adds each (tile, splat) tally into its Gaussian in list order: the same bits on
     one thread as on two (the image over the backend's 4,096 pixels for threads), on the
     render's eight lanes as on the per-pixel loop, with the power bound before the exponential
-    or without it."""
+    or without it; the dominant map alike."""
     scene = scenes.make_scene(9850, P=600, height=64, width=80, sh_degree=1)
     ext = _backend._ext()
     threads = torch.get_num_threads()
@@ -160,14 +160,14 @@ def test_contributions_do_not_depend_on_threads_lanes_or_the_power_bound():
             torch.set_num_threads(n)
             ext.set_cpu_tuning(lanes=lanes, power_bound=power_bound)
             with torch.no_grad():
-                results.append(GaussianRasterizer(scene.settings)(**scene.inputs,
-                                                                  contributions=True)[-1])
+                results.append(GaussianRasterizer(scene.settings)(
+                    **scene.inputs, contributions=True, dominant=True)[-2:])
     finally:
         torch.set_num_threads(threads)
         ext.set_cpu_tuning(lanes=True, power_bound=True)
-    assert results[0][:, 2].sum() > 1000
+    assert results[0][0][:, 2].sum() > 1000 and (results[0][1] >= 0).sum() > 1000
     for other in results[1:]:
-        assert torch.equal(results[0], other)
+        assert torch.equal(results[0][0], other[0]) and torch.equal(results[0][1], other[1])
 
 
 @pytest.mark.parametrize("target", ["cpu"] + cuda_targets())
@@ -238,3 +238,68 @@ def test_gaussians_blended_nowhere_can_go(target):
             assert torch.equal(a, b)
         else:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# The dominant map (`dominant=True`): each pixel's Gaussian of largest weight
+# ----------------------------------------------------------------------------------------------
+
+def ambiguous_pixels(scene):
+    """(H, W) bool: the pixels where a correct float32 walk may blend otherwise or find another
+    largest weight (contribution_slack's pixels)."""
+    internals = scenes.reference_internals(scene)
+    _, _, blend, _, _ = internals
+    pixels, _ = scenes.ambiguous(scene, internals=internals)
+    T_before = torch.cat([torch.ones_like(blend["T_after"][:1]), blend["T_after"][:-1]])
+    w = torch.where(blend["blended"], T_before - blend["T_after"],
+                    blend["T_after"].new_zeros(blend["blended"].shape))
+    if w.shape[0] > 1:
+        top = torch.topk(w, 2, dim=0).values
+        pixels = pixels | ((top[0] - top[1]) <= 1e-4 * top[0]) & (top[0] > 0)
+    return pixels
+
+
+@pytest.mark.parametrize("target", ["cpu", "cpu-f64"] + cuda_targets())
+@pytest.mark.parametrize("seed", range(2))
+def test_dominant_map_matches_reference(seed, target):
+    """The index of each pixel's largest-weight Gaussian (-1 where none) against the
+    reference's argmax: equal in float64, equal but at the ambiguous pixels in float32 (CPU and
+    CUDA); -1 exactly where the weight map is 0; its counts are the statistics' dominated
+    pixels, from the same walk."""
+    dtype = F64 if target == "cpu-f64" else F32
+    device = "cpu" if target == "cpu-f64" else target
+    scene = scenes.make_scene(9900 + seed, P=300, height=37, width=53, sh_degree=1, dtype=dtype)
+    want = rasterize_reference(**scene.inputs, raster_settings=scene.settings,
+                               dominant=True)[-1]
+    with active(device), torch.no_grad():
+        inputs = {k: None if v is None else v.to(device) for k, v in scene.inputs.items()}
+        out = GaussianRasterizer(settings_on(scene.settings, device))(
+            **inputs, contributions=True, dominant=True)
+    weight, stats, dominant = out[3].cpu(), out[4].cpu(), out[5].cpu()
+    assert dominant.dtype == torch.int32 and dominant.shape == weight.shape
+    assert torch.equal(dominant < 0, weight == 0) and (dominant >= 0).sum() > 1000
+    counts = torch.bincount(dominant[dominant >= 0].long(), minlength=scene.P)
+    assert torch.equal(counts.to(stats.dtype), stats[:, 3])
+    if dtype == F64:
+        assert torch.equal(dominant, want)
+    else:
+        agree = (dominant == want) | ambiguous_pixels(scene)
+        assert agree.all(), (~agree).sum()
+    assert len(torch.unique(want[want >= 0])) > 20  # many Gaussians dominate somewhere
+
+
+def test_dominant_map_alone_and_of_a_lone_gaussian():
+    """dominant=True alone gives the map that comes with the statistics (one walk for both); a
+    lone Gaussian dominates every pixel it is blended at; a flag that is not a bool is a
+    TypeError."""
+    scene = scenes.make_scene(9960, P=500, height=64, width=80, sh_degree=1)
+    with torch.no_grad():
+        alone = GaussianRasterizer(scene.settings)(**scene.inputs, dominant=True)
+        both = GaussianRasterizer(scene.settings)(**scene.inputs, contributions=True,
+                                                  dominant=True)
+    assert len(alone) == 5 and torch.equal(alone[4], both[5]) and (alone[4] >= 0).any()
+    settings, inputs = lone_gaussian(0.8)
+    _, _, _, weight, dominant = GaussianRasterizer(settings)(**inputs, dominant=True)
+    assert torch.equal(dominant, torch.where(weight > 0, 0, -1).to(torch.int32))
+    with pytest.raises(TypeError, match="dominant"):
+        GaussianRasterizer(scene.settings)(**scene.inputs, dominant="yes")

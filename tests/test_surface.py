@@ -432,3 +432,46 @@ def check_surface_gradients(seed, target, dtype):
         assert scale > 1e-3, name  # not vacuous
         torch.testing.assert_close(got[name].cpu().to(F64), ref, rtol=tol, atol=tol * scale,
                                    msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_dominant_points_are_densest_on_their_rays(seed):
+    """surface.dominant_points: each valid point lies on its pixel's ray (through the camera
+    centre and the point the projection maps to the pixel's centre), and along that ray its
+    dominant Gaussian is densest there (against a fine search of the ray); the covariance given
+    as cov3D_precomp gives the same points."""
+    from diff_gaussian_rasterization_depth.surface import dominant_points
+    scene = scenes.make_scene(5100 + seed, P=60, height=30, width=42, sh_degree=0, dtype=F64)
+    i, s = scene.inputs, scene.settings
+    dominant = GaussianRasterizer(s)(**i, dominant=True)[-1]
+    points, valid = dominant_points(dominant, i["means3D"], s, scales=i["scales"],
+                                    rotations=i["rotations"])
+    assert points.shape == (3, 30, 42) and valid.sum() > 200
+    assert torch.equal(valid & (dominant < 0), torch.zeros_like(valid))
+    # The projection of each point is its pixel's centre (pixel = ((ndc + 1) W - 1) / 2).
+    p = points.permute(1, 2, 0)[valid]
+    hom = torch.cat([p, torch.ones_like(p[:, :1])], 1) @ s.projmatrix.reshape(4, 4)
+    ndc = hom[:, :2] / hom[:, 3:]
+    rows, cols = torch.nonzero(valid, as_tuple=True)
+    pixel_x = ((ndc[:, 0] + 1) * 42 - 1) / 2
+    pixel_y = ((ndc[:, 1] + 1) * 30 - 1) / 2
+    assert torch.allclose(pixel_x, cols.double(), atol=1e-8)
+    assert torch.allclose(pixel_y, rows.double(), atol=1e-8)
+    # Densest there: the Mahalanobis distance along the ray, sampled finely around the point.
+    ids = dominant[valid].long()
+    cov = reference._covariance_3d(i["scales"][ids], i["rotations"][ids], None,
+                                   float(s.scale_modifier))
+    view = s.viewmatrix.reshape(4, 4)
+    centre = -view[3, :3] @ torch.linalg.inv(view[:3, :3])
+    direction = p - centre
+    steps = torch.linspace(0.9, 1.1, 2001, dtype=F64)
+    along = centre + steps[:, None, None] * direction[None]                 # (S, N, 3)
+    offset = along - i["means3D"][ids][None]
+    maha = (offset[..., None, :] @ torch.linalg.solve(cov, offset[..., None]))[..., 0, 0]
+    assert torch.equal(maha.argmin(0), torch.full_like(ids, 1000))
+    # The same covariance as cov3D_precomp (its upper triangle, which the modifier leaves).
+    full = reference._covariance_3d(i["scales"], i["rotations"], None, float(s.scale_modifier))
+    upper = full[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]]
+    again, valid_again = dominant_points(dominant, i["means3D"], s, cov3D_precomp=upper)
+    assert torch.equal(valid, valid_again)
+    torch.testing.assert_close(again, points, rtol=1e-9, atol=1e-9)

@@ -50,11 +50,12 @@ CASES = [
          contributions=True),
     dict(P=200, height=40, width=100, precomp_colors=True, precomp_cov=True),
     dict(P=300, height=64, width=64, sh_degree=2, dc=True),
-    dict(P=0, height=20, width=20, sh_degree=0, touch_count=True, contributions=True),
+    dict(P=0, height=20, width=20, sh_degree=0, touch_count=True, contributions=True,
+         dominant=True),
     dict(P=30, height=16, width=48, sh_degree=1, all_culled=True),
     dict(P=16, height=1, width=1, sh_degree=0),
     dict(P=900, height=21, width=35, sh_degree=1, split_length=256, opacity_scale=0.05,
-         touch_count=True, contributions=True),
+         touch_count=True, contributions=True, dominant=True),
     # Parts of 512: the split forward's own of 256, the backward's state at every other split.
     dict(P=1200, height=16, width=16, sh_degree=1, split_length=512, opacity_scale=0.03,
          outliers=False, channels=3, median_depth=True, inverse_depth=True),
@@ -187,7 +188,7 @@ def run_case(i, device):
     camera_grad = case.pop("camera_grad", False)
     sparse_adam = case.pop("sparse_adam", False)
     options = {k: case.pop(k) for k in ("median_depth", "inverse_depth", "touch_count",
-                                         "contributions") if k in case}
+                                         "contributions", "dominant") if k in case}
     scene = scenes.make_scene(100 + i, **case)
     scene.inputs["opacities"] = scene.inputs["opacities"] * opacity_scale
     leaves = {k: (None if v is None else v.to(device).requires_grad_())
@@ -199,6 +200,7 @@ def run_case(i, device):
               for k in ("viewmatrix", "projmatrix", "campos")}
     settings = s._replace(bg=s.bg.to(device), **camera)
     color, radii, *maps = GaussianRasterizer(settings)(**leaves, **options)
+    dominant = maps.pop() if options.get("dominant") else None
     contribution = maps.pop() if options.get("contributions") else None
     touched = maps.pop() if options.get("touch_count") else None
     loss = color.square().sum() + sum((m * torch.rand_like(m)).sum() for m in maps)
@@ -223,6 +225,10 @@ def run_case(i, device):
         check("contribution statistics", contribution)
         if bool((contribution < 0).any()) or bool((contribution[radii == 0] != 0).any()):
             sys.exit(f"sanitize_cuda: case {i}: a statistic below 0, or of a culled Gaussian")
+    if dominant is not None:  # every pixel written, each an index of a blended Gaussian or -1
+        require_written(f"case {i}: dominant map", dominant)
+        if bool((dominant < -1).any()) or bool((dominant >= max(scene.P, 1)).any()):
+            sys.exit(f"sanitize_cuda: case {i}: a dominant index out of range")
     gradients = dict(leaves, **(camera if camera_grad else {}),
                      features=options.get("features"))
     for name, leaf in gradients.items():
