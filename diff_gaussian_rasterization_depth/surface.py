@@ -162,6 +162,14 @@ def dominant_points(dominant: torch.Tensor, means3D: torch.Tensor, settings, sca
     if dominant.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"dominant: expected the rasterizer's int32 map, got {dominant.dtype}")
     H, W = dominant.shape
+    if (H, W) != (int(settings.image_height), int(settings.image_width)):
+        raise ValueError(f"dominant: expected the settings' image, ({settings.image_height}, "
+                         f"{settings.image_width}), got {(H, W)}")
+    if dominant.device != means3D.device:
+        raise ValueError(f"dominant: expected a tensor on {means3D.device} (means3D's device), "
+                         f"got one on {dominant.device}")
+    if (cov3D_precomp is None) == (scales is None or rotations is None):
+        raise ValueError("dominant_points: give either scales and rotations or cov3D_precomp")
     dtype = means3D.dtype
     view = _matrix(settings.viewmatrix, means3D)
     rotation_inverse = torch.linalg.inv(view[:3, :3])

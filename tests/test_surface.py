@@ -475,3 +475,15 @@ def test_dominant_points_are_densest_on_their_rays(seed):
     again, valid_again = dominant_points(dominant, i["means3D"], s, cov3D_precomp=upper)
     assert torch.equal(valid, valid_again)
     torch.testing.assert_close(again, points, rtol=1e-9, atol=1e-9)
+    # Bad input, each named.
+    for args, kwargs, error, text in [
+            ((dominant.float(), i["means3D"], s), {"cov3D_precomp": upper}, TypeError, "int32"),
+            ((dominant[:-1], i["means3D"], s), {"cov3D_precomp": upper}, ValueError,
+             "settings' image"),
+            ((dominant, i["means3D"], s), {}, ValueError, "either scales"),
+            ((dominant, i["means3D"], s), {"cov3D_precomp": upper, "scales": i["scales"],
+                                           "rotations": i["rotations"]}, ValueError, "either"),
+            ((dominant, i["means3D"][:, :2], s), {"cov3D_precomp": upper}, ValueError,
+             "means3D")]:
+        with pytest.raises(error, match=text):
+            dominant_points(*args, **kwargs)
