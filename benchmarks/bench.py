@@ -28,6 +28,8 @@ API's call (`ours-2024`: colour, radii, invdepth), whose ratio should be about 1
 plane depth, its normals, the distortion; `surface_recipe`) beside the plain call: its ratio is
 what the surface terms cost a step; `ours-contributions` (in the ablation too) the plain call
 with `contributions=True`, whose ratio is what the contribution statistics cost.
+`ours-rade` (not in the ablation) times RaDe-GS's depth planes and normals the same way
+(`intersection_recipe`).
 The original `diff_gaussian_rasterization` has no weight map (and, depending on its version, no
 depth): it is timed with a loss on what it returns, which the JSON notes.
 """
@@ -311,6 +313,22 @@ def surface_recipe(rasterizer, settings, inputs):
     return maps.color, maps.radii, maps.depth, maps.weight, loss
 
 
+def intersection_recipe(rasterizer, settings, inputs):
+    """doc/surface.md's RaDe-GS recipe in one call: the depth planes and their normals as 6
+    feature channels (`surface.intersection_planes`), the planes' depth map, its normals and
+    the normal-consistency term. Returns (color, radii, depth, weight, the term's loss)."""
+    from diff_gaussian_rasterization_depth.surface import (
+        depth_to_normal, intersection_depth, intersection_planes, normalized)
+    planes = intersection_planes(inputs["means3D"], settings, inputs["scales"],
+                                 inputs["rotations"])
+    color, radii, depth, weight, fmap = rasterizer(
+        **inputs, features=torch.cat([planes.features, planes.normals], 1))
+    rade_depth = intersection_depth(fmap[:3], weight, settings)
+    consistency = weight * (1 - (normalized(fmap[3:])
+                                 * depth_to_normal(rade_depth, settings)).sum(0))
+    return color, radii, depth, weight, 0.1 * consistency.mean()
+
+
 class OursSurface(Ours):
     """The surface recipe (doc/surface.md) around this package's call: its ratio to ours is what
     the surface terms cost a training step."""
@@ -326,13 +344,25 @@ class OursSurface(Ours):
         gc, gd, gw = upstream["color"], upstream["depth"], upstream["weight"]
 
         def forward():
-            return surface_recipe(rasterizer, settings, scene.rasterizer_inputs())
+            return self.recipe(rasterizer, settings, scene.rasterizer_inputs())
 
         def loss(out):
             color, _, depth, weight, surface = out
             return (color * gc).sum() + (depth * gd).sum() + (weight * gw).sum() + surface
 
         return _Prepared(forward, loss, visible=lambda out: int((out[1] > 0).sum()))
+
+
+OursSurface.recipe = staticmethod(surface_recipe)
+
+
+class OursIntersection(OursSurface):
+    """RaDe-GS's depth planes and normals around this package's call (doc/surface.md): its
+    ratio to ours is what they cost a step."""
+    name = "ours-rade"
+    note = ("loss on colour + depth + weight + doc/surface.md's RaDe-GS terms (6 feature "
+            "channels, the planes' depth, its normals, normal consistency)")
+    recipe = staticmethod(intersection_recipe)
 
 
 class OursContributions(Ours):
@@ -359,7 +389,8 @@ class OursContributions(Ours):
 
 
 IMPLS = {"ours": Ours, "gsplat": Gsplat, "original": Original, "ours-2024": Ours2024,
-         "ours-surface": OursSurface, "ours-contributions": OursContributions,
+         "ours-surface": OursSurface, "ours-rade": OursIntersection,
+         "ours-contributions": OursContributions,
          **{impl.name: impl for impl in ABLATED}}
 ABLATION = ("ours," + ",".join(impl.name for impl in ABLATED)
             + ",ours-2024,ours-surface,ours-contributions")

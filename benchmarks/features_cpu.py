@@ -6,6 +6,7 @@
     python benchmarks/features_cpu.py --lanes-off                # also on the per-pixel loop
     python benchmarks/features_cpu.py --channels --surface       # the surface recipe's cost
     python benchmarks/features_cpu.py --channels --walks         # touch count, statistics
+    python benchmarks/features_cpu.py --channels --intersection  # RaDe-GS's depth planes
 
 Variants, timed round-robin (one repetition of each in turn, so that the machine's load hits
 them alike): the plain call; `features=F` with C channels for each --channels; and
@@ -35,7 +36,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.bench import surface_recipe  # noqa: E402
+from benchmarks.bench import intersection_recipe, surface_recipe  # noqa: E402
 from benchmarks.cpu_bench import LoadMeter  # noqa: E402
 from benchmarks.scenes import garden_scene  # noqa: E402
 
@@ -44,7 +45,8 @@ def _load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def make_variants(scene, channels, plain_only, lanes_off, surface=False, walks=False):
+def make_variants(scene, channels, plain_only, lanes_off, surface=False, walks=False,
+                  intersection=False):
     """name -> (the call's extra arguments, whether the float path runs on the lanes)."""
     P = len(scene.gaussians)
     gen = torch.Generator().manual_seed(0)
@@ -55,6 +57,8 @@ def make_variants(scene, channels, plain_only, lanes_off, surface=False, walks=F
         calls["median"] = {"median_depth": True}
         if surface:
             calls["surface"] = {"surface": True}
+        if intersection:
+            calls["rade"] = {"intersection": True}
         if walks:
             calls["touch count"] = {"touch_count": True}
             calls["contributions"] = {"contributions": True}
@@ -83,6 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lanes-off", action="store_true")
     ap.add_argument("--surface", action="store_true")
     ap.add_argument("--walks", action="store_true")
+    ap.add_argument("--intersection", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -94,7 +99,7 @@ def main(argv=None) -> int:
     rasterizer = GaussianRasterizer(settings)
     H, W = scene.camera.height, scene.camera.width
     variants = make_variants(scene, args.channels, args.plain_only, args.lanes_off,
-                             args.surface, args.walks)
+                             args.surface, args.walks, args.intersection)
     ext = package._backend._ext()
     gen = torch.Generator().manual_seed(1)
     up = [torch.randn(3, H, W, generator=gen), None, torch.randn(H, W, generator=gen),
@@ -104,13 +109,15 @@ def main(argv=None) -> int:
     def forward(extra):
         if extra.get("surface"):
             return surface_recipe(rasterizer, settings, scene.rasterizer_inputs())
+        if extra.get("intersection"):
+            return intersection_recipe(rasterizer, settings, scene.rasterizer_inputs())
         return rasterizer(**scene.rasterizer_inputs(), **extra)
 
     def step(extra):
         scene.gaussians.zero_grad()
         out = forward(extra)
         loss = sum((out[k] * up[k]).sum() for k in (0, 2, 3))
-        if extra.get("surface"):
+        if extra.get("surface") or extra.get("intersection"):
             loss = loss + out[4]
         if "features" in extra:
             loss = loss + (out[4] * up[4][:out[4].shape[0]]).sum()

@@ -143,6 +143,24 @@ def _sh_to_color(sh: torch.Tensor, degree: int, means3D: torch.Tensor,
 # Per Gaussian: SPEC 4, steps 1-8
 # ----------------------------------------------------------------------------------------------
 
+def _projection_jacobian(tx, ty, tz, settings):
+    """(clamped tx, clamped ty, (P,2,3) Jacobian of the pixel position by the view-space
+    position): the perspective projection's, at the mean moved in x / z and y / z to within
+    1.3 tan(fov) of the axis (SPEC 4, step 4)."""
+    focal_x = settings.image_width / (2.0 * settings.tanfovx)
+    focal_y = settings.image_height / (2.0 * settings.tanfovy)
+    lim_x = FRUSTUM_CLAMP * settings.tanfovx
+    lim_y = FRUSTUM_CLAMP * settings.tanfovy
+    tx = torch.clamp(tx / tz, -lim_x, lim_x) * tz
+    ty = torch.clamp(ty / tz, -lim_y, lim_y) * tz
+    zero = torch.zeros_like(tz)
+    jac = torch.stack([
+        torch.stack([focal_x / tz, zero, -(focal_x * tx) / (tz * tz)], dim=-1),
+        torch.stack([zero, focal_y / tz, -(focal_y * ty) / (tz * tz)], dim=-1),
+    ], dim=-2)
+    return tx, ty, jac
+
+
 def _preprocess(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp,
                 settings, ndc_offset=None) -> Dict[str, torch.Tensor]:
     """Project every Gaussian; returns per-Gaussian tensors and the (P,) bool `visible`.
@@ -151,9 +169,6 @@ def _preprocess(means3D, opacities, shs, colors_precomp, scales, rotations, cov3
     """
     H, W = settings.image_height, settings.image_width
     view, proj = settings.viewmatrix, settings.projmatrix
-    tanfovx, tanfovy = settings.tanfovx, settings.tanfovy
-    focal_x = W / (2.0 * tanfovx)
-    focal_y = H / (2.0 * tanfovy)
 
     # 1. View space; the depth of the Gaussian is t.z.
     tx, ty, tz = (_transform_point(means3D, view, c) for c in range(3))
@@ -174,15 +189,7 @@ def _preprocess(means3D, opacities, shs, colors_precomp, scales, rotations, cov3
     cov3d = _covariance_3d(scales, rotations, cov3D_precomp, settings.scale_modifier)
 
     # 4. EWA splatting: Jacobian of the perspective projection at the clamped mean.
-    lim_x = FRUSTUM_CLAMP * tanfovx
-    lim_y = FRUSTUM_CLAMP * tanfovy
-    tx = torch.clamp(tx / tz, -lim_x, lim_x) * tz
-    ty = torch.clamp(ty / tz, -lim_y, lim_y) * tz
-    zero = torch.zeros_like(tz)
-    jac = torch.stack([
-        torch.stack([focal_x / tz, zero, -(focal_x * tx) / (tz * tz)], dim=-1),
-        torch.stack([zero, focal_y / tz, -(focal_y * ty) / (tz * tz)], dim=-1),
-    ], dim=-2)                                                # (P,2,3)
+    tx, ty, jac = _projection_jacobian(tx, ty, tz, settings)
     world_to_view = view.reshape(4, 4)[:3, :3].transpose(0, 1)  # Wr[j][i] = view[i*4+j]
     t_mat = _matmul(jac, world_to_view.expand(jac.shape[0], 3, 3))
     cov2d = _matmul(_matmul(t_mat, cov3d), t_mat.transpose(-1, -2))

@@ -24,11 +24,13 @@ from typing import NamedTuple
 
 import torch
 
-from .reference import _covariance_3d, _rotation_matrix
+from .reference import (HOM_EPS, NEAR_PLANE, _covariance_3d, _ndc2pix, _projection_jacobian,
+                        _rotation_matrix)
 
 __all__ = ["view_points", "gaussian_normals", "distortion_features", "ndc_depth",
            "depth_distortion", "depth_to_points", "depth_to_normal", "plane_distances",
-           "plane_depth", "normalized", "render_surface", "SurfaceMaps", "dominant_points"]
+           "plane_depth", "normalized", "render_surface", "SurfaceMaps", "dominant_points",
+           "intersection_planes", "intersection_depth", "DepthPlanes"]
 
 # 2DGS's and GOF's planes for the distortion's depth mapping (their NEAR_PLANE and FAR_PLANE).
 DISTORTION_NEAR = 0.2
@@ -168,8 +170,7 @@ def dominant_points(dominant: torch.Tensor, means3D: torch.Tensor, settings, sca
     if dominant.device != means3D.device:
         raise ValueError(f"dominant: expected a tensor on {means3D.device} (means3D's device), "
                          f"got one on {dominant.device}")
-    if (cov3D_precomp is None) == (scales is None or rotations is None):
-        raise ValueError("dominant_points: give either scales and rotations or cov3D_precomp")
+    _check_covariance_inputs("dominant_points", scales, rotations, cov3D_precomp)
     dtype = means3D.dtype
     view = _matrix(settings.viewmatrix, means3D)
     rotation_inverse = torch.linalg.inv(view[:3, :3])
@@ -251,6 +252,123 @@ def depth_to_normal(depth: torch.Tensor, settings) -> torch.Tensor:
     out = torch.zeros_like(points)
     out[:, 1:-1, 1:-1] = torch.where(valid, n, torch.zeros_like(n))
     return out
+
+
+class DepthPlanes(NamedTuple):
+    features: torch.Tensor       # (P, 3) the channels `intersection_depth` reads
+    normals: torch.Tensor        # (P, 3) unit normals of the depth planes, view space
+
+
+def _check_covariance_inputs(caller, scales, rotations, cov3D_precomp):
+    if (cov3D_precomp is None) == (scales is None or rotations is None):
+        raise ValueError(f"{caller}: give either scales and rotations or cov3D_precomp")
+
+
+def _image_centre(settings):
+    """(x, y) of the image's centre in the rasterizer's pixel coordinates (pixel (col, row)'s
+    centre at (col, row)); the depth planes are written about it so that the map's sum of
+    offset and slopes does not cancel digits far from pixel 0."""
+    return (int(settings.image_width) - 1) / 2.0, (int(settings.image_height) - 1) / 2.0
+
+
+def _adjugate_covariance_times(vectors, scales, rotations, cov3D_precomp, scale_modifier):
+    """(P, 3) adj(Sigma) v = det(Sigma) Sigma^-1 v for the world covariance of each Gaussian
+    and a vector v (P, 3) each, without a division. From scales and rotations, Sigma = M M^T
+    with M = R S (the quaternion's matrix as the rasterizer uses it, unnormalized included):
+    adj(Sigma) = adj(M)^T adj(M), whose factor's rows c_k are the cross products of M's
+    columns, so adj(Sigma) v = sum_k c_k (c_k . v) and a flat Gaussian (one scale 0) keeps its
+    exact flat axis. From cov3D_precomp: its cofactors (its rows' cross products), times v."""
+    if cov3D_precomp is None:
+        m = _rotation_matrix(rotations) * (scale_modifier * scales)[:, None, :]
+        columns = m.unbind(2)
+    else:
+        columns = _covariance_3d(None, None, cov3D_precomp, scale_modifier).unbind(2)
+    cofactors = (torch.linalg.cross(columns[1], columns[2]),
+                 torch.linalg.cross(columns[2], columns[0]),
+                 torch.linalg.cross(columns[0], columns[1]))       # adj(M)'s rows
+    dots = [(c * vectors).sum(1, keepdim=True) for c in cofactors]
+    if cov3D_precomp is not None:        # symmetric Sigma: the cofactors are adj(Sigma)'s rows
+        return torch.cat(dots, 1)
+    return cofactors[0] * dots[0] + cofactors[1] * dots[1] + cofactors[2] * dots[2]
+
+
+def intersection_planes(means3D: torch.Tensor, settings, scales=None, rotations=None,
+                        cov3D_precomp=None) -> DepthPlanes:
+    """Each Gaussian's depth as a plane over the screen, as RaDe-GS rasterizes depth: along the
+    ray of pixel p the Gaussian is densest at some depth z(p); on its plane through the centre
+    t (view space) with normal n = Sigma^-1 t (the densest points of rays parallel to t; RaDe-GS's
+    plane) that depth is linear in p to first order,
+
+        z(p) = z_c + a . (p - mu2D),   a = -z_c^2 (n_x / f_x, n_y / f_y) / (n . t),
+
+    the tangent at mu2D of the ray-plane depth (n . t) / (n . r(p)) (f_x, f_y: the rasterizer's
+    focal lengths from tanfovx, tanfovy; mu2D its screen position of the centre). Exact at the
+    centre pixel, within second order of the densest point on the true rays elsewhere. Sigma is
+    the covariance the rasterizer builds (scales and rotations, or cov3D_precomp, times the
+    settings' scale_modifier), without the screen-space dilation: this is the Gaussian's own
+    geometry. n is taken as adj(Sigma) t, which needs no inverse and stays exact for flat
+    Gaussians (n then their flat axis); n . t = t^T adj(Sigma) t > 0 unless the camera lies on
+    a degenerate Gaussian's own line or plane, where the plane is fronto-parallel (a = 0).
+
+    Returns `features` (P, 3), the feature channels for `intersection_depth` (the plane about
+    the image centre c: [z_c + a . (c - mu2D), a_x, a_y]), and `normals` (P, 3): the unit
+    normal -n / |n| of that plane in view space, facing the camera, which RaDe-GS blends into
+    its normal map. Differentiable in every input (plain PyTorch); the rows of Gaussians the
+    rasterizer culls at the near plane are finite and unused.
+    """
+    _check_shape("means3D", means3D, (None, 3))
+    _check_covariance_inputs("intersection_planes", scales, rotations, cov3D_precomp)
+    H, W = int(settings.image_height), int(settings.image_width)
+    view = _matrix(settings.viewmatrix, means3D)
+    projection = _matrix(settings.projmatrix, means3D)
+    t = means3D @ view[:3, :3] + view[3, :3]
+    z = t[:, 2]
+    in_front = z > NEAR_PLANE
+    # Culled rows get harmless stand-ins, so no infinity reaches the backward through them.
+    z_safe = torch.where(in_front, z, torch.ones_like(z))
+    clip = means3D @ projection[:3] + projection[3]
+    inv_w = 1.0 / (torch.where(in_front, clip[:, 3], torch.ones_like(z)) + HOM_EPS)
+    mean2d = torch.stack([_ndc2pix(clip[:, 0] * inv_w, W), _ndc2pix(clip[:, 1] * inv_w, H)], 1)
+    # adj(Sigma_view) t = rotation^T adj(Sigma) (rotation t), Sigma_view = rotation^T Sigma
+    # rotation (t = p @ rotation: rotation t is the centre's offset from the camera, world axes).
+    rotation = view[:3, :3]
+    n = _adjugate_covariance_times(t @ rotation.T, scales, rotations, cov3D_precomp,
+                                   float(settings.scale_modifier)) @ rotation
+    length = n.norm(dim=1, keepdim=True)
+    unit = n / torch.where(length > 0, length, torch.ones_like(length))
+    facing = (unit * t).sum(1)
+    plane = (facing > 0) & in_front
+    facing = torch.where(plane, facing, torch.ones_like(facing))
+    focal = torch.tensor([W / (2.0 * float(settings.tanfovx)), H / (2.0 * float(settings.tanfovy))],
+                         dtype=t.dtype, device=t.device)
+    slope = -(z_safe * z_safe / facing)[:, None] * unit[:, :2] / focal
+    slope = torch.where(plane[:, None], slope, torch.zeros_like(slope))
+    cx, cy = _image_centre(settings)
+    offset = z + slope[:, 0] * (cx - mean2d[:, 0]) + slope[:, 1] * (cy - mean2d[:, 1])
+    features = torch.cat([offset[:, None], slope], 1)
+    toward_camera = torch.zeros_like(unit)
+    toward_camera[:, 2] = -1.0
+    normals = torch.where(plane[:, None], -unit, toward_camera)
+    return DepthPlanes(features, normals)
+
+
+def intersection_depth(feature_map: torch.Tensor, weight: torch.Tensor, settings) -> torch.Tensor:
+    """(H, W) RaDe-GS's depth map: the blended depth planes of `intersection_planes`,
+    sum_i w_i z_i(p) / weight, evaluated at each pixel (feature_map (3, H, W): the rendered
+    `features` channels; weight: the rasterizer's weight map). Normalized by the weight as the
+    package's depth map is, 0 where nothing is blended. Unlike the expected depth, which blends
+    each splat's centre depth, a slanted surface made of flat Gaussians gets its own depth at
+    every pixel, not the staircase of its splats' centres."""
+    _check_shape("weight", weight, (None, None))
+    _check_shape("feature_map", feature_map, (3, *weight.shape))
+    H, W = weight.shape
+    cx, cy = _image_centre(settings)
+    cols = torch.arange(W, device=weight.device, dtype=weight.dtype) - cx
+    rows = torch.arange(H, device=weight.device, dtype=weight.dtype) - cy
+    total = feature_map[0] + cols[None, :] * feature_map[1] + rows[:, None] * feature_map[2]
+    seen = weight > 0
+    return torch.where(seen, total / torch.where(seen, weight, torch.ones_like(weight)),
+                       torch.zeros_like(total))
 
 
 class SurfaceMaps(NamedTuple):

@@ -156,26 +156,27 @@ def test_results_are_written_after_each_configuration(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]   # no temporary left
 
 
-def test_surface_recipe_is_timed_beside_the_plain_call():
-    """`ours-surface`: doc/surface.md's recipe, its forward returning the four maps and the
-    surface terms' loss (finite, with gradients for the scales and rotations), timed with a
-    ratio to ours."""
+@pytest.mark.parametrize("impl,recipe", [("ours-surface", "surface_recipe"),
+                                         ("ours-rade", "intersection_recipe")])
+def test_surface_recipes_are_timed_beside_the_plain_call(impl, recipe):
+    """`ours-surface` (doc/surface.md's recipe) and `ours-rade` (RaDe-GS's depth planes and
+    normals): each timed with a ratio to ours, its forward returning the four maps and the
+    terms' loss (finite, positive, with gradients for the means, scales and rotations)."""
     bench = _load("bench")
-    args = bench.parse_args(["--device", "cpu", "--impls", "ours,ours-surface", "--scenes",
+    args = bench.parse_args(["--device", "cpu", "--impls", f"ours,{impl}", "--scenes",
                              "300", "--scales", "0.1", "--reps", "1", "--warmup", "0",
                              "--sets", "1"])
-    result = bench.run(args)
-    rows = {r["impl"]: r for r in result["results"]}
-    assert set(rows) == {"ours", "ours-surface"} and "error" not in rows["ours-surface"]
-    assert rows["ours-surface"]["ratio_fwd_bwd"] > 1
+    rows = {r["impl"]: r for r in bench.run(args)["results"]}
+    assert set(rows) == {"ours", impl} and "error" not in rows[impl]
+    assert rows[impl]["ratio_fwd_bwd"] > 1
     scene = bench.garden_scene("300", scale=0.1, requires_grad=True)
     from diff_gaussian_rasterization_depth import GaussianRasterizer
     settings = scene.raster_settings()
-    color, radii, depth, weight, loss = bench.surface_recipe(
+    color, radii, depth, weight, loss = getattr(bench, recipe)(
         GaussianRasterizer(settings), settings, scene.rasterizer_inputs())
-    assert loss.dim() == 0 and torch.isfinite(loss) and color.shape[0] == 3
+    assert loss.dim() == 0 and torch.isfinite(loss) and loss > 0 and color.shape[0] == 3
     loss.backward()
-    for leaf in (scene.gaussians.scales, scene.gaussians.rotations):
+    for leaf in (scene.gaussians.means, scene.gaussians.scales, scene.gaussians.rotations):
         assert leaf.grad is not None and leaf.grad.abs().sum() > 0
 
 

@@ -9,7 +9,7 @@ import torch
 
 import scenes
 from cuda_target import active, cuda_targets
-from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend, reference
+from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend, reference, surface
 from diff_gaussian_rasterization_depth.reference import rasterize_reference
 from diff_gaussian_rasterization_depth.surface import (
     depth_distortion, depth_to_normal, depth_to_points, distortion_features, gaussian_normals,
@@ -411,6 +411,16 @@ def test_surface_loss_gradients_cuda(seed, target):
     check_surface_gradients(seed, target, F32)
 
 
+def scene_on(scene, dtype, target):
+    """The scene's inputs and settings in `dtype` on `target`."""
+    inputs = {k: None if v is None else v.to(dtype).to(target) for k, v in scene.inputs.items()}
+    s = scene.settings
+    settings = settings_on(s._replace(viewmatrix=s.viewmatrix.to(dtype),
+                                      projmatrix=s.projmatrix.to(dtype), bg=s.bg.to(dtype),
+                                      campos=s.campos.to(dtype)), target)
+    return inputs, settings
+
+
 def check_surface_gradients(seed, target, dtype):
     scene = scenes.make_smooth_scene(14400 + seed, P=40, height=26, width=34, sh_degree=1)
     want = surface_gradients("reference", scene, scene.inputs, scene.settings,
@@ -418,11 +428,7 @@ def check_surface_gradients(seed, target, dtype):
                                          dtype=F64))
     upstream = torch.randn(3, 26, 34, generator=torch.Generator().manual_seed(seed),
                            dtype=F64).to(dtype).to(target)
-    inputs = {k: None if v is None else v.to(dtype).to(target) for k, v in scene.inputs.items()}
-    settings = settings_on(scene.settings._replace(
-        viewmatrix=scene.settings.viewmatrix.to(dtype),
-        projmatrix=scene.settings.projmatrix.to(dtype), bg=scene.settings.bg.to(dtype),
-        campos=scene.settings.campos.to(dtype)), target)
+    inputs, settings = scene_on(scene, dtype, target)
     with active(target):
         got = surface_gradients("backend", scene, inputs, settings, upstream)
     tol = 1e-8 if dtype == F64 else 2e-4
@@ -487,3 +493,204 @@ def test_dominant_points_are_densest_on_their_rays(seed):
              "means3D")]:
         with pytest.raises(error, match=text):
             dominant_points(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# RaDe-GS's depth planes (intersection_planes, intersection_depth)
+# ----------------------------------------------------------------------------------------------
+
+def densest_depth_on_ray(ray, t, cov_view):
+    """The view depth where the ray r (view space, r_z = 1) meets the Gaussian (centre t,
+    covariance cov_view, view space) at its densest: s = r^T C^-1 t / r^T C^-1 r, by a solve."""
+    precision_t = torch.linalg.solve(cov_view, t)
+    precision_r = torch.linalg.solve(cov_view.expand(len(ray), 3, 3), ray[:, :, None])[:, :, 0]
+    return (ray @ precision_t) / (precision_r * ray).sum(1)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_intersection_planes_are_the_tangents_of_the_densest_depth(seed):
+    """float64, a look-at camera: along rays through points at distance d of the centre's pixel
+    (in 8 directions) the plane's depth departs from the depth where the ray meets the Gaussian
+    at its densest (a solve, not the code's adjugate) by O(d^2): the error shrinks about 4x
+    when d halves, and is tiny at d = 1/8 px; the normals are -Sigma^-1 t's direction, facing
+    the camera; cov3D_precomp gives the same planes as scales and rotations."""
+    scene = scenes.make_scene(9400 + seed, P=40, height=60, width=80, sh_degree=0, dtype=F64,
+                              outliers=False, normalize_rotations=False)
+    i, s = scene.inputs, scene.settings
+    planes = surface.intersection_planes(i["means3D"], s, i["scales"], i["rotations"])
+    assert planes.features.shape == (40, 3) and planes.normals.shape == (40, 3)
+    view = s.viewmatrix.reshape(4, 4)
+    projection = torch.linalg.solve(view, s.projmatrix.reshape(4, 4))
+    t = i["means3D"] @ view[:3, :3] + view[3, :3]
+    cov = reference._covariance_3d(i["scales"], i["rotations"], None, float(s.scale_modifier))
+    cov_view = view[:3, :3].T @ cov @ view[:3, :3]
+    hom = torch.cat([i["means3D"], torch.ones(40, 1, dtype=F64)], 1) @ s.projmatrix.reshape(4, 4)
+    centre = torch.stack([((hom[:, 0] / hom[:, 3] + 1) * 80 - 1) / 2,
+                          ((hom[:, 1] / hom[:, 3] + 1) * 60 - 1) / 2], 1)
+    angles = torch.arange(8, dtype=F64) * (math.pi / 4) + 0.3
+    directions = torch.stack([angles.cos(), angles.sin()], 1)
+    checked = 0
+    for g in range(40):
+        if t[g, 2] <= 0.5:
+            continue
+        errors = []
+        for d in (4.0, 2.0, 1.0, 0.5, 0.125):
+            p = centre[g] + d * directions                                   # (8, 2) pixels
+            ndc_x, ndc_y = (2 * p[:, 0] + 1) / 80 - 1, (2 * p[:, 1] + 1) / 60 - 1
+            x, y = surface._pixel_to_view(ndc_x, ndc_y, torch.ones(8, dtype=F64), projection)
+            ray = torch.stack([x, y, torch.ones(8, dtype=F64)], 1)
+            exact = densest_depth_on_ray(ray, t[g], cov_view[g])
+            f = planes.features[g]
+            plane = f[0] + (p[:, 0] - 39.5) * f[1] + (p[:, 1] - 29.5) * f[2]
+            errors.append((plane - exact).abs().max().item())
+        scale = t[g, 2].item()
+        if errors[0] < 1e-9 * scale:
+            continue                     # a plane the rays meet linearly (no curvature to see)
+        for coarse, fine in zip(errors[:3], errors[1:4]):
+            assert 2.5 < coarse / fine < 6.5, (g, errors)
+        assert errors[-1] < 2e-3 * errors[0], (g, errors)
+        checked += 1
+        normal = -torch.linalg.solve(cov_view[g], t[g])
+        torch.testing.assert_close(planes.normals[g], normal / normal.norm(), rtol=1e-9,
+                                   atol=1e-9)
+    assert checked >= 20
+    assert ((planes.normals * t).sum(1) < 0).all()
+    full = reference._covariance_3d(i["scales"], i["rotations"], None, float(s.scale_modifier))
+    upper = full[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]]
+    again = surface.intersection_planes(i["means3D"], s, cov3D_precomp=upper)
+    torch.testing.assert_close(again.features, planes.features, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(again.normals, planes.normals, rtol=1e-9, atol=1e-9)
+
+
+def slanted_surfels(P, dtype, flat_scale=1e-4, seed=0):
+    """Flat Gaussians (scales 0.08, 0.08, flat_scale) on the plane through (0, 0, 5) whose
+    normal is tilted 60 degrees from the view axis, seen by axis_camera(96, 128); and the
+    plane's depth along each pixel's ray."""
+    gen = torch.Generator().manual_seed(seed)
+    settings = axis_camera(96, 128, tanfovx=0.5, dtype=dtype)
+    angle = math.radians(60)
+    u = torch.tensor([math.cos(angle), 0.0, math.sin(angle)], dtype=F64)
+    v = torch.tensor([0.0, 1.0, 0.0], dtype=F64)
+    n = torch.linalg.cross(u, v)                                  # (-sin, 0, cos): away from camera
+    ab = (torch.rand(P, 2, generator=gen, dtype=F64) * 2 - 1) * torch.tensor([3.5, 2.0], dtype=F64)
+    means = torch.tensor([0, 0, 5.0], dtype=F64) + ab[:, :1] * u + ab[:, 1:] * v
+    r = torch.stack([u, v, n], 1)                                 # a rotation: columns u, v, n
+    w = math.sqrt(1 + r[0, 0] + r[1, 1] + r[2, 2]) / 2
+    q = torch.tensor([w, (r[2, 1] - r[1, 2]) / (4 * w), (r[0, 2] - r[2, 0]) / (4 * w),
+                      (r[1, 0] - r[0, 1]) / (4 * w)], dtype=F64)
+    inputs = dict(means3D=means, means2D=torch.zeros(P, 3, dtype=F64),
+                  opacities=torch.full((P, 1), 0.9, dtype=F64),
+                  colors_precomp=torch.rand(P, 3, generator=gen, dtype=F64),
+                  scales=torch.tensor([0.08, 0.08, flat_scale], dtype=F64).expand(P, 3).clone(),
+                  rotations=q.expand(P, 4).clone())
+    inputs = {k: t.to(dtype) for k, t in inputs.items()}
+    ray = depth_to_points(torch.ones(96, 128, dtype=F64), settings._replace(
+        viewmatrix=settings.viewmatrix.double(), projmatrix=settings.projmatrix.double()))
+    plane_z = (n @ torch.tensor([0, 0, 5.0], dtype=F64)) / (n[:, None, None] * ray).sum(0)
+    return inputs, settings, plane_z, -n
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+def test_intersection_depth_of_a_slanted_surface(dtype):
+    """3,000 flat Gaussians on a plane seen at 60 degrees, rendered by the CPU backend: where
+    the weight is above 0.99, the blended depth planes lie within 0.006 (mean 0.003) of the
+    surface's depth, where the expected depth (centres blended) is off by 0.09 on average; the
+    blended normals are the plane's; a scale of exactly 0 on the flat axis gives planes and
+    normals continuous with 1e-4's."""
+    inputs, settings, plane_z, normal = slanted_surfels(3000, dtype)
+    planes = surface.intersection_planes(inputs["means3D"], settings, inputs["scales"],
+                                         inputs["rotations"])
+    features = torch.cat([planes.features, planes.normals], 1)
+    color, radii, depth, weight, fmap = GaussianRasterizer(settings)(**inputs, features=features)
+    rade = surface.intersection_depth(fmap[:3], weight, settings)
+    solid = weight > 0.99
+    assert solid.sum() > 5000
+    error = (rade.double() - plane_z)[solid].abs()
+    expected_error = (depth.double() - plane_z)[solid].abs()
+    assert error.max() < 0.006 and error.mean() < 0.003, (error.max(), error.mean())
+    assert expected_error.mean() > 0.08 and expected_error.mean() > 25 * error.mean()
+    cosine = (normalized(fmap[3:]).double() * normal[:, None, None]).sum(0)[solid]
+    assert cosine.min() > 0.99999
+    assert torch.equal(rade[weight == 0], torch.zeros_like(rade[weight == 0]))
+    flat = dict(inputs, scales=inputs["scales"].clone())
+    flat["scales"][:, 2] = 0
+    exact = surface.intersection_planes(flat["means3D"], settings, flat["scales"],
+                                        flat["rotations"])
+    assert torch.isfinite(exact.features).all() and torch.isfinite(exact.normals).all()
+    torch.testing.assert_close(exact.features, planes.features, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(exact.normals, planes.normals, rtol=1e-5, atol=1e-5)
+
+
+def intersection_loss(run, inputs, settings, upstream):
+    """A RaDe-GS-style loss: colour, the depth planes' map against a target, and the normal
+    consistency of the blended plane normals with the normals of that depth map."""
+    planes = surface.intersection_planes(inputs["means3D"], settings, inputs["scales"],
+                                         inputs["rotations"])
+    color, _, _, weight, fmap = render(run, inputs, settings,
+                                       torch.cat([planes.features, planes.normals], 1))
+    rade = surface.intersection_depth(fmap[:3], weight, settings)
+    consistency = weight * (1 - (normalized(fmap[3:])
+                                 * depth_to_normal(rade, settings)).sum(0))
+    return (color * upstream).sum() + (rade - 4.0).abs().mean() + consistency.mean()
+
+
+def check_intersection_gradients(seed, target, dtype):
+    scene = scenes.make_smooth_scene(14600 + seed, P=40, height=26, width=34, sh_degree=1)
+    gen = torch.Generator().manual_seed(seed)
+    upstream = torch.randn(3, 26, 34, generator=gen, dtype=F64)
+    names = ("means3D", "opacities", "shs", "scales", "rotations")
+
+    def gradients(run, inputs, settings, upstream):
+        leaves = {k: None if v is None else v.detach().clone().requires_grad_(k in names)
+                  for k, v in inputs.items()}
+        loss = intersection_loss(run, leaves, settings, upstream)
+        return dict(zip(names, torch.autograd.grad(loss, [leaves[k] for k in names])))
+
+    want = gradients("reference", scene.inputs, scene.settings, upstream)
+    inputs, settings = scene_on(scene, dtype, target)
+    with active(target):
+        got = gradients("backend", inputs, settings, upstream.to(dtype).to(target))
+    tol = 1e-8 if dtype == F64 else 2e-4
+    for name, ref in want.items():
+        scale = ref.abs().max().item()
+        assert scale > 1e-3, name  # not vacuous
+        torch.testing.assert_close(got[name].cpu().to(F64), ref, rtol=tol, atol=tol * scale,
+                                   msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+def test_intersection_loss_gradients_match_reference(dtype):
+    """The loss on the depth planes' map and normals: every gradient through the CPU backend
+    against autograd through the reference (float64 to 1e-8, float32 to 2e-4 of each scale)."""
+    check_intersection_gradients(0, "cpu", dtype)
+
+
+@pytest.mark.parametrize("target", cuda_targets())
+def test_intersection_loss_gradients_cuda(target):
+    check_intersection_gradients(1, target, F32)
+
+
+def test_intersection_planes_of_culled_and_odd_gaussians_are_finite():
+    """A scene with Gaussians behind the camera, on the near plane and far off screen: the
+    planes, the normals and the gradients of a loss on them are finite everywhere, and the
+    culled Gaussians get no gradient; bad input is named."""
+    scene = scenes.make_scene(9500, P=200, height=30, width=40, sh_degree=0, outliers=True)
+    i, s = scene.with_grad(), scene.settings
+    planes = surface.intersection_planes(i["means3D"], s, i["scales"], i["rotations"])
+    assert torch.isfinite(planes.features).all() and torch.isfinite(planes.normals).all()
+    radii = GaussianRasterizer(s)(**i)[1]
+    assert (radii == 0).any()
+    color, _, _, weight, fmap = GaussianRasterizer(s)(**i, features=planes.features)
+    rade = surface.intersection_depth(fmap, weight, s)
+    (rade.sum() + color.sum()).backward()
+    for name in ("means3D", "scales", "rotations"):
+        assert torch.isfinite(i[name].grad).all(), name
+        assert torch.equal(i[name].grad[radii == 0], torch.zeros_like(i[name].grad[radii == 0]))
+    for args, kwargs, error, text in [
+            ((i["means3D"], s), {}, ValueError, "either scales"),
+            ((i["means3D"][:, :2], s), {"scales": i["scales"], "rotations": i["rotations"]},
+             ValueError, "means3D")]:
+        with pytest.raises(error, match=text):
+            surface.intersection_planes(*args, **kwargs)
+    with pytest.raises(ValueError, match="feature_map"):
+        surface.intersection_depth(fmap[:2], weight, s)
