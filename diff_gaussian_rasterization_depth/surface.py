@@ -20,7 +20,7 @@ where `render_surface` is one call with 6 feature channels: the Gaussians' norma
 Frames: everything is in view space (x right, y down, z forward; SPEC 4), where the rendered
 normals and the depth map's normals can be compared directly.
 """
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -379,17 +379,27 @@ class SurfaceMaps(NamedTuple):
     normal_map: torch.Tensor     # (3, H, W), view space, unit where weight > 0
     plane_depth: torch.Tensor    # (H, W), PGSR's
     distortion: torch.Tensor     # (H, W), 2DGS's
+    rade_depth: Optional[torch.Tensor] = None        # (H, W), RaDe-GS's (intersection=True)
+    rade_normal_map: Optional[torch.Tensor] = None   # (3, H, W), its planes' normals blended
 
 
-def render_surface(rasterize, settings, **inputs) -> SurfaceMaps:
+def render_surface(rasterize, settings, intersection: bool = False, **inputs) -> SurfaceMaps:
     """The surface maps in one call of `rasterize` (a `GaussianRasterizer` with `settings`, or
     any callable taking its keyword inputs and `features=`): the Gaussians' normals, their
-    planes' offsets and the distortion's two moments as 6 feature channels. `inputs` are the
+    planes' offsets and the distortion's two moments as 6 feature channels; with
+    `intersection`, RaDe-GS's depth planes and their normals as 6 more in the same call
+    (`intersection_planes`), for `rade_depth` and `rade_normal_map`. `inputs` are the
     rasterizer's keyword arguments, with `scales` and `rotations` (the normals need them)."""
     t = view_points(inputs["means3D"], settings)
     normals = gaussian_normals(inputs["scales"], inputs["rotations"], t, settings)
-    features = torch.cat([normals, plane_distances(normals, t), distortion_features(t[:, 2])], 1)
-    color, radii, depth, weight, fmap = rasterize(**inputs, features=features)
+    features = [normals, plane_distances(normals, t), distortion_features(t[:, 2])]
+    if intersection:
+        planes = intersection_planes(inputs["means3D"], settings, inputs["scales"],
+                                     inputs["rotations"])
+        features += [planes.features, planes.normals]
+    color, radii, depth, weight, fmap = rasterize(**inputs, features=torch.cat(features, 1))
+    rade = ((intersection_depth(fmap[6:9], weight, settings), normalized(fmap[9:]))
+            if intersection else (None, None))
     return SurfaceMaps(color, radii, depth, weight, normalized(fmap[:3]),
                        plane_depth(fmap[:3], fmap[3], settings),
-                       depth_distortion(weight, fmap[4:]))
+                       depth_distortion(weight, fmap[4:6]), *rade)

@@ -14,17 +14,20 @@ three times, with the same seed, views and iteration count:
                                  that their shortest axis is a normal)
   + surface, plane depth   the same with the normals of the plane depth (PGSR's: where each
                 ray meets the blended tangent plane) in the normal term
+  + surface, RaDe-GS depth the same with RaDe-GS's depth (each splat's depth a plane over the
+                screen, surface.intersection_planes) and its normal map (those planes'
+                normals blended) in the normal term
 
-All are scored on the held-out views: PSNR, AbsRel of the expected depth and of the plane
-depth, and the angle between the true surface normal and the normals of either depth and of the
+All are scored on the held-out views: PSNR, AbsRel of the expected, the plane and the RaDe-GS
+depth, and the angle between the true surface normal and the normals of each depth and of the
 normal map, in degrees, over pixels with weight > 0.5 away from object edges. Then each fit's
 training views are rendered and fused into a mesh (diff_gaussian_rasterization_depth.mesh: TSDF
-of either depth, marching tetrahedra), scored by its Chamfer distance to the true scene: the
+of each depth, marching tetrahedra), scored by its Chamfer distance to the true scene: the
 mean of its accuracy (each vertex's distance to the nearest true surface) and completeness
 (each held-out view's true surface point's distance to the nearest vertex), in a box around the
 spheres. Run:
 
-    python examples/surface_regularization.py                 # one seed, about a minute on a CPU
+    python examples/surface_regularization.py                 # one seed, about two minutes on a CPU
     python examples/surface_regularization.py --seeds 0 1 2   # the table of doc/surface.md
 
 Writes OUT/normals_seed{S}.png, OUT/results.md and OUT/results.json (default OUT: out/surface),
@@ -70,27 +73,37 @@ class SurfaceRender:
     plane_depth: torch.Tensor    # (H,W) PGSR's depth: where the ray meets the blended plane
     plane_normals: torch.Tensor  # (3,H,W) normals of the plane depth
     distortion: torch.Tensor     # (H,W)
+    rade_depth: Optional[torch.Tensor] = None         # (H,W) RaDe-GS's: the splats' planes
+    rade_normals: Optional[torch.Tensor] = None       # (3,H,W) normals of the RaDe-GS depth
+    rade_normal_map: Optional[torch.Tensor] = None    # (3,H,W) the planes' normals blended
 
 
-def render_surface(gaussians: scenes.Gaussians, camera: Camera) -> SurfaceRender:
+def render_surface(gaussians: scenes.Gaussians, camera: Camera,
+                   rade: bool = False) -> SurfaceRender:
     """One call (`surface.render_surface`: colour, depth, weight and 6 feature channels), and
-    the normals of both depths."""
+    the normals of both depths; with `rade`, 6 more channels in the same call (RaDe-GS's depth
+    planes and their normals) and that depth's normals."""
     settings = camera.raster_settings(device=gaussians.means.device)
     maps = surface.render_surface(
-        GaussianRasterizer(settings), settings, means3D=gaussians.means, means2D=None,
-        opacities=gaussians.opacities, shs=gaussians.sh, scales=gaussians.scales,
+        GaussianRasterizer(settings), settings, intersection=rade, means3D=gaussians.means,
+        means2D=None, opacities=gaussians.opacities, shs=gaussians.sh, scales=gaussians.scales,
         rotations=gaussians.rotations)
     return SurfaceRender(maps.color, maps.depth, maps.weight, maps.normal_map,
                          surface.depth_to_normal(maps.depth, settings), maps.plane_depth,
-                         surface.depth_to_normal(maps.plane_depth, settings), maps.distortion)
+                         surface.depth_to_normal(maps.plane_depth, settings), maps.distortion,
+                         maps.rade_depth, None if maps.rade_depth is None else
+                         surface.depth_to_normal(maps.rade_depth, settings),
+                         maps.rade_normal_map)
 
 
 def surface_terms(r: SurfaceRender, gaussians: scenes.Gaussians,
                   depth: str = "expected") -> Dict[str, torch.Tensor]:
-    """The three terms; the normal consistency against the normals of the expected depth or
-    (depth="plane") of the plane depth, as PGSR."""
-    of_depth = r.plane_normals if depth == "plane" else r.depth_normals
-    consistency = r.weight * (1 - (r.normal_map * of_depth).sum(0))
+    """The three terms; the normal consistency against the normals of the expected depth, of
+    the plane depth (depth="plane", as PGSR) or, for the planes' normal map, of the RaDe-GS
+    depth (depth="rade", a render made with rade=True)."""
+    normal_map = r.rade_normal_map if depth == "rade" else r.normal_map
+    of_depth = {"plane": r.plane_normals, "rade": r.rade_normals}.get(depth, r.depth_normals)
+    consistency = r.weight * (1 - (normal_map * of_depth).sum(0))
     return dict(normal=consistency.mean(), dist=r.distortion.mean(),
                 flat=gaussians.scales.min(dim=1).values.mean())
 
@@ -111,7 +124,8 @@ class SurfaceConfig:
 def fit(model: sv.GaussianModel, train: Sequence[sv.View], cfg: SurfaceConfig, seed: int,
         surface: Optional[str], progress: Optional[str] = None) -> sv.GaussianModel:
     """sparse_view_depth.fit's Adam and schedule, with the surface terms where asked (surface
-    "expected" or "plane": the depth whose normals the normal map is held to; None: none)."""
+    "expected", "plane" or "rade": the depth whose normals the normal map is held to; None:
+    none)."""
     fc = sv.FitConfig(iterations=cfg.iterations)
     model = copy.deepcopy(model)
     opt = sv.make_optimizer(model, fc)
@@ -125,7 +139,7 @@ def fit(model: sv.GaussianModel, train: Sequence[sv.View], cfg: SurfaceConfig, s
         opt.param_groups[0]["lr"] = fc.lr_means * fc.lr_means_final_ratio ** frac
         view = train[order[it]]
         g = model.activated()
-        r = render_surface(g, view.camera)
+        r = render_surface(g, view.camera, rade=surface == "rade")
         loss = sv.photometric_loss(r.color, view.color, fc.lambda_ssim)
         if surface and frac >= cfg.start:
             terms = surface_terms(r, g, surface)
@@ -159,8 +173,10 @@ def interior(objects: torch.Tensor) -> torch.Tensor:
     return same
 
 
-METRICS = ("psnr", "abs_rel", "plane_abs_rel", "depth_normal_deg", "plane_normal_deg",
-           "normal_map_deg", "distortion", "chamfer", "plane_chamfer")
+METRICS = ("psnr", "abs_rel", "plane_abs_rel", "rade_abs_rel", "depth_normal_deg",
+           "plane_normal_deg", "rade_normal_deg", "normal_map_deg", "distortion", "chamfer",
+           "plane_chamfer", "rade_chamfer")
+DEPTHS = (("expected", ""), ("plane", "plane_"), ("rade", "rade_"))   # and their metrics' prefix
 MESH_VOXEL = 0.04     # scene units: about a pixel's footprint at the cameras' distance
 # The region the meshes are scored in: the spheres and the floor and wall around them (the
 # floor runs on past what the training views see).
@@ -194,15 +210,16 @@ def fuse_depths(depths: Sequence[torch.Tensor], cameras: Sequence[Camera],
 @torch.no_grad()
 def fuse_meshes(model: sv.GaussianModel, views: Sequence[sv.View],
                 min_weight: float = 0.5) -> Dict[str, Mesh]:
-    """Each training view's expected and plane depths fused apart (the pixels with weight >
-    min_weight): {"expected": mesh, "plane": mesh}."""
+    """Each training view's expected, plane and RaDe-GS depths fused apart (the pixels with
+    weight > min_weight): {"expected": mesh, "plane": mesh, "rade": mesh}."""
     g = model.activated()
-    renders = [render_surface(g, v.camera) for v in views]
+    renders = [render_surface(g, v.camera, rade=True) for v in views]
     cameras = [v.camera for v in views]
     masks = [r.weight > min_weight for r in renders]
     colors = [r.color for r in renders]
-    return {"expected": fuse_depths([r.depth for r in renders], cameras, masks, colors),
-            "plane": fuse_depths([r.plane_depth for r in renders], cameras, masks, colors)}
+    depths = {"expected": [r.depth for r in renders], "plane": [r.plane_depth for r in renders],
+              "rade": [r.rade_depth for r in renders]}
+    return {name: fuse_depths(d, cameras, masks, colors) for name, d in depths.items()}
 
 
 def scene_distance(points: torch.Tensor, scene: sv.AnalyticScene) -> torch.Tensor:
@@ -244,19 +261,24 @@ def chamfer(mesh: Mesh, scene: sv.AnalyticScene, truth_points: torch.Tensor) -> 
 @torch.no_grad()
 def evaluate(model: sv.GaussianModel, views: Sequence[sv.View], truth: Sequence[dict],
              min_weight: float = 0.5):
-    """Held-out means: PSNR, AbsRel of both depths, the normal angles (of both depths, of the
-    normal map) in degrees, the distortion; and the renders."""
+    """Held-out means: PSNR, AbsRel of the three depths, the normal angles (of the three
+    depths, of the normal map) in degrees, the distortion; and the renders. The normal
+    angles are taken over the pixels where the expected and the plane depth have normals (and,
+    for the RaDe-GS depth's, where it has one too)."""
     g = model.activated()
     rows, renders = [], []
     for v, rc in zip(views, truth):
-        r = render_surface(g, v.camera)
+        r = render_surface(g, v.camera, rade=True)
         n_true = true_view_normals(rc["normal"].to(r.depth), v.camera)
         mask = (r.weight > min_weight) & interior(rc["object"].to(r.depth.device))
         mask &= (r.depth_normals.norm(dim=0) > 0.5) & (r.plane_normals.norm(dim=0) > 0.5)
+        rade_mask = mask & (r.rade_normals.norm(dim=0) > 0.5)
         rows.append((sv.psnr(r.color, v.color), sv.abs_rel(r.depth, v.depth, r.weight),
                      sv.abs_rel(r.plane_depth, v.depth, r.weight),
+                     sv.abs_rel(r.rade_depth, v.depth, r.weight),
                      float(angle_deg(r.depth_normals, n_true)[mask].mean()),
                      float(angle_deg(r.plane_normals, n_true)[mask].mean()),
+                     float(angle_deg(r.rade_normals, n_true)[rade_mask].mean()),
                      float(angle_deg(r.normal_map, n_true)[mask].mean()),
                      float(r.distortion.mean())))
         renders.append((r, n_true))
@@ -280,12 +302,12 @@ class ExperimentConfig:
 
 
 VARIANTS = (("photometric", None), ("+ surface", "expected"),
-            ("+ surface, plane depth", "plane"))
+            ("+ surface, plane depth", "plane"), ("+ surface, RaDe-GS depth", "rade"))
 
 
 def run_seed(seed: int, cfg: ExperimentConfig, device, out_dir: Optional[str] = None,
              progress: bool = True, save_meshes: bool = False):
-    """The three fits for one seed; returns {variant: metrics} (and writes a figure)."""
+    """The four fits for one seed; returns {variant: metrics} (and writes a figure)."""
     scene = sv.default_scene()
     cams = sv.make_cameras(cfg.width, cfg.height, cfg.n_cameras)
     test_ids = list(range(0, cfg.n_cameras, cfg.test_every))
@@ -309,7 +331,7 @@ def run_seed(seed: int, cfg: ExperimentConfig, device, out_dir: Optional[str] = 
         results[name], renders[name] = evaluate(model, test, truth)
         results[name]["seconds"] = seconds
         meshes = fuse_meshes(model, train)
-        for depth, prefix in (("expected", ""), ("plane", "plane_")):
+        for depth, prefix in DEPTHS:
             scores = mesh_scores(meshes[depth], scene, truth_points)
             for k, v in scores.items():
                 results[name][prefix + k] = v
@@ -326,13 +348,13 @@ def run_seed(seed: int, cfg: ExperimentConfig, device, out_dir: Optional[str] = 
 
 def write_figure(path, test: Sequence[sv.View], renders, results, seed):
     """For one held-out view: the truth's colour and normals, then per fit the colour, the
-    normals of both depths and the normal map (view-space normals as RGB = (n + 1) / 2)."""
+    normals of the three depths and the normal map (view-space normals as RGB = (n + 1) / 2)."""
     from diff_gaussian_rasterization_depth import viz
     k = len(test) // 2
     as_rgb = lambda n: ((n + 1) / 2).clamp(0, 1)  # noqa: E731
     first = renders["photometric"][k]
     panels = [[viz.Panel("rgb", test[k].color, "held-out view"),
-               viz.Panel("rgb", as_rgb(first[1]), "true normals"), None, None]]
+               viz.Panel("rgb", as_rgb(first[1]), "true normals"), None, None, None]]
     for name, rs in renders.items():
         r, _ = rs[k]
         m = results[name]
@@ -341,18 +363,21 @@ def write_figure(path, test: Sequence[sv.View], renders, results, seed):
                                  f"depth's normals {m['depth_normal_deg']:.1f} deg"),
                        viz.Panel("rgb", as_rgb(r.plane_normals),
                                  f"plane depth's {m['plane_normal_deg']:.1f} deg"),
+                       viz.Panel("rgb", as_rgb(r.rade_normals),
+                                 f"RaDe-GS depth's {m['rade_normal_deg']:.1f} deg"),
                        viz.Panel("rgb", as_rgb(r.normal_map),
                                  f"normal map {m['normal_map_deg']:.1f} deg")])
     viz.save_figure(path, panels, suptitle=f"surface terms, seed {seed}")
 
 
 def format_table(per_seed: Dict[int, Dict[str, dict]]) -> str:
-    lines = ["| seed | fit | PSNR dB | AbsRel | AbsRel, plane depth | normal error of the depth, "
-             "deg | of the plane depth | of the normal map | distortion | mesh Chamfer | of "
-             "the plane depth's mesh |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    fmt = ("{:.2f}", "{:.4f}", "{:.4f}", "{:.1f}", "{:.1f}", "{:.1f}", "{:.2e}", "{:.4f}",
-           "{:.4f}")
+    lines = ["| seed | fit | PSNR dB | AbsRel | AbsRel, plane depth | AbsRel, RaDe-GS depth | "
+             "normal error of the depth, deg | of the plane depth | of the RaDe-GS depth | of "
+             "the normal map | distortion | mesh Chamfer | of the plane depth's mesh | of the "
+             "RaDe-GS depth's mesh |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    fmt = ("{:.2f}", "{:.4f}", "{:.4f}", "{:.4f}", "{:.1f}", "{:.1f}", "{:.1f}", "{:.1f}",
+           "{:.2e}", "{:.4f}", "{:.4f}", "{:.4f}")
     names = list(next(iter(per_seed.values())))
     rows = [(str(s), name, res[name]) for s, res in per_seed.items() for name in names]
     if len(per_seed) > 1:
@@ -374,7 +399,7 @@ def main(argv=None) -> int:
     p.add_argument("--lambda-dist", type=float, default=SurfaceConfig.lambda_dist)
     p.add_argument("--lambda-flat", type=float, default=SurfaceConfig.lambda_flat)
     p.add_argument("--save-meshes", action="store_true",
-                   help="write each fit's two meshes as OUT/mesh_seed{S}_{fit}_{depth}.ply")
+                   help="write each fit's three meshes as OUT/mesh_seed{S}_{fit}_{depth}.ply")
     args = p.parse_args(argv)
     device = choose_device(args.device)
     cfg = ExperimentConfig(width=args.width, height=args.height, gaussians=args.gaussians,
@@ -398,7 +423,9 @@ def main(argv=None) -> int:
                   f"{m['normal_map_deg']:5.1f} deg  mesh Chamfer {m['chamfer']:.4f} = (accuracy "
                   f"{m['accuracy']:.4f} + completeness {m['completeness']:.4f}) / 2, of the "
                   f"plane depth {m['plane_chamfer']:.4f} = ({m['plane_accuracy']:.4f} + "
-                  f"{m['plane_completeness']:.4f}) / 2  ({m['seconds']:.1f} s)")
+                  f"{m['plane_completeness']:.4f}) / 2; RaDe-GS depth: AbsRel "
+                  f"{m['rade_abs_rel']:.4f}, normal error {m['rade_normal_deg']:5.1f} deg, mesh "
+                  f"Chamfer {m['rade_chamfer']:.4f}  ({m['seconds']:.1f} s)")
     sv.write_results(args.out, format_table(per_seed),
                      {**cfg.__dict__, "surface": cfg.surface.__dict__}, per_seed,
                      "normals_seed*.png", t0)

@@ -694,3 +694,25 @@ def test_intersection_planes_of_culled_and_odd_gaussians_are_finite():
             surface.intersection_planes(*args, **kwargs)
     with pytest.raises(ValueError, match="feature_map"):
         surface.intersection_depth(fmap[:2], weight, s)
+
+
+def test_render_surface_with_the_depth_planes():
+    """render_surface(intersection=True): the six surface maps as without it, and rade_depth and
+    rade_normal_map those of intersection_planes rendered and evaluated by hand."""
+    scene = scenes.make_scene(9600, P=120, height=30, width=40, sh_degree=1, outliers=False)
+    i, s = scene.inputs, scene.settings
+    inputs = {k: v for k, v in i.items() if k != "dc"}
+    rasterizer = GaussianRasterizer(s)
+    plain = render_surface(rasterizer, s, **inputs)
+    both = render_surface(rasterizer, s, intersection=True, **inputs)
+    assert plain.rade_depth is None and plain.rade_normal_map is None
+    for name in ("color", "radii", "depth", "weight", "normal_map", "plane_depth", "distortion"):
+        torch.testing.assert_close(getattr(both, name), getattr(plain, name), rtol=1e-6,
+                                   atol=1e-6, msg=name)
+    planes = surface.intersection_planes(i["means3D"], s, i["scales"], i["rotations"])
+    _, _, _, weight, fmap = rasterizer(**inputs, features=torch.cat([planes.features,
+                                                                     planes.normals], 1))
+    torch.testing.assert_close(both.rade_depth, surface.intersection_depth(fmap[:3], weight, s),
+                               rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(both.rade_normal_map, normalized(fmap[3:]), rtol=1e-6, atol=1e-6)
+    assert (both.rade_depth[weight > 0.5] > 0).all() and (weight > 0.5).sum() > 100

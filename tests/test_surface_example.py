@@ -63,7 +63,9 @@ def test_short_fit_surface_terms_work():
     """A short fit on small views: the variant with the surface terms ends with normals of its
     depth map closer to its normal map and a lower distortion on its training views, and a
     smaller normal error on the held-out views, than the photometric fit from the same start;
-    held to the plane depth instead, the plane depth's normals are the better."""
+    held to the plane depth instead, the plane depth's normals are the better; held to the
+    RaDe-GS depth with its planes' normal map, that depth's normals are better than the
+    photometric fit's and than those of the fit held to the expected depth."""
     torch.manual_seed(0)
     cfg = sr.ExperimentConfig(width=48, height=36, gaussians=1200,
                               surface=sr.SurfaceConfig(iterations=150))
@@ -76,14 +78,19 @@ def test_short_fit_surface_terms_work():
                           torch.Generator().manual_seed(0))
     fits = {name: sr.fit(init, train, cfg.surface, 0, surface)
             for name, surface in (("photometric", None), ("surface", "expected"),
-                                  ("plane", "plane"))}
+                                  ("plane", "plane"), ("rade", "rade"))}
     terms, scores = {}, {}
     with torch.no_grad():
         for name, model in fits.items():
             g = model.activated()
-            depth = "plane" if name == "plane" else "expected"
-            rs = [sr.surface_terms(sr.render_surface(g, v.camera), g, depth) for v in train]
-            terms[name] = {k: sum(float(r[k]) for r in rs) / len(rs) for k in rs[0]}
+            for depth in ("expected", "rade"):
+                if depth == "rade" and name not in ("photometric", "rade"):
+                    continue
+                depth = "plane" if name == "plane" else depth
+                rs = [sr.surface_terms(sr.render_surface(g, v.camera, rade=depth == "rade"),
+                                       g, depth) for v in train]
+                key = name if depth != "rade" else name + "-rade"
+                terms[key] = {k: sum(float(r[k]) for r in rs) / len(rs) for k in rs[0]}
             scores[name], _ = sr.evaluate(model, test, truth)
     assert terms["surface"]["normal"] < 0.7 * terms["photometric"]["normal"], terms
     assert terms["surface"]["dist"] < terms["photometric"]["dist"], terms
@@ -93,6 +100,10 @@ def test_short_fit_surface_terms_work():
     # Held to the plane depth's normals, the plane depth's normals come out better still.
     assert terms["plane"]["normal"] < 0.7 * terms["photometric"]["normal"], terms
     assert scores["plane"]["plane_normal_deg"] < scores["surface"]["plane_normal_deg"], scores
+    # Held to the RaDe-GS depth's normals with the planes' normal map.
+    assert terms["rade-rade"]["normal"] < 0.7 * terms["photometric-rade"]["normal"], terms
+    assert scores["rade"]["rade_normal_deg"] < scores["photometric"]["rade_normal_deg"] - 3
+    assert scores["rade"]["rade_normal_deg"] < scores["surface"]["rade_normal_deg"], scores
     # Their meshes (TSDF of the training views' depths): from the plane depth, the surface
     # terms' is the nearer the true scene.
     points = torch.cat([sr.world_points(rc["depth"], cams[i])[(rc["object"] >= 0).reshape(-1)]
