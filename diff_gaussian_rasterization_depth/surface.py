@@ -149,6 +149,31 @@ def depth_to_points(depth: torch.Tensor, settings) -> torch.Tensor:
     return torch.stack([x, y, depth], 0)
 
 
+def _adjugate_covariance_times(vectors, scales, rotations, cov3D_precomp, scale_modifier):
+    """(P, 3) adj(Sigma) v = det(Sigma) Sigma^-1 v for the world covariance of each Gaussian
+    and a vector v (P, 3) each (or (P, 3, k): k vectors each), without a division: where a ratio
+    of two such products is wanted, flat Gaussians, whose Sigma a solve finds singular in
+    float32, keep exact values. From scales and rotations, Sigma = M M^T
+    with M = R S (the quaternion's matrix as the rasterizer uses it, unnormalized included):
+    adj(Sigma) = adj(M)^T adj(M), whose factor's rows c_k are the cross products of M's
+    columns, so adj(Sigma) v = sum_k c_k (c_k . v) and a flat Gaussian (one scale 0) keeps its
+    exact flat axis. From cov3D_precomp: its cofactors (its rows' cross products), times v."""
+    if cov3D_precomp is None:
+        m = _rotation_matrix(rotations) * (scale_modifier * scales)[:, None, :]
+        columns = m.unbind(2)
+    else:
+        columns = _covariance_3d(None, None, cov3D_precomp, scale_modifier).unbind(2)
+    cofactors = (torch.linalg.cross(columns[1], columns[2]),
+                 torch.linalg.cross(columns[2], columns[0]),
+                 torch.linalg.cross(columns[0], columns[1]))       # adj(M)'s rows
+    if vectors.dim() == 3:
+        cofactors = tuple(c[:, :, None] for c in cofactors)
+    dots = [(c * vectors).sum(1, keepdim=True) for c in cofactors]
+    if cov3D_precomp is not None:        # symmetric Sigma: the cofactors are adj(Sigma)'s rows
+        return torch.cat(dots, 1)
+    return cofactors[0] * dots[0] + cofactors[1] * dots[1] + cofactors[2] * dots[2]
+
+
 def dominant_points(dominant: torch.Tensor, means3D: torch.Tensor, settings, scales=None,
                     rotations=None, cov3D_precomp=None):
     """((3, H, W) world points, (H, W) bool): on each pixel's ray, the point where its dominant
@@ -156,9 +181,11 @@ def dominant_points(dominant: torch.Tensor, means3D: torch.Tensor, settings, sca
     reinitialization places new points. Along the ray o + s d the density
     exp(-(x - mu)^T Sigma^-1 (x - mu) / 2) peaks at s = -d^T Sigma^-1 (o - mu) / d^T Sigma^-1 d,
     with Sigma the Gaussian's covariance as the rasterizer builds it (scales and rotations, or
-    cov3D_precomp, times settings.scale_modifier). Valid where a Gaussian dominates and the
-    point lies in front of the camera (s > 0); elsewhere the point is the camera centre. The
-    rays are the rasterizer's: pixel centres through the camera centre (`depth_to_points`)."""
+    cov3D_precomp, times settings.scale_modifier), taken as adj(Sigma) (the same ratio, without
+    an inverse: flat Gaussians, singular in float32, keep exact points). Valid where a Gaussian
+    dominates, is not a needle (rank 1, densest along a whole segment) and the point lies in
+    front of the camera (s > 0); elsewhere the point is the camera centre. The rays are the
+    rasterizer's: pixel centres through the camera centre (`depth_to_points`)."""
     _check_shape("dominant", dominant, (None, None))
     _check_shape("means3D", means3D, (None, 3))
     if dominant.dtype not in (torch.int32, torch.int64):
@@ -181,16 +208,19 @@ def dominant_points(dominant: torch.Tensor, means3D: torch.Tensor, settings, sca
     valid = ids >= 0
     picked = ids.clamp(min=0)[valid]
     pick = (lambda t: None if t is None else t[picked])  # noqa: E731
-    covariance = _covariance_3d(pick(scales), pick(rotations), pick(cov3D_precomp),
-                                float(settings.scale_modifier))
     d = direction[valid]
     to_origin = origin - means3D[picked]
-    precision_d = torch.linalg.solve(covariance, d[:, :, None])[:, :, 0]  # Sigma^-1 d
-    s = -(precision_d * to_origin).sum(1) / (precision_d * d).sum(1)
+    # adj(Sigma) d for Sigma^-1 d: the ratio is the same, and a flat Gaussian's is exact.
+    adjugate_d = _adjugate_covariance_times(d, pick(scales), pick(rotations),
+                                            pick(cov3D_precomp), float(settings.scale_modifier))
+    denominator = (adjugate_d * d).sum(1)
+    meets = denominator > 0              # 0 for a needle (rank 1): no point of densest approach
+    s = -(adjugate_d * to_origin).sum(1) / torch.where(meets, denominator,
+                                                        torch.ones_like(denominator))
     points = origin.expand(H * W, 3).clone()
     points[valid] = origin + s[:, None] * d
     in_front = torch.zeros(H * W, dtype=torch.bool, device=means3D.device)
-    in_front[valid] = s > 0
+    in_front[valid] = (s > 0) & meets
     return points.T.reshape(3, H, W), in_front.reshape(H, W)
 
 
@@ -269,27 +299,6 @@ def _image_centre(settings):
     centre at (col, row)); the depth planes are written about it so that the map's sum of
     offset and slopes does not cancel digits far from pixel 0."""
     return (int(settings.image_width) - 1) / 2.0, (int(settings.image_height) - 1) / 2.0
-
-
-def _adjugate_covariance_times(vectors, scales, rotations, cov3D_precomp, scale_modifier):
-    """(P, 3) adj(Sigma) v = det(Sigma) Sigma^-1 v for the world covariance of each Gaussian
-    and a vector v (P, 3) each, without a division. From scales and rotations, Sigma = M M^T
-    with M = R S (the quaternion's matrix as the rasterizer uses it, unnormalized included):
-    adj(Sigma) = adj(M)^T adj(M), whose factor's rows c_k are the cross products of M's
-    columns, so adj(Sigma) v = sum_k c_k (c_k . v) and a flat Gaussian (one scale 0) keeps its
-    exact flat axis. From cov3D_precomp: its cofactors (its rows' cross products), times v."""
-    if cov3D_precomp is None:
-        m = _rotation_matrix(rotations) * (scale_modifier * scales)[:, None, :]
-        columns = m.unbind(2)
-    else:
-        columns = _covariance_3d(None, None, cov3D_precomp, scale_modifier).unbind(2)
-    cofactors = (torch.linalg.cross(columns[1], columns[2]),
-                 torch.linalg.cross(columns[2], columns[0]),
-                 torch.linalg.cross(columns[0], columns[1]))       # adj(M)'s rows
-    dots = [(c * vectors).sum(1, keepdim=True) for c in cofactors]
-    if cov3D_precomp is not None:        # symmetric Sigma: the cofactors are adj(Sigma)'s rows
-        return torch.cat(dots, 1)
-    return cofactors[0] * dots[0] + cofactors[1] * dots[1] + cofactors[2] * dots[2]
 
 
 def intersection_planes(means3D: torch.Tensor, settings, scales=None, rotations=None,

@@ -716,3 +716,22 @@ def test_render_surface_with_the_depth_planes():
                                rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(both.rade_normal_map, normalized(fmap[3:]), rtol=1e-6, atol=1e-6)
     assert (both.rade_depth[weight > 0.5] > 0).all() and (weight > 0.5).sum() > 100
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_dominant_points_of_flat_gaussians(dtype):
+    """Flat Gaussians (a scale of exactly 0, and of 1e-7), whose covariance a solve finds
+    singular: each valid point is where the pixel's ray meets the Gaussian's plane (through its
+    centre, normal its flat axis), as the densest point of a flat Gaussian is."""
+    from diff_gaussian_rasterization_depth.surface import dominant_points
+    inputs, settings, _, _ = slanted_surfels(400, dtype, flat_scale=0.0, seed=3)
+    inputs["scales"][::2, 2] = 1e-7
+    dominant = GaussianRasterizer(settings)(**inputs, dominant=True)[-1]
+    points, valid = dominant_points(dominant, inputs["means3D"], settings,
+                                    scales=inputs["scales"], rotations=inputs["rotations"])
+    assert valid.sum() > 3000 and torch.isfinite(points).all()
+    ids = dominant[valid].long()
+    axis = reference._rotation_matrix(inputs["rotations"][ids].double())[:, :, 2]
+    distance = ((points.permute(1, 2, 0)[valid].double() - inputs["means3D"][ids].double())
+                * axis).sum(1)
+    assert distance.abs().max() < (1e-4 if dtype == F32 else 1e-10)

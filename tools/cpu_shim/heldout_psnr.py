@@ -1,9 +1,10 @@
-"""Held-out PSNR of a model trained by LightGaussian's code (the check in doc/migration.md):
-its own Scene, render and psnr, without its LPIPS. Run from the shim, with LightGaussian's
-directory as the script's:
+"""Held-out PSNR of a model trained by a 3DGS fork's own code, with that code's Scene, render and
+psnr but without its LPIPS (which needs torchvision and VGG weights from the network): the
+LightGaussian and Mini-Splatting checks in doc/migration.md. Run from the shim, with the fork's
+directory as the script's (its `gaussian_renderer.render` is the original's plain call):
 
-    cp tools/cpu_shim/lightgaussian_eval.py /tmp/lg/
-    python tools/cpu_shim/run.py /tmp/lg/lightgaussian_eval.py -m MODEL --iteration 1200 \
+    cp tools/cpu_shim/heldout_psnr.py /tmp/lg/
+    python tools/cpu_shim/run.py /tmp/lg/heldout_psnr.py -m MODEL --iteration 1200 \
         --data_device cpu
 """
 from argparse import ArgumentParser
