@@ -25,6 +25,9 @@ the final transmittance (1 where nothing is blended: the fork's name, its meanin
 `discriminants` (1, H, W) the fork's b^2 - 4ac of the ray against the 3-sigma ellipsoid
 (>= 0 where the ray meets it) and `gidx` (1, H, W) int32 the dominant Gaussian; all 0 where no
 Gaussian is blended but `gidx`, -1 there (the fork writes 0, which is also Gaussian 0's index).
+Where the dominant Gaussian has no densest point in front of the camera (a needle, or a flat
+Gaussian whose plane the ray meets behind it), the point, its depth and its discriminant are 0
+too.
 
 Not reproduced, on purpose: the fork's depth kernel builds each ray towards a point it does not
 divide by its homogeneous coordinate, with a near and far plane of its own (0.01, 100), which
