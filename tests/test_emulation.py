@@ -222,6 +222,28 @@ def test_memcheck_log_reports_are_read_whatever_precedes_them():
     assert [(r[0], r[1].split(": ", 1)[1]) for r in found] == expected
 
 
+def test_memcheck_reports_of_cpython_inside_our_calls_are_not_ours():
+    """A report raised in CPython's garbage collector (memcheck takes some of its objects' bytes
+    for undefined, in runs that never call this package) names our frames when the collection
+    starts inside one of our calls; only a report whose first frames are our code is ours
+    (sanitize_cuda.OUR_TOP_FRAMES deep, for a memcpy or an inlined library call above it)."""
+    spec = importlib.util.spec_from_file_location(
+        "sanitize_cuda", os.path.join(ROOT, "tools", "sanitize_cuda.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    cpython = ["Py_TYPE (object.h:133)", "visit_decref (gcmodule.c:452)",
+               "list_traverse (listobject.c:2703)", "subtract_refs (gcmodule.c:478)",
+               "deduce_unreachable (gcmodule.c:1100)", "gc_collect_main (gcmodule.c:1226)",
+               "_PyObject_GC_Link (gcmodule.c:2270)", "_PyType_AllocNoTrack (typeobject.c:1132)"]
+    ours = "dgrd::emu::first_unwritten_byte(void const*, unsigned long) (cuda_emulation.cpp:780)"
+    for depth in range(len(cpython) + 1):
+        frames = cpython[:depth] + [ours, "pybind11::cpp_function::dispatcher (pybind11.h:1209)"]
+        log = ["==7== Use of uninitialised value of size 8"] + [
+            f"==7==    {'at' if j == 0 else 'by'} 0x{j:X}: {f}" for j, f in enumerate(frames)]
+        found = tool.our_reports("\n".join(log + ["==7== "]))
+        assert len(found) == (1 if depth < tool.OUR_TOP_FRAMES else 0), (depth, found)
+
+
 ASAN_SCRIPT = textwrap.dedent("""
     import sys, torch
     from torch.utils import cpp_extension
