@@ -327,6 +327,14 @@ def intersection_planes(means3D: torch.Tensor, settings, scales=None, rotations=
     """
     _check_shape("means3D", means3D, (None, 3))
     _check_covariance_inputs("intersection_planes", scales, rotations, cov3D_precomp)
+    P = len(means3D)
+    for name, t, columns in (("scales", scales, 3), ("rotations", rotations, 4),
+                             ("cov3D_precomp", cov3D_precomp, 6)):
+        if t is not None:
+            _check_shape(name, t, (P, columns))
+            if t.device != means3D.device or t.dtype != means3D.dtype:
+                raise ValueError(f"{name}: expected {means3D.dtype} on {means3D.device} "
+                                 f"(means3D's), got {t.dtype} on {t.device}")
     H, W = int(settings.image_height), int(settings.image_width)
     view = _matrix(settings.viewmatrix, means3D)
     projection = _matrix(settings.projmatrix, means3D)

@@ -390,19 +390,26 @@ def test_surface_loss_gradients_match_reference(seed, dtype):
     check_surface_gradients(seed, "cpu", dtype)
 
 
-def test_surface_loss_gradcheck():
-    """gradcheck of the whole surface loss through the CPU backend in float64, with respect to
-    the means, scales, rotations and opacities, on a smooth scene (no threshold nearby)."""
-    scene = scenes.make_smooth_scene(14500, P=4, height=12, width=10, sh_degree=0)
-    upstream = torch.randn(3, 12, 10, generator=torch.Generator().manual_seed(3), dtype=F64)
+def gradcheck_through_backend(loss_of, scene_seed, upstream_seed):
+    """gradcheck of loss_of("backend", inputs, settings, upstream) through the CPU backend in
+    float64, with respect to the means, scales, rotations and opacities, on a smooth scene (no
+    threshold nearby)."""
+    scene = scenes.make_smooth_scene(scene_seed, P=4, height=12, width=10, sh_degree=0)
+    upstream = torch.randn(3, 12, 10, generator=torch.Generator().manual_seed(upstream_seed),
+                           dtype=F64)
     names = ("means3D", "scales", "rotations", "opacities")
     leaves = [scene.inputs[k].detach().clone().requires_grad_() for k in names]
 
     def loss(*values):
         inputs = dict(scene.inputs, **dict(zip(names, values)))
-        return surface_loss("backend", inputs, scene.settings, upstream)
+        return loss_of("backend", inputs, scene.settings, upstream)
 
     assert torch.autograd.gradcheck(loss, leaves, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_surface_loss_gradcheck():
+    """gradcheck of the whole surface loss (gradcheck_through_backend)."""
+    gradcheck_through_backend(surface_loss, 14500, 3)
 
 
 @pytest.mark.parametrize("target", cuda_targets())
@@ -670,6 +677,12 @@ def test_intersection_loss_gradients_cuda(target):
     check_intersection_gradients(1, target, F32)
 
 
+def test_intersection_loss_gradcheck():
+    """gradcheck of the RaDe-GS loss (the planes' depth against a target, the planes' normal map
+    against that depth's normals, colour; gradcheck_through_backend)."""
+    gradcheck_through_backend(intersection_loss, 14700, 5)
+
+
 def test_intersection_planes_of_culled_and_odd_gaussians_are_finite():
     """A scene with Gaussians behind the camera, on the near plane and far off screen: the
     planes, the normals and the gradients of a loss on them are finite everywhere, and the
@@ -689,7 +702,15 @@ def test_intersection_planes_of_culled_and_odd_gaussians_are_finite():
     for args, kwargs, error, text in [
             ((i["means3D"], s), {}, ValueError, "either scales"),
             ((i["means3D"][:, :2], s), {"scales": i["scales"], "rotations": i["rotations"]},
-             ValueError, "means3D")]:
+             ValueError, "means3D"),
+            ((i["means3D"], s), {"scales": i["scales"][:-1], "rotations": i["rotations"]},
+             ValueError, "scales"),
+            ((i["means3D"], s), {"scales": i["scales"], "rotations": i["rotations"][:, :3]},
+             ValueError, "rotations"),
+            ((i["means3D"], s), {"scales": i["scales"].double(), "rotations": i["rotations"]},
+             ValueError, "scales: expected torch.float32"),
+            ((i["means3D"], s), {"cov3D_precomp": torch.zeros(200, 5)}, ValueError,
+             "cov3D_precomp")]:
         with pytest.raises(error, match=text):
             surface.intersection_planes(*args, **kwargs)
     with pytest.raises(ValueError, match="feature_map"):
