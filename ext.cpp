@@ -292,6 +292,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "The touch count of every Gaussian (MonoGS's n_touched) from a forward's state");
   m.def(
+      "point_opacity",
+      [](const RasterConfig& c, const GaussianTensors& g, py::list state, const at::Tensor& points) {
+        return dgrd::point_opacity(c, g, dgrd::take_state(state, /*release=*/false), points);
+      },
+      "The opacity field at points (N, 3) from a forward's state and its Gaussians (GOF's integrate)");
+  m.def(
       "gaussian_contributions",
       [](const RasterConfig& c, py::list state) {
         return dgrd::gaussian_contributions(c, dgrd::take_state(state, /*release=*/false));

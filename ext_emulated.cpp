@@ -270,6 +270,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "The CUDA touch count, emulated");
   m.def(
+      "point_opacity",
+      [](const RasterConfig& c, const GaussianTensors& g, py::list state, const at::Tensor& points) {
+        return point_opacity_cuda(c, g, take_state(state, /*release=*/false), points);
+      },
+      "The CUDA opacity field at points, emulated");
+  m.def(
       "gaussian_contributions",
       [](const RasterConfig& c, py::list state) {
         return gaussian_contributions_cuda(c, take_state(state, /*release=*/false));

@@ -2,8 +2,11 @@
 #include "rasterize_points.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/searchsorted.h>
+#include <ATen/ops/sort.h>
 #include <ATen/ops/split_with_sizes.h>
 #include <ATen/ops/zeros.h>
 
@@ -448,6 +451,54 @@ std::tuple<at::Tensor, at::Tensor> gaussian_contributions(const RasterConfig& c,
                                 contribution.data_ptr<scalar_t>(), dominant.data_ptr<int>());
   });
   return {contribution, dominant};
+}
+
+PointBins bin_points(const at::Tensor& keys, int64_t tiles) {
+  const auto sorted = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const at::Tensor bounds = at::arange(tiles + 1, keys.options());
+  return {std::get<1>(sorted).to(at::kInt),
+          at::searchsorted(std::get<0>(sorted), bounds, /*out_int32=*/true)};
+}
+
+at::Tensor checked_points(const GaussianTensors& g, const at::Tensor& points) {
+  TORCH_CHECK_VALUE(points.dim() == 2 && points.size(1) == 3,
+                    "points3D: expected shape (N, 3), got ", points.sizes());
+  TORCH_CHECK_TYPE(points.scalar_type() == g.means3D.scalar_type(), "points3D: expected dtype ",
+                   g.means3D.scalar_type(), " (that of means3D), got ", points.scalar_type());
+  TORCH_CHECK_VALUE(points.device() == g.means3D.device(), "points3D: expected device ",
+                    g.means3D.device(), " (that of means3D), got ", points.device());
+  TORCH_CHECK_VALUE(points.size(0) < (int64_t(1) << 31), "points3D: at most 2^31 - 1 points");
+  return points.contiguous();
+}
+
+at::Tensor point_opacity(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
+                         const at::Tensor& points) {
+  if (points.is_cuda()) {
+#ifdef DGRD_WITH_CUDA
+    return point_opacity_cuda(c, g, s, points);
+#else
+    refuse_without_cuda();
+#endif
+  }
+  const at::Tensor p = checked_points(g, points);
+  const int64_t n = p.size(0);
+  at::Tensor opacity = at::empty({n}, p.options());
+  at::Tensor keys = at::empty({n}, p.options().dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "dgrd_point_opacity_cpu", [&] {
+    const Camera<scalar_t> cam = make_camera<scalar_t>(c);
+    at::Tensor rows = struct_buffer<PointOnScreen<scalar_t>>(n, p.options());
+    at::Tensor quadrics = struct_buffer<RayQuadric<scalar_t>>(g.count(), p.options());
+    cpu::project_points(cam, p.data_ptr<scalar_t>(), int(n),
+                        struct_pointer<PointOnScreen<scalar_t>>(rows), keys.data_ptr<int>(),
+                        opacity.data_ptr<scalar_t>());
+    cpu::ray_quadrics(cam, make_inputs<scalar_t>(g), struct_pointer<RayQuadric<scalar_t>>(quadrics));
+    const PointBins bins = bin_points(keys, c.tiles_x() * c.tiles_y());
+    cpu::point_opacity(cam, make_state<scalar_t>(s, nullptr, nullptr), s.lists(),
+                       struct_pointer<RayQuadric<scalar_t>>(quadrics),
+                       struct_pointer<PointOnScreen<scalar_t>>(rows), bins.order.data_ptr<int>(),
+                       bins.ranges.data_ptr<int>(), opacity.data_ptr<scalar_t>());
+  });
+  return opacity;
 }
 
 std::vector<at::Tensor> pack_camera(const std::vector<at::Tensor>& parts,

@@ -5,6 +5,7 @@
 // ATen's tensor alone, not torch/extension.h: that adds the Python bindings and the C++ nn API,
 // which the glue does not use and which take most of each build's time (doc/design.md, "Glue").
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include <map>
 #include <optional>
@@ -276,6 +277,29 @@ void append_absolute_grad(const RasterConfig& c, const at::Tensor& sums, Gradien
 // TileSplits::parts_of): 2^31 - 2^24 - 513 pairs, 0.8% fewer than 32 bits alone would index.
 constexpr int64_t kMaxTilePairs = (int64_t(1) << 31) - 1 - 2 * kTilePixels - kMaxSplitLength;
 
+// Scratch for `count` plain structs S on the device of `opts`, as bytes (at::empty's blocks are
+// aligned far beyond any S), and its typed pointer.
+template <typename S>
+at::Tensor struct_buffer(int64_t count, const at::TensorOptions& opts) {
+  return at::empty({count * int64_t(sizeof(S))}, opts.dtype(at::kByte));
+}
+template <typename S>
+S* struct_pointer(const at::Tensor& t) {
+  return reinterpret_cast<S*>(t.data_ptr<uint8_t>());
+}
+
+// The opacity field's query points binned by tile, from their keys ((N) int32: a tile, or
+// `tiles` where none sees the point): order (N) int32, the point ids by tile (ties in id order),
+// and ranges (tiles + 1) int32, tile t's points being order[ranges[t] .. ranges[t + 1]). ATen's
+// sort and search, on the keys' device.
+struct PointBins {
+  at::Tensor order, ranges;
+};
+PointBins bin_points(const at::Tensor& keys, int64_t tiles);
+// The opacity field's points3D checked against the Gaussians (shape (N, 3), their dtype and
+// device; a ValueError or TypeError naming points3D), made contiguous.
+at::Tensor checked_points(const GaussianTensors& g, const at::Tensor& points);
+
 // Throw std::runtime_error (a RuntimeError in Python) naming the number of pairs, or the image
 // size, and the GiB needed, when the pairs exceed what 32-bit indices address or the buffers
 // exceed `bytes_available` (host memory for the CPU backend, free device memory for CUDA).
@@ -300,6 +324,8 @@ ForwardResult forward_cuda(const RasterConfig& c, const GaussianTensors& g);
 BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, ForwardState s,
                              const MapGrads& up, bool release_state = false);
 at::Tensor count_touches_cuda(const RasterConfig& c, const ForwardState& s);
+at::Tensor point_opacity_cuda(const RasterConfig& c, const GaussianTensors& g,
+                              const ForwardState& s, const at::Tensor& points);
 std::tuple<at::Tensor, at::Tensor> gaussian_contributions_cuda(const RasterConfig& c,
                                                                const ForwardState& s);
 at::Tensor mark_visible_cuda(const at::Tensor& positions, const at::Tensor& viewmatrix);
@@ -325,6 +351,13 @@ at::Tensor count_touches(const RasterConfig& c, const ForwardState& s);
 // a walk of its own.
 std::tuple<at::Tensor, at::Tensor> gaussian_contributions(const RasterConfig& c,
                                                           const ForwardState& s);
+// The opacity field at points3D ((N, 3), the Gaussians' dtype and device; opacity_field.h): each
+// point's opacity in this view, 1 - its transmittance through the splats of its pixel's tile
+// list, each faded in front of its Gaussian's peak along the point's ray; 1 where the view does
+// not see the point (off the image, or in front of the near plane). A walk of its own, from a
+// forward's state and the Gaussians it rendered.
+at::Tensor point_opacity(const RasterConfig& c, const GaussianTensors& g, const ForwardState& s,
+                         const at::Tensor& points);
 // release_state: the caller holds no other reference to the state (take_state in bindings.h),
 // which the CUDA backward then frees in part once its render backward has read it.
 BackwardResult backward(const RasterConfig& c, const GaussianTensors& g, ForwardState state,

@@ -598,6 +598,31 @@ at::Tensor count_touches_cuda(const RasterConfig& c, const ForwardState& s) {
   return touch_count;
 }
 
+at::Tensor point_opacity_cuda(const RasterConfig& c, const GaussianTensors& g,
+                              const ForwardState& s, const at::Tensor& given) {
+  require_float32(g);
+  const at::Tensor points = checked_points(g, given);
+  const DeviceContext device(points);
+  const int64_t n = points.size(0);
+  const Camera<float> cam = make_camera<float>(c);
+  at::Tensor opacity = device_empty({n}, points.options());
+  at::Tensor keys = device_empty({n}, points.options().dtype(at::kInt));
+  at::Tensor rows = uninitialized(struct_buffer<PointOnScreen<float>>(n, points.options()));
+  at::Tensor quadrics =
+      uninitialized(struct_buffer<RayQuadric<float>>(g.count(), points.options()));
+  gpu::project_points(cam, points.data_ptr<float>(), int(n),
+                      struct_pointer<PointOnScreen<float>>(rows), keys.data_ptr<int>(),
+                      opacity.data_ptr<float>(), device.stream);
+  gpu::ray_quadrics(cam, make_inputs<float>(g), struct_pointer<RayQuadric<float>>(quadrics),
+                    device.stream);
+  const PointBins bins = bin_points(keys, c.tiles_x() * c.tiles_y());
+  gpu::point_opacity(cam, make_state<float>(s, nullptr, nullptr), s.lists(),
+                     struct_pointer<RayQuadric<float>>(quadrics),
+                     struct_pointer<PointOnScreen<float>>(rows), bins.order.data_ptr<int>(),
+                     bins.ranges.data_ptr<int>(), opacity.data_ptr<float>(), device.stream);
+  return opacity;
+}
+
 std::tuple<at::Tensor, at::Tensor> gaussian_contributions_cuda(const RasterConfig& c,
                                                                const ForwardState& s) {
   const DeviceContext device(s.radii);

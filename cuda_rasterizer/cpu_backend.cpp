@@ -30,6 +30,7 @@
 
 #include "blend.h"
 #include "cpu_lanes.h"
+#include "opacity_field.h"
 #include "preprocess.h"
 
 namespace dgrd {
@@ -1285,6 +1286,55 @@ void gaussian_contributions(const Camera<T>& cam, const GaussianState<T>& state,
   }
 }
 
+// The opacity field's three loops: the points' rows and tiles, the Gaussians' ray quadrics, then
+// every tile's points walk its list (one thread a tile; a point's walk is its own: the same
+// result on any number of threads).
+template <typename T>
+void project_points(const Camera<T>& cam, const T* points, int count, PointOnScreen<T>* rows,
+                    int* keys, T* opacity) {
+  const int unseen = cam.tiles_x * cam.tiles_y;
+#pragma omp parallel for schedule(static) if (count >= kMinParallelItems) \
+    num_threads(loop_threads())
+  for (int i = 0; i < count; ++i) {
+    int tile = 0;
+    rows[i] = {};
+    const bool seen = project_point(cam, load3(points, i), rows[i], tile);
+    keys[i] = seen ? tile : unseen;
+    if (!seen) opacity[i] = T(1);
+  }
+}
+
+template <typename T>
+void ray_quadrics(const Camera<T>& cam, const GaussianInputs<T>& in, RayQuadric<T>* quadrics) {
+#pragma omp parallel for schedule(static) if (in.count >= kMinParallelItems) \
+    num_threads(loop_threads())
+  for (int i = 0; i < in.count; ++i) quadrics[i] = ray_quadric(cam, in, i);
+}
+
+template <typename T>
+void point_opacity(const Camera<T>& cam, const GaussianState<T>& state, TileLists lists,
+                   const RayQuadric<T>* quadrics, const PointOnScreen<T>* points,
+                   const int* order, const int* point_ranges, T* opacity) {
+  const int tiles = cam.tiles_x * cam.tiles_y;
+#pragma omp parallel for schedule(dynamic, 1) if (point_ranges[tiles] >= kMinParallelItems) \
+    num_threads(loop_threads())
+  for (int tile = 0; tile < tiles; ++tile) {
+    const int begin = lists.tile_ranges[2 * tile], end = lists.tile_ranges[2 * tile + 1];
+    for (int k = point_ranges[tile]; k < point_ranges[tile + 1]; ++k) {
+      const PointOnScreen<T> pt = points[order[k]];
+      PointTransmittance<T> transmittance;
+      for (int j = begin; transmittance.walking && j < end; ++j) {
+        const int row = lists.point_list[j];
+        T alpha;
+        if (point_alpha(state.means2d[row], state.conic_opacity[row],
+                        quadrics[lists.gaussian(row)], pt, alpha))
+          transmittance.blend(alpha);
+      }
+      opacity[order[k]] = T(1) - transmittance.value;
+    }
+  }
+}
+
 #define DGRD_INSTANTIATE(T)                                                                     \
   template void preprocess<T>(const Camera<T>&, const GaussianInputs<T>&,                        \
                               const GaussianState<T>&);                                          \
@@ -1292,6 +1342,11 @@ void gaussian_contributions(const Camera<T>& cam, const GaussianState<T>& state,
                                  int*);                                                          \
   template void gaussian_contributions<T>(const Camera<T>&, const GaussianState<T>&, int,       \
                                           TileLists, int64_t, T*, int*);                         \
+  template void project_points<T>(const Camera<T>&, const T*, int, PointOnScreen<T>*, int*, T*); \
+  template void ray_quadrics<T>(const Camera<T>&, const GaussianInputs<T>&, RayQuadric<T>*);   \
+  template void point_opacity<T>(const Camera<T>&, const GaussianState<T>&, TileLists,          \
+                                 const RayQuadric<T>*, const PointOnScreen<T>*, const int*,     \
+                                 const int*, T*);                                               \
   template void bin_gaussians<T>(const Camera<T>&, int, const GaussianState<T>&, int*, int*);    \
   template void render<T>(const Camera<T>&, const GaussianState<T>&, int, TileLists,             \
                           const PixelBuffers<T>&, const OptionalOutputs<T>&);                    \

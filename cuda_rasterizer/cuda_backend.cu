@@ -12,6 +12,7 @@
 
 #include "blend.h"
 #include "cuda_emulation.h"
+#include "opacity_field.h"
 #include "preprocess.h"
 #include "warp_sums.h"
 
@@ -889,6 +890,73 @@ __global__ void __launch_bounds__(kTilePixels)
     dominant_map[size_t(me.y) * cam.width + me.x] = dominant.found() ? int(dominant.id) : -1;
 }
 
+// The opacity field (opacity_field.h): one thread a point for its row and tile, one a Gaussian
+// for its ray quadric, then one block a tile, each thread walking the tile's list for one of the
+// tile's points (as many rounds of 256 as the tile has points), the splats staged in shared
+// memory a batch at a time as the render stages them; the block leaves a round's list once none
+// of its points walks.
+__global__ void project_points_kernel(Camera<float> cam, const float* points, int count,
+                                      PointOnScreen<float>* rows, int* keys, float* opacity) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  int tile = 0;
+  PointOnScreen<float> pt = {};
+  const bool seen = project_point(cam, load3(points, i), pt, tile);
+  rows[i] = pt;
+  keys[i] = seen ? tile : cam.tiles_x * cam.tiles_y;
+  if (!seen) opacity[i] = 1.f;
+}
+
+__global__ void ray_quadrics_kernel(Camera<float> cam, GaussianInputs<float> in,
+                                    RayQuadric<float>* quadrics) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < in.count) quadrics[i] = ray_quadric(cam, in, i);
+}
+
+struct PointBatch {
+  Vec2<float> mean2d[kTilePixels];
+  Base2Exponent<float> exponent[kTilePixels];
+  RayQuadric<float> quadric[kTilePixels];
+};
+
+__global__ void __launch_bounds__(kTilePixels)
+    point_opacity_kernel(GaussianState<float> state, TileLists lists,
+                         const RayQuadric<float>* quadrics, const PointOnScreen<float>* points,
+                         const int* order, const int* point_ranges, float* opacity) {
+  DGRD_SHARED(PointBatch, batch);
+  const int tile = int(blockIdx.x);
+  const int begin = lists.tile_ranges[2 * tile], end = lists.tile_ranges[2 * tile + 1];
+  const int first = point_ranges[tile], last = point_ranges[tile + 1];
+  for (int round = first; round < last; round += kTilePixels) {
+    const int k = round + int(threadIdx.x);
+    const bool mine = k < last;
+    const int id = mine ? order[k] : 0;
+    PointOnScreen<float> pt = {};
+    if (mine) pt = points[id];
+    PointTransmittance<float> transmittance;
+    transmittance.walking = mine;
+    for (int start = begin; start < end; start += kTilePixels) {
+      // Also the barrier after the previous batch (or round) was read.
+      if (__syncthreads_count(transmittance.walking) == 0) break;
+      const int j = start + int(threadIdx.x);
+      if (j < end) {
+        const int row = lists.point_list[j];
+        batch.mean2d[threadIdx.x] = state.means2d[row];
+        batch.exponent[threadIdx.x] = Base2Exponent<float>::of(state.conic_opacity[row]);
+        batch.quadric[threadIdx.x] = quadrics[lists.gaussian(row)];
+      }
+      __syncthreads();
+      const int n = min(kTilePixels, end - start);
+      for (int b = 0; transmittance.walking && b < n; ++b) {
+        float alpha;
+        if (point_alpha(batch.mean2d[b], batch.exponent[b], batch.quadric[b], pt, alpha))
+          transmittance.blend(alpha);
+      }
+    }
+    if (mine) opacity[id] = 1.f - transmittance.value;
+  }
+}
+
 // A lane's own total of the scatter (warp_scatter_total) and where it adds it, taken once
 // before a kernel's loops: value `slot` of SplatSums (null for a slot past them, or none).
 struct SumLane {
@@ -1526,6 +1594,29 @@ void gaussian_contributions(const Camera<float>& cam, const GaussianState<float>
   if (tiles == 0) return;
   DGRD_LAUNCH(contribution_kernel, tiles, kTilePixels, stream)(cam, state, lists, contribution,
                                                                dominant_map);
+}
+
+void project_points(const Camera<float>& cam, const float* points, int count,
+                    PointOnScreen<float>* rows, int* keys, float* opacity, cudaStream_t stream) {
+  if (count == 0) return;
+  DGRD_LAUNCH(project_points_kernel, blocks_for(count), kThreads, stream)(cam, points, count,
+                                                                        rows, keys, opacity);
+}
+
+void ray_quadrics(const Camera<float>& cam, const GaussianInputs<float>& in,
+                  RayQuadric<float>* quadrics, cudaStream_t stream) {
+  if (in.count == 0) return;
+  DGRD_LAUNCH(ray_quadrics_kernel, blocks_for(in.count), kThreads, stream)(cam, in, quadrics);
+}
+
+void point_opacity(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
+                   const RayQuadric<float>* quadrics, const PointOnScreen<float>* points,
+                   const int* order, const int* point_ranges, float* opacity,
+                   cudaStream_t stream) {
+  const int tiles = cam.tiles_x * cam.tiles_y;
+  if (tiles == 0) return;
+  DGRD_LAUNCH(point_opacity_kernel, tiles, kTilePixels, stream)(state, lists, quadrics, points,
+                                                               order, point_ranges, opacity);
 }
 
 int camera_grad_partials(int count) { return blocks_for(count); }

@@ -180,6 +180,17 @@ void gaussian_contributions(const Camera<float>& cam, const GaussianState<float>
                             TileLists lists, float* contribution, int* dominant_map,
                             cudaStream_t stream);
 
+// The opacity field (opacity_field.h; cpu::project_points and its two sequels say what each
+// step writes), one thread a point, one a Gaussian, then one block a tile.
+void project_points(const Camera<float>& cam, const float* points, int count,
+                    PointOnScreen<float>* rows, int* keys, float* opacity, cudaStream_t stream);
+void ray_quadrics(const Camera<float>& cam, const GaussianInputs<float>& in,
+                  RayQuadric<float>* quadrics, cudaStream_t stream);
+void point_opacity(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
+                   const RayQuadric<float>* quadrics, const PointOnScreen<float>* points,
+                   const int* order, const int* point_ranges, float* opacity,
+                   cudaStream_t stream);
+
 // Where the render backward sums each Gaussian's SplatGrad: value k (in the order mean2d x, y,
 // conic a, b, c, opacity, feature r, g, b, depth) of Gaussian i at value[k], i row strides on.
 // The glue lays the ten over rows of the input gradients that preprocess_backward writes only

@@ -42,6 +42,25 @@ struct GaussianInputs {
   const T* cov3D_precomp;   // P x 6 upper triangle, or null
 };
 
+// A query point as the walk reads it: its position on screen (pixel units, the means' own
+// projection), its ray (x/z, y/z, 1) in view space, and its view depth z.
+template <typename T>
+struct PointOnScreen {
+  Vec2<T> pixel;
+  Vec2<T> ray;
+  T depth;
+};
+
+// A Gaussian along the rays through it, in view space: density exp(-q/2) with
+// q(x) = (x - mean)^T Sigma^-1 (x - mean), kept as Sigma's adjugate and determinant
+// (Sigma^-1 = adjugate / det) so that a flat Gaussian (det 0) still has its peak on every ray.
+template <typename T>
+struct RayQuadric {
+  Sym3<T> adjugate;
+  Vec3<T> mean;
+  T det;
+};
+
 // Half-open rectangle of tiles [x0, x1) x [y0, y1).
 struct TileRect {
   int x0, y0, x1, y1;

@@ -50,7 +50,7 @@ def has_cuda_backend() -> bool:
 def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
                         cov3Ds_precomp, raster_settings, dc=None, features=None,
                         median_depth=False, inverse_depth=False, touch_count=False,
-                        contributions=False, dominant=False):
+                        contributions=False, dominant=False, points3D=None):
     """Functional form, argument order as in the original package.
 
     Returns (color (3,H,W), radii (P,) int32, depth (H,W), weight (H,W)), followed by
@@ -71,6 +71,14 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     Gaussian whose weight there is the largest (the first in depth order among equal ones), -1
     where nothing is blended (Mini-Splatting's depth reinitialization; the same walk as the
     statistics', one walk for both).
+    With `points3D` (N, 3), of the Gaussians' dtype and device, the last output is
+    point_opacity (N,): the opacity field at those points in this view (Gaussian Opacity
+    Fields' `integrate`), 1 - the transmittance through the splats of the point's pixel, each
+    splat's alpha taken at the point's own screen position and faded in front of its
+    Gaussian's peak along the point's ray; at a point behind everything it is the weight map's
+    value there. 1 where the view does not see the point (off the image or in front of the near
+    plane), so that the field's minimum over views (mesh.OpacityField) skips those views. No
+    gradient; a walk of its own.
     With raster_settings.debug, non-finite inputs raise a ValueError naming them, and an error
     of the backend writes a snapshot of the call (see `replay_snapshot`).
     """
@@ -78,11 +86,15 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
         return _backend.untraced(rasterize_gaussians)(
             means3D, means2D, sh, colors_precomp, opacities, scales, rotations, cov3Ds_precomp,
             raster_settings, dc, features, median_depth, inverse_depth, touch_count,
-            contributions, dominant)
+            contributions, dominant, points3D)
     for name, flag in (("touch_count", touch_count), ("contributions", contributions),
                        ("dominant", dominant)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name}: expected a bool, got {type(flag).__name__}")
+    if points3D is not None:
+        if not isinstance(points3D, torch.Tensor):
+            raise TypeError(f"points3D: expected a tensor, got {type(points3D).__name__}")
+        points3D = points3D.detach()
     common = _backend.check_common(means3D, means2D, opacities, sh, colors_precomp, scales,
                                    rotations, cov3Ds_precomp, dc, features, raster_settings,
                                    median_depth, inverse_depth)
@@ -111,7 +123,8 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
         means2D = torch.zeros((means3D.shape[0], 3), dtype=means3D.dtype, device=means3D.device)
     return _RasterizeGaussians.apply(means3D, means2D, sh, colors_precomp, opacities, scales,
                                      rotations, cov3Ds_precomp, dc, features,
-                                     (touch_count, contributions, dominant), config, checked,
+                                     (touch_count, contributions, dominant, points3D), config,
+                                     checked,
                                      *camera)
 
 
@@ -134,8 +147,8 @@ class _RasterizeGaussians(torch.autograd.Function):
         # debug snapshots (None where the call was checked in C++, never in debug mode).
         # camera: (viewmatrix, projmatrix, campos), the flat tensors the config holds, when
         # config.camera_grad. dc: SH coefficient 0 apart from sh (the 2024 API), read where it
-        # lies rather than copied in front of sh. walks: (touch_count, contributions, dominant),
-        # the outputs made by walks of the tile lists of their own after the render.
+        # lies rather than copied in front of sh. walks: (touch_count, contributions, dominant,
+        # points3D), the outputs made by walks of the tile lists of their own after the render.
         inputs = (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp, dc)
         if means2D.shape[1] == 4:  # columns 2-3 take AbsGS's absolute gradient
             config.absolute_grad = True
@@ -145,12 +158,14 @@ class _RasterizeGaussians(torch.autograd.Function):
             # made once); save_for_backward below still guards them against in-place edits.
             ctx.gaussians = _backend.make_gaussians(*inputs, features=features)
             maps = _backend.forward(config, ctx.gaussians)
-            touch_count, contributions, dominant = walks
+            touch_count, contributions, dominant, points3D = walks
             counts = (_backend.count_touches(config, maps[-1]),) if touch_count else ()
             if contributions or dominant:  # one walk gives both
                 statistics, dominant_map = _backend.gaussian_contributions(config, maps[-1])
                 counts += ((statistics,) if contributions else ()) + (
                     (dominant_map,) if dominant else ())
+            if points3D is not None:
+                counts += (_backend.point_opacity(config, ctx.gaussians, maps[-1], points3D),)
             return maps, counts
 
         (color, depth, weight, radii, feature_map, median, state), counts = _debug.guarded(
@@ -239,14 +254,17 @@ class GaussianRasterizer(nn.Module):
 
     def forward(self, means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
                 rotations=None, cov3D_precomp=None, dc=None, features=None, median_depth=False,
-                inverse_depth=False, touch_count=False, contributions=False, dominant=False):
+                inverse_depth=False, touch_count=False, contributions=False, dominant=False,
+                points3D=None):
         """(color, radii, depth, weight), then feature_map (C,H,W) when `features` (P,C) is
         given, then median (H,W) when `median_depth` is True, then touch_count (P,) int32 when
         `touch_count` is True, then contribution (P,5) when `contributions` is True, then
-        dominant (H,W) int32 when `dominant` is True; depth (and median) of 1/z with
-        `inverse_depth` (see rasterize_gaussians)."""
+        dominant (H,W) int32 when `dominant` is True, then point_opacity (N,) when `points3D`
+        (N,3) is given; depth (and median) of 1/z with `inverse_depth` (see
+        rasterize_gaussians)."""
         return rasterize_gaussians(means3D, means2D, shs, colors_precomp, opacities, scales,
                                    rotations, cov3D_precomp, self.raster_settings, dc=dc,
                                    features=features, median_depth=median_depth,
                                    inverse_depth=inverse_depth, touch_count=touch_count,
-                                   contributions=contributions, dominant=dominant)
+                                   contributions=contributions, dominant=dominant,
+                                   points3D=points3D)

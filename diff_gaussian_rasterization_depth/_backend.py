@@ -217,6 +217,12 @@ def gaussian_contributions(config, state):
     return _renderer().gaussian_contributions(config, state)
 
 
+def point_opacity(config, gaussians, state, points):
+    """(N,): the opacity field of the forward whose state this is at points (N, 3): each point's
+    opacity in the view, 1 where the view does not see it (a walk of its own)."""
+    return _renderer().point_opacity(config, gaussians, state, points)
+
+
 def backward(config, gaussians, state, grad_color, grad_depth, grad_weight,
              grad_feature_map=None, grad_median=None, release_state=False):
     """None for a map no loss reaches; contiguity and the empty stand-ins are settled in C++.

@@ -28,7 +28,7 @@ from .reference import NEAR_PLANE, _ndc2pix, _transform_point
 from .surface import _check_shape
 
 __all__ = ["TSDFVolume", "SparseTSDFVolume", "Mesh", "marching_tetrahedra", "face_components",
-           "keep_largest_components"]
+           "keep_largest_components", "OpacityField", "extract_opacity_mesh"]
 
 # The cube's corners, numbered by bits (x = 1, y = 2, z = 4), and the six tetrahedra around its
 # diagonal 0-7: every cube cuts its faces along the same diagonals, so the cuts of two
@@ -45,14 +45,18 @@ class Mesh:
 
 
 def marching_tetrahedra(values: torch.Tensor, valid: torch.Tensor, origin: Sequence[float],
-                        voxel_size: float, colors: Optional[torch.Tensor] = None) -> Mesh:
+                        voxel_size: float, colors: Optional[torch.Tensor] = None,
+                        refine=None) -> Mesh:
     """The zero level set of `values` (nx, ny, nz), sampled at origin + voxel_size * index.
 
     Only cubes whose eight corners are all `valid` are meshed. A vertex lies on each edge whose
     ends change sign (inside: value < 0), where the linear interpolation crosses 0, shared by
     every triangle cutting that edge; `colors` (nx, ny, nz, 3), interpolated alike, gives the
     vertices' colours. Faces are oriented so that their normal (counter-clockwise) points to
-    the positive side."""
+    the positive side. `refine(p_lo, p_hi, v_lo, v_hi)`, when given, places the vertices
+    instead of the linear interpolation: each edge's ends (V, 3) and values (V,), of opposite
+    signs (or one 0), to the vertices (V, 3) (a search of the field along the edge, as
+    extract_opacity_mesh's)."""
     _check_shape("values", values, (None, None, None))
     if not values.is_floating_point():
         raise TypeError(f"values: expected a floating-point tensor, got {values.dtype}")
@@ -90,7 +94,7 @@ def marching_tetrahedra(values: torch.Tensor, valid: torch.Tensor, origin: Seque
         return _grid_positions(torch.stack([x, y, z], 1), origin_t, voxel_size)
 
     return _mesh_cubes(flat, values.reshape(-1), position, None,
-                       None if colors is None else colors.reshape(-1, colors.shape[-1]))
+                       None if colors is None else colors.reshape(-1, colors.shape[-1]), refine)
 
 
 def _grid_positions(coords: torch.Tensor, origin: torch.Tensor, voxel_size: float):
@@ -100,7 +104,7 @@ def _grid_positions(coords: torch.Tensor, origin: torch.Tensor, voxel_size: floa
 
 
 def _mesh_cubes(cube_ids: torch.Tensor, flat_values: torch.Tensor, position, before,
-                flat_colors: Optional[torch.Tensor]) -> Mesh:
+                flat_colors: Optional[torch.Tensor], refine=None) -> Mesh:
     """Marching tetrahedra over the cubes `cube_ids` (C, 8): each cube's corners (numbered as
     _CORNERS) as ids into `flat_values` (N,); `position(ids)` gives their world positions;
     `before(a, b)` (bool), or None for a < b, orders the two ends of an edge (the vertex is
@@ -157,7 +161,7 @@ def _mesh_cubes(cube_ids: torch.Tensor, flat_values: torch.Tensor, position, bef
     # in [0, 1] (the ends' signs differ); 0 at a grid point.
     t = torch.where(at_point, torch.zeros_like(v_lo), v_lo / (v_lo - v_hi))[:, None]
     p_lo, p_hi = position(edge_lo), position(edge_hi)
-    vertices = p_lo + t * (p_hi - p_lo)
+    vertices = p_lo + t * (p_hi - p_lo) if refine is None else refine(p_lo, p_hi, v_lo, v_hi)
     vertex_colors = None
     if flat_colors is not None:
         vertex_colors = flat_colors[edge_lo] + t * (flat_colors[edge_hi] - flat_colors[edge_lo])
@@ -672,3 +676,113 @@ def _back_project(maps: "_ViewMaps", pixel: torch.Tensor) -> torch.Tensor:
     if n == 0:
         return b
     return torch.linalg.solve(A, b[..., None])[..., 0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Gaussian Opacity Fields: the mesh of the opacity field itself, no depth maps
+# ----------------------------------------------------------------------------------------------
+
+class OpacityField:
+    """The opacity field of trained Gaussians over a set of views (Gaussian Opacity Fields): at a
+    point, the least opacity any view that sees it gives (the rasterizer's `points3D=` output:
+    1 - the transmittance of the point's ray up to the point), 1 where no view sees it. A seen
+    point's opacity is at most 1 - 1e-4 (the render's early stop keeps T >= 1e-4), so
+    `field(points) < 1` tells exactly which points some view sees.
+
+        field = OpacityField(training_views, means3D, opacities, scales, rotations)
+        mesh = extract_opacity_mesh(field, lower, upper, voxel_size)
+
+    `views`: the rasterizer settings of the views (the training cameras, as GOF takes them);
+    `kernel_size`, antialiasing and the scale modifier are theirs. Inputs as the rasterizer
+    takes them (`cov3D_precomp` instead of scales and rotations); no gradient. `rasterizer`:
+    the class that renders (GaussianRasterizer, or a subclass). `chunk`: points per call."""
+
+    def __init__(self, views, means3D: torch.Tensor, opacities: torch.Tensor,
+                 scales: Optional[torch.Tensor] = None, rotations: Optional[torch.Tensor] = None,
+                 cov3D_precomp: Optional[torch.Tensor] = None, rasterizer=None,
+                 chunk: int = 1 << 22):
+        from . import GaussianRasterizer
+        self.views = list(views)
+        if not self.views:
+            raise ValueError("views: expected at least one view")
+        if not (isinstance(chunk, int) and chunk >= 1):
+            raise ValueError(f"chunk: expected a positive integer, got {chunk}")
+        self.rasterizer = GaussianRasterizer if rasterizer is None else rasterizer
+        self.gaussians = dict(means3D=means3D.detach(), opacities=opacities.detach(),
+                              scales=None if scales is None else scales.detach(),
+                              rotations=None if rotations is None else rotations.detach(),
+                              cov3D_precomp=None if cov3D_precomp is None
+                              else cov3D_precomp.detach())
+        # The render's colour is not read: one colour for all, the cheapest input there is.
+        self.colors = means3D.new_zeros((means3D.shape[0], 3))
+        self.chunk = chunk
+
+    def view_opacity(self, points: torch.Tensor, view) -> torch.Tensor:
+        """(N,) the opacity of points (N, 3) in one view (1 where it does not see them)."""
+        g = self.gaussians
+        parts = []
+        with torch.no_grad():
+            for start in range(0, max(points.shape[0], 1), self.chunk):
+                chunk = points[start:start + self.chunk]
+                parts.append(self.rasterizer(view)(
+                    g["means3D"], None, g["opacities"], colors_precomp=self.colors,
+                    scales=g["scales"], rotations=g["rotations"],
+                    cov3D_precomp=g["cov3D_precomp"], points3D=chunk)[-1])
+        return torch.cat(parts)
+
+    def __call__(self, points: torch.Tensor) -> torch.Tensor:
+        """(N,) the field at points (N, 3), of the Gaussians' dtype and device."""
+        _check_shape("points", points, (None, 3))
+        field = torch.ones_like(points[:, 0])
+        for view in self.views:
+            field = torch.minimum(field, self.view_opacity(points, view))
+        return field
+
+
+def extract_opacity_mesh(field, lower: Sequence[float], upper: Sequence[float],
+                         voxel_size: float, level: float = 0.5, refine_steps: int = 8) -> Mesh:
+    """The level set `field(x) = level` over a grid on the box [lower, upper] (world units), as
+    GOF meshes its opacity field at 0.5: marching tetrahedra over the cubes whose corners some
+    view sees (field < 1), each vertex then placed by `refine_steps` bisections of its edge
+    against the field itself (GOF's binary search; 0: the linear interpolation), which puts it
+    within voxel_size / 2^steps of the crossing wherever the field crosses once along the edge.
+    Faces point out of the opaque side (towards the free space the cameras look through).
+    `field`: an OpacityField, or any callable of points (N, 3) giving values in [0, 1].
+    Memory: the grid's points and the field's walks over them, one view at a time."""
+    voxel_size, _ = _check_voxel(voxel_size, None)
+    if not (0.0 < float(level) < 1.0):
+        raise ValueError(f"level: expected a value in (0, 1), got {level}")
+    if not (isinstance(refine_steps, int) and refine_steps >= 0):
+        raise ValueError(f"refine_steps: expected a non-negative integer, got {refine_steps}")
+    lower_t = torch.tensor(_point3("lower", lower), dtype=torch.float64)
+    upper_t = torch.tensor(_point3("upper", upper), dtype=torch.float64)
+    if not (upper_t > lower_t).all():
+        raise ValueError(f"upper: expected above lower in x, y and z, got {lower} .. {upper}")
+    like = field.colors if isinstance(field, OpacityField) else torch.zeros(1)
+    shape = tuple(int(math.ceil(float(s) / voxel_size - 1e-9)) + 1 for s in (upper_t - lower_t))
+    axes = [torch.arange(n, device=like.device) for n in shape]
+    coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    origin = torch.tensor(lower_t.tolist(), dtype=like.dtype, device=like.device)
+    opacity = field(_grid_positions(coords, origin, voxel_size))
+    # Inside (opaque) negative, as marching_tetrahedra takes it.
+    values = (level - opacity).reshape(shape)
+
+    def bisect(p_lo, p_hi, v_lo, v_hi):
+        # Keep [a, b] around the crossing, a on v_lo's side; then interpolate in the last one.
+        a, b, va, vb = p_lo, p_hi, v_lo, v_hi
+        for _ in range(refine_steps):
+            mid = 0.5 * (a + b)
+            vm = level - field(mid)
+            with_a = (vm < 0) == (va < 0)
+            a = torch.where(with_a[:, None], mid, a)
+            va = torch.where(with_a, vm, va)
+            b = torch.where(with_a[:, None], b, mid)
+            vb = torch.where(with_a, vb, vm)
+        denominator = va - vb
+        t = torch.where(denominator != 0, va / torch.where(denominator != 0, denominator,
+                                                             torch.ones_like(va)),
+                        torch.zeros_like(va))
+        return a + t.clamp(0, 1)[:, None] * (b - a)
+
+    return marching_tetrahedra(values, (opacity < 1).reshape(shape), lower_t.tolist(),
+                               voxel_size, refine=bisect if refine_steps else None)

@@ -399,6 +399,58 @@ def _blend(g: Dict[str, torch.Tensor], settings, inverse_depth=False) -> Dict[st
 
 
 # ----------------------------------------------------------------------------------------------
+# The opacity field at 3D points (opacity_field.h)
+# ----------------------------------------------------------------------------------------------
+
+def _point_opacity(points, g, cov3d, means3D, settings):
+    """(N,) opacity of each point in the view: 1 - its transmittance through the visible
+    Gaussians g (the blend's per-Gaussian tensors, in index order), in depth order, each at the
+    point's screen position faded in front of its peak along the point's ray (the inverse of
+    its view-space covariance, where the backends take the adjugate); 1 where no pixel sees
+    the point. Dense: every Gaussian against every point."""
+    H, W = settings.image_height, settings.image_width
+    view, proj = settings.viewmatrix, settings.projmatrix
+    dtype = points.dtype
+    tx, ty, tz = (_transform_point(points, view, c) for c in range(3))
+    hx, hy, hw = (_transform_point(points, proj, c) for c in (0, 1, 3))
+    inv_w = 1.0 / (hw + HOM_EPS)
+    px, py = _ndc2pix(hx * inv_w, W), _ndc2pix(hy * inv_w, H)
+    col, row = torch.floor(px + 0.5), torch.floor(py + 0.5)
+    seen = ((tz > NEAR_PLANE) & _all_finite(points) & (col >= 0) & (col < W) & (row >= 0)
+            & (row < H))
+    tile_x = torch.div(col, TILE_SIZE, rounding_mode="floor")
+    tile_y = torch.div(row, TILE_SIZE, rounding_mode="floor")
+    in_rect = ((g["rect_min"][:, 0, None] <= tile_x) & (tile_x < g["rect_max"][:, 0, None])
+               & (g["rect_min"][:, 1, None] <= tile_y) & (tile_y < g["rect_max"][:, 1, None]))
+    dx = g["mean2d"][:, 0, None] - px[None]
+    dy = g["mean2d"][:, 1, None] - py[None]
+    con = g["conic"]
+    power = -0.5 * (con[:, 0, None] * dx * dx + con[:, 2, None] * dy * dy) - con[:, 1, None] * dx * dy
+    considered = in_rect & (power <= 0)
+    alpha = torch.clamp_max(g["opacity"][:, None] * torch.exp(torch.where(
+        considered, power, torch.zeros_like(power))), ALPHA_MAX)
+    # The fade: along the ray z d (d = (x/z, y/z, 1)), the Gaussian's exponent is least at
+    # z* = d^T S mu / d^T S d (S its inverse view-space covariance, mu its view-space mean).
+    rotation = view.reshape(4, 4)[:3, :3].transpose(0, 1)
+    precision = torch.linalg.inv(rotation @ cov3d @ rotation.transpose(0, 1))      # (G, 3, 3)
+    mean_view = torch.stack([_transform_point(means3D, view, c) for c in range(3)], dim=1)
+    ray = torch.stack([tx / tz, ty / tz, torch.ones_like(tz)], dim=1)               # (N, 3)
+    s_ray = torch.einsum("gij,nj->gni", precision, ray)
+    curvature = (s_ray * ray[None]).sum(-1)                                           # (G, N)
+    peak = (s_ray * mean_view[:, None, :]).sum(-1) / curvature
+    fade = torch.where(tz[None] < peak, torch.exp(-0.5 * curvature * (tz[None] - peak) ** 2),
+                       torch.ones_like(peak))
+    alpha = alpha * fade
+    alpha = torch.where(considered & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))
+    order = torch.sort(g["depth"], stable=True).indices
+    alpha = alpha[order]
+    test_T = torch.cumprod(1.0 - alpha, dim=0)
+    alpha = torch.where(test_T < TRANSMITTANCE_MIN, torch.zeros_like(alpha), alpha)
+    transmittance = torch.prod(1.0 - alpha, dim=0) if alpha.shape[0] else torch.ones_like(tz)
+    return torch.where(seen, 1.0 - transmittance, torch.ones_like(tz)).to(dtype)
+
+
+# ----------------------------------------------------------------------------------------------
 # Public entry point
 # ----------------------------------------------------------------------------------------------
 
@@ -451,7 +503,8 @@ def _forward(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_p
 def rasterize_reference(means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
                         rotations=None, cov3D_precomp=None, raster_settings=None, dc=None,
                         features=None, median_depth=False, inverse_depth=False,
-                        touch_count=False, contributions=False, dominant=False):
+                        touch_count=False, contributions=False, dominant=False,
+                        points3D=None):
     """The SPEC's rasterizer in plain PyTorch.
 
     Same inputs as `GaussianRasterizer.forward` (plus the settings), float32 or float64,
@@ -460,8 +513,8 @@ def rasterize_reference(means3D, means2D, opacities, shs=None, colors_precomp=No
     when `median_depth` is True (SPEC 8), then touch_count (P,) int32 when `touch_count` is
     True, then contribution (P, 5) when `contributions` is True (weight sum, weight max,
     pixels, dominated pixels, opacity-transmittance sum: `rasterize_gaussians`), then dominant
-    (H, W) int32 when `dominant` is True; gradients by autograd, with the
-    conventions of SPEC 6.
+    (H, W) int32 when `dominant` is True, then point_opacity (N,) at `points3D` (N, 3) when
+    given (no gradient); gradients by autograd, with the conventions of SPEC 6.
     `inverse_depth`: the depth channel blends 1/z (see `rasterize_gaussians`).
     """
     if raster_settings is None:
@@ -481,8 +534,9 @@ def rasterize_reference(means3D, means2D, opacities, shs=None, colors_precomp=No
         ndc_offset = zero_valued(means2D[:, :2])
         if means2D.shape[1] == 4:  # columns 2-3: the absolute gradient (AbsGS)
             abs_offset = zero_valued(means2D[:, 2:])
-    out = _forward(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp,
-                   settings, ndc_offset, features, inverse_depth, abs_offset)[0]
+    out, _, survivors, _, idx = _forward(means3D, opacities, shs, colors_precomp, scales,
+                                         rotations, cov3D_precomp, settings, ndc_offset,
+                                         features, inverse_depth, abs_offset)
     result = (out["color"], out["radii"], out["depth"], out["weight"])
     if features is not None:
         result += (out["feature_map"],)
@@ -494,6 +548,14 @@ def rasterize_reference(means3D, means2D, opacities, shs=None, colors_precomp=No
         result += (out["contribution"],)
     if dominant:
         result += (out["dominant"],)
+    if points3D is not None:
+        with torch.no_grad():
+            def pick(t):
+                return None if t is None else t[idx].detach()
+            cov3d = _covariance_3d(pick(scales), pick(rotations), pick(cov3D_precomp),
+                                   settings.scale_modifier)
+            g = {k: v.detach() for k, v in survivors.items()}
+            result += (_point_opacity(points3D.detach(), g, cov3d, pick(means3D), settings),)
     return result
 
 
