@@ -739,16 +739,47 @@ class OpacityField:
         return field
 
 
+def _largest_scales(g) -> torch.Tensor:
+    """(P,) each Gaussian's largest standard deviation (its scales', or its covariance's)."""
+    if g["scales"] is not None:
+        return g["scales"].abs().amax(dim=1)
+    c = g["cov3D_precomp"]
+    dense = torch.stack([c[:, [0, 1, 2]], c[:, [1, 3, 4]], c[:, [2, 4, 5]]], 1)
+    return torch.linalg.eigvalsh(dense.double()).amax(dim=1).clamp_min(0).sqrt().to(c.dtype)
+
+
+def _near_gaussians(g, shape, origin, voxel_size, margin):
+    """(shape) bool: the grid points within about `margin` (rounded up to voxels, in the max
+    norm) of a Gaussian's centre: the cells holding centres, dilated."""
+    cells = torch.round((g["means3D"] - origin) / voxel_size)
+    size = torch.tensor(shape, device=cells.device)
+    inside = (torch.isfinite(cells).all(1) & (cells >= 0).all(1) & (cells < size).all(1))
+    idx = cells[inside].long()
+    occupied = torch.zeros(shape, dtype=torch.float32, device=cells.device)
+    occupied[idx[:, 0], idx[:, 1], idx[:, 2]] = 1.0
+    reach = int(math.ceil(margin / voxel_size))
+    if reach > 0:
+        occupied = torch.nn.functional.max_pool3d(occupied[None, None], 2 * reach + 1, stride=1,
+                                                  padding=reach)[0, 0]
+    return occupied > 0
+
+
 def extract_opacity_mesh(field, lower: Sequence[float], upper: Sequence[float],
-                         voxel_size: float, level: float = 0.5, refine_steps: int = 8) -> Mesh:
+                         voxel_size: float, level: float = 0.5, refine_steps: int = 8,
+                         margin: Optional[float] = None) -> Mesh:
     """The level set `field(x) = level` over a grid on the box [lower, upper] (world units), as
-    GOF meshes its opacity field at 0.5: marching tetrahedra over the cubes whose corners some
-    view sees (field < 1), each vertex then placed by `refine_steps` bisections of its edge
-    against the field itself (GOF's binary search; 0: the linear interpolation), which puts it
-    within voxel_size / 2^steps of the crossing wherever the field crosses once along the edge.
-    Faces point out of the opaque side (towards the free space the cameras look through).
-    `field`: an OpacityField, or any callable of points (N, 3) giving values in [0, 1].
-    Memory: the grid's points and the field's walks over them, one view at a time."""
+    GOF meshes its opacity field at 0.5: marching tetrahedra over the cubes near the Gaussians
+    that some view sees (field < 1), each vertex then placed by `refine_steps` bisections of
+    its edge against the field itself (GOF's binary search; 0: the linear interpolation), which
+    puts it within voxel_size / 2^steps of the crossing wherever the field crosses once along
+    the edge. Faces point out of the opaque side (towards the free space the cameras see).
+    `field`: an OpacityField, or any callable of points (N, 3) giving values in [0, 1] (then
+    every grid point is evaluated). Near the Gaussians: within `margin` of a centre (default 3
+    times the 90th percentile of their largest scales, at least a voxel), as GOF takes its
+    points from the Gaussians' 3-sigma boxes: free space that every view sees only through a
+    surface (behind a wall, inside an object) is as opaque as the surface, and meshing it far
+    from any Gaussian would wrap it. Memory: the grid, and the field's walks over the points
+    near the Gaussians, one view at a time."""
     voxel_size, _ = _check_voxel(voxel_size, None)
     if not (0.0 < float(level) < 1.0):
         raise ValueError(f"level: expected a value in (0, 1), got {level}")
@@ -760,12 +791,22 @@ def extract_opacity_mesh(field, lower: Sequence[float], upper: Sequence[float],
         raise ValueError(f"upper: expected above lower in x, y and z, got {lower} .. {upper}")
     like = field.colors if isinstance(field, OpacityField) else torch.zeros(1)
     shape = tuple(int(math.ceil(float(s) / voxel_size - 1e-9)) + 1 for s in (upper_t - lower_t))
-    axes = [torch.arange(n, device=like.device) for n in shape]
-    coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
     origin = torch.tensor(lower_t.tolist(), dtype=like.dtype, device=like.device)
-    opacity = field(_grid_positions(coords, origin, voxel_size))
+    if isinstance(field, OpacityField):
+        if margin is None:
+            largest = _largest_scales(field.gaussians)
+            margin = 3.0 * float(torch.quantile(largest.double(), 0.9)) if largest.numel() else 0.0
+        if not (float(margin) >= 0):
+            raise ValueError(f"margin: expected a non-negative distance, got {margin}")
+        near = _near_gaussians(field.gaussians, shape, origin, voxel_size,
+                               max(float(margin), voxel_size))
+    else:
+        near = torch.ones(shape, dtype=torch.bool, device=like.device)
+    coords = near.nonzero()
+    opacity = torch.ones(shape, dtype=like.dtype, device=like.device)
+    opacity[near] = field(_grid_positions(coords, origin, voxel_size))
     # Inside (opaque) negative, as marching_tetrahedra takes it.
-    values = (level - opacity).reshape(shape)
+    values = level - opacity
 
     def bisect(p_lo, p_hi, v_lo, v_hi):
         # Keep [a, b] around the crossing, a on v_lo's side; then interpolate in the last one.
@@ -784,5 +825,5 @@ def extract_opacity_mesh(field, lower: Sequence[float], upper: Sequence[float],
                         torch.zeros_like(va))
         return a + t.clamp(0, 1)[:, None] * (b - a)
 
-    return marching_tetrahedra(values, (opacity < 1).reshape(shape), lower_t.tolist(),
-                               voxel_size, refine=bisect if refine_steps else None)
+    return marching_tetrahedra(values, near & (opacity < 1), lower_t.tolist(), voxel_size,
+                               refine=bisect if refine_steps else None)
