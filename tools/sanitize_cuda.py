@@ -47,15 +47,15 @@ from diff_gaussian_rasterization_depth.relocation import compute_relocation  # n
 CASES = [
     dict(P=48, height=29, width=37, sh_degree=3),
     dict(P=64, height=33, width=17, sh_degree=1, antialiasing=True, touch_count=True,
-         contributions=True),
+         contributions=True, points=600),
     dict(P=200, height=40, width=100, precomp_colors=True, precomp_cov=True),
     dict(P=300, height=64, width=64, sh_degree=2, dc=True),
     dict(P=0, height=20, width=20, sh_degree=0, touch_count=True, contributions=True,
-         dominant=True),
+         dominant=True, points=50),
     dict(P=30, height=16, width=48, sh_degree=1, all_culled=True),
     dict(P=16, height=1, width=1, sh_degree=0),
     dict(P=900, height=21, width=35, sh_degree=1, split_length=256, opacity_scale=0.05,
-         touch_count=True, contributions=True, dominant=True),
+         touch_count=True, contributions=True, dominant=True, points=700),
     # Parts of 512: the split forward's own of 256, the backward's state at every other split.
     dict(P=1200, height=16, width=16, sh_degree=1, split_length=512, opacity_scale=0.03,
          outliers=False, channels=3, median_depth=True, inverse_depth=True),
@@ -195,6 +195,7 @@ def run_case(i, device):
     channels = case.pop("channels", 0)
     camera_grad = case.pop("camera_grad", False)
     sparse_adam = case.pop("sparse_adam", False)
+    point_count = case.pop("points", 0)
     options = {k: case.pop(k) for k in ("median_depth", "inverse_depth", "touch_count",
                                          "contributions", "dominant") if k in case}
     scene = scenes.make_scene(100 + i, **case)
@@ -203,11 +204,22 @@ def run_case(i, device):
               for k, v in scene.inputs.items()}
     if channels:
         options["features"] = torch.rand(scene.P, channels, device=device, requires_grad=True)
+    if point_count:
+        # The opacity field's kernels: points about the Gaussians (a tile holding more than a
+        # round of 256 of them), behind the camera and off the image among them.
+        gen = torch.Generator().manual_seed(i)
+        around = (scene.inputs["means3D"][torch.randint(0, scene.P, (point_count,),
+                                                        generator=gen)]
+                  if scene.P else torch.zeros((point_count, 3)))
+        spread = torch.randn(point_count, 3, generator=gen) * (0.05 + 3 * torch.rand(
+            point_count, 1, generator=gen))
+        options["points3D"] = (around + spread).to(device)
     s = scene.settings
     camera = {k: getattr(s, k).to(device).requires_grad_(camera_grad)
               for k in ("viewmatrix", "projmatrix", "campos")}
     settings = s._replace(bg=s.bg.to(device), **camera)
     color, radii, *maps = GaussianRasterizer(settings)(**leaves, **options)
+    point_opacity = maps.pop() if point_count else None
     dominant = maps.pop() if options.get("dominant") else None
     contribution = maps.pop() if options.get("contributions") else None
     touched = maps.pop() if options.get("touch_count") else None
@@ -233,6 +245,10 @@ def run_case(i, device):
         check("contribution statistics", contribution)
         if bool((contribution < 0).any()) or bool((contribution[radii == 0] != 0).any()):
             sys.exit(f"sanitize_cuda: case {i}: a statistic below 0, or of a culled Gaussian")
+    if point_opacity is not None:  # every point written, an opacity
+        check("point opacity", point_opacity)
+        if bool((point_opacity < 0).any()) or bool((point_opacity > 1).any()):
+            sys.exit(f"sanitize_cuda: case {i}: a point opacity outside [0, 1]")
     if dominant is not None:  # every pixel written, each an index of a blended Gaussian or -1
         require_written(f"case {i}: dominant map", dominant)
         if bool((dominant < -1).any()) or bool((dominant >= max(scene.P, 1)).any()):
