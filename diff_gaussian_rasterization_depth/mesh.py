@@ -493,15 +493,21 @@ class SparseTSDFVolume:
         if maps.mask is not None:
             keep &= maps.mask
         pixel = keep.nonzero()[:, 0]
-        points = _back_project(maps, pixel)
+        return self._allocate_near(_back_project(maps, pixel), self.truncation, "depth",
+                                   "mask such pixels out")
+
+    def _allocate_near(self, points: torch.Tensor, reach: float, name: str, advice: str) -> int:
+        """Allocate the blocks that meet the box of half-width `reach` around each of `points`
+        (N, 3) (float64); returns how many were new. `name` and `advice`: for the error where a
+        point lies beyond the blocks' addresses."""
         extent = self.voxel_size * self.block_size
         origin = torch.tensor(self.origin, dtype=torch.float64, device=self.device)
-        lo = torch.floor((points - self.truncation - origin) / extent).long()
-        hi = torch.floor((points + self.truncation - origin) / extent).long()
+        lo = torch.floor((points - reach - origin) / extent).long()
+        hi = torch.floor((points + reach - origin) / extent).long()
         limit = _KEY_OFFSET - 1
         if lo.numel() and (lo.min() < -limit or hi.max() > limit):
-            raise ValueError(f"depth: a surface point lies over {limit} blocks "
-                             f"({limit * extent:g} units) from the origin; mask such pixels out "
+            raise ValueError(f"{name}: a surface point lies over {limit} blocks "
+                             f"({limit * extent:g} units) from the origin; {advice} "
                              "or take a larger voxel_size")
         span = int((hi - lo).max()) + 1 if lo.numel() else 1
         steps = torch.arange(span, device=self.device)
@@ -588,9 +594,10 @@ class SparseTSDFVolume:
             if color_chunk is not None:
                 self.color[chunk] = color_chunk.reshape(-1, b3, 3)
 
-    def extract_mesh(self, min_weight: float = 1.0) -> Mesh:
+    def extract_mesh(self, min_weight: float = 1.0, refine=None) -> Mesh:
         """The field's zero level set over the grid points seen by at least `min_weight` views,
-        cubes across block borders included (marching tetrahedra, as TSDFVolume's)."""
+        cubes across block borders included (marching tetrahedra, as TSDFVolume's; `refine` as
+        marching_tetrahedra's)."""
         b = self.block_size
         b3 = b ** 3
         flat_values = self.tsdf.reshape(-1)
@@ -653,7 +660,8 @@ class SparseTSDFVolume:
         def position(point_ids):
             return _grid_positions(coords(point_ids), self._origin_t, self.voxel_size)
 
-        return _mesh_cubes(torch.cat(cube_ids), flat_values, position, before, flat_colors)
+        return _mesh_cubes(torch.cat(cube_ids), flat_values, position, before, flat_colors,
+                           refine)
 
 
 def _back_project(maps: "_ViewMaps", pixel: torch.Tensor) -> torch.Tensor:
@@ -690,7 +698,7 @@ class OpacityField:
     `field(points) < 1` tells exactly which points some view sees.
 
         field = OpacityField(training_views, means3D, opacities, scales, rotations)
-        mesh = extract_opacity_mesh(field, lower, upper, voxel_size)
+        mesh = extract_opacity_mesh(field, voxel_size)
 
     `views`: the rasterizer settings of the views (the training cameras, as GOF takes them);
     `kernel_size`, antialiasing and the scale modifier are theirs. Inputs as the rasterizer
@@ -748,65 +756,71 @@ def _largest_scales(g) -> torch.Tensor:
     return torch.linalg.eigvalsh(dense.double()).amax(dim=1).clamp_min(0).sqrt().to(c.dtype)
 
 
-def _near_gaussians(g, shape, origin, voxel_size, margin):
-    """(shape) bool: the grid points within about `margin` (rounded up to voxels, in the max
-    norm) of a Gaussian's centre: the cells holding centres, dilated."""
-    cells = torch.round((g["means3D"] - origin) / voxel_size)
-    size = torch.tensor(shape, device=cells.device)
-    inside = (torch.isfinite(cells).all(1) & (cells >= 0).all(1) & (cells < size).all(1))
-    idx = cells[inside].long()
-    occupied = torch.zeros(shape, dtype=torch.float32, device=cells.device)
-    occupied[idx[:, 0], idx[:, 1], idx[:, 2]] = 1.0
-    reach = int(math.ceil(margin / voxel_size))
-    if reach > 0:
-        occupied = torch.nn.functional.max_pool3d(occupied[None, None], 2 * reach + 1, stride=1,
-                                                  padding=reach)[0, 0]
-    return occupied > 0
-
-
-def extract_opacity_mesh(field, lower: Sequence[float], upper: Sequence[float],
-                         voxel_size: float, level: float = 0.5, refine_steps: int = 8,
-                         margin: Optional[float] = None) -> Mesh:
-    """The level set `field(x) = level` over a grid on the box [lower, upper] (world units), as
-    GOF meshes its opacity field at 0.5: marching tetrahedra over the cubes near the Gaussians
+def extract_opacity_mesh(field, voxel_size: float, level: float = 0.5,
+                         refine_steps: int = 8, margin: Optional[float] = None,
+                         lower: Optional[Sequence[float]] = None,
+                         upper: Optional[Sequence[float]] = None, block_size: int = 8,
+                         chunk_blocks: int = 2048) -> Mesh:
+    """GOF's mesh of an OpacityField: its level set `field(x) = level` (0.5, as GOF's) on the
+    grid points origin + voxel_size * (i, j, k) in the blocks of block_size^3 of them that lie
+    within `margin` of a Gaussian's centre (default 3 times the 90th percentile of the
+    Gaussians' largest scales, at least a voxel: GOF's points are the Gaussians' 3-sigma boxes'
+    corners), and within the box [lower, upper] where given. Marching tetrahedra over the cubes
     that some view sees (field < 1), each vertex then placed by `refine_steps` bisections of
-    its edge against the field itself (GOF's binary search; 0: the linear interpolation), which
-    puts it within voxel_size / 2^steps of the crossing wherever the field crosses once along
-    the edge. Faces point out of the opaque side (towards the free space the cameras see).
-    `field`: an OpacityField, or any callable of points (N, 3) giving values in [0, 1] (then
-    every grid point is evaluated). Near the Gaussians: within `margin` of a centre (default 3
-    times the 90th percentile of their largest scales, at least a voxel), as GOF takes its
-    points from the Gaussians' 3-sigma boxes: free space that every view sees only through a
-    surface (behind a wall, inside an object) is as opaque as the surface, and meshing it far
-    from any Gaussian would wrap it. Memory: the grid, and the field's walks over the points
-    near the Gaussians, one view at a time."""
+    its edge against the field (GOF's binary search; 0: the linear interpolation), which puts
+    it within voxel_size / 2^steps of the crossing wherever the field crosses once along the
+    edge. Faces point out of the opaque side (towards the free space the cameras see).
+    Why near the Gaussians: free space that every view sees only through a surface (behind a
+    wall, inside an object) is as opaque as the surface, and a grid far from any Gaussian would
+    wrap it in sheets. Memory: the blocks (as SparseTSDFVolume's), the field evaluated on
+    `chunk_blocks` of them at a time, one view at a time."""
+    if not isinstance(field, OpacityField):
+        raise TypeError(f"field: expected an OpacityField, got {type(field).__name__}")
     voxel_size, _ = _check_voxel(voxel_size, None)
     if not (0.0 < float(level) < 1.0):
         raise ValueError(f"level: expected a value in (0, 1), got {level}")
     if not (isinstance(refine_steps, int) and refine_steps >= 0):
         raise ValueError(f"refine_steps: expected a non-negative integer, got {refine_steps}")
-    lower_t = torch.tensor(_point3("lower", lower), dtype=torch.float64)
-    upper_t = torch.tensor(_point3("upper", upper), dtype=torch.float64)
-    if not (upper_t > lower_t).all():
-        raise ValueError(f"upper: expected above lower in x, y and z, got {lower} .. {upper}")
-    like = field.colors if isinstance(field, OpacityField) else torch.zeros(1)
-    shape = tuple(int(math.ceil(float(s) / voxel_size - 1e-9)) + 1 for s in (upper_t - lower_t))
-    origin = torch.tensor(lower_t.tolist(), dtype=like.dtype, device=like.device)
-    if isinstance(field, OpacityField):
-        if margin is None:
-            largest = _largest_scales(field.gaussians)
-            margin = 3.0 * float(torch.quantile(largest.double(), 0.9)) if largest.numel() else 0.0
-        if not (float(margin) >= 0):
-            raise ValueError(f"margin: expected a non-negative distance, got {margin}")
-        near = _near_gaussians(field.gaussians, shape, origin, voxel_size,
-                               max(float(margin), voxel_size))
-    else:
-        near = torch.ones(shape, dtype=torch.bool, device=like.device)
-    coords = near.nonzero()
-    opacity = torch.ones(shape, dtype=like.dtype, device=like.device)
-    opacity[near] = field(_grid_positions(coords, origin, voxel_size))
-    # Inside (opaque) negative, as marching_tetrahedra takes it.
-    values = level - opacity
+    if not (isinstance(chunk_blocks, int) and chunk_blocks >= 1):
+        raise ValueError(f"chunk_blocks: expected a positive integer, got {chunk_blocks}")
+    g = field.gaussians
+    if margin is None:
+        largest = _largest_scales(g)
+        margin = 3.0 * float(torch.quantile(largest.double(), 0.9)) if largest.numel() else 0.0
+    if not (float(margin) >= 0):
+        raise ValueError(f"margin: expected a non-negative distance, got {margin}")
+    box = None
+    if (lower is None) != (upper is None):
+        raise ValueError("lower, upper: expected both or neither")
+    if lower is not None:
+        box = (torch.tensor(_point3("lower", lower), dtype=torch.float64),
+               torch.tensor(_point3("upper", upper), dtype=torch.float64))
+        if not (box[1] > box[0]).all():
+            raise ValueError(f"upper: expected above lower in x, y and z, got {lower} .. {upper}")
+    like = field.colors
+    volume = SparseTSDFVolume(voxel_size, block_size=block_size, device=like.device,
+                              dtype=like.dtype)
+    centres = g["means3D"].double()
+    keep = torch.isfinite(centres).all(1)
+    if box is not None:
+        lo_box, hi_box = (b.to(centres.device) for b in box)
+        keep &= ((centres >= lo_box - margin) & (centres <= hi_box + margin)).all(1)
+    volume._allocate_near(centres[keep], max(float(margin), voxel_size), "means3D",
+                          "pass lower and upper")
+    # The field's values as the volume's tsdf (inside, opaque: negative) and whether a view
+    # sees each point as its weight.
+    for start in range(0, volume.num_blocks, chunk_blocks):
+        rows = torch.arange(start, min(start + chunk_blocks, volume.num_blocks),
+                            device=volume.device)
+        points = volume._block_points(rows)
+        seen = torch.ones(points.shape[0], dtype=torch.bool, device=points.device)
+        if box is not None:
+            seen = ((points.double() >= lo_box.to(points.device))
+                    & (points.double() <= hi_box.to(points.device))).all(1)
+        opacity = torch.ones(points.shape[0], dtype=like.dtype, device=points.device)
+        opacity[seen] = field(points[seen])
+        volume.tsdf[rows] = (level - opacity).reshape(rows.numel(), -1)
+        volume.weight[rows] = (opacity < 1).to(like.dtype).reshape(rows.numel(), -1)
 
     def bisect(p_lo, p_hi, v_lo, v_hi):
         # Keep [a, b] around the crossing, a on v_lo's side; then interpolate in the last one.
@@ -825,5 +839,4 @@ def extract_opacity_mesh(field, lower: Sequence[float], upper: Sequence[float],
                         torch.zeros_like(va))
         return a + t.clamp(0, 1)[:, None] * (b - a)
 
-    return marching_tetrahedra(values, near & (opacity < 1), lower_t.tolist(), voxel_size,
-                               refine=bisect if refine_steps else None)
+    return volume.extract_mesh(min_weight=1.0, refine=bisect if refine_steps else None)

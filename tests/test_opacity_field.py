@@ -278,8 +278,8 @@ def test_opacity_mesh_of_a_plane(dtype):
     from diff_gaussian_rasterization_depth.mesh import extract_opacity_mesh
     field = plane_of_discs(dtype)
     lower, upper, voxel = (-0.6, -0.6, 2.8), (0.6, 0.6, 3.2), 0.04
-    mesh = extract_opacity_mesh(field, lower, upper, voxel)
-    linear = extract_opacity_mesh(field, lower, upper, voxel, refine_steps=0)
+    mesh = extract_opacity_mesh(field, voxel, lower=lower, upper=upper)
+    linear = extract_opacity_mesh(field, voxel, lower=lower, upper=upper, refine_steps=0)
     assert mesh.faces.shape[0] > 1000 and mesh.faces.shape == linear.faces.shape
     error = (mesh.vertices[:, 2] - 3.0).abs()
     assert error.max() < 0.006, error.max()
@@ -309,8 +309,7 @@ def test_opacity_mesh_of_a_sphere_of_splats():
     views = [camera.raster_settings() for camera in sphere_views(centre.tolist())]
     field = OpacityField(views, means, torch.full((means.shape[0], 1), 0.9),
                          scales.contiguous(), rotations)
-    mesh = extract_opacity_mesh(field, [-1.0, -1.2, -0.8], [1.4, 1.0, 1.4], voxel,
-                                refine_steps=4)
+    mesh = extract_opacity_mesh(field, voxel, refine_steps=4)
     error = (mesh.vertices - centre).norm(dim=1) - radius
     assert mesh.faces.shape[0] > 10000
     assert 0 < error.mean() < 0.35 * voxel and error.abs().max() < 2 * voxel, error
