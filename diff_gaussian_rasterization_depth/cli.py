@@ -3,7 +3,8 @@
 demo    renders a built-in procedural scene (no download) and writes colour, depth and weight
         PNGs plus one side-by-side figure, with timings.
 render  renders a trained 3DGS point_cloud.ply from an orbit of cameras around the scene.
-mesh    meshes a trained model: its training views' depth fused into a sparse TSDF.
+mesh    meshes a trained model: its training views' depth fused into a sparse TSDF, or
+        (--method opacity) its opacity field over those views (Gaussian Opacity Fields).
 
 The pictures need matplotlib and the PLY reader needs plyfile (the package's [demo] extra).
 """
@@ -394,8 +395,7 @@ def fuse_render(volume, settings, color, weight, surface, min_weight: float = 0.
 
 
 def cmd_mesh(args) -> int:
-    from .mesh import SparseTSDFVolume, keep_largest_components
-    from .ply import save_mesh_ply
+    from .mesh import SparseTSDFVolume
     device = _device(args.device)
     _check_filter_options(args)
     for name in ("scale", "voxel_size", "max_depth", "truncation"):
@@ -404,6 +404,8 @@ def cmd_mesh(args) -> int:
             raise CliError(f"--{name.replace('_', '-')}: expected a positive number, got {value}")
     if args.components < 0:
         raise CliError(f"--components: expected a number >= 0, got {args.components}")
+    if args.refine_steps < 0:
+        raise CliError(f"--refine-steps: expected a number >= 0, got {args.refine_steps}")
     if not 0 <= args.min_weight < 1:
         raise CliError(f"--min-weight: expected a number in [0, 1), got {args.min_weight}")
     cam_json = args.cameras or _find_training_cameras(args.scene)
@@ -423,11 +425,14 @@ def cmd_mesh(args) -> int:
     # voxel a `resolution`-th of that, the truncation 4 voxels (this package's).
     max_depth = args.max_depth or 2.0 * scene_radius(training)
     voxel = args.voxel_size or max_depth / args.resolution
-    volume = SparseTSDFVolume(voxel, args.truncation, device=device)
     print(f"{args.scene}: {len(gaussians)} Gaussians, SH degree {gaussians.sh_degree}, loaded "
           f"in {load_s:.2f} s")
     if filter_note:
         print(filter_note)
+    if args.method == "opacity":
+        return _mesh_opacity_field(args, views, training, cam_json, gaussians, antialiasing,
+                                   kernel_size, max_depth, voxel, device)
+    volume = SparseTSDFVolume(voxel, args.truncation, device=device)
     print(f"fusing the {args.depth} depth of {len(views)} of the {len(training)} training views "
           f"of {cam_json} ({views[0].width}x{views[0].height}) on {_device_text(device)}: "
           f"voxel {voxel:.4g}, truncation {volume.truncation:.4g}, depths up to "
@@ -452,18 +457,48 @@ def cmd_mesh(args) -> int:
     t1 = time.perf_counter()
     mesh = volume.extract_mesh(min_weight=args.min_views)
     extract_s = time.perf_counter() - t1
+    voxels = volume.num_blocks * volume.block_size ** 3
+    print(f"{volume.num_blocks} blocks of {volume.block_size}^3 ({voxels / 1e6:.1f}M grid "
+          f"points); rendering {render_s:.1f} s, fusion {fuse_s:.1f} s, meshing {extract_s:.1f} s")
+    return _write_mesh(args, mesh)
+
+
+def _write_mesh(args, mesh) -> int:
+    """The mesh command's last steps: --components, then the PLY."""
+    from .mesh import keep_largest_components
+    from .ply import save_mesh_ply
     if args.components:
         faces_before = mesh.faces.shape[0]
         mesh = keep_largest_components(mesh, args.components)
         print(f"kept the {args.components} largest connected components of 50 faces or more: "
               f"{mesh.faces.shape[0]} of {faces_before} faces")
-    out = args.out
-    save_mesh_ply(out, mesh)
-    voxels = volume.num_blocks * volume.block_size ** 3
-    print(f"{volume.num_blocks} blocks of {volume.block_size}^3 ({voxels / 1e6:.1f}M grid "
-          f"points); rendering {render_s:.1f} s, fusion {fuse_s:.1f} s, meshing {extract_s:.1f} s")
-    print(f"wrote {out}: {mesh.vertices.shape[0]} vertices, {mesh.faces.shape[0]} faces")
+    save_mesh_ply(args.out, mesh)
+    print(f"wrote {args.out}: {mesh.vertices.shape[0]} vertices, {mesh.faces.shape[0]} faces")
     return 0
+
+
+def _mesh_opacity_field(args, views, training, cam_json, gaussians, antialiasing, kernel_size,
+                        max_depth, voxel, device) -> int:
+    """mesh --method opacity: Gaussian Opacity Fields' mesh (mesh.extract_opacity_mesh) of the
+    Gaussians within max_depth of the cameras' mean centre, seen by the training views."""
+    from .mesh import OpacityField, extract_opacity_mesh
+    settings = [camera.raster_settings(bg=(0.0, 0.0, 0.0), sh_degree=0, device=device,
+                                       antialiasing=antialiasing, kernel_size=kernel_size)
+                for camera in views]
+    centre = np.stack([c.center for c in training]).mean(0)
+    field = OpacityField(settings, gaussians.means, gaussians.opacities, gaussians.scales,
+                         gaussians.rotations)
+    print(f"meshing the opacity field of {len(views)} of the {len(training)} training views of "
+          f"{cam_json} ({views[0].width}x{views[0].height}) on {_device_text(device)}: voxel "
+          f"{voxel:.4g}, level 0.5, {args.refine_steps} bisections, within {max_depth:.4g} "
+          f"scene units of the cameras' centre")
+    t0 = time.perf_counter()
+    mesh = extract_opacity_mesh(field, voxel, refine_steps=args.refine_steps,
+                                lower=(centre - max_depth).tolist(),
+                                upper=(centre + max_depth).tolist())
+    _sync(device)
+    print(f"opacity field and mesh {time.perf_counter() - t0:.1f} s")
+    return _write_mesh(args, mesh)
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,6 +596,14 @@ def build_parser() -> argparse.ArgumentParser:
     mesh.add_argument("--min-views", type=_positive_int, default=1,
                       help="mesh where at least this many views saw the grid point "
                            "(default: %(default)s)")
+    mesh.add_argument("--method", default="tsdf", choices=["tsdf", "opacity"],
+                      help="tsdf: fuse the depth maps (2DGS, PGSR); opacity: mesh the Gaussians' "
+                           "opacity field at 0.5, no depth maps (Gaussian Opacity Fields; no "
+                           "colours; --depth, --truncation, --min-weight and --min-views do "
+                           "not apply) (default: %(default)s)")
+    mesh.add_argument("--refine-steps", type=int, default=8,
+                      help="with --method opacity: bisections of each vertex's edge (GOF's "
+                           "binary search; default: %(default)s)")
     mesh.add_argument("--components", type=int, default=0,
                       help="keep the N largest connected components of 50 faces or more, "
                            "dropping floaters (2DGS's post-processing: 50; default: keep all)")

@@ -756,16 +756,40 @@ def _largest_scales(g) -> torch.Tensor:
     return torch.linalg.eigvalsh(dense.double()).amax(dim=1).clamp_min(0).sqrt().to(c.dtype)
 
 
+def _points_near(volume: "SparseTSDFVolume", centres: torch.Tensor, reach: float,
+                 chunk: int = 1 << 15) -> torch.Tensor:
+    """(B, block_size^3) bool: the volume's grid points within the box of half-width `reach`
+    around some centre (N, 3) (float64); the blocks holding them must be allocated."""
+    b = volume.block_size
+    near = torch.zeros((volume.num_blocks, b ** 3), dtype=torch.bool, device=volume.device)
+    origin = torch.tensor(volume.origin, dtype=torch.float64, device=volume.device)
+    lo = torch.ceil((centres - reach - origin) / volume.voxel_size).long()
+    hi = torch.floor((centres + reach - origin) / volume.voxel_size).long()
+    if lo.shape[0] == 0:
+        return near
+    span = int((hi - lo).max()) + 1
+    steps = torch.arange(max(span, 1), device=volume.device)
+    offsets = torch.stack(torch.meshgrid(steps, steps, steps, indexing="ij"), -1).reshape(-1, 3)
+    for start in range(0, lo.shape[0], chunk):
+        coords = lo[start:start + chunk, None, :] + offsets[None]
+        coords = coords[(coords <= hi[start:start + chunk, None, :]).all(-1)]
+        block = torch.div(coords, b, rounding_mode="floor")
+        local = coords - block * b
+        rows = volume._rows_of(block)
+        near[rows, (local[:, 0] * b + local[:, 1]) * b + local[:, 2]] = True
+    return near
+
+
 def extract_opacity_mesh(field, voxel_size: float, level: float = 0.5,
                          refine_steps: int = 8, margin: Optional[float] = None,
                          lower: Optional[Sequence[float]] = None,
                          upper: Optional[Sequence[float]] = None, block_size: int = 8,
                          chunk_blocks: int = 2048) -> Mesh:
     """GOF's mesh of an OpacityField: its level set `field(x) = level` (0.5, as GOF's) on the
-    grid points origin + voxel_size * (i, j, k) in the blocks of block_size^3 of them that lie
-    within `margin` of a Gaussian's centre (default 3 times the 90th percentile of the
-    Gaussians' largest scales, at least a voxel: GOF's points are the Gaussians' 3-sigma boxes'
-    corners), and within the box [lower, upper] where given. Marching tetrahedra over the cubes
+    grid points origin + voxel_size * (i, j, k) within `margin` of a Gaussian's centre in each
+    axis (default 3 times the 90th percentile of the Gaussians' largest scales, at least a
+    voxel: GOF's points are the Gaussians' 3-sigma boxes' corners), kept in blocks of
+    block_size^3 as SparseTSDFVolume's, and within the box [lower, upper] where given. Marching tetrahedra over the cubes
     that some view sees (field < 1), each vertex then placed by `refine_steps` bisections of
     its edge against the field (GOF's binary search; 0: the linear interpolation), which puts
     it within voxel_size / 2^steps of the crossing wherever the field crosses once along the
@@ -805,18 +829,19 @@ def extract_opacity_mesh(field, voxel_size: float, level: float = 0.5,
     if box is not None:
         lo_box, hi_box = (b.to(centres.device) for b in box)
         keep &= ((centres >= lo_box - margin) & (centres <= hi_box + margin)).all(1)
-    volume._allocate_near(centres[keep], max(float(margin), voxel_size), "means3D",
-                          "pass lower and upper")
+    reach = max(float(margin), voxel_size)
+    volume._allocate_near(centres[keep], reach, "means3D", "pass lower and upper")
+    near = _points_near(volume, centres[keep], reach)
     # The field's values as the volume's tsdf (inside, opaque: negative) and whether a view
     # sees each point as its weight.
     for start in range(0, volume.num_blocks, chunk_blocks):
         rows = torch.arange(start, min(start + chunk_blocks, volume.num_blocks),
                             device=volume.device)
         points = volume._block_points(rows)
-        seen = torch.ones(points.shape[0], dtype=torch.bool, device=points.device)
+        seen = near[rows].reshape(-1)
         if box is not None:
-            seen = ((points.double() >= lo_box.to(points.device))
-                    & (points.double() <= hi_box.to(points.device))).all(1)
+            seen &= ((points.double() >= lo_box.to(points.device))
+                     & (points.double() <= hi_box.to(points.device))).all(1)
         opacity = torch.ones(points.shape[0], dtype=like.dtype, device=points.device)
         opacity[seen] = field(points[seen])
         volume.tsdf[rows] = (level - opacity).reshape(rows.numel(), -1)

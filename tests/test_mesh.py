@@ -493,6 +493,41 @@ def test_mesh_command_meshes_a_trained_model(tmp_path, capsys, depth_kind):
                        face_set(Mesh(kept.vertices.float(), kept.faces)))
 
 
+def test_mesh_command_meshes_the_opacity_field(tmp_path, capsys):
+    """`mesh --method opacity`: the mesh is extract_opacity_mesh's of the model over the
+    training views it takes (every second one here), on the sphere's outside within a third of
+    a voxel on average."""
+    plyfile = pytest.importorskip("plyfile")
+    from diff_gaussian_rasterization_depth.mesh import OpacityField, extract_opacity_mesh
+    centre, radius, voxel = torch.tensor([0.2, -0.1, 0.3]), 0.8, 0.06
+    means, rotations, scales = tangent_sphere_gaussians(8000, centre, radius, seed=5)
+    P = means.shape[0]
+    gaussians = scenes.Gaussians(means, torch.zeros(P, 1, 3), torch.full((P, 1), 0.9),
+                                 scales.clone(), rotations)
+    views = sphere_views(centre.tolist())
+    ply = write_model(tmp_path, gaussians, views)
+    out = tmp_path / "mesh.ply"
+    assert main(["mesh", str(ply), "--out", str(out), "--device", "cpu", "--voxel-size",
+                 str(voxel), "--method", "opacity", "--every", "2", "--refine-steps", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "meshing the opacity field of 9 of the 18 training views" in printed
+    data = plyfile.PlyData.read(str(out))
+    vertices = torch.tensor(np.stack([data["vertex"][k] for k in "xyz"], 1))
+    faces = torch.tensor(np.stack(data["face"]["vertex_indices"])).long()
+    loaded = load_ply(ply)
+    field = OpacityField([camera.raster_settings() for camera in views[::2]], loaded.means,
+                         loaded.opacities, loaded.scales, loaded.rotations)
+    want = extract_opacity_mesh(field, voxel, refine_steps=3)
+    assert faces.shape[0] > 5000
+    assert torch.equal(face_set(Mesh(vertices, faces)),
+                       face_set(Mesh(want.vertices.float(), want.faces)))
+    error = (vertices.double() - centre.double()).norm(dim=1) - radius
+    assert 0 < error.mean() < voxel / 3, error.mean()
+    assert main(["mesh", str(ply), "--out", str(out), "--device", "cpu", "--method", "opacity",
+                 "--refine-steps", "-1"]) == 2
+    assert "--refine-steps" in capsys.readouterr().err
+
+
 def test_mesh_command_errors(tmp_path, capsys):
     g = scenes.demo_scene(200)
     ply = tmp_path / "alone" / "point_cloud.ply"
