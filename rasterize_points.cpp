@@ -493,7 +493,8 @@ at::Tensor point_opacity(const RasterConfig& c, const GaussianTensors& g, const 
                         opacity.data_ptr<scalar_t>());
     cpu::ray_quadrics(cam, make_inputs<scalar_t>(g), struct_pointer<RayQuadric<scalar_t>>(quadrics));
     const PointBins bins = bin_points(keys, c.tiles_x() * c.tiles_y());
-    cpu::point_opacity(cam, make_state<scalar_t>(s, nullptr, nullptr), s.lists(),
+    cpu::point_opacity(cam, make_state<scalar_t>(s, nullptr, nullptr), int(s.radii.size(0)),
+                       s.lists(),
                        struct_pointer<RayQuadric<scalar_t>>(quadrics),
                        struct_pointer<PointOnScreen<scalar_t>>(rows), bins.order.data_ptr<int>(),
                        bins.ranges.data_ptr<int>(), opacity.data_ptr<scalar_t>());

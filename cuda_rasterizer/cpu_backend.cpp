@@ -1312,9 +1312,11 @@ void ray_quadrics(const Camera<T>& cam, const GaussianInputs<T>& in, RayQuadric<
 }
 
 template <typename T>
-void point_opacity(const Camera<T>& cam, const GaussianState<T>& state, TileLists lists,
-                   const RayQuadric<T>* quadrics, const PointOnScreen<T>* points,
-                   const int* order, const int* point_ranges, T* opacity) {
+void point_opacity(const Camera<T>& cam, const GaussianState<T>& state, int count,
+                   TileLists lists, const RayQuadric<T>* quadrics,
+                   const PointOnScreen<T>* points, const int* order, const int* point_ranges,
+                   T* opacity) {
+  const std::vector<T> floors = power_floors(state, count);
   const int tiles = cam.tiles_x * cam.tiles_y;
 #pragma omp parallel for schedule(dynamic, 1) if (point_ranges[tiles] >= kMinParallelItems) \
     num_threads(loop_threads())
@@ -1325,9 +1327,10 @@ void point_opacity(const Camera<T>& cam, const GaussianState<T>& state, TileList
       PointTransmittance<T> transmittance;
       for (int j = begin; transmittance.walking && j < end; ++j) {
         const int row = lists.point_list[j];
-        T alpha;
-        if (point_alpha(state.means2d[row], state.conic_opacity[row],
-                        quadrics[lists.gaussian(row)], pt, alpha))
+        T alpha, G;
+        Vec2<T> d;  // the power bound first, as the render's walk (most splats miss the point)
+        if (pixel_alpha(state, floors.data(), row, pt.pixel.x, pt.pixel.y, alpha, G, d) &&
+            fade_alpha(quadrics[lists.gaussian(row)], pt, alpha))
           transmittance.blend(alpha);
       }
       opacity[order[k]] = T(1) - transmittance.value;
@@ -1344,7 +1347,7 @@ void point_opacity(const Camera<T>& cam, const GaussianState<T>& state, TileList
                                           TileLists, int64_t, T*, int*);                         \
   template void project_points<T>(const Camera<T>&, const T*, int, PointOnScreen<T>*, int*, T*); \
   template void ray_quadrics<T>(const Camera<T>&, const GaussianInputs<T>&, RayQuadric<T>*);   \
-  template void point_opacity<T>(const Camera<T>&, const GaussianState<T>&, TileLists,          \
+  template void point_opacity<T>(const Camera<T>&, const GaussianState<T>&, int, TileLists,     \
                                  const RayQuadric<T>*, const PointOnScreen<T>*, const int*,     \
                                  const int*, T*);                                               \
   template void bin_gaussians<T>(const Camera<T>&, int, const GaussianState<T>&, int*, int*);    \

@@ -46,16 +46,17 @@ void gaussian_contributions(const Camera<T>& cam, const GaussianState<T>& state,
 // that sees it (keys: its tile; tiles_x * tiles_y and an opacity of 1 where none does); each
 // Gaussian's ray quadric; then the opacity (1 - transmittance) of every point binned to a tile
 // (order: point ids by tile, point_ranges: tiles + 1 offsets into it), from the forward's state
-// and tile lists.
+// (count rows) and tile lists.
 template <typename T>
 void project_points(const Camera<T>& cam, const T* points, int count, PointOnScreen<T>* rows,
                     int* keys, T* opacity);
 template <typename T>
 void ray_quadrics(const Camera<T>& cam, const GaussianInputs<T>& in, RayQuadric<T>* quadrics);
 template <typename T>
-void point_opacity(const Camera<T>& cam, const GaussianState<T>& state, TileLists lists,
-                   const RayQuadric<T>* quadrics, const PointOnScreen<T>* points,
-                   const int* order, const int* point_ranges, T* opacity);
+void point_opacity(const Camera<T>& cam, const GaussianState<T>& state, int count,
+                   TileLists lists, const RayQuadric<T>* quadrics,
+                   const PointOnScreen<T>* points, const int* order, const int* point_ranges,
+                   T* opacity);
 
 // Sums each Gaussian's SplatGrad over the pixels it was blended into (splat_grads: P entries,
 // all written), including the parts from the optional outputs' upstream gradients, and the

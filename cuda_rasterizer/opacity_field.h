@@ -67,18 +67,24 @@ DGRD_HD T depth_ramp(const RayQuadric<T>& q, Vec2<T> ray, T z) {
   return exp_(T(-0.5) * (curvature / q.det) * dz * dz);
 }
 
-// One splat's alpha at a point: the render's alpha at the point's screen position (splat_alpha:
-// the same shape, clamp and skip), times the depth ramp; false where the result is below 1/255
-// (skipped, as the render skips). At a point behind the splat's peak this is the render's alpha
-// at that position, so the opacity of a point behind everything is the weight map's value there.
+// One splat's alpha at a point, from the render's alpha at the point's screen position
+// (splat_alpha: the same shape, clamp and skip, or the CPU's pixel_alpha, which tests its power
+// bound first), times the depth ramp; false where the result is below 1/255 (skipped, as the
+// render skips). At a point behind the splat's peak this is the render's alpha at that
+// position, so the opacity of a point behind everything is the weight map's value there.
+template <typename T>
+DGRD_HD bool fade_alpha(const RayQuadric<T>& q, const PointOnScreen<T>& pt, T& alpha) {
+  alpha *= depth_ramp(q, pt.ray, pt.depth);
+  return alpha >= T(kAlphaMin);
+}
+
 template <typename T, typename Shape>
 DGRD_HD bool point_alpha(Vec2<T> mean2d, const Shape& shape, const RayQuadric<T>& q,
                          const PointOnScreen<T>& pt, T& alpha) {
   T G;
   Vec2<T> d;
-  if (!splat_alpha(mean2d, shape, pt.pixel.x, pt.pixel.y, alpha, G, d)) return false;
-  alpha *= depth_ramp(q, pt.ray, pt.depth);
-  return alpha >= T(kAlphaMin);
+  return splat_alpha(mean2d, shape, pt.pixel.x, pt.pixel.y, alpha, G, d) &&
+         fade_alpha(q, pt, alpha);
 }
 
 // A point's transmittance through the splats it has seen, with the render's early stop: a splat
