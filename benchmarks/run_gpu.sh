@@ -21,7 +21,8 @@
 #   4. compute-sanitizer memcheck and racecheck on six small scenes (tools/sanitize_cuda.py),
 #      with PyTorch's caching allocator off; then the Python around one call against the raw
 #      backend (benchmarks/call_overhead.py: one line of summary.txt), and a garden 112k step
-#      under torch's profiler (benchmarks/host_profile.py: one line)
+#      under torch's profiler (benchmarks/host_profile.py: one line), and the opacity field's
+#      walk at GOF's points of a garden frame (benchmarks/opacity_field.py: one line)
 #   5. this package's timings (bench_ours.json, rewritten after each configuration); skipped
 #      when gsplat is ready by then, since stage 6 times this package in the same run
 #   6. side by side with gsplat 1.5.3 (bench_gsplat.json)
@@ -442,6 +443,15 @@ if [ "$DRY" = 1 ]; then host_args=(--device cpu --scene 300 --scale 0.1 --steps 
     host_args=(--device cuda --steps 20); fi
 stage host-profile 45 "$PY" benchmarks/host_profile.py "${host_args[@]}" --json "$host_json"
 [ -f "$host_json" ] && note "  host profile of a step: $(cat "$host_json")"
+
+# The opacity field's walk (points3D=, GOF's integrate; benchmarks/opacity_field.py): a garden
+# frame's forward with and without the field at GOF's 9 points a Gaussian; one line.
+field_json=/tmp/dgrd_opacity_field.json
+rm -f "$field_json"
+if [ "$DRY" = 1 ]; then field_args=(--device cpu --scene 300 --scale 0.1 --repeat 1 \
+    --points-per-gaussian 2); else field_args=(--device cuda --repeat 20); fi
+stage opacity-field 45 "$PY" benchmarks/opacity_field.py "${field_args[@]}" --json "$field_json"
+[ -f "$field_json" ] && note "  opacity field: $(cat "$field_json" | tr -d '\n')"
 
 # ----------------------------------------------------------------------------- 5.-7. timings
 if [ "$DRY" = 1 ]; then
