@@ -401,6 +401,25 @@ def _block_keys(coords: torch.Tensor) -> torch.Tensor:
     return (c[..., 0] << (2 * _KEY_BITS)) | (c[..., 1] << _KEY_BITS) | c[..., 2]
 
 
+def _box_lattice(lo: torch.Tensor, hi: torch.Tensor, budget: int = 1 << 22):
+    """The integer points (M, 3) of the boxes [lo_i, hi_i] (N, 3) (int64), yielded in chunks of
+    about `budget` candidates: the boxes grouped by their largest side, so that a few large
+    boxes do not size every small one's enumeration."""
+    if lo.shape[0] == 0:
+        return
+    span = (hi - lo).amax(1) + 1
+    for s in torch.unique(span).tolist():
+        group = (span == s).nonzero()[:, 0]
+        steps = torch.arange(max(s, 1), device=lo.device)
+        offsets = torch.stack(torch.meshgrid(steps, steps, steps, indexing="ij"),
+                              -1).reshape(-1, 3)
+        step = max(1, budget // offsets.shape[0])
+        for start in range(0, group.numel(), step):
+            ids = group[start:start + step]
+            candidates = lo[ids, None, :] + offsets[None]
+            yield candidates[(candidates <= hi[ids, None, :]).all(-1)]
+
+
 class SparseTSDFVolume:
     """A truncated signed distance field in blocks of `block_size`^3 grid points, allocated
     where a depth map puts a surface (within the truncation of a back-projected pixel): no box
@@ -496,10 +515,10 @@ class SparseTSDFVolume:
         return self._allocate_near(_back_project(maps, pixel), self.truncation, "depth",
                                    "mask such pixels out")
 
-    def _allocate_near(self, points: torch.Tensor, reach: float, name: str, advice: str) -> int:
-        """Allocate the blocks that meet the box of half-width `reach` around each of `points`
-        (N, 3) (float64); returns how many were new. `name` and `advice`: for the error where a
-        point lies beyond the blocks' addresses."""
+    def _allocate_near(self, points: torch.Tensor, reach, name: str, advice: str) -> int:
+        """Allocate the blocks that meet the box of half-width `reach` (a distance, or one a
+        point (N, 1)) around each of `points` (N, 3) (float64); returns how many were new.
+        `name` and `advice`: for the error where a point lies beyond the blocks' addresses."""
         extent = self.voxel_size * self.block_size
         origin = torch.tensor(self.origin, dtype=torch.float64, device=self.device)
         lo = torch.floor((points - reach - origin) / extent).long()
@@ -509,15 +528,7 @@ class SparseTSDFVolume:
             raise ValueError(f"{name}: a surface point lies over {limit} blocks "
                              f"({limit * extent:g} units) from the origin; {advice} "
                              "or take a larger voxel_size")
-        span = int((hi - lo).max()) + 1 if lo.numel() else 1
-        steps = torch.arange(span, device=self.device)
-        offsets = torch.stack(torch.meshgrid(steps, steps, steps, indexing="ij"), -1).reshape(-1, 3)
-        keys = []
-        step = max(1, (1 << 22) // offsets.shape[0])     # candidate blocks per pass: 4M
-        for start in range(0, lo.shape[0], step):
-            candidates = lo[start:start + step, None, :] + offsets[None]
-            inside = (candidates <= hi[start:start + step, None, :]).all(-1)
-            keys.append(torch.unique(_block_keys(candidates[inside])))
+        keys = [torch.unique(_block_keys(c)) for c in _box_lattice(lo, hi)]
         if not keys:
             return 0
         keys = torch.unique(torch.cat(keys))
@@ -756,41 +767,34 @@ def _largest_scales(g) -> torch.Tensor:
     return torch.linalg.eigvalsh(dense.double()).amax(dim=1).clamp_min(0).sqrt().to(c.dtype)
 
 
-def _points_near(volume: "SparseTSDFVolume", centres: torch.Tensor, reach: float,
-                 chunk: int = 1 << 15) -> torch.Tensor:
-    """(B, block_size^3) bool: the volume's grid points within the box of half-width `reach`
-    around some centre (N, 3) (float64); the blocks holding them must be allocated."""
+def _points_near(volume: "SparseTSDFVolume", centres: torch.Tensor,
+                 reach: torch.Tensor) -> torch.Tensor:
+    """(B, block_size^3) bool: the volume's grid points within the box of half-width reach_i
+    (N, 1) around some centre (N, 3) (float64); the blocks holding them must be allocated."""
     b = volume.block_size
     near = torch.zeros((volume.num_blocks, b ** 3), dtype=torch.bool, device=volume.device)
     origin = torch.tensor(volume.origin, dtype=torch.float64, device=volume.device)
     lo = torch.ceil((centres - reach - origin) / volume.voxel_size).long()
     hi = torch.floor((centres + reach - origin) / volume.voxel_size).long()
-    if lo.shape[0] == 0:
-        return near
-    span = int((hi - lo).max()) + 1
-    steps = torch.arange(max(span, 1), device=volume.device)
-    offsets = torch.stack(torch.meshgrid(steps, steps, steps, indexing="ij"), -1).reshape(-1, 3)
-    for start in range(0, lo.shape[0], chunk):
-        coords = lo[start:start + chunk, None, :] + offsets[None]
-        coords = coords[(coords <= hi[start:start + chunk, None, :]).all(-1)]
+    for coords in _box_lattice(lo, hi):
         block = torch.div(coords, b, rounding_mode="floor")
         local = coords - block * b
-        rows = volume._rows_of(block)
-        near[rows, (local[:, 0] * b + local[:, 1]) * b + local[:, 2]] = True
+        near[volume._rows_of(block), (local[:, 0] * b + local[:, 1]) * b + local[:, 2]] = True
     return near
 
 
 def extract_opacity_mesh(field, voxel_size: float, level: float = 0.5,
                          refine_steps: int = 8, margin: Optional[float] = None,
-                         lower: Optional[Sequence[float]] = None,
+                         max_reach_voxels: int = 16, lower: Optional[Sequence[float]] = None,
                          upper: Optional[Sequence[float]] = None, block_size: int = 8,
                          chunk_blocks: int = 2048) -> Mesh:
     """GOF's mesh of an OpacityField: its level set `field(x) = level` (0.5, as GOF's) on the
-    grid points origin + voxel_size * (i, j, k) within `margin` of a Gaussian's centre in each
-    axis (default 3 times the 90th percentile of the Gaussians' largest scales, at least a
-    voxel: GOF's points are the Gaussians' 3-sigma boxes' corners), kept in blocks of
-    block_size^3 as SparseTSDFVolume's, and within the box [lower, upper] where given. Marching tetrahedra over the cubes
-    that some view sees (field < 1), each vertex then placed by `refine_steps` bisections of
+    grid points origin + voxel_size * (i, j, k) in the box of each Gaussian's 3 sigma (3 times
+    its largest scale about its centre, as GOF takes its points from those boxes), or within
+    `margin` of every centre where given; at least a voxel and at most `max_reach_voxels` (a
+    Gaussian larger than that, such as a background's, is meshed near its centre alone); kept in
+    blocks of block_size^3 as SparseTSDFVolume's, and within the box [lower, upper] where given.
+    Marching tetrahedra over the cubes that some view sees (field < 1), each vertex then placed by `refine_steps` bisections of
     its edge against the field (GOF's binary search; 0: the linear interpolation), which puts
     it within voxel_size / 2^steps of the crossing wherever the field crosses once along the
     edge. Faces point out of the opaque side (towards the free space the cameras see).
@@ -807,11 +811,10 @@ def extract_opacity_mesh(field, voxel_size: float, level: float = 0.5,
         raise ValueError(f"refine_steps: expected a non-negative integer, got {refine_steps}")
     if not (isinstance(chunk_blocks, int) and chunk_blocks >= 1):
         raise ValueError(f"chunk_blocks: expected a positive integer, got {chunk_blocks}")
+    if not (isinstance(max_reach_voxels, int) and max_reach_voxels >= 1):
+        raise ValueError(f"max_reach_voxels: expected a positive integer, got {max_reach_voxels}")
     g = field.gaussians
-    if margin is None:
-        largest = _largest_scales(g)
-        margin = 3.0 * float(torch.quantile(largest.double(), 0.9)) if largest.numel() else 0.0
-    if not (float(margin) >= 0):
+    if margin is not None and not (float(margin) >= 0):
         raise ValueError(f"margin: expected a non-negative distance, got {margin}")
     box = None
     if (lower is None) != (upper is None):
@@ -825,13 +828,15 @@ def extract_opacity_mesh(field, voxel_size: float, level: float = 0.5,
     volume = SparseTSDFVolume(voxel_size, block_size=block_size, device=like.device,
                               dtype=like.dtype)
     centres = g["means3D"].double()
-    keep = torch.isfinite(centres).all(1)
+    reach = (3.0 * _largest_scales(g).double() if margin is None
+             else torch.full_like(centres[:, 0], float(margin)))
+    reach = reach.clamp(voxel_size, max_reach_voxels * voxel_size)[:, None]
+    keep = torch.isfinite(centres).all(1) & torch.isfinite(reach[:, 0])
     if box is not None:
         lo_box, hi_box = (b.to(centres.device) for b in box)
-        keep &= ((centres >= lo_box - margin) & (centres <= hi_box + margin)).all(1)
-    reach = max(float(margin), voxel_size)
-    volume._allocate_near(centres[keep], reach, "means3D", "pass lower and upper")
-    near = _points_near(volume, centres[keep], reach)
+        keep &= ((centres >= lo_box - reach) & (centres <= hi_box + reach)).all(1)
+    volume._allocate_near(centres[keep], reach[keep], "means3D", "pass lower and upper")
+    near = _points_near(volume, centres[keep], reach[keep])
     # The field's values as the volume's tsdf (inside, opaque: negative) and whether a view
     # sees each point as its weight.
     for start in range(0, volume.num_blocks, chunk_blocks):
