@@ -25,7 +25,9 @@ training views are rendered and fused into a mesh (diff_gaussian_rasterization_d
 of each depth, marching tetrahedra), scored by its Chamfer distance to the true scene: the
 mean of its accuracy (each vertex's distance to the nearest true surface) and completeness
 (each held-out view's true surface point's distance to the nearest vertex), in a box around the
-spheres. Run:
+spheres. With --opacity-mesh each fit is also meshed from its opacity field over the training
+views (Gaussian Opacity Fields: mesh.extract_opacity_mesh, no depth maps), scored alike (about
+a minute more a fit on a CPU). Run:
 
     python examples/surface_regularization.py                 # one seed, about two minutes on a CPU
     python examples/surface_regularization.py --seeds 0 1 2   # the table of doc/surface.md
@@ -48,7 +50,8 @@ import numpy as np
 import torch
 
 from diff_gaussian_rasterization_depth import GaussianRasterizer, scenes, surface
-from diff_gaussian_rasterization_depth.mesh import Mesh, TSDFVolume
+from diff_gaussian_rasterization_depth.mesh import (Mesh, OpacityField, TSDFVolume,
+                                                    extract_opacity_mesh)
 from diff_gaussian_rasterization_depth.cameras import Camera, choose_device
 
 # The scene, cameras, model, photometric loss and metrics are the sparse-view example's.
@@ -209,9 +212,10 @@ def fuse_depths(depths: Sequence[torch.Tensor], cameras: Sequence[Camera],
 
 @torch.no_grad()
 def fuse_meshes(model: sv.GaussianModel, views: Sequence[sv.View],
-                min_weight: float = 0.5) -> Dict[str, Mesh]:
+                min_weight: float = 0.5, opacity: bool = False) -> Dict[str, Mesh]:
     """Each training view's expected, plane and RaDe-GS depths fused apart (the pixels with
-    weight > min_weight): {"expected": mesh, "plane": mesh, "rade": mesh}."""
+    weight > min_weight): {"expected": mesh, "plane": mesh, "rade": mesh}; with `opacity`,
+    also "opacity": the mesh of the opacity field over the views (in the scored box)."""
     g = model.activated()
     renders = [render_surface(g, v.camera, rade=True) for v in views]
     cameras = [v.camera for v in views]
@@ -219,7 +223,13 @@ def fuse_meshes(model: sv.GaussianModel, views: Sequence[sv.View],
     colors = [r.color for r in renders]
     depths = {"expected": [r.depth for r in renders], "plane": [r.plane_depth for r in renders],
               "rade": [r.rade_depth for r in renders]}
-    return {name: fuse_depths(d, cameras, masks, colors) for name, d in depths.items()}
+    meshes = {name: fuse_depths(d, cameras, masks, colors) for name, d in depths.items()}
+    if opacity:
+        field = OpacityField([c.raster_settings(device=g.means.device) for c in cameras],
+                             g.means, g.opacities, g.scales, g.rotations)
+        meshes["opacity"] = extract_opacity_mesh(field, MESH_VOXEL, lower=SCORED_BOX[0],
+                                                 upper=SCORED_BOX[1])
+    return meshes
 
 
 def scene_distance(points: torch.Tensor, scene: sv.AnalyticScene) -> torch.Tensor:
@@ -306,7 +316,7 @@ VARIANTS = (("photometric", None), ("+ surface", "expected"),
 
 
 def run_seed(seed: int, cfg: ExperimentConfig, device, out_dir: Optional[str] = None,
-             progress: bool = True, save_meshes: bool = False):
+             progress: bool = True, save_meshes: bool = False, opacity_mesh: bool = False):
     """The four fits for one seed; returns {variant: metrics} (and writes a figure)."""
     scene = sv.default_scene()
     cams = sv.make_cameras(cfg.width, cfg.height, cfg.n_cameras)
@@ -330,8 +340,8 @@ def run_seed(seed: int, cfg: ExperimentConfig, device, out_dir: Optional[str] = 
         seconds = time.perf_counter() - t0
         results[name], renders[name] = evaluate(model, test, truth)
         results[name]["seconds"] = seconds
-        meshes = fuse_meshes(model, train)
-        for depth, prefix in DEPTHS:
+        meshes = fuse_meshes(model, train, opacity=opacity_mesh)
+        for depth, prefix in DEPTHS + ((("opacity", "opacity_"),) if opacity_mesh else ()):
             scores = mesh_scores(meshes[depth], scene, truth_points)
             for k, v in scores.items():
                 results[name][prefix + k] = v
@@ -378,14 +388,19 @@ def format_table(per_seed: Dict[int, Dict[str, dict]]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     fmt = ("{:.2f}", "{:.4f}", "{:.4f}", "{:.4f}", "{:.1f}", "{:.1f}", "{:.1f}", "{:.1f}",
            "{:.2e}", "{:.4f}", "{:.4f}", "{:.4f}")
+    metrics = METRICS
     names = list(next(iter(per_seed.values())))
+    if "opacity_chamfer" in next(iter(per_seed.values()))[names[0]]:
+        lines[0] += " of the opacity field's mesh |"
+        lines[1] += "---|"
+        fmt, metrics = fmt + ("{:.4f}",), METRICS + ("opacity_chamfer",)
     rows = [(str(s), name, res[name]) for s, res in per_seed.items() for name in names]
     if len(per_seed) > 1:
         rows += [("mean", name, {c: np.mean([per_seed[s][name][c] for s in per_seed])
-                                 for c in METRICS}) for name in names]
+                                 for c in metrics}) for name in names]
     for s, name, m in rows:
         lines.append(f"| {s} | {name} | " + " | ".join(
-            f.format(m[c]) for f, c in zip(fmt, METRICS)) + " |")
+            f.format(m[c]) for f, c in zip(fmt, metrics)) + " |")
     return "\n".join(lines)
 
 
@@ -399,7 +414,9 @@ def main(argv=None) -> int:
     p.add_argument("--lambda-dist", type=float, default=SurfaceConfig.lambda_dist)
     p.add_argument("--lambda-flat", type=float, default=SurfaceConfig.lambda_flat)
     p.add_argument("--save-meshes", action="store_true",
-                   help="write each fit's three meshes as OUT/mesh_seed{S}_{fit}_{depth}.ply")
+                   help="write each fit's meshes as OUT/mesh_seed{S}_{fit}_{depth}.ply")
+    p.add_argument("--opacity-mesh", action="store_true",
+                   help="also mesh each fit's opacity field (Gaussian Opacity Fields) and score it")
     args = p.parse_args(argv)
     device = choose_device(args.device)
     cfg = ExperimentConfig(width=args.width, height=args.height, gaussians=args.gaussians,
@@ -415,7 +432,8 @@ def main(argv=None) -> int:
     per_seed = {}
     for seed in args.seeds:
         per_seed[seed] = run_seed(seed, cfg, device, args.out, progress=not args.no_progress,
-                                  save_meshes=args.save_meshes)
+                                  save_meshes=args.save_meshes,
+                                  opacity_mesh=args.opacity_mesh)
         for name, m in per_seed[seed].items():
             print(f"seed {seed} {name:22s} PSNR {m['psnr']:6.2f} dB  AbsRel {m['abs_rel']:.4f}"
                   f" (plane depth {m['plane_abs_rel']:.4f})  normal errors: depth "
@@ -425,7 +443,9 @@ def main(argv=None) -> int:
                   f"plane depth {m['plane_chamfer']:.4f} = ({m['plane_accuracy']:.4f} + "
                   f"{m['plane_completeness']:.4f}) / 2; RaDe-GS depth: AbsRel "
                   f"{m['rade_abs_rel']:.4f}, normal error {m['rade_normal_deg']:5.1f} deg, mesh "
-                  f"Chamfer {m['rade_chamfer']:.4f}  ({m['seconds']:.1f} s)")
+                  f"Chamfer {m['rade_chamfer']:.4f}"
+                  + (f"; opacity field's mesh Chamfer {m['opacity_chamfer']:.4f}"
+                     if "opacity_chamfer" in m else "") + f"  ({m['seconds']:.1f} s)")
     sv.write_results(args.out, format_table(per_seed),
                      {**cfg.__dict__, "surface": cfg.surface.__dict__}, per_seed,
                      "normals_seed*.png", t0)

@@ -65,7 +65,8 @@ def test_short_fit_surface_terms_work():
     smaller normal error on the held-out views, than the photometric fit from the same start;
     held to the plane depth instead, the plane depth's normals are the better; held to the
     RaDe-GS depth with its planes' normal map, that depth's normals are better than the
-    photometric fit's and than those of the fit held to the expected depth."""
+    photometric fit's and than those of the fit held to the expected depth; the photometric
+    fit's opacity-field mesh is nearer the true scene than its fused depths' meshes."""
     torch.manual_seed(0)
     cfg = sr.ExperimentConfig(width=48, height=36, gaussians=1200,
                               surface=sr.SurfaceConfig(iterations=150))
@@ -110,8 +111,13 @@ def test_short_fit_surface_terms_work():
                         for rc, i in zip(truth, (8, 16))])
     chamfer = {(name, depth): sr.chamfer(mesh, scene, points)
                for name in ("photometric", "surface")
-               for depth, mesh in sr.fuse_meshes(fits[name], train).items()}
+               for depth, mesh in sr.fuse_meshes(fits[name], train,
+                                                 opacity=name == "photometric").items()}
     assert chamfer["surface", "plane"] < chamfer["photometric", "plane"], chamfer
+    # The photometric fit's opacity field meshed (GOF's way, no depth maps) is nearer the true
+    # scene than any of its fused depths' meshes (measured: 0.240 against 0.271 at best).
+    assert chamfer["photometric", "opacity"] < min(
+        chamfer["photometric", d] for d in ("expected", "plane", "rade")), chamfer
 
 
 def test_mesh_scores_of_the_true_depths():
