@@ -324,10 +324,7 @@ class TSDFVolume:
                  truncation: Optional[float] = None, device="cpu",
                  dtype: torch.dtype = torch.float32):
         self.voxel_size, self.truncation = _check_voxel(voxel_size, truncation)
-        lower_t = torch.tensor(_point3("lower", lower), dtype=torch.float64)
-        upper_t = torch.tensor(_point3("upper", upper), dtype=torch.float64)
-        if not (upper_t > lower_t).all():
-            raise ValueError(f"upper: expected above lower in x, y and z, got {lower} .. {upper}")
+        lower_t, upper_t = _check_box(lower, upper)
         self.origin = lower_t.tolist()
         self.shape = tuple(int(math.ceil(float(s) / self.voxel_size - 1e-9)) + 1
                            for s in (upper_t - lower_t))
@@ -372,6 +369,15 @@ def _point3(name: str, value) -> list:
     if point is None or point.numel() != 3 or not torch.isfinite(point).all():
         raise ValueError(f"{name}: expected three finite numbers (x, y, z), got {value}")
     return point.tolist()
+
+
+def _check_box(lower, upper):
+    """The box's corners as float64 tensors (3,); ValueError unless upper > lower in x, y, z."""
+    lower_t = torch.tensor(_point3("lower", lower), dtype=torch.float64)
+    upper_t = torch.tensor(_point3("upper", upper), dtype=torch.float64)
+    if not (upper_t > lower_t).all():
+        raise ValueError(f"upper: expected above lower in x, y and z, got {lower} .. {upper}")
+    return lower_t, upper_t
 
 
 def _check_voxel(voxel_size, truncation):
@@ -820,11 +826,8 @@ def extract_opacity_mesh(field, voxel_size: float, level: float = 0.5,
     if (lower is None) != (upper is None):
         raise ValueError("lower, upper: expected both or neither")
     if lower is not None:
-        box = (torch.tensor(_point3("lower", lower), dtype=torch.float64),
-               torch.tensor(_point3("upper", upper), dtype=torch.float64))
-        if not (box[1] > box[0]).all():
-            raise ValueError(f"upper: expected above lower in x, y and z, got {lower} .. {upper}")
-    like = field.colors
+        box = _check_box(lower, upper)
+    like = g["means3D"]
     volume = SparseTSDFVolume(voxel_size, block_size=block_size, device=like.device,
                               dtype=like.dtype)
     centres = g["means3D"].double()

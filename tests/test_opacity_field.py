@@ -18,7 +18,7 @@ import scenes
 from cuda_target import active, cuda_targets
 from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend
 from diff_gaussian_rasterization_depth.reference import rasterize_reference
-from diff_gaussian_rasterization_depth.surface import depth_to_points
+from diff_gaussian_rasterization_depth.surface import _pixel_to_view, depth_to_points
 from robust_helpers import axis_camera, settings_on
 
 if _backend._C is None:
@@ -58,13 +58,8 @@ def hull_points(settings, n, gen, dtype):
     view = settings.viewmatrix.to(f64).reshape(4, 4)
     projection = torch.linalg.solve(view, settings.projmatrix.to(f64).reshape(4, 4))
     ndc_x, ndc_y = (2 * px + 1) / W - 1, (2 * py + 1) / H - 1
-    K = projection
-    a, b = K[0, 0] - ndc_x * K[0, 3], K[1, 0] - ndc_x * K[1, 3]
-    c, d = K[0, 1] - ndc_y * K[0, 3], K[1, 1] - ndc_y * K[1, 3]
-    e = ndc_x * (z * K[2, 3] + K[3, 3]) - z * K[2, 0] - K[3, 0]
-    f = ndc_y * (z * K[2, 3] + K[3, 3]) - z * K[2, 1] - K[3, 1]
-    det = a * d - b * c
-    view_points = torch.stack([(e * d - b * f) / det, (a * f - e * c) / det, z], 1)
+    x, y = _pixel_to_view(ndc_x, ndc_y, z, projection)
+    view_points = torch.stack([x, y, z], 1)
     return world_points(view_points, settings._replace(viewmatrix=settings.viewmatrix.to(f64))
                         ).to(dtype)
 
