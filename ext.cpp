@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "bindings.h"
+#include "fused_ssim.h"
 #include "mcmc.h"
 #include "rasterize_points.h"
 #include "sparse_adam.h"
@@ -320,6 +321,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("compute_relocation", &dgrd::compute_relocation, py::arg("opacity"), py::arg("scale"),
         py::arg("copies"),
         "3DGS-MCMC's relocation: each of N copies' opacity and scales (eq. 9)");
+  m.def("ssim_forward", &dgrd::ssim_forward, py::arg("a"), py::arg("b"), py::arg("c1"),
+        py::arg("c2"), py::arg("keep_partials"),
+        "The fused SSIM's map of images (N, H, W), and the partials its backward takes");
+  m.def("ssim_backward", &dgrd::ssim_backward, py::arg("a"), py::arg("b"), py::arg("grad_map"),
+        py::arg("partials"), py::arg("need_a"), py::arg("need_b"),
+        "The fused SSIM's gradients of both images from the map's gradient");
   m.def("cpu_render_work", &dgrd::cpu_render_work,
         "Work counts of a float32 CPU forward (benchmarks): pairs, evaluations, exps, blends, "
         "lane evaluations");

@@ -9,6 +9,7 @@
 #include "cuda_rasterizer/warp_sums.h"
 #include "bindings.h"
 #include "rasterize_points.h"
+#include "fused_ssim.h"
 #include "mcmc.h"
 #include "sparse_adam.h"
 
@@ -290,6 +291,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_adam_step", &sparse_adam_step_cuda, "The CUDA sparse Adam step, emulated");
   m.def("compute_relocation", &compute_relocation_cuda, py::arg("opacity"), py::arg("scale"),
         py::arg("copies"), "3DGS-MCMC's relocation kernel, emulated");
+  m.def("ssim_forward", &ssim_forward_cuda, py::arg("a"), py::arg("b"), py::arg("c1"),
+        py::arg("c2"), py::arg("keep_partials"), "The fused SSIM's CUDA forward, emulated");
+  m.def("ssim_backward", &ssim_backward_cuda, py::arg("a"), py::arg("b"), py::arg("grad_map"),
+        py::arg("partials"), py::arg("need_a"), py::arg("need_b"),
+        "The fused SSIM's CUDA backward, emulated");
   m.def("set_thread_order", &emu::set_thread_order,
         "Order of a block's threads between sync points, and of a grid's blocks: 'asc', 'desc' "
         "or 'random:SEED'");

@@ -259,3 +259,11 @@ def sparse_adam_step(param, grad, exp_avg, exp_avg_sq, visible, lr, beta1, beta2
 def compute_relocation(opacity, scale, copies):
     _check_device(opacity.device)
     return _renderer().compute_relocation(opacity, scale, copies)
+
+
+def ssim_forward(a, b, c1, c2, keep_partials):
+    return _renderer().ssim_forward(a, b, c1, c2, keep_partials)
+
+
+def ssim_backward(a, b, grad_map, partials, need_a, need_b):
+    return _renderer().ssim_backward(a, b, grad_map, partials, need_a, need_b)

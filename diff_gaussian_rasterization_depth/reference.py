@@ -31,7 +31,8 @@ import torch
 
 from ._validation import check_gaussians, check_optional_outputs
 
-__all__ = ["rasterize_reference", "sparse_adam_step_reference", "compute_relocation_reference"]
+__all__ = ["rasterize_reference", "sparse_adam_step_reference", "compute_relocation_reference",
+           "ssim_map_reference"]
 
 TILE_SIZE = 16
 NEAR_PLANE = 0.2
@@ -611,3 +612,38 @@ def compute_relocation_reference(opacity_old, scale_old, N):
     scale = scale_old.to(torch.float64).reshape(o.shape[0], -1) * factor[:, None]
     return (o_n.to(opacity_old.dtype).reshape(opacity_old.shape),
             scale.to(scale_old.dtype).reshape(scale_old.shape))
+
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+
+
+def ssim_map_reference(img1, img2, padding="same", C1=0.01 ** 2, C2=0.03 ** 2):
+    """The SSIM map as 3DGS's loss_utils computes it, the fused SSIM's twin: each plane of
+    img1 and img2 (..., H, W) blurred by the 11 x 11 Gaussian window (sigma 1.5, normalized)
+    with F.conv2d and zero padding, then the per-pixel formula of Wang et al. (2004) on the
+    means, variances and covariance. padding "valid" keeps the pixels whose window lies inside
+    the image (5 fewer on each side). Differentiable in both images by autograd."""
+    shape = img1.shape
+    x = img1.reshape(1, -1, shape[-2], shape[-1])  # the planes as channels, as loss_utils
+    y = img2.reshape(1, -1, shape[-2], shape[-1])
+    d = torch.arange(SSIM_WINDOW, dtype=img1.dtype, device=img1.device) - SSIM_WINDOW // 2
+    g = torch.exp(-d * d / (2 * SSIM_SIGMA ** 2))
+    g = g / g.sum()
+    window = (g[:, None] * g[None, :]).expand(x.shape[1], 1, SSIM_WINDOW, SSIM_WINDOW)
+
+    def blur(t):
+        return torch.nn.functional.conv2d(t, window.contiguous(), padding=SSIM_WINDOW // 2,
+                                          groups=t.shape[1])
+
+    mu1, mu2 = blur(x), blur(y)
+    var1 = blur(x * x) - mu1 * mu1
+    var2 = blur(y * y) - mu2 * mu2
+    cov = blur(x * y) - mu1 * mu2
+    ssim = ((2 * mu1 * mu2 + C1) * (2 * cov + C2)) / ((mu1 * mu1 + mu2 * mu2 + C1)
+                                                        * (var1 + var2 + C2))
+    ssim = ssim.reshape(shape)
+    if padding == "valid":
+        r = SSIM_WINDOW // 2
+        ssim = ssim[..., r:shape[-2] - r, r:shape[-1] - r]
+    return ssim

@@ -2,6 +2,7 @@
 
     from diff_gaussian_rasterization import GaussianRasterizationSettings, GaussianRasterizer
     from diff_gaussian_rasterization import SparseGaussianAdam
+    from diff_gaussian_rasterization._C import fusedssim, fusedssim_backward  # loss_utils.py
 
 into `from diff_gaussian_rasterization_depth.upstream import ...` and nothing else.
 
@@ -21,9 +22,10 @@ the blending weights, as the upstream's does.
 from . import GaussianRasterizationSettings, GaussianRasterizer as _DepthRasterizer
 from . import rasterize_gaussians as _rasterize
 from .sparse_adam import SparseGaussianAdam
+from .ssim import fusedssim, fusedssim_backward
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians",
-           "SparseGaussianAdam"]
+           "SparseGaussianAdam", "fusedssim", "fusedssim_backward"]
 
 
 def rasterize_gaussians(means3D, means2D, dc, sh, colors_precomp, opacities, scales, rotations,

@@ -144,7 +144,7 @@ def setuptools_problem(version=None):
 
 # The C++ sources of the package's module `_C` (with every .cu file when CUDA is built).
 CPU_SOURCES = ["ext.cpp", "rasterize_points.cpp", "sparse_adam.cpp", "mcmc.cpp",
-               "cuda_rasterizer/cpu_backend.cpp"]
+               "fused_ssim.cpp", "cuda_rasterizer/cpu_backend.cpp"]
 
 
 # The oldest toolkit that builds the CUDA backend: nvcc takes -std=c++17 from CUDA 11.0 on.

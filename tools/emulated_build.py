@@ -15,9 +15,11 @@ import build_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The glue's helpers (allocation, size checks) live in rasterize_points.cpp, which needs the CPU
-# backend to link, and in mcmc.cpp (the relocation's checks and outputs).
+# backend to link, in mcmc.cpp (the relocation's checks and outputs) and in fused_ssim.cpp (the
+# SSIM's).
 OWN_SOURCES = ["ext_emulated.cpp", "cuda_rasterizer/cuda_emulation.cpp"]
-SHARED_SOURCES = ["rasterize_points.cpp", "cuda_rasterizer/cpu_backend.cpp", "mcmc.cpp"]
+SHARED_SOURCES = ["rasterize_points.cpp", "cuda_rasterizer/cpu_backend.cpp", "mcmc.cpp",
+                  "fused_ssim.cpp"]
 
 
 def fused_multiply_add_flags():
