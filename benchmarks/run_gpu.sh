@@ -453,6 +453,15 @@ if [ "$DRY" = 1 ]; then field_args=(--device cpu --scene 300 --scale 0.1 --repea
 stage opacity-field 45 "$PY" benchmarks/opacity_field.py "${field_args[@]}" --json "$field_json"
 [ -f "$field_json" ] && note "  opacity field: $(cat "$field_json" | tr -d '\n')"
 
+# The fused SSIM against PyTorch's (benchmarks/ssim_bench.py): the D-SSIM term of a step at the
+# three benchmark resolutions, forward and forward + backward, and its peak memory; one line.
+ssim_json=/tmp/dgrd_ssim.json
+rm -f "$ssim_json"
+if [ "$DRY" = 1 ]; then ssim_args=(--device cpu --sizes 64x48 --repeat 1); else
+    ssim_args=(--device cuda --sizes 648x420,1296x840,1944x1260 --repeat 20); fi
+stage ssim 45 "$PY" benchmarks/ssim_bench.py "${ssim_args[@]}" --json "$ssim_json"
+[ -f "$ssim_json" ] && note "  fused SSIM: $(cat "$ssim_json" | tr -d '\n ')"
+
 # ----------------------------------------------------------------------------- 5.-7. timings
 if [ "$DRY" = 1 ]; then
     BENCH=("$PY" benchmarks/bench.py --device cpu --scenes 300 --scales 0.1,0.15 --reps 1

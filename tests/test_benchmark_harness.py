@@ -423,6 +423,25 @@ def test_mesh_bench_reports_sparse_against_dense_memory(tmp_path):
     assert rows[1]["blocks"] > rows[0]["blocks"] and rows[1]["faces"] > rows[0]["faces"]
 
 
+def test_ssim_bench_reports_both_ssims_per_size(tmp_path):
+    """benchmarks/ssim_bench.py: a row per size with the fused and PyTorch SSIM's times forward
+    and forward + backward, their ratios and the load (no peak memory on the CPU)."""
+    out = tmp_path / "ssim.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "ssim_bench.py"), "--sizes", "40x30,23x17",
+         "--repeat", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(out.read_text())
+    assert [(r["width"], r["height"]) for r in rows] == [(40, 30), (23, 17)]
+    for r in rows:
+        for impl in ("fused", "torch"):
+            assert r[f"{impl}_fwd_bwd_ms"] > 0 and r[f"{impl}_fwd_ms"] > 0
+            assert r[f"{impl}_peak_mib"] is None
+        assert r["fwd_bwd_ratio"] == pytest.approx(r["torch_fwd_bwd_ms"] / r["fused_fwd_bwd_ms"])
+    assert proc.stdout.count("load average") == 2
+
+
 def test_gsplat_stand_ins_match_their_definitions():
     """gsplat_cpu_twins (what lets gsplat's PyTorch rasterizer run on a CPU for cpu_bench.py),
     against a pixel-by-pixel walk: the blends it lists, and nerfacc's packed weights and sums."""
