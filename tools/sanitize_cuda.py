@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 import scenes  # noqa: E402  (tests/scenes.py)
-from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend  # noqa: E402
+from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend, ssim_map  # noqa: E402
 from diff_gaussian_rasterization_depth.sparse_adam import SparseGaussianAdam  # noqa: E402
 from diff_gaussian_rasterization_depth.relocation import compute_relocation  # noqa: E402
 
@@ -53,7 +53,7 @@ CASES = [
     dict(P=0, height=20, width=20, sh_degree=0, touch_count=True, contributions=True,
          dominant=True, points=50),
     dict(P=30, height=16, width=48, sh_degree=1, all_culled=True),
-    dict(P=16, height=1, width=1, sh_degree=0),
+    dict(P=16, height=1, width=1, sh_degree=0, ssim=True),
     dict(P=900, height=21, width=35, sh_degree=1, split_length=256, opacity_scale=0.05,
          touch_count=True, contributions=True, dominant=True, points=700),
     # Parts of 512: the split forward's own of 256, the backward's state at every other split.
@@ -61,10 +61,10 @@ CASES = [
          outliers=False, channels=3, median_depth=True, inverse_depth=True),
     # The kernels the cases above leave out: the camera's gradient and AbsGS's absolute one,
     # 20 feature channels (a chunk of 16 and one of 4), split lists, a step of the 2024
-    # API's SparseGaussianAdam and 3DGS-MCMC's relocation; then the techniques that can be switched off, off (warp
+    # API's SparseGaussianAdam, 3DGS-MCMC's relocation and the fused SSIM; then the techniques that can be switched off, off (warp
     # skipping, the scatter sum, the depth-first sort, the split forward), with the median.
     dict(P=700, height=23, width=41, sh_degree=2, split_length=256, opacity_scale=0.1,
-         channels=20, camera_grad=True, means2d_cols=4, sparse_adam=True),
+         channels=20, camera_grad=True, means2d_cols=4, sparse_adam=True, ssim=True),
     dict(P=500, height=19, width=30, sh_degree=1, split_length=256, opacity_scale=0.1,
          channels=5, median_depth=True,
          tuning=dict(warp_skip=False, scatter_reduce=False, depth_first_sort=False,
@@ -195,6 +195,7 @@ def run_case(i, device):
     channels = case.pop("channels", 0)
     camera_grad = case.pop("camera_grad", False)
     sparse_adam = case.pop("sparse_adam", False)
+    ssim = case.pop("ssim", False)
     point_count = case.pop("points", 0)
     options = {k: case.pop(k) for k in ("median_depth", "inverse_depth", "touch_count",
                                          "contributions", "dominant") if k in case}
@@ -272,6 +273,16 @@ def run_case(i, device):
         for t in compute_relocation(leaves["opacities"].detach().clamp(0, 1),
                                     leaves["scales"].detach(), counts):
             check("relocation", t)
+    if ssim:
+        # The fused SSIM's kernels (fused_ssim_cuda.cu): the render against a random image, the
+        # map and both images' gradients (partial tiles; a 1x1 image is all halo).
+        render = color.detach().requires_grad_()
+        photo = torch.rand_like(render).requires_grad_()
+        similarity = ssim_map(render, photo)
+        (similarity * torch.rand_like(similarity)).sum().backward()
+        for what, t in (("SSIM map", similarity), ("SSIM gradient of the render", render.grad),
+                        ("SSIM gradient of the photo", photo.grad)):
+            check(what, t)
     print(f"case {i} ok: {CASES[i]}")
 
 
