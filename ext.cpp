@@ -322,8 +322,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("copies"),
         "3DGS-MCMC's relocation: each of N copies' opacity and scales (eq. 9)");
   m.def("ssim_forward", &dgrd::ssim_forward, py::arg("a"), py::arg("b"), py::arg("c1"),
-        py::arg("c2"), py::arg("keep_partials"),
-        "The fused SSIM's map of images (N, H, W), and the partials its backward takes");
+        py::arg("c2"), py::arg("partials"),
+        "The fused SSIM's map of images (N, H, W), and the 0, 3 or 4 partials its backward "
+        "takes");
   m.def("ssim_backward", &dgrd::ssim_backward, py::arg("a"), py::arg("b"), py::arg("grad_map"),
         py::arg("partials"), py::arg("need_a"), py::arg("need_b"),
         "The fused SSIM's gradients of both images from the map's gradient");

@@ -292,7 +292,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("compute_relocation", &compute_relocation_cuda, py::arg("opacity"), py::arg("scale"),
         py::arg("copies"), "3DGS-MCMC's relocation kernel, emulated");
   m.def("ssim_forward", &ssim_forward_cuda, py::arg("a"), py::arg("b"), py::arg("c1"),
-        py::arg("c2"), py::arg("keep_partials"), "The fused SSIM's CUDA forward, emulated");
+        py::arg("c2"), py::arg("partials"), "The fused SSIM's CUDA forward, emulated");
   m.def("ssim_backward", &ssim_backward_cuda, py::arg("a"), py::arg("b"), py::arg("grad_map"),
         py::arg("partials"), py::arg("need_a"), py::arg("need_b"),
         "The fused SSIM's CUDA backward, emulated");

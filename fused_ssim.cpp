@@ -91,12 +91,13 @@ void ssim_forward_cpu(const SsimImages<T>& im, const SsimForwardOut<T>& out) {
       [&](int64_t at, const T* m) { store_forward(im, out, all, at, m); });
 }
 
-template <typename T>
+// K: the partials the forward kept (3: the first image's gradient alone; 4: both).
+template <int K, typename T>
 void ssim_backward_cpu(const SsimImages<T>& im, const SsimBackwardIn<T>& in) {
   const int64_t all = im.planes * im.plane_size();
-  blur_planes<kSsimPartials>(
-      im, [&](int64_t at, T* v) { backward_products(in, all, at, v); },
-      [&](int64_t at, const T* m) { store_backward(im, in, at, m); });
+  blur_planes<K>(
+      im, [&](int64_t at, T* v) { backward_products<K>(in, all, at, v); },
+      [&](int64_t at, const T* m) { store_backward<K>(im, in, at, m); });
 }
 
 void check_images(const at::Tensor& a, const at::Tensor& b) {
@@ -112,13 +113,13 @@ void check_images(const at::Tensor& a, const at::Tensor& b) {
 
 }  // namespace
 
-SsimTensors SsimTensors::forward(const at::Tensor& a, const at::Tensor& b, bool keep_partials) {
+SsimTensors SsimTensors::forward(const at::Tensor& a, const at::Tensor& b, int64_t partials) {
   check_images(a, b);
-  at::Tensor partials = keep_partials
-                            ? at::empty({kSsimPartials, a.size(0), a.size(1), a.size(2)},
-                                        a.options())
-                            : at::empty({0}, a.options());
-  return {at::empty_like(a), partials};
+  TORCH_CHECK(partials == 0 || partials == kSsimPartialsOfA || partials == kSsimPartials,
+              "fused SSIM: 0, 3 or 4 partials, got ", partials);
+  return {at::empty_like(a), partials ? at::empty({partials, a.size(0), a.size(1), a.size(2)},
+                                                  a.options())
+                                      : at::empty({0}, a.options())};
 }
 
 SsimTensors SsimTensors::backward(const at::Tensor& a, const at::Tensor& b,
@@ -129,7 +130,9 @@ SsimTensors SsimTensors::backward(const at::Tensor& a, const at::Tensor& b,
                   grad_map.scalar_type() == a.scalar_type() && grad_map.device() == a.device(),
               "fused SSIM: the map's gradient must be contiguous, of the images' shape, dtype "
               "and device");
-  TORCH_CHECK(partials.dim() == 4 && partials.size(0) == kSsimPartials &&
+  TORCH_CHECK(partials.dim() == 4 &&
+                  partials.size(0) == (need_b ? kSsimPartials : partials.size(0)) &&
+                  (partials.size(0) == kSsimPartials || partials.size(0) == kSsimPartialsOfA) &&
                   partials.size(1) == a.size(0) && partials.size(2) == a.size(1) &&
                   partials.size(3) == a.size(2) && partials.is_contiguous() &&
                   partials.scalar_type() == a.scalar_type() && partials.device() == a.device(),
@@ -141,15 +144,15 @@ SsimTensors SsimTensors::backward(const at::Tensor& a, const at::Tensor& b,
 }
 
 std::tuple<at::Tensor, at::Tensor> ssim_forward(const at::Tensor& a, const at::Tensor& b,
-                                                double c1, double c2, bool keep_partials) {
+                                                double c1, double c2, int64_t partials) {
   if (a.is_cuda()) {
 #ifdef DGRD_WITH_CUDA
-    return ssim_forward_cuda(a, b, c1, c2, keep_partials);
+    return ssim_forward_cuda(a, b, c1, c2, partials);
 #else
     TORCH_CHECK(false, "diff_gaussian_rasterization_depth was built without CUDA");
 #endif
   }
-  const SsimTensors out = SsimTensors::forward(a, b, keep_partials);
+  const SsimTensors out = SsimTensors::forward(a, b, partials);
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "ssim_forward", [&] {
     ssim_forward_cpu(SsimTensors::images<scalar_t>(a, b, c1, c2), out.forward_out<scalar_t>());
   });
@@ -169,8 +172,13 @@ std::tuple<at::Tensor, at::Tensor> ssim_backward(const at::Tensor& a, const at::
   }
   const SsimTensors out = SsimTensors::backward(a, b, grad_map, partials, need_a, need_b);
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "ssim_backward", [&] {
-    ssim_backward_cpu(SsimTensors::images<scalar_t>(a, b, 0.0, 0.0),
-                      out.backward_in<scalar_t>(grad_map, partials));
+    const auto images = SsimTensors::images<scalar_t>(a, b, 0.0, 0.0);
+    const auto in = out.backward_in<scalar_t>(grad_map, partials);
+    if (partials.size(0) == kSsimPartials) {
+      ssim_backward_cpu<kSsimPartials>(images, in);
+    } else {
+      ssim_backward_cpu<kSsimPartialsOfA>(images, in);
+    }
   });
   return {out.first, out.second};
 }

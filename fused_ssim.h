@@ -12,7 +12,8 @@ namespace dgrd {
 
 // The raw view of checked tensors: `planes` images of height x width, a and b, row-major, one
 // after another (3DGS's (3, H, W) image is three planes). The map and the partials (written by
-// the forward where asked, kSsimPartials planes of the map's size each) and the gradients
+// the forward where asked: planes of the map's size, kSsimPartialsOfA for the first image's
+// gradient, kSsimPartials for both) and the gradients
 // (written by the backward where asked) are laid out the same way; a null pointer is a result
 // not asked for.
 template <typename T>
@@ -28,7 +29,8 @@ struct SsimImages {
 template <typename T>
 struct SsimForwardOut {
   T* ssim_map;
-  T* partials;  // [kSsimPartials][planes][height][width], or null
+  T* partials;  // [partial_count][planes][height][width], or null
+  int partial_count;
 };
 
 template <typename T>
@@ -62,33 +64,36 @@ DGRD_HD void store_forward(const SsimImages<T>& im, const SsimForwardOut<T>& out
   out.ssim_map[at] = s.ssim;
   if (!out.partials) return;
   out.partials[kDMeanA * all + at] = s.d_mean_a;
-  out.partials[kDMeanB * all + at] = s.d_mean_b;
   out.partials[kDMeanSq * all + at] = s.d_mean_sq;
   out.partials[kDMeanAb * all + at] = s.d_mean_ab;
+  if (out.partial_count > kDMeanB) out.partials[kDMeanB * all + at] = s.d_mean_b;
 }
 
-template <typename T>
+// K: the partials kept, kSsimPartialsOfA (the first image's gradient alone) or kSsimPartials.
+template <int K, typename T>
 DGRD_HD void backward_products(const SsimBackwardIn<T>& in, int64_t all, int64_t at, T* v) {
   const T g = in.grad_map[at];
-  for (int k = 0; k < kSsimPartials; ++k) v[k] = g * in.partials[k * all + at];
+  for (int k = 0; k < K; ++k) v[k] = g * in.partials[k * all + at];
 }
 
-template <typename T>
+template <int K, typename T>
 DGRD_HD void store_backward(const SsimImages<T>& im, const SsimBackwardIn<T>& in, int64_t at,
                             const T* m) {
-  const SsimGrads<T> g = ssim_pixel_grads<T>(im.a[at], im.b[at], m[kDMeanA], m[kDMeanB],
-                                             m[kDMeanSq], m[kDMeanAb]);
-  if (in.grad_a) in.grad_a[at] = g.a;
-  if (in.grad_b) in.grad_b[at] = g.b;
+  const T a = im.a[at], b = im.b[at];
+  if (in.grad_a) in.grad_a[at] = ssim_image_grad(a, b, m[kDMeanA], m[kDMeanSq], m[kDMeanAb]);
+  if constexpr (K > kDMeanB) {
+    if (in.grad_b) in.grad_b[at] = ssim_image_grad(b, a, m[kDMeanB], m[kDMeanSq], m[kDMeanAb]);
+  }
 }
 
-// (ssim_map (N, H, W), partials (4, N, H, W), empty where keep_partials is false) for a and b
-// (N, H, W), contiguous, of one floating type and device. The Python caller (ssim.py) has
-// named every argument error already; these checks guard the raw pointers.
+// (ssim_map (N, H, W), partials (K, N, H, W)) for a and b (N, H, W), contiguous, of one
+// floating type and device; K = `partials`: 0 (no gradient: an empty tensor), 3 (the first
+// image's gradient) or 4 (both). The Python caller (ssim.py) has named every argument error
+// already; these checks guard the raw pointers.
 std::tuple<at::Tensor, at::Tensor> ssim_forward(const at::Tensor& a, const at::Tensor& b,
-                                                double c1, double c2, bool keep_partials);
+                                                double c1, double c2, int64_t partials);
 // (dL/da, dL/db), each an empty tensor where not asked for, from the forward's partials and
-// the map's gradient grad_map (N, H, W).
+// the map's gradient grad_map (N, H, W); dL/db needs all 4 partials.
 std::tuple<at::Tensor, at::Tensor> ssim_backward(const at::Tensor& a, const at::Tensor& b,
                                                  const at::Tensor& grad_map,
                                                  const at::Tensor& partials, bool need_a,
@@ -96,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor> ssim_backward(const at::Tensor& a, const at::
 
 #if defined(DGRD_WITH_CUDA) || defined(DGRD_EMULATE_CUDA)
 std::tuple<at::Tensor, at::Tensor> ssim_forward_cuda(const at::Tensor& a, const at::Tensor& b,
-                                                     double c1, double c2, bool keep_partials);
+                                                     double c1, double c2, int64_t partials);
 std::tuple<at::Tensor, at::Tensor> ssim_backward_cuda(const at::Tensor& a, const at::Tensor& b,
                                                       const at::Tensor& grad_map,
                                                       const at::Tensor& partials, bool need_a,
@@ -106,7 +111,7 @@ std::tuple<at::Tensor, at::Tensor> ssim_backward_cuda(const at::Tensor& a, const
 // Shared by the two backends: the checks, the outputs and their raw view.
 struct SsimTensors {
   at::Tensor first, second;  // forward: map and partials; backward: dL/da and dL/db
-  static SsimTensors forward(const at::Tensor& a, const at::Tensor& b, bool keep_partials);
+  static SsimTensors forward(const at::Tensor& a, const at::Tensor& b, int64_t partials);
   static SsimTensors backward(const at::Tensor& a, const at::Tensor& b,
                               const at::Tensor& grad_map, const at::Tensor& partials,
                               bool need_a, bool need_b);
@@ -118,7 +123,8 @@ struct SsimTensors {
   }
   template <typename T>
   SsimForwardOut<T> forward_out() const {
-    return {first.data_ptr<T>(), second.numel() ? second.data_ptr<T>() : nullptr};
+    return {first.data_ptr<T>(), second.numel() ? second.data_ptr<T>() : nullptr,
+            int(second.numel() ? second.size(0) : 0)};
   }
   template <typename T>
   SsimBackwardIn<T> backward_in(const at::Tensor& grad_map, const at::Tensor& partials) const {

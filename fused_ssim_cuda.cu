@@ -80,13 +80,14 @@ __global__ void __launch_bounds__(kTileThreads)
       [&](int64_t at, const T* m) { store_forward(im, out, all, at, m); });
 }
 
-template <typename T>
+// K: the partials the forward kept (3: the first image's gradient alone; 4: both).
+template <int K, typename T>
 __global__ void __launch_bounds__(kTileThreads)
     ssim_backward_kernel(SsimImages<T> im, SsimBackwardIn<T> in) {
   const int64_t all = im.planes * im.plane_size();
-  blur_tiles<kSsimPartials>(
-      im, [&](int64_t at, T* v) { backward_products(in, all, at, v); },
-      [&](int64_t at, const T* m) { store_backward(im, in, at, m); });
+  blur_tiles<K>(
+      im, [&](int64_t at, T* v) { backward_products<K>(in, all, at, v); },
+      [&](int64_t at, const T* m) { store_backward<K>(im, in, at, m); });
 }
 
 // The launch shape for `planes` images of height x width: a block per tile, the planes along z
@@ -129,8 +130,8 @@ void launch_by_type(const at::Tensor& a, const char* what, const Launch& launch)
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> ssim_forward_cuda(const at::Tensor& a, const at::Tensor& b,
-                                                     double c1, double c2, bool keep_partials) {
-  const SsimTensors out = SsimTensors::forward(a, b, keep_partials);
+                                                     double c1, double c2, int64_t partials) {
+  const SsimTensors out = SsimTensors::forward(a, b, partials);
   launch_by_type(a, "forward", [&](auto zero, dim3 grid, dim3 block, cudaStream_t stream) {
     using T = decltype(zero);
     DGRD_LAUNCH(ssim_forward_kernel<T>, grid, block, stream)(
@@ -147,8 +148,12 @@ std::tuple<at::Tensor, at::Tensor> ssim_backward_cuda(const at::Tensor& a, const
   if (!(need_a || need_b)) return {out.first, out.second};
   launch_by_type(a, "backward", [&](auto zero, dim3 grid, dim3 block, cudaStream_t stream) {
     using T = decltype(zero);
-    DGRD_LAUNCH(ssim_backward_kernel<T>, grid, block, stream)(
-        SsimTensors::images<T>(a, b, 0.0, 0.0), out.backward_in<T>(grad_map, partials));
+    const auto images = SsimTensors::images<T>(a, b, 0.0, 0.0);
+    const auto in = out.backward_in<T>(grad_map, partials);
+    const auto ssim_backward = partials.size(0) == kSsimPartials
+                                   ? ssim_backward_kernel<kSsimPartials, T>
+                                   : ssim_backward_kernel<kSsimPartialsOfA, T>;
+    DGRD_LAUNCH(ssim_backward, grid, block, stream)(images, in);
   });
   return {out.first, out.second};
 }

@@ -73,22 +73,24 @@ DGRD_HD SsimPixel<T> ssim_pixel(const SsimMoments<T>& m, T c1, T c2) {
           -ssim / b2, T(2) * a1 * inv_b};
 }
 
-// The partial derivatives a pixel keeps for the backward, as planes of the saved tensor.
-enum SsimPartial { kDMeanA = 0, kDMeanB = 1, kDMeanSq = 2, kDMeanAb = 3, kSsimPartials = 4 };
-
-// One pixel's gradients from the blurred products of the upstream gradient g and the partials:
-// with G_x = window-blur(g * d ssim / d x), dL/da = G_mu_a + 2 a G_sq + b G_ab, and the same
-// for b with a and b swapped (the window is symmetric, so blurring is its own transpose).
-template <typename T>
-struct SsimGrads {
-  T a, b;
+// The partial derivatives a pixel keeps for the backward, as planes of the saved tensor: the
+// first three are all the first image's gradient needs, the fourth the second's.
+enum SsimPartial {
+  kDMeanA = 0,
+  kDMeanSq = 1,
+  kDMeanAb = 2,
+  kDMeanB = 3,
+  kSsimPartialsOfA = 3,
+  kSsimPartials = 4
 };
 
+// One image's gradient at a pixel from the blurred products of the upstream gradient g and the
+// partials: with G_x = window-blur(g * d ssim / d x), dL/da = G_mu_a + 2 a G_sq + b G_ab, and
+// dL/db the same with a and b swapped (`own` the image, `other` the other one). The window is
+// symmetric, so blurring is its own transpose.
 template <typename T>
-DGRD_HD SsimGrads<T> ssim_pixel_grads(T a, T b, T blurred_mean_a, T blurred_mean_b,
-                                      T blurred_sq, T blurred_ab) {
-  return {blurred_mean_a + T(2) * a * blurred_sq + b * blurred_ab,
-          blurred_mean_b + T(2) * b * blurred_sq + a * blurred_ab};
+DGRD_HD T ssim_image_grad(T own, T other, T blurred_own_mean, T blurred_sq, T blurred_ab) {
+  return blurred_own_mean + T(2) * own * blurred_sq + other * blurred_ab;
 }
 
 }  // namespace dgrd

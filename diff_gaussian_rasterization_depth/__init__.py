@@ -16,11 +16,11 @@ from . import _backend, _debug
 from ._debug import replay_snapshot
 from .relocation import compute_relocation
 from .sparse_adam import SparseGaussianAdam
-from .ssim import fused_ssim, ssim_map
+from .ssim import fused_l1_ssim_loss, fused_ssim, ssim_map
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians",
            "has_cuda_backend", "replay_snapshot", "SparseGaussianAdam", "compute_relocation",
-           "fused_ssim", "ssim_map"]
+           "fused_ssim", "fused_l1_ssim_loss", "ssim_map"]
 
 __version__ = "0.1.0"
 

@@ -261,8 +261,8 @@ def compute_relocation(opacity, scale, copies):
     return _renderer().compute_relocation(opacity, scale, copies)
 
 
-def ssim_forward(a, b, c1, c2, keep_partials):
-    return _renderer().ssim_forward(a, b, c1, c2, keep_partials)
+def ssim_forward(a, b, c1, c2, partials):
+    return _renderer().ssim_forward(a, b, c1, c2, partials)
 
 
 def ssim_backward(a, b, grad_map, partials, need_a, need_b):

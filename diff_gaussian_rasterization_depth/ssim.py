@@ -16,15 +16,16 @@ ab) in two separable passes of one loop (CPU) or kernel (CUDA) and keeps the for
 partial derivatives per pixel; the backward blurs their products with the map's gradient (the
 window is its own transpose) in one more pass. Gradients reach both images (the package's
 reach the first only). float32 and float64; float16 and bfloat16 are computed in float32.
-`ssim_map` returns the map itself (differentiable, any C1, C2), and `reference.
-ssim_map_reference` is its PyTorch twin, the test oracle (tests/test_ssim.py).
+`fused_l1_ssim_loss(img1, img2, ssim_weight=0.2)` is the whole photometric loss, as that
+package's call of the name. `ssim_map` returns the map itself (differentiable, any C1, C2),
+and `reference.ssim_map_reference` is its PyTorch twin, the test oracle (tests/test_ssim.py).
 """
 import torch
 
 from . import _backend
 from ._validation import _describe
 
-__all__ = ["fused_ssim", "ssim_map", "fusedssim", "fusedssim_backward"]
+__all__ = ["fused_ssim", "fused_l1_ssim_loss", "ssim_map", "fusedssim", "fusedssim_backward"]
 
 C1 = 0.01 ** 2
 C2 = 0.03 ** 2
@@ -34,12 +35,13 @@ _COMPUTED = (torch.float32, torch.float64)
 
 class _FusedSsimMap(torch.autograd.Function):
     """The full ("same") map of planes (N, H, W); the partials kept only for the inputs that
-    need a gradient."""
+    need a gradient (3 planes of the images' size for img1, 4 for img2 too)."""
 
     @staticmethod
     def forward(ctx, a, b, c1, c2):
         need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        ssim, partials = _backend.ssim_forward(a, b, c1, c2, need_a or need_b)
+        # 3 partials serve img1's gradient (the render's); img2's (rarely asked) takes a 4th.
+        ssim, partials = _backend.ssim_forward(a, b, c1, c2, 4 if need_b else 3 if need_a else 0)
         if need_a or need_b:
             ctx.save_for_backward(a, b, partials)
         return ssim
@@ -106,6 +108,16 @@ def fused_ssim(img1, img2, padding="same", train=True):
         with torch.no_grad():
             return _map("fused_ssim", img1, img2, padding, C1, C2).mean()
     return _map("fused_ssim", img1, img2, padding, C1, C2).mean()
+
+
+@_backend.run_eagerly_under_compile
+def fused_l1_ssim_loss(img1, img2, ssim_weight=0.2, padding="same"):
+    """3DGS's photometric loss, (1 - w) * mean |img1 - img2| + w * (1 - SSIM), with w =
+    ssim_weight (3DGS's lambda_dssim, 0.2): the `fused_ssim` package's call of that name. The
+    SSIM is `fused_ssim`'s; the L1 term one PyTorch reduction beside it."""
+    ssim = fused_ssim(img1, img2, padding)
+    l1 = (img1 - img2).abs().mean()
+    return (1.0 - ssim_weight) * l1 + ssim_weight * (1.0 - ssim)
 
 
 # The 2024 upstream rasterizer's two SSIM functions (its `_C.fusedssim`, `_C.fusedssim_backward`,

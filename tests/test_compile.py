@@ -116,3 +116,28 @@ def test_compiled_mark_visible_and_sparse_adam_match_eager():
         assert torch.equal(a["params"][0], b["params"][0]), a["name"]
         assert not torch.equal(a["params"][0], params[a["name"]].detach()), a["name"]
     assert dynamo_warnings(caught) == []
+
+
+def test_compiled_loss_with_fused_ssim_matches_eager():
+    """3DGS's photometric loss with the fused SSIM, compiled (Inductor): the loss and the
+    render's gradient as in eager mode, the SSIM run eagerly (one graph break), no warnings."""
+    from diff_gaussian_rasterization_depth import fused_ssim
+    torch_dynamo.reset()
+
+    def photometric(image, gt_image):
+        l1 = (image - gt_image).abs().mean()
+        return 0.8 * l1 + 0.2 * (1.0 - fused_ssim(image.unsqueeze(0), gt_image.unsqueeze(0)))
+
+    gen = torch.Generator().manual_seed(11)
+    gt_image = torch.rand(3, 40, 52, generator=gen)
+    image = (gt_image + 0.2 * torch.randn(3, 40, 52, generator=gen)).requires_grad_()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss = photometric(image, gt_image)
+        grad = torch.autograd.grad(loss, image)[0]
+        c_loss = torch.compile(photometric)(image, gt_image)
+        c_grad = torch.autograd.grad(c_loss, image)[0]
+    torch.testing.assert_close(c_loss, loss, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(c_grad, grad, rtol=1e-5, atol=1e-9)
+    assert grad.abs().max() > 0
+    assert dynamo_warnings(caught) == []

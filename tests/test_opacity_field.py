@@ -16,7 +16,7 @@ import torch
 
 import scenes
 from cuda_target import active, cuda_targets
-from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend
+from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend, has_cuda_backend
 from diff_gaussian_rasterization_depth.reference import rasterize_reference
 from diff_gaussian_rasterization_depth.surface import _pixel_to_view, depth_to_points
 from robust_helpers import axis_camera, settings_on
@@ -231,6 +231,9 @@ def test_points_are_checked():
         call(torch.zeros(4, 3, dtype=F64))
     with pytest.raises(TypeError, match="points3D: expected a tensor"):
         call([[0.0, 0.0, 1.0]])
+    # Another device than the Gaussians' (a meta tensor stands in for any other device).
+    with pytest.raises(ValueError, match="points3D: expected device"):
+        call(torch.zeros(4, 3, device="meta"))
     # A gradient-taking input is taken as a constant: the field has none.
     points = torch.zeros(3, 3, requires_grad=True)
     assert not call(points)[-1].requires_grad
@@ -312,3 +315,21 @@ def test_opacity_mesh_of_a_sphere_of_splats():
     assert (undirected == 2).all() and (directed == 1).all()  # closed, consistently oriented
     normal, centroid = face_normals(mesh)
     assert ((normal * (centroid.float() - centre).double()).sum(1) > 0).float().mean() > 0.99
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or not has_cuda_backend(),
+                    reason="needs a CUDA GPU and the CUDA backend")
+def test_points_on_another_device_than_the_gaussians_cuda():
+    """CUDA Gaussians with CPU points, and CPU Gaussians with CUDA points: a ValueError naming
+    points3D, before any work."""
+    scene = scenes.make_scene(4710, P=20, height=16, width=16, dtype=F32)
+    i = scene.inputs
+    for gaussians, points in (("cuda", "cpu"), ("cpu", "cuda")):
+        settings = settings_on(scene.settings, gaussians)
+        with pytest.raises(ValueError, match="points3D: expected device"):
+            GaussianRasterizer(settings)(
+                i["means3D"].to(gaussians), None, i["opacities"].to(gaussians),
+                shs=i["shs"].to(gaussians), scales=i["scales"].to(gaussians),
+                rotations=i["rotations"].to(gaussians),
+                points3D=torch.zeros(4, 3, device=points))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cuda_target import REAL_CUDA, active, cuda_targets, is_emulated
-from diff_gaussian_rasterization_depth import fused_ssim, ssim_map, upstream
+from diff_gaussian_rasterization_depth import fused_l1_ssim_loss, fused_ssim, ssim_map, upstream
 from diff_gaussian_rasterization_depth.reference import ssim_map_reference
 
 F32, F64 = torch.float32, torch.float64
@@ -117,14 +117,31 @@ def test_train_false_and_no_grad_keep_nothing():
     assert not plain.requires_grad
 
 
-def test_only_the_image_that_needs_it_gets_a_gradient():
+@pytest.mark.parametrize("which", ["img1", "img2"])
+def test_only_the_image_that_needs_it_gets_a_gradient(which):
+    """The render alone (the forward keeps 3 partials), or the other image alone (4)."""
     a, b = images(7, (3, 22, 19))
-    b = b.detach()
+    if which == "img1":
+        b = b.detach()
+    else:
+        a = a.detach()
     loss = 1 - fused_ssim(a, b)
     loss.backward()
-    want = torch.autograd.grad(1 - ssim_map_reference(a, b).mean(), a)[0]
-    assert b.grad is None
-    assert float((a.grad - want).abs().max()) < 1e-14
+    leaf, other = (a, b) if which == "img1" else (b, a)
+    want = torch.autograd.grad(1 - ssim_map_reference(a, b).mean(), leaf)[0]
+    assert other.grad is None
+    assert float((leaf.grad - want).abs().max()) < 1e-14
+
+
+@pytest.mark.parametrize("weight", [0.2, 0.0, 1.0])
+def test_fused_l1_ssim_loss_is_3dgs_photometric_loss(weight):
+    a, b = images(9, (1, 3, 26, 31))
+    b = b.detach()
+    got = fused_l1_ssim_loss(a, b, weight)
+    want = (1 - weight) * (a - b).abs().mean() + weight * (1 - ssim_map_reference(a, b).mean())
+    assert float(got.detach()) == pytest.approx(float(want.detach()), abs=1e-14)
+    g_got, g_want = (torch.autograd.grad(v, a)[0] for v in (got, want))
+    assert float((g_got - g_want).abs().max()) < 1e-14
 
 
 def test_bad_input_is_named():
@@ -189,7 +206,13 @@ def test_cuda_kernels_match_the_cpu(device, dtype):
         with active(device):
             got = map_and_grads(ssim_map, a.detach().to(device), b.detach().to(device),
                                 g.to(device))
+            # The render's gradient alone: the kernels of 3 partials.
+            render = a.detach().to(device).requires_grad_()
+            got_a = torch.autograd.grad((ssim_map(render, b.detach().to(device)) * g.to(device))
+                                        .sum(), render)[0]
         assert got[0].device.type == ("cpu" if is_emulated(device) else "cuda")
+        got = got + (got_a,)
+        want = want + (want[1],)
         # The same sums in the same order; nvcc fuses multiply-adds where the CPU does not.
         tol = 1e-12 if dtype == F64 else 2e-6
         for x, y in zip(got, want):
