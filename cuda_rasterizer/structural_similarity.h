@@ -67,10 +67,11 @@ DGRD_HD SsimPixel<T> ssim_pixel(const SsimMoments<T>& m, T c1, T c2) {
   // d ssim = ssim (dA1/A1 + dA2/A2 - dB1/B1 - dB2/B2); mu_a moves A1 by 2 mu_b, A2 by
   // -2 mu_b, B1 by 2 mu_a and B2 by -2 mu_a. ssim / A1 and ssim / A2 are written without the
   // division (A2 = 2 cov + C2 may be 0).
+  // One division a pixel: 1/B1 = B2 / (B1 B2) and 1/B2 = B1 / (B1 B2).
   const T mixed = T(2) * (a2 - a1) * inv_b;
-  const T own = T(2) * ssim * (T(1) / b2 - T(1) / b1);
+  const T own = T(2) * ssim * (b1 - b2) * inv_b;
   return {ssim, mixed * m.mean_b + own * m.mean_a, mixed * m.mean_a + own * m.mean_b,
-          -ssim / b2, T(2) * a1 * inv_b};
+          -a1 * a2 * inv_b * inv_b * b1, T(2) * a1 * inv_b};
 }
 
 // The partial derivatives a pixel keeps for the backward, as planes of the saved tensor: the
