@@ -442,6 +442,22 @@ def test_ssim_bench_reports_both_ssims_per_size(tmp_path):
     assert proc.stdout.count("load average") == 2
 
 
+def test_ssim_bench_times_a_training_step_with_each_ssim(tmp_path):
+    """ssim_bench.py --step: a garden frame's training step with the fused and with PyTorch's
+    SSIM, first in the JSON, then the sizes."""
+    out = tmp_path / "ssim.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "ssim_bench.py"), "--sizes", "24x16",
+         "--repeat", "1", "--step", "112k", "--scale", "0.2", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    step, size = json.loads(out.read_text())
+    assert step["scene"] == "112k" and step["step_fused_ms"] > 0 and step["step_torch_ms"] > 0
+    assert step["step_ratio"] == pytest.approx(step["step_torch_ms"] / step["step_fused_ms"])
+    assert (size["width"], size["height"]) == (24, 16)
+    assert "training step, garden 112k" in proc.stdout
+
+
 def test_gsplat_stand_ins_match_their_definitions():
     """gsplat_cpu_twins (what lets gsplat's PyTorch rasterizer run on a CPU for cpu_bench.py),
     against a pixel-by-pixel walk: the blends it lists, and nerfacc's packed weights and sums."""
