@@ -151,6 +151,7 @@ def test_bad_input_is_named():
         ((a, a.long()), TypeError, "img2: expected a floating tensor"),
         ((a, a[:, :19]), ValueError, "expected one shape"),
         ((a, a.double()), ValueError, "expected one dtype and device"),
+        ((a, torch.empty(3, 20, 20, device="meta")), ValueError, "expected one dtype and device"),
         ((a[0, 0], a[0, 0]), ValueError, r"expected images \(\.\.\., H, W\)"),
         ((a, a, "full"), ValueError, "padding: expected 'same' or 'valid'"),
         ((a[:, :10], a[:, :10], "valid"), ValueError, "keeps no pixel"),
