@@ -47,7 +47,6 @@ import torch
 
 from . import GaussianRasterizationSettings
 from . import rasterize_gaussians as _rasterize
-from ._validation import KERNEL_SIZE_DEFAULT  # noqa: F401  (eps2d's default is the same 0.3)
 from .cameras import ZFAR, ZNEAR
 
 __all__ = ["rasterization"]
