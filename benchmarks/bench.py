@@ -173,6 +173,10 @@ class Gsplat(Impl):
 
     def prepare(self, scene, upstream):
         import gsplat
+        return self.prepared(gsplat.rasterization, scene, upstream)
+
+    @staticmethod
+    def prepared(rasterization, scene, upstream):
         kwargs = scene.gsplat_inputs()
         # gsplat's images are (1, H, W, C): lay the same upstream gradients out that way once.
         gc = upstream["color"].permute(1, 2, 0).contiguous()[None]
@@ -181,7 +185,7 @@ class Gsplat(Impl):
 
         def forward():
             # near_plane 0.2: the near culling of the 3DGS rasterizers (gsplat's default is 0.01).
-            colors, alphas, meta = gsplat.rasterization(
+            colors, alphas, meta = rasterization(
                 **kwargs, render_mode="RGB+ED", packed=False, near_plane=0.2)
             return colors, alphas, meta
 
@@ -197,6 +201,26 @@ class Gsplat(Impl):
             return int((radii.reshape(radii.shape[0], radii.shape[1], -1) > 0).any(-1).sum())
 
         return _Prepared(forward, loss, visible)
+
+
+class GsplatApi(Gsplat):
+    """gsplat's call on this package (diff_gaussian_rasterization_depth.gsplat): what a gsplat
+    user pays for the glue around the package's render, on any device."""
+    name = "gsplat-api"
+    note = ('diff_gaussian_rasterization_depth.gsplat.rasterization(render_mode="RGB+ED", '
+            "packed=False); loss on colour + expected depth + alpha")
+    cuda_module = None
+
+    def available(self, device):
+        return Ours().available(device)
+
+    def version(self):
+        return Ours().version()
+
+    def prepare(self, scene, upstream):
+        from diff_gaussian_rasterization_depth import gsplat as gsplat_api
+        Ours().apply_tuning(scene)
+        return self.prepared(gsplat_api.rasterization, scene, upstream)
 
 
 class Original(Impl):
@@ -388,7 +412,7 @@ class OursContributions(Ours):
         return _Prepared(forward, loss, visible=lambda out: int((out[1] > 0).sum()))
 
 
-IMPLS = {"ours": Ours, "gsplat": Gsplat, "original": Original, "ours-2024": Ours2024,
+IMPLS = {"ours": Ours, "gsplat": Gsplat, "gsplat-api": GsplatApi, "original": Original, "ours-2024": Ours2024,
          "ours-surface": OursSurface, "ours-rade": OursIntersection,
          "ours-contributions": OursContributions,
          **{impl.name: impl for impl in ABLATED}}
@@ -539,7 +563,7 @@ def _images(name: str, out) -> Optional[Dict[str, torch.Tensor]]:
     """(color (3,H,W), depth, weight) of an implementation's outputs; None where absent."""
     if name == "ours":
         return {"color": out[0], "depth": out[2], "weight": out[3]}
-    if name == "gsplat":
+    if name in ("gsplat", "gsplat-api"):
         colors, alphas, _ = out
         return {"color": colors[0, ..., :3].permute(2, 0, 1), "depth": colors[0, ..., 3],
                 "weight": alphas[0, ..., 0]}

@@ -54,6 +54,7 @@ __all__ = ["rasterization"]
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 TILE_SIZE = 16                 # the package's tiles (config.h kTileSize)
 NEAR_PLANE = 0.2               # the package's fixed near plane (config.h kNearPlane)
+FAR_PLANE = 1e10               # gsplat's default far plane: at or beyond it, nothing is culled
 ALPHA_THRESHOLD = 1.0 / 255.0  # a splat below this opacity is never blended: radius 0 in meta
 
 
@@ -172,13 +173,18 @@ def _settings(viewmat, K, width, height, bg, sh_degree, eps2d, antialiased):
         prefiltered=False, debug=False, antialiasing=antialiased, kernel_size=float(eps2d))
 
 
+@torch.no_grad()
 def _pixels(means, viewmat, K):
-    """(N, 2) gsplat's projected means K (x/z, y/z) and (N,) view depths z."""
+    """(N, 2) gsplat's projected means: K (x/z, y/z) in view space (values only)."""
     view = means @ viewmat[:3, :3].transpose(0, 1) + viewmat[:3, 3]
-    z = view[:, 2]
-    u = K[0] * view[:, 0] / z + K[2]
-    v = K[1] * view[:, 1] / z + K[3]
-    return torch.stack([u, v], dim=1), z
+    u = K[0] * view[:, 0] / view[:, 2] + K[2]
+    v = K[1] * view[:, 1] / view[:, 2] + K[3]
+    return torch.stack([u, v], dim=1)
+
+
+def _view_depth(means, viewmat):
+    """(N,) view-space z, differentiable in means and viewmat (gsplat's meta["depths"])."""
+    return means @ viewmat[2, :3] + viewmat[2, 3]
 
 
 def _clip_by_radius(radius_clip, means, opacities, scales, quats, cov6, settings):
@@ -265,21 +271,25 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
     inputs = [means, quats, scales, opacities, colors, viewmats, cov6]
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                  for t in inputs)
-    projected = [_pixels(means[b], viewmats[b, c], intrinsics[b * C + c])
-                 for b in range(B) for c in range(C)]
     # The screen-space points (leaves, shaped as gsplat's): their values are gsplat's means2d,
     # their gradient the render's, in pixels.
-    means2d = torch.stack([uv.detach() for uv, _ in projected])
+    means2d = torch.stack([_pixels(means[b], viewmats[b, c], intrinsics[b * C + c])
+                           for b in range(B) for c in range(C)])
     means2d = means2d.reshape(*batch, C, N, 2).requires_grad_(needs_grad)
+    depths = [_view_depth(means[b], viewmats[b, c]) for b in range(B) for c in range(C)]
+    # The planes cull by opacity 0 (and radius 0 in meta), only where they cull more than the
+    # package's own near plane does; the default call pays nothing for them.
+    planes_cull = near_plane > NEAR_PLANE or far_plane < FAR_PLANE
     abs_carrier = torch.zeros_like(means2d, requires_grad=True) if absgrad and needs_grad \
         else None
     to_ndc = means2d.new_tensor([2.0 / width, 2.0 / height])
 
     images, alphas, radii = [], [], []
     for b in range(B):
+        faint = opacities[b].detach() < ALPHA_THRESHOLD  # never blended: radius 0, as gsplat's
         for c in range(C):
             image = b * C + c
-            K, z = intrinsics[image], projected[image][1]
+            K, z = intrinsics[image], depths[image].detach()
             color = colors[b, c if per_camera else 0]
             shs, colors_precomp, features = _color_inputs(color, sh_degree, wants_rgb)
             bg = backgrounds[b, c] if backgrounds is not None and wants_rgb else None
@@ -287,13 +297,16 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
                                  bg if bg is not None and features is None
                                  else means.new_zeros(3), sh_degree, eps2d,
                                  rasterize_mode == "antialiased")
-            keep = ((z >= near_plane) & (z <= far_plane)).detach()
+            keep = (z >= near_plane) & (z <= far_plane) if planes_cull else None
             if radius_clip > 0:
-                keep = keep & _clip_by_radius(
+                clipped = _clip_by_radius(
                     radius_clip, means[b], opacities[b], None if cov6 is not None else scales[b],
                     None if cov6 is not None else quats[b],
                     None if cov6 is None else cov6[b], settings)
-            opacity = torch.where(keep, opacities[b], torch.zeros_like(opacities[b]))
+                keep = clipped if keep is None else keep & clipped
+            opacity = opacities[b]
+            if keep is not None:
+                opacity = torch.where(keep, opacity, torch.zeros_like(opacity))
             # dL/d(ndc) is what the rasterizer gives its means2D; ndc = pixels * 2 / size.
             screen = [means2d.reshape(B, C, N, 2)[b, c] * to_ndc,
                       abs_carrier.reshape(B, C, N, 2)[b, c] * to_ndc
@@ -303,27 +316,29 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
                              None if cov6 is not None else quats[b],
                              None if cov6 is None else cov6[b], settings, features=features)
             rendered, r, depth, weight = out[:4]
-            channels = []
+            channels = []  # (H, W, k) views, joined channels last by one copy
             if features is not None:
                 rendered = out[4]
                 if bg is not None:  # the feature map has no background of its own
                     rendered = rendered + (1.0 - weight)[None] * bg[:, None, None]
             if wants_rgb:
-                channels.append(rendered)
+                channels.append(rendered.permute(1, 2, 0))
             if depth_mode == "D":
-                channels.append((depth * weight)[None])
+                channels.append((depth * weight)[..., None])
             elif depth_mode == "ED":
-                channels.append(depth[None])
-            images.append(torch.cat(channels, dim=0))
+                channels.append(depth[..., None])
+            images.append(torch.cat(channels, dim=-1) if len(channels) > 1 else channels[0])
             alphas.append(weight)
-            drawn = keep & (opacities[b].detach() >= ALPHA_THRESHOLD) & (r > 0)
-            radii.append(torch.where(drawn, r, torch.zeros_like(r)))
+            culled = faint if keep is None else faint | ~keep
+            radii.append(r.masked_fill(culled, 0))
 
-    render_colors = torch.stack(images).permute(0, 2, 3, 1).contiguous()
+    one = len(images) == 1
+    render_colors = (images[0][None] if one else torch.stack(images)).contiguous()
     render_colors = render_colors.reshape(*batch, C, height, width, -1)
-    render_alphas = torch.stack(alphas).reshape(*batch, C, height, width, 1)
+    render_alphas = (alphas[0][None] if one else torch.stack(alphas))
+    render_alphas = render_alphas.reshape(*batch, C, height, width, 1)
     radii = torch.stack(radii).reshape(*batch, C, N, 1).expand(*batch, C, N, 2).contiguous()
-    depths = torch.stack([z for _, z in projected]).reshape(*batch, C, N)
+    depths = (depths[0][None] if one else torch.stack(depths)).reshape(*batch, C, N)
     meta = {"radii": radii, "means2d": means2d, "depths": depths,
             "batch_ids": None, "camera_ids": None, "gaussian_ids": None,
             "width": width, "height": height, "tile_size": TILE_SIZE,

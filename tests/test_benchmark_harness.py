@@ -180,6 +180,21 @@ def test_surface_recipes_are_timed_beside_the_plain_call(impl, recipe):
         assert leaf.grad is not None and leaf.grad.abs().sum() > 0
 
 
+def test_gsplat_api_is_timed_and_agrees_with_ours():
+    """`gsplat-api` (gsplat's call on this package, on any device): timed beside ours, and its
+    images (the garden camera's principal point is the image centre) are ours, to float32
+    rounding of the two camera matrices."""
+    bench = _load("bench")
+    args = bench.parse_args(["--device", "cpu", "--impls", "ours,gsplat-api", "--scenes",
+                             "300", "--scales", "0.1", "--reps", "1", "--warmup", "0",
+                             "--sets", "1"])
+    rows = {r["impl"]: r for r in bench.run(args)["results"]}
+    assert set(rows) == {"ours", "gsplat-api"} and "error" not in rows["gsplat-api"]
+    agreement = rows["gsplat-api"]["agreement_with_ours"]
+    assert agreement["color_max_abs_diff"] < 1e-4 and agreement["weight_max_abs_diff"] < 1e-4
+    assert agreement["depth_mean_rel_diff_where_weight_gt_0.5"] < 1e-5
+
+
 def test_configs_are_timed_in_the_order_given(tmp_path):
     """--configs scene:scale pairs replace the --scenes x --scales grid, in their order (the GPU
     window times the issue's targets first); a malformed pair is an error."""
