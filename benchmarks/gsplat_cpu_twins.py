@@ -79,14 +79,16 @@ def render_weight_from_alpha(alphas, ray_indices, n_rays):
     """nerfacc's packed form: per ray (samples grouped by ray, front to back), the
     transmittance before each sample (an exclusive product of 1 - alpha) and the weight
     alpha * T."""
-    log_keep = torch.log1p(-alphas)
+    # In double: the running sum spans every ray's samples (millions in a dense frame), and in
+    # float32 its rounding at that size (about 0.01 at 1e5) would show in each ray's T.
+    log_keep = torch.log1p(-alphas.double())
     inclusive = torch.cumsum(log_keep, 0)
     # Subtract the running sum at the start of each ray's run of samples.
     starts = torch.ones_like(ray_indices, dtype=torch.bool)
     starts[1:] = ray_indices[1:] != ray_indices[:-1]
     run = torch.cumsum(starts.long(), 0) - 1
     before_run = (inclusive - log_keep)[starts]
-    trans = torch.exp(inclusive - log_keep - before_run[run])
+    trans = torch.exp(inclusive - log_keep - before_run[run]).to(alphas.dtype)
     return alphas * trans, trans
 
 

@@ -40,7 +40,6 @@ models other than "pinhole", `with_ut`, `with_eval3d`, distortion coefficients a
 shutter. The meta has no `conics`, compensated `opacities` or tile-intersection tensors
 (`isect_ids`, `flatten_ids`, `isect_offsets`, `tiles_per_gauss`): they are gsplat's internals.
 """
-import math
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -240,7 +239,9 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
                          f"got {rasterize_mode!r}")
     batch, N, C, per_camera = _check_shapes(means, quats, scales, opacities, colors, viewmats,
                                             Ks, covars, sh_degree, backgrounds)
-    B = math.prod(batch)
+    B = 1
+    for size in batch:  # math.prod is Python 3.8's
+        B *= size
     wants_rgb = render_mode.startswith("RGB")
     depth_mode = None if render_mode == "RGB" else render_mode.rsplit("+", 1)[-1]
 

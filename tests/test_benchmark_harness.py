@@ -528,6 +528,17 @@ def test_gsplat_stand_ins_match_their_definitions():
     assert torch.equal(twins.accumulate_along_rays(weights, None, rays, 7)[:, 0],
                        torch.zeros(7).index_add(0, rays, weights))
 
+    # A dense frame's packed samples: the running sum of log(1 - alpha) over all of them reaches
+    # 1e5, where float32 rounds by 0.01; each ray's transmittance and alpha must not see it.
+    n_rays, per_ray = 2000, 100
+    rays = torch.arange(n_rays).repeat_interleave(per_ray)
+    weights, trans = twins.render_weight_from_alpha(torch.full((n_rays * per_ray,), 0.5), rays,
+                                                    n_rays)
+    torch.testing.assert_close(trans, 0.5 ** torch.arange(per_ray).repeat(n_rays).float(),
+                               rtol=1e-6, atol=0)
+    alpha = twins.accumulate_along_rays(weights, None, rays, n_rays)[:, 0]
+    assert float((alpha - 1).abs().max()) < 1e-6
+
 
 def _bench_row(scene, scale, impl, fwd, bwd, peak=None):
     return {"scene": scene, "scale": scale, "impl": impl, "n_gaussians": 1000,
