@@ -13,7 +13,9 @@ one-op graph's forward, sum and backward() without the rasterizer, through torch
 through a Python Function: autograd's own cost on the device, which any Function pays (on a GPU
 the engine runs a CUDA graph's backward on a thread of its own). `*_python_checks`: the same calls checked by the
 Python checks alone, without the common call's C++ checks (`_C.check_common`), and
-`common_check_saves` the forward's difference.
+`common_check_saves` the forward's difference. `gsplat_api_*`: the same frame through gsplat's
+call on the package (`diff_gaussian_rasterization_depth.gsplat.rasterization`, a quarter of
+the calls), and `gsplat_api_overhead` what its glue adds to the forward.
 """
 import argparse
 import json
@@ -28,6 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import scenes  # noqa: E402
 
 from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend  # noqa: E402
+from diff_gaussian_rasterization_depth.gsplat import rasterization  # noqa: E402
 
 
 def best_time_us(call, calls, sync):
@@ -67,6 +70,28 @@ def main():
     def forward_backward():
         color, _, depth, weight = GaussianRasterizer(settings)(**leaves)
         (color.sum() + depth.sum() + weight.sum()).backward()
+        for v in leaves.values():
+            if v is not None:
+                v.grad = None
+
+    # The same frame as gsplat's call: the camera's world-to-camera matrix and intrinsics with
+    # the principal point at the image centre (the settings' own camera).
+    W, H = settings.image_width, settings.image_height
+    fx, fy = W / (2 * settings.tanfovx), H / (2 * settings.tanfovy)
+    gsplat_inputs = dict(
+        means=leaves["means3D"], quats=leaves["rotations"], scales=leaves["scales"],
+        opacities=leaves["opacities"][:, 0], colors=leaves["shs"], sh_degree=settings.sh_degree,
+        viewmats=settings.viewmatrix.reshape(4, 4).T.contiguous()[None],
+        Ks=torch.tensor([[fx, 0, W / 2], [0, fy, H / 2], [0, 0, 1]], device=device)[None],
+        width=W, height=H, render_mode="RGB+ED", packed=False)
+
+    def gsplat_forward():
+        with torch.no_grad():
+            rasterization(**gsplat_inputs)
+
+    def gsplat_forward_backward():
+        colors, alphas, _ = rasterization(**gsplat_inputs)
+        (colors.sum() + alphas.sum()).backward()
         for v in leaves.values():
             if v is not None:
                 v.grad = None
@@ -122,6 +147,10 @@ def main():
               ("forward_backward_python_checks", by_python_checks(forward_backward)),
               ("autograd_one_op", graph_backward(lambda t: t * 2)),
               ("autograd_python_node", graph_backward(PythonNode.apply))]}
+    times.update({name: best_time_us(call, max(args.calls // 4, 10), sync) for name, call in
+                  [("gsplat_api_forward", gsplat_forward),
+                   ("gsplat_api_forward_backward", gsplat_forward_backward)]})
+    times["gsplat_api_overhead"] = times["gsplat_api_forward"] - times["forward"]
     times["forward_overhead"] = times["forward"] - times["raw_forward"]
     times["backward_and_loss_overhead"] = (times["forward_backward"] - times["forward"]
                                            - times["raw_backward"])

@@ -147,15 +147,10 @@ def _projection(K, width: int, height: int, dtype, device) -> torch.Tensor:
     ndc-to-pixel map ((ndc + 1) size - 1) / 2, at gsplat's K x / z less half a pixel: gsplat's
     pixel (i, j) is centred at (i + 0.5, j + 0.5), the rasterizer's at (i, j)."""
     fx, fy, cx, cy = K
-    P = torch.zeros(4, 4, dtype=dtype, device=device)
-    P[0, 0] = 2.0 * fx / width
-    P[1, 1] = 2.0 * fy / height
-    P[0, 2] = 2.0 * cx / width - 1.0
-    P[1, 2] = 2.0 * cy / height - 1.0
-    P[2, 2] = ZFAR / (ZFAR - ZNEAR)
-    P[2, 3] = -ZFAR * ZNEAR / (ZFAR - ZNEAR)
-    P[3, 2] = 1.0
-    return P
+    return torch.tensor([[2.0 * fx / width, 0.0, 2.0 * cx / width - 1.0, 0.0],
+                         [0.0, 2.0 * fy / height, 2.0 * cy / height - 1.0, 0.0],
+                         [0.0, 0.0, ZFAR / (ZFAR - ZNEAR), -ZFAR * ZNEAR / (ZFAR - ZNEAR)],
+                         [0.0, 0.0, 1.0, 0.0]], dtype=dtype, device=device)
 
 
 def _settings(viewmat, K, width, height, bg, sh_degree, eps2d, antialiased):
@@ -172,18 +167,14 @@ def _settings(viewmat, K, width, height, bg, sh_degree, eps2d, antialiased):
         prefiltered=False, debug=False, antialiasing=antialiased, kernel_size=float(eps2d))
 
 
-@torch.no_grad()
-def _pixels(means, viewmat, K):
-    """(N, 2) gsplat's projected means: K (x/z, y/z) in view space (values only)."""
-    view = means @ viewmat[:3, :3].transpose(0, 1) + viewmat[:3, 3]
-    u = K[0] * view[:, 0] / view[:, 2] + K[2]
-    v = K[1] * view[:, 1] / view[:, 2] + K[3]
-    return torch.stack([u, v], dim=1)
-
-
-def _view_depth(means, viewmat):
-    """(N,) view-space z, differentiable in means and viewmat (gsplat's meta["depths"])."""
-    return means @ viewmat[2, :3] + viewmat[2, 3]
+def _project(means, viewmat, K):
+    """(N, 2) gsplat's projected means K (x/z, y/z), values only, and (N,) the view-space z,
+    differentiable in means and viewmat (gsplat's meta["depths"])."""
+    view = torch.addmm(viewmat[:3, 3], means, viewmat[:3, :3].transpose(0, 1))
+    with torch.no_grad():
+        xy = view[:, :2] / view[:, 2:]
+        pixels = torch.addcmul(xy.new_tensor([K[2], K[3]]), xy, xy.new_tensor([K[0], K[1]]))
+    return pixels, view[:, 2]
 
 
 def _clip_by_radius(radius_clip, means, opacities, scales, quats, cov6, settings):
@@ -274,16 +265,21 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
                                                  for t in inputs)
     # The screen-space points (leaves, shaped as gsplat's): their values are gsplat's means2d,
     # their gradient the render's, in pixels.
-    means2d = torch.stack([_pixels(means[b], viewmats[b, c], intrinsics[b * C + c])
-                           for b in range(B) for c in range(C)])
+    projected = [_project(means[b], viewmats[b, c], intrinsics[b * C + c])
+                 for b in range(B) for c in range(C)]
+    means2d = projected[0][0][None] if B * C == 1 else torch.stack([p for p, _ in projected])
     means2d = means2d.reshape(*batch, C, N, 2).requires_grad_(needs_grad)
-    depths = [_view_depth(means[b], viewmats[b, c]) for b in range(B) for c in range(C)]
+    depths = [z for _, z in projected]
     # The planes cull by opacity 0 (and radius 0 in meta), only where they cull more than the
     # package's own near plane does; the default call pays nothing for them.
     planes_cull = near_plane > NEAR_PLANE or far_plane < FAR_PLANE
     abs_carrier = torch.zeros_like(means2d, requires_grad=True) if absgrad and needs_grad \
         else None
     to_ndc = means2d.new_tensor([2.0 / width, 2.0 / height])
+    # dL/d(ndc) is what the rasterizer gives its means2D; ndc = pixels * 2 / size.
+    screen_points = means2d.reshape(B * C, N, 2) * to_ndc
+    screen_abs = abs_carrier.reshape(B * C, N, 2) * to_ndc if abs_carrier is not None \
+        else means2d.new_zeros(N, 1).expand(B * C, N, 1)
 
     images, alphas, radii = [], [], []
     for b in range(B):
@@ -308,11 +304,8 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
             opacity = opacities[b]
             if keep is not None:
                 opacity = torch.where(keep, opacity, torch.zeros_like(opacity))
-            # dL/d(ndc) is what the rasterizer gives its means2D; ndc = pixels * 2 / size.
-            screen = [means2d.reshape(B, C, N, 2)[b, c] * to_ndc,
-                      abs_carrier.reshape(B, C, N, 2)[b, c] * to_ndc
-                      if abs_carrier is not None else means2d.new_zeros(N, 1)]
-            out = _rasterize(means[b], torch.cat(screen, dim=1), shs, colors_precomp,
+            screen = torch.cat([screen_points[image], screen_abs[image]], dim=1)
+            out = _rasterize(means[b], screen, shs, colors_precomp,
                              opacity[:, None], None if cov6 is not None else scales[b],
                              None if cov6 is not None else quats[b],
                              None if cov6 is None else cov6[b], settings, features=features)

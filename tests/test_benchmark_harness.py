@@ -768,6 +768,10 @@ def test_call_overhead_measures_the_python_around_a_call(tmp_path):
     assert r["forward_overhead"] == pytest.approx(r["forward"] - r["raw_forward"], abs=0.11)
     assert r["backward_and_loss_overhead"] == pytest.approx(
         r["forward_backward"] - r["forward"] - r["raw_backward"], abs=0.16)
+    # gsplat's call on the package: its glue on top of the package's call.
+    assert r["gsplat_api_forward_backward"] > r["gsplat_api_forward"] > r["raw_forward"]
+    assert r["gsplat_api_overhead"] == pytest.approx(
+        r["gsplat_api_forward"] - r["forward"], abs=0.11)
 
 
 def test_block_order_model_schedules_every_walk():
