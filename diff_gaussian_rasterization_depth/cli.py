@@ -480,10 +480,12 @@ def _write_mesh(args, mesh) -> int:
 def _mesh_opacity_field(args, views, training, cam_json, gaussians, antialiasing, kernel_size,
                         max_depth, voxel, device) -> int:
     """mesh --method opacity: Gaussian Opacity Fields' mesh (mesh.extract_opacity_mesh) of the
-    Gaussians within max_depth of the cameras' mean centre, seen by the training views."""
-    from .mesh import OpacityField, extract_opacity_mesh
-    settings = [camera.raster_settings(bg=(0.0, 0.0, 0.0), sh_degree=0, device=device,
-                                       antialiasing=antialiasing, kernel_size=kernel_size)
+    Gaussians within max_depth of the cameras' mean centre, seen by the training views, with
+    GOF's vertex colours (OpacityField.vertex_colors: the view that sees a vertex best)."""
+    from .mesh import Mesh, OpacityField, extract_opacity_mesh
+    settings = [camera.raster_settings(bg=(0.0, 0.0, 0.0), sh_degree=gaussians.sh_degree,
+                                       device=device, antialiasing=antialiasing,
+                                       kernel_size=kernel_size)
                 for camera in views]
     centre = np.stack([c.center for c in training]).mean(0)
     field = OpacityField(settings, gaussians.means, gaussians.opacities, gaussians.scales,
@@ -498,6 +500,10 @@ def _mesh_opacity_field(args, views, training, cam_json, gaussians, antialiasing
                                 upper=(centre + max_depth).tolist())
     _sync(device)
     print(f"opacity field and mesh {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    mesh = Mesh(mesh.vertices, mesh.faces, field.vertex_colors(mesh.vertices, shs=gaussians.sh))
+    _sync(device)
+    print(f"vertex colours (each from the view that sees it best) {time.perf_counter() - t0:.1f} s")
     return _write_mesh(args, mesh)
 
 
@@ -598,9 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: %(default)s)")
     mesh.add_argument("--method", default="tsdf", choices=["tsdf", "opacity"],
                       help="tsdf: fuse the depth maps (2DGS, PGSR); opacity: mesh the Gaussians' "
-                           "opacity field at 0.5, no depth maps (Gaussian Opacity Fields; no "
-                           "colours; --depth, --truncation, --min-weight and --min-views do "
-                           "not apply) (default: %(default)s)")
+                           "opacity field at 0.5, no depth maps (Gaussian Opacity Fields; each "
+                           "vertex coloured by the view that sees it best; --depth, "
+                           "--truncation, --min-weight and --min-views do not apply) (default: "
+                           "%(default)s)")
     mesh.add_argument("--refine-steps", type=int, default=8,
                       help="with --method opacity: bisections of each vertex's edge (GOF's "
                            "binary search; default: %(default)s)")

@@ -260,6 +260,19 @@ def _empty_mesh(values, colors) -> Mesh:
                 None if colors is None else values.new_zeros((0, 3)))
 
 
+def _pixel_of(points: torch.Tensor, view: torch.Tensor, proj: torch.Tensor, H: int, W: int):
+    """(z, inside, pixel) of points (N, 3) in a view (flat viewmatrix and projmatrix): view
+    depth, whether the projection falls in the image in front of the near plane, and the flat
+    index of the pixel it falls in (the nearest pixel centre; clamped into the image)."""
+    z = _transform_point(points, view, 2)
+    inv_w = 1.0 / (_transform_point(points, proj, 3) + 1e-7)
+    col = torch.round(_ndc2pix(_transform_point(points, proj, 0) * inv_w, W))
+    row = torch.round(_ndc2pix(_transform_point(points, proj, 1) * inv_w, H))
+    inside = (z > NEAR_PLANE) & (col >= 0) & (col < W) & (row >= 0) & (row < H)
+    pixel = (row.clamp(0, H - 1) * W + col.clamp(0, W - 1)).long()
+    return z, inside, pixel
+
+
 class _ViewMaps:
     """One view's maps as integrate() takes them, checked, on the volume's device and dtype:
     what the fusion of any grid point reads."""
@@ -284,13 +297,7 @@ class _ViewMaps:
         than the truncation behind the surface), its truncated distance (surface z - own z) /
         truncation clamped to at most 1, and the pixel it reads (the one its projection falls
         in: no interpolation across depth edges)."""
-        H, W = self.H, self.W
-        z = _transform_point(points, self.view, 2)
-        inv_w = 1.0 / (_transform_point(points, self.proj, 3) + 1e-7)
-        col = torch.round(_ndc2pix(_transform_point(points, self.proj, 0) * inv_w, W))
-        row = torch.round(_ndc2pix(_transform_point(points, self.proj, 1) * inv_w, H))
-        seen = (z > NEAR_PLANE) & (col >= 0) & (col < W) & (row >= 0) & (row < H)
-        pixel = (row.clamp(0, H - 1) * W + col.clamp(0, W - 1)).long()
+        z, seen, pixel = _pixel_of(points, self.view, self.proj, self.H, self.W)
         surface = self.depth[pixel]
         seen &= surface > 0
         if self.mask is not None:
@@ -754,6 +761,41 @@ class OpacityField:
                     scales=g["scales"], rotations=g["rotations"],
                     cov3D_precomp=g["cov3D_precomp"], points3D=chunk)[-1])
         return torch.cat(parts)
+
+    def vertex_colors(self, points: torch.Tensor, shs: Optional[torch.Tensor] = None,
+                      colors_precomp: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(N, 3) GOF's colours of points (N, 3), a mesh's vertices (its extract_mesh.py
+        --texture_mesh): each takes the rendered colour, background included, of the pixel it
+        falls in, in the view where its opacity is least (the view that sees it best; the
+        first of equals); white (1, 1, 1), as GOF's, where no view sees it. The Gaussians'
+        colours: `shs` (P, M, 3) with each view's `sh_degree`, or `colors_precomp` (P, 3)."""
+        _check_shape("points", points, (None, 3))
+        if (shs is None) == (colors_precomp is None):
+            raise ValueError("shs, colors_precomp: expected exactly one of them")
+        g = self.gaussians
+        least = torch.ones_like(points[:, 0])
+        colors = torch.ones_like(points)
+        with torch.no_grad():
+            for view in self.views:
+                H, W = int(view.image_height), int(view.image_width)
+                image, parts = None, []
+                for start in range(0, max(points.shape[0], 1), self.chunk):
+                    out = self.rasterizer(view)(
+                        g["means3D"], None, g["opacities"], shs=shs,
+                        colors_precomp=colors_precomp, scales=g["scales"],
+                        rotations=g["rotations"], cov3D_precomp=g["cov3D_precomp"],
+                        points3D=points[start:start + self.chunk])
+                    image = out[0] if image is None else image
+                    parts.append(out[-1])
+                opacity = torch.cat(parts)
+                flat = [torch.as_tensor(m).reshape(-1).to(points) for m in
+                        (view.viewmatrix, view.projmatrix)]
+                _, _, pixel = _pixel_of(points, *flat, H, W)
+                # A point the view does not see has opacity 1: never less than the least.
+                better = opacity < least
+                colors = torch.where(better[:, None], image.reshape(3, -1)[:, pixel].T, colors)
+                least = torch.where(better, opacity, least)
+        return colors
 
     def __call__(self, points: torch.Tensor) -> torch.Tensor:
         """(N,) the field at points (N, 3), of the Gaussians' dtype and device."""

@@ -17,6 +17,7 @@ import torch
 import scenes
 from cuda_target import active, cuda_targets
 from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend, has_cuda_backend
+from diff_gaussian_rasterization_depth.cameras import Camera
 from diff_gaussian_rasterization_depth.reference import rasterize_reference
 from diff_gaussian_rasterization_depth.surface import _pixel_to_view, depth_to_points
 from robust_helpers import axis_camera, settings_on
@@ -315,6 +316,57 @@ def test_opacity_mesh_of_a_sphere_of_splats():
     assert (undirected == 2).all() and (directed == 1).all()  # closed, consistently oriented
     normal, centroid = face_normals(mesh)
     assert ((normal * (centroid.float() - centre).double()).sum(1) > 0).float().mean() > 0.99
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_vertex_colors_come_from_the_view_that_sees_best(dtype):
+    """GOF's vertex colours: per point, the rendered colour (background included) of its pixel
+    in the view of least opacity, white where no view sees it. Against a walk of the views
+    written here: each view's image by the rasterizer, the pixel by the camera's own
+    projection (cameras.Camera, float64), the opacity by the field's view_opacity."""
+    field = plane_of_discs(dtype)
+    n = field.gaussians["means3D"].shape[0]
+    gen = torch.Generator().manual_seed(11)
+    colors = torch.rand(n, 3, generator=gen, dtype=F64).to(dtype)
+    bg = torch.tensor([0.1, 0.6, 0.3], dtype=dtype)
+    field.views = [v._replace(bg=bg) for v in field.views]
+    # Points about the plane (in front, on and behind it), and two that no view sees.
+    points = torch.cat([torch.rand(300, 2, generator=gen, dtype=F64) * 1.6 - 0.8,
+                        2.9 + 0.2 * torch.rand(300, 1, generator=gen, dtype=F64)], 1)
+    points = torch.cat([points, torch.tensor([[0.0, 0.0, -1.0], [30.0, 0.0, 3.0]],
+                                             dtype=F64)]).to(dtype)
+    got = field.vertex_colors(points, colors_precomp=colors)
+
+    least = torch.ones(points.shape[0], dtype=F64)
+    want = torch.ones(points.shape[0], 3, dtype=F64)
+    for view in field.views:
+        image = GaussianRasterizer(view)(
+            field.gaussians["means3D"], None, field.gaussians["opacities"],
+            colors_precomp=colors, scales=field.gaussians["scales"],
+            rotations=field.gaussians["rotations"])[0].double()
+        w2c = view.viewmatrix.double().T
+        camera = Camera(w2c.numpy(), view.image_width, view.image_height,
+                        view.image_width / (2 * view.tanfovx),
+                        view.image_height / (2 * view.tanfovy))
+        col, row, _ = torch.as_tensor(camera.project(points.double().numpy())).unbind(1)
+        col = col.round().long().clamp(0, view.image_width - 1)
+        row = row.round().long().clamp(0, view.image_height - 1)
+        opacity = field.view_opacity(points, view).double()
+        for i in range(points.shape[0]):
+            if opacity[i] < least[i]:
+                least[i] = opacity[i]
+                want[i] = image[:, row[i], col[i]]
+    tol = 1e-5 if dtype == F32 else 1e-12
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=tol)
+    assert torch.equal(got[-2:], torch.ones(2, 3, dtype=dtype))     # seen by no view
+    seen = least < 1
+    assert seen[:-2].all()
+    # Behind the opaque discs a point's colour is the discs' blend, not the background; the
+    # three views give it different pixels, so the colours are not all alike.
+    assert (got[:300] - bg).abs().amax(1).min() > 0.01
+    assert got[:300].std(0).min() > 0.05
+    with pytest.raises(ValueError, match="exactly one"):
+        field.vertex_colors(points)
 
 
 @pytest.mark.cuda
