@@ -254,11 +254,12 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
     colors = colors.reshape(B, *colors.shape[len(batch):])
     if not per_camera:
         colors = colors.unsqueeze(1)  # (B, 1, N, ...): every camera reads camera 0's
-    viewmats = viewmats.reshape(B, C, 4, 4)
+    # gsplat takes float32 cameras with float64 Gaussians and the other way round.
+    viewmats = viewmats.reshape(B, C, 4, 4).to(means.dtype)
     # (fx, fy, cx, cy) of every camera, read once (one host sync on a GPU).
     intrinsics = Ks.detach().reshape(B * C, 3, 3)[:, [0, 1, 0, 1], [0, 1, 2, 2]].tolist()
     if backgrounds is not None:
-        backgrounds = backgrounds.reshape(B, C, -1)
+        backgrounds = backgrounds.reshape(B, C, -1).to(means.dtype)
 
     inputs = [means, quats, scales, opacities, colors, viewmats, cov6]
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad

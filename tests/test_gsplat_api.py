@@ -374,6 +374,25 @@ def test_sparse_gradients():
     torch.optim.SparseAdam([sparse["means"]], lr=0.01).step()
 
 
+def test_cameras_of_another_dtype():
+    """float32 cameras and backgrounds with float64 Gaussians (and the other way round) render
+    as cameras of the Gaussians' dtype, the camera's gradient in its own dtype."""
+    scene = twin_scene(15)
+    bg = torch.rand(1, 3, dtype=F64)
+    want, _, _ = rasterization(**scene, width=W, height=H, backgrounds=bg)
+    mixed = leaves(dict(scene, viewmats=scene["viewmats"].float()), names=("viewmats",))
+    image, _, _ = rasterization(**mixed, width=W, height=H, backgrounds=bg.float())
+    assert image.dtype == F64
+    torch.testing.assert_close(image, want, rtol=0, atol=1e-6)
+    image.sum().backward()
+    assert mixed["viewmats"].grad.dtype == torch.float32
+    single = {k: v.float() for k, v in scene.items()}
+    image32, _, _ = rasterization(**dict(single, viewmats=scene["viewmats"]), width=W,
+                                  height=H, backgrounds=bg)
+    assert image32.dtype == torch.float32
+    torch.testing.assert_close(image32.double(), want, rtol=0, atol=1e-5)
+
+
 def test_no_grad_call():
     """Under no_grad (evaluation) means2d needs no gradient and nothing is hooked."""
     scene = leaves(twin_scene(12))
