@@ -141,3 +141,38 @@ def test_compiled_loss_with_fused_ssim_matches_eager():
     torch.testing.assert_close(c_grad, grad, rtol=1e-5, atol=1e-9)
     assert grad.abs().max() > 0
     assert dynamo_warnings(caught) == []
+
+
+def test_compiled_gsplat_call_matches_eager():
+    """gsplat's call on the package (`.gsplat.rasterization`) inside a compiled loss: the loss,
+    every Gaussian's and the camera's gradient, and means2d's (what gsplat's strategies read),
+    as in eager mode; no warnings."""
+    from test_gsplat_api import H, W, leaves, twin_scene
+    from diff_gaussian_rasterization_depth.gsplat import rasterization
+    torch_dynamo.reset()
+    scene = twin_scene(3, dtype=torch.float32)
+
+    def loss_of(means, quats, scales, opacities, colors, viewmats, Ks):
+        image, alpha, meta = rasterization(means, quats, scales, opacities, colors, viewmats,
+                                           Ks, W, H, render_mode="RGB+ED", packed=False)
+        loss = (image[..., :3] - 0.5).abs().mean() + image[..., 3].mean() + alpha.mean()
+        return loss, meta["means2d"]
+
+    results = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for call in (loss_of, torch.compile(loss_of)):
+            inputs = leaves(scene)
+            loss, means2d = call(**inputs)
+            loss.backward()
+            results.append((loss.detach(), {k: v.grad for k, v in inputs.items()
+                                            if v.grad is not None}, means2d.grad))
+    (loss, grads, m2d), (c_loss, c_grads, c_m2d) = results
+    torch.testing.assert_close(c_loss, loss, rtol=1e-6, atol=1e-7)
+    assert set(c_grads) == set(grads) == {"means", "quats", "scales", "opacities", "colors",
+                                         "viewmats"}
+    for k in grads:
+        torch.testing.assert_close(c_grads[k], grads[k], rtol=1e-5, atol=1e-8, msg=k)
+    torch.testing.assert_close(c_m2d, m2d, rtol=1e-5, atol=1e-8)
+    assert m2d.abs().max() > 0
+    assert dynamo_warnings(caught) == []
