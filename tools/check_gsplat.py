@@ -87,7 +87,7 @@ def check_api(seeds) -> bool:
             off = float((pixel > 1e-4).float().mean())
             grads = {k: float((theirs[k].grad - ours[k].grad).abs().max()
                               / theirs[k].grad.abs().max()) for k in GRAD_NAMES}
-            means2d = float((meta_t["means2d"].detach() - meta_o["means2d"]).abs().max())
+            means2d = float((meta_t["means2d"] - meta_o["means2d"]).detach().abs().max())
             same_radii = bool(torch.equal(meta_t["radii"] > 0, meta_o["radii"] > 0))
             good = off <= 1e-3 and max(grads.values()) < 1e-2 and means2d < 1e-4 and same_radii
             ok &= good
