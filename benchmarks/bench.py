@@ -412,8 +412,8 @@ class OursContributions(Ours):
         return _Prepared(forward, loss, visible=lambda out: int((out[1] > 0).sum()))
 
 
-IMPLS = {"ours": Ours, "gsplat": Gsplat, "gsplat-api": GsplatApi, "original": Original, "ours-2024": Ours2024,
-         "ours-surface": OursSurface, "ours-rade": OursIntersection,
+IMPLS = {"ours": Ours, "gsplat": Gsplat, "gsplat-api": GsplatApi, "original": Original,
+         "ours-2024": Ours2024, "ours-surface": OursSurface, "ours-rade": OursIntersection,
          "ours-contributions": OursContributions,
          **{impl.name: impl for impl in ABLATED}}
 ABLATION = ("ours," + ",".join(impl.name for impl in ABLATED)

@@ -46,7 +46,8 @@ import torch
 
 from . import GaussianRasterizationSettings
 from . import rasterize_gaussians as _rasterize
-from .cameras import ZFAR, ZNEAR
+from ._validation import _require_tensor
+from .cameras import perspective_matrix
 
 __all__ = ["rasterization"]
 
@@ -103,7 +104,19 @@ def _check_arguments(render_mode, tile_size, distributed, camera_model, with_ut,
 
 def _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, covars, sh_degree,
                   backgrounds):
-    """gsplat's shape rules; returns (batch_dims, N, C, per_camera_colors)."""
+    """gsplat's shape rules, and floating tensors on the means' device (Ks anywhere: it is
+    read to the host); returns (batch_dims, N, C, per_camera_colors)."""
+    named = dict(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors,
+                 viewmats=viewmats, covars=covars, backgrounds=backgrounds, Ks=Ks)
+    for name, t in named.items():
+        if t is None:
+            continue
+        _require_tensor(name, t)
+        if not t.is_floating_point():
+            raise TypeError(f"rasterization: {name} must be floating point, got {t.dtype}")
+        if name != "Ks" and t.device != means.device:
+            raise ValueError(f"rasterization: {name} must be on the means' device "
+                             f"({means.device}), got {t.device}")
     if means.dim() < 2 or means.shape[-1] != 3:
         raise ValueError(f"rasterization: means must be (..., N, 3), got {tuple(means.shape)}")
     batch, N = means.shape[:-2], means.shape[-2]
@@ -143,14 +156,15 @@ def _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, covars,
 
 
 def _projection(K, width: int, height: int, dtype, device) -> torch.Tensor:
-    """The 4x4 perspective (column-vector form) whose NDC lands, through the rasterizer's
-    ndc-to-pixel map ((ndc + 1) size - 1) / 2, at gsplat's K x / z less half a pixel: gsplat's
-    pixel (i, j) is centred at (i + 0.5, j + 0.5), the rasterizer's at (i, j)."""
+    """The package's perspective (cameras.perspective_matrix) of gsplat's intrinsics K (fx, fy,
+    cx, cy), its principal point moved off the centre so that the NDC lands, through the
+    rasterizer's ndc-to-pixel map ((ndc + 1) size - 1) / 2, at gsplat's K x / z less half a
+    pixel: gsplat's pixel (i, j) is centred at (i + 0.5, j + 0.5), the rasterizer's at (i, j)."""
     fx, fy, cx, cy = K
-    return torch.tensor([[2.0 * fx / width, 0.0, 2.0 * cx / width - 1.0, 0.0],
-                         [0.0, 2.0 * fy / height, 2.0 * cy / height - 1.0, 0.0],
-                         [0.0, 0.0, ZFAR / (ZFAR - ZNEAR), -ZFAR * ZNEAR / (ZFAR - ZNEAR)],
-                         [0.0, 0.0, 1.0, 0.0]], dtype=dtype, device=device)
+    P = perspective_matrix(width / (2.0 * fx), height / (2.0 * fy))
+    P[0, 2] = 2.0 * cx / width - 1.0
+    P[1, 2] = 2.0 * cy / height - 1.0
+    return torch.tensor(P, dtype=dtype, device=device)
 
 
 def _settings(viewmat, K, width, height, bg, sh_degree, eps2d, antialiased):

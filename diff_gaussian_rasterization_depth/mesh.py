@@ -749,18 +749,27 @@ class OpacityField:
         self.colors = means3D.new_zeros((means3D.shape[0], 3))
         self.chunk = chunk
 
-    def view_opacity(self, points: torch.Tensor, view) -> torch.Tensor:
-        """(N,) the opacity of points (N, 3) in one view (1 where it does not see them)."""
+    def _render(self, points: torch.Tensor, view, shs=None, colors_precomp=None):
+        """(colour (3, H, W), opacity (N,)) of one view's render with points (N, 3), in chunks
+        of `self.chunk` points (the image is the first chunk's; the field's own zero colours
+        where no colours are given)."""
         g = self.gaussians
-        parts = []
+        if shs is None and colors_precomp is None:
+            colors_precomp = self.colors
+        image, parts = None, []
         with torch.no_grad():
             for start in range(0, max(points.shape[0], 1), self.chunk):
-                chunk = points[start:start + self.chunk]
-                parts.append(self.rasterizer(view)(
-                    g["means3D"], None, g["opacities"], colors_precomp=self.colors,
+                out = self.rasterizer(view)(
+                    g["means3D"], None, g["opacities"], shs=shs, colors_precomp=colors_precomp,
                     scales=g["scales"], rotations=g["rotations"],
-                    cov3D_precomp=g["cov3D_precomp"], points3D=chunk)[-1])
-        return torch.cat(parts)
+                    cov3D_precomp=g["cov3D_precomp"], points3D=points[start:start + self.chunk])
+                image = out[0] if image is None else image
+                parts.append(out[-1])
+        return image, torch.cat(parts)
+
+    def view_opacity(self, points: torch.Tensor, view) -> torch.Tensor:
+        """(N,) the opacity of points (N, 3) in one view (1 where it does not see them)."""
+        return self._render(points, view)[1]
 
     def vertex_colors(self, points: torch.Tensor, shs: Optional[torch.Tensor] = None,
                       colors_precomp: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -772,29 +781,17 @@ class OpacityField:
         _check_shape("points", points, (None, 3))
         if (shs is None) == (colors_precomp is None):
             raise ValueError("shs, colors_precomp: expected exactly one of them")
-        g = self.gaussians
         least = torch.ones_like(points[:, 0])
         colors = torch.ones_like(points)
-        with torch.no_grad():
-            for view in self.views:
-                H, W = int(view.image_height), int(view.image_width)
-                image, parts = None, []
-                for start in range(0, max(points.shape[0], 1), self.chunk):
-                    out = self.rasterizer(view)(
-                        g["means3D"], None, g["opacities"], shs=shs,
-                        colors_precomp=colors_precomp, scales=g["scales"],
-                        rotations=g["rotations"], cov3D_precomp=g["cov3D_precomp"],
-                        points3D=points[start:start + self.chunk])
-                    image = out[0] if image is None else image
-                    parts.append(out[-1])
-                opacity = torch.cat(parts)
-                flat = [torch.as_tensor(m).reshape(-1).to(points) for m in
-                        (view.viewmatrix, view.projmatrix)]
-                _, _, pixel = _pixel_of(points, *flat, H, W)
-                # A point the view does not see has opacity 1: never less than the least.
-                better = opacity < least
-                colors = torch.where(better[:, None], image.reshape(3, -1)[:, pixel].T, colors)
-                least = torch.where(better, opacity, least)
+        for view in self.views:
+            image, opacity = self._render(points, view, shs, colors_precomp)
+            flat = [torch.as_tensor(m).reshape(-1).to(points) for m in
+                    (view.viewmatrix, view.projmatrix)]
+            _, _, pixel = _pixel_of(points, *flat, int(view.image_height), int(view.image_width))
+            # A point the view does not see has opacity 1: never less than the least.
+            better = opacity < least
+            colors = torch.where(better[:, None], image.reshape(3, -1)[:, pixel].T, colors)
+            least = torch.where(better, opacity, least)
         return colors
 
     def __call__(self, points: torch.Tensor) -> torch.Tensor:

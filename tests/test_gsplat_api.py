@@ -15,6 +15,7 @@ checks, and the same on the CUDA targets.
 import pytest
 import torch
 
+import scenes
 from cuda_target import active, cuda_targets
 from diff_gaussian_rasterization_depth import GaussianRasterizer
 from diff_gaussian_rasterization_depth.cameras import Camera
@@ -25,13 +26,8 @@ W, H = 48, 36
 
 
 def quaternion_matrix(q):
-    """(N, 3, 3) rotation of the unit quaternion along q = (w, x, y, z)."""
-    w, x, y, z = (q / q.norm(dim=-1, keepdim=True)).unbind(-1)
-    return torch.stack([
-        torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-        torch.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-        torch.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-    ], -2)
+    """(N, 3, 3) rotation of the unit quaternion along q = (w, x, y, z) (gsplat normalizes)."""
+    return scenes.rotation_matrices(q / q.norm(dim=-1, keepdim=True))
 
 
 def gsplat_twin(means, quats, scales, opacities, colors, viewmat, K, width, height, eps2d=0.3,
@@ -161,6 +157,22 @@ def test_matches_gsplat_twin_f64():
                                        msg=lambda m, n=name: f"{mode} {n}: {m}")
         torch.testing.assert_close(meta["means2d"].grad, delta.grad, rtol=1e-5, atol=1e-6)
         assert delta.grad.abs().max() > 1e-3
+
+
+def test_gradcheck_f64():
+    """Finite differences (float64, the CPU backend) of the whole call, RGB+ED and alpha, in
+    means, quats, scales, opacities, colours and viewmats, an off-centre principal point."""
+    scene = twin_scene(16, N=6)
+    names = ("means", "quats", "scales", "opacities", "colors", "viewmats")
+    inputs = leaves(scene, names)
+
+    def call(*tensors):
+        image, alpha, _ = rasterization(**dict(inputs, **dict(zip(names, tensors))), width=W,
+                                        height=H, render_mode="RGB+ED", packed=False)
+        return image, alpha
+
+    assert torch.autograd.gradcheck(call, [inputs[k] for k in names], eps=1e-6, atol=1e-5,
+                                    rtol=1e-4, fast_mode=True)
 
 
 def test_render_modes_agree():
@@ -416,6 +428,11 @@ def test_no_grad_call():
     (dict(viewmats=torch.eye(4)), ValueError, "viewmats"),
     (dict(sh_degree=3), ValueError, "sh_degree"),
     (dict(backgrounds=torch.zeros(1, 4)), ValueError, "backgrounds"),
+    (dict(opacities=torch.ones(14, dtype=torch.int32)), TypeError, "opacities must be floating"),
+    (dict(colors=[[0.5, 0.5, 0.5]] * 14), TypeError, "colors: expected a torch.Tensor"),
+    # Another device than the means' (a meta tensor stands in for any other device).
+    (dict(viewmats=torch.eye(4, device="meta")[None]), ValueError, "viewmats must be on"),
+    (dict(quats=torch.ones(14, 4, device="meta")), ValueError, "quats must be on"),
 ])
 def test_checks_name_the_argument(bad, error, words):
     scene = twin_scene(13, dtype=torch.float32)

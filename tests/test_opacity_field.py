@@ -369,6 +369,27 @@ def test_vertex_colors_come_from_the_view_that_sees_best(dtype):
         field.vertex_colors(points)
 
 
+@pytest.mark.parametrize("target", cuda_targets())
+def test_vertex_colors_on_cuda_targets(target):
+    """The vertex colours on a CUDA target are the CPU backend's: the same views, renders and
+    opacity walks (float32; a colour may move by the two backends' rounding of a blend)."""
+    from diff_gaussian_rasterization_depth.mesh import OpacityField
+    cpu = plane_of_discs(F32)
+    gen = torch.Generator().manual_seed(12)
+    n = cpu.gaussians["means3D"].shape[0]
+    colors = torch.rand(n, 3, generator=gen)
+    points = torch.cat([torch.rand(200, 2, generator=gen) * 1.6 - 0.8,
+                        2.9 + 0.2 * torch.rand(200, 1, generator=gen)], 1)
+    want = cpu.vertex_colors(points, colors_precomp=colors)
+    g = {k: None if v is None else v.to(target) for k, v in cpu.gaussians.items()}
+    field = OpacityField([settings_on(v, target) for v in cpu.views], g["means3D"],
+                         g["opacities"], g["scales"], g["rotations"])
+    with active(target):
+        got = field.vertex_colors(points.to(target), colors_precomp=colors.to(target))
+    torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-4)
+    assert (want < 1).any(dim=1).all()  # every point seen, none left white
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available() or not has_cuda_backend(),
                     reason="needs a CUDA GPU and the CUDA backend")

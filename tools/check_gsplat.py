@@ -1,6 +1,7 @@
 """gsplat's own code against the package's `diff_gaussian_rasterization_depth.gsplat`, on the
-CPU: gsplat is not a dependency, so these checks are run by hand (doc/migration.md has the
-figures).
+CPU. gsplat is not a dependency: these checks run by hand (doc/migration.md has the figures),
+and tests/test_gsplat_api.py runs `api` and `strategy`, smaller, wherever gsplat is installed
+(CI installs it).
 
 1. `api`: gsplat's PyTorch rasterizer (`gsplat.rendering._rasterization`, gradients by
    autograd; its three CUDA-only pieces replaced by benchmarks/gsplat_cpu_twins.py) and the
