@@ -176,3 +176,34 @@ def test_compiled_gsplat_call_matches_eager():
     torch.testing.assert_close(c_m2d, m2d, rtol=1e-5, atol=1e-8)
     assert m2d.abs().max() > 0
     assert dynamo_warnings(caught) == []
+
+
+def test_compiled_ashawkey_call_with_confidence_matches_eager():
+    """DreamGaussian's fork's call (`.ashawkey`) with FSGS's confidence inside a compiled loss:
+    the loss and the gradients (scaled by the confidence) as in eager mode; no warnings."""
+    from diff_gaussian_rasterization_depth import ashawkey
+    torch_dynamo.reset()
+    params, settings = raw_parameters(7)
+    confidence = torch.rand(params["means3D"].shape[0], 1,
+                            generator=torch.Generator().manual_seed(4))
+    fork = ashawkey.GaussianRasterizationSettings(*settings[:12], confidence)
+
+    def loss_of(means3D, opacity_logits, log_scales, rotations, shs):
+        color, radii, depth, alpha = ashawkey.GaussianRasterizer(fork)(
+            means3D=means3D, means2D=torch.zeros_like(means3D), shs=shs,
+            opacities=torch.sigmoid(opacity_logits), scales=torch.exp(log_scales),
+            rotations=torch.nn.functional.normalize(rotations, dim=-1))
+        return color.mean() + 0.1 * depth.mean() + (1 - alpha).mean(), radii
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss, radii, grads = loss_and_grads(lambda s, t, *p: loss_of(*p), settings, None, params)
+        compiled = torch.compile(loss_of)
+        c_loss, c_radii, c_grads = loss_and_grads(lambda s, t, *p: compiled(*p), settings, None,
+                                                  params)
+    assert torch.equal(c_radii, radii) and (radii > 0).sum() > 20
+    torch.testing.assert_close(c_loss, loss, rtol=1e-5, atol=1e-6)
+    for name, g, c in zip(PARAMETERS, grads, c_grads):
+        assert g.abs().max() > 0, name
+        torch.testing.assert_close(c, g, rtol=1e-4, atol=1e-6 * float(g.abs().max()), msg=name)
+    assert dynamo_warnings(caught) == []
