@@ -1,7 +1,9 @@
-"""DreamGaussian's depth fork's API (`diff_gaussian_rasterization_depth.ashawkey`, the rasterizer
-of FSGS, DNGaussian, LGM) and FSGS's `confidence`: outputs and gradients against autograd
-through the reference in float64, the confidence's scaling of the gradients, FSGS's depth loss
-training with it, and the same call on the CUDA targets.
+"""The APIs of the depth forks whose depth is not normalized: DreamGaussian's
+(`diff_gaussian_rasterization_depth.ashawkey`, the rasterizer of FSGS, DNGaussian, LGM) with
+FSGS's `confidence`, and Deformable 3D Gaussians' (`.ingra14m`, three outputs; 4DGaussians):
+outputs and gradients against autograd through the reference in float64, the confidence's
+scaling of the gradients, FSGS's depth loss training with it, and the same calls on the CUDA
+targets.
 """
 import math
 
@@ -9,8 +11,8 @@ import pytest
 import torch
 
 import scenes
-from cuda_target import active, cuda_targets
-from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend, ashawkey
+from cuda_target import active, adds_in_fixed_order, cuda_targets
+from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend, ashawkey, ingra14m
 from diff_gaussian_rasterization_depth.reference import rasterize_reference
 
 if _backend._C is None:
@@ -254,3 +256,40 @@ def test_ashawkey_api_on_cuda(target):
         plain = leaves[name].grad
         want = plain if name == "means2D" else plain * c
         torch.testing.assert_close(grad, want, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("target", ["cpu"] + cuda_targets())
+def test_ingra14m_api_is_the_first_three_maps(target):
+    """Deformable 3D Gaussians' fork (`.ingra14m`): (color, radii, depth), the same as the
+    four-output fork's first three, outputs and gradients (a loss on colour and depth), by
+    keyword and in the functional form; its settings the original's twelve fields."""
+    scene = scenes.make_scene(31900, P=110, height=33, width=47, sh_degree=1)
+    moved = {k: None if v is None else v.to(target) for k, v in scene.inputs.items()}
+    settings = fork_settings(scene, device=target)
+    upstream = upstream_grads((33, 47), 12, F32)
+    upstream[2] = torch.zeros_like(upstream[2])  # no alpha output to carry a gradient
+    upstream = [u.to(target) for u in upstream]
+    with active(target):
+        want, want_grads = fork_grads(settings, moved, upstream)
+        leaves = leaves_of(moved)
+        out = ingra14m.GaussianRasterizer(raster_settings=settings)(
+            means3D=leaves["means3D"], means2D=leaves["means2D"], shs=leaves["shs"],
+            opacities=leaves["opacities"], scales=leaves["scales"],
+            rotations=leaves["rotations"])
+        assert len(out) == 3
+        ((out[0] * upstream[0]).sum() + (out[2] * upstream[1]).sum()).backward()
+        functional = ingra14m.rasterize_gaussians(
+            moved["means3D"], moved["means2D"], moved["shs"], None, moved["opacities"],
+            moved["scales"], moved["rotations"], None, settings)
+    for got, w in zip(out, want[:3]):
+        assert torch.equal(got.detach(), w.detach())
+    for got, w in zip(functional, want[:3]):
+        assert torch.equal(got.detach(), w.detach())
+    assert out[2].shape == (1, 33, 47) and (out[1] > 0).sum() > 20
+    # The same render twice: the same bits where atomics add in a fixed order.
+    tol = dict(rtol=0, atol=0) if adds_in_fixed_order(target) else dict(rtol=1e-5, atol=1e-7)
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(leaves[name].grad, grad, **tol, msg=name)
+    assert ingra14m.GaussianRasterizationSettings._fields[:12] == (
+        "image_height", "image_width", "tanfovx", "tanfovy", "bg", "scale_modifier",
+        "viewmatrix", "projmatrix", "sh_degree", "campos", "prefiltered", "debug")
