@@ -14,7 +14,15 @@ on every branch of the fork's: the fork's `main` renders the depth without a gra
 to means3D; here both, so a loss on the depth acts as on the fork's `depth-mean3D`, and code
 that puts none on it trains as on `main`. The fork's `latest` branch returns a fourth map, the
 accumulated alpha: that call is `diff_gaussian_rasterization_depth.ashawkey`'s.
+
+`means2D_densify` (the `filter-norm` branch of the fork's successor,
+diff-gaussian-rasterization-extentions, which Deformable 3D Gaussians renders with now): a
+second screen-space carrier whose `.grad[:, :2]` is the absolute gradient, the sum over pixels
+of |each pixel's part| (AbsGS's), in the units of means2D's. The package's (P, 4) carrier
+(columns 2-3, doc/api.md) gives it; means2D keeps its own gradient.
 """
+import torch
+
 from .ashawkey import GaussianRasterizationSettings as _AshawkeySettings
 from .ashawkey import GaussianRasterizer as _AshawkeyRasterizer
 from .ashawkey import rasterize_gaussians as _rasterize_with_alpha
@@ -25,10 +33,27 @@ __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gau
 GaussianRasterizationSettings = _AshawkeySettings
 
 
+def _with_absolute_columns(means3D, means2D, means2D_densify):
+    """The package's (P, 4) carrier: columns 0-1 route their gradient to means2D, columns 2-3
+    (the absolute gradient) to means2D_densify's first two."""
+    if not isinstance(means2D_densify, torch.Tensor) or not isinstance(means3D, torch.Tensor):
+        raise TypeError(f"means2D_densify: expected a tensor or None, got "
+                        f"{type(means2D_densify).__name__}")
+    if means2D_densify.dim() != 2 or means2D_densify.shape[1] < 2 or \
+            means2D_densify.shape[0] != means3D.shape[0]:
+        raise ValueError(f"means2D_densify: expected ({means3D.shape[0]}, 2 or more), got shape "
+                         f"{tuple(means2D_densify.shape)}")
+    if means2D is None:
+        means2D = torch.zeros_like(means2D_densify[:, :2])
+    return torch.cat([means2D[:, :2], means2D_densify[:, :2].to(means2D)], dim=1)
+
+
 def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
-                        cov3Ds_precomp, raster_settings):
+                        cov3Ds_precomp, raster_settings, means2D_densify=None):
     """The fork's functional form and argument order; returns (color, radii, depth), depth
     (1, H, W) not normalized (module docstring)."""
+    if means2D_densify is not None:
+        means2D = _with_absolute_columns(means3D, means2D, means2D_densify)
     color, radii, depth, _alpha = _rasterize_with_alpha(
         means3D, means2D, sh, colors_precomp, opacities, scales, rotations, cov3Ds_precomp,
         raster_settings)
@@ -37,9 +62,10 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
 
 class GaussianRasterizer(_AshawkeyRasterizer):
     """The fork's module: `markVisible` as the package's, `forward` returning
-    (color, radii, depth)."""
+    (color, radii, depth), with `means2D_densify` (module docstring) by keyword."""
 
     def forward(self, means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
-                rotations=None, cov3D_precomp=None):
+                rotations=None, cov3D_precomp=None, means2D_densify=None):
         return rasterize_gaussians(means3D, means2D, shs, colors_precomp, opacities, scales,
-                                   rotations, cov3D_precomp, self.raster_settings)
+                                   rotations, cov3D_precomp, self.raster_settings,
+                                   means2D_densify=means2D_densify)

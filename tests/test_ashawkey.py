@@ -293,3 +293,53 @@ def test_ingra14m_api_is_the_first_three_maps(target):
     assert ingra14m.GaussianRasterizationSettings._fields[:12] == (
         "image_height", "image_width", "tanfovx", "tanfovy", "bg", "scale_modifier",
         "viewmatrix", "projmatrix", "sh_degree", "campos", "prefiltered", "debug")
+
+
+@pytest.mark.parametrize("target", ["cpu"] + cuda_targets())
+def test_ingra14m_means2d_densify_takes_the_absolute_gradient(target):
+    """Deformable 3D Gaussians' `means2D_densify` (the fork's filter-norm branch): its
+    .grad[:, :2] is the package's absolute gradient (a (P, 4) carrier's columns 2-3), means2D's
+    gradient and every other one as without it, the maps the same; the absolute sums are at
+    least the signed ones' magnitudes, and larger where pixels pull apart."""
+    scene = scenes.make_scene(32000, P=100, height=35, width=41, sh_degree=1)
+    moved = {k: None if v is None else v.to(target) for k, v in scene.inputs.items()}
+    settings = fork_settings(scene, device=target)
+    upstream = [u.to(target) for u in upstream_grads((35, 41), 13, F32)]
+
+    def run(with_densify):
+        leaves = leaves_of(moved)
+        densify = torch.zeros_like(leaves["means3D"], requires_grad=True) if with_densify \
+            else None
+        out = ingra14m.GaussianRasterizer(settings)(
+            means3D=leaves["means3D"], means2D=leaves["means2D"], shs=leaves["shs"],
+            opacities=leaves["opacities"], scales=leaves["scales"],
+            rotations=leaves["rotations"], means2D_densify=densify)
+        ((out[0] * upstream[0]).sum() + (out[2] * upstream[1]).sum()).backward()
+        return out, leaves, densify
+
+    with active(target):
+        out, leaves, densify = run(True)
+        plain_out, plain_leaves, _ = run(False)
+        carrier = torch.zeros(scene.P, 4, device=moved["means3D"].device, requires_grad=True)
+        color, _, depth, weight = GaussianRasterizer(scene.settings._replace(
+            **{f: getattr(scene.settings, f).to(target)
+               for f in ("bg", "viewmatrix", "projmatrix", "campos")}))(
+            **dict(moved, means2D=carrier))
+        ((color * upstream[0]).sum() + (depth * weight * upstream[1][0]).sum()).backward()
+    for a, b in zip(out, plain_out):
+        assert torch.equal(a.detach(), b.detach())
+    tol = dict(rtol=0, atol=0) if adds_in_fixed_order(target) else dict(rtol=1e-5, atol=1e-7)
+    for name in plain_leaves:
+        if plain_leaves[name] is not None:
+            torch.testing.assert_close(leaves[name].grad, plain_leaves[name].grad, **tol,
+                                       msg=name)
+    absolute = densify.grad[:, :2]
+    assert (densify.grad[:, 2] == 0).all()
+    torch.testing.assert_close(absolute, carrier.grad[:, 2:], rtol=1e-5, atol=1e-9)
+    signed = leaves["means2D"].grad[:, :2]
+    assert (absolute >= signed.abs() * (1 - 1e-5) - 1e-9).all()
+    assert (absolute > 1.5 * signed.abs() + 1e-6).any()
+    with pytest.raises(ValueError, match="means2D_densify"):
+        ingra14m.rasterize_gaussians(moved["means3D"], None, moved["shs"], None,
+                                     moved["opacities"], moved["scales"], moved["rotations"],
+                                     None, settings, means2D_densify=torch.zeros(3, 2))

@@ -9,7 +9,8 @@ degree 1) over a black background. Each view is rendered through
 passes it), which gives colour and inverse depth in one call:
 train/ and test/ hold the PNG images, depths/NAME.png the inverse depth as 16-bit PNG scaled by
 512 (what 3DGS's NeRF-synthetic reader divides by), transforms_{train,test}.json the cameras
-(camera_angle_x, Blender camera-to-world: x right, y up, z back) and points3d.ply a random
+(camera_angle_x, Blender camera-to-world: x right, y up, z back; and D-NeRF's "time" per frame,
+for deformable-scene codes, though nothing moves) and points3d.ply a random
 initial point cloud (as 3DGS makes for such scenes, but fewer points, for the CPU).
 """
 import argparse
@@ -67,8 +68,11 @@ def write_split(out, split, cams, scene):
         Image.fromarray(rgb, "RGB").save(os.path.join(out, split, name + ".png"))
         depth16 = np.clip(invdepth[0].numpy() * 512 + 0.5, 0, 65535).astype(np.uint16)
         Image.fromarray(depth16).save(os.path.join(out, "depths", name + ".png"))
+        # "time": D-NeRF's field, which deformable-scene codes (Deformable 3D Gaussians) read;
+        # the scene is static, so any time is right.
         frames.append({"file_path": f"./{split}/{name}",
-                       "transform_matrix": blender_camera_to_world(cam).tolist()})
+                       "transform_matrix": blender_camera_to_world(cam).tolist(),
+                       "time": k / max(1, len(cams) - 1)})
     with open(os.path.join(out, f"transforms_{split}.json"), "w") as f:
         json.dump({"camera_angle_x": math.radians(FOV_X_DEG), "frames": frames}, f, indent=1)
 
