@@ -29,9 +29,9 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from . import GaussianRasterizationSettings as _PackageSettings
 from . import GaussianRasterizer as _DepthRasterizer
 from . import rasterize_gaussians as _rasterize
+from ._forks import package_settings
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians"]
 
@@ -94,11 +94,6 @@ def _with_confidence(confidence, tensors):
             else _ScaledGradient.apply(t, confidence.to(t.device)) for t in tensors]
 
 
-def _package_settings(settings) -> _PackageSettings:
-    """The package's settings of the same call: the first 12 fields, the original's."""
-    return _PackageSettings(*settings[:12])
-
-
 def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
                         cov3Ds_precomp, raster_settings):
     """The fork's functional form and argument order; returns (color, radii, depth, alpha),
@@ -108,7 +103,7 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
         confidence, [means3D, sh, colors_precomp, opacities, scales, rotations, cov3Ds_precomp])
     color, radii, depth, weight = _rasterize(means3D, means2D, sh, colors_precomp, opacities,
                                              scales, rotations, cov3Ds_precomp,
-                                             _package_settings(raster_settings))
+                                             package_settings(raster_settings))
     return color, radii, (depth * weight).unsqueeze(0), weight.unsqueeze(0)
 
 
@@ -117,7 +112,7 @@ class GaussianRasterizer(_DepthRasterizer):
     (color, radii, depth, alpha)."""
 
     def markVisible(self, positions):
-        return _DepthRasterizer(_package_settings(self.raster_settings)).markVisible(positions)
+        return _DepthRasterizer(package_settings(self.raster_settings)).markVisible(positions)
 
     def forward(self, means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
                 rotations=None, cov3D_precomp=None):
