@@ -213,13 +213,24 @@ def demo_scene(n_gaussians: int = 40000, seed: int = 0, sh_degree: int = 1) -> G
     the degree-1 SH exercises the rasterizer's SH evaluation. World up is `DEMO_UP` (-y);
     the object sits around the origin within a radius of about 2.6 scene units.
     """
+    return _demo_scene_and_parts(n_gaussians, seed, sh_degree)[0]
+
+
+def demo_part_labels(n_gaussians: int = 40000, seed: int = 0) -> torch.Tensor:
+    """(P,) int64: which part of `demo_scene(n_gaussians, seed)` each Gaussian samples: 0 the
+    ground, 1 the ball, 2 the torus, 3 the pillar (object labels for segmentation checks)."""
+    return _demo_scene_and_parts(n_gaussians, seed, 0)[1]
+
+
+def _demo_scene_and_parts(n_gaussians: int, seed: int, sh_degree: int):
     if n_gaussians < 100:
         raise ValueError(f"n_gaussians: expected >= 100, got {n_gaussians}")
     if not 0 <= sh_degree <= 3:
         raise ValueError(f"sh_degree: expected 0..3, got {sh_degree}")
     rng = np.random.default_rng(seed)
-    pts, nrms, cols, scs = [], [], [], []
-    for p, nrm, col, area_each in _surface_samples(rng, n_gaussians):
+    pts, nrms, cols, scs, parts = [], [], [], [], []
+    for part, (p, nrm, col, area_each) in enumerate(_surface_samples(rng, n_gaussians)):
+        parts.append(np.full(len(p), part))
         tangent = 1.0 * math.sqrt(area_each)           # overlap neighbours: a closed surface
         sc = np.tile([tangent, tangent, 0.12 * tangent], (len(p), 1))
         sc *= np.exp(rng.normal(scale=0.15, size=(len(p), 1)))
@@ -240,7 +251,7 @@ def demo_scene(n_gaussians: int = 40000, seed: int = 0, sh_degree: int = 1) -> G
         sh=torch.tensor(sh, **f32),
         opacities=torch.full((P, 1), 0.95, **f32),
         scales=torch.tensor(np.concatenate(scs), **f32),
-        rotations=torch.tensor(_quaternion_z_to(nrm), **f32))
+        rotations=torch.tensor(_quaternion_z_to(nrm), **f32)), torch.tensor(np.concatenate(parts))
 
 
 def demo_cameras(n_views: int, width: int, height: int) -> Sequence[Camera]:

@@ -1,5 +1,6 @@
-"""The test aids of the 2024 acceptance check (doc/migration.md): the scene generator's cameras
-read back as 3DGS reads them, and the CPU device shim."""
+"""The test aids of the end-to-end checks (doc/migration.md): the scene generator's cameras
+read back as 3DGS reads them (its NeRF-synthetic layout and COLMAP's, with object masks), and
+the CPU device shim."""
 import json
 import math
 import os
@@ -11,7 +12,8 @@ import torch
 from PIL import Image
 
 from diff_gaussian_rasterization_depth.cameras import Camera
-from diff_gaussian_rasterization_depth.scenes import demo_scene
+from diff_gaussian_rasterization_depth import GaussianRasterizer as PackageRasterizer
+from diff_gaussian_rasterization_depth.scenes import demo_part_labels, demo_scene
 from diff_gaussian_rasterization_depth.upstream import GaussianRasterizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,6 +51,57 @@ def test_nerf_scene_reads_back_as_3dgs_reads_it(tmp_path):
             assert depth16.max() > 50   # the object is in view
             checked += 1
     assert checked == 3
+
+
+def colmap_rotation(qvec):
+    """COLMAP's qvec (w, x, y, z) as a rotation matrix (its qvec2rotmat)."""
+    w, x, y, z = qvec
+    return np.array([[1 - 2 * y * y - 2 * z * z, 2 * x * y - 2 * w * z, 2 * z * x + 2 * w * y],
+                     [2 * x * y + 2 * w * z, 1 - 2 * x * x - 2 * z * z, 2 * y * z - 2 * w * x],
+                     [2 * z * x - 2 * w * y, 2 * y * z + 2 * w * x, 1 - 2 * x * x - 2 * y * y]])
+
+
+def test_colmap_scene_reads_back_as_colmap_readers_read_it(tmp_path):
+    """`--colmap`: cameras rebuilt from sparse/0's text files as 3DGS's COLMAP reader does
+    (world-to-camera from qvec and tvec, the field of view from the PINHOLE focal) render the
+    saved images again; each object mask is the part (1-4) of the Gaussian with the largest
+    weight at each pixel, 0 where nothing is blended; the initial points parse as COLMAP's."""
+    out = tmp_path / "scene"
+    subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_nerf_scene.py"), str(out),
+                    "--size", "24", "--train", "3", "--test", "0", "--gaussians", "600",
+                    "--points", "40", "--seed", "4", "--colmap"], check=True, cwd=REPO,
+                   env={**os.environ, "PYTHONPATH": REPO}, capture_output=True)
+    scene = demo_scene(600, seed=4, sh_degree=1)
+    labels = demo_part_labels(600, seed=4)
+    assert labels.shape == (len(scene),) and set(labels.tolist()) == {0, 1, 2, 3}
+    camera_line = (out / "sparse" / "0" / "cameras.txt").read_text().split()
+    assert camera_line[:4] == ["1", "PINHOLE", "24", "24"]
+    focal = float(camera_line[4])
+    lines = [line for line in (out / "sparse" / "0" / "images.txt").read_text().splitlines()
+             if line.strip()]
+    assert len(lines) == 3
+    for line in lines:
+        elems = line.split()
+        w2c = np.eye(4)
+        w2c[:3, :3], w2c[:3, 3] = colmap_rotation(list(map(float, elems[1:5]))), \
+            list(map(float, elems[5:8]))
+        camera = Camera(w2c, 24, 24, focal, focal)
+        name = elems[9].split(".")[0]
+        image = np.asarray(Image.open(out / "images" / elems[9]), dtype=np.float64)
+        with torch.no_grad():
+            color, _, _, weight, dominant = PackageRasterizer(camera.raster_settings(sh_degree=1))(
+                means3D=scene.means, means2D=None, opacities=scene.opacities, shs=scene.sh,
+                scales=scene.scales, rotations=scene.rotations, dominant=True)
+        assert np.abs(color.clamp(0, 1).permute(1, 2, 0).numpy() * 255 - image).max() <= 0.51
+        mask = torch.from_numpy(np.array(Image.open(out / "object_mask" / f"{name}.png")))
+        want = torch.where(dominant >= 0, labels[dominant.clamp(min=0).long()] + 1, 0)
+        assert torch.equal(mask.long(), want)
+        assert torch.equal(mask == 0, weight == 0) and len(mask.unique()) >= 3
+    points = [line.split() for line in (out / "sparse" / "0" / "points3D.txt").read_text()
+              .splitlines()]
+    assert len(points) == 40 and all(len(p) == 8 for p in points)
+    xyz = np.array([[float(v) for v in p[1:4]] for p in points])
+    assert np.abs(xyz - [0.0, -0.45, 0.0]).max() <= 2.6
 
 
 def test_cpu_shim_runs_cuda_code_on_the_cpu(tmp_path):

@@ -12,6 +12,13 @@ train/ and test/ hold the PNG images, depths/NAME.png the inverse depth as 16-bi
 (camera_angle_x, Blender camera-to-world: x right, y up, z back; and D-NeRF's "time" per frame,
 for deformable-scene codes, though nothing moves) and points3d.ply a random
 initial point cloud (as 3DGS makes for such scenes, but fewer points, for the CPU).
+
+With `--colmap`, the same views in COLMAP's text layout instead, the one most 3DGS forks read
+(`-s DIR --eval` holds out every 8th view): images/NAME.png, sparse/0/cameras.txt (one PINHOLE
+camera), images.txt (world-to-camera as COLMAP writes it), points3D.txt (the random initial
+points), and object_mask/NAME.png, each pixel's object (0 nothing, 1 the ground, 2 the ball,
+3 the torus, 4 the pillar: the part of the Gaussian with the largest weight there), the masks
+Gaussian Grouping trains its identity encodings on.
 """
 import argparse
 import json
@@ -24,7 +31,8 @@ from PIL import Image
 from plyfile import PlyData, PlyElement
 
 from diff_gaussian_rasterization_depth.cameras import Camera
-from diff_gaussian_rasterization_depth.scenes import DEMO_UP, demo_scene
+from diff_gaussian_rasterization_depth import GaussianRasterizer as PackageRasterizer
+from diff_gaussian_rasterization_depth.scenes import DEMO_UP, demo_part_labels, demo_scene
 from diff_gaussian_rasterization_depth.upstream import GaussianRasterizer
 
 FOV_X_DEG = 50.0
@@ -93,6 +101,67 @@ def write_initial_points(path, rng, count):
     PlyData([PlyElement.describe(vertices, "vertex")]).write(path)
 
 
+def rotation_to_quaternion(R):
+    """(w, x, y, z) of a rotation matrix (COLMAP's qvec), from its largest-magnitude
+    component so that no division is by a small number."""
+    w2 = 1 + np.trace(R)
+    x2, y2, z2 = 1 + 2 * R[0, 0] - np.trace(R), 1 + 2 * R[1, 1] - np.trace(R), \
+        1 + 2 * R[2, 2] - np.trace(R)
+    k = int(np.argmax([w2, x2, y2, z2]))
+    if k == 0:
+        w = math.sqrt(w2) / 2
+        q = [w, (R[2, 1] - R[1, 2]) / (4 * w), (R[0, 2] - R[2, 0]) / (4 * w),
+             (R[1, 0] - R[0, 1]) / (4 * w)]
+    elif k == 1:
+        x = math.sqrt(x2) / 2
+        q = [(R[2, 1] - R[1, 2]) / (4 * x), x, (R[0, 1] + R[1, 0]) / (4 * x),
+             (R[0, 2] + R[2, 0]) / (4 * x)]
+    elif k == 2:
+        y = math.sqrt(y2) / 2
+        q = [(R[0, 2] - R[2, 0]) / (4 * y), (R[0, 1] + R[1, 0]) / (4 * y), y,
+             (R[1, 2] + R[2, 1]) / (4 * y)]
+    else:
+        z = math.sqrt(z2) / 2
+        q = [(R[1, 0] - R[0, 1]) / (4 * z), (R[0, 2] + R[2, 0]) / (4 * z),
+             (R[1, 2] + R[2, 1]) / (4 * z), z]
+    q = np.asarray(q)
+    return q if q[0] >= 0 else -q
+
+
+def write_colmap(out, cams, scene, labels, rng, points):
+    """The COLMAP text layout and the object masks (module docstring)."""
+    for folder in ("images", "object_mask", os.path.join("sparse", "0")):
+        os.makedirs(os.path.join(out, folder), exist_ok=True)
+    size = cams[0].width
+    focal = size / (2 * math.tan(math.radians(FOV_X_DEG) / 2))
+    with open(os.path.join(out, "sparse", "0", "cameras.txt"), "w") as f:
+        f.write(f"1 PINHOLE {size} {size} {focal!r} {focal!r} {size / 2!r} {size / 2!r}\n")
+    lines = []
+    for k, cam in enumerate(cams):
+        name = f"view_{k:03d}"
+        with torch.no_grad():
+            color, _, _, _, dominant = PackageRasterizer(cam.raster_settings(sh_degree=1))(
+                means3D=scene.means, means2D=None, opacities=scene.opacities, shs=scene.sh,
+                scales=scene.scales, rotations=scene.rotations, dominant=True)
+        rgb = (color.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        Image.fromarray(rgb, "RGB").save(os.path.join(out, "images", name + ".png"))
+        objects = torch.where(dominant >= 0, labels[dominant.clamp(min=0).long()] + 1, 0)
+        Image.fromarray(objects.numpy().astype(np.uint8), "L").save(
+            os.path.join(out, "object_mask", name + ".png"))
+        w2c = np.asarray(cam.world_to_camera, dtype=np.float64)
+        q, t = rotation_to_quaternion(w2c[:3, :3]), w2c[:3, 3]
+        lines.append(f"{k + 1} " + " ".join(repr(float(v)) for v in (*q, *t))
+                     + f" 1 {name}.png\n\n")
+    with open(os.path.join(out, "sparse", "0", "images.txt"), "w") as f:
+        f.writelines(lines)
+    xyz = CENTER + rng.uniform(-2.6, 2.6, size=(points, 3))
+    rgb = rng.integers(0, 256, size=(points, 3))
+    with open(os.path.join(out, "sparse", "0", "points3D.txt"), "w") as f:
+        for k, (p, c) in enumerate(zip(xyz, rgb)):
+            x, y, z = (float(v) for v in p)
+            f.write(f"{k + 1} {x!r} {y!r} {z!r} {c[0]} {c[1]} {c[2]} 0\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")
@@ -102,9 +171,18 @@ def main():
     ap.add_argument("--points", type=int, default=2000, help="initial random points")
     ap.add_argument("--gaussians", type=int, default=8000, help="ground-truth Gaussians")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--colmap", action="store_true",
+                    help="COLMAP's text layout with object masks (module docstring)")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     scene = demo_scene(args.gaussians, seed=args.seed, sh_degree=1)
+    if args.colmap:
+        cams = cameras(rng, args.train + args.test, args.size)
+        write_colmap(args.out, cams, scene, demo_part_labels(args.gaussians, seed=args.seed),
+                     rng, args.points)
+        print(f"{args.out}: {len(cams)} views of {args.size}x{args.size} in COLMAP's layout, "
+              f"object masks, {len(scene)} ground-truth Gaussians")
+        return
     os.makedirs(os.path.join(args.out, "depths"), exist_ok=True)
     write_split(args.out, "train", cameras(rng, args.train, args.size), scene)
     write_split(args.out, "test", cameras(rng, args.test, args.size), scene)
