@@ -1,7 +1,7 @@
 """Glue shared by forks' APIs: the package's settings of a fork's call, and for the semantic
 forks (`.langsplat`, `.feature_3dgs`, `.gaussian_grouping`) their per-Gaussian tensors checked
 under their own names and rendered as the package's feature channels."""
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -9,12 +9,31 @@ from . import GaussianRasterizationSettings as _PackageSettings
 from . import rasterize_gaussians as _rasterize
 
 
+# The original's twelve settings fields, in order, with the package's types and defaults.
+ORIGINAL_FIELDS = tuple(_PackageSettings._fields[:12])
+
+
+def settings_class(module: str, extra: str, extra_type, default):
+    """A fork's GaussianRasterizationSettings (for `module`): the original's twelve fields,
+    then its own `extra` field (defaulting to `default`), so that positional and keyword calls
+    both fit."""
+    cls = NamedTuple("GaussianRasterizationSettings",
+                     [(f, _PackageSettings.__annotations__[f]) for f in ORIGINAL_FIELDS]
+                     + [(extra, extra_type)])
+    defaults = {"prefiltered": _PackageSettings._field_defaults["prefiltered"],
+                "debug": _PackageSettings._field_defaults["debug"], extra: default}
+    cls.__new__.__defaults__ = tuple(defaults.values())
+    cls._field_defaults = defaults
+    cls.__module__ = module
+    return cls
+
+
 def package_settings(settings) -> _PackageSettings:
     """The package's settings of a fork's call whose first 12 fields are the original's (the
     package's own class passes as it is, its later fields included)."""
     if isinstance(settings, _PackageSettings):
         return settings
-    return _PackageSettings(*settings[:12])
+    return _PackageSettings(*settings[:len(ORIGINAL_FIELDS)])
 
 
 def _per_gaussian(name: str, values, means3D) -> Optional[torch.Tensor]:

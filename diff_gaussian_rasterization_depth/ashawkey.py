@@ -25,31 +25,19 @@ Gaussian's means3D, shs, colors_precomp, opacities, scales, rotations and cov3D_
 means2D, and no gradient reaches the confidence itself), as FSGS's wrapper does. Left out or
 None, nothing is scaled and nothing is added to the call.
 """
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 
 from . import GaussianRasterizer as _DepthRasterizer
 from . import rasterize_gaussians as _rasterize
-from ._forks import package_settings
+from ._forks import package_settings, settings_class
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians"]
 
 
-class GaussianRasterizationSettings(NamedTuple):
-    image_height: int
-    image_width: int
-    tanfovx: float
-    tanfovy: float
-    bg: torch.Tensor
-    scale_modifier: float
-    viewmatrix: torch.Tensor
-    projmatrix: torch.Tensor
-    sh_degree: int
-    campos: torch.Tensor
-    prefiltered: bool = False
-    debug: bool = False
-    confidence: Optional[torch.Tensor] = None  # FSGS: (P, 1), scales each Gaussian's gradient
+# The original's twelve fields, then FSGS's `confidence`: (P, 1), scales each Gaussian's gradient.
+GaussianRasterizationSettings = settings_class(__name__, "confidence", Optional[torch.Tensor], None)
 
 
 class _ScaledGradient(torch.autograd.Function):
@@ -80,6 +68,9 @@ def _confidence(settings, means3D) -> Optional[torch.Tensor]:
     if not confidence.is_floating_point():
         raise TypeError(f"raster_settings.confidence: expected a floating-point tensor, got "
                         f"{confidence.dtype}")
+    if confidence.device != means3D.device:
+        raise ValueError(f"raster_settings.confidence: expected it on {means3D.device} (as "
+                         f"means3D), got {confidence.device}")
     if confidence.numel() != P:
         raise ValueError(f"raster_settings.confidence: expected one value per Gaussian ({P}), "
                          f"got shape {tuple(confidence.shape)}")
@@ -91,7 +82,7 @@ def _with_confidence(confidence, tensors):
     if confidence is None or not torch.is_grad_enabled():
         return tensors
     return [t if t is None or not t.requires_grad or t.numel() == 0
-            else _ScaledGradient.apply(t, confidence.to(t.device)) for t in tensors]
+            else _ScaledGradient.apply(t, confidence) for t in tensors]
 
 
 def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales, rotations,

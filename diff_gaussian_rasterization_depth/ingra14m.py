@@ -36,9 +36,11 @@ GaussianRasterizationSettings = _AshawkeySettings
 def _with_absolute_columns(means3D, means2D, means2D_densify):
     """The package's (P, 4) carrier: columns 0-1 route their gradient to means2D, columns 2-3
     (the absolute gradient) to means2D_densify's first two."""
-    if not isinstance(means2D_densify, torch.Tensor) or not isinstance(means3D, torch.Tensor):
+    if not isinstance(means2D_densify, torch.Tensor):
         raise TypeError(f"means2D_densify: expected a tensor or None, got "
                         f"{type(means2D_densify).__name__}")
+    if not isinstance(means3D, torch.Tensor):
+        return means2D  # the package names means3D
     if means2D_densify.dim() != 2 or means2D_densify.shape[1] < 2 or \
             means2D_densify.shape[0] != means3D.shape[0]:
         raise ValueError(f"means2D_densify: expected ({means3D.shape[0]}, 2 or more), got shape "

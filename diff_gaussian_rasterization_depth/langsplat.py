@@ -16,30 +16,14 @@ kernel is compiled for C = 3; here any C works, no rebuild. Without it, language
 is a zero tensor of one value and `language_feature_precomp` is not read, as LangSplat's: the
 render costs what the plain colour call does.
 """
-from typing import NamedTuple
-
-import torch
-
 from . import GaussianRasterizer as _DepthRasterizer
-from ._forks import package_settings, render_with_features
+from ._forks import package_settings, render_with_features, settings_class
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians"]
 
 
-class GaussianRasterizationSettings(NamedTuple):
-    image_height: int
-    image_width: int
-    tanfovx: float
-    tanfovy: float
-    bg: torch.Tensor
-    scale_modifier: float
-    viewmatrix: torch.Tensor
-    projmatrix: torch.Tensor
-    sh_degree: int
-    campos: torch.Tensor
-    prefiltered: bool
-    debug: bool
-    include_feature: bool = False
+# The original's twelve fields, then LangSplat's `include_feature`.
+GaussianRasterizationSettings = settings_class(__name__, "include_feature", bool, False)
 
 
 def _include_feature(settings) -> bool:

@@ -235,3 +235,21 @@ def test_forks_on_cuda(fork, target):
     for name, leaf in leaves.items():
         if leaf is not None:
             torch.testing.assert_close(leaf.grad, plain[name].grad, **tol, msg=name)
+
+
+@pytest.mark.parametrize("fork", ["feature_3dgs", "langsplat"])
+def test_gradcheck_f64(fork):
+    """Finite differences (float64, the CPU backend) of each map of the fork (the features,
+    Feature 3DGS's unnormalized depth) in the fork's values and every Gaussian input (a smooth
+    scene)."""
+    scene = scenes.make_smooth_scene(32800, sh_degree=1)
+    names = scenes.gradcheck_inputs(scene)
+    values = fork_values(fork, scene.P, 16, F64, channels=2)
+
+    def call(values, *tensors):
+        out = fork_call(fork, scene, dict(scene.inputs, **dict(zip(names, tensors))), values)
+        return tuple(named_maps(fork, out).values())
+
+    leaves = [values.clone().requires_grad_()] + [
+        scene.inputs[n].detach().clone().requires_grad_() for n in names]
+    assert torch.autograd.gradcheck(call, leaves, eps=1e-6, atol=1e-5, rtol=1e-4)
