@@ -1,4 +1,5 @@
-"""Glue shared by forks' APIs: the package's settings of a fork's call, and for the semantic
+"""Glue shared by forks' APIs: a fork's settings class and module base, the package's settings
+of a fork's call, and for the semantic
 forks (`.langsplat`, `.feature_3dgs`, `.gaussian_grouping`) their per-Gaussian tensors checked
 under their own names and rendered as the package's feature channels."""
 from typing import NamedTuple, Optional
@@ -6,6 +7,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import GaussianRasterizationSettings as _PackageSettings
+from . import GaussianRasterizer as _PackageRasterizer
 from . import rasterize_gaussians as _rasterize
 
 
@@ -34,6 +36,13 @@ def package_settings(settings) -> _PackageSettings:
     if isinstance(settings, _PackageSettings):
         return settings
     return _PackageSettings(*settings[:len(ORIGINAL_FIELDS)])
+
+
+class ForkRasterizer(_PackageRasterizer):
+    """The base of a fork's module: `markVisible` as the package's, on the fork's settings."""
+
+    def markVisible(self, positions):
+        return _PackageRasterizer(package_settings(self.raster_settings)).markVisible(positions)
 
 
 def _per_gaussian(name: str, values, means3D) -> Optional[torch.Tensor]:

@@ -29,9 +29,8 @@ from typing import Optional
 
 import torch
 
-from . import GaussianRasterizer as _DepthRasterizer
 from . import rasterize_gaussians as _rasterize
-from ._forks import package_settings, settings_class
+from ._forks import ForkRasterizer, package_settings, settings_class
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians"]
 
@@ -98,12 +97,9 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     return color, radii, (depth * weight).unsqueeze(0), weight.unsqueeze(0)
 
 
-class GaussianRasterizer(_DepthRasterizer):
+class GaussianRasterizer(ForkRasterizer):
     """The fork's module: `markVisible` as the package's, `forward` returning
     (color, radii, depth, alpha)."""
-
-    def markVisible(self, positions):
-        return _DepthRasterizer(package_settings(self.raster_settings)).markVisible(positions)
 
     def forward(self, means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
                 rotations=None, cov3D_precomp=None):

@@ -17,8 +17,7 @@ into `from diff_gaussian_rasterization_depth.feature_3dgs import ...` and nothin
 - The gradients of all three maps reach S and every Gaussian input (S's in its own shape).
 """
 from . import GaussianRasterizationSettings as _PackageSettings
-from . import GaussianRasterizer as _DepthRasterizer
-from ._forks import package_settings, render_with_features
+from ._forks import ForkRasterizer, render_with_features
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians"]
 
@@ -36,12 +35,9 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, semantic_feature, 
     return color, feature_map, radii, (depth * weight).unsqueeze(0)
 
 
-class GaussianRasterizer(_DepthRasterizer):
+class GaussianRasterizer(ForkRasterizer):
     """Feature 3DGS's module: `markVisible` as the package's, `forward` (semantic_feature after
     shs) returning (color, feature_map, radii, depth)."""
-
-    def markVisible(self, positions):
-        return _DepthRasterizer(package_settings(self.raster_settings)).markVisible(positions)
 
     def forward(self, means3D, means2D, opacities, shs=None, semantic_feature=None,
                 colors_precomp=None, scales=None, rotations=None, cov3D_precomp=None):

@@ -15,8 +15,7 @@ Gaussian input. The fork compiles K = 16 (NUM_OBJECTS); here any K works. None: 
 (0, H, W) map.
 """
 from . import GaussianRasterizationSettings as _PackageSettings
-from . import GaussianRasterizer as _DepthRasterizer
-from ._forks import package_settings, render_with_features
+from ._forks import ForkRasterizer, render_with_features
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians"]
 
@@ -34,12 +33,9 @@ def rasterize_gaussians(means3D, means2D, sh, sh_objs, colors_precomp, opacities
     return color, radii, rendered_objects
 
 
-class GaussianRasterizer(_DepthRasterizer):
+class GaussianRasterizer(ForkRasterizer):
     """Gaussian Grouping's module: `markVisible` as the package's, `forward` (sh_objs after
     shs) returning (color, radii, rendered_objects)."""
-
-    def markVisible(self, positions):
-        return _DepthRasterizer(package_settings(self.raster_settings)).markVisible(positions)
 
     def forward(self, means3D, means2D, opacities, shs=None, sh_objs=None, colors_precomp=None,
                 scales=None, rotations=None, cov3D_precomp=None):

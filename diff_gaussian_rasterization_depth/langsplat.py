@@ -16,8 +16,7 @@ kernel is compiled for C = 3; here any C works, no rebuild. Without it, language
 is a zero tensor of one value and `language_feature_precomp` is not read, as LangSplat's: the
 render costs what the plain colour call does.
 """
-from . import GaussianRasterizer as _DepthRasterizer
-from ._forks import package_settings, render_with_features, settings_class
+from ._forks import ForkRasterizer, render_with_features, settings_class
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians"]
 
@@ -49,12 +48,9 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, language_feature_p
     return color, language_feature_image, radii
 
 
-class GaussianRasterizer(_DepthRasterizer):
+class GaussianRasterizer(ForkRasterizer):
     """LangSplat's module: `markVisible` as the package's, `forward` returning (color,
     language_feature_image, radii)."""
-
-    def markVisible(self, positions):
-        return _DepthRasterizer(package_settings(self.raster_settings)).markVisible(positions)
 
     def forward(self, means3D, means2D, opacities, shs=None, colors_precomp=None,
                 language_feature_precomp=None, scales=None, rotations=None, cov3D_precomp=None):
