@@ -52,7 +52,8 @@ def has_cuda_backend() -> bool:
 def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
                         cov3Ds_precomp, raster_settings, dc=None, features=None,
                         median_depth=False, inverse_depth=False, touch_count=False,
-                        contributions=False, dominant=False, points3D=None):
+                        contributions=False, dominant=False, points3D=None,
+                        median_gaussian=False):
     """Functional form, argument order as in the original package.
 
     Returns (color (3,H,W), radii (P,) int32, depth (H,W), weight (H,W)), followed by
@@ -81,6 +82,12 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     value there. 1 where the view does not see the point (off the image or in front of the near
     plane), so that the field's minimum over views (mesh.OpacityField) skips those views. No
     gradient; a walk of its own.
+    With `median_gaussian`, the last output is median_gaussian (H, W) int32: at each pixel the
+    index of its median Gaussian, the last blended one in front of which the transmittance is
+    above 0.5 (the one whose blend takes it to 0.5 or below, whose z `median_depth` gives, or the
+    last blended where the transmittance stays above 0.5, as RaDe-GS and Gaussian Opacity Fields
+    take it), -1 where nothing is blended. No gradient; read off the state the forward keeps for
+    its backward (no walk), for per-pixel values of the median's own (`.rade_gs`'s median depth).
     With raster_settings.debug, non-finite inputs raise a ValueError naming them, and an error
     of the backend writes a snapshot of the call (see `replay_snapshot`).
     """
@@ -88,15 +95,19 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
         return _backend.untraced(rasterize_gaussians)(
             means3D, means2D, sh, colors_precomp, opacities, scales, rotations, cov3Ds_precomp,
             raster_settings, dc, features, median_depth, inverse_depth, touch_count,
-            contributions, dominant, points3D)
+            contributions, dominant, points3D, median_gaussian)
     for name, flag in (("touch_count", touch_count), ("contributions", contributions),
-                       ("dominant", dominant)):
+                       ("dominant", dominant), ("median_gaussian", median_gaussian)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name}: expected a bool, got {type(flag).__name__}")
     if points3D is not None:
         if not isinstance(points3D, torch.Tensor):
             raise TypeError(f"points3D: expected a tensor, got {type(points3D).__name__}")
         points3D = points3D.detach()
+    # The median Gaussian is read off the median's position the forward keeps where it tracks
+    # the median depth; that map is dropped again below where it was not asked for.
+    returns_median = median_depth
+    median_depth = median_depth or median_gaussian
     common = _backend.check_common(means3D, means2D, opacities, sh, colors_precomp, scales,
                                    rotations, cov3Ds_precomp, dc, features, raster_settings,
                                    median_depth, inverse_depth)
@@ -123,11 +134,14 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     if means2D is None:
         # Nobody wants the screen-space gradient: a throwaway carrier keeps the Function simple.
         means2D = torch.zeros((means3D.shape[0], 3), dtype=means3D.dtype, device=means3D.device)
-    return _RasterizeGaussians.apply(means3D, means2D, sh, colors_precomp, opacities, scales,
-                                     rotations, cov3Ds_precomp, dc, features,
-                                     (touch_count, contributions, dominant, points3D), config,
-                                     checked,
-                                     *camera)
+    outputs = _RasterizeGaussians.apply(means3D, means2D, sh, colors_precomp, opacities, scales,
+                                        rotations, cov3Ds_precomp, dc, features,
+                                        (touch_count, contributions, dominant, points3D,
+                                         median_gaussian), config, checked, *camera)
+    if median_gaussian and not returns_median:
+        median_at = 4 + (features is not None)
+        outputs = outputs[:median_at] + outputs[median_at + 1:]
+    return outputs
 
 
 def _named_inputs(inputs, features):
@@ -150,7 +164,8 @@ class _RasterizeGaussians(torch.autograd.Function):
         # camera: (viewmatrix, projmatrix, campos), the flat tensors the config holds, when
         # config.camera_grad. dc: SH coefficient 0 apart from sh (the 2024 API), read where it
         # lies rather than copied in front of sh. walks: (touch_count, contributions, dominant,
-        # points3D), the outputs made by walks of the tile lists of their own after the render.
+        # points3D, median_gaussian), the outputs made after the render from its state (walks
+        # of the tile lists of their own, but for the last).
         inputs = (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp, dc)
         if means2D.shape[1] == 4:  # columns 2-3 take AbsGS's absolute gradient
             config.absolute_grad = True
@@ -160,7 +175,7 @@ class _RasterizeGaussians(torch.autograd.Function):
             # made once); save_for_backward below still guards them against in-place edits.
             ctx.gaussians = _backend.make_gaussians(*inputs, features=features)
             maps = _backend.forward(config, ctx.gaussians)
-            touch_count, contributions, dominant, points3D = walks
+            touch_count, contributions, dominant, points3D, median_gaussian = walks
             counts = (_backend.count_touches(config, maps[-1]),) if touch_count else ()
             if contributions or dominant:  # one walk gives both
                 statistics, dominant_map = _backend.gaussian_contributions(config, maps[-1])
@@ -168,6 +183,8 @@ class _RasterizeGaussians(torch.autograd.Function):
                     (dominant_map,) if dominant else ())
             if points3D is not None:
                 counts += (_backend.point_opacity(config, ctx.gaussians, maps[-1], points3D),)
+            if median_gaussian:
+                counts += (_backend.median_gaussians(maps[-1]),)
             return maps, counts
 
         (color, depth, weight, radii, feature_map, median, state), counts = _debug.guarded(
@@ -257,16 +274,16 @@ class GaussianRasterizer(nn.Module):
     def forward(self, means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
                 rotations=None, cov3D_precomp=None, dc=None, features=None, median_depth=False,
                 inverse_depth=False, touch_count=False, contributions=False, dominant=False,
-                points3D=None):
+                points3D=None, median_gaussian=False):
         """(color, radii, depth, weight), then feature_map (C,H,W) when `features` (P,C) is
         given, then median (H,W) when `median_depth` is True, then touch_count (P,) int32 when
         `touch_count` is True, then contribution (P,5) when `contributions` is True, then
         dominant (H,W) int32 when `dominant` is True, then point_opacity (N,) when `points3D`
-        (N,3) is given; depth (and median) of 1/z with `inverse_depth` (see
-        rasterize_gaussians)."""
+        (N,3) is given, then median_gaussian (H,W) int32 when `median_gaussian` is True; depth
+        (and median) of 1/z with `inverse_depth` (see rasterize_gaussians)."""
         return rasterize_gaussians(means3D, means2D, shs, colors_precomp, opacities, scales,
                                    rotations, cov3D_precomp, self.raster_settings, dc=dc,
                                    features=features, median_depth=median_depth,
                                    inverse_depth=inverse_depth, touch_count=touch_count,
                                    contributions=contributions, dominant=dominant,
-                                   points3D=points3D)
+                                   points3D=points3D, median_gaussian=median_gaussian)

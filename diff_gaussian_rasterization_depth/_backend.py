@@ -217,6 +217,35 @@ def gaussian_contributions(config, state):
     return _renderer().gaussian_contributions(config, state)
 
 
+# cuda_rasterizer/config.h's kTileSize: a tile's side in pixels.
+TILE_SIZE = 16
+
+
+def median_gaussians(state):
+    """(H, W) int32: each pixel's median Gaussian in the forward whose state this is (one that
+    tracked the median depth): the Gaussian of the median's list position where the
+    transmittance reached 0.5, else of the last blended splat's, -1 where nothing was blended.
+    Plain PyTorch on the state the backward keeps (ForwardState in rasterize_points.h): a gather
+    per pixel through its tile's list, on whatever device the state is."""
+    point_list, tile_ranges, n_contrib, median_contrib, gaussian_ids = (
+        state[4], state[5], state[7], state[8], state[11])
+    if median_contrib.numel() == 0:
+        raise RuntimeError("median_gaussians: the forward did not track the median")
+    height, width = n_contrib.shape
+    device = n_contrib.device
+    position = torch.where(median_contrib > 0, median_contrib, n_contrib).long()  # 1 + list pos
+    if point_list.numel() == 0:
+        return torch.full((height, width), -1, dtype=torch.int32, device=device)
+    tiles_x = -(-width // TILE_SIZE)
+    rows = torch.arange(height, device=device) // TILE_SIZE
+    cols = torch.arange(width, device=device) // TILE_SIZE
+    tile = rows[:, None] * tiles_x + cols[None, :]
+    begin = tile_ranges.reshape(-1, 2)[:, 0].long()[tile]
+    row = point_list.long()[(begin + position - 1).clamp(0, point_list.numel() - 1)]
+    gaussian = gaussian_ids.long()[row] if gaussian_ids.numel() > 0 else row
+    return torch.where(position > 0, gaussian, torch.full_like(gaussian, -1)).to(torch.int32)
+
+
 def point_opacity(config, gaussians, state, points):
     """(N,): the opacity field of the forward whose state this is at points (N, 3): each point's
     opacity in the view, 1 where the view does not see it (a walk of its own)."""

@@ -365,6 +365,13 @@ def _blend(g: Dict[str, torch.Tensor], settings, inverse_depth=False) -> Dict[st
     T_before, T_after = chain["transmittance"][:-1], chain["transmittance"][1:]
     crossing = (blended & (T_before > 0.5) & (T_after <= 0.5)).detach()
     median = torch.where(crossing, depth_value[:, None, None], torch.zeros_like(w)).sum(dim=0)
+    # Each pixel's median splat, as a position in this order: the last blended one with T above
+    # 0.5 in front of it (the crossing one where T reaches 0.5), -1 where nothing is blended.
+    in_front_of_median = (blended & (T_before > 0.5)).detach()
+    positions = torch.arange(w.shape[0], device=device)[:, None, None]
+    median_position = (torch.where(in_front_of_median, positions, torch.full_like(positions, -1))
+                       .amax(dim=0) if w.shape[0] > 0
+                       else torch.full((H, W), -1, dtype=torch.int64, device=device))
     # The touch count: the pixels where a Gaussian is blended with T behind it above 0.5.
     touch_count = (blended & (T_after > 0.5)).detach().flatten(1).sum(dim=1)
     # The contribution statistics: each Gaussian's weight sum and largest weight over the pixels,
@@ -394,7 +401,8 @@ def _blend(g: Dict[str, torch.Tensor], settings, inverse_depth=False) -> Dict[st
     return dict(color=color, depth=depth, weight=weight, T_final=T_final, order=order,
                 feature_map=feature_map, median=median, median_crossing=crossing,
                 touch_count=touch_count, contribution=contribution,
-                dominant_position=dominant_position, T_after=T_after.detach(), power=chain["power"], raw_alpha=chain["raw_alpha"],
+                dominant_position=dominant_position, median_position=median_position,
+                T_after=T_after.detach(), power=chain["power"], raw_alpha=chain["raw_alpha"],
                 considered=chain["considered"], blendable=chain["blendable"], blended=blended,
                 test_T=chain["test_T"], in_rect=in_rect)
 
@@ -495,9 +503,13 @@ def _forward(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_p
     position = blend["dominant_position"]
     dominant = torch.where(position >= 0, idx[blend["order"]][position.clamp(min=0)]
                            if idx.numel() else position, position).to(torch.int32)
+    position = blend["median_position"]
+    median_gaussian = torch.where(position >= 0, idx[blend["order"]][position.clamp(min=0)]
+                                  if idx.numel() else position, position).to(torch.int32)
     return dict(color=blend["color"], radii=radii, depth=blend["depth"], weight=blend["weight"],
                 feature_map=blend["feature_map"], median=blend["median"],
-                touch_count=touch_count, contribution=contribution, dominant=dominant), \
+                touch_count=touch_count, contribution=contribution, dominant=dominant,
+                median_gaussian=median_gaussian), \
         everyone, survivors, blend, idx
 
 
@@ -505,7 +517,7 @@ def rasterize_reference(means3D, means2D, opacities, shs=None, colors_precomp=No
                         rotations=None, cov3D_precomp=None, raster_settings=None, dc=None,
                         features=None, median_depth=False, inverse_depth=False,
                         touch_count=False, contributions=False, dominant=False,
-                        points3D=None):
+                        points3D=None, median_gaussian=False):
     """The SPEC's rasterizer in plain PyTorch.
 
     Same inputs as `GaussianRasterizer.forward` (plus the settings), float32 or float64,
@@ -515,7 +527,8 @@ def rasterize_reference(means3D, means2D, opacities, shs=None, colors_precomp=No
     True, then contribution (P, 5) when `contributions` is True (weight sum, weight max,
     pixels, dominated pixels, opacity-transmittance sum: `rasterize_gaussians`), then dominant
     (H, W) int32 when `dominant` is True, then point_opacity (N,) at `points3D` (N, 3) when
-    given (no gradient); gradients by autograd, with the conventions of SPEC 6.
+    given (no gradient), then median_gaussian (H, W) int32 when `median_gaussian` is True (no
+    gradient: `rasterize_gaussians`); gradients by autograd, with the conventions of SPEC 6.
     `inverse_depth`: the depth channel blends 1/z (see `rasterize_gaussians`).
     """
     if raster_settings is None:
@@ -557,6 +570,8 @@ def rasterize_reference(means3D, means2D, opacities, shs=None, colors_precomp=No
                                    settings.scale_modifier)
             g = {k: v.detach() for k, v in survivors.items()}
             result += (_point_opacity(points3D.detach(), g, cov3d, pick(means3D), settings),)
+    if median_gaussian:
+        result += (out["median_gaussian"],)
     return result
 
 
