@@ -246,9 +246,13 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     H, W = int(settings.image_height), int(settings.image_width)
     mean2d = planes.mean2d
     if isinstance(carrier, torch.Tensor) and carrier.requires_grad:
-        # The carrier's values are zero: this routes the planes' part of dL/d mu2D (their offset
-        # d = mu2D - p) into means2D.grad as RaDe-GS's, in NDC units as the rasterizer's part.
-        mean2d = mean2d + carrier[:, :2] * mean2d.new_tensor([0.5 * W, 0.5 * H])
+        # The planes' part of dL/d mu2D (their offsets d = mu2D - p) goes into means2D.grad as
+        # RaDe-GS's, in NDC units as the rasterizer's part: a term of value 0 (the carrier's
+        # values are ignored, as the rasterizer ignores them) whose gradient is the carrier's.
+        shift = carrier[:, :2]
+        shift = torch.where(torch.isfinite(shift.detach()), shift - shift.detach(),
+                            torch.zeros_like(shift))
+        mean2d = mean2d + shift * mean2d.new_tensor([0.5 * W, 0.5 * H])
     centre = mean2d.new_tensor(_image_centre(settings))
     channels = [planes.normals]
     if want_depth:
