@@ -207,3 +207,37 @@ def test_compiled_ashawkey_call_with_confidence_matches_eager():
         assert g.abs().max() > 0, name
         torch.testing.assert_close(c, g, rtol=1e-4, atol=1e-6 * float(g.abs().max()), msg=name)
     assert dynamo_warnings(caught) == []
+
+
+def test_compiled_rade_gs_call_matches_eager():
+    """RaDe-GS's call (`.rade_gs`: its planes in PyTorch around the rasterizer, the medians by a
+    gather) inside a compiled loss on all its maps: the loss and the gradients as in eager
+    mode; no warnings."""
+    from diff_gaussian_rasterization_depth import rade_gs
+    torch_dynamo.reset()
+    params, s = raw_parameters(8)
+    rade = rade_gs.GaussianRasterizationSettings(
+        s.image_height, s.image_width, s.tanfovx, s.tanfovy, 0.0, s.bg, s.scale_modifier,
+        s.viewmatrix, s.projmatrix, s.sh_degree, s.campos, False, True, True, False)
+
+    def loss_of(means3D, opacity_logits, log_scales, rotations, shs):
+        (color, radii, coord, median_coord, depth, median_depth, alpha,
+         normal) = rade_gs.GaussianRasterizer(rade)(
+            means3D=means3D, means2D=torch.zeros_like(means3D), shs=shs,
+            opacities=torch.sigmoid(opacity_logits), scales=torch.exp(log_scales),
+            rotations=torch.nn.functional.normalize(rotations, dim=-1))
+        geometry = (coord - median_coord).abs().mean() + (depth - median_depth).abs().mean()
+        return color.mean() + 0.1 * geometry + normal[2].mean() + (1 - alpha).mean(), radii
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss, radii, grads = loss_and_grads(lambda s, t, *p: loss_of(*p), s, None, params)
+        compiled = torch.compile(loss_of)
+        c_loss, c_radii, c_grads = loss_and_grads(lambda s, t, *p: compiled(*p), s, None,
+                                                  params)
+    assert torch.equal(c_radii, radii) and (radii > 0).sum() > 20
+    torch.testing.assert_close(c_loss, loss, rtol=1e-5, atol=1e-6)
+    for name, g, c in zip(PARAMETERS, grads, c_grads):
+        assert g.abs().max() > 0, name
+        torch.testing.assert_close(c, g, rtol=1e-4, atol=1e-5 * float(g.abs().max()), msg=name)
+    assert dynamo_warnings(caught) == []

@@ -5,13 +5,11 @@ their gradients against a per-pixel blend of those planes with the reference's p
 weights in float64; a slanted surface's depth, points and normals; the switches, the means2D
 carrier, gradcheck and the CUDA targets.
 """
-import math
-
 import pytest
 import torch
 
 import scenes
-from cuda_target import active, adds_in_fixed_order, cuda_targets
+from cuda_target import active, cuda_targets
 from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend, rade_gs
 from diff_gaussian_rasterization_depth.reference import rasterize_reference
 from robust_helpers import settings_on
