@@ -15,19 +15,25 @@ from . import rasterize_gaussians as _rasterize
 ORIGINAL_FIELDS = tuple(_PackageSettings._fields[:12])
 
 
-def settings_class(module: str, extra: str, extra_type, default):
-    """A fork's GaussianRasterizationSettings (for `module`): the original's twelve fields,
-    then its own `extra` field (defaulting to `default`), so that positional and keyword calls
-    both fit."""
-    cls = NamedTuple("GaussianRasterizationSettings",
-                     [(f, _PackageSettings.__annotations__[f]) for f in ORIGINAL_FIELDS]
-                     + [(extra, extra_type)])
-    defaults = {"prefiltered": _PackageSettings._field_defaults["prefiltered"],
-                "debug": _PackageSettings._field_defaults["debug"], extra: default}
+def fork_settings(module: str, fields, own_types, defaults):
+    """A fork's GaussianRasterizationSettings (for `module`): `fields` in the fork's order, each
+    the package's field of that name and type or one of the fork's own (`own_types`: name ->
+    type), the trailing ones defaulting to `defaults` (name -> value, in order), so that
+    positional and keyword calls both fit."""
+    types = dict(_PackageSettings.__annotations__, **own_types)
+    cls = NamedTuple("GaussianRasterizationSettings", [(f, types[f]) for f in fields])
+    assert tuple(defaults) == tuple(fields[len(fields) - len(defaults):])
     cls.__new__.__defaults__ = tuple(defaults.values())
-    cls._field_defaults = defaults
+    cls._field_defaults = dict(defaults)
     cls.__module__ = module
     return cls
+
+
+def settings_class(module: str, extra: str, extra_type, default):
+    """The original's twelve fields, then the fork's own `extra` (defaulting to `default`)."""
+    return fork_settings(module, ORIGINAL_FIELDS + (extra,), {extra: extra_type},
+                         {"prefiltered": _PackageSettings._field_defaults["prefiltered"],
+                          "debug": _PackageSettings._field_defaults["debug"], extra: default})
 
 
 def package_settings(settings) -> _PackageSettings:
@@ -39,10 +45,21 @@ def package_settings(settings) -> _PackageSettings:
 
 
 class ForkRasterizer(_PackageRasterizer):
-    """The base of a fork's module: `markVisible` as the package's, on the fork's settings."""
+    """The base of a fork's module: `markVisible` as the package's, on the package's settings of
+    the fork's (`to_package`: `package_settings` unless the fork's fields differ from the
+    original's twelve); `forward` the original's call of the fork's functional form
+    (`functional`, set by a fork whose call takes the original's arguments and nothing else)."""
+
+    to_package = staticmethod(package_settings)
+    functional = None
 
     def markVisible(self, positions):
-        return _PackageRasterizer(package_settings(self.raster_settings)).markVisible(positions)
+        return _PackageRasterizer(self.to_package(self.raster_settings)).markVisible(positions)
+
+    def forward(self, means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
+                rotations=None, cov3D_precomp=None):
+        return self.functional(means3D, means2D, shs, colors_precomp, opacities, scales,
+                               rotations, cov3D_precomp, self.raster_settings)
 
 
 def _per_gaussian(name: str, values, means3D) -> Optional[torch.Tensor]:

@@ -22,8 +22,8 @@ from typing import NamedTuple
 import torch
 
 from . import GaussianRasterizationSettings as _PackageSettings
-from . import GaussianRasterizer as _DepthRasterizer
 from . import rasterize_gaussians as _rasterize
+from ._forks import ForkRasterizer
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians",
            "package_settings"]
@@ -70,18 +70,13 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     return contribution[:, 2].to(torch.int32), contribution[:, 4], color, radii
 
 
-class GaussianRasterizer(_DepthRasterizer):
+class GaussianRasterizer(ForkRasterizer):
     """The fork's module: `markVisible` as the package's; `forward` returning (color, radii),
     or with `f_count` (gaussians_count, important_score, color, radii); `forward_count` the
     latter, for settings with f_count set."""
 
-    def markVisible(self, positions):
-        return _DepthRasterizer(package_settings(self.raster_settings)).markVisible(positions)
-
-    def forward(self, means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
-                rotations=None, cov3D_precomp=None):
-        return rasterize_gaussians(means3D, means2D, shs, colors_precomp, opacities, scales,
-                                   rotations, cov3D_precomp, self.raster_settings)
+    to_package = staticmethod(package_settings)
+    functional = staticmethod(rasterize_gaussians)
 
     def forward_count(self, means3D, means2D, opacities, shs=None, colors_precomp=None,
                       scales=None, rotations=None, cov3D_precomp=None):

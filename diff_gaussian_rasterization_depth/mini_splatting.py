@@ -39,8 +39,8 @@ takes them.
 import torch
 
 from . import GaussianRasterizationSettings
-from . import GaussianRasterizer as _DepthRasterizer
 from . import rasterize_gaussians as _rasterize
+from ._forks import ForkRasterizer
 from .reference import _covariance_3d
 from .surface import _matrix, dominant_points
 
@@ -113,14 +113,11 @@ def rasterize_gaussians_depth(means3D, means2D, sh, colors_precomp, opacities, s
             "accum_alpha": (1 - weight)[None]}
 
 
-class GaussianRasterizer(_DepthRasterizer):
+class GaussianRasterizer(ForkRasterizer):
     """The fork's module: `markVisible` as the package's, `forward` returning the colour, the
     radii and the three statistics, `render_depth` the depth call's dict."""
 
-    def forward(self, means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
-                rotations=None, cov3D_precomp=None):
-        return rasterize_gaussians(means3D, means2D, shs, colors_precomp, opacities, scales,
-                                   rotations, cov3D_precomp, self.raster_settings)
+    functional = staticmethod(rasterize_gaussians)
 
     def render_depth(self, means3D, means2D, opacities, shs=None, colors_precomp=None,
                      scales=None, rotations=None, cov3D_precomp=None):

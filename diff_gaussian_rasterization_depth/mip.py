@@ -31,8 +31,8 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import GaussianRasterizationSettings as _PackageSettings
-from . import GaussianRasterizer as _DepthRasterizer
 from . import rasterize_gaussians as _rasterize
+from ._forks import ForkRasterizer
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians",
            "package_settings"]
@@ -95,16 +95,9 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     return color, radii
 
 
-class GaussianRasterizer(_DepthRasterizer):
-    """Mip-Splatting's module: `markVisible` as the package's, `forward` returning
-    (color, radii)."""
+class GaussianRasterizer(ForkRasterizer):
+    """Mip-Splatting's module: `markVisible` as the package's (no pixel is sampled: the
+    offsets play no part), `forward` returning (color, radii)."""
 
-    def markVisible(self, positions):
-        # No pixel is sampled: the offsets play no part.
-        settings = _unchecked_package_settings(self.raster_settings)
-        return _DepthRasterizer(settings).markVisible(positions)
-
-    def forward(self, means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
-                rotations=None, cov3D_precomp=None):
-        return rasterize_gaussians(means3D, means2D, shs, colors_precomp, opacities, scales,
-                                   rotations, cov3D_precomp, self.raster_settings)
+    to_package = staticmethod(_unchecked_package_settings)
+    functional = staticmethod(rasterize_gaussians)

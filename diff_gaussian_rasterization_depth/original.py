@@ -14,8 +14,8 @@ next to nothing there) and dropped; no gradient is ever computed for them. When 
 switch to the package's own `GaussianRasterizer` and unpack four.
 """
 from . import GaussianRasterizationSettings
-from . import GaussianRasterizer as _DepthRasterizer
 from . import rasterize_gaussians as _rasterize
+from ._forks import ForkRasterizer
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians"]
 
@@ -29,11 +29,8 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     return color, radii
 
 
-class GaussianRasterizer(_DepthRasterizer):
+class GaussianRasterizer(ForkRasterizer):
     """The original's module: `markVisible` as the package's, `forward` returning
     (color, radii)."""
 
-    def forward(self, means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
-                rotations=None, cov3D_precomp=None):
-        return rasterize_gaussians(means3D, means2D, shs, colors_precomp, opacities, scales,
-                                   rotations, cov3D_precomp, self.raster_settings)
+    functional = staticmethod(rasterize_gaussians)

@@ -52,11 +52,10 @@ from typing import NamedTuple
 import torch
 
 from . import GaussianRasterizationSettings as _PackageSettings
-from . import GaussianRasterizer as _PackageRasterizer
 from . import rasterize_gaussians as _rasterize
-from .reference import HOM_EPS, NEAR_PLANE, _ndc2pix
-from .surface import (_adjugate_covariance_times, _check_covariance_inputs, _check_shape,
-                      _image_centre, _matrix)
+from ._forks import ORIGINAL_FIELDS, ForkRasterizer, fork_settings
+from .surface import (_adjugate_covariance_times, _centres_on_screen, _check_covariance_inputs,
+                      _check_shape, _image_centre, _matrix)
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians",
            "package_settings", "ray_planes", "RayPlanes"]
@@ -68,22 +67,12 @@ MIN_FACING = 1e-7
 NORMALIZE_EPS = 1e-12
 
 
-class GaussianRasterizationSettings(NamedTuple):
-    image_height: int
-    image_width: int
-    tanfovx: float
-    tanfovy: float
-    kernel_size: float
-    bg: torch.Tensor
-    scale_modifier: float
-    viewmatrix: torch.Tensor
-    projmatrix: torch.Tensor
-    sh_degree: int
-    campos: torch.Tensor
-    prefiltered: bool = False
-    require_depth: bool = True
-    require_coord: bool = True
-    debug: bool = False
+# RaDe-GS's fields: the original's, kernel_size fifth, its two switches before debug.
+GaussianRasterizationSettings = fork_settings(
+    __name__, ORIGINAL_FIELDS[:4] + ("kernel_size",) + ORIGINAL_FIELDS[4:11]
+    + ("require_depth", "require_coord", "debug"),
+    {"require_depth": bool, "require_coord": bool},
+    {"prefiltered": False, "require_depth": True, "require_coord": True, "debug": False})
 
 
 def package_settings(settings: GaussianRasterizationSettings) -> _PackageSettings:
@@ -136,16 +125,8 @@ def ray_planes(means3D: torch.Tensor, settings, scales=None, rotations=None,
     PyTorch, differentiable in every input."""
     _check_shape("means3D", means3D, (None, 3))
     _check_covariance_inputs("ray_planes", scales, rotations, cov3D_precomp)
-    H, W = int(settings.image_height), int(settings.image_width)
     view = _matrix(settings.viewmatrix, means3D)
-    projection = _matrix(settings.projmatrix, means3D)
-    t = means3D @ view[:3, :3] + view[3, :3]
-    z = t[:, 2]
-    in_front = z > NEAR_PLANE
-    z = torch.where(in_front, z, torch.ones_like(z))  # culled rows: finite stand-ins, unused
-    clip = means3D @ projection[:3] + projection[3]
-    inv_w = 1.0 / (torch.where(in_front, clip[:, 3], torch.ones_like(z)) + HOM_EPS)
-    mean2d = torch.stack([_ndc2pix(clip[:, 0] * inv_w, W), _ndc2pix(clip[:, 1] * inv_w, H)], 1)
+    t, in_front, z, mean2d = _centres_on_screen(means3D, settings)
     limit_x, limit_y = 1.3 * float(settings.tanfovx), 1.3 * float(settings.tanfovy)
     u = (t[:, 0] / z).clamp(-limit_x, limit_x)
     v = (t[:, 1] / z).clamp(-limit_y, limit_y)
@@ -304,16 +285,11 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
             weight[None], normal)
 
 
-class GaussianRasterizer(_PackageRasterizer):
+class GaussianRasterizer(ForkRasterizer):
     """RaDe-GS's GaussianRasterizer: eight outputs (see the module's docstring)."""
 
-    def markVisible(self, positions):
-        return _PackageRasterizer(package_settings(self.raster_settings)).markVisible(positions)
-
-    def forward(self, means3D, means2D, opacities, shs=None, colors_precomp=None, scales=None,
-                rotations=None, cov3D_precomp=None):
-        return rasterize_gaussians(means3D, means2D, shs, colors_precomp, opacities, scales,
-                                   rotations, cov3D_precomp, self.raster_settings)
+    to_package = staticmethod(package_settings)
+    functional = staticmethod(rasterize_gaussians)
 
     def integrate(self, *args, **kwargs):
         raise NotImplementedError(

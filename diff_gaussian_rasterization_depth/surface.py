@@ -24,7 +24,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .reference import (HOM_EPS, NEAR_PLANE, _covariance_3d, _ndc2pix, _projection_jacobian,
+from .reference import (HOM_EPS, NEAR_PLANE, _covariance_3d, _ndc2pix,
                         _rotation_matrix)
 
 __all__ = ["view_points", "gaussian_normals", "distortion_features", "ndc_depth",
@@ -301,6 +301,23 @@ def _image_centre(settings):
     return (int(settings.image_width) - 1) / 2.0, (int(settings.image_height) - 1) / 2.0
 
 
+def _centres_on_screen(means3D: torch.Tensor, settings):
+    """(t (P, 3) the centres in view space, in_front (P,) past the near plane, z (P,) their
+    depth with 1 standing in where not in front, mean2d (P, 2) their pixels as the rasterizer
+    projects them): culled rows get harmless stand-ins, so no infinity reaches a backward
+    through them."""
+    H, W = int(settings.image_height), int(settings.image_width)
+    view = _matrix(settings.viewmatrix, means3D)
+    projection = _matrix(settings.projmatrix, means3D)
+    t = means3D @ view[:3, :3] + view[3, :3]
+    in_front = t[:, 2] > NEAR_PLANE
+    z = torch.where(in_front, t[:, 2], torch.ones_like(t[:, 2]))
+    clip = means3D @ projection[:3] + projection[3]
+    inv_w = 1.0 / (torch.where(in_front, clip[:, 3], torch.ones_like(z)) + HOM_EPS)
+    mean2d = torch.stack([_ndc2pix(clip[:, 0] * inv_w, W), _ndc2pix(clip[:, 1] * inv_w, H)], 1)
+    return t, in_front, z, mean2d
+
+
 def intersection_planes(means3D: torch.Tensor, settings, scales=None, rotations=None,
                         cov3D_precomp=None) -> DepthPlanes:
     """Each Gaussian's depth as a plane over the screen, as RaDe-GS rasterizes depth: along the
@@ -337,15 +354,8 @@ def intersection_planes(means3D: torch.Tensor, settings, scales=None, rotations=
                                  f"(means3D's), got {t.dtype} on {t.device}")
     H, W = int(settings.image_height), int(settings.image_width)
     view = _matrix(settings.viewmatrix, means3D)
-    projection = _matrix(settings.projmatrix, means3D)
-    t = means3D @ view[:3, :3] + view[3, :3]
+    t, in_front, z_safe, mean2d = _centres_on_screen(means3D, settings)
     z = t[:, 2]
-    in_front = z > NEAR_PLANE
-    # Culled rows get harmless stand-ins, so no infinity reaches the backward through them.
-    z_safe = torch.where(in_front, z, torch.ones_like(z))
-    clip = means3D @ projection[:3] + projection[3]
-    inv_w = 1.0 / (torch.where(in_front, clip[:, 3], torch.ones_like(z)) + HOM_EPS)
-    mean2d = torch.stack([_ndc2pix(clip[:, 0] * inv_w, W), _ndc2pix(clip[:, 1] * inv_w, H)], 1)
     # adj(Sigma_view) t = rotation^T adj(Sigma) (rotation t), Sigma_view = rotation^T Sigma
     # rotation (t = p @ rotation: rotation t is the centre's offset from the camera, world axes).
     rotation = view[:3, :3]
