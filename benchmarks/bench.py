@@ -29,7 +29,8 @@ plane depth, its normals, the distortion; `surface_recipe`) beside the plain cal
 what the surface terms cost a step; `ours-contributions` (in the ablation too) the plain call
 with `contributions=True`, whose ratio is what the contribution statistics cost.
 `ours-rade` (not in the ablation) times RaDe-GS's depth planes and normals the same way
-(`intersection_recipe`).
+(`intersection_recipe`), and `ours-radegs` RaDe-GS's own call (`.rade_gs`) with its
+depth-normal term (`rade_gs_recipe`).
 The original `diff_gaussian_rasterization` has no weight map (and, depending on its version, no
 depth): it is timed with a loss on what it returns, which the JSON notes.
 """
@@ -353,6 +354,24 @@ def intersection_recipe(rasterizer, settings, inputs):
     return color, radii, depth, weight, 0.1 * consistency.mean()
 
 
+def rade_gs_recipe(rasterizer, settings, inputs):
+    """RaDe-GS's own call (`.rade_gs`: its ray-space planes as 6 feature channels with its depth
+    switch, the median depth by a gather) and its training's depth-normal term on the normals of
+    its expected and median depths (weights 0.4 and 0.6, times 0.05). `rasterizer` is not used:
+    the call is the module's. Returns (color, radii, expected depth, alpha, the term's loss)."""
+    from diff_gaussian_rasterization_depth import rade_gs
+    from diff_gaussian_rasterization_depth.surface import depth_to_normal
+    s = settings
+    rade = rade_gs.GaussianRasterizationSettings(
+        s.image_height, s.image_width, s.tanfovx, s.tanfovy, s.kernel_size, s.bg,
+        s.scale_modifier, s.viewmatrix, s.projmatrix, s.sh_degree, s.campos, s.prefiltered,
+        require_depth=True, require_coord=False, debug=s.debug)
+    color, radii, _, _, depth, median, alpha, normal = rade_gs.GaussianRasterizer(rade)(**inputs)
+    loss = sum(share * (1 - (normal * depth_to_normal(d[0], settings)).sum(0)).mean()
+               for d, share in ((depth, 0.4), (median, 0.6)))
+    return color, radii, depth[0], alpha[0], 0.05 * loss
+
+
 class OursSurface(Ours):
     """The surface recipe (doc/surface.md) around this package's call: its ratio to ours is what
     the surface terms cost a training step."""
@@ -389,6 +408,15 @@ class OursIntersection(OursSurface):
     recipe = staticmethod(intersection_recipe)
 
 
+class OursRadeGS(OursSurface):
+    """RaDe-GS's own call and depth-normal term (`.rade_gs`): its ratio to ours is what
+    RaDe-GS's regularized step costs."""
+    name = "ours-radegs"
+    note = ("loss on colour + depth + weight through .rade_gs (6 feature channels, the median "
+            "depth's gather) + its depth-normal term on its expected and median depths")
+    recipe = staticmethod(rade_gs_recipe)
+
+
 class OursContributions(Ours):
     """This package's call with `contributions=True` (each Gaussian's weight sum, largest weight,
     pixels and dominated pixels, a walk of the tile lists of its own): its ratio to ours is what
@@ -414,6 +442,7 @@ class OursContributions(Ours):
 
 IMPLS = {"ours": Ours, "gsplat": Gsplat, "gsplat-api": GsplatApi, "original": Original,
          "ours-2024": Ours2024, "ours-surface": OursSurface, "ours-rade": OursIntersection,
+         "ours-radegs": OursRadeGS,
          "ours-contributions": OursContributions,
          **{impl.name: impl for impl in ABLATED}}
 ABLATION = ("ours," + ",".join(impl.name for impl in ABLATED)

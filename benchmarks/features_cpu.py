@@ -7,6 +7,7 @@
     python benchmarks/features_cpu.py --channels --surface       # the surface recipe's cost
     python benchmarks/features_cpu.py --channels --walks         # touch count, statistics
     python benchmarks/features_cpu.py --channels --intersection  # RaDe-GS's depth planes
+    python benchmarks/features_cpu.py --channels --rade-gs       # RaDe-GS's own call and term
 
 Variants, timed round-robin (one repetition of each in turn, so that the machine's load hits
 them alike): the plain call; `features=F` with C channels for each --channels; and
@@ -36,7 +37,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.bench import intersection_recipe, surface_recipe  # noqa: E402
+from benchmarks.bench import intersection_recipe, rade_gs_recipe, surface_recipe  # noqa: E402
 from benchmarks.cpu_bench import LoadMeter  # noqa: E402
 from benchmarks.scenes import garden_scene  # noqa: E402
 
@@ -46,7 +47,7 @@ def _load() -> str:
 
 
 def make_variants(scene, channels, plain_only, lanes_off, surface=False, walks=False,
-                  intersection=False):
+                  intersection=False, rade_gs=False):
     """name -> (the call's extra arguments, whether the float path runs on the lanes)."""
     P = len(scene.gaussians)
     gen = torch.Generator().manual_seed(0)
@@ -59,6 +60,8 @@ def make_variants(scene, channels, plain_only, lanes_off, surface=False, walks=F
             calls["surface"] = {"surface": True}
         if intersection:
             calls["rade"] = {"intersection": True}
+        if rade_gs:
+            calls["rade_gs"] = {"rade_gs": True}
         if walks:
             calls["touch count"] = {"touch_count": True}
             calls["contributions"] = {"contributions": True}
@@ -88,6 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--surface", action="store_true")
     ap.add_argument("--walks", action="store_true")
     ap.add_argument("--intersection", action="store_true")
+    ap.add_argument("--rade-gs", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -99,7 +103,7 @@ def main(argv=None) -> int:
     rasterizer = GaussianRasterizer(settings)
     H, W = scene.camera.height, scene.camera.width
     variants = make_variants(scene, args.channels, args.plain_only, args.lanes_off,
-                             args.surface, args.walks, args.intersection)
+                             args.surface, args.walks, args.intersection, args.rade_gs)
     ext = package._backend._ext()
     gen = torch.Generator().manual_seed(1)
     up = [torch.randn(3, H, W, generator=gen), None, torch.randn(H, W, generator=gen),
@@ -111,13 +115,15 @@ def main(argv=None) -> int:
             return surface_recipe(rasterizer, settings, scene.rasterizer_inputs())
         if extra.get("intersection"):
             return intersection_recipe(rasterizer, settings, scene.rasterizer_inputs())
+        if extra.get("rade_gs"):
+            return rade_gs_recipe(rasterizer, settings, scene.rasterizer_inputs())
         return rasterizer(**scene.rasterizer_inputs(), **extra)
 
     def step(extra):
         scene.gaussians.zero_grad()
         out = forward(extra)
         loss = sum((out[k] * up[k]).sum() for k in (0, 2, 3))
-        if extra.get("surface") or extra.get("intersection"):
+        if extra.get("surface") or extra.get("intersection") or extra.get("rade_gs"):
             loss = loss + out[4]
         if "features" in extra:
             loss = loss + (out[4] * up[4][:out[4].shape[0]]).sum()

@@ -157,11 +157,13 @@ def test_results_are_written_after_each_configuration(tmp_path):
 
 
 @pytest.mark.parametrize("impl,recipe", [("ours-surface", "surface_recipe"),
-                                         ("ours-rade", "intersection_recipe")])
+                                         ("ours-rade", "intersection_recipe"),
+                                         ("ours-radegs", "rade_gs_recipe")])
 def test_surface_recipes_are_timed_beside_the_plain_call(impl, recipe):
-    """`ours-surface` (doc/surface.md's recipe) and `ours-rade` (RaDe-GS's depth planes and
-    normals): each timed with a ratio to ours, its forward returning the four maps and the
-    terms' loss (finite, positive, with gradients for the means, scales and rotations)."""
+    """`ours-surface` (doc/surface.md's recipe), `ours-rade` (RaDe-GS's depth planes and
+    normals) and `ours-radegs` (RaDe-GS's own call and term): each timed with a ratio to ours,
+    its forward returning the four maps and the terms' loss (finite, positive, with gradients
+    for the means, scales and rotations)."""
     bench = _load("bench")
     args = bench.parse_args(["--device", "cpu", "--impls", f"ours,{impl}", "--scenes",
                              "300", "--scales", "0.1", "--reps", "1", "--warmup", "0",
