@@ -55,7 +55,7 @@ from . import GaussianRasterizationSettings as _PackageSettings
 from . import rasterize_gaussians as _rasterize
 from ._forks import ORIGINAL_FIELDS, ForkRasterizer, fork_settings
 from .surface import (_adjugate_covariance_times, _centres_on_screen, _check_covariance_inputs,
-                      _check_shape, _image_centre, _matrix)
+                      _check_shape, _image_centre, _matrix, normalized)
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians",
            "package_settings", "ray_planes", "RayPlanes"]
@@ -242,43 +242,36 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     if want_coord:
         channels.append(_plane_channels(planes.view_points, planes.coord_slopes, mean2d,
                                         centre))
+    features = torch.cat(channels, 1)
     color, radii, _, weight, feature_map, median_gaussian = _rasterize(
         means3D, carrier, sh, colors_precomp, opacities, scales, rotations, cov3Ds_precomp,
-        package, features=torch.cat(channels, 1), median_gaussian=True)
+        package, features=features, median_gaussian=True)
 
     seen = weight > 0
     safe_weight = torch.where(seen, weight, torch.ones_like(weight))
     zero = torch.zeros_like(weight)
-    normal_sum = feature_map[:3]
-    normal = normal_sum / normal_sum.norm(dim=0).clamp_min(NORMALIZE_EPS)
-    normal = torch.where(seen, normal, torch.zeros_like(normal))
-
-    # The median Gaussian's own plane at each pixel (a gather: autograd routes the gradient).
-    has_median = median_gaussian >= 0
-    chosen = median_gaussian.clamp_min(0).long().reshape(-1)
-    xs = torch.arange(W, dtype=weight.dtype, device=weight.device)
-    ys = torch.arange(H, dtype=weight.dtype, device=weight.device)
-    pixel = torch.stack(torch.broadcast_tensors(xs[None, :], ys[:, None]), -1).reshape(-1, 2)
-    offset = mean2d[chosen] - pixel                                   # (H W, 2): d
+    # RaDe-GS divides by max(|sum|, 1e-12) where something is blended: the same but where
+    # 0 < |sum| <= 1e-12, which `normalized` sends to 0 (and faster than a reduction on a CPU).
+    normal = normalized(feature_map[:3], NORMALIZE_EPS)
+    # The median Gaussian's own functions at each pixel: its rows of the same channels,
+    # gathered per pixel (autograd takes the gradient back to that Gaussian) and evaluated as
+    # the blended maps are.
+    plane_channels = feature_map.shape[0] - 3
+    median_gaussian = median_gaussian.reshape(-1)
+    has_median = (median_gaussian >= 0).reshape(H, W)
+    medians = _plane_maps(features[median_gaussian.clamp_min(0).long(), 3:].T.reshape(
+        plane_channels, H, W), centre)
+    medians = torch.where(has_median, medians, torch.zeros_like(medians))
+    blended = _plane_maps(feature_map[3:], centre)
+    blended = torch.where(seen, blended / safe_weight, torch.zeros_like(blended))
     zeros3 = color.new_zeros(color.shape)
-    zeros1 = zero[None]
-    used = 3
     if want_depth:
         ray_length = _ray_length(settings, weight)
-        expected = _plane_maps(feature_map[used:used + 3], centre)[0]
-        expected_depth = torch.where(seen, expected / (safe_weight * ray_length), zero)[None]
-        median = planes.distance[chosen] + (planes.ray_slope[chosen] * offset).sum(1)
-        median_depth = torch.where(has_median, median.reshape(H, W) / ray_length, zero)[None]
-        used += 3
+        expected_depth, median_depth = (blended[:1] / ray_length), (medians[:1] / ray_length)
     else:
-        expected_depth, median_depth = zeros1, zeros1.clone()
+        expected_depth, median_depth = zero[None], zero[None].clone()
     if want_coord:
-        expected = _plane_maps(feature_map[used:used + 9], centre)
-        expected_coord = torch.where(seen, expected / safe_weight, torch.zeros_like(expected))
-        median = planes.view_points[chosen] + (planes.coord_slopes[chosen]
-                                               @ offset[:, :, None])[:, :, 0]
-        median_coord = torch.where(has_median, median.T.reshape(3, H, W),
-                                   torch.zeros_like(expected))
+        expected_coord, median_coord = blended[-3:], medians[-3:]
     else:
         expected_coord, median_coord = zeros3, zeros3.clone()
     return (color, radii, expected_coord, median_coord, expected_depth, median_depth,
