@@ -60,8 +60,8 @@ from .surface import (_adjugate_covariance_times, _centres_on_screen, _check_cov
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians",
            "package_settings", "ray_planes", "RayPlanes"]
 
-# RaDe-GS clamps the plane's n . t (n, t unit) from below so that a splat seen nearly edge-on
-# gets a steep plane rather than an infinite one.
+# RaDe-GS floors n . t_hat (n unit, t_hat = (u, v, 1)) so that a splat seen nearly edge-on gets
+# a steep plane rather than an infinite one.
 MIN_FACING = 1e-7
 # Its normal map's floor under the blended normal's length.
 NORMALIZE_EPS = 1e-12
@@ -118,7 +118,7 @@ def ray_planes(means3D: torch.Tensor, settings, scales=None, rotations=None,
     t_hat (-r_u L2 / l)] (likewise for v). Per pixel (du = dx / f_x) and towards d = mu2D - p,
     the slopes are s = -(r_u / f_x, r_v / f_y) and A = -(dP/du / f_x, dP/dv / f_y). As
     RaDe-GS: u and v are clamped to 1.3 tan(fov / 2) for the slopes (as the projection's
-    Jacobian), n . t_hat is taken with unit vectors and floored at 1e-7, and n comes from
+    Jacobian), n is taken as a unit vector and n . t_hat floored at 1e-7, and n comes from
     adj(Sigma) t_hat (same direction, no inverse: a flat Gaussian keeps its flat axis, where
     RaDe-GS takes its smallest eigenvector below eigenvalue 1e-8); where n = 0 (a Gaussian flat
     in two axes, or flat and seen edge-on) the slopes and the normal are 0, as RaDe-GS's. Plain
