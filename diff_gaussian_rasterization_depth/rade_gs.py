@@ -242,7 +242,8 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     if want_coord:
         channels.append(_plane_channels(planes.view_points, planes.coord_slopes, mean2d,
                                         centre))
-    features = torch.cat(channels, 1)
+    planes_table = torch.cat(channels[1:], 1)
+    features = torch.cat([channels[0], planes_table], 1)
     color, radii, _, weight, feature_map, median_gaussian = _rasterize(
         means3D, carrier, sh, colors_precomp, opacities, scales, rotations, cov3Ds_precomp,
         package, features=features, median_gaussian=True)
@@ -259,8 +260,10 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     plane_channels = feature_map.shape[0] - 3
     median_gaussian = median_gaussian.reshape(-1)
     has_median = (median_gaussian >= 0).reshape(H, W)
-    medians = _plane_maps(features[median_gaussian.clamp_min(0).long(), 3:].T.reshape(
-        plane_channels, H, W), centre)
+    rows = planes_table[median_gaussian.clamp_min(0).long()]                   # (H W, k)
+    # A contiguous copy of the transposed rows: without it, torch.compile's CPU code (inductor,
+    # torch 2.13) corrupted the heap in the backward of the median points (tests/test_compile.py).
+    medians = _plane_maps(rows.T.contiguous().reshape(plane_channels, H, W), centre)
     medians = torch.where(has_median, medians, torch.zeros_like(medians))
     blended = _plane_maps(feature_map[3:], centre)
     blended = torch.where(seen, blended / safe_weight, torch.zeros_like(blended))
