@@ -55,7 +55,7 @@ from . import GaussianRasterizationSettings as _PackageSettings
 from . import rasterize_gaussians as _rasterize
 from ._forks import ORIGINAL_FIELDS, ForkRasterizer, fork_settings
 from .surface import (_adjugate_covariance_times, _centres_on_screen, _check_covariance_inputs,
-                      _check_shape, _image_centre, _matrix, normalized)
+                      _image_centre, _matrix, normalized)
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians",
            "package_settings", "ray_planes", "RayPlanes"]
@@ -123,8 +123,7 @@ def ray_planes(means3D: torch.Tensor, settings, scales=None, rotations=None,
     RaDe-GS takes its smallest eigenvector below eigenvalue 1e-8); where n = 0 (a Gaussian flat
     in two axes, or flat and seen edge-on) the slopes and the normal are 0, as RaDe-GS's. Plain
     PyTorch, differentiable in every input."""
-    _check_shape("means3D", means3D, (None, 3))
-    _check_covariance_inputs("ray_planes", scales, rotations, cov3D_precomp)
+    _check_covariance_inputs("ray_planes", means3D, scales, rotations, cov3D_precomp)
     view = _matrix(settings.viewmatrix, means3D)
     t, in_front, z, mean2d = _centres_on_screen(means3D, settings)
     limit_x, limit_y = 1.3 * float(settings.tanfovx), 1.3 * float(settings.tanfovy)
@@ -226,7 +225,9 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     planes = ray_planes(means3D, settings, scales, rotations, cov3Ds_precomp)
     H, W = int(settings.image_height), int(settings.image_width)
     mean2d = planes.mean2d
-    if isinstance(carrier, torch.Tensor) and carrier.requires_grad:
+    if isinstance(carrier, torch.Tensor) and carrier.requires_grad and carrier.dim() == 2 \
+            and carrier.shape[0] == len(mean2d) and carrier.shape[1] in (2, 4):  # else: the
+        # package names what is wrong with it
         # The planes' part of dL/d mu2D (their offsets d = mu2D - p) goes into means2D.grad as
         # RaDe-GS's, in NDC units as the rasterizer's part: a term of value 0 (the carrier's
         # values are ignored, as the rasterizer ignores them) whose gradient is the carrier's.

@@ -187,7 +187,7 @@ def dominant_points(dominant: torch.Tensor, means3D: torch.Tensor, settings, sca
     front of the camera (s > 0); elsewhere the point is the camera centre. The rays are the
     rasterizer's: pixel centres through the camera centre (`depth_to_points`)."""
     _check_shape("dominant", dominant, (None, None))
-    _check_shape("means3D", means3D, (None, 3))
+    _check_covariance_inputs("dominant_points", means3D, scales, rotations, cov3D_precomp)
     if dominant.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"dominant: expected the rasterizer's int32 map, got {dominant.dtype}")
     H, W = dominant.shape
@@ -197,7 +197,6 @@ def dominant_points(dominant: torch.Tensor, means3D: torch.Tensor, settings, sca
     if dominant.device != means3D.device:
         raise ValueError(f"dominant: expected a tensor on {means3D.device} (means3D's device), "
                          f"got one on {dominant.device}")
-    _check_covariance_inputs("dominant_points", scales, rotations, cov3D_precomp)
     dtype = means3D.dtype
     view = _matrix(settings.viewmatrix, means3D)
     rotation_inverse = torch.linalg.inv(view[:3, :3])
@@ -289,9 +288,20 @@ class DepthPlanes(NamedTuple):
     normals: torch.Tensor        # (P, 3) unit normals of the depth planes, view space
 
 
-def _check_covariance_inputs(caller, scales, rotations, cov3D_precomp):
+def _check_covariance_inputs(caller, means3D, scales, rotations, cov3D_precomp):
+    """means3D (P, 3), and either scales (P, 3) and rotations (P, 4) or cov3D_precomp (P, 6), of
+    means3D's dtype and device; errors name the argument."""
+    _check_shape("means3D", means3D, (None, 3))
     if (cov3D_precomp is None) == (scales is None or rotations is None):
         raise ValueError(f"{caller}: give either scales and rotations or cov3D_precomp")
+    P = len(means3D)
+    for name, t, columns in (("scales", scales, 3), ("rotations", rotations, 4),
+                             ("cov3D_precomp", cov3D_precomp, 6)):
+        if t is not None:
+            _check_shape(name, t, (P, columns))
+            if t.device != means3D.device or t.dtype != means3D.dtype:
+                raise ValueError(f"{name}: expected {means3D.dtype} on {means3D.device} "
+                                 f"(means3D's), got {t.dtype} on {t.device}")
 
 
 def _image_centre(settings):
@@ -342,16 +352,7 @@ def intersection_planes(means3D: torch.Tensor, settings, scales=None, rotations=
     its normal map. Differentiable in every input (plain PyTorch); the rows of Gaussians the
     rasterizer culls at the near plane are finite and unused.
     """
-    _check_shape("means3D", means3D, (None, 3))
-    _check_covariance_inputs("intersection_planes", scales, rotations, cov3D_precomp)
-    P = len(means3D)
-    for name, t, columns in (("scales", scales, 3), ("rotations", rotations, 4),
-                             ("cov3D_precomp", cov3D_precomp, 6)):
-        if t is not None:
-            _check_shape(name, t, (P, columns))
-            if t.device != means3D.device or t.dtype != means3D.dtype:
-                raise ValueError(f"{name}: expected {means3D.dtype} on {means3D.device} "
-                                 f"(means3D's), got {t.dtype} on {t.device}")
+    _check_covariance_inputs("intersection_planes", means3D, scales, rotations, cov3D_precomp)
     H, W = int(settings.image_height), int(settings.image_width)
     view = _matrix(settings.viewmatrix, means3D)
     t, in_front, z_safe, mean2d = _centres_on_screen(means3D, settings)

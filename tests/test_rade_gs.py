@@ -472,3 +472,24 @@ def test_rade_gs_on_cuda(target):
         a, b = leaves[name].grad.cpu(), cpu_leaves[name].grad
         scale = float(b.abs().max())
         torch.testing.assert_close(a, b, rtol=0, atol=1e-3 * scale, msg=name)
+
+
+def test_bad_inputs_are_named():
+    """A wrong shape, dtype or device of the planes' inputs, or a means2D of the wrong shape,
+    raises an error naming the argument before anything is rendered; `median_gaussian` must be
+    a bool."""
+    scene = scenes.make_scene(34000, P=30)
+    s = rade_settings(scene.settings)
+    i = {k: v for k, v in scene.inputs.items() if k in NAMES}
+    rasterizer = rade_gs.GaussianRasterizer(s)
+    for name, bad, error in (("scales", i["scales"][:, :2], ValueError),
+                             ("rotations", i["rotations"][:-1], ValueError),
+                             ("scales", i["scales"].double(), ValueError),
+                             ("means3D", i["means3D"][:, :2], ValueError),
+                             ("means2D", i["means2D"][:, :1], ValueError)):
+        with pytest.raises(error, match=name):
+            rasterizer(**dict(i, **{name: bad}))
+    with pytest.raises(ValueError, match="cov3D_precomp"):
+        rasterizer(**dict(i, scales=None))
+    with pytest.raises(TypeError, match="median_gaussian"):
+        GaussianRasterizer(scene.settings)(**scene.inputs, median_gaussian=1)
