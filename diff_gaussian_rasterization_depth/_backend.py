@@ -217,16 +217,13 @@ def gaussian_contributions(config, state):
     return _renderer().gaussian_contributions(config, state)
 
 
-# cuda_rasterizer/config.h's kTileSize: a tile's side in pixels.
-TILE_SIZE = 16
-
-
 def median_gaussians(state):
     """(H, W) int32: each pixel's median Gaussian in the forward whose state this is (one that
     tracked the median depth): the Gaussian of the median's list position where the
     transmittance reached 0.5, else of the last blended splat's, -1 where nothing was blended.
     Plain PyTorch on the state the backward keeps (ForwardState in rasterize_points.h): a gather
     per pixel through its tile's list, on whatever device the state is."""
+    from .reference import TILE_SIZE   # config.h's kTileSize
     point_list, tile_ranges, n_contrib, median_contrib, gaussian_ids = (
         state[4], state[5], state[7], state[8], state[11])
     if median_contrib.numel() == 0:
