@@ -372,6 +372,35 @@ def rade_gs_recipe(rasterizer, settings, inputs):
     return color, radii, depth[0], alpha[0], 0.05 * loss
 
 
+def pgsr_recipe(rasterizer, settings, inputs):
+    """PGSR's own call (`.pgsr` with render_geo: its 5 channels of normal, 1 and plane distance,
+    the plane depth, out_observe) and its single-view term, |normal - the plane depth's
+    normals| weighted by 0.015 (its multi-view terms are losses on the plane depth of a second
+    view: the `depth` slot's upstream gradient stands in). `rasterizer` is not used: the call
+    is the module's. Returns (color, radii, plane depth, alpha, the term's loss)."""
+    from diff_gaussian_rasterization_depth import pgsr
+    from diff_gaussian_rasterization_depth.surface import (depth_to_normal, gaussian_normals,
+                                                           plane_distances, view_points)
+    s = settings
+    geo = pgsr.GaussianRasterizationSettings(
+        s.image_height, s.image_width, s.tanfovx, s.tanfovy, s.bg, s.scale_modifier,
+        s.viewmatrix, s.projmatrix, s.sh_degree, s.campos, s.prefiltered, render_geo=True,
+        debug=s.debug)
+    t = view_points(inputs["means3D"], settings)
+    normals = gaussian_normals(inputs["scales"], inputs["rotations"], t, settings)
+    all_map = torch.cat([normals, torch.ones_like(t[:, :1]),
+                         plane_distances(normals, t).abs()], 1)
+    means2D = inputs["means2D"]
+    means2D_abs = None if means2D is None else torch.zeros_like(means2D, requires_grad=True)
+    call = {k: v for k, v in inputs.items() if k != "means2D"}
+    color, radii, _, all_map_pixels, plane = pgsr.GaussianRasterizer(geo)(
+        means2D=means2D, means2D_abs=means2D_abs, all_map=all_map, **call)
+    alpha = all_map_pixels[3]
+    depth_normals = depth_to_normal(plane[0], settings) * alpha.detach()
+    loss = 0.015 * (depth_normals - all_map_pixels[:3]).abs().sum(0).mean()
+    return color, radii, plane[0], alpha, loss
+
+
 class OursSurface(Ours):
     """The surface recipe (doc/surface.md) around this package's call: its ratio to ours is what
     the surface terms cost a training step."""
@@ -417,6 +446,15 @@ class OursRadeGS(OursSurface):
     recipe = staticmethod(rade_gs_recipe)
 
 
+class OursPGSR(OursSurface):
+    """PGSR's own call and single-view term (`.pgsr`): its ratio to ours is what PGSR's
+    regularized step costs."""
+    name = "ours-pgsr"
+    note = ("loss on colour + plane depth + alpha through .pgsr (5 feature channels, the touch "
+            "count and median for out_observe) + its single-view normal term")
+    recipe = staticmethod(pgsr_recipe)
+
+
 class OursContributions(Ours):
     """This package's call with `contributions=True` (each Gaussian's weight sum, largest weight,
     pixels and dominated pixels, a walk of the tile lists of its own): its ratio to ours is what
@@ -442,11 +480,11 @@ class OursContributions(Ours):
 
 IMPLS = {"ours": Ours, "gsplat": Gsplat, "gsplat-api": GsplatApi, "original": Original,
          "ours-2024": Ours2024, "ours-surface": OursSurface, "ours-rade": OursIntersection,
-         "ours-radegs": OursRadeGS,
+         "ours-radegs": OursRadeGS, "ours-pgsr": OursPGSR,
          "ours-contributions": OursContributions,
          **{impl.name: impl for impl in ABLATED}}
 ABLATION = ("ours," + ",".join(impl.name for impl in ABLATED)
-            + ",ours-2024,ours-surface,ours-contributions")
+            + ",ours-2024,ours-surface,ours-contributions,ours-radegs,ours-pgsr")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
     python benchmarks/features_cpu.py --channels --walks         # touch count, statistics
     python benchmarks/features_cpu.py --channels --intersection  # RaDe-GS's depth planes
     python benchmarks/features_cpu.py --channels --rade-gs       # RaDe-GS's own call and term
+    python benchmarks/features_cpu.py --channels --pgsr          # PGSR's own call and term
 
 Variants, timed round-robin (one repetition of each in turn, so that the machine's load hits
 them alike): the plain call; `features=F` with C channels for each --channels; and
@@ -37,7 +38,8 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.bench import intersection_recipe, rade_gs_recipe, surface_recipe  # noqa: E402
+from benchmarks.bench import (intersection_recipe, pgsr_recipe, rade_gs_recipe,  # noqa: E402
+                              surface_recipe)
 from benchmarks.cpu_bench import LoadMeter  # noqa: E402
 from benchmarks.scenes import garden_scene  # noqa: E402
 
@@ -47,7 +49,7 @@ def _load() -> str:
 
 
 def make_variants(scene, channels, plain_only, lanes_off, surface=False, walks=False,
-                  intersection=False, rade_gs=False):
+                  intersection=False, rade_gs=False, pgsr=False):
     """name -> (the call's extra arguments, whether the float path runs on the lanes)."""
     P = len(scene.gaussians)
     gen = torch.Generator().manual_seed(0)
@@ -62,6 +64,8 @@ def make_variants(scene, channels, plain_only, lanes_off, surface=False, walks=F
             calls["rade"] = {"intersection": True}
         if rade_gs:
             calls["rade_gs"] = {"rade_gs": True}
+        if pgsr:
+            calls["pgsr"] = {"pgsr": True}
         if walks:
             calls["touch count"] = {"touch_count": True}
             calls["contributions"] = {"contributions": True}
@@ -92,6 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--walks", action="store_true")
     ap.add_argument("--intersection", action="store_true")
     ap.add_argument("--rade-gs", action="store_true")
+    ap.add_argument("--pgsr", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -103,7 +108,8 @@ def main(argv=None) -> int:
     rasterizer = GaussianRasterizer(settings)
     H, W = scene.camera.height, scene.camera.width
     variants = make_variants(scene, args.channels, args.plain_only, args.lanes_off,
-                             args.surface, args.walks, args.intersection, args.rade_gs)
+                             args.surface, args.walks, args.intersection, args.rade_gs,
+                             args.pgsr)
     ext = package._backend._ext()
     gen = torch.Generator().manual_seed(1)
     up = [torch.randn(3, H, W, generator=gen), None, torch.randn(H, W, generator=gen),
@@ -117,13 +123,15 @@ def main(argv=None) -> int:
             return intersection_recipe(rasterizer, settings, scene.rasterizer_inputs())
         if extra.get("rade_gs"):
             return rade_gs_recipe(rasterizer, settings, scene.rasterizer_inputs())
+        if extra.get("pgsr"):
+            return pgsr_recipe(rasterizer, settings, scene.rasterizer_inputs())
         return rasterizer(**scene.rasterizer_inputs(), **extra)
 
     def step(extra):
         scene.gaussians.zero_grad()
         out = forward(extra)
         loss = sum((out[k] * up[k]).sum() for k in (0, 2, 3))
-        if extra.get("surface") or extra.get("intersection") or extra.get("rade_gs"):
+        if any(extra.get(k) for k in ("surface", "intersection", "rade_gs", "pgsr")):
             loss = loss + out[4]
         if "features" in extra:
             loss = loss + (out[4] * up[4][:out[4].shape[0]]).sum()

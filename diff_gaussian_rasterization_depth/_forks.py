@@ -1,5 +1,6 @@
 """Glue shared by forks' APIs: a fork's settings class and module base, the package's settings
-of a fork's call, and for the semantic
+of a fork's call, its second screen-space carrier for the absolute gradient, the pixels' rays as
+the forks' kernels take them, and for the semantic
 forks (`.langsplat`, `.feature_3dgs`, `.gaussian_grouping`) their per-Gaussian tensors checked
 under their own names and rendered as the package's feature channels."""
 from typing import NamedTuple, Optional
@@ -60,6 +61,40 @@ class ForkRasterizer(_PackageRasterizer):
                 rotations=None, cov3D_precomp=None):
         return self.functional(means3D, means2D, shs, colors_precomp, opacities, scales,
                                rotations, cov3D_precomp, self.raster_settings)
+
+
+def with_absolute_columns(name: str, means3D, means2D, means2D_abs):
+    """The package's (P, 4) carrier of a fork's two: columns 0-1 route their gradient to
+    means2D, columns 2-3 (AbsGS's absolute gradient, doc/api.md) to the first two of the fork's
+    own carrier `means2D_abs` (named `name` in errors)."""
+    if not isinstance(means2D_abs, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor or None, got {type(means2D_abs).__name__}")
+    if not isinstance(means3D, torch.Tensor):
+        return means2D  # the package names means3D
+    if means2D_abs.dim() != 2 or means2D_abs.shape[1] < 2 or \
+            means2D_abs.shape[0] != means3D.shape[0]:
+        raise ValueError(f"{name}: expected ({means3D.shape[0]}, 2 or more), got shape "
+                         f"{tuple(means2D_abs.shape)}")
+    if means2D is None:
+        means2D = torch.zeros_like(means2D_abs[:, :2])
+    return torch.cat([means2D[:, :2], means2D_abs[:, :2].to(means2D)], dim=1)
+
+
+def focal_lengths(settings):
+    """(f_x, f_y) in pixels, from the fields of view as the rasterizer takes them."""
+    return (int(settings.image_width) / (2.0 * float(settings.tanfovx)),
+            int(settings.image_height) / (2.0 * float(settings.tanfovy)))
+
+
+def centred_rays(settings, like: torch.Tensor):
+    """(x (W,), y (H,)): each pixel column's and row's ray (x / z, y / z) with the principal
+    point at (W / 2, H / 2), as the forks' kernels take it (half a pixel off the projection's
+    (W - 1) / 2), in `like`'s dtype and device."""
+    H, W = int(settings.image_height), int(settings.image_width)
+    fx, fy = focal_lengths(settings)
+    x = (torch.arange(W, dtype=like.dtype, device=like.device) - W / 2.0) / fx
+    y = (torch.arange(H, dtype=like.dtype, device=like.device) - H / 2.0) / fy
+    return x, y
 
 
 def _per_gaussian(name: str, values, means3D) -> Optional[torch.Tensor]:

@@ -21,11 +21,11 @@ second screen-space carrier whose `.grad[:, :2]` is the absolute gradient, the s
 of |each pixel's part| (AbsGS's), in the units of means2D's. The package's (P, 4) carrier
 (columns 2-3, doc/api.md) gives it; means2D keeps its own gradient.
 """
-import torch
 
 from .ashawkey import GaussianRasterizationSettings as _AshawkeySettings
 from .ashawkey import GaussianRasterizer as _AshawkeyRasterizer
 from .ashawkey import rasterize_gaussians as _rasterize_with_alpha
+from ._forks import with_absolute_columns
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians"]
 
@@ -33,29 +33,12 @@ __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gau
 GaussianRasterizationSettings = _AshawkeySettings
 
 
-def _with_absolute_columns(means3D, means2D, means2D_densify):
-    """The package's (P, 4) carrier: columns 0-1 route their gradient to means2D, columns 2-3
-    (the absolute gradient) to means2D_densify's first two."""
-    if not isinstance(means2D_densify, torch.Tensor):
-        raise TypeError(f"means2D_densify: expected a tensor or None, got "
-                        f"{type(means2D_densify).__name__}")
-    if not isinstance(means3D, torch.Tensor):
-        return means2D  # the package names means3D
-    if means2D_densify.dim() != 2 or means2D_densify.shape[1] < 2 or \
-            means2D_densify.shape[0] != means3D.shape[0]:
-        raise ValueError(f"means2D_densify: expected ({means3D.shape[0]}, 2 or more), got shape "
-                         f"{tuple(means2D_densify.shape)}")
-    if means2D is None:
-        means2D = torch.zeros_like(means2D_densify[:, :2])
-    return torch.cat([means2D[:, :2], means2D_densify[:, :2].to(means2D)], dim=1)
-
-
 def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
                         cov3Ds_precomp, raster_settings, means2D_densify=None):
     """The fork's functional form and argument order; returns (color, radii, depth), depth
     (1, H, W) not normalized (module docstring)."""
     if means2D_densify is not None:
-        means2D = _with_absolute_columns(means3D, means2D, means2D_densify)
+        means2D = with_absolute_columns("means2D_densify", means3D, means2D, means2D_densify)
     color, radii, depth, _alpha = _rasterize_with_alpha(
         means3D, means2D, sh, colors_precomp, opacities, scales, rotations, cov3Ds_precomp,
         raster_settings)

@@ -53,7 +53,7 @@ import torch
 
 from . import GaussianRasterizationSettings as _PackageSettings
 from . import rasterize_gaussians as _rasterize
-from ._forks import ORIGINAL_FIELDS, ForkRasterizer, fork_settings
+from ._forks import ORIGINAL_FIELDS, ForkRasterizer, centred_rays, focal_lengths, fork_settings
 from .surface import (_adjugate_covariance_times, _centres_on_screen, _check_covariance_inputs,
                       _image_centre, _matrix, normalized)
 
@@ -94,11 +94,6 @@ class RayPlanes(NamedTuple):
     coord_slopes: torch.Tensor  # (P, 3, 2) A: coord(p) = view_points + A (mu2D - p)
     normals: torch.Tensor       # (P, 3) unit, view space, facing the camera; 0 where degenerate
     mean2d: torch.Tensor        # (P, 2) mu2D in pixels, as the rasterizer projects it
-
-
-def _focal(settings):
-    return (int(settings.image_width) / (2.0 * float(settings.tanfovx)),
-            int(settings.image_height) / (2.0 * float(settings.tanfovy)))
 
 
 def ray_planes(means3D: torch.Tensor, settings, scales=None, rotations=None,
@@ -145,7 +140,7 @@ def ray_planes(means3D: torch.Tensor, settings, scales=None, rotations=None,
     l = z * L2.sqrt()                                     # |t| at the clamped (u, v)
     plane_u = (vv + 1.0) * m[:, 0] - uv * m[:, 1] - u * m[:, 2]    # = -r_u L2 / l
     plane_v = -uv * m[:, 0] + (uu + 1.0) * m[:, 1] - v * m[:, 2]   # = -r_v L2 / l
-    fx, fy = _focal(settings)
+    fx, fy = focal_lengths(settings)
     ray_slope = torch.stack([plane_u * l / L2 / fx, plane_v * l / L2 / fy], 1)
     # dP/du and dP/dv at the plane, times -1 / f: columns of A for d = mu2D - p.
     along_u = torch.stack([vv + 1.0 - u * plane_u, -uv - v * plane_u, -u - plane_u], 1)
@@ -190,10 +185,7 @@ def _plane_maps(feature_map, centre):
 def _ray_length(settings, like):
     """(H, W) |((x - W/2) / f_x, (y - H/2) / f_y, 1)|: a ray's distance per unit of depth (W/2
     and H/2 the principal point as RaDe-GS takes it)."""
-    H, W = int(settings.image_height), int(settings.image_width)
-    fx, fy = _focal(settings)
-    x = (torch.arange(W, dtype=like.dtype, device=like.device) - W / 2.0) / fx
-    y = (torch.arange(H, dtype=like.dtype, device=like.device) - H / 2.0) / fy
+    x, y = centred_rays(settings, like)
     return (x[None, :] ** 2 + y[:, None] ** 2 + 1.0).sqrt()
 
 

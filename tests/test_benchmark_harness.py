@@ -158,12 +158,13 @@ def test_results_are_written_after_each_configuration(tmp_path):
 
 @pytest.mark.parametrize("impl,recipe", [("ours-surface", "surface_recipe"),
                                          ("ours-rade", "intersection_recipe"),
-                                         ("ours-radegs", "rade_gs_recipe")])
+                                         ("ours-radegs", "rade_gs_recipe"),
+                                         ("ours-pgsr", "pgsr_recipe")])
 def test_surface_recipes_are_timed_beside_the_plain_call(impl, recipe):
     """`ours-surface` (doc/surface.md's recipe), `ours-rade` (RaDe-GS's depth planes and
-    normals) and `ours-radegs` (RaDe-GS's own call and term): each timed with a ratio to ours,
-    its forward returning the four maps and the terms' loss (finite, positive, with gradients
-    for the means, scales and rotations)."""
+    normals), `ours-radegs` (RaDe-GS's own call and term) and `ours-pgsr` (PGSR's): each timed
+    with a ratio to ours, its forward returning the four maps and the terms' loss (finite,
+    positive, with gradients for the means, scales and rotations)."""
     bench = _load("bench")
     args = bench.parse_args(["--device", "cpu", "--impls", f"ours,{impl}", "--scenes",
                              "300", "--scales", "0.1", "--reps", "1", "--warmup", "0",
@@ -216,8 +217,9 @@ def test_configs_are_timed_in_the_order_given(tmp_path):
 
 def test_cuda_ablation_expands_and_is_left_out_on_the_cpu():
     """`--impls ablation`: ours, the CUDA kernels with each technique off, named so, the 2024
-    API's call, the surface recipe and the call with the contribution statistics; on the CPU
-    only ours and those three run, and the JSON says why the others did not."""
+    API's call, the surface recipe, the call with the contribution statistics and RaDe-GS's and
+    PGSR's calls; on the CPU only ours and those five run, and the JSON says why the others did
+    not."""
     bench = _load("bench")
     args = bench.parse_args(["--device", "cpu", "--impls", "ablation", "--scenes", "300",
                              "--scales", "0.1", "--reps", "1", "--warmup", "0", "--sets", "1"])
@@ -225,8 +227,9 @@ def test_cuda_ablation_expands_and_is_left_out_on_the_cpu():
                               "ours-no-depth-sort", "ours-no-compact-state",
                               "ours-no-short-forward-parts", "ours-split-forward",
                               "ours-tiles-first", "ours-no-split-forward", "ours-no-split",
-                              "ours-none", "ours-2024", "ours-surface", "ours-contributions"]
-    tunings = [bench.IMPLS[n].cuda_tuning for n in args.impl_list[:-3]]
+                              "ours-none", "ours-2024", "ours-surface", "ours-contributions",
+                              "ours-radegs", "ours-pgsr"]
+    tunings = [bench.IMPLS[n].cuda_tuning for n in args.impl_list[:-5]]
     # The defaults: every technique on, the split forward by the image's waves (None).
     on = (True, True, True, True, None, True, True, True)
     forced = (*on[:4], True, *on[5:])  # the split forward whatever the image
@@ -237,9 +240,10 @@ def test_cuda_ablation_expands_and_is_left_out_on_the_cpu():
                        (*on[:3], False, False, False, False, True), (False,) * 8]
     result = bench.run(args)
     assert [r["impl"] for r in result["results"]] == ["ours", "ours-2024", "ours-surface",
-                                                      "ours-contributions"]
+                                                      "ours-contributions", "ours-radegs",
+                                                      "ours-pgsr"]
     assert all(r["fwd_bwd_ms"]["median"] > 0 for r in result["results"])
-    for name in args.impl_list[1:-3]:
+    for name in args.impl_list[1:-5]:
         assert "CUDA" in result["environment"][f"{name}_unavailable_because"]
 
 
