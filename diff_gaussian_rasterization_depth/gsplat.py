@@ -48,14 +48,14 @@ from . import GaussianRasterizationSettings
 from . import rasterize_gaussians as _rasterize
 from ._validation import _require_tensor
 from .cameras import perspective_matrix
+# The package's tiles, fixed near plane and least opacity a splat is blended with (config.h).
+from .reference import ALPHA_MIN as ALPHA_THRESHOLD
+from .reference import NEAR_PLANE, TILE_SIZE
 
 __all__ = ["rasterization"]
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
-TILE_SIZE = 16                 # the package's tiles (config.h kTileSize)
-NEAR_PLANE = 0.2               # the package's fixed near plane (config.h kNearPlane)
 FAR_PLANE = 1e10               # gsplat's default far plane: at or beyond it, nothing is culled
-ALPHA_THRESHOLD = 1.0 / 255.0  # a splat below this opacity is never blended: radius 0 in meta
 
 
 class _SparseGradient(torch.autograd.Function):
