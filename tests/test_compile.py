@@ -237,3 +237,30 @@ def test_compiled_rade_gs_call_matches_eager():
         return color.mean() + 0.1 * geometry + normal[2].mean() + (1 - alpha).mean(), radii
 
     check_compiled_loss(loss_of, params, 1e-5)
+
+
+def test_compiled_pgsr_call_matches_eager():
+    """PGSR's call (`.pgsr`: its channels blended, the plane depth in PyTorch, out_observe from
+    the touch count and the crossing medians) inside a compiled loss on its maps: the loss and
+    the gradients as in eager mode; no warnings."""
+    from diff_gaussian_rasterization_depth import pgsr
+    torch_dynamo.reset()
+    params, s = raw_parameters(8)
+    geo = pgsr.GaussianRasterizationSettings(
+        s.image_height, s.image_width, s.tanfovx, s.tanfovy, s.bg, s.scale_modifier,
+        s.viewmatrix, s.projmatrix, s.sh_degree, s.campos, False, True, False)
+
+    def loss_of(means3D, opacity_logits, log_scales, rotations, shs):
+        normal = torch.nn.functional.normalize(means3D - s.campos, dim=-1) * -1
+        all_map = torch.cat([normal, torch.ones_like(means3D[:, :1]),
+                             (normal * means3D).sum(-1, keepdim=True).abs()], 1)
+        color, radii, observe, maps, plane = pgsr.GaussianRasterizer(geo)(
+            means3D=means3D, means2D=torch.zeros_like(means3D),
+            means2D_abs=torch.zeros_like(means3D), shs=shs,
+            opacities=torch.sigmoid(opacity_logits), scales=torch.exp(log_scales),
+            rotations=torch.nn.functional.normalize(rotations, dim=-1), all_map=all_map)
+        solid = (maps[3] > 0.5).detach()
+        geometry = torch.where(solid, plane[0], torch.zeros_like(plane[0])).mean()
+        return color.mean() + 0.1 * geometry + maps[:3].mean() + (observe > 0).sum() * 0, radii
+
+    check_compiled_loss(loss_of, params, 1e-5)
