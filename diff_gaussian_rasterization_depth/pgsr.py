@@ -38,8 +38,8 @@ import torch
 
 from . import GaussianRasterizationSettings as _PackageSettings
 from . import rasterize_gaussians as _rasterize
-from ._forks import ORIGINAL_FIELDS, ForkRasterizer, centred_rays, fork_settings, \
-    with_absolute_columns
+from ._forks import (ORIGINAL_FIELDS, ForkRasterizer, _per_gaussian, centred_rays, fork_settings,
+                     with_absolute_columns)
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians",
            "package_settings", "plane_depth", "ALL_MAP_CHANNELS"]
@@ -60,23 +60,17 @@ def package_settings(settings: GaussianRasterizationSettings) -> _PackageSetting
     return _PackageSettings(*settings[:11], debug=settings.debug)
 
 
-def _check_all_map(all_map, means3D):
-    """all_map (P, 5) of means3D's dtype and device; errors name it (a means3D that is not a
-    (P, 3) tensor is left to the package)."""
+def _checked_all_map(all_map, means3D):
+    """all_map as (P, 5) channels, checked as the forks' per-Gaussian values are (a tensor of
+    means3D's dtype and device, one row per Gaussian; errors name it), and five wide."""
     if all_map is None or (isinstance(all_map, torch.Tensor) and all_map.numel() == 0):
         raise ValueError(f"all_map: render_geo=True renders it: expected (P, "
                          f"{ALL_MAP_CHANNELS}) per-Gaussian values, got none")
-    if not isinstance(all_map, torch.Tensor):
-        raise TypeError(f"all_map: expected a tensor, got {type(all_map).__name__}")
-    if not isinstance(means3D, torch.Tensor) or means3D.dim() != 2:
-        return
-    P = means3D.shape[0]
-    if tuple(all_map.shape) != (P, ALL_MAP_CHANNELS):
-        raise ValueError(f"all_map: expected ({P}, {ALL_MAP_CHANNELS}) (normal, alpha, "
-                         f"distance), got shape {tuple(all_map.shape)}")
-    if all_map.dtype != means3D.dtype or all_map.device != means3D.device:
-        raise TypeError(f"all_map: expected {means3D.dtype} on {means3D.device} (as means3D), "
-                        f"got {all_map.dtype} on {all_map.device}")
+    all_map = _per_gaussian("all_map", all_map, means3D)
+    if all_map.dim() == 2 and all_map.shape[1] != ALL_MAP_CHANNELS:
+        raise ValueError(f"all_map: expected (P, {ALL_MAP_CHANNELS}) (normal, alpha, distance), "
+                         f"got shape {tuple(all_map.shape)}")
+    return all_map
 
 
 def plane_depth(all_map_pixels: torch.Tensor, settings) -> torch.Tensor:
@@ -92,9 +86,12 @@ def rasterize_gaussians(means3D, means2D, means2D_abs, sh, colors_precomp, opaci
                         rotations, cov3Ds_precomp, all_map, raster_settings):
     """PGSR's functional form and argument order: (color (3, H, W), radii (P,), out_observe
     (P,) int32, out_all_map (5, H, W), plane_depth (1, H, W)); see the module's docstring."""
-    render_geo = bool(raster_settings.render_geo)
+    render_geo = raster_settings.render_geo
+    if not isinstance(render_geo, bool):
+        raise TypeError(f"raster_settings.render_geo: expected a bool, got "
+                        f"{type(render_geo).__name__}")
     if render_geo:
-        _check_all_map(all_map, means3D)
+        all_map = _checked_all_map(all_map, means3D)
     if means2D_abs is not None:
         means2D = with_absolute_columns("means2D_abs", means3D, means2D, means2D_abs)
     # The median Gaussian (where the transmittance crosses 0.5, median > 0) is the one Gaussian
@@ -105,8 +102,9 @@ def rasterize_gaussians(means3D, means2D, means2D_abs, sh, colors_precomp, opaci
                      touch_count=True, median_gaussian=True)
     color, radii, _depth, weight = out[:4]
     median, touched, median_gaussian = out[-3:]
-    crossed = median_gaussian[median.detach() > 0].long()
-    out_observe = touched + torch.bincount(crossed, minlength=len(touched)).to(touched.dtype)
+    # Added on the device, no host sync (a boolean index or bincount would wait for its size).
+    out_observe = touched.index_add(0, median_gaussian.reshape(-1).clamp_min(0).long(),
+                                    (median.detach() > 0).reshape(-1).to(touched.dtype))
     if render_geo:
         all_map_pixels = out[4]
         return color, radii, out_observe, all_map_pixels, plane_depth(all_map_pixels,

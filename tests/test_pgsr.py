@@ -140,6 +140,25 @@ def test_outputs_and_gradients_match_the_written_out_blend(seed):
                                atol=0)
 
 
+def test_gradcheck_f64():
+    """Finite differences of out_all_map and plane_depth in every Gaussian input and all_map (a
+    smooth scene, float64, the CPU backend)."""
+    scene = scenes.make_smooth_scene(36050, P=4, height=12, width=10, sh_degree=1)
+    settings = pgsr_settings(scene.settings)
+    names = ("means3D", "opacities", "scales", "rotations")
+    fixed = {k: v for k, v in scene.inputs.items() if k not in names}
+    all_map = pgsr_all_map(scene.inputs["means3D"], settings, 0)
+
+    def fn(*tensors):
+        inputs = dict(fixed, **dict(zip(names, tensors[:-1])), all_map=tensors[-1])
+        out = pgsr_call(inputs, None, settings)
+        return out[3], out[4]
+
+    leaves = tuple(scene.inputs[n].detach().clone().requires_grad_() for n in names)
+    assert torch.autograd.gradcheck(fn, leaves + (all_map.clone().requires_grad_(),), eps=1e-6,
+                                    atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [F32, F64])
 def test_observe_is_touch_count_plus_crossing_median(dtype):
     """out_observe of a scene with Gaussians behind, beside and far off the image, in float32
@@ -182,7 +201,8 @@ def test_render_geo_off():
 
 def test_settings_mark_visible_and_errors():
     """PGSR's settings fields in its order; markVisible as the package's; a missing or
-    malformed all_map or means2D_abs raises an error naming it before anything is rendered."""
+    malformed all_map or means2D_abs, or a render_geo that is not a bool, raises an error
+    naming it before anything is rendered."""
     assert pgsr.GaussianRasterizationSettings._fields == (
         "image_height", "image_width", "tanfovx", "tanfovy", "bg", "scale_modifier",
         "viewmatrix", "projmatrix", "sh_degree", "campos", "prefiltered", "render_geo", "debug")
@@ -202,6 +222,8 @@ def test_settings_mark_visible_and_errors():
     for bad, error in ((means2D_abs[:-1], ValueError), ("zeros", TypeError)):
         with pytest.raises(error, match="means2D_abs"):
             pgsr_call(leaves, bad, s)
+    with pytest.raises(TypeError, match="render_geo"):
+        pgsr_call(leaves, means2D_abs, s._replace(render_geo=1))
 
 
 @pytest.mark.parametrize("target", cuda_targets())
