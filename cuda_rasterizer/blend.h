@@ -384,13 +384,6 @@ DGRD_HD Vec2<T> abs_each(Vec2<T> v) {
   return {max2(v.x, -v.x), max2(v.y, -v.y)};
 }
 
-// One pixel's part of AbsGS's statistic (OptionalGrads::mean2d_abs) from dL/dalpha of the
-// colour, depth and weight alone: |d/d mean2d| per component, as alpha_grad_to_splat makes it.
-template <typename T, typename Shape>
-DGRD_HD Vec2<T> maps_mean2d_abs(T maps_dalpha, T G, Vec2<T> d, const Shape& shape) {
-  return abs_each(mean2d_grad(G * opacity_of(shape) * maps_dalpha, d, shape));
-}
-
 // dL/dalpha of a splat at a pixel, carried to its screen-space parameters (mean2d, conic,
 // opacity); sets those fields of `grad`, leaves grad.feature alone. The conic's gradient is of
 // (a, b, c) whatever the shape staged.

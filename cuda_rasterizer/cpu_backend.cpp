@@ -554,11 +554,11 @@ DGRD_LANE_CLONES void render_backward_group(const Camera<float>& cam, const Stag
       const Lanes w = pass_alpha * pb.transmittance;  // dL/dF_j = w_j g
       Lanes* out = fg.sums.data() + size_t(j) * channels;
       for (int c = 0; c < channels; ++c) out[c] += zero_unless(pass, w * upstream[c]);
-      if (abs_sums) add(abs_sums[j], maps_mean2d_abs(maps_dalpha, pass_G, d, conic_opacity));
     } else {
       pb.step_if(pass, alpha, G, d, conic_opacity, feature, lane_grad);
-      if (abs_sums) add(abs_sums[j], abs_each(lane_grad.mean2d));
     }
+    // AbsGS's statistic, of the pixel's whole dL/dalpha (the median adds to z alone, below).
+    if (abs_sums) add(abs_sums[j], abs_each(lane_grad.mean2d));
     if (kWithMedian) {
       // The median's gradient goes to the z of its splat alone.
       const LaneMask median_splat = pass & lanes_equal(median_position, LaneInts{} + (j + 1));
@@ -804,12 +804,10 @@ void render_pixels_backward(const Camera<T>& cam, const GaussianState<T>& state,
             const T w = alpha * pb.transmittance;
             double* out = feature_acc + size_t(id) * channels;
             for (int c = 0; c < channels; ++c) out[c] += w * upstream[c];
-            if (abs_acc)
-              add(abs_acc[id], maps_mean2d_abs(maps_dalpha, G, d, state.conic_opacity[id]));
           } else {
             pb.step(alpha, G, d, state.conic_opacity[id], state.features[id], g);
-            if (abs_acc) add(abs_acc[id], abs_each(g.mean2d));
           }
+          if (abs_acc) add(abs_acc[id], abs_each(g.mean2d));  // of the whole dL/dalpha
           if (kWithMedian && k - begin + 1 == median_position) g.feature.w += extra.median[p];
           add(acc[id], g);
         }

@@ -282,6 +282,25 @@ struct SplatBatch {
       for (int j = from; j < n; ++j) visit(j);
     }
   }
+  // The backward's walk: stages list positions [lo, end) of the tile list at `begin` from the
+  // back, kTilePixels at a time, and calls visit(stop, n) once each batch is staged (splat j
+  // of it at position stop - 1 - j, j < n). Every thread of the block must call it.
+  template <bool kWarpSkip, typename Visit>
+  __device__ __forceinline__ void walk_back(int begin, int lo, int end, const TileLists& lists,
+                                            const GaussianState<float>& s, const TileThread& me,
+                                            Visit visit) {
+    for (int stop = end; stop > lo; stop -= kTilePixels) {
+      const int start = max(lo, stop - kTilePixels);
+      __syncthreads();  // the previous batch is no longer read
+      const int k = stop - 1 - int(threadIdx.x);
+      if (k >= start) {
+        const int row = lists.point_list[begin + k];
+        load<kWarpSkip>(threadIdx.x, row, s, me, lists.gaussian(row));
+      }
+      __syncthreads();
+      visit(stop, stop - start);
+    }
+  }
   // Whether splat `slot` blends at the thread's pixel, with its alpha (splat_alpha); the warp's
   // reach is for_each_reaching's to test.
   __device__ __forceinline__ bool alpha_at(int slot, const TileThread& me, float& alpha) const {
@@ -1050,17 +1069,8 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
   const SumLane lane =
       kScatter ? sum_lane(sums, scatter_slot<kSplatGradValues>(kSplatGradValues)) : SumLane{};
 
-  // Positions are relative to `begin`; batches walk from the back.
-  for (int stop = block_end; stop > part.lo; stop -= kTilePixels) {
-    const int start = max(part.lo, stop - kTilePixels);
-    __syncthreads();  // the previous batch is no longer read
-    const int k = stop - 1 - int(threadIdx.x);
-    if (k >= start) {
-      const int row = lists.point_list[begin + k];
-      batch.load<kWarpSkip>(threadIdx.x, row, state, me, lists.gaussian(row));
-    }
-    __syncthreads();
-    const int n = stop - start;
+  // Positions are relative to `begin`.
+  batch.walk_back<kWarpSkip>(begin, part.lo, block_end, lists, state, me, [&](int stop, int n) {
     // pos = stop - 1 - j < warp_end from j = stop - warp_end on.
     batch.for_each_reaching<kWarpSkip>(max(0, stop - warp_end), n, me.warp, [&](int j) {
       const int pos = stop - 1 - j;
@@ -1077,14 +1087,15 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
       if (median_splat) g.feature.w += median_grad;
       warp_accumulate<kScatter>(g, sums, batch.mean_id[j].id, lane);
       if (extra.mean2d_abs) {  // the same for the whole grid: asked for or not
-        // g.mean2d is of the colour, depth and weight alone (the median adds to z only).
+        // g.mean2d is the pixel's whole part: asked for here only without feature channels
+        // (with them, render_absolute_grad_kernel's). The median adds to z alone.
         const Vec2<float> a = abs_each(g.mean2d);
         const float v[2] = {a.x, a.y};
         Vec2<float>* out = extra.mean2d_abs + batch.mean_id[j].id;
         warp_add_each<kScatter>(v, [out](int k) { return &out->x + k; });
       }
     });
-  }
+  });
 }
 
 // The chunk's upstream gradient of the feature map at the thread's pixel (0 past the channels).
@@ -1231,6 +1242,64 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
       return true;
     });
   }
+}
+
+// AbsGS's statistic where feature channels are rendered too: each pixel's |d/d mean2d| of its
+// whole dL/dalpha, the colour's, depth's and weight's (PixelBackward) with every channel's
+// (FeatureBackward), which no other kernel holds in one place (the render backward walks the
+// maps alone, each feature block one chunk of channels) and |.| does not add up by parts. One
+// block per tile walks the whole list back to front from each pixel's final state, as the CPU
+// does; the first kChunk of the pixel's upstream channels are held in registers, any others
+// and the splats' channels read where they lie (the lanes of a warp read one splat's row: a
+// broadcast). Launched only when both are asked for (PGSR's and RaDe-GS's calls).
+template <int kChunk>
+__global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
+    render_absolute_grad_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
+                         PixelBuffers<float> px, PixelGrads<float> grads,
+                         OptionalGrads<float> extra) {
+  DGRD_SHARED(SplatBatch, batch);
+  const TileThread me(cam);
+  const int begin = lists.tile_ranges[2 * me.tile];
+  const int64_t plane = int64_t(cam.width) * cam.height;
+  const int p = me.y * cam.width + me.x;
+  const int last = me.inside ? px.n_contrib[p] : 0;
+  const int channels = extra.channels;
+  PixelBackward<float> pb = {};
+  if (last > 0) pb.init(px, grads, p, plane, cam.background);
+  FeatureBackward<float> fb;
+  fb.reset();
+  float upstream[kChunk];
+#pragma unroll
+  for (int c = 0; c < kChunk; ++c)
+    upstream[c] = last > 0 && c < channels ? extra.feature_map[c * plane + p] : 0.f;
+  const int warp_end = warp_max(last);
+  batch.walk_back<true>(begin, 0, block_max(last), lists, state, me, [&](int stop, int n) {
+    batch.for_each_reaching<true>(max(0, stop - warp_end), n, me.warp, [&](int j) {
+      float alpha, G;
+      Vec2<float> d;
+      const bool blends = splat_alpha(batch.mean_id[j].mean2d, batch.exponent[j], float(me.x),
+                                      float(me.y), alpha, G, d) & (stop - 1 - j < last);
+      if (!__any_sync(kFullWarp, blends)) return;
+      const unsigned id = batch.mean_id[j].id;
+      SplatGrad<float> g = {};
+      if (blends) {
+        const float factor = unblend_factor(alpha);
+        const float maps_dalpha = pb.unblend(alpha, factor, batch.feature[j], g);
+        const float* values = extra.features + uint64_t(id) * channels;
+        float feature_dot = 0.f;
+#pragma unroll
+        for (int c = 0; c < kChunk; ++c)
+          if (c < channels) feature_dot += values[c] * upstream[c];
+        for (int c = kChunk; c < channels; ++c)
+          feature_dot += values[c] * extra.feature_map[c * plane + p];
+        const float dalpha = maps_dalpha + fb.step(alpha, factor, pb.transmittance, feature_dot);
+        alpha_grad_to_splat(dalpha, G, d, batch.exponent[j], g);
+      }
+      const Vec2<float> a = abs_each(g.mean2d);  // 0 where the pixel does not blend the splat
+      warp_add(a.x, &extra.mean2d_abs[id].x);
+      warp_add(a.y, &extra.mean2d_abs[id].y);
+    });
+  });
 }
 
 // Every value of the gradients `out` is written (the glue allocates them uninitialized).
@@ -1552,13 +1621,16 @@ void render_backward(const Camera<float>& cam, const GaussianState<float>& state
   const CudaTuning tuning = cuda_tuning();
   TileSplits splits = splits_in;
   splits.parts_first = tuning.parts_first;
+  // With feature channels, AbsGS's statistic is render_absolute_grad_kernel's alone.
+  OptionalGrads<float> maps_extra = extra;
+  if (extra.has_features()) maps_extra.mean2d_abs = nullptr;
   dispatch_flags(
       [&](auto median, auto warp_skip, auto scatter) {
         const auto render_backward_variant =
             render_backward_kernel<decltype(median)::value, decltype(warp_skip)::value,
                                    decltype(scatter)::value>;
         DGRD_LAUNCH(render_backward_variant, blocks, kTilePixels, stream)(
-            cam, state, lists, px, grads, extra, sums, splits);
+            cam, state, lists, px, grads, maps_extra, sums, splits);
       },
       extra.has_median(), tuning.warp_skip, tuning.scatter_reduce);
   if (!extra.has_features()) return;
@@ -1573,6 +1645,16 @@ void render_backward(const Camera<float>& cam, const GaussianState<float>& state
       launch_features_backward<16>(cam, state, lists, px, extra, sums, splits, tuning, stream);
       break;
   }
+  if (!extra.mean2d_abs || tiles == 0) return;
+  const auto launch_absolute = [&](auto absolute_variant) {
+    DGRD_LAUNCH(absolute_variant, tiles, kTilePixels, stream)(cam, state, lists, px, grads,
+                                                              extra);
+  };
+  // At most 8 channels in registers: 16 took 103 registers on sm_90 (2 blocks per SM).
+  if (extra.channels <= 4)
+    launch_absolute(render_absolute_grad_kernel<4>);
+  else
+    launch_absolute(render_absolute_grad_kernel<8>);
 }
 
 void clear_splat_sums(const SplatSums& sums, int count, cudaStream_t stream) {

@@ -291,9 +291,8 @@ struct OptionalGrads {
   // chunks x 256 (feature_dots_kernel); null: the feature backward walks whole lists.
   T* feature_dots = nullptr;
   // AbsGS's densification statistic, P x 2 (pixel units), summed into (zeros first): per
-  // Gaussian, the sum over pixels of |each pixel's d/d mean2d| of the losses on colour, depth
-  // and weight (not the feature map's: its CUDA walk is apart, in chunks of channels). Null:
-  // not asked for, and the backward costs what it did.
+  // Gaussian, the sum over pixels of |each pixel's d/d mean2d| of the whole loss (the median's
+  // reaches z alone). Null: not asked for, and the backward costs what it did.
   Vec2<T>* mean2d_abs = nullptr;
 
   DGRD_HD bool has_features() const { return channels > 0 && feature_map != nullptr; }

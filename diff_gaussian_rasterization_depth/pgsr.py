@@ -24,9 +24,8 @@ into `from diff_gaussian_rasterization_depth.pgsr import ...` and nothing else.
   0.5, read through `median_gaussian`); no gradient. PGSR prunes by `out_observe > 0`.
 - `means2D_abs`: a second screen-space carrier whose `.grad[:, :2]` is the absolute gradient,
   the sum over pixels of |each pixel's part| (AbsGS's; PGSR densifies by it), the package's
-  (P, 4) carrier's columns 2-3 (doc/api.md). It counts the losses on the colour; PGSR's also
-  counts those on `out_all_map` and `plane_depth` (their part through each pixel's alpha),
-  which the package's absolute gradient leaves out (it walks feature channels apart on CUDA).
+  (P, 4) carrier's columns 2-3 (doc/api.md), of the whole loss: the colour's and, as PGSR's,
+  those on `out_all_map` and `plane_depth` (their part through each pixel's alpha).
   means2D's own gradient is the whole dL/d NDC, as PGSR's.
 
 With `render_geo=False` (PGSR's training before its geometric losses start, and its multi-view

@@ -41,8 +41,8 @@ The 2D filter is RaDe-GS's (Mip-Splatting's): each projected covariance dilated 
 scaled by sqrt(det / det_dilated), the package's `kernel_size` with `antialiasing=True`.
 `means2D` (P, 3): `.grad[:, :2]` is dL/d NDC of every map (the planes' offsets d included, as
 RaDe-GS's), `.grad[:, 2]` the absolute gradient its densification reads (GOF's: over pixels,
-|x| + |y| of each pixel's part through alpha), here of the losses on colour, depth and weight
-(RaDe-GS's includes its coordinate, depth and normal maps' parts through alpha too).
+|x| + |y| of each pixel's part through alpha), of every map's loss (its coordinate, depth and
+normal maps' included, as RaDe-GS's).
 
 RaDe-GS's `integrate` (its mesh extraction's opacity at points, after Gaussian Opacity Fields)
 is the package's `points3D=` with `mesh.OpacityField` (doc/surface.md, "The opacity field").

@@ -303,9 +303,9 @@ def _blend(g: Dict[str, torch.Tensor], settings, inverse_depth=False) -> Dict[st
     """Blend the (already visible-only) Gaussians of g into every pixel (and their `features`
     (P,C), when g has them, into a feature map). The depth channel blends z, or 1/z with
     `inverse_depth`; the order is by z either way. With g["abs_offset"] (P,2), the absolute
-    gradient's carrier (zero in value), colour, depth and weight see each Gaussian's mean
-    through a copy per pixel, so that the carrier's gradient sums |each pixel's gradient| of
-    the losses on those maps (the feature map's loss is not counted: doc/api.md)."""
+    gradient's carrier (zero in value), every map sees each Gaussian's mean through a copy per
+    pixel, so that the carrier's gradient sums |each pixel's gradient| of the whole loss (the
+    median's reaches z alone: doc/api.md)."""
     H, W = settings.image_height, settings.image_width
     dtype, device = g["mean2d"].dtype, g["mean2d"].device
 
@@ -335,18 +335,13 @@ def _blend(g: Dict[str, torch.Tensor], settings, inverse_depth=False) -> Dict[st
     if "abs_offset" in g:
         # d pixel / d ndc = size / 2 (_ndc2pix), so the carrier collects NDC units as means2D.
         per_pixel = _AbsoluteGradient.apply(g["abs_offset"][:, :, None, None].expand(-1, -1, H, W))
-        maps_chain = _weights(g, power_at(dx + per_pixel[:, 0] * (0.5 * W),
-                                          dy + per_pixel[:, 1] * (0.5 * H)), in_rect, ones)
-        # The same values; a chain without the carrier only where the feature map needs one
-        # (the median reads detached masks alone).
-        chain = (_weights(g, power_at(dx, dy), in_rect, ones) if "features" in g
-                 else maps_chain)
-    else:
-        chain = maps_chain = _weights(g, power_at(dx, dy), in_rect, ones)
+        dx = dx + per_pixel[:, 0] * (0.5 * W)
+        dy = dy + per_pixel[:, 1] * (0.5 * H)
+    chain = _weights(g, power_at(dx, dy), in_rect, ones)
     blended = chain["blended"]
-    transmittance = maps_chain["transmittance"]
+    transmittance = chain["transmittance"]
     T_final = transmittance[-1]
-    w = maps_chain["w"]                                                     # (P,H,W)
+    w = chain["w"]                                                     # (P,H,W)
 
     color = (w[:, None] * g["color"][:, :, None, None]).sum(dim=0)          # (3,H,W)
     color = color + T_final[None] * settings.bg[:, None, None]

@@ -2,8 +2,8 @@
 sum over pixels of |each pixel's part| of dL/d(ndc.x, ndc.y) (doc/api.md), on every backend.
 
 The oracle is the reference, where autograd sums |.| over per-pixel copies of each mean
-(reference._AbsoluteGradient). What is counted: the losses on colour, depth and weight (and so
-the inverse depth); a loss on the feature map adds to columns 0-1 only, the median's to z only.
+(reference._AbsoluteGradient). What is counted: each pixel's whole loss, on colour, depth (and
+so the inverse depth), weight and feature channels; the median's gradient reaches z alone.
 Pixels and Gaussians within rounding of a threshold (scenes.ambiguous) take no upstream
 gradient, as in the other gradient tests. Tolerances: float32 rtol 1e-4 and atol 1e-4 times the
 largest reference value (tests/test_cpu_backend.py), float64 1e-8.
@@ -12,11 +12,12 @@ import pytest
 import torch
 
 import scenes
-from cuda_target import active, adds_in_fixed_order, cuda_targets
+from cuda_target import active, adds_in_fixed_order, cuda_targets, emulated_param
 from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend, upstream
 from diff_gaussian_rasterization_depth.reference import rasterize_reference
 from test_cpu_backend import grad_tolerance
 from test_cuda import settings_on
+from test_cuda_tuning import launch_record
 
 CPU_TARGETS = [pytest.param(("cpu", torch.float32, True), id="cpu-f32-lanes"),
                pytest.param(("cpu", torch.float32, False), id="cpu-f32-pixels"),
@@ -154,17 +155,20 @@ def test_four_columns_change_no_other_gradient(target, variant):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_feature_and_median_losses_leave_the_absolute_columns(target, variant):
+@pytest.mark.parametrize("channels", [5, 20])
+def test_feature_losses_count_in_the_absolute_columns(target, channels, variant):
     """With feature channels, the median and the inverse depth in the call and a loss on every
-    map, the absolute columns are the reference's: those of the colour, depth (of 1/z) and
-    weight alone. A loss on the feature map or the median alone leaves them zero."""
+    map, the absolute columns are the reference's: each pixel's |.| of its whole gradient, the
+    colour's, depth's (of 1/z), weight's and every channel's together (on CUDA
+    render_absolute_grad_kernel: 5 channels held in registers; of 20, 8 in registers and 12
+    read from memory), which is not the sum of |.| of the maps' part and of the channels'
+    part. A loss on the median alone leaves them zero, one on the feature map alone does not."""
     device, dtype, _ = target
     variant(target)
     scene = scene_for(11, dtype)
-    C = 5
     gen = torch.Generator().manual_seed(11)
-    F = torch.rand(scene.P, C, generator=gen, dtype=dtype) * 2 - 1
-    up = upstream_grads(scene, 11, channels=C)
+    F = torch.rand(scene.P, channels, generator=gen, dtype=dtype) * 2 - 1
+    up = upstream_grads(scene, 11, channels=channels)
     # T within rounding of 0.5 would move a median between Gaussians: no gradient there.
     blend = scenes.reference_internals(scene)[2]
     up["median"] *= ~(blend["blended"] & ((blend["T_after"] - 0.5).abs() <= 1e-4)).any(dim=0)
@@ -172,11 +176,68 @@ def test_feature_and_median_losses_leave_the_absolute_columns(target, variant):
     want = render(scene, "cpu", up, rasterize=reference, **optional)
     got = render(scene, device, up, **optional)
     assert_close(got["means2D"], want["means2D"], dtype, "means2D")
-    only_optional = {k: v if k in ("feature_map", "median") else torch.zeros_like(v)
-                     for k, v in up.items()}
-    got = render(scene, device, only_optional, **optional)
-    assert (got["means2D"][:, :2] != 0).any()
-    assert (got["means2D"][:, 2:] == 0).all()
+
+    def only(*names):
+        return render(scene, device, {k: v if k in names else torch.zeros_like(v)
+                                      for k, v in up.items()}, **optional)["means2D"]
+
+    maps, features, median = only("color", "depth", "weight"), only("feature_map"), only("median")
+    assert (median == 0).all()  # its gradient reaches the Gaussians' z alone
+    assert (features[:, :2] != 0).any() and (features[:, 2:] > 0).any()
+    # Where both parts reach a Gaussian, their pixels' parts cancel in places: |a + b| below
+    # |a| + |b| by more than rounding.
+    parts = maps[:, 2:] + features[:, 2:]
+    assert (got["means2D"][:, 2:] <= parts * (1 + 1e-5) + 1e-6 * parts.max()).all()
+    assert (got["means2D"][:, 2:] < 0.99 * parts).any()
+
+
+@pytest.mark.parametrize("target", cuda_targets())
+def test_absolute_columns_with_features_over_long_tile_lists(target):
+    """render_absolute_grad_kernel over lists of several batches of 256 splats (a faint scene whose
+    pixels blend past 256), with 20 channels: the CPU's columns (float32, the CPU's own tolerance
+    against the reference)."""
+    scene = scenes.make_scene(24400, P=400, height=16, width=16, sh_degree=1, smooth=True)
+    scene.inputs["opacities"] = scene.inputs["opacities"] * 0.1
+    gen = torch.Generator().manual_seed(24)
+    F = torch.rand(scene.P, 20, generator=gen) * 2 - 1
+    up = upstream_grads(scene, 24, channels=20)
+    optional = dict(features=F, median_depth=True)
+    up["median"].zero_()
+    want = render(scene, "cpu", up, **optional)
+    got = render(scene, target, up, **optional)
+    assert_close(got["means2D"], want["means2D"], torch.float32, "means2D")
+    assert (want["means2D"][:, 2:] > 0).sum() > 100
+
+
+@pytest.mark.parametrize("target", [emulated_param("asc")])
+def test_the_absolute_walk_runs_only_where_a_feature_loss_needs_it(target):
+    """render_absolute_grad_kernel (read from the emulation's launch record) runs once in a
+    backward with a (P, 4) carrier and a loss on the feature map, and not without either (the
+    render backward then sums the statistic as before): calls that do not ask for it pay nothing.
+    Without a feature loss the columns are those of the call without feature channels."""
+    scene = scene_for(51, torch.float32)
+    F = torch.rand(scene.P, 6, generator=torch.Generator().manual_seed(51))
+
+    def launches(columns, features, feature_loss):
+        with active(target), launch_record(target) as record:
+            leaves = {k: None if v is None else v.detach().to(target).requires_grad_()
+                      for k, v in scene.inputs.items()}
+            leaves["means2D"] = torch.zeros(scene.P, columns, requires_grad=True)
+            extra = {} if features is None else dict(features=features)
+            out = GaussianRasterizer(settings_on(scene.settings, target))(**leaves, **extra)
+            loss = out[0].sum() + out[2].sum() - out[3].sum()
+            if feature_loss:
+                ramp = torch.linspace(-1, 1, out[4].numel()).view_as(out[4])
+                loss = loss + (out[4] * ramp).sum()
+            loss.backward()
+        walks = [k for k, _, _ in record].count("absolute_variant")
+        return walks, leaves["means2D"].grad
+
+    assert launches(4, F, True)[0] == 1
+    without_loss, plain = launches(4, F, False), launches(4, None, False)
+    assert without_loss[0] == plain[0] == launches(3, F, True)[0] == 0
+    torch.testing.assert_close(without_loss[1], plain[1], rtol=1e-6, atol=0)
+    assert (plain[1][:, 2:] > 0).any()
 
 
 def test_absolute_columns_scale_with_the_loss_and_ignore_its_sign():

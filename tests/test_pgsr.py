@@ -105,7 +105,7 @@ def test_outputs_and_gradients_match_the_written_out_blend(seed):
     """Every output and every input's gradient (all_map's included) of the call on the CPU
     backend equals PGSR's formulas on the reference's blend, float64; out_observe counts one
     more pixel than the touch count (MonoGS's, after the blend) where a Gaussian takes the
-    transmittance across 0.5; means2D_abs.grad[:, :2] is the package's absolute gradient."""
+    transmittance across 0.5; means2D_abs.grad[:, :2] is the absolute gradient of the whole loss."""
     scene = scenes.make_scene(36000 + seed, P=60, height=30, width=42, sh_degree=1, dtype=F64,
                               outliers=seed == 2)
     settings = pgsr_settings(scene.settings)
@@ -128,16 +128,26 @@ def test_outputs_and_gradients_match_the_written_out_blend(seed):
     random_loss(want, seed).backward()
     random_loss(got, seed).backward()
     assert_gradients_match(got_leaves, want_leaves, NAMES)
+    # The absolute gradient of the whole loss, out_all_map's and plane_depth's parts through
+    # alpha included (as PGSR's): the reference's (P, 4) carrier, columns 2-3.
+    reference_leaves, _ = inputs_of(scene, settings, seed)
+    reference_leaves["means2D"] = torch.zeros(scene.P, 4, dtype=F64, requires_grad=True)
+    random_loss(written_out(reference_leaves, settings), seed).backward()
+    absolute = reference_leaves["means2D"].grad[:, 2:]
+    torch.testing.assert_close(means2D_abs.grad[:, :2], absolute, rtol=1e-9,
+                               atol=1e-12 * absolute.abs().max().item())
+    assert torch.equal(means2D_abs.grad[:, 2], torch.zeros(scene.P, dtype=F64))
+    # The package's carrier with a loss on the colour alone: the same as PGSR's call with it,
+    # and short of the whole loss's.
     wide = {k: None if v is None else v.detach() for k, v in scene.inputs.items()}
     wide["means2D"] = torch.zeros(scene.P, 4, dtype=F64, requires_grad=True)
     out = GaussianRasterizer(pgsr.package_settings(settings))(**wide)
     random_loss((out[0],), seed).backward()
-    assert means2D_abs.grad[:, :2].sum() > 0
-    assert torch.equal(means2D_abs.grad[:, 2], torch.zeros(scene.P, dtype=F64))
     color_only, abs_leaf = inputs_of(scene, settings, seed)
     random_loss(pgsr_call(color_only, abs_leaf, settings)[:1], seed).backward()
     torch.testing.assert_close(abs_leaf.grad[:, :2], wide["means2D"].grad[:, 2:], rtol=1e-12,
                                atol=0)
+    assert (abs_leaf.grad[:, :2] < 0.9 * absolute).any()
 
 
 def test_gradcheck_f64():

@@ -59,10 +59,12 @@ CASES = [
     # Parts of 512: the split forward's own of 256, the backward's state at every other split.
     dict(P=1200, height=16, width=16, sh_degree=1, split_length=512, opacity_scale=0.03,
          outliers=False, channels=3, median_depth=True, inverse_depth=True),
-    # The kernels the cases above leave out: the camera's gradient and AbsGS's absolute one,
-    # 20 feature channels (a chunk of 16 and one of 4), split lists, a step of the 2024
-    # API's SparseGaussianAdam, 3DGS-MCMC's relocation and the fused SSIM; then the techniques that can be switched off, off (warp
-    # skipping, the scatter sum, the depth-first sort, the split forward), with the median.
+    # The kernels the cases above leave out: the camera's gradient, 20 feature channels (a
+    # chunk of 16 and one of 4) and with them AbsGS's absolute gradient (its own walk, 8
+    # channels in registers and 12 read from memory), split lists, a step of the 2024 API's
+    # SparseGaussianAdam, 3DGS-MCMC's relocation and the fused SSIM; then the techniques that
+    # can be switched off, off (warp skipping, the scatter sum, the depth-first sort, the split
+    # forward), with the median.
     dict(P=700, height=23, width=41, sh_degree=2, split_length=256, opacity_scale=0.1,
          channels=20, camera_grad=True, means2d_cols=4, sparse_adam=True, ssim=True),
     dict(P=500, height=19, width=30, sh_degree=1, split_length=256, opacity_scale=0.1,
