@@ -372,12 +372,13 @@ def rade_gs_recipe(rasterizer, settings, inputs):
     return color, radii, depth[0], alpha[0], 0.05 * loss
 
 
-def pgsr_recipe(rasterizer, settings, inputs):
+def pgsr_recipe(rasterizer, settings, inputs, absolute=True):
     """PGSR's own call (`.pgsr` with render_geo: its 5 channels of normal, 1 and plane distance,
     the plane depth, out_observe) and its single-view term, |normal - the plane depth's
     normals| weighted by 0.015 (its multi-view terms are losses on the plane depth of a second
-    view: the `depth` slot's upstream gradient stands in). `rasterizer` is not used: the call
-    is the module's. Returns (color, radii, plane depth, alpha, the term's loss)."""
+    view: the `depth` slot's upstream gradient stands in), with its absolute gradient
+    (`means2D_abs`) unless `absolute` is False. `rasterizer` is not used: the call is the
+    module's. Returns (color, radii, plane depth, alpha, the term's loss)."""
     from diff_gaussian_rasterization_depth import pgsr
     from diff_gaussian_rasterization_depth.surface import (depth_to_normal, gaussian_normals,
                                                            plane_distances, view_points)
@@ -391,7 +392,8 @@ def pgsr_recipe(rasterizer, settings, inputs):
     all_map = torch.cat([normals, torch.ones_like(t[:, :1]),
                          plane_distances(normals, t).abs()], 1)
     means2D = inputs["means2D"]
-    means2D_abs = None if means2D is None else torch.zeros_like(means2D, requires_grad=True)
+    means2D_abs = (torch.zeros_like(means2D, requires_grad=True)
+                   if absolute and means2D is not None else None)
     call = {k: v for k, v in inputs.items() if k != "means2D"}
     color, radii, _, all_map_pixels, plane = pgsr.GaussianRasterizer(geo)(
         means2D=means2D, means2D_abs=means2D_abs, all_map=all_map, **call)
@@ -399,6 +401,12 @@ def pgsr_recipe(rasterizer, settings, inputs):
     depth_normals = depth_to_normal(plane[0], settings) * alpha.detach()
     loss = 0.015 * (depth_normals - all_map_pixels[:3]).abs().sum(0).mean()
     return color, radii, plane[0], alpha, loss
+
+
+def pgsr_recipe_without_absolute(rasterizer, settings, inputs):
+    """pgsr_recipe without `means2D_abs`: with feature channels in the call, the absolute
+    gradient is a walk of its own (render_absolute_grad_kernel), which this leaves out."""
+    return pgsr_recipe(rasterizer, settings, inputs, absolute=False)
 
 
 class OursSurface(Ours):
@@ -455,6 +463,14 @@ class OursPGSR(OursSurface):
     recipe = staticmethod(pgsr_recipe)
 
 
+class OursPGSRWithoutAbsolute(OursSurface):
+    """PGSR's step without its absolute gradient: its ratio to `ours-pgsr` is what the absolute
+    gradient's own walk costs where feature channels are rendered."""
+    name = "ours-pgsr-no-abs"
+    note = "as ours-pgsr without means2D_abs (no absolute gradient, so no walk of its own)"
+    recipe = staticmethod(pgsr_recipe_without_absolute)
+
+
 class OursContributions(Ours):
     """This package's call with `contributions=True` (each Gaussian's weight sum, largest weight,
     pixels and dominated pixels, a walk of the tile lists of its own): its ratio to ours is what
@@ -481,10 +497,11 @@ class OursContributions(Ours):
 IMPLS = {"ours": Ours, "gsplat": Gsplat, "gsplat-api": GsplatApi, "original": Original,
          "ours-2024": Ours2024, "ours-surface": OursSurface, "ours-rade": OursIntersection,
          "ours-radegs": OursRadeGS, "ours-pgsr": OursPGSR,
+         "ours-pgsr-no-abs": OursPGSRWithoutAbsolute,
          "ours-contributions": OursContributions,
          **{impl.name: impl for impl in ABLATED}}
 ABLATION = ("ours," + ",".join(impl.name for impl in ABLATED)
-            + ",ours-2024,ours-surface,ours-contributions,ours-radegs,ours-pgsr")
+            + ",ours-2024,ours-surface,ours-contributions,ours-radegs,ours-pgsr,ours-pgsr-no-abs")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -33,7 +33,8 @@
 #      the scatter sum of gradients, the depth-first sort, split tile lists, the split forward,
 #      each off and all; the 2024 API's call, ours-2024; doc/surface.md's recipe,
 #      ours-surface; the contribution statistics, ours-contributions; RaDe-GS's and PGSR's calls,
-#      ours-radegs and ours-pgsr; bench_ablation.json when the 8 files leave room for it, its
+#      ours-radegs and ours-pgsr (and ours-pgsr-no-abs, without its absolute gradient's walk);
+#      bench_ablation.json when the 8 files leave room for it, its
 #      table in run_gpu.log in any case)
 #   9. Nsight Compute's sections for the kernels of one training step per configuration
 #      (benchmarks/profile_step.py under ncu: ours, and gsplat when it is ready), in run_gpu.log

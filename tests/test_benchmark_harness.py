@@ -159,10 +159,12 @@ def test_results_are_written_after_each_configuration(tmp_path):
 @pytest.mark.parametrize("impl,recipe", [("ours-surface", "surface_recipe"),
                                          ("ours-rade", "intersection_recipe"),
                                          ("ours-radegs", "rade_gs_recipe"),
-                                         ("ours-pgsr", "pgsr_recipe")])
+                                         ("ours-pgsr", "pgsr_recipe"),
+                                         ("ours-pgsr-no-abs", "pgsr_recipe_without_absolute")])
 def test_surface_recipes_are_timed_beside_the_plain_call(impl, recipe):
     """`ours-surface` (doc/surface.md's recipe), `ours-rade` (RaDe-GS's depth planes and
-    normals), `ours-radegs` (RaDe-GS's own call and term) and `ours-pgsr` (PGSR's): each timed
+    normals), `ours-radegs` (RaDe-GS's own call and term) and `ours-pgsr` (PGSR's, also without
+    its absolute gradient): each timed
     with a ratio to ours, its forward returning the four maps and the terms' loss (finite,
     positive, with gradients for the means, scales and rotations)."""
     bench = _load("bench")
@@ -218,8 +220,8 @@ def test_configs_are_timed_in_the_order_given(tmp_path):
 def test_cuda_ablation_expands_and_is_left_out_on_the_cpu():
     """`--impls ablation`: ours, the CUDA kernels with each technique off, named so, the 2024
     API's call, the surface recipe, the call with the contribution statistics and RaDe-GS's and
-    PGSR's calls; on the CPU only ours and those five run, and the JSON says why the others did
-    not."""
+    PGSR's calls (PGSR's with and without its absolute gradient); on the CPU only ours and those
+    six run, and the JSON says why the others did not."""
     bench = _load("bench")
     args = bench.parse_args(["--device", "cpu", "--impls", "ablation", "--scenes", "300",
                              "--scales", "0.1", "--reps", "1", "--warmup", "0", "--sets", "1"])
@@ -228,8 +230,8 @@ def test_cuda_ablation_expands_and_is_left_out_on_the_cpu():
                               "ours-no-short-forward-parts", "ours-split-forward",
                               "ours-tiles-first", "ours-no-split-forward", "ours-no-split",
                               "ours-none", "ours-2024", "ours-surface", "ours-contributions",
-                              "ours-radegs", "ours-pgsr"]
-    tunings = [bench.IMPLS[n].cuda_tuning for n in args.impl_list[:-5]]
+                              "ours-radegs", "ours-pgsr", "ours-pgsr-no-abs"]
+    tunings = [bench.IMPLS[n].cuda_tuning for n in args.impl_list[:-6]]
     # The defaults: every technique on, the split forward by the image's waves (None).
     on = (True, True, True, True, None, True, True, True)
     forced = (*on[:4], True, *on[5:])  # the split forward whatever the image
@@ -241,9 +243,9 @@ def test_cuda_ablation_expands_and_is_left_out_on_the_cpu():
     result = bench.run(args)
     assert [r["impl"] for r in result["results"]] == ["ours", "ours-2024", "ours-surface",
                                                       "ours-contributions", "ours-radegs",
-                                                      "ours-pgsr"]
+                                                      "ours-pgsr", "ours-pgsr-no-abs"]
     assert all(r["fwd_bwd_ms"]["median"] > 0 for r in result["results"])
-    for name in args.impl_list[1:-5]:
+    for name in args.impl_list[1:-6]:
         assert "CUDA" in result["environment"][f"{name}_unavailable_because"]
 
 

@@ -86,7 +86,8 @@ def test_dry_run_runs_every_stage_in_order_and_writes_out(tmp_path):
     # the others.
     ablation = json.loads((tmp_path / "bench_ablation.json").read_text())
     assert [r["impl"] for r in ablation["results"]] == [
-        "ours", "ours-2024", "ours-surface", "ours-contributions", "ours-radegs", "ours-pgsr"] * 2
+        "ours", "ours-2024", "ours-surface", "ours-contributions", "ours-radegs", "ours-pgsr",
+        "ours-pgsr-no-abs"] * 2
     assert "CUDA" in ablation["environment"]["ours-none_unavailable_because"]
     assert "test_no_memory_growth_and_repeatable" in log    # the CUDA tests were collected
     assert "test_radius_beyond_2_30_from_far_off_screen" in log
