@@ -1255,8 +1255,8 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
 template <int kChunk>
 __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
     render_absolute_grad_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
-                         PixelBuffers<float> px, PixelGrads<float> grads,
-                         OptionalGrads<float> extra) {
+                                PixelBuffers<float> px, PixelGrads<float> grads,
+                                OptionalGrads<float> extra) {
   DGRD_SHARED(SplatBatch, batch);
   const TileThread me(cam);
   const int begin = lists.tile_ranges[2 * me.tile];
