@@ -1252,8 +1252,10 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
 // does; the first kChunk of the pixel's upstream channels are held in registers, any others
 // and the splats' channels read where they lie (the lanes of a warp read one splat's row: a
 // broadcast). Launched only when both are asked for (PGSR's and RaDe-GS's calls).
+// No bound on blocks per SM: at the render backward's four (64 registers), and at three (80),
+// CUDA 13.5's ptxas spilled into its per-splat loop for sm_120.
 template <int kChunk>
-__global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
+__global__ void __launch_bounds__(kTilePixels)
     render_absolute_grad_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
                                 PixelBuffers<float> px, PixelGrads<float> grads,
                                 OptionalGrads<float> extra) {
