@@ -341,7 +341,7 @@ def _blend(g: Dict[str, torch.Tensor], settings, inverse_depth=False) -> Dict[st
     blended = chain["blended"]
     transmittance = chain["transmittance"]
     T_final = transmittance[-1]
-    w = chain["w"]                                                     # (P,H,W)
+    w = chain["w"]                                                          # (P,H,W)
 
     color = (w[:, None] * g["color"][:, :, None, None]).sum(dim=0)          # (3,H,W)
     color = color + T_final[None] * settings.bg[:, None, None]
