@@ -157,6 +157,9 @@ py::object check_common(py::handle means3D_in, py::handle means2D, py::handle op
   // kernel_size: absent from settings made for the original (its default then), else >= 0.
   if (const py::object kernel = get("kernel_size"))
     if (!real(kernel.ptr(), false, c.kernel_size) || c.kernel_size < 0) return none;
+  // Sample offsets (Mip-Splatting's subpixel_offset): the Python checks read them.
+  if (const py::object offset = get("subpixel_offset"))
+    if (!offset.is_none()) return none;
   if (!present(colors)) {  // enough SH coefficients for the degree
     const int64_t given = (present(dc) ? 1 : 0) + (sh != nullptr ? sh->size(1) : 0);
     if (given < (c.sh_degree + 1) * (c.sh_degree + 1)) return none;
@@ -213,6 +216,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              c.viewmatrix = settings.attr("viewmatrix").cast<at::Tensor>();
              c.projmatrix = settings.attr("projmatrix").cast<at::Tensor>();
              c.campos = settings.attr("campos").cast<at::Tensor>();
+             if (py::hasattr(settings, "subpixel_offset")) {
+               const py::object offset = settings.attr("subpixel_offset");
+               if (!offset.is_none()) {
+                 c.subpixel_offset = offset.cast<at::Tensor>();
+                 c.sample_margin = settings.attr("sample_margin").cast<double>();
+               }
+             }
              c.median_depth = median_depth;
              c.inverse_depth = inverse_depth;
              return c;
@@ -235,7 +245,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("bg", &RasterConfig::bg)
       .def_readwrite("viewmatrix", &RasterConfig::viewmatrix)
       .def_readwrite("projmatrix", &RasterConfig::projmatrix)
-      .def_readwrite("campos", &RasterConfig::campos);
+      .def_readwrite("campos", &RasterConfig::campos)
+      .def_readwrite("subpixel_offset", &RasterConfig::subpixel_offset)
+      .def_readwrite("sample_margin", &RasterConfig::sample_margin);
   py::class_<GaussianTensors>(m, "GaussianInputs")
       .def(py::init<>())
       // All inputs in one call, None for an absent one: contiguity and the empty stand-ins are

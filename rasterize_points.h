@@ -31,6 +31,10 @@ struct RasterConfig {
   // gradient (OptionalGrads::mean2d_abs in NDC units)
   bool absolute_grad = false;
   at::Tensor bg, viewmatrix, projmatrix, campos;  // flat, on the Gaussians' device and dtype
+  // Camera::subpixel_offset (H, W, 2) on the same device and dtype, or undefined (the pixels'
+  // own coordinates); Camera::sample_margin
+  at::Tensor subpixel_offset;
+  double sample_margin = 0;
 
   int tiles_x() const { return int((image_width + kTileSize - 1) / kTileSize); }
   int tiles_y() const { return int((image_height + kTileSize - 1) / kTileSize); }
@@ -132,6 +136,8 @@ Camera<T> make_camera(const RasterConfig& c) {
   cam.kernel_size = T(c.kernel_size);
   cam.antialiasing = c.antialiasing;
   cam.inverse_depth = c.inverse_depth;
+  cam.subpixel_offset = output_or_null<T>(c.subpixel_offset);
+  cam.sample_margin = T(c.sample_margin);
   return cam;
 }
 

@@ -220,11 +220,18 @@ struct PixelRect {
 
 // The part of the pixel rectangle `area` where a splat may be blended: outside it every pixel
 // is outside the splat's reach box (splat_reach), where splat_alpha skips it anyway. The whole
-// area when the splat cannot be bounded safely.
+// area when the splat cannot be bounded safely. `margin` (Camera::sample_margin) widens the box
+// for pixels sampled off their own coordinates (Camera::subpixel_offset).
 template <typename T>
-DGRD_HD PixelRect reach_rect(Vec2<T> mean, Vec4<T> conic_opacity, PixelRect area) {
+DGRD_HD PixelRect reach_rect(Vec2<T> mean, Vec4<T> conic_opacity, PixelRect area,
+                             T margin = T(0)) {
   Vec2<T> half;
   if (!splat_reach(conic_opacity, half)) return area;
+  if (margin > T(0)) {
+    // and for the rounding of mean - (x + o), relative to the mean's distance (at most half
+    // plus the image, which the margin holds)
+    half = {half.x + margin + T(1e-6) * half.x, half.y + margin + T(1e-6) * half.y};
+  }
   PixelRect r;
   reach_interval(mean.x, half.x, area.x0, area.x1, r.x0, r.x1);
   reach_interval(mean.y, half.y, area.y0, area.y1, r.y0, r.y1);
@@ -233,12 +240,13 @@ DGRD_HD PixelRect reach_rect(Vec2<T> mean, Vec4<T> conic_opacity, PixelRect area
 
 // Which bands of kBandRows rows of the tile whose first pixel is (x0, y0) a splat may reach (the
 // CUDA render's warps are bands of two rows): bit b is clear only when rows y0 + kBandRows b ..
-// y0 + kBandRows (b + 1) - 1 lie outside its reach_rect.
+// y0 + kBandRows (b + 1) - 1 lie outside its reach_rect (widened by `margin`, as reach_rect).
 template <int kBandRows, typename T>
-DGRD_HD unsigned band_reach_mask(int x0, int y0, Vec2<T> mean, Vec4<T> conic_opacity) {
+DGRD_HD unsigned band_reach_mask(int x0, int y0, Vec2<T> mean, Vec4<T> conic_opacity,
+                                 T margin = T(0)) {
   static_assert(kTileSize % kBandRows == 0 && kTileSize / kBandRows < 32, "bands split the tile");
   const PixelRect r = reach_rect(mean, conic_opacity,
-                                 {x0, x0 + kTileSize - 1, y0, y0 + kTileSize - 1});
+                                 {x0, x0 + kTileSize - 1, y0, y0 + kTileSize - 1}, margin);
   if (r.empty()) return 0;
   const int band_low = (r.y0 - y0) / kBandRows, band_high = (r.y1 - y0) / kBandRows;
   return ((2u << band_high) - 1) & ~((1u << band_low) - 1);

@@ -715,6 +715,7 @@ void render_pixels(const Camera<T>& cam, const GaussianState<T>& state, int coun
     std::vector<T> feature_sum(kWithFeatures ? channels : 0);
     for (int y = tp.y0; y < tp.y1; ++y) {
       for (int x = tp.x0; x < tp.x1; ++x) {
+        const Vec2<T> at = cam.sample_point(x, y);
         PixelAccum<T> acc;
         acc.reset();
         MedianDepth<T> median;
@@ -725,7 +726,7 @@ void render_pixels(const Camera<T>& cam, const GaussianState<T>& state, int coun
           const int id = lists.point_list[k];
           T alpha, G;
           Vec2<T> d;
-          if (!pixel_alpha(state, floors.data(), id, T(x), T(y), alpha, G, d)) continue;
+          if (!pixel_alpha(state, floors.data(), id, at.x, at.y, alpha, G, d)) continue;
           const T before = acc.transmittance;
           if (!acc.blend(alpha, state.features[id])) break;
           n_contrib = k - begin + 1;
@@ -780,6 +781,7 @@ void render_pixels_backward(const Camera<T>& cam, const GaussianState<T>& state,
         const int p = y * cam.width + x;
         const int last = px.n_contrib[p];
         if (last == 0) continue;
+        const Vec2<T> at = cam.sample_point(x, y);
         PixelBackward<T> pb;
         pb.init(px, grads, p, plane, cam.background);
         FeatureBackward<T> fb;
@@ -792,7 +794,7 @@ void render_pixels_backward(const Camera<T>& cam, const GaussianState<T>& state,
           const int id = lists.point_list[k];
           T alpha, G;
           Vec2<T> d;
-          if (!pixel_alpha(state, floors.data(), id, T(x), T(y), alpha, G, d)) continue;
+          if (!pixel_alpha(state, floors.data(), id, at.x, at.y, alpha, G, d)) continue;
           SplatGrad<T> g;
           if (kWithFeatures) {
             const T factor = unblend_factor(alpha);
@@ -877,6 +879,13 @@ CpuTuning& cpu_tuning() {
     return t;
   }();
   return tuning;
+}
+
+// Whether the float loops run on the eight lanes, which sample each pixel at its own
+// coordinates: a call with Camera::subpixel_offset takes the per-pixel loops.
+template <typename T>
+bool lanes_for(const Camera<T>& cam) {
+  return cpu_tuning().lanes && lanes_run_here() && !cam.subpixel_offset;
 }
 
 namespace {
@@ -1068,13 +1077,14 @@ RenderWork count_render_work(const Camera<float>& cam, const GaussianState<float
           for (; k < end; ++k) {
             const int id = lists.point_list[k];
             ++evaluations;
-            const Vec2<float> d = {state.means2d[id].x - float(x), state.means2d[id].y - float(y)};
+            const Vec2<float> at = cam.sample_point(x, y);
+            const Vec2<float> d = {state.means2d[id].x - at.x, state.means2d[id].y - at.y};
             const float power = splat_power(state.conic_opacity[id], d);
             if (power <= 0.f && power >= floors[id]) ++exps;
             float alpha, G;
             Vec2<float> d2;
-            if (!splat_alpha(state.means2d[id], state.conic_opacity[id], float(x), float(y), alpha,
-                             G, d2))
+            if (!splat_alpha(state.means2d[id], state.conic_opacity[id], at.x, at.y, alpha, G,
+                             d2))
               continue;
             if (!acc.blend(alpha, state.features[id])) break;
             ++blends;
@@ -1095,7 +1105,7 @@ void render(const Camera<T>& cam, const GaussianState<T>& state, int count, Tile
   auto run = [&](auto with_features, auto with_median) {
     constexpr bool kF = decltype(with_features)::value, kM = decltype(with_median)::value;
     if constexpr (std::is_same<T, float>::value) {
-      if (cpu_tuning().lanes && lanes_run_here())
+      if (lanes_for(cam))
         return render_lanes<kF, kM>(cam, state, count, lists, px, extra);
     }
     render_pixels<kF, kM>(cam, state, count, lists, px, extra);
@@ -1110,7 +1120,7 @@ void render_backward(const Camera<T>& cam, const GaussianState<T>& state, TileLi
   auto run = [&](auto with_features, auto with_median) {
     constexpr bool kF = decltype(with_features)::value, kM = decltype(with_median)::value;
     if constexpr (std::is_same<T, float>::value) {
-      if (cpu_tuning().lanes && lanes_run_here())
+      if (lanes_for(cam))
         return render_backward_lanes<kF, kM>(cam, state, lists, px, grads, extra, count,
                                              splat_grads);
     }
@@ -1161,7 +1171,7 @@ void count_touches(const Camera<T>& cam, const GaussianState<T>& state, int coun
   const std::vector<T> floors = power_floors(state, count);
   const int tiles = cam.tiles_x * cam.tiles_y;
   bool lanes = false;
-  if constexpr (std::is_same<T, float>::value) lanes = cpu_tuning().lanes && lanes_run_here();
+  if constexpr (std::is_same<T, float>::value) lanes = lanes_for(cam);
 #pragma omp parallel if (cam.width * cam.height >= kMinParallelItems) num_threads(loop_threads())
   {
     StagedSplats sp;
@@ -1181,12 +1191,13 @@ void count_touches(const Camera<T>& cam, const GaussianState<T>& state, int coun
       }
       for (int y = tp.y0; !lanes && y < tp.y1; ++y)
         for (int x = tp.x0; x < tp.x1; ++x) {
+          const Vec2<T> at = cam.sample_point(x, y);
           T transmittance = T(1);
           for (int j = 0; j < n; ++j) {
             const int row = lists.point_list[begin + j];
             T alpha, G;
             Vec2<T> d;
-            if (!pixel_alpha(state, floors.data(), row, T(x), T(y), alpha, G, d)) continue;
+            if (!pixel_alpha(state, floors.data(), row, at.x, at.y, alpha, G, d)) continue;
             const T after = transmittance * (T(1) - alpha);
             if (!touches(after)) break;
             transmittance = after;
@@ -1213,7 +1224,7 @@ void gaussian_contributions(const Camera<T>& cam, const GaussianState<T>& state,
   const std::vector<T> floors = power_floors(state, count);
   const int tiles = cam.tiles_x * cam.tiles_y;
   bool lanes = false;
-  if constexpr (std::is_same<T, float>::value) lanes = cpu_tuning().lanes && lanes_run_here();
+  if constexpr (std::is_same<T, float>::value) lanes = lanes_for(cam);
   std::vector<PairContribution> tally(static_cast<size_t>(pairs),
                                       PairContribution{0, 0, 0, 0, 0});
 #pragma omp parallel if (cam.width * cam.height >= kMinParallelItems) num_threads(loop_threads())
@@ -1235,13 +1246,14 @@ void gaussian_contributions(const Camera<T>& cam, const GaussianState<T>& state,
       }
       for (int y = tp.y0; !lanes && y < tp.y1; ++y)
         for (int x = tp.x0; x < tp.x1; ++x) {
+          const Vec2<T> at = cam.sample_point(x, y);
           T transmittance = T(1);
           DominantSplat<T, int> dominant;  // its list position
           for (int j = 0; j < n; ++j) {
             const int row = lists.point_list[begin + j];
             T alpha, G;
             Vec2<T> d;
-            if (!pixel_alpha(state, floors.data(), row, T(x), T(y), alpha, G, d)) continue;
+            if (!pixel_alpha(state, floors.data(), row, at.x, at.y, alpha, G, d)) continue;
             const T after = transmittance * (T(1) - alpha);
             if (after < T(kTransmittanceMin)) break;  // saturated: PixelAccum::blend's test
             const T w = alpha * transmittance;         // as PixelAccum::accumulate weighs it

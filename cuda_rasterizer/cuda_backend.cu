@@ -181,10 +181,12 @@ constexpr int kRenderBackwardBlocks = 4;
 constexpr int kResolveBlocks = 4;
 static_assert(kTileSize * kWarpRows == 32, "a warp holds whole rows of its tile");
 
-// The pixel a thread of a tile block owns, and its warp.
+// The pixel a thread of a tile block owns, where it samples the splats, and its warp.
 struct TileThread {
   int tile, x0, y0, x, y, warp;  // (x0, y0): the tile's first pixel
   bool inside;
+  Vec2<float> at;  // the sample point: (x, y), or off it by Camera::subpixel_offset
+  float margin;    // Camera::sample_margin, for the warps' reach masks
   __device__ explicit TileThread(const Camera<float>& cam) : TileThread(cam, int(blockIdx.x)) {}
   __device__ TileThread(const Camera<float>& cam, int tile_) {
     tile = tile_;
@@ -194,6 +196,8 @@ struct TileThread {
     y = y0 + int(threadIdx.x) / kTileSize;
     warp = int(threadIdx.x) / 32;
     inside = x < cam.width && y < cam.height;
+    at = inside ? cam.sample_point(x, y) : Vec2<float>{float(x), float(y)};
+    margin = cam.sample_margin;
   }
 };
 
@@ -201,7 +205,7 @@ struct TileThread {
 // lets the warp pass the splat without evaluating it, and changes no pixel.
 __device__ __forceinline__ unsigned warp_reach_mask(const TileThread& me, Vec2<float> mean,
                                                     Vec4<float> conic_opacity) {
-  return band_reach_mask<kWarpRows>(me.x0, me.y0, mean, conic_opacity);
+  return band_reach_mask<kWarpRows>(me.x0, me.y0, mean, conic_opacity, me.margin);
 }
 
 // visit(j), in order, for the splats j in [from, n) of a staged batch whose reach mask
@@ -306,7 +310,7 @@ struct SplatBatch {
   __device__ __forceinline__ bool alpha_at(int slot, const TileThread& me, float& alpha) const {
     float G;
     Vec2<float> d;
-    return splat_alpha(mean_id[slot].mean2d, exponent[slot], float(me.x), float(me.y), alpha, G, d);
+    return splat_alpha(mean_id[slot].mean2d, exponent[slot], me.at.x, me.at.y, alpha, G, d);
   }
 };
 
@@ -705,7 +709,7 @@ __device__ __forceinline__ void walk_feature_part(const FeatureThread<kChunk>& m
     visit_reaching(batch.reach, 0, n, warp_n, me.warp, [&](int j) {
       float alpha, G;
       Vec2<float> d;
-      if (splat_alpha(batch.mean_id[j].mean2d, batch.exponent[j], float(me.x), float(me.y), alpha,
+      if (splat_alpha(batch.mean_id[j].mean2d, batch.exponent[j], me.at.x, me.at.y, alpha,
                       G, d)) {
         on_splat(j, alpha, transmittance);
         transmittance = transmittance * (1.f - alpha);
@@ -803,7 +807,7 @@ struct WalkSplats {
   __device__ bool alpha(int j, const TileThread& me, float& alpha) const {
     float G;
     Vec2<float> d;
-    return splat_alpha(mean_id[j].mean2d, exponent[j], float(me.x), float(me.y), alpha, G, d);
+    return splat_alpha(mean_id[j].mean2d, exponent[j], me.at.x, me.at.y, alpha, G, d);
   }
 };
 
@@ -1076,8 +1080,8 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
       const int pos = stop - 1 - j;
       float alpha, G;
       Vec2<float> d;
-      const bool blends = splat_alpha(batch.mean_id[j].mean2d, batch.exponent[j], float(me.x),
-                                      float(me.y), alpha, G, d) & (pos < last);
+      const bool blends = splat_alpha(batch.mean_id[j].mean2d, batch.exponent[j], me.at.x,
+                                      me.at.y, alpha, G, d) & (pos < last);
       const bool median_splat = kMedian && pos + 1 == median_position;
       if (!__any_sync(kFullWarp, blends | median_splat)) return;
       // Every lane steps; one whose pixel does not blend the splat changes nothing and adds 0
@@ -1201,7 +1205,7 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
       if (pos < me.last) {
         float alpha, G;
         Vec2<float> d;
-        if (splat_alpha(batch.mean_id[j].mean2d, batch.exponent[j], float(me.x), float(me.y), alpha,
+        if (splat_alpha(batch.mean_id[j].mean2d, batch.exponent[j], me.at.x, me.at.y, alpha,
                         G, d)) {
           const float factor = unblend_factor(alpha);
           transmittance = transmittance * factor;
@@ -1279,8 +1283,8 @@ __global__ void __launch_bounds__(kTilePixels)
     batch.for_each_reaching<true>(max(0, stop - warp_end), n, me.warp, [&](int j) {
       float alpha, G;
       Vec2<float> d;
-      const bool blends = splat_alpha(batch.mean_id[j].mean2d, batch.exponent[j], float(me.x),
-                                      float(me.y), alpha, G, d) & (stop - 1 - j < last);
+      const bool blends = splat_alpha(batch.mean_id[j].mean2d, batch.exponent[j], me.at.x,
+                                      me.at.y, alpha, G, d) & (stop - 1 - j < last);
       if (!__any_sync(kFullWarp, blends)) return;
       const unsigned id = batch.mean_id[j].id;
       SplatGrad<float> g = {};

@@ -353,7 +353,7 @@ DGRD_HD TileRect visible_tiles(Vec2<T> mean, T radius, const Footprint<T>& f, T 
   if (!(opacity / T(kAlphaMin) >= T(0.999))) return {0, 0, 0, 0};
   const TileRect square = tile_rect(mean, radius, cam.tiles_x, cam.tiles_y);
   const PixelRect box = reach_rect(mean, Vec4<T>{f.conic.a, f.conic.b, f.conic.c, opacity},
-                                   {0, cam.width - 1, 0, cam.height - 1});
+                                   {0, cam.width - 1, 0, cam.height - 1}, cam.sample_margin);
   if (box.empty()) return {0, 0, 0, 0};
   const TileRect r = {max2(square.x0, box.x0 / kTileSize), max2(square.y0, box.y0 / kTileSize),
                       min2(square.x1, box.x1 / kTileSize + 1),

@@ -25,6 +25,19 @@ struct Camera {
   T kernel_size;       // the 2D low-pass filter's variance (px^2), added to the 2D covariance
   bool antialiasing;
   bool inverse_depth;  // the depth channel blends 1/z instead of z (the 2024 upstream's invdepth)
+  // Mip-Splatting's subpixel_offset (its --ray_jitter): H x W x 2, pixel (x, y) sampled at
+  // (x + o.x, y + o.y) instead of its own coordinates; null: every pixel at its own.
+  // sample_margin bounds |o| (and the rounding of x + o): the reach boxes widen by it, so that
+  // a splat is skipped only where no sample point can blend it.
+  const T* subpixel_offset = nullptr;
+  T sample_margin = T(0);
+
+  // Where pixel (x, y) of the image samples the splats.
+  DGRD_HD Vec2<T> sample_point(int x, int y) const {
+    if (!subpixel_offset) return {T(x), T(y)};
+    const T* o = subpixel_offset + 2 * (int64_t(y) * width + x);
+    return {T(x) + o[0], T(y) + o[1]};
+  }
 };
 
 // The per-Gaussian inputs, contiguous; an absent input is a null pointer.

@@ -42,6 +42,9 @@ class GaussianRasterizationSettings(NamedTuple):
     # The 2D low-pass filter's variance in px^2, added to each projected covariance's diagonal:
     # the original's 0.3; Mip-Splatting's `kernel_size` (0.1 there, with antialiasing=True).
     kernel_size: float = KERNEL_SIZE_DEFAULT
+    # Mip-Splatting's per-pixel sample offsets (its --ray_jitter): (H, W, 2), pixel (x, y)
+    # sampled at (x + o[y, x, 0], y + o[y, x, 1]); None: every pixel at its own coordinates.
+    subpixel_offset: Optional[torch.Tensor] = None
 
 
 def has_cuda_backend() -> bool:

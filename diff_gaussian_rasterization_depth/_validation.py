@@ -137,6 +137,45 @@ class CheckedSettings:
         if self.kernel_size < 0:
             raise ValueError(f"raster_settings.kernel_size: expected a number >= 0 (the "
                              f"low-pass filter's variance in px^2), got {self.kernel_size}")
+        self.subpixel_offset, self.sample_margin = check_subpixel_offset(
+            getattr(s, "subpixel_offset", None), self.image_height, self.image_width, device,
+            dtype)
+
+
+def optional_float_tensor(field: str, value) -> Optional[torch.Tensor]:
+    """Settings field `field` that is None or a floating-point tensor (TypeError otherwise)."""
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"raster_settings.{field}: expected a tensor or None, got "
+                        f"{_describe(value)}")
+    if not value.is_floating_point():
+        raise TypeError(f"raster_settings.{field}: expected a floating-point tensor, got "
+                        f"{value.dtype}")
+    return value
+
+
+def check_subpixel_offset(offset, height: int, width: int, device, dtype):
+    """Mip-Splatting's per-pixel sample offsets (its --ray_jitter): (H, W, 2), pixel (x, y)
+    sampled at (x + o[y, x, 0], y + o[y, x, 1]). Returns (a private contiguous copy on the
+    Gaussians' device and dtype, the margin the reach boxes widen by: Camera::sample_margin),
+    or (None, 0.0) for None and for offsets that are all zero, which sample every pixel at its
+    own coordinates (the call is then the one without offsets, bit for bit). Reading the
+    offsets is a reduction, and on a GPU one host sync. No gradient reaches them."""
+    if optional_float_tensor("subpixel_offset", offset) is None:
+        return None, 0.0
+    if offset.numel() != 2 * height * width:
+        raise ValueError(f"raster_settings.subpixel_offset: expected ({height}, {width}, 2) "
+                         f"values, got shape {tuple(offset.shape)}")
+    copy = offset.detach().to(device=device, dtype=dtype).reshape(height, width, 2).clone()
+    largest = float(copy.abs().max()) if copy.numel() else 0.0
+    if not math.isfinite(largest):
+        raise ValueError("raster_settings.subpixel_offset: expected finite offsets")
+    if largest == 0.0:
+        return None, 0.0
+    # The rounding of x + o and of the offsets' subtractions from the means, at coordinates up
+    # to the image's size: a few units of 2^-24 of them, well inside 2^-20.
+    return copy, largest + (max(height, width) + largest + 1.0) * 2.0 ** -20
 
 
 def check_gaussians(means3D, means2D, opacities, shs, colors_precomp, scales, rotations,

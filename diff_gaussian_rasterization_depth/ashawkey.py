@@ -31,6 +31,7 @@ import torch
 
 from . import rasterize_gaussians as _rasterize
 from ._forks import ForkRasterizer, package_settings, settings_class
+from ._validation import optional_float_tensor
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians"]
 
@@ -61,12 +62,7 @@ def _confidence(settings, means3D) -> Optional[torch.Tensor]:
     if confidence is None or not isinstance(means3D, torch.Tensor):
         return None
     P = means3D.shape[0] if means3D.dim() else 0
-    if not isinstance(confidence, torch.Tensor):
-        raise TypeError(f"raster_settings.confidence: expected a tensor or None, got "
-                        f"{type(confidence).__name__}")
-    if not confidence.is_floating_point():
-        raise TypeError(f"raster_settings.confidence: expected a floating-point tensor, got "
-                        f"{confidence.dtype}")
+    optional_float_tensor("confidence", confidence)
     if confidence.device != means3D.device:
         raise ValueError(f"raster_settings.confidence: expected it on {means3D.device} (as "
                          f"means3D), got {confidence.device}")

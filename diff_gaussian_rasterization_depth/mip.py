@@ -21,10 +21,11 @@ give the package's rasterizer `package_settings(settings)`:
     color, radii, depth, weight = diff_gaussian_rasterization_depth.GaussianRasterizer(
         package_settings(settings))(means3D, means2D, opacities, ...)
 
-`subpixel_offset` moves each pixel's sample point; Mip-Splatting's training passes zeros unless
-`--ray_jitter` is set. Zeros (or None) are accepted; a non-zero offset raises
-NotImplementedError instead of rendering something else than asked (reading the offsets is a
-reduction and, on a GPU, one host sync per call; pass None to skip it).
+`subpixel_offset` ((H, W, 2), or None) moves each pixel's sample point, as Mip-Splatting's
+`--ray_jitter` does with uniform offsets in [-0.5, 0.5): pixel (x, y) samples the splats at
+(x + o[y, x, 0], y + o[y, x, 1]) in the forward and the backward alike. Zeros or None sample
+every pixel at its own coordinates; reading the offsets is a reduction and, on a GPU, one host
+sync per call (None skips it). No gradient reaches them, as in Mip-Splatting.
 """
 from typing import NamedTuple, Optional
 
@@ -44,7 +45,7 @@ class GaussianRasterizationSettings(NamedTuple):
     tanfovx: float
     tanfovy: float
     kernel_size: float
-    subpixel_offset: Optional[torch.Tensor]  # (H, W, 2) zeros, or None
+    subpixel_offset: Optional[torch.Tensor]  # (H, W, 2) sample offsets, or None
     bg: torch.Tensor
     scale_modifier: float
     viewmatrix: torch.Tensor
@@ -55,36 +56,15 @@ class GaussianRasterizationSettings(NamedTuple):
     debug: bool = False
 
 
-def _check_subpixel_offset(settings: GaussianRasterizationSettings) -> None:
-    offset = settings.subpixel_offset
-    if offset is None:
-        return
-    if not isinstance(offset, torch.Tensor):
-        raise TypeError(f"raster_settings.subpixel_offset: expected a tensor or None, got "
-                        f"{type(offset).__name__}")
-    pixels = int(settings.image_height) * int(settings.image_width)
-    if offset.numel() != 2 * pixels:
-        raise ValueError(f"raster_settings.subpixel_offset: expected ({settings.image_height}, "
-                         f"{settings.image_width}, 2) values, got shape {tuple(offset.shape)}")
-    if offset.numel() and bool(offset.detach().any()):
-        raise NotImplementedError(
-            "raster_settings.subpixel_offset: non-zero offsets (Mip-Splatting's --ray_jitter) "
-            "are not supported; pass None or zeros")
-
-
 def package_settings(settings: GaussianRasterizationSettings) -> _PackageSettings:
     """The package's settings of a Mip-Splatting call: its filter is `kernel_size` with the
-    opacity compensation (`antialiasing=True`). Checks `subpixel_offset` (module docstring)."""
-    _check_subpixel_offset(settings)
-    return _unchecked_package_settings(settings)
-
-
-def _unchecked_package_settings(settings: GaussianRasterizationSettings) -> _PackageSettings:
+    opacity compensation (`antialiasing=True`), its sample offsets `subpixel_offset`."""
     return _PackageSettings(settings.image_height, settings.image_width, settings.tanfovx,
                             settings.tanfovy, settings.bg, settings.scale_modifier,
                             settings.viewmatrix, settings.projmatrix, settings.sh_degree,
                             settings.campos, settings.prefiltered, settings.debug,
-                            antialiasing=True, kernel_size=settings.kernel_size)
+                            antialiasing=True, kernel_size=settings.kernel_size,
+                            subpixel_offset=settings.subpixel_offset)
 
 
 def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
@@ -99,5 +79,5 @@ class GaussianRasterizer(ForkRasterizer):
     """Mip-Splatting's module: `markVisible` as the package's (no pixel is sampled: the
     offsets play no part), `forward` returning (color, radii)."""
 
-    to_package = staticmethod(_unchecked_package_settings)
+    to_package = staticmethod(package_settings)
     functional = staticmethod(rasterize_gaussians)

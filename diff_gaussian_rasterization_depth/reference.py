@@ -330,8 +330,13 @@ def _blend(g: Dict[str, torch.Tensor], settings, inverse_depth=False) -> Dict[st
         con_c = g["conic"][:, 2, None, None]
         return -0.5 * (con_a * dx * dx + con_c * dy * dy) - con_b * dx * dy    # (P,H,W)
 
-    dx = g["mean2d"][:, 0, None, None] - xs[None, None, :]                    # (P,1,W)
-    dy = g["mean2d"][:, 1, None, None] - ys[None, :, None]                    # (P,H,1)
+    offset = getattr(settings, "subpixel_offset", None)
+    if offset is None:
+        dx = g["mean2d"][:, 0, None, None] - xs[None, None, :]                # (P,1,W)
+        dy = g["mean2d"][:, 1, None, None] - ys[None, :, None]                # (P,H,1)
+    else:  # each pixel's own sample point (Camera::sample_point), no gradient to it
+        dx = g["mean2d"][:, 0, None, None] - (xs[None, :] + offset[..., 0])[None]  # (P,H,W)
+        dy = g["mean2d"][:, 1, None, None] - (ys[:, None] + offset[..., 1])[None]  # (P,H,W)
     if "abs_offset" in g:
         # d pixel / d ndc = size / 2 (_ndc2pix), so the carrier collects NDC units as means2D.
         per_pixel = _AbsoluteGradient.apply(g["abs_offset"][:, :, None, None].expand(-1, -1, H, W))

@@ -427,10 +427,13 @@ def ambiguous(scene: Scene, rel: float = 1e-4, internals=None):
     edge_pixels &= proj[:, None, None]
     edge_pixels |= (edge_culled | near_plane)[:, None, None] & covers(outer)
     if edge_pixels.any():
-        xs = torch.arange(W, dtype=torch.float64)
-        ys = torch.arange(H, dtype=torch.float64)
+        xs = torch.arange(W, dtype=torch.float64)[None, :]
+        ys = torch.arange(H, dtype=torch.float64)[:, None]
+        offset = getattr(settings, "subpixel_offset", None)
+        if offset is not None:  # each pixel's sample point
+            xs, ys = xs + offset[..., 0].double(), ys + offset[..., 1].double()
         dx = g["mean2d"][:, 0, None, None] - xs
-        dy = g["mean2d"][:, 1, None, None] - ys[:, None]
+        dy = g["mean2d"][:, 1, None, None] - ys
         con = g["conic"]
         power = (-0.5 * (con[:, 0, None, None] * dx * dx + con[:, 2, None, None] * dy * dy)
                  - con[:, 1, None, None] * dx * dy)
