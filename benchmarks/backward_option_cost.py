@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """What an option of the backward adds to it: garden 112k at 648x420.
 
-    python benchmarks/backward_option_cost.py [--option camera|absolute] [--device cpu|cuda]
-                                              [--reps 15] [--sh]
+    python benchmarks/backward_option_cost.py [--option camera|absolute|offsets]
+                                              [--device cpu|cuda] [--reps 15] [--sh]
 
 --option camera (issue 11's cost figure): the camera tensors requiring grad; --option absolute:
-means2D given as (P, 4), so that the backward also sums AbsGS's absolute gradient.
+means2D given as (P, 4), so that the backward also sums AbsGS's absolute gradient; --option
+offsets: Mip-Splatting's --ray_jitter, uniform subpixel_offset in [-0.5, 0.5) (drawn once),
+which moves the forward's sample points too, so that forward and backward are timed together.
 Each repetition renders once without the option and once with it (in alternating order, so
-that load changes hit both alike), and times loss.backward() alone;
+that load changes hit both alike), and times loss.backward() alone (with the offsets, the
+forward and loss.backward());
 the loss is the benchmark's (random upstream gradients on colour, depth and weight). Prints the
 median of each, their ratio, the median of the per-repetition ratios and the machine load
 (`os.getloadavg`).
@@ -30,11 +33,15 @@ from diff_gaussian_rasterization_depth import GaussianRasterizer  # noqa: E402
 
 
 def backward_seconds(scene, settings, upstream, device, clock=time.perf_counter,
-                     absolute=False) -> float:
+                     absolute=False, with_forward=False) -> float:
     inputs = scene.rasterizer_inputs()
     if absolute:
         inputs["means2D"] = torch.zeros((scene.gaussians.means.shape[0], 4), device=device,
                                         requires_grad=True)
+    if with_forward:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        forward_start = clock()
     color, _, depth, weight = GaussianRasterizer(settings)(**inputs)
     loss = ((color * upstream[0]).sum() + (depth * upstream[1]).sum()
             + (weight * upstream[2]).sum())
@@ -44,12 +51,12 @@ def backward_seconds(scene, settings, upstream, device, clock=time.perf_counter,
     loss.backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return clock() - start
+    return clock() - (forward_start if with_forward else start)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--option", choices=("camera", "absolute"), default="camera")
+    parser.add_argument("--option", choices=("camera", "absolute", "offsets"), default="camera")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--scale", type=float, default=1.0)
@@ -67,14 +74,19 @@ def main():
     gen = torch.Generator().manual_seed(0)
     upstream = [torch.randn(s, generator=gen).to(device) for s in ((3, H, W), (H, W), (H, W))]
 
+    jitter = (torch.rand((H, W, 2), generator=gen) - 0.5).to(device)
+    offsets = args.option == "offsets"
+
     def run(mode, clock=time.perf_counter):
         settings, absolute = plain, False
         if mode == "with" and args.option == "camera":
             settings = plain._replace(**{f: getattr(plain, f).detach().clone().requires_grad_()
                                          for f in ("viewmatrix", "projmatrix", "campos")})
+        elif mode == "with" and offsets:
+            settings = plain._replace(subpixel_offset=jitter)
         elif mode == "with":
             absolute = True
-        return backward_seconds(scene, settings, upstream, device, clock, absolute)
+        return backward_seconds(scene, settings, upstream, device, clock, absolute, offsets)
 
     for _ in range(2):   # warm-up
         run("without")
@@ -91,9 +103,11 @@ def main():
           f"{args.reps} interleaved repetitions, {'CPU' if args.cpu_time else 'wall'} time, "
           f"{torch.get_num_threads()} threads; load average before {load_before[0]:.2f}, "
           f"after {load_after[0]:.2f}")
-    what = "camera gradients" if args.option == "camera" else "the absolute gradient"
+    what = {"camera": "camera gradients", "absolute": "the absolute gradient",
+            "offsets": "sample offsets"}[args.option]
+    timed = "forward + backward" if offsets else "backward"
     for k in ("without", "with"):
-        print(f"  backward {k:7s} {what}: median {1000 * med[k]:8.2f} ms "
+        print(f"  {timed} {k:7s} {what}: median {1000 * med[k]:8.2f} ms "
               f"(min {1000 * min(times[k]):.2f}, max {1000 * max(times[k]):.2f})")
     # The two runs of a repetition are adjacent in time: their ratio is the least disturbed by
     # other load on the machine.

@@ -5,6 +5,7 @@ builder's point counts (no rendering of the large scenes), on data/garden_points
 """
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -425,6 +426,22 @@ def test_features_cpu_lanes_off_reports_every_variant(tmp_path):
     for m in r["medians"].values():
         assert m["fwd_bwd"] > m["fwd"] > 0
     assert r["load"]["others_cores_used"] >= 0 and "other processes used" in proc.stdout
+
+
+@pytest.mark.parametrize("option", ["camera", "absolute", "offsets"])
+def test_backward_option_cost_reports_both_sides(tmp_path, option):
+    """benchmarks/backward_option_cost.py on a small garden frame: the time without and with
+    each option, their ratios and the load."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "backward_option_cost.py"), "--option",
+         option, "--reps", "1", "--scale", "0.25"],
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    timed = "forward + backward" if option == "offsets" else "backward"
+    line = re.escape(timed) + r" with(?:out)? .*: median +([0-9.]+) ms"
+    medians = [float(m) for m in re.findall(line, proc.stdout)]
+    assert len(medians) == 2 and min(medians) > 0, proc.stdout
+    assert "ratio of the medians" in proc.stdout and "load average before" in proc.stdout
 
 
 def test_mesh_bench_reports_sparse_against_dense_memory(tmp_path):
