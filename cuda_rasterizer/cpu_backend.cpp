@@ -1071,13 +1071,13 @@ RenderWork count_render_work(const Camera<float>& cam, const GaussianState<float
       for (int x0 = tp.x0; x0 < tp.x1; x0 += kLanes) {
         int group_steps = 0;  // a group of lanes runs until its last pixel stops
         for (int x = x0; x < std::min(x0 + kLanes, tp.x1); ++x) {
+          const Vec2<float> at = cam.sample_point(x, y);
           PixelAccum<float> acc;
           acc.reset();
           int k = begin;
           for (; k < end; ++k) {
             const int id = lists.point_list[k];
             ++evaluations;
-            const Vec2<float> at = cam.sample_point(x, y);
             const Vec2<float> d = {state.means2d[id].x - at.x, state.means2d[id].y - at.y};
             const float power = splat_power(state.conic_opacity[id], d);
             if (power <= 0.f && power >= floors[id]) ++exps;
