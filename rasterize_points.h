@@ -26,6 +26,7 @@ struct RasterConfig {
   bool prefiltered = false, antialiasing = false, debug = false;
   bool median_depth = false;  // render the median depth map too (issue 12)
   bool inverse_depth = false;  // depth (and median) maps of 1/z: Camera::inverse_depth
+  bool orthographic = false;   // Camera::orthographic
   bool camera_grad = false;  // the backward also returns d viewmatrix, d projmatrix, d campos
   // means2D given as (P, 4): the backward's d means2D is (P, 4), columns 2-3 AbsGS's absolute
   // gradient (OptionalGrads::mean2d_abs in NDC units)
@@ -136,6 +137,7 @@ Camera<T> make_camera(const RasterConfig& c) {
   cam.kernel_size = T(c.kernel_size);
   cam.antialiasing = c.antialiasing;
   cam.inverse_depth = c.inverse_depth;
+  cam.orthographic = c.orthographic;
   cam.subpixel_offset = output_or_null<T>(c.subpixel_offset);
   cam.sample_margin = T(c.sample_margin);
   return cam;

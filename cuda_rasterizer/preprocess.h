@@ -178,18 +178,27 @@ struct ScreenJacobian {
 template <typename T>
 DGRD_HD ScreenJacobian<T> screen_jacobian(const Camera<T>& cam, Vec3<T> t, const Mat3<T>& Wr) {
   ScreenJacobian<T> s;
-  const T limx = T(kFrustumClamp) * cam.tanfovx, limy = T(kFrustumClamp) * cam.tanfovy;
-  const T txtz = t.x / t.z, tytz = t.y / t.z;
-  s.u_free = !(txtz < -limx || txtz > limx);
-  s.v_free = !(tytz < -limy || tytz > limy);
-  const T tx = clamp(txtz, -limx, limx) * t.z;
-  const T ty = clamp(tytz, -limy, limy) * t.z;
-  s.u = tx / t.z;
-  s.v = ty / t.z;
-  s.J00 = cam.focal_x / t.z;
-  s.J11 = cam.focal_y / t.z;
-  s.J02 = -(cam.focal_x * tx) / (t.z * t.z);
-  s.J12 = -(cam.focal_y * ty) / (t.z * t.z);
+  if (cam.orthographic) {
+    // x' = focal_x x + c: the same at every depth, nothing to clamp
+    s.u_free = s.v_free = false;
+    s.u = s.v = T(0);
+    s.J00 = cam.focal_x;
+    s.J11 = cam.focal_y;
+    s.J02 = s.J12 = T(0);
+  } else {
+    const T limx = T(kFrustumClamp) * cam.tanfovx, limy = T(kFrustumClamp) * cam.tanfovy;
+    const T txtz = t.x / t.z, tytz = t.y / t.z;
+    s.u_free = !(txtz < -limx || txtz > limx);
+    s.v_free = !(tytz < -limy || tytz > limy);
+    const T tx = clamp(txtz, -limx, limx) * t.z;
+    const T ty = clamp(tytz, -limy, limy) * t.z;
+    s.u = tx / t.z;
+    s.v = ty / t.z;
+    s.J00 = cam.focal_x / t.z;
+    s.J11 = cam.focal_y / t.z;
+    s.J02 = -(cam.focal_x * tx) / (t.z * t.z);
+    s.J12 = -(cam.focal_y * ty) / (t.z * t.z);
+  }
   for (int c = 0; c < 3; ++c) {
     s.m[0][c] = s.J00 * Wr.m[0][c] + s.J02 * Wr.m[2][c];
     s.m[1][c] = s.J11 * Wr.m[1][c] + s.J12 * Wr.m[2][c];
@@ -245,6 +254,10 @@ DGRD_HD void covariance_2d_backward(const Camera<T>& cam, Vec3<T> t, const Mat3<
       dWr->m[1][c] = J.J11 * dA[1][c];
       dWr->m[2][c] = J.J02 * dA[0][c] + J.J12 * dA[1][c];
     }
+  }
+  if (cam.orthographic) {  // J is constant
+    dt = {T(0), T(0), T(0)};
+    return;
   }
   // J00 = fx / tz, J02 = -fx u / tz with u = clamp(tx / tz) (and likewise for y).
   const T iz = T(1) / t.z, iz2 = iz * iz;

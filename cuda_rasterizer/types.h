@@ -19,12 +19,16 @@ struct Camera {
   int width, height;
   int tiles_x, tiles_y;
   T tanfovx, tanfovy;
-  T focal_x, focal_y;
+  T focal_x, focal_y;  // px per unit of x / z (perspective), or of x (orthographic)
   T scale_modifier;
   int sh_degree;
   T kernel_size;       // the 2D low-pass filter's variance (px^2), added to the 2D covariance
   bool antialiasing;
   bool inverse_depth;  // the depth channel blends 1/z instead of z (the 2024 upstream's invdepth)
+  // An orthographic camera (gsplat's camera_model="ortho"): the projection's Jacobian is the
+  // constant diag(focal_x, focal_y), tanfovx and tanfovy the view's half-width and half-height
+  // in view-space units; projmatrix must be the orthographic projection of the same extent.
+  bool orthographic = false;
   // Mip-Splatting's subpixel_offset (its --ray_jitter): H x W x 2, pixel (x, y) sampled at
   // (x + o.x, y + o.y) instead of its own coordinates; null: every pixel at its own.
   // sample_margin bounds |o| (and the rounding of x + o): the reach boxes widen by it, so that

@@ -45,6 +45,11 @@ class GaussianRasterizationSettings(NamedTuple):
     # Mip-Splatting's per-pixel sample offsets (its --ray_jitter): (H, W, 2), pixel (x, y)
     # sampled at (x + o[y, x, 0], y + o[y, x, 1]); None: every pixel at its own coordinates.
     subpixel_offset: Optional[torch.Tensor] = None
+    # An orthographic camera (gsplat's camera_model="ortho"): pixel = focal x + c at every depth,
+    # focal = W / (2 tanfovx) px per view-space unit, so tanfovx and tanfovy are the view's
+    # half-width and half-height; projmatrix the orthographic projection of that extent
+    # (cameras.orthographic_matrix).
+    orthographic: bool = False
 
 
 def has_cuda_backend() -> bool:
@@ -107,6 +112,9 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
         if not isinstance(points3D, torch.Tensor):
             raise TypeError(f"points3D: expected a tensor, got {type(points3D).__name__}")
         points3D = points3D.detach()
+        if getattr(raster_settings, "orthographic", False) is True:
+            raise NotImplementedError("points3D: the opacity field walks perspective rays; "
+                                      "not available with orthographic=True")
     # The median Gaussian is read off the median's position the forward keeps where it tracks
     # the median depth; that map is dropped again below where it was not asked for.
     returns_median = median_depth

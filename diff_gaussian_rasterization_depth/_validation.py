@@ -137,6 +137,11 @@ class CheckedSettings:
         if self.kernel_size < 0:
             raise ValueError(f"raster_settings.kernel_size: expected a number >= 0 (the "
                              f"low-pass filter's variance in px^2), got {self.kernel_size}")
+        orthographic = getattr(s, "orthographic", False)
+        if not isinstance(orthographic, bool):
+            raise TypeError(f"raster_settings.orthographic: expected a bool, got "
+                            f"{_describe(orthographic)}")
+        self.orthographic = orthographic
         self.subpixel_offset, self.sample_margin = check_subpixel_offset(
             getattr(s, "subpixel_offset", None), self.image_height, self.image_width, device,
             dtype)

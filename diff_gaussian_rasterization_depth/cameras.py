@@ -70,6 +70,20 @@ def perspective_matrix(tanfovx: float, tanfovy: float, znear: float = ZNEAR,
     return P
 
 
+def orthographic_matrix(half_width: float, half_height: float, znear: float = ZNEAR,
+                        zfar: float = ZFAR) -> np.ndarray:
+    """Orthographic projection (column-vector form) of the view-space box |x| <= half_width,
+    |y| <= half_height, z in [znear, zfar] onto NDC, z mapped forward: the projmatrix of
+    `orthographic=True` settings whose tanfovx, tanfovy are half_width, half_height."""
+    P = np.zeros((4, 4))
+    P[0, 0] = 1.0 / half_width
+    P[1, 1] = 1.0 / half_height
+    P[2, 2] = 1.0 / (zfar - znear)
+    P[2, 3] = -znear / (zfar - znear)
+    P[3, 3] = 1.0
+    return P
+
+
 def focal_from_fov(fov_deg: float, size: int) -> float:
     """Focal length in pixels for a full field of view of `fov_deg` across `size` pixels."""
     if not 0.0 < fov_deg < 180.0:

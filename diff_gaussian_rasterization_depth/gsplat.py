@@ -35,8 +35,11 @@ follows closely; the differences, each a fact of the original that this package 
   Gaussian whose radius rounds to the clip itself may fall on the other side of it;
 - `tile_size` must be 16; `channel_chunk` and `segmented` change nothing here.
 
+`camera_model="ortho"` renders with the package's orthographic camera (`orthographic=True`:
+pixel = K (x, y), the projection's Jacobian diag(fx, fy) at every depth), as gsplat's.
+
 Not provided (each raises NotImplementedError naming the argument): `distributed`, camera
-models other than "pinhole", `with_ut`, `with_eval3d`, distortion coefficients and rolling
+models other than "pinhole" and "ortho", `with_ut`, `with_eval3d`, distortion coefficients and rolling
 shutter. The meta has no `conics`, compensated `opacities` or tile-intersection tensors
 (`isect_ids`, `flatten_ids`, `isect_offsets`, `tiles_per_gauss`): they are gsplat's internals.
 """
@@ -47,7 +50,7 @@ import torch
 from . import GaussianRasterizationSettings
 from . import rasterize_gaussians as _rasterize
 from ._validation import _require_tensor
-from .cameras import perspective_matrix
+from .cameras import orthographic_matrix, perspective_matrix
 # The package's tiles, fixed near plane and least opacity a splat is blended with (config.h).
 from .reference import ALPHA_MIN as ALPHA_THRESHOLD
 from .reference import NEAR_PLANE, TILE_SIZE
@@ -55,6 +58,7 @@ from .reference import NEAR_PLANE, TILE_SIZE
 __all__ = ["rasterization"]
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
+CAMERA_MODELS = ("pinhole", "ortho")
 FAR_PLANE = 1e10               # gsplat's default far plane: at or beyond it, nothing is culled
 
 
@@ -89,8 +93,8 @@ def _check_arguments(render_mode, tile_size, distributed, camera_model, with_ut,
                          f"got {tile_size}")
     if distributed:
         _unsupported("distributed=True", "one process renders every camera")
-    if camera_model != "pinhole":
-        _unsupported(f"camera_model={camera_model!r}", "pinhole cameras only")
+    if camera_model not in CAMERA_MODELS:
+        _unsupported(f"camera_model={camera_model!r}", "pinhole and orthographic cameras only")
     if with_ut or with_eval3d:
         _unsupported("with_ut / with_eval3d", "the EWA projection only")
     for name, value in distortion.items():
@@ -155,38 +159,47 @@ def _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, covars,
     return batch, N, C, per_camera
 
 
-def _projection(K, width: int, height: int, dtype, device) -> torch.Tensor:
+def _projection(K, width: int, height: int, dtype, device, ortho=False) -> torch.Tensor:
     """The package's perspective (cameras.perspective_matrix) of gsplat's intrinsics K (fx, fy,
     cx, cy), its principal point moved off the centre so that the NDC lands, through the
     rasterizer's ndc-to-pixel map ((ndc + 1) size - 1) / 2, at gsplat's K x / z less half a
-    pixel: gsplat's pixel (i, j) is centred at (i + 0.5, j + 0.5), the rasterizer's at (i, j)."""
+    pixel: gsplat's pixel (i, j) is centred at (i + 0.5, j + 0.5), the rasterizer's at (i, j).
+    `ortho`: the orthographic projection (cameras.orthographic_matrix) landing at K x less half
+    a pixel, gsplat's camera_model="ortho"; its shift is a translation (w = 1)."""
     fx, fy, cx, cy = K
-    P = perspective_matrix(width / (2.0 * fx), height / (2.0 * fy))
-    P[0, 2] = 2.0 * cx / width - 1.0
-    P[1, 2] = 2.0 * cy / height - 1.0
+    shift = 3 if ortho else 2
+    P = (orthographic_matrix if ortho else perspective_matrix)(width / (2.0 * fx),
+                                                               height / (2.0 * fy))
+    P[0, shift] = 2.0 * cx / width - 1.0
+    P[1, shift] = 2.0 * cy / height - 1.0
     return torch.tensor(P, dtype=dtype, device=device)
 
 
-def _settings(viewmat, K, width, height, bg, sh_degree, eps2d, antialiased):
+def _settings(viewmat, K, width, height, bg, sh_degree, eps2d, antialiased, ortho=False):
     """The rasterizer's settings for gsplat's world-to-camera `viewmat` (4, 4) and intrinsics K
-    (fx, fy, cx, cy); viewmatrix, projmatrix and campos stay differentiable in viewmat."""
+    (fx, fy, cx, cy); viewmatrix, projmatrix and campos stay differentiable in viewmat. With
+    `ortho`, tanfovx and tanfovy are the view's half-extents, W / (2 fx) and H / (2 fy)."""
     fx, fy = K[0], K[1]
-    P = _projection(K, width, height, viewmat.dtype, viewmat.device)
+    P = _projection(K, width, height, viewmat.dtype, viewmat.device, ortho)
+    # gsplat reads the rotation and translation rows alone: its last row (0, 0, 0, 1) takes no
+    # gradient (the orthographic projection's shift would send it one through w).
+    viewmat = torch.cat([viewmat[:3], viewmat[3:].detach()])
     rotation, translation = viewmat[:3, :3], viewmat[:3, 3]
     return GaussianRasterizationSettings(
         image_height=int(height), image_width=int(width),
         tanfovx=width / (2.0 * fx), tanfovy=height / (2.0 * fy), bg=bg, scale_modifier=1.0,
         viewmatrix=viewmat.transpose(0, 1), projmatrix=viewmat.transpose(0, 1) @ P.transpose(0, 1),
         sh_degree=int(sh_degree or 0), campos=-(rotation.transpose(0, 1) @ translation),
-        prefiltered=False, debug=False, antialiasing=antialiased, kernel_size=float(eps2d))
+        prefiltered=False, debug=False, antialiasing=antialiased, kernel_size=float(eps2d),
+        orthographic=ortho)
 
 
-def _project(means, viewmat, K):
-    """(N, 2) gsplat's projected means K (x/z, y/z), values only, and (N,) the view-space z,
-    differentiable in means and viewmat (gsplat's meta["depths"])."""
+def _project(means, viewmat, K, ortho=False):
+    """(N, 2) gsplat's projected means K (x/z, y/z) (`ortho`: K (x, y)), values only, and (N,)
+    the view-space z, differentiable in means and viewmat (gsplat's meta["depths"])."""
     view = torch.addmm(viewmat[:3, 3], means, viewmat[:3, :3].transpose(0, 1))
     with torch.no_grad():
-        xy = view[:, :2] / view[:, 2:]
+        xy = view[:, :2] if ortho else view[:, :2] / view[:, 2:]
         pixels = torch.addcmul(xy.new_tensor([K[2], K[3]]), xy, xy.new_tensor([K[0], K[1]]))
     return pixels, view[:, 2]
 
@@ -280,7 +293,8 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
                                                  for t in inputs)
     # The screen-space points (leaves, shaped as gsplat's): their values are gsplat's means2d,
     # their gradient the render's, in pixels.
-    projected = [_project(means[b], viewmats[b, c], intrinsics[b * C + c])
+    ortho = camera_model == "ortho"
+    projected = [_project(means[b], viewmats[b, c], intrinsics[b * C + c], ortho)
                  for b in range(B) for c in range(C)]
     means2d = projected[0][0][None] if B * C == 1 else torch.stack([p for p, _ in projected])
     means2d = means2d.reshape(*batch, C, N, 2).requires_grad_(needs_grad)
@@ -308,7 +322,7 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
             settings = _settings(viewmats[b, c], K, width, height,
                                  bg if bg is not None and features is None
                                  else means.new_zeros(3), sh_degree, eps2d,
-                                 rasterize_mode == "antialiased")
+                                 rasterize_mode == "antialiased", ortho)
             keep = (z >= near_plane) & (z <= far_plane) if planes_cull else None
             if radius_clip > 0:
                 clipped = _clip_by_radius(

@@ -147,9 +147,15 @@ def _sh_to_color(sh: torch.Tensor, degree: int, means3D: torch.Tensor,
 def _projection_jacobian(tx, ty, tz, settings):
     """(clamped tx, clamped ty, (P,2,3) Jacobian of the pixel position by the view-space
     position): the perspective projection's, at the mean moved in x / z and y / z to within
-    1.3 tan(fov) of the axis (SPEC 4, step 4)."""
+    1.3 tan(fov) of the axis (SPEC 4, step 4); with `orthographic`, the constant
+    diag(focal_x, focal_y)."""
     focal_x = settings.image_width / (2.0 * settings.tanfovx)
     focal_y = settings.image_height / (2.0 * settings.tanfovy)
+    if getattr(settings, "orthographic", False):
+        zero, one = torch.zeros_like(tz), torch.ones_like(tz)
+        jac = torch.stack([torch.stack([focal_x * one, zero, zero], dim=-1),
+                           torch.stack([zero, focal_y * one, zero], dim=-1)], dim=-2)
+        return tx, ty, jac
     lim_x = FRUSTUM_CLAMP * settings.tanfovx
     lim_y = FRUSTUM_CLAMP * settings.tanfovy
     tx = torch.clamp(tx / tz, -lim_x, lim_x) * tz

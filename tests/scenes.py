@@ -29,6 +29,7 @@ import torch
 from diff_gaussian_rasterization_depth import GaussianRasterizationSettings
 from diff_gaussian_rasterization_depth import _backend, reference
 from diff_gaussian_rasterization_depth._validation import check_gaussians
+from diff_gaussian_rasterization_depth.cameras import orthographic_matrix
 
 ZNEAR = 0.01
 ZFAR = 100.0
@@ -441,6 +442,24 @@ def ambiguous(scene: Scene, rel: float = 1e-4, internals=None):
         visible_alpha = (power <= 0) & (alpha >= reference.ALPHA_MIN * (1 - rel))
         pixels |= (edge_pixels & visible_alpha).any(dim=0)
     return pixels, gaussians
+
+
+def orthographic(scene: Scene, extent_depth: Optional[float] = None) -> Scene:
+    """The scene seen by an orthographic camera (settings `orthographic=True`) with the same
+    view matrix: the view's half-extents those of the perspective frustum at `extent_depth`
+    (by default the Gaussians' median view depth), its projmatrix the orthographic projection
+    of that box, so that the Gaussians fill the image about as they did."""
+    s = scene.settings
+    view = s.viewmatrix.detach().reshape(4, 4).to(torch.float64)
+    if extent_depth is None:
+        means = scene.inputs["means3D"].detach().to(torch.float64)
+        z = (torch.cat([means, torch.ones_like(means[:, :1])], 1) @ view)[:, 2]
+        extent_depth = float(z.median()) if len(z) else 3.0
+    half_width, half_height = s.tanfovx * extent_depth, s.tanfovy * extent_depth
+    P = torch.from_numpy(orthographic_matrix(half_width, half_height)).to(view)
+    proj = (view @ P.T).to(s.projmatrix.dtype).reshape(s.projmatrix.shape)
+    return Scene(scene.inputs, s._replace(orthographic=True, tanfovx=half_width,
+                                          tanfovy=half_height, projmatrix=proj))
 
 
 def config_scene(family: str, configs: dict, name: str, seed: int) -> Scene:

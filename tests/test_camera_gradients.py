@@ -70,6 +70,18 @@ def camera_gradients(run, scene, upstream, dtype=None, modes=MODES):
     return result
 
 
+def camera_reference_gradients(scene, upstream):
+    """The reference's camera gradients: [in the scene's dtype], and for float32 also those of
+    the float64 reference of the same float32 values, the other acceptable answer (as in
+    test_cpu_backend.reference_gradients)."""
+    wants = [camera_gradients(run_reference, scene, upstream)]
+    if scene.inputs["means3D"].dtype == F32:
+        exact = camera_gradients(run_reference, scene, upstream, dtype=F64)
+        wants.append({m: {n: g.to(F32) for n, g in grads.items()}
+                      for m, grads in exact.items()})
+    return wants
+
+
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_camera_gradients_match_reference(config):
     failures = []
@@ -79,13 +91,7 @@ def test_camera_gradients_match_reference(config):
         pixels, gaussians = scenes.ambiguous_checked(scene)
         upstream = upstream_gradients(scene, pixels, seed)
         got = camera_gradients(run_backend, scene, upstream)
-        wants = [camera_gradients(run_reference, scene, upstream)]
-        if dtype == F32:
-            # As in test_cpu_backend: the float64 reference of the same float32 values is the
-            # other acceptable answer.
-            exact = camera_gradients(run_reference, scene, upstream, dtype=F64)
-            wants.append({m: {n: g.to(F32) for n, g in grads.items()}
-                          for m, grads in exact.items()})
+        wants = camera_reference_gradients(scene, upstream)
         for mode in MODES:
             for name in CAMERA:
                 assert got[mode][name].shape == getattr(scene.settings, name).shape

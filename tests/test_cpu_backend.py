@@ -101,6 +101,41 @@ def depth_scale(ref):
 # Forward
 # ----------------------------------------------------------------------------------------------
 
+def forward_against_reference(scene, label):
+    """The backend's forward on `scene` against the reference's, pixels within rounding of a
+    threshold left out: (failures, (color, radii, depth, weight), the reference's outputs, the
+    pixels compared (H, W) bool)."""
+    dtype = scene.inputs["means3D"].dtype
+    with torch.no_grad():
+        color, radii, depth, weight = run_backend(scene.inputs, scene.settings)
+        internals = scenes.reference_internals(scene)
+    ref = internals[0]
+    pixels, gaussians = scenes.ambiguous_checked(scene, internals=internals)
+    keep = ~pixels
+    tol = forward_tolerance(dtype)
+    errors = {
+        "color": (color - ref["color"]).abs()[:, keep],
+        "weight": (weight - ref["weight"]).abs()[keep],
+        "unnormalized depth": ((depth * weight - ref["depth"] * ref["weight"]).abs()
+                               / ref["depth"].abs().clamp_min(1))[keep],
+        "depth": ((depth - ref["depth"]).abs() / depth_scale(ref))[keep],
+    }
+    failures = []
+    for name, err in errors.items():
+        err = err.max().item() if err.numel() else 0.0
+        if not err <= tol:
+            failures.append(f"{label}: {name} max error {err:.3g} > {tol:g}")
+    empty = keep & (ref["weight"] == 0)
+    if not ((weight[empty] == 0).all() and (depth[empty] == 0).all()):
+        failures.append(f"{label}: depth or weight not 0 where nothing is blended")
+    radii_bad = (radii != ref["radii"]) & ~gaussians
+    if radii_bad.any():
+        i = torch.nonzero(radii_bad)[:5, 0].tolist()
+        failures.append(f"{label}: radii differ at {i}: backend "
+                        f"{radii[i].tolist()} reference {ref['radii'][i].tolist()}")
+    return failures, (color, radii, depth, weight), ref, keep
+
+
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_forward_matches_reference(config):
     failures = []
@@ -108,37 +143,13 @@ def test_forward_matches_reference(config):
     for seed in FORWARD_SEEDS:
         scene = scene_for(config, seed)
         dtype = scene.inputs["means3D"].dtype
-        with torch.no_grad():
-            color, radii, depth, weight = run_backend(scene.inputs, scene.settings)
-            internals = scenes.reference_internals(scene)
-        ref = internals[0]
-        pixels, gaussians = scenes.ambiguous_checked(scene, internals=internals)
+        found, (color, radii, depth, weight), ref, keep = forward_against_reference(
+            scene, f"seed {seed}")
+        failures += found
         H, W = scene.settings.image_height, scene.settings.image_width
         assert color.shape == (3, H, W) and depth.shape == (H, W) and weight.shape == (H, W)
         assert color.dtype == depth.dtype == weight.dtype == dtype
         assert radii.dtype == torch.int32 and radii.shape == (scene.P,)
-
-        keep = ~pixels
-        tol = forward_tolerance(dtype)
-        errors = {
-            "color": (color - ref["color"]).abs()[:, keep],
-            "weight": (weight - ref["weight"]).abs()[keep],
-            "unnormalized depth": ((depth * weight - ref["depth"] * ref["weight"]).abs()
-                                   / ref["depth"].abs().clamp_min(1))[keep],
-            "depth": ((depth - ref["depth"]).abs() / depth_scale(ref))[keep],
-        }
-        for name, err in errors.items():
-            err = err.max().item() if err.numel() else 0.0
-            if not err <= tol:
-                failures.append(f"seed {seed}: {name} max error {err:.3g} > {tol:g}")
-        empty = keep & (ref["weight"] == 0)
-        if not ((weight[empty] == 0).all() and (depth[empty] == 0).all()):
-            failures.append(f"seed {seed}: depth or weight not 0 where nothing is blended")
-        radii_bad = (radii != ref["radii"]) & ~gaussians
-        if radii_bad.any():
-            i = torch.nonzero(radii_bad)[:5, 0].tolist()
-            failures.append(f"seed {seed}: radii differ at {i}: backend "
-                            f"{radii[i].tolist()} reference {ref['radii'][i].tolist()}")
         compared_pixels += int(keep.sum())
         visible += int((ref["radii"] > 0).sum())
     assert not failures, "\n".join(failures)

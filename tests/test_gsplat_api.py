@@ -31,22 +31,28 @@ def quaternion_matrix(q):
 
 
 def gsplat_twin(means, quats, scales, opacities, colors, viewmat, K, width, height, eps2d=0.3,
-                antialiased=False, background=None, delta=None):
+                antialiased=False, background=None, delta=None, ortho=False):
     """gsplat's render of one camera, densely: (color (H, W, D), expected depth (H, W),
     alpha (H, W), means2d (N, 2)). `delta` (N, 2), zeros, is added to the projected means, so
-    its gradient is dL/d(means2d) as gsplat defines it (the conics held)."""
+    its gradient is dL/d(means2d) as gsplat defines it (the conics held). `ortho`: gsplat's
+    camera_model="ortho" (means2d K (x, y), the Jacobian diag(fx, fy))."""
     R, t = viewmat[:3, :3], viewmat[:3, 3]
     cam = means @ R.T + t
     x, y, z = cam.unbind(-1)
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    uv = torch.stack([fx * x / z + cx, fy * y / z + cy], -1)
+    zero = torch.zeros_like(z)
+    if ortho:
+        uv = torch.stack([fx * x + cx, fy * y + cy], -1)
+        J = torch.stack([torch.stack([fx + zero, zero, zero], -1),
+                         torch.stack([zero, fy + zero, zero], -1)], -2)
+    else:
+        uv = torch.stack([fx * x / z + cx, fy * y / z + cy], -1)
+        J = torch.stack([torch.stack([fx / z, zero, -fx * x / z ** 2], -1),
+                         torch.stack([zero, fy / z, -fy * y / z ** 2], -1)], -2)
     if delta is not None:
         uv = uv + delta
     M = quaternion_matrix(quats) * scales[:, None, :]
     cov_cam = R @ (M @ M.transpose(1, 2)) @ R.T
-    zero = torch.zeros_like(z)
-    J = torch.stack([torch.stack([fx / z, zero, -fx * x / z ** 2], -1),
-                     torch.stack([zero, fy / z, -fy * y / z ** 2], -1)], -2)
     cov2d = J @ cov_cam @ J.transpose(1, 2)
     det_before = torch.linalg.det(cov2d)
     cov2d = cov2d + eps2d * torch.eye(2, dtype=means.dtype)
@@ -75,9 +81,10 @@ def gsplat_twin(means, quats, scales, opacities, colors, viewmat, K, width, heig
     return color, expected, weight, uv, alpha
 
 
-def twin_scene(seed, N=14, channels=3, dtype=F64, cameras=1):
+def twin_scene(seed, N=14, channels=3, dtype=F64, cameras=1, ortho=False):
     """Gaussians in front of `cameras` cameras with off-centre principal points: every mean
-    inside every view, footprints of 1.5-4 px, opacities 0.05-0.34, quaternions not unit."""
+    inside every view, footprints of 1.5-4 px, opacities 0.05-0.34, quaternions not unit.
+    `ortho`: placed and sized for orthographic cameras of the same K (pixel = K (x, y))."""
     gen = torch.Generator().manual_seed(seed)
 
     def u(*shape, lo=0.0, hi=1.0):
@@ -88,7 +95,9 @@ def twin_scene(seed, N=14, channels=3, dtype=F64, cameras=1):
         f = u(2, lo=50, hi=70)
         K = torch.tensor([[f[0], 0, 0.4 * W], [0, f[1], 0.6 * H], [0, 0, 1]], dtype=F64)
         K[0, 2] += u(1, lo=-3, hi=3)[0]
-        angle = u(3, lo=-0.05, hi=0.05)
+        # Orthographic views move a point by the angle times its depth (up to 5), not
+        # its distance from the axis: smaller turns keep the means inside every view.
+        angle = u(3, lo=-0.05, hi=0.05) / (5.0 if ortho else 1.0)
         R = quaternion_matrix(torch.cat([torch.ones(1, dtype=F64), angle])[None])[0]
         viewmat = torch.eye(4, dtype=F64)
         viewmat[:3, :3] = R
@@ -100,11 +109,13 @@ def twin_scene(seed, N=14, channels=3, dtype=F64, cameras=1):
     K0 = Ks[0]
     px = u(N, lo=0.3 * W, hi=0.7 * W)
     py = u(N, lo=0.3 * H, hi=0.7 * H)
-    cam = torch.stack([(px - K0[0, 2]) * z / K0[0, 0], (py - K0[1, 2]) * z / K0[1, 1], z], -1)
+    depth = torch.ones_like(z) if ortho else z  # the scale of a pixel, in view-space units
+    cam = torch.stack([(px - K0[0, 2]) * depth / K0[0, 0], (py - K0[1, 2]) * depth / K0[1, 1], z],
+                      -1)
     R0, t0 = viewmats[0][:3, :3], viewmats[0][:3, 3]
     means = (cam - t0) @ R0
     sigma_px = u(N, 3, lo=1.5, hi=4.0)
-    scales = sigma_px * z[:, None] / K0[0, 0]
+    scales = sigma_px * depth[:, None] / K0[0, 0]
     quats = torch.randn(N, 4, generator=gen, dtype=F64) * u(N, 1, lo=0.5, hi=2.0)
     opacities = u(N, lo=0.05, hi=0.34)
     colors = u(N, channels)
@@ -157,6 +168,43 @@ def test_matches_gsplat_twin_f64():
                                        msg=lambda m, n=name: f"{mode} {n}: {m}")
         torch.testing.assert_close(meta["means2d"].grad, delta.grad, rtol=1e-5, atol=1e-6)
         assert delta.grad.abs().max() > 1e-3
+
+
+def test_orthographic_matches_gsplat_twin_f64():
+    """camera_model="ortho": outputs, means2d and every gradient (viewmats' included) against
+    the twin of gsplat's orthographic camera, float64, an off-centre principal point."""
+    scene = twin_scene(6, ortho=True)
+    gen = torch.Generator().manual_seed(8)
+    ours = leaves(scene)
+    image, alpha, meta = rasterization(**ours, width=W, height=H, render_mode="RGB+ED",
+                                       packed=False, camera_model="ortho")
+    theirs = leaves(scene)
+    delta = torch.zeros(scene["means"].shape[0], 2, dtype=F64, requires_grad=True)
+    color, expected, weight, uv, twin_alpha = gsplat_twin(
+        theirs["means"], theirs["quats"], theirs["scales"], theirs["opacities"],
+        theirs["colors"], theirs["viewmats"][0], theirs["Ks"][0], W, H, delta=delta, ortho=True)
+    # No alpha within rounding of 1/255, where the two may blend a splat differently (SPEC 4's
+    # w + 1e-7 moves our means by 1e-7 of their offset from the centre).
+    assert ((twin_alpha - 1 / 255).abs() > 1e-6).all()
+    want_image = torch.cat([color, expected[..., None]], -1)[None]
+    torch.testing.assert_close(image, want_image, rtol=0, atol=1e-6)
+    torch.testing.assert_close(alpha, weight[None, ..., None], rtol=0, atol=1e-6)
+    assert (alpha > 0.3).sum() > 50
+    torch.testing.assert_close(meta["means2d"][0], uv.detach())
+    r_image = torch.rand(image.shape, generator=gen, dtype=F64)
+    ((image * r_image).sum() + alpha.sum()).backward()
+    ((want_image * r_image).sum() + weight.sum()).backward()
+    # Relative to each gradient's scale (an orthographic view's are a few hundred here).
+    for name in ("means", "quats", "scales", "opacities", "colors", "viewmats"):
+        want = theirs[name].grad
+        torch.testing.assert_close(ours[name].grad, want, rtol=1e-5,
+                                   atol=1e-6 * want.abs().max().item(),
+                                   msg=lambda m, n=name: f"{n}: {m}")
+    torch.testing.assert_close(meta["means2d"].grad[0], delta.grad, rtol=1e-5,
+                               atol=1e-6 * delta.grad.abs().max().item())
+    # The same Gaussians through the pinhole camera of the same K render otherwise.
+    pinhole, _, _ = rasterization(**leaves(scene), width=W, height=H, packed=False)
+    assert (pinhole - image[..., :3]).abs().max() > 0.1
 
 
 def test_gradcheck_f64():
@@ -418,6 +466,7 @@ def test_no_grad_call():
     (dict(tile_size=8), ValueError, "tile_size"),
     (dict(distributed=True), NotImplementedError, "distributed"),
     (dict(camera_model="fisheye"), NotImplementedError, "camera_model"),
+    (dict(camera_model="ftheta"), NotImplementedError, "camera_model"),
     (dict(with_ut=True), NotImplementedError, "with_ut"),
     (dict(radial_coeffs=torch.zeros(1, 6)), NotImplementedError, "radial_coeffs"),
     (dict(viewmats_rs=torch.eye(4)[None]), NotImplementedError, "viewmats_rs"),
@@ -464,12 +513,13 @@ def check_gsplat():
     return module
 
 
-def test_matches_gsplats_own_rasterizer(check_gsplat):
+@pytest.mark.parametrize("camera_model", ["pinhole", "ortho"])
+def test_matches_gsplats_own_rasterizer(check_gsplat, camera_model):
     """gsplat's PyTorch rasterizer against the package's call, float32, classic and
-    antialiased: pixels within 1e-4 (but for a splat whose alpha rounds across 1/255 at 0.1%
-    of pixels at most), means2d within 1e-4, the same splats drawn, every gradient within 1e-2
-    of its scale (measured: 1.7e-6 and 1e-6)."""
-    assert check_gsplat.check_api([1, 2, 3])
+    antialiased, its pinhole and orthographic cameras: pixels within 1e-4 (but for a splat
+    whose alpha rounds across 1/255 at 0.1% of pixels at most), means2d within 1e-4, the same
+    splats drawn, every gradient within 1e-2 of its scale (measured: 1.7e-6 and 1e-6)."""
+    assert check_gsplat.check_api([1, 2, 3], camera_model)
 
 
 def test_gsplats_default_strategy_trains_with_it(check_gsplat):

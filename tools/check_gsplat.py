@@ -7,7 +7,8 @@ and tests/test_gsplat_api.py runs `api` and `strategy`, smaller, wherever gsplat
    autograd; its three CUDA-only pieces replaced by benchmarks/gsplat_cpu_twins.py) and the
    package's `rasterization` on tests/test_gsplat_api.py's scenes (opacities at most 0.34,
    means inside the views, off-centre principal points, two cameras), classic and antialiased,
-   float32: images, alphas, means2d and the gradients of every input. A pixel where some
+   pinhole and orthographic cameras, float32: images, alphas, means2d and the gradients of
+   every input. A pixel where some
    splat's alpha lies within float32 rounding of 1/255 may differ by that splat (it is blended
    by one and not the other); the check allows 0.1% of pixels that.
 2. `garden`: a trained model, the garden 112k frame at 648x420 (opaque splats: where the
@@ -31,6 +32,8 @@ Exits 1 where the renders or gradients differ beyond those bounds, densification
 the model, the held-out PSNR did not rise by 5 dB, or packed and unpacked differ.
 """
 import argparse
+import contextlib
+import functools
 import importlib.util
 import os
 import sys
@@ -64,22 +67,40 @@ _spec.loader.exec_module(sv)
 GRAD_NAMES = ("means", "quats", "scales", "opacities", "colors", "viewmats")
 
 
-def check_api(seeds) -> bool:
-    """gsplat's PyTorch rasterizer against the package's call, float32; prints the largest
-    differences per seed and mode."""
+@contextlib.contextmanager
+def gsplat_camera_model(camera_model):
+    """gsplat's PyTorch rasterizer with `camera_model`: its `_rasterization` takes none and
+    projects by `_torch_impl._fully_fused_projection` (imported at each call), whose own
+    `camera_model` argument is set here for the duration."""
+    from gsplat.cuda import _torch_impl
+    plain = _torch_impl._fully_fused_projection
+    _torch_impl._fully_fused_projection = functools.partial(plain, camera_model=camera_model)
+    try:
+        yield
+    finally:
+        _torch_impl._fully_fused_projection = plain
+
+
+def check_api(seeds, camera_model="pinhole") -> bool:
+    """gsplat's PyTorch rasterizer against the package's call, float32, with gsplat's
+    `camera_model` ("pinhole" or "ortho"); prints the largest differences per seed and mode."""
     ok = True
-    print("gsplat's PyTorch rasterizer against the package's, float32, 40 Gaussians, 2 cameras "
-          f"at {TWIN_W}x{TWIN_H}; largest |difference| (gradients: over the largest |gradient|)")
+    print(f"gsplat's PyTorch rasterizer against the package's, float32, {camera_model} cameras, "
+          f"40 Gaussians, 2 cameras at {TWIN_W}x{TWIN_H}; largest |difference| (gradients: "
+          "over the largest |gradient|)")
+    ortho = camera_model == "ortho"
     for seed in seeds:
         for mode in ("classic", "antialiased"):
-            scene = twin_scene(seed, N=40, cameras=2, dtype=torch.float32)
+            scene = twin_scene(seed, N=40, cameras=2, dtype=torch.float32, ortho=ortho)
             theirs = {k: v.clone().requires_grad_(k != "Ks") for k, v in scene.items()}
             ours = {k: v.clone().requires_grad_(k != "Ks") for k, v in scene.items()}
-            image_t, alpha_t, meta_t = gsplat_rasterization(
-                **theirs, width=TWIN_W, height=TWIN_H, render_mode="RGB+ED", rasterize_mode=mode)
+            with gsplat_camera_model(camera_model):
+                image_t, alpha_t, meta_t = gsplat_rasterization(
+                    **theirs, width=TWIN_W, height=TWIN_H, render_mode="RGB+ED",
+                    rasterize_mode=mode)
             image_o, alpha_o, meta_o = rasterization(
                 **ours, width=TWIN_W, height=TWIN_H, render_mode="RGB+ED", rasterize_mode=mode,
-                packed=False)
+                packed=False, camera_model=camera_model)
             weights = torch.rand(image_t.shape, generator=torch.Generator().manual_seed(seed))
             ((image_t * weights).sum() + alpha_t.sum()).backward()
             ((image_o * weights).sum() + alpha_o.sum()).backward()
@@ -242,7 +263,7 @@ def main(argv=None) -> int:
     print(f"gsplat {__import__('gsplat').__version__}")
     ok = True
     if args.only in (None, "api"):
-        ok &= check_api(args.seeds)
+        ok &= check_api(args.seeds) and check_api(args.seeds, "ortho")
     if args.only in (None, "garden"):
         ok &= check_garden(1.0)
     if args.only in (None, "strategy"):
