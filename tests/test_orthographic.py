@@ -13,7 +13,7 @@ import torch
 
 import scenes
 from cuda_target import active, cuda_targets, forward_atol
-from diff_gaussian_rasterization_depth import GaussianRasterizer
+from diff_gaussian_rasterization_depth import GaussianRasterizer, surface
 from test_camera_gradients import (CAMERA, camera_gradients, camera_reference_gradients,
                                    make_camera_gradcheck_fn)
 from test_cpu_backend import (compare_gradients, forward_against_reference, gradients,
@@ -126,12 +126,42 @@ def test_moving_along_the_axis_changes_only_depth(dtype):
     assert (near_weight - far_weight).abs().max() > 0.1
 
 
+def test_depth_to_points_on_parallel_rays():
+    """surface.depth_to_points (and so depth_to_normal) reads any projection: with an
+    orthographic one, a pixel's points at every depth share x and y, and project back to it."""
+    scene = scenes.orthographic(scenes.make_scene(7850, P=10, height=20, width=24, dtype=F64))
+    s = scene.settings
+    depth = 1.0 + torch.rand(20, 24, generator=torch.Generator().manual_seed(1), dtype=F64)
+    points = surface.depth_to_points(depth, s)
+    twice = surface.depth_to_points(2 * depth, s)
+    assert torch.allclose(points[:2], twice[:2], atol=1e-12)
+    assert torch.equal(points[2], depth)
+    view = s.viewmatrix.reshape(4, 4)
+    projection = torch.linalg.solve(view, s.projmatrix.reshape(4, 4))
+    homogeneous = torch.cat([points.reshape(3, -1).T, torch.ones(20 * 24, 1, dtype=F64)], 1)
+    clip = homogeneous @ projection
+    cols = ((clip[:, 0] / clip[:, 3] + 1) * 24 - 1) / 2
+    rows = ((clip[:, 1] / clip[:, 3] + 1) * 20 - 1) / 2
+    assert torch.allclose(cols.reshape(20, 24), torch.arange(24, dtype=F64).expand(20, 24))
+    assert torch.allclose(rows.reshape(20, 24), torch.arange(20, dtype=F64)[:, None].expand(20, 24))
+
+
 def test_checked():
     scene = scenes.orthographic(scenes.make_scene(7800, P=30, height=20, width=24))
     with pytest.raises(TypeError, match="orthographic"):
         GaussianRasterizer(scene.settings._replace(orthographic=1))(**scene.inputs)
     with pytest.raises(NotImplementedError, match="points3D"):
         GaussianRasterizer(scene.settings)(**scene.inputs, points3D=torch.zeros(4, 3))
+    # The surface helpers whose rays pass through the camera centre.
+    with pytest.raises(NotImplementedError, match="plane_depth"):
+        surface.plane_depth(torch.zeros(3, 20, 24), torch.zeros(20, 24), scene.settings)
+    with pytest.raises(NotImplementedError, match="intersection_planes"):
+        surface.intersection_planes(scene.inputs["means3D"], scene.settings,
+                                    scene.inputs["scales"], scene.inputs["rotations"])
+    with pytest.raises(NotImplementedError, match="dominant_points"):
+        surface.dominant_points(torch.zeros(20, 24, dtype=torch.int32), scene.inputs["means3D"],
+                                scene.settings, scene.inputs["scales"],
+                                scene.inputs["rotations"])
     # The default, and settings classes without the field, are perspective.
     plain = scenes.make_scene(7800, P=30, height=20, width=24)
     assert plain.settings.orthographic is False
