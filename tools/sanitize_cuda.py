@@ -71,6 +71,11 @@ CASES = [
          channels=5, median_depth=True,
          tuning=dict(warp_skip=False, scatter_reduce=False, depth_first_sort=False,
                      split_forward=False)),
+    # Per-pixel sample offsets of up to 3 px (each tile thread reads its pixel's, those past
+    # the image's edge none) through every walk, with an orthographic camera and its gradient.
+    dict(P=400, height=27, width=35, sh_degree=1, split_length=256, opacity_scale=0.2,
+         jitter=3.0, orthographic=True, camera_grad=True, channels=3, median_depth=True,
+         touch_count=True, contributions=True, dominant=True),
 ]
 
 
@@ -199,9 +204,13 @@ def run_case(i, device):
     sparse_adam = case.pop("sparse_adam", False)
     ssim = case.pop("ssim", False)
     point_count = case.pop("points", 0)
+    jitter = case.pop("jitter", 0.0)
+    orthographic = case.pop("orthographic", False)
     options = {k: case.pop(k) for k in ("median_depth", "inverse_depth", "touch_count",
                                          "contributions", "dominant") if k in case}
     scene = scenes.make_scene(100 + i, **case)
+    if orthographic:
+        scene = scenes.orthographic(scene)
     scene.inputs["opacities"] = scene.inputs["opacities"] * opacity_scale
     leaves = {k: (None if v is None else v.to(device).requires_grad_())
               for k, v in scene.inputs.items()}
@@ -221,6 +230,10 @@ def run_case(i, device):
     camera = {k: getattr(s, k).to(device).requires_grad_(camera_grad)
               for k in ("viewmatrix", "projmatrix", "campos")}
     settings = s._replace(bg=s.bg.to(device), **camera)
+    if jitter:
+        gen = torch.Generator().manual_seed(i)
+        offset = (torch.rand(s.image_height, s.image_width, 2, generator=gen) * 2 - 1) * jitter
+        settings = settings._replace(subpixel_offset=offset.to(device))
     color, radii, *maps = GaussianRasterizer(settings)(**leaves, **options)
     point_opacity = maps.pop() if point_count else None
     dominant = maps.pop() if options.get("dominant") else None
