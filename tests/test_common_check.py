@@ -27,7 +27,8 @@ NAMES = ("means3D", "means2D", "opacities", "shs", "colors_precomp", "scales", "
          "cov3D_precomp", "dc")
 CONFIG_FIELDS = ("image_height", "image_width", "tanfovx", "tanfovy", "scale_modifier",
                  "sh_degree", "prefiltered", "antialiasing", "kernel_size", "debug", "median_depth",
-                 "inverse_depth", "camera_grad", "absolute_grad")
+                 "inverse_depth", "camera_grad", "absolute_grad", "orthographic",
+                 "sample_margin")
 CAMERA_FIELDS = ("bg", "viewmatrix", "projmatrix", "campos")
 
 
@@ -112,6 +113,8 @@ COMMON = {
     "original-settings-class": dict(edit=original_settings),
     "int-kernel-size": dict(edit=int_kernel),
     "numbers-and-flags": dict(edit=plain_numbers, scale_modifier=0.7),
+    "orthographic": dict(edit=lambda inputs, s: scenes.orthographic(
+        scenes.Scene(inputs, s)).settings),
 }
 
 
@@ -157,7 +160,8 @@ def render_and_grads(inputs, settings, flags, common):
 
 
 @pytest.mark.parametrize("name", ["2023", "2024-dc", "float64-noncontiguous", "flat-opacities",
-                                  "means2D-absgs", "features-median", "camera-layouts"])
+                                  "means2D-absgs", "features-median", "camera-layouts",
+                                  "orthographic"])
 def test_render_and_gradients_bitwise_either_way(name):
     inputs, settings, flags = variant(13100 + list(COMMON).index(name), **COMMON[name])
     assert ask_cpp(inputs, settings, **flags) is not None
@@ -181,6 +185,9 @@ LEFT_TO_PYTHON = {
     "numpy-int": lambda inputs, s: s._replace(image_width=np.int64(s.image_width)),
     "tensor-degree": lambda inputs, s: s._replace(sh_degree=torch.tensor(1)),
     "int-flag": lambda inputs, s: s._replace(prefiltered=0),
+    # Offsets are read by the Python checks; zeros sample where None does.
+    "zero-subpixel-offsets": lambda inputs, s: s._replace(
+        subpixel_offset=torch.zeros(s.image_height, s.image_width, 2)),
 }
 
 
