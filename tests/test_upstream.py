@@ -498,14 +498,16 @@ def test_dc_and_shs_reach_the_backend_uncopied(target, monkeypatch):
 
 
 def test_upstream_settings_and_mark_visible():
-    # The upstream's 13 fields in its order; then the package's kernel_size, with its default.
+    # The upstream's 13 fields in its order; then the package's own, with their defaults.
     fields = upstream.GaussianRasterizationSettings._fields
     assert fields[:13] == (
         "image_height", "image_width", "tanfovx", "tanfovy", "bg", "scale_modifier",
         "viewmatrix", "projmatrix", "sh_degree", "campos", "prefiltered", "debug",
         "antialiasing")
-    assert fields[13:] == ("kernel_size",)
-    assert upstream.GaussianRasterizationSettings._field_defaults["kernel_size"] == 0.3
+    assert fields[13:] == ("kernel_size", "subpixel_offset", "orthographic")
+    assert upstream.GaussianRasterizationSettings._field_defaults == dict(
+        prefiltered=False, debug=False, antialiasing=False, kernel_size=0.3,
+        subpixel_offset=None, orthographic=False)
     scene = scene_for("sh1", 3)
     means = scene.inputs["means3D"]
     visible = upstream.GaussianRasterizer(scene.settings).markVisible(means)
