@@ -259,13 +259,24 @@ struct LaneMedian {
 };
 
 
-// One group of lanes: eight pixels of a row, and which of them lie inside the image.
+// One group of lanes: eight pixels of a row, which of them lie inside the image, and where
+// they sample the splats.
 struct LaneGroup {
   int x0, y, count;  // pixels (x0 .. x0 + count - 1, y)
+  const float* offset = nullptr;  // Camera::subpixel_offset of pixel (x0, y) on, or null
+  // Camera::sample_point of each lane (x0 + k, y), as the per-pixel loops take it
   Lanes px() const {
     Lanes x;
     for (int k = 0; k < kLanes; ++k) x.v[k] = float(x0 + k);
+    if (offset)
+      for (int k = 0; k < count; ++k) x.v[k] += offset[2 * k];
     return x;
+  }
+  Lanes py() const {
+    Lanes y_ = Lanes(float(y));
+    if (offset)
+      for (int k = 0; k < count; ++k) y_.v[k] += offset[2 * k + 1];
+    return y_;
   }
   LaneMask inside() const {
     LaneMask m;
@@ -274,10 +285,17 @@ struct LaneGroup {
   }
 };
 
+// The group of lanes at pixel (x, y) of a tile row that ends before x_end.
+LaneGroup lane_group(const Camera<float>& cam, int x, int y, int x_end) {
+  const float* offset = cam.subpixel_offset;
+  return {x, y, std::min(kLanes, x_end - x),
+          offset ? offset + 2 * (int64_t(y) * cam.width + x) : nullptr};
+}
+
 // The lanes where splat j is blended at all (alpha >= 1/255 and power <= 0), with G and alpha.
-DGRD_LANE_FN LaneMask lane_alpha(const StagedSplats& sp, int j, Lanes px, float py,
+DGRD_LANE_FN LaneMask lane_alpha(const StagedSplats& sp, int j, Lanes px, Lanes py,
                                  LaneMask live, Lanes& G, Lanes& alpha, Vec2<Lanes>& d) {
-  d = {Lanes(sp.mean_x[j]) - px, Lanes(sp.mean_y[j] - py)};
+  d = {Lanes(sp.mean_x[j]) - px, Lanes(sp.mean_y[j]) - py};
   const Vec4<Lanes> co = {sp.conic_a[j], sp.conic_b[j], sp.conic_c[j], sp.opacity[j]};
   const Lanes power = splat_power(co, d);
   LaneMask pass = live & (power <= Lanes(0.f)) & (power >= Lanes(sp.power_floor[j]));
@@ -294,8 +312,7 @@ DGRD_LANE_CLONES void render_group(const Camera<float>& cam, const StagedSplats&
                                    const LaneGroup& g, const PixelBuffers<float>& px,
                                    const StagedFeatures& features,
                                    const OptionalOutputs<float>& extra, Lanes* feature_sum) {
-  const Lanes x = g.px();
-  const float y = float(g.y);
+  const Lanes x = g.px(), y = g.py();
   LaneMask live = g.inside();
   PixelAccum<Lanes> acc;
   acc.reset();
@@ -352,8 +369,7 @@ DGRD_LANE_CLONES void render_group(const Camera<float>& cam, const StagedSplats&
 // blended splat that does not touch it; by_position[j] gains the lanes that splat j touches.
 DGRD_LANE_CLONES void count_group_touches(const StagedSplats& sp, int n, const LaneGroup& g,
                                           int* by_position) {
-  const Lanes x = g.px();
-  const float y = float(g.y);
+  const Lanes x = g.px(), y = g.py();
   LaneMask live = g.inside();
   Lanes transmittance(1.f);
   for (int j = 0; j < n; ++j) {
@@ -395,8 +411,7 @@ struct PairContribution {
 DGRD_LANE_CLONES void tally_group_contributions(const StagedSplats& sp, int n, const LaneGroup& g,
                                                 PairContribution* by_position,
                                                 int* dominant_position) {
-  const Lanes x = g.px();
-  const float y = float(g.y);
+  const Lanes x = g.px(), y = g.py();
   LaneMask live = g.inside();
   Lanes transmittance(1.f), best(0.f), best_at(-1.f);  // positions below 2^24: exact floats
   for (int j = 0; j < n; ++j) {
@@ -526,8 +541,7 @@ DGRD_LANE_CLONES void render_backward_group(const Camera<float>& cam, const Stag
   }
   FeatureBackward<Lanes> fb;
   fb.reset();
-  const Lanes x = g.px();
-  const float y = float(g.y);
+  const Lanes x = g.px(), y = g.py();
   for (int j = group_last - 1; j >= 0; --j) {
     const LaneMask active = lanes_less(LaneInts{} + j, last);
     Lanes G, alpha;
@@ -881,12 +895,8 @@ CpuTuning& cpu_tuning() {
   return tuning;
 }
 
-// Whether the float loops run on the eight lanes, which sample each pixel at its own
-// coordinates: a call with Camera::subpixel_offset takes the per-pixel loops.
-template <typename T>
-bool lanes_for(const Camera<T>& cam) {
-  return cpu_tuning().lanes && lanes_run_here() && !cam.subpixel_offset;
-}
+// Whether the float loops run on the eight lanes.
+bool lanes_on() { return cpu_tuning().lanes && lanes_run_here(); }
 
 namespace {
 
@@ -911,7 +921,7 @@ void render_lanes(const Camera<float>& cam, const GaussianState<float>& state, i
       if (kWithFeatures) features.stage(extra.features, extra.channels, lists.point_list + begin, n);
       for (int y = tp.y0; y < tp.y1; ++y)
         for (int x = tp.x0; x < tp.x1; x += kLanes)
-          render_group<kWithFeatures, kWithMedian>(cam, sp, n, {x, y, std::min(kLanes, tp.x1 - x)},
+          render_group<kWithFeatures, kWithMedian>(cam, sp, n, lane_group(cam, x, y, tp.x1),
                                                    px, features, extra, feature_sum.data());
     }
   }
@@ -1009,7 +1019,7 @@ void render_backward_lanes(const Camera<float>& cam, const GaussianState<float>&
         for (int y = tp.y0; y < tp.y1; ++y)
           for (int x = tp.x0; x < tp.x1; x += kLanes)
             render_backward_group<kWithFeatures, kWithMedian>(
-                cam, sp, {x, y, std::min(kLanes, tp.x1 - x)}, px, grads, extra,
+                cam, sp, lane_group(cam, x, y, tp.x1), px, grads, extra,
                 lane_sums.data(), absolute ? lane_abs.data() : nullptr, fg);
         SplatGrad<double>* pair_out = pair_sums.data() + (begin - first_pair);
         for (int j = 0; j < n; ++j) pair_out[j] = lane_total(lane_sums[j]);
@@ -1105,7 +1115,7 @@ void render(const Camera<T>& cam, const GaussianState<T>& state, int count, Tile
   auto run = [&](auto with_features, auto with_median) {
     constexpr bool kF = decltype(with_features)::value, kM = decltype(with_median)::value;
     if constexpr (std::is_same<T, float>::value) {
-      if (lanes_for(cam))
+      if (lanes_on())
         return render_lanes<kF, kM>(cam, state, count, lists, px, extra);
     }
     render_pixels<kF, kM>(cam, state, count, lists, px, extra);
@@ -1120,7 +1130,7 @@ void render_backward(const Camera<T>& cam, const GaussianState<T>& state, TileLi
   auto run = [&](auto with_features, auto with_median) {
     constexpr bool kF = decltype(with_features)::value, kM = decltype(with_median)::value;
     if constexpr (std::is_same<T, float>::value) {
-      if (lanes_for(cam))
+      if (lanes_on())
         return render_backward_lanes<kF, kM>(cam, state, lists, px, grads, extra, count,
                                              splat_grads);
     }
@@ -1171,7 +1181,7 @@ void count_touches(const Camera<T>& cam, const GaussianState<T>& state, int coun
   const std::vector<T> floors = power_floors(state, count);
   const int tiles = cam.tiles_x * cam.tiles_y;
   bool lanes = false;
-  if constexpr (std::is_same<T, float>::value) lanes = lanes_for(cam);
+  if constexpr (std::is_same<T, float>::value) lanes = lanes_on();
 #pragma omp parallel if (cam.width * cam.height >= kMinParallelItems) num_threads(loop_threads())
   {
     StagedSplats sp;
@@ -1186,7 +1196,7 @@ void count_touches(const Camera<T>& cam, const GaussianState<T>& state, int coun
           sp.stage(state, floors.data(), lists.point_list + begin, n);
           for (int y = tp.y0; y < tp.y1; ++y)
             for (int x = tp.x0; x < tp.x1; x += kLanes)
-              count_group_touches(sp, n, {x, y, std::min(kLanes, tp.x1 - x)}, by_position.data());
+              count_group_touches(sp, n, lane_group(cam, x, y, tp.x1), by_position.data());
         }
       }
       for (int y = tp.y0; !lanes && y < tp.y1; ++y)
@@ -1224,7 +1234,7 @@ void gaussian_contributions(const Camera<T>& cam, const GaussianState<T>& state,
   const std::vector<T> floors = power_floors(state, count);
   const int tiles = cam.tiles_x * cam.tiles_y;
   bool lanes = false;
-  if constexpr (std::is_same<T, float>::value) lanes = lanes_for(cam);
+  if constexpr (std::is_same<T, float>::value) lanes = lanes_on();
   std::vector<PairContribution> tally(static_cast<size_t>(pairs),
                                       PairContribution{0, 0, 0, 0, 0});
 #pragma omp parallel if (cam.width * cam.height >= kMinParallelItems) num_threads(loop_threads())
@@ -1240,7 +1250,7 @@ void gaussian_contributions(const Camera<T>& cam, const GaussianState<T>& state,
           sp.stage(state, floors.data(), lists.point_list + begin, n);
           for (int y = tp.y0; y < tp.y1; ++y)
             for (int x = tp.x0; x < tp.x1; x += kLanes)
-              tally_group_contributions(sp, n, {x, y, std::min(kLanes, tp.x1 - x)}, by_position,
+              tally_group_contributions(sp, n, lane_group(cam, x, y, tp.x1), by_position,
                                         dominant_map + int64_t(y) * cam.width + x);
         }
       }

@@ -234,3 +234,35 @@ def test_cuda_matches_cpu(config, target, tuning):
                                             leaves["means3D"].grad)
         for a, b in zip(outputs[False], outputs[True]):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("options", [{}, dict(features=5, median_depth=True),
+                                     dict(touch_count=True, contributions=True, dominant=True)])
+def test_lanes_and_per_pixel_loops_agree_bit_for_bit(options):
+    """The CPU's eight lanes take each pixel's sample point as the per-pixel loop does: the same
+    bits in every output, the optional outputs and the walks included; gradients to the
+    rounding of their sums, which the lanes add in another order (as without offsets:
+    test_cpu_fast_path.test_each_technique_changes_no_bit)."""
+    from test_cpu_fast_path import ALL_ON
+    from diff_gaussian_rasterization_depth import _backend
+    scene = jittered(scenes.make_scene(7950, P=150, height=45, width=61, sh_degree=1), 3, 1.5)
+    options = dict(options)
+    if "features" in options:
+        options["features"] = torch.rand(scene.P, options["features"],
+                                         generator=torch.Generator().manual_seed(2))
+    results = []
+    try:
+        for lanes in (True, False):
+            _backend._ext().set_cpu_tuning(**{**ALL_ON, "lanes": lanes})
+            results.append(outputs_and_grads(scene.settings, scene.inputs, lambda **inputs:
+                                             GaussianRasterizer(scene.settings)(**inputs,
+                                                                                **options)))
+    finally:
+        _backend._ext().set_cpu_tuning(**ALL_ON)
+    (out_lanes, grads_lanes), (out_pixels, grads_pixels) = results
+    assert len(out_lanes) == len(out_pixels)
+    for a, b in zip(out_lanes, out_pixels):
+        assert torch.equal(a, b)
+    for k, want in grads_pixels.items():
+        torch.testing.assert_close(grads_lanes[k], want, rtol=1e-5,
+                                   atol=3e-5 * float(want.abs().max()))
