@@ -112,7 +112,7 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
         if not isinstance(points3D, torch.Tensor):
             raise TypeError(f"points3D: expected a tensor, got {type(points3D).__name__}")
         points3D = points3D.detach()
-        if getattr(raster_settings, "orthographic", False) is True:
+        if bool(getattr(raster_settings, "orthographic", False)):
             raise NotImplementedError("points3D: the opacity field walks perspective rays; "
                                       "not available with orthographic=True")
     # The median Gaussian is read off the median's position the forward keeps where it tracks

@@ -137,11 +137,8 @@ class CheckedSettings:
         if self.kernel_size < 0:
             raise ValueError(f"raster_settings.kernel_size: expected a number >= 0 (the "
                              f"low-pass filter's variance in px^2), got {self.kernel_size}")
-        orthographic = getattr(s, "orthographic", False)
-        if not isinstance(orthographic, bool):
-            raise TypeError(f"raster_settings.orthographic: expected a bool, got "
-                            f"{_describe(orthographic)}")
-        self.orthographic = orthographic
+        # Settings classes without the field: perspective.
+        self.orthographic = bool(getattr(s, "orthographic", False))
         self.subpixel_offset, self.sample_margin = check_subpixel_offset(
             getattr(s, "subpixel_offset", None), self.image_height, self.image_width, device,
             dtype)
@@ -172,7 +169,9 @@ def check_subpixel_offset(offset, height: int, width: int, device, dtype):
     if offset.numel() != 2 * height * width:
         raise ValueError(f"raster_settings.subpixel_offset: expected ({height}, {width}, 2) "
                          f"values, got shape {tuple(offset.shape)}")
-    copy = offset.detach().to(device=device, dtype=dtype).reshape(height, width, 2).clone()
+    # A private copy, row-major whatever the caller's strides (clone alone keeps them).
+    copy = offset.detach().to(device=device, dtype=dtype).reshape(height, width, 2).clone(
+        memory_format=torch.contiguous_format)
     largest = float(copy.abs().max()) if copy.numel() else 0.0
     if not math.isfinite(largest):
         raise ValueError("raster_settings.subpixel_offset: expected finite offsets")

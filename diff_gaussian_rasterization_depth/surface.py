@@ -119,7 +119,7 @@ def depth_distortion(weight: torch.Tensor, moments: torch.Tensor) -> torch.Tenso
 def _perspective_only(caller: str, settings) -> None:
     """NotImplementedError for an orthographic camera (settings `orthographic=True`) where
     `caller`'s formula takes every pixel's ray through the camera centre."""
-    if getattr(settings, "orthographic", False) is True:
+    if bool(getattr(settings, "orthographic", False)):
         raise NotImplementedError(f"{caller}: its rays pass through the camera centre; not "
                                   "available with orthographic=True")
 

@@ -148,8 +148,11 @@ def test_depth_to_points_on_parallel_rays():
 
 def test_checked():
     scene = scenes.orthographic(scenes.make_scene(7800, P=30, height=20, width=24))
-    with pytest.raises(TypeError, match="orthographic"):
-        GaussianRasterizer(scene.settings._replace(orthographic=1))(**scene.inputs)
+    # A flag read as the others are (bool()): 1 as True, through the Python checks.
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(
+            GaussianRasterizer(scene.settings._replace(orthographic=1))(**scene.inputs),
+            GaussianRasterizer(scene.settings)(**scene.inputs)))
     with pytest.raises(NotImplementedError, match="points3D"):
         GaussianRasterizer(scene.settings)(**scene.inputs, points3D=torch.zeros(4, 3))
     # The surface helpers whose rays pass through the camera centre.

@@ -145,6 +145,25 @@ def test_checked():
         **scene.inputs)
 
 
+def test_strided_and_other_typed_offsets():
+    """Offsets in any layout (a permuted view), dtype (float64 with float32 Gaussians) or far
+    off the image render as their contiguous copy in the Gaussians' dtype does."""
+    scene = scenes.make_scene(7350, P=80, height=30, width=40, sh_degree=1)
+    planes = torch.rand(2, 30, 40, generator=torch.Generator().manual_seed(4)) - 0.5
+    strided = planes.permute(1, 2, 0)
+    assert not strided.is_contiguous()
+    want = outputs_and_grads(scene.settings._replace(subpixel_offset=strided.contiguous()),
+                             scene.inputs)
+    assert_identical(outputs_and_grads(scene.settings._replace(subpixel_offset=strided),
+                                       scene.inputs), want)
+    assert_identical(outputs_and_grads(scene.settings._replace(
+        subpixel_offset=strided.double()), scene.inputs), want)
+    with torch.no_grad():
+        gone = GaussianRasterizer(scene.settings._replace(
+            subpixel_offset=torch.full((30, 40, 2), 1e30)))(**scene.inputs)
+    assert (gone[3] == 0).all() and (gone[1] > 0).any()
+
+
 def test_offsets_are_copied_and_take_no_gradient():
     """The backward samples where the forward did, whatever the caller does to the offsets in
     between; no gradient reaches them (Mip-Splatting gives none)."""
