@@ -220,17 +220,22 @@ struct PixelRect {
 
 // The part of the pixel rectangle `area` where a splat may be blended: outside it every pixel
 // is outside the splat's reach box (splat_reach), where splat_alpha skips it anyway. The whole
-// area when the splat cannot be bounded safely. `margin` (Camera::sample_margin) widens the box
-// for pixels sampled off their own coordinates (Camera::subpixel_offset).
+// area when the splat cannot be bounded safely. `margin` (Camera::sample_margin, the largest
+// |offset|) widens the box for pixels sampled off their own coordinates
+// (Camera::subpixel_offset).
 template <typename T>
 DGRD_HD PixelRect reach_rect(Vec2<T> mean, Vec4<T> conic_opacity, PixelRect area,
                              T margin = T(0)) {
   Vec2<T> half;
   if (!splat_reach(conic_opacity, half)) return area;
   if (margin > T(0)) {
-    // and for the rounding of mean - (x + o), relative to the mean's distance (at most half
-    // plus the image, which the margin holds)
-    half = {half.x + margin + T(1e-6) * half.x, half.y + margin + T(1e-6) * half.y};
+    // and for the rounding of x + o and of mean - (x + o): a few units of 2^-24 of the
+    // coordinates involved (the pixel's, within the area, and the mean's, within half + margin
+    // of it), well inside 2^-20 of them
+    const T extent = T(max2(max2(area.x1, -area.x0), max2(area.y1, -area.y0)));
+    const T ulps = T(1) / T(1 << 20);
+    const T slack = margin + (extent + margin + T(1)) * ulps;
+    half = {half.x + slack + half.x * ulps, half.y + slack + half.y * ulps};
   }
   PixelRect r;
   reach_interval(mean.x, half.x, area.x0, area.x1, r.x0, r.x1);

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ._validation import (check_gaussians, check_optional_outputs, CheckedSettings,
-                          KERNEL_SIZE_DEFAULT)
+                          KERNEL_SIZE_DEFAULT, require_perspective)
 from . import _backend, _debug
 from ._debug import replay_snapshot
 from .relocation import compute_relocation
@@ -112,9 +112,7 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
         if not isinstance(points3D, torch.Tensor):
             raise TypeError(f"points3D: expected a tensor, got {type(points3D).__name__}")
         points3D = points3D.detach()
-        if bool(getattr(raster_settings, "orthographic", False)):
-            raise NotImplementedError("points3D: the opacity field walks perspective rays; "
-                                      "not available with orthographic=True")
+        require_perspective("points3D (the opacity field)", raster_settings)
     # The median Gaussian is read off the median's position the forward keeps where it tracks
     # the median depth; that map is dropped again below where it was not asked for.
     returns_median = median_depth

@@ -144,6 +144,14 @@ class CheckedSettings:
             dtype)
 
 
+def require_perspective(caller: str, settings) -> None:
+    """NotImplementedError for an orthographic camera (settings `orthographic=True`) where
+    `caller` takes every pixel's ray through the camera centre."""
+    if bool(getattr(settings, "orthographic", False)):
+        raise NotImplementedError(f"{caller}: its rays pass through the camera centre; not "
+                                  "available with orthographic=True")
+
+
 def optional_float_tensor(field: str, value) -> Optional[torch.Tensor]:
     """Settings field `field` that is None or a floating-point tensor (TypeError otherwise)."""
     if value is None:
@@ -160,8 +168,8 @@ def optional_float_tensor(field: str, value) -> Optional[torch.Tensor]:
 def check_subpixel_offset(offset, height: int, width: int, device, dtype):
     """Mip-Splatting's per-pixel sample offsets (its --ray_jitter): (H, W, 2), pixel (x, y)
     sampled at (x + o[y, x, 0], y + o[y, x, 1]). Returns (a private contiguous copy on the
-    Gaussians' device and dtype, the margin the reach boxes widen by: Camera::sample_margin),
-    or (None, 0.0) for None and for offsets that are all zero, which sample every pixel at its
+    Gaussians' device and dtype, the largest |offset|: Camera::sample_margin, which the reach
+    boxes widen by), or (None, 0.0) for None and for offsets that are all zero, which sample every pixel at its
     own coordinates (the call is then the one without offsets, bit for bit). Reading the
     offsets is a reduction, and on a GPU one host sync. No gradient reaches them."""
     if optional_float_tensor("subpixel_offset", offset) is None:
@@ -172,14 +180,12 @@ def check_subpixel_offset(offset, height: int, width: int, device, dtype):
     # A private copy, row-major whatever the caller's strides (clone alone keeps them).
     copy = offset.detach().to(device=device, dtype=dtype).reshape(height, width, 2).clone(
         memory_format=torch.contiguous_format)
-    largest = float(copy.abs().max()) if copy.numel() else 0.0
+    largest = float(copy.abs().max())  # H, W >= 1: never empty
     if not math.isfinite(largest):
         raise ValueError("raster_settings.subpixel_offset: expected finite offsets")
     if largest == 0.0:
         return None, 0.0
-    # The rounding of x + o and of the offsets' subtractions from the means, at coordinates up
-    # to the image's size: a few units of 2^-24 of them, well inside 2^-20.
-    return copy, largest + (max(height, width) + largest + 1.0) * 2.0 ** -20
+    return copy, largest
 
 
 def check_gaussians(means3D, means2D, opacities, shs, colors_precomp, scales, rotations,

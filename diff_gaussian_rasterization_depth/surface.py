@@ -24,6 +24,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from ._validation import require_perspective
 from .reference import (HOM_EPS, NEAR_PLANE, _covariance_3d, _ndc2pix,
                         _rotation_matrix)
 
@@ -116,14 +117,6 @@ def depth_distortion(weight: torch.Tensor, moments: torch.Tensor) -> torch.Tenso
     return (weight * moments[1] - moments[0] * moments[0]).clamp_min(0)
 
 
-def _perspective_only(caller: str, settings) -> None:
-    """NotImplementedError for an orthographic camera (settings `orthographic=True`) where
-    `caller`'s formula takes every pixel's ray through the camera centre."""
-    if bool(getattr(settings, "orthographic", False)):
-        raise NotImplementedError(f"{caller}: its rays pass through the camera centre; not "
-                                  "available with orthographic=True")
-
-
 def _pixel_to_view(ndc_x, ndc_y, z, projection):
     """View points on the rays of NDC positions (ndc_x, ndc_y) at view depths z: solves
     `[X, Y, z, 1] @ projection` = w (ndc_x, ndc_y, ., 1) for X and Y (two linear equations in
@@ -196,7 +189,7 @@ def dominant_points(dominant: torch.Tensor, means3D: torch.Tensor, settings, sca
     rasterizer's: pixel centres through the camera centre (`depth_to_points`)."""
     _check_shape("dominant", dominant, (None, None))
     _check_covariance_inputs("dominant_points", means3D, scales, rotations, cov3D_precomp)
-    _perspective_only("dominant_points", settings)
+    require_perspective("dominant_points", settings)
     if dominant.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"dominant: expected the rasterizer's int32 map, got {dominant.dtype}")
     H, W = dominant.shape
@@ -253,7 +246,7 @@ def plane_depth(normal_sum: torch.Tensor, distance_sum: torch.Tensor, settings) 
     rendered. 0 where nothing is blended or the plane is seen edge-on (N . r >= 0)."""
     _check_shape("distance_sum", distance_sum, (None, None))
     _check_shape("normal_sum", normal_sum, (3, *distance_sum.shape))
-    _perspective_only("plane_depth", settings)
+    require_perspective("plane_depth", settings)
     ray = depth_to_points(torch.ones_like(distance_sum), settings)
     facing = (normal_sum * ray).sum(0)
     seen = facing < -1e-12
@@ -363,7 +356,7 @@ def intersection_planes(means3D: torch.Tensor, settings, scales=None, rotations=
     rasterizer culls at the near plane are finite and unused.
     """
     _check_covariance_inputs("intersection_planes", means3D, scales, rotations, cov3D_precomp)
-    _perspective_only("intersection_planes", settings)
+    require_perspective("intersection_planes", settings)
     H, W = int(settings.image_height), int(settings.image_width)
     view = _matrix(settings.viewmatrix, means3D)
     t, in_front, z_safe, mean2d = _centres_on_screen(means3D, settings)

@@ -285,3 +285,19 @@ def test_lanes_and_per_pixel_loops_agree_bit_for_bit(options):
     for k, want in grads_pixels.items():
         torch.testing.assert_close(grads_lanes[k], want, rtol=1e-5,
                                    atol=3e-5 * float(want.abs().max()))
+
+
+def test_gradcheck_with_offsets():
+    """Finite differences, float64, of the CPU backend's render with sample offsets, in every
+    Gaussian input (a scene with no value within 1e-3 of a threshold at its sample points)."""
+    for attempt in range(50):
+        base = scenes.make_scene(7990 + 1000 * attempt, P=5, height=13, width=18, sh_degree=1,
+                                 smooth=True, dtype=F64)
+        scene = jittered(base, attempt, 0.5)
+        if scenes.smooth_margin(scene):
+            break
+    else:
+        raise RuntimeError("no smooth scene found")
+    fn, leaves = scenes.make_gradcheck_fn(
+        scene, lambda kw: GaussianRasterizer(scene.settings)(**kw))
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
