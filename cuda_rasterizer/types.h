@@ -31,8 +31,8 @@ struct Camera {
   bool orthographic = false;
   // Mip-Splatting's subpixel_offset (its --ray_jitter): H x W x 2, pixel (x, y) sampled at
   // (x + o.x, y + o.y) instead of its own coordinates; null: every pixel at its own.
-  // sample_margin bounds |o| (and the rounding of x + o): the reach boxes widen by it, so that
-  // a splat is skipped only where no sample point can blend it.
+  // sample_margin is the largest |o|: the reach boxes widen by it (and by the rounding of
+  // x + o, reach_rect), so that a splat is skipped only where no sample point can blend it.
   const T* subpixel_offset = nullptr;
   T sample_margin = T(0);
 
