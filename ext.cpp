@@ -163,6 +163,8 @@ py::object check_common(py::handle means3D_in, py::handle means2D, py::handle op
   // The projection: absent from other settings classes (perspective then).
   if (const py::object ortho = get("orthographic"))
     if (!flag(ortho.ptr(), c.orthographic)) return none;
+  if (const py::object fisheye = get("fisheye"))
+    if (!flag(fisheye.ptr(), c.fisheye) || (c.fisheye && c.orthographic)) return none;
   if (!present(colors)) {  // enough SH coefficients for the degree
     const int64_t given = (present(dc) ? 1 : 0) + (sh != nullptr ? sh->size(1) : 0);
     if (given < (c.sh_degree + 1) * (c.sh_degree + 1)) return none;
@@ -221,6 +223,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              c.campos = settings.attr("campos").cast<at::Tensor>();
              if (py::hasattr(settings, "orthographic"))
                c.orthographic = settings.attr("orthographic").cast<bool>();
+             if (py::hasattr(settings, "fisheye"))
+               c.fisheye = settings.attr("fisheye").cast<bool>();
              if (py::hasattr(settings, "subpixel_offset")) {
                const py::object offset = settings.attr("subpixel_offset");
                if (!offset.is_none()) {
@@ -246,6 +250,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("median_depth", &RasterConfig::median_depth)
       .def_readwrite("inverse_depth", &RasterConfig::inverse_depth)
       .def_readwrite("orthographic", &RasterConfig::orthographic)
+      .def_readwrite("fisheye", &RasterConfig::fisheye)
       .def_readwrite("camera_grad", &RasterConfig::camera_grad)
       .def_readwrite("absolute_grad", &RasterConfig::absolute_grad)
       .def_readwrite("bg", &RasterConfig::bg)

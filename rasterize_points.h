@@ -27,6 +27,7 @@ struct RasterConfig {
   bool median_depth = false;  // render the median depth map too (issue 12)
   bool inverse_depth = false;  // depth (and median) maps of 1/z: Camera::inverse_depth
   bool orthographic = false;   // Camera::orthographic
+  bool fisheye = false;        // Camera::fisheye
   bool camera_grad = false;  // the backward also returns d viewmatrix, d projmatrix, d campos
   // means2D given as (P, 4): the backward's d means2D is (P, 4), columns 2-3 AbsGS's absolute
   // gradient (OptionalGrads::mean2d_abs in NDC units)
@@ -138,6 +139,7 @@ Camera<T> make_camera(const RasterConfig& c) {
   cam.antialiasing = c.antialiasing;
   cam.inverse_depth = c.inverse_depth;
   cam.orthographic = c.orthographic;
+  cam.fisheye = c.fisheye;
   cam.subpixel_offset = output_or_null<T>(c.subpixel_offset);
   cam.sample_margin = T(c.sample_margin);
   return cam;

@@ -36,6 +36,11 @@ constexpr int kContributionValues = 5;
 constexpr double kNearPlane = 0.2;           // culled if view z <= this
 constexpr double kHomEps = 1e-7;             // ndc = hom.xyz / (hom.w + kHomEps)
 constexpr double kFrustumClamp = 1.3;        // t.x/t.z clamped to +-1.3 tanfovx in the Jacobian
+// The fisheye's angle terms (preprocess.h, FisheyeTerms) come from their series in
+// u = (rho / z)^2 below this u, where the closed forms cancel; that many terms reach double's
+// precision there (0.1^17).
+constexpr double kFisheyeSeriesBound = 0.1;
+constexpr int kFisheyeSeriesTerms = 17;
 // The 2D low-pass filter: a variance in px^2 added to the 2D covariance's diagonal. The original's
 // 0.3 is the default of the settings' kernel_size (Mip-Splatting trains with 0.1).
 constexpr double kDefaultKernelSize = 0.3;

@@ -96,6 +96,117 @@ DGRD_HD void view_matrix_backward(Vec3<T> mean, Vec3<T> dt, const Mat3<T>& dWr, 
   }
 }
 
+// ---------------------------------------------------------------- the fisheye projection
+
+// The equidistant fisheye (Camera::fisheye): the view-space point t = z (a, b, 1) lands at
+// c + (focal_x a, focal_y b) K, K = theta / s with s = |(a, b)| = tan(theta) and theta the
+// angle off the axis. Every term is a function of u = s^2 times a power of 1/z, so that no
+// product overflows before it is scaled (a point far off the axis lands on the image's rim,
+// finite):
+//   K = atan(s) / s,  M = (1 / (1 + u) - K) / u = K' / s,  P = -(2 / (1 + u)^2 + 3 M) / u,
+//   N = -1 / (1 + u),  Q = 2 / (1 + u)^2.
+// The Jacobian of the pixel by t is (focal / z) [[K + a^2 M, a b M, a N], [a b M, K + b^2 M, b N]]
+// and its derivatives by t are (focal / z^2) times products of a, b with M, P, N, Q
+// (covariance_2d_backward). Near the axis K, M and P come from their series in u: the closed
+// forms lose their digits to cancellation there (M to 1/u, P to 1/u^2).
+template <typename T>
+struct FisheyeTerms {
+  T a, b;           // t.x / t.z, t.y / t.z
+  T inv_z;
+  T K, M, P, N, Q;
+};
+
+template <typename T>
+DGRD_HD FisheyeTerms<T> fisheye_terms(Vec3<T> t) {
+  FisheyeTerms<T> f;
+  f.inv_z = T(1) / t.z;
+  f.a = t.x * f.inv_z;
+  f.b = t.y * f.inv_z;
+  const T u = f.a * f.a + f.b * f.b;
+  const T inv_1u = T(1) / (T(1) + u);
+  f.N = -inv_1u;
+  f.Q = T(2) * inv_1u * inv_1u;
+  if (u < T(kFisheyeSeriesBound)) {
+    // K = sum (-1)^i u^i / (2i + 1), M = sum (-1)^(i+1) 2 (i + 1) u^i / (2i + 3),
+    // P = sum (-1)^i 4 (i + 1) (i + 2) u^i / (2i + 5), by Horner's rule from the last term
+    f.K = f.M = f.P = T(0);
+#pragma unroll
+    for (int i = kFisheyeSeriesTerms - 1; i >= 0; --i) {
+      const T sign = (i % 2 == 0) ? T(1) : T(-1);
+      f.K = f.K * u + sign / T(2 * i + 1);
+      f.M = f.M * u - sign * T(2 * (i + 1)) / T(2 * i + 3);
+      f.P = f.P * u + sign * T(4 * (i + 1) * (i + 2)) / T(2 * i + 5);
+    }
+  } else {
+    const T s = sqrt_(u);
+    f.K = atan_(s) / s;
+    f.M = (inv_1u - f.K) / u;
+    f.P = -(f.Q + T(3) * f.M) / u;
+  }
+  return f;
+}
+
+// The axis point: the world point at view-space (0, 0, 1), solving Wr p + T = e3 (by Cramer's
+// rule, with Wr's rows r0, r1, r2; column 3 of the view matrix is never read). `inverse`, when
+// not null, gets Wr^-1's columns (r1 x r2, r2 x r0, r0 x r1) / det for the backward.
+template <typename T>
+DGRD_HD Vec3<T> axis_point(const T* V, Mat3<T>* inverse = nullptr) {
+  const Mat3<T> Wr = view_rotation(V);
+  const auto row = [&](int j) { return Vec3<T>{Wr.m[j][0], Wr.m[j][1], Wr.m[j][2]}; };
+  const auto cross = [](Vec3<T> p, Vec3<T> q) {
+    return Vec3<T>{p.y * q.z - p.z * q.y, p.z * q.x - p.x * q.z, p.x * q.y - p.y * q.x};
+  };
+  const Vec3<T> c0 = cross(row(1), row(2)), c1 = cross(row(2), row(0)), c2 = cross(row(0), row(1));
+  const T inv_det = T(1) / dot(row(0), c0);
+  const Vec3<T> v = {-V[12], -V[13], T(1) - V[14]};
+  if (inverse)
+    *inverse = {{{c0.x * inv_det, c1.x * inv_det, c2.x * inv_det},
+                 {c0.y * inv_det, c1.y * inv_det, c2.y * inv_det},
+                 {c0.z * inv_det, c1.z * inv_det, c2.z * inv_det}}};
+  return inv_det * (v.x * c0 + v.y * c1 + v.z * c2);
+}
+
+// The fisheye's principal point in pixels: the pinhole projection (projmatrix) of the axis.
+template <typename T>
+DGRD_HD Vec2<T> fisheye_centre(const Camera<T>& cam) {
+  T inv_w;
+  Vec3<T> hom;
+  return project_mean(cam, axis_point(cam.viewmatrix), inv_w, hom);
+}
+
+// Adds the principal point's part of the camera gradient, from d/d(its NDC position) dndc:
+// to projmatrix through the projection of the axis point a, to the view matrix through a
+// itself. With Wr a + T = e3 held, a moves by -Wr^-1 (dV applied to [a, 1]), so dL/dV is
+// view_matrix_backward's [a, 1] (x) dt with dt = -Wr^-T dL/da.
+template <typename T>
+DGRD_HD void fisheye_centre_backward(const Camera<T>& cam, Vec2<T> dndc, T dproj[16],
+                                     T dview[16]) {
+  Mat3<T> inverse;
+  const Vec3<T> a = axis_point(cam.viewmatrix, &inverse);
+  T dproj_axis[16];
+  projection_matrix_backward(cam, a, dndc, dproj_axis);
+  for (int k = 0; k < 16; ++k) dproj[k] += dproj_axis[k];
+  const Vec3<T> dt = T(-1) * matvec_transposed(inverse, project_mean_backward(cam, a, dndc));
+  const T point[4] = {a.x, a.y, a.z, T(1)};
+  const T dtv[3] = {dt.x, dt.y, dt.z};
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < 3; ++c) dview[4 * r + c] += point[r] * dtv[c];
+}
+
+// The Gaussian's screen position in pixels: the pinhole or orthographic projection of its
+// mean by projmatrix, or the fisheye's of its view-space position t.
+template <typename T>
+DGRD_HD Vec2<T> screen_position(const Camera<T>& cam, Vec3<T> mean, Vec3<T> t) {
+  if (cam.fisheye) {
+    const FisheyeTerms<T> f = fisheye_terms(t);
+    const Vec2<T> c = fisheye_centre(cam);
+    return {c.x + cam.focal_x * f.a * f.K, c.y + cam.focal_y * f.b * f.K};
+  }
+  T inv_w;
+  Vec3<T> hom;
+  return project_mean(cam, mean, inv_w, hom);
+}
+
 // ---------------------------------------------------------------- 3D covariance
 
 // The standard rotation matrix of the quaternion (w, x, y, z), used as given (not normalized).
@@ -171,13 +282,39 @@ template <typename T>
 struct ScreenJacobian {
   T m[2][3];       // J Wr
   T J00, J02, J11, J12;
+  T J01, J10;      // 0 but for the fisheye
   T u, v;          // clamped t.x / t.z and t.y / t.z
   bool u_free, v_free;  // the clamp did not bite
 };
 
+// The fisheye's J (FisheyeTerms), unclamped: every point in front of the camera lands on a
+// bounded disc.
+template <typename T>
+DGRD_HD ScreenJacobian<T> fisheye_jacobian(const Camera<T>& cam, Vec3<T> t, const Mat3<T>& Wr) {
+  const FisheyeTerms<T> f = fisheye_terms(t);
+  ScreenJacobian<T> s;
+  s.u_free = s.v_free = false;
+  s.u = f.a;
+  s.v = f.b;
+  const T fx = cam.focal_x * f.inv_z, fy = cam.focal_y * f.inv_z, abM = f.a * f.b * f.M;
+  s.J00 = fx * (f.K + f.a * f.a * f.M);
+  s.J01 = fx * abM;
+  s.J02 = fx * f.a * f.N;
+  s.J10 = fy * abM;
+  s.J11 = fy * (f.K + f.b * f.b * f.M);
+  s.J12 = fy * f.b * f.N;
+  for (int c = 0; c < 3; ++c) {
+    s.m[0][c] = s.J00 * Wr.m[0][c] + s.J01 * Wr.m[1][c] + s.J02 * Wr.m[2][c];
+    s.m[1][c] = s.J10 * Wr.m[0][c] + s.J11 * Wr.m[1][c] + s.J12 * Wr.m[2][c];
+  }
+  return s;
+}
+
 template <typename T>
 DGRD_HD ScreenJacobian<T> screen_jacobian(const Camera<T>& cam, Vec3<T> t, const Mat3<T>& Wr) {
+  if (cam.fisheye) return fisheye_jacobian(cam, t, Wr);
   ScreenJacobian<T> s;
+  s.J01 = s.J10 = T(0);
   if (cam.orthographic) {
     // x' = focal_x x + c: the same at every depth, nothing to clamp
     s.u_free = s.v_free = false;
@@ -204,6 +341,25 @@ DGRD_HD ScreenJacobian<T> screen_jacobian(const Camera<T>& cam, Vec3<T> t, const
     s.m[1][c] = s.J11 * Wr.m[1][c] + s.J12 * Wr.m[2][c];
   }
   return s;
+}
+
+// d/dt of the fisheye's J from d/dJ (dJ[2][3]): the terms of FisheyeTerms, times focal / z^2.
+template <typename T>
+DGRD_HD void fisheye_jacobian_backward(const Camera<T>& cam, Vec3<T> t, const T (&dJ)[2][3],
+                                       Vec3<T>& dt) {
+  const FisheyeTerms<T> f = fisheye_terms(t);
+  const T a = f.a, b = f.b, aa = a * a, bb = b * b, ab = a * b;
+  // The derivatives shared by J's entries: d(J00)/dy = d(J01)/dx = b (M + a^2 P) and so on.
+  const T Ma = f.M + aa * f.P, Mb = f.M + bb * f.P, abQ = ab * f.Q;
+  const T Na = f.N + aa * f.Q, Nb = f.N + bb * f.Q;
+  const T gx = cam.focal_x * f.inv_z * f.inv_z, gy = cam.focal_y * f.inv_z * f.inv_z;
+  const T d00 = gx * dJ[0][0], d01 = gx * dJ[0][1], d02 = gx * dJ[0][2];
+  const T d10 = gy * dJ[1][0], d11 = gy * dJ[1][1], d12 = gy * dJ[1][2];
+  dt.x = d00 * a * (T(3) * f.M + aa * f.P) + (d01 + d10) * b * Ma + d02 * Na + d11 * a * Mb +
+         d12 * abQ;
+  dt.y = d00 * b * Ma + (d01 + d10) * a * Mb + d02 * abQ + d11 * b * (T(3) * f.M + bb * f.P) +
+         d12 * Nb;
+  dt.z = d00 * Na + (d01 + d10) * abQ + d02 * a * f.Q + d11 * Nb + d12 * b * f.Q;
 }
 
 // J Wr Sigma Wr^T J^T, before the dilation.
@@ -257,6 +413,15 @@ DGRD_HD void covariance_2d_backward(const Camera<T>& cam, Vec3<T> t, const Mat3<
   }
   if (cam.orthographic) {  // J is constant
     dt = {T(0), T(0), T(0)};
+    return;
+  }
+  if (cam.fisheye) {
+    fisheye_jacobian_backward(cam, t, dJ, dt);
+    if (dWr)  // J's off-diagonal terms (0 elsewhere)
+      for (int c = 0; c < 3; ++c) {
+        dWr->m[0][c] += J.J10 * dA[1][c];
+        dWr->m[1][c] += J.J01 * dA[0][c];
+      }
     return;
   }
   // J00 = fx / tz, J02 = -fx u / tz with u = clamp(tx / tz) (and likewise for y).
@@ -394,9 +559,7 @@ DGRD_HD ProjectedGaussian<T> preprocess_gaussian(const Camera<T>& cam, const Gau
   const Vec3<T> t = to_view(cam.viewmatrix, mean);
   if (!(t.z > T(kNearPlane)) || !is_finite(mean)) return g;
 
-  T inv_w;
-  Vec3<T> hom;
-  g.mean2d = project_mean(cam, mean, inv_w, hom);
+  g.mean2d = screen_position(cam, mean, t);
 
   const Mat3<T> Wr = view_rotation(cam.viewmatrix);
   const ScreenJacobian<T> J = screen_jacobian(cam, t, Wr);
@@ -456,11 +619,19 @@ DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianIn
   const Vec2<T> dndc = {g.mean2d.x * T(0.5) * T(cam.width), g.mean2d.y * T(0.5) * T(cam.height)};
   out.means2D[3 * i + 0] = dndc.x;
   out.means2D[3 * i + 1] = dndc.y;
-  Vec3<T> dmean = project_mean_backward(cam, mean, dndc);
-  if (camera) projection_matrix_backward(cam, mean, dndc, camera->projmatrix);
-
   // Conic and opacity -> 2D covariance -> view-space mean and 3D covariance.
   const ScreenJacobian<T> J = screen_jacobian(cam, t, Wr);
+  Vec3<T> dmean = {T(0), T(0), T(0)};
+  Vec3<T> dt_position = {T(0), T(0), T(0)};  // the fisheye's screen position: J^T d/dpixel
+  if (cam.fisheye) {
+    dt_position = {J.J00 * g.mean2d.x + J.J10 * g.mean2d.y, J.J01 * g.mean2d.x + J.J11 * g.mean2d.y,
+                   J.J02 * g.mean2d.x + J.J12 * g.mean2d.y};
+    if (camera)
+      for (int k = 0; k < 16; ++k) camera->projmatrix[k] = T(0);
+  } else {
+    dmean = project_mean_backward(cam, mean, dndc);
+    if (camera) projection_matrix_backward(cam, mean, dndc, camera->projmatrix);
+  }
   const Sym3<T> sigma = gaussian_covariance_3d(cam, in, i);
   const Sym2<T> cov = covariance_2d(J, sigma);
   Footprint<T> f;
@@ -480,8 +651,13 @@ DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianIn
   } else {
     dt.z += g.feature.w;
   }
+  if (cam.fisheye) dt = dt + dt_position;
   dmean = dmean + matvec_transposed(Wr, dt);
-  if (camera) view_matrix_backward(mean, dt, dWr, camera->viewmatrix);
+  if (camera) {
+    view_matrix_backward(mean, dt, dWr, camera->viewmatrix);
+    // The principal point's share (every Gaussian's d/dpixel moves it alike).
+    if (cam.fisheye) fisheye_centre_backward(cam, dndc, camera->projmatrix, camera->viewmatrix);
+  }
 
   if (in.cov3D_precomp) {
     T* d = out.cov3D_precomp + 6 * i;

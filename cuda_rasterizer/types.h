@@ -19,7 +19,8 @@ struct Camera {
   int width, height;
   int tiles_x, tiles_y;
   T tanfovx, tanfovy;
-  T focal_x, focal_y;  // px per unit of x / z (perspective), or of x (orthographic)
+  T focal_x, focal_y;  // px per unit of x / z (perspective), of x (orthographic), per radian
+                       // off the axis (fisheye)
   T scale_modifier;
   int sh_degree;
   T kernel_size;       // the 2D low-pass filter's variance (px^2), added to the 2D covariance
@@ -29,6 +30,11 @@ struct Camera {
   // constant diag(focal_x, focal_y), tanfovx and tanfovy the view's half-width and half-height
   // in view-space units; projmatrix must be the orthographic projection of the same extent.
   bool orthographic = false;
+  // An equidistant fisheye (Fisheye-GS's is_fisheye, gsplat's camera_model="fisheye"): a
+  // view-space point at angle theta off the optical axis lands focal * theta px from the
+  // principal point, which is where projmatrix (the pinhole projection of the same focal
+  // lengths) puts the axis (preprocess.h, fisheye_centre).
+  bool fisheye = false;
   // Mip-Splatting's subpixel_offset (its --ray_jitter): H x W x 2, pixel (x, y) sampled at
   // (x + o.x, y + o.y) instead of its own coordinates; null: every pixel at its own.
   // sample_margin is the largest |o|: the reach boxes widen by it (and by the rounding of

@@ -73,6 +73,7 @@ DGRD_SCALAR_FN(floor_, floor)
 DGRD_SCALAR_FN(log_, log)
 DGRD_SCALAR_FN(expm1_, expm1)
 DGRD_SCALAR_FN(log1p_, log1p)
+DGRD_SCALAR_FN(atan_, atan)
 #undef DGRD_SCALAR_FN
 
 // a * b + c rounded once.

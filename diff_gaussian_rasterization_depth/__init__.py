@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ._validation import (check_gaussians, check_optional_outputs, CheckedSettings,
-                          KERNEL_SIZE_DEFAULT, require_perspective)
+                          KERNEL_SIZE_DEFAULT, require_pinhole)
 from . import _backend, _debug
 from ._debug import replay_snapshot
 from .relocation import compute_relocation
@@ -50,6 +50,11 @@ class GaussianRasterizationSettings(NamedTuple):
     # half-width and half-height; projmatrix the orthographic projection of that extent
     # (cameras.orthographic_matrix).
     orthographic: bool = False
+    # An equidistant fisheye (Fisheye-GS's is_fisheye, gsplat's camera_model="fisheye"): a point
+    # theta radians off the optical axis lands focal * theta px from the principal point, focal =
+    # W / (2 tanfovx) as for the pinhole; projmatrix the pinhole projection of the same camera,
+    # which gives the principal point (where it puts the axis). Depth is view-space z as ever.
+    fisheye: bool = False
 
 
 def has_cuda_backend() -> bool:
@@ -112,7 +117,7 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
         if not isinstance(points3D, torch.Tensor):
             raise TypeError(f"points3D: expected a tensor, got {type(points3D).__name__}")
         points3D = points3D.detach()
-        require_perspective("points3D (the opacity field)", raster_settings)
+        require_pinhole("points3D (the opacity field)", raster_settings)
     # The median Gaussian is read off the median's position the forward keeps where it tracks
     # the median depth; that map is dropped again below where it was not asked for.
     returns_median = median_depth

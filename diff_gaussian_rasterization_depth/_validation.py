@@ -139,17 +139,23 @@ class CheckedSettings:
                              f"low-pass filter's variance in px^2), got {self.kernel_size}")
         # Settings classes without the field: perspective.
         self.orthographic = bool(getattr(s, "orthographic", False))
+        self.fisheye = bool(getattr(s, "fisheye", False))
+        if self.orthographic and self.fisheye:
+            raise ValueError("raster_settings: orthographic and fisheye are two projections; "
+                             "set one of them")
         self.subpixel_offset, self.sample_margin = check_subpixel_offset(
             getattr(s, "subpixel_offset", None), self.image_height, self.image_width, device,
             dtype)
 
 
-def require_perspective(caller: str, settings) -> None:
-    """NotImplementedError for an orthographic camera (settings `orthographic=True`) where
-    `caller` takes every pixel's ray through the camera centre."""
-    if bool(getattr(settings, "orthographic", False)):
-        raise NotImplementedError(f"{caller}: its rays pass through the camera centre; not "
-                                  "available with orthographic=True")
+def require_pinhole(caller: str, settings, refused=("orthographic", "fisheye")) -> None:
+    """NotImplementedError for an orthographic or fisheye camera (settings `orthographic=True`
+    or `fisheye=True`, those of `refused`) where `caller` takes pixel (x, y)'s ray as the
+    pinhole's, through the camera centre along ((x - cx) / fx, (y - cy) / fy, 1)."""
+    for field in refused:
+        if bool(getattr(settings, field, False)):
+            raise NotImplementedError(f"{caller}: its rays are the pinhole camera's; not "
+                                      f"available with {field}=True")
 
 
 def optional_float_tensor(field: str, value) -> Optional[torch.Tensor]:

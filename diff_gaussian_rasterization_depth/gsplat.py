@@ -37,10 +37,14 @@ follows closely; the differences, each a fact of the original that this package 
 
 `camera_model="ortho"` renders with the package's orthographic camera (`orthographic=True`:
 pixel = K (x, y), the projection's Jacobian diag(fx, fy) at every depth), as gsplat's.
+`camera_model="fisheye"` renders with the package's equidistant fisheye (`fisheye=True`: pixel =
+K (x/z, y/z) theta / tan(theta), theta the angle off the axis, the projection's Jacobian its own,
+unclamped), as gsplat's; a Gaussian at view z 0.2 or less (all at 90 degrees off the axis and
+beyond) is culled, as gsplat culls at its near plane.
 
 Not provided (each raises NotImplementedError naming the argument): `distributed`, camera
-models other than "pinhole" and "ortho", `with_ut`, `with_eval3d`, distortion coefficients and rolling
-shutter. The meta has no `conics`, compensated `opacities` or tile-intersection tensors
+models other than "pinhole", "ortho" and "fisheye", `with_ut`, `with_eval3d`, distortion
+coefficients and rolling shutter. The meta has no `conics`, compensated `opacities` or tile-intersection tensors
 (`isect_ids`, `flatten_ids`, `isect_offsets`, `tiles_per_gauss`): they are gsplat's internals.
 """
 from typing import Dict, Optional, Tuple
@@ -53,12 +57,12 @@ from ._validation import _require_tensor
 from .cameras import orthographic_matrix, perspective_matrix
 # The package's tiles, fixed near plane and least opacity a splat is blended with (config.h).
 from .reference import ALPHA_MIN as ALPHA_THRESHOLD
-from .reference import NEAR_PLANE, TILE_SIZE
+from .reference import NEAR_PLANE, TILE_SIZE, _fisheye_terms
 
 __all__ = ["rasterization"]
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
-CAMERA_MODELS = ("pinhole", "ortho")
+CAMERA_MODELS = ("pinhole", "ortho", "fisheye")
 FAR_PLANE = 1e10               # gsplat's default far plane: at or beyond it, nothing is culled
 
 
@@ -94,7 +98,8 @@ def _check_arguments(render_mode, tile_size, distributed, camera_model, with_ut,
     if distributed:
         _unsupported("distributed=True", "one process renders every camera")
     if camera_model not in CAMERA_MODELS:
-        _unsupported(f"camera_model={camera_model!r}", "pinhole and orthographic cameras only")
+        _unsupported(f"camera_model={camera_model!r}",
+                     "pinhole, orthographic and fisheye cameras only")
     if with_ut or with_eval3d:
         _unsupported("with_ut / with_eval3d", "the EWA projection only")
     for name, value in distortion.items():
@@ -175,11 +180,14 @@ def _projection(K, width: int, height: int, dtype, device, ortho=False) -> torch
     return torch.tensor(P, dtype=dtype, device=device)
 
 
-def _settings(viewmat, K, width, height, bg, sh_degree, eps2d, antialiased, ortho=False):
+def _settings(viewmat, K, width, height, bg, sh_degree, eps2d, antialiased,
+              camera_model="pinhole"):
     """The rasterizer's settings for gsplat's world-to-camera `viewmat` (4, 4) and intrinsics K
     (fx, fy, cx, cy); viewmatrix, projmatrix and campos stay differentiable in viewmat. With
-    `ortho`, tanfovx and tanfovy are the view's half-extents, W / (2 fx) and H / (2 fy)."""
+    "ortho", tanfovx and tanfovy are the view's half-extents, W / (2 fx) and H / (2 fy); with
+    "fisheye", the package's fisheye takes its principal point from the pinhole projmatrix."""
     fx, fy = K[0], K[1]
+    ortho = camera_model == "ortho"
     P = _projection(K, width, height, viewmat.dtype, viewmat.device, ortho)
     # gsplat reads the rotation and translation rows alone: its last row (0, 0, 0, 1) takes no
     # gradient (the orthographic projection's shift would send it one through w).
@@ -191,15 +199,21 @@ def _settings(viewmat, K, width, height, bg, sh_degree, eps2d, antialiased, orth
         viewmatrix=viewmat.transpose(0, 1), projmatrix=viewmat.transpose(0, 1) @ P.transpose(0, 1),
         sh_degree=int(sh_degree or 0), campos=-(rotation.transpose(0, 1) @ translation),
         prefiltered=False, debug=False, antialiasing=antialiased, kernel_size=float(eps2d),
-        orthographic=ortho)
+        orthographic=ortho, fisheye=camera_model == "fisheye")
 
 
-def _project(means, viewmat, K, ortho=False):
-    """(N, 2) gsplat's projected means K (x/z, y/z) (`ortho`: K (x, y)), values only, and (N,)
-    the view-space z, differentiable in means and viewmat (gsplat's meta["depths"])."""
+def _project(means, viewmat, K, camera_model="pinhole"):
+    """(N, 2) gsplat's projected means K (x/z, y/z) ("ortho": K (x, y); "fisheye":
+    K (x/z, y/z) theta / tan(theta), theta the angle off the axis), values only, and (N,) the
+    view-space z, differentiable in means and viewmat (gsplat's meta["depths"])."""
     view = torch.addmm(viewmat[:3, 3], means, viewmat[:3, :3].transpose(0, 1))
     with torch.no_grad():
-        xy = view[:, :2] if ortho else view[:, :2] / view[:, 2:]
+        if camera_model == "ortho":
+            xy = view[:, :2]
+        else:
+            xy = view[:, :2] / view[:, 2:]
+            if camera_model == "fisheye":
+                xy = xy * _fisheye_terms(xy[:, 0], xy[:, 1])[0][:, None]
         pixels = torch.addcmul(xy.new_tensor([K[2], K[3]]), xy, xy.new_tensor([K[0], K[1]]))
     return pixels, view[:, 2]
 
@@ -293,8 +307,7 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
                                                  for t in inputs)
     # The screen-space points (leaves, shaped as gsplat's): their values are gsplat's means2d,
     # their gradient the render's, in pixels.
-    ortho = camera_model == "ortho"
-    projected = [_project(means[b], viewmats[b, c], intrinsics[b * C + c], ortho)
+    projected = [_project(means[b], viewmats[b, c], intrinsics[b * C + c], camera_model)
                  for b in range(B) for c in range(C)]
     means2d = projected[0][0][None] if B * C == 1 else torch.stack([p for p, _ in projected])
     means2d = means2d.reshape(*batch, C, N, 2).requires_grad_(needs_grad)
@@ -322,7 +335,7 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
             settings = _settings(viewmats[b, c], K, width, height,
                                  bg if bg is not None and features is None
                                  else means.new_zeros(3), sh_degree, eps2d,
-                                 rasterize_mode == "antialiased", ortho)
+                                 rasterize_mode == "antialiased", camera_model)
             keep = (z >= near_plane) & (z <= far_plane) if planes_cull else None
             if radius_clip > 0:
                 clipped = _clip_by_radius(

@@ -32,7 +32,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import GaussianRasterizationSettings as _PackageSettings
-from . import rasterize_gaussians as _rasterize
+from .original import rasterize_gaussians as _color_and_radii
 from ._forks import ForkRasterizer
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians",
@@ -70,9 +70,8 @@ def package_settings(settings: GaussianRasterizationSettings) -> _PackageSetting
 def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
                         cov3Ds_precomp, raster_settings):
     """Mip-Splatting's functional form and argument order; returns (color, radii)."""
-    color, radii, _, _ = _rasterize(means3D, means2D, sh, colors_precomp, opacities, scales,
-                                    rotations, cov3Ds_precomp, package_settings(raster_settings))
-    return color, radii
+    return _color_and_radii(means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
+                            cov3Ds_precomp, package_settings(raster_settings))
 
 
 class GaussianRasterizer(ForkRasterizer):

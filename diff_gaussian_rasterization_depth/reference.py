@@ -45,6 +45,10 @@ MAX_RADIUS = 2147483520.0   # the last float below 2^31: radii are int32
 ALPHA_MAX = 0.99
 ALPHA_MIN = 1.0 / 255.0
 TRANSMITTANCE_MIN = 1e-4
+# The fisheye's angle terms come from their series below this (rho / z)^2: the reference's own
+# switch and term count, apart from the compiled code's (config.h, 0.1 and 17 terms).
+FISHEYE_SERIES_BOUND = 0.01
+FISHEYE_SERIES_TERMS = 10
 
 # Real spherical-harmonics constants of the original 3DGS rasterizer.
 SH_C0 = 0.28209479177387814
@@ -151,6 +155,16 @@ def _projection_jacobian(tx, ty, tz, settings):
     diag(focal_x, focal_y)."""
     focal_x = settings.image_width / (2.0 * settings.tanfovx)
     focal_y = settings.image_height / (2.0 * settings.tanfovy)
+    if getattr(settings, "fisheye", False):  # unclamped: every point lands on a bounded disc
+        a, b = tx / tz, ty / tz
+        K, M, N = _fisheye_terms(a, b)
+        jac = torch.stack([
+            torch.stack([focal_x / tz * (K + a * a * M), focal_x / tz * (a * b * M),
+                         focal_x / tz * (a * N)], dim=-1),
+            torch.stack([focal_y / tz * (a * b * M), focal_y / tz * (K + b * b * M),
+                         focal_y / tz * (b * N)], dim=-1),
+        ], dim=-2)
+        return tx, ty, jac
     if getattr(settings, "orthographic", False):
         zero, one = torch.zeros_like(tz), torch.ones_like(tz)
         jac = torch.stack([torch.stack([focal_x * one, zero, zero], dim=-1),
@@ -166,6 +180,42 @@ def _projection_jacobian(tx, ty, tz, settings):
         torch.stack([zero, focal_y / tz, -(focal_y * ty) / (tz * tz)], dim=-1),
     ], dim=-2)
     return tx, ty, jac
+
+
+def _fisheye_terms(a, b):
+    """(K, M, N) of the equidistant fisheye at view direction (a, b, 1) = t / t.z, with
+    u = a^2 + b^2 = tan(theta)^2: K = theta / tan(theta), M = (1 / (1 + u) - K) / u,
+    N = -1 / (1 + u). A point lands at c + focal (a, b) K, and the projection's Jacobian is
+    (focal / z) [[K + a^2 M, a b M, a N], [a b M, K + b^2 M, b N]]. K and M from their series in
+    u near the axis, where the closed forms cancel (autograd differentiates either branch)."""
+    u = a * a + b * b
+    small = u < FISHEYE_SERIES_BOUND
+    u_far = torch.where(small, torch.ones_like(u), u)  # keeps the unused branch finite
+    s = torch.sqrt(u_far)
+    K_far = torch.atan(s) / s
+    M_far = (1.0 / (1.0 + u_far) - K_far) / u_far
+    u_near = torch.where(small, u, torch.zeros_like(u))
+    K_near = torch.zeros_like(u)
+    M_near = torch.zeros_like(u)
+    power = torch.ones_like(u)
+    for i in range(FISHEYE_SERIES_TERMS):   # atan(s) / s = sum (-1)^i u^i / (2i + 1)
+        K_near = K_near + (-1) ** i / (2 * i + 1) * power
+        M_near = M_near + (-1) ** (i + 1) * 2 * (i + 1) / (2 * i + 3) * power
+        power = power * u_near
+    return (torch.where(small, K_near, K_far), torch.where(small, M_near, M_far),
+            -1.0 / (1.0 + u))
+
+
+def _fisheye_centre(settings):
+    """The fisheye's principal point in pixels: where the pinhole projection (projmatrix) puts
+    the optical axis, the world point at view-space (0, 0, 1)."""
+    view, proj = settings.viewmatrix.reshape(16), settings.projmatrix.reshape(16)
+    world_to_view = view.reshape(4, 4)[:3, :3].transpose(0, 1)
+    axis = torch.linalg.solve(world_to_view, torch.stack([-view[12], -view[13], 1.0 - view[14]]))
+    hx, hy, hw = (_transform_point(axis[None], proj, c) for c in (0, 1, 3))
+    inv_w = 1.0 / (hw + HOM_EPS)
+    return (_ndc2pix(hx * inv_w, settings.image_width)[0],
+            _ndc2pix(hy * inv_w, settings.image_height)[0])
 
 
 def _preprocess(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp,
@@ -191,6 +241,16 @@ def _preprocess(means3D, opacities, shs, colors_precomp, scales, rotations, cov3
         ndc_x = ndc_x + ndc_offset[:, 0]
         ndc_y = ndc_y + ndc_offset[:, 1]
     mean2d = torch.stack([_ndc2pix(ndc_x, W), _ndc2pix(ndc_y, H)], dim=1)
+    if getattr(settings, "fisheye", False):
+        # c + focal (a, b) K, a = tx / tz, b = ty / tz (the carrier's NDC units times size / 2)
+        cx, cy = _fisheye_centre(settings)
+        K, _, _ = _fisheye_terms(tx / tz, ty / tz)
+        fisheye_x = cx + W / (2.0 * settings.tanfovx) * (tx / tz) * K
+        fisheye_y = cy + H / (2.0 * settings.tanfovy) * (ty / tz) * K
+        if ndc_offset is not None:
+            fisheye_x = fisheye_x + ndc_offset[:, 0] * (W / 2.0)
+            fisheye_y = fisheye_y + ndc_offset[:, 1] * (H / 2.0)
+        mean2d = torch.stack([fisheye_x, fisheye_y], dim=1)
 
     # 3. World-space covariance.
     cov3d = _covariance_3d(scales, rotations, cov3D_precomp, settings.scale_modifier)

@@ -24,7 +24,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ._validation import require_perspective
+from ._validation import require_pinhole
 from .reference import (HOM_EPS, NEAR_PLANE, _covariance_3d, _ndc2pix,
                         _rotation_matrix)
 
@@ -139,6 +139,7 @@ def depth_to_points(depth: torch.Tensor, settings) -> torch.Tensor:
     rasterizer's pixel mapping, through the projection the settings imply
     (`viewmatrix^-1 @ projmatrix`). Differentiable in depth (and in the matrices)."""
     _check_shape("depth", depth, (None, None))
+    require_pinhole("depth_to_points", settings, refused=("fisheye",))
     H, W = depth.shape
     view = _matrix(settings.viewmatrix, depth)
     projection = torch.linalg.solve(view, _matrix(settings.projmatrix, depth))
@@ -189,7 +190,7 @@ def dominant_points(dominant: torch.Tensor, means3D: torch.Tensor, settings, sca
     rasterizer's: pixel centres through the camera centre (`depth_to_points`)."""
     _check_shape("dominant", dominant, (None, None))
     _check_covariance_inputs("dominant_points", means3D, scales, rotations, cov3D_precomp)
-    require_perspective("dominant_points", settings)
+    require_pinhole("dominant_points", settings)
     if dominant.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"dominant: expected the rasterizer's int32 map, got {dominant.dtype}")
     H, W = dominant.shape
@@ -246,7 +247,7 @@ def plane_depth(normal_sum: torch.Tensor, distance_sum: torch.Tensor, settings) 
     rendered. 0 where nothing is blended or the plane is seen edge-on (N . r >= 0)."""
     _check_shape("distance_sum", distance_sum, (None, None))
     _check_shape("normal_sum", normal_sum, (3, *distance_sum.shape))
-    require_perspective("plane_depth", settings)
+    require_pinhole("plane_depth", settings)
     ray = depth_to_points(torch.ones_like(distance_sum), settings)
     facing = (normal_sum * ray).sum(0)
     seen = facing < -1e-12
@@ -356,7 +357,7 @@ def intersection_planes(means3D: torch.Tensor, settings, scales=None, rotations=
     rasterizer culls at the near plane are finite and unused.
     """
     _check_covariance_inputs("intersection_planes", means3D, scales, rotations, cov3D_precomp)
-    require_perspective("intersection_planes", settings)
+    require_pinhole("intersection_planes", settings)
     H, W = int(settings.image_height), int(settings.image_width)
     view = _matrix(settings.viewmatrix, means3D)
     t, in_front, z_safe, mean2d = _centres_on_screen(means3D, settings)

@@ -462,6 +462,39 @@ def orthographic(scene: Scene, extent_depth: Optional[float] = None) -> Scene:
                                           tanfovy=half_height, projmatrix=proj))
 
 
+def fisheye(scene: Scene, half_angle: Optional[float] = None, yaw: float = 0.0,
+            shift=(0.0, 0.0)) -> Scene:
+    """The scene seen by an equidistant fisheye (settings `fisheye=True`) from the same camera
+    centre turned by `yaw` radians about its y axis. The image's half-width spans `half_angle`
+    radians (by default the angle the pinhole view spanned, atan(tanfovx)): the fisheye's
+    focal W / (2 tanfovx) px per radian makes tanfovx that angle, tanfovy in proportion. The
+    projmatrix is the pinhole projection of the same focal lengths with the principal point
+    moved by `shift` px, from which the fisheye takes its own."""
+    s = scene.settings
+    view = s.viewmatrix.detach().reshape(4, 4).to(torch.float64)
+    if half_angle is None:
+        half_angle = math.atan(s.tanfovx)
+    tanfovx, tanfovy = half_angle, half_angle * s.tanfovy / s.tanfovx
+    c, n = math.cos(yaw), math.sin(yaw)
+    turn = torch.tensor([[c, 0, n, 0], [0, 1, 0, 0], [-n, 0, c, 0], [0, 0, 0, 1]],
+                        dtype=torch.float64)
+    view = view @ turn.T   # [p, 1] @ view: view space, then turned
+    P = torch.zeros(4, 4, dtype=torch.float64)
+    P[0, 0], P[1, 1] = 1.0 / tanfovx, 1.0 / tanfovy
+    P[0, 2] = 2.0 * shift[0] / s.image_width    # ndc.x = P00 x / z + P02: the shift in NDC
+    P[1, 2] = 2.0 * shift[1] / s.image_height
+    P[2, 2] = ZFAR / (ZFAR - ZNEAR)
+    P[2, 3] = -ZFAR * ZNEAR / (ZFAR - ZNEAR)
+    P[3, 2] = 1.0
+    dtype = s.projmatrix.dtype
+    return Scene(scene.inputs, s._replace(
+        fisheye=True, tanfovx=tanfovx, tanfovy=tanfovy,
+        viewmatrix=view.to(dtype).reshape(s.viewmatrix.shape).requires_grad_(
+            s.viewmatrix.requires_grad),
+        projmatrix=(view @ P.T).to(dtype).reshape(s.projmatrix.shape).requires_grad_(
+            s.projmatrix.requires_grad)))
+
+
 def config_scene(family: str, configs: dict, name: str, seed: int) -> Scene:
     """Scene `seed` of configuration `name` (make_scene's keywords in configs[name]): seeds
     differ between test families and configurations, and stay put when configurations are

@@ -27,7 +27,7 @@ NAMES = ("means3D", "means2D", "opacities", "shs", "colors_precomp", "scales", "
          "cov3D_precomp", "dc")
 CONFIG_FIELDS = ("image_height", "image_width", "tanfovx", "tanfovy", "scale_modifier",
                  "sh_degree", "prefiltered", "antialiasing", "kernel_size", "debug", "median_depth",
-                 "inverse_depth", "camera_grad", "absolute_grad", "orthographic",
+                 "inverse_depth", "camera_grad", "absolute_grad", "orthographic", "fisheye",
                  "sample_margin")
 CAMERA_FIELDS = ("bg", "viewmatrix", "projmatrix", "campos")
 
@@ -115,6 +115,8 @@ COMMON = {
     "numbers-and-flags": dict(edit=plain_numbers, scale_modifier=0.7),
     "orthographic": dict(edit=lambda inputs, s: scenes.orthographic(
         scenes.Scene(inputs, s)).settings),
+    "fisheye": dict(edit=lambda inputs, s: scenes.fisheye(
+        scenes.Scene(inputs, s), half_angle=1.2, shift=(2.0, -1.0)).settings),
 }
 
 
@@ -161,7 +163,7 @@ def render_and_grads(inputs, settings, flags, common):
 
 @pytest.mark.parametrize("name", ["2023", "2024-dc", "float64-noncontiguous", "flat-opacities",
                                   "means2D-absgs", "features-median", "camera-layouts",
-                                  "orthographic"])
+                                  "orthographic", "fisheye"])
 def test_render_and_gradients_bitwise_either_way(name):
     inputs, settings, flags = variant(13100 + list(COMMON).index(name), **COMMON[name])
     assert ask_cpp(inputs, settings, **flags) is not None
@@ -225,8 +227,10 @@ def test_out_of_range_numbers_left_to_python():
     for field, value in [("image_height", (1 << 15) + 1), ("image_width", 10 ** 30),
                          ("tanfovx", 10 ** 400), ("scale_modifier", math.inf),
                          ("sh_degree", 2 ** 70), ("debug", 1), ("kernel_size", -0.1),
-                         ("kernel_size", math.nan), ("kernel_size", "0.1")]:
+                         ("kernel_size", math.nan), ("kernel_size", "0.1"), ("fisheye", 1)]:
         assert ask_cpp(inputs, settings._replace(**{field: value})) is None, field
+    # Two projections at once: the Python checks' ValueError.
+    assert ask_cpp(inputs, settings._replace(orthographic=True, fisheye=True)) is None
     # Degree 4 with the 25 coefficients it would need: refused for the degree itself.
     inputs["shs"] = torch.zeros(inputs["means3D"].shape[0], 25, 3)
     assert ask_cpp(inputs, settings._replace(sh_degree=3)) is not None

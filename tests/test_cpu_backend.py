@@ -101,10 +101,10 @@ def depth_scale(ref):
 # Forward
 # ----------------------------------------------------------------------------------------------
 
-def forward_against_reference(scene, label):
+def forward_against_reference(scene, label, tol=None):
     """The backend's forward on `scene` against the reference's, pixels within rounding of a
     threshold left out: (failures, (color, radii, depth, weight), the reference's outputs, the
-    pixels compared (H, W) bool)."""
+    pixels compared (H, W) bool). `tol`: forward_tolerance's unless given."""
     dtype = scene.inputs["means3D"].dtype
     with torch.no_grad():
         color, radii, depth, weight = run_backend(scene.inputs, scene.settings)
@@ -112,7 +112,7 @@ def forward_against_reference(scene, label):
     ref = internals[0]
     pixels, gaussians = scenes.ambiguous_checked(scene, internals=internals)
     keep = ~pixels
-    tol = forward_tolerance(dtype)
+    tol = forward_tolerance(dtype) if tol is None else tol
     errors = {
         "color": (color - ref["color"]).abs()[:, keep],
         "weight": (weight - ref["weight"]).abs()[keep],

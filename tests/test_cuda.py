@@ -119,6 +119,36 @@ def upstream_for(scene, pixels, seed):
             "weight": torch.randn(H, W, generator=gen) * keep}
 
 
+def check_projection_against_cpu(scene, target, seed):
+    """A scene of another projection (orthographic, fisheye) on `target` against the CPU
+    backend: outputs, radii and every input's gradient, then the camera's gradient of a loss on
+    the colour (CUDA's preprocess and its backward, through the projection's own branches)."""
+    from test_camera_gradients import CAMERA
+    pixels, gaussians = scenes.ambiguous(scene)
+    up = upstream_for(scene, pixels, seed)
+    (c0, r0, d0, w0), g0 = run(scene, "cpu", up)
+    (c1, r1, d1, w1), g1 = run(scene, target, up)
+    keep = ~pixels
+    for a, b in ((c1[:, keep], c0[:, keep]), (w1[keep], w0[keep]),
+                 ((d1 * w1)[keep], (d0 * w0)[keep])):
+        assert (a - b).abs().max() <= forward_atol(b)
+    assert torch.equal(r1[~gaussians], r0[~gaussians]) and (r0 > 0).sum() > 30
+    for mode in g0:
+        for name, ref in g0[mode].items():
+            torch.testing.assert_close(g1[mode][name], ref, rtol=1e-4,
+                                       atol=1e-4 * ref.abs().max().item())
+    grads = {}
+    for device in ("cpu", target):
+        with active(device):
+            leaves = {n: getattr(scene.settings, n).detach().clone().requires_grad_()
+                      for n in CAMERA}
+            color = GaussianRasterizer(scene.settings._replace(**leaves))(**scene.inputs)[0]
+            (color * up["color"]).sum().backward()
+            grads[device == "cpu"] = [leaves[n].grad for n in CAMERA]
+    for got, want in zip(grads[False], grads[True]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_cuda_matches_cpu(config, target):
@@ -305,4 +335,5 @@ def test_float64_on_cuda_is_a_clear_error(target):
 
 def test_settings_type():
     assert GaussianRasterizationSettings._fields[12:] == ("antialiasing", "kernel_size",
-                                                          "subpixel_offset", "orthographic")
+                                                          "subpixel_offset", "orthographic",
+                                                          "fisheye")

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import scenes
-from cuda_target import active, cuda_targets, forward_atol
+from cuda_target import cuda_targets
 from diff_gaussian_rasterization_depth import GaussianRasterizer, surface
-from test_camera_gradients import (CAMERA, camera_gradients, camera_reference_gradients,
+from test_camera_gradients import (camera_gradients, camera_reference_gradients,
                                    make_camera_gradcheck_fn)
 from test_cpu_backend import (compare_gradients, forward_against_reference, gradients,
                               reference_gradients, run_backend, upstream_gradients)
@@ -179,26 +179,4 @@ def test_cuda_matches_cpu(target):
     for seed in range(2):
         scene = scenes.orthographic(scenes.make_scene(7900 + seed, P=100, height=40, width=64,
                                                       sh_degree=2, antialiasing=bool(seed)))
-        pixels, gaussians = scenes.ambiguous(scene)
-        up = test_cuda.upstream_for(scene, pixels, seed)
-        (c0, r0, d0, w0), g0 = test_cuda.run(scene, "cpu", up)
-        (c1, r1, d1, w1), g1 = test_cuda.run(scene, target, up)
-        keep = ~pixels
-        for a, b in ((c1[:, keep], c0[:, keep]), (w1[keep], w0[keep]),
-                     ((d1 * w1)[keep], (d0 * w0)[keep])):
-            assert (a - b).abs().max() <= forward_atol(b)
-        assert torch.equal(r1[~gaussians], r0[~gaussians]) and (r0 > 0).sum() > 30
-        for mode in g0:
-            for name, ref in g0[mode].items():
-                torch.testing.assert_close(g1[mode][name], ref, rtol=1e-4,
-                                           atol=1e-4 * ref.abs().max().item())
-        grads = {}
-        for device in ("cpu", target):
-            with active(device):
-                leaves = {n: getattr(scene.settings, n).detach().clone().requires_grad_()
-                          for n in CAMERA}
-                color = GaussianRasterizer(scene.settings._replace(**leaves))(**scene.inputs)[0]
-                (color * up["color"]).sum().backward()
-                grads[device == "cpu"] = [leaves[n].grad for n in CAMERA]
-        for got, want in zip(grads[False], grads[True]):
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+        test_cuda.check_projection_against_cpu(scene, target, seed)

@@ -7,10 +7,13 @@ and tests/test_gsplat_api.py runs `api` and `strategy`, smaller, wherever gsplat
    autograd; its three CUDA-only pieces replaced by benchmarks/gsplat_cpu_twins.py) and the
    package's `rasterization` on tests/test_gsplat_api.py's scenes (opacities at most 0.34,
    means inside the views, off-centre principal points, two cameras), classic and antialiased,
-   pinhole and orthographic cameras, float32: images, alphas, means2d and the gradients of
-   every input. A pixel where some
-   splat's alpha lies within float32 rounding of 1/255 may differ by that splat (it is blended
-   by one and not the other); the check allows 0.1% of pixels that.
+   pinhole, orthographic and fisheye cameras, float32: images, alphas, means2d and the gradients of
+   every input. A pixel may differ by one splat where the two draw a footprint's rim
+   differently: its alpha within float32 rounding of 1/255, or its tile left out by the
+   original's tile rectangle (a 3-sigma square ending less than a pixel into a tile's first
+   column, floor((x + r + 15) / 16), does not list the splat there; gsplat's 3.33-sigma
+   rectangle does). The check allows 0.2% of pixels that (measured: 0.12% at most, the
+   fisheye's seed 2, one splat's rim down a column of 4 pixels).
 2. `garden`: a trained model, the garden 112k frame at 648x420 (opaque splats: where the
    footprints and alpha caps differ), gsplat's PyTorch rasterizer against the package's call:
    the colour's PSNR between the two must be above 60 dB.
@@ -83,7 +86,7 @@ def gsplat_camera_model(camera_model):
 
 def check_api(seeds, camera_model="pinhole") -> bool:
     """gsplat's PyTorch rasterizer against the package's call, float32, with gsplat's
-    `camera_model` ("pinhole" or "ortho"); prints the largest differences per seed and mode."""
+    `camera_model` ("pinhole", "ortho" or "fisheye"); prints the largest differences per seed and mode."""
     ok = True
     print(f"gsplat's PyTorch rasterizer against the package's, float32, {camera_model} cameras, "
           f"40 Gaussians, 2 cameras at {TWIN_W}x{TWIN_H}; largest |difference| (gradients: "
@@ -111,7 +114,7 @@ def check_api(seeds, camera_model="pinhole") -> bool:
                               / theirs[k].grad.abs().max()) for k in GRAD_NAMES}
             means2d = float((meta_t["means2d"] - meta_o["means2d"]).detach().abs().max())
             same_radii = bool(torch.equal(meta_t["radii"] > 0, meta_o["radii"] > 0))
-            good = off <= 1e-3 and max(grads.values()) < 1e-2 and means2d < 1e-4 and same_radii
+            good = off <= 2e-3 and max(grads.values()) < 1e-2 and means2d < 1e-4 and same_radii
             ok &= good
             print(f"  seed {seed} {mode:11s}: pixels {float(pixel.max()):.1e} ({off:.2%} over "
                   f"1e-4), means2d {means2d:.1e}, drawn alike {same_radii}, gradients "
@@ -263,7 +266,8 @@ def main(argv=None) -> int:
     print(f"gsplat {__import__('gsplat').__version__}")
     ok = True
     if args.only in (None, "api"):
-        ok &= check_api(args.seeds) and check_api(args.seeds, "ortho")
+        ok &= (check_api(args.seeds) and check_api(args.seeds, "ortho")
+               and check_api(args.seeds, "fisheye"))
     if args.only in (None, "garden"):
         ok &= check_garden(1.0)
     if args.only in (None, "strategy"):
