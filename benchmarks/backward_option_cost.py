@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """What an option of the backward adds to it: garden 112k at 648x420.
 
-    python benchmarks/backward_option_cost.py [--option camera|absolute|offsets]
+    python benchmarks/backward_option_cost.py [--option camera|absolute|offsets|fisheye]
                                               [--device cpu|cuda] [--reps 15] [--sh]
 
 --option camera (issue 11's cost figure): the camera tensors requiring grad; --option absolute:
 means2D given as (P, 4), so that the backward also sums AbsGS's absolute gradient; --option
 offsets: Mip-Splatting's --ray_jitter, uniform subpixel_offset in [-0.5, 0.5) (drawn once),
-which moves the forward's sample points too, so that forward and backward are timed together.
+which moves the forward's sample points too, so that forward and backward are timed together;
+--option fisheye: the same camera as an equidistant fisheye (fisheye=True) whose image edge
+lies at the pinhole's angle (tanfovx = atan(tanfovx)), forward and backward timed together.
 Each repetition renders once without the option and once with it (in alternating order, so
 that load changes hit both alike), and times loss.backward() alone (with the offsets, the
 forward and loss.backward());
@@ -16,6 +18,7 @@ median of each, their ratio, the median of the per-repetition ratios and the mac
 (`os.getloadavg`).
 """
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -56,7 +59,8 @@ def backward_seconds(scene, settings, upstream, device, clock=time.perf_counter,
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--option", choices=("camera", "absolute", "offsets"), default="camera")
+    parser.add_argument("--option", choices=("camera", "absolute", "offsets", "fisheye"),
+                        default="camera")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--scale", type=float, default=1.0)
@@ -76,6 +80,9 @@ def main():
 
     jitter = (torch.rand((H, W, 2), generator=gen) - 0.5).to(device)
     offsets = args.option == "offsets"
+    both_passes = args.option in ("offsets", "fisheye")
+    fisheye = plain._replace(fisheye=True, tanfovx=math.atan(plain.tanfovx),
+                             tanfovy=math.atan(plain.tanfovy))
 
     def run(mode, clock=time.perf_counter):
         settings, absolute = plain, False
@@ -84,9 +91,11 @@ def main():
                                          for f in ("viewmatrix", "projmatrix", "campos")})
         elif mode == "with" and offsets:
             settings = plain._replace(subpixel_offset=jitter)
+        elif mode == "with" and args.option == "fisheye":
+            settings = fisheye
         elif mode == "with":
             absolute = True
-        return backward_seconds(scene, settings, upstream, device, clock, absolute, offsets)
+        return backward_seconds(scene, settings, upstream, device, clock, absolute, both_passes)
 
     for _ in range(2):   # warm-up
         run("without")
@@ -104,8 +113,8 @@ def main():
           f"{torch.get_num_threads()} threads; load average before {load_before[0]:.2f}, "
           f"after {load_after[0]:.2f}")
     what = {"camera": "camera gradients", "absolute": "the absolute gradient",
-            "offsets": "sample offsets"}[args.option]
-    timed = "forward + backward" if offsets else "backward"
+            "offsets": "sample offsets", "fisheye": "the fisheye"}[args.option]
+    timed = "forward + backward" if both_passes else "backward"
     for k in ("without", "with"):
         print(f"  {timed} {k:7s} {what}: median {1000 * med[k]:8.2f} ms "
               f"(min {1000 * min(times[k]):.2f}, max {1000 * max(times[k]):.2f})")

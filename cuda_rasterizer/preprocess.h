@@ -130,7 +130,6 @@ DGRD_HD FisheyeTerms<T> fisheye_terms(Vec3<T> t) {
     // K = sum (-1)^i u^i / (2i + 1), M = sum (-1)^(i+1) 2 (i + 1) u^i / (2i + 3),
     // P = sum (-1)^i 4 (i + 1) (i + 2) u^i / (2i + 5), by Horner's rule from the last term
     f.K = f.M = f.P = T(0);
-#pragma unroll
     for (int i = kFisheyeSeriesTerms - 1; i >= 0; --i) {
       const T sign = (i % 2 == 0) ? T(1) : T(-1);
       f.K = f.K * u + sign / T(2 * i + 1);

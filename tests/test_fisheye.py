@@ -179,6 +179,42 @@ def test_small_splat_lands_at_focal_times_theta(dtype):
                                    rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_far_off_the_axis_lands_on_the_rim(dtype):
+    """Points 90 degrees off the axis in all but name (x / z up to 1e13, z = 1) land on the
+    image's rim, focal * pi / 2 px out, with finite outputs and gradients (the camera's too):
+    no term of the projection or its derivatives overflows on the way."""
+    size = 96
+    settings = single_splat_settings(size, 2.0, dtype)   # the rim at pi / 2 lies inside
+    f = size / (2.0 * 2.0)
+    ratios = torch.tensor([1e3, 1e6, 1e9, 1e13], dtype=dtype)
+    P = len(ratios)
+    # Sizes across the ray of about 1.5 px: sigma = 1.5 distance / (f pi / 2 / sin(theta)).
+    sigma = 1.5 * ratios / (f * math.pi / 2)
+    inputs = dict(means3D=torch.stack([ratios, torch.zeros(P, dtype=dtype),
+                                       torch.ones(P, dtype=dtype)], 1),
+                  means2D=torch.zeros(P, 3, dtype=dtype),
+                  opacities=torch.full((P, 1), 0.8, dtype=dtype),
+                  colors_precomp=torch.rand(P, 3, dtype=dtype,
+                                            generator=torch.Generator().manual_seed(0)),
+                  scales=sigma[:, None].expand(P, 3).contiguous(),
+                  rotations=torch.tensor([[1.0, 0, 0, 0]], dtype=dtype).expand(P, 4).contiguous())
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    camera = {n: getattr(settings, n).clone().requires_grad_() for n in ("viewmatrix",
+                                                                         "projmatrix")}
+    color, radii, depth, weight = GaussianRasterizer(settings._replace(**camera))(**leaves)
+    assert (radii > 0).all()
+    # They land focal * pi / 2 right of the centre (the first 0.02 px short of it).
+    w = weight.detach().double()
+    cols = torch.arange(size, dtype=F64)
+    centroid = float((w.sum(0) * cols).sum() / w.sum())
+    assert abs(centroid - ((size - 1) / 2 + f * math.pi / 2)) < 0.1
+    (color.sum() + depth.sum() + weight.sum()).backward()
+    for t in list(leaves.values()) + list(camera.values()):
+        assert torch.isfinite(t.grad).all()
+    assert leaves["means3D"].grad.abs().sum() > 0
+
+
 def test_principal_point_moves_the_image():
     """A principal point moved by a whole tile (16 px) moves the render by as much, float64:
     the tiles a splat is listed in move with it (by a shift of another size, the pixels of a

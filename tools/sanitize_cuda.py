@@ -76,6 +76,12 @@ CASES = [
     dict(P=400, height=27, width=35, sh_degree=1, split_length=256, opacity_scale=0.2,
          jitter=3.0, orthographic=True, camera_grad=True, channels=3, median_depth=True,
          touch_count=True, contributions=True, dominant=True),
+    # A wide fisheye (80 degrees each side, the Gaussians up to 80 degrees off its axis, the
+    # principal point moved) with its camera gradient: the preprocess and its backward through
+    # the fisheye's own branches (the series near the axis, the closed forms beyond).
+    dict(P=300, height=25, width=39, sh_degree=2, split_length=256, opacity_scale=0.3,
+         fisheye=dict(half_angle=1.4, yaw=0.87, shift=(3.5, -2.0)), camera_grad=True,
+         channels=2, median_depth=True),
 ]
 
 
@@ -206,11 +212,14 @@ def run_case(i, device):
     point_count = case.pop("points", 0)
     jitter = case.pop("jitter", 0.0)
     orthographic = case.pop("orthographic", False)
+    fisheye = case.pop("fisheye", None)
     options = {k: case.pop(k) for k in ("median_depth", "inverse_depth", "touch_count",
                                          "contributions", "dominant") if k in case}
     scene = scenes.make_scene(100 + i, **case)
     if orthographic:
         scene = scenes.orthographic(scene)
+    if fisheye is not None:
+        scene = scenes.fisheye(scene, **fisheye)
     scene.inputs["opacities"] = scene.inputs["opacities"] * opacity_scale
     leaves = {k: (None if v is None else v.to(device).requires_grad_())
               for k, v in scene.inputs.items()}
