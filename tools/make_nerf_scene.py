@@ -13,6 +13,10 @@ train/ and test/ hold the PNG images, depths/NAME.png the inverse depth as 16-bi
 for deformable-scene codes, though nothing moves) and points3d.ply a random
 initial point cloud (as 3DGS makes for such scenes, but fewer points, for the CPU).
 
+With `--fisheye DEG`, the views are equidistant fisheyes (the package's `fisheye=True`) whose
+image half-width spans DEG degrees, and camera_angle_x is written as Fisheye-GS's reader takes
+it for its FISHEYE camera model: 2 tan(FovX / 2), twice the half-width's angle in radians.
+
 With `--colmap`, the same views in COLMAP's text layout instead, the one most 3DGS forks read
 (`-s DIR --eval` holds out every 8th view): images/NAME.png, sparse/0/cameras.txt (one PINHOLE
 camera), images.txt (world-to-camera as COLMAP writes it), points3D.txt (the random initial
@@ -62,13 +66,18 @@ def blender_camera_to_world(camera):
     return c2w
 
 
-def write_split(out, split, cams, scene):
+def write_split(out, split, cams, scene, fisheye_deg=None):
     os.makedirs(os.path.join(out, split), exist_ok=True)
     frames = []
     for k, cam in enumerate(cams):
         name = f"{split}_{k:03d}"
+        settings = cam.raster_settings(sh_degree=1)
+        if fisheye_deg is not None:   # the half-width spans the angle: tanfovx in radians
+            half = math.radians(fisheye_deg)
+            settings = settings._replace(fisheye=True, tanfovx=half,
+                                         tanfovy=half * cam.height / cam.width)
         with torch.no_grad():
-            color, _, invdepth = GaussianRasterizer(cam.raster_settings(sh_degree=1))(
+            color, _, invdepth = GaussianRasterizer(settings)(
                 means3D=scene.means, means2D=None, opacities=scene.opacities,
                 dc=scene.sh[:, :1], shs=scene.sh[:, 1:], scales=scene.scales,
                 rotations=scene.rotations)
@@ -81,8 +90,10 @@ def write_split(out, split, cams, scene):
         frames.append({"file_path": f"./{split}/{name}",
                        "transform_matrix": blender_camera_to_world(cam).tolist(),
                        "time": k / max(1, len(cams) - 1)})
+    angle_x = (math.radians(FOV_X_DEG) if fisheye_deg is None
+               else 2.0 * math.radians(fisheye_deg))
     with open(os.path.join(out, f"transforms_{split}.json"), "w") as f:
-        json.dump({"camera_angle_x": math.radians(FOV_X_DEG), "frames": frames}, f, indent=1)
+        json.dump({"camera_angle_x": angle_x, "frames": frames}, f, indent=1)
 
 
 def write_initial_points(path, rng, count):
@@ -173,6 +184,10 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--colmap", action="store_true",
                     help="COLMAP's text layout with object masks (module docstring)")
+    ap.add_argument("--fisheye", type=float, default=None, metavar="DEG",
+                    help="equidistant fisheye views, the half-width spanning DEG degrees")
+    ap.add_argument("--distance", type=float, default=6.2,
+                    help="the cameras' distance from the scene's centre")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     scene = demo_scene(args.gaussians, seed=args.seed, sh_degree=1)
@@ -184,8 +199,10 @@ def main():
               f"object masks, {len(scene)} ground-truth Gaussians")
         return
     os.makedirs(os.path.join(args.out, "depths"), exist_ok=True)
-    write_split(args.out, "train", cameras(rng, args.train, args.size), scene)
-    write_split(args.out, "test", cameras(rng, args.test, args.size), scene)
+    write_split(args.out, "train", cameras(rng, args.train, args.size, args.distance), scene,
+                args.fisheye)
+    write_split(args.out, "test", cameras(rng, args.test, args.size, args.distance), scene,
+                args.fisheye)
     write_initial_points(os.path.join(args.out, "points3d.ply"), rng, args.points)
     print(f"{args.out}: {args.train} train and {args.test} test views of {args.size}x{args.size},"
           f" {len(scene)} ground-truth Gaussians")
