@@ -20,12 +20,13 @@ where `render_surface` is one call with 6 feature channels: the Gaussians' norma
 Frames: everything is in view space (x right, y down, z forward; SPEC 4), where the rendered
 normals and the depth map's normals can be compared directly.
 """
+import math
 from typing import NamedTuple, Optional
 
 import torch
 
 from ._validation import require_pinhole
-from .reference import (HOM_EPS, NEAR_PLANE, _covariance_3d, _ndc2pix,
+from .reference import (HOM_EPS, NEAR_PLANE, _covariance_3d, _fisheye_centre, _ndc2pix,
                         _rotation_matrix)
 
 __all__ = ["view_points", "gaussian_normals", "distortion_features", "ndc_depth",
@@ -133,13 +134,37 @@ def _pixel_to_view(ndc_x, ndc_y, z, projection):
     return (e * d - b * f) / det, (a * f - e * c) / det
 
 
+def _fisheye_rays(depth: torch.Tensor, settings):
+    """(x, y) of `depth_to_points` through a fisheye (settings `fisheye=True`): pixel p lies
+    theta = |(p - c) / focal| off the axis, c where projmatrix puts the axis, and its ray is
+    (a, b, 1) with (a, b) = (p - c) / focal * tan(theta) / theta. A pixel 90 degrees off the
+    axis or more, which nothing in front of the camera reaches (its depth is 0), gets a = b = 0."""
+    H, W = depth.shape
+    cx, cy = (c.to(depth) for c in _fisheye_centre(settings))
+    fx = W / (2.0 * float(settings.tanfovx))
+    fy = H / (2.0 * float(settings.tanfovy))
+    dx = ((torch.arange(W, device=depth.device, dtype=depth.dtype) - cx) / fx)[None, :]
+    dy = ((torch.arange(H, device=depth.device, dtype=depth.dtype) - cy) / fy)[:, None]
+    theta = torch.sqrt(dx * dx + dy * dy)
+    # tan(theta) / theta, 1 + theta^2 / 3 near the axis (where the ratio is 0 / 0 in the limit)
+    near = theta < 1e-4
+    wide = theta >= math.pi / 2
+    safe = torch.where(near | wide, torch.ones_like(theta), theta)
+    scale = torch.where(near, 1.0 + theta * theta / 3.0, torch.tan(safe) / safe)
+    scale = torch.where(wide, torch.zeros_like(scale), scale)
+    return depth * dx * scale, depth * dy * scale
+
+
 def depth_to_points(depth: torch.Tensor, settings) -> torch.Tensor:
     """(3, H, W) view-space points of a depth map (H, W) of view depths z, each on its pixel's
     ray: pixel (col, row) at NDC ((2 col + 1) / W - 1, (2 row + 1) / H - 1), the inverse of the
     rasterizer's pixel mapping, through the projection the settings imply
-    (`viewmatrix^-1 @ projmatrix`). Differentiable in depth (and in the matrices)."""
+    (`viewmatrix^-1 @ projmatrix`); with `fisheye=True`, through the fisheye's (`_fisheye_rays`).
+    Differentiable in depth (and in the matrices)."""
     _check_shape("depth", depth, (None, None))
-    require_pinhole("depth_to_points", settings, refused=("fisheye",))
+    if bool(getattr(settings, "fisheye", False)):
+        x, y = _fisheye_rays(depth, settings)
+        return torch.stack([x, y, depth], 0)
     H, W = depth.shape
     view = _matrix(settings.viewmatrix, depth)
     projection = torch.linalg.solve(view, _matrix(settings.projmatrix, depth))
@@ -190,7 +215,7 @@ def dominant_points(dominant: torch.Tensor, means3D: torch.Tensor, settings, sca
     rasterizer's: pixel centres through the camera centre (`depth_to_points`)."""
     _check_shape("dominant", dominant, (None, None))
     _check_covariance_inputs("dominant_points", means3D, scales, rotations, cov3D_precomp)
-    require_pinhole("dominant_points", settings)
+    require_pinhole("dominant_points", settings, refused=("orthographic",))
     if dominant.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"dominant: expected the rasterizer's int32 map, got {dominant.dtype}")
     H, W = dominant.shape
@@ -239,7 +264,7 @@ def plane_depth(normal_sum: torch.Tensor, distance_sum: torch.Tensor, settings) 
     """(H, W) PGSR's unbiased depth: where each pixel's ray meets the blended plane,
     `z = D / (N . r)`, with N (3, H, W) the feature map of the normals (not normalized), D
     (H, W) that of `plane_distances` and r = (x, y, 1) the pixel's ray (`depth_to_points` at
-    z = 1; rays through the camera centre, as any pinhole projection has).
+    z = 1; rays through the camera centre, as a pinhole's or a fisheye's).
 
     Where the splats of a pixel lie on one plane the depth is that plane's, exactly, whatever
     the weights: no bias towards the splats' centres, which is what the expected depth has on a
@@ -247,7 +272,7 @@ def plane_depth(normal_sum: torch.Tensor, distance_sum: torch.Tensor, settings) 
     rendered. 0 where nothing is blended or the plane is seen edge-on (N . r >= 0)."""
     _check_shape("distance_sum", distance_sum, (None, None))
     _check_shape("normal_sum", normal_sum, (3, *distance_sum.shape))
-    require_pinhole("plane_depth", settings)
+    require_pinhole("plane_depth", settings, refused=("orthographic",))
     ray = depth_to_points(torch.ones_like(distance_sum), settings)
     facing = (normal_sum * ray).sum(0)
     seen = facing < -1e-12

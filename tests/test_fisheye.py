@@ -19,7 +19,7 @@ import scenes
 from cuda_target import cuda_targets
 from diff_gaussian_rasterization_depth import (GaussianRasterizationSettings, GaussianRasterizer,
                                                fisheye_gs, surface)
-from diff_gaussian_rasterization_depth.reference import _fisheye_centre
+from diff_gaussian_rasterization_depth.reference import _fisheye_centre, _fisheye_terms
 from test_camera_gradients import (camera_gradients, camera_reference_gradients,
                                    make_camera_gradcheck_fn)
 from test_cpu_backend import (compare_gradients, forward_against_reference, gradients,
@@ -256,20 +256,46 @@ def test_checked():
         GaussianRasterizer(scene.settings._replace(orthographic=True))(**scene.inputs)
     with pytest.raises(NotImplementedError, match="points3D"):
         GaussianRasterizer(scene.settings)(**scene.inputs, points3D=torch.zeros(4, 3))
-    H, W = scene.settings.image_height, scene.settings.image_width
-    # The surface helpers that take pixels' rays as the pinhole's.
-    with pytest.raises(NotImplementedError, match="fisheye"):
-        surface.depth_to_points(torch.ones(H, W), scene.settings)
-    with pytest.raises(NotImplementedError, match="plane_depth"):
-        surface.plane_depth(torch.zeros(3, H, W), torch.zeros(H, W), scene.settings)
+    # RaDe-GS's planes, linear in the pinhole's ray coordinates.
     with pytest.raises(NotImplementedError, match="intersection_planes"):
         surface.intersection_planes(scene.inputs["means3D"], scene.settings,
                                     scene.inputs["scales"], scene.inputs["rotations"])
-    with pytest.raises(NotImplementedError, match="dominant_points"):
-        surface.dominant_points(torch.zeros(H, W, dtype=torch.int32), scene.inputs["means3D"],
-                                scene.settings, scene.inputs["scales"],
-                                scene.inputs["rotations"])
     assert GaussianRasterizationSettings._field_defaults["fisheye"] is False
+
+
+@pytest.mark.parametrize("view", [{}, WIDE], ids=["narrow", "wide"])
+def test_depth_to_points_on_fisheye_rays(view):
+    """surface.depth_to_points through a fisheye (and so depth_to_normal, plane_depth and
+    dominant_points, which take its rays): each pixel's point projects back to the pixel by the
+    fisheye's own formula (the reference's), at every depth; float64."""
+    scene = scenes.fisheye(scenes.make_scene(7990, P=10, height=30, width=40, dtype=F64), **view)
+    s = scene.settings
+    depth = 0.5 + torch.rand(30, 40, generator=torch.Generator().manual_seed(2), dtype=F64)
+    points = surface.depth_to_points(depth, s)
+    assert torch.equal(points[2], depth)
+    torch.testing.assert_close(surface.depth_to_points(3 * depth, s)[:2], 3 * points[:2])
+    a, b = points[0] / points[2], points[1] / points[2]
+    K = _fisheye_terms(a, b)[0]
+    cx, cy = _fisheye_centre(s)
+    cols = cx + 40 / (2 * s.tanfovx) * a * K
+    rows = cy + 30 / (2 * s.tanfovy) * b * K
+    want_cols = torch.arange(40, dtype=F64).expand(30, 40)
+    want_rows = torch.arange(30, dtype=F64)[:, None].expand(30, 40)
+    # Pixels 90 degrees off the axis or more (the wide view's corners) have no ray in front of
+    # the camera: their points lie on the axis.
+    theta = torch.sqrt(((want_cols - cx) * 2 * s.tanfovx / 40) ** 2
+                       + ((want_rows - cy) * 2 * s.tanfovy / 30) ** 2)
+    seen = theta < math.pi / 2
+    assert seen.sum() > 1000 and (view == {} or (~seen).any())
+    torch.testing.assert_close(cols[seen], want_cols[seen])
+    torch.testing.assert_close(rows[seen], want_rows[seen])
+    assert (points[:2, ~seen] == 0).all()
+    # The helpers that take these rays run (those whose rays are the pinhole's refuse).
+    normals = surface.depth_to_normal(depth, s)
+    assert torch.isfinite(normals).all() and normals.abs().sum() > 0
+    n = torch.tensor([0.0, 0.0, -1.0], dtype=F64)[:, None, None].expand(3, 30, 40)
+    plane = surface.plane_depth(n, torch.full((30, 40), -2.0, dtype=F64), s)
+    torch.testing.assert_close(plane, torch.full_like(plane, 2.0))   # the plane z = 2
 
 
 def test_fisheye_gs_module():
