@@ -153,7 +153,7 @@ def test_sanitizer_cases_run_emulated():
 def test_valgrind_sees_reads_of_what_nothing_wrote():
     """tools/sanitize_cuda.py --valgrind (initcheck for the emulation): the compute-sanitizer
     cases (camera and AbsGS gradients, 20 feature channels, split lists and a sparse Adam step
-    among them) under valgrind's memcheck, with the emulation marking what it poisons as
+    among them, and a wide fisheye with its camera gradient) under valgrind's memcheck, with the emulation marking what it poisons as
     unwritten, report nothing in this package's code, and every output and gradient is
     written; then the
     two planted kernels that read a shared variable nobody wrote are each reported: the branch
@@ -165,11 +165,11 @@ def test_valgrind_sees_reads_of_what_nothing_wrote():
         pytest.skip("valgrind is not installed, or was not when the package was built (its "
                     "headers, valgrind/memcheck.h, let the emulation mark what is unwritten)")
     run = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "sanitize_cuda.py"),
-                          "--valgrind", "--cases", "0,2,7,8,9", "--plant"],
+                          "--valgrind", "--cases", "0,2,7,8,9,12", "--plant"],
                          capture_output=True, text=True, cwd=ROOT,
                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=900)
     out = run.stdout + run.stderr
-    for case in (0, 2, 7, 8, 9):
+    for case in (0, 2, 7, 8, 9, 12):
         assert f"case {case} ok" in out, out[-4000:]
     assert "planted branch on an unwritten value: ran" in out, out[-4000:]
     # The planted output is caught by the check of every output, which ends the run ...
