@@ -117,7 +117,8 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
         if not isinstance(points3D, torch.Tensor):
             raise TypeError(f"points3D: expected a tensor, got {type(points3D).__name__}")
         points3D = points3D.detach()
-        require_pinhole("points3D (the opacity field)", raster_settings)
+        require_pinhole("points3D (the opacity field)", raster_settings,
+                        refused=("orthographic",))
     # The median Gaussian is read off the median's position the forward keeps where it tracks
     # the median depth; that map is dropped again below where it was not asked for.
     returns_median = median_depth

@@ -218,6 +218,15 @@ def _fisheye_centre(settings):
             _ndc2pix(hy * inv_w, settings.image_height)[0])
 
 
+def _fisheye_pixels(tx, ty, tz, settings):
+    """(x, y) pixels of view-space points through the fisheye: c + focal (a, b) K with
+    (a, b) = (tx, ty) / tz."""
+    cx, cy = _fisheye_centre(settings)
+    K, _, _ = _fisheye_terms(tx / tz, ty / tz)
+    return (cx + settings.image_width / (2.0 * settings.tanfovx) * (tx / tz) * K,
+            cy + settings.image_height / (2.0 * settings.tanfovy) * (ty / tz) * K)
+
+
 def _preprocess(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp,
                 settings, ndc_offset=None) -> Dict[str, torch.Tensor]:
     """Project every Gaussian; returns per-Gaussian tensors and the (P,) bool `visible`.
@@ -242,11 +251,8 @@ def _preprocess(means3D, opacities, shs, colors_precomp, scales, rotations, cov3
         ndc_y = ndc_y + ndc_offset[:, 1]
     mean2d = torch.stack([_ndc2pix(ndc_x, W), _ndc2pix(ndc_y, H)], dim=1)
     if getattr(settings, "fisheye", False):
-        # c + focal (a, b) K, a = tx / tz, b = ty / tz (the carrier's NDC units times size / 2)
-        cx, cy = _fisheye_centre(settings)
-        K, _, _ = _fisheye_terms(tx / tz, ty / tz)
-        fisheye_x = cx + W / (2.0 * settings.tanfovx) * (tx / tz) * K
-        fisheye_y = cy + H / (2.0 * settings.tanfovy) * (ty / tz) * K
+        # the carrier's NDC units times size / 2
+        fisheye_x, fisheye_y = _fisheye_pixels(tx, ty, tz, settings)
         if ndc_offset is not None:
             fisheye_x = fisheye_x + ndc_offset[:, 0] * (W / 2.0)
             fisheye_y = fisheye_y + ndc_offset[:, 1] * (H / 2.0)
@@ -490,6 +496,8 @@ def _point_opacity(points, g, cov3d, means3D, settings):
     hx, hy, hw = (_transform_point(points, proj, c) for c in (0, 1, 3))
     inv_w = 1.0 / (hw + HOM_EPS)
     px, py = _ndc2pix(hx * inv_w, W), _ndc2pix(hy * inv_w, H)
+    if getattr(settings, "fisheye", False):   # the ray through the point is the pinhole's
+        px, py = _fisheye_pixels(tx, ty, tz, settings)
     col, row = torch.floor(px + 0.5), torch.floor(py + 0.5)
     seen = ((tz > NEAR_PLANE) & _all_finite(points) & (col >= 0) & (col < W) & (row >= 0)
             & (row < H))

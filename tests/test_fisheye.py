@@ -254,8 +254,6 @@ def test_checked():
             > 0.1
     with pytest.raises(ValueError, match="orthographic and fisheye"):
         GaussianRasterizer(scene.settings._replace(orthographic=True))(**scene.inputs)
-    with pytest.raises(NotImplementedError, match="points3D"):
-        GaussianRasterizer(scene.settings)(**scene.inputs, points3D=torch.zeros(4, 3))
     # RaDe-GS's planes, linear in the pinhole's ray coordinates.
     with pytest.raises(NotImplementedError, match="intersection_planes"):
         surface.intersection_planes(scene.inputs["means3D"], scene.settings,
