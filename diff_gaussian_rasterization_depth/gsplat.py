@@ -44,8 +44,9 @@ beyond) is culled, as gsplat culls at its near plane.
 
 Not provided (each raises NotImplementedError naming the argument): `distributed`, camera
 models other than "pinhole", "ortho" and "fisheye", `with_ut`, `with_eval3d`, distortion
-coefficients and rolling shutter. The meta has no `conics`, compensated `opacities` or tile-intersection tensors
-(`isect_ids`, `flatten_ids`, `isect_offsets`, `tiles_per_gauss`): they are gsplat's internals.
+coefficients and rolling shutter. The meta has no `conics`, compensated `opacities` or
+tile-intersection tensors (`isect_ids`, `flatten_ids`, `isect_offsets`, `tiles_per_gauss`):
+they are gsplat's internals.
 """
 from typing import Dict, Optional, Tuple
 

@@ -7,8 +7,8 @@ and tests/test_gsplat_api.py runs `api` and `strategy`, smaller, wherever gsplat
    autograd; its three CUDA-only pieces replaced by benchmarks/gsplat_cpu_twins.py) and the
    package's `rasterization` on tests/test_gsplat_api.py's scenes (opacities at most 0.34,
    means inside the views, off-centre principal points, two cameras), classic and antialiased,
-   pinhole, orthographic and fisheye cameras, float32: images, alphas, means2d and the gradients of
-   every input. A pixel may differ by one splat where the two draw a footprint's rim
+   pinhole, orthographic and fisheye cameras, float32: images, alphas, means2d and the
+   gradients of every input. A pixel may differ by one splat where the two draw a footprint's rim
    differently: its alpha within float32 rounding of 1/255, or its tile left out by the
    original's tile rectangle (a 3-sigma square ending less than a pixel into a tile's first
    column, floor((x + r + 15) / 16), does not list the splat there; gsplat's 3.33-sigma
@@ -86,7 +86,8 @@ def gsplat_camera_model(camera_model):
 
 def check_api(seeds, camera_model="pinhole") -> bool:
     """gsplat's PyTorch rasterizer against the package's call, float32, with gsplat's
-    `camera_model` ("pinhole", "ortho" or "fisheye"); prints the largest differences per seed and mode."""
+    `camera_model` ("pinhole", "ortho" or "fisheye"); prints the largest differences per seed
+    and mode."""
     ok = True
     print(f"gsplat's PyTorch rasterizer against the package's, float32, {camera_model} cameras, "
           f"40 Gaussians, 2 cameras at {TWIN_W}x{TWIN_H}; largest |difference| (gradients: "
