@@ -186,10 +186,9 @@ DGRD_HD void fisheye_centre_backward(const Camera<T>& cam, Vec2<T> dndc, T dproj
   projection_matrix_backward(cam, a, dndc, dproj_axis);
   for (int k = 0; k < 16; ++k) dproj[k] += dproj_axis[k];
   const Vec3<T> dt = T(-1) * matvec_transposed(inverse, project_mean_backward(cam, a, dndc));
-  const T point[4] = {a.x, a.y, a.z, T(1)};
-  const T dtv[3] = {dt.x, dt.y, dt.z};
-  for (int r = 0; r < 4; ++r)
-    for (int c = 0; c < 3; ++c) dview[4 * r + c] += point[r] * dtv[c];
+  T dview_axis[16];
+  view_matrix_backward(a, dt, Mat3<T>{}, dview_axis);  // no rotation term: a is a point
+  for (int k = 0; k < 16; ++k) dview[k] += dview_axis[k];
 }
 
 // The Gaussian's screen position in pixels: the pinhole or orthographic projection of its
