@@ -7,7 +7,7 @@ training step, which on a GPU counts against the 112k target's 0.5 ms (doc/perfo
 
     PYTHONPATH=. python benchmarks/call_overhead.py [--calls 3000] [--device cpu|cuda] [--json F]
 
-Prints each figure in us as the best of five timings, and the machine's load; compare two
+Prints each figure in us as the best of seven timings taken in turns, and the machine's load; compare two
 checkouts by running it in each, in turn. `autograd_one_op` and `autograd_python_node`: a
 one-op graph's forward, sum and backward() without the rasterizer, through torch's op alone and
 through a Python Function: autograd's own cost on the device, which any Function pays (on a GPU
@@ -33,17 +33,22 @@ from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend  # no
 from diff_gaussian_rasterization_depth.gsplat import rasterization  # noqa: E402
 
 
-def best_time_us(call, calls, sync):
-    for _ in range(calls // 10):
-        call()
-    best = float("inf")
-    for _ in range(5):
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(calls):
+def best_times_us(calls_by_name, sync, rounds=7):
+    """Each call's best time per call in us over `rounds` timings of `n` calls, the calls taking
+    turns within each round: a load that comes and goes falls on all of them alike, so their
+    differences (what the figures are) keep their sign on a busy machine."""
+    for call, n in calls_by_name.values():
+        for _ in range(max(n // 10, 1)):
             call()
-        sync()
-        best = min(best, (time.perf_counter() - t0) / calls * 1e6)
+    best = dict.fromkeys(calls_by_name, float("inf"))
+    for _ in range(rounds):
+        for name, (call, n) in calls_by_name.items():
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                call()
+            sync()
+            best[name] = min(best[name], (time.perf_counter() - t0) / n * 1e6)
     return best
 
 
@@ -140,16 +145,16 @@ def main():
                 _backend.common_check = True
         return run
 
-    times = {name: best_time_us(call, args.calls, sync) for name, call in
-             [("forward", forward), ("forward_backward", forward_backward),
-              ("raw_forward", raw_forward), ("raw_backward", raw_backward),
-              ("forward_python_checks", by_python_checks(forward)),
-              ("forward_backward_python_checks", by_python_checks(forward_backward)),
-              ("autograd_one_op", graph_backward(lambda t: t * 2)),
-              ("autograd_python_node", graph_backward(PythonNode.apply))]}
-    times.update({name: best_time_us(call, max(args.calls // 4, 10), sync) for name, call in
-                  [("gsplat_api_forward", gsplat_forward),
-                   ("gsplat_api_forward_backward", gsplat_forward_backward)]})
+    n, gsplat_n = args.calls, max(args.calls // 4, 10)
+    times = best_times_us(
+        {"forward": (forward, n), "forward_backward": (forward_backward, n),
+         "raw_forward": (raw_forward, n), "raw_backward": (raw_backward, n),
+         "forward_python_checks": (by_python_checks(forward), n),
+         "forward_backward_python_checks": (by_python_checks(forward_backward), n),
+         "autograd_one_op": (graph_backward(lambda t: t * 2), n),
+         "autograd_python_node": (graph_backward(PythonNode.apply), n),
+         "gsplat_api_forward": (gsplat_forward, gsplat_n),
+         "gsplat_api_forward_backward": (gsplat_forward_backward, gsplat_n)}, sync)
     times["gsplat_api_overhead"] = times["gsplat_api_forward"] - times["forward"]
     times["forward_overhead"] = times["forward"] - times["raw_forward"]
     times["backward_and_loss_overhead"] = (times["forward_backward"] - times["forward"]

@@ -176,6 +176,7 @@ void add(CameraGrad<A>& acc, const CameraGrad<T>& g) {
   for (int k = 0; k < 16; ++k) acc.viewmatrix[k] += g.viewmatrix[k];
   for (int k = 0; k < 16; ++k) acc.projmatrix[k] += g.projmatrix[k];
   for (int k = 0; k < 3; ++k) acc.campos[k] += g.campos[k];
+  for (int k = 0; k < 2; ++k) acc.tanfov[k] += g.tanfov[k];
 }
 
 // Loops smaller than this run on one thread: waking the pool costs more than they do.
@@ -1169,6 +1170,7 @@ void preprocess_backward(const Camera<T>& cam, const GaussianInputs<T>& in, cons
   for (int k = 0; k < 16; ++k) camera->viewmatrix[k] = T(total.viewmatrix[k]);
   for (int k = 0; k < 16; ++k) camera->projmatrix[k] = T(total.projmatrix[k]);
   for (int k = 0; k < 3; ++k) camera->campos[k] = T(total.campos[k]);
+  for (int k = 0; k < 2; ++k) camera->tanfov[k] = T(total.tanfov[k]);
 }
 
 // Each pixel walks its tile's list as the render does (the power bound first; float on the

@@ -374,13 +374,16 @@ DGRD_HD Sym2<T> covariance_2d(const ScreenJacobian<T>& J, const Sym3<T>& sigma) 
   return {a, b, c};
 }
 
-// From d/d(cov2d a, b, c): d/d(Sigma) as parameter gradients and d/d(t); and d/d(Wr) when
-// dWr is not null (camera gradients).
+// From d/d(cov2d a, b, c): d/d(Sigma) as parameter gradients and d/d(t); and, for camera
+// gradients (dWr not null), d/d(Wr) and (focal_x d/d(focal_x), focal_y d/d(focal_y)) through J
+// into focal_share: each row of J is its focal times a function of t, but for the pinhole's
+// J02 (J12) where the frustum clamp bites, -focal 1.3 tanfov / z = -1.3 (W / 2) / z whatever
+// the focal.
 template <typename T>
 DGRD_HD void covariance_2d_backward(const Camera<T>& cam, Vec3<T> t, const Mat3<T>& Wr,
                                     const ScreenJacobian<T>& J, const Sym3<T>& sigma,
                                     const Sym2<T>& dcov, Sym3<T>& dsigma, Vec3<T>& dt,
-                                    Mat3<T>* dWr = nullptr) {
+                                    Mat3<T>* dWr = nullptr, Vec2<T>* focal_share = nullptr) {
   // cov = A Sigma A^T with A = J Wr; G = symmetric d/dcov.
   const T G[2][2] = {{dcov.a, T(0.5) * dcov.b}, {T(0.5) * dcov.b, dcov.c}};
   T GA[2][3];  // G A
@@ -408,6 +411,11 @@ DGRD_HD void covariance_2d_backward(const Camera<T>& cam, Vec3<T> t, const Mat3<
       dWr->m[1][c] = J.J11 * dA[1][c];
       dWr->m[2][c] = J.J02 * dA[0][c] + J.J12 * dA[1][c];
     }
+  }
+  if (focal_share) {
+    const bool x_scales = J.u_free || cam.fisheye, y_scales = J.v_free || cam.fisheye;
+    focal_share->x = dJ[0][0] * J.J00 + dJ[0][1] * J.J01 + (x_scales ? dJ[0][2] * J.J02 : T(0));
+    focal_share->y = dJ[1][0] * J.J10 + dJ[1][1] * J.J11 + (y_scales ? dJ[1][2] * J.J12 : T(0));
   }
   if (cam.orthographic) {  // J is constant
     dt = {T(0), T(0), T(0)};
@@ -641,7 +649,9 @@ DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianIn
   Sym3<T> dsigma;
   Vec3<T> dt;
   Mat3<T> dWr;
-  covariance_2d_backward(cam, t, Wr, J, sigma, dcov, dsigma, dt, camera ? &dWr : nullptr);
+  Vec2<T> focal_share;
+  covariance_2d_backward(cam, t, Wr, J, sigma, dcov, dsigma, dt, camera ? &dWr : nullptr,
+                         camera ? &focal_share : nullptr);
   // The blended depth value is t.z, or 1/t.z: d(1/z)/dz = -1/z^2.
   if (cam.inverse_depth) {
     const T iz = T(1) / t.z;
@@ -653,8 +663,17 @@ DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianIn
   dmean = dmean + matvec_transposed(Wr, dt);
   if (camera) {
     view_matrix_backward(mean, dt, dWr, camera->viewmatrix);
-    // The principal point's share (every Gaussian's d/dpixel moves it alike).
-    if (cam.fisheye) fisheye_centre_backward(cam, dndc, camera->projmatrix, camera->viewmatrix);
+    if (cam.fisheye) {
+      // The principal point's share (every Gaussian's d/dpixel moves it alike), and the
+      // position's own focal: pixel = c + focal (a, b) K.
+      fisheye_centre_backward(cam, dndc, camera->projmatrix, camera->viewmatrix);
+      const FisheyeTerms<T> f = fisheye_terms(t);
+      focal_share.x += g.mean2d.x * cam.focal_x * f.a * f.K;
+      focal_share.y += g.mean2d.y * cam.focal_y * f.b * f.K;
+    }
+    // focal = size / (2 tanfov): d/d(tanfov) = -(focal d/d(focal)) / tanfov.
+    camera->tanfov[0] = -focal_share.x / cam.tanfovx;
+    camera->tanfov[1] = -focal_share.y / cam.tanfovy;
   }
 
   if (in.cov3D_precomp) {

@@ -181,8 +181,9 @@ struct CameraGrad {
   T viewmatrix[16];
   T projmatrix[16];
   T campos[3];
+  T tanfov[2];  // d/d(tanfovx), d/d(tanfovy): the focal lengths, W / (2 tanfovx) and likewise
 };
-constexpr int kCameraGradValues = 35;
+constexpr int kCameraGradValues = 37;
 
 // Sorted tile lists: tile t holds point_list[tile_ranges[2t] .. tile_ranges[2t + 1]), rows of
 // the Gaussians' state. The CUDA backend's compact state (gpu::CudaTuning::compact_state) keeps

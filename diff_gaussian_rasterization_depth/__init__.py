@@ -142,10 +142,10 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
             _debug.raise_if_nonfinite(list(zip(_debug.INPUT_NAMES + ("features",), given)),
                                       raster_settings)
         config = _backend.make_config(checked, median_depth, inverse_depth)
-        # The camera's flat tensors become inputs of the Function only when they take a
-        # gradient.
-        camera = ((checked.viewmatrix, checked.projmatrix, checked.campos)
-                  if checked.camera_grad else ())
+        # The camera's flat tensors and fields of view become inputs of the Function only when
+        # they take a gradient.
+        camera = ((checked.viewmatrix, checked.projmatrix, checked.campos, checked.tanfovx,
+                   checked.tanfovy) if checked.camera_grad else ())
     if means2D is None:
         # Nobody wants the screen-space gradient: a throwaway carrier keeps the Function simple.
         means2D = torch.zeros((means3D.shape[0], 3), dtype=means3D.dtype, device=means3D.device)
@@ -176,8 +176,9 @@ class _RasterizeGaussians(torch.autograd.Function):
                 settings: Optional[CheckedSettings], *camera):
         # config: the backend's RasterConfig of the call; settings: the checked settings, for
         # debug snapshots (None where the call was checked in C++, never in debug mode).
-        # camera: (viewmatrix, projmatrix, campos), the flat tensors the config holds, when
-        # config.camera_grad. dc: SH coefficient 0 apart from sh (the 2024 API), read where it
+        # camera: (viewmatrix, projmatrix, campos, tanfovx, tanfovy) when config.camera_grad:
+        # the flat tensors the config holds, and the fields of view as 0-dim tensors or
+        # numbers. dc: SH coefficient 0 apart from sh (the 2024 API), read where it
         # lies rather than copied in front of sh. walks: (touch_count, contributions, dominant,
         # points3D, median_gaussian), the outputs made after the render from its state (walks
         # of the tile lists of their own, but for the last).
@@ -225,6 +226,7 @@ class _RasterizeGaussians(torch.autograd.Function):
         # backward through C feature channels.
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*saved)
+        ctx.fields_of_view = camera[3:]
         outputs = (color, radii, depth, weight)
         if ctx.has_features:
             outputs += (feature_map,)
@@ -266,7 +268,18 @@ class _RasterizeGaussians(torch.autograd.Function):
                 d_scales if has_scales else None, d_rotations if has_rotations else None,
                 d_cov3D if has_cov else None, d_dc if has_dc else None,
                 d_features if ctx.has_features else None,
-                None, None, None, *(d_camera if ctx.config.camera_grad else ()))
+                None, None, None, *(_camera_gradients(d_camera, ctx.fields_of_view)
+                                    if ctx.config.camera_grad else ()))
+
+
+def _camera_gradients(d_camera, fields_of_view):
+    """The Function's gradients of (viewmatrix, projmatrix, campos, tanfovx, tanfovy) from the
+    backend's (view, proj, campos, tanfov (2,)): a field of view's where it is a tensor (0-dim,
+    on its own device), None where it is a number."""
+    d_view, d_proj, d_campos, d_tanfov = d_camera
+    return (d_view, d_proj, d_campos) + tuple(
+        d_tanfov[k].to(device=t.device, dtype=t.dtype) if isinstance(t, torch.Tensor) else None
+        for k, t in enumerate(fields_of_view))
 
 
 class GaussianRasterizer(nn.Module):

@@ -53,6 +53,9 @@ def _require_int(name: str, v, lo: int, hi: Optional[int] = None) -> int:
 
 
 def _require_float(name: str, v, positive: bool = False) -> float:
+    """A Python number or a one-element tensor (the fields of view may take a gradient)."""
+    if isinstance(v, torch.Tensor):
+        v = v.detach()
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -86,7 +89,7 @@ def _small_tensor(name: str, t, numel: int) -> torch.Tensor:
     return t
 
 
-CAMERA_FIELDS = ("viewmatrix", "projmatrix", "campos")
+CAMERA_FIELDS = ("viewmatrix", "projmatrix", "campos", "tanfovx", "tanfovy")
 KERNEL_SIZE_DEFAULT = 0.3  # the original's dilation (config.h kDefaultKernelSize)
 
 
@@ -116,9 +119,16 @@ class CheckedSettings:
         # gradient given to them reaches the caller's tensors through any view.
         self.camera_grad = False
         if torch.is_grad_enabled():
-            for t in (s.viewmatrix, s.projmatrix, s.campos):  # CAMERA_FIELDS
+            for t in (s.viewmatrix, s.projmatrix, s.campos, s.tanfovx, s.tanfovy):
                 if isinstance(t, torch.Tensor) and t.requires_grad:
                     self.camera_grad = True
+        if self.camera_grad:
+            # The fields of view (the focal lengths) as the reference differentiates them and
+            # the Function takes them: a tensor as a 0-dim view (its own dtype and device: the
+            # config reads its value as given, a 0-dim tensor mixes with any), a number as is.
+            self.tanfovx, self.tanfovy = (
+                t.reshape(()) if isinstance(t, torch.Tensor) else value
+                for t, value in ((s.tanfovx, self.tanfovx), (s.tanfovy, self.tanfovy)))
         parts = [_small_tensor("bg", s.bg, 3), _small_tensor("viewmatrix", s.viewmatrix, 16),
                  _small_tensor("projmatrix", s.projmatrix, 16),
                  _small_tensor("campos", s.campos, 3)]

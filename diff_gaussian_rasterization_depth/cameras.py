@@ -84,6 +84,43 @@ def orthographic_matrix(half_width: float, half_height: float, znear: float = ZN
     return P
 
 
+def projection_from_intrinsics(fx, fy, cx, cy, width: int, height: int,
+                               orthographic: bool = False, znear: float = ZNEAR,
+                               zfar: float = ZFAR):
+    """(tanfovx, tanfovy, P) of a camera with focal lengths fx, fy and principal point (cx, cy)
+    in pixels, pixel centres at integer coordinates (the rasterizer's: (W - 1) / 2 is the
+    centre): the settings' fields of view, W / (2 fx) and H / (2 fy), and its projection P
+    (4, 4, column-vector form: projmatrix = viewmatrix @ P.T), perspective_matrix with the
+    principal point moved, or with `orthographic` orthographic_matrix (focal in px per
+    view-space unit) likewise. Where an intrinsic is a tensor (0-dim or one element) that
+    requires grad, its gradient arrives through both the fields of view (the EWA Jacobian, whose
+    gradient the rasterizer returns: doc/camera_gradients.md) and P (the projected means), and
+    P is in its dtype and on its device. From Python numbers: float fields of view and a
+    float64 P, made in one tensor call."""
+    tanfovx, tanfovy = width / (2.0 * fx), height / (2.0 * fy)
+    # The axis lands at pixel c when its NDC is (2 c + 1) / size - 1 (pixel = ((ndc + 1) size
+    # - 1) / 2): the perspective's shift of x / z (column 2), the orthographic's of x (column 3).
+    shift_x, shift_y = (2.0 * cx + 1.0) / width - 1.0, (2.0 * cy + 1.0) / height - 1.0
+    if orthographic:
+        rows = [[1.0 / tanfovx, 0.0, 0.0, shift_x], [0.0, 1.0 / tanfovy, 0.0, shift_y],
+                [0.0, 0.0, 1.0 / (zfar - znear), -znear / (zfar - znear)],
+                [0.0, 0.0, 0.0, 1.0]]
+    else:
+        rows = [[1.0 / tanfovx, 0.0, shift_x, 0.0], [0.0, 1.0 / tanfovy, shift_y, 0.0],
+                [0.0, 0.0, zfar / (zfar - znear), -zfar * znear / (zfar - znear)],
+                [0.0, 0.0, 1.0, 0.0]]
+    like = next((v for v in (fx, fy, cx, cy) if isinstance(v, torch.Tensor)), None)
+    if like is None:
+        return tanfovx, tanfovy, torch.tensor(rows, dtype=torch.float64)
+    if isinstance(tanfovx, torch.Tensor):
+        tanfovx = tanfovx.reshape(())
+    if isinstance(tanfovy, torch.Tensor):
+        tanfovy = tanfovy.reshape(())
+    P = torch.stack([torch.as_tensor(v, dtype=like.dtype, device=like.device).reshape(())
+                     for row in rows for v in row])
+    return tanfovx, tanfovy, P.reshape(4, 4)
+
+
 def focal_from_fov(fov_deg: float, size: int) -> float:
     """Focal length in pixels for a full field of view of `fov_deg` across `size` pixels."""
     if not 0.0 < fov_deg < 180.0:

@@ -55,7 +55,7 @@ import torch
 from . import GaussianRasterizationSettings
 from . import rasterize_gaussians as _rasterize
 from ._validation import _require_tensor
-from .cameras import orthographic_matrix, perspective_matrix
+from .cameras import projection_from_intrinsics
 # The package's tiles, fixed near plane and least opacity a splat is blended with (config.h).
 from .reference import ALPHA_MIN as ALPHA_THRESHOLD
 from .reference import NEAR_PLANE, TILE_SIZE, _fisheye_terms
@@ -165,42 +165,31 @@ def _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, covars,
     return batch, N, C, per_camera
 
 
-def _projection(K, width: int, height: int, dtype, device, ortho=False) -> torch.Tensor:
-    """The package's perspective (cameras.perspective_matrix) of gsplat's intrinsics K (fx, fy,
-    cx, cy), its principal point moved off the centre so that the NDC lands, through the
-    rasterizer's ndc-to-pixel map ((ndc + 1) size - 1) / 2, at gsplat's K x / z less half a
-    pixel: gsplat's pixel (i, j) is centred at (i + 0.5, j + 0.5), the rasterizer's at (i, j).
-    `ortho`: the orthographic projection (cameras.orthographic_matrix) landing at K x less half
-    a pixel, gsplat's camera_model="ortho"; its shift is a translation (w = 1)."""
-    fx, fy, cx, cy = K
-    shift = 3 if ortho else 2
-    P = (orthographic_matrix if ortho else perspective_matrix)(width / (2.0 * fx),
-                                                               height / (2.0 * fy))
-    P[0, shift] = 2.0 * cx / width - 1.0
-    P[1, shift] = 2.0 * cy / height - 1.0
-    return torch.tensor(P, dtype=dtype, device=device)
-
-
 def _settings(viewmat, K, width, height, bg, sh_degree, eps2d, antialiased,
               camera_model="pinhole"):
     """The rasterizer's settings for gsplat's world-to-camera `viewmat` (4, 4) and intrinsics K
-    (fx, fy, cx, cy); viewmatrix, projmatrix and campos stay differentiable in viewmat. With
-    "ortho", tanfovx and tanfovy are the view's half-extents, W / (2 fx) and H / (2 fy); with
-    "fisheye", the package's fisheye takes its principal point from the pinhole projmatrix."""
-    fx, fy = K[0], K[1]
+    (fx, fy, cx, cy: numbers, or 0-dim tensors where Ks takes a gradient); viewmatrix,
+    projmatrix and campos stay differentiable in viewmat, the fields of view and projmatrix in
+    K. gsplat's pixel (i, j) is centred at (i + 0.5, j + 0.5), the rasterizer's at (i, j): its
+    principal point is gsplat's less half a pixel. With "ortho", tanfovx and tanfovy are the
+    view's half-extents, W / (2 fx) and H / (2 fy); with "fisheye", the package's fisheye takes
+    its principal point from the pinhole projmatrix."""
+    fx, fy, cx, cy = K
     ortho = camera_model == "ortho"
-    P = _projection(K, width, height, viewmat.dtype, viewmat.device, ortho)
+    tanfovx, tanfovy, P = projection_from_intrinsics(fx, fy, cx - 0.5, cy - 0.5, width, height,
+                                                     orthographic=ortho)
+    P = P.to(dtype=viewmat.dtype, device=viewmat.device)
     # gsplat reads the rotation and translation rows alone: its last row (0, 0, 0, 1) takes no
     # gradient (the orthographic projection's shift would send it one through w).
     viewmat = torch.cat([viewmat[:3], viewmat[3:].detach()])
     rotation, translation = viewmat[:3, :3], viewmat[:3, 3]
     return GaussianRasterizationSettings(
-        image_height=int(height), image_width=int(width),
-        tanfovx=width / (2.0 * fx), tanfovy=height / (2.0 * fy), bg=bg, scale_modifier=1.0,
-        viewmatrix=viewmat.transpose(0, 1), projmatrix=viewmat.transpose(0, 1) @ P.transpose(0, 1),
-        sh_degree=int(sh_degree or 0), campos=-(rotation.transpose(0, 1) @ translation),
-        prefiltered=False, debug=False, antialiasing=antialiased, kernel_size=float(eps2d),
-        orthographic=ortho, fisheye=camera_model == "fisheye")
+        image_height=int(height), image_width=int(width), tanfovx=tanfovx, tanfovy=tanfovy,
+        bg=bg, scale_modifier=1.0, viewmatrix=viewmat.transpose(0, 1),
+        projmatrix=viewmat.transpose(0, 1) @ P.transpose(0, 1), sh_degree=int(sh_degree or 0),
+        campos=-(rotation.transpose(0, 1) @ translation), prefiltered=False, debug=False,
+        antialiasing=antialiased, kernel_size=float(eps2d), orthographic=ortho,
+        fisheye=camera_model == "fisheye")
 
 
 def _project(means, viewmat, K, camera_model="pinhole"):
@@ -298,8 +287,11 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
         colors = colors.unsqueeze(1)  # (B, 1, N, ...): every camera reads camera 0's
     # gsplat takes float32 cameras with float64 Gaussians and the other way round.
     viewmats = viewmats.reshape(B, C, 4, 4).to(means.dtype)
-    # (fx, fy, cx, cy) of every camera, read once (one host sync on a GPU).
-    intrinsics = Ks.detach().reshape(B * C, 3, 3)[:, [0, 1, 0, 1], [0, 1, 2, 2]].tolist()
+    # (fx, fy, cx, cy) of every camera, read once (one host sync on a GPU); where Ks takes a
+    # gradient (gsplat's own does not), the settings are made of its entries themselves.
+    focal_centre = Ks.reshape(B * C, 3, 3)[:, [0, 1, 0, 1], [0, 1, 2, 2]]
+    intrinsics = focal_centre.detach().tolist()
+    differentiable_K = torch.is_grad_enabled() and Ks.requires_grad
     if backgrounds is not None:
         backgrounds = backgrounds.reshape(B, C, -1).to(means.dtype)
 
@@ -333,7 +325,9 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
             color = colors[b, c if per_camera else 0]
             shs, colors_precomp, features = _color_inputs(color, sh_degree, wants_rgb)
             bg = backgrounds[b, c] if backgrounds is not None and wants_rgb else None
-            settings = _settings(viewmats[b, c], K, width, height,
+            settings = _settings(viewmats[b, c],
+                                 focal_centre[image].unbind() if differentiable_K else K,
+                                 width, height,
                                  bg if bg is not None and features is None
                                  else means.new_zeros(3), sh_degree, eps2d,
                                  rasterize_mode == "antialiased", camera_model)

@@ -1,4 +1,5 @@
-"""Camera gradients (viewmatrix, projmatrix, campos) of the CPU backend against the reference.
+"""Camera gradients (viewmatrix, projmatrix, campos, and the fields of view tanfovx, tanfovy,
+i.e. the focal lengths) of the CPU backend against the reference.
 
 The reference differentiates the same forward by autograd; the backend sums each Gaussian's
 share from the shared preprocess backward. Compared from colour, depth and weight separately and
@@ -18,7 +19,9 @@ from diff_gaussian_rasterization_depth.reference import rasterize_reference
 from test_cpu_backend import (F32, F64, MODES, compare_gradients,
                               run_backend, run_reference, upstream_gradients)
 
-CAMERA = ("viewmatrix", "projmatrix", "campos")
+MATRICES = ("viewmatrix", "projmatrix", "campos")
+FIELDS_OF_VIEW = ("tanfovx", "tanfovy")
+CAMERA = MATRICES + FIELDS_OF_VIEW
 
 CONFIGS = {
     "sh0": dict(sh_degree=0),
@@ -43,15 +46,31 @@ def scene_for(config, seed):
 
 
 def camera_leaves(settings, dtype=None):
-    """Fresh leaves of the settings' camera tensors (same layout and strides), requiring grad."""
+    """Fresh leaves of the settings' camera tensors (same layout and strides) and of its fields
+    of view (0-dim float64 tensors, the numbers' exact values, where they are numbers),
+    requiring grad."""
     def leaf(t):
+        if not isinstance(t, torch.Tensor):
+            t = torch.tensor(t, dtype=torch.float64)
         t = t.detach() if dtype is None else t.detach().to(dtype)
         return t.clone().requires_grad_()
     return {n: leaf(getattr(settings, n)) for n in CAMERA}
 
 
+def settings_with_camera_leaves(settings):
+    """(settings whose camera tensors and fields of view are fresh leaves, on the matrices'
+    device, and those leaves)."""
+    leaves = camera_leaves(settings)
+    device = settings.viewmatrix.device
+    leaves.update({n: leaves[n].detach().to(device).requires_grad_() for n in FIELDS_OF_VIEW})
+    return settings._replace(**leaves), leaves
+
+
 def camera_gradients(run, scene, upstream, dtype=None, modes=MODES):
-    """{mode: {name: gradient}} of the camera leaves (Gaussian inputs require grad too)."""
+    """{mode: {name: gradient}} of the camera leaves (Gaussian inputs require grad too), the
+    fields of view's two as one (2,) "fields_of_view": each sums every Gaussian's share, whose
+    terms mostly cancel in one of them on some scenes, so the pair's scale is what float32
+    rounding is measured against (as a matrix's largest entry is for its others)."""
     inputs = scene.with_grad()
     if dtype is not None:
         inputs = {k: (None if v is None else v.detach().to(dtype).requires_grad_())
@@ -65,9 +84,16 @@ def camera_gradients(run, scene, upstream, dtype=None, modes=MODES):
         grads = torch.autograd.grad([outputs[k] for k in used], list(leaves.values()),
                                     [upstream[k].to(outputs[k].dtype) for k in used],
                                     retain_graph=True, allow_unused=True)
-        result[mode] = {n: (torch.zeros_like(leaves[n]) if g is None else g)
-                        for n, g in zip(CAMERA, grads)}
+        result[mode] = by_camera_part(leaves, grads)
     return result
+
+
+def by_camera_part(leaves, grads):
+    """{name: gradient} of the camera leaves (in CAMERA's order) from autograd's grads (None:
+    zeros), the two fields of view's as one (2,) "fields_of_view"."""
+    named = {n: (torch.zeros_like(leaves[n]) if g is None else g) for n, g in zip(CAMERA, grads)}
+    named["fields_of_view"] = torch.stack([named.pop(n) for n in FIELDS_OF_VIEW])
+    return named
 
 
 def camera_reference_gradients(scene, upstream):
@@ -93,14 +119,14 @@ def test_camera_gradients_match_reference(config):
         got = camera_gradients(run_backend, scene, upstream)
         wants = camera_reference_gradients(scene, upstream)
         for mode in MODES:
-            for name in CAMERA:
+            for name in MATRICES:
                 assert got[mode][name].shape == getattr(scene.settings, name).shape
         failures += compare_gradients(got, wants, dtype, f"seed {seed}")
         # Every path must carry something, or the comparison proves little (campos reaches
         # only the colour, through SH of degree 1 and above).
         has_sh = scene.inputs["colors_precomp"] is None and scene.settings.sh_degree > 0
         for mode in MODES:
-            for name in CAMERA:
+            for name in MATRICES + ("fields_of_view",):
                 if name != "campos" or (has_sh and mode in ("color", "all")):
                     assert wants[0][mode][name].abs().max() > 0, (seed, mode, name)
     assert not failures, "\n".join(failures)
@@ -175,6 +201,7 @@ def test_float32_matrices_with_float64_gaussians():
     rounded = scenes.Scene(scene.inputs, scene.settings._replace(
         **{n: leaves[n].detach().to(F64) for n in CAMERA}))
     want = camera_gradients(run_backend, rounded, upstream, modes=("all",))["all"]
+    want.update(zip(FIELDS_OF_VIEW, want.pop("fields_of_view")))
     for name in CAMERA:
         assert leaves[name].grad.dtype == F32
         assert torch.equal(leaves[name].grad, want[name].to(F32))
@@ -218,7 +245,7 @@ def test_without_camera_grad_nothing_changes():
         assert torch.equal(a, b)
     for name in grads0:
         assert torch.equal(grads0[name], grads1[name]), name
-    assert len(fn1.next_functions) == len(fn0.next_functions) + 3
+    assert len(fn1.next_functions) == len(fn0.next_functions) + len(CAMERA)
 
     leaves = camera_leaves(scene.settings)
     checked = CheckedSettings(scene.settings, torch.device("cpu"), F32)
@@ -263,8 +290,9 @@ def test_camera_gradient_repeatable_and_translation_identity():
 # ----------------------------------------------------------------------------------------------
 
 def make_camera_gradcheck_fn(scene):
-    def fn(view, proj, campos):
-        settings = scene.settings._replace(viewmatrix=view, projmatrix=proj, campos=campos)
+    def fn(view, proj, campos, tanfovx, tanfovy):
+        settings = scene.settings._replace(viewmatrix=view, projmatrix=proj, campos=campos,
+                                           tanfovx=tanfovx, tanfovy=tanfovy)
         color, _, depth, weight = run_backend(scene.inputs, settings)
         return color, depth, weight
     return fn, tuple(camera_leaves(scene.settings).values())
@@ -298,7 +326,7 @@ def test_mismatched_matrix_that_requires_grad(field, shape):
         run_backend(scene.inputs, scene.settings._replace(**{field: bad}))
 
 
-@pytest.mark.parametrize("field", CAMERA)
+@pytest.mark.parametrize("field", MATRICES)
 def test_nonfinite_matrix_that_requires_grad(field):
     scene = scene_for("sh1", 0)
     leaves = camera_leaves(scene.settings)

@@ -1,4 +1,5 @@
-"""Camera gradients of the CUDA backend against the CPU backend (run with `pytest -m cuda`).
+"""Camera gradients (the matrices' and the fields of view's) of the CUDA backend against the CPU
+backend (run with `pytest -m cuda`).
 
 The per-Gaussian shares come from the same shared preprocess backward; the CUDA backend sums
 them per block (warp shuffles, then the warps in order) and the blocks in a second pass, the CPU
@@ -11,11 +12,12 @@ import torch
 import scenes
 from cuda_target import active, bulk_gradient_rtol
 from diff_gaussian_rasterization_depth import GaussianRasterizer
+from test_camera_gradients import by_camera_part, settings_with_camera_leaves
 from test_cuda import (TARGETS, garden_for, random_upstream, settings_on, to_device,
                        upstream_for)
 
 pytestmark = pytest.mark.cuda
-CAMERA = ("viewmatrix", "projmatrix", "campos")
+PARTS = ("viewmatrix", "projmatrix", "campos", "fields_of_view")  # by_camera_part's names
 MODES = ("color", "depth", "weight", "all")
 
 # (height, width, P, make_scene options)
@@ -44,9 +46,8 @@ def camera_grads(scene, device, upstream, camera_device):
 def _camera_grads(scene, device, upstream, camera_device):
     inputs = {k: (None if v is None else v.detach().to(device).requires_grad_())
               for k, v in scene.inputs.items()}
-    settings = settings_on(scene.settings, camera_device)
-    leaves = {n: getattr(settings, n).detach().clone().requires_grad_() for n in CAMERA}
-    color, _, depth, weight = GaussianRasterizer(settings._replace(**leaves))(**inputs)
+    settings, leaves = settings_with_camera_leaves(settings_on(scene.settings, camera_device))
+    color, _, depth, weight = GaussianRasterizer(settings)(**inputs)
     outputs = {"color": color, "depth": depth, "weight": weight}
     result = {}
     for mode in MODES:
@@ -54,15 +55,14 @@ def _camera_grads(scene, device, upstream, camera_device):
         grads = torch.autograd.grad([outputs[k] for k in used], list(leaves.values()),
                                     [upstream[k].to(device) for k in used], retain_graph=True,
                                     allow_unused=True)
-        result[mode] = {n: (torch.zeros_like(leaves[n]) if g is None else g).cpu()
-                        for n, g in zip(CAMERA, grads)}
+        result[mode] = {n: g.cpu() for n, g in by_camera_part(leaves, grads).items()}
     return result
 
 
 def compare(got, want, label):
     failures = []
     for mode in MODES:
-        for name in CAMERA:
+        for name in PARTS:
             ref = want[mode][name]
             scale = ref.abs().max().item() if ref.numel() else 0.0
             try:
@@ -102,8 +102,7 @@ def test_cuda_default_path_unchanged_by_camera_gradients(device):
                   for k, v in scene.inputs.items()}
         settings = settings_on(scene.settings, DEV)
         if with_camera:
-            settings = settings._replace(**{n: getattr(settings, n).clone().requires_grad_()
-                                            for n in CAMERA})
+            settings, _ = settings_with_camera_leaves(settings)
         color, radii, depth, weight = GaussianRasterizer(settings)(**inputs)
         torch.autograd.backward([color, depth, weight], [up["color"], up["depth"], up["weight"]])
         results.append(((color, radii, depth, weight),
@@ -155,7 +154,7 @@ def test_cuda_garden_112k_camera_gradients(target):
     up = random_upstream(s.settings.image_height, s.settings.image_width, 0)
     want = camera_grads(s, "cpu", up, "cpu")["all"]
     got = camera_grads(s, target, up, target)["all"]
-    for name in CAMERA:
+    for name in PARTS:
         rel = (got[name] - want[name]).norm() / want[name].norm().clamp_min(1e-12)
         assert rel < bulk_gradient_rtol(s.settings.image_height, s.settings.image_width), (
             name, rel.item())

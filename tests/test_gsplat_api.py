@@ -143,6 +143,11 @@ def twin_scene(seed, N=14, channels=3, dtype=F64, cameras=1, ortho=False, focal=
     return {k: v.to(dtype) for k, v in tensors.items()}
 
 
+# The inputs gsplat differentiates, and Ks, whose gradient (the focal lengths' and principal
+# point's) the package's call gives where gsplat's own gives none.
+WITH_KS = ("means", "quats", "scales", "opacities", "colors", "viewmats", "Ks")
+
+
 def leaves(scene, names=("means", "quats", "scales", "opacities", "colors", "viewmats")):
     return {k: v.detach().clone().requires_grad_(k in names) for k, v in scene.items()}
 
@@ -157,11 +162,11 @@ def test_matches_gsplat_twin_f64():
     bg = torch.tensor([[0.2, 0.5, 0.1], [0.9, 0.3, 0.4]], dtype=F64)
     gen = torch.Generator().manual_seed(7)
     for mode in ("classic", "antialiased"):
-        ours = leaves(scene)
+        ours = leaves(scene, WITH_KS)
         image, alpha, meta = rasterization(**ours, width=W, height=H, render_mode="RGB+ED",
                                            backgrounds=bg, rasterize_mode=mode, packed=False)
         assert image.shape == (2, H, W, 4) and alpha.shape == (2, H, W, 1)
-        theirs = leaves(scene)
+        theirs = leaves(scene, WITH_KS)
         delta = torch.zeros(2, scene["means"].shape[0], 2, dtype=F64, requires_grad=True)
         want = [gsplat_twin(theirs["means"], theirs["quats"], theirs["scales"],
                             theirs["opacities"], theirs["colors"], theirs["viewmats"][c],
@@ -182,9 +187,10 @@ def test_matches_gsplat_twin_f64():
         r_alpha = torch.rand(alpha.shape, generator=gen, dtype=F64)
         ((image * r_image).sum() + (alpha * r_alpha).sum()).backward()
         ((want_image * r_image).sum() + (want_alpha * r_alpha).sum()).backward()
-        for name in ("means", "quats", "scales", "opacities", "colors", "viewmats"):
+        for name in WITH_KS:
             torch.testing.assert_close(ours[name].grad, theirs[name].grad, rtol=1e-5, atol=1e-6,
                                        msg=lambda m, n=name: f"{mode} {n}: {m}")
+        assert theirs["Ks"].grad[:, [0, 1, 0, 1], [0, 1, 2, 2]].abs().min() > 0
         torch.testing.assert_close(meta["means2d"].grad, delta.grad, rtol=1e-5, atol=1e-6)
         assert delta.grad.abs().max() > 1e-3
 
@@ -197,10 +203,10 @@ def test_camera_model_matches_gsplat_twin_f64(camera_model):
     # The fisheye's at 18-24 px: means up to 40 degrees off the axis.
     scene = twin_scene(6, ortho=ortho, focal=(50, 70) if ortho else (18, 24))
     gen = torch.Generator().manual_seed(8)
-    ours = leaves(scene)
+    ours = leaves(scene, WITH_KS)
     image, alpha, meta = rasterization(**ours, width=W, height=H, render_mode="RGB+ED",
                                        packed=False, camera_model=camera_model)
-    theirs = leaves(scene)
+    theirs = leaves(scene, WITH_KS)
     delta = torch.zeros(scene["means"].shape[0], 2, dtype=F64, requires_grad=True)
     color, expected, weight, uv, twin_alpha = gsplat_twin(
         theirs["means"], theirs["quats"], theirs["scales"], theirs["opacities"],
@@ -218,7 +224,7 @@ def test_camera_model_matches_gsplat_twin_f64(camera_model):
     ((image * r_image).sum() + alpha.sum()).backward()
     ((want_image * r_image).sum() + weight.sum()).backward()
     # Relative to each gradient's scale (an orthographic view's are a few hundred here).
-    for name in ("means", "quats", "scales", "opacities", "colors", "viewmats"):
+    for name in WITH_KS:
         want = theirs[name].grad
         torch.testing.assert_close(ours[name].grad, want, rtol=1e-5,
                                    atol=1e-6 * want.abs().max().item(),
@@ -233,9 +239,9 @@ def test_camera_model_matches_gsplat_twin_f64(camera_model):
 
 def test_gradcheck_f64():
     """Finite differences (float64, the CPU backend) of the whole call, RGB+ED and alpha, in
-    means, quats, scales, opacities, colours and viewmats, an off-centre principal point."""
+    means, quats, scales, opacities, colours, viewmats and Ks, an off-centre principal point."""
     scene = twin_scene(16, N=6)
-    names = ("means", "quats", "scales", "opacities", "colors", "viewmats")
+    names = WITH_KS
     inputs = leaves(scene, names)
 
     def call(*tensors):
