@@ -208,13 +208,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              RasterConfig c;
              c.image_height = settings.attr("image_height").cast<int64_t>();
              c.image_width = settings.attr("image_width").cast<int64_t>();
-             // A field of view that takes a gradient is a 0-dim tensor there.
-             const auto number = [](const py::object& v) {
-               const at::Tensor* t = tensor(v.ptr());
-               return t ? t->item<double>() : v.cast<double>();
-             };
-             c.tanfovx = number(settings.attr("tanfovx"));
-             c.tanfovy = number(settings.attr("tanfovy"));
+             c.tanfovx = settings.attr("tanfovx").cast<double>();
+             c.tanfovy = settings.attr("tanfovy").cast<double>();
              c.scale_modifier = settings.attr("scale_modifier").cast<double>();
              c.sh_degree = settings.attr("sh_degree").cast<int64_t>();
              c.prefiltered = settings.attr("prefiltered").cast<bool>();

@@ -144,8 +144,8 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
         config = _backend.make_config(checked, median_depth, inverse_depth)
         # The camera's flat tensors and fields of view become inputs of the Function only when
         # they take a gradient.
-        camera = ((checked.viewmatrix, checked.projmatrix, checked.campos, checked.tanfovx,
-                   checked.tanfovy) if checked.camera_grad else ())
+        camera = ((checked.viewmatrix, checked.projmatrix, checked.campos,
+                   *checked.fields_of_view) if checked.camera_grad else ())
     if means2D is None:
         # Nobody wants the screen-space gradient: a throwaway carrier keeps the Function simple.
         means2D = torch.zeros((means3D.shape[0], 3), dtype=means3D.dtype, device=means3D.device)
@@ -275,7 +275,7 @@ class _RasterizeGaussians(torch.autograd.Function):
 def _camera_gradients(d_camera, fields_of_view):
     """The Function's gradients of (viewmatrix, projmatrix, campos, tanfovx, tanfovy) from the
     backend's (view, proj, campos, tanfov (2,)): a field of view's where it is a tensor (0-dim,
-    on its own device), None where it is a number."""
+    in its own dtype and on its own device), None where it is a number."""
     d_view, d_proj, d_campos, d_tanfov = d_camera
     return (d_view, d_proj, d_campos) + tuple(
         d_tanfov[k].to(device=t.device, dtype=t.dtype) if isinstance(t, torch.Tensor) else None

@@ -122,11 +122,13 @@ class CheckedSettings:
             for t in (s.viewmatrix, s.projmatrix, s.campos, s.tanfovx, s.tanfovy):
                 if isinstance(t, torch.Tensor) and t.requires_grad:
                     self.camera_grad = True
+        # The fields of view (the focal lengths) as the reference differentiates them and the
+        # Function takes them where the camera takes a gradient: a tensor as a 0-dim view (its
+        # own dtype and device: a 0-dim tensor mixes with any), else the number read above,
+        # which is what the config takes (read once: a CUDA tensor's read is a sync).
+        self.fields_of_view = (self.tanfovx, self.tanfovy)
         if self.camera_grad:
-            # The fields of view (the focal lengths) as the reference differentiates them and
-            # the Function takes them: a tensor as a 0-dim view (its own dtype and device: the
-            # config reads its value as given, a 0-dim tensor mixes with any), a number as is.
-            self.tanfovx, self.tanfovy = (
+            self.fields_of_view = tuple(
                 t.reshape(()) if isinstance(t, torch.Tensor) else value
                 for t, value in ((s.tanfovx, self.tanfovx), (s.tanfovy, self.tanfovy)))
         parts = [_small_tensor("bg", s.bg, 3), _small_tensor("viewmatrix", s.viewmatrix, 16),

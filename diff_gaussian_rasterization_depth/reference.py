@@ -148,13 +148,20 @@ def _sh_to_color(sh: torch.Tensor, degree: int, means3D: torch.Tensor,
 # Per Gaussian: SPEC 4, steps 1-8
 # ----------------------------------------------------------------------------------------------
 
+def _fields_of_view(settings):
+    """(tanfovx, tanfovy) as the focal lengths' gradient flows through them: checked settings'
+    `fields_of_view` (0-dim tensors where the camera takes a gradient), else the fields."""
+    return getattr(settings, "fields_of_view", (settings.tanfovx, settings.tanfovy))
+
+
 def _projection_jacobian(tx, ty, tz, settings):
     """(clamped tx, clamped ty, (P,2,3) Jacobian of the pixel position by the view-space
     position): the perspective projection's, at the mean moved in x / z and y / z to within
     1.3 tan(fov) of the axis (SPEC 4, step 4); with `orthographic`, the constant
     diag(focal_x, focal_y)."""
-    focal_x = settings.image_width / (2.0 * settings.tanfovx)
-    focal_y = settings.image_height / (2.0 * settings.tanfovy)
+    tanfovx, tanfovy = _fields_of_view(settings)
+    focal_x = settings.image_width / (2.0 * tanfovx)
+    focal_y = settings.image_height / (2.0 * tanfovy)
     if getattr(settings, "fisheye", False):  # unclamped: every point lands on a bounded disc
         a, b = tx / tz, ty / tz
         K, M, N = _fisheye_terms(a, b)
@@ -170,8 +177,8 @@ def _projection_jacobian(tx, ty, tz, settings):
         jac = torch.stack([torch.stack([focal_x * one, zero, zero], dim=-1),
                            torch.stack([zero, focal_y * one, zero], dim=-1)], dim=-2)
         return tx, ty, jac
-    lim_x = FRUSTUM_CLAMP * settings.tanfovx
-    lim_y = FRUSTUM_CLAMP * settings.tanfovy
+    lim_x = FRUSTUM_CLAMP * tanfovx
+    lim_y = FRUSTUM_CLAMP * tanfovy
     tx = torch.clamp(tx / tz, -lim_x, lim_x) * tz
     ty = torch.clamp(ty / tz, -lim_y, lim_y) * tz
     zero = torch.zeros_like(tz)
@@ -223,8 +230,9 @@ def _fisheye_pixels(tx, ty, tz, settings):
     (a, b) = (tx, ty) / tz."""
     cx, cy = _fisheye_centre(settings)
     K, _, _ = _fisheye_terms(tx / tz, ty / tz)
-    return (cx + settings.image_width / (2.0 * settings.tanfovx) * (tx / tz) * K,
-            cy + settings.image_height / (2.0 * settings.tanfovy) * (ty / tz) * K)
+    tanfovx, tanfovy = _fields_of_view(settings)
+    return (cx + settings.image_width / (2.0 * tanfovx) * (tx / tz) * K,
+            cy + settings.image_height / (2.0 * tanfovy) * (ty / tz) * K)
 
 
 def _preprocess(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp,
