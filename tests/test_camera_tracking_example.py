@@ -66,6 +66,18 @@ def test_short_tracking_run_converges():
 
 
 @pytest.mark.skipif(_backend._C is None, reason="needs the compiled extension")
+def test_tracking_with_unknown_focal_lengths_converges():
+    """--focal-error: the pose and the focal lengths (5% too long at the start) together, the
+    focal's gradient through the fields of view and projmatrix."""
+    result = ct.track(iters=50, width=96, height=72, n_gaussians=5000, seed=0, log_every=None,
+                      focal_error=0.05)
+    assert result["initial_focal_error"] == pytest.approx(0.05)
+    assert result["final_focal_error"] < 0.1 * result["initial_focal_error"], result
+    assert result["final_translation"] < 0.3 * result["initial_translation"], result
+    assert result["final_rotation_deg"] < 0.2 * result["initial_rotation_deg"], result
+
+
+@pytest.mark.skipif(_backend._C is None, reason="needs the compiled extension")
 def test_monogs_tracking_loop_converges():
     """MonoGS's tracking loop through `diff_gaussian_rasterization_depth.monogs`: theta and rho
     are zero Parameters, each step renders with them, steps Adam, folds them into the pose
