@@ -10,6 +10,7 @@ import torch
 from . import GaussianRasterizationSettings as _PackageSettings
 from . import GaussianRasterizer as _PackageRasterizer
 from . import rasterize_gaussians as _rasterize
+from ._validation import real_value
 
 
 # The original's twelve settings fields, in order, with the package's types and defaults.
@@ -82,8 +83,8 @@ def with_absolute_columns(name: str, means3D, means2D, means2D_abs):
 
 def focal_lengths(settings):
     """(f_x, f_y) in pixels, from the fields of view as the rasterizer takes them."""
-    return (int(settings.image_width) / (2.0 * float(settings.tanfovx)),
-            int(settings.image_height) / (2.0 * float(settings.tanfovy)))
+    return (int(settings.image_width) / (2.0 * real_value(settings.tanfovx)),
+            int(settings.image_height) / (2.0 * real_value(settings.tanfovy)))
 
 
 def centred_rays(settings, like: torch.Tensor):

@@ -66,6 +66,12 @@ def _require_float(name: str, v, positive: bool = False) -> float:
     return f
 
 
+def real_value(v) -> float:
+    """A field that is a number or a one-element tensor (the fields of view may be tensors that
+    take a gradient) as a Python float, for code that reads it as a number."""
+    return float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+
+
 def _require_like(name: str, t, device, dtype) -> torch.Tensor:
     """t must be a tensor on `device` with `dtype` (those of means3D)."""
     t = _require_tensor(name, t)

@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ._validation import real_value
 from .reference import NEAR_PLANE, _ndc2pix, _transform_point
 from .surface import _check_shape
 
@@ -587,8 +588,8 @@ class SparseTSDFVolume:
         W, H = maps.W, maps.H
         proj = maps.proj.double()
         w = _transform_point(centre, proj, 3)
-        for size, tan_half, along, column in ((W, float(s.tanfovx), x, 0),
-                                              (H, float(s.tanfovy), y, 1)):
+        for size, tan_half, along, column in ((W, real_value(s.tanfovx), x, 0),
+                                              (H, real_value(s.tanfovy), y, 1)):
             focal = size / (2 * tan_half)
             pix = _ndc2pix(_transform_point(centre, proj, column) / (w + 1e-7), size)
             # A point q of the sphere projects within r f (1 + |c_x / c_z|) / (c_z - r) of c.

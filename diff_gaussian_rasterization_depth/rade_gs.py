@@ -54,6 +54,7 @@ import torch
 from . import GaussianRasterizationSettings as _PackageSettings
 from . import rasterize_gaussians as _rasterize
 from ._forks import ORIGINAL_FIELDS, ForkRasterizer, centred_rays, focal_lengths, fork_settings
+from ._validation import real_value
 from .surface import (_adjugate_covariance_times, _centres_on_screen, _check_covariance_inputs,
                       _image_centre, _matrix, normalized)
 
@@ -121,7 +122,7 @@ def ray_planes(means3D: torch.Tensor, settings, scales=None, rotations=None,
     _check_covariance_inputs("ray_planes", means3D, scales, rotations, cov3D_precomp)
     view = _matrix(settings.viewmatrix, means3D)
     t, in_front, z, mean2d = _centres_on_screen(means3D, settings)
-    limit_x, limit_y = 1.3 * float(settings.tanfovx), 1.3 * float(settings.tanfovy)
+    limit_x, limit_y = 1.3 * real_value(settings.tanfovx), 1.3 * real_value(settings.tanfovy)
     u = (t[:, 0] / z).clamp(-limit_x, limit_x)
     v = (t[:, 1] / z).clamp(-limit_y, limit_y)
     one = torch.ones_like(u)

@@ -141,8 +141,8 @@ def _fisheye_rays(depth: torch.Tensor, settings):
     axis or more, which nothing in front of the camera reaches (its depth is 0), gets a = b = 0."""
     H, W = depth.shape
     cx, cy = (c.to(depth) for c in _fisheye_centre(settings))
-    fx = W / (2.0 * float(settings.tanfovx))
-    fy = H / (2.0 * float(settings.tanfovy))
+    fx = W / (2.0 * settings.tanfovx)  # tensors that require grad pass theirs on
+    fy = H / (2.0 * settings.tanfovy)
     dx = ((torch.arange(W, device=depth.device, dtype=depth.dtype) - cx) / fx)[None, :]
     dy = ((torch.arange(H, device=depth.device, dtype=depth.dtype) - cy) / fy)[:, None]
     theta = torch.sqrt(dx * dx + dy * dy)
@@ -397,8 +397,9 @@ def intersection_planes(means3D: torch.Tensor, settings, scales=None, rotations=
     facing = (unit * t).sum(1)
     plane = (facing > 0) & in_front
     facing = torch.where(plane, facing, torch.ones_like(facing))
-    focal = torch.tensor([W / (2.0 * float(settings.tanfovx)), H / (2.0 * float(settings.tanfovy))],
-                         dtype=t.dtype, device=t.device)
+    # The focal lengths, differentiable where the fields of view are tensors that require grad.
+    focal = torch.stack([torch.as_tensor(size / (2.0 * tan_half), dtype=t.dtype, device=t.device)
+                         for size, tan_half in ((W, settings.tanfovx), (H, settings.tanfovy))])
     slope = -(z_safe * z_safe / facing)[:, None] * unit[:, :2] / focal
     slope = torch.where(plane[:, None], slope, torch.zeros_like(slope))
     cx, cy = _image_centre(settings)

@@ -310,3 +310,46 @@ def test_bad_field_of_view_tensors(bad, error):
     scene = scenes.make_scene(7800, P=10)
     with pytest.raises(error, match="raster_settings.tanfovx"):
         run_backend(scene.inputs, scene.settings._replace(tanfovx=bad))
+
+
+def test_surface_helpers_take_the_focal_gradient():
+    """The surface helpers that read the focal lengths pass the fields of view's gradient on:
+    RaDe-GS's depth planes (`intersection_planes`: the slope a = -z^2 (n / f) / (n . t)) and a
+    fisheye's pixel rays (`depth_to_points`), by finite differences (float64); the helpers of
+    the forks that read them as numbers (RaDe-GS's own call) take tensors without a warning."""
+    import warnings
+
+    from diff_gaussian_rasterization_depth import rade_gs, surface
+    scene = scenes.make_scene(7900, P=30, height=24, width=32, sh_degree=0, dtype=F64,
+                              outliers=False)
+    i = scene.inputs
+    fields = [torch.tensor(float(getattr(scene.settings, n)), dtype=F64, requires_grad=True)
+              for n in ("tanfovx", "tanfovy")]
+
+    def planes(tx, ty):
+        return surface.intersection_planes(i["means3D"], scene.settings._replace(
+            tanfovx=tx, tanfovy=ty), scales=i["scales"], rotations=i["rotations"]).features
+
+    assert torch.autograd.gradcheck(planes, fields, eps=1e-7, atol=1e-7, rtol=1e-6)
+    fish = scenes.fisheye(scene, half_angle=1.0)
+    depth = 2.0 + torch.rand(24, 32, generator=torch.Generator().manual_seed(3), dtype=F64)
+
+    def points(tx, ty):
+        return surface.depth_to_points(depth, fish.settings._replace(tanfovx=tx, tanfovy=ty))
+
+    leaves = [torch.tensor(float(getattr(fish.settings, n)), dtype=F64, requires_grad=True)
+              for n in ("tanfovx", "tanfovy")]
+    assert torch.autograd.gradcheck(points, leaves, eps=1e-7, atol=1e-7, rtol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = scene.settings
+        settings = rade_gs.GaussianRasterizationSettings(
+            image_height=s.image_height, image_width=s.image_width, tanfovx=fields[0],
+            tanfovy=fields[1], kernel_size=0.0, bg=s.bg, scale_modifier=1.0,
+            viewmatrix=s.viewmatrix, projmatrix=s.projmatrix, sh_degree=0, campos=s.campos)
+        out = rade_gs.GaussianRasterizer(settings)(
+            means3D=i["means3D"], means2D=torch.zeros_like(i["means3D"]),
+            opacities=i["opacities"], shs=i["shs"], scales=i["scales"],
+            rotations=i["rotations"])
+    out[0].sum().backward()
+    assert fields[0].grad is not None and fields[0].grad != 0
