@@ -7,7 +7,11 @@ forward, where the CUDA-only stages ran).
     python tools/cpu_probe.py --no-lanes    # the per-pixel loops instead of the eight lanes
     python tools/cpu_probe.py --no-cuda     # without making a CUDA context first
 
-Prints one line a scene and step as it goes (flushed), so that a crash shows where it happened.
+Prints one line a scene and step as it goes (flushed), so that a crash shows where it happened,
+after a line naming the OpenMP runtimes and the extension mapped into the process and the CPU's
+vector extensions: two OpenMP runtimes side by side (PyTorch's bundled libgomp and the one the
+extension was linked against), or the AVX-512 clone of the lane loops, are what differ on a GPU
+machine from the machines where the CPU backend passes.
 """
 import argparse
 import os
@@ -37,6 +41,33 @@ def outputs_and_grads(render, scene, upstream):
     return [color, depth, weight], dict(zip(names, grads))
 
 
+def runtime_report():
+    """The OpenMP libraries and the extension's module mapped into this process, and the CPU's
+    AVX2 / AVX-512 flags (Linux; elsewhere what can be read)."""
+    mapped = set()
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1] if len(line.split()) >= 6 else ""
+                name = os.path.basename(path)
+                if any(k in name for k in ("gomp", "iomp", "libomp", "_C.", "_emulated_cuda")):
+                    mapped.add(path)
+    except OSError:
+        mapped.add("(no /proc/self/maps)")
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    vector = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl") if f in flags]
+    return (f"cpu_probe: mapped {sorted(mapped)}; CPU {' '.join(vector) or 'flags unknown'}; "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-lanes", action="store_true", help="the per-pixel loops")
@@ -47,6 +78,7 @@ def main(argv=None):
     if cuda:
         torch.zeros(1, device="cuda").sum().item()  # as in a process that also renders on CUDA
     _backend._ext().set_cpu_tuning(lanes=not args.no_lanes, power_bound=True)
+    print(runtime_report(), flush=True)
     worst = 0.0
     for seed, (P, H, W) in enumerate(CASES):
         scene = scenes.make_scene(4200 + seed, P=P, height=H, width=W, sh_degree=1)
