@@ -568,22 +568,20 @@ def test_on_cuda_targets(target):
     gradients within 1e-3 of their scale (the twin's exact arithmetic against float32's)."""
     scene = twin_scene(14, cameras=2)
     gen = torch.Generator().manual_seed(14)
-    ours = {k: v.to(torch.float32).to(target).requires_grad_(k != "Ks")
-            for k, v in scene.items()}
+    ours = {k: v.to(torch.float32).to(target).requires_grad_() for k, v in scene.items()}
     with active(target):
         image, alpha, meta = rasterization(**ours, width=W, height=H, render_mode="RGB+ED",
                                            packed=False)
         r = torch.rand(image.shape, generator=gen, dtype=F64)
         (image.double().cpu() * r).sum().backward()
-    theirs = leaves(scene, names=("means", "quats", "scales", "opacities", "colors",
-                                  "viewmats"))
+    theirs = leaves(scene, names=WITH_KS)
     want = torch.stack([torch.cat([w[0], w[1][..., None]], -1) for w in (
         gsplat_twin(theirs["means"], theirs["quats"], theirs["scales"], theirs["opacities"],
                     theirs["colors"], theirs["viewmats"][c], theirs["Ks"][c], W, H)
         for c in range(2))])
     torch.testing.assert_close(image.double().cpu(), want, rtol=0, atol=2e-5 * 5.0)
     (want * r).sum().backward()
-    for name in ("means", "quats", "scales", "opacities", "colors", "viewmats"):
+    for name in WITH_KS:
         got, expected = ours[name].grad.double().cpu(), theirs[name].grad
         scale = expected.abs().max()
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-3 * scale, msg=name)
