@@ -54,10 +54,8 @@ def _require_int(name: str, v, lo: int, hi: Optional[int] = None) -> int:
 
 def _require_float(name: str, v, positive: bool = False) -> float:
     """A Python number or a one-element tensor (the fields of view may take a gradient)."""
-    if isinstance(v, torch.Tensor):
-        v = v.detach()
     try:
-        f = float(v)
+        f = real_value(v)
     except (TypeError, ValueError):
         raise TypeError(f"{name}: expected a real number, got {_describe(v)}") from None
     if not math.isfinite(f) or (positive and f <= 0):
