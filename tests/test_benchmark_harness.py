@@ -832,3 +832,23 @@ def test_block_order_model_schedules_every_walk():
     independent = dict(sms=4, throughput=[1.0])
     assert (model.span([100, 100] + works, 4, 0.0, **independent)
             < model.span(works + [100, 100], 4, 0.0, **independent))
+
+
+@pytest.mark.skipif(_backend._C is None, reason="needs the compiled extension")
+@pytest.mark.parametrize("lanes", ["on", "off"])
+def test_cpu_probe_reports_the_process_and_passes(tmp_path, lanes):
+    """tools/cpu_probe.py, the first check of the CPU backend on a GPU machine: it names the
+    extension's module and the OpenMP runtime mapped into the process before its cases, runs
+    the three scenes against the reference and exits 0 saying ok."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "cpu_probe.py"), "--no-cuda"]
+        + (["--no-lanes"] if lanes == "off" else []),
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    report = lines[0]
+    assert report.startswith("cpu_probe: mapped ") and "_C." in report, report
+    if sys.platform.startswith("linux"):
+        assert "gomp" in report or "omp" in report, report  # the OpenMP runtime in use
+    assert sum(line.startswith("P=") for line in lines) == 3
+    assert lines[-1].startswith("cpu_probe: ok") and f"lanes {lanes}" in lines[-1], lines[-1]
