@@ -94,8 +94,8 @@ py::object field(py::handle settings, const char* name) {
 }
 
 // The call of `rasterize_gaussians` checked in one C++ call where it is the common one: plain
-// Python numbers and bools in the settings, debug off, no camera gradient, every tensor of the
-// shapes, device and dtype the Python checks ask for. Returns (opacities as (P, 1), the
+// Python numbers and bools in the settings, debug off, no gradient to the camera or background,
+// every tensor of the shapes, device and dtype the Python checks ask for. Returns (opacities as (P, 1), the
 // RasterConfig with the camera's private copy) as they would, or None: then they check the
 // call again and say what is wrong. Why in C++: the Python checks cost a small frame tens of
 // microseconds a call (doc/performance.md). Never accepts what they refuse (tests/test_inputs.py
@@ -172,18 +172,18 @@ py::object check_common(py::handle means3D_in, py::handle means2D, py::handle op
   struct Part {
     const char* name;
     int64_t numel;
-    bool camera;  // may take a gradient (bg never does)
   };
   std::vector<at::Tensor> camera;
-  for (const Part& part : {Part{"bg", 3, false}, Part{"viewmatrix", 16, true},
-                           Part{"projmatrix", 16, true}, Part{"campos", 3, true}}) {
+  for (const Part& part : {Part{"bg", 3}, Part{"viewmatrix", 16}, Part{"projmatrix", 16},
+                           Part{"campos", 3}}) {
     const py::object v = field(settings, part.name);
     const at::Tensor* t = v ? tensor(v.ptr()) : nullptr;
     if (t == nullptr || !(t->device().is_cpu() || t->device().is_cuda()) ||
         !t->is_floating_point() || t->numel() != part.numel)
       return none;
-    // A camera gradient (a camera tensor that requires grad, grad mode on): the Python path.
-    if (part.camera && t->requires_grad() && at::GradMode::is_enabled()) return none;
+    // A gradient of the camera or the background (a tensor that requires grad, grad mode
+    // on): the Python path.
+    if (t->requires_grad() && at::GradMode::is_enabled()) return none;
     camera.push_back(*t);
   }
   const std::vector<at::Tensor> packed = dgrd::pack_camera(camera, like, false);

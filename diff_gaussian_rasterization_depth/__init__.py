@@ -126,7 +126,7 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     common = _backend.check_common(means3D, means2D, opacities, sh, colors_precomp, scales,
                                    rotations, cov3Ds_precomp, dc, features, raster_settings,
                                    median_depth, inverse_depth)
-    if common is not None:  # checked in C++: no debug, no camera gradient
+    if common is not None:  # checked in C++: no debug, no camera or background gradient
         opacities, config = common
         checked, camera = None, ()
     else:
@@ -146,6 +146,8 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
         # they take a gradient.
         camera = ((checked.viewmatrix, checked.projmatrix, checked.campos,
                    *checked.fields_of_view) if checked.camera_grad else ())
+        if checked.bg_grad:  # and the background, last, where it takes one
+            camera += (checked.bg,)
     if means2D is None:
         # Nobody wants the screen-space gradient: a throwaway carrier keeps the Function simple.
         means2D = torch.zeros((means3D.shape[0], 3), dtype=means3D.dtype, device=means3D.device)
@@ -178,7 +180,7 @@ class _RasterizeGaussians(torch.autograd.Function):
         # debug snapshots (None where the call was checked in C++, never in debug mode).
         # camera: (viewmatrix, projmatrix, campos, tanfovx, tanfovy) when config.camera_grad:
         # the flat tensors the config holds, and the fields of view as 0-dim tensors or
-        # numbers. dc: SH coefficient 0 apart from sh (the 2024 API), read where it
+        # numbers; then bg (the config's flat copy) where the background takes a gradient. dc: SH coefficient 0 apart from sh (the 2024 API), read where it
         # lies rather than copied in front of sh. walks: (touch_count, contributions, dominant,
         # points3D, median_gaussian), the outputs made after the render from its state (walks
         # of the tile lists of their own, but for the last).
@@ -225,8 +227,11 @@ class _RasterizeGaussians(torch.autograd.Function):
         # backend takes None as zero, and a loss on the colour alone does not pay for a
         # backward through C feature channels.
         ctx.set_materialize_grads(False)
+        ctx.bg_grad = settings is not None and settings.bg_grad
+        if ctx.bg_grad:  # d/d(bg) reads the weight map: 1 - weight is T_final
+            saved.append(weight)
         ctx.save_for_backward(*saved)
-        ctx.fields_of_view = camera[3:]
+        ctx.fields_of_view = camera[3:5]
         outputs = (color, radii, depth, weight)
         if ctx.has_features:
             outputs += (feature_map,)
@@ -240,6 +245,7 @@ class _RasterizeGaussians(torch.autograd.Function):
         saved = ctx.saved_tensors
         inputs = tuple(t if present else None for t, present in zip(saved, ctx.present))
         features = saved[len(inputs)] if ctx.has_features else None
+        weight = saved[-1] if ctx.bg_grad else None
         grad_features = grad_optional[0] if ctx.has_features else None
         grad_median = grad_optional[int(ctx.has_features)] if ctx.config.median_depth else None
 
@@ -269,7 +275,8 @@ class _RasterizeGaussians(torch.autograd.Function):
                 d_cov3D if has_cov else None, d_dc if has_dc else None,
                 d_features if ctx.has_features else None,
                 None, None, None, *(_camera_gradients(d_camera, ctx.fields_of_view)
-                                    if ctx.config.camera_grad else ()))
+                                    if ctx.config.camera_grad else ()),
+                *((_background_gradient(grad_color, weight),) if ctx.bg_grad else ()))
 
 
 def _camera_gradients(d_camera, fields_of_view):
@@ -280,6 +287,14 @@ def _camera_gradients(d_camera, fields_of_view):
     return (d_view, d_proj, d_campos) + tuple(
         d_tanfov[k].to(device=t.device, dtype=t.dtype) if isinstance(t, torch.Tensor) else None
         for k, t in enumerate(fields_of_view))
+
+
+def _background_gradient(grad_color, weight):
+    """d/d(bg) (3,): the colour is sum w c + T_final bg with T_final = 1 - weight, so each pixel
+    adds its colour gradient times 1 - weight (None where no loss reaches the colour)."""
+    if grad_color is None:
+        return None
+    return (grad_color * (1.0 - weight)).sum(dim=(1, 2))
 
 
 class GaussianRasterizer(nn.Module):

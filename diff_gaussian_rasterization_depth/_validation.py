@@ -138,12 +138,17 @@ class CheckedSettings:
         parts = [_small_tensor("bg", s.bg, 3), _small_tensor("viewmatrix", s.viewmatrix, 16),
                  _small_tensor("projmatrix", s.projmatrix, 16),
                  _small_tensor("campos", s.campos, 3)]
+        # The background takes a gradient where it requires one (gsplat's learnable
+        # backgrounds): d/d(bg) = sum over pixels of d/d(colour) T_final.
+        self.bg_grad = torch.is_grad_enabled() and parts[0].requires_grad
         # One private copy on the Gaussians' device: the backward reads it, and the caller may
-        # edit the settings' tensors in place meanwhile. bg never takes a gradient.
-        if self.camera_grad and parts[0].requires_grad:
-            parts[0] = parts[0].detach()
-        self.bg, self.viewmatrix, self.projmatrix, self.campos = pack(parts, device, dtype,
-                                                                      self.camera_grad)
+        # edit the settings' tensors in place meanwhile; differentiable where a gradient is
+        # wanted (the parts that take none detached first).
+        if self.camera_grad != self.bg_grad:
+            keep = [self.bg_grad] + [self.camera_grad] * 3
+            parts = [p if wanted else p.detach() for p, wanted in zip(parts, keep)]
+        self.bg, self.viewmatrix, self.projmatrix, self.campos = pack(
+            parts, device, dtype, self.camera_grad or self.bg_grad)
         self.prefiltered = bool(s.prefiltered)
         self.debug = bool(s.debug)
         self.antialiasing = bool(s.antialiasing)

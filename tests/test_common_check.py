@@ -183,6 +183,11 @@ def camera_grad(inputs, settings):
 LEFT_TO_PYTHON = {
     "debug": lambda inputs, s: s._replace(debug=True),
     "camera-gradient": camera_grad,
+    "background-gradient": lambda inputs, s: s._replace(bg=s.bg.clone().requires_grad_()),
+    "field-of-view-tensor": lambda inputs, s: s._replace(
+        tanfovx=torch.tensor(s.tanfovx, dtype=torch.float64)),
+    "field-of-view-gradient": lambda inputs, s: s._replace(
+        tanfovy=torch.tensor(s.tanfovy, dtype=torch.float64, requires_grad=True)),
     "numpy-float": lambda inputs, s: s._replace(tanfovx=np.float32(s.tanfovx)),
     "numpy-int": lambda inputs, s: s._replace(image_width=np.int64(s.image_width)),
     "tensor-degree": lambda inputs, s: s._replace(sh_degree=torch.tensor(1)),
@@ -209,8 +214,8 @@ def test_valid_calls_left_to_python_still_render(name):
 
 
 def test_camera_tensors_requiring_grad_under_no_grad_are_common():
-    """A viewmatrix that requires grad asks for no camera gradient under no_grad: C++ takes it,
-    and outside no_grad leaves it to Python (which returns the camera gradient)."""
+    """A viewmatrix (or bg) that requires grad asks for no gradient under no_grad: C++ takes it,
+    and outside no_grad leaves it to Python (which returns the camera's, or bg's, gradient)."""
     inputs, settings, _ = variant(13300, sh_degree=1)
     settings = camera_grad(inputs, settings)
     with torch.no_grad():
@@ -218,7 +223,9 @@ def test_camera_tensors_requiring_grad_under_no_grad_are_common():
     assert ask_cpp(inputs, settings) is None
     settings = settings._replace(bg=settings.bg.clone().requires_grad_(),
                                  viewmatrix=settings.viewmatrix.detach())
-    assert ask_cpp(inputs, settings) is not None   # bg never takes a gradient
+    with torch.no_grad():
+        assert ask_cpp(inputs, settings) is not None
+    assert ask_cpp(inputs, settings) is None   # the background's gradient
 
 
 def test_out_of_range_numbers_left_to_python():

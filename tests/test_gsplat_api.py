@@ -163,15 +163,17 @@ def test_matches_gsplat_twin_f64():
     gen = torch.Generator().manual_seed(7)
     for mode in ("classic", "antialiased"):
         ours = leaves(scene, WITH_KS)
+        our_bg = bg.clone().requires_grad_()  # learnable backgrounds, as gsplat's take a gradient
         image, alpha, meta = rasterization(**ours, width=W, height=H, render_mode="RGB+ED",
-                                           backgrounds=bg, rasterize_mode=mode, packed=False)
+                                           backgrounds=our_bg, rasterize_mode=mode, packed=False)
         assert image.shape == (2, H, W, 4) and alpha.shape == (2, H, W, 1)
         theirs = leaves(scene, WITH_KS)
+        their_bg = bg.clone().requires_grad_()
         delta = torch.zeros(2, scene["means"].shape[0], 2, dtype=F64, requires_grad=True)
         want = [gsplat_twin(theirs["means"], theirs["quats"], theirs["scales"],
                             theirs["opacities"], theirs["colors"], theirs["viewmats"][c],
                             theirs["Ks"][c], W, H, antialiased=mode == "antialiased",
-                            background=bg[c], delta=delta[c]) for c in range(2)]
+                            background=their_bg[c], delta=delta[c]) for c in range(2)]
         want_image = torch.stack([torch.cat([w[0], w[1][..., None]], -1) for w in want])
         want_alpha = torch.stack([w[2] for w in want])[..., None]
         # Within 1e-6, not float64's rounding: the original's projection divides by w + 1e-7
@@ -191,6 +193,8 @@ def test_matches_gsplat_twin_f64():
             torch.testing.assert_close(ours[name].grad, theirs[name].grad, rtol=1e-5, atol=1e-6,
                                        msg=lambda m, n=name: f"{mode} {n}: {m}")
         assert theirs["Ks"].grad[:, [0, 1, 0, 1], [0, 1, 2, 2]].abs().min() > 0
+        torch.testing.assert_close(our_bg.grad, their_bg.grad, rtol=1e-6, atol=1e-6)
+        assert their_bg.grad.abs().min() > 0
         torch.testing.assert_close(meta["means2d"].grad, delta.grad, rtol=1e-5, atol=1e-6)
         assert delta.grad.abs().max() > 1e-3
 
