@@ -170,7 +170,9 @@ def _named_inputs(inputs, features):
 
 
 class _RasterizeGaussians(torch.autograd.Function):
-    """Autograd glue: the compiled backend does both passes; nothing here does math."""
+    """Autograd glue: the compiled backend does both passes. The one sum here is the
+    background's gradient, where bg takes one: a reduction of the colour's gradient by the weight
+    map, which no kernel needs (`_background_gradient`)."""
 
     @staticmethod
     def forward(ctx, means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
