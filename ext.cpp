@@ -95,9 +95,9 @@ py::object field(py::handle settings, const char* name) {
 
 // The call of `rasterize_gaussians` checked in one C++ call where it is the common one: plain
 // Python numbers and bools in the settings, debug off, no gradient to the camera or background,
-// every tensor of the shapes, device and dtype the Python checks ask for. Returns (opacities as (P, 1), the
-// RasterConfig with the camera's private copy) as they would, or None: then they check the
-// call again and say what is wrong. Why in C++: the Python checks cost a small frame tens of
+// every tensor of the shapes, device and dtype the Python checks ask for. Returns (opacities
+// as (P, 1), the RasterConfig with the camera's private copy) as they would, or None: then
+// they check the call again and say what is wrong. Why in C++: the Python checks cost a small frame tens of
 // microseconds a call (doc/performance.md). Never accepts what they refuse (tests/test_inputs.py
 // asks it of every refused input), nor makes anything else than they do
 // (tests/test_common_check.py, every API variant through both).

@@ -7,8 +7,8 @@ training step, which on a GPU counts against the 112k target's 0.5 ms (doc/perfo
 
     PYTHONPATH=. python benchmarks/call_overhead.py [--calls 3000] [--device cpu|cuda] [--json F]
 
-Prints each figure in us as the best of seven timings taken in turns, and the machine's load; compare two
-checkouts by running it in each, in turn. `autograd_one_op` and `autograd_python_node`: a
+Prints each figure in us as the best of seven timings taken in turns (each call once a round),
+and the machine's load; compare two checkouts by running it in each, in turn. `autograd_one_op` and `autograd_python_node`: a
 one-op graph's forward, sum and backward() without the rasterizer, through torch's op alone and
 through a Python Function: autograd's own cost on the device, which any Function pays (on a GPU
 the engine runs a CUDA graph's backward on a thread of its own). `*_python_checks`: the same calls checked by the

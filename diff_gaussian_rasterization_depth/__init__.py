@@ -182,8 +182,9 @@ class _RasterizeGaussians(torch.autograd.Function):
         # debug snapshots (None where the call was checked in C++, never in debug mode).
         # camera: (viewmatrix, projmatrix, campos, tanfovx, tanfovy) when config.camera_grad:
         # the flat tensors the config holds, and the fields of view as 0-dim tensors or
-        # numbers; then bg (the config's flat copy) where the background takes a gradient. dc: SH coefficient 0 apart from sh (the 2024 API), read where it
-        # lies rather than copied in front of sh. walks: (touch_count, contributions, dominant,
+        # numbers; then bg (the config's flat copy) where the background takes a gradient.
+        # dc: SH coefficient 0 apart from sh (the 2024 API), read where it lies rather than
+        # copied in front of sh. walks: (touch_count, contributions, dominant,
         # points3D, median_gaussian), the outputs made after the render from its state (walks
         # of the tile lists of their own, but for the last).
         inputs = (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp, dc)
