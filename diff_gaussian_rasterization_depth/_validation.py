@@ -123,7 +123,8 @@ class CheckedSettings:
         # gradient given to them reaches the caller's tensors through any view.
         self.camera_grad = False
         if torch.is_grad_enabled():
-            for t in (s.viewmatrix, s.projmatrix, s.campos, s.tanfovx, s.tanfovy):
+            for name in CAMERA_FIELDS:
+                t = getattr(s, name)
                 if isinstance(t, torch.Tensor) and t.requires_grad:
                     self.camera_grad = True
         # The fields of view (the focal lengths) as the reference differentiates them and the
@@ -144,11 +145,11 @@ class CheckedSettings:
         # One private copy on the Gaussians' device: the backward reads it, and the caller may
         # edit the settings' tensors in place meanwhile; differentiable where a gradient is
         # wanted (the parts that take none detached first).
-        if self.camera_grad != self.bg_grad:
-            keep = [self.bg_grad] + [self.camera_grad] * 3
+        keep = [self.bg_grad] + [self.camera_grad] * 3
+        if any(keep):
             parts = [p if wanted else p.detach() for p, wanted in zip(parts, keep)]
-        self.bg, self.viewmatrix, self.projmatrix, self.campos = pack(
-            parts, device, dtype, self.camera_grad or self.bg_grad)
+        self.bg, self.viewmatrix, self.projmatrix, self.campos = pack(parts, device, dtype,
+                                                                      any(keep))
         self.prefiltered = bool(s.prefiltered)
         self.debug = bool(s.debug)
         self.antialiasing = bool(s.antialiasing)

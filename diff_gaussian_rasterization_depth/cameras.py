@@ -58,16 +58,24 @@ def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
     return w2c
 
 
+def _projection_rows(tanfovx, tanfovy, shift_x, shift_y, orthographic: bool, znear: float,
+                     zfar: float):
+    """The projection's rows (column-vector form, z mapped forward), entries numbers or 0-dim
+    tensors as given: the perspective's NDC x = x / (z tanfovx) + shift_x (the shift in column
+    2), or the orthographic's x / half_width + shift_x (column 3, w = 1); y likewise."""
+    if orthographic:
+        return [[1.0 / tanfovx, 0.0, 0.0, shift_x], [0.0, 1.0 / tanfovy, 0.0, shift_y],
+                [0.0, 0.0, 1.0 / (zfar - znear), -znear / (zfar - znear)],
+                [0.0, 0.0, 0.0, 1.0]]
+    return [[1.0 / tanfovx, 0.0, shift_x, 0.0], [0.0, 1.0 / tanfovy, shift_y, 0.0],
+            [0.0, 0.0, zfar / (zfar - znear), -zfar * znear / (zfar - znear)],
+            [0.0, 0.0, 1.0, 0.0]]
+
+
 def perspective_matrix(tanfovx: float, tanfovy: float, znear: float = ZNEAR,
                        zfar: float = ZFAR) -> np.ndarray:
     """OpenGL-style projection (column-vector form), z mapped forward, centred principal point."""
-    P = np.zeros((4, 4))
-    P[0, 0] = 1.0 / tanfovx
-    P[1, 1] = 1.0 / tanfovy
-    P[2, 2] = zfar / (zfar - znear)
-    P[2, 3] = -zfar * znear / (zfar - znear)
-    P[3, 2] = 1.0
-    return P
+    return np.array(_projection_rows(tanfovx, tanfovy, 0.0, 0.0, False, znear, zfar))
 
 
 def orthographic_matrix(half_width: float, half_height: float, znear: float = ZNEAR,
@@ -75,13 +83,7 @@ def orthographic_matrix(half_width: float, half_height: float, znear: float = ZN
     """Orthographic projection (column-vector form) of the view-space box |x| <= half_width,
     |y| <= half_height, z in [znear, zfar] onto NDC, z mapped forward: the projmatrix of
     `orthographic=True` settings whose tanfovx, tanfovy are half_width, half_height."""
-    P = np.zeros((4, 4))
-    P[0, 0] = 1.0 / half_width
-    P[1, 1] = 1.0 / half_height
-    P[2, 2] = 1.0 / (zfar - znear)
-    P[2, 3] = -znear / (zfar - znear)
-    P[3, 3] = 1.0
-    return P
+    return np.array(_projection_rows(half_width, half_height, 0.0, 0.0, True, znear, zfar))
 
 
 def projection_from_intrinsics(fx, fy, cx, cy, width: int, height: int,
@@ -101,14 +103,7 @@ def projection_from_intrinsics(fx, fy, cx, cy, width: int, height: int,
     # The axis lands at pixel c when its NDC is (2 c + 1) / size - 1 (pixel = ((ndc + 1) size
     # - 1) / 2): the perspective's shift of x / z (column 2), the orthographic's of x (column 3).
     shift_x, shift_y = (2.0 * cx + 1.0) / width - 1.0, (2.0 * cy + 1.0) / height - 1.0
-    if orthographic:
-        rows = [[1.0 / tanfovx, 0.0, 0.0, shift_x], [0.0, 1.0 / tanfovy, 0.0, shift_y],
-                [0.0, 0.0, 1.0 / (zfar - znear), -znear / (zfar - znear)],
-                [0.0, 0.0, 0.0, 1.0]]
-    else:
-        rows = [[1.0 / tanfovx, 0.0, shift_x, 0.0], [0.0, 1.0 / tanfovy, shift_y, 0.0],
-                [0.0, 0.0, zfar / (zfar - znear), -zfar * znear / (zfar - znear)],
-                [0.0, 0.0, 1.0, 0.0]]
+    rows = _projection_rows(tanfovx, tanfovy, shift_x, shift_y, orthographic, znear, zfar)
     like = next((v for v in (fx, fy, cx, cy) if isinstance(v, torch.Tensor)), None)
     if like is None:
         return tanfovx, tanfovy, torch.tensor(rows, dtype=torch.float64)
