@@ -278,6 +278,103 @@ def focus_point(origins, directions) -> np.ndarray:
     return np.linalg.solve(A, rhs)
 
 
+# --------------------------------------------------------------------------------------------
+# Differentiable poses: what pose refinement and tracking optimize (the rasterizer's camera
+# gradients reach these tensors; doc/camera_gradients.md)
+# --------------------------------------------------------------------------------------------
+
+def _skew(v: torch.Tensor) -> torch.Tensor:
+    zero = torch.zeros((), dtype=v.dtype, device=v.device)
+    return torch.stack([torch.stack([zero, -v[2], v[1]]),
+                        torch.stack([v[2], zero, -v[0]]),
+                        torch.stack([-v[1], v[0], zero])])
+
+
+def se3_exp(xi: torch.Tensor) -> torch.Tensor:
+    """4x4 rigid transform exp(xi) of xi = (rho, omega) (6,), differentiable everywhere: a pose
+    correction applied as `se3_exp(xi) @ world_to_camera` (in camera coordinates, as MonoGS's
+    update), starting at xi = 0.
+
+    R = I + A K + B K^2 and t = (I + B K + C K^2) rho, with K = skew(omega), theta = |omega|,
+    A = sin(theta)/theta, B = (1 - cos(theta))/theta^2, C = (theta - sin(theta))/theta^3; near
+    theta = 0 their Taylor series (at xi = 0, where the optimization starts, the closed forms
+    are 0/0).
+    """
+    rho, omega = xi[:3], xi[3:]
+    theta2 = (omega * omega).sum()
+    small = theta2 < 1e-6
+    theta = torch.sqrt(torch.where(small, torch.ones_like(theta2), theta2))
+    A = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
+    B = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / (theta * theta))
+    C = torch.where(small, 1.0 / 6 - theta2 / 120, (theta - torch.sin(theta)) / theta ** 3)
+    K = _skew(omega)
+    K2 = K @ K
+    eye = torch.eye(3, dtype=xi.dtype, device=xi.device)
+    R = eye + A * K + B * K2
+    t = (eye + B * K + C * K2) @ rho
+    bottom = torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=xi.dtype, device=xi.device)
+    return torch.cat([torch.cat([R, t[:, None]], dim=1), bottom], dim=0)
+
+
+def camera_matrices(w2c: torch.Tensor, camera: Camera):
+    """(viewmatrix, projmatrix, campos) of `camera`'s intrinsics at the pose w2c (a 4x4
+    world-to-camera tensor) in the rasterizer's layout, differentiable in w2c."""
+    proj_t = torch.as_tensor(perspective_matrix(camera.tanfovx, camera.tanfovy).T,
+                             dtype=w2c.dtype, device=w2c.device)
+    viewmatrix = w2c.T
+    projmatrix = viewmatrix @ proj_t
+    campos = -w2c[:3, :3].T @ w2c[:3, 3]
+    return viewmatrix, projmatrix, campos
+
+
+def pose_settings(w2c: torch.Tensor, camera: Camera, sh_degree: int = 0, bg=(0.0, 0.0, 0.0),
+                  focal_scale: Optional[torch.Tensor] = None):
+    """`GaussianRasterizationSettings` of `camera` at the pose w2c (a 4x4 tensor), its matrices
+    differentiable in w2c; with focal_scale (a 0-dim tensor), the camera's focal lengths times
+    it (principal point at the centre), differentiable in it too."""
+    from . import GaussianRasterizationSettings
+    viewmatrix, projmatrix, campos = camera_matrices(w2c, camera)
+    tanfovx, tanfovy = camera.tanfovx, camera.tanfovy
+    if focal_scale is not None:
+        tanfovx, tanfovy, P = projection_from_intrinsics(
+            camera.fx * focal_scale, camera.fy * focal_scale, (camera.width - 1) / 2,
+            (camera.height - 1) / 2, camera.width, camera.height)
+        projmatrix = viewmatrix @ P.to(viewmatrix.dtype).T
+    return GaussianRasterizationSettings(
+        image_height=camera.height, image_width=camera.width, tanfovx=tanfovx,
+        tanfovy=tanfovy, bg=torch.tensor(bg, dtype=w2c.dtype, device=w2c.device),
+        scale_modifier=1.0, viewmatrix=viewmatrix, projmatrix=projmatrix, sh_degree=sh_degree,
+        campos=campos)
+
+
+def pose_errors(w2c, w2c_true):
+    """(distance between the two camera centres in the scene's units, angle of the relative
+    rotation in degrees) of two 4x4 world-to-camera poses (tensors or arrays)."""
+    w2c = torch.as_tensor(w2c).detach().double().cpu()
+    w2c_true = torch.as_tensor(w2c_true).detach().double().cpu()
+    center = -w2c[:3, :3].T @ w2c[:3, 3]
+    center_true = -w2c_true[:3, :3].T @ w2c_true[:3, 3]
+    relative = w2c[:3, :3] @ w2c_true[:3, :3].T
+    cos = ((torch.trace(relative) - 1) / 2).clamp(-1.0, 1.0)
+    return float((center - center_true).norm()), math.degrees(float(torch.arccos(cos)))
+
+
+def perturbed_pose(w2c: np.ndarray, translation: float, degrees: float,
+                   rng: np.random.Generator) -> np.ndarray:
+    """w2c with its centre moved by `translation` and its rotation turned by `degrees` (about
+    the camera centre), along and about random directions drawn from `rng`."""
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    shift = rng.normal(size=3)
+    shift *= translation / np.linalg.norm(shift)
+    xi = torch.tensor(np.concatenate([np.zeros(3), axis * math.radians(degrees)]))
+    turned = se3_exp(xi).numpy() @ np.asarray(w2c, dtype=np.float64)
+    center = -turned[:3, :3].T @ turned[:3, 3] + shift
+    out = turned.copy()
+    out[:3, 3] = -turned[:3, :3] @ center
+    return out
+
+
 def choose_device(name: str = "auto") -> torch.device:
     """'auto' -> CUDA when both PyTorch and this package's build have it, else CPU."""
     from . import has_cuda_backend

@@ -21,8 +21,8 @@ it. Run:
     python examples/camera_tracking.py --iters 60 --quiet
     python examples/camera_tracking.py --focal-error 0.05
 
-The pieces (se3_exp, camera_matrices, pose_errors, track) are imported by
-tests/test_camera_tracking_example.py.
+`track` is imported by tests/test_camera_tracking_example.py, which also tests the pose helpers
+of `cameras` it uses.
 """
 import argparse
 import math
@@ -33,97 +33,15 @@ import numpy as np
 import torch
 
 from diff_gaussian_rasterization_depth import GaussianRasterizationSettings, scenes
-from diff_gaussian_rasterization_depth.cameras import (Camera, perspective_matrix,
-                                                       projection_from_intrinsics)
-
-
-# =============================================================================================
-# Poses
-# =============================================================================================
-
-def _skew(v: torch.Tensor) -> torch.Tensor:
-    zero = torch.zeros((), dtype=v.dtype, device=v.device)
-    return torch.stack([torch.stack([zero, -v[2], v[1]]),
-                        torch.stack([v[2], zero, -v[0]]),
-                        torch.stack([-v[1], v[0], zero])])
-
-
-def se3_exp(xi: torch.Tensor) -> torch.Tensor:
-    """4x4 rigid transform exp(xi) of xi = (rho, omega) (6,), differentiable everywhere.
-
-    R = I + A K + B K^2 and t = (I + B K + C K^2) rho, with K = skew(omega), theta = |omega|,
-    A = sin(theta)/theta, B = (1 - cos(theta))/theta^2, C = (theta - sin(theta))/theta^3; near
-    theta = 0 their Taylor series (at xi = 0, where the optimization starts, the closed forms
-    are 0/0).
-    """
-    rho, omega = xi[:3], xi[3:]
-    theta2 = (omega * omega).sum()
-    small = theta2 < 1e-6
-    theta = torch.sqrt(torch.where(small, torch.ones_like(theta2), theta2))
-    A = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
-    B = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / (theta * theta))
-    C = torch.where(small, 1.0 / 6 - theta2 / 120, (theta - torch.sin(theta)) / theta ** 3)
-    K = _skew(omega)
-    K2 = K @ K
-    eye = torch.eye(3, dtype=xi.dtype, device=xi.device)
-    R = eye + A * K + B * K2
-    t = (eye + B * K + C * K2) @ rho
-    bottom = torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=xi.dtype, device=xi.device)
-    return torch.cat([torch.cat([R, t[:, None]], dim=1), bottom], dim=0)
-
-
-def camera_matrices(w2c: torch.Tensor, camera: Camera):
-    """(viewmatrix, projmatrix, campos) in the rasterizer's layout, differentiable in w2c."""
-    proj_t = torch.as_tensor(perspective_matrix(camera.tanfovx, camera.tanfovy).T,
-                             dtype=w2c.dtype, device=w2c.device)
-    viewmatrix = w2c.T
-    projmatrix = viewmatrix @ proj_t
-    campos = -w2c[:3, :3].T @ w2c[:3, 3]
-    return viewmatrix, projmatrix, campos
-
-
-def settings_for(w2c: torch.Tensor, camera: Camera, sh_degree: int, bg=(0.0, 0.0, 0.0),
-                 focal_scale: Optional[torch.Tensor] = None) -> GaussianRasterizationSettings:
-    """The rasterizer's settings for pose w2c; with focal_scale (a 0-dim tensor), the camera's
-    focal lengths times it (principal point at the centre), differentiable in it."""
-    viewmatrix, projmatrix, campos = camera_matrices(w2c, camera)
-    tanfovx, tanfovy = camera.tanfovx, camera.tanfovy
-    if focal_scale is not None:
-        tanfovx, tanfovy, P = projection_from_intrinsics(
-            camera.fx * focal_scale, camera.fy * focal_scale, (camera.width - 1) / 2,
-            (camera.height - 1) / 2, camera.width, camera.height)
-        projmatrix = viewmatrix @ P.to(viewmatrix.dtype).T
-    return GaussianRasterizationSettings(
-        image_height=camera.height, image_width=camera.width, tanfovx=tanfovx,
-        tanfovy=tanfovy, bg=torch.tensor(bg, dtype=w2c.dtype), scale_modifier=1.0,
-        viewmatrix=viewmatrix, projmatrix=projmatrix, sh_degree=sh_degree, campos=campos)
-
-
-def pose_errors(w2c: torch.Tensor, w2c_true: torch.Tensor):
-    """(translation error of the camera centre in the scene's units, rotation error in
-    degrees)."""
-    w2c, w2c_true = w2c.detach().double(), w2c_true.detach().double()
-    center = -w2c[:3, :3].T @ w2c[:3, 3]
-    center_true = -w2c_true[:3, :3].T @ w2c_true[:3, 3]
-    relative = w2c[:3, :3] @ w2c_true[:3, :3].T
-    cos = ((torch.trace(relative) - 1) / 2).clamp(-1.0, 1.0)
-    return float((center - center_true).norm()), math.degrees(float(torch.arccos(cos)))
+from diff_gaussian_rasterization_depth.cameras import (  # noqa: F401 (the tests' names)
+    Camera, camera_matrices, perspective_matrix, perturbed_pose, pose_errors, pose_settings,
+    se3_exp)
 
 
 def perturbed(w2c: np.ndarray, translation: float, degrees: float, seed: int) -> np.ndarray:
     """w2c with its centre moved by `translation` and its rotation turned by `degrees`, about
-    and along random directions."""
-    rng = np.random.default_rng(seed)
-    axis = rng.normal(size=3)
-    axis /= np.linalg.norm(axis)
-    shift = rng.normal(size=3)
-    shift *= translation / np.linalg.norm(shift)
-    xi = torch.tensor(np.concatenate([np.zeros(3), axis * math.radians(degrees)]))
-    turned = se3_exp(xi).numpy() @ w2c
-    center = -turned[:3, :3].T @ turned[:3, 3] + shift
-    out = turned.copy()
-    out[:3, 3] = -turned[:3, :3] @ center
-    return out
+    and along random directions (seeded)."""
+    return perturbed_pose(w2c, translation, degrees, np.random.default_rng(seed))
 
 
 # =============================================================================================
@@ -149,7 +67,7 @@ def track(iters: int = 120, width: int = 128, height: int = 96, n_gaussians: int
     w2c_true = torch.as_tensor(camera.world_to_camera, dtype=torch.float32)
     with torch.no_grad():
         target_color, target_depth, target_weight = render(
-            gaussians, settings_for(w2c_true, camera, gaussians.sh_degree))
+            gaussians, pose_settings(w2c_true, camera, gaussians.sh_degree))
     mask = target_weight > 0.5
 
     w2c_start = torch.as_tensor(perturbed(camera.world_to_camera, translation, degrees, seed),
@@ -177,8 +95,8 @@ def track(iters: int = 120, width: int = 128, height: int = 96, n_gaussians: int
     for it in range(1, iters + 1):
         w2c = se3_exp(xi) @ w2c_start
         focal_scale = None if log_focal is None else torch.exp(log_focal)
-        color, depth, weight = render(gaussians, settings_for(w2c, camera, gaussians.sh_degree,
-                                                              focal_scale=focal_scale))
+        color, depth, weight = render(gaussians, pose_settings(w2c, camera, gaussians.sh_degree,
+                                                               focal_scale=focal_scale))
         loss = ((color - target_color).abs().mean()
                 + depth_weight * (depth - target_depth).abs()[mask].mean())
         optimizer.zero_grad()

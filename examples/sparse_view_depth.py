@@ -1,7 +1,8 @@
 """Sparse-view 3DGS with a monocular-like depth prior: does supervising the depth map help?
 
 An analytic scene (textured planes and spheres, ray-cast exactly in PyTorch) is seen by 24
-cameras; every 8th camera is held out for testing and 3 of the rest are the training views.
+cameras; every 8th camera is held out for testing and 3 of the rest (--train-views) are the
+training views.
 Each training view gets a "monocular" depth prior like a depth network's: the true inverse depth
 under an unknown per-view scale and shift plus smooth noise. Gaussians start from a random
 initialization and are fitted twice, with the same seed, views and iteration count:
@@ -13,17 +14,24 @@ initialization and are fitted twice, with the same seed, views and iteration cou
 and both are scored on the held-out views: PSNR of the colour and AbsRel of the rendered depth
 against the true view-space z (where weight > 0.5). With --inverse-depth a third fit correlates
 the prior with the mean inverse depth sum(w / z) / weight instead (`inverse_depth=True`, the
-2024 upstream's quantity) and is scored the same way. Run:
+2024 upstream's quantity) and is scored the same way. With --pose-noise DEGREES DISTANCE two
+more "+ depth" fits are given training poses turned and moved by that much (as poses estimated
+from few photos are): one keeps them, one refines them with the Gaussians (an SE(3) correction
+per view but the first, which anchors the frame; the rasterizer's camera gradients reach it).
+Both are scored through the similarity that maps their frame onto the true one (the first
+camera, and the scale of the camera centres), with the training poses' remaining error. Run:
 
     python examples/sparse_view_depth.py                       # one seed, a minute or two on a CPU
     python examples/sparse_view_depth.py --seeds 0 1 2         # the table of doc/sparse_view.md
     python examples/sparse_view_depth.py --seeds 0 1 2 --inverse-depth
+    python examples/sparse_view_depth.py --seeds 0 1 2 --pose-noise 2 0.1 --train-views 8 \
+        --iterations 800
 
 Writes OUT/comparison_seed{S}.png, OUT/results.md and OUT/results.json (default OUT:
 out/sparse_view). Needs the package's [demo] extra (matplotlib, tqdm).
 
-The reusable parts (scene, cameras, prior, losses, metrics, model, fitting) are plain functions,
-imported by tests/test_sparse_view_example.py.
+The reusable parts (scene, cameras, prior, losses, metrics, model, fitting, pose noise and
+alignment) are plain functions, imported by tests/test_sparse_view_example.py.
 """
 import argparse
 import copy
@@ -33,14 +41,15 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from diff_gaussian_rasterization_depth import scenes
-from diff_gaussian_rasterization_depth.cameras import Camera, choose_device
+from diff_gaussian_rasterization_depth.cameras import (Camera, choose_device, perturbed_pose,
+                                                       pose_errors, pose_settings, se3_exp)
 
 # =============================================================================================
 # The analytic scene: planes and spheres with procedural textures, exact ray casting
@@ -394,6 +403,7 @@ class View:
     color: torch.Tensor          # (3,H,W) float32
     depth: torch.Tensor          # (H,W) true view-space z
     prior: Optional[torch.Tensor] = None
+    pose: Optional[np.ndarray] = None  # the world-to-camera the fit is given (None: the true one)
 
 
 @dataclass
@@ -409,6 +419,9 @@ class FitConfig:
     depth_weight: float = 0.0    # 0: photometric only
     min_weight: float = 0.5
     inverse_depth: bool = False  # the depth loss on the mean inverse depth (inverse_depth=True)
+    refine_poses: bool = False   # optimize the given poses (all views but the first) too
+    lr_pose: float = 3e-3        # Adam on the SE(3) corrections, decaying exponentially to
+    lr_pose_final_ratio: float = 0.01  # lr_pose times this
 
 
 def make_views(scene: AnalyticScene, cameras: Sequence[Camera], ids: Sequence[int],
@@ -437,11 +450,53 @@ def make_optimizer(model: GaussianModel, cfg: FitConfig) -> torch.optim.Adam:
     ], eps=1e-15)
 
 
+class PoseCorrections(torch.nn.Module):
+    """One SE(3) correction xi (6,) per training view but the first, applied in camera
+    coordinates: the pose used is se3_exp(xi) @ given pose. The first view's pose stays as given:
+    images alone do not fix the world frame, so one camera anchors it (the scale stays free; the
+    evaluation aligns it, `FrameAlignment`)."""
+
+    def __init__(self, n_views: int, device=None):
+        super().__init__()
+        self.xi = torch.nn.Parameter(torch.zeros(max(n_views - 1, 0), 6, device=device))
+
+    def world_to_camera(self, k: int, given: torch.Tensor) -> torch.Tensor:
+        return given if k == 0 else se3_exp(self.xi[k - 1]) @ given
+
+    @torch.no_grad()
+    def refined(self, train: Sequence["View"]) -> List[np.ndarray]:
+        """The poses the fit ended with (float64 4x4 arrays), from the views' given ones."""
+        xi = self.xi.detach().double().cpu()
+        return [np.asarray(v.pose) if k == 0 else se3_exp(xi[k - 1]).numpy() @ v.pose
+                for k, v in enumerate(train)]
+
+
+def render_view(model: GaussianModel, view: View, k: int = 0,
+                poses: Optional[PoseCorrections] = None, inverse_depth: bool = False):
+    """Render `model` from training view k at the pose the fit has for it: the camera's own
+    where the view has no given pose, else the given one (corrected by `poses`)."""
+    g = model.activated()
+    if view.pose is None:
+        return scenes.render(g, view.camera, inverse_depth=inverse_depth)
+    w2c = torch.as_tensor(view.pose, dtype=g.means.dtype, device=g.means.device)
+    if poses is not None:
+        w2c = poses.world_to_camera(k, w2c)
+    color, radii, depth, weight = scenes.rasterize(
+        pose_settings(w2c, view.camera, g.sh_degree), means3D=g.means, means2D=None,
+        opacities=g.opacities, shs=g.sh, scales=g.scales, rotations=g.rotations,
+        inverse_depth=inverse_depth)
+    return scenes.Render(color, depth, weight, radii, None)
+
+
 def fit(model: GaussianModel, train: Sequence[View], cfg: FitConfig, seed: int,
-        progress: Optional[str] = None) -> GaussianModel:
-    """Adam on all parameters; the views are visited in a seeded random order."""
+        progress: Optional[str] = None, poses: Optional[PoseCorrections] = None
+        ) -> GaussianModel:
+    """Adam on all parameters; the views are visited in a seeded random order. With `poses`
+    and cfg.refine_poses, their corrections are optimized too (in place)."""
     model = copy.deepcopy(model)
     opt = make_optimizer(model, cfg)
+    if poses is not None and cfg.refine_poses:
+        opt.add_param_group({"params": [poses.xi], "lr": cfg.lr_pose})
     order = np.random.default_rng(seed).integers(0, len(train), size=cfg.iterations)
     steps = range(cfg.iterations)
     bar = None
@@ -452,8 +507,11 @@ def fit(model: GaussianModel, train: Sequence[View], cfg: FitConfig, seed: int,
     for it in steps:
         frac = it / max(cfg.iterations - 1, 1)
         opt.param_groups[0]["lr"] = cfg.lr_means * cfg.lr_means_final_ratio ** frac
-        view = train[order[it]]
-        r = scenes.render(model.activated(), view.camera, inverse_depth=cfg.inverse_depth)
+        if len(opt.param_groups) > 5:
+            opt.param_groups[5]["lr"] = cfg.lr_pose * cfg.lr_pose_final_ratio ** frac
+        k = int(order[it])
+        view = train[k]
+        r = render_view(model, view, k, poses, cfg.inverse_depth)
         loss = photometric_loss(r.color, view.color, cfg.lambda_ssim)
         if cfg.depth_weight > 0:
             depth_term = depth_prior_loss(r.depth, r.weight, view.prior, cfg.min_weight,
@@ -469,14 +527,91 @@ def fit(model: GaussianModel, train: Sequence[View], cfg: FitConfig, seed: int,
     return model
 
 
+# =============================================================================================
+# Noisy poses: perturbation, and the alignment of a fit's frame to the true one for scoring
+# =============================================================================================
+
+def with_pose_noise(views: Sequence[View], degrees: float, translation: float,
+                    seed: int) -> List[View]:
+    """Copies of `views` given poses turned by `degrees` and moved by `translation` (scene
+    units) about and along random directions, as poses estimated from few images are."""
+    rng = np.random.default_rng([seed, 1])
+    return [View(v.camera, v.color, v.depth, v.prior,
+                 perturbed_pose(v.camera.world_to_camera, translation, degrees, rng))
+            for v in views]
+
+
+@dataclass
+class FrameAlignment:
+    """The similarity from a fit's frame to the true one: the fit's frame is the first training
+    pose's (that camera's coordinates are taken as right), scaled about that camera by `scale`,
+    the least-squares ratio of the other cameras' centres (true over fitted, in its
+    coordinates). A point x of the fit is at V0^-1 (scale * B0 x) in the true frame (V0, B0:
+    the first camera's true and fitted world-to-camera)."""
+    true_first: np.ndarray      # V0
+    fitted_first: np.ndarray    # B0
+    scale: float
+
+    @classmethod
+    def of(cls, true_poses: Sequence[np.ndarray], fitted_poses: Sequence[np.ndarray]):
+        V0, B0 = true_poses[0], fitted_poses[0]
+        num = den = 0.0
+        for V, B in zip(true_poses[1:], fitted_poses[1:]):
+            y = _apply(B0, _center(B))          # fitted centre, first camera's coordinates
+            y_true = _apply(V0, _center(V))
+            num, den = num + float(y @ y_true), den + float(y @ y)
+        return cls(V0, B0, num / den if den > 0 else 1.0)
+
+    def camera(self, camera: Camera) -> Camera:
+        """A rigid camera that renders the fit as `camera` (true pose) sees the aligned fit; its
+        depth is the true-frame depth divided by `scale`. With G = V V0^-1, the view coordinates
+        of the aligned point are G (s B0 x) = s (G_R B0 x + G_t / s)."""
+        G = camera.world_to_camera @ np.linalg.inv(self.true_first)
+        E = np.eye(4)
+        E[:3, :3] = G[:3, :3] @ self.fitted_first[:3, :3]
+        E[:3, 3] = G[:3, :3] @ self.fitted_first[:3, 3] + G[:3, 3] / self.scale
+        return Camera(E, camera.width, camera.height, camera.fx, camera.fy)
+
+    def pose(self, fitted: np.ndarray) -> np.ndarray:
+        """A fitted training pose carried into the true frame (centre and orientation)."""
+        V0, B0 = self.true_first, self.fitted_first
+        center = _center(V0) + V0[:3, :3].T @ (self.scale * _apply(B0, _center(fitted)))
+        out = np.eye(4)
+        out[:3, :3] = fitted[:3, :3] @ B0[:3, :3].T @ V0[:3, :3]
+        out[:3, 3] = -out[:3, :3] @ center
+        return out
+
+
+def _center(w2c: np.ndarray) -> np.ndarray:
+    return -w2c[:3, :3].T @ w2c[:3, 3]
+
+
+def _apply(w2c: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return w2c[:3, :3] @ x + w2c[:3, 3]
+
+
+def pose_error(alignment: FrameAlignment, fitted: Sequence[np.ndarray],
+               true_poses: Sequence[np.ndarray]) -> Tuple[float, float]:
+    """Mean (rotation error in degrees, centre error in scene units) of the training poses but
+    the first (which anchors the frame), after the alignment."""
+    errs = [pose_errors(alignment.pose(B), V) for B, V in zip(fitted[1:], true_poses[1:])]
+    return (float(np.mean([e[1] for e in errs])) if errs else 0.0,
+            float(np.mean([e[0] for e in errs])) if errs else 0.0)
+
+
 @torch.no_grad()
-def evaluate(model: GaussianModel, views: Sequence[View], min_weight: float = 0.5):
+def evaluate(model: GaussianModel, views: Sequence[View], min_weight: float = 0.5,
+             alignment: Optional[FrameAlignment] = None):
     """Mean held-out PSNR, AbsRel and coverage (fraction of pixels with weight > min_weight),
-    plus the renders."""
+    plus the renders. With `alignment` (a fit given noisy poses), the fit is seen through it."""
     g = model.activated()
     rows, renders = [], []
     for v in views:
-        r = scenes.render(g, v.camera)
+        if alignment is None:
+            r = scenes.render(g, v.camera)
+        else:
+            r = scenes.render(g, alignment.camera(v.camera))
+            r.depth = r.depth * alignment.scale
         rows.append((psnr(r.color, v.color), abs_rel(r.depth, v.depth, r.weight, min_weight),
                      float((r.weight > min_weight).float().mean())))
         renders.append(r)
@@ -497,6 +632,9 @@ class ExperimentConfig:
     n_train: int = 3
     test_every: int = 8
     inverse_depth_variant: bool = False  # also fit "+ inverse depth"
+    # (degrees, scene units): also fit from training poses off by this much, as given and
+    # refined
+    pose_noise: Optional[Tuple[float, float]] = None
 
 
 def run_seed(seed: int, cfg: ExperimentConfig, device, out_dir: Optional[str] = None,
@@ -509,18 +647,45 @@ def run_seed(seed: int, cfg: ExperimentConfig, device, out_dir: Optional[str] = 
     train = make_views(scene, cams, train_ids, device, prior_generator=gen,
                        prior_noise=cfg.prior_noise)
     test = make_views(scene, cams, test_ids, device)
+    init_state = gen.get_state()
     init = random_init([v.camera for v in train], cfg.gaussians, gen).to(device)
-    results, models = {}, {}
-    variants = [("photometric", 0.0, False), ("+ depth", cfg.depth_weight, False)]
+    # (name, depth weight, inverse depth, training views, initialization, refine poses)
+    variants = [("photometric", 0.0, False, train, init, False),
+                ("+ depth", cfg.depth_weight, False, train, init, False)]
     if cfg.inverse_depth_variant:
-        variants.append(("+ inverse depth", cfg.depth_weight, True))
-    for name, weight, inverse in variants:
-        fc = FitConfig(iterations=cfg.iterations, depth_weight=weight, inverse_depth=inverse)
+        variants.append(("+ inverse depth", cfg.depth_weight, True, train, init, False))
+    if cfg.pose_noise is not None:
+        noisy = with_pose_noise(train, *cfg.pose_noise, seed)
+        # The same random draws, in the frusta of the poses the fit is given.
+        noisy_init = random_init([Camera(v.pose, v.camera.width, v.camera.height,
+                                         v.camera.fx, v.camera.fy) for v in noisy],
+                                 cfg.gaussians, torch.Generator().set_state(init_state))
+        noisy_init = noisy_init.to(device)
+        variants += [("+ depth, noisy poses", cfg.depth_weight, False, noisy, noisy_init,
+                      False),
+                     ("+ depth, poses refined", cfg.depth_weight, False, noisy, noisy_init,
+                      True)]
+    results, models = {}, {}
+    true_poses = [v.camera.world_to_camera for v in train]
+    for name, weight, inverse, views, start, refine in variants:
+        fc = FitConfig(iterations=cfg.iterations, depth_weight=weight, inverse_depth=inverse,
+                       refine_poses=refine)
+        poses = PoseCorrections(len(views), device) if views[0].pose is not None else None
         t0 = time.perf_counter()
-        model = fit(init, train, fc, seed, progress=f"seed {seed} {name}" if progress else None)
+        model = fit(start, views, fc, seed, progress=f"seed {seed} {name}" if progress else None,
+                    poses=poses)
         seconds = time.perf_counter() - t0
-        metrics, renders = evaluate(model, test)
+        alignment = None
+        if poses is not None:
+            fitted = poses.refined(views)
+            alignment = FrameAlignment.of(true_poses, fitted)
+        metrics, renders = evaluate(model, test, alignment=alignment)
         metrics["seconds"] = seconds
+        if poses is not None:
+            given = [v.pose for v in views]
+            metrics["pose_error_given"] = pose_error(FrameAlignment.of(true_poses, given),
+                                                     given, true_poses)
+            metrics["pose_error"] = pose_error(alignment, fitted, true_poses)
         results[name] = metrics
         models[name] = renders
     if out_dir is not None:
@@ -555,21 +720,41 @@ def write_comparison(path, train_view: View, test: Sequence[View], renders, resu
                                          f"the held-out views)", panel_width_in=2.6)
 
 
+def _pose_cell(m: dict) -> str:
+    """'given -> fitted' training pose error (rotation degrees / centre distance), '' for a fit
+    given the true poses."""
+    if "pose_error" not in m:
+        return ""
+    (r0, t0), (r1, t1) = m["pose_error_given"], m["pose_error"]
+    return f"{r0:.2f} / {t0:.3f} -> {r1:.2f} / {t1:.3f}"
+
+
 def format_table(per_seed: Dict[int, Dict[str, dict]]) -> str:
+    """The markdown table of doc/sparse_view.md; a pose-error column where a fit was given
+    noisy poses."""
+    poses = any("pose_error" in m for res in per_seed.values() for m in res.values())
+    extra = " training pose error, deg / units (given -> fitted) |" if poses else ""
     lines = ["| seed | variant | held-out PSNR (dB) | held-out AbsRel | coverage (w > 0.5) "
-             "| fit time (s) |",
-             "|---|---|---|---|---|---|"]
+             "| fit time (s) |" + extra,
+             "|---|---|---|---|---|---|" + ("---|" if poses else "")]
     for seed, res in per_seed.items():
         for name, m in res.items():
             lines.append(f"| {seed} | {name} | {m['psnr']:.2f} | {m['abs_rel']:.4f} | "
-                         f"{100 * m['coverage']:.1f}% | {m['seconds']:.0f} |")
+                         f"{100 * m['coverage']:.1f}% | {m['seconds']:.0f} |"
+                         + (f" {_pose_cell(m)} |" if poses else ""))
     names = list(next(iter(per_seed.values())).keys())
     for name in names:
         ps = [per_seed[s][name]["psnr"] for s in per_seed]
         ar = [per_seed[s][name]["abs_rel"] for s in per_seed]
         cv = [per_seed[s][name]["coverage"] for s in per_seed]
+        cell = ""
+        if poses and "pose_error" in per_seed[next(iter(per_seed))][name]:
+            mean = lambda key: np.mean([per_seed[s][name][key] for s in per_seed],  # noqa
+                                       axis=0)
+            cell = _pose_cell(dict(pose_error_given=mean("pose_error_given"),
+                                   pose_error=mean("pose_error")))
         lines.append(f"| mean | {name} | {np.mean(ps):.2f} | {np.mean(ar):.4f} | "
-                     f"{100 * np.mean(cv):.1f}% | |")
+                     f"{100 * np.mean(cv):.1f}% | |" + (f" {cell} |" if poses else ""))
     return "\n".join(lines)
 
 
@@ -607,14 +792,20 @@ def main(argv=None) -> int:
                      os.path.join("out", "sparse_view"))
     p.add_argument("--depth-weight", type=float, default=ExperimentConfig.depth_weight)
     p.add_argument("--prior-noise", type=float, default=ExperimentConfig.prior_noise)
+    p.add_argument("--train-views", type=int, default=ExperimentConfig.n_train,
+                   help="training views, evenly spread over the non-held-out cameras")
     p.add_argument("--inverse-depth", action="store_true",
                    help="also fit with the loss on the mean inverse depth (inverse_depth=True)")
+    p.add_argument("--pose-noise", type=float, nargs=2, metavar=("DEGREES", "DISTANCE"),
+                   help="also fit from training poses turned and moved by this much, as given "
+                        "and refined with the Gaussians (camera gradients)")
     args = p.parse_args(argv)
     device = choose_device(args.device)
     cfg = ExperimentConfig(width=args.width, height=args.height, gaussians=args.gaussians,
                            iterations=args.iterations, depth_weight=args.depth_weight,
-                           prior_noise=args.prior_noise,
-                           inverse_depth_variant=args.inverse_depth)
+                           prior_noise=args.prior_noise, n_train=args.train_views,
+                           inverse_depth_variant=args.inverse_depth,
+                           pose_noise=tuple(args.pose_noise) if args.pose_noise else None)
     os.makedirs(args.out, exist_ok=True)
     train_ids, test_ids = split_views(cfg.n_cameras, cfg.n_train, cfg.test_every)
     print(f"{cfg.n_cameras} cameras; training views {train_ids}, held-out views {test_ids}; "
@@ -625,8 +816,9 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         per_seed[seed] = run_seed(seed, cfg, device, args.out, progress=not args.no_progress)
         for name, m in per_seed[seed].items():
+            pose = f"  pose error {_pose_cell(m)}" if "pose_error" in m else ""
             print(f"seed {seed} {name:15s} PSNR {m['psnr']:6.2f} dB  AbsRel {m['abs_rel']:.4f}  "
-                  f"coverage {100 * m['coverage']:5.1f}%  ({m['seconds']:.1f} s)")
+                  f"coverage {100 * m['coverage']:5.1f}%  ({m['seconds']:.1f} s){pose}")
     write_results(args.out, format_table(per_seed), cfg.__dict__, per_seed,
                   "comparison_seed*.png", t0)
     return 0
