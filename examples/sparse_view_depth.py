@@ -497,8 +497,10 @@ def fit(model: GaussianModel, train: Sequence[View], cfg: FitConfig, seed: int,
     and cfg.refine_poses, their corrections are optimized too (in place)."""
     model = copy.deepcopy(model)
     opt = make_optimizer(model, cfg)
+    pose_group = None
     if poses is not None and cfg.refine_poses:
         opt.add_param_group({"params": [poses.xi], "lr": cfg.lr_pose})
+        pose_group = opt.param_groups[-1]
     order = np.random.default_rng(seed).integers(0, len(train), size=cfg.iterations)
     steps = range(cfg.iterations)
     bar = None
@@ -509,8 +511,8 @@ def fit(model: GaussianModel, train: Sequence[View], cfg: FitConfig, seed: int,
     for it in steps:
         frac = it / max(cfg.iterations - 1, 1)
         opt.param_groups[0]["lr"] = cfg.lr_means * cfg.lr_means_final_ratio ** frac
-        if len(opt.param_groups) > 5:
-            opt.param_groups[5]["lr"] = cfg.lr_pose * cfg.lr_pose_final_ratio ** frac
+        if pose_group is not None:
+            pose_group["lr"] = cfg.lr_pose * cfg.lr_pose_final_ratio ** frac
         k = int(order[it])
         view = train[k]
         r = render_view(model, view, k, poses, cfg.inverse_depth)

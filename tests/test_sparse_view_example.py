@@ -411,7 +411,7 @@ def test_frame_alignment_undoes_a_similarity_exactly():
         x_fit = gen.normal(size=(50, 3)) + np.array(sv.SCENE_TARGET)
         x_true = scale * x_fit @ R.T + t
         held_out = cams[16]
-        seen = sv.FrameAlignment.camera(al, held_out).project(x_fit)
+        seen = al.camera(held_out).project(x_fit)
         expected = held_out.project(x_true)
         np.testing.assert_allclose(seen[:, :2], expected[:, :2], atol=1e-8)
         np.testing.assert_allclose(seen[:, 2] * al.scale, expected[:, 2], rtol=1e-10)
