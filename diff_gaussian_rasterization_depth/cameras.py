@@ -283,6 +283,14 @@ def focus_point(origins, directions) -> np.ndarray:
 # gradients reach these tensors; doc/camera_gradients.md)
 # --------------------------------------------------------------------------------------------
 
+def _check_pose_tensor(what: str, t, shape) -> None:
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        raise TypeError(f"{what}: expected a floating-point tensor, got "
+                        f"{getattr(t, 'dtype', type(t).__name__)}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{what}: expected shape {shape}, got {tuple(t.shape)}")
+
+
 def _skew(v: torch.Tensor) -> torch.Tensor:
     zero = torch.zeros((), dtype=v.dtype, device=v.device)
     return torch.stack([torch.stack([zero, -v[2], v[1]]),
@@ -300,6 +308,7 @@ def se3_exp(xi: torch.Tensor) -> torch.Tensor:
     theta = 0 their Taylor series (at xi = 0, where the optimization starts, the closed forms
     are 0/0).
     """
+    _check_pose_tensor("se3_exp: xi", xi, (6,))
     rho, omega = xi[:3], xi[3:]
     theta2 = (omega * omega).sum()
     small = theta2 < 1e-6
@@ -319,6 +328,7 @@ def se3_exp(xi: torch.Tensor) -> torch.Tensor:
 def camera_matrices(w2c: torch.Tensor, camera: Camera):
     """(viewmatrix, projmatrix, campos) of `camera`'s intrinsics at the pose w2c (a 4x4
     world-to-camera tensor) in the rasterizer's layout, differentiable in w2c."""
+    _check_pose_tensor("camera_matrices: w2c", w2c, (4, 4))
     proj_t = torch.as_tensor(perspective_matrix(camera.tanfovx, camera.tanfovy).T,
                              dtype=w2c.dtype, device=w2c.device)
     viewmatrix = w2c.T
@@ -363,6 +373,9 @@ def perturbed_pose(w2c: np.ndarray, translation: float, degrees: float,
                    rng: np.random.Generator) -> np.ndarray:
     """w2c with its centre moved by `translation` and its rotation turned by `degrees` (about
     the camera centre), along and about random directions drawn from `rng`."""
+    if not (translation >= 0 and degrees >= 0):
+        raise ValueError(f"perturbed_pose: expected a distance and an angle >= 0, got "
+                         f"{translation} and {degrees}")
     axis = rng.normal(size=3)
     axis /= np.linalg.norm(axis)
     shift = rng.normal(size=3)

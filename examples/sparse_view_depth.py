@@ -473,6 +473,17 @@ class PoseCorrections(torch.nn.Module):
                 for k, v in enumerate(train)]
 
 
+def render_at(gaussians: scenes.Gaussians, w2c: torch.Tensor, camera: Camera,
+              inverse_depth: bool = False) -> scenes.Render:
+    """Render from `camera`'s intrinsics at the pose w2c (a 4x4 tensor), differentiable in it."""
+    g = gaussians
+    color, radii, depth, weight = scenes.rasterize(
+        pose_settings(w2c, camera, g.sh_degree), means3D=g.means, means2D=None,
+        opacities=g.opacities, shs=g.sh, scales=g.scales, rotations=g.rotations,
+        inverse_depth=inverse_depth)
+    return scenes.Render(color, depth, weight, radii, None)
+
+
 def render_view(model: GaussianModel, view: View, k: int = 0,
                 poses: Optional[PoseCorrections] = None, inverse_depth: bool = False):
     """Render `model` from training view k at the pose the fit has for it: the camera's own
@@ -483,11 +494,7 @@ def render_view(model: GaussianModel, view: View, k: int = 0,
     w2c = torch.as_tensor(view.pose, dtype=g.means.dtype, device=g.means.device)
     if poses is not None:
         w2c = poses.world_to_camera(k, w2c)
-    color, radii, depth, weight = scenes.rasterize(
-        pose_settings(w2c, view.camera, g.sh_degree), means3D=g.means, means2D=None,
-        opacities=g.opacities, shs=g.sh, scales=g.scales, rotations=g.rotations,
-        inverse_depth=inverse_depth)
-    return scenes.Render(color, depth, weight, radii, None)
+    return render_at(g, w2c, view.camera, inverse_depth)
 
 
 def fit(model: GaussianModel, train: Sequence[View], cfg: FitConfig, seed: int,
@@ -613,11 +620,8 @@ def test_time_pose(gaussians: scenes.Gaussians, view: View, camera: Camera, step
     xi = torch.zeros(6, dtype=w2c.dtype, device=w2c.device, requires_grad=True)
     opt = torch.optim.Adam([xi], lr=lr)
     for _ in range(steps):
-        color = scenes.rasterize(
-            pose_settings(se3_exp(xi) @ w2c, camera, gaussians.sh_degree),
-            means3D=gaussians.means, means2D=None, opacities=gaussians.opacities,
-            shs=gaussians.sh, scales=gaussians.scales, rotations=gaussians.rotations)[0]
-        loss = photometric_loss(color, view.color)
+        loss = photometric_loss(render_at(gaussians, se3_exp(xi) @ w2c, camera).color,
+                                 view.color)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -847,6 +851,12 @@ def main(argv=None) -> int:
                    help="also fit from training poses turned and moved by this much, as given "
                         "and refined with the Gaussians (camera gradients)")
     args = p.parse_args(argv)
+    candidates = ExperimentConfig.n_cameras - len(split_views(ExperimentConfig.n_cameras, 1,
+                                                              ExperimentConfig.test_every)[1])
+    if not 1 <= args.train_views <= candidates:
+        p.error(f"--train-views: expected 1 to {candidates}, got {args.train_views}")
+    if args.pose_noise is not None and min(args.pose_noise) < 0:
+        p.error(f"--pose-noise: expected an angle and a distance >= 0, got {args.pose_noise}")
     device = choose_device(args.device)
     cfg = ExperimentConfig(width=args.width, height=args.height, gaussians=args.gaussians,
                            iterations=args.iterations, depth_weight=args.depth_weight,

@@ -128,3 +128,17 @@ def test_monogs_tracking_loop_converges():
     after = ct.pose_errors(w2c, w2c_true)
     assert before[0] > 0.04 and before[1] > 2.5
     assert after[0] < 0.3 * before[0] and after[1] < 0.2 * before[1], (before, after)
+
+
+def test_pose_helpers_reject_bad_input_by_name():
+    cam = Camera.looking_at((3.0, -2.0, 1.5), (0.2, 0.1, 0.3), 40, 30, 55.0)
+    with pytest.raises(ValueError, match=r"se3_exp: xi: expected shape \(6,\)"):
+        cameras.se3_exp(torch.zeros(7))
+    with pytest.raises(TypeError, match="se3_exp: xi: expected a floating-point tensor"):
+        cameras.se3_exp(torch.zeros(6, dtype=torch.int64))
+    with pytest.raises(TypeError, match="camera_matrices: w2c: expected a floating-point"):
+        cameras.camera_matrices(cam.world_to_camera, cam)      # an array, not a tensor
+    with pytest.raises(ValueError, match=r"camera_matrices: w2c: expected shape \(4, 4\)"):
+        cameras.pose_settings(torch.eye(4)[:3], cam)
+    with pytest.raises(ValueError, match="perturbed_pose: expected a distance and an angle"):
+        cameras.perturbed_pose(cam.world_to_camera, -0.1, 2.0, np.random.default_rng(0))

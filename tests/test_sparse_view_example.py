@@ -546,3 +546,14 @@ def test_test_time_pose_recovers_a_held_out_camera():
     with torch.no_grad():
         assert (sv.psnr(scenes.render(g, moved).color, target)
                 > sv.psnr(scenes.render(g, start).color, target) + 5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train-views", "0"], "--train-views: expected 1 to 21"),
+    (["--train-views", "22"], "--train-views: expected 1 to 21"),
+    (["--pose-noise", "2", "-0.1"], "--pose-noise: expected an angle and a distance >= 0"),
+])
+def test_command_line_rejects_bad_values(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sv.main(args + ["--no-progress"])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
