@@ -165,6 +165,9 @@ py::object check_common(py::handle means3D_in, py::handle means2D, py::handle op
     if (!flag(ortho.ptr(), c.orthographic)) return none;
   if (const py::object fisheye = get("fisheye"))
     if (!flag(fisheye.ptr(), c.fisheye) || (c.fisheye && c.orthographic)) return none;
+  // Fisheye distortion coefficients: the Python checks read them (their fold angle).
+  if (const py::object distortion = get("fisheye_distortion"))
+    if (!distortion.is_none()) return none;
   if (!present(colors)) {  // enough SH coefficients for the degree
     const int64_t given = (present(dc) ? 1 : 0) + (sh != nullptr ? sh->size(1) : 0);
     if (given < (c.sh_degree + 1) * (c.sh_degree + 1)) return none;
@@ -225,6 +228,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                c.orthographic = settings.attr("orthographic").cast<bool>();
              if (py::hasattr(settings, "fisheye"))
                c.fisheye = settings.attr("fisheye").cast<bool>();
+             // checked settings: None, or the four coefficients and their fold angle
+             if (py::hasattr(settings, "fisheye_distortion")) {
+               const py::object k = settings.attr("fisheye_distortion");
+               if (!k.is_none()) {
+                 c.fisheye_distorted = true;
+                 for (int i = 0; i < 4; ++i) c.fisheye_k[i] = py::cast<double>(k[py::int_(i)]);
+                 c.fisheye_max_angle = settings.attr("fisheye_max_angle").cast<double>();
+               }
+             }
              if (py::hasattr(settings, "subpixel_offset")) {
                const py::object offset = settings.attr("subpixel_offset");
                if (!offset.is_none()) {

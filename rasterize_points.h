@@ -28,6 +28,10 @@ struct RasterConfig {
   bool inverse_depth = false;  // depth (and median) maps of 1/z: Camera::inverse_depth
   bool orthographic = false;   // Camera::orthographic
   bool fisheye = false;        // Camera::fisheye
+  // Camera::fisheye_distorted, fisheye_k and fisheye_max_angle (settings fisheye_distortion)
+  bool fisheye_distorted = false;
+  double fisheye_k[4] = {0, 0, 0, 0};
+  double fisheye_max_angle = 0;
   bool camera_grad = false;  // the backward also returns d viewmatrix, d projmatrix, d campos
   // means2D given as (P, 4): the backward's d means2D is (P, 4), columns 2-3 AbsGS's absolute
   // gradient (OptionalGrads::mean2d_abs in NDC units)
@@ -140,6 +144,9 @@ Camera<T> make_camera(const RasterConfig& c) {
   cam.inverse_depth = c.inverse_depth;
   cam.orthographic = c.orthographic;
   cam.fisheye = c.fisheye;
+  cam.fisheye_distorted = c.fisheye_distorted;
+  for (int k = 0; k < 4; ++k) cam.fisheye_k[k] = T(c.fisheye_k[k]);
+  cam.fisheye_max_angle = T(c.fisheye_max_angle);
   cam.subpixel_offset = output_or_null<T>(c.subpixel_offset);
   cam.sample_margin = T(c.sample_margin);
   return cam;

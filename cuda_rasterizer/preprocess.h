@@ -106,18 +106,44 @@ DGRD_HD void view_matrix_backward(Vec3<T> mean, Vec3<T> dt, const Mat3<T>& dWr, 
 //   K = atan(s) / s,  M = (1 / (1 + u) - K) / u = K' / s,  P = -(2 / (1 + u)^2 + 3 M) / u,
 //   N = -1 / (1 + u),  Q = 2 / (1 + u)^2.
 // The Jacobian of the pixel by t is (focal / z) [[K + a^2 M, a b M, a N], [a b M, K + b^2 M, b N]]
-// and its derivatives by t are (focal / z^2) times products of a, b with M, P, N, Q
-// (fisheye_jacobian_backward). Near the axis K, M and P come from their series in u: the closed
+// and its derivatives by t are (focal / z^2) times products of a, b with M, P, N, Q, R
+// (fisheye_jacobian_backward; R = -(2 N + u Q), which equals Q but for a distorted fisheye). Near the axis K, M and P come from their series in u: the closed
 // forms lose their digits to cancellation there (M to 1/u, P to 1/u^2).
 template <typename T>
 struct FisheyeTerms {
   T a, b;           // t.x / t.z, t.y / t.z
   T inv_z;
   T K, M, P, N, Q;
+  T R;              // -(2 N + u Q): (z^2 / a) d(a N / z)/dz, Q itself when undistorted
 };
 
+// OpenCV's distortion (Camera::fisheye_distorted) scales theta by D(w) = 1 + k1 w + k2 w^2 +
+// k3 w^3 + k4 w^4, w = theta^2: K = theta D / s. The other terms keep their definitions (M =
+// 2 dK/du, P = 2 dM/du, N = -(d theta_d / d theta) / (1 + u), Q = 2 dN/du) and come from the
+// undistorted ones (K0, M0, P0) and D, D' = dD/dw, D'' with dw/du = K0 / (1 + u):
+//   K = D K0,  M = D M0 + 2 K0^2 D' / (1 + u),  N = -(D + 2 w D') / (1 + u),
+//   Q = (2 (D + 2 w D') - G) / (1 + u)^2,  R = (2 (D + 2 w D') + u G) / (1 + u)^2,
+//   P = D P0 + 6 K0 M0 D' / (1 + u) + 4 K0^2 (K0 D'' - D') / (1 + u)^2,
+// with G = K0 (6 D' + 4 w D'') (theta_d'' / s). No term divides by u, so they hold their
+// digits on the axis as the undistorted ones do, nor subtracts terms of 1/u far off it.
 template <typename T>
-DGRD_HD FisheyeTerms<T> fisheye_terms(Vec3<T> t) {
+DGRD_HD void distort_fisheye_terms(const T (&k)[4], T u, T inv_1u, FisheyeTerms<T>& f) {
+  const T K0 = f.K, M0 = f.M, w = u * K0 * K0;
+  const T D = T(1) + w * (k[0] + w * (k[1] + w * (k[2] + w * k[3])));
+  const T D1 = k[0] + w * (T(2) * k[1] + w * (T(3) * k[2] + w * (T(4) * k[3])));
+  const T D2 = T(2) * k[1] + w * (T(6) * k[2] + w * (T(12) * k[3]));
+  const T slope = D + T(2) * w * D1;  // d theta_d / d theta
+  f.K = D * K0;
+  f.M = D * M0 + T(2) * K0 * K0 * D1 * inv_1u;
+  f.N = -slope * inv_1u;
+  const T G = K0 * (T(6) * D1 + T(4) * w * D2);
+  f.Q = (T(2) * slope - G) * inv_1u * inv_1u;
+  f.R = (T(2) * slope + u * G) * inv_1u * inv_1u;
+  f.P = D * f.P + T(6) * K0 * M0 * D1 * inv_1u + T(4) * K0 * K0 * (K0 * D2 - D1) * inv_1u * inv_1u;
+}
+
+template <typename T>
+DGRD_HD FisheyeTerms<T> fisheye_terms(const Camera<T>& cam, Vec3<T> t) {
   FisheyeTerms<T> f;
   f.inv_z = T(1) / t.z;
   f.a = t.x * f.inv_z;
@@ -126,6 +152,7 @@ DGRD_HD FisheyeTerms<T> fisheye_terms(Vec3<T> t) {
   const T inv_1u = T(1) / (T(1) + u);
   f.N = -inv_1u;
   f.Q = T(2) * inv_1u * inv_1u;
+  f.R = f.Q;
   if (u < T(kFisheyeSeriesBound)) {
     // K = sum (-1)^i u^i / (2i + 1), M = sum (-1)^(i+1) 2 (i + 1) u^i / (2i + 3),
     // P = sum (-1)^i 4 (i + 1) (i + 2) u^i / (2i + 5), by Horner's rule from the last term
@@ -142,7 +169,17 @@ DGRD_HD FisheyeTerms<T> fisheye_terms(Vec3<T> t) {
     f.M = (inv_1u - f.K) / u;
     f.P = -(f.Q + T(3) * f.M) / u;
   }
+  if (cam.fisheye_distorted) distort_fisheye_terms(cam.fisheye_k, u, inv_1u, f);
   return f;
+}
+
+// False for a point past the distorted fisheye's fold (Camera::fisheye_max_angle), where the
+// image folds back on itself: such Gaussians are culled, such points unseen.
+template <typename T>
+DGRD_HD bool fisheye_unfolded(const Camera<T>& cam, Vec3<T> t) {
+  if (!cam.fisheye_distorted) return true;
+  const T a = t.x / t.z, b = t.y / t.z;
+  return atan_(sqrt_(a * a + b * b)) <= cam.fisheye_max_angle;
 }
 
 // The axis point: the world point at view-space (0, 0, 1), solving Wr p + T = e3 (by Cramer's
@@ -196,7 +233,7 @@ DGRD_HD void fisheye_centre_backward(const Camera<T>& cam, Vec2<T> dndc, T dproj
 template <typename T>
 DGRD_HD Vec2<T> screen_position(const Camera<T>& cam, Vec3<T> mean, Vec3<T> t) {
   if (cam.fisheye) {
-    const FisheyeTerms<T> f = fisheye_terms(t);
+    const FisheyeTerms<T> f = fisheye_terms(cam, t);
     const Vec2<T> c = fisheye_centre(cam);
     return {c.x + cam.focal_x * f.a * f.K, c.y + cam.focal_y * f.b * f.K};
   }
@@ -289,7 +326,7 @@ struct ScreenJacobian {
 // bounded disc.
 template <typename T>
 DGRD_HD ScreenJacobian<T> fisheye_jacobian(const Camera<T>& cam, Vec3<T> t, const Mat3<T>& Wr) {
-  const FisheyeTerms<T> f = fisheye_terms(t);
+  const FisheyeTerms<T> f = fisheye_terms(cam, t);
   ScreenJacobian<T> s;
   s.u_free = s.v_free = false;
   s.u = f.a;
@@ -345,7 +382,7 @@ DGRD_HD ScreenJacobian<T> screen_jacobian(const Camera<T>& cam, Vec3<T> t, const
 template <typename T>
 DGRD_HD void fisheye_jacobian_backward(const Camera<T>& cam, Vec3<T> t, const T (&dJ)[2][3],
                                        Vec3<T>& dt) {
-  const FisheyeTerms<T> f = fisheye_terms(t);
+  const FisheyeTerms<T> f = fisheye_terms(cam, t);
   const T a = f.a, b = f.b, aa = a * a, bb = b * b, ab = a * b;
   // The derivatives shared by J's entries: d(J00)/dy = d(J01)/dx = b (M + a^2 P) and so on.
   const T Ma = f.M + aa * f.P, Mb = f.M + bb * f.P, abQ = ab * f.Q;
@@ -357,7 +394,7 @@ DGRD_HD void fisheye_jacobian_backward(const Camera<T>& cam, Vec3<T> t, const T 
          d12 * abQ;
   dt.y = d00 * b * Ma + (d01 + d10) * a * Mb + d02 * abQ + d11 * b * (T(3) * f.M + bb * f.P) +
          d12 * Nb;
-  dt.z = d00 * Na + (d01 + d10) * abQ + d02 * a * f.Q + d11 * Nb + d12 * b * f.Q;
+  dt.z = d00 * Na + (d01 + d10) * abQ + d02 * a * f.R + d11 * Nb + d12 * b * f.R;
 }
 
 // J Wr Sigma Wr^T J^T, before the dilation.
@@ -564,6 +601,7 @@ DGRD_HD ProjectedGaussian<T> preprocess_gaussian(const Camera<T>& cam, const Gau
   const Vec3<T> mean = load3(in.means3D, i);
   const Vec3<T> t = to_view(cam.viewmatrix, mean);
   if (!(t.z > T(kNearPlane)) || !is_finite(mean)) return g;
+  if (cam.fisheye && !fisheye_unfolded(cam, t)) return g;
 
   g.mean2d = screen_position(cam, mean, t);
 
@@ -667,7 +705,7 @@ DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianIn
       // The principal point's share (every Gaussian's d/dpixel moves it alike), and the
       // position's own focal: pixel = c + focal (a, b) K.
       fisheye_centre_backward(cam, dndc, camera->projmatrix, camera->viewmatrix);
-      const FisheyeTerms<T> f = fisheye_terms(t);
+      const FisheyeTerms<T> f = fisheye_terms(cam, t);
       focal_share.x += g.mean2d.x * cam.focal_x * f.a * f.K;
       focal_share.y += g.mean2d.y * cam.focal_y * f.b * f.K;
     }

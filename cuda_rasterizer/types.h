@@ -35,6 +35,14 @@ struct Camera {
   // principal point, which is where projmatrix (the pinhole projection of the same focal
   // lengths) puts the axis (preprocess.h, fisheye_centre).
   bool fisheye = false;
+  // OpenCV's fisheye distortion (COLMAP's OPENCV_FISHEYE) on that fisheye: the point lands
+  // focal * theta_d px off the principal point, theta_d = theta (1 + k1 theta^2 + k2 theta^4 +
+  // k3 theta^6 + k4 theta^8) (preprocess.h, distort_fisheye_terms). Past
+  // fisheye_max_angle, the first angle where theta_d stops growing, the image folds back on
+  // itself: Gaussians there are culled. Off (the plain equidistant fisheye) costs nothing.
+  bool fisheye_distorted = false;
+  T fisheye_k[4] = {T(0), T(0), T(0), T(0)};
+  T fisheye_max_angle = T(0);
   // Mip-Splatting's subpixel_offset (its --ray_jitter): H x W x 2, pixel (x, y) sampled at
   // (x + o.x, y + o.y) instead of its own coordinates; null: every pixel at its own.
   // sample_margin is the largest |o|: the reach boxes widen by it (and by the rounding of

@@ -5,7 +5,7 @@ expected-depth map and an accumulated-alpha (weight) map, all with exact gradien
 
     color, radii, depth, weight = GaussianRasterizer(settings)(means3D, means2D, opacities, ...)
 """
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -55,6 +55,11 @@ class GaussianRasterizationSettings(NamedTuple):
     # W / (2 tanfovx) as for the pinhole; projmatrix the pinhole projection of the same camera,
     # which gives the principal point (where it puts the axis). Depth is view-space z as ever.
     fisheye: bool = False
+    # OpenCV's fisheye distortion (COLMAP's OPENCV_FISHEYE, gsplat's fisheye radial_coeffs) on
+    # that fisheye: (k1, k2, k3, k4), a point theta off the axis lands focal * theta_d px from the
+    # principal point, theta_d = theta (1 + k1 theta^2 + k2 theta^4 + k3 theta^6 + k4 theta^8).
+    # Gaussians past the angle where theta_d stops growing are culled. None: undistorted.
+    fisheye_distortion: Optional[Sequence[float]] = None
 
 
 def has_cuda_backend() -> bool:

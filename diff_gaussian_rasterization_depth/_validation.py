@@ -165,9 +165,62 @@ class CheckedSettings:
         if self.orthographic and self.fisheye:
             raise ValueError("raster_settings: orthographic and fisheye are two projections; "
                              "set one of them")
+        self.fisheye_distortion, self.fisheye_max_angle = check_fisheye_distortion(
+            getattr(s, "fisheye_distortion", None), self.fisheye)
         self.subpixel_offset, self.sample_margin = check_subpixel_offset(
             getattr(s, "subpixel_offset", None), self.image_height, self.image_width, device,
             dtype)
+
+
+def fisheye_fold_angle(k) -> float:
+    """The first angle off the axis (radians) where OpenCV's distorted fisheye angle
+    theta_d = theta (1 + k1 theta^2 + k2 theta^4 + k3 theta^6 + k4 theta^8) stops growing
+    (d theta_d / d theta = 0), past which the image folds back on itself; pi / 2 where it grows
+    all the way (nothing in front of the camera lies further off the axis). A scan of
+    d theta_d / d theta over theta^2, then bisection of the first sign change."""
+    k1, k2, k3, k4 = (float(v) for v in k)
+
+    def slope(w):  # d theta_d / d theta at theta^2 = w
+        return 1.0 + w * (3.0 * k1 + w * (5.0 * k2 + w * (7.0 * k3 + w * 9.0 * k4)))
+
+    last = (math.pi / 2) ** 2
+    steps = 4096
+    below = 0.0
+    for i in range(1, steps + 1):
+        w = last * i / steps
+        if slope(w) <= 0.0:
+            above = w
+            for _ in range(60):
+                mid = 0.5 * (below + above)
+                below, above = (mid, above) if slope(mid) > 0.0 else (below, mid)
+            return math.sqrt(below)
+        below = w
+    return math.pi / 2
+
+
+def check_fisheye_distortion(value, fisheye: bool):
+    """Settings `fisheye_distortion`: None, or OpenCV's fisheye coefficients (k1, k2, k3, k4)
+    (COLMAP's OPENCV_FISHEYE; a sequence or a tensor of four finite numbers), with
+    `fisheye=True` only. Returns (the four as floats, their fold angle `fisheye_fold_angle`), or
+    (None, 0.0) for None and for four zeros: the plain equidistant fisheye."""
+    if value is None:
+        return None, 0.0
+    if not fisheye:
+        raise ValueError("raster_settings.fisheye_distortion: OpenCV's fisheye coefficients "
+                         "need fisheye=True")
+    if isinstance(value, torch.Tensor):
+        value = value.detach().reshape(-1).tolist()
+    try:
+        k = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"raster_settings.fisheye_distortion: expected four numbers (k1, k2, "
+                        f"k3, k4), got {_describe(value)}") from None
+    if len(k) != 4 or not all(math.isfinite(v) for v in k):
+        raise ValueError(f"raster_settings.fisheye_distortion: expected four finite numbers "
+                         f"(k1, k2, k3, k4), got {k}")
+    if not any(k):
+        return None, 0.0
+    return k, fisheye_fold_angle(k)
 
 
 def require_pinhole(caller: str, settings, refused=("orthographic", "fisheye")) -> None:

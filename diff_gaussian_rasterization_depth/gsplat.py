@@ -40,11 +40,14 @@ pixel = K (x, y), the projection's Jacobian diag(fx, fy) at every depth), as gsp
 `camera_model="fisheye"` renders with the package's equidistant fisheye (`fisheye=True`: pixel =
 K (x/z, y/z) theta / tan(theta), theta the angle off the axis, the projection's Jacobian its own,
 unclamped), as gsplat's; a Gaussian at view z 0.2 or less (all at 90 degrees off the axis and
-beyond) is culled, as gsplat culls at its near plane.
+beyond) is culled, as gsplat culls at its near plane. With it, `radial_coeffs` (..., C, 4) are
+OpenCV's fisheye coefficients k1-k4 (theta becomes theta (1 + k1 theta^2 + ... + k4 theta^8),
+the settings' `fisheye_distortion`) in the EWA projection, where gsplat takes them only with
+`with_ut=True`; they take no gradient.
 
 Not provided (each raises NotImplementedError naming the argument): `distributed`, camera
 models other than "pinhole", "ortho" and "fisheye", `with_ut`, `with_eval3d`, distortion
-coefficients and rolling shutter. The meta has no `conics`, compensated `opacities` or
+coefficients but the fisheye's radial ones, and rolling shutter. The meta has no `conics`, compensated `opacities` or
 tile-intersection tensors (`isect_ids`, `flatten_ids`, `isect_offsets`, `tiles_per_gauss`):
 they are gsplat's internals.
 """
@@ -104,8 +107,8 @@ def _check_arguments(render_mode, tile_size, distributed, camera_model, with_ut,
     if with_ut or with_eval3d:
         _unsupported("with_ut / with_eval3d", "the EWA projection only")
     for name, value in distortion.items():
-        if value is not None:
-            _unsupported(name, "no lens distortion")
+        if value is not None and not (name == "radial_coeffs" and camera_model == "fisheye"):
+            _unsupported(name, "no lens distortion but the fisheye's radial_coeffs")
     if rolling_shutter is not None and getattr(rolling_shutter, "name", None) != "GLOBAL":
         _unsupported(f"rolling_shutter={rolling_shutter!r}", "global shutter only")
     if viewmats_rs is not None:
@@ -166,14 +169,15 @@ def _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, covars,
 
 
 def _settings(viewmat, K, width, height, bg, sh_degree, eps2d, antialiased,
-              camera_model="pinhole"):
+              camera_model="pinhole", distortion=None):
     """The rasterizer's settings for gsplat's world-to-camera `viewmat` (4, 4) and intrinsics K
     (fx, fy, cx, cy: numbers, or 0-dim tensors where Ks takes a gradient); viewmatrix,
     projmatrix and campos stay differentiable in viewmat, the fields of view and projmatrix in
     K. gsplat's pixel (i, j) is centred at (i + 0.5, j + 0.5), the rasterizer's at (i, j): its
     principal point is gsplat's less half a pixel. With "ortho", tanfovx and tanfovy are the
     view's half-extents, W / (2 fx) and H / (2 fy); with "fisheye", the package's fisheye takes
-    its principal point from the pinhole projmatrix."""
+    its principal point from the pinhole projmatrix, and `distortion` (k1-k4 or None) as its
+    fisheye_distortion."""
     fx, fy, cx, cy = K
     ortho = camera_model == "ortho"
     tanfovx, tanfovy, P = projection_from_intrinsics(fx, fy, cx - 0.5, cy - 0.5, width, height,
@@ -189,13 +193,14 @@ def _settings(viewmat, K, width, height, bg, sh_degree, eps2d, antialiased,
         projmatrix=viewmat.transpose(0, 1) @ P.transpose(0, 1), sh_degree=int(sh_degree or 0),
         campos=-(rotation.transpose(0, 1) @ translation), prefiltered=False, debug=False,
         antialiasing=antialiased, kernel_size=float(eps2d), orthographic=ortho,
-        fisheye=camera_model == "fisheye")
+        fisheye=camera_model == "fisheye", fisheye_distortion=distortion)
 
 
-def _project(means, viewmat, K, camera_model="pinhole"):
+def _project(means, viewmat, K, camera_model="pinhole", distortion=None):
     """(N, 2) gsplat's projected means K (x/z, y/z) ("ortho": K (x, y); "fisheye":
-    K (x/z, y/z) theta / tan(theta), theta the angle off the axis), values only, and (N,) the
-    view-space z, differentiable in means and viewmat (gsplat's meta["depths"])."""
+    K (x/z, y/z) theta_d / tan(theta), theta the angle off the axis and theta_d it distorted by
+    `distortion`, k1-k4 or None), values only, and (N,) the view-space z, differentiable in
+    means and viewmat (gsplat's meta["depths"])."""
     view = torch.addmm(viewmat[:3, 3], means, viewmat[:3, :3].transpose(0, 1))
     with torch.no_grad():
         if camera_model == "ortho":
@@ -203,7 +208,7 @@ def _project(means, viewmat, K, camera_model="pinhole"):
         else:
             xy = view[:, :2] / view[:, 2:]
             if camera_model == "fisheye":
-                xy = xy * _fisheye_terms(xy[:, 0], xy[:, 1])[0][:, None]
+                xy = xy * _fisheye_terms(xy[:, 0], xy[:, 1], distortion)[0][:, None]
         pixels = torch.addcmul(xy.new_tensor([K[2], K[3]]), xy, xy.new_tensor([K[0], K[1]]))
     return pixels, view[:, 2]
 
@@ -292,6 +297,14 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
     focal_centre = Ks.reshape(B * C, 3, 3)[:, [0, 1, 0, 1], [0, 1, 2, 2]]
     intrinsics = focal_centre.detach().tolist()
     differentiable_K = torch.is_grad_enabled() and Ks.requires_grad
+    distortions = [None] * (B * C)
+    if radial_coeffs is not None:
+        _require_tensor("radial_coeffs", radial_coeffs)
+        if tuple(radial_coeffs.shape) != (*batch, C, 4):
+            raise ValueError(f"rasterization: radial_coeffs must be {(*batch, C, 4)} with "
+                             f"camera_model='fisheye' (OpenCV's k1-k4), got "
+                             f"{tuple(radial_coeffs.shape)}")
+        distortions = [tuple(k) for k in radial_coeffs.detach().reshape(B * C, 4).tolist()]
     if backgrounds is not None:
         backgrounds = backgrounds.reshape(B, C, -1).to(means.dtype)
 
@@ -300,7 +313,8 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
                                                  for t in inputs)
     # The screen-space points (leaves, shaped as gsplat's): their values are gsplat's means2d,
     # their gradient the render's, in pixels.
-    projected = [_project(means[b], viewmats[b, c], intrinsics[b * C + c], camera_model)
+    projected = [_project(means[b], viewmats[b, c], intrinsics[b * C + c], camera_model,
+                          distortions[b * C + c] if any(distortions[b * C + c] or ()) else None)
                  for b in range(B) for c in range(C)]
     means2d = projected[0][0][None] if B * C == 1 else torch.stack([p for p, _ in projected])
     means2d = means2d.reshape(*batch, C, N, 2).requires_grad_(needs_grad)
@@ -330,7 +344,8 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
                                  width, height,
                                  bg if bg is not None and features is None
                                  else means.new_zeros(3), sh_degree, eps2d,
-                                 rasterize_mode == "antialiased", camera_model)
+                                 rasterize_mode == "antialiased", camera_model,
+                                 distortions[image])
             keep = (z >= near_plane) & (z <= far_plane) if planes_cull else None
             if radius_clip > 0:
                 clipped = _clip_by_radius(

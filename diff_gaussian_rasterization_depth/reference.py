@@ -164,7 +164,7 @@ def _projection_jacobian(tx, ty, tz, settings):
     focal_y = settings.image_height / (2.0 * tanfovy)
     if getattr(settings, "fisheye", False):  # unclamped: every point lands on a bounded disc
         a, b = tx / tz, ty / tz
-        K, M, N = _fisheye_terms(a, b)
+        K, M, N = _fisheye_terms(a, b, getattr(settings, "fisheye_distortion", None))
         jac = torch.stack([
             torch.stack([focal_x / tz * (K + a * a * M), focal_x / tz * (a * b * M),
                          focal_x / tz * (a * N)], dim=-1),
@@ -189,12 +189,16 @@ def _projection_jacobian(tx, ty, tz, settings):
     return tx, ty, jac
 
 
-def _fisheye_terms(a, b):
+def _fisheye_terms(a, b, distortion=None):
     """(K, M, N) of the equidistant fisheye at view direction (a, b, 1) = t / t.z, with
     u = a^2 + b^2 = tan(theta)^2: K = theta / tan(theta), M = (1 / (1 + u) - K) / u,
     N = -1 / (1 + u). A point lands at c + focal (a, b) K, and the projection's Jacobian is
     (focal / z) [[K + a^2 M, a b M, a N], [a b M, K + b^2 M, b N]]. K and M from their series in
-    u near the axis, where the closed forms cancel (autograd differentiates either branch)."""
+    u near the axis, where the closed forms cancel (autograd differentiates either branch).
+    With OpenCV's `distortion` (k1, k2, k3, k4), theta becomes theta_d = theta D(theta^2),
+    D(w) = 1 + k1 w + k2 w^2 + k3 w^3 + k4 w^4, and K = theta_d / s, M = 2 dK/du and
+    N = -(d theta_d / d theta) / (1 + u) follow from the undistorted K0, M0 by the chain rule
+    (w = u K0^2, dw/du = K0 / (1 + u))."""
     u = a * a + b * b
     small = u < FISHEYE_SERIES_BOUND
     u_far = torch.where(small, torch.ones_like(u), u)  # keeps the unused branch finite
@@ -209,8 +213,30 @@ def _fisheye_terms(a, b):
         K_near = K_near + (-1) ** i / (2 * i + 1) * power
         M_near = M_near + (-1) ** (i + 1) * 2 * (i + 1) / (2 * i + 3) * power
         power = power * u_near
-    return (torch.where(small, K_near, K_far), torch.where(small, M_near, M_far),
-            -1.0 / (1.0 + u))
+    K0, M0 = torch.where(small, K_near, K_far), torch.where(small, M_near, M_far)
+    if distortion is None:
+        return K0, M0, -1.0 / (1.0 + u)
+    w = u * K0 * K0                                              # theta^2
+    D, dD = _distortion_factor(w, distortion)
+    return (D * K0, D * M0 + 2.0 * K0 * K0 * dD / (1.0 + u),
+            -(D + 2.0 * w * dD) / (1.0 + u))
+
+
+def _distortion_factor(w, k):
+    """(D, dD/dw) of OpenCV's fisheye distortion at w = theta^2: theta_d = theta D(w),
+    D(w) = 1 + k1 w + k2 w^2 + k3 w^3 + k4 w^4."""
+    k1, k2, k3, k4 = k
+    return (1.0 + w * (k1 + w * (k2 + w * (k3 + w * k4))),
+            k1 + w * (2.0 * k2 + w * (3.0 * k3 + w * 4.0 * k4)))
+
+
+def _fisheye_unfolded(tx, ty, tz, settings):
+    """(P,) bool: the points within the distorted fisheye's fold angle (the settings'
+    `fisheye_max_angle`, past which the image folds back on itself); all of them without
+    distortion."""
+    if getattr(settings, "fisheye_distortion", None) is None:
+        return torch.ones_like(tz, dtype=torch.bool)
+    return torch.atan(torch.sqrt((tx / tz) ** 2 + (ty / tz) ** 2)) <= settings.fisheye_max_angle
 
 
 def _fisheye_centre(settings):
@@ -229,7 +255,7 @@ def _fisheye_pixels(tx, ty, tz, settings):
     """(x, y) pixels of view-space points through the fisheye: c + focal (a, b) K with
     (a, b) = (tx, ty) / tz."""
     cx, cy = _fisheye_centre(settings)
-    K, _, _ = _fisheye_terms(tx / tz, ty / tz)
+    K, _, _ = _fisheye_terms(tx / tz, ty / tz, getattr(settings, "fisheye_distortion", None))
     tanfovx, tanfovy = _fields_of_view(settings)
     return (cx + settings.image_width / (2.0 * tanfovx) * (tx / tz) * K,
             cy + settings.image_height / (2.0 * tanfovy) * (ty / tz) * K)
@@ -265,6 +291,7 @@ def _preprocess(means3D, opacities, shs, colors_precomp, scales, rotations, cov3
             fisheye_x = fisheye_x + ndc_offset[:, 0] * (W / 2.0)
             fisheye_y = fisheye_y + ndc_offset[:, 1] * (H / 2.0)
         mean2d = torch.stack([fisheye_x, fisheye_y], dim=1)
+        visible = visible & _fisheye_unfolded(tx, ty, tz, settings)
 
     # 3. World-space covariance.
     cov3d = _covariance_3d(scales, rotations, cov3D_precomp, settings.scale_modifier)
@@ -509,6 +536,8 @@ def _point_opacity(points, g, cov3d, means3D, settings):
     col, row = torch.floor(px + 0.5), torch.floor(py + 0.5)
     seen = ((tz > NEAR_PLANE) & _all_finite(points) & (col >= 0) & (col < W) & (row >= 0)
             & (row < H))
+    if getattr(settings, "fisheye", False):
+        seen = seen & _fisheye_unfolded(tx, ty, tz, settings)
     tile_x = torch.div(col, TILE_SIZE, rounding_mode="floor")
     tile_y = torch.div(row, TILE_SIZE, rounding_mode="floor")
     in_rect = ((g["rect_min"][:, 0, None] <= tile_x) & (tile_x < g["rect_max"][:, 0, None])

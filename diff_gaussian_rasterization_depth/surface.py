@@ -25,9 +25,9 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ._validation import require_pinhole
-from .reference import (HOM_EPS, NEAR_PLANE, _covariance_3d, _fisheye_centre, _ndc2pix,
-                        _rotation_matrix)
+from ._validation import check_fisheye_distortion, require_pinhole
+from .reference import (HOM_EPS, NEAR_PLANE, _covariance_3d, _distortion_factor,
+                        _fisheye_centre, _ndc2pix, _rotation_matrix)
 
 __all__ = ["view_points", "gaussian_normals", "distortion_features", "ndc_depth",
            "depth_distortion", "depth_to_points", "depth_to_normal", "plane_distances",
@@ -138,7 +138,9 @@ def _fisheye_rays(depth: torch.Tensor, settings):
     """(x, y) of `depth_to_points` through a fisheye (settings `fisheye=True`): pixel p lies
     theta = |(p - c) / focal| off the axis, c where projmatrix puts the axis, and its ray is
     (a, b, 1) with (a, b) = (p - c) / focal * tan(theta) / theta. A pixel 90 degrees off the
-    axis or more, which nothing in front of the camera reaches (its depth is 0), gets a = b = 0."""
+    axis or more, which nothing in front of the camera reaches (its depth is 0), gets a = b = 0.
+    With `fisheye_distortion`, |(p - c) / focal| is OpenCV's distorted angle theta_d
+    (`_undistorted_angle` inverts it), and pixels past the fold get a = b = 0 as well."""
     H, W = depth.shape
     cx, cy = (c.to(depth) for c in _fisheye_centre(settings))
     fx = W / (2.0 * settings.tanfovx)  # tensors that require grad pass theirs on
@@ -146,13 +148,41 @@ def _fisheye_rays(depth: torch.Tensor, settings):
     dx = ((torch.arange(W, device=depth.device, dtype=depth.dtype) - cx) / fx)[None, :]
     dy = ((torch.arange(H, device=depth.device, dtype=depth.dtype) - cy) / fy)[:, None]
     theta = torch.sqrt(dx * dx + dy * dy)
+    k, fold = check_fisheye_distortion(getattr(settings, "fisheye_distortion", None), True)
+    undistort = 1.0   # theta / theta_d
+    wide = theta >= math.pi / 2
+    if k is not None:
+        theta, undistort, folded = _undistorted_angle(theta, k, fold)
+        wide = (theta >= math.pi / 2) | folded
     # tan(theta) / theta, 1 + theta^2 / 3 near the axis (where the ratio is 0 / 0 in the limit)
     near = theta < 1e-4
-    wide = theta >= math.pi / 2
     safe = torch.where(near | wide, torch.ones_like(theta), theta)
-    scale = torch.where(near, 1.0 + theta * theta / 3.0, torch.tan(safe) / safe)
+    scale = torch.where(near, 1.0 + theta * theta / 3.0, torch.tan(safe) / safe) * undistort
     scale = torch.where(wide, torch.zeros_like(scale), scale)
     return depth * dx * scale, depth * dy * scale
+
+
+def _undistorted_angle(theta_d: torch.Tensor, k, fold: float):
+    """(theta, theta / theta_d, folded) for OpenCV's distorted fisheye angles theta_d =
+    theta D(theta^2), D(w) = 1 + k1 w + k2 w^2 + k3 w^3 + k4 w^4: theta by Newton's method from
+    theta_d, within [0, fold] where theta_d grows; folded where theta_d lies past the fold's
+    (no ray there). The last Newton step runs with autograd, so that the gradient is
+    d theta_d / (d theta_d / d theta), the implicit function's."""
+    def distorted(t):   # (theta_d, d theta_d / d theta, D)
+        D, dD = _distortion_factor(t * t, k)
+        return t * D, D + 2.0 * t * t * dD, D
+
+    with torch.no_grad():
+        folded = theta_d >= distorted(torch.tensor(fold, dtype=theta_d.dtype))[0]
+    theta_d = torch.where(folded, torch.zeros_like(theta_d), theta_d)  # the fold's slope is 0
+    with torch.no_grad():
+        theta = torch.clamp(theta_d, 0.0, fold)
+        for _ in range(30):   # quadratic once close; 30 covers a poor start
+            value, slope, _ = distorted(theta)
+            theta = torch.clamp(theta - (value - theta_d) / slope, 0.0, fold)
+    value, slope, _ = distorted(theta)
+    theta = theta - (value - theta_d) / slope
+    return theta, 1.0 / distorted(theta)[2], folded
 
 
 def depth_to_points(depth: torch.Tensor, settings) -> torch.Tensor:

@@ -463,13 +463,14 @@ def orthographic(scene: Scene, extent_depth: Optional[float] = None) -> Scene:
 
 
 def fisheye(scene: Scene, half_angle: Optional[float] = None, yaw: float = 0.0,
-            shift=(0.0, 0.0)) -> Scene:
+            shift=(0.0, 0.0), distortion=None) -> Scene:
     """The scene seen by an equidistant fisheye (settings `fisheye=True`) from the same camera
     centre turned by `yaw` radians about its y axis. The image's half-width spans `half_angle`
     radians (by default the angle the pinhole view spanned, atan(tanfovx)): the fisheye's
     focal W / (2 tanfovx) px per radian makes tanfovx that angle, tanfovy in proportion. The
     projmatrix is the pinhole projection of the same focal lengths with the principal point
-    moved by `shift` px, from which the fisheye takes its own."""
+    moved by `shift` px, from which the fisheye takes its own. `distortion`: the settings'
+    fisheye_distortion, OpenCV's (k1, k2, k3, k4)."""
     s = scene.settings
     view = s.viewmatrix.detach().reshape(4, 4).to(torch.float64)
     if half_angle is None:
@@ -488,7 +489,7 @@ def fisheye(scene: Scene, half_angle: Optional[float] = None, yaw: float = 0.0,
     P[3, 2] = 1.0
     dtype = s.projmatrix.dtype
     return Scene(scene.inputs, s._replace(
-        fisheye=True, tanfovx=tanfovx, tanfovy=tanfovy,
+        fisheye=True, fisheye_distortion=distortion, tanfovx=tanfovx, tanfovy=tanfovy,
         viewmatrix=view.to(dtype).reshape(s.viewmatrix.shape).requires_grad_(
             s.viewmatrix.requires_grad),
         projmatrix=(view @ P.T).to(dtype).reshape(s.projmatrix.shape).requires_grad_(

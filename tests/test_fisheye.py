@@ -8,7 +8,9 @@ turned so that the Gaussians lie 70 degrees and more off the axis, the principal
 finite differences; what the projection means (a small splat lands where theta says, up to 85
 degrees off the axis; a principal point moved by a tile moves the image by as much); the CUDA
 kernels against the CPU backend; the checks; Fisheye-GS's module. gsplat's own fisheye:
-tests/test_gsplat_api.py.
+tests/test_gsplat_api.py. OpenCV's fisheye distortion (settings `fisheye_distortion`, k1-k4) in
+each of these, and its own: the terms against their definitions, a splat landing at theta_d,
+the fold's culling, zeros as no distortion, the inverse of `depth_to_points`.
 """
 import math
 
@@ -19,6 +21,7 @@ import scenes
 from cuda_target import cuda_targets
 from diff_gaussian_rasterization_depth import (GaussianRasterizationSettings, GaussianRasterizer,
                                                fisheye_gs, surface)
+from diff_gaussian_rasterization_depth._validation import fisheye_fold_angle
 from diff_gaussian_rasterization_depth.reference import _fisheye_centre, _fisheye_terms
 from test_camera_gradients import (camera_gradients, camera_reference_gradients,
                                    make_camera_gradcheck_fn)
@@ -30,6 +33,11 @@ F32, F64 = torch.float32, torch.float64
 # A wide view: 80 degrees each side, the camera turned 50 degrees off the cloud (its Gaussians
 # from about 20 to 70-80 degrees off the axis), the principal point moved off the centre.
 WIDE = dict(half_angle=1.4, yaw=0.87, shift=(4.5, -2.5))
+# OpenCV's fisheye coefficients (k1, k2, k3, k4) of a real lens's order: theta_d grows to 90
+# degrees, 4% past theta there. FOLDING's theta_d stops growing at theta = 1 / sqrt(0.9), 60.4
+# degrees, past which the image folds back.
+DISTORTION = (0.05, -0.02, 0.004, -0.0005)
+FOLDING = (-0.3, 0.0, 0.0, 0.0)
 
 CONFIGS = {
     "sh1": (dict(sh_degree=1), {}),
@@ -40,6 +48,11 @@ CONFIGS = {
     "float64": (dict(sh_degree=2, dtype=F64), {}),
     "float64-aa-cov-wide": (dict(sh_degree=1, antialiasing=True, precomp_cov=True, dtype=F64),
                             WIDE),
+    "distorted-sh2": (dict(sh_degree=2), dict(distortion=DISTORTION)),
+    "distorted-aa-wide": (dict(sh_degree=1, antialiasing=True), dict(WIDE, distortion=DISTORTION)),
+    "distorted-float64-cov-wide": (dict(precomp_cov=True, dtype=F64),
+                                   dict(WIDE, distortion=DISTORTION)),
+    "folding-float64-wide": (dict(sh_degree=1, dtype=F64), dict(WIDE, distortion=FOLDING)),
 }
 # The fisheye's screen position is not rounded as the reference rounds it (atan, and the
 # series near the axis with another switch): float32 positions differ by an ulp or two, the
@@ -104,8 +117,11 @@ def test_matches_reference(config):
         for name in ("viewmatrix", "projmatrix"):
             assert wants[0]["all"][name].abs().max() > 0
     assert not failures, "\n".join(failures)
-    # The wide views draw Gaussians far off the axis, where the closed forms hold sway.
-    assert widest > (1.2 if CONFIGS[config][1] else 0.3)
+    # The wide views draw Gaussians far off the axis, where the closed forms hold sway (but
+    # past the fold).
+    view = CONFIGS[config][1]
+    assert widest > (0.9 if view.get("distortion") == FOLDING else
+                     1.2 if "half_angle" in view else 0.3)
 
 
 def smooth_fisheye_scene(seed, view, **kwargs):
@@ -119,7 +135,9 @@ def smooth_fisheye_scene(seed, view, **kwargs):
     raise RuntimeError(f"no smooth scene found from seed {seed}")
 
 
-@pytest.mark.parametrize("view", [{}, WIDE], ids=["narrow", "wide"])
+@pytest.mark.parametrize("view", [{}, WIDE, dict(distortion=DISTORTION),
+                                  dict(WIDE, distortion=DISTORTION)],
+                         ids=["narrow", "wide", "narrow-distorted", "wide-distorted"])
 def test_gradcheck(view):
     """Finite differences, float64: the Gaussians' inputs and the camera's matrices."""
     scene = smooth_fisheye_scene(950, view, P=5, height=13, width=18, sh_degree=1,
@@ -130,25 +148,33 @@ def test_gradcheck(view):
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
 
 
-def single_splat_settings(size, half_angle, dtype, shift=(0.0, 0.0)):
+def single_splat_settings(size, half_angle, dtype, shift=(0.0, 0.0), distortion=None):
     """A fisheye at the origin looking down +z (view = world), `size` px square, spanning
-    `half_angle` radians each side of the centre; its principal point moved by `shift` px."""
+    `half_angle` radians each side of the centre; its principal point moved by `shift` px; with
+    OpenCV's `distortion`."""
     base = scenes.make_scene(0, P=1, height=size, width=size, dtype=dtype)
     eye = torch.eye(4, dtype=dtype).reshape(base.settings.viewmatrix.shape)
     plain = base.settings._replace(viewmatrix=eye, projmatrix=eye.clone(),
                                    campos=torch.zeros(3, dtype=dtype))
     return scenes.fisheye(scenes.Scene(base.inputs, plain), half_angle=half_angle,
-                          shift=shift).settings
+                          shift=shift, distortion=distortion).settings
 
 
+def distorted_angle(theta, k):
+    """OpenCV's fisheye model, written out: theta (1 + k1 theta^2 + ... + k4 theta^8)."""
+    return theta * (1 + sum(c * theta ** (2 * i + 2) for i, c in enumerate(k or ())))
+
+
+@pytest.mark.parametrize("distortion", [None, DISTORTION], ids=["equidistant", "distorted"])
 @pytest.mark.parametrize("dtype", [F32, F64])
-def test_small_splat_lands_at_focal_times_theta(dtype):
+def test_small_splat_lands_at_focal_times_theta(dtype, distortion):
     """A small round Gaussian 5 units from the camera, theta off the axis in direction phi,
     lands (the centroid of its weight) at c + theta (fx cos phi, fy sin phi), fx = W / (2 tanfovx):
     the equidistant projection, to 85 degrees off the axis. The pinhole would put the last at
-    f tan(theta), 11 times farther."""
+    f tan(theta), 11 times farther. With OpenCV's distortion, at c + theta_d (fx cos phi,
+    fy sin phi) (`distorted_angle`; 2.5 px farther out at 85 degrees)."""
     size, half_angle = 160, 1.6
-    settings = single_splat_settings(size, half_angle, dtype)
+    settings = single_splat_settings(size, half_angle, dtype, distortion=distortion)
     f = size / (2.0 * half_angle)
     fy = size / (2.0 * settings.tanfovy)   # the base scene's aspect: within 10% of f
     centre = (size - 1) / 2.0
@@ -169,8 +195,9 @@ def test_small_splat_lands_at_focal_times_theta(dtype):
                                 indexing="ij")
         w = weight.double()
         got = torch.stack([(w * xs).sum() / w.sum(), (w * ys).sum() / w.sum()])
-        want = torch.tensor([centre + f * theta * math.cos(phi),
-                             centre + fy * theta * math.sin(phi)], dtype=F64)
+        theta_d = distorted_angle(theta, distortion)
+        want = torch.tensor([centre + f * theta_d * math.cos(phi),
+                             centre + fy * theta_d * math.sin(phi)], dtype=F64)
         assert (got - want).abs().max() < 0.02, (theta, phi, got, want)
         # Depth is the view-space z, as ever.
         seen = w > 0.1
@@ -241,6 +268,126 @@ def test_principal_point_moves_the_image():
     torch.testing.assert_close(depth2[here], depth[there], rtol=0, atol=1e-4)
 
 
+def random_distortion(gen):
+    """OpenCV fisheye coefficients drawn about a real lens's, each of either sign."""
+    return tuple(float(v) for v in (torch.rand(4, generator=gen, dtype=F64) * 2 - 1)
+                 * torch.tensor([0.1, 0.04, 0.01, 0.002], dtype=F64))
+
+
+def test_distortion_terms_are_their_definitions():
+    """The reference's terms with OpenCV's distortion, float64, against what they stand for:
+    s K = theta_d (OpenCV's formula written out), M = (dK/da) / a (autograd), N = -(d theta_d /
+    d theta) / (1 + u) (the derivative written out), from 1e-4 to 89.4 degrees off the axis
+    (both sides of the series' switch at u = 0.01), random coefficients. The compiled terms
+    (and their P, Q and R) answer to these through the gradients (test_matches_reference,
+    test_gradcheck)."""
+    gen = torch.Generator().manual_seed(31)
+    s = torch.logspace(-4, 2, 400, dtype=F64)
+    phi = torch.rand(400, generator=gen, dtype=F64) * 2 * math.pi
+    a = (s * torch.cos(phi)).requires_grad_()
+    b = (s * torch.sin(phi)).requires_grad_()
+    theta = torch.atan(s)
+    for _ in range(5):
+        k = random_distortion(gen)
+        K, M, N = _fisheye_terms(a, b, k)
+        torch.testing.assert_close(s * K, distorted_angle(theta, k), rtol=1e-13, atol=0)
+        (dK_da,) = torch.autograd.grad(K.sum(), a, retain_graph=True)
+        torch.testing.assert_close(M, dK_da / a, rtol=1e-9, atol=1e-12)
+        slope = 1 + sum((2 * i + 3) * c * theta ** (2 * i + 2) for i, c in enumerate(k))
+        torch.testing.assert_close(N, -slope / (1 + s * s), rtol=1e-13, atol=0)
+    # Without coefficients, the equidistant terms exactly.
+    plain = _fisheye_terms(a, b)
+    assert all(torch.equal(x, y) for x, y in zip(plain, _fisheye_terms(a, b, None)))
+
+
+def test_fold_angle():
+    """fisheye_fold_angle: where d theta_d / d theta first reaches 0 (the bisection's answer
+    within 1e-12 of the closed form for k1 alone), pi / 2 where theta_d grows all the way; for
+    random coefficients strong enough to fold, the slope is positive below it and 0 at it."""
+    assert fisheye_fold_angle(FOLDING) == pytest.approx(math.sqrt(1 / 0.9), abs=1e-12)
+    assert fisheye_fold_angle(DISTORTION) == math.pi / 2
+    assert fisheye_fold_angle((0.0, 0.0, 0.0, 0.0)) == math.pi / 2
+    gen = torch.Generator().manual_seed(8)
+    folded = 0
+    for _ in range(20):
+        k = tuple(float(v) for v in torch.randn(4, generator=gen, dtype=F64) * 0.3)
+        fold = fisheye_fold_angle(k)
+
+        def slope(t):
+            return 1 + sum((2 * i + 3) * c * t ** (2 * i + 2) for i, c in enumerate(k))
+        below = torch.linspace(0, fold, 2000, dtype=F64)[:-1]
+        assert (slope(below) > 0).all()
+        if fold < math.pi / 2:
+            folded += 1
+            assert abs(slope(fold)) < 1e-9
+    assert folded >= 5
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_fold_culls(dtype):
+    """FOLDING's image folds back 60.4 degrees off the axis: every Gaussian past that angle is
+    culled (radius 0; the wide view has many), the others are drawn as the reference draws
+    them (test_matches_reference, "folding-float64-wide"); the opacity field does not see
+    points past it (1)."""
+    scene = scenes.fisheye(scenes.make_scene(7200, P=300, height=40, width=64, dtype=dtype),
+                           **WIDE, distortion=FOLDING)
+    angles = off_axis_angles(scene)
+    fold = fisheye_fold_angle(FOLDING)
+    with torch.no_grad():
+        out = GaussianRasterizer(scene.settings)(**scene.inputs, points3D=scene.inputs["means3D"])
+    radii, point_opacity = out[1], out[-1]
+    past = angles > fold
+    assert past.sum() > 30 and (radii[past] == 0).all()
+    assert (point_opacity[past] == 1).all()
+    assert (radii[~past] > 0).sum() > 30
+    # Without the fold, some of those past it land on the image.
+    with torch.no_grad():
+        unfolded = GaussianRasterizer(scene.settings._replace(fisheye_distortion=None))(
+            **scene.inputs)[1]
+    assert (unfolded[past] > 0).sum() > 10
+
+
+def test_zero_distortion_is_none():
+    """Four zero coefficients (a tuple or a tensor) render and differentiate bit for bit as
+    no distortion: the plain equidistant path, nothing extra computed."""
+    scene = scene_for("sh3-aa-wide", 2)
+    s = scene.settings
+    upstream = upstream_gradients(scene, torch.zeros(s.image_height, s.image_width,
+                                                      dtype=torch.bool), 2)
+    want = gradients(run_backend, scene, upstream)
+    for zeros in ((0.0, 0.0, 0.0, 0.0), torch.zeros(4)):
+        zeroed = scenes.Scene(scene.inputs, scene.settings._replace(fisheye_distortion=zeros))
+        with torch.no_grad():
+            outputs = GaussianRasterizer(zeroed.settings)(**zeroed.inputs)
+            plain = GaussianRasterizer(scene.settings)(**scene.inputs)
+        assert all(torch.equal(x, y) for x, y in zip(outputs, plain))
+        got = gradients(run_backend, zeroed, upstream)
+        assert all(torch.equal(got[m][n], want[m][n]) for m in want for n in want[m])
+
+
+def test_distortion_checked():
+    """fisheye_distortion: four finite numbers (a sequence or a tensor), with fisheye=True."""
+    scene = scene_for("sh1", 0)
+    s = scene.settings
+    cases = [(s._replace(fisheye=False, fisheye_distortion=DISTORTION), ValueError,
+              "need fisheye=True"),
+             (s._replace(fisheye_distortion=(0.1, 0.2, 0.3)), ValueError, "four finite"),
+             (s._replace(fisheye_distortion=(0.1, float("nan"), 0.0, 0.0)), ValueError,
+              "four finite"),
+             (s._replace(fisheye_distortion="abcd"), TypeError, "four numbers")]
+    for settings, error, match in cases:
+        with pytest.raises(error, match=match):
+            GaussianRasterizer(settings)(**scene.inputs)
+    with torch.no_grad():
+        as_tensor = GaussianRasterizer(s._replace(fisheye_distortion=torch.tensor(DISTORTION)))(
+            **scene.inputs)
+        as_tuple = GaussianRasterizer(s._replace(fisheye_distortion=DISTORTION))(**scene.inputs)
+        plain = GaussianRasterizer(s)(**scene.inputs)
+    assert all(torch.equal(x, y) for x, y in zip(as_tensor, as_tuple))
+    assert (as_tuple[3] - plain[3]).abs().max() > 0.01
+    assert GaussianRasterizationSettings._field_defaults["fisheye_distortion"] is None
+
+
 def test_checked():
     scene = scene_for("sh1", 0)
     with torch.no_grad():
@@ -261,30 +408,35 @@ def test_checked():
     assert GaussianRasterizationSettings._field_defaults["fisheye"] is False
 
 
+@pytest.mark.parametrize("distortion", [None, DISTORTION, FOLDING],
+                         ids=["equidistant", "distorted", "folding"])
 @pytest.mark.parametrize("view", [{}, WIDE], ids=["narrow", "wide"])
-def test_depth_to_points_on_fisheye_rays(view):
+def test_depth_to_points_on_fisheye_rays(view, distortion):
     """surface.depth_to_points through a fisheye (and so depth_to_normal, plane_depth and
     dominant_points, which take its rays): each pixel's point projects back to the pixel by the
-    fisheye's own formula (the reference's), at every depth; float64."""
-    scene = scenes.fisheye(scenes.make_scene(7990, P=10, height=30, width=40, dtype=F64), **view)
+    fisheye's own formula (the reference's), at every depth; float64. With OpenCV's distortion
+    too (its inverse by Newton's method), where pixels past the fold have no ray."""
+    scene = scenes.fisheye(scenes.make_scene(7990, P=10, height=30, width=40, dtype=F64), **view,
+                           distortion=distortion)
     s = scene.settings
     depth = 0.5 + torch.rand(30, 40, generator=torch.Generator().manual_seed(2), dtype=F64)
     points = surface.depth_to_points(depth, s)
     assert torch.equal(points[2], depth)
     torch.testing.assert_close(surface.depth_to_points(3 * depth, s)[:2], 3 * points[:2])
     a, b = points[0] / points[2], points[1] / points[2]
-    K = _fisheye_terms(a, b)[0]
+    K = _fisheye_terms(a, b, distortion)[0]
     cx, cy = _fisheye_centre(s)
     cols = cx + 40 / (2 * s.tanfovx) * a * K
     rows = cy + 30 / (2 * s.tanfovy) * b * K
     want_cols = torch.arange(40, dtype=F64).expand(30, 40)
     want_rows = torch.arange(30, dtype=F64)[:, None].expand(30, 40)
-    # Pixels 90 degrees off the axis or more (the wide view's corners) have no ray in front of
-    # the camera: their points lie on the axis.
-    theta = torch.sqrt(((want_cols - cx) * 2 * s.tanfovx / 40) ** 2
-                       + ((want_rows - cy) * 2 * s.tanfovy / 30) ** 2)
-    seen = theta < math.pi / 2
-    assert seen.sum() > 1000 and (view == {} or (~seen).any())
+    # Pixels 90 degrees off the axis or more (the wide view's corners), or past the fold, have
+    # no ray in front of the camera: their points lie on the axis.
+    theta_d = torch.sqrt(((want_cols - cx) * 2 * s.tanfovx / 40) ** 2
+                         + ((want_rows - cy) * 2 * s.tanfovy / 30) ** 2)
+    seen = theta_d < distorted_angle(fisheye_fold_angle(distortion or (0, 0, 0, 0)), distortion)
+    assert seen.sum() > (250 if distortion == FOLDING else 1000)
+    assert view == {} or (~seen).any()
     torch.testing.assert_close(cols[seen], want_cols[seen])
     torch.testing.assert_close(rows[seen], want_rows[seen])
     assert (points[:2, ~seen] == 0).all()
@@ -294,6 +446,25 @@ def test_depth_to_points_on_fisheye_rays(view):
     n = torch.tensor([0.0, 0.0, -1.0], dtype=F64)[:, None, None].expand(3, 30, 40)
     plane = surface.plane_depth(n, torch.full((30, 40), -2.0, dtype=F64), s)
     torch.testing.assert_close(plane, torch.full_like(plane, 2.0))   # the plane z = 2
+
+
+def test_depth_to_points_gradient_through_the_inverse():
+    """The distorted rays' gradient (the last Newton step's, the implicit function's) by finite
+    differences, float64: in the depth, the fields of view and the projection matrix (the
+    principal point)."""
+    scene = scenes.fisheye(scenes.make_scene(7991, P=10, height=9, width=12, dtype=F64),
+                           half_angle=1.1, yaw=0.5, shift=(0.3, -0.2), distortion=DISTORTION)
+    s = scene.settings
+    depth = 0.5 + torch.rand(9, 12, generator=torch.Generator().manual_seed(3), dtype=F64)
+    leaves = (depth.clone().requires_grad_(), torch.tensor(s.tanfovx, dtype=F64).requires_grad_(),
+              torch.tensor(s.tanfovy, dtype=F64).requires_grad_(),
+              s.projmatrix.detach().clone().requires_grad_())
+
+    def points(depth, tanfovx, tanfovy, projmatrix):
+        return surface.depth_to_points(depth, s._replace(tanfovx=tanfovx, tanfovy=tanfovy,
+                                                         projmatrix=projmatrix))
+    assert (points(*leaves)[:2] != 0).all()   # every pixel's ray in front, none on the axis
+    assert torch.autograd.gradcheck(points, leaves, eps=1e-6, atol=1e-7, rtol=1e-6)
 
 
 def test_fisheye_gs_module():
@@ -328,10 +499,11 @@ def test_fisheye_gs_module():
 @pytest.mark.parametrize("target", cuda_targets())
 def test_cuda_matches_cpu(target):
     """The CUDA preprocess and its backward (the camera's gradient included) through the
-    fisheye, against the CPU backend."""
+    fisheye, OpenCV's distortion and its fold, against the CPU backend."""
     import test_cuda
-    for seed in range(2):
+    views = ({}, WIDE, dict(WIDE, distortion=DISTORTION), dict(WIDE, distortion=FOLDING))
+    for seed, view in enumerate(views):
         scene = scenes.fisheye(scenes.make_scene(7950 + seed, P=100, height=40, width=64,
-                                                 sh_degree=2, antialiasing=bool(seed)),
-                               **(WIDE if seed else {}))
+                                                 sh_degree=2, antialiasing=seed % 2 == 1),
+                               **view)
         test_cuda.check_projection_against_cpu(scene, target, seed)

@@ -30,34 +30,37 @@ def quaternion_matrix(q):
     return scenes.rotation_matrices(q / q.norm(dim=-1, keepdim=True))
 
 
-def fisheye_twin(cam, fx, fy, cx, cy):
+def fisheye_twin(cam, fx, fy, cx, cy, radial=(0.0, 0.0, 0.0, 0.0)):
     """gsplat's fisheye of view-space points cam (N, 3): (means2d (N, 2), its Jacobian by cam
-    (N, 2, 3)), theta = atan2(|(x, y)|, z) the angle off the axis and means2d = c + f (x, y)
-    theta / |(x, y)|; the Jacobian by autograd of that formula (with a graph, so that gradients
-    pass through it)."""
+    (N, 2, 3)), theta = atan2(|(x, y)|, z) the angle off the axis, theta_d = theta (1 + k1
+    theta^2 + k2 theta^4 + k3 theta^6 + k4 theta^8) with `radial` (OpenCV's k1-k4, gsplat's
+    fisheye radial_coeffs) and means2d = c + f (x, y) theta_d / |(x, y)|; the Jacobian by
+    autograd of that formula (with a graph, so that gradients pass through it)."""
     def project(points):
         x, y, z = points.unbind(-1)
         rho = torch.sqrt(x * x + y * y)
         theta = torch.atan2(rho, z)
-        return torch.stack([fx * x * theta / rho + cx, fy * y * theta / rho + cy], -1)
+        theta_d = theta * (1 + sum(k * theta ** (2 * i + 2) for i, k in enumerate(radial)))
+        return torch.stack([fx * x * theta_d / rho + cx, fy * y * theta_d / rho + cy], -1)
     jac = torch.autograd.functional.jacobian(lambda p: project(p).sum(0), cam, create_graph=True)
     return project(cam), jac.permute(1, 0, 2)
 
 
 def gsplat_twin(means, quats, scales, opacities, colors, viewmat, K, width, height, eps2d=0.3,
-                antialiased=False, background=None, delta=None, ortho=False, fisheye=False):
+                antialiased=False, background=None, delta=None, ortho=False, fisheye=False,
+                radial=(0.0, 0.0, 0.0, 0.0)):
     """gsplat's render of one camera, densely: (color (H, W, D), expected depth (H, W),
     alpha (H, W), means2d (N, 2)). `delta` (N, 2), zeros, is added to the projected means, so
     its gradient is dL/d(means2d) as gsplat defines it (the conics held). `ortho`: gsplat's
     camera_model="ortho" (means2d K (x, y), the Jacobian diag(fx, fy)); `fisheye`: its
-    camera_model="fisheye" (fisheye_twin)."""
+    camera_model="fisheye" (fisheye_twin, with OpenCV's coefficients `radial`)."""
     R, t = viewmat[:3, :3], viewmat[:3, 3]
     cam = means @ R.T + t
     x, y, z = cam.unbind(-1)
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     zero = torch.zeros_like(z)
     if fisheye:
-        uv, J = fisheye_twin(cam, fx, fy, cx, cy)
+        uv, J = fisheye_twin(cam, fx, fy, cx, cy, radial)
     elif ortho:
         uv = torch.stack([fx * x + cx, fy * y + cy], -1)
         J = torch.stack([torch.stack([fx + zero, zero, zero], -1),
@@ -199,23 +202,29 @@ def test_matches_gsplat_twin_f64():
         assert delta.grad.abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("camera_model", ["ortho", "fisheye"])
+@pytest.mark.parametrize("camera_model", ["ortho", "fisheye", "fisheye-distorted"])
 def test_camera_model_matches_gsplat_twin_f64(camera_model):
     """camera_model="ortho" and "fisheye": outputs, means2d and every gradient (viewmats'
-    included) against the twin of gsplat's camera, float64, an off-centre principal point."""
+    included) against the twin of gsplat's camera, float64, an off-centre principal point;
+    the fisheye with OpenCV's radial_coeffs (k1-k4) too, where gsplat takes them only with its
+    unscented transform."""
     ortho = camera_model == "ortho"
+    radial = (0.06, -0.03, 0.008, -0.001) if camera_model == "fisheye-distorted" \
+        else (0.0, 0.0, 0.0, 0.0)
+    camera_model = camera_model.split("-")[0]
     # The fisheye's at 18-24 px: means up to 40 degrees off the axis.
     scene = twin_scene(6, ortho=ortho, focal=(50, 70) if ortho else (18, 24))
     gen = torch.Generator().manual_seed(8)
     ours = leaves(scene, WITH_KS)
+    distortion = dict(radial_coeffs=torch.tensor([radial], dtype=F64)) if any(radial) else {}
     image, alpha, meta = rasterization(**ours, width=W, height=H, render_mode="RGB+ED",
-                                       packed=False, camera_model=camera_model)
+                                       packed=False, camera_model=camera_model, **distortion)
     theirs = leaves(scene, WITH_KS)
     delta = torch.zeros(scene["means"].shape[0], 2, dtype=F64, requires_grad=True)
     color, expected, weight, uv, twin_alpha = gsplat_twin(
         theirs["means"], theirs["quats"], theirs["scales"], theirs["opacities"],
         theirs["colors"], theirs["viewmats"][0], theirs["Ks"][0], W, H, delta=delta, ortho=ortho,
-        fisheye=not ortho)
+        fisheye=not ortho, radial=radial)
     # No alpha within rounding of 1/255, where the two may blend a splat differently (SPEC 4's
     # w + 1e-7 moves our means by 1e-7 of their offset from the centre).
     assert ((twin_alpha - 1 / 255).abs() > 1e-6).all()
@@ -502,6 +511,8 @@ def test_no_grad_call():
     (dict(camera_model="ftheta"), NotImplementedError, "camera_model"),
     (dict(with_ut=True), NotImplementedError, "with_ut"),
     (dict(radial_coeffs=torch.zeros(1, 6)), NotImplementedError, "radial_coeffs"),
+    (dict(radial_coeffs=torch.zeros(1, 6), camera_model="fisheye"), ValueError,
+     r"radial_coeffs must be \(1, 4\)"),
     (dict(viewmats_rs=torch.eye(4)[None]), NotImplementedError, "viewmats_rs"),
     (dict(rasterize_mode="mip"), ValueError, "rasterize_mode"),
     (dict(opacities=torch.rand(14, 1)), ValueError, "opacities"),

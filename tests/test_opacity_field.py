@@ -119,15 +119,18 @@ def test_point_opacity_matches_reference(seed, dtype, device):
     assert ((want > 0.1) & (want < 0.9)).float().mean() > 0.05
 
 
+@pytest.mark.parametrize("distortion", [None, (0.05, -0.02, 0.004, -0.0005), (-0.3, 0, 0, 0)],
+                         ids=["equidistant", "distorted", "folding"])
 @pytest.mark.parametrize("dtype,device", scene_cases())
-def test_fisheye_point_opacity(dtype, device):
+def test_fisheye_point_opacity(dtype, device, distortion):
     """Through a wide fisheye (settings `fisheye=True`, 80 degrees each side, the Gaussians up
     to 70-80 off its axis): each point lands on its pixel by the fisheye and fades along its
     own ray, as a pinhole's does; against the reference at pixel centres of random depths,
-    and behind everything the field is the weight map."""
+    and behind everything the field is the weight map. With OpenCV's distortion too, and one
+    that folds 60 degrees off the axis (the pixels past it have no ray)."""
     scene = scenes.fisheye(scenes.make_scene(4250, P=150, height=40, width=56, sh_degree=1,
                                              dtype=dtype),
-                           half_angle=1.4, yaw=0.87, shift=(4.5, -2.5))
+                           half_angle=1.4, yaw=0.87, shift=(4.5, -2.5), distortion=distortion)
     s = scene.settings
     gen = torch.Generator().manual_seed(5)
     depth = (0.3 + 8.7 * torch.rand((s.image_height, s.image_width), generator=gen,
@@ -137,14 +140,16 @@ def test_fisheye_point_opacity(dtype, device):
     want = reference_opacity(scene, points)
     out = render(scene, device, points)
     check_close(out[-1], want, dtype)
-    # Not vacuous (the wide view's splats cover less of it than a pinhole's do).
-    assert (want < 0.5).float().mean() > 0.05 and (want > 0.9).float().mean() > 0.02
-    # Pixels 90 degrees off the axis or more (the corners) have their points on the axis, where
-    # they land on the principal point's pixel: compare the others with the weight map.
-    behind = out[-1][depth.numel():].cpu().reshape(depth.shape)
-    weight = out[3].cpu()
+    # Pixels 90 degrees off the axis or more (the corners), or past the fold, have their points
+    # on the axis, where they land on the principal point's pixel.
     rays = depth_to_points(torch.ones_like(depth), s)
     on_ray = (rays[0] != 0) | (rays[1] != 0)
+    # Not vacuous (the wide view's splats cover less of it than a pinhole's do).
+    seen = want[:depth.numel()].cpu()[on_ray.reshape(-1)]
+    assert (seen < 0.5).float().mean() > 0.05 and (seen > 0.9).float().mean() > 0.02
+    # Behind everything, the others are the weight map.
+    behind = out[-1][depth.numel():].cpu().reshape(depth.shape)
+    weight = out[3].cpu()
     # float32: a point at depth 1e3 lands on its pixel to about 1e-5 px through the fisheye's
     # atan (the pinhole's projection gives the pixel back to the last bit or so)
     atol = 1e-10 if dtype == F64 else 3e-5
