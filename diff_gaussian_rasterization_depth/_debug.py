@@ -30,7 +30,8 @@ INPUT_NAMES = ("means3D", "opacities", "shs", "colors_precomp", "scales", "rotat
                "cov3D_precomp", "dc")
 SETTINGS_FIELDS = ("image_height", "image_width", "tanfovx", "tanfovy", "bg", "scale_modifier",
                    "viewmatrix", "projmatrix", "sh_degree", "campos", "prefiltered", "debug",
-                   "antialiasing", "kernel_size")
+                   "antialiasing", "kernel_size", "orthographic", "fisheye", "fisheye_distortion",
+                   "subpixel_offset")
 
 
 # ---------------------------------------------------------------------------- non-finite inputs

@@ -182,6 +182,41 @@ def test_injected_forward_fault_is_snapshotted(tmp_path, monkeypatch, device):
         assert_same(a.cpu(), b.cpu(), device)
 
 
+@pytest.mark.parametrize("camera", ["orthographic", "fisheye-distorted", "subpixel-offset"])
+def test_snapshot_keeps_the_camera(tmp_path, monkeypatch, camera):
+    """A snapshot replays the projection it was taken with (an orthographic camera, a fisheye
+    with OpenCV's distortion) and Mip-Splatting's sample offsets: the replay renders what the
+    call rendered, not the pinhole's render of the same matrices."""
+    monkeypatch.chdir(tmp_path)
+    scene = scenes.make_scene(9, P=30, sh_degree=1)
+    if camera == "orthographic":
+        scene = scenes.orthographic(scene)
+    elif camera == "fisheye-distorted":
+        scene = scenes.fisheye(scene, distortion=(0.05, -0.02, 0.004, -0.0005))
+    else:
+        s = scene.settings
+        offset = torch.rand(s.image_height, s.image_width, 2,
+                            generator=torch.Generator().manual_seed(1)) - 0.5
+        scene = scenes.Scene(scene.inputs, s._replace(subpixel_offset=offset))
+    settings = scene.settings._replace(debug=True)
+
+    def broken(config, gaussians):
+        raise RuntimeError("injected fault")
+    real = _backend.forward
+    monkeypatch.setattr(_backend, "forward", broken)
+    with pytest.raises(RuntimeError, match="injected fault") as info:
+        call(scene.inputs, settings)
+    path = str(info.value).split("written to ")[1].split(";")[0]
+    monkeypatch.setattr(_backend, "forward", real)
+    replayed = replay_snapshot(path)["outputs"]
+    direct = call(scene.inputs, scene.settings)
+    for a, b in zip(replayed, direct):
+        assert torch.equal(a, b)
+    pinhole = call(scene.inputs, scene.settings._replace(
+        orthographic=False, fisheye=False, fisheye_distortion=None, subpixel_offset=None))
+    assert (pinhole[0] - direct[0]).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_backward_error_writes_a_snapshot_that_replays(tmp_path, monkeypatch, device):
     monkeypatch.chdir(tmp_path)
