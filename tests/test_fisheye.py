@@ -206,6 +206,43 @@ def test_small_splat_lands_at_focal_times_theta(dtype, distortion):
                                    rtol=1e-5, atol=1e-5)
 
 
+def test_colmap_opencv_fisheye_camera():
+    """A COLMAP OPENCV_FISHEYE camera (fx, fy, cx, cy, k1-k4; pixel centres at +0.5) as
+    doc/api.md sets it up: settings from cameras.projection_from_intrinsics with the principal
+    point less half a pixel, fisheye=True and fisheye_distortion=(k1, k2, k3, k4). A small
+    splat lands (its weight's centroid) where COLMAP's model projects its mean, less half a
+    pixel: u = fx theta_d a / s + cx."""
+    from diff_gaussian_rasterization_depth.cameras import projection_from_intrinsics
+    W, H = 150, 110
+    fx, fy, cx, cy = 52.0, 49.0, 77.3, 52.6
+    k = (0.03, -0.012, 0.004, -0.0007)
+    tanfovx, tanfovy, P = projection_from_intrinsics(fx, fy, cx - 0.5, cy - 0.5, W, H)
+    eye = torch.eye(4, dtype=F64)
+    settings = GaussianRasterizationSettings(
+        image_height=H, image_width=W, tanfovx=tanfovx, tanfovy=tanfovy,
+        bg=torch.zeros(3, dtype=F64), scale_modifier=1.0, viewmatrix=eye,
+        projmatrix=(eye @ P.T).to(F64), sh_degree=0, campos=torch.zeros(3, dtype=F64),
+        prefiltered=False, debug=False, fisheye=True, fisheye_distortion=k)
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=F64), torch.arange(W, dtype=F64),
+                            indexing="ij")
+    for direction in ((0.3, -0.2, 1.0), (-1.1, 0.4, 1.0), (0.9, 1.2, 0.6), (-2.0, -1.5, 0.5)):
+        point = 4.0 * torch.tensor(direction, dtype=F64) / torch.tensor(direction).norm()
+        a, b = float(point[0] / point[2]), float(point[1] / point[2])
+        s = math.hypot(a, b)
+        theta_d = distorted_angle(math.atan(s), k)
+        want = torch.tensor([fx * theta_d * a / s + cx - 0.5, fy * theta_d * b / s + cy - 0.5],
+                            dtype=F64)
+        inputs = dict(means3D=point[None], means2D=torch.zeros(1, 3, dtype=F64),
+                      opacities=torch.full((1, 1), 0.9, dtype=F64),
+                      colors_precomp=torch.ones(1, 3, dtype=F64),
+                      scales=torch.full((1, 3), 0.02, dtype=F64),
+                      rotations=torch.tensor([[1.0, 0, 0, 0]], dtype=F64))
+        with torch.no_grad():
+            weight = GaussianRasterizer(settings)(**inputs)[3]
+        got = torch.stack([(weight * xs).sum() / weight.sum(), (weight * ys).sum() / weight.sum()])
+        assert (got - want).abs().max() < 0.02, (direction, got, want)
+
+
 @pytest.mark.parametrize("dtype", [F32, F64])
 def test_far_off_the_axis_lands_on_the_rim(dtype):
     """Points 90 degrees off the axis in all but name (x / z up to 1e13, z = 1) land on the
