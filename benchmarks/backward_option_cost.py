@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """What an option of the backward adds to it: garden 112k at 648x420.
 
-    python benchmarks/backward_option_cost.py [--option camera|absolute|offsets|fisheye]
-                                              [--device cpu|cuda] [--reps 15] [--sh]
+    python benchmarks/backward_option_cost.py
+        [--option camera|absolute|offsets|fisheye|distortion] [--device cpu|cuda] [--reps 15]
+        [--sh]
 
 --option camera (issue 11's cost figure): the camera tensors requiring grad; --option absolute:
 means2D given as (P, 4), so that the backward also sums AbsGS's absolute gradient; --option
 offsets: Mip-Splatting's --ray_jitter, uniform subpixel_offset in [-0.5, 0.5) (drawn once),
 which moves the forward's sample points too, so that forward and backward are timed together;
 --option fisheye: the same camera as an equidistant fisheye (fisheye=True) whose image edge
-lies at the pinhole's angle (tanfovx = atan(tanfovx)), forward and backward timed together.
+lies at the pinhole's angle (tanfovx = atan(tanfovx)), forward and backward timed together;
+--option distortion: that fisheye with OpenCV's distortion (fisheye_distortion, a real lens's
+order of coefficients) against it without, forward and backward timed together.
 Each repetition renders once without the option and once with it (in alternating order, so
 that load changes hit both alike), and times loss.backward() alone (with the offsets, the
 forward and loss.backward());
@@ -59,7 +62,8 @@ def backward_seconds(scene, settings, upstream, device, clock=time.perf_counter,
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--option", choices=("camera", "absolute", "offsets", "fisheye"),
+    parser.add_argument("--option", choices=("camera", "absolute", "offsets", "fisheye",
+                                             "distortion"),
                         default="camera")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reps", type=int, default=15)
@@ -80,9 +84,12 @@ def main():
 
     jitter = (torch.rand((H, W, 2), generator=gen) - 0.5).to(device)
     offsets = args.option == "offsets"
-    both_passes = args.option in ("offsets", "fisheye")
+    both_passes = args.option in ("offsets", "fisheye", "distortion")
     fisheye = plain._replace(fisheye=True, tanfovx=math.atan(plain.tanfovx),
                              tanfovy=math.atan(plain.tanfovy))
+    distorted = fisheye._replace(fisheye_distortion=(0.05, -0.02, 0.004, -0.0005))
+    if args.option == "distortion":
+        plain = fisheye
 
     def run(mode, clock=time.perf_counter):
         settings, absolute = plain, False
@@ -93,6 +100,8 @@ def main():
             settings = plain._replace(subpixel_offset=jitter)
         elif mode == "with" and args.option == "fisheye":
             settings = fisheye
+        elif mode == "with" and args.option == "distortion":
+            settings = distorted
         elif mode == "with":
             absolute = True
         return backward_seconds(scene, settings, upstream, device, clock, absolute, both_passes)
@@ -113,7 +122,8 @@ def main():
           f"{torch.get_num_threads()} threads; load average before {load_before[0]:.2f}, "
           f"after {load_after[0]:.2f}")
     what = {"camera": "camera gradients", "absolute": "the absolute gradient",
-            "offsets": "sample offsets", "fisheye": "the fisheye"}[args.option]
+            "offsets": "sample offsets", "fisheye": "the fisheye",
+            "distortion": "the fisheye's distortion"}[args.option]
     timed = "forward + backward" if both_passes else "backward"
     for k in ("without", "with"):
         print(f"  {timed} {k:7s} {what}: median {1000 * med[k]:8.2f} ms "

@@ -428,7 +428,7 @@ def test_features_cpu_lanes_off_reports_every_variant(tmp_path):
     assert r["load"]["others_cores_used"] >= 0 and "other processes used" in proc.stdout
 
 
-@pytest.mark.parametrize("option", ["camera", "absolute", "offsets", "fisheye"])
+@pytest.mark.parametrize("option", ["camera", "absolute", "offsets", "fisheye", "distortion"])
 def test_backward_option_cost_reports_both_sides(tmp_path, option):
     """benchmarks/backward_option_cost.py on a small garden frame: the time without and with
     each option, their ratios and the load."""
@@ -437,7 +437,7 @@ def test_backward_option_cost_reports_both_sides(tmp_path, option):
          option, "--reps", "1", "--scale", "0.25"],
         capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    timed = "forward + backward" if option in ("offsets", "fisheye") else "backward"
+    timed = "forward + backward" if option in ("offsets", "fisheye", "distortion") else "backward"
     line = re.escape(timed) + r" with(?:out)? .*: median +([0-9.]+) ms"
     medians = [float(m) for m in re.findall(line, proc.stdout)]
     assert len(medians) == 2 and min(medians) > 0, proc.stdout
