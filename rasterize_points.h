@@ -225,7 +225,7 @@ struct GradientTensors {
   at::Tensor means3D, means2D, opacities, dc, shs, colors_precomp, scales, rotations,
       cov3D_precomp;
   at::Tensor features;
-  at::Tensor camera;  // (37): a CameraGrad, or empty when the camera takes no gradient
+  at::Tensor camera;  // (41): a CameraGrad, or empty when the camera takes no gradient
   using Allocate = at::Tensor (*)(c10::IntArrayRef, const at::TensorOptions&);
   // All zeros.
   static GradientTensors zeros_like_inputs(const GaussianTensors& g, bool camera_grad);
@@ -248,7 +248,7 @@ struct GradientTensors {
     };
     return {means3D,     means2D,  opacities,   dc,           shs,        colors_precomp,
             scales,      rotations, cov3D_precomp, features, part(0, 16), part(16, 16),
-            part(32, 3), part(35, 2)};
+            part(32, 3), part(35, 2), part(37, 4)};
   }
   template <typename T>
   CameraGrad<T>* camera_pointer() const {

@@ -1322,8 +1322,11 @@ __global__ void preprocess_backward_kernel(Camera<float> cam, GaussianInputs<flo
 // The k-th of a CameraGrad's values; with k known at compile time (unrolled loops) the struct
 // stays in registers.
 __device__ __forceinline__ float camera_value(const CameraGrad<float>& g, int k) {
-  return k < 16 ? g.viewmatrix[k]
-                : (k < 32 ? g.projmatrix[k - 16] : (k < 35 ? g.campos[k - 32] : g.tanfov[k - 35]));
+  return k < 16   ? g.viewmatrix[k]
+         : k < 32 ? g.projmatrix[k - 16]
+         : k < 35 ? g.campos[k - 32]
+         : k < 37 ? g.tanfov[k - 35]
+                  : g.fisheye_k[k - 37];
 }
 
 // As preprocess_backward_kernel, and the block's sum of the Gaussians' camera gradient shares

@@ -142,8 +142,9 @@ DGRD_HD void distort_fisheye_terms(const T (&k)[4], T u, T inv_1u, FisheyeTerms<
   f.P = D * f.P + T(6) * K0 * M0 * D1 * inv_1u + T(4) * K0 * K0 * (K0 * D2 - D1) * inv_1u * inv_1u;
 }
 
+// The equidistant terms (no distortion).
 template <typename T>
-DGRD_HD FisheyeTerms<T> fisheye_terms(const Camera<T>& cam, Vec3<T> t) {
+DGRD_HD FisheyeTerms<T> equidistant_terms(Vec3<T> t) {
   FisheyeTerms<T> f;
   f.inv_z = T(1) / t.z;
   f.a = t.x * f.inv_z;
@@ -169,8 +170,42 @@ DGRD_HD FisheyeTerms<T> fisheye_terms(const Camera<T>& cam, Vec3<T> t) {
     f.M = (inv_1u - f.K) / u;
     f.P = -(f.Q + T(3) * f.M) / u;
   }
-  if (cam.fisheye_distorted) distort_fisheye_terms(cam.fisheye_k, u, inv_1u, f);
   return f;
+}
+
+template <typename T>
+DGRD_HD FisheyeTerms<T> fisheye_terms(const Camera<T>& cam, Vec3<T> t) {
+  FisheyeTerms<T> f = equidistant_terms(t);
+  if (cam.fisheye_distorted) {
+    const T u = f.a * f.a + f.b * f.b;
+    distort_fisheye_terms(cam.fisheye_k, u, T(1) / (T(1) + u), f);
+  }
+  return f;
+}
+
+// d/d(k1 .. k4) of the distorted fisheye's pixel position and Jacobian at t, from the loss's
+// d/d(pixel) (dpixel) and d/d(J) (dJ, J before the view rotation): with p_j = w^(j+1), by the
+// formulas of distort_fisheye_terms, dK/dk_j = K0 p_j, dM/dk_j = M0 p_j + 2 K0^2 (j + 1) w^j /
+// (1 + u), dN/dk_j = -(2 j + 3) p_j / (1 + u); the pixel is c + focal (a, b) K and J's rows
+// are (focal / z) (K + a^2 M, a b M, a N) and (focal / z) (a b M, K + b^2 M, b N).
+template <typename T>
+DGRD_HD void fisheye_distortion_backward(const Camera<T>& cam, Vec3<T> t, Vec2<T> dpixel,
+                                         const T (&dJ)[2][3], T dk[4]) {
+  const FisheyeTerms<T> f0 = equidistant_terms(t);
+  const T a = f0.a, b = f0.b, u = a * a + b * b, inv_1u = T(1) / (T(1) + u);
+  const T w = u * f0.K * f0.K;
+  const T gx = cam.focal_x * f0.inv_z, gy = cam.focal_y * f0.inv_z;
+  T power = T(1);  // w^j
+  for (int j = 0; j < 4; ++j) {
+    const T p = power * w;
+    const T dK = f0.K * p;
+    const T dM = f0.M * p + T(2) * f0.K * f0.K * T(j + 1) * power * inv_1u;
+    const T dN = -T(2 * j + 3) * p * inv_1u;
+    dk[j] = gx * (dJ[0][0] * (dK + a * a * dM) + dJ[0][1] * a * b * dM + dJ[0][2] * a * dN) +
+            gy * (dJ[1][0] * a * b * dM + dJ[1][1] * (dK + b * b * dM) + dJ[1][2] * b * dN) +
+            dpixel.x * cam.focal_x * a * dK + dpixel.y * cam.focal_y * b * dK;
+    power *= w;
+  }
 }
 
 // False for a point past the distorted fisheye's fold (Camera::fisheye_max_angle), where the
@@ -420,7 +455,8 @@ template <typename T>
 DGRD_HD void covariance_2d_backward(const Camera<T>& cam, Vec3<T> t, const Mat3<T>& Wr,
                                     const ScreenJacobian<T>& J, const Sym3<T>& sigma,
                                     const Sym2<T>& dcov, Sym3<T>& dsigma, Vec3<T>& dt,
-                                    Mat3<T>* dWr = nullptr, Vec2<T>* focal_share = nullptr) {
+                                    Mat3<T>* dWr = nullptr, Vec2<T>* focal_share = nullptr,
+                                    T (*jacobian_grad)[2][3] = nullptr) {
   // cov = A Sigma A^T with A = J Wr; G = symmetric d/dcov.
   const T G[2][2] = {{dcov.a, T(0.5) * dcov.b}, {T(0.5) * dcov.b, dcov.c}};
   T GA[2][3];  // G A
@@ -441,6 +477,9 @@ DGRD_HD void covariance_2d_backward(const Camera<T>& cam, Vec3<T> t, const Mat3<
   for (int r = 0; r < 2; ++r)
     for (int k = 0; k < 3; ++k)
       dJ[r][k] = dA[r][0] * Wr.m[k][0] + dA[r][1] * Wr.m[k][1] + dA[r][2] * Wr.m[k][2];
+  if (jacobian_grad)
+    for (int r = 0; r < 2; ++r)
+      for (int k = 0; k < 3; ++k) (*jacobian_grad)[r][k] = dJ[r][k];
   if (dWr) {
     // d/dWr = J^T d/dA, with J = [[J00, 0, J02], [0, J11, J12]].
     for (int c = 0; c < 3; ++c) {
@@ -688,8 +727,10 @@ DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianIn
   Vec3<T> dt;
   Mat3<T> dWr;
   Vec2<T> focal_share;
+  T dJ[2][3];
+  const bool distortion_grad = camera && cam.fisheye && cam.fisheye_distorted;
   covariance_2d_backward(cam, t, Wr, J, sigma, dcov, dsigma, dt, camera ? &dWr : nullptr,
-                         camera ? &focal_share : nullptr);
+                         camera ? &focal_share : nullptr, distortion_grad ? &dJ : nullptr);
   // The blended depth value is t.z, or 1/t.z: d(1/z)/dz = -1/z^2.
   if (cam.inverse_depth) {
     const T iz = T(1) / t.z;
@@ -712,6 +753,8 @@ DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianIn
     // focal = size / (2 tanfov): d/d(tanfov) = -(focal d/d(focal)) / tanfov.
     camera->tanfov[0] = -focal_share.x / cam.tanfovx;
     camera->tanfov[1] = -focal_share.y / cam.tanfovy;
+    for (int k = 0; k < 4; ++k) camera->fisheye_k[k] = T(0);
+    if (distortion_grad) fisheye_distortion_backward(cam, t, g.mean2d, dJ, camera->fisheye_k);
   }
 
   if (in.cov3D_precomp) {

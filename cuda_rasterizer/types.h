@@ -190,8 +190,9 @@ struct CameraGrad {
   T projmatrix[16];
   T campos[3];
   T tanfov[2];  // d/d(tanfovx), d/d(tanfovy): the focal lengths, W / (2 tanfovx) and likewise
+  T fisheye_k[4];  // d/d(k1 .. k4) of the distorted fisheye (Camera::fisheye_k); 0 otherwise
 };
-constexpr int kCameraGradValues = 37;
+constexpr int kCameraGradValues = 41;
 
 // Sorted tile lists: tile t holds point_list[tile_ranges[2t] .. tile_ranges[2t + 1]), rows of
 // the Gaussians' state. The CUDA backend's compact state (gpu::CudaTuning::compact_state) keeps

@@ -150,7 +150,8 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
         # The camera's flat tensors and fields of view become inputs of the Function only when
         # they take a gradient.
         camera = ((checked.viewmatrix, checked.projmatrix, checked.campos,
-                   *checked.fields_of_view) if checked.camera_grad else ())
+                   *checked.fields_of_view, checked.distortion_leaf)
+                  if checked.camera_grad else ())
         if checked.bg_grad:  # and the background, last, where it takes one
             camera += (checked.bg,)
     if means2D is None:
@@ -185,9 +186,10 @@ class _RasterizeGaussians(torch.autograd.Function):
                 settings: Optional[CheckedSettings], *camera):
         # config: the backend's RasterConfig of the call; settings: the checked settings, for
         # debug snapshots (None where the call was checked in C++, never in debug mode).
-        # camera: (viewmatrix, projmatrix, campos, tanfovx, tanfovy) when config.camera_grad:
-        # the flat tensors the config holds, and the fields of view as 0-dim tensors or
-        # numbers; then bg (the config's flat copy) where the background takes a gradient.
+        # camera: (viewmatrix, projmatrix, campos, tanfovx, tanfovy, fisheye_distortion) when
+        # config.camera_grad: the flat tensors the config holds, the fields of view as 0-dim
+        # tensors or numbers, the fisheye's coefficients as a (4,) tensor that takes a gradient
+        # or None; then bg (the config's flat copy) where the background takes a gradient.
         # dc: SH coefficient 0 apart from sh (the 2024 API), read where it lies rather than
         # copied in front of sh. walks: (touch_count, contributions, dominant,
         # points3D, median_gaussian), the outputs made after the render from its state (walks
@@ -240,6 +242,7 @@ class _RasterizeGaussians(torch.autograd.Function):
             saved.append(weight)
         ctx.save_for_backward(*saved)
         ctx.fields_of_view = camera[3:5]
+        ctx.distortion = camera[5] if config.camera_grad else None
         outputs = (color, radii, depth, weight)
         if ctx.has_features:
             outputs += (feature_map,)
@@ -282,19 +285,22 @@ class _RasterizeGaussians(torch.autograd.Function):
                 d_scales if has_scales else None, d_rotations if has_rotations else None,
                 d_cov3D if has_cov else None, d_dc if has_dc else None,
                 d_features if ctx.has_features else None,
-                None, None, None, *(_camera_gradients(d_camera, ctx.fields_of_view)
+                None, None, None, *(_camera_gradients(d_camera, ctx.fields_of_view,
+                                                      ctx.distortion)
                                     if ctx.config.camera_grad else ()),
                 *((_background_gradient(grad_color, weight),) if ctx.bg_grad else ()))
 
 
-def _camera_gradients(d_camera, fields_of_view):
-    """The Function's gradients of (viewmatrix, projmatrix, campos, tanfovx, tanfovy) from the
-    backend's (view, proj, campos, tanfov (2,)): a field of view's where it is a tensor (0-dim,
-    in its own dtype and on its own device), None where it is a number."""
-    d_view, d_proj, d_campos, d_tanfov = d_camera
+def _camera_gradients(d_camera, fields_of_view, distortion):
+    """The Function's gradients of (viewmatrix, projmatrix, campos, tanfovx, tanfovy,
+    fisheye_distortion) from the backend's (view, proj, campos, tanfov (2,), fisheye_k (4,)):
+    a field of view's where it is a tensor (0-dim, in its own dtype and on its own device),
+    None where it is a number; the coefficients' where they are a tensor, else None."""
+    d_view, d_proj, d_campos, d_tanfov, d_k = d_camera
     return (d_view, d_proj, d_campos) + tuple(
         d_tanfov[k].to(device=t.device, dtype=t.dtype) if isinstance(t, torch.Tensor) else None
-        for k, t in enumerate(fields_of_view))
+        for k, t in enumerate(fields_of_view)) + (
+        None if distortion is None else d_k.to(device=distortion.device, dtype=distortion.dtype),)
 
 
 def _background_gradient(grad_color, weight):

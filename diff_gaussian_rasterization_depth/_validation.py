@@ -93,7 +93,7 @@ def _small_tensor(name: str, t, numel: int) -> torch.Tensor:
     return t
 
 
-CAMERA_FIELDS = ("viewmatrix", "projmatrix", "campos", "tanfovx", "tanfovy")
+CAMERA_FIELDS = ("viewmatrix", "projmatrix", "campos", "tanfovx", "tanfovy", "fisheye_distortion")
 KERNEL_SIZE_DEFAULT = 0.3  # the original's dilation (config.h kDefaultKernelSize)
 
 
@@ -124,7 +124,7 @@ class CheckedSettings:
         self.camera_grad = False
         if torch.is_grad_enabled():
             for name in CAMERA_FIELDS:
-                t = getattr(s, name)
+                t = getattr(s, name, None)
                 if isinstance(t, torch.Tensor) and t.requires_grad:
                     self.camera_grad = True
         # The fields of view (the focal lengths) as the reference differentiates them and the
@@ -165,8 +165,16 @@ class CheckedSettings:
         if self.orthographic and self.fisheye:
             raise ValueError("raster_settings: orthographic and fisheye are two projections; "
                              "set one of them")
+        # OpenCV's fisheye coefficients: numbers for the config; where they are a tensor that
+        # takes a gradient, also `distortion_leaf`, a (4,) view of it, as the reference
+        # differentiates them and the Function takes them (zeros then stay distorted: their
+        # gradient is wanted).
+        distortion = getattr(s, "fisheye_distortion", None)
+        self.distortion_leaf = None
+        if self.camera_grad and isinstance(distortion, torch.Tensor) and distortion.requires_grad:
+            self.distortion_leaf = distortion.reshape(-1)
         self.fisheye_distortion, self.fisheye_max_angle = check_fisheye_distortion(
-            getattr(s, "fisheye_distortion", None), self.fisheye)
+            distortion, self.fisheye, keep_zeros=self.distortion_leaf is not None)
         self.subpixel_offset, self.sample_margin = check_subpixel_offset(
             getattr(s, "subpixel_offset", None), self.image_height, self.image_width, device,
             dtype)
@@ -198,11 +206,12 @@ def fisheye_fold_angle(k) -> float:
     return math.pi / 2
 
 
-def check_fisheye_distortion(value, fisheye: bool):
+def check_fisheye_distortion(value, fisheye: bool, keep_zeros: bool = False):
     """Settings `fisheye_distortion`: None, or OpenCV's fisheye coefficients (k1, k2, k3, k4)
     (COLMAP's OPENCV_FISHEYE; a sequence or a tensor of four finite numbers), with
     `fisheye=True` only. Returns (the four as floats, their fold angle `fisheye_fold_angle`), or
-    (None, 0.0) for None and for four zeros: the plain equidistant fisheye."""
+    (None, 0.0) for None and, unless `keep_zeros`, for four zeros: the plain equidistant
+    fisheye."""
     if value is None:
         return None, 0.0
     if not fisheye:
@@ -218,7 +227,7 @@ def check_fisheye_distortion(value, fisheye: bool):
     if len(k) != 4 or not all(math.isfinite(v) for v in k):
         raise ValueError(f"raster_settings.fisheye_distortion: expected four finite numbers "
                          f"(k1, k2, k3, k4), got {k}")
-    if not any(k):
+    if not any(k) and not keep_zeros:
         return None, 0.0
     return k, fisheye_fold_angle(k)
 

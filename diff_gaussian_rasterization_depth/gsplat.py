@@ -43,7 +43,7 @@ unclamped), as gsplat's; a Gaussian at view z 0.2 or less (all at 90 degrees off
 beyond) is culled, as gsplat culls at its near plane. With it, `radial_coeffs` (..., C, 4) are
 OpenCV's fisheye coefficients k1-k4 (theta becomes theta (1 + k1 theta^2 + ... + k4 theta^8),
 the settings' `fisheye_distortion`) in the EWA projection, where gsplat takes them only with
-`with_ut=True`; they take no gradient.
+`with_ut=True`; where they require grad they receive the render's gradient.
 
 Not provided (each raises NotImplementedError naming the argument): `distributed`, camera
 models other than "pinhole", "ortho" and "fisheye", `with_ut`, `with_eval3d`, distortion
@@ -304,7 +304,11 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
             raise ValueError(f"rasterization: radial_coeffs must be {(*batch, C, 4)} with "
                              f"camera_model='fisheye' (OpenCV's k1-k4), got "
                              f"{tuple(radial_coeffs.shape)}")
-        distortions = [tuple(k) for k in radial_coeffs.detach().reshape(B * C, 4).tolist()]
+        rows = radial_coeffs.reshape(B * C, 4)
+        if torch.is_grad_enabled() and radial_coeffs.requires_grad:
+            distortions = list(rows.unbind(0))   # (4,) views that take the gradient
+        else:
+            distortions = [tuple(k) if any(k) else None for k in rows.detach().tolist()]
     if backgrounds is not None:
         backgrounds = backgrounds.reshape(B, C, -1).to(means.dtype)
 
@@ -314,7 +318,7 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
     # The screen-space points (leaves, shaped as gsplat's): their values are gsplat's means2d,
     # their gradient the render's, in pixels.
     projected = [_project(means[b], viewmats[b, c], intrinsics[b * C + c], camera_model,
-                          distortions[b * C + c] if any(distortions[b * C + c] or ()) else None)
+                          distortions[b * C + c])
                  for b in range(B) for c in range(C)]
     means2d = projected[0][0][None] if B * C == 1 else torch.stack([p for p, _ in projected])
     means2d = means2d.reshape(*batch, C, N, 2).requires_grad_(needs_grad)

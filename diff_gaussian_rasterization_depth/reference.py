@@ -164,7 +164,7 @@ def _projection_jacobian(tx, ty, tz, settings):
     focal_y = settings.image_height / (2.0 * tanfovy)
     if getattr(settings, "fisheye", False):  # unclamped: every point lands on a bounded disc
         a, b = tx / tz, ty / tz
-        K, M, N = _fisheye_terms(a, b, getattr(settings, "fisheye_distortion", None))
+        K, M, N = _fisheye_terms(a, b, _distortion(settings))
         jac = torch.stack([
             torch.stack([focal_x / tz * (K + a * a * M), focal_x / tz * (a * b * M),
                          focal_x / tz * (a * N)], dim=-1),
@@ -187,6 +187,15 @@ def _projection_jacobian(tx, ty, tz, settings):
         torch.stack([zero, focal_y / tz, -(focal_y * ty) / (tz * tz)], dim=-1),
     ], dim=-2)
     return tx, ty, jac
+
+
+def _distortion(settings):
+    """OpenCV's fisheye coefficients as the gradient flows through them: checked settings'
+    `distortion_leaf` (0-dim views of the tensor that takes one), else the numbers, or None."""
+    leaf = getattr(settings, "distortion_leaf", None)
+    if leaf is not None:
+        return tuple(leaf.unbind())
+    return getattr(settings, "fisheye_distortion", None)
 
 
 def _fisheye_terms(a, b, distortion=None):
@@ -255,7 +264,7 @@ def _fisheye_pixels(tx, ty, tz, settings):
     """(x, y) pixels of view-space points through the fisheye: c + focal (a, b) K with
     (a, b) = (tx, ty) / tz."""
     cx, cy = _fisheye_centre(settings)
-    K, _, _ = _fisheye_terms(tx / tz, ty / tz, getattr(settings, "fisheye_distortion", None))
+    K, _, _ = _fisheye_terms(tx / tz, ty / tz, _distortion(settings))
     tanfovx, tanfovy = _fields_of_view(settings)
     return (cx + settings.image_width / (2.0 * tanfovx) * (tx / tz) * K,
             cy + settings.image_height / (2.0 * tanfovy) * (ty / tz) * K)

@@ -45,16 +45,22 @@ def scene_for(config, seed):
     return scenes.config_scene("camera-", CONFIGS, config, seed)
 
 
+def camera_parts(settings):
+    """CAMERA, and "fisheye_distortion" where the settings carry OpenCV's fisheye coefficients."""
+    has_distortion = getattr(settings, "fisheye_distortion", None) is not None
+    return CAMERA + (("fisheye_distortion",) if has_distortion else ())
+
+
 def camera_leaves(settings, dtype=None):
-    """Fresh leaves of the settings' camera tensors (same layout and strides) and of its fields
-    of view (0-dim float64 tensors, the numbers' exact values, where they are numbers),
-    requiring grad."""
+    """Fresh leaves of the settings' camera tensors (same layout and strides), of its fields
+    of view (0-dim float64 tensors, the numbers' exact values, where they are numbers) and of a
+    fisheye's distortion coefficients (a (4,) float64 tensor), requiring grad."""
     def leaf(t):
         if not isinstance(t, torch.Tensor):
             t = torch.tensor(t, dtype=torch.float64)
         t = t.detach() if dtype is None else t.detach().to(dtype)
         return t.clone().requires_grad_()
-    return {n: leaf(getattr(settings, n)) for n in CAMERA}
+    return {n: leaf(getattr(settings, n)) for n in camera_parts(settings)}
 
 
 def settings_with_camera_leaves(settings):
@@ -89,9 +95,9 @@ def camera_gradients(run, scene, upstream, dtype=None, modes=MODES):
 
 
 def by_camera_part(leaves, grads):
-    """{name: gradient} of the camera leaves (in CAMERA's order) from autograd's grads (None:
-    zeros), the two fields of view's as one (2,) "fields_of_view"."""
-    named = {n: (torch.zeros_like(leaves[n]) if g is None else g) for n, g in zip(CAMERA, grads)}
+    """{name: gradient} of the camera leaves (in camera_leaves' order) from autograd's grads
+    (None: zeros), the two fields of view's as one (2,) "fields_of_view"."""
+    named = {n: (torch.zeros_like(leaves[n]) if g is None else g) for n, g in zip(leaves, grads)}
     named["fields_of_view"] = torch.stack([named.pop(n) for n in FIELDS_OF_VIEW])
     return named
 
@@ -103,7 +109,9 @@ def camera_reference_gradients(scene, upstream):
     wants = [camera_gradients(run_reference, scene, upstream)]
     if scene.inputs["means3D"].dtype == F32:
         exact = camera_gradients(run_reference, scene, upstream, dtype=F64)
-        wants.append({m: {n: g.to(F32) for n, g in grads.items()}
+        # the matrices in the scene's dtype; the fields of view and a fisheye's coefficients
+        # are float64 leaves either way
+        wants.append({m: {n: g.to(F32) if n in MATRICES else g for n, g in grads.items()}
                       for m, grads in exact.items()})
     return wants
 
@@ -290,9 +298,8 @@ def test_camera_gradient_repeatable_and_translation_identity():
 # ----------------------------------------------------------------------------------------------
 
 def make_camera_gradcheck_fn(scene):
-    def fn(view, proj, campos, tanfovx, tanfovy):
-        settings = scene.settings._replace(viewmatrix=view, projmatrix=proj, campos=campos,
-                                           tanfovx=tanfovx, tanfovy=tanfovy)
+    def fn(*leaves):   # camera_parts' order: a fisheye's distortion coefficients last
+        settings = scene.settings._replace(**dict(zip(camera_parts(scene.settings), leaves)))
         color, _, depth, weight = run_backend(scene.inputs, settings)
         return color, depth, weight
     return fn, tuple(camera_leaves(scene.settings).values())

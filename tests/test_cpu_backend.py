@@ -232,8 +232,11 @@ def compare_gradients(got, wants, dtype, label):
                     break
                 except AssertionError as e:
                     worst = (g - ref).abs().max().item()
+                    # assert_close's second line says what differs; a one-line message (another
+                    # dtype or shape) is the message
+                    lines = str(e).splitlines()
                     errors.append(f"max |diff| {worst:.3g}, max |ref| {scale:.3g}; "
-                                  + str(e).splitlines()[1].strip())
+                                  + (lines[1] if len(lines) > 1 else lines[0]).strip())
             else:
                 failures.append(f"{label} {mode} {name}: " + " | ".join(errors))
     return failures

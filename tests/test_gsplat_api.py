@@ -207,7 +207,7 @@ def test_camera_model_matches_gsplat_twin_f64(camera_model):
     """camera_model="ortho" and "fisheye": outputs, means2d and every gradient (viewmats'
     included) against the twin of gsplat's camera, float64, an off-centre principal point;
     the fisheye with OpenCV's radial_coeffs (k1-k4) too, where gsplat takes them only with its
-    unscented transform."""
+    unscented transform (their gradient as well)."""
     ortho = camera_model == "ortho"
     radial = (0.06, -0.03, 0.008, -0.001) if camera_model == "fisheye-distorted" \
         else (0.0, 0.0, 0.0, 0.0)
@@ -216,7 +216,9 @@ def test_camera_model_matches_gsplat_twin_f64(camera_model):
     scene = twin_scene(6, ortho=ortho, focal=(50, 70) if ortho else (18, 24))
     gen = torch.Generator().manual_seed(8)
     ours = leaves(scene, WITH_KS)
-    distortion = dict(radial_coeffs=torch.tensor([radial], dtype=F64)) if any(radial) else {}
+    # The coefficients as leaves of both sides: their gradient is compared too.
+    coeffs = [torch.tensor([radial], dtype=F64, requires_grad=True) for _ in range(2)]
+    distortion = dict(radial_coeffs=coeffs[0]) if any(radial) else {}
     image, alpha, meta = rasterization(**ours, width=W, height=H, render_mode="RGB+ED",
                                        packed=False, camera_model=camera_model, **distortion)
     theirs = leaves(scene, WITH_KS)
@@ -224,7 +226,7 @@ def test_camera_model_matches_gsplat_twin_f64(camera_model):
     color, expected, weight, uv, twin_alpha = gsplat_twin(
         theirs["means"], theirs["quats"], theirs["scales"], theirs["opacities"],
         theirs["colors"], theirs["viewmats"][0], theirs["Ks"][0], W, H, delta=delta, ortho=ortho,
-        fisheye=not ortho, radial=radial)
+        fisheye=not ortho, radial=tuple(coeffs[1][0].unbind()))
     # No alpha within rounding of 1/255, where the two may blend a splat differently (SPEC 4's
     # w + 1e-7 moves our means by 1e-7 of their offset from the centre).
     assert ((twin_alpha - 1 / 255).abs() > 1e-6).all()
@@ -244,6 +246,11 @@ def test_camera_model_matches_gsplat_twin_f64(camera_model):
                                    msg=lambda m, n=name: f"{n}: {m}")
     torch.testing.assert_close(meta["means2d"].grad[0], delta.grad, rtol=1e-5,
                                atol=1e-6 * delta.grad.abs().max().item())
+    if distortion:
+        want = coeffs[1].grad
+        assert want.abs().max() > 0
+        torch.testing.assert_close(coeffs[0].grad, want, rtol=1e-5,
+                                   atol=1e-6 * want.abs().max().item())
     # The same Gaussians through the pinhole camera of the same K render otherwise (by a
     # sizeable part of the opacities of at most 0.34).
     pinhole, _, _ = rasterization(**leaves(scene), width=W, height=H, packed=False)
