@@ -244,13 +244,17 @@ def test_colmap_opencv_fisheye_camera():
         assert (got - want).abs().max() < 0.02, (direction, got, want)
 
 
+@pytest.mark.parametrize("distortion", [None, DISTORTION], ids=["equidistant", "distorted"])
 @pytest.mark.parametrize("dtype", [F32, F64])
-def test_far_off_the_axis_lands_on_the_rim(dtype):
+def test_far_off_the_axis_lands_on_the_rim(dtype, distortion):
     """Points 90 degrees off the axis in all but name (x / z up to 1e13, z = 1) land on the
-    image's rim, focal * pi / 2 px out, with finite outputs and gradients (the camera's too):
-    no term of the projection or its derivatives overflows on the way."""
+    image's rim, focal * pi / 2 px out (focal * theta_d(pi / 2) with OpenCV's distortion), with
+    finite outputs and gradients (the camera's too, the coefficients' among them): no term of
+    the projection or its derivatives overflows on the way."""
     size = 96
     settings = single_splat_settings(size, 2.0, dtype)   # the rim at pi / 2 lies inside
+    if distortion is not None:
+        settings = settings._replace(fisheye_distortion=torch.tensor(distortion, dtype=dtype))
     f = size / (2.0 * 2.0)
     ratios = torch.tensor([1e3, 1e6, 1e9, 1e13], dtype=dtype)
     P = len(ratios)
@@ -265,15 +269,15 @@ def test_far_off_the_axis_lands_on_the_rim(dtype):
                   scales=sigma[:, None].expand(P, 3).contiguous(),
                   rotations=torch.tensor([[1.0, 0, 0, 0]], dtype=dtype).expand(P, 4).contiguous())
     leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
-    camera = {n: getattr(settings, n).clone().requires_grad_() for n in ("viewmatrix",
-                                                                         "projmatrix")}
+    names = ("viewmatrix", "projmatrix") + (("fisheye_distortion",) if distortion else ())
+    camera = {n: getattr(settings, n).clone().requires_grad_() for n in names}
     color, radii, depth, weight = GaussianRasterizer(settings._replace(**camera))(**leaves)
     assert (radii > 0).all()
     # They land focal * pi / 2 right of the centre (the first 0.02 px short of it).
     w = weight.detach().double()
     cols = torch.arange(size, dtype=F64)
     centroid = float((w.sum(0) * cols).sum() / w.sum())
-    assert abs(centroid - ((size - 1) / 2 + f * math.pi / 2)) < 0.1
+    assert abs(centroid - ((size - 1) / 2 + f * distorted_angle(math.pi / 2, distortion))) < 0.1
     (color.sum() + depth.sum() + weight.sum()).backward()
     for t in list(leaves.values()) + list(camera.values()):
         assert torch.isfinite(t.grad).all()
