@@ -167,8 +167,15 @@ def raycast(scene: AnalyticScene, camera: Camera, supersample: int = 1
         centre = raycast(scene, camera)
         centre["color"] = F.avg_pool2d(fine["color"][None], k)[0]
         return centre
-    origin_np, dirs_np = camera.world_rays()
-    origin, dirs = _as64(origin_np), _as64(dirs_np)
+    origin, dirs = camera.world_rays()
+    return raycast_rays(scene, _as64(origin), _as64(dirs))
+
+
+def raycast_rays(scene: AnalyticScene, origin: torch.Tensor, dirs: torch.Tensor
+                 ) -> Dict[str, torch.Tensor]:
+    """`raycast` along given rays: from `origin` (3,) along `dirs` (H, W, 3) (world space,
+    float64), whose ray parameter is the view depth where their view-space z is 1 (any central
+    camera's: a fisheye's too). A zero direction hits nothing."""
     objects = list(scene.planes) + list(scene.spheres)
     ts = torch.stack([intersect_plane(origin, dirs, o) if isinstance(o, Plane)
                       else intersect_sphere(origin, dirs, o) for o in objects])
