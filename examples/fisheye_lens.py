@@ -13,7 +13,7 @@ views, with the same seed and iteration count:
                 Gaussians (the rasterizer returns their gradient)
 
 and each is scored on the held-out views rendered through its own lens model: PSNR, and the
-largest error of its theta_d curve over the image, in pixels. Run:
+largest error of its theta_d curve over the image, in pixels (means over the seeds). Run:
 
     python examples/fisheye_lens.py                     # one seed, a minute or so on a CPU
     python examples/fisheye_lens.py --seeds 0 1 2       # the table of doc/fisheye.md
@@ -207,13 +207,14 @@ def run_seed(seed: int, truth=LENS, width: int = 96, height: int = 72, n_gaussia
 
 
 def format_table(per_seed: Dict[int, Dict[str, dict]]) -> str:
-    lines = ["| variant | held-out PSNR (dB) | lens curve error (px) | coefficients |",
-             "|---|---|---|---|"]
+    first = min(per_seed)
+    lines = ["| variant | held-out PSNR (dB) | lens curve error (px) | "
+             f"coefficients (seed {first}) |", "|---|---|---|---|"]
     for variant in VARIANTS:
         runs = [r[variant] for r in per_seed.values()]
         mean_psnr = np.mean([r["psnr"] for r in runs])
         mean_curve = np.mean([r["curve_px"] for r in runs])
-        lens = runs[0]["lens"]
+        lens = per_seed[first][variant]["lens"]
         shown = "none" if lens is None else ", ".join(f"{v:.4f}" for v in lens)
         lines.append(f"| {variant} | {mean_psnr:.2f} | {mean_curve:.2f} | {shown} |")
     return "\n".join(lines)
