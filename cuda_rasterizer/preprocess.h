@@ -107,8 +107,9 @@ DGRD_HD void view_matrix_backward(Vec3<T> mean, Vec3<T> dt, const Mat3<T>& dWr, 
 //   N = -1 / (1 + u),  Q = 2 / (1 + u)^2.
 // The Jacobian of the pixel by t is (focal / z) [[K + a^2 M, a b M, a N], [a b M, K + b^2 M, b N]]
 // and its derivatives by t are (focal / z^2) times products of a, b with M, P, N, Q, R
-// (fisheye_jacobian_backward; R = -(2 N + u Q), which equals Q but for a distorted fisheye). Near the axis K, M and P come from their series in u: the closed
-// forms lose their digits to cancellation there (M to 1/u, P to 1/u^2).
+// (fisheye_jacobian_backward; R = -(2 N + u Q), which equals Q but for a distorted fisheye).
+// Near the axis K, M and P come from their series in u: the closed forms lose their digits to
+// cancellation there (M to 1/u, P to 1/u^2).
 template <typename T>
 struct FisheyeTerms {
   T a, b;           // t.x / t.z, t.y / t.z

@@ -47,9 +47,9 @@ the settings' `fisheye_distortion`) in the EWA projection, where gsplat takes th
 
 Not provided (each raises NotImplementedError naming the argument): `distributed`, camera
 models other than "pinhole", "ortho" and "fisheye", `with_ut`, `with_eval3d`, distortion
-coefficients but the fisheye's radial ones, and rolling shutter. The meta has no `conics`, compensated `opacities` or
-tile-intersection tensors (`isect_ids`, `flatten_ids`, `isect_offsets`, `tiles_per_gauss`):
-they are gsplat's internals.
+coefficients but the fisheye's radial ones, and rolling shutter. The meta has no `conics`,
+compensated `opacities` or tile-intersection tensors (`isect_ids`, `flatten_ids`,
+`isect_offsets`, `tiles_per_gauss`): they are gsplat's internals.
 """
 from typing import Dict, Optional, Tuple
 
