@@ -23,9 +23,12 @@ struct Camera {
                        // off the axis (fisheye)
   T scale_modifier;
   int sh_degree;
-  T kernel_size;       // the 2D low-pass filter's variance (px^2), added to the 2D covariance
-  bool antialiasing;
-  bool inverse_depth;  // the depth channel blends 1/z instead of z (the 2024 upstream's invdepth)
+  // The 2D low-pass filter's variance (px^2), added to the 2D covariance. The settings' flags
+  // and filter have their defaults, so that a Camera filled field by field (the C++ checks)
+  // never reads an unset one.
+  T kernel_size = T(kDefaultKernelSize);
+  bool antialiasing = false;
+  bool inverse_depth = false;  // the depth channel blends 1/z, not z (the 2024 upstream's invdepth)
   // An orthographic camera (gsplat's camera_model="ortho"): the projection's Jacobian is the
   // constant diag(focal_x, focal_y), tanfovx and tanfovy the view's half-width and half-height
   // in view-space units; projmatrix must be the orthographic projection of the same extent.

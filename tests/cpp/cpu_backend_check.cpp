@@ -65,6 +65,7 @@ struct CameraData {
     cam.focal_y = float(height / (2.0 * tanfovy));
     cam.scale_modifier = 1.0f;
     cam.sh_degree = 3;
+    cam.kernel_size = float(kDefaultKernelSize);
     cam.antialiasing = false;
     cam.inverse_depth = false;
     return cam;
