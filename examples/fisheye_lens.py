@@ -22,6 +22,7 @@ Writes OUT/results.md and OUT/results.json (default OUT: out/fisheye_lens). The 
 functions, imported by tests/test_fisheye_example.py.
 """
 import argparse
+import copy
 import json
 import math
 import os
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sparse_view_depth import FitConfig as SparseViewConfig  # noqa: E402
 from sparse_view_depth import (GaussianModel, _as64, default_scene, make_cameras,  # noqa: E402
                                make_optimizer, photometric_loss, psnr, random_init,
                                raycast_rays)
@@ -141,9 +143,8 @@ def fit(model: GaussianModel, train: Sequence[FisheyeView], lens, cfg: FitConfig
     """Adam on the Gaussians (sparse_view_depth's rates), the views in a seeded random order,
     rendered through `lens`; with `calibrate`, `lens` is the starting coefficients and is
     optimized too. Returns (model, the lens it ended with)."""
-    import copy
     model = copy.deepcopy(model)
-    opt = make_optimizer(model, _sparse_view_config(cfg))
+    opt = make_optimizer(model, SparseViewConfig(lr_means=cfg.lr_means))
     lens_opt = None
     if calibrate:
         # k_j = unit_j * raw_j, unit_j = 1 / (focal corner^(2j+3)): a unit of raw_j moves
@@ -155,7 +156,6 @@ def fit(model: GaussianModel, train: Sequence[FisheyeView], lens, cfg: FitConfig
         start = torch.tensor(lens if lens is not None else (0.0,) * 4, dtype=torch.float32)
         raw = (start / unit).requires_grad_()
         lens_opt = torch.optim.Adam([raw], lr=cfg.lr_lens_px)
-        lens = raw * unit
     order = np.random.default_rng(seed).integers(0, len(train), size=cfg.iterations)
     for it in range(cfg.iterations):
         frac = it / max(cfg.iterations - 1, 1)
@@ -164,9 +164,9 @@ def fit(model: GaussianModel, train: Sequence[FisheyeView], lens, cfg: FitConfig
         if lens_opt is not None:
             lens = raw * unit
         loss = photometric_loss(render(model, view.camera, lens), view.color, cfg.lambda_ssim)
-        opt.zero_grad(set_to_none=True)
-        if lens_opt is not None:
-            lens_opt.zero_grad(set_to_none=True)
+        for optimizer in (opt, lens_opt):
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if lens_opt is not None and frac >= cfg.lens_start:
@@ -177,11 +177,6 @@ def fit(model: GaussianModel, train: Sequence[FisheyeView], lens, cfg: FitConfig
         lens = raw.detach() * unit
         lens = tuple(float(v) for v in lens.detach())
     return model, lens
-
-
-def _sparse_view_config(cfg: FitConfig):
-    from sparse_view_depth import FitConfig as SparseViewConfig
-    return SparseViewConfig(lr_means=cfg.lr_means)
 
 
 def run_seed(seed: int, truth=LENS, width: int = 96, height: int = 72, n_gaussians: int = 4000,
