@@ -165,9 +165,10 @@ py::object check_common(py::handle means3D_in, py::handle means2D, py::handle op
     if (!flag(ortho.ptr(), c.orthographic)) return none;
   if (const py::object fisheye = get("fisheye"))
     if (!flag(fisheye.ptr(), c.fisheye) || (c.fisheye && c.orthographic)) return none;
-  // Fisheye distortion coefficients: the Python checks read them (their fold angle).
-  if (const py::object distortion = get("fisheye_distortion"))
-    if (!distortion.is_none()) return none;
+  // Lens distortion coefficients: the Python checks read them (their fold).
+  for (const char* name : {"fisheye_distortion", "pinhole_distortion"})
+    if (const py::object distortion = get(name))
+      if (!distortion.is_none()) return none;
   if (!present(colors)) {  // enough SH coefficients for the degree
     const int64_t given = (present(dc) ? 1 : 0) + (sh != nullptr ? sh->size(1) : 0);
     if (given < (c.sh_degree + 1) * (c.sh_degree + 1)) return none;
@@ -235,6 +236,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                  c.fisheye_distorted = true;
                  for (int i = 0; i < 4; ++i) c.fisheye_k[i] = py::cast<double>(k[py::int_(i)]);
                  c.fisheye_max_angle = settings.attr("fisheye_max_angle").cast<double>();
+               }
+             }
+             // likewise: None, or (k1, k2, p1, p2, k3, k4, k5, k6) and the fold's u
+             if (py::hasattr(settings, "pinhole_distortion")) {
+               const py::object k = settings.attr("pinhole_distortion");
+               if (!k.is_none()) {
+                 c.pinhole_distorted = true;
+                 for (int i = 0; i < kLensCoefficients; ++i)
+                   c.pinhole_k[i] = py::cast<double>(k[py::int_(i)]);
+                 c.pinhole_max_u = settings.attr("pinhole_max_u").cast<double>();
                }
              }
              if (py::hasattr(settings, "subpixel_offset")) {

@@ -32,6 +32,10 @@ struct RasterConfig {
   bool fisheye_distorted = false;
   double fisheye_k[4] = {0, 0, 0, 0};
   double fisheye_max_angle = 0;
+  // Camera::pinhole_distorted, pinhole_k and pinhole_max_u (settings pinhole_distortion)
+  bool pinhole_distorted = false;
+  double pinhole_k[kLensCoefficients] = {};
+  double pinhole_max_u = 0;
   bool camera_grad = false;  // the backward also returns d viewmatrix, d projmatrix, d campos
   // means2D given as (P, 4): the backward's d means2D is (P, 4), columns 2-3 AbsGS's absolute
   // gradient (OptionalGrads::mean2d_abs in NDC units)
@@ -147,6 +151,9 @@ Camera<T> make_camera(const RasterConfig& c) {
   cam.fisheye_distorted = c.fisheye_distorted;
   for (int k = 0; k < 4; ++k) cam.fisheye_k[k] = T(c.fisheye_k[k]);
   cam.fisheye_max_angle = T(c.fisheye_max_angle);
+  cam.pinhole_distorted = c.pinhole_distorted;
+  for (int k = 0; k < kLensCoefficients; ++k) cam.pinhole_k[k] = T(c.pinhole_k[k]);
+  cam.pinhole_max_u = T(c.pinhole_max_u);
   cam.subpixel_offset = output_or_null<T>(c.subpixel_offset);
   cam.sample_margin = T(c.sample_margin);
   return cam;
@@ -248,7 +255,7 @@ struct GradientTensors {
     };
     return {means3D,     means2D,  opacities,   dc,           shs,        colors_precomp,
             scales,      rotations, cov3D_precomp, features, part(0, 16), part(16, 16),
-            part(32, 3), part(35, 2), part(37, 4)};
+            part(32, 3), part(35, 2), part(37, kLensCoefficients)};
   }
   template <typename T>
   CameraGrad<T>* camera_pointer() const {

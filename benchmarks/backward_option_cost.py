@@ -2,7 +2,8 @@
 """What an option of the backward adds to it: garden 112k at 648x420.
 
     python benchmarks/backward_option_cost.py
-        [--option camera|absolute|offsets|fisheye|distortion] [--device cpu|cuda] [--reps 15]
+        [--option camera|absolute|offsets|fisheye|distortion|pinhole_distortion]
+        [--device cpu|cuda] [--reps 15]
         [--sh]
 
 --option camera (issue 11's cost figure): the camera tensors requiring grad; --option absolute:
@@ -12,7 +13,10 @@ which moves the forward's sample points too, so that forward and backward are ti
 --option fisheye: the same camera as an equidistant fisheye (fisheye=True) whose image edge
 lies at the pinhole's angle (tanfovx = atan(tanfovx)), forward and backward timed together;
 --option distortion: that fisheye with OpenCV's distortion (fisheye_distortion, a real lens's
-order of coefficients) against it without, forward and backward timed together.
+order of coefficients) against it without, forward and backward timed together;
+--option pinhole_distortion: the pinhole camera with OpenCV's distortion (pinhole_distortion,
+a wide-angle lens's (k1, k2, p1, p2, k3)) against it without, forward and backward timed
+together.
 Each repetition renders once without the option and once with it (in alternating order, so
 that load changes hit both alike), and times loss.backward() alone (with the offsets, the
 forward and loss.backward());
@@ -63,7 +67,7 @@ def backward_seconds(scene, settings, upstream, device, clock=time.perf_counter,
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--option", choices=("camera", "absolute", "offsets", "fisheye",
-                                             "distortion"),
+                                             "distortion", "pinhole_distortion"),
                         default="camera")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reps", type=int, default=15)
@@ -84,7 +88,7 @@ def main():
 
     jitter = (torch.rand((H, W, 2), generator=gen) - 0.5).to(device)
     offsets = args.option == "offsets"
-    both_passes = args.option in ("offsets", "fisheye", "distortion")
+    both_passes = args.option in ("offsets", "fisheye", "distortion", "pinhole_distortion")
     fisheye = plain._replace(fisheye=True, tanfovx=math.atan(plain.tanfovx),
                              tanfovy=math.atan(plain.tanfovy))
     distorted = fisheye._replace(fisheye_distortion=(0.05, -0.02, 0.004, -0.0005))
@@ -102,6 +106,8 @@ def main():
             settings = fisheye
         elif mode == "with" and args.option == "distortion":
             settings = distorted
+        elif mode == "with" and args.option == "pinhole_distortion":
+            settings = plain._replace(pinhole_distortion=(-0.25, 0.08, 0.001, -0.0008, -0.01))
         elif mode == "with":
             absolute = True
         return backward_seconds(scene, settings, upstream, device, clock, absolute, both_passes)
@@ -123,7 +129,8 @@ def main():
           f"after {load_after[0]:.2f}")
     what = {"camera": "camera gradients", "absolute": "the absolute gradient",
             "offsets": "sample offsets", "fisheye": "the fisheye",
-            "distortion": "the fisheye's distortion"}[args.option]
+            "distortion": "the fisheye's distortion",
+            "pinhole_distortion": "the pinhole's distortion"}[args.option]
     timed = "forward + backward" if both_passes else "backward"
     for k in ("without", "with"):
         print(f"  {timed} {k:7s} {what}: median {1000 * med[k]:8.2f} ms "

@@ -20,6 +20,9 @@ constexpr int kTilePixels = kTileSize * kTileSize;
 constexpr int kMaxSplitLength = 1 << 24;
 constexpr int kColorChannels = 3;
 constexpr int kMaxShCoeffs = 16;       // SH degree 3
+// A lens's distortion coefficients at most: OpenCV's pinhole (k1, k2, p1, p2, k3, k4, k5, k6);
+// the fisheye's four are the first.
+constexpr int kLensCoefficients = 8;
 
 // Blended per-pixel features: colour (3), view-space depth, and the constant 1 whose blend is
 // the weight map. One recurrence serves all five (SPEC 6).
@@ -36,7 +39,7 @@ constexpr int kContributionValues = 5;
 constexpr double kNearPlane = 0.2;           // culled if view z <= this
 constexpr double kHomEps = 1e-7;             // ndc = hom.xyz / (hom.w + kHomEps)
 constexpr double kFrustumClamp = 1.3;        // t.x/t.z clamped to +-1.3 tanfovx in the Jacobian
-// The fisheye's angle terms (preprocess.h, FisheyeTerms) come from their series in
+// The fisheye's angle terms (preprocess.h, LensTerms) come from their series in
 // u = (rho / z)^2 below this u, where the closed forms cancel; that many terms reach double's
 // precision there (0.1^17).
 constexpr double kFisheyeSeriesBound = 0.1;

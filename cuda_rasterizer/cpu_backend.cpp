@@ -177,7 +177,7 @@ void add(CameraGrad<A>& acc, const CameraGrad<T>& g) {
   for (int k = 0; k < 16; ++k) acc.projmatrix[k] += g.projmatrix[k];
   for (int k = 0; k < 3; ++k) acc.campos[k] += g.campos[k];
   for (int k = 0; k < 2; ++k) acc.tanfov[k] += g.tanfov[k];
-  for (int k = 0; k < 4; ++k) acc.fisheye_k[k] += g.fisheye_k[k];
+  for (int k = 0; k < kLensCoefficients; ++k) acc.distortion[k] += g.distortion[k];
 }
 
 // Loops smaller than this run on one thread: waking the pool costs more than they do.
@@ -1172,7 +1172,7 @@ void preprocess_backward(const Camera<T>& cam, const GaussianInputs<T>& in, cons
   for (int k = 0; k < 16; ++k) camera->projmatrix[k] = T(total.projmatrix[k]);
   for (int k = 0; k < 3; ++k) camera->campos[k] = T(total.campos[k]);
   for (int k = 0; k < 2; ++k) camera->tanfov[k] = T(total.tanfov[k]);
-  for (int k = 0; k < 4; ++k) camera->fisheye_k[k] = T(total.fisheye_k[k]);
+  for (int k = 0; k < kLensCoefficients; ++k) camera->distortion[k] = T(total.distortion[k]);
 }
 
 // Each pixel walks its tile's list as the render does (the power bound first; float on the

@@ -1326,7 +1326,7 @@ __device__ __forceinline__ float camera_value(const CameraGrad<float>& g, int k)
          : k < 32 ? g.projmatrix[k - 16]
          : k < 35 ? g.campos[k - 32]
          : k < 37 ? g.tanfov[k - 35]
-                  : g.fisheye_k[k - 37];
+                  : g.distortion[k - 37];
 }
 
 // As preprocess_backward_kernel, and the block's sum of the Gaussians' camera gradient shares

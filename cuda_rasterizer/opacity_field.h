@@ -16,7 +16,7 @@ template <typename T>
 DGRD_HD bool project_point(const Camera<T>& cam, Vec3<T> p, PointOnScreen<T>& pt, int& tile) {
   const Vec3<T> t = to_view(cam.viewmatrix, p);
   if (!(t.z > T(kNearPlane)) || !is_finite(p) || !is_finite(t)) return false;
-  if (cam.fisheye && !fisheye_unfolded(cam, t)) return false;
+  if (cam.lens() && !lens_unfolded(cam, t)) return false;
   pt.pixel = screen_position(cam, p, t);  // the ray below is any central camera's
   const T col = floor_(pt.pixel.x + T(0.5)), row = floor_(pt.pixel.y + T(0.5));
   if (!(col >= T(0) && col < T(cam.width) && row >= T(0) && row < T(cam.height))) return false;

@@ -96,8 +96,14 @@ DGRD_HD void view_matrix_backward(Vec3<T> mean, Vec3<T> dt, const Mat3<T>& dWr, 
   }
 }
 
-// ---------------------------------------------------------------- the fisheye projection
+// ---------------------------------------------------------------- the lens projections
 
+// The fisheye and the distorted pinhole (Camera::lens) put the view-space point t = z (a, b, 1)
+// at c + focal (a K + tau_x, b K + tau_y): K a function of u = a^2 + b^2 (the radial part),
+// tau the distorted pinhole's tangential terms (0 for the fisheye). LensTerms holds K and its
+// derivatives, with the same meaning for every lens: M = 2 dK/du, P = 2 dM/du,
+// N = -(K + u M) (z / a times J02 without tau), Q = 2 dN/du = -(3 M + u P), R = -(2 N + u Q).
+//
 // The equidistant fisheye (Camera::fisheye): the view-space point t = z (a, b, 1) lands at
 // c + (focal_x a, focal_y b) K, K = theta / s with s = |(a, b)| = tan(theta) and theta the
 // angle off the axis. Every term is a function of u = s^2 times a power of 1/z, so that no
@@ -107,15 +113,19 @@ DGRD_HD void view_matrix_backward(Vec3<T> mean, Vec3<T> dt, const Mat3<T>& dWr, 
 //   N = -1 / (1 + u),  Q = 2 / (1 + u)^2.
 // The Jacobian of the pixel by t is (focal / z) [[K + a^2 M, a b M, a N], [a b M, K + b^2 M, b N]]
 // and its derivatives by t are (focal / z^2) times products of a, b with M, P, N, Q, R
-// (fisheye_jacobian_backward; R = -(2 N + u Q), which equals Q but for a distorted fisheye).
+// (lens_jacobian_backward; R = -(2 N + u Q), which equals Q but for a distorted fisheye).
 // Near the axis K, M and P come from their series in u: the closed forms lose their digits to
 // cancellation there (M to 1/u, P to 1/u^2).
 template <typename T>
-struct FisheyeTerms {
+struct LensTerms {
   T a, b;           // t.x / t.z, t.y / t.z
   T inv_z;
   T K, M, P, N, Q;
-  T R;              // -(2 N + u Q): (z^2 / a) d(a N / z)/dz, Q itself when undistorted
+  T R;              // -(2 N + u Q): (z^2 / a) d(a N / z)/dz, Q itself for the equidistant fisheye
+  // The distorted pinhole's tangential offset tau and its derivatives by (a, b): T00 =
+  // d tau_x / da, T01 = d tau_x / db = d tau_y / da, T11 = d tau_y / db. 0 for the fisheye.
+  Vec2<T> tau;
+  T T00, T01, T11;
 };
 
 // OpenCV's distortion (Camera::fisheye_distorted) scales theta by D(w) = 1 + k1 w + k2 w^2 +
@@ -128,7 +138,7 @@ struct FisheyeTerms {
 // with G = K0 (6 D' + 4 w D'') (theta_d'' / s). No term divides by u, so they hold their
 // digits on the axis as the undistorted ones do, nor subtracts terms of 1/u far off it.
 template <typename T>
-DGRD_HD void distort_fisheye_terms(const T (&k)[4], T u, T inv_1u, FisheyeTerms<T>& f) {
+DGRD_HD void distort_fisheye_terms(const T (&k)[4], T u, T inv_1u, LensTerms<T>& f) {
   const T K0 = f.K, M0 = f.M, w = u * K0 * K0;
   const T D = T(1) + w * (k[0] + w * (k[1] + w * (k[2] + w * k[3])));
   const T D1 = k[0] + w * (T(2) * k[1] + w * (T(3) * k[2] + w * (T(4) * k[3])));
@@ -145,8 +155,10 @@ DGRD_HD void distort_fisheye_terms(const T (&k)[4], T u, T inv_1u, FisheyeTerms<
 
 // The equidistant terms (no distortion).
 template <typename T>
-DGRD_HD FisheyeTerms<T> equidistant_terms(Vec3<T> t) {
-  FisheyeTerms<T> f;
+DGRD_HD LensTerms<T> equidistant_terms(Vec3<T> t) {
+  LensTerms<T> f;
+  f.tau = {T(0), T(0)};
+  f.T00 = f.T01 = f.T11 = T(0);
   f.inv_z = T(1) / t.z;
   f.a = t.x * f.inv_z;
   f.b = t.y * f.inv_z;
@@ -174,9 +186,60 @@ DGRD_HD FisheyeTerms<T> equidistant_terms(Vec3<T> t) {
   return f;
 }
 
+// The rational radial factor of OpenCV's pinhole distortion, L(u) = n(u) / d(u) with
+// n = 1 + k1 u + k2 u^2 + k3 u^3, d = 1 + k4 u + k5 u^2 + k6 u^3 (k = Camera::pinhole_k), and
+// its derivatives by u: L' = (n' - L d') / d, L'' = (n'' - 2 L' d' - L d'') / d.
 template <typename T>
-DGRD_HD FisheyeTerms<T> fisheye_terms(const Camera<T>& cam, Vec3<T> t) {
-  FisheyeTerms<T> f = equidistant_terms(t);
+struct RadialFactor {
+  T L, L1, L2;  // L, L', L''
+  T inv_d;      // 1 / d
+  T d1;         // d'
+};
+
+template <typename T>
+DGRD_HD RadialFactor<T> pinhole_radial_factor(const T (&k)[kLensCoefficients], T u) {
+  const T k1 = k[0], k2 = k[1], k3 = k[4], k4 = k[5], k5 = k[6], k6 = k[7];
+  RadialFactor<T> r;
+  r.inv_d = T(1) / (T(1) + u * (k4 + u * (k5 + u * k6)));
+  r.d1 = k4 + u * (T(2) * k5 + u * (T(3) * k6));
+  const T d2 = T(2) * k5 + u * (T(6) * k6);
+  r.L = (T(1) + u * (k1 + u * (k2 + u * k3))) * r.inv_d;
+  r.L1 = (k1 + u * (T(2) * k2 + u * (T(3) * k3)) - r.L * r.d1) * r.inv_d;
+  r.L2 = (T(2) * k2 + u * (T(6) * k3) - T(2) * r.L1 * r.d1 - r.L * d2) * r.inv_d;
+  return r;
+}
+
+// OpenCV's pinhole distortion (Camera::pinhole_distorted, k = (k1, k2, p1, p2, k3, k4, k5,
+// k6)): the radial factor L (pinhole_radial_factor) is K, so M = 2 L', P = 4 L'' and N, Q, R
+// by their definitions (no term divides by u: nothing to lose on the axis); tau = (2 p1 a b +
+// p2 (u + 2 a^2), p1 (u + 2 b^2) + 2 p2 a b), homogeneous of degree 2 in (a, b).
+template <typename T>
+DGRD_HD LensTerms<T> pinhole_lens_terms(const T (&k)[kLensCoefficients], Vec3<T> t) {
+  LensTerms<T> f;
+  f.inv_z = T(1) / t.z;
+  const T a = t.x * f.inv_z, b = t.y * f.inv_z;
+  f.a = a;
+  f.b = b;
+  const T u = a * a + b * b, p1 = k[2], p2 = k[3];
+  const RadialFactor<T> r = pinhole_radial_factor(k, u);
+  f.K = r.L;
+  f.M = T(2) * r.L1;
+  f.P = T(4) * r.L2;
+  f.N = -(f.K + u * f.M);
+  f.Q = -(T(3) * f.M + u * f.P);
+  f.R = -(T(2) * f.N + u * f.Q);
+  f.tau = {T(2) * p1 * a * b + p2 * (u + T(2) * a * a),
+           p1 * (u + T(2) * b * b) + T(2) * p2 * a * b};
+  f.T00 = T(2) * p1 * b + T(6) * p2 * a;
+  f.T01 = T(2) * (p1 * a + p2 * b);
+  f.T11 = T(6) * p1 * b + T(2) * p2 * a;
+  return f;
+}
+
+template <typename T>
+DGRD_HD LensTerms<T> lens_terms(const Camera<T>& cam, Vec3<T> t) {
+  if (cam.pinhole_distorted) return pinhole_lens_terms(cam.pinhole_k, t);
+  LensTerms<T> f = equidistant_terms(t);
   if (cam.fisheye_distorted) {
     const T u = f.a * f.a + f.b * f.b;
     distort_fisheye_terms(cam.fisheye_k, u, T(1) / (T(1) + u), f);
@@ -184,37 +247,75 @@ DGRD_HD FisheyeTerms<T> fisheye_terms(const Camera<T>& cam, Vec3<T> t) {
   return f;
 }
 
-// d/d(k1 .. k4) of the distorted fisheye's pixel position and Jacobian at t, from the loss's
-// d/d(pixel) (dpixel) and d/d(J) (dJ, J before the view rotation): with p_j = w^(j+1), by the
-// formulas of distort_fisheye_terms, dK/dk_j = K0 p_j, dM/dk_j = M0 p_j + 2 K0^2 (j + 1) w^j /
-// (1 + u), dN/dk_j = -(2 j + 3) p_j / (1 + u); the pixel is c + focal (a, b) K and J's rows
-// are (focal / z) (K + a^2 M, a b M, a N) and (focal / z) (a b M, K + b^2 M, b N).
+// d/d(the lens coefficients) of the pixel position and Jacobian at t (CameraGrad::distortion),
+// from the loss's d/d(pixel) (dpixel) and d/d(J) (dJ, J before the view rotation). The pixel is
+// c + focal (a K + tau_x, b K + tau_y) and J's rows are (focal / z) (K + a^2 M + T00,
+// a b M + T01, a N - 2 tau_x) and (focal / z) (a b M + T01, K + b^2 M + T11, b N - 2 tau_y)
+// (lens_jacobian): a coefficient's gradient is the dot of those with the change of K, M, N
+// (a radial coefficient) or of tau (a tangential one) that it makes.
+//   Fisheye, with p_j = w^(j+1), by distort_fisheye_terms: dK/dk_j = K0 p_j,
+//     dM/dk_j = M0 p_j + 2 K0^2 (j + 1) w^j / (1 + u), dN/dk_j = -(2 j + 3) p_j / (1 + u).
+//   Pinhole (L = n / d, pinhole_radial_factor), numerator's k_j (j = 1, 2, 3): dL = u^j / d,
+//     dL' = (j u^(j-1) - dL d') / d; denominator's k_(3+j): dL = -L u^j / d,
+//     dL' = -(j u^(j-1) L + u^j L' + dL d') / d; then dK = dL, dM = 2 dL', dN = -(dK + u dM).
+//     Tangential: d tau/d p1 = (2 a b, u + 2 b^2), d tau/d p2 = (u + 2 a^2, 2 a b).
 template <typename T>
-DGRD_HD void fisheye_distortion_backward(const Camera<T>& cam, Vec3<T> t, Vec2<T> dpixel,
-                                         const T (&dJ)[2][3], T dk[4]) {
-  const FisheyeTerms<T> f0 = equidistant_terms(t);
+DGRD_HD void lens_distortion_backward(const Camera<T>& cam, Vec3<T> t, Vec2<T> dpixel,
+                                      const T (&dJ)[2][3], T dk[kLensCoefficients]) {
+  const LensTerms<T> f0 = equidistant_terms(t);  // a, b and 1 / z; K0, M0 for the fisheye
   const T a = f0.a, b = f0.b, u = a * a + b * b, inv_1u = T(1) / (T(1) + u);
-  const T w = u * f0.K * f0.K;
   const T gx = cam.focal_x * f0.inv_z, gy = cam.focal_y * f0.inv_z;
+  const auto radial = [&](T dK, T dM, T dN) {
+    return gx * (dJ[0][0] * (dK + a * a * dM) + dJ[0][1] * a * b * dM + dJ[0][2] * a * dN) +
+           gy * (dJ[1][0] * a * b * dM + dJ[1][1] * (dK + b * b * dM) + dJ[1][2] * b * dN) +
+           dpixel.x * cam.focal_x * a * dK + dpixel.y * cam.focal_y * b * dK;
+  };
+  const auto tangential = [&](Vec2<T> dtau, T dT00, T dT01, T dT11) {
+    return gx * (dJ[0][0] * dT00 + dJ[0][1] * dT01 - T(2) * dJ[0][2] * dtau.x) +
+           gy * (dJ[1][0] * dT01 + dJ[1][1] * dT11 - T(2) * dJ[1][2] * dtau.y) +
+           dpixel.x * cam.focal_x * dtau.x + dpixel.y * cam.focal_y * dtau.y;
+  };
+  for (int j = 0; j < kLensCoefficients; ++j) dk[j] = T(0);
+  if (cam.pinhole_distorted) {
+    const RadialFactor<T> r = pinhole_radial_factor(cam.pinhole_k, u);
+    const auto radial_by_L = [&](T dL, T dL1) {
+      const T dM = T(2) * dL1;
+      return radial(dL, dM, -(dL + u * dM));
+    };
+    constexpr int kNumerator[3] = {0, 1, 4}, kDenominator[3] = {5, 6, 7};  // k1-k3, k4-k6
+    T power = T(1);  // u^(j-1)
+    for (int j = 1; j <= 3; ++j) {
+      const T uj = power * u;
+      const T dL_n = uj * r.inv_d;
+      dk[kNumerator[j - 1]] = radial_by_L(dL_n, (T(j) * power - dL_n * r.d1) * r.inv_d);
+      const T dL_d = -r.L * dL_n;
+      dk[kDenominator[j - 1]] =
+          radial_by_L(dL_d, -(T(j) * power * r.L + uj * r.L1 + dL_d * r.d1) * r.inv_d);
+      power = uj;
+    }
+    dk[2] = tangential({T(2) * a * b, u + T(2) * b * b}, T(2) * b, T(2) * a, T(6) * b);
+    dk[3] = tangential({u + T(2) * a * a, T(2) * a * b}, T(6) * a, T(2) * b, T(2) * a);
+    return;
+  }
+  if (!cam.fisheye_distorted) return;
+  const T w = u * f0.K * f0.K;
   T power = T(1);  // w^j
   for (int j = 0; j < 4; ++j) {
     const T p = power * w;
-    const T dK = f0.K * p;
-    const T dM = f0.M * p + T(2) * f0.K * f0.K * T(j + 1) * power * inv_1u;
-    const T dN = -T(2 * j + 3) * p * inv_1u;
-    dk[j] = gx * (dJ[0][0] * (dK + a * a * dM) + dJ[0][1] * a * b * dM + dJ[0][2] * a * dN) +
-            gy * (dJ[1][0] * a * b * dM + dJ[1][1] * (dK + b * b * dM) + dJ[1][2] * b * dN) +
-            dpixel.x * cam.focal_x * a * dK + dpixel.y * cam.focal_y * b * dK;
+    dk[j] = radial(f0.K * p, f0.M * p + T(2) * f0.K * f0.K * T(j + 1) * power * inv_1u,
+                   -T(2 * j + 3) * p * inv_1u);
     power *= w;
   }
 }
 
-// False for a point past the distorted fisheye's fold (Camera::fisheye_max_angle), where the
-// image folds back on itself: such Gaussians are culled, such points unseen.
+// False for a point past the distorted lens's fold (Camera::fisheye_max_angle,
+// Camera::pinhole_max_u), where the image folds back on itself: such Gaussians are culled, such
+// points unseen.
 template <typename T>
-DGRD_HD bool fisheye_unfolded(const Camera<T>& cam, Vec3<T> t) {
-  if (!cam.fisheye_distorted) return true;
+DGRD_HD bool lens_unfolded(const Camera<T>& cam, Vec3<T> t) {
   const T a = t.x / t.z, b = t.y / t.z;
+  if (cam.pinhole_distorted) return a * a + b * b <= cam.pinhole_max_u;
+  if (!cam.fisheye_distorted) return true;
   return atan_(sqrt_(a * a + b * b)) <= cam.fisheye_max_angle;
 }
 
@@ -238,9 +339,9 @@ DGRD_HD Vec3<T> axis_point(const T* V, Mat3<T>* inverse = nullptr) {
   return inv_det * (v.x * c0 + v.y * c1 + v.z * c2);
 }
 
-// The fisheye's principal point in pixels: the pinhole projection (projmatrix) of the axis.
+// The lens's principal point in pixels: the pinhole projection (projmatrix) of the axis.
 template <typename T>
-DGRD_HD Vec2<T> fisheye_centre(const Camera<T>& cam) {
+DGRD_HD Vec2<T> lens_centre(const Camera<T>& cam) {
   T inv_w;
   Vec3<T> hom;
   return project_mean(cam, axis_point(cam.viewmatrix), inv_w, hom);
@@ -251,7 +352,7 @@ DGRD_HD Vec2<T> fisheye_centre(const Camera<T>& cam) {
 // itself. With Wr a + T = e3 held, a moves by -Wr^-1 (dV applied to [a, 1]), so dL/dV is
 // view_matrix_backward's [a, 1] (x) dt with dt = -Wr^-T dL/da.
 template <typename T>
-DGRD_HD void fisheye_centre_backward(const Camera<T>& cam, Vec2<T> dndc, T dproj[16],
+DGRD_HD void lens_centre_backward(const Camera<T>& cam, Vec2<T> dndc, T dproj[16],
                                      T dview[16]) {
   Mat3<T> inverse;
   const Vec3<T> a = axis_point(cam.viewmatrix, &inverse);
@@ -265,13 +366,13 @@ DGRD_HD void fisheye_centre_backward(const Camera<T>& cam, Vec2<T> dndc, T dproj
 }
 
 // The Gaussian's screen position in pixels: the pinhole or orthographic projection of its
-// mean by projmatrix, or the fisheye's of its view-space position t.
+// mean by projmatrix, or the lens's of its view-space position t.
 template <typename T>
 DGRD_HD Vec2<T> screen_position(const Camera<T>& cam, Vec3<T> mean, Vec3<T> t) {
-  if (cam.fisheye) {
-    const FisheyeTerms<T> f = fisheye_terms(cam, t);
-    const Vec2<T> c = fisheye_centre(cam);
-    return {c.x + cam.focal_x * f.a * f.K, c.y + cam.focal_y * f.b * f.K};
+  if (cam.lens()) {
+    const LensTerms<T> f = lens_terms(cam, t);
+    const Vec2<T> c = lens_centre(cam);
+    return {c.x + cam.focal_x * (f.a * f.K + f.tau.x), c.y + cam.focal_y * (f.b * f.K + f.tau.y)};
   }
   T inv_w;
   Vec3<T> hom;
@@ -358,22 +459,22 @@ struct ScreenJacobian {
   bool u_free, v_free;  // the clamp did not bite
 };
 
-// The fisheye's J (FisheyeTerms), unclamped: every point in front of the camera lands on a
-// bounded disc.
+// The lens's J (LensTerms), unclamped: every point in front of the fisheye lands on a bounded
+// disc, and the distorted pinhole's lie within its fold (lens_unfolded).
 template <typename T>
-DGRD_HD ScreenJacobian<T> fisheye_jacobian(const Camera<T>& cam, Vec3<T> t, const Mat3<T>& Wr) {
-  const FisheyeTerms<T> f = fisheye_terms(cam, t);
+DGRD_HD ScreenJacobian<T> lens_jacobian(const Camera<T>& cam, Vec3<T> t, const Mat3<T>& Wr) {
+  const LensTerms<T> f = lens_terms(cam, t);
   ScreenJacobian<T> s;
   s.u_free = s.v_free = false;
   s.u = f.a;
   s.v = f.b;
   const T fx = cam.focal_x * f.inv_z, fy = cam.focal_y * f.inv_z, abM = f.a * f.b * f.M;
-  s.J00 = fx * (f.K + f.a * f.a * f.M);
-  s.J01 = fx * abM;
-  s.J02 = fx * f.a * f.N;
-  s.J10 = fy * abM;
-  s.J11 = fy * (f.K + f.b * f.b * f.M);
-  s.J12 = fy * f.b * f.N;
+  s.J00 = fx * (f.K + f.a * f.a * f.M + f.T00);
+  s.J01 = fx * (abM + f.T01);
+  s.J02 = fx * (f.a * f.N - T(2) * f.tau.x);
+  s.J10 = fy * (abM + f.T01);
+  s.J11 = fy * (f.K + f.b * f.b * f.M + f.T11);
+  s.J12 = fy * (f.b * f.N - T(2) * f.tau.y);
   for (int c = 0; c < 3; ++c) {
     s.m[0][c] = s.J00 * Wr.m[0][c] + s.J01 * Wr.m[1][c] + s.J02 * Wr.m[2][c];
     s.m[1][c] = s.J10 * Wr.m[0][c] + s.J11 * Wr.m[1][c] + s.J12 * Wr.m[2][c];
@@ -383,7 +484,7 @@ DGRD_HD ScreenJacobian<T> fisheye_jacobian(const Camera<T>& cam, Vec3<T> t, cons
 
 template <typename T>
 DGRD_HD ScreenJacobian<T> screen_jacobian(const Camera<T>& cam, Vec3<T> t, const Mat3<T>& Wr) {
-  if (cam.fisheye) return fisheye_jacobian(cam, t, Wr);
+  if (cam.lens()) return lens_jacobian(cam, t, Wr);
   ScreenJacobian<T> s;
   s.J01 = s.J10 = T(0);
   if (cam.orthographic) {
@@ -414,11 +515,11 @@ DGRD_HD ScreenJacobian<T> screen_jacobian(const Camera<T>& cam, Vec3<T> t, const
   return s;
 }
 
-// d/dt of the fisheye's J from d/dJ (dJ[2][3]): the terms of FisheyeTerms, times focal / z^2.
+// d/dt of the lens's J from d/dJ (dJ[2][3]): the terms of LensTerms, times focal / z^2.
 template <typename T>
-DGRD_HD void fisheye_jacobian_backward(const Camera<T>& cam, Vec3<T> t, const T (&dJ)[2][3],
-                                       Vec3<T>& dt) {
-  const FisheyeTerms<T> f = fisheye_terms(cam, t);
+DGRD_HD void lens_jacobian_backward(const Camera<T>& cam, Vec3<T> t, const T (&dJ)[2][3],
+                                    Vec3<T>& dt) {
+  const LensTerms<T> f = lens_terms(cam, t);
   const T a = f.a, b = f.b, aa = a * a, bb = b * b, ab = a * b;
   // The derivatives shared by J's entries: d(J00)/dy = d(J01)/dx = b (M + a^2 P) and so on.
   const T Ma = f.M + aa * f.P, Mb = f.M + bb * f.P, abQ = ab * f.Q;
@@ -431,6 +532,15 @@ DGRD_HD void fisheye_jacobian_backward(const Camera<T>& cam, Vec3<T> t, const T 
   dt.y = d00 * b * Ma + (d01 + d10) * a * Mb + d02 * abQ + d11 * b * (T(3) * f.M + bb * f.P) +
          d12 * Nb;
   dt.z = d00 * Na + (d01 + d10) * abQ + d02 * a * f.R + d11 * Nb + d12 * b * f.R;
+  if (!cam.pinhole_distorted) return;
+  // The tangential part: an entry E(a, b) / z of J (T00, T01, T11 of degree 1 in (a, b),
+  // -2 tau of degree 2) has d/dx = dE/da / z^2, d/dy = dE/db / z^2 and, by Euler's theorem,
+  // d/dz = -(1 + degree) E / z^2. dT00 = (6 p2, 2 p1), dT01 = (2 p1, 2 p2), dT11 = (2 p2, 6 p1).
+  const T p1 = cam.pinhole_k[2], p2 = cam.pinhole_k[3], d01s = d01 + d10;
+  dt.x += T(6) * p2 * d00 + T(2) * p1 * d01s + T(2) * p2 * d11 - T(2) * (d02 * f.T00 + d12 * f.T01);
+  dt.y += T(2) * p1 * d00 + T(2) * p2 * d01s + T(6) * p1 * d11 - T(2) * (d02 * f.T01 + d12 * f.T11);
+  dt.z += T(6) * (d02 * f.tau.x + d12 * f.tau.y) -
+          T(2) * (d00 * f.T00 + d01s * f.T01 + d11 * f.T11);
 }
 
 // J Wr Sigma Wr^T J^T, before the dilation.
@@ -490,7 +600,7 @@ DGRD_HD void covariance_2d_backward(const Camera<T>& cam, Vec3<T> t, const Mat3<
     }
   }
   if (focal_share) {
-    const bool x_scales = J.u_free || cam.fisheye, y_scales = J.v_free || cam.fisheye;
+    const bool x_scales = J.u_free || cam.lens(), y_scales = J.v_free || cam.lens();
     focal_share->x = dJ[0][0] * J.J00 + dJ[0][1] * J.J01 + (x_scales ? dJ[0][2] * J.J02 : T(0));
     focal_share->y = dJ[1][0] * J.J10 + dJ[1][1] * J.J11 + (y_scales ? dJ[1][2] * J.J12 : T(0));
   }
@@ -498,8 +608,8 @@ DGRD_HD void covariance_2d_backward(const Camera<T>& cam, Vec3<T> t, const Mat3<
     dt = {T(0), T(0), T(0)};
     return;
   }
-  if (cam.fisheye) {
-    fisheye_jacobian_backward(cam, t, dJ, dt);
+  if (cam.lens()) {
+    lens_jacobian_backward(cam, t, dJ, dt);
     if (dWr)  // J's off-diagonal terms (0 elsewhere)
       for (int c = 0; c < 3; ++c) {
         dWr->m[0][c] += J.J10 * dA[1][c];
@@ -641,7 +751,7 @@ DGRD_HD ProjectedGaussian<T> preprocess_gaussian(const Camera<T>& cam, const Gau
   const Vec3<T> mean = load3(in.means3D, i);
   const Vec3<T> t = to_view(cam.viewmatrix, mean);
   if (!(t.z > T(kNearPlane)) || !is_finite(mean)) return g;
-  if (cam.fisheye && !fisheye_unfolded(cam, t)) return g;
+  if (cam.lens() && !lens_unfolded(cam, t)) return g;
 
   g.mean2d = screen_position(cam, mean, t);
 
@@ -706,8 +816,8 @@ DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianIn
   // Conic and opacity -> 2D covariance -> view-space mean and 3D covariance.
   const ScreenJacobian<T> J = screen_jacobian(cam, t, Wr);
   Vec3<T> dmean = {T(0), T(0), T(0)};
-  Vec3<T> dt_position = {T(0), T(0), T(0)};  // the fisheye's screen position: J^T d/dpixel
-  if (cam.fisheye) {
+  Vec3<T> dt_position = {T(0), T(0), T(0)};  // the lens's screen position: J^T d/dpixel
+  if (cam.lens()) {
     dt_position = {J.J00 * g.mean2d.x + J.J10 * g.mean2d.y, J.J01 * g.mean2d.x + J.J11 * g.mean2d.y,
                    J.J02 * g.mean2d.x + J.J12 * g.mean2d.y};
     if (camera)
@@ -729,7 +839,7 @@ DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianIn
   Mat3<T> dWr;
   Vec2<T> focal_share;
   T dJ[2][3];
-  const bool distortion_grad = camera && cam.fisheye && cam.fisheye_distorted;
+  const bool distortion_grad = camera && (cam.fisheye_distorted || cam.pinhole_distorted);
   covariance_2d_backward(cam, t, Wr, J, sigma, dcov, dsigma, dt, camera ? &dWr : nullptr,
                          camera ? &focal_share : nullptr, distortion_grad ? &dJ : nullptr);
   // The blended depth value is t.z, or 1/t.z: d(1/z)/dz = -1/z^2.
@@ -739,23 +849,26 @@ DGRD_HD void preprocess_gaussian_backward(const Camera<T>& cam, const GaussianIn
   } else {
     dt.z += g.feature.w;
   }
-  if (cam.fisheye) dt = dt + dt_position;
+  if (cam.lens()) dt = dt + dt_position;
   dmean = dmean + matvec_transposed(Wr, dt);
   if (camera) {
     view_matrix_backward(mean, dt, dWr, camera->viewmatrix);
-    if (cam.fisheye) {
+    if (cam.lens()) {
       // The principal point's share (every Gaussian's d/dpixel moves it alike), and the
-      // position's own focal: pixel = c + focal (a, b) K.
-      fisheye_centre_backward(cam, dndc, camera->projmatrix, camera->viewmatrix);
-      const FisheyeTerms<T> f = fisheye_terms(cam, t);
-      focal_share.x += g.mean2d.x * cam.focal_x * f.a * f.K;
-      focal_share.y += g.mean2d.y * cam.focal_y * f.b * f.K;
+      // position's own focal: pixel = c + focal (a K + tau_x, b K + tau_y).
+      lens_centre_backward(cam, dndc, camera->projmatrix, camera->viewmatrix);
+      const LensTerms<T> f = lens_terms(cam, t);
+      focal_share.x += g.mean2d.x * cam.focal_x * (f.a * f.K + f.tau.x);
+      focal_share.y += g.mean2d.y * cam.focal_y * (f.b * f.K + f.tau.y);
     }
     // focal = size / (2 tanfov): d/d(tanfov) = -(focal d/d(focal)) / tanfov.
     camera->tanfov[0] = -focal_share.x / cam.tanfovx;
     camera->tanfov[1] = -focal_share.y / cam.tanfovy;
-    for (int k = 0; k < 4; ++k) camera->fisheye_k[k] = T(0);
-    if (distortion_grad) fisheye_distortion_backward(cam, t, g.mean2d, dJ, camera->fisheye_k);
+    if (distortion_grad) {
+      lens_distortion_backward(cam, t, g.mean2d, dJ, camera->distortion);
+    } else {
+      for (int k = 0; k < kLensCoefficients; ++k) camera->distortion[k] = T(0);
+    }
   }
 
   if (in.cov3D_precomp) {

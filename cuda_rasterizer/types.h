@@ -46,12 +46,28 @@ struct Camera {
   bool fisheye_distorted = false;
   T fisheye_k[4] = {T(0), T(0), T(0), T(0)};
   T fisheye_max_angle = T(0);
+  // OpenCV's pinhole distortion (COLMAP's OPENCV, FULL_OPENCV and RADIAL, OpenCV's
+  // distCoeffs) on the perspective camera: the normalized point (a, b) = (x, y) / z moves to
+  // (a L + tau_x, b L + tau_y), L = (1 + k1 u + k2 u^2 + k3 u^3) / (1 + k4 u + k5 u^2 + k6 u^3)
+  // with u = a^2 + b^2, tau the tangential terms (2 p1 a b + p2 (u + 2 a^2),
+  // p1 (u + 2 b^2) + 2 p2 a b), and lands at c + focal * that, c where projmatrix puts the
+  // axis: the fisheye's path with L for its K (preprocess.h, pinhole_lens_terms). pinhole_k
+  // holds (k1, k2, p1, p2, k3, k4, k5, k6), OpenCV's order. Past pinhole_max_u, where the
+  // radial part stops growing (or its denominator reaches 0), the image folds back on itself:
+  // Gaussians there are culled. Off (the plain pinhole, projmatrix's projection) costs nothing.
+  bool pinhole_distorted = false;
+  T pinhole_k[kLensCoefficients] = {};
+  T pinhole_max_u = T(0);
   // Mip-Splatting's subpixel_offset (its --ray_jitter): H x W x 2, pixel (x, y) sampled at
   // (x + o.x, y + o.y) instead of its own coordinates; null: every pixel at its own.
   // sample_margin is the largest |o|: the reach boxes widen by it (and by the rounding of
   // x + o, reach_rect), so that a splat is skipped only where no sample point can blend it.
   const T* subpixel_offset = nullptr;
   T sample_margin = T(0);
+
+  // A point lands at the principal point plus focal times a function of its direction (the
+  // fisheye, the distorted pinhole: preprocess.h's lens path), not at projmatrix's projection.
+  DGRD_HD bool lens() const { return fisheye || pinhole_distorted; }
 
   // Where pixel (x, y) of the image samples the splats.
   DGRD_HD Vec2<T> sample_point(int x, int y) const {
@@ -193,9 +209,12 @@ struct CameraGrad {
   T projmatrix[16];
   T campos[3];
   T tanfov[2];  // d/d(tanfovx), d/d(tanfovy): the focal lengths, W / (2 tanfovx) and likewise
-  T fisheye_k[4];  // d/d(k1 .. k4) of the distorted fisheye (Camera::fisheye_k); 0 otherwise
+  // d/d(the lens coefficients) in the settings' order: the distorted fisheye's k1 .. k4
+  // (Camera::fisheye_k), or the distorted pinhole's k1, k2, p1, p2, k3, k4, k5, k6
+  // (Camera::pinhole_k); 0 otherwise
+  T distortion[kLensCoefficients];
 };
-constexpr int kCameraGradValues = 41;
+constexpr int kCameraGradValues = 37 + kLensCoefficients;
 
 // Sorted tile lists: tile t holds point_list[tile_ranges[2t] .. tile_ranges[2t + 1]), rows of
 // the Gaussians' state. The CUDA backend's compact state (gpu::CudaTuning::compact_state) keeps

@@ -60,6 +60,15 @@ class GaussianRasterizationSettings(NamedTuple):
     # principal point, theta_d = theta (1 + k1 theta^2 + k2 theta^4 + k3 theta^6 + k4 theta^8).
     # Gaussians past the angle where theta_d stops growing are culled. None: undistorted.
     fisheye_distortion: Optional[Sequence[float]] = None
+    # OpenCV's pinhole distortion (COLMAP's OPENCV, FULL_OPENCV and RADIAL cameras, OpenCV's
+    # distCoeffs, gsplat's radial and tangential coeffs) on the perspective camera:
+    # (k1, k2, p1, p2), (k1, k2, p1, p2, k3) or (k1, k2, p1, p2, k3, k4, k5, k6); the
+    # normalized point (a, b) = (x, y) / z lands at c + focal (a L + 2 p1 a b + p2 (r^2 + 2 a^2),
+    # b L + p1 (r^2 + 2 b^2) + 2 p2 a b), L = (1 + k1 r^2 + k2 r^4 + k3 r^6) / (1 + k4 r^2 +
+    # k5 r^4 + k6 r^6), c where projmatrix puts the axis. Gaussians past the radius where r L
+    # stops growing are culled. A tensor that requires grad receives its gradient
+    # (calibration). None: the plain pinhole.
+    pinhole_distortion: Optional[Sequence[float]] = None
 
 
 def has_cuda_backend() -> bool:
@@ -186,10 +195,11 @@ class _RasterizeGaussians(torch.autograd.Function):
                 settings: Optional[CheckedSettings], *camera):
         # config: the backend's RasterConfig of the call; settings: the checked settings, for
         # debug snapshots (None where the call was checked in C++, never in debug mode).
-        # camera: (viewmatrix, projmatrix, campos, tanfovx, tanfovy, fisheye_distortion) when
+        # camera: (viewmatrix, projmatrix, campos, tanfovx, tanfovy, distortion) when
         # config.camera_grad: the flat tensors the config holds, the fields of view as 0-dim
-        # tensors or numbers, the fisheye's coefficients as a (4,) tensor that takes a gradient
-        # or None; then bg (the config's flat copy) where the background takes a gradient.
+        # tensors or numbers, the lens's coefficients (fisheye_distortion or
+        # pinhole_distortion) as a flat tensor that takes a gradient or None; then bg (the
+        # config's flat copy) where the background takes a gradient.
         # dc: SH coefficient 0 apart from sh (the 2024 API), read where it lies rather than
         # copied in front of sh. walks: (touch_count, contributions, dominant,
         # points3D, median_gaussian), the outputs made after the render from its state (walks
@@ -292,15 +302,18 @@ class _RasterizeGaussians(torch.autograd.Function):
 
 
 def _camera_gradients(d_camera, fields_of_view, distortion):
-    """The Function's gradients of (viewmatrix, projmatrix, campos, tanfovx, tanfovy,
-    fisheye_distortion) from the backend's (view, proj, campos, tanfov (2,), fisheye_k (4,)):
+    """The Function's gradients of (viewmatrix, projmatrix, campos, tanfovx, tanfovy, the lens
+    coefficients) from the backend's (view, proj, campos, tanfov (2,), distortion (8,)):
     a field of view's where it is a tensor (0-dim, in its own dtype and on its own device),
-    None where it is a number; the coefficients' where they are a tensor, else None."""
+    None where it is a number; the coefficients' where they are a tensor (the fisheye's four,
+    the pinhole's four, five or eight: the first values, the order being the settings'), else
+    None."""
     d_view, d_proj, d_campos, d_tanfov, d_k = d_camera
     return (d_view, d_proj, d_campos) + tuple(
         d_tanfov[k].to(device=t.device, dtype=t.dtype) if isinstance(t, torch.Tensor) else None
         for k, t in enumerate(fields_of_view)) + (
-        None if distortion is None else d_k.to(device=distortion.device, dtype=distortion.dtype),)
+        None if distortion is None
+        else d_k[:distortion.numel()].to(device=distortion.device, dtype=distortion.dtype),)
 
 
 def _background_gradient(grad_color, weight):

@@ -31,7 +31,7 @@ INPUT_NAMES = ("means3D", "opacities", "shs", "colors_precomp", "scales", "rotat
 SETTINGS_FIELDS = ("image_height", "image_width", "tanfovx", "tanfovy", "bg", "scale_modifier",
                    "viewmatrix", "projmatrix", "sh_degree", "campos", "prefiltered", "debug",
                    "antialiasing", "kernel_size", "orthographic", "fisheye", "fisheye_distortion",
-                   "subpixel_offset")
+                   "pinhole_distortion", "subpixel_offset")
 
 
 # ---------------------------------------------------------------------------- non-finite inputs

@@ -95,7 +95,8 @@ def _small_tensor(name: str, t, numel: int) -> torch.Tensor:
     return t
 
 
-CAMERA_FIELDS = ("viewmatrix", "projmatrix", "campos", "tanfovx", "tanfovy", "fisheye_distortion")
+CAMERA_FIELDS = ("viewmatrix", "projmatrix", "campos", "tanfovx", "tanfovy", "fisheye_distortion",
+                 "pinhole_distortion")
 KERNEL_SIZE_DEFAULT = 0.3  # the original's dilation (config.h kDefaultKernelSize)
 
 
@@ -167,16 +168,21 @@ class CheckedSettings:
         if self.orthographic and self.fisheye:
             raise ValueError("raster_settings: orthographic and fisheye are two projections; "
                              "set one of them")
-        # OpenCV's fisheye coefficients: numbers for the config; where they are a tensor that
-        # takes a gradient, also `distortion_leaf`, a (4,) view of it, as the reference
-        # differentiates them and the Function takes them (zeros then stay distorted: their
-        # gradient is wanted).
-        distortion = getattr(s, "fisheye_distortion", None)
+        # OpenCV's lens coefficients, the fisheye's or the pinhole's: numbers for the config;
+        # where they are a tensor that takes a gradient, also `distortion_leaf`, a flat view of
+        # it, as the reference differentiates them and the Function takes them (zeros then
+        # stay distorted: their gradient is wanted).
+        fisheye_k = getattr(s, "fisheye_distortion", None)
+        pinhole_k = getattr(s, "pinhole_distortion", None)
         self.distortion_leaf = None
-        if self.camera_grad and isinstance(distortion, torch.Tensor) and distortion.requires_grad:
-            self.distortion_leaf = distortion.reshape(-1)
+        for k in (fisheye_k, pinhole_k):
+            if self.camera_grad and isinstance(k, torch.Tensor) and k.requires_grad:
+                self.distortion_leaf = k.reshape(-1)
         self.fisheye_distortion, self.fisheye_max_angle = check_fisheye_distortion(
-            distortion, self.fisheye, keep_zeros=self.distortion_leaf is not None)
+            fisheye_k, self.fisheye, keep_zeros=self.distortion_leaf is not None)
+        self.pinhole_distortion, self.pinhole_max_u = check_pinhole_distortion(
+            pinhole_k, self.fisheye or self.orthographic,
+            keep_zeros=self.distortion_leaf is not None)
         self.subpixel_offset, self.sample_margin = check_subpixel_offset(
             getattr(s, "subpixel_offset", None), self.image_height, self.image_width, device,
             dtype)
@@ -211,6 +217,22 @@ def _fold_angle(k1: float, k2: float, k3: float, k4: float) -> float:
     return math.sqrt(below)
 
 
+def _coefficient_numbers(field: str, value, counts, how_many: str, names: str):
+    """Settings `field`'s lens coefficients as a tuple of floats: a sequence or a tensor of
+    finite numbers, as many as one of `counts` (`how_many` and `names` word the errors)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().reshape(-1).tolist()
+    try:
+        k = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"raster_settings.{field}: expected {how_many} numbers ({names}), got "
+                        f"{_describe(value)}") from None
+    if len(k) not in counts or not all(math.isfinite(v) for v in k):
+        raise ValueError(f"raster_settings.{field}: expected {how_many} finite numbers "
+                         f"({names}), got {k}")
+    return k
+
+
 def check_fisheye_distortion(value, fisheye: bool, keep_zeros: bool = False):
     """Settings `fisheye_distortion`: None, or OpenCV's fisheye coefficients (k1, k2, k3, k4)
     (COLMAP's OPENCV_FISHEYE; a sequence or a tensor of four finite numbers), with
@@ -222,29 +244,79 @@ def check_fisheye_distortion(value, fisheye: bool, keep_zeros: bool = False):
     if not fisheye:
         raise ValueError("raster_settings.fisheye_distortion: OpenCV's fisheye coefficients "
                          "need fisheye=True")
-    if isinstance(value, torch.Tensor):
-        value = value.detach().reshape(-1).tolist()
-    try:
-        k = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise TypeError(f"raster_settings.fisheye_distortion: expected four numbers (k1, k2, "
-                        f"k3, k4), got {_describe(value)}") from None
-    if len(k) != 4 or not all(math.isfinite(v) for v in k):
-        raise ValueError(f"raster_settings.fisheye_distortion: expected four finite numbers "
-                         f"(k1, k2, k3, k4), got {k}")
+    k = _coefficient_numbers("fisheye_distortion", value, (4,), "four", "k1, k2, k3, k4")
     if not any(k) and not keep_zeros:
         return None, 0.0
     return k, fisheye_fold_angle(k)
 
 
-def require_pinhole(caller: str, settings, refused=("orthographic", "fisheye")) -> None:
-    """NotImplementedError for an orthographic or fisheye camera (settings `orthographic=True`
-    or `fisheye=True`, those of `refused`) where `caller` takes pixel (x, y)'s ray as the
-    pinhole's, through the camera centre along ((x - cx) / fx, (y - cy) / fy, 1)."""
+def pinhole_fold_u(k) -> float:
+    """The first u = (x^2 + y^2) / z^2 where the radial part of OpenCV's pinhole distortion
+    (k1, k2, p1, p2, k3, k4, k5, k6), r L(r^2) with L = n / d, n(u) = 1 + k1 u + k2 u^2 +
+    k3 u^3, d(u) = 1 + k4 u + k5 u^2 + k6 u^3, stops growing or meets a pole: the smallest
+    positive root of d or of d(r L)/dr's numerator (n + 2 u n') d - 2 u n d', past which the
+    image folds back on itself; `NO_FOLD_U` where there is none."""
+    k = tuple(float(v) for v in k)
+    k = k + (0.0,) * (PINHOLE_COEFFICIENTS - len(k))
+    return _pinhole_fold_u(k[0], k[1], k[4], *k[5:8])
+
+
+NO_FOLD_U = 1e30  # finite: a fast-math build may not compare with infinity
+PINHOLE_COEFFICIENTS = 8  # (k1, k2, p1, p2, k3, k4, k5, k6): config.h kLensCoefficients
+
+
+@functools.lru_cache(maxsize=64)
+def _pinhole_fold_u(k1: float, k2: float, k3: float, k4: float, k5: float, k6: float) -> float:
+    poly = np.polynomial.polynomial   # coefficients in ascending powers of u
+    n, d = np.array([1.0, k1, k2, k3]), np.array([1.0, k4, k5, k6])
+    u = np.array([0.0, 1.0])
+    slope = poly.polysub(poly.polymul(poly.polyadd(n, 2.0 * poly.polymul(u, poly.polyder(n))),
+                                      d),
+                         2.0 * poly.polymul(u, poly.polymul(n, poly.polyder(d))))
+    roots = []
+    for p in (slope, d):
+        p = np.trim_zeros(p, "b")
+        if len(p) > 1:
+            roots.extend(poly.polyroots(p))
+    # a root counts where it is real to rounding and positive
+    real = [r.real for r in roots if abs(r.imag) <= 1e-9 * max(1.0, abs(r)) and r.real > 0.0]
+    return float(min(real)) if real else NO_FOLD_U
+
+
+def check_pinhole_distortion(value, other_projection: bool, keep_zeros: bool = False):
+    """Settings `pinhole_distortion`: None, or OpenCV's pinhole coefficients (k1, k2, p1, p2),
+    (k1, k2, p1, p2, k3) or (k1, k2, p1, p2, k3, k4, k5, k6) (COLMAP's OPENCV, RADIAL and
+    FULL_OPENCV cameras, OpenCV's distCoeffs; a sequence or a tensor of finite numbers) on the
+    perspective camera only (`other_projection`: the settings ask for the fisheye or the
+    orthographic one). Returns (the eight as floats, those not given 0; their fold
+    `pinhole_fold_u`), or (None, 0.0) for None and, unless `keep_zeros`, for zeros: the plain
+    pinhole."""
+    if value is None:
+        return None, 0.0
+    if other_projection:
+        raise ValueError("raster_settings.pinhole_distortion: OpenCV's pinhole coefficients "
+                         "need the perspective camera (fisheye=False, orthographic=False); "
+                         "the fisheye's are fisheye_distortion")
+    k = _coefficient_numbers("pinhole_distortion", value, (4, 5, 8), "4, 5 or 8",
+                             "k1, k2, p1, p2[, k3[, k4, k5, k6]]")
+    k = k + (0.0,) * (PINHOLE_COEFFICIENTS - len(k))
+    if not any(k) and not keep_zeros:
+        return None, 0.0
+    return k, pinhole_fold_u(k)
+
+
+def require_pinhole(caller: str, settings,
+                    refused=("orthographic", "fisheye", "pinhole_distortion")) -> None:
+    """NotImplementedError for an orthographic, fisheye or distorted camera (settings
+    `orthographic=True`, `fisheye=True`, a `pinhole_distortion`: those of `refused`) where
+    `caller` takes pixel (x, y)'s ray as the pinhole's, through the camera centre along
+    ((x - cx) / fx, (y - cy) / fy, 1)."""
     for field in refused:
-        if bool(getattr(settings, field, False)):
-            raise NotImplementedError(f"{caller}: its rays are the pinhole camera's; not "
-                                      f"available with {field}=True")
+        value = getattr(settings, field, None)
+        if value is not None if field == "pinhole_distortion" else bool(value):
+            shown = "pinhole_distortion" if field == "pinhole_distortion" else f"{field}=True"
+            raise NotImplementedError(f"{caller}: its rays are the undistorted pinhole "
+                                      f"camera's; not available with {shown}")
 
 
 def optional_float_tensor(field: str, value) -> Optional[torch.Tensor]:

@@ -43,13 +43,16 @@ unclamped), as gsplat's; a Gaussian at view z 0.2 or less (all at 90 degrees off
 beyond) is culled, as gsplat culls at its near plane. With it, `radial_coeffs` (..., C, 4) are
 OpenCV's fisheye coefficients k1-k4 (theta becomes theta (1 + k1 theta^2 + ... + k4 theta^8),
 the settings' `fisheye_distortion`) in the EWA projection, where gsplat takes them only with
-`with_ut=True`; where they require grad they receive the render's gradient.
+`with_ut=True`; where they require grad they receive the render's gradient. Likewise
+`camera_model="pinhole"` takes `radial_coeffs` (..., C, 6) (OpenCV's rational k1-k6) and
+`tangential_coeffs` (..., C, 2) (p1, p2): the settings' `pinhole_distortion` (k1, k2, p1, p2,
+k3, k4, k5, k6), in the EWA projection.
 
 Not provided (each raises NotImplementedError naming the argument): `distributed`, camera
 models other than "pinhole", "ortho" and "fisheye", `with_ut`, `with_eval3d`, distortion
-coefficients but the fisheye's radial ones, and rolling shutter. The meta has no `conics`,
-compensated `opacities` or tile-intersection tensors (`isect_ids`, `flatten_ids`,
-`isect_offsets`, `tiles_per_gauss`): they are gsplat's internals.
+coefficients but those above (`thin_prism_coeffs`, `ftheta_coeffs`), and rolling shutter.
+The meta has no `conics`, compensated `opacities` or tile-intersection tensors (`isect_ids`,
+`flatten_ids`, `isect_offsets`, `tiles_per_gauss`): they are gsplat's internals.
 """
 from typing import Dict, Optional, Tuple
 
@@ -61,7 +64,7 @@ from ._validation import _require_tensor
 from .cameras import projection_from_intrinsics
 # The package's tiles, fixed near plane and least opacity a splat is blended with (config.h).
 from .reference import ALPHA_MIN as ALPHA_THRESHOLD
-from .reference import NEAR_PLANE, TILE_SIZE, _fisheye_terms
+from .reference import NEAR_PLANE, TILE_SIZE, _fisheye_terms, _pinhole_terms
 
 __all__ = ["rasterization"]
 
@@ -106,9 +109,12 @@ def _check_arguments(render_mode, tile_size, distributed, camera_model, with_ut,
                      "pinhole, orthographic and fisheye cameras only")
     if with_ut or with_eval3d:
         _unsupported("with_ut / with_eval3d", "the EWA projection only")
+    taken = {"fisheye": ("radial_coeffs",), "pinhole": ("radial_coeffs", "tangential_coeffs")}
     for name, value in distortion.items():
-        if value is not None and not (name == "radial_coeffs" and camera_model == "fisheye"):
-            _unsupported(name, "no lens distortion but the fisheye's radial_coeffs")
+        if value is not None and name not in taken.get(camera_model, ()):
+            _unsupported(f"{name} with camera_model={camera_model!r}",
+                         "OpenCV's radial and tangential coefficients of the pinhole and "
+                         "radial ones of the fisheye only")
     if rolling_shutter is not None and getattr(rolling_shutter, "name", None) != "GLOBAL":
         _unsupported(f"rolling_shutter={rolling_shutter!r}", "global shutter only")
     if viewmats_rs is not None:
@@ -168,6 +174,45 @@ def _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, covars,
     return batch, N, C, per_camera
 
 
+def _lens_coefficients(radial_coeffs, tangential_coeffs, camera_model, batch, C):
+    """Each camera's lens coefficients, in the order the settings take them: the fisheye's
+    (k1, k2, k3, k4) from radial_coeffs (..., C, 4), the pinhole's (k1, k2, p1, p2, k3, k4, k5,
+    k6) from radial_coeffs (..., C, 6) and tangential_coeffs (..., C, 2). A tuple of numbers
+    (None where all are 0), or, where either tensor requires grad, a tensor made of their
+    entries, which passes the render's gradient back to them."""
+    count = C
+    for size in batch:
+        count *= size
+    if radial_coeffs is None and tangential_coeffs is None:
+        return [None] * count
+    fisheye = camera_model == "fisheye"
+    shapes = {"radial_coeffs": (radial_coeffs, 4 if fisheye else 6),
+              "tangential_coeffs": (tangential_coeffs, 2)}
+    rows = {}
+    for name, (value, width) in shapes.items():
+        if value is None:
+            continue
+        _require_tensor(name, value)
+        if tuple(value.shape) != (*batch, C, width):
+            meaning = ("OpenCV's fisheye k1-k4" if fisheye else
+                       "OpenCV's k1-k6" if name == "radial_coeffs" else "OpenCV's p1, p2")
+            raise ValueError(f"rasterization: {name} must be {(*batch, C, width)} with "
+                             f"camera_model={camera_model!r} ({meaning}), got "
+                             f"{tuple(value.shape)}")
+        rows[name] = value.reshape(count, width)
+    radial, tangential = rows.get("radial_coeffs"), rows.get("tangential_coeffs")
+    if fisheye:
+        ordered = radial
+    else:  # OpenCV's order, (k1, k2, p1, p2, k3, k4, k5, k6)
+        like = radial if radial is not None else tangential
+        r = radial if radial is not None else like.new_zeros(count, 6)
+        t = tangential if tangential is not None else like.new_zeros(count, 2)
+        ordered = torch.cat([r[:, :2], t, r[:, 2:]], 1)
+    if torch.is_grad_enabled() and ordered.requires_grad:
+        return list(ordered.unbind(0))   # views that take the gradient
+    return [tuple(k) if any(k) else None for k in ordered.detach().tolist()]
+
+
 def _settings(viewmat, K, width, height, bg, sh_degree, eps2d, antialiased,
               camera_model="pinhole", distortion=None):
     """The rasterizer's settings for gsplat's world-to-camera `viewmat` (4, 4) and intrinsics K
@@ -177,7 +222,8 @@ def _settings(viewmat, K, width, height, bg, sh_degree, eps2d, antialiased,
     principal point is gsplat's less half a pixel. With "ortho", tanfovx and tanfovy are the
     view's half-extents, W / (2 fx) and H / (2 fy); with "fisheye", the package's fisheye takes
     its principal point from the pinhole projmatrix, and `distortion` (k1-k4 or None) as its
-    fisheye_distortion."""
+    fisheye_distortion; with "pinhole", `distortion` (k1, k2, p1, p2, k3, k4, k5, k6 or None)
+    is its pinhole_distortion."""
     fx, fy, cx, cy = K
     ortho = camera_model == "ortho"
     tanfovx, tanfovy, P = projection_from_intrinsics(fx, fy, cx - 0.5, cy - 0.5, width, height,
@@ -193,14 +239,17 @@ def _settings(viewmat, K, width, height, bg, sh_degree, eps2d, antialiased,
         projmatrix=viewmat.transpose(0, 1) @ P.transpose(0, 1), sh_degree=int(sh_degree or 0),
         campos=-(rotation.transpose(0, 1) @ translation), prefiltered=False, debug=False,
         antialiasing=antialiased, kernel_size=float(eps2d), orthographic=ortho,
-        fisheye=camera_model == "fisheye", fisheye_distortion=distortion)
+        fisheye=camera_model == "fisheye",
+        fisheye_distortion=distortion if camera_model == "fisheye" else None,
+        pinhole_distortion=distortion if camera_model == "pinhole" else None)
 
 
 def _project(means, viewmat, K, camera_model="pinhole", distortion=None):
     """(N, 2) gsplat's projected means K (x/z, y/z) ("ortho": K (x, y); "fisheye":
     K (x/z, y/z) theta_d / tan(theta), theta the angle off the axis and theta_d it distorted by
-    `distortion`, k1-k4 or None), values only, and (N,) the view-space z, differentiable in
-    means and viewmat (gsplat's meta["depths"])."""
+    `distortion`, k1-k4 or None; a distorted "pinhole": K of OpenCV's distorted (x/z, y/z)),
+    values only, and (N,) the view-space z, differentiable in means and viewmat (gsplat's
+    meta["depths"])."""
     view = torch.addmm(viewmat[:3, 3], means, viewmat[:3, :3].transpose(0, 1))
     with torch.no_grad():
         if camera_model == "ortho":
@@ -209,6 +258,9 @@ def _project(means, viewmat, K, camera_model="pinhole", distortion=None):
             xy = view[:, :2] / view[:, 2:]
             if camera_model == "fisheye":
                 xy = xy * _fisheye_terms(xy[:, 0], xy[:, 1], distortion)[0][:, None]
+            elif distortion is not None:
+                radial, _, _, tau_x, tau_y = _pinhole_terms(xy[:, 0], xy[:, 1], distortion)[:5]
+                xy = xy * radial[:, None] + torch.stack([tau_x, tau_y], 1)
         pixels = torch.addcmul(xy.new_tensor([K[2], K[3]]), xy, xy.new_tensor([K[0], K[1]]))
     return pixels, view[:, 2]
 
@@ -297,18 +349,7 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
     focal_centre = Ks.reshape(B * C, 3, 3)[:, [0, 1, 0, 1], [0, 1, 2, 2]]
     intrinsics = focal_centre.detach().tolist()
     differentiable_K = torch.is_grad_enabled() and Ks.requires_grad
-    distortions = [None] * (B * C)
-    if radial_coeffs is not None:
-        _require_tensor("radial_coeffs", radial_coeffs)
-        if tuple(radial_coeffs.shape) != (*batch, C, 4):
-            raise ValueError(f"rasterization: radial_coeffs must be {(*batch, C, 4)} with "
-                             f"camera_model='fisheye' (OpenCV's k1-k4), got "
-                             f"{tuple(radial_coeffs.shape)}")
-        rows = radial_coeffs.reshape(B * C, 4)
-        if torch.is_grad_enabled() and radial_coeffs.requires_grad:
-            distortions = list(rows.unbind(0))   # (4,) views that take the gradient
-        else:
-            distortions = [tuple(k) if any(k) else None for k in rows.detach().tolist()]
+    distortions = _lens_coefficients(radial_coeffs, tangential_coeffs, camera_model, batch, C)
     if backgrounds is not None:
         backgrounds = backgrounds.reshape(B, C, -1).to(means.dtype)
 

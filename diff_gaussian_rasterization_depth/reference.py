@@ -162,14 +162,14 @@ def _projection_jacobian(tx, ty, tz, settings):
     tanfovx, tanfovy = _fields_of_view(settings)
     focal_x = settings.image_width / (2.0 * tanfovx)
     focal_y = settings.image_height / (2.0 * tanfovy)
-    if getattr(settings, "fisheye", False):  # unclamped: every point lands on a bounded disc
+    if _lens(settings):  # unclamped: the fisheye's disc is bounded, the pinhole's folds culled
         a, b = tx / tz, ty / tz
-        K, M, N = _fisheye_terms(a, b, _distortion(settings))
+        K, M, N, tau_x, tau_y, T00, T01, T11 = _lens_terms(a, b, settings)
         jac = torch.stack([
-            torch.stack([focal_x / tz * (K + a * a * M), focal_x / tz * (a * b * M),
-                         focal_x / tz * (a * N)], dim=-1),
-            torch.stack([focal_y / tz * (a * b * M), focal_y / tz * (K + b * b * M),
-                         focal_y / tz * (b * N)], dim=-1),
+            torch.stack([focal_x / tz * (K + a * a * M + T00), focal_x / tz * (a * b * M + T01),
+                         focal_x / tz * (a * N - 2.0 * tau_x)], dim=-1),
+            torch.stack([focal_y / tz * (a * b * M + T01), focal_y / tz * (K + b * b * M + T11),
+                         focal_y / tz * (b * N - 2.0 * tau_y)], dim=-1),
         ], dim=-2)
         return tx, ty, jac
     if getattr(settings, "orthographic", False):
@@ -187,6 +187,53 @@ def _projection_jacobian(tx, ty, tz, settings):
         torch.stack([zero, focal_y / tz, -(focal_y * ty) / (tz * tz)], dim=-1),
     ], dim=-2)
     return tx, ty, jac
+
+
+def _lens(settings):
+    """Whether a point lands at the principal point plus focal times a function of its direction
+    (`_lens_pixels`): the fisheye, and the pinhole with OpenCV's distortion."""
+    return bool(getattr(settings, "fisheye", False)) or \
+        getattr(settings, "pinhole_distortion", None) is not None
+
+
+def _lens_terms(a, b, settings):
+    """(K, M, N, tau_x, tau_y, T00, T01, T11) of the lens at view direction (a, b, 1): a point
+    lands at c + focal (a K + tau_x, b K + tau_y), and the projection's Jacobian is
+    (focal / z) [[K + a^2 M + T00, a b M + T01, a N - 2 tau_x],
+                 [a b M + T01, K + b^2 M + T11, b N - 2 tau_y]],
+    K radial (M = 2 dK/du, N = -(K + u M), u = a^2 + b^2), tau the distorted pinhole's
+    tangential offset and T its derivatives by (a, b) (T01 = d tau_x / db = d tau_y / da);
+    tau = T = 0 for the fisheye (`_fisheye_terms`)."""
+    if getattr(settings, "fisheye", False):
+        K, M, N = _fisheye_terms(a, b, _distortion(settings))
+        return (K, M, N) + (0.0,) * 5
+    return _pinhole_terms(a, b, _pinhole_coefficients(settings))
+
+
+def _pinhole_terms(a, b, k):
+    """`_lens_terms` of OpenCV's distorted pinhole, coefficients k = (k1, k2, p1, p2, k3, k4,
+    k5, k6): K = L(u) = (1 + k1 u + k2 u^2 + k3 u^3) / (1 + k4 u + k5 u^2 + k6 u^3),
+    tau = (2 p1 a b + p2 (u + 2 a^2), p1 (u + 2 b^2) + 2 p2 a b)."""
+    k1, k2, p1, p2, k3, k4, k5, k6 = k
+    u = a * a + b * b
+    d = 1.0 + u * (k4 + u * (k5 + u * k6))
+    K = (1.0 + u * (k1 + u * (k2 + u * k3))) / d
+    dK = (k1 + u * (2.0 * k2 + u * 3.0 * k3) - K * (k4 + u * (2.0 * k5 + u * 3.0 * k6))) / d
+    M = 2.0 * dK
+    return (K, M, -(K + u * M),
+            2.0 * p1 * a * b + p2 * (u + 2.0 * a * a), p1 * (u + 2.0 * b * b) + 2.0 * p2 * a * b,
+            2.0 * p1 * b + 6.0 * p2 * a, 2.0 * (p1 * a + p2 * b), 6.0 * p1 * b + 2.0 * p2 * a)
+
+
+def _pinhole_coefficients(settings):
+    """OpenCV's pinhole coefficients (k1, k2, p1, p2, k3, k4, k5, k6) as the gradient flows
+    through them: checked settings' `distortion_leaf` (0-dim views; 0 for those not given),
+    else the checked numbers."""
+    leaf = getattr(settings, "distortion_leaf", None)
+    if leaf is not None:
+        k = tuple(leaf.unbind())
+        return k + (0.0,) * (8 - len(k))
+    return settings.pinhole_distortion
 
 
 def _distortion(settings):
@@ -239,17 +286,19 @@ def _distortion_factor(w, k):
             k1 + w * (2.0 * k2 + w * (3.0 * k3 + w * 4.0 * k4)))
 
 
-def _fisheye_unfolded(tx, ty, tz, settings):
-    """(P,) bool: the points within the distorted fisheye's fold angle (the settings'
-    `fisheye_max_angle`, past which the image folds back on itself); all of them without
-    distortion."""
+def _lens_unfolded(tx, ty, tz, settings):
+    """(P,) bool: the points within the distorted lens's fold (the settings'
+    `fisheye_max_angle` or `pinhole_max_u`, past which the image folds back on itself); all of
+    them without distortion."""
+    if getattr(settings, "pinhole_distortion", None) is not None:
+        return (tx / tz) ** 2 + (ty / tz) ** 2 <= settings.pinhole_max_u
     if getattr(settings, "fisheye_distortion", None) is None:
         return torch.ones_like(tz, dtype=torch.bool)
     return torch.atan(torch.sqrt((tx / tz) ** 2 + (ty / tz) ** 2)) <= settings.fisheye_max_angle
 
 
 def _fisheye_centre(settings):
-    """The fisheye's principal point in pixels: where the pinhole projection (projmatrix) puts
+    """The lens's principal point in pixels: where the pinhole projection (projmatrix) puts
     the optical axis, the world point at view-space (0, 0, 1)."""
     view, proj = settings.viewmatrix.reshape(16), settings.projmatrix.reshape(16)
     world_to_view = view.reshape(4, 4)[:3, :3].transpose(0, 1)
@@ -260,14 +309,15 @@ def _fisheye_centre(settings):
             _ndc2pix(hy * inv_w, settings.image_height)[0])
 
 
-def _fisheye_pixels(tx, ty, tz, settings):
-    """(x, y) pixels of view-space points through the fisheye: c + focal (a, b) K with
-    (a, b) = (tx, ty) / tz."""
+def _lens_pixels(tx, ty, tz, settings):
+    """(x, y) pixels of view-space points through the lens: c + focal (a K + tau_x,
+    b K + tau_y) with (a, b) = (tx, ty) / tz (`_lens_terms`)."""
     cx, cy = _fisheye_centre(settings)
-    K, _, _ = _fisheye_terms(tx / tz, ty / tz, _distortion(settings))
+    a, b = tx / tz, ty / tz
+    K, _, _, tau_x, tau_y, _, _, _ = _lens_terms(a, b, settings)
     tanfovx, tanfovy = _fields_of_view(settings)
-    return (cx + settings.image_width / (2.0 * tanfovx) * (tx / tz) * K,
-            cy + settings.image_height / (2.0 * tanfovy) * (ty / tz) * K)
+    return (cx + settings.image_width / (2.0 * tanfovx) * (a * K + tau_x),
+            cy + settings.image_height / (2.0 * tanfovy) * (b * K + tau_y))
 
 
 def _preprocess(means3D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp,
@@ -293,14 +343,14 @@ def _preprocess(means3D, opacities, shs, colors_precomp, scales, rotations, cov3
         ndc_x = ndc_x + ndc_offset[:, 0]
         ndc_y = ndc_y + ndc_offset[:, 1]
     mean2d = torch.stack([_ndc2pix(ndc_x, W), _ndc2pix(ndc_y, H)], dim=1)
-    if getattr(settings, "fisheye", False):
+    if _lens(settings):
         # the carrier's NDC units times size / 2
-        fisheye_x, fisheye_y = _fisheye_pixels(tx, ty, tz, settings)
+        lens_x, lens_y = _lens_pixels(tx, ty, tz, settings)
         if ndc_offset is not None:
-            fisheye_x = fisheye_x + ndc_offset[:, 0] * (W / 2.0)
-            fisheye_y = fisheye_y + ndc_offset[:, 1] * (H / 2.0)
-        mean2d = torch.stack([fisheye_x, fisheye_y], dim=1)
-        visible = visible & _fisheye_unfolded(tx, ty, tz, settings)
+            lens_x = lens_x + ndc_offset[:, 0] * (W / 2.0)
+            lens_y = lens_y + ndc_offset[:, 1] * (H / 2.0)
+        mean2d = torch.stack([lens_x, lens_y], dim=1)
+        visible = visible & _lens_unfolded(tx, ty, tz, settings)
 
     # 3. World-space covariance.
     cov3d = _covariance_3d(scales, rotations, cov3D_precomp, settings.scale_modifier)
@@ -540,13 +590,13 @@ def _point_opacity(points, g, cov3d, means3D, settings):
     hx, hy, hw = (_transform_point(points, proj, c) for c in (0, 1, 3))
     inv_w = 1.0 / (hw + HOM_EPS)
     px, py = _ndc2pix(hx * inv_w, W), _ndc2pix(hy * inv_w, H)
-    if getattr(settings, "fisheye", False):   # the ray through the point is the pinhole's
-        px, py = _fisheye_pixels(tx, ty, tz, settings)
+    if _lens(settings):   # the ray through the point is the pinhole's
+        px, py = _lens_pixels(tx, ty, tz, settings)
     col, row = torch.floor(px + 0.5), torch.floor(py + 0.5)
     seen = ((tz > NEAR_PLANE) & _all_finite(points) & (col >= 0) & (col < W) & (row >= 0)
             & (row < H))
-    if getattr(settings, "fisheye", False):
-        seen = seen & _fisheye_unfolded(tx, ty, tz, settings)
+    if _lens(settings):
+        seen = seen & _lens_unfolded(tx, ty, tz, settings)
     tile_x = torch.div(col, TILE_SIZE, rounding_mode="floor")
     tile_y = torch.div(row, TILE_SIZE, rounding_mode="floor")
     in_rect = ((g["rect_min"][:, 0, None] <= tile_x) & (tile_x < g["rect_max"][:, 0, None])

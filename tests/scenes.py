@@ -496,6 +496,22 @@ def fisheye(scene: Scene, half_angle: Optional[float] = None, yaw: float = 0.0,
             s.projmatrix.requires_grad)))
 
 
+def distorted_pinhole(scene: Scene, distortion, shift=(0.0, 0.0)) -> Scene:
+    """The scene seen by its own pinhole camera with OpenCV's `distortion` (settings
+    `pinhole_distortion`: (k1, k2, p1, p2) or (k1, k2, p1, p2, k3)), the principal point moved
+    by `shift` px (projmatrix's, which the distorted pinhole takes as its own)."""
+    s = scene.settings
+    view = s.viewmatrix.detach().reshape(4, 4).to(torch.float64)
+    proj = torch.linalg.solve(view, s.projmatrix.detach().reshape(4, 4).to(torch.float64))
+    proj[2, 0] += 2.0 * shift[0] / s.image_width   # ndc.x += P[2, 0] z / z: the shift in NDC
+    proj[2, 1] += 2.0 * shift[1] / s.image_height
+    dtype = s.projmatrix.dtype
+    return Scene(scene.inputs, s._replace(
+        pinhole_distortion=distortion,
+        projmatrix=(view @ proj).to(dtype).reshape(s.projmatrix.shape).requires_grad_(
+            s.projmatrix.requires_grad)))
+
+
 def config_scene(family: str, configs: dict, name: str, seed: int) -> Scene:
     """Scene `seed` of configuration `name` (make_scene's keywords in configs[name]): seeds
     differ between test families and configurations, and stay put when configurations are

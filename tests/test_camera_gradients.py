@@ -16,8 +16,9 @@ import scenes
 from diff_gaussian_rasterization_depth import GaussianRasterizer
 from diff_gaussian_rasterization_depth._validation import CheckedSettings
 from diff_gaussian_rasterization_depth.reference import rasterize_reference
-from test_cpu_backend import (F32, F64, MODES, compare_gradients,
-                              run_backend, run_reference, upstream_gradients)
+from test_cpu_backend import (F32, F64, MODES, compare_gradients, forward_against_reference,
+                              gradients, reference_gradients, run_backend, run_reference,
+                              upstream_gradients)
 
 MATRICES = ("viewmatrix", "projmatrix", "campos")
 FIELDS_OF_VIEW = ("tanfovx", "tanfovy")
@@ -46,15 +47,16 @@ def scene_for(config, seed):
 
 
 def camera_parts(settings):
-    """CAMERA, and "fisheye_distortion" where the settings carry OpenCV's fisheye coefficients."""
-    has_distortion = getattr(settings, "fisheye_distortion", None) is not None
-    return CAMERA + (("fisheye_distortion",) if has_distortion else ())
+    """CAMERA, and "fisheye_distortion" or "pinhole_distortion" where the settings carry
+    OpenCV's lens coefficients."""
+    return CAMERA + tuple(name for name in ("fisheye_distortion", "pinhole_distortion")
+                          if getattr(settings, name, None) is not None)
 
 
 def camera_leaves(settings, dtype=None):
     """Fresh leaves of the settings' camera tensors (same layout and strides), of its fields
-    of view (0-dim float64 tensors, the numbers' exact values, where they are numbers) and of a
-    fisheye's distortion coefficients (a (4,) float64 tensor), requiring grad."""
+    of view (0-dim float64 tensors, the numbers' exact values, where they are numbers) and of
+    the lens's distortion coefficients (a flat float64 tensor), requiring grad."""
     def leaf(t):
         if not isinstance(t, torch.Tensor):
             t = torch.tensor(t, dtype=torch.float64)
@@ -297,8 +299,23 @@ def test_camera_gradient_repeatable_and_translation_identity():
 # Finite differences with the matrices as inputs
 # ----------------------------------------------------------------------------------------------
 
+def projection_failures(scene, seed, tol=None, compare_camera=compare_gradients):
+    """A camera model's check of one scene against the reference: the outputs
+    (`forward_against_reference`, `tol`), every Gaussian input's gradient and the camera's
+    (`compare_camera`). Returns (failures, radii, the reference's camera gradients)."""
+    dtype = scene.inputs["means3D"].dtype
+    failures, (_, radii, _, _), _, keep = forward_against_reference(scene, f"seed {seed}", tol)
+    upstream = upstream_gradients(scene, ~keep, seed)
+    failures += compare_gradients(gradients(run_backend, scene, upstream),
+                                  reference_gradients(scene, upstream), dtype, f"seed {seed}")
+    wants = camera_reference_gradients(scene, upstream)
+    failures += compare_camera(camera_gradients(run_backend, scene, upstream), wants, dtype,
+                               f"seed {seed} camera")
+    return failures, radii, wants
+
+
 def make_camera_gradcheck_fn(scene):
-    def fn(*leaves):   # camera_parts' order: a fisheye's distortion coefficients last
+    def fn(*leaves):   # camera_parts' order: the lens's distortion coefficients last
         settings = scene.settings._replace(**dict(zip(camera_parts(scene.settings), leaves)))
         color, _, depth, weight = run_backend(scene.inputs, settings)
         return color, depth, weight

@@ -337,4 +337,5 @@ def test_float64_on_cuda_is_a_clear_error(target):
 def test_settings_type():
     assert GaussianRasterizationSettings._fields[12:] == ("antialiasing", "kernel_size",
                                                           "subpixel_offset", "orthographic",
-                                                          "fisheye", "fisheye_distortion")
+                                                          "fisheye", "fisheye_distortion",
+                                                          "pinhole_distortion")

@@ -23,10 +23,8 @@ from diff_gaussian_rasterization_depth import (GaussianRasterizationSettings, Ga
                                                fisheye_gs, surface)
 from diff_gaussian_rasterization_depth._validation import fisheye_fold_angle
 from diff_gaussian_rasterization_depth.reference import _fisheye_centre, _fisheye_terms
-from test_camera_gradients import (camera_gradients, camera_reference_gradients,
-                                   make_camera_gradcheck_fn)
-from test_cpu_backend import (compare_gradients, forward_against_reference, gradients,
-                              reference_gradients, run_backend, upstream_gradients)
+from test_camera_gradients import make_camera_gradcheck_fn, projection_failures
+from test_cpu_backend import compare_gradients, gradients, run_backend, upstream_gradients
 
 F32, F64 = torch.float32, torch.float64
 
@@ -101,19 +99,12 @@ def test_matches_reference(config):
     widest = 0.0
     for seed in range(3):
         scene = scene_for(config, seed)
-        dtype = scene.inputs["means3D"].dtype
-        found, (_, radii, _, _), _, keep = forward_against_reference(scene, f"seed {seed}",
-                                                                     FORWARD_TOL[dtype])
+        found, radii, wants = projection_failures(scene, seed,
+                                                  FORWARD_TOL[scene.inputs["means3D"].dtype],
+                                                  compare_camera_gradients)
         failures += found
         assert (radii > 0).sum() > scene.P // 3
         widest = max(widest, float(off_axis_angles(scene)[radii > 0].max()))
-        upstream = upstream_gradients(scene, ~keep, seed)
-        failures += compare_gradients(gradients(run_backend, scene, upstream),
-                                      reference_gradients(scene, upstream), dtype,
-                                      f"seed {seed}")
-        wants = camera_reference_gradients(scene, upstream)
-        failures += compare_camera_gradients(camera_gradients(run_backend, scene, upstream),
-                                             wants, dtype, f"seed {seed} camera")
         for name in ("viewmatrix", "projmatrix") + (
                 ("fisheye_distortion",) if "distortion" in CONFIGS[config][1] else ()):
             assert wants[0]["all"][name].abs().max() > 0
@@ -207,25 +198,29 @@ def test_small_splat_lands_at_focal_times_theta(dtype, distortion):
                                    rtol=1e-5, atol=1e-5)
 
 
+def colmap_settings(fx, fy, cx, cy, W=150, H=110, **lens):
+    """Float64 settings of a COLMAP camera at the origin looking down +z, as doc/api.md makes
+    them: cameras.projection_from_intrinsics with the principal point less half a pixel
+    (COLMAP's pixel centres lie at +0.5, the rasterizer's at integers), and the `lens` fields."""
+    from diff_gaussian_rasterization_depth.cameras import projection_from_intrinsics
+    tanfovx, tanfovy, P = projection_from_intrinsics(fx, fy, cx - 0.5, cy - 0.5, W, H)
+    eye = torch.eye(4, dtype=F64)
+    return GaussianRasterizationSettings(
+        image_height=H, image_width=W, tanfovx=tanfovx, tanfovy=tanfovy,
+        bg=torch.zeros(3, dtype=F64), scale_modifier=1.0, viewmatrix=eye,
+        projmatrix=(eye @ P.T).to(F64), sh_degree=0, campos=torch.zeros(3, dtype=F64),
+        prefiltered=False, debug=False, **lens)
+
+
 def test_colmap_opencv_fisheye_camera():
     """A COLMAP OPENCV_FISHEYE camera (fx, fy, cx, cy, k1-k4; pixel centres at +0.5) as
     doc/api.md sets it up: settings from cameras.projection_from_intrinsics with the principal
     point less half a pixel, fisheye=True and fisheye_distortion=(k1, k2, k3, k4). A small
     splat lands (its weight's centroid) where COLMAP's model projects its mean, less half a
     pixel: u = fx theta_d a / s + cx."""
-    from diff_gaussian_rasterization_depth.cameras import projection_from_intrinsics
-    W, H = 150, 110
     fx, fy, cx, cy = 52.0, 49.0, 77.3, 52.6
     k = (0.03, -0.012, 0.004, -0.0007)
-    tanfovx, tanfovy, P = projection_from_intrinsics(fx, fy, cx - 0.5, cy - 0.5, W, H)
-    eye = torch.eye(4, dtype=F64)
-    settings = GaussianRasterizationSettings(
-        image_height=H, image_width=W, tanfovx=tanfovx, tanfovy=tanfovy,
-        bg=torch.zeros(3, dtype=F64), scale_modifier=1.0, viewmatrix=eye,
-        projmatrix=(eye @ P.T).to(F64), sh_degree=0, campos=torch.zeros(3, dtype=F64),
-        prefiltered=False, debug=False, fisheye=True, fisheye_distortion=k)
-    ys, xs = torch.meshgrid(torch.arange(H, dtype=F64), torch.arange(W, dtype=F64),
-                            indexing="ij")
+    settings = colmap_settings(fx, fy, cx, cy, fisheye=True, fisheye_distortion=k)
     for direction in ((0.3, -0.2, 1.0), (-1.1, 0.4, 1.0), (0.9, 1.2, 0.6), (-2.0, -1.5, 0.5)):
         point = 4.0 * torch.tensor(direction, dtype=F64) / torch.tensor(direction).norm()
         a, b = float(point[0] / point[2]), float(point[1] / point[2])
@@ -233,15 +228,24 @@ def test_colmap_opencv_fisheye_camera():
         theta_d = distorted_angle(math.atan(s), k)
         want = torch.tensor([fx * theta_d * a / s + cx - 0.5, fy * theta_d * b / s + cy - 0.5],
                             dtype=F64)
-        inputs = dict(means3D=point[None], means2D=torch.zeros(1, 3, dtype=F64),
-                      opacities=torch.full((1, 1), 0.9, dtype=F64),
-                      colors_precomp=torch.ones(1, 3, dtype=F64),
-                      scales=torch.full((1, 3), 0.02, dtype=F64),
-                      rotations=torch.tensor([[1.0, 0, 0, 0]], dtype=F64))
-        with torch.no_grad():
-            weight = GaussianRasterizer(settings)(**inputs)[3]
-        got = torch.stack([(weight * xs).sum() / weight.sum(), (weight * ys).sum() / weight.sum()])
+        got = splat_centroid(settings, point, 0.02)
         assert (got - want).abs().max() < 0.02, (direction, got, want)
+
+
+def splat_centroid(settings, point, scale):
+    """(2,) float64: the weight centroid in pixels of one small round splat (float64, opacity
+    0.9, standard deviation `scale`) at `point`, rendered with `settings`."""
+    H, W = settings.image_height, settings.image_width
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=F64), torch.arange(W, dtype=F64),
+                            indexing="ij")
+    inputs = dict(means3D=point[None], means2D=torch.zeros(1, 3, dtype=F64),
+                  opacities=torch.full((1, 1), 0.9, dtype=F64),
+                  colors_precomp=torch.ones(1, 3, dtype=F64),
+                  scales=torch.full((1, 3), scale, dtype=F64),
+                  rotations=torch.tensor([[1.0, 0, 0, 0]], dtype=F64))
+    with torch.no_grad():
+        weight = GaussianRasterizer(settings)(**inputs)[3]
+    return torch.stack([(weight * xs).sum() / weight.sum(), (weight * ys).sum() / weight.sum()])
 
 
 @pytest.mark.parametrize("distortion", [None, DISTORTION], ids=["equidistant", "distorted"])
@@ -431,23 +435,31 @@ def test_self_calibration_recovers_the_distortion():
                                                           dim=1))
     with torch.no_grad():
         target = run_backend(inputs, settings._replace(fisheye_distortion=DISTORTION))[0]
-    estimate = torch.zeros(4, requires_grad=True)
-    optimizer = torch.optim.Adam([estimate], lr=3e-3)
-    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, 0.01 ** (1 / 300))
-    for _ in range(300):
-        color = run_backend(inputs, settings._replace(fisheye_distortion=estimate))[0]
-        loss = (color - target).abs().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    estimate = fit_coefficients(inputs, settings, "fisheye_distortion", target, lr=3e-3)
     angles = torch.linspace(0, 1.25, 200, dtype=F64)
 
     def curve_error(k):   # px, the largest over the angles
         return float(focal * (distorted_angle(angles, k) - distorted_angle(angles, DISTORTION))
                      .abs().max())
     assert curve_error(None) > 2.5
-    assert curve_error(tuple(estimate.detach().double().tolist())) < 0.1
+    assert curve_error(estimate) < 0.1
+
+
+def fit_coefficients(inputs, settings, field, target, count=4, lr=1e-2, steps=300):
+    """Lens coefficients (settings `field`) fitted from `count` zeros to the colour `target`,
+    the Gaussians `inputs` held: Adam, L1 colour, the rate decaying a hundredfold over `steps`.
+    Returns the coefficients (a detached float64 tuple)."""
+    estimate = torch.zeros(count, requires_grad=True)
+    optimizer = torch.optim.Adam([estimate], lr=lr)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, 0.01 ** (1 / steps))
+    for _ in range(steps):
+        color = run_backend(inputs, settings._replace(**{field: estimate}))[0]
+        loss = (color - target).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return tuple(estimate.detach().double().tolist())
 
 
 def test_zeros_that_take_a_gradient():

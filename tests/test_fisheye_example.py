@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "examples"))
 import fisheye_lens as fl  # noqa: E402
 
-from diff_gaussian_rasterization_depth.reference import _fisheye_pixels  # noqa: E402
+from diff_gaussian_rasterization_depth.reference import _lens_pixels  # noqa: E402
 
 F64 = torch.float64
 
@@ -45,7 +45,7 @@ def test_view_rays_project_back_to_their_pixels(lens):
         settings = fl.fisheye_settings(fine, lens)._replace(
             viewmatrix=torch.as_tensor(fine.viewmatrix(), dtype=F64),
             projmatrix=torch.as_tensor(fine.projmatrix(), dtype=F64))
-        x, y = _fisheye_pixels(view[..., 0], view[..., 1], view[..., 2], settings)
+        x, y = _lens_pixels(view[..., 0], view[..., 1], view[..., 2], settings)
         cols = torch.arange(W, dtype=F64).expand(H, W)
         rows = torch.arange(H, dtype=F64)[:, None].expand(H, W)
         torch.testing.assert_close(x, cols, rtol=0, atol=1e-8)

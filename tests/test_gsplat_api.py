@@ -46,14 +46,36 @@ def fisheye_twin(cam, fx, fy, cx, cy, radial=(0.0, 0.0, 0.0, 0.0)):
     return project(cam), jac.permute(1, 0, 2)
 
 
+def distorted_pinhole_twin(cam, fx, fy, cx, cy, radial, tangential):
+    """gsplat's pinhole with OpenCV's coefficients (its radial_coeffs k1-k6, the rational model,
+    and tangential_coeffs p1, p2) of view-space points cam (N, 3): (means2d (N, 2), its
+    Jacobian by cam (N, 2, 3) by autograd, with a graph): (x', y') = (x, y) icD + delta with
+    (x, y) = cam.xy / z, r2 = x^2 + y^2, icD = (1 + k1 r2 + k2 r2^2 + k3 r2^3) / (1 + k4 r2 +
+    k5 r2^2 + k6 r2^3), delta = (p1 2 x y + p2 (r2 + 2 x^2), p1 (r2 + 2 y^2) + p2 2 x y)."""
+    k1, k2, k3, k4, k5, k6 = radial
+    p1, p2 = tangential
+
+    def project(points):
+        x, y = points[..., 0] / points[..., 2], points[..., 1] / points[..., 2]
+        r2 = x * x + y * y
+        icD = (1 + r2 * (k1 + r2 * (k2 + r2 * k3))) / (1 + r2 * (k4 + r2 * (k5 + r2 * k6)))
+        dx = p1 * 2 * x * y + p2 * (r2 + 2 * x * x)
+        dy = p1 * (r2 + 2 * y * y) + p2 * 2 * x * y
+        return torch.stack([fx * (x * icD + dx) + cx, fy * (y * icD + dy) + cy], -1)
+    jac = torch.autograd.functional.jacobian(lambda p: project(p).sum(0), cam, create_graph=True)
+    return project(cam), jac.permute(1, 0, 2)
+
+
 def gsplat_twin(means, quats, scales, opacities, colors, viewmat, K, width, height, eps2d=0.3,
                 antialiased=False, background=None, delta=None, ortho=False, fisheye=False,
-                radial=(0.0, 0.0, 0.0, 0.0)):
+                radial=(0.0, 0.0, 0.0, 0.0), pinhole_coeffs=None):
     """gsplat's render of one camera, densely: (color (H, W, D), expected depth (H, W),
     alpha (H, W), means2d (N, 2)). `delta` (N, 2), zeros, is added to the projected means, so
     its gradient is dL/d(means2d) as gsplat defines it (the conics held). `ortho`: gsplat's
     camera_model="ortho" (means2d K (x, y), the Jacobian diag(fx, fy)); `fisheye`: its
-    camera_model="fisheye" (fisheye_twin, with OpenCV's coefficients `radial`)."""
+    camera_model="fisheye" (fisheye_twin, with OpenCV's coefficients `radial`);
+    `pinhole_coeffs`: (radial (6,), tangential (2,)), its distorted pinhole
+    (distorted_pinhole_twin)."""
     R, t = viewmat[:3, :3], viewmat[:3, 3]
     cam = means @ R.T + t
     x, y, z = cam.unbind(-1)
@@ -61,6 +83,8 @@ def gsplat_twin(means, quats, scales, opacities, colors, viewmat, K, width, heig
     zero = torch.zeros_like(z)
     if fisheye:
         uv, J = fisheye_twin(cam, fx, fy, cx, cy, radial)
+    elif pinhole_coeffs is not None:
+        uv, J = distorted_pinhole_twin(cam, fx, fy, cx, cy, *pinhole_coeffs)
     elif ortho:
         uv = torch.stack([fx * x + cx, fy * y + cy], -1)
         J = torch.stack([torch.stack([fx + zero, zero, zero], -1),
@@ -202,23 +226,31 @@ def test_matches_gsplat_twin_f64():
         assert delta.grad.abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("camera_model", ["ortho", "fisheye", "fisheye-distorted"])
+@pytest.mark.parametrize("camera_model", ["ortho", "fisheye", "fisheye-distorted",
+                                          "pinhole-distorted"])
 def test_camera_model_matches_gsplat_twin_f64(camera_model):
     """camera_model="ortho" and "fisheye": outputs, means2d and every gradient (viewmats'
     included) against the twin of gsplat's camera, float64, an off-centre principal point;
-    the fisheye with OpenCV's radial_coeffs (k1-k4) too, where gsplat takes them only with its
-    unscented transform (their gradient as well)."""
+    the fisheye with OpenCV's radial_coeffs (k1-k4) too, and the pinhole with its radial_coeffs
+    (k1-k6) and tangential_coeffs (p1, p2), where gsplat takes them only with its unscented
+    transform (their gradients as well)."""
     ortho = camera_model == "ortho"
+    pinhole = camera_model == "pinhole-distorted"
     radial = (0.06, -0.03, 0.008, -0.001) if camera_model == "fisheye-distorted" \
         else (0.0, 0.0, 0.0, 0.0)
+    if pinhole:  # (k1-k6), (p1, p2): a strong rational barrel (L = 0.96 ten degrees off the axis)
+        radial, tangential = (0.1, 0.05, 0.01, 1.5, 0.5, 0.05), (0.01, -0.008)
     camera_model = camera_model.split("-")[0]
     # The fisheye's at 18-24 px: means up to 40 degrees off the axis.
-    scene = twin_scene(6, ortho=ortho, focal=(50, 70) if ortho else (18, 24))
+    scene = twin_scene(6, ortho=ortho, focal=(18, 24) if camera_model == "fisheye" else (50, 70))
     gen = torch.Generator().manual_seed(8)
     ours = leaves(scene, WITH_KS)
     # The coefficients as leaves of both sides: their gradient is compared too.
     coeffs = [torch.tensor([radial], dtype=F64, requires_grad=True) for _ in range(2)]
     distortion = dict(radial_coeffs=coeffs[0]) if any(radial) else {}
+    if pinhole:
+        tangent = [torch.tensor([tangential], dtype=F64, requires_grad=True) for _ in range(2)]
+        distortion["tangential_coeffs"] = tangent[0]
     image, alpha, meta = rasterization(**ours, width=W, height=H, render_mode="RGB+ED",
                                        packed=False, camera_model=camera_model, **distortion)
     theirs = leaves(scene, WITH_KS)
@@ -226,7 +258,8 @@ def test_camera_model_matches_gsplat_twin_f64(camera_model):
     color, expected, weight, uv, twin_alpha = gsplat_twin(
         theirs["means"], theirs["quats"], theirs["scales"], theirs["opacities"],
         theirs["colors"], theirs["viewmats"][0], theirs["Ks"][0], W, H, delta=delta, ortho=ortho,
-        fisheye=not ortho, radial=tuple(coeffs[1][0].unbind()))
+        fisheye=camera_model == "fisheye", radial=tuple(coeffs[1][0].unbind()),
+        pinhole_coeffs=(coeffs[1][0].unbind(), tangent[1][0].unbind()) if pinhole else None)
     # No alpha within rounding of 1/255, where the two may blend a splat differently (SPEC 4's
     # w + 1e-7 moves our means by 1e-7 of their offset from the centre).
     assert ((twin_alpha - 1 / 255).abs() > 1e-6).all()
@@ -246,10 +279,11 @@ def test_camera_model_matches_gsplat_twin_f64(camera_model):
                                    msg=lambda m, n=name: f"{n}: {m}")
     torch.testing.assert_close(meta["means2d"].grad[0], delta.grad, rtol=1e-5,
                                atol=1e-6 * delta.grad.abs().max().item())
-    if distortion:
-        want = coeffs[1].grad
-        assert want.abs().max() > 0
-        torch.testing.assert_close(coeffs[0].grad, want, rtol=1e-5,
+    compared = [coeffs] + ([tangent] if pinhole else [])
+    for ours_, theirs_ in (compared if distortion else []):
+        want = theirs_.grad
+        assert want.abs().min() > 0
+        torch.testing.assert_close(ours_.grad, want, rtol=1e-5,
                                    atol=1e-6 * want.abs().max().item())
     # The same Gaussians through the pinhole camera of the same K render otherwise (by a
     # sizeable part of the opacities of at most 0.34).
@@ -517,7 +551,12 @@ def test_no_grad_call():
     (dict(distributed=True), NotImplementedError, "distributed"),
     (dict(camera_model="ftheta"), NotImplementedError, "camera_model"),
     (dict(with_ut=True), NotImplementedError, "with_ut"),
-    (dict(radial_coeffs=torch.zeros(1, 6)), NotImplementedError, "radial_coeffs"),
+    (dict(radial_coeffs=torch.zeros(1, 4)), ValueError, r"radial_coeffs must be \(1, 6\)"),
+    (dict(tangential_coeffs=torch.zeros(1, 3)), ValueError,
+     r"tangential_coeffs must be \(1, 2\)"),
+    (dict(thin_prism_coeffs=torch.zeros(1, 4)), NotImplementedError, "thin_prism_coeffs"),
+    (dict(tangential_coeffs=torch.zeros(1, 2), camera_model="fisheye"), NotImplementedError,
+     "tangential_coeffs"),
     (dict(radial_coeffs=torch.zeros(1, 6), camera_model="fisheye"), ValueError,
      r"radial_coeffs must be \(1, 4\)"),
     (dict(viewmats_rs=torch.eye(4)[None]), NotImplementedError, "viewmats_rs"),

@@ -505,10 +505,11 @@ def test_upstream_settings_and_mark_visible():
         "viewmatrix", "projmatrix", "sh_degree", "campos", "prefiltered", "debug",
         "antialiasing")
     assert fields[13:] == ("kernel_size", "subpixel_offset", "orthographic", "fisheye",
-                           "fisheye_distortion")
+                           "fisheye_distortion", "pinhole_distortion")
     assert upstream.GaussianRasterizationSettings._field_defaults == dict(
         prefiltered=False, debug=False, antialiasing=False, kernel_size=0.3,
-        subpixel_offset=None, orthographic=False, fisheye=False, fisheye_distortion=None)
+        subpixel_offset=None, orthographic=False, fisheye=False, fisheye_distortion=None,
+        pinhole_distortion=None)
     scene = scene_for("sh1", 3)
     means = scene.inputs["means3D"]
     visible = upstream.GaussianRasterizer(scene.settings).markVisible(means)
