@@ -3,7 +3,7 @@
 
     python benchmarks/backward_option_cost.py
         [--option camera|absolute|offsets|fisheye|distortion|pinhole_distortion]
-        [--device cpu|cuda] [--reps 15]
+        [--coefficients K1 K2 P1 P2 [K3 ...]] [--device cpu|cuda] [--reps 15]
         [--sh]
 
 --option camera (issue 11's cost figure): the camera tensors requiring grad; --option absolute:
@@ -15,8 +15,9 @@ lies at the pinhole's angle (tanfovx = atan(tanfovx)), forward and backward time
 --option distortion: that fisheye with OpenCV's distortion (fisheye_distortion, a real lens's
 order of coefficients) against it without, forward and backward timed together;
 --option pinhole_distortion: the pinhole camera with OpenCV's distortion (pinhole_distortion,
-a wide-angle lens's (k1, k2, p1, p2, k3)) against it without, forward and backward timed
-together.
+by default a wide-angle lens's (k1, k2, p1, p2, k3), else --coefficients) against it without,
+forward and backward timed together. A barrel lens widens the view (more Gaussians on the
+image); coefficients of 1e-6 draw what the pinhole draws, through the lens path.
 Each repetition renders once without the option and once with it (in alternating order, so
 that load changes hit both alike), and times loss.backward() alone (with the offsets, the
 forward and loss.backward());
@@ -69,6 +70,9 @@ def main():
     parser.add_argument("--option", choices=("camera", "absolute", "offsets", "fisheye",
                                              "distortion", "pinhole_distortion"),
                         default="camera")
+    parser.add_argument("--coefficients", type=float, nargs="+",
+                        default=[-0.25, 0.08, 0.001, -0.0008, -0.01],
+                        help="--option pinhole_distortion's (k1, k2, p1, p2[, k3[, k4-k6]])")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--scale", type=float, default=1.0)
@@ -107,7 +111,7 @@ def main():
         elif mode == "with" and args.option == "distortion":
             settings = distorted
         elif mode == "with" and args.option == "pinhole_distortion":
-            settings = plain._replace(pinhole_distortion=(-0.25, 0.08, 0.001, -0.0008, -0.01))
+            settings = plain._replace(pinhole_distortion=tuple(args.coefficients))
         elif mode == "with":
             absolute = True
         return backward_seconds(scene, settings, upstream, device, clock, absolute, both_passes)

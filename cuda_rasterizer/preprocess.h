@@ -262,9 +262,8 @@ DGRD_HD LensTerms<T> lens_terms(const Camera<T>& cam, Vec3<T> t) {
 template <typename T>
 DGRD_HD void lens_distortion_backward(const Camera<T>& cam, Vec3<T> t, Vec2<T> dpixel,
                                       const T (&dJ)[2][3], T dk[kLensCoefficients]) {
-  const LensTerms<T> f0 = equidistant_terms(t);  // a, b and 1 / z; K0, M0 for the fisheye
-  const T a = f0.a, b = f0.b, u = a * a + b * b, inv_1u = T(1) / (T(1) + u);
-  const T gx = cam.focal_x * f0.inv_z, gy = cam.focal_y * f0.inv_z;
+  const T inv_z = T(1) / t.z, a = t.x * inv_z, b = t.y * inv_z, u = a * a + b * b;
+  const T gx = cam.focal_x * inv_z, gy = cam.focal_y * inv_z;
   const auto radial = [&](T dK, T dM, T dN) {
     return gx * (dJ[0][0] * (dK + a * a * dM) + dJ[0][1] * a * b * dM + dJ[0][2] * a * dN) +
            gy * (dJ[1][0] * a * b * dM + dJ[1][1] * (dK + b * b * dM) + dJ[1][2] * b * dN) +
@@ -298,7 +297,8 @@ DGRD_HD void lens_distortion_backward(const Camera<T>& cam, Vec3<T> t, Vec2<T> d
     return;
   }
   if (!cam.fisheye_distorted) return;
-  const T w = u * f0.K * f0.K;
+  const LensTerms<T> f0 = equidistant_terms(t);  // K0, M0
+  const T inv_1u = T(1) / (T(1) + u), w = u * f0.K * f0.K;
   T power = T(1);  // w^j
   for (int j = 0; j < 4; ++j) {
     const T p = power * w;
@@ -372,7 +372,8 @@ DGRD_HD Vec2<T> screen_position(const Camera<T>& cam, Vec3<T> mean, Vec3<T> t) {
   if (cam.lens()) {
     const LensTerms<T> f = lens_terms(cam, t);
     const Vec2<T> c = lens_centre(cam);
-    return {c.x + cam.focal_x * (f.a * f.K + f.tau.x), c.y + cam.focal_y * (f.b * f.K + f.tau.y)};
+    return {c.x + cam.focal_x * (f.a * f.K + f.tau.x),
+            c.y + cam.focal_y * (f.b * f.K + f.tau.y)};
   }
   T inv_w;
   Vec3<T> hom;
@@ -537,8 +538,10 @@ DGRD_HD void lens_jacobian_backward(const Camera<T>& cam, Vec3<T> t, const T (&d
   // -2 tau of degree 2) has d/dx = dE/da / z^2, d/dy = dE/db / z^2 and, by Euler's theorem,
   // d/dz = -(1 + degree) E / z^2. dT00 = (6 p2, 2 p1), dT01 = (2 p1, 2 p2), dT11 = (2 p2, 6 p1).
   const T p1 = cam.pinhole_k[2], p2 = cam.pinhole_k[3], d01s = d01 + d10;
-  dt.x += T(6) * p2 * d00 + T(2) * p1 * d01s + T(2) * p2 * d11 - T(2) * (d02 * f.T00 + d12 * f.T01);
-  dt.y += T(2) * p1 * d00 + T(2) * p2 * d01s + T(6) * p1 * d11 - T(2) * (d02 * f.T01 + d12 * f.T11);
+  dt.x += T(6) * p2 * d00 + T(2) * p1 * d01s + T(2) * p2 * d11 -
+          T(2) * (d02 * f.T00 + d12 * f.T01);
+  dt.y += T(2) * p1 * d00 + T(2) * p2 * d01s + T(6) * p1 * d11 -
+          T(2) * (d02 * f.T01 + d12 * f.T11);
   dt.z += T(6) * (d02 * f.tau.x + d12 * f.tau.y) -
           T(2) * (d00 * f.T00 + d01s * f.T01 + d11 * f.T11);
 }

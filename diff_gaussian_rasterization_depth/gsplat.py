@@ -60,7 +60,7 @@ import torch
 
 from . import GaussianRasterizationSettings
 from . import rasterize_gaussians as _rasterize
-from ._validation import _require_tensor
+from ._validation import CheckedSettings, _require_tensor
 from .cameras import projection_from_intrinsics
 # The package's tiles, fixed near plane and least opacity a splat is blended with (config.h).
 from .reference import ALPHA_MIN as ALPHA_THRESHOLD
@@ -266,13 +266,13 @@ def _project(means, viewmat, K, camera_model="pinhole", distortion=None):
 
 
 def _clip_by_radius(radius_clip, means, opacities, scales, quats, cov6, settings):
-    """(N,) bool: the radius the PyTorch twin finds is above radius_clip."""
+    """(N,) bool: the radius the PyTorch twin finds is above radius_clip (from the checked
+    settings: flat matrices, and a distorted lens's fold)."""
     from .reference import _preprocess
-    flat = settings._replace(viewmatrix=settings.viewmatrix.reshape(16),
-                             projmatrix=settings.projmatrix.reshape(16))
     with torch.no_grad():
+        checked = CheckedSettings(settings, means.device, means.dtype)
         g = _preprocess(means, opacities[:, None], None, means.new_zeros(means.shape), scales,
-                        quats, cov6, flat)
+                        quats, cov6, checked)
     return g["visible"] & (g["radius"] > radius_clip)
 
 

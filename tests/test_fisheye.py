@@ -568,19 +568,21 @@ def test_depth_to_points_on_fisheye_rays(view, distortion):
 
 def test_depth_to_points_gradient_through_the_inverse():
     """The distorted rays' gradient (the last Newton step's, the implicit function's) by finite
-    differences, float64: in the depth, the fields of view and the projection matrix (the
-    principal point)."""
+    differences, float64: in the depth, the fields of view, the projection matrix (the
+    principal point) and the coefficients (a tensor)."""
     scene = scenes.fisheye(scenes.make_scene(7991, P=10, height=9, width=12, dtype=F64),
                            half_angle=1.1, yaw=0.5, shift=(0.3, -0.2), distortion=DISTORTION)
     s = scene.settings
     depth = 0.5 + torch.rand(9, 12, generator=torch.Generator().manual_seed(3), dtype=F64)
     leaves = (depth.clone().requires_grad_(), torch.tensor(s.tanfovx, dtype=F64).requires_grad_(),
               torch.tensor(s.tanfovy, dtype=F64).requires_grad_(),
-              s.projmatrix.detach().clone().requires_grad_())
+              s.projmatrix.detach().clone().requires_grad_(),
+              torch.tensor(DISTORTION, dtype=F64).requires_grad_())
 
-    def points(depth, tanfovx, tanfovy, projmatrix):
-        return surface.depth_to_points(depth, s._replace(tanfovx=tanfovx, tanfovy=tanfovy,
-                                                         projmatrix=projmatrix))
+    def points(depth, tanfovx, tanfovy, projmatrix, distortion):
+        return surface.depth_to_points(depth, s._replace(
+            tanfovx=tanfovx, tanfovy=tanfovy, projmatrix=projmatrix,
+            fisheye_distortion=distortion))
     assert (points(*leaves)[:2] != 0).all()   # every pixel's ray in front, none on the axis
     assert torch.autograd.gradcheck(points, leaves, eps=1e-6, atol=1e-7, rtol=1e-6)
 

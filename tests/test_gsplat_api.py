@@ -477,10 +477,16 @@ def test_batches_of_scenes_and_cameras():
         assert torch.equal(meta["radii"][i], one_meta["radii"])
 
 
-def test_near_far_planes_and_radius_clip():
+@pytest.mark.parametrize("lens", [
+    {}, dict(camera_model="fisheye", radial_coeffs=torch.tensor([[0.05, -0.02, 0.004, 0.0]])),
+    dict(radial_coeffs=torch.tensor([[-0.2, 0.05, 0.01, 0.1, 0.0, 0.0]]),
+         tangential_coeffs=torch.tensor([[0.004, -0.003]]))],
+    ids=["pinhole", "fisheye-distorted", "pinhole-distorted"])
+def test_near_far_planes_and_radius_clip(lens):
     """near_plane, far_plane and radius_clip cull as rendering without those Gaussians does,
-    and report radius 0 for them."""
-    scene = twin_scene(10, N=30)
+    and report radius 0 for them (radius_clip's radii from the twin through the lens too)."""
+    scene = dict(twin_scene(10, N=30), **{k: v.to(F64) if isinstance(v, torch.Tensor) else v
+                                          for k, v in lens.items()})
     image, _, meta = rasterization(**scene, width=W, height=H, render_mode="RGB+ED",
                                    packed=False)
     z = meta["depths"][0]
