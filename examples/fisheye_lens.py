@@ -19,7 +19,8 @@ largest error of its theta_d curve over the image, in pixels (means over the see
     python examples/fisheye_lens.py --seeds 0 1 2       # the table of doc/fisheye.md
 
 Writes OUT/results.md and OUT/results.json (default OUT: out/fisheye_lens). The parts are plain
-functions, imported by tests/test_fisheye_example.py.
+functions, imported by tests/test_fisheye_example.py and, with the pinhole's settings, by
+examples/pinhole_lens.py.
 """
 import argparse
 import copy
@@ -47,8 +48,10 @@ from diff_gaussian_rasterization_depth.cameras import (Camera, choose_device,  #
 
 # A lens whose theta_d runs 7% past theta at the image's edge (about 3 px at 96 px across).
 LENS = (0.08, -0.03, 0.006, -0.0005)
+LENS_NAMES = ("K1", "K2", "K3", "K4")
 HALF_ANGLE = 1.2   # the image's half-width spans this theta_d (radians): focal = W / (2 * it)
 VARIANTS = ("true lens", "equidistant", "calibrated")
+ERROR_TITLE = "lens curve error (px)"   # the table's title of a variant's error_px
 
 
 def fisheye_cameras(width: int, height: int, n: int = 16) -> List[Camera]:
@@ -66,13 +69,15 @@ def fisheye_settings(camera: Camera, lens=None, device="cpu"):
     return pose_settings(w2c, camera)._replace(fisheye=True, fisheye_distortion=lens)
 
 
-def view_rays(camera: Camera, lens, scale: int = 1) -> torch.Tensor:
+def view_rays(camera: Camera, lens, scale: int = 1, lens_settings=fisheye_settings
+              ) -> torch.Tensor:
     """(H s, W s, 3) world-space ray directions (view z = 1) of the pixels of the camera seen
-    `scale` times finer (focal and size times `scale`), through the lens: the inverse of the
-    rasterizer's projection (`surface.depth_to_points`); zero where a pixel has no ray."""
+    `scale` times finer (focal and size times `scale`), through the lens (`lens_settings`
+    makes the camera's settings with it): the inverse of the rasterizer's projection
+    (`surface.depth_to_points`); zero where a pixel has no ray."""
     fine = Camera(camera.world_to_camera, camera.width * scale, camera.height * scale,
                   camera.fx * scale, camera.fy * scale)
-    settings = fisheye_settings(fine, lens)._replace(
+    settings = lens_settings(fine, lens)._replace(
         viewmatrix=torch.as_tensor(fine.viewmatrix(), dtype=torch.float64),
         projmatrix=torch.as_tensor(fine.projmatrix(), dtype=torch.float64))
     rays = surface.depth_to_points(torch.ones(fine.height, fine.width, dtype=torch.float64),
@@ -83,31 +88,41 @@ def view_rays(camera: Camera, lens, scale: int = 1) -> torch.Tensor:
 
 
 @dataclass
-class FisheyeView:
+class LensView:
     camera: Camera
     color: torch.Tensor   # (3, H, W) float32
+    # (H, W) bool: the pixels the loss reads (a resampled photo's), or None: all of them
+    valid: Optional[torch.Tensor] = None
 
 
 def make_views(cameras: Sequence[Camera], ids: Sequence[int], lens, device,
-               supersample: int = 3) -> List[FisheyeView]:
+               supersample: int = 3, lens_settings=fisheye_settings) -> List[LensView]:
     """The scene ray-cast through `lens` from cameras[ids], each pixel the mean of
     supersample^2 rays."""
     scene = default_scene()
     views = []
     for i in ids:
-        rays = view_rays(cameras[i], lens, supersample)
+        rays = view_rays(cameras[i], lens, supersample, lens_settings)
         color = raycast_rays(scene, _as64(cameras[i].center), rays)["color"]
         color = F.avg_pool2d(color[None], supersample)[0]
-        views.append(FisheyeView(cameras[i], color.to(device, torch.float32)))
+        views.append(LensView(cameras[i], color.to(device, torch.float32)))
     return views
 
 
-def render(model: GaussianModel, camera: Camera, lens) -> torch.Tensor:
+def render(model: GaussianModel, camera: Camera, lens,
+           lens_settings=fisheye_settings) -> torch.Tensor:
     g = model.activated()
     color, _, _, _ = scenes.rasterize(
-        fisheye_settings(camera, lens, g.means.device), means3D=g.means, means2D=None,
+        lens_settings(camera, lens, g.means.device), means3D=g.means, means2D=None,
         opacities=g.opacities, shs=g.sh, scales=g.scales, rotations=g.rotations)
     return color
+
+
+def fisheye_units(camera: Camera) -> torch.Tensor:
+    """The calibration's units of k1-k4: a unit of k_j moves theta_d at the image's corner by
+    one pixel (k_j moves it by focal corner^(2j+3))."""
+    corner = math.hypot(camera.width, camera.height) / 2 / camera.fx
+    return torch.tensor([1.0 / (camera.fx * corner ** (2 * j + 3)) for j in range(4)])
 
 
 def lens_curve_error(lens, truth, camera: Camera) -> float:
@@ -138,22 +153,21 @@ class FitConfig:
     lambda_ssim: float = 0.2
 
 
-def fit(model: GaussianModel, train: Sequence[FisheyeView], lens, cfg: FitConfig, seed: int,
-        calibrate: bool = False):
+def fit(model: GaussianModel, train: Sequence[LensView], lens, cfg: FitConfig, seed: int,
+        calibrate: bool = False, lens_settings=fisheye_settings, lens_units=fisheye_units):
     """Adam on the Gaussians (sparse_view_depth's rates), the views in a seeded random order,
-    rendered through `lens`; with `calibrate`, `lens` is the starting coefficients and is
-    optimized too. Returns (model, the lens it ended with)."""
+    rendered through `lens` (the camera's settings by `lens_settings`), each view's loss on its
+    valid pixels; with `calibrate`, `lens` is the starting coefficients and is optimized too.
+    Returns (model, the lens it ended with)."""
     model = copy.deepcopy(model)
     opt = make_optimizer(model, SparseViewConfig(lr_means=cfg.lr_means))
     lens_opt = None
     if calibrate:
-        # k_j = unit_j * raw_j, unit_j = 1 / (focal corner^(2j+3)): a unit of raw_j moves
-        # theta_d at the image's corner by one pixel, so Adam's steps (about its rate) move
-        # every coefficient's part of the curve alike
-        camera = train[0].camera
-        corner = math.hypot(camera.width, camera.height) / 2 / camera.fx
-        unit = torch.tensor([1.0 / (camera.fx * corner ** (2 * j + 3)) for j in range(4)])
-        start = torch.tensor(lens if lens is not None else (0.0,) * 4, dtype=torch.float32)
+        # k_j = unit_j * raw_j (`lens_units`): a unit of raw_j moves the image's corner by
+        # about a pixel, so Adam's steps (about its rate) move every coefficient's part alike
+        unit = lens_units(train[0].camera)
+        start = torch.tensor(lens if lens is not None else (0.0,) * len(unit),
+                             dtype=torch.float32)
         raw = (start / unit).requires_grad_()
         lens_opt = torch.optim.Adam([raw], lr=cfg.lr_lens_px)
     order = np.random.default_rng(seed).integers(0, len(train), size=cfg.iterations)
@@ -163,7 +177,11 @@ def fit(model: GaussianModel, train: Sequence[FisheyeView], lens, cfg: FitConfig
         view = train[int(order[it])]
         if lens_opt is not None:
             lens = raw * unit
-        loss = photometric_loss(render(model, view.camera, lens), view.color, cfg.lambda_ssim)
+        color = render(model, view.camera, lens, lens_settings)
+        target = view.color
+        if view.valid is not None:   # pixels no photo covers match the render: no gradient
+            target = torch.where(view.valid, target, color.detach())
+        loss = photometric_loss(color, target, cfg.lambda_ssim)
         for optimizer in (opt, lens_opt):
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
@@ -181,7 +199,8 @@ def fit(model: GaussianModel, train: Sequence[FisheyeView], lens, cfg: FitConfig
 
 def run_seed(seed: int, truth=LENS, width: int = 96, height: int = 72, n_gaussians: int = 4000,
              cfg: Optional[FitConfig] = None, device="cpu") -> Dict[str, dict]:
-    """Every variant's fit from the same initialization; {variant: {psnr, lens, curve_px}}."""
+    """Every variant's fit from the same initialization; {variant: {psnr, lens, error_px}}
+    (error_px: the lens curve's error, `lens_curve_error`)."""
     cfg = cfg or FitConfig()
     cameras = fisheye_cameras(width, height)
     test_ids = list(range(0, len(cameras), 4))
@@ -197,43 +216,53 @@ def run_seed(seed: int, truth=LENS, width: int = 96, height: int = 72, n_gaussia
         with torch.no_grad():
             scores = [psnr(render(model, v.camera, lens), v.color) for v in test]
         results[variant] = dict(psnr=float(np.mean(scores)), lens=lens,
-                                curve_px=lens_curve_error(lens, truth, cameras[0]))
+                                error_px=lens_curve_error(lens, truth, cameras[0]))
     return results
 
 
-def format_table(per_seed: Dict[int, Dict[str, dict]]) -> str:
+def format_table(per_seed: Dict[int, Dict[str, dict]], example=None) -> str:
+    """The table of an example's results (`example`: its module, by default this one: its
+    VARIANTS and ERROR_TITLE): mean PSNR and error over the seeds, the first seed's lens."""
+    example = example or sys.modules[__name__]
     first = min(per_seed)
-    lines = ["| variant | held-out PSNR (dB) | lens curve error (px) | "
+    lines = [f"| variant | held-out PSNR (dB) | {example.ERROR_TITLE} | "
              f"coefficients (seed {first}) |", "|---|---|---|---|"]
-    for variant in VARIANTS:
+    for variant in example.VARIANTS:
         runs = [r[variant] for r in per_seed.values()]
         mean_psnr = np.mean([r["psnr"] for r in runs])
-        mean_curve = np.mean([r["curve_px"] for r in runs])
+        mean_error = np.mean([r["error_px"] for r in runs])
         lens = per_seed[first][variant]["lens"]
-        shown = "none" if lens is None else ", ".join(f"{v:.4f}" for v in lens)
-        lines.append(f"| {variant} | {mean_psnr:.2f} | {mean_curve:.2f} | {shown} |")
+        shown = "none" if lens is None else ", ".join(f"{float(v):.4f}" for v in lens)
+        lines.append(f"| {variant} | {mean_psnr:.2f} | {mean_error:.2f} | {shown} |")
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None, example=None) -> int:
+    """The command line of a lens example (`example`: its module, by default this one: its
+    docstring, LENS, LENS_NAMES, run_seed and the table's names), writing OUT/results.md and
+    OUT/results.json, OUT by default out/<the module's name>."""
+    example = example or sys.modules[__name__]
+    name = os.path.splitext(os.path.basename(example.__file__))[0]
+    p = argparse.ArgumentParser(description=example.__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--lens", type=float, nargs=4, default=LENS, metavar=("K1", "K2", "K3", "K4"))
+    p.add_argument("--lens", type=float, nargs=len(example.LENS), default=example.LENS,
+                   metavar=example.LENS_NAMES)
     p.add_argument("--iterations", type=int, default=600)
     p.add_argument("--gaussians", type=int, default=4000)
     p.add_argument("--width", type=int, default=96)
     p.add_argument("--height", type=int, default=72)
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=os.path.join("out", "fisheye_lens"))
+    p.add_argument("--out", default=os.path.join("out", name))
     args = p.parse_args(argv)
     if args.iterations < 1 or args.gaussians < 1 or args.width < 16 or args.height < 16:
         p.error("--iterations and --gaussians must be positive, --width and --height >= 16")
     device = choose_device(args.device)
     truth = tuple(args.lens)
     start = time.time()
-    per_seed = {s: run_seed(s, truth, args.width, args.height, args.gaussians,
-                            FitConfig(iterations=args.iterations), device) for s in args.seeds}
-    table = format_table(per_seed)
+    per_seed = {s: example.run_seed(s, truth, args.width, args.height, args.gaussians,
+                                    FitConfig(iterations=args.iterations), device)
+                for s in args.seeds}
+    table = format_table(per_seed, example)
     print(f"lens {truth}, {args.width}x{args.height}, {args.gaussians} Gaussians, "
           f"{args.iterations} iterations, seeds {args.seeds}, {device}, "
           f"{time.time() - start:.0f} s")

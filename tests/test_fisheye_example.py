@@ -76,9 +76,9 @@ def test_run_seed_small():
     for r in results.values():
         assert math.isfinite(r["psnr"]) and r["psnr"] > 5
     camera = fl.fisheye_cameras(48, 36)[0]
-    assert results["true lens"]["curve_px"] == 0.0
+    assert results["true lens"]["error_px"] == 0.0
     assert results["equidistant"]["lens"] is None
-    assert results["equidistant"]["curve_px"] == pytest.approx(
+    assert results["equidistant"]["error_px"] == pytest.approx(
         fl.lens_curve_error(None, fl.LENS, camera))
     calibrated = results["calibrated"]["lens"]
     assert len(calibrated) == 4 and any(v != 0 for v in calibrated)
