@@ -24,9 +24,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from ._validation import real_value
-from .reference import NEAR_PLANE, _ndc2pix, _transform_point
-from .surface import _check_shape
+from ._validation import CheckedSettings, real_value
+from .reference import (NEAR_PLANE, _lens, _lens_pixels, _lens_unfolded, _ndc2pix,
+                        _transform_point)
+from .surface import _check_shape, depth_to_points
 
 __all__ = ["TSDFVolume", "SparseTSDFVolume", "Mesh", "marching_tetrahedra", "face_components",
            "keep_largest_components", "OpacityField", "extract_opacity_mesh"]
@@ -274,9 +275,27 @@ def _pixel_of(points: torch.Tensor, view: torch.Tensor, proj: torch.Tensor, H: i
     return z, inside, pixel
 
 
+def _lens_pixel_of(points: torch.Tensor, lens, H: int, W: int):
+    """`_pixel_of` through a lens (the checked float64 settings `lens` of a fisheye or a
+    distorted pinhole: the reference's projection), float64; a point past the lens's fold
+    falls in no pixel."""
+    view = lens.viewmatrix
+    tx, ty, z = (_transform_point(points.double(), view, k) for k in range(3))
+    front = z > NEAR_PLANE
+    safe_z = torch.where(front, z, torch.ones_like(z))   # keeps the unused points finite
+    px, py = _lens_pixels(tx, ty, safe_z, lens)
+    col, row = torch.round(px), torch.round(py)
+    inside = (front & _lens_unfolded(tx, ty, safe_z, lens) & (col >= 0) & (col < W) & (row >= 0)
+              & (row < H))
+    col, row = torch.nan_to_num(col), torch.nan_to_num(row)
+    pixel = (row.clamp(0, H - 1) * W + col.clamp(0, W - 1)).long()
+    return z.to(points.dtype), inside, pixel
+
+
 class _ViewMaps:
     """One view's maps as integrate() takes them, checked, on the volume's device and dtype:
-    what the fusion of any grid point reads."""
+    what the fusion of any grid point reads. Through a lens (a fisheye, a distorted pinhole)
+    `lens` holds the view's checked float64 settings, and points project by its formula."""
 
     def __init__(self, depth, settings, color, mask, dtype, device):
         self.H, self.W = int(settings.image_height), int(settings.image_width)
@@ -291,6 +310,23 @@ class _ViewMaps:
         self.view = torch.as_tensor(settings.viewmatrix).reshape(-1).to(device, dtype)
         self.proj = torch.as_tensor(settings.projmatrix).reshape(-1).to(device, dtype)
         self.settings = settings
+        self.lens = None
+        if _lens(settings):
+            with torch.no_grad():
+                self.lens = CheckedSettings(settings, device, torch.float64)
+
+    @staticmethod
+    def pixels(points: torch.Tensor, settings) -> torch.Tensor:
+        """(N,) the flat index of the pixel each point falls in, in the view of `settings`
+        (clamped into the image: see `_pixel_of`)."""
+        H, W = int(settings.image_height), int(settings.image_width)
+        if _lens(settings):
+            with torch.no_grad():
+                lens = CheckedSettings(settings, points.device, torch.float64)
+            return _lens_pixel_of(points, lens, H, W)[2]
+        flat = [torch.as_tensor(m).reshape(-1).to(points) for m in
+                (settings.viewmatrix, settings.projmatrix)]
+        return _pixel_of(points, *flat, H, W)[2]
 
     def read(self, points: torch.Tensor, truncation: float):
         """(seen, value, pixel) of grid points (N, 3): whether this view updates each (in front
@@ -298,7 +334,10 @@ class _ViewMaps:
         than the truncation behind the surface), its truncated distance (surface z - own z) /
         truncation clamped to at most 1, and the pixel it reads (the one its projection falls
         in: no interpolation across depth edges)."""
-        z, seen, pixel = _pixel_of(points, self.view, self.proj, self.H, self.W)
+        if self.lens is None:
+            z, seen, pixel = _pixel_of(points, self.view, self.proj, self.H, self.W)
+        else:
+            z, seen, pixel = _lens_pixel_of(points, self.lens, self.H, self.W)
         surface = self.depth[pixel]
         seen &= surface > 0
         if self.mask is not None:
@@ -584,6 +623,8 @@ class SparseTSDFVolume:
         near = z - radius
         visible = z + radius > NEAR_PLANE
         ahead = near > 1e-3 * radius          # wholly in front of the camera's plane
+        if maps.lens is not None:   # no bound of a lens's image: the near plane's test alone
+            return visible.nonzero()[:, 0]
         s = maps.settings
         W, H = maps.W, maps.H
         proj = maps.proj.double()
@@ -692,8 +733,16 @@ class SparseTSDFVolume:
 def _back_project(maps: "_ViewMaps", pixel: torch.Tensor) -> torch.Tensor:
     """(N, 3) world points (float64) at the centres of the pixels `pixel` (flat indices) at their
     depth: the point whose view z is the depth and whose projection is the pixel's centre,
-    solved from the settings' own matrices (any principal point they encode)."""
+    solved from the settings' own matrices (any principal point they encode); through a lens,
+    on the pixel's ray (`surface.depth_to_points`)."""
     H, W = maps.H, maps.W
+    if maps.lens is not None:
+        with torch.no_grad():
+            rays = depth_to_points(torch.ones(H, W, dtype=torch.float64, device=pixel.device),
+                                   maps.settings).reshape(3, -1)[:, pixel]
+        V = maps.lens.viewmatrix.reshape(4, 4)   # [p, 1] @ V: view = p R + T
+        view_points = (rays * maps.depth.double()[pixel]).T
+        return torch.linalg.solve(V[:3, :3].T, (view_points - V[3, :3]).T).T
     view, proj = maps.view.double(), maps.proj.double()
     ndc_x = (2.0 * (pixel % W).double() + 1.0) / W - 1.0
     ndc_y = (2.0 * torch.div(pixel, W, rounding_mode="floor").double() + 1.0) / H - 1.0
@@ -786,9 +835,7 @@ class OpacityField:
         colors = torch.ones_like(points)
         for view in self.views:
             image, opacity = self._render(points, view, shs, colors_precomp)
-            flat = [torch.as_tensor(m).reshape(-1).to(points) for m in
-                    (view.viewmatrix, view.projmatrix)]
-            _, _, pixel = _pixel_of(points, *flat, int(view.image_height), int(view.image_width))
+            pixel = _ViewMaps.pixels(points, view)
             # A point the view does not see has opacity 1: never less than the least.
             better = opacity < least
             colors = torch.where(better[:, None], image.reshape(3, -1)[:, pixel].T, colors)

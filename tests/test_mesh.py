@@ -9,7 +9,7 @@ import torch
 
 import scenes as test_scenes
 from cuda_target import real_cuda_param
-from diff_gaussian_rasterization_depth import GaussianRasterizer
+from diff_gaussian_rasterization_depth import GaussianRasterizer, surface
 from diff_gaussian_rasterization_depth.cameras import Camera, look_at, orbit_cameras
 from diff_gaussian_rasterization_depth.mesh import (Mesh, SparseTSDFVolume, TSDFVolume,
                                                     _back_project, _block_keys, _ViewMaps,
@@ -378,16 +378,35 @@ def test_sparse_tsdf_meshes_an_unbounded_plane():
     assert mean_normal @ normal > 0.9 * mean_normal.norm()
 
 
-def test_back_projection_inverts_the_projection():
+LENSES = {"fisheye": dict(fisheye=True), "fisheye-distorted": dict(
+    fisheye=True, fisheye_distortion=(0.05, -0.02, 0.004, -0.0005)),
+    "pinhole-distorted": dict(pinhole_distortion=(-0.25, 0.08, 0.01, -0.008))}
+
+
+def lens_sphere_depth(settings, camera, centre, radius):
+    """sphere_depth through the settings' lens: each pixel's ray from surface.depth_to_points."""
+    rays = surface.depth_to_points(torch.ones(camera.height, camera.width, dtype=F64), settings)
+    dirs = rays.permute(1, 2, 0) @ torch.tensor(camera.rotation)     # world, view z = 1
+    oc = torch.tensor(camera.center) - torch.tensor(centre, dtype=F64)
+    a, b, k = (dirs * dirs).sum(-1), (dirs * oc).sum(-1), oc @ oc - radius ** 2
+    disc = b * b - a * k
+    t = (-b - disc.clamp_min(0).sqrt()) / a.clamp_min(1e-30)
+    return torch.where((disc > 0) & (a > 0), t, torch.zeros_like(t))
+
+
+@pytest.mark.parametrize("lens", [None] + list(LENSES))
+def test_back_projection_inverts_the_projection(lens):
     """Pixels back-projected at random depths (through a projection matrix with an off-centre
-    principal point) are read by the fusion at the same pixel, on the surface."""
+    principal point; through a fisheye or a distorted pinhole too) are read by the fusion at
+    the same pixel, on the surface."""
     gen = torch.Generator().manual_seed(3)
     camera = Camera(look_at((0.3, 0.2, -3.0), (0.0, 0.0, 0.0)), 40, 30, 35.0, 33.0)
     settings = camera.raster_settings(dtype=torch.float64)
     proj = settings.projmatrix.clone()
     proj[:, 0] += 0.13 * proj[:, 3]                   # ndc x shifted by 0.13 (clip x += 0.13 w)
     proj[:, 1] -= 0.07 * proj[:, 3]
-    settings = settings._replace(projmatrix=proj)
+    plain = settings._replace(projmatrix=proj)
+    settings = plain._replace(**LENSES.get(lens, {}))
     depth = (1.0 + 4.0 * torch.rand(30, 40, generator=gen, dtype=F64))
     maps = _ViewMaps(depth, settings, None, None, F64, torch.device("cpu"))
     pixel = torch.arange(30 * 40)
@@ -395,6 +414,28 @@ def test_back_projection_inverts_the_projection():
     seen, value, read = maps.read(points, truncation=0.1)
     assert seen.all() and torch.equal(read, pixel)
     assert value.abs().max() < 1e-9
+    if lens is not None:   # not where the pinhole reads them
+        pinhole = _ViewMaps(depth, plain, None, None, F64, torch.device("cpu"))
+        assert not torch.equal(pinhole.read(points, truncation=0.1)[2], pixel)
+
+
+@pytest.mark.parametrize("lens", list(LENSES))
+def test_tsdf_of_exact_depth_through_a_lens(lens):
+    """18 views of a sphere's exact depth seen through a lens (each pixel's ray the lens's):
+    the fused mesh, dense and sparse, lies on the sphere (mean error under a quarter voxel)."""
+    centre, radius, voxel = (0.2, -0.1, 0.3), 0.8, 0.05
+    dense = TSDFVolume([-1.0, -1.2, -0.8], [1.4, 1.0, 1.4], voxel)
+    sparse = SparseTSDFVolume(voxel)
+    for camera in sphere_views(centre, 48, 36):
+        settings = camera.raster_settings()._replace(**LENSES[lens])
+        depth = lens_sphere_depth(settings, camera, centre, radius).float()
+        assert (depth > 0).sum() > 100
+        dense.integrate(depth, settings, mask=depth > 0)
+        sparse.integrate(depth, settings, mask=depth > 0)
+    for mesh in (dense.extract_mesh(), sparse.extract_mesh()):
+        error = (mesh.vertices.double() - torch.tensor(centre)).norm(dim=1) - radius
+        assert mesh.faces.shape[0] > 3000
+        assert error.abs().mean() < voxel / 4 and error.abs().max() < voxel
 
 
 def test_sparse_tsdf_checks():

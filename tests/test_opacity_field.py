@@ -356,13 +356,16 @@ def test_opacity_mesh_of_a_sphere_of_splats():
     assert ((normal * (centroid.float() - centre).double()).sum(1) > 0).float().mean() > 0.99
 
 
+@pytest.mark.parametrize("lens", [None, (-0.3, 0.1, 0.01, -0.01)], ids=["pinhole", "distorted"])
 @pytest.mark.parametrize("dtype", [F32, F64])
-def test_vertex_colors_come_from_the_view_that_sees_best(dtype):
+def test_vertex_colors_come_from_the_view_that_sees_best(dtype, lens):
     """GOF's vertex colours: per point, the rendered colour (background included) of its pixel
     in the view of least opacity, white where no view sees it. Against a walk of the views
     written here: each view's image by the rasterizer, the pixel by the camera's own
-    projection (cameras.Camera, float64), the opacity by the field's view_opacity."""
+    projection (cameras.Camera, float64; through OpenCV's formula, written out, where the
+    views have a pinhole_distortion), the opacity by the field's view_opacity."""
     field = plane_of_discs(dtype)
+    field.views = [v._replace(pinhole_distortion=lens) for v in field.views]
     n = field.gaussians["means3D"].shape[0]
     gen = torch.Generator().manual_seed(11)
     colors = torch.rand(n, 3, generator=gen, dtype=F64).to(dtype)
@@ -387,6 +390,14 @@ def test_vertex_colors_come_from_the_view_that_sees_best(dtype):
                         view.image_width / (2 * view.tanfovx),
                         view.image_height / (2 * view.tanfovy))
         col, row, _ = torch.as_tensor(camera.project(points.double().numpy())).unbind(1)
+        if lens is not None:   # OpenCV's distortion of the normalized point
+            cx, cy = (camera.width - 1) / 2, (camera.height - 1) / 2
+            a, b = (col - cx) / camera.fx, (row - cy) / camera.fy
+            k1, k2, p1, p2 = lens
+            u = a * a + b * b
+            L = 1 + k1 * u + k2 * u * u
+            col = camera.fx * (a * L + 2 * p1 * a * b + p2 * (u + 2 * a * a)) + cx
+            row = camera.fy * (b * L + p1 * (u + 2 * b * b) + 2 * p2 * a * b) + cy
         col = col.round().long().clamp(0, view.image_width - 1)
         row = row.round().long().clamp(0, view.image_height - 1)
         opacity = field.view_opacity(points, view).double()
