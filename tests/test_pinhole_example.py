@@ -94,6 +94,7 @@ def test_run_seed_small():
     assert set(results) == set(pl.VARIANTS)
     for r in results.values():
         assert math.isfinite(r["psnr"]) and r["psnr"] > 5
+        assert math.isfinite(r["psnr_undistorted"]) and r["psnr_undistorted"] > 5
     camera = pl.make_cameras(48, 36)[0]
     assert results["through the lens"]["error_px"] == 0.0
     assert results["undistorted photos"]["error_px"] == 0.0
@@ -104,6 +105,8 @@ def test_run_seed_small():
     assert len(calibrated) == 4 and any(v != 0 for v in calibrated)
     table = pl.format_table({3: results})
     assert all(v in table for v in pl.VARIANTS) and pl.ERROR_TITLE in table
+    assert "undistorted (dB)" in table and all(line.count("|") == 6
+                                                 for line in table.splitlines())
 
 
 def test_command_line(tmp_path):
