@@ -262,7 +262,7 @@ def main(argv=None, example=None) -> int:
     per_seed = {s: example.run_seed(s, truth, args.width, args.height, args.gaussians,
                                     FitConfig(iterations=args.iterations), device)
                 for s in args.seeds}
-    table = format_table(per_seed, example)
+    table = example.format_table(per_seed)
     print(f"lens {truth}, {args.width}x{args.height}, {args.gaussians} Gaussians, "
           f"{args.iterations} iterations, seeds {args.seeds}, {device}, "
           f"{time.time() - start:.0f} s")
