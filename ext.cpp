@@ -5,6 +5,7 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
 
+#include <algorithm>
 #include <cmath>
 #include <initializer_list>
 #include <optional>
@@ -93,6 +94,55 @@ py::object field(py::handle settings, const char* name) {
   return py::reinterpret_steal<py::object>(v);
 }
 
+// Lens coefficients given as plain numbers: a tuple or list of `counts` finite Python floats or
+// ints, padded with zeros to `out`'s size. False for anything else (a tensor, another count, a
+// non-finite value): the Python checks take those.
+bool coefficients(const py::object& v, std::initializer_list<size_t> counts, double* out,
+                  size_t size) {
+  if (!PyTuple_CheckExact(v.ptr()) && !PyList_CheckExact(v.ptr())) return false;
+  const py::sequence seq = py::reinterpret_borrow<py::sequence>(v);
+  const size_t n = seq.size();
+  if (std::find(counts.begin(), counts.end(), n) == counts.end() || n > size) return false;
+  for (size_t i = 0; i < size; ++i) {
+    out[i] = 0;
+    if (i < n && !real(seq[i].ptr(), false, out[i])) return false;
+  }
+  return true;
+}
+
+// A lens's fold from the Python checks' own function `name` of _validation (its lru_cache
+// remembers the last lenses), so that both paths cull at the same value.
+double lens_fold(const char* name, const double* k, size_t size) {
+  static const py::handle module =
+      py::module_::import("diff_gaussian_rasterization_depth._validation").release();
+  py::tuple numbers(size);
+  for (size_t i = 0; i < size; ++i) numbers[i] = py::float_(k[i]);
+  return module.attr(name)(numbers).cast<double>();
+}
+
+// The settings' lens coefficients into c: none (None, or all zeros, as the Python checks
+// read them), else the coefficients and their fold. False where the Python checks must read
+// them (a tensor, which may take a gradient; anything they refuse).
+bool lens_coefficients(py::handle settings, RasterConfig& c) {
+  const py::object fisheye_k = field(settings, "fisheye_distortion");
+  if (fisheye_k && !fisheye_k.is_none()) {
+    if (!c.fisheye || !coefficients(fisheye_k, {4}, c.fisheye_k, 4)) return false;
+    c.fisheye_distorted = std::any_of(c.fisheye_k, c.fisheye_k + 4, [](double v) { return v; });
+    if (c.fisheye_distorted) c.fisheye_max_angle = lens_fold("fisheye_fold_angle", c.fisheye_k, 4);
+  }
+  const py::object pinhole_k = field(settings, "pinhole_distortion");
+  if (pinhole_k && !pinhole_k.is_none()) {
+    if (c.fisheye || c.orthographic ||
+        !coefficients(pinhole_k, {4, 5, 8}, c.pinhole_k, dgrd::kLensCoefficients))
+      return false;
+    c.pinhole_distorted = std::any_of(c.pinhole_k, c.pinhole_k + dgrd::kLensCoefficients,
+                                      [](double v) { return v; });
+    if (c.pinhole_distorted)
+      c.pinhole_max_u = lens_fold("pinhole_fold_u", c.pinhole_k, dgrd::kLensCoefficients);
+  }
+  return true;
+}
+
 // The call of `rasterize_gaussians` checked in one C++ call where it is the common one: plain
 // Python numbers and bools in the settings, debug off, no gradient to the camera or background,
 // every tensor of the shapes, device and dtype the Python checks ask for. Returns (opacities
@@ -165,10 +215,8 @@ py::object check_common(py::handle means3D_in, py::handle means2D, py::handle op
     if (!flag(ortho.ptr(), c.orthographic)) return none;
   if (const py::object fisheye = get("fisheye"))
     if (!flag(fisheye.ptr(), c.fisheye) || (c.fisheye && c.orthographic)) return none;
-  // Lens distortion coefficients: the Python checks read them (their fold).
-  for (const char* name : {"fisheye_distortion", "pinhole_distortion"})
-    if (const py::object distortion = get(name))
-      if (!distortion.is_none()) return none;
+  // Lens distortion coefficients as plain numbers (a tensor: the Python checks).
+  if (!lens_coefficients(settings, c)) return none;
   if (!present(colors)) {  // enough SH coefficients for the degree
     const int64_t given = (present(dc) ? 1 : 0) + (sh != nullptr ? sh->size(1) : 0);
     if (given < (c.sh_degree + 1) * (c.sh_degree + 1)) return none;
@@ -274,6 +322,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("inverse_depth", &RasterConfig::inverse_depth)
       .def_readwrite("orthographic", &RasterConfig::orthographic)
       .def_readwrite("fisheye", &RasterConfig::fisheye)
+      // The lens coefficients as the kernels take them (tests compare the two checks' configs).
+      .def_property_readonly("lens", [](const RasterConfig& c) {
+        py::tuple fisheye_k(4), pinhole_k(dgrd::kLensCoefficients);
+        for (int i = 0; i < 4; ++i) fisheye_k[i] = c.fisheye_k[i];
+        for (int i = 0; i < dgrd::kLensCoefficients; ++i) pinhole_k[i] = c.pinhole_k[i];
+        return py::make_tuple(c.fisheye_distorted, fisheye_k, c.fisheye_max_angle,
+                              c.pinhole_distorted, pinhole_k, c.pinhole_max_u);
+      })
       .def_readwrite("camera_grad", &RasterConfig::camera_grad)
       .def_readwrite("absolute_grad", &RasterConfig::absolute_grad)
       .def_readwrite("bg", &RasterConfig::bg)

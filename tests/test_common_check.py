@@ -28,7 +28,7 @@ NAMES = ("means3D", "means2D", "opacities", "shs", "colors_precomp", "scales", "
 CONFIG_FIELDS = ("image_height", "image_width", "tanfovx", "tanfovy", "scale_modifier",
                  "sh_degree", "prefiltered", "antialiasing", "kernel_size", "debug", "median_depth",
                  "inverse_depth", "camera_grad", "absolute_grad", "orthographic", "fisheye",
-                 "sample_margin")
+                 "lens", "sample_margin")
 CAMERA_FIELDS = ("bg", "viewmatrix", "projmatrix", "campos")
 
 
@@ -117,6 +117,17 @@ COMMON = {
         scenes.Scene(inputs, s)).settings),
     "fisheye": dict(edit=lambda inputs, s: scenes.fisheye(
         scenes.Scene(inputs, s), half_angle=1.2, shift=(2.0, -1.0)).settings),
+    # Lens coefficients as plain numbers: a tuple, a list with an int, zeros (no distortion).
+    "fisheye-distorted": dict(edit=lambda inputs, s: scenes.fisheye(
+        scenes.Scene(inputs, s), half_angle=1.2, distortion=(0.05, -0.02, 0.004, 0)).settings),
+    "fisheye-zero-distortion": dict(edit=lambda inputs, s: scenes.fisheye(
+        scenes.Scene(inputs, s), distortion=(0.0, 0.0, 0.0, 0.0)).settings),
+    "pinhole-distorted": dict(edit=lambda inputs, s: s._replace(
+        pinhole_distortion=(-0.25, 0.08, 0.01, -0.008, -0.01))),
+    "pinhole-folding-list": dict(edit=lambda inputs, s: s._replace(
+        pinhole_distortion=[-0.4, 0, 0.0, 0.0])),
+    "pinhole-rational": dict(edit=lambda inputs, s: s._replace(
+        pinhole_distortion=(0.9, 0.25, 0.004, -0.006, 0.02, 1.1, 0.35, 0.03))),
 }
 
 
@@ -163,7 +174,8 @@ def render_and_grads(inputs, settings, flags, common):
 
 @pytest.mark.parametrize("name", ["2023", "2024-dc", "float64-noncontiguous", "flat-opacities",
                                   "means2D-absgs", "features-median", "camera-layouts",
-                                  "orthographic", "fisheye"])
+                                  "orthographic", "fisheye", "fisheye-distorted",
+                                  "pinhole-distorted", "pinhole-folding-list"])
 def test_render_and_gradients_bitwise_either_way(name):
     inputs, settings, flags = variant(13100 + list(COMMON).index(name), **COMMON[name])
     assert ask_cpp(inputs, settings, **flags) is not None
@@ -195,6 +207,11 @@ LEFT_TO_PYTHON = {
     # Offsets are read by the Python checks; zeros sample where None does.
     "zero-subpixel-offsets": lambda inputs, s: s._replace(
         subpixel_offset=torch.zeros(s.image_height, s.image_width, 2)),
+    # Coefficients in a tensor (which may take a gradient) or of numpy's kind: Python's.
+    "zero-pinhole-distortion-tensor": lambda inputs, s: s._replace(
+        pinhole_distortion=torch.zeros(4)),
+    "zero-pinhole-distortion-numpy": lambda inputs, s: s._replace(
+        pinhole_distortion=np.zeros(5)),
 }
 
 
@@ -238,6 +255,20 @@ def test_out_of_range_numbers_left_to_python():
         assert ask_cpp(inputs, settings._replace(**{field: value})) is None, field
     # Two projections at once: the Python checks' ValueError.
     assert ask_cpp(inputs, settings._replace(orthographic=True, fisheye=True)) is None
+    # Lens coefficients the Python checks refuse: another count, not finite, not numbers, a
+    # bool, for another projection.
+    for field, value, extra in [
+            ("pinhole_distortion", (0.1, 0.2, 0.3), {}),
+            ("pinhole_distortion", (0.1,) * 6, {}),
+            ("pinhole_distortion", (0.1, math.nan, 0.0, 0.0), {}),
+            ("pinhole_distortion", ("0.1", 0.0, 0.0, 0.0), {}),
+            ("pinhole_distortion", (True, 0.0, 0.0, 0.0), {}),
+            ("pinhole_distortion", (0.1, 0.0, 0.0, 0.0), dict(fisheye=True)),
+            ("pinhole_distortion", (0.1, 0.0, 0.0, 0.0), dict(orthographic=True)),
+            ("fisheye_distortion", (0.1, 0.0, 0.0, 0.0), {}),
+            ("fisheye_distortion", (0.1, 0.0, 0.0), dict(fisheye=True)),
+            ("fisheye_distortion", (0.1, math.inf, 0.0, 0.0), dict(fisheye=True))]:
+        assert ask_cpp(inputs, settings._replace(**{field: value}, **extra)) is None, value
     # Degree 4 with the 25 coefficients it would need: refused for the degree itself.
     inputs["shs"] = torch.zeros(inputs["means3D"].shape[0], 25, 3)
     assert ask_cpp(inputs, settings._replace(sh_degree=3)) is not None
