@@ -196,7 +196,7 @@ def _undistorted_angle(theta_d: torch.Tensor, k, fold: float):
 
 def _coefficients(given, checked, like):
     """The lens coefficients as the gradient flows through them: the settings' tensor as 0-dim
-    views on `like`'s device and dtype (the pinhole's k3 0 where four were given), else the
+    views on `like`'s device and dtype (0 for the pinhole's coefficients not given), else the
     checked numbers."""
     if not isinstance(given, torch.Tensor):
         return checked
@@ -224,9 +224,9 @@ def _undistorted_point(xd, yd, k, fold_u: float):
     k3, k4, k5, k6)) equal to (xd, yd): Newton's method on the 2x2 system from (xd, yd), each
     step held within u = a^2 + b^2 <= fold_u where the radial part grows; reached where the
     residual is below 1e-5 (normalized units: a hundredth of a pixel at a focal of 1000) within
-    the fold.
-    The last step runs with autograd, so that the gradient is the implicit function's,
-    J^-1 d(xd, yd) (and -J^-1 d(distortion)/dk for coefficients that require grad)."""
+    the fold. The last step runs with autograd, so that the gradient is the implicit
+    function's, J^-1 d(xd, yd) (and -J^-1 d(distortion)/dk for coefficients that require
+    grad)."""
     def distorted(a, b, k):   # the distorted point and its Jacobian's entries (J01 = J10)
         L, M, _, tau_x, tau_y, T00, T01, T11 = _pinhole_terms(a, b, k)
         return (a * L + tau_x, b * L + tau_y, L + a * a * M + T00, a * b * M + T01,
