@@ -297,7 +297,7 @@ def _lens_unfolded(tx, ty, tz, settings):
     return torch.atan(torch.sqrt((tx / tz) ** 2 + (ty / tz) ** 2)) <= settings.fisheye_max_angle
 
 
-def _fisheye_centre(settings):
+def _lens_centre(settings):
     """The lens's principal point in pixels: where the pinhole projection (projmatrix) puts
     the optical axis, the world point at view-space (0, 0, 1)."""
     view, proj = settings.viewmatrix.reshape(16), settings.projmatrix.reshape(16)
@@ -312,7 +312,7 @@ def _fisheye_centre(settings):
 def _lens_pixels(tx, ty, tz, settings):
     """(x, y) pixels of view-space points through the lens: c + focal (a K + tau_x,
     b K + tau_y) with (a, b) = (tx, ty) / tz (`_lens_terms`)."""
-    cx, cy = _fisheye_centre(settings)
+    cx, cy = _lens_centre(settings)
     a, b = tx / tz, ty / tz
     K, _, _, tau_x, tau_y, _, _, _ = _lens_terms(a, b, settings)
     tanfovx, tanfovy = _fields_of_view(settings)

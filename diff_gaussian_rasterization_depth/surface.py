@@ -27,7 +27,7 @@ import torch
 
 from ._validation import check_fisheye_distortion, check_pinhole_distortion, require_pinhole
 from .reference import (HOM_EPS, NEAR_PLANE, _covariance_3d, _distortion_factor,
-                        _fisheye_centre, _ndc2pix, _pinhole_terms, _rotation_matrix)
+                        _lens_centre, _ndc2pix, _pinhole_terms, _rotation_matrix)
 
 __all__ = ["view_points", "gaussian_normals", "distortion_features", "ndc_depth",
            "depth_distortion", "depth_to_points", "depth_to_normal", "plane_distances",
@@ -139,7 +139,7 @@ def _pixel_offsets(depth: torch.Tensor, settings):
     (where projmatrix puts the axis), over the focal lengths W / (2 tanfovx), H / (2 tanfovy);
     tensors that require grad pass theirs on."""
     H, W = depth.shape
-    cx, cy = (c.to(depth) for c in _fisheye_centre(settings))
+    cx, cy = (c.to(depth) for c in _lens_centre(settings))
     fx = W / (2.0 * settings.tanfovx)
     fy = H / (2.0 * settings.tanfovy)
     return (((torch.arange(W, device=depth.device, dtype=depth.dtype) - cx) / fx)[None, :],

@@ -22,7 +22,7 @@ from cuda_target import cuda_targets
 from diff_gaussian_rasterization_depth import (GaussianRasterizationSettings, GaussianRasterizer,
                                                fisheye_gs, surface)
 from diff_gaussian_rasterization_depth._validation import fisheye_fold_angle
-from diff_gaussian_rasterization_depth.reference import _fisheye_centre, _fisheye_terms
+from diff_gaussian_rasterization_depth.reference import _lens_centre, _fisheye_terms
 from test_camera_gradients import make_camera_gradcheck_fn, projection_failures
 from test_cpu_backend import compare_gradients, gradients, run_backend, upstream_gradients
 
@@ -302,8 +302,8 @@ def test_principal_point_moves_the_image():
             return scene.settings, GaussianRasterizer(scene.settings)(**scene.inputs)
     plain, (color, radii, depth, weight) = render((0.0, 0.0))
     moved, (color2, radii2, depth2, weight2) = render((16.0, -16.0))
-    torch.testing.assert_close(torch.stack(_fisheye_centre(moved)),
-                               torch.stack(_fisheye_centre(plain)) + torch.tensor([16.0, -16.0],
+    torch.testing.assert_close(torch.stack(_lens_centre(moved)),
+                               torch.stack(_lens_centre(plain)) + torch.tensor([16.0, -16.0],
                                                                                   dtype=F64),
                                rtol=0, atol=2e-6)
     here, there = (slice(16, 48), slice(32, 80)), (slice(32, 64), slice(16, 64))
@@ -543,7 +543,7 @@ def test_depth_to_points_on_fisheye_rays(view, distortion):
     torch.testing.assert_close(surface.depth_to_points(3 * depth, s)[:2], 3 * points[:2])
     a, b = points[0] / points[2], points[1] / points[2]
     K = _fisheye_terms(a, b, distortion)[0]
-    cx, cy = _fisheye_centre(s)
+    cx, cy = _lens_centre(s)
     cols = cx + 40 / (2 * s.tanfovx) * a * K
     rows = cy + 30 / (2 * s.tanfovy) * b * K
     want_cols = torch.arange(40, dtype=F64).expand(30, 40)
