@@ -36,7 +36,7 @@ struct Camera {
   // An equidistant fisheye (Fisheye-GS's is_fisheye, gsplat's camera_model="fisheye"): a
   // view-space point at angle theta off the optical axis lands focal * theta px from the
   // principal point, which is where projmatrix (the pinhole projection of the same focal
-  // lengths) puts the axis (preprocess.h, fisheye_centre).
+  // lengths) puts the axis (preprocess.h, lens_centre).
   bool fisheye = false;
   // OpenCV's fisheye distortion (COLMAP's OPENCV_FISHEYE) on that fisheye: the point lands
   // focal * theta_d px off the principal point, theta_d = theta (1 + k1 theta^2 + k2 theta^4 +
