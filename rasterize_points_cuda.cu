@@ -9,7 +9,11 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #endif
+#include <ATen/Context.h>
+#include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/searchsorted.h>
+#include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
@@ -17,6 +21,7 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -514,6 +519,38 @@ gpu::SplatSums lay_splat_sums(const GaussianTensors& g, GradientTensors& d) {
   return sums;
 }
 
+// The ordered backward's pair sums (gpu::PairSums) and the pairs grouped by Gaussian: where
+// torch.use_deterministic_algorithms(True) is set. The feature kernels still add by atomics:
+// there PyTorch's alert (an error, or a warning with warn_only) and the atomic backward.
+struct OrderedPairs {
+  at::Tensor rows, order, starts;
+
+  static bool wanted(const OptionalGrads<float>& extra) {
+    if (!at::globalContext().deterministicAlgorithms()) return false;
+    if (!extra.has_features()) return true;
+    at::globalContext().alertNotDeterministic(
+        "diff_gaussian_rasterization_depth's CUDA backward with feature channels");
+    return false;
+  }
+
+  OrderedPairs(const ForwardState& s, int64_t gaussians, cudaStream_t stream) {
+    const int64_t pairs = s.point_list.size(0);
+    const auto opts = s.means2d.options();
+    rows = device_empty({pairs, gpu::kPairValues}, opts);
+    zero_async(rows, stream);  // the pairs behind every pixel's last splat are not walked
+    at::Tensor ids = device_empty({pairs}, opts.dtype(at::kInt));
+    gpu::pair_gaussians(s.lists(), pairs, ids.data_ptr<int>(), stream);
+    // A stable sort keeps each Gaussian's pairs in list order (the order of their sum).
+    auto [sorted, positions] = at::sort(ids, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+    order = positions;
+    starts = at::searchsorted(sorted, at::arange(gaussians + 1, ids.options()));
+  }
+
+  gpu::PairSums view() const {
+    return {rows.data_ptr<float>(), order.data_ptr<int64_t>(), starts.data_ptr<int64_t>()};
+  }
+};
+
 // The buffers only the render backward reads, freed once it is queued (the caching allocator
 // hands them on in stream order): all of the state but the radii.
 void release_render_state(ForwardState& s) {
@@ -670,9 +707,17 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, Fo
   extra.feature_dots = output_or_null<float>(feature_dots);
   const at::Tensor abs_sums = absolute_grad_sums(c, g);
   extra.mean2d_abs = reinterpret_cast<Vec2<float>*>(output_or_null<float>(abs_sums));
+  std::optional<OrderedPairs> ordered;
+  if (OrderedPairs::wanted(extra)) ordered.emplace(s, P, stream);
+  const gpu::PairSums pairs = ordered ? ordered->view() : gpu::PairSums{};
   gpu::render_backward(cam, st, lists, make_pixel_buffers<float>(s, {}, {}, {}), pg, extra,
-                       sums, splits, stream);
+                       sums, splits, pairs, stream);
   check_stage(c, "render_backward");
+  if (ordered) {
+    gpu::gather_pair_sums(int(P), pairs, sums, extra.mean2d_abs, stream);
+    check_stage(c, "gather_pair_sums");
+    ordered.reset();
+  }
   feature_dots.reset();
   if (release_state) release_render_state(s);
   grads.allocate_missing(g, device_empty);

@@ -2,7 +2,8 @@
 """What an option of the backward adds to it: garden 112k at 648x420.
 
     python benchmarks/backward_option_cost.py
-        [--option camera|absolute|offsets|fisheye|distortion|pinhole_distortion]
+        [--option camera|absolute|offsets|fisheye|distortion|pinhole_distortion|
+                  deterministic]
         [--coefficients K1 K2 P1 P2 [K3 ...]] [--device cpu|cuda] [--reps 15]
         [--sh]
 
@@ -17,7 +18,10 @@ order of coefficients) against it without, forward and backward timed together;
 --option pinhole_distortion: the pinhole camera with OpenCV's distortion (pinhole_distortion,
 by default a wide-angle lens's (k1, k2, p1, p2, k3), else --coefficients) against it without,
 forward and backward timed together. A barrel lens widens the view (more Gaussians on the
-image); coefficients of 1e-6 draw what the pinhole draws, through the lens path.
+image); coefficients of 1e-6 draw what the pinhole draws, through the lens path;
+--option deterministic: the backward under torch.use_deterministic_algorithms(True) (on CUDA
+the ordered backward: pair sums and a gather, no float atomics; the CPU's sums are ordered
+always, so there the two should time alike).
 Each repetition renders once without the option and once with it (in alternating order, so
 that load changes hit both alike), and times loss.backward() alone (with the offsets, the
 forward and loss.backward());
@@ -68,7 +72,8 @@ def backward_seconds(scene, settings, upstream, device, clock=time.perf_counter,
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--option", choices=("camera", "absolute", "offsets", "fisheye",
-                                             "distortion", "pinhole_distortion"),
+                                             "distortion", "pinhole_distortion",
+                                             "deterministic"),
                         default="camera")
     parser.add_argument("--coefficients", type=float, nargs="+",
                         default=[-0.25, 0.08, 0.001, -0.0008, -0.01],
@@ -112,9 +117,15 @@ def main():
             settings = distorted
         elif mode == "with" and args.option == "pinhole_distortion":
             settings = plain._replace(pinhole_distortion=tuple(args.coefficients))
-        elif mode == "with":
+        elif mode == "with" and args.option == "absolute":
             absolute = True
-        return backward_seconds(scene, settings, upstream, device, clock, absolute, both_passes)
+        ordered = mode == "with" and args.option == "deterministic"
+        torch.use_deterministic_algorithms(ordered)
+        try:
+            return backward_seconds(scene, settings, upstream, device, clock, absolute,
+                                    both_passes)
+        finally:
+            torch.use_deterministic_algorithms(False)
 
     for _ in range(2):   # warm-up
         run("without")
@@ -134,7 +145,8 @@ def main():
     what = {"camera": "camera gradients", "absolute": "the absolute gradient",
             "offsets": "sample offsets", "fisheye": "the fisheye",
             "distortion": "the fisheye's distortion",
-            "pinhole_distortion": "the pinhole's distortion"}[args.option]
+            "pinhole_distortion": "the pinhole's distortion",
+            "deterministic": "deterministic algorithms"}[args.option]
     timed = "forward + backward" if both_passes else "backward"
     for k in ("without", "with"):
         print(f"  {timed} {k:7s} {what}: median {1000 * med[k]:8.2f} ms "

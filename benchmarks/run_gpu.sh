@@ -423,8 +423,8 @@ sanitize() {
         record "$1" skipped 0 "compute-sanitizer not found"
     fi
 }
-sanitize memcheck 120 0,1,2,7,8,9,11,12
-sanitize racecheck 120 0,1,2,7,8,9,11,12
+sanitize memcheck 120 0,1,2,7,8,9,11,12,13
+sanitize racecheck 120 0,1,2,7,8,9,11,12,13
 
 # ------------------------------------------------------------- the Python around one call
 # Host time per call over the raw backend (benchmarks/call_overhead.py): a fixed cost of every

@@ -1014,6 +1014,47 @@ __device__ __forceinline__ void warp_accumulate(const SplatGrad<float>& g, const
   }
 }
 
+// The ordered backward's sums in a block (torch.use_deterministic_algorithms): each warp's
+// totals of a chunk of kOrderedChunk staged splats, which flush() adds over the warps in warp
+// order into the splats' rows of the pair sums (PairSums), where atomics would add them in the
+// order the warps come. A row of the chunk is zero until a warp writes it, and again once
+// flushed. 6 KiB of shared memory (4 blocks per SM, as the atomic variants, on sm_120 too); the
+// atomic variants declare an empty one.
+constexpr int kOrderedChunk = 16;
+
+template <bool kOrdered>
+struct OrderedWarpSums {
+  __device__ void clear() {}
+};
+
+template <>
+struct OrderedWarpSums<true> {
+  float value[kWarps][kOrderedChunk][kPairValues];
+
+  __device__ void clear() {
+    float* all = &value[0][0][0];
+    for (int e = int(threadIdx.x); e < kWarps * kOrderedChunk * kPairValues; e += kTilePixels)
+      all[e] = 0.f;
+  }
+  // Rows c0 .. c1 - 1 of the staged batch (splat j at list position stop - 1 - j, counted from
+  // `begin`) into their pair rows; every thread of the block calls it, after the chunk's walk.
+  __device__ void flush(int c0, int c1, int stop, int begin, float* pair_sums) {
+    __syncthreads();  // every warp's totals written
+    for (int e = int(threadIdx.x); e < kOrderedChunk * kPairValues; e += kTilePixels) {
+      const int row = e / kPairValues, k = e % kPairValues;
+      float total = 0.f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        total += value[w][row][k];
+        value[w][row][k] = 0.f;
+      }
+      if (c0 + row < c1)
+        pair_sums[int64_t(begin + stop - 1 - (c0 + row)) * kPairValues + k] = total;
+    }
+    __syncthreads();  // the chunk's rows cleared before the next chunk writes them
+  }
+};
+
 // Gaussian i's sums, read whole before any of the rows they lie in is written.
 __device__ __forceinline__ SplatGrad<float> read_splat_sums(const SplatSums& sums, int i) {
   SplatGrad<float> g;
@@ -1043,12 +1084,15 @@ __device__ __forceinline__ void warp_add(float v, float* out) {
 // list (ListPart); a pixel whose walk ends in front of the part takes no part in it. With
 // extra.mean2d_abs (AbsGS), a runtime test rather than a template flag: a uniform branch costs
 // the default call nothing measurable, and eight more instantiations would cost every build.
-template <bool kMedian, bool kWarpSkip, bool kScatter>
+template <bool kMedian, bool kWarpSkip, bool kScatter, bool kOrdered>
 __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
     render_backward_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
                            PixelBuffers<float> px, PixelGrads<float> grads,
-                           OptionalGrads<float> extra, SplatSums sums, TileSplits splits) {
+                           OptionalGrads<float> extra, SplatSums sums, TileSplits splits,
+                           PairSums pairs) {
   DGRD_SHARED(SplatBatch, batch);
+  DGRD_SHARED(OrderedWarpSums<kOrdered>, ordered);
+  if constexpr (kOrdered) ordered.clear();  // walk_back's first barrier comes before any write
   splits.load_length();
   const ListPart part(cam, lists, splits);
   if (!part.valid) return;  // the whole block
@@ -1072,34 +1116,83 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
   const int warp_end = min(part.hi, kWarpSkip ? warp_max(last) : block_end);
   const SumLane lane =
       kScatter ? sum_lane(sums, scatter_slot<kSplatGradValues>(kSplatGradValues)) : SumLane{};
+  const int ordered_slot = kOrdered ? scatter_slot<kPairValues>(kPairValues) : -1;
 
-  // Positions are relative to `begin`.
+  // Positions are relative to `begin`. Splat j of a staged batch, its row `row` of the ordered
+  // chunk.
+  const auto step = [&](int stop, int j, int row) {
+    const int pos = stop - 1 - j;
+    float alpha, G;
+    Vec2<float> d;
+    const bool blends = splat_alpha(batch.mean_id[j].mean2d, batch.exponent[j], me.at.x,
+                                    me.at.y, alpha, G, d) & (pos < last);
+    const bool median_splat = kMedian && pos + 1 == median_position;
+    if (!__any_sync(kFullWarp, blends | median_splat)) return;
+    // Every lane steps; one whose pixel does not blend the splat changes nothing and adds 0
+    // (step_if), where a zeroed SplatGrad and a branch cost 10 instructions a splat.
+    SplatGrad<float> g;
+    pb.step_if(blends, alpha, G, d, batch.exponent[j], batch.feature[j], g);
+    if (median_splat) g.feature.w += median_grad;
+    if constexpr (kOrdered) {
+      // The ten values and AbsGS's two (summed whether asked for or not: the gather reads
+      // them only where they are); the warp's totals into its row of the chunk.
+      const Vec2<float> a = abs_each(g.mean2d);
+      const float v[kPairValues] = {g.mean2d.x,  g.mean2d.y,  g.conic.a,   g.conic.b,
+                                    g.conic.c,   g.opacity,   g.feature.x, g.feature.y,
+                                    g.feature.z, g.feature.w, a.x,         a.y};
+      const float total = warp_scatter_total(v);
+      if (ordered_slot >= 0) ordered.value[me.warp][row][ordered_slot] = total;
+      return;
+    }
+    warp_accumulate<kScatter>(g, sums, batch.mean_id[j].id, lane);
+    if (extra.mean2d_abs) {  // the same for the whole grid: asked for or not
+      // g.mean2d is the pixel's whole part: asked for here only without feature channels
+      // (with them, render_absolute_grad_kernel's). The median adds to z alone.
+      const Vec2<float> a = abs_each(g.mean2d);
+      const float v[2] = {a.x, a.y};
+      Vec2<float>* out = extra.mean2d_abs + batch.mean_id[j].id;
+      warp_add_each<kScatter>(v, [out](int k) { return &out->x + k; });
+    }
+  };
   batch.walk_back<kWarpSkip>(begin, part.lo, block_end, lists, state, me, [&](int stop, int n) {
     // pos = stop - 1 - j < warp_end from j = stop - warp_end on.
-    batch.for_each_reaching<kWarpSkip>(max(0, stop - warp_end), n, me.warp, [&](int j) {
-      const int pos = stop - 1 - j;
-      float alpha, G;
-      Vec2<float> d;
-      const bool blends = splat_alpha(batch.mean_id[j].mean2d, batch.exponent[j], me.at.x,
-                                      me.at.y, alpha, G, d) & (pos < last);
-      const bool median_splat = kMedian && pos + 1 == median_position;
-      if (!__any_sync(kFullWarp, blends | median_splat)) return;
-      // Every lane steps; one whose pixel does not blend the splat changes nothing and adds 0
-      // (step_if), where a zeroed SplatGrad and a branch cost 10 instructions a splat.
-      SplatGrad<float> g;
-      pb.step_if(blends, alpha, G, d, batch.exponent[j], batch.feature[j], g);
-      if (median_splat) g.feature.w += median_grad;
-      warp_accumulate<kScatter>(g, sums, batch.mean_id[j].id, lane);
-      if (extra.mean2d_abs) {  // the same for the whole grid: asked for or not
-        // g.mean2d is the pixel's whole part: asked for here only without feature channels
-        // (with them, render_absolute_grad_kernel's). The median adds to z alone.
-        const Vec2<float> a = abs_each(g.mean2d);
-        const float v[2] = {a.x, a.y};
-        Vec2<float>* out = extra.mean2d_abs + batch.mean_id[j].id;
-        warp_add_each<kScatter>(v, [out](int k) { return &out->x + k; });
+    const int from = max(0, stop - warp_end);
+    if constexpr (!kOrdered) {
+      batch.for_each_reaching<kWarpSkip>(from, n, me.warp, [&](int j) { step(stop, j, 0); });
+    } else {
+      // Chunk by chunk, the same chunks in every warp (flush holds the block's barriers).
+      for (int c0 = 0; c0 < n; c0 += kOrderedChunk) {
+        const int c1 = min(n, c0 + kOrderedChunk);
+        batch.for_each_reaching<kWarpSkip>(max(from, c0), c1, me.warp,
+                                           [&](int j) { step(stop, j, j - c0); });
+        ordered.flush(c0, c1, stop, begin, pairs.rows);
       }
-    });
+    }
   });
+}
+
+// The ordered backward's second pass: Gaussian i's sums, its pairs' rows added in list order
+// (order[starts[i]] .. order[starts[i + 1] - 1]: the pairs sorted by Gaussian, stably), into
+// its SplatSums and, where asked for, AbsGS's statistic. Every Gaussian's sums are written.
+__global__ void gather_pair_sums_kernel(int count, PairSums pairs, SplatSums sums,
+                                        Vec2<float>* mean2d_abs) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  float total[kPairValues] = {};
+  for (int64_t q = pairs.starts[i]; q < pairs.starts[i + 1]; ++q) {
+    const float* row = pairs.rows + pairs.order[q] * kPairValues;
+#pragma unroll
+    for (int k = 0; k < kPairValues; ++k) total[k] += row[k];
+  }
+#pragma unroll
+  for (int k = 0; k < kSplatGradValues; ++k) *sums.at(k, i) = total[k];
+  if (mean2d_abs) mean2d_abs[i] = {total[kSplatGradValues], total[kSplatGradValues + 1]};
+}
+
+// Each pair's Gaussian (the sums' index), for the sort that groups the pairs by Gaussian.
+__global__ void pair_gaussians_kernel(TileLists lists, int64_t count, int* gaussians) {
+  const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p < count) gaussians[p] = lists.gaussian(lists.point_list[p]);
 }
 
 // The chunk's upstream gradient of the feature map at the thread's pixel (0 past the channels).
@@ -1625,7 +1718,8 @@ void render(const Camera<float>& cam, const GaussianState<float>& state, TileLis
 void render_backward(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
                      const PixelBuffers<float>& px, PixelGrads<float> grads,
                      const OptionalGrads<float>& extra, const SplatSums& sums,
-                     const TileSplits& splits_in, cudaStream_t stream) {
+                     const TileSplits& splits_in, const PairSums& pairs,
+                     cudaStream_t stream) {
   const int tiles = cam.tiles_x * cam.tiles_y;
   const int blocks = tiles + splits_in.capacity;  // a block per tile, and per part it may add
   const CudaTuning tuning = cuda_tuning();
@@ -1634,13 +1728,25 @@ void render_backward(const Camera<float>& cam, const GaussianState<float>& state
   // With feature channels, AbsGS's statistic is render_absolute_grad_kernel's alone.
   OptionalGrads<float> maps_extra = extra;
   if (extra.has_features()) maps_extra.mean2d_abs = nullptr;
+  if (pairs.ordered()) {  // the warps' totals by scatter: only 4 more variants
+    dispatch_flags(
+        [&](auto median, auto warp_skip) {
+          const auto ordered_variant =
+              render_backward_kernel<decltype(median)::value, decltype(warp_skip)::value, true,
+                                     true>;
+          DGRD_LAUNCH(ordered_variant, blocks, kTilePixels, stream)(
+              cam, state, lists, px, grads, maps_extra, sums, splits, pairs);
+        },
+        extra.has_median(), tuning.warp_skip);
+    return;
+  }
   dispatch_flags(
       [&](auto median, auto warp_skip, auto scatter) {
         const auto render_backward_variant =
             render_backward_kernel<decltype(median)::value, decltype(warp_skip)::value,
-                                   decltype(scatter)::value>;
+                                   decltype(scatter)::value, false>;
         DGRD_LAUNCH(render_backward_variant, blocks, kTilePixels, stream)(
-            cam, state, lists, px, grads, maps_extra, sums, splits);
+            cam, state, lists, px, grads, maps_extra, sums, splits, pairs);
       },
       extra.has_median(), tuning.warp_skip, tuning.scatter_reduce);
   if (!extra.has_features()) return;
@@ -1665,6 +1771,19 @@ void render_backward(const Camera<float>& cam, const GaussianState<float>& state
     launch_absolute(render_absolute_grad_kernel<4>);
   else
     launch_absolute(render_absolute_grad_kernel<8>);
+}
+
+void pair_gaussians(TileLists lists, int64_t count, int* gaussians, cudaStream_t stream) {
+  if (count == 0) return;
+  DGRD_LAUNCH(pair_gaussians_kernel, blocks_for(count), kThreads, stream)(lists, count,
+                                                                          gaussians);
+}
+
+void gather_pair_sums(int count, const PairSums& pairs, const SplatSums& sums,
+                      Vec2<float>* mean2d_abs, cudaStream_t stream) {
+  if (count == 0) return;
+  DGRD_LAUNCH(gather_pair_sums_kernel, blocks_for(count), kThreads, stream)(count, pairs, sums,
+                                                                            mean2d_abs);
 }
 
 void clear_splat_sums(const SplatSums& sums, int count, cudaStream_t stream) {

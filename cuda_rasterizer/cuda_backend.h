@@ -208,17 +208,42 @@ struct SplatSums {
   }
 };
 
+// The ordered backward (torch.use_deterministic_algorithms(True)): the render backward sums
+// each pair's gradient over its block's pixels in a fixed order into the pair's row, at its
+// list position (the SplatGrad's ten values, then AbsGS's two), and gather_pair_sums adds each
+// Gaussian's rows in list order, as the CPU backend does, where atomics would add the warps'
+// totals in whichever order they come. 48 bytes a pair.
+constexpr int kPairValues = kSplatGradValues + 2;
+
+struct PairSums {
+  float* rows = nullptr;           // pairs x kPairValues, zeros first; null: atomics
+  const int64_t* order = nullptr;  // the pairs' positions sorted by Gaussian, stably
+  const int64_t* starts = nullptr;  // count + 1: Gaussian i's first entry of `order`
+
+  DGRD_HD bool ordered() const { return rows != nullptr; }
+};
+
+// Each pair's Gaussian, gaussians[p] = lists.gaussian(point_list[p]), for p < count.
+void pair_gaussians(TileLists lists, int64_t count, int* gaussians, cudaStream_t stream);
+
+// The ordered backward's second pass: every Gaussian's sums (and, where mean2d_abs is given,
+// AbsGS's statistic) written from its pairs' rows, added in list order.
+void gather_pair_sums(int count, const PairSums& pairs, const SplatSums& sums,
+                      Vec2<float>* mean2d_abs, cudaStream_t stream);
+
 // Sets every Gaussian's sums to zero (before render_backward).
 void clear_splat_sums(const SplatSums& sums, int count, cudaStream_t stream);
 
 // One 16x16 block per tile and part of a split list (the forward's splits), back to front;
 // adds each Gaussian's gradient into its sums (cleared by the caller) once per warp, and the
 // features' into extra.features_grad (zeroed by the caller), one block per tile (and per part,
-// given extra.feature_dots), when the feature map has an upstream gradient.
+// given extra.feature_dots), when the feature map has an upstream gradient. With pairs.rows
+// (the ordered backward; no feature channels), into the pairs' rows instead, for
+// gather_pair_sums.
 void render_backward(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
                      const PixelBuffers<float>& px, PixelGrads<float> grads,
                      const OptionalGrads<float>& extra, const SplatSums& sums,
-                     const TileSplits& splits, cudaStream_t stream);
+                     const TileSplits& splits, const PairSums& pairs, cudaStream_t stream);
 
 // Number of CameraGrad partial sums preprocess_backward needs for `count` Gaussians.
 int camera_grad_partials(int count);

@@ -38,6 +38,10 @@ import tempfile
 
 import torch
 
+# PyTorch's rule for torch.use_deterministic_algorithms on a GPU (case 13): cuBLAS's
+# deterministic workspace, set before any cuBLAS call.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 import scenes  # noqa: E402  (tests/scenes.py)
 from diff_gaussian_rasterization_depth import GaussianRasterizer, _backend, ssim_map  # noqa: E402
@@ -82,6 +86,11 @@ CASES = [
     dict(P=300, height=25, width=39, sh_degree=2, split_length=256, opacity_scale=0.3,
          fisheye=dict(half_angle=1.4, yaw=0.87, shift=(3.5, -2.0)), camera_grad=True,
          channels=2, median_depth=True),
+    # The ordered backward (torch.use_deterministic_algorithms): split lists, the median and
+    # AbsGS's absolute gradient summed into pair rows through shared memory, then gathered per
+    # Gaussian.
+    dict(P=500, height=21, width=37, sh_degree=1, split_length=256, opacity_scale=0.1,
+         means2d_cols=4, median_depth=True, deterministic=True),
 ]
 
 
@@ -213,6 +222,7 @@ def run_case(i, device):
     jitter = case.pop("jitter", 0.0)
     orthographic = case.pop("orthographic", False)
     fisheye = case.pop("fisheye", None)
+    deterministic = case.pop("deterministic", False)
     options = {k: case.pop(k) for k in ("median_depth", "inverse_depth", "touch_count",
                                          "contributions", "dominant") if k in case}
     scene = scenes.make_scene(100 + i, **case)
@@ -249,7 +259,12 @@ def run_case(i, device):
     contribution = maps.pop() if options.get("contributions") else None
     touched = maps.pop() if options.get("touch_count") else None
     loss = color.square().sum() + sum((m * torch.rand_like(m)).sum() for m in maps)
-    loss.backward()
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic or previous)
+    try:
+        loss.backward()
+    finally:
+        torch.use_deterministic_algorithms(previous)
     if device == "cuda":
         torch.cuda.synchronize()
     names = ["depth", "weight"] + (["feature_map"] if channels else []) + (
