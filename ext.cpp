@@ -402,9 +402,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "The opacity field at points (N, 3) from a forward's state and its Gaussians (GOF's integrate)");
   m.def(
       "gaussian_contributions",
-      [](const RasterConfig& c, py::list state) {
-        return dgrd::gaussian_contributions(c, dgrd::take_state(state, /*release=*/false));
+      [](const RasterConfig& c, py::list state, bool statistics) {
+        return dgrd::gaussian_contributions(c, dgrd::take_state(state, /*release=*/false),
+                                            statistics);
       },
+      py::arg("config"), py::arg("state"), py::arg("statistics") = true,
       "Each Gaussian's contribution statistics (weight sum, weight max, pixels, dominated "
       "pixels, opacity-transmittance sum) and each pixel's dominant Gaussian from a forward's "
       "state");

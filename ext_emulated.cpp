@@ -278,9 +278,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "The CUDA opacity field at points, emulated");
   m.def(
       "gaussian_contributions",
-      [](const RasterConfig& c, py::list state) {
-        return gaussian_contributions_cuda(c, take_state(state, /*release=*/false));
+      [](const RasterConfig& c, py::list state, bool statistics) {
+        return gaussian_contributions_cuda(c, take_state(state, /*release=*/false), statistics);
       },
+      py::arg("config"), py::arg("state"), py::arg("statistics") = true,
       "The CUDA contribution statistics and dominant Gaussians, emulated");
   m.def("mark_visible", &mark_visible_cuda, "The CUDA mark_visible, emulated");
   m.def("set_cuda_tuning", &set_cuda_tuning_cuda, py::arg("switches"),

@@ -432,10 +432,11 @@ at::Tensor count_touches(const RasterConfig& c, const ForwardState& s) {
 }
 
 std::tuple<at::Tensor, at::Tensor> gaussian_contributions(const RasterConfig& c,
-                                                          const ForwardState& s) {
+                                                          const ForwardState& s,
+                                                          bool statistics) {
   if (s.radii.is_cuda()) {
 #ifdef DGRD_WITH_CUDA
-    return gaussian_contributions_cuda(c, s);
+    return gaussian_contributions_cuda(c, s, statistics);
 #else
     refuse_without_cuda();
 #endif

@@ -351,7 +351,8 @@ at::Tensor count_touches_cuda(const RasterConfig& c, const ForwardState& s);
 at::Tensor point_opacity_cuda(const RasterConfig& c, const GaussianTensors& g,
                               const ForwardState& s, const at::Tensor& points);
 std::tuple<at::Tensor, at::Tensor> gaussian_contributions_cuda(const RasterConfig& c,
-                                                               const ForwardState& s);
+                                                               const ForwardState& s,
+                                                               bool statistics);
 at::Tensor mark_visible_cuda(const at::Tensor& positions, const at::Tensor& viewmatrix);
 void set_cuda_tuning_cuda(const std::map<std::string, int64_t>& switches);
 void set_cuda_stage_timing_cuda(bool on);
@@ -373,8 +374,11 @@ at::Tensor count_touches(const RasterConfig& c, const ForwardState& s);
 // weight max, pixels, dominated pixels, opacity-transmittance sum) and each pixel's dominant
 // Gaussian ((H, W) int32, -1 where nothing is blended) from a forward's state, on its device;
 // a walk of its own.
+// `statistics`: whether the caller reads the statistics, not the dominant map alone (on CUDA,
+// PyTorch's deterministic-algorithms alert then: their sums are added by float atomics).
 std::tuple<at::Tensor, at::Tensor> gaussian_contributions(const RasterConfig& c,
-                                                          const ForwardState& s);
+                                                          const ForwardState& s,
+                                                          bool statistics = true);
 // The opacity field at points3D ((N, 3), the Gaussians' dtype and device; opacity_field.h): each
 // point's opacity in this view, 1 - its transmittance through the splats of its pixel's tile
 // list, each faded in front of its Gaussian's peak along the point's ray; 1 where the view does

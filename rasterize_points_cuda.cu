@@ -520,24 +520,30 @@ gpu::SplatSums lay_splat_sums(const GaussianTensors& g, GradientTensors& d) {
 }
 
 // The ordered backward's pair sums (gpu::PairSums) and the pairs grouped by Gaussian: where
-// torch.use_deterministic_algorithms(True) is set. The feature kernels still add by atomics:
-// there PyTorch's alert (an error, or a warning with warn_only) and the atomic backward.
+// torch.use_deterministic_algorithms(True) is set.
 struct OrderedPairs {
-  at::Tensor rows, order, starts;
+  at::Tensor rows, order, starts, feature_rows, absolute_rows;
+  int feature_chunk = 0, feature_chunks = 0;
 
-  static bool wanted(const OptionalGrads<float>& extra) {
-    if (!at::globalContext().deterministicAlgorithms()) return false;
-    if (!extra.has_features()) return true;
-    at::globalContext().alertNotDeterministic(
-        "diff_gaussian_rasterization_depth's CUDA backward with feature channels");
-    return false;
-  }
+  static bool wanted() { return at::globalContext().deterministicAlgorithms(); }
 
-  OrderedPairs(const ForwardState& s, int64_t gaussians, cudaStream_t stream) {
+  OrderedPairs(const ForwardState& s, int64_t gaussians, const OptionalGrads<float>& extra,
+               cudaStream_t stream) {
     const int64_t pairs = s.point_list.size(0);
     const auto opts = s.means2d.options();
+    // Zeros first: the pairs behind every pixel's last splat are not walked.
     rows = device_empty({pairs, gpu::kPairValues}, opts);
-    zero_async(rows, stream);  // the pairs behind every pixel's last splat are not walked
+    zero_async(rows, stream);
+    if (extra.has_features()) {
+      feature_chunk = gpu::feature_chunk(extra.channels);
+      feature_chunks = (extra.channels + feature_chunk - 1) / feature_chunk;
+      feature_rows = device_empty({pairs, feature_chunks, 6 + feature_chunk}, opts);
+      zero_async(feature_rows, stream);
+      if (extra.mean2d_abs) {
+        absolute_rows = device_empty({pairs, 2}, opts);
+        zero_async(absolute_rows, stream);
+      }
+    }
     at::Tensor ids = device_empty({pairs}, opts.dtype(at::kInt));
     gpu::pair_gaussians(s.lists(), pairs, ids.data_ptr<int>(), stream);
     // A stable sort keeps each Gaussian's pairs in list order (the order of their sum).
@@ -547,7 +553,15 @@ struct OrderedPairs {
   }
 
   gpu::PairSums view() const {
-    return {rows.data_ptr<float>(), order.data_ptr<int64_t>(), starts.data_ptr<int64_t>()};
+    gpu::PairSums p;
+    p.rows = rows.data_ptr<float>();
+    p.order = order.data_ptr<int64_t>();
+    p.starts = starts.data_ptr<int64_t>();
+    p.feature_rows = output_or_null<float>(feature_rows);
+    p.feature_chunk = feature_chunk;
+    p.feature_chunks = feature_chunks;
+    p.absolute_rows = output_or_null<float>(absolute_rows);
+    return p;
   }
 };
 
@@ -661,7 +675,14 @@ at::Tensor point_opacity_cuda(const RasterConfig& c, const GaussianTensors& g,
 }
 
 std::tuple<at::Tensor, at::Tensor> gaussian_contributions_cuda(const RasterConfig& c,
-                                                               const ForwardState& s) {
+                                                               const ForwardState& s,
+                                                               bool statistics) {
+  // The weight sums add each pixel's share by float atomics (the counts, maxima and dominant
+  // map are exact in any order): PyTorch's alert under torch.use_deterministic_algorithms.
+  if (statistics)
+    at::globalContext().alertNotDeterministic(
+        "diff_gaussian_rasterization_depth's contribution statistics on CUDA "
+        "(contributions=True)");
   const DeviceContext device(s.radii);
   at::Tensor contribution =
       device_empty({s.radii.size(0), kContributionValues}, s.means2d.options());
@@ -708,13 +729,13 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, Fo
   const at::Tensor abs_sums = absolute_grad_sums(c, g);
   extra.mean2d_abs = reinterpret_cast<Vec2<float>*>(output_or_null<float>(abs_sums));
   std::optional<OrderedPairs> ordered;
-  if (OrderedPairs::wanted(extra)) ordered.emplace(s, P, stream);
+  if (OrderedPairs::wanted()) ordered.emplace(s, P, extra, stream);
   const gpu::PairSums pairs = ordered ? ordered->view() : gpu::PairSums{};
   gpu::render_backward(cam, st, lists, make_pixel_buffers<float>(s, {}, {}, {}), pg, extra,
                        sums, splits, pairs, stream);
   check_stage(c, "render_backward");
   if (ordered) {
-    gpu::gather_pair_sums(int(P), pairs, sums, extra.mean2d_abs, stream);
+    gpu::gather_pair_sums(int(P), pairs, sums, extra, stream);
     check_stage(c, "gather_pair_sums");
     ordered.reset();
   }

@@ -464,6 +464,17 @@ if [ "$DRY" = 1 ]; then ssim_args=(--device cpu --sizes 64x48 --repeat 1); else
 stage ssim 45 "$PY" benchmarks/ssim_bench.py "${ssim_args[@]}" --json "$ssim_json"
 [ -f "$ssim_json" ] && note "  fused SSIM: $(cat "$ssim_json" | tr -d '\n ')"
 
+# The ordered backward against the atomic one (torch.use_deterministic_algorithms, stop 70;
+# benchmarks/backward_option_cost.py): the garden 112k 648x420 backward with and without the
+# switch, interleaved; the ratio line.
+det_txt=/tmp/dgrd_deterministic.txt
+rm -f "$det_txt"
+if [ "$DRY" = 1 ]; then det_args="--device cpu --scale 0.1 --reps 1"; else
+    det_args="--device cuda --reps 15"; fi
+stage deterministic 30 sh -c "\"$PY\" benchmarks/backward_option_cost.py --option deterministic \
+    $det_args > $det_txt"
+[ -s "$det_txt" ] && note "  ordered backward: $(tail -1 "$det_txt")"
+
 # ----------------------------------------------------------------------------- 5.-7. timings
 if [ "$DRY" = 1 ]; then
     BENCH=("$PY" benchmarks/bench.py --device cpu --scenes 300 --scales 0.1,0.15 --reps 1

@@ -1015,45 +1015,56 @@ __device__ __forceinline__ void warp_accumulate(const SplatGrad<float>& g, const
 }
 
 // The ordered backward's sums in a block (torch.use_deterministic_algorithms): each warp's
-// totals of a chunk of kOrderedChunk staged splats, which flush() adds over the warps in warp
-// order into the splats' rows of the pair sums (PairSums), where atomics would add them in the
-// order the warps come. A row of the chunk is zero until a warp writes it, and again once
-// flushed. 6 KiB of shared memory (4 blocks per SM, as the atomic variants, on sm_120 too); the
-// atomic variants declare an empty one.
-constexpr int kOrderedChunk = 16;
-
-template <bool kOrdered>
+// totals of kValues values for each of a chunk of kRows staged splats, which flush() adds over
+// the warps in warp order into the splats' pair rows (PairSums), where atomics would add them in
+// the order the warps come. A row of the chunk is zero until a warp writes it, and again once
+// flushed. The render backward's: 12 values by 16 splats, 6 KiB of shared memory (4 blocks per
+// SM, as the atomic variants, on sm_120 too). The atomic variants declare an empty one.
+template <bool kOrdered, int kValues, int kRows>
 struct OrderedWarpSums {
   __device__ void clear() {}
 };
 
-template <>
-struct OrderedWarpSums<true> {
-  float value[kWarps][kOrderedChunk][kPairValues];
+template <int kValues, int kRows>
+struct OrderedWarpSums<true, kValues, kRows> {
+  float value[kWarps][kRows][kValues];
 
   __device__ void clear() {
     float* all = &value[0][0][0];
-    for (int e = int(threadIdx.x); e < kWarps * kOrderedChunk * kPairValues; e += kTilePixels)
-      all[e] = 0.f;
+    for (int e = int(threadIdx.x); e < kWarps * kRows * kValues; e += kTilePixels) all[e] = 0.f;
   }
-  // Rows c0 .. c1 - 1 of the staged batch (splat j at list position stop - 1 - j, counted from
-  // `begin`) into their pair rows; every thread of the block calls it, after the chunk's walk.
-  __device__ void flush(int c0, int c1, int stop, int begin, float* pair_sums) {
+  // Splats c0 .. c1 - 1 of the staged batch (row j - c0 of the chunk) into row_of(j), their
+  // pair rows; every thread of the block calls it, after the chunk's walk.
+  template <typename RowOf>
+  __device__ void flush(int c0, int c1, RowOf row_of) {
     __syncthreads();  // every warp's totals written
-    for (int e = int(threadIdx.x); e < kOrderedChunk * kPairValues; e += kTilePixels) {
-      const int row = e / kPairValues, k = e % kPairValues;
+    for (int e = int(threadIdx.x); e < kRows * kValues; e += kTilePixels) {
+      const int row = e / kValues, k = e % kValues;
       float total = 0.f;
 #pragma unroll
       for (int w = 0; w < kWarps; ++w) {
         total += value[w][row][k];
         value[w][row][k] = 0.f;
       }
-      if (c0 + row < c1)
-        pair_sums[int64_t(begin + stop - 1 - (c0 + row)) * kPairValues + k] = total;
+      if (c0 + row < c1) row_of(c0 + row)[k] = total;
     }
     __syncthreads();  // the chunk's rows cleared before the next chunk writes them
   }
 };
+
+// The ordered walk of splats [from, n) of a staged batch: chunk by chunk of kRows,
+// walk(first, end, each) calling each(j) for the splats j in [first, end) that the warp visits
+// (its own walk: every lane calls it), visit(j, j - c0) for each, and sums.flush() after each
+// chunk, the same chunks in every warp of the block.
+template <int kRows, typename Sums, typename Walk, typename Visit, typename RowOf>
+__device__ __forceinline__ void visit_in_chunks(int from, int n, Sums& sums, Walk walk,
+                                                Visit visit, RowOf row_of) {
+  for (int c0 = 0; c0 < n; c0 += kRows) {
+    const int c1 = min(n, c0 + kRows);
+    walk(max(from, c0), c1, [&](int j) { visit(j, j - c0); });
+    sums.flush(c0, c1, row_of);
+  }
+}
 
 // Gaussian i's sums, read whole before any of the rows they lie in is written.
 __device__ __forceinline__ SplatGrad<float> read_splat_sums(const SplatSums& sums, int i) {
@@ -1091,7 +1102,8 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
                            OptionalGrads<float> extra, SplatSums sums, TileSplits splits,
                            PairSums pairs) {
   DGRD_SHARED(SplatBatch, batch);
-  DGRD_SHARED(OrderedWarpSums<kOrdered>, ordered);
+  using Ordered = OrderedWarpSums<kOrdered, kPairValues, 16>;
+  DGRD_SHARED(Ordered, ordered);
   if constexpr (kOrdered) ordered.clear();  // walk_back's first barrier comes before any write
   splits.load_length();
   const ListPart part(cam, lists, splits);
@@ -1160,33 +1172,65 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
     if constexpr (!kOrdered) {
       batch.for_each_reaching<kWarpSkip>(from, n, me.warp, [&](int j) { step(stop, j, 0); });
     } else {
-      // Chunk by chunk, the same chunks in every warp (flush holds the block's barriers).
-      for (int c0 = 0; c0 < n; c0 += kOrderedChunk) {
-        const int c1 = min(n, c0 + kOrderedChunk);
-        batch.for_each_reaching<kWarpSkip>(max(from, c0), c1, me.warp,
-                                           [&](int j) { step(stop, j, j - c0); });
-        ordered.flush(c0, c1, stop, begin, pairs.rows);
-      }
+      visit_in_chunks<16>(
+          from, n, ordered,
+          [&](int first, int end, auto each) {
+            batch.for_each_reaching<kWarpSkip>(first, end, me.warp, each);
+          },
+          [&](int j, int row) { step(stop, j, row); },
+          [&](int j) { return pairs.rows + int64_t(begin + stop - 1 - j) * kPairValues; });
     }
   });
 }
 
 // The ordered backward's second pass: Gaussian i's sums, its pairs' rows added in list order
-// (order[starts[i]] .. order[starts[i + 1] - 1]: the pairs sorted by Gaussian, stably), into
-// its SplatSums and, where asked for, AbsGS's statistic. Every Gaussian's sums are written.
+// (order[starts[i]] .. order[starts[i + 1] - 1]: the pairs sorted by Gaussian, stably), each
+// pair's maps row, then its feature chunks' six splat values in chunk order; into its SplatSums
+// and, where asked for, AbsGS's statistic (from the absolute kernel's rows where there are
+// feature channels). Every Gaussian's sums are written.
 __global__ void gather_pair_sums_kernel(int count, PairSums pairs, SplatSums sums,
                                         Vec2<float>* mean2d_abs) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= count) return;
   float total[kPairValues] = {};
+  const int feature_row = 6 + pairs.feature_chunk;
   for (int64_t q = pairs.starts[i]; q < pairs.starts[i + 1]; ++q) {
-    const float* row = pairs.rows + pairs.order[q] * kPairValues;
+    const int64_t pair = pairs.order[q];
+    const float* row = pairs.rows + pair * kPairValues;
 #pragma unroll
     for (int k = 0; k < kPairValues; ++k) total[k] += row[k];
+    for (int chunk = 0; chunk < pairs.feature_chunks; ++chunk) {
+      const float* splat = pairs.feature_rows + (pair * pairs.feature_chunks + chunk) * feature_row;
+#pragma unroll
+      for (int k = 0; k < 6; ++k) total[k] += splat[k];
+    }
+  }
+  if (pairs.absolute_rows) {
+    total[kSplatGradValues] = total[kSplatGradValues + 1] = 0.f;
+    for (int64_t q = pairs.starts[i]; q < pairs.starts[i + 1]; ++q) {
+      const float* row = pairs.absolute_rows + pairs.order[q] * 2;
+      total[kSplatGradValues] += row[0];
+      total[kSplatGradValues + 1] += row[1];
+    }
   }
 #pragma unroll
   for (int k = 0; k < kSplatGradValues; ++k) *sums.at(k, i) = total[k];
   if (mean2d_abs) mean2d_abs[i] = {total[kSplatGradValues], total[kSplatGradValues + 1]};
+}
+
+// The ordered backward's feature gradients: thread i C + c sums channel c of Gaussian i over
+// its pairs in list order (as gather_pair_sums_kernel), into features_grad.
+__global__ void gather_feature_grads_kernel(int count, int channels, PairSums pairs,
+                                            float* features_grad) {
+  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= int64_t(count) * channels) return;
+  const int i = int(t / channels), c = int(t % channels);
+  const int feature_row = 6 + pairs.feature_chunk;
+  const int chunk = c / pairs.feature_chunk, k = 6 + c % pairs.feature_chunk;
+  float total = 0.f;
+  for (int64_t q = pairs.starts[i]; q < pairs.starts[i + 1]; ++q)
+    total += pairs.feature_rows[(pairs.order[q] * pairs.feature_chunks + chunk) * feature_row + k];
+  features_grad[t] = total;
 }
 
 // Each pair's Gaussian (the sums' index), for the sort that groups the pairs by Gaussian.
@@ -1245,13 +1289,17 @@ __global__ void __launch_bounds__(kTilePixels)
 // from T at the part's end (saved at its split, or the pixel's final T) and, behind it, the
 // sums of the parts after it (feature_dots_kernel). Bounded at the render backward's 4 blocks
 // per SM: without a bound each ptxas picked its own registers, 2 to 4 blocks (doc/performance.md).
-template <int kChunk>
+template <int kChunk, bool kOrdered>
 __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
     render_features_backward_kernel(Camera<float> cam, GaussianState<float> state,
                                     TileLists lists, PixelBuffers<float> px,
                                     OptionalGrads<float> extra, SplatSums sums,
-                                    TileSplits splits, bool warp_skip, bool scatter) {
+                                    TileSplits splits, bool warp_skip, bool scatter,
+                                    PairSums pairs) {
   DGRD_SHARED(FeatureBatch<kChunk>, batch);
+  using Ordered = OrderedWarpSums<kOrdered, 6 + kChunk, 8>;
+  DGRD_SHARED(Ordered, ordered);
+  if constexpr (kOrdered) ordered.clear();  // the walk's first barrier comes before any write
   splits.load_length();
   const ListPart part(cam, lists, splits);
   if (!part.valid) return;  // the whole block
@@ -1278,6 +1326,7 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
       slot < 6 ? sum_lane(sums, slot)
                : SumLane{extra.features_grad + me.first + (slot - 6),
                          uint32_t(sizeof(float) * extra.channels)};
+  const int ordered_slot = kOrdered ? scatter_slot<6 + kChunk>(6 + kChunk) : -1;
   for (int stop = me.block_end; stop > part.lo; stop -= kTilePixels) {
     const int start = max(part.lo, stop - kTilePixels);
     __syncthreads();  // the previous batch is no longer read
@@ -1289,8 +1338,8 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
     }
     __syncthreads();
     const int n = stop - start;
-    // Ballots: every lane calls it, with the warp's own n (the visit holds warp-wide sums).
-    visit_reaching(batch.reach, max(0, stop - warp_end), n, n, me.warp, [&](int j) {
+    // Splat j of the batch, its row `ordered_row` of the ordered chunk.
+    const auto step = [&](int j, int ordered_row) {
       const int pos = stop - 1 - j;
       SplatGrad<float> g = {};
       float w = 0.f;
@@ -1309,20 +1358,25 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
           contributes = true;
         }
       }
-      if (!__any_sync(kFullWarp, contributes)) return true;
+      if (!__any_sync(kFullWarp, contributes)) return;
       // dL/dF = w g, 0 where the pixel does not blend the splat: w = 0 there, but 0 x g is
       // NaN at a pixel whose upstream gradient is, which would reach every splat its warp visits.
       const auto dfeature = [&](int c) { return zero_unless(contributes, w * upstream[c]); };
       const int id = batch.mean_id[j].id;
-      if (scatter) {
-        // The six splat values (mean2d, conic, opacity), then the chunk's feature gradients.
+      if (kOrdered || scatter) {
+        // The six splat values (mean2d, conic, opacity), then the chunk's feature gradients
+        // (0 past its channels); ordered, the warp's totals into its row of the chunk.
         float v[6 + kChunk] = {g.mean2d.x, g.mean2d.y, g.conic.a, g.conic.b, g.conic.c,
                                g.opacity};
 #pragma unroll
         for (int c = 0; c < kChunk; ++c) v[6 + c] = dfeature(c);
         const float total = warp_scatter_total(v);
-        if (lane.holds()) atomicAdd(lane.at(id), total);
-        return true;
+        if constexpr (kOrdered) {
+          if (ordered_slot >= 0) ordered.value[me.warp][ordered_row][ordered_slot] = total;
+        } else if (lane.holds()) {
+          atomicAdd(lane.at(id), total);
+        }
+        return;
       }
       // One value at a time, each made where it is added (an array of all of them would hold
       // kChunk more registers: 80 instead of 64 at kChunk = 16, sm_90).
@@ -1336,8 +1390,23 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
 #pragma unroll
       for (int c = 0; c < kChunk; ++c)
         if (c < me.count) warp_add(dfeature(c), features_grad + c);
-      return true;
-    });
+    };
+    // Ballots: every lane walks, with the warp's own n (the visit holds warp-wide sums).
+    const auto walk = [&](int first, int end, auto each) {
+      visit_reaching(batch.reach, first, end, end, me.warp, [&](int j) {
+        each(j);
+        return true;
+      });
+    };
+    const int from = max(0, stop - warp_end);
+    if constexpr (!kOrdered) {
+      walk(from, n, [&](int j) { step(j, 0); });
+    } else {
+      visit_in_chunks<8>(from, n, ordered, walk, step, [&](int j) {
+        return pairs.feature_rows +
+               (int64_t(part.begin + stop - 1 - j) * gridDim.y + blockIdx.y) * (6 + kChunk);
+      });
+    }
   }
 }
 
@@ -1351,12 +1420,15 @@ __global__ void __launch_bounds__(kTilePixels, kRenderBackwardBlocks)
 // broadcast). Launched only when both are asked for (PGSR's and RaDe-GS's calls).
 // No bound on blocks per SM: at the render backward's four (64 registers), and at three (80),
 // CUDA 13.5's ptxas spilled into its per-splat loop for sm_120.
-template <int kChunk>
+template <int kChunk, bool kOrdered>
 __global__ void __launch_bounds__(kTilePixels)
     render_absolute_grad_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
                                 PixelBuffers<float> px, PixelGrads<float> grads,
-                                OptionalGrads<float> extra) {
+                                OptionalGrads<float> extra, PairSums pairs) {
   DGRD_SHARED(SplatBatch, batch);
+  using Ordered = OrderedWarpSums<kOrdered, 2, 16>;
+  DGRD_SHARED(Ordered, ordered);
+  if constexpr (kOrdered) ordered.clear();  // walk_back's first barrier comes before any write
   const TileThread me(cam);
   const int begin = lists.tile_ranges[2 * me.tile];
   const int64_t plane = int64_t(cam.width) * cam.height;
@@ -1373,7 +1445,8 @@ __global__ void __launch_bounds__(kTilePixels)
     upstream[c] = last > 0 && c < channels ? extra.feature_map[c * plane + p] : 0.f;
   const int warp_end = warp_max(last);
   batch.walk_back<true>(begin, 0, block_max(last), lists, state, me, [&](int stop, int n) {
-    batch.for_each_reaching<true>(max(0, stop - warp_end), n, me.warp, [&](int j) {
+    // Splat j of the batch, its row `ordered_row` of the ordered chunk.
+    const auto step = [&](int j, int ordered_row) {
       float alpha, G;
       Vec2<float> d;
       const bool blends = splat_alpha(batch.mean_id[j].mean2d, batch.exponent[j], me.at.x,
@@ -1395,9 +1468,27 @@ __global__ void __launch_bounds__(kTilePixels)
         alpha_grad_to_splat(dalpha, G, d, batch.exponent[j], g);
       }
       const Vec2<float> a = abs_each(g.mean2d);  // 0 where the pixel does not blend the splat
+      if constexpr (kOrdered) {
+        const float v[2] = {a.x, a.y};
+        const int slot = scatter_slot<2>(2);
+        const float total = warp_scatter_total(v);
+        if (slot >= 0) ordered.value[me.warp][ordered_row][slot] = total;
+        return;
+      }
       warp_add(a.x, &extra.mean2d_abs[id].x);
       warp_add(a.y, &extra.mean2d_abs[id].y);
-    });
+    };
+    const auto walk = [&](int first, int end, auto each) {
+      batch.for_each_reaching<true>(first, end, me.warp, each);
+    };
+    const int from = max(0, stop - warp_end);
+    if constexpr (!kOrdered) {
+      walk(from, n, [&](int j) { step(j, 0); });
+    } else {
+      visit_in_chunks<16>(from, n, ordered, walk, step, [&](int j) {
+        return pairs.absolute_rows + int64_t(begin + stop - 1 - j) * 2;
+      });
+    }
   });
 }
 
@@ -1666,16 +1757,19 @@ template <int kChunk>
 void launch_features_backward(const Camera<float>& cam, const GaussianState<float>& state,
                               TileLists lists, const PixelBuffers<float>& px,
                               const OptionalGrads<float>& extra, const SplatSums& sums,
-                              const TileSplits& splits, const CudaTuning& tuning,
-                              cudaStream_t stream) {
+                              const TileSplits& splits, const PairSums& pairs,
+                              const CudaTuning& tuning, cudaStream_t stream) {
   const TileSplits parts = extra.feature_dots ? splits : TileSplits{};
   const dim3 grid(cam.tiles_x * cam.tiles_y + parts.capacity,
                   (extra.channels + kChunk - 1) / kChunk);
   if (parts.capacity > 0)
     DGRD_LAUNCH(feature_dots_kernel<kChunk>, grid, kTilePixels, stream)(
         cam, state, lists, px, extra, parts, tuning.warp_skip);
-  DGRD_LAUNCH(render_features_backward_kernel<kChunk>, grid, kTilePixels, stream)(
-      cam, state, lists, px, extra, sums, parts, tuning.warp_skip, tuning.scatter_reduce);
+  const auto render_features_backward_variant =
+      pairs.ordered() ? render_features_backward_kernel<kChunk, true>
+                      : render_features_backward_kernel<kChunk, false>;
+  DGRD_LAUNCH(render_features_backward_variant, grid, kTilePixels, stream)(
+      cam, state, lists, px, extra, sums, parts, tuning.warp_skip, tuning.scatter_reduce, pairs);
 }
 
 }  // namespace
@@ -1738,39 +1832,44 @@ void render_backward(const Camera<float>& cam, const GaussianState<float>& state
               cam, state, lists, px, grads, maps_extra, sums, splits, pairs);
         },
         extra.has_median(), tuning.warp_skip);
-    return;
+  } else {
+    dispatch_flags(
+        [&](auto median, auto warp_skip, auto scatter) {
+          const auto render_backward_variant =
+              render_backward_kernel<decltype(median)::value, decltype(warp_skip)::value,
+                                     decltype(scatter)::value, false>;
+          DGRD_LAUNCH(render_backward_variant, blocks, kTilePixels, stream)(
+              cam, state, lists, px, grads, maps_extra, sums, splits, pairs);
+        },
+        extra.has_median(), tuning.warp_skip, tuning.scatter_reduce);
   }
-  dispatch_flags(
-      [&](auto median, auto warp_skip, auto scatter) {
-        const auto render_backward_variant =
-            render_backward_kernel<decltype(median)::value, decltype(warp_skip)::value,
-                                   decltype(scatter)::value, false>;
-        DGRD_LAUNCH(render_backward_variant, blocks, kTilePixels, stream)(
-            cam, state, lists, px, grads, maps_extra, sums, splits, pairs);
-      },
-      extra.has_median(), tuning.warp_skip, tuning.scatter_reduce);
   if (!extra.has_features()) return;
   switch (feature_chunk(extra.channels)) {
     case 4:
-      launch_features_backward<4>(cam, state, lists, px, extra, sums, splits, tuning, stream);
+      launch_features_backward<4>(cam, state, lists, px, extra, sums, splits, pairs, tuning,
+                                  stream);
       break;
     case 8:
-      launch_features_backward<8>(cam, state, lists, px, extra, sums, splits, tuning, stream);
+      launch_features_backward<8>(cam, state, lists, px, extra, sums, splits, pairs, tuning,
+                                  stream);
       break;
     default:
-      launch_features_backward<16>(cam, state, lists, px, extra, sums, splits, tuning, stream);
+      launch_features_backward<16>(cam, state, lists, px, extra, sums, splits, pairs, tuning,
+                                   stream);
       break;
   }
   if (!extra.mean2d_abs || tiles == 0) return;
   const auto launch_absolute = [&](auto absolute_variant) {
     DGRD_LAUNCH(absolute_variant, tiles, kTilePixels, stream)(cam, state, lists, px, grads,
-                                                              extra);
+                                                              extra, pairs);
   };
   // At most 8 channels in registers: 16 took 103 registers on sm_90 (2 blocks per SM).
   if (extra.channels <= 4)
-    launch_absolute(render_absolute_grad_kernel<4>);
+    launch_absolute(pairs.ordered() ? render_absolute_grad_kernel<4, true>
+                                    : render_absolute_grad_kernel<4, false>);
   else
-    launch_absolute(render_absolute_grad_kernel<8>);
+    launch_absolute(pairs.ordered() ? render_absolute_grad_kernel<8, true>
+                                    : render_absolute_grad_kernel<8, false>);
 }
 
 void pair_gaussians(TileLists lists, int64_t count, int* gaussians, cudaStream_t stream) {
@@ -1780,10 +1879,13 @@ void pair_gaussians(TileLists lists, int64_t count, int* gaussians, cudaStream_t
 }
 
 void gather_pair_sums(int count, const PairSums& pairs, const SplatSums& sums,
-                      Vec2<float>* mean2d_abs, cudaStream_t stream) {
+                      const OptionalGrads<float>& extra, cudaStream_t stream) {
   if (count == 0) return;
-  DGRD_LAUNCH(gather_pair_sums_kernel, blocks_for(count), kThreads, stream)(count, pairs, sums,
-                                                                            mean2d_abs);
+  DGRD_LAUNCH(gather_pair_sums_kernel, blocks_for(count), kThreads, stream)(
+      count, pairs, sums, extra.mean2d_abs);
+  if (pairs.feature_rows && extra.channels > 0)
+    DGRD_LAUNCH(gather_feature_grads_kernel, blocks_for(int64_t(count) * extra.channels),
+                kThreads, stream)(count, extra.channels, pairs, extra.features_grad);
 }
 
 void clear_splat_sums(const SplatSums& sums, int count, cudaStream_t stream) {

@@ -208,17 +208,22 @@ struct SplatSums {
   }
 };
 
-// The ordered backward (torch.use_deterministic_algorithms(True)): the render backward sums
-// each pair's gradient over its block's pixels in a fixed order into the pair's row, at its
-// list position (the SplatGrad's ten values, then AbsGS's two), and gather_pair_sums adds each
-// Gaussian's rows in list order, as the CPU backend does, where atomics would add the warps'
-// totals in whichever order they come. 48 bytes a pair.
+// The ordered backward (torch.use_deterministic_algorithms(True)): each render backward
+// kernel sums each pair's gradient over its block's pixels in a fixed order into the pair's row
+// at its list position, and gather_pair_sums adds each Gaussian's rows in list order, as the CPU
+// backend does, where atomics would add the warps' totals in whichever order they come. Rows:
+// the maps' (the SplatGrad's ten values, then AbsGS's two), 48 bytes a pair; with feature
+// channels, a row per chunk of channels (the six splat values, then the chunk's channels), and
+// with AbsGS's statistic the absolute kernel's two.
 constexpr int kPairValues = kSplatGradValues + 2;
 
 struct PairSums {
-  float* rows = nullptr;           // pairs x kPairValues, zeros first; null: atomics
-  const int64_t* order = nullptr;  // the pairs' positions sorted by Gaussian, stably
+  float* rows = nullptr;            // pairs x kPairValues, zeros first; null: atomics
+  const int64_t* order = nullptr;   // the pairs' positions sorted by Gaussian, stably
   const int64_t* starts = nullptr;  // count + 1: Gaussian i's first entry of `order`
+  float* feature_rows = nullptr;    // pairs x feature_chunks x (6 + feature_chunk), zeros first
+  int feature_chunk = 0, feature_chunks = 0;  // feature_chunk(channels), chunks of the channels
+  float* absolute_rows = nullptr;   // pairs x 2, zeros first: with features and AbsGS
 
   DGRD_HD bool ordered() const { return rows != nullptr; }
 };
@@ -226,10 +231,11 @@ struct PairSums {
 // Each pair's Gaussian, gaussians[p] = lists.gaussian(point_list[p]), for p < count.
 void pair_gaussians(TileLists lists, int64_t count, int* gaussians, cudaStream_t stream);
 
-// The ordered backward's second pass: every Gaussian's sums (and, where mean2d_abs is given,
-// AbsGS's statistic) written from its pairs' rows, added in list order.
+// The ordered backward's second pass: every Gaussian's sums, AbsGS's statistic where
+// extra.mean2d_abs is given and the feature gradients where pairs has feature rows, written
+// from its pairs' rows, added in list order.
 void gather_pair_sums(int count, const PairSums& pairs, const SplatSums& sums,
-                      Vec2<float>* mean2d_abs, cudaStream_t stream);
+                      const OptionalGrads<float>& extra, cudaStream_t stream);
 
 // Sets every Gaussian's sums to zero (before render_backward).
 void clear_splat_sums(const SplatSums& sums, int count, cudaStream_t stream);
@@ -238,8 +244,7 @@ void clear_splat_sums(const SplatSums& sums, int count, cudaStream_t stream);
 // adds each Gaussian's gradient into its sums (cleared by the caller) once per warp, and the
 // features' into extra.features_grad (zeroed by the caller), one block per tile (and per part,
 // given extra.feature_dots), when the feature map has an upstream gradient. With pairs.rows
-// (the ordered backward; no feature channels), into the pairs' rows instead, for
-// gather_pair_sums.
+// (the ordered backward), into the pairs' rows instead, for gather_pair_sums.
 void render_backward(const Camera<float>& cam, const GaussianState<float>& state, TileLists lists,
                      const PixelBuffers<float>& px, PixelGrads<float> grads,
                      const OptionalGrads<float>& extra, const SplatSums& sums,

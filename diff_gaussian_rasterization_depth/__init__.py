@@ -216,7 +216,8 @@ class _RasterizeGaussians(torch.autograd.Function):
             touch_count, contributions, dominant, points3D, median_gaussian = walks
             counts = (_backend.count_touches(config, maps[-1]),) if touch_count else ()
             if contributions or dominant:  # one walk gives both
-                statistics, dominant_map = _backend.gaussian_contributions(config, maps[-1])
+                statistics, dominant_map = _backend.gaussian_contributions(config, maps[-1],
+                                                                           contributions)
                 counts += ((statistics,) if contributions else ()) + (
                     (dominant_map,) if dominant else ())
             if points3D is not None:

@@ -661,7 +661,7 @@ def test_feature_kernels_walk_whole_lists_past_their_buffer_limit(scene_name, ch
             backward_in_parts = name == "parts" or (name == "mixed" and not in_parts)
             assert blocks["render_features_kernel"] == (tiles + slots if in_parts else tiles)
             assert ("combine_feature_parts_kernel" in blocks) == in_parts
-            assert blocks["render_features_backward_kernel"] == (
+            assert blocks["render_features_backward_variant"] == (
                 tiles + slots if backward_in_parts else tiles)
             assert ("feature_dots_kernel" in blocks) == backward_in_parts
 
@@ -779,7 +779,7 @@ PLAIN_KERNELS = {"preprocess_kernel", "compact_state_kernel", "duplicate_tile_ke
                  "tile_ranges_kernel", "plan_splits_kernel", "render_variant", "resolve_variant", "clear_splat_sums_kernel",
                  "render_backward_variant", "preprocess_backward_kernel"}
 FEATURE_KERNELS = {"render_features_kernel", "combine_feature_parts_kernel",
-                   "feature_dots_kernel", "render_features_backward_kernel"}
+                   "feature_dots_kernel", "render_features_backward_variant"}
 
 
 @needs_emulation
@@ -804,4 +804,4 @@ def test_unused_outputs_launch_nothing(tuning):
         assert launched["plain"] == plain
         assert launched["median"] == plain
         assert launched["features"] == plain | (FEATURE_KERNELS if split else {
-            "render_features_kernel", "render_features_backward_kernel"})
+            "render_features_kernel", "render_features_backward_variant"})

@@ -1,10 +1,10 @@
-"""The ordered CUDA backward, torch.use_deterministic_algorithms(True): the render backward sums
-each (tile, Gaussian) pair's gradient over its block's pixels in a fixed order, and each
-Gaussian's pairs in list order (gpu::PairSums), so the gradients are the same bit for bit in any
-order the GPU runs its threads and blocks. The emulation's thread orders (asc, desc, random ones)
-stand for the GPU's; the atomic backward differs between them (the tests' power). The ordered
-gradients against the CPU backend's; feature channels, which the ordered backward does not
-cover: PyTorch's alert. The CPU backend sums in a fixed order at any thread count."""
+"""The ordered CUDA backward, torch.use_deterministic_algorithms(True): each render backward
+kernel sums each (tile, Gaussian) pair's gradient over its block's pixels in a fixed order, and
+each Gaussian's pairs in list order (gpu::PairSums), so the gradients are the same bit for bit
+in any order the GPU runs its threads and blocks. The emulation's thread orders (asc, desc,
+random ones) stand for the GPU's; the atomic backward differs between them (the tests' power).
+The ordered gradients against the atomic backward's and the CPU backend's. The CPU backend sums
+in a fixed order at any thread count."""
 import os
 import warnings
 
@@ -50,6 +50,13 @@ CASES = {
     # block writing its own pairs' rows.
     "split": (dict(sh_degree=1, smooth=True, faint=True, P=400, height=16, width=16), {},
               dict(split_length=256)),
+    # Feature channels: one chunk of 4 (3 channels), two of 16 (20 channels, the last part
+    # padding), with AbsGS (its own kernel then), and on split lists (the feature dots).
+    "features": (dict(sh_degree=1), dict(channels=3), {}),
+    "features-20-absgs": (dict(sh_degree=1), dict(channels=20, absgs=True, median_depth=True),
+                          {}),
+    "features-split": (dict(sh_degree=1, smooth=True, faint=True, P=400, height=16, width=16),
+                       dict(channels=6), dict(split_length=256, warp_skip=False)),
 }
 
 
@@ -70,6 +77,11 @@ def gradients(scene, call, tuning, device):
     """Every input's gradient of a random loss on every map (the median's too) on `device`."""
     call = dict(call)
     absgs = call.pop("absgs", False)
+    channels = call.pop("channels", 0)
+    if channels:  # a leaf, the same values on every call of the case
+        gen = torch.Generator().manual_seed(scene.P + channels)
+        call["features"] = torch.randn(scene.P, channels, generator=gen).to(device)
+        call["features"].requires_grad_()
     emulated = isinstance(device, EmulatedCuda)
     with active(device):
         if emulated:
@@ -85,6 +97,8 @@ def gradients(scene, call, tuning, device):
             gen = torch.Generator().manual_seed(5)
             maps = [o for i, o in enumerate(out) if i != 1]  # all but the radii
             loss = sum((m * torch.randn(m.shape, generator=gen).to(device)).sum() for m in maps)
+            if channels:
+                leaves["features"] = call["features"]
             names = [n for n, v in leaves.items() if v is not None]
             got = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
         finally:
@@ -123,7 +137,8 @@ def test_ordered_backward_is_the_same_in_every_thread_order(case):
 
 @pytest.mark.cuda
 @needs_emulation
-@pytest.mark.parametrize("case", ["plain", "median", "absgs", "split"])
+@pytest.mark.parametrize("case", ["plain", "median", "absgs", "split", "features-20-absgs",
+                                  "features-split"])
 def test_ordered_backward_matches_the_cpu_backend(case):
     """The ordered gradients (emulated, desc) against the CPU backend's, at test_cuda.py's
     tolerance; the scene's pixels within rounding of a threshold take no upstream gradient
@@ -137,31 +152,6 @@ def test_ordered_backward_matches_the_cpu_backend(case):
     for name, w in want.items():
         assert w.abs().max() > 0, name
         assert gradients_agree_in_bulk(got[name], w, H, W), name
-
-
-@pytest.mark.cuda
-@needs_emulation
-def test_feature_channels_raise_the_deterministic_alert():
-    """The feature kernels add by atomics: an error naming them, as PyTorch's own
-    nondeterministic operations raise; with warn_only, a warning and the atomic backward."""
-    scene, _, _ = make_case("plain", 2)
-    device = EmulatedCuda("asc")
-    features = torch.rand(scene.P, 3)
-    call = dict(features=features.requires_grad_())
-    with active(device):
-        leaves = {k: None if v is None else v.detach().requires_grad_()
-                  for k, v in scene.inputs.items()}
-        out = GaussianRasterizer(scene.settings)(**leaves, **call)
-        loss = out[0].sum() + out[4].square().sum()
-        with deterministic(), pytest.raises(RuntimeError, match="feature channels"):
-            torch.autograd.grad(loss, [leaves["means3D"]], retain_graph=True)
-        with deterministic(warn_only=True), warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            warned = torch.autograd.grad(loss, [leaves["means3D"], features], retain_graph=True)
-        plain = torch.autograd.grad(loss, [leaves["means3D"], features])
-    assert any("feature channels" in str(w.message) for w in caught)
-    for a, b in zip(warned, plain):
-        assert torch.equal(a, b) and a.abs().max() > 0
 
 
 def test_cpu_backward_is_the_same_at_any_thread_count():
@@ -193,3 +183,40 @@ def test_ordered_backward_repeats_on_the_gpu(target):
     for name, want in atomic.items():
         torch.testing.assert_close(runs[0][name], want, rtol=1e-4,
                                    atol=1e-5 * want.abs().max().item(), msg=name)
+
+
+@pytest.mark.cuda
+@needs_emulation
+@pytest.mark.parametrize("empty", ["P0", "all-culled"])
+def test_ordered_backward_of_scenes_without_pairs(empty):
+    """No (tile, Gaussian) pair: every gradient written, all zero, features' and AbsGS's too."""
+    scene = scenes.make_scene(91800, P=0 if empty == "P0" else 30, height=16, width=48,
+                              sh_degree=1, all_culled=empty == "all-culled")
+    with deterministic():
+        got = gradients(scene, dict(channels=3, absgs=True, median_depth=True), {},
+                        EmulatedCuda("desc"))
+    assert len(got) >= 5
+    for name, g in got.items():
+        assert torch.isfinite(g).all() and not g.any(), name
+
+
+@pytest.mark.cuda
+@needs_emulation
+def test_contribution_statistics_raise_the_deterministic_alert():
+    """contributions=True on CUDA adds its weight sums by float atomics: under the switch,
+    PyTorch's error for an operation without a deterministic implementation (a warning with
+    warn_only, and the same statistics); the dominant map alone (exact) raises nothing."""
+    scene, _, _ = make_case("plain", 5)
+    render = GaussianRasterizer(scene.settings)
+    with active(EmulatedCuda("asc")):
+        plain = render(**scene.inputs, contributions=True, dominant=True)
+        with deterministic():
+            with pytest.raises(RuntimeError, match="contribution statistics"):
+                render(**scene.inputs, contributions=True)
+            dominant = render(**scene.inputs, dominant=True)[-1]
+        with deterministic(warn_only=True), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warned = render(**scene.inputs, contributions=True)[-1]
+    assert any("contribution statistics" in str(w.message) for w in caught)
+    assert torch.equal(warned, plain[-2]) and warned[:, 0].max() > 0
+    assert torch.equal(dominant, plain[-1]) and (dominant >= 0).any()

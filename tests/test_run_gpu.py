@@ -16,7 +16,7 @@ SCRIPT = REPO / "benchmarks" / "run_gpu.sh"
 # waited for, which may come before or after timings-ours.
 STAGES = ["build", "cpu-probe", "tests-cuda-vs-cpu", "garden-compare", "tests-robust-debug",
           "demo", "memcheck", "racecheck", "call-overhead", "host-profile", "opacity-field",
-          "ssim", "timings-ours",
+          "ssim", "deterministic", "timings-ours",
           "timings-gsplat", "synccheck", "initcheck", "ablation", "profile"]
 BACKGROUND = "gsplat-build"
 MAX_FILES_BACK = 8      # the device tool brings back at most 8 files, at most 2 folders down

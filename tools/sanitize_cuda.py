@@ -86,11 +86,11 @@ CASES = [
     dict(P=300, height=25, width=39, sh_degree=2, split_length=256, opacity_scale=0.3,
          fisheye=dict(half_angle=1.4, yaw=0.87, shift=(3.5, -2.0)), camera_grad=True,
          channels=2, median_depth=True),
-    # The ordered backward (torch.use_deterministic_algorithms): split lists, the median and
-    # AbsGS's absolute gradient summed into pair rows through shared memory, then gathered per
-    # Gaussian.
+    # The ordered backward (torch.use_deterministic_algorithms): every render backward kernel
+    # (the maps' with the median, 6 feature channels' in parts, AbsGS's with them) summing
+    # into pair rows through shared memory on split lists, then the gathers per Gaussian.
     dict(P=500, height=21, width=37, sh_degree=1, split_length=256, opacity_scale=0.1,
-         means2d_cols=4, median_depth=True, deterministic=True),
+         means2d_cols=4, median_depth=True, channels=6, deterministic=True),
 ]
 
 
