@@ -374,8 +374,9 @@ at::Tensor count_touches(const RasterConfig& c, const ForwardState& s);
 // weight max, pixels, dominated pixels, opacity-transmittance sum) and each pixel's dominant
 // Gaussian ((H, W) int32, -1 where nothing is blended) from a forward's state, on its device;
 // a walk of its own.
-// `statistics`: whether the caller reads the statistics, not the dominant map alone (on CUDA,
-// PyTorch's deterministic-algorithms alert then: their sums are added by float atomics).
+// `statistics`: whether the caller reads the statistics, not the dominant map alone (on CUDA
+// under torch.use_deterministic_algorithms, their float sums are then summed in a fixed order:
+// gpu::PairSums).
 std::tuple<at::Tensor, at::Tensor> gaussian_contributions(const RasterConfig& c,
                                                           const ForwardState& s,
                                                           bool statistics = true);

@@ -519,37 +519,36 @@ gpu::SplatSums lay_splat_sums(const GaussianTensors& g, GradientTensors& d) {
   return sums;
 }
 
-// The ordered backward's pair sums (gpu::PairSums) and the pairs grouped by Gaussian: where
-// torch.use_deterministic_algorithms(True) is set.
+// The ordered sums (gpu::PairSums) where torch.use_deterministic_algorithms(True) is set: the
+// pairs grouped by Gaussian, and zeroed rows for the kernels' pair sums.
 struct OrderedPairs {
   at::Tensor rows, order, starts, feature_rows, absolute_rows;
   int feature_chunk = 0, feature_chunks = 0;
 
   static bool wanted() { return at::globalContext().deterministicAlgorithms(); }
 
-  OrderedPairs(const ForwardState& s, int64_t gaussians, const OptionalGrads<float>& extra,
-               cudaStream_t stream) {
+  // Rows of `values` a pair (zeros: the pairs behind every pixel's last splat are not walked).
+  OrderedPairs(const ForwardState& s, int64_t gaussians, int values, cudaStream_t stream) {
     const int64_t pairs = s.point_list.size(0);
-    const auto opts = s.means2d.options();
-    // Zeros first: the pairs behind every pixel's last splat are not walked.
-    rows = device_empty({pairs, gpu::kPairValues}, opts);
-    zero_async(rows, stream);
-    if (extra.has_features()) {
-      feature_chunk = gpu::feature_chunk(extra.channels);
-      feature_chunks = (extra.channels + feature_chunk - 1) / feature_chunk;
-      feature_rows = device_empty({pairs, feature_chunks, 6 + feature_chunk}, opts);
-      zero_async(feature_rows, stream);
-      if (extra.mean2d_abs) {
-        absolute_rows = device_empty({pairs, 2}, opts);
-        zero_async(absolute_rows, stream);
-      }
-    }
-    at::Tensor ids = device_empty({pairs}, opts.dtype(at::kInt));
+    rows = zeroed({pairs, values}, s, stream);
+    at::Tensor ids = device_empty({pairs}, s.means2d.options().dtype(at::kInt));
     gpu::pair_gaussians(s.lists(), pairs, ids.data_ptr<int>(), stream);
     // A stable sort keeps each Gaussian's pairs in list order (the order of their sum).
     auto [sorted, positions] = at::sort(ids, /*stable=*/true, /*dim=*/0, /*descending=*/false);
     order = positions;
     starts = at::searchsorted(sorted, at::arange(gaussians + 1, ids.options()));
+  }
+
+  // The backward's rows of feature channels, a row per chunk, and of AbsGS's statistic with
+  // them (the absolute kernel's).
+  void add_feature_rows(const ForwardState& s, const OptionalGrads<float>& extra,
+                        cudaStream_t stream) {
+    if (!extra.has_features()) return;
+    const int64_t pairs = s.point_list.size(0);
+    feature_chunk = gpu::feature_chunk(extra.channels);
+    feature_chunks = (extra.channels + feature_chunk - 1) / feature_chunk;
+    feature_rows = zeroed({pairs, feature_chunks, 6 + feature_chunk}, s, stream);
+    if (extra.mean2d_abs) absolute_rows = zeroed({pairs, 2}, s, stream);
   }
 
   gpu::PairSums view() const {
@@ -562,6 +561,13 @@ struct OrderedPairs {
     p.feature_chunks = feature_chunks;
     p.absolute_rows = output_or_null<float>(absolute_rows);
     return p;
+  }
+
+ private:
+  static at::Tensor zeroed(c10::IntArrayRef sizes, const ForwardState& s, cudaStream_t stream) {
+    at::Tensor t = device_empty(sizes, s.means2d.options());
+    zero_async(t, stream);
+    return t;
   }
 };
 
@@ -677,13 +683,12 @@ at::Tensor point_opacity_cuda(const RasterConfig& c, const GaussianTensors& g,
 std::tuple<at::Tensor, at::Tensor> gaussian_contributions_cuda(const RasterConfig& c,
                                                                const ForwardState& s,
                                                                bool statistics) {
-  // The weight sums add each pixel's share by float atomics (the counts, maxima and dominant
-  // map are exact in any order): PyTorch's alert under torch.use_deterministic_algorithms.
-  if (statistics)
-    at::globalContext().alertNotDeterministic(
-        "diff_gaussian_rasterization_depth's contribution statistics on CUDA "
-        "(contributions=True)");
   const DeviceContext device(s.radii);
+  // The weight sums, which float atomics would add in any order, summed per pair and gathered
+  // (the counts, maxima and dominant map are exact in any order): where the caller reads them.
+  std::optional<OrderedPairs> ordered;
+  if (statistics && OrderedPairs::wanted())
+    ordered.emplace(s, s.radii.size(0), /*values=*/2, device.stream);
   at::Tensor contribution =
       device_empty({s.radii.size(0), kContributionValues}, s.means2d.options());
   zero_async(contribution, device.stream);
@@ -692,7 +697,9 @@ std::tuple<at::Tensor, at::Tensor> gaussian_contributions_cuda(const RasterConfi
       device_empty({c.image_height, c.image_width}, s.radii.options().dtype(at::kInt));
   gpu::gaussian_contributions(make_camera<float>(c), make_state<float>(s, nullptr, nullptr),
                               s.lists(), contribution.data_ptr<float>(),
-                              dominant.data_ptr<int>(), device.stream);
+                              dominant.data_ptr<int>(),
+                              ordered ? ordered->view() : gpu::PairSums{}, int(s.radii.size(0)),
+                              device.stream);
   return {contribution, dominant};
 }
 
@@ -729,7 +736,10 @@ BackwardResult backward_cuda(const RasterConfig& c, const GaussianTensors& g, Fo
   const at::Tensor abs_sums = absolute_grad_sums(c, g);
   extra.mean2d_abs = reinterpret_cast<Vec2<float>*>(output_or_null<float>(abs_sums));
   std::optional<OrderedPairs> ordered;
-  if (OrderedPairs::wanted()) ordered.emplace(s, P, extra, stream);
+  if (OrderedPairs::wanted()) {
+    ordered.emplace(s, P, gpu::kPairValues, stream);
+    ordered->add_feature_rows(s, extra, stream);
+  }
   const gpu::PairSums pairs = ordered ? ordered->view() : gpu::PairSums{};
   gpu::render_backward(cam, st, lists, make_pixel_buffers<float>(s, {}, {}, {}), pg, extra,
                        sums, splits, pairs, stream);

@@ -240,6 +240,59 @@ __device__ __forceinline__ bool visit_reaching(const unsigned* reach, int from, 
   return n >= 0;
 }
 
+// The ordered sums of a block (torch.use_deterministic_algorithms: the backward's, the
+// contribution statistics'): each warp's
+// totals of kValues values for each of a chunk of kRows staged splats, which flush() adds over
+// the warps in warp order into the splats' pair rows (PairSums), where atomics would add them in
+// the order the warps come. A row of the chunk is zero until a warp writes it, and again once
+// flushed. The render backward's: 12 values by 16 splats, 6 KiB of shared memory (4 blocks per
+// SM, as the atomic variants, on sm_120 too). The atomic variants declare an empty one.
+template <bool kOrdered, int kValues, int kRows>
+struct OrderedWarpSums {
+  __device__ void clear() {}
+};
+
+template <int kValues, int kRows>
+struct OrderedWarpSums<true, kValues, kRows> {
+  float value[kWarps][kRows][kValues];
+
+  __device__ void clear() {
+    float* all = &value[0][0][0];
+    for (int e = int(threadIdx.x); e < kWarps * kRows * kValues; e += kTilePixels) all[e] = 0.f;
+  }
+  // Splats c0 .. c1 - 1 of the staged batch (row j - c0 of the chunk) into row_of(j), their
+  // pair rows; every thread of the block calls it, after the chunk's walk.
+  template <typename RowOf>
+  __device__ void flush(int c0, int c1, RowOf row_of) {
+    __syncthreads();  // every warp's totals written
+    for (int e = int(threadIdx.x); e < kRows * kValues; e += kTilePixels) {
+      const int row = e / kValues, k = e % kValues;
+      float total = 0.f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        total += value[w][row][k];
+        value[w][row][k] = 0.f;
+      }
+      if (c0 + row < c1) row_of(c0 + row)[k] = total;
+    }
+    __syncthreads();  // the chunk's rows cleared before the next chunk writes them
+  }
+};
+
+// The ordered walk of splats [from, n) of a staged batch: chunk by chunk of kRows,
+// walk(first, end, each) calling each(j) for the splats j in [first, end) that the warp visits
+// (its own walk: every lane calls it), visit(j, j - c0) for each, and sums.flush() after each
+// chunk, the same chunks in every warp of the block.
+template <int kRows, typename Sums, typename Walk, typename Visit, typename RowOf>
+__device__ __forceinline__ void visit_in_chunks(int from, int n, Sums& sums, Walk walk,
+                                                Visit visit, RowOf row_of) {
+  for (int c0 = 0; c0 < n; c0 += kRows) {
+    const int c1 = min(n, c0 + kRows);
+    walk(max(from, c0), c1, [&](int j) { visit(j, j - c0); });
+    sums.flush(c0, c1, row_of);
+  }
+}
+
 // A staged splat's mean2d and its Gaussian's index in one 16-byte row, so that the row and the
 // splat's exponent (16 bytes too) are found from one address, j x 16, where an 8-byte mean2d
 // took an address of its own: sm_90, 1 instruction fewer at every evaluation, and at every
@@ -862,10 +915,19 @@ struct ContributionBatch {
   float opacity_transmittance[kTilePixels];
 };
 
+// kOrdered (torch.use_deterministic_algorithms): the weight sums and opacity-transmittance sums,
+// which float atomics would add in any order, go instead through each warp's sums into
+// OrderedWarpSums and, per pair, into ordered_rows (pairs x 2) for gather_contributions_kernel;
+// the counts and maxima, exact in any order, stay atomic.
+template <bool kOrdered>
 __global__ void __launch_bounds__(kTilePixels)
     contribution_kernel(Camera<float> cam, GaussianState<float> state, TileLists lists,
-                        float* contribution, int* dominant_map) {
+                        float* contribution, int* dominant_map, float* ordered_rows) {
   DGRD_SHARED(ContributionBatch, batch);
+  using Ordered = OrderedWarpSums<kOrdered, 2, kTilePixels>;
+  DGRD_SHARED(Ordered, ordered);
+  if constexpr (kOrdered) ordered.clear();  // the batch loop's first barrier comes before a write
+  const int ordered_slot = kOrdered ? scatter_slot<2>(2) : -1;
   const TileThread me(cam);
   const int begin = lists.tile_ranges[2 * me.tile], end = lists.tile_ranges[2 * me.tile + 1];
   float transmittance = 1.f;
@@ -882,30 +944,45 @@ __global__ void __launch_bounds__(kTilePixels)
     batch.opacity_transmittance[threadIdx.x] = 0.f;
     __syncthreads();
     const int n = min(kTilePixels, end - start);
-    for (int j = 0; walking && j < n; ++j) {
+    // Splat j at the thread's pixel, while it walks: add(w, o T) where it blends.
+    const auto tally = [&](int j, auto add) {
       float alpha;
-      if (!batch.splats.alpha(j, me, alpha)) continue;
+      if (!batch.splats.alpha(j, me, alpha)) return;
       const float after = transmittance * (1.f - alpha);
       walking = !(after < float(kTransmittanceMin));  // PixelAccum::blend's test
-      if (!walking) break;
-      const float w = alpha * transmittance;         // as PixelAccum::accumulate weighs it
-      atomicAdd(&batch.weight_sum[j], w);
+      if (!walking) return;
+      const float w = alpha * transmittance;  // as PixelAccum::accumulate weighs it
+      // The opacity as the render multiplies it (Base2Exponent keeps it as it is).
+      add(w, batch.splats.exponent[j].coefficients.w * transmittance);
       atomicMax(&batch.weight_max[j], __float_as_int(w));
       atomicAdd(&batch.pixels[j], 1);
-      // The opacity as the render multiplies it (Base2Exponent keeps it as it is).
-      atomicAdd(&batch.opacity_transmittance[j],
-                batch.splats.exponent[j].coefficients.w * transmittance);
       dominant.update(w, batch.splats.mean_id[j].id);
       transmittance = after;
+    };
+    if constexpr (!kOrdered) {
+      for (int j = 0; walking && j < n; ++j)
+        tally(j, [&](float w, float ot) {
+          atomicAdd(&batch.weight_sum[j], w);
+          atomicAdd(&batch.opacity_transmittance[j], ot);
+        });
+    } else {
+      // Every lane of a warp at the same splat while any walks, for the warp's sums.
+      for (int j = 0; j < n && __any_sync(kFullWarp, walking); ++j) {
+        float v[2] = {0.f, 0.f};
+        if (walking) tally(j, [&](float w, float ot) { v[0] = w, v[1] = ot; });
+        const float total = warp_scatter_total(v);
+        if (ordered_slot >= 0) ordered.value[me.warp][j][ordered_slot] = total;
+      }
+      ordered.flush(0, n, [&](int j) { return ordered_rows + int64_t(start + j) * 2; });
     }
     __syncthreads();
     if (k < end && batch.pixels[threadIdx.x] > 0) {
       float* out =
           contribution + size_t(batch.splats.mean_id[threadIdx.x].id) * kContributionValues;
-      atomicAdd(out, batch.weight_sum[threadIdx.x]);
+      if (!kOrdered) atomicAdd(out, batch.weight_sum[threadIdx.x]);
       atomicMax(reinterpret_cast<int*>(out + 1), batch.weight_max[threadIdx.x]);
       atomicAdd(out + 2, float(batch.pixels[threadIdx.x]));
-      atomicAdd(out + 4, batch.opacity_transmittance[threadIdx.x]);
+      if (!kOrdered) atomicAdd(out + 4, batch.opacity_transmittance[threadIdx.x]);
     }
   }
   if (dominant.found()) atomicAdd(contribution + size_t(dominant.id) * kContributionValues + 3, 1.f);
@@ -1011,58 +1088,6 @@ __device__ __forceinline__ void warp_accumulate(const SplatGrad<float>& g, const
     if (lane.holds()) atomicAdd(lane.at(id), total);
   } else {
     warp_add_each<false>(v, [&](int k) { return sums.at(k, id); });
-  }
-}
-
-// The ordered backward's sums in a block (torch.use_deterministic_algorithms): each warp's
-// totals of kValues values for each of a chunk of kRows staged splats, which flush() adds over
-// the warps in warp order into the splats' pair rows (PairSums), where atomics would add them in
-// the order the warps come. A row of the chunk is zero until a warp writes it, and again once
-// flushed. The render backward's: 12 values by 16 splats, 6 KiB of shared memory (4 blocks per
-// SM, as the atomic variants, on sm_120 too). The atomic variants declare an empty one.
-template <bool kOrdered, int kValues, int kRows>
-struct OrderedWarpSums {
-  __device__ void clear() {}
-};
-
-template <int kValues, int kRows>
-struct OrderedWarpSums<true, kValues, kRows> {
-  float value[kWarps][kRows][kValues];
-
-  __device__ void clear() {
-    float* all = &value[0][0][0];
-    for (int e = int(threadIdx.x); e < kWarps * kRows * kValues; e += kTilePixels) all[e] = 0.f;
-  }
-  // Splats c0 .. c1 - 1 of the staged batch (row j - c0 of the chunk) into row_of(j), their
-  // pair rows; every thread of the block calls it, after the chunk's walk.
-  template <typename RowOf>
-  __device__ void flush(int c0, int c1, RowOf row_of) {
-    __syncthreads();  // every warp's totals written
-    for (int e = int(threadIdx.x); e < kRows * kValues; e += kTilePixels) {
-      const int row = e / kValues, k = e % kValues;
-      float total = 0.f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        total += value[w][row][k];
-        value[w][row][k] = 0.f;
-      }
-      if (c0 + row < c1) row_of(c0 + row)[k] = total;
-    }
-    __syncthreads();  // the chunk's rows cleared before the next chunk writes them
-  }
-};
-
-// The ordered walk of splats [from, n) of a staged batch: chunk by chunk of kRows,
-// walk(first, end, each) calling each(j) for the splats j in [first, end) that the warp visits
-// (its own walk: every lane calls it), visit(j, j - c0) for each, and sums.flush() after each
-// chunk, the same chunks in every warp of the block.
-template <int kRows, typename Sums, typename Walk, typename Visit, typename RowOf>
-__device__ __forceinline__ void visit_in_chunks(int from, int n, Sums& sums, Walk walk,
-                                                Visit visit, RowOf row_of) {
-  for (int c0 = 0; c0 < n; c0 += kRows) {
-    const int c1 = min(n, c0 + kRows);
-    walk(max(from, c0), c1, [&](int j) { visit(j, j - c0); });
-    sums.flush(c0, c1, row_of);
   }
 }
 
@@ -1231,6 +1256,21 @@ __global__ void gather_feature_grads_kernel(int count, int channels, PairSums pa
   for (int64_t q = pairs.starts[i]; q < pairs.starts[i + 1]; ++q)
     total += pairs.feature_rows[(pairs.order[q] * pairs.feature_chunks + chunk) * feature_row + k];
   features_grad[t] = total;
+}
+
+// The ordered contribution statistics' second pass: Gaussian i's weight sum and
+// opacity-transmittance sum, its pairs' rows (pairs x 2) added in list order.
+__global__ void gather_contributions_kernel(int count, PairSums pairs, float* contribution) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  float weight = 0.f, opacity_transmittance = 0.f;
+  for (int64_t q = pairs.starts[i]; q < pairs.starts[i + 1]; ++q) {
+    const float* row = pairs.rows + pairs.order[q] * 2;
+    weight += row[0];
+    opacity_transmittance += row[1];
+  }
+  contribution[int64_t(i) * kContributionValues] = weight;
+  contribution[int64_t(i) * kContributionValues + 4] = opacity_transmittance;
 }
 
 // Each pair's Gaussian (the sums' index), for the sort that groups the pairs by Gaussian.
@@ -1902,11 +1942,16 @@ void count_touches(const Camera<float>& cam, const GaussianState<float>& state, 
 
 void gaussian_contributions(const Camera<float>& cam, const GaussianState<float>& state,
                             TileLists lists, float* contribution, int* dominant_map,
-                            cudaStream_t stream) {
+                            const PairSums& pairs, int count, cudaStream_t stream) {
   const int tiles = cam.tiles_x * cam.tiles_y;
   if (tiles == 0) return;
-  DGRD_LAUNCH(contribution_kernel, tiles, kTilePixels, stream)(cam, state, lists, contribution,
-                                                               dominant_map);
+  const auto contribution_variant =
+      pairs.ordered() ? contribution_kernel<true> : contribution_kernel<false>;
+  DGRD_LAUNCH(contribution_variant, tiles, kTilePixels, stream)(
+      cam, state, lists, contribution, dominant_map, pairs.rows);
+  if (pairs.ordered() && count > 0)
+    DGRD_LAUNCH(gather_contributions_kernel, blocks_for(count), kThreads, stream)(
+        count, pairs, contribution);
 }
 
 void project_points(const Camera<float>& cam, const float* points, int count,

@@ -166,6 +166,30 @@ void render(const Camera<float>& cam, const GaussianState<float>& state, TileLis
             const PixelBuffers<float>& px, const OptionalOutputs<float>& extra,
             const TileSplits& splits, const TileSplits& forward_splits, cudaStream_t stream);
 
+// The ordered backward (torch.use_deterministic_algorithms(True)): each render backward
+// kernel sums each pair's gradient over its block's pixels in a fixed order into the pair's row
+// at its list position, and gather_pair_sums adds each Gaussian's rows in list order, as the CPU
+// backend does, where atomics would add the warps' totals in whichever order they come. Rows:
+// the maps' (the SplatGrad's ten values, then AbsGS's two), 48 bytes a pair; with feature
+// channels, a row per chunk of channels (the six splat values, then the chunk's channels), and
+// with AbsGS's statistic the absolute kernel's two. The contribution statistics take the same
+// way for their two float sums (rows of 2).
+constexpr int kPairValues = kSplatGradValues + 2;
+
+struct PairSums {
+  float* rows = nullptr;            // pairs x kPairValues, zeros first; null: atomics
+  const int64_t* order = nullptr;   // the pairs' positions sorted by Gaussian, stably
+  const int64_t* starts = nullptr;  // count + 1: Gaussian i's first entry of `order`
+  float* feature_rows = nullptr;    // pairs x feature_chunks x (6 + feature_chunk), zeros first
+  int feature_chunk = 0, feature_chunks = 0;  // feature_chunk(channels), chunks of the channels
+  float* absolute_rows = nullptr;   // pairs x 2, zeros first: with features and AbsGS
+
+  DGRD_HD bool ordered() const { return rows != nullptr; }
+};
+
+// Each pair's Gaussian, gaussians[p] = lists.gaussian(point_list[p]), for p < count.
+void pair_gaussians(TileLists lists, int64_t count, int* gaussians, cudaStream_t stream);
+
 // Adds to touch_count (zeroed by the caller, one entry a Gaussian) the pixels each Gaussian
 // touches (`touches`, blend.h: MonoGS's n_touched), one block per tile, from the forward's
 // state and tile lists.
@@ -176,9 +200,11 @@ void count_touches(const Camera<float>& cam, const GaussianState<float>& state, 
 // sum, weight max, pixels, dominated pixels, opacity-transmittance sum) each Gaussian's
 // contribution statistics, one block per tile, from the forward's state and tile lists; writes
 // every pixel's dominant Gaussian to dominant_map (height x width; -1 where nothing is blended).
+// With pairs.rows (the ordered way: pairs x 2, zeros first), the weight sums and
+// opacity-transmittance sums of the `count` Gaussians are written from their pairs' rows.
 void gaussian_contributions(const Camera<float>& cam, const GaussianState<float>& state,
                             TileLists lists, float* contribution, int* dominant_map,
-                            cudaStream_t stream);
+                            const PairSums& pairs, int count, cudaStream_t stream);
 
 // The opacity field (opacity_field.h; cpu::project_points and its two sequels say what each
 // step writes), one thread a point, one a Gaussian, then one block a tile.
@@ -207,29 +233,6 @@ struct SplatSums {
                                     uint64_t(uint32_t(i)) * row_bytes);
   }
 };
-
-// The ordered backward (torch.use_deterministic_algorithms(True)): each render backward
-// kernel sums each pair's gradient over its block's pixels in a fixed order into the pair's row
-// at its list position, and gather_pair_sums adds each Gaussian's rows in list order, as the CPU
-// backend does, where atomics would add the warps' totals in whichever order they come. Rows:
-// the maps' (the SplatGrad's ten values, then AbsGS's two), 48 bytes a pair; with feature
-// channels, a row per chunk of channels (the six splat values, then the chunk's channels), and
-// with AbsGS's statistic the absolute kernel's two.
-constexpr int kPairValues = kSplatGradValues + 2;
-
-struct PairSums {
-  float* rows = nullptr;            // pairs x kPairValues, zeros first; null: atomics
-  const int64_t* order = nullptr;   // the pairs' positions sorted by Gaussian, stably
-  const int64_t* starts = nullptr;  // count + 1: Gaussian i's first entry of `order`
-  float* feature_rows = nullptr;    // pairs x feature_chunks x (6 + feature_chunk), zeros first
-  int feature_chunk = 0, feature_chunks = 0;  // feature_chunk(channels), chunks of the channels
-  float* absolute_rows = nullptr;   // pairs x 2, zeros first: with features and AbsGS
-
-  DGRD_HD bool ordered() const { return rows != nullptr; }
-};
-
-// Each pair's Gaussian, gaussians[p] = lists.gaussian(point_list[p]), for p < count.
-void pair_gaussians(TileLists lists, int64_t count, int* gaussians, cudaStream_t stream);
 
 // The ordered backward's second pass: every Gaussian's sums, AbsGS's statistic where
 // extra.mean2d_abs is given and the feature gradients where pairs has feature rows, written

@@ -214,8 +214,8 @@ def gaussian_contributions(config, state, statistics=True):
     """((P, 5): each Gaussian's weight sum, weight max, pixels, dominated pixels and
     opacity-transmittance sum; (H, W) int32: each pixel's dominant Gaussian, -1 where none),
     from the forward whose state this is (a walk of its own). `statistics`: whether the caller
-    reads the statistics (on CUDA under torch.use_deterministic_algorithms, PyTorch's alert:
-    their sums are added by float atomics; the dominant map alone is exact)."""
+    reads the statistics (on CUDA under torch.use_deterministic_algorithms, their float sums
+    are then summed per pair and gathered in a fixed order; the dominant map alone is exact)."""
     return _renderer().gaussian_contributions(config, state, statistics)
 
 

@@ -3,10 +3,9 @@ kernel sums each (tile, Gaussian) pair's gradient over its block's pixels in a f
 each Gaussian's pairs in list order (gpu::PairSums), so the gradients are the same bit for bit
 in any order the GPU runs its threads and blocks. The emulation's thread orders (asc, desc,
 random ones) stand for the GPU's; the atomic backward differs between them (the tests' power).
-The ordered gradients against the atomic backward's and the CPU backend's. The CPU backend sums
-in a fixed order at any thread count."""
+The ordered gradients against the atomic backward's and the CPU backend's; the contribution
+statistics, ordered the same way. The CPU backend sums in a fixed order at any thread count."""
 import os
-import warnings
 
 import pytest
 import torch
@@ -202,21 +201,38 @@ def test_ordered_backward_of_scenes_without_pairs(empty):
 
 @pytest.mark.cuda
 @needs_emulation
-def test_contribution_statistics_raise_the_deterministic_alert():
-    """contributions=True on CUDA adds its weight sums by float atomics: under the switch,
-    PyTorch's error for an operation without a deterministic implementation (a warning with
-    warn_only, and the same statistics); the dominant map alone (exact) raises nothing."""
-    scene, _, _ = make_case("plain", 5)
-    render = GaussianRasterizer(scene.settings)
-    with active(EmulatedCuda("asc")):
-        plain = render(**scene.inputs, contributions=True, dominant=True)
-        with deterministic():
-            with pytest.raises(RuntimeError, match="contribution statistics"):
-                render(**scene.inputs, contributions=True)
-            dominant = render(**scene.inputs, dominant=True)[-1]
-        with deterministic(warn_only=True), warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            warned = render(**scene.inputs, contributions=True)[-1]
-    assert any("contribution statistics" in str(w.message) for w in caught)
-    assert torch.equal(warned, plain[-2]) and warned[:, 0].max() > 0
-    assert torch.equal(dominant, plain[-1]) and (dominant >= 0).any()
+@pytest.mark.parametrize("case", ["plain", "split"])
+def test_ordered_contribution_statistics(case):
+    """contributions=True under the switch: each warp's weight sums in shared memory, summed per
+    pair in warp order and gathered per Gaussian in list order (the counts, maxima and dominant
+    map stay atomic: exact in any order). Bit for bit the same under the three orders; the
+    atomic statistics differ between two orders, and agree with the ordered ones and the CPU
+    backend's to rounding."""
+    scene, _, tuning = make_case(case, 5)
+
+    def statistics(device):
+        with active(device):
+            if isinstance(device, EmulatedCuda):
+                _backend.set_cuda_tuning(**tuning)
+            try:
+                out = GaussianRasterizer(scene.settings)(**scene.inputs, contributions=True,
+                                                         dominant=True)
+            finally:
+                if isinstance(device, EmulatedCuda):
+                    _backend.set_cuda_tuning()
+        return out[-2], out[-1]
+
+    with deterministic():
+        ordered = [statistics(EmulatedCuda(o)) for o in ORDERS]
+    atomic = [statistics(EmulatedCuda(o)) for o in ORDERS[:2]]
+    cpu = statistics("cpu")
+    for other in ordered[1:]:
+        assert torch.equal(other[0], ordered[0][0]) and torch.equal(other[1], ordered[0][1])
+    assert not torch.equal(atomic[0][0], atomic[1][0]), "atomic sums alike in both orders"
+    assert torch.equal(ordered[0][1], atomic[0][1])  # the dominant map
+    stats = ordered[0][0]
+    assert (stats[:, 0] > 0).sum() > 20
+    for column in (1, 2, 3):  # the maximum and the counts: exact in any order
+        assert torch.equal(stats[:, column], atomic[0][0][:, column]), column
+    for want in (atomic[0][0], cpu[0]):
+        torch.testing.assert_close(stats, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())

@@ -86,11 +86,13 @@ CASES = [
     dict(P=300, height=25, width=39, sh_degree=2, split_length=256, opacity_scale=0.3,
          fisheye=dict(half_angle=1.4, yaw=0.87, shift=(3.5, -2.0)), camera_grad=True,
          channels=2, median_depth=True),
-    # The ordered backward (torch.use_deterministic_algorithms): every render backward kernel
-    # (the maps' with the median, 6 feature channels' in parts, AbsGS's with them) summing
-    # into pair rows through shared memory on split lists, then the gathers per Gaussian.
+    # The ordered sums (torch.use_deterministic_algorithms): every render backward kernel
+    # (the maps' with the median, 6 feature channels' in parts, AbsGS's with them) and the
+    # contribution statistics summing into pair rows through shared memory on split lists,
+    # then the gathers per Gaussian.
     dict(P=500, height=21, width=37, sh_degree=1, split_length=256, opacity_scale=0.1,
-         means2d_cols=4, median_depth=True, channels=6, deterministic=True),
+         means2d_cols=4, median_depth=True, channels=6, contributions=True, dominant=True,
+         deterministic=True),
 ]
 
 
@@ -210,8 +212,20 @@ def memcheck(python_args):
 
 
 def run_case(i, device):
-    """Forward and backward of case i on `device`, a loss on every output."""
+    """Forward and backward of case i on `device`, a loss on every output; under
+    torch.use_deterministic_algorithms where the case says `deterministic`."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(CASES[i].get("deterministic", False) or previous)
+    try:
+        forward_and_backward(i, device)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def forward_and_backward(i, device):
+    """run_case's work."""
     case = dict(CASES[i])
+    case.pop("deterministic", None)
     _backend.set_cuda_tuning(split_length=case.pop("split_length", 0), **case.pop("tuning", {}))
     opacity_scale = case.pop("opacity_scale", 1.0)
     channels = case.pop("channels", 0)
@@ -222,7 +236,6 @@ def run_case(i, device):
     jitter = case.pop("jitter", 0.0)
     orthographic = case.pop("orthographic", False)
     fisheye = case.pop("fisheye", None)
-    deterministic = case.pop("deterministic", False)
     options = {k: case.pop(k) for k in ("median_depth", "inverse_depth", "touch_count",
                                          "contributions", "dominant") if k in case}
     scene = scenes.make_scene(100 + i, **case)
@@ -259,12 +272,7 @@ def run_case(i, device):
     contribution = maps.pop() if options.get("contributions") else None
     touched = maps.pop() if options.get("touch_count") else None
     loss = color.square().sum() + sum((m * torch.rand_like(m)).sum() for m in maps)
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(deterministic or previous)
-    try:
-        loss.backward()
-    finally:
-        torch.use_deterministic_algorithms(previous)
+    loss.backward()
     if device == "cuda":
         torch.cuda.synchronize()
     names = ["depth", "weight"] + (["feature_map"] if channels else []) + (
