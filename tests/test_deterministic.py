@@ -236,3 +236,14 @@ def test_ordered_contribution_statistics(case):
         assert torch.equal(stats[:, column], atomic[0][0][:, column]), column
     for want in (atomic[0][0], cpu[0]):
         torch.testing.assert_close(stats, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+
+
+@pytest.mark.cuda
+@needs_emulation
+def test_warn_only_orders_the_sums_too():
+    """torch.use_deterministic_algorithms(True, warn_only=True) (the switch that lets other
+    nondeterministic operations warn instead of raise) takes the ordered backward as well."""
+    scene, call, tuning = make_case("median", 6)
+    with deterministic(warn_only=True):
+        runs = [gradients(scene, call, tuning, EmulatedCuda(o)) for o in ORDERS[:2]]
+    assert differing(*runs) == [] and len(runs[0]) >= 5
