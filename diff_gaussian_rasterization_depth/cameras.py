@@ -325,6 +325,13 @@ def se3_exp(xi: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.cat([R, t[:, None]], dim=1), bottom], dim=0)
 
 
+def camera_centre(w2c):
+    """(3,) the camera's centre in world space, -R^T t, of a world-to-camera matrix (4x4, or
+    its top 3 rows; a tensor, differentiable in it, or a NumPy array): the rasterizer's
+    campos."""
+    return -w2c[:3, :3].T @ w2c[:3, 3]
+
+
 def camera_matrices(w2c: torch.Tensor, camera: Camera):
     """(viewmatrix, projmatrix, campos) of `camera`'s intrinsics at the pose w2c (a 4x4
     world-to-camera tensor) in the rasterizer's layout, differentiable in w2c."""
@@ -333,8 +340,7 @@ def camera_matrices(w2c: torch.Tensor, camera: Camera):
                              dtype=w2c.dtype, device=w2c.device)
     viewmatrix = w2c.T
     projmatrix = viewmatrix @ proj_t
-    campos = -w2c[:3, :3].T @ w2c[:3, 3]
-    return viewmatrix, projmatrix, campos
+    return viewmatrix, projmatrix, camera_centre(w2c)
 
 
 def pose_settings(w2c: torch.Tensor, camera: Camera, sh_degree: int = 0, bg=(0.0, 0.0, 0.0),
@@ -362,8 +368,7 @@ def pose_errors(w2c, w2c_true):
     rotation in degrees) of two 4x4 world-to-camera poses (tensors or arrays)."""
     w2c = torch.as_tensor(w2c).detach().double().cpu()
     w2c_true = torch.as_tensor(w2c_true).detach().double().cpu()
-    center = -w2c[:3, :3].T @ w2c[:3, 3]
-    center_true = -w2c_true[:3, :3].T @ w2c_true[:3, 3]
+    center, center_true = camera_centre(w2c), camera_centre(w2c_true)
     relative = w2c[:3, :3] @ w2c_true[:3, :3].T
     cos = ((torch.trace(relative) - 1) / 2).clamp(-1.0, 1.0)
     return float((center - center_true).norm()), math.degrees(float(torch.arccos(cos)))
@@ -382,7 +387,7 @@ def perturbed_pose(w2c: np.ndarray, translation: float, degrees: float,
     shift *= translation / np.linalg.norm(shift)
     xi = torch.tensor(np.concatenate([np.zeros(3), axis * math.radians(degrees)]))
     turned = se3_exp(xi).numpy() @ np.asarray(w2c, dtype=np.float64)
-    center = -turned[:3, :3].T @ turned[:3, 3] + shift
+    center = camera_centre(turned) + shift
     out = turned.copy()
     out[:3, 3] = -turned[:3, :3] @ center
     return out

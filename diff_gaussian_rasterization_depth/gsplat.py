@@ -61,7 +61,7 @@ import torch
 from . import GaussianRasterizationSettings
 from . import rasterize_gaussians as _rasterize
 from ._validation import CheckedSettings, _require_tensor
-from .cameras import projection_from_intrinsics
+from .cameras import camera_centre, projection_from_intrinsics
 # The package's tiles, fixed near plane and least opacity a splat is blended with (config.h).
 from .reference import ALPHA_MIN as ALPHA_THRESHOLD
 from .reference import NEAR_PLANE, TILE_SIZE, _fisheye_terms, _pinhole_terms
@@ -232,12 +232,11 @@ def _settings(viewmat, K, width, height, bg, sh_degree, eps2d, antialiased,
     # gsplat reads the rotation and translation rows alone: its last row (0, 0, 0, 1) takes no
     # gradient (the orthographic projection's shift would send it one through w).
     viewmat = torch.cat([viewmat[:3], viewmat[3:].detach()])
-    rotation, translation = viewmat[:3, :3], viewmat[:3, 3]
     return GaussianRasterizationSettings(
         image_height=int(height), image_width=int(width), tanfovx=tanfovx, tanfovy=tanfovy,
         bg=bg, scale_modifier=1.0, viewmatrix=viewmat.transpose(0, 1),
         projmatrix=viewmat.transpose(0, 1) @ P.transpose(0, 1), sh_degree=int(sh_degree or 0),
-        campos=-(rotation.transpose(0, 1) @ translation), prefiltered=False, debug=False,
+        campos=camera_centre(viewmat), prefiltered=False, debug=False,
         antialiasing=antialiased, kernel_size=float(eps2d), orthographic=ortho,
         fisheye=camera_model == "fisheye",
         fisheye_distortion=distortion if camera_model == "fisheye" else None,

@@ -29,6 +29,7 @@ import torch
 from . import GaussianRasterizationSettings as _PackageSettings
 from . import GaussianRasterizer as _DepthRasterizer
 from . import rasterize_gaussians as _rasterize
+from .cameras import camera_centre
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians"]
 
@@ -68,10 +69,6 @@ def _pose_tangent(theta, rho, like: torch.Tensor) -> torch.Tensor:
     ])
 
 
-def _camera_center(w2c: torch.Tensor) -> torch.Tensor:
-    return -w2c[:3, :3].T @ w2c[:3, 3]
-
-
 def _check_pose(name, t, size):
     """theta, rho (3 values) and projmatrix_raw (16), named in the error where they are wrong."""
     if t is None:
@@ -104,7 +101,7 @@ def _package_settings(settings: GaussianRasterizationSettings, theta, rho):
             raw = torch.linalg.solve(w2c.detach().T, projmatrix.detach().reshape(4, 4).to(w2c))
         projmatrix = projmatrix + _zero_valued(
             viewmatrix @ raw.reshape(4, 4).to(viewmatrix)).reshape(projmatrix.shape).to(projmatrix)
-        campos = campos + _zero_valued(_camera_center(moved)).reshape(campos.shape).to(campos)
+        campos = campos + _zero_valued(camera_centre(moved)).reshape(campos.shape).to(campos)
     return _PackageSettings(settings.image_height, settings.image_width, settings.tanfovx,
                     settings.tanfovy, settings.bg, settings.scale_modifier, viewmatrix,
                     projmatrix, settings.sh_degree, campos, settings.prefiltered, settings.debug)

@@ -50,8 +50,9 @@ import torch
 import torch.nn.functional as F
 
 from diff_gaussian_rasterization_depth import scenes
-from diff_gaussian_rasterization_depth.cameras import (Camera, choose_device, perturbed_pose,
-                                                       pose_errors, pose_settings, se3_exp)
+from diff_gaussian_rasterization_depth.cameras import (Camera, camera_centre, choose_device,
+                                                       perturbed_pose, pose_errors,
+                                                       pose_settings, se3_exp)
 
 # =============================================================================================
 # The analytic scene: planes and spheres with procedural textures, exact ray casting
@@ -575,8 +576,8 @@ class FrameAlignment:
         V0, B0 = true_poses[0], fitted_poses[0]
         num = den = 0.0
         for V, B in zip(true_poses[1:], fitted_poses[1:]):
-            y = _apply(B0, _center(B))          # fitted centre, first camera's coordinates
-            y_true = _apply(V0, _center(V))
+            y = _apply(B0, camera_centre(B))  # fitted centre, first camera's coordinates
+            y_true = _apply(V0, camera_centre(V))
             num, den = num + float(y @ y_true), den + float(y @ y)
         return cls(V0, B0, num / den if den > 0 else 1.0)
 
@@ -593,15 +594,12 @@ class FrameAlignment:
     def pose(self, fitted: np.ndarray) -> np.ndarray:
         """A fitted training pose carried into the true frame (centre and orientation)."""
         V0, B0 = self.true_first, self.fitted_first
-        center = _center(V0) + V0[:3, :3].T @ (self.scale * _apply(B0, _center(fitted)))
+        center = camera_centre(V0) + V0[:3, :3].T @ (
+            self.scale * _apply(B0, camera_centre(fitted)))
         out = np.eye(4)
         out[:3, :3] = fitted[:3, :3] @ B0[:3, :3].T @ V0[:3, :3]
         out[:3, 3] = -out[:3, :3] @ center
         return out
-
-
-def _center(w2c: np.ndarray) -> np.ndarray:
-    return -w2c[:3, :3].T @ w2c[:3, 3]
 
 
 def _apply(w2c: np.ndarray, x: np.ndarray) -> np.ndarray:
