@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from ._validation import (check_gaussians, check_optional_outputs, CheckedSettings,
                           KERNEL_SIZE_DEFAULT, require_pinhole)
-from . import _backend, _debug
+from . import _backend, _debug, _precision
 from ._debug import replay_snapshot
 from .relocation import compute_relocation
 from .sparse_adam import SparseGaussianAdam
@@ -140,6 +140,20 @@ def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales,
     common = _backend.check_common(means3D, means2D, opacities, sh, colors_precomp, scales,
                                    rotations, cov3Ds_precomp, dc, features, raster_settings,
                                    median_depth, inverse_depth)
+    if common is None and _precision.has_low_precision(
+            means3D, means2D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp,
+            dc, features, points3D):
+        # float16 / bfloat16 inputs (an autocast region's MLP output, a half model): computed
+        # in float32 (means3D's dtype where that is float32 or float64), each cast taking its
+        # gradient back to its own dtype; the maps come out in the computing dtype.
+        dtype = _precision.compute_dtype(means3D)
+        (means3D, means2D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp,
+         dc, features, points3D) = (_precision.upcast(t, dtype) for t in (
+            means3D, means2D, opacities, sh, colors_precomp, scales, rotations,
+            cov3Ds_precomp, dc, features, points3D))
+        common = _backend.check_common(means3D, means2D, opacities, sh, colors_precomp, scales,
+                                       rotations, cov3Ds_precomp, dc, features,
+                                       raster_settings, median_depth, inverse_depth)
     if common is not None:  # checked in C++: no debug, no camera or background gradient
         opacities, config = common
         checked, camera = None, ()
@@ -338,6 +352,7 @@ class GaussianRasterizer(nn.Module):
         _require_shape("positions", positions, [(None, 3)], "(P, 3)")
         if not positions.is_floating_point():
             raise TypeError(f"positions: expected a floating-point tensor, got {positions.dtype}")
+        positions = _precision.upcast(positions, torch.float32)
         with torch.no_grad():
             checked = CheckedSettings(self.raster_settings, positions.device, positions.dtype)
             return _backend.mark_visible(positions.detach().contiguous(), checked)

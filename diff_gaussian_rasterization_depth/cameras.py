@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from ._precision import full_precision
 from ._validation import KERNEL_SIZE_DEFAULT
 
 ZNEAR = 0.01
@@ -298,6 +299,7 @@ def _skew(v: torch.Tensor) -> torch.Tensor:
                         torch.stack([-v[1], v[0], zero])])
 
 
+@full_precision
 def se3_exp(xi: torch.Tensor) -> torch.Tensor:
     """4x4 rigid transform exp(xi) of xi = (rho, omega) (6,), differentiable everywhere: a pose
     correction applied as `se3_exp(xi) @ world_to_camera` (in camera coordinates, as MonoGS's
@@ -325,6 +327,7 @@ def se3_exp(xi: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.cat([R, t[:, None]], dim=1), bottom], dim=0)
 
 
+@full_precision
 def camera_centre(w2c):
     """(3,) the camera's centre in world space, -R^T t, of a world-to-camera matrix (4x4, or
     its top 3 rows; a tensor, differentiable in it, or a NumPy array): the rasterizer's
@@ -332,6 +335,7 @@ def camera_centre(w2c):
     return -w2c[:3, :3].T @ w2c[:3, 3]
 
 
+@full_precision
 def camera_matrices(w2c: torch.Tensor, camera: Camera):
     """(viewmatrix, projmatrix, campos) of `camera`'s intrinsics at the pose w2c (a 4x4
     world-to-camera tensor) in the rasterizer's layout, differentiable in w2c."""
@@ -343,6 +347,7 @@ def camera_matrices(w2c: torch.Tensor, camera: Camera):
     return viewmatrix, projmatrix, camera_centre(w2c)
 
 
+@full_precision
 def pose_settings(w2c: torch.Tensor, camera: Camera, sh_degree: int = 0, bg=(0.0, 0.0, 0.0),
                   focal_scale: Optional[torch.Tensor] = None):
     """`GaussianRasterizationSettings` of `camera` at the pose w2c (a 4x4 tensor), its matrices

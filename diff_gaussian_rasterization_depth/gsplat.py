@@ -60,6 +60,7 @@ import torch
 
 from . import GaussianRasterizationSettings
 from . import rasterize_gaussians as _rasterize
+from ._precision import compute_dtype, full_precision, upcast
 from ._validation import CheckedSettings, _require_tensor
 from .cameras import camera_centre, projection_from_intrinsics
 # The package's tiles, fixed near plane and least opacity a splat is blended with (config.h).
@@ -288,6 +289,7 @@ def _color_inputs(color, sh_degree, wants_rgb):
     return None, color.new_zeros(color.shape[0], 3), color
 
 
+@full_precision  # the projections and settings below in the inputs' precision, autocast or not
 def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
                   scales: Optional[torch.Tensor], opacities: torch.Tensor, colors: torch.Tensor,
                   viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int,
@@ -317,6 +319,11 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
                          f"got {rasterize_mode!r}")
     batch, N, C, per_camera = _check_shapes(means, quats, scales, opacities, colors, viewmats,
                                             Ks, covars, sh_degree, backgrounds)
+    # float16 / bfloat16 Gaussians (an autocast region's colours) are computed in float32, as
+    # the rasterizer computes them; their gradients return in their own dtype.
+    dtype = compute_dtype(means)
+    means, quats, scales, opacities, colors, covars, backgrounds = (
+        upcast(t, dtype) for t in (means, quats, scales, opacities, colors, covars, backgrounds))
     B = 1
     for size in batch:  # math.prod is Python 3.8's
         B *= size

@@ -41,6 +41,7 @@ import torch
 from . import GaussianRasterizationSettings
 from . import rasterize_gaussians as _rasterize
 from ._forks import ForkRasterizer
+from ._precision import full_precision
 from .reference import _covariance_3d
 from .surface import _matrix, dominant_points
 
@@ -93,6 +94,7 @@ def _discriminants(points, valid, dominant, means3D, settings, scales, rotations
 
 
 @torch.no_grad()
+@full_precision
 def rasterize_gaussians_depth(means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
                               cov3Ds_precomp, raster_settings):
     """The fork's depth call (module docstring): a dict of render, out_pts, rendered_depth,

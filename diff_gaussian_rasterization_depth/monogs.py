@@ -30,6 +30,7 @@ from . import GaussianRasterizationSettings as _PackageSettings
 from . import GaussianRasterizer as _DepthRasterizer
 from . import rasterize_gaussians as _rasterize
 from .cameras import camera_centre
+from ._precision import full_precision
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians"]
 
@@ -81,6 +82,7 @@ def _check_pose(name, t, size):
         raise ValueError(f"{name}: expected {size} values, got shape {tuple(t.shape)}")
 
 
+@full_precision
 def _package_settings(settings: GaussianRasterizationSettings, theta, rho):
     """The package's settings of a MonoGS call. Where theta or rho requires grad, the view
     matrix, the full projection and the camera centre carry the first-order pose update of

@@ -54,6 +54,7 @@ import torch
 from . import GaussianRasterizationSettings as _PackageSettings
 from . import rasterize_gaussians as _rasterize
 from ._forks import ORIGINAL_FIELDS, ForkRasterizer, centred_rays, focal_lengths, fork_settings
+from ._precision import full_precision
 from ._validation import real_value
 from .surface import (_adjugate_covariance_times, _centres_on_screen, _check_covariance_inputs,
                       _image_centre, _matrix, normalized)
@@ -97,6 +98,7 @@ class RayPlanes(NamedTuple):
     mean2d: torch.Tensor        # (P, 2) mu2D in pixels, as the rasterizer projects it
 
 
+@full_precision
 def ray_planes(means3D: torch.Tensor, settings, scales=None, rotations=None,
                cov3D_precomp=None) -> RayPlanes:
     """RaDe-GS's plane of each Gaussian. In ray space (u, v, r) = (x / z, y / z, |x|) about the
@@ -199,6 +201,7 @@ def _carrier(means2D):
     return torch.cat([means2D[:, :2], means2D[:, 2:3].expand(-1, 2)], 1)
 
 
+@full_precision
 def rasterize_gaussians(means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
                         cov3Ds_precomp, raster_settings):
     """RaDe-GS's functional form: (color (3, H, W), radii (P,), expected_coord (3, H, W),

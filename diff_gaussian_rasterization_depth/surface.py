@@ -25,6 +25,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from ._precision import full_precision
 from ._validation import check_fisheye_distortion, check_pinhole_distortion, require_pinhole
 from .reference import (HOM_EPS, NEAR_PLANE, _covariance_3d, _distortion_factor,
                         _lens_centre, _ndc2pix, _pinhole_terms, _rotation_matrix)
@@ -54,6 +55,7 @@ def _matrix(m, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(m).reshape(4, 4).to(like)
 
 
+@full_precision
 def view_points(means3D: torch.Tensor, settings) -> torch.Tensor:
     """(P, 3) view-space positions `[p, 1] @ viewmatrix`; column 2 is the depth z the depth map
     blends."""
@@ -62,6 +64,7 @@ def view_points(means3D: torch.Tensor, settings) -> torch.Tensor:
     return means3D @ view[:3, :3] + view[3, :3]
 
 
+@full_precision
 def gaussian_normals(scales: torch.Tensor, rotations: torch.Tensor, view_t: torch.Tensor,
                      settings) -> torch.Tensor:
     """(P, 3) unit normals in view space: each Gaussian's shortest axis (the rotation's column of
@@ -254,6 +257,7 @@ def _undistorted_point(xd, yd, k, fold_u: float):
     return a, b, reached
 
 
+@full_precision
 def depth_to_points(depth: torch.Tensor, settings) -> torch.Tensor:
     """(3, H, W) view-space points of a depth map (H, W) of view depths z, each on its pixel's
     ray: pixel (col, row) at NDC ((2 col + 1) / W - 1, (2 row + 1) / H - 1), the inverse of the
@@ -304,6 +308,7 @@ def _adjugate_covariance_times(vectors, scales, rotations, cov3D_precomp, scale_
     return cofactors[0] * dots[0] + cofactors[1] * dots[1] + cofactors[2] * dots[2]
 
 
+@full_precision
 def dominant_points(dominant: torch.Tensor, means3D: torch.Tensor, settings, scales=None,
                     rotations=None, cov3D_precomp=None):
     """((3, H, W) world points, (H, W) bool): on each pixel's ray, the point where its dominant
@@ -363,6 +368,7 @@ def plane_distances(normals: torch.Tensor, view_t: torch.Tensor) -> torch.Tensor
     return (normals * view_t).sum(1, keepdim=True)
 
 
+@full_precision
 def plane_depth(normal_sum: torch.Tensor, distance_sum: torch.Tensor, settings) -> torch.Tensor:
     """(H, W) PGSR's unbiased depth: where each pixel's ray meets the blended plane,
     `z = D / (N . r)`, with N (3, H, W) the feature map of the normals (not normalized), D
@@ -396,6 +402,7 @@ def normalized(vectors: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return torch.where(seen, vectors / length, torch.zeros_like(vectors))
 
 
+@full_precision
 def depth_to_normal(depth: torch.Tensor, settings) -> torch.Tensor:
     """(3, H, W) unit normals of a depth map in view space, facing the camera, from the cross
     product of central differences of `depth_to_points` (as 2DGS's depth-normal term). Zero on
@@ -460,6 +467,7 @@ def _centres_on_screen(means3D: torch.Tensor, settings):
     return t, in_front, z, mean2d
 
 
+@full_precision
 def intersection_planes(means3D: torch.Tensor, settings, scales=None, rotations=None,
                         cov3D_precomp=None) -> DepthPlanes:
     """Each Gaussian's depth as a plane over the screen, as RaDe-GS rasterizes depth: along the
@@ -514,6 +522,7 @@ def intersection_planes(means3D: torch.Tensor, settings, scales=None, rotations=
     return DepthPlanes(features, normals)
 
 
+@full_precision
 def intersection_depth(feature_map: torch.Tensor, weight: torch.Tensor, settings) -> torch.Tensor:
     """(H, W) RaDe-GS's depth map: the blended depth planes of `intersection_planes`,
     sum_i w_i z_i(p) / weight, evaluated at each pixel (feature_map (3, H, W): the rendered
