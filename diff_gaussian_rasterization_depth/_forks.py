@@ -10,6 +10,7 @@ import torch
 from . import GaussianRasterizationSettings as _PackageSettings
 from . import GaussianRasterizer as _PackageRasterizer
 from . import rasterize_gaussians as _rasterize
+from ._precision import LOW_PRECISION
 from ._validation import real_value
 
 
@@ -109,7 +110,9 @@ def _per_gaussian(name: str, values, means3D) -> Optional[torch.Tensor]:
     if values.dim() < 2 or values.shape[0] != P or values[0].numel() < 1:
         raise ValueError(f"{name}: expected ({P}, C) or ({P}, 1, C) values, got shape "
                          f"{tuple(values.shape)}")
-    if values.dtype != means3D.dtype or values.device != means3D.device:
+    # float16 / bfloat16 values (an autocast region's) are the package's to convert.
+    if (values.dtype != means3D.dtype and values.dtype not in LOW_PRECISION) or \
+            values.device != means3D.device:
         raise TypeError(f"{name}: expected {means3D.dtype} on {means3D.device} (as means3D), "
                         f"got {values.dtype} on {values.device}")
     return values.reshape(P, -1)

@@ -264,3 +264,23 @@ def test_autocast_region_on_the_gpu():
         assert a.dtype == b.dtype and torch.equal(a, b)
     loss_of(out, 5).backward()
     assert all(p.grad is not None and p.grad.isfinite().all() for p in mlp.parameters())
+
+
+@pytest.mark.parametrize("fork", ["feature_3dgs", "gaussian_grouping", "langsplat"])
+def test_semantic_forks_take_low_precision_values(fork):
+    """A semantic fork's per-Gaussian values in float16 (Feature 3DGS's semantic_feature,
+    Gaussian Grouping's sh_objs, LangSplat's language features): the maps of their float32
+    values, and their gradient in float16."""
+    from test_semantic_forks import fork_call, fork_values, named_maps
+    scene = scenes.make_scene(41, P=40, height=18, width=21)
+    values = fork_values(fork, scene.P, 41, torch.float16, channels=6)
+    results = []
+    for given in (values.float(), values):
+        leaf = given.detach().clone().requires_grad_()
+        maps = named_maps(fork, fork_call(fork, scene, scene.inputs, leaf))
+        sum((m * (k + 1.5)).sum() for k, m in enumerate(maps.values())).backward()
+        results.append((maps, leaf.grad))
+    (maps32, grad32), (maps16, grad16) = results
+    for name in maps32:
+        assert torch.equal(maps16[name], maps32[name]), name
+    assert grad16.dtype == torch.float16 and torch.equal(grad16, grad32.half())
