@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diff_gaussian_rasterization_depth import scenes
+from diff_gaussian_rasterization_depth import depth_losses, scenes
 from diff_gaussian_rasterization_depth.cameras import (Camera, camera_centre, choose_device,
                                                        perturbed_pose, pose_errors,
                                                        pose_settings, se3_exp)
@@ -311,29 +311,36 @@ def photometric_loss(render, target, lambda_ssim: float = 0.2):
     return (1 - lambda_ssim) * l1_loss(render, target) + lambda_ssim * (1 - ssim(render, target))
 
 
-def pearson_loss(x: torch.Tensor, y: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                 eps: float = 1e-12) -> torch.Tensor:
-    """1 - Pearson correlation of x and y over `mask`: invariant to a positive scale and any
-    shift of either argument. Returns 0 (with zero gradient) when fewer than 2 pixels count."""
-    if mask is not None:
-        x, y = x[mask], y[mask]
-    x, y = x.reshape(-1), y.reshape(-1)
-    if x.numel() < 2:
-        return x.sum() * 0.0
-    xc, yc = x - x.mean(), y - y.mean()
-    corr = (xc * yc).sum() / torch.sqrt((xc * xc).sum() * (yc * yc).sum() + eps)
-    return 1.0 - corr
+# The depth losses a fit can take (--depth-losses), the package's (depth_losses): each compares
+# the rendered inverse depth with the prior over the pixels the render covers, in a way the
+# prior's unknown scale and shift cannot disturb.
+DEPTH_LOSSES = ("pearson", "patch", "ranking", "ssi")
+PATCH_SIZE = 24      # the patch Pearson's squares: 4 x 3 of them on a 96x72 view
+RANKING_RADIUS = 8   # the ranking's pairs: neighbours within 8 px, where the prior's order holds
 
 
 def depth_prior_loss(depth: torch.Tensor, weight: torch.Tensor, prior: torch.Tensor,
-                     min_weight: float = 0.5, inverse: bool = False) -> torch.Tensor:
-    """Pearson loss between the rendered inverse depth and the (inverse-depth-like) prior over
-    pixels with rendered weight > min_weight. The prior is affine in inverse depth, so at the
-    true geometry the correlation is 1 whatever the prior's unknown scale and shift. `inverse`:
-    `depth` is already an inverse depth (a render with inverse_depth=True), used as it is."""
-    mask = weight.detach() > min_weight
-    inv = depth if inverse else 1.0 / torch.where(mask, depth, torch.ones_like(depth))
-    return pearson_loss(inv, prior, mask)
+                     min_weight: float = 0.5, inverse: bool = False, kind: str = "pearson",
+                     step: int = 0) -> torch.Tensor:
+    """The depth loss `kind` of DEPTH_LOSSES between the rendered depth (or, with `inverse`, the
+    rendered mean inverse depth, a render with inverse_depth=True) and the inverse-depth-like
+    prior, over pixels with rendered weight > min_weight. At the true geometry each is 0
+    whatever the prior's scale and shift. `step` seeds what the patch grid's offset and the
+    ranking's pairs draw, so that a fit is reproducible."""
+    common = dict(min_weight=min_weight, inverse_depth=inverse)
+    if kind == "pearson":
+        return depth_losses.pearson_depth_loss(depth, weight, prior, **common)
+    if kind == "ssi":
+        return depth_losses.scale_shift_invariant_depth_loss(depth, weight, prior, **common)
+    gen = torch.Generator().manual_seed(step)
+    if kind == "patch":
+        offset = tuple(int(v) for v in torch.randint(PATCH_SIZE, (2,), generator=gen))
+        return depth_losses.patch_pearson_depth_loss(depth, weight, prior, PATCH_SIZE,
+                                                     offset=offset, **common)
+    if kind == "ranking":
+        return depth_losses.ranking_depth_loss(depth, weight, prior, radius=RANKING_RADIUS,
+                                               generator=gen, **common)
+    raise ValueError(f"depth loss: expected one of {DEPTH_LOSSES}, got {kind!r}")
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -429,6 +436,7 @@ class FitConfig:
     depth_weight: float = 0.0    # 0: photometric only
     min_weight: float = 0.5
     inverse_depth: bool = False  # the depth loss on the mean inverse depth (inverse_depth=True)
+    depth_loss: str = "pearson"  # which of DEPTH_LOSSES
     refine_poses: bool = False   # optimize the given poses (all views but the first) too
     lr_pose: float = 3e-3        # Adam on the SE(3) corrections, decaying exponentially to
     lr_pose_final_ratio: float = 0.01  # lr_pose times this
@@ -534,7 +542,7 @@ def fit(model: GaussianModel, train: Sequence[View], cfg: FitConfig, seed: int,
         loss = photometric_loss(r.color, view.color, cfg.lambda_ssim)
         if cfg.depth_weight > 0:
             depth_term = depth_prior_loss(r.depth, r.weight, view.prior, cfg.min_weight,
-                                          cfg.inverse_depth)
+                                          cfg.inverse_depth, cfg.depth_loss, seed * 100003 + it)
             loss = loss + cfg.depth_weight * depth_term
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -679,10 +687,16 @@ class ExperimentConfig:
     n_train: int = 3
     test_every: int = 8
     inverse_depth_variant: bool = False  # also fit "+ inverse depth"
+    depth_losses: Tuple[str, ...] = ("pearson",)  # a "+ depth" fit with each (DEPTH_LOSSES)
     # (degrees, scene units): also fit from training poses off by this much, as given and
     # refined
     pose_noise: Optional[Tuple[float, float]] = None
     test_time_steps: int = 150  # with pose_noise: the held-out poses' correction, every fit
+
+
+def depth_variant(loss: str) -> str:
+    """The results' name of the "+ depth" fit with `loss` (the Pearson one plain)."""
+    return "+ depth" if loss == "pearson" else f"+ depth ({loss})"
 
 
 def run_seed(seed: int, cfg: ExperimentConfig, device, out_dir: Optional[str] = None,
@@ -697,11 +711,13 @@ def run_seed(seed: int, cfg: ExperimentConfig, device, out_dir: Optional[str] = 
     test = make_views(scene, cams, test_ids, device)
     init_state = gen.get_state()
     init = random_init([v.camera for v in train], cfg.gaussians, gen).to(device)
-    # (name, depth weight, inverse depth, training views, initialization, refine poses)
-    variants = [("photometric", 0.0, False, train, init, False),
-                ("+ depth", cfg.depth_weight, False, train, init, False)]
+    # (name, depth weight, inverse depth, training views, initialization, refine poses, loss)
+    variants = [("photometric", 0.0, False, train, init, False, "pearson")]
+    variants += [(depth_variant(loss), cfg.depth_weight, False, train, init, False, loss)
+                 for loss in cfg.depth_losses]
     if cfg.inverse_depth_variant:
-        variants.append(("+ inverse depth", cfg.depth_weight, True, train, init, False))
+        variants.append(("+ inverse depth", cfg.depth_weight, True, train, init, False,
+                         "pearson"))
     if cfg.pose_noise is not None:
         noisy = with_pose_noise(train, *cfg.pose_noise, seed)
         # The same random draws, in the frusta of the poses the fit is given.
@@ -710,14 +726,14 @@ def run_seed(seed: int, cfg: ExperimentConfig, device, out_dir: Optional[str] = 
                                  cfg.gaussians, torch.Generator().set_state(init_state))
         noisy_init = noisy_init.to(device)
         variants += [("+ depth, noisy poses", cfg.depth_weight, False, noisy, noisy_init,
-                      False),
+                      False, "pearson"),
                      ("+ depth, poses refined", cfg.depth_weight, False, noisy, noisy_init,
-                      True)]
+                      True, "pearson")]
     results, models = {}, {}
     true_poses = [v.camera.world_to_camera for v in train]
-    for name, weight, inverse, views, start, refine in variants:
+    for name, weight, inverse, views, start, refine, loss in variants:
         fc = FitConfig(iterations=cfg.iterations, depth_weight=weight, inverse_depth=inverse,
-                       refine_poses=refine)
+                       refine_poses=refine, depth_loss=loss)
         poses = PoseCorrections(len(views), device) if views[0].pose is not None else None
         t0 = time.perf_counter()
         model = fit(start, views, fc, seed, progress=f"seed {seed} {name}" if progress else None,
@@ -850,6 +866,11 @@ def main(argv=None) -> int:
     p.add_argument("--prior-noise", type=float, default=ExperimentConfig.prior_noise)
     p.add_argument("--train-views", type=int, default=ExperimentConfig.n_train,
                    help="training views, evenly spread over the non-held-out cameras")
+    p.add_argument("--depth-losses", nargs="+", choices=DEPTH_LOSSES, default=["pearson"],
+                   help="a '+ depth' fit with each of these depth losses (pearson: global "
+                        "Pearson; patch: Pearson per 24-px patch; ranking: the order of "
+                        "neighbouring pixel pairs; ssi: L1 after a least-squares scale and "
+                        "shift)")
     p.add_argument("--inverse-depth", action="store_true",
                    help="also fit with the loss on the mean inverse depth (inverse_depth=True)")
     p.add_argument("--pose-noise", type=float, nargs=2, metavar=("DEGREES", "DISTANCE"),
@@ -867,6 +888,7 @@ def main(argv=None) -> int:
                            iterations=args.iterations, depth_weight=args.depth_weight,
                            prior_noise=args.prior_noise, n_train=args.train_views,
                            inverse_depth_variant=args.inverse_depth,
+                           depth_losses=tuple(dict.fromkeys(args.depth_losses)),
                            pose_noise=tuple(args.pose_noise) if args.pose_noise else None)
     os.makedirs(args.out, exist_ok=True)
     train_ids, test_ids = split_views(cfg.n_cameras, cfg.n_train, cfg.test_every)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from diff_gaussian_rasterization_depth import _backend, scenes
+from diff_gaussian_rasterization_depth import _backend, depth_losses, scenes
 from diff_gaussian_rasterization_depth.cameras import Camera, look_at
 
 needs_backend = pytest.mark.skipif(
@@ -171,75 +171,41 @@ def test_prior_noise_is_bounded_and_smooth():
         assert (field[:, 1:] - field[:, :-1]).abs().max() <= 2 * math.pi * 2 / W + 1e-12
         assert (field[1:] - field[:-1]).abs().max() <= 2 * math.pi * 2 / H + 1e-12
         # Still a good prior: it correlates strongly with the true inverse depth.
-        assert 1.0 - sv.pearson_loss(1.0 / depth, prior).item() > 0.95
+        assert 1.0 - depth_losses.pearson_depth_loss(depth, torch.ones_like(depth),
+                                                     prior).item() > 0.95
 
 
 # ---------------------------------------------------------------------------------------------
 # Losses and metrics
 # ---------------------------------------------------------------------------------------------
 
-def test_pearson_loss_is_scale_and_shift_invariant():
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(500, generator=g, dtype=torch.float64)
-    y = 0.7 * x + 0.3 * torch.rand(500, generator=g, dtype=torch.float64)
-    base = sv.pearson_loss(x, y)
-    assert 0 < base.item() < 1
-    for a, b, c, d in ((3.0, -2.0, 1.0, 0.0), (0.01, 5.0, 40.0, -7.0)):
-        torch.testing.assert_close(sv.pearson_loss(a * x + b, c * y + d), base,
-                                   rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(sv.pearson_loss(-x, y), 2.0 - base, rtol=1e-9, atol=1e-12)
-    assert sv.pearson_loss(x, 2 * x + 1).abs().item() < 1e-12
-    assert sv.pearson_loss(x, -x).item() == pytest.approx(2.0)
-
-
-def test_pearson_loss_gradient_is_right():
-    """Closed form: d corr / d x_i = yc_i / sqrt(Sxx Syy) - corr xc_i / Sxx (centred x, y)."""
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(64, generator=g, dtype=torch.float64).requires_grad_(True)
-    y = torch.rand(64, generator=g, dtype=torch.float64) + 0.5 * x.detach()
-    loss = sv.pearson_loss(x, y, eps=0.0)
-    (grad,) = torch.autograd.grad(loss, x)
-    xc, yc = x.detach() - x.detach().mean(), y - y.mean()
-    sxx, syy = (xc * xc).sum(), (yc * yc).sum()
-    corr = (xc * yc).sum() / torch.sqrt(sxx * syy)
-    expected = -(yc / torch.sqrt(sxx * syy) - corr * xc / sxx)
-    torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-14)
-    assert grad.sum().abs().item() < 1e-12          # shift invariance: gradient sums to zero
-    torch.autograd.gradcheck(lambda t: sv.pearson_loss(t, y), (x,))
-
-
-def test_pearson_loss_masks_pixels_out():
-    g = torch.Generator().manual_seed(2)
-    x = torch.rand(8, 9, generator=g, dtype=torch.float64).requires_grad_(True)
-    y = torch.rand(8, 9, generator=g, dtype=torch.float64)
-    mask = torch.rand(8, 9, generator=g) > 0.4
-    loss = sv.pearson_loss(x, y, mask)
-    loss.backward()
-    assert (x.grad[~mask] == 0).all() and (x.grad[mask] != 0).all()
-    torch.testing.assert_close(loss, sv.pearson_loss(x.detach()[mask], y[mask]))
-    few = torch.zeros_like(mask)
-    few[0, 0] = True
-    assert sv.pearson_loss(x, y, few).item() == 0.0
-
-
-def test_depth_prior_loss_vanishes_at_the_true_geometry():
+@pytest.mark.parametrize("kind", ["pearson", "patch", "ranking", "ssi"])
+def test_depth_prior_loss_vanishes_at_the_true_geometry(kind):
+    """Each depth loss of the example (the package's depth_losses) is 0 at the true geometry
+    whatever the prior's scale and shift (the ranking's at most its margin, 1e-4: pairs the
+    prior orders alike cost at most that), positive for a tilted one, blind to pixels of weight
+    <= 0.5, and the same on the inverse-depth render."""
+    assert set(sv.DEPTH_LOSSES) == {"pearson", "patch", "ranking", "ssi"}
     depth = _true_depth()
     prior, _ = sv.monocular_prior(depth, torch.Generator().manual_seed(4), noise=0.0)
     weight = torch.ones_like(depth)
-    assert sv.depth_prior_loss(depth, weight, prior).item() < 1e-12
+    at_truth = sv.depth_prior_loss(depth, weight, prior, kind=kind, step=3).item()
+    assert at_truth <= (1e-4 if kind == "ranking" else 1e-12)
     # ... and is positive for a wrong geometry, e.g. a tilted version of the depth.
     tilt = torch.linspace(0.5, 1.5, depth.shape[1], dtype=torch.float64)[None, :]
-    assert sv.depth_prior_loss(depth * tilt, weight, prior).item() > 1e-3
+    assert sv.depth_prior_loss(depth * tilt, weight, prior, kind=kind, step=3).item() > \
+        max(10 * at_truth, 1e-3 if kind != "ranking" else 1e-4)
     # Pixels with weight <= 0.5 neither count nor receive gradient.
     d = (depth * tilt).clone().requires_grad_(True)
     weight = weight.clone()
     weight[:, :10] = 0.3
-    sv.depth_prior_loss(d, weight, prior).backward()
+    sv.depth_prior_loss(d, weight, prior, kind=kind, step=3).backward()
     assert (d.grad[:, :10] == 0).all() and (d.grad[:, 10:] != 0).any()
-    # An inverse-depth map (inverse=True) is correlated as it is: 1 / depth gives the same loss.
+    # An inverse-depth map (inverse=True) is compared as it is: 1 / depth gives the same loss.
     inv = 1 / (depth * tilt)
-    assert sv.depth_prior_loss(inv, weight, prior, inverse=True).item() == pytest.approx(
-        sv.depth_prior_loss(depth * tilt, weight, prior).item(), rel=1e-12)
+    assert sv.depth_prior_loss(inv, weight, prior, inverse=True, kind=kind,
+                               step=3).item() == pytest.approx(
+        sv.depth_prior_loss(depth * tilt, weight, prior, kind=kind, step=3).item(), rel=1e-12)
 
 
 def test_ssim_of_identical_images_is_one_and_matches_a_direct_sum():
