@@ -70,8 +70,9 @@ class _Maps:
         self.depth = depth
 
     def zero(self) -> torch.Tensor:
-        """0, with a zero gradient, still connected to the depth map."""
-        return (self.depth * 0).sum()
+        """0, with a zero gradient, still connected to the depth map (through x, which is finite
+        everywhere: a depth of inf at a left-out pixel would make depth * 0 NaN)."""
+        return (self.x * 0).sum()
 
 
 def _pearson(x, y, valid, count):
