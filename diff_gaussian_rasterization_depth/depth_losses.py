@@ -12,8 +12,8 @@ compares it with the rendered inverse depth x = 1 / depth over the pixels the re
   normalization, FSGS's patches);
 - `ranking_depth_loss`: the order of random pixel pairs (SparseNeRF, SparseGS): only the prior's
   ordering counts, so any increasing distortion of it is harmless;
-- `scale_shift_invariant_depth_loss`: L1 after the least-squares scale and shift (MiDaS), relative
-  to the rendered mean inverse depth.
+- `scale_shift_invariant_depth_loss`: L1 after the render's least-squares scale and shift onto
+  the prior (MiDaS), relative to the prior's spread.
 
     color, radii, depth, weight = rasterizer(...)
     loss = photometric + 0.5 * pearson_depth_loss(depth, weight, prior)
@@ -221,23 +221,28 @@ def scale_shift_invariant_depth_loss(depth: torch.Tensor, weight: torch.Tensor,
                                      prior: torch.Tensor, min_weight: float = 0.5,
                                      inverse_depth: bool = False,
                                      mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The scale- and shift-invariant L1 loss (MiDaS): the prior mapped by the least-squares
-    scale s and shift t onto the rendered inverse depth x (fitted to x detached, each call anew),
-    then mean |x - (s prior + t)| over the valid pixels divided by their mean x (detached), so
-    that the loss is relative, as Pearson's is. 0 where x is affine in the prior (any nonzero
-    scale). 0 with fewer than 2 valid pixels."""
+    """MiDaS's scale- and shift-invariant L1 loss: the rendered inverse depth x mapped onto the
+    prior by its least-squares scale s and shift t (computed from x, with their gradients, as
+    MiDaS aligns its prediction to the ground truth), then mean |s x + t - prior| over the
+    valid pixels, divided by the prior's mean absolute deviation there. So it is invariant to
+    an affine map of either (the render's own scale is the photometric loss's to set), 0 where
+    x is affine in the prior (any nonzero scale), and 1 where x is flat. Aligning the prior to
+    the render instead would shrink the prior's scale toward 0 while the render is poor
+    (regression to the mean) and pull the render flat. 0 with fewer than 2 valid pixels or a
+    flat prior."""
     maps = _Maps(depth, weight, prior, min_weight, inverse_depth, mask)
     if maps.count < 2:
         return maps.zero()
     w = maps.valid.to(maps.x.dtype)
     n = maps.count
-    x, y = maps.x, maps.y
-    with torch.no_grad():
-        mean_x, mean_y = (x * w).sum() / n, (y * w).sum() / n
-        yc = (y - mean_y) * w
-        spread = (yc * yc).sum()
-        scale = torch.where(spread > 0, ((x - mean_x) * yc).sum()
-                            / spread.clamp_min(torch.finfo(spread.dtype).tiny),
-                            torch.zeros_like(spread))
-        target = scale * y + (mean_x - scale * mean_y)
-    return ((x - target).abs() * w).sum() / (n * mean_x)
+    x, y = maps.x, maps.y.detach()
+    mean_y = (y * w).sum() / n
+    spread = ((y - mean_y).abs() * w).sum() / n
+    if not bool(spread > 0):
+        return maps.zero()
+    xc = (x - (x * w).sum() / n) * w
+    sxx = (xc * xc).sum()
+    scale = ((xc * (y - mean_y)).sum() / sxx.clamp_min(torch.finfo(sxx.dtype).tiny)
+             ) * (sxx.detach() > 0)
+    aligned = scale * xc + mean_y
+    return ((aligned - y).abs() * w).sum() / (n * spread)

@@ -162,29 +162,33 @@ def ranking_oracle(depth, weight, prior, pairs=4096, radius=None, margin=1e-4, m
 
 
 def fit_scale_shift(x, y):
-    """(s, t) minimising sum (s y + t - x)^2 by numpy's least squares; s = 0 for a flat y."""
+    """(s, t) minimising sum (s x + t - y)^2 by numpy's least squares (x detached), the render
+    mapped onto the prior; s = 0 for a flat x."""
     xd, yd = x.detach().numpy(), y.numpy()
-    if ((yd - yd.mean()) ** 2).sum() == 0:
-        return 0.0, float(xd.mean())
-    A = np.stack([yd, np.ones_like(yd)], axis=1)
-    (s, t), *_ = np.linalg.lstsq(A, xd, rcond=None)
+    if ((xd - xd.mean()) ** 2).sum() == 0:
+        return 0.0, float(yd.mean())
+    A = np.stack([xd, np.ones_like(xd)], axis=1)
+    (s, t), *_ = np.linalg.lstsq(A, yd, rcond=None)
     return float(s), float(t)
 
 
 def ssi_oracle(depth, weight, prior, min_weight=0.5, inverse_depth=False, mask=None,
-               detach_fit=True):
+               detach_fit=False):
     v = valid_pixels(depth, weight, prior, min_weight, inverse_depth, mask)
     x = x_of(depth, v, inverse_depth)
     y = prior.detach().reshape(-1).double()[v]
     if x.numel() < 2:
         return (x * 0).sum()
+    spread = (y - y.mean()).abs().mean()
+    if spread == 0:
+        return (x * 0).sum()
     if detach_fit:
         s, t = fit_scale_shift(x, y)
     else:
-        yc = y - y.mean()
-        s = ((x - x.mean()) * yc).sum() / (yc * yc).sum()
-        t = x.mean() - s * y.mean()
-    return (x - (s * y + t)).abs().mean() / x.detach().mean()
+        xc = x - x.mean()
+        s = (xc * (y - y.mean())).sum() / (xc * xc).sum()
+        t = y.mean() - s * x.mean()
+    return (s * x + t - y).abs().mean() / spread
 
 
 ORACLES = {"pearson": pearson_oracle, "patch": patch_pearson_oracle, "ranking": ranking_oracle,
@@ -284,15 +288,15 @@ def test_pearson_oracle_is_one_minus_corrcoef(seed):
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_oracle_detaches_matter(seed):
-    """Power of the gradient comparisons: the oracles without the spec's detaches (ranking's
-    mean, SSI's alignment) give other gradients."""
+    """Power of the gradient comparisons: the ranking oracle without its detached mean, and the
+    SSI oracle with its alignment detached, give other gradients."""
     depth, weight, prior, mask = make_data(seed)
     kw = dict(mask=mask)
     _, g = oracle_vg("ranking", depth, weight, prior, **kw)
     _, g_bad = oracle_vg("ranking", depth, weight, prior, detach_mean=False, **kw)
     assert (g - g_bad).abs().max() > 1e-6 * g.abs().max()
     _, g = oracle_vg("ssi", depth, weight, prior, **kw)
-    _, g_bad = oracle_vg("ssi", depth, weight, prior, detach_fit=False, **kw)
+    _, g_bad = oracle_vg("ssi", depth, weight, prior, detach_fit=True, **kw)
     assert (g - g_bad).abs().max() > 1e-6 * g.abs().max()
 
 
@@ -972,8 +976,8 @@ def test_ranking_ties_are_left_out(seed):
 @pytest.mark.parametrize("dtype", [F64, F32])
 @pytest.mark.parametrize("seed", SEEDS)
 def test_ssi_affine_prior_and_affine_x(seed, dtype):
-    """prior -> a*prior + b (a != 0): unchanged; x = a*prior + b exactly (a of either sign): 0;
-    a non-affine prior transform changes the loss."""
+    """prior -> a*prior + b and x -> a*x + b (a != 0): unchanged; x = a*prior + b exactly (a of
+    either sign): 0; a non-affine prior transform changes the loss."""
     depth, weight, prior, mask = make_data(seed, dtype=dtype)
     tol = 1e-10 if dtype == F64 else 1e-5
     fn = dl.scale_shift_invariant_depth_loss
@@ -981,6 +985,10 @@ def test_ssi_affine_prior_and_affine_x(seed, dtype):
     assert base > 1e-3
     for a, b in [(0.25, -2.0), (-3.7, 11.0)]:
         assert abs(fn(depth, weight, a * prior + b, mask=mask).item() - base) < tol * 10
+    x = torch.where(torch.isfinite(depth) & (depth != 0), 1 / depth, depth)
+    for a, b in [(3.0, 0.5), (-0.2, 4.0)]:
+        moved = fn(a * x + b, weight, prior, mask=mask, inverse_depth=True).item()
+        assert abs(moved - fn(x, weight, prior, mask=mask, inverse_depth=True).item()) < tol * 10
     curved = torch.where(torch.isfinite(prior), torch.exp(2 * prior), prior)
     assert abs(fn(depth, weight, curved, mask=mask).item() - base) > 1e-4
     d64, w64, p64, _ = make_data(seed, weird=False)
@@ -996,33 +1004,38 @@ def test_ssi_affine_prior_and_affine_x(seed, dtype):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_ssi_gradient_formula(seed):
-    """Gradient w.r.t. x (inverse_depth) at a valid pixel: sign(x - (s*y + t)) / (n * mean(x)),
-    (s, t) by least squares; 0 elsewhere."""
-    x, weight, prior, mask = make_data(seed, SHAPES[seed % 2], inverse_depth=True)
+def test_ssi_gradient_is_blind_to_the_renders_scale_and_shift(seed):
+    """The alignment's gradient is kept (MiDaS's): the gradient g w.r.t. x (inverse_depth) has
+    no component along a shift or a scaling of x (sum g = 0 and sum g x = 0 over the valid
+    pixels), where the loss with its alignment detached has both."""
+    x, weight, prior, mask = make_data(seed, SHAPES[seed % 2], inverse_depth=True, weird=False)
     _, grad = impl_vg("ssi", x, weight, prior, mask=mask, inverse_depth=True)
     v = valid_pixels(x, weight, prior, inverse_depth=True, mask=mask)
-    xv, yv = x.reshape(-1)[v], prior.reshape(-1)[v]
-    s, t = fit_scale_shift(xv, yv)
-    want = torch.zeros(x.numel(), dtype=F64)
-    want[v] = torch.sign(xv - (s * yv + t)) / (v.sum() * xv.mean())
-    assert (want[v] != 0).all()
-    torch.testing.assert_close(grad.reshape(-1), want, rtol=1e-10, atol=1e-14)
+    g, xv = grad.reshape(-1)[v], x.reshape(-1)[v]
+    scale = g.abs().sum() * xv.abs().max()
+    assert abs(g.sum().item()) < 1e-12 * scale and abs((g * xv).sum().item()) < 1e-12 * scale
+    _, detached = oracle_vg("ssi", x, weight, prior, mask=mask, inverse_depth=True,
+                            detach_fit=True)
+    d = detached.reshape(-1)[v]
+    d_scale = d.abs().sum() * xv.abs().max()
+    assert max(abs(d.sum().item()), abs((d * xv).sum().item())) > 1e-8 * d_scale
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_ssi_flat_prior_uses_zero_scale(seed):
-    """A prior constant on the valid pixels: s = 0, t = mean(x): loss = mean|x - mean(x)| /
-    mean(x)."""
+def test_ssi_flat_maps(seed):
+    """A prior constant on the valid pixels: 0 (nothing to align to); an x constant there: 1
+    (the aligned render is the prior's mean), both with a zero gradient."""
     depth, weight, prior, mask = make_data(seed)
     v = valid_pixels(depth, weight, prior, mask=mask).view(depth.shape)
-    prior = prior.clone()
-    prior[v] = 2.0
-    out = dl.scale_shift_invariant_depth_loss(depth, weight, prior, mask=mask)
-    x = 1 / depth[v]
-    want = (x - x.mean()).abs().mean() / x.mean()
-    assert torch.isfinite(out) and abs(out.item() - want.item()) < 1e-12
-    assert want.item() > 1e-2
+    flat_prior = prior.clone()
+    flat_prior[v] = 2.0
+    value, grad = impl_vg("ssi", depth, weight, flat_prior, mask=mask)
+    assert value.item() == 0.0 and (grad == 0).all()
+    flat_depth = depth.clone()
+    flat_depth[v] = 0.5
+    value, grad = impl_vg("ssi", flat_depth, weight, prior, mask=mask)
+    assert abs(value.item() - 1.0) < 1e-12 and (grad == 0).all()
+    assert abs(impl_vg("ssi", depth, weight, prior, mask=mask)[0].item() - 1.0) > 1e-3
 
 
 # ----------------------------------------------------------------------------------------------
