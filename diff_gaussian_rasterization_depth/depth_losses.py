@@ -12,8 +12,8 @@ compares it with the rendered inverse depth x = 1 / depth over the pixels the re
   normalization, FSGS's patches);
 - `ranking_depth_loss`: the order of random pixel pairs (SparseNeRF, SparseGS): only the prior's
   ordering counts, so any increasing distortion of it is harmless;
-- `scale_shift_invariant_depth_loss`: L1 after the render's least-squares scale and shift onto
-  the prior (MiDaS), relative to the prior's spread.
+- `scale_shift_invariant_depth_loss`: MiDaS's: L1 between the two, each shifted by its median
+  and scaled by its mean absolute deviation.
 
     color, radii, depth, weight = rasterizer(...)
     loss = photometric + 0.5 * pearson_depth_loss(depth, weight, prior)
@@ -217,32 +217,32 @@ def ranking_depth_loss(depth: torch.Tensor, weight: torch.Tensor, prior: torch.T
     return terms[ordered].mean()
 
 
+def _robust_normalized(v: torch.Tensor):
+    """(v - median) / (mean |v - median|) and that spread: MiDaS's shift and scale estimates."""
+    centre = v.median()
+    spread = (v - centre).abs().mean()
+    return (v - centre) / spread.clamp_min(torch.finfo(v.dtype).tiny), spread
+
+
 def scale_shift_invariant_depth_loss(depth: torch.Tensor, weight: torch.Tensor,
                                      prior: torch.Tensor, min_weight: float = 0.5,
                                      inverse_depth: bool = False,
                                      mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """MiDaS's scale- and shift-invariant L1 loss: the rendered inverse depth x mapped onto the
-    prior by its least-squares scale s and shift t (computed from x, with their gradients, as
-    MiDaS aligns its prediction to the ground truth), then mean |s x + t - prior| over the
-    valid pixels, divided by the prior's mean absolute deviation there. So it is invariant to
-    an affine map of either (the render's own scale is the photometric loss's to set), 0 where
-    x is affine in the prior (any nonzero scale), and 1 where x is flat. Aligning the prior to
-    the render instead would shrink the prior's scale toward 0 while the render is poor
-    (regression to the mean) and pull the render flat. 0 with fewer than 2 valid pixels or a
-    flat prior."""
+    """MiDaS's scale- and shift-invariant loss (Ranftl et al. 2020, with its robust
+    estimates): the rendered inverse depth x and the prior each shifted by its median and
+    scaled by its mean absolute deviation from it, over the valid pixels, then the mean L1
+    distance of the two (gradients through x's median and deviation too). Invariant to a
+    positive scale and any shift of either, 0 where x is such a map of the prior, unitless.
+    Unlike a least-squares fit of one to the other, it keeps the sign: an inverted render
+    (near drawn far) costs the most, where a fitted negative scale would make it free. 1 where
+    x is flat (with a zero gradient); 0 with fewer than 2 valid pixels or a flat prior."""
     maps = _Maps(depth, weight, prior, min_weight, inverse_depth, mask)
     if maps.count < 2:
         return maps.zero()
-    w = maps.valid.to(maps.x.dtype)
-    n = maps.count
-    x, y = maps.x, maps.y.detach()
-    mean_y = (y * w).sum() / n
-    spread = ((y - mean_y).abs() * w).sum() / n
-    if not bool(spread > 0):
+    y, y_spread = _robust_normalized(maps.y[maps.valid].detach())
+    if not bool(y_spread > 0):
         return maps.zero()
-    xc = (x - (x * w).sum() / n) * w
-    sxx = (xc * xc).sum()
-    scale = ((xc * (y - mean_y)).sum() / sxx.clamp_min(torch.finfo(sxx.dtype).tiny)
-             ) * (sxx.detach() > 0)
-    aligned = scale * xc + mean_y
-    return ((aligned - y).abs() * w).sum() / (n * spread)
+    x, x_spread = _robust_normalized(maps.x[maps.valid])
+    if not bool(x_spread.detach() > 0):
+        return maps.zero() + 1
+    return (x - y).abs().mean()
