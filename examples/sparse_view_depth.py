@@ -14,7 +14,10 @@ initialization and are fitted twice, with the same seed, views and iteration cou
 and both are scored on the held-out views: PSNR of the colour and AbsRel of the rendered depth
 against the true view-space z (where weight > 0.5). With --inverse-depth a third fit correlates
 the prior with the mean inverse depth sum(w / z) / weight instead (`inverse_depth=True`, the
-2024 upstream's quantity) and is scored the same way. With --pose-noise DEGREES DISTANCE two
+2024 upstream's quantity) and is scored the same way. With --depth-losses the "+ depth" fit is
+made once with each loss named, from the package's depth_losses (pearson, the above; patch,
+the Pearson per patch; ranking, the order of pixel pairs; ssi, MiDaS's scale- and
+shift-invariant L1). With --pose-noise DEGREES DISTANCE two
 more "+ depth" fits are given training poses turned and moved by that much (as poses estimated
 from few photos are): one keeps them, one refines them with the Gaussians (an SE(3) correction
 per view but the first, which anchors the frame; the rasterizer's camera gradients reach it).
@@ -26,6 +29,7 @@ against the fixed model, the pose-free methods' protocol). Run:
     python examples/sparse_view_depth.py                       # one seed, a minute or two on a CPU
     python examples/sparse_view_depth.py --seeds 0 1 2         # the table of doc/sparse_view.md
     python examples/sparse_view_depth.py --seeds 0 1 2 --inverse-depth
+    python examples/sparse_view_depth.py --seeds 0 1 2 --depth-losses pearson patch ranking ssi
     python examples/sparse_view_depth.py --seeds 0 1 2 --pose-noise 2 0.1 --train-views 8 \
         --iterations 800
 

@@ -491,6 +491,22 @@ def test_run_seed_with_pose_noise_reports_every_variant_and_its_pose_error(tmp_p
 
 
 @needs_backend
+def test_run_seed_fits_once_per_depth_loss():
+    """--depth-losses: one "+ depth" fit per loss named (the same start and views), each its
+    own model, and the command line takes the names."""
+    cfg = sv.ExperimentConfig(width=24, height=18, gaussians=200, iterations=6,
+                              depth_losses=sv.DEPTH_LOSSES)
+    res = sv.run_seed(1, cfg, "cpu", out_dir=None, progress=False)
+    assert list(res) == ["photometric", "+ depth", "+ depth (patch)", "+ depth (ranking)",
+                         "+ depth (ssi)"]
+    for m in res.values():
+        assert math.isfinite(m["psnr"]) and math.isfinite(m["abs_rel"])
+    assert len({round(m["abs_rel"], 12) for m in res.values()}) == len(res)
+    with pytest.raises(SystemExit):
+        sv.main(["--depth-losses", "pearson", "median"])
+
+
+@needs_backend
 def test_test_time_pose_recovers_a_held_out_camera():
     """The held-out view's pose corrected against a fixed model: from 2 degrees and 0.1 off it
     comes back near the pose that rendered the target, and the model takes no gradient."""
