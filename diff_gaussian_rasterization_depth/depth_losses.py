@@ -32,6 +32,7 @@ from ._precision import compute_dtype, upcast
 __all__ = ["pearson_depth_loss", "patch_pearson_depth_loss", "ranking_depth_loss",
            "ranking_pairs", "scale_shift_invariant_depth_loss"]
 
+
 class _Maps:
     """The rendered inverse depth x and the prior y as (H, W) maps in the compute dtype, the
     valid pixels (bool, (H, W)), and their count. x is 1 at left-out pixels (a value that cannot
@@ -67,7 +68,6 @@ class _Maps:
         self.y = torch.where(valid, prior.to(dtype), torch.zeros_like(self.x))
         self.valid = valid
         self.count = int(valid.sum())
-        self.depth = depth
 
     def zero(self) -> torch.Tensor:
         """0, with a zero gradient, still connected to the depth map (through x, which is finite
