@@ -424,7 +424,12 @@ def test_features_cpu_lanes_off_reports_every_variant(tmp_path):
     names = {"plain", "C=3", "median", "touch count", "contributions"}
     assert set(r["medians"]) == names | {f"{n} per-pixel" for n in names}
     for m in r["medians"].values():
-        assert m["fwd_bwd"] > m["fwd"] > 0
+        assert m["fwd_bwd"] > 0 and m["fwd"] > 0
+    # One timing each on a shared machine: a walk variant's forward alone (0.16 s at this scale)
+    # has come out 1% slower than its forward + backward, whose backward is small beside the
+    # walk; over all ten variants the backwards' time stands well clear of the noise.
+    assert sum(m["fwd_bwd"] for m in r["medians"].values()) > \
+        sum(m["fwd"] for m in r["medians"].values())
     assert r["load"]["others_cores_used"] >= 0 and "other processes used" in proc.stdout
 
 
