@@ -34,15 +34,6 @@ def autocast_devices():
     return [d for d in AUTOCAST_DEVICES if autocast_enabled(d)]
 
 
-@contextlib.contextmanager
-def autocast_off():
-    """torch.autocast off within, on every device where it was on (as it was again after)."""
-    with contextlib.ExitStack() as stack:
-        for device_type in autocast_devices():
-            stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
-        yield
-
-
 def full_precision(fn):
     """fn run with autocast off. Why: inside `torch.autocast`, matrix products (`@`, matmul,
     addmm, mv) run in float16 or bfloat16, which would round camera matrices, projected points
@@ -51,9 +42,12 @@ def full_precision(fn):
     where autocast is off."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if not (autocast_enabled("cuda") or autocast_enabled("cpu")):
+        devices = autocast_devices()
+        if not devices:
             return fn(*args, **kwargs)
-        with autocast_off():
+        with contextlib.ExitStack() as stack:
+            for device_type in devices:
+                stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
             return fn(*args, **kwargs)
     return wrapper
 

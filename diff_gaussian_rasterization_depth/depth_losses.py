@@ -28,6 +28,7 @@ from typing import Optional, Tuple
 import torch
 
 from ._precision import compute_dtype, upcast
+from ._validation import _require_int
 
 __all__ = ["pearson_depth_loss", "patch_pearson_depth_loss", "ranking_depth_loss",
            "ranking_pairs", "scale_shift_invariant_depth_loss"]
@@ -57,7 +58,7 @@ class _Maps:
         dtype = compute_dtype(depth)
         depth = upcast(depth, dtype)
         shape = depth.shape
-        prior = upcast(prior, dtype).reshape(shape).to(depth.device)
+        prior = prior.reshape(shape).to(device=depth.device, dtype=dtype)
         valid = (weight.detach().reshape(shape) > min_weight) & torch.isfinite(prior)
         if mask is not None:
             valid &= mask.reshape(shape).to(device=depth.device, dtype=torch.bool)
@@ -65,9 +66,10 @@ class _Maps:
         valid &= torch.isfinite(d) if inverse_depth else (torch.isfinite(d) & (d > 0))
         safe = torch.where(valid, depth, torch.ones_like(depth))
         self.x = safe if inverse_depth else 1.0 / safe
-        self.y = torch.where(valid, prior.to(dtype), torch.zeros_like(self.x))
+        self.y = torch.where(valid, prior, torch.zeros_like(self.x))
         self.valid = valid
-        self.count = int(valid.sum())
+        self.valid_sum = valid.sum()
+        self.count = int(self.valid_sum)
 
     def zero(self) -> torch.Tensor:
         """0, with a zero gradient, still connected to the depth map (through x, which is finite
@@ -104,7 +106,7 @@ def pearson_depth_loss(depth: torch.Tensor, weight: torch.Tensor, prior: torch.T
     if maps.count < 2:
         return maps.zero()
     loss, counts = _pearson(maps.x.reshape(-1), maps.y.reshape(-1), maps.valid.reshape(-1),
-                            maps.valid.sum())
+                            maps.valid_sum)
     return loss if bool(counts) else maps.zero()
 
 
@@ -137,11 +139,10 @@ def patch_pearson_depth_loss(depth: torch.Tensor, weight: torch.Tensor, prior: t
     rows offset[0] + k patch_size and columns offset[1] + k patch_size (a random offset per
     step varies the cuts); a patch counts with at least `min_pixels` valid pixels (default a
     quarter of it, at least 2) and neither map flat over them. 0 where none counts."""
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 2:
-        raise ValueError(f"patch_size: expected an int >= 2, got {patch_size!r}")
-    if (not isinstance(offset, (tuple, list)) or len(offset) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offset)):
+    patch_size = _require_int("patch_size", patch_size, 2)
+    if not isinstance(offset, (tuple, list)) or len(offset) != 2:
         raise ValueError(f"offset: expected a pair of ints, got {offset!r}")
+    offset = tuple(_require_int("offset", o, -2 ** 62) for o in offset)
     need = max(2, patch_size * patch_size // 4) if min_pixels is None else max(2, min_pixels)
     maps = _Maps(depth, weight, prior, min_weight, inverse_depth, mask)
     if maps.count < 2:
@@ -168,11 +169,8 @@ def ranking_pairs(valid: torch.Tensor, pairs: int = 4096, radius: Optional[int] 
     if valid.dim() != 2 or valid.dtype != torch.bool:
         raise ValueError(f"valid: expected a bool (H, W) map, got {valid.dtype} of shape "
                          f"{tuple(valid.shape)}")
-    if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1:
-        raise ValueError(f"pairs: expected an int >= 1, got {pairs!r}")
-    if radius is not None and (isinstance(radius, bool) or not isinstance(radius, int)
-                               or radius < 1):
-        raise ValueError(f"radius: expected None or an int >= 1, got {radius!r}")
+    pairs = _require_int("pairs", pairs, 1)
+    radius = None if radius is None else _require_int("radius", radius, 1)
     H, W = valid.shape
     flat = valid.reshape(-1).cpu()
     candidates = flat.nonzero()[:, 0]

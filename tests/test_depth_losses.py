@@ -557,13 +557,32 @@ def test_argument_errors(name):
             call(name, depth, weight, prior, **kw)
 
 
-@pytest.mark.parametrize("patch_size", [1, 0, -4, 8.0, 2.5])
+@pytest.mark.parametrize("patch_size", [1, 0, -4, 8.0, 2.5, True])
 def test_patch_size_must_be_an_int_of_at_least_2(patch_size):
-    """patch_size not an int >= 2: ValueError naming patch_size; 2 is accepted."""
+    """patch_size an int below 2: ValueError naming patch_size; not an int: TypeError naming it
+    (the package's rule, _validation._require_int); 2 is accepted."""
     depth, weight, prior, mask = make_data(0, weird=False)
-    with pytest.raises(ValueError, match="patch_size"):
+    error = ValueError if type(patch_size) is int else TypeError
+    with pytest.raises(error, match="patch_size"):
         dl.patch_pearson_depth_loss(depth, weight, prior, patch_size=patch_size)
     assert torch.isfinite(dl.patch_pearson_depth_loss(depth, weight, prior, patch_size=2))
+
+
+@pytest.mark.parametrize("name,value,error", [("pairs", 0, ValueError), ("pairs", 2.0, TypeError),
+                                              ("radius", 0, ValueError),
+                                              ("radius", 1.5, TypeError)])
+def test_ranking_arguments_are_checked(name, value, error):
+    """ranking_pairs' (and so ranking_depth_loss's) pairs and radius: an int below 1 is a
+    ValueError, not an int a TypeError, each naming the argument; a bad offset of the patch grid
+    too."""
+    depth, weight, prior, mask = make_data(0, weird=False)
+    with pytest.raises(error, match=name):
+        dl.ranking_depth_loss(depth, weight, prior, **{name: value})
+    with pytest.raises(TypeError, match="offset"):
+        dl.patch_pearson_depth_loss(depth, weight, prior, offset=(1.5, 0))
+    with pytest.raises(ValueError, match="offset"):
+        dl.patch_pearson_depth_loss(depth, weight, prior, offset=(1,))
+    assert torch.isfinite(dl.ranking_depth_loss(depth, weight, prior, pairs=1, radius=1))
 
 
 # ----------------------------------------------------------------------------------------------
