@@ -18,10 +18,16 @@ compares it with the rendered inverse depth x = 1 / depth over the pixels the re
     color, radii, depth, weight = rasterizer(...)
     loss = photometric + 0.5 * pearson_depth_loss(depth, weight, prior)
 
-Shapes: (H, W) or (1, H, W) for each map. float16 / bfloat16 maps (a depth network run under
+Shapes: (H, W) for one image, (B, H, W) or (B, 1, H, W) for a batch of B (each of weight,
+prior and mask with as many values, in any of these shapes): each image is its own comparison
+(its own prior scale and shift; a Pearson over a flattened batch would ask one affine map of all
+the views), and the loss is the mean over the images that count. float16 / bfloat16 maps (a depth network run under
 autocast) are computed in float32. No pixel left out (low weight, `mask` False, a non-finite
 prior, a non-positive depth) reaches the loss or takes a gradient; with too few pixels left the
-loss is 0, with a zero gradient. doc/depth_and_weight.md, section 3, says which to use.
+loss is 0, with a zero gradient. No loss waits for the device: which pixels, patches and pairs
+count is decided by masks on the device, never by a count read back to the host (a training step
+on a GPU keeps its queue full; tests/test_depth_losses.py runs each on the meta device, where any
+such read raises). doc/depth_and_weight.md, section 3, says which to use.
 """
 from typing import Optional, Tuple
 
@@ -35,9 +41,10 @@ __all__ = ["pearson_depth_loss", "patch_pearson_depth_loss", "ranking_depth_loss
 
 
 class _Maps:
-    """The rendered inverse depth x and the prior y as (H, W) maps in the compute dtype, the
-    valid pixels (bool, (H, W)), and their count. x is 1 at left-out pixels (a value that cannot
-    be inf or NaN, so that no gradient there is NaN either); every loss masks them out."""
+    """The rendered inverse depth x and the prior y as (B, H, W) maps in the compute dtype, the
+    valid pixels (bool, (B, H, W)), and their count per image ((B,), on the device: reading it
+    on the host would wait for the device). x is 1 at left-out pixels (a value that cannot be
+    inf or NaN, so that no gradient there is NaN either); every loss masks them out."""
 
     def __init__(self, depth, weight, prior, min_weight, inverse_depth, mask):
         for name, t in (("depth", depth), ("weight", weight), ("prior", prior), ("mask", mask)):
@@ -45,19 +52,14 @@ class _Maps:
                 continue
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"{name}: expected a tensor, got {type(t).__name__}")
-        if depth.dim() == 3 and depth.shape[0] == 1:
-            depth = depth[0]
-        if depth.dim() != 2:
-            raise ValueError(f"depth: expected shape (H, W) or (1, H, W), got "
-                             f"{tuple(depth.shape)}")
+        shape = _batch_shape(depth)
         for name, t in (("weight", weight), ("prior", prior), ("mask", mask)):
             if t is not None and t.numel() != depth.numel():
                 raise ValueError(f"{name}: expected {depth.numel()} values, one per pixel of "
                                  f"the depth map {tuple(depth.shape)}, got shape "
                                  f"{tuple(t.shape)}")
         dtype = compute_dtype(depth)
-        depth = upcast(depth, dtype)
-        shape = depth.shape
+        depth = upcast(depth, dtype).reshape(shape)
         prior = prior.reshape(shape).to(device=depth.device, dtype=dtype)
         valid = (weight.detach().reshape(shape) > min_weight) & torch.isfinite(prior)
         if mask is not None:
@@ -68,13 +70,36 @@ class _Maps:
         self.x = safe if inverse_depth else 1.0 / safe
         self.y = torch.where(valid, prior, torch.zeros_like(self.x))
         self.valid = valid
-        self.valid_sum = valid.sum()
-        self.count = int(self.valid_sum)
+        self.count = valid.sum((1, 2))
 
-    def zero(self) -> torch.Tensor:
-        """0, with a zero gradient, still connected to the depth map (through x, which is finite
-        everywhere: a depth of inf at a left-out pixel would make depth * 0 NaN)."""
-        return (self.x * 0).sum()
+    def rows(self):
+        """(x, y, valid), each (B, H * W): an image a row."""
+        B = self.x.shape[0]
+        return self.x.reshape(B, -1), self.y.reshape(B, -1), self.valid.reshape(B, -1)
+
+
+def _batch_shape(depth: torch.Tensor) -> Tuple[int, int, int]:
+    """(B, H, W) of a depth map (H, W), (B, H, W) or (B, 1, H, W). A trailing 1 in three or
+    four dimensions is refused rather than read as images one pixel wide: it is gsplat's
+    channels-last layout, (C, H, W, 1), whose map is depth[..., 0]."""
+    shape = tuple(depth.shape)
+    if len(shape) == 2:
+        return (1, *shape)
+    if len(shape) in (3, 4) and shape[-1] != 1 and (len(shape) == 3 or shape[1] == 1):
+        return (shape[0], shape[-2], shape[-1])
+    hint = " (channels last, as gsplat's (C, H, W, 1)? pass depth[..., 0])" \
+        if len(shape) in (3, 4) and shape[-1] == 1 else ""
+    raise ValueError(f"depth: expected shape (H, W), (B, H, W) or (B, 1, H, W), got "
+                     f"{shape}{hint}")
+
+
+def _masked_mean(values: torch.Tensor, keep: torch.Tensor, dim=None) -> torch.Tensor:
+    """The mean of values where keep (over `dim`, or all), 0 where nothing is kept; the others
+    take a zero gradient (values must be finite there: the gradient is multiplied by 0). A
+    fixed-size reduction instead of values[keep].mean(), whose size the host must read."""
+    kept = torch.where(keep, values, torch.zeros_like(values))
+    dims = () if dim is None else (dim,)
+    return kept.sum(*dims) / keep.sum(*dims).clamp_min(1).to(values.dtype)
 
 
 def _pearson(x, y, valid, count):
@@ -101,30 +126,30 @@ def pearson_depth_loss(depth: torch.Tensor, weight: torch.Tensor, prior: torch.T
     pixels, in [0, 2]: 0 where they are affine alike (a positive scale, any shift), whatever the
     prior's own scale and shift. `inverse_depth`: `depth` is a mean inverse depth already (a
     render with `inverse_depth=True`). 0 with fewer than 2 valid pixels, or where either map is
-    flat over them (no correlation to ask for)."""
+    flat over them (no correlation to ask for). In a batch, the mean over the images that
+    count."""
     maps = _Maps(depth, weight, prior, min_weight, inverse_depth, mask)
-    if maps.count < 2:
-        return maps.zero()
-    loss, counts = _pearson(maps.x.reshape(-1), maps.y.reshape(-1), maps.valid.reshape(-1),
-                            maps.valid_sum)
-    return loss if bool(counts) else maps.zero()
+    # Fewer than 2 valid pixels leave a zero spread, so `counts` covers that case too.
+    loss, counts = _pearson(*maps.rows(), maps.count)
+    return _masked_mean(loss, counts)
 
 
 def _patches(t: torch.Tensor, size: int, offset: Tuple[int, int], fill) -> torch.Tensor:
-    """(patches, size * size) of an (H, W) map cut on a grid whose lines lie at rows
+    """(B, patches, size * size) of (B, H, W) maps cut on a grid whose lines lie at rows
     offset[0] + k size and columns offset[1] + k size, the cells the image edges cut padded
     with `fill`."""
-    H, W = t.shape
+    B, H, W = t.shape
     top, left = offset[0] % size, offset[1] % size
     top, left = (top and size - top), (left and size - left)  # padding before row/column 0
     rows, cols = -(-(H + top) // size), -(-(W + left) // size)
-    padded = torch.nn.functional.pad(t[None, None].to(torch.float64 if t.dtype == torch.bool
-                                                      else t.dtype),
+    padded = torch.nn.functional.pad(t[:, None].to(torch.float64 if t.dtype == torch.bool
+                                                   else t.dtype),
                                      (left, cols * size - W - left, top, rows * size - H - top),
-                                     value=fill)[0, 0]
+                                     value=fill)[:, 0]
     if t.dtype == torch.bool:
         padded = padded.bool()
-    return padded.reshape(rows, size, cols, size).permute(0, 2, 1, 3).reshape(-1, size * size)
+    return padded.reshape(B, rows, size, cols, size).permute(0, 1, 3, 2, 4).reshape(
+        B, rows * cols, size * size)
 
 
 def patch_pearson_depth_loss(depth: torch.Tensor, weight: torch.Tensor, prior: torch.Tensor,
@@ -138,23 +163,70 @@ def patch_pearson_depth_loss(depth: torch.Tensor, weight: torch.Tensor, prior: t
     local shape is still asked for. Patches of `patch_size` pixels on a grid whose lines lie at
     rows offset[0] + k patch_size and columns offset[1] + k patch_size (a random offset per
     step varies the cuts); a patch counts with at least `min_pixels` valid pixels (default a
-    quarter of it, at least 2) and neither map flat over them. 0 where none counts."""
+    quarter of it, at least 2) and neither map flat over them. 0 where none counts. In a
+    batch, each image's mean over its patches, then the mean over the images with a patch that
+    counts."""
     patch_size = _require_int("patch_size", patch_size, 2)
     if not isinstance(offset, (tuple, list)) or len(offset) != 2:
         raise ValueError(f"offset: expected a pair of ints, got {offset!r}")
     offset = tuple(_require_int("offset", o, -2 ** 62) for o in offset)
     need = max(2, patch_size * patch_size // 4) if min_pixels is None else max(2, min_pixels)
     maps = _Maps(depth, weight, prior, min_weight, inverse_depth, mask)
-    if maps.count < 2:
-        return maps.zero()
     valid = _patches(maps.valid, patch_size, offset, False)
     count = valid.sum(-1)
     loss, counts = _pearson(_patches(maps.x, patch_size, offset, 0.0),
                             _patches(maps.y, patch_size, offset, 0.0), valid, count)
     counts &= count >= need
-    if not bool(counts.any()):
-        return maps.zero()
-    return loss[counts].mean()
+    return _masked_mean(_masked_mean(loss, counts, -1), counts.any(-1))
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """t (drawn on the host) on `device` without waiting for it: a CUDA copy from pinned memory
+    is queued like a kernel, where one from pageable memory waits for the queue to drain."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _draw_pairs(valid: torch.Tensor, pairs: int, radius: Optional[int],
+                generator: Optional[torch.Generator]
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(first, second, keep), each (B, pairs): pixel indices within each image of the
+    (B, H, W) map `valid` (row * W + column) and whether the pair holds (see ranking_pairs), on
+    valid's device, with no read of a valid count on the host. The random numbers are drawn
+    where `generator` lives (the CPU where None) and mapped to pixels on the device: a uniform
+    u picks the (floor(u n) + 1)-th of an image's n valid pixels, found by a binary search of
+    the running count of its valid pixels; that mapping is exact integer and correctly rounded
+    float64 arithmetic, so a seed gives the same pairs on any device."""
+    B, H, W = valid.shape
+    device = valid.device
+    draw_on = generator.device if generator is not None else torch.device("cpu")
+    flat = valid.reshape(B, H * W)
+    running = flat.cumsum(1)  # running[b, p]: the valid pixels of image b at or before p
+    n = running[:, -1:]
+    last = torch.tensor(H * W - 1, device=device)
+
+    def nth_valid(u):
+        k = (u * n.to(torch.float64)).floor().to(torch.int64).clamp_max(n - 1).clamp_min(0)
+        return torch.searchsorted(running, k + 1).clamp_max(last)  # first p: running >= k + 1
+
+    u = _to_device(torch.rand((B, 2, pairs), generator=generator, dtype=torch.float64,
+                              device=draw_on), device)
+    first = nth_valid(u[:, 0])
+    if radius is None:
+        second = nth_valid(u[:, 1])
+        inside = torch.ones_like(first, dtype=torch.bool)
+    else:
+        step = _to_device(torch.randint(-radius, radius + 1, (B, 2, pairs), generator=generator,
+                                        device=draw_on), device)
+        row, col = first // W + step[:, 0], first % W + step[:, 1]
+        inside = (row >= 0) & (row < H) & (col >= 0) & (col < W)
+        second = torch.where(inside, row * W + col, first)
+    # valid at first fails only where an image has no valid pixel (the search runs off its end).
+    keep = inside & (second != first) & flat.gather(1, first) & flat.gather(1, second)
+    return first, second, keep
 
 
 def ranking_pairs(valid: torch.Tensor, pairs: int = 4096, radius: Optional[int] = None,
@@ -164,30 +236,21 @@ def ranking_pairs(valid: torch.Tensor, pairs: int = 4096, radius: Optional[int] 
     `pairs` pixel pairs of the (H, W) bool map `valid`: the first pixel drawn uniformly among
     the valid ones, the second likewise (radius None) or at a uniform offset in
     [-radius, radius]^2 from the first; pairs whose second pixel is off the image, not valid, or
-    the first itself are dropped. Drawn on the CPU with `generator` (torch's default where None),
-    so a seeded generator gives the same pairs on any device."""
-    if valid.dim() != 2 or valid.dtype != torch.bool:
-        raise ValueError(f"valid: expected a bool (H, W) map, got {valid.dtype} of shape "
-                         f"{tuple(valid.shape)}")
+    the first itself are dropped. A (B, H, W) map: up to `pairs` in each image, indices into
+    valid.reshape(-1) ((b H + row) W + column). The random numbers come from `generator`
+    (torch's default CPU one where None, a CUDA generator draws on its GPU), and a seeded
+    generator gives the same pairs on any device. The pairs ranking_depth_loss draws with the
+    same seed (it keeps all of them on the device and masks the dropped ones; this call's
+    result has a size the host has to read)."""
+    if valid.dim() not in (2, 3) or valid.dtype != torch.bool:
+        raise ValueError(f"valid: expected a bool (H, W) or (B, H, W) map, got {valid.dtype} "
+                         f"of shape {tuple(valid.shape)}")
     pairs = _require_int("pairs", pairs, 1)
     radius = None if radius is None else _require_int("radius", radius, 1)
-    H, W = valid.shape
-    flat = valid.reshape(-1).cpu()
-    candidates = flat.nonzero()[:, 0]
-    empty = torch.zeros(0, dtype=torch.int64, device=valid.device)
-    if candidates.numel() < 2:
-        return empty, empty
-    first = candidates[torch.randint(candidates.numel(), (pairs,), generator=generator)]
-    if radius is None:
-        second = candidates[torch.randint(candidates.numel(), (pairs,), generator=generator)]
-        keep = second != first
-    else:
-        step = torch.randint(-radius, radius + 1, (2, pairs), generator=generator)
-        row, col = first // W + step[0], first % W + step[1]
-        inside = (row >= 0) & (row < H) & (col >= 0) & (col < W)
-        second = torch.where(inside, row * W + col, first)
-        keep = inside & (second != first) & flat[second]
-    return first[keep].to(valid.device), second[keep].to(valid.device)
+    batch = valid.reshape(-1, *valid.shape[-2:])
+    first, second, keep = _draw_pairs(batch, pairs, radius, generator)
+    image = torch.arange(batch.shape[0], device=valid.device)[:, None] * batch[0].numel()
+    return (first + image)[keep], (second + image)[keep]
 
 
 def ranking_depth_loss(depth: torch.Tensor, weight: torch.Tensor, prior: torch.Tensor,
@@ -199,27 +262,34 @@ def ranking_depth_loss(depth: torch.Tensor, weight: torch.Tensor, prior: torch.T
     them neighbours), the mean of relu(margin - s (x_i - x_j)), s the sign of the prior's
     difference (pairs the prior ties are left out) and x the rendered inverse depth over its
     mean (detached), so that `margin` is relative. Only the prior's order counts: any increasing
-    distortion of it changes nothing. 0 with no pair."""
+    distortion of it changes nothing. 0 with no pair. In a batch, `pairs` in each image, each
+    image's mean, then the mean over the images with a pair."""
+    pairs = _require_int("pairs", pairs, 1)
+    radius = None if radius is None else _require_int("radius", radius, 1)
     maps = _Maps(depth, weight, prior, min_weight, inverse_depth, mask)
-    first, second = ranking_pairs(maps.valid, pairs, radius, generator)
-    if first.numel() == 0:
-        return maps.zero()
-    x = maps.x.reshape(-1)
-    x = x / (x.detach() * maps.valid.reshape(-1)).sum() * maps.count
-    y = maps.y.reshape(-1)
-    sign = torch.sign(y[first] - y[second])
-    ordered = sign != 0
-    if not bool(ordered.any()):
-        return maps.zero()
-    terms = torch.relu(margin - sign * (x[first] - x[second]))
-    return terms[ordered].mean()
+    first, second, keep = _draw_pairs(maps.valid, pairs, radius, generator)
+    x, y, valid = maps.rows()
+    mean = (x.detach() * valid).sum(1, keepdim=True) / \
+        maps.count[:, None].clamp_min(1).to(x.dtype)
+    x = x / torch.where(mean != 0, mean, torch.ones_like(mean))
+    sign = torch.sign(y.gather(1, first) - y.gather(1, second))
+    terms = torch.relu(margin - sign * (x.gather(1, first) - x.gather(1, second)))
+    counted = keep & (sign != 0)
+    return _masked_mean(_masked_mean(terms, counted, -1), counted.any(-1))
 
 
-def _robust_normalized(v: torch.Tensor):
-    """(v - median) / (mean |v - median|) and that spread: MiDaS's shift and scale estimates."""
-    centre = v.median()
-    spread = (v - centre).abs().mean()
-    return (v - centre) / spread.clamp_min(torch.finfo(v.dtype).tiny), spread
+def _robust_normalized(v: torch.Tensor, valid: torch.Tensor, count: torch.Tensor):
+    """((v - median) / (mean |v - median|), that spread) over the valid entries of each row of
+    v (B, n): MiDaS's shift and scale estimates. The median is the lower middle one
+    (torch.median's), of rows whose left-out entries are NaN (nanmedian skips them, and its
+    result has a size known without the count); the spread is divided out only where it is
+    positive (1 elsewhere), so that every value and gradient stays finite."""
+    centre = torch.where(valid, v, torch.full_like(v, float("nan"))).nanmedian(1).values
+    centre = torch.where(count > 0, centre, torch.zeros_like(centre))[:, None]  # NaN: none
+    deviation = torch.where(valid, (v - centre).abs(), torch.zeros_like(v))
+    spread = deviation.sum(1) / count.clamp_min(1).to(v.dtype)
+    return (v - centre) / torch.where(spread > 0, spread, torch.ones_like(spread))[:, None], \
+        spread
 
 
 def scale_shift_invariant_depth_loss(depth: torch.Tensor, weight: torch.Tensor,
@@ -233,14 +303,14 @@ def scale_shift_invariant_depth_loss(depth: torch.Tensor, weight: torch.Tensor,
     positive scale and any shift of either, 0 where x is such a map of the prior, unitless.
     Unlike a least-squares fit of one to the other, it keeps the sign: an inverted render
     (near drawn far) costs the most, where a fitted negative scale would make it free. 1 where
-    x is flat (with a zero gradient); 0 with fewer than 2 valid pixels or a flat prior."""
+    x is flat (with a zero gradient); 0 with fewer than 2 valid pixels or a flat prior. In a
+    batch, the mean over the images that count."""
     maps = _Maps(depth, weight, prior, min_weight, inverse_depth, mask)
-    if maps.count < 2:
-        return maps.zero()
-    y, y_spread = _robust_normalized(maps.y[maps.valid].detach())
-    if not bool(y_spread > 0):
-        return maps.zero()
-    x, x_spread = _robust_normalized(maps.x[maps.valid])
-    if not bool(x_spread.detach() > 0):
-        return maps.zero() + 1
-    return (x - y).abs().mean()
+    x, y, valid = maps.rows()
+    y, y_spread = _robust_normalized(y.detach(), valid, maps.count)
+    x, x_spread = _robust_normalized(x, valid, maps.count)
+    distance = _masked_mean((x - y).abs(), valid, -1)
+    # A flat x (with a spread y) costs 1, with no gradient: the distance then is mean |y|, 1 in
+    # exact arithmetic; written as 1 so that rounding does not show.
+    loss = torch.where(x_spread.detach() > 0, distance, torch.ones_like(distance))
+    return _masked_mean(loss, (maps.count >= 2) & (y_spread > 0))

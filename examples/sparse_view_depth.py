@@ -873,8 +873,8 @@ def main(argv=None) -> int:
     p.add_argument("--depth-losses", nargs="+", choices=DEPTH_LOSSES, default=["pearson"],
                    help="a '+ depth' fit with each of these depth losses (pearson: global "
                         "Pearson; patch: Pearson per 24-px patch; ranking: the order of "
-                        "neighbouring pixel pairs; ssi: L1 after a least-squares scale and "
-                        "shift)")
+                        "neighbouring pixel pairs; ssi: MiDaS's L1, each map shifted by its "
+                        "median and scaled by its mean absolute deviation)")
     p.add_argument("--inverse-depth", action="store_true",
                    help="also fit with the loss on the mean inverse depth (inverse_depth=True)")
     p.add_argument("--pose-noise", type=float, nargs=2, metavar=("DEGREES", "DISTANCE"),

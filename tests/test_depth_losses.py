@@ -540,17 +540,19 @@ def error_cases(H=6, W=7):
         (ValueError, "prior", dict(depth=d, weight=w, prior=torch.rand(H + 1, W, dtype=F64))),
         (ValueError, "mask", dict(depth=d, weight=w, prior=p, mask=m[:-1])),
         (ValueError, "depth", dict(depth=d.reshape(-1), weight=w, prior=p)),
-        (ValueError, "depth", dict(depth=torch.stack([d, d]), weight=torch.cat([w, w]),
-                                   prior=torch.cat([p, p]))),
-        (ValueError, "depth", dict(depth=d[..., None], weight=w, prior=p)),
-        (ValueError, "depth", dict(depth=d[None, None], weight=w, prior=p)),
+        (ValueError, "depth", dict(depth=torch.stack([d, d])[:, None].expand(2, 3, H, W),
+                                   weight=torch.cat([w] * 6), prior=torch.cat([p] * 6))),
+        (ValueError, r"depth\[\.\.\., 0\]", dict(depth=d[..., None], weight=w, prior=p)),
+        (ValueError, r"depth\[\.\.\., 0\]", dict(depth=d[None, ..., None], weight=w, prior=p)),
+        (ValueError, "depth", dict(depth=d[None, None, None], weight=w, prior=p)),
     ]
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_argument_errors(name):
     """Non-tensor depth/weight/prior/mask: TypeError naming it; a weight/prior/mask of another
-    size or a depth neither (H, W) nor (1, H, W): ValueError naming it."""
+    size or a depth neither (H, W), (B, H, W) nor (B, 1, H, W): ValueError naming it, and a
+    channels-last map (gsplat's (C, H, W, 1)) refused with the way to pass it."""
     for err, arg, kw in error_cases():
         depth, weight, prior = kw.pop("depth"), kw.pop("weight"), kw.pop("prior")
         with pytest.raises(err, match=arg):
@@ -583,6 +585,120 @@ def test_ranking_arguments_are_checked(name, value, error):
     with pytest.raises(ValueError, match="offset"):
         dl.patch_pearson_depth_loss(depth, weight, prior, offset=(1,))
     assert torch.isfinite(dl.ranking_depth_loss(depth, weight, prior, pairs=1, radius=1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches: (B, H, W) and (B, 1, H, W), each image its own comparison
+
+
+def make_batch(seed, B=3, shape=(23, 31), dtype=F64, inverse_depth=False):
+    """B images of make_data stacked: (depth, weight, prior, mask), each (B, H, W)."""
+    parts = [make_data(seed * 10 + b, shape, dtype, inverse_depth) for b in range(B)]
+    return tuple(torch.stack([p[i] for p in parts]) for i in range(4))
+
+
+def ranking_batch_oracle(depth, weight, prior, pairs=300, radius=None, margin=1e-4,
+                         min_weight=0.5, inverse_depth=False, mask=None, seed=None):
+    """The per-image ranking oracle on the batch's pairs (ranking_pairs of the (B, H, W) valid
+    map, indices into the whole batch, grouped by image), averaged over images with a pair."""
+    B, H, W = depth.shape
+    v = valid_pixels(depth, weight, prior, min_weight, inverse_depth, mask).view(B, H * W)
+    first, second = dl.ranking_pairs(v.view(B, H, W), pairs, radius,
+                                     generator=torch.Generator().manual_seed(seed))
+    d, p = depth.reshape(-1).double(), prior.detach().reshape(-1).double().tolist()
+    per_image = []
+    for b in range(B):
+        xb = x_of(depth[b], v[b], inverse_depth)
+        mean = xb.detach().mean()
+        terms = []
+        for i, j in zip(first.tolist(), second.tolist()):
+            if i // (H * W) != b:
+                continue
+            assert j // (H * W) == b  # both pixels of a pair in one image
+            if p[i] == p[j]:
+                continue
+            s = 1.0 if p[i] > p[j] else -1.0
+            xi, xj = (d[i], d[j]) if inverse_depth else (1 / d[i], 1 / d[j])
+            terms.append(torch.relu(margin - s * (xi / mean - xj / mean)))
+        if terms:
+            per_image.append(torch.stack(terms).mean())
+    return torch.stack(per_image).mean() if per_image else (d * 0).sum()
+
+
+def batch_oracle(name, depth, weight, prior, mask, **kw):
+    """The mean over the images of each image's oracle (every image here counts)."""
+    if name == "ranking":
+        return ranking_batch_oracle(depth, weight, prior, mask=mask, **{**EXTRA[name], **kw})
+    return torch.stack([oracle(name, depth[b], weight[b], prior[b], mask=mask[b], **kw)
+                        for b in range(depth.shape[0])]).mean()
+
+
+@pytest.mark.parametrize("inverse_depth", [False, True])
+@pytest.mark.parametrize("seed", SEEDS[:2])
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_matches_the_mean_over_images(name, seed, inverse_depth):
+    """A (B, H, W) batch (weight as (B, 1, H, W)): the value and the gradient of the mean over
+    the images of each image's float64 oracle (ranking: each image's pairs those ranking_pairs
+    draws for the batch, none across images)."""
+    depth, weight, prior, mask = make_batch(seed, inverse_depth=inverse_depth)
+    d = depth.clone().requires_grad_(True)
+    want = batch_oracle(name, d, weight, prior, mask, inverse_depth=inverse_depth)
+    (want_grad,) = torch.autograd.grad(want, d)
+    value, grad = impl_vg(name, depth, weight[:, None], prior, mask=mask,
+                          inverse_depth=inverse_depth)
+    assert grad.shape == depth.shape
+    assert_value_close(value, want.detach(), F64)
+    assert_grad_close(grad, want_grad, 1e-9)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_of_one_is_the_image(name):
+    """(1, H, W) and (1, 1, H, W) give exactly the (H, W) image's value and gradient (the same
+    pairs, for the ranking loss)."""
+    depth, weight, prior, mask = make_data(4)
+    value, grad = impl_vg(name, depth, weight, prior, mask=mask)
+    v4, g4 = impl_vg(name, depth[None, None], weight[None], prior[None, None], mask=mask)
+    assert torch.equal(v4, value) and torch.equal(g4[0, 0], grad)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_images_have_their_own_scale_and_shift(name, seed):
+    """Each image's prior through its own increasing affine map (ranking: any increasing map)
+    leaves the batch loss unchanged, where one loss over the flattened batch changes: the
+    views' priors are compared separately."""
+    depth, weight, prior, mask = make_batch(seed)
+    base = call(name, depth, weight, prior, mask=mask)
+    scale = torch.tensor([0.2, 3.0, 11.0], dtype=F64)[:, None, None]
+    shift = torch.tensor([-4.0, 0.5, 30.0], dtype=F64)[:, None, None]
+    moved = call(name, depth, weight, prior * scale + shift, mask=mask)
+    torch.testing.assert_close(moved, base, rtol=1e-9, atol=1e-12)
+    H, W = depth.shape[1:]
+    flat = lambda t: t.reshape(1, -1, W)  # the batch as one tall image
+    one = call(name, flat(depth), flat(weight), flat(prior), mask=flat(mask))
+    one_moved = call(name, flat(depth), flat(weight), flat(prior * scale + shift),
+                     mask=flat(mask))
+    assert abs(one_moved.item() - one.item()) > 1e-3
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_leaves_out_images_that_do_not_count(name):
+    """An image with no valid pixel counts in neither the sum nor the number of images: the
+    batch of three with the middle one empty equals the batch of the other two, and that image
+    takes a zero gradient (ranking: the third image's pairs come later in the random stream,
+    so only that); a batch of empty images gives 0 with a zero gradient."""
+    depth, weight, prior, mask = make_batch(7)
+    empty = weight.clone()
+    empty[1] = 0.0
+    value, grad = impl_vg(name, depth, empty, prior, mask=mask)
+    keep = [0, 2]
+    v2, g2 = impl_vg(name, depth[keep], weight[keep], prior[keep], mask=mask[keep])
+    assert torch.all(grad[1] == 0) and value.item() > 0
+    if name != "ranking":
+        torch.testing.assert_close(value, v2, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(grad[keep], g2, rtol=1e-12, atol=1e-14)
+    v0, g0 = impl_vg(name, depth, torch.zeros_like(weight), prior, mask=mask)
+    assert v0.item() == 0.0 and torch.all(g0 == 0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1055,6 +1171,67 @@ def test_ssi_flat_maps(seed):
 
 
 # ----------------------------------------------------------------------------------------------
+# No host synchronisation
+
+
+@pytest.mark.parametrize("batch", [(), (3,)])
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("inverse_depth", [False, True])
+@pytest.mark.parametrize("dtype", [F32, F16])
+@pytest.mark.parametrize("name, radius", [(n, None) for n in NAMES] + [("ranking", 2)])
+def test_runs_on_the_meta_device(name, radius, dtype, inverse_depth, with_mask, batch):
+    """Value and gradient on meta tensors (shapes, no data): any read of a device value by the
+    host (a count, a bool, a boolean index, nonzero) raises there, so a loss that passes never
+    makes a GPU training step wait. The result is 0-dim, its gradient depth's shape and dtype."""
+    H, W = 19, 27
+    depth = torch.empty(*batch, H, W, device="meta", dtype=dtype, requires_grad=True)
+    weight = torch.empty(*batch, 1, H, W, device="meta", dtype=dtype)
+    prior = torch.empty(*batch, H, W, device="meta", dtype=F32)
+    mask = torch.empty(*batch, H, W, device="meta", dtype=torch.bool) if with_mask else None
+    kw = {k: v for k, v in EXTRA[name].items() if k != "seed"}
+    if name == "ranking":
+        kw.update(radius=radius, generator=torch.Generator().manual_seed(3))
+    fn = {"pearson": dl.pearson_depth_loss, "patch": dl.patch_pearson_depth_loss,
+          "ranking": dl.ranking_depth_loss, "ssi": dl.scale_shift_invariant_depth_loss}[name]
+    out = fn(depth, weight, prior, inverse_depth=inverse_depth, mask=mask, **kw)
+    assert out.device.type == "meta" and out.dim() == 0
+    (g,) = torch.autograd.grad(out, depth)
+    assert g.shape == depth.shape and g.dtype == dtype
+
+
+def test_meta_device_catches_a_host_read():
+    """Power of the meta test: the reads the losses used to make (int of a count, bool of a
+    condition, a boolean index) do raise on the meta device."""
+    t = torch.empty(5, device="meta")
+    for read in (lambda: int(t.sum()), lambda: bool((t > 0).any()), lambda: t[t > 0],
+                 lambda: t.nonzero()):
+        with pytest.raises((RuntimeError, NotImplementedError)):
+            read()
+
+
+@pytest.mark.parametrize("radius", [None, 3])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_ranking_pairs_as_the_loss_draws_them(seed, radius):
+    """ranking_pairs gives the kept pairs of the loss's own fixed-size draw: the loss computed
+    from them by hand (float64) equals the loss, and a different seed gives other pairs."""
+    depth, weight, prior, mask = make_data(seed, weird=True)
+    H, W = depth.shape
+    v = valid_pixels(depth, weight, prior, mask=mask)
+    gen = lambda s: torch.Generator().manual_seed(s)
+    first, second = dl.ranking_pairs(v.view(H, W), 500, radius, generator=gen(seed))
+    other = dl.ranking_pairs(v.view(H, W), 500, radius, generator=gen(seed + 1))
+    assert not (first.shape == other[0].shape and torch.equal(first, other[0])
+                and torch.equal(second, other[1]))
+    x = 1 / depth.reshape(-1)
+    x = x / x[v].mean()
+    y = prior.reshape(-1)
+    s = torch.sign(y[first] - y[second])
+    want = torch.relu(1e-4 - s * (x[first] - x[second]))[s != 0].mean()
+    got = dl.ranking_depth_loss(depth, weight, prior, 500, radius, mask=mask, generator=gen(seed))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------------------------
 # CUDA (skipped without a GPU)
 
 
@@ -1074,3 +1251,26 @@ def test_cuda_matches_cpu(name):
         v = valid_pixels(depth, weight, prior, mask=mask).view(depth.shape).cuda()
         first, second = dl.ranking_pairs(v, 100, 2, generator=torch.Generator().manual_seed(0))
         assert first.device.type == "cuda" and second.device.type == "cuda"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", NAMES)
+def test_cuda_no_synchronisation(name):
+    """On CUDA tensors (a batch of two), value and gradient with torch's sync debug mode at
+    "error": no loss makes the host wait for the GPU (the meta test's claim, on the
+    hardware)."""
+    depth, weight, prior, mask = (t.cuda() for t in make_batch(1, 2, (60, 80), F32))
+    depth.requires_grad_(True)
+    gen = torch.Generator().manual_seed(0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        if name == "ranking":
+            out = dl.ranking_depth_loss(depth, weight, prior, radius=4, mask=mask, generator=gen)
+        else:
+            out = call(name, depth, weight, prior, mask=mask)
+        (g,) = torch.autograd.grad(out, depth)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(g).all() and out.item() > 0
