@@ -206,11 +206,12 @@ def _draw_pairs(valid: torch.Tensor, pairs: int, radius: Optional[int],
     flat = valid.reshape(B, H * W)
     running = flat.cumsum(1)  # running[b, p]: the valid pixels of image b at or before p
     n = running[:, -1:]
-    last = torch.tensor(H * W - 1, device=device)
 
     def nth_valid(u):
-        k = (u * n.to(torch.float64)).floor().to(torch.int64).clamp_max(n - 1).clamp_min(0)
-        return torch.searchsorted(running, k + 1).clamp_max(last)  # first p: running >= k + 1
+        # (torch.minimum, not clamp_max with a tensor bound: PyTorch 1.12 has only the number)
+        k = torch.minimum((u * n.to(torch.float64)).floor().to(torch.int64), n - 1)
+        k = k.clamp_min(0)
+        return torch.searchsorted(running, k + 1).clamp_max(H * W - 1)  # first running >= k + 1
 
     u = _to_device(torch.rand((B, 2, pairs), generator=generator, dtype=torch.float64,
                               device=draw_on), device)
