@@ -232,7 +232,8 @@ def _settings(viewmat, K, width, height, bg, sh_degree, eps2d, antialiased,
     P = P.to(dtype=viewmat.dtype, device=viewmat.device)
     # gsplat reads the rotation and translation rows alone: its last row (0, 0, 0, 1) takes no
     # gradient (the orthographic projection's shift would send it one through w).
-    viewmat = torch.cat([viewmat[:3], viewmat[3:].detach()])
+    if viewmat.requires_grad:
+        viewmat = torch.cat([viewmat[:3], viewmat[3:].detach()])
     return GaussianRasterizationSettings(
         image_height=int(height), image_width=int(width), tanfovx=tanfovx, tanfovy=tanfovy,
         bg=bg, scale_modifier=1.0, viewmatrix=viewmat.transpose(0, 1),
@@ -245,7 +246,8 @@ def _settings(viewmat, K, width, height, bg, sh_degree, eps2d, antialiased,
 
 
 def _project(means, viewmat, K, camera_model="pinhole", distortion=None):
-    """(N, 2) gsplat's projected means K (x/z, y/z) ("ortho": K (x, y); "fisheye":
+    """(N, 2) gsplat's projected means K (x/z, y/z) (K: (fx, fy, cx, cy), a tensor in the means'
+    dtype and on their device; "ortho": K (x, y); "fisheye":
     K (x/z, y/z) theta_d / tan(theta), theta the angle off the axis and theta_d it distorted by
     `distortion`, k1-k4 or None; a distorted "pinhole": K of OpenCV's distorted (x/z, y/z)),
     values only, and (N,) the view-space z, differentiable in means and viewmat (gsplat's
@@ -261,7 +263,7 @@ def _project(means, viewmat, K, camera_model="pinhole", distortion=None):
             elif distortion is not None:
                 radial, _, _, tau_x, tau_y = _pinhole_terms(xy[:, 0], xy[:, 1], distortion)[:5]
                 xy = xy * radial[:, None] + torch.stack([tau_x, tau_y], 1)
-        pixels = torch.addcmul(xy.new_tensor([K[2], K[3]]), xy, xy.new_tensor([K[0], K[1]]))
+        pixels = torch.addcmul(K[2:], xy, K[:2])
     return pixels, view[:, 2]
 
 
@@ -338,7 +340,9 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
     means = means.reshape(B, N, 3)
     if covars is None:
         # gsplat's quaternions need not be unit; the rasterizer uses them as given.
-        quats = torch.nn.functional.normalize(quats.reshape(B, N, 4), dim=-1)
+        # (F.normalize's arithmetic without its Python wrappers, torch.norm's checks: 10 us)
+        quats = quats.reshape(B, N, 4)
+        quats = quats / torch.linalg.vector_norm(quats, dim=-1, keepdim=True).clamp_min(1e-12)
         scales = scales.reshape(B, N, 3)
         cov6 = None
     else:
@@ -352,9 +356,12 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
     viewmats = viewmats.reshape(B, C, 4, 4).to(means.dtype)
     # (fx, fy, cx, cy) of every camera, read once (one host sync on a GPU); where Ks takes a
     # gradient (gsplat's own does not), the settings are made of its entries themselves.
-    focal_centre = Ks.reshape(B * C, 3, 3)[:, [0, 1, 0, 1], [0, 1, 2, 2]]
-    intrinsics = focal_centre.detach().tolist()
+    intrinsics = [[k[0], k[4], k[2], k[5]] for k in Ks.detach().reshape(B * C, 9).tolist()]
     differentiable_K = torch.is_grad_enabled() and Ks.requires_grad
+    focal_centre = Ks.reshape(B * C, 9)[:, [0, 4, 2, 5]] if differentiable_K else None
+    # The same as one tensor in the Gaussians' dtype, for the projected means (one copy for
+    # every camera instead of two a camera).
+    focal_centre_values = means.new_tensor(intrinsics)
     distortions = _lens_coefficients(radial_coeffs, tangential_coeffs, camera_model, batch, C)
     if backgrounds is not None:
         backgrounds = backgrounds.reshape(B, C, -1).to(means.dtype)
@@ -364,7 +371,7 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
                                                  for t in inputs)
     # The screen-space points (leaves, shaped as gsplat's): their values are gsplat's means2d,
     # their gradient the render's, in pixels.
-    projected = [_project(means[b], viewmats[b, c], intrinsics[b * C + c], camera_model,
+    projected = [_project(means[b], viewmats[b, c], focal_centre_values[b * C + c], camera_model,
                           distortions[b * C + c])
                  for b in range(B) for c in range(C)]
     means2d = projected[0][0][None] if B * C == 1 else torch.stack([p for p, _ in projected])
@@ -434,7 +441,8 @@ def rasterization(means: torch.Tensor, quats: Optional[torch.Tensor],
     render_colors = render_colors.reshape(*batch, C, height, width, -1)
     render_alphas = (alphas[0][None] if one else torch.stack(alphas))
     render_alphas = render_alphas.reshape(*batch, C, height, width, 1)
-    radii = torch.stack(radii).reshape(*batch, C, N, 1).expand(*batch, C, N, 2).contiguous()
+    radii = (radii[0][None] if one else torch.stack(radii)).reshape(*batch, C, N, 1)
+    radii = radii.expand(*batch, C, N, 2).contiguous()
     depths = (depths[0][None] if one else torch.stack(depths)).reshape(*batch, C, N)
     meta = {"radii": radii, "means2d": means2d, "depths": depths,
             "batch_ids": None, "camera_ids": None, "gaussian_ids": None,
