@@ -130,8 +130,8 @@ def pearson_depth_loss(depth: torch.Tensor, weight: torch.Tensor, prior: torch.T
     count."""
     maps = _Maps(depth, weight, prior, min_weight, inverse_depth, mask)
     # Fewer than 2 valid pixels leave a zero spread, so `counts` covers that case too.
-    loss, counts = _pearson(*maps.rows(), maps.count)
-    return _masked_mean(loss, counts)
+    loss, counts = _pearson(*_cells(maps, None))
+    return _mean_of_cells(loss, counts)
 
 
 def _patches(t: torch.Tensor, size: int, offset: Tuple[int, int], fill) -> torch.Tensor:
@@ -152,6 +152,36 @@ def _patches(t: torch.Tensor, size: int, offset: Tuple[int, int], fill) -> torch
         B, rows * cols, size * size)
 
 
+def _patch_grid(patch_size, offset, min_pixels):
+    """(patch_size, offset, least valid pixels) of a patch grid, checked: the defaults' least
+    count is a quarter of a patch, and never below 2."""
+    patch_size = _require_int("patch_size", patch_size, 2)
+    if not isinstance(offset, (tuple, list)) or len(offset) != 2:
+        raise ValueError(f"offset: expected a pair of ints, got {offset!r}")
+    offset = tuple(_require_int("offset", o, -2 ** 62) for o in offset)
+    need = max(2, patch_size * patch_size // 4) if min_pixels is None else max(2, min_pixels)
+    return patch_size, offset, need
+
+
+def _cells(maps: _Maps, grid):
+    """(x, y, valid, count) over the cells the losses compare separately: each (B, cells,
+    pixels of a cell), count (B, cells); a cell is a whole image (grid None) or a patch of
+    `_patch_grid`'s grid."""
+    if grid is None:
+        x, y, valid = (t[:, None] for t in maps.rows())
+        return x, y, valid, maps.count[:, None]
+    size, offset, _ = grid
+    valid = _patches(maps.valid, size, offset, False)
+    return (_patches(maps.x, size, offset, 0.0), _patches(maps.y, size, offset, 0.0), valid,
+            valid.sum(-1))
+
+
+def _mean_of_cells(loss: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Each image's mean over its cells that count, then the mean over the images with one:
+    the losses' reduction (0 with a zero gradient where no cell counts)."""
+    return _masked_mean(_masked_mean(loss, counts, -1), counts.any(-1))
+
+
 def patch_pearson_depth_loss(depth: torch.Tensor, weight: torch.Tensor, prior: torch.Tensor,
                              patch_size: int = 32, min_weight: float = 0.5,
                              inverse_depth: bool = False, mask: Optional[torch.Tensor] = None,
@@ -166,18 +196,11 @@ def patch_pearson_depth_loss(depth: torch.Tensor, weight: torch.Tensor, prior: t
     quarter of it, at least 2) and neither map flat over them. 0 where none counts. In a
     batch, each image's mean over its patches, then the mean over the images with a patch that
     counts."""
-    patch_size = _require_int("patch_size", patch_size, 2)
-    if not isinstance(offset, (tuple, list)) or len(offset) != 2:
-        raise ValueError(f"offset: expected a pair of ints, got {offset!r}")
-    offset = tuple(_require_int("offset", o, -2 ** 62) for o in offset)
-    need = max(2, patch_size * patch_size // 4) if min_pixels is None else max(2, min_pixels)
+    grid = _patch_grid(patch_size, offset, min_pixels)
     maps = _Maps(depth, weight, prior, min_weight, inverse_depth, mask)
-    valid = _patches(maps.valid, patch_size, offset, False)
-    count = valid.sum(-1)
-    loss, counts = _pearson(_patches(maps.x, patch_size, offset, 0.0),
-                            _patches(maps.y, patch_size, offset, 0.0), valid, count)
-    counts &= count >= need
-    return _masked_mean(_masked_mean(loss, counts, -1), counts.any(-1))
+    x, y, valid, count = _cells(maps, grid)
+    loss, counts = _pearson(x, y, valid, count)
+    return _mean_of_cells(loss, counts & (count >= grid[2]))
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -275,28 +298,30 @@ def ranking_depth_loss(depth: torch.Tensor, weight: torch.Tensor, prior: torch.T
     x = x / torch.where(mean != 0, mean, torch.ones_like(mean))
     sign = torch.sign(y.gather(1, first) - y.gather(1, second))
     terms = torch.relu(margin - sign * (x.gather(1, first) - x.gather(1, second)))
-    counted = keep & (sign != 0)
-    return _masked_mean(_masked_mean(terms, counted, -1), counted.any(-1))
+    return _mean_of_cells(terms, keep & (sign != 0))
 
 
 def _robust_normalized(v: torch.Tensor, valid: torch.Tensor, count: torch.Tensor):
     """((v - median) / (mean |v - median|), that spread) over the valid entries of each row of
-    v (B, n): MiDaS's shift and scale estimates. The median is the lower middle one
+    v (rows, n): MiDaS's shift and scale estimates. The median is the lower middle one
     (torch.median's), of rows whose left-out entries are NaN (nanmedian skips them, and its
     result has a size known without the count); the spread is divided out only where it is
     positive (1 elsewhere), so that every value and gradient stays finite."""
-    centre = torch.where(valid, v, torch.full_like(v, float("nan"))).nanmedian(1).values
-    centre = torch.where(count > 0, centre, torch.zeros_like(centre))[:, None]  # NaN: none
+    centre = torch.where(valid, v, torch.full_like(v, float("nan"))).nanmedian(-1).values
+    centre = torch.where(count > 0, centre, torch.zeros_like(centre))[..., None]  # NaN: none
     deviation = torch.where(valid, (v - centre).abs(), torch.zeros_like(v))
-    spread = deviation.sum(1) / count.clamp_min(1).to(v.dtype)
-    return (v - centre) / torch.where(spread > 0, spread, torch.ones_like(spread))[:, None], \
+    spread = deviation.sum(-1) / count.clamp_min(1).to(v.dtype)
+    return (v - centre) / torch.where(spread > 0, spread, torch.ones_like(spread))[..., None], \
         spread
 
 
 def scale_shift_invariant_depth_loss(depth: torch.Tensor, weight: torch.Tensor,
                                      prior: torch.Tensor, min_weight: float = 0.5,
                                      inverse_depth: bool = False,
-                                     mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                                     mask: Optional[torch.Tensor] = None,
+                                     patch_size: Optional[int] = None,
+                                     min_pixels: Optional[int] = None,
+                                     offset: Tuple[int, int] = (0, 0)) -> torch.Tensor:
     """MiDaS's scale- and shift-invariant loss (Ranftl et al. 2020, with its robust
     estimates): the rendered inverse depth x and the prior each shifted by its median and
     scaled by its mean absolute deviation from it, over the valid pixels, then the mean L1
@@ -305,13 +330,23 @@ def scale_shift_invariant_depth_loss(depth: torch.Tensor, weight: torch.Tensor,
     Unlike a least-squares fit of one to the other, it keeps the sign: an inverted render
     (near drawn far) costs the most, where a fitted negative scale would make it free. 1 where
     x is flat (with a zero gradient); 0 with fewer than 2 valid pixels or a flat prior. In a
-    batch, the mean over the images that count."""
+    batch, the mean over the images that count.
+
+    `patch_size`: the same per square patch, on the grid of patch_pearson_depth_loss (`offset`,
+    `min_pixels` as there), each patch normalized by its own median and deviation (DNGaussian's
+    local depth normalization, in MiDaS's robust form); each image's mean over the patches that
+    count (enough valid pixels, the prior not flat there; a flat x costs 1), then the mean over
+    the images."""
+    grid = None if patch_size is None else _patch_grid(patch_size, offset, min_pixels)
     maps = _Maps(depth, weight, prior, min_weight, inverse_depth, mask)
-    x, y, valid = maps.rows()
-    y, y_spread = _robust_normalized(y.detach(), valid, maps.count)
-    x, x_spread = _robust_normalized(x, valid, maps.count)
+    x, y, valid, count = _cells(maps, grid)
+    shape = count.shape
+    x, y, valid, flat_count = (t.reshape(-1, *t.shape[2:]) for t in (x, y, valid, count))
+    y, y_spread = _robust_normalized(y.detach(), valid, flat_count)
+    x, x_spread = _robust_normalized(x, valid, flat_count)
     distance = _masked_mean((x - y).abs(), valid, -1)
     # A flat x (with a spread y) costs 1, with no gradient: the distance then is mean |y|, 1 in
     # exact arithmetic; written as 1 so that rounding does not show.
     loss = torch.where(x_spread.detach() > 0, distance, torch.ones_like(distance))
-    return _masked_mean(loss, (maps.count >= 2) & (y_spread > 0))
+    counts = (count >= (2 if grid is None else grid[2])) & (y_spread.reshape(shape) > 0)
+    return _mean_of_cells(loss.reshape(shape), counts)

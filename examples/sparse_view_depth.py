@@ -17,7 +17,7 @@ the prior with the mean inverse depth sum(w / z) / weight instead (`inverse_dept
 2024 upstream's quantity) and is scored the same way. With --depth-losses the "+ depth" fit is
 made once with each loss named, from the package's depth_losses (pearson, the above; patch,
 the Pearson per patch; ranking, the order of pixel pairs; ssi, MiDaS's scale- and
-shift-invariant L1). With --pose-noise DEGREES DISTANCE two
+shift-invariant L1; ssi_patch, that per patch). With --pose-noise DEGREES DISTANCE two
 more "+ depth" fits are given training poses turned and moved by that much (as poses estimated
 from few photos are): one keeps them, one refines them with the Gaussians (an SE(3) correction
 per view but the first, which anchors the frame; the rasterizer's camera gradients reach it).
@@ -318,7 +318,7 @@ def photometric_loss(render, target, lambda_ssim: float = 0.2):
 # The depth losses a fit can take (--depth-losses), the package's (depth_losses): each compares
 # the rendered inverse depth with the prior over the pixels the render covers, in a way the
 # prior's unknown scale and shift cannot disturb.
-DEPTH_LOSSES = ("pearson", "patch", "ranking", "ssi")
+DEPTH_LOSSES = ("pearson", "patch", "ranking", "ssi", "ssi_patch")
 PATCH_SIZE = 24      # the patch Pearson's squares: 4 x 3 of them on a 96x72 view
 RANKING_RADIUS = 8   # the ranking's pairs: neighbours within 8 px, where the prior's order holds
 
@@ -337,8 +337,11 @@ def depth_prior_loss(depth: torch.Tensor, weight: torch.Tensor, prior: torch.Ten
     if kind == "ssi":
         return depth_losses.scale_shift_invariant_depth_loss(depth, weight, prior, **common)
     gen = torch.Generator().manual_seed(step)
-    if kind == "patch":
+    if kind in ("patch", "ssi_patch"):
         offset = tuple(int(v) for v in torch.randint(PATCH_SIZE, (2,), generator=gen))
+        if kind == "ssi_patch":
+            return depth_losses.scale_shift_invariant_depth_loss(
+                depth, weight, prior, patch_size=PATCH_SIZE, offset=offset, **common)
         return depth_losses.patch_pearson_depth_loss(depth, weight, prior, PATCH_SIZE,
                                                      offset=offset, **common)
     if kind == "ranking":
@@ -874,7 +877,8 @@ def main(argv=None) -> int:
                    help="a '+ depth' fit with each of these depth losses (pearson: global "
                         "Pearson; patch: Pearson per 24-px patch; ranking: the order of "
                         "neighbouring pixel pairs; ssi: MiDaS's L1, each map shifted by its "
-                        "median and scaled by its mean absolute deviation)")
+                        "median and scaled by its mean absolute deviation; ssi_patch: the same "
+                        "per 24-px patch)")
     p.add_argument("--inverse-depth", action="store_true",
                    help="also fit with the loss on the mean inverse depth (inverse_depth=True)")
     p.add_argument("--pose-noise", type=float, nargs=2, metavar=("DEGREES", "DISTANCE"),

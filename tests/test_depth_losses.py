@@ -9,12 +9,13 @@ from diff_gaussian_rasterization_depth import depth_losses as dl
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 SEEDS = [0, 1, 2]
 SHAPES = [(23, 31), (40, 37)]
-NAMES = ["pearson", "patch", "ranking", "ssi"]
+NAMES = ["pearson", "patch", "ranking", "ssi", "ssi_patch"]
 INF, NAN = math.inf, math.nan
 # Per-loss arguments of the generic tests (patch grid off the image corner; few ranking pairs so
 # that the oracle's Python loop stays fast; "seed" is the ranking generator's seed).
 EXTRA = {"pearson": {}, "patch": {"patch_size": 8, "offset": (3, 5)},
-         "ranking": {"pairs": 300, "seed": 5}, "ssi": {}}
+         "ranking": {"pairs": 300, "seed": 5}, "ssi": {},
+         "ssi_patch": {"patch_size": 8, "offset": (3, 5)}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,8 +187,45 @@ def ssi_oracle(depth, weight, prior, min_weight=0.5, inverse_depth=False, mask=N
     return (xn - yn).abs().mean()
 
 
+def ssi_patch_oracle(depth, weight, prior, patch_size=32, min_weight=0.5, inverse_depth=False,
+                     mask=None, min_pixels=None, offset=(0, 0)):
+    """MiDaS's loss per patch of patch_pearson_oracle's grid: a patch with min_pixels valid
+    pixels and a prior that is not flat counts, 1 (no gradient) where x is flat there; the mean
+    over the patches that count."""
+    H, W = depth.shape[-2:]
+    v = valid_pixels(depth, weight, prior, min_weight, inverse_depth, mask)
+    if min_pixels is None:
+        min_pixels = max(2, patch_size ** 2 // 4)
+    d = depth.reshape(-1).double()
+    p = prior.detach().reshape(-1).double()
+    vl = v.tolist()
+    cells = {}
+    for r in range(H):
+        for c in range(W):
+            if vl[r * W + c]:
+                key = ((r - offset[0]) // patch_size, (c - offset[1]) // patch_size)
+                cells.setdefault(key, []).append(r * W + c)
+    terms = []
+    for key in sorted(cells):
+        idx = torch.tensor(cells[key])
+        if len(idx) < min_pixels:
+            continue
+        x = d[idx] if inverse_depth else 1 / d[idx]
+        yn, y_spread = robust_normalized(p[idx])
+        if y_spread == 0:
+            continue
+        if (x.detach() == x.detach()[0]).all():
+            terms.append((x * 0).sum() + 1)
+            continue
+        xn, _ = robust_normalized(x)
+        terms.append((xn - yn).abs().mean())
+    if not terms:
+        return (d[v] * 0).sum()
+    return torch.stack(terms).mean()
+
+
 ORACLES = {"pearson": pearson_oracle, "patch": patch_pearson_oracle, "ranking": ranking_oracle,
-           "ssi": ssi_oracle}
+           "ssi": ssi_oracle, "ssi_patch": ssi_patch_oracle}
 
 
 def call(name, depth, weight, prior, **kw):
@@ -264,7 +302,7 @@ def test_loss_matches_oracle(name, seed, dtype, inverse_depth):
     assert (grad.reshape(-1)[~v] == 0).all()
     if dtype == F64:
         assert_grad_close(grad, want_grad, 1e-9)
-    elif name != "ssi":            # float32 SSI: sign() of a residual near 0 may differ
+    elif name not in ("ssi", "ssi_patch"):  # float32 SSI: sign() of a residual near 0 differs
         assert_grad_close(grad, want_grad, 1e-4)
     if name in ("pearson", "patch"):
         assert 0 <= value.item() <= 2
@@ -463,7 +501,7 @@ def too_few_cases(name, H=12, W=13):
     cases = [("no valid pixel", depth, torch.ones(H, W, dtype=F64), prior, none, {}),
              ("one valid pixel", depth, torch.ones(H, W, dtype=F64), prior, one, {}),
              ("all weights 0.5", depth, torch.full((H, W), 0.5, dtype=F64), prior, None, {})]
-    if name == "patch":
+    if name in ("patch", "ssi_patch"):
         cases.append(("min_pixels above every patch", depth, torch.ones(H, W, dtype=F64),
                       prior, None, {"patch_size": 4, "min_pixels": 17}))
         sparse = torch.zeros(H, W, dtype=torch.bool)
@@ -844,6 +882,46 @@ def test_patch_per_patch_affine_prior(patch_size, offset, seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+def test_ssi_patch_equals_ssi_for_one_big_patch(seed):
+    """MiDaS's loss with patch_size >= both sides, offset (0, 0), min_pixels 2: the whole
+    image's, value and gradient; smaller patches differ."""
+    depth, weight, prior, mask = make_data(seed, SHAPES[seed % 2])
+    H, W = depth.shape
+    want, want_grad = impl_vg("ssi", depth, weight, prior, mask=mask)
+    for p in (max(H, W), max(H, W) + 5):
+        got, grad = impl_vg("ssi", depth, weight, prior, mask=mask, patch_size=p, min_pixels=2)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(grad, want_grad, rtol=1e-10, atol=1e-14)
+    smaller = impl_vg("ssi", depth, weight, prior, mask=mask, patch_size=min(H, W) // 2,
+                      min_pixels=2)[0]
+    assert abs(smaller.item() - want.item()) > 1e-6
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("patch_size,offset", [(8, (0, 0)), (16, (5, 7))])
+def test_ssi_patch_per_patch_affine_prior(patch_size, offset, seed):
+    """prior -> a_k*prior + b_k per patch (a_k > 0): the per-patch MiDaS loss unchanged, the
+    whole image's changed; the same maps on a shifted grid change the per-patch loss; a prior
+    that is a per-patch affine map of x itself costs 0, its negative costs the most."""
+    depth, weight, prior, mask = make_data(seed, (40, 37))
+    kw = dict(patch_size=patch_size, offset=offset, mask=mask, min_pixels=4)
+    ssi = dl.scale_shift_invariant_depth_loss
+    base = ssi(depth, weight, prior, **kw).item()
+    a = per_cell(prior.shape, patch_size, offset, seed, 0.2, 3.0)
+    b = per_cell(prior.shape, patch_size, offset, seed + 50, -4.0, 4.0)
+    assert abs(ssi(depth, weight, a * prior + b, **kw).item() - base) < 1e-9
+    assert abs(ssi(depth, weight, a * prior + b, mask=mask).item()
+               - ssi(depth, weight, prior, mask=mask).item()) > 1e-4
+    shifted = (offset[0] + patch_size // 2, offset[1] + patch_size // 2)
+    a2 = per_cell(prior.shape, patch_size, shifted, seed, 0.2, 3.0)
+    b2 = per_cell(prior.shape, patch_size, shifted, seed + 50, -4.0, 4.0)
+    assert abs(ssi(depth, weight, a2 * prior + b2, **kw).item() - base) > 1e-4
+    x = torch.where(torch.isfinite(depth) & (depth > 0), 1 / depth, torch.zeros_like(depth))
+    assert ssi(depth, weight, a * x + b, **kw).item() < 1e-12
+    assert ssi(depth, weight, -a * x + b, **kw).item() > 1.0
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_patch_grid_from_offset(seed):
     """Offset (5, 7), patch 16 on 40x37: x affine in the prior per cell of that grid (rows 0-4,
     5-20, 21-36, 37-39; partial cells their own) gives 0; the (0, 0) grid does not."""
@@ -1192,7 +1270,8 @@ def test_runs_on_the_meta_device(name, radius, dtype, inverse_depth, with_mask, 
     if name == "ranking":
         kw.update(radius=radius, generator=torch.Generator().manual_seed(3))
     fn = {"pearson": dl.pearson_depth_loss, "patch": dl.patch_pearson_depth_loss,
-          "ranking": dl.ranking_depth_loss, "ssi": dl.scale_shift_invariant_depth_loss}[name]
+          "ranking": dl.ranking_depth_loss, "ssi": dl.scale_shift_invariant_depth_loss,
+          "ssi_patch": dl.scale_shift_invariant_depth_loss}[name]
     out = fn(depth, weight, prior, inverse_depth=inverse_depth, mask=mask, **kw)
     assert out.device.type == "meta" and out.dim() == 0
     (g,) = torch.autograd.grad(out, depth)
@@ -1218,9 +1297,10 @@ def test_compiles_as_one_graph(name):
     dynamo = pytest.importorskip("torch._dynamo")
     depth, weight, prior, mask = make_batch(3, 2, (20, 26), F32)
     fn = {"pearson": dl.pearson_depth_loss, "patch": dl.patch_pearson_depth_loss,
-          "ranking": dl.ranking_depth_loss, "ssi": dl.scale_shift_invariant_depth_loss}[name]
-    kw = {"patch": {"patch_size": 8, "offset": (3, 5)}, "ranking": {"pairs": 200, "radius": 3}
-          }.get(name, {})
+          "ranking": dl.ranking_depth_loss, "ssi": dl.scale_shift_invariant_depth_loss,
+          "ssi_patch": dl.scale_shift_invariant_depth_loss}[name]
+    kw = {"patch": {"patch_size": 8, "offset": (3, 5)}, "ranking": {"pairs": 200, "radius": 3},
+          "ssi_patch": {"patch_size": 8, "offset": (3, 5)}}.get(name, {})
     dynamo.reset()
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     results = []
