@@ -106,14 +106,16 @@ def pearson_oracle(depth, weight, prior, min_weight=0.5, inverse_depth=False, ma
     return 1 - corr(x, y)
 
 
-def patch_pearson_oracle(depth, weight, prior, patch_size=32, min_weight=0.5,
-                         inverse_depth=False, mask=None, min_pixels=None, offset=(0, 0)):
+def oracle_patches(depth, weight, prior, patch_size, min_weight, inverse_depth, mask,
+                   min_pixels, offset):
+    """(v, d, p, cells): the valid pixels, depth and prior flat (float64), and the flat indices
+    of the valid pixels of each patch with at least min_pixels of them (default a quarter of a
+    patch, at least 2), patch (r, c) holding ((r - offset[0]) // size, (c - offset[1]) // size),
+    found pixel by pixel."""
     H, W = depth.shape[-2:]
     v = valid_pixels(depth, weight, prior, min_weight, inverse_depth, mask)
     if min_pixels is None:
         min_pixels = max(2, patch_size ** 2 // 4)
-    d = depth.reshape(-1).double()
-    p = prior.detach().reshape(-1).double()
     vl = v.tolist()
     cells = {}
     for r in range(H):
@@ -121,11 +123,16 @@ def patch_pearson_oracle(depth, weight, prior, patch_size=32, min_weight=0.5,
             if vl[r * W + c]:
                 key = ((r - offset[0]) // patch_size, (c - offset[1]) // patch_size)
                 cells.setdefault(key, []).append(r * W + c)
+    kept = [torch.tensor(cells[k]) for k in sorted(cells) if len(cells[k]) >= min_pixels]
+    return v, depth.reshape(-1).double(), prior.detach().reshape(-1).double(), kept
+
+
+def patch_pearson_oracle(depth, weight, prior, patch_size=32, min_weight=0.5,
+                         inverse_depth=False, mask=None, min_pixels=None, offset=(0, 0)):
+    v, d, p, cells = oracle_patches(depth, weight, prior, patch_size, min_weight, inverse_depth,
+                                    mask, min_pixels, offset)
     terms = []
-    for key in sorted(cells):
-        idx = torch.tensor(cells[key])
-        if len(idx) < min_pixels:
-            continue
+    for idx in cells:
         x = d[idx] if inverse_depth else 1 / d[idx]
         y = p[idx]
         xd = x.detach()
@@ -192,24 +199,10 @@ def ssi_patch_oracle(depth, weight, prior, patch_size=32, min_weight=0.5, invers
     """MiDaS's loss per patch of patch_pearson_oracle's grid: a patch with min_pixels valid
     pixels and a prior that is not flat counts, 1 (no gradient) where x is flat there; the mean
     over the patches that count."""
-    H, W = depth.shape[-2:]
-    v = valid_pixels(depth, weight, prior, min_weight, inverse_depth, mask)
-    if min_pixels is None:
-        min_pixels = max(2, patch_size ** 2 // 4)
-    d = depth.reshape(-1).double()
-    p = prior.detach().reshape(-1).double()
-    vl = v.tolist()
-    cells = {}
-    for r in range(H):
-        for c in range(W):
-            if vl[r * W + c]:
-                key = ((r - offset[0]) // patch_size, (c - offset[1]) // patch_size)
-                cells.setdefault(key, []).append(r * W + c)
+    v, d, p, cells = oracle_patches(depth, weight, prior, patch_size, min_weight, inverse_depth,
+                                    mask, min_pixels, offset)
     terms = []
-    for key in sorted(cells):
-        idx = torch.tensor(cells[key])
-        if len(idx) < min_pixels:
-            continue
+    for idx in cells:
         x = d[idx] if inverse_depth else 1 / d[idx]
         yn, y_spread = robust_normalized(p[idx])
         if y_spread == 0:
