@@ -179,13 +179,13 @@ def test_prior_noise_is_bounded_and_smooth():
 # Losses and metrics
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["pearson", "patch", "ranking", "ssi"])
+@pytest.mark.parametrize("kind", ["pearson", "patch", "ranking", "ssi", "ssi_patch"])
 def test_depth_prior_loss_vanishes_at_the_true_geometry(kind):
     """Each depth loss of the example (the package's depth_losses) is 0 at the true geometry
     whatever the prior's scale and shift (the ranking's at most its margin, 1e-4: pairs the
     prior orders alike cost at most that), positive for a tilted one, blind to pixels of weight
     <= 0.5, and the same on the inverse-depth render."""
-    assert set(sv.DEPTH_LOSSES) == {"pearson", "patch", "ranking", "ssi"}
+    assert set(sv.DEPTH_LOSSES) == {"pearson", "patch", "ranking", "ssi", "ssi_patch"}
     depth = _true_depth()
     prior, _ = sv.monocular_prior(depth, torch.Generator().manual_seed(4), noise=0.0)
     weight = torch.ones_like(depth)
