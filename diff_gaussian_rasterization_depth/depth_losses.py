@@ -13,7 +13,7 @@ compares it with the rendered inverse depth x = 1 / depth over the pixels the re
 - `ranking_depth_loss`: the order of random pixel pairs (SparseNeRF, SparseGS): only the prior's
   ordering counts, so any increasing distortion of it is harmless;
 - `scale_shift_invariant_depth_loss`: MiDaS's: L1 between the two, each shifted by its median
-  and scaled by its mean absolute deviation.
+  and scaled by its mean absolute deviation; with `patch_size`, per patch.
 
     color, radii, depth, weight = rasterizer(...)
     loss = photometric + 0.5 * pearson_depth_loss(depth, weight, prior)
@@ -21,8 +21,8 @@ compares it with the rendered inverse depth x = 1 / depth over the pixels the re
 Shapes: (H, W) for one image, (B, H, W) or (B, 1, H, W) for a batch of B (each of weight,
 prior and mask with as many values, in any of these shapes): each image is its own comparison
 (its own prior scale and shift; a Pearson over a flattened batch would ask one affine map of all
-the views), and the loss is the mean over the images that count. float16 / bfloat16 maps (a depth network run under
-autocast) are computed in float32. No pixel left out (low weight, `mask` False, a non-finite
+the views), and the loss is the mean over the images that count. float16 / bfloat16 maps (a
+depth network run under autocast) are computed in float32. No pixel left out (low weight, `mask` False, a non-finite
 prior, a non-positive depth) reaches the loss or takes a gradient; with too few pixels left the
 loss is 0, with a zero gradient. No loss waits for the device: which pixels, patches and pairs
 count is decided by masks on the device, never by a count read back to the host (a training step
@@ -95,8 +95,9 @@ def _batch_shape(depth: torch.Tensor) -> Tuple[int, int, int]:
 
 def _masked_mean(values: torch.Tensor, keep: torch.Tensor, dim=None) -> torch.Tensor:
     """The mean of values where keep (over `dim`, or all), 0 where nothing is kept; the others
-    take a zero gradient (values must be finite there: the gradient is multiplied by 0). A
-    fixed-size reduction instead of values[keep].mean(), whose size the host must read."""
+    take a zero gradient (values and their derivatives must be finite there: that zero still
+    flows back through them, and 0 times inf is NaN). A fixed-size reduction instead of
+    values[keep].mean(), whose size the host must read."""
     kept = torch.where(keep, values, torch.zeros_like(values))
     dims = () if dim is None else (dim,)
     return kept.sum(*dims) / keep.sum(*dims).clamp_min(1).to(values.dtype)
