@@ -24,10 +24,10 @@ prior and mask with as many values, in any of these shapes): each image is its o
 the views), and the loss is the mean over the images that count. float16 / bfloat16 maps (a
 depth network run under autocast) are computed in float32. No pixel left out (low weight,
 `mask` False, a non-finite prior, a non-positive depth) reaches the loss or takes a gradient;
-with too few pixels left the loss is 0, with a zero gradient. No loss waits for the device: which pixels, patches and pairs
-count is decided by masks on the device, never by a count read back to the host (a training step
-on a GPU keeps its queue full; tests/test_depth_losses.py runs each on the meta device, where any
-such read raises). doc/depth_and_weight.md, section 3, says which to use.
+with too few pixels left the loss is 0, with a zero gradient. No loss waits for the device:
+which pixels, patches and pairs count is decided by masks on the device, never by a count read
+back to the host (a training step on a GPU keeps its queue full; tests/test_depth_losses.py runs
+each on the meta device, where any such read raises). doc/depth_and_weight.md, section 3, says which to use.
 """
 from typing import Optional, Tuple
 
