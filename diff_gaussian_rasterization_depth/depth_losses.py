@@ -27,7 +27,8 @@ depth network run under autocast) are computed in float32. No pixel left out (lo
 with too few pixels left the loss is 0, with a zero gradient. No loss waits for the device:
 which pixels, patches and pairs count is decided by masks on the device, never by a count read
 back to the host (a training step on a GPU keeps its queue full; tests/test_depth_losses.py runs
-each on the meta device, where any such read raises). doc/depth_and_weight.md, section 3, says which to use.
+each on the meta device, where any such read raises). doc/depth_and_weight.md, section 3, says
+which to use.
 """
 from typing import Optional, Tuple
 
