@@ -399,3 +399,35 @@ def test_gsplat_rasterization_under_autocast(seed, packed):
     assert plain_2d.abs().max() > 0
     assert_identical(plain_2d, cast_2d, "meta.means2d.grad")
 
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_tsdf_fusion_under_autocast(seed):
+    """TSDF fusion (the dense and the sparse volume) of a sphere's depth maps with colours,
+    integrated and meshed inside the region: the fields, weights, colours and meshes bit for
+    bit the plain ones. The mesh module runs no product autocast lowers (it needs no
+    full_precision; this keeps it so)."""
+    from test_mesh import sphere_depth, sphere_views
+    from diff_gaussian_rasterization_depth.mesh import SparseTSDFVolume, TSDFVolume
+    gen = torch.Generator().manual_seed(61800 + seed)
+    centre = ((torch.rand(3, generator=gen, dtype=torch.float64) - 0.5) * 0.4).tolist()
+    views = []
+    for camera in sphere_views(centre)[::3]:
+        depth = sphere_depth(camera, centre, 0.8).float()
+        views.append((depth, camera.raster_settings(), torch.rand(3, 48, 64, generator=gen)))
+    results = []
+    for autocast in (False, True):
+        dense = TSDFVolume([-1.2] * 3, [1.2] * 3, 0.08)
+        sparse = SparseTSDFVolume(0.08)
+        with region(autocast):
+            for depth, settings, color in views:
+                for volume in (dense, sparse):
+                    volume.integrate(depth, settings, color=color, mask=depth > 0)
+            results.append([(v.tsdf, v.weight, v.color, v.extract_mesh()) for v in
+                            (dense, sparse)])
+    plain, cast = results
+    for (ta, wa, ca, ma), (tb, wb, cb, mb) in zip(plain, cast):
+        assert assert_identical((ta, wa, ca), (tb, wb, cb), "fields") > 0
+        assert assert_identical((ma.vertices, ma.faces, ma.colors),
+                                (mb.vertices, mb.faces, mb.colors), "mesh") > 0
+        assert ma.faces.shape[0] > 500
