@@ -498,7 +498,7 @@ def test_run_seed_fits_once_per_depth_loss():
                               depth_losses=sv.DEPTH_LOSSES)
     res = sv.run_seed(1, cfg, "cpu", out_dir=None, progress=False)
     assert list(res) == ["photometric", "+ depth", "+ depth (patch)", "+ depth (ranking)",
-                         "+ depth (ssi)"]
+                         "+ depth (ssi)", "+ depth (ssi_patch)"]
     for m in res.values():
         assert math.isfinite(m["psnr"]) and math.isfinite(m["abs_rel"])
     assert len({round(m["abs_rel"], 12) for m in res.values()}) == len(res)
