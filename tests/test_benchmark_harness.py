@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,17 @@ def _load(name: str):
 
 
 bench_scenes = _load("scenes")
+
+
+def run_bench(script: str, tmp_path, *args):
+    """(stdout, the parsed --json file) of benchmarks/<script> run with args in tmp_path; fails
+    the test with its output if it fails."""
+    out = tmp_path / f"{Path(script).stem}.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args, "--json",
+                           str(out)], capture_output=True, text=True, timeout=300,
+                          cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout, json.loads(out.read_text())
 
 CROP_COUNT = 111_785
 
@@ -501,6 +513,40 @@ def test_ssim_bench_times_a_training_step_with_each_ssim(tmp_path):
     assert step["step_ratio"] == pytest.approx(step["step_torch_ms"] / step["step_fused_ms"])
     assert (size["width"], size["height"]) == (24, 16)
     assert "training step, garden 112k" in proc.stdout
+
+
+def test_depth_losses_bench_times_each_loss_beside_a_revision(tmp_path):
+    """benchmarks/depth_losses.py --against HEAD: a row per loss with this checkout's and the
+    committed module's medians (loaded from git: HEAD is there in any clone, shallow ones
+    too) and their ratio, and the load."""
+    if not (REPO / ".git").exists():
+        pytest.skip("a source tree without git history: --against reads a revision from git")
+    stdout, result = run_bench("depth_losses.py", tmp_path, "--size", "40x30", "--batch", "2",
+                               "--reps", "2", "--against", "HEAD")
+    assert "load average" in stdout
+    assert result["batch"] == 2 and result["size"] == [40, 30]
+    rows = result["rows"]
+    assert [r["loss"] for r in rows] == ["pearson", "patch", "ranking", "ssi", "ssi_patch"]
+    for r in rows:
+        assert r["this_ms"] > 0 and r["against_ms"] > 0
+        assert r["ratio"] == pytest.approx(r["this_ms"] / r["against_ms"])
+
+
+def test_depth_losses_bench_leaves_out_what_a_revision_lacks():
+    """The bench's calls of a module: a loss function it lacks, or an argument its function does
+    not take (an older MiDaS loss without patch_size), is left out; the rest run."""
+    bench = _load("depth_losses")
+    depth, weight, prior = bench.maps(12, 10, 1, "cpu")
+
+    def ssi_without_patches(d, w, p, min_weight=0.5):
+        return (d * 0).sum() + w.sum() * 0 + p.sum() * 0
+
+    older = types.SimpleNamespace(
+        pearson_depth_loss=bench.depth_losses.pearson_depth_loss,
+        scale_shift_invariant_depth_loss=ssi_without_patches)
+    assert list(bench.calls(older, depth, weight, prior, lambda: None)) == ["pearson", "ssi"]
+    assert list(bench.calls(bench.depth_losses, depth, weight, prior, lambda: None)) == list(
+        bench.LOSSES)
 
 
 def test_gsplat_stand_ins_match_their_definitions():
