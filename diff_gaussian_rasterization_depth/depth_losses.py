@@ -62,7 +62,8 @@ class _Maps:
         dtype = compute_dtype(depth)
         depth = upcast(depth, dtype).reshape(shape)
         prior = prior.reshape(shape).to(device=depth.device, dtype=dtype)
-        valid = (weight.detach().reshape(shape) > min_weight) & torch.isfinite(prior)
+        valid = ((weight.detach().reshape(shape).to(depth.device) > min_weight)
+                 & torch.isfinite(prior))
         if mask is not None:
             valid &= mask.reshape(shape).to(device=depth.device, dtype=torch.bool)
         d = depth.detach()
@@ -215,6 +216,12 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
+def _pair_arguments(pairs, radius) -> Tuple[int, Optional[int]]:
+    """pairs (an int >= 1) and radius (None or an int >= 1), checked."""
+    return (_require_int("pairs", pairs, 1),
+            None if radius is None else _require_int("radius", radius, 1))
+
+
 def _draw_pairs(valid: torch.Tensor, pairs: int, radius: Optional[int],
                 generator: Optional[torch.Generator]
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -271,8 +278,7 @@ def ranking_pairs(valid: torch.Tensor, pairs: int = 4096, radius: Optional[int] 
     if valid.dim() not in (2, 3) or valid.dtype != torch.bool:
         raise ValueError(f"valid: expected a bool (H, W) or (B, H, W) map, got {valid.dtype} "
                          f"of shape {tuple(valid.shape)}")
-    pairs = _require_int("pairs", pairs, 1)
-    radius = None if radius is None else _require_int("radius", radius, 1)
+    pairs, radius = _pair_arguments(pairs, radius)
     batch = valid.reshape(-1, *valid.shape[-2:])
     first, second, keep = _draw_pairs(batch, pairs, radius, generator)
     image = torch.arange(batch.shape[0], device=valid.device)[:, None] * batch[0].numel()
@@ -290,13 +296,11 @@ def ranking_depth_loss(depth: torch.Tensor, weight: torch.Tensor, prior: torch.T
     mean (detached), so that `margin` is relative. Only the prior's order counts: any increasing
     distortion of it changes nothing. 0 with no pair. In a batch, `pairs` in each image, each
     image's mean, then the mean over the images with a pair."""
-    pairs = _require_int("pairs", pairs, 1)
-    radius = None if radius is None else _require_int("radius", radius, 1)
+    pairs, radius = _pair_arguments(pairs, radius)
     maps = _Maps(depth, weight, prior, min_weight, inverse_depth, mask)
     first, second, keep = _draw_pairs(maps.valid, pairs, radius, generator)
     x, y, valid = maps.rows()
-    mean = (x.detach() * valid).sum(1, keepdim=True) / \
-        maps.count[:, None].clamp_min(1).to(x.dtype)
+    mean = _masked_mean(x.detach(), valid, -1)[:, None]
     x = x / torch.where(mean != 0, mean, torch.ones_like(mean))
     sign = torch.sign(y.gather(1, first) - y.gather(1, second))
     terms = torch.relu(margin - sign * (x.gather(1, first) - x.gather(1, second)))
@@ -311,8 +315,7 @@ def _robust_normalized(v: torch.Tensor, valid: torch.Tensor, count: torch.Tensor
     positive (1 elsewhere), so that every value and gradient stays finite."""
     centre = torch.where(valid, v, torch.full_like(v, float("nan"))).nanmedian(-1).values
     centre = torch.where(count > 0, centre, torch.zeros_like(centre))[..., None]  # NaN: none
-    deviation = torch.where(valid, (v - centre).abs(), torch.zeros_like(v))
-    spread = deviation.sum(-1) / count.clamp_min(1).to(v.dtype)
+    spread = _masked_mean((v - centre).abs(), valid, -1)
     return (v - centre) / torch.where(spread > 0, spread, torch.ones_like(spread))[..., None], \
         spread
 

@@ -327,19 +327,23 @@ def test_oracle_detaches_matter(seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("name", ["pearson", "patch"])
-def test_pearson_gradcheck(name, seed):
-    """torch.autograd.gradcheck of pearson_depth_loss and patch_pearson_depth_loss in float64
-    (depth in [1, 5]; patches of 4 off the corner)."""
-    g = torch.Generator().manual_seed((300 if name == "pearson" else 400) + seed)
-    depth = (1 + 4 * torch.rand(10, 9, generator=g, dtype=F64)).requires_grad_()
-    weight = 0.3 + torch.rand(10, 9, generator=g, dtype=F64)
-    prior = 1 / depth.detach() + 0.2 * torch.randn(10, 9, generator=g, dtype=F64)
-    if name == "pearson":
-        fn = lambda d: dl.pearson_depth_loss(d, weight, prior)  # noqa: E731
-    else:
-        fn = lambda d: dl.patch_pearson_depth_loss(d, weight, prior, patch_size=4,  # noqa: E731
-                                                   offset=(1, 2), min_pixels=3)
+@pytest.mark.parametrize("name", ["pearson", "patch", "ssi", "ssi_patch"])
+def test_gradcheck(name, seed):
+    """torch.autograd.gradcheck in float64 of the Pearson losses and MiDaS's, whole and per
+    patch (depth in [1, 5]; patches of 4 off the corner; seed 2 a batch of two images). MiDaS's
+    median and |.| are smooth at such random values (no ties within the step)."""
+    g = torch.Generator().manual_seed({"pearson": 300, "patch": 400, "ssi": 450,
+                                       "ssi_patch": 480}[name] + seed)
+    shape = (2, 10, 9) if seed == 2 else (10, 9)
+    depth = (1 + 4 * torch.rand(shape, generator=g, dtype=F64)).requires_grad_()
+    weight = 0.3 + torch.rand(shape, generator=g, dtype=F64)
+    prior = 1 / depth.detach() + 0.2 * torch.randn(shape, generator=g, dtype=F64)
+    patches = dict(patch_size=4, offset=(1, 2), min_pixels=3)
+    fn = {"pearson": lambda d: dl.pearson_depth_loss(d, weight, prior),
+          "patch": lambda d: dl.patch_pearson_depth_loss(d, weight, prior, **patches),
+          "ssi": lambda d: dl.scale_shift_invariant_depth_loss(d, weight, prior),
+          "ssi_patch": lambda d: dl.scale_shift_invariant_depth_loss(d, weight, prior,
+                                                                     **patches)}[name]
     assert fn(depth).item() > 0
     assert torch.autograd.gradcheck(fn, (depth,))
 
@@ -590,15 +594,22 @@ def test_argument_errors(name):
             call(name, depth, weight, prior, **kw)
 
 
+@pytest.mark.parametrize("fn", [dl.patch_pearson_depth_loss,
+                                dl.scale_shift_invariant_depth_loss])
 @pytest.mark.parametrize("patch_size", [1, 0, -4, 8.0, 2.5, True])
-def test_patch_size_must_be_an_int_of_at_least_2(patch_size):
+def test_patch_size_must_be_an_int_of_at_least_2(patch_size, fn):
     """patch_size an int below 2: ValueError naming patch_size; not an int: TypeError naming it
-    (the package's rule, _validation._require_int); 2 is accepted."""
+    (the package's rule, _validation._require_int); 2 is accepted; a bad offset is named too.
+    The patch Pearson's and MiDaS's per patch alike."""
     depth, weight, prior, mask = make_data(0, weird=False)
     error = ValueError if type(patch_size) is int else TypeError
     with pytest.raises(error, match="patch_size"):
-        dl.patch_pearson_depth_loss(depth, weight, prior, patch_size=patch_size)
-    assert torch.isfinite(dl.patch_pearson_depth_loss(depth, weight, prior, patch_size=2))
+        fn(depth, weight, prior, patch_size=patch_size)
+    assert torch.isfinite(fn(depth, weight, prior, patch_size=2))
+    with pytest.raises(TypeError, match="offset"):
+        fn(depth, weight, prior, patch_size=4, offset=(1.5, 0))
+    with pytest.raises(ValueError, match="offset"):
+        fn(depth, weight, prior, patch_size=4, offset=(1,))
 
 
 @pytest.mark.parametrize("name,value,error", [("pairs", 0, ValueError), ("pairs", 2.0, TypeError),
@@ -1256,7 +1267,9 @@ def test_runs_on_the_meta_device(name, radius, dtype, inverse_depth, with_mask, 
     makes a GPU training step wait. The result is 0-dim, its gradient depth's shape and dtype."""
     H, W = 19, 27
     depth = torch.empty(*batch, H, W, device="meta", dtype=dtype, requires_grad=True)
-    weight = torch.empty(*batch, 1, H, W, device="meta", dtype=dtype)
+    # weight (as prior and mask) may live on another device: it is moved to depth's
+    weight = torch.rand(*batch, 1, H, W, dtype=dtype) if with_mask else \
+        torch.empty(*batch, 1, H, W, device="meta", dtype=dtype)
     prior = torch.empty(*batch, H, W, device="meta", dtype=F32)
     mask = torch.empty(*batch, H, W, device="meta", dtype=torch.bool) if with_mask else None
     kw = {k: v for k, v in EXTRA[name].items() if k != "seed"}
